@@ -1,0 +1,1 @@
+//! sotto-bridge: Signal-protocol sessions and the decrypt -> infer -> encrypt pipeline.

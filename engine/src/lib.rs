@@ -1,0 +1,1 @@
+//! sotto-engine: running a model.

@@ -1,0 +1,1 @@
+//! sotto-models: what a model is (weights, hyper-parameters, tokenizer, chat template).
