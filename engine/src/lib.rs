@@ -1,1 +1,7 @@
 //! sotto-engine: running a model.
+
+/// ONNX export of the generic decoder description (static-shape graphs).
+pub mod onnx;
+/// ONNX Runtime backend with execution-provider chains (QNN HTP, NNAPI, ...).
+#[cfg(feature = "ort")]
+pub mod ort;

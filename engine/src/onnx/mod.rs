@@ -1,0 +1,1 @@
+//! ONNX graph export (owned by the NPU work).

@@ -1,0 +1,1 @@
+//! ONNX Runtime backend (owned by the NPU work).
