@@ -1,0 +1,207 @@
+//! GGUF metadata values: the thirteen value types and their decoding.
+
+use super::{Cursor, MAX_ARRAY_DEPTH};
+use crate::error::{Error, Result};
+
+/// GGUF metadata value type ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u32)]
+pub enum MetaType {
+    U8 = 0,
+    I8 = 1,
+    U16 = 2,
+    I16 = 3,
+    U32 = 4,
+    I32 = 5,
+    F32 = 6,
+    Bool = 7,
+    String = 8,
+    Array = 9,
+    U64 = 10,
+    I64 = 11,
+    F64 = 12,
+}
+
+impl MetaType {
+    /// The type for a GGUF type id, if known.
+    pub fn from_id(id: u32) -> Option<MetaType> {
+        use MetaType::*;
+        Some(match id {
+            0 => U8,
+            1 => I8,
+            2 => U16,
+            3 => I16,
+            4 => U32,
+            5 => I32,
+            6 => F32,
+            7 => Bool,
+            8 => String,
+            9 => Array,
+            10 => U64,
+            11 => I64,
+            12 => F64,
+            _ => return None,
+        })
+    }
+
+    /// Fewest bytes one value of this type occupies in the file; bounds array
+    /// counts before anything is allocated.
+    pub(crate) fn min_encoded_size(self) -> usize {
+        use MetaType::*;
+        match self {
+            U8 | I8 | Bool => 1,
+            U16 | I16 => 2,
+            U32 | I32 | F32 => 4,
+            U64 | I64 | F64 | String => 8,
+            Array => 12,
+        }
+    }
+}
+
+/// One metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum MetaValue {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    F32(f32),
+    Bool(bool),
+    String(String),
+    /// Element type (kept so empty arrays round-trip) and the elements.
+    Array(MetaType, Vec<MetaValue>),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+}
+
+impl MetaValue {
+    /// The GGUF type of this value.
+    pub fn meta_type(&self) -> MetaType {
+        match self {
+            MetaValue::U8(_) => MetaType::U8,
+            MetaValue::I8(_) => MetaType::I8,
+            MetaValue::U16(_) => MetaType::U16,
+            MetaValue::I16(_) => MetaType::I16,
+            MetaValue::U32(_) => MetaType::U32,
+            MetaValue::I32(_) => MetaType::I32,
+            MetaValue::F32(_) => MetaType::F32,
+            MetaValue::Bool(_) => MetaType::Bool,
+            MetaValue::String(_) => MetaType::String,
+            MetaValue::Array(..) => MetaType::Array,
+            MetaValue::U64(_) => MetaType::U64,
+            MetaValue::I64(_) => MetaType::I64,
+            MetaValue::F64(_) => MetaType::F64,
+        }
+    }
+
+    /// Short name of the type, for error messages.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            MetaValue::U8(_) => "u8",
+            MetaValue::I8(_) => "i8",
+            MetaValue::U16(_) => "u16",
+            MetaValue::I16(_) => "i16",
+            MetaValue::U32(_) => "u32",
+            MetaValue::I32(_) => "i32",
+            MetaValue::F32(_) => "f32",
+            MetaValue::Bool(_) => "bool",
+            MetaValue::String(_) => "string",
+            MetaValue::Array(..) => "array",
+            MetaValue::U64(_) => "u64",
+            MetaValue::I64(_) => "i64",
+            MetaValue::F64(_) => "f64",
+        }
+    }
+
+    /// Any integer value that is non-negative, widened to u64.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            MetaValue::U8(x) => Some(x.into()),
+            MetaValue::U16(x) => Some(x.into()),
+            MetaValue::U32(x) => Some(x.into()),
+            MetaValue::U64(x) => Some(x),
+            MetaValue::I8(x) => u64::try_from(x).ok(),
+            MetaValue::I16(x) => u64::try_from(x).ok(),
+            MetaValue::I32(x) => u64::try_from(x).ok(),
+            MetaValue::I64(x) => u64::try_from(x).ok(),
+            _ => None,
+        }
+    }
+
+    /// Any integer value that fits in i64.
+    pub fn as_i64(&self) -> Option<i64> {
+        match *self {
+            MetaValue::U8(x) => Some(x.into()),
+            MetaValue::U16(x) => Some(x.into()),
+            MetaValue::U32(x) => Some(x.into()),
+            MetaValue::U64(x) => i64::try_from(x).ok(),
+            MetaValue::I8(x) => Some(x.into()),
+            MetaValue::I16(x) => Some(x.into()),
+            MetaValue::I32(x) => Some(x.into()),
+            MetaValue::I64(x) => Some(x),
+            _ => None,
+        }
+    }
+
+    /// The string, if this is a string value.
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            MetaValue::String(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+pub(super) fn read_value(cur: &mut Cursor<'_>, type_id: u32, depth: usize) -> Result<MetaValue> {
+    let at = cur.pos as u64;
+    let ty = MetaType::from_id(type_id).ok_or_else(|| Error::Malformed {
+        offset: at,
+        reason: format!("unknown metadata value type {type_id}"),
+    })?;
+    Ok(match ty {
+        MetaType::U8 => MetaValue::U8(u8::from_le_bytes(cur.array("u8 value")?)),
+        MetaType::I8 => MetaValue::I8(i8::from_le_bytes(cur.array("i8 value")?)),
+        MetaType::U16 => MetaValue::U16(u16::from_le_bytes(cur.array("u16 value")?)),
+        MetaType::I16 => MetaValue::I16(i16::from_le_bytes(cur.array("i16 value")?)),
+        MetaType::U32 => MetaValue::U32(cur.u32("u32 value")?),
+        MetaType::I32 => MetaValue::I32(i32::from_le_bytes(cur.array("i32 value")?)),
+        MetaType::F32 => MetaValue::F32(f32::from_le_bytes(cur.array("f32 value")?)),
+        MetaType::U64 => MetaValue::U64(cur.u64("u64 value")?),
+        MetaType::I64 => MetaValue::I64(i64::from_le_bytes(cur.array("i64 value")?)),
+        MetaType::F64 => MetaValue::F64(f64::from_le_bytes(cur.array("f64 value")?)),
+        MetaType::Bool => match cur.array::<1>("bool value")?[0] {
+            0 => MetaValue::Bool(false),
+            1 => MetaValue::Bool(true),
+            b => {
+                return Err(Error::Malformed {
+                    offset: at,
+                    reason: format!("bool value byte is {b}, must be 0 or 1"),
+                })
+            }
+        },
+        MetaType::String => MetaValue::String(cur.string("string value")?),
+        MetaType::Array => {
+            if depth >= MAX_ARRAY_DEPTH {
+                return Err(Error::Malformed {
+                    offset: at,
+                    reason: format!("arrays nested deeper than {MAX_ARRAY_DEPTH}"),
+                });
+            }
+            let elem_id = cur.u32("array element type")?;
+            let elem = MetaType::from_id(elem_id).ok_or_else(|| Error::Malformed {
+                offset: at,
+                reason: format!("unknown array element type {elem_id}"),
+            })?;
+            let count = cur.u64("array length")?;
+            let count = cur.bounded_count(count, elem.min_encoded_size(), "array length")?;
+            let mut items = Vec::with_capacity(count);
+            for _ in 0..count {
+                items.push(read_value(cur, elem_id, depth + 1)?);
+            }
+            MetaValue::Array(elem, items)
+        }
+    })
+}

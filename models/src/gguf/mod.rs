@@ -1,0 +1,607 @@
+//! GGUF reader (versions 2 and 3): memory-maps the file, parses the header,
+//! metadata and tensor table, and hands out zero-copy views of tensor data.
+//!
+//! The file is treated as hostile: every count, length, offset and size is
+//! checked against the bytes that remain before anything is allocated or
+//! indexed, with overflow-checked arithmetic. A malformed file is an
+//! [`Error`], never a panic or an out-of-memory abort.
+//!
+//! Layout (little endian):
+//! ```text
+//! "GGUF" u32 version | u64 n_tensors | u64 n_kv
+//! n_kv × (string key, u32 value_type, value)
+//! n_tensors × (string name, u32 n_dims, n_dims × u64 ne, u32 ggml_type, u64 offset)
+//! padding to general.alignment | tensor data (offsets relative to here)
+//! ```
+
+mod metadata;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use sotto_kernels::quant::DType;
+
+use crate::error::{Error, Result};
+
+pub use metadata::{MetaType, MetaValue};
+pub use writer::GgufWriter;
+
+/// `"GGUF"` as the little-endian u32 the header starts with.
+pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
+/// Alignment of the data section and of each tensor when the file does not
+/// set `general.alignment`.
+pub const DEFAULT_ALIGNMENT: usize = 32;
+/// ggml's maximum tensor rank.
+pub const MAX_DIMS: usize = 4;
+/// Nested arrays deeper than this are rejected: no real file nests at all,
+/// and unbounded recursion on hostile input would overflow the stack.
+const MAX_ARRAY_DEPTH: usize = 8;
+
+/// The bytes a [`GgufFile`] parses: a memory map for real files, an owned
+/// buffer for files built in memory (tests, converters).
+pub(crate) enum Storage {
+    Mapped(memmap2::Mmap),
+    Owned(Vec<u8>),
+}
+
+impl Storage {
+    pub(crate) fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Mapped(map) => map,
+            Storage::Owned(bytes) => bytes,
+        }
+    }
+}
+
+impl fmt::Debug for Storage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Storage::Mapped(m) => write!(f, "Mapped({} bytes)", m.len()),
+            Storage::Owned(b) => write!(f, "Owned({} bytes)", b.len()),
+        }
+    }
+}
+
+/// One entry of the tensor table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TensorInfo {
+    pub name: String,
+    /// ggml order: `dims[0]` (ne0) is the contiguous, fastest-varying axis.
+    pub dims: Vec<usize>,
+    pub dtype: DType,
+    /// Offset of the data relative to the start of the data section.
+    pub offset: usize,
+    /// Size of the data in bytes (validated against the file).
+    pub size: usize,
+}
+
+impl TensorInfo {
+    /// Number of elements (validated not to overflow at parse time).
+    pub fn n_elements(&self) -> usize {
+        self.dims.iter().product()
+    }
+}
+
+/// A parsed GGUF file. Cheap to share behind an `Arc`; tensor data stays in
+/// the memory map.
+#[derive(Debug)]
+pub struct GgufFile {
+    path: Option<PathBuf>,
+    storage: Arc<Storage>,
+    version: u32,
+    alignment: usize,
+    metadata: Vec<(String, MetaValue)>,
+    key_index: HashMap<String, usize>,
+    tensors: Vec<TensorInfo>,
+    tensor_index: HashMap<String, usize>,
+    data_start: usize,
+}
+
+impl GgufFile {
+    /// Memory-maps and parses the file at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
+        let path = path.as_ref();
+        let io_err = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io_err)?;
+        // The one `unsafe` outside kernels/src/arch: there is no safe mmap.
+        // SAFETY: the map is read-only and owned by `Storage`, so no slice
+        // outlives it. Mapping is unsound only if another process truncates or
+        // rewrites the file while it is loaded, the same contract ggml's
+        // loader accepts for model files.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
+        let mut gguf = Self::parse(Arc::new(Storage::Mapped(map)))?;
+        gguf.path = Some(path.to_path_buf());
+        Ok(gguf)
+    }
+
+    /// Parses a GGUF image held in memory.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<GgufFile> {
+        Self::parse(Arc::new(Storage::Owned(bytes)))
+    }
+
+    fn parse(storage: Arc<Storage>) -> Result<GgufFile> {
+        let bytes = storage.bytes();
+        let mut cur = Cursor::new(bytes);
+        let magic = cur.take(4, "magic")?;
+        let found = [magic[0], magic[1], magic[2], magic[3]];
+        if found != GGUF_MAGIC {
+            return Err(Error::BadMagic { found });
+        }
+        let version = cur.u32("version")?;
+        if version != 2 && version != 3 {
+            return Err(Error::UnsupportedVersion(version));
+        }
+        let n_tensors = cur.u64("tensor count")?;
+        let n_kv = cur.u64("metadata count")?;
+
+        // Smallest possible kv: 8-byte key length + 0-byte key + 4-byte type + 1-byte value.
+        let n_kv = cur.bounded_count(n_kv, 13, "metadata count")?;
+        let mut metadata = Vec::with_capacity(n_kv);
+        let mut key_index = HashMap::with_capacity(n_kv);
+        for _ in 0..n_kv {
+            let key_offset = cur.pos;
+            let key = cur.string("metadata key")?;
+            let ty = cur.u32("metadata value type")?;
+            let value = metadata::read_value(&mut cur, ty, 0)?;
+            if key_index.insert(key.clone(), metadata.len()).is_some() {
+                return Err(Error::Malformed {
+                    offset: key_offset as u64,
+                    reason: format!("duplicate metadata key {key:?}"),
+                });
+            }
+            metadata.push((key, value));
+        }
+
+        let alignment = match key_index.get("general.alignment").map(|&i| &metadata[i].1) {
+            None => DEFAULT_ALIGNMENT,
+            Some(MetaValue::U32(a)) if *a != 0 && a.is_power_of_two() => *a as usize,
+            Some(other) => {
+                return Err(Error::BadMetadata {
+                    key: "general.alignment".into(),
+                    reason: format!("must be a non-zero power of two u32, found {other:?}"),
+                })
+            }
+        };
+
+        // Smallest tensor info: 8 (name len) + 4 (n_dims) + 8 (one dim) + 4 (type) + 8 (offset).
+        let n_tensors = cur.bounded_count(n_tensors, 32, "tensor count")?;
+        let mut raw = Vec::with_capacity(n_tensors);
+        for _ in 0..n_tensors {
+            raw.push(read_tensor_info(&mut cur)?);
+        }
+
+        let data_start = align_up(cur.pos, alignment).ok_or_else(|| Error::Malformed {
+            offset: cur.pos as u64,
+            reason: "data section offset overflows".into(),
+        })?;
+        let file_size = bytes.len();
+        if data_start > file_size && n_tensors > 0 {
+            return Err(Error::Truncated {
+                what: "data section",
+                offset: cur.pos as u64,
+                needed: (data_start - cur.pos) as u64,
+                file_size: file_size as u64,
+            });
+        }
+
+        let mut tensors = Vec::with_capacity(raw.len());
+        let mut tensor_index = HashMap::with_capacity(raw.len());
+        for t in raw {
+            let info = validate_tensor(t, alignment, data_start, file_size)?;
+            if tensor_index.insert(info.name.clone(), tensors.len()).is_some() {
+                return Err(Error::BadTensor {
+                    tensor: info.name,
+                    reason: "duplicate tensor name".into(),
+                });
+            }
+            tensors.push(info);
+        }
+        check_no_overlap(&tensors)?;
+
+        Ok(GgufFile {
+            path: None,
+            storage,
+            version,
+            alignment,
+            metadata,
+            key_index,
+            tensors,
+            tensor_index,
+            data_start,
+        })
+    }
+
+    /// The path the file was opened from (`None` for in-memory images).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+    /// GGUF format version (2 or 3).
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+    /// Size of the whole file in bytes.
+    pub fn file_size(&self) -> usize {
+        self.storage.bytes().len()
+    }
+    /// Alignment of tensor data (`general.alignment`, default 32).
+    pub fn alignment(&self) -> usize {
+        self.alignment
+    }
+    /// Byte offset of the data section in the file.
+    pub fn data_start(&self) -> usize {
+        self.data_start
+    }
+    /// All metadata in file order.
+    pub fn metadata(&self) -> &[(String, MetaValue)] {
+        &self.metadata
+    }
+    /// The value of `key`, if present.
+    pub fn get(&self, key: &str) -> Option<&MetaValue> {
+        self.key_index.get(key).map(|&i| &self.metadata[i].1)
+    }
+    /// All tensors in file order.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+    /// The tensor named `name`, if present.
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.tensor_index.get(name).map(|&i| &self.tensors[i])
+    }
+
+    /// Zero-copy view of a tensor's data.
+    ///
+    /// `info` must come from this file; ranges were validated at parse time,
+    /// and a foreign `info` that does not fit yields an empty slice rather
+    /// than a panic.
+    pub fn tensor_bytes(&self, info: &TensorInfo) -> &[u8] {
+        self.storage
+            .bytes()
+            .get(self.tensor_range(info))
+            .unwrap_or(&[])
+    }
+
+    pub(crate) fn tensor_range(&self, info: &TensorInfo) -> std::ops::Range<usize> {
+        let start = self.data_start.saturating_add(info.offset);
+        start..start.saturating_add(info.size)
+    }
+
+    pub(crate) fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    fn typed<'a, T>(
+        &'a self,
+        key: &str,
+        expected: &'static str,
+        convert: impl FnOnce(&'a MetaValue) -> Option<T>,
+    ) -> Result<Option<T>> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(v) => convert(v).map(Some).ok_or_else(|| Error::WrongKeyType {
+                key: key.to_string(),
+                expected,
+                found: v.type_name(),
+            }),
+        }
+    }
+
+    /// `key` as u32: accepts any integer type whose value fits.
+    pub fn get_u32(&self, key: &str) -> Result<Option<u32>> {
+        self.typed(key, "u32", |v| v.as_u64().and_then(|x| u32::try_from(x).ok()))
+    }
+    /// `key` as i32: accepts any integer type whose value fits.
+    pub fn get_i32(&self, key: &str) -> Result<Option<i32>> {
+        self.typed(key, "i32", |v| v.as_i64().and_then(|x| i32::try_from(x).ok()))
+    }
+    /// `key` as u64: accepts any non-negative integer.
+    pub fn get_u64(&self, key: &str) -> Result<Option<u64>> {
+        self.typed(key, "u64", MetaValue::as_u64)
+    }
+    /// `key` as usize: accepts any non-negative integer that fits.
+    pub fn get_usize(&self, key: &str) -> Result<Option<usize>> {
+        self.typed(key, "usize", |v| v.as_u64().and_then(|x| usize::try_from(x).ok()))
+    }
+    /// `key` as f32: accepts f32 and f64 (narrowed).
+    pub fn get_f32(&self, key: &str) -> Result<Option<f32>> {
+        self.typed(key, "f32", |v| match v {
+            MetaValue::F32(x) => Some(*x),
+            MetaValue::F64(x) => Some(*x as f32),
+            _ => None,
+        })
+    }
+    /// `key` as bool.
+    pub fn get_bool(&self, key: &str) -> Result<Option<bool>> {
+        self.typed(key, "bool", |v| match v {
+            MetaValue::Bool(b) => Some(*b),
+            _ => None,
+        })
+    }
+    /// `key` as a string.
+    pub fn get_str(&self, key: &str) -> Result<Option<&str>> {
+        self.typed(key, "string", |v| match v {
+            MetaValue::String(s) => Some(s.as_str()),
+            _ => None,
+        })
+    }
+    /// `key` as an array of any element type.
+    pub fn get_array(&self, key: &str) -> Result<Option<&[MetaValue]>> {
+        self.typed(key, "array", |v| match v {
+            MetaValue::Array(_, items) => Some(items.as_slice()),
+            _ => None,
+        })
+    }
+    /// `key` as an array of strings.
+    pub fn get_str_array(&self, key: &str) -> Result<Option<Vec<&str>>> {
+        self.typed(key, "array of string", |v| match v {
+            MetaValue::Array(_, items) => items
+                .iter()
+                .map(|i| match i {
+                    MetaValue::String(s) => Some(s.as_str()),
+                    _ => None,
+                })
+                .collect(),
+            _ => None,
+        })
+    }
+    /// `key` as an array of integers, each converted to i64.
+    pub fn get_int_array(&self, key: &str) -> Result<Option<Vec<i64>>> {
+        self.typed(key, "array of integer", |v| match v {
+            MetaValue::Array(_, items) => items.iter().map(MetaValue::as_i64).collect(),
+            _ => None,
+        })
+    }
+    /// `key` as an array of floats (f32 or f64 elements).
+    pub fn get_f32_array(&self, key: &str) -> Result<Option<Vec<f32>>> {
+        self.typed(key, "array of float", |v| match v {
+            MetaValue::Array(_, items) => items
+                .iter()
+                .map(|i| match i {
+                    MetaValue::F32(x) => Some(*x),
+                    MetaValue::F64(x) => Some(*x as f32),
+                    _ => None,
+                })
+                .collect(),
+            _ => None,
+        })
+    }
+
+    /// Like [`get_u32`](Self::get_u32) but a missing key is an error.
+    pub fn require_u32(&self, key: &str) -> Result<u32> {
+        self.get_u32(key)?.ok_or_else(|| missing(key))
+    }
+    /// Like [`get_usize`](Self::get_usize) but a missing key is an error.
+    pub fn require_usize(&self, key: &str) -> Result<usize> {
+        self.get_usize(key)?.ok_or_else(|| missing(key))
+    }
+    /// Like [`get_f32`](Self::get_f32) but a missing key is an error.
+    pub fn require_f32(&self, key: &str) -> Result<f32> {
+        self.get_f32(key)?.ok_or_else(|| missing(key))
+    }
+    /// Like [`get_str`](Self::get_str) but a missing key is an error.
+    pub fn require_str(&self, key: &str) -> Result<&str> {
+        self.get_str(key)?.ok_or_else(|| missing(key))
+    }
+}
+
+fn missing(key: &str) -> Error {
+    Error::MissingKey {
+        key: key.to_string(),
+    }
+}
+
+fn align_up(x: usize, alignment: usize) -> Option<usize> {
+    let rem = x % alignment;
+    if rem == 0 {
+        Some(x)
+    } else {
+        x.checked_add(alignment - rem)
+    }
+}
+
+/// A tensor table entry before its type, size and range are validated.
+struct RawTensorInfo {
+    name: String,
+    dims: Vec<u64>,
+    type_id: u32,
+    offset: u64,
+}
+
+fn read_tensor_info(cur: &mut Cursor<'_>) -> Result<RawTensorInfo> {
+    let name = cur.string("tensor name")?;
+    let n_dims = cur.u32("tensor n_dims")?;
+    if n_dims == 0 || n_dims as usize > MAX_DIMS {
+        return Err(Error::BadTensor {
+            tensor: name,
+            reason: format!("n_dims is {n_dims}, must be 1..={MAX_DIMS}"),
+        });
+    }
+    let mut dims = Vec::with_capacity(n_dims as usize);
+    for _ in 0..n_dims {
+        dims.push(cur.u64("tensor dimension")?);
+    }
+    let type_id = cur.u32("tensor type")?;
+    let offset = cur.u64("tensor offset")?;
+    Ok(RawTensorInfo {
+        name,
+        dims,
+        type_id,
+        offset,
+    })
+}
+
+fn validate_tensor(
+    t: RawTensorInfo,
+    alignment: usize,
+    data_start: usize,
+    file_size: usize,
+) -> Result<TensorInfo> {
+    let bad = |reason: String| Error::BadTensor {
+        tensor: t.name.clone(),
+        reason,
+    };
+    let dtype = DType::from_ggml_id(t.type_id).ok_or_else(|| Error::UnknownTensorType {
+        tensor: t.name.clone(),
+        type_id: t.type_id,
+    })?;
+    let mut dims = Vec::with_capacity(t.dims.len());
+    let mut n_elements: usize = 1;
+    for &d in &t.dims {
+        let d = usize::try_from(d)
+            .ok()
+            .filter(|&d| d > 0)
+            .ok_or_else(|| bad(format!("dimension {d} in {:?} is zero or too large", t.dims)))?;
+        n_elements = n_elements
+            .checked_mul(d)
+            .ok_or_else(|| bad(format!("element count of {:?} overflows", t.dims)))?;
+        dims.push(d);
+    }
+    let ne0 = dims[0];
+    if ne0 % dtype.block_size() != 0 {
+        return Err(bad(format!(
+            "row length {ne0} is not a multiple of the {dtype:?} block size {}",
+            dtype.block_size()
+        )));
+    }
+    let rows = n_elements / ne0;
+    let size = dtype
+        .row_bytes(ne0)
+        .and_then(|rb| rb.checked_mul(rows))
+        .ok_or_else(|| bad(format!("byte size of {:?} {dtype:?} overflows", t.dims)))?;
+    let offset = usize::try_from(t.offset)
+        .map_err(|_| bad(format!("data offset {} does not fit in memory", t.offset)))?;
+    if offset % alignment != 0 {
+        return Err(bad(format!(
+            "data offset {offset} is not a multiple of the alignment {alignment}"
+        )));
+    }
+    let end = data_start
+        .checked_add(offset)
+        .and_then(|s| s.checked_add(size))
+        .ok_or_else(|| bad(format!("data range at offset {offset} overflows")))?;
+    if end > file_size {
+        return Err(bad(format!(
+            "data [{}..{end}) extends past the end of the file ({file_size} bytes)",
+            data_start.saturating_add(offset)
+        )));
+    }
+    Ok(TensorInfo {
+        name: t.name,
+        dims,
+        dtype,
+        offset,
+        size,
+    })
+}
+
+fn check_no_overlap(tensors: &[TensorInfo]) -> Result<()> {
+    let mut order: Vec<&TensorInfo> = tensors.iter().collect();
+    order.sort_by_key(|t| t.offset);
+    for pair in order.windows(2) {
+        // end cannot overflow: validated against the file size already.
+        if pair[0].offset + pair[0].size > pair[1].offset {
+            return Err(Error::BadTensor {
+                tensor: pair[1].name.clone(),
+                reason: format!("data overlaps tensor {:?}", pair[0].name),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Bounds-checked little-endian reader over the file image.
+pub(crate) struct Cursor<'a> {
+    bytes: &'a [u8],
+    pub(crate) pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Cursor { bytes, pos: 0 }
+    }
+
+    pub(crate) fn remaining(&self) -> usize {
+        self.bytes.len().saturating_sub(self.pos)
+    }
+
+    pub(crate) fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8]> {
+        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
+        match end {
+            Some(end) => {
+                let s = &self.bytes[self.pos..end];
+                self.pos = end;
+                Ok(s)
+            }
+            None => Err(Error::Truncated {
+                what,
+                offset: self.pos as u64,
+                needed: n as u64,
+                file_size: self.bytes.len() as u64,
+            }),
+        }
+    }
+
+    pub(crate) fn array<const N: usize>(&mut self, what: &'static str) -> Result<[u8; N]> {
+        let s = self.take(N, what)?;
+        let mut out = [0u8; N];
+        out.copy_from_slice(s);
+        Ok(out)
+    }
+
+    pub(crate) fn u32(&mut self, what: &'static str) -> Result<u32> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    pub(crate) fn u64(&mut self, what: &'static str) -> Result<u64> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    /// A count of items each at least `min_item_bytes` long: larger than what
+    /// the rest of the file could hold means the file lies (or is truncated),
+    /// and rejecting it here keeps hostile counts from driving allocations.
+    pub(crate) fn bounded_count(
+        &self,
+        count: u64,
+        min_item_bytes: usize,
+        what: &'static str,
+    ) -> Result<usize> {
+        let max = (self.remaining() / min_item_bytes.max(1)) as u64;
+        if count > max {
+            return Err(Error::Truncated {
+                what,
+                offset: self.pos as u64,
+                needed: count.saturating_mul(min_item_bytes as u64),
+                file_size: self.bytes.len() as u64,
+            });
+        }
+        // count <= remaining bytes, so it fits in usize.
+        Ok(count as usize)
+    }
+
+    pub(crate) fn string(&mut self, what: &'static str) -> Result<String> {
+        let start = self.pos;
+        let len = self.u64(what)?;
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l <= self.remaining())
+            .ok_or(Error::Truncated {
+                what,
+                offset: start as u64,
+                needed: len,
+                file_size: self.bytes.len() as u64,
+            })?;
+        let raw = self.take(len, what)?;
+        String::from_utf8(raw.to_vec()).map_err(|e| Error::Malformed {
+            offset: start as u64,
+            reason: format!("{what} is not valid UTF-8: {e}"),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,179 @@
+//! A small GGUF writer: builds valid (or, for tests, deliberately broken)
+//! GGUF images in memory. Used by the tests of this crate and of the
+//! workspace, and usable by converters.
+
+use super::{MetaType, MetaValue, DEFAULT_ALIGNMENT};
+
+/// A tensor to write: name, ggml dims (ne0 first), ggml type id and raw data.
+#[derive(Debug, Clone)]
+pub struct WriterTensor {
+    pub name: String,
+    pub dims: Vec<u64>,
+    pub type_id: u32,
+    pub data: Vec<u8>,
+    /// Overrides the computed data offset (to build broken files).
+    pub offset_override: Option<u64>,
+}
+
+/// Builds a GGUF image. Values are written exactly as given, without
+/// validation, so tests can produce hostile files too.
+#[derive(Debug, Clone)]
+pub struct GgufWriter {
+    pub version: u32,
+    pub alignment: usize,
+    pub metadata: Vec<(String, MetaValue)>,
+    pub tensors: Vec<WriterTensor>,
+}
+
+impl Default for GgufWriter {
+    fn default() -> Self {
+        GgufWriter {
+            version: 3,
+            alignment: DEFAULT_ALIGNMENT,
+            metadata: Vec::new(),
+            tensors: Vec::new(),
+        }
+    }
+}
+
+impl GgufWriter {
+    /// An empty version-3 file.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a metadata entry (builder style).
+    pub fn kv(mut self, key: &str, value: MetaValue) -> Self {
+        self.metadata.push((key.to_string(), value));
+        self
+    }
+
+    /// Replaces or adds a metadata entry in place.
+    pub fn set(&mut self, key: &str, value: MetaValue) {
+        match self.metadata.iter_mut().find(|(k, _)| k == key) {
+            Some(slot) => slot.1 = value,
+            None => self.metadata.push((key.to_string(), value)),
+        }
+    }
+
+    /// Removes a metadata entry.
+    pub fn remove(&mut self, key: &str) {
+        self.metadata.retain(|(k, _)| k != key);
+    }
+
+    /// Adds a tensor (builder style).
+    pub fn tensor(mut self, name: &str, dims: &[u64], type_id: u32, data: Vec<u8>) -> Self {
+        self.tensors.push(WriterTensor {
+            name: name.to_string(),
+            dims: dims.to_vec(),
+            type_id,
+            data,
+            offset_override: None,
+        });
+        self
+    }
+
+    /// Adds an f32 tensor (builder style).
+    pub fn tensor_f32(self, name: &str, dims: &[u64], values: &[f32]) -> Self {
+        let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        self.tensor(name, dims, 0, data)
+    }
+
+    /// The file image.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        out.extend_from_slice(b"GGUF");
+        out.extend_from_slice(&self.version.to_le_bytes());
+        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
+        for (key, value) in &self.metadata {
+            write_string(&mut out, key);
+            out.extend_from_slice(&(value.meta_type() as u32).to_le_bytes());
+            write_value(&mut out, value);
+        }
+        let align = self.alignment.max(1);
+        let mut offsets = Vec::with_capacity(self.tensors.len());
+        let mut next = 0u64;
+        for t in &self.tensors {
+            offsets.push(next);
+            next += t.data.len() as u64;
+            next = next.div_ceil(align as u64) * align as u64;
+        }
+        for (t, &offset) in self.tensors.iter().zip(&offsets) {
+            write_string(&mut out, &t.name);
+            out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+            for d in &t.dims {
+                out.extend_from_slice(&d.to_le_bytes());
+            }
+            out.extend_from_slice(&t.type_id.to_le_bytes());
+            out.extend_from_slice(&t.offset_override.unwrap_or(offset).to_le_bytes());
+        }
+        pad_to(&mut out, align);
+        let data_start = out.len();
+        for (t, &offset) in self.tensors.iter().zip(&offsets) {
+            out.resize(data_start + offset as usize, 0);
+            out.extend_from_slice(&t.data);
+        }
+        if !self.tensors.is_empty() {
+            pad_to(&mut out, align);
+        }
+        out
+    }
+}
+
+fn pad_to(out: &mut Vec<u8>, align: usize) {
+    let len = out.len().div_ceil(align) * align;
+    out.resize(len, 0);
+}
+
+fn write_string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn write_value(out: &mut Vec<u8>, value: &MetaValue) {
+    match value {
+        MetaValue::U8(x) => out.push(*x),
+        MetaValue::I8(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::U16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::I16(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::U32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::I32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::F32(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::Bool(x) => out.push(u8::from(*x)),
+        MetaValue::String(s) => write_string(out, s),
+        MetaValue::Array(elem, items) => {
+            out.extend_from_slice(&(*elem as u32).to_le_bytes());
+            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+            for item in items {
+                write_value(out, item);
+            }
+        }
+        MetaValue::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
+        MetaValue::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
+    }
+}
+
+/// Convenience constructors for metadata values in tests and converters.
+impl MetaValue {
+    /// A string value.
+    pub fn string(s: impl Into<String>) -> MetaValue {
+        MetaValue::String(s.into())
+    }
+    /// An array of strings.
+    pub fn str_array<S: AsRef<str>>(items: &[S]) -> MetaValue {
+        MetaValue::Array(
+            MetaType::String,
+            items.iter().map(|s| MetaValue::String(s.as_ref().to_string())).collect(),
+        )
+    }
+    /// An array of i32.
+    pub fn i32_array(items: &[i32]) -> MetaValue {
+        MetaValue::Array(MetaType::I32, items.iter().map(|&x| MetaValue::I32(x)).collect())
+    }
+    /// An array of f32.
+    pub fn f32_array(items: &[f32]) -> MetaValue {
+        MetaValue::Array(MetaType::F32, items.iter().map(|&x| MetaValue::F32(x)).collect())
+    }
+}

@@ -1,0 +1,150 @@
+//! Synthetic model files for tests (this crate's and the workspace's): a
+//! tiny but complete Llama or Gemma 3 GGUF with a byte-level BPE
+//! tokenizer, built with [`GgufWriter`] so tests can break any part of it.
+
+use crate::gguf::{GgufWriter, MetaValue};
+
+/// Dimensions of the synthetic decoder.
+#[derive(Debug, Clone, Copy)]
+pub struct TinyDims {
+    pub n_layer: usize,
+    pub d_model: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub ffn_dim: usize,
+}
+
+impl Default for TinyDims {
+    fn default() -> Self {
+        TinyDims {
+            n_layer: 2,
+            d_model: 8,
+            n_head: 2,
+            n_kv_head: 1,
+            head_dim: 4,
+            ffn_dim: 16,
+        }
+    }
+}
+
+/// Special tokens of the synthetic vocabulary, after the 256 byte tokens.
+pub const TINY_SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+/// Merges of the synthetic vocabulary (byte-level text).
+pub const TINY_MERGES: [(&str, &str); 4] = [("h", "e"), ("l", "l"), ("he", "ll"), ("Ġ", "w")];
+
+/// The GPT-2 byte-to-character table (`bytes_to_unicode`).
+pub fn byte_level_chars() -> Vec<char> {
+    let printable =
+        |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let mut next = 0x100u32;
+    (0u32..256)
+        .map(|b| {
+            if printable(b) {
+                char::from_u32(b).unwrap_or('?')
+            } else {
+                let c = char::from_u32(next).unwrap_or('?');
+                next += 1;
+                c
+            }
+        })
+        .collect()
+}
+
+/// Tokens, token types and merges of the synthetic vocabulary: the 256
+/// byte-level characters, one token per merge result, then the specials.
+pub fn tiny_vocab() -> (Vec<String>, Vec<i32>, Vec<String>) {
+    let mut tokens: Vec<String> = byte_level_chars().into_iter().map(String::from).collect();
+    let mut types = vec![1i32; tokens.len()];
+    for (l, r) in TINY_MERGES {
+        tokens.push(format!("{l}{r}"));
+        types.push(1);
+    }
+    for s in TINY_SPECIALS {
+        tokens.push(s.to_string());
+        types.push(3);
+    }
+    let merges = TINY_MERGES.iter().map(|(l, r)| format!("{l} {r}")).collect();
+    (tokens, types, merges)
+}
+
+fn values(n: usize, seed: usize) -> Vec<f32> {
+    (0..n).map(|i| (((i * 7 + seed * 13) % 17) as f32 - 8.0) / 16.0).collect()
+}
+
+/// A complete tiny model of architecture `arch` (`"llama"` or `"gemma3"`).
+pub fn tiny_model(arch: &str, dims: TinyDims) -> GgufWriter {
+    let (tokens, types, merges) = tiny_vocab();
+    let vocab = tokens.len();
+    let d = dims.d_model as u64;
+    let q = (dims.n_head * dims.head_dim) as u64;
+    let kv = (dims.n_kv_head * dims.head_dim) as u64;
+    let f = dims.ffn_dim as u64;
+    let k = |s: &str| format!("{arch}.{s}");
+    let mut w = GgufWriter::new()
+        .kv("general.architecture", MetaValue::string(arch))
+        .kv("general.name", MetaValue::string("tiny"))
+        .kv(&k("block_count"), MetaValue::U32(dims.n_layer as u32))
+        .kv(&k("embedding_length"), MetaValue::U32(dims.d_model as u32))
+        .kv(&k("attention.head_count"), MetaValue::U32(dims.n_head as u32))
+        .kv(&k("attention.head_count_kv"), MetaValue::U32(dims.n_kv_head as u32))
+        .kv(&k("attention.key_length"), MetaValue::U32(dims.head_dim as u32))
+        .kv(&k("feed_forward_length"), MetaValue::U32(dims.ffn_dim as u32))
+        .kv(&k("context_length"), MetaValue::U32(128))
+        .kv(&k("rope.freq_base"), MetaValue::F32(10_000.0))
+        .kv(&k("rope.dimension_count"), MetaValue::U32(dims.head_dim as u32))
+        .kv(&k("attention.layer_norm_rms_epsilon"), MetaValue::F32(1e-5))
+        .kv("tokenizer.ggml.model", MetaValue::string("gpt2"))
+        .kv("tokenizer.ggml.pre", MetaValue::string("smollm"))
+        .kv("tokenizer.ggml.tokens", MetaValue::str_array(&tokens))
+        .kv("tokenizer.ggml.token_type", MetaValue::i32_array(&types))
+        .kv("tokenizer.ggml.merges", MetaValue::str_array(&merges))
+        .kv("tokenizer.ggml.bos_token_id", MetaValue::U32(vocab as u32 - 2))
+        .kv("tokenizer.ggml.eos_token_id", MetaValue::U32(vocab as u32 - 1))
+        .kv("tokenizer.ggml.add_bos_token", MetaValue::Bool(false));
+    if arch == "gemma3" {
+        w = w.kv(&k("attention.sliding_window"), MetaValue::U32(4));
+    }
+    let mut seed = 0;
+    let mut t = |w: GgufWriter, name: &str, dims: &[u64]| {
+        seed += 1;
+        let n = dims.iter().product::<u64>() as usize;
+        w.tensor_f32(name, dims, &values(n, seed))
+    };
+    w = t(w, "token_embd.weight", &[d, vocab as u64]);
+    for il in 0..dims.n_layer {
+        let n = |s: &str| format!("blk.{il}.{s}.weight");
+        w = t(w, &n("attn_norm"), &[d]);
+        w = t(w, &n("attn_q"), &[d, q]);
+        w = t(w, &n("attn_k"), &[d, kv]);
+        w = t(w, &n("attn_v"), &[d, kv]);
+        w = t(w, &n("attn_output"), &[q, d]);
+        w = t(w, &n("ffn_norm"), &[d]);
+        w = t(w, &n("ffn_gate"), &[d, f]);
+        w = t(w, &n("ffn_up"), &[d, f]);
+        w = t(w, &n("ffn_down"), &[f, d]);
+        if arch == "gemma3" {
+            w = t(w, &n("attn_q_norm"), &[dims.head_dim as u64]);
+            w = t(w, &n("attn_k_norm"), &[dims.head_dim as u64]);
+            w = t(w, &n("post_attention_norm"), &[d]);
+            w = t(w, &n("post_ffw_norm"), &[d]);
+        }
+    }
+    w = t(w, "output_norm.weight", &[d]);
+    if arch == "llama" {
+        w = t(w, "output.weight", &[d, vocab as u64]);
+    }
+    w
+}
+
+/// Writes `bytes` to a fresh file under the system temp directory and
+/// returns its path (removed by the caller or left for the OS).
+pub fn write_temp(name: &str, bytes: &[u8]) -> std::io::Result<std::path::PathBuf> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static COUNTER: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!("sotto-models-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join(format!("{}-{name}.gguf", COUNTER.fetch_add(1, Ordering::Relaxed)));
+    std::fs::write(&path, bytes)?;
+    Ok(path)
+}

@@ -1,0 +1,577 @@
+//! The tokenizer stored in a GGUF file, rebuilt on the `tokenizers` crate so
+//! that it reproduces llama.cpp's `llama_tokenize` token for token.
+//!
+//! * `tokenizer.ggml.model = "gpt2"`: byte-level BPE over the vocabulary and
+//!   `merges`, after the pre-tokenizer regexes llama.cpp associates with
+//!   `tokenizer.ggml.pre` (applied in sequence, each splitting the pieces of
+//!   the previous one, matches and gaps both kept).
+//! * `tokenizer.ggml.model = "llama"`: SentencePiece BPE. GGUF stores only
+//!   token scores, so merges are rebuilt from them (a pair merges when the
+//!   concatenation is a token; higher score merges first), spaces become
+//!   `▁`, a `▁` is prepended to each text run when `add_space_prefix`, and
+//!   unknown characters fall back to `<0xNN>` byte tokens.
+//!
+//! Control, user-defined and unknown tokens are matched in the raw text
+//! before any of that (llama.cpp's `tokenizer_st_partition`); with
+//! `parse_special = false` only user-defined ones are.
+
+use std::collections::{HashMap, HashSet};
+
+use tokenizers::models::bpe::BPE;
+use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::sequence::Sequence as PreTokenizerSequence;
+use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
+use tokenizers::{AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
+
+use crate::error::{Error, Result};
+use crate::gguf::GgufFile;
+
+/// llama.cpp's token types (`tokenizer.ggml.token_type`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TokenType {
+    Undefined,
+    Normal,
+    Unknown,
+    Control,
+    UserDefined,
+    Unused,
+    Byte,
+}
+
+impl TokenType {
+    fn from_id(id: i64) -> TokenType {
+        match id {
+            1 => TokenType::Normal,
+            2 => TokenType::Unknown,
+            3 => TokenType::Control,
+            4 => TokenType::UserDefined,
+            5 => TokenType::Unused,
+            6 => TokenType::Byte,
+            _ => TokenType::Undefined,
+        }
+    }
+
+    /// Matched verbatim in the input before pre-tokenization.
+    fn is_special_text(self) -> bool {
+        matches!(
+            self,
+            TokenType::Control | TokenType::UserDefined | TokenType::Unknown
+        )
+    }
+}
+
+/// Vocabulary family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VocabKind {
+    /// GPT-2 style byte-level BPE (`"gpt2"`).
+    ByteLevelBpe,
+    /// SentencePiece BPE with byte fallback (`"llama"`).
+    SentencePiece,
+}
+
+/// Texts llama.cpp treats as end-of-generation when they are control tokens
+/// (`llama_vocab::impl::load`, special_eog_ids).
+const EOG_TEXTS: &[&str] = &[
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "<|end_of_text|>",
+    "<｜end▁of▁sentence｜>",
+];
+
+/// A GGUF tokenizer.
+#[derive(Debug, Clone)]
+pub struct Tokenizer {
+    kind: VocabKind,
+    pre: String,
+    /// Splits control tokens out of the text (`parse_special = true`).
+    with_special: tokenizers::Tokenizer,
+    /// Encodes control tokens' text as ordinary text (`parse_special = false`).
+    without_special: tokenizers::Tokenizer,
+    tokens: Vec<String>,
+    types: Vec<TokenType>,
+    ids: HashMap<String, u32>,
+    bos: Option<u32>,
+    eos: Option<u32>,
+    eot: Option<u32>,
+    eom: Option<u32>,
+    unk: Option<u32>,
+    pad: Option<u32>,
+    add_bos: bool,
+    add_eos: bool,
+    add_space_prefix: bool,
+    eog: HashSet<u32>,
+}
+
+fn tok_err(e: impl std::fmt::Display) -> Error {
+    Error::Tokenizer(e.to_string())
+}
+
+impl Tokenizer {
+    /// Builds the tokenizer described by `gguf`'s `tokenizer.ggml.*` keys.
+    pub fn from_gguf(gguf: &GgufFile) -> Result<Tokenizer> {
+        let model = gguf.require_str("tokenizer.ggml.model")?;
+        let kind = match model {
+            "gpt2" => VocabKind::ByteLevelBpe,
+            "llama" => VocabKind::SentencePiece,
+            other => {
+                return Err(Error::Tokenizer(format!(
+                    "unsupported tokenizer.ggml.model {other:?} (supported: gpt2, llama)"
+                )))
+            }
+        };
+        let tokens: Vec<String> = gguf
+            .get_str_array("tokenizer.ggml.tokens")?
+            .ok_or_else(|| Error::MissingKey {
+                key: "tokenizer.ggml.tokens".into(),
+            })?
+            .into_iter()
+            .map(str::to_string)
+            .collect();
+        let n = tokens.len();
+        if n == 0 || n > u32::MAX as usize {
+            return Err(Error::Tokenizer(format!("vocabulary of {n} tokens")));
+        }
+        let types: Vec<TokenType> = match gguf.get_int_array("tokenizer.ggml.token_type")? {
+            Some(t) if t.len() == n => t.into_iter().map(TokenType::from_id).collect(),
+            Some(t) => {
+                return Err(Error::Tokenizer(format!(
+                    "token_type has {} entries for {n} tokens",
+                    t.len()
+                )))
+            }
+            None => vec![TokenType::Normal; n],
+        };
+        let mut ids = HashMap::with_capacity(n);
+        for (i, t) in tokens.iter().enumerate() {
+            // First occurrence wins, as in llama.cpp's token_to_id.
+            ids.entry(t.clone()).or_insert(i as u32);
+        }
+        let id_key = |key: &str| -> Result<Option<u32>> {
+            match gguf.get_u32(key)? {
+                Some(id) if (id as usize) < n => Ok(Some(id)),
+                // Some converters write -1 / out-of-range for "none".
+                _ => Ok(None),
+            }
+        };
+        let bos = id_key("tokenizer.ggml.bos_token_id")?;
+        let eos = id_key("tokenizer.ggml.eos_token_id")?;
+        let eom = id_key("tokenizer.ggml.eom_token_id")?;
+        let unk = id_key("tokenizer.ggml.unknown_token_id")?;
+        let pad = id_key("tokenizer.ggml.padding_token_id")?;
+        let mut eot = id_key("tokenizer.ggml.eot_token_id")?;
+        let add_bos = gguf
+            .get_bool("tokenizer.ggml.add_bos_token")?
+            .unwrap_or(kind == VocabKind::SentencePiece);
+        let add_eos = gguf.get_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+        let add_space_prefix = gguf
+            .get_bool("tokenizer.ggml.add_space_prefix")?
+            .unwrap_or(kind == VocabKind::SentencePiece);
+        let pre = gguf
+            .get_str("tokenizer.ggml.pre")?
+            .unwrap_or("default")
+            .to_string();
+
+        // llama.cpp guesses EOT from well-known texts when the file has none.
+        if eot.is_none() {
+            eot = EOG_TEXTS[..8]
+                .iter()
+                .filter_map(|t| ids.get(*t).copied())
+                .find(|&id| types[id as usize] == TokenType::Control);
+        }
+        let mut eog: HashSet<u32> = [eos, eot, eom].into_iter().flatten().collect();
+        for text in EOG_TEXTS {
+            if let Some(&id) = ids.get(*text) {
+                if types[id as usize] == TokenType::Control {
+                    eog.insert(id);
+                }
+            }
+        }
+
+        let mut base = match kind {
+            VocabKind::ByteLevelBpe => byte_level_bpe(gguf, &tokens, &pre)?,
+            VocabKind::SentencePiece => sentencepiece_bpe(gguf, &tokens, &types, unk, add_space_prefix)?,
+        };
+        let added: Vec<AddedToken> = tokens
+            .iter()
+            .zip(&types)
+            .filter(|(text, ty)| ty.is_special_text() && !text.is_empty())
+            .map(|(text, ty)| {
+                AddedToken::from(text.clone(), *ty != TokenType::UserDefined).normalized(false)
+            })
+            .collect();
+        base.add_tokens(&added);
+        let with_special = base.clone();
+        let mut without_special = base;
+        without_special.set_encode_special_tokens(true);
+
+        Ok(Tokenizer {
+            kind,
+            pre,
+            with_special,
+            without_special,
+            tokens,
+            types,
+            ids,
+            bos,
+            eos,
+            eot,
+            eom,
+            unk,
+            pad,
+            add_bos,
+            add_eos,
+            add_space_prefix,
+            eog,
+        })
+    }
+
+    /// Token ids of `text`, without BOS/EOS; `parse_special` lets control
+    /// tokens written in the text (`<|im_start|>`) become their ids. Mirrors
+    /// `llama_tokenize(add_special = false, parse_special)`.
+    pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
+        if text.is_empty() {
+            return Ok(Vec::new());
+        }
+        let tk = if parse_special {
+            &self.with_special
+        } else {
+            &self.without_special
+        };
+        let enc = tk.encode(text, false).map_err(tok_err)?;
+        Ok(enc.get_ids().to_vec())
+    }
+
+    /// Like [`encode`](Self::encode), with BOS prepended when the model asks
+    /// for it and EOS appended when it asks for that.
+    pub fn encode_with_special(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        if self.add_bos {
+            out.extend(self.bos);
+        }
+        out.extend(self.encode(text, parse_special)?);
+        if self.add_eos {
+            out.extend(self.eos);
+        }
+        Ok(out)
+    }
+
+    /// Whether a prompt should start with BOS (`tokenizer.ggml.add_bos_token`).
+    pub fn add_bos(&self) -> bool {
+        self.add_bos
+    }
+    /// Whether a prompt should end with EOS (`tokenizer.ggml.add_eos_token`).
+    pub fn add_eos(&self) -> bool {
+        self.add_eos
+    }
+    pub fn bos_id(&self) -> Option<u32> {
+        self.bos
+    }
+    pub fn eos_id(&self) -> Option<u32> {
+        self.eos
+    }
+    pub fn eot_id(&self) -> Option<u32> {
+        self.eot
+    }
+    pub fn eom_id(&self) -> Option<u32> {
+        self.eom
+    }
+    pub fn unknown_id(&self) -> Option<u32> {
+        self.unk
+    }
+    pub fn padding_id(&self) -> Option<u32> {
+        self.pad
+    }
+    /// The vocabulary family.
+    pub fn kind(&self) -> VocabKind {
+        self.kind
+    }
+    /// `tokenizer.ggml.pre` (`"default"` when absent).
+    pub fn pre_tokenizer(&self) -> &str {
+        &self.pre
+    }
+
+    /// Generation stops at this token (EOS, EOT, EOM, and control tokens
+    /// such as `<|im_end|>` or `<end_of_turn>`, as llama.cpp decides).
+    pub fn is_end_of_generation(&self, id: u32) -> bool {
+        self.eog.contains(&id)
+    }
+
+    /// All end-of-generation ids, sorted.
+    pub fn end_of_generation_ids(&self) -> Vec<u32> {
+        let mut v: Vec<u32> = self.eog.iter().copied().collect();
+        v.sort_unstable();
+        v
+    }
+
+    /// Number of tokens in the vocabulary.
+    pub fn vocab_size(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// The stored text of a token (byte-level or `▁` form, as in the file).
+    pub fn token_text(&self, id: u32) -> Result<&str> {
+        self.tokens
+            .get(id as usize)
+            .map(String::as_str)
+            .ok_or(self.out_of_range(id))
+    }
+
+    /// The token type of `id`.
+    pub fn token_type(&self, id: u32) -> Result<TokenType> {
+        self.types.get(id as usize).copied().ok_or(self.out_of_range(id))
+    }
+
+    /// The id of the token whose stored text is `text`.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        self.ids.get(text).copied()
+    }
+
+    /// Whether `id` is a control token (skipped by `decode(.., true)`).
+    pub fn is_control(&self, id: u32) -> bool {
+        matches!(self.types.get(id as usize), Some(TokenType::Control))
+    }
+
+    fn out_of_range(&self, id: u32) -> Error {
+        Error::TokenOutOfRange {
+            id,
+            vocab_size: self.tokens.len(),
+        }
+    }
+
+    /// The bytes token `id` stands for: byte-level pieces mapped back to
+    /// bytes, `<0xNN>` byte-fallback tokens to their byte, `▁` to a space,
+    /// special tokens to their text. One token may be part of a UTF-8
+    /// character; callers assemble the stream.
+    pub fn token_bytes(&self, id: u32) -> Result<Vec<u8>> {
+        let text = self.token_text(id)?;
+        let ty = self.types[id as usize];
+        if ty.is_special_text() {
+            return Ok(text.as_bytes().to_vec());
+        }
+        match self.kind {
+            VocabKind::ByteLevelBpe => Ok(text
+                .chars()
+                .map(|c| byte_level_char_to_byte(c).unwrap_or(b'?'))
+                .collect()),
+            VocabKind::SentencePiece => {
+                if ty == TokenType::Byte {
+                    if let Some(b) = parse_byte_token(text) {
+                        return Ok(vec![b]);
+                    }
+                }
+                Ok(text.replace('\u{2581}', " ").into_bytes())
+            }
+        }
+    }
+
+    /// The text of `ids`; `skip_special` drops control tokens. Invalid UTF-8
+    /// (a sequence cut inside a character) becomes U+FFFD.
+    pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
+        let mut bytes = Vec::new();
+        for &id in ids {
+            if skip_special && self.is_control(id) {
+                continue;
+            }
+            bytes.extend(self.token_bytes(id)?);
+        }
+        let mut text = String::from_utf8_lossy(&bytes).into_owned();
+        // SentencePiece's prefix space is an artifact of encoding.
+        if self.kind == VocabKind::SentencePiece && self.add_space_prefix && text.starts_with(' ') {
+            text.remove(0);
+        }
+        Ok(text)
+    }
+}
+
+/// The pre-tokenizer regexes llama.cpp uses for `tokenizer.ggml.pre`
+/// (`llm_tokenizer_bpe` constructor in `src/llama-vocab.cpp`).
+fn pre_tokenizer_regexes(pre: &str) -> Result<(&'static [&'static str], bool)> {
+    const GPT2: &str =
+        r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+    const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    // (regexes, ignore_merges): llama.cpp sets ignore_merges for llama3 only.
+    Ok(match pre {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "dbrx" | "smaug-bpe" => {
+            (&[LLAMA3], true)
+        }
+        "smollm" | "starcoder" | "refact" | "command-r" | "codeshell" | "exaone" | "minerva-7b" => {
+            (&[r"\p{N}", GPT2], false)
+        }
+        "gpt-2" | "phi-2" | "mpt" | "olmo" | "jais" | "trillion" | "granite-docling" => {
+            (&[GPT2], false)
+        }
+        "qwen2" | "stablelm2" | "hunyuan" | "deepseek-r1-qwen" | "megrez" => (&[QWEN2], false),
+        "default" => (
+            &[
+                r"[\p{P}\$\+<=>\^~\|]+",
+                GPT2,
+                r"\p{N}+",
+                r"[0-9][0-9][0-9]",
+            ],
+            false,
+        ),
+        other => {
+            return Err(Error::Tokenizer(format!(
+                "unsupported pre-tokenizer {other:?} (supported: default, gpt-2, smollm, llama-bpe, qwen2 and their aliases)"
+            )))
+        }
+    })
+}
+
+fn byte_level_bpe(gguf: &GgufFile, tokens: &[String], pre: &str) -> Result<tokenizers::Tokenizer> {
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .rev() // so the first occurrence of a duplicate text wins
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let merges = match gguf.get_str_array("tokenizer.ggml.merges")? {
+        Some(m) => m
+            .into_iter()
+            .map(|m| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| Error::Tokenizer(format!("merge {m:?} is not \"left right\"")))
+            })
+            .collect::<Result<Vec<_>>>()?,
+        None => {
+            return Err(Error::MissingKey {
+                key: "tokenizer.ggml.merges".into(),
+            })
+        }
+    };
+    let (regexes, ignore_merges) = pre_tokenizer_regexes(pre)?;
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .ignore_merges(ignore_merges)
+        .build()
+        .map_err(tok_err)?;
+    let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
+    for re in regexes {
+        let split = Split::new(
+            SplitPattern::Regex((*re).to_string()),
+            SplitDelimiterBehavior::Isolated,
+            false,
+        )
+        .map_err(tok_err)?;
+        steps.push(split.into());
+    }
+    steps.push(ByteLevel::new(false, false, false).into());
+    let mut tk = tokenizers::Tokenizer::new(bpe);
+    tk.with_pre_tokenizer(Some(PreTokenizerSequence::new(steps)));
+    Ok(tk)
+}
+
+fn sentencepiece_bpe(
+    gguf: &GgufFile,
+    tokens: &[String],
+    types: &[TokenType],
+    unk: Option<u32>,
+    add_space_prefix: bool,
+) -> Result<tokenizers::Tokenizer> {
+    let n = tokens.len();
+    let scores = match gguf.get_f32_array("tokenizer.ggml.scores")? {
+        Some(s) if s.len() == n => s,
+        Some(s) => {
+            return Err(Error::Tokenizer(format!(
+                "scores has {} entries for {n} tokens",
+                s.len()
+            )))
+        }
+        None => vec![0.0; n],
+    };
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    // A merge (l, r) exists when l, r and l+r are normal tokens; it ranks by
+    // the score of l+r, which is the order llama.cpp's SPM merges bigrams.
+    let mergeable = |id: usize| matches!(types[id], TokenType::Normal | TokenType::UserDefined);
+    let mut ranked: Vec<(f32, usize, String, String)> = Vec::new();
+    for (id, text) in tokens.iter().enumerate() {
+        if !mergeable(id) {
+            continue;
+        }
+        let bounds: Vec<usize> = text.char_indices().map(|(i, _)| i).skip(1).collect();
+        for b in bounds {
+            let (l, r) = text.split_at(b);
+            let known = |s: &str| vocab.get(s).is_some_and(|&i| mergeable(i as usize));
+            if known(l) && known(r) {
+                ranked.push((scores[id], id, l.to_string(), r.to_string()));
+            }
+        }
+    }
+    ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+    let merges: Vec<(String, String)> = ranked.into_iter().map(|(_, _, l, r)| (l, r)).collect();
+    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true);
+    if let Some(unk) = unk {
+        builder = builder.unk_token(tokens[unk as usize].clone());
+    }
+    let bpe = builder.build().map_err(tok_err)?;
+    let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
+    if add_space_prefix {
+        normalizers.push(Prepend::new("\u{2581}".into()).into());
+    }
+    normalizers.push(Replace::new(" ", "\u{2581}").map_err(tok_err)?.into());
+    let mut tk = tokenizers::Tokenizer::new(bpe);
+    tk.with_normalizer(Some(NormalizerSequence::new(normalizers)));
+    Ok(tk)
+}
+
+fn parse_byte_token(text: &str) -> Option<u8> {
+    let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
+    if hex.len() != 2 {
+        return None;
+    }
+    u8::from_str_radix(hex, 16).ok()
+}
+
+/// Inverse of GPT-2's `bytes_to_unicode`: printable Latin-1 bytes map to
+/// themselves, the other 68 bytes to U+0100.. in byte order.
+fn byte_level_char_to_byte(c: char) -> Option<u8> {
+    let cp = c as u32;
+    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    if cp < 0x100 && printable(cp) {
+        return Some(cp as u8);
+    }
+    let k = cp.checked_sub(0x100)?;
+    (0u32..256).filter(|&b| !printable(b)).nth(k as usize).map(|b| b as u8)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_level_table_inverts_gpt2_mapping() {
+        assert_eq!(byte_level_char_to_byte('a'), Some(b'a'));
+        assert_eq!(byte_level_char_to_byte('\u{0120}'), Some(b' ')); // Ġ
+        assert_eq!(byte_level_char_to_byte('\u{010A}'), Some(b'\n')); // Ċ
+        assert_eq!(byte_level_char_to_byte('\u{0100}'), Some(0));
+        assert_eq!(byte_level_char_to_byte('\u{0143}'), Some(0xAD));
+        assert_eq!(byte_level_char_to_byte('\u{0144}'), None);
+        let all: HashSet<u8> = (0u32..0x200)
+            .filter_map(char::from_u32)
+            .filter_map(byte_level_char_to_byte)
+            .collect();
+        assert_eq!(all.len(), 256);
+    }
+
+    #[test]
+    fn byte_tokens_parse() {
+        assert_eq!(parse_byte_token("<0x0A>"), Some(10));
+        assert_eq!(parse_byte_token("<0xFF>"), Some(255));
+        assert_eq!(parse_byte_token("<0x0>"), None);
+        assert_eq!(parse_byte_token("0x0A"), None);
+    }
+}

@@ -1,0 +1,227 @@
+//! Weight tensors as zero-copy views into the model file, grouped the way the
+//! generic decoder ([`crate::spec::DecoderSpec`]) consumes them.
+
+use std::fmt;
+use std::ops::Range;
+use std::sync::Arc;
+
+use sotto_kernels::quant::DType;
+
+use crate::error::{Error, Result};
+use crate::gguf::{GgufFile, Storage, TensorInfo};
+
+/// One weight matrix (or vector) backed by the memory-mapped file.
+#[derive(Clone)]
+pub struct Weight {
+    pub name: String,
+    pub dtype: DType,
+    /// `[rows, cols]`, row-major; `cols` is ggml's ne0 (the contiguous axis).
+    /// A 1-D tensor of `n` elements is `[1, n]`.
+    pub shape: [usize; 2],
+    storage: Arc<Storage>,
+    range: Range<usize>,
+}
+
+impl fmt::Debug for Weight {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Weight")
+            .field("name", &self.name)
+            .field("dtype", &self.dtype)
+            .field("shape", &self.shape)
+            .field("bytes", &self.range.len())
+            .finish()
+    }
+}
+
+impl Weight {
+    /// The weight described by `info` in `gguf`. Tensors of rank 3 or 4 are
+    /// accepted only when their extra dimensions are 1.
+    pub fn from_gguf(gguf: &GgufFile, info: &TensorInfo) -> Result<Weight> {
+        let cols = info.dims[0];
+        let rows = info.dims.get(1).copied().unwrap_or(1);
+        if info.dims.iter().skip(2).any(|&d| d != 1) {
+            return Err(Error::BadTensor {
+                tensor: info.name.clone(),
+                reason: format!("expected a matrix, found dims {:?}", info.dims),
+            });
+        }
+        Ok(Weight {
+            name: info.name.clone(),
+            dtype: info.dtype,
+            shape: [rows, cols],
+            storage: Arc::clone(gguf.storage()),
+            range: gguf.tensor_range(info),
+        })
+    }
+
+    /// Number of rows.
+    pub fn rows(&self) -> usize {
+        self.shape[0]
+    }
+    /// Number of columns (elements per row).
+    pub fn cols(&self) -> usize {
+        self.shape[1]
+    }
+    /// Number of elements.
+    pub fn n_elements(&self) -> usize {
+        self.shape[0] * self.shape[1]
+    }
+
+    /// The raw (possibly quantized) bytes, ggml block layout, row after row.
+    pub fn data(&self) -> &[u8] {
+        self.storage.bytes().get(self.range.clone()).unwrap_or(&[])
+    }
+
+    /// Bytes of one row.
+    pub fn row_bytes(&self) -> usize {
+        self.dtype.row_bytes(self.cols()).unwrap_or(0)
+    }
+
+    /// The raw bytes of row `row`, if it exists.
+    pub fn row(&self, row: usize) -> Option<&[u8]> {
+        let rb = self.row_bytes();
+        let start = row.checked_mul(rb)?;
+        self.data().get(start..start.checked_add(rb)?)
+    }
+
+    /// Dequantized copy of the whole tensor, row-major.
+    pub fn to_f32(&self) -> Result<Vec<f32>> {
+        let rb = self.row_bytes();
+        let cols = self.cols();
+        let data = self.data();
+        if rb == 0 || data.len() != rb * self.rows() {
+            return Err(self.dequant_error(format!(
+                "{} bytes do not hold {:?} of {:?}",
+                data.len(),
+                self.shape,
+                self.dtype
+            )));
+        }
+        let mut out = vec![0f32; self.n_elements()];
+        // Float types are converted here so norms and embeddings never
+        // depend on the quant kernels; block types go through their
+        // reference dequantizer in sotto-kernels.
+        match self.dtype {
+            DType::F32 => {
+                for (d, c) in out.iter_mut().zip(data.chunks_exact(4)) {
+                    *d = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            DType::F16 => {
+                for (d, c) in out.iter_mut().zip(data.chunks_exact(2)) {
+                    *d = half::f16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            DType::BF16 => {
+                for (d, c) in out.iter_mut().zip(data.chunks_exact(2)) {
+                    *d = half::bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            _ => {
+                for (src, dst) in data.chunks_exact(rb).zip(out.chunks_exact_mut(cols)) {
+                    sotto_kernels::quant::dequantize_row(self.dtype, src, dst)
+                        .map_err(|e| self.dequant_error(e.to_string()))?;
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn dequant_error(&self, reason: String) -> Error {
+        Error::Dequantize {
+            tensor: self.name.clone(),
+            dtype: format!("{:?}", self.dtype),
+            reason,
+        }
+    }
+
+    /// Fails with [`Error::ShapeMismatch`] unless the shape is `[rows, cols]`.
+    pub fn expect_shape(&self, rows: usize, cols: usize) -> Result<()> {
+        if self.shape == [rows, cols] {
+            Ok(())
+        } else {
+            Err(Error::ShapeMismatch {
+                tensor: self.name.clone(),
+                expected: vec![rows, cols],
+                found: self.shape.to_vec(),
+            })
+        }
+    }
+}
+
+/// Weights of one transformer block. Shapes are `[rows, cols]` with `cols`
+/// the input width: a projection `y = W·x` has `W: [out, in]`.
+#[derive(Debug, Clone)]
+pub struct LayerWeights {
+    /// `[1, d_model]`
+    pub attn_norm: Weight,
+    /// `[n_head·head_dim, d_model]`
+    pub attn_q: Weight,
+    /// `[n_kv_head·head_dim, d_model]`
+    pub attn_k: Weight,
+    /// `[n_kv_head·head_dim, d_model]`
+    pub attn_v: Weight,
+    /// `[d_model, n_head·head_dim]`
+    pub attn_output: Weight,
+    /// `[1, head_dim]` when `spec.qk_norm`
+    pub attn_q_norm: Option<Weight>,
+    /// `[1, head_dim]` when `spec.qk_norm`
+    pub attn_k_norm: Option<Weight>,
+    /// `[1, d_model]` when `spec.post_norms`
+    pub post_attention_norm: Option<Weight>,
+    /// `[1, d_model]`
+    pub ffn_norm: Weight,
+    /// `[ffn_dim, d_model]`
+    pub ffn_gate: Weight,
+    /// `[ffn_dim, d_model]`
+    pub ffn_up: Weight,
+    /// `[d_model, ffn_dim]`
+    pub ffn_down: Weight,
+    /// `[1, d_model]` when `spec.post_norms`
+    pub post_ffw_norm: Option<Weight>,
+}
+
+/// All weights of a decoder.
+#[derive(Debug, Clone)]
+pub struct DecoderWeights {
+    /// `[vocab_size, d_model]`
+    pub token_embd: Weight,
+    pub layers: Vec<LayerWeights>,
+    /// `[1, d_model]`
+    pub output_norm: Weight,
+    /// `[vocab_size, d_model]`; the same data as `token_embd` when tied.
+    pub output: Weight,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gguf::GgufWriter;
+
+    #[test]
+    fn weight_views_rows_of_the_file_and_dequantizes_f32() {
+        let values: Vec<f32> = (0..12).map(|i| i as f32 * 0.5).collect();
+        let bytes = GgufWriter::new()
+            .tensor_f32("m", &[4, 3], &values)
+            .tensor_f32("v", &[4], &values[..4])
+            .to_bytes();
+        let gguf = GgufFile::from_bytes(bytes).unwrap();
+        let m = Weight::from_gguf(&gguf, gguf.tensor("m").unwrap()).unwrap();
+        assert_eq!(m.shape, [3, 4]);
+        assert_eq!(m.row_bytes(), 16);
+        assert_eq!(m.row(1).unwrap(), gguf.tensor_bytes(gguf.tensor("m").unwrap()).get(16..32).unwrap());
+        assert!(m.row(3).is_none());
+        assert_eq!(m.to_f32().unwrap(), values);
+        let halves: Vec<u8> = [1.5f32, -2.0, 0.25, 8.0]
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+            .collect();
+        let g16 = GgufFile::from_bytes(GgufWriter::new().tensor("h", &[4], 1, halves).to_bytes()).unwrap();
+        let h = Weight::from_gguf(&g16, g16.tensor("h").unwrap()).unwrap();
+        assert_eq!(h.to_f32().unwrap(), vec![1.5, -2.0, 0.25, 8.0]);
+        let v = Weight::from_gguf(&gguf, gguf.tensor("v").unwrap()).unwrap();
+        assert_eq!(v.shape, [1, 4]);
+        let err = v.expect_shape(1, 5).unwrap_err();
+        assert!(matches!(err, Error::ShapeMismatch { ref tensor, .. } if tensor == "v"), "{err}");
+    }
+}
