@@ -334,6 +334,47 @@ mod tests {
         ));
     }
 
+    /// Renderings by Python jinja2 through llama-cpp-python's formatter
+    /// (see models/testdata/README.md), matched byte for byte.
+    #[test]
+    fn renders_like_python_jinja2() {
+        let data: serde_json::Value =
+            serde_json::from_str(include_str!("../testdata/chat_templates.json")).unwrap();
+        let cases = data["cases"].as_array().unwrap();
+        assert!(cases.len() >= 40);
+        for case in cases {
+            let name = case["template"].as_str().unwrap();
+            let t = &data["templates"][name];
+            let template = ChatTemplate::new(
+                t["source"].as_str().unwrap(),
+                t["bos_token"].as_str().unwrap(),
+                t["eos_token"].as_str().unwrap(),
+            )
+            .unwrap();
+            let conv = case["conversation"].as_str().unwrap();
+            let messages: Vec<ChatMessage> = data["conversations"][conv]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+                .collect();
+            let agp = case["add_generation_prompt"].as_bool().unwrap();
+            let got = template.render(&messages, agp);
+            match (case["expected"].as_str(), case["error"].as_str()) {
+                (Some(expected), _) => {
+                    assert_eq!(got.unwrap(), expected, "{name} / {conv} / agp={agp}")
+                }
+                (None, Some(err)) => match got {
+                    Err(Error::ChatTemplate(msg)) => {
+                        assert!(msg.contains(err), "{name} / {conv}: {msg:?} lacks {err:?}")
+                    }
+                    other => panic!("{name} / {conv}: expected error {err:?}, got {other:?}"),
+                },
+                _ => panic!("case without expectation"),
+            }
+        }
+    }
+
     #[test]
     fn civil_dates() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));

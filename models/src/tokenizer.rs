@@ -70,20 +70,33 @@ pub enum VocabKind {
     SentencePiece,
 }
 
-/// Texts llama.cpp treats as end-of-generation when they are control tokens
-/// (`llama_vocab::impl::load`, special_eog_ids).
-const EOG_TEXTS: &[&str] = &[
-    "<|eot_id|>",
-    "<|im_end|>",
-    "<|end|>",
-    "<end_of_turn>",
-    "<|endoftext|>",
-    "<|eom_id|>",
-    "<EOT>",
-    "_<EOT>",
-    "<|end_of_text|>",
-    "<｜end▁of▁sentence｜>",
+/// Token texts llama.cpp recognises when the file does not name the token
+/// (`llama_vocab::impl::load`, "auto-detect special tokens by text"): a
+/// match becomes a control token.
+const EOT_TEXTS: &[&str] = &[
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
+    "<EOT>", "_<EOT>", "<｜end▁of▁sentence｜>", "<end_of_utterance>",
 ];
+const EOM_TEXTS: &[&str] = &["<|eom_id|>"];
+const FIM_PRE_TEXTS: &[&str] = &[
+    "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>",
+];
+const FIM_SUF_TEXTS: &[&str] = &[
+    "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>",
+];
+const FIM_MID_TEXTS: &[&str] = &[
+    "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>",
+];
+const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>"];
+const FIM_REP_TEXTS: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
+const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
+/// Texts that end generation whatever their type (llama.cpp's EOG list).
+const EOG_TEXTS: &[&str] = &[
+    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>", "<|endoftext|>",
+    "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>",
+];
+/// gpt-oss formatting tokens llama.cpp always renders.
+const ALWAYS_RENDERED: &[&str] = &["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"];
 
 /// A GGUF tokenizer.
 #[derive(Debug, Clone)]
@@ -153,19 +166,20 @@ impl Tokenizer {
             // First occurrence wins, as in llama.cpp's token_to_id.
             ids.entry(t.clone()).or_insert(i as u32);
         }
-        let id_key = |key: &str| -> Result<Option<u32>> {
-            match gguf.get_u32(key)? {
-                Some(id) if (id as usize) < n => Ok(Some(id)),
-                // Some converters write -1 / out-of-range for "none".
-                _ => Ok(None),
+        let id_key = |keys: &[&str]| -> Result<Option<u32>> {
+            for key in keys {
+                match gguf.get_u32(&format!("tokenizer.ggml.{key}"))? {
+                    // llama.cpp ignores out-of-range ids (some converters write -1).
+                    Some(id) if (id as usize) < n => return Ok(Some(id)),
+                    _ => {}
+                }
             }
+            Ok(None)
         };
-        let bos = id_key("tokenizer.ggml.bos_token_id")?;
-        let eos = id_key("tokenizer.ggml.eos_token_id")?;
-        let eom = id_key("tokenizer.ggml.eom_token_id")?;
-        let unk = id_key("tokenizer.ggml.unknown_token_id")?;
-        let pad = id_key("tokenizer.ggml.padding_token_id")?;
-        let mut eot = id_key("tokenizer.ggml.eot_token_id")?;
+        let bos = id_key(&["bos_token_id"])?;
+        let eos = id_key(&["eos_token_id"])?;
+        let unk = id_key(&["unknown_token_id"])?;
+        let pad = id_key(&["padding_token_id"])?;
         let add_bos = gguf
             .get_bool("tokenizer.ggml.add_bos_token")?
             .unwrap_or(kind == VocabKind::SentencePiece);
@@ -178,20 +192,45 @@ impl Tokenizer {
             .unwrap_or("default")
             .to_string();
 
-        // llama.cpp guesses EOT from well-known texts when the file has none.
-        if eot.is_none() {
-            eot = EOG_TEXTS[..8]
-                .iter()
-                .filter_map(|t| ids.get(*t).copied())
-                .find(|&id| types[id as usize] == TokenType::Control);
-        }
-        let mut eog: HashSet<u32> = [eos, eot, eom].into_iter().flatten().collect();
+        // Special tokens the file does not name are found by their text, and
+        // become control tokens, exactly as llama.cpp does at load.
+        let mut types = types;
+        let mut by_text = |explicit: Option<u32>, texts: &[&str]| -> Option<u32> {
+            explicit.or_else(|| {
+                let id = texts.iter().filter_map(|t| ids.get(*t).copied()).min()?;
+                types[id as usize] = TokenType::Control;
+                Some(id)
+            })
+        };
+        let eot = by_text(id_key(&["eot_token_id"])?, EOT_TEXTS);
+        let eom = by_text(id_key(&["eom_token_id"])?, EOM_TEXTS);
+        by_text(id_key(&["fim_pre_token_id", "prefix_token_id"])?, FIM_PRE_TEXTS);
+        by_text(id_key(&["fim_suf_token_id", "suffix_token_id"])?, FIM_SUF_TEXTS);
+        by_text(id_key(&["fim_mid_token_id", "middle_token_id"])?, FIM_MID_TEXTS);
+        let fim_pad = by_text(id_key(&["fim_pad_token_id"])?, FIM_PAD_TEXTS);
+        let fim_rep = by_text(id_key(&["fim_rep_token_id"])?, FIM_REP_TEXTS);
+        let fim_sep = by_text(id_key(&["fim_sep_token_id"])?, FIM_SEP_TEXTS);
+
+        let mut eog: HashSet<u32> = [fim_pad, fim_rep, fim_sep].into_iter().flatten().collect();
         for text in EOG_TEXTS {
             if let Some(&id) = ids.get(*text) {
-                if types[id as usize] == TokenType::Control {
-                    eog.insert(id);
-                }
+                eog.insert(id);
+                types[id as usize] = TokenType::Control;
             }
+        }
+        for text in ALWAYS_RENDERED {
+            if let Some(&id) = ids.get(*text) {
+                types[id as usize] = TokenType::UserDefined;
+            }
+        }
+        eog.extend([eos, eot, eom].into_iter().flatten());
+        // o200k_harmony: with <|return|> and <|call|>, <|end|> is not an end.
+        let eog_text = |t: &str| ids.get(t).filter(|id| eog.contains(id)).copied();
+        if let (Some(_), Some(_), Some(end)) =
+            (eog_text("<|return|>"), eog_text("<|call|>"), eog_text("<|end|>"))
+        {
+            eog.remove(&end);
+            types[end as usize] = TokenType::UserDefined;
         }
 
         let mut base = match kind {

@@ -1,1 +1,45 @@
 //! Helpers shared by the integration tests (model location, reference data).
+// Test helpers fail loudly by design: a missing model or reference file
+// must stop the test with instructions, not skip it.
+#![allow(clippy::panic)]
+
+use std::path::PathBuf;
+
+/// File name of the default test model.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The model the integration tests run on: `$SOTTO_MODEL`, else
+/// `~/.cache/sotto/models/SmolLM2-135M-Instruct.Q4_1.gguf`.
+///
+/// Panics with instructions when the file is missing: a test that needs the
+/// real model must fail, not skip, when it is absent.
+pub fn default_model_path() -> PathBuf {
+    let path = match std::env::var_os("SOTTO_MODEL") {
+        Some(p) if !p.is_empty() => PathBuf::from(p),
+        _ => {
+            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+            home.join(".cache/sotto/models").join(DEFAULT_MODEL_FILE)
+        }
+    };
+    assert!(
+        path.is_file(),
+        "test model not found at {}: run scripts/fetch-model.sh (or set SOTTO_MODEL to a GGUF file)",
+        path.display()
+    );
+    path
+}
+
+/// Directory of the checked-in test data (`tests/data`).
+pub fn data_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data")
+}
+
+/// Reads and parses a JSON file under `tests/data`, panicking with the path
+/// and the reason when it is missing or malformed.
+pub fn read_json<T: serde::de::DeserializeOwned>(relative: &str) -> T {
+    let path = data_dir().join(relative);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reference data {} unreadable: {e}", path.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("reference data {} malformed: {e}", path.display()))
+}

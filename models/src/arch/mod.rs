@@ -187,7 +187,7 @@ fn rope_scaling(gguf: &GgufFile, arch: &str) -> Result<RopeScaling> {
             _ => RopeScaling::None,
         },
         Some("linear") => match positive(factor, &factor_key)? {
-            f if f == 1.0 => RopeScaling::None,
+            1.0 => RopeScaling::None,
             f => RopeScaling::Linear { factor: f },
         },
         Some("llama3") => {

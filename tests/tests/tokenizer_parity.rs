@@ -1,0 +1,161 @@
+#![allow(clippy::unwrap_used, clippy::panic)]
+//! The real model (SmolLM2-135M-Instruct Q4_1) through sotto-models:
+//! hyper-parameters, tensor table, and tokenization parity with llama.cpp.
+//!
+//! A missing model fails (run scripts/fetch-model.sh); a missing llama.cpp
+//! reference file fails too.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use sotto_kernels::quant::DType;
+use sotto_models::spec::{Activation, RopeStyle};
+use sotto_models::{ChatMessage, Model};
+use sotto_tests::{data_dir, default_model_path, read_json};
+
+fn model() -> Model {
+    let path = default_model_path();
+    Model::load(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()))
+}
+
+#[test]
+fn smollm2_spec_matches_the_published_config() {
+    let m = model();
+    let s = &m.spec;
+    assert_eq!(s.arch, "llama");
+    assert_eq!(
+        (s.n_layer, s.d_model, s.n_head, s.n_kv_head, s.head_dim, s.ffn_dim, s.vocab_size),
+        (30, 576, 9, 3, 64, 1536, 49152)
+    );
+    assert_eq!(s.context_length, 8192);
+    assert_eq!(s.activation, Activation::SiluGlu);
+    assert_eq!(s.rope.style, RopeStyle::Interleaved);
+    assert_eq!((s.rope.theta, s.rope.n_rot), (100_000.0, 64));
+    assert!((s.norm_eps - 1e-5).abs() < 1e-12);
+    assert!((s.attn_scale - 0.125).abs() < 1e-7);
+    assert!(s.tied_embeddings, "SmolLM2-135M ties its output to the embeddings");
+    assert!(!s.qk_norm && !s.post_norms && s.sliding_window.is_none());
+    assert_eq!(m.weights.layers.len(), 30);
+    assert_eq!(m.weights.output.name, "token_embd.weight");
+}
+
+#[test]
+fn smollm2_tensor_table() {
+    let m = model();
+    let g = &m.gguf;
+    assert_eq!(g.version(), 3);
+    assert_eq!(g.tensors().len(), 272);
+    let mut by_type: BTreeMap<String, usize> = BTreeMap::new();
+    for t in g.tensors() {
+        *by_type.entry(format!("{:?}", t.dtype)).or_default() += 1;
+    }
+    let expected: BTreeMap<String, usize> = [
+        (format!("{:?}", DType::F32), 61),
+        (format!("{:?}", DType::Q4_1), 210),
+        (format!("{:?}", DType::Q8_0), 1),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(by_type, expected);
+    let w = &m.weights;
+    assert_eq!(w.token_embd.dtype, DType::Q8_0);
+    assert_eq!(w.token_embd.shape, [49152, 576]);
+    assert_eq!(w.layers[0].attn_k.shape, [192, 576]);
+    assert_eq!(w.layers[29].ffn_down.shape, [576, 1536]);
+    assert_eq!(w.layers[0].attn_q.dtype, DType::Q4_1);
+    assert_eq!(w.output_norm.dtype, DType::F32);
+    // Data views are the exact ggml byte sizes: 576/32 blocks of 20 bytes per Q4_1 row.
+    assert_eq!(w.layers[0].attn_q.data().len(), 576 * (576 / 32) * 20);
+    let norm = w.output_norm.to_f32().unwrap();
+    assert_eq!(norm.len(), 576);
+    assert!(norm.iter().all(|x| x.is_finite()) && norm.iter().any(|&x| x != 0.0));
+}
+
+#[test]
+fn smollm2_special_tokens_match_llama_cpp() {
+    let t = model().tokenizer;
+    assert_eq!(t.vocab_size(), 49152);
+    assert_eq!((t.bos_id(), t.eos_id()), (Some(1), Some(2)));
+    assert!(!t.add_bos());
+    // llama.cpp's EOG set for this vocabulary: <|endoftext|>, <|im_end|> and
+    // <reponame> (auto-detected as the FIM repo token), per llama_vocab_is_eog.
+    assert_eq!(t.end_of_generation_ids(), vec![0, 2, 4]);
+    assert!(t.is_end_of_generation(2) && !t.is_end_of_generation(1));
+    assert_eq!(t.token_id("<|im_start|>"), Some(1));
+    assert_eq!(t.token_bytes(1).unwrap(), b"<|im_start|>");
+    // byte-level pieces map back to raw bytes: "Ġthe"-style pieces and Ċ (newline)
+    assert_eq!(t.token_bytes(198).unwrap(), b"\n");
+}
+
+#[test]
+fn known_chatml_prompt_tokenizes_like_llama_cpp() {
+    let t = model().tokenizer;
+    let text = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    assert_eq!(
+        t.encode(text, true).unwrap(),
+        vec![1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]
+    );
+    // without parse_special the markers are ordinary text
+    let plain = t.encode(text, false).unwrap();
+    assert!(!plain.contains(&1) && !plain.contains(&2));
+    assert_eq!(t.decode(&plain, false).unwrap(), text);
+}
+
+#[test]
+fn chat_template_renders_smollm2_default_system_prompt() {
+    let m = model();
+    assert!(!m.template.is_fallback());
+    let prompt = m
+        .template
+        .render(&[ChatMessage::user("What is the capital of France?")], true)
+        .unwrap();
+    assert_eq!(
+        prompt,
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n\
+         <|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n"
+    );
+}
+
+#[derive(Debug, Deserialize)]
+struct TokenizationCase {
+    text: String,
+    parse_special: bool,
+    ids: Vec<u32>,
+}
+
+/// Every reference string from llama.cpp (tests/data/llama_cpp/tokenization.json)
+/// tokenizes to exactly the same ids, and decodes back to its text.
+#[test]
+fn tokenization_matches_llama_cpp_reference() {
+    let path = data_dir().join("llama_cpp/tokenization.json");
+    assert!(
+        path.is_file(),
+        "llama.cpp reference tokenization missing at {} (produced by the llama.cpp reference-data script)",
+        path.display()
+    );
+    let cases: Vec<TokenizationCase> = read_json("llama_cpp/tokenization.json");
+    assert!(cases.len() >= 200, "only {} reference cases", cases.len());
+    let t = model().tokenizer;
+    let mut mismatches = Vec::new();
+    for case in &cases {
+        let ours = t.encode(&case.text, case.parse_special).unwrap();
+        if ours != case.ids {
+            mismatches.push(format!(
+                "{:?} (parse_special={}): llama.cpp {:?}, ours {:?}",
+                case.text, case.parse_special, case.ids, ours
+            ));
+            continue;
+        }
+        let bytes: Vec<u8> = ours.iter().flat_map(|&id| t.token_bytes(id).unwrap()).collect();
+        if bytes != case.text.as_bytes() {
+            mismatches.push(format!("{:?}: token bytes reassemble to {:?}", case.text, String::from_utf8_lossy(&bytes)));
+        }
+    }
+    assert!(
+        mismatches.is_empty(),
+        "{} of {} cases differ:\n{}",
+        mismatches.len(),
+        cases.len(),
+        mismatches.join("\n")
+    );
+}
