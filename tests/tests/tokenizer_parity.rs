@@ -159,3 +159,50 @@ fn tokenization_matches_llama_cpp_reference() {
         mismatches.join("\n")
     );
 }
+
+#[derive(Debug, Deserialize)]
+struct PreTokenizerCases {
+    pre_tokenizers: Vec<String>,
+    cases: Vec<PreTokenizerCase>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PreTokenizerCase {
+    text: String,
+    parse_special: bool,
+    ids: BTreeMap<String, Vec<u32>>,
+}
+
+/// The real vocabulary re-labelled with every supported
+/// `tokenizer.ggml.pre` tokenizes as llama.cpp does with the same file
+/// (reference: models/testdata/llama_cpp_pretokenizers.json).
+#[test]
+fn pre_tokenizers_match_llama_cpp() {
+    use sotto_models::gguf::{GgufFile, GgufWriter, MetaValue};
+    use sotto_models::Tokenizer;
+
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../models/testdata/llama_cpp_pretokenizers.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let data: PreTokenizerCases = serde_json::from_str(&text).unwrap();
+    assert!(data.cases.len() >= 500);
+    let real = sotto_models::GgufFile::open(default_model_path()).unwrap();
+    for pre in &data.pre_tokenizers {
+        let mut w = GgufWriter::new();
+        w.metadata = real.metadata().to_vec();
+        w.set("tokenizer.ggml.pre", MetaValue::string(pre.as_str()));
+        let t = Tokenizer::from_gguf(&GgufFile::from_bytes(w.to_bytes()).unwrap()).unwrap();
+        let mismatches: Vec<String> = data
+            .cases
+            .iter()
+            .filter_map(|c| {
+                let ours = t.encode(&c.text, c.parse_special).unwrap();
+                let expected = &c.ids[pre];
+                (&ours != expected).then(|| {
+                    format!("{:?} ({}): llama.cpp {expected:?}, ours {ours:?}", c.text, c.parse_special)
+                })
+            })
+            .collect();
+        assert!(mismatches.is_empty(), "pre {pre}: {} differ:\n{}", mismatches.len(), mismatches.join("\n"));
+    }
+}
