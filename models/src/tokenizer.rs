@@ -120,6 +120,9 @@ pub struct Tokenizer {
     add_eos: bool,
     add_space_prefix: bool,
     eog: HashSet<u32>,
+    /// Byte tokens standing for the SentencePiece merge-only characters
+    /// whose ids follow the vocabulary (see `sentencepiece_bpe`).
+    virtual_bytes: Vec<Vec<u32>>,
 }
 
 fn tok_err(e: impl std::fmt::Display) -> Error {
@@ -163,8 +166,8 @@ impl Tokenizer {
         };
         let mut ids = HashMap::with_capacity(n);
         for (i, t) in tokens.iter().enumerate() {
-            // First occurrence wins, as in llama.cpp's token_to_id.
-            ids.entry(t.clone()).or_insert(i as u32);
+            // Later duplicates win, as in llama.cpp's token_to_id.
+            ids.insert(t.clone(), i as u32);
         }
         let id_key = |keys: &[&str]| -> Result<Option<u32>> {
             for key in keys {
@@ -233,10 +236,18 @@ impl Tokenizer {
             types[end as usize] = TokenType::UserDefined;
         }
 
-        let mut base = match kind {
-            VocabKind::ByteLevelBpe => byte_level_bpe(gguf, &tokens, &pre)?,
-            VocabKind::SentencePiece => sentencepiece_bpe(gguf, &tokens, &types, unk, add_space_prefix)?,
+        let (mut base, virtual_chars) = match kind {
+            VocabKind::ByteLevelBpe => (byte_level_bpe(gguf, &tokens, &pre)?, Vec::new()),
+            VocabKind::SentencePiece => sentencepiece_bpe(gguf, &tokens, unk, add_space_prefix)?,
         };
+        let virtual_bytes = virtual_chars
+            .iter()
+            .map(|c| {
+                c.bytes()
+                    .filter_map(|b| ids.get(&format!("<0x{b:02X}>")).copied().or(unk))
+                    .collect()
+            })
+            .collect();
         let added: Vec<AddedToken> = tokens
             .iter()
             .zip(&types)
@@ -268,6 +279,7 @@ impl Tokenizer {
             add_eos,
             add_space_prefix,
             eog,
+            virtual_bytes,
         })
     }
 
@@ -284,7 +296,15 @@ impl Tokenizer {
             &self.without_special
         };
         let enc = tk.encode(text, false).map_err(tok_err)?;
-        Ok(enc.get_ids().to_vec())
+        let n = self.tokens.len();
+        let mut ids = Vec::with_capacity(enc.get_ids().len());
+        for &id in enc.get_ids() {
+            match (id as usize).checked_sub(n) {
+                None => ids.push(id),
+                Some(v) => ids.extend(self.virtual_bytes.get(v).into_iter().flatten()),
+            }
+        }
+        Ok(ids)
     }
 
     /// Like [`encode`](Self::encode), with BOS prepended when the model asks
@@ -466,10 +486,10 @@ fn pre_tokenizer_regexes(pre: &str) -> Result<(&'static [&'static str], bool)> {
 }
 
 fn byte_level_bpe(gguf: &GgufFile, tokens: &[String], pre: &str) -> Result<tokenizers::Tokenizer> {
+    // Later duplicates win, as in llama.cpp's token_to_id.
     let vocab: tokenizers::models::bpe::Vocab = tokens
         .iter()
         .enumerate()
-        .rev() // so the first occurrence of a duplicate text wins
         .map(|(i, t)| (t.clone(), i as u32))
         .collect();
     let merges = match gguf.get_str_array("tokenizer.ggml.merges")? {
@@ -512,10 +532,9 @@ fn byte_level_bpe(gguf: &GgufFile, tokens: &[String], pre: &str) -> Result<token
 fn sentencepiece_bpe(
     gguf: &GgufFile,
     tokens: &[String],
-    types: &[TokenType],
     unk: Option<u32>,
     add_space_prefix: bool,
-) -> Result<tokenizers::Tokenizer> {
+) -> Result<(tokenizers::Tokenizer, Vec<String>)> {
     let n = tokens.len();
     let scores = match gguf.get_f32_array("tokenizer.ggml.scores")? {
         Some(s) if s.len() == n => s,
@@ -530,23 +549,33 @@ fn sentencepiece_bpe(
     let vocab: tokenizers::models::bpe::Vocab = tokens
         .iter()
         .enumerate()
-        .rev()
         .map(|(i, t)| (t.clone(), i as u32))
         .collect();
-    // A merge (l, r) exists when l, r and l+r are normal tokens; it ranks by
-    // the score of l+r, which is the order llama.cpp's SPM merges bigrams.
-    let mergeable = |id: usize| matches!(types[id], TokenType::Normal | TokenType::UserDefined);
+    // llama.cpp's SPM starts from single characters and merges any adjacent
+    // pair whose concatenation is a token, highest token score first. As BPE:
+    // every split (l, r) of a token where l and r can themselves be symbols
+    // (tokens, or single characters) is a merge ranked by the token's score.
+    // Characters that are not tokens but take part in merges get ids past the
+    // vocabulary; `encode` turns them into byte tokens, as llama.cpp's
+    // resegmentation does.
+    let mut vocab = vocab;
+    let mut virtual_chars: Vec<String> = Vec::new();
     let mut ranked: Vec<(f32, usize, String, String)> = Vec::new();
     for (id, text) in tokens.iter().enumerate() {
-        if !mergeable(id) {
-            continue;
-        }
         let bounds: Vec<usize> = text.char_indices().map(|(i, _)| i).skip(1).collect();
         for b in bounds {
             let (l, r) = text.split_at(b);
-            let known = |s: &str| vocab.get(s).is_some_and(|&i| mergeable(i as usize));
-            if known(l) && known(r) {
+            let symbol = |s: &str| vocab.contains_key(s) || s.chars().nth(1).is_none();
+            if symbol(l) && symbol(r) {
                 ranked.push((scores[id], id, l.to_string(), r.to_string()));
+            }
+        }
+    }
+    for (_, _, l, r) in &ranked {
+        for part in [l, r] {
+            if !vocab.contains_key(part.as_str()) {
+                vocab.insert(part.clone(), (n + virtual_chars.len()) as u32);
+                virtual_chars.push(part.clone());
             }
         }
     }
@@ -564,7 +593,7 @@ fn sentencepiece_bpe(
     normalizers.push(Replace::new(" ", "\u{2581}").map_err(tok_err)?.into());
     let mut tk = tokenizers::Tokenizer::new(bpe);
     tk.with_normalizer(Some(NormalizerSequence::new(normalizers)));
-    Ok(tk)
+    Ok((tk, virtual_chars))
 }
 
 fn parse_byte_token(text: &str) -> Option<u8> {
@@ -604,6 +633,47 @@ mod tests {
             .filter_map(byte_level_char_to_byte)
             .collect();
         assert_eq!(all.len(), 256);
+    }
+
+    /// SentencePiece tokenization matches llama.cpp on a synthetic vocabulary
+    /// (models/testdata/llama_cpp_spm.json, from gen_spm_cases.py).
+    #[test]
+    fn sentencepiece_matches_llama_cpp() {
+        use crate::gguf::{GgufWriter, MetaValue};
+        let data: serde_json::Value =
+            serde_json::from_str(include_str!("../testdata/llama_cpp_spm.json")).unwrap();
+        let tokens: Vec<&str> = data["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
+        let scores: Vec<f32> = data["scores"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
+        let types: Vec<i32> = data["token_types"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect();
+        let build = |add_space_prefix: bool| {
+            let w = GgufWriter::new()
+                .kv("tokenizer.ggml.model", MetaValue::string("llama"))
+                .kv("tokenizer.ggml.pre", MetaValue::string("default"))
+                .kv("tokenizer.ggml.tokens", MetaValue::str_array(&tokens))
+                .kv("tokenizer.ggml.scores", MetaValue::f32_array(&scores))
+                .kv("tokenizer.ggml.token_type", MetaValue::i32_array(&types))
+                .kv("tokenizer.ggml.bos_token_id", MetaValue::U32(1))
+                .kv("tokenizer.ggml.eos_token_id", MetaValue::U32(2))
+                .kv("tokenizer.ggml.unknown_token_id", MetaValue::U32(0))
+                .kv("tokenizer.ggml.add_space_prefix", MetaValue::Bool(add_space_prefix));
+            Tokenizer::from_gguf(&GgufFile::from_bytes(w.to_bytes()).unwrap()).unwrap()
+        };
+        let (with_prefix, without_prefix) = (build(true), build(false));
+        assert!(with_prefix.add_bos(), "SentencePiece vocabularies default to BOS");
+        let mut mismatches = Vec::new();
+        let cases = data["cases"].as_array().unwrap();
+        assert!(cases.len() >= 300);
+        for c in cases {
+            let t = if c["add_space_prefix"].as_bool().unwrap() { &with_prefix } else { &without_prefix };
+            let text = c["text"].as_str().unwrap();
+            let parse_special = c["parse_special"].as_bool().unwrap();
+            let expected: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let ours = t.encode(text, parse_special).unwrap();
+            if ours != expected {
+                mismatches.push(format!("{text:?} ps={parse_special} asp={}: llama.cpp {expected:?}, ours {ours:?}", c["add_space_prefix"]));
+            }
+        }
+        assert!(mismatches.is_empty(), "{} differ:\n{}", mismatches.len(), mismatches.join("\n"));
     }
 
     #[test]
