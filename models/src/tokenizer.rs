@@ -99,7 +99,7 @@ const EOG_TEXTS: &[&str] = &[
 const ALWAYS_RENDERED: &[&str] = &["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"];
 
 /// A GGUF tokenizer.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Tokenizer {
     kind: VocabKind,
     pre: String,
@@ -123,6 +123,22 @@ pub struct Tokenizer {
     /// Byte tokens standing for the SentencePiece merge-only characters
     /// whose ids follow the vocabulary (see `sentencepiece_bpe`).
     virtual_bytes: Vec<Vec<u32>>,
+}
+
+impl std::fmt::Debug for Tokenizer {
+    // The vocabulary is tens of thousands of strings: summarise it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tokenizer")
+            .field("kind", &self.kind)
+            .field("pre", &self.pre)
+            .field("vocab_size", &self.tokens.len())
+            .field("bos", &self.bos)
+            .field("eos", &self.eos)
+            .field("eot", &self.eot)
+            .field("add_bos", &self.add_bos)
+            .field("end_of_generation", &self.end_of_generation_ids())
+            .finish_non_exhaustive()
+    }
 }
 
 fn tok_err(e: impl std::fmt::Display) -> Error {

@@ -191,6 +191,33 @@ pub struct DecoderWeights {
     pub output_norm: Weight,
     /// `[vocab_size, d_model]`; the same data as `token_embd` when tied.
     pub output: Weight,
+    /// `[1, n_rot / 2]` divisors of the rope frequencies (`rope_freqs.weight`):
+    /// how llama.cpp's converter stores Llama 3.1+ long-context scaling.
+    /// Use [`DecoderWeights::rope_inv_freqs`] rather than reading it directly.
+    pub rope_freqs: Option<Weight>,
+}
+
+impl DecoderWeights {
+    /// The rope inverse frequencies of a layer: the spec's (scaling included)
+    /// divided by `rope_freqs` when the file has them, as ggml's rope does
+    /// with its `freq_factors`.
+    pub fn rope_inv_freqs(&self, spec: &crate::spec::DecoderSpec, sliding: bool) -> Result<Vec<f32>> {
+        let mut freqs = spec.rope.inv_freqs(sliding);
+        if let Some(w) = &self.rope_freqs {
+            let factors = w.to_f32()?;
+            if factors.len() != freqs.len() {
+                return Err(Error::ShapeMismatch {
+                    tensor: w.name.clone(),
+                    expected: vec![1, freqs.len()],
+                    found: w.shape.to_vec(),
+                });
+            }
+            for (f, d) in freqs.iter_mut().zip(factors) {
+                *f /= d;
+            }
+        }
+        Ok(freqs)
+    }
 }
 
 #[cfg(test)]

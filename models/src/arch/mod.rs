@@ -70,11 +70,16 @@ pub fn decoder_weights(gguf: &GgufFile, spec: &DecoderSpec) -> Result<DecoderWei
     } else {
         matrix(gguf, "output.weight", spec.vocab_size, d)?
     };
+    let rope_freqs = gguf
+        .tensor("rope_freqs.weight")
+        .map(|_| matrix(gguf, "rope_freqs.weight", 1, spec.rope.n_rot / 2))
+        .transpose()?;
     Ok(DecoderWeights {
         token_embd,
         layers,
         output_norm,
         output,
+        rope_freqs,
     })
 }
 

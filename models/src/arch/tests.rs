@@ -124,3 +124,16 @@ fn rope_scaling_keys() {
         RopeScaling::Llama3 { factor: 4.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_context: 8192 }
     );
 }
+
+#[test]
+fn rope_freqs_tensor_divides_the_frequencies() {
+    let mut w = tiny_model("llama", TinyDims::default());
+    w = w.tensor_f32("rope_freqs.weight", &[2], &[1.0, 4.0]);
+    let (spec, weights) = load(&w).unwrap();
+    let base = spec.rope.inv_freqs(false);
+    let scaled = weights.rope_inv_freqs(&spec, false).unwrap();
+    assert_eq!(scaled, vec![base[0], base[1] / 4.0]);
+    let mut w = tiny_model("llama", TinyDims::default());
+    w = w.tensor_f32("rope_freqs.weight", &[3], &[1.0, 4.0, 2.0]);
+    assert!(matches!(load(&w), Err(Error::ShapeMismatch { ref tensor, .. }) if tensor == "rope_freqs.weight"));
+}

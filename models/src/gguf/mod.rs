@@ -87,7 +87,6 @@ impl TensorInfo {
 
 /// A parsed GGUF file. Cheap to share behind an `Arc`; tensor data stays in
 /// the memory map.
-#[derive(Debug)]
 pub struct GgufFile {
     path: Option<PathBuf>,
     storage: Arc<Storage>,
@@ -98,6 +97,20 @@ pub struct GgufFile {
     tensors: Vec<TensorInfo>,
     tensor_index: HashMap<String, usize>,
     data_start: usize,
+}
+
+impl fmt::Debug for GgufFile {
+    // Metadata holds whole vocabularies: list keys and counts only.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GgufFile")
+            .field("path", &self.path)
+            .field("version", &self.version)
+            .field("file_size", &self.file_size())
+            .field("alignment", &self.alignment)
+            .field("metadata_keys", &self.metadata.len())
+            .field("tensors", &self.tensors.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl GgufFile {
