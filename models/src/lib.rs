@@ -75,3 +75,51 @@ impl Model {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use testutil::{tiny_model, TinyDims};
+
+    #[test]
+    fn tiny_models_load_whole() {
+        for arch in ["llama", "gemma3"] {
+            let bytes = tiny_model(arch, TinyDims::default()).to_bytes();
+            let m = Model::from_gguf(GgufFile::from_bytes(bytes).unwrap()).unwrap();
+            assert_eq!(m.spec.arch, arch);
+            assert_eq!(m.weights.layers.len(), 2);
+            assert!(m.template.is_fallback());
+            assert_eq!(m.tokenizer.eos_id(), Some(262));
+            assert!(m.tokenizer.is_end_of_generation(262));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Random byte edits anywhere in a complete model file (header,
+        /// hyper-parameters, vocabulary, merges, tensor table, data) give a
+        /// model or a typed error, never a panic.
+        #[test]
+        fn mutated_models_never_panic(
+            edits in proptest::collection::vec((any::<proptest::sample::Index>(), any::<u8>()), 1..6),
+            gemma in any::<bool>(),
+        ) {
+            let arch = if gemma { "gemma3" } else { "llama" };
+            let mut bytes = tiny_model(arch, TinyDims::default()).to_bytes();
+            for (at, value) in edits {
+                let i = at.index(bytes.len());
+                bytes[i] = value;
+            }
+            if let Ok(g) = GgufFile::from_bytes(bytes) {
+                if let Ok(m) = Model::from_gguf(g) {
+                    let ids = m.tokenizer.encode("hello <|im_end|> world", true).unwrap_or_default();
+                    for id in ids {
+                        prop_assert!((id as usize) < m.tokenizer.vocab_size());
+                    }
+                }
+            }
+        }
+    }
+}
