@@ -45,6 +45,7 @@ pub const CHATML_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>'
 const TEMPLATE_NAME: &str = "chat";
 
 /// A compiled chat template.
+#[derive(Clone)]
 pub struct ChatTemplate {
     env: Environment<'static>,
     source: String,
@@ -75,7 +76,7 @@ impl ChatTemplate {
         };
         let bos = token_text(tokenizer.bos_id());
         let eos = token_text(tokenizer.eos_id());
-        match gguf.get_str("tokenizer.chat_template")? {
+        match gguf.try_get_str("tokenizer.chat_template")? {
             Some(source) => Self::new(source, &bos, &eos),
             None => {
                 let mut t = Self::new(CHATML_TEMPLATE, &bos, &eos)?;

@@ -66,6 +66,17 @@ pub struct RopeSpec {
 }
 
 impl RopeSpec {
+    /// ggml's `freq_scale`: the position multiplier of linear scaling
+    /// (`1 / factor`), 1 otherwise. Llama 3 scaling is not a single scale;
+    /// backends that support it use [`inv_freqs`](Self::inv_freqs) (or
+    /// `DecoderWeights::rope_inv_freqs`, which also applies `rope_freqs`).
+    pub fn freq_scale(&self) -> f32 {
+        match self.scaling {
+            RopeScaling::Linear { factor } => 1.0 / factor,
+            RopeScaling::None | RopeScaling::Llama3 { .. } => 1.0,
+        }
+    }
+
     /// Inverse frequencies for the `n_rot / 2` rotated pairs of a layer,
     /// scaling included, so every backend computes the same angles.
     pub fn inv_freqs(&self, sliding: bool) -> Vec<f32> {
@@ -197,6 +208,7 @@ mod tests {
         // theta^(-2/8) = 10000^(-0.25) = 0.1 on the unscaled local layer
         assert!((local[1] - 0.1).abs() < 1e-6);
         assert!((global[1] - 1_000_000f32.powf(-0.25) / 8.0).abs() < 1e-7);
+        assert_eq!(rope.freq_scale(), 0.125);
     }
 
     #[test]

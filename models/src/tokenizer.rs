@@ -159,7 +159,7 @@ impl Tokenizer {
             }
         };
         let tokens: Vec<String> = gguf
-            .get_str_array("tokenizer.ggml.tokens")?
+            .try_get_str_array("tokenizer.ggml.tokens")?
             .ok_or_else(|| Error::MissingKey {
                 key: "tokenizer.ggml.tokens".into(),
             })?
@@ -170,7 +170,7 @@ impl Tokenizer {
         if n == 0 || n > u32::MAX as usize {
             return Err(Error::Tokenizer(format!("vocabulary of {n} tokens")));
         }
-        let types: Vec<TokenType> = match gguf.get_int_array("tokenizer.ggml.token_type")? {
+        let types: Vec<TokenType> = match gguf.try_get_int_array("tokenizer.ggml.token_type")? {
             Some(t) if t.len() == n => t.into_iter().map(TokenType::from_id).collect(),
             Some(t) => {
                 return Err(Error::Tokenizer(format!(
@@ -187,7 +187,7 @@ impl Tokenizer {
         }
         let id_key = |keys: &[&str]| -> Result<Option<u32>> {
             for key in keys {
-                match gguf.get_u32(&format!("tokenizer.ggml.{key}"))? {
+                match gguf.try_get_u32(&format!("tokenizer.ggml.{key}"))? {
                     // llama.cpp ignores out-of-range ids (some converters write -1).
                     Some(id) if (id as usize) < n => return Ok(Some(id)),
                     _ => {}
@@ -200,14 +200,14 @@ impl Tokenizer {
         let unk = id_key(&["unknown_token_id"])?;
         let pad = id_key(&["padding_token_id"])?;
         let add_bos = gguf
-            .get_bool("tokenizer.ggml.add_bos_token")?
+            .try_get_bool("tokenizer.ggml.add_bos_token")?
             .unwrap_or(kind == VocabKind::SentencePiece);
-        let add_eos = gguf.get_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+        let add_eos = gguf.try_get_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
         let add_space_prefix = gguf
-            .get_bool("tokenizer.ggml.add_space_prefix")?
+            .try_get_bool("tokenizer.ggml.add_space_prefix")?
             .unwrap_or(kind == VocabKind::SentencePiece);
         let pre = gguf
-            .get_str("tokenizer.ggml.pre")?
+            .try_get_str("tokenizer.ggml.pre")?
             .unwrap_or("default")
             .to_string();
 
@@ -508,7 +508,7 @@ fn byte_level_bpe(gguf: &GgufFile, tokens: &[String], pre: &str) -> Result<token
         .enumerate()
         .map(|(i, t)| (t.clone(), i as u32))
         .collect();
-    let merges = match gguf.get_str_array("tokenizer.ggml.merges")? {
+    let merges = match gguf.try_get_str_array("tokenizer.ggml.merges")? {
         Some(m) => m
             .into_iter()
             .map(|m| {
@@ -552,7 +552,7 @@ fn sentencepiece_bpe(
     add_space_prefix: bool,
 ) -> Result<(tokenizers::Tokenizer, Vec<String>)> {
     let n = tokens.len();
-    let scores = match gguf.get_f32_array("tokenizer.ggml.scores")? {
+    let scores = match gguf.try_get_f32_array("tokenizer.ggml.scores")? {
         Some(s) if s.len() == n => s,
         Some(s) => {
             return Err(Error::Tokenizer(format!(

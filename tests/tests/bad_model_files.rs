@@ -53,7 +53,7 @@ fn every_truncation_of_a_model_is_an_error() {
         // Trailing alignment padding after the last tensor is optional.
         let r = load_bytes(&bytes[..len]);
         if let Ok(m) = r {
-            let end = m.gguf.tensors().iter().map(|t| m.gguf.data_start() + t.offset + t.size).max().unwrap();
+            let end = m.gguf.tensors().iter().map(|t| m.gguf.data_start() + t.offset + t.n_bytes).max().unwrap();
             assert!(len >= end, "truncated to {len} loaded");
         }
     }

@@ -23,7 +23,7 @@ pub(super) fn spec(gguf: &GgufFile, arch: &str) -> Result<DecoderSpec> {
     let h: CommonHparams = common_hparams(gguf, arch)?;
     let window_key = format!("{arch}.attention.sliding_window");
     let window = gguf
-        .get_usize(&window_key)?
+        .try_get_usize(&window_key)?
         .ok_or(Error::MissingKey { key: window_key })?;
     let layer_is_sliding = (0..h.n_layer)
         .map(|il| il % SWA_PATTERN < SWA_PATTERN - 1)
@@ -35,7 +35,7 @@ pub(super) fn spec(gguf: &GgufFile, arch: &str) -> Result<DecoderSpec> {
     };
     Ok(DecoderSpec {
         arch: arch.to_string(),
-        name: gguf.get_str("general.name")?.map(str::to_string),
+        name: gguf.try_get_str("general.name")?.map(str::to_string),
         n_layer: h.n_layer,
         d_model: h.d_model,
         n_head: h.n_head,

@@ -13,7 +13,7 @@ pub(super) fn spec(gguf: &GgufFile, arch: &str) -> Result<DecoderSpec> {
     let h: CommonHparams = common_hparams(gguf, arch)?;
     Ok(DecoderSpec {
         arch: arch.to_string(),
-        name: gguf.get_str("general.name")?.map(str::to_string),
+        name: gguf.try_get_str("general.name")?.map(str::to_string),
         n_layer: h.n_layer,
         d_model: h.d_model,
         n_head: h.n_head,

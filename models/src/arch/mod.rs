@@ -121,9 +121,9 @@ fn common_hparams(gguf: &GgufFile, arch: &str) -> Result<CommonHparams> {
     // A per-layer array of head counts exists for heterogeneous models; none
     // of the supported families use it, so an array here is an error.
     let n_kv_head = gguf
-        .get_usize(&key("attention.head_count_kv"))?
+        .try_get_usize(&key("attention.head_count_kv"))?
         .unwrap_or(n_head);
-    let head_dim = match gguf.get_usize(&key("attention.key_length"))? {
+    let head_dim = match gguf.try_get_usize(&key("attention.key_length"))? {
         Some(k) => k,
         None => {
             if n_head == 0 {
@@ -133,9 +133,9 @@ fn common_hparams(gguf: &GgufFile, arch: &str) -> Result<CommonHparams> {
         }
     };
     let ffn_dim = gguf.require_usize(&key("feed_forward_length"))?;
-    let vocab_size = match gguf.get_usize(&key("vocab_size"))? {
+    let vocab_size = match gguf.try_get_usize(&key("vocab_size"))? {
         Some(v) => v,
-        None => match gguf.get_array("tokenizer.ggml.tokens")? {
+        None => match gguf.try_get_array("tokenizer.ggml.tokens")? {
             Some(tokens) => tokens.len(),
             None => gguf
                 .tensor("token_embd.weight")
@@ -145,8 +145,8 @@ fn common_hparams(gguf: &GgufFile, arch: &str) -> Result<CommonHparams> {
     };
     let context_length = gguf.require_usize(&key("context_length"))?;
     let norm_eps = gguf.require_f32(&key("attention.layer_norm_rms_epsilon"))?;
-    let n_rot = gguf.get_usize(&key("rope.dimension_count"))?.unwrap_or(head_dim);
-    let rope_theta = gguf.get_f32(&key("rope.freq_base"))?;
+    let n_rot = gguf.try_get_usize(&key("rope.dimension_count"))?.unwrap_or(head_dim);
+    let rope_theta = gguf.try_get_f32(&key("rope.freq_base"))?;
     let rope_scaling = rope_scaling(gguf, arch)?;
     let tied_embeddings = gguf.tensor("output.weight").is_none();
     Ok(CommonHparams {
@@ -174,9 +174,9 @@ fn rope_scaling(gguf: &GgufFile, arch: &str) -> Result<RopeScaling> {
     let key = |k: &str| format!("{arch}.rope.{k}");
     let factor_key = key("scaling.factor");
     let factor = gguf
-        .get_f32(&factor_key)?
-        .or(gguf.get_f32(&key("scale_linear"))?);
-    let kind = gguf.get_str(&key("scaling.type"))?;
+        .try_get_f32(&factor_key)?
+        .or(gguf.try_get_f32(&key("scale_linear"))?);
+    let kind = gguf.try_get_str(&key("scaling.type"))?;
     let positive = |f: Option<f32>, k: &str| -> Result<f32> {
         match f {
             Some(f) if f.is_finite() && f > 0.0 => Ok(f),
@@ -201,8 +201,8 @@ fn rope_scaling(gguf: &GgufFile, arch: &str) -> Result<RopeScaling> {
             let orig_key = key("scaling.original_context_length");
             RopeScaling::Llama3 {
                 factor: positive(factor, &factor_key)?,
-                low_freq_factor: positive(gguf.get_f32(&low_key)?, &low_key)?,
-                high_freq_factor: positive(gguf.get_f32(&high_key)?, &high_key)?,
+                low_freq_factor: positive(gguf.try_get_f32(&low_key)?, &low_key)?,
+                high_freq_factor: positive(gguf.try_get_f32(&high_key)?, &high_key)?,
                 original_context: gguf.require_usize(&orig_key)?,
             }
         }

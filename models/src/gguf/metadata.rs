@@ -155,6 +155,41 @@ impl MetaValue {
     }
 }
 
+/// Arrays longer than this print their first items and a count.
+const DISPLAY_ITEMS: usize = 16;
+
+impl std::fmt::Display for MetaValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            MetaValue::U8(x) => write!(f, "{x}"),
+            MetaValue::I8(x) => write!(f, "{x}"),
+            MetaValue::U16(x) => write!(f, "{x}"),
+            MetaValue::I16(x) => write!(f, "{x}"),
+            MetaValue::U32(x) => write!(f, "{x}"),
+            MetaValue::I32(x) => write!(f, "{x}"),
+            MetaValue::U64(x) => write!(f, "{x}"),
+            MetaValue::I64(x) => write!(f, "{x}"),
+            MetaValue::F32(x) => write!(f, "{x}"),
+            MetaValue::F64(x) => write!(f, "{x}"),
+            MetaValue::Bool(x) => write!(f, "{x}"),
+            MetaValue::String(s) => write!(f, "{s:?}"),
+            MetaValue::Array(_, items) => {
+                f.write_str("[")?;
+                for (i, item) in items.iter().take(DISPLAY_ITEMS).enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{item}")?;
+                }
+                if items.len() > DISPLAY_ITEMS {
+                    write!(f, ", … {} items", items.len())?;
+                }
+                f.write_str("]")
+            }
+        }
+    }
+}
+
 pub(super) fn read_value(cur: &mut Cursor<'_>, type_id: u32, depth: usize) -> Result<MetaValue> {
     let at = cur.pos as u64;
     let ty = MetaType::from_id(type_id).ok_or_else(|| Error::Malformed {

@@ -75,7 +75,7 @@ pub struct TensorInfo {
     /// Offset of the data relative to the start of the data section.
     pub offset: usize,
     /// Size of the data in bytes (validated against the file).
-    pub size: usize,
+    pub n_bytes: usize,
 }
 
 impl TensorInfo {
@@ -281,7 +281,7 @@ impl GgufFile {
 
     pub(crate) fn tensor_range(&self, info: &TensorInfo) -> std::ops::Range<usize> {
         let start = self.data_start.saturating_add(info.offset);
-        start..start.saturating_add(info.size)
+        start..start.saturating_add(info.n_bytes)
     }
 
     pub(crate) fn storage(&self) -> &Arc<Storage> {
@@ -305,23 +305,23 @@ impl GgufFile {
     }
 
     /// `key` as u32: accepts any integer type whose value fits.
-    pub fn get_u32(&self, key: &str) -> Result<Option<u32>> {
+    pub fn try_get_u32(&self, key: &str) -> Result<Option<u32>> {
         self.typed(key, "u32", |v| v.as_u64().and_then(|x| u32::try_from(x).ok()))
     }
     /// `key` as i32: accepts any integer type whose value fits.
-    pub fn get_i32(&self, key: &str) -> Result<Option<i32>> {
+    pub fn try_get_i32(&self, key: &str) -> Result<Option<i32>> {
         self.typed(key, "i32", |v| v.as_i64().and_then(|x| i32::try_from(x).ok()))
     }
     /// `key` as u64: accepts any non-negative integer.
-    pub fn get_u64(&self, key: &str) -> Result<Option<u64>> {
+    pub fn try_get_u64(&self, key: &str) -> Result<Option<u64>> {
         self.typed(key, "u64", MetaValue::as_u64)
     }
     /// `key` as usize: accepts any non-negative integer that fits.
-    pub fn get_usize(&self, key: &str) -> Result<Option<usize>> {
+    pub fn try_get_usize(&self, key: &str) -> Result<Option<usize>> {
         self.typed(key, "usize", |v| v.as_u64().and_then(|x| usize::try_from(x).ok()))
     }
     /// `key` as f32: accepts f32 and f64 (narrowed).
-    pub fn get_f32(&self, key: &str) -> Result<Option<f32>> {
+    pub fn try_get_f32(&self, key: &str) -> Result<Option<f32>> {
         self.typed(key, "f32", |v| match v {
             MetaValue::F32(x) => Some(*x),
             MetaValue::F64(x) => Some(*x as f32),
@@ -329,28 +329,28 @@ impl GgufFile {
         })
     }
     /// `key` as bool.
-    pub fn get_bool(&self, key: &str) -> Result<Option<bool>> {
+    pub fn try_get_bool(&self, key: &str) -> Result<Option<bool>> {
         self.typed(key, "bool", |v| match v {
             MetaValue::Bool(b) => Some(*b),
             _ => None,
         })
     }
     /// `key` as a string.
-    pub fn get_str(&self, key: &str) -> Result<Option<&str>> {
+    pub fn try_get_str(&self, key: &str) -> Result<Option<&str>> {
         self.typed(key, "string", |v| match v {
             MetaValue::String(s) => Some(s.as_str()),
             _ => None,
         })
     }
     /// `key` as an array of any element type.
-    pub fn get_array(&self, key: &str) -> Result<Option<&[MetaValue]>> {
+    pub fn try_get_array(&self, key: &str) -> Result<Option<&[MetaValue]>> {
         self.typed(key, "array", |v| match v {
             MetaValue::Array(_, items) => Some(items.as_slice()),
             _ => None,
         })
     }
     /// `key` as an array of strings.
-    pub fn get_str_array(&self, key: &str) -> Result<Option<Vec<&str>>> {
+    pub fn try_get_str_array(&self, key: &str) -> Result<Option<Vec<&str>>> {
         self.typed(key, "array of string", |v| match v {
             MetaValue::Array(_, items) => items
                 .iter()
@@ -363,14 +363,14 @@ impl GgufFile {
         })
     }
     /// `key` as an array of integers, each converted to i64.
-    pub fn get_int_array(&self, key: &str) -> Result<Option<Vec<i64>>> {
+    pub fn try_get_int_array(&self, key: &str) -> Result<Option<Vec<i64>>> {
         self.typed(key, "array of integer", |v| match v {
             MetaValue::Array(_, items) => items.iter().map(MetaValue::as_i64).collect(),
             _ => None,
         })
     }
     /// `key` as an array of floats (f32 or f64 elements).
-    pub fn get_f32_array(&self, key: &str) -> Result<Option<Vec<f32>>> {
+    pub fn try_get_f32_array(&self, key: &str) -> Result<Option<Vec<f32>>> {
         self.typed(key, "array of float", |v| match v {
             MetaValue::Array(_, items) => items
                 .iter()
@@ -384,21 +384,55 @@ impl GgufFile {
         })
     }
 
-    /// Like [`get_u32`](Self::get_u32) but a missing key is an error.
+    /// `key` as u32 (see [`try_get_u32`](Self::try_get_u32)); `None` when
+    /// missing or of another type.
+    pub fn get_u32(&self, key: &str) -> Option<u32> {
+        self.try_get_u32(key).ok().flatten()
+    }
+    /// `key` as i32; `None` when missing or of another type.
+    pub fn get_i32(&self, key: &str) -> Option<i32> {
+        self.try_get_i32(key).ok().flatten()
+    }
+    /// `key` as u64; `None` when missing or of another type.
+    pub fn get_u64(&self, key: &str) -> Option<u64> {
+        self.try_get_u64(key).ok().flatten()
+    }
+    /// `key` as usize; `None` when missing or of another type.
+    pub fn get_usize(&self, key: &str) -> Option<usize> {
+        self.try_get_usize(key).ok().flatten()
+    }
+    /// `key` as f32; `None` when missing or of another type.
+    pub fn get_f32(&self, key: &str) -> Option<f32> {
+        self.try_get_f32(key).ok().flatten()
+    }
+    /// `key` as bool; `None` when missing or of another type.
+    pub fn get_bool(&self, key: &str) -> Option<bool> {
+        self.try_get_bool(key).ok().flatten()
+    }
+    /// `key` as a string; `None` when missing or of another type.
+    pub fn get_str(&self, key: &str) -> Option<&str> {
+        self.try_get_str(key).ok().flatten()
+    }
+    /// `key` as an array of strings; `None` when missing or of another type.
+    pub fn get_str_array(&self, key: &str) -> Option<Vec<&str>> {
+        self.try_get_str_array(key).ok().flatten()
+    }
+
+    /// Like [`try_get_u32`](Self::try_get_u32) but a missing key is an error.
     pub fn require_u32(&self, key: &str) -> Result<u32> {
-        self.get_u32(key)?.ok_or_else(|| missing(key))
+        self.try_get_u32(key)?.ok_or_else(|| missing(key))
     }
-    /// Like [`get_usize`](Self::get_usize) but a missing key is an error.
+    /// Like [`try_get_usize`](Self::try_get_usize) but a missing key is an error.
     pub fn require_usize(&self, key: &str) -> Result<usize> {
-        self.get_usize(key)?.ok_or_else(|| missing(key))
+        self.try_get_usize(key)?.ok_or_else(|| missing(key))
     }
-    /// Like [`get_f32`](Self::get_f32) but a missing key is an error.
+    /// Like [`try_get_f32`](Self::try_get_f32) but a missing key is an error.
     pub fn require_f32(&self, key: &str) -> Result<f32> {
-        self.get_f32(key)?.ok_or_else(|| missing(key))
+        self.try_get_f32(key)?.ok_or_else(|| missing(key))
     }
-    /// Like [`get_str`](Self::get_str) but a missing key is an error.
+    /// Like [`try_get_str`](Self::try_get_str) but a missing key is an error.
     pub fn require_str(&self, key: &str) -> Result<&str> {
-        self.get_str(key)?.ok_or_else(|| missing(key))
+        self.try_get_str(key)?.ok_or_else(|| missing(key))
     }
 }
 
@@ -508,7 +542,7 @@ fn validate_tensor(
         dims,
         dtype,
         offset,
-        size,
+        n_bytes: size,
     })
 }
 
@@ -517,7 +551,7 @@ fn check_no_overlap(tensors: &[TensorInfo]) -> Result<()> {
     order.sort_by_key(|t| t.offset);
     for pair in order.windows(2) {
         // end cannot overflow: validated against the file size already.
-        if pair[0].offset + pair[0].size > pair[1].offset {
+        if pair[0].offset + pair[0].n_bytes > pair[1].offset {
             return Err(Error::BadTensor {
                 tensor: pair[1].name.clone(),
                 reason: format!("data overlaps tensor {:?}", pair[0].name),

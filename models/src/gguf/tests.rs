@@ -59,7 +59,7 @@ fn v2_and_v3_round_trip_every_metadata_type() {
         let a = g.tensor("a").unwrap();
         assert_eq!(a.dims, vec![4, 2]);
         assert_eq!(a.dtype, DType::F32);
-        assert_eq!(a.size, 32);
+        assert_eq!(a.n_bytes, 32);
         let floats: Vec<f32> = g
             .tensor_bytes(a)
             .chunks_exact(4)
@@ -76,20 +76,30 @@ fn v2_and_v3_round_trip_every_metadata_type() {
 #[test]
 fn typed_getters_coerce_integers_and_reject_wrong_types() {
     let g = GgufFile::from_bytes(small_file(3).to_bytes()).unwrap();
-    assert_eq!(g.get_u32("u8").unwrap(), Some(200));
-    assert_eq!(g.get_u32("u16").unwrap(), Some(60_000));
-    assert_eq!(g.get_u64("u32").unwrap(), Some(4_000_000_000));
-    assert_eq!(g.get_i32("i8").unwrap(), Some(-100));
-    assert_eq!(g.get_u32("missing").unwrap(), None);
-    assert_eq!(g.get_f32("f64").unwrap(), Some(-2.25e300f64 as f32));
-    assert_eq!(g.get_str("string").unwrap(), Some("héllo ▁ wörld"));
-    assert_eq!(g.get_str_array("arr_str").unwrap(), Some(vec!["a", "", "ccc"]));
-    assert_eq!(g.get_int_array("arr_i32").unwrap(), Some(vec![1, -2, 3]));
-    assert_eq!(g.get_bool("bool").unwrap(), Some(true));
+    assert_eq!(g.try_get_u32("u8").unwrap(), Some(200));
+    assert_eq!(g.try_get_u32("u16").unwrap(), Some(60_000));
+    assert_eq!(g.try_get_u64("u32").unwrap(), Some(4_000_000_000));
+    assert_eq!(g.try_get_i32("i8").unwrap(), Some(-100));
+    assert_eq!(g.try_get_u32("missing").unwrap(), None);
+    assert_eq!(g.try_get_f32("f64").unwrap(), Some(-2.25e300f64 as f32));
+    assert_eq!(g.try_get_str("string").unwrap(), Some("héllo ▁ wörld"));
+    assert_eq!(g.try_get_str_array("arr_str").unwrap(), Some(vec!["a", "", "ccc"]));
+    assert_eq!(g.try_get_int_array("arr_i32").unwrap(), Some(vec![1, -2, 3]));
+    assert_eq!(g.try_get_bool("bool").unwrap(), Some(true));
     // negative or too-large values do not silently wrap
-    assert!(matches!(g.get_u32("i8"), Err(Error::WrongKeyType { .. })));
-    assert!(matches!(g.get_u32("u64"), Err(Error::WrongKeyType { .. })));
-    assert!(matches!(g.get_str("u32"), Err(Error::WrongKeyType { ref key, .. }) if key == "u32"));
+    assert!(matches!(g.try_get_u32("i8"), Err(Error::WrongKeyType { .. })));
+    assert!(matches!(g.try_get_u32("u64"), Err(Error::WrongKeyType { .. })));
+    assert!(matches!(g.try_get_str("u32"), Err(Error::WrongKeyType { ref key, .. }) if key == "u32"));
+    // the plain getters answer None for missing and mistyped keys alike
+    assert_eq!(g.get_u32("u16"), Some(60_000));
+    assert_eq!(g.get_str("string"), Some("héllo ▁ wörld"));
+    assert_eq!(g.get_str("u32"), None);
+    assert_eq!(g.get_u32("missing"), None);
+    assert_eq!(g.get_str_array("arr_str"), Some(vec!["a", "", "ccc"]));
+    assert_eq!(g.get("arr_i32").unwrap().to_string(), "[1, -2, 3]");
+    assert_eq!(g.get("string").unwrap().to_string(), "\"héllo ▁ wörld\"");
+    let long = MetaValue::i32_array(&(0..40).collect::<Vec<_>>()).to_string();
+    assert!(long.starts_with("[0, 1, 2") && long.ends_with(", … 40 items]"), "{long}");
     assert!(matches!(g.require_u32("missing"), Err(Error::MissingKey { ref key }) if key == "missing"));
 }
 
@@ -131,7 +141,7 @@ fn every_truncation_is_an_error_not_a_panic() {
     let data_end = full
         .tensors()
         .iter()
-        .map(|t| full.data_start() + t.offset + t.size)
+        .map(|t| full.data_start() + t.offset + t.n_bytes)
         .max()
         .unwrap();
     assert!(GgufFile::from_bytes(bytes[..data_end].to_vec()).is_ok());
@@ -304,8 +314,8 @@ proptest! {
         let n = bytes.len();
         if let Ok(g) = GgufFile::from_bytes(bytes) {
             for t in g.tensors() {
-                prop_assert_eq!(g.tensor_bytes(t).len(), t.size);
-                prop_assert!(g.data_start() + t.offset + t.size <= n);
+                prop_assert_eq!(g.tensor_bytes(t).len(), t.n_bytes);
+                prop_assert!(g.data_start() + t.offset + t.n_bytes <= n);
             }
         }
     }
