@@ -159,8 +159,18 @@ fn strftime_now(format: String) -> String {
     let days = (secs / 86_400) as i64;
     let (y, m, d) = civil_from_days(days);
     const MONTHS: [&str; 12] = [
-        "January", "February", "March", "April", "May", "June", "July", "August", "September",
-        "October", "November", "December",
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
     ];
     let month = MONTHS[(m - 1) as usize];
     let mut out = String::new();
@@ -232,7 +242,9 @@ fn write_python_json(
         ValueKind::Undefined | ValueKind::None => out.push_str("null"),
         ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
         ValueKind::Number => match (v.as_i64(), f64::try_from(v.clone())) {
-            (Some(i), _) if !v.to_string().contains(['.', 'e', 'E']) => out.push_str(&i.to_string()),
+            (Some(i), _) if !v.to_string().contains(['.', 'e', 'E']) => {
+                out.push_str(&i.to_string())
+            }
             (_, Ok(f)) => out.push_str(&python_float(f)),
             _ => out.push_str(&v.to_string()),
         },
@@ -285,7 +297,11 @@ fn python_float(f: f64) -> String {
         return "NaN".into();
     }
     if f.is_infinite() {
-        return if f > 0.0 { "Infinity".into() } else { "-Infinity".into() };
+        return if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
     }
     let s = format!("{f:?}");
     if s.contains(['.', 'e', 'E']) {
@@ -302,17 +318,21 @@ mod tests {
     #[test]
     fn chatml_fallback_renders_generation_prompt() {
         let t = ChatTemplate::new(CHATML_TEMPLATE, "", "").unwrap();
-        let out = t
-            .render(&[ChatMessage::user("hi")], true)
-            .unwrap();
-        assert_eq!(out, "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n");
+        let out = t.render(&[ChatMessage::user("hi")], true).unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+        );
     }
 
     #[test]
     fn raise_exception_is_a_typed_error() {
         let t = ChatTemplate::new("{{ raise_exception('no system role') }}", "", "").unwrap();
         let err = t.render(&[], false).unwrap_err();
-        assert!(matches!(err, Error::ChatTemplate(ref m) if m.contains("no system role")), "{err}");
+        assert!(
+            matches!(err, Error::ChatTemplate(ref m) if m.contains("no system role")),
+            "{err}"
+        );
     }
 
     #[test]
@@ -357,7 +377,9 @@ mod tests {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|m| ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
+                .map(|m| {
+                    ChatMessage::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap())
+                })
                 .collect();
             let agp = case["add_generation_prompt"].as_bool().unwrap();
             let got = template.render(&messages, agp);

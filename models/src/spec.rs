@@ -41,7 +41,9 @@ pub enum RopeStyle {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (ggml `freq_scale = 1/factor`).
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// Llama 3.1 wavelength-dependent scaling of the inverse frequencies.
     Llama3 {
         factor: f32,
@@ -86,7 +88,11 @@ impl RopeSpec {
             self.theta
         };
         let half = self.n_rot / 2;
-        let scaling = if sliding { RopeScaling::None } else { self.scaling };
+        let scaling = if sliding {
+            RopeScaling::None
+        } else {
+            self.scaling
+        };
         (0..half)
             .map(|i| {
                 let base = 1.0 / (theta as f64).powf((2 * i) as f64 / self.n_rot as f64);
@@ -232,7 +238,10 @@ mod tests {
         let (s, u) = (rope.inv_freqs(false), unscaled.inv_freqs(false));
         assert!((s[0] - u[0]).abs() < 1e-9, "highest frequency unchanged");
         let last = s.len() - 1;
-        assert!((s[last] - u[last] / 8.0).abs() < 1e-12, "lowest slowed by factor");
+        assert!(
+            (s[last] - u[last] / 8.0).abs() < 1e-12,
+            "lowest slowed by factor"
+        );
         for i in 0..s.len() {
             assert!(s[i] <= u[i] + 1e-9 && s[i] >= u[i] / 8.0 - 1e-12);
         }

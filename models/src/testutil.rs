@@ -35,8 +35,9 @@ pub const TINY_MERGES: [(&str, &str); 4] = [("h", "e"), ("l", "l"), ("he", "ll")
 
 /// The GPT-2 byte-to-character table (`bytes_to_unicode`).
 pub fn byte_level_chars() -> Vec<char> {
-    let printable =
-        |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let printable = |b: u32| {
+        (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+    };
     let mut next = 0x100u32;
     (0u32..256)
         .map(|b| {
@@ -64,12 +65,17 @@ pub fn tiny_vocab() -> (Vec<String>, Vec<i32>, Vec<String>) {
         tokens.push(s.to_string());
         types.push(3);
     }
-    let merges = TINY_MERGES.iter().map(|(l, r)| format!("{l} {r}")).collect();
+    let merges = TINY_MERGES
+        .iter()
+        .map(|(l, r)| format!("{l} {r}"))
+        .collect();
     (tokens, types, merges)
 }
 
 fn values(n: usize, seed: usize) -> Vec<f32> {
-    (0..n).map(|i| (((i * 7 + seed * 13) % 17) as f32 - 8.0) / 16.0).collect()
+    (0..n)
+        .map(|i| (((i * 7 + seed * 13) % 17) as f32 - 8.0) / 16.0)
+        .collect()
 }
 
 /// A complete tiny model of architecture `arch` (`"llama"` or `"gemma3"`).
@@ -86,21 +92,42 @@ pub fn tiny_model(arch: &str, dims: TinyDims) -> GgufWriter {
         .kv("general.name", MetaValue::string("tiny"))
         .kv(&k("block_count"), MetaValue::U32(dims.n_layer as u32))
         .kv(&k("embedding_length"), MetaValue::U32(dims.d_model as u32))
-        .kv(&k("attention.head_count"), MetaValue::U32(dims.n_head as u32))
-        .kv(&k("attention.head_count_kv"), MetaValue::U32(dims.n_kv_head as u32))
-        .kv(&k("attention.key_length"), MetaValue::U32(dims.head_dim as u32))
-        .kv(&k("feed_forward_length"), MetaValue::U32(dims.ffn_dim as u32))
+        .kv(
+            &k("attention.head_count"),
+            MetaValue::U32(dims.n_head as u32),
+        )
+        .kv(
+            &k("attention.head_count_kv"),
+            MetaValue::U32(dims.n_kv_head as u32),
+        )
+        .kv(
+            &k("attention.key_length"),
+            MetaValue::U32(dims.head_dim as u32),
+        )
+        .kv(
+            &k("feed_forward_length"),
+            MetaValue::U32(dims.ffn_dim as u32),
+        )
         .kv(&k("context_length"), MetaValue::U32(128))
         .kv(&k("rope.freq_base"), MetaValue::F32(10_000.0))
-        .kv(&k("rope.dimension_count"), MetaValue::U32(dims.head_dim as u32))
+        .kv(
+            &k("rope.dimension_count"),
+            MetaValue::U32(dims.head_dim as u32),
+        )
         .kv(&k("attention.layer_norm_rms_epsilon"), MetaValue::F32(1e-5))
         .kv("tokenizer.ggml.model", MetaValue::string("gpt2"))
         .kv("tokenizer.ggml.pre", MetaValue::string("smollm"))
         .kv("tokenizer.ggml.tokens", MetaValue::str_array(&tokens))
         .kv("tokenizer.ggml.token_type", MetaValue::i32_array(&types))
         .kv("tokenizer.ggml.merges", MetaValue::str_array(&merges))
-        .kv("tokenizer.ggml.bos_token_id", MetaValue::U32(vocab as u32 - 2))
-        .kv("tokenizer.ggml.eos_token_id", MetaValue::U32(vocab as u32 - 1))
+        .kv(
+            "tokenizer.ggml.bos_token_id",
+            MetaValue::U32(vocab as u32 - 2),
+        )
+        .kv(
+            "tokenizer.ggml.eos_token_id",
+            MetaValue::U32(vocab as u32 - 1),
+        )
         .kv("tokenizer.ggml.add_bos_token", MetaValue::Bool(false));
     if arch == "gemma3" {
         w = w.kv(&k("attention.sliding_window"), MetaValue::U32(4));
@@ -144,7 +171,10 @@ pub fn write_temp(name: &str, bytes: &[u8]) -> std::io::Result<std::path::PathBu
     static COUNTER: AtomicUsize = AtomicUsize::new(0);
     let dir = std::env::temp_dir().join(format!("sotto-models-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!("{}-{name}.gguf", COUNTER.fetch_add(1, Ordering::Relaxed)));
+    let path = dir.join(format!(
+        "{}-{name}.gguf",
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::write(&path, bytes)?;
     Ok(path)
 }

@@ -74,26 +74,68 @@ pub enum VocabKind {
 /// (`llama_vocab::impl::load`, "auto-detect special tokens by text"): a
 /// match becomes a control token.
 const EOT_TEXTS: &[&str] = &[
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<end_of_turn>", "<|endoftext|>", "<|end_of_text|>",
-    "<EOT>", "_<EOT>", "<｜end▁of▁sentence｜>", "<end_of_utterance>",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|end_of_text|>",
+    "<EOT>",
+    "_<EOT>",
+    "<｜end▁of▁sentence｜>",
+    "<end_of_utterance>",
 ];
 const EOM_TEXTS: &[&str] = &["<|eom_id|>"];
 const FIM_PRE_TEXTS: &[&str] = &[
-    "<|fim_prefix|>", "<fim-prefix>", "<fim_prefix>", "<｜fim▁begin｜>", "<PRE>", "▁<PRE>", "<|code_prefix|>",
+    "<|fim_prefix|>",
+    "<fim-prefix>",
+    "<fim_prefix>",
+    "<｜fim▁begin｜>",
+    "<PRE>",
+    "▁<PRE>",
+    "<|code_prefix|>",
 ];
 const FIM_SUF_TEXTS: &[&str] = &[
-    "<|fim_suffix|>", "<fim-suffix>", "<fim_suffix>", "<｜fim▁hole｜>", "<SUF>", "▁<SUF>", "<|code_suffix|>",
+    "<|fim_suffix|>",
+    "<fim-suffix>",
+    "<fim_suffix>",
+    "<｜fim▁hole｜>",
+    "<SUF>",
+    "▁<SUF>",
+    "<|code_suffix|>",
 ];
 const FIM_MID_TEXTS: &[&str] = &[
-    "<|fim_middle|>", "<fim-middle>", "<fim_middle>", "<｜fim▁end｜>", "<MID>", "▁<MID>", "<|code_middle|>",
+    "<|fim_middle|>",
+    "<fim-middle>",
+    "<fim_middle>",
+    "<｜fim▁end｜>",
+    "<MID>",
+    "▁<MID>",
+    "<|code_middle|>",
 ];
 const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>"];
-const FIM_REP_TEXTS: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
+const FIM_REP_TEXTS: &[&str] = &[
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+];
 const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
 /// Texts that end generation whatever their type (llama.cpp's EOG list).
 const EOG_TEXTS: &[&str] = &[
-    "<|eot_id|>", "<|im_end|>", "<|end|>", "<|return|>", "<|call|>", "<end_of_turn>", "<|endoftext|>",
-    "<|eom_id|>", "<EOT>", "_<EOT>", "<|end_of_text|>", "<end_of_utterance>",
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
 ];
 /// gpt-oss formatting tokens llama.cpp always renders.
 const ALWAYS_RENDERED: &[&str] = &["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"];
@@ -202,7 +244,9 @@ impl Tokenizer {
         let add_bos = gguf
             .try_get_bool("tokenizer.ggml.add_bos_token")?
             .unwrap_or(kind == VocabKind::SentencePiece);
-        let add_eos = gguf.try_get_bool("tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+        let add_eos = gguf
+            .try_get_bool("tokenizer.ggml.add_eos_token")?
+            .unwrap_or(false);
         let add_space_prefix = gguf
             .try_get_bool("tokenizer.ggml.add_space_prefix")?
             .unwrap_or(kind == VocabKind::SentencePiece);
@@ -223,9 +267,18 @@ impl Tokenizer {
         };
         let eot = by_text(id_key(&["eot_token_id"])?, EOT_TEXTS);
         let eom = by_text(id_key(&["eom_token_id"])?, EOM_TEXTS);
-        by_text(id_key(&["fim_pre_token_id", "prefix_token_id"])?, FIM_PRE_TEXTS);
-        by_text(id_key(&["fim_suf_token_id", "suffix_token_id"])?, FIM_SUF_TEXTS);
-        by_text(id_key(&["fim_mid_token_id", "middle_token_id"])?, FIM_MID_TEXTS);
+        by_text(
+            id_key(&["fim_pre_token_id", "prefix_token_id"])?,
+            FIM_PRE_TEXTS,
+        );
+        by_text(
+            id_key(&["fim_suf_token_id", "suffix_token_id"])?,
+            FIM_SUF_TEXTS,
+        );
+        by_text(
+            id_key(&["fim_mid_token_id", "middle_token_id"])?,
+            FIM_MID_TEXTS,
+        );
         let fim_pad = by_text(id_key(&["fim_pad_token_id"])?, FIM_PAD_TEXTS);
         let fim_rep = by_text(id_key(&["fim_rep_token_id"])?, FIM_REP_TEXTS);
         let fim_sep = by_text(id_key(&["fim_sep_token_id"])?, FIM_SEP_TEXTS);
@@ -245,9 +298,11 @@ impl Tokenizer {
         eog.extend([eos, eot, eom].into_iter().flatten());
         // o200k_harmony: with <|return|> and <|call|>, <|end|> is not an end.
         let eog_text = |t: &str| ids.get(t).filter(|id| eog.contains(id)).copied();
-        if let (Some(_), Some(_), Some(end)) =
-            (eog_text("<|return|>"), eog_text("<|call|>"), eog_text("<|end|>"))
-        {
+        if let (Some(_), Some(_), Some(end)) = (
+            eog_text("<|return|>"),
+            eog_text("<|call|>"),
+            eog_text("<|end|>"),
+        ) {
             eog.remove(&end);
             types[end as usize] = TokenType::UserDefined;
         }
@@ -400,7 +455,10 @@ impl Tokenizer {
 
     /// The token type of `id`.
     pub fn token_type(&self, id: u32) -> Result<TokenType> {
-        self.types.get(id as usize).copied().ok_or(self.out_of_range(id))
+        self.types
+            .get(id as usize)
+            .copied()
+            .ok_or(self.out_of_range(id))
     }
 
     /// The id of the token whose stored text is `text`.
@@ -468,8 +526,7 @@ impl Tokenizer {
 /// The pre-tokenizer regexes llama.cpp uses for `tokenizer.ggml.pre`
 /// (`llm_tokenizer_bpe` constructor in `src/llama-vocab.cpp`).
 fn pre_tokenizer_regexes(pre: &str) -> Result<(&'static [&'static str], bool)> {
-    const GPT2: &str =
-        r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+    const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
     const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     // (regexes, ignore_merges): llama.cpp sets ignore_merges for llama3 only.
@@ -597,7 +654,9 @@ fn sentencepiece_bpe(
     }
     ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
     let merges: Vec<(String, String)> = ranked.into_iter().map(|(_, _, l, r)| (l, r)).collect();
-    let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true);
+    let mut builder = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .byte_fallback(true);
     if let Some(unk) = unk {
         builder = builder.unk_token(tokens[unk as usize].clone());
     }
@@ -624,12 +683,17 @@ fn parse_byte_token(text: &str) -> Option<u8> {
 /// themselves, the other 68 bytes to U+0100.. in byte order.
 fn byte_level_char_to_byte(c: char) -> Option<u8> {
     let cp = c as u32;
-    let printable = |b: u32| (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b);
+    let printable = |b: u32| {
+        (0x21..=0x7E).contains(&b) || (0xA1..=0xAC).contains(&b) || (0xAE..=0xFF).contains(&b)
+    };
     if cp < 0x100 && printable(cp) {
         return Some(cp as u8);
     }
     let k = cp.checked_sub(0x100)?;
-    (0u32..256).filter(|&b| !printable(b)).nth(k as usize).map(|b| b as u8)
+    (0u32..256)
+        .filter(|&b| !printable(b))
+        .nth(k as usize)
+        .map(|b| b as u8)
 }
 
 #[cfg(test)]
@@ -658,9 +722,24 @@ mod tests {
         use crate::gguf::{GgufWriter, MetaValue};
         let data: serde_json::Value =
             serde_json::from_str(include_str!("../testdata/llama_cpp_spm.json")).unwrap();
-        let tokens: Vec<&str> = data["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap()).collect();
-        let scores: Vec<f32> = data["scores"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect();
-        let types: Vec<i32> = data["token_types"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap() as i32).collect();
+        let tokens: Vec<&str> = data["tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_str().unwrap())
+            .collect();
+        let scores: Vec<f32> = data["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect();
+        let types: Vec<i32> = data["token_types"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_i64().unwrap() as i32)
+            .collect();
         let build = |add_space_prefix: bool| {
             let w = GgufWriter::new()
                 .kv("tokenizer.ggml.model", MetaValue::string("llama"))
@@ -671,25 +750,48 @@ mod tests {
                 .kv("tokenizer.ggml.bos_token_id", MetaValue::U32(1))
                 .kv("tokenizer.ggml.eos_token_id", MetaValue::U32(2))
                 .kv("tokenizer.ggml.unknown_token_id", MetaValue::U32(0))
-                .kv("tokenizer.ggml.add_space_prefix", MetaValue::Bool(add_space_prefix));
+                .kv(
+                    "tokenizer.ggml.add_space_prefix",
+                    MetaValue::Bool(add_space_prefix),
+                );
             Tokenizer::from_gguf(&GgufFile::from_bytes(w.to_bytes()).unwrap()).unwrap()
         };
         let (with_prefix, without_prefix) = (build(true), build(false));
-        assert!(with_prefix.add_bos(), "SentencePiece vocabularies default to BOS");
+        assert!(
+            with_prefix.add_bos(),
+            "SentencePiece vocabularies default to BOS"
+        );
         let mut mismatches = Vec::new();
         let cases = data["cases"].as_array().unwrap();
         assert!(cases.len() >= 300);
         for c in cases {
-            let t = if c["add_space_prefix"].as_bool().unwrap() { &with_prefix } else { &without_prefix };
+            let t = if c["add_space_prefix"].as_bool().unwrap() {
+                &with_prefix
+            } else {
+                &without_prefix
+            };
             let text = c["text"].as_str().unwrap();
             let parse_special = c["parse_special"].as_bool().unwrap();
-            let expected: Vec<u32> = c["ids"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect();
+            let expected: Vec<u32> = c["ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_u64().unwrap() as u32)
+                .collect();
             let ours = t.encode(text, parse_special).unwrap();
             if ours != expected {
-                mismatches.push(format!("{text:?} ps={parse_special} asp={}: llama.cpp {expected:?}, ours {ours:?}", c["add_space_prefix"]));
+                mismatches.push(format!(
+                    "{text:?} ps={parse_special} asp={}: llama.cpp {expected:?}, ours {ours:?}",
+                    c["add_space_prefix"]
+                ));
             }
         }
-        assert!(mismatches.is_empty(), "{} differ:\n{}", mismatches.len(), mismatches.join("\n"));
+        assert!(
+            mismatches.is_empty(),
+            "{} differ:\n{}",
+            mismatches.len(),
+            mismatches.join("\n")
+        );
     }
 
     #[test]

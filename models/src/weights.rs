@@ -201,7 +201,11 @@ impl DecoderWeights {
     /// The rope inverse frequencies of a layer: the spec's (scaling included)
     /// divided by `rope_freqs` when the file has them, as ggml's rope does
     /// with its `freq_factors`.
-    pub fn rope_inv_freqs(&self, spec: &crate::spec::DecoderSpec, sliding: bool) -> Result<Vec<f32>> {
+    pub fn rope_inv_freqs(
+        &self,
+        spec: &crate::spec::DecoderSpec,
+        sliding: bool,
+    ) -> Result<Vec<f32>> {
         let mut freqs = spec.rope.inv_freqs(sliding);
         if let Some(w) = &self.rope_freqs {
             let factors = w.to_f32()?;
@@ -236,19 +240,28 @@ mod tests {
         let m = Weight::from_gguf(&gguf, gguf.tensor("m").unwrap()).unwrap();
         assert_eq!(m.shape, [3, 4]);
         assert_eq!(m.row_bytes(), 16);
-        assert_eq!(m.row(1).unwrap(), gguf.tensor_bytes(gguf.tensor("m").unwrap()).get(16..32).unwrap());
+        assert_eq!(
+            m.row(1).unwrap(),
+            gguf.tensor_bytes(gguf.tensor("m").unwrap())
+                .get(16..32)
+                .unwrap()
+        );
         assert!(m.row(3).is_none());
         assert_eq!(m.to_f32().unwrap(), values);
         let halves: Vec<u8> = [1.5f32, -2.0, 0.25, 8.0]
             .iter()
             .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
             .collect();
-        let g16 = GgufFile::from_bytes(GgufWriter::new().tensor("h", &[4], 1, halves).to_bytes()).unwrap();
+        let g16 = GgufFile::from_bytes(GgufWriter::new().tensor("h", &[4], 1, halves).to_bytes())
+            .unwrap();
         let h = Weight::from_gguf(&g16, g16.tensor("h").unwrap()).unwrap();
         assert_eq!(h.to_f32().unwrap(), vec![1.5, -2.0, 0.25, 8.0]);
         let v = Weight::from_gguf(&gguf, gguf.tensor("v").unwrap()).unwrap();
         assert_eq!(v.shape, [1, 4]);
         let err = v.expect_shape(1, 5).unwrap_err();
-        assert!(matches!(err, Error::ShapeMismatch { ref tensor, .. } if tensor == "v"), "{err}");
+        assert!(
+            matches!(err, Error::ShapeMismatch { ref tensor, .. } if tensor == "v"),
+            "{err}"
+        );
     }
 }

@@ -15,10 +15,7 @@ use crate::weights::{DecoderWeights, LayerWeights, Weight};
 type SpecLoader = fn(&GgufFile, &str) -> Result<DecoderSpec>;
 
 /// One registry row per supported `general.architecture` value.
-const REGISTRY: &[(&str, SpecLoader)] = &[
-    ("llama", llama::spec),
-    ("gemma3", gemma3::spec),
-];
+const REGISTRY: &[(&str, SpecLoader)] = &[("llama", llama::spec), ("gemma3", gemma3::spec)];
 
 /// The `general.architecture` values this crate can load.
 pub const SUPPORTED_ARCHITECTURES: &[&str] = &["llama", "gemma3"];
@@ -140,12 +137,16 @@ fn common_hparams(gguf: &GgufFile, arch: &str) -> Result<CommonHparams> {
             None => gguf
                 .tensor("token_embd.weight")
                 .and_then(|t| t.dims.get(1).copied())
-                .ok_or_else(|| Error::MissingKey { key: key("vocab_size") })?,
+                .ok_or_else(|| Error::MissingKey {
+                    key: key("vocab_size"),
+                })?,
         },
     };
     let context_length = gguf.require_usize(&key("context_length"))?;
     let norm_eps = gguf.require_f32(&key("attention.layer_norm_rms_epsilon"))?;
-    let n_rot = gguf.try_get_usize(&key("rope.dimension_count"))?.unwrap_or(head_dim);
+    let n_rot = gguf
+        .try_get_usize(&key("rope.dimension_count"))?
+        .unwrap_or(head_dim);
     let rope_theta = gguf.try_get_f32(&key("rope.freq_base"))?;
     let rope_scaling = rope_scaling(gguf, arch)?;
     let tied_embeddings = gguf.tensor("output.weight").is_none();
@@ -180,7 +181,10 @@ fn rope_scaling(gguf: &GgufFile, arch: &str) -> Result<RopeScaling> {
     let positive = |f: Option<f32>, k: &str| -> Result<f32> {
         match f {
             Some(f) if f.is_finite() && f > 0.0 => Ok(f),
-            Some(f) => Err(invalid(k, &format!("must be positive and finite, found {f}"))),
+            Some(f) => Err(invalid(
+                k,
+                &format!("must be positive and finite, found {f}"),
+            )),
             None => Err(Error::MissingKey { key: k.to_string() }),
         }
     };
@@ -251,7 +255,10 @@ fn validate_spec(s: &DecoderSpec) -> Result<()> {
     if s.n_head % s.n_kv_head != 0 {
         return Err(invalid(
             &k("attention.head_count_kv"),
-            &format!("{} query heads are not a multiple of {} kv heads", s.n_head, s.n_kv_head),
+            &format!(
+                "{} query heads are not a multiple of {} kv heads",
+                s.n_head, s.n_kv_head
+            ),
         ));
     }
     if s.rope.n_rot == 0 || s.rope.n_rot > s.head_dim || s.rope.n_rot % 2 != 0 {
@@ -264,10 +271,16 @@ fn validate_spec(s: &DecoderSpec) -> Result<()> {
         return Err(invalid(&k("rope.freq_base"), "must be positive and finite"));
     }
     if !(s.norm_eps.is_finite() && s.norm_eps > 0.0) {
-        return Err(invalid(&k("attention.layer_norm_rms_epsilon"), "must be positive and finite"));
+        return Err(invalid(
+            &k("attention.layer_norm_rms_epsilon"),
+            "must be positive and finite",
+        ));
     }
     if s.layer_is_sliding.len() != s.n_layer {
-        return Err(invalid(&k("block_count"), "sliding-window pattern length differs"));
+        return Err(invalid(
+            &k("block_count"),
+            "sliding-window pattern length differs",
+        ));
     }
     if s.layer_is_sliding.iter().any(|&b| b) && s.sliding_window.unwrap_or(0) == 0 {
         return Err(invalid(&k("attention.sliding_window"), "must be positive"));

@@ -17,7 +17,14 @@ fn llama_maps_hyper_parameters_and_tensors() {
     assert_eq!(spec.arch, "llama");
     assert_eq!(spec.name.as_deref(), Some("tiny"));
     assert_eq!(
-        (spec.n_layer, spec.d_model, spec.n_head, spec.n_kv_head, spec.head_dim, spec.ffn_dim),
+        (
+            spec.n_layer,
+            spec.d_model,
+            spec.n_head,
+            spec.n_kv_head,
+            spec.head_dim,
+            spec.ffn_dim
+        ),
         (2, 8, 2, 1, 4, 16)
     );
     assert_eq!(spec.vocab_size, 256 + 4 + 3);
@@ -64,18 +71,29 @@ fn unknown_architecture_lists_supported_ones() {
     let mut w = tiny_model("llama", TinyDims::default());
     w.set("general.architecture", MetaValue::string("mamba"));
     let err = load(&w).unwrap_err();
-    assert!(matches!(err, Error::UnknownArchitecture(ref a) if a == "mamba"), "{err}");
+    assert!(
+        matches!(err, Error::UnknownArchitecture(ref a) if a == "mamba"),
+        "{err}"
+    );
     let msg = err.to_string();
     assert!(msg.contains("llama") && msg.contains("gemma3"), "{msg}");
 }
 
 #[test]
 fn missing_and_invalid_hyper_parameters_are_named() {
-    for key in ["llama.block_count", "llama.embedding_length", "llama.feed_forward_length", "general.architecture"] {
+    for key in [
+        "llama.block_count",
+        "llama.embedding_length",
+        "llama.feed_forward_length",
+        "general.architecture",
+    ] {
         let mut w = tiny_model("llama", TinyDims::default());
         w.remove(key);
         let err = load(&w).unwrap_err();
-        assert!(matches!(err, Error::MissingKey { key: ref k } if k == key), "{key}: {err}");
+        assert!(
+            matches!(err, Error::MissingKey { key: ref k } if k == key),
+            "{key}: {err}"
+        );
     }
     let mut w = tiny_model("llama", TinyDims::default());
     w.set("llama.attention.head_count_kv", MetaValue::U32(3));
@@ -96,7 +114,11 @@ fn tensor_shapes_are_checked_against_the_hyper_parameters() {
     let mut w = tiny_model("llama", TinyDims::default());
     w.set("llama.feed_forward_length", MetaValue::U32(32));
     match load(&w) {
-        Err(Error::ShapeMismatch { tensor, expected, found }) => {
+        Err(Error::ShapeMismatch {
+            tensor,
+            expected,
+            found,
+        }) => {
             assert_eq!(tensor, "blk.0.ffn_gate.weight");
             assert_eq!(expected, vec![32, 8]);
             assert_eq!(found, vec![16, 8]);
@@ -105,7 +127,9 @@ fn tensor_shapes_are_checked_against_the_hyper_parameters() {
     }
     let mut w = tiny_model("llama", TinyDims::default());
     w.tensors.retain(|t| t.name != "blk.1.attn_v.weight");
-    assert!(matches!(load(&w), Err(Error::MissingTensor { ref tensor }) if tensor == "blk.1.attn_v.weight"));
+    assert!(
+        matches!(load(&w), Err(Error::MissingTensor { ref tensor }) if tensor == "blk.1.attn_v.weight")
+    );
 }
 
 #[test]
@@ -114,14 +138,25 @@ fn rope_scaling_keys() {
     let mut w = tiny_model("llama", TinyDims::default());
     w.set("llama.rope.scaling.type", MetaValue::string("linear"));
     w.set("llama.rope.scaling.factor", MetaValue::F32(4.0));
-    assert_eq!(load(&w).unwrap().0.rope.scaling, RopeScaling::Linear { factor: 4.0 });
+    assert_eq!(
+        load(&w).unwrap().0.rope.scaling,
+        RopeScaling::Linear { factor: 4.0 }
+    );
     w.set("llama.rope.scaling.type", MetaValue::string("llama3"));
     w.set("llama.rope.scaling.low_freq_factor", MetaValue::F32(1.0));
     w.set("llama.rope.scaling.high_freq_factor", MetaValue::F32(4.0));
-    w.set("llama.rope.scaling.original_context_length", MetaValue::U32(8192));
+    w.set(
+        "llama.rope.scaling.original_context_length",
+        MetaValue::U32(8192),
+    );
     assert_eq!(
         load(&w).unwrap().0.rope.scaling,
-        RopeScaling::Llama3 { factor: 4.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_context: 8192 }
+        RopeScaling::Llama3 {
+            factor: 4.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_context: 8192
+        }
     );
 }
 
@@ -135,5 +170,7 @@ fn rope_freqs_tensor_divides_the_frequencies() {
     assert_eq!(scaled, vec![base[0], base[1] / 4.0]);
     let mut w = tiny_model("llama", TinyDims::default());
     w = w.tensor_f32("rope_freqs.weight", &[3], &[1.0, 4.0, 2.0]);
-    assert!(matches!(load(&w), Err(Error::ShapeMismatch { ref tensor, .. }) if tensor == "rope_freqs.weight"));
+    assert!(
+        matches!(load(&w), Err(Error::ShapeMismatch { ref tensor, .. }) if tensor == "rope_freqs.weight")
+    );
 }

@@ -207,7 +207,10 @@ impl GgufFile {
         let mut tensor_index = HashMap::with_capacity(raw.len());
         for t in raw {
             let info = validate_tensor(t, alignment, data_start, file_size)?;
-            if tensor_index.insert(info.name.clone(), tensors.len()).is_some() {
+            if tensor_index
+                .insert(info.name.clone(), tensors.len())
+                .is_some()
+            {
                 return Err(Error::BadTensor {
                     tensor: info.name,
                     reason: "duplicate tensor name".into(),
@@ -306,11 +309,15 @@ impl GgufFile {
 
     /// `key` as u32: accepts any integer type whose value fits.
     pub fn try_get_u32(&self, key: &str) -> Result<Option<u32>> {
-        self.typed(key, "u32", |v| v.as_u64().and_then(|x| u32::try_from(x).ok()))
+        self.typed(key, "u32", |v| {
+            v.as_u64().and_then(|x| u32::try_from(x).ok())
+        })
     }
     /// `key` as i32: accepts any integer type whose value fits.
     pub fn try_get_i32(&self, key: &str) -> Result<Option<i32>> {
-        self.typed(key, "i32", |v| v.as_i64().and_then(|x| i32::try_from(x).ok()))
+        self.typed(key, "i32", |v| {
+            v.as_i64().and_then(|x| i32::try_from(x).ok())
+        })
     }
     /// `key` as u64: accepts any non-negative integer.
     pub fn try_get_u64(&self, key: &str) -> Result<Option<u64>> {
@@ -318,7 +325,9 @@ impl GgufFile {
     }
     /// `key` as usize: accepts any non-negative integer that fits.
     pub fn try_get_usize(&self, key: &str) -> Result<Option<usize>> {
-        self.typed(key, "usize", |v| v.as_u64().and_then(|x| usize::try_from(x).ok()))
+        self.typed(key, "usize", |v| {
+            v.as_u64().and_then(|x| usize::try_from(x).ok())
+        })
     }
     /// `key` as f32: accepts f32 and f64 (narrowed).
     pub fn try_get_f32(&self, key: &str) -> Result<Option<f32>> {
@@ -499,10 +508,12 @@ fn validate_tensor(
     let mut dims = Vec::with_capacity(t.dims.len());
     let mut n_elements: usize = 1;
     for &d in &t.dims {
-        let d = usize::try_from(d)
-            .ok()
-            .filter(|&d| d > 0)
-            .ok_or_else(|| bad(format!("dimension {d} in {:?} is zero or too large", t.dims)))?;
+        let d = usize::try_from(d).ok().filter(|&d| d > 0).ok_or_else(|| {
+            bad(format!(
+                "dimension {d} in {:?} is zero or too large",
+                t.dims
+            ))
+        })?;
         n_elements = n_elements
             .checked_mul(d)
             .ok_or_else(|| bad(format!("element count of {:?} overflows", t.dims)))?;

@@ -83,13 +83,27 @@ fn typed_getters_coerce_integers_and_reject_wrong_types() {
     assert_eq!(g.try_get_u32("missing").unwrap(), None);
     assert_eq!(g.try_get_f32("f64").unwrap(), Some(-2.25e300f64 as f32));
     assert_eq!(g.try_get_str("string").unwrap(), Some("héllo ▁ wörld"));
-    assert_eq!(g.try_get_str_array("arr_str").unwrap(), Some(vec!["a", "", "ccc"]));
-    assert_eq!(g.try_get_int_array("arr_i32").unwrap(), Some(vec![1, -2, 3]));
+    assert_eq!(
+        g.try_get_str_array("arr_str").unwrap(),
+        Some(vec!["a", "", "ccc"])
+    );
+    assert_eq!(
+        g.try_get_int_array("arr_i32").unwrap(),
+        Some(vec![1, -2, 3])
+    );
     assert_eq!(g.try_get_bool("bool").unwrap(), Some(true));
     // negative or too-large values do not silently wrap
-    assert!(matches!(g.try_get_u32("i8"), Err(Error::WrongKeyType { .. })));
-    assert!(matches!(g.try_get_u32("u64"), Err(Error::WrongKeyType { .. })));
-    assert!(matches!(g.try_get_str("u32"), Err(Error::WrongKeyType { ref key, .. }) if key == "u32"));
+    assert!(matches!(
+        g.try_get_u32("i8"),
+        Err(Error::WrongKeyType { .. })
+    ));
+    assert!(matches!(
+        g.try_get_u32("u64"),
+        Err(Error::WrongKeyType { .. })
+    ));
+    assert!(
+        matches!(g.try_get_str("u32"), Err(Error::WrongKeyType { ref key, .. }) if key == "u32")
+    );
     // the plain getters answer None for missing and mistyped keys alike
     assert_eq!(g.get_u32("u16"), Some(60_000));
     assert_eq!(g.get_str("string"), Some("héllo ▁ wörld"));
@@ -99,25 +113,38 @@ fn typed_getters_coerce_integers_and_reject_wrong_types() {
     assert_eq!(g.get("arr_i32").unwrap().to_string(), "[1, -2, 3]");
     assert_eq!(g.get("string").unwrap().to_string(), "\"héllo ▁ wörld\"");
     let long = MetaValue::i32_array(&(0..40).collect::<Vec<_>>()).to_string();
-    assert!(long.starts_with("[0, 1, 2") && long.ends_with(", … 40 items]"), "{long}");
-    assert!(matches!(g.require_u32("missing"), Err(Error::MissingKey { ref key }) if key == "missing"));
+    assert!(
+        long.starts_with("[0, 1, 2") && long.ends_with(", … 40 items]"),
+        "{long}"
+    );
+    assert!(
+        matches!(g.require_u32("missing"), Err(Error::MissingKey { ref key }) if key == "missing")
+    );
 }
 
 #[test]
 fn custom_alignment_is_honoured_and_validated() {
     let mut w = small_file(3);
     w.alignment = 64;
-    w.metadata.push(("general.alignment".into(), MetaValue::U32(64)));
+    w.metadata
+        .push(("general.alignment".into(), MetaValue::U32(64)));
     let g = GgufFile::from_bytes(w.to_bytes()).unwrap();
     assert_eq!(g.alignment(), 64);
     assert_eq!(g.data_start() % 64, 0);
     assert!(g.tensors().iter().all(|t| t.offset % 64 == 0));
 
-    for bad in [MetaValue::U32(0), MetaValue::U32(48), MetaValue::string("32")] {
+    for bad in [
+        MetaValue::U32(0),
+        MetaValue::U32(48),
+        MetaValue::string("32"),
+    ] {
         let mut w = small_file(3);
         w.metadata.push(("general.alignment".into(), bad));
         let err = GgufFile::from_bytes(w.to_bytes()).unwrap_err();
-        assert!(matches!(err, Error::BadMetadata { ref key, .. } if key == "general.alignment"), "{err}");
+        assert!(
+            matches!(err, Error::BadMetadata { ref key, .. } if key == "general.alignment"),
+            "{err}"
+        );
     }
 }
 
@@ -147,7 +174,11 @@ fn every_truncation_is_an_error_not_a_panic() {
     assert!(GgufFile::from_bytes(bytes[..data_end].to_vec()).is_ok());
     for len in 0..data_end {
         let result = GgufFile::from_bytes(bytes[..len].to_vec());
-        assert!(result.is_err(), "truncated to {len} of {} parsed", bytes.len());
+        assert!(
+            result.is_err(),
+            "truncated to {len} of {} parsed",
+            bytes.len()
+        );
     }
 }
 
@@ -155,11 +186,16 @@ fn every_truncation_is_an_error_not_a_panic() {
 fn wrong_magic_and_unsupported_versions() {
     let mut bytes = small_file(3).to_bytes();
     bytes[0] = b'X';
-    assert!(matches!(GgufFile::from_bytes(bytes), Err(Error::BadMagic { .. })));
+    assert!(matches!(
+        GgufFile::from_bytes(bytes),
+        Err(Error::BadMagic { .. })
+    ));
     for v in [0, 1, 4, u32::MAX] {
         let mut w = small_file(3);
         w.version = v;
-        assert!(matches!(GgufFile::from_bytes(w.to_bytes()), Err(Error::UnsupportedVersion(x)) if x == v));
+        assert!(
+            matches!(GgufFile::from_bytes(w.to_bytes()), Err(Error::UnsupportedVersion(x)) if x == v)
+        );
     }
 }
 
@@ -183,32 +219,53 @@ fn kv_prefix(key: &str, ty: u32) -> Vec<u8> {
 #[test]
 fn absurd_counts_and_lengths_are_rejected_before_allocating() {
     // metadata and tensor counts far beyond the file
-    assert!(matches!(GgufFile::from_bytes(header(0, u64::MAX, &[])), Err(Error::Truncated { .. })));
-    assert!(matches!(GgufFile::from_bytes(header(u64::MAX, 0, &[0; 64])), Err(Error::Truncated { .. })));
+    assert!(matches!(
+        GgufFile::from_bytes(header(0, u64::MAX, &[])),
+        Err(Error::Truncated { .. })
+    ));
+    assert!(matches!(
+        GgufFile::from_bytes(header(u64::MAX, 0, &[0; 64])),
+        Err(Error::Truncated { .. })
+    ));
     // key length beyond the file
     let mut body = u64::MAX.to_le_bytes().to_vec();
     body.extend([0u8; 16]);
-    assert!(matches!(GgufFile::from_bytes(header(0, 1, &body)), Err(Error::Truncated { .. })));
+    assert!(matches!(
+        GgufFile::from_bytes(header(0, 1, &body)),
+        Err(Error::Truncated { .. })
+    ));
     // string value length beyond the file
     let mut body = kv_prefix("k", 8);
     body.extend((1u64 << 40).to_le_bytes());
     body.extend(b"abc");
-    assert!(matches!(GgufFile::from_bytes(header(0, 1, &body)), Err(Error::Truncated { .. })));
+    assert!(matches!(
+        GgufFile::from_bytes(header(0, 1, &body)),
+        Err(Error::Truncated { .. })
+    ));
     // array count beyond the remaining bytes
     let mut body = kv_prefix("k", 9);
     body.extend(5u32.to_le_bytes());
     body.extend((u64::MAX / 2).to_le_bytes());
     body.extend([0u8; 32]);
-    assert!(matches!(GgufFile::from_bytes(header(0, 1, &body)), Err(Error::Truncated { .. })));
+    assert!(matches!(
+        GgufFile::from_bytes(header(0, 1, &body)),
+        Err(Error::Truncated { .. })
+    ));
     // unknown value and element types
     let mut body = kv_prefix("k", 13);
     body.extend([0u8; 16]);
-    assert!(matches!(GgufFile::from_bytes(header(0, 1, &body)), Err(Error::Malformed { .. })));
+    assert!(matches!(
+        GgufFile::from_bytes(header(0, 1, &body)),
+        Err(Error::Malformed { .. })
+    ));
     let mut body = kv_prefix("k", 9);
     body.extend(77u32.to_le_bytes());
     body.extend(1u64.to_le_bytes());
     body.extend([0u8; 16]);
-    assert!(matches!(GgufFile::from_bytes(header(0, 1, &body)), Err(Error::Malformed { .. })));
+    assert!(matches!(
+        GgufFile::from_bytes(header(0, 1, &body)),
+        Err(Error::Malformed { .. })
+    ));
     // arrays nested deeper than any real file, many levels claimed
     let mut body = kv_prefix("k", 9);
     for _ in 0..100 {
@@ -216,23 +273,42 @@ fn absurd_counts_and_lengths_are_rejected_before_allocating() {
         body.extend(1u64.to_le_bytes());
     }
     body.extend([0u8; 64]);
-    assert!(matches!(GgufFile::from_bytes(header(0, 1, &body)), Err(Error::Malformed { .. })));
+    assert!(matches!(
+        GgufFile::from_bytes(header(0, 1, &body)),
+        Err(Error::Malformed { .. })
+    ));
     // invalid UTF-8 and a bool that is neither 0 nor 1
     let mut body = kv_prefix("k", 8);
     body.extend(2u64.to_le_bytes());
     body.extend([0xC3, 0x28]);
-    assert!(matches!(GgufFile::from_bytes(header(0, 1, &body)), Err(Error::Malformed { .. })));
+    assert!(matches!(
+        GgufFile::from_bytes(header(0, 1, &body)),
+        Err(Error::Malformed { .. })
+    ));
     let mut body = kv_prefix("k", 7);
     body.push(2);
-    assert!(matches!(GgufFile::from_bytes(header(0, 1, &body)), Err(Error::Malformed { .. })));
+    assert!(matches!(
+        GgufFile::from_bytes(header(0, 1, &body)),
+        Err(Error::Malformed { .. })
+    ));
 }
 
 #[test]
 fn duplicate_keys_and_tensor_names_are_rejected() {
-    let w = GgufWriter::new().kv("k", MetaValue::U8(1)).kv("k", MetaValue::U8(2));
-    assert!(matches!(GgufFile::from_bytes(w.to_bytes()), Err(Error::Malformed { .. })));
-    let w = GgufWriter::new().tensor_f32("t", &[1], &[1.0]).tensor_f32("t", &[1], &[2.0]);
-    assert!(matches!(GgufFile::from_bytes(w.to_bytes()), Err(Error::BadTensor { .. })));
+    let w = GgufWriter::new()
+        .kv("k", MetaValue::U8(1))
+        .kv("k", MetaValue::U8(2));
+    assert!(matches!(
+        GgufFile::from_bytes(w.to_bytes()),
+        Err(Error::Malformed { .. })
+    ));
+    let w = GgufWriter::new()
+        .tensor_f32("t", &[1], &[1.0])
+        .tensor_f32("t", &[1], &[2.0]);
+    assert!(matches!(
+        GgufFile::from_bytes(w.to_bytes()),
+        Err(Error::BadTensor { .. })
+    ));
 }
 
 fn with_tensor(t: WriterTensor) -> Result<GgufFile> {

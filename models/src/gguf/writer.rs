@@ -165,15 +165,24 @@ impl MetaValue {
     pub fn str_array<S: AsRef<str>>(items: &[S]) -> MetaValue {
         MetaValue::Array(
             MetaType::String,
-            items.iter().map(|s| MetaValue::String(s.as_ref().to_string())).collect(),
+            items
+                .iter()
+                .map(|s| MetaValue::String(s.as_ref().to_string()))
+                .collect(),
         )
     }
     /// An array of i32.
     pub fn i32_array(items: &[i32]) -> MetaValue {
-        MetaValue::Array(MetaType::I32, items.iter().map(|&x| MetaValue::I32(x)).collect())
+        MetaValue::Array(
+            MetaType::I32,
+            items.iter().map(|&x| MetaValue::I32(x)).collect(),
+        )
     }
     /// An array of f32.
     pub fn f32_array(items: &[f32]) -> MetaValue {
-        MetaValue::Array(MetaType::F32, items.iter().map(|&x| MetaValue::F32(x)).collect())
+        MetaValue::Array(
+            MetaType::F32,
+            items.iter().map(|&x| MetaValue::F32(x)).collect(),
+        )
     }
 }
