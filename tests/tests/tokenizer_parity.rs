@@ -24,7 +24,15 @@ fn smollm2_spec_matches_the_published_config() {
     let s = &m.spec;
     assert_eq!(s.arch, "llama");
     assert_eq!(
-        (s.n_layer, s.d_model, s.n_head, s.n_kv_head, s.head_dim, s.ffn_dim, s.vocab_size),
+        (
+            s.n_layer,
+            s.d_model,
+            s.n_head,
+            s.n_kv_head,
+            s.head_dim,
+            s.ffn_dim,
+            s.vocab_size
+        ),
         (30, 576, 9, 3, 64, 1536, 49152)
     );
     assert_eq!(s.context_length, 8192);
@@ -33,7 +41,10 @@ fn smollm2_spec_matches_the_published_config() {
     assert_eq!((s.rope.theta, s.rope.n_rot), (100_000.0, 64));
     assert!((s.norm_eps - 1e-5).abs() < 1e-12);
     assert!((s.attn_scale - 0.125).abs() < 1e-7);
-    assert!(s.tied_embeddings, "SmolLM2-135M ties its output to the embeddings");
+    assert!(
+        s.tied_embeddings,
+        "SmolLM2-135M ties its output to the embeddings"
+    );
     assert!(!s.qk_norm && !s.post_norms && s.sliding_window.is_none());
     assert_eq!(m.weights.layers.len(), 30);
     assert_eq!(m.weights.output.name, "token_embd.weight");
@@ -90,7 +101,8 @@ fn smollm2_special_tokens_match_llama_cpp() {
 #[test]
 fn known_chatml_prompt_tokenizes_like_llama_cpp() {
     let t = model().tokenizer;
-    let text = "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
+    let text =
+        "<|im_start|>user\nWhat is the capital of France?<|im_end|>\n<|im_start|>assistant\n";
     assert_eq!(
         t.encode(text, true).unwrap(),
         vec![1, 4093, 198, 1780, 314, 260, 3575, 282, 4649, 47, 2, 198, 1, 520, 9531, 198]
@@ -146,9 +158,16 @@ fn tokenization_matches_llama_cpp_reference() {
             ));
             continue;
         }
-        let bytes: Vec<u8> = ours.iter().flat_map(|&id| t.token_bytes(id).unwrap()).collect();
+        let bytes: Vec<u8> = ours
+            .iter()
+            .flat_map(|&id| t.token_bytes(id).unwrap())
+            .collect();
         if bytes != case.text.as_bytes() {
-            mismatches.push(format!("{:?}: token bytes reassemble to {:?}", case.text, String::from_utf8_lossy(&bytes)));
+            mismatches.push(format!(
+                "{:?}: token bytes reassemble to {:?}",
+                case.text,
+                String::from_utf8_lossy(&bytes)
+            ));
         }
     }
     assert!(
@@ -199,10 +218,39 @@ fn pre_tokenizers_match_llama_cpp() {
                 let ours = t.encode(&c.text, c.parse_special).unwrap();
                 let expected = &c.ids[pre];
                 (&ours != expected).then(|| {
-                    format!("{:?} ({}): llama.cpp {expected:?}, ours {ours:?}", c.text, c.parse_special)
+                    format!(
+                        "{:?} ({}): llama.cpp {expected:?}, ours {ours:?}",
+                        c.text, c.parse_special
+                    )
                 })
             })
             .collect();
-        assert!(mismatches.is_empty(), "pre {pre}: {} differ:\n{}", mismatches.len(), mismatches.join("\n"));
+        assert!(
+            mismatches.is_empty(),
+            "pre {pre}: {} differ:\n{}",
+            mismatches.len(),
+            mismatches.join("\n")
+        );
     }
+}
+
+/// Every one of the 49152 tokens renders to the same bytes as llama.cpp's
+/// `llama_token_to_piece(special = true)`: compared through an FNV-1a 64
+/// digest of length-prefixed pieces (models/testdata/gen_token_pieces_digest.py).
+#[test]
+fn every_token_piece_matches_llama_cpp() {
+    const LLAMA_CPP_DIGEST: u64 = 0xb0fb_97ee_3565_1eb8;
+    let t = model().tokenizer;
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |data: &[u8]| {
+        for &b in data {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    };
+    for id in 0..t.vocab_size() as u32 {
+        let piece = t.token_bytes(id).unwrap();
+        feed(&(piece.len() as u32).to_le_bytes());
+        feed(&piece);
+    }
+    assert_eq!(h, LLAMA_CPP_DIGEST, "token pieces differ from llama.cpp's");
 }
