@@ -1,0 +1,425 @@
+#!/usr/bin/env python3
+"""Generate the llama.cpp reference data Sotto's parity tests compare against.
+
+Run from the repository root:
+
+    python3 tests/scripts/gen_llama_cpp_refs.py               # everything
+    python3 tests/scripts/gen_llama_cpp_refs.py --only tokenization
+    python3 tests/scripts/gen_llama_cpp_refs.py --only chat
+
+The references come from llama.cpp itself (through llama-cpp-python), never
+from Sotto, so the Rust tests check Sotto against an independent
+implementation. Output goes to tests/data/llama_cpp/ (format: tests/data/README.md).
+
+Install (tests/scripts/requirements-refs.txt pins the versions used). On a CPU
+that advertises AMX while the kernel keeps it disabled, ggml built with
+GGML_NATIVE would emit AMX instructions and crash, so build with AMX off:
+
+    CMAKE_ARGS="-DGGML_NATIVE=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF \
+      -DGGML_AMX_BF16=OFF \
+      -DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' \
+      -DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'" \
+      pip install llama-cpp-python
+    pip install gguf jinja2 numpy
+
+Model: $SOTTO_MODEL, else ~/.cache/sotto/models/SmolLM2-135M-Instruct.Q4_1.gguf
+(its sha256 is recorded in meta.json; regenerate with that exact file).
+
+Determinism: tokenization is exact. Generation is greedy by argmax over the
+logits this script reads itself (no sampler, so no seed or temperature is
+involved); the seed is still fixed and recorded. Logits depend on ggml's
+kernels and thread count, so n_threads and the build's system info are
+recorded with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import datetime
+import hashlib
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import gguf
+import jinja2
+import jinja2.ext
+import jinja2.sandbox
+import numpy as np
+
+import llama_cpp
+from llama_cpp import Llama
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tokenization_cases  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+OUT_DIR = REPO_ROOT / "tests" / "data" / "llama_cpp"
+DEFAULT_MODEL = Path.home() / ".cache/sotto/models/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+N_CTX = 2048
+# One batch holds the whole teacher-forced sequence, so its logits come from a
+# single llama_decode call.
+N_BATCH = 2048
+N_THREADS = 2
+SEED = 1234
+MAX_NEW_TOKENS = 64
+# Full logit vectors are stored for the last prompt position plus this many
+# positions spread evenly over the continuation.
+FULL_LOGIT_CONTINUATION_POSITIONS = 15
+
+FRANCE_ANSWER = "The capital of France is Paris."
+
+CONVERSATIONS = [
+    (
+        "france_system",
+        [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "What is the capital of France?"},
+        ],
+    ),
+    (
+        "france_default_system",
+        [{"role": "user", "content": "What is the capital of France?"}],
+    ),
+    (
+        "multi_turn",
+        [
+            {"role": "user", "content": "Hi! Can you help me plan a short trip?"},
+            {
+                "role": "assistant",
+                "content": "Of course! Where would you like to go, and for how many days?",
+            },
+            {"role": "user", "content": "Three days in Rome. What should I see first?"},
+        ],
+    ),
+    (
+        "coding",
+        [{"role": "user", "content": "Write a Python function that reverses a string."}],
+    ),
+    (
+        "french",
+        [{"role": "user", "content": "Quelle est la plus haute montagne de France ?"}],
+    ),
+    (
+        "chinese",
+        [{"role": "user", "content": "请用一句话介绍一下长城。"}],
+    ),
+    (
+        "long_multi_turn_system",
+        [
+            {
+                "role": "system",
+                "content": "You are a concise assistant that answers questions about cooking.",
+            },
+            {"role": "user", "content": "How long should I boil an egg for a soft yolk?"},
+            {
+                "role": "assistant",
+                "content": "About six minutes in boiling water, then cool it in cold water.",
+            },
+            {"role": "user", "content": "And for a hard-boiled egg?"},
+            {
+                "role": "assistant",
+                "content": "Around ten to twelve minutes, then an ice bath so it peels easily.",
+            },
+            {"role": "user", "content": "What can I make with leftover boiled eggs?"},
+        ],
+    ),
+    (
+        "math",
+        [{"role": "user", "content": "What is 12 + 35? Then multiply the result by 3."}],
+    ),
+]
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def gguf_field(reader: gguf.GGUFReader, key: str):
+    field = reader.get_field(key)
+    return None if field is None else field.contents()
+
+
+def detokenize(vocab, ids: list[int], unparse_special: bool) -> bytes:
+    """llama.cpp's own llama_detokenize (no Python-side space stripping)."""
+    arr = (llama_cpp.llama_token * max(len(ids), 1))(*ids)
+    size = 64 + 32 * len(ids)
+    buf = ctypes.create_string_buffer(size)
+    n = llama_cpp.llama_detokenize(vocab, arr, len(ids), buf, size, False, unparse_special)
+    if n < 0:
+        size = -n
+        buf = ctypes.create_string_buffer(size)
+        n = llama_cpp.llama_detokenize(vocab, arr, len(ids), buf, size, False, unparse_special)
+    if n < 0:
+        raise RuntimeError(f"llama_detokenize failed for {ids}")
+    return buf.raw[:n]
+
+
+def write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+
+def gen_tokenization(model_path: Path) -> None:
+    llm = Llama(model_path=str(model_path), vocab_only=True, verbose=False)
+    vocab = llm._model.vocab
+    cases = []
+
+    def add(text: str, parse_special: bool) -> None:
+        ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=parse_special)
+        cases.append(
+            {
+                "text": text,
+                "parse_special": parse_special,
+                "ids": ids,
+                "detok_hex": detokenize(vocab, ids, False).hex(),
+                "detok_special_hex": detokenize(vocab, ids, True).hex(),
+            }
+        )
+
+    for text in tokenization_cases.ALL:
+        add(text, True)
+    for text in tokenization_cases.PLAIN_TOO:
+        add(text, False)
+
+    # Byte-level BPE must round-trip every string when specials are rendered.
+    for c in cases:
+        if bytes.fromhex(c["detok_special_hex"]) != c["text"].encode("utf-8"):
+            raise AssertionError(f"llama.cpp does not round-trip {c['text']!r}")
+    write_json(OUT_DIR / "tokenization.json", cases)
+    n_special = sum(c["parse_special"] for c in cases)
+    print(f"tokenization.json: {len(cases)} cases ({n_special} parse_special, "
+          f"{len(cases) - n_special} plain)")
+
+
+def make_renderer(template: str):
+    """The same Jinja2 environment llama-cpp-python's Jinja2ChatFormatter builds."""
+    env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+        loader=jinja2.BaseLoader(),
+        trim_blocks=True,
+        lstrip_blocks=True,
+        extensions=[jinja2.ext.loopcontrols],
+    )
+    return env.from_string(template)
+
+
+def top2(row: np.ndarray) -> tuple[int, float, int, float]:
+    order = np.argpartition(row, -2)[-2:]
+    a, b = (order if row[order[0]] >= row[order[1]] else order[::-1])
+    # np.argmax breaks ties by the lowest id; keep top-1 consistent with it.
+    best = int(np.argmax(row))
+    second = int(b if best == int(a) else a)
+    return best, float(row[best]), second, float(row[second])
+
+
+def spread(lo: int, hi: int, count: int) -> list[int]:
+    """`count` distinct positions evenly covering [lo, hi] (all of them if fewer)."""
+    if hi - lo + 1 <= count:
+        return list(range(lo, hi + 1))
+    return sorted({int(round(x)) for x in np.linspace(lo, hi, count)})
+
+
+def gen_chat(model_path: Path) -> dict:
+    reader = gguf.GGUFReader(str(model_path))
+    template = gguf_field(reader, "tokenizer.chat_template")
+    tokens = reader.get_field("tokenizer.ggml.tokens")
+    bos_id = int(gguf_field(reader, "tokenizer.ggml.bos_token_id"))
+    eos_id = int(gguf_field(reader, "tokenizer.ggml.eos_token_id"))
+    add_bos = bool(gguf_field(reader, "tokenizer.ggml.add_bos_token"))
+    bos_token = tokens.contents(bos_id)
+    eos_token = tokens.contents(eos_id)
+    renderer = make_renderer(template)
+
+    llm = Llama(
+        model_path=str(model_path),
+        n_ctx=N_CTX,
+        n_batch=N_BATCH,
+        n_ubatch=N_BATCH,
+        n_threads=N_THREADS,
+        n_threads_batch=N_THREADS,
+        seed=SEED,
+        logits_all=True,
+        verbose=False,
+    )
+    vocab = llm._model.vocab
+    n_vocab = llm.n_vocab()
+    assert llm._model.token_get_text(bos_id) == bos_token
+    assert llm._model.token_get_text(eos_id) == eos_token
+    assert bool(llama_cpp.llama_vocab_get_add_bos(vocab)) == add_bos
+    eog_ids = [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)]
+
+    # Cross-check the rendering against llama-cpp-python's own formatter.
+    from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+    formatter = Jinja2ChatFormatter(template=template, eos_token=eos_token, bos_token=bos_token)
+
+    results = []
+    for name, messages in CONVERSATIONS:
+        prompt = renderer.render(
+            messages=messages,
+            bos_token=bos_token,
+            eos_token=eos_token,
+            add_generation_prompt=True,
+        )
+        assert prompt == formatter(messages=messages).prompt, name
+        prompt_ids = llm.tokenize(prompt.encode("utf-8"), add_bos=add_bos, special=True)
+
+        # Greedy: prompt in one batch, then one token per llama_decode.
+        llm.reset()
+        llm.eval(prompt_ids)
+        continuation: list[int] = []
+        stop_token = None
+        for _ in range(MAX_NEW_TOKENS):
+            next_id = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            continuation.append(next_id)
+            if next_id in eog_ids:
+                stop_token = next_id
+                break
+            llm.eval([next_id])
+
+        # Teacher forcing: prompt + continuation in a single batch.
+        seq = prompt_ids + continuation
+        llm.reset()
+        llm.eval(seq)
+        logits = np.array(llm.scores[: len(seq)], dtype=np.float32)
+        first = len(prompt_ids) - 1
+        positions = []
+        for pos in range(first, len(seq)):
+            best, l1, second, l2 = top2(logits[pos])
+            entry = {
+                "pos": pos,
+                "argmax": best,
+                "top1_logit": l1,
+                "top2_id": second,
+                "top2_logit": l2,
+                "margin": l1 - l2,
+            }
+            if pos + 1 < len(seq):
+                entry["next_token"] = seq[pos + 1]
+            positions.append(entry)
+        disagree = [p["pos"] for p in positions if "next_token" in p and p["argmax"] != p["next_token"]]
+
+        full_pos = [first] + spread(len(prompt_ids), len(seq) - 1, FULL_LOGIT_CONTINUATION_POSITIONS)
+        logit_file = f"logits_{name}.f32"
+        logits[full_pos].astype("<f4").tofile(OUT_DIR / logit_file)
+
+        text = detokenize(vocab, continuation, False)
+        results.append(
+            {
+                "name": name,
+                "messages": messages,
+                "prompt_text": prompt,
+                "prompt_ids": prompt_ids,
+                "continuation_ids": continuation,
+                "stop_token": stop_token,
+                "continuation_text": text.decode("utf-8", errors="replace"),
+                "continuation_hex": text.hex(),
+                "continuation_text_special": detokenize(vocab, continuation, True).decode(
+                    "utf-8", errors="replace"
+                ),
+                "teacher_forced": positions,
+                "teacher_forced_argmax_disagrees_at": disagree,
+                "full_logits": {
+                    "file": logit_file,
+                    "positions": full_pos,
+                    "vocab_size": n_vocab,
+                    "dtype": "float32",
+                    "byte_order": "little",
+                    "shape": [len(full_pos), n_vocab],
+                },
+            }
+        )
+        print(f"[{name}] prompt {len(prompt_ids)} tok, continuation {len(continuation)} tok, "
+              f"stop={stop_token}, tf-disagree={disagree}")
+        print(f"    {text.decode('utf-8', errors='replace')!r}")
+
+    write_json(
+        OUT_DIR / "chat.json",
+        {
+            "chat_template": template,
+            "bos_token": bos_token,
+            "eos_token": eos_token,
+            "add_bos": add_bos,
+            "eog_ids": eog_ids,
+            "n_ctx": N_CTX,
+            "max_new_tokens": MAX_NEW_TOKENS,
+            "conversations": results,
+        },
+    )
+
+    france = next(r for r in results if r["name"] == "france_system")
+    expected_stop = llm._model.token_get_text(france["stop_token"]) if france["stop_token"] is not None else None
+    ok = france["continuation_text"] == FRANCE_ANSWER and expected_stop == "<|im_end|>"
+    print("=" * 60)
+    print(f"France answer: {france['continuation_text']!r} + {expected_stop!r}: "
+          f"{'OK' if ok else 'UNEXPECTED'}")
+    print("=" * 60)
+    assert ok, "greedy answer for france_system is not 'The capital of France is Paris.' + <|im_end|>"
+    return {"eog_ids": eog_ids, "add_bos": add_bos, "bos_id": bos_id, "eos_id": eos_id}
+
+
+def write_meta(model_path: Path, chat_info: dict | None) -> None:
+    meta_path = OUT_DIR / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    meta.update(
+        {
+            "generator": "tests/scripts/gen_llama_cpp_refs.py",
+            "generated_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "llama_cpp_python_version": llama_cpp.__version__,
+            "gguf_py_version": _version("gguf"),
+            "jinja2_version": jinja2.__version__,
+            "numpy_version": np.__version__,
+            "python_version": platform.python_version(),
+            "llama_system_info": llama_cpp.llama_print_system_info().decode("utf-8", "replace").strip(),
+            "model_file": model_path.name,
+            "model_sha256": sha256_of(model_path),
+            "settings": {
+                "n_ctx": N_CTX,
+                "n_batch": N_BATCH,
+                "n_ubatch": N_BATCH,
+                "n_threads": N_THREADS,
+                "n_threads_batch": N_THREADS,
+                "seed": SEED,
+                "sampling": "greedy argmax over logits (temperature 0), no sampler",
+                "max_new_tokens": MAX_NEW_TOKENS,
+                "tokenize_add_bos": False,
+            },
+        }
+    )
+    if chat_info is not None:
+        meta.update(chat_info)
+    write_json(meta_path, meta)
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=["tokenization", "chat"])
+    parser.add_argument("--model", type=Path,
+                        default=Path(os.environ.get("SOTTO_MODEL") or DEFAULT_MODEL))
+    args = parser.parse_args()
+    if not args.model.is_file():
+        sys.exit(f"model not found: {args.model} (set SOTTO_MODEL or pass --model)")
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    chat_info = None
+    if args.only in (None, "tokenization"):
+        gen_tokenization(args.model)
+    if args.only in (None, "chat"):
+        chat_info = gen_chat(args.model)
+    write_meta(args.model, chat_info)
+
+
+if __name__ == "__main__":
+    main()
