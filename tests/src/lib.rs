@@ -17,7 +17,9 @@ pub fn default_model_path() -> PathBuf {
     let path = match std::env::var_os("SOTTO_MODEL") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
         _ => {
-            let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_default();
+            let home = std::env::var_os("HOME")
+                .map(PathBuf::from)
+                .unwrap_or_default();
             home.join(".cache/sotto/models").join(DEFAULT_MODEL_FILE)
         }
     };

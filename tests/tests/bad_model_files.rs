@@ -27,10 +27,24 @@ fn the_synthetic_models_load() {
         let m = load(&tiny_model(arch, TinyDims::default())).unwrap();
         assert_eq!(m.spec.arch, arch);
         assert_eq!(m.spec.vocab_size, m.tokenizer.vocab_size());
-        assert!(m.template.is_fallback(), "no template in the file: ChatML fallback");
+        assert!(
+            m.template.is_fallback(),
+            "no template in the file: ChatML fallback"
+        );
         // merges (h e), (l l), (he ll), (Ġ w) over byte tokens 0..256
         let ids = m.tokenizer.encode("hello world", false).unwrap();
-        assert_eq!(ids, vec![258, b'o' as u32, 259, b'o' as u32, b'r' as u32, b'l' as u32, b'd' as u32]);
+        assert_eq!(
+            ids,
+            vec![
+                258,
+                b'o' as u32,
+                259,
+                b'o' as u32,
+                b'r' as u32,
+                b'l' as u32,
+                b'd' as u32
+            ]
+        );
         assert_eq!(m.tokenizer.decode(&ids, false).unwrap(), "hello world");
     }
 }
@@ -38,7 +52,10 @@ fn the_synthetic_models_load() {
 #[test]
 fn missing_file_is_an_io_error_with_the_path() {
     let err = Model::load("/nonexistent/dir/model.gguf").unwrap_err();
-    assert!(matches!(err, Error::Io { ref path, .. } if path.ends_with("model.gguf")), "{err}");
+    assert!(
+        matches!(err, Error::Io { ref path, .. } if path.ends_with("model.gguf")),
+        "{err}"
+    );
     assert!(err.to_string().contains("/nonexistent/dir/model.gguf"));
 }
 
@@ -53,7 +70,13 @@ fn every_truncation_of_a_model_is_an_error() {
         // Trailing alignment padding after the last tensor is optional.
         let r = load_bytes(&bytes[..len]);
         if let Ok(m) = r {
-            let end = m.gguf.tensors().iter().map(|t| m.gguf.data_start() + t.offset + t.n_bytes).max().unwrap();
+            let end = m
+                .gguf
+                .tensors()
+                .iter()
+                .map(|t| m.gguf.data_start() + t.offset + t.n_bytes)
+                .max()
+                .unwrap();
             assert!(len >= end, "truncated to {len} loaded");
         }
     }
@@ -74,13 +97,22 @@ fn unknown_architecture() {
     let mut w = llama();
     w.set("general.architecture", MetaValue::string("rwkv7"));
     let err = load(&w).unwrap_err();
-    assert!(matches!(err, Error::UnknownArchitecture(ref a) if a == "rwkv7"), "{err}");
+    assert!(
+        matches!(err, Error::UnknownArchitecture(ref a) if a == "rwkv7"),
+        "{err}"
+    );
     assert!(err.to_string().contains("llama, gemma3"), "{err}");
 }
 
 #[test]
 fn missing_required_keys_name_the_key() {
-    for key in ["llama.block_count", "llama.attention.head_count", "llama.context_length", "tokenizer.ggml.model", "tokenizer.ggml.tokens"] {
+    for key in [
+        "llama.block_count",
+        "llama.attention.head_count",
+        "llama.context_length",
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.tokens",
+    ] {
         let mut w = llama();
         w.remove(key);
         match load(&w) {
@@ -95,7 +127,11 @@ fn shapes_not_matching_the_hyper_parameters() {
     let mut w = llama();
     w.set("llama.embedding_length", MetaValue::U32(16));
     match load(&w) {
-        Err(Error::ShapeMismatch { tensor, expected, found }) => {
+        Err(Error::ShapeMismatch {
+            tensor,
+            expected,
+            found,
+        }) => {
             assert_eq!(tensor, "token_embd.weight");
             assert_eq!((expected, found), (vec![263, 16], vec![263, 8]));
         }
@@ -106,7 +142,9 @@ fn shapes_not_matching_the_hyper_parameters() {
     assert!(matches!(load(&w), Err(Error::ShapeMismatch { .. })));
     let mut w = llama();
     w.tensors.retain(|t| t.name != "blk.1.ffn_up.weight");
-    assert!(matches!(load(&w), Err(Error::MissingTensor { ref tensor }) if tensor == "blk.1.ffn_up.weight"));
+    assert!(
+        matches!(load(&w), Err(Error::MissingTensor { ref tensor }) if tensor == "blk.1.ffn_up.weight")
+    );
 }
 
 #[test]
@@ -128,7 +166,10 @@ fn hostile_tensor_entries() {
     // unknown tensor type
     let mut w = llama();
     w.tensors[2].type_id = 1234;
-    assert!(matches!(load(&w), Err(Error::UnknownTensorType { type_id: 1234, .. })));
+    assert!(matches!(
+        load(&w),
+        Err(Error::UnknownTensorType { type_id: 1234, .. })
+    ));
 }
 
 #[test]

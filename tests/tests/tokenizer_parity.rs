@@ -133,6 +133,13 @@ struct TokenizationCase {
     text: String,
     parse_special: bool,
     ids: Vec<u32>,
+    /// llama.cpp's detokenization without special tokens, hex (when recorded).
+    #[serde(default)]
+    detok_hex: Option<String>,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Every reference string from llama.cpp (tests/data/llama_cpp/tokenization.json)
@@ -168,6 +175,20 @@ fn tokenization_matches_llama_cpp_reference() {
                 case.text,
                 String::from_utf8_lossy(&bytes)
             ));
+        }
+        // Without special tokens llama.cpp drops control tokens' text.
+        if let Some(expected) = &case.detok_hex {
+            let plain: Vec<u8> = ours
+                .iter()
+                .filter(|&&id| !t.is_control(id))
+                .flat_map(|&id| t.token_bytes(id).unwrap())
+                .collect();
+            if &hex(&plain) != expected {
+                mismatches.push(format!(
+                    "{:?}: detokenized without specials differs",
+                    case.text
+                ));
+            }
         }
     }
     assert!(
