@@ -226,6 +226,88 @@ def spread(lo: int, hi: int, count: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(lo, hi, count)})
 
 
+def teacher_force(llm: Llama, prompt_ids: list[int], continuation: list[int], logit_file: str) -> dict:
+    """Evaluate prompt + continuation in one llama_decode and record llama.cpp's logits.
+
+    Top-2 for every position from the last prompt token to the end; full
+    vectors for the last prompt position and up to 15 spread over the
+    continuation, written to `logit_file` (row-major, little-endian f32).
+    """
+    seq = prompt_ids + continuation
+    llm.reset()
+    llm.eval(seq)
+    logits = np.array(llm.scores[: len(seq)], dtype=np.float32)
+    first = len(prompt_ids) - 1
+    positions = []
+    for pos in range(first, len(seq)):
+        best, l1, second, l2 = top2(logits[pos])
+        entry = {"pos": pos, "argmax": best, "top1_logit": l1, "top2_id": second,
+                 "top2_logit": l2, "margin": l1 - l2}
+        if pos + 1 < len(seq):
+            entry["next_token"] = seq[pos + 1]
+        positions.append(entry)
+    disagree = [p["pos"] for p in positions if "next_token" in p and p["argmax"] != p["next_token"]]
+    full_pos = [first] + spread(len(prompt_ids), len(seq) - 1, FULL_LOGIT_CONTINUATION_POSITIONS)
+    logits[full_pos].astype("<f4").tofile(OUT_DIR / logit_file)
+    return {
+        "teacher_forced": positions,
+        "teacher_forced_argmax_disagrees_at": disagree,
+        "full_logits": {
+            "file": logit_file,
+            "positions": full_pos,
+            "vocab_size": int(logits.shape[1]),
+            "dtype": "float32",
+            "byte_order": "little",
+            "shape": [len(full_pos), int(logits.shape[1])],
+        },
+    }
+
+
+def check_france(llm: Llama, vocab, results: list[dict]) -> dict:
+    """Sanity check of the whole pipeline on the (a) conversation.
+
+    The expected greedy answer is FRANCE_ANSWER + <|im_end|>. On the reference
+    build llama.cpp's first token is a near-tie (" La" vs "The", ~0.13 logit
+    apart; an f64 forward pass over the dequantized weights puts "The" ahead
+    by ~0.09), so the literal greedy text can differ. The check that must
+    hold either way: the expected first token is in llama.cpp's top 2, and
+    once it is given, llama.cpp's argmax reproduces the rest of the expected
+    answer and then <|im_end|>. A wrong template, tokenization or model would
+    break that. The teacher-forced expected answer is stored too
+    (logits_france_expected.f32) so Sotto can be compared on it.
+    """
+    france = next(r for r in results if r["name"] == "france_system")
+    im_end = llm.tokenize(b"<|im_end|>", add_bos=False, special=True)
+    assert len(im_end) == 1
+    expected_ids = llm.tokenize(FRANCE_ANSWER.encode("utf-8"), add_bos=False, special=False) + im_end
+    greedy_ok = france["continuation_ids"] == expected_ids
+    tf = teacher_force(llm, france["prompt_ids"], expected_ids, "logits_france_expected.f32")
+    first, rest = tf["teacher_forced"][0], tf["teacher_forced"][1:-1]
+    first_in_top2 = expected_ids[0] in (first["argmax"], first["top2_id"])
+    rest_ok = all(p["argmax"] == p["next_token"] for p in rest)
+    print("=" * 72)
+    print(f"France (a) greedy answer: {france['continuation_text_special']!r}")
+    if greedy_ok:
+        print(f"France answer OK: {FRANCE_ANSWER!r} + '<|im_end|>'")
+    else:
+        print(f"France greedy answer is NOT {FRANCE_ANSWER!r} + '<|im_end|>': first token near-tie, "
+              f"argmax {first['argmax']} {detokenize(vocab, [first['argmax']], True)!r} "
+              f"({first['top1_logit']:.4f}) vs {first['top2_id']} "
+              f"{detokenize(vocab, [first['top2_id']], True)!r} ({first['top2_logit']:.4f})")
+        print(f"  expected first token in llama.cpp's top 2: {first_in_top2}; "
+              f"rest of the expected answer is llama.cpp's argmax: {rest_ok}")
+    print("=" * 72)
+    assert greedy_ok or (first_in_top2 and rest_ok), "France check failed: pipeline is broken"
+    return {
+        "expected_text": FRANCE_ANSWER,
+        "expected_ids": expected_ids,
+        "greedy_matches_expected": greedy_ok,
+        "expected_first_token_in_top2": first_in_top2,
+        "expected_rest_is_argmax": rest_ok,
+        **tf,
+    }
+
+
 def gen_chat(model_path: Path) -> dict:
     reader = gguf.GGUFReader(str(model_path))
     template = gguf_field(reader, "tokenizer.chat_template")
@@ -276,39 +358,19 @@ def gen_chat(model_path: Path) -> dict:
         llm.eval(prompt_ids)
         continuation: list[int] = []
         stop_token = None
+        greedy_steps = []
         for _ in range(MAX_NEW_TOKENS):
-            next_id = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+            pos = llm.n_tokens - 1
+            next_id, l1, second, l2 = top2(llm.scores[pos])
+            greedy_steps.append({"pos": pos, "argmax": next_id, "top1_logit": l1,
+                                 "top2_id": second, "top2_logit": l2, "margin": l1 - l2})
             continuation.append(next_id)
             if next_id in eog_ids:
                 stop_token = next_id
                 break
             llm.eval([next_id])
 
-        # Teacher forcing: prompt + continuation in a single batch.
-        seq = prompt_ids + continuation
-        llm.reset()
-        llm.eval(seq)
-        logits = np.array(llm.scores[: len(seq)], dtype=np.float32)
-        first = len(prompt_ids) - 1
-        positions = []
-        for pos in range(first, len(seq)):
-            best, l1, second, l2 = top2(logits[pos])
-            entry = {
-                "pos": pos,
-                "argmax": best,
-                "top1_logit": l1,
-                "top2_id": second,
-                "top2_logit": l2,
-                "margin": l1 - l2,
-            }
-            if pos + 1 < len(seq):
-                entry["next_token"] = seq[pos + 1]
-            positions.append(entry)
-        disagree = [p["pos"] for p in positions if "next_token" in p and p["argmax"] != p["next_token"]]
-
-        full_pos = [first] + spread(len(prompt_ids), len(seq) - 1, FULL_LOGIT_CONTINUATION_POSITIONS)
-        logit_file = f"logits_{name}.f32"
-        logits[full_pos].astype("<f4").tofile(OUT_DIR / logit_file)
+        tf = teacher_force(llm, prompt_ids, continuation, f"logits_{name}.f32")
 
         text = detokenize(vocab, continuation, False)
         results.append(
@@ -324,22 +386,15 @@ def gen_chat(model_path: Path) -> dict:
                 "continuation_text_special": detokenize(vocab, continuation, True).decode(
                     "utf-8", errors="replace"
                 ),
-                "teacher_forced": positions,
-                "teacher_forced_argmax_disagrees_at": disagree,
-                "full_logits": {
-                    "file": logit_file,
-                    "positions": full_pos,
-                    "vocab_size": n_vocab,
-                    "dtype": "float32",
-                    "byte_order": "little",
-                    "shape": [len(full_pos), n_vocab],
-                },
+                "greedy_steps": greedy_steps,
+                **tf,
             }
         )
         print(f"[{name}] prompt {len(prompt_ids)} tok, continuation {len(continuation)} tok, "
-              f"stop={stop_token}, tf-disagree={disagree}")
+              f"stop={stop_token}, tf-disagree={tf['teacher_forced_argmax_disagrees_at']}")
         print(f"    {text.decode('utf-8', errors='replace')!r}")
 
+    france_check = check_france(llm, vocab, results)
     write_json(
         OUT_DIR / "chat.json",
         {
@@ -351,17 +406,9 @@ def gen_chat(model_path: Path) -> dict:
             "n_ctx": N_CTX,
             "max_new_tokens": MAX_NEW_TOKENS,
             "conversations": results,
+            "france_check": france_check,
         },
     )
-
-    france = next(r for r in results if r["name"] == "france_system")
-    expected_stop = llm._model.token_get_text(france["stop_token"]) if france["stop_token"] is not None else None
-    ok = france["continuation_text"] == FRANCE_ANSWER and expected_stop == "<|im_end|>"
-    print("=" * 60)
-    print(f"France answer: {france['continuation_text']!r} + {expected_stop!r}: "
-          f"{'OK' if ok else 'UNEXPECTED'}")
-    print("=" * 60)
-    assert ok, "greedy answer for france_system is not 'The capital of France is Paris.' + <|im_end|>"
     return {"eog_ids": eog_ids, "add_bos": add_bos, "bos_id": bos_id, "eos_id": eos_id}
 
 
