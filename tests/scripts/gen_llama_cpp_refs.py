@@ -211,11 +211,11 @@ def make_renderer(template: str):
 
 
 def top2(row: np.ndarray) -> tuple[int, float, int, float]:
-    order = np.argpartition(row, -2)[-2:]
-    a, b = (order if row[order[0]] >= row[order[1]] else order[::-1])
-    # np.argmax breaks ties by the lowest id; keep top-1 consistent with it.
+    """(argmax, its logit, runner-up, its logit); ties go to the lowest id, as np.argmax."""
     best = int(np.argmax(row))
-    second = int(b if best == int(a) else a)
+    rest = np.array(row, dtype=np.float32, copy=True)
+    rest[best] = -np.inf
+    second = int(np.argmax(rest))
     return best, float(row[best]), second, float(row[second])
 
 
