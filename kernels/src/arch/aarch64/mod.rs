@@ -1,0 +1,138 @@
+//! aarch64 (phone) kernels: three tiers, each a superset of the one before.
+//!
+//! * [`neon`]: baseline Advanced SIMD, present on every aarch64 core. Integer
+//!   dots widen with `smull` + `sadalp`; float dots use `fmla`.
+//! * [`dotprod`]: `sdot` (Armv8.2+, Cortex-A55/A76 and later) for the legacy
+//!   and k-quant integer dots.
+//! * [`i8mm`]: `smmla` (Armv8.6+, Cortex-A510/A710/X2 and later), an 2x8·8x2
+//!   int8 tile product. The single-row table entries pair two consecutive
+//!   blocks in one tile (only the diagonal is kept); the full 2 rows x 2
+//!   columns products, where all four results are useful, are offered through
+//!   [`dot2x2_table`] for a matmul that walks two weight rows and two
+//!   activation columns at once.
+//!
+//! The `sdot`/`smmla` intrinsics are still unstable in Rust, so those two
+//! instructions are emitted with `asm!` inside functions compiled with the
+//! matching target feature; everything else uses `core::arch::aarch64`.
+//!
+//! Soundness: every kernel is an `unsafe fn` with `#[target_feature]`; the safe
+//! wrappers that call them are private to this module tree and reach callers
+//! only through [`table`] / [`dot2x2_table`], which hand them out after the
+//! runtime check of the features they need.
+
+use crate::dispatch::{Isa, VecDotTable};
+use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+
+mod dotprod;
+mod i8mm;
+mod neon;
+#[cfg(test)]
+mod test_support;
+
+/// Whether the running CPU can execute the kernels of `isa` (and of every
+/// tier below it, which its table also uses).
+pub fn supports(isa: Isa) -> bool {
+    let neon = std::arch::is_aarch64_feature_detected!("neon");
+    let dotprod = neon && std::arch::is_aarch64_feature_detected!("dotprod");
+    match isa {
+        Isa::Neon => neon,
+        Isa::Dotprod => dotprod,
+        Isa::I8mm => dotprod && std::arch::is_aarch64_feature_detected!("i8mm"),
+        Isa::Scalar | Isa::Avx2 | Isa::Avx512 | Isa::Vnni => false,
+    }
+}
+
+/// The table for `isa`: `scalar` with every entry this tier (and the tiers
+/// below it) implements overridden. `None` when the CPU lacks the features or
+/// `isa` is not an aarch64 tier.
+pub fn table(isa: Isa, scalar: VecDotTable) -> Option<VecDotTable> {
+    if !supports(isa) {
+        return None;
+    }
+    let with_neon = neon::overrides(scalar);
+    let table = match isa {
+        Isa::Neon => with_neon,
+        Isa::Dotprod => dotprod::overrides(with_neon),
+        Isa::I8mm => i8mm::overrides(dotprod::overrides(with_neon)),
+        Isa::Scalar | Isa::Avx2 | Isa::Avx512 | Isa::Vnni => return None,
+    };
+    Some(VecDotTable { isa, ..table })
+}
+
+/// Dots of two weight rows with two activation columns:
+/// `[w0·a0, w0·a1, w1·a0, w1·a1]`. All four slices hold the same block count.
+pub type VecDot2x2Fn<W, A> = fn(w0: &[W], w1: &[W], a0: &[A], a1: &[A]) -> [f32; 4];
+
+/// 2x2 tile kernels (i8mm `smmla`): one instruction yields four dots, so a
+/// matmul over two rows and two columns does half the instructions of four
+/// single dots.
+#[derive(Clone, Copy, Debug)]
+pub struct Dot2x2Table {
+    pub q4_0_q8_0: VecDot2x2Fn<BlockQ4_0, BlockQ8_0>,
+    pub q4_1_q8_1: VecDot2x2Fn<BlockQ4_1, BlockQ8_1>,
+    pub q8_0_q8_0: VecDot2x2Fn<BlockQ8_0, BlockQ8_0>,
+}
+
+/// The 2x2 tile kernels, when the CPU has i8mm.
+pub fn dot2x2_table() -> Option<Dot2x2Table> {
+    if !supports(Isa::I8mm) {
+        return None;
+    }
+    Some(Dot2x2Table {
+        q4_0_q8_0: i8mm::q4_0_q8_0_2x2,
+        q4_1_q8_1: i8mm::q4_1_q8_1_2x2,
+        q8_0_q8_0: i8mm::q8_0_q8_0_2x2,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `SOTTO_EXPECT_AARCH64=neon,dotprod,i8mm` (set by
+    /// scripts/test-aarch64.sh for a given `QEMU_CPU`) pins what detection must
+    /// report, so a silently missing tier fails CI instead of skipping tests.
+    #[test]
+    fn detection_matches_expected_cpu() {
+        let Ok(expected) = std::env::var("SOTTO_EXPECT_AARCH64") else {
+            return;
+        };
+        let expected: Vec<&str> = expected.split(',').map(str::trim).collect();
+        for (name, isa) in [("neon", Isa::Neon), ("dotprod", Isa::Dotprod), ("i8mm", Isa::I8mm)] {
+            assert_eq!(
+                supports(isa),
+                expected.contains(&name),
+                "{name}: detected {} but SOTTO_EXPECT_AARCH64={expected:?}",
+                supports(isa)
+            );
+        }
+    }
+
+    #[test]
+    fn table_is_none_for_foreign_isas_and_tagged_when_supported() {
+        let scalar = crate::dispatch::SCALAR;
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Vnni] {
+            assert!(table(isa, scalar).is_none(), "{isa:?}");
+        }
+        for isa in [Isa::Neon, Isa::Dotprod, Isa::I8mm] {
+            match table(isa, scalar) {
+                Some(t) => assert_eq!(t.isa, isa),
+                None => assert!(!supports(isa)),
+            }
+        }
+        assert_eq!(dot2x2_table().is_some(), supports(Isa::I8mm));
+    }
+
+    /// Every entry of every tier's table against the reference, through the
+    /// table itself, so a wrong wiring (say q4_0 pointing at the q8_0 kernel)
+    /// fails even when each kernel is right.
+    #[test]
+    fn every_table_entry_matches_reference() {
+        let scalar = crate::dispatch::SCALAR;
+        for isa in [Isa::Neon, Isa::Dotprod, Isa::I8mm] {
+            if let Some(t) = table(isa, scalar) {
+                test_support::check_table(&t, 0x5077_0000 ^ isa as u64);
+            }
+        }
+    }
+}
