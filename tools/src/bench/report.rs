@@ -1,0 +1,504 @@
+//! Benchmark results and their three renderings: a Markdown table (with a
+//! footer on the machine, model and memory bandwidth), CSV, and JSON.
+//! Rows of llama.cpp (benches/llama_cpp_bench.py) share [`BenchRow`].
+
+use super::machine::{BandwidthProbe, Machine};
+use super::sweep::{test_label, TestKind};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write as _;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BenchRow {
+    pub backend: String,
+    /// The backend's own description (threads, ISA, EP chain…).
+    pub describe: String,
+    /// Kernel path that ran: dispatch's choice for sotto, the backend's own
+    /// label otherwise.
+    pub isa: String,
+    pub threads: usize,
+    pub test: TestKind,
+    pub n_prompt: usize,
+    pub n_gen: usize,
+    pub depth: usize,
+    pub repetitions: usize,
+    pub tokens_per_s_mean: f64,
+    pub tokens_per_s_sd: f64,
+    pub tokens_per_s_samples: Vec<f64>,
+    /// pp rows: prefill plus picking the first token, mean over repetitions.
+    pub ttft_ms: Option<f64>,
+    /// tg rows: per-token decode latency percentiles over all repetitions.
+    pub latency_p50_ms: Option<f64>,
+    pub latency_p90_ms: Option<f64>,
+    pub latency_p99_ms: Option<f64>,
+    pub load_ms: f64,
+    /// VmHWM after the row (since this backend was loaded, where the kernel
+    /// lets us reset it).
+    pub peak_rss_bytes: u64,
+    pub weights_bytes: u64,
+    pub kv_bytes: u64,
+    /// tg rows: weights bytes read per token × tokens/s over the probed
+    /// read bandwidth.
+    #[serde(default)]
+    pub bandwidth_fraction: Option<f64>,
+    #[serde(default)]
+    pub llama_cpp_tokens_per_s: Option<f64>,
+    /// tokens/s of this row over llama.cpp's on the same test and threads.
+    #[serde(default)]
+    pub ratio_vs_llama_cpp: Option<f64>,
+}
+
+impl BenchRow {
+    pub fn label(&self) -> String {
+        let tokens = if self.test == TestKind::Pp {
+            self.n_prompt
+        } else {
+            self.n_gen
+        };
+        test_label(self.test, tokens, self.depth)
+    }
+    /// Same test, depth and thread count: rows that can be compared.
+    fn same_test(&self, other: &BenchRow) -> bool {
+        (
+            self.test,
+            self.n_prompt,
+            self.n_gen,
+            self.depth,
+            self.threads,
+        ) == (
+            other.test,
+            other.n_prompt,
+            other.n_gen,
+            other.depth,
+            other.threads,
+        )
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ModelSummary {
+    pub path: String,
+    pub name: Option<String>,
+    pub arch: String,
+    pub n_layer: usize,
+    pub d_model: usize,
+    pub n_head: usize,
+    pub n_kv_head: usize,
+    pub ffn_dim: usize,
+    pub vocab_size: usize,
+    pub n_params: u64,
+    /// All tensor data in the file.
+    pub weights_bytes: u64,
+    /// Tensor bytes one decoded token reads: everything but the embedding
+    /// table, of which it reads one row (unless the output projection is tied
+    /// to it, then all of it).
+    pub bytes_per_decoded_token: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub machine: Machine,
+    pub model: ModelSummary,
+    /// What `--isa auto` resolves to in this process.
+    pub kernel_isa_auto: String,
+    pub bandwidth: Option<BandwidthProbe>,
+    pub rows: Vec<BenchRow>,
+}
+
+/// Fills in llama.cpp's tokens/s and the ratio on every non-llama.cpp row
+/// that has a llama.cpp row for the same test.
+pub fn attach_llama_cpp_ratios(rows: &mut [BenchRow]) {
+    let reference: Vec<BenchRow> = rows
+        .iter()
+        .filter(|r| r.backend == "llama.cpp")
+        .cloned()
+        .collect();
+    for row in rows.iter_mut().filter(|r| r.backend != "llama.cpp") {
+        if let Some(l) = reference.iter().find(|l| l.same_test(row)) {
+            row.llama_cpp_tokens_per_s = Some(l.tokens_per_s_mean);
+            row.ratio_vs_llama_cpp =
+                (l.tokens_per_s_mean > 0.0).then(|| row.tokens_per_s_mean / l.tokens_per_s_mean);
+        }
+    }
+}
+
+/// Share of the probed bandwidth each tg row's weight reads use.
+pub fn attach_bandwidth_fractions(
+    rows: &mut [BenchRow],
+    bytes_per_token: u64,
+    probe: &BandwidthProbe,
+) {
+    for row in rows.iter_mut().filter(|r| r.test == TestKind::Tg) {
+        let bytes_per_s = row.tokens_per_s_mean * bytes_per_token as f64;
+        row.bandwidth_fraction =
+            (probe.gb_per_s > 0.0).then(|| bytes_per_s / (probe.gb_per_s * 1e9));
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
+}
+
+fn opt(x: Option<f64>, digits: usize) -> String {
+    x.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
+}
+
+pub fn markdown(report: &Report) -> String {
+    let mut out = String::new();
+    let has_ratio = report.rows.iter().any(|r| r.ratio_vs_llama_cpp.is_some());
+    let mut header = vec![
+        "backend",
+        "isa",
+        "threads",
+        "test",
+        "t/s",
+        "TTFT ms",
+        "decode p50/p90/p99 ms",
+        "load ms",
+        "KV MiB",
+        "peak RSS MiB",
+        "BW use",
+    ];
+    if has_ratio {
+        header.extend(["llama.cpp t/s", "vs llama.cpp"]);
+    }
+    let _ = writeln!(out, "| {} |", header.join(" | "));
+    let aligns: Vec<&str> = header
+        .iter()
+        .enumerate()
+        .map(|(i, _)| if i < 4 { "---" } else { "---:" })
+        .collect();
+    let _ = writeln!(out, "| {} |", aligns.join(" | "));
+    for r in &report.rows {
+        let lat = match (r.latency_p50_ms, r.latency_p90_ms, r.latency_p99_ms) {
+            (Some(a), Some(b), Some(c)) => format!("{a:.2} / {b:.2} / {c:.2}"),
+            _ => "-".to_string(),
+        };
+        let mut cells = vec![
+            r.backend.clone(),
+            r.isa.clone(),
+            r.threads.to_string(),
+            r.label(),
+            format!("{:.2} ± {:.2}", r.tokens_per_s_mean, r.tokens_per_s_sd),
+            opt(r.ttft_ms, 1),
+            lat,
+            format!("{:.0}", r.load_ms),
+            mib(r.kv_bytes),
+            mib(r.peak_rss_bytes),
+            r.bandwidth_fraction
+                .map_or_else(|| "-".to_string(), |f| format!("{:.0}%", f * 100.0)),
+        ];
+        if has_ratio {
+            cells.push(opt(r.llama_cpp_tokens_per_s, 2));
+            cells.push(
+                r.ratio_vs_llama_cpp
+                    .map_or_else(|| "-".to_string(), |x| format!("{x:.2}×")),
+            );
+        }
+        let _ = writeln!(out, "| {} |", cells.join(" | "));
+    }
+    let m = &report.model;
+    let _ = writeln!(out);
+    let _ = writeln!(out, "- machine: {}", report.machine.one_line());
+    let _ = writeln!(
+        out,
+        "- model: {} ({}, {} layers, d_model {}, {}/{} heads, ffn {}, vocab {}, {:.1} M params) at {}",
+        m.name.as_deref().unwrap_or("unnamed"),
+        m.arch,
+        m.n_layer,
+        m.d_model,
+        m.n_head,
+        m.n_kv_head,
+        m.ffn_dim,
+        m.vocab_size,
+        m.n_params as f64 / 1e6,
+        m.path
+    );
+    let _ = writeln!(
+        out,
+        "- weights: {} MiB; a decoded token reads {} MiB of them",
+        mib(m.weights_bytes),
+        mib(m.bytes_per_decoded_token)
+    );
+    let _ = writeln!(
+        out,
+        "- sotto kernel ISA with --isa auto: {}",
+        report.kernel_isa_auto
+    );
+    if let Some(bw) = &report.bandwidth {
+        let best = report
+            .rows
+            .iter()
+            .filter(|r| r.test == TestKind::Tg && r.backend != "llama.cpp")
+            .max_by(|a, b| a.tokens_per_s_mean.total_cmp(&b.tokens_per_s_mean));
+        let _ = write!(
+            out,
+            "- read bandwidth probe: {:.1} GB/s ({} threads over {} MiB, best of 5)",
+            bw.gb_per_s,
+            bw.threads,
+            mib(bw.buffer_bytes as u64)
+        );
+        if let (Some(b), Some(f)) = (best, best.and_then(|b| b.bandwidth_fraction)) {
+            let _ = write!(
+                out,
+                "; the fastest decode ({} {} t{}) reads weights at {:.1} GB/s = {:.0}% of it",
+                b.backend,
+                b.label(),
+                b.threads,
+                f * bw.gb_per_s,
+                f * 100.0
+            );
+        }
+        let _ = writeln!(out);
+    }
+    let _ = writeln!(out, "- t/s: mean ± sample sd over repetitions; pp = prefill after depth d, tg = single-token decodes after d + 1 tokens (llama-bench semantics)");
+    out
+}
+
+const CSV_COLUMNS: &[&str] = &[
+    "backend",
+    "describe",
+    "isa",
+    "threads",
+    "test",
+    "n_prompt",
+    "n_gen",
+    "depth",
+    "repetitions",
+    "tokens_per_s_mean",
+    "tokens_per_s_sd",
+    "tokens_per_s_samples",
+    "ttft_ms",
+    "latency_p50_ms",
+    "latency_p90_ms",
+    "latency_p99_ms",
+    "load_ms",
+    "peak_rss_bytes",
+    "weights_bytes",
+    "kv_bytes",
+    "bandwidth_fraction",
+    "llama_cpp_tokens_per_s",
+    "ratio_vs_llama_cpp",
+];
+
+/// RFC 4180 quoting where a field needs it.
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+pub fn csv(rows: &[BenchRow]) -> String {
+    let mut out = CSV_COLUMNS.join(",");
+    out.push('\n');
+    let o = |x: Option<f64>| x.map_or_else(String::new, |v| v.to_string());
+    for r in rows {
+        let samples = r
+            .tokens_per_s_samples
+            .iter()
+            .map(|x| x.to_string())
+            .collect::<Vec<_>>()
+            .join(";");
+        let test = match r.test {
+            TestKind::Pp => "pp",
+            TestKind::Tg => "tg",
+        };
+        let fields = [
+            r.backend.clone(),
+            r.describe.clone(),
+            r.isa.clone(),
+            r.threads.to_string(),
+            test.to_string(),
+            r.n_prompt.to_string(),
+            r.n_gen.to_string(),
+            r.depth.to_string(),
+            r.repetitions.to_string(),
+            r.tokens_per_s_mean.to_string(),
+            r.tokens_per_s_sd.to_string(),
+            samples,
+            o(r.ttft_ms),
+            o(r.latency_p50_ms),
+            o(r.latency_p90_ms),
+            o(r.latency_p99_ms),
+            r.load_ms.to_string(),
+            r.peak_rss_bytes.to_string(),
+            r.weights_bytes.to_string(),
+            r.kv_bytes.to_string(),
+            o(r.bandwidth_fraction),
+            o(r.llama_cpp_tokens_per_s),
+            o(r.ratio_vs_llama_cpp),
+        ];
+        out.push_str(
+            &fields
+                .iter()
+                .map(|f| csv_field(f))
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        out.push('\n');
+    }
+    out
+}
+
+pub fn json(report: &Report) -> Result<String, String> {
+    serde_json::to_string_pretty(report).map_err(|e| format!("writing JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn row(
+        backend: &str,
+        test: TestKind,
+        tokens: usize,
+        threads: usize,
+        tps: f64,
+    ) -> BenchRow {
+        BenchRow {
+            backend: backend.into(),
+            describe: format!("{backend}, \"quoted\", with commas"),
+            isa: "avx2".into(),
+            threads,
+            test,
+            n_prompt: if test == TestKind::Pp { tokens } else { 0 },
+            n_gen: if test == TestKind::Tg { tokens } else { 0 },
+            depth: 0,
+            repetitions: 2,
+            tokens_per_s_mean: tps,
+            tokens_per_s_sd: 1.5,
+            tokens_per_s_samples: vec![tps - 1.0, tps + 1.0],
+            ttft_ms: (test == TestKind::Pp).then_some(12.5),
+            latency_p50_ms: (test == TestKind::Tg).then_some(9.0),
+            latency_p90_ms: (test == TestKind::Tg).then_some(10.0),
+            latency_p99_ms: (test == TestKind::Tg).then_some(11.0),
+            load_ms: 40.0,
+            peak_rss_bytes: 200 << 20,
+            weights_bytes: 96 << 20,
+            kv_bytes: 3 << 20,
+            bandwidth_fraction: None,
+            llama_cpp_tokens_per_s: None,
+            ratio_vs_llama_cpp: None,
+        }
+    }
+
+    fn report() -> Report {
+        let mut rows = vec![
+            row("cpu", TestKind::Pp, 128, 2, 300.0),
+            row("cpu", TestKind::Tg, 128, 2, 120.0),
+            row("llama.cpp", TestKind::Pp, 128, 2, 400.0),
+            row("llama.cpp", TestKind::Tg, 128, 1, 60.0),
+        ];
+        attach_llama_cpp_ratios(&mut rows);
+        let probe = BandwidthProbe {
+            gb_per_s: 20.0,
+            buffer_bytes: 96 << 20,
+            threads: 2,
+        };
+        attach_bandwidth_fractions(&mut rows, 80_000_000, &probe);
+        Report {
+            machine: Machine {
+                cpu: "Test CPU".into(),
+                arch: "x86_64".into(),
+                logical_cores: 2,
+                physical_cores: Some(2),
+                flags: vec!["avx2".into()],
+            },
+            model: ModelSummary {
+                path: "/m.gguf".into(),
+                name: Some("Tiny".into()),
+                arch: "llama".into(),
+                n_layer: 30,
+                d_model: 576,
+                n_head: 9,
+                n_kv_head: 3,
+                ffn_dim: 1536,
+                vocab_size: 49152,
+                n_params: 134_515_008,
+                weights_bytes: 96 << 20,
+                bytes_per_decoded_token: 80_000_000,
+            },
+            kernel_isa_auto: "avx2".into(),
+            bandwidth: Some(probe),
+            rows,
+        }
+    }
+
+    #[test]
+    fn ratios_match_same_test_and_threads_only() {
+        let r = report();
+        assert_eq!(r.rows[0].llama_cpp_tokens_per_s, Some(400.0));
+        assert!((r.rows[0].ratio_vs_llama_cpp.unwrap() - 0.75).abs() < 1e-12);
+        // llama.cpp's tg row ran on 1 thread, ours on 2: no pairing.
+        assert_eq!(r.rows[1].ratio_vs_llama_cpp, None);
+        assert_eq!(
+            r.rows[2].ratio_vs_llama_cpp, None,
+            "reference rows are not compared to themselves"
+        );
+        // 120 t/s × 80 MB = 9.6 GB/s of 20.
+        assert!((r.rows[1].bandwidth_fraction.unwrap() - 0.48).abs() < 1e-12);
+        assert_eq!(
+            r.rows[0].bandwidth_fraction, None,
+            "pp rows are compute-bound"
+        );
+    }
+
+    #[test]
+    fn json_round_trips() {
+        let r = report();
+        let text = json(&r).unwrap();
+        let back: Report = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, r);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["rows"][0]["test"], "pp");
+        assert_eq!(v["rows"][1]["latency_p99_ms"], 11.0);
+    }
+
+    #[test]
+    fn rows_from_the_python_side_parse_with_missing_ratio_fields() {
+        let text = r#"[{"backend": "llama.cpp", "describe": "x", "isa": "avx2", "threads": 2, "test": "tg",
+            "n_prompt": 0, "n_gen": 16, "depth": 0, "repetitions": 2, "tokens_per_s_mean": 150.0,
+            "tokens_per_s_sd": 3.0, "tokens_per_s_samples": [147.0, 153.0], "ttft_ms": null,
+            "latency_p50_ms": 6.4, "latency_p90_ms": 7.0, "latency_p99_ms": 8.0, "load_ms": 263.1,
+            "peak_rss_bytes": 168988672, "weights_bytes": 96576768, "kv_bytes": 5898240}]"#;
+        let rows: Vec<BenchRow> = serde_json::from_str(text).unwrap();
+        assert_eq!(rows[0].test, TestKind::Tg);
+        assert_eq!(rows[0].label(), "tg16");
+        assert_eq!(rows[0].ratio_vs_llama_cpp, None);
+    }
+
+    #[test]
+    fn csv_has_a_header_and_one_quoted_line_per_row() {
+        let r = report();
+        let text = csv(&r.rows);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 1 + r.rows.len());
+        assert_eq!(lines[0].split(',').count(), CSV_COLUMNS.len());
+        assert!(lines[1].starts_with(
+            "cpu,\"cpu, \"\"quoted\"\", with commas\",avx2,2,pp,128,0,0,2,300,1.5,299;301,12.5,,"
+        ));
+        assert!(lines[1].ends_with(",400,0.75"));
+    }
+
+    #[test]
+    fn markdown_has_one_line_per_row_and_a_footer() {
+        let text = markdown(&report());
+        let table: Vec<&str> = text.lines().take_while(|l| l.starts_with('|')).collect();
+        assert_eq!(table.len(), 2 + 4);
+        let cols = table[0].matches('|').count();
+        assert!(
+            table.iter().all(|l| l.matches('|').count() == cols),
+            "every line has as many cells"
+        );
+        assert!(
+            table[2].contains("pp128")
+                && table[2].contains("300.00 ± 1.50")
+                && table[2].contains("0.75×")
+        );
+        assert!(table[3].contains("9.00 / 10.00 / 11.00") && table[3].contains("48%"));
+        assert!(text.contains("- machine: Test CPU"));
+        assert!(text.contains("read bandwidth probe: 20.0 GB/s"));
+        assert!(text.contains("= 48% of it"));
+    }
+}

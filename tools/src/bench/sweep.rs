@@ -1,0 +1,282 @@
+//! The sweep: every combination of the command-line axes, grouped into
+//! instances (one loaded backend each) that run a list of tests.
+//!
+//! Test semantics follow llama-bench: `pp<p>` is the prefill of p random
+//! tokens after `depth` untimed ones; `tg<n>` is n single-token decodes after
+//! depth + 1 untimed tokens. A 0 in `-p` or `-n` means "no such test".
+
+use super::backends;
+use serde::{Deserialize, Serialize};
+
+/// The ISA names `--isa` takes: `auto` (what dispatch picks) or a forced
+/// path, as SOTTO_ISA spells it.
+pub const ISA_CHOICES: &[&str] = &[
+    "auto", "scalar", "avx2", "avx512", "vnni", "neon", "dotprod", "i8mm",
+];
+
+/// Label of the ISA axis for backends that do not run sotto's kernels.
+pub const ISA_NOT_APPLICABLE: &str = "-";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TestKind {
+    /// Prompt processing (prefill).
+    Pp,
+    /// Text generation (single-token decode).
+    Tg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TestSpec {
+    pub kind: TestKind,
+    /// Prompt tokens (pp) or generated tokens (tg).
+    pub tokens: usize,
+    /// Positions already in the KV cache before the timed part.
+    pub depth: usize,
+}
+
+impl TestSpec {
+    /// Cache positions the test needs: depth + p, or depth + 1 + n.
+    pub fn positions(&self) -> usize {
+        match self.kind {
+            TestKind::Pp => self.depth + self.tokens,
+            TestKind::Tg => self.depth + 1 + self.tokens,
+        }
+    }
+}
+
+/// "pp512", "tg128", "pp512 @ d1024" (llama-bench's names).
+pub fn test_label(kind: TestKind, tokens: usize, depth: usize) -> String {
+    let k = match kind {
+        TestKind::Pp => "pp",
+        TestKind::Tg => "tg",
+    };
+    if depth > 0 {
+        format!("{k}{tokens} @ d{depth}")
+    } else {
+        format!("{k}{tokens}")
+    }
+}
+
+/// One backend loaded once (backend × ISA × threads) and the tests it runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Instance {
+    pub backend: String,
+    /// An [`ISA_CHOICES`] name, or [`ISA_NOT_APPLICABLE`].
+    pub isa: String,
+    pub threads: usize,
+    pub tests: Vec<TestSpec>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SweepAxes {
+    pub backends: Vec<String>,
+    pub isas: Vec<String>,
+    pub threads: Vec<usize>,
+    pub depths: Vec<usize>,
+    pub n_prompt: Vec<usize>,
+    pub n_gen: Vec<usize>,
+}
+
+/// Expands the axes in a fixed order (ISA, backend, threads; inside an
+/// instance: depth, then pp tests, then tg tests). Backends that do not run
+/// sotto's kernels ignore the ISA axis and appear once.
+pub fn expand(axes: &SweepAxes) -> Vec<Instance> {
+    let mut tests = Vec::new();
+    for &depth in &axes.depths {
+        tests.extend(axes.n_prompt.iter().filter(|&&p| p > 0).map(|&p| TestSpec {
+            kind: TestKind::Pp,
+            tokens: p,
+            depth,
+        }));
+        tests.extend(axes.n_gen.iter().filter(|&&n| n > 0).map(|&n| TestSpec {
+            kind: TestKind::Tg,
+            tokens: n,
+            depth,
+        }));
+    }
+    let mut out: Vec<Instance> = Vec::new();
+    for isa in &axes.isas {
+        for backend in &axes.backends {
+            let isa = if backends::uses_sotto_kernels(backend) {
+                isa.clone()
+            } else {
+                ISA_NOT_APPLICABLE.to_string()
+            };
+            for &threads in &axes.threads {
+                let inst = Instance {
+                    backend: backend.clone(),
+                    isa: isa.clone(),
+                    threads,
+                    tests: tests.clone(),
+                };
+                if !out.contains(&inst) {
+                    out.push(inst);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Checks names against the registries before anything runs.
+pub fn validate(axes: &SweepAxes) -> Result<(), String> {
+    for isa in &axes.isas {
+        if !ISA_CHOICES.contains(&isa.as_str()) {
+            return Err(format!(
+                "unknown --isa {isa:?}; one of {}",
+                ISA_CHOICES.join(", ")
+            ));
+        }
+    }
+    for b in &axes.backends {
+        if backends::info(b).is_none() {
+            return Err(format!(
+                "unknown --backend {b:?}; one of {}",
+                backends::names().join(", ")
+            ));
+        }
+    }
+    if axes.n_prompt.iter().chain(&axes.n_gen).all(|&x| x == 0) {
+        return Err("nothing to run: every -p and -n is 0".into());
+    }
+    let empty = [
+        ("-t", axes.threads.is_empty()),
+        ("-d", axes.depths.is_empty()),
+        ("--backend", axes.backends.is_empty()),
+        ("--isa", axes.isas.is_empty()),
+    ];
+    if let Some((name, _)) = empty.iter().find(|(_, e)| *e) {
+        return Err(format!("{name} needs at least one value"));
+    }
+    Ok(())
+}
+
+/// Whether an ISA list needs child processes: dispatch reads SOTTO_ISA once
+/// per process, so anything but plain `auto` runs one child per ISA.
+pub fn needs_children(isas: &[String]) -> bool {
+    !(isas.len() == 1 && isas[0] == "auto")
+}
+
+/// The instances grouped for child processes, in order: the ISA to force
+/// (`auto` for backends outside sotto's kernels, so a forced path never
+/// reaches them) and the backends to run under it.
+pub fn child_groups(instances: &[Instance]) -> Vec<(String, Vec<String>)> {
+    let mut groups: Vec<(String, Vec<String>)> = Vec::new();
+    for inst in instances {
+        let isa = if inst.isa == ISA_NOT_APPLICABLE {
+            "auto"
+        } else {
+            inst.isa.as_str()
+        };
+        match groups.iter_mut().find(|(i, _)| i == isa) {
+            Some((_, bs)) if bs.contains(&inst.backend) => {}
+            Some((_, bs)) => bs.push(inst.backend.clone()),
+            None => groups.push((isa.to_string(), vec![inst.backend.clone()])),
+        }
+    }
+    groups
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn axes() -> SweepAxes {
+        SweepAxes {
+            backends: vec!["cpu".into(), "candle".into()],
+            isas: vec!["auto".into(), "scalar".into()],
+            threads: vec![1, 2],
+            depths: vec![0, 256],
+            n_prompt: vec![128, 0],
+            n_gen: vec![64],
+        }
+    }
+
+    #[test]
+    fn expansion_crosses_axes_and_collapses_isa_for_other_backends() {
+        let inst = expand(&axes());
+        // cpu: 2 ISAs × 2 thread counts; candle: 2 thread counts, once.
+        assert_eq!(inst.len(), 6);
+        let cpu: Vec<_> = inst
+            .iter()
+            .filter(|i| i.backend == "cpu")
+            .map(|i| (i.isa.as_str(), i.threads))
+            .collect();
+        assert_eq!(
+            cpu,
+            [("auto", 1), ("auto", 2), ("scalar", 1), ("scalar", 2)]
+        );
+        assert!(inst
+            .iter()
+            .filter(|i| i.backend == "candle")
+            .all(|i| i.isa == ISA_NOT_APPLICABLE));
+        // -p 0 is skipped; per depth: pp then tg.
+        let t = &inst[0].tests;
+        assert_eq!(t.len(), 4);
+        assert_eq!(
+            t[0],
+            TestSpec {
+                kind: TestKind::Pp,
+                tokens: 128,
+                depth: 0
+            }
+        );
+        assert_eq!(
+            t[1],
+            TestSpec {
+                kind: TestKind::Tg,
+                tokens: 64,
+                depth: 0
+            }
+        );
+        assert_eq!(
+            t[3],
+            TestSpec {
+                kind: TestKind::Tg,
+                tokens: 64,
+                depth: 256
+            }
+        );
+        assert_eq!(t[2].positions(), 384);
+        assert_eq!(t[3].positions(), 321);
+    }
+
+    #[test]
+    fn labels_match_llama_bench() {
+        assert_eq!(test_label(TestKind::Pp, 512, 0), "pp512");
+        assert_eq!(test_label(TestKind::Tg, 128, 4096), "tg128 @ d4096");
+    }
+
+    #[test]
+    fn validation_names_the_bad_value() {
+        let mut a = axes();
+        assert!(validate(&a).is_ok());
+        a.isas.push("sse9".into());
+        assert!(validate(&a).unwrap_err().contains("sse9"));
+        let mut a = axes();
+        a.backends = vec!["gpu".into()];
+        assert!(validate(&a).unwrap_err().contains("gpu"));
+        let mut a = axes();
+        a.n_prompt = vec![0];
+        a.n_gen = vec![0];
+        assert!(validate(&a).is_err());
+    }
+
+    #[test]
+    fn children_group_by_isa_and_other_backends_run_under_auto() {
+        assert!(!needs_children(&["auto".to_string()]));
+        assert!(needs_children(&["avx2".to_string()]));
+        let groups = child_groups(&expand(&axes()));
+        assert_eq!(
+            groups,
+            [
+                (
+                    "auto".to_string(),
+                    vec!["cpu".to_string(), "candle".to_string()]
+                ),
+                ("scalar".to_string(), vec!["cpu".to_string()]),
+            ]
+        );
+    }
+}

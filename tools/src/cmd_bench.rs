@@ -1,0 +1,518 @@
+//! `sotto bench`: prefill and decode throughput over a sweep of prompt
+//! lengths, generation lengths, thread counts, context depths, kernel ISAs
+//! and backends, in the spirit of llama-bench; optionally side by side with
+//! llama.cpp. Standard output carries only the table (or JSON / CSV); the
+//! progress bar goes to standard error.
+//!
+//! Kernel dispatch reads SOTTO_ISA once per process and candle sizes its
+//! thread pool once per process, so those instances run in child processes
+//! (this binary with `--json-rows`) and their rows are merged.
+
+#[path = "bench/mod.rs"]
+mod bench;
+
+use bench::backends;
+use bench::llama_cpp;
+use bench::machine::{self, Machine};
+use bench::report::{self, BenchRow, ModelSummary, Report};
+use bench::runner::{self, RowContext, TokenRng};
+use bench::sweep::{self, Instance, SweepAxes, ISA_NOT_APPLICABLE};
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+use sotto_models::Model;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    #[value(alias = "markdown")]
+    Md,
+    Json,
+    Csv,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct BenchArgs {
+    /// GGUF model (default: the default model, fetched if needed).
+    #[arg(short, long)]
+    pub model: Option<PathBuf>,
+    /// Prompt lengths to prefill (comma list; 0 = no prefill test).
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        value_delimiter = ',',
+        default_value = "512"
+    )]
+    pub n_prompt: Vec<usize>,
+    /// Generation lengths to decode (comma list; 0 = no decode test).
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        value_delimiter = ',',
+        default_value = "128"
+    )]
+    pub n_gen: Vec<usize>,
+    /// Thread counts (comma list; default: every core).
+    #[arg(short = 't', long, value_delimiter = ',')]
+    pub threads: Vec<usize>,
+    /// Context depths: KV positions filled before the timed part (comma list).
+    #[arg(short = 'd', long, value_delimiter = ',', default_value = "0")]
+    pub depth: Vec<usize>,
+    /// Kernel ISAs for sotto's backends: auto, scalar, avx2, avx512, vnni, neon, dotprod, i8mm.
+    #[arg(long, value_delimiter = ',', default_value = "auto")]
+    pub isa: Vec<String>,
+    /// Backends (comma list): cpu, candle.
+    #[arg(short = 'b', long, value_delimiter = ',', default_value = "cpu")]
+    pub backend: Vec<String>,
+    /// Timed repetitions per test.
+    #[arg(short = 'r', long, default_value_t = 5)]
+    pub repetitions: usize,
+    /// Untimed runs before the timed ones.
+    #[arg(long, default_value_t = 1)]
+    pub warmup: usize,
+    #[arg(short = 'o', long, value_enum, default_value = "md")]
+    pub output: OutputFormat,
+    /// Run the same sweep on another engine and print the ratio (llama.cpp).
+    #[arg(long, value_name = "ENGINE")]
+    pub compare: Option<String>,
+    /// Python with llama_cpp, for --compare llama.cpp.
+    #[arg(long, default_value = "python3")]
+    pub python: String,
+    /// Seed of the random tokens.
+    #[arg(long, default_value_t = 1234)]
+    pub seed: u64,
+    /// Print only the rows as JSON (child processes of an ISA sweep).
+    #[arg(long, hide = true)]
+    pub json_rows: bool,
+}
+
+impl BenchArgs {
+    fn axes(&self, threads: Vec<usize>) -> SweepAxes {
+        SweepAxes {
+            backends: self.backend.clone(),
+            isas: self.isa.clone(),
+            threads,
+            depths: self.depth.clone(),
+            n_prompt: self.n_prompt.clone(),
+            n_gen: self.n_gen.clone(),
+        }
+    }
+}
+
+fn all_cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// `-t` with 0 and the default resolved to the core count.
+fn resolve_threads(threads: &[usize]) -> Vec<usize> {
+    if threads.is_empty() {
+        return vec![all_cores()];
+    }
+    threads
+        .iter()
+        .map(|&t| if t == 0 { all_cores() } else { t })
+        .collect()
+}
+
+pub fn run(args: BenchArgs) -> Result<(), String> {
+    if args.repetitions == 0 {
+        return Err("-r must be at least 1".into());
+    }
+    if let Some(engine) = &args.compare {
+        if engine != "llama.cpp" {
+            return Err(format!("--compare {engine:?}: only llama.cpp is supported"));
+        }
+    }
+    let threads = resolve_threads(&args.threads);
+    let axes = args.axes(threads.clone());
+    sweep::validate(&axes)?;
+    let model_path = crate::resolve_model(args.model.clone())?;
+    let instances = sweep::expand(&axes);
+
+    let weights_bytes = {
+        let model = Model::load(&model_path)
+            .map_err(|e| format!("loading {}: {e}", model_path.display()))?;
+        model
+            .gguf
+            .tensors()
+            .iter()
+            .map(|t| t.n_bytes as u64)
+            .sum::<u64>()
+    };
+
+    if args.json_rows {
+        let rows = run_in_process(&instances, &model_path, weights_bytes, &args)?;
+        let text = serde_json::to_string(&rows).map_err(|e| format!("writing JSON: {e}"))?;
+        println!("{text}");
+        return Ok(());
+    }
+
+    let model =
+        Model::load(&model_path).map_err(|e| format!("loading {}: {e}", model_path.display()))?;
+    let summary = model_summary(&model, &model_path);
+    drop(model);
+
+    let (local, remote): (Vec<Instance>, Vec<Instance>) =
+        instances.into_iter().partition(|i| !needs_own_process(i));
+    let mut rows = run_in_process(&local, &model_path, weights_bytes, &args)?;
+    for group in child_groups(&remote) {
+        rows.extend(run_child(&group, &model_path, &args)?);
+    }
+
+    if args.compare.is_some() {
+        let spinner = spinner("llama.cpp (benches/llama_cpp_bench.py)");
+        let sweep = llama_cpp::LlamaCppSweep {
+            python: &args.python,
+            model: &model_path,
+            n_prompt: &args.n_prompt,
+            n_gen: &args.n_gen,
+            threads: &threads,
+            depths: &args.depth,
+            repetitions: args.repetitions,
+            warmup: args.warmup,
+            seed: args.seed,
+        };
+        let result = llama_cpp::run(&sweep);
+        spinner.finish_and_clear();
+        rows.extend(result?);
+        report::attach_llama_cpp_ratios(&mut rows);
+    }
+
+    let bandwidth = rows.iter().any(|r| r.test == sweep::TestKind::Tg).then(|| {
+        let spinner = spinner("read bandwidth probe");
+        let probe = machine::probe_read_bandwidth(summary.weights_bytes as usize, all_cores(), 5);
+        spinner.finish_and_clear();
+        probe
+    });
+    if let Some(probe) = &bandwidth {
+        report::attach_bandwidth_fractions(&mut rows, summary.bytes_per_decoded_token, probe);
+    }
+
+    let report = Report {
+        machine: Machine::detect(),
+        model: summary,
+        kernel_isa_auto: backends::kernel_isa(),
+        bandwidth,
+        rows,
+    };
+    let text = match args.output {
+        OutputFormat::Md => report::markdown(&report),
+        OutputFormat::Json => report::json(&report)? + "\n",
+        OutputFormat::Csv => report::csv(&report.rows),
+    };
+    print!("{text}");
+    Ok(())
+}
+
+fn model_summary(model: &Model, path: &Path) -> ModelSummary {
+    let s = &model.spec;
+    let tensors = model.gguf.tensors();
+    let weights_bytes: u64 = tensors.iter().map(|t| t.n_bytes as u64).sum();
+    let n_params: u64 = tensors.iter().map(|t| t.n_elements() as u64).sum();
+    // A decode step reads every matrix once, but only one row of the
+    // embedding table, unless the output projection is that same table.
+    let embd = tensors
+        .iter()
+        .find(|t| t.name == "token_embd.weight")
+        .map_or(0, |t| t.n_bytes as u64);
+    let bytes_per_decoded_token = if s.tied_embeddings {
+        weights_bytes
+    } else {
+        weights_bytes - embd
+    };
+    ModelSummary {
+        path: path.display().to_string(),
+        name: s.name.clone(),
+        arch: s.arch.clone(),
+        n_layer: s.n_layer,
+        d_model: s.d_model,
+        n_head: s.n_head,
+        n_kv_head: s.n_kv_head,
+        ffn_dim: s.ffn_dim,
+        vocab_size: s.vocab_size,
+        n_params,
+        weights_bytes,
+        bytes_per_decoded_token,
+    }
+}
+
+/// A forced ISA, and a backend whose thread count is fixed per process
+/// (candle), need a fresh process.
+fn needs_own_process(inst: &Instance) -> bool {
+    (inst.isa != "auto" && inst.isa != ISA_NOT_APPLICABLE)
+        || threads_fixed_per_process(&inst.backend)
+}
+
+fn threads_fixed_per_process(backend: &str) -> bool {
+    backend == "candle"
+}
+
+/// One child process: the ISA it forces, its backends, and (for backends
+/// whose pool is per process) its one thread count.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ChildGroup {
+    isa: String,
+    backends: Vec<String>,
+    threads: Vec<usize>,
+}
+
+fn child_groups(instances: &[Instance]) -> Vec<ChildGroup> {
+    let mut groups: Vec<ChildGroup> = Vec::new();
+    for (isa, backends) in sweep::child_groups(instances) {
+        for b in backends {
+            let threads: Vec<usize> = instances
+                .iter()
+                .filter(|i| i.backend == b && (i.isa == isa || i.isa == ISA_NOT_APPLICABLE))
+                .map(|i| i.threads)
+                .collect();
+            if threads_fixed_per_process(&b) {
+                groups.extend(threads.iter().map(|&t| ChildGroup {
+                    isa: isa.clone(),
+                    backends: vec![b.clone()],
+                    threads: vec![t],
+                }));
+            } else {
+                match groups.iter_mut().find(|g| {
+                    g.isa == isa
+                        && g.threads == threads
+                        && !threads_fixed_per_process(&g.backends[0])
+                }) {
+                    Some(g) => g.backends.push(b.clone()),
+                    None => groups.push(ChildGroup {
+                        isa: isa.clone(),
+                        backends: vec![b.clone()],
+                        threads,
+                    }),
+                }
+            }
+        }
+    }
+    groups
+}
+
+fn list(xs: &[usize]) -> String {
+    xs.iter()
+        .map(|x| x.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn child_args(group: &ChildGroup, model: &Path, args: &BenchArgs) -> Vec<String> {
+    let mut out = vec![
+        "bench".to_string(),
+        "--json-rows".to_string(),
+        "-m".to_string(),
+        model.display().to_string(),
+    ];
+    for (flag, value) in [
+        ("-p", list(&args.n_prompt)),
+        ("-n", list(&args.n_gen)),
+        ("-t", list(&group.threads)),
+        ("-d", list(&args.depth)),
+        ("--isa", group.isa.clone()),
+        ("--backend", group.backends.join(",")),
+        ("-r", args.repetitions.to_string()),
+        ("--warmup", args.warmup.to_string()),
+        ("--seed", args.seed.to_string()),
+    ] {
+        out.push(flag.to_string());
+        out.push(value);
+    }
+    out
+}
+
+fn run_child(group: &ChildGroup, model: &Path, args: &BenchArgs) -> Result<Vec<BenchRow>, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("locating the sotto binary: {e}"))?;
+    let mut cmd = Command::new(exe);
+    cmd.args(child_args(group, model, args));
+    if group.isa == "auto" {
+        cmd.env_remove("SOTTO_ISA");
+    } else {
+        cmd.env("SOTTO_ISA", &group.isa);
+    }
+    if group.backends.iter().any(|b| threads_fixed_per_process(b)) {
+        let t = group
+            .threads
+            .first()
+            .copied()
+            .unwrap_or_else(all_cores)
+            .to_string();
+        cmd.env("CANDLE_NUM_THREADS", &t)
+            .env("RAYON_NUM_THREADS", &t);
+    }
+    // The child draws its own progress bar on the inherited stderr.
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .map_err(|e| format!("starting a bench child: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "bench child for --isa {} --backend {} failed ({})",
+            group.isa,
+            group.backends.join(","),
+            out.status
+        ));
+    }
+    serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("bench child printed rows that do not parse: {e}"))
+}
+
+fn spinner(msg: &str) -> ProgressBar {
+    let pb = ProgressBar::new_spinner().with_message(msg.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}
+
+fn run_in_process(
+    instances: &[Instance],
+    model: &Path,
+    weights_bytes: u64,
+    args: &BenchArgs,
+) -> Result<Vec<BenchRow>, String> {
+    let runs_per_test = (args.warmup + args.repetitions) as u64;
+    let total: u64 = instances
+        .iter()
+        .map(|i| i.tests.len() as u64 * runs_per_test)
+        .sum();
+    if total == 0 {
+        return Ok(Vec::new());
+    }
+    let pb = ProgressBar::new(total);
+    if let Ok(style) =
+        ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
+    {
+        pb.set_style(style.progress_chars("=> "));
+    }
+    let mut rng = TokenRng::new(args.seed);
+    let mut rows = Vec::new();
+    for inst in instances {
+        pb.set_message(format!("loading {} (t{})", inst.backend, inst.threads));
+        machine::reset_peak_rss();
+        let mut loaded = backends::load_backend(&inst.backend, model, inst.threads)?;
+        let describe = loaded.backend.describe();
+        for test in &inst.tests {
+            let label = sweep::test_label(test.kind, test.tokens, test.depth);
+            pb.set_message(format!(
+                "{} {} t{} {label}",
+                inst.backend, loaded.isa, inst.threads
+            ));
+            let (m, cache) = runner::measure(
+                &mut loaded,
+                test,
+                args.repetitions,
+                args.warmup,
+                &mut rng,
+                &mut || pb.inc(1),
+            )
+            .map_err(|e| format!("{} {label} (t{}): {e}", inst.backend, inst.threads))?;
+            let kv_bytes = match loaded.external_kv_bytes_per_position {
+                Some(per_pos) => (per_pos * test.positions()) as u64,
+                None => cache.bytes() as u64,
+            };
+            let ctx = RowContext {
+                backend: &inst.backend,
+                describe: describe.clone(),
+                isa: loaded.isa.clone(),
+                threads: inst.threads,
+                load_s: loaded.load.as_secs_f64(),
+                weights_bytes,
+                kv_bytes,
+            };
+            rows.push(runner::summarize(test, &m, &ctx));
+        }
+    }
+    pb.finish_and_clear();
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser, Debug)]
+    struct Cli {
+        #[command(flatten)]
+        bench: BenchArgs,
+    }
+
+    fn parse(line: &str) -> BenchArgs {
+        Cli::try_parse_from(std::iter::once("bench").chain(line.split_whitespace()))
+            .unwrap()
+            .bench
+    }
+
+    #[test]
+    fn comma_lists_and_defaults_parse() {
+        let a = parse("-p 128,512 -n 128 -t 1,2 -r 3 --compare llama.cpp");
+        assert_eq!(a.n_prompt, [128, 512]);
+        assert_eq!(a.n_gen, [128]);
+        assert_eq!(a.threads, [1, 2]);
+        assert_eq!(a.repetitions, 3);
+        assert_eq!(a.compare.as_deref(), Some("llama.cpp"));
+        assert_eq!(a.isa, ["auto"]);
+        assert_eq!(a.backend, ["cpu"]);
+        assert_eq!(a.depth, [0]);
+        assert_eq!(a.output, OutputFormat::Md);
+        assert!(!a.json_rows);
+
+        let a = parse(
+            "-p 8 -p 16 --isa auto,avx2,scalar --backend cpu,candle -o json -d 0,256 --warmup 0",
+        );
+        assert_eq!(a.n_prompt, [8, 16], "repeated flags append");
+        assert_eq!(a.isa, ["auto", "avx2", "scalar"]);
+        assert_eq!(a.backend, ["cpu", "candle"]);
+        assert_eq!(a.output, OutputFormat::Json);
+        assert_eq!(a.depth, [0, 256]);
+        assert_eq!(a.warmup, 0);
+        assert_eq!(parse("--output markdown").output, OutputFormat::Md);
+        assert_eq!(parse("--output csv").output, OutputFormat::Csv);
+    }
+
+    #[test]
+    fn bad_numbers_are_refused() {
+        assert!(Cli::try_parse_from(["bench", "-p", "128,abc"]).is_err());
+        assert!(Cli::try_parse_from(["bench", "-t", "-1"]).is_err());
+        assert!(Cli::try_parse_from(["bench", "-o", "xml"]).is_err());
+    }
+
+    #[test]
+    fn thread_defaults_resolve_to_cores() {
+        assert_eq!(resolve_threads(&[]), [all_cores()]);
+        assert_eq!(resolve_threads(&[0, 3]), [all_cores(), 3]);
+    }
+
+    #[test]
+    fn forced_isas_and_candle_go_to_children_with_their_own_threads() {
+        let a = parse("--isa auto,scalar --backend cpu,candle -t 1,2");
+        let inst = sweep::expand(&a.axes(vec![1, 2]));
+        let (local, remote): (Vec<Instance>, Vec<Instance>) =
+            inst.into_iter().partition(|i| !needs_own_process(i));
+        assert_eq!(
+            local
+                .iter()
+                .map(|i| (i.backend.as_str(), i.threads))
+                .collect::<Vec<_>>(),
+            [("cpu", 1), ("cpu", 2)]
+        );
+        let groups = child_groups(&remote);
+        let g = |isa: &str, b: &str, t: &[usize]| ChildGroup {
+            isa: isa.into(),
+            backends: vec![b.into()],
+            threads: t.to_vec(),
+        };
+        assert_eq!(
+            groups,
+            [
+                g("auto", "candle", &[1]),
+                g("auto", "candle", &[2]),
+                g("scalar", "cpu", &[1, 2])
+            ]
+        );
+
+        let argv = child_args(&groups[2], Path::new("/m.gguf"), &a).join(" ");
+        assert_eq!(argv, "bench --json-rows -m /m.gguf -p 512 -n 128 -t 1,2 -d 0 --isa scalar --backend cpu -r 5 --warmup 1 --seed 1234");
+    }
+}
