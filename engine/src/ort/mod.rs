@@ -1,1 +1,65 @@
-//! ONNX Runtime backend (owned by the NPU work).
+//! ONNX Runtime backend: exported (or foreign) static-shape decoder graphs on
+//! an execution-provider chain (QNN HTP, NNAPI, CoreML, XNNPACK, OpenVINO,
+//! CPU), loaded at run time from a dynamic ONNX Runtime library.
+//!
+//! * [`runtime`]: finding `libonnxruntime`, the process environment and the
+//!   log capture the placement report reads;
+//! * [`ep`]: the EP chain as configuration (`"qnn,cpu"`);
+//! * [`session`]: one graph's session: EP registration, CPU-fallback refusal,
+//!   QNN context-binary caching, the placement report;
+//! * [`backend`]: [`OrtBackend`]: prefill/decode over a fixed KV cache, KV
+//!   hand-over to and from the CPU backend.
+
+// pub mod backend;
+pub mod ep;
+pub mod runtime;
+pub mod session;
+
+// pub use backend::{KvSnapshot, OrtBackend};
+pub use ep::{Ep, QnnOptions};
+pub use runtime::OrtConfig;
+pub use session::{GraphSession, Placement};
+
+use std::path::PathBuf;
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A library the backend loads at run time is not there.
+    #[error("{what} not found (looked at {searched:?}); run scripts/ort-deps.sh or set {env}")]
+    LibraryMissing { what: &'static str, searched: Vec<PathBuf>, env: &'static str },
+    #[error("could not load ONNX Runtime from {path}: {reason}")]
+    RuntimeLoad { path: PathBuf, reason: String },
+    /// The EP chain names a provider this runtime cannot offer.
+    #[error("execution provider {ep} is not available in this ONNX Runtime: {reason}")]
+    EpUnavailable { ep: String, reason: String },
+    #[error("unknown execution provider {0:?} (expected qnn, nnapi, coreml, xnnpack, openvino or cpu)")]
+    UnknownEp(String),
+    /// NPU-only sessions need every shape fixed.
+    #[error("graph input {input} has a dynamic shape {shape:?}; NPU-only sessions need static shapes")]
+    DynamicShape { input: String, shape: Vec<Option<i64>> },
+    /// With CPU fallback refused, some node could not be placed on the chain.
+    #[error("CPU fallback is disabled but the graph does not fit the EP chain: {0}")]
+    FallbackRefused(String),
+    #[error("graph: {0}")]
+    Graph(String),
+    #[error("onnx: {0}")]
+    Onnx(#[from] crate::onnx::Error),
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("token id {id} is outside the vocabulary of {vocab} tokens")]
+    TokenOutOfRange { id: u32, vocab: usize },
+    #[error("{needed} positions do not fit the graphs' context of {context}")]
+    ContextOverflow { needed: usize, context: usize },
+    #[error("KV hand-over: {0}")]
+    Kv(String),
+    #[error("onnxruntime: {0}")]
+    Ort(String),
+}
+
+impl<T> From<ort::Error<T>> for Error {
+    fn from(e: ort::Error<T>) -> Self {
+        Error::Ort(e.to_string())
+    }
+}

@@ -1,0 +1,81 @@
+//! The execution-provider chain as configuration. Order is priority: ONNX
+//! Runtime offers each node to the first EP that takes it, and the CPU EP
+//! takes the rest unless CPU fallback is refused.
+
+use std::path::PathBuf;
+use std::str::FromStr;
+
+use super::Error;
+
+/// Options of Qualcomm's QNN EP (a plugin EP library since onnxruntime-qnn 2.x).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct QnnOptions {
+    /// `libQnnHtp.so` (the HTP backend; on x86-64 its emulator). Default:
+    /// `ORT_QNN_BACKEND_PATH`, else beside the EP library.
+    pub backend_path: Option<PathBuf>,
+    /// `libonnxruntime_providers_qnn.so`. Default: `ORT_QNN_EP_PATH`, else the
+    /// scripts/ort-deps.sh cache.
+    pub ep_library: Option<PathBuf>,
+    /// `burst`, `balanced`, `high_performance`, `power_saver`, …
+    pub htp_performance_mode: Option<String>,
+    /// Where the compiled QNN context (an EPContext ONNX model) is kept, so a
+    /// second start skips graph preparation.
+    pub context_cache: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ep {
+    Qnn(QnnOptions),
+    Nnapi,
+    CoreMl,
+    Xnnpack,
+    OpenVino,
+    Cpu,
+}
+
+impl Ep {
+    /// ONNX Runtime's name of the provider.
+    pub fn ort_name(&self) -> &'static str {
+        match self {
+            Ep::Qnn(_) => "QNNExecutionProvider",
+            Ep::Nnapi => "NnapiExecutionProvider",
+            Ep::CoreMl => "CoreMLExecutionProvider",
+            Ep::Xnnpack => "XnnpackExecutionProvider",
+            Ep::OpenVino => "OpenVINOExecutionProvider",
+            Ep::Cpu => "CPUExecutionProvider",
+        }
+    }
+
+    /// Parses a chain like `"qnn,cpu"`.
+    pub fn parse_chain(s: &str) -> Result<Vec<Ep>, Error> {
+        s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(Ep::from_str).collect()
+    }
+}
+
+impl FromStr for Ep {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Ep, Error> {
+        Ok(match s.to_ascii_lowercase().as_str() {
+            "qnn" | "htp" => Ep::Qnn(QnnOptions::default()),
+            "nnapi" => Ep::Nnapi,
+            "coreml" => Ep::CoreMl,
+            "xnnpack" => Ep::Xnnpack,
+            "openvino" => Ep::OpenVino,
+            "cpu" => Ep::Cpu,
+            _ => return Err(Error::UnknownEp(s.to_string())),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_parse_in_order_and_unknown_names_are_typed_errors() {
+        let chain = Ep::parse_chain("qnn, CPU").unwrap();
+        assert_eq!(chain, vec![Ep::Qnn(QnnOptions::default()), Ep::Cpu]);
+        assert_eq!(chain[0].ort_name(), "QNNExecutionProvider");
+        assert!(matches!(Ep::parse_chain("qnn,tpu"), Err(Error::UnknownEp(n)) if n == "tpu"));
+    }
+}
