@@ -1,1 +1,30 @@
-//! sotto-bridge: Signal-protocol sessions and the decrypt -> infer -> encrypt pipeline.
+//! sotto-bridge: Signal-protocol (v3, libsignal wire-compatible) sessions,
+//! stores, conversations and the decrypt -> infer -> encrypt pipeline.
+#![forbid(unsafe_code)]
+
+mod error;
+mod kdf;
+mod keys;
+mod message;
+mod prekeys;
+mod proto;
+mod session;
+mod ratchet;
+mod state;
+mod store;
+
+pub use error::{AssistantError, Error, Result};
+pub use keys::{IdentityKey, IdentityKeyPair, KeyPair, PrivateKey, PublicKey, SIGNATURE_LEN};
+pub use message::{CiphertextMessage, MessageKind, PreKeySignalMessage, SignalMessage, VERSION_BYTE};
+pub use prekeys::{PreKeyBundle, PreKeyRecord, SignedPreKeyRecord};
+pub use state::{
+    SessionRecord, SessionState, ARCHIVED_STATES_MAX, MAX_FORWARD_JUMPS, MAX_RECEIVER_CHAINS,
+    MAX_SKIPPED_KEYS_PER_CHAIN,
+};
+pub use store::{
+    IdentityKeyStore, InMemIdentityKeyStore, InMemPreKeyStore, InMemProtocolStore, InMemSessionStore,
+    InMemSignedPreKeyStore, PreKeyStore, ProtocolAddress, ProtocolStore, SessionStore, SignedPreKeyStore,
+};
+pub use session::{
+    message_decrypt, message_decrypt_prekey, message_decrypt_signal, message_encrypt, process_prekey_bundle,
+};

@@ -1,0 +1,246 @@
+//! The v3 wire format: `0x33 || protobuf || mac(8)` for SignalMessage and
+//! `0x33 || protobuf` for PreKeySignalMessage.
+
+use prost::Message as _;
+use subtle::ConstantTimeEq;
+
+use crate::error::{malformed, Error, Result};
+use crate::kdf::hmac_sha256;
+use crate::keys::{IdentityKey, PublicKey};
+use crate::proto::{PreKeySignalMessageProto, SignalMessageProto};
+
+pub const CIPHERTEXT_VERSION: u8 = 3;
+pub const VERSION_BYTE: u8 = (CIPHERTEXT_VERSION << 4) | CIPHERTEXT_VERSION;
+pub const MAC_LEN: usize = 8;
+
+fn check_version(byte: u8) -> Result<()> {
+    // High nibble: the sender's version; low nibble: the highest it accepts.
+    if byte >> 4 != CIPHERTEXT_VERSION {
+        return Err(Error::UnsupportedVersion(byte));
+    }
+    Ok(())
+}
+
+/// A ratchet message. `serialized` is what travelled, so the MAC is
+/// checked over the exact bytes received.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SignalMessage {
+    sender_ratchet_key: PublicKey,
+    counter: u32,
+    previous_counter: u32,
+    ciphertext: Vec<u8>,
+    serialized: Vec<u8>,
+}
+
+impl SignalMessage {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        mac_key: &[u8; 32],
+        sender_ratchet_key: PublicKey,
+        counter: u32,
+        previous_counter: u32,
+        ciphertext: Vec<u8>,
+        sender_identity: &IdentityKey,
+        receiver_identity: &IdentityKey,
+    ) -> Self {
+        let proto = SignalMessageProto {
+            ratchet_key: Some(sender_ratchet_key.serialize().to_vec()),
+            counter: Some(counter),
+            previous_counter: Some(previous_counter),
+            ciphertext: Some(ciphertext.clone()),
+        };
+        let mut serialized = Vec::with_capacity(1 + proto.encoded_len() + MAC_LEN);
+        serialized.push(VERSION_BYTE);
+        proto.encode(&mut serialized).unwrap_or_else(|_| unreachable!("Vec grows"));
+        let mac = compute_mac(mac_key, sender_identity, receiver_identity, &serialized);
+        serialized.extend_from_slice(&mac);
+        Self { sender_ratchet_key, counter, previous_counter, ciphertext, serialized }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        if bytes.len() < 1 + MAC_LEN {
+            return Err(Error::MessageTooShort { len: bytes.len() });
+        }
+        check_version(bytes[0])?;
+        let body = &bytes[1..bytes.len() - MAC_LEN];
+        let proto = SignalMessageProto::decode(body).map_err(|e| malformed("SignalMessage", e.to_string()))?;
+        let ratchet_key = proto.ratchet_key.ok_or_else(|| malformed("SignalMessage", "no ratchet key"))?;
+        let sender_ratchet_key = PublicKey::deserialize(&ratchet_key)?;
+        let counter = proto.counter.ok_or_else(|| malformed("SignalMessage", "no counter"))?;
+        let ciphertext = proto.ciphertext.ok_or_else(|| malformed("SignalMessage", "no ciphertext"))?;
+        Ok(Self {
+            sender_ratchet_key,
+            counter,
+            previous_counter: proto.previous_counter.unwrap_or(0),
+            ciphertext,
+            serialized: bytes.to_vec(),
+        })
+    }
+
+    pub fn verify_mac(&self, sender_identity: &IdentityKey, receiver_identity: &IdentityKey, mac_key: &[u8; 32]) -> bool {
+        let split = self.serialized.len() - MAC_LEN;
+        let expected = compute_mac(mac_key, sender_identity, receiver_identity, &self.serialized[..split]);
+        bool::from(expected.ct_eq(&self.serialized[split..]))
+    }
+
+    pub fn sender_ratchet_key(&self) -> &PublicKey {
+        &self.sender_ratchet_key
+    }
+    pub fn counter(&self) -> u32 {
+        self.counter
+    }
+    pub fn previous_counter(&self) -> u32 {
+        self.previous_counter
+    }
+    pub fn ciphertext(&self) -> &[u8] {
+        &self.ciphertext
+    }
+    pub fn serialized(&self) -> &[u8] {
+        &self.serialized
+    }
+}
+
+impl std::fmt::Debug for SignalMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignalMessage")
+            .field("sender_ratchet_key", &self.sender_ratchet_key)
+            .field("counter", &self.counter)
+            .field("previous_counter", &self.previous_counter)
+            .field("ciphertext_len", &self.ciphertext.len())
+            .finish()
+    }
+}
+
+pub(crate) fn compute_mac(
+    mac_key: &[u8; 32],
+    sender_identity: &IdentityKey,
+    receiver_identity: &IdentityKey,
+    versioned_body: &[u8],
+) -> [u8; MAC_LEN] {
+    let full = hmac_sha256(mac_key, &[&sender_identity.serialize(), &receiver_identity.serialize(), versioned_body]);
+    let mut mac = [0u8; MAC_LEN];
+    mac.copy_from_slice(&full[..MAC_LEN]);
+    mac
+}
+
+/// The first messages of a session, carrying what the receiver needs to
+/// run X3DH.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PreKeySignalMessage {
+    registration_id: u32,
+    pre_key_id: Option<u32>,
+    signed_pre_key_id: u32,
+    base_key: PublicKey,
+    identity_key: IdentityKey,
+    message: SignalMessage,
+    serialized: Vec<u8>,
+}
+
+impl PreKeySignalMessage {
+    pub(crate) fn new(
+        registration_id: u32,
+        pre_key_id: Option<u32>,
+        signed_pre_key_id: u32,
+        base_key: PublicKey,
+        identity_key: IdentityKey,
+        message: SignalMessage,
+    ) -> Self {
+        let proto = PreKeySignalMessageProto {
+            registration_id: Some(registration_id),
+            pre_key_id,
+            signed_pre_key_id: Some(signed_pre_key_id),
+            base_key: Some(base_key.serialize().to_vec()),
+            identity_key: Some(identity_key.serialize().to_vec()),
+            message: Some(message.serialized.clone()),
+        };
+        let mut serialized = Vec::with_capacity(1 + proto.encoded_len());
+        serialized.push(VERSION_BYTE);
+        proto.encode(&mut serialized).unwrap_or_else(|_| unreachable!("Vec grows"));
+        Self { registration_id, pre_key_id, signed_pre_key_id, base_key, identity_key, message, serialized }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self> {
+        let Some((&version, body)) = bytes.split_first() else {
+            return Err(Error::MessageTooShort { len: 0 });
+        };
+        check_version(version)?;
+        let proto = PreKeySignalMessageProto::decode(body).map_err(|e| malformed("PreKeySignalMessage", e.to_string()))?;
+        let need = |v: Option<Vec<u8>>, what: &'static str| v.ok_or_else(|| malformed("PreKeySignalMessage", what));
+        let base_key = PublicKey::deserialize(&need(proto.base_key, "no base key")?)?;
+        let identity_key = IdentityKey::deserialize(&need(proto.identity_key, "no identity key")?)?;
+        let message = SignalMessage::decode(&need(proto.message, "no message")?)?;
+        let signed_pre_key_id =
+            proto.signed_pre_key_id.ok_or_else(|| malformed("PreKeySignalMessage", "no signed prekey id"))?;
+        Ok(Self {
+            registration_id: proto.registration_id.unwrap_or(0),
+            pre_key_id: proto.pre_key_id,
+            signed_pre_key_id,
+            base_key,
+            identity_key,
+            message,
+            serialized: bytes.to_vec(),
+        })
+    }
+
+    pub fn registration_id(&self) -> u32 {
+        self.registration_id
+    }
+    pub fn pre_key_id(&self) -> Option<u32> {
+        self.pre_key_id
+    }
+    pub fn signed_pre_key_id(&self) -> u32 {
+        self.signed_pre_key_id
+    }
+    pub fn base_key(&self) -> &PublicKey {
+        &self.base_key
+    }
+    pub fn identity_key(&self) -> &IdentityKey {
+        &self.identity_key
+    }
+    pub fn message(&self) -> &SignalMessage {
+        &self.message
+    }
+    pub fn serialized(&self) -> &[u8] {
+        &self.serialized
+    }
+}
+
+impl std::fmt::Debug for PreKeySignalMessage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PreKeySignalMessage")
+            .field("registration_id", &self.registration_id)
+            .field("pre_key_id", &self.pre_key_id)
+            .field("signed_pre_key_id", &self.signed_pre_key_id)
+            .field("base_key", &self.base_key)
+            .field("message", &self.message)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Either kind of message, as an envelope carries it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CiphertextMessage {
+    PreKey(PreKeySignalMessage),
+    Signal(SignalMessage),
+}
+
+impl CiphertextMessage {
+    pub fn serialized(&self) -> &[u8] {
+        match self {
+            Self::PreKey(m) => m.serialized(),
+            Self::Signal(m) => m.serialized(),
+        }
+    }
+    pub fn kind(&self) -> MessageKind {
+        match self {
+            Self::PreKey(_) => MessageKind::PreKey,
+            Self::Signal(_) => MessageKind::Message,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MessageKind {
+    PreKey,
+    Message,
+}

@@ -1,0 +1,106 @@
+//! Hand-written protobuf structs (no protoc at build time). The wire
+//! messages follow libsignal's `wire.proto` / python-axolotl's
+//! `WhisperTextProtocol.proto` field numbers; the storage messages are
+//! Sotto's own versioned snapshot layout.
+
+#![allow(clippy::derive_partial_eq_without_eq)]
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct SignalMessageProto {
+    #[prost(bytes = "vec", optional, tag = "1")]
+    pub ratchet_key: Option<Vec<u8>>,
+    #[prost(uint32, optional, tag = "2")]
+    pub counter: Option<u32>,
+    #[prost(uint32, optional, tag = "3")]
+    pub previous_counter: Option<u32>,
+    #[prost(bytes = "vec", optional, tag = "4")]
+    pub ciphertext: Option<Vec<u8>>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct PreKeySignalMessageProto {
+    #[prost(uint32, optional, tag = "5")]
+    pub registration_id: Option<u32>,
+    #[prost(uint32, optional, tag = "1")]
+    pub pre_key_id: Option<u32>,
+    #[prost(uint32, optional, tag = "6")]
+    pub signed_pre_key_id: Option<u32>,
+    #[prost(bytes = "vec", optional, tag = "2")]
+    pub base_key: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "3")]
+    pub identity_key: Option<Vec<u8>>,
+    #[prost(bytes = "vec", optional, tag = "4")]
+    pub message: Option<Vec<u8>>,
+}
+
+// ---- storage (Sotto snapshot v1) ----
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct ChainProto {
+    #[prost(bytes = "vec", tag = "1")]
+    pub ratchet_public: Vec<u8>,
+    #[prost(bytes = "vec", tag = "2")]
+    pub ratchet_private: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub chain_key: Vec<u8>,
+    #[prost(uint32, tag = "4")]
+    pub index: u32,
+    #[prost(message, repeated, tag = "5")]
+    pub skipped: Vec<SkippedKeyProto>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct SkippedKeyProto {
+    #[prost(uint32, tag = "1")]
+    pub counter: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub cipher_key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub mac_key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    pub iv: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct PendingPreKeyProto {
+    #[prost(uint32, optional, tag = "1")]
+    pub pre_key_id: Option<u32>,
+    #[prost(uint32, tag = "2")]
+    pub signed_pre_key_id: u32,
+    #[prost(bytes = "vec", tag = "3")]
+    pub base_key: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct SessionStateProto {
+    #[prost(uint32, tag = "1")]
+    pub version: u32,
+    #[prost(bytes = "vec", tag = "2")]
+    pub local_identity: Vec<u8>,
+    #[prost(bytes = "vec", tag = "3")]
+    pub remote_identity: Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    pub root_key: Vec<u8>,
+    #[prost(uint32, tag = "5")]
+    pub previous_counter: u32,
+    #[prost(message, optional, tag = "6")]
+    pub sender_chain: Option<ChainProto>,
+    #[prost(message, repeated, tag = "7")]
+    pub receiver_chains: Vec<ChainProto>,
+    #[prost(message, optional, tag = "8")]
+    pub pending_pre_key: Option<PendingPreKeyProto>,
+    #[prost(uint32, tag = "9")]
+    pub remote_registration_id: u32,
+    #[prost(uint32, tag = "10")]
+    pub local_registration_id: u32,
+    #[prost(bytes = "vec", tag = "11")]
+    pub alice_base_key: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct SessionRecordProto {
+    #[prost(message, optional, tag = "1")]
+    pub current: Option<SessionStateProto>,
+    #[prost(message, repeated, tag = "2")]
+    pub previous: Vec<SessionStateProto>,
+}

@@ -1,0 +1,263 @@
+//! Session state (one Double Ratchet) and session records (the current
+//! state plus archived ones), with their versioned snapshot encoding.
+
+use std::collections::VecDeque;
+
+use prost::Message as _;
+
+use crate::error::{malformed, Error, Result};
+use crate::kdf::{ChainKey, MessageKeys, RootKey};
+use crate::keys::{IdentityKey, KeyPair, PrivateKey, PublicKey};
+use crate::proto::{ChainProto, PendingPreKeyProto, SessionRecordProto, SessionStateProto, SkippedKeyProto};
+
+/// libsignal's limits.
+pub const MAX_SKIPPED_KEYS_PER_CHAIN: usize = 2000;
+pub const MAX_FORWARD_JUMPS: u32 = 25_000;
+pub const MAX_RECEIVER_CHAINS: usize = 5;
+pub const ARCHIVED_STATES_MAX: usize = 40;
+
+const RECORD_SNAPSHOT_VERSION: u8 = 1;
+
+#[derive(Clone)]
+pub(crate) struct SenderChain {
+    pub ratchet: KeyPair,
+    pub chain_key: ChainKey,
+}
+
+#[derive(Clone)]
+pub(crate) struct ReceiverChain {
+    pub ratchet_key: PublicKey,
+    pub chain_key: ChainKey,
+    /// Keys of messages skipped over, oldest first.
+    pub skipped: VecDeque<MessageKeys>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct PendingPreKey {
+    pub pre_key_id: Option<u32>,
+    pub signed_pre_key_id: u32,
+    pub base_key: PublicKey,
+}
+
+#[derive(Clone)]
+pub struct SessionState {
+    pub(crate) local_identity: IdentityKey,
+    pub(crate) remote_identity: IdentityKey,
+    pub(crate) root_key: RootKey,
+    pub(crate) previous_counter: u32,
+    pub(crate) sender: SenderChain,
+    /// Newest last; at most [`MAX_RECEIVER_CHAINS`].
+    pub(crate) receivers: Vec<ReceiverChain>,
+    pub(crate) pending_pre_key: Option<PendingPreKey>,
+    pub(crate) local_registration_id: u32,
+    pub(crate) remote_registration_id: u32,
+    pub(crate) alice_base_key: PublicKey,
+}
+
+impl std::fmt::Debug for SessionState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionState")
+            .field("remote_identity", &self.remote_identity)
+            .field("sender_index", &self.sender.chain_key.index())
+            .field("receiver_chains", &self.receivers.len())
+            .field("pending_pre_key", &self.pending_pre_key.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionState {
+    pub fn remote_identity(&self) -> &IdentityKey {
+        &self.remote_identity
+    }
+    pub fn local_identity(&self) -> &IdentityKey {
+        &self.local_identity
+    }
+    pub fn remote_registration_id(&self) -> u32 {
+        self.remote_registration_id
+    }
+    pub fn has_pending_pre_key(&self) -> bool {
+        self.pending_pre_key.is_some()
+    }
+    pub fn alice_base_key(&self) -> &PublicKey {
+        &self.alice_base_key
+    }
+
+    pub(crate) fn receiver_chain_mut(&mut self, ratchet_key: &PublicKey) -> Option<&mut ReceiverChain> {
+        self.receivers.iter_mut().find(|c| &c.ratchet_key == ratchet_key)
+    }
+
+    pub(crate) fn add_receiver_chain(&mut self, ratchet_key: PublicKey, chain_key: ChainKey) {
+        self.receivers.push(ReceiverChain { ratchet_key, chain_key, skipped: VecDeque::new() });
+        if self.receivers.len() > MAX_RECEIVER_CHAINS {
+            self.receivers.remove(0);
+        }
+    }
+
+    fn to_proto(&self) -> SessionStateProto {
+        let chain = |ratchet: &PublicKey, private: Option<&PrivateKey>, ck: &ChainKey, skipped: &VecDeque<MessageKeys>| {
+            ChainProto {
+                ratchet_public: ratchet.serialize().to_vec(),
+                ratchet_private: private.map(|p| p.serialize().to_vec()).unwrap_or_default(),
+                chain_key: ck.key.to_vec(),
+                index: ck.index,
+                skipped: skipped
+                    .iter()
+                    .map(|k| SkippedKeyProto {
+                        counter: k.counter,
+                        cipher_key: k.cipher_key.to_vec(),
+                        mac_key: k.mac_key.to_vec(),
+                        iv: k.iv.to_vec(),
+                    })
+                    .collect(),
+            }
+        };
+        SessionStateProto {
+            version: 3,
+            local_identity: self.local_identity.serialize().to_vec(),
+            remote_identity: self.remote_identity.serialize().to_vec(),
+            root_key: self.root_key.0.to_vec(),
+            previous_counter: self.previous_counter,
+            sender_chain: Some(chain(
+                &self.sender.ratchet.public_key,
+                Some(&self.sender.ratchet.private_key),
+                &self.sender.chain_key,
+                &VecDeque::new(),
+            )),
+            receiver_chains: self.receivers.iter().map(|c| chain(&c.ratchet_key, None, &c.chain_key, &c.skipped)).collect(),
+            pending_pre_key: self.pending_pre_key.as_ref().map(|p| PendingPreKeyProto {
+                pre_key_id: p.pre_key_id,
+                signed_pre_key_id: p.signed_pre_key_id,
+                base_key: p.base_key.serialize().to_vec(),
+            }),
+            remote_registration_id: self.remote_registration_id,
+            local_registration_id: self.local_registration_id,
+            alice_base_key: self.alice_base_key.serialize().to_vec(),
+        }
+    }
+
+    fn from_proto(p: &SessionStateProto) -> Result<Self> {
+        if p.version != 3 {
+            return Err(malformed("session state", format!("version {}", p.version)));
+        }
+        let key32 = |v: &[u8], what: &'static str| -> Result<[u8; 32]> {
+            v.try_into().map_err(|_| malformed("session state", what))
+        };
+        let chain_key = |c: &ChainProto| -> Result<ChainKey> {
+            Ok(ChainKey { key: key32(&c.chain_key, "chain key")?, index: c.index })
+        };
+        let sender = p.sender_chain.as_ref().ok_or_else(|| malformed("session state", "no sender chain"))?;
+        let sender = SenderChain {
+            ratchet: KeyPair::from_private(PrivateKey::deserialize(&sender.ratchet_private)?),
+            chain_key: chain_key(sender)?,
+        };
+        let mut receivers = Vec::with_capacity(p.receiver_chains.len());
+        for c in &p.receiver_chains {
+            let mut skipped = VecDeque::with_capacity(c.skipped.len());
+            for k in &c.skipped {
+                skipped.push_back(MessageKeys {
+                    cipher_key: key32(&k.cipher_key, "cipher key")?,
+                    mac_key: key32(&k.mac_key, "mac key")?,
+                    iv: k.iv.as_slice().try_into().map_err(|_| malformed("session state", "iv"))?,
+                    counter: k.counter,
+                });
+            }
+            receivers.push(ReceiverChain { ratchet_key: PublicKey::deserialize(&c.ratchet_public)?, chain_key: chain_key(c)?, skipped });
+        }
+        let pending_pre_key = match &p.pending_pre_key {
+            Some(pp) => Some(PendingPreKey {
+                pre_key_id: pp.pre_key_id,
+                signed_pre_key_id: pp.signed_pre_key_id,
+                base_key: PublicKey::deserialize(&pp.base_key)?,
+            }),
+            None => None,
+        };
+        Ok(Self {
+            local_identity: IdentityKey::deserialize(&p.local_identity)?,
+            remote_identity: IdentityKey::deserialize(&p.remote_identity)?,
+            root_key: RootKey(key32(&p.root_key, "root key")?),
+            previous_counter: p.previous_counter,
+            sender,
+            receivers,
+            pending_pre_key,
+            local_registration_id: p.local_registration_id,
+            remote_registration_id: p.remote_registration_id,
+            alice_base_key: PublicKey::deserialize(&p.alice_base_key)?,
+        })
+    }
+}
+
+/// The sessions with one peer device: the current one and up to
+/// [`ARCHIVED_STATES_MAX`] older ones (newest first) that may still
+/// receive delayed messages.
+#[derive(Clone, Default)]
+pub struct SessionRecord {
+    pub(crate) current: Option<SessionState>,
+    pub(crate) previous: VecDeque<SessionState>,
+}
+
+impl std::fmt::Debug for SessionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRecord")
+            .field("current", &self.current)
+            .field("archived", &self.previous.len())
+            .finish()
+    }
+}
+
+impl SessionRecord {
+    pub fn new_fresh() -> Self {
+        Self::default()
+    }
+
+    pub fn session_state(&self) -> Option<&SessionState> {
+        self.current.as_ref()
+    }
+
+    pub fn archived_count(&self) -> usize {
+        self.previous.len()
+    }
+
+    /// Makes `state` current, archiving the old current one.
+    pub(crate) fn promote_state(&mut self, state: SessionState) {
+        if let Some(old) = self.current.replace(state) {
+            self.previous.push_front(old);
+            self.previous.truncate(ARCHIVED_STATES_MAX);
+        }
+    }
+
+    /// Moves archived state `index` (replaced by `updated`) to current.
+    pub(crate) fn promote_archived(&mut self, index: usize, updated: SessionState) {
+        self.previous.remove(index);
+        self.promote_state(updated);
+    }
+
+    pub(crate) fn has_base_key(&self, base_key: &PublicKey) -> bool {
+        self.current.iter().chain(self.previous.iter()).any(|s| &s.alice_base_key == base_key)
+    }
+
+    /// `version(1) || protobuf`.
+    pub fn serialize(&self) -> Vec<u8> {
+        let proto = SessionRecordProto {
+            current: self.current.as_ref().map(SessionState::to_proto),
+            previous: self.previous.iter().map(SessionState::to_proto).collect(),
+        };
+        let mut out = Vec::with_capacity(1 + proto.encoded_len());
+        out.push(RECORD_SNAPSHOT_VERSION);
+        proto.encode(&mut out).unwrap_or_else(|_| unreachable!("Vec grows"));
+        out
+    }
+
+    pub fn deserialize(bytes: &[u8]) -> Result<Self> {
+        let Some((&version, body)) = bytes.split_first() else {
+            return Err(malformed("session record", "empty"));
+        };
+        if version != RECORD_SNAPSHOT_VERSION {
+            return Err(Error::SnapshotVersion { path: "<session record>".into(), version });
+        }
+        let proto = SessionRecordProto::decode(body).map_err(|e| malformed("session record", e.to_string()))?;
+        Ok(Self {
+            current: proto.current.as_ref().map(SessionState::from_proto).transpose()?,
+            previous: proto.previous.iter().map(SessionState::from_proto).collect::<Result<_>>()?,
+        })
+    }
+}
