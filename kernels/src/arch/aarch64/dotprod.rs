@@ -9,14 +9,23 @@
 use super::neon::{load_q8, unpack_q4};
 use crate::dispatch::VecDotTable;
 use crate::quant::blocks::{
-    BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1, K_SCALE_SIZE,
+    BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
+    K_SCALE_SIZE,
 };
 use std::arch::aarch64::*;
 use std::arch::asm;
 
 /// Entries of the dotprod tier. Only called by `super::table` after detection.
 pub(super) fn overrides(base: VecDotTable) -> VecDotTable {
-    VecDotTable { q4_0_q8_0, q4_1_q8_1, q8_0_q8_0, q4_k_q8_k, q5_k_q8_k, q6_k_q8_k, ..base }
+    VecDotTable {
+        q4_0_q8_0,
+        q4_1_q8_1,
+        q8_0_q8_0,
+        q4_k_q8_k,
+        q5_k_q8_k,
+        q6_k_q8_k,
+        ..base
+    }
 }
 
 // The safe wrappers are private to `arch::aarch64` and handed out only by
@@ -142,10 +151,20 @@ fn unpack_scales_mins(q: &[u8; K_SCALE_SIZE]) -> ([u8; 8], [u8; 8]) {
 #[target_feature(enable = "neon")]
 unsafe fn mins_dot_bsums(mins: &[u8; 8], bsums: &[i16; 16]) -> i32 {
     // SAFETY: 16 i16 and 8 u8 in bounds; the caller guarantees NEON.
-    let (b0, b1, m) = unsafe { (vld1q_s16(bsums.as_ptr()), vld1q_s16(bsums.as_ptr().add(8)), vld1_u8(mins.as_ptr())) };
+    let (b0, b1, m) = unsafe {
+        (
+            vld1q_s16(bsums.as_ptr()),
+            vld1q_s16(bsums.as_ptr().add(8)),
+            vld1_u8(mins.as_ptr()),
+        )
+    };
     let per_sub = vpaddq_s16(b0, b1);
     let m = vreinterpretq_s16_u16(vmovl_u8(m));
-    let prod = vmlal_high_s16(vmull_s16(vget_low_s16(per_sub), vget_low_s16(m)), per_sub, m);
+    let prod = vmlal_high_s16(
+        vmull_s16(vget_low_s16(per_sub), vget_low_s16(m)),
+        per_sub,
+        m,
+    );
     vaddvq_s32(prod)
 }
 
@@ -190,8 +209,14 @@ unsafe fn q4_k_q8_k_kernel(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
                     ld_i8(&ab.qs, 64 * chunk + 48),
                 )
             };
-            let low = (vreinterpretq_s8_u8(vandq_u8(q0, mask)), vreinterpretq_s8_u8(vandq_u8(q1, mask)));
-            let high = (vreinterpretq_s8_u8(vshrq_n_u8::<4>(q0)), vreinterpretq_s8_u8(vshrq_n_u8::<4>(q1)));
+            let low = (
+                vreinterpretq_s8_u8(vandq_u8(q0, mask)),
+                vreinterpretq_s8_u8(vandq_u8(q1, mask)),
+            );
+            let high = (
+                vreinterpretq_s8_u8(vshrq_n_u8::<4>(q0)),
+                vreinterpretq_s8_u8(vshrq_n_u8::<4>(q1)),
+            );
             // SAFETY: the caller guarantees dotprod.
             let (p_low, p_high) = unsafe { (dot32(low, (y0, y1)), dot32(high, (y2, y3))) };
             acc = vmlaq_n_s32(acc, p_low, i32::from(scales[2 * chunk]));
@@ -233,12 +258,24 @@ unsafe fn q5_k_q8_k_kernel(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
                 )
             };
             let low = (
-                vreinterpretq_s8_u8(vorrq_u8(vandq_u8(q0, mask), vshlq_n_u8::<4>(vandq_u8(h0, bit0)))),
-                vreinterpretq_s8_u8(vorrq_u8(vandq_u8(q1, mask), vshlq_n_u8::<4>(vandq_u8(h1, bit0)))),
+                vreinterpretq_s8_u8(vorrq_u8(
+                    vandq_u8(q0, mask),
+                    vshlq_n_u8::<4>(vandq_u8(h0, bit0)),
+                )),
+                vreinterpretq_s8_u8(vorrq_u8(
+                    vandq_u8(q1, mask),
+                    vshlq_n_u8::<4>(vandq_u8(h1, bit0)),
+                )),
             );
             let high = (
-                vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8::<4>(q0), vshlq_n_u8::<3>(vandq_u8(h0, bit1)))),
-                vreinterpretq_s8_u8(vorrq_u8(vshrq_n_u8::<4>(q1), vshlq_n_u8::<3>(vandq_u8(h1, bit1)))),
+                vreinterpretq_s8_u8(vorrq_u8(
+                    vshrq_n_u8::<4>(q0),
+                    vshlq_n_u8::<3>(vandq_u8(h0, bit1)),
+                )),
+                vreinterpretq_s8_u8(vorrq_u8(
+                    vshrq_n_u8::<4>(q1),
+                    vshlq_n_u8::<3>(vandq_u8(h1, bit1)),
+                )),
             );
             h0 = vshrq_n_u8::<2>(h0);
             h1 = vshrq_n_u8::<2>(h1);
@@ -261,7 +298,12 @@ unsafe fn q5_k_q8_k_kernel(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
 #[target_feature(enable = "neon,dotprod")]
 unsafe fn q6_k_q8_k_kernel(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     let low_mask = vdupq_n_u8(0x0F);
-    let (bits01, bits23, bits45, bits67) = (vdupq_n_u8(0x03), vdupq_n_u8(0x0C), vdupq_n_u8(0x30), vdupq_n_u8(0xC0));
+    let (bits01, bits23, bits45, bits67) = (
+        vdupq_n_u8(0x03),
+        vdupq_n_u8(0x0C),
+        vdupq_n_u8(0x30),
+        vdupq_n_u8(0xC0),
+    );
     let offset = vdupq_n_s8(32);
     let mut sum = 0.0f32;
     for (wb, ab) in w.iter().zip(a) {
@@ -280,10 +322,22 @@ unsafe fn q6_k_q8_k_kernel(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
             };
             // sub-block k of this half covers weights 16k..16k+16
             let codes = [
-                vorrq_u8(vandq_u8(l0, low_mask), vshlq_n_u8::<4>(vandq_u8(h0, bits01))),
-                vorrq_u8(vandq_u8(l1, low_mask), vshlq_n_u8::<4>(vandq_u8(h1, bits01))),
-                vorrq_u8(vandq_u8(l2, low_mask), vshlq_n_u8::<2>(vandq_u8(h0, bits23))),
-                vorrq_u8(vandq_u8(l3, low_mask), vshlq_n_u8::<2>(vandq_u8(h1, bits23))),
+                vorrq_u8(
+                    vandq_u8(l0, low_mask),
+                    vshlq_n_u8::<4>(vandq_u8(h0, bits01)),
+                ),
+                vorrq_u8(
+                    vandq_u8(l1, low_mask),
+                    vshlq_n_u8::<4>(vandq_u8(h1, bits01)),
+                ),
+                vorrq_u8(
+                    vandq_u8(l2, low_mask),
+                    vshlq_n_u8::<2>(vandq_u8(h0, bits23)),
+                ),
+                vorrq_u8(
+                    vandq_u8(l3, low_mask),
+                    vshlq_n_u8::<2>(vandq_u8(h1, bits23)),
+                ),
                 vorrq_u8(vshrq_n_u8::<4>(l0), vandq_u8(h0, bits45)),
                 vorrq_u8(vshrq_n_u8::<4>(l1), vandq_u8(h1, bits45)),
                 vorrq_u8(vshrq_n_u8::<4>(l2), vshrq_n_u8::<2>(vandq_u8(h0, bits67))),
@@ -326,7 +380,10 @@ mod tests {
             vst1q_s32(lanes.as_mut_ptr(), r);
         }
         for (lane, got) in lanes.iter().enumerate() {
-            let want: i32 = 100 + (0..4).map(|k| i32::from(x[4 * lane + k]) * i32::from(y[4 * lane + k])).sum::<i32>();
+            let want: i32 = 100
+                + (0..4)
+                    .map(|k| i32::from(x[4 * lane + k]) * i32::from(y[4 * lane + k]))
+                    .sum::<i32>();
             assert_eq!(*got, want, "lane {lane}");
         }
     }
@@ -351,11 +408,26 @@ mod tests {
         let mut r = rng(11);
         for n in BLOCK_COUNTS {
             let (w, a) = (q4_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
-            assert_close("q4_0_q8_0", q4_0_q8_0(&w, &a), ref_q4_0_q8_0(&w, &a), BUDGET_LEGACY);
+            assert_close(
+                "q4_0_q8_0",
+                q4_0_q8_0(&w, &a),
+                ref_q4_0_q8_0(&w, &a),
+                BUDGET_LEGACY,
+            );
             let (w, a) = (q4_1_blocks(&mut r, n), q8_1_blocks(&mut r, n));
-            assert_close("q4_1_q8_1", q4_1_q8_1(&w, &a), ref_q4_1_q8_1(&w, &a), BUDGET_LEGACY);
+            assert_close(
+                "q4_1_q8_1",
+                q4_1_q8_1(&w, &a),
+                ref_q4_1_q8_1(&w, &a),
+                BUDGET_LEGACY,
+            );
             let (w, a) = (q8_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
-            assert_close("q8_0_q8_0", q8_0_q8_0(&w, &a), ref_q8_0_q8_0(&w, &a), BUDGET_LEGACY);
+            assert_close(
+                "q8_0_q8_0",
+                q8_0_q8_0(&w, &a),
+                ref_q8_0_q8_0(&w, &a),
+                BUDGET_LEGACY,
+            );
         }
     }
 
@@ -368,11 +440,26 @@ mod tests {
         for n in BLOCK_COUNTS {
             let a = q8k_blocks(&mut r, n);
             let w = q4k_blocks(&mut r, n);
-            assert_close(&format!("q4_k n={n}"), q4_k_q8_k(&w, &a), ref_q4k_q8k(&w, &a), BUDGET_K);
+            assert_close(
+                &format!("q4_k n={n}"),
+                q4_k_q8_k(&w, &a),
+                ref_q4k_q8k(&w, &a),
+                BUDGET_K,
+            );
             let w = q5k_blocks(&mut r, n);
-            assert_close(&format!("q5_k n={n}"), q5_k_q8_k(&w, &a), ref_q5k_q8k(&w, &a), BUDGET_K);
+            assert_close(
+                &format!("q5_k n={n}"),
+                q5_k_q8_k(&w, &a),
+                ref_q5k_q8k(&w, &a),
+                BUDGET_K,
+            );
             let w = q6k_blocks(&mut r, n);
-            assert_close(&format!("q6_k n={n}"), q6_k_q8_k(&w, &a), ref_q6k_q8k(&w, &a), BUDGET_K);
+            assert_close(
+                &format!("q6_k n={n}"),
+                q6_k_q8_k(&w, &a),
+                ref_q6k_q8k(&w, &a),
+                BUDGET_K,
+            );
         }
     }
 
@@ -389,7 +476,12 @@ mod tests {
             let mut w = q6k_blocks(&mut r, 1);
             w[0].d = f16::ONE;
             let ref_one = ref_q6k_q8k(&w, &a);
-            assert_close(&format!("q6_k random {i}"), q6_k_q8_k(&w, &a), ref_one, BUDGET_K);
+            assert_close(
+                &format!("q6_k random {i}"),
+                q6_k_q8_k(&w, &a),
+                ref_one,
+                BUDGET_K,
+            );
             // all codes at 32 (value 0) except weight i
             w[0].ql = [0; 128];
             w[0].qh = [0xAA; 64];
@@ -400,8 +492,14 @@ mod tests {
             w[0].ql[byte] |= if quarter >= 2 { 0x50 } else { 0x05 };
             let want = f64::from(a[0].d) * 5.0 * f64::from(a[0].qs[i]);
             let got = q6_k_q8_k(&w, &a);
-            assert!((f64::from(got) - want).abs() <= want.abs() * 1e-5 + 1e-9, "q6_k weight {i}: {got} vs {want}");
-            assert!((ref_q6k_q8k(&w, &a).0 - want).abs() <= want.abs() * 1e-9 + 1e-12, "reference q6_k weight {i}");
+            assert!(
+                (f64::from(got) - want).abs() <= want.abs() * 1e-5 + 1e-9,
+                "q6_k weight {i}: {got} vs {want}"
+            );
+            assert!(
+                (ref_q6k_q8k(&w, &a).0 - want).abs() <= want.abs() * 1e-9 + 1e-12,
+                "reference q6_k weight {i}"
+            );
         }
     }
 
@@ -412,6 +510,11 @@ mod tests {
         }
         let mut r = rng(14);
         let (w, a) = (q4k_blocks(&mut r, 4), q8k_blocks(&mut r, 2));
-        assert_close("q4_k prefix", q4_k_q8_k(&w, &a), ref_q4k_q8k(&w[..2], &a), BUDGET_K);
+        assert_close(
+            "q4_k prefix",
+            q4_k_q8_k(&w, &a),
+            ref_q4k_q8k(&w[..2], &a),
+            BUDGET_K,
+        );
     }
 }

@@ -9,14 +9,15 @@
 //! * 2x2 kernels (`*_2x2`, offered through `super::dot2x2_table`): two weight
 //!   rows against two activation columns, all four lanes useful; this is where
 //!   i8mm pays, in a prefill matmul.
-//! * Single-row table entries: consecutive blocks `i`, `i+1` of one row play
-//!   the two "rows" and the two "columns"; only the diagonal lanes are kept
-//!   (the other two are multiplied by a zero scale). Same MACs per instruction
-//!   as `sdot`, so no faster than the dotprod tier; they exist so a forced
-//!   `SOTTO_ISA=i8mm` path runs `smmla` end to end. An odd last block falls
-//!   back to the dotprod kernel.
+//! * Single-row table entries: the 16 bytes of a block half, read as a 2x8
+//!   matrix, are multiplied with the matching 16 activation bytes read the
+//!   same way; the diagonal lanes 0 and 3 are chunk0·chunk0 and chunk1·chunk1,
+//!   whose sum is the 16-element dot, and the off-diagonal lanes are simply
+//!   never read. One `smmla` per 16 bytes and no shuffles: the same
+//!   instruction count as the `sdot` tier (half the `smmla` MACs are wasted),
+//!   so these are not faster than dotprod for a single row; they make a forced
+//!   `SOTTO_ISA=i8mm` path run `smmla` end to end.
 
-use super::dotprod;
 use super::neon::{load_q8, unpack_q4};
 use crate::dispatch::VecDotTable;
 use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
@@ -25,7 +26,12 @@ use std::arch::asm;
 
 /// Entries of the i8mm tier. Only called by `super::table` after detection.
 pub(super) fn overrides(base: VecDotTable) -> VecDotTable {
-    VecDotTable { q4_0_q8_0, q4_1_q8_1, q8_0_q8_0, ..base }
+    VecDotTable {
+        q4_0_q8_0,
+        q4_1_q8_1,
+        q8_0_q8_0,
+        ..base
+    }
 }
 
 // The safe wrappers are private to `arch::aarch64` and handed out only by
@@ -34,35 +40,50 @@ pub(super) fn overrides(base: VecDotTable) -> VecDotTable {
 
 fn q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
     let n = w.len().min(a.len());
-    // SAFETY: NEON, dotprod and i8mm were detected before this fn was handed out.
+    // SAFETY: NEON and i8mm were detected before this fn was handed out.
     unsafe { q4_0_q8_0_kernel(&w[..n], &a[..n]) }
 }
 
 fn q4_1_q8_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
     let n = w.len().min(a.len());
-    // SAFETY: NEON, dotprod and i8mm were detected before this fn was handed out.
+    // SAFETY: NEON and i8mm were detected before this fn was handed out.
     unsafe { q4_1_q8_1_kernel(&w[..n], &a[..n]) }
 }
 
 fn q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
     let n = w.len().min(a.len());
-    // SAFETY: NEON, dotprod and i8mm were detected before this fn was handed out.
+    // SAFETY: NEON and i8mm were detected before this fn was handed out.
     unsafe { q8_0_q8_0_kernel(&w[..n], &a[..n]) }
 }
 
-pub(super) fn q4_0_q8_0_2x2(w0: &[BlockQ4_0], w1: &[BlockQ4_0], a0: &[BlockQ8_0], a1: &[BlockQ8_0]) -> [f32; 4] {
+pub(super) fn q4_0_q8_0_2x2(
+    w0: &[BlockQ4_0],
+    w1: &[BlockQ4_0],
+    a0: &[BlockQ8_0],
+    a1: &[BlockQ8_0],
+) -> [f32; 4] {
     let n = w0.len().min(w1.len()).min(a0.len()).min(a1.len());
     // SAFETY: NEON and i8mm were detected before this fn was handed out.
     unsafe { q4_0_q8_0_2x2_kernel(&w0[..n], &w1[..n], &a0[..n], &a1[..n]) }
 }
 
-pub(super) fn q4_1_q8_1_2x2(w0: &[BlockQ4_1], w1: &[BlockQ4_1], a0: &[BlockQ8_1], a1: &[BlockQ8_1]) -> [f32; 4] {
+pub(super) fn q4_1_q8_1_2x2(
+    w0: &[BlockQ4_1],
+    w1: &[BlockQ4_1],
+    a0: &[BlockQ8_1],
+    a1: &[BlockQ8_1],
+) -> [f32; 4] {
     let n = w0.len().min(w1.len()).min(a0.len()).min(a1.len());
     // SAFETY: NEON and i8mm were detected before this fn was handed out.
     unsafe { q4_1_q8_1_2x2_kernel(&w0[..n], &w1[..n], &a0[..n], &a1[..n]) }
 }
 
-pub(super) fn q8_0_q8_0_2x2(w0: &[BlockQ8_0], w1: &[BlockQ8_0], a0: &[BlockQ8_0], a1: &[BlockQ8_0]) -> [f32; 4] {
+pub(super) fn q8_0_q8_0_2x2(
+    w0: &[BlockQ8_0],
+    w1: &[BlockQ8_0],
+    a0: &[BlockQ8_0],
+    a1: &[BlockQ8_0],
+) -> [f32; 4] {
     let n = w0.len().min(w1.len()).min(a0.len()).min(a1.len());
     // SAFETY: NEON and i8mm were detected before this fn was handed out.
     unsafe { q8_0_q8_0_2x2_kernel(&w0[..n], &w1[..n], &a0[..n], &a1[..n]) }
@@ -126,88 +147,83 @@ unsafe fn store(v: float32x4_t) -> [f32; 4] {
     out
 }
 
-/// Keeps lanes 0 and 3 (block i·i and block i+1·i+1) of a block-pair tile.
+/// Σ x·y over one 32-element block, in lanes 0 and 3 (lanes 1 and 2 hold
+/// cross-chunk products nobody reads).
+#[inline]
+#[target_feature(enable = "neon,i8mm")]
+unsafe fn diagonal_dot32(x: Block, y: Block) -> int32x4_t {
+    // SAFETY: the caller guarantees i8mm.
+    unsafe { smmla(smmla(vdupq_n_s32(0), x.0, y.0), x.1, y.1) }
+}
+
+/// Lanes 0 and 3 of the accumulated diagonal tiles.
 #[inline]
 #[target_feature(enable = "neon")]
-unsafe fn diagonal(d_first: f32, d_second: f32) -> float32x4_t {
-    let lanes = [d_first, 0.0, 0.0, d_second];
-    // SAFETY: four floats in bounds; the caller guarantees NEON.
-    unsafe { vld1q_f32(lanes.as_ptr()) }
-}
-
-#[target_feature(enable = "neon,dotprod,i8mm")]
-unsafe fn q4_0_q8_0_kernel(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
-    let mut sum = vdupq_n_f32(0.0);
-    let (w2, a2) = (w.chunks_exact(2), a.chunks_exact(2));
-    let (w_tail, a_tail) = (w2.remainder(), a2.remainder());
-    for (wp, ap) in w2.zip(a2) {
-        // SAFETY: NEON + i8mm guaranteed by the caller; loads stay inside the blocks.
-        let lanes = unsafe {
-            let (r0, r1) = (unpack_q4(&wp[0].qs, 8), unpack_q4(&wp[1].qs, 8));
-            tile(vdupq_n_s32(0), r0, r1, load_q8(&ap[0].qs), load_q8(&ap[1].qs))
-        };
-        // SAFETY: NEON guaranteed by the caller.
-        let scales = unsafe {
-            diagonal(wp[0].d.to_f32() * ap[0].d.to_f32(), wp[1].d.to_f32() * ap[1].d.to_f32())
-        };
-        sum = vfmaq_f32(sum, vcvtq_f32_s32(lanes), scales);
-    }
-    // SAFETY: the caller guarantees dotprod; the tail slices have equal length.
-    vaddvq_f32(sum) + unsafe { dotprod::q4_0_q8_0_kernel(w_tail, a_tail) }
-}
-
-#[target_feature(enable = "neon,dotprod,i8mm")]
-unsafe fn q4_1_q8_1_kernel(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
-    let mut sum = vdupq_n_f32(0.0);
-    let mut min_terms = 0.0f32;
-    let (w2, a2) = (w.chunks_exact(2), a.chunks_exact(2));
-    let (w_tail, a_tail) = (w2.remainder(), a2.remainder());
-    for (wp, ap) in w2.zip(a2) {
-        // SAFETY: NEON + i8mm guaranteed by the caller; loads stay inside the blocks.
-        let lanes = unsafe {
-            let (r0, r1) = (unpack_q4(&wp[0].qs, 0), unpack_q4(&wp[1].qs, 0));
-            tile(vdupq_n_s32(0), r0, r1, load_q8(&ap[0].qs), load_q8(&ap[1].qs))
-        };
-        // SAFETY: NEON guaranteed by the caller.
-        let scales = unsafe {
-            diagonal(wp[0].d.to_f32() * ap[0].d.to_f32(), wp[1].d.to_f32() * ap[1].d.to_f32())
-        };
-        sum = vfmaq_f32(sum, vcvtq_f32_s32(lanes), scales);
-        min_terms += wp[0].m.to_f32() * ap[0].s.to_f32() + wp[1].m.to_f32() * ap[1].s.to_f32();
-    }
-    // SAFETY: the caller guarantees dotprod; the tail slices have equal length.
-    vaddvq_f32(sum) + min_terms + unsafe { dotprod::q4_1_q8_1_kernel(w_tail, a_tail) }
-}
-
-#[target_feature(enable = "neon,dotprod,i8mm")]
-unsafe fn q8_0_q8_0_kernel(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
-    let mut sum = vdupq_n_f32(0.0);
-    let (w2, a2) = (w.chunks_exact(2), a.chunks_exact(2));
-    let (w_tail, a_tail) = (w2.remainder(), a2.remainder());
-    for (wp, ap) in w2.zip(a2) {
-        // SAFETY: NEON + i8mm guaranteed by the caller; loads stay inside the blocks.
-        let lanes = unsafe {
-            tile(vdupq_n_s32(0), load_q8(&wp[0].qs), load_q8(&wp[1].qs), load_q8(&ap[0].qs), load_q8(&ap[1].qs))
-        };
-        // SAFETY: NEON guaranteed by the caller.
-        let scales = unsafe {
-            diagonal(wp[0].d.to_f32() * ap[0].d.to_f32(), wp[1].d.to_f32() * ap[1].d.to_f32())
-        };
-        sum = vfmaq_f32(sum, vcvtq_f32_s32(lanes), scales);
-    }
-    // SAFETY: the caller guarantees dotprod; the tail slices have equal length.
-    vaddvq_f32(sum) + unsafe { dotprod::q8_0_q8_0_kernel(w_tail, a_tail) }
+unsafe fn diagonal_sum(v: float32x4_t) -> f32 {
+    vgetq_lane_f32::<0>(v) + vgetq_lane_f32::<3>(v)
 }
 
 #[target_feature(enable = "neon,i8mm")]
-unsafe fn q4_0_q8_0_2x2_kernel(w0: &[BlockQ4_0], w1: &[BlockQ4_0], a0: &[BlockQ8_0], a1: &[BlockQ8_0]) -> [f32; 4] {
+unsafe fn q4_0_q8_0_kernel(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+    let mut sum = vdupq_n_f32(0.0);
+    for (wb, ab) in w.iter().zip(a) {
+        // SAFETY: NEON + i8mm guaranteed by the caller; loads stay inside the blocks.
+        let lanes = unsafe { diagonal_dot32(unpack_q4(&wb.qs, 8), load_q8(&ab.qs)) };
+        sum = vfmaq_n_f32(sum, vcvtq_f32_s32(lanes), wb.d.to_f32() * ab.d.to_f32());
+    }
+    // SAFETY: NEON guaranteed by the caller.
+    unsafe { diagonal_sum(sum) }
+}
+
+#[target_feature(enable = "neon,i8mm")]
+unsafe fn q4_1_q8_1_kernel(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    let mut sum = vdupq_n_f32(0.0);
+    let mut min_terms = 0.0f32;
+    for (wb, ab) in w.iter().zip(a) {
+        // SAFETY: NEON + i8mm guaranteed by the caller; loads stay inside the blocks.
+        let lanes = unsafe { diagonal_dot32(unpack_q4(&wb.qs, 0), load_q8(&ab.qs)) };
+        sum = vfmaq_n_f32(sum, vcvtq_f32_s32(lanes), wb.d.to_f32() * ab.d.to_f32());
+        min_terms += wb.m.to_f32() * ab.s.to_f32();
+    }
+    // SAFETY: NEON guaranteed by the caller.
+    unsafe { diagonal_sum(sum) + min_terms }
+}
+
+#[target_feature(enable = "neon,i8mm")]
+unsafe fn q8_0_q8_0_kernel(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
+    let mut sum = vdupq_n_f32(0.0);
+    for (wb, ab) in w.iter().zip(a) {
+        // SAFETY: NEON + i8mm guaranteed by the caller; loads stay inside the blocks.
+        let lanes = unsafe { diagonal_dot32(load_q8(&wb.qs), load_q8(&ab.qs)) };
+        sum = vfmaq_n_f32(sum, vcvtq_f32_s32(lanes), wb.d.to_f32() * ab.d.to_f32());
+    }
+    // SAFETY: NEON guaranteed by the caller.
+    unsafe { diagonal_sum(sum) }
+}
+
+#[target_feature(enable = "neon,i8mm")]
+unsafe fn q4_0_q8_0_2x2_kernel(
+    w0: &[BlockQ4_0],
+    w1: &[BlockQ4_0],
+    a0: &[BlockQ8_0],
+    a1: &[BlockQ8_0],
+) -> [f32; 4] {
     let mut sum = vdupq_n_f32(0.0);
     for (((r0, r1), c0), c1) in w0.iter().zip(w1).zip(a0).zip(a1) {
         // SAFETY: NEON + i8mm guaranteed by the caller; loads stay inside the blocks.
         let (lanes, scales) = unsafe {
             (
-                tile(vdupq_n_s32(0), unpack_q4(&r0.qs, 8), unpack_q4(&r1.qs, 8), load_q8(&c0.qs), load_q8(&c1.qs)),
-                outer([r0.d.to_f32(), r1.d.to_f32()], [c0.d.to_f32(), c1.d.to_f32()]),
+                tile(
+                    vdupq_n_s32(0),
+                    unpack_q4(&r0.qs, 8),
+                    unpack_q4(&r1.qs, 8),
+                    load_q8(&c0.qs),
+                    load_q8(&c1.qs),
+                ),
+                outer(
+                    [r0.d.to_f32(), r1.d.to_f32()],
+                    [c0.d.to_f32(), c1.d.to_f32()],
+                ),
             )
         };
         sum = vfmaq_f32(sum, vcvtq_f32_s32(lanes), scales);
@@ -217,15 +233,32 @@ unsafe fn q4_0_q8_0_2x2_kernel(w0: &[BlockQ4_0], w1: &[BlockQ4_0], a0: &[BlockQ8
 }
 
 #[target_feature(enable = "neon,i8mm")]
-unsafe fn q4_1_q8_1_2x2_kernel(w0: &[BlockQ4_1], w1: &[BlockQ4_1], a0: &[BlockQ8_1], a1: &[BlockQ8_1]) -> [f32; 4] {
+unsafe fn q4_1_q8_1_2x2_kernel(
+    w0: &[BlockQ4_1],
+    w1: &[BlockQ4_1],
+    a0: &[BlockQ8_1],
+    a1: &[BlockQ8_1],
+) -> [f32; 4] {
     let mut sum = vdupq_n_f32(0.0);
     for (((r0, r1), c0), c1) in w0.iter().zip(w1).zip(a0).zip(a1) {
         // SAFETY: NEON + i8mm guaranteed by the caller; loads stay inside the blocks.
         let (lanes, scales, min_terms) = unsafe {
             (
-                tile(vdupq_n_s32(0), unpack_q4(&r0.qs, 0), unpack_q4(&r1.qs, 0), load_q8(&c0.qs), load_q8(&c1.qs)),
-                outer([r0.d.to_f32(), r1.d.to_f32()], [c0.d.to_f32(), c1.d.to_f32()]),
-                outer([r0.m.to_f32(), r1.m.to_f32()], [c0.s.to_f32(), c1.s.to_f32()]),
+                tile(
+                    vdupq_n_s32(0),
+                    unpack_q4(&r0.qs, 0),
+                    unpack_q4(&r1.qs, 0),
+                    load_q8(&c0.qs),
+                    load_q8(&c1.qs),
+                ),
+                outer(
+                    [r0.d.to_f32(), r1.d.to_f32()],
+                    [c0.d.to_f32(), c1.d.to_f32()],
+                ),
+                outer(
+                    [r0.m.to_f32(), r1.m.to_f32()],
+                    [c0.s.to_f32(), c1.s.to_f32()],
+                ),
             )
         };
         sum = vaddq_f32(vfmaq_f32(sum, vcvtq_f32_s32(lanes), scales), min_terms);
@@ -235,14 +268,28 @@ unsafe fn q4_1_q8_1_2x2_kernel(w0: &[BlockQ4_1], w1: &[BlockQ4_1], a0: &[BlockQ8
 }
 
 #[target_feature(enable = "neon,i8mm")]
-unsafe fn q8_0_q8_0_2x2_kernel(w0: &[BlockQ8_0], w1: &[BlockQ8_0], a0: &[BlockQ8_0], a1: &[BlockQ8_0]) -> [f32; 4] {
+unsafe fn q8_0_q8_0_2x2_kernel(
+    w0: &[BlockQ8_0],
+    w1: &[BlockQ8_0],
+    a0: &[BlockQ8_0],
+    a1: &[BlockQ8_0],
+) -> [f32; 4] {
     let mut sum = vdupq_n_f32(0.0);
     for (((r0, r1), c0), c1) in w0.iter().zip(w1).zip(a0).zip(a1) {
         // SAFETY: NEON + i8mm guaranteed by the caller; loads stay inside the blocks.
         let (lanes, scales) = unsafe {
             (
-                tile(vdupq_n_s32(0), load_q8(&r0.qs), load_q8(&r1.qs), load_q8(&c0.qs), load_q8(&c1.qs)),
-                outer([r0.d.to_f32(), r1.d.to_f32()], [c0.d.to_f32(), c1.d.to_f32()]),
+                tile(
+                    vdupq_n_s32(0),
+                    load_q8(&r0.qs),
+                    load_q8(&r1.qs),
+                    load_q8(&c0.qs),
+                    load_q8(&c1.qs),
+                ),
+                outer(
+                    [r0.d.to_f32(), r1.d.to_f32()],
+                    [c0.d.to_f32(), c1.d.to_f32()],
+                ),
             )
         };
         sum = vfmaq_f32(sum, vcvtq_f32_s32(lanes), scales);
@@ -276,26 +323,43 @@ mod tests {
         }
         for row in 0..2 {
             for col in 0..2 {
-                let want: i32 =
-                    -5 + (0..8).map(|k| i32::from(x[8 * row + k]) * i32::from(y[8 * col + k])).sum::<i32>();
+                let want: i32 = -5
+                    + (0..8)
+                        .map(|k| i32::from(x[8 * row + k]) * i32::from(y[8 * col + k]))
+                        .sum::<i32>();
                 assert_eq!(lanes[2 * row + col], want, "row {row} col {col}");
             }
         }
     }
 
     #[test]
-    fn block_pair_dots_match_reference() {
+    fn single_row_dots_match_reference() {
         if !i8mm() {
             return;
         }
         let mut r = rng(21);
         for n in BLOCK_COUNTS {
             let (w, a) = (q4_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
-            assert_close(&format!("q4_0 n={n}"), q4_0_q8_0(&w, &a), ref_q4_0_q8_0(&w, &a), BUDGET_LEGACY);
+            assert_close(
+                &format!("q4_0 n={n}"),
+                q4_0_q8_0(&w, &a),
+                ref_q4_0_q8_0(&w, &a),
+                BUDGET_LEGACY,
+            );
             let (w, a) = (q4_1_blocks(&mut r, n), q8_1_blocks(&mut r, n));
-            assert_close(&format!("q4_1 n={n}"), q4_1_q8_1(&w, &a), ref_q4_1_q8_1(&w, &a), BUDGET_LEGACY);
+            assert_close(
+                &format!("q4_1 n={n}"),
+                q4_1_q8_1(&w, &a),
+                ref_q4_1_q8_1(&w, &a),
+                BUDGET_LEGACY,
+            );
             let (w, a) = (q8_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
-            assert_close(&format!("q8_0 n={n}"), q8_0_q8_0(&w, &a), ref_q8_0_q8_0(&w, &a), BUDGET_LEGACY);
+            assert_close(
+                &format!("q8_0 n={n}"),
+                q8_0_q8_0(&w, &a),
+                ref_q8_0_q8_0(&w, &a),
+                BUDGET_LEGACY,
+            );
         }
     }
 
@@ -309,7 +373,12 @@ mod tests {
     ) {
         for (lane, value) in got.into_iter().enumerate() {
             let (row, col) = (lane / 2, lane % 2);
-            assert_close(&format!("{what} row {row} col {col}"), value, reference(w[row], a[col]), BUDGET_LEGACY);
+            assert_close(
+                &format!("{what} row {row} col {col}"),
+                value,
+                reference(w[row], a[col]),
+                BUDGET_LEGACY,
+            );
         }
     }
 
@@ -323,17 +392,35 @@ mod tests {
             let (w0, w1) = (q4_0_blocks(&mut r, n), q4_0_blocks(&mut r, n));
             let (a0, a1) = (q8_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
             let got = q4_0_q8_0_2x2(&w0, &w1, &a0, &a1);
-            check_2x2(&format!("q4_0 2x2 n={n}"), got, [&w0, &w1], [&a0, &a1], ref_q4_0_q8_0);
+            check_2x2(
+                &format!("q4_0 2x2 n={n}"),
+                got,
+                [&w0, &w1],
+                [&a0, &a1],
+                ref_q4_0_q8_0,
+            );
 
             let (w0, w1) = (q4_1_blocks(&mut r, n), q4_1_blocks(&mut r, n));
             let (a0, a1) = (q8_1_blocks(&mut r, n), q8_1_blocks(&mut r, n));
             let got = q4_1_q8_1_2x2(&w0, &w1, &a0, &a1);
-            check_2x2(&format!("q4_1 2x2 n={n}"), got, [&w0, &w1], [&a0, &a1], ref_q4_1_q8_1);
+            check_2x2(
+                &format!("q4_1 2x2 n={n}"),
+                got,
+                [&w0, &w1],
+                [&a0, &a1],
+                ref_q4_1_q8_1,
+            );
 
             let (w0, w1) = (q8_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
             let (a0, a1) = (q8_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
             let got = q8_0_q8_0_2x2(&w0, &w1, &a0, &a1);
-            check_2x2(&format!("q8_0 2x2 n={n}"), got, [&w0, &w1], [&a0, &a1], ref_q8_0_q8_0);
+            check_2x2(
+                &format!("q8_0 2x2 n={n}"),
+                got,
+                [&w0, &w1],
+                [&a0, &a1],
+                ref_q8_0_q8_0,
+            );
         }
     }
 
@@ -346,6 +433,12 @@ mod tests {
         let (w0, w1) = (q8_0_blocks(&mut r, 4), q8_0_blocks(&mut r, 3));
         let (a0, a1) = (q8_0_blocks(&mut r, 5), q8_0_blocks(&mut r, 4));
         let got = q8_0_q8_0_2x2(&w0, &w1, &a0, &a1);
-        check_2x2("q8_0 2x2 prefix", got, [&w0[..3], &w1[..3]], [&a0[..3], &a1[..3]], ref_q8_0_q8_0);
+        check_2x2(
+            "q8_0 2x2 prefix",
+            got,
+            [&w0[..3], &w1[..3]],
+            [&a0[..3], &a1[..3]],
+            ref_q8_0_q8_0,
+        );
     }
 }

@@ -1,15 +1,16 @@
 //! aarch64 (phone) kernels: three tiers, each a superset of the one before.
 //!
-//! * [`neon`]: baseline Advanced SIMD, present on every aarch64 core. Integer
-//!   dots widen with `smull` + `sadalp`; float dots use `fmla`.
-//! * [`dotprod`]: `sdot` (Armv8.2+, Cortex-A55/A76 and later) for the legacy
+//! * `neon`: baseline Advanced SIMD, present on every aarch64 core. Integer
+//!   dots widen with `smull` + `sadalp`; float dots and `axpy_f16` use `fmla`.
+//! * `dotprod`: `sdot` (Armv8.2+, Cortex-A55/A76 and later) for the legacy
 //!   and k-quant integer dots.
-//! * [`i8mm`]: `smmla` (Armv8.6+, Cortex-A510/A710/X2 and later), an 2x8·8x2
-//!   int8 tile product. The single-row table entries pair two consecutive
-//!   blocks in one tile (only the diagonal is kept); the full 2 rows x 2
-//!   columns products, where all four results are useful, are offered through
+//! * `i8mm`: `smmla` (Armv8.6+, Cortex-A510/A710/X2 and later), a 2x8·8x2
+//!   int8 tile product. The single-row table entries read each 16-byte half
+//!   of a weight block and of its activation block as 2x8 matrices and keep
+//!   the diagonal (same instruction count as `sdot`, no shuffles); the real gain, 2 rows x 2
+//!   columns with all four results useful, is offered through
 //!   [`dot2x2_table`] for a matmul that walks two weight rows and two
-//!   activation columns at once.
+//!   activation columns at once. K-quants use the dotprod kernels.
 //!
 //! The `sdot`/`smmla` intrinsics are still unstable in Rust, so those two
 //! instructions are emitted with `asm!` inside functions compiled with the
@@ -98,7 +99,11 @@ mod tests {
             return;
         };
         let expected: Vec<&str> = expected.split(',').map(str::trim).collect();
-        for (name, isa) in [("neon", Isa::Neon), ("dotprod", Isa::Dotprod), ("i8mm", Isa::I8mm)] {
+        for (name, isa) in [
+            ("neon", Isa::Neon),
+            ("dotprod", Isa::Dotprod),
+            ("i8mm", Isa::I8mm),
+        ] {
             assert_eq!(
                 supports(isa),
                 expected.contains(&name),

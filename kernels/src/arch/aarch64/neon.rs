@@ -180,7 +180,12 @@ unsafe fn f32_f32_kernel(w: &[f32], a: &[f32]) -> f32 {
     for (wc, ac) in w16.zip(a16) {
         for (k, lane) in acc.iter_mut().enumerate() {
             // SAFETY: both chunks hold 16 floats, so 4k..4k+4 is in bounds.
-            let (x, y) = unsafe { (vld1q_f32(wc.as_ptr().add(4 * k)), vld1q_f32(ac.as_ptr().add(4 * k))) };
+            let (x, y) = unsafe {
+                (
+                    vld1q_f32(wc.as_ptr().add(4 * k)),
+                    vld1q_f32(ac.as_ptr().add(4 * k)),
+                )
+            };
             *lane = vfmaq_f32(*lane, x, y);
         }
     }
@@ -273,7 +278,12 @@ unsafe fn bf16_f32_kernel(w: &[bf16], a: &[f32]) -> f32 {
             let p = wc.as_ptr().cast::<u16>();
             (vld1q_u16(p), vld1q_u16(p.add(8)))
         };
-        let xs = [vzip1q_u16(zero, h0), vzip2q_u16(zero, h0), vzip1q_u16(zero, h1), vzip2q_u16(zero, h1)];
+        let xs = [
+            vzip1q_u16(zero, h0),
+            vzip2q_u16(zero, h0),
+            vzip1q_u16(zero, h1),
+            vzip2q_u16(zero, h1),
+        ];
         for (k, (lane, x)) in acc.iter_mut().zip(xs).enumerate() {
             // SAFETY: the chunk holds 16 floats, so 4k..4k+4 is in bounds.
             let y = unsafe { vld1q_f32(ac.as_ptr().add(4 * k)) };
@@ -338,11 +348,26 @@ mod tests {
         let mut r = rng(1);
         for n in BLOCK_COUNTS {
             let (w, a) = (q4_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
-            assert_close("q4_0_q8_0", q4_0_q8_0(&w, &a), ref_q4_0_q8_0(&w, &a), BUDGET_LEGACY);
+            assert_close(
+                "q4_0_q8_0",
+                q4_0_q8_0(&w, &a),
+                ref_q4_0_q8_0(&w, &a),
+                BUDGET_LEGACY,
+            );
             let (w, a) = (q4_1_blocks(&mut r, n), q8_1_blocks(&mut r, n));
-            assert_close("q4_1_q8_1", q4_1_q8_1(&w, &a), ref_q4_1_q8_1(&w, &a), BUDGET_LEGACY);
+            assert_close(
+                "q4_1_q8_1",
+                q4_1_q8_1(&w, &a),
+                ref_q4_1_q8_1(&w, &a),
+                BUDGET_LEGACY,
+            );
             let (w, a) = (q8_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
-            assert_close("q8_0_q8_0", q8_0_q8_0(&w, &a), ref_q8_0_q8_0(&w, &a), BUDGET_LEGACY);
+            assert_close(
+                "q8_0_q8_0",
+                q8_0_q8_0(&w, &a),
+                ref_q8_0_q8_0(&w, &a),
+                BUDGET_LEGACY,
+            );
         }
     }
 
@@ -351,11 +376,29 @@ mod tests {
         if !neon() {
             return;
         }
-        let w = vec![BlockQ8_0 { d: f16::ONE, qs: [-127; QK] }; 5];
-        let a = vec![BlockQ8_0 { d: f16::ONE, qs: [-127; QK] }; 5];
+        let w = vec![
+            BlockQ8_0 {
+                d: f16::ONE,
+                qs: [-127; QK]
+            };
+            5
+        ];
+        let a = vec![
+            BlockQ8_0 {
+                d: f16::ONE,
+                qs: [-127; QK]
+            };
+            5
+        ];
         let want = 5.0 * 32.0 * 127.0 * 127.0;
         assert!((q8_0_q8_0(&w, &a) - want).abs() <= want * 1e-6);
-        let w4 = vec![BlockQ4_0 { d: f16::ONE, qs: [0x00; QK / 2] }; 5];
+        let w4 = vec![
+            BlockQ4_0 {
+                d: f16::ONE,
+                qs: [0x00; QK / 2]
+            };
+            5
+        ];
         assert!((q4_0_q8_0(&w4, &a) - 5.0 * 32.0 * 8.0 * 127.0).abs() <= 1.0);
     }
 
@@ -367,11 +410,26 @@ mod tests {
         let mut r = rng(2);
         for n in FLOAT_LENS {
             let (w, a) = (floats(&mut r, n), floats(&mut r, n));
-            assert_close("f32_f32", f32_f32(&w, &a), ref_f32_f32(&w, &a), BUDGET_FLOAT);
+            assert_close(
+                "f32_f32",
+                f32_f32(&w, &a),
+                ref_f32_f32(&w, &a),
+                BUDGET_FLOAT,
+            );
             let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
-            assert_close("f16_f32", f16_f32(&w16, &a), ref_f16_f32(&w16, &a), BUDGET_FLOAT);
+            assert_close(
+                "f16_f32",
+                f16_f32(&w16, &a),
+                ref_f16_f32(&w16, &a),
+                BUDGET_FLOAT,
+            );
             let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
-            assert_close("bf16_f32", bf16_f32(&wb, &a), ref_bf16_f32(&wb, &a), BUDGET_FLOAT);
+            assert_close(
+                "bf16_f32",
+                bf16_f32(&wb, &a),
+                ref_bf16_f32(&wb, &a),
+                BUDGET_FLOAT,
+            );
         }
     }
 
@@ -400,9 +458,19 @@ mod tests {
         }
         let mut r = rng(3);
         let (w, a) = (q8_0_blocks(&mut r, 5), q8_0_blocks(&mut r, 3));
-        assert_close("q8_0 prefix", q8_0_q8_0(&w, &a), ref_q8_0_q8_0(&w[..3], &a), BUDGET_LEGACY);
+        assert_close(
+            "q8_0 prefix",
+            q8_0_q8_0(&w, &a),
+            ref_q8_0_q8_0(&w[..3], &a),
+            BUDGET_LEGACY,
+        );
         let (w, a) = (floats(&mut r, 40), floats(&mut r, 37));
-        assert_close("f32 prefix", f32_f32(&w, &a), ref_f32_f32(&w[..37], &a), BUDGET_FLOAT);
+        assert_close(
+            "f32 prefix",
+            f32_f32(&w, &a),
+            ref_f32_f32(&w[..37], &a),
+            BUDGET_FLOAT,
+        );
     }
 
     #[test]
@@ -421,13 +489,24 @@ mod tests {
                 }
                 x[2 * QK - 1] = 127.0;
             }
-            let mut got = vec![BlockQ8_0 { d: f16::ZERO, qs: [0; QK] }; n];
+            let mut got = vec![
+                BlockQ8_0 {
+                    d: f16::ZERO,
+                    qs: [0; QK]
+                };
+                n
+            ];
             let mut want = got.clone();
             quantize_q8_0(&x, &mut got);
             ref_quantize_q8_0(&x, &mut want);
             let ds = |b: &[BlockQ8_0]| b.iter().map(|b| b.d).collect::<Vec<_>>();
             let qs = |b: &[BlockQ8_0]| b.iter().map(|b| b.qs).collect::<Vec<_>>();
-            assert_q8_blocks_close("quantize_q8_0", &x, (&ds(&got), &qs(&got)), (&ds(&want), &qs(&want)));
+            assert_q8_blocks_close(
+                "quantize_q8_0",
+                &x,
+                (&ds(&got), &qs(&got)),
+                (&ds(&want), &qs(&want)),
+            );
             assert_eq!(got[0].d.to_f32(), 0.0);
             assert!(got[0].qs.iter().all(|&q| q == 0));
             if n > 1 {
@@ -437,13 +516,25 @@ mod tests {
                 assert_eq!(got[1].qs[31], 127);
             }
 
-            let mut got1 = vec![BlockQ8_1 { d: f16::ZERO, s: f16::ZERO, qs: [0; QK] }; n];
+            let mut got1 = vec![
+                BlockQ8_1 {
+                    d: f16::ZERO,
+                    s: f16::ZERO,
+                    qs: [0; QK]
+                };
+                n
+            ];
             let mut want1 = got1.clone();
             quantize_q8_1(&x, &mut got1);
             ref_quantize_q8_1(&x, &mut want1);
             let ds = |b: &[BlockQ8_1]| b.iter().map(|b| b.d).collect::<Vec<_>>();
             let qs = |b: &[BlockQ8_1]| b.iter().map(|b| b.qs).collect::<Vec<_>>();
-            assert_q8_blocks_close("quantize_q8_1", &x, (&ds(&got1), &qs(&got1)), (&ds(&want1), &qs(&want1)));
+            assert_q8_blocks_close(
+                "quantize_q8_1",
+                &x,
+                (&ds(&got1), &qs(&got1)),
+                (&ds(&want1), &qs(&want1)),
+            );
             for (g, w) in got1.iter().zip(&want1) {
                 let (gs, ws) = (g.s.to_f32(), w.s.to_f32());
                 assert!((gs - ws).abs() <= ws.abs() * 2e-3 + 1e-4, "s {gs} vs {ws}");

@@ -34,7 +34,11 @@ pub const FLOAT_LENS: [usize; 8] = [1, 3, 4, 15, 16, 17, 64, 1000];
 
 fn scale(r: &mut StdRng) -> f16 {
     let magnitude: f32 = r.gen_range(1e-3..5e-2);
-    f16::from_f32(if r.gen_bool(0.1) { -magnitude } else { magnitude })
+    f16::from_f32(if r.gen_bool(0.1) {
+        -magnitude
+    } else {
+        magnitude
+    })
 }
 
 fn i8_code(r: &mut StdRng) -> i8 {
@@ -42,7 +46,12 @@ fn i8_code(r: &mut StdRng) -> i8 {
 }
 
 pub fn q4_0_blocks(r: &mut StdRng, n: usize) -> Vec<BlockQ4_0> {
-    (0..n).map(|_| BlockQ4_0 { d: scale(r), qs: std::array::from_fn(|_| r.gen()) }).collect()
+    (0..n)
+        .map(|_| BlockQ4_0 {
+            d: scale(r),
+            qs: std::array::from_fn(|_| r.gen()),
+        })
+        .collect()
 }
 
 pub fn q4_1_blocks(r: &mut StdRng, n: usize) -> Vec<BlockQ4_1> {
@@ -56,7 +65,12 @@ pub fn q4_1_blocks(r: &mut StdRng, n: usize) -> Vec<BlockQ4_1> {
 }
 
 pub fn q8_0_blocks(r: &mut StdRng, n: usize) -> Vec<BlockQ8_0> {
-    (0..n).map(|_| BlockQ8_0 { d: scale(r), qs: std::array::from_fn(|_| i8_code(r)) }).collect()
+    (0..n)
+        .map(|_| BlockQ8_0 {
+            d: scale(r),
+            qs: std::array::from_fn(|_| i8_code(r)),
+        })
+        .collect()
 }
 
 pub fn q8_1_blocks(r: &mut StdRng, n: usize) -> Vec<BlockQ8_1> {
@@ -65,7 +79,11 @@ pub fn q8_1_blocks(r: &mut StdRng, n: usize) -> Vec<BlockQ8_1> {
             let d = scale(r);
             let qs: [i8; QK] = std::array::from_fn(|_| i8_code(r));
             let sum: i32 = qs.iter().map(|&q| i32::from(q)).sum();
-            BlockQ8_1 { d, s: f16::from_f32(d.to_f32() * sum as f32), qs }
+            BlockQ8_1 {
+                d,
+                s: f16::from_f32(d.to_f32() * sum as f32),
+                qs,
+            }
         })
         .collect()
 }
@@ -108,8 +126,14 @@ pub fn q8k_blocks(r: &mut StdRng, n: usize) -> Vec<BlockQ8K> {
     (0..n)
         .map(|_| {
             let qs: [i8; QK_K] = std::array::from_fn(|_| i8_code(r));
-            let bsums = std::array::from_fn(|g| qs[16 * g..16 * g + 16].iter().map(|&q| i16::from(q)).sum());
-            BlockQ8K { d: r.gen_range(1e-3..5e-2), qs, bsums }
+            let bsums = std::array::from_fn(|g| {
+                qs[16 * g..16 * g + 16].iter().map(|&q| i16::from(q)).sum()
+            });
+            BlockQ8K {
+                d: r.gen_range(1e-3..5e-2),
+                qs,
+                bsums,
+            }
         })
         .collect()
 }
@@ -122,7 +146,11 @@ pub fn floats(r: &mut StdRng, n: usize) -> Vec<f32> {
 pub fn deq_q4_0(b: &BlockQ4_0) -> [f64; QK] {
     let d = f64::from(b.d.to_f32());
     std::array::from_fn(|j| {
-        let code = if j < 16 { b.qs[j] & 0xF } else { b.qs[j - 16] >> 4 };
+        let code = if j < 16 {
+            b.qs[j] & 0xF
+        } else {
+            b.qs[j - 16] >> 4
+        };
         d * (f64::from(code) - 8.0)
     })
 }
@@ -130,7 +158,11 @@ pub fn deq_q4_0(b: &BlockQ4_0) -> [f64; QK] {
 pub fn deq_q4_1(b: &BlockQ4_1) -> [f64; QK] {
     let (d, m) = (f64::from(b.d.to_f32()), f64::from(b.m.to_f32()));
     std::array::from_fn(|j| {
-        let code = if j < 16 { b.qs[j] & 0xF } else { b.qs[j - 16] >> 4 };
+        let code = if j < 16 {
+            b.qs[j] & 0xF
+        } else {
+            b.qs[j - 16] >> 4
+        };
         d * f64::from(code) + m
     })
 }
@@ -145,7 +177,10 @@ pub fn scale_min_k4(j: usize, q: &[u8; K_SCALE_SIZE]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -221,7 +256,11 @@ pub fn ref_q4_1_q8_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> (f64, f64) {
     let (mut dot, mut mag) = (0.0, 0.0);
     for (wb, ab) in w.iter().zip(a) {
         let (dw, da) = (f64::from(wb.d.to_f32()), f64::from(ab.d.to_f32()));
-        let codes = deq_q4_1(&BlockQ4_1 { d: f16::ONE, m: f16::ZERO, qs: wb.qs });
+        let codes = deq_q4_1(&BlockQ4_1 {
+            d: f16::ONE,
+            m: f16::ZERO,
+            qs: wb.qs,
+        });
         for (c, &q) in codes.iter().zip(ab.qs.iter()) {
             let p = dw * da * c * f64::from(q);
             dot += p;
@@ -299,7 +338,10 @@ fn q8_scale(xb: &[f32]) -> (f32, f32) {
 
 #[track_caller]
 pub fn assert_close(what: &str, got: f32, (want, magnitude): (f64, f64), budget: f64) {
-    assert!(magnitude > 0.0, "{what}: degenerate input (all products zero)");
+    assert!(
+        magnitude > 0.0,
+        "{what}: degenerate input (all products zero)"
+    );
     let err = (f64::from(got) - want).abs() / magnitude;
     assert!(
         err <= budget,
@@ -312,14 +354,28 @@ pub fn assert_close(what: &str, got: f32, (want, magnitude): (f64, f64), budget:
 /// and the block reconstructing its input within half a step (plus the f16
 /// rounding of `d`, which the codes do not see: up to 127·2⁻¹¹ of a step).
 #[track_caller]
-pub fn assert_q8_blocks_close(what: &str, x: &[f32], got: (&[f16], &[[i8; QK]]), want: (&[f16], &[[i8; QK]])) {
+pub fn assert_q8_blocks_close(
+    what: &str,
+    x: &[f32],
+    got: (&[f16], &[[i8; QK]]),
+    want: (&[f16], &[[i8; QK]]),
+) {
     for (i, xb) in x.chunks_exact(QK).enumerate() {
         let (dg, dw) = (got.0[i].to_f32(), want.0[i].to_f32());
-        assert!((dg - dw).abs() <= dw.abs() * 1e-3, "{what} block {i}: d {dg} vs {dw}");
+        assert!(
+            (dg - dw).abs() <= dw.abs() * 1e-3,
+            "{what} block {i}: d {dg} vs {dw}"
+        );
         for (j, (&qg, &qw)) in got.1[i].iter().zip(want.1[i].iter()).enumerate() {
-            assert!((i32::from(qg) - i32::from(qw)).abs() <= 1, "{what} block {i}[{j}]: {qg} vs {qw}");
+            assert!(
+                (i32::from(qg) - i32::from(qw)).abs() <= 1,
+                "{what} block {i}[{j}]: {qg} vs {qw}"
+            );
             let err = (dg * f32::from(qg) - xb[j]).abs();
-            assert!(err <= 0.57 * dg.abs() + 1e-6, "{what} block {i}[{j}]: reconstruction error {err}");
+            assert!(
+                err <= 0.57 * dg.abs() + 1e-6,
+                "{what} block {i}[{j}]: reconstruction error {err}"
+            );
         }
     }
 }
@@ -339,8 +395,18 @@ pub fn check_dot<W, A>(
     let (want, magnitude) = reference(w, a);
     let got = kernel(w, a);
     assert_close(what, got, (want, magnitude), budget);
-    assert_close(&format!("{what} (crate scalar reference)"), scalar(w, a), (want, magnitude), budget);
-    assert_close(&format!("{what} vs crate scalar"), got, (f64::from(scalar(w, a)), magnitude), 2.0 * budget);
+    assert_close(
+        &format!("{what} (crate scalar reference)"),
+        scalar(w, a),
+        (want, magnitude),
+        budget,
+    );
+    assert_close(
+        &format!("{what} vs crate scalar"),
+        got,
+        (f64::from(scalar(w, a)), magnitude),
+        2.0 * budget,
+    );
 }
 
 /// `y += alpha·x` against the same update in f64, from a random `y`.
@@ -354,8 +420,14 @@ pub fn check_axpy(what: &str, kernel: fn(f32, &[f16], &mut [f32]), x: &[f16], y0
     for (i, ((&g, &s), (&y, h))) in got.iter().zip(&scalar).zip(y0.iter().zip(x)).enumerate() {
         let want = f64::from(y) + f64::from(alpha) * h.to_f64();
         let tol = 1e-6 * (f64::from(y).abs() + (f64::from(alpha) * h.to_f64()).abs()) + 1e-30;
-        assert!((f64::from(g) - want).abs() <= tol, "{what}[{i}]: got {g}, want {want}");
-        assert!((f64::from(s) - want).abs() <= tol, "{what}[{i}]: crate scalar {s}, want {want}");
+        assert!(
+            (f64::from(g) - want).abs() <= tol,
+            "{what}[{i}]: got {g}, want {want}"
+        );
+        assert!(
+            (f64::from(s) - want).abs() <= tol,
+            "{what}[{i}]: crate scalar {s}, want {want}"
+        );
     }
 }
 
@@ -365,54 +437,163 @@ pub fn check_table(t: &VecDotTable, seed: u64) {
     let isa = t.isa;
     for n in BLOCK_COUNTS {
         let (w, a) = (q4_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
-        check_dot(&format!("{isa} q4_0_q8_0 n={n}"), t.q4_0_q8_0, SCALAR.q4_0_q8_0, &w, &a, ref_q4_0_q8_0, BUDGET_LEGACY);
+        check_dot(
+            &format!("{isa} q4_0_q8_0 n={n}"),
+            t.q4_0_q8_0,
+            SCALAR.q4_0_q8_0,
+            &w,
+            &a,
+            ref_q4_0_q8_0,
+            BUDGET_LEGACY,
+        );
         let (w, a) = (q4_1_blocks(&mut r, n), q8_1_blocks(&mut r, n));
-        check_dot(&format!("{isa} q4_1_q8_1 n={n}"), t.q4_1_q8_1, SCALAR.q4_1_q8_1, &w, &a, ref_q4_1_q8_1, BUDGET_LEGACY);
+        check_dot(
+            &format!("{isa} q4_1_q8_1 n={n}"),
+            t.q4_1_q8_1,
+            SCALAR.q4_1_q8_1,
+            &w,
+            &a,
+            ref_q4_1_q8_1,
+            BUDGET_LEGACY,
+        );
         let (w, a) = (q8_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
-        check_dot(&format!("{isa} q8_0_q8_0 n={n}"), t.q8_0_q8_0, SCALAR.q8_0_q8_0, &w, &a, ref_q8_0_q8_0, BUDGET_LEGACY);
+        check_dot(
+            &format!("{isa} q8_0_q8_0 n={n}"),
+            t.q8_0_q8_0,
+            SCALAR.q8_0_q8_0,
+            &w,
+            &a,
+            ref_q8_0_q8_0,
+            BUDGET_LEGACY,
+        );
         let a = q8k_blocks(&mut r, n);
         let w = q4k_blocks(&mut r, n);
-        check_dot(&format!("{isa} q4_k_q8_k n={n}"), t.q4_k_q8_k, SCALAR.q4_k_q8_k, &w, &a, ref_q4k_q8k, BUDGET_K);
+        check_dot(
+            &format!("{isa} q4_k_q8_k n={n}"),
+            t.q4_k_q8_k,
+            SCALAR.q4_k_q8_k,
+            &w,
+            &a,
+            ref_q4k_q8k,
+            BUDGET_K,
+        );
         let w = q5k_blocks(&mut r, n);
-        check_dot(&format!("{isa} q5_k_q8_k n={n}"), t.q5_k_q8_k, SCALAR.q5_k_q8_k, &w, &a, ref_q5k_q8k, BUDGET_K);
+        check_dot(
+            &format!("{isa} q5_k_q8_k n={n}"),
+            t.q5_k_q8_k,
+            SCALAR.q5_k_q8_k,
+            &w,
+            &a,
+            ref_q5k_q8k,
+            BUDGET_K,
+        );
         let w = q6k_blocks(&mut r, n);
-        check_dot(&format!("{isa} q6_k_q8_k n={n}"), t.q6_k_q8_k, SCALAR.q6_k_q8_k, &w, &a, ref_q6k_q8k, BUDGET_K);
+        check_dot(
+            &format!("{isa} q6_k_q8_k n={n}"),
+            t.q6_k_q8_k,
+            SCALAR.q6_k_q8_k,
+            &w,
+            &a,
+            ref_q6k_q8k,
+            BUDGET_K,
+        );
 
         let x = floats(&mut r, n * QK);
-        let mut got = vec![BlockQ8_0 { d: f16::ZERO, qs: [0; QK] }; n];
+        let mut got = vec![
+            BlockQ8_0 {
+                d: f16::ZERO,
+                qs: [0; QK]
+            };
+            n
+        ];
         let mut want = got.clone();
         (t.quantize_q8_0)(&x, &mut got);
         ref_quantize_q8_0(&x, &mut want);
         let mut scalar = want.clone();
         (SCALAR.quantize_q8_0)(&x, &mut scalar);
-        assert!(want.iter().zip(&scalar).all(|(p, q)| p.d == q.d && p.qs == q.qs), "quantize_q8_0: references disagree");
+        assert!(
+            want.iter()
+                .zip(&scalar)
+                .all(|(p, q)| p.d == q.d && p.qs == q.qs),
+            "quantize_q8_0: references disagree"
+        );
         let d = |b: &[BlockQ8_0]| b.iter().map(|b| b.d).collect::<Vec<_>>();
         let q = |b: &[BlockQ8_0]| b.iter().map(|b| b.qs).collect::<Vec<_>>();
-        assert_q8_blocks_close(&format!("{isa} quantize_q8_0 n={n}"), &x, (&d(&got), &q(&got)), (&d(&want), &q(&want)));
+        assert_q8_blocks_close(
+            &format!("{isa} quantize_q8_0 n={n}"),
+            &x,
+            (&d(&got), &q(&got)),
+            (&d(&want), &q(&want)),
+        );
 
-        let mut got = vec![BlockQ8_1 { d: f16::ZERO, s: f16::ZERO, qs: [0; QK] }; n];
+        let mut got = vec![
+            BlockQ8_1 {
+                d: f16::ZERO,
+                s: f16::ZERO,
+                qs: [0; QK]
+            };
+            n
+        ];
         let mut want = got.clone();
         (t.quantize_q8_1)(&x, &mut got);
         ref_quantize_q8_1(&x, &mut want);
         let mut scalar = want.clone();
         (SCALAR.quantize_q8_1)(&x, &mut scalar);
-        assert!(want.iter().zip(&scalar).all(|(p, q)| p.d == q.d && p.s == q.s && p.qs == q.qs), "quantize_q8_1: references disagree");
+        assert!(
+            want.iter()
+                .zip(&scalar)
+                .all(|(p, q)| p.d == q.d && p.s == q.s && p.qs == q.qs),
+            "quantize_q8_1: references disagree"
+        );
         let d = |b: &[BlockQ8_1]| b.iter().map(|b| b.d).collect::<Vec<_>>();
         let q = |b: &[BlockQ8_1]| b.iter().map(|b| b.qs).collect::<Vec<_>>();
-        assert_q8_blocks_close(&format!("{isa} quantize_q8_1 n={n}"), &x, (&d(&got), &q(&got)), (&d(&want), &q(&want)));
+        assert_q8_blocks_close(
+            &format!("{isa} quantize_q8_1 n={n}"),
+            &x,
+            (&d(&got), &q(&got)),
+            (&d(&want), &q(&want)),
+        );
         for (i, b) in got.iter().enumerate() {
             let sum: i32 = b.qs.iter().map(|&q| i32::from(q)).sum();
             let s = sum as f32 * b.d.to_f32();
-            assert!((b.s.to_f32() - s).abs() <= s.abs() * 1e-3 + 1e-6, "{isa} quantize_q8_1 block {i}: s {} vs {s}", b.s);
+            assert!(
+                (b.s.to_f32() - s).abs() <= s.abs() * 1e-3 + 1e-6,
+                "{isa} quantize_q8_1 block {i}: s {} vs {s}",
+                b.s
+            );
         }
     }
     for n in FLOAT_LENS {
         let (w, a) = (floats(&mut r, n), floats(&mut r, n));
-        check_dot(&format!("{isa} f32_f32 n={n}"), t.f32_f32, SCALAR.f32_f32, &w, &a, ref_f32_f32, BUDGET_FLOAT);
+        check_dot(
+            &format!("{isa} f32_f32 n={n}"),
+            t.f32_f32,
+            SCALAR.f32_f32,
+            &w,
+            &a,
+            ref_f32_f32,
+            BUDGET_FLOAT,
+        );
         let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
-        check_dot(&format!("{isa} f16_f32 n={n}"), t.f16_f32, SCALAR.f16_f32, &w16, &a, ref_f16_f32, BUDGET_FLOAT);
+        check_dot(
+            &format!("{isa} f16_f32 n={n}"),
+            t.f16_f32,
+            SCALAR.f16_f32,
+            &w16,
+            &a,
+            ref_f16_f32,
+            BUDGET_FLOAT,
+        );
         let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
-        check_dot(&format!("{isa} bf16_f32 n={n}"), t.bf16_f32, SCALAR.bf16_f32, &wb, &a, ref_bf16_f32, BUDGET_FLOAT);
+        check_dot(
+            &format!("{isa} bf16_f32 n={n}"),
+            t.bf16_f32,
+            SCALAR.bf16_f32,
+            &wb,
+            &a,
+            ref_bf16_f32,
+            BUDGET_FLOAT,
+        );
         check_axpy(&format!("{isa} axpy_f16 n={n}"), t.axpy_f16, &w16, &a);
     }
 }
