@@ -128,6 +128,32 @@ mod tests {
         assert_eq!(dot2x2_table().is_some(), supports(Isa::I8mm));
     }
 
+    /// Under `SOTTO_ISA=<tier>` (scripts/test-aarch64.sh) the process-wide
+    /// table must be exactly that tier, and its entries must match the
+    /// references: the forced path is the one the ops tests then run on.
+    #[test]
+    fn forced_path_is_the_process_table() {
+        let Ok(forced) = std::env::var("SOTTO_ISA") else {
+            return;
+        };
+        let Ok(isa) = Isa::parse(&forced) else {
+            return;
+        };
+        if !matches!(isa, Isa::Neon | Isa::Dotprod | Isa::I8mm) {
+            return;
+        }
+        match crate::dispatch::try_table() {
+            Ok(t) => {
+                assert_eq!(t.isa, isa, "SOTTO_ISA={forced}");
+                test_support::check_table(t, 0xF0_2CED);
+            }
+            Err(e) => assert!(
+                !supports(isa),
+                "SOTTO_ISA={forced} supported but refused: {e}"
+            ),
+        }
+    }
+
     /// Every entry of every tier's table against the reference, through the
     /// table itself, so a wrong wiring (say q4_0 pointing at the q8_0 kernel)
     /// fails even when each kernel is right.
