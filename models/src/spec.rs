@@ -26,15 +26,10 @@ pub enum Activation {
     GeluTanhGlu,
 }
 
-/// How rotary embedding pairs dimensions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RopeStyle {
-    /// ggml rope mode 0: rotate adjacent pairs `(x[2i], x[2i+1])`. Llama GGUFs
-    /// use this because llama.cpp's converter permutes Q/K rows to match it.
-    Interleaved,
-    /// ggml rope mode 2 (GPT-NeoX): rotate `(x[i], x[i + n_rot/2])`.
-    NeoX,
-}
+/// How rotary embedding pairs dimensions: `Interleaved` is ggml rope mode 0
+/// (llama GGUFs, whose Q/K rows llama.cpp's converter permuted to match),
+/// `NeoX` mode 2 (Gemma 3). The kernels' type, so backends pass it through.
+pub use sotto_kernels::ops::RopeStyle;
 
 /// Rotary frequency scaling for long contexts.
 #[derive(Debug, Clone, Copy, PartialEq)]

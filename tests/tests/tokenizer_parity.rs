@@ -275,3 +275,52 @@ fn every_token_piece_matches_llama_cpp() {
     }
     assert_eq!(h, LLAMA_CPP_DIGEST, "token pieces differ from llama.cpp's");
 }
+
+/// Dequantized weights equal gguf-py's `gguf.quants.dequantize` of the same
+/// tensors (sums and sample elements printed by the reference, f64 sums).
+#[test]
+fn weights_dequantize_like_gguf_py() {
+    let m = model();
+    let cases = [
+        (
+            &m.weights.layers[0].attn_q,
+            59.223_220_825_195_31,
+            63_395.398_727_416_99,
+            [-0.096_313_476_562_5, 0.121_093_75, -0.255_859_375],
+        ),
+        (
+            &m.weights.token_embd,
+            -15_353.044_494_152_07,
+            2_802_153.619_805_813,
+            [
+                -0.106_544_494_628_906_25,
+                0.031_005_859_375,
+                -0.041_702_270_507_812_5,
+            ],
+        ),
+    ];
+    for (w, sum, abs_sum, samples) in cases {
+        let x = w.to_f32().unwrap();
+        assert_eq!(x.len(), w.rows() * w.cols());
+        let s: f64 = x.iter().map(|&v| f64::from(v)).sum();
+        let a: f64 = x.iter().map(|&v| f64::from(v).abs()).sum();
+        assert!(
+            (s - sum).abs() < 1e-6 * abs_sum,
+            "{}: sum {s} vs {sum}",
+            w.name
+        );
+        assert!(
+            (a - abs_sum).abs() < 1e-6 * abs_sum,
+            "{}: |sum| {a} vs {abs_sum}",
+            w.name
+        );
+        for (i, expected) in [0, 12_345, x.len() - 1].into_iter().zip(samples) {
+            assert!(
+                (f64::from(x[i]) - expected).abs() < 1e-6,
+                "{}[{i}] = {} vs {expected}",
+                w.name,
+                x[i]
+            );
+        }
+    }
+}
