@@ -4,15 +4,22 @@
 //!
 //! CONTRACT: `VecDotTable` has one field per (weight, activation) pair; every
 //! field of the scalar table points at the reference in `quant/<type>.rs`;
-//! per-ISA tables start from the scalar one and override what they implement.
+//! per-ISA tables start from the scalar one and override what they implement
+//! (`VecDotTable { field: kernel, ..scalar }`), so adding a field never breaks
+//! an architecture's table.
 
 use crate::quant::blocks::*;
+use crate::quant::{float, q4_0, q4_1, q4_k, q5_k, q6_k, q8_0, q8_1, q8_k};
+use crate::{Error, Result};
 use half::{bf16, f16};
+use std::sync::OnceLock;
 
-/// Dot product of `w` and `a` (same element count).
+/// Dot product of `w` and `a` (same element count; kernels use the shorter).
 pub type VecDotFn<W, A> = fn(w: &[W], a: &[A]) -> f32;
 /// Quantize a row of f32 activations (len = blocks * block size) into blocks.
 pub type QuantizeFn<A> = fn(x: &[f32], out: &mut [A]);
+/// `y += alpha * x` over the shorter of the two.
+pub type AxpyFn<X> = fn(alpha: f32, x: &[X], y: &mut [f32]);
 
 #[derive(Clone, Copy, Debug)]
 pub struct VecDotTable {
@@ -29,6 +36,8 @@ pub struct VecDotTable {
     pub quantize_q8_0: QuantizeFn<BlockQ8_0>,
     pub quantize_q8_1: QuantizeFn<BlockQ8_1>,
     pub quantize_q8_k: QuantizeFn<BlockQ8K>,
+    /// Attention's value accumulation over the f16 KV cache.
+    pub axpy_f16: AxpyFn<f16>,
 }
 
 /// Instruction-set paths, from the portable reference up.
@@ -42,4 +51,132 @@ pub enum Isa {
     Neon,
     Dotprod,
     I8mm,
+}
+
+impl Isa {
+    pub const ALL: [Isa; 7] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Vnni, Isa::Neon, Isa::Dotprod, Isa::I8mm];
+
+    /// The `SOTTO_ISA` spelling (also used in bench names).
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+            Isa::Vnni => "vnni",
+            Isa::Neon => "neon",
+            Isa::Dotprod => "dotprod",
+            Isa::I8mm => "i8mm",
+        }
+    }
+
+    pub fn parse(s: &str) -> Result<Isa> {
+        let s = s.trim().to_ascii_lowercase();
+        Isa::ALL.into_iter().find(|i| i.name() == s).ok_or(Error::UnknownIsa { value: s })
+    }
+}
+
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The scalar references: correct everywhere, the baseline every SIMD table
+/// starts from and is tested against.
+pub const SCALAR: VecDotTable = VecDotTable {
+    isa: Isa::Scalar,
+    q4_0_q8_0: q4_0::vec_dot,
+    q4_1_q8_1: q4_1::vec_dot,
+    q8_0_q8_0: q8_0::vec_dot,
+    q4_k_q8_k: q4_k::vec_dot,
+    q5_k_q8_k: q5_k::vec_dot,
+    q6_k_q8_k: q6_k::vec_dot,
+    f16_f32: float::vec_dot_f16,
+    bf16_f32: float::vec_dot_bf16,
+    f32_f32: float::vec_dot_f32,
+    quantize_q8_0: q8_0::quantize_row,
+    quantize_q8_1: q8_1::quantize_row,
+    quantize_q8_k: q8_k::quantize_row,
+    axpy_f16: float::axpy_f16,
+};
+
+/// Builds the table of `isa` if this CPU can run it.
+fn build(isa: Isa) -> Option<VecDotTable> {
+    match isa {
+        Isa::Scalar => Some(SCALAR),
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 | Isa::Avx512 | Isa::Vnni => crate::arch::x86_64::table(isa, SCALAR),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon | Isa::Dotprod | Isa::I8mm => crate::arch::aarch64::table(isa, SCALAR),
+        #[allow(unreachable_patterns)]
+        _ => None,
+    }
+}
+
+/// Every path this CPU can run, best last.
+pub fn available_isas() -> Vec<Isa> {
+    Isa::ALL.into_iter().filter(|&i| table_for(i).is_ok()).collect()
+}
+
+/// The table of a specific path (tests and benches run every available one
+/// in one process). Built once per path.
+pub fn table_for(isa: Isa) -> Result<&'static VecDotTable> {
+    static TABLES: [OnceLock<Option<VecDotTable>>; 7] = [const { OnceLock::new() }; 7];
+    let idx = Isa::ALL.iter().position(|&i| i == isa).unwrap_or(0);
+    TABLES[idx].get_or_init(|| build(isa)).as_ref().ok_or(Error::IsaUnavailable { isa })
+}
+
+/// The best path of this CPU, or the one `SOTTO_ISA` names.
+fn select(forced: Option<&str>) -> Result<&'static VecDotTable> {
+    match forced {
+        Some(name) if !name.trim().is_empty() => table_for(Isa::parse(name)?),
+        _ => {
+            let best = Isa::ALL.into_iter().rev().find(|&i| table_for(i).is_ok()).unwrap_or(Isa::Scalar);
+            table_for(best)
+        }
+    }
+}
+
+/// The process-wide table, chosen once. An engine calls this at start-up so
+/// a bad `SOTTO_ISA` (unknown, or unavailable on this CPU) is reported
+/// instead of silently running another path. The ops call it too and
+/// propagate the same error.
+pub fn try_table() -> Result<&'static VecDotTable> {
+    static CHOSEN: OnceLock<Result<&'static VecDotTable>> = OnceLock::new();
+    CHOSEN.get_or_init(|| select(std::env::var("SOTTO_ISA").ok().as_deref())).clone()
+}
+
+/// Infallible access for diagnostics: the chosen table, or the scalar one
+/// when `SOTTO_ISA` is invalid (whose error [`try_table`] reports).
+pub fn table() -> &'static VecDotTable {
+    try_table().unwrap_or(&SCALAR)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scalar_is_always_available_and_tables_are_tagged() {
+        let isas = available_isas();
+        assert_eq!(isas[0], Isa::Scalar);
+        for isa in isas {
+            assert_eq!(table_for(isa).map(|t| t.isa), Ok(isa));
+        }
+        assert!(available_isas().contains(&try_table().map(|t| t.isa).unwrap_or(Isa::Scalar)));
+    }
+
+    #[test]
+    fn forcing_a_path() {
+        assert_eq!(select(Some("scalar")).map(|t| t.isa), Ok(Isa::Scalar));
+        assert_eq!(select(Some(" AVX2 ")).map(|t| t.isa).is_ok(), table_for(Isa::Avx2).is_ok());
+        assert!(matches!(select(Some("sse9")), Err(Error::UnknownIsa { .. })));
+        // Every CPU lacks either the x86 or the arm paths.
+        #[cfg(target_arch = "x86_64")]
+        assert_eq!(select(Some("neon")).map(|t| t.isa), Err(Error::IsaUnavailable { isa: Isa::Neon }));
+        #[cfg(target_arch = "aarch64")]
+        assert_eq!(select(Some("avx2")).map(|t| t.isa), Err(Error::IsaUnavailable { isa: Isa::Avx2 }));
+        let best = select(None).map(|t| t.isa);
+        assert_eq!(best, available_isas().last().copied().ok_or(Error::IsaUnavailable { isa: Isa::Scalar }));
+    }
 }

@@ -1,0 +1,14 @@
+//! Safe operators on top of the dispatch table. No `unsafe` here: every
+//! SIMD path is reached through [`crate::dispatch::VecDotTable`].
+
+mod activation;
+mod attention;
+mod matmul;
+mod norm;
+mod rope;
+
+pub use activation::{gelu_tanh_mul, silu_mul, softcap, softmax};
+pub use attention::{attention, attention_with, AttentionParams};
+pub use matmul::{matmul, matmul_with, QMatrix};
+pub use norm::{rms_norm, rms_norm_in_place};
+pub use rope::{RopeCache, RopeStyle};

@@ -1,0 +1,74 @@
+//! RMSNorm as ggml computes it: mean of squares (accumulated in f64), eps
+//! inside the square root, then the elementwise weight.
+
+use crate::{Error, Result};
+
+fn check(op: &'static str, len: usize, dim: usize) -> Result<()> {
+    if dim == 0 || len % dim != 0 {
+        return Err(Error::InvalidArgument { op, reason: format!("{len} values are not whole rows of {dim}") });
+    }
+    Ok(())
+}
+
+#[inline]
+fn inv_rms(x: &[f32], eps: f32) -> f32 {
+    let sum: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
+    let mean = (sum / x.len() as f64) as f32;
+    1.0 / (mean + eps).sqrt()
+}
+
+/// `out = x / rms(x) * weight` for each row of `weight.len()` elements.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<()> {
+    check("rms_norm", x.len(), weight.len())?;
+    if out.len() != x.len() {
+        return Err(Error::ShapeMismatch { op: "rms_norm", expected: x.len(), got: out.len() });
+    }
+    for (xr, or) in x.chunks_exact(weight.len()).zip(out.chunks_exact_mut(weight.len())) {
+        let s = inv_rms(xr, eps);
+        for ((o, &v), &w) in or.iter_mut().zip(xr).zip(weight) {
+            *o = v * s * w;
+        }
+    }
+    Ok(())
+}
+
+/// [`rms_norm`] writing back into `x`.
+pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) -> Result<()> {
+    check("rms_norm_in_place", x.len(), weight.len())?;
+    for xr in x.chunks_exact_mut(weight.len()) {
+        let s = inv_rms(xr, eps);
+        for (v, &w) in xr.iter_mut().zip(weight) {
+            *v = *v * s * w;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn matches_formula_per_row() {
+        let x = [3.0f32, 4.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0];
+        let w = [1.0f32, 2.0, 1.0, 1.0];
+        let mut out = [0f32; 8];
+        rms_norm(&x, &w, 1e-6, &mut out).unwrap();
+        // row 0: mean sq = 25/4, rms = 2.5
+        let r = (25.0f32 / 4.0 + 1e-6).sqrt();
+        assert!((out[0] - 3.0 / r).abs() < 1e-6);
+        assert!((out[1] - 8.0 / r).abs() < 1e-6);
+        assert!((out[4] - 1.0 / (1.0f32 + 1e-6).sqrt()).abs() < 1e-6);
+        let mut y = x;
+        rms_norm_in_place(&mut y, &w, 1e-6).unwrap();
+        assert_eq!(y, out);
+    }
+
+    #[test]
+    fn rejects_ragged_rows() {
+        let mut out = [0f32; 5];
+        assert!(rms_norm(&[1.0; 5], &[1.0; 4], 1e-5, &mut out).is_err());
+        assert!(rms_norm(&[1.0; 8], &[1.0; 4], 1e-5, &mut out).is_err());
+        assert!(rms_norm_in_place(&mut [1.0; 4], &[], 1e-5).is_err());
+    }
+}

@@ -1,0 +1,182 @@
+//! Rotary position embeddings with precomputed cos/sin, as ggml's rope for
+//! modes 0 (interleaved pairs) and 2 (NeoX halves), with linear position
+//! scaling and optional per-dimension frequency factors (Llama 3.1's
+//! `rope_freqs`).
+
+use crate::{Error, Result};
+
+/// Which elements of a head form a rotated pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// ggml mode 0: pairs `(x[2i], x[2i+1])`, used by llama GGUFs.
+    Interleaved,
+    /// ggml mode 2 (GPT-NeoX): pairs `(x[i], x[i + n_rot/2])`.
+    NeoX,
+}
+
+/// cos/sin of `theta_i(pos) = pos * freq_scale * base^(-2i/n_rot) / factor_i`
+/// for positions `0..max_pos` and pairs `0..n_rot/2`.
+#[derive(Clone, Debug)]
+pub struct RopeCache {
+    n_rot: usize,
+    max_pos: usize,
+    /// [max_pos, n_rot/2] interleaved (cos, sin)
+    cos_sin: Vec<(f32, f32)>,
+}
+
+impl RopeCache {
+    pub fn new(n_rot: usize, theta_base: f32, freq_scale: f32, max_pos: usize) -> Result<Self> {
+        Self::with_freq_factors(n_rot, theta_base, freq_scale, max_pos, None)
+    }
+
+    /// `factors` (n_rot/2 values) divide each pair's angle, as ggml's
+    /// `freq_factors` input does.
+    pub fn with_freq_factors(
+        n_rot: usize,
+        theta_base: f32,
+        freq_scale: f32,
+        max_pos: usize,
+        factors: Option<&[f32]>,
+    ) -> Result<Self> {
+        const OP: &str = "RopeCache::new";
+        if n_rot == 0 || n_rot % 2 != 0 {
+            return Err(Error::InvalidArgument { op: OP, reason: format!("n_rot {n_rot} must be even and > 0") });
+        }
+        if !(theta_base > 0.0) || !freq_scale.is_finite() {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                reason: format!("theta_base {theta_base} / freq_scale {freq_scale} out of range"),
+            });
+        }
+        let half = n_rot / 2;
+        if let Some(f) = factors {
+            if f.len() != half {
+                return Err(Error::ShapeMismatch { op: OP, expected: half, got: f.len() });
+            }
+        }
+        let len = max_pos.checked_mul(half).ok_or(Error::SizeOverflow { op: OP })?;
+        let mut cos_sin = Vec::with_capacity(len);
+        let inv_freq: Vec<f64> = (0..half)
+            .map(|i| {
+                let f = (theta_base as f64).powf(-2.0 * i as f64 / n_rot as f64);
+                f / factors.map_or(1.0, |fs| fs[i] as f64)
+            })
+            .collect();
+        for pos in 0..max_pos {
+            let p = pos as f64 * freq_scale as f64;
+            cos_sin.extend(inv_freq.iter().map(|f| {
+                let (s, c) = (p * f).sin_cos();
+                (c as f32, s as f32)
+            }));
+        }
+        Ok(Self { n_rot, max_pos, cos_sin })
+    }
+
+    pub fn n_rot(&self) -> usize {
+        self.n_rot
+    }
+
+    pub fn max_pos(&self) -> usize {
+        self.max_pos
+    }
+
+    /// Rotate the first `n_rot` dims of each of the `n_heads` heads of `x`
+    /// (`[n_heads, head_dim]`) for position `pos`.
+    pub fn apply(&self, x: &mut [f32], n_heads: usize, head_dim: usize, pos: usize, style: RopeStyle) -> Result<()> {
+        const OP: &str = "RopeCache::apply";
+        let expected = n_heads.checked_mul(head_dim).ok_or(Error::SizeOverflow { op: OP })?;
+        if x.len() != expected {
+            return Err(Error::ShapeMismatch { op: OP, expected, got: x.len() });
+        }
+        if self.n_rot > head_dim {
+            return Err(Error::InvalidArgument { op: OP, reason: format!("n_rot {} > head_dim {head_dim}", self.n_rot) });
+        }
+        if pos >= self.max_pos {
+            return Err(Error::InvalidArgument { op: OP, reason: format!("position {pos} >= cache size {}", self.max_pos) });
+        }
+        let half = self.n_rot / 2;
+        let cs = &self.cos_sin[pos * half..(pos + 1) * half];
+        for head in x.chunks_exact_mut(head_dim) {
+            for (i, &(c, s)) in cs.iter().enumerate() {
+                let (a, b) = match style {
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                    RopeStyle::NeoX => (i, i + half),
+                };
+                let (x0, x1) = (head[a], head[b]);
+                head[a] = x0 * c - x1 * s;
+                head[b] = x0 * s + x1 * c;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::test_data::random_row;
+
+    fn direct(x: &[f32], head_dim: usize, n_rot: usize, base: f32, scale: f32, pos: usize, style: RopeStyle) -> Vec<f32> {
+        let mut y = x.to_vec();
+        for (h, yh) in y.chunks_exact_mut(head_dim).enumerate() {
+            let xh = &x[h * head_dim..(h + 1) * head_dim];
+            for i in 0..n_rot / 2 {
+                let theta = pos as f64 * scale as f64 * (base as f64).powf(-((2 * i) as f64) / n_rot as f64);
+                let (a, b) = match style {
+                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                    RopeStyle::NeoX => (i, i + n_rot / 2),
+                };
+                let (x0, x1) = (xh[a] as f64, xh[b] as f64);
+                yh[a] = (x0 * theta.cos() - x1 * theta.sin()) as f32;
+                yh[b] = (x0 * theta.sin() + x1 * theta.cos()) as f32;
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn matches_direct_formula_and_preserves_norms() {
+        for style in [RopeStyle::Interleaved, RopeStyle::NeoX] {
+            for (n_rot, scale) in [(64, 1.0), (32, 0.25)] {
+                let cache = RopeCache::new(n_rot, 10000.0, scale, 300).unwrap();
+                for pos in [0, 1, 17, 299] {
+                    let x = random_row(3 * 64, pos as u64);
+                    let mut y = x.clone();
+                    cache.apply(&mut y, 3, 64, pos, style).unwrap();
+                    let want = direct(&x, 64, n_rot, 10000.0, scale, pos, style);
+                    for (a, b) in y.iter().zip(&want) {
+                        assert!((a - b).abs() < 1e-4, "{style:?} pos {pos}: {a} vs {b}");
+                    }
+                    for (xh, yh) in x.chunks(64).zip(y.chunks(64)) {
+                        let n0: f32 = xh.iter().map(|v| v * v).sum();
+                        let n1: f32 = yh.iter().map(|v| v * v).sum();
+                        assert!((n0 - n1).abs() < 1e-3 * n0);
+                        // dims past n_rot are untouched
+                        assert_eq!(xh[n_rot..], yh[n_rot..]);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn freq_factors_divide_angles() {
+        let f = [1.0f32, 2.0, 4.0, 8.0];
+        let c = RopeCache::with_freq_factors(8, 100.0, 1.0, 10, Some(&f)).unwrap();
+        let mut x = vec![1.0f32, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0];
+        c.apply(&mut x, 1, 8, 3, RopeStyle::Interleaved).unwrap();
+        let theta = 3.0 * 100f64.powf(-2.0 / 8.0) / 2.0;
+        assert!((x[2] as f64 - theta.cos()).abs() < 1e-6);
+        assert!((x[3] as f64 - theta.sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rejects_bad_arguments() {
+        assert!(RopeCache::new(7, 10000.0, 1.0, 4).is_err());
+        assert!(RopeCache::with_freq_factors(8, 1e4, 1.0, 4, Some(&[1.0; 3])).is_err());
+        let c = RopeCache::new(8, 10000.0, 1.0, 4).unwrap();
+        assert!(c.apply(&mut [0.0; 16], 2, 8, 4, RopeStyle::NeoX).is_err());
+        assert!(c.apply(&mut [0.0; 15], 2, 8, 0, RopeStyle::NeoX).is_err());
+        assert!(c.apply(&mut [0.0; 12], 2, 6, 0, RopeStyle::NeoX).is_err());
+    }
+}

@@ -1,0 +1,66 @@
+//! F32, F16 and BF16 weights: one element per "block"; dots take f32
+//! activations.
+
+use half::{bf16, f16};
+
+pub fn quantize_row_f32(x: &[f32], out: &mut [f32]) {
+    out.copy_from_slice(x);
+}
+pub fn quantize_row_f16(x: &[f32], out: &mut [f16]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = f16::from_f32(v);
+    }
+}
+pub fn quantize_row_bf16(x: &[f32], out: &mut [bf16]) {
+    for (o, &v) in out.iter_mut().zip(x) {
+        *o = bf16::from_f32(v);
+    }
+}
+pub fn dequantize_row_f32(x: &[f32], out: &mut [f32]) {
+    out.copy_from_slice(x);
+}
+pub fn dequantize_row_f16(x: &[f16], out: &mut [f32]) {
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = v.to_f32();
+    }
+}
+pub fn dequantize_row_bf16(x: &[bf16], out: &mut [f32]) {
+    for (o, v) in out.iter_mut().zip(x) {
+        *o = v.to_f32();
+    }
+}
+
+/// Dots accumulate in f64 here: the reference must be the accurate side of
+/// every comparison with the SIMD kernels.
+pub fn vec_dot_f32(w: &[f32], a: &[f32]) -> f32 {
+    w.iter().zip(a).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>() as f32
+}
+pub fn vec_dot_f16(w: &[f16], a: &[f32]) -> f32 {
+    w.iter().zip(a).map(|(x, &y)| x.to_f64() * y as f64).sum::<f64>() as f32
+}
+pub fn vec_dot_bf16(w: &[bf16], a: &[f32]) -> f32 {
+    w.iter().zip(a).map(|(x, &y)| x.to_f64() * y as f64).sum::<f64>() as f32
+}
+/// `y += alpha * x` with f16 `x` (the V side of attention).
+pub fn axpy_f16(alpha: f32, x: &[f16], y: &mut [f32]) {
+    for (o, v) in y.iter_mut().zip(x) {
+        *o += alpha * v.to_f32();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_answer() {
+        let w = [f16::from_f32(1.5), f16::from_f32(-2.0), f16::from_f32(0.25)];
+        assert_eq!(vec_dot_f16(&w, &[2.0, 1.0, 4.0]), 2.0);
+        let wb = [bf16::from_f32(1.5), bf16::from_f32(-2.0)];
+        assert_eq!(vec_dot_bf16(&wb, &[2.0, 1.0]), 1.0);
+        assert_eq!(vec_dot_f32(&[1.0, 2.0], &[3.0, 4.0]), 11.0);
+        let mut y = [1.0f32, 1.0, 1.0];
+        axpy_f16(2.0, &w, &mut y);
+        assert_eq!(y, [4.0, -3.0, 1.5]);
+    }
+}

@@ -1,0 +1,188 @@
+//! Q4_K: 256 weights per super-block, 8 sub-blocks of 32 with 6-bit scales
+//! and mins packed in 12 bytes; `w = d * sc_j * q - dmin * m_j`. Pairs with
+//! Q8_K activations.
+
+use super::blocks::{BlockQ4K, BlockQ8K, K_SCALE_SIZE, QK_K};
+use super::nearest_int;
+use half::f16;
+
+/// ggml `get_scale_min_k4`: the 6-bit (scale, min) of sub-block `j` (0..8).
+/// Sub-blocks 0..4 keep theirs in the low 6 bits of bytes `j` and `j + 4`;
+/// sub-blocks 4..8 split theirs into a nibble in byte `j + 4` and the top two
+/// bits of bytes `j - 4` and `j`.
+#[inline]
+pub fn scale_min_k4(j: usize, q: &[u8; K_SCALE_SIZE]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
+/// Inverse of [`scale_min_k4`] for eight 6-bit pairs.
+pub fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; K_SCALE_SIZE] {
+    let mut q = [0u8; K_SCALE_SIZE];
+    for j in 0..8 {
+        let (s, m) = (ls[j] & 63, lm[j] & 63);
+        if j < 4 {
+            q[j] |= s;
+            q[j + 4] |= m;
+        } else {
+            q[j + 4] = (s & 0xF) | ((m & 0xF) << 4);
+            q[j - 4] |= (s >> 4) << 6;
+            q[j] |= (m >> 4) << 6;
+        }
+    }
+    q
+}
+
+/// Per sub-block (scale, -min) for `nmax` levels, then both quantized to 6
+/// bits against the super-block maxima. Returns (d, dmin, ls, lm).
+/// Simpler than ggml's iterative `make_qkx2_quants` search (weights normally
+/// arrive already quantized), but it produces valid blocks with a bounded
+/// error, which is what the tests and the converter need.
+pub(crate) fn sub_scales_mins(x: &[f32], nmax: f32) -> (f16, f16, [u8; 8], [u8; 8]) {
+    let mut scales = [0f32; 8];
+    let mut mins = [0f32; 8];
+    for (j, xs) in x.chunks_exact(32).enumerate() {
+        let mn = xs.iter().copied().fold(0f32, f32::min);
+        let mx = xs.iter().copied().fold(f32::MIN, f32::max);
+        scales[j] = (mx - mn) / nmax;
+        mins[j] = -mn;
+    }
+    let max_scale = scales.iter().copied().fold(0f32, f32::max);
+    let max_min = mins.iter().copied().fold(0f32, f32::max);
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
+    let mut ls = [0u8; 8];
+    let mut lm = [0u8; 8];
+    for j in 0..8 {
+        // Round scales up so the top level still reaches the sub-block max.
+        ls[j] = ((inv_scale * scales[j]).ceil() as i32).clamp(0, 63) as u8;
+        lm[j] = nearest_int(inv_min * mins[j]).clamp(0, 63) as u8;
+    }
+    (f16::from_f32(max_scale / 63.0), f16::from_f32(max_min / 63.0), ls, lm)
+}
+
+/// Codes of sub-block `xs` against the dequantized (scale, min).
+pub(crate) fn sub_codes(xs: &[f32], d: f32, dm: f32, nmax: i32, out: &mut [u8]) {
+    for (o, &v) in out.iter_mut().zip(xs) {
+        *o = if d > 0.0 { nearest_int((v + dm) / d).clamp(0, nmax) as u8 } else { 0 };
+    }
+}
+
+pub fn quantize_row(x: &[f32], out: &mut [BlockQ4K]) {
+    for (xb, b) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
+        let (d, dmin, ls, lm) = sub_scales_mins(xb, 15.0);
+        b.d = d;
+        b.dmin = dmin;
+        b.scales = pack_scale_min_k4(&ls, &lm);
+        let mut codes = [0u8; QK_K];
+        for j in 0..8 {
+            let dj = d.to_f32() * ls[j] as f32;
+            let mj = dmin.to_f32() * lm[j] as f32;
+            sub_codes(&xb[32 * j..32 * j + 32], dj, mj, 15, &mut codes[32 * j..32 * j + 32]);
+        }
+        for c in 0..4 {
+            for l in 0..32 {
+                b.qs[32 * c + l] = codes[64 * c + l] | (codes[64 * c + 32 + l] << 4);
+            }
+        }
+    }
+}
+
+pub fn dequantize_row(blocks: &[BlockQ4K], y: &mut [f32]) {
+    for (b, yb) in blocks.iter().zip(y.chunks_exact_mut(QK_K)) {
+        let d = b.d.to_f32();
+        let min = b.dmin.to_f32();
+        for c in 0..4 {
+            let (sc1, m1) = scale_min_k4(2 * c, &b.scales);
+            let (sc2, m2) = scale_min_k4(2 * c + 1, &b.scales);
+            let (d1, m1) = (d * sc1 as f32, min * m1 as f32);
+            let (d2, m2) = (d * sc2 as f32, min * m2 as f32);
+            let q = &b.qs[32 * c..32 * c + 32];
+            for l in 0..32 {
+                yb[64 * c + l] = d1 * (q[l] & 0xF) as f32 - m1;
+                yb[64 * c + 32 + l] = d2 * (q[l] >> 4) as f32 - m2;
+            }
+        }
+    }
+}
+
+pub fn vec_dot(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
+    let mut sum = 0f32;
+    for (x, y) in w.iter().zip(a) {
+        let mut sumi = 0i32;
+        let mut summs = 0i32;
+        for j in 0..8 {
+            let (sc, m) = scale_min_k4(j, &x.scales);
+            summs += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+            let q = &x.qs[32 * (j / 2)..32 * (j / 2) + 32];
+            let shift = 4 * (j % 2);
+            let isum: i32 = (0..32).map(|l| ((q[l] >> shift) & 0xF) as i32 * y.qs[32 * j + l] as i32).sum();
+            sumi += sc as i32 * isum;
+        }
+        sum += y.d * x.d.to_f32() * sumi as f32 - y.d * x.dmin.to_f32() * summs as f32;
+    }
+    sum
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vec_dot_equals_dot_of_dequantized() {
+        use crate::quant::test_data::random_row;
+        for seed in 0..20 {
+            let w = random_row(512, seed);
+            let x = random_row(512, seed + 1000);
+            let mut wb = [bytemuck::Zeroable::zeroed(); 2];
+            quantize_row(&w, &mut wb);
+            let mut ab = [bytemuck::Zeroable::zeroed(); 2];
+            crate::quant::q8_k::quantize_row(&x, &mut ab);
+            let (mut wf, mut xf) = (vec![0f32; 512], vec![0f32; 512]);
+            dequantize_row(&wb, &mut wf);
+            crate::quant::q8_k::dequantize_row(&ab, &mut xf);
+            let want: f32 = wf.iter().zip(&xf).map(|(a, b)| a * b).sum();
+            let got = vec_dot(&wb, &ab);
+            assert!((got - want).abs() < 1e-3 * want.abs().max(1.0), "seed {seed}: {got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn scale_packing_round_trips() {
+        let ls = [1, 63, 17, 32, 48, 5, 60, 33];
+        let lm = [62, 0, 9, 40, 31, 63, 16, 7];
+        let q = pack_scale_min_k4(&ls, &lm);
+        for j in 0..8 {
+            assert_eq!(scale_min_k4(j, &q), (ls[j], lm[j]), "sub-block {j}");
+        }
+    }
+
+    /// One block from the formula: sub-block j has scale j+1, min 2j, d = 1,
+    /// dmin = 0.5, every code = 3.
+    #[test]
+    fn known_answer() {
+        let ls = [1, 2, 3, 4, 5, 6, 7, 8];
+        let lm = [0, 2, 4, 6, 8, 10, 12, 14];
+        let b = BlockQ4K {
+            d: f16::from_f32(1.0),
+            dmin: f16::from_f32(0.5),
+            scales: pack_scale_min_k4(&ls, &lm),
+            qs: [0x33; 128],
+        };
+        let mut y = [0f32; 256];
+        dequantize_row(&[b], &mut y);
+        for j in 0..8 {
+            let expect = (j + 1) as f32 * 3.0 - 0.5 * (2 * j) as f32;
+            assert!(y[32 * j..32 * j + 32].iter().all(|&v| v == expect), "sub-block {j}");
+        }
+        let mut a: BlockQ8K = bytemuck::Zeroable::zeroed();
+        a.d = 0.5;
+        a.qs = [2; 256];
+        a.bsums = [32; 16];
+        let expect: f32 = y.iter().map(|v| v * 1.0).sum();
+        assert!((vec_dot(&[b], &[a]) - expect).abs() < 1e-3);
+    }
+}
