@@ -324,3 +324,53 @@ fn weights_dequantize_like_gguf_py() {
         }
     }
 }
+
+#[derive(Debug, Deserialize)]
+struct ChatReference {
+    eog_ids: Vec<u32>,
+    add_bos: bool,
+    conversations: Vec<ChatConversation>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatConversation {
+    name: String,
+    messages: Vec<ChatTurn>,
+    prompt_text: String,
+    prompt_ids: Vec<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ChatTurn {
+    role: String,
+    content: String,
+}
+
+/// The model's template renders each reference conversation exactly as
+/// llama-cpp-python did, and the prompt tokenizes to the same ids
+/// (tests/data/llama_cpp/chat.json).
+#[test]
+fn chat_prompts_match_llama_cpp() {
+    let reference: ChatReference = read_json("llama_cpp/chat.json");
+    assert!(!reference.conversations.is_empty());
+    let m = model();
+    assert_eq!(m.tokenizer.add_bos(), reference.add_bos);
+    let mut eog = reference.eog_ids.clone();
+    eog.sort_unstable();
+    assert_eq!(m.tokenizer.end_of_generation_ids(), eog);
+    for conv in &reference.conversations {
+        let messages: Vec<ChatMessage> = conv
+            .messages
+            .iter()
+            .map(|t| ChatMessage::new(t.role.as_str(), t.content.as_str()))
+            .collect();
+        let prompt = m.template.render(&messages, true).unwrap();
+        assert_eq!(prompt, conv.prompt_text, "{}", conv.name);
+        let mut ids = Vec::new();
+        if m.tokenizer.add_bos() {
+            ids.extend(m.tokenizer.bos_id());
+        }
+        ids.extend(m.tokenizer.encode(&prompt, true).unwrap());
+        assert_eq!(ids, conv.prompt_ids, "{}", conv.name);
+    }
+}
