@@ -6,7 +6,7 @@
 //! 6- or 8-bit sub-block scales with `mla` by scalar, so the horizontal sum
 //! happens once per 256 weights.
 
-use super::neon::{load_q8, unpack_q4};
+use super::neon::{f16_to_f32, load_q8, unpack_q4};
 use crate::dispatch::VecDotTable;
 use crate::quant::blocks::{
     BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
@@ -100,7 +100,11 @@ pub(super) unsafe fn q4_0_q8_0_kernel(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
     for (wb, ab) in w.iter().zip(a) {
         // SAFETY: the caller guarantees NEON + dotprod; loads stay inside the blocks.
         let lanes = unsafe { dot32(unpack_q4(&wb.qs, 8), load_q8(&ab.qs)) };
-        sum = vfmaq_n_f32(sum, vcvtq_f32_s32(lanes), wb.d.to_f32() * ab.d.to_f32());
+        sum = vfmaq_n_f32(
+            sum,
+            vcvtq_f32_s32(lanes),
+            f16_to_f32(wb.d) * f16_to_f32(ab.d),
+        );
     }
     vaddvq_f32(sum)
 }
@@ -112,8 +116,12 @@ pub(super) unsafe fn q4_1_q8_1_kernel(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
     for (wb, ab) in w.iter().zip(a) {
         // SAFETY: the caller guarantees NEON + dotprod; loads stay inside the blocks.
         let lanes = unsafe { dot32(unpack_q4(&wb.qs, 0), load_q8(&ab.qs)) };
-        sum = vfmaq_n_f32(sum, vcvtq_f32_s32(lanes), wb.d.to_f32() * ab.d.to_f32());
-        min_terms += wb.m.to_f32() * ab.s.to_f32();
+        sum = vfmaq_n_f32(
+            sum,
+            vcvtq_f32_s32(lanes),
+            f16_to_f32(wb.d) * f16_to_f32(ab.d),
+        );
+        min_terms += f16_to_f32(wb.m) * f16_to_f32(ab.s);
     }
     vaddvq_f32(sum) + min_terms
 }
@@ -124,7 +132,11 @@ pub(super) unsafe fn q8_0_q8_0_kernel(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
     for (wb, ab) in w.iter().zip(a) {
         // SAFETY: the caller guarantees NEON + dotprod; loads stay inside the blocks.
         let lanes = unsafe { dot32(load_q8(&wb.qs), load_q8(&ab.qs)) };
-        sum = vfmaq_n_f32(sum, vcvtq_f32_s32(lanes), wb.d.to_f32() * ab.d.to_f32());
+        sum = vfmaq_n_f32(
+            sum,
+            vcvtq_f32_s32(lanes),
+            f16_to_f32(wb.d) * f16_to_f32(ab.d),
+        );
     }
     vaddvq_f32(sum)
 }
@@ -222,8 +234,8 @@ unsafe fn q4_k_q8_k_kernel(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
             acc = vmlaq_n_s32(acc, p_low, i32::from(scales[2 * chunk]));
             acc = vmlaq_n_s32(acc, p_high, i32::from(scales[2 * chunk + 1]));
         }
-        let d = ab.d * wb.d.to_f32();
-        let dmin = ab.d * wb.dmin.to_f32();
+        let d = ab.d * f16_to_f32(wb.d);
+        let dmin = ab.d * f16_to_f32(wb.dmin);
         sum += d * vaddvq_s32(acc) as f32 - dmin * min_sum as f32;
     }
     sum
@@ -284,8 +296,8 @@ unsafe fn q5_k_q8_k_kernel(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
             acc = vmlaq_n_s32(acc, p_low, i32::from(scales[2 * chunk]));
             acc = vmlaq_n_s32(acc, p_high, i32::from(scales[2 * chunk + 1]));
         }
-        let d = ab.d * wb.d.to_f32();
-        let dmin = ab.d * wb.dmin.to_f32();
+        let d = ab.d * f16_to_f32(wb.d);
+        let dmin = ab.d * f16_to_f32(wb.dmin);
         sum += d * vaddvq_s32(acc) as f32 - dmin * min_sum as f32;
     }
     sum
@@ -350,7 +362,7 @@ unsafe fn q6_k_q8_k_kernel(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
                 acc = vmlaq_n_s32(acc, p, i32::from(wb.scales[8 * half + k]));
             }
         }
-        sum += ab.d * wb.d.to_f32() * vaddvq_s32(acc) as f32;
+        sum += ab.d * f16_to_f32(wb.d) * vaddvq_s32(acc) as f32;
     }
     sum
 }

@@ -18,7 +18,7 @@
 //!   so these are not faster than dotprod for a single row; they make a forced
 //!   `SOTTO_ISA=i8mm` path run `smmla` end to end.
 
-use super::neon::{load_q8, unpack_q4};
+use super::neon::{f16_to_f32, load_q8, unpack_q4};
 use crate::dispatch::VecDotTable;
 use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 use std::arch::aarch64::*;
@@ -169,7 +169,11 @@ unsafe fn q4_0_q8_0_kernel(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
     for (wb, ab) in w.iter().zip(a) {
         // SAFETY: NEON + i8mm guaranteed by the caller; loads stay inside the blocks.
         let lanes = unsafe { diagonal_dot32(unpack_q4(&wb.qs, 8), load_q8(&ab.qs)) };
-        sum = vfmaq_n_f32(sum, vcvtq_f32_s32(lanes), wb.d.to_f32() * ab.d.to_f32());
+        sum = vfmaq_n_f32(
+            sum,
+            vcvtq_f32_s32(lanes),
+            f16_to_f32(wb.d) * f16_to_f32(ab.d),
+        );
     }
     // SAFETY: NEON guaranteed by the caller.
     unsafe { diagonal_sum(sum) }
@@ -182,8 +186,12 @@ unsafe fn q4_1_q8_1_kernel(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
     for (wb, ab) in w.iter().zip(a) {
         // SAFETY: NEON + i8mm guaranteed by the caller; loads stay inside the blocks.
         let lanes = unsafe { diagonal_dot32(unpack_q4(&wb.qs, 0), load_q8(&ab.qs)) };
-        sum = vfmaq_n_f32(sum, vcvtq_f32_s32(lanes), wb.d.to_f32() * ab.d.to_f32());
-        min_terms += wb.m.to_f32() * ab.s.to_f32();
+        sum = vfmaq_n_f32(
+            sum,
+            vcvtq_f32_s32(lanes),
+            f16_to_f32(wb.d) * f16_to_f32(ab.d),
+        );
+        min_terms += f16_to_f32(wb.m) * f16_to_f32(ab.s);
     }
     // SAFETY: NEON guaranteed by the caller.
     unsafe { diagonal_sum(sum) + min_terms }
@@ -195,7 +203,11 @@ unsafe fn q8_0_q8_0_kernel(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
     for (wb, ab) in w.iter().zip(a) {
         // SAFETY: NEON + i8mm guaranteed by the caller; loads stay inside the blocks.
         let lanes = unsafe { diagonal_dot32(load_q8(&wb.qs), load_q8(&ab.qs)) };
-        sum = vfmaq_n_f32(sum, vcvtq_f32_s32(lanes), wb.d.to_f32() * ab.d.to_f32());
+        sum = vfmaq_n_f32(
+            sum,
+            vcvtq_f32_s32(lanes),
+            f16_to_f32(wb.d) * f16_to_f32(ab.d),
+        );
     }
     // SAFETY: NEON guaranteed by the caller.
     unsafe { diagonal_sum(sum) }
@@ -221,8 +233,8 @@ unsafe fn q4_0_q8_0_2x2_kernel(
                     load_q8(&c1.qs),
                 ),
                 outer(
-                    [r0.d.to_f32(), r1.d.to_f32()],
-                    [c0.d.to_f32(), c1.d.to_f32()],
+                    [f16_to_f32(r0.d), f16_to_f32(r1.d)],
+                    [f16_to_f32(c0.d), f16_to_f32(c1.d)],
                 ),
             )
         };
@@ -252,12 +264,12 @@ unsafe fn q4_1_q8_1_2x2_kernel(
                     load_q8(&c1.qs),
                 ),
                 outer(
-                    [r0.d.to_f32(), r1.d.to_f32()],
-                    [c0.d.to_f32(), c1.d.to_f32()],
+                    [f16_to_f32(r0.d), f16_to_f32(r1.d)],
+                    [f16_to_f32(c0.d), f16_to_f32(c1.d)],
                 ),
                 outer(
-                    [r0.m.to_f32(), r1.m.to_f32()],
-                    [c0.s.to_f32(), c1.s.to_f32()],
+                    [f16_to_f32(r0.m), f16_to_f32(r1.m)],
+                    [f16_to_f32(c0.s), f16_to_f32(c1.s)],
                 ),
             )
         };
@@ -287,8 +299,8 @@ unsafe fn q8_0_q8_0_2x2_kernel(
                     load_q8(&c1.qs),
                 ),
                 outer(
-                    [r0.d.to_f32(), r1.d.to_f32()],
-                    [c0.d.to_f32(), c1.d.to_f32()],
+                    [f16_to_f32(r0.d), f16_to_f32(r1.d)],
+                    [f16_to_f32(c0.d), f16_to_f32(c1.d)],
                 ),
             )
         };

@@ -97,6 +97,27 @@ fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
     }
 }
 
+/// f16 → f32 of one scale with `fcvt` (base Armv8 FP, inlined). `half`'s
+/// `to_f32` re-checks the `fp16` feature and calls out on every use, which
+/// costs as much as the block's arithmetic in the per-block scale products.
+#[inline]
+#[target_feature(enable = "neon")]
+pub(super) fn f16_to_f32(h: f16) -> f32 {
+    let out: f32;
+    // SAFETY: register-only instructions (GPR → vector move, convert); NEON
+    // (with its FP) is enabled for this function.
+    unsafe {
+        asm!(
+            "fmov {out:s}, {bits:w}",
+            "fcvt {out:s}, {out:h}",
+            bits = in(reg) u32::from(h.to_bits()),
+            out = out(vreg) out,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    out
+}
+
 /// Codes of a 4-bit block as signed bytes, element order: `.0` holds elements
 /// 0..16 (low nibbles), `.1` elements 16..32 (high nibbles), each minus
 /// `offset` (8 for Q4_0's symmetric codes, 0 for Q4_1).
@@ -138,7 +159,11 @@ unsafe fn q4_0_q8_0_kernel(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
         let (x, y) = unsafe { (unpack_q4(&wb.qs, 8), load_q8(&ab.qs)) };
         // SAFETY: NEON is guaranteed by the caller.
         let lanes = unsafe { dot32_widening(x, y) };
-        sum = vfmaq_n_f32(sum, vcvtq_f32_s32(lanes), wb.d.to_f32() * ab.d.to_f32());
+        sum = vfmaq_n_f32(
+            sum,
+            vcvtq_f32_s32(lanes),
+            f16_to_f32(wb.d) * f16_to_f32(ab.d),
+        );
     }
     vaddvq_f32(sum)
 }
@@ -152,8 +177,12 @@ unsafe fn q4_1_q8_1_kernel(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
         let (x, y) = unsafe { (unpack_q4(&wb.qs, 0), load_q8(&ab.qs)) };
         // SAFETY: NEON is guaranteed by the caller.
         let lanes = unsafe { dot32_widening(x, y) };
-        sum = vfmaq_n_f32(sum, vcvtq_f32_s32(lanes), wb.d.to_f32() * ab.d.to_f32());
-        min_terms += wb.m.to_f32() * ab.s.to_f32();
+        sum = vfmaq_n_f32(
+            sum,
+            vcvtq_f32_s32(lanes),
+            f16_to_f32(wb.d) * f16_to_f32(ab.d),
+        );
+        min_terms += f16_to_f32(wb.m) * f16_to_f32(ab.s);
     }
     vaddvq_f32(sum) + min_terms
 }
@@ -166,7 +195,11 @@ unsafe fn q8_0_q8_0_kernel(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
         let (x, y) = unsafe { (load_q8(&wb.qs), load_q8(&ab.qs)) };
         // SAFETY: NEON is guaranteed by the caller.
         let lanes = unsafe { dot32_widening(x, y) };
-        sum = vfmaq_n_f32(sum, vcvtq_f32_s32(lanes), wb.d.to_f32() * ab.d.to_f32());
+        sum = vfmaq_n_f32(
+            sum,
+            vcvtq_f32_s32(lanes),
+            f16_to_f32(wb.d) * f16_to_f32(ab.d),
+        );
     }
     vaddvq_f32(sum)
 }
@@ -237,7 +270,11 @@ unsafe fn f16_f32_kernel(w: &[f16], a: &[f32]) -> f32 {
         }
     }
     let total = vaddq_f32(vaddq_f32(acc[0], acc[1]), vaddq_f32(acc[2], acc[3]));
-    let tail: f32 = w_tail.iter().zip(a_tail).map(|(x, y)| x.to_f32() * y).sum();
+    let tail: f32 = w_tail
+        .iter()
+        .zip(a_tail)
+        .map(|(x, y)| f16_to_f32(*x) * y)
+        .sum();
     vaddvq_f32(total) + tail
 }
 
@@ -260,7 +297,7 @@ unsafe fn axpy_f16_kernel(alpha: f32, x: &[f16], y: &mut [f32]) {
     }
     let done = x.len() - x_tail.len();
     for (o, v) in y[done..].iter_mut().zip(x_tail) {
-        *o += alpha * v.to_f32();
+        *o += alpha * f16_to_f32(*v);
     }
 }
 
@@ -338,6 +375,24 @@ mod tests {
 
     fn neon() -> bool {
         super::super::supports(Isa::Neon)
+    }
+
+    #[test]
+    fn f16_scale_conversion_matches_half_on_every_bit_pattern() {
+        if !neon() {
+            return;
+        }
+        for bits in 0..=u16::MAX {
+            let h = f16::from_bits(bits);
+            // SAFETY: NEON detected above.
+            let got = unsafe { f16_to_f32(h) };
+            let want = h.to_f32();
+            if want.is_nan() {
+                assert!(got.is_nan(), "{bits:#06x}");
+            } else {
+                assert_eq!(got.to_bits(), want.to_bits(), "{bits:#06x}");
+            }
+        }
     }
 
     #[test]
