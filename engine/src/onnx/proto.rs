@@ -185,6 +185,18 @@ pub enum DimValue {
     Param(String),
 }
 
+impl ModelProto {
+    /// Serialized protobuf bytes (what an `.onnx` file holds).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        self.encode_to_vec()
+    }
+
+    /// Parses `.onnx` bytes.
+    pub fn from_bytes(bytes: &[u8]) -> Result<ModelProto, prost::DecodeError> {
+        ModelProto::decode(bytes)
+    }
+}
+
 impl ValueInfoProto {
     /// A tensor value with a static shape.
     pub fn tensor(name: &str, dtype: DataType, shape: &[i64]) -> ValueInfoProto {

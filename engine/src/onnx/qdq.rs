@@ -21,6 +21,18 @@ pub enum ActivationType {
     Uint16,
 }
 
+/// How MatMul weights are quantized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightType {
+    /// uint8 per output channel, asymmetric.
+    PerChannelU8,
+    /// int8 per output channel, symmetric (zero point 0): what QNN HTP's
+    /// per-channel kernels accept.
+    PerChannelI8,
+    /// uint8 per tensor, asymmetric.
+    PerTensorU8,
+}
+
 /// Observed `[min, max]` of a float value.
 pub type Ranges = HashMap<String, (f32, f32)>;
 
@@ -82,7 +94,7 @@ fn axis_attr(axis: i64) -> AttributeProto {
 /// The QDQ version of a float graph. `ranges` must cover every float node
 /// output and every float graph input; `float_values` names the float
 /// values (node outputs and inputs) of the graph.
-pub fn quantize(model: &ModelProto, float_values: &HashSet<String>, ranges: &Ranges, act: ActivationType) -> Result<ModelProto> {
+pub fn quantize(model: &ModelProto, float_values: &HashSet<String>, ranges: &Ranges, act: ActivationType, weights: WeightType) -> Result<ModelProto> {
     let mut out = model.clone();
     let Some(g) = out.graph.as_mut() else { return Err(Error::Unsupported("a model without a graph".into())) };
     let (act_dtype, act_levels) = match act {
@@ -109,7 +121,8 @@ pub fn quantize(model: &ModelProto, float_values: &HashSet<String>, ranges: &Ran
         let values = f32_values(&t);
         let q_name = format!("{}_quantized", t.name);
         let (s_name, z_name) = (format!("{}_scale", t.name), format!("{}_zero_point", t.name));
-        let per_channel = matmul_weights.contains(&t.name) && t.dims.len() == 2;
+        let per_channel = matmul_weights.contains(&t.name) && t.dims.len() == 2 && weights != WeightType::PerTensorU8;
+        let symmetric = weights == WeightType::PerChannelI8;
         let mut attrs = Vec::new();
         if per_channel {
             let (rows, cols) = (t.dims[0] as usize, t.dims[1] as usize);
@@ -121,14 +134,23 @@ pub fn quantize(model: &ModelProto, float_values: &HashSet<String>, ranges: &Ran
                     lo = lo.min(values[r * cols + c]);
                     hi = hi.max(values[r * cols + c]);
                 }
-                let (s, z) = affine_params(lo, hi, 255.0);
+                let (s, z) = if symmetric {
+                    let m = lo.abs().max(hi.abs());
+                    (if m > 0.0 { m / 127.0 } else { 1.0 }, 0.0)
+                } else {
+                    affine_params(lo, hi, 255.0)
+                };
                 scales.push(s);
                 zps.push(z);
             }
-            let q: Vec<u8> = values.iter().enumerate().map(|(i, &v)| (v / scales[i % cols] + zps[i % cols]).round().clamp(0.0, 255.0) as u8).collect();
-            new_inits.push(scalar_tensor(&q_name, DataType::Uint8, q, t.dims.clone()));
+            let (wtype, q): (DataType, Vec<u8>) = if symmetric {
+                (DataType::Int8, values.iter().enumerate().map(|(i, &v)| (v / scales[i % cols]).round().clamp(-127.0, 127.0) as i8 as u8).collect())
+            } else {
+                (DataType::Uint8, values.iter().enumerate().map(|(i, &v)| (v / scales[i % cols] + zps[i % cols]).round().clamp(0.0, 255.0) as u8).collect())
+            };
+            new_inits.push(scalar_tensor(&q_name, wtype, q, t.dims.clone()));
             new_inits.push(scalar_tensor(&s_name, DataType::Float, scales.iter().flat_map(|s| s.to_le_bytes()).collect(), vec![cols as i64]));
-            new_inits.push(scalar_tensor(&z_name, DataType::Uint8, zps.iter().map(|&z| z as u8).collect(), vec![cols as i64]));
+            new_inits.push(scalar_tensor(&z_name, wtype, zps.iter().map(|&z| z as u8).collect(), vec![cols as i64]));
             attrs.push(axis_attr(1));
         } else {
             let lo = values.iter().copied().fold(f32::INFINITY, f32::min);

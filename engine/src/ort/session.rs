@@ -46,14 +46,15 @@ impl Placement {
     fn parse(lines: &[String], graph_nodes: usize) -> Placement {
         let mut p = Placement { graph_nodes, ..Default::default() };
         let mut current: Option<String> = None;
+        for msg in lines.iter().filter(|m| m.contains("Validation FAILED")) {
+            p.qnn_rejected.push(msg.split_whitespace().collect::<Vec<_>>().join(" "));
+        }
         for line in lines.iter().flat_map(|l| l.lines()) {
             if let Some(rest) = line.split("placed on [").nth(1) {
                 let ep = rest.split(']').next().unwrap_or_default().to_string();
                 let n = line.rsplit("Number of nodes:").next().and_then(|n| n.trim().parse().ok()).unwrap_or(0);
                 *p.per_ep.entry(ep.clone()).or_default() += n;
                 current = Some(ep);
-            } else if line.contains("Validation FAILED") {
-                p.qnn_rejected.push(line.trim().to_string());
             } else if let (Some(ep), Some(op)) = (&current, line.strip_prefix("  ")) {
                 if ep == "CPUExecutionProvider" {
                     let op = op.split_whitespace().next().unwrap_or_default().to_string();
@@ -95,6 +96,38 @@ pub struct GraphSession {
     /// Input names and static shapes (`None` for a symbolic axis).
     pub inputs: Vec<(String, Vec<Option<i64>>)>,
     pub outputs: Vec<String>,
+}
+
+/// One input value of [`GraphSession::run`].
+#[derive(Debug, Clone, Copy)]
+pub enum Input<'a> {
+    F32(&'a [usize], &'a [f32]),
+    I64(&'a [usize], &'a [i64]),
+}
+
+/// A float output: shape and values.
+pub type Output = (Vec<i64>, Vec<f32>);
+
+impl GraphSession {
+    /// Runs the graph; returns every float output by name.
+    pub fn run(&mut self, inputs: &[(&str, Input<'_>)]) -> Result<std::collections::HashMap<String, Output>> {
+        let mut values: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
+        for (name, input) in inputs {
+            let v: ort::session::SessionInputValue<'_> = match *input {
+                Input::F32(shape, data) => ort::value::TensorRef::from_array_view((shape.to_vec(), data))?.into(),
+                Input::I64(shape, data) => ort::value::TensorRef::from_array_view((shape.to_vec(), data))?.into(),
+            };
+            values.push((name.to_string(), v));
+        }
+        let outputs = self.session.run(values)?;
+        let mut out = std::collections::HashMap::new();
+        for (name, value) in outputs.iter() {
+            if let Ok((shape, data)) = value.try_extract_tensor::<f32>() {
+                out.insert(name.to_string(), (shape.iter().copied().collect(), data.to_vec()));
+            }
+        }
+        Ok(out)
+    }
 }
 
 static SESSION_ID: AtomicUsize = AtomicUsize::new(0);
@@ -199,7 +232,9 @@ pub fn create(config: &OrtConfig, model_bytes: &[u8]) -> Result<GraphSession> {
     let session = committed.map_err(|e| {
         let msg = e.to_string();
         if config.npu_only {
-            Error::FallbackRefused(msg)
+            let p = Placement::parse(&lines, graph_nodes);
+            let why = if p.qnn_rejected.is_empty() { String::new() } else { format!(" [{}]", p.qnn_rejected.join("; ")) };
+            Error::FallbackRefused(format!("{msg}{why}"))
         } else {
             Error::Ort(msg)
         }
