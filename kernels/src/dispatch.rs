@@ -11,6 +11,8 @@
 use crate::quant::blocks::*;
 use crate::quant::{float, q4_0, q4_1, q4_k, q5_k, q6_k, q8_0, q8_1, q8_k};
 use crate::{Error, Result};
+#[cfg(test)]
+use bytemuck::Zeroable;
 use half::{bf16, f16};
 use std::sync::OnceLock;
 
@@ -54,7 +56,15 @@ pub enum Isa {
 }
 
 impl Isa {
-    pub const ALL: [Isa; 7] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Vnni, Isa::Neon, Isa::Dotprod, Isa::I8mm];
+    pub const ALL: [Isa; 7] = [
+        Isa::Scalar,
+        Isa::Avx2,
+        Isa::Avx512,
+        Isa::Vnni,
+        Isa::Neon,
+        Isa::Dotprod,
+        Isa::I8mm,
+    ];
 
     /// The `SOTTO_ISA` spelling (also used in bench names).
     pub fn name(self) -> &'static str {
@@ -71,7 +81,10 @@ impl Isa {
 
     pub fn parse(s: &str) -> Result<Isa> {
         let s = s.trim().to_ascii_lowercase();
-        Isa::ALL.into_iter().find(|i| i.name() == s).ok_or(Error::UnknownIsa { value: s })
+        Isa::ALL
+            .into_iter()
+            .find(|i| i.name() == s)
+            .ok_or(Error::UnknownIsa { value: s })
     }
 }
 
@@ -115,7 +128,10 @@ fn build(isa: Isa) -> Option<VecDotTable> {
 
 /// Every path this CPU can run, best last.
 pub fn available_isas() -> Vec<Isa> {
-    Isa::ALL.into_iter().filter(|&i| table_for(i).is_ok()).collect()
+    Isa::ALL
+        .into_iter()
+        .filter(|&i| table_for(i).is_ok())
+        .collect()
 }
 
 /// The table of a specific path (tests and benches run every available one
@@ -123,7 +139,10 @@ pub fn available_isas() -> Vec<Isa> {
 pub fn table_for(isa: Isa) -> Result<&'static VecDotTable> {
     static TABLES: [OnceLock<Option<VecDotTable>>; 7] = [const { OnceLock::new() }; 7];
     let idx = Isa::ALL.iter().position(|&i| i == isa).unwrap_or(0);
-    TABLES[idx].get_or_init(|| build(isa)).as_ref().ok_or(Error::IsaUnavailable { isa })
+    TABLES[idx]
+        .get_or_init(|| build(isa))
+        .as_ref()
+        .ok_or(Error::IsaUnavailable { isa })
 }
 
 /// The best path of this CPU, or the one `SOTTO_ISA` names.
@@ -131,7 +150,11 @@ fn select(forced: Option<&str>) -> Result<&'static VecDotTable> {
     match forced {
         Some(name) if !name.trim().is_empty() => table_for(Isa::parse(name)?),
         _ => {
-            let best = Isa::ALL.into_iter().rev().find(|&i| table_for(i).is_ok()).unwrap_or(Isa::Scalar);
+            let best = Isa::ALL
+                .into_iter()
+                .rev()
+                .find(|&i| table_for(i).is_ok())
+                .unwrap_or(Isa::Scalar);
             table_for(best)
         }
     }
@@ -143,7 +166,9 @@ fn select(forced: Option<&str>) -> Result<&'static VecDotTable> {
 /// propagate the same error.
 pub fn try_table() -> Result<&'static VecDotTable> {
     static CHOSEN: OnceLock<Result<&'static VecDotTable>> = OnceLock::new();
-    CHOSEN.get_or_init(|| select(std::env::var("SOTTO_ISA").ok().as_deref())).clone()
+    CHOSEN
+        .get_or_init(|| select(std::env::var("SOTTO_ISA").ok().as_deref()))
+        .clone()
 }
 
 /// Infallible access for diagnostics: the chosen table, or the scalar one
@@ -155,6 +180,162 @@ pub fn table() -> &'static VecDotTable {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::quant::{aligned_bytes, quantize_row, test_data::random_row, DType};
+    use bytemuck::Pod;
+
+    fn blocks<B: Pod>(dtype: DType, x: &[f32]) -> Vec<B> {
+        let mut q = aligned_bytes(dtype.row_bytes(x.len()).unwrap_or(0));
+        quantize_row(dtype, x, q.as_bytes_mut()).unwrap();
+        bytemuck::cast_slice(q.as_bytes()).to_vec()
+    }
+
+    fn close(got: f32, want: f32, scale: f32, budget: f32, what: &str) {
+        assert!(
+            (got - want).abs() <= budget * scale.max(1e-6),
+            "{what}: {got} vs {want} (scale {scale})"
+        );
+    }
+
+    /// Every entry of every available table against the scalar reference,
+    /// over several lengths (odd block counts and float tails included).
+    #[test]
+    fn every_table_entry_matches_scalar() {
+        for isa in available_isas() {
+            let t = table_for(isa).unwrap();
+            for (seed, n) in [(1u64, 256usize), (2, 1536), (3, 2304), (4, 32 * 7)] {
+                let w = random_row(n, seed);
+                let x = random_row(n, seed + 77);
+                let l1 = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum::<f32>();
+                let what = |k: &str| format!("{isa} {k} n={n}");
+                let q8_0: Vec<BlockQ8_0> = blocks(DType::Q8_0, &x);
+                let q8_1: Vec<BlockQ8_1> = blocks(DType::Q8_1, &x);
+                close(
+                    (t.q4_0_q8_0)(&blocks(DType::Q4_0, &w), &q8_0),
+                    (SCALAR.q4_0_q8_0)(&blocks(DType::Q4_0, &w), &q8_0),
+                    l1,
+                    1e-5,
+                    &what("q4_0"),
+                );
+                close(
+                    (t.q4_1_q8_1)(&blocks(DType::Q4_1, &w), &q8_1),
+                    (SCALAR.q4_1_q8_1)(&blocks(DType::Q4_1, &w), &q8_1),
+                    l1,
+                    1e-5,
+                    &what("q4_1"),
+                );
+                close(
+                    (t.q8_0_q8_0)(&blocks(DType::Q8_0, &w), &q8_0),
+                    (SCALAR.q8_0_q8_0)(&blocks(DType::Q8_0, &w), &q8_0),
+                    l1,
+                    1e-5,
+                    &what("q8_0"),
+                );
+                if n % 256 == 0 {
+                    let q8_k: Vec<BlockQ8K> = blocks(DType::Q8_K, &x);
+                    close(
+                        (t.q4_k_q8_k)(&blocks(DType::Q4_K, &w), &q8_k),
+                        (SCALAR.q4_k_q8_k)(&blocks(DType::Q4_K, &w), &q8_k),
+                        l1,
+                        1e-5,
+                        &what("q4_K"),
+                    );
+                    close(
+                        (t.q5_k_q8_k)(&blocks(DType::Q5_K, &w), &q8_k),
+                        (SCALAR.q5_k_q8_k)(&blocks(DType::Q5_K, &w), &q8_k),
+                        l1,
+                        1e-5,
+                        &what("q5_K"),
+                    );
+                    close(
+                        (t.q6_k_q8_k)(&blocks(DType::Q6_K, &w), &q8_k),
+                        (SCALAR.q6_k_q8_k)(&blocks(DType::Q6_K, &w), &q8_k),
+                        l1,
+                        1e-5,
+                        &what("q6_K"),
+                    );
+                    let (mut a, mut b) = (
+                        vec![BlockQ8K::zeroed(); n / 256],
+                        vec![BlockQ8K::zeroed(); n / 256],
+                    );
+                    (t.quantize_q8_k)(&x, &mut a);
+                    (SCALAR.quantize_q8_k)(&x, &mut b);
+                    for (a, b) in a.iter().zip(&b) {
+                        close(a.d, b.d, b.d.abs(), 1e-6, &what("quantize_q8_k d"));
+                        assert!(
+                            a.qs.iter().zip(&b.qs).all(|(p, q)| (p - q).abs() <= 1),
+                            "{}",
+                            what("quantize_q8_k")
+                        );
+                    }
+                }
+                let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+                let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+                close(
+                    (t.f16_f32)(&wh, &x),
+                    (SCALAR.f16_f32)(&wh, &x),
+                    l1,
+                    1e-5,
+                    &what("f16"),
+                );
+                close(
+                    (t.bf16_f32)(&wb, &x),
+                    (SCALAR.bf16_f32)(&wb, &x),
+                    l1,
+                    1e-5,
+                    &what("bf16"),
+                );
+                close(
+                    (t.f32_f32)(&w, &x),
+                    (SCALAR.f32_f32)(&w, &x),
+                    l1,
+                    1e-5,
+                    &what("f32"),
+                );
+                let (mut ya, mut yb) = (x.clone(), x.clone());
+                (t.axpy_f16)(0.37, &wh, &mut ya);
+                (SCALAR.axpy_f16)(0.37, &wh, &mut yb);
+                for (a, b) in ya.iter().zip(&yb) {
+                    close(*a, *b, b.abs() + 1.0, 1e-6, &what("axpy_f16"));
+                }
+                // activation quantizers: same scale, codes within one step
+                let (mut a, mut b) = (
+                    vec![BlockQ8_0::zeroed(); n / 32],
+                    vec![BlockQ8_0::zeroed(); n / 32],
+                );
+                (t.quantize_q8_0)(&x, &mut a);
+                (SCALAR.quantize_q8_0)(&x, &mut b);
+                for (a, b) in a.iter().zip(&b) {
+                    assert_eq!(a.d, b.d, "{}", what("quantize_q8_0 d"));
+                    assert!(
+                        a.qs.iter().zip(&b.qs).all(|(p, q)| (p - q).abs() <= 1),
+                        "{}",
+                        what("quantize_q8_0")
+                    );
+                }
+                let (mut a, mut b) = (
+                    vec![BlockQ8_1::zeroed(); n / 32],
+                    vec![BlockQ8_1::zeroed(); n / 32],
+                );
+                (t.quantize_q8_1)(&x, &mut a);
+                (SCALAR.quantize_q8_1)(&x, &mut b);
+                for (a, b) in a.iter().zip(&b) {
+                    assert_eq!(a.d, b.d, "{}", what("quantize_q8_1 d"));
+                    close(
+                        a.s.to_f32(),
+                        b.s.to_f32(),
+                        32.0 * a.d.to_f32(),
+                        0.1,
+                        &what("quantize_q8_1 s"),
+                    );
+                    assert!(
+                        a.qs.iter().zip(&b.qs).all(|(p, q)| (p - q).abs() <= 1),
+                        "{}",
+                        what("quantize_q8_1")
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn scalar_is_always_available_and_tables_are_tagged() {
@@ -169,14 +350,32 @@ mod tests {
     #[test]
     fn forcing_a_path() {
         assert_eq!(select(Some("scalar")).map(|t| t.isa), Ok(Isa::Scalar));
-        assert_eq!(select(Some(" AVX2 ")).map(|t| t.isa).is_ok(), table_for(Isa::Avx2).is_ok());
-        assert!(matches!(select(Some("sse9")), Err(Error::UnknownIsa { .. })));
+        assert_eq!(
+            select(Some(" AVX2 ")).map(|t| t.isa).is_ok(),
+            table_for(Isa::Avx2).is_ok()
+        );
+        assert!(matches!(
+            select(Some("sse9")),
+            Err(Error::UnknownIsa { .. })
+        ));
         // Every CPU lacks either the x86 or the arm paths.
         #[cfg(target_arch = "x86_64")]
-        assert_eq!(select(Some("neon")).map(|t| t.isa), Err(Error::IsaUnavailable { isa: Isa::Neon }));
+        assert_eq!(
+            select(Some("neon")).map(|t| t.isa),
+            Err(Error::IsaUnavailable { isa: Isa::Neon })
+        );
         #[cfg(target_arch = "aarch64")]
-        assert_eq!(select(Some("avx2")).map(|t| t.isa), Err(Error::IsaUnavailable { isa: Isa::Avx2 }));
+        assert_eq!(
+            select(Some("avx2")).map(|t| t.isa),
+            Err(Error::IsaUnavailable { isa: Isa::Avx2 })
+        );
         let best = select(None).map(|t| t.isa);
-        assert_eq!(best, available_isas().last().copied().ok_or(Error::IsaUnavailable { isa: Isa::Scalar }));
+        assert_eq!(
+            best,
+            available_isas()
+                .last()
+                .copied()
+                .ok_or(Error::IsaUnavailable { isa: Isa::Scalar })
+        );
     }
 }

@@ -21,7 +21,11 @@ pub fn softmax(x: &mut [f32]) {
 
 fn check_pair(op: &'static str, gate: &[f32], up: &[f32]) -> Result<()> {
     if gate.len() != up.len() {
-        return Err(Error::ShapeMismatch { op, expected: gate.len(), got: up.len() });
+        return Err(Error::ShapeMismatch {
+            op,
+            expected: gate.len(),
+            got: up.len(),
+        });
     }
     Ok(())
 }

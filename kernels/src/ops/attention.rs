@@ -36,7 +36,17 @@ pub fn attention(
     n_tokens: usize,
     out: &mut [f32],
 ) -> Result<()> {
-    attention_with(dispatch::try_table()?, p, q, k, v, kv_capacity, pos0, n_tokens, out)
+    attention_with(
+        dispatch::try_table()?,
+        p,
+        q,
+        k,
+        v,
+        kv_capacity,
+        pos0,
+        n_tokens,
+        out,
+    )
 }
 
 /// `q`, `out`: `[n_tokens, n_head * head_dim]` for positions
@@ -57,14 +67,21 @@ pub fn attention_with(
     const OP: &str = "attention";
     let invalid = |reason: String| Error::InvalidArgument { op: OP, reason };
     if p.head_dim == 0 || p.n_kv_head == 0 || p.n_head % p.n_kv_head != 0 {
-        return Err(invalid(format!("{} heads over {} kv heads of dim {}", p.n_head, p.n_kv_head, p.head_dim)));
+        return Err(invalid(format!(
+            "{} heads over {} kv heads of dim {}",
+            p.n_head, p.n_kv_head, p.head_dim
+        )));
     }
     if p.window == Some(0) {
         return Err(invalid("window of 0 keys".into()));
     }
-    let end = pos0.checked_add(n_tokens).ok_or(Error::SizeOverflow { op: OP })?;
+    let end = pos0
+        .checked_add(n_tokens)
+        .ok_or(Error::SizeOverflow { op: OP })?;
     if end > kv_capacity {
-        return Err(invalid(format!("positions up to {end} exceed the KV capacity {kv_capacity}")));
+        return Err(invalid(format!(
+            "positions up to {end} exceed the KV capacity {kv_capacity}"
+        )));
     }
     let q_len = n_tokens
         .checked_mul(p.n_head)
@@ -77,12 +94,20 @@ pub fn attention_with(
         .ok_or(Error::SizeOverflow { op: OP })?;
     for (got, expected) in [(q.len(), q_len), (out.len(), q_len)] {
         if got != expected {
-            return Err(Error::ShapeMismatch { op: OP, expected, got });
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                expected,
+                got,
+            });
         }
     }
     for got in [k.len(), v.len()] {
         if got < kv_len {
-            return Err(Error::ShapeMismatch { op: OP, expected: kv_len, got });
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                expected: kv_len,
+                got,
+            });
         }
     }
     if q_len == 0 {
@@ -96,7 +121,15 @@ pub fn attention_with(
         let first = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
         let kv_off = (h / group) * kv_capacity * hd;
         let head_q = &q[idx * hd..(idx + 1) * hd];
-        one_query(table, p, head_q, &k[kv_off..kv_off + kv_capacity * hd], &v[kv_off..kv_off + kv_capacity * hd], first..pos + 1, acc);
+        one_query(
+            table,
+            p,
+            head_q,
+            &k[kv_off..kv_off + kv_capacity * hd],
+            &v[kv_off..kv_off + kv_capacity * hd],
+            first..pos + 1,
+            acc,
+        );
     });
     Ok(())
 }
@@ -159,7 +192,15 @@ mod tests {
 
     /// Materializes every score row, masks, softmaxes, then mixes values.
     #[allow(clippy::too_many_arguments)]
-    fn naive(p: &AttentionParams, q: &[f32], k: &[f16], v: &[f16], cap: usize, pos0: usize, n: usize) -> Vec<f32> {
+    fn naive(
+        p: &AttentionParams,
+        q: &[f32],
+        k: &[f16],
+        v: &[f16],
+        cap: usize,
+        pos0: usize,
+        n: usize,
+    ) -> Vec<f32> {
         let hd = p.head_dim;
         let mut out = vec![0f32; n * p.n_head * hd];
         for t in 0..n {
@@ -170,12 +211,21 @@ mod tests {
                 let mut s: Vec<f64> = (0..=pos)
                     .map(|j| {
                         let kr = &k[(g * cap + j) * hd..][..hd];
-                        let mut x = qh.iter().zip(kr).map(|(a, b)| *a as f64 * b.to_f64()).sum::<f64>() * p.scale as f64;
+                        let mut x = qh
+                            .iter()
+                            .zip(kr)
+                            .map(|(a, b)| *a as f64 * b.to_f64())
+                            .sum::<f64>()
+                            * p.scale as f64;
                         if let Some(c) = p.softcap {
                             x = c as f64 * (x / c as f64).tanh();
                         }
                         let visible = p.window.is_none_or(|w| j + w > pos);
-                        if visible { x } else { f64::NEG_INFINITY }
+                        if visible {
+                            x
+                        } else {
+                            f64::NEG_INFINITY
+                        }
                     })
                     .collect();
                 let mx = s.iter().copied().fold(f64::NEG_INFINITY, f64::max);
@@ -199,20 +249,81 @@ mod tests {
     fn matches_materialized_attention() {
         let cap = 200;
         let cases = [
-            (AttentionParams { n_head: 9, n_kv_head: 3, head_dim: 64, scale: 0.125, softcap: None, window: None }, 0, 7),
-            (AttentionParams { n_head: 4, n_kv_head: 2, head_dim: 32, scale: 0.3, softcap: None, window: None }, 150, 1),
-            (AttentionParams { n_head: 4, n_kv_head: 1, head_dim: 16, scale: 0.5, softcap: Some(2.0), window: Some(20) }, 130, 9),
-            (AttentionParams { n_head: 2, n_kv_head: 2, head_dim: 8, scale: 1.0, softcap: None, window: Some(1) }, 3, 2),
+            (
+                AttentionParams {
+                    n_head: 9,
+                    n_kv_head: 3,
+                    head_dim: 64,
+                    scale: 0.125,
+                    softcap: None,
+                    window: None,
+                },
+                0,
+                7,
+            ),
+            (
+                AttentionParams {
+                    n_head: 4,
+                    n_kv_head: 2,
+                    head_dim: 32,
+                    scale: 0.3,
+                    softcap: None,
+                    window: None,
+                },
+                150,
+                1,
+            ),
+            (
+                AttentionParams {
+                    n_head: 4,
+                    n_kv_head: 1,
+                    head_dim: 16,
+                    scale: 0.5,
+                    softcap: Some(2.0),
+                    window: Some(20),
+                },
+                130,
+                9,
+            ),
+            (
+                AttentionParams {
+                    n_head: 2,
+                    n_kv_head: 2,
+                    head_dim: 8,
+                    scale: 1.0,
+                    softcap: None,
+                    window: Some(1),
+                },
+                3,
+                2,
+            ),
         ];
         for (ci, (p, pos0, n)) in cases.into_iter().enumerate() {
             let kv = p.n_kv_head * cap * p.head_dim;
-            let k: Vec<f16> = random_row(kv, 1 + ci as u64).into_iter().map(f16::from_f32).collect();
-            let v: Vec<f16> = random_row(kv, 50 + ci as u64).into_iter().map(f16::from_f32).collect();
+            let k: Vec<f16> = random_row(kv, 1 + ci as u64)
+                .into_iter()
+                .map(f16::from_f32)
+                .collect();
+            let v: Vec<f16> = random_row(kv, 50 + ci as u64)
+                .into_iter()
+                .map(f16::from_f32)
+                .collect();
             let q = random_row(n * p.n_head * p.head_dim, 99 + ci as u64);
             let want = naive(&p, &q, &k, &v, cap, pos0, n);
             for isa in available_isas() {
                 let mut out = vec![f32::NAN; q.len()];
-                attention_with(table_for(isa).unwrap(), &p, &q, &k, &v, cap, pos0, n, &mut out).unwrap();
+                attention_with(
+                    table_for(isa).unwrap(),
+                    &p,
+                    &q,
+                    &k,
+                    &v,
+                    cap,
+                    pos0,
+                    n,
+                    &mut out,
+                )
+                .unwrap();
                 for (i, (a, b)) in out.iter().zip(&want).enumerate() {
                     assert!((a - b).abs() < 2e-4, "case {ci} {isa} [{i}]: {a} vs {b}");
                 }
@@ -222,7 +333,14 @@ mod tests {
 
     #[test]
     fn window_of_one_returns_own_value() {
-        let p = AttentionParams { n_head: 1, n_kv_head: 1, head_dim: 4, scale: 1.0, softcap: None, window: Some(1) };
+        let p = AttentionParams {
+            n_head: 1,
+            n_kv_head: 1,
+            head_dim: 4,
+            scale: 1.0,
+            softcap: None,
+            window: Some(1),
+        };
         let k = vec![f16::from_f32(1.0); 12];
         let v: Vec<f16> = (0..12).map(|i| f16::from_f32(i as f32)).collect();
         let mut out = [0f32; 4];
@@ -232,7 +350,14 @@ mod tests {
 
     #[test]
     fn rejects_bad_shapes() {
-        let p = AttentionParams { n_head: 3, n_kv_head: 2, head_dim: 4, scale: 1.0, softcap: None, window: None };
+        let p = AttentionParams {
+            n_head: 3,
+            n_kv_head: 2,
+            head_dim: 4,
+            scale: 1.0,
+            softcap: None,
+            window: None,
+        };
         let k = vec![f16::ZERO; 2 * 8 * 4];
         let mut out = vec![0f32; 12];
         assert!(attention(&p, &[0.0; 12], &k, &k, 8, 0, 1, &mut out).is_err());
@@ -242,7 +367,10 @@ mod tests {
         assert!(attention(&p, &[0.0; 16], &k, &k, 8, 8, 1, &mut out).is_err());
         assert!(attention(&p, &[0.0; 16], &k[1..], &k, 8, 0, 1, &mut out).is_err());
         assert!(attention(&p, &[0.0; 15], &k, &k, 8, 0, 1, &mut out).is_err());
-        let p = AttentionParams { window: Some(0), ..p };
+        let p = AttentionParams {
+            window: Some(0),
+            ..p
+        };
         assert!(attention(&p, &[0.0; 16], &k, &k, 8, 0, 1, &mut out).is_err());
     }
 }

@@ -25,15 +25,35 @@ impl<'a> QMatrix<'a> {
     /// block type, so every later row access is a zero-copy cast.
     pub fn new(dtype: DType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self> {
         const OP: &str = "QMatrix::new";
-        let row_bytes = dtype.row_bytes(cols).ok_or(Error::RaggedRow { op: OP, dtype, cols, block: dtype.block_size() })?;
-        let expected = rows.checked_mul(row_bytes).ok_or(Error::SizeOverflow { op: OP })?;
+        let row_bytes = dtype.row_bytes(cols).ok_or(Error::RaggedRow {
+            op: OP,
+            dtype,
+            cols,
+            block: dtype.block_size(),
+        })?;
+        let expected = rows
+            .checked_mul(row_bytes)
+            .ok_or(Error::SizeOverflow { op: OP })?;
         if data.len() != expected {
-            return Err(Error::ShapeMismatch { op: OP, expected, got: data.len() });
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                expected,
+                got: data.len(),
+            });
         }
         if !data.is_empty() && data.as_ptr() as usize % dtype.align() != 0 {
-            return Err(Error::Misaligned { op: OP, dtype, align: dtype.align() });
+            return Err(Error::Misaligned {
+                op: OP,
+                dtype,
+                align: dtype.align(),
+            });
         }
-        Ok(Self { dtype, rows, cols, data })
+        Ok(Self {
+            dtype,
+            rows,
+            cols,
+            data,
+        })
     }
 
     pub fn row_bytes(&self) -> usize {
@@ -47,49 +67,134 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n_tokens: usize, out: &mut [f32]) -> R
 }
 
 /// `x` is `[n_tokens, cols]`, `out` is `[n_tokens, rows]`, both row-major.
-pub fn matmul_with(table: &VecDotTable, w: &QMatrix<'_>, x: &[f32], n_tokens: usize, out: &mut [f32]) -> Result<()> {
+pub fn matmul_with(
+    table: &VecDotTable,
+    w: &QMatrix<'_>,
+    x: &[f32],
+    n_tokens: usize,
+    out: &mut [f32],
+) -> Result<()> {
     const OP: &str = "matmul";
-    let x_len = n_tokens.checked_mul(w.cols).ok_or(Error::SizeOverflow { op: OP })?;
+    let x_len = n_tokens
+        .checked_mul(w.cols)
+        .ok_or(Error::SizeOverflow { op: OP })?;
     if x.len() != x_len {
-        return Err(Error::ShapeMismatch { op: OP, expected: x_len, got: x.len() });
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: x_len,
+            got: x.len(),
+        });
     }
-    let out_len = n_tokens.checked_mul(w.rows).ok_or(Error::SizeOverflow { op: OP })?;
+    let out_len = n_tokens
+        .checked_mul(w.rows)
+        .ok_or(Error::SizeOverflow { op: OP })?;
     if out.len() != out_len {
-        return Err(Error::ShapeMismatch { op: OP, expected: out_len, got: out.len() });
+        return Err(Error::ShapeMismatch {
+            op: OP,
+            expected: out_len,
+            got: out.len(),
+        });
     }
     if out_len == 0 {
         return Ok(());
     }
     let dt = w.dtype;
-    let shape = Shape { rows: w.rows, cols: w.cols, n_tokens };
+    let shape = Shape {
+        rows: w.rows,
+        cols: w.cols,
+        n_tokens,
+    };
     match dt {
         DType::Q4_0 => {
             let a = quantize_acts(x, shape, QK, table.quantize_q8_0);
-            run::<BlockQ4_0, BlockQ8_0>(cast_blocks(OP, dt, w.data)?, &a, shape, QK, table.q4_0_q8_0, out)
+            run::<BlockQ4_0, BlockQ8_0>(
+                cast_blocks(OP, dt, w.data)?,
+                &a,
+                shape,
+                QK,
+                table.q4_0_q8_0,
+                out,
+            )
         }
         DType::Q4_1 => {
             let a = quantize_acts(x, shape, QK, table.quantize_q8_1);
-            run::<BlockQ4_1, BlockQ8_1>(cast_blocks(OP, dt, w.data)?, &a, shape, QK, table.q4_1_q8_1, out)
+            run::<BlockQ4_1, BlockQ8_1>(
+                cast_blocks(OP, dt, w.data)?,
+                &a,
+                shape,
+                QK,
+                table.q4_1_q8_1,
+                out,
+            )
         }
         DType::Q8_0 => {
             let a = quantize_acts(x, shape, QK, table.quantize_q8_0);
-            run::<BlockQ8_0, BlockQ8_0>(cast_blocks(OP, dt, w.data)?, &a, shape, QK, table.q8_0_q8_0, out)
+            run::<BlockQ8_0, BlockQ8_0>(
+                cast_blocks(OP, dt, w.data)?,
+                &a,
+                shape,
+                QK,
+                table.q8_0_q8_0,
+                out,
+            )
         }
         DType::Q4_K => {
             let a = quantize_acts(x, shape, QK_K, table.quantize_q8_k);
-            run::<BlockQ4K, BlockQ8K>(cast_blocks(OP, dt, w.data)?, &a, shape, QK_K, table.q4_k_q8_k, out)
+            run::<BlockQ4K, BlockQ8K>(
+                cast_blocks(OP, dt, w.data)?,
+                &a,
+                shape,
+                QK_K,
+                table.q4_k_q8_k,
+                out,
+            )
         }
         DType::Q5_K => {
             let a = quantize_acts(x, shape, QK_K, table.quantize_q8_k);
-            run::<BlockQ5K, BlockQ8K>(cast_blocks(OP, dt, w.data)?, &a, shape, QK_K, table.q5_k_q8_k, out)
+            run::<BlockQ5K, BlockQ8K>(
+                cast_blocks(OP, dt, w.data)?,
+                &a,
+                shape,
+                QK_K,
+                table.q5_k_q8_k,
+                out,
+            )
         }
         DType::Q6_K => {
             let a = quantize_acts(x, shape, QK_K, table.quantize_q8_k);
-            run::<BlockQ6K, BlockQ8K>(cast_blocks(OP, dt, w.data)?, &a, shape, QK_K, table.q6_k_q8_k, out)
+            run::<BlockQ6K, BlockQ8K>(
+                cast_blocks(OP, dt, w.data)?,
+                &a,
+                shape,
+                QK_K,
+                table.q6_k_q8_k,
+                out,
+            )
         }
-        DType::F32 => run::<f32, f32>(cast_blocks(OP, dt, w.data)?, x, shape, 1, table.f32_f32, out),
-        DType::F16 => run::<half::f16, f32>(cast_blocks(OP, dt, w.data)?, x, shape, 1, table.f16_f32, out),
-        DType::BF16 => run::<half::bf16, f32>(cast_blocks(OP, dt, w.data)?, x, shape, 1, table.bf16_f32, out),
+        DType::F32 => run::<f32, f32>(
+            cast_blocks(OP, dt, w.data)?,
+            x,
+            shape,
+            1,
+            table.f32_f32,
+            out,
+        ),
+        DType::F16 => run::<half::f16, f32>(
+            cast_blocks(OP, dt, w.data)?,
+            x,
+            shape,
+            1,
+            table.f16_f32,
+            out,
+        ),
+        DType::BF16 => run::<half::bf16, f32>(
+            cast_blocks(OP, dt, w.data)?,
+            x,
+            shape,
+            1,
+            table.bf16_f32,
+            out,
+        ),
         DType::Q8_1 | DType::Q8_K => return Err(Error::UnsupportedDType { op: OP, dtype: dt }),
     }
     Ok(())
@@ -102,7 +207,12 @@ struct Shape {
     n_tokens: usize,
 }
 
-fn quantize_acts<A: Pod + Send>(x: &[f32], s: Shape, block: usize, quantize: fn(&[f32], &mut [A])) -> Vec<A> {
+fn quantize_acts<A: Pod + Send>(
+    x: &[f32],
+    s: Shape,
+    block: usize,
+    quantize: fn(&[f32], &mut [A]),
+) -> Vec<A> {
     let bpr = s.cols / block;
     let mut acts = vec![A::zeroed(); s.n_tokens * bpr];
     if s.n_tokens == 1 {
@@ -145,20 +255,25 @@ fn run<W: Pod + Sync, A: Pod + Sync>(
     // then transposed into the token-major output.
     let n = s.n_tokens;
     let mut by_row = vec![0f32; s.rows * n];
-    by_row.par_chunks_mut(chunk * n).enumerate().for_each(|(ci, rc)| {
-        for (i, orow) in rc.chunks_exact_mut(n).enumerate() {
-            let r = ci * chunk + i;
-            let wr = &w[r * bpr..(r + 1) * bpr];
-            for (t, o) in orow.iter_mut().enumerate() {
-                *o = dot(wr, &acts[t * bpr..(t + 1) * bpr]);
+    by_row
+        .par_chunks_mut(chunk * n)
+        .enumerate()
+        .for_each(|(ci, rc)| {
+            for (i, orow) in rc.chunks_exact_mut(n).enumerate() {
+                let r = ci * chunk + i;
+                let wr = &w[r * bpr..(r + 1) * bpr];
+                for (t, o) in orow.iter_mut().enumerate() {
+                    *o = dot(wr, &acts[t * bpr..(t + 1) * bpr]);
+                }
             }
-        }
-    });
-    out.par_chunks_mut(s.rows).enumerate().for_each(|(t, orow)| {
-        for (r, o) in orow.iter_mut().enumerate() {
-            *o = by_row[r * n + t];
-        }
-    });
+        });
+    out.par_chunks_mut(s.rows)
+        .enumerate()
+        .for_each(|(t, orow)| {
+            for (r, o) in orow.iter_mut().enumerate() {
+                *o = by_row[r * n + t];
+            }
+        });
 }
 
 #[cfg(test)]
@@ -171,8 +286,9 @@ mod tests {
         let mut out = vec![0f32; n * rows];
         for t in 0..n {
             for r in 0..rows {
-                out[t * rows + r] =
-                    (0..cols).map(|c| wf[r * cols + c] as f64 * x[t * cols + c] as f64).sum::<f64>() as f32;
+                out[t * rows + r] = (0..cols)
+                    .map(|c| wf[r * cols + c] as f64 * x[t * cols + c] as f64)
+                    .sum::<f64>() as f32;
             }
         }
         out
@@ -201,8 +317,18 @@ mod tests {
             let mut wq = aligned_bytes(rows * rb);
             let mut wf = vec![0f32; rows * cols];
             for r in 0..rows {
-                quantize_row(dt, &wsrc[r * cols..(r + 1) * cols], &mut wq.as_bytes_mut()[r * rb..(r + 1) * rb]).unwrap();
-                dequantize_row(dt, &wq.as_bytes()[r * rb..(r + 1) * rb], &mut wf[r * cols..(r + 1) * cols]).unwrap();
+                quantize_row(
+                    dt,
+                    &wsrc[r * cols..(r + 1) * cols],
+                    &mut wq.as_bytes_mut()[r * rb..(r + 1) * rb],
+                )
+                .unwrap();
+                dequantize_row(
+                    dt,
+                    &wq.as_bytes()[r * rb..(r + 1) * rb],
+                    &mut wf[r * cols..(r + 1) * cols],
+                )
+                .unwrap();
             }
             let m = QMatrix::new(dt, rows, cols, wq.as_bytes()).unwrap();
             for n in [1, 5] {
@@ -214,8 +340,12 @@ mod tests {
                     matmul_with(table_for(isa).unwrap(), &m, &x, n, &mut out).unwrap();
                     for (i, (a, b)) in out.iter().zip(&want).enumerate() {
                         let (t, r) = (i / rows, i % rows);
-                        let scale = norm(&wf[r * cols..(r + 1) * cols]) * norm(&x[t * cols..(t + 1) * cols]);
-                        assert!((a - b).abs() <= budget * scale, "{dt} {isa} n={n} [{i}]: {a} vs {b}");
+                        let scale = norm(&wf[r * cols..(r + 1) * cols])
+                            * norm(&x[t * cols..(t + 1) * cols]);
+                        assert!(
+                            (a - b).abs() <= budget * scale,
+                            "{dt} {isa} n={n} [{i}]: {a} vs {b}"
+                        );
                     }
                 }
             }
@@ -228,10 +358,22 @@ mod tests {
         let buf = aligned_bytes(2 * 40 + 2);
         let b = buf.as_bytes();
         assert!(QMatrix::new(DType::Q4_1, 2, 64, &b[..80]).is_ok());
-        assert!(matches!(QMatrix::new(DType::Q4_1, 2, 64, &b[..79]), Err(Error::ShapeMismatch { .. })));
-        assert!(matches!(QMatrix::new(DType::Q4_1, 2, 63, &b[..80]), Err(Error::RaggedRow { .. })));
-        assert!(matches!(QMatrix::new(DType::Q4_1, 2, 64, &b[1..81]), Err(Error::Misaligned { .. })));
-        assert!(matches!(QMatrix::new(DType::F32, usize::MAX, 4, b), Err(Error::SizeOverflow { .. })));
+        assert!(matches!(
+            QMatrix::new(DType::Q4_1, 2, 64, &b[..79]),
+            Err(Error::ShapeMismatch { .. })
+        ));
+        assert!(matches!(
+            QMatrix::new(DType::Q4_1, 2, 63, &b[..80]),
+            Err(Error::RaggedRow { .. })
+        ));
+        assert!(matches!(
+            QMatrix::new(DType::Q4_1, 2, 64, &b[1..81]),
+            Err(Error::Misaligned { .. })
+        ));
+        assert!(matches!(
+            QMatrix::new(DType::F32, usize::MAX, 4, b),
+            Err(Error::SizeOverflow { .. })
+        ));
         let m = QMatrix::new(DType::Q8_K, 0, 256, &[]).unwrap();
         assert!(matmul(&m, &[0.0; 256], 1, &mut []).is_ok());
         let m = QMatrix::new(DType::Q4_1, 2, 64, &b[..80]).unwrap();

@@ -5,7 +5,10 @@ use crate::{Error, Result};
 
 fn check(op: &'static str, len: usize, dim: usize) -> Result<()> {
     if dim == 0 || len % dim != 0 {
-        return Err(Error::InvalidArgument { op, reason: format!("{len} values are not whole rows of {dim}") });
+        return Err(Error::InvalidArgument {
+            op,
+            reason: format!("{len} values are not whole rows of {dim}"),
+        });
     }
     Ok(())
 }
@@ -21,9 +24,16 @@ fn inv_rms(x: &[f32], eps: f32) -> f32 {
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<()> {
     check("rms_norm", x.len(), weight.len())?;
     if out.len() != x.len() {
-        return Err(Error::ShapeMismatch { op: "rms_norm", expected: x.len(), got: out.len() });
+        return Err(Error::ShapeMismatch {
+            op: "rms_norm",
+            expected: x.len(),
+            got: out.len(),
+        });
     }
-    for (xr, or) in x.chunks_exact(weight.len()).zip(out.chunks_exact_mut(weight.len())) {
+    for (xr, or) in x
+        .chunks_exact(weight.len())
+        .zip(out.chunks_exact_mut(weight.len()))
+    {
         let s = inv_rms(xr, eps);
         for ((o, &v), &w) in or.iter_mut().zip(xr).zip(weight) {
             *o = v * s * w;

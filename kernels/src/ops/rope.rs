@@ -40,7 +40,10 @@ impl RopeCache {
     ) -> Result<Self> {
         const OP: &str = "RopeCache::new";
         if n_rot == 0 || n_rot % 2 != 0 {
-            return Err(Error::InvalidArgument { op: OP, reason: format!("n_rot {n_rot} must be even and > 0") });
+            return Err(Error::InvalidArgument {
+                op: OP,
+                reason: format!("n_rot {n_rot} must be even and > 0"),
+            });
         }
         if !(theta_base > 0.0) || !freq_scale.is_finite() {
             return Err(Error::InvalidArgument {
@@ -51,10 +54,16 @@ impl RopeCache {
         let half = n_rot / 2;
         if let Some(f) = factors {
             if f.len() != half {
-                return Err(Error::ShapeMismatch { op: OP, expected: half, got: f.len() });
+                return Err(Error::ShapeMismatch {
+                    op: OP,
+                    expected: half,
+                    got: f.len(),
+                });
             }
         }
-        let len = max_pos.checked_mul(half).ok_or(Error::SizeOverflow { op: OP })?;
+        let len = max_pos
+            .checked_mul(half)
+            .ok_or(Error::SizeOverflow { op: OP })?;
         let mut cos_sin = Vec::with_capacity(len);
         let inv_freq: Vec<f64> = (0..half)
             .map(|i| {
@@ -69,7 +78,11 @@ impl RopeCache {
                 (c as f32, s as f32)
             }));
         }
-        Ok(Self { n_rot, max_pos, cos_sin })
+        Ok(Self {
+            n_rot,
+            max_pos,
+            cos_sin,
+        })
     }
 
     pub fn n_rot(&self) -> usize {
@@ -82,17 +95,36 @@ impl RopeCache {
 
     /// Rotate the first `n_rot` dims of each of the `n_heads` heads of `x`
     /// (`[n_heads, head_dim]`) for position `pos`.
-    pub fn apply(&self, x: &mut [f32], n_heads: usize, head_dim: usize, pos: usize, style: RopeStyle) -> Result<()> {
+    pub fn apply(
+        &self,
+        x: &mut [f32],
+        n_heads: usize,
+        head_dim: usize,
+        pos: usize,
+        style: RopeStyle,
+    ) -> Result<()> {
         const OP: &str = "RopeCache::apply";
-        let expected = n_heads.checked_mul(head_dim).ok_or(Error::SizeOverflow { op: OP })?;
+        let expected = n_heads
+            .checked_mul(head_dim)
+            .ok_or(Error::SizeOverflow { op: OP })?;
         if x.len() != expected {
-            return Err(Error::ShapeMismatch { op: OP, expected, got: x.len() });
+            return Err(Error::ShapeMismatch {
+                op: OP,
+                expected,
+                got: x.len(),
+            });
         }
         if self.n_rot > head_dim {
-            return Err(Error::InvalidArgument { op: OP, reason: format!("n_rot {} > head_dim {head_dim}", self.n_rot) });
+            return Err(Error::InvalidArgument {
+                op: OP,
+                reason: format!("n_rot {} > head_dim {head_dim}", self.n_rot),
+            });
         }
         if pos >= self.max_pos {
-            return Err(Error::InvalidArgument { op: OP, reason: format!("position {pos} >= cache size {}", self.max_pos) });
+            return Err(Error::InvalidArgument {
+                op: OP,
+                reason: format!("position {pos} >= cache size {}", self.max_pos),
+            });
         }
         let half = self.n_rot / 2;
         let cs = &self.cos_sin[pos * half..(pos + 1) * half];
@@ -116,12 +148,22 @@ mod tests {
     use super::*;
     use crate::quant::test_data::random_row;
 
-    fn direct(x: &[f32], head_dim: usize, n_rot: usize, base: f32, scale: f32, pos: usize, style: RopeStyle) -> Vec<f32> {
+    fn direct(
+        x: &[f32],
+        head_dim: usize,
+        n_rot: usize,
+        base: f32,
+        scale: f32,
+        pos: usize,
+        style: RopeStyle,
+    ) -> Vec<f32> {
         let mut y = x.to_vec();
         for (h, yh) in y.chunks_exact_mut(head_dim).enumerate() {
             let xh = &x[h * head_dim..(h + 1) * head_dim];
             for i in 0..n_rot / 2 {
-                let theta = pos as f64 * scale as f64 * (base as f64).powf(-((2 * i) as f64) / n_rot as f64);
+                let theta = pos as f64
+                    * scale as f64
+                    * (base as f64).powf(-((2 * i) as f64) / n_rot as f64);
                 let (a, b) = match style {
                     RopeStyle::Interleaved => (2 * i, 2 * i + 1),
                     RopeStyle::NeoX => (i, i + n_rot / 2),

@@ -33,13 +33,22 @@ pub fn dequantize_row_bf16(x: &[bf16], out: &mut [f32]) {
 /// Dots accumulate in f64 here: the reference must be the accurate side of
 /// every comparison with the SIMD kernels.
 pub fn vec_dot_f32(w: &[f32], a: &[f32]) -> f32 {
-    w.iter().zip(a).map(|(&x, &y)| x as f64 * y as f64).sum::<f64>() as f32
+    w.iter()
+        .zip(a)
+        .map(|(&x, &y)| x as f64 * y as f64)
+        .sum::<f64>() as f32
 }
 pub fn vec_dot_f16(w: &[f16], a: &[f32]) -> f32 {
-    w.iter().zip(a).map(|(x, &y)| x.to_f64() * y as f64).sum::<f64>() as f32
+    w.iter()
+        .zip(a)
+        .map(|(x, &y)| x.to_f64() * y as f64)
+        .sum::<f64>() as f32
 }
 pub fn vec_dot_bf16(w: &[bf16], a: &[f32]) -> f32 {
-    w.iter().zip(a).map(|(x, &y)| x.to_f64() * y as f64).sum::<f64>() as f32
+    w.iter()
+        .zip(a)
+        .map(|(x, &y)| x.to_f64() * y as f64)
+        .sum::<f64>() as f32
 }
 /// `y += alpha * x` with f16 `x` (the V side of attention).
 pub fn axpy_f16(alpha: f32, x: &[f16], y: &mut [f32]) {

@@ -163,11 +163,23 @@ impl std::fmt::Display for DType {
 
 /// Reinterpret `bytes` as whole blocks without copying.
 pub fn cast_blocks<'a, B: Pod>(op: &'static str, dtype: DType, bytes: &'a [u8]) -> Result<&'a [B]> {
-    bytemuck::try_cast_slice(bytes).map_err(|_| Error::Misaligned { op, dtype, align: dtype.align() })
+    bytemuck::try_cast_slice(bytes).map_err(|_| Error::Misaligned {
+        op,
+        dtype,
+        align: dtype.align(),
+    })
 }
 
-fn cast_blocks_mut<'a, B: Pod>(op: &'static str, dtype: DType, bytes: &'a mut [u8]) -> Result<&'a mut [B]> {
-    bytemuck::try_cast_slice_mut(bytes).map_err(|_| Error::Misaligned { op, dtype, align: dtype.align() })
+fn cast_blocks_mut<'a, B: Pod>(
+    op: &'static str,
+    dtype: DType,
+    bytes: &'a mut [u8],
+) -> Result<&'a mut [B]> {
+    bytemuck::try_cast_slice_mut(bytes).map_err(|_| Error::Misaligned {
+        op,
+        dtype,
+        align: dtype.align(),
+    })
 }
 
 /// Checks that `n_elems` elements of `dtype` occupy exactly `n_bytes`.
@@ -179,7 +191,11 @@ fn check_row(op: &'static str, dtype: DType, n_elems: usize, n_bytes: usize) -> 
         block: dtype.block_size(),
     })?;
     if expected != n_bytes {
-        return Err(Error::ShapeMismatch { op, expected, got: n_bytes });
+        return Err(Error::ShapeMismatch {
+            op,
+            expected,
+            got: n_bytes,
+        });
     }
     Ok(())
 }
@@ -228,7 +244,10 @@ pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) -> Result<()> {
 /// Allocate a zeroed, correctly aligned byte buffer for `n_elems` of `dtype`
 /// (a `Vec<u8>` is only 1-aligned, so the bytes live in a `Vec<u64>`).
 pub fn aligned_bytes(n_bytes: usize) -> AlignedBytes {
-    AlignedBytes { words: vec![0u64; n_bytes.div_ceil(8)], len: n_bytes }
+    AlignedBytes {
+        words: vec![0u64; n_bytes.div_ceil(8)],
+        len: n_bytes,
+    }
 }
 
 /// Owned bytes aligned for every block type (8 bytes).
@@ -306,10 +325,17 @@ mod tests {
         let mut dst = vec![0f32; 32];
         assert!(matches!(
             dequantize_row(DType::Q4_0, &[0u8; 17], &mut dst),
-            Err(Error::ShapeMismatch { expected: 18, got: 17, .. })
+            Err(Error::ShapeMismatch {
+                expected: 18,
+                got: 17,
+                ..
+            })
         ));
         let mut dst = vec![0f32; 33];
-        assert!(matches!(dequantize_row(DType::Q4_0, &[0u8; 18], &mut dst), Err(Error::RaggedRow { .. })));
+        assert!(matches!(
+            dequantize_row(DType::Q4_0, &[0u8; 18], &mut dst),
+            Err(Error::RaggedRow { .. })
+        ));
         // 1 byte offset breaks the 2-byte alignment of the f16 scale
         let buf = aligned_bytes(40);
         let mut dst = vec![0f32; 32];
@@ -345,8 +371,14 @@ mod tests {
                 let mut y = vec![0f32; 512];
                 dequantize_row(dtype, q.as_bytes(), &mut y).unwrap();
                 let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
-                let err = x.iter().zip(&y).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-                assert!(err <= budget * amax, "{dtype}: max err {err} > {budget} * {amax}");
+                let err = x
+                    .iter()
+                    .zip(&y)
+                    .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    err <= budget * amax,
+                    "{dtype}: max err {err} > {budget} * {amax}"
+                );
             }
         }
     }

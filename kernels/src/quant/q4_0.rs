@@ -52,7 +52,10 @@ mod tests {
     /// One block by hand: d = 0.5, codes 0..16 then 15..0.
     #[test]
     fn known_answer() {
-        let mut b = BlockQ4_0 { d: f16::from_f32(0.5), qs: [0; 16] };
+        let mut b = BlockQ4_0 {
+            d: f16::from_f32(0.5),
+            qs: [0; 16],
+        };
         for j in 0..16 {
             b.qs[j] = (j as u8) | ((15 - j as u8) << 4);
         }
@@ -62,7 +65,10 @@ mod tests {
         assert_eq!(y[15], 3.5);
         assert_eq!(y[16], 3.5);
         assert_eq!(y[31], -4.0);
-        let a = BlockQ8_0 { d: f16::from_f32(0.25), qs: [2; 32] };
+        let a = BlockQ8_0 {
+            d: f16::from_f32(0.25),
+            qs: [2; 32],
+        };
         // sum (q-8) over all 32 codes = 2 * sum_{j<16}(j-8) = 2 * (-8) = -16
         let expect = -16.0 * 2.0 * 0.5 * 0.25;
         assert!((vec_dot(&[b], &[a]) - expect).abs() < 1e-6);
@@ -72,7 +78,10 @@ mod tests {
     fn max_magnitude_maps_to_minus_eight() {
         let mut x = [0.1f32; 32];
         x[3] = -3.2;
-        let mut b = [BlockQ4_0 { d: f16::ZERO, qs: [0; 16] }];
+        let mut b = [BlockQ4_0 {
+            d: f16::ZERO,
+            qs: [0; 16],
+        }];
         quantize_row(&x, &mut b);
         assert_eq!(b[0].d.to_f32(), f16::from_f32(0.4).to_f32());
         assert_eq!(b[0].qs[3] & 0x0F, 0);

@@ -39,7 +39,8 @@ pub fn vec_dot(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
     for (x, y) in w.iter().zip(a) {
         let mut sumi = 0i32;
         for j in 0..QK / 2 {
-            sumi += (x.qs[j] & 0x0F) as i32 * y.qs[j] as i32 + (x.qs[j] >> 4) as i32 * y.qs[j + QK / 2] as i32;
+            sumi += (x.qs[j] & 0x0F) as i32 * y.qs[j] as i32
+                + (x.qs[j] >> 4) as i32 * y.qs[j + QK / 2] as i32;
         }
         sum += (x.d.to_f32() * y.d.to_f32()) * sumi as f32 + x.m.to_f32() * y.s.to_f32();
     }
@@ -52,7 +53,11 @@ mod tests {
 
     #[test]
     fn known_answer() {
-        let mut b = BlockQ4_1 { d: f16::from_f32(0.5), m: f16::from_f32(-1.0), qs: [0; 16] };
+        let mut b = BlockQ4_1 {
+            d: f16::from_f32(0.5),
+            m: f16::from_f32(-1.0),
+            qs: [0; 16],
+        };
         for j in 0..16 {
             b.qs[j] = (j as u8) | (3 << 4);
         }
@@ -62,8 +67,16 @@ mod tests {
         assert_eq!(y[15], 6.5);
         assert_eq!(y[20], 0.5);
         // activations all 1 * d=0.5: sum q = 120 + 16*3 = 168; s = d*sum(qs) = 0.5*64
-        let a = BlockQ8_1 { d: f16::from_f32(0.5), s: f16::from_f32(32.0), qs: [2; 32] };
+        let a = BlockQ8_1 {
+            d: f16::from_f32(0.5),
+            s: f16::from_f32(32.0),
+            qs: [2; 32],
+        };
         let expect: f32 = y.iter().sum::<f32>() * 1.0;
-        assert!((vec_dot(&[b], &[a]) - expect).abs() < 1e-4, "{} vs {expect}", vec_dot(&[b], &[a]));
+        assert!(
+            (vec_dot(&[b], &[a]) - expect).abs() < 1e-4,
+            "{} vs {expect}",
+            vec_dot(&[b], &[a])
+        );
     }
 }

@@ -15,7 +15,10 @@ pub fn scale_min_k4(j: usize, q: &[u8; K_SCALE_SIZE]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -52,7 +55,11 @@ pub(crate) fn sub_scales_mins(x: &[f32], nmax: f32) -> (f16, f16, [u8; 8], [u8; 
     }
     let max_scale = scales.iter().copied().fold(0f32, f32::max);
     let max_min = mins.iter().copied().fold(0f32, f32::max);
-    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+    let inv_scale = if max_scale > 0.0 {
+        63.0 / max_scale
+    } else {
+        0.0
+    };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
@@ -61,13 +68,22 @@ pub(crate) fn sub_scales_mins(x: &[f32], nmax: f32) -> (f16, f16, [u8; 8], [u8; 
         ls[j] = ((inv_scale * scales[j]).ceil() as i32).clamp(0, 63) as u8;
         lm[j] = nearest_int(inv_min * mins[j]).clamp(0, 63) as u8;
     }
-    (f16::from_f32(max_scale / 63.0), f16::from_f32(max_min / 63.0), ls, lm)
+    (
+        f16::from_f32(max_scale / 63.0),
+        f16::from_f32(max_min / 63.0),
+        ls,
+        lm,
+    )
 }
 
 /// Codes of sub-block `xs` against the dequantized (scale, min).
 pub(crate) fn sub_codes(xs: &[f32], d: f32, dm: f32, nmax: i32, out: &mut [u8]) {
     for (o, &v) in out.iter_mut().zip(xs) {
-        *o = if d > 0.0 { nearest_int((v + dm) / d).clamp(0, nmax) as u8 } else { 0 };
+        *o = if d > 0.0 {
+            nearest_int((v + dm) / d).clamp(0, nmax) as u8
+        } else {
+            0
+        };
     }
 }
 
@@ -81,7 +97,13 @@ pub fn quantize_row(x: &[f32], out: &mut [BlockQ4K]) {
         for j in 0..8 {
             let dj = d.to_f32() * ls[j] as f32;
             let mj = dmin.to_f32() * lm[j] as f32;
-            sub_codes(&xb[32 * j..32 * j + 32], dj, mj, 15, &mut codes[32 * j..32 * j + 32]);
+            sub_codes(
+                &xb[32 * j..32 * j + 32],
+                dj,
+                mj,
+                15,
+                &mut codes[32 * j..32 * j + 32],
+            );
         }
         for c in 0..4 {
             for l in 0..32 {
@@ -119,7 +141,9 @@ pub fn vec_dot(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
             summs += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
             let q = &x.qs[32 * (j / 2)..32 * (j / 2) + 32];
             let shift = 4 * (j % 2);
-            let isum: i32 = (0..32).map(|l| ((q[l] >> shift) & 0xF) as i32 * y.qs[32 * j + l] as i32).sum();
+            let isum: i32 = (0..32)
+                .map(|l| ((q[l] >> shift) & 0xF) as i32 * y.qs[32 * j + l] as i32)
+                .sum();
             sumi += sc as i32 * isum;
         }
         sum += y.d * x.d.to_f32() * sumi as f32 - y.d * x.dmin.to_f32() * summs as f32;
@@ -146,7 +170,10 @@ mod tests {
             crate::quant::q8_k::dequantize_row(&ab, &mut xf);
             let want: f32 = wf.iter().zip(&xf).map(|(a, b)| a * b).sum();
             let got = vec_dot(&wb, &ab);
-            assert!((got - want).abs() < 1e-3 * want.abs().max(1.0), "seed {seed}: {got} vs {want}");
+            assert!(
+                (got - want).abs() < 1e-3 * want.abs().max(1.0),
+                "seed {seed}: {got} vs {want}"
+            );
         }
     }
 
@@ -176,7 +203,10 @@ mod tests {
         dequantize_row(&[b], &mut y);
         for j in 0..8 {
             let expect = (j + 1) as f32 * 3.0 - 0.5 * (2 * j) as f32;
-            assert!(y[32 * j..32 * j + 32].iter().all(|&v| v == expect), "sub-block {j}");
+            assert!(
+                y[32 * j..32 * j + 32].iter().all(|&v| v == expect),
+                "sub-block {j}"
+            );
         }
         let mut a: BlockQ8K = bytemuck::Zeroable::zeroed();
         a.d = 0.5;

@@ -14,7 +14,13 @@ pub fn quantize_row(x: &[f32], out: &mut [BlockQ5K]) {
         for j in 0..8 {
             let dj = d.to_f32() * ls[j] as f32;
             let mj = dmin.to_f32() * lm[j] as f32;
-            sub_codes(&xb[32 * j..32 * j + 32], dj, mj, 31, &mut codes[32 * j..32 * j + 32]);
+            sub_codes(
+                &xb[32 * j..32 * j + 32],
+                dj,
+                mj,
+                31,
+                &mut codes[32 * j..32 * j + 32],
+            );
         }
         b.qh = [0; 32];
         for c in 0..4 {
@@ -59,7 +65,9 @@ pub fn vec_dot(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
         for j in 0..8 {
             let (sc, m) = scale_min_k4(j, &x.scales);
             summs += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
-            let isum: i32 = (0..32).map(|l| code(x, 32 * j + l) as i32 * y.qs[32 * j + l] as i32).sum();
+            let isum: i32 = (0..32)
+                .map(|l| code(x, 32 * j + l) as i32 * y.qs[32 * j + l] as i32)
+                .sum();
             sumi += sc as i32 * isum;
         }
         sum += y.d * x.d.to_f32() * sumi as f32 - y.d * x.dmin.to_f32() * summs as f32;

@@ -57,7 +57,8 @@ pub fn quantize_row(x: &[f32], out: &mut [BlockQ6K]) {
                 let c = |k: usize| codes[128 * n + 32 * k + l];
                 b.ql[64 * n + l] = (c(0) & 0xF) | ((c(2) & 0xF) << 4);
                 b.ql[64 * n + 32 + l] = (c(1) & 0xF) | ((c(3) & 0xF) << 4);
-                b.qh[32 * n + l] = (c(0) >> 4) | ((c(1) >> 4) << 2) | ((c(2) >> 4) << 4) | ((c(3) >> 4) << 6);
+                b.qh[32 * n + l] =
+                    (c(0) >> 4) | ((c(1) >> 4) << 2) | ((c(2) >> 4) << 4) | ((c(3) >> 4) << 6);
             }
         }
     }
@@ -78,7 +79,9 @@ pub fn vec_dot(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
         let q = codes(x);
         let mut sumi = 0i32;
         for j in 0..16 {
-            let isum: i32 = (16 * j..16 * j + 16).map(|e| q[e] as i32 * y.qs[e] as i32).sum();
+            let isum: i32 = (16 * j..16 * j + 16)
+                .map(|e| q[e] as i32 * y.qs[e] as i32)
+                .sum();
             sumi += x.scales[j] as i32 * isum;
         }
         sum += x.d.to_f32() * y.d * sumi as f32;
@@ -92,7 +95,12 @@ mod tests {
 
     #[test]
     fn known_answer() {
-        let mut b = BlockQ6K { ql: [0; 128], qh: [0; 64], scales: [1; 16], d: f16::from_f32(0.5) };
+        let mut b = BlockQ6K {
+            ql: [0; 128],
+            qh: [0; 64],
+            scales: [1; 16],
+            d: f16::from_f32(0.5),
+        };
         // element 128 + 64 + 3: high nibble of ql[64 + 3], bits 4..6 of qh[32 + 3]
         b.ql[67] = 0x50;
         b.qh[35] = 0b0010_0000;

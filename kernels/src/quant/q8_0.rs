@@ -30,7 +30,11 @@ pub fn dequantize_row(blocks: &[BlockQ8_0], y: &mut [f32]) {
 pub fn vec_dot(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
     let mut sum = 0f32;
     for (x, y) in w.iter().zip(a) {
-        let sumi: i32 = x.qs.iter().zip(&y.qs).map(|(&p, &q)| p as i32 * q as i32).sum();
+        let sumi: i32 =
+            x.qs.iter()
+                .zip(&y.qs)
+                .map(|(&p, &q)| p as i32 * q as i32)
+                .sum();
         sum += sumi as f32 * (x.d.to_f32() * y.d.to_f32());
     }
     sum
@@ -46,7 +50,10 @@ mod tests {
         for (i, v) in x.iter_mut().enumerate() {
             *v = i as f32 - 16.0;
         }
-        let mut b = [BlockQ8_0 { d: f16::ZERO, qs: [0; 32] }];
+        let mut b = [BlockQ8_0 {
+            d: f16::ZERO,
+            qs: [0; 32],
+        }];
         quantize_row(&x, &mut b);
         assert_eq!(b[0].d, f16::from_f32(16.0 / 127.0));
         assert_eq!(b[0].qs[0], -127);
@@ -55,8 +62,14 @@ mod tests {
         let zero = [0f32; 32];
         quantize_row(&zero, &mut b);
         assert!(b[0].qs.iter().all(|&q| q == 0));
-        let one = BlockQ8_0 { d: f16::from_f32(1.0), qs: [3; 32] };
-        let two = BlockQ8_0 { d: f16::from_f32(0.5), qs: [-2; 32] };
+        let one = BlockQ8_0 {
+            d: f16::from_f32(1.0),
+            qs: [3; 32],
+        };
+        let two = BlockQ8_0 {
+            d: f16::from_f32(0.5),
+            qs: [-2; 32],
+        };
         assert_eq!(vec_dot(&[one], &[two]), -96.0);
     }
 }

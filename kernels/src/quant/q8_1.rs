@@ -35,7 +35,11 @@ mod tests {
     #[test]
     fn sum_field_is_d_times_code_sum() {
         let x: Vec<f32> = (0..32).map(|i| (i as f32 - 10.0) * 0.1).collect();
-        let mut b = [BlockQ8_1 { d: f16::ZERO, s: f16::ZERO, qs: [0; 32] }];
+        let mut b = [BlockQ8_1 {
+            d: f16::ZERO,
+            s: f16::ZERO,
+            qs: [0; 32],
+        }];
         quantize_row(&x, &mut b);
         let d = 2.1f32 / 127.0;
         let sum: i32 = b[0].qs.iter().map(|&q| q as i32).sum();

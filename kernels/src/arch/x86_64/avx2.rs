@@ -1,0 +1,339 @@
+//! AVX2 + FMA + F16C kernels (Haswell / Zen and later).
+//!
+//! Integer dots follow the classic ggml shape: 32 codes in one register,
+//! `vpmaddubsw` (unsigned x signed bytes -> i16 pairs) then `vpmaddwd` with
+//! ones (-> i32), converted to f32 and accumulated with the block's scale by
+//! FMA. Two blocks per loop iteration into two accumulators hide the FMA
+//! latency. Signed x signed products use the `vpsignb` trick: |x| * sign(y, x).
+//!
+//! Soundness: the `unsafe fn`s need AVX2, FMA and F16C. The safe wrappers
+//! below are private and reach callers only through [`overrides`], which
+//! `super::table` calls after `super::supports(Isa::Avx2)` checked those
+//! features at run time.
+
+use crate::dispatch::{Isa, VecDotTable};
+use crate::quant::blocks::*;
+use core::arch::x86_64::*;
+use half::{bf16, f16};
+
+pub(super) fn overrides(t: VecDotTable) -> VecDotTable {
+    VecDotTable {
+        isa: Isa::Avx2,
+        q4_0_q8_0,
+        q4_1_q8_1,
+        q8_0_q8_0,
+        f16_f32,
+        bf16_f32,
+        f32_f32,
+        quantize_q8_0,
+        quantize_q8_1,
+        axpy_f16,
+        ..t
+    }
+}
+
+// ---- safe wrappers: lengths are clamped to the shorter operand ----
+
+fn q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+    let n = w.len().min(a.len());
+    // SAFETY: AVX2/FMA/F16C were detected before this table was handed out; both slices hold n blocks.
+    unsafe { q4_0_q8_0_k(&w[..n], &a[..n]) }
+}
+fn q4_1_q8_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    let n = w.len().min(a.len());
+    // SAFETY: as above.
+    unsafe { q4_1_q8_1_k(&w[..n], &a[..n]) }
+}
+fn q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
+    let n = w.len().min(a.len());
+    // SAFETY: as above.
+    unsafe { q8_0_q8_0_k(&w[..n], &a[..n]) }
+}
+fn f32_f32(w: &[f32], a: &[f32]) -> f32 {
+    let n = w.len().min(a.len());
+    // SAFETY: as above.
+    unsafe { f32_f32_k(&w[..n], &a[..n]) }
+}
+fn f16_f32(w: &[f16], a: &[f32]) -> f32 {
+    let n = w.len().min(a.len());
+    // SAFETY: as above.
+    unsafe { f16_f32_k(&w[..n], &a[..n]) }
+}
+fn bf16_f32(w: &[bf16], a: &[f32]) -> f32 {
+    let n = w.len().min(a.len());
+    // SAFETY: as above.
+    unsafe { bf16_f32_k(&w[..n], &a[..n]) }
+}
+fn axpy_f16(alpha: f32, x: &[f16], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    // SAFETY: as above.
+    unsafe { axpy_f16_k(alpha, &x[..n], &mut y[..n]) }
+}
+fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
+    let n = (x.len() / QK).min(out.len());
+    for (xb, b) in x.chunks_exact(QK).zip(&mut out[..n]) {
+        // SAFETY: as above; xb holds exactly QK floats.
+        let (d, _) = unsafe { quantize_block_k(xb, &mut b.qs) };
+        b.d = f16::from_f32(d);
+    }
+}
+fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
+    let n = (x.len() / QK).min(out.len());
+    for (xb, b) in x.chunks_exact(QK).zip(&mut out[..n]) {
+        // SAFETY: as above; xb holds exactly QK floats.
+        let (d, sum) = unsafe { quantize_block_k(xb, &mut b.qs) };
+        b.d = f16::from_f32(d);
+        b.s = f16::from_f32(sum as f32 * d);
+    }
+}
+
+// ---- helpers ----
+
+/// IEEE half to f32 with F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn fp16(x: f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(x.to_bits() as i32)))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum(x: __m256) -> f32 {
+    let r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
+    let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    let r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    _mm_cvtss_f32(r)
+}
+
+/// 16 bytes of packed nibbles -> 32 bytes: low nibbles (elements 0..16) in
+/// the low lane, high nibbles (16..32) in the high lane.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
+    // SAFETY: qs is 16 readable bytes; loadu has no alignment requirement.
+    let lo = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
+    let hi = _mm_srli_epi16(lo, 4);
+    _mm256_and_si256(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(0x0F))
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load32(qs: &[i8; 32]) -> __m256i {
+    // SAFETY: qs is 32 readable bytes; loadu has no alignment requirement.
+    unsafe { _mm256_loadu_si256(qs.as_ptr().cast()) }
+}
+
+/// Sum of u8 x i8 products, as 8 f32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_us8(ux: __m256i, sy: __m256i) -> __m256 {
+    let pairs = _mm256_maddubs_epi16(ux, sy);
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)))
+}
+
+/// Sum of i8 x i8 products, as 8 f32 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn dot_s8(x: __m256i, y: __m256i) -> __m256 {
+    // SAFETY: same features as this function.
+    unsafe { dot_us8(_mm256_sign_epi8(x, x), _mm256_sign_epi8(y, x)) }
+}
+
+// ---- kernels ----
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_0_q8_0_k(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+    // SAFETY: callers guarantee the features; every load reads whole blocks of the given slices.
+    unsafe {
+        let block = |x: &BlockQ4_0, y: &BlockQ8_0, acc: __m256| {
+            let d = _mm256_set1_ps(fp16(x.d) * fp16(y.d));
+            let qx = _mm256_sub_epi8(nibbles(&x.qs), _mm256_set1_epi8(8));
+            _mm256_fmadd_ps(d, dot_s8(qx, load32(&y.qs)), acc)
+        };
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut pairs = w.chunks_exact(2).zip(a.chunks_exact(2));
+        for (x, y) in &mut pairs {
+            acc0 = block(&x[0], &y[0], acc0);
+            acc1 = block(&x[1], &y[1], acc1);
+        }
+        if w.len() % 2 == 1 {
+            let i = w.len() - 1;
+            acc0 = block(&w[i], &a[i], acc0);
+        }
+        hsum(_mm256_add_ps(acc0, acc1))
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_1_q8_1_k(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    // SAFETY: callers guarantee the features; every load reads whole blocks of the given slices.
+    unsafe {
+        let mut summs = 0f32;
+        let mut block = |x: &BlockQ4_1, y: &BlockQ8_1, acc: __m256| {
+            summs += fp16(x.m) * fp16(y.s);
+            let d = _mm256_set1_ps(fp16(x.d) * fp16(y.d));
+            _mm256_fmadd_ps(d, dot_us8(nibbles(&x.qs), load32(&y.qs)), acc)
+        };
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for (x, y) in w.chunks_exact(2).zip(a.chunks_exact(2)) {
+            acc0 = block(&x[0], &y[0], acc0);
+            acc1 = block(&x[1], &y[1], acc1);
+        }
+        if w.len() % 2 == 1 {
+            let i = w.len() - 1;
+            acc0 = block(&w[i], &a[i], acc0);
+        }
+        hsum(_mm256_add_ps(acc0, acc1)) + summs
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q8_0_q8_0_k(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
+    // SAFETY: callers guarantee the features; every load reads whole blocks of the given slices.
+    unsafe {
+        let block = |x: &BlockQ8_0, y: &BlockQ8_0, acc: __m256| {
+            let d = _mm256_set1_ps(fp16(x.d) * fp16(y.d));
+            _mm256_fmadd_ps(d, dot_s8(load32(&x.qs), load32(&y.qs)), acc)
+        };
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        for (x, y) in w.chunks_exact(2).zip(a.chunks_exact(2)) {
+            acc0 = block(&x[0], &y[0], acc0);
+            acc1 = block(&x[1], &y[1], acc1);
+        }
+        if w.len() % 2 == 1 {
+            let i = w.len() - 1;
+            acc0 = block(&w[i], &a[i], acc0);
+        }
+        hsum(_mm256_add_ps(acc0, acc1))
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f32_f32_k(w: &[f32], a: &[f32]) -> f32 {
+    let n = w.len();
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    // SAFETY: callers guarantee the features; i + 32 <= n bounds every load.
+    unsafe {
+        while i + 32 <= n {
+            for (k, acc_k) in acc.iter_mut().enumerate() {
+                let x = _mm256_loadu_ps(w.as_ptr().add(i + 8 * k));
+                let y = _mm256_loadu_ps(a.as_ptr().add(i + 8 * k));
+                *acc_k = _mm256_fmadd_ps(x, y, *acc_k);
+            }
+            i += 32;
+        }
+        let s = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        hsum(s) + w[i..].iter().zip(&a[i..]).map(|(x, y)| x * y).sum::<f32>()
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_f32_k(w: &[f16], a: &[f32]) -> f32 {
+    let n = w.len();
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut i = 0;
+    // SAFETY: callers guarantee the features; i + 16 <= n bounds every load.
+    unsafe {
+        while i + 16 <= n {
+            let x0 = _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(i).cast()));
+            let x1 = _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(i + 8).cast()));
+            acc0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(a.as_ptr().add(i)), acc0);
+            acc1 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(a.as_ptr().add(i + 8)), acc1);
+            i += 16;
+        }
+        hsum(_mm256_add_ps(acc0, acc1))
+            + w[i..]
+                .iter()
+                .zip(&a[i..])
+                .map(|(x, y)| x.to_f32() * y)
+                .sum::<f32>()
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn bf16_f32_k(w: &[bf16], a: &[f32]) -> f32 {
+    let n = w.len();
+    let mut acc = _mm256_setzero_ps();
+    let mut i = 0;
+    // SAFETY: callers guarantee the features; i + 8 <= n bounds every load.
+    unsafe {
+        while i + 8 <= n {
+            // bf16 is the top half of an f32: widen and shift into place.
+            let raw = _mm256_cvtepu16_epi32(_mm_loadu_si128(w.as_ptr().add(i).cast()));
+            let x = _mm256_castsi256_ps(_mm256_slli_epi32(raw, 16));
+            acc = _mm256_fmadd_ps(x, _mm256_loadu_ps(a.as_ptr().add(i)), acc);
+            i += 8;
+        }
+        hsum(acc)
+            + w[i..]
+                .iter()
+                .zip(&a[i..])
+                .map(|(x, y)| x.to_f32() * y)
+                .sum::<f32>()
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn axpy_f16_k(alpha: f32, x: &[f16], y: &mut [f32]) {
+    let n = x.len();
+    let av = _mm256_set1_ps(alpha);
+    let mut i = 0;
+    // SAFETY: callers guarantee the features; i + 8 <= n bounds every load and store.
+    unsafe {
+        while i + 8 <= n {
+            let xv = _mm256_cvtph_ps(_mm_loadu_si128(x.as_ptr().add(i).cast()));
+            let yp = y.as_mut_ptr().add(i);
+            _mm256_storeu_ps(yp, _mm256_fmadd_ps(av, xv, _mm256_loadu_ps(yp)));
+            i += 8;
+        }
+    }
+    for (o, v) in y[i..].iter_mut().zip(&x[i..]) {
+        *o += alpha * v.to_f32();
+    }
+}
+
+/// Quantizes 32 floats to i8 with `d = amax / 127` (rounding to nearest
+/// even, where the reference rounds ties away from zero: equal except at
+/// exact halves). Returns (d, sum of codes).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_block_k(x: &[f32], qs: &mut [i8; 32]) -> (f32, i32) {
+    // SAFETY: callers guarantee the features and x.len() == 32; qs is 32 writable bytes.
+    unsafe {
+        let p = x.as_ptr();
+        let v = [
+            _mm256_loadu_ps(p),
+            _mm256_loadu_ps(p.add(8)),
+            _mm256_loadu_ps(p.add(16)),
+            _mm256_loadu_ps(p.add(24)),
+        ];
+        let sign = _mm256_set1_ps(-0.0);
+        let mut m = _mm256_andnot_ps(sign, v[0]);
+        for vk in &v[1..] {
+            m = _mm256_max_ps(m, _mm256_andnot_ps(sign, *vk));
+        }
+        let m4 = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
+        let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        let m4 = _mm_max_ss(m4, _mm_movehdup_ps(m4));
+        let amax = _mm_cvtss_f32(m4);
+        let d = amax / 127.0;
+        let id = _mm256_set1_ps(if d != 0.0 { 1.0 / d } else { 0.0 });
+        let r = |vk: __m256| {
+            _mm256_cvtps_epi32(_mm256_round_ps(
+                _mm256_mul_ps(vk, id),
+                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+            ))
+        };
+        let (i0, i1, i2, i3) = (r(v[0]), r(v[1]), r(v[2]), r(v[3]));
+        let s = _mm256_add_epi32(_mm256_add_epi32(i0, i1), _mm256_add_epi32(i2, i3));
+        let s4 = _mm_add_epi32(_mm256_extracti128_si256(s, 1), _mm256_castsi256_si128(s));
+        let s4 = _mm_hadd_epi32(s4, s4);
+        let sum = _mm_cvtsi128_si32(_mm_hadd_epi32(s4, s4));
+        // packs interleave 128-bit lanes; the permute restores element order
+        let packed = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+        let ordered =
+            _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(qs.as_mut_ptr().cast(), ordered);
+        (d, sum)
+    }
+}
