@@ -24,6 +24,11 @@ impl PublicKey {
     /// after the 33; we refuse them so one key has one encoding.
     pub fn deserialize(bytes: &[u8]) -> Result<Self> {
         match bytes {
+            // X25519 ignores bit 255, so a set bit would give one key two
+            // encodings; canonical encodings (u < p) never set it.
+            [DJB_TYPE, rest @ ..] if rest.len() == 32 && rest[31] & 0x80 != 0 => {
+                Err(Error::InvalidKey { what: "public key", reason: "non-canonical (bit 255 set)" })
+            }
             [DJB_TYPE, rest @ ..] if rest.len() == 32 => {
                 let mut k = [0u8; 32];
                 k.copy_from_slice(rest);

@@ -2,14 +2,21 @@
 //! stores, conversations and the decrypt -> infer -> encrypt pipeline.
 #![forbid(unsafe_code)]
 
+mod conversation;
 mod error;
+mod file_store;
+mod fingerprint;
 mod kdf;
 mod keys;
+#[doc(hidden)]
+pub mod known_answer;
 mod message;
+mod pipeline;
 mod prekeys;
 mod proto;
 mod session;
 mod ratchet;
+mod sealed;
 mod state;
 mod store;
 
@@ -28,3 +35,8 @@ pub use store::{
 pub use session::{
     message_decrypt, message_decrypt_prekey, message_decrypt_signal, message_encrypt, process_prekey_bundle,
 };
+pub use conversation::{ConversationId, ConversationStore, FileConversationStore, InMemConversationStore, Role, Turn};
+pub use file_store::FileProtocolStore;
+pub use fingerprint::safety_number;
+pub use pipeline::{Assistant, Bridge, Envelope};
+pub use sealed::StorageKey;

@@ -14,8 +14,10 @@ pub const VERSION_BYTE: u8 = (CIPHERTEXT_VERSION << 4) | CIPHERTEXT_VERSION;
 pub const MAC_LEN: usize = 8;
 
 fn check_version(byte: u8) -> Result<()> {
-    // High nibble: the sender's version; low nibble: the highest it accepts.
-    if byte >> 4 != CIPHERTEXT_VERSION {
+    // High nibble: the sender's version; low nibble: the highest it
+    // accepts. The PreKeySignalMessage's byte is not covered by any MAC,
+    // so only the exact byte v3 peers send is accepted.
+    if byte != VERSION_BYTE {
         return Err(Error::UnsupportedVersion(byte));
     }
     Ok(())

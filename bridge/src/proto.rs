@@ -18,19 +18,22 @@ pub(crate) struct SignalMessageProto {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
+// Fields declared in tag order: prost encodes in declaration order, and
+// tag order is what python-axolotl and Java protobuf emit (byte-identical
+// known answers in tests/data/bridge/axolotl_kat.json).
 pub(crate) struct PreKeySignalMessageProto {
-    #[prost(uint32, optional, tag = "5")]
-    pub registration_id: Option<u32>,
     #[prost(uint32, optional, tag = "1")]
     pub pre_key_id: Option<u32>,
-    #[prost(uint32, optional, tag = "6")]
-    pub signed_pre_key_id: Option<u32>,
     #[prost(bytes = "vec", optional, tag = "2")]
     pub base_key: Option<Vec<u8>>,
     #[prost(bytes = "vec", optional, tag = "3")]
     pub identity_key: Option<Vec<u8>>,
     #[prost(bytes = "vec", optional, tag = "4")]
     pub message: Option<Vec<u8>>,
+    #[prost(uint32, optional, tag = "5")]
+    pub registration_id: Option<u32>,
+    #[prost(uint32, optional, tag = "6")]
+    pub signed_pre_key_id: Option<u32>,
 }
 
 // ---- storage (Sotto snapshot v1) ----

@@ -116,8 +116,12 @@ class Peer:
         out["next_next_chain_key"] = hexs(chain.getNextChainKey().getNextChainKey().getKey())
         derived = kdf.deriveSecrets(unhex(req["master_secret"]), b"WhisperText", 64)
         out["whisper_text_64"] = hexs(derived)
-        our_priv = DjbECPrivateKey(unhex(req["our_ratchet_private"]))
-        our_pair = ECKeyPair(Curve.generatePublicKey(our_priv), our_priv)
+        import axolotl_curve25519 as axolotl_curve
+        from axolotl.ecc.djbec import DjbECPublicKey
+        raw = axolotl_curve.generatePrivateKey(unhex(req["our_ratchet_private"]))  # clamps
+        our_priv = DjbECPrivateKey(raw)
+        our_pair = ECKeyPair(DjbECPublicKey(Curve.generatePublicKey(raw)), our_priv)
+        out["our_ratchet_private_clamped"] = hexs(raw)
         their_pub = Curve.decodePoint(bytearray(unhex(req["their_ratchet_public"])), 0)
         new_root, new_chain = RootKey(kdf, unhex(req["root_key"])).createChain(their_pub, our_pair)
         out["our_ratchet_public"] = hexs(our_pair.getPublicKey().serialize())
