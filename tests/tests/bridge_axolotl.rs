@@ -240,3 +240,38 @@ fn out_of_order_both_ways() {
     assert_eq!(sotto_decrypt(&mut sotto, &py, &new_chain, &mut rng), "new chain");
     assert_eq!(sotto_decrypt(&mut sotto, &py, &old_chain, &mut rng), "old chain");
 }
+
+/// Answers with the number of turns it saw and the last user text.
+struct CountingAssistant;
+
+impl sotto_bridge::Assistant for CountingAssistant {
+    fn reply(
+        &mut self,
+        conversation: &sotto_bridge::ConversationId,
+        history: &[sotto_bridge::Turn],
+    ) -> Result<String, sotto_bridge::AssistantError> {
+        let last = history.last().map(|t| t.text.clone()).unwrap_or_default();
+        Ok(format!("{} turns in {}; you said: {last}", history.len(), conversation.0))
+    }
+}
+
+#[test]
+fn pipeline_reply_decrypts_on_axolotl() {
+    let mut rng = ChaCha20Rng::seed_from_u64(103);
+    let identity = IdentityKeyPair::generate(&mut rng);
+    let mut bridge = sotto_bridge::Bridge::new(
+        InMemProtocolStore::new(identity, 777),
+        sotto_bridge::InMemConversationStore::default(),
+        Box::new(CountingAssistant),
+    );
+    let bundle = bridge.prekey_bundle(5, 1, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+    let mut peer = Peer::spawn();
+    peer.ok(bundle_to_json(&bundle, "sotto"));
+    let py = ProtocolAddress::new("py", 1);
+    for (i, text) in ["what is 2+2?", "and 3+3?", "thanks"].iter().enumerate() {
+        let msg = peer.encrypt("sotto", text);
+        let reply = bridge.handle(&py, &sotto_bridge::Envelope::from(&msg), &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let reply = reply.decode().unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(peer.decrypt("sotto", &reply), Ok(format!("{} turns in py.1; you said: {text}", 2 * i + 1)));
+    }
+}
