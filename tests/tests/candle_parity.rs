@@ -84,32 +84,51 @@ fn candle_and_cpu_agree_on_the_france_prompt() {
     assert_eq!(next_candle, next_cpu);
 }
 
+fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max)
+}
+
 #[test]
 fn candle_rebuilds_its_cache_after_a_truncate() {
     let path = default_model_path();
     let prompt = france_prompt();
+    let half = prompt.len() / 2;
+
+    // Reference: a fresh backend fed the two halves in turn.
+    let mut fresh = CandleBackend::load(&path, 0).unwrap();
+    let mut cache = fresh.new_cache(prompt.len()).unwrap();
+    fresh
+        .forward(&mut cache, &prompt[..half], LogitsFor::Last)
+        .unwrap();
+    let split = fresh
+        .forward(&mut cache, &prompt[half..], LogitsFor::Last)
+        .unwrap();
+    drop(fresh);
+
+    // Run everything, keep half, re-run the rest: candle's cache is rebuilt
+    // from the kept tokens, so the logits are those of the split run.
     let mut candle = CandleBackend::load(&path, 0).unwrap();
     let mut cache = candle.new_cache(prompt.len()).unwrap();
     let whole = candle
         .forward(&mut cache, &prompt, LogitsFor::Last)
         .unwrap();
-
-    // Keep half, re-run the rest: same logits as running everything at once.
-    let half = prompt.len() / 2;
     cache.truncate(half);
     let again = candle
         .forward(&mut cache, &prompt[half..], LogitsFor::Last)
         .unwrap();
     assert_eq!(cache.len(), prompt.len());
-    let max_diff = whole
-        .iter()
-        .zip(&again)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
     assert!(
-        max_diff < 1e-3,
-        "rebuilt cache changes logits by {max_diff}"
+        max_abs_diff(&again, &split) < 1e-4,
+        "rebuilt cache differs from a fresh split run"
     );
+    // Prefilling in two chunks (index_pos > 0, several tokens) is not bit-equal
+    // to one pass in candle (up to ~0.3 on the top logits here, enough to
+    // swap this prompt's near-tied first two tokens), but stays close.
+    assert!(top_k(&whole, 3).contains(&(argmax(&again) as usize)));
 
     // Errors leave the cache length alone.
     let before = cache.len();

@@ -193,7 +193,8 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     let report = Report {
         machine: Machine::detect(),
         model: summary,
-        kernel_isa_auto: backends::kernel_isa(),
+        kernel_isa_auto: backends::kernel_isa().unwrap_or_else(|e| e),
+        kernel_isas_available: backends::available_isas(),
         bandwidth,
         rows,
     };

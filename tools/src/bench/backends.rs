@@ -65,9 +65,24 @@ impl std::fmt::Debug for LoadedBackend {
     }
 }
 
-/// The kernel path dispatch chose in this process (SOTTO_ISA or detection).
-pub fn kernel_isa() -> String {
-    format!("{:?}", sotto_kernels::dispatch::table().isa).to_lowercase()
+/// The kernel path dispatch chose in this process (SOTTO_ISA or detection);
+/// an error when SOTTO_ISA names a path this CPU cannot run.
+pub fn kernel_isa() -> Result<String, String> {
+    sotto_kernels::dispatch::try_table()
+        .map(|t| isa_name(t.isa))
+        .map_err(|e| format!("kernel dispatch: {e}"))
+}
+
+/// Every kernel path this CPU can run, portable first.
+pub fn available_isas() -> Vec<String> {
+    sotto_kernels::dispatch::available_isas()
+        .into_iter()
+        .map(isa_name)
+        .collect()
+}
+
+fn isa_name(isa: sotto_kernels::dispatch::Isa) -> String {
+    format!("{isa:?}").to_lowercase()
 }
 
 /// Loads backend `name` on the model at `path` with `threads` threads.
@@ -75,6 +90,7 @@ pub fn load_backend(name: &str, path: &Path, threads: usize) -> Result<LoadedBac
     let t0 = Instant::now();
     match name {
         "cpu" => {
+            let isa = kernel_isa()?;
             let model =
                 Model::load(path).map_err(|e| format!("loading {}: {e}", path.display()))?;
             let backend = CpuBackend::new(Arc::new(model), threads)
@@ -83,7 +99,7 @@ pub fn load_backend(name: &str, path: &Path, threads: usize) -> Result<LoadedBac
                 backend: Box::new(backend),
                 load: t0.elapsed(),
                 external_kv_bytes_per_position: None,
-                isa: kernel_isa(),
+                isa,
             })
         }
         "candle" => load_candle(path, threads, t0),

@@ -100,6 +100,8 @@ pub struct Report {
     pub model: ModelSummary,
     /// What `--isa auto` resolves to in this process.
     pub kernel_isa_auto: String,
+    /// Every kernel path this CPU can run (what `--isa` can force).
+    pub kernel_isas_available: Vec<String>,
     pub bandwidth: Option<BandwidthProbe>,
     pub rows: Vec<BenchRow>,
 }
@@ -420,6 +422,7 @@ mod tests {
                 bytes_per_decoded_token: 80_000_000,
             },
             kernel_isa_auto: "avx2".into(),
+            kernel_isas_available: vec!["scalar".into(), "avx2".into()],
             bandwidth: Some(probe),
             rows,
         }

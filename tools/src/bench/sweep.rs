@@ -131,9 +131,13 @@ pub fn validate(axes: &SweepAxes) -> Result<(), String> {
     }
     for b in &axes.backends {
         if backends::info(b).is_none() {
+            let known: Vec<String> = backends::BACKENDS
+                .iter()
+                .map(|b| format!("{} ({})", b.name, b.about))
+                .collect();
             return Err(format!(
-                "unknown --backend {b:?}; one of {}",
-                backends::names().join(", ")
+                "unknown --backend {b:?}; one of: {}",
+                known.join("; ")
             ));
         }
     }
@@ -150,12 +154,6 @@ pub fn validate(axes: &SweepAxes) -> Result<(), String> {
         return Err(format!("{name} needs at least one value"));
     }
     Ok(())
-}
-
-/// Whether an ISA list needs child processes: dispatch reads SOTTO_ISA once
-/// per process, so anything but plain `auto` runs one child per ISA.
-pub fn needs_children(isas: &[String]) -> bool {
-    !(isas.len() == 1 && isas[0] == "auto")
 }
 
 /// The instances grouped for child processes, in order: the ISA to force
@@ -265,8 +263,6 @@ mod tests {
 
     #[test]
     fn children_group_by_isa_and_other_backends_run_under_auto() {
-        assert!(!needs_children(&["auto".to_string()]));
-        assert!(needs_children(&["avx2".to_string()]));
         let groups = child_groups(&expand(&axes()));
         assert_eq!(
             groups,
@@ -276,6 +272,16 @@ mod tests {
                     vec!["cpu".to_string(), "candle".to_string()]
                 ),
                 ("scalar".to_string(), vec!["cpu".to_string()]),
+            ]
+        );
+        // A forced ISA never reaches the backends outside sotto's kernels.
+        let mut a = axes();
+        a.isas = vec!["avx2".into()];
+        assert_eq!(
+            child_groups(&expand(&a)),
+            [
+                ("avx2".to_string(), vec!["cpu".to_string()]),
+                ("auto".to_string(), vec!["candle".to_string()])
             ]
         );
     }
