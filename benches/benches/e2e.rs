@@ -3,6 +3,8 @@
 //! through `Session`. Names follow `<op>/<dtype>/<isa>`; throughput is in
 //! tokens. Skips (with a note) when the model file is absent.
 //!
+//! Run: `cargo bench -p sotto-benches --features e2e --bench e2e`.
+//!
 //! `sotto bench` is the sweep tool (threads, depths, ISAs, llama.cpp side by
 //! side); this bench is the quick regression check criterion can compare
 //! between commits.
