@@ -1,1 +1,240 @@
-//! Placeholder replaced below.
+//! [`OrtBackend`]: a decoder exported by [`crate::onnx`] (a manifest
+//! directory) run as two sessions, prefill over fixed chunks and decode one
+//! token at a time, over a KV cache the backend owns as f32
+//! `[n_layer][n_kv_head, context, head_dim]` (the graphs' I/O layout).
+
+use std::path::Path;
+
+use crate::onnx::export::{past_key, past_value, present_key, present_value};
+use crate::onnx::manifest::Manifest;
+
+use super::runtime::OrtConfig;
+use super::session::{self, GraphSession, Input, Placement};
+use super::{Error, Result};
+
+/// KV cache contents for hand-over between backends: per layer, keys and
+/// values `[n_kv_head, len, head_dim]` in f32, keys in the model's own
+/// dimension order (the export's rope permutation undone).
+#[derive(Debug, Clone, PartialEq)]
+pub struct KvSnapshot {
+    pub len: usize,
+    pub n_kv_head: usize,
+    pub head_dim: usize,
+    pub keys: Vec<Vec<f32>>,
+    pub values: Vec<Vec<f32>>,
+}
+
+#[derive(Debug)]
+pub struct OrtBackend {
+    manifest: Manifest,
+    prefill: GraphSession,
+    decode: GraphSession,
+    /// Per layer `[n_kv_head, context, head_dim]`.
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    len: usize,
+}
+
+impl OrtBackend {
+    /// Opens an exported model directory (manifest + graphs, each checked
+    /// against the manifest) on the configured EP chain. With a QNN context
+    /// cache configured, each graph gets its own cache file beside it.
+    pub fn open(dir: &Path, config: &OrtConfig) -> Result<OrtBackend> {
+        let manifest = Manifest::open(dir)?;
+        let make = |entry: &crate::onnx::GraphEntry| -> Result<GraphSession> {
+            let bytes = entry.load(dir)?;
+            let mut cfg = config.clone();
+            for ep in cfg.eps.iter_mut() {
+                if let super::Ep::Qnn(q) = ep {
+                    if let Some(c) = &q.context_cache {
+                        q.context_cache = Some(c.join(format!("{}.qnn_ctx.onnx", entry.file.trim_end_matches(".onnx"))));
+                    }
+                }
+            }
+            session::create(&cfg, &bytes)
+        };
+        let prefill = make(&manifest.prefill)?;
+        let decode = make(&manifest.decode)?;
+        let slots = manifest.n_kv_head * manifest.context * manifest.head_dim;
+        Ok(OrtBackend {
+            keys: vec![vec![0.0; slots]; manifest.n_layer],
+            values: vec![vec![0.0; slots]; manifest.n_layer],
+            manifest,
+            prefill,
+            decode,
+            len: 0,
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    /// Where the prefill and decode graphs' nodes run.
+    pub fn placement(&self) -> (&Placement, &Placement) {
+        (&self.prefill.placement, &self.decode.placement)
+    }
+    /// Positions in the cache.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Forgets the cache (keeps the sessions).
+    pub fn reset(&mut self) {
+        self.len = 0;
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.manifest.vocab_size) {
+            return Err(Error::TokenOutOfRange { id, vocab: self.manifest.vocab_size });
+        }
+        if self.len + tokens.len() > self.manifest.context {
+            return Err(Error::ContextOverflow { needed: self.len + tokens.len(), context: self.manifest.context });
+        }
+        Ok(())
+    }
+
+    /// Runs one graph over `tokens` (padded to the graph's width with the
+    /// last token at the following positions, which stay masked and are
+    /// overwritten later). Returns logits of the real tokens `[n, vocab]`.
+    fn run(&mut self, decode: bool, tokens: &[u32]) -> Result<Vec<f32>> {
+        let m = &self.manifest;
+        let width = if decode { 1 } else { m.chunk };
+        let (c, n_kv, hd, vocab) = (m.context, m.n_kv_head, m.head_dim, m.vocab_size);
+        let pad = tokens.last().copied().unwrap_or(0);
+        let ids: Vec<i64> = (0..width).map(|i| *tokens.get(i).unwrap_or(&pad) as i64).collect();
+        let pos: Vec<i64> = (0..width).map(|i| (self.len + i) as i64).collect();
+        let mask: Vec<i64> = (0..c).map(|s| i64::from(s < self.len + tokens.len())).collect();
+        let kv_shape = [1, n_kv, c, hd];
+        let names: Vec<(String, String)> = (0..m.n_layer).map(|i| (past_key(i), past_value(i))).collect();
+        let (tok_shape, mask_shape) = ([1, width], [1, c]);
+        let mut inputs: Vec<(&str, Input<'_>)> = vec![
+            ("input_ids", Input::I64(&tok_shape, &ids)),
+            ("position_ids", Input::I64(&tok_shape, &pos)),
+            ("attention_mask", Input::I64(&mask_shape, &mask)),
+        ];
+        for (i, (k, v)) in names.iter().enumerate() {
+            inputs.push((k.as_str(), Input::F32(&kv_shape, &self.keys[i])));
+            inputs.push((v.as_str(), Input::F32(&kv_shape, &self.values[i])));
+        }
+        let graph = if decode { &mut self.decode } else { &mut self.prefill };
+        let mut out = graph.run(&inputs)?;
+        let n_layer = m.n_layer;
+        let mut keys = Vec::with_capacity(n_layer);
+        let mut values = Vec::with_capacity(n_layer);
+        for i in 0..n_layer {
+            let k = out.remove(&present_key(i)).ok_or_else(|| Error::Graph(format!("no output {}", present_key(i))))?;
+            let v = out.remove(&present_value(i)).ok_or_else(|| Error::Graph(format!("no output {}", present_value(i))))?;
+            keys.push(k.1);
+            values.push(v.1);
+        }
+        let (_, logits) = out.remove("logits").ok_or_else(|| Error::Graph("no output logits".into()))?;
+        if logits.len() != width * vocab {
+            return Err(Error::Graph(format!("logits hold {} values, expected {}", logits.len(), width * vocab)));
+        }
+        // Commit only after every output was there.
+        self.keys = keys;
+        self.values = values;
+        self.len += tokens.len();
+        Ok(logits[..tokens.len() * vocab].to_vec())
+    }
+
+    /// Runs `tokens` at the next positions; returns the last token's logits.
+    /// Full chunks go through the prefill graph, the remainder too when it
+    /// fits the context with padding, else through the decode graph.
+    pub fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.check_tokens(tokens)?;
+        let vocab = self.manifest.vocab_size;
+        let mut last = Vec::new();
+        let mut rest = tokens;
+        while !rest.is_empty() {
+            let chunk = self.manifest.chunk;
+            let take = rest.len().min(chunk);
+            let logits = if take == chunk || self.len + chunk <= self.manifest.context {
+                self.run(false, &rest[..take])?
+            } else {
+                let mut l = Vec::new();
+                for &t in &rest[..take] {
+                    l = self.run(true, &[t])?;
+                }
+                l
+            };
+            last = logits[logits.len() - vocab..].to_vec();
+            rest = &rest[take..];
+        }
+        Ok(last)
+    }
+
+    /// One token through the decode graph; its logits.
+    pub fn decode(&mut self, token: u32) -> Result<Vec<f32>> {
+        self.check_tokens(&[token])?;
+        self.run(true, &[token])
+    }
+
+    /// The cache's first `len` positions, keys back in the model's order.
+    pub fn export_kv(&self) -> KvSnapshot {
+        let m = &self.manifest;
+        let (c, hd, n_kv) = (m.context, m.head_dim, m.n_kv_head);
+        let order = &m.key_dim_order;
+        let take = |src: &Vec<f32>, permute: bool| {
+            let mut out = vec![0f32; n_kv * self.len * hd];
+            for h in 0..n_kv {
+                for p in 0..self.len {
+                    let row = &src[(h * c + p) * hd..(h * c + p + 1) * hd];
+                    let dst = &mut out[(h * self.len + p) * hd..(h * self.len + p + 1) * hd];
+                    for (j, &x) in row.iter().enumerate() {
+                        dst[if permute { order.get(j).copied().unwrap_or(j) } else { j }] = x;
+                    }
+                }
+            }
+            out
+        };
+        KvSnapshot {
+            len: self.len,
+            n_kv_head: n_kv,
+            head_dim: hd,
+            keys: self.keys.iter().map(|k| take(k, true)).collect(),
+            values: self.values.iter().map(|v| take(v, false)).collect(),
+        }
+    }
+
+    /// Replaces the cache with `kv` (from [`export_kv`](Self::export_kv) or
+    /// the CPU backend's cache converted to f32).
+    pub fn import_kv(&mut self, kv: &KvSnapshot) -> Result<()> {
+        let m = &self.manifest;
+        let (c, hd, n_kv) = (m.context, m.head_dim, m.n_kv_head);
+        if kv.n_kv_head != n_kv || kv.head_dim != hd || kv.keys.len() != m.n_layer || kv.values.len() != m.n_layer {
+            return Err(Error::Kv(format!(
+                "snapshot of {} layers x {} heads x {} dims, graphs need {} x {} x {}",
+                kv.keys.len(), kv.n_kv_head, kv.head_dim, m.n_layer, n_kv, hd
+            )));
+        }
+        if kv.len > c {
+            return Err(Error::ContextOverflow { needed: kv.len, context: c });
+        }
+        let n = n_kv * kv.len * hd;
+        if kv.keys.iter().chain(&kv.values).any(|l| l.len() != n) {
+            return Err(Error::Kv(format!("a layer does not hold {n} values")));
+        }
+        let order = &m.key_dim_order;
+        let put = |src: &Vec<f32>, dst: &mut Vec<f32>, permute: bool| {
+            dst.iter_mut().for_each(|x| *x = 0.0);
+            for h in 0..n_kv {
+                for p in 0..kv.len {
+                    let row = &src[(h * kv.len + p) * hd..(h * kv.len + p + 1) * hd];
+                    let out = &mut dst[(h * c + p) * hd..(h * c + p + 1) * hd];
+                    for (j, o) in out.iter_mut().enumerate() {
+                        *o = row[if permute { order.get(j).copied().unwrap_or(j) } else { j }];
+                    }
+                }
+            }
+        };
+        for i in 0..m.n_layer {
+            put(&kv.keys[i], &mut self.keys[i], true);
+            put(&kv.values[i], &mut self.values[i], false);
+        }
+        self.len = kv.len;
+        Ok(())
+    }
+}

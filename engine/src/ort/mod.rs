@@ -10,12 +10,12 @@
 //! * [`backend`]: [`OrtBackend`]: prefill/decode over a fixed KV cache, KV
 //!   hand-over to and from the CPU backend.
 
-// pub mod backend;
+pub mod backend;
 pub mod ep;
 pub mod runtime;
 pub mod session;
 
-// pub use backend::{KvSnapshot, OrtBackend};
+pub use backend::{KvSnapshot, OrtBackend};
 pub use ep::{Ep, QnnOptions};
 pub use runtime::OrtConfig;
 pub use session::{GraphSession, Placement};
