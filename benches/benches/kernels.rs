@@ -1,0 +1,121 @@
+//! Kernel benchmarks, named `<op>/<dtype>/<isa>` and run for every ISA this
+//! CPU offers. Throughput is weight bytes, so criterion reports GB/s.
+//!
+//! `cargo bench -p sotto-benches --bench kernels -- 'matvec'`
+
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use bytemuck::Zeroable;
+use rand::{Rng, SeedableRng};
+use sotto_kernels::quant::blocks::{BlockQ8K, BlockQ8_0, BlockQ8_1};
+use sotto_kernels::dispatch::{available_isas, table_for, VecDotTable};
+use sotto_kernels::ops::{matmul_with, QMatrix};
+use sotto_kernels::quant::{aligned_bytes, quantize_row, AlignedBytes, DType};
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
+}
+
+fn quantized(dtype: DType, rows: usize, cols: usize) -> AlignedBytes {
+    let rb = dtype.row_bytes(cols).unwrap_or(0);
+    let mut q = aligned_bytes(rows * rb);
+    let src = random(cols, 7);
+    for r in 0..rows {
+        // One source row repeated: the values do not change the timing.
+        let _ = quantize_row(dtype, &src, &mut q.as_bytes_mut()[r * rb..(r + 1) * rb]);
+    }
+    q
+}
+
+fn tables() -> Vec<&'static VecDotTable> {
+    available_isas().into_iter().filter_map(|i| table_for(i).ok()).collect()
+}
+
+const DTYPES: [DType; 6] = [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q6_K, DType::F16];
+
+/// Matrix-vector products of the SmolLM2-135M shapes: q/o projections
+/// (576x576 is too small to time well, so 1536x576 FFN up/gate), FFN down
+/// (576x1536) and the tied embedding / output head (49152x576).
+fn matvec(c: &mut Criterion) {
+    let shapes = [(1536usize, 576usize), (576, 1536), (49152, 576)];
+    for dtype in DTYPES {
+        for (rows, cols) in shapes {
+            if dtype.row_bytes(cols).is_none() {
+                continue;
+            }
+            let w = quantized(dtype, rows, cols);
+            let Ok(m) = QMatrix::new(dtype, rows, cols, w.as_bytes()) else { continue };
+            let x = random(cols, 1);
+            let mut out = vec![0f32; rows];
+            let mut g = c.benchmark_group(format!("matvec/{dtype}"));
+            g.throughput(Throughput::Bytes(w.as_bytes().len() as u64));
+            for t in tables() {
+                g.bench_function(BenchmarkId::new(t.isa.name(), format!("{rows}x{cols}")), |b| {
+                    b.iter(|| matmul_with(t, &m, black_box(&x), 1, &mut out))
+                });
+            }
+            g.finish();
+        }
+    }
+}
+
+/// Prefill: 128 tokens through the 1536x576 FFN matrix.
+fn matmul(c: &mut Criterion) {
+    let (rows, cols, n) = (1536usize, 576usize, 128usize);
+    for dtype in [DType::Q4_1, DType::Q8_0] {
+        let w = quantized(dtype, rows, cols);
+        let Ok(m) = QMatrix::new(dtype, rows, cols, w.as_bytes()) else { continue };
+        let x = random(n * cols, 2);
+        let mut out = vec![0f32; n * rows];
+        let mut g = c.benchmark_group(format!("matmul/{dtype}"));
+        g.throughput(Throughput::Bytes(w.as_bytes().len() as u64));
+        for t in tables() {
+            g.bench_function(BenchmarkId::new(t.isa.name(), format!("{rows}x{cols}x{n}")), |b| {
+                b.iter(|| matmul_with(t, &m, black_box(&x), n, &mut out))
+            });
+        }
+        g.finish();
+    }
+}
+
+/// One dot of a 1536-element row (no threading): the kernels themselves.
+fn vec_dot(c: &mut Criterion) {
+    let n = 1536;
+    let w = random(n, 3);
+    let x = random(n, 4);
+    let q = |d: DType, v: &[f32]| {
+        let mut b = aligned_bytes(d.row_bytes(v.len()).unwrap_or(0));
+        let _ = quantize_row(d, v, b.as_bytes_mut());
+        b
+    };
+    let (w40, w41, w80, x80, x81) = (q(DType::Q4_0, &w), q(DType::Q4_1, &w), q(DType::Q8_0, &w), q(DType::Q8_0, &x), q(DType::Q8_1, &x));
+    let wh: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+    for t in tables() {
+        let isa = t.isa.name();
+        c.bench_function(&format!("vec_dot/q4_0/{isa}"), |b| b.iter(|| (t.q4_0_q8_0)(bytemuck_cast(&w40), bytemuck_cast(&x80))));
+        c.bench_function(&format!("vec_dot/q4_1/{isa}"), |b| b.iter(|| (t.q4_1_q8_1)(bytemuck_cast(&w41), bytemuck_cast(&x81))));
+        c.bench_function(&format!("vec_dot/q8_0/{isa}"), |b| b.iter(|| (t.q8_0_q8_0)(bytemuck_cast(&w80), bytemuck_cast(&x80))));
+        c.bench_function(&format!("vec_dot/f16/{isa}"), |b| b.iter(|| (t.f16_f32)(black_box(&wh), &x)));
+    }
+}
+
+fn bytemuck_cast<B: bytemuck::Pod>(b: &AlignedBytes) -> &[B] {
+    bytemuck::cast_slice(b.as_bytes())
+}
+
+/// Activation quantizers over a 1536-element row.
+fn quantize(c: &mut Criterion) {
+    let x = random(1536, 5);
+    let mut q80 = vec![<BlockQ8_0 as Zeroable>::zeroed(); 1536 / 32];
+    let mut q81 = vec![<BlockQ8_1 as Zeroable>::zeroed(); 1536 / 32];
+    let mut q8k = vec![<BlockQ8K as Zeroable>::zeroed(); 1536 / 256];
+    for t in tables() {
+        let isa = t.isa.name();
+        c.bench_function(&format!("quantize/q8_0/{isa}"), |b| b.iter(|| (t.quantize_q8_0)(black_box(&x), &mut q80)));
+        c.bench_function(&format!("quantize/q8_1/{isa}"), |b| b.iter(|| (t.quantize_q8_1)(black_box(&x), &mut q81)));
+        c.bench_function(&format!("quantize/q8_K/{isa}"), |b| b.iter(|| (t.quantize_q8_k)(black_box(&x), &mut q8k)));
+    }
+}
+
+criterion_group!(benches, matvec, matmul, vec_dot, quantize);
+criterion_main!(benches);
