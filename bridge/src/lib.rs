@@ -6,6 +6,8 @@ mod conversation;
 mod error;
 mod file_store;
 mod fingerprint;
+#[doc(hidden)]
+pub mod fuzzing;
 mod kdf;
 mod keys;
 #[doc(hidden)]
