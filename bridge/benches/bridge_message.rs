@@ -6,8 +6,9 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use sotto_bridge::{
-    message_decrypt, message_encrypt, process_prekey_bundle, IdentityKeyPair, InMemProtocolStore, PreKeyBundle,
-    PreKeyRecord, PreKeyStore, ProtocolAddress, SignedPreKeyRecord, SignedPreKeyStore,
+    message_decrypt, message_encrypt, process_prekey_bundle, IdentityKeyPair, InMemProtocolStore,
+    PreKeyBundle, PreKeyRecord, PreKeyStore, ProtocolAddress, SignedPreKeyRecord,
+    SignedPreKeyStore,
 };
 
 fn setup() -> (InMemProtocolStore, InMemProtocolStore, ChaCha20Rng) {
@@ -44,7 +45,10 @@ fn setup() -> (InMemProtocolStore, InMemProtocolStore, ChaCha20Rng) {
 
 fn per_message(c: &mut Criterion) {
     let (mut user, mut bot, mut rng) = setup();
-    let (bot_addr, user_addr) = (ProtocolAddress::new("bot", 1), ProtocolAddress::new("user", 1));
+    let (bot_addr, user_addr) = (
+        ProtocolAddress::new("bot", 1),
+        ProtocolAddress::new("user", 1),
+    );
     let question = vec![b'q'; 200];
     let answer = vec![b'a'; 600];
     c.bench_function("bridge decrypt 200 B + encrypt 600 B reply", |b| {

@@ -38,10 +38,16 @@ pub struct Turn {
 
 impl Turn {
     pub fn user(text: impl Into<String>) -> Self {
-        Self { role: Role::User, text: text.into() }
+        Self {
+            role: Role::User,
+            text: text.into(),
+        }
     }
     pub fn assistant(text: impl Into<String>) -> Self {
-        Self { role: Role::Assistant, text: text.into() }
+        Self {
+            role: Role::Assistant,
+            text: text.into(),
+        }
     }
 }
 
@@ -108,12 +114,20 @@ impl FileConversationStore {
         let file = SealedFile::new(path.into(), key, CONVERSATIONS_KIND, CONVERSATIONS_VERSION);
         let mut inner = InMemConversationStore::default();
         if let Some(bytes) = file.load()? {
-            let proto = ConversationsProto::decode(bytes.as_slice()).map_err(|e| malformed("conversation snapshot", e.to_string()))?;
+            let proto = ConversationsProto::decode(bytes.as_slice())
+                .map_err(|e| malformed("conversation snapshot", e.to_string()))?;
             for c in proto.conversations {
                 let turns = c
                     .turns
                     .into_iter()
-                    .map(|t| Turn { role: if t.assistant { Role::Assistant } else { Role::User }, text: t.text })
+                    .map(|t| Turn {
+                        role: if t.assistant {
+                            Role::Assistant
+                        } else {
+                            Role::User
+                        },
+                        text: t.text,
+                    })
                     .collect();
                 inner.conversations.insert(ConversationId(c.id), turns);
             }
@@ -129,7 +143,13 @@ impl FileConversationStore {
                 .iter()
                 .map(|(id, turns)| ConversationProto {
                     id: id.0.clone(),
-                    turns: turns.iter().map(|t| TurnProto { assistant: t.role == Role::Assistant, text: t.text.clone() }).collect(),
+                    turns: turns
+                        .iter()
+                        .map(|t| TurnProto {
+                            assistant: t.role == Role::Assistant,
+                            text: t.text.clone(),
+                        })
+                        .collect(),
                 })
                 .collect(),
         };

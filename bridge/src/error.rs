@@ -8,7 +8,10 @@ use thiserror::Error;
 #[non_exhaustive]
 pub enum Error {
     #[error("invalid {what}: {reason}")]
-    InvalidKey { what: &'static str, reason: &'static str },
+    InvalidKey {
+        what: &'static str,
+        reason: &'static str,
+    },
     #[error("bad signature on {0}")]
     BadSignature(&'static str),
     #[error("message too short: {len} bytes")]
@@ -38,7 +41,11 @@ pub enum Error {
     #[error("store: {0}")]
     Store(String),
     #[error("store file {path}: {source}")]
-    Io { path: String, #[source] source: std::io::Error },
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("store file {path} cannot be opened: wrong key or corrupted")]
     StoreDecrypt { path: String },
     #[error("store file {path}: unsupported snapshot version {version}")]
@@ -55,5 +62,8 @@ pub struct AssistantError(pub String);
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) fn malformed(what: &'static str, reason: impl Into<String>) -> Error {
-    Error::Malformed { what, reason: reason.into() }
+    Error::Malformed {
+        what,
+        reason: reason.into(),
+    }
 }

@@ -13,7 +13,8 @@ use crate::prekeys::{PreKeyRecord, SignedPreKeyRecord};
 use crate::sealed::{SealedFile, StorageKey};
 use crate::state::SessionRecord;
 use crate::store::{
-    IdentityKeyStore, InMemProtocolStore, PreKeyStore, ProtocolAddress, SessionStore, SignedPreKeyStore,
+    IdentityKeyStore, InMemProtocolStore, PreKeyStore, ProtocolAddress, SessionStore,
+    SignedPreKeyStore,
 };
 
 const PROTOCOL_KIND: u8 = b'P';
@@ -90,7 +91,10 @@ impl FileProtocolStore {
             }
             None => {
                 let (identity, registration_id) = create();
-                let store = Self { file, inner: InMemProtocolStore::new(identity, registration_id) };
+                let store = Self {
+                    file,
+                    inner: InMemProtocolStore::new(identity, registration_id),
+                };
                 store.persist()?;
                 Ok(store)
             }
@@ -117,13 +121,22 @@ fn encode_snapshot(s: &InMemProtocolStore) -> ProtocolSnapshotProto {
             .identities
             .known
             .iter()
-            .map(|(a, k)| KnownIdentityProto { name: a.name.clone(), device_id: a.device_id, identity: k.serialize().to_vec() })
+            .map(|(a, k)| KnownIdentityProto {
+                name: a.name.clone(),
+                device_id: a.device_id,
+                identity: k.serialize().to_vec(),
+            })
             .collect(),
         pre_keys: s
             .pre_keys
             .keys
             .values()
-            .map(|r| PreKeyProto { id: r.id, private_key: r.key_pair.private_key.serialize().to_vec(), timestamp: 0, signature: Vec::new() })
+            .map(|r| PreKeyProto {
+                id: r.id,
+                private_key: r.key_pair.private_key.serialize().to_vec(),
+                timestamp: 0,
+                signature: Vec::new(),
+            })
             .collect(),
         signed_pre_keys: s
             .signed_pre_keys
@@ -140,31 +153,57 @@ fn encode_snapshot(s: &InMemProtocolStore) -> ProtocolSnapshotProto {
             .sessions
             .sessions
             .iter()
-            .map(|(a, r)| SessionEntryProto { name: a.name.clone(), device_id: a.device_id, record: r.clone() })
+            .map(|(a, r)| SessionEntryProto {
+                name: a.name.clone(),
+                device_id: a.device_id,
+                record: r.clone(),
+            })
             .collect(),
     }
 }
 
 fn decode_snapshot(bytes: &[u8]) -> Result<InMemProtocolStore> {
-    let p = ProtocolSnapshotProto::decode(bytes).map_err(|e| malformed("protocol snapshot", e.to_string()))?;
+    let p = ProtocolSnapshotProto::decode(bytes)
+        .map_err(|e| malformed("protocol snapshot", e.to_string()))?;
     let identity = IdentityKeyPair::from_private(PrivateKey::deserialize(&p.identity_private)?);
     let mut store = InMemProtocolStore::new(identity, p.registration_id);
     for k in &p.known {
-        store.identities.known.insert(ProtocolAddress::new(k.name.clone(), k.device_id), IdentityKey::deserialize(&k.identity)?);
+        store.identities.known.insert(
+            ProtocolAddress::new(k.name.clone(), k.device_id),
+            IdentityKey::deserialize(&k.identity)?,
+        );
     }
     for r in &p.pre_keys {
         let key_pair = KeyPair::from_private(PrivateKey::deserialize(&r.private_key)?);
-        store.pre_keys.keys.insert(r.id, PreKeyRecord { id: r.id, key_pair });
+        store
+            .pre_keys
+            .keys
+            .insert(r.id, PreKeyRecord { id: r.id, key_pair });
     }
     for r in &p.signed_pre_keys {
         let key_pair = KeyPair::from_private(PrivateKey::deserialize(&r.private_key)?);
-        let signature = r.signature.as_slice().try_into().map_err(|_| malformed("protocol snapshot", "signature length"))?;
-        store.signed_pre_keys.keys.insert(r.id, SignedPreKeyRecord { id: r.id, timestamp: r.timestamp, key_pair, signature });
+        let signature = r
+            .signature
+            .as_slice()
+            .try_into()
+            .map_err(|_| malformed("protocol snapshot", "signature length"))?;
+        store.signed_pre_keys.keys.insert(
+            r.id,
+            SignedPreKeyRecord {
+                id: r.id,
+                timestamp: r.timestamp,
+                key_pair,
+                signature,
+            },
+        );
     }
     for e in &p.sessions {
         // Validate now so a bad record fails at open, not mid-conversation.
         SessionRecord::deserialize(&e.record)?;
-        store.sessions.sessions.insert(ProtocolAddress::new(e.name.clone(), e.device_id), e.record.clone());
+        store.sessions.sessions.insert(
+            ProtocolAddress::new(e.name.clone(), e.device_id),
+            e.record.clone(),
+        );
     }
     Ok(store)
 }

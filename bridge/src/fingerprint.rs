@@ -34,7 +34,12 @@ fn side(identifier: &[u8], key: &IdentityKey) -> String {
 }
 
 /// The 60-digit safety number between two identities.
-pub fn safety_number(local_id: &[u8], local_key: &IdentityKey, remote_id: &[u8], remote_key: &IdentityKey) -> String {
+pub fn safety_number(
+    local_id: &[u8],
+    local_key: &IdentityKey,
+    remote_id: &[u8],
+    remote_key: &IdentityKey,
+) -> String {
     let local = side(local_id, local_key);
     let remote = side(remote_id, remote_key);
     if local <= remote {
@@ -55,17 +60,26 @@ mod tests {
     #[test]
     fn matches_libsignal_vectors() {
         let alice = IdentityKey(
-            PublicKey::deserialize(&hex::decode("0506863bc66d02b40d27b8d49ca7c09e9239236f9d7d25d6fcca5ce13c7064d868").unwrap_or_default())
-                .unwrap_or_else(|e| panic!("{e}")),
+            PublicKey::deserialize(
+                &hex::decode("0506863bc66d02b40d27b8d49ca7c09e9239236f9d7d25d6fcca5ce13c7064d868")
+                    .unwrap_or_default(),
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
         );
         let bob = IdentityKey(
-            PublicKey::deserialize(&hex::decode("05f781b6fb32fed9ba1cf2de978d4d5da28dc34046ae814402b5c0dbd96fda907b").unwrap_or_default())
-                .unwrap_or_else(|e| panic!("{e}")),
+            PublicKey::deserialize(
+                &hex::decode("05f781b6fb32fed9ba1cf2de978d4d5da28dc34046ae814402b5c0dbd96fda907b")
+                    .unwrap_or_default(),
+            )
+            .unwrap_or_else(|e| panic!("{e}")),
         );
         let a = safety_number(b"+14152222222", &alice, b"+14153333333", &bob);
         let b = safety_number(b"+14153333333", &bob, b"+14152222222", &alice);
         assert_eq!(a, b);
         assert_eq!(a.len(), 60);
-        assert_eq!(a, "300354477692869396892869876765458257569162576843440918079131");
+        assert_eq!(
+            a,
+            "300354477692869396892869876765458257569162576843440918079131"
+        );
     }
 }

@@ -7,7 +7,9 @@ use rand_core::SeedableRng as _;
 use crate::message::{CiphertextMessage, PreKeySignalMessage, SignalMessage};
 use crate::prekeys::{PreKeyBundle, PreKeyRecord, SignedPreKeyRecord};
 use crate::session::{message_decrypt, message_encrypt, process_prekey_bundle};
-use crate::store::{InMemProtocolStore, PreKeyStore, ProtocolAddress, SessionStore, SignedPreKeyStore};
+use crate::store::{
+    InMemProtocolStore, PreKeyStore, ProtocolAddress, SessionStore, SignedPreKeyStore,
+};
 use crate::IdentityKeyPair;
 
 /// Decoding arbitrary bytes never panics, and what decodes re-encodes to
@@ -56,8 +58,16 @@ impl DecryptFixture {
         if let Ok(m) = message_encrypt(b"first", &b_addr, &mut alice) {
             seeds.push(m.serialized().to_vec());
         }
-        if let Some(first) = seeds.first().and_then(|s| PreKeySignalMessage::decode(s).ok()) {
-            let _ = message_decrypt(&CiphertextMessage::PreKey(first), &a_addr, &mut bob, &mut rng);
+        if let Some(first) = seeds
+            .first()
+            .and_then(|s| PreKeySignalMessage::decode(s).ok())
+        {
+            let _ = message_decrypt(
+                &CiphertextMessage::PreKey(first),
+                &a_addr,
+                &mut bob,
+                &mut rng,
+            );
         }
         if let Ok(r) = message_encrypt(b"reply", &a_addr, &mut bob) {
             let _ = message_decrypt(&r, &b_addr, &mut alice, &mut rng);
@@ -67,7 +77,11 @@ impl DecryptFixture {
                 seeds.push(m.serialized().to_vec());
             }
         }
-        Self { bob, alice_addr: a_addr, seeds }
+        Self {
+            bob,
+            alice_addr: a_addr,
+            seeds,
+        }
     }
 
     /// Tries `data` as either message kind against a copy of the fixture.
@@ -75,14 +89,26 @@ impl DecryptFixture {
     pub fn decrypt(&self, data: &[u8]) {
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
         let candidates = [
-            SignalMessage::decode(data).ok().map(CiphertextMessage::Signal),
-            PreKeySignalMessage::decode(data).ok().map(CiphertextMessage::PreKey),
+            SignalMessage::decode(data)
+                .ok()
+                .map(CiphertextMessage::Signal),
+            PreKeySignalMessage::decode(data)
+                .ok()
+                .map(CiphertextMessage::PreKey),
         ];
         for message in candidates.into_iter().flatten() {
             let mut bob = self.bob.clone();
-            let before = bob.load_session(&self.alice_addr).ok().flatten().map(|r| r.serialize());
+            let before = bob
+                .load_session(&self.alice_addr)
+                .ok()
+                .flatten()
+                .map(|r| r.serialize());
             if message_decrypt(&message, &self.alice_addr, &mut bob, &mut rng).is_err() {
-                let after = bob.load_session(&self.alice_addr).ok().flatten().map(|r| r.serialize());
+                let after = bob
+                    .load_session(&self.alice_addr)
+                    .ok()
+                    .flatten()
+                    .map(|r| r.serialize());
                 assert_eq!(before, after, "a rejected message changed the session");
             }
         }
@@ -97,6 +123,8 @@ impl Default for DecryptFixture {
 
 impl std::fmt::Debug for DecryptFixture {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DecryptFixture").field("seeds", &self.seeds.len()).finish_non_exhaustive()
+        f.debug_struct("DecryptFixture")
+            .field("seeds", &self.seeds.len())
+            .finish_non_exhaustive()
     }
 }

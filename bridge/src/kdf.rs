@@ -26,7 +26,9 @@ pub(crate) fn hmac_sha256(key: &[u8], parts: &[&[u8]]) -> [u8; 32] {
 fn hkdf_sha256<const N: usize>(salt: Option<&[u8]>, ikm: &[u8], info: &[u8]) -> [u8; N] {
     let mut out = [0u8; N];
     // N <= 255 * 32 for every caller, so expansion cannot fail.
-    Hkdf::<Sha256>::new(salt, ikm).expand(info, &mut out).unwrap_or_else(|_| unreachable!());
+    Hkdf::<Sha256>::new(salt, ikm)
+        .expand(info, &mut out)
+        .unwrap_or_else(|_| unreachable!());
     out
 }
 
@@ -43,7 +45,13 @@ fn split_root_chain(derived: &[u8; 64]) -> (RootKey, ChainKey) {
     let mut chain = [0u8; 32];
     root.copy_from_slice(&derived[..32]);
     chain.copy_from_slice(&derived[32..]);
-    (RootKey(root), ChainKey { key: chain, index: 0 })
+    (
+        RootKey(root),
+        ChainKey {
+            key: chain,
+            index: 0,
+        },
+    )
 }
 
 #[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
@@ -51,9 +59,14 @@ pub struct RootKey(pub(crate) [u8; 32]);
 
 impl RootKey {
     /// One DH ratchet step: `HKDF(salt = root, ikm = DH, "WhisperRatchet")`.
-    pub(crate) fn create_chain(&self, their_ratchet_key: &PublicKey, our_ratchet_key: &KeyPair) -> (RootKey, ChainKey) {
+    pub(crate) fn create_chain(
+        &self,
+        their_ratchet_key: &PublicKey,
+        our_ratchet_key: &KeyPair,
+    ) -> (RootKey, ChainKey) {
         let shared = our_ratchet_key.private_key.agree(their_ratchet_key);
-        let mut derived: [u8; 64] = hkdf_sha256(Some(&self.0), shared.as_bytes(), b"WhisperRatchet");
+        let mut derived: [u8; 64] =
+            hkdf_sha256(Some(&self.0), shared.as_bytes(), b"WhisperRatchet");
         let keys = split_root_chain(&derived);
         derived.zeroize();
         keys
@@ -74,7 +87,10 @@ pub struct ChainKey {
 
 impl ChainKey {
     pub(crate) fn next(&self) -> ChainKey {
-        ChainKey { key: hmac_sha256(&self.key, &[&[CHAIN_KEY_SEED]]), index: self.index.wrapping_add(1) }
+        ChainKey {
+            key: hmac_sha256(&self.key, &[&[CHAIN_KEY_SEED]]),
+            index: self.index.wrapping_add(1),
+        }
     }
 
     pub(crate) fn message_keys(&self) -> MessageKeys {
@@ -91,7 +107,9 @@ impl ChainKey {
 
 impl std::fmt::Debug for ChainKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChainKey").field("index", &self.index).finish_non_exhaustive()
+        f.debug_struct("ChainKey")
+            .field("index", &self.index)
+            .finish_non_exhaustive()
     }
 }
 
@@ -107,7 +125,12 @@ pub struct MessageKeys {
 impl MessageKeys {
     fn derive(seed: &[u8; 32], counter: u32) -> Self {
         let mut okm: [u8; 80] = hkdf_sha256(None, seed, b"WhisperMessageKeys");
-        let mut keys = MessageKeys { cipher_key: [0; 32], mac_key: [0; 32], iv: [0; 16], counter };
+        let mut keys = MessageKeys {
+            cipher_key: [0; 32],
+            mac_key: [0; 32],
+            iv: [0; 16],
+            counter,
+        };
         keys.cipher_key.copy_from_slice(&okm[..32]);
         keys.mac_key.copy_from_slice(&okm[32..64]);
         keys.iv.copy_from_slice(&okm[64..]);
@@ -118,7 +141,9 @@ impl MessageKeys {
 
 impl std::fmt::Debug for MessageKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MessageKeys").field("counter", &self.counter).finish_non_exhaustive()
+        f.debug_struct("MessageKeys")
+            .field("counter", &self.counter)
+            .finish_non_exhaustive()
     }
 }
 
@@ -129,15 +154,28 @@ mod tests {
     /// libsignal's own chain-key vector (ChainKeyTest.java / chain_key tests).
     #[test]
     fn chain_key_matches_libsignal_vector() {
-        let seed: [u8; 32] = hex::decode("8ab72d6f4cc5ac0d387eaf463378ddb28edd07385b1cb01250c715982e7ad48f")
-            .unwrap_or_default()
-            .try_into()
-            .unwrap_or([0; 32]);
-        let ck = ChainKey { key: seed, index: 0 };
+        let seed: [u8; 32] =
+            hex::decode("8ab72d6f4cc5ac0d387eaf463378ddb28edd07385b1cb01250c715982e7ad48f")
+                .unwrap_or_default()
+                .try_into()
+                .unwrap_or([0; 32]);
+        let ck = ChainKey {
+            key: seed,
+            index: 0,
+        };
         let mk = ck.message_keys();
-        assert_eq!(hex::encode(mk.cipher_key), "bf51e9d75e0e31031051f82a2491ffc084fa298b7793bd9db620056febf45217");
-        assert_eq!(hex::encode(mk.mac_key), "c6c77d6a73a354337a56435e34607dfe48e3ace14e77314dc6abc172e7a7030b");
-        assert_eq!(hex::encode(ck.next().key), "28e8f8fee54b801eef7c5cfb2f17f32c7b334485bbb70fac6ec10342a246d15d");
+        assert_eq!(
+            hex::encode(mk.cipher_key),
+            "bf51e9d75e0e31031051f82a2491ffc084fa298b7793bd9db620056febf45217"
+        );
+        assert_eq!(
+            hex::encode(mk.mac_key),
+            "c6c77d6a73a354337a56435e34607dfe48e3ace14e77314dc6abc172e7a7030b"
+        );
+        assert_eq!(
+            hex::encode(ck.next().key),
+            "28e8f8fee54b801eef7c5cfb2f17f32c7b334485bbb70fac6ec10342a246d15d"
+        );
         assert_eq!(ck.next().index, 1);
         assert_eq!(ck.next().message_keys().counter, 1);
     }

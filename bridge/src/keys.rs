@@ -27,16 +27,28 @@ impl PublicKey {
             // X25519 ignores bit 255, so a set bit would give one key two
             // encodings; canonical encodings (u < p) never set it.
             [DJB_TYPE, rest @ ..] if rest.len() == 32 && rest[31] & 0x80 != 0 => {
-                Err(Error::InvalidKey { what: "public key", reason: "non-canonical (bit 255 set)" })
+                Err(Error::InvalidKey {
+                    what: "public key",
+                    reason: "non-canonical (bit 255 set)",
+                })
             }
             [DJB_TYPE, rest @ ..] if rest.len() == 32 => {
                 let mut k = [0u8; 32];
                 k.copy_from_slice(rest);
                 Ok(Self(k))
             }
-            [] => Err(Error::InvalidKey { what: "public key", reason: "empty" }),
-            [DJB_TYPE, ..] => Err(Error::InvalidKey { what: "public key", reason: "not 33 bytes" }),
-            _ => Err(Error::InvalidKey { what: "public key", reason: "unknown key type byte" }),
+            [] => Err(Error::InvalidKey {
+                what: "public key",
+                reason: "empty",
+            }),
+            [DJB_TYPE, ..] => Err(Error::InvalidKey {
+                what: "public key",
+                reason: "not 33 bytes",
+            }),
+            _ => Err(Error::InvalidKey {
+                what: "public key",
+                reason: "unknown key type byte",
+            }),
         }
     }
 
@@ -123,9 +135,10 @@ impl PrivateKey {
     }
 
     pub fn deserialize(bytes: &[u8]) -> Result<Self> {
-        let arr: [u8; 32] = bytes
-            .try_into()
-            .map_err(|_| Error::InvalidKey { what: "private key", reason: "not 32 bytes" })?;
+        let arr: [u8; 32] = bytes.try_into().map_err(|_| Error::InvalidKey {
+            what: "private key",
+            reason: "not 32 bytes",
+        })?;
         Ok(Self::from_bytes(arr))
     }
 
@@ -134,7 +147,10 @@ impl PrivateKey {
     }
 
     pub fn public_key(&self) -> PublicKey {
-        PublicKey(x25519_dalek::x25519(self.0, x25519_dalek::X25519_BASEPOINT_BYTES))
+        PublicKey(x25519_dalek::x25519(
+            self.0,
+            x25519_dalek::X25519_BASEPOINT_BYTES,
+        ))
     }
 
     pub fn agree(&self, their: &PublicKey) -> SharedSecret {
@@ -143,7 +159,11 @@ impl PrivateKey {
 
     /// XEdDSA signing (Perrin 2016) in libsignal's variant: the Edwards
     /// public key's sign bit travels in the signature's top bit.
-    pub fn calculate_signature<R: RngCore + CryptoRng>(&self, message: &[u8], rng: &mut R) -> [u8; SIGNATURE_LEN] {
+    pub fn calculate_signature<R: RngCore + CryptoRng>(
+        &self,
+        message: &[u8],
+        rng: &mut R,
+    ) -> [u8; SIGNATURE_LEN] {
         let mut random = [0u8; 64];
         rng.fill_bytes(&mut random);
         let a = Scalar::from_bytes_mod_order(self.0);
@@ -207,13 +227,18 @@ impl KeyPair {
     }
 
     pub fn from_private(private_key: PrivateKey) -> Self {
-        Self { public_key: private_key.public_key(), private_key }
+        Self {
+            public_key: private_key.public_key(),
+            private_key,
+        }
     }
 }
 
 impl std::fmt::Debug for KeyPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyPair").field("public_key", &self.public_key).finish_non_exhaustive()
+        f.debug_struct("KeyPair")
+            .field("public_key", &self.public_key)
+            .finish_non_exhaustive()
     }
 }
 
@@ -244,7 +269,10 @@ impl IdentityKeyPair {
         Self::from_private(PrivateKey::generate(rng))
     }
     pub fn from_private(private_key: PrivateKey) -> Self {
-        Self { identity_key: IdentityKey(private_key.public_key()), private_key }
+        Self {
+            identity_key: IdentityKey(private_key.public_key()),
+            private_key,
+        }
     }
     pub fn identity_key(&self) -> &IdentityKey {
         &self.identity_key
@@ -302,6 +330,9 @@ mod tests {
         let mut rng = ChaCha20Rng::seed_from_u64(2);
         let a = KeyPair::generate(&mut rng);
         let b = KeyPair::generate(&mut rng);
-        assert_eq!(a.private_key.agree(&b.public_key).as_bytes(), b.private_key.agree(&a.public_key).as_bytes());
+        assert_eq!(
+            a.private_key.agree(&b.public_key).as_bytes(),
+            b.private_key.agree(&a.public_key).as_bytes()
+        );
     }
 }

@@ -8,7 +8,10 @@ use crate::message::{PreKeySignalMessage, SignalMessage};
 
 /// `(cipher_key, mac_key, iv, next_chain_key)` for a chain key at index 0.
 pub fn chain_step(chain_key: [u8; 32]) -> ([u8; 32], [u8; 32], [u8; 16], [u8; 32]) {
-    let ck = ChainKey { key: chain_key, index: 0 };
+    let ck = ChainKey {
+        key: chain_key,
+        index: 0,
+    };
     let mk = ck.message_keys();
     (mk.cipher_key, mk.mac_key, mk.iv, ck.next().key)
 }
@@ -23,7 +26,11 @@ pub fn whisper_text(master_secret: &[u8]) -> [u8; 64] {
 }
 
 /// One `WhisperRatchet` root step: `(new_root, chain_key)`.
-pub fn root_step(root: [u8; 32], their_ratchet: &PublicKey, our_ratchet_private: &[u8; 32]) -> ([u8; 32], [u8; 32]) {
+pub fn root_step(
+    root: [u8; 32],
+    their_ratchet: &PublicKey,
+    our_ratchet_private: &[u8; 32],
+) -> ([u8; 32], [u8; 32]) {
     let ours = KeyPair::from_private(PrivateKey::from_bytes(*our_ratchet_private));
     let (r, c) = RootKey(root).create_chain(their_ratchet, &ours);
     (r.0, c.key)
@@ -39,7 +46,15 @@ pub fn signal_message(
     sender: &IdentityKey,
     receiver: &IdentityKey,
 ) -> SignalMessage {
-    SignalMessage::new(mac_key, ratchet, counter, previous_counter, ciphertext, sender, receiver)
+    SignalMessage::new(
+        mac_key,
+        ratchet,
+        counter,
+        previous_counter,
+        ciphertext,
+        sender,
+        receiver,
+    )
 }
 
 pub fn prekey_message(
@@ -50,5 +65,12 @@ pub fn prekey_message(
     identity: IdentityKey,
     message: SignalMessage,
 ) -> PreKeySignalMessage {
-    PreKeySignalMessage::new(registration_id, Some(pre_key_id), signed_pre_key_id, base_key, identity, message)
+    PreKeySignalMessage::new(
+        registration_id,
+        Some(pre_key_id),
+        signed_pre_key_id,
+        base_key,
+        identity,
+        message,
+    )
 }

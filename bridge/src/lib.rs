@@ -16,29 +16,35 @@ mod message;
 mod pipeline;
 mod prekeys;
 mod proto;
-mod session;
 mod ratchet;
 mod sealed;
+mod session;
 mod state;
 mod store;
 
+pub use conversation::{
+    ConversationId, ConversationStore, FileConversationStore, InMemConversationStore, Role, Turn,
+};
 pub use error::{AssistantError, Error, Result};
+pub use file_store::FileProtocolStore;
+pub use fingerprint::safety_number;
 pub use keys::{IdentityKey, IdentityKeyPair, KeyPair, PrivateKey, PublicKey, SIGNATURE_LEN};
-pub use message::{CiphertextMessage, MessageKind, PreKeySignalMessage, SignalMessage, VERSION_BYTE};
+pub use message::{
+    CiphertextMessage, MessageKind, PreKeySignalMessage, SignalMessage, VERSION_BYTE,
+};
+pub use pipeline::{Assistant, Bridge, Envelope};
 pub use prekeys::{PreKeyBundle, PreKeyRecord, SignedPreKeyRecord};
+pub use sealed::StorageKey;
+pub use session::{
+    message_decrypt, message_decrypt_prekey, message_decrypt_signal, message_encrypt,
+    process_prekey_bundle,
+};
 pub use state::{
     SessionRecord, SessionState, ARCHIVED_STATES_MAX, MAX_FORWARD_JUMPS, MAX_RECEIVER_CHAINS,
     MAX_SKIPPED_KEYS_PER_CHAIN,
 };
 pub use store::{
-    IdentityKeyStore, InMemIdentityKeyStore, InMemPreKeyStore, InMemProtocolStore, InMemSessionStore,
-    InMemSignedPreKeyStore, PreKeyStore, ProtocolAddress, ProtocolStore, SessionStore, SignedPreKeyStore,
+    IdentityKeyStore, InMemIdentityKeyStore, InMemPreKeyStore, InMemProtocolStore,
+    InMemSessionStore, InMemSignedPreKeyStore, PreKeyStore, ProtocolAddress, ProtocolStore,
+    SessionStore, SignedPreKeyStore,
 };
-pub use session::{
-    message_decrypt, message_decrypt_prekey, message_decrypt_signal, message_encrypt, process_prekey_bundle,
-};
-pub use conversation::{ConversationId, ConversationStore, FileConversationStore, InMemConversationStore, Role, Turn};
-pub use file_store::FileProtocolStore;
-pub use fingerprint::safety_number;
-pub use pipeline::{Assistant, Bridge, Envelope};
-pub use sealed::StorageKey;

@@ -53,10 +53,18 @@ impl SignalMessage {
         };
         let mut serialized = Vec::with_capacity(1 + proto.encoded_len() + MAC_LEN);
         serialized.push(VERSION_BYTE);
-        proto.encode(&mut serialized).unwrap_or_else(|_| unreachable!("Vec grows"));
+        proto
+            .encode(&mut serialized)
+            .unwrap_or_else(|_| unreachable!("Vec grows"));
         let mac = compute_mac(mac_key, sender_identity, receiver_identity, &serialized);
         serialized.extend_from_slice(&mac);
-        Self { sender_ratchet_key, counter, previous_counter, ciphertext, serialized }
+        Self {
+            sender_ratchet_key,
+            counter,
+            previous_counter,
+            ciphertext,
+            serialized,
+        }
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self> {
@@ -65,11 +73,18 @@ impl SignalMessage {
         }
         check_version(bytes[0])?;
         let body = &bytes[1..bytes.len() - MAC_LEN];
-        let proto = SignalMessageProto::decode(body).map_err(|e| malformed("SignalMessage", e.to_string()))?;
-        let ratchet_key = proto.ratchet_key.ok_or_else(|| malformed("SignalMessage", "no ratchet key"))?;
+        let proto = SignalMessageProto::decode(body)
+            .map_err(|e| malformed("SignalMessage", e.to_string()))?;
+        let ratchet_key = proto
+            .ratchet_key
+            .ok_or_else(|| malformed("SignalMessage", "no ratchet key"))?;
         let sender_ratchet_key = PublicKey::deserialize(&ratchet_key)?;
-        let counter = proto.counter.ok_or_else(|| malformed("SignalMessage", "no counter"))?;
-        let ciphertext = proto.ciphertext.ok_or_else(|| malformed("SignalMessage", "no ciphertext"))?;
+        let counter = proto
+            .counter
+            .ok_or_else(|| malformed("SignalMessage", "no counter"))?;
+        let ciphertext = proto
+            .ciphertext
+            .ok_or_else(|| malformed("SignalMessage", "no ciphertext"))?;
         Ok(Self {
             sender_ratchet_key,
             counter,
@@ -79,9 +94,19 @@ impl SignalMessage {
         })
     }
 
-    pub fn verify_mac(&self, sender_identity: &IdentityKey, receiver_identity: &IdentityKey, mac_key: &[u8; 32]) -> bool {
+    pub fn verify_mac(
+        &self,
+        sender_identity: &IdentityKey,
+        receiver_identity: &IdentityKey,
+        mac_key: &[u8; 32],
+    ) -> bool {
         let split = self.serialized.len() - MAC_LEN;
-        let expected = compute_mac(mac_key, sender_identity, receiver_identity, &self.serialized[..split]);
+        let expected = compute_mac(
+            mac_key,
+            sender_identity,
+            receiver_identity,
+            &self.serialized[..split],
+        );
         bool::from(expected.ct_eq(&self.serialized[split..]))
     }
 
@@ -119,7 +144,14 @@ pub(crate) fn compute_mac(
     receiver_identity: &IdentityKey,
     versioned_body: &[u8],
 ) -> [u8; MAC_LEN] {
-    let full = hmac_sha256(mac_key, &[&sender_identity.serialize(), &receiver_identity.serialize(), versioned_body]);
+    let full = hmac_sha256(
+        mac_key,
+        &[
+            &sender_identity.serialize(),
+            &receiver_identity.serialize(),
+            versioned_body,
+        ],
+    );
     let mut mac = [0u8; MAC_LEN];
     mac.copy_from_slice(&full[..MAC_LEN]);
     mac
@@ -157,8 +189,18 @@ impl PreKeySignalMessage {
         };
         let mut serialized = Vec::with_capacity(1 + proto.encoded_len());
         serialized.push(VERSION_BYTE);
-        proto.encode(&mut serialized).unwrap_or_else(|_| unreachable!("Vec grows"));
-        Self { registration_id, pre_key_id, signed_pre_key_id, base_key, identity_key, message, serialized }
+        proto
+            .encode(&mut serialized)
+            .unwrap_or_else(|_| unreachable!("Vec grows"));
+        Self {
+            registration_id,
+            pre_key_id,
+            signed_pre_key_id,
+            base_key,
+            identity_key,
+            message,
+            serialized,
+        }
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Self> {
@@ -166,13 +208,17 @@ impl PreKeySignalMessage {
             return Err(Error::MessageTooShort { len: 0 });
         };
         check_version(version)?;
-        let proto = PreKeySignalMessageProto::decode(body).map_err(|e| malformed("PreKeySignalMessage", e.to_string()))?;
-        let need = |v: Option<Vec<u8>>, what: &'static str| v.ok_or_else(|| malformed("PreKeySignalMessage", what));
+        let proto = PreKeySignalMessageProto::decode(body)
+            .map_err(|e| malformed("PreKeySignalMessage", e.to_string()))?;
+        let need = |v: Option<Vec<u8>>, what: &'static str| {
+            v.ok_or_else(|| malformed("PreKeySignalMessage", what))
+        };
         let base_key = PublicKey::deserialize(&need(proto.base_key, "no base key")?)?;
         let identity_key = IdentityKey::deserialize(&need(proto.identity_key, "no identity key")?)?;
         let message = SignalMessage::decode(&need(proto.message, "no message")?)?;
-        let signed_pre_key_id =
-            proto.signed_pre_key_id.ok_or_else(|| malformed("PreKeySignalMessage", "no signed prekey id"))?;
+        let signed_pre_key_id = proto
+            .signed_pre_key_id
+            .ok_or_else(|| malformed("PreKeySignalMessage", "no signed prekey id"))?;
         Ok(Self {
             registration_id: proto.registration_id.unwrap_or(0),
             pre_key_id: proto.pre_key_id,

@@ -14,7 +14,11 @@ use crate::store::{ProtocolAddress, ProtocolStore};
 /// The engine as the bridge sees it. Implementations keep one chat state
 /// per conversation; `history` ends with the newest user turn.
 pub trait Assistant: Send {
-    fn reply(&mut self, conversation: &ConversationId, history: &[Turn]) -> Result<String, AssistantError>;
+    fn reply(
+        &mut self,
+        conversation: &ConversationId,
+        history: &[Turn],
+    ) -> Result<String, AssistantError>;
 }
 
 /// An encrypted message as the transport carries it.
@@ -27,7 +31,9 @@ pub struct Envelope {
 impl Envelope {
     pub fn decode(&self) -> Result<CiphertextMessage> {
         Ok(match self.kind {
-            MessageKind::PreKey => CiphertextMessage::PreKey(PreKeySignalMessage::decode(&self.body)?),
+            MessageKind::PreKey => {
+                CiphertextMessage::PreKey(PreKeySignalMessage::decode(&self.body)?)
+            }
             MessageKind::Message => CiphertextMessage::Signal(SignalMessage::decode(&self.body)?),
         })
     }
@@ -35,7 +41,10 @@ impl Envelope {
 
 impl From<&CiphertextMessage> for Envelope {
     fn from(m: &CiphertextMessage) -> Self {
-        Self { kind: m.kind(), body: m.serialized().to_vec() }
+        Self {
+            kind: m.kind(),
+            body: m.serialized().to_vec(),
+        }
     }
 }
 
@@ -54,7 +63,11 @@ impl<S, C> std::fmt::Debug for Bridge<S, C> {
 
 impl<S: ProtocolStore, C: ConversationStore> Bridge<S, C> {
     pub fn new(store: S, conversations: C, assistant: Box<dyn Assistant>) -> Self {
-        Self { store, conversations, assistant }
+        Self {
+            store,
+            conversations,
+            assistant,
+        }
     }
 
     pub fn store(&self) -> &S {
@@ -69,7 +82,12 @@ impl<S: ProtocolStore, C: ConversationStore> Bridge<S, C> {
 
     /// Publishes a fresh one-time prekey (and a signed prekey, if `signed_id`
     /// is not stored yet) and returns the bundle a peer needs.
-    pub fn prekey_bundle<R: RngCore + CryptoRng>(&mut self, pre_key_id: u32, signed_id: u32, rng: &mut R) -> Result<PreKeyBundle> {
+    pub fn prekey_bundle<R: RngCore + CryptoRng>(
+        &mut self,
+        pre_key_id: u32,
+        signed_id: u32,
+        rng: &mut R,
+    ) -> Result<PreKeyBundle> {
         let identity = self.store.identity_key_pair()?;
         let signed = match self.store.get_signed_pre_key(signed_id) {
             Ok(s) => s,
@@ -97,16 +115,27 @@ impl<S: ProtocolStore, C: ConversationStore> Bridge<S, C> {
     /// conversation, asks the assistant, and returns the reply encrypted
     /// for the same session. A message that does not decrypt changes
     /// nothing.
-    pub fn handle<R: RngCore + CryptoRng>(&mut self, sender: &ProtocolAddress, envelope: &Envelope, rng: &mut R) -> Result<Envelope> {
+    pub fn handle<R: RngCore + CryptoRng>(
+        &mut self,
+        sender: &ProtocolAddress,
+        envelope: &Envelope,
+        rng: &mut R,
+    ) -> Result<Envelope> {
         let message = envelope.decode()?;
-        let plaintext: Zeroizing<Vec<u8>> = message_decrypt(&message, sender, &mut self.store, rng)?;
+        let plaintext: Zeroizing<Vec<u8>> =
+            message_decrypt(&message, sender, &mut self.store, rng)?;
         let text = String::from_utf8_lossy(&plaintext).into_owned();
         let conversation = ConversationId::from(sender);
         self.conversations.append(&conversation, Turn::user(text))?;
         let history = self.conversations.history(&conversation)?;
-        let reply = Zeroizing::new(self.assistant.reply(&conversation, &history).map_err(Error::Assistant)?);
+        let reply = Zeroizing::new(
+            self.assistant
+                .reply(&conversation, &history)
+                .map_err(Error::Assistant)?,
+        );
         drop(history);
-        self.conversations.append(&conversation, Turn::assistant(reply.as_str()))?;
+        self.conversations
+            .append(&conversation, Turn::assistant(reply.as_str()))?;
         let out = message_encrypt(reply.as_bytes(), sender, &mut self.store)?;
         Ok(Envelope::from(&out))
     }

@@ -14,7 +14,10 @@ pub struct PreKeyRecord {
 
 impl PreKeyRecord {
     pub fn generate<R: RngCore + CryptoRng>(id: u32, rng: &mut R) -> Self {
-        Self { id, key_pair: KeyPair::generate(rng) }
+        Self {
+            id,
+            key_pair: KeyPair::generate(rng),
+        }
     }
 }
 
@@ -29,10 +32,22 @@ pub struct SignedPreKeyRecord {
 }
 
 impl SignedPreKeyRecord {
-    pub fn generate<R: RngCore + CryptoRng>(id: u32, timestamp: u64, identity: &IdentityKeyPair, rng: &mut R) -> Self {
+    pub fn generate<R: RngCore + CryptoRng>(
+        id: u32,
+        timestamp: u64,
+        identity: &IdentityKeyPair,
+        rng: &mut R,
+    ) -> Self {
         let key_pair = KeyPair::generate(rng);
-        let signature = identity.private_key().calculate_signature(&key_pair.public_key.serialize(), rng);
-        Self { id, timestamp, key_pair, signature }
+        let signature = identity
+            .private_key()
+            .calculate_signature(&key_pair.public_key.serialize(), rng);
+        Self {
+            id,
+            timestamp,
+            key_pair,
+            signature,
+        }
     }
 }
 
@@ -50,11 +65,10 @@ pub struct PreKeyBundle {
 
 impl PreKeyBundle {
     pub fn verify_signature(&self) -> Result<()> {
-        if self
-            .identity_key
-            .public_key()
-            .verify_signature(&self.signed_pre_key.serialize(), &self.signed_pre_key_signature)
-        {
+        if self.identity_key.public_key().verify_signature(
+            &self.signed_pre_key.serialize(),
+            &self.signed_pre_key_signature,
+        ) {
             Ok(())
         } else {
             Err(Error::BadSignature("signed prekey"))

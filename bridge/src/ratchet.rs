@@ -39,11 +39,29 @@ fn discontinuity_prefix() -> Zeroizing<Vec<u8>> {
     v
 }
 
-pub(crate) fn initialize_alice<R: RngCore + CryptoRng>(p: &AliceParameters<'_>, rng: &mut R) -> SessionState {
+pub(crate) fn initialize_alice<R: RngCore + CryptoRng>(
+    p: &AliceParameters<'_>,
+    rng: &mut R,
+) -> SessionState {
     let mut secrets = discontinuity_prefix();
-    secrets.extend_from_slice(p.our_identity.private_key().agree(p.their_signed_pre_key).as_bytes());
-    secrets.extend_from_slice(p.our_base_key.private_key.agree(p.their_identity.public_key()).as_bytes());
-    secrets.extend_from_slice(p.our_base_key.private_key.agree(p.their_signed_pre_key).as_bytes());
+    secrets.extend_from_slice(
+        p.our_identity
+            .private_key()
+            .agree(p.their_signed_pre_key)
+            .as_bytes(),
+    );
+    secrets.extend_from_slice(
+        p.our_base_key
+            .private_key
+            .agree(p.their_identity.public_key())
+            .as_bytes(),
+    );
+    secrets.extend_from_slice(
+        p.our_base_key
+            .private_key
+            .agree(p.their_signed_pre_key)
+            .as_bytes(),
+    );
     if let Some(otpk) = p.their_one_time_pre_key {
         secrets.extend_from_slice(p.our_base_key.private_key.agree(otpk).as_bytes());
     }
@@ -55,7 +73,10 @@ pub(crate) fn initialize_alice<R: RngCore + CryptoRng>(p: &AliceParameters<'_>, 
         remote_identity: *p.their_identity,
         root_key,
         previous_counter: 0,
-        sender: SenderChain { ratchet: sending_ratchet, chain_key: sending_chain },
+        sender: SenderChain {
+            ratchet: sending_ratchet,
+            chain_key: sending_chain,
+        },
         receivers: Vec::new(),
         pending_pre_key: None,
         local_registration_id: 0,
@@ -68,9 +89,24 @@ pub(crate) fn initialize_alice<R: RngCore + CryptoRng>(p: &AliceParameters<'_>, 
 
 pub(crate) fn initialize_bob(p: &BobParameters<'_>) -> SessionState {
     let mut secrets = discontinuity_prefix();
-    secrets.extend_from_slice(p.our_signed_pre_key.private_key.agree(p.their_identity.public_key()).as_bytes());
-    secrets.extend_from_slice(p.our_identity.private_key().agree(p.their_base_key).as_bytes());
-    secrets.extend_from_slice(p.our_signed_pre_key.private_key.agree(p.their_base_key).as_bytes());
+    secrets.extend_from_slice(
+        p.our_signed_pre_key
+            .private_key
+            .agree(p.their_identity.public_key())
+            .as_bytes(),
+    );
+    secrets.extend_from_slice(
+        p.our_identity
+            .private_key()
+            .agree(p.their_base_key)
+            .as_bytes(),
+    );
+    secrets.extend_from_slice(
+        p.our_signed_pre_key
+            .private_key
+            .agree(p.their_base_key)
+            .as_bytes(),
+    );
     if let Some(otpk) = p.our_one_time_pre_key {
         secrets.extend_from_slice(otpk.private_key.agree(p.their_base_key).as_bytes());
     }
@@ -80,7 +116,10 @@ pub(crate) fn initialize_bob(p: &BobParameters<'_>) -> SessionState {
         remote_identity: *p.their_identity,
         root_key,
         previous_counter: 0,
-        sender: SenderChain { ratchet: p.our_signed_pre_key.clone(), chain_key },
+        sender: SenderChain {
+            ratchet: p.our_signed_pre_key.clone(),
+            chain_key,
+        },
         receivers: Vec::new(),
         pending_pre_key: None,
         local_registration_id: 0,
@@ -92,7 +131,8 @@ pub(crate) fn initialize_bob(p: &BobParameters<'_>) -> SessionState {
 /// Encrypts with the sending chain and advances it.
 pub(crate) fn encrypt_signal(state: &mut SessionState, plaintext: &[u8]) -> SignalMessage {
     let keys = state.sender.chain_key.message_keys();
-    let ciphertext = Aes256CbcEnc::new((&keys.cipher_key).into(), (&keys.iv).into()).encrypt_padded_vec_mut::<Pkcs7>(plaintext);
+    let ciphertext = Aes256CbcEnc::new((&keys.cipher_key).into(), (&keys.iv).into())
+        .encrypt_padded_vec_mut::<Pkcs7>(plaintext);
     let message = SignalMessage::new(
         &keys.mac_key,
         state.sender.ratchet.public_key,
@@ -128,20 +168,33 @@ pub(crate) fn decrypt_signal<R: RngCore + CryptoRng>(
 
 /// A new ratchet key from the peer means a DH ratchet step: derive the
 /// receiving chain for it and a fresh sending chain of ours.
-fn ensure_receiver_chain<R: RngCore + CryptoRng>(state: &mut SessionState, their_ratchet: &PublicKey, rng: &mut R) {
+fn ensure_receiver_chain<R: RngCore + CryptoRng>(
+    state: &mut SessionState,
+    their_ratchet: &PublicKey,
+    rng: &mut R,
+) {
     if state.receiver_chain_mut(their_ratchet).is_some() {
         return;
     }
-    let (root_key, receiver_chain) = state.root_key.create_chain(their_ratchet, &state.sender.ratchet);
+    let (root_key, receiver_chain) = state
+        .root_key
+        .create_chain(their_ratchet, &state.sender.ratchet);
     let our_new_ratchet = KeyPair::generate(rng);
     let (root_key, sender_chain) = root_key.create_chain(their_ratchet, &our_new_ratchet);
     state.root_key = root_key;
     state.add_receiver_chain(*their_ratchet, receiver_chain);
     state.previous_counter = state.sender.chain_key.index().saturating_sub(1);
-    state.sender = SenderChain { ratchet: our_new_ratchet, chain_key: sender_chain };
+    state.sender = SenderChain {
+        ratchet: our_new_ratchet,
+        chain_key: sender_chain,
+    };
 }
 
-fn message_keys_for(state: &mut SessionState, their_ratchet: &PublicKey, counter: u32) -> Result<MessageKeys> {
+fn message_keys_for(
+    state: &mut SessionState,
+    their_ratchet: &PublicKey,
+    counter: u32,
+) -> Result<MessageKeys> {
     let chain = state
         .receiver_chain_mut(their_ratchet)
         .ok_or_else(|| Error::Store("receiver chain vanished".into()))?;
@@ -149,13 +202,20 @@ fn message_keys_for(state: &mut SessionState, their_ratchet: &PublicKey, counter
     if index > counter {
         // An old counter: only a stored skipped key can open it.
         return match chain.skipped.iter().position(|k| k.counter == counter) {
-            Some(pos) => chain.skipped.remove(pos).ok_or(Error::DuplicateMessage { counter }),
+            Some(pos) => chain
+                .skipped
+                .remove(pos)
+                .ok_or(Error::DuplicateMessage { counter }),
             None => Err(Error::DuplicateMessage { counter }),
         };
     }
     let jump = counter - index;
     if jump > MAX_FORWARD_JUMPS {
-        return Err(Error::TooFarInFuture { counter, jump, limit: MAX_FORWARD_JUMPS });
+        return Err(Error::TooFarInFuture {
+            counter,
+            jump,
+            limit: MAX_FORWARD_JUMPS,
+        });
     }
     let mut chain_key: ChainKey = chain.chain_key.clone();
     while chain_key.index() < counter {

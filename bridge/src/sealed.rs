@@ -44,7 +44,10 @@ pub(crate) struct SealedFile {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> Error + '_ {
-    move |source| Error::Io { path: path.display().to_string(), source }
+    move |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 impl SealedFile {
@@ -68,16 +71,28 @@ impl SealedFile {
             Err(e) => return Err(io_err(&self.path)(e)),
         };
         let path = || self.path.display().to_string();
-        if bytes.len() < HEADER_LEN + NONCE_LEN || bytes[..6] != MAGIC[..] || bytes[6] != self.header[6] {
+        if bytes.len() < HEADER_LEN + NONCE_LEN
+            || bytes[..6] != MAGIC[..]
+            || bytes[6] != self.header[6]
+        {
             return Err(Error::StoreDecrypt { path: path() });
         }
         if bytes[7] != self.header[7] {
-            return Err(Error::SnapshotVersion { path: path(), version: bytes[7] });
+            return Err(Error::SnapshotVersion {
+                path: path(),
+                version: bytes[7],
+            });
         }
         let cipher = XChaCha20Poly1305::new((&self.key.0).into());
         let nonce = XNonce::from_slice(&bytes[HEADER_LEN..HEADER_LEN + NONCE_LEN]);
         let plain = cipher
-            .decrypt(nonce, Payload { msg: &bytes[HEADER_LEN + NONCE_LEN..], aad: &self.header })
+            .decrypt(
+                nonce,
+                Payload {
+                    msg: &bytes[HEADER_LEN + NONCE_LEN..],
+                    aad: &self.header,
+                },
+            )
             .map_err(|_| Error::StoreDecrypt { path: path() })?;
         Ok(Some(Zeroizing::new(plain)))
     }
@@ -87,10 +102,24 @@ impl SealedFile {
         let mut nonce = [0u8; NONCE_LEN];
         OsRng.fill_bytes(&mut nonce);
         let sealed = cipher
-            .encrypt(XNonce::from_slice(&nonce), Payload { msg: snapshot, aad: &self.header })
+            .encrypt(
+                XNonce::from_slice(&nonce),
+                Payload {
+                    msg: snapshot,
+                    aad: &self.header,
+                },
+            )
             .map_err(|_| Error::Store("AEAD encryption failed".into()))?;
-        let dir = self.path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        let file_name = self.path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let file_name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let tmp = dir.join(format!(".{file_name}.tmp"));
         {
             let mut f = fs::File::create(&tmp).map_err(io_err(&tmp))?;
@@ -100,7 +129,9 @@ impl SealedFile {
             f.sync_all().map_err(io_err(&tmp))?;
         }
         fs::rename(&tmp, &self.path).map_err(io_err(&self.path))?;
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
+        fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io_err(dir))?;
         Ok(())
     }
 }

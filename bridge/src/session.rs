@@ -58,8 +58,13 @@ pub fn message_encrypt<S: ProtocolStore>(
     address: &ProtocolAddress,
     store: &mut S,
 ) -> Result<CiphertextMessage> {
-    let mut record = store.load_session(address)?.ok_or_else(|| Error::NoSession(address.to_string()))?;
-    let state = record.current.as_mut().ok_or_else(|| Error::NoSession(address.to_string()))?;
+    let mut record = store
+        .load_session(address)?
+        .ok_or_else(|| Error::NoSession(address.to_string()))?;
+    let state = record
+        .current
+        .as_mut()
+        .ok_or_else(|| Error::NoSession(address.to_string()))?;
     if !store.is_trusted_identity(address, &state.remote_identity)? {
         return Err(Error::UntrustedIdentity(address.to_string()));
     }
@@ -98,7 +103,9 @@ pub fn message_decrypt_signal<S: ProtocolStore, R: RngCore + CryptoRng>(
     store: &mut S,
     rng: &mut R,
 ) -> Result<Zeroizing<Vec<u8>>> {
-    let mut record = store.load_session(address)?.ok_or_else(|| Error::NoSession(address.to_string()))?;
+    let mut record = store
+        .load_session(address)?
+        .ok_or_else(|| Error::NoSession(address.to_string()))?;
     let plaintext = decrypt_with_record(&mut record, message, address, rng)?;
     let remote = record.current.as_ref().map(|s| s.remote_identity);
     if let Some(remote) = remote {
@@ -183,6 +190,9 @@ fn decrypt_with_record<R: RngCore + CryptoRng>(
         Some(e) if record.previous.is_empty() => e,
         Some(e @ (Error::DuplicateMessage { .. } | Error::TooFarInFuture { .. })) => e,
         Some(_) | None if record.current.is_none() => Error::NoSession(address.to_string()),
-        _ => Error::NoMatchingSession { address: address.to_string(), tried: 1 + record.previous.len() },
+        _ => Error::NoMatchingSession {
+            address: address.to_string(),
+            tried: 1 + record.previous.len(),
+        },
     })
 }

@@ -8,7 +8,9 @@ use prost::Message as _;
 use crate::error::{malformed, Error, Result};
 use crate::kdf::{ChainKey, MessageKeys, RootKey};
 use crate::keys::{IdentityKey, KeyPair, PrivateKey, PublicKey};
-use crate::proto::{ChainProto, PendingPreKeyProto, SessionRecordProto, SessionStateProto, SkippedKeyProto};
+use crate::proto::{
+    ChainProto, PendingPreKeyProto, SessionRecordProto, SessionStateProto, SkippedKeyProto,
+};
 
 /// libsignal's limits.
 pub const MAX_SKIPPED_KEYS_PER_CHAIN: usize = 2000;
@@ -82,19 +84,31 @@ impl SessionState {
         &self.alice_base_key
     }
 
-    pub(crate) fn receiver_chain_mut(&mut self, ratchet_key: &PublicKey) -> Option<&mut ReceiverChain> {
-        self.receivers.iter_mut().find(|c| &c.ratchet_key == ratchet_key)
+    pub(crate) fn receiver_chain_mut(
+        &mut self,
+        ratchet_key: &PublicKey,
+    ) -> Option<&mut ReceiverChain> {
+        self.receivers
+            .iter_mut()
+            .find(|c| &c.ratchet_key == ratchet_key)
     }
 
     pub(crate) fn add_receiver_chain(&mut self, ratchet_key: PublicKey, chain_key: ChainKey) {
-        self.receivers.push(ReceiverChain { ratchet_key, chain_key, skipped: VecDeque::new() });
+        self.receivers.push(ReceiverChain {
+            ratchet_key,
+            chain_key,
+            skipped: VecDeque::new(),
+        });
         if self.receivers.len() > MAX_RECEIVER_CHAINS {
             self.receivers.remove(0);
         }
     }
 
     fn to_proto(&self) -> SessionStateProto {
-        let chain = |ratchet: &PublicKey, private: Option<&PrivateKey>, ck: &ChainKey, skipped: &VecDeque<MessageKeys>| {
+        let chain = |ratchet: &PublicKey,
+                     private: Option<&PrivateKey>,
+                     ck: &ChainKey,
+                     skipped: &VecDeque<MessageKeys>| {
             ChainProto {
                 ratchet_public: ratchet.serialize().to_vec(),
                 ratchet_private: private.map(|p| p.serialize().to_vec()).unwrap_or_default(),
@@ -123,7 +137,11 @@ impl SessionState {
                 &self.sender.chain_key,
                 &VecDeque::new(),
             )),
-            receiver_chains: self.receivers.iter().map(|c| chain(&c.ratchet_key, None, &c.chain_key, &c.skipped)).collect(),
+            receiver_chains: self
+                .receivers
+                .iter()
+                .map(|c| chain(&c.ratchet_key, None, &c.chain_key, &c.skipped))
+                .collect(),
             pending_pre_key: self.pending_pre_key.as_ref().map(|p| PendingPreKeyProto {
                 pre_key_id: p.pre_key_id,
                 signed_pre_key_id: p.signed_pre_key_id,
@@ -143,9 +161,15 @@ impl SessionState {
             v.try_into().map_err(|_| malformed("session state", what))
         };
         let chain_key = |c: &ChainProto| -> Result<ChainKey> {
-            Ok(ChainKey { key: key32(&c.chain_key, "chain key")?, index: c.index })
+            Ok(ChainKey {
+                key: key32(&c.chain_key, "chain key")?,
+                index: c.index,
+            })
         };
-        let sender = p.sender_chain.as_ref().ok_or_else(|| malformed("session state", "no sender chain"))?;
+        let sender = p
+            .sender_chain
+            .as_ref()
+            .ok_or_else(|| malformed("session state", "no sender chain"))?;
         let sender = SenderChain {
             ratchet: KeyPair::from_private(PrivateKey::deserialize(&sender.ratchet_private)?),
             chain_key: chain_key(sender)?,
@@ -157,11 +181,19 @@ impl SessionState {
                 skipped.push_back(MessageKeys {
                     cipher_key: key32(&k.cipher_key, "cipher key")?,
                     mac_key: key32(&k.mac_key, "mac key")?,
-                    iv: k.iv.as_slice().try_into().map_err(|_| malformed("session state", "iv"))?,
+                    iv: k
+                        .iv
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| malformed("session state", "iv"))?,
                     counter: k.counter,
                 });
             }
-            receivers.push(ReceiverChain { ratchet_key: PublicKey::deserialize(&c.ratchet_public)?, chain_key: chain_key(c)?, skipped });
+            receivers.push(ReceiverChain {
+                ratchet_key: PublicKey::deserialize(&c.ratchet_public)?,
+                chain_key: chain_key(c)?,
+                skipped,
+            });
         }
         let pending_pre_key = match &p.pending_pre_key {
             Some(pp) => Some(PendingPreKey {
@@ -232,7 +264,10 @@ impl SessionRecord {
     }
 
     pub(crate) fn has_base_key(&self, base_key: &PublicKey) -> bool {
-        self.current.iter().chain(self.previous.iter()).any(|s| &s.alice_base_key == base_key)
+        self.current
+            .iter()
+            .chain(self.previous.iter())
+            .any(|s| &s.alice_base_key == base_key)
     }
 
     /// `version(1) || protobuf`.
@@ -243,7 +278,9 @@ impl SessionRecord {
         };
         let mut out = Vec::with_capacity(1 + proto.encoded_len());
         out.push(RECORD_SNAPSHOT_VERSION);
-        proto.encode(&mut out).unwrap_or_else(|_| unreachable!("Vec grows"));
+        proto
+            .encode(&mut out)
+            .unwrap_or_else(|_| unreachable!("Vec grows"));
         out
     }
 
@@ -252,12 +289,24 @@ impl SessionRecord {
             return Err(malformed("session record", "empty"));
         };
         if version != RECORD_SNAPSHOT_VERSION {
-            return Err(Error::SnapshotVersion { path: "<session record>".into(), version });
+            return Err(Error::SnapshotVersion {
+                path: "<session record>".into(),
+                version,
+            });
         }
-        let proto = SessionRecordProto::decode(body).map_err(|e| malformed("session record", e.to_string()))?;
+        let proto = SessionRecordProto::decode(body)
+            .map_err(|e| malformed("session record", e.to_string()))?;
         Ok(Self {
-            current: proto.current.as_ref().map(SessionState::from_proto).transpose()?,
-            previous: proto.previous.iter().map(SessionState::from_proto).collect::<Result<_>>()?,
+            current: proto
+                .current
+                .as_ref()
+                .map(SessionState::from_proto)
+                .transpose()?,
+            previous: proto
+                .previous
+                .iter()
+                .map(SessionState::from_proto)
+                .collect::<Result<_>>()?,
         })
     }
 }

@@ -17,7 +17,10 @@ pub struct ProtocolAddress {
 
 impl ProtocolAddress {
     pub fn new(name: impl Into<String>, device_id: u32) -> Self {
-        Self { name: name.into(), device_id }
+        Self {
+            name: name.into(),
+            device_id,
+        }
     }
 }
 
@@ -35,8 +38,14 @@ pub trait IdentityKeyStore {
     fn get_identity(&self, address: &ProtocolAddress) -> Result<Option<IdentityKey>>;
     /// Trust on first use: unknown peers are trusted, known ones only with
     /// the identity first seen.
-    fn is_trusted_identity(&self, address: &ProtocolAddress, identity: &IdentityKey) -> Result<bool> {
-        Ok(self.get_identity(address)?.is_none_or(|known| &known == identity))
+    fn is_trusted_identity(
+        &self,
+        address: &ProtocolAddress,
+        identity: &IdentityKey,
+    ) -> Result<bool> {
+        Ok(self
+            .get_identity(address)?
+            .is_none_or(|known| &known == identity))
     }
 }
 
@@ -69,7 +78,11 @@ pub struct InMemIdentityKeyStore {
 
 impl InMemIdentityKeyStore {
     pub fn new(key_pair: IdentityKeyPair, registration_id: u32) -> Self {
-        Self { key_pair, registration_id, known: HashMap::new() }
+        Self {
+            key_pair,
+            registration_id,
+            known: HashMap::new(),
+        }
     }
 }
 
@@ -81,7 +94,10 @@ impl IdentityKeyStore for InMemIdentityKeyStore {
         Ok(self.registration_id)
     }
     fn save_identity(&mut self, address: &ProtocolAddress, identity: &IdentityKey) -> Result<bool> {
-        Ok(self.known.insert(address.clone(), *identity).is_some_and(|old| &old != identity))
+        Ok(self
+            .known
+            .insert(address.clone(), *identity)
+            .is_some_and(|old| &old != identity))
     }
     fn get_identity(&self, address: &ProtocolAddress) -> Result<Option<IdentityKey>> {
         Ok(self.known.get(address).copied())
@@ -114,7 +130,10 @@ pub struct InMemSignedPreKeyStore {
 
 impl SignedPreKeyStore for InMemSignedPreKeyStore {
     fn get_signed_pre_key(&self, id: u32) -> Result<SignedPreKeyRecord> {
-        self.keys.get(&id).cloned().ok_or(Error::UnknownSignedPreKey(id))
+        self.keys
+            .get(&id)
+            .cloned()
+            .ok_or(Error::UnknownSignedPreKey(id))
     }
     fn save_signed_pre_key(&mut self, record: SignedPreKeyRecord) -> Result<()> {
         self.keys.insert(record.id, record);
@@ -129,7 +148,10 @@ pub struct InMemSessionStore {
 
 impl SessionStore for InMemSessionStore {
     fn load_session(&self, address: &ProtocolAddress) -> Result<Option<SessionRecord>> {
-        self.sessions.get(address).map(|b| SessionRecord::deserialize(b)).transpose()
+        self.sessions
+            .get(address)
+            .map(|b| SessionRecord::deserialize(b))
+            .transpose()
     }
     fn store_session(&mut self, address: &ProtocolAddress, record: &SessionRecord) -> Result<()> {
         self.sessions.insert(address.clone(), record.serialize());

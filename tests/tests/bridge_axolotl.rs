@@ -13,9 +13,9 @@ use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use serde_json::{json, Value};
 use sotto_bridge::{
-    message_decrypt, message_encrypt, process_prekey_bundle, CiphertextMessage, IdentityKey, IdentityKeyPair,
-    InMemProtocolStore, PreKeyBundle, PreKeyRecord, PreKeySignalMessage, PreKeyStore, ProtocolAddress, PublicKey,
-    SignalMessage, SignedPreKeyRecord, SignedPreKeyStore,
+    message_decrypt, message_encrypt, process_prekey_bundle, CiphertextMessage, IdentityKey,
+    IdentityKeyPair, InMemProtocolStore, PreKeyBundle, PreKeyRecord, PreKeySignalMessage,
+    PreKeyStore, ProtocolAddress, PublicKey, SignalMessage, SignedPreKeyRecord, SignedPreKeyStore,
 };
 
 struct Peer {
@@ -28,7 +28,9 @@ impl Peer {
     fn spawn() -> Peer {
         let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("peer/axolotl_peer.py");
         let python = std::env::var("SOTTO_PYTHON").unwrap_or_else(|_| "python3".into());
-        let check = Command::new(&python).args(["-c", "import axolotl, google.protobuf"]).output();
+        let check = Command::new(&python)
+            .args(["-c", "import axolotl, google.protobuf"])
+            .output();
         match check {
             Ok(o) if o.status.success() => {}
             _ => panic!("python-axolotl 0.2.3 is not importable by {python}: run scripts/bridge-peer-deps.sh"),
@@ -42,26 +44,38 @@ impl Peer {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", script.display()));
         let stdin = child.stdin.take().unwrap_or_else(|| panic!("no stdin"));
         let stdout = BufReader::new(child.stdout.take().unwrap_or_else(|| panic!("no stdout")));
-        Peer { child, stdin, stdout }
+        Peer {
+            child,
+            stdin,
+            stdout,
+        }
     }
 
     fn call(&mut self, req: Value) -> Value {
         writeln!(self.stdin, "{req}").unwrap_or_else(|e| panic!("write to peer: {e}"));
         self.stdin.flush().unwrap_or_else(|e| panic!("flush: {e}"));
         let mut line = String::new();
-        self.stdout.read_line(&mut line).unwrap_or_else(|e| panic!("read from peer: {e}"));
+        self.stdout
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("read from peer: {e}"));
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("peer said {line:?}: {e}"))
     }
 
     fn ok(&mut self, req: Value) -> Value {
         let reply = self.call(req.clone());
-        assert!(reply.get("error").is_none(), "peer error for {req}: {reply}");
+        assert!(
+            reply.get("error").is_none(),
+            "peer error for {req}: {reply}"
+        );
         reply
     }
 
     fn encrypt(&mut self, to: &str, text: &str) -> CiphertextMessage {
         let r = self.ok(json!({"op":"encrypt","peer":to,"device":1,"plaintext":B64.encode(text)}));
-        parse_envelope(r["type"].as_str().unwrap_or(""), r["body"].as_str().unwrap_or(""))
+        parse_envelope(
+            r["type"].as_str().unwrap_or(""),
+            r["body"].as_str().unwrap_or(""),
+        )
     }
 
     fn decrypt(&mut self, from: &str, msg: &CiphertextMessage) -> Result<String, String> {
@@ -69,9 +83,11 @@ impl Peer {
             CiphertextMessage::PreKey(_) => "prekey",
             CiphertextMessage::Signal(_) => "message",
         };
-        let r = self.call(json!({"op":"decrypt","peer":from,"device":1,"type":kind,"body":B64.encode(msg.serialized())}));
+        let r =
+            self.call(json!({"op":"decrypt","peer":from,"device":1,"type":kind,"body":B64.encode(msg.serialized())}));
         match r.get("plaintext").and_then(Value::as_str) {
-            Some(p) => Ok(String::from_utf8(B64.decode(p).map_err(|e| e.to_string())?).map_err(|e| e.to_string())?),
+            Some(p) => Ok(String::from_utf8(B64.decode(p).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?),
             None => Err(r.to_string()),
         }
     }
@@ -87,26 +103,35 @@ impl Drop for Peer {
 fn parse_envelope(kind: &str, body: &str) -> CiphertextMessage {
     let bytes = B64.decode(body).unwrap_or_else(|e| panic!("base64: {e}"));
     match kind {
-        "prekey" => CiphertextMessage::PreKey(PreKeySignalMessage::decode(&bytes).unwrap_or_else(|e| panic!("{e}"))),
-        "message" => CiphertextMessage::Signal(SignalMessage::decode(&bytes).unwrap_or_else(|e| panic!("{e}"))),
+        "prekey" => CiphertextMessage::PreKey(
+            PreKeySignalMessage::decode(&bytes).unwrap_or_else(|e| panic!("{e}")),
+        ),
+        "message" => CiphertextMessage::Signal(
+            SignalMessage::decode(&bytes).unwrap_or_else(|e| panic!("{e}")),
+        ),
         other => panic!("unknown envelope type {other}"),
     }
 }
 
 fn b64_field(v: &Value, key: &str) -> Vec<u8> {
-    B64.decode(v[key].as_str().unwrap_or_else(|| panic!("missing {key}"))).unwrap_or_else(|e| panic!("{key}: {e}"))
+    B64.decode(v[key].as_str().unwrap_or_else(|| panic!("missing {key}")))
+        .unwrap_or_else(|e| panic!("{key}: {e}"))
 }
 
 fn bundle_from_json(v: &Value) -> PreKeyBundle {
-    let pk = |k: &str| PublicKey::deserialize(&b64_field(v, k)).unwrap_or_else(|e| panic!("{k}: {e}"));
+    let pk =
+        |k: &str| PublicKey::deserialize(&b64_field(v, k)).unwrap_or_else(|e| panic!("{k}: {e}"));
     PreKeyBundle {
         registration_id: v["registration_id"].as_u64().unwrap_or(0) as u32,
         device_id: v["device_id"].as_u64().unwrap_or(1) as u32,
-        pre_key: v["pre_key_id"].as_u64().map(|id| (id as u32, pk("pre_key"))),
+        pre_key: v["pre_key_id"]
+            .as_u64()
+            .map(|id| (id as u32, pk("pre_key"))),
         signed_pre_key_id: v["signed_pre_key_id"].as_u64().unwrap_or(0) as u32,
         signed_pre_key: pk("signed_pre_key"),
         signed_pre_key_signature: b64_field(v, "signed_pre_key_signature"),
-        identity_key: IdentityKey::deserialize(&b64_field(v, "identity_key")).unwrap_or_else(|e| panic!("{e}")),
+        identity_key: IdentityKey::deserialize(&b64_field(v, "identity_key"))
+            .unwrap_or_else(|e| panic!("{e}")),
     }
 }
 
@@ -141,17 +166,31 @@ fn sotto_party(rng: &mut ChaCha20Rng) -> (InMemProtocolStore, PreKeyBundle) {
         signed_pre_key_signature: signed.signature.to_vec(),
         identity_key: *identity.identity_key(),
     };
-    store.save_pre_key(pre_key).unwrap_or_else(|e| panic!("{e}"));
-    store.save_signed_pre_key(signed).unwrap_or_else(|e| panic!("{e}"));
+    store
+        .save_pre_key(pre_key)
+        .unwrap_or_else(|e| panic!("{e}"));
+    store
+        .save_signed_pre_key(signed)
+        .unwrap_or_else(|e| panic!("{e}"));
     (store, bundle)
 }
 
-fn sotto_decrypt(store: &mut InMemProtocolStore, from: &ProtocolAddress, msg: &CiphertextMessage, rng: &mut ChaCha20Rng) -> String {
-    let pt = message_decrypt(msg, from, store, rng).unwrap_or_else(|e| panic!("sotto decrypt: {e}"));
+fn sotto_decrypt(
+    store: &mut InMemProtocolStore,
+    from: &ProtocolAddress,
+    msg: &CiphertextMessage,
+    rng: &mut ChaCha20Rng,
+) -> String {
+    let pt =
+        message_decrypt(msg, from, store, rng).unwrap_or_else(|e| panic!("sotto decrypt: {e}"));
     String::from_utf8(pt.to_vec()).unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn sotto_encrypt(store: &mut InMemProtocolStore, to: &ProtocolAddress, text: &str) -> CiphertextMessage {
+fn sotto_encrypt(
+    store: &mut InMemProtocolStore,
+    to: &ProtocolAddress,
+    text: &str,
+) -> CiphertextMessage {
     message_encrypt(text.as_bytes(), to, store).unwrap_or_else(|e| panic!("sotto encrypt: {e}"))
 }
 
@@ -166,19 +205,36 @@ fn axolotl_starts_session_from_sotto_bundle() {
     // Two prekey messages before any answer, then a conversation.
     let m1 = peer.encrypt("sotto", "hello from axolotl");
     let m2 = peer.encrypt("sotto", "second, still prekey");
-    assert!(matches!(m1, CiphertextMessage::PreKey(_)) && matches!(m2, CiphertextMessage::PreKey(_)));
-    assert_eq!(sotto_decrypt(&mut sotto, &py, &m1, &mut rng), "hello from axolotl");
-    assert_eq!(sotto_decrypt(&mut sotto, &py, &m2, &mut rng), "second, still prekey");
+    assert!(
+        matches!(m1, CiphertextMessage::PreKey(_)) && matches!(m2, CiphertextMessage::PreKey(_))
+    );
+    assert_eq!(
+        sotto_decrypt(&mut sotto, &py, &m1, &mut rng),
+        "hello from axolotl"
+    );
+    assert_eq!(
+        sotto_decrypt(&mut sotto, &py, &m2, &mut rng),
+        "second, still prekey"
+    );
     // The one-time prekey is consumed.
     assert!(sotto.get_pre_key(7).is_err());
 
     for round in 0..4 {
         let reply = sotto_encrypt(&mut sotto, &py, &format!("sotto reply {round}"));
         assert!(matches!(reply, CiphertextMessage::Signal(_)));
-        assert_eq!(peer.decrypt("sotto", &reply), Ok(format!("sotto reply {round}")));
+        assert_eq!(
+            peer.decrypt("sotto", &reply),
+            Ok(format!("sotto reply {round}"))
+        );
         let back = peer.encrypt("sotto", &format!("axolotl round {round} ✓"));
-        assert!(matches!(back, CiphertextMessage::Signal(_)), "peer saw our reply, so no more prekey messages");
-        assert_eq!(sotto_decrypt(&mut sotto, &py, &back, &mut rng), format!("axolotl round {round} ✓"));
+        assert!(
+            matches!(back, CiphertextMessage::Signal(_)),
+            "peer saw our reply, so no more prekey messages"
+        );
+        assert_eq!(
+            sotto_decrypt(&mut sotto, &py, &back, &mut rng),
+            format!("axolotl round {round} ✓")
+        );
     }
 }
 
@@ -196,9 +252,17 @@ fn sotto_starts_session_from_axolotl_bundle() {
     assert_eq!(peer.decrypt("sotto", &first), Ok("hi from sotto".into()));
     for round in 0..4 {
         let back = peer.encrypt("sotto", &format!("py {round}"));
-        assert_eq!(sotto_decrypt(&mut sotto, &py, &back, &mut rng), format!("py {round}"));
-        let two = [sotto_encrypt(&mut sotto, &py, &format!("a{round}")), sotto_encrypt(&mut sotto, &py, &format!("b{round}"))];
-        assert!(two.iter().all(|m| matches!(m, CiphertextMessage::Signal(_))));
+        assert_eq!(
+            sotto_decrypt(&mut sotto, &py, &back, &mut rng),
+            format!("py {round}")
+        );
+        let two = [
+            sotto_encrypt(&mut sotto, &py, &format!("a{round}")),
+            sotto_encrypt(&mut sotto, &py, &format!("b{round}")),
+        ];
+        assert!(two
+            .iter()
+            .all(|m| matches!(m, CiphertextMessage::Signal(_))));
         assert_eq!(peer.decrypt("sotto", &two[0]), Ok(format!("a{round}")));
         assert_eq!(peer.decrypt("sotto", &two[1]), Ok(format!("b{round}")));
     }
@@ -217,15 +281,22 @@ fn out_of_order_both_ways() {
     assert_eq!(peer.decrypt("sotto", &ack), Ok("ack".into()));
 
     // python -> sotto, delivered shuffled, across a ratchet step.
-    let batch: Vec<_> = (0..6).map(|i| peer.encrypt("sotto", &format!("p{i}"))).collect();
+    let batch: Vec<_> = (0..6)
+        .map(|i| peer.encrypt("sotto", &format!("p{i}")))
+        .collect();
     for i in [4usize, 0, 5, 2, 1, 3] {
-        assert_eq!(sotto_decrypt(&mut sotto, &py, &batch[i], &mut rng), format!("p{i}"));
+        assert_eq!(
+            sotto_decrypt(&mut sotto, &py, &batch[i], &mut rng),
+            format!("p{i}")
+        );
     }
     // A replay of a delivered message is refused by Sotto.
     assert!(message_decrypt(&batch[2], &py, &mut sotto, &mut rng).is_err());
 
     // sotto -> python, delivered reversed.
-    let batch: Vec<_> = (0..6).map(|i| sotto_encrypt(&mut sotto, &py, &format!("s{i}"))).collect();
+    let batch: Vec<_> = (0..6)
+        .map(|i| sotto_encrypt(&mut sotto, &py, &format!("s{i}")))
+        .collect();
     for i in (0..6).rev() {
         assert_eq!(peer.decrypt("sotto", &batch[i]), Ok(format!("s{i}")));
     }
@@ -237,8 +308,14 @@ fn out_of_order_both_ways() {
     let reply = sotto_encrypt(&mut sotto, &py, "ratchet");
     assert_eq!(peer.decrypt("sotto", &reply), Ok("ratchet".into()));
     let new_chain = peer.encrypt("sotto", "new chain");
-    assert_eq!(sotto_decrypt(&mut sotto, &py, &new_chain, &mut rng), "new chain");
-    assert_eq!(sotto_decrypt(&mut sotto, &py, &old_chain, &mut rng), "old chain");
+    assert_eq!(
+        sotto_decrypt(&mut sotto, &py, &new_chain, &mut rng),
+        "new chain"
+    );
+    assert_eq!(
+        sotto_decrypt(&mut sotto, &py, &old_chain, &mut rng),
+        "old chain"
+    );
 }
 
 /// Answers with the number of turns it saw and the last user text.
@@ -251,7 +328,11 @@ impl sotto_bridge::Assistant for CountingAssistant {
         history: &[sotto_bridge::Turn],
     ) -> Result<String, sotto_bridge::AssistantError> {
         let last = history.last().map(|t| t.text.clone()).unwrap_or_default();
-        Ok(format!("{} turns in {}; you said: {last}", history.len(), conversation.0))
+        Ok(format!(
+            "{} turns in {}; you said: {last}",
+            history.len(),
+            conversation.0
+        ))
     }
 }
 
@@ -264,14 +345,21 @@ fn pipeline_reply_decrypts_on_axolotl() {
         sotto_bridge::InMemConversationStore::default(),
         Box::new(CountingAssistant),
     );
-    let bundle = bridge.prekey_bundle(5, 1, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+    let bundle = bridge
+        .prekey_bundle(5, 1, &mut rng)
+        .unwrap_or_else(|e| panic!("{e}"));
     let mut peer = Peer::spawn();
     peer.ok(bundle_to_json(&bundle, "sotto"));
     let py = ProtocolAddress::new("py", 1);
     for (i, text) in ["what is 2+2?", "and 3+3?", "thanks"].iter().enumerate() {
         let msg = peer.encrypt("sotto", text);
-        let reply = bridge.handle(&py, &sotto_bridge::Envelope::from(&msg), &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let reply = bridge
+            .handle(&py, &sotto_bridge::Envelope::from(&msg), &mut rng)
+            .unwrap_or_else(|e| panic!("{e}"));
         let reply = reply.decode().unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(peer.decrypt("sotto", &reply), Ok(format!("{} turns in py.1; you said: {text}", 2 * i + 1)));
+        assert_eq!(
+            peer.decrypt("sotto", &reply),
+            Ok(format!("{} turns in py.1; you said: {text}", 2 * i + 1))
+        );
     }
 }

@@ -6,10 +6,11 @@ use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use sotto_bridge::{
-    message_decrypt, message_encrypt, process_prekey_bundle, Assistant, AssistantError, Bridge, CiphertextMessage,
-    ConversationId, ConversationStore, Envelope, Error, IdentityKeyPair, InMemConversationStore, InMemProtocolStore,
-    PreKeyBundle, PreKeyRecord, PreKeySignalMessage, PreKeyStore, ProtocolAddress, SessionStore, SignalMessage,
-    SignedPreKeyRecord, SignedPreKeyStore, Turn, IdentityKeyStore,
+    message_decrypt, message_encrypt, process_prekey_bundle, Assistant, AssistantError, Bridge,
+    CiphertextMessage, ConversationId, ConversationStore, Envelope, Error, IdentityKeyPair,
+    IdentityKeyStore, InMemConversationStore, InMemProtocolStore, PreKeyBundle, PreKeyRecord,
+    PreKeySignalMessage, PreKeyStore, ProtocolAddress, SessionStore, SignalMessage,
+    SignedPreKeyRecord, SignedPreKeyStore, Turn,
 };
 
 fn party(rng: &mut ChaCha20Rng, reg: u32) -> (InMemProtocolStore, PreKeyBundle) {
@@ -26,8 +27,12 @@ fn party(rng: &mut ChaCha20Rng, reg: u32) -> (InMemProtocolStore, PreKeyBundle) 
         signed_pre_key_signature: signed.signature.to_vec(),
         identity_key: *identity.identity_key(),
     };
-    store.save_pre_key(pre_key).unwrap_or_else(|e| panic!("{e}"));
-    store.save_signed_pre_key(signed).unwrap_or_else(|e| panic!("{e}"));
+    store
+        .save_pre_key(pre_key)
+        .unwrap_or_else(|e| panic!("{e}"));
+    store
+        .save_signed_pre_key(signed)
+        .unwrap_or_else(|e| panic!("{e}"));
     (store, bundle)
 }
 
@@ -44,15 +49,27 @@ impl Pair {
         let mut rng = ChaCha20Rng::seed_from_u64(seed);
         let (mut alice, _) = party(&mut rng, 11);
         let (bob, bob_bundle) = party(&mut rng, 22);
-        let (a_addr, b_addr) = (ProtocolAddress::new("alice", 1), ProtocolAddress::new("bob", 1));
-        process_prekey_bundle(&b_addr, &bob_bundle, &mut alice, &mut rng).unwrap_or_else(|e| panic!("{e}"));
-        Pair { alice, bob, a_addr, b_addr, rng }
+        let (a_addr, b_addr) = (
+            ProtocolAddress::new("alice", 1),
+            ProtocolAddress::new("bob", 1),
+        );
+        process_prekey_bundle(&b_addr, &bob_bundle, &mut alice, &mut rng)
+            .unwrap_or_else(|e| panic!("{e}"));
+        Pair {
+            alice,
+            bob,
+            a_addr,
+            b_addr,
+            rng,
+        }
     }
     fn a_send(&mut self, text: &str) -> CiphertextMessage {
-        message_encrypt(text.as_bytes(), &self.b_addr, &mut self.alice).unwrap_or_else(|e| panic!("{e}"))
+        message_encrypt(text.as_bytes(), &self.b_addr, &mut self.alice)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     fn b_send(&mut self, text: &str) -> CiphertextMessage {
-        message_encrypt(text.as_bytes(), &self.a_addr, &mut self.bob).unwrap_or_else(|e| panic!("{e}"))
+        message_encrypt(text.as_bytes(), &self.a_addr, &mut self.bob)
+            .unwrap_or_else(|e| panic!("{e}"))
     }
     fn b_recv(&mut self, m: &CiphertextMessage) -> Result<Vec<u8>, Error> {
         message_decrypt(m, &self.a_addr, &mut self.bob, &mut self.rng).map(|p| p.to_vec())
@@ -61,7 +78,11 @@ impl Pair {
         message_decrypt(m, &self.b_addr, &mut self.alice, &mut self.rng).map(|p| p.to_vec())
     }
     fn bob_state(&self) -> (Option<Vec<u8>>, bool) {
-        let s = self.bob.load_session(&self.a_addr).unwrap_or_else(|e| panic!("{e}")).map(|r| r.serialize());
+        let s = self
+            .bob
+            .load_session(&self.a_addr)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .map(|r| r.serialize());
         (s, self.bob.get_pre_key(1).is_ok())
     }
     /// An established session with one round trip done.
@@ -79,7 +100,9 @@ impl Pair {
 /// rejection itself.
 fn reparse(kind: &CiphertextMessage, bytes: &[u8]) -> Result<CiphertextMessage, Error> {
     Ok(match kind {
-        CiphertextMessage::PreKey(_) => CiphertextMessage::PreKey(PreKeySignalMessage::decode(bytes)?),
+        CiphertextMessage::PreKey(_) => {
+            CiphertextMessage::PreKey(PreKeySignalMessage::decode(bytes)?)
+        }
         CiphertextMessage::Signal(_) => CiphertextMessage::Signal(SignalMessage::decode(bytes)?),
     })
 }
@@ -87,7 +110,12 @@ fn reparse(kind: &CiphertextMessage, bytes: &[u8]) -> Result<CiphertextMessage, 
 /// `unauthenticated`: bytes the protocol itself does not authenticate
 /// (the PreKeySignalMessage's registration id field, as in libsignal): a
 /// flip there may be accepted, but must still yield the genuine plaintext.
-fn assert_every_bit_flip_rejected(p: &mut Pair, genuine: &CiphertextMessage, unauthenticated: std::ops::Range<usize>, plaintext: &[u8]) {
+fn assert_every_bit_flip_rejected(
+    p: &mut Pair,
+    genuine: &CiphertextMessage,
+    unauthenticated: std::ops::Range<usize>,
+    plaintext: &[u8],
+) {
     let before = p.bob_state();
     let bytes = genuine.serialized().to_vec();
     for i in 0..bytes.len() {
@@ -103,7 +131,10 @@ fn assert_every_bit_flip_rejected(p: &mut Pair, genuine: &CiphertextMessage, una
                     p.bob = saved;
                     continue;
                 }
-                Ok(pt) => panic!("byte {i} bit {bit} flipped still decrypted to {} bytes", pt.len()),
+                Ok(pt) => panic!(
+                    "byte {i} bit {bit} flipped still decrypted to {} bytes",
+                    pt.len()
+                ),
             };
             assert!(
                 matches!(
@@ -121,7 +152,11 @@ fn assert_every_bit_flip_rejected(p: &mut Pair, genuine: &CiphertextMessage, una
                 ),
                 "byte {i} bit {bit}: unexpected {err:?}"
             );
-            assert_eq!(p.bob_state(), before, "byte {i} bit {bit}: state changed by a rejected message");
+            assert_eq!(
+                p.bob_state(),
+                before,
+                "byte {i} bit {bit}: state changed by a rejected message"
+            );
         }
     }
 }
@@ -133,7 +168,10 @@ fn flipped_bits_in_prekey_message_are_rejected_without_state_change() {
     assert!(matches!(genuine, CiphertextMessage::PreKey(_)));
     // Field 5 (registration id = 11): tag 0x28, varint 0x0b.
     let bytes = genuine.serialized();
-    let reg = bytes.windows(2).rposition(|w| w == [0x28, 0x0b]).unwrap_or_else(|| panic!("no registration id field"));
+    let reg = bytes
+        .windows(2)
+        .rposition(|w| w == [0x28, 0x0b])
+        .unwrap_or_else(|| panic!("no registration id field"));
     assert_every_bit_flip_rejected(&mut p, &genuine, reg..reg + 2, b"the first message");
     assert_eq!(p.b_recv(&genuine).ok(), Some(b"the first message".to_vec()));
 }
@@ -183,7 +221,10 @@ fn forward_jump_past_limit_is_rejected() {
     }
     let before = p.bob_state();
     let err = p.b_recv(&last).err();
-    assert!(matches!(err, Some(Error::TooFarInFuture { jump: 25_001, .. })), "{err:?}");
+    assert!(
+        matches!(err, Some(Error::TooFarInFuture { jump: 25_001, .. })),
+        "{err:?}"
+    );
     assert_eq!(p.bob_state(), before);
     assert_eq!(p.b_recv(&first).ok(), Some(b"counter 0".to_vec()));
 }
@@ -197,7 +238,9 @@ fn wrong_identity_is_rejected() {
     let (mut mallory, _) = party(&mut rng, 33);
     let bob_identity = p.bob.identity_key_pair().unwrap_or_else(|e| panic!("{e}"));
     let signed = SignedPreKeyRecord::generate(9, 0, &bob_identity, &mut rng);
-    p.bob.save_signed_pre_key(signed.clone()).unwrap_or_else(|e| panic!("{e}"));
+    p.bob
+        .save_signed_pre_key(signed.clone())
+        .unwrap_or_else(|e| panic!("{e}"));
     let bundle = PreKeyBundle {
         registration_id: 22,
         device_id: 1,
@@ -207,9 +250,14 @@ fn wrong_identity_is_rejected() {
         signed_pre_key_signature: signed.signature.to_vec(),
         identity_key: *bob_identity.identity_key(),
     };
-    process_prekey_bundle(&p.b_addr, &bundle, &mut mallory, &mut rng).unwrap_or_else(|e| panic!("{e}"));
-    let forged = message_encrypt(b"I am alice", &p.b_addr, &mut mallory).unwrap_or_else(|e| panic!("{e}"));
-    assert!(matches!(p.b_recv(&forged), Err(Error::UntrustedIdentity(_))));
+    process_prekey_bundle(&p.b_addr, &bundle, &mut mallory, &mut rng)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let forged =
+        message_encrypt(b"I am alice", &p.b_addr, &mut mallory).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        p.b_recv(&forged),
+        Err(Error::UntrustedIdentity(_))
+    ));
     assert_eq!(p.bob_state().0, before.0);
     let genuine = p.a_send("still me");
     assert_eq!(p.b_recv(&genuine).ok(), Some(b"still me".to_vec()));
@@ -217,7 +265,10 @@ fn wrong_identity_is_rejected() {
     let mut bad = bundle.clone();
     bad.signed_pre_key_signature[10] ^= 1;
     let (mut eve, _) = party(&mut rng, 44);
-    assert!(matches!(process_prekey_bundle(&p.b_addr, &bad, &mut eve, &mut rng), Err(Error::BadSignature(_))));
+    assert!(matches!(
+        process_prekey_bundle(&p.b_addr, &bad, &mut eve, &mut rng),
+        Err(Error::BadSignature(_))
+    ));
 }
 
 #[test]
@@ -227,7 +278,9 @@ fn session_restart_keeps_archived_state_for_late_messages() {
     // Alice restarts from a fresh bundle; bob archives the old state.
     let bob_identity = p.bob.identity_key_pair().unwrap_or_else(|e| panic!("{e}"));
     let signed = SignedPreKeyRecord::generate(5, 0, &bob_identity, &mut p.rng);
-    p.bob.save_signed_pre_key(signed.clone()).unwrap_or_else(|e| panic!("{e}"));
+    p.bob
+        .save_signed_pre_key(signed.clone())
+        .unwrap_or_else(|e| panic!("{e}"));
     let bundle = PreKeyBundle {
         registration_id: 22,
         device_id: 1,
@@ -237,10 +290,14 @@ fn session_restart_keeps_archived_state_for_late_messages() {
         signed_pre_key_signature: signed.signature.to_vec(),
         identity_key: *bob_identity.identity_key(),
     };
-    process_prekey_bundle(&p.b_addr, &bundle, &mut p.alice, &mut p.rng).unwrap_or_else(|e| panic!("{e}"));
+    process_prekey_bundle(&p.b_addr, &bundle, &mut p.alice, &mut p.rng)
+        .unwrap_or_else(|e| panic!("{e}"));
     let fresh = p.a_send("new session");
     assert_eq!(p.b_recv(&fresh).ok(), Some(b"new session".to_vec()));
-    assert_eq!(p.b_recv(&late).ok(), Some(b"late from the old session".to_vec()));
+    assert_eq!(
+        p.b_recv(&late).ok(),
+        Some(b"late from the old session".to_vec())
+    );
 }
 
 #[derive(Debug, Clone)]
@@ -341,8 +398,15 @@ proptest! {
 struct EchoHistory;
 
 impl Assistant for EchoHistory {
-    fn reply(&mut self, conversation: &ConversationId, history: &[Turn]) -> Result<String, AssistantError> {
-        let lines: Vec<String> = history.iter().map(|t| format!("{:?}:{}", t.role, t.text)).collect();
+    fn reply(
+        &mut self,
+        conversation: &ConversationId,
+        history: &[Turn],
+    ) -> Result<String, AssistantError> {
+        let lines: Vec<String> = history
+            .iter()
+            .map(|t| format!("{:?}:{}", t.role, t.text))
+            .collect();
         Ok(format!("[{}] {}", conversation.0, lines.join("|")))
     }
 }
@@ -351,11 +415,17 @@ impl Assistant for EchoHistory {
 fn pipeline_keeps_conversations_apart() {
     let mut rng = ChaCha20Rng::seed_from_u64(8);
     let identity = IdentityKeyPair::generate(&mut rng);
-    let mut bridge = Bridge::new(InMemProtocolStore::new(identity, 99), InMemConversationStore::default(), Box::new(EchoHistory));
+    let mut bridge = Bridge::new(
+        InMemProtocolStore::new(identity, 99),
+        InMemConversationStore::default(),
+        Box::new(EchoHistory),
+    );
     let me = ProtocolAddress::new("sotto", 1);
     let mut users: Vec<(ProtocolAddress, InMemProtocolStore)> = Vec::new();
     for (i, name) in ["ana", "ben", "cai"].iter().enumerate() {
-        let bundle = bridge.prekey_bundle(100 + i as u32, 1, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let bundle = bridge
+            .prekey_bundle(100 + i as u32, 1, &mut rng)
+            .unwrap_or_else(|e| panic!("{e}"));
         let (mut store, _) = party(&mut rng, 200 + i as u32);
         process_prekey_bundle(&me, &bundle, &mut store, &mut rng).unwrap_or_else(|e| panic!("{e}"));
         users.push((ProtocolAddress::new(*name, 1), store));
@@ -363,22 +433,35 @@ fn pipeline_keeps_conversations_apart() {
     for round in 0..3 {
         for (addr, store) in users.iter_mut() {
             let text = format!("{} says {round}", addr.name);
-            let msg = message_encrypt(text.as_bytes(), &me, store).unwrap_or_else(|e| panic!("{e}"));
-            let reply = bridge.handle(addr, &Envelope::from(&msg), &mut rng).unwrap_or_else(|e| panic!("{e}"));
+            let msg =
+                message_encrypt(text.as_bytes(), &me, store).unwrap_or_else(|e| panic!("{e}"));
+            let reply = bridge
+                .handle(addr, &Envelope::from(&msg), &mut rng)
+                .unwrap_or_else(|e| panic!("{e}"));
             let reply = reply.decode().unwrap_or_else(|e| panic!("{e}"));
-            let plain = message_decrypt(&reply, &me, store, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+            let plain =
+                message_decrypt(&reply, &me, store, &mut rng).unwrap_or_else(|e| panic!("{e}"));
             let plain = String::from_utf8(plain.to_vec()).unwrap_or_else(|e| panic!("{e}"));
             assert!(plain.starts_with(&format!("[{}.1]", addr.name)), "{plain}");
             // Only this user's turns appear.
             for other in ["ana", "ben", "cai"].iter().filter(|o| **o != addr.name) {
-                assert!(!plain.contains(&format!("{other} says")), "{plain} mixes in {other}");
+                assert!(
+                    !plain.contains(&format!("{other} says")),
+                    "{plain} mixes in {other}"
+                );
             }
             assert!(plain.contains(&format!("User:{} says {round}", addr.name)));
             let id = ConversationId(format!("{}.1", addr.name));
-            assert_eq!(bridge.conversations().history(&id).map(|h| h.len()).ok(), Some(2 * (round + 1)));
+            assert_eq!(
+                bridge.conversations().history(&id).map(|h| h.len()).ok(),
+                Some(2 * (round + 1))
+            );
         }
     }
-    let ana = bridge.conversations().history(&ConversationId("ana.1".into())).unwrap_or_else(|e| panic!("{e}"));
+    let ana = bridge
+        .conversations()
+        .history(&ConversationId("ana.1".into()))
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(ana.len(), 6);
 
     // A forged envelope is refused and leaves the conversation alone.
@@ -388,6 +471,13 @@ fn pipeline_keeps_conversations_apart() {
     let last = forged.body.len() - 1;
     forged.body[last] ^= 0x40;
     assert!(bridge.handle(addr, &forged, &mut rng).is_err());
-    assert_eq!(bridge.conversations().history(&ConversationId("ana.1".into())).map(|h| h.len()).ok(), Some(6));
+    assert_eq!(
+        bridge
+            .conversations()
+            .history(&ConversationId("ana.1".into()))
+            .map(|h| h.len())
+            .ok(),
+        Some(6)
+    );
     assert!(bridge.handle(addr, &Envelope::from(&msg), &mut rng).is_ok());
 }

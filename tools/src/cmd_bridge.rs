@@ -12,10 +12,11 @@ use base64::Engine as _;
 use rand::rngs::OsRng;
 use serde_json::{json, Value};
 use sotto_bridge::{
-    message_decrypt, message_encrypt, process_prekey_bundle, safety_number, Assistant, AssistantError, Bridge,
-    ConversationId, ConversationStore, Envelope, Error, FileConversationStore, FileProtocolStore, IdentityKey,
-    IdentityKeyPair, InMemConversationStore, InMemProtocolStore, MessageKind, PreKeyBundle,
-    ProtocolAddress, ProtocolStore, PublicKey, StorageKey, Turn,
+    message_decrypt, message_encrypt, process_prekey_bundle, safety_number, Assistant,
+    AssistantError, Bridge, ConversationId, ConversationStore, Envelope, Error,
+    FileConversationStore, FileProtocolStore, IdentityKey, IdentityKeyPair, InMemConversationStore,
+    InMemProtocolStore, MessageKind, PreKeyBundle, ProtocolAddress, ProtocolStore, PublicKey,
+    StorageKey, Turn,
 };
 
 #[derive(clap::Subcommand, Debug)]
@@ -46,24 +47,36 @@ pub type MakeAssistant<'a> = &'a mut dyn FnMut() -> Result<Box<dyn Assistant>, S
 pub fn run(cmd: BridgeCommand, make_assistant: MakeAssistant<'_>) -> Result<(), String> {
     match cmd {
         BridgeCommand::Demo { messages } => demo(messages, make_assistant),
-        BridgeCommand::Serve { stdio: false, .. } => Err("only `serve --stdio` is implemented".into()),
-        BridgeCommand::Serve { stdio: true, state_dir } => {
+        BridgeCommand::Serve { stdio: false, .. } => {
+            Err("only `serve --stdio` is implemented".into())
+        }
+        BridgeCommand::Serve {
+            stdio: true,
+            state_dir,
+        } => {
             let assistant = make_assistant()?;
             match state_dir {
                 None => {
                     let identity = IdentityKeyPair::generate(&mut OsRng);
                     let store = InMemProtocolStore::new(identity, registration_id());
-                    serve(Bridge::new(store, InMemConversationStore::default(), assistant))
+                    serve(Bridge::new(
+                        store,
+                        InMemConversationStore::default(),
+                        assistant,
+                    ))
                 }
                 Some(dir) => {
                     let key = storage_key()?;
                     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                    let store = FileProtocolStore::open_or_create(dir.join("protocol.sealed"), key.clone(), || {
-                        (IdentityKeyPair::generate(&mut OsRng), registration_id())
-                    })
+                    let store = FileProtocolStore::open_or_create(
+                        dir.join("protocol.sealed"),
+                        key.clone(),
+                        || (IdentityKeyPair::generate(&mut OsRng), registration_id()),
+                    )
                     .map_err(|e| e.to_string())?;
                     let conversations =
-                        FileConversationStore::open(dir.join("conversations.sealed"), key).map_err(|e| e.to_string())?;
+                        FileConversationStore::open(dir.join("conversations.sealed"), key)
+                            .map_err(|e| e.to_string())?;
                     serve(Bridge::new(store, conversations, assistant))
                 }
             }
@@ -77,13 +90,19 @@ fn registration_id() -> u32 {
 }
 
 fn storage_key() -> Result<StorageKey, String> {
-    let hex = std::env::var("SOTTO_BRIDGE_KEY").map_err(|_| "--state-dir needs SOTTO_BRIDGE_KEY (64 hex digits)".to_string())?;
+    let hex = std::env::var("SOTTO_BRIDGE_KEY")
+        .map_err(|_| "--state-dir needs SOTTO_BRIDGE_KEY (64 hex digits)".to_string())?;
     let bytes: Vec<u8> = (0..hex.len())
         .step_by(2)
-        .map(|i| hex.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+        })
         .collect::<Option<_>>()
         .ok_or("SOTTO_BRIDGE_KEY is not hex")?;
-    let key: [u8; 32] = bytes.try_into().map_err(|_| "SOTTO_BRIDGE_KEY must be 32 bytes (64 hex digits)")?;
+    let key: [u8; 32] = bytes
+        .try_into()
+        .map_err(|_| "SOTTO_BRIDGE_KEY must be 32 bytes (64 hex digits)")?;
     Ok(StorageKey::from_bytes(key))
 }
 
@@ -95,7 +114,11 @@ struct Timed {
 }
 
 impl Assistant for Timed {
-    fn reply(&mut self, conversation: &ConversationId, history: &[Turn]) -> Result<String, AssistantError> {
+    fn reply(
+        &mut self,
+        conversation: &ConversationId,
+        history: &[Turn],
+    ) -> Result<String, AssistantError> {
         let t = Instant::now();
         let out = self.inner.reply(conversation, history);
         if let Ok(mut spent) = self.spent.lock() {
@@ -107,20 +130,34 @@ impl Assistant for Timed {
 
 fn demo(messages: Vec<String>, make_assistant: MakeAssistant<'_>) -> Result<(), String> {
     let messages = if messages.is_empty() {
-        vec!["Hi! Who are you?".to_string(), "What is the capital of France?".into(), "Thanks, bye.".into()]
+        vec![
+            "Hi! Who are you?".to_string(),
+            "What is the capital of France?".into(),
+            "Thanks, bye.".into(),
+        ]
     } else {
         messages
     };
     let rng = &mut OsRng;
     let spent = Arc::new(Mutex::new(Duration::ZERO));
-    let assistant = Box::new(Timed { inner: make_assistant()?, spent: spent.clone() });
+    let assistant = Box::new(Timed {
+        inner: make_assistant()?,
+        spent: spent.clone(),
+    });
     let bot_identity = IdentityKeyPair::generate(rng);
     let bot_key = *bot_identity.identity_key();
-    let mut bridge = Bridge::new(InMemProtocolStore::new(bot_identity, 1), InMemConversationStore::default(), assistant);
+    let mut bridge = Bridge::new(
+        InMemProtocolStore::new(bot_identity, 1),
+        InMemConversationStore::default(),
+        assistant,
+    );
     let user_identity = IdentityKeyPair::generate(rng);
     let user_key = *user_identity.identity_key();
     let mut user = InMemProtocolStore::new(user_identity, 2);
-    let (bot_addr, user_addr) = (ProtocolAddress::new("sotto", 1), ProtocolAddress::new("user", 1));
+    let (bot_addr, user_addr) = (
+        ProtocolAddress::new("sotto", 1),
+        ProtocolAddress::new("user", 1),
+    );
 
     let bundle = bridge.prekey_bundle(1, 1, rng).map_err(|e| e.to_string())?;
     process_prekey_bundle(&bot_addr, &bundle, &mut user, rng).map_err(|e| e.to_string())?;
@@ -132,19 +169,28 @@ fn demo(messages: Vec<String>, make_assistant: MakeAssistant<'_>) -> Result<(), 
     println!();
     for text in messages {
         let t = Instant::now();
-        let outgoing = message_encrypt(text.as_bytes(), &bot_addr, &mut user).map_err(|e| e.to_string())?;
+        let outgoing =
+            message_encrypt(text.as_bytes(), &bot_addr, &mut user).map_err(|e| e.to_string())?;
         let user_encrypt = t.elapsed();
         let envelope = Envelope::from(&outgoing);
         let t = Instant::now();
-        let reply = bridge.handle(&user_addr, &envelope, rng).map_err(|e| e.to_string())?;
+        let reply = bridge
+            .handle(&user_addr, &envelope, rng)
+            .map_err(|e| e.to_string())?;
         let total = t.elapsed();
         let inference = spent.lock().map(|d| *d).unwrap_or_default();
         let t = Instant::now();
         let decoded = reply.decode().map_err(|e| e.to_string())?;
-        let plain = message_decrypt(&decoded, &bot_addr, &mut user, rng).map_err(|e| e.to_string())?;
+        let plain =
+            message_decrypt(&decoded, &bot_addr, &mut user, rng).map_err(|e| e.to_string())?;
         let user_decrypt = t.elapsed();
         println!("user   > {text}");
-        println!("         {:?} {} B ciphertext, encrypted in {} µs", envelope.kind, envelope.body.len(), user_encrypt.as_micros());
+        println!(
+            "         {:?} {} B ciphertext, encrypted in {} µs",
+            envelope.kind,
+            envelope.body.len(),
+            user_encrypt.as_micros()
+        );
         println!("sotto  > {}", String::from_utf8_lossy(&plain));
         println!(
             "         {:?} {} B ciphertext; bridge decrypt+encrypt {} µs, inference {} ms; user decrypt {} µs",
@@ -159,14 +205,19 @@ fn demo(messages: Vec<String>, make_assistant: MakeAssistant<'_>) -> Result<(), 
 }
 
 fn b64_field(req: &Value, key: &str) -> Result<Vec<u8>, Error> {
-    let s = req[key].as_str().ok_or_else(|| Error::Store(format!("missing field {key}")))?;
-    B64.decode(s).map_err(|_| Error::Store(format!("field {key} is not base64")))
+    let s = req[key]
+        .as_str()
+        .ok_or_else(|| Error::Store(format!("missing field {key}")))?;
+    B64.decode(s)
+        .map_err(|_| Error::Store(format!("field {key} is not base64")))
 }
 
 fn parse_address(s: &str, device: Option<u64>) -> ProtocolAddress {
     match (device, s.rsplit_once('.')) {
         (Some(d), _) => ProtocolAddress::new(s, d as u32),
-        (None, Some((name, d))) if d.parse::<u32>().is_ok() => ProtocolAddress::new(name, d.parse().unwrap_or(1)),
+        (None, Some((name, d))) if d.parse::<u32>().is_ok() => {
+            ProtocolAddress::new(name, d.parse().unwrap_or(1))
+        }
         _ => ProtocolAddress::new(s, 1),
     }
 }
@@ -188,9 +239,17 @@ fn bundle_json(b: &PreKeyBundle) -> Value {
 }
 
 fn bundle_from_json(req: &Value) -> Result<PreKeyBundle, Error> {
-    let num = |k: &str| req[k].as_u64().map(|v| v as u32).ok_or_else(|| Error::Store(format!("missing field {k}")));
+    let num = |k: &str| {
+        req[k]
+            .as_u64()
+            .map(|v| v as u32)
+            .ok_or_else(|| Error::Store(format!("missing field {k}")))
+    };
     let pre_key = match req["pre_key_id"].as_u64() {
-        Some(id) => Some((id as u32, PublicKey::deserialize(&b64_field(req, "pre_key")?)?)),
+        Some(id) => Some((
+            id as u32,
+            PublicKey::deserialize(&b64_field(req, "pre_key")?)?,
+        )),
         None => None,
     };
     Ok(PreKeyBundle {
@@ -226,9 +285,9 @@ fn serve<S: ProtocolStore, C: ConversationStore>(mut bridge: Bridge<S, C>) -> Re
         }
         let reply = match serde_json::from_str::<Value>(&line) {
             Err(e) => json!({"error": {"kind": "bad_request", "message": e.to_string()}}),
-            Ok(req) => handle_request(&mut bridge, &req, &mut next_pre_key_id).unwrap_or_else(|e| {
-                json!({"error": {"kind": error_kind(&e), "message": e.to_string()}})
-            }),
+            Ok(req) => handle_request(&mut bridge, &req, &mut next_pre_key_id).unwrap_or_else(
+                |e| json!({"error": {"kind": error_kind(&e), "message": e.to_string()}}),
+            ),
         };
         writeln!(stdout, "{reply}").map_err(|e| e.to_string())?;
         stdout.flush().map_err(|e| e.to_string())?;
@@ -238,7 +297,10 @@ fn serve<S: ProtocolStore, C: ConversationStore>(mut bridge: Bridge<S, C>) -> Re
 
 fn error_kind(e: &Error) -> &'static str {
     match e {
-        Error::BadMac | Error::BadCiphertext | Error::Malformed { .. } | Error::MessageTooShort { .. } => "invalid_message",
+        Error::BadMac
+        | Error::BadCiphertext
+        | Error::Malformed { .. }
+        | Error::MessageTooShort { .. } => "invalid_message",
         Error::DuplicateMessage { .. } => "duplicate",
         Error::UntrustedIdentity(_) => "untrusted_identity",
         Error::NoSession(_) | Error::NoMatchingSession { .. } => "no_session",
@@ -260,13 +322,21 @@ fn handle_request<S: ProtocolStore, C: ConversationStore>(
             Ok(bundle_json(&bundle))
         }
         "envelope" => {
-            let sender = parse_address(req["sender"].as_str().unwrap_or(""), req["device"].as_u64());
+            let sender =
+                parse_address(req["sender"].as_str().unwrap_or(""), req["device"].as_u64());
             let kind = match req["type"].as_str() {
                 Some("prekey") => MessageKind::PreKey,
                 Some("message") => MessageKind::Message,
-                _ => return Err(Error::Store("type must be \"prekey\" or \"message\"".into())),
+                _ => {
+                    return Err(Error::Store(
+                        "type must be \"prekey\" or \"message\"".into(),
+                    ))
+                }
             };
-            let envelope = Envelope { kind, body: b64_field(req, "body")? };
+            let envelope = Envelope {
+                kind,
+                body: b64_field(req, "body")?,
+            };
             Ok(envelope_json(&bridge.handle(&sender, &envelope, rng)?))
         }
         "process_bundle" => {
@@ -283,10 +353,15 @@ fn handle_request<S: ProtocolStore, C: ConversationStore>(
         }
         "safety_number" => {
             let peer = parse_address(req["peer"].as_str().unwrap_or(""), req["device"].as_u64());
-            let theirs = bridge.store().get_identity(&peer)?.ok_or_else(|| Error::NoSession(peer.to_string()))?;
+            let theirs = bridge
+                .store()
+                .get_identity(&peer)?
+                .ok_or_else(|| Error::NoSession(peer.to_string()))?;
             let ours = *bridge.store().identity_key_pair()?.identity_key();
             let local_id = req["local_id"].as_str().unwrap_or("sotto");
-            Ok(json!({"safety_number": safety_number(local_id.as_bytes(), &ours, peer.name.as_bytes(), &theirs)}))
+            Ok(
+                json!({"safety_number": safety_number(local_id.as_bytes(), &ours, peer.name.as_bytes(), &theirs)}),
+            )
         }
         other => Err(Error::Store(format!("unknown op {other:?}"))),
     }
