@@ -86,6 +86,38 @@ fn qnn_htp_rejects_asymmetric_per_channel_weights_and_the_refusal_says_so() {
 }
 
 #[test]
+fn second_session_loads_the_cached_qnn_context_binary() {
+    let (bytes, _) = matmul_graphs(&lcg(M * K, 1), &lcg(K * N, 2), WeightType::PerChannelI8);
+    let dir = std::env::temp_dir().join(format!("sotto-qnn-ctx-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let ctx = dir.join("matmul.qnn_ctx.onnx");
+    let cfg = OrtConfig {
+        eps: vec![Ep::Qnn(QnnOptions { context_cache: Some(ctx.clone()), ..Default::default() })],
+        npu_only: true,
+        ..Default::default()
+    };
+    let t0 = std::time::Instant::now();
+    let first = session::create(&cfg, &bytes).unwrap();
+    let t_first = t0.elapsed();
+    assert!(!first.placement.from_context_cache);
+    assert!(ctx.is_file(), "no context file written");
+    drop(first);
+    let t1 = std::time::Instant::now();
+    let mut second = session::create(&cfg, &bytes).unwrap();
+    let t_second = t1.elapsed();
+    eprintln!("session creation: first {t_first:?} (QNN graph preparation), second {t_second:?} (context binary); placement {}", second.placement);
+    assert!(second.placement.from_context_cache && second.placement.fully_offloaded(), "{}", second.placement);
+    let x = lcg(M * K, 1);
+    let out = second.run(&[("x", Input::F32(&[M, K], &x))]).unwrap();
+    assert_eq!(out["y"].1.len(), M * N);
+    // A different source graph must not reuse the stale context.
+    let (other, _) = matmul_graphs(&lcg(M * K, 1), &lcg(K * N, 9), WeightType::PerChannelI8);
+    let third = session::create(&cfg, &other).unwrap();
+    assert!(!third.placement.from_context_cache);
+}
+
+#[test]
 fn bad_inputs_are_typed_errors() {
     // Missing runtime library.
     let missing = OrtConfig { runtime_path: Some("/nonexistent/libonnxruntime.so.1.31.1".into()), ..Default::default() };

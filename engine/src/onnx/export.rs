@@ -201,6 +201,17 @@ impl DecoderGraph<'_> {
 
 /// Exports one graph of the decoder.
 pub fn export_decoder(spec: &DecoderSpec, weights: &DecoderWeights, shape: GraphShape, format: WeightFormat) -> Result<ModelProto> {
+    export_decoder_typed(spec, weights, shape, format).map(|(m, _)| m)
+}
+
+/// [`export_decoder`] plus the names of the graph's float values (what the
+/// QDQ pass quantizes).
+pub fn export_decoder_typed(
+    spec: &DecoderSpec,
+    weights: &DecoderWeights,
+    shape: GraphShape,
+    format: WeightFormat,
+) -> Result<(ModelProto, std::collections::HashSet<String>)> {
     check_supported(spec)?;
     if shape.tokens == 0 || shape.context < shape.tokens {
         return Err(Error::Unsupported(format!("graph of {} tokens over {} slots", shape.tokens, shape.context)));
@@ -323,5 +334,6 @@ pub fn export_decoder(spec: &DecoderSpec, weights: &DecoderWeights, shape: Graph
         d.g.output(&present_value(i), &[1, n_kv, c, hd]);
     }
     let doc = format!("sotto decoder export: {} ({}), {} tokens over {} slots, {:?}", spec.name.as_deref().unwrap_or("?"), spec.arch, t, c, format);
-    Ok(d.g.finish(&doc))
+    let floats = d.g.float_values();
+    Ok((d.g.finish(&doc), floats))
 }

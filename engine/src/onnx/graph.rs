@@ -193,6 +193,11 @@ impl GraphBuilder {
         self.node("Concat", xs, &[("axis", Attr::Int(axis))])
     }
 
+    /// Names of every float value (inputs, initializers, node outputs).
+    pub fn float_values(&self) -> std::collections::HashSet<String> {
+        self.dtypes.iter().filter(|(_, t)| **t == DataType::Float).map(|(n, _)| n.clone()).collect()
+    }
+
     /// The finished model (opset 21, plus com.microsoft when used).
     pub fn finish(self, doc: &str) -> ModelProto {
         let mut opset_import = vec![OperatorSetIdProto { domain: String::new(), version: OPSET }];

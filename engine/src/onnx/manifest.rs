@@ -22,8 +22,11 @@ pub enum Quantization {
     Float,
     /// com.microsoft MatMulNBits, 4 bits, block 32, from the GGUF blocks.
     MatMulNBits,
-    /// QDQ: uint8 per-channel weights, uint16 activations.
-    QdqU8U16,
+    /// QDQ: int8 symmetric per-channel MatMul weights (what QNN HTP takes
+    /// per channel), uint8 other constants, uint16 activations.
+    QdqW8A16,
+    /// QDQ as above with uint8 activations.
+    QdqW8A8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

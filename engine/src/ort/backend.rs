@@ -7,6 +7,7 @@ use std::path::Path;
 
 use crate::onnx::export::{past_key, past_value, present_key, present_value};
 use crate::onnx::manifest::Manifest;
+use crate::onnx::qdq::Ranges;
 
 use super::runtime::OrtConfig;
 use super::session::{self, GraphSession, Input, Placement};
@@ -33,6 +34,16 @@ pub struct OrtBackend {
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
     len: usize,
+    /// Calibration: `[min, max]` of every float value seen, per graph
+    /// (prefill, decode).
+    observed: Option<[Ranges; 2]>,
+}
+
+fn widen(ranges: &mut Ranges, name: &str, data: &[f32]) {
+    let (lo, hi) = data.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
+    let e = ranges.entry(name.to_string()).or_insert((lo, hi));
+    e.0 = e.0.min(lo);
+    e.1 = e.1.max(hi);
 }
 
 impl OrtBackend {
@@ -63,6 +74,7 @@ impl OrtBackend {
             prefill,
             decode,
             len: 0,
+            observed: None,
         })
     }
 
@@ -120,6 +132,16 @@ impl OrtBackend {
         }
         let graph = if decode { &mut self.decode } else { &mut self.prefill };
         let mut out = graph.run(&inputs)?;
+        if let Some(obs) = self.observed.as_mut() {
+            let r = &mut obs[usize::from(decode)];
+            for (name, (_, data)) in &out {
+                widen(r, name, data);
+            }
+            for (i, (k, v)) in names.iter().enumerate() {
+                widen(r, k, &self.keys[i]);
+                widen(r, v, &self.values[i]);
+            }
+        }
         let n_layer = m.n_layer;
         let mut keys = Vec::with_capacity(n_layer);
         let mut values = Vec::with_capacity(n_layer);
@@ -170,6 +192,17 @@ impl OrtBackend {
     pub fn decode(&mut self, token: u32) -> Result<Vec<f32>> {
         self.check_tokens(&[token])?;
         self.run(true, &[token])
+    }
+
+    /// Starts recording the range of every float value the graphs produce
+    /// (for QDQ calibration; the graphs must list them as outputs).
+    pub fn observe_ranges(&mut self) {
+        self.observed = Some([Ranges::new(), Ranges::new()]);
+    }
+
+    /// The recorded ranges of the prefill and decode graphs.
+    pub fn take_ranges(&mut self) -> Option<[Ranges; 2]> {
+        self.observed.take()
     }
 
     /// The cache's first `len` positions, keys back in the model's order.

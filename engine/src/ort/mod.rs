@@ -11,6 +11,7 @@
 //!   hand-over to and from the CPU backend.
 
 pub mod backend;
+pub mod calibrate;
 pub mod ep;
 pub mod runtime;
 pub mod session;

@@ -1,0 +1,66 @@
+//! QDQ export for NPUs: the float graphs are run on the CPU EP over a
+//! calibration token sequence, every float value's range is recorded, and
+//! the QDQ pass ([`crate::onnx::qdq`]) turns them into scales.
+
+use std::path::Path;
+
+use sotto_models::Model;
+
+use crate::onnx::bundle::{write_bundle, ExportOptions};
+use crate::onnx::export::{export_decoder_typed, GraphShape, WeightFormat};
+use crate::onnx::manifest::{Manifest, Quantization};
+use crate::onnx::qdq::{self, ActivationType, WeightType};
+
+use super::backend::OrtBackend;
+use super::ep::Ep;
+use super::runtime::OrtConfig;
+use super::{Error, Result};
+
+/// Exports `model` as QDQ graphs (int8 per-channel weights, `act`
+/// activations) into `dir`. `calibration` tokens go through prefill except
+/// the last `decode_steps`, which go through the decode graph so both
+/// graphs see representative values. `config` only supplies the runtime
+/// path; calibration always runs on the CPU EP.
+pub fn export_qdq(
+    model: &Model,
+    dir: &Path,
+    opts: ExportOptions,
+    calibration: &[u32],
+    decode_steps: usize,
+    act: ActivationType,
+    config: &OrtConfig,
+) -> Result<Manifest> {
+    if decode_steps == 0 || calibration.len() <= decode_steps {
+        return Err(Error::Graph(format!(
+            "calibration needs more than {decode_steps} tokens and at least one decode step (got {})",
+            calibration.len()
+        )));
+    }
+    let spec = &model.spec;
+    let w = &model.weights;
+    let (prefill, prefill_floats) = export_decoder_typed(spec, w, GraphShape { tokens: opts.chunk, context: opts.context }, WeightFormat::Float)?;
+    let (decode, decode_floats) = export_decoder_typed(spec, w, GraphShape { tokens: 1, context: opts.context }, WeightFormat::Float)?;
+    let (mut prefill_cal, mut decode_cal) = (prefill.clone(), decode.clone());
+    qdq::add_calibration_outputs(&mut prefill_cal, &prefill_floats);
+    qdq::add_calibration_outputs(&mut decode_cal, &decode_floats);
+    let cal_dir = dir.join("calibration");
+    write_bundle(model, &cal_dir, opts, Quantization::Float, &prefill_cal, &decode_cal)?;
+    let cpu = OrtConfig { eps: vec![Ep::Cpu], npu_only: false, ..config.clone() };
+    let mut backend = OrtBackend::open(&cal_dir, &cpu)?;
+    backend.observe_ranges();
+    let split = calibration.len() - decode_steps;
+    backend.prefill(&calibration[..split])?;
+    for &t in &calibration[split..] {
+        backend.decode(t)?;
+    }
+    let [prefill_ranges, decode_ranges] = backend.take_ranges().ok_or_else(|| Error::Graph("no ranges recorded".into()))?;
+    drop(backend);
+    let _ = std::fs::remove_dir_all(&cal_dir);
+    let qp = qdq::quantize(&prefill, &prefill_floats, &prefill_ranges, act, WeightType::PerChannelI8)?;
+    let qd = qdq::quantize(&decode, &decode_floats, &decode_ranges, act, WeightType::PerChannelI8)?;
+    let quantization = match act {
+        ActivationType::Uint16 => Quantization::QdqW8A16,
+        ActivationType::Uint8 => Quantization::QdqW8A8,
+    };
+    Ok(write_bundle(model, dir, opts, quantization, &qp, &qd)?)
+}
