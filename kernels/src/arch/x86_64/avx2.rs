@@ -22,6 +22,8 @@ pub(super) fn overrides(t: VecDotTable) -> VecDotTable {
         q4_0_q8_0,
         q4_1_q8_1,
         q8_0_q8_0,
+        q4_k_q8_k,
+        q6_k_q8_k,
         f16_f32,
         bf16_f32,
         f32_f32,
@@ -48,6 +50,16 @@ fn q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
     let n = w.len().min(a.len());
     // SAFETY: as above.
     unsafe { q8_0_q8_0_k(&w[..n], &a[..n]) }
+}
+fn q4_k_q8_k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
+    let n = w.len().min(a.len());
+    // SAFETY: as above.
+    unsafe { q4_k_q8_k_k(&w[..n], &a[..n]) }
+}
+fn q6_k_q8_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+    let n = w.len().min(a.len());
+    // SAFETY: as above.
+    unsafe { q6_k_q8_k_k(&w[..n], &a[..n]) }
 }
 fn f32_f32(w: &[f32], a: &[f32]) -> f32 {
     let n = w.len().min(a.len());
@@ -205,6 +217,105 @@ unsafe fn q8_0_q8_0_k(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
             acc0 = block(&w[i], &a[i], acc0);
         }
         hsum(_mm256_add_ps(acc0, acc1))
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_u8x32(p: &[u8]) -> __m256i {
+    debug_assert!(p.len() >= 32);
+    // SAFETY: callers pass at least 32 readable bytes; loadu has no alignment requirement.
+    unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_i8x32(p: &[i8]) -> __m256i {
+    debug_assert!(p.len() >= 32);
+    // SAFETY: callers pass at least 32 readable bytes; loadu has no alignment requirement.
+    unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
+}
+
+/// Per 64-element chunk: low nibbles times sub-block scale 2c, high nibbles
+/// times scale 2c + 1, summed as i32; mins go through the Q8_K block sums.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_k_q8_k_k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
+    // SAFETY: callers guarantee the features; slices of 32 bytes are taken inside whole blocks.
+    unsafe {
+        let mask = _mm256_set1_epi8(0x0F);
+        let mut acc = _mm256_setzero_ps();
+        let mut acc_m = 0f32;
+        for (x, y) in w.iter().zip(a) {
+            let mut sc = [0i16; 8];
+            let mut summs = 0i32;
+            for (j, s) in sc.iter_mut().enumerate() {
+                let (scale, min) = crate::quant::q4_k::scale_min_k4(j, &x.scales);
+                *s = scale as i16;
+                summs += min as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+            }
+            acc_m += y.d * fp16(x.dmin) * summs as f32;
+            let mut sumi = _mm256_setzero_si256();
+            for c in 0..4 {
+                let q4 = load_u8x32(&x.qs[32 * c..]);
+                let lo = _mm256_and_si256(q4, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), mask);
+                let p_lo = _mm256_maddubs_epi16(lo, load_i8x32(&y.qs[64 * c..]));
+                let p_hi = _mm256_maddubs_epi16(hi, load_i8x32(&y.qs[64 * c + 32..]));
+                let p_lo = _mm256_madd_epi16(p_lo, _mm256_set1_epi16(sc[2 * c]));
+                let p_hi = _mm256_madd_epi16(p_hi, _mm256_set1_epi16(sc[2 * c + 1]));
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
+            }
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(y.d * fp16(x.d)), _mm256_cvtepi32_ps(sumi), acc);
+        }
+        hsum(acc) - acc_m
+    }
+}
+
+/// Codes are rebuilt as unsigned 0..64 (4 low bits from `ql`, 2 from `qh`);
+/// the offset of 32 is removed as `32 * y` with a second `vpmaddubsw`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6_k_q8_k_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
+    // SAFETY: callers guarantee the features; slices of 32 bytes are taken inside whole blocks.
+    unsafe {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m2 = _mm256_set1_epi8(0x03);
+        let m32 = _mm256_set1_epi8(32);
+        let mut acc = _mm256_setzero_ps();
+        for (x, y) in w.iter().zip(a) {
+            let mut sumi = _mm256_setzero_si256();
+            for n in 0..2 {
+                let qh = load_u8x32(&x.qh[32 * n..]);
+                let ql0 = load_u8x32(&x.ql[64 * n..]);
+                let ql1 = load_u8x32(&x.ql[64 * n + 32..]);
+                let q = [
+                    _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql1, m4),
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 4), m2), 4),
+                    ),
+                    _mm256_or_si256(
+                        _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                        _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 6), m2), 4),
+                    ),
+                ];
+                for (k, qk) in q.iter().enumerate() {
+                    let e = 128 * n + 32 * k;
+                    let yv = load_i8x32(&y.qs[e..]);
+                    let p = _mm256_sub_epi16(_mm256_maddubs_epi16(*qk, yv), _mm256_maddubs_epi16(m32, yv));
+                    let s = _mm256_set_m128i(
+                        _mm_set1_epi16(x.scales[e / 16 + 1] as i16),
+                        _mm_set1_epi16(x.scales[e / 16] as i16),
+                    );
+                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s));
+                }
+            }
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(y.d * fp16(x.d)), _mm256_cvtepi32_ps(sumi), acc);
+        }
+        hsum(acc)
     }
 }
 
