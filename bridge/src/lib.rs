@@ -1,5 +1,17 @@
 //! sotto-bridge: Signal-protocol (v3, libsignal wire-compatible) sessions,
 //! stores, conversations and the decrypt -> infer -> encrypt pipeline.
+//!
+//! - Protocol: XEdDSA over X25519 identity keys, X3DH
+//!   ([`process_prekey_bundle`]), the Double Ratchet ([`message_encrypt`],
+//!   [`message_decrypt`]) with libsignal's constants, limits and wire format;
+//!   checked live against python-axolotl 0.2.3 (tests/tests/bridge_axolotl.rs).
+//! - Decryption runs on a copy of the session record: a rejected message
+//!   leaves the stores untouched.
+//! - Stores: one trait per record kind, in memory ([`InMemProtocolStore`]) or
+//!   sealed at rest ([`FileProtocolStore`], [`FileConversationStore`]:
+//!   XChaCha20-Poly1305 under a [`StorageKey`], atomic replace).
+//! - Pipeline: [`Bridge::handle`] decrypts, appends the user turn to that
+//!   sender's conversation, asks the [`Assistant`], encrypts the reply.
 #![forbid(unsafe_code)]
 
 mod conversation;
