@@ -9,7 +9,14 @@ use sotto_models::testutil::{tiny_model, write_temp, TinyDims};
 use sotto_models::Model;
 
 fn tiny() -> Model {
-    let dims = TinyDims { n_layer: 2, d_model: 32, n_head: 4, n_kv_head: 2, head_dim: 8, ffn_dim: 64 };
+    let dims = TinyDims {
+        n_layer: 2,
+        d_model: 32,
+        n_head: 4,
+        n_kv_head: 2,
+        head_dim: 8,
+        ffn_dim: 64,
+    };
     let path = write_temp("onnx-tiny", &tiny_model("llama", dims).to_bytes()).unwrap();
     Model::load(path).unwrap()
 }
@@ -24,10 +31,22 @@ fn out_dir(name: &str) -> PathBuf {
 fn tiny_model_exports_both_graphs_with_a_manifest_that_validates() {
     let model = tiny();
     let dir = out_dir("tiny");
-    let m = export_model(&model, &dir, ExportOptions { chunk: 8, context: 32, format: WeightFormat::Float }).unwrap();
+    let m = export_model(
+        &model,
+        &dir,
+        ExportOptions {
+            chunk: 8,
+            context: 32,
+            format: WeightFormat::Float,
+        },
+    )
+    .unwrap();
     let again = Manifest::open(&dir).unwrap();
     assert_eq!(again, m);
-    assert_eq!(m.prefill.inputs[..3], ["input_ids", "position_ids", "attention_mask"]);
+    assert_eq!(
+        m.prefill.inputs[..3],
+        ["input_ids", "position_ids", "attention_mask"]
+    );
     assert_eq!(m.prefill.inputs.len(), 3 + 2 * model.spec.n_layer);
     assert_eq!(m.decode.outputs[0], "logits");
     assert_eq!(m.decode.outputs[1], "present.0.key");

@@ -15,12 +15,22 @@ use sotto_models::Model;
 fn default_model() -> Option<PathBuf> {
     let p = std::env::var_os("SOTTO_MODEL")
         .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sotto/models/SmolLM2-135M-Instruct.Q4_1.gguf")))?;
+        .or_else(|| {
+            std::env::var_os("HOME").map(|h| {
+                PathBuf::from(h).join(".cache/sotto/models/SmolLM2-135M-Instruct.Q4_1.gguf")
+            })
+        })?;
     p.is_file().then_some(p)
 }
 
 fn argmax(v: &[f32]) -> u32 {
-    v.iter().enumerate().fold((0, f32::NEG_INFINITY), |b, (i, &x)| if x > b.1 { (i, x) } else { b }).0 as u32
+    v.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+        )
+        .0 as u32
 }
 
 fn rel_l2(a: &[f32], b: &[f32]) -> f32 {
@@ -40,20 +50,44 @@ fn matmulnbits_export_of_the_default_model_matches_the_float_graph() {
     let (chunk, context) = (8, 64);
     let t = std::time::Instant::now();
     let nbits_dir = base.join("nbits");
-    export_model(&model, &nbits_dir, ExportOptions { chunk, context, format: WeightFormat::MatMulNBits }).unwrap();
+    export_model(
+        &model,
+        &nbits_dir,
+        ExportOptions {
+            chunk,
+            context,
+            format: WeightFormat::MatMulNBits,
+        },
+    )
+    .unwrap();
     let float_dir = base.join("float");
-    export_model(&model, &float_dir, ExportOptions { chunk, context, format: WeightFormat::Float }).unwrap();
+    export_model(
+        &model,
+        &float_dir,
+        ExportOptions {
+            chunk,
+            context,
+            format: WeightFormat::Float,
+        },
+    )
+    .unwrap();
     eprintln!("export of both variants: {:?}", t.elapsed());
 
     let cfg = OrtConfig::default();
     let mut nbits = OrtBackend::open(&nbits_dir, &cfg).unwrap();
     let mut float = OrtBackend::open(&float_dir, &cfg).unwrap();
     eprintln!("nbits placement: {}", nbits.placement().0);
-    let prompt = model.tokenizer.encode("The capital of France is", false).unwrap();
+    let prompt = model
+        .tokenizer
+        .encode("The capital of France is", false)
+        .unwrap();
     let a = nbits.prefill(&prompt).unwrap();
     let b = float.prefill(&prompt).unwrap();
     let rel = rel_l2(&a, &b);
-    eprintln!("prompt of {} tokens: last-token logits rel L2 (MatMulNBits vs f32 graph) {rel:.2e}", prompt.len());
+    eprintln!(
+        "prompt of {} tokens: last-token logits rel L2 (MatMulNBits vs f32 graph) {rel:.2e}",
+        prompt.len()
+    );
     // Same dequantized values on both sides; only summation order and the
     // f32 zero points of Q4_1 differ.
     assert!(rel < 1e-3, "relative error {rel}");

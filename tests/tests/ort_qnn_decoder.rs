@@ -16,7 +16,14 @@ use sotto_models::testutil::{tiny_model, write_temp, TinyDims};
 use sotto_models::Model;
 
 fn tiny() -> Model {
-    let dims = TinyDims { n_layer: 2, d_model: 32, n_head: 4, n_kv_head: 2, head_dim: 8, ffn_dim: 64 };
+    let dims = TinyDims {
+        n_layer: 2,
+        d_model: 32,
+        n_head: 4,
+        n_kv_head: 2,
+        head_dim: 8,
+        ffn_dim: 64,
+    };
     let path = write_temp("ort-qnn-tiny", &tiny_model("llama", dims).to_bytes()).unwrap();
     Model::load(path).unwrap()
 }
@@ -33,10 +40,21 @@ fn rel_l2(a: &[f32], b: &[f32]) -> f32 {
     (e / n).sqrt()
 }
 
-const OPTS: ExportOptions = ExportOptions { chunk: 8, context: 32, format: WeightFormat::Float };
+const OPTS: ExportOptions = ExportOptions {
+    chunk: 8,
+    context: 32,
+    format: WeightFormat::Float,
+};
 
 fn qnn(cache: Option<PathBuf>) -> OrtConfig {
-    OrtConfig { eps: vec![Ep::Qnn(QnnOptions { context_cache: cache, ..Default::default() })], npu_only: true, ..Default::default() }
+    OrtConfig {
+        eps: vec![Ep::Qnn(QnnOptions {
+            context_cache: cache,
+            ..Default::default()
+        })],
+        npu_only: true,
+        ..Default::default()
+    }
 }
 
 #[test]
@@ -45,17 +63,34 @@ fn qdq_decoder_export_calibrates_and_runs_on_the_cpu_ep_within_budget() {
     let model = tiny();
     let calib: Vec<u32> = (0..20u32).map(|i| (i * 37 + 11) % 256).collect();
     let qdq_dir = dir("qdq-cpu");
-    let m = export_qdq(&model, &qdq_dir, OPTS, &calib, 4, ActivationType::Uint16, &OrtConfig::default()).unwrap();
+    let m = export_qdq(
+        &model,
+        &qdq_dir,
+        OPTS,
+        &calib,
+        4,
+        ActivationType::Uint16,
+        &OrtConfig::default(),
+    )
+    .unwrap();
     let float_dir = dir("float-cpu");
     export_model(&model, &float_dir, OPTS).unwrap();
     let mut q = OrtBackend::open(&qdq_dir, &OrtConfig::default()).unwrap();
     let mut f = OrtBackend::open(&float_dir, &OrtConfig::default()).unwrap();
     let prompt: Vec<u32> = (0..11u32).map(|i| (i * 53 + 7) % 256).collect();
-    let mut rels = vec![rel_l2(&q.prefill(&prompt).unwrap(), &f.prefill(&prompt).unwrap())];
+    let mut rels = vec![rel_l2(
+        &q.prefill(&prompt).unwrap(),
+        &f.prefill(&prompt).unwrap(),
+    )];
     for t in [5u32, 80, 200] {
         rels.push(rel_l2(&q.decode(t).unwrap(), &f.decode(t).unwrap()));
     }
-    eprintln!("QDQ {:?} on the CPU EP vs float graph, logits rel L2: prefill {:.4}, decode {:?}", m.quantization, rels[0], &rels[1..]);
+    eprintln!(
+        "QDQ {:?} on the CPU EP vs float graph, logits rel L2: prefill {:.4}, decode {:?}",
+        m.quantization,
+        rels[0],
+        &rels[1..]
+    );
     assert!(rels.iter().all(|&r| r < 0.05), "{rels:?}");
 }
 
@@ -69,7 +104,16 @@ fn qdq_decoder_runs_wholly_on_qnn_within_the_quantization_budget() {
         _ => ActivationType::Uint16,
     };
     let qdq_dir = dir("qdq");
-    let m = export_qdq(&model, &qdq_dir, OPTS, &calib, 4, act, &OrtConfig::default()).unwrap();
+    let m = export_qdq(
+        &model,
+        &qdq_dir,
+        OPTS,
+        &calib,
+        4,
+        act,
+        &OrtConfig::default(),
+    )
+    .unwrap();
     eprintln!("quantization {:?}", m.quantization);
     let float_dir = dir("float");
     export_model(&model, &float_dir, OPTS).unwrap();
@@ -92,17 +136,31 @@ fn qdq_decoder_runs_wholly_on_qnn_within_the_quantization_budget() {
     for t in [5u32, 80, 200] {
         rels.push(rel_l2(&npu.decode(t).unwrap(), &cpu.decode(t).unwrap()));
     }
-    eprintln!("QNN HTP {:?} vs float CPU EP, logits rel L2: prefill {:.4}, decode {:?}", m.quantization, rels[0], &rels[1..]);
+    eprintln!(
+        "QNN HTP {:?} vs float CPU EP, logits rel L2: prefill {:.4}, decode {:?}",
+        m.quantization,
+        rels[0],
+        &rels[1..]
+    );
     // Budget: int8 weights per channel (~0.4% of each channel's range) and
     // 16-bit activations through 2 layers: a few percent; 8-bit activations
     // roughly 4x that.
-    let budget = if act == ActivationType::Uint16 { 0.05 } else { 0.2 };
+    let budget = if act == ActivationType::Uint16 {
+        0.05
+    } else {
+        0.2
+    };
     assert!(rels.iter().all(|&r| r < budget), "{rels:?}");
 
     // Second start: both graphs come from the cached context binaries.
-    let files: Vec<_> = std::fs::read_dir(&cache).unwrap().map(|e| e.unwrap().file_name()).collect();
+    let files: Vec<_> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     eprintln!("context cache files: {files:?}");
-    assert!(cache.join("prefill.qnn_ctx.onnx").is_file() && cache.join("decode.qnn_ctx.onnx").is_file());
+    assert!(
+        cache.join("prefill.qnn_ctx.onnx").is_file() && cache.join("decode.qnn_ctx.onnx").is_file()
+    );
     drop(npu);
     let t1 = Instant::now();
     let mut again = OrtBackend::open(&qdq_dir, &qnn(Some(cache.clone()))).unwrap();

@@ -23,8 +23,24 @@ pub struct ExportOptions {
 /// Writes both graphs of `model` and their manifest into `dir`.
 pub fn export_model(model: &Model, dir: &Path, opts: ExportOptions) -> Result<Manifest> {
     let spec = &model.spec;
-    let prefill = export_decoder(spec, &model.weights, GraphShape { tokens: opts.chunk, context: opts.context }, opts.format)?;
-    let decode = export_decoder(spec, &model.weights, GraphShape { tokens: 1, context: opts.context }, opts.format)?;
+    let prefill = export_decoder(
+        spec,
+        &model.weights,
+        GraphShape {
+            tokens: opts.chunk,
+            context: opts.context,
+        },
+        opts.format,
+    )?;
+    let decode = export_decoder(
+        spec,
+        &model.weights,
+        GraphShape {
+            tokens: 1,
+            context: opts.context,
+        },
+        opts.format,
+    )?;
     let quantization = match opts.format {
         WeightFormat::Float => Quantization::Float,
         WeightFormat::MatMulNBits => Quantization::MatMulNBits,
@@ -41,11 +57,18 @@ pub fn write_bundle(
     prefill: &ModelProto,
     decode: &ModelProto,
 ) -> Result<Manifest> {
-    std::fs::create_dir_all(dir).map_err(|source| Error::Io { path: dir.to_path_buf(), source })?;
+    std::fs::create_dir_all(dir).map_err(|source| Error::Io {
+        path: dir.to_path_buf(),
+        source,
+    })?;
     let spec = &model.spec;
     let prefill = GraphEntry::write(dir, "prefill.onnx", opts.chunk, prefill)?;
     let decode = GraphEntry::write(dir, "decode.onnx", 1, decode)?;
-    let source = model.gguf.path().map(|p| p.display().to_string()).unwrap_or_else(|| "<memory>".into());
+    let source = model
+        .gguf
+        .path()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "<memory>".into());
     let manifest = Manifest {
         format_version: FORMAT_VERSION,
         model: spec.name.clone().unwrap_or_else(|| spec.arch.clone()),

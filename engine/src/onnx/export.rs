@@ -88,13 +88,25 @@ fn check_supported(spec: &DecoderSpec) -> Result<()> {
     let unsupported = [
         (spec.qk_norm, "qk_norm"),
         (spec.post_norms, "post_norms"),
-        (spec.sliding_window.is_some() && spec.layer_is_sliding.iter().any(|&s| s), "sliding-window layers"),
-        (spec.attn_logit_softcap.is_some(), "attention logit soft-capping"),
-        (spec.final_logit_softcap.is_some(), "final logit soft-capping"),
+        (
+            spec.sliding_window.is_some() && spec.layer_is_sliding.iter().any(|&s| s),
+            "sliding-window layers",
+        ),
+        (
+            spec.attn_logit_softcap.is_some(),
+            "attention logit soft-capping",
+        ),
+        (
+            spec.final_logit_softcap.is_some(),
+            "final logit soft-capping",
+        ),
     ];
     for (present, what) in unsupported {
         if present {
-            return Err(Error::Unsupported(format!("{what} ({} architecture)", spec.arch)));
+            return Err(Error::Unsupported(format!(
+                "{what} ({} architecture)",
+                spec.arch
+            )));
         }
     }
     if spec.n_kv_head == 0 || spec.n_head % spec.n_kv_head != 0 || spec.rope.n_rot % 2 != 0 {
@@ -114,7 +126,10 @@ struct DecoderGraph<'a> {
 }
 
 fn dequantized(w: &Weight) -> Result<Vec<f32>> {
-    w.to_f32().map_err(|e| Error::Weight { tensor: w.name.clone(), reason: e.to_string() })
+    w.to_f32().map_err(|e| Error::Weight {
+        tensor: w.name.clone(),
+        reason: e.to_string(),
+    })
 }
 
 impl DecoderGraph<'_> {
@@ -123,7 +138,9 @@ impl DecoderGraph<'_> {
         let (n, k) = (w.rows(), w.cols());
         if self.format == WeightFormat::MatMulNBits {
             if let Some(q) = nbits::repack(w.dtype, w.data(), n, k, rows) {
-                let b = self.g.init_raw(&w.name, DataType::Uint8, &[n, k / 32, 16], q.packed);
+                let b = self
+                    .g
+                    .init_raw(&w.name, DataType::Uint8, &[n, k / 32, 16], q.packed);
                 let s = self.g.init_f32("scales", &[n * (k / 32)], &q.scales);
                 let mut inputs = vec![x.to_string(), b, s];
                 if let Some(z) = &q.zero_points {
@@ -136,7 +153,12 @@ impl DecoderGraph<'_> {
                     MS_DOMAIN,
                     &refs,
                     &[(&out, DataType::Float)],
-                    &[("K", Attr::Int(k as i64)), ("N", Attr::Int(n as i64)), ("bits", Attr::Int(4)), ("block_size", Attr::Int(32))],
+                    &[
+                        ("K", Attr::Int(k as i64)),
+                        ("N", Attr::Int(n as i64)),
+                        ("bits", Attr::Int(4)),
+                        ("block_size", Attr::Int(32)),
+                    ],
                 );
                 return Ok(out);
             }
@@ -144,11 +166,18 @@ impl DecoderGraph<'_> {
         let full = dequantized(w)?;
         // [in, out] so the graph computes x·W directly.
         let mut wt = vec![0f32; n * k];
-        for (o, &src) in rows.map(<[usize]>::to_vec).unwrap_or_else(|| (0..n).collect()).iter().enumerate() {
-            let row = full.get(src * k..(src + 1) * k).ok_or_else(|| Error::Weight {
-                tensor: w.name.clone(),
-                reason: format!("row {src} out of {n}"),
-            })?;
+        for (o, &src) in rows
+            .map(<[usize]>::to_vec)
+            .unwrap_or_else(|| (0..n).collect())
+            .iter()
+            .enumerate()
+        {
+            let row = full
+                .get(src * k..(src + 1) * k)
+                .ok_or_else(|| Error::Weight {
+                    tensor: w.name.clone(),
+                    reason: format!("row {src} out of {n}"),
+                })?;
             for (i, &v) in row.iter().enumerate() {
                 wt[i * n + o] = v;
             }
@@ -163,7 +192,9 @@ impl DecoderGraph<'_> {
         let gain = self.g.init_f32(&w.name, &[gain.len()], &gain);
         let sq = self.g.mul(x, x);
         let axes = self.g.ints(&[-1]);
-        let mean = self.g.node("ReduceMean", &[&sq, &axes], &[("keepdims", Attr::Int(1))]);
+        let mean = self
+            .g
+            .node("ReduceMean", &[&sq, &axes], &[("keepdims", Attr::Int(1))]);
         let eps = self.g.scalar(self.spec.norm_eps);
         let var = self.g.add(&mean, &eps);
         let rms = self.g.node("Sqrt", &[&var], &[]);
@@ -177,7 +208,11 @@ impl DecoderGraph<'_> {
         let hd = self.spec.head_dim as i64;
         let n_rot = self.spec.rope.n_rot as i64;
         let half = n_rot / 2;
-        let rotated = if n_rot < hd { self.g.slice(x, 3, 0, n_rot) } else { x.to_string() };
+        let rotated = if n_rot < hd {
+            self.g.slice(x, 3, 0, n_rot)
+        } else {
+            x.to_string()
+        };
         let x1 = self.g.slice(&rotated, 3, 0, half);
         let x2 = self.g.slice(&rotated, 3, half, n_rot);
         let swapped = self.g.concat(&[&x2, &x1], 3);
@@ -194,13 +229,20 @@ impl DecoderGraph<'_> {
 
     /// `[1, T, heads·hd]` → `[1, heads, T, hd]`.
     fn split_heads(&mut self, x: &str, heads: usize) -> String {
-        let r = self.g.reshape(x, &[1, self.t, heads as i64, self.spec.head_dim as i64]);
+        let r = self
+            .g
+            .reshape(x, &[1, self.t, heads as i64, self.spec.head_dim as i64]);
         self.g.transpose(&r, &[0, 2, 1, 3])
     }
 }
 
 /// Exports one graph of the decoder.
-pub fn export_decoder(spec: &DecoderSpec, weights: &DecoderWeights, shape: GraphShape, format: WeightFormat) -> Result<ModelProto> {
+pub fn export_decoder(
+    spec: &DecoderSpec,
+    weights: &DecoderWeights,
+    shape: GraphShape,
+    format: WeightFormat,
+) -> Result<ModelProto> {
     export_decoder_typed(spec, weights, shape, format).map(|(m, _)| m)
 }
 
@@ -214,13 +256,25 @@ pub fn export_decoder_typed(
 ) -> Result<(ModelProto, std::collections::HashSet<String>)> {
     check_supported(spec)?;
     if shape.tokens == 0 || shape.context < shape.tokens {
-        return Err(Error::Unsupported(format!("graph of {} tokens over {} slots", shape.tokens, shape.context)));
+        return Err(Error::Unsupported(format!(
+            "graph of {} tokens over {} slots",
+            shape.tokens, shape.context
+        )));
     }
     let (t, c) = (shape.tokens as i64, shape.context as i64);
-    let (hd, n_kv, n_head) = (spec.head_dim as i64, spec.n_kv_head as i64, spec.n_head as i64);
+    let (hd, n_kv, n_head) = (
+        spec.head_dim as i64,
+        spec.n_kv_head as i64,
+        spec.n_head as i64,
+    );
     let group = n_head / n_kv;
     let n_rot = spec.rope.n_rot;
-    let mut d = DecoderGraph { g: GraphBuilder::new(if t == 1 { "decode" } else { "prefill" }), spec, format, t };
+    let mut d = DecoderGraph {
+        g: GraphBuilder::new(if t == 1 { "decode" } else { "prefill" }),
+        spec,
+        format,
+        t,
+    };
 
     let ids = d.g.input("input_ids", DataType::Int64, &[1, t]);
     let pos = d.g.input("position_ids", DataType::Int64, &[1, t]);
@@ -231,7 +285,12 @@ pub fn export_decoder_typed(
     }
 
     // Rope tables over every slot, gathered by position: [1, 1, T, n_rot].
-    let inv = weights.rope_inv_freqs(spec, false).map_err(|e| Error::Weight { tensor: "rope_freqs".into(), reason: e.to_string() })?;
+    let inv = weights
+        .rope_inv_freqs(spec, false)
+        .map_err(|e| Error::Weight {
+            tensor: "rope_freqs".into(),
+            reason: e.to_string(),
+        })?;
     let mut cos_t = Vec::with_capacity(shape.context * n_rot);
     let mut sin_t = Vec::with_capacity(shape.context * n_rot);
     for p in 0..shape.context {
@@ -244,8 +303,10 @@ pub fn export_decoder_typed(
     }
     let cos_table = d.g.init_f32("rope_cos", &[shape.context, n_rot], &cos_t);
     let sin_table = d.g.init_f32("rope_sin", &[shape.context, n_rot], &sin_t);
-    let cos_g = d.g.node("Gather", &[&cos_table, &pos], &[("axis", Attr::Int(0))]);
-    let sin_g = d.g.node("Gather", &[&sin_table, &pos], &[("axis", Attr::Int(0))]);
+    let cos_g =
+        d.g.node("Gather", &[&cos_table, &pos], &[("axis", Attr::Int(0))]);
+    let sin_g =
+        d.g.node("Gather", &[&sin_table, &pos], &[("axis", Attr::Int(0))]);
     let cos = d.g.reshape(&cos_g, &[1, 1, t, n_rot as i64]);
     let sin = d.g.reshape(&sin_g, &[1, 1, t, n_rot as i64]);
 
@@ -253,27 +314,55 @@ pub fn export_decoder_typed(
     let slots: Vec<i64> = (0..c).collect();
     let slots = d.g.init_i64("slots", &[1, shape.context], &slots);
     let pos_col = d.g.reshape(&pos, &[t, 1]);
-    let hit = d.g.node_typed("Equal", &[&pos_col, &slots], &[], DataType::Bool); // [T, C]
-    let onehot = d.g.node_typed("Cast", &[&hit], &[("to", Attr::Int(DataType::Float as i64))], DataType::Float);
+    let hit =
+        d.g.node_typed("Equal", &[&pos_col, &slots], &[], DataType::Bool); // [T, C]
+    let onehot = d.g.node_typed(
+        "Cast",
+        &[&hit],
+        &[("to", Attr::Int(DataType::Float as i64))],
+        DataType::Float,
+    );
     let onehot_t = d.g.transpose(&onehot, &[1, 0]); // [C, T]
     let axes1 = d.g.ints(&[1]);
-    let written = d.g.node("ReduceSum", &[&onehot_t, &axes1], &[("keepdims", Attr::Int(1))]); // [C, 1]
+    let written = d.g.node(
+        "ReduceSum",
+        &[&onehot_t, &axes1],
+        &[("keepdims", Attr::Int(1))],
+    ); // [C, 1]
     let one = d.g.scalar(1.0);
     let keep = d.g.sub(&one, &written);
-    let causal = d.g.node_typed("LessOrEqual", &[&slots, &pos_col], &[], DataType::Bool); // [T, C]
-    let valid = d.g.node_typed("Cast", &[&mask], &[("to", Attr::Int(DataType::Bool as i64))], DataType::Bool);
-    let allowed = d.g.node_typed("And", &[&causal, &valid], &[], DataType::Bool);
-    let allowed_f = d.g.node_typed("Cast", &[&allowed], &[("to", Attr::Int(DataType::Float as i64))], DataType::Float);
+    let causal =
+        d.g.node_typed("LessOrEqual", &[&slots, &pos_col], &[], DataType::Bool); // [T, C]
+    let valid = d.g.node_typed(
+        "Cast",
+        &[&mask],
+        &[("to", Attr::Int(DataType::Bool as i64))],
+        DataType::Bool,
+    );
+    let allowed =
+        d.g.node_typed("And", &[&causal, &valid], &[], DataType::Bool);
+    let allowed_f = d.g.node_typed(
+        "Cast",
+        &[&allowed],
+        &[("to", Attr::Int(DataType::Float as i64))],
+        DataType::Float,
+    );
     let big = d.g.scalar(-MASK_BIAS);
     let shifted = d.g.sub(&allowed_f, &one);
     let bias_t = d.g.mul(&shifted, &big); // [T, C]: 0 or −100
     let bias_refs: Vec<&str> = (0..group).map(|_| bias_t.as_str()).collect();
-    let bias = if group > 1 { d.g.concat(&bias_refs, 0) } else { bias_t.clone() }; // [G·T, C]
+    let bias = if group > 1 {
+        d.g.concat(&bias_refs, 0)
+    } else {
+        bias_t.clone()
+    }; // [G·T, C]
     let scale = d.g.scalar(spec.attn_scale);
 
     let table = dequantized(&weights.token_embd)?;
-    let table = d.g.init_f32("token_embd", &[spec.vocab_size, spec.d_model], &table);
-    let mut x = d.g.node("Gather", &[&table, &ids], &[("axis", Attr::Int(0))]);
+    let table =
+        d.g.init_f32("token_embd", &[spec.vocab_size, spec.d_model], &table);
+    let mut x =
+        d.g.node("Gather", &[&table, &ids], &[("axis", Attr::Int(0))]);
     if let Some(s) = spec.embed_scale {
         let s = d.g.scalar(s);
         x = d.g.mul(&x, &s);
@@ -293,7 +382,10 @@ pub fn export_decoder_typed(
         let k = d.rope(&k, &cos, &sin);
 
         // Write this chunk into the cache: [1, n_kv, C, hd].
-        for (new, past, present) in [(&k, past_key(i), present_key(i)), (&v, past_value(i), present_value(i))] {
+        for (new, past, present) in [
+            (&k, past_key(i), present_key(i)),
+            (&v, past_value(i), present_value(i)),
+        ] {
             let kept = d.g.mul(&past, &keep);
             let placed = d.g.matmul(&onehot_t, new);
             d.g.node_named("Add", &[&kept, &placed], &present, &[]);
@@ -319,7 +411,11 @@ pub fn export_decoder_typed(
                 let sig = d.g.node("Sigmoid", &[&gate], &[]);
                 d.g.mul(&gate, &sig)
             }
-            Activation::GeluTanhGlu => d.g.node("Gelu", &[&gate], &[("approximate", Attr::Str("tanh".into()))]),
+            Activation::GeluTanhGlu => d.g.node(
+                "Gelu",
+                &[&gate],
+                &[("approximate", Attr::Str("tanh".into()))],
+            ),
         };
         let prod = d.g.mul(&act, &up);
         let f = d.linear(&prod, &lw.ffn_down, None)?;
@@ -333,7 +429,14 @@ pub fn export_decoder_typed(
         d.g.output(&present_key(i), &[1, n_kv, c, hd]);
         d.g.output(&present_value(i), &[1, n_kv, c, hd]);
     }
-    let doc = format!("sotto decoder export: {} ({}), {} tokens over {} slots, {:?}", spec.name.as_deref().unwrap_or("?"), spec.arch, t, c, format);
+    let doc = format!(
+        "sotto decoder export: {} ({}), {} tokens over {} slots, {:?}",
+        spec.name.as_deref().unwrap_or("?"),
+        spec.arch,
+        t,
+        c,
+        format
+    );
     let floats = d.g.float_values();
     Ok((d.g.finish(&doc), floats))
 }

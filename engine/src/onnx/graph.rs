@@ -5,8 +5,8 @@
 use std::collections::HashMap;
 
 use super::proto::{
-    attribute_type, DataType, GraphProto, ModelProto, NodeProto, OperatorSetIdProto, TensorProto,
-    ValueInfoProto, AttributeProto, IR_VERSION, MS_DOMAIN, OPSET,
+    attribute_type, AttributeProto, DataType, GraphProto, ModelProto, NodeProto,
+    OperatorSetIdProto, TensorProto, ValueInfoProto, IR_VERSION, MS_DOMAIN, OPSET,
 };
 
 /// An attribute value for [`GraphBuilder::node`].
@@ -20,7 +20,10 @@ pub enum Attr {
 
 impl Attr {
     fn to_proto(&self, name: &str) -> AttributeProto {
-        let mut a = AttributeProto { name: name.to_string(), ..Default::default() };
+        let mut a = AttributeProto {
+            name: name.to_string(),
+            ..Default::default()
+        };
         match self {
             Attr::Int(v) => {
                 a.i = *v;
@@ -55,7 +58,10 @@ pub struct GraphBuilder {
 impl GraphBuilder {
     pub fn new(name: &str) -> Self {
         GraphBuilder {
-            graph: GraphProto { name: name.to_string(), ..Default::default() },
+            graph: GraphProto {
+                name: name.to_string(),
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -72,7 +78,9 @@ impl GraphBuilder {
 
     /// Declares a graph input with a static shape.
     pub fn input(&mut self, name: &str, dtype: DataType, shape: &[i64]) -> String {
-        self.graph.input.push(ValueInfoProto::tensor(name, dtype, shape));
+        self.graph
+            .input
+            .push(ValueInfoProto::tensor(name, dtype, shape));
         self.dtypes.insert(name.to_string(), dtype);
         name.to_string()
     }
@@ -80,11 +88,19 @@ impl GraphBuilder {
     /// Declares `value` (already produced) as a graph output with a static shape.
     pub fn output(&mut self, value: &str, shape: &[i64]) {
         let dtype = self.dtype(value).unwrap_or(DataType::Float);
-        self.graph.output.push(ValueInfoProto::tensor(value, dtype, shape));
+        self.graph
+            .output
+            .push(ValueInfoProto::tensor(value, dtype, shape));
     }
 
     /// A constant from little-endian bytes.
-    pub fn init_raw(&mut self, hint: &str, dtype: DataType, shape: &[usize], raw: Vec<u8>) -> String {
+    pub fn init_raw(
+        &mut self,
+        hint: &str,
+        dtype: DataType,
+        shape: &[usize],
+        raw: Vec<u8>,
+    ) -> String {
         let name = self.fresh(hint);
         self.graph.initializer.push(TensorProto {
             dims: shape.iter().map(|&d| d as i64).collect(),
@@ -144,12 +160,21 @@ impl GraphBuilder {
 
     /// One-output node whose output has the first input's type.
     pub fn node(&mut self, op: &str, inputs: &[&str], attrs: &[(&str, Attr)]) -> String {
-        let dtype = inputs.first().and_then(|i| self.dtype(i)).unwrap_or(DataType::Float);
+        let dtype = inputs
+            .first()
+            .and_then(|i| self.dtype(i))
+            .unwrap_or(DataType::Float);
         self.node_typed(op, inputs, attrs, dtype)
     }
 
     /// One-output node with an explicit output type.
-    pub fn node_typed(&mut self, op: &str, inputs: &[&str], attrs: &[(&str, Attr)], dtype: DataType) -> String {
+    pub fn node_typed(
+        &mut self,
+        op: &str,
+        inputs: &[&str],
+        attrs: &[(&str, Attr)],
+        dtype: DataType,
+    ) -> String {
         let out = self.fresh(&op.to_ascii_lowercase());
         self.node_full(op, "", inputs, &[(&out, dtype)], attrs);
         out
@@ -157,7 +182,10 @@ impl GraphBuilder {
 
     /// One-output node writing to a chosen name (graph outputs).
     pub fn node_named(&mut self, op: &str, inputs: &[&str], out: &str, attrs: &[(&str, Attr)]) {
-        let dtype = inputs.first().and_then(|i| self.dtype(i)).unwrap_or(DataType::Float);
+        let dtype = inputs
+            .first()
+            .and_then(|i| self.dtype(i))
+            .unwrap_or(DataType::Float);
         self.node_full(op, "", inputs, &[(out, dtype)], attrs);
     }
 
@@ -195,14 +223,24 @@ impl GraphBuilder {
 
     /// Names of every float value (inputs, initializers, node outputs).
     pub fn float_values(&self) -> std::collections::HashSet<String> {
-        self.dtypes.iter().filter(|(_, t)| **t == DataType::Float).map(|(n, _)| n.clone()).collect()
+        self.dtypes
+            .iter()
+            .filter(|(_, t)| **t == DataType::Float)
+            .map(|(n, _)| n.clone())
+            .collect()
     }
 
     /// The finished model (opset 21, plus com.microsoft when used).
     pub fn finish(self, doc: &str) -> ModelProto {
-        let mut opset_import = vec![OperatorSetIdProto { domain: String::new(), version: OPSET }];
+        let mut opset_import = vec![OperatorSetIdProto {
+            domain: String::new(),
+            version: OPSET,
+        }];
         if self.uses_ms_domain {
-            opset_import.push(OperatorSetIdProto { domain: MS_DOMAIN.to_string(), version: 1 });
+            opset_import.push(OperatorSetIdProto {
+                domain: MS_DOMAIN.to_string(),
+                version: 1,
+            });
         }
         ModelProto {
             ir_version: IR_VERSION,
@@ -238,7 +276,13 @@ mod tests {
 
         let mut g = GraphBuilder::new("t");
         let x = g.input("x", DataType::Float, &[1, 4]);
-        g.node_full("MatMulNBits", MS_DOMAIN, &[&x], &[("y", DataType::Float)], &[("K", Attr::Int(4))]);
+        g.node_full(
+            "MatMulNBits",
+            MS_DOMAIN,
+            &[&x],
+            &[("y", DataType::Float)],
+            &[("K", Attr::Int(4))],
+        );
         assert_eq!(g.finish("").opset_import[1].domain, MS_DOMAIN);
     }
 }

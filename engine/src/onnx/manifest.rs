@@ -62,12 +62,18 @@ pub struct Manifest {
 }
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 fn io_names(model: &ModelProto) -> (Vec<String>, Vec<String>) {
     let g = model.graph.clone().unwrap_or_default();
-    (g.input.iter().map(|v| v.name.clone()).collect(), g.output.iter().map(|v| v.name.clone()).collect())
+    (
+        g.input.iter().map(|v| v.name.clone()).collect(),
+        g.output.iter().map(|v| v.name.clone()).collect(),
+    )
 }
 
 impl GraphEntry {
@@ -77,13 +83,22 @@ impl GraphEntry {
         let path = dir.join(file);
         std::fs::write(&path, &bytes).map_err(|source| Error::Io { path, source })?;
         let (inputs, outputs) = io_names(model);
-        Ok(GraphEntry { file: file.to_string(), tokens, sha256: sha256_hex(&bytes), inputs, outputs })
+        Ok(GraphEntry {
+            file: file.to_string(),
+            tokens,
+            sha256: sha256_hex(&bytes),
+            inputs,
+            outputs,
+        })
     }
 
     /// Reads the graph, checks digest and I/O names, returns its bytes.
     pub fn load(&self, dir: &Path) -> Result<Vec<u8>> {
         let path = dir.join(&self.file);
-        let bytes = std::fs::read(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
+        let bytes = std::fs::read(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
         let digest = sha256_hex(&bytes);
         if digest != self.sha256 {
             return Err(Error::ManifestMismatch {
@@ -91,10 +106,16 @@ impl GraphEntry {
                 reason: format!("sha256 {digest}, manifest says {}", self.sha256),
             });
         }
-        let model = ModelProto::decode(bytes.as_slice()).map_err(|e| Error::Decode { path, reason: e.to_string() })?;
+        let model = ModelProto::decode(bytes.as_slice()).map_err(|e| Error::Decode {
+            path,
+            reason: e.to_string(),
+        })?;
         let (inputs, outputs) = io_names(&model);
         if inputs != self.inputs || outputs != self.outputs {
-            return Err(Error::ManifestMismatch { graph: self.file.clone(), reason: "input/output names differ".into() });
+            return Err(Error::ManifestMismatch {
+                graph: self.file.clone(),
+                reason: "input/output names differ".into(),
+            });
         }
         Ok(bytes)
     }
@@ -107,7 +128,10 @@ impl Manifest {
 
     pub fn save(&self, dir: &Path) -> Result<()> {
         let path = Self::path_in(dir);
-        let json = serde_json::to_string_pretty(self).map_err(|e| Error::Manifest { path: path.clone(), reason: e.to_string() })?;
+        let json = serde_json::to_string_pretty(self).map_err(|e| Error::Manifest {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         std::fs::write(&path, json).map_err(|source| Error::Io { path, source })
     }
 
@@ -115,13 +139,31 @@ impl Manifest {
     /// [`GraphEntry::load`]).
     pub fn open(dir: &Path) -> Result<Manifest> {
         let path = Self::path_in(dir);
-        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io { path: path.clone(), source })?;
-        let m: Manifest = serde_json::from_str(&text).map_err(|e| Error::Manifest { path: path.clone(), reason: e.to_string() })?;
+        let text = std::fs::read_to_string(&path).map_err(|source| Error::Io {
+            path: path.clone(),
+            source,
+        })?;
+        let m: Manifest = serde_json::from_str(&text).map_err(|e| Error::Manifest {
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
         if m.format_version != FORMAT_VERSION {
-            return Err(Error::Manifest { path, reason: format!("format version {} (expected {FORMAT_VERSION})", m.format_version) });
+            return Err(Error::Manifest {
+                path,
+                reason: format!(
+                    "format version {} (expected {FORMAT_VERSION})",
+                    m.format_version
+                ),
+            });
         }
         if m.decode.tokens != 1 || m.prefill.tokens != m.chunk || m.chunk > m.context {
-            return Err(Error::Manifest { path, reason: format!("chunk {} / decode {} / context {}", m.chunk, m.decode.tokens, m.context) });
+            return Err(Error::Manifest {
+                path,
+                reason: format!(
+                    "chunk {} / decode {} / context {}",
+                    m.chunk, m.decode.tokens, m.context
+                ),
+            });
         }
         Ok(m)
     }

@@ -34,11 +34,20 @@ pub enum Error {
     #[error("no calibrated range for {0}")]
     MissingRange(String),
     #[error("{path}: {source}")]
-    Io { path: std::path::PathBuf, source: std::io::Error },
+    Io {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
     #[error("manifest {path}: {reason}")]
-    Manifest { path: std::path::PathBuf, reason: String },
+    Manifest {
+        path: std::path::PathBuf,
+        reason: String,
+    },
     #[error("graph {graph} does not match its manifest: {reason}")]
     ManifestMismatch { graph: String, reason: String },
     #[error("{path} is not an ONNX model: {reason}")]
-    Decode { path: std::path::PathBuf, reason: String },
+    Decode {
+        path: std::path::PathBuf,
+        reason: String,
+    },
 }

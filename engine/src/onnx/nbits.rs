@@ -46,7 +46,13 @@ fn repack_nibbles(qs: &[u8], out: &mut Vec<u8>, remap: impl Fn(u8) -> u8) {
 
 /// Re-packs `rows × cols` weights stored as Q4_0 or Q4_1 blocks (row after
 /// row, `row_order` selects and orders the rows). `None` for other dtypes.
-pub fn repack(dtype: DType, data: &[u8], rows: usize, cols: usize, row_order: Option<&[usize]>) -> Option<NBitsWeight> {
+pub fn repack(
+    dtype: DType,
+    data: &[u8],
+    rows: usize,
+    cols: usize,
+    row_order: Option<&[usize]>,
+) -> Option<NBitsWeight> {
     if cols % QK != 0 {
         return None;
     }
@@ -135,11 +141,21 @@ mod tests {
         let mut buf = sotto_kernels::quant::aligned_bytes(rows * rb);
         let data = buf.as_bytes_mut();
         for r in 0..rows {
-            sotto_kernels::quant::quantize_row(dtype, &x[r * cols..(r + 1) * cols], &mut data[r * rb..(r + 1) * rb]).unwrap();
+            sotto_kernels::quant::quantize_row(
+                dtype,
+                &x[r * cols..(r + 1) * cols],
+                &mut data[r * rb..(r + 1) * rb],
+            )
+            .unwrap();
         }
         let mut reference = vec![0f32; rows * cols];
         for r in 0..rows {
-            sotto_kernels::quant::dequantize_row(dtype, &data[r * rb..(r + 1) * rb], &mut reference[r * cols..(r + 1) * cols]).unwrap();
+            sotto_kernels::quant::dequantize_row(
+                dtype,
+                &data[r * rb..(r + 1) * rb],
+                &mut reference[r * cols..(r + 1) * cols],
+            )
+            .unwrap();
         }
         let order = [2usize, 0, 1];
         let w = repack(dtype, data, rows, cols, Some(&order)).unwrap();
@@ -147,7 +163,10 @@ mod tests {
         for (i, &r) in order.iter().enumerate() {
             for c in 0..cols {
                 let (a, b) = (got[i * cols + c], reference[r * cols + c]);
-                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{dtype:?} row {r} col {c}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{dtype:?} row {r} col {c}: {a} vs {b}"
+                );
             }
         }
     }

@@ -208,7 +208,9 @@ impl ValueInfoProto {
                     shape: Some(TensorShapeProto {
                         dim: shape
                             .iter()
-                            .map(|&d| Dimension { value: Some(DimValue::Fixed(d)) })
+                            .map(|&d| Dimension {
+                                value: Some(DimValue::Fixed(d)),
+                            })
                             .collect(),
                     }),
                 }),
@@ -245,7 +247,10 @@ mod tests {
         let model = ModelProto {
             ir_version: IR_VERSION,
             producer_name: "sotto".into(),
-            opset_import: vec![OperatorSetIdProto { domain: String::new(), version: OPSET }],
+            opset_import: vec![OperatorSetIdProto {
+                domain: String::new(),
+                version: OPSET,
+            }],
             graph: Some(GraphProto {
                 name: "g".into(),
                 input: vec![ValueInfoProto::tensor("x", DataType::Float, &[1, 4])],

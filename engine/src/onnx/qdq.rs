@@ -11,7 +11,10 @@
 
 use std::collections::{HashMap, HashSet};
 
-use super::proto::{AttributeProto, DataType, ModelProto, NodeProto, TensorProto, TypeProto, TensorTypeProto, ValueInfoProto, attribute_type};
+use super::proto::{
+    attribute_type, AttributeProto, DataType, ModelProto, NodeProto, TensorProto, TensorTypeProto,
+    TypeProto, ValueInfoProto,
+};
 use super::{Error, Result};
 
 /// Activation type of the QDQ graph.
@@ -38,28 +41,51 @@ pub type Ranges = HashMap<String, (f32, f32)>;
 
 fn float_initializers(model: &ModelProto) -> HashSet<String> {
     let g = model.graph.as_ref();
-    g.map(|g| g.initializer.iter().filter(|t| t.data_type == DataType::Float as i32).map(|t| t.name.clone()).collect())
-        .unwrap_or_default()
+    g.map(|g| {
+        g.initializer
+            .iter()
+            .filter(|t| t.data_type == DataType::Float as i32)
+            .map(|t| t.name.clone())
+            .collect()
+    })
+    .unwrap_or_default()
 }
 
 /// Float outputs of nodes, in graph order (`float_types`: values known to be float).
 fn float_node_outputs(model: &ModelProto, float_types: &HashSet<String>) -> Vec<String> {
-    let Some(g) = model.graph.as_ref() else { return Vec::new() };
-    g.node.iter().flat_map(|n| n.output.iter()).filter(|o| float_types.contains(*o)).cloned().collect()
+    let Some(g) = model.graph.as_ref() else {
+        return Vec::new();
+    };
+    g.node
+        .iter()
+        .flat_map(|n| n.output.iter())
+        .filter(|o| float_types.contains(*o))
+        .cloned()
+        .collect()
 }
 
 /// Adds every float node output as a graph output (type only, no shape) so
 /// a run of the float graph reports its range. Returns the names added.
-pub fn add_calibration_outputs(model: &mut ModelProto, float_values: &HashSet<String>) -> Vec<String> {
+pub fn add_calibration_outputs(
+    model: &mut ModelProto,
+    float_values: &HashSet<String>,
+) -> Vec<String> {
     let outs = float_node_outputs(model, float_values);
-    let Some(g) = model.graph.as_mut() else { return Vec::new() };
+    let Some(g) = model.graph.as_mut() else {
+        return Vec::new();
+    };
     let existing: HashSet<String> = g.output.iter().map(|o| o.name.clone()).collect();
     let mut added = Vec::new();
     for o in outs {
         if !existing.contains(&o) {
             g.output.push(ValueInfoProto {
                 name: o.clone(),
-                r#type: Some(TypeProto { tensor_type: Some(TensorTypeProto { elem_type: DataType::Float as i32, shape: None }) }),
+                r#type: Some(TypeProto {
+                    tensor_type: Some(TensorTypeProto {
+                        elem_type: DataType::Float as i32,
+                        shape: None,
+                    }),
+                }),
             });
             added.push(o);
         }
@@ -76,27 +102,55 @@ fn affine_params(min: f32, max: f32, levels: f32) -> (f32, f32) {
 }
 
 fn scalar_tensor(name: &str, dtype: DataType, raw: Vec<u8>, dims: Vec<i64>) -> TensorProto {
-    TensorProto { dims, data_type: dtype as i32, name: name.to_string(), raw_data: raw }
+    TensorProto {
+        dims,
+        data_type: dtype as i32,
+        name: name.to_string(),
+        raw_data: raw,
+    }
 }
 
 fn f32_values(t: &TensorProto) -> Vec<f32> {
-    t.raw_data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    t.raw_data
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 fn node(op: &str, inputs: Vec<String>, output: String, attrs: Vec<AttributeProto>) -> NodeProto {
-    NodeProto { input: inputs, output: vec![output.clone()], name: format!("{op}_{output}"), op_type: op.to_string(), attribute: attrs, domain: String::new() }
+    NodeProto {
+        input: inputs,
+        output: vec![output.clone()],
+        name: format!("{op}_{output}"),
+        op_type: op.to_string(),
+        attribute: attrs,
+        domain: String::new(),
+    }
 }
 
 fn axis_attr(axis: i64) -> AttributeProto {
-    AttributeProto { name: "axis".into(), i: axis, r#type: attribute_type::INT, ..Default::default() }
+    AttributeProto {
+        name: "axis".into(),
+        i: axis,
+        r#type: attribute_type::INT,
+        ..Default::default()
+    }
 }
 
 /// The QDQ version of a float graph. `ranges` must cover every float node
 /// output and every float graph input; `float_values` names the float
 /// values (node outputs and inputs) of the graph.
-pub fn quantize(model: &ModelProto, float_values: &HashSet<String>, ranges: &Ranges, act: ActivationType, weights: WeightType) -> Result<ModelProto> {
+pub fn quantize(
+    model: &ModelProto,
+    float_values: &HashSet<String>,
+    ranges: &Ranges,
+    act: ActivationType,
+    weights: WeightType,
+) -> Result<ModelProto> {
     let mut out = model.clone();
-    let Some(g) = out.graph.as_mut() else { return Err(Error::Unsupported("a model without a graph".into())) };
+    let Some(g) = out.graph.as_mut() else {
+        return Err(Error::Unsupported("a model without a graph".into()));
+    };
     let (act_dtype, act_levels) = match act {
         ActivationType::Uint8 => (DataType::Uint8, 255.0),
         ActivationType::Uint16 => (DataType::Uint16, 65535.0),
@@ -109,7 +163,12 @@ pub fn quantize(model: &ModelProto, float_values: &HashSet<String>, ranges: &Ran
     };
 
     // Weights consumed as MatMul's B input are quantized per output channel.
-    let matmul_weights: HashSet<String> = g.node.iter().filter(|n| n.op_type == "MatMul").filter_map(|n| n.input.get(1).cloned()).collect();
+    let matmul_weights: HashSet<String> = g
+        .node
+        .iter()
+        .filter(|n| n.op_type == "MatMul")
+        .filter_map(|n| n.input.get(1).cloned())
+        .collect();
     let float_inits = float_initializers(model);
     let mut new_inits = Vec::new();
     let mut prologue = Vec::new();
@@ -120,8 +179,13 @@ pub fn quantize(model: &ModelProto, float_values: &HashSet<String>, ranges: &Ran
         }
         let values = f32_values(&t);
         let q_name = format!("{}_quantized", t.name);
-        let (s_name, z_name) = (format!("{}_scale", t.name), format!("{}_zero_point", t.name));
-        let per_channel = matmul_weights.contains(&t.name) && t.dims.len() == 2 && weights != WeightType::PerTensorU8;
+        let (s_name, z_name) = (
+            format!("{}_scale", t.name),
+            format!("{}_zero_point", t.name),
+        );
+        let per_channel = matmul_weights.contains(&t.name)
+            && t.dims.len() == 2
+            && weights != WeightType::PerTensorU8;
         let symmetric = weights == WeightType::PerChannelI8;
         let mut attrs = Vec::new();
         if per_channel {
@@ -144,24 +208,72 @@ pub fn quantize(model: &ModelProto, float_values: &HashSet<String>, ranges: &Ran
                 zps.push(z);
             }
             let (wtype, q): (DataType, Vec<u8>) = if symmetric {
-                (DataType::Int8, values.iter().enumerate().map(|(i, &v)| (v / scales[i % cols]).round().clamp(-127.0, 127.0) as i8 as u8).collect())
+                (
+                    DataType::Int8,
+                    values
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &v)| {
+                            (v / scales[i % cols]).round().clamp(-127.0, 127.0) as i8 as u8
+                        })
+                        .collect(),
+                )
             } else {
-                (DataType::Uint8, values.iter().enumerate().map(|(i, &v)| (v / scales[i % cols] + zps[i % cols]).round().clamp(0.0, 255.0) as u8).collect())
+                (
+                    DataType::Uint8,
+                    values
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &v)| {
+                            (v / scales[i % cols] + zps[i % cols])
+                                .round()
+                                .clamp(0.0, 255.0) as u8
+                        })
+                        .collect(),
+                )
             };
             new_inits.push(scalar_tensor(&q_name, wtype, q, t.dims.clone()));
-            new_inits.push(scalar_tensor(&s_name, DataType::Float, scales.iter().flat_map(|s| s.to_le_bytes()).collect(), vec![cols as i64]));
-            new_inits.push(scalar_tensor(&z_name, wtype, zps.iter().map(|&z| z as u8).collect(), vec![cols as i64]));
+            new_inits.push(scalar_tensor(
+                &s_name,
+                DataType::Float,
+                scales.iter().flat_map(|s| s.to_le_bytes()).collect(),
+                vec![cols as i64],
+            ));
+            new_inits.push(scalar_tensor(
+                &z_name,
+                wtype,
+                zps.iter().map(|&z| z as u8).collect(),
+                vec![cols as i64],
+            ));
             attrs.push(axis_attr(1));
         } else {
             let lo = values.iter().copied().fold(f32::INFINITY, f32::min);
             let hi = values.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let (s, z) = affine_params(lo, hi, 255.0);
-            let q: Vec<u8> = values.iter().map(|&v| (v / s + z).round().clamp(0.0, 255.0) as u8).collect();
+            let q: Vec<u8> = values
+                .iter()
+                .map(|&v| (v / s + z).round().clamp(0.0, 255.0) as u8)
+                .collect();
             new_inits.push(scalar_tensor(&q_name, DataType::Uint8, q, t.dims.clone()));
-            new_inits.push(scalar_tensor(&s_name, DataType::Float, s.to_le_bytes().to_vec(), vec![]));
-            new_inits.push(scalar_tensor(&z_name, DataType::Uint8, vec![z as u8], vec![]));
+            new_inits.push(scalar_tensor(
+                &s_name,
+                DataType::Float,
+                s.to_le_bytes().to_vec(),
+                vec![],
+            ));
+            new_inits.push(scalar_tensor(
+                &z_name,
+                DataType::Uint8,
+                vec![z as u8],
+                vec![],
+            ));
         }
-        prologue.push(node("DequantizeLinear", vec![q_name, s_name, z_name], t.name.clone(), attrs));
+        prologue.push(node(
+            "DequantizeLinear",
+            vec![q_name, s_name, z_name],
+            t.name.clone(),
+            attrs,
+        ));
     }
     g.initializer = new_inits;
 
@@ -171,15 +283,41 @@ pub fn quantize(model: &ModelProto, float_values: &HashSet<String>, ranges: &Ran
         if !float_values.contains(&inp.name) {
             continue;
         }
-        let &(lo, hi) = ranges.get(&inp.name).ok_or_else(|| Error::MissingRange(inp.name.clone()))?;
+        let &(lo, hi) = ranges
+            .get(&inp.name)
+            .ok_or_else(|| Error::MissingRange(inp.name.clone()))?;
         let (s, z) = affine_params(lo, hi, act_levels);
         let base = &inp.name;
-        g.initializer.push(scalar_tensor(&format!("{base}_scale"), DataType::Float, s.to_le_bytes().to_vec(), vec![]));
-        g.initializer.push(scalar_tensor(&format!("{base}_zero_point"), act_dtype, encode_act(z), vec![]));
+        g.initializer.push(scalar_tensor(
+            &format!("{base}_scale"),
+            DataType::Float,
+            s.to_le_bytes().to_vec(),
+            vec![],
+        ));
+        g.initializer.push(scalar_tensor(
+            &format!("{base}_zero_point"),
+            act_dtype,
+            encode_act(z),
+            vec![],
+        ));
         let q = format!("{base}_q");
         let dq = format!("{base}_dq");
-        prologue.push(node("QuantizeLinear", vec![base.clone(), format!("{base}_scale"), format!("{base}_zero_point")], q.clone(), vec![]));
-        prologue.push(node("DequantizeLinear", vec![q, format!("{base}_scale"), format!("{base}_zero_point")], dq.clone(), vec![]));
+        prologue.push(node(
+            "QuantizeLinear",
+            vec![
+                base.clone(),
+                format!("{base}_scale"),
+                format!("{base}_zero_point"),
+            ],
+            q.clone(),
+            vec![],
+        ));
+        prologue.push(node(
+            "DequantizeLinear",
+            vec![q, format!("{base}_scale"), format!("{base}_zero_point")],
+            dq.clone(),
+            vec![],
+        ));
         renamed.insert(base.clone(), dq);
     }
 
@@ -196,15 +334,41 @@ pub fn quantize(model: &ModelProto, float_values: &HashSet<String>, ranges: &Ran
             if !float_values.contains(o) {
                 continue;
             }
-            let &(lo, hi) = ranges.get(o).ok_or_else(|| Error::MissingRange(o.clone()))?;
+            let &(lo, hi) = ranges
+                .get(o)
+                .ok_or_else(|| Error::MissingRange(o.clone()))?;
             let (s, z) = affine_params(lo, hi, act_levels);
             let base = o.clone();
             let f = format!("{base}_f");
             let q = format!("{base}_q");
-            g.initializer.push(scalar_tensor(&format!("{base}_scale"), DataType::Float, s.to_le_bytes().to_vec(), vec![]));
-            g.initializer.push(scalar_tensor(&format!("{base}_zero_point"), act_dtype, encode_act(z), vec![]));
-            tail.push(node("QuantizeLinear", vec![f.clone(), format!("{base}_scale"), format!("{base}_zero_point")], q.clone(), vec![]));
-            tail.push(node("DequantizeLinear", vec![q, format!("{base}_scale"), format!("{base}_zero_point")], base, vec![]));
+            g.initializer.push(scalar_tensor(
+                &format!("{base}_scale"),
+                DataType::Float,
+                s.to_le_bytes().to_vec(),
+                vec![],
+            ));
+            g.initializer.push(scalar_tensor(
+                &format!("{base}_zero_point"),
+                act_dtype,
+                encode_act(z),
+                vec![],
+            ));
+            tail.push(node(
+                "QuantizeLinear",
+                vec![
+                    f.clone(),
+                    format!("{base}_scale"),
+                    format!("{base}_zero_point"),
+                ],
+                q.clone(),
+                vec![],
+            ));
+            tail.push(node(
+                "DequantizeLinear",
+                vec![q, format!("{base}_scale"), format!("{base}_zero_point")],
+                base,
+                vec![],
+            ));
             *o = f;
         }
         nodes.push(n);

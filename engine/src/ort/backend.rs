@@ -40,7 +40,11 @@ pub struct OrtBackend {
 }
 
 fn widen(ranges: &mut Ranges, name: &str, data: &[f32]) {
-    let (lo, hi) = data.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| (l.min(x), h.max(x)));
+    let (lo, hi) = data
+        .iter()
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &x| {
+            (l.min(x), h.max(x))
+        });
     let e = ranges.entry(name.to_string()).or_insert((lo, hi));
     e.0 = e.0.min(lo);
     e.1 = e.1.max(hi);
@@ -58,7 +62,10 @@ impl OrtBackend {
             for ep in cfg.eps.iter_mut() {
                 if let super::Ep::Qnn(q) = ep {
                     if let Some(c) = &q.context_cache {
-                        q.context_cache = Some(c.join(format!("{}.qnn_ctx.onnx", entry.file.trim_end_matches(".onnx"))));
+                        q.context_cache = Some(c.join(format!(
+                            "{}.qnn_ctx.onnx",
+                            entry.file.trim_end_matches(".onnx")
+                        )));
                     }
                 }
             }
@@ -98,11 +105,20 @@ impl OrtBackend {
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
-        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.manifest.vocab_size) {
-            return Err(Error::TokenOutOfRange { id, vocab: self.manifest.vocab_size });
+        if let Some(&id) = tokens
+            .iter()
+            .find(|&&t| t as usize >= self.manifest.vocab_size)
+        {
+            return Err(Error::TokenOutOfRange {
+                id,
+                vocab: self.manifest.vocab_size,
+            });
         }
         if self.len + tokens.len() > self.manifest.context {
-            return Err(Error::ContextOverflow { needed: self.len + tokens.len(), context: self.manifest.context });
+            return Err(Error::ContextOverflow {
+                needed: self.len + tokens.len(),
+                context: self.manifest.context,
+            });
         }
         Ok(())
     }
@@ -115,11 +131,17 @@ impl OrtBackend {
         let width = if decode { 1 } else { m.chunk };
         let (c, n_kv, hd, vocab) = (m.context, m.n_kv_head, m.head_dim, m.vocab_size);
         let pad = tokens.last().copied().unwrap_or(0);
-        let ids: Vec<i64> = (0..width).map(|i| *tokens.get(i).unwrap_or(&pad) as i64).collect();
+        let ids: Vec<i64> = (0..width)
+            .map(|i| *tokens.get(i).unwrap_or(&pad) as i64)
+            .collect();
         let pos: Vec<i64> = (0..width).map(|i| (self.len + i) as i64).collect();
-        let mask: Vec<i64> = (0..c).map(|s| i64::from(s < self.len + tokens.len())).collect();
+        let mask: Vec<i64> = (0..c)
+            .map(|s| i64::from(s < self.len + tokens.len()))
+            .collect();
         let kv_shape = [1, n_kv, c, hd];
-        let names: Vec<(String, String)> = (0..m.n_layer).map(|i| (past_key(i), past_value(i))).collect();
+        let names: Vec<(String, String)> = (0..m.n_layer)
+            .map(|i| (past_key(i), past_value(i)))
+            .collect();
         let (tok_shape, mask_shape) = ([1, width], [1, c]);
         let mut inputs: Vec<(&str, Input<'_>)> = vec![
             ("input_ids", Input::I64(&tok_shape, &ids)),
@@ -130,7 +152,11 @@ impl OrtBackend {
             inputs.push((k.as_str(), Input::F32(&kv_shape, &self.keys[i])));
             inputs.push((v.as_str(), Input::F32(&kv_shape, &self.values[i])));
         }
-        let graph = if decode { &mut self.decode } else { &mut self.prefill };
+        let graph = if decode {
+            &mut self.decode
+        } else {
+            &mut self.prefill
+        };
         let mut out = graph.run(&inputs)?;
         if let Some(obs) = self.observed.as_mut() {
             let r = &mut obs[usize::from(decode)];
@@ -146,14 +172,24 @@ impl OrtBackend {
         let mut keys = Vec::with_capacity(n_layer);
         let mut values = Vec::with_capacity(n_layer);
         for i in 0..n_layer {
-            let k = out.remove(&present_key(i)).ok_or_else(|| Error::Graph(format!("no output {}", present_key(i))))?;
-            let v = out.remove(&present_value(i)).ok_or_else(|| Error::Graph(format!("no output {}", present_value(i))))?;
+            let k = out
+                .remove(&present_key(i))
+                .ok_or_else(|| Error::Graph(format!("no output {}", present_key(i))))?;
+            let v = out
+                .remove(&present_value(i))
+                .ok_or_else(|| Error::Graph(format!("no output {}", present_value(i))))?;
             keys.push(k.1);
             values.push(v.1);
         }
-        let (_, logits) = out.remove("logits").ok_or_else(|| Error::Graph("no output logits".into()))?;
+        let (_, logits) = out
+            .remove("logits")
+            .ok_or_else(|| Error::Graph("no output logits".into()))?;
         if logits.len() != width * vocab {
-            return Err(Error::Graph(format!("logits hold {} values, expected {}", logits.len(), width * vocab)));
+            return Err(Error::Graph(format!(
+                "logits hold {} values, expected {}",
+                logits.len(),
+                width * vocab
+            )));
         }
         // Commit only after every output was there.
         self.keys = keys;
@@ -217,7 +253,11 @@ impl OrtBackend {
                     let row = &src[(h * c + p) * hd..(h * c + p + 1) * hd];
                     let dst = &mut out[(h * self.len + p) * hd..(h * self.len + p + 1) * hd];
                     for (j, &x) in row.iter().enumerate() {
-                        dst[if permute { order.get(j).copied().unwrap_or(j) } else { j }] = x;
+                        dst[if permute {
+                            order.get(j).copied().unwrap_or(j)
+                        } else {
+                            j
+                        }] = x;
                     }
                 }
             }
@@ -237,14 +277,26 @@ impl OrtBackend {
     pub fn import_kv(&mut self, kv: &KvSnapshot) -> Result<()> {
         let m = &self.manifest;
         let (c, hd, n_kv) = (m.context, m.head_dim, m.n_kv_head);
-        if kv.n_kv_head != n_kv || kv.head_dim != hd || kv.keys.len() != m.n_layer || kv.values.len() != m.n_layer {
+        if kv.n_kv_head != n_kv
+            || kv.head_dim != hd
+            || kv.keys.len() != m.n_layer
+            || kv.values.len() != m.n_layer
+        {
             return Err(Error::Kv(format!(
                 "snapshot of {} layers x {} heads x {} dims, graphs need {} x {} x {}",
-                kv.keys.len(), kv.n_kv_head, kv.head_dim, m.n_layer, n_kv, hd
+                kv.keys.len(),
+                kv.n_kv_head,
+                kv.head_dim,
+                m.n_layer,
+                n_kv,
+                hd
             )));
         }
         if kv.len > c {
-            return Err(Error::ContextOverflow { needed: kv.len, context: c });
+            return Err(Error::ContextOverflow {
+                needed: kv.len,
+                context: c,
+            });
         }
         let n = n_kv * kv.len * hd;
         if kv.keys.iter().chain(&kv.values).any(|l| l.len() != n) {
@@ -258,7 +310,11 @@ impl OrtBackend {
                     let row = &src[(h * kv.len + p) * hd..(h * kv.len + p + 1) * hd];
                     let out = &mut dst[(h * c + p) * hd..(h * c + p + 1) * hd];
                     for (j, o) in out.iter_mut().enumerate() {
-                        *o = row[if permute { order.get(j).copied().unwrap_or(j) } else { j }];
+                        *o = row[if permute {
+                            order.get(j).copied().unwrap_or(j)
+                        } else {
+                            j
+                        }];
                     }
                 }
             }

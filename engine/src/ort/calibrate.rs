@@ -38,14 +38,41 @@ pub fn export_qdq(
     }
     let spec = &model.spec;
     let w = &model.weights;
-    let (prefill, prefill_floats) = export_decoder_typed(spec, w, GraphShape { tokens: opts.chunk, context: opts.context }, WeightFormat::Float)?;
-    let (decode, decode_floats) = export_decoder_typed(spec, w, GraphShape { tokens: 1, context: opts.context }, WeightFormat::Float)?;
+    let (prefill, prefill_floats) = export_decoder_typed(
+        spec,
+        w,
+        GraphShape {
+            tokens: opts.chunk,
+            context: opts.context,
+        },
+        WeightFormat::Float,
+    )?;
+    let (decode, decode_floats) = export_decoder_typed(
+        spec,
+        w,
+        GraphShape {
+            tokens: 1,
+            context: opts.context,
+        },
+        WeightFormat::Float,
+    )?;
     let (mut prefill_cal, mut decode_cal) = (prefill.clone(), decode.clone());
     qdq::add_calibration_outputs(&mut prefill_cal, &prefill_floats);
     qdq::add_calibration_outputs(&mut decode_cal, &decode_floats);
     let cal_dir = dir.join("calibration");
-    write_bundle(model, &cal_dir, opts, Quantization::Float, &prefill_cal, &decode_cal)?;
-    let cpu = OrtConfig { eps: vec![Ep::Cpu], npu_only: false, ..config.clone() };
+    write_bundle(
+        model,
+        &cal_dir,
+        opts,
+        Quantization::Float,
+        &prefill_cal,
+        &decode_cal,
+    )?;
+    let cpu = OrtConfig {
+        eps: vec![Ep::Cpu],
+        npu_only: false,
+        ..config.clone()
+    };
     let mut backend = OrtBackend::open(&cal_dir, &cpu)?;
     backend.observe_ranges();
     let split = calibration.len() - decode_steps;
@@ -53,11 +80,25 @@ pub fn export_qdq(
     for &t in &calibration[split..] {
         backend.decode(t)?;
     }
-    let [prefill_ranges, decode_ranges] = backend.take_ranges().ok_or_else(|| Error::Graph("no ranges recorded".into()))?;
+    let [prefill_ranges, decode_ranges] = backend
+        .take_ranges()
+        .ok_or_else(|| Error::Graph("no ranges recorded".into()))?;
     drop(backend);
     let _ = std::fs::remove_dir_all(&cal_dir);
-    let qp = qdq::quantize(&prefill, &prefill_floats, &prefill_ranges, act, WeightType::PerChannelI8)?;
-    let qd = qdq::quantize(&decode, &decode_floats, &decode_ranges, act, WeightType::PerChannelI8)?;
+    let qp = qdq::quantize(
+        &prefill,
+        &prefill_floats,
+        &prefill_ranges,
+        act,
+        WeightType::PerChannelI8,
+    )?;
+    let qd = qdq::quantize(
+        &decode,
+        &decode_floats,
+        &decode_ranges,
+        act,
+        WeightType::PerChannelI8,
+    )?;
     let quantization = match act {
         ActivationType::Uint16 => Quantization::QdqW8A16,
         ActivationType::Uint8 => Quantization::QdqW8A8,

@@ -48,7 +48,11 @@ impl Ep {
 
     /// Parses a chain like `"qnn,cpu"`.
     pub fn parse_chain(s: &str) -> Result<Vec<Ep>, Error> {
-        s.split(',').map(str::trim).filter(|p| !p.is_empty()).map(Ep::from_str).collect()
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(Ep::from_str)
+            .collect()
     }
 }
 

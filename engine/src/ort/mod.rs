@@ -29,17 +29,28 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// A library the backend loads at run time is not there.
     #[error("{what} not found (looked at {searched:?}); run scripts/ort-deps.sh or set {env}")]
-    LibraryMissing { what: &'static str, searched: Vec<PathBuf>, env: &'static str },
+    LibraryMissing {
+        what: &'static str,
+        searched: Vec<PathBuf>,
+        env: &'static str,
+    },
     #[error("could not load ONNX Runtime from {path}: {reason}")]
     RuntimeLoad { path: PathBuf, reason: String },
     /// The EP chain names a provider this runtime cannot offer.
     #[error("execution provider {ep} is not available in this ONNX Runtime: {reason}")]
     EpUnavailable { ep: String, reason: String },
-    #[error("unknown execution provider {0:?} (expected qnn, nnapi, coreml, xnnpack, openvino or cpu)")]
+    #[error(
+        "unknown execution provider {0:?} (expected qnn, nnapi, coreml, xnnpack, openvino or cpu)"
+    )]
     UnknownEp(String),
     /// NPU-only sessions need every shape fixed.
-    #[error("graph input {input} has a dynamic shape {shape:?}; NPU-only sessions need static shapes")]
-    DynamicShape { input: String, shape: Vec<Option<i64>> },
+    #[error(
+        "graph input {input} has a dynamic shape {shape:?}; NPU-only sessions need static shapes"
+    )]
+    DynamicShape {
+        input: String,
+        shape: Vec<Option<i64>>,
+    },
     /// With CPU fallback refused, some node could not be placed on the chain.
     #[error("CPU fallback is disabled but the graph does not fit the EP chain: {0}")]
     FallbackRefused(String),
@@ -48,7 +59,10 @@ pub enum Error {
     #[error("onnx: {0}")]
     Onnx(#[from] crate::onnx::Error),
     #[error("{path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("token id {id} is outside the vocabulary of {vocab} tokens")]
     TokenOutOfRange { id: u32, vocab: usize },
     #[error("{needed} positions do not fit the graphs' context of {context}")]

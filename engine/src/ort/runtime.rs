@@ -33,7 +33,12 @@ pub struct OrtConfig {
 
 impl Default for OrtConfig {
     fn default() -> Self {
-        OrtConfig { runtime_path: None, eps: vec![Ep::Cpu], npu_only: false, intra_threads: 0 }
+        OrtConfig {
+            runtime_path: None,
+            eps: vec![Ep::Cpu],
+            npu_only: false,
+            intra_threads: 0,
+        }
     }
 }
 
@@ -47,14 +52,31 @@ pub fn cache_site_packages() -> Option<PathBuf> {
 
 /// First existing path of `explicit`, `$env`, `cached`; a typed error
 /// listing all of them otherwise.
-pub fn locate(what: &'static str, explicit: Option<&Path>, env: &'static str, cached: Option<PathBuf>) -> Result<PathBuf> {
+pub fn locate(
+    what: &'static str,
+    explicit: Option<&Path>,
+    env: &'static str,
+    cached: Option<PathBuf>,
+) -> Result<PathBuf> {
     let candidates: Vec<PathBuf> = if let Some(p) = explicit {
         // An explicit path is a decision: never silently replace it.
         vec![p.to_path_buf()]
     } else {
-        std::env::var_os(env).map(PathBuf::from).into_iter().chain(cached).collect()
+        std::env::var_os(env)
+            .map(PathBuf::from)
+            .into_iter()
+            .chain(cached)
+            .collect()
     };
-    candidates.iter().find(|p| p.is_file()).cloned().ok_or(Error::LibraryMissing { what, searched: candidates, env })
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or(Error::LibraryMissing {
+            what,
+            searched: candidates,
+            env,
+        })
 }
 
 pub fn runtime_library(config: &OrtConfig) -> Result<PathBuf> {
@@ -62,7 +84,8 @@ pub fn runtime_library(config: &OrtConfig) -> Result<PathBuf> {
         "ONNX Runtime library",
         config.runtime_path.as_deref(),
         "ORT_DYLIB_PATH",
-        cache_site_packages().map(|d| d.join(format!("onnxruntime/capi/libonnxruntime.so.{ORT_VERSION}"))),
+        cache_site_packages()
+            .map(|d| d.join(format!("onnxruntime/capi/libonnxruntime.so.{ORT_VERSION}"))),
     )
 }
 
@@ -79,7 +102,8 @@ static RUNTIME: OnceLock<std::result::Result<Runtime, String>> = OnceLock::new()
 /// Lines kept for the placement report: ONNX Runtime's node placement
 /// summary and the QNN EP's per-node validation verdicts.
 fn keep_line(location: &str, message: &str) -> bool {
-    (location.contains("session_state.cc") && (message.contains("placed on") || message.starts_with("  ")))
+    (location.contains("session_state.cc")
+        && (message.contains("placed on") || message.starts_with("  ")))
         || (location.contains("qnn_execution_provider.cc") && message.contains("Validation FAILED"))
         || message.contains("number of nodes supported")
 }
@@ -89,22 +113,39 @@ fn runtime(config: &OrtConfig) -> Result<&'static Runtime> {
     let rt = RUNTIME.get_or_init(|| {
         let log: LogLines = Arc::default();
         let sink = Arc::clone(&log);
-        let built = ort::init_from(&path).map_err(|e| e.to_string()).and_then(|b| {
-            b.with_name("sotto")
-                .with_telemetry(false)
-                .with_logger(Arc::new(move |_level: LogLevel, _cat: &str, id: &str, location: &str, message: &str| {
-                    if !id.is_empty() && keep_line(location, message) {
-                        if let Ok(mut m) = sink.lock() {
-                            m.entry(id.to_string()).or_default().push(message.to_string());
-                        }
-                    }
-                }))
-                .build()
-                .map_err(|e| e.to_string())
-        });
-        built.map(|env| Runtime { env, log, registered: Mutex::new(Vec::new()) })
+        let built = ort::init_from(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|b| {
+                b.with_name("sotto")
+                    .with_telemetry(false)
+                    .with_logger(Arc::new(
+                        move |_level: LogLevel,
+                              _cat: &str,
+                              id: &str,
+                              location: &str,
+                              message: &str| {
+                            if !id.is_empty() && keep_line(location, message) {
+                                if let Ok(mut m) = sink.lock() {
+                                    m.entry(id.to_string())
+                                        .or_default()
+                                        .push(message.to_string());
+                                }
+                            }
+                        },
+                    ))
+                    .build()
+                    .map_err(|e| e.to_string())
+            });
+        built.map(|env| Runtime {
+            env,
+            log,
+            registered: Mutex::new(Vec::new()),
+        })
     });
-    rt.as_ref().map_err(|reason| Error::RuntimeLoad { path, reason: reason.clone() })
+    rt.as_ref().map_err(|reason| Error::RuntimeLoad {
+        path,
+        reason: reason.clone(),
+    })
 }
 
 /// The process environment (loading the runtime on first use).
@@ -115,13 +156,19 @@ pub fn environment(config: &OrtConfig) -> Result<&'static Environment> {
 /// Registers a plugin EP library once per process.
 pub fn register_ep_library(config: &OrtConfig, name: &str, library: &Path) -> Result<()> {
     let rt = runtime(config)?;
-    let mut done = rt.registered.lock().map_err(|_| Error::Ort("EP registry lock poisoned".into()))?;
+    let mut done = rt
+        .registered
+        .lock()
+        .map_err(|_| Error::Ort("EP registry lock poisoned".into()))?;
     if done.iter().any(|n| n == name) {
         return Ok(());
     }
     rt.env
         .register_ep_library(name, library)
-        .map_err(|e| Error::EpUnavailable { ep: name.to_string(), reason: format!("{}: {e}", library.display()) })?;
+        .map_err(|e| Error::EpUnavailable {
+            ep: name.to_string(),
+            reason: format!("{}: {e}", library.display()),
+        })?;
     done.push(name.to_string());
     Ok(())
 }
@@ -141,9 +188,15 @@ mod tests {
 
     #[test]
     fn a_missing_explicit_library_is_a_typed_error_naming_the_script() {
-        let cfg = OrtConfig { runtime_path: Some("/nonexistent/libonnxruntime.so".into()), ..Default::default() };
+        let cfg = OrtConfig {
+            runtime_path: Some("/nonexistent/libonnxruntime.so".into()),
+            ..Default::default()
+        };
         let err = runtime_library(&cfg).unwrap_err();
-        assert!(matches!(err, Error::LibraryMissing { ref searched, .. } if searched.len() == 1), "{err}");
+        assert!(
+            matches!(err, Error::LibraryMissing { ref searched, .. } if searched.len() == 1),
+            "{err}"
+        );
         assert!(err.to_string().contains("scripts/ort-deps.sh"));
     }
 }

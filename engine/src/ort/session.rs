@@ -44,15 +44,23 @@ impl Placement {
     }
 
     fn parse(lines: &[String], graph_nodes: usize) -> Placement {
-        let mut p = Placement { graph_nodes, ..Default::default() };
+        let mut p = Placement {
+            graph_nodes,
+            ..Default::default()
+        };
         let mut current: Option<String> = None;
         for msg in lines.iter().filter(|m| m.contains("Validation FAILED")) {
-            p.qnn_rejected.push(msg.split_whitespace().collect::<Vec<_>>().join(" "));
+            p.qnn_rejected
+                .push(msg.split_whitespace().collect::<Vec<_>>().join(" "));
         }
         for line in lines.iter().flat_map(|l| l.lines()) {
             if let Some(rest) = line.split("placed on [").nth(1) {
                 let ep = rest.split(']').next().unwrap_or_default().to_string();
-                let n = line.rsplit("Number of nodes:").next().and_then(|n| n.trim().parse().ok()).unwrap_or(0);
+                let n = line
+                    .rsplit("Number of nodes:")
+                    .next()
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0);
                 *p.per_ep.entry(ep.clone()).or_default() += n;
                 current = Some(ep);
             } else if let (Some(ep), Some(op)) = (&current, line.strip_prefix("  ")) {
@@ -110,12 +118,20 @@ pub type Output = (Vec<i64>, Vec<f32>);
 
 impl GraphSession {
     /// Runs the graph; returns every float output by name.
-    pub fn run(&mut self, inputs: &[(&str, Input<'_>)]) -> Result<std::collections::HashMap<String, Output>> {
-        let mut values: Vec<(String, ort::session::SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
+    pub fn run(
+        &mut self,
+        inputs: &[(&str, Input<'_>)],
+    ) -> Result<std::collections::HashMap<String, Output>> {
+        let mut values: Vec<(String, ort::session::SessionInputValue<'_>)> =
+            Vec::with_capacity(inputs.len());
         for (name, input) in inputs {
             let v: ort::session::SessionInputValue<'_> = match *input {
-                Input::F32(shape, data) => ort::value::TensorRef::from_array_view((shape.to_vec(), data))?.into(),
-                Input::I64(shape, data) => ort::value::TensorRef::from_array_view((shape.to_vec(), data))?.into(),
+                Input::F32(shape, data) => {
+                    ort::value::TensorRef::from_array_view((shape.to_vec(), data))?.into()
+                }
+                Input::I64(shape, data) => {
+                    ort::value::TensorRef::from_array_view((shape.to_vec(), data))?.into()
+                }
             };
             values.push((name.to_string(), v));
         }
@@ -123,7 +139,10 @@ impl GraphSession {
         let mut out = std::collections::HashMap::new();
         for (name, value) in outputs.iter() {
             if let Ok((shape, data)) = value.try_extract_tensor::<f32>() {
-                out.insert(name.to_string(), (shape.iter().copied().collect(), data.to_vec()));
+                out.insert(
+                    name.to_string(),
+                    (shape.iter().copied().collect(), data.to_vec()),
+                );
             }
         }
         Ok(out)
@@ -133,27 +152,49 @@ impl GraphSession {
 static SESSION_ID: AtomicUsize = AtomicUsize::new(0);
 
 fn graph_io(model: &ModelProto) -> (Vec<(String, Vec<Option<i64>>)>, Vec<String>, usize) {
-    let Some(g) = model.graph.as_ref() else { return (Vec::new(), Vec::new(), 0) };
-    let init: std::collections::HashSet<&str> = g.initializer.iter().map(|t| t.name.as_str()).collect();
+    let Some(g) = model.graph.as_ref() else {
+        return (Vec::new(), Vec::new(), 0);
+    };
+    let init: std::collections::HashSet<&str> =
+        g.initializer.iter().map(|t| t.name.as_str()).collect();
     let inputs = g
         .input
         .iter()
         .filter(|i| !init.contains(i.name.as_str()))
-        .map(|i| (i.name.clone(), i.dtype_and_shape().map(|(_, s)| s).unwrap_or_default()))
+        .map(|i| {
+            (
+                i.name.clone(),
+                i.dtype_and_shape().map(|(_, s)| s).unwrap_or_default(),
+            )
+        })
         .collect();
-    (inputs, g.output.iter().map(|o| o.name.clone()).collect(), g.node.len())
+    (
+        inputs,
+        g.output.iter().map(|o| o.name.clone()).collect(),
+        g.node.len(),
+    )
 }
 
-fn qnn_paths(config: &OrtConfig, q: &QnnOptions) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
+fn qnn_paths(
+    config: &OrtConfig,
+    q: &QnnOptions,
+) -> Result<(std::path::PathBuf, std::path::PathBuf)> {
     let cache = cache_site_packages().map(|d| d.join("onnxruntime_qnn"));
     let ep_lib = locate(
         "QNN EP library (libonnxruntime_providers_qnn.so)",
         q.ep_library.as_deref(),
         "ORT_QNN_EP_PATH",
-        cache.as_ref().map(|d| d.join("libonnxruntime_providers_qnn.so")),
+        cache
+            .as_ref()
+            .map(|d| d.join("libonnxruntime_providers_qnn.so")),
     )?;
     let beside = ep_lib.parent().map(|d| d.join("libQnnHtp.so"));
-    let backend = locate("QNN HTP backend (libQnnHtp.so)", q.backend_path.as_deref(), "ORT_QNN_BACKEND_PATH", beside)?;
+    let backend = locate(
+        "QNN HTP backend (libQnnHtp.so)",
+        q.backend_path.as_deref(),
+        "ORT_QNN_BACKEND_PATH",
+        beside,
+    )?;
     let _ = config;
     Ok((ep_lib, backend))
 }
@@ -166,16 +207,29 @@ fn sidecar(path: &Path) -> std::path::PathBuf {
 
 /// Creates a session for `model_bytes` on the configured EP chain.
 pub fn create(config: &OrtConfig, model_bytes: &[u8]) -> Result<GraphSession> {
-    let model = ModelProto::decode(model_bytes).map_err(|e| Error::Graph(format!("not an ONNX model: {e}")))?;
+    let model = ModelProto::decode(model_bytes)
+        .map_err(|e| Error::Graph(format!("not an ONNX model: {e}")))?;
     let (inputs, outputs, graph_nodes) = graph_io(&model);
     if config.npu_only {
-        if let Some((name, shape)) = inputs.iter().find(|(_, s)| s.is_empty() || s.iter().any(Option::is_none)) {
-            return Err(Error::DynamicShape { input: name.clone(), shape: shape.clone() });
+        if let Some((name, shape)) = inputs
+            .iter()
+            .find(|(_, s)| s.is_empty() || s.iter().any(Option::is_none))
+        {
+            return Err(Error::DynamicShape {
+                input: name.clone(),
+                shape: shape.clone(),
+            });
         }
     }
     let env = runtime::environment(config)?;
-    let log_id = format!("sotto-{}-{}", std::process::id(), SESSION_ID.fetch_add(1, Ordering::Relaxed));
-    let mut builder = Session::builder(env)?.with_log_id(&log_id)?.with_log_level(LogLevel::Verbose)?;
+    let log_id = format!(
+        "sotto-{}-{}",
+        std::process::id(),
+        SESSION_ID.fetch_add(1, Ordering::Relaxed)
+    );
+    let mut builder = Session::builder(env)?
+        .with_log_id(&log_id)?
+        .with_log_level(LogLevel::Verbose)?;
     if config.intra_threads > 0 {
         builder = builder.with_intra_threads(config.intra_threads)?;
     }
@@ -187,17 +241,31 @@ pub fn create(config: &OrtConfig, model_bytes: &[u8]) -> Result<GraphSession> {
             Ep::Qnn(q) => {
                 let (ep_lib, backend) = qnn_paths(config, q)?;
                 runtime::register_ep_library(config, ep.ort_name(), &ep_lib)?;
-                let devices: Vec<_> = env.devices().filter(|d| d.ep().map(|n| n == ep.ort_name()).unwrap_or(false)).collect();
+                let devices: Vec<_> = env
+                    .devices()
+                    .filter(|d| d.ep().map(|n| n == ep.ort_name()).unwrap_or(false))
+                    .collect();
                 if devices.is_empty() {
-                    return Err(Error::EpUnavailable { ep: ep.ort_name().into(), reason: "the EP library offers no device".into() });
+                    return Err(Error::EpUnavailable {
+                        ep: ep.ort_name().into(),
+                        reason: "the EP library offers no device".into(),
+                    });
                 }
-                let mut options = vec![(format!("{}.backend_path", ep.ort_name()), backend.display().to_string())];
+                let mut options = vec![(
+                    format!("{}.backend_path", ep.ort_name()),
+                    backend.display().to_string(),
+                )];
                 if let Some(mode) = &q.htp_performance_mode {
-                    options.push((format!("{}.htp_performance_mode", ep.ort_name()), mode.clone()));
+                    options.push((
+                        format!("{}.htp_performance_mode", ep.ort_name()),
+                        mode.clone(),
+                    ));
                 }
                 builder = builder.with_devices(devices, Some(&options))?;
                 if let Some(ctx) = &q.context_cache {
-                    let fresh = std::fs::read_to_string(sidecar(ctx)).map(|s| s.trim() == source_digest).unwrap_or(false);
+                    let fresh = std::fs::read_to_string(sidecar(ctx))
+                        .map(|s| s.trim() == source_digest)
+                        .unwrap_or(false);
                     if ctx.is_file() && fresh {
                         cached_context = Some(ctx.clone());
                     } else {
@@ -210,7 +278,10 @@ pub fn create(config: &OrtConfig, model_bytes: &[u8]) -> Result<GraphSession> {
                 }
             }
             other => {
-                let devices: Vec<_> = env.devices().filter(|d| d.ep().map(|n| n == other.ort_name()).unwrap_or(false)).collect();
+                let devices: Vec<_> = env
+                    .devices()
+                    .filter(|d| d.ep().map(|n| n == other.ort_name()).unwrap_or(false))
+                    .collect();
                 if devices.is_empty() {
                     return Err(Error::EpUnavailable {
                         ep: other.ort_name().into(),
@@ -233,7 +304,11 @@ pub fn create(config: &OrtConfig, model_bytes: &[u8]) -> Result<GraphSession> {
         let msg = e.to_string();
         if config.npu_only {
             let p = Placement::parse(&lines, graph_nodes);
-            let why = if p.qnn_rejected.is_empty() { String::new() } else { format!(" [{}]", p.qnn_rejected.join("; ")) };
+            let why = if p.qnn_rejected.is_empty() {
+                String::new()
+            } else {
+                format!(" [{}]", p.qnn_rejected.join("; "))
+            };
             Error::FallbackRefused(format!("{msg}{why}"))
         } else {
             Error::Ort(msg)
@@ -244,12 +319,20 @@ pub fn create(config: &OrtConfig, model_bytes: &[u8]) -> Result<GraphSession> {
         _ => None,
     }) {
         if cached_context.is_none() && ctx.is_file() {
-            std::fs::write(sidecar(ctx), &source_digest).map_err(|source| Error::Io { path: sidecar(ctx), source })?;
+            std::fs::write(sidecar(ctx), &source_digest).map_err(|source| Error::Io {
+                path: sidecar(ctx),
+                source,
+            })?;
         }
     }
     let mut placement = Placement::parse(&lines, graph_nodes);
     placement.from_context_cache = cached_context.is_some();
-    Ok(GraphSession { session, placement, inputs, outputs })
+    Ok(GraphSession {
+        session,
+        placement,
+        inputs,
+        outputs,
+    })
 }
 
 #[cfg(test)]
@@ -268,7 +351,10 @@ mod tests {
         assert_eq!(p.cpu_ops["Cast"], 2);
         assert_eq!(p.cpu_nodes(), 3);
         assert!(!p.fully_offloaded());
-        let all = Placement::parse(&[" All nodes placed on [QNNExecutionProvider]. Number of nodes: 1".to_string()], 40);
+        let all = Placement::parse(
+            &[" All nodes placed on [QNNExecutionProvider]. Number of nodes: 1".to_string()],
+            40,
+        );
         assert!(all.fully_offloaded());
     }
 }
