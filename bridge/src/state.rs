@@ -170,8 +170,12 @@ impl SessionState {
             .sender_chain
             .as_ref()
             .ok_or_else(|| malformed("session state", "no sender chain"))?;
+        // The stored public half saves a scalar multiplication per load.
         let sender = SenderChain {
-            ratchet: KeyPair::from_private(PrivateKey::deserialize(&sender.ratchet_private)?),
+            ratchet: KeyPair {
+                public_key: PublicKey::deserialize(&sender.ratchet_public)?,
+                private_key: PrivateKey::deserialize(&sender.ratchet_private)?,
+            },
             chain_key: chain_key(sender)?,
         };
         let mut receivers = Vec::with_capacity(p.receiver_chains.len());
