@@ -265,7 +265,11 @@ unsafe fn q4_k_q8_k_k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
                 let p_hi = _mm256_madd_epi16(p_hi, _mm256_set1_epi16(sc[2 * c + 1]));
                 sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
             }
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(y.d * fp16(x.d)), _mm256_cvtepi32_ps(sumi), acc);
+            acc = _mm256_fmadd_ps(
+                _mm256_set1_ps(y.d * fp16(x.d)),
+                _mm256_cvtepi32_ps(sumi),
+                acc,
+            );
         }
         hsum(acc) - acc_m
     }
@@ -288,7 +292,10 @@ unsafe fn q6_k_q8_k_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
                 let ql0 = load_u8x32(&x.ql[64 * n..]);
                 let ql1 = load_u8x32(&x.ql[64 * n + 32..]);
                 let q = [
-                    _mm256_or_si256(_mm256_and_si256(ql0, m4), _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4)),
+                    _mm256_or_si256(
+                        _mm256_and_si256(ql0, m4),
+                        _mm256_slli_epi16(_mm256_and_si256(qh, m2), 4),
+                    ),
                     _mm256_or_si256(
                         _mm256_and_si256(ql1, m4),
                         _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(qh, 2), m2), 4),
@@ -305,7 +312,10 @@ unsafe fn q6_k_q8_k_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
                 for (k, qk) in q.iter().enumerate() {
                     let e = 128 * n + 32 * k;
                     let yv = load_i8x32(&y.qs[e..]);
-                    let p = _mm256_sub_epi16(_mm256_maddubs_epi16(*qk, yv), _mm256_maddubs_epi16(m32, yv));
+                    let p = _mm256_sub_epi16(
+                        _mm256_maddubs_epi16(*qk, yv),
+                        _mm256_maddubs_epi16(m32, yv),
+                    );
                     let s = _mm256_set_m128i(
                         _mm_set1_epi16(x.scales[e / 16 + 1] as i16),
                         _mm_set1_epi16(x.scales[e / 16] as i16),
@@ -313,7 +323,11 @@ unsafe fn q6_k_q8_k_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
                     sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p, s));
                 }
             }
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(y.d * fp16(x.d)), _mm256_cvtepi32_ps(sumi), acc);
+            acc = _mm256_fmadd_ps(
+                _mm256_set1_ps(y.d * fp16(x.d)),
+                _mm256_cvtepi32_ps(sumi),
+                acc,
+            );
         }
         hsum(acc)
     }
