@@ -1,5 +1,8 @@
 //! The parts of `sotto bench` (tools/src/cmd_bench.rs drives them).
 
+// Tests assert by unwrapping; the code itself may not.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 pub mod backends;
 pub mod llama_cpp;
 pub mod machine;
