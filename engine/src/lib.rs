@@ -1,4 +1,24 @@
 //! sotto-engine: running a model.
+//!
+//! * [`backend`]: the [`Backend`] trait every execution path implements; the
+//!   CPU one ([`cpu::CpuBackend`]) runs the generic decoder on sotto-kernels.
+//! * [`kv_cache`]: the f16 head-major KV cache, shared currency of backends.
+//! * [`sampler`]: greedy, temperature, top-k, top-p, min-p, repetition penalty, seeded.
+//! * [`generate`]: the loop ([`Session`]): prefix reuse, chunked prefill,
+//!   streaming text that never splits a UTF-8 character, stop strings,
+//!   cancellation from another thread, typed context overflow.
+//! * [`chat`]: conversations through the model's chat template.
+//! * [`onnx`] / `ort`: static-graph export and the ONNX Runtime backend
+//!   (NPU execution providers), the latter behind the `ort` feature.
+
+pub mod backend;
+pub mod chat;
+pub mod cpu;
+pub mod error;
+pub mod generate;
+pub mod kv_cache;
+pub mod sampler;
+pub mod text;
 
 /// ONNX export of the generic decoder description (static-shape graphs).
 pub mod onnx;
@@ -9,3 +29,11 @@ pub mod ort;
 /// baseline, behind the `candle` feature.
 #[cfg(feature = "candle")]
 pub mod candle_backend;
+
+pub use backend::{Backend, LogitsFor};
+pub use chat::{Chat, Reply};
+pub use cpu::CpuBackend;
+pub use error::{Error, Result};
+pub use generate::{CancelToken, GenerateOptions, GenerationStats, Session, StopReason};
+pub use kv_cache::KvCache;
+pub use sampler::{Sampler, SamplerConfig};

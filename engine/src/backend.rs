@@ -1,0 +1,32 @@
+//! The backend contract: run the decoder over new tokens, appending to a
+//! [`KvCache`], and return logits. Backends differ in where the math runs
+//! (CPU kernels, ONNX Runtime execution providers, both), never in what a
+//! model is: they all execute the same `DecoderSpec`.
+
+use crate::error::Result;
+use crate::kv_cache::KvCache;
+use sotto_models::spec::DecoderSpec;
+
+/// Which positions' logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitsFor {
+    /// Only the last token's (generation).
+    Last,
+    /// Every token's (teacher forcing, perplexity, parity tests).
+    All,
+}
+
+pub trait Backend: Send {
+    /// A short name for reports ("cpu", "ort-qnn", "hybrid").
+    fn name(&self) -> &'static str;
+    fn spec(&self) -> &DecoderSpec;
+    /// A fresh cache sized for `capacity` positions, laid out as this backend
+    /// expects.
+    fn new_cache(&self, capacity: usize) -> Result<KvCache>;
+    /// Runs `tokens` at positions `cache.len()..`, appends their keys and
+    /// values to `cache`, and returns logits `[n, vocab]` (n = 1 or
+    /// tokens.len()). On error the cache length is unchanged.
+    fn forward(&mut self, cache: &mut KvCache, tokens: &[u32], which: LogitsFor) -> Result<Vec<f32>>;
+    /// What the backend runs on, for reports (ISA, EP chain…).
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,94 @@
+//! Chat sessions: a conversation rendered through the model's chat template,
+//! generated with prefix reuse, committed only when a turn completes.
+//!
+//! A turn that fails (context overflow, cancellation, backend error) leaves
+//! the message history exactly as it was; the KV cache keeps only a prefix of
+//! that history, which is always safe to reuse.
+
+use crate::error::{Error, Result};
+use crate::generate::{GenerateOptions, GenerationStats, Session};
+use sotto_models::chat::{ChatMessage, ChatTemplate};
+use std::sync::Arc;
+
+#[derive(Debug)]
+pub struct Chat {
+    session: Session,
+    template: Arc<ChatTemplate>,
+    messages: Vec<ChatMessage>,
+    add_bos: bool,
+}
+
+/// One completed assistant turn.
+#[derive(Clone, Debug)]
+pub struct Reply {
+    pub text: String,
+    pub stats: GenerationStats,
+}
+
+impl Chat {
+    pub fn new(session: Session, template: Arc<ChatTemplate>, system: Option<&str>) -> Self {
+        let add_bos = session.tokenizer().add_bos();
+        let messages = system
+            .map(|s| vec![ChatMessage { role: "system".into(), content: s.into() }])
+            .unwrap_or_default();
+        Self { session, template, messages, add_bos }
+    }
+
+    pub fn messages(&self) -> &[ChatMessage] {
+        &self.messages
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Replaces the history (for example restored from an encrypted store).
+    /// The cache keeps whatever prefix still matches.
+    pub fn set_messages(&mut self, messages: Vec<ChatMessage>) {
+        self.messages = messages;
+    }
+
+    /// The exact tokens the model sees for `messages` plus the generation prompt.
+    pub fn prompt_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
+        let text = self.template.render(messages, true).map_err(|e| Error::Template(e.to_string()))?;
+        let tok = self.session.tokenizer();
+        let mut ids = Vec::new();
+        if self.add_bos {
+            if let Some(b) = tok.bos_id() {
+                ids.push(b);
+            }
+        }
+        ids.extend(tok.encode(&text, true)?);
+        Ok(ids)
+    }
+
+    /// Adds a user turn and generates the assistant's answer, streaming it.
+    pub fn send(&mut self, user: &str, opts: &GenerateOptions, on_text: &mut dyn FnMut(&str)) -> Result<Reply> {
+        let mut next = self.messages.clone();
+        next.push(ChatMessage { role: "user".into(), content: user.into() });
+        let prompt = self.prompt_tokens(&next)?;
+        let mut text = String::new();
+        let stats = self.session.generate(&prompt, opts, &mut |piece| {
+            text.push_str(piece);
+            on_text(piece);
+        })?;
+        next.push(ChatMessage { role: "assistant".into(), content: text.clone() });
+        self.messages = next;
+        Ok(Reply { text, stats })
+    }
+
+    /// Generates the assistant's answer for a full history given by the
+    /// caller (the bridge keeps histories itself); the last message should be
+    /// the user's.
+    pub fn answer(&mut self, history: &[ChatMessage], opts: &GenerateOptions, on_text: &mut dyn FnMut(&str)) -> Result<Reply> {
+        let prompt = self.prompt_tokens(history)?;
+        let mut text = String::new();
+        let stats = self.session.generate(&prompt, opts, &mut |piece| {
+            text.push_str(piece);
+            on_text(piece);
+        })?;
+        self.messages = history.to_vec();
+        self.messages.push(ChatMessage { role: "assistant".into(), content: text.clone() });
+        Ok(Reply { text, stats })
+    }
+}

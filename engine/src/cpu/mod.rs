@@ -1,0 +1,247 @@
+//! The CPU backend: the generic decoder executed with sotto-kernels.
+//!
+//! One forward pass, per layer (n = tokens in this pass, D = d_model):
+//!   x [n, D] → RMSNorm → Q [n, H*hd], K/V [n, Hkv*hd] → (QK-norm) → RoPE
+//!   → KV cache → causal attention [n, H*hd] → Wo → (post-norm) → + x
+//!   → RMSNorm → gate/up [n, F] → act(gate)*up → down [n, D] → (post-norm) → + x
+//! then the final norm and the output projection for the rows asked for.
+//! Weights stay in the memory-mapped file; only norm vectors are copied (as
+//! f32, tiny).
+
+use crate::backend::{Backend, LogitsFor};
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use sotto_kernels::ops::{self, AttentionParams, QMatrix, RopeCache};
+use sotto_models::spec::{Activation, DecoderSpec};
+use sotto_models::weights::{DecoderWeights, Weight};
+use sotto_models::Model;
+use std::sync::Arc;
+
+/// Tokens per prefill pass: bounds scratch memory and keeps weight tiles hot.
+const PREFILL_CHUNK: usize = 256;
+
+struct LayerNorms {
+    attn: Vec<f32>,
+    ffn: Vec<f32>,
+    q: Option<Vec<f32>>,
+    k: Option<Vec<f32>>,
+    post_attn: Option<Vec<f32>>,
+    post_ffn: Option<Vec<f32>>,
+}
+
+pub struct CpuBackend {
+    model: Arc<Model>,
+    norms: Vec<LayerNorms>,
+    output_norm: Vec<f32>,
+    rope: RopeCache,
+    rope_local: Option<RopeCache>,
+    pool: rayon::ThreadPool,
+    threads: usize,
+}
+
+impl std::fmt::Debug for CpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CpuBackend").field("arch", &self.model.spec.arch).field("threads", &self.threads).finish()
+    }
+}
+
+fn norm_vec(w: &Weight) -> Result<Vec<f32>> {
+    Ok(w.to_f32()?)
+}
+
+fn qmat(w: &Weight) -> Result<QMatrix<'_>> {
+    Ok(QMatrix::new(w.dtype, w.shape[0], w.shape[1], w.data())?)
+}
+
+impl CpuBackend {
+    /// `threads` = 0 uses every core.
+    pub fn new(model: Arc<Model>, threads: usize) -> Result<Self> {
+        let threads = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("sotto-cpu-{i}"))
+            .build()
+            .map_err(|e| Error::ThreadPool { threads, reason: e.to_string() })?;
+        let w = &model.weights;
+        let norms = w
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(LayerNorms {
+                    attn: norm_vec(&l.attn_norm)?,
+                    ffn: norm_vec(&l.ffn_norm)?,
+                    q: l.attn_q_norm.as_ref().map(norm_vec).transpose()?,
+                    k: l.attn_k_norm.as_ref().map(norm_vec).transpose()?,
+                    post_attn: l.post_attention_norm.as_ref().map(norm_vec).transpose()?,
+                    post_ffn: l.post_ffw_norm.as_ref().map(norm_vec).transpose()?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let output_norm = norm_vec(&w.output_norm)?;
+        let s = &model.spec;
+        let rope = RopeCache::new(s.rope.n_rot, s.rope.theta, s.rope.freq_scale(), s.context_length)?;
+        let rope_local = match s.rope.local_theta {
+            Some(t) => Some(RopeCache::new(s.rope.n_rot, t, 1.0, s.context_length)?),
+            None => None,
+        };
+        Ok(Self { model, norms, output_norm, rope, rope_local, pool, threads })
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    fn forward_chunk(&self, cache: &mut KvCache, tokens: &[u32], which: LogitsFor) -> Result<Vec<f32>> {
+        let s: &DecoderSpec = &self.model.spec;
+        let w: &DecoderWeights = &self.model.weights;
+        let n = tokens.len();
+        let (d, hd) = (s.d_model, s.head_dim);
+        let (qd, kvd) = (s.n_head * hd, s.n_kv_head * hd);
+        let pos0 = cache.len();
+
+        // x [n, D]: embedding rows, dequantized.
+        let mut x = vec![0f32; n * d];
+        let emb = qmat(&w.token_embd)?;
+        let rb = emb.row_bytes();
+        for (t, &tok) in tokens.iter().enumerate() {
+            if tok as usize >= s.vocab_size {
+                return Err(Error::TokenOutOfRange { id: tok, vocab: s.vocab_size });
+            }
+            let row = &emb.data[tok as usize * rb..(tok as usize + 1) * rb];
+            sotto_kernels::quant::dequantize_row(emb.dtype, row, &mut x[t * d..(t + 1) * d])?;
+        }
+        if let Some(scale) = s.embed_scale {
+            x.iter_mut().for_each(|v| *v *= scale);
+        }
+
+        let mut xn = vec![0f32; n * d];
+        let mut q = vec![0f32; n * qd];
+        let mut k = vec![0f32; n * kvd];
+        let mut v = vec![0f32; n * kvd];
+        let mut attn = vec![0f32; n * qd];
+        let mut o = vec![0f32; n * d];
+        let mut gate = vec![0f32; n * s.ffn_dim];
+        let mut up = vec![0f32; n * s.ffn_dim];
+
+        for (li, (lw, ln)) in w.layers.iter().zip(&self.norms).enumerate() {
+            ops::rms_norm(&x, &ln.attn, s.norm_eps, &mut xn)?;
+            ops::matmul(&qmat(&lw.attn_q)?, &xn, n, &mut q)?;
+            ops::matmul(&qmat(&lw.attn_k)?, &xn, n, &mut k)?;
+            ops::matmul(&qmat(&lw.attn_v)?, &xn, n, &mut v)?;
+            if let (Some(qn), Some(kn)) = (&ln.q, &ln.k) {
+                ops::rms_norm_in_place(&mut q, qn, s.norm_eps)?;
+                ops::rms_norm_in_place(&mut k, kn, s.norm_eps)?;
+            }
+            let sliding = s.layer_is_sliding.get(li).copied().unwrap_or(false);
+            let rope = match (&self.rope_local, sliding) {
+                (Some(local), true) => local,
+                _ => &self.rope,
+            };
+            for t in 0..n {
+                rope.apply(&mut q[t * qd..(t + 1) * qd], s.n_head, hd, pos0 + t, s.rope.style)?;
+                rope.apply(&mut k[t * kvd..(t + 1) * kvd], s.n_kv_head, hd, pos0 + t, s.rope.style)?;
+            }
+            cache.write(li, pos0, &k, &v)?;
+            let layer = cache.layer(li);
+            let params = AttentionParams {
+                n_head: s.n_head,
+                n_kv_head: s.n_kv_head,
+                head_dim: hd,
+                scale: s.attn_scale,
+                softcap: s.attn_logit_softcap,
+                window: if sliding { s.sliding_window } else { None },
+            };
+            ops::attention(&params, &q, &layer.k, &layer.v, cache.capacity(), pos0, n, &mut attn)?;
+            ops::matmul(&qmat(&lw.attn_output)?, &attn, n, &mut o)?;
+            if let Some(pn) = &ln.post_attn {
+                ops::rms_norm_in_place(&mut o, pn, s.norm_eps)?;
+            }
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+
+            ops::rms_norm(&x, &ln.ffn, s.norm_eps, &mut xn)?;
+            ops::matmul(&qmat(&lw.ffn_gate)?, &xn, n, &mut gate)?;
+            ops::matmul(&qmat(&lw.ffn_up)?, &xn, n, &mut up)?;
+            match s.activation {
+                Activation::SiluGlu => ops::silu_mul(&mut gate, &up)?,
+                Activation::GeluTanhGlu => ops::gelu_tanh_mul(&mut gate, &up)?,
+            }
+            ops::matmul(&qmat(&lw.ffn_down)?, &gate, n, &mut o)?;
+            if let Some(pn) = &ln.post_ffn {
+                ops::rms_norm_in_place(&mut o, pn, s.norm_eps)?;
+            }
+            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+        }
+
+        // Only the rows asked for go through the (large) output projection.
+        let rows = match which {
+            LogitsFor::Last => &x[(n - 1) * d..],
+            LogitsFor::All => &x[..],
+        };
+        let m = rows.len() / d;
+        let mut hn = vec![0f32; rows.len()];
+        ops::rms_norm(rows, &self.output_norm, s.norm_eps, &mut hn)?;
+        let mut logits = vec![0f32; m * s.vocab_size];
+        ops::matmul(&qmat(&w.output)?, &hn, m, &mut logits)?;
+        if let Some(cap) = s.final_logit_softcap {
+            ops::softcap(&mut logits, cap);
+        }
+        cache.advance(n)?;
+        Ok(logits)
+    }
+}
+
+impl Backend for CpuBackend {
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn spec(&self) -> &DecoderSpec {
+        &self.model.spec
+    }
+
+    fn new_cache(&self, capacity: usize) -> Result<KvCache> {
+        let s = &self.model.spec;
+        KvCache::new(s.n_layer, s.n_kv_head, s.head_dim, capacity.min(s.context_length))
+    }
+
+    fn forward(&mut self, cache: &mut KvCache, tokens: &[u32], which: LogitsFor) -> Result<Vec<f32>> {
+        if tokens.is_empty() {
+            return Err(Error::Empty("tokens"));
+        }
+        let start = cache.len();
+        if start + tokens.len() > cache.capacity() {
+            return Err(Error::ContextOverflow {
+                prompt_tokens: tokens.len(),
+                cached: start,
+                reserve: 0,
+                context: cache.capacity(),
+            });
+        }
+        let out = self.pool.install(|| {
+            let mut all = Vec::new();
+            let chunks: Vec<&[u32]> = tokens.chunks(PREFILL_CHUNK).collect();
+            for (i, chunk) in chunks.iter().enumerate() {
+                let last = i + 1 == chunks.len();
+                let want = if which == LogitsFor::All { LogitsFor::All } else { LogitsFor::Last };
+                let l = self.forward_chunk(cache, chunk, want)?;
+                if which == LogitsFor::All || last {
+                    all.extend_from_slice(&l);
+                }
+            }
+            Ok(all)
+        });
+        if out.is_err() {
+            // A failed pass leaves the cache as it was before the call.
+            cache.truncate(start);
+        }
+        out
+    }
+
+    fn describe(&self) -> String {
+        format!("cpu ({} threads, kernels {:?})", self.threads, sotto_kernels::dispatch::table().isa)
+    }
+}

@@ -1,0 +1,242 @@
+//! The generation loop: prompt tokens in, streamed text out.
+//!
+//! A [`Session`] owns a backend, its KV cache and the exact token sequence the
+//! cache holds, so a new prompt that extends the old one (the next chat turn)
+//! only prefills what is new. Prefill goes in chunks with a cancellation check
+//! between them; decoding checks it before every token. Whatever stops a
+//! generation, the cache and its token list stay consistent.
+
+use crate::backend::{Backend, LogitsFor};
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
+use crate::sampler::{Sampler, SamplerConfig};
+use crate::text::TextStream;
+use sotto_models::tokenizer::Tokenizer;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Tokens per prefill step between cancellation checks.
+pub const PREFILL_STEP: usize = 256;
+
+/// Cancels a running generation from any thread.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+    pub fn reset(&self) {
+        self.0.store(false, Ordering::SeqCst);
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct GenerateOptions {
+    pub sampler: SamplerConfig,
+    pub max_tokens: usize,
+    /// Text that ends the answer (not included in it).
+    pub stop: Vec<String>,
+    pub cancel: Option<CancelToken>,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self { sampler: SamplerConfig::default(), max_tokens: 512, stop: Vec::new(), cancel: None }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StopReason {
+    /// An end-of-generation token (EOS, end of turn).
+    EndOfGeneration,
+    StopString,
+    MaxTokens,
+    /// The context is full.
+    ContextFull,
+}
+
+#[derive(Clone, Debug)]
+pub struct GenerationStats {
+    pub prompt_tokens: usize,
+    /// Prompt tokens whose KV was reused from the previous call.
+    pub reused_tokens: usize,
+    pub generated_tokens: usize,
+    pub prefill_time: Duration,
+    pub decode_time: Duration,
+    /// From the call to the first generated token.
+    pub time_to_first_token: Duration,
+    pub stop: StopReason,
+    /// Generated token ids, in order (including a final end-of-generation token).
+    pub tokens: Vec<u32>,
+}
+
+impl GenerationStats {
+    pub fn prefill_tps(&self) -> f64 {
+        let new = (self.prompt_tokens - self.reused_tokens) as f64;
+        new / self.prefill_time.as_secs_f64().max(1e-9)
+    }
+    pub fn decode_tps(&self) -> f64 {
+        // the first token comes from the prefill logits
+        let n = self.generated_tokens.saturating_sub(1) as f64;
+        n / self.decode_time.as_secs_f64().max(1e-9)
+    }
+}
+
+pub struct Session {
+    backend: Box<dyn Backend>,
+    tokenizer: Arc<Tokenizer>,
+    cache: KvCache,
+    /// Exactly the tokens whose keys/values are in `cache`.
+    tokens: Vec<u32>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session").field("backend", &self.backend.name()).field("cached", &self.tokens.len()).finish()
+    }
+}
+
+impl Session {
+    pub fn new(backend: Box<dyn Backend>, tokenizer: Arc<Tokenizer>, context: usize) -> Result<Self> {
+        let cache = backend.new_cache(context)?;
+        Ok(Self { backend, tokenizer, cache, tokens: Vec::new() })
+    }
+
+    pub fn context(&self) -> usize {
+        self.cache.capacity()
+    }
+    pub fn cached_tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+    pub fn backend(&self) -> &dyn Backend {
+        self.backend.as_ref()
+    }
+    pub fn cache(&self) -> &KvCache {
+        &self.cache
+    }
+    pub fn tokenizer(&self) -> &Arc<Tokenizer> {
+        &self.tokenizer
+    }
+    /// Drops the cached prefix (a new conversation).
+    pub fn reset(&mut self) {
+        self.cache.truncate(0);
+        self.tokens.clear();
+    }
+
+    /// Runs `tokens` after the cached ones and returns logits for every new
+    /// position `[tokens.len(), vocab]` (teacher forcing).
+    pub fn forward_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
+        self.check_fits(tokens.len(), 0)?;
+        let logits = self.backend.forward(&mut self.cache, tokens, LogitsFor::All)?;
+        self.tokens.extend_from_slice(tokens);
+        Ok(logits)
+    }
+
+    fn check_fits(&self, new: usize, reserve: usize) -> Result<()> {
+        let cached = self.tokens.len();
+        if cached + new + reserve > self.cache.capacity() {
+            return Err(Error::ContextOverflow { prompt_tokens: new, cached, reserve, context: self.cache.capacity() });
+        }
+        Ok(())
+    }
+
+    /// Generates after `prompt` (the whole conversation so far, as tokens).
+    /// The longest cached prefix of `prompt` is reused. `on_text` receives
+    /// complete UTF-8 pieces as they become final.
+    pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        opts: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<GenerationStats> {
+        let t0 = Instant::now();
+        if prompt.is_empty() {
+            return Err(Error::Empty("prompt"));
+        }
+        let mut sampler = Sampler::new(opts.sampler.clone())?;
+        let cancelled = || opts.cancel.as_ref().is_some_and(|c| c.is_cancelled());
+
+        // Reuse the common prefix, but always run at least one token to get logits.
+        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        if prompt.len() + 1 > self.cache.capacity() {
+            return Err(Error::ContextOverflow {
+                prompt_tokens: prompt.len(),
+                cached: 0,
+                reserve: 1,
+                context: self.cache.capacity(),
+            });
+        }
+        self.cache.truncate(common);
+        self.tokens.truncate(common);
+
+        let mut logits = Vec::new();
+        for chunk in prompt[common..].chunks(PREFILL_STEP) {
+            if cancelled() {
+                return Err(Error::Cancelled { generated: 0 });
+            }
+            logits = self.backend.forward(&mut self.cache, chunk, LogitsFor::Last)?;
+            self.tokens.extend_from_slice(chunk);
+        }
+        let prefill_time = t0.elapsed();
+
+        let mut stream = TextStream::new(opts.stop.clone());
+        let mut out_tokens = Vec::new();
+        let mut ttft = Duration::ZERO;
+        let t_decode = Instant::now();
+        let vocab = self.backend.spec().vocab_size;
+        let stop = loop {
+            if out_tokens.len() >= opts.max_tokens {
+                break StopReason::MaxTokens;
+            }
+            if cancelled() {
+                let rest = stream.finish();
+                if !rest.is_empty() {
+                    on_text(&rest);
+                }
+                return Err(Error::Cancelled { generated: out_tokens.len() });
+            }
+            let next = sampler.sample(&logits[logits.len() - vocab..], &self.tokens)?;
+            if out_tokens.is_empty() {
+                ttft = t0.elapsed();
+            }
+            out_tokens.push(next);
+            if self.tokenizer.is_end_of_generation(next) {
+                break StopReason::EndOfGeneration;
+            }
+            let piece = stream.push(&self.tokenizer.token_bytes(next)?);
+            if !piece.text.is_empty() {
+                on_text(&piece.text);
+            }
+            if piece.stop {
+                break StopReason::StopString;
+            }
+            if self.tokens.len() >= self.cache.capacity() {
+                break StopReason::ContextFull;
+            }
+            logits = self.backend.forward(&mut self.cache, &[next], LogitsFor::Last)?;
+            self.tokens.push(next);
+        };
+        let rest = stream.finish();
+        if !rest.is_empty() {
+            on_text(&rest);
+        }
+        Ok(GenerationStats {
+            prompt_tokens: prompt.len(),
+            reused_tokens: common,
+            generated_tokens: out_tokens.len(),
+            prefill_time,
+            decode_time: t_decode.elapsed(),
+            time_to_first_token: ttft,
+            stop,
+            tokens: out_tokens,
+        })
+    }
+}

@@ -1,0 +1,166 @@
+//! The KV cache: per layer, keys and values in f16, head-major
+//! `[n_kv_head, capacity, head_dim]` so one head's keys are contiguous for the
+//! attention kernel. It is the currency between backends: the CPU backend
+//! writes it directly, the ONNX Runtime backend imports and exports it, so a
+//! hybrid run can prefill on one and decode on the other.
+
+use crate::error::{Error, Result};
+use half::f16;
+
+#[derive(Clone)]
+pub struct LayerKv {
+    /// [n_kv_head, capacity, head_dim]
+    pub k: Vec<f16>,
+    /// [n_kv_head, capacity, head_dim]
+    pub v: Vec<f16>,
+}
+
+impl std::fmt::Debug for LayerKv {
+    // Sizes only: the contents are derived from private messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerKv").field("k", &self.k.len()).field("v", &self.v.len()).finish()
+    }
+}
+
+#[derive(Clone)]
+pub struct KvCache {
+    layers: Vec<LayerKv>,
+    n_kv_head: usize,
+    head_dim: usize,
+    capacity: usize,
+    /// Positions 0..len hold valid entries.
+    len: usize,
+}
+
+impl std::fmt::Debug for KvCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvCache")
+            .field("layers", &self.layers.len())
+            .field("n_kv_head", &self.n_kv_head)
+            .field("head_dim", &self.head_dim)
+            .field("capacity", &self.capacity)
+            .field("len", &self.len)
+            .finish()
+    }
+}
+
+impl KvCache {
+    pub fn new(n_layer: usize, n_kv_head: usize, head_dim: usize, capacity: usize) -> Result<Self> {
+        let per_layer = n_kv_head
+            .checked_mul(head_dim)
+            .and_then(|x| x.checked_mul(capacity))
+            .ok_or_else(|| Error::KvCache(format!("capacity {capacity} overflows")))?;
+        let layers = (0..n_layer)
+            .map(|_| LayerKv { k: vec![f16::ZERO; per_layer], v: vec![f16::ZERO; per_layer] })
+            .collect();
+        Ok(Self { layers, n_kv_head, head_dim, capacity, len: 0 })
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    pub fn n_layer(&self) -> usize {
+        self.layers.len()
+    }
+    pub fn n_kv_head(&self) -> usize {
+        self.n_kv_head
+    }
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+    }
+    /// Bytes held by keys and values of all layers.
+    pub fn bytes(&self) -> usize {
+        self.layers.len() * 2 * self.n_kv_head * self.capacity * self.head_dim * 2
+    }
+
+    pub fn layer(&self, i: usize) -> &LayerKv {
+        &self.layers[i]
+    }
+    pub fn layer_mut(&mut self, i: usize) -> &mut LayerKv {
+        &mut self.layers[i]
+    }
+
+    /// Forget everything from position `len` on (prefix reuse, rollback after
+    /// a failed forward pass).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    /// Marks `n` more positions valid once every layer has written them.
+    pub fn advance(&mut self, n: usize) -> Result<()> {
+        let new_len = self.len.checked_add(n).filter(|&l| l <= self.capacity).ok_or_else(|| {
+            Error::KvCache(format!("advancing {n} past capacity {} (len {})", self.capacity, self.len))
+        })?;
+        self.len = new_len;
+        Ok(())
+    }
+
+    /// Stores rows of keys and values (`[n_tokens, n_kv_head * head_dim]`,
+    /// token-major as the projections produce them) at positions `pos0..`.
+    pub fn write(&mut self, layer: usize, pos0: usize, k_rows: &[f32], v_rows: &[f32]) -> Result<()> {
+        let row = self.n_kv_head * self.head_dim;
+        if k_rows.len() != v_rows.len() || row == 0 || k_rows.len() % row != 0 {
+            return Err(Error::KvCache(format!(
+                "rows of {} / {} values are not multiples of {row}",
+                k_rows.len(),
+                v_rows.len()
+            )));
+        }
+        let n = k_rows.len() / row;
+        if pos0 + n > self.capacity {
+            return Err(Error::KvCache(format!("write of {n} at {pos0} past capacity {}", self.capacity)));
+        }
+        let (hd, cap) = (self.head_dim, self.capacity);
+        let l = self.layers.get_mut(layer).ok_or_else(|| Error::KvCache(format!("no layer {layer}")))?;
+        for t in 0..n {
+            for h in 0..self.n_kv_head {
+                let src = t * row + h * hd;
+                let dst = (h * cap + pos0 + t) * hd;
+                for d in 0..hd {
+                    l.k[dst + d] = f16::from_f32(k_rows[src + d]);
+                    l.v[dst + d] = f16::from_f32(v_rows[src + d]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sets the valid length directly (used when another backend filled the
+    /// cache through [`KvCache::layer_mut`]).
+    pub fn set_len(&mut self, len: usize) -> Result<()> {
+        if len > self.capacity {
+            return Err(Error::KvCache(format!("length {len} past capacity {}", self.capacity)));
+        }
+        self.len = len;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_is_head_major_and_truncate_keeps_prefix() {
+        let mut kv = KvCache::new(2, 2, 3, 4).unwrap();
+        // two tokens, rows [t][h][d]
+        let k: Vec<f32> = (0..12).map(|i| i as f32).collect();
+        let v: Vec<f32> = (0..12).map(|i| -(i as f32)).collect();
+        kv.write(1, 1, &k, &v).unwrap();
+        kv.advance(3).unwrap();
+        let l = kv.layer(1);
+        // head 1, position 2 (token 1), dim 0 = k_rows[1*6 + 1*3 + 0] = 9
+        assert_eq!(l.k[(1 * 4 + 2) * 3].to_f32(), 9.0);
+        assert_eq!(l.v[(0 * 4 + 1) * 3 + 2].to_f32(), -2.0);
+        kv.truncate(1);
+        assert_eq!(kv.len(), 1);
+        assert!(kv.advance(4).is_err(), "capacity is enforced");
+        assert!(kv.write(0, 3, &k, &v).is_err(), "writes past capacity are refused");
+    }
+}

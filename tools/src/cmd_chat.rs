@@ -1,0 +1,150 @@
+//! `sotto chat`: one-shot or interactive, streaming to the terminal.
+
+use crate::resolve_model;
+use sotto_engine::{CancelToken, Chat, CpuBackend, GenerateOptions, Reply, SamplerConfig, Session};
+use sotto_models::Model;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+#[derive(clap::Args, Debug)]
+pub struct ChatArgs {
+    /// The user message; without it, an interactive multi-turn session.
+    pub prompt: Option<String>,
+    /// GGUF model file (default: SmolLM2-135M-Instruct Q4_1, fetched once).
+    #[arg(long, short)]
+    pub model: Option<PathBuf>,
+    /// System message (without one the template may insert the model's own).
+    #[arg(long)]
+    pub system: Option<String>,
+    /// 0 = greedy.
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    /// 0 = disabled.
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub repeat_penalty: f32,
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: usize,
+    /// Worker threads (0 = all cores).
+    #[arg(long, short, default_value_t = 0)]
+    pub threads: usize,
+    /// Context length in tokens (capped by the model's).
+    #[arg(long, default_value_t = 4096)]
+    pub context: usize,
+    /// Extra stop strings.
+    #[arg(long)]
+    pub stop: Vec<String>,
+    /// Print no statistics on standard error.
+    #[arg(long, short)]
+    pub quiet: bool,
+}
+
+pub fn run(args: ChatArgs) -> Result<(), String> {
+    let path = resolve_model(args.model.clone())?;
+    let t0 = Instant::now();
+    let model = Arc::new(Model::load(&path).map_err(|e| format!("{}: {e}", path.display()))?);
+    let tokenizer = Arc::new(model.tokenizer.clone());
+    let template = Arc::new(model.template.clone());
+    let backend = CpuBackend::new(model.clone(), args.threads).map_err(|e| e.to_string())?;
+    let describe = sotto_engine::Backend::describe(&backend);
+    let session = Session::new(Box::new(backend), tokenizer, args.context).map_err(|e| e.to_string())?;
+    if !args.quiet {
+        eprintln!(
+            "sotto: {} ({}, {} layers) loaded in {:.0} ms on {describe}",
+            path.display(),
+            model.spec.arch,
+            model.spec.n_layer,
+            t0.elapsed().as_secs_f64() * 1e3
+        );
+    }
+    let mut chat = Chat::new(session, template, args.system.as_deref());
+    let cancel = CancelToken::new();
+    {
+        let c = cancel.clone();
+        // Ctrl-C stops the answer being written, not the program.
+        let _ = ctrlc::set_handler(move || c.cancel());
+    }
+    let opts = GenerateOptions {
+        sampler: SamplerConfig {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            min_p: args.min_p,
+            repeat_penalty: args.repeat_penalty,
+            repeat_last_n: 64,
+            seed: args.seed,
+        },
+        max_tokens: args.max_tokens,
+        stop: args.stop.clone(),
+        cancel: Some(cancel.clone()),
+    };
+    match &args.prompt {
+        Some(p) => turn(&mut chat, p, &opts, args.quiet).map(|_| ()),
+        None => repl(&mut chat, &opts, &cancel, args.quiet),
+    }
+}
+
+fn turn(chat: &mut Chat, user: &str, opts: &GenerateOptions, quiet: bool) -> Result<Reply, String> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let reply = chat.send(user, opts, &mut |piece| {
+        let _ = out.write_all(piece.as_bytes());
+        let _ = out.flush();
+    });
+    let _ = writeln!(out);
+    let _ = out.flush();
+    let reply = reply.map_err(|e| e.to_string())?;
+    if !quiet {
+        let s = &reply.stats;
+        eprintln!(
+            "sotto: prompt {} tok ({} reused) at {:.1} tok/s, ttft {:.0} ms; {} tok at {:.1} tok/s; stop: {:?}",
+            s.prompt_tokens,
+            s.reused_tokens,
+            s.prefill_tps(),
+            s.time_to_first_token.as_secs_f64() * 1e3,
+            s.generated_tokens,
+            s.decode_tps(),
+            s.stop
+        );
+    }
+    Ok(reply)
+}
+
+fn repl(chat: &mut Chat, opts: &GenerateOptions, cancel: &CancelToken, quiet: bool) -> Result<(), String> {
+    eprintln!("sotto: interactive chat; /reset starts over, /exit or Ctrl-D quits, Ctrl-C stops an answer");
+    let stdin = std::io::stdin();
+    let mut lines = stdin.lock().lines();
+    loop {
+        eprint!("> ");
+        let Some(line) = lines.next() else { break };
+        let line = line.map_err(|e| e.to_string())?;
+        let line = line.trim();
+        match line {
+            "" => continue,
+            "/exit" | "/quit" => break,
+            "/reset" => {
+                let system = chat.messages().first().filter(|m| m.role == "system").cloned();
+                chat.set_messages(system.into_iter().collect());
+                eprintln!("sotto: conversation reset");
+                continue;
+            }
+            _ => {}
+        }
+        cancel.reset();
+        match turn(chat, line, opts, quiet) {
+            Ok(_) => {}
+            // A cancelled or overflowing turn leaves the history as it was.
+            Err(e) => eprintln!("sotto: {e}"),
+        }
+    }
+    Ok(())
+}
