@@ -22,6 +22,30 @@ pub type VecDotFn<W, A> = fn(w: &[W], a: &[A]) -> f32;
 pub type QuantizeFn<A> = fn(x: &[f32], out: &mut [A]);
 /// `y += alpha * x` over the shorter of the two.
 pub type AxpyFn<X> = fn(alpha: f32, x: &[X], y: &mut [f32]);
+/// Many weight rows times many activation columns in one call:
+/// `out[c * rows + r] = w[r] · a[c]`, where `w` holds `rows` rows and `a`
+/// holds `cols` columns, each of `bpr` blocks (`rows = w.len() / bpr`,
+/// `cols = a.len() / bpr`, `out.len() >= rows * cols`). A kernel unpacks each
+/// weight block once for all columns, and the decode matvec (`cols == 1`)
+/// shares each activation load across several rows.
+pub type GemmFn<W, A> = fn(w: &[W], a: &[A], bpr: usize, out: &mut [f32]);
+
+/// What a table without a [`GemmFn`] for a pair does: one `dot` per output,
+/// weight row outer so the row stays hot in L1 across the columns. Also the
+/// reference the gemm kernels are tested against.
+pub fn gemm_by_dots<W, A>(dot: VecDotFn<W, A>, w: &[W], a: &[A], bpr: usize, out: &mut [f32]) {
+    if bpr == 0 {
+        return;
+    }
+    let rows = w.len() / bpr;
+    for (r, wr) in w.chunks_exact(bpr).enumerate() {
+        for (c, ac) in a.chunks_exact(bpr).enumerate() {
+            if let Some(o) = out.get_mut(c * rows + r) {
+                *o = dot(wr, ac);
+            }
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug)]
 pub struct VecDotTable {
@@ -40,6 +64,11 @@ pub struct VecDotTable {
     pub quantize_q8_k: QuantizeFn<BlockQ8K>,
     /// Attention's value accumulation over the f16 KV cache.
     pub axpy_f16: AxpyFn<f16>,
+    /// Multi-row / multi-column kernels; `None` means [`gemm_by_dots`] over
+    /// the single dot above.
+    pub q4_0_q8_0_gemm: Option<GemmFn<BlockQ4_0, BlockQ8_0>>,
+    pub q4_1_q8_1_gemm: Option<GemmFn<BlockQ4_1, BlockQ8_1>>,
+    pub q8_0_q8_0_gemm: Option<GemmFn<BlockQ8_0, BlockQ8_0>>,
 }
 
 /// Instruction-set paths, from the portable reference up.
@@ -111,6 +140,9 @@ pub const SCALAR: VecDotTable = VecDotTable {
     quantize_q8_1: q8_1::quantize_row,
     quantize_q8_k: q8_k::quantize_row,
     axpy_f16: float::axpy_f16,
+    q4_0_q8_0_gemm: None,
+    q4_1_q8_1_gemm: None,
+    q8_0_q8_0_gemm: None,
 };
 
 /// Builds the table of `isa` if this CPU can run it.
@@ -334,6 +366,104 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// Every gemm entry of every available table against single scalar dots,
+    /// over row counts around the 16-row panel, column counts around the 8/4/2/1
+    /// column groups, and short and long rows.
+    #[test]
+    fn every_gemm_entry_matches_scalar_dots() {
+        fn check<W: Pod, A: Pod>(
+            isa: Isa,
+            what: &str,
+            gemm: Option<GemmFn<W, A>>,
+            dot: VecDotFn<W, A>,
+            (wd, ad): (DType, DType),
+        ) {
+            let Some(gemm) = gemm else { return };
+            for (rows, cols, bpr) in [
+                (1, 1, 1),
+                (16, 1, 18),
+                (17, 3, 18),
+                (40, 13, 3),
+                (5, 8, 48),
+                (33, 2, 7),
+                (48, 15, 2),
+            ] {
+                let n = bpr * QK;
+                let wf = random_row(rows * n, (rows * 31 + bpr) as u64);
+                let xf = random_row(cols * n, (cols * 17 + bpr) as u64);
+                let w: Vec<W> = blocks(wd, &wf);
+                let a: Vec<A> = blocks(ad, &xf);
+                let mut got = vec![f32::NAN; rows * cols];
+                let mut want = vec![0f32; rows * cols];
+                gemm(&w, &a, bpr, &mut got);
+                gemm_by_dots(dot, &w, &a, bpr, &mut want);
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    let (c, r) = (i / rows, i % rows);
+                    let l1: f32 = wf[r * n..(r + 1) * n]
+                        .iter()
+                        .zip(&xf[c * n..(c + 1) * n])
+                        .map(|(p, q)| (p * q).abs())
+                        .sum();
+                    close(
+                        *g,
+                        *e,
+                        l1,
+                        1e-5,
+                        &format!("{isa} {what} gemm {rows}x{cols}x{bpr} [{r},{c}]"),
+                    );
+                }
+            }
+        }
+        for isa in available_isas() {
+            let t = table_for(isa).unwrap();
+            check(
+                isa,
+                "q4_0",
+                t.q4_0_q8_0_gemm,
+                SCALAR.q4_0_q8_0,
+                (DType::Q4_0, DType::Q8_0),
+            );
+            check(
+                isa,
+                "q4_1",
+                t.q4_1_q8_1_gemm,
+                SCALAR.q4_1_q8_1,
+                (DType::Q4_1, DType::Q8_1),
+            );
+            check(
+                isa,
+                "q8_0",
+                t.q8_0_q8_0_gemm,
+                SCALAR.q8_0_q8_0,
+                (DType::Q8_0, DType::Q8_0),
+            );
+        }
+    }
+
+    /// The tiers this CPU should have are there, with their gemm kernels, so
+    /// a broken feature check cannot silently skip the tests above.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn x86_tiers_match_cpu_features() {
+        let vnni = is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni")
+            && is_x86_feature_detected!("avx2");
+        assert_eq!(table_for(Isa::Vnni).is_ok(), vnni);
+        if let Ok(t) = table_for(Isa::Vnni) {
+            assert!(
+                t.q4_0_q8_0_gemm.is_some()
+                    && t.q4_1_q8_1_gemm.is_some()
+                    && t.q8_0_q8_0_gemm.is_some()
+            );
+            assert_eq!(select(None).map(|t| t.isa), Ok(Isa::Vnni));
+        }
+        if let Ok(t) = table_for(Isa::Avx512) {
+            assert!(t.q4_0_q8_0_gemm.is_some() && t.q4_1_q8_1_gemm.is_some());
         }
     }
 

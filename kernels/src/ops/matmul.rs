@@ -4,7 +4,7 @@
 //! For several tokens (prefill) each weight row is dotted with every token
 //! while it is hot in L1, so the weights stream from memory once.
 
-use crate::dispatch::{self, VecDotFn, VecDotTable};
+use crate::dispatch::{self, GemmFn, VecDotFn, VecDotTable};
 use crate::quant::{blocks::*, cast_blocks, DType};
 use crate::{Error, Result};
 use bytemuck::Pod;
@@ -113,6 +113,7 @@ pub fn matmul_with(
                 shape,
                 QK,
                 table.q4_0_q8_0,
+                table.q4_0_q8_0_gemm,
                 out,
             )
         }
@@ -124,6 +125,7 @@ pub fn matmul_with(
                 shape,
                 QK,
                 table.q4_1_q8_1,
+                table.q4_1_q8_1_gemm,
                 out,
             )
         }
@@ -135,6 +137,7 @@ pub fn matmul_with(
                 shape,
                 QK,
                 table.q8_0_q8_0,
+                table.q8_0_q8_0_gemm,
                 out,
             )
         }
@@ -146,6 +149,7 @@ pub fn matmul_with(
                 shape,
                 QK_K,
                 table.q4_k_q8_k,
+                None,
                 out,
             )
         }
@@ -157,6 +161,7 @@ pub fn matmul_with(
                 shape,
                 QK_K,
                 table.q5_k_q8_k,
+                None,
                 out,
             )
         }
@@ -168,6 +173,7 @@ pub fn matmul_with(
                 shape,
                 QK_K,
                 table.q6_k_q8_k,
+                None,
                 out,
             )
         }
@@ -177,6 +183,7 @@ pub fn matmul_with(
             shape,
             1,
             table.f32_f32,
+            None,
             out,
         ),
         DType::F16 => run::<half::f16, f32>(
@@ -185,6 +192,7 @@ pub fn matmul_with(
             shape,
             1,
             table.f16_f32,
+            None,
             out,
         ),
         DType::BF16 => run::<half::bf16, f32>(
@@ -193,6 +201,7 @@ pub fn matmul_with(
             shape,
             1,
             table.bf16_f32,
+            None,
             out,
         ),
         DType::Q8_1 | DType::Q8_K => return Err(Error::UnsupportedDType { op: OP, dtype: dt }),
@@ -225,11 +234,14 @@ fn quantize_acts<A: Pod + Send>(
     acts
 }
 
-/// Rows per parallel task: enough tasks to balance the pool, each long
-/// enough to amortize the task overhead.
-fn rows_per_task(rows: usize) -> usize {
-    let tasks = rayon::current_num_threads() * 8;
-    rows.div_ceil(tasks).clamp(4, 256)
+/// Rows per parallel task, a multiple of the 16-row panels of the gemm
+/// kernels: enough tasks to balance the pool (a shared core may lag), each
+/// long enough to amortize the task overhead; prefill tasks carry every
+/// token, so fewer of them.
+fn rows_per_task(rows: usize, n_tokens: usize) -> usize {
+    let per_thread = if n_tokens == 1 { 4 } else { 2 };
+    let tasks = rayon::current_num_threads() * per_thread;
+    rows.div_ceil(tasks).next_multiple_of(16).clamp(16, 1024)
 }
 
 fn run<W: Pod + Sync, A: Pod + Sync>(
@@ -238,40 +250,47 @@ fn run<W: Pod + Sync, A: Pod + Sync>(
     s: Shape,
     block: usize,
     dot: VecDotFn<W, A>,
+    gemm: Option<GemmFn<W, A>>,
     out: &mut [f32],
 ) {
     let bpr = s.cols / block;
-    let chunk = rows_per_task(s.rows);
+    if bpr == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let kernel = |wr: &[W], o: &mut [f32]| match gemm {
+        Some(g) => g(wr, acts, bpr, o),
+        None => dispatch::gemm_by_dots(dot, wr, acts, bpr, o),
+    };
+    let chunk = rows_per_task(s.rows, s.n_tokens);
     if s.n_tokens == 1 {
         out.par_chunks_mut(chunk).enumerate().for_each(|(ci, oc)| {
-            for (i, o) in oc.iter_mut().enumerate() {
-                let r = ci * chunk + i;
-                *o = dot(&w[r * bpr..(r + 1) * bpr], acts);
-            }
+            let r0 = ci * chunk;
+            kernel(&w[r0 * bpr..(r0 + oc.len()) * bpr], oc);
         });
         return;
     }
-    // Row-major by weight row first so each task writes a contiguous slice,
-    // then transposed into the token-major output.
+    // Each task takes a band of rows against every token, so the band's
+    // weights are unpacked once, and writes it token-major into its own
+    // slice of `by_band`; the bands are then copied into the token-major
+    // output (a tenth of the work of the product).
     let n = s.n_tokens;
-    let mut by_row = vec![0f32; s.rows * n];
-    by_row
+    let mut by_band = vec![0f32; s.rows * n];
+    by_band
         .par_chunks_mut(chunk * n)
         .enumerate()
-        .for_each(|(ci, rc)| {
-            for (i, orow) in rc.chunks_exact_mut(n).enumerate() {
-                let r = ci * chunk + i;
-                let wr = &w[r * bpr..(r + 1) * bpr];
-                for (t, o) in orow.iter_mut().enumerate() {
-                    *o = dot(wr, &acts[t * bpr..(t + 1) * bpr]);
-                }
-            }
+        .for_each(|(ci, band)| {
+            let r0 = ci * chunk;
+            let nr = band.len() / n;
+            kernel(&w[r0 * bpr..(r0 + nr) * bpr], band);
         });
     out.par_chunks_mut(s.rows)
         .enumerate()
         .for_each(|(t, orow)| {
-            for (r, o) in orow.iter_mut().enumerate() {
-                *o = by_row[r * n + t];
+            for (ci, dst) in orow.chunks_mut(chunk).enumerate() {
+                let band = &by_band[ci * chunk * n..];
+                let nr = dst.len();
+                dst.copy_from_slice(&band[t * nr..(t + 1) * nr]);
             }
         });
 }

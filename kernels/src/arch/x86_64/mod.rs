@@ -1,9 +1,18 @@
-//! x86-64 kernels: AVX2 (+FMA, F16C). AVX-512 / VNNI tables reuse the AVX2
-//! kernels for now (no AVX-512 hardware to validate dedicated ones on).
+//! x86-64 kernels, three tiers, each table built from the one below and
+//! overridden (tract-style):
+//!
+//! * `avx2`: AVX2 + FMA + F16C, every dot and the activation quantizers.
+//! * `avx512`: AVX-512 F/BW/VL legacy-quant dots and the lane-per-row gemm
+//!   (decode matvec and prefill matmul) for Q4_0 and Q4_1.
+//! * `vnni`: the same kernels with `vpdpbusd`, plus the Q8_0 gemm.
+//!
+//! K-quants, float dots and the quantizers stay on AVX2 in every tier.
 
 use crate::dispatch::{Isa, VecDotTable};
 
 mod avx2;
+mod avx512;
+mod vnni;
 
 /// Whether the running CPU can execute the kernels of `isa`.
 pub fn supports(isa: Isa) -> bool {
@@ -27,11 +36,12 @@ pub fn table(isa: Isa, scalar: VecDotTable) -> Option<VecDotTable> {
     if !supports(isa) {
         return None;
     }
-    match isa {
-        Isa::Avx2 | Isa::Avx512 | Isa::Vnni => Some(VecDotTable {
-            isa,
-            ..avx2::overrides(scalar)
-        }),
-        Isa::Scalar | Isa::Neon | Isa::Dotprod | Isa::I8mm => None,
-    }
+    let with_avx2 = avx2::overrides(scalar);
+    let table = match isa {
+        Isa::Avx2 => with_avx2,
+        Isa::Avx512 => avx512::overrides(with_avx2),
+        Isa::Vnni => vnni::overrides(avx512::overrides(with_avx2)),
+        Isa::Scalar | Isa::Neon | Isa::Dotprod | Isa::I8mm => return None,
+    };
+    Some(VecDotTable { isa, ..table })
 }

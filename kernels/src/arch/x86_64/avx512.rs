@@ -1,0 +1,626 @@
+//! AVX-512 (F/BW/VL) kernels for the legacy quants (Q4_0, Q4_1, Q8_0 against
+//! their 8-bit activation types), written once as a macro that this tier
+//! instantiates with `vpmaddubsw` + `vpmaddwd` and the VNNI tier (`vnni.rs`)
+//! with `vpdpbusd`: the two differ only in the 4-byte dot step `dot4`.
+//!
+//! Two shapes of kernel:
+//!
+//! * **single dots** (the `vec_dot` entries): two blocks per 512-bit register,
+//!   codes of both blocks interleaved so one `dot4` covers 64 products; the
+//!   per-block scales are applied to float lanes.
+//! * **gemm** (the `*_gemm` entries, used by `ops::matmul` for decode and
+//!   prefill): up to 16 weight rows are repacked, with gathers, into a
+//!   "lane per row" panel where 32-bit lane `r` holds 4 codes of row `r`.
+//!   A block of 16 rows becomes 8 registers; each activation column
+//!   contributes 4 codes at a time as a broadcast, so after 8 `dot4` steps
+//!   lane `r` holds the block's exact integer dot for row `r` and the scales
+//!   apply once per block for 16 rows, with no horizontal sums. The panel is
+//!   built once per 16 rows and reused for every column (prefill), up to 8
+//!   columns in registers at a time. `dot4` takes unsigned codes, so Q4_0
+//!   codes stay in 0..16 and Q8_0 codes are offset by 128; the offset times
+//!   the activation code sum is taken off in integers before the scale
+//!   (exact), and Q4_1's minimum goes through the activation's `s` as in the
+//!   reference.
+//!
+//! Soundness: the `unsafe fn`s need the features named in their
+//! `#[target_feature]`. The safe wrappers are private and reach callers only
+//! through the tier's `overrides`, which `super::table` calls after
+//! `super::supports` checked those features at run time. Gathers and stores
+//! are masked to the rows that exist, and every address is inside the given
+//! slices (checked by the wrappers before the first load).
+
+use crate::dispatch::{Isa, VecDotTable};
+use crate::quant::blocks::*;
+use core::arch::x86_64::*;
+use half::f16;
+
+pub(super) fn overrides(t: VecDotTable) -> VecDotTable {
+    VecDotTable {
+        isa: Isa::Avx512,
+        q4_0_q8_0: kernels::q4_0_q8_0,
+        q4_1_q8_1: kernels::q4_1_q8_1,
+        q8_0_q8_0: kernels::q8_0_q8_0,
+        q4_0_q8_0_gemm: Some(kernels::q4_0_q8_0_gemm),
+        q4_1_q8_1_gemm: Some(kernels::q4_1_q8_1_gemm),
+        // Offset Q8_0 codes (up to 255) times activations overflow the
+        // saturating i16 pairs of `vpmaddubsw`; the VNNI tier has this one.
+        q8_0_q8_0_gemm: None,
+        ..t
+    }
+}
+
+/// Sum of `u[i] * s[i]` over each 4 bytes, added to the i32 lanes of `acc`.
+/// Exact while every adjacent pair of products fits an i16 (codes < 16, or
+/// `|u| <= 128` against `|s| <= 127`).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw")]
+fn dot4(acc: __m512i, u: __m512i, s: __m512i) -> __m512i {
+    let pairs = _mm512_maddubs_epi16(u, s);
+    _mm512_add_epi32(acc, _mm512_madd_epi16(pairs, _mm512_set1_epi16(1)))
+}
+
+/// Activation blocks as the gemm reads them: codes, scale and, for Q8_1,
+/// `s = d * sum(codes)`.
+pub(super) trait ActBlock: Copy {
+    fn codes(&self) -> &[i8; QK];
+    fn scale(&self) -> f16;
+    fn sum_scaled(&self) -> f16;
+}
+
+impl ActBlock for BlockQ8_0 {
+    fn codes(&self) -> &[i8; QK] {
+        &self.qs
+    }
+    fn scale(&self) -> f16 {
+        self.d
+    }
+    fn sum_scaled(&self) -> f16 {
+        f16::ZERO
+    }
+}
+
+impl ActBlock for BlockQ8_1 {
+    fn codes(&self) -> &[i8; QK] {
+        &self.qs
+    }
+    fn scale(&self) -> f16 {
+        self.d
+    }
+    fn sum_scaled(&self) -> f16 {
+        self.s
+    }
+}
+
+/// Whether 16 rows of `bpr` blocks of `block_bytes` stay within the i32
+/// offsets of a gather (always, for real models).
+pub(super) fn gather_offsets_fit(bpr: usize, block_bytes: usize) -> bool {
+    bpr.checked_mul(block_bytes)
+        .and_then(|b| b.checked_mul(16))
+        .is_some_and(|b| b <= i32::MAX as usize)
+}
+
+/// Defines the kernels of one tier in a `mod kernels`, with `$features` as
+/// the target features and `$dot4` as the 4-byte dot step.
+macro_rules! legacy_kernels {
+    ($features:literal, $dot4:path) => {
+        mod kernels {
+            use super::super::avx512::{gather_offsets_fit, ActBlock};
+            use crate::dispatch::gemm_by_dots;
+            use crate::quant::blocks::*;
+            use core::arch::x86_64::*;
+            use half::f16;
+
+            // ---- safe wrappers: lengths are clamped to the shorter operand ----
+
+            pub(in super::super) fn q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+                let n = w.len().min(a.len());
+                // SAFETY: the tier's features were detected before its table was handed out; both slices hold n blocks.
+                unsafe { q4_0_q8_0_k(&w[..n], &a[..n]) }
+            }
+            pub(in super::super) fn q4_1_q8_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+                let n = w.len().min(a.len());
+                // SAFETY: as above.
+                unsafe { q4_1_q8_1_k(&w[..n], &a[..n]) }
+            }
+            pub(in super::super) fn q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
+                let n = w.len().min(a.len());
+                // SAFETY: as above.
+                unsafe { q8_0_q8_0_k(&w[..n], &a[..n]) }
+            }
+
+            /// The shape checks every gemm wrapper makes before the kernel
+            /// (which then indexes without bounds checks): whole rows and
+            /// columns, an output that holds them all, gather offsets in i32.
+            fn gemm_shape_ok<W, A>(w: &[W], a: &[A], bpr: usize, out: &[f32]) -> bool {
+                bpr > 0
+                    && w.len() % bpr == 0
+                    && a.len() % bpr == 0
+                    && (w.len() / bpr)
+                        .checked_mul(a.len() / bpr)
+                        .is_some_and(|n| n <= out.len())
+                    && gather_offsets_fit(bpr, std::mem::size_of::<W>())
+            }
+
+            pub(in super::super) fn q4_0_q8_0_gemm(
+                w: &[BlockQ4_0],
+                a: &[BlockQ8_0],
+                bpr: usize,
+                out: &mut [f32],
+            ) {
+                if !gemm_shape_ok(w, a, bpr, out) {
+                    return gemm_by_dots(q4_0_q8_0, w, a, bpr, out);
+                }
+                // SAFETY: features detected (as above); the shape was checked just now.
+                unsafe { gemm_k::<BlockQ4_0, BlockQ8_0, false>(w, a, bpr, out, pack_q4_0) }
+            }
+            pub(in super::super) fn q4_1_q8_1_gemm(
+                w: &[BlockQ4_1],
+                a: &[BlockQ8_1],
+                bpr: usize,
+                out: &mut [f32],
+            ) {
+                if !gemm_shape_ok(w, a, bpr, out) {
+                    return gemm_by_dots(q4_1_q8_1, w, a, bpr, out);
+                }
+                // SAFETY: features detected (as above); the shape was checked just now.
+                unsafe { gemm_k::<BlockQ4_1, BlockQ8_1, true>(w, a, bpr, out, pack_q4_1) }
+            }
+            #[allow(dead_code)] // the AVX-512BW tier cannot run it exactly (see its overrides)
+            pub(in super::super) fn q8_0_q8_0_gemm(
+                w: &[BlockQ8_0],
+                a: &[BlockQ8_0],
+                bpr: usize,
+                out: &mut [f32],
+            ) {
+                if !gemm_shape_ok(w, a, bpr, out) {
+                    return gemm_by_dots(q8_0_q8_0, w, a, bpr, out);
+                }
+                // SAFETY: features detected (as above); the shape was checked just now.
+                unsafe { gemm_k::<BlockQ8_0, BlockQ8_0, false>(w, a, bpr, out, pack_q8_0) }
+            }
+
+            // ---- single dots: two blocks per register ----
+
+            /// Codes of two Q4 blocks as [lo0, lo1, hi0, hi1], 16 bytes each
+            /// (lo = elements 0..16, hi = elements 16..32).
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn nibbles2(q0: &[u8; 16], q1: &[u8; 16]) -> __m512i {
+                // SAFETY: q0 and q1 are 16 readable bytes each; loadu has no alignment requirement.
+                let (x0, x1) = unsafe {
+                    (
+                        _mm_loadu_si128(q0.as_ptr().cast()),
+                        _mm_loadu_si128(q1.as_ptr().cast()),
+                    )
+                };
+                let y = _mm256_inserti128_si256::<1>(_mm256_castsi128_si256(x0), x1);
+                let z =
+                    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(y), _mm256_srli_epi16::<4>(y));
+                _mm512_and_si512(z, _mm512_set1_epi8(0x0F))
+            }
+
+            /// Codes of two 32-byte blocks in the order of [`nibbles2`].
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn interleave2(q0: &[i8; 32], q1: &[i8; 32]) -> __m512i {
+                // SAFETY: q0 and q1 are 32 readable bytes each; loadu has no alignment requirement.
+                let (y0, y1) = unsafe {
+                    (
+                        _mm256_loadu_si256(q0.as_ptr().cast()),
+                        _mm256_loadu_si256(q1.as_ptr().cast()),
+                    )
+                };
+                _mm512_permutex2var_epi64(
+                    _mm512_castsi256_si512(y0),
+                    _mm512_setr_epi64(0, 1, 8, 9, 2, 3, 10, 11),
+                    _mm512_castsi256_si512(y1),
+                )
+            }
+
+            /// `[d0 x4, d1 x4, d0 x4, d1 x4]`: the block of each lane in the
+            /// layout of [`nibbles2`] / [`interleave2`].
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn scales2(d0: f32, d1: f32) -> __m512 {
+                let v = _mm512_castps128_ps512(_mm_unpacklo_ps(_mm_set_ss(d0), _mm_set_ss(d1)));
+                _mm512_permutexvar_ps(
+                    _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1),
+                    v,
+                )
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn fp16(x: f16) -> f32 {
+                _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(x.to_bits() as i32)))
+            }
+
+            /// Walks `w` and `a` two blocks at a time (the odd last block is
+            /// paired with itself under a zero scale) and sums
+            /// `pair(x0, x1, y0, y1)`, which returns integer lanes in the
+            /// [`nibbles2`] layout, times the per-block scale products.
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn pairs<W: Copy, A: Copy>(
+                w: &[W],
+                a: &[A],
+                scale: impl Fn(&W, &A) -> f32,
+                pair: impl Fn(&W, &W, &A, &A) -> __m512i,
+            ) -> f32 {
+                let mut acc = _mm512_setzero_ps();
+                let n = w.len().min(a.len());
+                let mut i = 0;
+                while i + 2 <= n {
+                    let d = scales2(scale(&w[i], &a[i]), scale(&w[i + 1], &a[i + 1]));
+                    let p = pair(&w[i], &w[i + 1], &a[i], &a[i + 1]);
+                    acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc);
+                    i += 2;
+                }
+                if i < n {
+                    let d = scales2(scale(&w[i], &a[i]), 0.0);
+                    let p = pair(&w[i], &w[i], &a[i], &a[i]);
+                    acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(p), acc);
+                }
+                _mm512_reduce_add_ps(acc)
+            }
+
+            #[target_feature(enable = $features)]
+            fn q4_0_q8_0_k(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+                let eight = _mm512_set1_epi8(8);
+                pairs(
+                    w,
+                    a,
+                    |x, y| fp16(x.d) * fp16(y.d),
+                    |x0, x1, y0, y1| {
+                        // (q - 8) . y = q . y - 8 . y, both with unsigned left operands
+                        let ys = interleave2(&y0.qs, &y1.qs);
+                        let z = _mm512_setzero_si512();
+                        _mm512_sub_epi32(
+                            $dot4(z, nibbles2(&x0.qs, &x1.qs), ys),
+                            $dot4(z, eight, ys),
+                        )
+                    },
+                )
+            }
+
+            #[target_feature(enable = $features)]
+            fn q4_1_q8_1_k(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+                let mins: f32 = w.iter().zip(a).map(|(x, y)| fp16(x.m) * fp16(y.s)).sum();
+                let dots = pairs(
+                    w,
+                    a,
+                    |x, y| fp16(x.d) * fp16(y.d),
+                    |x0, x1, y0, y1| {
+                        let ys = interleave2(&y0.qs, &y1.qs);
+                        $dot4(_mm512_setzero_si512(), nibbles2(&x0.qs, &x1.qs), ys)
+                    },
+                );
+                dots + mins
+            }
+
+            #[target_feature(enable = $features)]
+            fn q8_0_q8_0_k(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
+                pairs(
+                    w,
+                    a,
+                    |x, y| fp16(x.d) * fp16(y.d),
+                    |x0, x1, y0, y1| {
+                        // x . y = |x| . (y * sign(x)); AVX-512 has no vpsignb, so
+                        // negate y under the mask of negative x.
+                        let xs = interleave2(&x0.qs, &x1.qs);
+                        let ys = interleave2(&y0.qs, &y1.qs);
+                        let z = _mm512_setzero_si512();
+                        let neg = _mm512_movepi8_mask(xs);
+                        let ys = _mm512_mask_sub_epi8(ys, neg, z, ys);
+                        $dot4(z, _mm512_abs_epi8(xs), ys)
+                    },
+                )
+            }
+
+            // ---- gemm: lane-per-row panels ----
+
+            /// Up to 16 weight rows repacked for the whole row length:
+            /// `codes[8 * b + g]` holds, in lane `r`, the unsigned codes of
+            /// elements `4g..4g + 4` of block `b` of row `r`; `d[b]` and
+            /// `m[b]` the rows' scales and (Q4_1) minimums.
+            struct Panel {
+                codes: Vec<__m512i>,
+                d: Vec<__m512>,
+                m: Vec<__m512>,
+            }
+
+            /// The activation side of one call, per (column, block): the
+            /// scale, Q8_1's `s`, and the integer start of the block's dot
+            /// (minus the weight code offset times the code sum).
+            struct Acts<'a, A> {
+                blocks: &'a [A],
+                d: Vec<f32>,
+                s: Vec<f32>,
+                start: Vec<i32>,
+            }
+
+            #[target_feature(enable = $features)]
+            fn acts<A: ActBlock>(blocks: &[A], offset: i32) -> Acts<'_, A> {
+                Acts {
+                    blocks,
+                    d: blocks.iter().map(|y| fp16(y.scale())).collect(),
+                    s: blocks.iter().map(|y| fp16(y.sum_scaled())).collect(),
+                    start: blocks
+                        .iter()
+                        .map(|y| -offset * y.codes().iter().map(|&q| q as i32).sum::<i32>())
+                        .collect(),
+                }
+            }
+
+            /// Lane `r` = byte offset of row `r` from row 0.
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn row_offsets(bpr: usize, block_bytes: usize) -> __m512i {
+                let stride = _mm512_set1_epi32((bpr * block_bytes) as i32);
+                _mm512_mullo_epi32(
+                    _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                    stride,
+                )
+            }
+
+            /// 4 bytes at `p + offsets[r]` for the rows in `mask`, 0 elsewhere.
+            ///
+            /// # Safety
+            /// Every unmasked address must be 4 readable bytes.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn gather(p: *const u8, offsets: __m512i, mask: __mmask16) -> __m512i {
+                // SAFETY: per the contract; masked-off lanes are not accessed.
+                unsafe {
+                    _mm512_mask_i32gather_epi32::<1>(
+                        _mm512_setzero_si512(),
+                        mask,
+                        offsets,
+                        p.cast(),
+                    )
+                }
+            }
+
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn halves_to_f32(v: __m512i) -> __m512 {
+                _mm512_cvtph_ps(_mm512_cvtepi32_epi16(v))
+            }
+
+            /// Panel of rows `r0..r0 + popcount(mask)` of Q4_0 (codes 0..16).
+            ///
+            /// # Safety
+            /// Those rows exist in `w`, which holds rows of `bpr` blocks.
+            #[target_feature(enable = $features)]
+            unsafe fn pack_q4_0(
+                w: &[BlockQ4_0],
+                bpr: usize,
+                r0: usize,
+                mask: __mmask16,
+                p: &mut Panel,
+            ) {
+                const BYTES: usize = std::mem::size_of::<BlockQ4_0>();
+                let offsets = row_offsets(bpr, BYTES);
+                let m4 = _mm512_set1_epi8(0x0F);
+                for b in 0..bpr {
+                    // SAFETY: block b of the masked rows is in w; d at byte 0, qs at 2..18.
+                    unsafe {
+                        let bp = w.as_ptr().add(r0 * bpr + b).cast::<u8>();
+                        p.d[b] = halves_to_f32(gather(bp, offsets, mask));
+                        for k in 0..4 {
+                            let q = gather(bp.add(2 + 4 * k), offsets, mask);
+                            p.codes[8 * b + k] = _mm512_and_si512(q, m4);
+                            p.codes[8 * b + 4 + k] =
+                                _mm512_and_si512(_mm512_srli_epi32::<4>(q), m4);
+                        }
+                    }
+                }
+            }
+
+            /// Panel of Q4_1 rows (codes 0..16, with minimums).
+            ///
+            /// # Safety
+            /// As [`pack_q4_0`].
+            #[target_feature(enable = $features)]
+            unsafe fn pack_q4_1(
+                w: &[BlockQ4_1],
+                bpr: usize,
+                r0: usize,
+                mask: __mmask16,
+                p: &mut Panel,
+            ) {
+                const BYTES: usize = std::mem::size_of::<BlockQ4_1>();
+                let offsets = row_offsets(bpr, BYTES);
+                let m4 = _mm512_set1_epi8(0x0F);
+                for b in 0..bpr {
+                    // SAFETY: block b of the masked rows is in w; d, m at bytes 0..4, qs at 4..20.
+                    unsafe {
+                        let bp = w.as_ptr().add(r0 * bpr + b).cast::<u8>();
+                        let dm = gather(bp, offsets, mask);
+                        p.d[b] = halves_to_f32(dm);
+                        p.m[b] = halves_to_f32(_mm512_srli_epi32::<16>(dm));
+                        for k in 0..4 {
+                            let q = gather(bp.add(4 + 4 * k), offsets, mask);
+                            p.codes[8 * b + k] = _mm512_and_si512(q, m4);
+                            p.codes[8 * b + 4 + k] =
+                                _mm512_and_si512(_mm512_srli_epi32::<4>(q), m4);
+                        }
+                    }
+                }
+            }
+
+            /// Panel of Q8_0 rows, codes offset by 128 into 0..256.
+            ///
+            /// # Safety
+            /// As [`pack_q4_0`].
+            #[target_feature(enable = $features)]
+            unsafe fn pack_q8_0(
+                w: &[BlockQ8_0],
+                bpr: usize,
+                r0: usize,
+                mask: __mmask16,
+                p: &mut Panel,
+            ) {
+                const BYTES: usize = std::mem::size_of::<BlockQ8_0>();
+                let offsets = row_offsets(bpr, BYTES);
+                let flip = _mm512_set1_epi8(-128);
+                for b in 0..bpr {
+                    // SAFETY: block b of the masked rows is in w; d at byte 0, qs at 2..34.
+                    unsafe {
+                        let bp = w.as_ptr().add(r0 * bpr + b).cast::<u8>();
+                        p.d[b] = halves_to_f32(gather(bp, offsets, mask));
+                        for g in 0..8 {
+                            let q = gather(bp.add(2 + 4 * g), offsets, mask);
+                            p.codes[8 * b + g] = _mm512_xor_si512(q, flip);
+                        }
+                    }
+                }
+            }
+
+            /// Weight code offset of each type: what `pack_*` added to the
+            /// signed code (Q4_1 has none, its minimum is separate).
+            trait Offset {
+                const OFFSET: i32;
+            }
+            impl Offset for BlockQ4_0 {
+                const OFFSET: i32 = 8;
+            }
+            impl Offset for BlockQ4_1 {
+                const OFFSET: i32 = 0;
+            }
+            impl Offset for BlockQ8_0 {
+                const OFFSET: i32 = 128;
+            }
+
+            type Pack<W> = unsafe fn(&[W], usize, usize, __mmask16, &mut Panel);
+
+            /// # Safety
+            /// The features of the tier, and the shape checked by `gemm_shape_ok`.
+            #[target_feature(enable = $features)]
+            unsafe fn gemm_k<W: Offset, A: ActBlock, const MIN: bool>(
+                w: &[W],
+                a: &[A],
+                bpr: usize,
+                out: &mut [f32],
+                pack: Pack<W>,
+            ) {
+                let (rows, cols) = (w.len() / bpr, a.len() / bpr);
+                let acts = acts(a, W::OFFSET);
+                let mut p = Panel {
+                    codes: vec![_mm512_setzero_si512(); 8 * bpr],
+                    d: vec![_mm512_setzero_ps(); bpr],
+                    m: vec![_mm512_setzero_ps(); if MIN { bpr } else { 0 }],
+                };
+                for r0 in (0..rows).step_by(16) {
+                    let nr = (rows - r0).min(16);
+                    let mask = (u32::MAX >> (32 - nr)) as __mmask16;
+                    // SAFETY: rows r0..r0 + nr exist (shape checked by the caller).
+                    unsafe { pack(w, bpr, r0, mask, &mut p) };
+                    let mut c0 = 0;
+                    // SAFETY: each call reads columns c0..c0 + NC, which exist; out holds rows * cols.
+                    unsafe {
+                        while c0 + 8 <= cols {
+                            panel_cols::<A, 8, 1, MIN>(&p, &acts, bpr, c0, out, rows, r0, mask);
+                            c0 += 8;
+                        }
+                        if c0 + 4 <= cols {
+                            panel_cols::<A, 4, 2, MIN>(&p, &acts, bpr, c0, out, rows, r0, mask);
+                            c0 += 4;
+                        }
+                        if c0 + 2 <= cols {
+                            panel_cols::<A, 2, 4, MIN>(&p, &acts, bpr, c0, out, rows, r0, mask);
+                            c0 += 2;
+                        }
+                        if c0 < cols {
+                            panel_cols::<A, 1, 4, MIN>(&p, &acts, bpr, c0, out, rows, r0, mask);
+                        }
+                    }
+                }
+            }
+
+            /// Outputs of the panel's rows for columns `c0..c0 + NC`.
+            /// `SPLIT` independent integer accumulators per column keep the
+            /// `dot4` chain short when few columns are in flight (decode).
+            ///
+            /// # Safety
+            /// Columns `c0..c0 + NC` exist in `acts`, the masked rows from
+            /// `r0` are below `rows`, and `out` holds `rows * cols`.
+            #[inline]
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn panel_cols<
+                A: ActBlock,
+                const NC: usize,
+                const SPLIT: usize,
+                const MIN: bool,
+            >(
+                p: &Panel,
+                acts: &Acts<'_, A>,
+                bpr: usize,
+                c0: usize,
+                out: &mut [f32],
+                rows: usize,
+                r0: usize,
+                mask: __mmask16,
+            ) {
+                let mut acc = [_mm512_setzero_ps(); NC];
+                for b in 0..bpr {
+                    let mut sums = [[_mm512_setzero_si512(); NC]; SPLIT];
+                    for c in 0..NC {
+                        // SAFETY: (c0 + c) * bpr + b < cols * bpr, the length of acts.start.
+                        sums[0][c] = _mm512_set1_epi32(unsafe {
+                            *acts.start.get_unchecked((c0 + c) * bpr + b)
+                        });
+                    }
+                    for g in 0..8 {
+                        // SAFETY: 8 * b + g < 8 * bpr, the panel's length.
+                        let wg = unsafe { *p.codes.get_unchecked(8 * b + g) };
+                        for c in 0..NC {
+                            // SAFETY: as above for the block; 4 * g + 4 <= 32 bytes of its codes.
+                            let y = unsafe {
+                                let q = acts.blocks.get_unchecked((c0 + c) * bpr + b).codes();
+                                q.as_ptr().add(4 * g).cast::<i32>().read_unaligned()
+                            };
+                            let s = &mut sums[g % SPLIT][c];
+                            *s = $dot4(*s, wg, _mm512_set1_epi32(y));
+                        }
+                    }
+                    // SAFETY: b < bpr, the panel's scale count (of minimums too, with MIN).
+                    let (d, m) = unsafe {
+                        let m = if MIN {
+                            *p.m.get_unchecked(b)
+                        } else {
+                            _mm512_setzero_ps()
+                        };
+                        (*p.d.get_unchecked(b), m)
+                    };
+                    for c in 0..NC {
+                        let mut t = sums[0][c];
+                        for part in &sums[1..] {
+                            t = _mm512_add_epi32(t, part[c]);
+                        }
+                        let i = (c0 + c) * bpr + b;
+                        // SAFETY: i < cols * bpr, the length of acts.d and acts.s.
+                        let (ad, s) =
+                            unsafe { (*acts.d.get_unchecked(i), *acts.s.get_unchecked(i)) };
+                        let dt = _mm512_mul_ps(_mm512_cvtepi32_ps(t), d);
+                        acc[c] = _mm512_fmadd_ps(dt, _mm512_set1_ps(ad), acc[c]);
+                        if MIN {
+                            acc[c] = _mm512_fmadd_ps(m, _mm512_set1_ps(s), acc[c]);
+                        }
+                    }
+                }
+                for (c, v) in acc.iter().enumerate() {
+                    // SAFETY: (c0 + c) * rows + r0 + lane < rows * cols <= out.len() for every unmasked lane.
+                    unsafe {
+                        _mm512_mask_storeu_ps(out.as_mut_ptr().add((c0 + c) * rows + r0), mask, *v)
+                    };
+                }
+            }
+        }
+    };
+}
+
+pub(super) use legacy_kernels;
+
+legacy_kernels!("avx512f,avx512bw,avx512vl,avx2,fma,f16c", super::dot4);
