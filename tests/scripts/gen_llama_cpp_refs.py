@@ -226,12 +226,19 @@ def spread(lo: int, hi: int, count: int) -> list[int]:
     return sorted({int(round(x)) for x in np.linspace(lo, hi, count)})
 
 
-def teacher_force(llm: Llama, prompt_ids: list[int], continuation: list[int], logit_file: str) -> dict:
+def teacher_force(llm: Llama, prompt_ids: list[int], continuation: list[int], logit_file: str,
+                  alternates: dict) -> dict:
     """Evaluate prompt + continuation in one llama_decode and record llama.cpp's logits.
 
     Top-2 for every position from the last prompt token to the end; full
     vectors for the last prompt position and up to 15 spread over the
     continuation, written to `logit_file` (row-major, little-endian f32).
+
+    `alternates` are llama.cpp instances configured differently but equally
+    valid (one token per micro-batch, flash attention): the relative L2
+    distance of their logits to the reference's, at the same positions, is
+    llama.cpp's own rounding noise, recorded as `llama_cpp_self_rel_l2` so a
+    parity test can set its tolerance against it.
     """
     seq = prompt_ids + continuation
     llm.reset()
@@ -249,7 +256,17 @@ def teacher_force(llm: Llama, prompt_ids: list[int], continuation: list[int], lo
     disagree = [p["pos"] for p in positions if "next_token" in p and p["argmax"] != p["next_token"]]
     full_pos = [first] + spread(len(prompt_ids), len(seq) - 1, FULL_LOGIT_CONTINUATION_POSITIONS)
     logits[full_pos].astype("<f4").tofile(OUT_DIR / logit_file)
+    self_noise = {}
+    for label, alt in alternates.items():
+        alt.reset()
+        alt.eval(seq)
+        other = np.array(alt.scores[: len(seq)], dtype=np.float64)
+        ref = logits.astype(np.float64)
+        self_noise[label] = max(
+            float(np.linalg.norm(other[p] - ref[p]) / np.linalg.norm(ref[p])) for p in full_pos
+        )
     return {
+        "llama_cpp_self_rel_l2": self_noise,
         "teacher_forced": positions,
         "teacher_forced_argmax_disagrees_at": disagree,
         "full_logits": {
@@ -263,7 +280,7 @@ def teacher_force(llm: Llama, prompt_ids: list[int], continuation: list[int], lo
     }
 
 
-def check_france(llm: Llama, vocab, results: list[dict]) -> dict:
+def check_france(llm: Llama, vocab, results: list[dict], alternates: dict) -> dict:
     """Sanity check of the whole pipeline on the (a) conversation.
 
     The expected greedy answer is FRANCE_ANSWER + <|im_end|>. On the reference
@@ -281,7 +298,7 @@ def check_france(llm: Llama, vocab, results: list[dict]) -> dict:
     assert len(im_end) == 1
     expected_ids = llm.tokenize(FRANCE_ANSWER.encode("utf-8"), add_bos=False, special=False) + im_end
     greedy_ok = france["continuation_ids"] == expected_ids
-    tf = teacher_force(llm, france["prompt_ids"], expected_ids, "logits_france_expected.f32")
+    tf = teacher_force(llm, france["prompt_ids"], expected_ids, "logits_france_expected.f32", alternates)
     first, rest = tf["teacher_forced"][0], tf["teacher_forced"][1:-1]
     first_in_top2 = expected_ids[0] in (first["argmax"], first["top2_id"])
     rest_ok = all(p["argmax"] == p["next_token"] for p in rest)
@@ -330,6 +347,14 @@ def gen_chat(model_path: Path) -> dict:
         logits_all=True,
         verbose=False,
     )
+    # The same model run other equally valid ways, to measure llama.cpp's own
+    # rounding noise (see teacher_force).
+    common = dict(model_path=str(model_path), n_ctx=N_CTX, n_batch=N_BATCH, n_threads=N_THREADS,
+                  n_threads_batch=N_THREADS, seed=SEED, logits_all=True, verbose=False)
+    alternates = {
+        "one_token_ubatches": Llama(n_ubatch=1, **common),
+        "flash_attention": Llama(n_ubatch=N_BATCH, flash_attn=True, **common),
+    }
     vocab = llm._model.vocab
     n_vocab = llm.n_vocab()
     assert llm._model.token_get_text(bos_id) == bos_token
@@ -370,7 +395,7 @@ def gen_chat(model_path: Path) -> dict:
                 break
             llm.eval([next_id])
 
-        tf = teacher_force(llm, prompt_ids, continuation, f"logits_{name}.f32")
+        tf = teacher_force(llm, prompt_ids, continuation, f"logits_{name}.f32", alternates)
 
         text = detokenize(vocab, continuation, False)
         results.append(
@@ -394,7 +419,7 @@ def gen_chat(model_path: Path) -> dict:
               f"stop={stop_token}, tf-disagree={tf['teacher_forced_argmax_disagrees_at']}")
         print(f"    {text.decode('utf-8', errors='replace')!r}")
 
-    france_check = check_france(llm, vocab, results)
+    france_check = check_france(llm, vocab, results, alternates)
     write_json(
         OUT_DIR / "chat.json",
         {
