@@ -3,7 +3,9 @@
 //! Standard output carries only answer text (so it can be piped); progress,
 //! statistics and logs go to standard error.
 
+mod assistant;
 mod cmd_bench;
+mod cmd_bridge;
 mod cmd_chat;
 mod cmd_inspect;
 mod fetch;
@@ -13,7 +15,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "sotto", version, about = "On-device LLM assistant engine: chat, bench, inspect")]
+#[command(name = "sotto", version, about = "On-device LLM assistant engine: chat, bench, inspect, bridge")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,6 +37,47 @@ enum Command {
     Fetch,
     /// Benchmark prefill and decode (llama-bench style sweeps, --compare llama.cpp).
     Bench(cmd_bench::BenchArgs),
+    /// The assistant as an end-to-end-encrypted (Signal protocol) chat peer.
+    Bridge(BridgeArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct BridgeArgs {
+    #[command(subcommand)]
+    command: cmd_bridge::BridgeCommand,
+    /// GGUF model file (default: SmolLM2-135M-Instruct Q4_1, fetched once).
+    #[arg(long, short, global = true)]
+    model: Option<PathBuf>,
+    /// The assistant's system message.
+    #[arg(long, global = true, default_value = "You are a helpful assistant.")]
+    system: String,
+    /// 0 = greedy (the default: replies are reproducible).
+    #[arg(long, global = true, default_value_t = 0.0)]
+    temperature: f32,
+    #[arg(long, global = true, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, global = true, default_value_t = 256)]
+    max_tokens: usize,
+    /// Worker threads (0 = all cores).
+    #[arg(long, short, global = true, default_value_t = 0)]
+    threads: usize,
+}
+
+fn run_bridge(args: BridgeArgs) -> Result<(), String> {
+    let BridgeArgs { command, model, system, temperature, seed, max_tokens, threads } = args;
+    let mut make = move || -> Result<Box<dyn sotto_bridge::Assistant>, String> {
+        let path = resolve_model(model.clone())?;
+        let loaded = sotto_models::Model::load(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let config = assistant::AssistantConfig {
+            system: Some(system.clone()).filter(|s| !s.is_empty()),
+            sampler: sotto_engine::SamplerConfig { temperature, seed, ..Default::default() },
+            max_tokens,
+            threads,
+            ..Default::default()
+        };
+        Ok(Box::new(assistant::EngineAssistant::new(std::sync::Arc::new(loaded), config)))
+    };
+    cmd_bridge::run(command, &mut make)
 }
 
 /// Resolves `--model`, fetching the default model when none is given.
@@ -55,6 +98,7 @@ fn main() -> ExitCode {
         Command::Inspect { model, metadata } => cmd_inspect::run(model, metadata),
         Command::Fetch => fetch::ensure_default_model().map(|p| println!("{}", p.display())),
         Command::Bench(args) => cmd_bench::run(args),
+        Command::Bridge(args) => run_bridge(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
