@@ -30,3 +30,21 @@ pub trait Backend: Send {
     /// What the backend runs on, for reports (ISA, EP chain…).
     fn describe(&self) -> String;
 }
+
+/// The checks every backend's `forward` makes before touching the cache:
+/// tokens present, inside the vocabulary, and fitting the cache. Returns the
+/// position of the first new token.
+pub fn check_forward(cache: &KvCache, tokens: &[u32], vocab: usize) -> Result<usize> {
+    use crate::error::Error;
+    if tokens.is_empty() {
+        return Err(Error::Empty("tokens"));
+    }
+    if let Some(&id) = tokens.iter().find(|&&t| t as usize >= vocab) {
+        return Err(Error::TokenOutOfRange { id, vocab });
+    }
+    let start = cache.len();
+    if start + tokens.len() > cache.capacity() {
+        return Err(Error::ContextOverflow { prompt_tokens: tokens.len(), cached: start, reserve: 0, context: cache.capacity() });
+    }
+    Ok(start)
+}

@@ -198,24 +198,7 @@ impl Backend for CandleBackend {
         tokens: &[u32],
         which: LogitsFor,
     ) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            return Err(Error::Empty("tokens"));
-        }
-        if let Some(&id) = tokens.iter().find(|&&t| t as usize >= self.spec.vocab_size) {
-            return Err(Error::TokenOutOfRange {
-                id,
-                vocab: self.spec.vocab_size,
-            });
-        }
-        let start = cache.len();
-        if start + tokens.len() > cache.capacity() {
-            return Err(Error::ContextOverflow {
-                prompt_tokens: tokens.len(),
-                cached: start,
-                reserve: 0,
-                context: cache.capacity(),
-            });
-        }
+        let start = crate::backend::check_forward(cache, tokens, self.spec.vocab_size)?;
         if start > self.history.len() {
             return Err(Error::KvCache(format!(
                 "the cache holds {start} positions but candle was fed {}; candle keeps its own cache and cannot import another backend's",

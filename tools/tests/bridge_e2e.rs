@@ -94,6 +94,16 @@ fn sotto_serve() -> LineProcess {
     LineProcess::spawn(cmd)
 }
 
+/// Gives `to` the prekey bundle `from` publishes, so `to` can start a session
+/// with the party called `from_name`.
+fn hand_bundle(from: &mut LineProcess, to: &mut LineProcess, from_name: &str) {
+    let mut bundle = from.ok(json!({"op": "bundle"}));
+    bundle["op"] = json!("process_bundle");
+    bundle["peer"] = json!(from_name);
+    bundle["device"] = json!(1);
+    to.ok(bundle);
+}
+
 /// A user on python-axolotl talking to the assistant.
 struct User {
     name: &'static str,
@@ -104,11 +114,7 @@ struct User {
 impl User {
     fn join(name: &'static str, sotto: &mut LineProcess) -> Self {
         let mut peer = axolotl_peer();
-        let mut bundle = sotto.ok(json!({"op": "bundle"}));
-        bundle["op"] = json!("process_bundle");
-        bundle["peer"] = json!("sotto");
-        bundle["device"] = json!(1);
-        peer.ok(bundle);
+        hand_bundle(sotto, &mut peer, "sotto");
         Self { name, peer, history: Vec::new() }
     }
 
@@ -187,11 +193,7 @@ fn encrypted_conversations_with_python_axolotl_are_answered_by_the_real_model() 
 
     // The assistant can also start a session from a peer's bundle.
     let mut carol = axolotl_peer();
-    let mut bundle = carol.ok(json!({"op": "bundle"}));
-    bundle["op"] = json!("process_bundle");
-    bundle["peer"] = json!("carol");
-    bundle["device"] = json!(1);
-    sotto.ok(bundle);
+    hand_bundle(&mut carol, &mut sotto, "carol");
     let sent = sotto.ok(json!({"op": "send", "peer": "carol", "device": 1, "text": "Hello from your assistant."}));
     let plain = carol.ok(json!({"op": "decrypt", "peer": "sotto", "device": 1, "type": sent["type"], "body": sent["body"]}));
     assert_eq!(B64.decode(plain["plaintext"].as_str().unwrap()).unwrap(), b"Hello from your assistant.");

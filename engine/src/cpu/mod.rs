@@ -209,18 +209,7 @@ impl Backend for CpuBackend {
     }
 
     fn forward(&mut self, cache: &mut KvCache, tokens: &[u32], which: LogitsFor) -> Result<Vec<f32>> {
-        if tokens.is_empty() {
-            return Err(Error::Empty("tokens"));
-        }
-        let start = cache.len();
-        if start + tokens.len() > cache.capacity() {
-            return Err(Error::ContextOverflow {
-                prompt_tokens: tokens.len(),
-                cached: start,
-                reserve: 0,
-                context: cache.capacity(),
-            });
-        }
+        let start = crate::backend::check_forward(cache, tokens, self.model.spec.vocab_size)?;
         let out = self.pool.install(|| {
             let mut all = Vec::new();
             let chunks: Vec<&[u32]> = tokens.chunks(PREFILL_CHUNK).collect();
