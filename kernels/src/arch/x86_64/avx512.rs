@@ -381,6 +381,48 @@ macro_rules! legacy_kernels {
                 }
             }
 
+            /// The two dwords at `p + offsets[r]` and `p + offsets[r] + 4`
+            /// for the rows in `mask` (0 elsewhere), as two lane-per-row
+            /// registers: one 8-byte gather per row moves half the elements
+            /// of two 4-byte gathers, and gathers bound the decode matvec.
+            ///
+            /// # Safety
+            /// Every unmasked address must be 8 readable bytes.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn gather_pair(
+                p: *const u8,
+                offsets: __m512i,
+                mask: __mmask16,
+            ) -> (__m512i, __m512i) {
+                let z = _mm512_setzero_si512();
+                // SAFETY: per the contract; masked-off lanes are not accessed.
+                let (lo, hi) = unsafe {
+                    (
+                        _mm512_mask_i32gather_epi64::<1>(
+                            z,
+                            mask as __mmask8,
+                            _mm512_castsi512_si256(offsets),
+                            p.cast(),
+                        ),
+                        _mm512_mask_i32gather_epi64::<1>(
+                            z,
+                            (mask >> 8) as __mmask8,
+                            _mm512_extracti64x4_epi64::<1>(offsets),
+                            p.cast(),
+                        ),
+                    )
+                };
+                let even =
+                    _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+                let odd =
+                    _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31);
+                (
+                    _mm512_permutex2var_epi32(lo, even, hi),
+                    _mm512_permutex2var_epi32(lo, odd, hi),
+                )
+            }
+
             #[inline]
             #[target_feature(enable = $features)]
             fn halves_to_f32(v: __m512i) -> __m512 {
@@ -407,11 +449,13 @@ macro_rules! legacy_kernels {
                     unsafe {
                         let bp = w.as_ptr().add(r0 * bpr + b).cast::<u8>();
                         p.d[b] = halves_to_f32(gather(bp, offsets, mask));
-                        for k in 0..4 {
-                            let q = gather(bp.add(2 + 4 * k), offsets, mask);
-                            p.codes[8 * b + k] = _mm512_and_si512(q, m4);
-                            p.codes[8 * b + 4 + k] =
-                                _mm512_and_si512(_mm512_srli_epi32::<4>(q), m4);
+                        for k in [0, 2] {
+                            let (q0, q1) = gather_pair(bp.add(2 + 4 * k), offsets, mask);
+                            for (k, q) in [(k, q0), (k + 1, q1)] {
+                                p.codes[8 * b + k] = _mm512_and_si512(q, m4);
+                                p.codes[8 * b + 4 + k] =
+                                    _mm512_and_si512(_mm512_srli_epi32::<4>(q), m4);
+                            }
                         }
                     }
                 }
@@ -439,11 +483,13 @@ macro_rules! legacy_kernels {
                         let dm = gather(bp, offsets, mask);
                         p.d[b] = halves_to_f32(dm);
                         p.m[b] = halves_to_f32(_mm512_srli_epi32::<16>(dm));
-                        for k in 0..4 {
-                            let q = gather(bp.add(4 + 4 * k), offsets, mask);
-                            p.codes[8 * b + k] = _mm512_and_si512(q, m4);
-                            p.codes[8 * b + 4 + k] =
-                                _mm512_and_si512(_mm512_srli_epi32::<4>(q), m4);
+                        for k in [0, 2] {
+                            let (q0, q1) = gather_pair(bp.add(4 + 4 * k), offsets, mask);
+                            for (k, q) in [(k, q0), (k + 1, q1)] {
+                                p.codes[8 * b + k] = _mm512_and_si512(q, m4);
+                                p.codes[8 * b + 4 + k] =
+                                    _mm512_and_si512(_mm512_srli_epi32::<4>(q), m4);
+                            }
                         }
                     }
                 }
@@ -469,9 +515,10 @@ macro_rules! legacy_kernels {
                     unsafe {
                         let bp = w.as_ptr().add(r0 * bpr + b).cast::<u8>();
                         p.d[b] = halves_to_f32(gather(bp, offsets, mask));
-                        for g in 0..8 {
-                            let q = gather(bp.add(2 + 4 * g), offsets, mask);
-                            p.codes[8 * b + g] = _mm512_xor_si512(q, flip);
+                        for g in [0, 2, 4, 6] {
+                            let (q0, q1) = gather_pair(bp.add(2 + 4 * g), offsets, mask);
+                            p.codes[8 * b + g] = _mm512_xor_si512(q0, flip);
+                            p.codes[8 * b + g + 1] = _mm512_xor_si512(q1, flip);
                         }
                     }
                 }
