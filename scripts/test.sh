@@ -21,10 +21,23 @@ for dep in scripts/bridge-peer-deps.sh scripts/ort-deps.sh; do
   if [ -x "$dep" ]; then step "$dep"; "$dep"; fi
 done
 
+# Every suite runs even when an earlier one fails; the exit status says
+# whether all passed.
+failed=()
+
 step "workspace tests"
-cargo test --workspace --all-features --no-fail-fast 2>&1 | tee target/test-workspace.log
+mkdir -p target
+if ! cargo test --workspace --all-features --no-fail-fast 2>&1 | tee target/test-workspace.log; then
+  failed+=("workspace tests")
+fi
 
 if [ -x scripts/test-aarch64.sh ]; then
   step "aarch64 kernels under qemu"
-  scripts/test-aarch64.sh
+  scripts/test-aarch64.sh || failed+=("aarch64 kernels")
 fi
+
+if [ ${#failed[@]} -gt 0 ]; then
+  printf '\nFAILED: %s\n' "${failed[@]}"
+  exit 1
+fi
+printf '\nall test suites passed\n'

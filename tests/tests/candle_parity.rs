@@ -60,18 +60,18 @@ fn candle_and_cpu_agree_on_the_france_prompt() {
     let (c, s) = (argmax(&candle_logits), argmax(&cpu_logits));
     assert_eq!(c, s, "greedy next token: candle {c}, sotto cpu {s}");
     // Both quantize activations to 8 bits, but sum in other orders, and
-    // candle keeps f32 keys and values where sotto keeps f16: logits differ
-    // slightly, never by much.
-    let max_diff = candle_logits
-        .iter()
-        .zip(&cpu_logits)
-        .map(|(a, b)| (a - b).abs())
-        .fold(0f32, f32::max);
-    let scale = cpu_logits.iter().map(|x| x.abs()).fold(0f32, f32::max);
-    assert!(
-        max_diff < 0.05 * scale.max(1.0),
-        "max |logit diff| {max_diff} vs scale {scale}"
-    );
+    // candle keeps f32 keys and values where sotto keeps f16. This small model
+    // amplifies such rounding: llama.cpp run two equally valid ways differs
+    // from itself by up to 0.17 relative L2 (tests/data/README.md), so that
+    // is the budget between two independent engines too.
+    let (mut num, mut den) = (0f64, 0f64);
+    for (&a, &b) in candle_logits.iter().zip(&cpu_logits) {
+        num += f64::from(a - b).powi(2);
+        den += f64::from(b).powi(2);
+    }
+    let rel_l2 = (num / den).sqrt();
+    eprintln!("candle vs sotto cpu, last-token logits: relative L2 {rel_l2:.3e}");
+    assert!(rel_l2 < 0.17, "relative L2 {rel_l2:.3e} between candle and sotto");
     let shared = top_k(&candle_logits, 5)
         .iter()
         .filter(|i| top_k(&cpu_logits, 5).contains(i))
