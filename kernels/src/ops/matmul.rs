@@ -1,8 +1,13 @@
 //! Quantized matrix times activations: `out[t, r] = w[r, :] · x[t, :]`.
 //! Activations are quantized once per token into the weight type's pair
-//! type; output rows are split into chunks across the caller's rayon pool.
-//! For several tokens (prefill) each weight row is dotted with every token
-//! while it is hot in L1, so the weights stream from memory once.
+//! type. Output rows are split into bands (multiples of 16 rows) across the
+//! caller's rayon pool, and each band goes through the table's gemm kernel
+//! for that pair, or one dot per output when the table has none:
+//!
+//! * decode (one token): a band's outputs are a contiguous slice of `out`;
+//! * prefill: a band is taken against every token, so its weights are
+//!   unpacked once and stream from memory once, written token-major into
+//!   the band's own buffer and then copied into the token-major output.
 
 use crate::dispatch::{self, GemmFn, VecDotFn, VecDotTable};
 use crate::quant::{blocks::*, cast_blocks, DType};
@@ -41,7 +46,7 @@ impl<'a> QMatrix<'a> {
                 got: data.len(),
             });
         }
-        if !data.is_empty() && data.as_ptr() as usize % dtype.align() != 0 {
+        if !data.is_empty() && !(data.as_ptr() as usize).is_multiple_of(dtype.align()) {
             return Err(Error::Misaligned {
                 op: OP,
                 dtype,

@@ -648,8 +648,9 @@ macro_rules! legacy_kernels {
                         }
                         let i = (c0 + c) * bpr + b;
                         // SAFETY: i < cols * bpr, the length of acts.d and acts.s.
-                        let (ad, s) =
-                            unsafe { (*acts.d.get_unchecked(i), *acts.s.get_unchecked(i)) };
+                        let ad = unsafe { *acts.d.get_unchecked(i) };
+                        // SAFETY: as above.
+                        let s = unsafe { *acts.s.get_unchecked(i) };
                         let dt = _mm512_mul_ps(_mm512_cvtepi32_ps(t), d);
                         acc[c] = _mm512_fmadd_ps(dt, _mm512_set1_ps(ad), acc[c]);
                         if MIN {
