@@ -1,5 +1,7 @@
 //! Kernel benchmarks, named `<op>/<dtype>/<isa>` and run for every ISA this
 //! CPU offers. Throughput is weight bytes, so criterion reports GB/s.
+//! `matvec` and `matmul` run on a 1-thread and a 2-thread pool (`.../t1`,
+//! `.../t2`): the engine's two settings, and t1 shows the kernel alone.
 //!
 //! `cargo bench -p sotto-benches --bench kernels -- 'matvec'`
 
@@ -31,12 +33,21 @@ fn tables() -> Vec<&'static VecDotTable> {
     available_isas().into_iter().filter_map(|i| table_for(i).ok()).collect()
 }
 
+/// Pools of 1 and 2 threads, as the engine builds them.
+fn pools() -> Vec<(usize, rayon::ThreadPool)> {
+    [1, 2]
+        .into_iter()
+        .filter_map(|n| Some((n, rayon::ThreadPoolBuilder::new().num_threads(n).build().ok()?)))
+        .collect()
+}
+
 const DTYPES: [DType; 6] = [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q6_K, DType::F16];
 
 /// Matrix-vector products of the SmolLM2-135M shapes: q/o projections
 /// (576x576 is too small to time well, so 1536x576 FFN up/gate), FFN down
 /// (576x1536) and the tied embedding / output head (49152x576).
 fn matvec(c: &mut Criterion) {
+    let pools = pools();
     let shapes = [(1536usize, 576usize), (576, 1536), (49152, 576)];
     for dtype in DTYPES {
         for (rows, cols) in shapes {
@@ -50,31 +61,44 @@ fn matvec(c: &mut Criterion) {
             let mut g = c.benchmark_group(format!("matvec/{dtype}"));
             g.throughput(Throughput::Bytes(w.as_bytes().len() as u64));
             for t in tables() {
-                g.bench_function(BenchmarkId::new(t.isa.name(), format!("{rows}x{cols}")), |b| {
-                    b.iter(|| matmul_with(t, &m, black_box(&x), 1, &mut out))
-                });
+                for (threads, pool) in &pools {
+                    let id = BenchmarkId::new(t.isa.name(), format!("{rows}x{cols}/t{threads}"));
+                    // The timing loop runs inside the pool, as the engine's
+                    // forward pass does, so no call pays a cross-thread wake-up.
+                    g.bench_function(id, |b| {
+                        pool.install(|| b.iter(|| matmul_with(t, &m, black_box(&x), 1, &mut out)))
+                    });
+                }
             }
             g.finish();
         }
     }
 }
 
-/// Prefill: 128 tokens through the 1536x576 FFN matrix.
+/// Prefill: 128 tokens through the FFN up/gate (1536x576) and down
+/// (576x1536) matrices. Throughput is still weight bytes (read once per
+/// call); the product does `2 * rows * cols * 128` flops per call.
 fn matmul(c: &mut Criterion) {
-    let (rows, cols, n) = (1536usize, 576usize, 128usize);
-    for dtype in [DType::Q4_1, DType::Q8_0] {
-        let w = quantized(dtype, rows, cols);
-        let Ok(m) = QMatrix::new(dtype, rows, cols, w.as_bytes()) else { continue };
-        let x = random(n * cols, 2);
-        let mut out = vec![0f32; n * rows];
-        let mut g = c.benchmark_group(format!("matmul/{dtype}"));
-        g.throughput(Throughput::Bytes(w.as_bytes().len() as u64));
-        for t in tables() {
-            g.bench_function(BenchmarkId::new(t.isa.name(), format!("{rows}x{cols}x{n}")), |b| {
-                b.iter(|| matmul_with(t, &m, black_box(&x), n, &mut out))
-            });
+    let pools = pools();
+    let n = 128usize;
+    for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+        for (rows, cols) in [(1536usize, 576usize), (576, 1536)] {
+            let w = quantized(dtype, rows, cols);
+            let Ok(m) = QMatrix::new(dtype, rows, cols, w.as_bytes()) else { continue };
+            let x = random(n * cols, 2);
+            let mut out = vec![0f32; n * rows];
+            let mut g = c.benchmark_group(format!("matmul/{dtype}"));
+            g.throughput(Throughput::Bytes(w.as_bytes().len() as u64));
+            for t in tables() {
+                for (threads, pool) in &pools {
+                    let id = BenchmarkId::new(t.isa.name(), format!("{rows}x{cols}x{n}/t{threads}"));
+                    g.bench_function(id, |b| {
+                        pool.install(|| b.iter(|| matmul_with(t, &m, black_box(&x), n, &mut out)))
+                    });
+                }
+            }
+            g.finish();
         }
-        g.finish();
     }
 }
 
