@@ -5,6 +5,9 @@
 
 use std::path::Path;
 
+use half::f16;
+
+use crate::kv_cache::KvCache;
 use crate::onnx::export::{past_key, past_value, present_key, present_value};
 use crate::onnx::manifest::Manifest;
 use crate::onnx::qdq::Ranges;
@@ -23,6 +26,87 @@ pub struct KvSnapshot {
     pub head_dim: usize,
     pub keys: Vec<Vec<f32>>,
     pub values: Vec<Vec<f32>>,
+}
+
+impl KvSnapshot {
+    /// The first `cache.len()` positions of the engine's f16 cache.
+    pub fn from_cache(cache: &KvCache) -> KvSnapshot {
+        let (len, cap, n_kv, hd) = (
+            cache.len(),
+            cache.capacity(),
+            cache.n_kv_head(),
+            cache.head_dim(),
+        );
+        let take = |src: &[f16]| {
+            let mut out = Vec::with_capacity(n_kv * len * hd);
+            for h in 0..n_kv {
+                out.extend(
+                    src[h * cap * hd..(h * cap + len) * hd]
+                        .iter()
+                        .map(|x| x.to_f32()),
+                );
+            }
+            out
+        };
+        let layers = (0..cache.n_layer()).map(|i| cache.layer(i));
+        let (keys, values) = layers.map(|l| (take(&l.k), take(&l.v))).unzip();
+        KvSnapshot {
+            len,
+            n_kv_head: n_kv,
+            head_dim: hd,
+            keys,
+            values,
+        }
+    }
+
+    /// Writes the snapshot into `cache` (rounding to f16) and sets its
+    /// length; a snapshot of another shape, or longer than the cache's
+    /// capacity, is an error and leaves the cache as it was.
+    pub fn write_to(&self, cache: &mut KvCache) -> Result<()> {
+        let (cap, n_kv, hd) = (cache.capacity(), cache.n_kv_head(), cache.head_dim());
+        let n = self.n_kv_head * self.len * self.head_dim;
+        if self.n_kv_head != n_kv
+            || self.head_dim != hd
+            || self.keys.len() != cache.n_layer()
+            || self.values.len() != cache.n_layer()
+            || self.keys.iter().chain(&self.values).any(|l| l.len() != n)
+        {
+            return Err(Error::Kv(format!(
+                "snapshot of {} layers x {} heads x {} dims x {} positions does not fit a cache of {} x {} x {}",
+                self.keys.len(),
+                self.n_kv_head,
+                self.head_dim,
+                self.len,
+                cache.n_layer(),
+                n_kv,
+                hd
+            )));
+        }
+        if self.len > cap {
+            return Err(Error::ContextOverflow {
+                needed: self.len,
+                context: cap,
+            });
+        }
+        let len = self.len;
+        let put = |src: &[f32], dst: &mut [f16]| {
+            for h in 0..n_kv {
+                let (s, d) = (
+                    &src[h * len * hd..(h + 1) * len * hd],
+                    &mut dst[h * cap * hd..(h * cap + len) * hd],
+                );
+                d.iter_mut()
+                    .zip(s)
+                    .for_each(|(d, &s)| *d = f16::from_f32(s));
+            }
+        };
+        for i in 0..cache.n_layer() {
+            let l = cache.layer_mut(i);
+            put(&self.keys[i], &mut l.k);
+            put(&self.values[i], &mut l.v);
+        }
+        cache.set_len(len).map_err(|e| Error::Kv(e.to_string()))
+    }
 }
 
 #[derive(Debug)]
@@ -203,8 +287,25 @@ impl OrtBackend {
     /// fits the context with padding, else through the decode graph.
     pub fn prefill(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         self.check_tokens(tokens)?;
+        self.chunks(tokens, false)
+    }
+
+    /// Runs `tokens` at the next positions and returns the logits of every
+    /// token (`all`, `[n, vocab]`) or of the last one. One token goes
+    /// through the decode graph; more go through the prefill graph chunk by
+    /// chunk (see [`prefill`](Self::prefill)). A failure leaves every chunk
+    /// run before it in the cache.
+    pub fn forward_tokens(&mut self, tokens: &[u32], all: bool) -> Result<Vec<f32>> {
+        self.check_tokens(tokens)?;
+        if tokens.len() == 1 {
+            return self.run(true, tokens);
+        }
+        self.chunks(tokens, all)
+    }
+
+    fn chunks(&mut self, tokens: &[u32], all: bool) -> Result<Vec<f32>> {
         let vocab = self.manifest.vocab_size;
-        let mut last = Vec::new();
+        let mut out = Vec::new();
         let mut rest = tokens;
         while !rest.is_empty() {
             let chunk = self.manifest.chunk;
@@ -212,16 +313,20 @@ impl OrtBackend {
             let logits = if take == chunk || self.len + chunk <= self.manifest.context {
                 self.run(false, &rest[..take])?
             } else {
-                let mut l = Vec::new();
+                let mut l = Vec::with_capacity(take * vocab);
                 for &t in &rest[..take] {
-                    l = self.run(true, &[t])?;
+                    l.extend(self.run(true, &[t])?);
                 }
                 l
             };
-            last = logits[logits.len() - vocab..].to_vec();
+            if all {
+                out.extend_from_slice(&logits);
+            } else {
+                out = logits[logits.len() - vocab..].to_vec();
+            }
             rest = &rest[take..];
         }
-        Ok(last)
+        Ok(out)
     }
 
     /// One token through the decode graph; its logits.
@@ -270,6 +375,131 @@ impl OrtBackend {
             keys: self.keys.iter().map(|k| take(k, true)).collect(),
             values: self.values.iter().map(|v| take(v, false)).collect(),
         }
+    }
+
+    /// Per head, the model dimension of each stored key dimension.
+    fn key_order(&self) -> Vec<usize> {
+        let order = &self.manifest.key_dim_order;
+        (0..self.manifest.head_dim)
+            .map(|j| order.get(j).copied().unwrap_or(j))
+            .collect()
+    }
+
+    fn check_cache_shape(&self, cache: &KvCache) -> Result<()> {
+        let m = &self.manifest;
+        if cache.n_layer() != m.n_layer
+            || cache.n_kv_head() != m.n_kv_head
+            || cache.head_dim() != m.head_dim
+        {
+            return Err(Error::Kv(format!(
+                "engine cache of {} layers x {} heads x {} dims, graphs need {} x {} x {}",
+                cache.n_layer(),
+                cache.n_kv_head(),
+                cache.head_dim(),
+                m.n_layer,
+                m.n_kv_head,
+                m.head_dim
+            )));
+        }
+        Ok(())
+    }
+
+    /// Whether position `p` of every layer holds, bit for bit, what the
+    /// engine cache holds there (own copies are f16-exact once committed).
+    fn row_matches(&self, cache: &KvCache, p: usize, order: &[usize]) -> bool {
+        let (c, hd, cap) = (
+            self.manifest.context,
+            self.manifest.head_dim,
+            cache.capacity(),
+        );
+        (0..self.manifest.n_layer).all(|i| {
+            let l = cache.layer(i);
+            (0..self.manifest.n_kv_head).all(|h| {
+                let (own, theirs) = ((h * c + p) * hd, (h * cap + p) * hd);
+                (0..hd).all(|j| {
+                    f16::from_f32(self.keys[i][own + j]).to_bits()
+                        == l.k[theirs + order[j]].to_bits()
+                        && f16::from_f32(self.values[i][own + j]).to_bits()
+                            == l.v[theirs + j].to_bits()
+                })
+            })
+        })
+    }
+
+    /// Makes the graphs' cache hold the engine cache's first `cache.len()`
+    /// positions. What this backend committed itself and still matches is
+    /// kept: the prefix up to its last committed position is trusted when
+    /// that position's row is bit-identical in every layer (rows depend on
+    /// every earlier token, so another prefix cannot reproduce it); the rest
+    /// is converted from f16. Returns how many positions were converted
+    /// (the hand-over from another backend).
+    pub fn sync_from(&mut self, cache: &KvCache) -> Result<usize> {
+        self.check_cache_shape(cache)?;
+        let m = &self.manifest;
+        let (c, hd, n_kv, cap) = (m.context, m.head_dim, m.n_kv_head, cache.capacity());
+        if cache.len() > c {
+            return Err(Error::ContextOverflow {
+                needed: cache.len(),
+                context: c,
+            });
+        }
+        let order = self.key_order();
+        let shared = cache.len().min(self.len);
+        let keep = if shared > 0 && self.row_matches(cache, shared - 1, &order) {
+            shared
+        } else {
+            0
+        };
+        for i in 0..m.n_layer {
+            let l = cache.layer(i);
+            for h in 0..n_kv {
+                for p in keep..cache.len() {
+                    let (own, theirs) = ((h * c + p) * hd, (h * cap + p) * hd);
+                    for (j, &src) in order.iter().enumerate() {
+                        self.keys[i][own + j] = l.k[theirs + src].to_f32();
+                        self.values[i][own + j] = l.v[theirs + j].to_f32();
+                    }
+                }
+            }
+        }
+        self.len = cache.len();
+        Ok(cache.len() - keep)
+    }
+
+    /// Writes positions `from..len()` into the engine cache (f16, keys in
+    /// the model's order) and sets its length; the own copies of those
+    /// rows are rounded to the same f16 values, so both caches hold the
+    /// same numbers and [`sync_from`](Self::sync_from) recognises them.
+    pub fn commit_to(&mut self, cache: &mut KvCache, from: usize) -> Result<()> {
+        self.check_cache_shape(cache)?;
+        if self.len > cache.capacity() || from > self.len {
+            return Err(Error::ContextOverflow {
+                needed: self.len,
+                context: cache.capacity(),
+            });
+        }
+        let m = &self.manifest;
+        let (c, hd, n_kv, cap) = (m.context, m.head_dim, m.n_kv_head, cache.capacity());
+        let order = self.key_order();
+        for i in 0..m.n_layer {
+            let l = cache.layer_mut(i);
+            for h in 0..n_kv {
+                for p in from..self.len {
+                    let (own, theirs) = ((h * c + p) * hd, (h * cap + p) * hd);
+                    for (j, &dst) in order.iter().enumerate() {
+                        let k = f16::from_f32(self.keys[i][own + j]);
+                        let v = f16::from_f32(self.values[i][own + j]);
+                        self.keys[i][own + j] = k.to_f32();
+                        self.values[i][own + j] = v.to_f32();
+                        l.k[theirs + dst] = k;
+                        l.v[theirs + j] = v;
+                    }
+                }
+            }
+        }
+        cache
+            .set_len(self.len)
+            .map_err(|e| Error::Kv(e.to_string()))
     }
 
     /// Replaces the cache with `kv` (from [`export_kv`](Self::export_kv) or

@@ -8,16 +8,24 @@
 //! * [`session`]: one graph's session: EP registration, CPU-fallback refusal,
 //!   QNN context-binary caching, the placement report;
 //! * [`backend`]: [`OrtBackend`]: prefill/decode over a fixed KV cache, KV
-//!   hand-over to and from the CPU backend.
+//!   hand-over to and from the CPU backend;
+//! * [`decoder`]: [`OrtDecoder`], the graphs as an engine
+//!   [`Backend`](crate::Backend) on the engine's [`KvCache`](crate::KvCache);
+//! * [`hybrid`]: [`HybridBackend`], prefill on the graphs (the NPU), decode
+//!   on the CPU kernels, one KV cache between them.
 
 pub mod backend;
 pub mod calibrate;
+pub mod decoder;
 pub mod ep;
+pub mod hybrid;
 pub mod runtime;
 pub mod session;
 
 pub use backend::{KvSnapshot, OrtBackend};
+pub use decoder::OrtDecoder;
 pub use ep::{Ep, QnnOptions};
+pub use hybrid::HybridBackend;
 pub use runtime::OrtConfig;
 pub use session::{GraphSession, Placement};
 
@@ -67,6 +75,14 @@ pub enum Error {
     TokenOutOfRange { id: u32, vocab: usize },
     #[error("{needed} positions do not fit the graphs' context of {context}")]
     ContextOverflow { needed: usize, context: usize },
+    /// The graphs were exported from a model of another shape.
+    #[error("graphs in {dir} have {field} = {graphs}, the model has {model}")]
+    ModelMismatch {
+        dir: PathBuf,
+        field: &'static str,
+        graphs: usize,
+        model: usize,
+    },
     #[error("KV hand-over: {0}")]
     Kv(String),
     #[error("onnxruntime: {0}")]
