@@ -2,11 +2,11 @@
 //! overridden (tract-style):
 //!
 //! * `avx2`: AVX2 + FMA + F16C, every dot and the activation quantizers.
-//! * `avx512`: AVX-512 F/BW/VL legacy-quant dots and the lane-per-row gemm
-//!   (decode matvec and prefill matmul) for Q4_0 and Q4_1.
+//! * `avx512`: AVX-512 F/BW/VL legacy-quant and Q6_K dots, and the
+//!   lane-per-row gemm (decode matvec and prefill matmul) for Q4_0 and Q4_1.
 //! * `vnni`: the same kernels with `vpdpbusd`, plus the Q8_0 gemm.
 //!
-//! K-quants, float dots and the quantizers stay on AVX2 in every tier.
+//! Q4_K, Q5_K, float dots and the quantizers stay on AVX2 in every tier.
 
 use crate::dispatch::{Isa, VecDotTable};
 

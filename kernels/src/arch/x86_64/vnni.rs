@@ -16,6 +16,7 @@ pub(super) fn overrides(t: VecDotTable) -> VecDotTable {
         q4_0_q8_0: kernels::q4_0_q8_0,
         q4_1_q8_1: kernels::q4_1_q8_1,
         q8_0_q8_0: kernels::q8_0_q8_0,
+        q6_k_q8_k: kernels::q6_k_q8_k,
         q4_0_q8_0_gemm: Some(kernels::q4_0_q8_0_gemm),
         q4_1_q8_1_gemm: Some(kernels::q4_1_q8_1_gemm),
         q8_0_q8_0_gemm: Some(kernels::q8_0_q8_0_gemm),
