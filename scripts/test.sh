@@ -6,7 +6,8 @@
 #      engine, bridge, llama.cpp parity from committed reference data);
 #   3. the aarch64 kernels under qemu, each of neon / dotprod / i8mm forced;
 #   4. the optional suites whose peers are installed here from PyPI
-#      (python-axolotl interop, ONNX Runtime + QNN HTP emulator).
+#      (python-axolotl interop, ONNX Runtime + QNN HTP emulator);
+#   5. the bridge's cargo-fuzz targets, 30 s each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -34,6 +35,11 @@ fi
 if [ -x scripts/test-aarch64.sh ]; then
   step "aarch64 kernels under qemu"
   scripts/test-aarch64.sh || failed+=("aarch64 kernels")
+fi
+
+if [ -x scripts/bridge-fuzz.sh ]; then
+  step "bridge fuzz targets (bounded, AddressSanitizer)"
+  scripts/bridge-fuzz.sh 30 || failed+=("bridge fuzzing")
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then
