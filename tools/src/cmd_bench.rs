@@ -61,7 +61,7 @@ pub struct BenchArgs {
     /// Kernel ISAs for sotto's backends: auto, scalar, avx2, avx512, vnni, neon, dotprod, i8mm.
     #[arg(long, value_delimiter = ',', default_value = "auto")]
     pub isa: Vec<String>,
-    /// Backends (comma list): cpu, candle.
+    /// Backends (comma list): cpu, candle, ort-cpu, ort-qnn, hybrid.
     #[arg(short = 'b', long, value_delimiter = ',', default_value = "cpu")]
     pub backend: Vec<String>,
     /// Timed repetitions per test.
@@ -81,6 +81,13 @@ pub struct BenchArgs {
     /// Seed of the random tokens.
     #[arg(long, default_value_t = 1234)]
     pub seed: u64,
+    /// Graphs for ort-cpu and hybrid rows (`sotto export --target cpu`);
+    /// default: exported once into ~/.cache/sotto/onnx, sized for the sweep.
+    #[arg(long)]
+    pub onnx_dir: Option<PathBuf>,
+    /// Graphs for ort-qnn rows (`sotto export --target qnn`); default as above.
+    #[arg(long)]
+    pub onnx_qnn_dir: Option<PathBuf>,
     /// Print only the rows as JSON (child processes of an ISA sweep).
     #[arg(long, hide = true)]
     pub json_rows: bool,
@@ -321,6 +328,15 @@ fn child_args(group: &ChildGroup, model: &Path, args: &BenchArgs) -> Vec<String>
         out.push(flag.to_string());
         out.push(value);
     }
+    for (flag, dir) in [
+        ("--onnx-dir", &args.onnx_dir),
+        ("--onnx-qnn-dir", &args.onnx_qnn_dir),
+    ] {
+        if let Some(d) = dir {
+            out.push(flag.to_string());
+            out.push(d.display().to_string());
+        }
+    }
     out
 }
 
@@ -360,6 +376,17 @@ fn run_child(group: &ChildGroup, model: &Path, args: &BenchArgs) -> Result<Vec<B
         .map_err(|e| format!("bench child printed rows that do not parse: {e}"))
 }
 
+/// KV slots graphs need for every test of the sweep, rounded up to 64.
+fn graph_context(instances: &[Instance]) -> usize {
+    let most = instances
+        .iter()
+        .flat_map(|i| &i.tests)
+        .map(|t| t.positions())
+        .max()
+        .unwrap_or(0);
+    most.div_ceil(64).max(1) * 64
+}
+
 fn spinner(msg: &str) -> ProgressBar {
     let pb = ProgressBar::new_spinner().with_message(msg.to_string());
     pb.enable_steady_tick(std::time::Duration::from_millis(120));
@@ -391,7 +418,12 @@ fn run_in_process(
     for inst in instances {
         pb.set_message(format!("loading {} (t{})", inst.backend, inst.threads));
         machine::reset_peak_rss();
-        let mut loaded = backends::load_backend(&inst.backend, model, inst.threads)?;
+        let graphs = backends::OnnxGraphs {
+            cpu_dir: args.onnx_dir.clone(),
+            qnn_dir: args.onnx_qnn_dir.clone(),
+            context: graph_context(instances),
+        };
+        let mut loaded = backends::load_backend(&inst.backend, model, inst.threads, &graphs)?;
         let describe = loaded.backend.describe();
         for test in &inst.tests {
             let label = sweep::test_label(test.kind, test.tokens, test.depth);

@@ -1,7 +1,7 @@
 //! `sotto chat`: one-shot or interactive, streaming to the terminal.
 
 use crate::resolve_model;
-use sotto_engine::{CancelToken, Chat, CpuBackend, GenerateOptions, Reply, SamplerConfig, Session};
+use sotto_engine::{Backend, CancelToken, Chat, CpuBackend, GenerateOptions, Reply, SamplerConfig, Session};
 use sotto_models::Model;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -46,6 +46,70 @@ pub struct ChatArgs {
     /// Print no statistics on standard error.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Where the model runs: cpu (sotto's kernels), ort (exported graphs on
+    /// ONNX Runtime), hybrid (prefill on the graphs, decode on the CPU).
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub backend: ChatBackend,
+    /// Graphs exported by `sotto export` (for --backend ort|hybrid).
+    #[arg(long)]
+    pub onnx_dir: Option<PathBuf>,
+    /// Execution providers in priority order: qnn, nnapi, coreml, xnnpack, openvino, cpu.
+    #[arg(long, default_value = "cpu")]
+    pub ep: String,
+    /// Refuse CPU fallback: every node on the first EPs, or an error before running.
+    #[arg(long)]
+    pub npu_only: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ChatBackend {
+    Cpu,
+    Ort,
+    Hybrid,
+}
+
+/// The backend `args` ask for on `model`.
+fn make_backend(args: &ChatArgs, model: &Arc<Model>) -> Result<Box<dyn Backend>, String> {
+    let cpu = || CpuBackend::new(model.clone(), args.threads).map_err(|e| e.to_string());
+    if args.backend == ChatBackend::Cpu {
+        return Ok(Box::new(cpu()?));
+    }
+    let dir = args.onnx_dir.as_deref().ok_or("--backend ort|hybrid needs --onnx-dir (make one with `sotto export`)")?;
+    open_ort(args, model, dir, &cpu)
+}
+
+#[cfg(feature = "ort")]
+fn open_ort(
+    args: &ChatArgs,
+    model: &Arc<Model>,
+    dir: &std::path::Path,
+    cpu: &dyn Fn() -> Result<CpuBackend, String>,
+) -> Result<Box<dyn Backend>, String> {
+    use sotto_engine::ort::{Ep, HybridBackend, OrtConfig, OrtDecoder};
+    let config = OrtConfig {
+        eps: Ep::parse_chain(&args.ep).map_err(|e| e.to_string())?,
+        npu_only: args.npu_only,
+        intra_threads: args.threads,
+        ..Default::default()
+    };
+    let graphs = OrtDecoder::open(&model.spec, dir, &config).map_err(|e| format!("{}: {e}", dir.display()))?;
+    if !args.quiet {
+        eprintln!("sotto: placement (before running)\n{}", graphs.placement_report());
+    }
+    Ok(match args.backend {
+        ChatBackend::Hybrid => Box::new(HybridBackend::new(graphs, cpu()?).map_err(|e| e.to_string())?),
+        _ => Box::new(graphs),
+    })
+}
+
+#[cfg(not(feature = "ort"))]
+fn open_ort(
+    _: &ChatArgs,
+    _: &Arc<Model>,
+    _: &std::path::Path,
+    _: &dyn Fn() -> Result<CpuBackend, String>,
+) -> Result<Box<dyn Backend>, String> {
+    Err("this sotto was built without ONNX Runtime; rebuild with `--features ort` (and run scripts/ort-deps.sh)".into())
 }
 
 pub fn run(args: ChatArgs) -> Result<(), String> {
@@ -54,9 +118,9 @@ pub fn run(args: ChatArgs) -> Result<(), String> {
     let model = Arc::new(Model::load(&path).map_err(|e| format!("{}: {e}", path.display()))?);
     let tokenizer = Arc::new(model.tokenizer.clone());
     let template = Arc::new(model.template.clone());
-    let backend = CpuBackend::new(model.clone(), args.threads).map_err(|e| e.to_string())?;
-    let describe = sotto_engine::Backend::describe(&backend);
-    let session = Session::new(Box::new(backend), tokenizer, args.context).map_err(|e| e.to_string())?;
+    let backend = make_backend(&args, &model)?;
+    let describe = backend.describe();
+    let session = Session::new(backend, tokenizer, args.context).map_err(|e| e.to_string())?;
     if !args.quiet {
         eprintln!(
             "sotto: {} ({}, {} layers) loaded in {:.0} ms on {describe}",

@@ -7,6 +7,7 @@ mod assistant;
 mod cmd_bench;
 mod cmd_bridge;
 mod cmd_chat;
+mod cmd_export;
 mod cmd_inspect;
 mod fetch;
 
@@ -15,7 +16,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "sotto", version, about = "On-device LLM assistant engine: chat, bench, inspect, bridge")]
+#[command(name = "sotto", version, about = "On-device LLM assistant engine: chat, bench, inspect, export, bridge")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,6 +36,8 @@ enum Command {
     },
     /// Fetch the default model into the user cache and print its path.
     Fetch,
+    /// Export a model as static-shape ONNX graphs (for NPUs): MODEL OUT_DIR --target cpu|qnn.
+    Export(cmd_export::ExportArgs),
     /// Benchmark prefill and decode (llama-bench style sweeps, --compare llama.cpp).
     Bench(cmd_bench::BenchArgs),
     /// The assistant as an end-to-end-encrypted (Signal protocol) chat peer.
@@ -97,6 +100,7 @@ fn main() -> ExitCode {
         Command::Chat(args) => cmd_chat::run(args),
         Command::Inspect { model, metadata } => cmd_inspect::run(model, metadata),
         Command::Fetch => fetch::ensure_default_model().map(|p| println!("{}", p.display())),
+        Command::Export(args) => cmd_export::run(args),
         Command::Bench(args) => cmd_bench::run(args),
         Command::Bridge(args) => run_bridge(args),
     };

@@ -1,10 +1,11 @@
 //! The backends `sotto bench` can run, and the one factory that loads them.
-//! A new backend (ort-cpu, ort-qnn, hybrid) is one [`BACKENDS`] row and one
-//! arm in [`load_backend`].
+//! A new backend is one [`BACKENDS`] row and one arm in [`load_backend`].
+//! The ONNX Runtime rows (ort-cpu, ort-qnn, hybrid) run graphs exported by
+//! `sotto export`, exported on first use when no directory is given.
 
 use sotto_engine::{Backend, CpuBackend};
 use sotto_models::Model;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -28,7 +29,46 @@ pub const BACKENDS: &[BackendInfo] = &[
         about:
             "candle-transformers' quantized Llama, the reference baseline (needs --features candle)",
     },
+    BackendInfo {
+        name: "ort-cpu",
+        uses_sotto_kernels: false,
+        about: "exported MatMulNBits graphs on ONNX Runtime's CPU EP (needs --features ort)",
+    },
+    BackendInfo {
+        name: "ort-qnn",
+        uses_sotto_kernels: false,
+        about: "exported QDQ graphs on Qualcomm QNN HTP, CPU fallback refused; on x86-64 the HTP is Qualcomm's emulator and rows say so (needs --features ort)",
+    },
+    BackendInfo {
+        name: "hybrid",
+        uses_sotto_kernels: true,
+        about: "prefill on the ort-cpu graphs, decode on sotto's CPU kernels (needs --features ort)",
+    },
 ];
+
+/// Where the ort rows' graphs come from.
+#[derive(Clone, Debug, Default)]
+#[cfg_attr(not(feature = "ort"), allow(dead_code))]
+pub struct OnnxGraphs {
+    /// MatMulNBits graphs for ort-cpu and hybrid; default: exported once
+    /// into the user cache.
+    pub cpu_dir: Option<PathBuf>,
+    /// QDQ graphs for ort-qnn; default: exported (and calibrated) once into
+    /// the user cache.
+    pub qnn_dir: Option<PathBuf>,
+    /// KV slots the sweep needs (graphs exported here get this many).
+    pub context: usize,
+}
+
+/// The label of QNN HTP rows: an emulator off Qualcomm hardware.
+#[cfg_attr(not(feature = "ort"), allow(dead_code))]
+pub fn qnn_label() -> &'static str {
+    if cfg!(target_arch = "aarch64") {
+        "qnn-htp"
+    } else {
+        "qnn-htp-emulated"
+    }
+}
 
 pub fn info(name: &str) -> Option<&'static BackendInfo> {
     BACKENDS.iter().find(|b| b.name == name)
@@ -86,7 +126,12 @@ fn isa_name(isa: sotto_kernels::dispatch::Isa) -> String {
 }
 
 /// Loads backend `name` on the model at `path` with `threads` threads.
-pub fn load_backend(name: &str, path: &Path, threads: usize) -> Result<LoadedBackend, String> {
+pub fn load_backend(
+    name: &str,
+    path: &Path,
+    threads: usize,
+    graphs: &OnnxGraphs,
+) -> Result<LoadedBackend, String> {
     let t0 = Instant::now();
     match name {
         "cpu" => {
@@ -103,6 +148,7 @@ pub fn load_backend(name: &str, path: &Path, threads: usize) -> Result<LoadedBac
             })
         }
         "candle" => load_candle(path, threads, t0),
+        "ort-cpu" | "ort-qnn" | "hybrid" => load_ort(name, path, threads, graphs, t0),
         other => Err(format!(
             "unknown backend {other:?}; one of {}",
             names().join(", ")
@@ -128,6 +174,103 @@ fn load_candle(_path: &Path, _threads: usize, _t0: Instant) -> Result<LoadedBack
     Err("this sotto was built without the candle baseline; rebuild with `cargo build --release -p sotto --features candle`".into())
 }
 
+/// The graphs of an ort row: the given directory, or one exported into
+/// `~/.cache/sotto/onnx` on first use for this model, target and context.
+#[cfg(feature = "ort")]
+fn graphs_dir(
+    path: &Path,
+    target: crate::cmd_export::Target,
+    given: Option<&PathBuf>,
+    context: usize,
+) -> Result<PathBuf, String> {
+    if let Some(d) = given {
+        return Ok(d.clone());
+    }
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let chunk = 64.min(context);
+    let home = std::env::var_os("HOME").ok_or("HOME is not set: pass --onnx-dir")?;
+    let dir = PathBuf::from(home)
+        .join(".cache/sotto/onnx")
+        .join(format!("{stem}-{target:?}-c{context}-k{chunk}").to_lowercase());
+    if sotto_engine::onnx::Manifest::open(&dir).is_err() {
+        eprintln!(
+            "sotto bench: exporting {target:?} graphs to {}",
+            dir.display()
+        );
+        crate::cmd_export::export_to(path, &dir, target, chunk, context)?;
+    }
+    Ok(dir)
+}
+
+#[cfg(feature = "ort")]
+fn load_ort(
+    name: &str,
+    path: &Path,
+    threads: usize,
+    graphs: &OnnxGraphs,
+    _since_call: Instant,
+) -> Result<LoadedBackend, String> {
+    use crate::cmd_export::Target;
+    use sotto_engine::ort::{Ep, HybridBackend, OrtConfig, OrtDecoder};
+    // Exporting is not loading: the clock starts once the graphs exist.
+    let (dir, config) = if name == "ort-qnn" {
+        let dir = graphs_dir(path, Target::Qnn, graphs.qnn_dir.as_ref(), graphs.context)?;
+        let eps = vec![Ep::Qnn(Default::default())];
+        (
+            dir,
+            OrtConfig {
+                eps,
+                npu_only: true,
+                intra_threads: threads,
+                ..Default::default()
+            },
+        )
+    } else {
+        let dir = graphs_dir(path, Target::Cpu, graphs.cpu_dir.as_ref(), graphs.context)?;
+        (
+            dir,
+            OrtConfig {
+                intra_threads: threads,
+                ..Default::default()
+            },
+        )
+    };
+    let t0 = Instant::now();
+    let model =
+        Arc::new(Model::load(path).map_err(|e| format!("loading {}: {e}", path.display()))?);
+    let ort = OrtDecoder::open(&model.spec, &dir, &config)
+        .map_err(|e| format!("{name} ({}): {e}", dir.display()))?;
+    let (backend, isa): (Box<dyn Backend>, String) = match name {
+        "hybrid" => {
+            let cpu = CpuBackend::new(model, threads).map_err(|e| format!("cpu backend: {e}"))?;
+            let b = HybridBackend::new(ort, cpu).map_err(|e| e.to_string())?;
+            (Box::new(b), format!("ort-cpu+{}", kernel_isa()?))
+        }
+        "ort-qnn" => (Box::new(ort), qnn_label().to_string()),
+        _ => (Box::new(ort), "ort-cpu".to_string()),
+    };
+    Ok(LoadedBackend {
+        backend,
+        load: t0.elapsed(),
+        external_kv_bytes_per_position: None,
+        isa,
+    })
+}
+
+#[cfg(not(feature = "ort"))]
+fn load_ort(
+    name: &str,
+    _path: &Path,
+    _threads: usize,
+    _graphs: &OnnxGraphs,
+    _t0: Instant,
+) -> Result<LoadedBackend, String> {
+    Err(format!("this sotto was built without ONNX Runtime, so no {name} rows; rebuild with `cargo build --release -p sotto --features ort` (and run scripts/ort-deps.sh)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -137,14 +280,16 @@ mod tests {
         assert!(uses_sotto_kernels("cpu"));
         assert!(!uses_sotto_kernels("candle"));
         assert!(!uses_sotto_kernels("nonesuch"));
-        assert_eq!(names(), ["cpu", "candle"]);
+        assert!(uses_sotto_kernels("hybrid") && !uses_sotto_kernels("ort-qnn"));
+        assert_eq!(names(), ["cpu", "candle", "ort-cpu", "ort-qnn", "hybrid"]);
     }
 
     #[test]
     fn unknown_backends_are_refused_by_name() {
-        let err = load_backend("tpu", Path::new("/nonexistent.gguf"), 1).unwrap_err();
+        let g = OnnxGraphs::default();
+        let err = load_backend("tpu", Path::new("/nonexistent.gguf"), 1, &g).unwrap_err();
         assert!(err.contains("tpu") && err.contains("cpu"), "{err}");
-        let err = load_backend("cpu", Path::new("/nonexistent.gguf"), 1).unwrap_err();
+        let err = load_backend("cpu", Path::new("/nonexistent.gguf"), 1, &g).unwrap_err();
         assert!(err.contains("/nonexistent.gguf"), "{err}");
     }
 }

@@ -1,0 +1,177 @@
+//! `sotto export MODEL OUT_DIR --target cpu|qnn`: the model as static-shape
+//! ONNX graphs (a prefill chunk and a one-token decode, KV cache as fixed
+//! inputs/outputs) plus their manifest, for `sotto chat --backend ort|hybrid`.
+//!
+//! * `cpu`: Q4_0/Q4_1 blocks re-packed as MatMulNBits, for ONNX Runtime's CPU
+//!   EP; needs no runtime to export.
+//! * `qnn`: QDQ graphs (int8 per-channel weights, uint16 or uint8
+//!   activations) for Qualcomm's QNN HTP; the activation ranges are
+//!   calibrated by running the float graphs on the CPU EP, so this target
+//!   needs the `ort` feature and scripts/ort-deps.sh.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use clap::ValueEnum;
+use sotto_engine::onnx::{export_model, ExportOptions, Manifest, WeightFormat};
+use sotto_models::Model;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Target {
+    /// MatMulNBits graphs for the CPU EP.
+    Cpu,
+    /// QDQ graphs for QNN HTP (calibrated on the CPU EP).
+    Qnn,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Activations {
+    U16,
+    U8,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ExportArgs {
+    /// GGUF model file.
+    pub model: PathBuf,
+    /// Directory for the graphs and the manifest (created if missing).
+    pub out_dir: PathBuf,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub target: Target,
+    /// Tokens per prefill run.
+    #[arg(long, default_value_t = 64)]
+    pub chunk: usize,
+    /// KV cache slots: the longest conversation the graphs can hold.
+    #[arg(long, default_value_t = 512)]
+    pub context: usize,
+    /// QDQ activation type (--target qnn).
+    #[arg(long, value_enum, default_value = "u16")]
+    pub activations: Activations,
+    /// Text whose tokens calibrate the QDQ ranges (--target qnn; default: a
+    /// built-in chat sample).
+    #[arg(long)]
+    pub calibration_text: Option<String>,
+}
+
+/// Chat-shaped text: the activations a chat will produce.
+#[cfg_attr(not(feature = "ort"), allow(dead_code))]
+const CALIBRATION_TEXT: &str = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n\
+<|im_start|>user\nWhat is the capital of France, and why is it famous? Answer in two sentences.<|im_end|>\n\
+<|im_start|>assistant\nThe capital of France is Paris. It is famous for the Eiffel Tower, the Louvre, \
+its cafés and its long history as a centre of art, science and politics.<|im_end|>\n\
+<|im_start|>user\nWrite a Python function that adds 2 and 3, then explain 17 * 23 = 391.<|im_end|>\n\
+<|im_start|>assistant\ndef add():\n    return 2 + 3\n\nSeventeen times twenty-three is three hundred ninety-one.";
+
+pub fn run(args: ExportArgs) -> Result<(), String> {
+    let t0 = Instant::now();
+    let manifest = export(&args)?;
+    report(&args, &manifest, t0);
+    Ok(())
+}
+
+/// Exports with the defaults of everything but the shapes (`sotto bench`'s
+/// graphs).
+#[cfg_attr(not(feature = "ort"), allow(dead_code))]
+pub fn export_to(
+    model: &std::path::Path,
+    out_dir: &std::path::Path,
+    target: Target,
+    chunk: usize,
+    context: usize,
+) -> Result<Manifest, String> {
+    export(&ExportArgs {
+        model: model.to_path_buf(),
+        out_dir: out_dir.to_path_buf(),
+        target,
+        chunk,
+        context,
+        activations: Activations::U16,
+        calibration_text: None,
+    })
+}
+
+fn export(args: &ExportArgs) -> Result<Manifest, String> {
+    if args.chunk == 0 || args.chunk > args.context {
+        return Err(format!(
+            "--chunk {} must be between 1 and --context {}",
+            args.chunk, args.context
+        ));
+    }
+    let model = Model::load(&args.model).map_err(|e| format!("{}: {e}", args.model.display()))?;
+    let opts = ExportOptions {
+        chunk: args.chunk,
+        context: args.context,
+        format: WeightFormat::MatMulNBits,
+    };
+    match args.target {
+        Target::Cpu => export_model(&model, &args.out_dir, opts).map_err(|e| e.to_string()),
+        Target::Qnn => export_qdq(&model, args, opts),
+    }
+}
+
+fn report(args: &ExportArgs, m: &Manifest, t0: Instant) {
+    eprintln!(
+        "sotto: exported {} as {:?} graphs (prefill {} tokens, decode 1, context {}) to {} in {:.1} s",
+        m.model,
+        m.quantization,
+        m.chunk,
+        m.context,
+        args.out_dir.display(),
+        t0.elapsed().as_secs_f64()
+    );
+    let ep = match args.target {
+        Target::Cpu => "cpu",
+        Target::Qnn => "qnn --npu-only",
+    };
+    eprintln!(
+        "sotto: run it with `sotto chat --backend ort --onnx-dir {} --ep {ep}` (or --backend hybrid)",
+        args.out_dir.display()
+    );
+}
+
+#[cfg(feature = "ort")]
+fn export_qdq(model: &Model, args: &ExportArgs, opts: ExportOptions) -> Result<Manifest, String> {
+    use sotto_engine::onnx::qdq::ActivationType;
+    use sotto_engine::ort::{calibrate, OrtConfig};
+    let text = args.calibration_text.as_deref().unwrap_or(CALIBRATION_TEXT);
+    let mut tokens = model
+        .tokenizer
+        .encode(text, true)
+        .map_err(|e| e.to_string())?;
+    tokens.truncate(args.context);
+    let decode_steps = (tokens.len() / 8).clamp(1, 16);
+    if tokens.len() <= decode_steps {
+        return Err(format!(
+            "the calibration text gives {} tokens; it needs more than {decode_steps}",
+            tokens.len()
+        ));
+    }
+    let act = match args.activations {
+        Activations::U16 => ActivationType::Uint16,
+        Activations::U8 => ActivationType::Uint8,
+    };
+    let float = ExportOptions {
+        format: WeightFormat::Float,
+        ..opts
+    };
+    eprintln!(
+        "sotto: calibrating on {} tokens ({} through the decode graph) on the CPU EP",
+        tokens.len(),
+        decode_steps
+    );
+    calibrate::export_qdq(
+        model,
+        &args.out_dir,
+        float,
+        &tokens,
+        decode_steps,
+        act,
+        &OrtConfig::default(),
+    )
+    .map_err(|e| e.to_string())
+}
+
+#[cfg(not(feature = "ort"))]
+fn export_qdq(_: &Model, _: &ExportArgs, _: ExportOptions) -> Result<Manifest, String> {
+    Err("--target qnn calibrates on ONNX Runtime; rebuild with `--features ort` (and run scripts/ort-deps.sh)".into())
+}
