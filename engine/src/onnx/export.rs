@@ -142,10 +142,7 @@ impl DecoderGraph<'_> {
                     .g
                     .init_raw(&w.name, DataType::Uint8, &[n, k / 32, 16], q.packed);
                 let s = self.g.init_f32("scales", &[n * (k / 32)], &q.scales);
-                let mut inputs = vec![x.to_string(), b, s];
-                if let Some(z) = &q.zero_points {
-                    inputs.push(self.g.init_f32("zero_points", &[n * (k / 32)], z));
-                }
+                let inputs = [x.to_string(), b, s];
                 let out = format!("{}_out", w.name);
                 let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
                 self.g.node_full(
@@ -160,7 +157,28 @@ impl DecoderGraph<'_> {
                         ("block_size", Attr::Int(32)),
                     ],
                 );
-                return Ok(out);
+                let Some(offsets) = &q.block_offsets else {
+                    return Ok(out);
+                };
+                // Q4_1's per-block offsets (see nbits): x [1, T, K] summed
+                // per 32-block [1, T, K/32], times offsetsᵀ [K/32, N].
+                let kb = k / 32;
+                let mut ct = vec![0f32; kb * n];
+                for o in 0..n {
+                    for b in 0..kb {
+                        ct[b * n + o] = offsets[o * kb + b];
+                    }
+                }
+                let ct = self.g.init_f32("block_offsets", &[kb, n], &ct);
+                let blocks = self.g.reshape(x, &[1, self.t, kb as i64, 32]);
+                let axes = self.g.ints(&[-1]);
+                let sums = self.g.node(
+                    "ReduceSum",
+                    &[&blocks, &axes],
+                    &[("keepdims", Attr::Int(0))],
+                );
+                let shift = self.g.matmul(&sums, &ct);
+                return Ok(self.g.add(&out, &shift));
             }
         }
         let full = dequantized(w)?;

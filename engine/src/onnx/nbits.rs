@@ -7,13 +7,16 @@
 //! packs consecutive elements `2i` (low) and `2i + 1` (high) in byte `i`.
 //!
 //! * Q4_0 `x = d·(q − 8)` is exactly `scale = d`, zero point 8 (the default).
-//! * Q4_1 `x = d·q + m` needs zero point `−m/d`, which is not an integer.
-//!   Rounding it to uint4 would shift every weight of the block by up to
-//!   `d/2`; instead we use MatMulNBits' float zero points (same type as the
-//!   scales), which represent `x = d·(q − zp)` with `zp = −m/d` exactly up to
-//!   f32 rounding. A block with `d = 0` (every weight equals `m`) gets
-//!   scale `m`, every code 1 and zero point 0, so `x = m` still.
-
+//! * Q4_1 `x = d·q + m` would need zero point `−m/d`, which is not an
+//!   integer. MatMulNBits accepts float zero points, but ONNX Runtime's CPU
+//!   EP then dequantizes the whole weight on every run (2 ms per matrix of
+//!   SmolLM2, 87% of a decode step). So Q4_1 is split instead:
+//!   `x = d·(q − 8) + (m + 8d)`, the first term a MatMulNBits with the
+//!   default zero point (the packed fast path) and the second a per-block
+//!   offset `c = m + 8d`, applied as `Σ_b c[n, b] · Σ_{k in b} a_k`: the
+//!   activations summed per 32-block (`[.., K/32]`) times `cᵀ`
+//!   (`[K/32, N]`, 1/32 of the weight's elements, in f32). Exact up to f32
+//!   rounding, and `d = 0` needs no special case.
 use half::f16;
 use sotto_kernels::quant::DType;
 
@@ -26,8 +29,9 @@ pub struct NBitsWeight {
     pub packed: Vec<u8>,
     /// `[N · K/32]`
     pub scales: Vec<f32>,
-    /// `[N · K/32]` float zero points (Q4_1) or none (Q4_0: default 8).
-    pub zero_points: Option<Vec<f32>>,
+    /// `[N, K/32]` per-block offsets added to `d·(q − 8)` (Q4_1), or none
+    /// (Q4_0).
+    pub block_offsets: Option<Vec<f32>>,
 }
 
 const QK: usize = 32;
@@ -75,7 +79,7 @@ pub fn repack(
     };
     let mut packed = Vec::with_capacity(order.len() * blocks * 16);
     let mut scales = Vec::with_capacity(order.len() * blocks);
-    let mut zps = Vec::new();
+    let mut offsets = Vec::new();
     for &r in order {
         let row = data.get(r * blocks * block_bytes..(r + 1) * blocks * block_bytes)?;
         for b in row.chunks_exact(block_bytes) {
@@ -87,16 +91,9 @@ pub fn repack(
                 }
                 _ => {
                     let m = f16::from_le_bytes([b[2], b[3]]).to_f32();
-                    if d == 0.0 {
-                        // Every element is m: code 1 with scale m and zero point 0.
-                        scales.push(m);
-                        zps.push(0.0);
-                        repack_nibbles(&b[4..20], &mut packed, |_| 1);
-                    } else {
-                        scales.push(d);
-                        zps.push(-m / d);
-                        repack_nibbles(&b[4..20], &mut packed, |q| q);
-                    }
+                    scales.push(d);
+                    offsets.push(m + 8.0 * d);
+                    repack_nibbles(&b[4..20], &mut packed, |q| q);
                 }
             }
         }
@@ -106,7 +103,7 @@ pub fn repack(
         k: cols,
         packed,
         scales,
-        zero_points: (dtype == DType::Q4_1).then_some(zps),
+        block_offsets: (dtype == DType::Q4_1).then_some(offsets),
     })
 }
 
@@ -116,11 +113,11 @@ impl NBitsWeight {
         let blocks = self.k / QK;
         let mut out = Vec::with_capacity(self.n * self.k);
         for (bi, blk) in self.packed.chunks_exact(16).enumerate() {
-            let zp = self.zero_points.as_ref().map_or(8.0, |z| z[bi]);
+            let c = self.block_offsets.as_ref().map_or(0.0, |o| o[bi]);
             let s = self.scales[bi];
             for byte in blk {
-                out.push(s * ((byte & 0x0F) as f32 - zp));
-                out.push(s * ((byte >> 4) as f32 - zp));
+                out.push(s * ((byte & 0x0F) as f32 - 8.0) + c);
+                out.push(s * ((byte >> 4) as f32 - 8.0) + c);
             }
         }
         debug_assert_eq!(out.len(), self.n * blocks * QK);
