@@ -58,7 +58,6 @@ fn qnn(cache: Option<PathBuf>) -> OrtConfig {
 }
 
 #[test]
-#[ignore = "QDQ decoder logits are 0.3 (prefill) to 1.1 (decode) rel L2 off the float graph on the CPU EP: a calibration/QDQ-pass bug, open"]
 fn qdq_decoder_export_calibrates_and_runs_on_the_cpu_ep_within_budget() {
     let model = tiny();
     let calib: Vec<u32> = (0..20u32).map(|i| (i * 37 + 11) % 256).collect();
