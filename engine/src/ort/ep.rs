@@ -18,9 +18,27 @@ pub struct QnnOptions {
     pub ep_library: Option<PathBuf>,
     /// `burst`, `balanced`, `high_performance`, `power_saver`, …
     pub htp_performance_mode: Option<String>,
+    /// QNN's SoC model id (e.g. 57 = SM8650, Snapdragon 8 Gen 3). On a
+    /// device QNN detects it; the x86-64 HTP emulator has no SoC to detect
+    /// and without one fails to finalize a whole decoder graph
+    /// (QNN_COMMON_ERROR_MEM_ALLOC), so there [`EMULATOR_SOC_MODEL`] is the
+    /// default.
+    pub soc_model: Option<u32>,
     /// Where the compiled QNN context (an EPContext ONNX model) is kept, so a
     /// second start skips graph preparation.
     pub context_cache: Option<PathBuf>,
+}
+
+/// The SoC the x86-64 HTP emulator emulates unless told otherwise:
+/// SM8650 (Snapdragon 8 Gen 3, HTP v75).
+pub const EMULATOR_SOC_MODEL: u32 = 57;
+
+impl QnnOptions {
+    /// The SoC model to pass to QNN, if any (see [`QnnOptions::soc_model`]).
+    pub fn effective_soc_model(&self) -> Option<u32> {
+        self.soc_model
+            .or(cfg!(target_arch = "x86_64").then_some(EMULATOR_SOC_MODEL))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

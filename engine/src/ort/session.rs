@@ -237,7 +237,19 @@ pub fn create(config: &OrtConfig, model_bytes: &[u8]) -> Result<GraphSession> {
     let source_digest = sha256_hex(model_bytes);
     for ep in &config.eps {
         match ep {
-            Ep::Cpu => {}
+            // Named explicitly: once a plugin EP library (QNN) is
+            // registered in the process, a session given no device is
+            // offered to it too, and QNN refuses one without a backend
+            // path ("Could not determine default backend path").
+            Ep::Cpu => {
+                let devices: Vec<_> = env
+                    .devices()
+                    .filter(|d| d.ep().map(|n| n == ep.ort_name()).unwrap_or(false))
+                    .collect();
+                if !devices.is_empty() {
+                    builder = builder.with_devices(devices, None)?;
+                }
+            }
             Ep::Qnn(q) => {
                 let (ep_lib, backend) = qnn_paths(config, q)?;
                 runtime::register_ep_library(config, ep.ort_name(), &ep_lib)?;
@@ -255,6 +267,9 @@ pub fn create(config: &OrtConfig, model_bytes: &[u8]) -> Result<GraphSession> {
                     format!("{}.backend_path", ep.ort_name()),
                     backend.display().to_string(),
                 )];
+                if let Some(soc) = q.effective_soc_model() {
+                    options.push((format!("{}.soc_model", ep.ort_name()), soc.to_string()));
+                }
                 if let Some(mode) = &q.htp_performance_mode {
                     options.push((
                         format!("{}.htp_performance_mode", ep.ort_name()),
