@@ -22,6 +22,8 @@ pub enum Target {
     Cpu,
     /// QDQ graphs for QNN HTP (calibrated on the CPU EP).
     Qnn,
+    /// f32 graphs, which QNN HTP runs in f16 (no calibration).
+    QnnFp16,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -106,6 +108,15 @@ fn export(args: &ExportArgs) -> Result<Manifest, String> {
     match args.target {
         Target::Cpu => export_model(&model, &args.out_dir, opts).map_err(|e| e.to_string()),
         Target::Qnn => export_qdq(&model, args, opts),
+        Target::QnnFp16 => export_model(
+            &model,
+            &args.out_dir,
+            ExportOptions {
+                format: WeightFormat::Float,
+                ..opts
+            },
+        )
+        .map_err(|e| e.to_string()),
     }
 }
 
@@ -121,7 +132,7 @@ fn report(args: &ExportArgs, m: &Manifest, t0: Instant) {
     );
     let ep = match args.target {
         Target::Cpu => "cpu",
-        Target::Qnn => "qnn --npu-only",
+        Target::Qnn | Target::QnnFp16 => "qnn --npu-only",
     };
     eprintln!(
         "sotto: run it with `sotto chat --backend ort --onnx-dir {} --ep {ep}` (or --backend hybrid)",

@@ -47,6 +47,11 @@ pub struct GraphShape {
     pub context: usize,
 }
 
+/// RMSNorm divides its input by this before squaring: SmolLM2's residual
+/// stream reaches |x| ≈ 25,000 on its massive-activation token, whose
+/// square (6e8) overflows f16 (65,504); over 256 it is 9.5e3.
+pub const RMS_PRESCALE: f32 = 256.0;
+
 /// Additive attention bias of a masked slot (see module docs).
 pub const MASK_BIAS: f32 = -100.0;
 
@@ -208,15 +213,21 @@ impl DecoderGraph<'_> {
     fn rms_norm(&mut self, x: &str, w: &Weight) -> Result<String> {
         let gain = dequantized(w)?;
         let gain = self.g.init_f32(&w.name, &[gain.len()], &gain);
-        let sq = self.g.mul(x, x);
+        // x / sqrt(mean(x²) + eps) computed on x / RMS_PRESCALE, so the
+        // squares stay inside f16 (QNN HTP runs float graphs in f16).
+        let inv = self.g.scalar(1.0 / RMS_PRESCALE);
+        let xs = self.g.mul(x, &inv);
+        let sq = self.g.mul(&xs, &xs);
         let axes = self.g.ints(&[-1]);
         let mean = self
             .g
             .node("ReduceMean", &[&sq, &axes], &[("keepdims", Attr::Int(1))]);
-        let eps = self.g.scalar(self.spec.norm_eps);
+        let eps = self
+            .g
+            .scalar(self.spec.norm_eps / (RMS_PRESCALE * RMS_PRESCALE));
         let var = self.g.add(&mean, &eps);
         let rms = self.g.node("Sqrt", &[&var], &[]);
-        let normed = self.g.div(x, &rms);
+        let normed = self.g.div(&xs, &rms);
         Ok(self.g.mul(&normed, &gain))
     }
 
