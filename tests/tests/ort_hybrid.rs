@@ -56,7 +56,10 @@ fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
         let model = Arc::new(Model::load(default_model_path()).unwrap());
-        let dir = std::env::temp_dir().join(format!("sotto-ort-hybrid-{}", std::process::id()));
+        // One directory for every run (the graphs are 600 MB): re-exported
+        // each time, so it never holds stale graphs.
+        let dir = std::env::temp_dir().join("sotto-ort-hybrid-nbits");
+        let _ = std::fs::remove_dir_all(&dir);
         let t = std::time::Instant::now();
         export_model(
             &model,
