@@ -6,22 +6,11 @@
 #![cfg(feature = "ort")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
 
 use sotto_engine::onnx::{export_model, ExportOptions, WeightFormat};
 use sotto_engine::ort::{OrtBackend, OrtConfig};
 use sotto_models::Model;
 
-fn default_model() -> Option<PathBuf> {
-    let p = std::env::var_os("SOTTO_MODEL")
-        .map(PathBuf::from)
-        .or_else(|| {
-            std::env::var_os("HOME").map(|h| {
-                PathBuf::from(h).join(".cache/sotto/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-            })
-        })?;
-    p.is_file().then_some(p)
-}
 
 fn argmax(v: &[f32]) -> u32 {
     v.iter()
@@ -41,10 +30,8 @@ fn rel_l2(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn matmulnbits_export_of_the_default_model_matches_the_float_graph() {
-    let Some(path) = default_model() else {
-        eprintln!("SKIP: default model not found (set SOTTO_MODEL)");
-        return;
-    };
+    // A missing model fails the test (with instructions), never skips it.
+    let path = sotto_tests::default_model_path();
     let model = Model::load(&path).unwrap();
     let base = std::env::temp_dir().join(format!("sotto-ort-cpu-{}", std::process::id()));
     let (chunk, context) = (8, 64);
