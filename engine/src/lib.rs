@@ -8,8 +8,10 @@
 //!   streaming text that never splits a UTF-8 character, stop strings,
 //!   cancellation from another thread, typed context overflow.
 //! * [`chat`]: conversations through the model's chat template.
-//! * [`onnx`] / `ort`: static-graph export and the ONNX Runtime backend
-//!   (NPU execution providers), the latter behind the `ort` feature.
+//! * [`onnx`] / `ort`: static-graph export and, behind the `ort` feature,
+//!   the ONNX Runtime backends: `ort::OrtDecoder` (the exported graphs on an
+//!   execution-provider chain such as QNN HTP) and `ort::HybridBackend`
+//!   (prefill on the graphs, decode on the CPU kernels, one KV cache).
 
 pub mod backend;
 pub mod chat;
