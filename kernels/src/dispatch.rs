@@ -1,5 +1,5 @@
 //! The one dispatch point. CPU features are read once; the best table is
-//! cached; `SOTTO_ISA=scalar|avx2|avx512|vnni|neon|dotprod|i8mm` forces a path
+//! cached; `SOTTO_ISA=scalar|avx2|avxvnni|avx512|vnni|neon|dotprod|i8mm` forces a path
 //! (an unavailable forced path is an error, never a silent downgrade).
 //!
 //! CONTRACT: `VecDotTable` has one field per (weight, activation) pair; every
@@ -71,13 +71,17 @@ pub struct VecDotTable {
     pub q8_0_q8_0_gemm: Option<GemmFn<BlockQ8_0, BlockQ8_0>>,
 }
 
-/// Instruction-set paths, from the portable reference up.
+/// Instruction-set paths, from the portable reference up (on each
+/// architecture the later available one is preferred).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Isa {
     Scalar,
     Avx2,
+    /// AVX-VNNI: VEX-encoded 256-bit integer dot products (client cores
+    /// without AVX-512); ranked below `Avx512`.
+    AvxVnni,
     Avx512,
-    /// AVX-512 VNNI (or AVX-VNNI) integer dot products.
+    /// AVX-512 VNNI integer dot products.
     Vnni,
     Neon,
     Dotprod,
@@ -85,9 +89,10 @@ pub enum Isa {
 }
 
 impl Isa {
-    pub const ALL: [Isa; 7] = [
+    pub const ALL: [Isa; 8] = [
         Isa::Scalar,
         Isa::Avx2,
+        Isa::AvxVnni,
         Isa::Avx512,
         Isa::Vnni,
         Isa::Neon,
@@ -100,6 +105,7 @@ impl Isa {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2",
+            Isa::AvxVnni => "avxvnni",
             Isa::Avx512 => "avx512",
             Isa::Vnni => "vnni",
             Isa::Neon => "neon",
@@ -150,7 +156,9 @@ fn build(isa: Isa) -> Option<VecDotTable> {
     match isa {
         Isa::Scalar => Some(SCALAR),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::Avx512 | Isa::Vnni => crate::arch::x86_64::table(isa, SCALAR),
+        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512 | Isa::Vnni => {
+            crate::arch::x86_64::table(isa, SCALAR)
+        },
         #[cfg(target_arch = "aarch64")]
         Isa::Neon | Isa::Dotprod | Isa::I8mm => crate::arch::aarch64::table(isa, SCALAR),
         #[allow(unreachable_patterns)]
@@ -169,7 +177,8 @@ pub fn available_isas() -> Vec<Isa> {
 /// The table of a specific path (tests and benches run every available one
 /// in one process). Built once per path.
 pub fn table_for(isa: Isa) -> Result<&'static VecDotTable> {
-    static TABLES: [OnceLock<Option<VecDotTable>>; 7] = [const { OnceLock::new() }; 7];
+    static TABLES: [OnceLock<Option<VecDotTable>>; Isa::ALL.len()] =
+        [const { OnceLock::new() }; Isa::ALL.len()];
     let idx = Isa::ALL.iter().position(|&i| i == isa).unwrap_or(0);
     TABLES[idx]
         .get_or_init(|| build(isa))
@@ -454,6 +463,23 @@ mod tests {
             && is_x86_feature_detected!("avx512vnni")
             && is_x86_feature_detected!("avx2");
         assert_eq!(table_for(Isa::Vnni).is_ok(), vnni);
+        let avx2 = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c");
+        let avxvnni = avx2 && is_x86_feature_detected!("avxvnni");
+        assert_eq!(table_for(Isa::Avx2).is_ok(), avx2);
+        assert_eq!(table_for(Isa::AvxVnni).is_ok(), avxvnni);
+        assert_eq!(available_isas().contains(&Isa::AvxVnni), avxvnni);
+        if let (Ok(t), Ok(avx2)) = (table_for(Isa::AvxVnni), table_for(Isa::Avx2)) {
+            // its own dots, not the AVX2 ones it starts from
+            assert!(t.q4_0_q8_0 as usize != avx2.q4_0_q8_0 as usize);
+            assert!(t.q4_1_q8_1 as usize != avx2.q4_1_q8_1 as usize);
+            assert!(t.q8_0_q8_0 as usize != avx2.q8_0_q8_0 as usize);
+            // ranked above AVX2, below both AVX-512 tiers
+            if table_for(Isa::Avx512).is_err() {
+                assert_eq!(select(None).map(|t| t.isa), Ok(Isa::AvxVnni));
+            }
+        }
         if let Ok(t) = table_for(Isa::Vnni) {
             assert!(
                 t.q4_0_q8_0_gemm.is_some()

@@ -39,7 +39,7 @@ pub fn supports(isa: Isa) -> bool {
         Isa::Neon => neon,
         Isa::Dotprod => dotprod,
         Isa::I8mm => dotprod && std::arch::is_aarch64_feature_detected!("i8mm"),
-        Isa::Scalar | Isa::Avx2 | Isa::Avx512 | Isa::Vnni => false,
+        Isa::Scalar | Isa::Avx2 | Isa::AvxVnni | Isa::Avx512 | Isa::Vnni => false,
     }
 }
 
@@ -55,7 +55,7 @@ pub fn table(isa: Isa, scalar: VecDotTable) -> Option<VecDotTable> {
         Isa::Neon => with_neon,
         Isa::Dotprod => dotprod::overrides(with_neon),
         Isa::I8mm => i8mm::overrides(dotprod::overrides(with_neon)),
-        Isa::Scalar | Isa::Avx2 | Isa::Avx512 | Isa::Vnni => return None,
+        Isa::Scalar | Isa::Avx2 | Isa::AvxVnni | Isa::Avx512 | Isa::Vnni => return None,
     };
     Some(VecDotTable { isa, ..table })
 }
@@ -116,7 +116,7 @@ mod tests {
     #[test]
     fn table_is_none_for_foreign_isas_and_tagged_when_supported() {
         let scalar = crate::dispatch::SCALAR;
-        for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Vnni] {
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::AvxVnni, Isa::Avx512, Isa::Vnni] {
             assert!(table(isa, scalar).is_none(), "{isa:?}");
         }
         for isa in [Isa::Neon, Isa::Dotprod, Isa::I8mm] {

@@ -1,7 +1,10 @@
-//! x86-64 kernels, three tiers, each table built from the one below and
+//! x86-64 kernels, four tiers, each table built from the one below and
 //! overridden (tract-style):
 //!
 //! * `avx2`: AVX2 + FMA + F16C, every dot and the activation quantizers.
+//! * `avxvnni`: AVX-VNNI (VEX `vpdpbusd` on ymm, for client cores without
+//!   AVX-512): the AVX2 table with the Q4_0, Q4_1 and Q8_0 dots on
+//!   `vpdpbusd`. Selected below `avx512` when both exist.
 //! * `avx512`: AVX-512 F/BW/VL legacy-quant and Q6_K dots, and the
 //!   lane-per-row gemm (decode matvec and prefill matmul) for Q4_0 and Q4_1.
 //! * `vnni`: the same kernels with `vpdpbusd`, plus the Q8_0 gemm.
@@ -12,6 +15,7 @@ use crate::dispatch::{Isa, VecDotTable};
 
 mod avx2;
 mod avx512;
+mod avxvnni;
 mod vnni;
 
 /// Whether the running CPU can execute the kernels of `isa`.
@@ -25,6 +29,7 @@ pub fn supports(isa: Isa) -> bool {
         && is_x86_feature_detected!("avx512vl");
     match isa {
         Isa::Avx2 => avx2,
+        Isa::AvxVnni => avx2 && is_x86_feature_detected!("avxvnni"),
         Isa::Avx512 => avx512,
         Isa::Vnni => avx512 && is_x86_feature_detected!("avx512vnni"),
         Isa::Scalar | Isa::Neon | Isa::Dotprod | Isa::I8mm => false,
@@ -39,6 +44,7 @@ pub fn table(isa: Isa, scalar: VecDotTable) -> Option<VecDotTable> {
     let with_avx2 = avx2::overrides(scalar);
     let table = match isa {
         Isa::Avx2 => with_avx2,
+        Isa::AvxVnni => avxvnni::overrides(with_avx2),
         Isa::Avx512 => avx512::overrides(with_avx2),
         Isa::Vnni => vnni::overrides(avx512::overrides(with_avx2)),
         Isa::Scalar | Isa::Neon | Isa::Dotprod | Isa::I8mm => return None,

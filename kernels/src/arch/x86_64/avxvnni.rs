@@ -1,0 +1,160 @@
+//! AVX-VNNI (VEX-encoded 256-bit `vpdpbusd`: Alder Lake and later client
+//! cores, Zen 5; also the 256-bit path of AVX-512 VNNI parts, which select
+//! the `vnni` tier instead): the AVX2 legacy-quant dots with `vpdpbusd` as
+//! the 4-byte dot step, one instruction where AVX2 needs `vpmaddubsw` +
+//! `vpmaddwd`, accumulating in i32 without the i16 saturation.
+//!
+//! No gemm entries: the AVX2 table has none to port (the lane-per-row gemm
+//! of `avx512.rs` relies on 16-lane masked gathers), so `ops::matmul` runs
+//! these dots through `gemm_by_dots` as on AVX2.
+//!
+//! Soundness: the `unsafe fn`s need AVX-VNNI, AVX2, FMA and F16C. The safe
+//! wrappers below are private and reach callers only through
+//! [`overrides`], which `super::table` calls after
+//! `super::supports(Isa::AvxVnni)` checked those features at run time.
+
+use crate::dispatch::{Isa, VecDotTable};
+use crate::quant::blocks::*;
+use core::arch::x86_64::*;
+use half::f16;
+
+pub(super) fn overrides(t: VecDotTable) -> VecDotTable {
+    VecDotTable {
+        isa: Isa::AvxVnni,
+        q4_0_q8_0,
+        q4_1_q8_1,
+        q8_0_q8_0,
+        ..t
+    }
+}
+
+// ---- safe wrappers: lengths are clamped to the shorter operand ----
+
+fn q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+    let n = w.len().min(a.len());
+    // SAFETY: AVX-VNNI/AVX2/FMA/F16C were detected before this table was handed out; both slices hold n blocks.
+    unsafe { q4_0_q8_0_k(&w[..n], &a[..n]) }
+}
+fn q4_1_q8_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    let n = w.len().min(a.len());
+    // SAFETY: as above.
+    unsafe { q4_1_q8_1_k(&w[..n], &a[..n]) }
+}
+fn q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
+    let n = w.len().min(a.len());
+    // SAFETY: as above.
+    unsafe { q8_0_q8_0_k(&w[..n], &a[..n]) }
+}
+
+// ---- helpers ----
+
+#[inline]
+#[target_feature(enable = "avxvnni,avx2,fma,f16c")]
+fn fp16(x: f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(x.to_bits() as i32)))
+}
+
+#[inline]
+#[target_feature(enable = "avxvnni,avx2,fma,f16c")]
+fn hsum(x: __m256) -> f32 {
+    let r = _mm_add_ps(_mm256_extractf128_ps::<1>(x), _mm256_castps256_ps128(x));
+    let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
+    let r = _mm_add_ss(r, _mm_movehdup_ps(r));
+    _mm_cvtss_f32(r)
+}
+
+/// 16 bytes of packed nibbles -> 32 unsigned codes: low nibbles (elements
+/// 0..16) in the low lane, high nibbles (16..32) in the high lane.
+#[inline]
+#[target_feature(enable = "avxvnni,avx2,fma,f16c")]
+fn nibbles(qs: &[u8; 16]) -> __m256i {
+    // SAFETY: qs is 16 readable bytes; loadu has no alignment requirement.
+    let lo = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
+    let hi = _mm_srli_epi16::<4>(lo);
+    _mm256_and_si256(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(0x0F))
+}
+
+#[inline]
+#[target_feature(enable = "avxvnni,avx2,fma,f16c")]
+fn load32(qs: &[i8; 32]) -> __m256i {
+    // SAFETY: qs is 32 readable bytes; loadu has no alignment requirement.
+    unsafe { _mm256_loadu_si256(qs.as_ptr().cast()) }
+}
+
+/// Walks the blocks two at a time into two float accumulators (hiding the
+/// FMA latency), `block` giving the i32 lanes of one block's dot and `scale`
+/// its scale product.
+#[inline]
+#[target_feature(enable = "avxvnni,avx2,fma,f16c")]
+fn blocks<W, A>(
+    w: &[W],
+    a: &[A],
+    scale: impl Fn(&W, &A) -> f32,
+    block: impl Fn(&W, &A) -> __m256i,
+) -> f32 {
+    let step = |x: &W, y: &A, acc: __m256| {
+        let d = _mm256_set1_ps(scale(x, y));
+        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(block(x, y)), acc)
+    };
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for (x, y) in w.chunks_exact(2).zip(a.chunks_exact(2)) {
+        acc0 = step(&x[0], &y[0], acc0);
+        acc1 = step(&x[1], &y[1], acc1);
+    }
+    let n = w.len().min(a.len());
+    if n % 2 == 1 {
+        acc0 = step(&w[n - 1], &a[n - 1], acc0);
+    }
+    hsum(_mm256_add_ps(acc0, acc1))
+}
+
+// ---- kernels ----
+
+#[target_feature(enable = "avxvnni,avx2,fma,f16c")]
+unsafe fn q4_0_q8_0_k(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+    let eight = _mm256_set1_epi8(8);
+    blocks(
+        w,
+        a,
+        |x, y| fp16(x.d) * fp16(y.d),
+        |x, y| {
+            // (q - 8) . y = q . y - 8 . y, both with unsigned left operands
+            let ys = load32(&y.qs);
+            let z = _mm256_setzero_si256();
+            _mm256_sub_epi32(
+                _mm256_dpbusd_avx_epi32(z, nibbles(&x.qs), ys),
+                _mm256_dpbusd_avx_epi32(z, eight, ys),
+            )
+        },
+    )
+}
+
+#[target_feature(enable = "avxvnni,avx2,fma,f16c")]
+unsafe fn q4_1_q8_1_k(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
+    let mins: f32 = w.iter().zip(a).map(|(x, y)| fp16(x.m) * fp16(y.s)).sum();
+    let dots = blocks(
+        w,
+        a,
+        |x, y| fp16(x.d) * fp16(y.d),
+        |x, y| _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), nibbles(&x.qs), load32(&y.qs)),
+    );
+    dots + mins
+}
+
+#[target_feature(enable = "avxvnni,avx2,fma,f16c")]
+unsafe fn q8_0_q8_0_k(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
+    blocks(
+        w,
+        a,
+        |x, y| fp16(x.d) * fp16(y.d),
+        |x, y| {
+            // x . y = |x| . (y * sign(x)), exact in i32 (no i16 pairs here)
+            let (xs, ys) = (load32(&x.qs), load32(&y.qs));
+            _mm256_dpbusd_avx_epi32(
+                _mm256_setzero_si256(),
+                _mm256_sign_epi8(xs, xs),
+                _mm256_sign_epi8(ys, xs),
+            )
+        },
+    )
+}
