@@ -23,6 +23,7 @@ pub(super) fn overrides(t: VecDotTable) -> VecDotTable {
         q4_1_q8_1,
         q8_0_q8_0,
         q4_k_q8_k,
+        q5_k_q8_k,
         q6_k_q8_k,
         f16_f32,
         bf16_f32,
@@ -55,6 +56,11 @@ fn q4_k_q8_k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
     let n = w.len().min(a.len());
     // SAFETY: as above.
     unsafe { q4_k_q8_k_k(&w[..n], &a[..n]) }
+}
+fn q5_k_q8_k(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
+    let n = w.len().min(a.len());
+    // SAFETY: as above.
+    unsafe { q5_k_q8_k_k(&w[..n], &a[..n]) }
 }
 fn q6_k_q8_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     let n = w.len().min(a.len());
@@ -259,6 +265,56 @@ unsafe fn q4_k_q8_k_k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
                 let q4 = load_u8x32(&x.qs[32 * c..]);
                 let lo = _mm256_and_si256(q4, mask);
                 let hi = _mm256_and_si256(_mm256_srli_epi16(q4, 4), mask);
+                let p_lo = _mm256_maddubs_epi16(lo, load_i8x32(&y.qs[64 * c..]));
+                let p_hi = _mm256_maddubs_epi16(hi, load_i8x32(&y.qs[64 * c + 32..]));
+                let p_lo = _mm256_madd_epi16(p_lo, _mm256_set1_epi16(sc[2 * c]));
+                let p_hi = _mm256_madd_epi16(p_hi, _mm256_set1_epi16(sc[2 * c + 1]));
+                sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p_lo, p_hi));
+            }
+            acc = _mm256_fmadd_ps(
+                _mm256_set1_ps(y.d * fp16(x.d)),
+                _mm256_cvtepi32_ps(sumi),
+                acc,
+            );
+        }
+        hsum(acc) - acc_m
+    }
+}
+
+/// As Q4_K, with the fifth bit of each code from `qh`: element `64c + l`
+/// takes bit `2c` of `qh[l]`, element `64c + 32 + l` bit `2c + 1`. The bit
+/// is tested with a compare (no per-chunk variable shift) and becomes 16.
+/// Codes stay below 32, so `vpmaddubsw` pairs cannot saturate.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_k_q8_k_k(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
+    // SAFETY: callers guarantee the features; slices of 32 bytes are taken inside whole blocks.
+    unsafe {
+        let mask = _mm256_set1_epi8(0x0F);
+        let m16 = _mm256_set1_epi8(0x10);
+        let fifth = |qh: __m256i, bit: i32| {
+            let b = _mm256_set1_epi8(1 << bit);
+            _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, b), b), m16)
+        };
+        let mut acc = _mm256_setzero_ps();
+        let mut acc_m = 0f32;
+        for (x, y) in w.iter().zip(a) {
+            let mut sc = [0i16; 8];
+            let mut summs = 0i32;
+            for (j, s) in sc.iter_mut().enumerate() {
+                let (scale, min) = crate::quant::q4_k::scale_min_k4(j, &x.scales);
+                *s = scale as i16;
+                summs += min as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+            }
+            acc_m += y.d * fp16(x.dmin) * summs as f32;
+            let qh = load_u8x32(&x.qh);
+            let mut sumi = _mm256_setzero_si256();
+            for c in 0..4 {
+                let q4 = load_u8x32(&x.qs[32 * c..]);
+                let lo = _mm256_or_si256(_mm256_and_si256(q4, mask), fifth(qh, 2 * c as i32));
+                let hi = _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(q4, 4), mask),
+                    fifth(qh, 2 * c as i32 + 1),
+                );
                 let p_lo = _mm256_maddubs_epi16(lo, load_i8x32(&y.qs[64 * c..]));
                 let p_hi = _mm256_maddubs_epi16(hi, load_i8x32(&y.qs[64 * c + 32..]));
                 let p_lo = _mm256_madd_epi16(p_lo, _mm256_set1_epi16(sc[2 * c]));
