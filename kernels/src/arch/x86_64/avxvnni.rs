@@ -48,10 +48,14 @@ fn q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
 
 // ---- helpers ----
 
+/// `a * b` of two halves, broadcast, with one conversion (scalar f16 work,
+/// not the dot, bounds these loops).
 #[inline]
 #[target_feature(enable = "avxvnni,avx2,fma,f16c")]
-fn fp16(x: f16) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(x.to_bits() as i32)))
+fn mul_halves(a: f16, b: f16) -> __m256 {
+    let bits = a.to_bits() as u32 | (b.to_bits() as u32) << 16;
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
+    _mm256_broadcastss_ps(_mm_mul_ss(v, _mm_movehdup_ps(v)))
 }
 
 #[inline]
@@ -89,12 +93,11 @@ fn load32(qs: &[i8; 32]) -> __m256i {
 fn blocks<W, A>(
     w: &[W],
     a: &[A],
-    scale: impl Fn(&W, &A) -> f32,
+    scale: impl Fn(&W, &A) -> __m256,
     block: impl Fn(&W, &A) -> __m256i,
 ) -> f32 {
     let step = |x: &W, y: &A, acc: __m256| {
-        let d = _mm256_set1_ps(scale(x, y));
-        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(block(x, y)), acc)
+        _mm256_fmadd_ps(scale(x, y), _mm256_cvtepi32_ps(block(x, y)), acc)
     };
     let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
     for (x, y) in w.chunks_exact(2).zip(a.chunks_exact(2)) {
@@ -116,7 +119,7 @@ unsafe fn q4_0_q8_0_k(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
     blocks(
         w,
         a,
-        |x, y| fp16(x.d) * fp16(y.d),
+        |x, y| mul_halves(x.d, y.d),
         |x, y| {
             // (q - 8) . y = q . y - 8 . y, both with unsigned left operands
             let ys = load32(&y.qs);
@@ -131,14 +134,30 @@ unsafe fn q4_0_q8_0_k(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
 
 #[target_feature(enable = "avxvnni,avx2,fma,f16c")]
 unsafe fn q4_1_q8_1_k(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
-    let mins: f32 = w.iter().zip(a).map(|(x, y)| fp16(x.m) * fp16(y.s)).sum();
-    let dots = blocks(
-        w,
-        a,
-        |x, y| fp16(x.d) * fp16(y.d),
-        |x, y| _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), nibbles(&x.qs), load32(&y.qs)),
-    );
-    dots + mins
+    // (d, m) of the weights times (d, s) of the activations with one
+    // conversion each: the scalar f16 work, not the dot, bounds this loop.
+    let halves = |d: f16, m: f16| {
+        let bits = d.to_bits() as u32 | (m.to_bits() as u32) << 16;
+        _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))
+    };
+    let mut summs = _mm_setzero_ps();
+    let mut step = |x: &BlockQ4_1, y: &BlockQ8_1, acc: __m256| {
+        let dm = _mm_mul_ps(halves(x.d, x.m), halves(y.d, y.s));
+        summs = _mm_add_ss(summs, _mm_movehdup_ps(dm));
+        let d = _mm256_broadcastss_ps(dm);
+        let p = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), nibbles(&x.qs), load32(&y.qs));
+        _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(p), acc)
+    };
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for (x, y) in w.chunks_exact(2).zip(a.chunks_exact(2)) {
+        acc0 = step(&x[0], &y[0], acc0);
+        acc1 = step(&x[1], &y[1], acc1);
+    }
+    if w.len() % 2 == 1 {
+        let i = w.len() - 1;
+        acc0 = step(&w[i], &a[i], acc0);
+    }
+    hsum(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(summs)
 }
 
 #[target_feature(enable = "avxvnni,avx2,fma,f16c")]
@@ -146,7 +165,7 @@ unsafe fn q8_0_q8_0_k(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
     blocks(
         w,
         a,
-        |x, y| fp16(x.d) * fp16(y.d),
+        |x, y| mul_halves(x.d, y.d),
         |x, y| {
             // x . y = |x| . (y * sign(x)), exact in i32 (no i16 pairs here)
             let (xs, ys) = (load32(&x.qs), load32(&y.qs));
