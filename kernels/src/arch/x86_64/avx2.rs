@@ -114,6 +114,23 @@ unsafe fn fp16(x: f16) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(x.to_bits() as i32)))
 }
 
+/// `a * b` of two halves, broadcast, with one conversion (the scalar f16
+/// work bounds the legacy-quant loops as much as the dot does).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn mul_halves(a: f16, b: f16) -> __m256 {
+    let v = halves(a, b);
+    _mm256_broadcastss_ps(_mm_mul_ss(v, _mm_movehdup_ps(v)))
+}
+
+/// `[a, b, 0, 0]` as f32, one conversion.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn halves(a: f16, b: f16) -> __m128 {
+    let bits = a.to_bits() as u32 | (b.to_bits() as u32) << 16;
+    _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))
+}
+
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn hsum(x: __m256) -> f32 {
@@ -164,7 +181,7 @@ unsafe fn q4_0_q8_0_k(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
     // SAFETY: callers guarantee the features; every load reads whole blocks of the given slices.
     unsafe {
         let block = |x: &BlockQ4_0, y: &BlockQ8_0, acc: __m256| {
-            let d = _mm256_set1_ps(fp16(x.d) * fp16(y.d));
+            let d = mul_halves(x.d, y.d);
             let qx = _mm256_sub_epi8(nibbles(&x.qs), _mm256_set1_epi8(8));
             _mm256_fmadd_ps(d, dot_s8(qx, load32(&y.qs)), acc)
         };
@@ -186,10 +203,12 @@ unsafe fn q4_0_q8_0_k(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
 unsafe fn q4_1_q8_1_k(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
     // SAFETY: callers guarantee the features; every load reads whole blocks of the given slices.
     unsafe {
-        let mut summs = 0f32;
+        // (d, m) x (d, s) with one conversion each
+        let mut summs = _mm_setzero_ps();
         let mut block = |x: &BlockQ4_1, y: &BlockQ8_1, acc: __m256| {
-            summs += fp16(x.m) * fp16(y.s);
-            let d = _mm256_set1_ps(fp16(x.d) * fp16(y.d));
+            let dm = _mm_mul_ps(halves(x.d, x.m), halves(y.d, y.s));
+            summs = _mm_add_ss(summs, _mm_movehdup_ps(dm));
+            let d = _mm256_broadcastss_ps(dm);
             _mm256_fmadd_ps(d, dot_us8(nibbles(&x.qs), load32(&y.qs)), acc)
         };
         let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
@@ -201,7 +220,7 @@ unsafe fn q4_1_q8_1_k(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
             let i = w.len() - 1;
             acc0 = block(&w[i], &a[i], acc0);
         }
-        hsum(_mm256_add_ps(acc0, acc1)) + summs
+        hsum(_mm256_add_ps(acc0, acc1)) + _mm_cvtss_f32(summs)
     }
 }
 
@@ -210,7 +229,7 @@ unsafe fn q8_0_q8_0_k(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
     // SAFETY: callers guarantee the features; every load reads whole blocks of the given slices.
     unsafe {
         let block = |x: &BlockQ8_0, y: &BlockQ8_0, acc: __m256| {
-            let d = _mm256_set1_ps(fp16(x.d) * fp16(y.d));
+            let d = mul_halves(x.d, y.d);
             _mm256_fmadd_ps(d, dot_s8(load32(&x.qs), load32(&y.qs)), acc)
         };
         let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
