@@ -230,6 +230,16 @@ macro_rules! legacy_kernels {
                 )
             }
 
+            /// `a * b` of two halves with one conversion (separate scalar
+            /// f16 conversions bound the single dots).
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn mul_halves(a: f16, b: f16) -> f32 {
+                let bits = a.to_bits() as u32 | (b.to_bits() as u32) << 16;
+                let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
+                _mm_cvtss_f32(_mm_mul_ss(v, _mm_movehdup_ps(v)))
+            }
+
             #[inline]
             #[target_feature(enable = $features)]
             fn fp16(x: f16) -> f32 {
@@ -271,7 +281,7 @@ macro_rules! legacy_kernels {
                 pairs(
                     w,
                     a,
-                    |x, y| fp16(x.d) * fp16(y.d),
+                    |x, y| mul_halves(x.d, y.d),
                     |x0, x1, y0, y1| {
                         // (q - 8) . y = q . y - 8 . y, both with unsigned left operands
                         let ys = interleave2(&y0.qs, &y1.qs);
@@ -286,11 +296,11 @@ macro_rules! legacy_kernels {
 
             #[target_feature(enable = $features)]
             fn q4_1_q8_1_k(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
-                let mins: f32 = w.iter().zip(a).map(|(x, y)| fp16(x.m) * fp16(y.s)).sum();
+                let mins: f32 = w.iter().zip(a).map(|(x, y)| mul_halves(x.m, y.s)).sum();
                 let dots = pairs(
                     w,
                     a,
-                    |x, y| fp16(x.d) * fp16(y.d),
+                    |x, y| mul_halves(x.d, y.d),
                     |x0, x1, y0, y1| {
                         let ys = interleave2(&y0.qs, &y1.qs);
                         $dot4(_mm512_setzero_si512(), nibbles2(&x0.qs, &x1.qs), ys)
@@ -304,7 +314,7 @@ macro_rules! legacy_kernels {
                 pairs(
                     w,
                     a,
-                    |x, y| fp16(x.d) * fp16(y.d),
+                    |x, y| mul_halves(x.d, y.d),
                     |x0, x1, y0, y1| {
                         // x . y = |x| . (y * sign(x)); AVX-512 has no vpsignb, so
                         // negate y under the mask of negative x.
