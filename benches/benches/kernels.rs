@@ -41,7 +41,7 @@ fn pools() -> Vec<(usize, rayon::ThreadPool)> {
         .collect()
 }
 
-const DTYPES: [DType; 6] = [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q6_K, DType::F16];
+const DTYPES: [DType; 7] = [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::F16];
 
 /// Matrix-vector products of the SmolLM2-135M shapes: q/o projections
 /// (576x576 is too small to time well, so 1536x576 FFN up/gate), FFN down
