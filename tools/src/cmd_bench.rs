@@ -58,7 +58,7 @@ pub struct BenchArgs {
     /// Context depths: KV positions filled before the timed part (comma list).
     #[arg(short = 'd', long, value_delimiter = ',', default_value = "0")]
     pub depth: Vec<usize>,
-    /// Kernel ISAs for sotto's backends: auto, scalar, avx2, avx512, vnni, neon, dotprod, i8mm.
+    /// Kernel ISAs for sotto's backends: auto, scalar, avx2, avxvnni, avx512, vnni, neon, dotprod, i8mm.
     #[arg(long, value_delimiter = ',', default_value = "auto")]
     pub isa: Vec<String>,
     /// Backends (comma list): cpu, candle, ort-cpu, ort-qnn, hybrid.

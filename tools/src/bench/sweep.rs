@@ -9,10 +9,11 @@ use super::backends;
 use serde::{Deserialize, Serialize};
 
 /// The ISA names `--isa` takes: `auto` (what dispatch picks) or a forced
-/// path, as SOTTO_ISA spells it.
-pub const ISA_CHOICES: &[&str] = &[
-    "auto", "scalar", "avx2", "avx512", "vnni", "neon", "dotprod", "i8mm",
-];
+/// path, as SOTTO_ISA spells it (the kernels' own registry, so a new tier
+/// needs no change here).
+pub fn isa_choices() -> Vec<&'static str> {
+    std::iter::once("auto").chain(sotto_kernels::dispatch::Isa::ALL.iter().map(|i| i.name())).collect()
+}
 
 /// Label of the ISA axis for backends that do not run sotto's kernels.
 pub const ISA_NOT_APPLICABLE: &str = "-";
@@ -62,7 +63,7 @@ pub fn test_label(kind: TestKind, tokens: usize, depth: usize) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Instance {
     pub backend: String,
-    /// An [`ISA_CHOICES`] name, or [`ISA_NOT_APPLICABLE`].
+    /// An [`isa_choices`] name, or [`ISA_NOT_APPLICABLE`].
     pub isa: String,
     pub threads: usize,
     pub tests: Vec<TestSpec>,
@@ -122,11 +123,9 @@ pub fn expand(axes: &SweepAxes) -> Vec<Instance> {
 /// Checks names against the registries before anything runs.
 pub fn validate(axes: &SweepAxes) -> Result<(), String> {
     for isa in &axes.isas {
-        if !ISA_CHOICES.contains(&isa.as_str()) {
-            return Err(format!(
-                "unknown --isa {isa:?}; one of {}",
-                ISA_CHOICES.join(", ")
-            ));
+        let choices = isa_choices();
+        if !choices.contains(&isa.as_str()) {
+            return Err(format!("unknown --isa {isa:?}; one of {}", choices.join(", ")));
         }
     }
     for b in &axes.backends {
