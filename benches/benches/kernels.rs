@@ -1,5 +1,6 @@
 //! Kernel benchmarks, named `<op>/<dtype>/<isa>` and run for every ISA this
-//! CPU offers. Throughput is weight bytes, so criterion reports GB/s.
+//! CPU offers. Memory-bound ops (vec_dot, matvec, quantize) count weight
+//! bytes, so criterion reports GB/s; matmul counts flops (Gelem/s = GFLOP/s).
 //! `matvec` and `matmul` run on a 1-thread and a 2-thread pool (`.../t1`,
 //! `.../t2`): the engine's two settings, and t1 shows the kernel alone.
 //!
@@ -76,8 +77,9 @@ fn matvec(c: &mut Criterion) {
 }
 
 /// Prefill: 128 tokens through the FFN up/gate (1536x576) and down
-/// (576x1536) matrices. Throughput is still weight bytes (read once per
-/// call); the product does `2 * rows * cols * 128` flops per call.
+/// (576x1536) matrices. Prefill is compute-bound, so throughput counts the
+/// `2 * rows * cols * 128` multiply-add flops of a call as elements:
+/// criterion's Gelem/s is GFLOP/s here.
 fn matmul(c: &mut Criterion) {
     let pools = pools();
     let n = 128usize;
@@ -88,7 +90,7 @@ fn matmul(c: &mut Criterion) {
             let x = random(n * cols, 2);
             let mut out = vec![0f32; n * rows];
             let mut g = c.benchmark_group(format!("matmul/{dtype}"));
-            g.throughput(Throughput::Bytes(w.as_bytes().len() as u64));
+            g.throughput(Throughput::Elements((2 * rows * cols * n) as u64));
             for t in tables() {
                 for (threads, pool) in &pools {
                     let id = BenchmarkId::new(t.isa.name(), format!("{rows}x{cols}x{n}/t{threads}"));
