@@ -5,20 +5,10 @@
 use std::path::PathBuf;
 
 use sotto_engine::onnx::{export_model, manifest::Manifest, ExportOptions, WeightFormat};
-use sotto_models::testutil::{tiny_model, write_temp, TinyDims};
 use sotto_models::Model;
 
 fn tiny() -> Model {
-    let dims = TinyDims {
-        n_layer: 2,
-        d_model: 32,
-        n_head: 4,
-        n_kv_head: 2,
-        head_dim: 8,
-        ffn_dim: 64,
-    };
-    let path = write_temp("onnx-tiny", &tiny_model("llama", dims).to_bytes()).unwrap();
-    Model::load(path).unwrap()
+    sotto_tests::tiny_llama("onnx-tiny")
 }
 
 fn out_dir(name: &str) -> PathBuf {

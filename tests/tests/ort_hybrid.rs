@@ -340,19 +340,9 @@ mod manifest_mismatch {
     use super::*;
     use sotto_engine::onnx::manifest::Manifest;
     use sotto_engine::ort::Error;
-    use sotto_models::testutil::{tiny_model, write_temp, TinyDims};
 
     fn tiny() -> Model {
-        let dims = TinyDims {
-            n_layer: 2,
-            d_model: 32,
-            n_head: 4,
-            n_kv_head: 2,
-            head_dim: 8,
-            ffn_dim: 64,
-        };
-        Model::load(write_temp("ort-hybrid-tiny", &tiny_model("llama", dims).to_bytes()).unwrap())
-            .unwrap()
+        sotto_tests::tiny_llama("ort-hybrid-tiny")
     }
 
     fn exported(name: &str) -> (Model, PathBuf) {

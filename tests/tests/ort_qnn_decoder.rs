@@ -12,20 +12,10 @@ use sotto_engine::onnx::qdq::ActivationType;
 use sotto_engine::onnx::{export_model, ExportOptions, WeightFormat};
 use sotto_engine::ort::calibrate::export_qdq;
 use sotto_engine::ort::{Ep, OrtBackend, OrtConfig, QnnOptions};
-use sotto_models::testutil::{tiny_model, write_temp, TinyDims};
 use sotto_models::Model;
 
 fn tiny() -> Model {
-    let dims = TinyDims {
-        n_layer: 2,
-        d_model: 32,
-        n_head: 4,
-        n_kv_head: 2,
-        head_dim: 8,
-        ffn_dim: 64,
-    };
-    let path = write_temp("ort-qnn-tiny", &tiny_model("llama", dims).to_bytes()).unwrap();
-    Model::load(path).unwrap()
+    sotto_tests::tiny_llama("ort-qnn-tiny")
 }
 
 fn dir(name: &str) -> PathBuf {
