@@ -6,12 +6,12 @@
 //!
 //! `cargo bench -p sotto-benches --bench kernels -- 'matvec'`
 
-use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use bytemuck::Zeroable;
+use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::{Rng, SeedableRng};
-use sotto_kernels::quant::blocks::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use sotto_kernels::dispatch::{available_isas, table_for, VecDotTable};
 use sotto_kernels::ops::{matmul_with, QMatrix};
+use sotto_kernels::quant::blocks::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use sotto_kernels::quant::{aligned_bytes, quantize_row, AlignedBytes, DType};
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -31,18 +31,37 @@ fn quantized(dtype: DType, rows: usize, cols: usize) -> AlignedBytes {
 }
 
 fn tables() -> Vec<&'static VecDotTable> {
-    available_isas().into_iter().filter_map(|i| table_for(i).ok()).collect()
+    available_isas()
+        .into_iter()
+        .filter_map(|i| table_for(i).ok())
+        .collect()
 }
 
 /// Pools of 1 and 2 threads, as the engine builds them.
 fn pools() -> Vec<(usize, rayon::ThreadPool)> {
     [1, 2]
         .into_iter()
-        .filter_map(|n| Some((n, rayon::ThreadPoolBuilder::new().num_threads(n).build().ok()?)))
+        .filter_map(|n| {
+            Some((
+                n,
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .build()
+                    .ok()?,
+            ))
+        })
         .collect()
 }
 
-const DTYPES: [DType; 7] = [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::F16];
+const DTYPES: [DType; 7] = [
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q8_0,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+    DType::F16,
+];
 
 /// Matrix-vector products of the SmolLM2-135M shapes: q/o projections
 /// (576x576 is too small to time well, so 1536x576 FFN up/gate), FFN down
@@ -56,7 +75,9 @@ fn matvec(c: &mut Criterion) {
                 continue;
             }
             let w = quantized(dtype, rows, cols);
-            let Ok(m) = QMatrix::new(dtype, rows, cols, w.as_bytes()) else { continue };
+            let Ok(m) = QMatrix::new(dtype, rows, cols, w.as_bytes()) else {
+                continue;
+            };
             let x = random(cols, 1);
             let mut out = vec![0f32; rows];
             let mut g = c.benchmark_group(format!("matvec/{dtype}"));
@@ -86,14 +107,17 @@ fn matmul(c: &mut Criterion) {
     for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
         for (rows, cols) in [(1536usize, 576usize), (576, 1536)] {
             let w = quantized(dtype, rows, cols);
-            let Ok(m) = QMatrix::new(dtype, rows, cols, w.as_bytes()) else { continue };
+            let Ok(m) = QMatrix::new(dtype, rows, cols, w.as_bytes()) else {
+                continue;
+            };
             let x = random(n * cols, 2);
             let mut out = vec![0f32; n * rows];
             let mut g = c.benchmark_group(format!("matmul/{dtype}"));
             g.throughput(Throughput::Elements((2 * rows * cols * n) as u64));
             for t in tables() {
                 for (threads, pool) in &pools {
-                    let id = BenchmarkId::new(t.isa.name(), format!("{rows}x{cols}x{n}/t{threads}"));
+                    let id =
+                        BenchmarkId::new(t.isa.name(), format!("{rows}x{cols}x{n}/t{threads}"));
                     g.bench_function(id, |b| {
                         pool.install(|| b.iter(|| matmul_with(t, &m, black_box(&x), n, &mut out)))
                     });
@@ -114,14 +138,28 @@ fn vec_dot(c: &mut Criterion) {
         let _ = quantize_row(d, v, b.as_bytes_mut());
         b
     };
-    let (w40, w41, w80, x80, x81) = (q(DType::Q4_0, &w), q(DType::Q4_1, &w), q(DType::Q8_0, &w), q(DType::Q8_0, &x), q(DType::Q8_1, &x));
+    let (w40, w41, w80, x80, x81) = (
+        q(DType::Q4_0, &w),
+        q(DType::Q4_1, &w),
+        q(DType::Q8_0, &w),
+        q(DType::Q8_0, &x),
+        q(DType::Q8_1, &x),
+    );
     let wh: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
     for t in tables() {
         let isa = t.isa.name();
-        c.bench_function(&format!("vec_dot/q4_0/{isa}"), |b| b.iter(|| (t.q4_0_q8_0)(bytemuck_cast(&w40), bytemuck_cast(&x80))));
-        c.bench_function(&format!("vec_dot/q4_1/{isa}"), |b| b.iter(|| (t.q4_1_q8_1)(bytemuck_cast(&w41), bytemuck_cast(&x81))));
-        c.bench_function(&format!("vec_dot/q8_0/{isa}"), |b| b.iter(|| (t.q8_0_q8_0)(bytemuck_cast(&w80), bytemuck_cast(&x80))));
-        c.bench_function(&format!("vec_dot/f16/{isa}"), |b| b.iter(|| (t.f16_f32)(black_box(&wh), &x)));
+        c.bench_function(&format!("vec_dot/q4_0/{isa}"), |b| {
+            b.iter(|| (t.q4_0_q8_0)(bytemuck_cast(&w40), bytemuck_cast(&x80)))
+        });
+        c.bench_function(&format!("vec_dot/q4_1/{isa}"), |b| {
+            b.iter(|| (t.q4_1_q8_1)(bytemuck_cast(&w41), bytemuck_cast(&x81)))
+        });
+        c.bench_function(&format!("vec_dot/q8_0/{isa}"), |b| {
+            b.iter(|| (t.q8_0_q8_0)(bytemuck_cast(&w80), bytemuck_cast(&x80)))
+        });
+        c.bench_function(&format!("vec_dot/f16/{isa}"), |b| {
+            b.iter(|| (t.f16_f32)(black_box(&wh), &x))
+        });
     }
 }
 
@@ -137,9 +175,15 @@ fn quantize(c: &mut Criterion) {
     let mut q8k = vec![<BlockQ8K as Zeroable>::zeroed(); 1536 / 256];
     for t in tables() {
         let isa = t.isa.name();
-        c.bench_function(&format!("quantize/q8_0/{isa}"), |b| b.iter(|| (t.quantize_q8_0)(black_box(&x), &mut q80)));
-        c.bench_function(&format!("quantize/q8_1/{isa}"), |b| b.iter(|| (t.quantize_q8_1)(black_box(&x), &mut q81)));
-        c.bench_function(&format!("quantize/q8_K/{isa}"), |b| b.iter(|| (t.quantize_q8_k)(black_box(&x), &mut q8k)));
+        c.bench_function(&format!("quantize/q8_0/{isa}"), |b| {
+            b.iter(|| (t.quantize_q8_0)(black_box(&x), &mut q80))
+        });
+        c.bench_function(&format!("quantize/q8_1/{isa}"), |b| {
+            b.iter(|| (t.quantize_q8_1)(black_box(&x), &mut q81))
+        });
+        c.bench_function(&format!("quantize/q8_K/{isa}"), |b| {
+            b.iter(|| (t.quantize_q8_k)(black_box(&x), &mut q8k))
+        });
     }
 }
 

@@ -26,7 +26,12 @@ pub trait Backend: Send {
     /// Runs `tokens` at positions `cache.len()..`, appends their keys and
     /// values to `cache`, and returns logits `[n, vocab]` (n = 1 or
     /// tokens.len()). On error the cache length is unchanged.
-    fn forward(&mut self, cache: &mut KvCache, tokens: &[u32], which: LogitsFor) -> Result<Vec<f32>>;
+    fn forward(
+        &mut self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        which: LogitsFor,
+    ) -> Result<Vec<f32>>;
     /// What the backend runs on, for reports (ISA, EP chain…).
     fn describe(&self) -> String;
 }
@@ -44,7 +49,12 @@ pub fn check_forward(cache: &KvCache, tokens: &[u32], vocab: usize) -> Result<us
     }
     let start = cache.len();
     if start + tokens.len() > cache.capacity() {
-        return Err(Error::ContextOverflow { prompt_tokens: tokens.len(), cached: start, reserve: 0, context: cache.capacity() });
+        return Err(Error::ContextOverflow {
+            prompt_tokens: tokens.len(),
+            cached: start,
+            reserve: 0,
+            context: cache.capacity(),
+        });
     }
     Ok(start)
 }

@@ -29,9 +29,19 @@ impl Chat {
     pub fn new(session: Session, template: Arc<ChatTemplate>, system: Option<&str>) -> Self {
         let add_bos = session.tokenizer().add_bos();
         let messages = system
-            .map(|s| vec![ChatMessage { role: "system".into(), content: s.into() }])
+            .map(|s| {
+                vec![ChatMessage {
+                    role: "system".into(),
+                    content: s.into(),
+                }]
+            })
             .unwrap_or_default();
-        Self { session, template, messages, add_bos }
+        Self {
+            session,
+            template,
+            messages,
+            add_bos,
+        }
     }
 
     pub fn messages(&self) -> &[ChatMessage] {
@@ -50,7 +60,10 @@ impl Chat {
 
     /// The exact tokens the model sees for `messages` plus the generation prompt.
     pub fn prompt_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-        let text = self.template.render(messages, true).map_err(|e| Error::Template(e.to_string()))?;
+        let text = self
+            .template
+            .render(messages, true)
+            .map_err(|e| Error::Template(e.to_string()))?;
         let tok = self.session.tokenizer();
         let mut ids = Vec::new();
         if self.add_bos {
@@ -63,16 +76,27 @@ impl Chat {
     }
 
     /// Adds a user turn and generates the assistant's answer, streaming it.
-    pub fn send(&mut self, user: &str, opts: &GenerateOptions, on_text: &mut dyn FnMut(&str)) -> Result<Reply> {
+    pub fn send(
+        &mut self,
+        user: &str,
+        opts: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Reply> {
         let mut next = self.messages.clone();
-        next.push(ChatMessage { role: "user".into(), content: user.into() });
+        next.push(ChatMessage {
+            role: "user".into(),
+            content: user.into(),
+        });
         let prompt = self.prompt_tokens(&next)?;
         let mut text = String::new();
         let stats = self.session.generate(&prompt, opts, &mut |piece| {
             text.push_str(piece);
             on_text(piece);
         })?;
-        next.push(ChatMessage { role: "assistant".into(), content: text.clone() });
+        next.push(ChatMessage {
+            role: "assistant".into(),
+            content: text.clone(),
+        });
         self.messages = next;
         Ok(Reply { text, stats })
     }
@@ -80,7 +104,12 @@ impl Chat {
     /// Generates the assistant's answer for a full history given by the
     /// caller (the bridge keeps histories itself); the last message should be
     /// the user's.
-    pub fn answer(&mut self, history: &[ChatMessage], opts: &GenerateOptions, on_text: &mut dyn FnMut(&str)) -> Result<Reply> {
+    pub fn answer(
+        &mut self,
+        history: &[ChatMessage],
+        opts: &GenerateOptions,
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<Reply> {
         let prompt = self.prompt_tokens(history)?;
         let mut text = String::new();
         let stats = self.session.generate(&prompt, opts, &mut |piece| {
@@ -88,7 +117,10 @@ impl Chat {
             on_text(piece);
         })?;
         self.messages = history.to_vec();
-        self.messages.push(ChatMessage { role: "assistant".into(), content: text.clone() });
+        self.messages.push(ChatMessage {
+            role: "assistant".into(),
+            content: text.clone(),
+        });
         Ok(Reply { text, stats })
     }
 }

@@ -15,7 +15,12 @@ pub enum Error {
 
     /// The prompt (plus what is already cached) does not fit the context.
     #[error("prompt of {prompt_tokens} tokens does not fit the context of {context} tokens ({cached} already used, {reserve} reserved for the answer)")]
-    ContextOverflow { prompt_tokens: usize, cached: usize, reserve: usize, context: usize },
+    ContextOverflow {
+        prompt_tokens: usize,
+        cached: usize,
+        reserve: usize,
+        context: usize,
+    },
 
     /// Generation was cancelled from another thread; the cache holds every
     /// token processed before the cancellation and stays usable.
@@ -38,7 +43,10 @@ pub enum Error {
     Template(String),
 
     #[error("backend {backend}: {reason}")]
-    Backend { backend: &'static str, reason: String },
+    Backend {
+        backend: &'static str,
+        reason: String,
+    },
 
     #[error("empty input: {0}")]
     Empty(&'static str),

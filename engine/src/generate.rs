@@ -49,7 +49,12 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { sampler: SamplerConfig::default(), max_tokens: 512, stop: Vec::new(), cancel: None }
+        Self {
+            sampler: SamplerConfig::default(),
+            max_tokens: 512,
+            stop: Vec::new(),
+            cancel: None,
+        }
     }
 }
 
@@ -100,14 +105,26 @@ pub struct Session {
 
 impl std::fmt::Debug for Session {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("backend", &self.backend.name()).field("cached", &self.tokens.len()).finish()
+        f.debug_struct("Session")
+            .field("backend", &self.backend.name())
+            .field("cached", &self.tokens.len())
+            .finish()
     }
 }
 
 impl Session {
-    pub fn new(backend: Box<dyn Backend>, tokenizer: Arc<Tokenizer>, context: usize) -> Result<Self> {
+    pub fn new(
+        backend: Box<dyn Backend>,
+        tokenizer: Arc<Tokenizer>,
+        context: usize,
+    ) -> Result<Self> {
         let cache = backend.new_cache(context)?;
-        Ok(Self { backend, tokenizer, cache, tokens: Vec::new() })
+        Ok(Self {
+            backend,
+            tokenizer,
+            cache,
+            tokens: Vec::new(),
+        })
     }
 
     pub fn context(&self) -> usize {
@@ -135,7 +152,9 @@ impl Session {
     /// position `[tokens.len(), vocab]` (teacher forcing).
     pub fn forward_all(&mut self, tokens: &[u32]) -> Result<Vec<f32>> {
         self.check_fits(tokens.len(), 0)?;
-        let logits = self.backend.forward(&mut self.cache, tokens, LogitsFor::All)?;
+        let logits = self
+            .backend
+            .forward(&mut self.cache, tokens, LogitsFor::All)?;
         self.tokens.extend_from_slice(tokens);
         Ok(logits)
     }
@@ -143,7 +162,12 @@ impl Session {
     fn check_fits(&self, new: usize, reserve: usize) -> Result<()> {
         let cached = self.tokens.len();
         if cached + new + reserve > self.cache.capacity() {
-            return Err(Error::ContextOverflow { prompt_tokens: new, cached, reserve, context: self.cache.capacity() });
+            return Err(Error::ContextOverflow {
+                prompt_tokens: new,
+                cached,
+                reserve,
+                context: self.cache.capacity(),
+            });
         }
         Ok(())
     }
@@ -165,7 +189,13 @@ impl Session {
         let cancelled = || opts.cancel.as_ref().is_some_and(|c| c.is_cancelled());
 
         // Reuse the common prefix, but always run at least one token to get logits.
-        let common = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count().min(prompt.len() - 1);
+        let common = self
+            .tokens
+            .iter()
+            .zip(prompt)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(prompt.len() - 1);
         if prompt.len() + 1 > self.cache.capacity() {
             return Err(Error::ContextOverflow {
                 prompt_tokens: prompt.len(),
@@ -182,7 +212,9 @@ impl Session {
             if cancelled() {
                 return Err(Error::Cancelled { generated: 0 });
             }
-            logits = self.backend.forward(&mut self.cache, chunk, LogitsFor::Last)?;
+            logits = self
+                .backend
+                .forward(&mut self.cache, chunk, LogitsFor::Last)?;
             self.tokens.extend_from_slice(chunk);
         }
         let prefill_time = t0.elapsed();
@@ -201,7 +233,9 @@ impl Session {
                 if !rest.is_empty() {
                     on_text(&rest);
                 }
-                return Err(Error::Cancelled { generated: out_tokens.len() });
+                return Err(Error::Cancelled {
+                    generated: out_tokens.len(),
+                });
             }
             let next = sampler.sample(&logits[logits.len() - vocab..], &self.tokens)?;
             if out_tokens.is_empty() {
@@ -221,7 +255,9 @@ impl Session {
             if self.tokens.len() >= self.cache.capacity() {
                 break StopReason::ContextFull;
             }
-            logits = self.backend.forward(&mut self.cache, &[next], LogitsFor::Last)?;
+            logits = self
+                .backend
+                .forward(&mut self.cache, &[next], LogitsFor::Last)?;
             self.tokens.push(next);
         };
         let rest = stream.finish();

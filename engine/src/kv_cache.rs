@@ -18,7 +18,10 @@ pub struct LayerKv {
 impl std::fmt::Debug for LayerKv {
     // Sizes only: the contents are derived from private messages.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LayerKv").field("k", &self.k.len()).field("v", &self.v.len()).finish()
+        f.debug_struct("LayerKv")
+            .field("k", &self.k.len())
+            .field("v", &self.v.len())
+            .finish()
     }
 }
 
@@ -51,9 +54,18 @@ impl KvCache {
             .and_then(|x| x.checked_mul(capacity))
             .ok_or_else(|| Error::KvCache(format!("capacity {capacity} overflows")))?;
         let layers = (0..n_layer)
-            .map(|_| LayerKv { k: vec![f16::ZERO; per_layer], v: vec![f16::ZERO; per_layer] })
+            .map(|_| LayerKv {
+                k: vec![f16::ZERO; per_layer],
+                v: vec![f16::ZERO; per_layer],
+            })
             .collect();
-        Ok(Self { layers, n_kv_head, head_dim, capacity, len: 0 })
+        Ok(Self {
+            layers,
+            n_kv_head,
+            head_dim,
+            capacity,
+            len: 0,
+        })
     }
 
     pub fn len(&self) -> usize {
@@ -94,16 +106,29 @@ impl KvCache {
 
     /// Marks `n` more positions valid once every layer has written them.
     pub fn advance(&mut self, n: usize) -> Result<()> {
-        let new_len = self.len.checked_add(n).filter(|&l| l <= self.capacity).ok_or_else(|| {
-            Error::KvCache(format!("advancing {n} past capacity {} (len {})", self.capacity, self.len))
-        })?;
+        let new_len = self
+            .len
+            .checked_add(n)
+            .filter(|&l| l <= self.capacity)
+            .ok_or_else(|| {
+                Error::KvCache(format!(
+                    "advancing {n} past capacity {} (len {})",
+                    self.capacity, self.len
+                ))
+            })?;
         self.len = new_len;
         Ok(())
     }
 
     /// Stores rows of keys and values (`[n_tokens, n_kv_head * head_dim]`,
     /// token-major as the projections produce them) at positions `pos0..`.
-    pub fn write(&mut self, layer: usize, pos0: usize, k_rows: &[f32], v_rows: &[f32]) -> Result<()> {
+    pub fn write(
+        &mut self,
+        layer: usize,
+        pos0: usize,
+        k_rows: &[f32],
+        v_rows: &[f32],
+    ) -> Result<()> {
         let row = self.n_kv_head * self.head_dim;
         if k_rows.len() != v_rows.len() || row == 0 || k_rows.len() % row != 0 {
             return Err(Error::KvCache(format!(
@@ -114,10 +139,16 @@ impl KvCache {
         }
         let n = k_rows.len() / row;
         if pos0 + n > self.capacity {
-            return Err(Error::KvCache(format!("write of {n} at {pos0} past capacity {}", self.capacity)));
+            return Err(Error::KvCache(format!(
+                "write of {n} at {pos0} past capacity {}",
+                self.capacity
+            )));
         }
         let (hd, cap) = (self.head_dim, self.capacity);
-        let l = self.layers.get_mut(layer).ok_or_else(|| Error::KvCache(format!("no layer {layer}")))?;
+        let l = self
+            .layers
+            .get_mut(layer)
+            .ok_or_else(|| Error::KvCache(format!("no layer {layer}")))?;
         for t in 0..n {
             for h in 0..self.n_kv_head {
                 let src = t * row + h * hd;
@@ -135,7 +166,10 @@ impl KvCache {
     /// cache through [`KvCache::layer_mut`]).
     pub fn set_len(&mut self, len: usize) -> Result<()> {
         if len > self.capacity {
-            return Err(Error::KvCache(format!("length {len} past capacity {}", self.capacity)));
+            return Err(Error::KvCache(format!(
+                "length {len} past capacity {}",
+                self.capacity
+            )));
         }
         self.len = len;
         Ok(())
@@ -161,6 +195,9 @@ mod tests {
         kv.truncate(1);
         assert_eq!(kv.len(), 1);
         assert!(kv.advance(4).is_err(), "capacity is enforced");
-        assert!(kv.write(0, 3, &k, &v).is_err(), "writes past capacity are refused");
+        assert!(
+            kv.write(0, 3, &k, &v).is_err(),
+            "writes past capacity are refused"
+        );
     }
 }

@@ -26,17 +26,33 @@ pub struct SamplerConfig {
 
 impl Default for SamplerConfig {
     fn default() -> Self {
-        Self { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0x5077_0000 }
+        Self {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0x5077_0000,
+        }
     }
 }
 
 impl SamplerConfig {
     pub fn greedy() -> Self {
-        Self { temperature: 0.0, ..Self::default() }
+        Self {
+            temperature: 0.0,
+            ..Self::default()
+        }
     }
 
     pub fn validate(&self) -> Result<()> {
-        let bad = |name, reason: &str| Err(Error::InvalidSampling { name, reason: reason.to_string() });
+        let bad = |name, reason: &str| {
+            Err(Error::InvalidSampling {
+                name,
+                reason: reason.to_string(),
+            })
+        };
         if !self.temperature.is_finite() || self.temperature < 0.0 {
             return bad("temperature", "must be finite and >= 0");
         }
@@ -65,7 +81,11 @@ impl Sampler {
     pub fn new(cfg: SamplerConfig) -> Result<Self> {
         cfg.validate()?;
         let rng = ChaCha20Rng::seed_from_u64(cfg.seed);
-        Ok(Self { cfg, rng, cand: Vec::new() })
+        Ok(Self {
+            cfg,
+            rng,
+            cand: Vec::new(),
+        })
     }
 
     pub fn config(&self) -> &SamplerConfig {
@@ -80,14 +100,19 @@ impl Sampler {
         }
         let cfg = &self.cfg;
         self.cand.clear();
-        self.cand.extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
+        self.cand
+            .extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
         if cfg.repeat_penalty != 1.0 && cfg.repeat_last_n > 0 {
             let start = recent.len().saturating_sub(cfg.repeat_last_n);
             let mut seen = std::collections::HashSet::new();
             for &t in &recent[start..] {
                 if seen.insert(t) {
                     if let Some(c) = self.cand.get_mut(t as usize) {
-                        c.1 = if c.1 > 0.0 { c.1 / cfg.repeat_penalty } else { c.1 * cfg.repeat_penalty };
+                        c.1 = if c.1 > 0.0 {
+                            c.1 / cfg.repeat_penalty
+                        } else {
+                            c.1 * cfg.repeat_penalty
+                        };
                     }
                 }
             }
@@ -158,7 +183,10 @@ fn argmax_pairs(c: &[(u32, f32)]) -> u32 {
 
 fn softmax_of(c: &[(u32, f32)], temperature: f32) -> Vec<f32> {
     let max = c.iter().map(|x| x.1).fold(f32::NEG_INFINITY, f32::max);
-    let mut p: Vec<f32> = c.iter().map(|x| ((x.1 - max) / temperature).exp()).collect();
+    let mut p: Vec<f32> = c
+        .iter()
+        .map(|x| ((x.1 - max) / temperature).exp())
+        .collect();
     let sum: f32 = p.iter().sum();
     for x in &mut p {
         *x /= sum;
@@ -178,7 +206,10 @@ mod tests {
     fn greedy_is_argmax_and_penalty_can_change_it() {
         let mut s = Sampler::new(SamplerConfig::greedy()).unwrap();
         assert_eq!(s.sample(&logits(), &[]).unwrap(), 1);
-        let cfg = SamplerConfig { repeat_penalty: 1.2, ..SamplerConfig::greedy() };
+        let cfg = SamplerConfig {
+            repeat_penalty: 1.2,
+            ..SamplerConfig::greedy()
+        };
         let mut s = Sampler::new(cfg).unwrap();
         // 3.0 / 1.2 = 2.5 < 2.9: token 5 wins once token 1 was seen
         assert_eq!(s.sample(&logits(), &[1]).unwrap(), 5);
@@ -186,12 +217,23 @@ mod tests {
 
     #[test]
     fn top_k_one_is_greedy_and_seed_reproduces() {
-        let cfg = SamplerConfig { temperature: 1.0, top_k: 1, ..SamplerConfig::default() };
+        let cfg = SamplerConfig {
+            temperature: 1.0,
+            top_k: 1,
+            ..SamplerConfig::default()
+        };
         let mut s = Sampler::new(cfg).unwrap();
         for _ in 0..20 {
             assert_eq!(s.sample(&logits(), &[]).unwrap(), 1);
         }
-        let cfg = SamplerConfig { temperature: 1.5, top_k: 0, top_p: 1.0, min_p: 0.0, seed: 7, ..SamplerConfig::default() };
+        let cfg = SamplerConfig {
+            temperature: 1.5,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 7,
+            ..SamplerConfig::default()
+        };
         let a: Vec<u32> = {
             let mut s = Sampler::new(cfg.clone()).unwrap();
             (0..50).map(|_| s.sample(&logits(), &[]).unwrap()).collect()
@@ -200,31 +242,62 @@ mod tests {
         let b: Vec<u32> = (0..50).map(|_| s.sample(&logits(), &[]).unwrap()).collect();
         assert_eq!(a, b);
         let distinct: std::collections::HashSet<_> = a.iter().collect();
-        assert!(distinct.len() >= 3, "temperature sampling explores: {distinct:?}");
+        assert!(
+            distinct.len() >= 3,
+            "temperature sampling explores: {distinct:?}"
+        );
     }
 
     #[test]
     fn top_p_and_min_p_truncate() {
         // probabilities at T=1 for [10, 9, 0, 0]: ~0.731, 0.269, tiny, tiny
         let l = [10.0, 9.0, 0.0, 0.0];
-        let cfg = SamplerConfig { temperature: 1.0, top_k: 0, top_p: 0.5, min_p: 0.0, ..SamplerConfig::default() };
+        let cfg = SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.5,
+            min_p: 0.0,
+            ..SamplerConfig::default()
+        };
         let mut s = Sampler::new(cfg).unwrap();
         assert!((0..50).all(|_| s.sample(&l, &[]).unwrap() == 0));
-        let cfg = SamplerConfig { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.2, ..SamplerConfig::default() };
+        let cfg = SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.2,
+            ..SamplerConfig::default()
+        };
         let mut s = Sampler::new(cfg).unwrap();
-        let got: std::collections::HashSet<_> = (0..200).map(|_| s.sample(&l, &[]).unwrap()).collect();
+        let got: std::collections::HashSet<_> =
+            (0..200).map(|_| s.sample(&l, &[]).unwrap()).collect();
         assert!(got.iter().all(|&t| t <= 1) && got.len() == 2, "{got:?}");
     }
 
     #[test]
     fn invalid_parameters_are_typed_errors() {
         for cfg in [
-            SamplerConfig { temperature: -1.0, ..SamplerConfig::default() },
-            SamplerConfig { top_p: 0.0, ..SamplerConfig::default() },
-            SamplerConfig { min_p: 2.0, ..SamplerConfig::default() },
-            SamplerConfig { repeat_penalty: f32::NAN, ..SamplerConfig::default() },
+            SamplerConfig {
+                temperature: -1.0,
+                ..SamplerConfig::default()
+            },
+            SamplerConfig {
+                top_p: 0.0,
+                ..SamplerConfig::default()
+            },
+            SamplerConfig {
+                min_p: 2.0,
+                ..SamplerConfig::default()
+            },
+            SamplerConfig {
+                repeat_penalty: f32::NAN,
+                ..SamplerConfig::default()
+            },
         ] {
-            assert!(matches!(Sampler::new(cfg), Err(Error::InvalidSampling { .. })));
+            assert!(matches!(
+                Sampler::new(cfg),
+                Err(Error::InvalidSampling { .. })
+            ));
         }
         let mut s = Sampler::new(SamplerConfig::greedy()).unwrap();
         assert!(s.sample(&[], &[]).is_err());

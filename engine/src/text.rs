@@ -26,12 +26,18 @@ pub struct Piece {
 impl TextStream {
     pub fn new(stops: Vec<String>) -> Self {
         let stops = stops.into_iter().filter(|s| !s.is_empty()).collect();
-        Self { stops, ..Self::default() }
+        Self {
+            stops,
+            ..Self::default()
+        }
     }
 
     pub fn push(&mut self, bytes: &[u8]) -> Piece {
         if self.stopped {
-            return Piece { text: String::new(), stop: true };
+            return Piece {
+                text: String::new(),
+                stop: true,
+            };
         }
         self.pending.extend_from_slice(bytes);
         let valid = complete_utf8_prefix(&self.pending);
@@ -39,7 +45,10 @@ impl TextStream {
         // forever: a model can emit a stray continuation byte.
         let (text, rest) = match std::str::from_utf8(&self.pending[..valid]) {
             Ok(s) => (s.to_string(), self.pending[valid..].to_vec()),
-            Err(_) => (String::from_utf8_lossy(&self.pending[..valid]).into_owned(), self.pending[valid..].to_vec()),
+            Err(_) => (
+                String::from_utf8_lossy(&self.pending[..valid]).into_owned(),
+                self.pending[valid..].to_vec(),
+            ),
         };
         self.pending = rest;
         self.held.push_str(&text);
@@ -61,7 +70,12 @@ impl TextStream {
     }
 
     fn release(&mut self) -> Piece {
-        if let Some(at) = self.stops.iter().filter_map(|s| self.held.find(s.as_str())).min() {
+        if let Some(at) = self
+            .stops
+            .iter()
+            .filter_map(|s| self.held.find(s.as_str()))
+            .min()
+        {
             let text = self.held[..at].to_string();
             self.held.clear();
             self.pending.clear();

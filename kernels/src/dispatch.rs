@@ -158,7 +158,7 @@ fn build(isa: Isa) -> Option<VecDotTable> {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 | Isa::AvxVnni | Isa::Avx512 | Isa::Vnni => {
             crate::arch::x86_64::table(isa, SCALAR)
-        },
+        }
         #[cfg(target_arch = "aarch64")]
         Isa::Neon | Isa::Dotprod | Isa::I8mm => crate::arch::aarch64::table(isa, SCALAR),
         #[allow(unreachable_patterns)]

@@ -51,7 +51,14 @@ pub fn read_json<T: serde::de::DeserializeOwned>(relative: &str) -> T {
 /// of export and runtime plumbing that do not need real weights.
 pub fn tiny_llama(tag: &str) -> sotto_models::Model {
     use sotto_models::testutil::{tiny_model, write_temp, TinyDims};
-    let dims = TinyDims { n_layer: 2, d_model: 32, n_head: 4, n_kv_head: 2, head_dim: 8, ffn_dim: 64 };
+    let dims = TinyDims {
+        n_layer: 2,
+        d_model: 32,
+        n_head: 4,
+        n_kv_head: 2,
+        head_dim: 8,
+        ffn_dim: 64,
+    };
     let path = write_temp(tag, &tiny_model("llama", dims).to_bytes())
         .unwrap_or_else(|e| panic!("writing the tiny model: {e}"));
     sotto_models::Model::load(path).unwrap_or_else(|e| panic!("loading the tiny model: {e}"))

@@ -71,7 +71,10 @@ fn candle_and_cpu_agree_on_the_france_prompt() {
     }
     let rel_l2 = (num / den).sqrt();
     eprintln!("candle vs sotto cpu, last-token logits: relative L2 {rel_l2:.3e}");
-    assert!(rel_l2 < 0.17, "relative L2 {rel_l2:.3e} between candle and sotto");
+    assert!(
+        rel_l2 < 0.17,
+        "relative L2 {rel_l2:.3e} between candle and sotto"
+    );
     let shared = top_k(&candle_logits, 5)
         .iter()
         .filter(|i| top_k(&cpu_logits, 5).contains(i))

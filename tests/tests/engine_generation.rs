@@ -4,19 +4,28 @@
 //! still answer exactly as a fresh one does.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
-use sotto_engine::{CancelToken, Chat, CpuBackend, Error, GenerateOptions, SamplerConfig, Session, StopReason};
+use sotto_engine::{
+    CancelToken, Chat, CpuBackend, Error, GenerateOptions, SamplerConfig, Session, StopReason,
+};
 use sotto_models::Model;
 use sotto_tests::default_model_path;
 use std::sync::{Arc, OnceLock};
 
 fn model() -> Arc<Model> {
     static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
-    MODEL.get_or_init(|| Arc::new(Model::load(default_model_path()).expect("load default model"))).clone()
+    MODEL
+        .get_or_init(|| Arc::new(Model::load(default_model_path()).expect("load default model")))
+        .clone()
 }
 
 fn session(context: usize) -> Session {
     let m = model();
-    Session::new(Box::new(CpuBackend::new(m.clone(), 0).unwrap()), Arc::new(m.tokenizer.clone()), context).unwrap()
+    Session::new(
+        Box::new(CpuBackend::new(m.clone(), 0).unwrap()),
+        Arc::new(m.tokenizer.clone()),
+        context,
+    )
+    .unwrap()
 }
 
 fn chat(context: usize, system: Option<&str>) -> Chat {
@@ -25,7 +34,10 @@ fn chat(context: usize, system: Option<&str>) -> Chat {
 
 fn greedy(max_tokens: usize) -> GenerateOptions {
     GenerateOptions {
-        sampler: SamplerConfig { temperature: 0.0, ..SamplerConfig::default() },
+        sampler: SamplerConfig {
+            temperature: 0.0,
+            ..SamplerConfig::default()
+        },
         max_tokens,
         ..GenerateOptions::default()
     }
@@ -35,7 +47,11 @@ fn greedy(max_tokens: usize) -> GenerateOptions {
 fn france_answer_matches_llama_cpp_greedy() {
     let mut c = chat(2048, Some("You are a helpful assistant."));
     let mut streamed = String::new();
-    let reply = c.send("What is the capital of France?", &greedy(64), &mut |t| streamed.push_str(t)).unwrap();
+    let reply = c
+        .send("What is the capital of France?", &greedy(64), &mut |t| {
+            streamed.push_str(t)
+        })
+        .unwrap();
     assert_eq!(reply.text, "The capital of France is Paris.");
     assert_eq!(streamed, reply.text);
     assert_eq!(reply.stats.stop, StopReason::EndOfGeneration);
@@ -46,7 +62,9 @@ fn france_answer_matches_llama_cpp_greedy() {
 #[test]
 fn second_turn_reuses_the_cached_prefix_and_matches_a_fresh_session() {
     let mut c = chat(2048, Some("You are a helpful assistant."));
-    let first = c.send("What is the capital of France?", &greedy(24), &mut |_| {}).unwrap();
+    let first = c
+        .send("What is the capital of France?", &greedy(24), &mut |_| {})
+        .unwrap();
     let second = c.send("And of Italy?", &greedy(24), &mut |_| {}).unwrap();
     // Everything the first turn left in the cache is reused: its prompt and
     // its answer (all but the end-of-turn token, which was never fed back).
@@ -66,11 +84,17 @@ fn second_turn_reuses_the_cached_prefix_and_matches_a_fresh_session() {
 #[test]
 fn prompt_past_the_context_is_a_typed_error_and_loses_nothing() {
     let mut c = chat(96, Some("You are a helpful assistant."));
-    let ok = c.send("What is the capital of France?", &greedy(16), &mut |_| {}).unwrap();
+    let ok = c
+        .send("What is the capital of France?", &greedy(16), &mut |_| {})
+        .unwrap();
     let history = c.messages().to_vec();
     let long = "Tell me everything about the history of Europe. ".repeat(20);
     match c.send(&long, &greedy(16), &mut |_| panic!("no text on overflow")) {
-        Err(Error::ContextOverflow { prompt_tokens, context, .. }) => {
+        Err(Error::ContextOverflow {
+            prompt_tokens,
+            context,
+            ..
+        }) => {
             assert!(prompt_tokens > context);
             assert_eq!(context, 96);
         }
@@ -79,9 +103,14 @@ fn prompt_past_the_context_is_a_typed_error_and_loses_nothing() {
     // The history is untouched and the next turn still works, as in a fresh chat.
     assert_eq!(c.messages(), history.as_slice());
     let mut follow = history.clone();
-    follow.push(sotto_models::chat::ChatMessage { role: "user".into(), content: "Thanks!".into() });
+    follow.push(sotto_models::chat::ChatMessage {
+        role: "user".into(),
+        content: "Thanks!".into(),
+    });
     let after = c.answer(&follow, &greedy(8), &mut |_| {}).unwrap();
-    let fresh = chat(96, None).answer(&follow, &greedy(8), &mut |_| {}).unwrap();
+    let fresh = chat(96, None)
+        .answer(&follow, &greedy(8), &mut |_| {})
+        .unwrap();
     assert_eq!(after.stats.tokens, fresh.stats.tokens);
     assert!(!ok.text.is_empty());
 }
@@ -89,9 +118,22 @@ fn prompt_past_the_context_is_a_typed_error_and_loses_nothing() {
 #[test]
 fn generation_is_cut_short_at_the_context_end() {
     let mut s = session(40);
-    let prompt = model().tokenizer.encode("<|im_start|>user\nCount from one to one hundred.<|im_end|>\n<|im_start|>assistant\n", true).unwrap();
+    let prompt = model()
+        .tokenizer
+        .encode(
+            "<|im_start|>user\nCount from one to one hundred.<|im_end|>\n<|im_start|>assistant\n",
+            true,
+        )
+        .unwrap();
     let stats = s.generate(&prompt, &greedy(500), &mut |_| {}).unwrap();
-    assert!(matches!(stats.stop, StopReason::ContextFull | StopReason::EndOfGeneration), "{:?}", stats.stop);
+    assert!(
+        matches!(
+            stats.stop,
+            StopReason::ContextFull | StopReason::EndOfGeneration
+        ),
+        "{:?}",
+        stats.stop
+    );
     assert!(s.cached_tokens().len() <= 40);
 }
 
@@ -121,7 +163,9 @@ fn cancellation_from_another_thread_stops_and_keeps_the_session_usable() {
     }
     assert_eq!(c.messages().len(), 1, "a cancelled turn is not committed");
 
-    let after = c.send("What is the capital of France?", &greedy(16), &mut |_| {}).unwrap();
+    let after = c
+        .send("What is the capital of France?", &greedy(16), &mut |_| {})
+        .unwrap();
     assert_eq!(after.text, "The capital of France is Paris.");
 }
 
@@ -129,7 +173,11 @@ fn cancellation_from_another_thread_stops_and_keeps_the_session_usable() {
 fn streamed_pieces_are_whole_utf8_and_add_up_to_the_answer() {
     let mut c = chat(2048, None);
     let mut pieces = Vec::new();
-    let reply = c.send("用中文介绍一下北京。", &greedy(48), &mut |t| pieces.push(t.to_string())).unwrap();
+    let reply = c
+        .send("用中文介绍一下北京。", &greedy(48), &mut |t| {
+            pieces.push(t.to_string())
+        })
+        .unwrap();
     assert!(!pieces.is_empty());
     assert_eq!(pieces.concat(), reply.text);
     // the decoded token bytes (without the end token) are exactly the text
@@ -141,7 +189,11 @@ fn streamed_pieces_are_whole_utf8_and_add_up_to_the_answer() {
         }
     }
     assert_eq!(String::from_utf8_lossy(&bytes), reply.text);
-    assert!(reply.text.chars().any(|ch| ch as u32 > 0x2E80), "expected CJK text: {}", reply.text);
+    assert!(
+        reply.text.chars().any(|ch| ch as u32 > 0x2E80),
+        "expected CJK text: {}",
+        reply.text
+    );
 }
 
 #[test]
@@ -149,7 +201,9 @@ fn stop_strings_end_the_answer_before_them() {
     let mut c = chat(2048, Some("You are a helpful assistant."));
     let mut opts = greedy(64);
     opts.stop = vec!["Paris".into()];
-    let reply = c.send("What is the capital of France?", &opts, &mut |_| {}).unwrap();
+    let reply = c
+        .send("What is the capital of France?", &opts, &mut |_| {})
+        .unwrap();
     assert_eq!(reply.stats.stop, StopReason::StopString);
     assert_eq!(reply.text, "The capital of France is ");
 }
@@ -157,11 +211,27 @@ fn stop_strings_end_the_answer_before_them() {
 #[test]
 fn seeded_sampling_is_reproducible() {
     let mut opts = greedy(24);
-    opts.sampler = SamplerConfig { temperature: 0.9, top_k: 40, top_p: 0.95, min_p: 0.05, seed: 7, ..SamplerConfig::default() };
-    let a = chat(2048, None).send("Tell me a joke.", &opts, &mut |_| {}).unwrap();
-    let b = chat(2048, None).send("Tell me a joke.", &opts, &mut |_| {}).unwrap();
+    opts.sampler = SamplerConfig {
+        temperature: 0.9,
+        top_k: 40,
+        top_p: 0.95,
+        min_p: 0.05,
+        seed: 7,
+        ..SamplerConfig::default()
+    };
+    let a = chat(2048, None)
+        .send("Tell me a joke.", &opts, &mut |_| {})
+        .unwrap();
+    let b = chat(2048, None)
+        .send("Tell me a joke.", &opts, &mut |_| {})
+        .unwrap();
     assert_eq!(a.stats.tokens, b.stats.tokens);
     opts.sampler.seed = 8;
-    let c = chat(2048, None).send("Tell me a joke.", &opts, &mut |_| {}).unwrap();
-    assert_ne!(a.stats.tokens, c.stats.tokens, "a different seed should change a 24-token sample");
+    let c = chat(2048, None)
+        .send("Tell me a joke.", &opts, &mut |_| {})
+        .unwrap();
+    assert_ne!(
+        a.stats.tokens, c.stats.tokens,
+        "a different seed should change a 24-token sample"
+    );
 }

@@ -44,12 +44,19 @@ const MEAN_SELF_NOISE_FACTOR: f64 = 1.25;
 
 /// llama.cpp's own worst relative L2 disagreement for one sequence.
 fn self_noise(v: &Value) -> f64 {
-    v["llama_cpp_self_rel_l2"].as_object().expect("llama_cpp_self_rel_l2").values().map(|x| x.as_f64().unwrap()).fold(0.0, f64::max)
+    v["llama_cpp_self_rel_l2"]
+        .as_object()
+        .expect("llama_cpp_self_rel_l2")
+        .values()
+        .map(|x| x.as_f64().unwrap())
+        .fold(0.0, f64::max)
 }
 
 fn model() -> Arc<Model> {
     static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
-    MODEL.get_or_init(|| Arc::new(Model::load(default_model_path()).expect("load default model"))).clone()
+    MODEL
+        .get_or_init(|| Arc::new(Model::load(default_model_path()).expect("load default model")))
+        .clone()
 }
 
 fn session() -> Session {
@@ -59,7 +66,11 @@ fn session() -> Session {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("id array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("id array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }
 
 fn chat_refs() -> Value {
@@ -69,7 +80,10 @@ fn chat_refs() -> Value {
 fn read_f32(name: &str) -> Vec<f32> {
     let path = data_dir().join("llama_cpp").join(name);
     let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 fn argmax(row: &[f32]) -> (u32, f32) {
@@ -93,7 +107,12 @@ fn rel_l2(ours: &[f32], reference: &[f32]) -> f64 {
 
 /// Teacher-forced comparison of one sequence against a `teacher_forced` list
 /// and a full-logits file; returns (checked positions, ties skipped, max rel L2).
-fn teacher_forced(name: &str, tokens: &[u32], tf: &Value, full: &Value) -> (usize, usize, usize, f64) {
+fn teacher_forced(
+    name: &str,
+    tokens: &[u32],
+    tf: &Value,
+    full: &Value,
+) -> (usize, usize, usize, f64) {
     let mut s = session();
     let logits = s.forward_all(tokens).expect("forward");
     let vocab = model().spec.vocab_size;
@@ -129,9 +148,18 @@ fn teacher_forced(name: &str, tokens: &[u32], tf: &Value, full: &Value) -> (usiz
         eprintln!("  {name}: near-tie flip at position {pos}: llama.cpp margin {margin:.3}, ours {ours:.3} the other way");
     }
 
-    let positions: Vec<usize> = full["positions"].as_array().unwrap().iter().map(|p| p.as_u64().unwrap() as usize).collect();
+    let positions: Vec<usize> = full["positions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_u64().unwrap() as usize)
+        .collect();
     let reference = read_f32(full["file"].as_str().unwrap());
-    assert_eq!(reference.len(), positions.len() * vocab, "{name}: logits file shape");
+    assert_eq!(
+        reference.len(),
+        positions.len() * vocab,
+        "{name}: logits file shape"
+    );
     let mut worst = 0f64;
     for (i, &pos) in positions.iter().enumerate() {
         let e = rel_l2(row(pos), &reference[i * vocab..(i + 1) * vocab]);
@@ -145,14 +173,18 @@ fn teacher_forced_argmax_and_logits_agree_with_llama_cpp() {
     let refs = chat_refs();
     let convs = refs["conversations"].as_array().unwrap();
     assert!(convs.len() >= 6, "need at least 6 reference conversations");
-    eprintln!("{:<26} {:>8} {:>6} {:>6} {:>12} {:>16}", "conversation", "checked", "ties", "flips", "max rel L2", "llama.cpp self");
+    eprintln!(
+        "{:<26} {:>8} {:>6} {:>6} {:>12} {:>16}",
+        "conversation", "checked", "ties", "flips", "max rel L2", "llama.cpp self"
+    );
     let (mut all_checked, mut all_flips) = (0, 0);
     let (mut ours_max, mut ours_sum, mut self_max, mut self_sum) = (0f64, 0f64, 0f64, 0f64);
     for c in convs {
         let name = c["name"].as_str().unwrap();
         let mut tokens = ids(&c["prompt_ids"]);
         tokens.extend(ids(&c["continuation_ids"]));
-        let (checked, ties, flips, worst) = teacher_forced(name, &tokens, &c["teacher_forced"], &c["full_logits"]);
+        let (checked, ties, flips, worst) =
+            teacher_forced(name, &tokens, &c["teacher_forced"], &c["full_logits"]);
         all_checked += checked;
         all_flips += flips;
         assert!(checked > 0, "{name}: no position was checked");
@@ -163,7 +195,10 @@ fn teacher_forced_argmax_and_logits_agree_with_llama_cpp() {
         self_sum += noise;
         eprintln!("{name:<26} {checked:>8} {ties:>6} {flips:>6} {worst:>12.2e} {noise:>16.2e}");
     }
-    eprintln!("argmax equal to llama.cpp's at {}/{all_checked} positions with margin > {TIE_MARGIN}", all_checked - all_flips);
+    eprintln!(
+        "argmax equal to llama.cpp's at {}/{all_checked} positions with margin > {TIE_MARGIN}",
+        all_checked - all_flips
+    );
     assert!(
         all_flips as f64 <= MAX_FLIP_FRACTION * all_checked as f64,
         "{all_flips} near-tie flips in {all_checked} positions"
@@ -171,7 +206,10 @@ fn teacher_forced_argmax_and_logits_agree_with_llama_cpp() {
     let n = convs.len() as f64;
     let (ours_mean, self_mean) = (ours_sum / n, self_sum / n);
     eprintln!("relative L2 vs llama.cpp: max {ours_max:.2e} (llama.cpp vs itself {self_max:.2e}), mean {ours_mean:.2e} (llama.cpp vs itself {self_mean:.2e})");
-    assert!(ours_max <= self_max, "worst logits error {ours_max:.2e} exceeds llama.cpp's own {self_max:.2e}");
+    assert!(
+        ours_max <= self_max,
+        "worst logits error {ours_max:.2e} exceeds llama.cpp's own {self_max:.2e}"
+    );
     assert!(
         ours_mean <= MEAN_SELF_NOISE_FACTOR * self_mean,
         "mean logits error {ours_mean:.2e} exceeds {MEAN_SELF_NOISE_FACTOR} x llama.cpp's own {self_mean:.2e}"
@@ -186,22 +224,36 @@ fn teacher_forced_france_answer_agrees_with_llama_cpp() {
     assert_eq!(conv["name"], "france_system");
     let mut tokens = ids(&conv["prompt_ids"]);
     tokens.extend(ids(&check["expected_ids"]));
-    let (checked, ties, flips, worst) = teacher_forced("france_expected", &tokens, &check["teacher_forced"], &check["full_logits"]);
+    let (checked, ties, flips, worst) = teacher_forced(
+        "france_expected",
+        &tokens,
+        &check["teacher_forced"],
+        &check["full_logits"],
+    );
     let noise = self_noise(check);
     assert_eq!(flips, 0, "the France answer must follow llama.cpp exactly");
     eprintln!("france_expected: {checked} positions checked, {ties} ties, max rel L2 {worst:.2e} (llama.cpp vs itself {noise:.2e})");
-    assert!(worst <= noise.max(1e-2), "France answer logits error {worst:.2e} exceeds llama.cpp's own {noise:.2e}");
+    assert!(
+        worst <= noise.max(1e-2),
+        "France answer logits error {worst:.2e} exceeds llama.cpp's own {noise:.2e}"
+    );
 }
 
 #[test]
 fn free_running_greedy_follows_llama_cpp() {
     let refs = chat_refs();
     let opts = GenerateOptions {
-        sampler: SamplerConfig { temperature: 0.0, ..SamplerConfig::default() },
+        sampler: SamplerConfig {
+            temperature: 0.0,
+            ..SamplerConfig::default()
+        },
         max_tokens: 32,
         ..GenerateOptions::default()
     };
-    eprintln!("{:<26} {:>14} {:>22}", "conversation", "match of 32", "first divergence");
+    eprintln!(
+        "{:<26} {:>14} {:>22}",
+        "conversation", "match of 32", "first divergence"
+    );
     let mut total = (0, 0);
     for c in refs["conversations"].as_array().unwrap() {
         let name = c["name"].as_str().unwrap();
@@ -226,7 +278,10 @@ fn free_running_greedy_follows_llama_cpp() {
             // a near-tie between its top two, one of which we picked.
             let step = &steps[i];
             let margin = step["margin"].as_f64().unwrap();
-            let top2 = [step["argmax"].as_u64().unwrap() as u32, step["top2_id"].as_u64().unwrap() as u32];
+            let top2 = [
+                step["argmax"].as_u64().unwrap() as u32,
+                step["top2_id"].as_u64().unwrap() as u32,
+            ];
             assert!(
                 margin < 0.5 && ours.is_some_and(|t| top2.contains(&t)),
                 "{name}: diverged from llama.cpp at token {i} (ours {ours:?}, llama.cpp {:?} with margin {margin:.3})",
@@ -234,11 +289,20 @@ fn free_running_greedy_follows_llama_cpp() {
             );
         }
         let shown = divergence.map_or("none".to_string(), |(i, _)| {
-            format!("token {i} (margin {:.2})", steps[i]["margin"].as_f64().unwrap())
+            format!(
+                "token {i} (margin {:.2})",
+                steps[i]["margin"].as_f64().unwrap()
+            )
         });
-        eprintln!("{name:<26} {matched:>11}/{:<2} {shown:>22}", reference.len().min(32));
+        eprintln!(
+            "{name:<26} {matched:>11}/{:<2} {shown:>22}",
+            reference.len().min(32)
+        );
         total.0 += matched;
         total.1 += reference.len().min(32);
     }
-    eprintln!("total: {}/{} greedy tokens identical to llama.cpp's", total.0, total.1);
+    eprintln!(
+        "total: {}/{} greedy tokens identical to llama.cpp's",
+        total.0, total.1
+    );
 }

@@ -6,11 +6,9 @@
 #![cfg(feature = "ort")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-
 use sotto_engine::onnx::{export_model, ExportOptions, WeightFormat};
 use sotto_engine::ort::{OrtBackend, OrtConfig};
 use sotto_models::Model;
-
 
 fn argmax(v: &[f32]) -> u32 {
     v.iter()

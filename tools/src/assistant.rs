@@ -26,7 +26,10 @@ impl Default for AssistantConfig {
     fn default() -> Self {
         Self {
             system: Some("You are a helpful assistant.".into()),
-            sampler: SamplerConfig { temperature: 0.0, ..SamplerConfig::default() },
+            sampler: SamplerConfig {
+                temperature: 0.0,
+                ..SamplerConfig::default()
+            },
             max_tokens: 256,
             context: 2048,
             threads: 0,
@@ -44,7 +47,11 @@ pub struct EngineAssistant {
 
 impl EngineAssistant {
     pub fn new(model: Arc<Model>, config: AssistantConfig) -> Self {
-        Self { model, config, chats: VecDeque::new() }
+        Self {
+            model,
+            config,
+            chats: VecDeque::new(),
+        }
     }
 
     fn chat_for(&mut self, id: &ConversationId) -> Result<Chat, AssistantError> {
@@ -53,10 +60,19 @@ impl EngineAssistant {
                 return Ok(chat);
             }
         }
-        let backend = CpuBackend::new(self.model.clone(), self.config.threads).map_err(engine_error)?;
-        let session = Session::new(Box::new(backend), Arc::new(self.model.tokenizer.clone()), self.config.context)
-            .map_err(engine_error)?;
-        Ok(Chat::new(session, Arc::new(self.model.template.clone()), None))
+        let backend =
+            CpuBackend::new(self.model.clone(), self.config.threads).map_err(engine_error)?;
+        let session = Session::new(
+            Box::new(backend),
+            Arc::new(self.model.tokenizer.clone()),
+            self.config.context,
+        )
+        .map_err(engine_error)?;
+        Ok(Chat::new(
+            session,
+            Arc::new(self.model.template.clone()),
+            None,
+        ))
     }
 }
 
@@ -66,18 +82,27 @@ fn engine_error(e: sotto_engine::Error) -> AssistantError {
 }
 
 impl Assistant for EngineAssistant {
-    fn reply(&mut self, conversation: &ConversationId, history: &[Turn]) -> Result<String, AssistantError> {
+    fn reply(
+        &mut self,
+        conversation: &ConversationId,
+        history: &[Turn],
+    ) -> Result<String, AssistantError> {
         let mut messages = Vec::with_capacity(history.len() + 1);
         if let Some(system) = &self.config.system {
-            messages.push(ChatMessage { role: "system".into(), content: system.clone() });
+            messages.push(ChatMessage {
+                role: "system".into(),
+                content: system.clone(),
+            });
         }
-        messages.extend(history.iter().map(|t| ChatMessage {
-            role: match t.role {
-                Role::User => "user",
-                Role::Assistant => "assistant",
+        messages.extend(history.iter().map(|t| {
+            ChatMessage {
+                role: match t.role {
+                    Role::User => "user",
+                    Role::Assistant => "assistant",
+                }
+                .into(),
+                content: t.text.clone(),
             }
-            .into(),
-            content: t.text.clone(),
         }));
         let mut chat = self.chat_for(conversation)?;
         let opts = GenerateOptions {

@@ -1,7 +1,9 @@
 //! `sotto chat`: one-shot or interactive, streaming to the terminal.
 
 use crate::resolve_model;
-use sotto_engine::{Backend, CancelToken, Chat, CpuBackend, GenerateOptions, Reply, SamplerConfig, Session};
+use sotto_engine::{
+    Backend, CancelToken, Chat, CpuBackend, GenerateOptions, Reply, SamplerConfig, Session,
+};
 use sotto_models::Model;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -74,7 +76,10 @@ fn make_backend(args: &ChatArgs, model: &Arc<Model>) -> Result<Box<dyn Backend>,
     if args.backend == ChatBackend::Cpu {
         return Ok(Box::new(cpu()?));
     }
-    let dir = args.onnx_dir.as_deref().ok_or("--backend ort|hybrid needs --onnx-dir (make one with `sotto export`)")?;
+    let dir = args
+        .onnx_dir
+        .as_deref()
+        .ok_or("--backend ort|hybrid needs --onnx-dir (make one with `sotto export`)")?;
     open_ort(args, model, dir, &cpu)
 }
 
@@ -92,12 +97,18 @@ fn open_ort(
         intra_threads: args.threads,
         ..Default::default()
     };
-    let graphs = OrtDecoder::open(&model.spec, dir, &config).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let graphs = OrtDecoder::open(&model.spec, dir, &config)
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
     if !args.quiet {
-        eprintln!("sotto: placement (before running)\n{}", graphs.placement_report());
+        eprintln!(
+            "sotto: placement (before running)\n{}",
+            graphs.placement_report()
+        );
     }
     Ok(match args.backend {
-        ChatBackend::Hybrid => Box::new(HybridBackend::new(graphs, cpu()?).map_err(|e| e.to_string())?),
+        ChatBackend::Hybrid => {
+            Box::new(HybridBackend::new(graphs, cpu()?).map_err(|e| e.to_string())?)
+        }
         _ => Box::new(graphs),
     })
 }
@@ -183,7 +194,12 @@ fn turn(chat: &mut Chat, user: &str, opts: &GenerateOptions, quiet: bool) -> Res
     Ok(reply)
 }
 
-fn repl(chat: &mut Chat, opts: &GenerateOptions, cancel: &CancelToken, quiet: bool) -> Result<(), String> {
+fn repl(
+    chat: &mut Chat,
+    opts: &GenerateOptions,
+    cancel: &CancelToken,
+    quiet: bool,
+) -> Result<(), String> {
     eprintln!("sotto: interactive chat; /reset starts over, /exit or Ctrl-D quits, Ctrl-C stops an answer");
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
@@ -196,7 +212,11 @@ fn repl(chat: &mut Chat, opts: &GenerateOptions, cancel: &CancelToken, quiet: bo
             "" => continue,
             "/exit" | "/quit" => break,
             "/reset" => {
-                let system = chat.messages().first().filter(|m| m.role == "system").cloned();
+                let system = chat
+                    .messages()
+                    .first()
+                    .filter(|m| m.role == "system")
+                    .cloned();
                 chat.set_messages(system.into_iter().collect());
                 eprintln!("sotto: conversation reset");
                 continue;

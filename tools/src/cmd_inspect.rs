@@ -23,10 +23,20 @@ pub fn run(model: Option<PathBuf>, metadata: bool) -> Result<(), String> {
     println!("size:          {} bytes", g.file_size());
     let m = Model::load(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     let s = &m.spec;
-    println!("architecture:  {}{}", s.arch, s.name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default());
+    println!(
+        "architecture:  {}{}",
+        s.arch,
+        s.name
+            .as_deref()
+            .map(|n| format!(" ({n})"))
+            .unwrap_or_default()
+    );
     println!("layers:        {}", s.n_layer);
     println!("d_model:       {}", s.d_model);
-    println!("heads:         {} query / {} key-value, head_dim {}", s.n_head, s.n_kv_head, s.head_dim);
+    println!(
+        "heads:         {} query / {} key-value, head_dim {}",
+        s.n_head, s.n_kv_head, s.head_dim
+    );
     println!("ffn:           {} ({:?})", s.ffn_dim, s.activation);
     println!("vocab:         {}", s.vocab_size);
     println!("context:       {}", s.context_length);
@@ -60,8 +70,17 @@ pub fn run(model: Option<PathBuf>, metadata: bool) -> Result<(), String> {
     let mut total = 0u64;
     for ti in g.tensors() {
         total += ti.n_bytes as u64;
-        println!("  {:<32} {:<8} {:>16} {:>12} B", ti.name, ti.dtype.name(), format!("{:?}", ti.dims), ti.n_bytes);
+        println!(
+            "  {:<32} {:<8} {:>16} {:>12} B",
+            ti.name,
+            ti.dtype.name(),
+            format!("{:?}", ti.dims),
+            ti.n_bytes
+        );
     }
-    println!("total tensor bytes: {total} ({:.1} MiB)", total as f64 / (1 << 20) as f64);
+    println!(
+        "total tensor bytes: {total} ({:.1} MiB)",
+        total as f64 / (1 << 20) as f64
+    );
     Ok(())
 }

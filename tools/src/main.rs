@@ -16,7 +16,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser, Debug)]
-#[command(name = "sotto", version, about = "On-device LLM assistant engine: chat, bench, inspect, export, bridge")]
+#[command(
+    name = "sotto",
+    version,
+    about = "On-device LLM assistant engine: chat, bench, inspect, export, bridge"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -67,18 +71,34 @@ struct BridgeArgs {
 }
 
 fn run_bridge(args: BridgeArgs) -> Result<(), String> {
-    let BridgeArgs { command, model, system, temperature, seed, max_tokens, threads } = args;
+    let BridgeArgs {
+        command,
+        model,
+        system,
+        temperature,
+        seed,
+        max_tokens,
+        threads,
+    } = args;
     let mut make = move || -> Result<Box<dyn sotto_bridge::Assistant>, String> {
         let path = resolve_model(model.clone())?;
-        let loaded = sotto_models::Model::load(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let loaded =
+            sotto_models::Model::load(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let config = assistant::AssistantConfig {
             system: Some(system.clone()).filter(|s| !s.is_empty()),
-            sampler: sotto_engine::SamplerConfig { temperature, seed, ..Default::default() },
+            sampler: sotto_engine::SamplerConfig {
+                temperature,
+                seed,
+                ..Default::default()
+            },
             max_tokens,
             threads,
             ..Default::default()
         };
-        Ok(Box::new(assistant::EngineAssistant::new(std::sync::Arc::new(loaded), config)))
+        Ok(Box::new(assistant::EngineAssistant::new(
+            std::sync::Arc::new(loaded),
+            config,
+        )))
     };
     cmd_bridge::run(command, &mut make)
 }

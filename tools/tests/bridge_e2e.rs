@@ -27,7 +27,11 @@ fn model_path() -> PathBuf {
         _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
             .join(".cache/sotto/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
     };
-    assert!(p.is_file(), "default model missing at {}: run `sotto fetch`", p.display());
+    assert!(
+        p.is_file(),
+        "default model missing at {}: run `sotto fetch`",
+        p.display()
+    );
     p
 }
 
@@ -48,7 +52,11 @@ impl LineProcess {
             .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
         let stdin = child.stdin.take().unwrap();
         let stdout = BufReader::new(child.stdout.take().unwrap());
-        Self { child, stdin, stdout }
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
     }
 
     fn call(&mut self, req: Value) -> Value {
@@ -75,7 +83,9 @@ impl Drop for LineProcess {
 
 fn axolotl_peer() -> LineProcess {
     let python = std::env::var("SOTTO_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = Command::new(&python).args(["-c", "import axolotl, google.protobuf"]).output();
+    let ok = Command::new(&python)
+        .args(["-c", "import axolotl, google.protobuf"])
+        .output();
     assert!(
         ok.is_ok_and(|o| o.status.success()),
         "python-axolotl 0.2.3 is not importable by {python}: run scripts/bridge-peer-deps.sh"
@@ -88,9 +98,17 @@ fn axolotl_peer() -> LineProcess {
 
 fn sotto_serve() -> LineProcess {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sotto"));
-    cmd.args(["bridge", "serve", "--stdio", "--max-tokens", &MAX_TOKENS.to_string(), "--system", SYSTEM])
-        .arg("--model")
-        .arg(model_path());
+    cmd.args([
+        "bridge",
+        "serve",
+        "--stdio",
+        "--max-tokens",
+        &MAX_TOKENS.to_string(),
+        "--system",
+        SYSTEM,
+    ])
+    .arg("--model")
+    .arg(model_path());
     LineProcess::spawn(cmd)
 }
 
@@ -115,11 +133,17 @@ impl User {
     fn join(name: &'static str, sotto: &mut LineProcess) -> Self {
         let mut peer = axolotl_peer();
         hand_bundle(sotto, &mut peer, "sotto");
-        Self { name, peer, history: Vec::new() }
+        Self {
+            name,
+            peer,
+            history: Vec::new(),
+        }
     }
 
     fn encrypt(&mut self, text: &str) -> Value {
-        self.peer.ok(json!({"op": "encrypt", "peer": "sotto", "device": 1, "plaintext": B64.encode(text)}))
+        self.peer.ok(
+            json!({"op": "encrypt", "peer": "sotto", "device": 1, "plaintext": B64.encode(text)}),
+        )
     }
 
     /// Sends `text` through the bridge and returns the decrypted reply.
@@ -127,8 +151,14 @@ impl User {
         let env = self.encrypt(text);
         let reply = sotto.ok(json!({"op": "envelope", "sender": self.name, "device": 1, "type": env["type"], "body": env["body"]}));
         let answer = self.open(&reply);
-        self.history.push(ChatMessage { role: "user".into(), content: text.into() });
-        self.history.push(ChatMessage { role: "assistant".into(), content: answer.clone() });
+        self.history.push(ChatMessage {
+            role: "user".into(),
+            content: text.into(),
+        });
+        self.history.push(ChatMessage {
+            role: "assistant".into(),
+            content: answer.clone(),
+        });
         answer
     }
 
@@ -143,10 +173,16 @@ fn engine_answer(model: &Arc<Model>, history: &[ChatMessage]) -> String {
     let backend = CpuBackend::new(model.clone(), 0).unwrap();
     let session = Session::new(Box::new(backend), Arc::new(model.tokenizer.clone()), 2048).unwrap();
     let mut chat = Chat::new(session, Arc::new(model.template.clone()), None);
-    let mut messages = vec![ChatMessage { role: "system".into(), content: SYSTEM.into() }];
+    let mut messages = vec![ChatMessage {
+        role: "system".into(),
+        content: SYSTEM.into(),
+    }];
     messages.extend_from_slice(history);
     let opts = GenerateOptions {
-        sampler: SamplerConfig { temperature: 0.0, ..SamplerConfig::default() },
+        sampler: SamplerConfig {
+            temperature: 0.0,
+            ..SamplerConfig::default()
+        },
         max_tokens: MAX_TOKENS,
         ..GenerateOptions::default()
     };
@@ -171,7 +207,13 @@ fn encrypted_conversations_with_python_axolotl_are_answered_by_the_real_model() 
     for (user, turns) in [(&alice, [&a1, &a2]), (&bob, [&b1, &b2])] {
         for (i, answer) in turns.into_iter().enumerate() {
             let upto = &user.history[..2 * i + 1];
-            assert_eq!(*answer, engine_answer(&model, upto), "{} turn {}", user.name, i + 1);
+            assert_eq!(
+                *answer,
+                engine_answer(&model, upto),
+                "{} turn {}",
+                user.name,
+                i + 1
+            );
         }
     }
     assert_ne!(b1, a1);
@@ -194,7 +236,12 @@ fn encrypted_conversations_with_python_axolotl_are_answered_by_the_real_model() 
     // The assistant can also start a session from a peer's bundle.
     let mut carol = axolotl_peer();
     hand_bundle(&mut carol, &mut sotto, "carol");
-    let sent = sotto.ok(json!({"op": "send", "peer": "carol", "device": 1, "text": "Hello from your assistant."}));
+    let sent = sotto.ok(
+        json!({"op": "send", "peer": "carol", "device": 1, "text": "Hello from your assistant."}),
+    );
     let plain = carol.ok(json!({"op": "decrypt", "peer": "sotto", "device": 1, "type": sent["type"], "body": sent["body"]}));
-    assert_eq!(B64.decode(plain["plaintext"].as_str().unwrap()).unwrap(), b"Hello from your assistant.");
+    assert_eq!(
+        B64.decode(plain["plaintext"].as_str().unwrap()).unwrap(),
+        b"Hello from your assistant."
+    );
 }

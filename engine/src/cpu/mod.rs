@@ -41,7 +41,10 @@ pub struct CpuBackend {
 
 impl std::fmt::Debug for CpuBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CpuBackend").field("arch", &self.model.spec.arch).field("threads", &self.threads).finish()
+        f.debug_struct("CpuBackend")
+            .field("arch", &self.model.spec.arch)
+            .field("threads", &self.threads)
+            .finish()
     }
 }
 
@@ -56,12 +59,21 @@ fn qmat(w: &Weight) -> Result<QMatrix<'_>> {
 impl CpuBackend {
     /// `threads` = 0 uses every core.
     pub fn new(model: Arc<Model>, threads: usize) -> Result<Self> {
-        let threads = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
+        let threads = if threads == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            threads
+        };
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .thread_name(|i| format!("sotto-cpu-{i}"))
             .build()
-            .map_err(|e| Error::ThreadPool { threads, reason: e.to_string() })?;
+            .map_err(|e| Error::ThreadPool {
+                threads,
+                reason: e.to_string(),
+            })?;
         let w = &model.weights;
         let norms = w
             .layers
@@ -79,12 +91,25 @@ impl CpuBackend {
             .collect::<Result<Vec<_>>>()?;
         let output_norm = norm_vec(&w.output_norm)?;
         let s = &model.spec;
-        let rope = RopeCache::new(s.rope.n_rot, s.rope.theta, s.rope.freq_scale(), s.context_length)?;
+        let rope = RopeCache::new(
+            s.rope.n_rot,
+            s.rope.theta,
+            s.rope.freq_scale(),
+            s.context_length,
+        )?;
         let rope_local = match s.rope.local_theta {
             Some(t) => Some(RopeCache::new(s.rope.n_rot, t, 1.0, s.context_length)?),
             None => None,
         };
-        Ok(Self { model, norms, output_norm, rope, rope_local, pool, threads })
+        Ok(Self {
+            model,
+            norms,
+            output_norm,
+            rope,
+            rope_local,
+            pool,
+            threads,
+        })
     }
 
     pub fn model(&self) -> &Arc<Model> {
@@ -95,7 +120,12 @@ impl CpuBackend {
         self.threads
     }
 
-    fn forward_chunk(&self, cache: &mut KvCache, tokens: &[u32], which: LogitsFor) -> Result<Vec<f32>> {
+    fn forward_chunk(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        which: LogitsFor,
+    ) -> Result<Vec<f32>> {
         let s: &DecoderSpec = &self.model.spec;
         let w: &DecoderWeights = &self.model.weights;
         let n = tokens.len();
@@ -109,7 +139,10 @@ impl CpuBackend {
         let rb = emb.row_bytes();
         for (t, &tok) in tokens.iter().enumerate() {
             if tok as usize >= s.vocab_size {
-                return Err(Error::TokenOutOfRange { id: tok, vocab: s.vocab_size });
+                return Err(Error::TokenOutOfRange {
+                    id: tok,
+                    vocab: s.vocab_size,
+                });
             }
             let row = &emb.data[tok as usize * rb..(tok as usize + 1) * rb];
             sotto_kernels::quant::dequantize_row(emb.dtype, row, &mut x[t * d..(t + 1) * d])?;
@@ -142,8 +175,20 @@ impl CpuBackend {
                 _ => &self.rope,
             };
             for t in 0..n {
-                rope.apply(&mut q[t * qd..(t + 1) * qd], s.n_head, hd, pos0 + t, s.rope.style)?;
-                rope.apply(&mut k[t * kvd..(t + 1) * kvd], s.n_kv_head, hd, pos0 + t, s.rope.style)?;
+                rope.apply(
+                    &mut q[t * qd..(t + 1) * qd],
+                    s.n_head,
+                    hd,
+                    pos0 + t,
+                    s.rope.style,
+                )?;
+                rope.apply(
+                    &mut k[t * kvd..(t + 1) * kvd],
+                    s.n_kv_head,
+                    hd,
+                    pos0 + t,
+                    s.rope.style,
+                )?;
             }
             cache.write(li, pos0, &k, &v)?;
             let layer = cache.layer(li);
@@ -155,7 +200,16 @@ impl CpuBackend {
                 softcap: s.attn_logit_softcap,
                 window: if sliding { s.sliding_window } else { None },
             };
-            ops::attention(&params, &q, &layer.k, &layer.v, cache.capacity(), pos0, n, &mut attn)?;
+            ops::attention(
+                &params,
+                &q,
+                &layer.k,
+                &layer.v,
+                cache.capacity(),
+                pos0,
+                n,
+                &mut attn,
+            )?;
             ops::matmul(&qmat(&lw.attn_output)?, &attn, n, &mut o)?;
             if let Some(pn) = &ln.post_attn {
                 ops::rms_norm_in_place(&mut o, pn, s.norm_eps)?;
@@ -205,17 +259,31 @@ impl Backend for CpuBackend {
 
     fn new_cache(&self, capacity: usize) -> Result<KvCache> {
         let s = &self.model.spec;
-        KvCache::new(s.n_layer, s.n_kv_head, s.head_dim, capacity.min(s.context_length))
+        KvCache::new(
+            s.n_layer,
+            s.n_kv_head,
+            s.head_dim,
+            capacity.min(s.context_length),
+        )
     }
 
-    fn forward(&mut self, cache: &mut KvCache, tokens: &[u32], which: LogitsFor) -> Result<Vec<f32>> {
+    fn forward(
+        &mut self,
+        cache: &mut KvCache,
+        tokens: &[u32],
+        which: LogitsFor,
+    ) -> Result<Vec<f32>> {
         let start = crate::backend::check_forward(cache, tokens, self.model.spec.vocab_size)?;
         let out = self.pool.install(|| {
             let mut all = Vec::new();
             let chunks: Vec<&[u32]> = tokens.chunks(PREFILL_CHUNK).collect();
             for (i, chunk) in chunks.iter().enumerate() {
                 let last = i + 1 == chunks.len();
-                let want = if which == LogitsFor::All { LogitsFor::All } else { LogitsFor::Last };
+                let want = if which == LogitsFor::All {
+                    LogitsFor::All
+                } else {
+                    LogitsFor::Last
+                };
                 let l = self.forward_chunk(cache, chunk, want)?;
                 if which == LogitsFor::All || last {
                     all.extend_from_slice(&l);
@@ -231,6 +299,10 @@ impl Backend for CpuBackend {
     }
 
     fn describe(&self) -> String {
-        format!("cpu ({} threads, kernels {:?})", self.threads, sotto_kernels::dispatch::table().isa)
+        format!(
+            "cpu ({} threads, kernels {:?})",
+            self.threads,
+            sotto_kernels::dispatch::table().isa
+        )
     }
 }

@@ -12,7 +12,9 @@ use serde::{Deserialize, Serialize};
 /// path, as SOTTO_ISA spells it (the kernels' own registry, so a new tier
 /// needs no change here).
 pub fn isa_choices() -> Vec<&'static str> {
-    std::iter::once("auto").chain(sotto_kernels::dispatch::Isa::ALL.iter().map(|i| i.name())).collect()
+    std::iter::once("auto")
+        .chain(sotto_kernels::dispatch::Isa::ALL.iter().map(|i| i.name()))
+        .collect()
 }
 
 /// Label of the ISA axis for backends that do not run sotto's kernels.
@@ -125,7 +127,10 @@ pub fn validate(axes: &SweepAxes) -> Result<(), String> {
     for isa in &axes.isas {
         let choices = isa_choices();
         if !choices.contains(&isa.as_str()) {
-            return Err(format!("unknown --isa {isa:?}; one of {}", choices.join(", ")));
+            return Err(format!(
+                "unknown --isa {isa:?}; one of {}",
+                choices.join(", ")
+            ));
         }
     }
     for b in &axes.backends {
