@@ -91,11 +91,15 @@ impl CpuBackend {
             .collect::<Result<Vec<_>>>()?;
         let output_norm = norm_vec(&w.output_norm)?;
         let s = &model.spec;
-        let rope = RopeCache::new(
+        // Llama 3.x files carry per-pair divisors of the global frequencies
+        // (`rope_freqs`); the loader has checked their length.
+        let freq_factors = w.rope_freqs.as_ref().map(Weight::to_f32).transpose()?;
+        let rope = RopeCache::with_freq_factors(
             s.rope.n_rot,
             s.rope.theta,
             s.rope.freq_scale(),
             s.context_length,
+            freq_factors.as_deref(),
         )?;
         let rope_local = match s.rope.local_theta {
             Some(t) => Some(RopeCache::new(s.rope.n_rot, t, 1.0, s.context_length)?),
@@ -304,5 +308,45 @@ impl Backend for CpuBackend {
             self.threads,
             sotto_kernels::dispatch::table().isa
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sotto_models::gguf::GgufFile;
+    use sotto_models::testutil::{tiny_model, TinyDims};
+
+    fn last_logits(factors: Option<&[f32]>) -> Vec<f32> {
+        let mut w = tiny_model("llama", TinyDims::default());
+        if let Some(f) = factors {
+            w = w.tensor_f32("rope_freqs.weight", &[f.len() as u64], f);
+        }
+        let model = Model::from_gguf(GgufFile::from_bytes(w.to_bytes()).unwrap()).unwrap();
+        let mut b = CpuBackend::new(Arc::new(model), 1).unwrap();
+        let mut cache = b.new_cache(16).unwrap();
+        b.forward(&mut cache, &[3, 1, 4, 1, 5, 9], LogitsFor::Last)
+            .unwrap()
+    }
+
+    #[test]
+    fn rope_freqs_divide_the_rotation_angles() {
+        let half = TinyDims::default().head_dim / 2;
+        let plain = last_logits(None);
+        assert_eq!(
+            last_logits(Some(&vec![1.0; half])),
+            plain,
+            "unit factors change nothing"
+        );
+        let slowed = last_logits(Some(&vec![4.0; half]));
+        let diff = plain
+            .iter()
+            .zip(&slowed)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            diff > 1e-4,
+            "factors of 4 must change the logits (max diff {diff})"
+        );
     }
 }
