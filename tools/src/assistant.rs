@@ -40,18 +40,23 @@ impl Default for AssistantConfig {
 
 pub struct EngineAssistant {
     model: Arc<Model>,
+    /// Prepared once; each conversation gets a cheap clone (shared norms,
+    /// rope tables and thread pool) with its own KV cache.
+    backend: CpuBackend,
     config: AssistantConfig,
     /// Most recently used last.
     chats: VecDeque<(ConversationId, Chat)>,
 }
 
 impl EngineAssistant {
-    pub fn new(model: Arc<Model>, config: AssistantConfig) -> Self {
-        Self {
+    pub fn new(model: Arc<Model>, config: AssistantConfig) -> Result<Self, AssistantError> {
+        let backend = CpuBackend::new(model.clone(), config.threads).map_err(engine_error)?;
+        Ok(Self {
             model,
+            backend,
             config,
             chats: VecDeque::new(),
-        }
+        })
     }
 
     fn chat_for(&mut self, id: &ConversationId) -> Result<Chat, AssistantError> {
@@ -60,10 +65,8 @@ impl EngineAssistant {
                 return Ok(chat);
             }
         }
-        let backend =
-            CpuBackend::new(self.model.clone(), self.config.threads).map_err(engine_error)?;
         let session = Session::new(
-            Box::new(backend),
+            Box::new(self.backend.clone()),
             Arc::new(self.model.tokenizer.clone()),
             self.config.context,
         )

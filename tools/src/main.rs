@@ -95,10 +95,9 @@ fn run_bridge(args: BridgeArgs) -> Result<(), String> {
             threads,
             ..Default::default()
         };
-        Ok(Box::new(assistant::EngineAssistant::new(
-            std::sync::Arc::new(loaded),
-            config,
-        )))
+        let assistant = assistant::EngineAssistant::new(std::sync::Arc::new(loaded), config)
+            .map_err(|e| e.0)?;
+        Ok(Box::new(assistant))
     };
     cmd_bridge::run(command, &mut make)
 }

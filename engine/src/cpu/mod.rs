@@ -29,13 +29,17 @@ struct LayerNorms {
     post_ffn: Option<Vec<f32>>,
 }
 
+/// Cloning is cheap and shares everything prepared at load (norm vectors,
+/// rope tables, the thread pool): one clone per conversation costs only its
+/// KV cache.
+#[derive(Clone)]
 pub struct CpuBackend {
     model: Arc<Model>,
-    norms: Vec<LayerNorms>,
-    output_norm: Vec<f32>,
-    rope: RopeCache,
-    rope_local: Option<RopeCache>,
-    pool: rayon::ThreadPool,
+    norms: Arc<[LayerNorms]>,
+    output_norm: Arc<[f32]>,
+    rope: Arc<RopeCache>,
+    rope_local: Option<Arc<RopeCache>>,
+    pool: Arc<rayon::ThreadPool>,
     threads: usize,
 }
 
@@ -102,16 +106,21 @@ impl CpuBackend {
             freq_factors.as_deref(),
         )?;
         let rope_local = match s.rope.local_theta {
-            Some(t) => Some(RopeCache::new(s.rope.n_rot, t, 1.0, s.context_length)?),
+            Some(t) => Some(Arc::new(RopeCache::new(
+                s.rope.n_rot,
+                t,
+                1.0,
+                s.context_length,
+            )?)),
             None => None,
         };
         Ok(Self {
             model,
-            norms,
-            output_norm,
-            rope,
+            norms: norms.into(),
+            output_norm: output_norm.into(),
+            rope: Arc::new(rope),
             rope_local,
-            pool,
+            pool: Arc::new(pool),
             threads,
         })
     }
@@ -164,7 +173,7 @@ impl CpuBackend {
         let mut gate = vec![0f32; n * s.ffn_dim];
         let mut up = vec![0f32; n * s.ffn_dim];
 
-        for (li, (lw, ln)) in w.layers.iter().zip(&self.norms).enumerate() {
+        for (li, (lw, ln)) in w.layers.iter().zip(self.norms.iter()).enumerate() {
             ops::rms_norm(&x, &ln.attn, s.norm_eps, &mut xn)?;
             ops::matmul(&qmat(&lw.attn_q)?, &xn, n, &mut q)?;
             ops::matmul(&qmat(&lw.attn_k)?, &xn, n, &mut k)?;
