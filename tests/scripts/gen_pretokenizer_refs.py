@@ -35,7 +35,6 @@ byte-identical.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
@@ -49,6 +48,7 @@ from llama_cpp import Llama
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tokenization_cases  # noqa: E402
+from gen_llama_cpp_refs import sha256_of  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 OUT = ROOT / "tests/data/llama_cpp/pretokenizers.json"
@@ -90,14 +90,6 @@ EXTRA = [
     "(hello)", ".com", "#tag", "@user", "$var", "...and", "--flag", "foo.bar.baz",
     "a,b,c", "x:y", "\u00abmot\u00bb", "\u00bfQu\u00e9?", "\u00a1Hola!", "__init__", "x_1",
 ]
-
-
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def tokenizer_fields(model: Path) -> list[tuple[str, gguf.GGUFValueType, object, gguf.GGUFValueType | None]]:
