@@ -15,8 +15,10 @@ export CARGO_TERM_COLOR=never
 step() { printf '\n==> %s\n' "$*"; }
 
 step "default model"
-cargo run -q -p sotto --bin sotto -- fetch
-export SOTTO_MODEL="${SOTTO_MODEL:-$(cargo run -q -p sotto --bin sotto -- fetch)}"
+# `sotto fetch` reports progress on stderr and prints the path on stdout.
+# (assigned before export, so a failed fetch stops the script under set -e)
+SOTTO_MODEL="${SOTTO_MODEL:-$(cargo run -q -p sotto --bin sotto -- fetch)}"
+export SOTTO_MODEL
 
 for dep in scripts/bridge-peer-deps.sh scripts/ort-deps.sh; do
   if [ -x "$dep" ]; then step "$dep"; "$dep"; fi

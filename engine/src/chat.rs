@@ -87,18 +87,7 @@ impl Chat {
             role: "user".into(),
             content: user.into(),
         });
-        let prompt = self.prompt_tokens(&next)?;
-        let mut text = String::new();
-        let stats = self.session.generate(&prompt, opts, &mut |piece| {
-            text.push_str(piece);
-            on_text(piece);
-        })?;
-        next.push(ChatMessage {
-            role: "assistant".into(),
-            content: text.clone(),
-        });
-        self.messages = next;
-        Ok(Reply { text, stats })
+        self.answer(&next, opts, on_text)
     }
 
     /// Generates the assistant's answer for a full history given by the
