@@ -204,22 +204,57 @@ fn demo(messages: Vec<String>, make_assistant: MakeAssistant<'_>) -> Result<(), 
     Ok(())
 }
 
-fn b64_field(req: &Value, key: &str) -> Result<Vec<u8>, Error> {
-    let s = req[key]
-        .as_str()
-        .ok_or_else(|| Error::Store(format!("missing field {key}")))?;
-    B64.decode(s)
-        .map_err(|_| Error::Store(format!("field {key} is not base64")))
+/// Why a `serve --stdio` request got no answer: the request itself was
+/// malformed (the client's bug), or the bridge refused it (a protocol error).
+enum RequestError {
+    BadRequest(String),
+    Bridge(Error),
 }
 
-fn parse_address(s: &str, device: Option<u64>) -> ProtocolAddress {
-    match (device, s.rsplit_once('.')) {
-        (Some(d), _) => ProtocolAddress::new(s, d as u32),
+impl From<Error> for RequestError {
+    fn from(e: Error) -> Self {
+        Self::Bridge(e)
+    }
+}
+
+impl RequestError {
+    fn to_json(&self) -> Value {
+        let (kind, message) = match self {
+            Self::BadRequest(m) => ("bad_request", m.clone()),
+            Self::Bridge(e) => (error_kind(e), e.to_string()),
+        };
+        json!({"error": {"kind": kind, "message": message}})
+    }
+}
+
+fn b64_field(req: &Value, key: &str) -> Result<Vec<u8>, RequestError> {
+    let s = req[key]
+        .as_str()
+        .ok_or_else(|| RequestError::BadRequest(format!("missing field {key}")))?;
+    B64.decode(s)
+        .map_err(|_| RequestError::BadRequest(format!("field {key} is not base64")))
+}
+
+/// The address named by `req[key]`: `name` with `req["device"]`, or
+/// `name.device`; a missing or empty name is a bad request.
+fn address(req: &Value, key: &str) -> Result<ProtocolAddress, RequestError> {
+    let s = req[key]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .ok_or_else(|| RequestError::BadRequest(format!("missing field {key}")))?;
+    let device = match req["device"].as_u64() {
+        Some(d) => Some(
+            u32::try_from(d).map_err(|_| RequestError::BadRequest("device out of range".into()))?,
+        ),
+        None => None,
+    };
+    Ok(match (device, s.rsplit_once('.')) {
+        (Some(d), _) => ProtocolAddress::new(s, d),
         (None, Some((name, d))) if d.parse::<u32>().is_ok() => {
             ProtocolAddress::new(name, d.parse().unwrap_or(1))
         }
         _ => ProtocolAddress::new(s, 1),
-    }
+    })
 }
 
 fn bundle_json(b: &PreKeyBundle) -> Value {
@@ -238,12 +273,12 @@ fn bundle_json(b: &PreKeyBundle) -> Value {
     v
 }
 
-fn bundle_from_json(req: &Value) -> Result<PreKeyBundle, Error> {
+fn bundle_from_json(req: &Value) -> Result<PreKeyBundle, RequestError> {
     let num = |k: &str| {
         req[k]
             .as_u64()
-            .map(|v| v as u32)
-            .ok_or_else(|| Error::Store(format!("missing field {k}")))
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| RequestError::BadRequest(format!("missing or out-of-range field {k}")))
     };
     let pre_key = match req["pre_key_id"].as_u64() {
         Some(id) => Some((
@@ -284,10 +319,9 @@ fn serve<S: ProtocolStore, C: ConversationStore>(mut bridge: Bridge<S, C>) -> Re
             continue;
         }
         let reply = match serde_json::from_str::<Value>(&line) {
-            Err(e) => json!({"error": {"kind": "bad_request", "message": e.to_string()}}),
-            Ok(req) => handle_request(&mut bridge, &req, &mut next_pre_key_id).unwrap_or_else(
-                |e| json!({"error": {"kind": error_kind(&e), "message": e.to_string()}}),
-            ),
+            Err(e) => RequestError::BadRequest(e.to_string()).to_json(),
+            Ok(req) => handle_request(&mut bridge, &req, &mut next_pre_key_id)
+                .unwrap_or_else(|e| e.to_json()),
         };
         writeln!(stdout, "{reply}").map_err(|e| e.to_string())?;
         stdout.flush().map_err(|e| e.to_string())?;
@@ -313,7 +347,7 @@ fn handle_request<S: ProtocolStore, C: ConversationStore>(
     bridge: &mut Bridge<S, C>,
     req: &Value,
     next_pre_key_id: &mut u32,
-) -> Result<Value, Error> {
+) -> Result<Value, RequestError> {
     let rng = &mut OsRng;
     match req["op"].as_str().unwrap_or("") {
         "bundle" => {
@@ -322,13 +356,12 @@ fn handle_request<S: ProtocolStore, C: ConversationStore>(
             Ok(bundle_json(&bundle))
         }
         "envelope" => {
-            let sender =
-                parse_address(req["sender"].as_str().unwrap_or(""), req["device"].as_u64());
+            let sender = address(req, "sender")?;
             let kind = match req["type"].as_str() {
                 Some("prekey") => MessageKind::PreKey,
                 Some("message") => MessageKind::Message,
                 _ => {
-                    return Err(Error::Store(
+                    return Err(RequestError::BadRequest(
                         "type must be \"prekey\" or \"message\"".into(),
                     ))
                 }
@@ -340,19 +373,21 @@ fn handle_request<S: ProtocolStore, C: ConversationStore>(
             Ok(envelope_json(&bridge.handle(&sender, &envelope, rng)?))
         }
         "process_bundle" => {
-            let peer = parse_address(req["peer"].as_str().unwrap_or(""), req["device"].as_u64());
+            let peer = address(req, "peer")?;
             let bundle = bundle_from_json(req)?;
             process_prekey_bundle(&peer, &bundle, bridge.store_mut(), rng)?;
             Ok(json!({"ok": true}))
         }
         "send" => {
-            let peer = parse_address(req["peer"].as_str().unwrap_or(""), req["device"].as_u64());
-            let text = req["text"].as_str().unwrap_or("");
+            let peer = address(req, "peer")?;
+            let text = req["text"]
+                .as_str()
+                .ok_or_else(|| RequestError::BadRequest("missing field text".into()))?;
             let message = message_encrypt(text.as_bytes(), &peer, bridge.store_mut())?;
             Ok(envelope_json(&Envelope::from(&message)))
         }
         "safety_number" => {
-            let peer = parse_address(req["peer"].as_str().unwrap_or(""), req["device"].as_u64());
+            let peer = address(req, "peer")?;
             let theirs = bridge
                 .store()
                 .get_identity(&peer)?
@@ -363,6 +398,6 @@ fn handle_request<S: ProtocolStore, C: ConversationStore>(
                 json!({"safety_number": safety_number(local_id.as_bytes(), &ours, peer.name.as_bytes(), &theirs)}),
             )
         }
-        other => Err(Error::Store(format!("unknown op {other:?}"))),
+        other => Err(RequestError::BadRequest(format!("unknown op {other:?}"))),
     }
 }

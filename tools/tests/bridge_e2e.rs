@@ -67,6 +67,15 @@ impl LineProcess {
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply {line:?} to {req}: {e}"))
     }
 
+    /// Sends one raw line (not necessarily JSON) and parses the reply.
+    fn raw(&mut self, line: &str) -> Value {
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut reply = String::new();
+        self.stdout.read_line(&mut reply).unwrap();
+        serde_json::from_str(&reply).unwrap_or_else(|e| panic!("reply {reply:?} to {line:?}: {e}"))
+    }
+
     fn ok(&mut self, req: Value) -> Value {
         let reply = self.call(req.clone());
         assert!(reply.get("error").is_none(), "error for {req}: {reply}");
@@ -243,5 +252,28 @@ fn encrypted_conversations_with_python_axolotl_are_answered_by_the_real_model() 
     assert_eq!(
         B64.decode(plain["plaintext"].as_str().unwrap()).unwrap(),
         b"Hello from your assistant."
+    );
+
+    // Malformed requests are typed `bad_request` errors and the server keeps
+    // serving: not JSON, an unknown op, missing or non-base64 fields, an
+    // envelope without a sender or with an unknown type.
+    for line in [
+        "this is not json".to_string(),
+        json!({"op": "no_such_op"}).to_string(),
+        json!({"op": "envelope", "device": 1, "type": "message", "body": "AAAA"}).to_string(),
+        json!({"op": "envelope", "sender": "alice", "device": 1, "type": "message", "body": "%%%"})
+            .to_string(),
+        json!({"op": "envelope", "sender": "alice", "device": 1, "type": "bogus", "body": "AAAA"})
+            .to_string(),
+        json!({"op": "send", "peer": "carol", "device": 1}).to_string(),
+        json!({"op": "process_bundle", "peer": "dave", "device": 1}).to_string(),
+    ] {
+        let r = sotto.raw(&line);
+        assert_eq!(r["error"]["kind"], "bad_request", "{line} -> {r}");
+    }
+    let last = alice.ask(&mut sotto, "What is the capital of France?");
+    assert!(
+        !last.is_empty(),
+        "the server still answers after bad requests"
     );
 }
