@@ -29,6 +29,11 @@ pub type AxpyFn<X> = fn(alpha: f32, x: &[X], y: &mut [f32]);
 /// weight block once for all columns, and the decode matvec (`cols == 1`)
 /// shares each activation load across several rows.
 pub type GemmFn<W, A> = fn(w: &[W], a: &[A], bpr: usize, out: &mut [f32]);
+/// The gemm over weights repacked at load time into the x16 panels of
+/// [`crate::quant::x16`]: `packed` holds `rows` rows (whole panels) of `bpr`
+/// blocks, `a` holds `cols` columns; `out[c * rows + r] = w[r] · a[c]`.
+/// [`crate::quant::x16::gemm_ref`] is the reference.
+pub type X16GemmFn<A> = fn(packed: &[u8], rows: usize, a: &[A], bpr: usize, out: &mut [f32]);
 
 /// What a table without a [`GemmFn`] for a pair does: one `dot` per output,
 /// weight row outer so the row stays hot in L1 across the columns. Also the
@@ -69,6 +74,12 @@ pub struct VecDotTable {
     pub q4_0_q8_0_gemm: Option<GemmFn<BlockQ4_0, BlockQ8_0>>,
     pub q4_1_q8_1_gemm: Option<GemmFn<BlockQ4_1, BlockQ8_1>>,
     pub q8_0_q8_0_gemm: Option<GemmFn<BlockQ8_0, BlockQ8_0>>,
+    /// Gemm kernels over x16-packed weights; a table with one of these
+    /// wants that weight type packed at load time (`None`: keep the file's
+    /// layout).
+    pub q4_0_q8_0_x16: Option<X16GemmFn<BlockQ8_0>>,
+    pub q4_1_q8_1_x16: Option<X16GemmFn<BlockQ8_1>>,
+    pub q8_0_q8_0_x16: Option<X16GemmFn<BlockQ8_0>>,
 }
 
 /// Instruction-set paths, from the portable reference up (on each
@@ -149,6 +160,9 @@ pub const SCALAR: VecDotTable = VecDotTable {
     q4_0_q8_0_gemm: None,
     q4_1_q8_1_gemm: None,
     q8_0_q8_0_gemm: None,
+    q4_0_q8_0_x16: None,
+    q4_1_q8_1_x16: None,
+    q8_0_q8_0_x16: None,
 };
 
 /// Builds the table of `isa` if this CPU can run it.
@@ -452,6 +466,67 @@ mod tests {
         }
     }
 
+    /// Every x16 entry (weights packed at load time) of every available
+    /// table against single scalar dots on the unpacked rows, over the same
+    /// shapes as the gemm entries (partial last panels included).
+    #[test]
+    fn every_x16_entry_matches_scalar_dots() {
+        use crate::quant::x16::{self, X16Block};
+        fn check<W: X16Block, A: Pod>(
+            isa: Isa,
+            x16: Option<X16GemmFn<A>>,
+            dot: VecDotFn<W, A>,
+            ad: DType,
+        ) {
+            let Some(kernel) = x16 else { return };
+            for (rows, cols, bpr) in [
+                (1, 1, 1),
+                (16, 1, 18),
+                (17, 3, 18),
+                (40, 13, 3),
+                (5, 8, 48),
+                (33, 2, 7),
+                (48, 15, 2),
+            ] {
+                let n = bpr * QK;
+                let wf = random_row(rows * n, (rows * 37 + bpr) as u64);
+                let xf = random_row(cols * n, (cols * 13 + bpr) as u64);
+                let w: Vec<W> = blocks(W::DTYPE, &wf);
+                let a: Vec<A> = blocks(ad, &xf);
+                let mut p = vec![0u8; x16::packed_bytes::<W>(rows, bpr).unwrap()];
+                x16::pack(&w, bpr, &mut p);
+                let mut got = vec![f32::NAN; rows * cols];
+                let mut want = vec![0f32; rows * cols];
+                kernel(&p, rows, &a, bpr, &mut got);
+                gemm_by_dots(dot, &w, &a, bpr, &mut want);
+                let mut via_ref = vec![f32::NAN; rows * cols];
+                x16::gemm_ref(dot, &p, rows, &a, bpr, &mut via_ref);
+                assert_eq!(via_ref, want, "x16::gemm_ref {}", W::DTYPE);
+                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                    let (c, r) = (i / rows, i % rows);
+                    let l1: f32 = wf[r * n..(r + 1) * n]
+                        .iter()
+                        .zip(&xf[c * n..(c + 1) * n])
+                        .map(|(p, q)| (p * q).abs())
+                        .sum();
+                    close(
+                        *g,
+                        *e,
+                        l1,
+                        1e-5,
+                        &format!("{isa} {} x16 {rows}x{cols}x{bpr} [{r},{c}]", W::DTYPE),
+                    );
+                }
+            }
+        }
+        for isa in available_isas() {
+            let t = table_for(isa).unwrap();
+            check(isa, t.q4_0_q8_0_x16, SCALAR.q4_0_q8_0, DType::Q8_0);
+            check(isa, t.q4_1_q8_1_x16, SCALAR.q4_1_q8_1, DType::Q8_1);
+            check(isa, t.q8_0_q8_0_x16, SCALAR.q8_0_q8_0, DType::Q8_0);
+        }
+    }
+
     /// The tiers this CPU should have are there, with their gemm kernels, so
     /// a broken feature check cannot silently skip the tests above.
     #[cfg(target_arch = "x86_64")]
@@ -486,10 +561,14 @@ mod tests {
                     && t.q4_1_q8_1_gemm.is_some()
                     && t.q8_0_q8_0_gemm.is_some()
             );
+            assert!(
+                t.q4_0_q8_0_x16.is_some() && t.q4_1_q8_1_x16.is_some() && t.q8_0_q8_0_x16.is_some()
+            );
             assert_eq!(select(None).map(|t| t.isa), Ok(Isa::Vnni));
         }
         if let Ok(t) = table_for(Isa::Avx512) {
             assert!(t.q4_0_q8_0_gemm.is_some() && t.q4_1_q8_1_gemm.is_some());
+            assert!(t.q4_0_q8_0_x16.is_some() && t.q4_1_q8_1_x16.is_some());
         }
     }
 

@@ -9,6 +9,9 @@ mod rope;
 
 pub use activation::{gelu_tanh_mul, silu_mul, softcap, softmax};
 pub use attention::{attention, attention_with, AttentionParams};
-pub use matmul::{matmul, matmul_with, QMatrix};
+pub use matmul::{
+    matmul, matmul_packed, matmul_packed_group, matmul_packed_with, matmul_with, PackedMatrix,
+    QMatrix,
+};
 pub use norm::{rms_norm, rms_norm_in_place};
 pub use rope::{RopeCache, RopeStyle};

@@ -22,6 +22,7 @@ pub mod q8_1;
 pub mod q8_k;
 #[cfg(test)]
 pub(crate) mod test_data;
+pub mod x16;
 
 use crate::{Error, Result};
 use blocks::*;

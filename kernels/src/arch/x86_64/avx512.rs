@@ -43,6 +43,9 @@ pub(super) fn overrides(t: VecDotTable) -> VecDotTable {
         q6_k_q8_k: kernels::q6_k_q8_k,
         q4_0_q8_0_gemm: Some(kernels::q4_0_q8_0_gemm),
         q4_1_q8_1_gemm: Some(kernels::q4_1_q8_1_gemm),
+        q4_0_q8_0_x16: Some(kernels::q4_0_q8_0_x16),
+        q4_1_q8_1_x16: Some(kernels::q4_1_q8_1_x16),
+        q8_0_q8_0_x16: None,
         // Offset Q8_0 codes (up to 255) times activations overflow the
         // saturating i16 pairs of `vpmaddubsw`; the VNNI tier has this one.
         q8_0_q8_0_gemm: None,
@@ -108,6 +111,7 @@ macro_rules! legacy_kernels {
             use super::super::avx512::{gather_offsets_fit, ActBlock};
             use crate::dispatch::gemm_by_dots;
             use crate::quant::blocks::*;
+            use crate::quant::x16::{self, X16Block};
             use core::arch::x86_64::*;
             use half::f16;
 
@@ -178,6 +182,67 @@ macro_rules! legacy_kernels {
                 }
                 // SAFETY: features detected (as above); the shape was checked just now.
                 unsafe { gemm_k::<BlockQ8_0, BlockQ8_0, false>(w, a, bpr, out, pack_q8_0) }
+            }
+
+            // ---- x16 gemm: weights packed at load time (quant::x16) ----
+
+            /// The shape checks of the x16 wrappers: whole columns, an
+            /// output that holds them all, and `packed` holding exactly the
+            /// panels of `rows` rows.
+            fn x16_shape_ok<W: X16Block, A>(
+                packed: &[u8],
+                rows: usize,
+                a: &[A],
+                bpr: usize,
+                out: &[f32],
+            ) -> bool {
+                bpr > 0
+                    && a.len() % bpr == 0
+                    && x16::packed_bytes::<W>(rows, bpr) == Some(packed.len())
+                    && rows
+                        .checked_mul(a.len() / bpr)
+                        .is_some_and(|n| n <= out.len())
+            }
+
+            pub(in super::super) fn q4_0_q8_0_x16(
+                p: &[u8],
+                rows: usize,
+                a: &[BlockQ8_0],
+                bpr: usize,
+                out: &mut [f32],
+            ) {
+                if !x16_shape_ok::<BlockQ4_0, _>(p, rows, a, bpr, out) {
+                    return x16::gemm_ref::<BlockQ4_0, _>(q4_0_q8_0, p, rows, a, bpr, out);
+                }
+                // SAFETY: features detected (as above); the shape was checked just now.
+                unsafe { x16_k::<BlockQ4_0, BlockQ8_0, false>(p, rows, a, bpr, out) }
+            }
+            pub(in super::super) fn q4_1_q8_1_x16(
+                p: &[u8],
+                rows: usize,
+                a: &[BlockQ8_1],
+                bpr: usize,
+                out: &mut [f32],
+            ) {
+                if !x16_shape_ok::<BlockQ4_1, _>(p, rows, a, bpr, out) {
+                    return x16::gemm_ref::<BlockQ4_1, _>(q4_1_q8_1, p, rows, a, bpr, out);
+                }
+                // SAFETY: features detected (as above); the shape was checked just now.
+                unsafe { x16_k::<BlockQ4_1, BlockQ8_1, true>(p, rows, a, bpr, out) }
+            }
+            #[allow(dead_code)] // the AVX-512BW tier cannot run it exactly (see its overrides)
+            pub(in super::super) fn q8_0_q8_0_x16(
+                p: &[u8],
+                rows: usize,
+                a: &[BlockQ8_0],
+                bpr: usize,
+                out: &mut [f32],
+            ) {
+                if !x16_shape_ok::<BlockQ8_0, _>(p, rows, a, bpr, out) {
+                    return x16::gemm_ref::<BlockQ8_0, _>(q8_0_q8_0, p, rows, a, bpr, out);
+                }
+                // SAFETY: features detected (as above); the shape was checked just now.
+                unsafe { x16_k::<BlockQ8_0, BlockQ8_0, false>(p, rows, a, bpr, out) }
             }
 
             // ---- single dots: two blocks per register ----
@@ -759,6 +824,171 @@ macro_rules! legacy_kernels {
                         };
                         (*p.d.get_unchecked(b), m)
                     };
+                    for c in 0..NC {
+                        let mut t = sums[0][c];
+                        for part in &sums[1..] {
+                            t = _mm512_add_epi32(t, part[c]);
+                        }
+                        let i = (c0 + c) * bpr + b;
+                        // SAFETY: i < cols * bpr, the length of acts.d and acts.s.
+                        let ad = unsafe { *acts.d.get_unchecked(i) };
+                        // SAFETY: as above.
+                        let s = unsafe { *acts.s.get_unchecked(i) };
+                        let dt = _mm512_mul_ps(_mm512_cvtepi32_ps(t), d);
+                        acc[c] = _mm512_fmadd_ps(dt, _mm512_set1_ps(ad), acc[c]);
+                        if MIN {
+                            acc[c] = _mm512_fmadd_ps(m, _mm512_set1_ps(s), acc[c]);
+                        }
+                    }
+                }
+                for (c, v) in acc.iter().enumerate() {
+                    // SAFETY: (c0 + c) * rows + r0 + lane < rows * cols <= out.len() for every unmasked lane.
+                    unsafe {
+                        _mm512_mask_storeu_ps(out.as_mut_ptr().add((c0 + c) * rows + r0), mask, *v)
+                    };
+                }
+            }
+
+            /// # Safety
+            /// The features of the tier, and the shape checked by `x16_shape_ok`.
+            #[target_feature(enable = $features)]
+            unsafe fn x16_k<W: X16Block + Offset, A: ActBlock, const MIN: bool>(
+                p: &[u8],
+                rows: usize,
+                a: &[A],
+                bpr: usize,
+                out: &mut [f32],
+            ) {
+                let cols = a.len() / bpr;
+                let acts = acts(a, W::OFFSET);
+                for (pi, r0) in (0..rows).step_by(16).enumerate() {
+                    let nr = (rows - r0).min(16);
+                    let mask = (u32::MAX >> (32 - nr)) as __mmask16;
+                    // SAFETY: panel pi exists in p (its length was checked against rows).
+                    let panel = unsafe { p.as_ptr().add(pi * bpr * W::RECORD) };
+                    let mut c0 = 0;
+                    // SAFETY: each call reads columns c0..c0 + NC, which exist, and the
+                    // panel's bpr records; out holds rows * cols.
+                    unsafe {
+                        while c0 + 8 <= cols {
+                            x16_cols::<W, A, 8, 1, MIN>(panel, &acts, bpr, c0, out, rows, r0, mask);
+                            c0 += 8;
+                        }
+                        if c0 + 4 <= cols {
+                            x16_cols::<W, A, 4, 2, MIN>(panel, &acts, bpr, c0, out, rows, r0, mask);
+                            c0 += 4;
+                        }
+                        if c0 + 2 <= cols {
+                            x16_cols::<W, A, 2, 4, MIN>(panel, &acts, bpr, c0, out, rows, r0, mask);
+                            c0 += 2;
+                        }
+                        if c0 < cols {
+                            x16_cols::<W, A, 1, 4, MIN>(panel, &acts, bpr, c0, out, rows, r0, mask);
+                        }
+                    }
+                }
+            }
+
+            /// The 8 lane-per-row code registers and the scales (and Q4_1
+            /// minimums) of one x16 record, in the order of [`Panel`].
+            ///
+            /// # Safety
+            /// `rec` points at a whole record of `W`.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn x16_record<W: X16Block>(rec: *const u8) -> ([__m512i; 8], __m512, __m512) {
+                // SAFETY: the record holds W::PLANES planes of 32 bytes and then
+                // its code lines (64 bytes each); loadu has no alignment requirement.
+                unsafe {
+                    let d = _mm512_cvtph_ps(_mm256_loadu_si256(rec.cast()));
+                    let m = if W::PLANES == 2 {
+                        _mm512_cvtph_ps(_mm256_loadu_si256(rec.add(32).cast()))
+                    } else {
+                        _mm512_setzero_ps()
+                    };
+                    let lines = rec.add(32 * W::PLANES);
+                    let mut w = [_mm512_setzero_si512(); 8];
+                    if W::CODE_BYTES == 32 {
+                        // Q8_0: signed codes offset by 128 into 0..256
+                        let flip = _mm512_set1_epi8(-128);
+                        for (g, wg) in w.iter_mut().enumerate() {
+                            *wg = _mm512_xor_si512(
+                                _mm512_loadu_si512(lines.add(64 * g).cast()),
+                                flip,
+                            );
+                        }
+                    } else {
+                        // Q4: line k holds elements 4k.. in its low nibbles, 16 + 4k.. in its high
+                        let m4 = _mm512_set1_epi8(0x0F);
+                        for k in 0..4 {
+                            let q = _mm512_loadu_si512(lines.add(64 * k).cast());
+                            w[k] = _mm512_and_si512(q, m4);
+                            w[4 + k] = _mm512_and_si512(_mm512_srli_epi32::<4>(q), m4);
+                        }
+                    }
+                    (w, d, m)
+                }
+            }
+
+            /// Bytes ahead of the record in use that the decode loop prefetches.
+            const X16_PREFETCH: usize = 2048;
+
+            /// [`panel_cols`] with the codes loaded from an x16 panel.
+            ///
+            /// # Safety
+            /// `panel` points at `bpr` whole records of `W`; the rest as
+            /// [`panel_cols`].
+            #[inline]
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn x16_cols<
+                W: X16Block,
+                A: ActBlock,
+                const NC: usize,
+                const SPLIT: usize,
+                const MIN: bool,
+            >(
+                panel: *const u8,
+                acts: &Acts<'_, A>,
+                bpr: usize,
+                c0: usize,
+                out: &mut [f32],
+                rows: usize,
+                r0: usize,
+                mask: __mmask16,
+            ) {
+                let mut acc = [_mm512_setzero_ps(); NC];
+                for b in 0..bpr {
+                    let rec = panel.wrapping_add(b * W::RECORD);
+                    if NC == 1 {
+                        // Decode streams the weights once: fetch a few records
+                        // ahead, across the page boundaries the hardware
+                        // prefetcher stops at (a prefetch never faults).
+                        let ahead = rec.wrapping_add(X16_PREFETCH);
+                        for l in (0..W::RECORD).step_by(64) {
+                            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l).cast());
+                        }
+                    }
+                    // SAFETY: b < bpr, so the record is inside the panel.
+                    let (wg, d, m) = unsafe { x16_record::<W>(rec) };
+                    let mut sums = [[_mm512_setzero_si512(); NC]; SPLIT];
+                    for c in 0..NC {
+                        // SAFETY: (c0 + c) * bpr + b < cols * bpr, the length of acts.start.
+                        sums[0][c] = _mm512_set1_epi32(unsafe {
+                            *acts.start.get_unchecked((c0 + c) * bpr + b)
+                        });
+                    }
+                    for (g, w) in wg.iter().enumerate() {
+                        for c in 0..NC {
+                            // SAFETY: as above for the block; 4 * g + 4 <= 32 bytes of its codes.
+                            let y = unsafe {
+                                let q = acts.blocks.get_unchecked((c0 + c) * bpr + b).codes();
+                                q.as_ptr().add(4 * g).cast::<i32>().read_unaligned()
+                            };
+                            let s = &mut sums[g % SPLIT][c];
+                            *s = $dot4(*s, *w, _mm512_set1_epi32(y));
+                        }
+                    }
                     for c in 0..NC {
                         let mut t = sums[0][c];
                         for part in &sums[1..] {

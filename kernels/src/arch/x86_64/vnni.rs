@@ -20,6 +20,9 @@ pub(super) fn overrides(t: VecDotTable) -> VecDotTable {
         q4_0_q8_0_gemm: Some(kernels::q4_0_q8_0_gemm),
         q4_1_q8_1_gemm: Some(kernels::q4_1_q8_1_gemm),
         q8_0_q8_0_gemm: Some(kernels::q8_0_q8_0_gemm),
+        q4_0_q8_0_x16: Some(kernels::q4_0_q8_0_x16),
+        q4_1_q8_1_x16: Some(kernels::q4_1_q8_1_x16),
+        q8_0_q8_0_x16: Some(kernels::q8_0_q8_0_x16),
         ..t
     }
 }
