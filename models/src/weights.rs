@@ -72,6 +72,13 @@ impl Weight {
         self.storage.bytes().get(self.range.clone()).unwrap_or(&[])
     }
 
+    /// Tells the OS the file's pages of this tensor are not needed for now
+    /// (after a backend copied them into its own layout), so they leave the
+    /// process's resident set. Still readable: a later read brings them back.
+    pub fn release_pages(&self) {
+        self.storage.release(self.range.clone());
+    }
+
     /// Bytes of one row.
     pub fn row_bytes(&self) -> usize {
         self.dtype.row_bytes(self.cols()).unwrap_or(0)

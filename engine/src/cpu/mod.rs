@@ -5,13 +5,15 @@
 //!   → KV cache → causal attention [n, H*hd] → Wo → (post-norm) → + x
 //!   → RMSNorm → gate/up [n, F] → act(gate)*up → down [n, D] → (post-norm) → + x
 //! then the final norm and the output projection for the rows asked for.
-//! Weights stay in the memory-mapped file; only norm vectors are copied (as
-//! f32, tiny).
+//! Weights stay in the memory-mapped file, except where the kernel table
+//! reads a load-time layout faster ([`PackedMatrix`], the x16 panels of the
+//! AVX-512 tiers): those matrices are repacked once at load and the file's
+//! bytes are no longer read for them. Norm vectors are copied as f32 (tiny).
 
 use crate::backend::{Backend, LogitsFor};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
-use sotto_kernels::ops::{self, AttentionParams, QMatrix, RopeCache};
+use sotto_kernels::ops::{self, AttentionParams, PackedMatrix, QMatrix, RopeCache};
 use sotto_models::spec::{Activation, DecoderSpec};
 use sotto_models::weights::{DecoderWeights, Weight};
 use sotto_models::Model;
@@ -29,6 +31,18 @@ struct LayerNorms {
     post_ffn: Option<Vec<f32>>,
 }
 
+/// The matrices of one layer repacked for the kernel table (`None`: used
+/// in the file's layout).
+struct LayerPacked {
+    q: Option<PackedMatrix>,
+    k: Option<PackedMatrix>,
+    v: Option<PackedMatrix>,
+    o: Option<PackedMatrix>,
+    gate: Option<PackedMatrix>,
+    up: Option<PackedMatrix>,
+    down: Option<PackedMatrix>,
+}
+
 /// Cloning is cheap and shares everything prepared at load (norm vectors,
 /// rope tables, the thread pool): one clone per conversation costs only its
 /// KV cache.
@@ -36,6 +50,10 @@ struct LayerNorms {
 pub struct CpuBackend {
     model: Arc<Model>,
     norms: Arc<[LayerNorms]>,
+    packed: Arc<[LayerPacked]>,
+    output_packed: Option<Arc<PackedMatrix>>,
+    /// Bytes of the repacked copies.
+    packed_bytes: usize,
     output_norm: Arc<[f32]>,
     rope: Arc<RopeCache>,
     rope_local: Option<Arc<RopeCache>>,
@@ -58,6 +76,33 @@ fn norm_vec(w: &Weight) -> Result<Vec<f32>> {
 
 fn qmat(w: &Weight) -> Result<QMatrix<'_>> {
     Ok(QMatrix::new(w.dtype, w.shape[0], w.shape[1], w.data())?)
+}
+
+/// `w` repacked for the process's kernel table, if that table wants it;
+/// the file's pages of a packed matrix then leave the resident set (the
+/// tied embedding reads a few rows of them back per token).
+fn pack(w: &Weight) -> Result<Option<PackedMatrix>> {
+    let table = sotto_kernels::dispatch::try_table()?;
+    let packed = PackedMatrix::pack_for(table, &qmat(w)?)?;
+    if packed.is_some() {
+        w.release_pages();
+    }
+    Ok(packed)
+}
+
+/// `out = w · x` over `n` tokens, on the packed copy when there is one.
+fn matmul(
+    packed: Option<&PackedMatrix>,
+    w: &Weight,
+    x: &[f32],
+    n: usize,
+    out: &mut [f32],
+) -> Result<()> {
+    match packed {
+        Some(p) => ops::matmul_packed(p, x, n, out)?,
+        None => ops::matmul(&qmat(w)?, x, n, out)?,
+    }
+    Ok(())
 }
 
 impl CpuBackend {
@@ -94,6 +139,32 @@ impl CpuBackend {
             })
             .collect::<Result<Vec<_>>>()?;
         let output_norm = norm_vec(&w.output_norm)?;
+        // Repacking reads every matrix once; the pool packs panels in parallel.
+        let (packed, output_packed) = pool.install(|| -> Result<_> {
+            let layers = w
+                .layers
+                .iter()
+                .map(|l| {
+                    Ok(LayerPacked {
+                        q: pack(&l.attn_q)?,
+                        k: pack(&l.attn_k)?,
+                        v: pack(&l.attn_v)?,
+                        o: pack(&l.attn_output)?,
+                        gate: pack(&l.ffn_gate)?,
+                        up: pack(&l.ffn_up)?,
+                        down: pack(&l.ffn_down)?,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Ok((layers, pack(&w.output)?.map(Arc::new)))
+        })?;
+        let packed_bytes = packed
+            .iter()
+            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
+            .flatten()
+            .chain(output_packed.as_deref())
+            .map(|p| p.bytes().len())
+            .sum();
         let s = &model.spec;
         // Llama 3.x files carry per-pair divisors of the global frequencies
         // (`rope_freqs`); the loader has checked their length.
@@ -117,6 +188,9 @@ impl CpuBackend {
         Ok(Self {
             model,
             norms: norms.into(),
+            packed: packed.into(),
+            output_packed,
+            packed_bytes,
             output_norm: output_norm.into(),
             rope: Arc::new(rope),
             rope_local,
@@ -131,6 +205,11 @@ impl CpuBackend {
 
     pub fn threads(&self) -> usize {
         self.threads
+    }
+
+    /// Bytes of the weights repacked at load (held besides the file).
+    pub fn packed_bytes(&self) -> usize {
+        self.packed_bytes
     }
 
     fn forward_chunk(
@@ -173,11 +252,20 @@ impl CpuBackend {
         let mut gate = vec![0f32; n * s.ffn_dim];
         let mut up = vec![0f32; n * s.ffn_dim];
 
-        for (li, (lw, ln)) in w.layers.iter().zip(self.norms.iter()).enumerate() {
+        let layers = w
+            .layers
+            .iter()
+            .zip(self.norms.iter())
+            .zip(self.packed.iter());
+        for (li, ((lw, ln), lp)) in layers.enumerate() {
             ops::rms_norm(&x, &ln.attn, s.norm_eps, &mut xn)?;
-            ops::matmul(&qmat(&lw.attn_q)?, &xn, n, &mut q)?;
-            ops::matmul(&qmat(&lw.attn_k)?, &xn, n, &mut k)?;
-            ops::matmul(&qmat(&lw.attn_v)?, &xn, n, &mut v)?;
+            if let (Some(pq), Some(pk), Some(pv)) = (&lp.q, &lp.k, &lp.v) {
+                ops::matmul_packed_group(&[pq, pk, pv], &xn, n, &mut [&mut q, &mut k, &mut v])?;
+            } else {
+                matmul(lp.q.as_ref(), &lw.attn_q, &xn, n, &mut q)?;
+                matmul(lp.k.as_ref(), &lw.attn_k, &xn, n, &mut k)?;
+                matmul(lp.v.as_ref(), &lw.attn_v, &xn, n, &mut v)?;
+            }
             if let (Some(qn), Some(kn)) = (&ln.q, &ln.k) {
                 ops::rms_norm_in_place(&mut q, qn, s.norm_eps)?;
                 ops::rms_norm_in_place(&mut k, kn, s.norm_eps)?;
@@ -223,20 +311,24 @@ impl CpuBackend {
                 n,
                 &mut attn,
             )?;
-            ops::matmul(&qmat(&lw.attn_output)?, &attn, n, &mut o)?;
+            matmul(lp.o.as_ref(), &lw.attn_output, &attn, n, &mut o)?;
             if let Some(pn) = &ln.post_attn {
                 ops::rms_norm_in_place(&mut o, pn, s.norm_eps)?;
             }
             x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
 
             ops::rms_norm(&x, &ln.ffn, s.norm_eps, &mut xn)?;
-            ops::matmul(&qmat(&lw.ffn_gate)?, &xn, n, &mut gate)?;
-            ops::matmul(&qmat(&lw.ffn_up)?, &xn, n, &mut up)?;
+            if let (Some(pg), Some(pu)) = (&lp.gate, &lp.up) {
+                ops::matmul_packed_group(&[pg, pu], &xn, n, &mut [&mut gate, &mut up])?;
+            } else {
+                matmul(lp.gate.as_ref(), &lw.ffn_gate, &xn, n, &mut gate)?;
+                matmul(lp.up.as_ref(), &lw.ffn_up, &xn, n, &mut up)?;
+            }
             match s.activation {
                 Activation::SiluGlu => ops::silu_mul(&mut gate, &up)?,
                 Activation::GeluTanhGlu => ops::gelu_tanh_mul(&mut gate, &up)?,
             }
-            ops::matmul(&qmat(&lw.ffn_down)?, &gate, n, &mut o)?;
+            matmul(lp.down.as_ref(), &lw.ffn_down, &gate, n, &mut o)?;
             if let Some(pn) = &ln.post_ffn {
                 ops::rms_norm_in_place(&mut o, pn, s.norm_eps)?;
             }
@@ -252,7 +344,13 @@ impl CpuBackend {
         let mut hn = vec![0f32; rows.len()];
         ops::rms_norm(rows, &self.output_norm, s.norm_eps, &mut hn)?;
         let mut logits = vec![0f32; m * s.vocab_size];
-        ops::matmul(&qmat(&w.output)?, &hn, m, &mut logits)?;
+        matmul(
+            self.output_packed.as_deref(),
+            &w.output,
+            &hn,
+            m,
+            &mut logits,
+        )?;
         if let Some(cap) = s.final_logit_softcap {
             ops::softcap(&mut logits, cap);
         }

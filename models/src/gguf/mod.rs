@@ -54,6 +54,28 @@ impl Storage {
             Storage::Owned(bytes) => bytes,
         }
     }
+
+    /// Lets the OS drop the resident pages of `range` (mapped files only;
+    /// the bytes stay readable and are read from the file again if used).
+    pub(crate) fn release(&self, range: std::ops::Range<usize>) {
+        #[cfg(unix)]
+        if let Storage::Mapped(map) = self {
+            if range.start < range.end && range.end <= map.len() {
+                // SAFETY: the map is a read-only private file mapping that is
+                // never written, so MADV_DONTNEED only discards clean page-cache
+                // copies: later reads fault the same bytes in from the file and
+                // no slice observes a change. (Also at the one-page rounding
+                // memmap2 applies to the start.) A refusal is harmless.
+                let _ = unsafe {
+                    map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        range.start,
+                        range.len(),
+                    )
+                };
+            }
+        }
+    }
 }
 
 impl fmt::Debug for Storage {
@@ -122,7 +144,8 @@ impl GgufFile {
             source,
         };
         let file = std::fs::File::open(path).map_err(io_err)?;
-        // The one `unsafe` outside kernels/src/arch: there is no safe mmap.
+        // One of the two `unsafe` outside kernels/src/arch (the other drops
+        // pages, in `Storage::release`): there is no safe mmap.
         // SAFETY: the map is read-only and owned by `Storage`, so no slice
         // outlives it. Mapping is unsound only if another process truncates or
         // rewrites the file while it is loaded, the same contract ggml's
