@@ -3,6 +3,9 @@
 //! bytes, so criterion reports GB/s; matmul counts flops (Gelem/s = GFLOP/s).
 //! `matvec` and `matmul` run on a 1-thread and a 2-thread pool (`.../t1`,
 //! `.../t2`): the engine's two settings, and t1 shows the kernel alone.
+//! Tables that read weights repacked at load time (the x16 panels) also run
+//! on the packed copy, as `<isa>-x16`: that is the engine's path there, the
+//! plain `<isa>` row the file's layout.
 //!
 //! `cargo bench -p sotto-benches --bench kernels -- 'matvec'`
 
@@ -10,7 +13,7 @@ use bytemuck::Zeroable;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::{Rng, SeedableRng};
 use sotto_kernels::dispatch::{available_isas, table_for, VecDotTable};
-use sotto_kernels::ops::{matmul_with, QMatrix};
+use sotto_kernels::ops::{matmul_packed_with, matmul_with, PackedMatrix, QMatrix};
 use sotto_kernels::quant::blocks::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use sotto_kernels::quant::{aligned_bytes, quantize_row, AlignedBytes, DType};
 
@@ -91,6 +94,20 @@ fn matvec(c: &mut Criterion) {
                         pool.install(|| b.iter(|| matmul_with(t, &m, black_box(&x), 1, &mut out)))
                     });
                 }
+                let Ok(Some(p)) = PackedMatrix::pack_for(t, &m) else {
+                    continue;
+                };
+                for (threads, pool) in &pools {
+                    let id = BenchmarkId::new(
+                        format!("{}-x16", t.isa.name()),
+                        format!("{rows}x{cols}/t{threads}"),
+                    );
+                    g.bench_function(id, |b| {
+                        pool.install(|| {
+                            b.iter(|| matmul_packed_with(t, &p, black_box(&x), 1, &mut out))
+                        })
+                    });
+                }
             }
             g.finish();
         }
@@ -120,6 +137,20 @@ fn matmul(c: &mut Criterion) {
                         BenchmarkId::new(t.isa.name(), format!("{rows}x{cols}x{n}/t{threads}"));
                     g.bench_function(id, |b| {
                         pool.install(|| b.iter(|| matmul_with(t, &m, black_box(&x), n, &mut out)))
+                    });
+                }
+                let Ok(Some(p)) = PackedMatrix::pack_for(t, &m) else {
+                    continue;
+                };
+                for (threads, pool) in &pools {
+                    let id = BenchmarkId::new(
+                        format!("{}-x16", t.isa.name()),
+                        format!("{rows}x{cols}x{n}/t{threads}"),
+                    );
+                    g.bench_function(id, |b| {
+                        pool.install(|| {
+                            b.iter(|| matmul_packed_with(t, &p, black_box(&x), n, &mut out))
+                        })
                     });
                 }
             }

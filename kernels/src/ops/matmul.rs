@@ -1,13 +1,19 @@
 //! Quantized matrix times activations: `out[t, r] = w[r, :] · x[t, :]`.
 //! Activations are quantized once per token into the weight type's pair
 //! type. Output rows are split into bands (multiples of 16 rows) across the
-//! caller's rayon pool, and each band goes through the table's gemm kernel
-//! for that pair, or one dot per output when the table has none:
+//! caller's rayon pool (see [`bands`]), and each band goes through the
+//! table's gemm kernel for that pair, or one dot per output when the table
+//! has none.
 //!
-//! * decode (one token): a band's outputs are a contiguous slice of `out`;
-//! * prefill: a band is taken against every token, so its weights are
-//!   unpacked once and stream from memory once, written token-major into
-//!   the band's own buffer and then copied into the token-major output.
+//! Weights come in two layouts:
+//!
+//! * [`QMatrix`]: the file's bytes (ggml row-major blocks), borrowed from the
+//!   memory map; [`matmul`].
+//! * [`PackedMatrix`]: repacked once at load into the x16 panels of
+//!   [`crate::quant::x16`] for tables whose kernels read them (the AVX-512
+//!   tiers), so decode streams contiguous panels instead of gathering rows;
+//!   [`matmul_packed`], and [`matmul_packed_group`] for several matrices on
+//!   one input in one parallel region.
 
 use crate::dispatch::{self, GemmFn, VecDotFn, VecDotTable, X16GemmFn};
 use crate::quant::x16::{self, X16Block};
