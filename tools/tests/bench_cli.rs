@@ -150,7 +150,12 @@ fn an_isa_sweep_runs_each_forced_path_in_its_own_process() {
         .collect();
     assert_eq!(isas.len(), 4);
     let auto = v["kernel_isa_auto"].as_str().unwrap();
-    assert_eq!(isas, [auto, auto, "scalar", "scalar"]);
+    // the auto tier may read weights repacked at load ("vnni+x16")
+    let packed = format!("{auto}+x16");
+    for isa in &isas[..2] {
+        assert!(*isa == auto || *isa == packed, "{isa} vs {auto}");
+    }
+    assert_eq!(isas[2..], ["scalar", "scalar"]);
 }
 
 #[test]

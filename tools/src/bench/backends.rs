@@ -140,6 +140,13 @@ pub fn load_backend(
                 Model::load(path).map_err(|e| format!("loading {}: {e}", path.display()))?;
             let backend = CpuBackend::new(Arc::new(model), threads)
                 .map_err(|e| format!("cpu backend: {e}"))?;
+            // "+x16": weights repacked at load for the table's kernels
+            // (their time is in the load column).
+            let isa = if backend.packed_bytes() > 0 {
+                format!("{isa}+x16")
+            } else {
+                isa
+            };
             Ok(LoadedBackend {
                 backend: Box::new(backend),
                 load: t0.elapsed(),
