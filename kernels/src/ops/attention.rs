@@ -115,7 +115,7 @@ pub fn attention_with(
     }
     let hd = p.head_dim;
     let group = p.n_head / p.n_kv_head;
-    out.par_chunks_mut(hd).enumerate().for_each(|(idx, acc)| {
+    let one = |(idx, acc): (usize, &mut [f32])| {
         let (t, h) = (idx / p.n_head, idx % p.n_head);
         let pos = pos0 + t;
         let first = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
@@ -130,9 +130,20 @@ pub fn attention_with(
             first..pos + 1,
             acc,
         );
-    });
+    };
+    // Short decode steps cost less than waking the pool: the multiply-adds
+    // of q·k and p·v over every visible key, against about 2^18 (tens of µs).
+    let work = q_len.saturating_mul(pos0 + n_tokens).saturating_mul(2);
+    if work < PARALLEL_WORK {
+        out.chunks_mut(hd).enumerate().for_each(one);
+    } else {
+        out.par_chunks_mut(hd).enumerate().for_each(one);
+    }
     Ok(())
 }
+
+/// Multiply-adds below which attention runs on the calling thread.
+const PARALLEL_WORK: usize = 1 << 18;
 
 /// Online softmax over `keys`: a running max `m`, normalizer `l` and
 /// unnormalized output `acc`, rescaled when a block raises the max.
@@ -296,6 +307,19 @@ mod tests {
                 },
                 3,
                 2,
+            ),
+            // enough work for the parallel path (the others run on the caller)
+            (
+                AttentionParams {
+                    n_head: 9,
+                    n_kv_head: 3,
+                    head_dim: 64,
+                    scale: 0.125,
+                    softcap: None,
+                    window: None,
+                },
+                150,
+                40,
             ),
         ];
         for (ci, (p, pos0, n)) in cases.into_iter().enumerate() {
