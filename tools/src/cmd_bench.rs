@@ -61,7 +61,7 @@ pub struct BenchArgs {
     /// Kernel ISAs for sotto's backends: auto, scalar, avx2, avxvnni, avx512, vnni, neon, dotprod, i8mm.
     #[arg(long, value_delimiter = ',', default_value = "auto")]
     pub isa: Vec<String>,
-    /// Backends (comma list): cpu, candle, ort-cpu, ort-qnn, hybrid.
+    /// Backends (comma list): cpu, candle, ort-cpu, ort-qnn, hybrid, hybrid-qnn.
     #[arg(short = 'b', long, value_delimiter = ',', default_value = "cpu")]
     pub backend: Vec<String>,
     /// Timed repetitions per test.

@@ -56,6 +56,7 @@ pub struct ChatArgs {
     #[arg(long)]
     pub onnx_dir: Option<PathBuf>,
     /// Execution providers in priority order: qnn, nnapi, coreml, xnnpack, openvino, cpu.
+    /// QNN options follow its name: `qnn:soc_model=69:htp_performance_mode=burst,cpu`.
     #[arg(long, default_value = "cpu")]
     pub ep: String,
     /// Refuse CPU fallback: every node on the first EPs, or an error before running.

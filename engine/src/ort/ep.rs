@@ -64,7 +64,9 @@ impl Ep {
         }
     }
 
-    /// Parses a chain like `"qnn,cpu"`.
+    /// Parses a chain like `"qnn,cpu"`. QNN takes typed options after its
+    /// name, `:`-separated: `qnn:soc_model=69:htp_performance_mode=burst`,
+    /// also `backend_path=…`, `ep_library=…`, `context_cache=…`.
     pub fn parse_chain(s: &str) -> Result<Vec<Ep>, Error> {
         s.split(',')
             .map(str::trim)
@@ -74,11 +76,72 @@ impl Ep {
     }
 }
 
+/// QNN's options from `key=value` pairs.
+fn qnn_options<'a>(pairs: impl Iterator<Item = &'a str>) -> Result<QnnOptions, Error> {
+    let mut o = QnnOptions::default();
+    for pair in pairs {
+        let bad = |reason: &str| Error::BadEpOption {
+            ep: "qnn".into(),
+            option: pair.to_string(),
+            reason: reason.to_string(),
+        };
+        let (key, value) = pair
+            .split_once('=')
+            .ok_or_else(|| bad("expected key=value"))?;
+        let value = value.trim();
+        if value.is_empty() {
+            return Err(bad("empty value"));
+        }
+        match key.trim().to_ascii_lowercase().as_str() {
+            "soc_model" => {
+                o.soc_model = Some(value.parse().map_err(|_| bad("not a SoC model number"))?)
+            }
+            "htp_performance_mode" | "perf" => {
+                const MODES: [&str; 9] = [
+                    "burst",
+                    "balanced",
+                    "default",
+                    "high_performance",
+                    "high_power_saver",
+                    "low_balanced",
+                    "low_power_saver",
+                    "power_saver",
+                    "sustained_high_performance",
+                ];
+                if !MODES.contains(&value) {
+                    return Err(bad("unknown HTP performance mode"));
+                }
+                o.htp_performance_mode = Some(value.to_string());
+            }
+            "backend_path" => o.backend_path = Some(value.into()),
+            "ep_library" => o.ep_library = Some(value.into()),
+            "context_cache" => o.context_cache = Some(value.into()),
+            _ => {
+                return Err(bad(
+                    "unknown option (soc_model, htp_performance_mode, backend_path, ep_library, context_cache)",
+                ))
+            }
+        }
+    }
+    Ok(o)
+}
+
 impl FromStr for Ep {
     type Err = Error;
     fn from_str(s: &str) -> Result<Ep, Error> {
-        Ok(match s.to_ascii_lowercase().as_str() {
-            "qnn" | "htp" => Ep::Qnn(QnnOptions::default()),
+        let mut parts = s.split(':');
+        let name = parts.next().unwrap_or_default().trim().to_ascii_lowercase();
+        if matches!(name.as_str(), "qnn" | "htp") {
+            return Ok(Ep::Qnn(qnn_options(parts)?));
+        }
+        if let Some(extra) = parts.next() {
+            return Err(Error::BadEpOption {
+                ep: name,
+                option: extra.to_string(),
+                reason: "this provider takes no options".into(),
+            });
+        }
+        Ok(match name.as_str() {
             "nnapi" => Ep::Nnapi,
             "coreml" => Ep::CoreMl,
             "xnnpack" => Ep::Xnnpack,
@@ -99,5 +162,36 @@ mod tests {
         assert_eq!(chain, vec![Ep::Qnn(QnnOptions::default()), Ep::Cpu]);
         assert_eq!(chain[0].ort_name(), "QNNExecutionProvider");
         assert!(matches!(Ep::parse_chain("qnn,tpu"), Err(Error::UnknownEp(n)) if n == "tpu"));
+    }
+
+    #[test]
+    fn qnn_takes_typed_options_in_the_chain() {
+        let chain =
+            Ep::parse_chain("qnn:soc_model=69:htp_performance_mode=burst:context_cache=/tmp/c,cpu")
+                .unwrap();
+        let Ep::Qnn(o) = &chain[0] else {
+            panic!("{chain:?}")
+        };
+        assert_eq!(o.soc_model, Some(69));
+        assert_eq!(o.effective_soc_model(), Some(69));
+        assert_eq!(o.htp_performance_mode.as_deref(), Some("burst"));
+        assert_eq!(
+            o.context_cache.as_deref(),
+            Some(std::path::Path::new("/tmp/c"))
+        );
+        assert_eq!(chain[1], Ep::Cpu);
+        for bad in [
+            "qnn:soc_model=sm8650",
+            "qnn:perf=turbo",
+            "qnn:soc_model",
+            "qnn:color=blue",
+            "qnn:backend_path=",
+            "cpu:threads=2",
+        ] {
+            assert!(
+                matches!(Ep::parse_chain(bad), Err(Error::BadEpOption { .. })),
+                "{bad}"
+            );
+        }
     }
 }

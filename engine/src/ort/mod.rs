@@ -51,6 +51,14 @@ pub enum Error {
         "unknown execution provider {0:?} (expected qnn, nnapi, coreml, xnnpack, openvino or cpu)"
     )]
     UnknownEp(String),
+    /// An option in the chain (`qnn:soc_model=57`) this EP does not take,
+    /// or a value it cannot parse.
+    #[error("execution provider option {option:?} of {ep}: {reason}")]
+    BadEpOption {
+        ep: String,
+        option: String,
+        reason: String,
+    },
     /// NPU-only sessions need every shape fixed.
     #[error(
         "graph input {input} has a dynamic shape {shape:?}; NPU-only sessions need static shapes"

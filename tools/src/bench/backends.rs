@@ -1,6 +1,6 @@
 //! The backends `sotto bench` can run, and the one factory that loads them.
 //! A new backend is one [`BACKENDS`] row and one arm in [`load_backend`].
-//! The ONNX Runtime rows (ort-cpu, ort-qnn, hybrid) run graphs exported by
+//! The ONNX Runtime rows (ort-cpu, ort-qnn, hybrid, hybrid-qnn) run graphs exported by
 //! `sotto export`, exported on first use when no directory is given.
 
 use sotto_engine::{Backend, CpuBackend};
@@ -43,6 +43,11 @@ pub const BACKENDS: &[BackendInfo] = &[
         name: "hybrid",
         uses_sotto_kernels: true,
         about: "prefill on the ort-cpu graphs, decode on sotto's CPU kernels (needs --features ort)",
+    },
+    BackendInfo {
+        name: "hybrid-qnn",
+        uses_sotto_kernels: true,
+        about: "prefill on the ort-qnn graphs (QNN HTP, emulated on x86-64), decode on sotto's CPU kernels (needs --features ort)",
     },
 ];
 
@@ -155,7 +160,9 @@ pub fn load_backend(
             })
         }
         "candle" => load_candle(path, threads, t0),
-        "ort-cpu" | "ort-qnn" | "hybrid" => load_ort(name, path, threads, graphs, t0),
+        "ort-cpu" | "ort-qnn" | "hybrid" | "hybrid-qnn" => {
+            load_ort(name, path, threads, graphs, t0)
+        }
         other => Err(format!(
             "unknown backend {other:?}; one of {}",
             names().join(", ")
@@ -223,7 +230,7 @@ fn load_ort(
     use crate::cmd_export::Target;
     use sotto_engine::ort::{Ep, HybridBackend, OrtConfig, OrtDecoder};
     // Exporting is not loading: the clock starts once the graphs exist.
-    let (dir, config) = if name == "ort-qnn" {
+    let (dir, config) = if name == "ort-qnn" || name == "hybrid-qnn" {
         let dir = graphs_dir(path, Target::Qnn, graphs.qnn_dir.as_ref(), graphs.context)?;
         let eps = vec![Ep::Qnn(Default::default())];
         (
@@ -255,6 +262,11 @@ fn load_ort(
             let cpu = CpuBackend::new(model, threads).map_err(|e| format!("cpu backend: {e}"))?;
             let b = HybridBackend::new(ort, cpu).map_err(|e| e.to_string())?;
             (Box::new(b), format!("ort-cpu+{}", kernel_isa()?))
+        }
+        "hybrid-qnn" => {
+            let cpu = CpuBackend::new(model, threads).map_err(|e| format!("cpu backend: {e}"))?;
+            let b = HybridBackend::new(ort, cpu).map_err(|e| e.to_string())?;
+            (Box::new(b), format!("{}+{}", qnn_label(), kernel_isa()?))
         }
         "ort-qnn" => (Box::new(ort), qnn_label().to_string()),
         _ => (Box::new(ort), "ort-cpu".to_string()),
@@ -288,7 +300,18 @@ mod tests {
         assert!(!uses_sotto_kernels("candle"));
         assert!(!uses_sotto_kernels("nonesuch"));
         assert!(uses_sotto_kernels("hybrid") && !uses_sotto_kernels("ort-qnn"));
-        assert_eq!(names(), ["cpu", "candle", "ort-cpu", "ort-qnn", "hybrid"]);
+        assert!(uses_sotto_kernels("hybrid-qnn"));
+        assert_eq!(
+            names(),
+            [
+                "cpu",
+                "candle",
+                "ort-cpu",
+                "ort-qnn",
+                "hybrid",
+                "hybrid-qnn"
+            ]
+        );
     }
 
     #[test]
