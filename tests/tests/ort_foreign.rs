@@ -127,7 +127,9 @@ fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
         ensure_python_deps();
-        let base = std::env::temp_dir().join(format!("sotto-ort-foreign-{}", std::process::id()));
+        // One directory for every run, emptied first: never stale exports.
+        let base = std::env::temp_dir().join("sotto-ort-foreign");
+        let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base).unwrap();
         let gguf = base.join("tiny-llama.gguf");
         std::fs::write(&gguf, tiny_model_random("llama", DIMS, 7).to_bytes()).unwrap();
