@@ -274,6 +274,22 @@ impl ForeignIo {
                 }
             }
         }
+        // Anything else would be left unfed (optimum's merged decoders take
+        // a `use_cache_branch` flag, for instance): say so before running.
+        let fed = |name: &str| {
+            ["input_ids", "attention_mask", "position_ids"].contains(&name)
+                || name
+                    .strip_prefix("past_key_values.")
+                    .and_then(|r| r.strip_suffix(".key").or_else(|| r.strip_suffix(".value")))
+                    .and_then(|n| n.parse::<usize>().ok())
+                    .is_some_and(|n| n < n_layer)
+        };
+        if let Some(t) = inputs.iter().find(|t| !fed(&t.0)) {
+            return Err(Error::UnexpectedInput {
+                model: path.to_path_buf(),
+                name: t.0.clone(),
+            });
+        }
         Ok(ForeignIo {
             n_layer,
             has_attention_mask: find(&inputs, "attention_mask").is_some(),
@@ -790,6 +806,18 @@ mod tests {
                 config: 3,
                 ..
             })
+        ));
+        let mut extra = model(1, f32, "");
+        if let Some(g) = extra.graph.as_mut() {
+            g.input.push(ValueInfoProto::tensor(
+                "use_cache_branch",
+                DataType::Bool,
+                &[1],
+            ));
+        }
+        assert!(matches!(
+            discover(&extra, &config(1)),
+            Err(Error::UnexpectedInput { ref name, .. }) if name == "use_cache_branch"
         ));
         // bfloat16 (ONNX type 16) KV tensors
         let err = discover(&model(1, 16, ""), &config(1)).unwrap_err();

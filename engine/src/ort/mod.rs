@@ -95,6 +95,9 @@ pub enum Error {
         kind: &'static str,
         name: String,
     },
+    /// A foreign graph takes an input the decoder loop does not feed.
+    #[error("{model}: the graph takes an input {name:?} beyond the usual decoder inputs (input_ids, attention_mask, position_ids, past_key_values.N.key/value)")]
+    UnexpectedInput { model: PathBuf, name: String },
     /// A foreign graph disagrees with its config.json.
     #[error("{model}: the graph has {field} = {graph}, config.json says {config}")]
     ConfigMismatch {
