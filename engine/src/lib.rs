@@ -10,8 +10,10 @@
 //! * [`chat`]: conversations through the model's chat template.
 //! * [`onnx`] / `ort`: static-graph export and, behind the `ort` feature,
 //!   the ONNX Runtime backends: `ort::OrtDecoder` (the exported graphs on an
-//!   execution-provider chain such as QNN HTP) and `ort::HybridBackend`
-//!   (prefill on the graphs, decode on the CPU kernels, one KV cache).
+//!   execution-provider chain such as QNN HTP), `ort::HybridBackend`
+//!   (prefill on the graphs, decode on the CPU kernels, one KV cache) and
+//!   `ort::ForeignDecoder` (a decoder exported by another tool, optimum's
+//!   I/O names and dynamic shapes).
 
 pub mod backend;
 pub mod chat;

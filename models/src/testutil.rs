@@ -78,8 +78,48 @@ fn values(n: usize, seed: usize) -> Vec<f32> {
         .collect()
 }
 
+/// Pseudo-random values uniform in `[-scale, scale)` (splitmix64 of
+/// `seed` and the index): weights without the repeating rows of
+/// [`tiny_model`], whose logits tie exactly, for tests that compare argmaxes
+/// across backends.
+fn random_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    (0..n as u64)
+        .map(|i| {
+            let mut z = seed
+                .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                .wrapping_add(i.wrapping_mul(0xBF58_476D_1CE4_E5B9));
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^= z >> 31;
+            ((z >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+        })
+        .collect()
+}
+
 /// A complete tiny model of architecture `arch` (`"llama"` or `"gemma3"`).
 pub fn tiny_model(arch: &str, dims: TinyDims) -> GgufWriter {
+    tiny_model_with(arch, dims, &mut values)
+}
+
+/// [`tiny_model`] with pseudo-random weights drawn from `seed`, uniform in
+/// ±0.5 (norm weights around 1, as trained models have them).
+pub fn tiny_model_random(arch: &str, dims: TinyDims, seed: u64) -> GgufWriter {
+    let mut draw = |n: usize, tensor: usize| {
+        let v = random_values(n, seed.wrapping_mul(1000).wrapping_add(tensor as u64), 0.5);
+        if n == dims.d_model || n == dims.head_dim {
+            v.into_iter().map(|x| 1.0 + x * 0.4).collect()
+        } else {
+            v
+        }
+    };
+    tiny_model_with(arch, dims, &mut draw)
+}
+
+fn tiny_model_with(
+    arch: &str,
+    dims: TinyDims,
+    values: &mut dyn FnMut(usize, usize) -> Vec<f32>,
+) -> GgufWriter {
     let (tokens, types, merges) = tiny_vocab();
     let vocab = tokens.len();
     let d = dims.d_model as u64;

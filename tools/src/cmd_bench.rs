@@ -61,7 +61,7 @@ pub struct BenchArgs {
     /// Kernel ISAs for sotto's backends: auto, scalar, avx2, avxvnni, avx512, vnni, neon, dotprod, i8mm.
     #[arg(long, value_delimiter = ',', default_value = "auto")]
     pub isa: Vec<String>,
-    /// Backends (comma list): cpu, candle, ort-cpu, ort-qnn, hybrid, hybrid-qnn.
+    /// Backends (comma list): cpu, candle, ort-cpu, ort-qnn, hybrid, hybrid-qnn, ort-foreign.
     #[arg(short = 'b', long, value_delimiter = ',', default_value = "cpu")]
     pub backend: Vec<String>,
     /// Timed repetitions per test.
@@ -88,6 +88,11 @@ pub struct BenchArgs {
     /// Graphs for ort-qnn rows (`sotto export --target qnn`); default as above.
     #[arg(long)]
     pub onnx_qnn_dir: Option<PathBuf>,
+    /// A decoder exported by another tool (model.onnx + config.json, the
+    /// model given with --model supplying tokenizer and spec) for
+    /// ort-foreign rows.
+    #[arg(long)]
+    pub onnx_foreign: Option<PathBuf>,
     /// Print only the rows as JSON (child processes of an ISA sweep).
     #[arg(long, hide = true)]
     pub json_rows: bool,
@@ -331,6 +336,7 @@ fn child_args(group: &ChildGroup, model: &Path, args: &BenchArgs) -> Vec<String>
     for (flag, dir) in [
         ("--onnx-dir", &args.onnx_dir),
         ("--onnx-qnn-dir", &args.onnx_qnn_dir),
+        ("--onnx-foreign", &args.onnx_foreign),
     ] {
         if let Some(d) = dir {
             out.push(flag.to_string());
@@ -422,6 +428,7 @@ fn run_in_process(
             cpu_dir: args.onnx_dir.clone(),
             qnn_dir: args.onnx_qnn_dir.clone(),
             context: graph_context(instances),
+            foreign_dir: args.onnx_foreign.clone(),
         };
         let mut loaded = backends::load_backend(&inst.backend, model, inst.threads, &graphs)?;
         let describe = loaded.backend.describe();

@@ -52,8 +52,13 @@ pub struct ChatArgs {
     /// ONNX Runtime), hybrid (prefill on the graphs, decode on the CPU).
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: ChatBackend,
-    /// Graphs exported by `sotto export` (for --backend ort|hybrid).
-    #[arg(long)]
+    /// Graphs for --backend ort|hybrid: a directory written by `sotto
+    /// export`, or a decoder exported by another tool (a directory with
+    /// model.onnx and config.json in the Hugging Face/optimum layout, or
+    /// the .onnx file; --backend ort only). A foreign graph replaces the
+    /// weights only: tokenizer, chat template and model description come
+    /// from --model, a GGUF of the same model, checked against config.json.
+    #[arg(long, alias = "onnx")]
     pub onnx_dir: Option<PathBuf>,
     /// Execution providers in priority order: qnn, nnapi, coreml, xnnpack, openvino, cpu.
     /// QNN options follow its name: `qnn:soc_model=69:htp_performance_mode=burst,cpu`.
@@ -77,10 +82,10 @@ fn make_backend(args: &ChatArgs, model: &Arc<Model>) -> Result<Box<dyn Backend>,
     if args.backend == ChatBackend::Cpu {
         return Ok(Box::new(cpu()?));
     }
-    let dir = args
-        .onnx_dir
-        .as_deref()
-        .ok_or("--backend ort|hybrid needs --onnx-dir (make one with `sotto export`)")?;
+    let dir = args.onnx_dir.as_deref().ok_or(
+        "--backend ort|hybrid needs --onnx-dir: graphs from `sotto export`, or (ort only) \
+             a foreign export with model.onnx and config.json",
+    )?;
     open_ort(args, model, dir, &cpu)
 }
 
@@ -91,13 +96,32 @@ fn open_ort(
     dir: &std::path::Path,
     cpu: &dyn Fn() -> Result<CpuBackend, String>,
 ) -> Result<Box<dyn Backend>, String> {
-    use sotto_engine::ort::{Ep, HybridBackend, OrtConfig, OrtDecoder};
+    use sotto_engine::ort::{
+        is_foreign_export, Ep, ForeignDecoder, HybridBackend, OrtConfig, OrtDecoder,
+    };
     let config = OrtConfig {
         eps: Ep::parse_chain(&args.ep).map_err(|e| e.to_string())?,
         npu_only: args.npu_only,
         intra_threads: args.threads,
         ..Default::default()
     };
+    if is_foreign_export(dir) {
+        if args.backend == ChatBackend::Hybrid {
+            return Err(format!(
+                "{}: --backend hybrid needs graphs from `sotto export`; a foreign export runs with --backend ort",
+                dir.display()
+            ));
+        }
+        let graph = ForeignDecoder::open(&model.spec, dir, &config)
+            .map_err(|e| format!("{}: {e}", dir.display()))?;
+        if !args.quiet {
+            eprintln!(
+                "sotto: foreign ONNX export (tokenizer and template from the GGUF); placement (before running)\n{}",
+                graph.placement_report()
+            );
+        }
+        return Ok(Box::new(graph));
+    }
     let graphs = OrtDecoder::open(&model.spec, dir, &config)
         .map_err(|e| format!("{}: {e}", dir.display()))?;
     if !args.quiet {

@@ -33,7 +33,7 @@ pub struct OrtDecoder {
 }
 
 /// The report name of a chain: its first EP that is not the CPU.
-fn chain_name(eps: &[Ep]) -> &'static str {
+pub(crate) fn chain_name(eps: &[Ep]) -> &'static str {
     match eps.iter().find(|e| !matches!(e, Ep::Cpu)) {
         Some(Ep::Qnn(_)) => "ort-qnn",
         Some(Ep::Nnapi) => "ort-nnapi",

@@ -12,12 +12,16 @@
 //! * [`decoder`]: [`OrtDecoder`], the graphs as an engine
 //!   [`Backend`](crate::Backend) on the engine's [`KvCache`](crate::KvCache);
 //! * [`hybrid`]: [`HybridBackend`], prefill on the graphs (the NPU), decode
-//!   on the CPU kernels, one KV cache between them.
+//!   on the CPU kernels, one KV cache between them;
+//! * [`foreign`]: [`ForeignDecoder`], a decoder exported by another tool
+//!   (optimum's I/O names, dynamic shapes, `config.json`) as an engine
+//!   [`Backend`](crate::Backend).
 
 pub mod backend;
 pub mod calibrate;
 pub mod decoder;
 pub mod ep;
+pub mod foreign;
 pub mod hybrid;
 pub mod runtime;
 pub mod session;
@@ -25,6 +29,7 @@ pub mod session;
 pub use backend::{KvSnapshot, OrtBackend};
 pub use decoder::OrtDecoder;
 pub use ep::{Ep, QnnOptions};
+pub use foreign::{is_foreign_export, ForeignConfig, ForeignDecoder, ForeignIo, KvDtype};
 pub use hybrid::HybridBackend;
 pub use runtime::OrtConfig;
 pub use session::{GraphSession, Placement};
@@ -91,6 +96,34 @@ pub enum Error {
         graphs: usize,
         model: usize,
     },
+    /// A foreign export lacks one of the decoder inputs or outputs.
+    #[error("{model}: the graph has no {kind} named {name:?}")]
+    MissingIo {
+        model: PathBuf,
+        kind: &'static str,
+        name: String,
+    },
+    /// A foreign graph takes an input the decoder loop does not feed.
+    #[error("{model}: the graph takes an input {name:?} beyond the usual decoder inputs (input_ids, attention_mask, position_ids, past_key_values.N.key/value)")]
+    UnexpectedInput { model: PathBuf, name: String },
+    /// A foreign graph disagrees with its config.json.
+    #[error("{model}: the graph has {field} = {graph}, config.json says {config}")]
+    ConfigMismatch {
+        model: PathBuf,
+        field: &'static str,
+        graph: usize,
+        config: usize,
+    },
+    #[error("{model}: {name} is {dtype}; supported: {supported}")]
+    UnsupportedDtype {
+        model: PathBuf,
+        name: String,
+        dtype: String,
+        supported: &'static str,
+    },
+    /// A config.json that cannot describe a decoder.
+    #[error("{path}: {reason}")]
+    Config { path: PathBuf, reason: String },
     #[error("KV hand-over: {0}")]
     Kv(String),
     #[error("onnxruntime: {0}")]

@@ -110,6 +110,7 @@ pub struct GraphSession {
 #[derive(Debug, Clone, Copy)]
 pub enum Input<'a> {
     F32(&'a [usize], &'a [f32]),
+    F16(&'a [usize], &'a [half::f16]),
     I64(&'a [usize], &'a [i64]),
 }
 
@@ -117,7 +118,8 @@ pub enum Input<'a> {
 pub type Output = (Vec<i64>, Vec<f32>);
 
 impl GraphSession {
-    /// Runs the graph; returns every float output by name.
+    /// Runs the graph; returns every float output by name (f16 outputs
+    /// widened to f32).
     pub fn run(
         &mut self,
         inputs: &[(&str, Input<'_>)],
@@ -127,6 +129,9 @@ impl GraphSession {
         for (name, input) in inputs {
             let v: ort::session::SessionInputValue<'_> = match *input {
                 Input::F32(shape, data) => {
+                    ort::value::TensorRef::from_array_view((shape.to_vec(), data))?.into()
+                }
+                Input::F16(shape, data) => {
                     ort::value::TensorRef::from_array_view((shape.to_vec(), data))?.into()
                 }
                 Input::I64(shape, data) => {
@@ -142,6 +147,14 @@ impl GraphSession {
                 out.insert(
                     name.to_string(),
                     (shape.iter().copied().collect(), data.to_vec()),
+                );
+            } else if let Ok((shape, data)) = value.try_extract_tensor::<half::f16>() {
+                out.insert(
+                    name.to_string(),
+                    (
+                        shape.iter().copied().collect(),
+                        data.iter().map(|x| x.to_f32()).collect(),
+                    ),
                 );
             }
         }
@@ -207,6 +220,26 @@ fn sidecar(path: &Path) -> std::path::PathBuf {
 
 /// Creates a session for `model_bytes` on the configured EP chain.
 pub fn create(config: &OrtConfig, model_bytes: &[u8]) -> Result<GraphSession> {
+    create_with(config, model_bytes, None)
+}
+
+/// Creates a session for the model file at `path`, so ONNX Runtime finds
+/// external data files (`model.onnx_data`) beside it.
+pub fn create_from_file(config: &OrtConfig, path: &Path) -> Result<GraphSession> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    create_with(config, &bytes, Some(path))
+}
+
+/// [`create_from_file`] for a file already read: `model_bytes` are the
+/// contents of `file` (parsed for the I/O), the session loads from `file`.
+pub(crate) fn create_with(
+    config: &OrtConfig,
+    model_bytes: &[u8],
+    file: Option<&Path>,
+) -> Result<GraphSession> {
     let model = ModelProto::decode(model_bytes)
         .map_err(|e| Error::Graph(format!("not an ONNX model: {e}")))?;
     let (inputs, outputs, graph_nodes) = graph_io(&model);
@@ -312,7 +345,10 @@ pub fn create(config: &OrtConfig, model_bytes: &[u8]) -> Result<GraphSession> {
     }
     let committed = match &cached_context {
         Some(ctx) => builder.commit_from_file(ctx),
-        None => builder.commit_from_memory(model_bytes),
+        None => match file {
+            Some(path) => builder.commit_from_file(path),
+            None => builder.commit_from_memory(model_bytes),
+        },
     };
     let lines = runtime::take_log(&log_id);
     let session = committed.map_err(|e| {

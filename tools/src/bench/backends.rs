@@ -1,7 +1,8 @@
 //! The backends `sotto bench` can run, and the one factory that loads them.
 //! A new backend is one [`BACKENDS`] row and one arm in [`load_backend`].
-//! The ONNX Runtime rows (ort-cpu, ort-qnn, hybrid, hybrid-qnn) run graphs exported by
-//! `sotto export`, exported on first use when no directory is given.
+//! The ONNX Runtime rows (ort-cpu, ort-qnn, hybrid, hybrid-qnn) run graphs
+//! exported by `sotto export`, exported on first use when no directory is
+//! given; ort-foreign runs a decoder another tool exported (`--onnx-foreign DIR`).
 
 use sotto_engine::{Backend, CpuBackend};
 use sotto_models::Model;
@@ -49,6 +50,11 @@ pub const BACKENDS: &[BackendInfo] = &[
         uses_sotto_kernels: true,
         about: "prefill on the ort-qnn graphs (QNN HTP, emulated on x86-64), decode on sotto's CPU kernels (needs --features ort)",
     },
+    BackendInfo {
+        name: "ort-foreign",
+        uses_sotto_kernels: false,
+        about: "a decoder exported by another tool (optimum layout: model.onnx + config.json, given with --onnx-foreign) on ONNX Runtime's CPU EP; tokenizer and spec from the GGUF (needs --features ort)",
+    },
 ];
 
 /// Where the ort rows' graphs come from.
@@ -63,6 +69,8 @@ pub struct OnnxGraphs {
     pub qnn_dir: Option<PathBuf>,
     /// KV slots the sweep needs (graphs exported here get this many).
     pub context: usize,
+    /// A foreign export (model.onnx + config.json) for ort-foreign rows.
+    pub foreign_dir: Option<PathBuf>,
 }
 
 /// The label of QNN HTP rows: an emulator off Qualcomm hardware.
@@ -160,7 +168,7 @@ pub fn load_backend(
             })
         }
         "candle" => load_candle(path, threads, t0),
-        "ort-cpu" | "ort-qnn" | "hybrid" | "hybrid-qnn" => {
+        "ort-cpu" | "ort-qnn" | "hybrid" | "hybrid-qnn" | "ort-foreign" => {
             load_ort(name, path, threads, graphs, t0)
         }
         other => Err(format!(
@@ -228,7 +236,27 @@ fn load_ort(
     _since_call: Instant,
 ) -> Result<LoadedBackend, String> {
     use crate::cmd_export::Target;
-    use sotto_engine::ort::{Ep, HybridBackend, OrtConfig, OrtDecoder};
+    use sotto_engine::ort::{Ep, ForeignDecoder, HybridBackend, OrtConfig, OrtDecoder};
+    if name == "ort-foreign" {
+        let dir = graphs
+            .foreign_dir
+            .as_ref()
+            .ok_or("ort-foreign rows need --onnx-foreign DIR (model.onnx + config.json)")?;
+        let t0 = Instant::now();
+        let model = Model::load(path).map_err(|e| format!("loading {}: {e}", path.display()))?;
+        let config = OrtConfig {
+            intra_threads: threads,
+            ..Default::default()
+        };
+        let backend = ForeignDecoder::open(&model.spec, dir, &config)
+            .map_err(|e| format!("{name} ({}): {e}", dir.display()))?;
+        return Ok(LoadedBackend {
+            backend: Box::new(backend),
+            load: t0.elapsed(),
+            external_kv_bytes_per_position: None,
+            isa: "ort-cpu".to_string(),
+        });
+    }
     // Exporting is not loading: the clock starts once the graphs exist.
     let (dir, config) = if name == "ort-qnn" || name == "hybrid-qnn" {
         let dir = graphs_dir(path, Target::Qnn, graphs.qnn_dir.as_ref(), graphs.context)?;
@@ -309,7 +337,8 @@ mod tests {
                 "ort-cpu",
                 "ort-qnn",
                 "hybrid",
-                "hybrid-qnn"
+                "hybrid-qnn",
+                "ort-foreign"
             ]
         );
     }
