@@ -22,13 +22,65 @@
 //! runtime check of the features they need.
 
 use crate::dispatch::{Isa, VecDotTable};
-use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+use crate::quant::x16::{self, X16Block};
+use half::f16;
 
 mod dotprod;
 mod i8mm;
 mod neon;
 #[cfg(test)]
 mod test_support;
+
+/// The activation side of the legacy gemm kernels (Q8_0 and Q8_1 blocks).
+pub(super) trait ActBlock: Copy {
+    fn codes(&self) -> &[i8; QK];
+    fn scale(&self) -> f16;
+    /// `s = d * sum(codes)` of Q8_1 (zero for Q8_0, whose weights have no
+    /// minimum to meet it).
+    fn sum_scaled(&self) -> f16;
+}
+
+impl ActBlock for BlockQ8_0 {
+    fn codes(&self) -> &[i8; QK] {
+        &self.qs
+    }
+    fn scale(&self) -> f16 {
+        self.d
+    }
+    fn sum_scaled(&self) -> f16 {
+        f16::ZERO
+    }
+}
+
+impl ActBlock for BlockQ8_1 {
+    fn codes(&self) -> &[i8; QK] {
+        &self.qs
+    }
+    fn scale(&self) -> f16 {
+        self.d
+    }
+    fn sum_scaled(&self) -> f16 {
+        self.s
+    }
+}
+
+/// The shape checks of the x16 wrappers: whole columns, an output that
+/// holds them all, and `packed` holding exactly the panels of `rows` rows.
+fn x16_shape_ok<W: X16Block, A>(
+    packed: &[u8],
+    rows: usize,
+    a: &[A],
+    bpr: usize,
+    out: &[f32],
+) -> bool {
+    bpr > 0
+        && a.len() % bpr == 0
+        && x16::packed_bytes::<W>(rows, bpr) == Some(packed.len())
+        && rows
+            .checked_mul(a.len() / bpr)
+            .is_some_and(|n| n <= out.len())
+}
 
 /// Whether the running CPU can execute the kernels of `isa` (and of every
 /// tier below it, which its table also uses).
