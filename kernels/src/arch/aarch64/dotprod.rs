@@ -222,7 +222,7 @@ fn prefetch(p: *const u8) {
         asm!(
             "prfm pldl1keep, [{p}]",
             p = in(reg) p,
-            options(nomem, nostack, preserves_flags),
+            options(readonly, nostack, preserves_flags),
         );
     }
 }
@@ -431,6 +431,7 @@ unsafe fn x16_cols<
 /// `W`; `g0 + RG <= 4`.
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
+#[allow(clippy::needless_range_loop)] // g indexes the sums and the line registers alike
 unsafe fn x16_lane<
     W: X16Block,
     const L: i32,

@@ -65,8 +65,22 @@ impl ActBlock for BlockQ8_1 {
     }
 }
 
+/// The shape checks of the gemm wrappers before their kernels (which then
+/// index without bounds checks): whole rows and columns, and an output that
+/// holds them all.
+#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87 (workspace: 1.85)
+fn gemm_shape_ok<W, A>(w: &[W], a: &[A], bpr: usize, out: &[f32]) -> bool {
+    bpr > 0
+        && w.len() % bpr == 0
+        && a.len() % bpr == 0
+        && (w.len() / bpr)
+            .checked_mul(a.len() / bpr)
+            .is_some_and(|n| n <= out.len())
+}
+
 /// The shape checks of the x16 wrappers: whole columns, an output that
 /// holds them all, and `packed` holding exactly the panels of `rows` rows.
+#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87 (workspace: 1.85)
 fn x16_shape_ok<W: X16Block, A>(
     packed: &[u8],
     rows: usize,
@@ -178,6 +192,41 @@ mod tests {
             }
         }
         assert_eq!(dot2x2_table().is_some(), supports(Isa::I8mm));
+    }
+
+    /// The multi-row kernels sit in the tiers that have them: x16 (decode,
+    /// packed weights) from dotprod up, inherited by i8mm; the `smmla` gemm
+    /// (prefill, file layout) in i8mm only. A lost entry fails here instead
+    /// of silently falling back to single dots.
+    #[test]
+    fn multi_row_entries_per_tier() {
+        let scalar = crate::dispatch::SCALAR;
+        let gemm = |t: &VecDotTable| {
+            [
+                t.q4_0_q8_0_gemm.is_some(),
+                t.q4_1_q8_1_gemm.is_some(),
+                t.q8_0_q8_0_gemm.is_some(),
+            ]
+        };
+        let x16 = |t: &VecDotTable| {
+            [
+                t.q4_0_q8_0_x16.map(|f| f as usize),
+                t.q4_1_q8_1_x16.map(|f| f as usize),
+                t.q8_0_q8_0_x16.map(|f| f as usize),
+            ]
+        };
+        if let Some(t) = table(Isa::Neon, scalar) {
+            assert_eq!(gemm(&t), [false; 3]);
+            assert_eq!(x16(&t), [None; 3]);
+        }
+        if let Some(t) = table(Isa::Dotprod, scalar) {
+            assert_eq!(gemm(&t), [false; 3]);
+            assert!(x16(&t).iter().all(Option::is_some));
+            if let Some(i) = table(Isa::I8mm, scalar) {
+                assert_eq!(gemm(&i), [true; 3]);
+                assert_eq!(x16(&i), x16(&t));
+            }
+        }
     }
 
     /// Under `SOTTO_ISA=<tier>` (scripts/test-aarch64.sh) the process-wide
