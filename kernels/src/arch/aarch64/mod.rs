@@ -3,14 +3,17 @@
 //! * `neon`: baseline Advanced SIMD, present on every aarch64 core. Integer
 //!   dots widen with `smull` + `sadalp`; float dots and `axpy_f16` use `fmla`.
 //! * `dotprod`: `sdot` (Armv8.2+, Cortex-A55/A76 and later) for the legacy
-//!   and k-quant integer dots.
+//!   and k-quant integer dots, and the x16 gemm over weights packed at load
+//!   time (`sdot` by element: 4 rows per register, 16 per panel).
 //! * `i8mm`: `smmla` (Armv8.6+, Cortex-A510/A710/X2 and later), a 2x8·8x2
 //!   int8 tile product. The single-row table entries read each 16-byte half
 //!   of a weight block and of its activation block as 2x8 matrices and keep
-//!   the diagonal (same instruction count as `sdot`, no shuffles); the real gain, 2 rows x 2
-//!   columns with all four results useful, is offered through
-//!   [`dot2x2_table`] for a matmul that walks two weight rows and two
-//!   activation columns at once. K-quants use the dotprod kernels.
+//!   the diagonal (same instruction count as `sdot`, no shuffles); the real
+//!   gain, 2 rows x 2 columns with all four results useful, is in its gemm
+//!   entries (4x4 register tiles over the file's layout) and its x16 entries
+//!   (column pairs of a prefill over packed panels; decode stays on the
+//!   dotprod kernel), and in [`dot2x2_table`]. K-quants use the dotprod
+//!   kernels.
 //!
 //! The `sdot`/`smmla` intrinsics are still unstable in Rust, so those two
 //! instructions are emitted with `asm!` inside functions compiled with the
