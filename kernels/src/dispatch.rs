@@ -393,8 +393,8 @@ mod tests {
     }
 
     /// Every gemm entry of every available table against single scalar dots,
-    /// over row counts around the 16-row panel, column counts around the 8/4/2/1
-    /// column groups, and short and long rows.
+    /// over row counts around the 16-row panel and the 4/2-row tiles, column
+    /// counts around the 8/4/2/1 column groups, and short and long rows.
     #[test]
     fn every_gemm_entry_matches_scalar_dots() {
         fn check<W: Pod, A: Pod>(
@@ -413,6 +413,10 @@ mod tests {
                 (5, 8, 48),
                 (33, 2, 7),
                 (48, 15, 2),
+                // row counts of 2 and 3 past a multiple of 4 (the edge
+                // tiles of the aarch64 kernels, partial 4-row stores)
+                (6, 5, 4),
+                (19, 6, 3),
             ] {
                 let n = bpr * QK;
                 let wf = random_row(rows * n, (rows * 31 + bpr) as u64);
@@ -487,6 +491,10 @@ mod tests {
                 (5, 8, 48),
                 (33, 2, 7),
                 (48, 15, 2),
+                // row counts of 2 and 3 past a multiple of 4 (the edge
+                // tiles of the aarch64 kernels, partial 4-row stores)
+                (6, 5, 4),
+                (19, 6, 3),
             ] {
                 let n = bpr * QK;
                 let wf = random_row(rows * n, (rows * 37 + bpr) as u64);

@@ -5,13 +5,23 @@
 //! The k-quant kernels keep one i32x4 accumulator per super-block and apply the
 //! 6- or 8-bit sub-block scales with `mla` by scalar, so the horizontal sum
 //! happens once per 256 weights.
+//!
+//! The x16 gemm (`*_x16`, weights packed at load time, see
+//! [`crate::quant::x16`]) reads a 64-byte line of a record as four registers
+//! of 4 rows each (lane `r` = 4 codes of row `r`) and meets them with `sdot`
+//! by element: the activation's 4 bytes matching the line are broadcast from
+//! one 32-bit lane, so one instruction advances 4 rows by 4 elements and
+//! every weight byte is loaded once per call, with no horizontal sums. The
+//! scales of 4 rows are one `fcvtl` of the record's scale plane.
 
-use super::neon::{f16_to_f32, load_q8, unpack_q4};
+use super::neon::{f16_to_f32, load_f16x4, load_q8, unpack_q4};
+use super::{x16_shape_ok, ActBlock};
 use crate::dispatch::VecDotTable;
 use crate::quant::blocks::{
     BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
     K_SCALE_SIZE,
 };
+use crate::quant::x16::{self, X16Block, PANEL_ROWS};
 use std::arch::aarch64::*;
 use std::arch::asm;
 
@@ -24,6 +34,9 @@ pub(super) fn overrides(base: VecDotTable) -> VecDotTable {
         q4_k_q8_k,
         q5_k_q8_k,
         q6_k_q8_k,
+        q4_0_q8_0_x16: Some(q4_0_q8_0_x16),
+        q4_1_q8_1_x16: Some(q4_1_q8_1_x16),
+        q8_0_q8_0_x16: Some(q8_0_q8_0_x16),
         ..base
     }
 }
@@ -66,6 +79,35 @@ fn q6_k_q8_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     let n = w.len().min(a.len());
     // SAFETY: NEON and dotprod were detected before this fn was handed out.
     unsafe { q6_k_q8_k_kernel(&w[..n], &a[..n]) }
+}
+
+// The x16 wrappers check the shape (whole columns, `packed` holding exactly
+// the panels of `rows` rows, an output that holds every column) and take the
+// reference path if it does not hold, so the kernel can index unchecked.
+
+pub(super) fn q4_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+    if !x16_shape_ok::<BlockQ4_0, _>(p, rows, a, bpr, out) {
+        return x16::gemm_ref::<BlockQ4_0, _>(q4_0_q8_0, p, rows, a, bpr, out);
+    }
+    // SAFETY: NEON and dotprod were detected before this fn was handed out;
+    // the shape was checked just now.
+    unsafe { x16_k::<BlockQ4_0, BlockQ8_0>(p, rows, a, bpr, out) }
+}
+
+pub(super) fn q4_1_q8_1_x16(p: &[u8], rows: usize, a: &[BlockQ8_1], bpr: usize, out: &mut [f32]) {
+    if !x16_shape_ok::<BlockQ4_1, _>(p, rows, a, bpr, out) {
+        return x16::gemm_ref::<BlockQ4_1, _>(q4_1_q8_1, p, rows, a, bpr, out);
+    }
+    // SAFETY: as above.
+    unsafe { x16_k::<BlockQ4_1, BlockQ8_1>(p, rows, a, bpr, out) }
+}
+
+pub(super) fn q8_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+    if !x16_shape_ok::<BlockQ8_0, _>(p, rows, a, bpr, out) {
+        return x16::gemm_ref::<BlockQ8_0, _>(q8_0_q8_0, p, rows, a, bpr, out);
+    }
+    // SAFETY: as above.
+    unsafe { x16_k::<BlockQ8_0, BlockQ8_0>(p, rows, a, bpr, out) }
 }
 
 /// `acc[i] += Σ_{k<4} x[4i+k]·y[4i+k]`. Through `asm!` because the
@@ -139,6 +181,299 @@ pub(super) unsafe fn q8_0_q8_0_kernel(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
         );
     }
     vaddvq_f32(sum)
+}
+
+/// `acc[i] += Σ_{k<4} x[4i+k]·y[4L+k]`: `sdot` by element, the 4 bytes of
+/// lane `L` of `y` broadcast against every lane of `x`.
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn sdot_lane<const L: i32>(mut acc: int32x4_t, x: int8x16_t, y: int8x16_t) -> int32x4_t {
+    macro_rules! by_element {
+        ($lane:literal) => {
+            asm!(
+                "sdot {acc:v}.4s, {x:v}.16b, {y:v}.4b[{lane}]",
+                acc = inout(vreg) acc,
+                x = in(vreg) x,
+                y = in(vreg) y,
+                lane = const $lane,
+                options(pure, nomem, nostack, preserves_flags),
+            )
+        };
+    }
+    // SAFETY: register-only instructions; the caller guarantees dotprod. The
+    // match on the const parameter folds away (an asm lane must be a literal).
+    unsafe {
+        match L {
+            0 => by_element!(0),
+            1 => by_element!(1),
+            2 => by_element!(2),
+            _ => by_element!(3),
+        }
+    }
+    acc
+}
+
+/// A prefetch hint for the cache line at `p`. `prfm` never faults and has no
+/// effect the program can observe, whatever the address.
+#[inline(always)]
+fn prefetch(p: *const u8) {
+    // SAFETY: a hint: no memory is read or written, no fault is possible.
+    unsafe {
+        asm!(
+            "prfm pldl1keep, [{p}]",
+            p = in(reg) p,
+            options(readonly, nostack, preserves_flags),
+        );
+    }
+}
+
+/// Bytes ahead of the record in use that the decode loop prefetches, as the
+/// x86 x16 kernels do (the sequential stream crosses pages, where hardware
+/// prefetchers stop). Not measured on a phone core.
+const X16_PREFETCH: usize = 2048;
+
+/// Whether `W` is Q4_0 (codes 0..16, `w = d·(q − 8)`): 4-bit codes, no
+/// minimum plane.
+const fn is_q4_0<W: X16Block>() -> bool {
+    W::CODE_BYTES == 16 && W::PLANES == 1
+}
+
+/// What one call of [`x16_cols`] reads: a panel and the activations.
+struct X16Panel<'a, A> {
+    /// `bpr` whole records of `W`.
+    panel: *const u8,
+    a: &'a [A],
+    /// `8·Σ codes` of every activation block (Q4_0 only, else empty).
+    q4_0_offsets: &'a [i32],
+    bpr: usize,
+    rows: usize,
+    /// First row of the panel.
+    r0: usize,
+}
+
+/// # Safety
+/// NEON + dotprod, and the shape checked by `x16_shape_ok`.
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn x16_k<W: X16Block, A: ActBlock>(
+    p: &[u8],
+    rows: usize,
+    a: &[A],
+    bpr: usize,
+    out: &mut [f32],
+) {
+    let cols = a.len() / bpr;
+    // sdot takes Q4_0's 0..16 codes as they are; each block's integer sum
+    // then drops 8·Σa, the same for all 16 rows, computed once per call.
+    let q4_0_offsets: Vec<i32> = if is_q4_0::<W>() {
+        a.iter()
+            .map(|b| 8 * b.codes().iter().map(|&q| i32::from(q)).sum::<i32>())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for (pi, r0) in (0..rows).step_by(PANEL_ROWS).enumerate() {
+        let k = X16Panel {
+            // SAFETY: panel pi < ceil(rows / 16) exists: p holds exactly
+            // ceil(rows / 16) * bpr records (checked by the wrapper).
+            panel: unsafe { p.as_ptr().add(pi * bpr * W::RECORD) },
+            a,
+            q4_0_offsets: &q4_0_offsets,
+            bpr,
+            rows,
+            r0,
+        };
+        // SAFETY: every call reads columns c0..c0 + NC < cols and the 4-row
+        // groups g0..g0 + RG <= 4 of the panel; out holds rows * cols.
+        unsafe {
+            if cols == 1 {
+                // decode: all 16 rows at once, two partial sums per group
+                // so 8 sdot chains are in flight
+                x16_cols::<W, A, 4, 1, 2>(&k, 0, 0, out);
+                continue;
+            }
+            // prefill: 8 rows x 4 columns per pass (each weight byte is
+            // still loaded once: the two passes read disjoint registers)
+            let mut c0 = 0;
+            while c0 + 4 <= cols {
+                x16_cols::<W, A, 2, 4, 1>(&k, c0, 0, out);
+                x16_cols::<W, A, 2, 4, 1>(&k, c0, 2, out);
+                c0 += 4;
+            }
+            if c0 + 2 <= cols {
+                x16_cols::<W, A, 4, 2, 1>(&k, c0, 0, out);
+                c0 += 2;
+            }
+            if c0 < cols {
+                x16_cols::<W, A, 4, 1, 2>(&k, c0, 0, out);
+            }
+        }
+    }
+}
+
+/// Rows `4·g0 .. 4·(g0 + RG)` of a panel against columns `c0 .. c0 + NC`:
+/// `RG` registers of 4 rows per line, `NC` columns, `SPLIT` partial sums per
+/// accumulator (1 or 2, for more independent `sdot` chains when `RG·NC` is
+/// small).
+///
+/// # Safety
+/// NEON + dotprod; `k.panel` holds `k.bpr` records of `W`; columns
+/// `c0 .. c0 + NC` exist in `k.a` (and `k.q4_0_offsets` for Q4_0);
+/// `g0 + RG <= 4`; `out` holds `k.rows` outputs of every column.
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn x16_cols<
+    W: X16Block,
+    A: ActBlock,
+    const RG: usize,
+    const NC: usize,
+    const SPLIT: usize,
+>(
+    k: &X16Panel<'_, A>,
+    c0: usize,
+    g0: usize,
+    out: &mut [f32],
+) {
+    let min = W::PLANES == 2;
+    let mut acc = [[vdupq_n_f32(0.0); RG]; NC];
+    for b in 0..k.bpr {
+        let rec = k.panel.wrapping_add(b * W::RECORD);
+        if NC == 1 && RG == 4 {
+            let ahead = rec.wrapping_add(X16_PREFETCH);
+            for l in (0..W::RECORD).step_by(64) {
+                prefetch(ahead.wrapping_add(l));
+            }
+        }
+        let mut act = [[vdupq_n_s8(0); 2]; NC];
+        let mut ad = [0.0f32; NC];
+        let mut asum = [0.0f32; NC];
+        let mut offset = [0i32; NC];
+        for c in 0..NC {
+            let i = (c0 + c) * k.bpr + b;
+            // SAFETY: column c0 + c < cols, so i < cols * bpr = a.len().
+            let blk = unsafe { k.a.get_unchecked(i) };
+            // SAFETY: 32 code bytes of the block; NEON guaranteed by the caller.
+            let (lo, hi) = unsafe { load_q8(blk.codes()) };
+            act[c] = [lo, hi];
+            ad[c] = f16_to_f32(blk.scale());
+            if min {
+                asum[c] = f16_to_f32(blk.sum_scaled());
+            }
+            if is_q4_0::<W>() {
+                // SAFETY: q4_0_offsets has one entry per activation block.
+                offset[c] = unsafe { *k.q4_0_offsets.get_unchecked(i) };
+            }
+        }
+        // SAFETY: b < bpr, so `rec` is a whole record; its code lines follow
+        // the PLANES scale planes of 32 bytes.
+        let lines = unsafe { rec.add(32 * W::PLANES) };
+        let mut sums = [[[vdupq_n_s32(0); RG]; NC]; SPLIT];
+        // SAFETY: `lines` starts the record's code lines; the caller
+        // guarantees the features and g0 + RG <= 4.
+        unsafe {
+            x16_lane::<W, 0, RG, NC, SPLIT>(lines, g0, &act, &mut sums);
+            x16_lane::<W, 1, RG, NC, SPLIT>(lines, g0, &act, &mut sums);
+            x16_lane::<W, 2, RG, NC, SPLIT>(lines, g0, &act, &mut sums);
+            x16_lane::<W, 3, RG, NC, SPLIT>(lines, g0, &act, &mut sums);
+        }
+        for g in 0..RG {
+            // SAFETY: scale plane p holds 16 f16 at 32p; rows 4(g0 + g)..+4
+            // are bytes 8(g0 + g)..+8 of it, inside the record.
+            let dw = unsafe { load_f16x4(rec.add(8 * (g0 + g))) };
+            let mw = if min {
+                // SAFETY: as above, in the second (minimum) plane.
+                unsafe { load_f16x4(rec.add(32 + 8 * (g0 + g))) }
+            } else {
+                vdupq_n_f32(0.0)
+            };
+            for c in 0..NC {
+                let mut t = sums[0][c][g];
+                for part in &sums[1..] {
+                    t = vaddq_s32(t, part[c][g]);
+                }
+                if is_q4_0::<W>() {
+                    t = vsubq_s32(t, vdupq_n_s32(offset[c]));
+                }
+                acc[c][g] = vfmaq_f32(acc[c][g], vcvtq_f32_s32(t), vmulq_n_f32(dw, ad[c]));
+                if min {
+                    acc[c][g] = vfmaq_n_f32(acc[c][g], mw, asum[c]);
+                }
+            }
+        }
+    }
+    for (c, per_col) in acc.iter().enumerate() {
+        for (g, v) in per_col.iter().enumerate() {
+            let r = k.r0 + 4 * (g0 + g);
+            if r >= k.rows {
+                continue; // padding rows of the last panel
+            }
+            let n = (k.rows - r).min(4);
+            let at = (c0 + c) * k.rows + r;
+            if n == 4 {
+                // SAFETY: at + 4 <= (c0 + c + 1) * rows <= out.len().
+                unsafe { vst1q_f32(out.as_mut_ptr().add(at), *v) };
+            } else {
+                let mut lanes = [0.0f32; 4];
+                // SAFETY: four floats in bounds of `lanes`.
+                unsafe { vst1q_f32(lanes.as_mut_ptr(), *v) };
+                // SAFETY: at + n <= (c0 + c + 1) * rows <= out.len().
+                unsafe { out.get_unchecked_mut(at..at + n) }.copy_from_slice(&lanes[..n]);
+            }
+        }
+    }
+}
+
+/// The `sdot`s of byte lane `L` of the activation registers: for Q8_0 the
+/// lines `L` and `4 + L` (elements `4L..` and `16 + 4L..`), for Q4 the low
+/// and high nibbles of line `L` (the same elements).
+///
+/// # Safety
+/// NEON + dotprod; `lines` points at the code lines of a whole record of
+/// `W`; `g0 + RG <= 4`.
+#[inline]
+#[target_feature(enable = "neon,dotprod")]
+#[allow(clippy::needless_range_loop)] // g indexes the sums and the line registers alike
+unsafe fn x16_lane<
+    W: X16Block,
+    const L: i32,
+    const RG: usize,
+    const NC: usize,
+    const SPLIT: usize,
+>(
+    lines: *const u8,
+    g0: usize,
+    act: &[[int8x16_t; 2]; NC],
+    sums: &mut [[[int32x4_t; RG]; NC]; SPLIT],
+) {
+    let line = L as usize;
+    if W::CODE_BYTES == 32 {
+        for h in 0..2 {
+            for g in 0..RG {
+                // SAFETY: line 4h + L < 8 lines of 64 bytes, register
+                // g0 + g < 4 of 16 bytes: inside the record.
+                let w = unsafe { vld1q_s8(lines.add(64 * (4 * h + line) + 16 * (g0 + g)).cast()) };
+                for c in 0..NC {
+                    let s = &mut sums[h % SPLIT][c][g];
+                    // SAFETY: dotprod guaranteed by the caller.
+                    *s = unsafe { sdot_lane::<L>(*s, w, act[c][h]) };
+                }
+            }
+        }
+    } else {
+        let mask = vdupq_n_u8(0x0F);
+        for g in 0..RG {
+            // SAFETY: line L < 4 lines of 64 bytes, register g0 + g < 4.
+            let q = unsafe { vld1q_u8(lines.add(64 * line + 16 * (g0 + g))) };
+            let lo = vreinterpretq_s8_u8(vandq_u8(q, mask));
+            let hi = vreinterpretq_s8_u8(vshrq_n_u8::<4>(q));
+            for c in 0..NC {
+                // SAFETY: dotprod guaranteed by the caller.
+                unsafe {
+                    sums[0][c][g] = sdot_lane::<L>(sums[0][c][g], lo, act[c][0]);
+                    sums[1 % SPLIT][c][g] = sdot_lane::<L>(sums[1 % SPLIT][c][g], hi, act[c][1]);
+                }
+            }
+        }
+    }
 }
 
 /// The 8 six-bit (scale, min) pairs of Q4_K/Q5_K (ggml `get_scale_min_k4`):

@@ -9,6 +9,18 @@
 //! * 2x2 kernels (`*_2x2`, offered through `super::dot2x2_table`): two weight
 //!   rows against two activation columns, all four lanes useful; this is where
 //!   i8mm pays, in a prefill matmul.
+//! * Gemm table entries (`*_gemm`, the prefill matmul over the file's
+//!   layout): a register tile of 4 weight rows x 4 activation columns, each
+//!   block's codes unpacked and zipped into row pairs once and used against
+//!   two column pairs (four `smmla` per pair of pairs and block); smaller
+//!   tiles at the edges and single dots for an odd last row or column.
+//! * x16 entries (weights packed at load time, [`crate::quant::x16`]), which
+//!   the cpu backend uses for every Q4_0/Q4_1/Q8_0 matmul once a table has
+//!   them, so they are the engine's prefill path: for two or more columns,
+//!   two lines of a 4-row register zipped by 32-bit lanes are two 2x8 row
+//!   pairs (8 consecutive codes of each row), met by `smmla` with zipped
+//!   column pairs; decode (one column) and an odd last column take the
+//!   dotprod tier's `sdot` kernel.
 //! * Single-row table entries: the 16 bytes of a block half, read as a 2x8
 //!   matrix, are multiplied with the matching 16 activation bytes read the
 //!   same way; the diagonal lanes 0 and 3 are chunk0·chunk0 and chunk1·chunk1,
@@ -18,9 +30,12 @@
 //!   so these are not faster than dotprod for a single row; they make a forced
 //!   `SOTTO_ISA=i8mm` path run `smmla` end to end.
 
-use super::neon::{f16_to_f32, load_q8, unpack_q4};
-use crate::dispatch::VecDotTable;
+use super::neon::{f16_to_f32, load_f16x4, load_q8, unpack_q4};
+use super::{dotprod, gemm_shape_ok, x16_shape_ok, ActBlock};
+use crate::dispatch::{gemm_by_dots, VecDotFn, VecDotTable, X16GemmFn};
 use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+use crate::quant::x16::{X16Block, PANEL_ROWS};
+use half::f16;
 use std::arch::aarch64::*;
 use std::arch::asm;
 
@@ -30,6 +45,12 @@ pub(super) fn overrides(base: VecDotTable) -> VecDotTable {
         q4_0_q8_0,
         q4_1_q8_1,
         q8_0_q8_0,
+        q4_0_q8_0_gemm: Some(q4_0_q8_0_gemm),
+        q4_1_q8_1_gemm: Some(q4_1_q8_1_gemm),
+        q8_0_q8_0_gemm: Some(q8_0_q8_0_gemm),
+        q4_0_q8_0_x16: Some(q4_0_q8_0_x16),
+        q4_1_q8_1_x16: Some(q4_1_q8_1_x16),
+        q8_0_q8_0_x16: Some(q8_0_q8_0_x16),
         ..base
     }
 }
@@ -87,6 +108,64 @@ pub(super) fn q8_0_q8_0_2x2(
     let n = w0.len().min(w1.len()).min(a0.len()).min(a1.len());
     // SAFETY: NEON and i8mm were detected before this fn was handed out.
     unsafe { q8_0_q8_0_2x2_kernel(&w0[..n], &w1[..n], &a0[..n], &a1[..n]) }
+}
+
+// The gemm wrappers check the shape (whole rows and columns, an output that
+// holds them all) and take one dot per output if it does not hold, so the
+// kernel can index unchecked.
+
+fn q4_0_q8_0_gemm(w: &[BlockQ4_0], a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+    if !gemm_shape_ok(w, a, bpr, out) {
+        return gemm_by_dots(q4_0_q8_0, w, a, bpr, out);
+    }
+    // SAFETY: NEON and i8mm were detected before this fn was handed out; the
+    // shape was checked just now.
+    unsafe { gemm_k(w, a, bpr, out, q4_0_q8_0) }
+}
+
+fn q4_1_q8_1_gemm(w: &[BlockQ4_1], a: &[BlockQ8_1], bpr: usize, out: &mut [f32]) {
+    if !gemm_shape_ok(w, a, bpr, out) {
+        return gemm_by_dots(q4_1_q8_1, w, a, bpr, out);
+    }
+    // SAFETY: as above.
+    unsafe { gemm_k(w, a, bpr, out, q4_1_q8_1) }
+}
+
+fn q8_0_q8_0_gemm(w: &[BlockQ8_0], a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+    if !gemm_shape_ok(w, a, bpr, out) {
+        return gemm_by_dots(q8_0_q8_0, w, a, bpr, out);
+    }
+    // SAFETY: as above.
+    unsafe { gemm_k(w, a, bpr, out, q8_0_q8_0) }
+}
+
+// The x16 wrappers: one column, a bad shape (the dotprod wrapper then takes
+// the reference path) or an odd last column go to the dotprod kernel; the
+// column pairs to `smmla`.
+
+fn q4_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+    if !x16_shape_ok::<BlockQ4_0, _>(p, rows, a, bpr, out) || a.len() / bpr < 2 {
+        return dotprod::q4_0_q8_0_x16(p, rows, a, bpr, out);
+    }
+    // SAFETY: NEON, dotprod and i8mm were detected before this fn was handed
+    // out; the shape was checked just now.
+    unsafe { x16_k::<BlockQ4_0, BlockQ8_0>(p, rows, a, bpr, out, dotprod::q4_0_q8_0_x16) }
+}
+
+fn q4_1_q8_1_x16(p: &[u8], rows: usize, a: &[BlockQ8_1], bpr: usize, out: &mut [f32]) {
+    if !x16_shape_ok::<BlockQ4_1, _>(p, rows, a, bpr, out) || a.len() / bpr < 2 {
+        return dotprod::q4_1_q8_1_x16(p, rows, a, bpr, out);
+    }
+    // SAFETY: as above.
+    unsafe { x16_k::<BlockQ4_1, BlockQ8_1>(p, rows, a, bpr, out, dotprod::q4_1_q8_1_x16) }
+}
+
+fn q8_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+    if !x16_shape_ok::<BlockQ8_0, _>(p, rows, a, bpr, out) || a.len() / bpr < 2 {
+        return dotprod::q8_0_q8_0_x16(p, rows, a, bpr, out);
+    }
+    // SAFETY: as above.
+    unsafe { x16_k::<BlockQ8_0, BlockQ8_0>(p, rows, a, bpr, out, dotprod::q8_0_q8_0_x16) }
 }
 
 /// `acc += X·Yᵀ` for 2x8 int8 matrices. Through `asm!` because the
@@ -308,6 +387,481 @@ unsafe fn q8_0_q8_0_2x2_kernel(
     }
     // SAFETY: NEON guaranteed by the caller.
     unsafe { store(sum) }
+}
+
+// ---- gemm: register tiles of row pairs x column pairs ----
+
+/// The weight side of the tile kernels.
+trait TileWeight: Copy {
+    /// Q4_1: `w = d·q + m`, so each output gains `m·s` of its column.
+    const MIN: bool;
+    /// The codes as signed bytes in element order (`w = d·code (+ m)`).
+    ///
+    /// # Safety
+    /// NEON.
+    unsafe fn codes(&self) -> Block;
+    fn d(&self) -> f16;
+    fn m(&self) -> f16;
+}
+
+impl TileWeight for BlockQ4_0 {
+    const MIN: bool = false;
+    #[inline(always)]
+    unsafe fn codes(&self) -> Block {
+        // SAFETY: the caller guarantees NEON; 16 bytes of codes.
+        unsafe { unpack_q4(&self.qs, 8) }
+    }
+    fn d(&self) -> f16 {
+        self.d
+    }
+    fn m(&self) -> f16 {
+        f16::ZERO
+    }
+}
+
+impl TileWeight for BlockQ4_1 {
+    const MIN: bool = true;
+    #[inline(always)]
+    unsafe fn codes(&self) -> Block {
+        // SAFETY: the caller guarantees NEON; 16 bytes of codes.
+        unsafe { unpack_q4(&self.qs, 0) }
+    }
+    fn d(&self) -> f16 {
+        self.d
+    }
+    fn m(&self) -> f16 {
+        self.m
+    }
+}
+
+impl TileWeight for BlockQ8_0 {
+    const MIN: bool = false;
+    #[inline(always)]
+    unsafe fn codes(&self) -> Block {
+        // SAFETY: the caller guarantees NEON; 32 bytes of codes.
+        unsafe { load_q8(&self.qs) }
+    }
+    fn d(&self) -> f16 {
+        self.d
+    }
+    fn m(&self) -> f16 {
+        f16::ZERO
+    }
+}
+
+/// Two blocks as the four 2x8 `smmla` operands of one block: chunk `k`
+/// (elements `8k..8k + 8`) of `x` in the low half, of `y` in the high half.
+#[inline]
+#[target_feature(enable = "neon")]
+fn zip_pair(x: Block, y: Block) -> [int8x16_t; 4] {
+    let (x0, x1) = (vreinterpretq_s64_s8(x.0), vreinterpretq_s64_s8(x.1));
+    let (y0, y1) = (vreinterpretq_s64_s8(y.0), vreinterpretq_s64_s8(y.1));
+    [
+        vreinterpretq_s8_s64(vzip1q_s64(x0, y0)),
+        vreinterpretq_s8_s64(vzip2q_s64(x0, y0)),
+        vreinterpretq_s8_s64(vzip1q_s64(x1, y1)),
+        vreinterpretq_s8_s64(vzip2q_s64(x1, y1)),
+    ]
+}
+
+/// `[a, a, b, b]`: a row pair's per-lane factor in a tile
+/// `[r0·c0, r0·c1, r1·c0, r1·c1]`.
+#[inline]
+#[target_feature(enable = "neon")]
+fn row_lanes(a: f32, b: f32) -> float32x4_t {
+    vcombine_f32(vdup_n_f32(a), vdup_n_f32(b))
+}
+
+/// `[a, b, a, b]`: a column pair's per-lane factor in a tile.
+#[inline]
+#[target_feature(enable = "neon")]
+fn col_lanes(a: f32, b: f32) -> float32x4_t {
+    let ab = vset_lane_f32::<1>(b, vdup_n_f32(a));
+    vcombine_f32(ab, ab)
+}
+
+/// # Safety
+/// NEON + i8mm, and the shape checked by `gemm_shape_ok`.
+#[target_feature(enable = "neon,i8mm")]
+unsafe fn gemm_k<W: TileWeight, A: ActBlock>(
+    w: &[W],
+    a: &[A],
+    bpr: usize,
+    out: &mut [f32],
+    dot: VecDotFn<W, A>,
+) {
+    let (rows, cols) = (w.len() / bpr, a.len() / bpr);
+    let (rows2, cols2) = (rows & !1, cols & !1);
+    let k = Tiles { w, a, bpr, rows };
+    let mut r0 = 0;
+    while r0 + 4 <= rows2 {
+        let mut c0 = 0;
+        while c0 + 4 <= cols2 {
+            // SAFETY: rows r0..r0 + 2RP <= rows2 and columns c0..c0 + 2CP
+            // <= cols2 exist (whole rows and columns, checked by the
+            // wrapper); out holds rows * cols; the caller guarantees the
+            // features. The same holds for the three calls below.
+            unsafe { gemm_tile::<W, A, 2, 2>(&k, r0, c0, out) };
+            c0 += 4;
+        }
+        if c0 < cols2 {
+            // SAFETY: as above.
+            unsafe { gemm_tile::<W, A, 2, 1>(&k, r0, c0, out) };
+        }
+        r0 += 4;
+    }
+    if r0 < rows2 {
+        let mut c0 = 0;
+        while c0 + 4 <= cols2 {
+            // SAFETY: as above.
+            unsafe { gemm_tile::<W, A, 1, 2>(&k, r0, c0, out) };
+            c0 += 4;
+        }
+        if c0 < cols2 {
+            // SAFETY: as above.
+            unsafe { gemm_tile::<W, A, 1, 1>(&k, r0, c0, out) };
+        }
+    }
+    // an odd last row against every column, an odd last column against the
+    // other rows: single dots
+    let row = |r: usize| &w[r * bpr..(r + 1) * bpr];
+    let col = |c: usize| &a[c * bpr..(c + 1) * bpr];
+    if rows % 2 == 1 {
+        let r = rows - 1;
+        for c in 0..cols {
+            out[c * rows + r] = dot(row(r), col(c));
+        }
+    }
+    if cols % 2 == 1 {
+        let c = cols - 1;
+        for r in 0..rows2 {
+            out[c * rows + r] = dot(row(r), col(c));
+        }
+    }
+}
+
+/// What a tile reads.
+struct Tiles<'a, W, A> {
+    w: &'a [W],
+    a: &'a [A],
+    bpr: usize,
+    rows: usize,
+}
+
+/// Rows `r0 .. r0 + 2·RP` against columns `c0 .. c0 + 2·CP`: `RP·CP` 2x2
+/// `smmla` accumulators, each block's weight codes unpacked and zipped once
+/// for all `CP` column pairs and each activation block zipped once for all
+/// `RP` row pairs.
+///
+/// # Safety
+/// NEON + i8mm; those rows and columns exist in `k.w` / `k.a` (whole rows
+/// of `k.bpr` blocks) and `out` holds `k.rows` outputs of every column.
+#[inline]
+#[target_feature(enable = "neon,i8mm")]
+unsafe fn gemm_tile<W: TileWeight, A: ActBlock, const RP: usize, const CP: usize>(
+    k: &Tiles<'_, W, A>,
+    r0: usize,
+    c0: usize,
+    out: &mut [f32],
+) {
+    let bpr = k.bpr;
+    let mut acc = [[vdupq_n_f32(0.0); CP]; RP];
+    for b in 0..bpr {
+        let mut wz = [[vdupq_n_s8(0); 4]; RP];
+        let mut wd = [vdupq_n_f32(0.0); RP];
+        let mut wm = [vdupq_n_f32(0.0); RP];
+        for (p, ((z, d), m)) in wz.iter_mut().zip(&mut wd).zip(&mut wm).enumerate() {
+            // SAFETY: rows r0 + 2p and r0 + 2p + 1 exist: their block b is
+            // inside k.w.
+            let (x, y) = unsafe {
+                (
+                    k.w.get_unchecked((r0 + 2 * p) * bpr + b),
+                    k.w.get_unchecked((r0 + 2 * p + 1) * bpr + b),
+                )
+            };
+            // SAFETY: NEON guaranteed by the caller.
+            *z = zip_pair(unsafe { x.codes() }, unsafe { y.codes() });
+            *d = row_lanes(f16_to_f32(x.d()), f16_to_f32(y.d()));
+            if W::MIN {
+                *m = row_lanes(f16_to_f32(x.m()), f16_to_f32(y.m()));
+            }
+        }
+        let mut az = [[vdupq_n_s8(0); 4]; CP];
+        let mut ad = [vdupq_n_f32(0.0); CP];
+        let mut asum = [vdupq_n_f32(0.0); CP];
+        for (q, ((z, d), s)) in az.iter_mut().zip(&mut ad).zip(&mut asum).enumerate() {
+            // SAFETY: columns c0 + 2q and c0 + 2q + 1 exist: their block b is
+            // inside k.a.
+            let (x, y) = unsafe {
+                (
+                    k.a.get_unchecked((c0 + 2 * q) * bpr + b),
+                    k.a.get_unchecked((c0 + 2 * q + 1) * bpr + b),
+                )
+            };
+            // SAFETY: 32 code bytes each; NEON guaranteed by the caller.
+            *z = zip_pair(unsafe { load_q8(x.codes()) }, unsafe { load_q8(y.codes()) });
+            *d = col_lanes(f16_to_f32(x.scale()), f16_to_f32(y.scale()));
+            if W::MIN {
+                *s = col_lanes(f16_to_f32(x.sum_scaled()), f16_to_f32(y.sum_scaled()));
+            }
+        }
+        for p in 0..RP {
+            for q in 0..CP {
+                let mut t = vdupq_n_s32(0);
+                for i in 0..4 {
+                    // SAFETY: i8mm guaranteed by the caller.
+                    t = unsafe { smmla(t, wz[p][i], az[q][i]) };
+                }
+                let v = vfmaq_f32(acc[p][q], vcvtq_f32_s32(t), vmulq_f32(wd[p], ad[q]));
+                acc[p][q] = if W::MIN {
+                    vfmaq_f32(v, wm[p], asum[q])
+                } else {
+                    v
+                };
+            }
+        }
+    }
+    let rows = k.rows;
+    for (p, per_row_pair) in acc.iter().enumerate() {
+        for (q, v) in per_row_pair.iter().enumerate() {
+            let (r, c) = (r0 + 2 * p, c0 + 2 * q);
+            // SAFETY: rows r, r + 1 < rows and columns c, c + 1 < cols, so
+            // every index is below rows * cols <= out.len().
+            unsafe {
+                *out.get_unchecked_mut(c * rows + r) = vgetq_lane_f32::<0>(*v);
+                *out.get_unchecked_mut((c + 1) * rows + r) = vgetq_lane_f32::<1>(*v);
+                *out.get_unchecked_mut(c * rows + r + 1) = vgetq_lane_f32::<2>(*v);
+                *out.get_unchecked_mut((c + 1) * rows + r + 1) = vgetq_lane_f32::<3>(*v);
+            }
+        }
+    }
+}
+
+// ---- x16: smmla over the packed panels ----
+
+/// Whether `W` is Q4_0 (codes 0..16, `w = d·(q − 8)`).
+const fn is_q4_0<W: X16Block>() -> bool {
+    W::CODE_BYTES == 16 && W::PLANES == 1
+}
+
+/// What one call of [`x16_tiles`] reads: a panel and the activations.
+struct X16Panel<'a, A> {
+    /// `bpr` whole records of `W`.
+    panel: *const u8,
+    a: &'a [A],
+    /// `8·Σ codes` of every activation block (Q4_0 only, else empty).
+    q4_0_offsets: &'a [i32],
+    bpr: usize,
+    rows: usize,
+    /// First row of the panel.
+    r0: usize,
+}
+
+/// The even columns through `smmla` tiles, an odd last one through `odd`.
+///
+/// # Safety
+/// NEON + dotprod + i8mm, the shape checked by `x16_shape_ok`, and at least
+/// two columns.
+#[target_feature(enable = "neon,dotprod,i8mm")]
+unsafe fn x16_k<W: X16Block, A: ActBlock>(
+    p: &[u8],
+    rows: usize,
+    a: &[A],
+    bpr: usize,
+    out: &mut [f32],
+    odd: X16GemmFn<A>,
+) {
+    let cols = a.len() / bpr;
+    // smmla takes Q4_0's 0..16 codes as they are; each block's integer sum
+    // then drops 8·Σa of its column, computed once per call.
+    let q4_0_offsets: Vec<i32> = if is_q4_0::<W>() {
+        a.iter()
+            .map(|b| 8 * b.codes().iter().map(|&q| i32::from(q)).sum::<i32>())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let cols2 = cols & !1;
+    for (pi, r0) in (0..rows).step_by(PANEL_ROWS).enumerate() {
+        let k = X16Panel {
+            // SAFETY: panel pi < ceil(rows / 16) exists: p holds exactly
+            // ceil(rows / 16) * bpr records (checked by the wrapper).
+            panel: unsafe { p.as_ptr().add(pi * bpr * W::RECORD) },
+            a,
+            q4_0_offsets: &q4_0_offsets,
+            bpr,
+            rows,
+            r0,
+        };
+        let mut c0 = 0;
+        while c0 + 4 <= cols2 {
+            for half in 0..2 {
+                // SAFETY: columns c0..c0 + 4 <= cols exist; half < 2; out
+                // holds rows * cols; the caller guarantees the features.
+                unsafe { x16_tiles::<W, A, 2>(&k, c0, half, out) };
+            }
+            c0 += 4;
+        }
+        if c0 < cols2 {
+            for half in 0..2 {
+                // SAFETY: as above, for columns c0..c0 + 2 <= cols.
+                unsafe { x16_tiles::<W, A, 1>(&k, c0, half, out) };
+            }
+        }
+    }
+    if cols2 < cols {
+        odd(
+            p,
+            rows,
+            &a[cols2 * bpr..],
+            bpr,
+            &mut out[cols2 * rows..cols * rows],
+        );
+    }
+}
+
+/// The `smmla` operands of 4-row register `g` of a record's lines: for each
+/// of its row pairs (rows `4g, 4g+1` and `4g+2, 4g+3`), the four 2x8 chunks
+/// of a block (elements `8ch .. 8ch + 8` of both rows).
+///
+/// Lines `2j` and `2j + 1` hold bytes `8j .. 8j + 8` of every row, so their
+/// 32-bit zip is exactly the two rows' 8 consecutive bytes: for Q8_0 those
+/// are chunk `j`; for Q4 the low nibbles are chunk `j` and the high nibbles
+/// chunk `2 + j` (elements `16 + 8j ..`).
+///
+/// # Safety
+/// NEON; `lines` points at the code lines of a whole record of `W`; `g < 4`.
+#[inline]
+#[target_feature(enable = "neon")]
+unsafe fn x16_row_pairs<W: X16Block>(lines: *const u8, g: usize) -> [[int8x16_t; 4]; 2] {
+    let mut ops = [[vdupq_n_s8(0); 4]; 2];
+    let reg = |line: usize| {
+        // SAFETY: line < LINES (CODE_BYTES / 4) of 64 bytes and g < 4, so
+        // the 16 bytes are inside the record (the caller's contract).
+        unsafe { vreinterpretq_u32_u8(vld1q_u8(lines.add(64 * line + 16 * g))) }
+    };
+    let lines_count = W::CODE_BYTES / 4;
+    for j in 0..lines_count / 2 {
+        let (x, y) = (reg(2 * j), reg(2 * j + 1));
+        let pairs = [
+            vreinterpretq_u8_u32(vzip1q_u32(x, y)),
+            vreinterpretq_u8_u32(vzip2q_u32(x, y)),
+        ];
+        for (op, z) in ops.iter_mut().zip(pairs) {
+            if W::CODE_BYTES == 32 {
+                op[j] = vreinterpretq_s8_u8(z);
+            } else {
+                op[j] = vreinterpretq_s8_u8(vandq_u8(z, vdupq_n_u8(0x0F)));
+                op[2 + j] = vreinterpretq_s8_u8(vshrq_n_u8::<4>(z));
+            }
+        }
+    }
+    ops
+}
+
+/// Rows `r0 + 8·half .. + 8` of a panel (4 row pairs) against columns
+/// `c0 .. c0 + 2·CP` (`CP` column pairs): `4·CP` 2x2 `smmla` accumulators.
+///
+/// # Safety
+/// NEON + i8mm; `k.panel` holds `k.bpr` records of `W`; columns
+/// `c0 .. c0 + 2·CP` exist in `k.a` (and `k.q4_0_offsets` for Q4_0);
+/// `half < 2`; `out` holds `k.rows` outputs of every column.
+#[inline]
+#[target_feature(enable = "neon,i8mm")]
+unsafe fn x16_tiles<W: X16Block, A: ActBlock, const CP: usize>(
+    k: &X16Panel<'_, A>,
+    c0: usize,
+    half: usize,
+    out: &mut [f32],
+) {
+    let min = W::PLANES == 2;
+    let bpr = k.bpr;
+    let mut acc = [[vdupq_n_f32(0.0); CP]; 4];
+    for b in 0..bpr {
+        let mut az = [[vdupq_n_s8(0); 4]; CP];
+        let mut ad = [vdupq_n_f32(0.0); CP];
+        let mut asum = [vdupq_n_f32(0.0); CP];
+        let mut offset = [vdupq_n_s32(0); CP];
+        for (q, z) in az.iter_mut().enumerate() {
+            let (i, j) = ((c0 + 2 * q) * bpr + b, (c0 + 2 * q + 1) * bpr + b);
+            // SAFETY: columns c0 + 2q and c0 + 2q + 1 exist: i, j < a.len().
+            let (x, y) = unsafe { (k.a.get_unchecked(i), k.a.get_unchecked(j)) };
+            // SAFETY: 32 code bytes each; NEON guaranteed by the caller.
+            *z = zip_pair(unsafe { load_q8(x.codes()) }, unsafe { load_q8(y.codes()) });
+            ad[q] = col_lanes(f16_to_f32(x.scale()), f16_to_f32(y.scale()));
+            if min {
+                asum[q] = col_lanes(f16_to_f32(x.sum_scaled()), f16_to_f32(y.sum_scaled()));
+            }
+            if is_q4_0::<W>() {
+                // SAFETY: q4_0_offsets has one entry per activation block.
+                let (oi, oj) = unsafe {
+                    (
+                        *k.q4_0_offsets.get_unchecked(i),
+                        *k.q4_0_offsets.get_unchecked(j),
+                    )
+                };
+                let ij = vset_lane_s32::<1>(oj, vdup_n_s32(oi));
+                offset[q] = vcombine_s32(ij, ij);
+            }
+        }
+        let rec = k.panel.wrapping_add(b * W::RECORD);
+        for j in 0..2 {
+            let g = 2 * half + j;
+            // SAFETY: b < bpr, so `rec` is a whole record: its code lines
+            // follow the PLANES scale planes; g < 4.
+            let ops = unsafe { x16_row_pairs::<W>(rec.add(32 * W::PLANES), g) };
+            // SAFETY: scale plane p holds 16 f16 at 32p; rows 4g..4g + 4 are
+            // bytes 8g..8g + 8 of it.
+            let dw = unsafe { load_f16x4(rec.add(8 * g)) };
+            let mw = if min {
+                // SAFETY: as above, in the second (minimum) plane.
+                unsafe { load_f16x4(rec.add(32 + 8 * g)) }
+            } else {
+                vdupq_n_f32(0.0)
+            };
+            // row pair h of the register: lanes [d, d, d', d'] of its rows
+            let wd = [vzip1q_f32(dw, dw), vzip2q_f32(dw, dw)];
+            let wm = [vzip1q_f32(mw, mw), vzip2q_f32(mw, mw)];
+            for h in 0..2 {
+                for q in 0..CP {
+                    let mut t = vdupq_n_s32(0);
+                    for ch in 0..4 {
+                        // SAFETY: i8mm guaranteed by the caller.
+                        t = unsafe { smmla(t, ops[h][ch], az[q][ch]) };
+                    }
+                    if is_q4_0::<W>() {
+                        t = vsubq_s32(t, offset[q]);
+                    }
+                    let a = &mut acc[2 * j + h][q];
+                    *a = vfmaq_f32(*a, vcvtq_f32_s32(t), vmulq_f32(wd[h], ad[q]));
+                    if min {
+                        *a = vfmaq_f32(*a, wm[h], asum[q]);
+                    }
+                }
+            }
+        }
+    }
+    let rows = k.rows;
+    for (rp, per_pair) in acc.iter().enumerate() {
+        let r = k.r0 + 8 * half + 2 * rp;
+        for (q, v) in per_pair.iter().enumerate() {
+            let c = c0 + 2 * q;
+            let mut lanes = [0.0f32; 4];
+            // SAFETY: four floats in bounds of `lanes`.
+            unsafe { vst1q_f32(lanes.as_mut_ptr(), *v) };
+            // lanes [r·c, r·c+1, r+1·c, r+1·c+1]; padding rows are dropped
+            for (dr, pair) in lanes.chunks_exact(2).enumerate() {
+                if r + dr < rows {
+                    // SAFETY: row r + dr < rows and columns c, c + 1 < cols,
+                    // so both indices are below rows * cols <= out.len().
+                    unsafe {
+                        *out.get_unchecked_mut(c * rows + r + dr) = pair[0];
+                        *out.get_unchecked_mut((c + 1) * rows + r + dr) = pair[1];
+                    }
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]

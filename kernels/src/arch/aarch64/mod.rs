@@ -3,14 +3,17 @@
 //! * `neon`: baseline Advanced SIMD, present on every aarch64 core. Integer
 //!   dots widen with `smull` + `sadalp`; float dots and `axpy_f16` use `fmla`.
 //! * `dotprod`: `sdot` (Armv8.2+, Cortex-A55/A76 and later) for the legacy
-//!   and k-quant integer dots.
+//!   and k-quant integer dots, and the x16 gemm over weights packed at load
+//!   time (`sdot` by element: 4 rows per register, 16 per panel).
 //! * `i8mm`: `smmla` (Armv8.6+, Cortex-A510/A710/X2 and later), a 2x8·8x2
 //!   int8 tile product. The single-row table entries read each 16-byte half
 //!   of a weight block and of its activation block as 2x8 matrices and keep
-//!   the diagonal (same instruction count as `sdot`, no shuffles); the real gain, 2 rows x 2
-//!   columns with all four results useful, is offered through
-//!   [`dot2x2_table`] for a matmul that walks two weight rows and two
-//!   activation columns at once. K-quants use the dotprod kernels.
+//!   the diagonal (same instruction count as `sdot`, no shuffles); the real
+//!   gain, 2 rows x 2 columns with all four results useful, is in its gemm
+//!   entries (4x4 register tiles over the file's layout) and its x16 entries
+//!   (column pairs of a prefill over packed panels; decode stays on the
+//!   dotprod kernel), and in [`dot2x2_table`]. K-quants use the dotprod
+//!   kernels.
 //!
 //! The `sdot`/`smmla` intrinsics are still unstable in Rust, so those two
 //! instructions are emitted with `asm!` inside functions compiled with the
@@ -22,13 +25,79 @@
 //! runtime check of the features they need.
 
 use crate::dispatch::{Isa, VecDotTable};
-use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+use crate::quant::x16::{self, X16Block};
+use half::f16;
 
 mod dotprod;
 mod i8mm;
 mod neon;
 #[cfg(test)]
 mod test_support;
+
+/// The activation side of the legacy gemm kernels (Q8_0 and Q8_1 blocks).
+pub(super) trait ActBlock: Copy {
+    fn codes(&self) -> &[i8; QK];
+    fn scale(&self) -> f16;
+    /// `s = d * sum(codes)` of Q8_1 (zero for Q8_0, whose weights have no
+    /// minimum to meet it).
+    fn sum_scaled(&self) -> f16;
+}
+
+impl ActBlock for BlockQ8_0 {
+    fn codes(&self) -> &[i8; QK] {
+        &self.qs
+    }
+    fn scale(&self) -> f16 {
+        self.d
+    }
+    fn sum_scaled(&self) -> f16 {
+        f16::ZERO
+    }
+}
+
+impl ActBlock for BlockQ8_1 {
+    fn codes(&self) -> &[i8; QK] {
+        &self.qs
+    }
+    fn scale(&self) -> f16 {
+        self.d
+    }
+    fn sum_scaled(&self) -> f16 {
+        self.s
+    }
+}
+
+/// The shape checks of the gemm wrappers before their kernels (which then
+/// index without bounds checks): whole rows and columns, and an output that
+/// holds them all.
+#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87 (workspace: 1.85)
+fn gemm_shape_ok<W, A>(w: &[W], a: &[A], bpr: usize, out: &[f32]) -> bool {
+    bpr > 0
+        && w.len() % bpr == 0
+        && a.len() % bpr == 0
+        && (w.len() / bpr)
+            .checked_mul(a.len() / bpr)
+            .is_some_and(|n| n <= out.len())
+}
+
+/// The shape checks of the x16 wrappers: whole columns, an output that
+/// holds them all, and `packed` holding exactly the panels of `rows` rows.
+#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87 (workspace: 1.85)
+fn x16_shape_ok<W: X16Block, A>(
+    packed: &[u8],
+    rows: usize,
+    a: &[A],
+    bpr: usize,
+    out: &[f32],
+) -> bool {
+    bpr > 0
+        && a.len() % bpr == 0
+        && x16::packed_bytes::<W>(rows, bpr) == Some(packed.len())
+        && rows
+            .checked_mul(a.len() / bpr)
+            .is_some_and(|n| n <= out.len())
+}
 
 /// Whether the running CPU can execute the kernels of `isa` (and of every
 /// tier below it, which its table also uses).
@@ -126,6 +195,42 @@ mod tests {
             }
         }
         assert_eq!(dot2x2_table().is_some(), supports(Isa::I8mm));
+    }
+
+    /// The multi-row kernels sit in the tiers that have them: x16 (packed
+    /// weights) from dotprod up, i8mm's own (`smmla` for column pairs); the
+    /// `smmla` gemm (file layout) in i8mm only. A lost entry fails here instead
+    /// of silently falling back to single dots.
+    #[test]
+    fn multi_row_entries_per_tier() {
+        let scalar = crate::dispatch::SCALAR;
+        let gemm = |t: &VecDotTable| {
+            [
+                t.q4_0_q8_0_gemm.is_some(),
+                t.q4_1_q8_1_gemm.is_some(),
+                t.q8_0_q8_0_gemm.is_some(),
+            ]
+        };
+        let x16 = |t: &VecDotTable| {
+            [
+                t.q4_0_q8_0_x16.map(|f| f as usize),
+                t.q4_1_q8_1_x16.map(|f| f as usize),
+                t.q8_0_q8_0_x16.map(|f| f as usize),
+            ]
+        };
+        if let Some(t) = table(Isa::Neon, scalar) {
+            assert_eq!(gemm(&t), [false; 3]);
+            assert_eq!(x16(&t), [None; 3]);
+        }
+        if let Some(t) = table(Isa::Dotprod, scalar) {
+            assert_eq!(gemm(&t), [false; 3]);
+            assert!(x16(&t).iter().all(Option::is_some));
+            if let Some(i) = table(Isa::I8mm, scalar) {
+                assert_eq!(gemm(&i), [true; 3]);
+                assert!(x16(&i).iter().all(Option::is_some));
+                assert_ne!(x16(&i), x16(&t));
+            }
+        }
     }
 
     /// Under `SOTTO_ISA=<tier>` (scripts/test-aarch64.sh) the process-wide

@@ -118,6 +118,30 @@ pub(super) fn f16_to_f32(h: f16) -> f32 {
     out
 }
 
+/// Four little-endian f16 at `p` as f32 lanes (`fcvtl`, base Armv8 FP):
+/// the 16-row scale planes of the x16 layout.
+///
+/// # Safety
+/// `p` points at 8 readable bytes; the caller guarantees NEON.
+#[inline]
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn load_f16x4(p: *const u8) -> float32x4_t {
+    // SAFETY: 8 readable bytes at `p` (the caller's contract); no alignment
+    // requirement for `ld1`.
+    let bits = unsafe { vld1_u16(p.cast::<u16>()) };
+    let out: float32x4_t;
+    // SAFETY: a register-only instruction; NEON is enabled for this function.
+    unsafe {
+        asm!(
+            "fcvtl {out:v}.4s, {bits:v}.4h",
+            bits = in(vreg) bits,
+            out = out(vreg) out,
+            options(pure, nomem, nostack, preserves_flags),
+        );
+    }
+    out
+}
+
 /// Codes of a 4-bit block as signed bytes, element order: `.0` holds elements
 /// 0..16 (low nibbles), `.1` elements 16..32 (high nibbles), each minus
 /// `offset` (8 for Q4_0's symmetric codes, 0 for Q4_1).
