@@ -24,6 +24,9 @@ pub enum Target {
     Qnn,
     /// f32 graphs, which QNN HTP runs in f16 (no calibration).
     QnnFp16,
+    /// Mixed precision for QNN HTP: QDQ on the weight MatMuls (int8
+    /// weights, calibrated 16-bit activations), the rest in f16.
+    QnnMixed,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -107,7 +110,7 @@ fn export(args: &ExportArgs) -> Result<Manifest, String> {
     };
     match args.target {
         Target::Cpu => export_model(&model, &args.out_dir, opts).map_err(|e| e.to_string()),
-        Target::Qnn => export_qdq(&model, args, opts),
+        Target::Qnn | Target::QnnMixed => export_qdq(&model, args, opts),
         Target::QnnFp16 => export_model(
             &model,
             &args.out_dir,
@@ -132,7 +135,7 @@ fn report(args: &ExportArgs, m: &Manifest, t0: Instant) {
     );
     let ep = match args.target {
         Target::Cpu => "cpu",
-        Target::Qnn | Target::QnnFp16 => "qnn --npu-only",
+        Target::Qnn | Target::QnnFp16 | Target::QnnMixed => "qnn --npu-only",
     };
     eprintln!(
         "sotto: run it with `sotto chat --backend ort --onnx-dir {} --ep {ep}` (or --backend hybrid)",
@@ -142,7 +145,7 @@ fn report(args: &ExportArgs, m: &Manifest, t0: Instant) {
 
 #[cfg(feature = "ort")]
 fn export_qdq(model: &Model, args: &ExportArgs, opts: ExportOptions) -> Result<Manifest, String> {
-    use sotto_engine::onnx::qdq::ActivationType;
+    use sotto_engine::onnx::qdq::{ActivationType, QdqScope};
     use sotto_engine::ort::{calibrate, OrtConfig};
     let text = args.calibration_text.as_deref().unwrap_or(CALIBRATION_TEXT);
     let mut tokens = model
@@ -170,13 +173,19 @@ fn export_qdq(model: &Model, args: &ExportArgs, opts: ExportOptions) -> Result<M
         tokens.len(),
         decode_steps
     );
-    calibrate::export_qdq(
+    let scope = if args.target == Target::QnnMixed {
+        QdqScope::MatMuls
+    } else {
+        QdqScope::All
+    };
+    calibrate::export_qdq_scoped(
         model,
         &args.out_dir,
         float,
         &tokens,
         decode_steps,
         act,
+        scope,
         &OrtConfig::default(),
     )
     .map_err(|e| e.to_string())

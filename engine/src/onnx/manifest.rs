@@ -27,6 +27,12 @@ pub enum Quantization {
     QdqW8A16,
     /// QDQ as above with uint8 activations.
     QdqW8A8,
+    /// Mixed precision: QDQ (int8 per-channel weights, uint16 activations)
+    /// on the weight MatMuls only; norms, RoPE, attention and the residual
+    /// stream stay float (f16 on QNN HTP).
+    QdqMixedW8A16,
+    /// Mixed precision as above with uint8 activations.
+    QdqMixedW8A8,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -36,6 +36,19 @@ pub enum WeightType {
     PerTensorU8,
 }
 
+/// Which float values get quantized.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QdqScope {
+    /// Every float value and constant: a fully integer graph.
+    All,
+    /// Only the weight MatMuls (projections, FFN, LM head): their weights,
+    /// their activation inputs and their outputs. Everything else (the
+    /// residual stream, norms, RoPE, attention, softmax) stays float, which
+    /// QNN HTP runs in f16: mixed precision for models whose residual
+    /// stream spans more than one 16-bit per-tensor scale can hold.
+    MatMuls,
+}
+
 /// Observed `[min, max]` of a float value.
 pub type Ranges = HashMap<String, (f32, f32)>;
 
@@ -158,7 +171,46 @@ pub fn quantize(
     act: ActivationType,
     weights: WeightType,
 ) -> Result<ModelProto> {
+    quantize_scoped(model, float_values, ranges, act, weights, QdqScope::All)
+}
+
+/// [`quantize`] limited to `scope`.
+pub fn quantize_scoped(
+    model: &ModelProto,
+    float_values: &HashSet<String>,
+    ranges: &Ranges,
+    act: ActivationType,
+    weights: WeightType,
+    scope: QdqScope,
+) -> Result<ModelProto> {
     let mut out = model.clone();
+    let float_inits_all = float_initializers(model);
+    // Under `MatMuls`, the float values and constants in scope: MatMuls
+    // whose B input is a float constant, with their A input and output.
+    let (float_values, float_inits): (HashSet<String>, HashSet<String>) = match scope {
+        QdqScope::All => (float_values.clone(), float_inits_all),
+        QdqScope::MatMuls => {
+            let mut vals = HashSet::new();
+            let mut inits = HashSet::new();
+            for n in model.graph.iter().flat_map(|g| &g.node) {
+                let Some(b) = n.input.get(1) else { continue };
+                if n.op_type != "MatMul" || !float_inits_all.contains(b) {
+                    continue;
+                }
+                inits.insert(b.clone());
+                vals.extend(
+                    n.input
+                        .first()
+                        .into_iter()
+                        .chain(&n.output)
+                        .filter(|v| float_values.contains(*v))
+                        .cloned(),
+                );
+            }
+            (vals, inits)
+        }
+    };
+    let float_values = &float_values;
     let Some(g) = out.graph.as_mut() else {
         return Err(Error::Unsupported("a model without a graph".into()));
     };
@@ -184,7 +236,6 @@ pub fn quantize(
         .filter(|n| n.op_type == "MatMul")
         .filter_map(|n| n.input.get(1).cloned())
         .collect();
-    let float_inits = float_initializers(model);
     let mut new_inits = Vec::new();
     let mut prologue = Vec::new();
     for t in g.initializer.drain(..) {

@@ -11,7 +11,7 @@ use crate::onnx::bundle::{write_bundle, ExportOptions};
 use crate::onnx::export::{export_decoder_typed, GraphShape, WeightFormat};
 use crate::onnx::manifest::{Manifest, Quantization};
 use crate::onnx::proto::ModelProto;
-use crate::onnx::qdq::{self, ActivationType, Ranges, WeightType};
+use crate::onnx::qdq::{self, ActivationType, QdqScope, Ranges, WeightType};
 
 use super::backend::OrtBackend;
 use super::ep::Ep;
@@ -59,6 +59,31 @@ pub fn export_qdq(
     calibration: &[u32],
     decode_steps: usize,
     act: ActivationType,
+    config: &OrtConfig,
+) -> Result<Manifest> {
+    export_qdq_scoped(
+        model,
+        dir,
+        opts,
+        calibration,
+        decode_steps,
+        act,
+        QdqScope::All,
+        config,
+    )
+}
+
+/// [`export_qdq`] with QDQ limited to `scope` (see [`QdqScope::MatMuls`]
+/// for the mixed-precision graphs).
+#[allow(clippy::too_many_arguments)]
+pub fn export_qdq_scoped(
+    model: &Model,
+    dir: &Path,
+    opts: ExportOptions,
+    calibration: &[u32],
+    decode_steps: usize,
+    act: ActivationType,
+    scope: QdqScope,
     config: &OrtConfig,
 ) -> Result<Manifest> {
     if decode_steps == 0 || calibration.len() <= decode_steps {
@@ -117,23 +142,27 @@ pub fn export_qdq(
     share_ranges(&prefill, &decode, &mut prefill_ranges, &mut decode_ranges);
     drop(backend);
     let _ = std::fs::remove_dir_all(&cal_dir);
-    let qp = qdq::quantize(
+    let qp = qdq::quantize_scoped(
         &prefill,
         &prefill_floats,
         &prefill_ranges,
         act,
         WeightType::PerChannelI8,
+        scope,
     )?;
-    let qd = qdq::quantize(
+    let qd = qdq::quantize_scoped(
         &decode,
         &decode_floats,
         &decode_ranges,
         act,
         WeightType::PerChannelI8,
+        scope,
     )?;
-    let quantization = match act {
-        ActivationType::Uint16 => Quantization::QdqW8A16,
-        ActivationType::Uint8 => Quantization::QdqW8A8,
+    let quantization = match (scope, act) {
+        (QdqScope::All, ActivationType::Uint16) => Quantization::QdqW8A16,
+        (QdqScope::All, ActivationType::Uint8) => Quantization::QdqW8A8,
+        (QdqScope::MatMuls, ActivationType::Uint16) => Quantization::QdqMixedW8A16,
+        (QdqScope::MatMuls, ActivationType::Uint8) => Quantization::QdqMixedW8A8,
     };
     Ok(write_bundle(model, dir, opts, quantization, &qp, &qd)?)
 }
