@@ -143,7 +143,9 @@ fn default_model_mixed_precision_graphs_run_wholly_on_qnn_and_answer_like_the_cp
     // the HTP's f16 arithmetic.
     let mut emulated = OrtDecoder::open(&model.spec, &dir, &OrtConfig::default()).unwrap();
     let mut cache = emulated.new_cache(opts.context).unwrap();
-    let e = emulated.forward(&mut cache, &prompt, LogitsFor::Last).unwrap();
+    let e = emulated
+        .forward(&mut cache, &prompt, LogitsFor::Last)
+        .unwrap();
     let (rel, rel_cpu_ep) = (rel_l2(&a, &b), rel_l2(&e, &b));
     eprintln!(
         "last-token logits vs CPU backend, rel L2: QNN HTP {rel:.4} (budget {BUDGET}), same graphs on the CPU EP {rel_cpu_ep:.4}; argmax {} vs {}",

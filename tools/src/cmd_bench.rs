@@ -85,7 +85,7 @@ pub struct BenchArgs {
     /// default: exported once into ~/.cache/sotto/onnx, sized for the sweep.
     #[arg(long)]
     pub onnx_dir: Option<PathBuf>,
-    /// Graphs for ort-qnn rows (`sotto export --target qnn`); default as above.
+    /// Graphs for ort-qnn and hybrid-qnn rows (`sotto export --target qnn-mixed`, or `qnn`); default as above (qnn-mixed).
     #[arg(long)]
     pub onnx_qnn_dir: Option<PathBuf>,
     /// A decoder exported by another tool (model.onnx + config.json, the

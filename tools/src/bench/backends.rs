@@ -64,7 +64,7 @@ pub struct OnnxGraphs {
     /// MatMulNBits graphs for ort-cpu and hybrid; default: exported once
     /// into the user cache.
     pub cpu_dir: Option<PathBuf>,
-    /// QDQ graphs for ort-qnn; default: exported (and calibrated) once into
+    /// QDQ graphs for ort-qnn and hybrid-qnn (mixed precision); default: exported (and calibrated) once into
     /// the user cache.
     pub qnn_dir: Option<PathBuf>,
     /// KV slots the sweep needs (graphs exported here get this many).
@@ -259,7 +259,12 @@ fn load_ort(
     }
     // Exporting is not loading: the clock starts once the graphs exist.
     let (dir, config) = if name == "ort-qnn" || name == "hybrid-qnn" {
-        let dir = graphs_dir(path, Target::Qnn, graphs.qnn_dir.as_ref(), graphs.context)?;
+        let dir = graphs_dir(
+            path,
+            Target::QnnMixed,
+            graphs.qnn_dir.as_ref(),
+            graphs.context,
+        )?;
         let eps = vec![Ep::Qnn(Default::default())];
         (
             dir,
