@@ -392,6 +392,46 @@ mod tests {
         }
     }
 
+    /// (rows, columns, blocks per row) of the gemm and x16 entry tests:
+    /// around the 16-row panel, the 8/4/2/1 column groups, short and long rows.
+    const GEMM_SHAPES: [(usize, usize, usize); 9] = [
+        (1, 1, 1),
+        (16, 1, 18),
+        (17, 3, 18),
+        (40, 13, 3),
+        (5, 8, 48),
+        (33, 2, 7),
+        (48, 15, 2),
+        // row counts of 2 and 3 past a multiple of 4 (the edge
+        // tiles of the aarch64 kernels, partial 4-row stores)
+        (6, 5, 4),
+        (19, 6, 3),
+    ];
+
+    /// `got` against `want` (`[cols][rows]` products of the rows of `wf`
+    /// and the columns of `xf`, `n` elements each) within 1e-5 of each
+    /// product's L1 magnitude.
+    #[allow(clippy::too_many_arguments)]
+    fn products_close(
+        got: &[f32],
+        want: &[f32],
+        wf: &[f32],
+        xf: &[f32],
+        rows: usize,
+        n: usize,
+        what: &str,
+    ) {
+        for (i, (g, e)) in got.iter().zip(want).enumerate() {
+            let (c, r) = (i / rows, i % rows);
+            let l1: f32 = wf[r * n..(r + 1) * n]
+                .iter()
+                .zip(&xf[c * n..(c + 1) * n])
+                .map(|(p, q)| (p * q).abs())
+                .sum();
+            close(*g, *e, l1, 1e-5, &format!("{what} [{r},{c}]"));
+        }
+    }
+
     /// Every gemm entry of every available table against single scalar dots,
     /// over row counts around the 16-row panel and the 4/2-row tiles, column
     /// counts around the 8/4/2/1 column groups, and short and long rows.
@@ -405,19 +445,7 @@ mod tests {
             (wd, ad): (DType, DType),
         ) {
             let Some(gemm) = gemm else { return };
-            for (rows, cols, bpr) in [
-                (1, 1, 1),
-                (16, 1, 18),
-                (17, 3, 18),
-                (40, 13, 3),
-                (5, 8, 48),
-                (33, 2, 7),
-                (48, 15, 2),
-                // row counts of 2 and 3 past a multiple of 4 (the edge
-                // tiles of the aarch64 kernels, partial 4-row stores)
-                (6, 5, 4),
-                (19, 6, 3),
-            ] {
+            for (rows, cols, bpr) in GEMM_SHAPES {
                 let n = bpr * QK;
                 let wf = random_row(rows * n, (rows * 31 + bpr) as u64);
                 let xf = random_row(cols * n, (cols * 17 + bpr) as u64);
@@ -427,21 +455,8 @@ mod tests {
                 let mut want = vec![0f32; rows * cols];
                 gemm(&w, &a, bpr, &mut got);
                 gemm_by_dots(dot, &w, &a, bpr, &mut want);
-                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-                    let (c, r) = (i / rows, i % rows);
-                    let l1: f32 = wf[r * n..(r + 1) * n]
-                        .iter()
-                        .zip(&xf[c * n..(c + 1) * n])
-                        .map(|(p, q)| (p * q).abs())
-                        .sum();
-                    close(
-                        *g,
-                        *e,
-                        l1,
-                        1e-5,
-                        &format!("{isa} {what} gemm {rows}x{cols}x{bpr} [{r},{c}]"),
-                    );
-                }
+                let what = format!("{isa} {what} gemm {rows}x{cols}x{bpr}");
+                products_close(&got, &want, &wf, &xf, rows, n, &what);
             }
         }
         for isa in available_isas() {
@@ -483,19 +498,7 @@ mod tests {
             ad: DType,
         ) {
             let Some(kernel) = x16 else { return };
-            for (rows, cols, bpr) in [
-                (1, 1, 1),
-                (16, 1, 18),
-                (17, 3, 18),
-                (40, 13, 3),
-                (5, 8, 48),
-                (33, 2, 7),
-                (48, 15, 2),
-                // row counts of 2 and 3 past a multiple of 4 (the edge
-                // tiles of the aarch64 kernels, partial 4-row stores)
-                (6, 5, 4),
-                (19, 6, 3),
-            ] {
+            for (rows, cols, bpr) in GEMM_SHAPES {
                 let n = bpr * QK;
                 let wf = random_row(rows * n, (rows * 37 + bpr) as u64);
                 let xf = random_row(cols * n, (cols * 13 + bpr) as u64);
@@ -510,21 +513,8 @@ mod tests {
                 let mut via_ref = vec![f32::NAN; rows * cols];
                 x16::gemm_ref(dot, &p, rows, &a, bpr, &mut via_ref);
                 assert_eq!(via_ref, want, "x16::gemm_ref {}", W::DTYPE);
-                for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-                    let (c, r) = (i / rows, i % rows);
-                    let l1: f32 = wf[r * n..(r + 1) * n]
-                        .iter()
-                        .zip(&xf[c * n..(c + 1) * n])
-                        .map(|(p, q)| (p * q).abs())
-                        .sum();
-                    close(
-                        *g,
-                        *e,
-                        l1,
-                        1e-5,
-                        &format!("{isa} {} x16 {rows}x{cols}x{bpr} [{r},{c}]", W::DTYPE),
-                    );
-                }
+                let what = format!("{isa} {} x16 {rows}x{cols}x{bpr}", W::DTYPE);
+                products_close(&got, &want, &wf, &xf, rows, n, &what);
             }
         }
         for isa in available_isas() {

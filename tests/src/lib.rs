@@ -63,3 +63,22 @@ pub fn tiny_llama(tag: &str) -> sotto_models::Model {
         .unwrap_or_else(|e| panic!("writing the tiny model: {e}"));
     sotto_models::Model::load(path).unwrap_or_else(|e| panic!("loading the tiny model: {e}"))
 }
+
+/// Relative L2 distance `|a - b| / |b|`, accumulated in f64.
+pub fn rel_l2(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "rel_l2 of vectors of different lengths");
+    let e: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
+    let n: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
+    (e / n).sqrt() as f32
+}
+
+/// Index of the largest value (the first of equals).
+pub fn argmax(v: &[f32]) -> u32 {
+    v.iter()
+        .enumerate()
+        .fold(
+            (0, f32::NEG_INFINITY),
+            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+        )
+        .0 as u32
+}

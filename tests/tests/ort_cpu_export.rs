@@ -9,22 +9,7 @@
 use sotto_engine::onnx::{export_model, ExportOptions, WeightFormat};
 use sotto_engine::ort::{OrtBackend, OrtConfig};
 use sotto_models::Model;
-
-fn argmax(v: &[f32]) -> u32 {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
-        .0 as u32
-}
-
-fn rel_l2(a: &[f32], b: &[f32]) -> f32 {
-    let e: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
-    let n: f32 = b.iter().map(|y| y * y).sum();
-    (e / n).sqrt()
-}
+use sotto_tests::{argmax, rel_l2};
 
 #[test]
 fn matmulnbits_export_of_the_default_model_matches_the_float_graph() {

@@ -37,6 +37,7 @@ use sotto_engine::{
 };
 use sotto_models::testutil::{tiny_model_random, TinyDims};
 use sotto_models::Model;
+use sotto_tests::{argmax, rel_l2};
 
 const DIMS: TinyDims = TinyDims {
     n_layer: 2,
@@ -169,23 +170,6 @@ fn export(name: &str, flags: &[&str]) -> PathBuf {
         t.elapsed()
     );
     out
-}
-
-fn rel_l2(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    let e: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).powi(2)).sum();
-    let n: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (e / n).sqrt() as f32
-}
-
-fn argmax(v: &[f32]) -> u32 {
-    v.iter()
-        .enumerate()
-        .fold(
-            (0, f32::NEG_INFINITY),
-            |b, (i, &x)| if x > b.1 { (i, x) } else { b },
-        )
-        .0 as u32
 }
 
 fn prompt() -> Vec<u32> {

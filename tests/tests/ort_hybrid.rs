@@ -32,6 +32,7 @@ use sotto_engine::{
     Backend, CpuBackend, GenerateOptions, KvCache, LogitsFor, SamplerConfig, Session,
 };
 use sotto_models::Model;
+use sotto_tests::rel_l2;
 use sotto_tests::{default_model_path, read_json};
 
 const CHUNK: usize = 32;
@@ -139,12 +140,6 @@ fn top2(v: &[f32]) -> (u32, f32) {
         }
     }
     (a.0 as u32, a.1 - b)
-}
-
-fn rel_l2(a: &[f32], b: &[f32]) -> f32 {
-    let e: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
-    let n: f32 = b.iter().map(|y| y * y).sum();
-    (e / n).sqrt()
 }
 
 /// Last-token logits of `tokens` run from an empty cache.

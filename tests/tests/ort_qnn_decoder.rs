@@ -13,6 +13,7 @@ use sotto_engine::onnx::{export_model, ExportOptions, WeightFormat};
 use sotto_engine::ort::calibrate::export_qdq;
 use sotto_engine::ort::{Ep, OrtBackend, OrtConfig, QnnOptions};
 use sotto_models::Model;
+use sotto_tests::rel_l2;
 
 fn tiny() -> Model {
     sotto_tests::tiny_llama("ort-qnn-tiny")
@@ -22,12 +23,6 @@ fn dir(name: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("sotto-ort-qnn-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
     d
-}
-
-fn rel_l2(a: &[f32], b: &[f32]) -> f32 {
-    let e: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
-    let n: f32 = b.iter().map(|y| y * y).sum();
-    (e / n).sqrt()
 }
 
 const OPTS: ExportOptions = ExportOptions {

@@ -26,6 +26,7 @@ use sotto_engine::{Backend, Chat, CpuBackend, GenerateOptions, LogitsFor, Sample
 use sotto_models::chat::ChatMessage;
 use sotto_models::Model;
 use sotto_tests::default_model_path;
+use sotto_tests::{argmax, rel_l2};
 
 const SYSTEM: &str = "You are a helpful assistant.";
 const QUESTION: &str = "What is the capital of France?";
@@ -35,20 +36,6 @@ const QUESTION: &str = "What is the capital of France?";
 /// whose float part runs in f16 between quantized MatMuls. Budget 0.5, and
 /// the argmax and the whole greedy answer must be the CPU backend's.
 const BUDGET: f32 = 0.5;
-
-fn rel_l2(a: &[f32], b: &[f32]) -> f32 {
-    let e: f32 = a.iter().zip(b).map(|(x, y)| (x - y) * (x - y)).sum();
-    let n: f32 = b.iter().map(|y| y * y).sum();
-    (e / n).sqrt()
-}
-
-fn argmax(v: &[f32]) -> usize {
-    v.iter()
-        .enumerate()
-        .max_by(|a, b| a.1.total_cmp(b.1))
-        .map(|(i, _)| i)
-        .unwrap()
-}
 
 fn greedy(max_tokens: usize) -> GenerateOptions {
     GenerateOptions {

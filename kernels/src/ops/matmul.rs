@@ -474,15 +474,9 @@ pub fn matmul_packed_group(
                 tasks.push((w.bytes(), ci * chunk, o));
             }
         }
-        tasks.into_par_iter().for_each(|(p, r0, o)| {
-            let nr = o.len();
-            let panels = &p[r0 / x16::PANEL_ROWS * bpr * B::RECORD..]
-                [..nr.div_ceil(x16::PANEL_ROWS) * bpr * B::RECORD];
-            match kernel {
-                Some(k) => k(panels, nr, a, bpr, o),
-                None => x16::gemm_ref(dot, panels, nr, a, bpr, o),
-            }
-        });
+        tasks
+            .into_par_iter()
+            .for_each(|(p, r0, o)| x16_band(p, r0, o.len(), bpr, a, kernel, dot, o));
     }
     match first.dtype {
         DType::Q4_0 => {
@@ -525,6 +519,28 @@ pub fn matmul_packed_group(
     Ok(())
 }
 
+/// Rows `r0..r0 + nr` (whole panels from `r0`, a panel boundary) of the
+/// packed matrix `p` against `a`, on the table's x16 kernel or, without
+/// one, the reference.
+#[allow(clippy::too_many_arguments)]
+fn x16_band<B: X16Block, A>(
+    p: &[u8],
+    r0: usize,
+    nr: usize,
+    bpr: usize,
+    a: &[A],
+    kernel: Option<X16GemmFn<A>>,
+    dot: VecDotFn<B, A>,
+    o: &mut [f32],
+) {
+    let panels = &p[r0 / x16::PANEL_ROWS * bpr * B::RECORD..]
+        [..nr.div_ceil(x16::PANEL_ROWS) * bpr * B::RECORD];
+    match kernel {
+        Some(k) => k(panels, nr, a, bpr, o),
+        None => x16::gemm_ref(dot, panels, nr, a, bpr, o),
+    }
+}
+
 /// [`matmul_packed_with`] on the process-wide dispatch table.
 pub fn matmul_packed(w: &PackedMatrix, x: &[f32], n_tokens: usize, out: &mut [f32]) -> Result<()> {
     matmul_packed_with(dispatch::try_table()?, w, x, n_tokens, out)
@@ -560,12 +576,7 @@ pub fn matmul_packed_with(
         out: &mut [f32],
     ) {
         bands(s, out, |r0, nr, o| {
-            let panels = &p[r0 / x16::PANEL_ROWS * bpr * B::RECORD..]
-                [..nr.div_ceil(x16::PANEL_ROWS) * bpr * B::RECORD];
-            match kernel {
-                Some(k) => k(panels, nr, a, bpr, o),
-                None => x16::gemm_ref(dot, panels, nr, a, bpr, o),
-            }
+            x16_band(p, r0, nr, bpr, a, kernel, dot, o)
         });
     }
     match w.dtype {

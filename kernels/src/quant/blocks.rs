@@ -52,6 +52,39 @@ pub struct BlockQ8_1 {
 }
 const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == 36);
 
+/// The activation side of the legacy gemm kernels (Q8_0 and Q8_1 blocks):
+/// codes, scale and `s = d * sum(codes)` of Q8_1 (zero for Q8_0, whose
+/// weights have no minimum to meet it).
+pub(crate) trait ActBlock: Copy {
+    fn codes(&self) -> &[i8; QK];
+    fn scale(&self) -> f16;
+    fn sum_scaled(&self) -> f16;
+}
+
+impl ActBlock for BlockQ8_0 {
+    fn codes(&self) -> &[i8; QK] {
+        &self.qs
+    }
+    fn scale(&self) -> f16 {
+        self.d
+    }
+    fn sum_scaled(&self) -> f16 {
+        f16::ZERO
+    }
+}
+
+impl ActBlock for BlockQ8_1 {
+    fn codes(&self) -> &[i8; QK] {
+        &self.qs
+    }
+    fn scale(&self) -> f16 {
+        self.d
+    }
+    fn sum_scaled(&self) -> f16 {
+        self.s
+    }
+}
+
 /// 256 weights: 8 sub-blocks of 32 with 6-bit scales and mins.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]

@@ -15,8 +15,9 @@
 //! scales of 4 rows are one `fcvtl` of the record's scale plane.
 
 use super::neon::{f16_to_f32, load_f16x4, load_q8, unpack_q4};
-use super::{x16_shape_ok, ActBlock};
+use super::x16_shape_ok;
 use crate::dispatch::VecDotTable;
+use crate::quant::blocks::ActBlock;
 use crate::quant::blocks::{
     BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
     K_SCALE_SIZE,

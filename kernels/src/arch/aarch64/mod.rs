@@ -25,48 +25,14 @@
 //! runtime check of the features they need.
 
 use crate::dispatch::{Isa, VecDotTable};
-use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 use crate::quant::x16::{self, X16Block};
-use half::f16;
 
 mod dotprod;
 mod i8mm;
 mod neon;
 #[cfg(test)]
 mod test_support;
-
-/// The activation side of the legacy gemm kernels (Q8_0 and Q8_1 blocks).
-pub(super) trait ActBlock: Copy {
-    fn codes(&self) -> &[i8; QK];
-    fn scale(&self) -> f16;
-    /// `s = d * sum(codes)` of Q8_1 (zero for Q8_0, whose weights have no
-    /// minimum to meet it).
-    fn sum_scaled(&self) -> f16;
-}
-
-impl ActBlock for BlockQ8_0 {
-    fn codes(&self) -> &[i8; QK] {
-        &self.qs
-    }
-    fn scale(&self) -> f16 {
-        self.d
-    }
-    fn sum_scaled(&self) -> f16 {
-        f16::ZERO
-    }
-}
-
-impl ActBlock for BlockQ8_1 {
-    fn codes(&self) -> &[i8; QK] {
-        &self.qs
-    }
-    fn scale(&self) -> f16 {
-        self.d
-    }
-    fn sum_scaled(&self) -> f16 {
-        self.s
-    }
-}
 
 /// The shape checks of the gemm wrappers before their kernels (which then
 /// index without bounds checks): whole rows and columns, and an output that

@@ -30,9 +30,7 @@
 //! slices (checked by the wrappers before the first load).
 
 use crate::dispatch::{Isa, VecDotTable};
-use crate::quant::blocks::*;
 use core::arch::x86_64::*;
-use half::f16;
 
 pub(super) fn overrides(t: VecDotTable) -> VecDotTable {
     VecDotTable {
@@ -63,38 +61,6 @@ fn dot4(acc: __m512i, u: __m512i, s: __m512i) -> __m512i {
     _mm512_add_epi32(acc, _mm512_madd_epi16(pairs, _mm512_set1_epi16(1)))
 }
 
-/// Activation blocks as the gemm reads them: codes, scale and, for Q8_1,
-/// `s = d * sum(codes)`.
-pub(super) trait ActBlock: Copy {
-    fn codes(&self) -> &[i8; QK];
-    fn scale(&self) -> f16;
-    fn sum_scaled(&self) -> f16;
-}
-
-impl ActBlock for BlockQ8_0 {
-    fn codes(&self) -> &[i8; QK] {
-        &self.qs
-    }
-    fn scale(&self) -> f16 {
-        self.d
-    }
-    fn sum_scaled(&self) -> f16 {
-        f16::ZERO
-    }
-}
-
-impl ActBlock for BlockQ8_1 {
-    fn codes(&self) -> &[i8; QK] {
-        &self.qs
-    }
-    fn scale(&self) -> f16 {
-        self.d
-    }
-    fn sum_scaled(&self) -> f16 {
-        self.s
-    }
-}
-
 /// Whether 16 rows of `bpr` blocks of `block_bytes` stay within the i32
 /// offsets of a gather (always, for real models).
 pub(super) fn gather_offsets_fit(bpr: usize, block_bytes: usize) -> bool {
@@ -108,7 +74,7 @@ pub(super) fn gather_offsets_fit(bpr: usize, block_bytes: usize) -> bool {
 macro_rules! legacy_kernels {
     ($features:literal, $dot4:path) => {
         mod kernels {
-            use super::super::avx512::{gather_offsets_fit, ActBlock};
+            use super::super::avx512::gather_offsets_fit;
             use crate::dispatch::gemm_by_dots;
             use crate::quant::blocks::*;
             use crate::quant::x16::{self, X16Block};
@@ -746,31 +712,41 @@ macro_rules! legacy_kernels {
                     let mask = (u32::MAX >> (32 - nr)) as __mmask16;
                     // SAFETY: rows r0..r0 + nr exist (shape checked by the caller).
                     unsafe { pack(w, bpr, r0, mask, &mut p) };
+                    let p = &p;
+                    let block = |b: usize| {
+                        let mut wg = [_mm512_setzero_si512(); 8];
+                        wg.copy_from_slice(&p.codes[8 * b..8 * b + 8]);
+                        let m = if MIN { p.m[b] } else { _mm512_setzero_ps() };
+                        (wg, p.d[b], m)
+                    };
                     let mut c0 = 0;
                     // SAFETY: each call reads columns c0..c0 + NC, which exist; out holds rows * cols.
                     unsafe {
                         while c0 + 8 <= cols {
-                            panel_cols::<A, 8, 1, MIN>(&p, &acts, bpr, c0, out, rows, r0, mask);
+                            panel_cols::<A, 8, 1, MIN>(&block, &acts, bpr, c0, out, rows, r0, mask);
                             c0 += 8;
                         }
                         if c0 + 4 <= cols {
-                            panel_cols::<A, 4, 2, MIN>(&p, &acts, bpr, c0, out, rows, r0, mask);
+                            panel_cols::<A, 4, 2, MIN>(&block, &acts, bpr, c0, out, rows, r0, mask);
                             c0 += 4;
                         }
                         if c0 + 2 <= cols {
-                            panel_cols::<A, 2, 4, MIN>(&p, &acts, bpr, c0, out, rows, r0, mask);
+                            panel_cols::<A, 2, 4, MIN>(&block, &acts, bpr, c0, out, rows, r0, mask);
                             c0 += 2;
                         }
                         if c0 < cols {
-                            panel_cols::<A, 1, 4, MIN>(&p, &acts, bpr, c0, out, rows, r0, mask);
+                            panel_cols::<A, 1, 4, MIN>(&block, &acts, bpr, c0, out, rows, r0, mask);
                         }
                     }
                 }
             }
 
-            /// Outputs of the panel's rows for columns `c0..c0 + NC`.
-            /// `SPLIT` independent integer accumulators per column keep the
-            /// `dot4` chain short when few columns are in flight (decode).
+            /// Outputs of 16 rows (a panel) for columns `c0..c0 + NC`; `block(b)`
+            /// gives block `b` of the rows as 8 lane-per-row code registers
+            /// (in the order of [`Panel`]), the rows' scales and (with `MIN`)
+            /// minimums. `SPLIT` independent integer accumulators per column
+            /// keep the `dot4` chain short when few columns are in flight
+            /// (decode).
             ///
             /// # Safety
             /// Columns `c0..c0 + NC` exist in `acts`, the masked rows from
@@ -784,7 +760,7 @@ macro_rules! legacy_kernels {
                 const SPLIT: usize,
                 const MIN: bool,
             >(
-                p: &Panel,
+                block: impl Fn(usize) -> ([__m512i; 8], __m512, __m512),
                 acts: &Acts<'_, A>,
                 bpr: usize,
                 c0: usize,
@@ -795,6 +771,7 @@ macro_rules! legacy_kernels {
             ) {
                 let mut acc = [_mm512_setzero_ps(); NC];
                 for b in 0..bpr {
+                    let (wg, d, m) = block(b);
                     let mut sums = [[_mm512_setzero_si512(); NC]; SPLIT];
                     for c in 0..NC {
                         // SAFETY: (c0 + c) * bpr + b < cols * bpr, the length of acts.start.
@@ -802,9 +779,7 @@ macro_rules! legacy_kernels {
                             *acts.start.get_unchecked((c0 + c) * bpr + b)
                         });
                     }
-                    for g in 0..8 {
-                        // SAFETY: 8 * b + g < 8 * bpr, the panel's length.
-                        let wg = unsafe { *p.codes.get_unchecked(8 * b + g) };
+                    for (g, w) in wg.iter().enumerate() {
                         for c in 0..NC {
                             // SAFETY: as above for the block; 4 * g + 4 <= 32 bytes of its codes.
                             let y = unsafe {
@@ -812,18 +787,9 @@ macro_rules! legacy_kernels {
                                 q.as_ptr().add(4 * g).cast::<i32>().read_unaligned()
                             };
                             let s = &mut sums[g % SPLIT][c];
-                            *s = $dot4(*s, wg, _mm512_set1_epi32(y));
+                            *s = $dot4(*s, *w, _mm512_set1_epi32(y));
                         }
                     }
-                    // SAFETY: b < bpr, the panel's scale count (of minimums too, with MIN).
-                    let (d, m) = unsafe {
-                        let m = if MIN {
-                            *p.m.get_unchecked(b)
-                        } else {
-                            _mm512_setzero_ps()
-                        };
-                        (*p.d.get_unchecked(b), m)
-                    };
                     for c in 0..NC {
                         let mut t = sums[0][c];
                         for part in &sums[1..] {
@@ -866,24 +832,39 @@ macro_rules! legacy_kernels {
                     let mask = (u32::MAX >> (32 - nr)) as __mmask16;
                     // SAFETY: panel pi exists in p (its length was checked against rows).
                     let panel = unsafe { p.as_ptr().add(pi * bpr * W::RECORD) };
+                    let decode = cols == 1;
+                    let block = |b: usize| {
+                        let rec = panel.wrapping_add(b * W::RECORD);
+                        if decode {
+                            // Decode streams the weights once: fetch a few records
+                            // ahead, across the page boundaries the hardware
+                            // prefetcher stops at (a prefetch never faults).
+                            let ahead = rec.wrapping_add(X16_PREFETCH);
+                            for l in (0..W::RECORD).step_by(64) {
+                                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l).cast());
+                            }
+                        }
+                        // SAFETY: b < bpr, so the record is inside the panel.
+                        unsafe { x16_record::<W>(rec) }
+                    };
                     let mut c0 = 0;
                     // SAFETY: each call reads columns c0..c0 + NC, which exist, and the
                     // panel's bpr records; out holds rows * cols.
                     unsafe {
                         while c0 + 8 <= cols {
-                            x16_cols::<W, A, 8, 1, MIN>(panel, &acts, bpr, c0, out, rows, r0, mask);
+                            panel_cols::<A, 8, 1, MIN>(&block, &acts, bpr, c0, out, rows, r0, mask);
                             c0 += 8;
                         }
                         if c0 + 4 <= cols {
-                            x16_cols::<W, A, 4, 2, MIN>(panel, &acts, bpr, c0, out, rows, r0, mask);
+                            panel_cols::<A, 4, 2, MIN>(&block, &acts, bpr, c0, out, rows, r0, mask);
                             c0 += 4;
                         }
                         if c0 + 2 <= cols {
-                            x16_cols::<W, A, 2, 4, MIN>(panel, &acts, bpr, c0, out, rows, r0, mask);
+                            panel_cols::<A, 2, 4, MIN>(&block, &acts, bpr, c0, out, rows, r0, mask);
                             c0 += 2;
                         }
                         if c0 < cols {
-                            x16_cols::<W, A, 1, 4, MIN>(panel, &acts, bpr, c0, out, rows, r0, mask);
+                            panel_cols::<A, 1, 4, MIN>(&block, &acts, bpr, c0, out, rows, r0, mask);
                         }
                     }
                 }
@@ -932,87 +913,6 @@ macro_rules! legacy_kernels {
 
             /// Bytes ahead of the record in use that the decode loop prefetches.
             const X16_PREFETCH: usize = 2048;
-
-            /// [`panel_cols`] with the codes loaded from an x16 panel.
-            ///
-            /// # Safety
-            /// `panel` points at `bpr` whole records of `W`; the rest as
-            /// [`panel_cols`].
-            #[inline]
-            #[target_feature(enable = $features)]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn x16_cols<
-                W: X16Block,
-                A: ActBlock,
-                const NC: usize,
-                const SPLIT: usize,
-                const MIN: bool,
-            >(
-                panel: *const u8,
-                acts: &Acts<'_, A>,
-                bpr: usize,
-                c0: usize,
-                out: &mut [f32],
-                rows: usize,
-                r0: usize,
-                mask: __mmask16,
-            ) {
-                let mut acc = [_mm512_setzero_ps(); NC];
-                for b in 0..bpr {
-                    let rec = panel.wrapping_add(b * W::RECORD);
-                    if NC == 1 {
-                        // Decode streams the weights once: fetch a few records
-                        // ahead, across the page boundaries the hardware
-                        // prefetcher stops at (a prefetch never faults).
-                        let ahead = rec.wrapping_add(X16_PREFETCH);
-                        for l in (0..W::RECORD).step_by(64) {
-                            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l).cast());
-                        }
-                    }
-                    // SAFETY: b < bpr, so the record is inside the panel.
-                    let (wg, d, m) = unsafe { x16_record::<W>(rec) };
-                    let mut sums = [[_mm512_setzero_si512(); NC]; SPLIT];
-                    for c in 0..NC {
-                        // SAFETY: (c0 + c) * bpr + b < cols * bpr, the length of acts.start.
-                        sums[0][c] = _mm512_set1_epi32(unsafe {
-                            *acts.start.get_unchecked((c0 + c) * bpr + b)
-                        });
-                    }
-                    for (g, w) in wg.iter().enumerate() {
-                        for c in 0..NC {
-                            // SAFETY: as above for the block; 4 * g + 4 <= 32 bytes of its codes.
-                            let y = unsafe {
-                                let q = acts.blocks.get_unchecked((c0 + c) * bpr + b).codes();
-                                q.as_ptr().add(4 * g).cast::<i32>().read_unaligned()
-                            };
-                            let s = &mut sums[g % SPLIT][c];
-                            *s = $dot4(*s, *w, _mm512_set1_epi32(y));
-                        }
-                    }
-                    for c in 0..NC {
-                        let mut t = sums[0][c];
-                        for part in &sums[1..] {
-                            t = _mm512_add_epi32(t, part[c]);
-                        }
-                        let i = (c0 + c) * bpr + b;
-                        // SAFETY: i < cols * bpr, the length of acts.d and acts.s.
-                        let ad = unsafe { *acts.d.get_unchecked(i) };
-                        // SAFETY: as above.
-                        let s = unsafe { *acts.s.get_unchecked(i) };
-                        let dt = _mm512_mul_ps(_mm512_cvtepi32_ps(t), d);
-                        acc[c] = _mm512_fmadd_ps(dt, _mm512_set1_ps(ad), acc[c]);
-                        if MIN {
-                            acc[c] = _mm512_fmadd_ps(m, _mm512_set1_ps(s), acc[c]);
-                        }
-                    }
-                }
-                for (c, v) in acc.iter().enumerate() {
-                    // SAFETY: (c0 + c) * rows + r0 + lane < rows * cols <= out.len() for every unmasked lane.
-                    unsafe {
-                        _mm512_mask_storeu_ps(out.as_mut_ptr().add((c0 + c) * rows + r0), mask, *v)
-                    };
-                }
-            }
         }
     };
 }
