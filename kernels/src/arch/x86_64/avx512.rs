@@ -700,7 +700,7 @@ macro_rules! legacy_kernels {
                 out: &mut [f32],
                 pack: Pack<W>,
             ) {
-                let (rows, cols) = (w.len() / bpr, a.len() / bpr);
+                let rows = w.len() / bpr;
                 let acts = acts(a, W::OFFSET);
                 let mut p = Panel {
                     codes: vec![_mm512_setzero_si512(); 8 * bpr],
@@ -719,24 +719,46 @@ macro_rules! legacy_kernels {
                         let m = if MIN { p.m[b] } else { _mm512_setzero_ps() };
                         (wg, p.d[b], m)
                     };
-                    let mut c0 = 0;
-                    // SAFETY: each call reads columns c0..c0 + NC, which exist; out holds rows * cols.
-                    unsafe {
-                        while c0 + 8 <= cols {
-                            panel_cols::<A, 8, 1, MIN>(&block, &acts, bpr, c0, out, rows, r0, mask);
-                            c0 += 8;
-                        }
-                        if c0 + 4 <= cols {
-                            panel_cols::<A, 4, 2, MIN>(&block, &acts, bpr, c0, out, rows, r0, mask);
-                            c0 += 4;
-                        }
-                        if c0 + 2 <= cols {
-                            panel_cols::<A, 2, 4, MIN>(&block, &acts, bpr, c0, out, rows, r0, mask);
-                            c0 += 2;
-                        }
-                        if c0 < cols {
-                            panel_cols::<A, 1, 4, MIN>(&block, &acts, bpr, c0, out, rows, r0, mask);
-                        }
+                    // SAFETY: the columns of acts exist; out holds rows * cols.
+                    unsafe { every_col::<A, MIN>(&block, &acts, bpr, out, rows, r0, mask) };
+                }
+            }
+
+            /// [`panel_cols`] over every column of `acts`: 8 at a time, then
+            /// 4, 2 and 1 (more independent accumulators as fewer columns
+            /// share each weight load).
+            ///
+            /// # Safety
+            /// As [`panel_cols`], for all the columns.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn every_col<A: ActBlock, const MIN: bool>(
+                block: &impl Fn(usize) -> ([__m512i; 8], __m512, __m512),
+                acts: &Acts<'_, A>,
+                bpr: usize,
+                out: &mut [f32],
+                rows: usize,
+                r0: usize,
+                mask: __mmask16,
+            ) {
+                let cols = acts.blocks.len() / bpr;
+                let mut c0 = 0;
+                // SAFETY: each call reads columns c0..c0 + NC, which exist; the rest per the contract.
+                unsafe {
+                    while c0 + 8 <= cols {
+                        panel_cols::<A, 8, 1, MIN>(block, acts, bpr, c0, out, rows, r0, mask);
+                        c0 += 8;
+                    }
+                    if c0 + 4 <= cols {
+                        panel_cols::<A, 4, 2, MIN>(block, acts, bpr, c0, out, rows, r0, mask);
+                        c0 += 4;
+                    }
+                    if c0 + 2 <= cols {
+                        panel_cols::<A, 2, 4, MIN>(block, acts, bpr, c0, out, rows, r0, mask);
+                        c0 += 2;
+                    }
+                    if c0 < cols {
+                        panel_cols::<A, 1, 4, MIN>(block, acts, bpr, c0, out, rows, r0, mask);
                     }
                 }
             }
@@ -760,7 +782,7 @@ macro_rules! legacy_kernels {
                 const SPLIT: usize,
                 const MIN: bool,
             >(
-                block: impl Fn(usize) -> ([__m512i; 8], __m512, __m512),
+                block: &impl Fn(usize) -> ([__m512i; 8], __m512, __m512),
                 acts: &Acts<'_, A>,
                 bpr: usize,
                 c0: usize,
@@ -847,26 +869,8 @@ macro_rules! legacy_kernels {
                         // SAFETY: b < bpr, so the record is inside the panel.
                         unsafe { x16_record::<W>(rec) }
                     };
-                    let mut c0 = 0;
-                    // SAFETY: each call reads columns c0..c0 + NC, which exist, and the
-                    // panel's bpr records; out holds rows * cols.
-                    unsafe {
-                        while c0 + 8 <= cols {
-                            panel_cols::<A, 8, 1, MIN>(&block, &acts, bpr, c0, out, rows, r0, mask);
-                            c0 += 8;
-                        }
-                        if c0 + 4 <= cols {
-                            panel_cols::<A, 4, 2, MIN>(&block, &acts, bpr, c0, out, rows, r0, mask);
-                            c0 += 4;
-                        }
-                        if c0 + 2 <= cols {
-                            panel_cols::<A, 2, 4, MIN>(&block, &acts, bpr, c0, out, rows, r0, mask);
-                            c0 += 2;
-                        }
-                        if c0 < cols {
-                            panel_cols::<A, 1, 4, MIN>(&block, &acts, bpr, c0, out, rows, r0, mask);
-                        }
-                    }
+                    // SAFETY: the panel's bpr records exist; out holds rows * cols.
+                    unsafe { every_col::<A, MIN>(&block, &acts, bpr, out, rows, r0, mask) };
                 }
             }
 
