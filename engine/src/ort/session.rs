@@ -260,9 +260,12 @@ pub(crate) fn create_with(
         std::process::id(),
         SESSION_ID.fetch_add(1, Ordering::Relaxed)
     );
+    // No spinning intra-op threads: between passes they would keep burning
+    // the cores the CPU kernels decode on (hybrid), and a phone's battery.
     let mut builder = Session::builder(env)?
         .with_log_id(&log_id)?
-        .with_log_level(LogLevel::Verbose)?;
+        .with_log_level(LogLevel::Verbose)?
+        .with_intra_op_spinning(false)?;
     if config.intra_threads > 0 {
         builder = builder.with_intra_threads(config.intra_threads)?;
     }
