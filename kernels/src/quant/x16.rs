@@ -108,6 +108,25 @@ pub fn packed_bytes<B: X16Block>(rows: usize, bpr: usize) -> Option<usize> {
         .checked_mul(B::RECORD)
 }
 
+/// The shape checks every SIMD x16 wrapper makes before its kernel: whole
+/// columns, an output that holds them all, and `packed` holding exactly the
+/// panels of `rows` rows of `bpr` blocks.
+#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87 (workspace: 1.85)
+pub(crate) fn shape_ok<W: X16Block, A>(
+    packed: &[u8],
+    rows: usize,
+    a: &[A],
+    bpr: usize,
+    out: &[f32],
+) -> bool {
+    bpr > 0
+        && a.len() % bpr == 0
+        && packed_bytes::<W>(rows, bpr) == Some(packed.len())
+        && rows
+            .checked_mul(a.len() / bpr)
+            .is_some_and(|n| n <= out.len())
+}
+
 /// Byte offset of the code bytes `4k..4k + 4` of row `r` (within its panel)
 /// inside a record, and of its scale plane `s`.
 #[inline]

@@ -15,13 +15,13 @@
 //! scales of 4 rows are one `fcvtl` of the record's scale plane.
 
 use super::neon::{f16_to_f32, load_f16x4, load_q8, unpack_q4};
-use super::x16_shape_ok;
 use crate::dispatch::VecDotTable;
 use crate::quant::blocks::ActBlock;
 use crate::quant::blocks::{
     BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
     K_SCALE_SIZE,
 };
+use crate::quant::x16::shape_ok as x16_shape_ok;
 use crate::quant::x16::{self, X16Block, PANEL_ROWS};
 use std::arch::aarch64::*;
 use std::arch::asm;

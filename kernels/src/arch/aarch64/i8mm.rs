@@ -30,11 +30,13 @@
 //!   so these are not faster than dotprod for a single row; they make a forced
 //!   `SOTTO_ISA=i8mm` path run `smmla` end to end.
 
+use super::dotprod;
 use super::neon::{f16_to_f32, load_f16x4, load_q8, unpack_q4};
-use super::{dotprod, gemm_shape_ok, x16_shape_ok};
+use crate::dispatch::gemm_shape_ok;
 use crate::dispatch::{gemm_by_dots, VecDotFn, VecDotTable, X16GemmFn};
 use crate::quant::blocks::ActBlock;
 use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
+use crate::quant::x16::shape_ok as x16_shape_ok;
 use crate::quant::x16::{X16Block, PANEL_ROWS};
 use half::f16;
 use std::arch::aarch64::*;

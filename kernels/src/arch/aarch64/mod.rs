@@ -26,44 +26,12 @@
 
 use crate::dispatch::{Isa, VecDotTable};
 use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
-use crate::quant::x16::{self, X16Block};
 
 mod dotprod;
 mod i8mm;
 mod neon;
 #[cfg(test)]
 mod test_support;
-
-/// The shape checks of the gemm wrappers before their kernels (which then
-/// index without bounds checks): whole rows and columns, and an output that
-/// holds them all.
-#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87 (workspace: 1.85)
-fn gemm_shape_ok<W, A>(w: &[W], a: &[A], bpr: usize, out: &[f32]) -> bool {
-    bpr > 0
-        && w.len() % bpr == 0
-        && a.len() % bpr == 0
-        && (w.len() / bpr)
-            .checked_mul(a.len() / bpr)
-            .is_some_and(|n| n <= out.len())
-}
-
-/// The shape checks of the x16 wrappers: whole columns, an output that
-/// holds them all, and `packed` holding exactly the panels of `rows` rows.
-#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87 (workspace: 1.85)
-fn x16_shape_ok<W: X16Block, A>(
-    packed: &[u8],
-    rows: usize,
-    a: &[A],
-    bpr: usize,
-    out: &[f32],
-) -> bool {
-    bpr > 0
-        && a.len() % bpr == 0
-        && x16::packed_bytes::<W>(rows, bpr) == Some(packed.len())
-        && rows
-            .checked_mul(a.len() / bpr)
-            .is_some_and(|n| n <= out.len())
-}
 
 /// Whether the running CPU can execute the kernels of `isa` (and of every
 /// tier below it, which its table also uses).

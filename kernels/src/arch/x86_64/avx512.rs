@@ -77,7 +77,7 @@ macro_rules! legacy_kernels {
             use super::super::avx512::gather_offsets_fit;
             use crate::dispatch::gemm_by_dots;
             use crate::quant::blocks::*;
-            use crate::quant::x16::{self, X16Block};
+            use crate::quant::x16::{self, shape_ok as x16_shape_ok, X16Block};
             use core::arch::x86_64::*;
             use half::f16;
 
@@ -103,12 +103,7 @@ macro_rules! legacy_kernels {
             /// (which then indexes without bounds checks): whole rows and
             /// columns, an output that holds them all, gather offsets in i32.
             fn gemm_shape_ok<W, A>(w: &[W], a: &[A], bpr: usize, out: &[f32]) -> bool {
-                bpr > 0
-                    && w.len() % bpr == 0
-                    && a.len() % bpr == 0
-                    && (w.len() / bpr)
-                        .checked_mul(a.len() / bpr)
-                        .is_some_and(|n| n <= out.len())
+                crate::dispatch::gemm_shape_ok(w, a, bpr, out)
                     && gather_offsets_fit(bpr, std::mem::size_of::<W>())
             }
 
@@ -151,24 +146,6 @@ macro_rules! legacy_kernels {
             }
 
             // ---- x16 gemm: weights packed at load time (quant::x16) ----
-
-            /// The shape checks of the x16 wrappers: whole columns, an
-            /// output that holds them all, and `packed` holding exactly the
-            /// panels of `rows` rows.
-            fn x16_shape_ok<W: X16Block, A>(
-                packed: &[u8],
-                rows: usize,
-                a: &[A],
-                bpr: usize,
-                out: &[f32],
-            ) -> bool {
-                bpr > 0
-                    && a.len() % bpr == 0
-                    && x16::packed_bytes::<W>(rows, bpr) == Some(packed.len())
-                    && rows
-                        .checked_mul(a.len() / bpr)
-                        .is_some_and(|n| n <= out.len())
-            }
 
             pub(in super::super) fn q4_0_q8_0_x16(
                 p: &[u8],
