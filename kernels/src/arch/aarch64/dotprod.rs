@@ -235,21 +235,34 @@ const X16_PREFETCH: usize = 2048;
 
 /// Whether `W` is Q4_0 (codes 0..16, `w = d·(q − 8)`): 4-bit codes, no
 /// minimum plane.
-const fn is_q4_0<W: X16Block>() -> bool {
+pub(super) const fn is_q4_0<W: X16Block>() -> bool {
     W::CODE_BYTES == 16 && W::PLANES == 1
 }
 
-/// What one call of [`x16_cols`] reads: a panel and the activations.
-struct X16Panel<'a, A> {
+/// What one call of the x16 column kernels (this tier's and i8mm's)
+/// reads: a panel and the activations.
+pub(super) struct X16Panel<'a, A> {
     /// `bpr` whole records of `W`.
-    panel: *const u8,
-    a: &'a [A],
+    pub(super) panel: *const u8,
+    pub(super) a: &'a [A],
     /// `8·Σ codes` of every activation block (Q4_0 only, else empty).
-    q4_0_offsets: &'a [i32],
-    bpr: usize,
-    rows: usize,
+    pub(super) q4_0_offsets: &'a [i32],
+    pub(super) bpr: usize,
+    pub(super) rows: usize,
     /// First row of the panel.
-    r0: usize,
+    pub(super) r0: usize,
+}
+
+/// `8·Σ codes` of every activation block for Q4_0 weights (their codes
+/// 0..16 go through the integer dot as they are; each block's sum then
+/// drops that, the same for all 16 rows), empty for the other types.
+pub(super) fn q4_0_offsets<W: X16Block, A: ActBlock>(a: &[A]) -> Vec<i32> {
+    if !is_q4_0::<W>() {
+        return Vec::new();
+    }
+    a.iter()
+        .map(|b| 8 * b.codes().iter().map(|&q| i32::from(q)).sum::<i32>())
+        .collect()
 }
 
 /// # Safety
@@ -265,13 +278,7 @@ unsafe fn x16_k<W: X16Block, A: ActBlock>(
     let cols = a.len() / bpr;
     // sdot takes Q4_0's 0..16 codes as they are; each block's integer sum
     // then drops 8·Σa, the same for all 16 rows, computed once per call.
-    let q4_0_offsets: Vec<i32> = if is_q4_0::<W>() {
-        a.iter()
-            .map(|b| 8 * b.codes().iter().map(|&q| i32::from(q)).sum::<i32>())
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let q4_0_offsets = q4_0_offsets::<W, A>(a);
     for (pi, r0) in (0..rows).step_by(PANEL_ROWS).enumerate() {
         let k = X16Panel {
             // SAFETY: panel pi < ceil(rows / 16) exists: p holds exactly

@@ -30,7 +30,7 @@
 //!   so these are not faster than dotprod for a single row; they make a forced
 //!   `SOTTO_ISA=i8mm` path run `smmla` end to end.
 
-use super::dotprod;
+use super::dotprod::{self, is_q4_0, X16Panel};
 use super::neon::{f16_to_f32, load_f16x4, load_q8, unpack_q4};
 use crate::dispatch::gemm_shape_ok;
 use crate::dispatch::{gemm_by_dots, VecDotFn, VecDotTable, X16GemmFn};
@@ -642,24 +642,6 @@ unsafe fn gemm_tile<W: TileWeight, A: ActBlock, const RP: usize, const CP: usize
 
 // ---- x16: smmla over the packed panels ----
 
-/// Whether `W` is Q4_0 (codes 0..16, `w = d·(q − 8)`).
-const fn is_q4_0<W: X16Block>() -> bool {
-    W::CODE_BYTES == 16 && W::PLANES == 1
-}
-
-/// What one call of [`x16_tiles`] reads: a panel and the activations.
-struct X16Panel<'a, A> {
-    /// `bpr` whole records of `W`.
-    panel: *const u8,
-    a: &'a [A],
-    /// `8·Σ codes` of every activation block (Q4_0 only, else empty).
-    q4_0_offsets: &'a [i32],
-    bpr: usize,
-    rows: usize,
-    /// First row of the panel.
-    r0: usize,
-}
-
 /// The even columns through `smmla` tiles, an odd last one through `odd`.
 ///
 /// # Safety
@@ -677,13 +659,7 @@ unsafe fn x16_k<W: X16Block, A: ActBlock>(
     let cols = a.len() / bpr;
     // smmla takes Q4_0's 0..16 codes as they are; each block's integer sum
     // then drops 8·Σa of its column, computed once per call.
-    let q4_0_offsets: Vec<i32> = if is_q4_0::<W>() {
-        a.iter()
-            .map(|b| 8 * b.codes().iter().map(|&q| i32::from(q)).sum::<i32>())
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let q4_0_offsets = dotprod::q4_0_offsets::<W, A>(a);
     let cols2 = cols & !1;
     for (pi, r0) in (0..rows).step_by(PANEL_ROWS).enumerate() {
         let k = X16Panel {
