@@ -82,3 +82,12 @@ pub fn argmax(v: &[f32]) -> u32 {
         )
         .0 as u32
 }
+
+/// Options for greedy generation of up to `max_tokens` tokens.
+pub fn greedy(max_tokens: usize) -> sotto_engine::GenerateOptions {
+    sotto_engine::GenerateOptions {
+        sampler: sotto_engine::SamplerConfig::greedy(),
+        max_tokens,
+        ..Default::default()
+    }
+}

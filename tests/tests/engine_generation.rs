@@ -4,11 +4,9 @@
 //! still answer exactly as a fresh one does.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
-use sotto_engine::{
-    CancelToken, Chat, CpuBackend, Error, GenerateOptions, SamplerConfig, Session, StopReason,
-};
+use sotto_engine::{CancelToken, Chat, CpuBackend, Error, SamplerConfig, Session, StopReason};
 use sotto_models::Model;
-use sotto_tests::default_model_path;
+use sotto_tests::{default_model_path, greedy};
 use std::sync::{Arc, OnceLock};
 
 fn model() -> Arc<Model> {
@@ -30,17 +28,6 @@ fn session(context: usize) -> Session {
 
 fn chat(context: usize, system: Option<&str>) -> Chat {
     Chat::new(session(context), Arc::new(model().template.clone()), system)
-}
-
-fn greedy(max_tokens: usize) -> GenerateOptions {
-    GenerateOptions {
-        sampler: SamplerConfig {
-            temperature: 0.0,
-            ..SamplerConfig::default()
-        },
-        max_tokens,
-        ..GenerateOptions::default()
-    }
 }
 
 #[test]

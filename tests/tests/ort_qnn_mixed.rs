@@ -22,11 +22,10 @@ use sotto_engine::onnx::qdq::{ActivationType, QdqScope};
 use sotto_engine::onnx::{ExportOptions, Quantization, WeightFormat};
 use sotto_engine::ort::calibrate::export_qdq_scoped;
 use sotto_engine::ort::{Ep, OrtConfig, OrtDecoder, QnnOptions};
-use sotto_engine::{Backend, Chat, CpuBackend, GenerateOptions, LogitsFor, SamplerConfig, Session};
+use sotto_engine::{Backend, Chat, CpuBackend, LogitsFor, Session};
 use sotto_models::chat::ChatMessage;
 use sotto_models::Model;
-use sotto_tests::default_model_path;
-use sotto_tests::{argmax, rel_l2};
+use sotto_tests::{argmax, default_model_path, greedy, rel_l2};
 
 const SYSTEM: &str = "You are a helpful assistant.";
 const QUESTION: &str = "What is the capital of France?";
@@ -36,17 +35,6 @@ const QUESTION: &str = "What is the capital of France?";
 /// whose float part runs in f16 between quantized MatMuls. Budget 0.5, and
 /// the argmax and the whole greedy answer must be the CPU backend's.
 const BUDGET: f32 = 0.5;
-
-fn greedy(max_tokens: usize) -> GenerateOptions {
-    GenerateOptions {
-        sampler: SamplerConfig {
-            temperature: 0.0,
-            ..SamplerConfig::default()
-        },
-        max_tokens,
-        ..GenerateOptions::default()
-    }
-}
 
 fn answer(model: &Arc<Model>, backend: Box<dyn Backend>, context: usize) -> (String, Vec<u32>) {
     let session = Session::new(backend, Arc::new(model.tokenizer.clone()), context).unwrap();
