@@ -1,6 +1,7 @@
-//! Shared block constants, every block type under one path (each is
-//! defined in its type's file) and the view of the 8-bit activation blocks
-//! that the legacy gemm kernels share.
+//! Shared block constants, the block types of the first kernels under one
+//! path (each is defined in its type's file; later types are imported from
+//! theirs) and the view of the 8-bit activation blocks that the legacy gemm
+//! kernels share.
 
 pub use super::q4_0::BlockQ4_0;
 pub use super::q4_1::BlockQ4_1;

@@ -22,6 +22,8 @@ mod ggml;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q4_k;
+pub mod q5_0;
+pub mod q5_1;
 pub mod q5_k;
 pub mod q6_k;
 pub mod q8_0;
@@ -90,6 +92,8 @@ macro_rules! registry {
             F16 = half::f16 [weight f16],
             Q4_0 = $crate::quant::q4_0::BlockQ4_0 [weight q4_0],
             Q4_1 = $crate::quant::q4_1::BlockQ4_1 [weight q4_1],
+            Q5_0 = $crate::quant::q5_0::BlockQ5_0 [weight q5_0],
+            Q5_1 = $crate::quant::q5_1::BlockQ5_1 [weight q5_1],
             Q8_0 = $crate::quant::q8_0::BlockQ8_0 [weight q8_0] [act act_q8_0],
             Q8_1 = $crate::quant::q8_1::BlockQ8_1 [act act_q8_1],
             Q4_K = $crate::quant::q4_k::BlockQ4K [weight q4_k],
