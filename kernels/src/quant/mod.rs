@@ -19,6 +19,8 @@
 pub mod blocks;
 pub mod float;
 mod ggml;
+pub mod q2_k;
+pub mod q3_k;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q4_k;
@@ -96,6 +98,8 @@ macro_rules! registry {
             Q5_1 = $crate::quant::q5_1::BlockQ5_1 [weight q5_1],
             Q8_0 = $crate::quant::q8_0::BlockQ8_0 [weight q8_0] [act act_q8_0],
             Q8_1 = $crate::quant::q8_1::BlockQ8_1 [act act_q8_1],
+            Q2_K = $crate::quant::q2_k::BlockQ2K [weight q2_k],
+            Q3_K = $crate::quant::q3_k::BlockQ3K [weight q3_k],
             Q4_K = $crate::quant::q4_k::BlockQ4K [weight q4_k],
             Q5_K = $crate::quant::q5_k::BlockQ5K [weight q5_k],
             Q6_K = $crate::quant::q6_k::BlockQ6K [weight q6_k],
