@@ -19,6 +19,7 @@
 pub mod blocks;
 pub mod float;
 mod ggml;
+pub mod iq4_nl;
 pub mod q2_k;
 pub mod q3_k;
 pub mod q4_0;
@@ -104,6 +105,7 @@ macro_rules! registry {
             Q5_K = $crate::quant::q5_k::BlockQ5K [weight q5_k],
             Q6_K = $crate::quant::q6_k::BlockQ6K [weight q6_k],
             Q8_K = $crate::quant::q8_k::BlockQ8K [act act_q8_k],
+            IQ4_NL = $crate::quant::iq4_nl::BlockIQ4NL [weight iq4_nl],
             BF16 = half::bf16 [weight bf16],
         }
     };
