@@ -20,6 +20,7 @@ pub mod blocks;
 pub mod float;
 mod ggml;
 pub mod iq4_nl;
+pub mod iq4_xs;
 pub mod q2_k;
 pub mod q3_k;
 pub mod q4_0;
@@ -106,6 +107,7 @@ macro_rules! registry {
             Q6_K = $crate::quant::q6_k::BlockQ6K [weight q6_k],
             Q8_K = $crate::quant::q8_k::BlockQ8K [act act_q8_k],
             IQ4_NL = $crate::quant::iq4_nl::BlockIQ4NL [weight iq4_nl],
+            IQ4_XS = $crate::quant::iq4_xs::BlockIQ4XS [weight iq4_xs],
             BF16 = half::bf16 [weight bf16],
         }
     };
