@@ -472,6 +472,7 @@ mod tests {
             (DType::Q4_0, 0.01),
             (DType::Q4_1, 0.01),
             (DType::Q8_0, 0.01),
+            (DType::Q5_0, 0.01),
             (DType::Q4_K, 0.01),
             (DType::Q5_K, 0.01),
             (DType::Q6_K, 0.01),
@@ -527,7 +528,15 @@ mod tests {
     #[test]
     fn packed_matmul_matches_unpacked() {
         let (rows, cols) = (53, 256);
-        for dt in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+        for dt in [
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q8_0,
+            DType::Q5_0,
+            DType::Q4_K,
+            DType::Q5_K,
+            DType::Q6_K,
+        ] {
             let wsrc = random_row(rows * cols, 7 + dt as u64);
             let rb = dt.row_bytes(cols).unwrap();
             let mut wq = aligned_bytes(rows * rb);
@@ -557,6 +566,18 @@ mod tests {
                     });
                     t.q8_0.x16 = Some(|p, r, a, b, o| {
                         x16::gemm_ref(crate::quant::q8_0::vec_dot, p, r, a, b, o)
+                    });
+                    t.q5_0.x16 = Some(|p, r, a, b, o| {
+                        x16::gemm_ref(crate::quant::q5_0::vec_dot, p, r, a, b, o)
+                    });
+                    t.q4_k.x16 = Some(|p, r, a, b, o| {
+                        x16::gemm_ref(crate::quant::q4_k::vec_dot, p, r, a, b, o)
+                    });
+                    t.q5_k.x16 = Some(|p, r, a, b, o| {
+                        x16::gemm_ref(crate::quant::q5_k::vec_dot, p, r, a, b, o)
+                    });
+                    t.q6_k.x16 = Some(|p, r, a, b, o| {
+                        x16::gemm_ref(crate::quant::q6_k::vec_dot, p, r, a, b, o)
                     });
                     PackedMatrix::pack_for(&t, &m).unwrap().unwrap()
                 }

@@ -38,7 +38,7 @@
 //! has no x16 layout and is never packed.
 
 use super::WeightBlock;
-use crate::dispatch::VecDotFn;
+use crate::dispatch::{gemm_by_dots, gemm_shape_ok, VecDotFn, X16GemmFn};
 
 /// Rows per panel.
 pub const PANEL_ROWS: usize = 16;
@@ -239,6 +239,35 @@ pub fn gemm_ref<B: X16Block, A>(
             if let Some(o) = out.get_mut(c * rows + r) {
                 *o = dot(&row, ac);
             }
+        }
+    }
+}
+
+/// A gemm over the file's layout ([`crate::dispatch::GemmFn`]'s contract)
+/// through an x16 kernel: each 16-row panel is packed into a scratch
+/// record run (a byte permutation, a small fraction of the products when
+/// several columns share it) and multiplied there. The multi-row entry of
+/// the types whose SIMD kernels exist only for the x16 layout.
+pub fn gemm_by_panels<B: X16Block>(
+    kernel: X16GemmFn<B::Act>,
+    w: &[B],
+    a: &[B::Act],
+    bpr: usize,
+    out: &mut [f32],
+) {
+    if !gemm_shape_ok(w, a, bpr, out) {
+        return gemm_by_dots(B::vec_dot_ref, w, a, bpr, out);
+    }
+    let (rows, cols) = (w.len() / bpr, a.len() / bpr);
+    let mut panel = vec![0u8; bpr * B::RECORD];
+    let mut part = vec![0f32; PANEL_ROWS * cols];
+    for (pi, chunk) in w.chunks(PANEL_ROWS * bpr).enumerate() {
+        let nr = chunk.len() / bpr;
+        pack(chunk, bpr, &mut panel);
+        kernel(&panel, nr, a, bpr, &mut part[..nr * cols]);
+        for (c, src) in part[..nr * cols].chunks_exact(nr).enumerate() {
+            let r0 = c * rows + pi * PANEL_ROWS;
+            out[r0..r0 + nr].copy_from_slice(src);
         }
     }
 }
