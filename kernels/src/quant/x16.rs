@@ -355,10 +355,7 @@ mod tests {
         assert_eq!(BlockQ4K::RECORD, 2304);
         assert_eq!(BlockQ5K::RECORD, 2816);
         assert_eq!(BlockQ6K::RECORD, 3360);
-        assert_eq!(
-            [1, 2, 3].map(BlockQ4K::field_start),
-            [32, 64, 64 + 3 * 64]
-        );
+        assert_eq!([1, 2, 3].map(BlockQ4K::field_start), [32, 64, 64 + 3 * 64]);
         assert_eq!(BlockQ5K::field_start(4), 64 + 3 * 64 + 8 * 64);
         assert_eq!(BlockQ6K::field_start(3), 32 + 4 * 64 + 16 * 64);
         assert_eq!(BlockQ5_0::field_start(2), 32 + 64);
@@ -387,7 +384,10 @@ mod tests {
             assert_eq!(&p[2 * r..2 * r + 2], &d);
             // scale line 2, lane r: scales 8..12 of row r
             let s = BlockQ6K::field_start(1) + 2 * 64 + 4 * r;
-            assert_eq!(&p[s..s + 4], bytemuck::cast_slice::<i8, u8>(&b.scales[8..12]));
+            assert_eq!(
+                &p[s..s + 4],
+                bytemuck::cast_slice::<i8, u8>(&b.scales[8..12])
+            );
             // ql line 31, lane r: ql[124..128]
             let q = BlockQ6K::field_start(3) + 31 * 64 + 4 * r;
             assert_eq!(&p[q..q + 4], &b.ql[124..128]);

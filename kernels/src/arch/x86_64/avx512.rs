@@ -985,7 +985,11 @@ macro_rules! legacy_kernels {
                     );
                     let bytes = _mm512_shuffle_epi8(qh, ctrl);
                     // ... and byte i tests bit (4g + i) % 8 of it
-                    let sel = if g % 2 == 0 { 0x0804_0201u32 } else { 0x8040_2010 };
+                    let sel = if g % 2 == 0 {
+                        0x0804_0201u32
+                    } else {
+                        0x8040_2010
+                    };
                     let set = _mm512_test_epi8_mask(bytes, _mm512_set1_epi32(sel as i32));
                     *wg = _mm512_mask_add_epi8(*wg, set, *wg, b4);
                 }

@@ -201,10 +201,8 @@ macro_rules! kquant_kernels {
                     let sc = _mm512_and_si512(b0, m6);
                     let mn = _mm512_and_si512(b1, m6);
                     let sc4 = _mm512_or_si512(_mm512_and_si512(b2, m4), top(b0));
-                    let mn4 = _mm512_or_si512(
-                        _mm512_and_si512(_mm512_srli_epi32::<4>(b2), m4),
-                        top(b1),
-                    );
+                    let mn4 =
+                        _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32::<4>(b2), m4), top(b1));
                     out.scale[j] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
                     out.scale[j + 4] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc4));
                     out.min[j] = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(mn));
@@ -227,8 +225,7 @@ macro_rules! kquant_kernels {
                         // SAFETY: line 8c + k < 32 is inside the field.
                         let line = unsafe { _mm512_loadu_si512(q.add(64 * (8 * c + k)).cast()) };
                         codes[16 * c + k] = _mm512_and_si512(line, m4);
-                        codes[16 * c + 8 + k] =
-                            _mm512_and_si512(_mm512_srli_epi32::<4>(line), m4);
+                        codes[16 * c + 8 + k] = _mm512_and_si512(_mm512_srli_epi32::<4>(line), m4);
                     }
                 }
             }
@@ -312,8 +309,10 @@ macro_rules! kquant_kernels {
                     };
                     for j in 0..16 {
                         // signed byte j % 4 of line j / 4, sign-extended
-                        let up = _mm512_sll_epi32(sl[j / 4], _mm_cvtsi32_si128(24 - 8 * (j % 4) as i32));
-                        s.scale[j] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(up)));
+                        let up =
+                            _mm512_sll_epi32(sl[j / 4], _mm_cvtsi32_si128(24 - 8 * (j % 4) as i32));
+                        s.scale[j] =
+                            _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(up)));
                     }
                     // group g (elements 4g..): half n = g / 32, run k = g / 8 % 4,
                     // l4 = g % 8: ql line 16n + 8(k % 2) + l4 (nibble k / 2),
