@@ -56,10 +56,11 @@ fn pools() -> Vec<(usize, rayon::ThreadPool)> {
         .collect()
 }
 
-const DTYPES: [DType; 7] = [
+const DTYPES: [DType; 8] = [
     DType::Q4_0,
     DType::Q4_1,
     DType::Q8_0,
+    DType::Q5_0,
     DType::Q4_K,
     DType::Q5_K,
     DType::Q6_K,
@@ -115,14 +116,18 @@ fn matvec(c: &mut Criterion) {
 }
 
 /// Prefill: 128 tokens through the FFN up/gate (1536x576) and down
-/// (576x1536) matrices. Prefill is compute-bound, so throughput counts the
+/// (576x1536) matrices (the k-quants, whose rows are whole 256-element
+/// super-blocks, only the latter: as in a Q4_K_M file). Prefill is compute-bound, so throughput counts the
 /// `2 * rows * cols * 128` multiply-add flops of a call as elements:
 /// criterion's Gelem/s is GFLOP/s here.
 fn matmul(c: &mut Criterion) {
     let pools = pools();
     let n = 128usize;
-    for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+    for dtype in DTYPES.into_iter().filter(|&d| d != DType::F16) {
         for (rows, cols) in [(1536usize, 576usize), (576, 1536)] {
+            if dtype.row_bytes(cols).is_none() {
+                continue;
+            }
             let w = quantized(dtype, rows, cols);
             let Ok(m) = QMatrix::new(dtype, rows, cols, w.as_bytes()) else {
                 continue;
