@@ -353,7 +353,8 @@ pub fn matmul_packed_group_with(
         check_shapes(OP, w.rows, w.cols, x, 1, out)?;
     }
     // one group per type, in order of first appearance
-    let mut groups: Vec<(DType, Vec<&PackedMatrix>, Vec<&mut [f32]>)> = Vec::new();
+    type Group<'w, 'o> = (DType, Vec<&'w PackedMatrix>, Vec<&'o mut [f32]>);
+    let mut groups: Vec<Group<'_, '_>> = Vec::new();
     for (w, out) in ws.iter().zip(outs.iter_mut()) {
         match groups.iter_mut().find(|g| g.0 == w.dtype) {
             Some(g) => {

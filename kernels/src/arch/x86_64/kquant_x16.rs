@@ -440,12 +440,14 @@ macro_rules! kquant_kernels {
                 c0: usize,
                 acc: &mut [__m512],
             ) {
-                // SAFETY: (c0 + c) * bpr + b < cols * bpr for c < NC, per the contract.
-                let ys: [&BlockQ8K; NC] =
-                    core::array::from_fn(|c| unsafe { a.get_unchecked((c0 + c) * bpr + b) });
-                // SAFETY: as above, for acts.
-                let ks: [&KAct; NC] =
-                    core::array::from_fn(|c| unsafe { acts.get_unchecked((c0 + c) * bpr + b) });
+                let ys: [&BlockQ8K; NC] = core::array::from_fn(|c| {
+                    // SAFETY: (c0 + c) * bpr + b < cols * bpr for c < NC, per the contract.
+                    unsafe { a.get_unchecked((c0 + c) * bpr + b) }
+                });
+                let ks: [&KAct; NC] = core::array::from_fn(|c| {
+                    // SAFETY: as above, for acts.
+                    unsafe { acts.get_unchecked((c0 + c) * bpr + b) }
+                });
                 let mut blk = [_mm512_setzero_ps(); NC];
                 for j in 0..W::SUBS {
                     let mut isum: [__m512i; NC] =
