@@ -3,11 +3,9 @@
 //! prefills what is new, a bounded number of caches kept warm.
 
 use sotto_bridge::{Assistant, AssistantError, ConversationId, Role, Turn};
-use sotto_engine::{Chat, CpuBackend, GenerateOptions, SamplerConfig, Session};
+use sotto_engine::{Chat, GenerateOptions, LoadedModel, SamplerConfig};
 use sotto_models::chat::ChatMessage;
-use sotto_models::Model;
 use std::collections::VecDeque;
-use std::sync::Arc;
 
 /// How the assistant answers.
 #[derive(Clone, Debug)]
@@ -16,7 +14,6 @@ pub struct AssistantConfig {
     pub sampler: SamplerConfig,
     pub max_tokens: usize,
     pub context: usize,
-    pub threads: usize,
     /// Conversations whose KV caches stay in memory; older ones are dropped
     /// and re-prefilled from their (stored) history when they speak again.
     pub warm_conversations: usize,
@@ -32,31 +29,28 @@ impl Default for AssistantConfig {
             },
             max_tokens: 256,
             context: 2048,
-            threads: 0,
             warm_conversations: 4,
         }
     }
 }
 
 pub struct EngineAssistant {
-    model: Arc<Model>,
-    /// Prepared once; each conversation gets a cheap clone (shared norms,
-    /// rope tables and thread pool) with its own KV cache.
-    backend: CpuBackend,
+    /// Opened once through the engine's entry point; each conversation gets
+    /// a backend of its own (for the CPU a cheap clone sharing norms, rope
+    /// tables and thread pool) with its own KV cache.
+    model: LoadedModel,
     config: AssistantConfig,
     /// Most recently used last.
     chats: VecDeque<(ConversationId, Chat)>,
 }
 
 impl EngineAssistant {
-    pub fn new(model: Arc<Model>, config: AssistantConfig) -> Result<Self, AssistantError> {
-        let backend = CpuBackend::new(model.clone(), config.threads).map_err(engine_error)?;
-        Ok(Self {
+    pub fn new(model: LoadedModel, config: AssistantConfig) -> Self {
+        Self {
             model,
-            backend,
             config,
             chats: VecDeque::new(),
-        })
+        }
     }
 
     fn chat_for(&mut self, id: &ConversationId) -> Result<Chat, AssistantError> {
@@ -65,17 +59,9 @@ impl EngineAssistant {
                 return Ok(chat);
             }
         }
-        let session = Session::new(
-            Box::new(self.backend.clone()),
-            Arc::new(self.model.tokenizer.clone()),
-            self.config.context,
-        )
-        .map_err(engine_error)?;
-        Ok(Chat::new(
-            session,
-            Arc::new(self.model.template.clone()),
-            None,
-        ))
+        self.model
+            .chat(self.config.context, None)
+            .map_err(engine_error)
     }
 }
 

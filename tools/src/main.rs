@@ -9,6 +9,7 @@ mod cmd_bridge;
 mod cmd_chat;
 mod cmd_export;
 mod cmd_inspect;
+mod error;
 mod fetch;
 
 use clap::{Parser, Subcommand};
@@ -82,8 +83,11 @@ fn run_bridge(args: BridgeArgs) -> Result<(), String> {
     } = args;
     let mut make = move || -> Result<Box<dyn sotto_bridge::Assistant>, String> {
         let path = resolve_model(model.clone())?;
-        let loaded =
-            sotto_models::Model::load(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let cpu = sotto_engine::BackendChoice::Cpu(sotto_engine::CpuOptions {
+            threads,
+            isa: None,
+        });
+        let loaded = sotto_engine::LoadedModel::open(&path, cpu).map_err(|e| e.to_string())?;
         let config = assistant::AssistantConfig {
             system: Some(system.clone()).filter(|s| !s.is_empty()),
             sampler: sotto_engine::SamplerConfig {
@@ -92,12 +96,9 @@ fn run_bridge(args: BridgeArgs) -> Result<(), String> {
                 ..Default::default()
             },
             max_tokens,
-            threads,
             ..Default::default()
         };
-        let assistant = assistant::EngineAssistant::new(std::sync::Arc::new(loaded), config)
-            .map_err(|e| e.0)?;
-        Ok(Box::new(assistant))
+        Ok(Box::new(assistant::EngineAssistant::new(loaded, config)))
     };
     cmd_bridge::run(command, &mut make)
 }
@@ -116,7 +117,7 @@ pub fn resolve_model(model: Option<PathBuf>) -> Result<PathBuf, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Chat(args) => cmd_chat::run(args),
+        Command::Chat(args) => cmd_chat::run(args).map_err(|e| e.to_string()),
         Command::Inspect { model, metadata } => cmd_inspect::run(model, metadata),
         Command::Fetch => fetch::ensure_default_model().map(|p| println!("{}", p.display())),
         Command::Export(args) => cmd_export::run(args),
