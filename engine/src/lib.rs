@@ -44,5 +44,7 @@ pub use cpu::CpuBackend;
 pub use error::{Error, Result};
 pub use generate::{CancelToken, GenerateOptions, GenerationStats, Session, StopReason};
 pub use kv_cache::KvCache;
-pub use open::{BackendChoice, BackendKind, CpuOptions, LoadedModel, OrtOptions};
+pub use open::{
+    export_graphs, BackendChoice, BackendKind, CpuOptions, GraphTarget, LoadedModel, OrtOptions,
+};
 pub use sampler::{Sampler, SamplerConfig};

@@ -428,6 +428,126 @@ mod candle {
     }
 }
 
+/// The graphs the `ort` and `hybrid` backends open, as `sotto export`
+/// writes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GraphTarget {
+    /// Q4_0/Q4_1 as MatMulNBits for ONNX Runtime's CPU EP; exporting needs
+    /// no runtime.
+    Cpu,
+    /// Fully quantized QDQ graphs for QNN HTP, calibrated on the CPU EP
+    /// (the `ort` feature); suits small models only.
+    Qnn(crate::onnx::qdq::ActivationType),
+    /// f32 graphs, which QNN HTP runs in f16.
+    QnnFp16,
+    /// QDQ on the weight MatMuls only (calibrated on the CPU EP, the `ort`
+    /// feature), the rest in float: f16 on QNN HTP.
+    QnnMixed(crate::onnx::qdq::ActivationType),
+}
+
+/// Exports `model` as the graphs of `target` into `dir`: a prefill graph
+/// of `chunk` tokens and a one-token decode graph over `context` KV slots.
+/// The QDQ targets calibrate their activation ranges by running the float
+/// graphs over `calibration` (chat-shaped tokens) on the CPU EP; a build
+/// without the `ort` feature refuses them with [`Error::FeatureDisabled`].
+pub fn export_graphs(
+    model: &Model,
+    dir: &Path,
+    target: GraphTarget,
+    chunk: usize,
+    context: usize,
+    calibration: &[u32],
+) -> Result<crate::onnx::Manifest> {
+    use crate::onnx::{export_model, ExportOptions, WeightFormat};
+    if chunk == 0 || chunk > context {
+        return Err(Error::InvalidDescription(format!(
+            "a prefill chunk of {chunk} tokens must be between 1 and the context of {context}"
+        )));
+    }
+    let options = |format| ExportOptions {
+        chunk,
+        context,
+        format,
+    };
+    match target {
+        GraphTarget::Cpu => Ok(export_model(model, dir, options(WeightFormat::MatMulNBits))?),
+        GraphTarget::QnnFp16 => Ok(export_model(model, dir, options(WeightFormat::Float))?),
+        GraphTarget::Qnn(activations) | GraphTarget::QnnMixed(activations) => {
+            let scope = match target {
+                GraphTarget::QnnMixed(_) => crate::onnx::qdq::QdqScope::MatMuls,
+                _ => crate::onnx::qdq::QdqScope::All,
+            };
+            calibrated::export(
+                model,
+                dir,
+                options(WeightFormat::Float),
+                calibration,
+                activations,
+                scope,
+            )
+        }
+    }
+}
+
+#[cfg(feature = "ort")]
+mod calibrated {
+    use crate::error::Result;
+    use crate::onnx::qdq::{ActivationType, QdqScope};
+    use crate::onnx::{ExportOptions, Manifest};
+    use crate::ort::{calibrate, OrtConfig};
+    use sotto_models::Model;
+    use std::path::Path;
+
+    /// QDQ graphs with ranges calibrated on the float graphs; about one
+    /// token in eight of the calibration text goes through the decode graph.
+    pub(super) fn export(
+        model: &Model,
+        dir: &Path,
+        float: ExportOptions,
+        calibration: &[u32],
+        activations: ActivationType,
+        scope: QdqScope,
+    ) -> Result<Manifest> {
+        let tokens = &calibration[..calibration.len().min(float.context)];
+        let decode_steps = (tokens.len() / 8).clamp(1, 16);
+        let config = OrtConfig::default();
+        Ok(calibrate::export_qdq_scoped(
+            model,
+            dir,
+            float,
+            tokens,
+            decode_steps,
+            activations,
+            scope,
+            &config,
+        )?)
+    }
+}
+
+#[cfg(not(feature = "ort"))]
+mod calibrated {
+    use crate::error::{Error, Result};
+    use crate::onnx::qdq::{ActivationType, QdqScope};
+    use crate::onnx::{ExportOptions, Manifest};
+    use sotto_models::Model;
+    use std::path::Path;
+
+    /// Calibration runs the graphs on ONNX Runtime, which this build lacks.
+    pub(super) fn export(
+        _model: &Model,
+        _dir: &Path,
+        _float: ExportOptions,
+        _calibration: &[u32],
+        _activations: ActivationType,
+        _scope: QdqScope,
+    ) -> Result<Manifest> {
+        Err(Error::FeatureDisabled {
+            backend: "qnn export (calibration)",
+            feature: "ort",
+        })
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]
 mod tests {
