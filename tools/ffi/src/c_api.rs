@@ -33,7 +33,9 @@ pub struct SottoChat(ChatHandle);
 /// Receives each piece of an answer as it is generated: `piece` is
 /// `len` bytes of whole UTF-8 characters followed by a NUL, valid only
 /// during the call. Runs on the thread that called `sotto_chat_send`.
-pub type SottoPieceFn = extern "C" fn(user_data: *mut c_void, piece: *const c_char, len: usize);
+/// May be NULL.
+pub type SottoPieceFn =
+    Option<extern "C" fn(user_data: *mut c_void, piece: *const c_char, len: usize)>;
 
 /// `p` as UTF-8 text; `what` names the argument in the error.
 ///
@@ -213,7 +215,7 @@ unsafe fn chat_ref<'a>(chat: *const SottoChat) -> FfiResult<&'a SottoChat> {
 pub unsafe extern "C" fn sotto_chat_send(
     chat: *const SottoChat,
     message: *const c_char,
-    on_piece: Option<SottoPieceFn>,
+    on_piece: SottoPieceFn,
     user_data: *mut c_void,
     reply: *mut *mut c_char,
 ) -> SottoStatus {
