@@ -286,6 +286,7 @@ mod tests {
     use super::*;
     use crate::keys::{IdentityKey, IdentityKeyPair};
     use crate::prekeys::{PreKeyRecord, SignedPreKeyRecord};
+    use crate::state::SessionRecord;
     use crate::state::{
         ARCHIVED_STATES_MAX, MAX_CHAIN_STEPS_PER_MESSAGE, MAX_FORWARD_JUMPS,
         MAX_SKIPPED_KEYS_PER_CHAIN,
@@ -532,5 +533,113 @@ mod tests {
             chain.skipped.front().map(|k| k.counter),
             Some((2 * MAX_SKIPPED_KEYS_PER_CHAIN) as u32)
         );
+    }
+
+    /// Every secret byte string the stores hold: identity and prekey
+    /// private keys, and per session state the root key, the sending
+    /// ratchet's private key, every chain key and every kept message key.
+    fn secrets(store: &InMemProtocolStore) -> Vec<Vec<u8>> {
+        let mut out = vec![store.identities.key_pair.private_key().serialize().to_vec()];
+        out.extend(
+            store
+                .pre_keys
+                .keys
+                .values()
+                .map(|r| r.key_pair.private_key.serialize().to_vec()),
+        );
+        out.extend(
+            store
+                .signed_pre_keys
+                .keys
+                .values()
+                .map(|r| r.key_pair.private_key.serialize().to_vec()),
+        );
+        for bytes in store.sessions.sessions.values() {
+            let record = ok(SessionRecord::deserialize(bytes));
+            for (_, state) in record.states() {
+                out.push(state.root_key.0.to_vec());
+                out.push(state.sender.ratchet.private_key.serialize().to_vec());
+                out.push(state.sender.chain_key.key.to_vec());
+                for chain in &state.receivers {
+                    out.push(chain.chain_key.key.to_vec());
+                    for k in &chain.skipped {
+                        out.extend([k.cipher_key.to_vec(), k.mac_key.to_vec(), k.iv.to_vec()]);
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// How a secret could show in Debug output: as hex (either case), as
+    /// the decimal list `{:?}` prints for byte arrays and Vecs, or as the
+    /// 6-byte hex prefix PublicKey's Debug uses.
+    fn leaks(text: &str, secret: &[u8]) -> bool {
+        let hex: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+        let decimal = secret[..4]
+            .iter()
+            .map(u8::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let lower = text.to_lowercase();
+        lower.contains(&hex) || lower.contains(&hex[..12]) || text.contains(&decimal)
+    }
+
+    /// Every store, record, state and key type formatted with `{:?}` and
+    /// `{:#?}`: no key material appears.
+    #[test]
+    fn debug_output_holds_no_key_material() {
+        let mut r = Restarted::new(3);
+        // Skipped keys in Bob's current state too.
+        let mut last = None;
+        for _ in 0..4 {
+            last = Some(ok(message_encrypt(b"skip", &r.b, &mut r.alice)));
+        }
+        if let Some(m) = last {
+            ok(message_decrypt(&m, &r.a, &mut r.bob, &mut r.rng));
+        }
+        let record = ok(r.bob.load_session(&r.a)).unwrap_or_default();
+        let state = record
+            .session_state()
+            .unwrap_or_else(|| panic!("no current state"))
+            .clone();
+        let identity = ok(r.bob.identity_key_pair());
+        let pre_key = PreKeyRecord::generate(99, &mut r.rng);
+        ok(r.bob.save_pre_key(pre_key.clone()));
+        let signed = ok(r.bob.get_signed_pre_key(1));
+        let key_pair = KeyPair::generate(&mut r.rng);
+        let shared = key_pair.private_key.agree(&identity.identity_key().0);
+        let outputs = [
+            format!("{:?}", r.bob),
+            format!("{:#?}", r.bob),
+            format!("{:?} {:#?}", r.bob.sessions, r.bob.identities),
+            format!("{:?} {:#?}", record, record),
+            format!("{:?} {:#?}", state, state),
+            format!("{:?} {:#?}", identity, identity),
+            format!("{:?} {:#?}", pre_key, signed),
+            format!("{:?} {:?}", key_pair, shared),
+            format!("{:?}", state.root_key),
+            format!("{:?}", state.sender.chain_key),
+            format!("{:?}", state.receivers.back().map(|c| c.skipped.clone())),
+            format!("{:?}", crate::proto::SessionRecordProto::default()),
+        ];
+        let mut secrets = secrets(&r.bob);
+        secrets.push(key_pair.private_key.serialize().to_vec());
+        secrets.push(shared.as_bytes().to_vec());
+        // 4 states (root, sending ratchet, chain keys), 3 skipped keys, the
+        // identity and prekeys.
+        assert!(
+            secrets.len() >= 30,
+            "only {} secrets: not a real check",
+            secrets.len()
+        );
+        for (i, text) in outputs.iter().enumerate() {
+            for secret in &secrets {
+                assert!(!leaks(text, secret), "output {i} shows key bytes: {text}");
+            }
+        }
+        // The serialized record itself is wiped on drop.
+        let bytes: Zeroizing<Vec<u8>> = record.serialize();
+        assert!(!bytes.is_empty());
     }
 }

@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 
 use prost::Message as _;
+use zeroize::Zeroizing;
 
 use crate::error::{malformed, Error, Result};
 use crate::kdf::{ChainKey, MessageKeys, RootKey};
@@ -358,17 +359,20 @@ impl SessionRecord {
             .map(|(which, _)| which)
     }
 
-    /// `version(1) || protobuf`.
-    pub fn serialize(&self) -> Vec<u8> {
+    /// `version(1) || protobuf`, wiped when dropped (it holds every key of
+    /// the session).
+    pub fn serialize(&self) -> Zeroizing<Vec<u8>> {
         let proto = SessionRecordProto {
             current: self.current.as_ref().map(SessionState::to_proto),
             previous: self.previous.iter().map(SessionState::to_proto).collect(),
         };
-        let mut out = Vec::with_capacity(1 + proto.encoded_len());
+        // Sized up front: a Vec that grew would leave key bytes behind in
+        // the buffers it freed.
+        let mut out = Zeroizing::new(Vec::with_capacity(1 + proto.encoded_len()));
         out.push(RECORD_SNAPSHOT_VERSION);
         proto
-            .encode(&mut out)
-            .unwrap_or_else(|_| unreachable!("Vec grows"));
+            .encode(&mut *out)
+            .unwrap_or_else(|_| unreachable!("sized to fit"));
         out
     }
 
