@@ -156,7 +156,7 @@ fn encode_snapshot(s: &InMemProtocolStore) -> ProtocolSnapshotProto {
             .map(|(a, r)| SessionEntryProto {
                 name: a.name.clone(),
                 device_id: a.device_id,
-                record: r.clone(),
+                record: r.to_vec(),
             })
             .collect(),
     }
@@ -202,7 +202,7 @@ fn decode_snapshot(bytes: &[u8]) -> Result<InMemProtocolStore> {
         SessionRecord::deserialize(&e.record)?;
         store.sessions.sessions.insert(
             ProtocolAddress::new(e.name.clone(), e.device_id),
-            e.record.clone(),
+            zeroize::Zeroizing::new(e.record.clone()),
         );
     }
     Ok(store)

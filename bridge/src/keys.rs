@@ -10,6 +10,7 @@ use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::error::{Error, Result};
+use crate::work::{self, Op};
 
 /// The type byte libsignal prefixes to serialized Curve25519 public keys.
 pub const DJB_TYPE: u8 = 0x05;
@@ -157,6 +158,7 @@ impl PrivateKey {
     }
 
     pub fn public_key(&self) -> PublicKey {
+        work::count(Op::X25519);
         PublicKey(x25519_dalek::x25519(
             self.0,
             x25519_dalek::X25519_BASEPOINT_BYTES,
@@ -164,6 +166,7 @@ impl PrivateKey {
     }
 
     pub fn agree(&self, their: &PublicKey) -> SharedSecret {
+        work::count(Op::X25519);
         SharedSecret(x25519_dalek::x25519(self.0, their.0))
     }
 

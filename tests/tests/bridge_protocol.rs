@@ -82,7 +82,7 @@ impl Pair {
             .bob
             .load_session(&self.a_addr)
             .unwrap_or_else(|e| panic!("{e}"))
-            .map(|r| r.serialize());
+            .map(|r| r.serialize().to_vec());
         (s, self.bob.get_pre_key(1).is_ok())
     }
     /// An established session with one round trip done.
