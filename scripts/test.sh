@@ -5,8 +5,8 @@
 #   2. the workspace tests (kernels on every x86 path this CPU has, models,
 #      engine, bridge, llama.cpp parity from committed reference data);
 #   3. the aarch64 kernels under qemu, each of neon / dotprod / i8mm forced;
-#   4. the optional suites whose peers are installed here from PyPI
-#      (python-axolotl interop, ONNX Runtime + QNN HTP emulator);
+#   4. the optional suites whose peers are installed here from PyPI and npm
+#      (python-axolotl and libsignal interop, ONNX Runtime + QNN HTP emulator);
 #   5. the bridge's cargo-fuzz targets, 30 s each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
