@@ -8,8 +8,8 @@
 #      engine, bridge, llama.cpp parity from committed reference data and,
 #      per quant type, on requantizations llama.cpp makes at test time);
 #   3. the aarch64 kernels under qemu, each of neon / dotprod / i8mm forced;
-#   4. the optional suites whose peers are installed here from PyPI
-#      (python-axolotl interop, ONNX Runtime + QNN HTP emulator);
+#   4. the optional suites whose peers are installed here from PyPI and npm
+#      (python-axolotl and libsignal interop, ONNX Runtime + QNN HTP emulator);
 #   5. the bridge's cargo-fuzz targets, 30 s each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
