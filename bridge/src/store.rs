@@ -58,6 +58,9 @@ pub trait PreKeyStore {
 pub trait SignedPreKeyStore {
     fn get_signed_pre_key(&self, id: u32) -> Result<SignedPreKeyRecord>;
     fn save_signed_pre_key(&mut self, record: SignedPreKeyRecord) -> Result<()>;
+    /// Removes a signed prekey (rotated out); removing an unknown id is not
+    /// an error.
+    fn remove_signed_pre_key(&mut self, id: u32) -> Result<()>;
 }
 
 pub trait SessionStore {
@@ -139,11 +142,23 @@ impl SignedPreKeyStore for InMemSignedPreKeyStore {
         self.keys.insert(record.id, record);
         Ok(())
     }
+    fn remove_signed_pre_key(&mut self, id: u32) -> Result<()> {
+        self.keys.remove(&id);
+        Ok(())
+    }
 }
 
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct InMemSessionStore {
     pub(crate) sessions: HashMap<ProtocolAddress, Vec<u8>>,
+}
+
+/// Shows whose sessions are kept, never the serialized records (they hold
+/// chain and root keys).
+impl std::fmt::Debug for InMemSessionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.sessions.keys()).finish()
+    }
 }
 
 impl SessionStore for InMemSessionStore {
@@ -210,6 +225,9 @@ impl SignedPreKeyStore for InMemProtocolStore {
     }
     fn save_signed_pre_key(&mut self, r: SignedPreKeyRecord) -> Result<()> {
         self.signed_pre_keys.save_signed_pre_key(r)
+    }
+    fn remove_signed_pre_key(&mut self, id: u32) -> Result<()> {
+        self.signed_pre_keys.remove_signed_pre_key(id)
     }
 }
 impl SessionStore for InMemProtocolStore {
