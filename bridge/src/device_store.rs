@@ -119,7 +119,9 @@ impl DeviceStore {
                 private.zeroize();
                 (identity, p.registration_id)
             }
-            None if created || records.dir().is_none() => {
+            // Created, or a crash came between creating the store and
+            // committing its identity: nothing else can exist yet.
+            None if created || records.is_empty() => {
                 let (identity, registration_id) = create();
                 let mut bytes = encode(&IdentityProto {
                     private_key: identity.private_key().serialize().to_vec(),

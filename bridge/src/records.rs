@@ -149,6 +149,10 @@ impl RecordStore {
             .map(|(k, v)| (k.name.as_slice(), v.as_slice()))
     }
 
+    pub(crate) fn is_empty(&self) -> bool {
+        self.live.is_empty()
+    }
+
     pub(crate) fn count(&self, kind: RecordKind) -> usize {
         self.scan(kind, &[]).count()
     }
