@@ -341,8 +341,6 @@ impl SessionStore for DeviceStore {
     fn store_session(&mut self, a: &ProtocolAddress, r: &SessionRecord) -> Result<()> {
         let bytes = r.serialize();
         if bytes.len() > self.limits.max_session_record_bytes {
-            let mut bytes = bytes;
-            bytes.zeroize();
             return Err(Error::LimitExceeded {
                 what: "session record bytes",
                 limit: self.limits.max_session_record_bytes,

@@ -16,7 +16,9 @@ pub enum Error {
     BadSignature(&'static str),
     #[error("message too short: {len} bytes")]
     MessageTooShort { len: usize },
-    #[error("unsupported message version {0:#04x}")]
+    /// The version byte (kept whole) announces a message version other
+    /// than 3 in its high nibble: a legacy (< 3) or PQXDH (4) message.
+    #[error("unsupported message version {version} (version byte {byte:#04x}); only version 3 is spoken", version = .0 >> 4, byte = .0)]
     UnsupportedVersion(u8),
     #[error("malformed {what}: {reason}")]
     Malformed { what: &'static str, reason: String },

@@ -109,7 +109,8 @@ impl DecryptFixture {
                     .ok()
                     .flatten()
                     .map(|r| r.serialize());
-                assert_eq!(before, after, "a rejected message changed the session");
+                // Not assert_eq: its message would print the records' keys.
+                assert!(before == after, "a rejected message changed the session");
             }
         }
     }

@@ -44,6 +44,7 @@ mod sealed;
 mod session;
 mod state;
 mod store;
+mod work;
 
 pub use conversation::{ConversationId, ConversationStore, InMemConversationStore, Role, Turn};
 pub use device::{AssistantDevice, DeviceOptions, OutgoingReply, Prompt, Received};
@@ -65,8 +66,8 @@ pub use session::{
     process_prekey_bundle,
 };
 pub use state::{
-    SessionRecord, SessionState, ARCHIVED_STATES_MAX, MAX_FORWARD_JUMPS, MAX_RECEIVER_CHAINS,
-    MAX_SKIPPED_KEYS_PER_CHAIN,
+    SessionRecord, SessionState, ARCHIVED_STATES_MAX, MAX_CHAIN_STEPS_PER_MESSAGE,
+    MAX_FORWARD_JUMPS, MAX_RECEIVER_CHAINS, MAX_SKIPPED_KEYS_PER_CHAIN,
 };
 pub use store::{
     IdentityKeyStore, InMemIdentityKeyStore, InMemPreKeyStore, InMemProtocolStore,

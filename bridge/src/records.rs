@@ -165,8 +165,12 @@ impl RecordStore {
         Ok(())
     }
 
-    pub(crate) fn put(&mut self, key: RecordKey, bytes: Vec<u8>) -> Result<()> {
-        self.change(key, Some(Zeroizing::new(bytes)))
+    pub(crate) fn put(
+        &mut self,
+        key: RecordKey,
+        bytes: impl Into<Zeroizing<Vec<u8>>>,
+    ) -> Result<()> {
+        self.change(key, Some(bytes.into()))
     }
 
     pub(crate) fn delete(&mut self, key: RecordKey) -> Result<()> {

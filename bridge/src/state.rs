@@ -4,6 +4,7 @@
 use std::collections::VecDeque;
 
 use prost::Message as _;
+use zeroize::Zeroizing;
 
 use crate::error::{malformed, Error, Result};
 use crate::kdf::{ChainKey, MessageKeys, RootKey};
@@ -11,12 +12,17 @@ use crate::keys::{IdentityKey, KeyPair, PrivateKey, PublicKey};
 use crate::proto::{
     ChainProto, PendingPreKeyProto, SessionRecordProto, SessionStateProto, SkippedKeyProto,
 };
+use crate::work::{self, Op};
 
 /// libsignal's limits.
 pub const MAX_SKIPPED_KEYS_PER_CHAIN: usize = 2000;
 pub const MAX_FORWARD_JUMPS: u32 = 25_000;
 pub const MAX_RECEIVER_CHAINS: usize = 5;
 pub const ARCHIVED_STATES_MAX: usize = 40;
+/// Chain steps one incoming message may cause in all, over every state it
+/// is tried against: the cost bound of an unauthenticated message (see
+/// `session.rs`).
+pub const MAX_CHAIN_STEPS_PER_MESSAGE: u32 = MAX_FORWARD_JUMPS;
 
 const RECORD_SNAPSHOT_VERSION: u8 = 1;
 
@@ -41,7 +47,6 @@ pub(crate) struct PendingPreKey {
     pub base_key: PublicKey,
 }
 
-#[derive(Clone)]
 pub struct SessionState {
     pub(crate) local_identity: IdentityKey,
     pub(crate) remote_identity: IdentityKey,
@@ -49,11 +54,30 @@ pub struct SessionState {
     pub(crate) previous_counter: u32,
     pub(crate) sender: SenderChain,
     /// Newest last; at most [`MAX_RECEIVER_CHAINS`].
-    pub(crate) receivers: Vec<ReceiverChain>,
+    pub(crate) receivers: VecDeque<ReceiverChain>,
     pub(crate) pending_pre_key: Option<PendingPreKey>,
     pub(crate) local_registration_id: u32,
     pub(crate) remote_registration_id: u32,
     pub(crate) alice_base_key: PublicKey,
+}
+
+// Written out so tests can count copies of whole states (crate::work).
+impl Clone for SessionState {
+    fn clone(&self) -> Self {
+        work::count(Op::StateClone);
+        Self {
+            local_identity: self.local_identity,
+            remote_identity: self.remote_identity,
+            root_key: self.root_key.clone(),
+            previous_counter: self.previous_counter,
+            sender: self.sender.clone(),
+            receivers: self.receivers.clone(),
+            pending_pre_key: self.pending_pre_key.clone(),
+            local_registration_id: self.local_registration_id,
+            remote_registration_id: self.remote_registration_id,
+            alice_base_key: self.alice_base_key,
+        }
+    }
 }
 
 impl std::fmt::Debug for SessionState {
@@ -84,6 +108,12 @@ impl SessionState {
         &self.alice_base_key
     }
 
+    pub(crate) fn receiver_chain_index(&self, ratchet_key: &PublicKey) -> Option<usize> {
+        self.receivers
+            .iter()
+            .position(|c| &c.ratchet_key == ratchet_key)
+    }
+
     pub(crate) fn receiver_chain_mut(
         &mut self,
         ratchet_key: &PublicKey,
@@ -94,13 +124,14 @@ impl SessionState {
     }
 
     pub(crate) fn add_receiver_chain(&mut self, ratchet_key: PublicKey, chain_key: ChainKey) {
-        self.receivers.push(ReceiverChain {
+        reserve_wiping(&mut self.receivers, 1, MAX_RECEIVER_CHAINS + 1);
+        self.receivers.push_back(ReceiverChain {
             ratchet_key,
             chain_key,
             skipped: VecDeque::new(),
         });
         if self.receivers.len() > MAX_RECEIVER_CHAINS {
-            self.receivers.remove(0);
+            self.receivers.pop_front();
         }
     }
 
@@ -178,7 +209,7 @@ impl SessionState {
             },
             chain_key: chain_key(sender)?,
         };
-        let mut receivers = Vec::with_capacity(p.receiver_chains.len());
+        let mut receivers = VecDeque::with_capacity(p.receiver_chains.len());
         for c in &p.receiver_chains {
             let mut skipped = VecDeque::with_capacity(c.skipped.len());
             for k in &c.skipped {
@@ -193,7 +224,7 @@ impl SessionState {
                     counter: k.counter,
                 });
             }
-            receivers.push(ReceiverChain {
+            receivers.push_back(ReceiverChain {
                 ratchet_key: PublicKey::deserialize(&c.ratchet_public)?,
                 chain_key: chain_key(c)?,
                 skipped,
@@ -220,6 +251,32 @@ impl SessionState {
             alice_base_key: PublicKey::deserialize(&p.alice_base_key)?,
         })
     }
+}
+
+/// Makes room for `additional` more items without leaving copies of them
+/// in freed memory: when a VecDeque grows, std moves its items to the new
+/// buffer and frees the old one unwiped. Here they are cloned into a new
+/// buffer and the old ones dropped, which wipes them (the keys they hold
+/// zeroize on drop). Items moved around within a buffer (a removal) can
+/// still leave stale bytes in its spare capacity. Capacity doubles, but
+/// never past `most` (the collection's limit) unless `additional` needs it.
+pub(crate) fn reserve_wiping<T: Clone>(items: &mut VecDeque<T>, additional: usize, most: usize) {
+    let needed = items.len().saturating_add(additional);
+    if items.capacity() >= needed {
+        return;
+    }
+    let capacity = needed.max(items.capacity().saturating_mul(2).min(most));
+    let mut grown = VecDeque::with_capacity(capacity);
+    grown.extend(items.iter().cloned());
+    *items = grown;
+}
+
+/// One state of a [`SessionRecord`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StateRef {
+    Current,
+    /// Index into the archived states, newest first.
+    Archived(usize),
 }
 
 /// The sessions with one peer device: the current one and up to
@@ -261,30 +318,61 @@ impl SessionRecord {
         }
     }
 
-    /// Moves archived state `index` (replaced by `updated`) to current.
-    pub(crate) fn promote_archived(&mut self, index: usize, updated: SessionState) {
-        self.previous.remove(index);
-        self.promote_state(updated);
+    /// Makes archived state `index` current (the old current one is
+    /// archived in its place, newest first).
+    pub(crate) fn promote_archived(&mut self, index: usize) {
+        if let Some(state) = self.previous.remove(index) {
+            self.promote_state(state);
+        }
     }
 
-    pub(crate) fn has_base_key(&self, base_key: &PublicKey) -> bool {
-        self.current
+    /// The state `which` names, if the record has it.
+    pub(crate) fn state_mut(&mut self, which: StateRef) -> Option<&mut SessionState> {
+        match which {
+            StateRef::Current => self.current.as_mut(),
+            StateRef::Archived(i) => self.previous.get_mut(i),
+        }
+    }
+
+    /// Makes `which` the current state.
+    pub(crate) fn promote(&mut self, which: StateRef) {
+        if let StateRef::Archived(i) = which {
+            self.promote_archived(i);
+        }
+    }
+
+    /// Every state, current first, then archived newest first.
+    pub(crate) fn states(&self) -> impl Iterator<Item = (StateRef, &SessionState)> {
+        let current = self.current.iter().map(|s| (StateRef::Current, s));
+        let archived = self
+            .previous
             .iter()
-            .chain(self.previous.iter())
-            .any(|s| &s.alice_base_key == base_key)
+            .enumerate()
+            .map(|(i, s)| (StateRef::Archived(i), s));
+        current.chain(archived)
     }
 
-    /// `version(1) || protobuf`.
-    pub fn serialize(&self) -> Vec<u8> {
+    /// The state set up by the X3DH run with Alice's `base_key`.
+    pub(crate) fn state_with_base_key(&self, base_key: &PublicKey) -> Option<StateRef> {
+        self.states()
+            .find(|(_, s)| &s.alice_base_key == base_key)
+            .map(|(which, _)| which)
+    }
+
+    /// `version(1) || protobuf`, wiped when dropped (it holds every key of
+    /// the session).
+    pub fn serialize(&self) -> Zeroizing<Vec<u8>> {
         let proto = SessionRecordProto {
             current: self.current.as_ref().map(SessionState::to_proto),
             previous: self.previous.iter().map(SessionState::to_proto).collect(),
         };
-        let mut out = Vec::with_capacity(1 + proto.encoded_len());
+        // Sized up front: a Vec that grew would leave key bytes behind in
+        // the buffers it freed.
+        let mut out = Zeroizing::new(Vec::with_capacity(1 + proto.encoded_len()));
         out.push(RECORD_SNAPSHOT_VERSION);
         proto
-            .encode(&mut out)
-            .unwrap_or_else(|_| unreachable!("Vec grows"));
+            .encode(&mut *out)
+            .unwrap_or_else(|_| unreachable!("sized to fit"));
         out
     }
 

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use zeroize::Zeroizing;
+
 use crate::error::{Error, Result};
 use crate::keys::{IdentityKey, IdentityKeyPair};
 use crate::prekeys::{PreKeyRecord, SignedPreKeyRecord};
@@ -148,16 +150,22 @@ impl SignedPreKeyStore for InMemSignedPreKeyStore {
     }
 }
 
+/// Session records kept serialized (each load is a fresh copy, so a failed
+/// decryption cannot touch the stored one) and wiped when replaced or
+/// dropped.
 #[derive(Clone, Default)]
 pub struct InMemSessionStore {
-    pub(crate) sessions: HashMap<ProtocolAddress, Vec<u8>>,
+    pub(crate) sessions: HashMap<ProtocolAddress, Zeroizing<Vec<u8>>>,
 }
 
-/// Shows whose sessions are kept, never the serialized records (they hold
-/// chain and root keys).
+/// The records hold every session key: Debug shows who, never what.
 impl std::fmt::Debug for InMemSessionStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_set().entries(self.sessions.keys()).finish()
+        let mut peers: Vec<_> = self.sessions.keys().map(ToString::to_string).collect();
+        peers.sort();
+        f.debug_struct("InMemSessionStore")
+            .field("peers", &peers)
+            .finish_non_exhaustive()
     }
 }
 

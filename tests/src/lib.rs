@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+pub mod bridge_peer;
 pub mod bridge_user;
 
 /// File name of the default test model.

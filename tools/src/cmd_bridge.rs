@@ -402,6 +402,9 @@ pub(crate) fn error_kind(e: &Error) -> &'static str {
         | Error::Malformed { .. }
         | Error::MessageTooShort { .. } => "invalid_message",
         Error::DuplicateMessage { .. } => "duplicate",
+        // A peer speaking another protocol version (legacy < 3, or v4 with
+        // Kyber): not a forgery, and not fixable by retrying.
+        Error::UnsupportedVersion(_) => "unsupported_version",
         Error::UntrustedIdentity(_) => "untrusted_identity",
         Error::NoSession(_) | Error::NoMatchingSession { .. } => "no_session",
         Error::Assistant(_) => "assistant",
@@ -416,5 +419,18 @@ pub(crate) fn error_kind(e: &Error) -> &'static str {
         | Error::StoreRollback { .. }
         | Error::StoreLocked { .. } => "store",
         _ => "error",
+    }
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_version_has_its_own_error_kind() {
+        assert_eq!(
+            error_kind(&Error::UnsupportedVersion(0x44)),
+            "unsupported_version"
+        );
+        assert_eq!(error_kind(&Error::BadMac), "invalid_message");
     }
 }
