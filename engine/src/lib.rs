@@ -18,6 +18,10 @@
 //!   `ort::ForeignDecoder` (a decoder exported by another tool, optimum's
 //!   I/O names and dynamic shapes).
 
+/// The engine behind the bridge's `Assistant` trait, behind the `bridge`
+/// feature: per-conversation KV caches, context windowing.
+#[cfg(feature = "bridge")]
+pub mod assistant;
 pub mod backend;
 pub mod chat;
 pub mod cpu;
@@ -38,6 +42,8 @@ pub mod onnx;
 #[cfg(feature = "ort")]
 pub mod ort;
 
+#[cfg(feature = "bridge")]
+pub use assistant::{AssistantConfig, EngineAssistant};
 pub use backend::{Backend, LogitsFor};
 pub use chat::{Chat, Reply};
 pub use cpu::CpuBackend;

@@ -3,7 +3,7 @@
 //! Standard output carries only answer text (so it can be piped); progress,
 //! statistics and logs go to standard error.
 
-mod assistant;
+mod bridge_serve;
 mod cmd_bench;
 mod cmd_bridge;
 mod cmd_chat;
@@ -69,6 +69,10 @@ struct BridgeArgs {
     /// Worker threads (0 = all cores).
     #[arg(long, short, global = true, default_value_t = 0)]
     threads: usize,
+    /// Context of each conversation, in tokens; longer conversations drop
+    /// their oldest turns.
+    #[arg(long, global = true, default_value_t = 2048)]
+    context: usize,
 }
 
 fn run_bridge(args: BridgeArgs) -> Result<(), String> {
@@ -80,6 +84,7 @@ fn run_bridge(args: BridgeArgs) -> Result<(), String> {
         seed,
         max_tokens,
         threads,
+        context,
     } = args;
     let mut make = move || -> Result<Box<dyn sotto_bridge::Assistant>, String> {
         let path = resolve_model(model.clone())?;
@@ -88,7 +93,7 @@ fn run_bridge(args: BridgeArgs) -> Result<(), String> {
             isa: None,
         });
         let loaded = sotto_engine::LoadedModel::open(&path, cpu).map_err(|e| e.to_string())?;
-        let config = assistant::AssistantConfig {
+        let config = sotto_engine::AssistantConfig {
             system: Some(system.clone()).filter(|s| !s.is_empty()),
             sampler: sotto_engine::SamplerConfig {
                 temperature,
@@ -96,9 +101,11 @@ fn run_bridge(args: BridgeArgs) -> Result<(), String> {
                 ..Default::default()
             },
             max_tokens,
+            context,
             ..Default::default()
         };
-        Ok(Box::new(assistant::EngineAssistant::new(loaded, config)))
+        let assistant = sotto_engine::EngineAssistant::new(std::sync::Arc::new(loaded), config);
+        Ok(Box::new(assistant))
     };
     cmd_bridge::run(command, &mut make)
 }

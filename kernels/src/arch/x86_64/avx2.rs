@@ -11,25 +11,56 @@
 //! `super::table` calls after `super::supports(Isa::Avx2)` checked those
 //! features at run time.
 
-use crate::dispatch::{Isa, VecDotTable};
+use crate::dispatch::{ActivationRow, Isa, KernelTable, WeightRow};
 use crate::quant::blocks::*;
 use core::arch::x86_64::*;
 use half::{bf16, f16};
 
-pub(super) fn overrides(t: VecDotTable) -> VecDotTable {
-    VecDotTable {
+pub(super) fn overrides(t: KernelTable) -> KernelTable {
+    KernelTable {
         isa: Isa::Avx2,
-        q4_0_q8_0,
-        q4_1_q8_1,
-        q8_0_q8_0,
-        q4_k_q8_k,
-        q5_k_q8_k,
-        q6_k_q8_k,
-        f16_f32,
-        bf16_f32,
-        f32_f32,
-        quantize_q8_0,
-        quantize_q8_1,
+        q4_0: WeightRow {
+            dot: q4_0_q8_0,
+            ..t.q4_0
+        },
+        q4_1: WeightRow {
+            dot: q4_1_q8_1,
+            ..t.q4_1
+        },
+        q8_0: WeightRow {
+            dot: q8_0_q8_0,
+            ..t.q8_0
+        },
+        q4_k: WeightRow {
+            dot: q4_k_q8_k,
+            ..t.q4_k
+        },
+        q5_k: WeightRow {
+            dot: q5_k_q8_k,
+            ..t.q5_k
+        },
+        q6_k: WeightRow {
+            dot: q6_k_q8_k,
+            ..t.q6_k
+        },
+        f16: WeightRow {
+            dot: f16_f32,
+            ..t.f16
+        },
+        bf16: WeightRow {
+            dot: bf16_f32,
+            ..t.bf16
+        },
+        f32: WeightRow {
+            dot: f32_f32,
+            ..t.f32
+        },
+        act_q8_0: ActivationRow {
+            quantize: quantize_q8_0,
+        },
+        act_q8_1: ActivationRow {
+            quantize: quantize_q8_1,
+        },
         axpy_f16,
         ..t
     }

@@ -13,17 +13,26 @@
 //! [`overrides`], which `super::table` calls after
 //! `super::supports(Isa::AvxVnni)` checked those features at run time.
 
-use crate::dispatch::{Isa, VecDotTable};
+use crate::dispatch::{Isa, KernelTable, WeightRow};
 use crate::quant::blocks::*;
 use core::arch::x86_64::*;
 use half::f16;
 
-pub(super) fn overrides(t: VecDotTable) -> VecDotTable {
-    VecDotTable {
+pub(super) fn overrides(t: KernelTable) -> KernelTable {
+    KernelTable {
         isa: Isa::AvxVnni,
-        q4_0_q8_0,
-        q4_1_q8_1,
-        q8_0_q8_0,
+        q4_0: WeightRow {
+            dot: q4_0_q8_0,
+            ..t.q4_0
+        },
+        q4_1: WeightRow {
+            dot: q4_1_q8_1,
+            ..t.q4_1
+        },
+        q8_0: WeightRow {
+            dot: q8_0_q8_0,
+            ..t.q8_0
+        },
         ..t
     }
 }
