@@ -33,7 +33,7 @@ pub enum Error {
     BadTensor { tensor: String, reason: String },
     #[error("tensor {tensor:?}: unknown ggml type id {type_id}")]
     UnknownTensorType { tensor: String, type_id: u32 },
-    #[error("unknown architecture {0:?} (supported: {list})", list = crate::arch::SUPPORTED_ARCHITECTURES.join(", "))]
+    #[error("unknown architecture {0:?} (supported: {list})", list = crate::arch::supported_architectures().join(", "))]
     UnknownArchitecture(String),
     #[error("missing required metadata key {key:?}")]
     MissingKey { key: String },
