@@ -98,12 +98,13 @@ fn random_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 }
 
 /// Every architecture [`tiny_model`] can write.
-pub const TINY_ARCHITECTURES: [&str; 6] = ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3"];
+pub const TINY_ARCHITECTURES: [&str; 7] =
+    ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "granite"];
 
 /// A complete tiny model of architecture `arch` (one of
 /// [`TINY_ARCHITECTURES`]), in that family's tensor layout: Qwen 2's QKV
 /// biases, QK-norm (Qwen 3, Gemma 3), post-norms and tied output (Gemma),
-/// Phi-3's fused `attn_qkv` and gate-up `ffn_up`.
+/// Phi-3's fused `attn_qkv` and gate-up `ffn_up`, Granite's scale keys.
 pub fn tiny_model(arch: &str, dims: TinyDims) -> GgufWriter {
     tiny_model_with(arch, dims, &mut values)
 }
@@ -178,6 +179,13 @@ fn tiny_model_with(
         .kv("tokenizer.ggml.add_bos_token", MetaValue::Bool(false));
     match arch {
         "gemma2" | "gemma3" => w = w.kv(&k("attention.sliding_window"), MetaValue::U32(4)),
+        "granite" => {
+            w = w
+                .kv(&k("logit_scale"), MetaValue::F32(4.0))
+                .kv(&k("residual_scale"), MetaValue::F32(0.5))
+                .kv(&k("embedding_scale"), MetaValue::F32(3.0))
+                .kv(&k("attention.scale"), MetaValue::F32(0.25))
+        }
         _ => {}
     }
     let qk_norm = matches!(arch, "gemma3" | "qwen3");

@@ -555,6 +555,33 @@ mod tests {
         assert!(max_diff(&a, &b) < 1e-5, "max diff {}", max_diff(&a, &b));
     }
 
+    /// Granite with its four scales at 1 (and the attention scale at
+    /// `1/sqrt(head_dim)`) is Llama; each scale then changes the logits.
+    #[test]
+    fn granite_scales_are_identities_at_one_and_act_otherwise() {
+        let llama = tiny_model_random("llama", TinyDims::default(), 3);
+        let mut granite = relabel(&llama, "llama", "granite");
+        for (k, v) in [
+            ("logit_scale", 1.0),
+            ("residual_scale", 1.0),
+            ("embedding_scale", 1.0),
+            ("attention.scale", 0.5),
+        ] {
+            granite.set(&format!("granite.{k}"), MetaValue::F32(v));
+        }
+        let base = logits_of(&llama, LogitsFor::All);
+        assert!(max_diff(&base, &logits_of(&granite, LogitsFor::All)) < 1e-6);
+        let mut halved = granite.clone();
+        halved.set("granite.logit_scale", MetaValue::F32(2.0));
+        let h = logits_of(&halved, LogitsFor::All);
+        assert!(base.iter().zip(&h).all(|(a, b)| (a / 2.0 - b).abs() < 1e-5));
+        for (k, v) in [("residual_scale", 0.5), ("embedding_scale", 3.0), ("attention.scale", 2.0)] {
+            let mut g = granite.clone();
+            g.set(&format!("granite.{k}"), MetaValue::F32(v));
+            assert!(max_diff(&base, &logits_of(&g, LogitsFor::All)) > 1e-3, "{k} had no effect");
+        }
+    }
+
     /// A window at least as long as the sequence changes nothing; a shorter
     /// one changes exactly the positions that have keys beyond it.
     #[test]

@@ -33,7 +33,7 @@ macro_rules! families {
     };
 }
 
-families![llama, qwen2, qwen3, gemma2, gemma3, phi3];
+families![llama, qwen2, qwen3, gemma2, gemma3, phi3, granite];
 
 /// The `general.architecture` values this crate can load.
 pub fn supported_architectures() -> Vec<&'static str> {

@@ -158,6 +158,26 @@ fn phi3_splits_fused_projections_and_reads_longrope() {
 }
 
 #[test]
+fn granite_reads_its_four_scales() {
+    let (spec, _) = load(&tiny_model("granite", TinyDims::default())).unwrap();
+    assert_eq!(spec.rope_style, RopeStyle::Interleaved);
+    assert_eq!(spec.embed_scale, Some(3.0));
+    assert_eq!(spec.logit_scale, Some(0.25));
+    assert!(spec
+        .layers
+        .iter()
+        .all(|l| l.residual_scale == Some(0.5) && l.attention.scale == 0.25));
+    let mut g = tiny_model("granite", TinyDims::default());
+    g.remove("granite.logit_scale");
+    assert!(
+        matches!(load(&g), Err(Error::MissingKey { ref key }) if key == "granite.logit_scale")
+    );
+    let mut g = tiny_model("granite", TinyDims::default());
+    g.set("granite.residual_scale", MetaValue::F32(f32::NAN));
+    assert!(matches!(load(&g), Err(Error::InvalidHyperParameter { .. })));
+}
+
+#[test]
 fn gemma3_sets_its_family_traits() {
     let dims = TinyDims {
         n_layer: 7,
