@@ -727,7 +727,7 @@ impl sotto_bridge::Assistant for ModelAssistant {
         history: &[sotto_bridge::Turn],
     ) -> Result<String, sotto_bridge::AssistantError> {
         use sotto_models::chat::ChatMessage;
-        let failed = |e: sotto_engine::Error| sotto_bridge::AssistantError(e.to_string());
+        let failed = |e: sotto_engine::Error| sotto_bridge::AssistantError::Engine(Box::new(e));
         let backend = sotto_engine::CpuBackend::new(self.model.clone(), 0).map_err(failed)?;
         let session = sotto_engine::Session::new(
             Box::new(backend),
