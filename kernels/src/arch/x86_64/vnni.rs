@@ -32,6 +32,30 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
             dot: kernels::q6_k_q8_k,
             ..t.q6_k
         },
+        q5_0: WeightRow {
+            dot: lowbit::q5_0_q8_0,
+            ..t.q5_0
+        },
+        q5_1: WeightRow {
+            dot: lowbit::q5_1_q8_1,
+            ..t.q5_1
+        },
+        iq4_nl: WeightRow {
+            dot: lowbit::iq4_nl_q8_0,
+            ..t.iq4_nl
+        },
+        q2_k: WeightRow {
+            dot: lowbit::q2_k_q8_k,
+            ..t.q2_k
+        },
+        q3_k: WeightRow {
+            dot: lowbit::q3_k_q8_k,
+            ..t.q3_k
+        },
+        iq4_xs: WeightRow {
+            dot: lowbit::iq4_xs_q8_k,
+            ..t.iq4_xs
+        },
         ..t
     }
 }
@@ -45,6 +69,10 @@ fn dot4(acc: __m512i, u: __m512i, s: __m512i) -> __m512i {
 }
 
 super::avx512::legacy_kernels!(
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    super::dot4
+);
+super::avx512_lowbit::lowbit_kernels!(
     "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
     super::dot4
 );
