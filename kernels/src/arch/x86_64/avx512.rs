@@ -54,9 +54,9 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
             x16: None,
         },
         q5_0: WeightRow {
+            dot: lowbit::q5_0_q8_0,
             gemm: Some(kernels::q5_0_q8_0_gemm),
             x16: Some(kernels::q5_0_q8_0_x16),
-            ..t.q5_0
         },
         q4_k: WeightRow {
             gemm: Some(kquant::q4_k_gemm),
@@ -72,6 +72,26 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
             dot: kernels::q6_k_q8_k,
             gemm: Some(kquant::q6_k_gemm),
             x16: Some(kquant::q6_k_x16),
+        },
+        q5_1: WeightRow {
+            dot: lowbit::q5_1_q8_1,
+            ..t.q5_1
+        },
+        iq4_nl: WeightRow {
+            dot: lowbit::iq4_nl_q8_0,
+            ..t.iq4_nl
+        },
+        q2_k: WeightRow {
+            dot: lowbit::q2_k_q8_k,
+            ..t.q2_k
+        },
+        q3_k: WeightRow {
+            dot: lowbit::q3_k_q8_k,
+            ..t.q3_k
+        },
+        iq4_xs: WeightRow {
+            dot: lowbit::iq4_xs_q8_k,
+            ..t.iq4_xs
         },
         ..t
     }
@@ -245,7 +265,7 @@ macro_rules! legacy_kernels {
             /// (lo = elements 0..16, hi = elements 16..32).
             #[inline]
             #[target_feature(enable = $features)]
-            fn nibbles2(q0: &[u8; 16], q1: &[u8; 16]) -> __m512i {
+            pub(super) fn nibbles2(q0: &[u8; 16], q1: &[u8; 16]) -> __m512i {
                 // SAFETY: q0 and q1 are 16 readable bytes each; loadu has no alignment requirement.
                 let (x0, x1) = unsafe {
                     (
@@ -262,7 +282,7 @@ macro_rules! legacy_kernels {
             /// Codes of two 32-byte blocks in the order of [`nibbles2`].
             #[inline]
             #[target_feature(enable = $features)]
-            fn interleave2(q0: &[i8; 32], q1: &[i8; 32]) -> __m512i {
+            pub(super) fn interleave2(q0: &[i8; 32], q1: &[i8; 32]) -> __m512i {
                 // SAFETY: q0 and q1 are 32 readable bytes each; loadu has no alignment requirement.
                 let (y0, y1) = unsafe {
                     (
@@ -293,7 +313,7 @@ macro_rules! legacy_kernels {
             /// f16 conversions bound the single dots).
             #[inline]
             #[target_feature(enable = $features)]
-            fn mul_halves(a: f16, b: f16) -> f32 {
+            pub(super) fn mul_halves(a: f16, b: f16) -> f32 {
                 let bits = a.to_bits() as u32 | (b.to_bits() as u32) << 16;
                 let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
                 _mm_cvtss_f32(_mm_mul_ss(v, _mm_movehdup_ps(v)))
@@ -301,7 +321,7 @@ macro_rules! legacy_kernels {
 
             #[inline]
             #[target_feature(enable = $features)]
-            fn fp16(x: f16) -> f32 {
+            pub(super) fn fp16(x: f16) -> f32 {
                 _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(x.to_bits() as i32)))
             }
 
@@ -311,7 +331,7 @@ macro_rules! legacy_kernels {
             /// [`nibbles2`] layout, times the per-block scale products.
             #[inline]
             #[target_feature(enable = $features)]
-            fn pairs<W: Copy, A: Copy>(
+            pub(super) fn pairs<W: Copy, A: Copy>(
                 w: &[W],
                 a: &[A],
                 scale: impl Fn(&W, &A) -> f32,
@@ -1006,3 +1026,4 @@ pub(super) use legacy_kernels;
 
 legacy_kernels!("avx512f,avx512bw,avx512vl,avx2,fma,f16c", super::dot4);
 super::kquant_x16::kquant_kernels!("avx512f,avx512bw,avx512vl,avx2,fma,f16c", super::dot4);
+super::avx512_lowbit::lowbit_kernels!("avx512f,avx512bw,avx512vl,avx2,fma,f16c", super::dot4);

@@ -18,6 +18,7 @@ use crate::dispatch::{Isa, KernelTable};
 
 mod avx2;
 mod avx512;
+mod avx512_lowbit;
 mod avxvnni;
 mod kquant_x16;
 mod vnni;
