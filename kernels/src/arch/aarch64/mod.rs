@@ -27,6 +27,7 @@
 use crate::dispatch::{Isa, KernelTable};
 use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 
+mod codes;
 mod dotprod;
 mod i8mm;
 mod neon;
@@ -83,9 +84,9 @@ pub fn dot2x2_table() -> Option<Dot2x2Table> {
         return None;
     }
     Some(Dot2x2Table {
-        q4_0_q8_0: i8mm::q4_0_q8_0_2x2,
-        q4_1_q8_1: i8mm::q4_1_q8_1_2x2,
-        q8_0_q8_0: i8mm::q8_0_q8_0_2x2,
+        q4_0_q8_0: i8mm::dot2x2,
+        q4_1_q8_1: i8mm::dot2x2,
+        q8_0_q8_0: i8mm::dot2x2,
     })
 }
 
