@@ -77,7 +77,8 @@ pub(super) trait WeightCodes: WeightBlock<Act: ActCodes> {
     /// # Panics
     /// If `i >= VECS` (a caller bug: `i` is a loop constant).
     unsafe fn codes16(&self, i: usize) -> int8x16_t;
-    /// The integer scale of each group (the first `VECS / VECS_PER_SCALE`).
+    /// The integer scale of each group of `VECS_PER_SCALE` vectors (the
+    /// first `VECS / VECS_PER_SCALE`).
     ///
     /// # Safety
     /// NEON.
@@ -93,9 +94,27 @@ pub(super) trait WeightCodes: WeightBlock<Act: ActCodes> {
     unsafe fn min_term(&self, a: &Self::Act) -> f32;
 }
 
-/// The groups of a block (integer scales in use).
-pub(super) const fn groups<W: WeightCodes>() -> usize {
-    W::VECS / W::VECS_PER_SCALE
+/// `$body` once for each vector index `$i` = 0..16, each a constant, so
+/// every view's unpacking of vector `$i` folds to straight-line code (a loop
+/// over a runtime index keeps the index arithmetic and its branches, and
+/// LLVM does not reliably unroll it).
+macro_rules! for_each_vec {
+    ($i:ident => $body:block) => {
+        for_each_vec!(@ $i $body 0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15)
+    };
+    (@ $i:ident $body:block $($n:literal)*) => {
+        $({
+            const $i: usize = $n;
+            $body
+        })*
+    };
+}
+pub(super) use for_each_vec;
+
+/// Whether vector `i` closes its group (the group's scale applies then).
+#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87 (workspace: 1.85)
+pub(super) const fn ends_group<W: WeightCodes>(i: usize) -> bool {
+    (i + 1) % W::VECS_PER_SCALE == 0
 }
 
 /// `Σ w·a` over the common blocks: the single-row dot of every tier.
@@ -111,16 +130,18 @@ pub(super) unsafe fn dot<W: WeightCodes, D: IntDot>(w: &[W], a: &[W::Act]) -> f3
     for (wb, ab) in w.iter().zip(a) {
         // SAFETY: the caller guarantees NEON.
         let scales = unsafe { wb.scales() };
-        let mut isum = vdupq_n_s32(0);
-        for (g, &scale) in scales.iter().enumerate().take(groups::<W>()) {
-            let mut p = vdupq_n_s32(0);
-            for i in g * W::VECS_PER_SCALE..(g + 1) * W::VECS_PER_SCALE {
-                // SAFETY: the caller guarantees NEON and D's features; i is
+        let (mut isum, mut p) = (vdupq_n_s32(0), vdupq_n_s32(0));
+        for_each_vec!(I => {
+            if I < W::VECS {
+                // SAFETY: the caller guarantees NEON and D's features; I is
                 // below W::VECS.
-                p = unsafe { D::dot16(p, wb.codes16(i), ab.codes16(i)) };
+                p = unsafe { D::dot16(p, wb.codes16(I), ab.codes16(I)) };
+                if ends_group::<W>(I) {
+                    isum = vmlaq_n_s32(isum, p, scales[I / W::VECS_PER_SCALE]);
+                    p = vdupq_n_s32(0);
+                }
             }
-            isum = vmlaq_n_s32(isum, p, scale);
-        }
+        });
         // SAFETY: the caller guarantees NEON.
         let d = unsafe { wb.d() * ab.d() };
         sum = vfmaq_n_f32(sum, vcvtq_f32_s32(isum), d);

@@ -34,7 +34,7 @@
 //!   than dotprod for a single row; they make a forced `SOTTO_ISA=i8mm` path
 //!   run `smmla` end to end.
 
-use super::codes::{self, groups, ActCodes, IntDot, WeightCodes};
+use super::codes::{self, ends_group, for_each_vec, ActCodes, IntDot, WeightCodes};
 use super::dotprod::{self, is_q4_0, X16Panel};
 use super::neon::{f16_to_f32, load_f16x4, load_q8};
 use crate::dispatch::{gemm_by_dots, gemm_shape_ok, KernelTable, WeightRow, X16GemmFn};
@@ -306,19 +306,19 @@ unsafe fn tiles<W: WeightCodes, const RP: usize, const CP: usize>(
             *s = unsafe { [rows[0].scales(), rows[1].scales()] };
         }
         let mut isum = [[vdupq_n_s32(0); CP]; RP];
-        for g in 0..groups::<W>() {
-            let mut t = [[vdupq_n_s32(0); CP]; RP];
-            for i in g * W::VECS_PER_SCALE..(g + 1) * W::VECS_PER_SCALE {
+        let mut t = [[vdupq_n_s32(0); CP]; RP];
+        for_each_vec!(I => {
+            if I < W::VECS {
                 let mut wz = [[vdupq_n_s8(0); 2]; RP];
                 for (z, rows) in wz.iter_mut().zip(&wb) {
-                    // SAFETY: the caller guarantees NEON; i < W::VECS.
-                    let (x, y) = unsafe { (rows[0].codes16(i), rows[1].codes16(i)) };
+                    // SAFETY: the caller guarantees NEON; I < W::VECS.
+                    let (x, y) = unsafe { (rows[0].codes16(I), rows[1].codes16(I)) };
                     *z = zip_rows(x, y);
                 }
                 let mut az = [[vdupq_n_s8(0); 2]; CP];
                 for (z, cols) in az.iter_mut().zip(&ab) {
                     // SAFETY: as above (an activation block has W::VECS vectors).
-                    let (x, y) = unsafe { (cols[0].codes16(i), cols[1].codes16(i)) };
+                    let (x, y) = unsafe { (cols[0].codes16(I), cols[1].codes16(I)) };
                     *z = zip_rows(x, y);
                 }
                 for p in 0..RP {
@@ -327,14 +327,18 @@ unsafe fn tiles<W: WeightCodes, const RP: usize, const CP: usize>(
                         t[p][q] = unsafe { smmla(smmla(t[p][q], wz[p][0], az[q][0]), wz[p][1], az[q][1]) };
                     }
                 }
-            }
-            for p in 0..RP {
-                let s = row_lanes_i32(scales[p][0][g], scales[p][1][g]);
-                for q in 0..CP {
-                    isum[p][q] = vmlaq_s32(isum[p][q], t[p][q], s);
+                if ends_group::<W>(I) {
+                    let g = I / W::VECS_PER_SCALE;
+                    for p in 0..RP {
+                        let s = row_lanes_i32(scales[p][0][g], scales[p][1][g]);
+                        for q in 0..CP {
+                            isum[p][q] = vmlaq_s32(isum[p][q], t[p][q], s);
+                            t[p][q] = vdupq_n_s32(0);
+                        }
+                    }
                 }
             }
-        }
+        });
         for p in 0..RP {
             let [r0, r1] = wb[p];
             // SAFETY: the caller guarantees NEON.
