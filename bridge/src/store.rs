@@ -60,6 +60,9 @@ pub trait PreKeyStore {
 pub trait SignedPreKeyStore {
     fn get_signed_pre_key(&self, id: u32) -> Result<SignedPreKeyRecord>;
     fn save_signed_pre_key(&mut self, record: SignedPreKeyRecord) -> Result<()>;
+    /// Removes a signed prekey (rotated out); removing an unknown id is not
+    /// an error.
+    fn remove_signed_pre_key(&mut self, id: u32) -> Result<()>;
 }
 
 pub trait SessionStore {
@@ -139,6 +142,10 @@ impl SignedPreKeyStore for InMemSignedPreKeyStore {
     }
     fn save_signed_pre_key(&mut self, record: SignedPreKeyRecord) -> Result<()> {
         self.keys.insert(record.id, record);
+        Ok(())
+    }
+    fn remove_signed_pre_key(&mut self, id: u32) -> Result<()> {
+        self.keys.remove(&id);
         Ok(())
     }
 }
@@ -226,6 +233,9 @@ impl SignedPreKeyStore for InMemProtocolStore {
     }
     fn save_signed_pre_key(&mut self, r: SignedPreKeyRecord) -> Result<()> {
         self.signed_pre_keys.save_signed_pre_key(r)
+    }
+    fn remove_signed_pre_key(&mut self, id: u32) -> Result<()> {
+        self.signed_pre_keys.remove_signed_pre_key(id)
     }
 }
 impl SessionStore for InMemProtocolStore {

@@ -586,8 +586,8 @@ mod tests {
             assert!(matmul_packed(&packed, &x_of(cols), 1, &mut out[1..]).is_err());
         }
         // types without an x16 layout are never packed
-        let k = aligned_bytes(DType::Q4_K.row_bytes(256).unwrap());
-        let m = QMatrix::new(DType::Q4_K, 1, 256, k.as_bytes()).unwrap();
+        let k = aligned_bytes(DType::Q2_K.row_bytes(256).unwrap());
+        let m = QMatrix::new(DType::Q2_K, 1, 256, k.as_bytes()).unwrap();
         for isa in available_isas() {
             assert!(PackedMatrix::pack_for(table_for(isa).unwrap(), &m)
                 .unwrap()
