@@ -636,6 +636,75 @@ mod tests {
         }
     }
 
+    /// A Q4_K_M-style file mixes Q4_K, Q5_0, Q6_K and Q8_0 matrices, also
+    /// within one layer's Q/K/V and gate/up groups: on a table with x16
+    /// entries for all four, every matrix runs on its packed copy (packed
+    /// bytes = the file's matrix bytes padded to whole 16-row panels, the
+    /// layout being a lossless reshuffle), and prefill and decode answer like the scalar reference
+    /// kernels of the same backend code.
+    #[test]
+    fn a_mixed_k_quant_file_packs_every_matrix_and_matches_the_scalar_kernels() {
+        use sotto_kernels::dispatch::{available_isas, table_for, Isa};
+        use sotto_kernels::quant::{quantize_row, DType};
+        let dims = TinyDims {
+            n_layer: 2,
+            d_model: 256,
+            n_head: 4,
+            n_kv_head: 2,
+            head_dim: 64,
+            ffn_dim: 512,
+        };
+        let mut w = tiny_model_random("llama", dims, 21);
+        let types = [DType::Q4_K, DType::Q5_0, DType::Q6_K, DType::Q8_0];
+        let mut next = 0;
+        for t in w.tensors.iter_mut().filter(|t| t.dims.len() == 2) {
+            let dtype = types[next % types.len()];
+            next += 1;
+            let (cols, rows) = (t.dims[0] as usize, t.dims[1] as usize);
+            let values: Vec<f32> = t
+                .data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            let row_bytes = dtype.row_bytes(cols).unwrap();
+            let mut data = vec![0u8; rows * row_bytes];
+            for (src, dst) in values.chunks(cols).zip(data.chunks_mut(row_bytes)) {
+                quantize_row(dtype, src, dst).unwrap();
+            }
+            (t.type_id, t.data) = (dtype as u32, data);
+        }
+        let model = Arc::new(Model::from_gguf(GgufFile::from_bytes(w.to_bytes()).unwrap()).unwrap());
+        let wt = &model.weights;
+        // a panel of 16 rows holds the rows past a matrix's end as zeros
+        let panelled = |w: &Weight| w.data().len() / w.shape[0] * w.shape[0].next_multiple_of(16);
+        let mut matrix_bytes = panelled(&wt.output.weight);
+        for l in &wt.layers {
+            for m in [&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down] {
+                matrix_bytes += panelled(&m.weight);
+            }
+        }
+        let run = |isa: Isa| {
+            let mut b = CpuBackend::with_kernels(model.clone(), 1, table_for(isa).unwrap()).unwrap();
+            let mut cache = b.new_cache(16).unwrap();
+            let mut logits = b.forward(&mut cache, &TOKENS, LogitsFor::All).unwrap();
+            logits.extend(b.forward(&mut cache, &[7], LogitsFor::Last).unwrap());
+            (b.packed_bytes(), logits)
+        };
+        let (scalar_packed, reference) = run(Isa::Scalar);
+        assert_eq!(scalar_packed, 0);
+        let scale = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
+        for isa in available_isas() {
+            let t = table_for(isa).unwrap();
+            let (packed, logits) = run(isa);
+            let all_x16 = t.q4_k.x16.is_some() && t.q5_0.x16.is_some() && t.q6_k.x16.is_some() && t.q8_0.x16.is_some();
+            if all_x16 {
+                assert_eq!(packed, matrix_bytes, "{isa}: a matrix left unpacked");
+            }
+            let d = max_diff(&reference, &logits);
+            assert!(d <= 1e-3 * scale, "{isa}: max diff {d} (logits up to {scale})");
+        }
+    }
+
     /// Biases are added: dropping Qwen 2's changes the logits.
     #[test]
     fn qkv_biases_are_applied() {
