@@ -8,9 +8,11 @@
 #      engine, bridge, llama.cpp parity from committed reference data and,
 #      per quant type, on requantizations llama.cpp makes at test time);
 #   3. the aarch64 kernels under qemu, each of neon / dotprod / i8mm forced;
-#   4. the optional suites whose peers are installed here from PyPI
-#      (python-axolotl interop, ONNX Runtime + QNN HTP emulator);
-#   5. the bridge's cargo-fuzz targets, 30 s each.
+#   4. the optional suites whose peers are installed here from PyPI and npm
+#      (python-axolotl and libsignal interop, ONNX Runtime + QNN HTP emulator);
+#   5. the bridge's cargo-fuzz targets, 30 s each;
+#   6. the C ABI from C (natively, under AddressSanitizer, on aarch64 under
+#      qemu) and Java (JNI), and the Android and iOS static libraries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -50,6 +52,11 @@ fi
 if [ -x scripts/bridge-fuzz.sh ]; then
   step "bridge fuzz targets (bounded, AddressSanitizer)"
   scripts/bridge-fuzz.sh 30 || failed+=("bridge fuzzing")
+fi
+
+if [ -x scripts/test-ffi.sh ]; then
+  step "C ABI: C and Java tests, AddressSanitizer, phone libraries, aarch64 under qemu"
+  scripts/test-ffi.sh || failed+=("C ABI (scripts/test-ffi.sh)")
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then

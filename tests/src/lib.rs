@@ -8,6 +8,9 @@ pub mod parity;
 
 use std::path::PathBuf;
 
+pub mod bridge_peer;
+pub mod bridge_user;
+
 /// File name of the default test model.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 

@@ -6,14 +6,12 @@
 //! `add_eos_token`), special-token text parsed unless `--no-special`.
 //! Standard output carries only the continuation; statistics go to stderr.
 
+use crate::error::CliError;
 use crate::resolve_model;
 use crate::sampling::GenerationArgs;
-use sotto_engine::{CancelToken, CpuBackend, Session};
-use sotto_models::Model;
+use sotto_engine::{BackendChoice, CancelToken, CpuOptions, LoadedModel};
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct CompleteArgs {
@@ -39,40 +37,45 @@ pub struct CompleteArgs {
     pub quiet: bool,
 }
 
-pub fn run(args: CompleteArgs) -> Result<(), String> {
+pub fn run(args: CompleteArgs) -> Result<(), CliError> {
     let text = if args.prompt == "-" {
         let mut s = String::new();
         std::io::stdin()
             .read_to_string(&mut s)
-            .map_err(|e| format!("reading the prompt from standard input: {e}"))?;
+            .map_err(|source| CliError::Io {
+                what: "reading the prompt from standard input".into(),
+                source,
+            })?;
         s
     } else {
         args.prompt.clone()
     };
-    let path = resolve_model(args.model.clone())?;
-    let t0 = Instant::now();
-    let model = Arc::new(Model::load(&path).map_err(|e| format!("{}: {e}", path.display()))?);
-    let tokenizer = Arc::new(model.tokenizer.clone());
-    let prompt = tokenizer
+    let path = resolve_model(args.model.clone()).map_err(CliError::ModelFetch)?;
+    let cpu = BackendChoice::Cpu(CpuOptions {
+        threads: args.threads,
+        isa: None,
+    });
+    let loaded = LoadedModel::open(&path, cpu)?;
+    let model = loaded.model();
+    let prompt = model
+        .tokenizer
         .encode_with_special(&text, !args.no_special)
-        .map_err(|e| format!("tokenizing the prompt: {e}"))?;
+        .map_err(sotto_engine::Error::from)?;
     if prompt.is_empty() {
-        return Err(format!(
+        return Err(CliError::Usage(format!(
             "the prompt is empty and {} adds no BOS token: give some text to continue",
             path.display()
-        ));
+        )));
     }
-    let backend = CpuBackend::new(model.clone(), args.threads).map_err(|e| e.to_string())?;
-    let describe = sotto_engine::Backend::describe(&backend);
-    let mut session =
-        Session::new(Box::new(backend), tokenizer, args.context).map_err(|e| e.to_string())?;
+    let mut session = loaded.session(args.context)?;
     if !args.quiet {
         eprintln!(
-            "sotto: {} ({}, {} layers) loaded in {:.0} ms on {describe}; prompt {} tokens",
+            "sotto: {} ({}, {} layers) loaded in {:.0} ms on {}; prompt {} tokens",
             path.display(),
             model.spec.arch,
             model.spec.n_layer,
-            t0.elapsed().as_secs_f64() * 1e3,
+            loaded.load_time().as_secs_f64() * 1e3,
+            loaded.describe(),
             prompt.len()
         );
     }
@@ -91,7 +94,7 @@ pub fn run(args: CompleteArgs) -> Result<(), String> {
     });
     let _ = writeln!(out);
     let _ = out.flush();
-    let s = stats.map_err(|e| e.to_string())?;
+    let s = stats?;
     if !args.quiet {
         eprintln!(
             "sotto: prompt {} tok at {:.1} tok/s, ttft {:.0} ms; {} tok at {:.1} tok/s; stop: {:?}",
