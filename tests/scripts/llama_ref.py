@@ -103,10 +103,17 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def inputs_key(*parts) -> str:
-    """A digest of everything an output depends on (JSON-serializable parts)."""
+# Bump when `quantize` changes what it writes: requantized files are keyed by
+# this, not by the whole script, so editing the reference code keeps them.
+QUANTIZE_VERSION = 1
+
+
+def inputs_key(*parts, script: bool = True) -> str:
+    """A digest of everything an output depends on (JSON-serializable parts),
+    including this script's source unless `script` is false."""
     h = hashlib.sha256()
-    h.update(Path(__file__).read_bytes())
+    if script:
+        h.update(Path(__file__).read_bytes())
     h.update(llama_cpp.__version__.encode())
     h.update(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode())
     return h.hexdigest()
@@ -259,8 +266,9 @@ class LlamaRef:
         equally valid (one token per micro-batch, flash attention): the
         relative L2 distance of their logits to the reference's, at the same
         positions, is llama.cpp's own rounding noise, recorded as
-        `llama_cpp_self_rel_l2` so a parity test can set its tolerance
-        against it.
+        `llama_cpp_self_rel_l2`, and the positions where their argmax differs
+        from the reference's as `llama_cpp_self_argmax`, so a parity test can
+        set its tolerances against llama.cpp's own.
         """
         seq = prompt_ids + continuation
         self.llm.reset()
@@ -280,6 +288,7 @@ class LlamaRef:
         full_pos = [first] + spread(len(prompt_ids), len(seq) - 1, FULL_LOGIT_CONTINUATION_POSITIONS)
         logits[full_pos].astype("<f4").tofile(out_dir / logit_file)
         self_noise = {}
+        self_argmax = {}
         for label, alt in self.alternates.items():
             alt.reset()
             alt.eval(seq)
@@ -288,8 +297,20 @@ class LlamaRef:
             self_noise[label] = max(
                 float(np.linalg.norm(other[p] - ref[p]) / np.linalg.norm(ref[p])) for p in full_pos
             )
+            # Where the alternate's argmax differs from the reference's, by
+            # how much the alternate prefers its own token.
+            self_argmax[label] = []
+            for p in positions:
+                row = other[p["pos"]]
+                best = int(np.argmax(row))
+                if best != p["argmax"]:
+                    self_argmax[label].append({
+                        "pos": p["pos"], "argmax": best,
+                        "margin": float(row[best] - row[p["argmax"]]),
+                    })
         return {
             "llama_cpp_self_rel_l2": self_noise,
+            "llama_cpp_self_argmax": self_argmax,
             "teacher_forced": positions,
             "teacher_forced_argmax_disagrees_at": disagree,
             "full_logits": {
@@ -406,7 +427,7 @@ def cmd_refs(args) -> None:
 def cmd_quantize(args) -> None:
     if args.type not in FTYPES:
         raise SystemExit(f"unknown llama.cpp ftype {args.type}; one of {', '.join(FTYPES)}")
-    key = inputs_key(sha256_of(args.model), args.type, args.pure)
+    key = inputs_key(sha256_of(args.model), args.type, args.pure, QUANTIZE_VERSION, script=False)
     stamp = args.out.with_name(args.out.name + ".inputs")
     if args.out.is_file() and stamp.is_file() and stamp.read_text() == key:
         print(f"{args.out}: up to date", file=sys.stderr)
