@@ -543,6 +543,31 @@ pub fn compare_greedy(
     report
 }
 
+/// Our free-running greedy continuation of every prompt of `reference` on
+/// the CPU backend, compared with llama.cpp's over its first `limit` tokens.
+pub fn greedy_reports(
+    model: &Arc<Model>,
+    reference: &Reference,
+    limit: usize,
+    criteria: &Criteria,
+) -> Vec<GreedyReport> {
+    reference
+        .sequences
+        .iter()
+        .map(|seq| {
+            let backend =
+                CpuBackend::new(model.clone(), 0).unwrap_or_else(|e| panic!("cpu backend: {e}"));
+            let mut s = Session::new(Box::new(backend), Arc::new(model.tokenizer.clone()), 2048)
+                .unwrap_or_else(|e| panic!("session: {e}"));
+            let want = seq.continuation_ids.len().min(limit);
+            let stats = s
+                .generate(&seq.prompt_ids, &crate::greedy(want), &mut |_| {})
+                .unwrap_or_else(|e| panic!("{}: greedy generation: {e}", seq.name));
+            compare_greedy(seq, &stats.tokens, limit, criteria)
+        })
+        .collect()
+}
+
 /// Our logits along `tokens` (`[tokens, vocab]`) on the CPU backend, in one
 /// batched forward pass as llama.cpp's reference run did.
 pub fn sotto_logits(model: &Arc<Model>, tokens: &[u32]) -> Vec<f32> {
@@ -641,10 +666,43 @@ where
     assert!(status.success(), "{cmd:?} failed ({status})");
 }
 
+/// How much of a prompt file llama.cpp's reference covers. Its time is
+/// mostly the greedy steps and the one-token-per-micro-batch alternate, so
+/// a test bounds it with these.
+#[derive(Clone, Copy, Debug)]
+pub struct RefBudget {
+    /// Greedy continuation length cap.
+    pub max_new_tokens: usize,
+    /// Only the first prompts of the file, when set.
+    pub max_prompts: Option<usize>,
+}
+
+impl Default for RefBudget {
+    /// llama_ref.py's defaults: every prompt, 64 new tokens.
+    fn default() -> Self {
+        RefBudget {
+            max_new_tokens: 64,
+            max_prompts: None,
+        }
+    }
+}
+
 /// llama.cpp's references for `model` on the prompts in `prompts` (a JSON
 /// list, see llama_ref.py), written to (and reused from) `out_dir`.
 pub fn generate_reference(model: &Path, prompts: &Path, out_dir: &Path) -> Reference {
-    run_llama_ref([
+    generate_reference_within(model, prompts, out_dir, RefBudget::default())
+}
+
+/// [`generate_reference`] on part of the prompts or with shorter
+/// continuations.
+pub fn generate_reference_within(
+    model: &Path,
+    prompts: &Path,
+    out_dir: &Path,
+    budget: RefBudget,
+) -> Reference {
+    let max_new = budget.max_new_tokens.to_string();
+    let mut args = vec![
         OsStr::new("refs"),
         OsStr::new("--model"),
         model.as_os_str(),
@@ -652,7 +710,14 @@ pub fn generate_reference(model: &Path, prompts: &Path, out_dir: &Path) -> Refer
         prompts.as_os_str(),
         OsStr::new("--out"),
         out_dir.as_os_str(),
-    ]);
+        OsStr::new("--max-new-tokens"),
+        OsStr::new(&max_new),
+    ];
+    let max_prompts = budget.max_prompts.map(|n| n.to_string());
+    if let Some(n) = &max_prompts {
+        args.extend([OsStr::new("--max-prompts"), OsStr::new(n)]);
+    }
+    run_llama_ref(args);
     Reference::load(&out_dir.join("refs.json"))
 }
 

@@ -4,35 +4,36 @@
 //! llama.cpp's own quantizer (`llama_model_quantize` with
 //! `allow_requantize`, through tests/scripts/llama_ref.py) into each type,
 //! and llama.cpp records its references on the same file: greedy
-//! continuations of 8 chat prompts (tests/data/prompts/quant_parity_chat.json,
-//! used nowhere else), teacher-forced margins and logits, and its own
-//! self-difference. The CPU backend is then teacher-forced along llama.cpp's
+//! continuations of the first [`PROMPTS`] chat prompts of
+//! tests/data/prompts/quant_parity_chat.json (used nowhere else), at most
+//! [`GREEDY_TOKENS`] tokens each, teacher-forced margins and logits, and its
+//! own self-difference. The CPU backend is then teacher-forced along llama.cpp's
 //! continuation and held to `sotto_tests::parity`'s criteria (argmax where
 //! llama.cpp's margin exceeds 0.1, logits within llama.cpp's own
 //! self-difference), and its free-running greedy tokens are compared.
 //!
 //! SmolLM2's 576-wide rows are not a multiple of 256, so llama.cpp's presets
 //! fall back to other types for every tensor but `ffn_down` (1536 wide) when
-//! the type has 256-element blocks; the table prints which ggml types each
-//! file holds, and the test fails unless each row's types are among them and
-//! every type occurs in some file. Where no preset uses a type (Q2_K: its
+//! the type has 256-element blocks; each row prints which ggml types its
+//! file holds and fails unless the types it covers are among them, and
+//! [`the_rows_cover_every_type`] checks that together they cover every type. Where no preset uses a type (Q2_K: its
 //! own mix puts Q3_K on `ffn_down`), a `--pure` requantization covers it.
 //!
 //! Files are generated at test time into `~/.cache/sotto/parity/quant`
 //! (`$SOTTO_CACHE`), never committed, and reused while their inputs are the
 //! same. llama.cpp comes from scripts/llama-deps.sh (`$SOTTO_LLAMA_PYTHON`).
-//! `SOTTO_QUANT_TYPES=Q6_K,Q4_0` restricts the run to some rows.
+//! One test per row (`cargo test -p sotto-tests --test quant_parity q6_k`
+//! runs one); the budget keeps each under a minute on 2 shared cores.
 //!
-//! Run with `--nocapture` to see the table.
+//! Run with `--nocapture` to see each row's tables.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
-use sotto_engine::{CpuBackend, Session};
 use sotto_models::Model;
 use sotto_tests::parity::{
-    cache_dir, compare_greedy, compare_model, generate_reference, llama_quantize, Criteria,
-    GreedyReport, ParitySummary,
+    cache_dir, compare_model, generate_reference_within, greedy_reports, llama_quantize, Criteria,
+    RefBudget,
 };
-use sotto_tests::{data_dir, default_model_path, greedy};
+use sotto_tests::{data_dir, default_model_path};
 use std::sync::Arc;
 
 /// One requantization of the default model.
@@ -83,154 +84,131 @@ const CASES: &[QuantCase] = &[
     case("IQ4_XS", "IQ4_XS", false, &["IQ4_XS"]),
 ];
 
-/// Every ggml type a GGUF people download holds: each must occur in some
-/// file of a row that ran.
+/// Every ggml type a GGUF people download holds: the rows must cover each.
 const ALL_TYPES: &[&str] = &[
     "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K",
     "IQ4_NL", "IQ4_XS",
 ];
 
-/// Greedy tokens compared per prompt.
+/// Prompts of tests/data/prompts/quant_parity_chat.json each row runs.
+const PROMPTS: usize = 4;
+/// Greedy tokens llama.cpp generates (and we compare) per prompt.
 const GREEDY_TOKENS: usize = 32;
 
-struct Row {
-    label: &'static str,
-    types: String,
-    outcome: Result<(ParitySummary, Vec<GreedyReport>), String>,
-}
-
-fn greedy_reports(
-    model: &Arc<Model>,
-    reference: &sotto_tests::parity::Reference,
-    criteria: &Criteria,
-) -> Vec<GreedyReport> {
-    reference
-        .sequences
-        .iter()
-        .map(|seq| {
-            let backend = CpuBackend::new(model.clone(), 0).expect("cpu backend");
-            let mut s = Session::new(Box::new(backend), Arc::new(model.tokenizer.clone()), 2048)
-                .expect("session");
-            let stats = s
-                .generate(&seq.prompt_ids, &greedy(GREEDY_TOKENS), &mut |_| {})
-                .expect("generate");
-            compare_greedy(seq, &stats.tokens, GREEDY_TOKENS, criteria)
-        })
-        .collect()
-}
-
 #[test]
-fn every_quant_type_agrees_with_llama_cpp_on_the_default_model() {
-    let source = default_model_path();
-    let prompts = data_dir().join("prompts/quant_parity_chat.json");
-    let dir = cache_dir().join("quant");
-    let only: Option<Vec<String>> = std::env::var("SOTTO_QUANT_TYPES")
-        .ok()
-        .filter(|s| !s.is_empty())
-        .map(|s| s.split(',').map(|t| t.trim().to_string()).collect());
-    let criteria = Criteria::default();
-    let mut rows = Vec::new();
-    let mut failures = Vec::new();
-    let mut seen = std::collections::BTreeSet::new();
-    for c in CASES {
-        if only
-            .as_ref()
-            .is_some_and(|o| !o.iter().any(|t| t == c.label))
-        {
-            continue;
-        }
-        let file = dir.join(format!("SmolLM2-135M-Instruct.{}.gguf", c.label));
-        llama_quantize(&source, c.ftype, c.pure, &file);
-        let reference = generate_reference(&file, &prompts, &dir.join(c.label));
-        let types = reference
-            .tensor_types
-            .iter()
-            .map(|(t, names)| format!("{t}:{}", names.len()))
-            .collect::<Vec<_>>()
-            .join(" ");
-        for t in c.covers {
-            if !reference.tensor_types.contains_key(*t) {
-                failures.push(format!(
-                    "{}: llama.cpp's {} requantization holds no {t} tensor ({types})",
-                    c.label, c.ftype
-                ));
-            }
-        }
-        seen.extend(reference.tensor_types.keys().cloned());
-        let outcome = Model::load(&file)
-            .map_err(|e| format!("sotto cannot load it: {e}"))
-            .map(|m| {
-                let m = Arc::new(m);
-                let summary = compare_model(&m, &reference, criteria);
-                let greedy = greedy_reports(&m, &reference, &criteria);
-                (summary, greedy)
-            });
-        match &outcome {
-            Err(e) => failures.push(format!("{}: {e}", c.label)),
-            Ok((summary, greedy)) => {
-                eprintln!("--- {} ({types})\n{summary}", c.label);
-                failures.extend(
-                    summary
-                        .failures()
-                        .into_iter()
-                        .map(|f| format!("{}: {f}", c.label)),
-                );
-                for g in greedy.iter().filter(|g| !g.acceptable) {
-                    failures.push(format!(
-                        "{}: {}: greedy diverged from llama.cpp at {:?} (index, ours, llama.cpp's margin)",
-                        c.label, g.name, g.divergence
-                    ));
-                }
-            }
-        }
-        rows.push(Row {
-            label: c.label,
-            types,
-            outcome,
-        });
-    }
+fn the_rows_cover_every_type() {
+    let covered: std::collections::BTreeSet<&str> =
+        CASES.iter().flat_map(|c| c.covers.iter().copied()).collect();
+    let missing: Vec<_> = ALL_TYPES.iter().filter(|t| !covered.contains(**t)).collect();
+    assert!(missing.is_empty(), "no row covers {missing:?}");
+}
 
+/// Requantizes, makes llama.cpp's references and holds the CPU backend to
+/// them, for the row labelled `label`.
+fn row(label: &str) {
+    let c = CASES
+        .iter()
+        .find(|c| c.label == label)
+        .unwrap_or_else(|| panic!("no row {label}"));
+    let dir = cache_dir().join("quant");
+    let file = dir.join(format!("SmolLM2-135M-Instruct.{}.gguf", c.label));
+    llama_quantize(&default_model_path(), c.ftype, c.pure, &file);
+    let budget = RefBudget {
+        max_new_tokens: GREEDY_TOKENS,
+        max_prompts: Some(PROMPTS),
+    };
+    let prompts = data_dir().join("prompts/quant_parity_chat.json");
+    let reference = generate_reference_within(&file, &prompts, &dir.join(c.label), budget);
+    let types = reference
+        .tensor_types
+        .iter()
+        .map(|(t, names)| format!("{t}:{}", names.len()))
+        .collect::<Vec<_>>()
+        .join(" ");
+    let mut failures = Vec::new();
+    for t in c.covers {
+        if !reference.tensor_types.contains_key(*t) {
+            failures.push(format!(
+                "llama.cpp's {} requantization holds no {t} tensor",
+                c.ftype
+            ));
+        }
+    }
+    let model =
+        Arc::new(Model::load(&file).unwrap_or_else(|e| panic!("{label}: sotto cannot load it: {e}")));
+    let criteria = Criteria::default();
+    let summary = compare_model(&model, &reference, criteria);
+    let greedy = greedy_reports(&model, &reference, GREEDY_TOKENS, &criteria);
+    eprintln!("--- {label} ({types})\n{summary}");
+    failures.extend(summary.failures());
+    for g in greedy.iter().filter(|g| !g.acceptable) {
+        failures.push(format!(
+            "{}: greedy diverged from llama.cpp at {:?} (index, ours, llama.cpp's margin)",
+            g.name, g.divergence
+        ));
+    }
+    let ((om, oa), (sm, sa)) = (summary.rel_l2(), summary.self_rel_l2());
+    let matched: usize = greedy.iter().map(|g| g.matched).sum();
+    let compared: usize = greedy.iter().map(|g| g.compared).sum();
+    let full = greedy.iter().filter(|g| g.divergence.is_none()).count();
     eprintln!(
-        "\n{:<10} {:>14} {:>6} {:>6} {:>9} {:>11} {:>11} {:>11} {:>11} {:>13}  ggml types in the file (tensors)",
+        "{:<10} {:>14} {:>6} {:>6} {:>9} {:>11} {:>11} {:>11} {:>11} {:>13}  ggml types in the file (tensors)",
         "type", "argmax agree", "flips", "hard", "greedy", "rel L2 max", "self max", "rel L2 mean", "self mean", "greedy ok"
     );
-    for r in &rows {
-        match &r.outcome {
-            Err(e) => eprintln!("{:<10} {e}  [{}]", r.label, r.types),
-            Ok((s, g)) => {
-                let ((om, oa), (sm, sa)) = (s.rel_l2(), s.self_rel_l2());
-                let matched: usize = g.iter().map(|g| g.matched).sum();
-                let compared: usize = g.iter().map(|g| g.compared).sum();
-                let full = g.iter().filter(|g| g.divergence.is_none()).count();
-                eprintln!(
-                    "{:<10} {:>14} {:>6} {:>6} {:>9} {:>11.2e} {:>11.2e} {:>11.2e} {:>11.2e} {:>13}  {}",
-                    r.label,
-                    format!("{}/{}", s.agreeing(), s.checked()),
-                    s.flips(),
-                    s.disagreements().count(),
-                    format!("{matched}/{compared}"),
-                    om,
-                    sm,
-                    oa,
-                    sa,
-                    format!("{full}/{} prompts", g.len()),
-                    r.types
-                );
-            }
-        }
-    }
-    assert!(!rows.is_empty(), "SOTTO_QUANT_TYPES selected no row");
-    if only.is_none() {
-        let missing: Vec<_> = ALL_TYPES.iter().filter(|t| !seen.contains(**t)).collect();
-        eprintln!("ggml types covered: {seen:?}; missing: {missing:?}");
-        if !missing.is_empty() {
-            failures.push(format!("no requantized file holds {missing:?}"));
-        }
-    }
+    eprintln!(
+        "{:<10} {:>14} {:>6} {:>6} {:>9} {:>11.2e} {:>11.2e} {:>11.2e} {:>11.2e} {:>13}  {types}",
+        label,
+        format!("{}/{}", summary.agreeing(), summary.checked()),
+        summary.flips(),
+        summary.disagreements().count(),
+        format!("{matched}/{compared}"),
+        om,
+        sm,
+        oa,
+        sa,
+        format!("{full}/{} prompts", greedy.len()),
+    );
     assert!(
         failures.is_empty(),
-        "{} failure(s):\n  {}",
+        "{label}: {} failure(s):\n  {}",
         failures.len(),
         failures.join("\n  ")
     );
+}
+
+macro_rules! rows {
+    ($($name:ident => $label:literal,)*) => {
+        $(
+            #[test]
+            fn $name() {
+                row($label);
+            }
+        )*
+
+        #[test]
+        fn every_row_has_a_test() {
+            let tested = [$($label),*];
+            for c in CASES {
+                assert!(tested.contains(&c.label), "row {} has no test", c.label);
+            }
+        }
+    };
+}
+
+rows! {
+    f16 => "F16",
+    bf16 => "BF16",
+    q8_0 => "Q8_0",
+    q4_0 => "Q4_0",
+    q4_1 => "Q4_1",
+    q5_0 => "Q5_0",
+    q5_1 => "Q5_1",
+    q2_k => "Q2_K",
+    q2_k_pure => "Q2_K-pure",
+    q3_k_m => "Q3_K_M",
+    q4_k_m => "Q4_K_M",
+    q5_k_m => "Q5_K_M",
+    q6_k => "Q6_K",
+    iq4_nl => "IQ4_NL",
+    iq4_xs => "IQ4_XS",
 }
