@@ -12,7 +12,7 @@
 use bytemuck::Zeroable;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::{Rng, SeedableRng};
-use sotto_kernels::dispatch::{available_isas, table_for, VecDotTable};
+use sotto_kernels::dispatch::{available_isas, table_for, KernelTable};
 use sotto_kernels::ops::{matmul_packed_with, matmul_with, PackedMatrix, QMatrix};
 use sotto_kernels::quant::blocks::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use sotto_kernels::quant::{aligned_bytes, quantize_row, AlignedBytes, DType};
@@ -33,7 +33,7 @@ fn quantized(dtype: DType, rows: usize, cols: usize) -> AlignedBytes {
     q
 }
 
-fn tables() -> Vec<&'static VecDotTable> {
+fn tables() -> Vec<&'static KernelTable> {
     available_isas()
         .into_iter()
         .filter_map(|i| table_for(i).ok())
@@ -180,16 +180,16 @@ fn vec_dot(c: &mut Criterion) {
     for t in tables() {
         let isa = t.isa.name();
         c.bench_function(&format!("vec_dot/q4_0/{isa}"), |b| {
-            b.iter(|| (t.q4_0_q8_0)(bytemuck_cast(&w40), bytemuck_cast(&x80)))
+            b.iter(|| (t.q4_0.dot)(bytemuck_cast(&w40), bytemuck_cast(&x80)))
         });
         c.bench_function(&format!("vec_dot/q4_1/{isa}"), |b| {
-            b.iter(|| (t.q4_1_q8_1)(bytemuck_cast(&w41), bytemuck_cast(&x81)))
+            b.iter(|| (t.q4_1.dot)(bytemuck_cast(&w41), bytemuck_cast(&x81)))
         });
         c.bench_function(&format!("vec_dot/q8_0/{isa}"), |b| {
-            b.iter(|| (t.q8_0_q8_0)(bytemuck_cast(&w80), bytemuck_cast(&x80)))
+            b.iter(|| (t.q8_0.dot)(bytemuck_cast(&w80), bytemuck_cast(&x80)))
         });
         c.bench_function(&format!("vec_dot/f16/{isa}"), |b| {
-            b.iter(|| (t.f16_f32)(black_box(&wh), &x))
+            b.iter(|| (t.f16.dot)(black_box(&wh), &x))
         });
     }
 }
@@ -207,13 +207,13 @@ fn quantize(c: &mut Criterion) {
     for t in tables() {
         let isa = t.isa.name();
         c.bench_function(&format!("quantize/q8_0/{isa}"), |b| {
-            b.iter(|| (t.quantize_q8_0)(black_box(&x), &mut q80))
+            b.iter(|| (t.act_q8_0.quantize)(black_box(&x), &mut q80))
         });
         c.bench_function(&format!("quantize/q8_1/{isa}"), |b| {
-            b.iter(|| (t.quantize_q8_1)(black_box(&x), &mut q81))
+            b.iter(|| (t.act_q8_1.quantize)(black_box(&x), &mut q81))
         });
         c.bench_function(&format!("quantize/q8_K/{isa}"), |b| {
-            b.iter(|| (t.quantize_q8_k)(black_box(&x), &mut q8k))
+            b.iter(|| (t.act_q8_k.quantize)(black_box(&x), &mut q8k))
         });
     }
 }

@@ -1,14 +1,13 @@
-//! Conversation histories, one per peer, kept apart by id; in memory or
-//! sealed at rest.
+//! Conversation histories, one per peer, kept apart by id. This is the
+//! simple in-memory store of [`crate::Bridge`]; an
+//! [`crate::AssistantDevice`] keeps its conversations in its sealed
+//! journal ([`crate::journal`]).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
-use prost::Message as _;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
-use crate::error::{malformed, Result};
-use crate::sealed::{SealedFile, StorageKey};
+use crate::error::Result;
 use crate::store::ProtocolAddress;
 
 /// Which conversation a turn belongs to: the peer device's address.
@@ -74,98 +73,5 @@ impl ConversationStore for InMemConversationStore {
     fn append(&mut self, id: &ConversationId, turn: Turn) -> Result<()> {
         self.conversations.entry(id.clone()).or_default().push(turn);
         Ok(())
-    }
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct TurnProto {
-    #[prost(bool, tag = "1")]
-    assistant: bool,
-    #[prost(string, tag = "2")]
-    text: String,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct ConversationProto {
-    #[prost(string, tag = "1")]
-    id: String,
-    #[prost(message, repeated, tag = "2")]
-    turns: Vec<TurnProto>,
-}
-
-#[derive(Clone, PartialEq, prost::Message)]
-struct ConversationsProto {
-    #[prost(message, repeated, tag = "1")]
-    conversations: Vec<ConversationProto>,
-}
-
-const CONVERSATIONS_KIND: u8 = b'C';
-const CONVERSATIONS_VERSION: u8 = 1;
-
-/// Conversations sealed in one file, rewritten atomically on each append.
-#[derive(Debug)]
-pub struct FileConversationStore {
-    file: SealedFile,
-    inner: InMemConversationStore,
-}
-
-impl FileConversationStore {
-    pub fn open(path: impl Into<PathBuf>, key: StorageKey) -> Result<Self> {
-        let file = SealedFile::new(path.into(), key, CONVERSATIONS_KIND, CONVERSATIONS_VERSION);
-        let mut inner = InMemConversationStore::default();
-        if let Some(bytes) = file.load()? {
-            let proto = ConversationsProto::decode(bytes.as_slice())
-                .map_err(|e| malformed("conversation snapshot", e.to_string()))?;
-            for c in proto.conversations {
-                let turns = c
-                    .turns
-                    .into_iter()
-                    .map(|t| Turn {
-                        role: if t.assistant {
-                            Role::Assistant
-                        } else {
-                            Role::User
-                        },
-                        text: t.text,
-                    })
-                    .collect();
-                inner.conversations.insert(ConversationId(c.id), turns);
-            }
-        }
-        Ok(Self { file, inner })
-    }
-
-    fn persist(&self) -> Result<()> {
-        let proto = ConversationsProto {
-            conversations: self
-                .inner
-                .conversations
-                .iter()
-                .map(|(id, turns)| ConversationProto {
-                    id: id.0.clone(),
-                    turns: turns
-                        .iter()
-                        .map(|t| TurnProto {
-                            assistant: t.role == Role::Assistant,
-                            text: t.text.clone(),
-                        })
-                        .collect(),
-                })
-                .collect(),
-        };
-        let mut bytes = proto.encode_to_vec();
-        let result = self.file.store(&bytes);
-        bytes.zeroize();
-        result
-    }
-}
-
-impl ConversationStore for FileConversationStore {
-    fn history(&self, id: &ConversationId) -> Result<Vec<Turn>> {
-        self.inner.history(id)
-    }
-    fn append(&mut self, id: &ConversationId, turn: Turn) -> Result<()> {
-        self.inner.append(id, turn)?;
-        self.persist()
     }
 }

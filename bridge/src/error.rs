@@ -16,7 +16,9 @@ pub enum Error {
     BadSignature(&'static str),
     #[error("message too short: {len} bytes")]
     MessageTooShort { len: usize },
-    #[error("unsupported message version {0:#04x}")]
+    /// The version byte (kept whole) announces a message version other
+    /// than 3 in its high nibble: a legacy (< 3) or PQXDH (4) message.
+    #[error("unsupported message version {version} (version byte {byte:#04x}); only version 3 is spoken", version = .0 >> 4, byte = .0)]
     UnsupportedVersion(u8),
     #[error("malformed {what}: {reason}")]
     Malformed { what: &'static str, reason: String },
@@ -52,12 +54,50 @@ pub enum Error {
     SnapshotVersion { path: String, version: u8 },
     #[error("assistant: {0}")]
     Assistant(#[from] AssistantError),
+    /// A bound of [`crate::Limits`] would be exceeded; nothing changed.
+    #[error("limit reached: {what} (at most {limit})")]
+    LimitExceeded { what: &'static str, limit: usize },
+    /// A record the store's log names has no file.
+    #[error("store record {path} is missing")]
+    StoreRecordMissing { path: String },
+    /// A record file holds another record (swapped or moved).
+    #[error("store record {path} holds another record")]
+    StoreRecordMismatch { path: String },
+    /// A record file (or the log) is older than the rest of the store.
+    #[error("store file {path} was rolled back: generation {found}, expected {expected}")]
+    StoreRollback {
+        path: String,
+        found: u64,
+        expected: u64,
+    },
+    /// Another process has the state directory open.
+    #[error("store directory {path} is in use by another process")]
+    StoreLocked { path: String },
+    /// No unanswered message with this number in the conversation.
+    #[error("no unanswered turn {turn} from {peer}")]
+    UnknownTurn { peer: String, turn: u64 },
+    /// Replies go out in order: turn `oldest` of the same peer comes first.
+    #[error("turn {turn} from {peer} answered before turn {oldest}")]
+    TurnOutOfOrder {
+        peer: String,
+        turn: u64,
+        oldest: u64,
+    },
 }
 
 /// What an [`crate::Assistant`] reports when it cannot produce a reply.
+/// Like [`Error`], it never carries message text.
 #[derive(Debug, Error)]
-#[error("{0}")]
-pub struct AssistantError(pub String);
+#[non_exhaustive]
+pub enum AssistantError {
+    /// The newest message alone does not fit the model's context: it gets
+    /// a short refusal instead of an answer.
+    #[error("the message is {tokens} tokens; the context leaves room for {available}")]
+    MessageTooLong { tokens: usize, available: usize },
+    /// The engine failed.
+    #[error("engine: {0}")]
+    Engine(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -8,6 +8,7 @@ use sha2::Sha256;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::keys::{KeyPair, PublicKey};
+use crate::work::{self, Op};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -87,6 +88,7 @@ pub struct ChainKey {
 
 impl ChainKey {
     pub(crate) fn next(&self) -> ChainKey {
+        work::count(Op::ChainStep);
         ChainKey {
             key: hmac_sha256(&self.key, &[&[CHAIN_KEY_SEED]]),
             index: self.index.wrapping_add(1),
@@ -94,6 +96,7 @@ impl ChainKey {
     }
 
     pub(crate) fn message_keys(&self) -> MessageKeys {
+        work::count(Op::MessageKeys);
         let mut seed = hmac_sha256(&self.key, &[&[MESSAGE_KEY_SEED]]);
         let keys = MessageKeys::derive(&seed, self.index);
         seed.zeroize();

@@ -10,10 +10,21 @@ use subtle::ConstantTimeEq;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::error::{Error, Result};
+use crate::work::{self, Op};
 
 /// The type byte libsignal prefixes to serialized Curve25519 public keys.
 pub const DJB_TYPE: u8 = 0x05;
 pub const SIGNATURE_LEN: usize = 64;
+
+/// XEdDSA's nonce hash is the specification's `hash_1(X)`: SHA-512 of
+/// `2^256 - 1 - 1` (32 bytes little-endian: 0xFE, then 31 bytes 0xFF)
+/// followed by X, domain-separated from any other SHA-512 over the key.
+/// libsignal and python-axolotl-curve25519 use the same prefix.
+const XEDDSA_NONCE_PREFIX: [u8; 32] = {
+    let mut prefix = [0xFFu8; 32];
+    prefix[0] = 0xFE;
+    prefix
+};
 
 /// A Curve25519 (Montgomery u) public key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -147,6 +158,7 @@ impl PrivateKey {
     }
 
     pub fn public_key(&self) -> PublicKey {
+        work::count(Op::X25519);
         PublicKey(x25519_dalek::x25519(
             self.0,
             x25519_dalek::X25519_BASEPOINT_BYTES,
@@ -154,6 +166,7 @@ impl PrivateKey {
     }
 
     pub fn agree(&self, their: &PublicKey) -> SharedSecret {
+        work::count(Op::X25519);
         SharedSecret(x25519_dalek::x25519(self.0, their.0))
     }
 
@@ -170,7 +183,7 @@ impl PrivateKey {
         let ed_public = EdwardsPoint::mul_base(&a).compress();
         let sign_bit = ed_public.as_bytes()[31] & 0x80;
         let mut hash1 = Sha512::new();
-        hash1.update([0xFFu8; 32]);
+        hash1.update(XEDDSA_NONCE_PREFIX);
         hash1.update(self.0);
         hash1.update(message);
         hash1.update(random);

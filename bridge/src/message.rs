@@ -1,5 +1,12 @@
-//! The v3 wire format: `0x33 || protobuf || mac(8)` for SignalMessage and
-//! `0x33 || protobuf` for PreKeySignalMessage.
+//! The v3 wire format: `version || protobuf || mac(8)` for SignalMessage
+//! and `version || protobuf` for PreKeySignalMessage.
+//!
+//! The version byte is `(message_version << 4) | newest_version_of_sender`.
+//! Readers look at the high nibble only: libsignal (protocol.rs) and
+//! python-axolotl both do, and libsignal 0.72 writes 0x34 for a v3 session
+//! (it speaks v4 too). Sessions here are v3 only, so a high nibble of 3 is
+//! accepted whatever the low one says, and anything else is
+//! [`Error::UnsupportedVersion`]. We write 0x33, which both read as v3.
 
 use prost::Message as _;
 use subtle::ConstantTimeEq;
@@ -9,15 +16,24 @@ use crate::kdf::hmac_sha256;
 use crate::keys::{IdentityKey, PublicKey};
 use crate::proto::{PreKeySignalMessageProto, SignalMessageProto};
 
+/// The message (and session) version this bridge speaks: X3DH without
+/// Kyber, the Double Ratchet of libsignal v3.
 pub const CIPHERTEXT_VERSION: u8 = 3;
+/// The version byte we write: version 3, and 3 as the newest we speak.
 pub const VERSION_BYTE: u8 = (CIPHERTEXT_VERSION << 4) | CIPHERTEXT_VERSION;
 pub const MAC_LEN: usize = 8;
 
+/// The message version a version byte announces (its high nibble).
+fn message_version(byte: u8) -> u8 {
+    byte >> 4
+}
+
 fn check_version(byte: u8) -> Result<()> {
-    // High nibble: the sender's version; low nibble: the highest it
-    // accepts. The PreKeySignalMessage's byte is not covered by any MAC,
-    // so only the exact byte v3 peers send is accepted.
-    if byte != VERSION_BYTE {
+    // The low nibble (the sender's newest version) does not matter to a
+    // reader: a v4-capable libsignal writes 0x34 on a v3 session. In a
+    // SignalMessage the byte is MAC-covered; in a PreKeySignalMessage it is
+    // not, like the registration id, and changes nothing it decrypts to.
+    if message_version(byte) != CIPHERTEXT_VERSION {
         return Err(Error::UnsupportedVersion(byte));
     }
     Ok(())
@@ -291,4 +307,84 @@ impl CiphertextMessage {
 pub enum MessageKind {
     PreKey,
     Message,
+}
+
+#[cfg(test)]
+#[allow(clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::keys::KeyPair;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    fn sample() -> (PreKeySignalMessage, [u8; 32], IdentityKey, IdentityKey) {
+        let mut rng = ChaCha20Rng::seed_from_u64(34);
+        let (a, b) = (
+            IdentityKey(KeyPair::generate(&mut rng).public_key),
+            IdentityKey(KeyPair::generate(&mut rng).public_key),
+        );
+        let mac_key = [7u8; 32];
+        let inner = SignalMessage::new(
+            &mac_key,
+            KeyPair::generate(&mut rng).public_key,
+            5,
+            2,
+            vec![1; 16],
+            &a,
+            &b,
+        );
+        let base = KeyPair::generate(&mut rng).public_key;
+        (
+            PreKeySignalMessage::new(9, Some(1), 2, base, a, inner),
+            mac_key,
+            a,
+            b,
+        )
+    }
+
+    /// Every version byte, read as libsignal reads it: the high nibble
+    /// decides, the low nibble (the sender's newest version) does not.
+    #[test]
+    fn version_bytes_are_read_by_their_high_nibble() {
+        let (prekey, mac_key, a, b) = sample();
+        let signal = prekey.message().serialized().to_vec();
+        let outer = prekey.serialized().to_vec();
+        for byte in 0..=u8::MAX {
+            let mut s = signal.clone();
+            s[0] = byte;
+            let mut p = outer.clone();
+            p[0] = byte;
+            let (decoded_signal, decoded_prekey) =
+                (SignalMessage::decode(&s), PreKeySignalMessage::decode(&p));
+            if byte >> 4 == 3 {
+                let m = decoded_signal.unwrap_or_else(|e| panic!("{byte:#04x}: {e}"));
+                // The byte is MAC-covered in a SignalMessage.
+                assert_eq!(m.verify_mac(&a, &b, &mac_key), byte == VERSION_BYTE);
+                let p = decoded_prekey.unwrap_or_else(|e| panic!("{byte:#04x}: {e}"));
+                assert_eq!(p.message(), prekey.message());
+                assert_eq!(p.base_key(), prekey.base_key());
+            } else {
+                for err in [decoded_signal.err(), decoded_prekey.err()] {
+                    assert!(
+                        matches!(err, Some(Error::UnsupportedVersion(b)) if b == byte),
+                        "{byte:#04x}: {err:?}"
+                    );
+                }
+            }
+        }
+        assert!(Error::UnsupportedVersion(0x44)
+            .to_string()
+            .starts_with("unsupported message version 4 (version byte 0x44)"));
+    }
+
+    /// What libsignal 0.72 writes for a v3 session.
+    #[test]
+    fn libsignal_version_byte_0x34_is_version_3() {
+        let (prekey, ..) = sample();
+        let mut p = prekey.serialized().to_vec();
+        p[0] = 0x34;
+        let decoded = PreKeySignalMessage::decode(&p).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(decoded.serialized(), &p[..]);
+        assert_eq!(VERSION_BYTE, 0x33);
+    }
 }

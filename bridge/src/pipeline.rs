@@ -1,18 +1,25 @@
-//! decrypt -> remember -> infer -> encrypt: what the assistant device does
-//! with each incoming envelope.
+//! decrypt -> remember -> infer -> encrypt over any stores, in one call:
+//! [`Bridge`], the minimal pipeline (in memory, no journal). The durable
+//! one, with crash recovery and concurrency, is
+//! [`crate::AssistantDevice`].
 
 use rand_core::{CryptoRng, RngCore};
 use zeroize::Zeroizing;
 
 use crate::conversation::{ConversationId, ConversationStore, Turn};
 use crate::error::{AssistantError, Error, Result};
+use crate::journal::Refusal;
 use crate::message::{CiphertextMessage, MessageKind, PreKeySignalMessage, SignalMessage};
 use crate::prekeys::{PreKeyBundle, PreKeyRecord, SignedPreKeyRecord};
 use crate::session::{message_decrypt, message_encrypt};
 use crate::store::{ProtocolAddress, ProtocolStore};
 
 /// The engine as the bridge sees it. Implementations keep one chat state
-/// per conversation; `history` ends with the newest user turn.
+/// per conversation; `history` ends with the newest user turn. A history
+/// longer than the model's context is shortened by the implementation
+/// (the oldest turns first); a newest message that does not fit on its own
+/// is [`AssistantError::MessageTooLong`], which the bridge answers with a
+/// short encrypted refusal.
 pub trait Assistant: Send {
     fn reply(
         &mut self,
@@ -128,11 +135,11 @@ impl<S: ProtocolStore, C: ConversationStore> Bridge<S, C> {
         let conversation = ConversationId::from(sender);
         self.conversations.append(&conversation, Turn::user(text))?;
         let history = self.conversations.history(&conversation)?;
-        let reply = Zeroizing::new(
-            self.assistant
-                .reply(&conversation, &history)
-                .map_err(Error::Assistant)?,
-        );
+        let reply = Zeroizing::new(match self.assistant.reply(&conversation, &history) {
+            Ok(text) => text,
+            Err(e @ AssistantError::MessageTooLong { .. }) => Refusal::from(&e).text(),
+            Err(e) => return Err(Error::Assistant(e)),
+        });
         drop(history);
         self.conversations
             .append(&conversation, Turn::assistant(reply.as_str()))?;

@@ -5,6 +5,8 @@
 
 #![allow(clippy::derive_partial_eq_without_eq)]
 
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub(crate) struct SignalMessageProto {
     #[prost(bytes = "vec", optional, tag = "1")]
@@ -37,8 +39,30 @@ pub(crate) struct PreKeySignalMessageProto {
 }
 
 // ---- storage (Sotto snapshot v1) ----
+//
+// These hold keys: they are wiped when dropped, and their Debug (which
+// prost::Message requires) prints no field.
 
-#[derive(Clone, PartialEq, prost::Message)]
+macro_rules! redacted_debug {
+    ($($name:ident),*) => {$(
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(concat!(stringify!($name), "(<redacted>)"))
+            }
+        }
+    )*};
+}
+
+redacted_debug!(
+    ChainProto,
+    SkippedKeyProto,
+    PendingPreKeyProto,
+    SessionStateProto,
+    SessionRecordProto
+);
+
+#[derive(Clone, PartialEq, prost::Message, Zeroize, ZeroizeOnDrop)]
+#[prost(skip_debug)]
 pub(crate) struct ChainProto {
     #[prost(bytes = "vec", tag = "1")]
     pub ratchet_public: Vec<u8>,
@@ -48,11 +72,22 @@ pub(crate) struct ChainProto {
     pub chain_key: Vec<u8>,
     #[prost(uint32, tag = "4")]
     pub index: u32,
+    /// Skipped message keys as written before `skipped_packed`; read, no
+    /// longer written.
     #[prost(message, repeated, tag = "5")]
     pub skipped: Vec<SkippedKeyProto>,
+    /// Skipped message keys, oldest first, [`SKIPPED_KEY_LEN`] bytes each:
+    /// `counter (u32 LE) || cipher key (32) || mac key (32) || iv (16)`. One
+    /// buffer instead of three allocations per key: a record at its limits
+    /// holds 410,000 of them and is read for every message.
+    #[prost(bytes = "vec", tag = "6")]
+    pub skipped_packed: Vec<u8>,
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) const SKIPPED_KEY_LEN: usize = 4 + 32 + 32 + 16;
+
+#[derive(Clone, PartialEq, prost::Message, Zeroize, ZeroizeOnDrop)]
+#[prost(skip_debug)]
 pub(crate) struct SkippedKeyProto {
     #[prost(uint32, tag = "1")]
     pub counter: u32,
@@ -64,7 +99,8 @@ pub(crate) struct SkippedKeyProto {
     pub iv: Vec<u8>,
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
+#[derive(Clone, PartialEq, prost::Message, Zeroize, ZeroizeOnDrop)]
+#[prost(skip_debug)]
 pub(crate) struct PendingPreKeyProto {
     #[prost(uint32, optional, tag = "1")]
     pub pre_key_id: Option<u32>,
@@ -74,7 +110,8 @@ pub(crate) struct PendingPreKeyProto {
     pub base_key: Vec<u8>,
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
+#[derive(Clone, PartialEq, prost::Message, Zeroize, ZeroizeOnDrop)]
+#[prost(skip_debug)]
 pub(crate) struct SessionStateProto {
     #[prost(uint32, tag = "1")]
     pub version: u32,
@@ -100,7 +137,8 @@ pub(crate) struct SessionStateProto {
     pub alice_base_key: Vec<u8>,
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
+#[derive(Clone, PartialEq, prost::Message, Zeroize, ZeroizeOnDrop)]
+#[prost(skip_debug)]
 pub(crate) struct SessionRecordProto {
     #[prost(message, optional, tag = "1")]
     pub current: Option<SessionStateProto>,

@@ -1,14 +1,18 @@
 //! X3DH session setup and the Double Ratchet over one [`SessionState`].
 
+use std::collections::VecDeque;
+
 use aes::cipher::{block_padding::Pkcs7, BlockDecryptMut, BlockEncryptMut, KeyIvInit};
 use rand_core::{CryptoRng, RngCore};
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::Zeroizing;
 
 use crate::error::{Error, Result};
-use crate::kdf::{derive_initial_keys, ChainKey, MessageKeys};
+use crate::kdf::{derive_initial_keys, ChainKey, MessageKeys, RootKey};
 use crate::keys::{IdentityKey, IdentityKeyPair, KeyPair, PublicKey};
 use crate::message::SignalMessage;
-use crate::state::{SenderChain, SessionState, MAX_FORWARD_JUMPS, MAX_SKIPPED_KEYS_PER_CHAIN};
+use crate::state::{
+    reserve_wiping, SenderChain, SessionState, MAX_FORWARD_JUMPS, MAX_SKIPPED_KEYS_PER_CHAIN,
+};
 
 type Aes256CbcEnc = cbc::Encryptor<aes::Aes256>;
 type Aes256CbcDec = cbc::Decryptor<aes::Aes256>;
@@ -77,7 +81,7 @@ pub(crate) fn initialize_alice<R: RngCore + CryptoRng>(
             ratchet: sending_ratchet,
             chain_key: sending_chain,
         },
-        receivers: Vec::new(),
+        receivers: VecDeque::new(),
         pending_pre_key: None,
         local_registration_id: 0,
         remote_registration_id: 0,
@@ -120,7 +124,7 @@ pub(crate) fn initialize_bob(p: &BobParameters<'_>) -> SessionState {
             ratchet: p.our_signed_pre_key.clone(),
             chain_key,
         },
-        receivers: Vec::new(),
+        receivers: VecDeque::new(),
         pending_pre_key: None,
         local_registration_id: 0,
         remote_registration_id: 0,
@@ -146,87 +150,175 @@ pub(crate) fn encrypt_signal(state: &mut SessionState, plaintext: &[u8]) -> Sign
     message
 }
 
-/// Decrypts `message`, mutating `state`. Callers pass a copy and keep it
-/// only on success, so any error leaves their state untouched.
-pub(crate) fn decrypt_signal<R: RngCore + CryptoRng>(
-    state: &mut SessionState,
+/// What decrypting one message on one state would change, found without
+/// changing it: [`try_decrypt`] verifies the message, [`commit`] applies.
+/// A forged message therefore never costs a copy of the state.
+pub(crate) struct Verified {
+    plaintext: Zeroizing<Vec<u8>>,
+    /// The peer's new ratchet key started a receiving chain: the root key
+    /// after the receiving half of the DH step, and that chain at index 0.
+    ratchet_step: Option<(RootKey, ChainKey)>,
+    keys: KeySource,
+}
+
+enum KeySource {
+    /// A key kept for a skipped message: receiver chain, position in it.
+    Skipped { chain: usize, position: usize },
+    /// Keys ahead on the chain: message keys for the skipped counters are
+    /// kept from `keep_from`; `at_counter` is the chain key at the
+    /// message's own counter.
+    Ahead {
+        keep_from: ChainKey,
+        at_counter: ChainKey,
+    },
+}
+
+/// Checks `message` against `state` without changing it. `chain_steps_left`
+/// is what the whole search for this message may still spend on chain
+/// steps; a counter further ahead than that is refused before any work.
+pub(crate) fn try_decrypt(
+    state: &SessionState,
     message: &SignalMessage,
-    rng: &mut R,
-) -> Result<Zeroizing<Vec<u8>>> {
-    let their_ratchet = *message.sender_ratchet_key();
-    ensure_receiver_chain(state, &their_ratchet, rng);
-    let keys = message_keys_for(state, &their_ratchet, message.counter())?;
-    if !message.verify_mac(&state.remote_identity, &state.local_identity, &keys.mac_key) {
-        return Err(Error::BadMac);
-    }
-    let plaintext = Aes256CbcDec::new((&keys.cipher_key).into(), (&keys.iv).into())
-        .decrypt_padded_vec_mut::<Pkcs7>(message.ciphertext())
-        .map_err(|_| Error::BadCiphertext)?;
-    state.pending_pre_key = None;
-    Ok(Zeroizing::new(plaintext))
-}
-
-/// A new ratchet key from the peer means a DH ratchet step: derive the
-/// receiving chain for it and a fresh sending chain of ours.
-fn ensure_receiver_chain<R: RngCore + CryptoRng>(
-    state: &mut SessionState,
-    their_ratchet: &PublicKey,
-    rng: &mut R,
-) {
-    if state.receiver_chain_mut(their_ratchet).is_some() {
-        return;
-    }
-    let (root_key, receiver_chain) = state
-        .root_key
-        .create_chain(their_ratchet, &state.sender.ratchet);
-    let our_new_ratchet = KeyPair::generate(rng);
-    let (root_key, sender_chain) = root_key.create_chain(their_ratchet, &our_new_ratchet);
-    state.root_key = root_key;
-    state.add_receiver_chain(*their_ratchet, receiver_chain);
-    state.previous_counter = state.sender.chain_key.index().saturating_sub(1);
-    state.sender = SenderChain {
-        ratchet: our_new_ratchet,
-        chain_key: sender_chain,
+    chain_steps_left: &mut u32,
+) -> Result<Verified> {
+    let their_ratchet = message.sender_ratchet_key();
+    let counter = message.counter();
+    let known = state.receiver_chain_index(their_ratchet);
+    let index = match known {
+        Some(i) => state.receivers[i].chain_key.index(),
+        // A new chain starts at index 0.
+        None => 0,
     };
-}
-
-fn message_keys_for(
-    state: &mut SessionState,
-    their_ratchet: &PublicKey,
-    counter: u32,
-) -> Result<MessageKeys> {
-    let chain = state
-        .receiver_chain_mut(their_ratchet)
-        .ok_or_else(|| Error::Store("receiver chain vanished".into()))?;
-    let index = chain.chain_key.index();
     if index > counter {
-        // An old counter: only a stored skipped key can open it.
-        return match chain.skipped.iter().position(|k| k.counter == counter) {
-            Some(pos) => chain
-                .skipped
-                .remove(pos)
-                .ok_or(Error::DuplicateMessage { counter }),
-            None => Err(Error::DuplicateMessage { counter }),
-        };
+        // An old counter: only a key kept for a skipped message opens it.
+        let chain = known.ok_or(Error::DuplicateMessage { counter })?;
+        let position = state.receivers[chain]
+            .skipped
+            .iter()
+            .position(|k| k.counter == counter)
+            .ok_or(Error::DuplicateMessage { counter })?;
+        let keys = &state.receivers[chain].skipped[position];
+        let plaintext = open(state, message, keys)?;
+        return Ok(Verified {
+            plaintext,
+            ratchet_step: None,
+            keys: KeySource::Skipped { chain, position },
+        });
     }
     let jump = counter - index;
-    if jump > MAX_FORWARD_JUMPS {
+    let limit = MAX_FORWARD_JUMPS.min(*chain_steps_left);
+    if jump > limit {
         return Err(Error::TooFarInFuture {
             counter,
             jump,
-            limit: MAX_FORWARD_JUMPS,
+            limit,
         });
     }
-    let mut chain_key: ChainKey = chain.chain_key.clone();
+    *chain_steps_left -= jump;
+    let (ratchet_step, start) = match known {
+        Some(i) => (None, state.receivers[i].chain_key.clone()),
+        None => {
+            let (root_key, chain_key) = state
+                .root_key
+                .create_chain(their_ratchet, &state.sender.ratchet);
+            (Some((root_key, chain_key.clone())), chain_key)
+        }
+    };
+    // Only the newest MAX_SKIPPED_KEYS_PER_CHAIN skipped keys would be
+    // kept, so walking to the first of them needs chain keys only.
+    let keep_from_index = counter
+        .saturating_sub(MAX_SKIPPED_KEYS_PER_CHAIN as u32)
+        .max(index);
+    let mut chain_key = start;
+    let mut keep_from = None;
     while chain_key.index() < counter {
-        chain.skipped.push_back(chain_key.message_keys());
-        if chain.skipped.len() > MAX_SKIPPED_KEYS_PER_CHAIN {
-            chain.skipped.pop_front();
+        if chain_key.index() == keep_from_index {
+            keep_from = Some(chain_key.clone());
         }
         chain_key = chain_key.next();
     }
     let keys = chain_key.message_keys();
-    chain.chain_key = chain_key.next();
-    chain_key.zeroize();
-    Ok(keys)
+    let plaintext = open(state, message, &keys)?;
+    Ok(Verified {
+        plaintext,
+        ratchet_step,
+        keys: KeySource::Ahead {
+            keep_from: keep_from.unwrap_or_else(|| chain_key.clone()),
+            at_counter: chain_key,
+        },
+    })
+}
+
+/// The MAC over the exact bytes received, then AES-256-CBC.
+fn open(
+    state: &SessionState,
+    message: &SignalMessage,
+    keys: &MessageKeys,
+) -> Result<Zeroizing<Vec<u8>>> {
+    if !message.verify_mac(&state.remote_identity, &state.local_identity, &keys.mac_key) {
+        return Err(Error::BadMac);
+    }
+    Aes256CbcDec::new((&keys.cipher_key).into(), (&keys.iv).into())
+        .decrypt_padded_vec_mut::<Pkcs7>(message.ciphertext())
+        .map(Zeroizing::new)
+        .map_err(|_| Error::BadCiphertext)
+}
+
+/// Applies what [`try_decrypt`] verified on this same `state`: the DH
+/// ratchet step (our new sending chain), skipped keys kept or used, the
+/// receiving chain advanced. Cannot fail, so a state is never left half
+/// updated.
+pub(crate) fn commit<R: RngCore + CryptoRng>(
+    state: &mut SessionState,
+    message: &SignalMessage,
+    verified: Verified,
+    rng: &mut R,
+) -> Zeroizing<Vec<u8>> {
+    let their_ratchet = *message.sender_ratchet_key();
+    let Verified {
+        plaintext,
+        ratchet_step,
+        keys,
+    } = verified;
+    if let Some((root_key, receiver_chain)) = ratchet_step {
+        let our_new_ratchet = KeyPair::generate(rng);
+        let (root_key, sender_chain) = root_key.create_chain(&their_ratchet, &our_new_ratchet);
+        state.root_key = root_key;
+        state.add_receiver_chain(their_ratchet, receiver_chain);
+        state.previous_counter = state.sender.chain_key.index().saturating_sub(1);
+        state.sender = SenderChain {
+            ratchet: our_new_ratchet,
+            chain_key: sender_chain,
+        };
+    }
+    match keys {
+        KeySource::Skipped { chain, position } => {
+            if let Some(c) = state.receivers.get_mut(chain) {
+                c.skipped.remove(position);
+            }
+        }
+        KeySource::Ahead {
+            keep_from,
+            at_counter,
+        } => {
+            if let Some(chain) = state.receiver_chain_mut(&their_ratchet) {
+                // At most MAX_SKIPPED_KEYS_PER_CHAIN are kept (see
+                // try_decrypt): drop the oldest to make room first, so the
+                // chain never holds more than the limit.
+                let kept = at_counter.index().saturating_sub(keep_from.index()) as usize;
+                let excess =
+                    (chain.skipped.len() + kept).saturating_sub(MAX_SKIPPED_KEYS_PER_CHAIN);
+                chain.skipped.drain(..excess.min(chain.skipped.len()));
+                reserve_wiping(&mut chain.skipped, kept, MAX_SKIPPED_KEYS_PER_CHAIN);
+                let mut chain_key = keep_from;
+                while chain_key.index() < at_counter.index() {
+                    chain.skipped.push_back(chain_key.message_keys());
+                    chain_key = chain_key.next();
+                }
+                chain.chain_key = at_counter.next();
+            }
+        }
+    }
+    state.pending_pre_key = None;
+    plaintext
 }

@@ -4,19 +4,25 @@
 use std::collections::VecDeque;
 
 use prost::Message as _;
+use zeroize::Zeroizing;
 
 use crate::error::{malformed, Error, Result};
 use crate::kdf::{ChainKey, MessageKeys, RootKey};
 use crate::keys::{IdentityKey, KeyPair, PrivateKey, PublicKey};
 use crate::proto::{
-    ChainProto, PendingPreKeyProto, SessionRecordProto, SessionStateProto, SkippedKeyProto,
+    ChainProto, PendingPreKeyProto, SessionRecordProto, SessionStateProto, SKIPPED_KEY_LEN,
 };
+use crate::work::{self, Op};
 
 /// libsignal's limits.
 pub const MAX_SKIPPED_KEYS_PER_CHAIN: usize = 2000;
 pub const MAX_FORWARD_JUMPS: u32 = 25_000;
 pub const MAX_RECEIVER_CHAINS: usize = 5;
 pub const ARCHIVED_STATES_MAX: usize = 40;
+/// Chain steps one incoming message may cause in all, over every state it
+/// is tried against: the cost bound of an unauthenticated message (see
+/// `session.rs`).
+pub const MAX_CHAIN_STEPS_PER_MESSAGE: u32 = MAX_FORWARD_JUMPS;
 
 const RECORD_SNAPSHOT_VERSION: u8 = 1;
 
@@ -41,7 +47,6 @@ pub(crate) struct PendingPreKey {
     pub base_key: PublicKey,
 }
 
-#[derive(Clone)]
 pub struct SessionState {
     pub(crate) local_identity: IdentityKey,
     pub(crate) remote_identity: IdentityKey,
@@ -49,11 +54,30 @@ pub struct SessionState {
     pub(crate) previous_counter: u32,
     pub(crate) sender: SenderChain,
     /// Newest last; at most [`MAX_RECEIVER_CHAINS`].
-    pub(crate) receivers: Vec<ReceiverChain>,
+    pub(crate) receivers: VecDeque<ReceiverChain>,
     pub(crate) pending_pre_key: Option<PendingPreKey>,
     pub(crate) local_registration_id: u32,
     pub(crate) remote_registration_id: u32,
     pub(crate) alice_base_key: PublicKey,
+}
+
+// Written out so tests can count copies of whole states (crate::work).
+impl Clone for SessionState {
+    fn clone(&self) -> Self {
+        work::count(Op::StateClone);
+        Self {
+            local_identity: self.local_identity,
+            remote_identity: self.remote_identity,
+            root_key: self.root_key.clone(),
+            previous_counter: self.previous_counter,
+            sender: self.sender.clone(),
+            receivers: self.receivers.clone(),
+            pending_pre_key: self.pending_pre_key.clone(),
+            local_registration_id: self.local_registration_id,
+            remote_registration_id: self.remote_registration_id,
+            alice_base_key: self.alice_base_key,
+        }
+    }
 }
 
 impl std::fmt::Debug for SessionState {
@@ -84,6 +108,12 @@ impl SessionState {
         &self.alice_base_key
     }
 
+    pub(crate) fn receiver_chain_index(&self, ratchet_key: &PublicKey) -> Option<usize> {
+        self.receivers
+            .iter()
+            .position(|c| &c.ratchet_key == ratchet_key)
+    }
+
     pub(crate) fn receiver_chain_mut(
         &mut self,
         ratchet_key: &PublicKey,
@@ -94,13 +124,14 @@ impl SessionState {
     }
 
     pub(crate) fn add_receiver_chain(&mut self, ratchet_key: PublicKey, chain_key: ChainKey) {
-        self.receivers.push(ReceiverChain {
+        reserve_wiping(&mut self.receivers, 1, MAX_RECEIVER_CHAINS + 1);
+        self.receivers.push_back(ReceiverChain {
             ratchet_key,
             chain_key,
             skipped: VecDeque::new(),
         });
         if self.receivers.len() > MAX_RECEIVER_CHAINS {
-            self.receivers.remove(0);
+            self.receivers.pop_front();
         }
     }
 
@@ -114,15 +145,8 @@ impl SessionState {
                 ratchet_private: private.map(|p| p.serialize().to_vec()).unwrap_or_default(),
                 chain_key: ck.key.to_vec(),
                 index: ck.index,
-                skipped: skipped
-                    .iter()
-                    .map(|k| SkippedKeyProto {
-                        counter: k.counter,
-                        cipher_key: k.cipher_key.to_vec(),
-                        mac_key: k.mac_key.to_vec(),
-                        iv: k.iv.to_vec(),
-                    })
-                    .collect(),
+                skipped: Vec::new(),
+                skipped_packed: pack_skipped(skipped),
             }
         };
         SessionStateProto {
@@ -178,9 +202,13 @@ impl SessionState {
             },
             chain_key: chain_key(sender)?,
         };
-        let mut receivers = Vec::with_capacity(p.receiver_chains.len());
+        let mut receivers = VecDeque::with_capacity(p.receiver_chains.len());
         for c in &p.receiver_chains {
-            let mut skipped = VecDeque::with_capacity(c.skipped.len());
+            if c.skipped_packed.len() % SKIPPED_KEY_LEN != 0 {
+                return Err(malformed("session state", "packed skipped keys"));
+            }
+            let mut skipped =
+                VecDeque::with_capacity(c.skipped.len() + c.skipped_packed.len() / SKIPPED_KEY_LEN);
             for k in &c.skipped {
                 skipped.push_back(MessageKeys {
                     cipher_key: key32(&k.cipher_key, "cipher key")?,
@@ -193,7 +221,12 @@ impl SessionState {
                     counter: k.counter,
                 });
             }
-            receivers.push(ReceiverChain {
+            skipped.extend(
+                c.skipped_packed
+                    .chunks_exact(SKIPPED_KEY_LEN)
+                    .map(unpack_skipped),
+            );
+            receivers.push_back(ReceiverChain {
                 ratchet_key: PublicKey::deserialize(&c.ratchet_public)?,
                 chain_key: chain_key(c)?,
                 skipped,
@@ -220,6 +253,65 @@ impl SessionState {
             alice_base_key: PublicKey::deserialize(&p.alice_base_key)?,
         })
     }
+}
+
+/// Skipped keys in the packed layout of `ChainProto::skipped_packed`, in a
+/// buffer sized up front (growing would leave key bytes in freed memory).
+fn pack_skipped(skipped: &VecDeque<MessageKeys>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(skipped.len() * SKIPPED_KEY_LEN);
+    for k in skipped {
+        out.extend_from_slice(&k.counter.to_le_bytes());
+        out.extend_from_slice(&k.cipher_key);
+        out.extend_from_slice(&k.mac_key);
+        out.extend_from_slice(&k.iv);
+    }
+    out
+}
+
+/// One key of the packed layout; `bytes` is [`SKIPPED_KEY_LEN`] long.
+fn unpack_skipped(bytes: &[u8]) -> MessageKeys {
+    let mut keys = MessageKeys {
+        cipher_key: [0; 32],
+        mac_key: [0; 32],
+        iv: [0; 16],
+        counter: 0,
+    };
+    let (counter, rest) = bytes.split_at(4);
+    let (cipher_key, rest) = rest.split_at(32);
+    let (mac_key, iv) = rest.split_at(32);
+    let mut le = [0u8; 4];
+    le.copy_from_slice(counter);
+    keys.counter = u32::from_le_bytes(le);
+    keys.cipher_key.copy_from_slice(cipher_key);
+    keys.mac_key.copy_from_slice(mac_key);
+    keys.iv.copy_from_slice(iv);
+    keys
+}
+
+/// Makes room for `additional` more items without leaving copies of them
+/// in freed memory: when a VecDeque grows, std moves its items to the new
+/// buffer and frees the old one unwiped. Here they are cloned into a new
+/// buffer and the old ones dropped, which wipes them (the keys they hold
+/// zeroize on drop). Items moved around within a buffer (a removal) can
+/// still leave stale bytes in its spare capacity. Capacity doubles, but
+/// never past `most` (the collection's limit) unless `additional` needs it.
+pub(crate) fn reserve_wiping<T: Clone>(items: &mut VecDeque<T>, additional: usize, most: usize) {
+    let needed = items.len().saturating_add(additional);
+    if items.capacity() >= needed {
+        return;
+    }
+    let capacity = needed.max(items.capacity().saturating_mul(2).min(most));
+    let mut grown = VecDeque::with_capacity(capacity);
+    grown.extend(items.iter().cloned());
+    *items = grown;
+}
+
+/// One state of a [`SessionRecord`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum StateRef {
+    Current,
+    /// Index into the archived states, newest first.
+    Archived(usize),
 }
 
 /// The sessions with one peer device: the current one and up to
@@ -261,30 +353,61 @@ impl SessionRecord {
         }
     }
 
-    /// Moves archived state `index` (replaced by `updated`) to current.
-    pub(crate) fn promote_archived(&mut self, index: usize, updated: SessionState) {
-        self.previous.remove(index);
-        self.promote_state(updated);
+    /// Makes archived state `index` current (the old current one is
+    /// archived in its place, newest first).
+    pub(crate) fn promote_archived(&mut self, index: usize) {
+        if let Some(state) = self.previous.remove(index) {
+            self.promote_state(state);
+        }
     }
 
-    pub(crate) fn has_base_key(&self, base_key: &PublicKey) -> bool {
-        self.current
+    /// The state `which` names, if the record has it.
+    pub(crate) fn state_mut(&mut self, which: StateRef) -> Option<&mut SessionState> {
+        match which {
+            StateRef::Current => self.current.as_mut(),
+            StateRef::Archived(i) => self.previous.get_mut(i),
+        }
+    }
+
+    /// Makes `which` the current state.
+    pub(crate) fn promote(&mut self, which: StateRef) {
+        if let StateRef::Archived(i) = which {
+            self.promote_archived(i);
+        }
+    }
+
+    /// Every state, current first, then archived newest first.
+    pub(crate) fn states(&self) -> impl Iterator<Item = (StateRef, &SessionState)> {
+        let current = self.current.iter().map(|s| (StateRef::Current, s));
+        let archived = self
+            .previous
             .iter()
-            .chain(self.previous.iter())
-            .any(|s| &s.alice_base_key == base_key)
+            .enumerate()
+            .map(|(i, s)| (StateRef::Archived(i), s));
+        current.chain(archived)
     }
 
-    /// `version(1) || protobuf`.
-    pub fn serialize(&self) -> Vec<u8> {
+    /// The state set up by the X3DH run with Alice's `base_key`.
+    pub(crate) fn state_with_base_key(&self, base_key: &PublicKey) -> Option<StateRef> {
+        self.states()
+            .find(|(_, s)| &s.alice_base_key == base_key)
+            .map(|(which, _)| which)
+    }
+
+    /// `version(1) || protobuf`, wiped when dropped (it holds every key of
+    /// the session).
+    pub fn serialize(&self) -> Zeroizing<Vec<u8>> {
         let proto = SessionRecordProto {
             current: self.current.as_ref().map(SessionState::to_proto),
             previous: self.previous.iter().map(SessionState::to_proto).collect(),
         };
-        let mut out = Vec::with_capacity(1 + proto.encoded_len());
+        // Sized up front: a Vec that grew would leave key bytes behind in
+        // the buffers it freed.
+        let mut out = Zeroizing::new(Vec::with_capacity(1 + proto.encoded_len()));
         out.push(RECORD_SNAPSHOT_VERSION);
         proto
-            .encode(&mut out)
-            .unwrap_or_else(|_| unreachable!("Vec grows"));
+            .encode(&mut *out)
+            .unwrap_or_else(|_| unreachable!("sized to fit"));
         out
     }
 
@@ -312,5 +435,92 @@ impl SessionRecord {
                 .map(SessionState::from_proto)
                 .collect::<Result<_>>()?,
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::proto::SkippedKeyProto;
+    use crate::session::{message_decrypt, message_encrypt, process_prekey_bundle};
+    use crate::store::{InMemProtocolStore, SessionStore, SignedPreKeyStore};
+    use crate::{IdentityKeyPair, PreKeyBundle, ProtocolAddress, SignedPreKeyRecord};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    /// Bob's record after Alice's fifth message arrived alone: four
+    /// skipped keys.
+    fn record_with_skipped_keys() -> SessionRecord {
+        let ok = |r: Result<()>| r.unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = ChaCha20Rng::seed_from_u64(12);
+        let (a_id, b_id) = (
+            IdentityKeyPair::generate(&mut rng),
+            IdentityKeyPair::generate(&mut rng),
+        );
+        let mut alice = InMemProtocolStore::new(a_id, 1);
+        let mut bob = InMemProtocolStore::new(b_id.clone(), 2);
+        let signed = SignedPreKeyRecord::generate(1, 0, &b_id, &mut rng);
+        let bundle = PreKeyBundle::from_records(2, 1, *b_id.identity_key(), &signed, None);
+        ok(bob.save_signed_pre_key(signed));
+        let (a, b) = (ProtocolAddress::new("a", 1), ProtocolAddress::new("b", 1));
+        ok(process_prekey_bundle(&b, &bundle, &mut alice, &mut rng));
+        let mut last = None;
+        for _ in 0..5 {
+            last = message_encrypt(b"m", &b, &mut alice).ok();
+        }
+        let last = last.unwrap_or_else(|| panic!("nothing sent"));
+        message_decrypt(&last, &a, &mut bob, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        bob.load_session(&a)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no record"))
+    }
+
+    /// Records written with one protobuf message per skipped key (before
+    /// the packed layout) still load, to the same keys.
+    #[test]
+    fn skipped_keys_load_from_both_layouts() {
+        let record = record_with_skipped_keys();
+        let packed = record.serialize();
+        let mut proto = SessionRecordProto::decode(&packed[1..]).unwrap_or_else(|e| panic!("{e}"));
+        let mut moved = 0;
+        for state in proto.current.iter_mut().chain(proto.previous.iter_mut()) {
+            for chain in &mut state.receiver_chains {
+                chain.skipped = chain
+                    .skipped_packed
+                    .chunks_exact(SKIPPED_KEY_LEN)
+                    .map(unpack_skipped)
+                    .map(|k| SkippedKeyProto {
+                        counter: k.counter,
+                        cipher_key: k.cipher_key.to_vec(),
+                        mac_key: k.mac_key.to_vec(),
+                        iv: k.iv.to_vec(),
+                    })
+                    .collect();
+                moved += chain.skipped.len();
+                chain.skipped_packed.clear();
+            }
+        }
+        assert_eq!(moved, 4);
+        let mut legacy = vec![RECORD_SNAPSHOT_VERSION];
+        legacy.extend(proto.encode_to_vec());
+        assert_ne!(&legacy[..], &packed[..]);
+        let reloaded = SessionRecord::deserialize(&legacy).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reloaded.serialize(), packed);
+        // A packed buffer cut mid-key is malformed, not a panic.
+        let mut proto = SessionRecordProto::decode(&packed[1..]).unwrap_or_else(|e| panic!("{e}"));
+        if let Some(chain) = proto
+            .current
+            .as_mut()
+            .and_then(|s| s.receiver_chains.first_mut())
+        {
+            chain.skipped_packed.pop();
+        }
+        let mut cut = vec![RECORD_SNAPSHOT_VERSION];
+        cut.extend(proto.encode_to_vec());
+        assert!(matches!(
+            SessionRecord::deserialize(&cut),
+            Err(Error::Malformed { .. })
+        ));
     }
 }

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 
+use zeroize::Zeroizing;
+
 use crate::error::{Error, Result};
 use crate::keys::{IdentityKey, IdentityKeyPair};
 use crate::prekeys::{PreKeyRecord, SignedPreKeyRecord};
@@ -58,6 +60,9 @@ pub trait PreKeyStore {
 pub trait SignedPreKeyStore {
     fn get_signed_pre_key(&self, id: u32) -> Result<SignedPreKeyRecord>;
     fn save_signed_pre_key(&mut self, record: SignedPreKeyRecord) -> Result<()>;
+    /// Removes a signed prekey (rotated out); removing an unknown id is not
+    /// an error.
+    fn remove_signed_pre_key(&mut self, id: u32) -> Result<()>;
 }
 
 pub trait SessionStore {
@@ -139,11 +144,29 @@ impl SignedPreKeyStore for InMemSignedPreKeyStore {
         self.keys.insert(record.id, record);
         Ok(())
     }
+    fn remove_signed_pre_key(&mut self, id: u32) -> Result<()> {
+        self.keys.remove(&id);
+        Ok(())
+    }
 }
 
-#[derive(Clone, Debug, Default)]
+/// Session records kept serialized (each load is a fresh copy, so a failed
+/// decryption cannot touch the stored one) and wiped when replaced or
+/// dropped.
+#[derive(Clone, Default)]
 pub struct InMemSessionStore {
-    pub(crate) sessions: HashMap<ProtocolAddress, Vec<u8>>,
+    pub(crate) sessions: HashMap<ProtocolAddress, Zeroizing<Vec<u8>>>,
+}
+
+/// The records hold every session key: Debug shows who, never what.
+impl std::fmt::Debug for InMemSessionStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut peers: Vec<_> = self.sessions.keys().map(ToString::to_string).collect();
+        peers.sort();
+        f.debug_struct("InMemSessionStore")
+            .field("peers", &peers)
+            .finish_non_exhaustive()
+    }
 }
 
 impl SessionStore for InMemSessionStore {
@@ -210,6 +233,9 @@ impl SignedPreKeyStore for InMemProtocolStore {
     }
     fn save_signed_pre_key(&mut self, r: SignedPreKeyRecord) -> Result<()> {
         self.signed_pre_keys.save_signed_pre_key(r)
+    }
+    fn remove_signed_pre_key(&mut self, id: u32) -> Result<()> {
+        self.signed_pre_keys.remove_signed_pre_key(id)
     }
 }
 impl SessionStore for InMemProtocolStore {

@@ -2,18 +2,18 @@
 //! cached; `SOTTO_ISA=scalar|avx2|avxvnni|avx512|vnni|neon|dotprod|i8mm` forces a path
 //! (an unavailable forced path is an error, never a silent downgrade).
 //!
-//! CONTRACT: `VecDotTable` has one field per (weight, activation) pair; every
-//! field of the scalar table points at the reference in `quant/<type>.rs`;
-//! per-ISA tables start from the scalar one and override what they implement
-//! (`VecDotTable { field: kernel, ..scalar }`), so adding a field never breaks
-//! an architecture's table.
+//! CONTRACT: [`KernelTable`] has one [`WeightRow`] per weight type and one
+//! [`ActivationRow`] per activation type, keyed by the block type (the
+//! registry in `crate::quant` generates both lists); a weight type reaches
+//! its activation quantizer through its `Act` type's row. Every row of the
+//! scalar table holds the references of `quant/<type>.rs`; per-ISA tables
+//! start from the tier below and override what they implement
+//! (`KernelTable { q4_0: WeightRow { dot: kernel, ..t.q4_0 }, ..t }`), so a
+//! new type or entry never breaks an architecture's table.
 
-use crate::quant::blocks::*;
-use crate::quant::{float, q4_0, q4_1, q4_k, q5_k, q6_k, q8_0, q8_1, q8_k};
+use crate::quant::{float, registry, ActivationBlock, WeightBlock};
 use crate::{Error, Result};
-#[cfg(test)]
-use bytemuck::Zeroable;
-use half::{bf16, f16};
+use half::f16;
 use std::sync::OnceLock;
 
 /// Dot product of `w` and `a` (same element count; kernels use the shorter).
@@ -35,7 +35,7 @@ pub type GemmFn<W, A> = fn(w: &[W], a: &[A], bpr: usize, out: &mut [f32]);
 /// [`crate::quant::x16::gemm_ref`] is the reference.
 pub type X16GemmFn<A> = fn(packed: &[u8], rows: usize, a: &[A], bpr: usize, out: &mut [f32]);
 
-/// What a table without a [`GemmFn`] for a pair does: one `dot` per output,
+/// What a table without a [`GemmFn`] for a type does: one `dot` per output,
 /// weight row outer so the row stays hot in L1 across the columns. Also the
 /// reference the gemm kernels are tested against.
 pub fn gemm_by_dots<W, A>(dot: VecDotFn<W, A>, w: &[W], a: &[A], bpr: usize, out: &mut [f32]) {
@@ -65,34 +65,93 @@ pub(crate) fn gemm_shape_ok<W, A>(w: &[W], a: &[A], bpr: usize, out: &[f32]) -> 
             .is_some_and(|n| n <= out.len())
 }
 
-#[derive(Clone, Copy, Debug)]
-pub struct VecDotTable {
-    pub isa: crate::dispatch::Isa,
-    pub q4_0_q8_0: VecDotFn<BlockQ4_0, BlockQ8_0>,
-    pub q4_1_q8_1: VecDotFn<BlockQ4_1, BlockQ8_1>,
-    pub q8_0_q8_0: VecDotFn<BlockQ8_0, BlockQ8_0>,
-    pub q4_k_q8_k: VecDotFn<BlockQ4K, BlockQ8K>,
-    pub q5_k_q8_k: VecDotFn<BlockQ5K, BlockQ8K>,
-    pub q6_k_q8_k: VecDotFn<BlockQ6K, BlockQ8K>,
-    pub f16_f32: VecDotFn<f16, f32>,
-    pub bf16_f32: VecDotFn<bf16, f32>,
-    pub f32_f32: VecDotFn<f32, f32>,
-    pub quantize_q8_0: QuantizeFn<BlockQ8_0>,
-    pub quantize_q8_1: QuantizeFn<BlockQ8_1>,
-    pub quantize_q8_k: QuantizeFn<BlockQ8K>,
-    /// Attention's value accumulation over the f16 KV cache.
-    pub axpy_f16: AxpyFn<f16>,
-    /// Multi-row / multi-column kernels; `None` means [`gemm_by_dots`] over
-    /// the single dot above.
-    pub q4_0_q8_0_gemm: Option<GemmFn<BlockQ4_0, BlockQ8_0>>,
-    pub q4_1_q8_1_gemm: Option<GemmFn<BlockQ4_1, BlockQ8_1>>,
-    pub q8_0_q8_0_gemm: Option<GemmFn<BlockQ8_0, BlockQ8_0>>,
-    /// Gemm kernels over x16-packed weights; a table with one of these
-    /// wants that weight type packed at load time (`None`: keep the file's
-    /// layout).
-    pub q4_0_q8_0_x16: Option<X16GemmFn<BlockQ8_0>>,
-    pub q4_1_q8_1_x16: Option<X16GemmFn<BlockQ8_1>>,
-    pub q8_0_q8_0_x16: Option<X16GemmFn<BlockQ8_0>>,
+/// The kernels of one weight type (ggml's `type_traits_cpu` row): its dot
+/// against its activation type, and optionally a multi-row gemm over the
+/// file's layout and one over the x16 panels (a table with an `x16` entry
+/// wants the type repacked at load time).
+#[derive(Debug)]
+pub struct WeightRow<W: WeightBlock> {
+    pub dot: VecDotFn<W, W::Act>,
+    /// `None`: [`gemm_by_dots`] over `dot`.
+    pub gemm: Option<GemmFn<W, W::Act>>,
+    /// `None`: keep the file's layout. Only for types with an x16 layout
+    /// (`WeightBlock::X16_FIELDS`).
+    pub x16: Option<X16GemmFn<W::Act>>,
+}
+
+impl<W: WeightBlock> Clone for WeightRow<W> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<W: WeightBlock> Copy for WeightRow<W> {}
+
+impl<W: WeightBlock> WeightRow<W> {
+    /// The scalar reference row.
+    pub const fn reference() -> WeightRow<W> {
+        WeightRow {
+            dot: W::vec_dot_ref,
+            gemm: None,
+            x16: None,
+        }
+    }
+}
+
+/// The kernels of one activation type: its quantizer.
+#[derive(Debug)]
+pub struct ActivationRow<A: ActivationBlock> {
+    pub quantize: QuantizeFn<A>,
+}
+
+impl<A: ActivationBlock> Clone for ActivationRow<A> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<A: ActivationBlock> Copy for ActivationRow<A> {}
+
+impl<A: ActivationBlock> ActivationRow<A> {
+    /// The scalar reference row.
+    pub const fn reference() -> ActivationRow<A> {
+        ActivationRow {
+            quantize: A::quantize_ref,
+        }
+    }
+}
+
+/// Builds [`KernelTable`] and [`SCALAR`] from the registry.
+macro_rules! define_table {
+    (() $($d:ident = $b:ty $([weight $w:ident])? $([act $a:ident])?,)*) => {
+        /// One ISA's kernels: a row per weight type and per activation type
+        /// (see the module docs), and attention's f16 axpy.
+        #[derive(Clone, Copy, Debug)]
+        pub struct KernelTable {
+            pub isa: Isa,
+            $($(pub $w: WeightRow<$b>,)? $(pub $a: ActivationRow<$b>,)?)*
+            /// Attention's value accumulation over the f16 KV cache.
+            pub axpy_f16: AxpyFn<f16>,
+        }
+
+        /// The scalar references: correct everywhere, the baseline every SIMD
+        /// table starts from and is tested against.
+        pub const SCALAR: KernelTable = KernelTable {
+            isa: Isa::Scalar,
+            $($($w: WeightRow::reference(),)? $($a: ActivationRow::reference(),)?)*
+            axpy_f16: float::axpy_f16,
+        };
+    };
+}
+registry!([define_table]);
+
+impl KernelTable {
+    /// The row of weight type `W`.
+    pub fn weight<W: WeightBlock>(&self) -> &WeightRow<W> {
+        W::weight_row(self)
+    }
+    /// The quantizer of activation type `A`.
+    pub fn quantizer<A: ActivationBlock>(&self) -> QuantizeFn<A> {
+        A::activation_row(self).quantize
+    }
 }
 
 /// Instruction-set paths, from the portable reference up (on each
@@ -153,44 +212,18 @@ impl std::fmt::Display for Isa {
     }
 }
 
-/// The scalar references: correct everywhere, the baseline every SIMD table
-/// starts from and is tested against.
-pub const SCALAR: VecDotTable = VecDotTable {
-    isa: Isa::Scalar,
-    q4_0_q8_0: q4_0::vec_dot,
-    q4_1_q8_1: q4_1::vec_dot,
-    q8_0_q8_0: q8_0::vec_dot,
-    q4_k_q8_k: q4_k::vec_dot,
-    q5_k_q8_k: q5_k::vec_dot,
-    q6_k_q8_k: q6_k::vec_dot,
-    f16_f32: float::vec_dot_f16,
-    bf16_f32: float::vec_dot_bf16,
-    f32_f32: float::vec_dot_f32,
-    quantize_q8_0: q8_0::quantize_row,
-    quantize_q8_1: q8_1::quantize_row,
-    quantize_q8_k: q8_k::quantize_row,
-    axpy_f16: float::axpy_f16,
-    q4_0_q8_0_gemm: None,
-    q4_1_q8_1_gemm: None,
-    q8_0_q8_0_gemm: None,
-    q4_0_q8_0_x16: None,
-    q4_1_q8_1_x16: None,
-    q8_0_q8_0_x16: None,
-};
-
-/// Builds the table of `isa` if this CPU can run it.
-fn build(isa: Isa) -> Option<VecDotTable> {
-    match isa {
-        Isa::Scalar => Some(SCALAR),
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 | Isa::AvxVnni | Isa::Avx512 | Isa::Vnni => {
-            crate::arch::x86_64::table(isa, SCALAR)
-        }
-        #[cfg(target_arch = "aarch64")]
-        Isa::Neon | Isa::Dotprod | Isa::I8mm => crate::arch::aarch64::table(isa, SCALAR),
-        #[allow(unreachable_patterns)]
-        _ => None,
+/// Builds the table of `isa` if this CPU can run it (each architecture's
+/// `table` refuses the other architectures' paths).
+fn build(isa: Isa) -> Option<KernelTable> {
+    if isa == Isa::Scalar {
+        return Some(SCALAR);
     }
+    #[cfg(target_arch = "x86_64")]
+    return crate::arch::x86_64::table(isa, SCALAR);
+    #[cfg(target_arch = "aarch64")]
+    return crate::arch::aarch64::table(isa, SCALAR);
+    #[allow(unreachable_code)]
+    None
 }
 
 /// Every path this CPU can run, best last.
@@ -203,8 +236,8 @@ pub fn available_isas() -> Vec<Isa> {
 
 /// The table of a specific path (tests and benches run every available one
 /// in one process). Built once per path.
-pub fn table_for(isa: Isa) -> Result<&'static VecDotTable> {
-    static TABLES: [OnceLock<Option<VecDotTable>>; Isa::ALL.len()] =
+pub fn table_for(isa: Isa) -> Result<&'static KernelTable> {
+    static TABLES: [OnceLock<Option<KernelTable>>; Isa::ALL.len()] =
         [const { OnceLock::new() }; Isa::ALL.len()];
     let idx = Isa::ALL.iter().position(|&i| i == isa).unwrap_or(0);
     TABLES[idx]
@@ -214,7 +247,7 @@ pub fn table_for(isa: Isa) -> Result<&'static VecDotTable> {
 }
 
 /// The best path of this CPU, or the one `SOTTO_ISA` names.
-fn select(forced: Option<&str>) -> Result<&'static VecDotTable> {
+fn select(forced: Option<&str>) -> Result<&'static KernelTable> {
     match forced {
         Some(name) if !name.trim().is_empty() => table_for(Isa::parse(name)?),
         _ => {
@@ -230,10 +263,11 @@ fn select(forced: Option<&str>) -> Result<&'static VecDotTable> {
 
 /// The process-wide table, chosen once. An engine calls this at start-up so
 /// a bad `SOTTO_ISA` (unknown, or unavailable on this CPU) is reported
-/// instead of silently running another path. The ops call it too and
-/// propagate the same error.
-pub fn try_table() -> Result<&'static VecDotTable> {
-    static CHOSEN: OnceLock<Result<&'static VecDotTable>> = OnceLock::new();
+/// instead of silently running another path, and hands the table down; the
+/// ops' convenience entries without a table (`ops::matmul`, …) use it too
+/// and propagate the same error.
+pub fn try_table() -> Result<&'static KernelTable> {
+    static CHOSEN: OnceLock<Result<&'static KernelTable>> = OnceLock::new();
     CHOSEN
         .get_or_init(|| select(std::env::var("SOTTO_ISA").ok().as_deref()))
         .clone()
@@ -241,20 +275,28 @@ pub fn try_table() -> Result<&'static VecDotTable> {
 
 /// Infallible access for diagnostics: the chosen table, or the scalar one
 /// when `SOTTO_ISA` is invalid (whose error [`try_table`] reports).
-pub fn table() -> &'static VecDotTable {
+pub fn table() -> &'static KernelTable {
     try_table().unwrap_or(&SCALAR)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::quant::{aligned_bytes, quantize_row, test_data::random_row, DType};
-    use bytemuck::Pod;
+    use crate::quant::test_data::random_row;
+    use crate::quant::x16;
+    use crate::quant::{with_weight_block, DType, QuantBlock};
+    use bytemuck::Zeroable;
 
-    fn blocks<B: Pod>(dtype: DType, x: &[f32]) -> Vec<B> {
-        let mut q = aligned_bytes(dtype.row_bytes(x.len()).unwrap_or(0));
-        quantize_row(dtype, x, q.as_bytes_mut()).unwrap();
-        bytemuck::cast_slice(q.as_bytes()).to_vec()
+    fn blocks<B: QuantBlock>(x: &[f32]) -> Vec<B> {
+        let mut b = vec![B::zeroed(); x.len() / B::ELEMS];
+        B::quantize_ref(x, &mut b);
+        b
+    }
+
+    fn dequantized<B: QuantBlock>(b: &[B]) -> Vec<f32> {
+        let mut y = vec![0f32; b.len() * B::ELEMS];
+        B::dequantize_ref(b, &mut y);
+        y
     }
 
     fn close(got: f32, want: f32, scale: f32, budget: f32, what: &str) {
@@ -264,141 +306,104 @@ mod tests {
         );
     }
 
-    /// Every entry of every available table against the scalar reference,
-    /// over several lengths (odd block counts and float tails included).
+    /// `x` (`nb` blocks of `A`) quantized by `t` and by the reference give
+    /// the same values within one code step (the SIMD quantizers round
+    /// ties to even where some references round them away from zero).
+    fn check_activation_row<A: ActivationBlock>(isa: Isa, t: &KernelTable, x: &[f32]) {
+        let (mut got, mut want) = (
+            vec![A::zeroed(); x.len() / A::ELEMS],
+            vec![A::zeroed(); x.len() / A::ELEMS],
+        );
+        (t.quantizer::<A>())(x, &mut got);
+        A::quantize_ref(x, &mut want);
+        let (g, w) = (dequantized(&got), dequantized(&want));
+        for (i, (xb, (gb, wb))) in x
+            .chunks(A::ELEMS.max(32))
+            .zip(g.chunks(A::ELEMS.max(32)).zip(w.chunks(A::ELEMS.max(32))))
+            .enumerate()
+        {
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (p, q) in gb.iter().zip(wb) {
+                close(
+                    *p,
+                    *q,
+                    amax,
+                    1.01 / 127.0,
+                    &format!("{isa} quantize {} block {i}", A::DTYPE),
+                );
+            }
+        }
+    }
+
+    /// Block counts per length: odd and even counts of every block size,
+    /// and float lengths with tails past the SIMD widths.
+    fn block_counts(elems: usize) -> &'static [usize] {
+        match elems {
+            1 => &[256, 1536, 1003, 224, 17],
+            32 => &[1, 3, 7, 48, 72],
+            _ => &[1, 3, 6, 9],
+        }
+    }
+
+    /// The dot and the activation quantizer of `W`'s row in `t` against the
+    /// references, over several lengths.
+    fn check_weight_row<W: WeightBlock>(isa: Isa, t: &KernelTable) {
+        let row = t.weight::<W>();
+        for (k, &nb) in block_counts(W::ELEMS).iter().enumerate() {
+            let n = nb * W::ELEMS;
+            let seed = (W::DTYPE as u64) << 8 | k as u64;
+            let (w, x) = (random_row(n, seed), random_row(n, seed + 77));
+            let l1 = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum::<f32>();
+            let what = format!("{isa} {} n={n}", W::DTYPE);
+            let (wb, ab): (Vec<W>, Vec<W::Act>) = (blocks(&w), blocks(&x));
+            close(
+                (row.dot)(&wb, &ab),
+                W::vec_dot_ref(&wb, &ab),
+                l1,
+                1e-5,
+                &format!("{what} dot"),
+            );
+            // the activations the ops quantize for this type, through its
+            // activation type's row: the same dot within one code step
+            check_activation_row::<W::Act>(isa, t, &x);
+            let mut fast = vec![<W::Act>::zeroed(); ab.len()];
+            (t.quantizer::<W::Act>())(&x, &mut fast);
+            let wl1: f32 = dequantized(&wb).iter().map(|v| v.abs()).sum();
+            let xmax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            close(
+                W::vec_dot_ref(&wb, &fast),
+                W::vec_dot_ref(&wb, &ab),
+                wl1 * xmax,
+                1.01 / 127.0,
+                &format!("{what} dot on the table's activations"),
+            );
+        }
+    }
+
+    /// Every row of every available table against the scalar references.
     #[test]
     fn every_table_entry_matches_scalar() {
         for isa in available_isas() {
             let t = table_for(isa).unwrap();
-            for (seed, n) in [(1u64, 256usize), (2, 1536), (3, 2304), (4, 32 * 7)] {
-                let w = random_row(n, seed);
-                let x = random_row(n, seed + 77);
-                let l1 = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum::<f32>();
-                let what = |k: &str| format!("{isa} {k} n={n}");
-                let q8_0: Vec<BlockQ8_0> = blocks(DType::Q8_0, &x);
-                let q8_1: Vec<BlockQ8_1> = blocks(DType::Q8_1, &x);
-                close(
-                    (t.q4_0_q8_0)(&blocks(DType::Q4_0, &w), &q8_0),
-                    (SCALAR.q4_0_q8_0)(&blocks(DType::Q4_0, &w), &q8_0),
-                    l1,
-                    1e-5,
-                    &what("q4_0"),
-                );
-                close(
-                    (t.q4_1_q8_1)(&blocks(DType::Q4_1, &w), &q8_1),
-                    (SCALAR.q4_1_q8_1)(&blocks(DType::Q4_1, &w), &q8_1),
-                    l1,
-                    1e-5,
-                    &what("q4_1"),
-                );
-                close(
-                    (t.q8_0_q8_0)(&blocks(DType::Q8_0, &w), &q8_0),
-                    (SCALAR.q8_0_q8_0)(&blocks(DType::Q8_0, &w), &q8_0),
-                    l1,
-                    1e-5,
-                    &what("q8_0"),
-                );
-                if n % 256 == 0 {
-                    let q8_k: Vec<BlockQ8K> = blocks(DType::Q8_K, &x);
-                    close(
-                        (t.q4_k_q8_k)(&blocks(DType::Q4_K, &w), &q8_k),
-                        (SCALAR.q4_k_q8_k)(&blocks(DType::Q4_K, &w), &q8_k),
-                        l1,
-                        1e-5,
-                        &what("q4_K"),
-                    );
-                    close(
-                        (t.q5_k_q8_k)(&blocks(DType::Q5_K, &w), &q8_k),
-                        (SCALAR.q5_k_q8_k)(&blocks(DType::Q5_K, &w), &q8_k),
-                        l1,
-                        1e-5,
-                        &what("q5_K"),
-                    );
-                    close(
-                        (t.q6_k_q8_k)(&blocks(DType::Q6_K, &w), &q8_k),
-                        (SCALAR.q6_k_q8_k)(&blocks(DType::Q6_K, &w), &q8_k),
-                        l1,
-                        1e-5,
-                        &what("q6_K"),
-                    );
-                    let (mut a, mut b) = (
-                        vec![BlockQ8K::zeroed(); n / 256],
-                        vec![BlockQ8K::zeroed(); n / 256],
-                    );
-                    (t.quantize_q8_k)(&x, &mut a);
-                    (SCALAR.quantize_q8_k)(&x, &mut b);
-                    for (a, b) in a.iter().zip(&b) {
-                        close(a.d, b.d, b.d.abs(), 1e-6, &what("quantize_q8_k d"));
-                        assert!(
-                            a.qs.iter().zip(&b.qs).all(|(p, q)| (p - q).abs() <= 1),
-                            "{}",
-                            what("quantize_q8_k")
-                        );
-                    }
-                }
-                let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
-                let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
-                close(
-                    (t.f16_f32)(&wh, &x),
-                    (SCALAR.f16_f32)(&wh, &x),
-                    l1,
-                    1e-5,
-                    &what("f16"),
-                );
-                close(
-                    (t.bf16_f32)(&wb, &x),
-                    (SCALAR.bf16_f32)(&wb, &x),
-                    l1,
-                    1e-5,
-                    &what("bf16"),
-                );
-                close(
-                    (t.f32_f32)(&w, &x),
-                    (SCALAR.f32_f32)(&w, &x),
-                    l1,
-                    1e-5,
-                    &what("f32"),
-                );
+            for &d in DType::ALL {
+                with_weight_block!(d, W => check_weight_row::<W>(isa, t), ());
+            }
+            for n in [1usize, 7, 16, 1000] {
+                let wh: Vec<f16> = random_row(n, n as u64)
+                    .iter()
+                    .map(|&v| f16::from_f32(v))
+                    .collect();
+                let x = random_row(n, 3 + n as u64);
                 let (mut ya, mut yb) = (x.clone(), x.clone());
                 (t.axpy_f16)(0.37, &wh, &mut ya);
                 (SCALAR.axpy_f16)(0.37, &wh, &mut yb);
                 for (a, b) in ya.iter().zip(&yb) {
-                    close(*a, *b, b.abs() + 1.0, 1e-6, &what("axpy_f16"));
-                }
-                // activation quantizers: same scale, codes within one step
-                let (mut a, mut b) = (
-                    vec![BlockQ8_0::zeroed(); n / 32],
-                    vec![BlockQ8_0::zeroed(); n / 32],
-                );
-                (t.quantize_q8_0)(&x, &mut a);
-                (SCALAR.quantize_q8_0)(&x, &mut b);
-                for (a, b) in a.iter().zip(&b) {
-                    assert_eq!(a.d, b.d, "{}", what("quantize_q8_0 d"));
-                    assert!(
-                        a.qs.iter().zip(&b.qs).all(|(p, q)| (p - q).abs() <= 1),
-                        "{}",
-                        what("quantize_q8_0")
-                    );
-                }
-                let (mut a, mut b) = (
-                    vec![BlockQ8_1::zeroed(); n / 32],
-                    vec![BlockQ8_1::zeroed(); n / 32],
-                );
-                (t.quantize_q8_1)(&x, &mut a);
-                (SCALAR.quantize_q8_1)(&x, &mut b);
-                for (a, b) in a.iter().zip(&b) {
-                    assert_eq!(a.d, b.d, "{}", what("quantize_q8_1 d"));
                     close(
-                        a.s.to_f32(),
-                        b.s.to_f32(),
-                        32.0 * a.d.to_f32(),
-                        0.1,
-                        &what("quantize_q8_1 s"),
-                    );
-                    assert!(
-                        a.qs.iter().zip(&b.qs).all(|(p, q)| (p - q).abs() <= 1),
-                        "{}",
-                        what("quantize_q8_1")
+                        *a,
+                        *b,
+                        b.abs() + 1.0,
+                        1e-6,
+                        &format!("{isa} axpy_f16 n={n}"),
                     );
                 }
             }
@@ -424,12 +429,10 @@ mod tests {
     /// `got` against `want` (`[cols][rows]` products of the rows of `wf`
     /// and the columns of `xf`, `n` elements each) within 1e-5 of each
     /// product's L1 magnitude.
-    #[allow(clippy::too_many_arguments)]
     fn products_close(
         got: &[f32],
         want: &[f32],
-        wf: &[f32],
-        xf: &[f32],
+        (wf, xf): (&[f32], &[f32]),
         rows: usize,
         n: usize,
         what: &str,
@@ -445,96 +448,84 @@ mod tests {
         }
     }
 
-    /// Every gemm entry of every available table against single scalar dots,
-    /// over row counts around the 16-row panel and the 4/2-row tiles, column
-    /// counts around the 8/4/2/1 column groups, and short and long rows.
-    #[test]
-    fn every_gemm_entry_matches_scalar_dots() {
-        fn check<W: Pod, A: Pod>(
-            isa: Isa,
-            what: &str,
-            gemm: Option<GemmFn<W, A>>,
-            dot: VecDotFn<W, A>,
-            (wd, ad): (DType, DType),
-        ) {
-            let Some(gemm) = gemm else { return };
-            for (rows, cols, bpr) in GEMM_SHAPES {
-                let n = bpr * QK;
-                let wf = random_row(rows * n, (rows * 31 + bpr) as u64);
-                let xf = random_row(cols * n, (cols * 17 + bpr) as u64);
-                let w: Vec<W> = blocks(wd, &wf);
-                let a: Vec<A> = blocks(ad, &xf);
-                let mut got = vec![f32::NAN; rows * cols];
-                let mut want = vec![0f32; rows * cols];
-                gemm(&w, &a, bpr, &mut got);
-                gemm_by_dots(dot, &w, &a, bpr, &mut want);
-                let what = format!("{isa} {what} gemm {rows}x{cols}x{bpr}");
-                products_close(&got, &want, &wf, &xf, rows, n, &what);
-            }
-        }
-        for isa in available_isas() {
-            let t = table_for(isa).unwrap();
-            check(
-                isa,
-                "q4_0",
-                t.q4_0_q8_0_gemm,
-                SCALAR.q4_0_q8_0,
-                (DType::Q4_0, DType::Q8_0),
-            );
-            check(
-                isa,
-                "q4_1",
-                t.q4_1_q8_1_gemm,
-                SCALAR.q4_1_q8_1,
-                (DType::Q4_1, DType::Q8_1),
-            );
-            check(
-                isa,
-                "q8_0",
-                t.q8_0_q8_0_gemm,
-                SCALAR.q8_0_q8_0,
-                (DType::Q8_0, DType::Q8_0),
-            );
+    /// `rows` weight rows and `cols` activation columns of `bpr` blocks.
+    fn gemm_operands<W: WeightBlock>(
+        (rows, cols, bpr): (usize, usize, usize),
+        salt: usize,
+    ) -> (Vec<f32>, Vec<f32>, Vec<W>, Vec<W::Act>) {
+        let n = bpr * W::ELEMS;
+        let wf = random_row(rows * n, (rows * 31 + bpr + salt) as u64);
+        let xf = random_row(cols * n, (cols * 17 + bpr + salt) as u64);
+        let (w, a) = (blocks(&wf), blocks(&xf));
+        (wf, xf, w, a)
+    }
+
+    /// `W`'s gemm entry in `t`, if any, against single scalar dots.
+    fn check_gemm<W: WeightBlock>(isa: Isa, t: &KernelTable) {
+        let Some(gemm) = t.weight::<W>().gemm else {
+            return;
+        };
+        for shape in GEMM_SHAPES {
+            let (rows, cols, bpr) = shape;
+            let (wf, xf, w, a) = gemm_operands::<W>(shape, 0);
+            let mut got = vec![f32::NAN; rows * cols];
+            let mut want = vec![0f32; rows * cols];
+            gemm(&w, &a, bpr, &mut got);
+            gemm_by_dots(W::vec_dot_ref, &w, &a, bpr, &mut want);
+            let what = format!("{isa} {} gemm {rows}x{cols}x{bpr}", W::DTYPE);
+            products_close(&got, &want, (&wf, &xf), rows, bpr * W::ELEMS, &what);
         }
     }
 
-    /// Every x16 entry (weights packed at load time) of every available
-    /// table against single scalar dots on the unpacked rows, over the same
-    /// shapes as the gemm entries (partial last panels included).
-    #[test]
-    fn every_x16_entry_matches_scalar_dots() {
-        use crate::quant::x16::{self, X16Block};
-        fn check<W: X16Block, A: Pod>(
-            isa: Isa,
-            x16: Option<X16GemmFn<A>>,
-            dot: VecDotFn<W, A>,
-            ad: DType,
-        ) {
-            let Some(kernel) = x16 else { return };
-            for (rows, cols, bpr) in GEMM_SHAPES {
-                let n = bpr * QK;
-                let wf = random_row(rows * n, (rows * 37 + bpr) as u64);
-                let xf = random_row(cols * n, (cols * 13 + bpr) as u64);
-                let w: Vec<W> = blocks(W::DTYPE, &wf);
-                let a: Vec<A> = blocks(ad, &xf);
-                let mut p = vec![0u8; x16::packed_bytes::<W>(rows, bpr).unwrap()];
-                x16::pack(&w, bpr, &mut p);
-                let mut got = vec![f32::NAN; rows * cols];
-                let mut want = vec![0f32; rows * cols];
-                kernel(&p, rows, &a, bpr, &mut got);
-                gemm_by_dots(dot, &w, &a, bpr, &mut want);
-                let mut via_ref = vec![f32::NAN; rows * cols];
-                x16::gemm_ref(dot, &p, rows, &a, bpr, &mut via_ref);
-                assert_eq!(via_ref, want, "x16::gemm_ref {}", W::DTYPE);
-                let what = format!("{isa} {} x16 {rows}x{cols}x{bpr}", W::DTYPE);
-                products_close(&got, &want, &wf, &xf, rows, n, &what);
-            }
+    /// `W`'s x16 entry in `t`, if any (weights packed at load time), against
+    /// single scalar dots on the unpacked rows, partial last panels included.
+    fn check_x16<W: WeightBlock>(isa: Isa, t: &KernelTable) {
+        let Some(kernel) = t.weight::<W>().x16 else {
+            return;
+        };
+        assert!(
+            x16::has_layout::<W>(),
+            "{isa} {}: x16 entry without a layout",
+            W::DTYPE
+        );
+        for shape in GEMM_SHAPES {
+            let (rows, cols, bpr) = shape;
+            let (wf, xf, w, a) = gemm_operands::<W>(shape, 5);
+            let mut p = vec![0u8; x16::packed_bytes::<W>(rows, bpr).unwrap()];
+            x16::pack(&w, bpr, &mut p);
+            let mut got = vec![f32::NAN; rows * cols];
+            let mut want = vec![0f32; rows * cols];
+            kernel(&p, rows, &a, bpr, &mut got);
+            gemm_by_dots(W::vec_dot_ref, &w, &a, bpr, &mut want);
+            let mut via_ref = vec![f32::NAN; rows * cols];
+            x16::gemm_ref(W::vec_dot_ref, &p, rows, &a, bpr, &mut via_ref);
+            assert_eq!(via_ref, want, "x16::gemm_ref {}", W::DTYPE);
+            let what = format!("{isa} {} x16 {rows}x{cols}x{bpr}", W::DTYPE);
+            products_close(&got, &want, (&wf, &xf), rows, bpr * W::ELEMS, &what);
         }
+    }
+
+    /// Every gemm entry of every available table against single scalar
+    /// dots, over row counts around the 16-row panel and the 4/2-row tiles,
+    /// column counts around the 8/4/2/1 column groups, and short and long rows.
+    #[test]
+    fn every_gemm_entry_matches_scalar_dots() {
         for isa in available_isas() {
             let t = table_for(isa).unwrap();
-            check(isa, t.q4_0_q8_0_x16, SCALAR.q4_0_q8_0, DType::Q8_0);
-            check(isa, t.q4_1_q8_1_x16, SCALAR.q4_1_q8_1, DType::Q8_1);
-            check(isa, t.q8_0_q8_0_x16, SCALAR.q8_0_q8_0, DType::Q8_0);
+            for &d in DType::ALL {
+                with_weight_block!(d, W => check_gemm::<W>(isa, t), ());
+            }
+        }
+    }
+
+    /// Every x16 entry of every available table against single scalar dots.
+    #[test]
+    fn every_x16_entry_matches_scalar_dots() {
+        for isa in available_isas() {
+            let t = table_for(isa).unwrap();
+            for &d in DType::ALL {
+                with_weight_block!(d, W => check_x16::<W>(isa, t), ());
+            }
         }
     }
 
@@ -558,28 +549,34 @@ mod tests {
         assert_eq!(available_isas().contains(&Isa::AvxVnni), avxvnni);
         if let (Ok(t), Ok(avx2)) = (table_for(Isa::AvxVnni), table_for(Isa::Avx2)) {
             // its own dots, not the AVX2 ones it starts from
-            assert!(t.q4_0_q8_0 as usize != avx2.q4_0_q8_0 as usize);
-            assert!(t.q4_1_q8_1 as usize != avx2.q4_1_q8_1 as usize);
-            assert!(t.q8_0_q8_0 as usize != avx2.q8_0_q8_0 as usize);
+            assert!(t.q4_0.dot as usize != avx2.q4_0.dot as usize);
+            assert!(t.q4_1.dot as usize != avx2.q4_1.dot as usize);
+            assert!(t.q8_0.dot as usize != avx2.q8_0.dot as usize);
             // ranked above AVX2, below both AVX-512 tiers
             if table_for(Isa::Avx512).is_err() {
                 assert_eq!(select(None).map(|t| t.isa), Ok(Isa::AvxVnni));
             }
         }
+        // every weight type has a SIMD dot from AVX2 up: no row silently
+        // keeps the scalar reference
+        for isa in [Isa::Avx2, Isa::AvxVnni, Isa::Avx512, Isa::Vnni] {
+            let Ok(t) = table_for(isa) else { continue };
+            for &d in DType::ALL {
+                fn simd<W: WeightBlock>(t: &KernelTable) -> bool {
+                    t.weight::<W>().dot as usize != SCALAR.weight::<W>().dot as usize
+                }
+                let has = with_weight_block!(d, W => simd::<W>(t), true);
+                assert!(has, "{isa} {d}: scalar dot");
+            }
+        }
         if let Ok(t) = table_for(Isa::Vnni) {
-            assert!(
-                t.q4_0_q8_0_gemm.is_some()
-                    && t.q4_1_q8_1_gemm.is_some()
-                    && t.q8_0_q8_0_gemm.is_some()
-            );
-            assert!(
-                t.q4_0_q8_0_x16.is_some() && t.q4_1_q8_1_x16.is_some() && t.q8_0_q8_0_x16.is_some()
-            );
+            assert!(t.q4_0.gemm.is_some() && t.q4_1.gemm.is_some() && t.q8_0.gemm.is_some());
+            assert!(t.q4_0.x16.is_some() && t.q4_1.x16.is_some() && t.q8_0.x16.is_some());
             assert_eq!(select(None).map(|t| t.isa), Ok(Isa::Vnni));
         }
         if let Ok(t) = table_for(Isa::Avx512) {
-            assert!(t.q4_0_q8_0_gemm.is_some() && t.q4_1_q8_1_gemm.is_some());
-            assert!(t.q4_0_q8_0_x16.is_some() && t.q4_1_q8_1_x16.is_some());
+            assert!(t.q4_0.gemm.is_some() && t.q4_1.gemm.is_some());
+            assert!(t.q4_0.x16.is_some() && t.q4_1.x16.is_some());
         }
     }
 

@@ -1,7 +1,7 @@
 //! The crate's one error type.
 
 use crate::dispatch::Isa;
-use crate::quant::DType;
+use crate::quant::{DType, GgmlType};
 
 pub type Result<T> = std::result::Result<T, Error>;
 
@@ -34,6 +34,10 @@ pub enum Error {
         dtype: DType,
         align: usize,
     },
+    #[error("ggml type id {id} is not a ggml type (removed, or newer than this build)")]
+    UnknownGgmlType { id: u32 },
+    #[error("ggml type {ty} (id {}) has no kernels in sotto", ty.id())]
+    UnsupportedGgmlType { ty: GgmlType },
     #[error("instruction set {isa:?} is not available on this CPU")]
     IsaUnavailable { isa: Isa },
     #[error("SOTTO_ISA={value:?} is not one of scalar, avx2, avx512, vnni, neon, dotprod, i8mm")]

@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use sotto_kernels::quant::GgmlType;
+
 /// Errors from reading, validating and interpreting model files.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -33,6 +35,8 @@ pub enum Error {
     BadTensor { tensor: String, reason: String },
     #[error("tensor {tensor:?}: unknown ggml type id {type_id}")]
     UnknownTensorType { tensor: String, type_id: u32 },
+    #[error("tensor {tensor} has type {ggml_type} (ggml type {}), which sotto cannot run", ggml_type.id())]
+    UnsupportedTensorType { tensor: String, ggml_type: GgmlType },
     #[error("unknown architecture {0:?} (supported: {list})", list = crate::arch::supported_architectures().join(", "))]
     UnknownArchitecture(String),
     #[error("missing required metadata key {key:?}")]

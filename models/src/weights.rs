@@ -48,7 +48,7 @@ impl Weight {
         }
         Ok(Weight {
             name: info.name.clone(),
-            dtype: info.dtype,
+            dtype: info.dtype()?,
             shape: [rows, cols],
             storage: Arc::clone(gguf.storage()),
             range: gguf.tensor_range(info),

@@ -12,6 +12,10 @@ Requests (one JSON object per line) and replies:
   {"op":"decrypt","peer":N,"device":D,"type":"prekey"|"message","body":b64}
                                                 -> {"plaintext":b64}
   {"op":"kat", ...hex inputs}                   -> derived values (hex)
+  {"op":"xeddsa_sign","private_key":b64,"message":b64,"random":b64}
+                                                -> {"signature":b64}
+      (python-axolotl-curve25519's C signer, deterministic given the 64
+      random bytes: a known answer for the XEdDSA nonce derivation)
 Errors: {"error":"<exception class>: <text>"}.
 """
 import base64
@@ -137,6 +141,15 @@ class Peer:
                                   int(req["signed_pre_key_id"]), their_pub, sender_identity, msg)
         out["prekey_signal_message"] = hexs(pk.serialize())
         return out
+
+    def xeddsa_sign(self, req):
+        import axolotl_curve25519 as axolotl_curve
+        random = unb64(req["random"])
+        if len(random) != 64:
+            raise ValueError("random must be 64 bytes")
+        signature = axolotl_curve.calculateSignature(
+            random, unb64(req["private_key"]), unb64(req["message"]))
+        return {"signature": b64(signature)}
 
 
 def main():

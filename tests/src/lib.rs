@@ -1,9 +1,15 @@
-//! Helpers shared by the integration tests (model location, reference data).
+//! Helpers shared by the integration tests (model location, reference data,
+//! and [`parity`]: llama.cpp references and the criteria Sotto is held to).
 // Test helpers fail loudly by design: a missing model or reference file
 // must stop the test with instructions, not skip it.
 #![allow(clippy::panic)]
 
+pub mod parity;
+
 use std::path::PathBuf;
+
+pub mod bridge_peer;
+pub mod bridge_user;
 
 /// File name of the default test model.
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";

@@ -63,7 +63,7 @@ fn smollm2_tensor_table() {
     assert_eq!(g.tensors().len(), 272);
     let mut by_type: BTreeMap<String, usize> = BTreeMap::new();
     for t in g.tensors() {
-        *by_type.entry(format!("{:?}", t.dtype)).or_default() += 1;
+        *by_type.entry(format!("{:?}", t.ggml_type)).or_default() += 1;
     }
     let expected: BTreeMap<String, usize> = [
         (format!("{:?}", DType::F32), 61),

@@ -1,11 +1,18 @@
 //! `sotto bridge`: the Signal-protocol side from the command line.
 //! `demo` runs a simulated user device against the assistant with real
-//! encrypted messages; `serve --stdio` speaks JSON lines for a transport.
+//! encrypted messages; `serve` runs an [`AssistantDevice`] behind JSON
+//! lines on stdin/stdout (`--stdio`) and/or a Unix-domain socket
+//! (`--socket`), see [`crate::bridge_serve`].
+//!
+//! Test-only: `SOTTO_BRIDGE_CRASH_AT=STEP[#N]` stops the server (it prints
+//! `sotto: crash point STEP#N reached` on stderr and freezes) the Nth time
+//! it reaches a pipeline or commit step, so a test can SIGKILL it exactly
+//! there; `SOTTO_BRIDGE_TRACE_STEPS=1` prints every step reached.
 
-use std::io::{BufRead, Write};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -13,11 +20,12 @@ use rand::rngs::OsRng;
 use serde_json::{json, Value};
 use sotto_bridge::{
     message_decrypt, message_encrypt, process_prekey_bundle, safety_number, Assistant,
-    AssistantError, Bridge, ConversationId, ConversationStore, Envelope, Error,
-    FileConversationStore, FileProtocolStore, IdentityKey, IdentityKeyPair, InMemConversationStore,
-    InMemProtocolStore, MessageKind, PreKeyBundle, ProtocolAddress, ProtocolStore, PublicKey,
-    StorageKey, Turn,
+    AssistantDevice, AssistantError, ConversationId, DeviceOptions, Envelope, Error, IdentityKey,
+    IdentityKeyPair, InMemProtocolStore, MessageKind, OutgoingReply, PreKeyBundle, ProtocolAddress,
+    PublicKey, StepHook, StorageKey, Turn,
 };
+
+use crate::bridge_serve;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum BridgeCommand {
@@ -28,12 +36,17 @@ pub enum BridgeCommand {
         #[arg(long = "say")]
         messages: Vec<String>,
     },
-    /// Serve the assistant's side of the protocol.
+    /// Serve the assistant's side of the protocol: JSON lines (see
+    /// README.md) on stdin/stdout and/or a Unix-domain socket.
     Serve {
-        /// JSON lines on stdin/stdout: {"op":"bundle"}, {"op":"envelope",..},
-        /// {"op":"process_bundle",..}, {"op":"send",..}, {"op":"safety_number",..}.
+        /// Serve stdin/stdout; the server exits once stdin closes and every
+        /// accepted message is answered.
         #[arg(long)]
         stdio: bool,
+        /// Listen on this Unix-domain socket (mode 0600); with --socket
+        /// alone the server runs until killed.
+        #[arg(long)]
+        socket: Option<PathBuf>,
         /// Keep identity, sessions and conversations here, sealed under the
         /// 64-hex-digit key in SOTTO_BRIDGE_KEY. In memory if absent.
         #[arg(long)]
@@ -41,52 +54,50 @@ pub enum BridgeCommand {
     },
 }
 
-/// Builds the engine-backed assistant (the lead's `main` passes it in).
+/// Builds the engine-backed assistant (`main` passes it in).
 pub type MakeAssistant<'a> = &'a mut dyn FnMut() -> Result<Box<dyn Assistant>, String>;
 
 pub fn run(cmd: BridgeCommand, make_assistant: MakeAssistant<'_>) -> Result<(), String> {
     match cmd {
         BridgeCommand::Demo { messages } => demo(messages, make_assistant),
-        BridgeCommand::Serve { stdio: false, .. } => {
-            Err("only `serve --stdio` is implemented".into())
-        }
         BridgeCommand::Serve {
-            stdio: true,
+            stdio,
+            socket,
             state_dir,
         } => {
-            let assistant = make_assistant()?;
-            match state_dir {
-                None => {
-                    let identity = IdentityKeyPair::generate(&mut OsRng);
-                    let store = InMemProtocolStore::new(identity, registration_id());
-                    serve(Bridge::new(
-                        store,
-                        InMemConversationStore::default(),
-                        assistant,
-                    ))
-                }
+            if !stdio && socket.is_none() {
+                return Err("serve needs --stdio and/or --socket PATH".into());
+            }
+            let options = DeviceOptions {
+                step_hook: step_hook_from_env()?,
+                ..DeviceOptions::default()
+            };
+            let device = match &state_dir {
+                None => AssistantDevice::in_memory(options.clone(), &mut OsRng),
                 Some(dir) => {
-                    let key = storage_key()?;
-                    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-                    let store = FileProtocolStore::open_or_create(
-                        dir.join("protocol.sealed"),
-                        key.clone(),
-                        || (IdentityKeyPair::generate(&mut OsRng), registration_id()),
-                    )
-                    .map_err(|e| e.to_string())?;
-                    let conversations =
-                        FileConversationStore::open(dir.join("conversations.sealed"), key)
-                            .map_err(|e| e.to_string())?;
-                    serve(Bridge::new(store, conversations, assistant))
+                    AssistantDevice::open(dir, &storage_key()?, options.clone(), &mut OsRng)
                 }
             }
+            .map_err(|e| format!("bridge state: {e}"))?;
+            if let Some(dir) = &state_dir {
+                eprintln!(
+                    "sotto: bridge state {} (commit {}), {} peers, {} unanswered, {} replies unacknowledged",
+                    dir.display(),
+                    device.sequence().unwrap_or(0),
+                    device.peer_count(),
+                    device.unanswered().count(),
+                    device.outbox_len()
+                );
+            }
+            let assistant = make_assistant()?;
+            bridge_serve::serve(
+                device,
+                assistant,
+                bridge_serve::Transports { stdio, socket },
+                options.step_hook,
+            )
         }
     }
-}
-
-fn registration_id() -> u32 {
-    use rand::Rng as _;
-    OsRng.gen_range(1..16380)
 }
 
 fn storage_key() -> Result<StorageKey, String> {
@@ -104,6 +115,48 @@ fn storage_key() -> Result<StorageKey, String> {
         .try_into()
         .map_err(|_| "SOTTO_BRIDGE_KEY must be 32 bytes (64 hex digits)")?;
     Ok(StorageKey::from_bytes(key))
+}
+
+/// The test-only crash point and step trace (module doc).
+fn step_hook_from_env() -> Result<Option<StepHook>, String> {
+    let crash = match std::env::var("SOTTO_BRIDGE_CRASH_AT") {
+        Ok(spec) => {
+            let (step, nth) = match spec.split_once('#') {
+                Some((s, n)) => (
+                    s.to_string(),
+                    n.parse::<usize>()
+                        .map_err(|_| format!("SOTTO_BRIDGE_CRASH_AT={spec}: bad #N"))?,
+                ),
+                None => (spec, 1),
+            };
+            Some((step, nth))
+        }
+        Err(_) => None,
+    };
+    let trace = std::env::var_os("SOTTO_BRIDGE_TRACE_STEPS").is_some();
+    if crash.is_none() && !trace {
+        return Ok(None);
+    }
+    let seen = Mutex::new(HashMap::<String, usize>::new());
+    Ok(Some(Arc::new(move |step: &str| {
+        let n = match seen.lock() {
+            Ok(mut seen) => {
+                let n = seen.entry(step.to_string()).or_insert(0);
+                *n += 1;
+                *n
+            }
+            Err(_) => return,
+        };
+        if trace {
+            eprintln!("sotto: step {step}#{n}");
+        }
+        if crash.as_ref().is_some_and(|(s, k)| s == step && *k == n) {
+            eprintln!("sotto: crash point {step}#{n} reached");
+            loop {
+                std::thread::park();
+            }
+        }
+    })))
 }
 
 /// Times the assistant so the demo can split inference from the bridge's
@@ -140,17 +193,13 @@ fn demo(messages: Vec<String>, make_assistant: MakeAssistant<'_>) -> Result<(), 
     };
     let rng = &mut OsRng;
     let spent = Arc::new(Mutex::new(Duration::ZERO));
-    let assistant = Box::new(Timed {
+    let mut assistant = Timed {
         inner: make_assistant()?,
         spent: spent.clone(),
-    });
-    let bot_identity = IdentityKeyPair::generate(rng);
-    let bot_key = *bot_identity.identity_key();
-    let mut bridge = Bridge::new(
-        InMemProtocolStore::new(bot_identity, 1),
-        InMemConversationStore::default(),
-        assistant,
-    );
+    };
+    let mut device =
+        AssistantDevice::in_memory(DeviceOptions::default(), rng).map_err(|e| e.to_string())?;
+    let bot_key = device.identity_key();
     let user_identity = IdentityKeyPair::generate(rng);
     let user_key = *user_identity.identity_key();
     let mut user = InMemProtocolStore::new(user_identity, 2);
@@ -159,7 +208,9 @@ fn demo(messages: Vec<String>, make_assistant: MakeAssistant<'_>) -> Result<(), 
         ProtocolAddress::new("user", 1),
     );
 
-    let bundle = bridge.prekey_bundle(1, 1, rng).map_err(|e| e.to_string())?;
+    let bundle = device
+        .prekey_bundle(SystemTime::now(), rng)
+        .map_err(|e| e.to_string())?;
     process_prekey_bundle(&bot_addr, &bundle, &mut user, rng).map_err(|e| e.to_string())?;
     let number = safety_number(b"user", &user_key, b"sotto", &bot_key);
     println!("safety number (compare on both devices):");
@@ -174,16 +225,11 @@ fn demo(messages: Vec<String>, make_assistant: MakeAssistant<'_>) -> Result<(), 
         let user_encrypt = t.elapsed();
         let envelope = Envelope::from(&outgoing);
         let t = Instant::now();
-        let reply = bridge
-            .handle(&user_addr, &envelope, rng)
+        let replies = device
+            .handle(&user_addr, &envelope, &mut assistant, rng)
             .map_err(|e| e.to_string())?;
         let total = t.elapsed();
         let inference = spent.lock().map(|d| *d).unwrap_or_default();
-        let t = Instant::now();
-        let decoded = reply.decode().map_err(|e| e.to_string())?;
-        let plain =
-            message_decrypt(&decoded, &bot_addr, &mut user, rng).map_err(|e| e.to_string())?;
-        let user_decrypt = t.elapsed();
         println!("user   > {text}");
         println!(
             "         {:?} {} B ciphertext, encrypted in {} µs",
@@ -191,22 +237,31 @@ fn demo(messages: Vec<String>, make_assistant: MakeAssistant<'_>) -> Result<(), 
             envelope.body.len(),
             user_encrypt.as_micros()
         );
-        println!("sotto  > {}", String::from_utf8_lossy(&plain));
-        println!(
-            "         {:?} {} B ciphertext; bridge decrypt+encrypt {} µs, inference {} ms; user decrypt {} µs",
-            reply.kind,
-            reply.body.len(),
-            total.saturating_sub(inference).as_micros(),
-            inference.as_millis(),
-            user_decrypt.as_micros()
-        );
+        for reply in replies {
+            device.ack(&reply.turn).map_err(|e| e.to_string())?;
+            let t = Instant::now();
+            let decoded = reply.envelope.decode().map_err(|e| e.to_string())?;
+            let plain =
+                message_decrypt(&decoded, &bot_addr, &mut user, rng).map_err(|e| e.to_string())?;
+            let user_decrypt = t.elapsed();
+            println!("sotto  > {}", String::from_utf8_lossy(&plain));
+            println!(
+                "         {:?} {} B ciphertext; bridge decrypt+encrypt {} µs, inference {} ms; user decrypt {} µs",
+                reply.envelope.kind,
+                reply.envelope.body.len(),
+                total.saturating_sub(inference).as_micros(),
+                inference.as_millis(),
+                user_decrypt.as_micros()
+            );
+        }
     }
     Ok(())
 }
 
-/// Why a `serve --stdio` request got no answer: the request itself was
-/// malformed (the client's bug), or the bridge refused it (a protocol error).
-enum RequestError {
+/// Why a request got no answer: the request itself was malformed (the
+/// client's bug), or the bridge refused it (a protocol or limit error).
+#[derive(Debug)]
+pub(crate) enum RequestError {
     BadRequest(String),
     Bridge(Error),
 }
@@ -218,7 +273,7 @@ impl From<Error> for RequestError {
 }
 
 impl RequestError {
-    fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         let (kind, message) = match self {
             Self::BadRequest(m) => ("bad_request", m.clone()),
             Self::Bridge(e) => (error_kind(e), e.to_string()),
@@ -227,7 +282,7 @@ impl RequestError {
     }
 }
 
-fn b64_field(req: &Value, key: &str) -> Result<Vec<u8>, RequestError> {
+pub(crate) fn b64_field(req: &Value, key: &str) -> Result<Vec<u8>, RequestError> {
     let s = req[key]
         .as_str()
         .ok_or_else(|| RequestError::BadRequest(format!("missing field {key}")))?;
@@ -237,7 +292,7 @@ fn b64_field(req: &Value, key: &str) -> Result<Vec<u8>, RequestError> {
 
 /// The address named by `req[key]`: `name` with `req["device"]`, or
 /// `name.device`; a missing or empty name is a bad request.
-fn address(req: &Value, key: &str) -> Result<ProtocolAddress, RequestError> {
+pub(crate) fn address(req: &Value, key: &str) -> Result<ProtocolAddress, RequestError> {
     let s = req[key]
         .as_str()
         .filter(|s| !s.is_empty())
@@ -257,7 +312,7 @@ fn address(req: &Value, key: &str) -> Result<ProtocolAddress, RequestError> {
     })
 }
 
-fn bundle_json(b: &PreKeyBundle) -> Value {
+pub(crate) fn bundle_json(b: &PreKeyBundle) -> Value {
     let mut v = json!({
         "registration_id": b.registration_id,
         "device_id": b.device_id,
@@ -273,7 +328,7 @@ fn bundle_json(b: &PreKeyBundle) -> Value {
     v
 }
 
-fn bundle_from_json(req: &Value) -> Result<PreKeyBundle, RequestError> {
+pub(crate) fn bundle_from_json(req: &Value) -> Result<PreKeyBundle, RequestError> {
     let num = |k: &str| {
         req[k]
             .as_u64()
@@ -281,8 +336,8 @@ fn bundle_from_json(req: &Value) -> Result<PreKeyBundle, RequestError> {
             .ok_or_else(|| RequestError::BadRequest(format!("missing or out-of-range field {k}")))
     };
     let pre_key = match req["pre_key_id"].as_u64() {
-        Some(id) => Some((
-            id as u32,
+        Some(_) => Some((
+            num("pre_key_id")?,
             PublicKey::deserialize(&b64_field(req, "pre_key")?)?,
         )),
         None => None,
@@ -294,11 +349,15 @@ fn bundle_from_json(req: &Value) -> Result<PreKeyBundle, RequestError> {
         signed_pre_key_id: num("signed_pre_key_id")?,
         signed_pre_key: PublicKey::deserialize(&b64_field(req, "signed_pre_key")?)?,
         signed_pre_key_signature: b64_field(req, "signed_pre_key_signature")?,
-        identity_key: IdentityKey::deserialize(&b64_field(req, "identity_key")?)?,
+        identity_key: identity_field(req, "identity_key")?,
     })
 }
 
-fn envelope_json(e: &Envelope) -> Value {
+pub(crate) fn identity_field(req: &Value, key: &str) -> Result<IdentityKey, RequestError> {
+    Ok(IdentityKey::deserialize(&b64_field(req, key)?)?)
+}
+
+pub(crate) fn envelope_json(e: &Envelope) -> Value {
     let kind = match e.kind {
         MessageKind::PreKey => "prekey",
         MessageKind::Message => "message",
@@ -306,98 +365,72 @@ fn envelope_json(e: &Envelope) -> Value {
     json!({"type": kind, "body": B64.encode(&e.body)})
 }
 
-fn serve<S: ProtocolStore, C: ConversationStore>(mut bridge: Bridge<S, C>) -> Result<(), String> {
-    let stdin = std::io::stdin();
-    let mut stdout = std::io::stdout().lock();
-    let mut next_pre_key_id: u32 = {
-        use rand::Rng as _;
-        OsRng.gen_range(1..0x00ff_ffff)
-    };
-    for line in stdin.lock().lines() {
-        let line = line.map_err(|e| e.to_string())?;
-        if line.trim().is_empty() {
-            continue;
+pub(crate) fn envelope_from_json(req: &Value) -> Result<Envelope, RequestError> {
+    let kind = match req["type"].as_str() {
+        Some("prekey") => MessageKind::PreKey,
+        Some("message") => MessageKind::Message,
+        _ => {
+            return Err(RequestError::BadRequest(
+                "type must be \"prekey\" or \"message\"".into(),
+            ))
         }
-        let reply = match serde_json::from_str::<Value>(&line) {
-            Err(e) => RequestError::BadRequest(e.to_string()).to_json(),
-            Ok(req) => handle_request(&mut bridge, &req, &mut next_pre_key_id)
-                .unwrap_or_else(|e| e.to_json()),
-        };
-        writeln!(stdout, "{reply}").map_err(|e| e.to_string())?;
-        stdout.flush().map_err(|e| e.to_string())?;
-    }
-    Ok(())
+    };
+    Ok(Envelope {
+        kind,
+        body: b64_field(req, "body")?,
+    })
 }
 
-fn error_kind(e: &Error) -> &'static str {
+/// A reply as JSON: the envelope, whose message it answers, and the
+/// refusal kind when it is one.
+pub(crate) fn reply_json(r: &OutgoingReply) -> Value {
+    let mut v = envelope_json(&r.envelope);
+    v["peer"] = json!(r.turn.peer.name);
+    v["device"] = json!(r.turn.peer.device_id);
+    v["conversation"] = json!(r.turn.conversation().0);
+    v["turn"] = json!(r.turn.turn);
+    if let Some(refusal) = &r.refusal {
+        v["refused"] = json!(refusal.kind());
+    }
+    v
+}
+
+pub(crate) fn error_kind(e: &Error) -> &'static str {
     match e {
         Error::BadMac
         | Error::BadCiphertext
         | Error::Malformed { .. }
         | Error::MessageTooShort { .. } => "invalid_message",
         Error::DuplicateMessage { .. } => "duplicate",
+        // A peer speaking another protocol version (legacy < 3, or v4 with
+        // Kyber): not a forgery, and not fixable by retrying.
+        Error::UnsupportedVersion(_) => "unsupported_version",
         Error::UntrustedIdentity(_) => "untrusted_identity",
         Error::NoSession(_) | Error::NoMatchingSession { .. } => "no_session",
         Error::Assistant(_) => "assistant",
+        Error::LimitExceeded { .. } => "limit",
+        Error::UnknownTurn { .. } | Error::TurnOutOfOrder { .. } => "unknown_turn",
+        Error::Io { .. }
+        | Error::Store(_)
+        | Error::StoreDecrypt { .. }
+        | Error::SnapshotVersion { .. }
+        | Error::StoreRecordMissing { .. }
+        | Error::StoreRecordMismatch { .. }
+        | Error::StoreRollback { .. }
+        | Error::StoreLocked { .. } => "store",
         _ => "error",
     }
 }
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-fn handle_request<S: ProtocolStore, C: ConversationStore>(
-    bridge: &mut Bridge<S, C>,
-    req: &Value,
-    next_pre_key_id: &mut u32,
-) -> Result<Value, RequestError> {
-    let rng = &mut OsRng;
-    match req["op"].as_str().unwrap_or("") {
-        "bundle" => {
-            *next_pre_key_id = next_pre_key_id.wrapping_add(1).max(1);
-            let bundle = bridge.prekey_bundle(*next_pre_key_id, 1, rng)?;
-            Ok(bundle_json(&bundle))
-        }
-        "envelope" => {
-            let sender = address(req, "sender")?;
-            let kind = match req["type"].as_str() {
-                Some("prekey") => MessageKind::PreKey,
-                Some("message") => MessageKind::Message,
-                _ => {
-                    return Err(RequestError::BadRequest(
-                        "type must be \"prekey\" or \"message\"".into(),
-                    ))
-                }
-            };
-            let envelope = Envelope {
-                kind,
-                body: b64_field(req, "body")?,
-            };
-            Ok(envelope_json(&bridge.handle(&sender, &envelope, rng)?))
-        }
-        "process_bundle" => {
-            let peer = address(req, "peer")?;
-            let bundle = bundle_from_json(req)?;
-            process_prekey_bundle(&peer, &bundle, bridge.store_mut(), rng)?;
-            Ok(json!({"ok": true}))
-        }
-        "send" => {
-            let peer = address(req, "peer")?;
-            let text = req["text"]
-                .as_str()
-                .ok_or_else(|| RequestError::BadRequest("missing field text".into()))?;
-            let message = message_encrypt(text.as_bytes(), &peer, bridge.store_mut())?;
-            Ok(envelope_json(&Envelope::from(&message)))
-        }
-        "safety_number" => {
-            let peer = address(req, "peer")?;
-            let theirs = bridge
-                .store()
-                .get_identity(&peer)?
-                .ok_or_else(|| Error::NoSession(peer.to_string()))?;
-            let ours = *bridge.store().identity_key_pair()?.identity_key();
-            let local_id = req["local_id"].as_str().unwrap_or("sotto");
-            Ok(
-                json!({"safety_number": safety_number(local_id.as_bytes(), &ours, peer.name.as_bytes(), &theirs)}),
-            )
-        }
-        other => Err(RequestError::BadRequest(format!("unknown op {other:?}"))),
+    #[test]
+    fn a_refused_version_has_its_own_error_kind() {
+        assert_eq!(
+            error_kind(&Error::UnsupportedVersion(0x44)),
+            "unsupported_version"
+        );
+        assert_eq!(error_kind(&Error::BadMac), "invalid_message");
     }
 }

@@ -69,7 +69,7 @@ pub fn run(model: Option<PathBuf>, metadata: bool) -> Result<(), String> {
         println!(
             "  {:<32} {:<8} {:>16} {:>12} B",
             ti.name,
-            ti.dtype.name(),
+            ti.ggml_type.name(),
             format!("{:?}", ti.dims),
             ti.n_bytes
         );

@@ -3,12 +3,13 @@
 //! Standard output carries only answer text (so it can be piped); progress,
 //! statistics and logs go to standard error.
 
-mod assistant;
+mod bridge_serve;
 mod cmd_bench;
 mod cmd_bridge;
 mod cmd_chat;
 mod cmd_export;
 mod cmd_inspect;
+mod error;
 mod fetch;
 
 use clap::{Parser, Subcommand};
@@ -68,6 +69,10 @@ struct BridgeArgs {
     /// Worker threads (0 = all cores).
     #[arg(long, short, global = true, default_value_t = 0)]
     threads: usize,
+    /// Context of each conversation, in tokens; longer conversations drop
+    /// their oldest turns.
+    #[arg(long, global = true, default_value_t = 2048)]
+    context: usize,
 }
 
 fn run_bridge(args: BridgeArgs) -> Result<(), String> {
@@ -79,12 +84,16 @@ fn run_bridge(args: BridgeArgs) -> Result<(), String> {
         seed,
         max_tokens,
         threads,
+        context,
     } = args;
     let mut make = move || -> Result<Box<dyn sotto_bridge::Assistant>, String> {
         let path = resolve_model(model.clone())?;
-        let loaded =
-            sotto_models::Model::load(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let config = assistant::AssistantConfig {
+        let cpu = sotto_engine::BackendChoice::Cpu(sotto_engine::CpuOptions {
+            threads,
+            isa: None,
+        });
+        let loaded = sotto_engine::LoadedModel::open(&path, cpu).map_err(|e| e.to_string())?;
+        let config = sotto_engine::AssistantConfig {
             system: Some(system.clone()).filter(|s| !s.is_empty()),
             sampler: sotto_engine::SamplerConfig {
                 temperature,
@@ -92,11 +101,10 @@ fn run_bridge(args: BridgeArgs) -> Result<(), String> {
                 ..Default::default()
             },
             max_tokens,
-            threads,
+            context,
             ..Default::default()
         };
-        let assistant = assistant::EngineAssistant::new(std::sync::Arc::new(loaded), config)
-            .map_err(|e| e.0)?;
+        let assistant = sotto_engine::EngineAssistant::new(std::sync::Arc::new(loaded), config);
         Ok(Box::new(assistant))
     };
     cmd_bridge::run(command, &mut make)
@@ -116,7 +124,7 @@ pub fn resolve_model(model: Option<PathBuf>) -> Result<PathBuf, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Chat(args) => cmd_chat::run(args),
+        Command::Chat(args) => cmd_chat::run(args).map_err(|e| e.to_string()),
         Command::Inspect { model, metadata } => cmd_inspect::run(model, metadata),
         Command::Fetch => fetch::ensure_default_model().map(|p| println!("{}", p.display())),
         Command::Export(args) => cmd_export::run(args),

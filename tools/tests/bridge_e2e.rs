@@ -4,7 +4,10 @@
 //! by scripts/bridge-peer-deps.sh). Each peer's replies must decrypt on the
 //! peer and equal what the engine answers for that conversation alone, so
 //! two interleaved conversations never mix; a forged envelope is refused with
-//! a typed error and loses nothing.
+//! a typed error and loses nothing. The Unix-socket transport serves
+//! clients concurrently (a reply being generated does not hold up other
+//! messages) and in per-conversation order; a sealed state directory
+//! survives a restart; a changed identity is refused until accepted.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -14,9 +17,11 @@ use sotto_engine::{Chat, CpuBackend, GenerateOptions, SamplerConfig, Session};
 use sotto_models::chat::ChatMessage;
 use sotto_models::Model;
 use std::io::{BufRead, BufReader, Write};
-use std::path::PathBuf;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
 
 const SYSTEM: &str = "You are a helpful assistant.";
 const MAX_TOKENS: usize = 48;
@@ -105,20 +110,18 @@ fn axolotl_peer() -> LineProcess {
     LineProcess::spawn(cmd)
 }
 
-fn sotto_serve() -> LineProcess {
+fn serve_command(transport: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_sotto"));
-    cmd.args([
-        "bridge",
-        "serve",
-        "--stdio",
-        "--max-tokens",
-        &MAX_TOKENS.to_string(),
-        "--system",
-        SYSTEM,
-    ])
-    .arg("--model")
-    .arg(model_path());
-    LineProcess::spawn(cmd)
+    cmd.args(["bridge", "serve"])
+        .args(transport)
+        .args(["--max-tokens", &MAX_TOKENS.to_string(), "--system", SYSTEM])
+        .arg("--model")
+        .arg(model_path());
+    cmd
+}
+
+fn sotto_serve() -> LineProcess {
+    LineProcess::spawn(serve_command(&["--stdio"]))
 }
 
 /// Gives `to` the prekey bundle `from` publishes, so `to` can start a session
@@ -275,5 +278,290 @@ fn encrypted_conversations_with_python_axolotl_are_answered_by_the_real_model() 
     assert!(
         !last.is_empty(),
         "the server still answers after bad requests"
+    );
+}
+
+const KEY: &str = "2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b2b";
+
+fn temp_path(name: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("sotto-e2e-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&p);
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+#[test]
+fn a_sealed_state_survives_restart_and_a_changed_identity_is_accepted_explicitly() {
+    let model = Arc::new(Model::load(model_path()).unwrap());
+    let dir = temp_path("state");
+    let serve = || {
+        let mut cmd = serve_command(&["--stdio"]);
+        cmd.arg("--state-dir")
+            .arg(&dir)
+            .env("SOTTO_BRIDGE_KEY", KEY);
+        LineProcess::spawn(cmd)
+    };
+    let mut sotto = serve();
+    let mut alice = User::join("alice", &mut sotto);
+    assert_eq!(
+        alice.ask(&mut sotto, "What is the capital of France?"),
+        "The capital of France is Paris."
+    );
+    drop(sotto);
+
+    // Restarted: same identity, same session, the conversation goes on.
+    let mut sotto = serve();
+    let italy = alice.ask(&mut sotto, "And what is the capital of Italy?");
+    assert_eq!(italy, engine_answer(&model, &alice.history[..3]));
+
+    // Alice reinstalls: a new identity at the same address is refused,
+    // with what the user needs to decide (the new safety number)...
+    let mut reinstalled = User::join("alice", &mut sotto);
+    reinstalled.history = alice.history.clone();
+    let env = reinstalled.encrypt("Are you still there?");
+    let request = json!({"op": "envelope", "sender": "alice", "device": 1, "type": env["type"], "body": env["body"]});
+    let refused = sotto.call(request.clone());
+    assert_eq!(refused["error"]["kind"], "untrusted_identity", "{refused}");
+    let offered = refused["error"]["offered_identity_key"].clone();
+    let number = refused["error"]["safety_number"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(number.len(), 60);
+    // ...and accepted explicitly: the same envelope then goes through.
+    sotto.ok(
+        json!({"op": "accept_identity", "peer": "alice", "device": 1, "identity_key": offered}),
+    );
+    let safety = sotto.ok(json!({"op": "safety_number", "peer": "alice", "device": 1}));
+    assert_eq!(safety["safety_number"], number.as_str());
+    let reply = sotto.ok(request);
+    let answer = reinstalled.open(&reply);
+    reinstalled.history.push(ChatMessage {
+        role: "user".into(),
+        content: "Are you still there?".into(),
+    });
+    assert_eq!(answer, engine_answer(&model, &reinstalled.history));
+
+    // Signed prekeys rotate on request; new bundles carry the new one.
+    let rotated = sotto.ok(json!({"op": "rotate"}));
+    let bundle = sotto.ok(json!({"op": "bundle"}));
+    assert_eq!(bundle["signed_pre_key_id"], rotated["signed_pre_key_id"]);
+    let status = sotto.ok(json!({"op": "status"}));
+    assert_eq!(
+        (
+            status["peers"].as_u64(),
+            status["unanswered"].as_u64(),
+            status["outbox"].as_u64()
+        ),
+        (Some(1), Some(0), Some(0)),
+        "{status}"
+    );
+    drop(sotto);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A client of the Unix socket; a thread timestamps every line it gets.
+struct SocketClient {
+    stream: UnixStream,
+    lines: mpsc::Receiver<(Instant, Value)>,
+}
+
+impl SocketClient {
+    fn connect(path: &Path) -> Self {
+        let stream =
+            UnixStream::connect(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let reader = BufReader::new(stream.try_clone().unwrap());
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in reader.lines() {
+                let Ok(line) = line else { break };
+                let v: Value =
+                    serde_json::from_str(&line).unwrap_or_else(|e| panic!("{line:?}: {e}"));
+                if tx.send((Instant::now(), v)).is_err() {
+                    break;
+                }
+            }
+        });
+        Self { stream, lines }
+    }
+
+    fn send(&mut self, v: &Value) {
+        writeln!(self.stream, "{v}").unwrap();
+        self.stream.flush().unwrap();
+    }
+
+    fn raw(&mut self, line: &[u8]) {
+        self.stream.write_all(line).unwrap();
+        self.stream.write_all(b"\n").unwrap();
+    }
+
+    fn next(&self) -> (Instant, Value) {
+        self.lines
+            .recv_timeout(Duration::from_secs(300))
+            .unwrap_or_else(|e| panic!("no line from the server: {e}"))
+    }
+
+    /// Sends `req` and waits for the response with its id.
+    fn call(&mut self, mut req: Value, id: &str) -> Value {
+        req["id"] = json!(id);
+        self.send(&req);
+        loop {
+            let (_, v) = self.next();
+            if v["id"] == id {
+                return v;
+            }
+        }
+    }
+}
+
+/// The server on a socket only, killed on drop.
+struct SocketServer {
+    child: Child,
+    path: PathBuf,
+}
+
+impl Drop for SocketServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+fn socket_server(name: &str) -> SocketServer {
+    let path = temp_path(name);
+    let child = serve_command(&["--socket"])
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while UnixStream::connect(&path).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "the socket never came up"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    SocketServer { child, path }
+}
+
+#[test]
+fn the_socket_serves_clients_concurrently_and_each_conversation_in_order() {
+    let model = Arc::new(Model::load(model_path()).unwrap());
+    let server = socket_server("sock");
+    let mut c1 = SocketClient::connect(&server.path);
+    let mut c2 = SocketClient::connect(&server.path);
+    let mut alice = axolotl_peer();
+    let mut bob = axolotl_peer();
+    for (peer, client) in [(&mut alice, &mut c1), (&mut bob, &mut c2)] {
+        let mut bundle = client.call(json!({"op": "bundle"}), "bundle");
+        bundle.as_object_mut().unwrap().remove("id");
+        bundle["op"] = json!("process_bundle");
+        bundle["peer"] = json!("sotto");
+        bundle["device"] = json!(1);
+        peer.ok(bundle);
+    }
+    let submit = |peer: &mut LineProcess, name: &str, text: &str, id: &str| {
+        let env = peer.ok(
+            json!({"op": "encrypt", "peer": "sotto", "device": 1, "plaintext": B64.encode(text)}),
+        );
+        json!({"op": "submit", "id": id, "sender": name, "device": 1, "type": env["type"], "body": env["body"]})
+    };
+    let alice_texts = [
+        "Write a short poem about the moon.",
+        "What is the capital of France?",
+        "And of Spain?",
+    ];
+    // Alice sends three messages at once; Bob writes while her first reply
+    // is being generated.
+    for (i, text) in alice_texts.iter().enumerate() {
+        let req = submit(&mut alice, "alice", text, &format!("a{i}"));
+        c1.send(&req);
+    }
+    let req = submit(&mut bob, "bob", "What is the capital of France?", "b0");
+    c2.send(&req);
+
+    let mut bob_accepted = None;
+    let mut bob_reply = None;
+    while bob_reply.is_none() {
+        let (at, v) = c2.next();
+        if v["id"] == "b0" {
+            assert_eq!(v["accepted"]["turn"], 1, "{v}");
+            bob_accepted = Some(at);
+        } else if v["event"] == "reply" {
+            bob_reply = Some(v);
+        }
+    }
+    let mut alice_replies = Vec::new();
+    let mut first_alice_reply_at = None;
+    while alice_replies.len() < 3 {
+        let (at, v) = c1.next();
+        if v["event"] == "reply" {
+            first_alice_reply_at.get_or_insert(at);
+            alice_replies.push(v);
+        } else {
+            assert!(v.get("accepted").is_some(), "{v}");
+        }
+    }
+    assert!(
+        bob_accepted.unwrap() < first_alice_reply_at.unwrap(),
+        "Bob's message was journaled only after Alice's reply was generated"
+    );
+    // Alice's replies in turn order, each the engine's answer to her
+    // conversation alone (so each saw the previous answers).
+    let mut history = Vec::new();
+    for (i, reply) in alice_replies.iter().enumerate() {
+        assert_eq!(reply["turn"], i as u64 + 1, "{reply}");
+        let plain = alice.ok(json!({"op": "decrypt", "peer": "sotto", "device": 1, "type": reply["type"], "body": reply["body"]}));
+        let answer =
+            String::from_utf8(B64.decode(plain["plaintext"].as_str().unwrap()).unwrap()).unwrap();
+        history.push(ChatMessage {
+            role: "user".into(),
+            content: alice_texts[i].into(),
+        });
+        assert_eq!(
+            answer,
+            engine_answer(&model, &history),
+            "alice turn {}",
+            i + 1
+        );
+        history.push(ChatMessage {
+            role: "assistant".into(),
+            content: answer,
+        });
+        let acked = c1.call(
+            json!({"op": "ack", "peer": "alice", "device": 1, "turn": i + 1}),
+            &format!("ack{i}"),
+        );
+        assert_eq!(acked["acked"], true);
+    }
+    let bob_reply = bob_reply.unwrap();
+    let plain = bob.ok(json!({"op": "decrypt", "peer": "sotto", "device": 1, "type": bob_reply["type"], "body": bob_reply["body"]}));
+    assert_eq!(
+        String::from_utf8(B64.decode(plain["plaintext"].as_str().unwrap()).unwrap()).unwrap(),
+        "The capital of France is Paris."
+    );
+    c2.call(
+        json!({"op": "ack", "peer": "bob", "device": 1, "turn": 1}),
+        "ack-bob",
+    );
+
+    // A request line past the limit is skipped, not buffered; the
+    // connection keeps working.
+    c2.raw(&vec![b'x'; 300 << 10]);
+    let (_, too_long) = c2.next();
+    assert_eq!(too_long["error"]["kind"], "line_too_long", "{too_long}");
+    let status = c2.call(json!({"op": "status"}), "status");
+    assert_eq!(
+        (
+            status["peers"].as_u64(),
+            status["unanswered"].as_u64(),
+            status["outbox"].as_u64()
+        ),
+        (Some(2), Some(0), Some(0)),
+        "{status}"
     );
 }

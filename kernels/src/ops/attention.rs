@@ -3,7 +3,7 @@
 //! Keys are visited in blocks with an online (streaming) softmax, so the
 //! score matrix is never materialized; (token, head) pairs run in parallel.
 
-use crate::dispatch::{self, VecDotTable};
+use crate::dispatch::{self, KernelTable};
 use crate::{Error, Result};
 use half::f16;
 use rayon::prelude::*;
@@ -54,7 +54,7 @@ pub fn attention(
 /// holding positions `0..pos0 + n_tokens`.
 #[allow(clippy::too_many_arguments)]
 pub fn attention_with(
-    table: &VecDotTable,
+    table: &KernelTable,
     p: &AttentionParams,
     q: &[f32],
     k: &[f16],
@@ -148,7 +148,7 @@ const PARALLEL_WORK: usize = 1 << 18;
 /// Online softmax over `keys`: a running max `m`, normalizer `l` and
 /// unnormalized output `acc`, rescaled when a block raises the max.
 fn one_query(
-    table: &VecDotTable,
+    table: &KernelTable,
     p: &AttentionParams,
     q: &[f32],
     k: &[f16],
@@ -167,7 +167,7 @@ fn one_query(
         let s = &mut scores[..stop - start];
         for (j, sj) in s.iter_mut().enumerate() {
             let key = start + j;
-            let mut x = (table.f16_f32)(&k[key * hd..(key + 1) * hd], q) * p.scale;
+            let mut x = (table.f16.dot)(&k[key * hd..(key + 1) * hd], q) * p.scale;
             if let Some(cap) = p.softcap {
                 x = cap * (x / cap).tanh();
             }

@@ -1,9 +1,11 @@
 //! Quantized matrix times activations: `out[t, r] = w[r, :] · x[t, :]`.
-//! Activations are quantized once per token into the weight type's pair
-//! type. Output rows are split into bands (multiples of 16 rows) across the
-//! caller's rayon pool (see [`bands`]), and each band goes through the
-//! table's gemm kernel for that pair, or one dot per output when the table
-//! has none.
+//! Activations are quantized once per token into the weight type's
+//! activation type (`WeightBlock::Act`). Output rows are split into bands
+//! (multiples of 16 rows) across the caller's rayon pool (see [`bands`]),
+//! and each band goes through the gemm kernel of the weight type's row of
+//! the kernel table, or one dot per output when the row has none. Every op
+//! takes the table the caller chose (`*_with`); the entries without a
+//! table use the process-wide one.
 //!
 //! Weights come in two layouts:
 //!
@@ -15,11 +17,11 @@
 //!   [`matmul_packed`], and [`matmul_packed_group`] for several matrices on
 //!   one input in one parallel region.
 
-use crate::dispatch::{self, GemmFn, VecDotFn, VecDotTable, X16GemmFn};
+use crate::dispatch::{self, KernelTable, WeightRow};
 use crate::quant::x16::{self, X16Block};
-use crate::quant::{blocks::*, cast_blocks, DType};
+use crate::quant::{cast_blocks, with_weight_block, DType, QuantBlock, WeightBlock};
 use crate::{Error, Result};
-use bytemuck::Pod;
+use bytemuck::Zeroable;
 use rayon::prelude::*;
 
 /// A row-major weight matrix of `rows` rows of `cols` elements (ggml's
@@ -79,122 +81,27 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n_tokens: usize, out: &mut [f32]) -> R
 }
 
 /// `x` is `[n_tokens, cols]`, `out` is `[n_tokens, rows]`, both row-major.
+/// An activation-only type as weights is [`Error::UnsupportedDType`].
 pub fn matmul_with(
-    table: &VecDotTable,
+    table: &KernelTable,
     w: &QMatrix<'_>,
     x: &[f32],
     n_tokens: usize,
     out: &mut [f32],
 ) -> Result<()> {
-    let shape = check_shapes("matmul", w.rows, w.cols, x, n_tokens, out)?;
+    const OP: &str = "matmul";
+    let shape = check_shapes(OP, w.rows, w.cols, x, n_tokens, out)?;
+    let dtype = w.dtype;
+    if !dtype.is_weight_type() {
+        return Err(Error::UnsupportedDType { op: OP, dtype });
+    }
     if out.is_empty() {
         return Ok(());
     }
-    const OP: &str = "matmul";
-    let dt = w.dtype;
-    match dt {
-        DType::Q4_0 => {
-            let a = quantize_acts(x, shape, QK, table.quantize_q8_0);
-            run::<BlockQ4_0, BlockQ8_0>(
-                cast_blocks(OP, dt, w.data)?,
-                &a,
-                shape,
-                QK,
-                table.q4_0_q8_0,
-                table.q4_0_q8_0_gemm,
-                out,
-            )
-        }
-        DType::Q4_1 => {
-            let a = quantize_acts(x, shape, QK, table.quantize_q8_1);
-            run::<BlockQ4_1, BlockQ8_1>(
-                cast_blocks(OP, dt, w.data)?,
-                &a,
-                shape,
-                QK,
-                table.q4_1_q8_1,
-                table.q4_1_q8_1_gemm,
-                out,
-            )
-        }
-        DType::Q8_0 => {
-            let a = quantize_acts(x, shape, QK, table.quantize_q8_0);
-            run::<BlockQ8_0, BlockQ8_0>(
-                cast_blocks(OP, dt, w.data)?,
-                &a,
-                shape,
-                QK,
-                table.q8_0_q8_0,
-                table.q8_0_q8_0_gemm,
-                out,
-            )
-        }
-        DType::Q4_K => {
-            let a = quantize_acts(x, shape, QK_K, table.quantize_q8_k);
-            run::<BlockQ4K, BlockQ8K>(
-                cast_blocks(OP, dt, w.data)?,
-                &a,
-                shape,
-                QK_K,
-                table.q4_k_q8_k,
-                None,
-                out,
-            )
-        }
-        DType::Q5_K => {
-            let a = quantize_acts(x, shape, QK_K, table.quantize_q8_k);
-            run::<BlockQ5K, BlockQ8K>(
-                cast_blocks(OP, dt, w.data)?,
-                &a,
-                shape,
-                QK_K,
-                table.q5_k_q8_k,
-                None,
-                out,
-            )
-        }
-        DType::Q6_K => {
-            let a = quantize_acts(x, shape, QK_K, table.quantize_q8_k);
-            run::<BlockQ6K, BlockQ8K>(
-                cast_blocks(OP, dt, w.data)?,
-                &a,
-                shape,
-                QK_K,
-                table.q6_k_q8_k,
-                None,
-                out,
-            )
-        }
-        DType::F32 => run::<f32, f32>(
-            cast_blocks(OP, dt, w.data)?,
-            x,
-            shape,
-            1,
-            table.f32_f32,
-            None,
-            out,
-        ),
-        DType::F16 => run::<half::f16, f32>(
-            cast_blocks(OP, dt, w.data)?,
-            x,
-            shape,
-            1,
-            table.f16_f32,
-            None,
-            out,
-        ),
-        DType::BF16 => run::<half::bf16, f32>(
-            cast_blocks(OP, dt, w.data)?,
-            x,
-            shape,
-            1,
-            table.bf16_f32,
-            None,
-            out,
-        ),
-        DType::Q8_1 | DType::Q8_K => return Err(Error::UnsupportedDType { op: OP, dtype: dt }),
-    }
-    Ok(())
+    with_weight_block!(dtype, W => {
+        run::<W>(table, cast_blocks(OP, dtype, w.data)?, x, shape, out);
+        Ok(())
+    }, Err(Error::UnsupportedDType { op: OP, dtype }))
 }
 
 /// `x` is `[n_tokens, cols]` and `out` `[n_tokens, rows]`, or a typed error.
@@ -240,14 +147,12 @@ struct Shape {
     n_tokens: usize,
 }
 
-fn quantize_acts<A: Pod + Send>(
-    x: &[f32],
-    s: Shape,
-    block: usize,
-    quantize: fn(&[f32], &mut [A]),
-) -> Vec<A> {
-    let bpr = s.cols / block;
-    let mut acts = vec![A::zeroed(); s.n_tokens * bpr];
+/// `x` (`n_tokens` rows of `cols`) quantized into `W`'s activation type
+/// by `table`'s quantizer for it, row by row.
+fn quantize_acts<W: WeightBlock>(table: &KernelTable, x: &[f32], s: Shape) -> Vec<W::Act> {
+    let quantize = table.quantizer::<W::Act>();
+    let bpr = s.cols / <W::Act as QuantBlock>::ELEMS;
+    let mut acts = vec![<W::Act>::zeroed(); s.n_tokens * bpr];
     if s.n_tokens == 1 {
         quantize(x, &mut acts);
     } else {
@@ -268,25 +173,19 @@ fn rows_per_task(rows: usize, n_tokens: usize) -> usize {
     rows.div_ceil(tasks).next_multiple_of(16).clamp(16, 1024)
 }
 
-fn run<W: Pod + Sync, A: Pod + Sync>(
-    w: &[W],
-    acts: &[A],
-    s: Shape,
-    block: usize,
-    dot: VecDotFn<W, A>,
-    gemm: Option<GemmFn<W, A>>,
-    out: &mut [f32],
-) {
-    let bpr = s.cols / block;
+fn run<W: WeightBlock>(table: &KernelTable, w: &[W], x: &[f32], s: Shape, out: &mut [f32]) {
+    let bpr = s.cols / W::ELEMS;
     if bpr == 0 {
         out.fill(0.0);
         return;
     }
+    let acts = quantize_acts::<W>(table, x, s);
+    let row = table.weight::<W>();
     bands(s, out, |r0, nr, o| {
         let wr = &w[r0 * bpr..(r0 + nr) * bpr];
-        match gemm {
-            Some(g) => g(wr, acts, bpr, o),
-            None => dispatch::gemm_by_dots(dot, wr, acts, bpr, o),
+        match row.gemm {
+            Some(g) => g(wr, &acts, bpr, o),
+            None => dispatch::gemm_by_dots(row.dot, wr, &acts, bpr, o),
         }
     });
 }
@@ -330,7 +229,7 @@ fn bands(s: Shape, out: &mut [f32], kernel: impl Fn(usize, usize, &mut [f32]) + 
 /// 64-byte aligned storage for packed weights (whole cache lines, so the
 /// kernels' 64-byte loads never split one).
 #[repr(C, align(64))]
-#[derive(Clone, Copy, Pod, bytemuck::Zeroable)]
+#[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Line([u8; 64]);
 
 /// A weight matrix repacked at load time into the x16 panels of
@@ -362,27 +261,19 @@ impl PackedMatrix {
     /// `m` packed for `table` when the table has an x16 kernel for its
     /// type, `None` when it has not (the file's layout is then the faster
     /// one). Packs panels in parallel on the caller's rayon pool.
-    pub fn pack_for(table: &VecDotTable, m: &QMatrix<'_>) -> Result<Option<PackedMatrix>> {
+    pub fn pack_for(table: &KernelTable, m: &QMatrix<'_>) -> Result<Option<PackedMatrix>> {
         const OP: &str = "PackedMatrix::pack_for";
-        let wants = match m.dtype {
-            DType::Q4_0 => table.q4_0_q8_0_x16.is_some(),
-            DType::Q4_1 => table.q4_1_q8_1_x16.is_some(),
-            DType::Q8_0 => table.q8_0_q8_0_x16.is_some(),
-            _ => false,
-        };
-        if !wants {
-            return Ok(None);
-        }
-        Ok(Some(match m.dtype {
-            DType::Q4_0 => Self::pack::<BlockQ4_0>(cast_blocks(OP, m.dtype, m.data)?, m)?,
-            DType::Q4_1 => Self::pack::<BlockQ4_1>(cast_blocks(OP, m.dtype, m.data)?, m)?,
-            _ => Self::pack::<BlockQ8_0>(cast_blocks(OP, m.dtype, m.data)?, m)?,
-        }))
+        with_weight_block!(m.dtype, W => {
+            if table.weight::<W>().x16.is_none() || !x16::has_layout::<W>() {
+                return Ok(None);
+            }
+            Self::pack::<W>(cast_blocks(OP, m.dtype, m.data)?, m).map(Some)
+        }, Ok(None))
     }
 
-    fn pack<B: X16Block + Sync>(w: &[B], m: &QMatrix<'_>) -> Result<PackedMatrix> {
+    fn pack<B: WeightBlock>(w: &[B], m: &QMatrix<'_>) -> Result<PackedMatrix> {
         const OP: &str = "PackedMatrix::pack";
-        let bpr = m.cols / QK;
+        let bpr = m.cols / B::ELEMS;
         let len = x16::packed_bytes::<B>(m.rows, bpr).ok_or(Error::SizeOverflow { op: OP })?;
         let mut lines = vec![Line([0; 64]); len.div_ceil(64)];
         let bytes: &mut [u8] = &mut bytemuck::cast_slice_mut(&mut lines)[..len];
@@ -416,22 +307,30 @@ impl PackedMatrix {
     }
 }
 
-/// Several packed matrices of one type and width against the same input
-/// (a layer's Q, K and V, or its gate and up): `outs[i] = ws[i] · x`. The
-/// activations are quantized once, and a decode step runs every band of
-/// every matrix in one parallel region (one synchronization instead of one
-/// per matrix). Prefill, compute-bound, takes the matrices one by one.
+/// [`matmul_packed_group_with`] on the process-wide dispatch table.
 pub fn matmul_packed_group(
     ws: &[&PackedMatrix],
     x: &[f32],
     n_tokens: usize,
     outs: &mut [&mut [f32]],
 ) -> Result<()> {
+    matmul_packed_group_with(dispatch::try_table()?, ws, x, n_tokens, outs)
+}
+
+/// Several packed matrices of one type and width against the same input
+/// (a layer's Q, K and V, or its gate and up): `outs[i] = ws[i] · x`. The
+/// activations are quantized once, and a decode step runs every band of
+/// every matrix in one parallel region (one synchronization instead of one
+/// per matrix). Prefill, compute-bound, takes the matrices one by one, as
+/// do matrices of different types or widths.
+pub fn matmul_packed_group_with(
+    table: &KernelTable,
+    ws: &[&PackedMatrix],
+    x: &[f32],
+    n_tokens: usize,
+    outs: &mut [&mut [f32]],
+) -> Result<()> {
     const OP: &str = "matmul_packed_group";
-    let table = dispatch::try_table()?;
-    let Some(first) = ws.first() else {
-        return Ok(());
-    };
     if ws.len() != outs.len() {
         return Err(Error::ShapeMismatch {
             op: OP,
@@ -439,10 +338,13 @@ pub fn matmul_packed_group(
             got: outs.len(),
         });
     }
+    let Some(first) = ws.first() else {
+        return Ok(());
+    };
     let same = ws
         .iter()
         .all(|w| w.dtype == first.dtype && w.cols == first.cols);
-    if n_tokens != 1 || !same || first.cols / QK == 0 {
+    if n_tokens != 1 || !same || first.cols / first.dtype.block_size() == 0 {
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             matmul_packed_with(table, w, x, n_tokens, out)?;
         }
@@ -451,93 +353,60 @@ pub fn matmul_packed_group(
     for (w, out) in ws.iter().zip(outs.iter()) {
         check_shapes(OP, w.rows, w.cols, x, 1, out)?;
     }
-    let bpr = first.cols / QK;
+    let dtype = first.dtype;
+    with_weight_block!(dtype, W => {
+        group_decode::<W>(table, ws, x, outs);
+        Ok(())
+    }, Err(Error::UnsupportedDType { op: OP, dtype }))
+}
+
+/// The decode step of [`matmul_packed_group_with`]: every band of every
+/// matrix (all of type `W` and one width) in one parallel region.
+fn group_decode<W: WeightBlock>(
+    table: &KernelTable,
+    ws: &[&PackedMatrix],
+    x: &[f32],
+    outs: &mut [&mut [f32]],
+) {
+    let cols = x.len();
+    let bpr = cols / W::ELEMS;
     let total: usize = ws.iter().map(|w| w.rows).sum();
     let chunk = rows_per_task(total, 1);
     let shape = Shape {
         rows: total,
-        cols: first.cols,
+        cols,
         n_tokens: 1,
     };
-    fn go<B: X16Block, A: Pod + Sync>(
-        ws: &[&PackedMatrix],
-        outs: &mut [&mut [f32]],
-        chunk: usize,
-        bpr: usize,
-        a: &[A],
-        kernel: Option<X16GemmFn<A>>,
-        dot: VecDotFn<B, A>,
-    ) {
-        let mut tasks = Vec::new();
-        for (w, out) in ws.iter().zip(outs.iter_mut()) {
-            for (ci, o) in out.chunks_mut(chunk).enumerate() {
-                tasks.push((w.bytes(), ci * chunk, o));
-            }
-        }
-        tasks
-            .into_par_iter()
-            .for_each(|(p, r0, o)| x16_band(p, r0, o.len(), bpr, a, kernel, dot, o));
-    }
-    match first.dtype {
-        DType::Q4_0 => {
-            let a = quantize_acts(x, shape, QK, table.quantize_q8_0);
-            go::<BlockQ4_0, _>(
-                ws,
-                outs,
-                chunk,
-                bpr,
-                &a,
-                table.q4_0_q8_0_x16,
-                table.q4_0_q8_0,
-            );
-        }
-        DType::Q4_1 => {
-            let a = quantize_acts(x, shape, QK, table.quantize_q8_1);
-            go::<BlockQ4_1, _>(
-                ws,
-                outs,
-                chunk,
-                bpr,
-                &a,
-                table.q4_1_q8_1_x16,
-                table.q4_1_q8_1,
-            );
-        }
-        _ => {
-            let a = quantize_acts(x, shape, QK, table.quantize_q8_0);
-            go::<BlockQ8_0, _>(
-                ws,
-                outs,
-                chunk,
-                bpr,
-                &a,
-                table.q8_0_q8_0_x16,
-                table.q8_0_q8_0,
-            );
+    let a = quantize_acts::<W>(table, x, shape);
+    let row = table.weight::<W>();
+    let mut tasks = Vec::new();
+    for (w, out) in ws.iter().zip(outs.iter_mut()) {
+        for (ci, o) in out.chunks_mut(chunk).enumerate() {
+            tasks.push((w.bytes(), ci * chunk, o));
         }
     }
-    Ok(())
+    tasks
+        .into_par_iter()
+        .for_each(|(p, r0, o)| x16_band(p, r0, o.len(), bpr, &a, row, o));
 }
 
 /// Rows `r0..r0 + nr` (whole panels from `r0`, a panel boundary) of the
-/// packed matrix `p` against `a`, on the table's x16 kernel or, without
-/// one, the reference.
-#[allow(clippy::too_many_arguments)]
-fn x16_band<B: X16Block, A>(
+/// packed matrix `p` against `a`, on the row's x16 kernel or, without one,
+/// the reference over the row's dot.
+fn x16_band<W: WeightBlock>(
     p: &[u8],
     r0: usize,
     nr: usize,
     bpr: usize,
-    a: &[A],
-    kernel: Option<X16GemmFn<A>>,
-    dot: VecDotFn<B, A>,
+    a: &[W::Act],
+    row: &WeightRow<W>,
     o: &mut [f32],
 ) {
-    let panels = &p[r0 / x16::PANEL_ROWS * bpr * B::RECORD..]
-        [..nr.div_ceil(x16::PANEL_ROWS) * bpr * B::RECORD];
-    match kernel {
+    let panels = &p[r0 / x16::PANEL_ROWS * bpr * W::RECORD..]
+        [..nr.div_ceil(x16::PANEL_ROWS) * bpr * W::RECORD];
+    match row.x16 {
         Some(k) => k(panels, nr, a, bpr, o),
-        None => x16::gemm_ref(dot, panels, nr, a, bpr, o),
+        None => x16::gemm_ref::<W, _>(row.dot, panels, nr, a, bpr, o),
     }
 }
 
@@ -547,53 +416,33 @@ pub fn matmul_packed(w: &PackedMatrix, x: &[f32], n_tokens: usize, out: &mut [f3
 }
 
 /// [`matmul_with`] over packed weights. A table without an x16 kernel for
-/// the type (another `SOTTO_ISA` than the one that packed) goes through the
-/// reference, [`x16::gemm_ref`], on its own dot.
+/// the type (another table than the one that packed) goes through the
+/// reference, [`x16::gemm_ref`].
 pub fn matmul_packed_with(
-    table: &VecDotTable,
+    table: &KernelTable,
     w: &PackedMatrix,
     x: &[f32],
     n_tokens: usize,
     out: &mut [f32],
 ) -> Result<()> {
-    let shape = check_shapes("matmul_packed", w.rows, w.cols, x, n_tokens, out)?;
+    const OP: &str = "matmul_packed";
+    let shape = check_shapes(OP, w.rows, w.cols, x, n_tokens, out)?;
     if out.is_empty() {
         return Ok(());
     }
-    let bpr = w.cols / QK;
-    if bpr == 0 {
-        out.fill(0.0);
-        return Ok(());
-    }
-    let p = w.bytes();
-    fn go<B: X16Block, A: Pod + Sync>(
-        p: &[u8],
-        s: Shape,
-        bpr: usize,
-        a: &[A],
-        kernel: Option<X16GemmFn<A>>,
-        dot: VecDotFn<B, A>,
-        out: &mut [f32],
-    ) {
-        bands(s, out, |r0, nr, o| {
-            x16_band(p, r0, nr, bpr, a, kernel, dot, o)
-        });
-    }
-    match w.dtype {
-        DType::Q4_0 => {
-            let a = quantize_acts(x, shape, QK, table.quantize_q8_0);
-            go::<BlockQ4_0, _>(p, shape, bpr, &a, table.q4_0_q8_0_x16, table.q4_0_q8_0, out);
+    let dtype = w.dtype;
+    with_weight_block!(dtype, W => {
+        let bpr = w.cols / W::ELEMS;
+        if bpr == 0 {
+            out.fill(0.0);
+            return Ok(());
         }
-        DType::Q4_1 => {
-            let a = quantize_acts(x, shape, QK, table.quantize_q8_1);
-            go::<BlockQ4_1, _>(p, shape, bpr, &a, table.q4_1_q8_1_x16, table.q4_1_q8_1, out);
-        }
-        _ => {
-            let a = quantize_acts(x, shape, QK, table.quantize_q8_0);
-            go::<BlockQ8_0, _>(p, shape, bpr, &a, table.q8_0_q8_0_x16, table.q8_0_q8_0, out);
-        }
-    }
-    Ok(())
+        let a = quantize_acts::<W>(table, x, shape);
+        let row = table.weight::<W>();
+        let p = w.bytes();
+        bands(shape, out, |r0, nr, o| x16_band(p, r0, nr, bpr, &a, row, o));
+        Ok(())
+    }, Err(Error::UnsupportedDType { op: OP, dtype }))
 }
 
 #[cfg(test)]
@@ -700,13 +549,13 @@ mod tests {
                 Some(p) => p,
                 None => {
                     let mut t = *table_for(Isa::Scalar).unwrap();
-                    t.q4_0_q8_0_x16 = Some(|p, r, a, b, o| {
+                    t.q4_0.x16 = Some(|p, r, a, b, o| {
                         x16::gemm_ref(crate::quant::q4_0::vec_dot, p, r, a, b, o)
                     });
-                    t.q4_1_q8_1_x16 = Some(|p, r, a, b, o| {
+                    t.q4_1.x16 = Some(|p, r, a, b, o| {
                         x16::gemm_ref(crate::quant::q4_1::vec_dot, p, r, a, b, o)
                     });
-                    t.q8_0_q8_0_x16 = Some(|p, r, a, b, o| {
+                    t.q8_0.x16 = Some(|p, r, a, b, o| {
                         x16::gemm_ref(crate::quant::q8_0::vec_dot, p, r, a, b, o)
                     });
                     PackedMatrix::pack_for(&t, &m).unwrap().unwrap()
@@ -737,8 +586,8 @@ mod tests {
             assert!(matmul_packed(&packed, &x_of(cols), 1, &mut out[1..]).is_err());
         }
         // types without an x16 layout are never packed
-        let k = aligned_bytes(DType::Q4_K.row_bytes(256).unwrap());
-        let m = QMatrix::new(DType::Q4_K, 1, 256, k.as_bytes()).unwrap();
+        let k = aligned_bytes(DType::Q2_K.row_bytes(256).unwrap());
+        let m = QMatrix::new(DType::Q2_K, 1, 256, k.as_bytes()).unwrap();
         for isa in available_isas() {
             assert!(PackedMatrix::pack_for(table_for(isa).unwrap(), &m)
                 .unwrap()
@@ -753,7 +602,7 @@ mod tests {
         let Some(table) = available_isas()
             .into_iter()
             .filter_map(|i| table_for(i).ok())
-            .find(|t| t.q4_1_q8_1_x16.is_some())
+            .find(|t| t.q4_1.x16.is_some())
         else {
             return; // no x16 table on this CPU: the group path is never taken
         };
@@ -800,6 +649,67 @@ mod tests {
         vec![0.5; n]
     }
 
+    /// Every weight type: data one block short of the rows (blocks past the
+    /// tensor) or one block long, a row length that is not whole blocks,
+    /// and inputs or outputs of the wrong length are typed errors on every
+    /// table, and a failed call leaves the output untouched.
+    #[test]
+    fn every_type_rejects_bad_shapes() {
+        for &d in DType::ALL {
+            let (bs, ts) = (d.block_size(), d.type_size());
+            let (rows, cols) = (3, 2 * bs.max(32));
+            let rb = d.row_bytes(cols).unwrap();
+            let buf = aligned_bytes(rows * rb + ts);
+            let b = buf.as_bytes();
+            for bad in [rows * rb - ts, rows * rb + ts] {
+                assert!(
+                    matches!(
+                        QMatrix::new(d, rows, cols, &b[..bad]),
+                        Err(Error::ShapeMismatch { .. })
+                    ),
+                    "{d}: {bad} bytes for {rows}x{cols}"
+                );
+            }
+            if bs > 1 {
+                assert!(
+                    matches!(
+                        QMatrix::new(d, rows, cols + 1, &b[..rows * rb]),
+                        Err(Error::RaggedRow { .. })
+                    ),
+                    "{d}: ragged"
+                );
+            }
+            let m = QMatrix::new(d, rows, cols, &b[..rows * rb]).unwrap();
+            for isa in available_isas() {
+                let t = table_for(isa).unwrap();
+                let mut out = vec![3f32; rows];
+                let wrong_x = matmul_with(t, &m, &vec![0.5; cols - 1], 1, &mut out);
+                let wrong_out = matmul_with(t, &m, &vec![0.5; cols], 1, &mut out[..rows - 1]);
+                if d.is_weight_type() {
+                    assert!(
+                        matches!(wrong_x, Err(Error::ShapeMismatch { .. })),
+                        "{d} {isa}"
+                    );
+                    assert!(
+                        matches!(wrong_out, Err(Error::ShapeMismatch { .. })),
+                        "{d} {isa}"
+                    );
+                    assert!(
+                        matmul_with(t, &m, &vec![0.5; 2 * cols], 2, &mut vec![0f32; 2 * rows])
+                            .is_ok()
+                    );
+                } else {
+                    let ok = matmul_with(t, &m, &vec![0.5; cols], 1, &mut out);
+                    assert!(
+                        matches!(ok, Err(Error::UnsupportedDType { .. })),
+                        "{d} {isa}"
+                    );
+                }
+                assert!(out.iter().all(|&v| v == 3.0), "{d} {isa}: output written");
+            }
+        }
+    }
+
     #[test]
     fn qmatrix_rejects_wrong_sizes() {
         // Q4_1, 64 columns: 2 blocks of 20 bytes per row
@@ -822,8 +732,17 @@ mod tests {
             QMatrix::new(DType::F32, usize::MAX, 4, b),
             Err(Error::SizeOverflow { .. })
         ));
+        // an activation-only type is no weight type, even for no rows
         let m = QMatrix::new(DType::Q8_K, 0, 256, &[]).unwrap();
-        assert!(matmul(&m, &[0.0; 256], 1, &mut []).is_ok());
+        assert_eq!(
+            matmul(&m, &[0.0; 256], 1, &mut []),
+            Err(Error::UnsupportedDType {
+                op: "matmul",
+                dtype: DType::Q8_K
+            })
+        );
+        let m = QMatrix::new(DType::Q4_1, 0, 64, &[]).unwrap();
+        assert!(matmul(&m, &[0.0; 64], 1, &mut []).is_ok());
         let m = QMatrix::new(DType::Q4_1, 2, 64, &b[..80]).unwrap();
         let mut out = [0f32; 2];
         assert!(matmul(&m, &[0.0; 63], 1, &mut out).is_err());

@@ -1,5 +1,5 @@
 //! Safe operators on top of the dispatch table. No `unsafe` here: every
-//! SIMD path is reached through [`crate::dispatch::VecDotTable`].
+//! SIMD path is reached through [`crate::dispatch::KernelTable`].
 
 mod activation;
 mod attention;
@@ -10,8 +10,8 @@ mod rope;
 pub use activation::{gelu_tanh_mul, silu_mul, softcap, softmax};
 pub use attention::{attention, attention_with, AttentionParams};
 pub use matmul::{
-    matmul, matmul_packed, matmul_packed_group, matmul_packed_with, matmul_with, PackedMatrix,
-    QMatrix,
+    matmul, matmul_packed, matmul_packed_group, matmul_packed_group_with, matmul_packed_with,
+    matmul_with, PackedMatrix, QMatrix,
 };
 pub use norm::{rms_norm, rms_norm_in_place};
 pub use rope::{RopeCache, RopeStyle};

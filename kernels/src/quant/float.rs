@@ -1,10 +1,79 @@
 //! F32, F16 and BF16 weights: one element per "block"; dots take f32
-//! activations.
+//! activations (F32 is also that activation type: quantizing is a copy).
 
+use super::{ActivationBlock, DType, QuantBlock, WeightBlock};
+use crate::dispatch::{ActivationRow, KernelTable, WeightRow};
 use half::{bf16, f16};
 
+impl QuantBlock for f32 {
+    const DTYPE: DType = DType::F32;
+    fn quantize_ref(x: &[f32], out: &mut [Self]) {
+        quantize_row_f32(x, out)
+    }
+    fn dequantize_ref(blocks: &[Self], y: &mut [f32]) {
+        dequantize_row_f32(blocks, y)
+    }
+}
+
+impl WeightBlock for f32 {
+    type Act = f32;
+    fn vec_dot_ref(w: &[Self], a: &[f32]) -> f32 {
+        vec_dot_f32(w, a)
+    }
+    fn weight_row(t: &KernelTable) -> &WeightRow<Self> {
+        &t.f32
+    }
+}
+
+impl ActivationBlock for f32 {
+    fn activation_row(t: &KernelTable) -> &ActivationRow<Self> {
+        &t.act_f32
+    }
+}
+
+impl QuantBlock for f16 {
+    const DTYPE: DType = DType::F16;
+    fn quantize_ref(x: &[f32], out: &mut [Self]) {
+        quantize_row_f16(x, out)
+    }
+    fn dequantize_ref(blocks: &[Self], y: &mut [f32]) {
+        dequantize_row_f16(blocks, y)
+    }
+}
+
+impl WeightBlock for f16 {
+    type Act = f32;
+    fn vec_dot_ref(w: &[Self], a: &[f32]) -> f32 {
+        vec_dot_f16(w, a)
+    }
+    fn weight_row(t: &KernelTable) -> &WeightRow<Self> {
+        &t.f16
+    }
+}
+
+impl QuantBlock for bf16 {
+    const DTYPE: DType = DType::BF16;
+    fn quantize_ref(x: &[f32], out: &mut [Self]) {
+        quantize_row_bf16(x, out)
+    }
+    fn dequantize_ref(blocks: &[Self], y: &mut [f32]) {
+        dequantize_row_bf16(blocks, y)
+    }
+}
+
+impl WeightBlock for bf16 {
+    type Act = f32;
+    fn vec_dot_ref(w: &[Self], a: &[f32]) -> f32 {
+        vec_dot_bf16(w, a)
+    }
+    fn weight_row(t: &KernelTable) -> &WeightRow<Self> {
+        &t.bf16
+    }
+}
+
 pub fn quantize_row_f32(x: &[f32], out: &mut [f32]) {
-    out.copy_from_slice(x);
+    let n = x.len().min(out.len());
+    out[..n].copy_from_slice(&x[..n]);
 }
 pub fn quantize_row_f16(x: &[f32], out: &mut [f16]) {
     for (o, &v) in out.iter_mut().zip(x) {
@@ -17,7 +86,8 @@ pub fn quantize_row_bf16(x: &[f32], out: &mut [bf16]) {
     }
 }
 pub fn dequantize_row_f32(x: &[f32], out: &mut [f32]) {
-    out.copy_from_slice(x);
+    let n = x.len().min(out.len());
+    out[..n].copy_from_slice(&x[..n]);
 }
 pub fn dequantize_row_f16(x: &[f16], out: &mut [f32]) {
     for (o, v) in out.iter_mut().zip(x) {

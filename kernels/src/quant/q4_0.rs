@@ -1,8 +1,44 @@
 //! Q4_0: 32 weights per block, 4-bit codes around 8, `w = d * (q - 8)`.
 //! Pairs with Q8_0 activations.
 
-use super::blocks::{BlockQ4_0, BlockQ8_0, QK};
+use super::blocks::QK;
+use super::q8_0::BlockQ8_0;
+use super::x16::X16Field;
+use super::{DType, QuantBlock, WeightBlock};
+use crate::dispatch::{KernelTable, WeightRow};
+use bytemuck::{Pod, Zeroable};
 use half::f16;
+
+/// 32 weights as 4-bit codes `q` in 0..16: `w = d * (q - 8)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ4_0 {
+    pub d: f16,
+    /// low nibbles hold elements 0..16, high nibbles elements 16..32
+    pub qs: [u8; QK / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ4_0>() == 18);
+
+impl QuantBlock for BlockQ4_0 {
+    const DTYPE: DType = DType::Q4_0;
+    fn quantize_ref(x: &[f32], out: &mut [Self]) {
+        quantize_row(x, out)
+    }
+    fn dequantize_ref(blocks: &[Self], y: &mut [f32]) {
+        dequantize_row(blocks, y)
+    }
+}
+
+impl WeightBlock for BlockQ4_0 {
+    type Act = BlockQ8_0;
+    fn vec_dot_ref(w: &[Self], a: &[BlockQ8_0]) -> f32 {
+        vec_dot(w, a)
+    }
+    const X16_FIELDS: &'static [X16Field] = &[X16Field::f16(0), X16Field::codes(2, 16)];
+    fn weight_row(t: &KernelTable) -> &WeightRow<Self> {
+        &t.q4_0
+    }
+}
 
 /// ggml `quantize_row_q4_0_ref`: the value of largest magnitude maps to -8.
 pub fn quantize_row(x: &[f32], out: &mut [BlockQ4_0]) {

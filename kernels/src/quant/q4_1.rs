@@ -1,8 +1,45 @@
 //! Q4_1: 32 weights per block, 4-bit codes with a minimum, `w = d * q + m`.
 //! Pairs with Q8_1 activations (whose `s` folds the minimum in).
 
-use super::blocks::{BlockQ4_1, BlockQ8_1, QK};
+use super::blocks::QK;
+use super::q8_1::BlockQ8_1;
+use super::x16::X16Field;
+use super::{DType, QuantBlock, WeightBlock};
+use crate::dispatch::{KernelTable, WeightRow};
+use bytemuck::{Pod, Zeroable};
 use half::f16;
+
+/// 32 weights as 4-bit codes with a minimum: `w = d * q + m`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ4_1 {
+    pub d: f16,
+    pub m: f16,
+    pub qs: [u8; QK / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ4_1>() == 20);
+
+impl QuantBlock for BlockQ4_1 {
+    const DTYPE: DType = DType::Q4_1;
+    fn quantize_ref(x: &[f32], out: &mut [Self]) {
+        quantize_row(x, out)
+    }
+    fn dequantize_ref(blocks: &[Self], y: &mut [f32]) {
+        dequantize_row(blocks, y)
+    }
+}
+
+impl WeightBlock for BlockQ4_1 {
+    type Act = BlockQ8_1;
+    fn vec_dot_ref(w: &[Self], a: &[BlockQ8_1]) -> f32 {
+        vec_dot(w, a)
+    }
+    const X16_FIELDS: &'static [X16Field] =
+        &[X16Field::f16(0), X16Field::f16(2), X16Field::codes(4, 16)];
+    fn weight_row(t: &KernelTable) -> &WeightRow<Self> {
+        &t.q4_1
+    }
+}
 
 /// ggml `quantize_row_q4_1_ref`.
 pub fn quantize_row(x: &[f32], out: &mut [BlockQ4_1]) {

@@ -2,9 +2,54 @@
 //! and mins packed in 12 bytes; `w = d * sc_j * q - dmin * m_j`. Pairs with
 //! Q8_K activations.
 
-use super::blocks::{BlockQ4K, BlockQ8K, K_SCALE_SIZE, QK_K};
-use super::nearest_int;
+use super::blocks::{K_SCALE_SIZE, QK_K};
+use super::q8_k::BlockQ8K;
+use super::x16::X16Field;
+use super::{nearest_int, DType, QuantBlock, WeightBlock};
+use crate::dispatch::{KernelTable, WeightRow};
+use bytemuck::{Pod, Zeroable};
 use half::f16;
+
+/// 256 weights: 8 sub-blocks of 32 with 6-bit scales and mins.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ4K {
+    pub d: f16,
+    pub dmin: f16,
+    pub scales: [u8; K_SCALE_SIZE],
+    pub qs: [u8; QK_K / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ4K>() == 144);
+
+impl QuantBlock for BlockQ4K {
+    const DTYPE: DType = DType::Q4_K;
+    fn quantize_ref(x: &[f32], out: &mut [Self]) {
+        quantize_row(x, out)
+    }
+    fn dequantize_ref(blocks: &[Self], y: &mut [f32]) {
+        dequantize_row(blocks, y)
+    }
+}
+
+impl WeightBlock for BlockQ4K {
+    type Act = BlockQ8K;
+    fn vec_dot_ref(w: &[Self], a: &[BlockQ8K]) -> f32 {
+        vec_dot(w, a)
+    }
+    /// `d` and `dmin` planes, the 12 scale bytes as 3 lines (line `k`:
+    /// bytes `4k..4k + 4` of each row), then 32 code lines (line `g`:
+    /// `qs[4g..4g + 4]`, so lines `8c..8c + 8` hold sub-block `2c` in their
+    /// low nibbles and `2c + 1` in their high ones).
+    const X16_FIELDS: &'static [X16Field] = &[
+        X16Field::f16(0),
+        X16Field::f16(2),
+        X16Field::codes(4, K_SCALE_SIZE),
+        X16Field::codes(16, QK_K / 2),
+    ];
+    fn weight_row(t: &KernelTable) -> &WeightRow<Self> {
+        &t.q4_k
+    }
+}
 
 /// ggml `get_scale_min_k4`: the 6-bit (scale, min) of sub-block `j` (0..8).
 /// Sub-blocks 0..4 keep theirs in the low 6 bits of bytes `j` and `j + 4`;

@@ -1,8 +1,56 @@
 //! Q5_K: Q4_K plus a fifth bit per weight in `qh`; `w = d * sc_j * q -
 //! dmin * m_j` with q in 0..32. Pairs with Q8_K activations.
 
-use super::blocks::{BlockQ5K, BlockQ8K, QK_K};
+use super::blocks::{K_SCALE_SIZE, QK_K};
 use super::q4_k::{pack_scale_min_k4, scale_min_k4, sub_codes, sub_scales_mins};
+use super::q8_k::BlockQ8K;
+use super::x16::X16Field;
+use super::{DType, QuantBlock, WeightBlock};
+use crate::dispatch::{KernelTable, WeightRow};
+use bytemuck::{Pod, Zeroable};
+use half::f16;
+
+/// 256 weights: Q4_K plus one high bit per weight.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ5K {
+    pub d: f16,
+    pub dmin: f16,
+    pub scales: [u8; K_SCALE_SIZE],
+    pub qh: [u8; QK_K / 8],
+    pub qs: [u8; QK_K / 2],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ5K>() == 176);
+
+impl QuantBlock for BlockQ5K {
+    const DTYPE: DType = DType::Q5_K;
+    fn quantize_ref(x: &[f32], out: &mut [Self]) {
+        quantize_row(x, out)
+    }
+    fn dequantize_ref(blocks: &[Self], y: &mut [f32]) {
+        dequantize_row(blocks, y)
+    }
+}
+
+impl WeightBlock for BlockQ5K {
+    type Act = BlockQ8K;
+    fn vec_dot_ref(w: &[Self], a: &[BlockQ8K]) -> f32 {
+        vec_dot(w, a)
+    }
+    /// Q4_K's record with the fifth bits between the scales and the codes:
+    /// 8 `qh` lines (line `h`: `qh[4h..4h + 4]`, the bits of elements
+    /// `64c + 4h..` at bit `2c` and `64c + 32 + 4h..` at bit `2c + 1`).
+    const X16_FIELDS: &'static [X16Field] = &[
+        X16Field::f16(0),
+        X16Field::f16(2),
+        X16Field::codes(4, K_SCALE_SIZE),
+        X16Field::codes(16, QK_K / 8),
+        X16Field::codes(48, QK_K / 2),
+    ];
+    fn weight_row(t: &KernelTable) -> &WeightRow<Self> {
+        &t.q5_k
+    }
+}
 
 pub fn quantize_row(x: &[f32], out: &mut [BlockQ5K]) {
     for (xb, b) in x.chunks_exact(QK_K).zip(out.iter_mut()) {
@@ -78,7 +126,6 @@ pub fn vec_dot(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use half::f16;
 
     /// ggml's layout: element 64c + l takes bit 2c of qh[l], element
     /// 64c + 32 + l takes bit 2c + 1.

@@ -2,9 +2,53 @@
 //! around 32, 16 sub-blocks of 16 with signed 8-bit scales:
 //! `w = d * sc[e / 16] * (q - 32)`. Pairs with Q8_K activations.
 
-use super::blocks::{BlockQ6K, BlockQ8K, QK_K};
-use super::nearest_int;
+use super::blocks::QK_K;
+use super::q8_k::BlockQ8K;
+use super::x16::X16Field;
+use super::{nearest_int, DType, QuantBlock, WeightBlock};
+use crate::dispatch::{KernelTable, WeightRow};
+use bytemuck::{Pod, Zeroable};
 use half::f16;
+
+/// 256 weights as 6-bit codes in 16 sub-blocks with 8-bit scales.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ6K {
+    pub ql: [u8; QK_K / 2],
+    pub qh: [u8; QK_K / 4],
+    pub scales: [i8; QK_K / 16],
+    pub d: f16,
+}
+const _: () = assert!(std::mem::size_of::<BlockQ6K>() == 210);
+
+impl QuantBlock for BlockQ6K {
+    const DTYPE: DType = DType::Q6_K;
+    fn quantize_ref(x: &[f32], out: &mut [Self]) {
+        quantize_row(x, out)
+    }
+    fn dequantize_ref(blocks: &[Self], y: &mut [f32]) {
+        dequantize_row(blocks, y)
+    }
+}
+
+impl WeightBlock for BlockQ6K {
+    type Act = BlockQ8K;
+    fn vec_dot_ref(w: &[Self], a: &[BlockQ8K]) -> f32 {
+        vec_dot(w, a)
+    }
+    /// Scale first as in the other types (the block keeps it last): the
+    /// `d` plane, the 16 sub-block scales as 4 lines (line `m`: scales
+    /// `4m..4m + 4`), the 16 `qh` lines, then the 32 `ql` lines.
+    const X16_FIELDS: &'static [X16Field] = &[
+        X16Field::f16(208),
+        X16Field::codes(192, QK_K / 16),
+        X16Field::codes(128, QK_K / 4),
+        X16Field::codes(0, QK_K / 2),
+    ];
+    fn weight_row(t: &KernelTable) -> &WeightRow<Self> {
+        &t.q6_k
+    }
+}
 
 /// The signed code (-32..32) of every element of a block, in element order.
 /// Element `128n + 32k + l` (k in 0..4) lives in `ql[64n + 32(k%2) + l]`

@@ -1,8 +1,48 @@
 //! Q8_0: 32 values per block as signed bytes, `x = d * q`. Both a weight
 //! type and the activation type of Q4_0 and Q8_0 weights.
 
-use super::blocks::{BlockQ8_0, QK};
+use super::blocks::QK;
+use super::x16::X16Field;
+use super::{ActivationBlock, DType, QuantBlock, WeightBlock};
+use crate::dispatch::{ActivationRow, KernelTable, WeightRow};
+use bytemuck::{Pod, Zeroable};
 use half::f16;
+
+/// 32 values as signed bytes: `x = d * q`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ8_0 {
+    pub d: f16,
+    pub qs: [i8; QK],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8_0>() == 34);
+
+impl QuantBlock for BlockQ8_0 {
+    const DTYPE: DType = DType::Q8_0;
+    fn quantize_ref(x: &[f32], out: &mut [Self]) {
+        quantize_row(x, out)
+    }
+    fn dequantize_ref(blocks: &[Self], y: &mut [f32]) {
+        dequantize_row(blocks, y)
+    }
+}
+
+impl WeightBlock for BlockQ8_0 {
+    type Act = BlockQ8_0;
+    fn vec_dot_ref(w: &[Self], a: &[BlockQ8_0]) -> f32 {
+        vec_dot(w, a)
+    }
+    const X16_FIELDS: &'static [X16Field] = &[X16Field::f16(0), X16Field::codes(2, 32)];
+    fn weight_row(t: &KernelTable) -> &WeightRow<Self> {
+        &t.q8_0
+    }
+}
+
+impl ActivationBlock for BlockQ8_0 {
+    fn activation_row(t: &KernelTable) -> &ActivationRow<Self> {
+        &t.act_q8_0
+    }
+}
 
 /// ggml `quantize_row_q8_0_ref`: `d = amax / 127`, codes rounded half away
 /// from zero.

@@ -1,7 +1,37 @@
 //! Q8_1: Q8_0 plus `s = d * sum(qs)`, the activation type of Q4_1 weights.
 
-use super::blocks::{BlockQ8_1, QK};
+use super::blocks::QK;
+use super::{ActivationBlock, DType, QuantBlock};
+use crate::dispatch::{ActivationRow, KernelTable};
+use bytemuck::{Pod, Zeroable};
 use half::f16;
+
+/// Activation block paired with Q4_1: like Q8_0 plus `s = d * sum(qs)`, so
+/// the weight minimum contributes `m * s` without touching the codes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ8_1 {
+    pub d: f16,
+    pub s: f16,
+    pub qs: [i8; QK],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8_1>() == 36);
+
+impl QuantBlock for BlockQ8_1 {
+    const DTYPE: DType = DType::Q8_1;
+    fn quantize_ref(x: &[f32], out: &mut [Self]) {
+        quantize_row(x, out)
+    }
+    fn dequantize_ref(blocks: &[Self], y: &mut [f32]) {
+        dequantize_row(blocks, y)
+    }
+}
+
+impl ActivationBlock for BlockQ8_1 {
+    fn activation_row(t: &KernelTable) -> &ActivationRow<Self> {
+        &t.act_q8_1
+    }
+}
 
 /// ggml `quantize_row_q8_1_ref`: `s` uses the unrounded f32 `d`.
 pub fn quantize_row(x: &[f32], out: &mut [BlockQ8_1]) {

@@ -1,8 +1,37 @@
 //! Q8_K: 256 activations per block with an f32 scale and per-16 sums, the
 //! activation type of the k-quants.
 
-use super::blocks::{BlockQ8K, QK_K};
-use super::nearest_int;
+use super::blocks::QK_K;
+use super::{nearest_int, ActivationBlock, DType, QuantBlock};
+use crate::dispatch::{ActivationRow, KernelTable};
+use bytemuck::{Pod, Zeroable};
+
+/// Activation block paired with the k-quants.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Pod, Zeroable)]
+pub struct BlockQ8K {
+    pub d: f32,
+    pub qs: [i8; QK_K],
+    /// sums of each 16 consecutive `qs`
+    pub bsums: [i16; QK_K / 16],
+}
+const _: () = assert!(std::mem::size_of::<BlockQ8K>() == 292);
+
+impl QuantBlock for BlockQ8K {
+    const DTYPE: DType = DType::Q8_K;
+    fn quantize_ref(x: &[f32], out: &mut [Self]) {
+        quantize_row(x, out)
+    }
+    fn dequantize_ref(blocks: &[Self], y: &mut [f32]) {
+        dequantize_row(blocks, y)
+    }
+}
+
+impl ActivationBlock for BlockQ8K {
+    fn activation_row(t: &KernelTable) -> &ActivationRow<Self> {
+        &t.act_q8_k
+    }
+}
 
 /// ggml `quantize_row_q8_K_ref`: the value of largest magnitude maps to
 /// -127, codes rounded half to even, `d = 1 / iscale`.

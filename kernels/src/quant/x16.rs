@@ -1,104 +1,133 @@
-//! The "x16" layout: legacy-quant weights (Q4_0, Q4_1, Q8_0) regrouped at
-//! load time into panels of 16 rows, the layout the lane-per-row gemm kernels
-//! consume with plain contiguous loads (without it they gather 16 rows per
-//! block at run time, which bounds the decode matvec).
+//! The "x16" layout: weight blocks regrouped at load time into panels of 16
+//! rows, the layout the lane-per-row gemm kernels consume with plain
+//! contiguous loads (without it they gather 16 rows per block at run time,
+//! which bounds the decode matvec).
 //!
 //! A matrix of `rows` rows of `bpr` blocks becomes `ceil(rows / 16)` panels,
-//! each of `bpr` records, panel-major. The record of block `b` of panel `p`
-//! (rows `16p..16p + 16`):
+//! each of `bpr` records, panel-major. A record holds block `b` of the 16
+//! rows of its panel, field by field as the block type declares them
+//! ([`WeightBlock::X16_FIELDS`]): a field of `len` bytes stored in pieces of
+//! `lane` bytes becomes `len / lane` groups of `16 * lane` bytes, where
+//! piece `g` of row `r` sits at `16 * lane * g + lane * r`. For the legacy
+//! quants:
 //!
-//! * `PLANES` planes of 16 f16 scales (32 bytes each): `d` of every row, then
-//!   (Q4_1) `m` of every row;
-//! * `LINES` lines of 64 bytes: 4-byte lane `r` of line `k` holds bytes
-//!   `4k..4k + 4` of row `r`'s codes (`qs`), unchanged.
+//! * Q4_0 (`d`, `qs[16]`): one plane of 16 f16 scales (32 bytes), then 4
+//!   lines of 64 bytes whose 4-byte lane `r` holds bytes `4k..4k + 4` of
+//!   row `r`'s codes;
+//! * Q4_1: planes `d` and `m`, then the 4 code lines;
+//! * Q8_0: plane `d`, then 8 code lines;
+//! * Q5_0: plane `d`, one line of the 32 fifth bits (`qh`), then the 4
+//!   code lines of Q4_0.
+//!
+//! The k-quants put their super-block scales first, then their 6-/8-bit
+//! sub-block scales as lines, then their code lines (each type's
+//! `X16_FIELDS` documents its record):
+//!
+//! * Q4_K (2304 bytes): planes `d`, `dmin`, 3 scale lines, 32 `qs` lines;
+//! * Q5_K (2816 bytes): as Q4_K with 8 `qh` lines before the `qs` lines;
+//! * Q6_K (3360 bytes): plane `d`, 4 scale lines, 16 `qh` lines, 32 `ql`
+//!   lines.
+//!
+//! So every 4-byte lane of a line holds the same bytes of its row as the
+//! block does, and a kernel reads the fields of 16 rows with 64-byte loads
+//! ([`X16Block::field_start`] gives where each field starts).
 //!
 //! Rows past the end of the matrix in its last panel are all zero (scale 0,
 //! so they contribute nothing). Packing is a byte permutation: every block
-//! is recovered exactly by [`unpack_block`].
+//! is recovered exactly by [`unpack_block`]. A block type without fields
+//! has no x16 layout and is never packed.
 
-use super::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
-use super::DType;
+use super::WeightBlock;
 use crate::dispatch::VecDotFn;
-use bytemuck::Pod;
-use half::f16;
 
 /// Rows per panel.
 pub const PANEL_ROWS: usize = 16;
 
-/// A block type with an x16 layout.
-pub trait X16Block: Pod {
-    const DTYPE: DType;
-    /// f16 scale planes before the code lines.
-    const PLANES: usize;
-    /// Code bytes of one block (`qs`).
-    const CODE_BYTES: usize;
+/// One field of a block as an x16 record stores it: `len` bytes from
+/// `offset` in the block, in pieces of `lane` bytes (2: an f16 plane; 4:
+/// the 4-byte lanes the integer dot instructions take).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct X16Field {
+    pub offset: usize,
+    pub len: usize,
+    pub lane: usize,
+}
+
+impl X16Field {
+    /// An f16 at `offset`: a plane of 16 scales.
+    pub const fn f16(offset: usize) -> X16Field {
+        X16Field {
+            offset,
+            len: 2,
+            lane: 2,
+        }
+    }
+    /// `len` code bytes at `offset` in 4-byte lanes.
+    pub const fn codes(offset: usize, len: usize) -> X16Field {
+        X16Field {
+            offset,
+            len,
+            lane: 4,
+        }
+    }
+}
+
+/// Facts of a block type's x16 record, derived from its fields (every
+/// weight block has them; a type without fields has an empty record).
+pub trait X16Block: WeightBlock {
     /// Bytes of one record (16 rows, one block).
-    const RECORD: usize = 32 * Self::PLANES + PANEL_ROWS * Self::CODE_BYTES;
-    /// The scales in plane order (only the first `PLANES` are stored).
-    fn scales(&self) -> [f16; 2];
-    fn codes(&self) -> &[u8];
-    fn from_parts(scales: [f16; 2], codes: &[u8]) -> Self;
-}
-
-impl X16Block for BlockQ4_0 {
-    const DTYPE: DType = DType::Q4_0;
-    const PLANES: usize = 1;
-    const CODE_BYTES: usize = 16;
-    fn scales(&self) -> [f16; 2] {
-        [self.d, f16::ZERO]
-    }
-    fn codes(&self) -> &[u8] {
-        &self.qs
-    }
-    fn from_parts(s: [f16; 2], codes: &[u8]) -> Self {
-        let mut b = BlockQ4_0 {
-            d: s[0],
-            qs: [0; 16],
-        };
-        b.qs.copy_from_slice(codes);
-        b
+    const RECORD: usize = record_bytes(Self::X16_FIELDS);
+    /// f16 planes (2-byte fields) before the first 4-byte field: the
+    /// scales of the legacy quants.
+    const PLANES: usize = planes(Self::X16_FIELDS);
+    /// Bytes of the last field: the codes of the legacy quants.
+    const CODE_BYTES: usize = last_len(Self::X16_FIELDS);
+    /// Byte offset in a record of field `i` of `X16_FIELDS`.
+    fn field_start(i: usize) -> usize {
+        field_start(Self::X16_FIELDS, i)
     }
 }
 
-impl X16Block for BlockQ4_1 {
-    const DTYPE: DType = DType::Q4_1;
-    const PLANES: usize = 2;
-    const CODE_BYTES: usize = 16;
-    fn scales(&self) -> [f16; 2] {
-        [self.d, self.m]
+impl<W: WeightBlock> X16Block for W {}
+
+const fn record_bytes(fields: &[X16Field]) -> usize {
+    let mut i = 0;
+    let mut n = 0;
+    while i < fields.len() {
+        n += PANEL_ROWS * fields[i].len;
+        i += 1;
     }
-    fn codes(&self) -> &[u8] {
-        &self.qs
+    n
+}
+
+const fn field_start(fields: &[X16Field], i: usize) -> usize {
+    let mut k = 0;
+    let mut n = 0;
+    while k < i && k < fields.len() {
+        n += PANEL_ROWS * fields[k].len;
+        k += 1;
     }
-    fn from_parts(s: [f16; 2], codes: &[u8]) -> Self {
-        let mut b = BlockQ4_1 {
-            d: s[0],
-            m: s[1],
-            qs: [0; 16],
-        };
-        b.qs.copy_from_slice(codes);
-        b
+    n
+}
+
+const fn planes(fields: &[X16Field]) -> usize {
+    let mut i = 0;
+    while i < fields.len() && fields[i].lane == 2 {
+        i += 1;
+    }
+    i
+}
+
+const fn last_len(fields: &[X16Field]) -> usize {
+    match fields.last() {
+        Some(f) => f.len,
+        None => 0,
     }
 }
 
-impl X16Block for BlockQ8_0 {
-    const DTYPE: DType = DType::Q8_0;
-    const PLANES: usize = 1;
-    const CODE_BYTES: usize = 32;
-    fn scales(&self) -> [f16; 2] {
-        [self.d, f16::ZERO]
-    }
-    fn codes(&self) -> &[u8] {
-        bytemuck::cast_slice(&self.qs)
-    }
-    fn from_parts(s: [f16; 2], codes: &[u8]) -> Self {
-        let mut b = BlockQ8_0 {
-            d: s[0],
-            qs: [0; 32],
-        };
-        b.qs.copy_from_slice(bytemuck::cast_slice(codes));
-        b
-    }
+/// Whether `W` has an x16 layout.
+pub const fn has_layout<W: WeightBlock>() -> bool {
+    !W::X16_FIELDS.is_empty()
 }
 
 /// Bytes of the packed form of `rows` rows of `bpr` blocks of `B`.
@@ -127,15 +156,21 @@ pub(crate) fn shape_ok<W: X16Block, A>(
             .is_some_and(|n| n <= out.len())
 }
 
-/// Byte offset of the code bytes `4k..4k + 4` of row `r` (within its panel)
-/// inside a record, and of its scale plane `s`.
-#[inline]
-fn code_offset<B: X16Block>(r: usize, k: usize) -> usize {
-    32 * B::PLANES + 64 * k + 4 * r
-}
-#[inline]
-fn scale_offset(r: usize, plane: usize) -> usize {
-    32 * plane + 2 * r
+/// `(block range, record range)` of every piece of row `lane` in a record:
+/// where each `lane`-byte piece of the block goes.
+fn pieces<B: WeightBlock>(lane: usize) -> impl Iterator<Item = (usize, usize, usize)> {
+    let mut start = 0;
+    B::X16_FIELDS.iter().flat_map(move |f| {
+        let base = start;
+        start += PANEL_ROWS * f.len;
+        (0..f.len / f.lane).map(move |g| {
+            (
+                f.offset + g * f.lane,
+                base + PANEL_ROWS * f.lane * g + f.lane * lane,
+                f.lane,
+            )
+        })
+    })
 }
 
 /// Packs `w` (`rows` rows of `bpr` blocks, row-major) into `out`, which must
@@ -161,14 +196,9 @@ pub fn pack<B: X16Block>(w: &[B], bpr: usize, out: &mut [u8]) {
         let (panel, lane) = (r / PANEL_ROWS, r % PANEL_ROWS);
         for (b, blk) in row.iter().enumerate() {
             let rec = &mut out[(panel * bpr + b) * B::RECORD..][..B::RECORD];
-            let s = blk.scales();
-            for (plane, v) in s.iter().enumerate().take(B::PLANES) {
-                let o = scale_offset(lane, plane);
-                rec[o..o + 2].copy_from_slice(&v.to_le_bytes());
-            }
-            for (k, quad) in blk.codes().chunks_exact(4).enumerate() {
-                let o = code_offset::<B>(lane, k);
-                rec[o..o + 4].copy_from_slice(quad);
+            let bytes = bytemuck::bytes_of(blk);
+            for (from, to, n) in pieces::<B>(lane) {
+                rec[to..to + n].copy_from_slice(&bytes[from..from + n]);
             }
         }
     }
@@ -178,17 +208,12 @@ pub fn pack<B: X16Block>(w: &[B], bpr: usize, out: &mut [u8]) {
 pub fn unpack_block<B: X16Block>(packed: &[u8], bpr: usize, r: usize, b: usize) -> B {
     let (panel, lane) = (r / PANEL_ROWS, r % PANEL_ROWS);
     let rec = &packed[(panel * bpr + b) * B::RECORD..][..B::RECORD];
-    let mut s = [f16::ZERO; 2];
-    for (plane, v) in s.iter_mut().enumerate().take(B::PLANES) {
-        let o = scale_offset(lane, plane);
-        *v = f16::from_le_bytes([rec[o], rec[o + 1]]);
+    let mut blk = B::zeroed();
+    let bytes = bytemuck::bytes_of_mut(&mut blk);
+    for (to, from, n) in pieces::<B>(lane) {
+        bytes[to..to + n].copy_from_slice(&rec[from..from + n]);
     }
-    let mut codes = [0u8; 32];
-    for k in 0..B::CODE_BYTES / 4 {
-        let o = code_offset::<B>(lane, k);
-        codes[4 * k..4 * k + 4].copy_from_slice(&rec[o..o + 4]);
-    }
-    B::from_parts(s, &codes[..B::CODE_BYTES])
+    blk
 }
 
 /// The reference packed gemm, with the contract of
@@ -222,10 +247,10 @@ pub fn gemm_ref<B: X16Block, A>(
 mod tests {
     use super::*;
     use crate::quant::test_data::random_row;
-    use crate::quant::{aligned_bytes, cast_blocks, quantize_row};
+    use crate::quant::{aligned_bytes, cast_blocks, quantize_row, DType};
 
     fn round_trip<B: X16Block>(rows: usize, bpr: usize) {
-        let cols = bpr * 32;
+        let cols = bpr * B::ELEMS;
         let src = random_row(rows * cols, (rows * 31 + bpr) as u64);
         let rb = B::DTYPE.row_bytes(cols).unwrap();
         let mut q = aligned_bytes(rows * rb);
@@ -261,15 +286,82 @@ mod tests {
         }
     }
 
+    /// Every layout covers its block exactly once, in pieces of its lane.
+    fn fields_cover_the_block<B: X16Block>() {
+        let size = std::mem::size_of::<B>();
+        let mut seen = vec![0u8; size];
+        for f in B::X16_FIELDS {
+            assert!(f.lane == 2 || f.lane == 4, "{}", B::DTYPE);
+            assert_eq!(f.len % f.lane, 0, "{}", B::DTYPE);
+            for s in &mut seen[f.offset..f.offset + f.len] {
+                *s += 1;
+            }
+        }
+        assert!(seen.iter().all(|&s| s == 1), "{}: {seen:?}", B::DTYPE);
+        assert_eq!(B::RECORD, PANEL_ROWS * size);
+    }
+
     #[test]
     fn packing_is_a_lossless_permutation() {
-        for (rows, bpr) in [(1, 1), (16, 3), (37, 5), (64, 18)] {
-            round_trip::<BlockQ4_0>(rows, bpr);
-            round_trip::<BlockQ4_1>(rows, bpr);
-            round_trip::<BlockQ8_0>(rows, bpr);
+        fn every_layout<B: X16Block>() {
+            if !has_layout::<B>() {
+                return;
+            }
+            fields_cover_the_block::<B>();
+            for (rows, bpr) in [(1, 1), (16, 3), (37, 5), (64, 18)] {
+                round_trip::<B>(rows, bpr);
+            }
         }
+        for &d in DType::ALL {
+            crate::quant::with_weight_block!(d, W => every_layout::<W>(), ());
+        }
+        use crate::quant::blocks::*;
         assert_eq!(BlockQ4_0::RECORD, 288);
         assert_eq!(BlockQ4_1::RECORD, 320);
         assert_eq!(BlockQ8_0::RECORD, 544);
+        assert_eq!((BlockQ4_1::PLANES, BlockQ4_1::CODE_BYTES), (2, 16));
+        assert_eq!((BlockQ8_0::PLANES, BlockQ8_0::CODE_BYTES), (1, 32));
+        use crate::quant::{q5_0::BlockQ5_0, q6_k::BlockQ6K};
+        assert_eq!(BlockQ5_0::RECORD, 352);
+        assert_eq!(BlockQ4K::RECORD, 2304);
+        assert_eq!(BlockQ5K::RECORD, 2816);
+        assert_eq!(BlockQ6K::RECORD, 3360);
+        assert_eq!(
+            [1, 2, 3].map(BlockQ4K::field_start),
+            [32, 64, 64 + 3 * 64]
+        );
+        assert_eq!(BlockQ5K::field_start(4), 64 + 3 * 64 + 8 * 64);
+        assert_eq!(BlockQ6K::field_start(3), 32 + 4 * 64 + 16 * 64);
+        assert_eq!(BlockQ5_0::field_start(2), 32 + 64);
+    }
+
+    /// The k-quant records by hand: lane `r` of a line holds the bytes of
+    /// row `r`, so a 64-byte load at a line reads the same 4 bytes of 16 rows.
+    #[test]
+    fn k_quant_lines_hold_each_rows_bytes() {
+        use crate::quant::q6_k::BlockQ6K;
+        use bytemuck::Zeroable;
+        let rows: Vec<BlockQ6K> = (0..16u8)
+            .map(|r| {
+                let mut b = BlockQ6K::zeroed();
+                let bytes = bytemuck::bytes_of_mut(&mut b);
+                for (i, v) in bytes.iter_mut().enumerate() {
+                    *v = (i as u8).wrapping_mul(7) ^ r;
+                }
+                b
+            })
+            .collect();
+        let mut p = vec![0u8; BlockQ6K::RECORD];
+        pack(&rows, 1, &mut p);
+        for (r, b) in rows.iter().enumerate() {
+            let d = b.d.to_bits().to_le_bytes();
+            assert_eq!(&p[2 * r..2 * r + 2], &d);
+            // scale line 2, lane r: scales 8..12 of row r
+            let s = BlockQ6K::field_start(1) + 2 * 64 + 4 * r;
+            assert_eq!(&p[s..s + 4], bytemuck::cast_slice::<i8, u8>(&b.scales[8..12]));
+            // ql line 31, lane r: ql[124..128]
+            let q = BlockQ6K::field_start(3) + 31 * 64 + 4 * r;
+            assert_eq!(&p[q..q + 4], &b.ql[124..128]);
+        }
     }
 }

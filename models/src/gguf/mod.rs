@@ -22,7 +22,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use sotto_kernels::quant::DType;
+use sotto_kernels::quant::{DType, GgmlType};
 
 use crate::error::{Error, Result};
 
@@ -93,7 +93,9 @@ pub struct TensorInfo {
     pub name: String,
     /// ggml order: `dims[0]` (ne0) is the contiguous, fastest-varying axis.
     pub dims: Vec<usize>,
-    pub dtype: DType,
+    /// Any ggml type (sizes checked); [`TensorInfo::dtype`] says whether
+    /// Sotto can run it.
+    pub ggml_type: GgmlType,
     /// Offset of the data relative to the start of the data section.
     pub offset: usize,
     /// Size of the data in bytes (validated against the file).
@@ -104,6 +106,15 @@ impl TensorInfo {
     /// Number of elements (validated not to overflow at parse time).
     pub fn n_elements(&self) -> usize {
         self.dims.iter().product()
+    }
+
+    /// The tensor's type as Sotto runs it, or
+    /// [`Error::UnsupportedTensorType`] naming the tensor and its type.
+    pub fn dtype(&self) -> Result<DType> {
+        DType::try_from(self.ggml_type).map_err(|_| Error::UnsupportedTensorType {
+            tensor: self.name.clone(),
+            ggml_type: self.ggml_type,
+        })
     }
 }
 
@@ -524,7 +535,7 @@ fn validate_tensor(
         tensor: t.name.clone(),
         reason,
     };
-    let dtype = DType::from_ggml_id(t.type_id).ok_or_else(|| Error::UnknownTensorType {
+    let ggml_type = GgmlType::from_id(t.type_id).map_err(|_| Error::UnknownTensorType {
         tensor: t.name.clone(),
         type_id: t.type_id,
     })?;
@@ -543,17 +554,17 @@ fn validate_tensor(
         dims.push(d);
     }
     let ne0 = dims[0];
-    if ne0 % dtype.block_size() != 0 {
+    if ne0 % ggml_type.block_size() != 0 {
         return Err(bad(format!(
-            "row length {ne0} is not a multiple of the {dtype:?} block size {}",
-            dtype.block_size()
+            "row length {ne0} is not a multiple of the {ggml_type} block size {}",
+            ggml_type.block_size()
         )));
     }
     let rows = n_elements / ne0;
-    let size = dtype
+    let size = ggml_type
         .row_bytes(ne0)
         .and_then(|rb| rb.checked_mul(rows))
-        .ok_or_else(|| bad(format!("byte size of {:?} {dtype:?} overflows", t.dims)))?;
+        .ok_or_else(|| bad(format!("byte size of {:?} {ggml_type} overflows", t.dims)))?;
     let offset = usize::try_from(t.offset)
         .map_err(|_| bad(format!("data offset {} does not fit in memory", t.offset)))?;
     if offset % alignment != 0 {
@@ -574,7 +585,7 @@ fn validate_tensor(
     Ok(TensorInfo {
         name: t.name,
         dims,
-        dtype,
+        ggml_type,
         offset,
         n_bytes: size,
     })

@@ -58,7 +58,8 @@ fn v2_and_v3_round_trip_every_metadata_type() {
         assert_eq!(g.tensors().len(), 3);
         let a = g.tensor("a").unwrap();
         assert_eq!(a.dims, vec![4, 2]);
-        assert_eq!(a.dtype, DType::F32);
+        assert_eq!(a.ggml_type, GgmlType::F32);
+        assert_eq!(a.dtype().unwrap(), DType::F32);
         assert_eq!(a.n_bytes, 32);
         let floats: Vec<f32> = g
             .tensor_bytes(a)
@@ -67,7 +68,7 @@ fn v2_and_v3_round_trip_every_metadata_type() {
             .collect();
         assert_eq!(floats, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0]);
         let q = g.tensor("q").unwrap();
-        assert_eq!(q.dtype, DType::Q8_0);
+        assert_eq!(q.ggml_type, GgmlType::Q8_0);
         assert_eq!(g.tensor_bytes(q), &[7u8; 34][..]);
         assert_eq!(q.offset % 32, 0);
     }
@@ -366,6 +367,35 @@ fn hostile_tensor_tables_are_typed_errors() {
         }
         other => panic!("expected UnknownTensorType, got {other:?}"),
     }
+    // an id ggml removed (Q4_2) is unknown too
+    assert!(matches!(
+        with_tensor(tensor(&[32], 4, 18)),
+        Err(Error::UnknownTensorType { type_id: 4, .. })
+    ));
+}
+
+/// A type Sotto has no kernels for still parses with its ggml size checked
+/// (so `inspect` can list it); using it as a weight is a typed error that
+/// names the tensor and the type.
+#[test]
+fn tensors_of_types_without_kernels_parse_and_refuse_to_load() {
+    // iq2_xxs: 256 elements in 66 bytes
+    let g = with_tensor(tensor(&[256, 2], GgmlType::IQ2_XXS.id(), 132)).unwrap();
+    let t = g.tensor("bad").unwrap();
+    assert_eq!((t.ggml_type, t.n_bytes), (GgmlType::IQ2_XXS, 132));
+    let err = t.dtype().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "tensor bad has type iq2_xxs (ggml type 16), which sotto cannot run"
+    );
+    match crate::weights::Weight::from_gguf(&g, t) {
+        Err(Error::UnsupportedTensorType { tensor, ggml_type }) => {
+            assert_eq!((tensor.as_str(), ggml_type), ("bad", GgmlType::IQ2_XXS))
+        }
+        other => panic!("expected UnsupportedTensorType, got {other:?}"),
+    }
+    // its row length must be whole blocks of 256, as for any type
+    assert_bad_tensor(with_tensor(tensor(&[128, 2], GgmlType::IQ2_XXS.id(), 132)));
 }
 
 proptest! {

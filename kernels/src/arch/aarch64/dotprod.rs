@@ -15,8 +15,8 @@
 //! scales of 4 rows are one `fcvtl` of the record's scale plane.
 
 use super::neon::{f16_to_f32, load_f16x4, load_q8, unpack_q4};
-use crate::dispatch::VecDotTable;
-use crate::quant::blocks::ActBlock;
+use crate::dispatch::{KernelTable, WeightRow};
+use crate::quant::blocks::Q8Act;
 use crate::quant::blocks::{
     BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
     K_SCALE_SIZE,
@@ -27,17 +27,35 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 /// Entries of the dotprod tier. Only called by `super::table` after detection.
-pub(super) fn overrides(base: VecDotTable) -> VecDotTable {
-    VecDotTable {
-        q4_0_q8_0,
-        q4_1_q8_1,
-        q8_0_q8_0,
-        q4_k_q8_k,
-        q5_k_q8_k,
-        q6_k_q8_k,
-        q4_0_q8_0_x16: Some(q4_0_q8_0_x16),
-        q4_1_q8_1_x16: Some(q4_1_q8_1_x16),
-        q8_0_q8_0_x16: Some(q8_0_q8_0_x16),
+pub(super) fn overrides(base: KernelTable) -> KernelTable {
+    KernelTable {
+        q4_0: WeightRow {
+            dot: q4_0_q8_0,
+            x16: Some(q4_0_q8_0_x16),
+            ..base.q4_0
+        },
+        q4_1: WeightRow {
+            dot: q4_1_q8_1,
+            x16: Some(q4_1_q8_1_x16),
+            ..base.q4_1
+        },
+        q8_0: WeightRow {
+            dot: q8_0_q8_0,
+            x16: Some(q8_0_q8_0_x16),
+            ..base.q8_0
+        },
+        q4_k: WeightRow {
+            dot: q4_k_q8_k,
+            ..base.q4_k
+        },
+        q5_k: WeightRow {
+            dot: q5_k_q8_k,
+            ..base.q5_k
+        },
+        q6_k: WeightRow {
+            dot: q6_k_q8_k,
+            ..base.q6_k
+        },
         ..base
     }
 }
@@ -256,7 +274,7 @@ pub(super) struct X16Panel<'a, A> {
 /// `8·Σ codes` of every activation block for Q4_0 weights (their codes
 /// 0..16 go through the integer dot as they are; each block's sum then
 /// drops that, the same for all 16 rows), empty for the other types.
-pub(super) fn q4_0_offsets<W: X16Block, A: ActBlock>(a: &[A]) -> Vec<i32> {
+pub(super) fn q4_0_offsets<W: X16Block, A: Q8Act>(a: &[A]) -> Vec<i32> {
     if !is_q4_0::<W>() {
         return Vec::new();
     }
@@ -268,7 +286,7 @@ pub(super) fn q4_0_offsets<W: X16Block, A: ActBlock>(a: &[A]) -> Vec<i32> {
 /// # Safety
 /// NEON + dotprod, and the shape checked by `x16_shape_ok`.
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn x16_k<W: X16Block, A: ActBlock>(
+unsafe fn x16_k<W: X16Block, A: Q8Act>(
     p: &[u8],
     rows: usize,
     a: &[A],
@@ -329,13 +347,7 @@ unsafe fn x16_k<W: X16Block, A: ActBlock>(
 /// `g0 + RG <= 4`; `out` holds `k.rows` outputs of every column.
 #[inline]
 #[target_feature(enable = "neon,dotprod")]
-unsafe fn x16_cols<
-    W: X16Block,
-    A: ActBlock,
-    const RG: usize,
-    const NC: usize,
-    const SPLIT: usize,
->(
+unsafe fn x16_cols<W: X16Block, A: Q8Act, const RG: usize, const NC: usize, const SPLIT: usize>(
     k: &X16Panel<'_, A>,
     c0: usize,
     g0: usize,

@@ -33,8 +33,8 @@
 use super::dotprod::{self, is_q4_0, X16Panel};
 use super::neon::{f16_to_f32, load_f16x4, load_q8, unpack_q4};
 use crate::dispatch::gemm_shape_ok;
-use crate::dispatch::{gemm_by_dots, VecDotFn, VecDotTable, X16GemmFn};
-use crate::quant::blocks::ActBlock;
+use crate::dispatch::{gemm_by_dots, KernelTable, VecDotFn, WeightRow, X16GemmFn};
+use crate::quant::blocks::Q8Act;
 use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 use crate::quant::x16::shape_ok as x16_shape_ok;
 use crate::quant::x16::{X16Block, PANEL_ROWS};
@@ -43,17 +43,23 @@ use std::arch::aarch64::*;
 use std::arch::asm;
 
 /// Entries of the i8mm tier. Only called by `super::table` after detection.
-pub(super) fn overrides(base: VecDotTable) -> VecDotTable {
-    VecDotTable {
-        q4_0_q8_0,
-        q4_1_q8_1,
-        q8_0_q8_0,
-        q4_0_q8_0_gemm: Some(q4_0_q8_0_gemm),
-        q4_1_q8_1_gemm: Some(q4_1_q8_1_gemm),
-        q8_0_q8_0_gemm: Some(q8_0_q8_0_gemm),
-        q4_0_q8_0_x16: Some(q4_0_q8_0_x16),
-        q4_1_q8_1_x16: Some(q4_1_q8_1_x16),
-        q8_0_q8_0_x16: Some(q8_0_q8_0_x16),
+pub(super) fn overrides(base: KernelTable) -> KernelTable {
+    KernelTable {
+        q4_0: WeightRow {
+            dot: q4_0_q8_0,
+            gemm: Some(q4_0_q8_0_gemm),
+            x16: Some(q4_0_q8_0_x16),
+        },
+        q4_1: WeightRow {
+            dot: q4_1_q8_1,
+            gemm: Some(q4_1_q8_1_gemm),
+            x16: Some(q4_1_q8_1_x16),
+        },
+        q8_0: WeightRow {
+            dot: q8_0_q8_0,
+            gemm: Some(q8_0_q8_0_gemm),
+            x16: Some(q8_0_q8_0_x16),
+        },
         ..base
     }
 }
@@ -486,7 +492,7 @@ fn col_lanes(a: f32, b: f32) -> float32x4_t {
 /// # Safety
 /// NEON + i8mm, and the shape checked by `gemm_shape_ok`.
 #[target_feature(enable = "neon,i8mm")]
-unsafe fn gemm_k<W: TileWeight, A: ActBlock>(
+unsafe fn gemm_k<W: TileWeight, A: Q8Act>(
     w: &[W],
     a: &[A],
     bpr: usize,
@@ -561,7 +567,7 @@ struct Tiles<'a, W, A> {
 /// of `k.bpr` blocks) and `out` holds `k.rows` outputs of every column.
 #[inline]
 #[target_feature(enable = "neon,i8mm")]
-unsafe fn gemm_tile<W: TileWeight, A: ActBlock, const RP: usize, const CP: usize>(
+unsafe fn gemm_tile<W: TileWeight, A: Q8Act, const RP: usize, const CP: usize>(
     k: &Tiles<'_, W, A>,
     r0: usize,
     c0: usize,
@@ -648,7 +654,7 @@ unsafe fn gemm_tile<W: TileWeight, A: ActBlock, const RP: usize, const CP: usize
 /// NEON + dotprod + i8mm, the shape checked by `x16_shape_ok`, and at least
 /// two columns.
 #[target_feature(enable = "neon,dotprod,i8mm")]
-unsafe fn x16_k<W: X16Block, A: ActBlock>(
+unsafe fn x16_k<W: X16Block, A: Q8Act>(
     p: &[u8],
     rows: usize,
     a: &[A],
@@ -747,7 +753,7 @@ unsafe fn x16_row_pairs<W: X16Block>(lines: *const u8, g: usize) -> [[int8x16_t;
 /// `half < 2`; `out` holds `k.rows` outputs of every column.
 #[inline]
 #[target_feature(enable = "neon,i8mm")]
-unsafe fn x16_tiles<W: X16Block, A: ActBlock, const CP: usize>(
+unsafe fn x16_tiles<W: X16Block, A: Q8Act, const CP: usize>(
     k: &X16Panel<'_, A>,
     c0: usize,
     half: usize,

@@ -24,7 +24,7 @@
 //! only through [`table`] / [`dot2x2_table`], which hand them out after the
 //! runtime check of the features they need.
 
-use crate::dispatch::{Isa, VecDotTable};
+use crate::dispatch::{Isa, KernelTable};
 use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 
 mod dotprod;
@@ -49,7 +49,7 @@ pub fn supports(isa: Isa) -> bool {
 /// The table for `isa`: `scalar` with every entry this tier (and the tiers
 /// below it) implements overridden. `None` when the CPU lacks the features or
 /// `isa` is not an aarch64 tier.
-pub fn table(isa: Isa, scalar: VecDotTable) -> Option<VecDotTable> {
+pub fn table(isa: Isa, scalar: KernelTable) -> Option<KernelTable> {
     if !supports(isa) {
         return None;
     }
@@ -60,7 +60,7 @@ pub fn table(isa: Isa, scalar: VecDotTable) -> Option<VecDotTable> {
         Isa::I8mm => i8mm::overrides(dotprod::overrides(with_neon)),
         Isa::Scalar | Isa::Avx2 | Isa::AvxVnni | Isa::Avx512 | Isa::Vnni => return None,
     };
-    Some(VecDotTable { isa, ..table })
+    Some(KernelTable { isa, ..table })
 }
 
 /// Dots of two weight rows with two activation columns:
@@ -138,18 +138,18 @@ mod tests {
     #[test]
     fn multi_row_entries_per_tier() {
         let scalar = crate::dispatch::SCALAR;
-        let gemm = |t: &VecDotTable| {
+        let gemm = |t: &KernelTable| {
             [
-                t.q4_0_q8_0_gemm.is_some(),
-                t.q4_1_q8_1_gemm.is_some(),
-                t.q8_0_q8_0_gemm.is_some(),
+                t.q4_0.gemm.is_some(),
+                t.q4_1.gemm.is_some(),
+                t.q8_0.gemm.is_some(),
             ]
         };
-        let x16 = |t: &VecDotTable| {
+        let x16 = |t: &KernelTable| {
             [
-                t.q4_0_q8_0_x16.map(|f| f as usize),
-                t.q4_1_q8_1_x16.map(|f| f as usize),
-                t.q8_0_q8_0_x16.map(|f| f as usize),
+                t.q4_0.x16.map(|f| f as usize),
+                t.q4_1.x16.map(|f| f as usize),
+                t.q8_0.x16.map(|f| f as usize),
             ]
         };
         if let Some(t) = table(Isa::Neon, scalar) {

@@ -5,23 +5,45 @@
 //! four i32 lanes, and each block's lanes meet its f32 scale in one `fmla`,
 //! so the horizontal reduction happens once per row, not once per block.
 
-use crate::dispatch::VecDotTable;
+use crate::dispatch::{ActivationRow, KernelTable, WeightRow};
 use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
 use half::{bf16, f16};
 use std::arch::aarch64::*;
 use std::arch::asm;
 
 /// Entries of the NEON tier. Only called by `super::table` after detection.
-pub(super) fn overrides(base: VecDotTable) -> VecDotTable {
-    VecDotTable {
-        q4_0_q8_0,
-        q4_1_q8_1,
-        q8_0_q8_0,
-        f16_f32,
-        bf16_f32,
-        f32_f32,
-        quantize_q8_0,
-        quantize_q8_1,
+pub(super) fn overrides(base: KernelTable) -> KernelTable {
+    KernelTable {
+        q4_0: WeightRow {
+            dot: q4_0_q8_0,
+            ..base.q4_0
+        },
+        q4_1: WeightRow {
+            dot: q4_1_q8_1,
+            ..base.q4_1
+        },
+        q8_0: WeightRow {
+            dot: q8_0_q8_0,
+            ..base.q8_0
+        },
+        f16: WeightRow {
+            dot: f16_f32,
+            ..base.f16
+        },
+        bf16: WeightRow {
+            dot: bf16_f32,
+            ..base.bf16
+        },
+        f32: WeightRow {
+            dot: f32_f32,
+            ..base.f32
+        },
+        act_q8_0: ActivationRow {
+            quantize: quantize_q8_0,
+        },
+        act_q8_1: ActivationRow {
+            quantize: quantize_q8_1,
+        },
         axpy_f16,
         ..base
     }

@@ -9,7 +9,7 @@
 //! (`crate::dispatch::SCALAR`), so a disagreement between the two references
 //! shows up too.
 
-use crate::dispatch::{VecDotTable, SCALAR};
+use crate::dispatch::{KernelTable, SCALAR};
 use crate::quant::blocks::*;
 use half::{bf16, f16};
 use rand::rngs::StdRng;
@@ -432,15 +432,15 @@ pub fn check_axpy(what: &str, kernel: fn(f32, &[f16], &mut [f32]), x: &[f16], y0
 }
 
 /// Every dot and quantizer of `t` against the references, over all test sizes.
-pub fn check_table(t: &VecDotTable, seed: u64) {
+pub fn check_table(t: &KernelTable, seed: u64) {
     let mut r = rng(seed);
     let isa = t.isa;
     for n in BLOCK_COUNTS {
         let (w, a) = (q4_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
         check_dot(
             &format!("{isa} q4_0_q8_0 n={n}"),
-            t.q4_0_q8_0,
-            SCALAR.q4_0_q8_0,
+            t.q4_0.dot,
+            SCALAR.q4_0.dot,
             &w,
             &a,
             ref_q4_0_q8_0,
@@ -449,8 +449,8 @@ pub fn check_table(t: &VecDotTable, seed: u64) {
         let (w, a) = (q4_1_blocks(&mut r, n), q8_1_blocks(&mut r, n));
         check_dot(
             &format!("{isa} q4_1_q8_1 n={n}"),
-            t.q4_1_q8_1,
-            SCALAR.q4_1_q8_1,
+            t.q4_1.dot,
+            SCALAR.q4_1.dot,
             &w,
             &a,
             ref_q4_1_q8_1,
@@ -459,8 +459,8 @@ pub fn check_table(t: &VecDotTable, seed: u64) {
         let (w, a) = (q8_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
         check_dot(
             &format!("{isa} q8_0_q8_0 n={n}"),
-            t.q8_0_q8_0,
-            SCALAR.q8_0_q8_0,
+            t.q8_0.dot,
+            SCALAR.q8_0.dot,
             &w,
             &a,
             ref_q8_0_q8_0,
@@ -470,8 +470,8 @@ pub fn check_table(t: &VecDotTable, seed: u64) {
         let w = q4k_blocks(&mut r, n);
         check_dot(
             &format!("{isa} q4_k_q8_k n={n}"),
-            t.q4_k_q8_k,
-            SCALAR.q4_k_q8_k,
+            t.q4_k.dot,
+            SCALAR.q4_k.dot,
             &w,
             &a,
             ref_q4k_q8k,
@@ -480,8 +480,8 @@ pub fn check_table(t: &VecDotTable, seed: u64) {
         let w = q5k_blocks(&mut r, n);
         check_dot(
             &format!("{isa} q5_k_q8_k n={n}"),
-            t.q5_k_q8_k,
-            SCALAR.q5_k_q8_k,
+            t.q5_k.dot,
+            SCALAR.q5_k.dot,
             &w,
             &a,
             ref_q5k_q8k,
@@ -490,8 +490,8 @@ pub fn check_table(t: &VecDotTable, seed: u64) {
         let w = q6k_blocks(&mut r, n);
         check_dot(
             &format!("{isa} q6_k_q8_k n={n}"),
-            t.q6_k_q8_k,
-            SCALAR.q6_k_q8_k,
+            t.q6_k.dot,
+            SCALAR.q6_k.dot,
             &w,
             &a,
             ref_q6k_q8k,
@@ -507,10 +507,10 @@ pub fn check_table(t: &VecDotTable, seed: u64) {
             n
         ];
         let mut want = got.clone();
-        (t.quantize_q8_0)(&x, &mut got);
+        (t.act_q8_0.quantize)(&x, &mut got);
         ref_quantize_q8_0(&x, &mut want);
         let mut scalar = want.clone();
-        (SCALAR.quantize_q8_0)(&x, &mut scalar);
+        (SCALAR.act_q8_0.quantize)(&x, &mut scalar);
         assert!(
             want.iter()
                 .zip(&scalar)
@@ -535,10 +535,10 @@ pub fn check_table(t: &VecDotTable, seed: u64) {
             n
         ];
         let mut want = got.clone();
-        (t.quantize_q8_1)(&x, &mut got);
+        (t.act_q8_1.quantize)(&x, &mut got);
         ref_quantize_q8_1(&x, &mut want);
         let mut scalar = want.clone();
-        (SCALAR.quantize_q8_1)(&x, &mut scalar);
+        (SCALAR.act_q8_1.quantize)(&x, &mut scalar);
         assert!(
             want.iter()
                 .zip(&scalar)
@@ -567,8 +567,8 @@ pub fn check_table(t: &VecDotTable, seed: u64) {
         let (w, a) = (floats(&mut r, n), floats(&mut r, n));
         check_dot(
             &format!("{isa} f32_f32 n={n}"),
-            t.f32_f32,
-            SCALAR.f32_f32,
+            t.f32.dot,
+            SCALAR.f32.dot,
             &w,
             &a,
             ref_f32_f32,
@@ -577,8 +577,8 @@ pub fn check_table(t: &VecDotTable, seed: u64) {
         let w16: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
         check_dot(
             &format!("{isa} f16_f32 n={n}"),
-            t.f16_f32,
-            SCALAR.f16_f32,
+            t.f16.dot,
+            SCALAR.f16.dot,
             &w16,
             &a,
             ref_f16_f32,
@@ -587,8 +587,8 @@ pub fn check_table(t: &VecDotTable, seed: u64) {
         let wb: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
         check_dot(
             &format!("{isa} bf16_f32 n={n}"),
-            t.bf16_f32,
-            SCALAR.bf16_f32,
+            t.bf16.dot,
+            SCALAR.bf16.dot,
             &wb,
             &a,
             ref_bf16_f32,

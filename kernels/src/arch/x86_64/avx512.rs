@@ -29,24 +29,34 @@
 //! are masked to the rows that exist, and every address is inside the given
 //! slices (checked by the wrappers before the first load).
 
-use crate::dispatch::{Isa, VecDotTable};
+use crate::dispatch::{Isa, KernelTable, WeightRow};
 use core::arch::x86_64::*;
 
-pub(super) fn overrides(t: VecDotTable) -> VecDotTable {
-    VecDotTable {
+pub(super) fn overrides(t: KernelTable) -> KernelTable {
+    KernelTable {
         isa: Isa::Avx512,
-        q4_0_q8_0: kernels::q4_0_q8_0,
-        q4_1_q8_1: kernels::q4_1_q8_1,
-        q8_0_q8_0: kernels::q8_0_q8_0,
-        q6_k_q8_k: kernels::q6_k_q8_k,
-        q4_0_q8_0_gemm: Some(kernels::q4_0_q8_0_gemm),
-        q4_1_q8_1_gemm: Some(kernels::q4_1_q8_1_gemm),
-        q4_0_q8_0_x16: Some(kernels::q4_0_q8_0_x16),
-        q4_1_q8_1_x16: Some(kernels::q4_1_q8_1_x16),
-        q8_0_q8_0_x16: None,
+        q4_0: WeightRow {
+            dot: kernels::q4_0_q8_0,
+            gemm: Some(kernels::q4_0_q8_0_gemm),
+            x16: Some(kernels::q4_0_q8_0_x16),
+        },
+        q4_1: WeightRow {
+            dot: kernels::q4_1_q8_1,
+            gemm: Some(kernels::q4_1_q8_1_gemm),
+            x16: Some(kernels::q4_1_q8_1_x16),
+        },
         // Offset Q8_0 codes (up to 255) times activations overflow the
-        // saturating i16 pairs of `vpmaddubsw`; the VNNI tier has this one.
-        q8_0_q8_0_gemm: None,
+        // saturating i16 pairs of `vpmaddubsw`; the VNNI tier has the gemm
+        // and x16 entries.
+        q8_0: WeightRow {
+            dot: kernels::q8_0_q8_0,
+            gemm: None,
+            x16: None,
+        },
+        q6_k: WeightRow {
+            dot: kernels::q6_k_q8_k,
+            ..t.q6_k
+        },
         ..t
     }
 }
@@ -466,7 +476,7 @@ macro_rules! legacy_kernels {
             }
 
             #[target_feature(enable = $features)]
-            fn acts<A: ActBlock>(blocks: &[A], offset: i32) -> Acts<'_, A> {
+            fn acts<A: Q8Act>(blocks: &[A], offset: i32) -> Acts<'_, A> {
                 Acts {
                     blocks,
                     d: blocks.iter().map(|y| fp16(y.scale())).collect(),
@@ -670,7 +680,7 @@ macro_rules! legacy_kernels {
             /// # Safety
             /// The features of the tier, and the shape checked by `gemm_shape_ok`.
             #[target_feature(enable = $features)]
-            unsafe fn gemm_k<W: Offset, A: ActBlock, const MIN: bool>(
+            unsafe fn gemm_k<W: Offset, A: Q8Act, const MIN: bool>(
                 w: &[W],
                 a: &[A],
                 bpr: usize,
@@ -709,7 +719,7 @@ macro_rules! legacy_kernels {
             /// As [`panel_cols`], for all the columns.
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn every_col<A: ActBlock, const MIN: bool>(
+            unsafe fn every_col<A: Q8Act, const MIN: bool>(
                 block: &impl Fn(usize) -> ([__m512i; 8], __m512, __m512),
                 acts: &Acts<'_, A>,
                 bpr: usize,
@@ -753,12 +763,7 @@ macro_rules! legacy_kernels {
             #[inline]
             #[target_feature(enable = $features)]
             #[allow(clippy::too_many_arguments)]
-            unsafe fn panel_cols<
-                A: ActBlock,
-                const NC: usize,
-                const SPLIT: usize,
-                const MIN: bool,
-            >(
+            unsafe fn panel_cols<A: Q8Act, const NC: usize, const SPLIT: usize, const MIN: bool>(
                 block: &impl Fn(usize) -> ([__m512i; 8], __m512, __m512),
                 acts: &Acts<'_, A>,
                 bpr: usize,
@@ -817,7 +822,7 @@ macro_rules! legacy_kernels {
             /// # Safety
             /// The features of the tier, and the shape checked by `x16_shape_ok`.
             #[target_feature(enable = $features)]
-            unsafe fn x16_k<W: X16Block + Offset, A: ActBlock, const MIN: bool>(
+            unsafe fn x16_k<W: X16Block + Offset, A: Q8Act, const MIN: bool>(
                 p: &[u8],
                 rows: usize,
                 a: &[A],

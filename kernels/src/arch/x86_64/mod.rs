@@ -11,7 +11,7 @@
 //!
 //! Q4_K, Q5_K, float dots and the quantizers stay on AVX2 in every tier.
 
-use crate::dispatch::{Isa, VecDotTable};
+use crate::dispatch::{Isa, KernelTable};
 
 mod avx2;
 mod avx512;
@@ -37,7 +37,7 @@ pub fn supports(isa: Isa) -> bool {
 }
 
 /// The table for `isa`, or `None` when the CPU lacks its features.
-pub fn table(isa: Isa, scalar: VecDotTable) -> Option<VecDotTable> {
+pub fn table(isa: Isa, scalar: KernelTable) -> Option<KernelTable> {
     if !supports(isa) {
         return None;
     }
@@ -49,5 +49,5 @@ pub fn table(isa: Isa, scalar: VecDotTable) -> Option<VecDotTable> {
         Isa::Vnni => vnni::overrides(avx512::overrides(with_avx2)),
         Isa::Scalar | Isa::Neon | Isa::Dotprod | Isa::I8mm => return None,
     };
-    Some(VecDotTable { isa, ..table })
+    Some(KernelTable { isa, ..table })
 }

@@ -7,22 +7,31 @@
 //! macro invocation below, which `super::supports(Isa::Vnni)` checks before
 //! `super::table` hands out [`overrides`].
 
-use crate::dispatch::{Isa, VecDotTable};
+use crate::dispatch::{Isa, KernelTable, WeightRow};
 use core::arch::x86_64::*;
 
-pub(super) fn overrides(t: VecDotTable) -> VecDotTable {
-    VecDotTable {
+pub(super) fn overrides(t: KernelTable) -> KernelTable {
+    KernelTable {
         isa: Isa::Vnni,
-        q4_0_q8_0: kernels::q4_0_q8_0,
-        q4_1_q8_1: kernels::q4_1_q8_1,
-        q8_0_q8_0: kernels::q8_0_q8_0,
-        q6_k_q8_k: kernels::q6_k_q8_k,
-        q4_0_q8_0_gemm: Some(kernels::q4_0_q8_0_gemm),
-        q4_1_q8_1_gemm: Some(kernels::q4_1_q8_1_gemm),
-        q8_0_q8_0_gemm: Some(kernels::q8_0_q8_0_gemm),
-        q4_0_q8_0_x16: Some(kernels::q4_0_q8_0_x16),
-        q4_1_q8_1_x16: Some(kernels::q4_1_q8_1_x16),
-        q8_0_q8_0_x16: Some(kernels::q8_0_q8_0_x16),
+        q4_0: WeightRow {
+            dot: kernels::q4_0_q8_0,
+            gemm: Some(kernels::q4_0_q8_0_gemm),
+            x16: Some(kernels::q4_0_q8_0_x16),
+        },
+        q4_1: WeightRow {
+            dot: kernels::q4_1_q8_1,
+            gemm: Some(kernels::q4_1_q8_1_gemm),
+            x16: Some(kernels::q4_1_q8_1_x16),
+        },
+        q8_0: WeightRow {
+            dot: kernels::q8_0_q8_0,
+            gemm: Some(kernels::q8_0_q8_0_gemm),
+            x16: Some(kernels::q8_0_q8_0_x16),
+        },
+        q6_k: WeightRow {
+            dot: kernels::q6_k_q8_k,
+            ..t.q6_k
+        },
         ..t
     }
 }

@@ -1,0 +1,333 @@
+//! The engine behind the bridge's [`Assistant`] trait (the `bridge`
+//! feature): one model loaded once, one chat state (KV cache) per
+//! conversation so each turn prefills only what is new, a bounded number
+//! of caches kept warm. The CLI's `sotto bridge serve` and the app
+//! bindings share it.
+//!
+//! Conversations never outgrow the context: the system message and the
+//! newest user message are always kept, and the oldest exchanges are
+//! dropped when the prompt and the reply's room would not fit. The window
+//! start moves in large steps (down to half the budget at a time), so the
+//! turns after a move extend the same cached prefix instead of
+//! re-prefilling on every turn, and it is a function of the history alone:
+//! the same conversation always gets the same answers, whatever else the
+//! assistant served in between. A newest message that does not fit by
+//! itself is [`AssistantError::MessageTooLong`] (the bridge sends a short
+//! refusal instead).
+
+use crate::{Chat, GenerateOptions, LoadedModel, SamplerConfig};
+use sotto_bridge::{Assistant, AssistantError, ConversationId, Role, Turn};
+use sotto_models::chat::ChatMessage;
+use std::collections::VecDeque;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+
+/// How the assistant answers.
+#[derive(Clone, Debug)]
+pub struct AssistantConfig {
+    pub system: Option<String>,
+    pub sampler: SamplerConfig,
+    /// Longest reply, in tokens; the prompt leaves room for it (at most
+    /// half the context).
+    pub max_tokens: usize,
+    pub context: usize,
+    /// Conversations whose KV caches stay in memory; older ones are dropped
+    /// and re-prefilled from their (stored) history when they speak again.
+    pub warm_conversations: usize,
+}
+
+impl Default for AssistantConfig {
+    fn default() -> Self {
+        Self {
+            system: Some("You are a helpful assistant.".into()),
+            sampler: SamplerConfig::greedy(),
+            max_tokens: 256,
+            context: 2048,
+            warm_conversations: 4,
+        }
+    }
+}
+
+/// A warm conversation: its chat (KV cache) and the token count of each
+/// history message, keyed by a hash of its text.
+struct WarmChat {
+    id: ConversationId,
+    chat: Chat,
+    costs: Vec<(u64, usize)>,
+}
+
+/// Template tokens around messages, measured once: a prompt of messages
+/// m costs about `fixed + sum(tokens(m) + per_message)`.
+#[derive(Clone, Copy, Debug)]
+struct TemplateCost {
+    fixed: usize,
+    per_message: usize,
+}
+
+pub struct EngineAssistant {
+    /// Opened through the engine's one entry point (any backend); each
+    /// conversation gets a backend of its own from it (for the CPU a cheap
+    /// clone sharing norms, rope tables and thread pool) with its own KV
+    /// cache.
+    model: Arc<LoadedModel>,
+    config: AssistantConfig,
+    template_cost: Option<TemplateCost>,
+    /// Most recently used last.
+    chats: VecDeque<WarmChat>,
+}
+
+impl std::fmt::Debug for EngineAssistant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EngineAssistant")
+            .field("config", &self.config)
+            .field("warm", &self.chats.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn engine_error(e: crate::Error) -> AssistantError {
+    // The engine's errors never carry message text (see crate::Error).
+    AssistantError::Engine(Box::new(e))
+}
+
+fn message(role: &str, content: &str) -> ChatMessage {
+    ChatMessage {
+        role: role.into(),
+        content: content.into(),
+    }
+}
+
+fn text_hash(text: &str) -> u64 {
+    let mut h = std::hash::DefaultHasher::new();
+    text.hash(&mut h);
+    h.finish()
+}
+
+/// Where the window of `costs` (token costs of the history messages,
+/// `users` the indices of the user messages) starts when the newest user
+/// message is answered. Replays the conversation: the start moves only
+/// when a turn overflows `budget`, and then to the first user message that
+/// brings the window down to `low` (or to that turn's own message).
+fn window_start(
+    costs: &[usize],
+    users: &[usize],
+    fixed: usize,
+    budget: usize,
+    low: usize,
+) -> usize {
+    let mut prefix = Vec::with_capacity(costs.len() + 1);
+    prefix.push(0usize);
+    for c in costs {
+        prefix.push(prefix[prefix.len() - 1] + c);
+    }
+    let window = |s: usize, j: usize| fixed + prefix[j + 1] - prefix[s];
+    let mut start = 0; // index into `users`
+    for (answered, &j) in users.iter().enumerate() {
+        if window(users[start], j) > budget {
+            while start < answered && window(users[start], j) > low {
+                start += 1;
+            }
+        }
+    }
+    users.get(start).copied().unwrap_or(0)
+}
+
+impl EngineAssistant {
+    pub fn new(model: Arc<LoadedModel>, config: AssistantConfig) -> Self {
+        Self {
+            model,
+            config,
+            template_cost: None,
+            chats: VecDeque::new(),
+        }
+    }
+
+    pub fn config(&self) -> &AssistantConfig {
+        &self.config
+    }
+
+    fn warm_chat(&mut self, id: &ConversationId) -> Result<WarmChat, AssistantError> {
+        if let Some(i) = self.chats.iter().position(|w| &w.id == id) {
+            if let Some(warm) = self.chats.remove(i) {
+                return Ok(warm);
+            }
+        }
+        Ok(WarmChat {
+            id: id.clone(),
+            chat: self
+                .model
+                .chat(self.config.context, None)
+                .map_err(engine_error)?,
+            costs: Vec::new(),
+        })
+    }
+
+    fn content_tokens(&self, text: &str) -> Result<usize, AssistantError> {
+        Ok(self
+            .model
+            .model()
+            .tokenizer
+            .encode(text, true)
+            .map_err(|e| engine_error(e.into()))?
+            .len())
+    }
+
+    fn with_system(&self, history: &[Turn]) -> Vec<ChatMessage> {
+        let mut messages = Vec::with_capacity(history.len() + 1);
+        if let Some(system) = &self.config.system {
+            messages.push(message("system", system));
+        }
+        messages.extend(history.iter().map(|t| {
+            message(
+                match t.role {
+                    Role::User => "user",
+                    Role::Assistant => "assistant",
+                },
+                &t.text,
+            )
+        }));
+        messages
+    }
+
+    fn template_cost(&mut self, chat: &Chat) -> Result<TemplateCost, AssistantError> {
+        if let Some(c) = self.template_cost {
+            return Ok(c);
+        }
+        let one = [Turn::user("a")];
+        let three = [Turn::user("a"), Turn::assistant("b"), Turn::user("c")];
+        let len = |turns: &[Turn]| -> Result<usize, AssistantError> {
+            Ok(chat
+                .prompt_tokens(&self.with_system(turns))
+                .map_err(engine_error)?
+                .len())
+        };
+        let (one, three) = (len(&one)?, len(&three)?);
+        let letter = self.content_tokens("b")?;
+        let per_message = (three.saturating_sub(one) / 2).saturating_sub(letter);
+        let cost = TemplateCost {
+            fixed: one.saturating_sub(letter + per_message),
+            per_message,
+        };
+        self.template_cost = Some(cost);
+        Ok(cost)
+    }
+
+    /// The messages (system first) the model is given for `history`.
+    fn fit_window(
+        &mut self,
+        warm: &mut WarmChat,
+        history: &[Turn],
+    ) -> Result<Vec<ChatMessage>, AssistantError> {
+        let context = self.config.context;
+        let budget = context - self.config.max_tokens.min(context / 2);
+        let cost = self.template_cost(&warm.chat)?;
+        warm.costs.truncate(history.len());
+        let mut costs = Vec::with_capacity(history.len());
+        for (i, turn) in history.iter().enumerate() {
+            let hash = text_hash(&turn.text);
+            let tokens = match warm.costs.get(i) {
+                Some(&(h, n)) if h == hash => n,
+                _ => {
+                    let n = self.content_tokens(&turn.text)?;
+                    warm.costs.truncate(i);
+                    warm.costs.push((hash, n));
+                    n
+                }
+            };
+            costs.push(tokens + cost.per_message);
+        }
+        let users: Vec<usize> = (0..history.len())
+            .filter(|&i| history[i].role == Role::User)
+            .collect();
+        let low = cost.fixed + budget.saturating_sub(cost.fixed) / 2;
+        let mut start = window_start(&costs, &users, cost.fixed, budget, low);
+        // The estimate chose the start; the exact prompt has the last word.
+        loop {
+            let messages = self.with_system(&history[start..]);
+            let tokens = warm
+                .chat
+                .prompt_tokens(&messages)
+                .map_err(engine_error)?
+                .len();
+            if tokens <= budget {
+                return Ok(messages);
+            }
+            match users.iter().find(|&&u| u > start) {
+                Some(&next) => start = next,
+                None => {
+                    let last = history.last().map(|t| t.text.as_str()).unwrap_or("");
+                    let own = self.content_tokens(last)?;
+                    return Err(AssistantError::MessageTooLong {
+                        tokens: own,
+                        available: budget.saturating_sub(tokens - own.min(tokens)),
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Assistant for EngineAssistant {
+    fn reply(
+        &mut self,
+        conversation: &ConversationId,
+        history: &[Turn],
+    ) -> Result<String, AssistantError> {
+        let mut warm = self.warm_chat(conversation)?;
+        let result = self.fit_window(&mut warm, history).and_then(|messages| {
+            let opts = GenerateOptions {
+                sampler: self.config.sampler.clone(),
+                max_tokens: self.config.max_tokens,
+                ..GenerateOptions::default()
+            };
+            warm.chat
+                .answer(&messages, &opts, &mut |_| {})
+                .map(|r| r.text)
+                .map_err(engine_error)
+        });
+        // Keep the chat warm whatever happened: its cache holds only a prefix
+        // of a real history, which is always safe to reuse.
+        self.chats.push_back(warm);
+        while self.chats.len() > self.config.warm_conversations.max(1) {
+            self.chats.pop_front();
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn window_start_moves_rarely_and_far() {
+        // 40 exchanges of 10 tokens each way, a fixed cost of 20, a budget
+        // of 100 (8 messages) and a low mark of 60 (4 messages).
+        let costs = vec![10; 79];
+        let users: Vec<usize> = (0..79).step_by(2).collect();
+        let mut starts = Vec::new();
+        for last in (0..79).step_by(2) {
+            let s = window_start(&costs[..=last], &users[..=last / 2], 20, 100, 60);
+            assert!(20 + 10 * (last + 1 - s) <= 100, "window fits at {last}");
+            assert_eq!(s % 2, 0, "windows start at a user message");
+            starts.push(s);
+        }
+        assert!(starts.windows(2).all(|w| w[0] <= w[1]), "{starts:?}");
+        let moves = starts.windows(2).filter(|w| w[0] != w[1]).count();
+        // Without stickiness the start would move on every turn past the
+        // fourth; moving down to the low mark makes it every other turn.
+        assert!(moves <= starts.len() / 2, "{moves} moves: {starts:?}");
+        // A function of the history alone: replaying gives the same start.
+        assert_eq!(
+            window_start(&costs, &users, 20, 100, 60),
+            starts[starts.len() - 1]
+        );
+    }
+
+    #[test]
+    fn a_single_oversized_message_starts_at_itself() {
+        let costs = vec![10, 10, 500];
+        let users = vec![0, 2];
+        assert_eq!(window_start(&costs, &users, 20, 100, 60), 2);
+    }
+}
