@@ -50,7 +50,9 @@ WINDOW = 24
 LOGIT_STD = 4.0
 POST_NORM_GAIN = 8.0
 
-TYPES = {"f32": Q.F32, "f16": Q.F16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}
+# tq1_0 (ternary, 256-element blocks: BPE-sized families only) is a type Sotto
+# has no kernel for: the file `sotto inspect` must show and explain.
+TYPES = {"f32": Q.F32, "f16": Q.F16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "tq1_0": Q.TQ1_0}
 
 ARCHES = ["llama", "llama-swa", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "granite"]
 
@@ -164,7 +166,7 @@ def build(arch: str, out: Path, bpe_vocab: Path | None, spm_vocab: Path | None,
     w.add_layer_norm_rms_eps(1e-6 if spm else 1e-5)
     w.add_rope_dimension_count(hd)
     w.add_file_type({Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0, Q.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0,
-                     Q.F16: gguf.LlamaFileType.MOSTLY_F16}.get(wtype, gguf.LlamaFileType.ALL_F32))
+                     Q.F16: gguf.LlamaFileType.MOSTLY_F16, Q.TQ1_0: gguf.LlamaFileType.MOSTLY_TQ1_0}.get(wtype, gguf.LlamaFileType.ALL_F32))
 
     vocab_path = spm_vocab if spm else bpe_vocab
     if vocab_path is None:
