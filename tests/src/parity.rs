@@ -128,6 +128,9 @@ impl TeacherForced {
 #[derive(Clone, Debug, Deserialize)]
 pub struct SequenceRef {
     pub name: String,
+    /// The raw text of a raw-text prompt (not a chat one).
+    #[serde(default)]
+    pub text: Option<String>,
     pub prompt_ids: Vec<u32>,
     /// The greedy continuation, ending with the end-of-generation token that
     /// stopped it (if one did).

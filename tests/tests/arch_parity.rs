@@ -29,6 +29,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use sotto_models::Model;
 use sotto_tests::parity::{compare_model, greedy_reports, Criteria, Reference};
@@ -45,16 +46,18 @@ static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 /// llama.cpp architecture its reference runs as, when not its own.
 fn parity(arch: &str, reference_twin: Option<&str>) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
     let file = tiny_file(arch, None);
     let reference = reference(&tiny_file(arch, reference_twin));
     let model = Arc::new(Model::load(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display())));
-    against(arch, &model, &reference);
+    against(arch, &model, &reference, started);
 }
 
 /// Holds `model` to llama.cpp's `reference` on the raw-text prompts: the
 /// same tokens, the teacher-forced criteria, greedy until llama.cpp's first
-/// near-tie. Prints a table row.
-fn against(label: &str, model: &Arc<Model>, reference: &Reference) {
+/// near-tie. Prints a table row and the seconds since `started` (the
+/// file's and llama.cpp's reference's making included when not cached).
+fn against(label: &str, model: &Arc<Model>, reference: &Reference, started: Instant) {
     eprintln!("{label}: {}", model.spec.features());
 
     // Tokens: our tokenization of each prompt is llama.cpp's.
@@ -95,6 +98,7 @@ fn against(label: &str, model: &Arc<Model>, reference: &Reference) {
         summary.agreeing(),
         summary.checked(),
     );
+    eprintln!("{label}: {:.0} s", started.elapsed().as_secs_f64());
     summary.assert_passes(label);
 }
 
@@ -103,10 +107,11 @@ fn against(label: &str, model: &Arc<Model>, reference: &Reference) {
 #[test]
 fn gemma3_270m_real_file() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
     let reference = gemma3_270m_reference();
     let file = gemma3_270m_path();
     let model = Arc::new(Model::load(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display())));
-    against("gemma3-270m", &model, &reference);
+    against("gemma3-270m", &model, &reference, started);
 }
 
 #[test]

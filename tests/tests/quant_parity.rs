@@ -110,6 +110,7 @@ fn row(label: &str) {
         .iter()
         .find(|c| c.label == label)
         .unwrap_or_else(|| panic!("no row {label}"));
+    let started = std::time::Instant::now();
     let dir = cache_dir().join("quant");
     let file = dir.join(format!("SmolLM2-135M-Instruct.{}.gguf", c.label));
     llama_quantize(&default_model_path(), c.ftype, c.pure, &file);
@@ -167,6 +168,10 @@ fn row(label: &str) {
         oa,
         sa,
         format!("{full}/{} prompts", greedy.len()),
+    );
+    eprintln!(
+        "{label}: {:.0} s (requantization and llama.cpp's references included when not cached)",
+        started.elapsed().as_secs_f64()
     );
     assert!(
         failures.is_empty(),
