@@ -42,8 +42,7 @@ pub fn prompts_path() -> PathBuf {
 /// The prompts of [`prompts_path`].
 pub fn prompts() -> Vec<Prompt> {
     let path = prompts_path();
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -92,7 +91,12 @@ pub fn tiny_file_with(arch: &str, twin: Option<&str>, wtype: Option<&str>) -> Pa
     let script = repo_root().join("tests/scripts/tiny_arch_gguf.py");
     let text = std::fs::read(&script).unwrap_or_else(|e| panic!("{}: {e}", script.display()));
     let (bpe, spm) = (default_model_path(), gemma3_270m_path());
-    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0).to_le_bytes();
+    let size = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| m.len())
+            .unwrap_or(0)
+            .to_le_bytes()
+    };
     let (bpe_size, spm_size) = (size(&bpe), size(&spm));
     let mut parts: Vec<&[u8]> = vec![
         &text,
@@ -131,7 +135,9 @@ pub fn tiny_file_with(arch: &str, twin: Option<&str>, wtype: Option<&str>) -> Pa
     if let Some(w) = wtype {
         cmd.arg("--wtype").arg(w);
     }
-    let status = cmd.status().unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
     assert!(status.success(), "{cmd:?} failed ({status})");
     std::fs::rename(&partial, &out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
     out
@@ -153,4 +159,3 @@ pub fn gemma3_270m_reference() -> Reference {
     let out = cache_dir().join("gemma3-270m");
     generate_reference_within(&gemma3_270m_path(), &prompts_path(), &out, BUDGET)
 }
-

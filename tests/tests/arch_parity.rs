@@ -72,7 +72,11 @@ fn against(label: &str, model: &Arc<Model>, reference: &Reference, started: Inst
             .tokenizer
             .encode_with_special(&p.text, p.parse_special)
             .unwrap();
-        assert_eq!(ours, seq.prompt_ids, "{label} {}: tokens differ from llama.cpp's", p.name);
+        assert_eq!(
+            ours, seq.prompt_ids,
+            "{label} {}: tokens differ from llama.cpp's",
+            p.name
+        );
         tokens_matched += ours.len();
     }
 

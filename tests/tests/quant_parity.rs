@@ -97,9 +97,14 @@ const GREEDY_TOKENS: usize = 32;
 
 #[test]
 fn the_rows_cover_every_type() {
-    let covered: std::collections::BTreeSet<&str> =
-        CASES.iter().flat_map(|c| c.covers.iter().copied()).collect();
-    let missing: Vec<_> = ALL_TYPES.iter().filter(|t| !covered.contains(**t)).collect();
+    let covered: std::collections::BTreeSet<&str> = CASES
+        .iter()
+        .flat_map(|c| c.covers.iter().copied())
+        .collect();
+    let missing: Vec<_> = ALL_TYPES
+        .iter()
+        .filter(|t| !covered.contains(**t))
+        .collect();
     assert!(missing.is_empty(), "no row covers {missing:?}");
 }
 
@@ -135,8 +140,9 @@ fn row(label: &str) {
             ));
         }
     }
-    let model =
-        Arc::new(Model::load(&file).unwrap_or_else(|e| panic!("{label}: sotto cannot load it: {e}")));
+    let model = Arc::new(
+        Model::load(&file).unwrap_or_else(|e| panic!("{label}: sotto cannot load it: {e}")),
+    );
     let criteria = Criteria::default();
     let summary = compare_model(&model, &reference, criteria);
     let greedy = greedy_reports(&model, &reference, GREEDY_TOKENS, &criteria);

