@@ -262,9 +262,9 @@ macro_rules! lowbit_kernels {
             #[inline]
             #[target_feature(enable = $features)]
             fn weighted_bsums(s: __m512i, y: &BlockQ8K) -> i32 {
-                // SAFETY: bsums is 32 readable bytes.
-                let b =
-                    _mm512_cvtepi16_epi32(unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) });
+                // SAFETY: bsums is 16 i16 = 32 readable bytes.
+                let sums = unsafe { _mm256_loadu_si256(y.bsums.as_ptr().cast()) };
+                let b = _mm512_cvtepi16_epi32(sums);
                 _mm512_reduce_add_epi32(_mm512_mullo_epi32(b, s))
             }
 
