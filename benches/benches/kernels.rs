@@ -56,24 +56,36 @@ fn pools() -> Vec<(usize, rayon::ThreadPool)> {
         .collect()
 }
 
-const DTYPES: [DType; 7] = [
+const DTYPES: [DType; 13] = [
     DType::Q4_0,
     DType::Q4_1,
+    DType::Q5_0,
+    DType::Q5_1,
     DType::Q8_0,
+    DType::Q2_K,
+    DType::Q3_K,
     DType::Q4_K,
     DType::Q5_K,
     DType::Q6_K,
+    DType::IQ4_NL,
+    DType::IQ4_XS,
     DType::F16,
 ];
 
 /// Matrix-vector products of the SmolLM2-135M shapes: q/o projections
 /// (576x576 is too small to time well, so 1536x576 FFN up/gate), FFN down
-/// (576x1536) and the tied embedding / output head (49152x576).
+/// (576x1536) and the tied embedding / output head (49152x576). Types of
+/// 256-element blocks cannot take 576 columns: their large, memory-bound
+/// shape is 18432x1536 (as many weights as the head).
 fn matvec(c: &mut Criterion) {
     let pools = pools();
-    let shapes = [(1536usize, 576usize), (576, 1536), (49152, 576)];
     for dtype in DTYPES {
-        for (rows, cols) in shapes {
+        let head = if dtype.row_bytes(576).is_some() {
+            (49152usize, 576usize)
+        } else {
+            (18432, 1536)
+        };
+        for (rows, cols) in [(1536usize, 576usize), (576, 1536), head] {
             if dtype.row_bytes(cols).is_none() {
                 continue;
             }
@@ -115,14 +127,19 @@ fn matvec(c: &mut Criterion) {
 }
 
 /// Prefill: 128 tokens through the FFN up/gate (1536x576) and down
-/// (576x1536) matrices. Prefill is compute-bound, so throughput counts the
-/// `2 * rows * cols * 128` multiply-add flops of a call as elements:
-/// criterion's Gelem/s is GFLOP/s here.
+/// (576x1536) matrices (the 256-element block types, whose rows are whole
+/// super-blocks, only the latter: as in a Q4_K_M file). Prefill is
+/// compute-bound, so throughput counts the `2 * rows * cols * 128`
+/// multiply-add flops of a call as elements: criterion's Gelem/s is GFLOP/s
+/// here.
 fn matmul(c: &mut Criterion) {
     let pools = pools();
     let n = 128usize;
-    for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+    for dtype in DTYPES.into_iter().filter(|&d| d != DType::F16) {
         for (rows, cols) in [(1536usize, 576usize), (576, 1536)] {
+            if dtype.row_bytes(cols).is_none() {
+                continue;
+            }
             let w = quantized(dtype, rows, cols);
             let Ok(m) = QMatrix::new(dtype, rows, cols, w.as_bytes()) else {
                 continue;

@@ -130,16 +130,6 @@ pub enum Error {
     #[error("backend description: {0}")]
     InvalidDescription(String),
 
-    /// The kernel table is chosen once per process (from `SOTTO_ISA` or
-    /// detection); a description asked for another path.
-    #[error("kernel path {requested} asked for, but this process runs {chosen} (set SOTTO_ISA={requested} before the first model opens)")]
-    IsaFixedPerProcess {
-        /// The path the description named.
-        requested: sotto_kernels::dispatch::Isa,
-        /// The path the process runs.
-        chosen: sotto_kernels::dispatch::Isa,
-    },
-
     /// A required input was empty.
     #[error("empty input: {0}")]
     Empty(&'static str),

@@ -13,7 +13,7 @@ use crate::chat::Chat;
 use crate::cpu::CpuBackend;
 use crate::error::{Error, Result};
 use crate::generate::Session;
-use sotto_kernels::dispatch::Isa;
+use sotto_kernels::dispatch::{Isa, KernelTable};
 use sotto_models::Model;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -267,22 +267,17 @@ impl LoadedModel {
     }
 }
 
-/// The kernel path a CPU description asks for must be the process's.
-fn check_isa(isa: Option<Isa>) -> Result<()> {
-    let chosen = sotto_kernels::dispatch::try_table()?.isa;
-    match isa {
-        Some(requested) if requested != chosen => {
-            // An unavailable path says so first.
-            sotto_kernels::dispatch::table_for(requested)?;
-            Err(Error::IsaFixedPerProcess { requested, chosen })
-        }
-        _ => Ok(()),
-    }
+/// The kernel table a CPU description asks for: its path (an error when
+/// this CPU cannot run it), or the process's choice.
+fn kernels(isa: Option<Isa>) -> Result<&'static KernelTable> {
+    Ok(match isa {
+        Some(isa) => sotto_kernels::dispatch::table_for(isa)?,
+        None => sotto_kernels::dispatch::try_table()?,
+    })
 }
 
 fn open_cpu(model: &Arc<Model>, options: &CpuOptions) -> Result<CpuBackend> {
-    check_isa(options.isa)?;
-    CpuBackend::new(model.clone(), options.threads)
+    CpuBackend::with_kernels(model.clone(), options.threads, kernels(options.isa)?)
 }
 
 fn open_backend(path: &Path, model: &Arc<Model>, choice: &BackendChoice) -> Result<Opened> {
@@ -335,12 +330,11 @@ mod graph {
                     dir.display()
                 )));
             }
-            let graph = ForeignDecoder::open(&model.spec, dir, &config).map_err(|source| {
-                Error::Ort {
+            let graph =
+                ForeignDecoder::open(&model.spec, dir, &config).map_err(|source| Error::Ort {
                     backend: "ort-foreign",
                     source,
-                }
-            })?;
+                })?;
             return Ok(Opened {
                 placement: Some(graph.placement_report()),
                 backend: Box::new(graph),
@@ -615,10 +609,13 @@ mod tests {
     }
 
     #[test]
-    fn an_isa_this_cpu_cannot_run_is_refused() {
+    fn a_description_gets_its_own_kernel_path() {
         let chosen = sotto_kernels::dispatch::try_table().unwrap().isa;
-        assert!(check_isa(None).is_ok());
-        assert!(check_isa(Some(chosen)).is_ok());
+        assert_eq!(kernels(None).unwrap().isa, chosen);
+        // any available path, in the same process as the chosen one
+        for isa in sotto_kernels::dispatch::available_isas() {
+            assert_eq!(kernels(Some(isa)).unwrap().isa, isa);
+        }
         // A path of the other architecture is never available.
         let foreign = if cfg!(target_arch = "aarch64") {
             Isa::Avx2
@@ -626,14 +623,8 @@ mod tests {
             Isa::Neon
         };
         assert!(matches!(
-            check_isa(Some(foreign)),
+            kernels(Some(foreign)),
             Err(Error::Kernel(sotto_kernels::Error::IsaUnavailable { .. }))
         ));
-        if chosen != Isa::Scalar {
-            assert!(matches!(
-                check_isa(Some(Isa::Scalar)),
-                Err(Error::IsaFixedPerProcess { requested: Isa::Scalar, .. })
-            ));
-        }
     }
 }

@@ -557,6 +557,18 @@ mod tests {
                 assert_eq!(select(None).map(|t| t.isa), Ok(Isa::AvxVnni));
             }
         }
+        // the types of a Q4_K_M file (Q4_K, Q5_0, Q6_K, Q8_0) and Q5_K
+        // have both multi-row entries on both AVX-512 tiers
+        let kquants = |t: &KernelTable| {
+            t.q5_0.gemm.is_some()
+                && t.q5_0.x16.is_some()
+                && t.q4_k.gemm.is_some()
+                && t.q4_k.x16.is_some()
+                && t.q5_k.gemm.is_some()
+                && t.q5_k.x16.is_some()
+                && t.q6_k.gemm.is_some()
+                && t.q6_k.x16.is_some()
+        };
         // every weight type has a SIMD dot from AVX2 up: no row silently
         // keeps the scalar reference
         for isa in [Isa::Avx2, Isa::AvxVnni, Isa::Avx512, Isa::Vnni] {
@@ -572,11 +584,13 @@ mod tests {
         if let Ok(t) = table_for(Isa::Vnni) {
             assert!(t.q4_0.gemm.is_some() && t.q4_1.gemm.is_some() && t.q8_0.gemm.is_some());
             assert!(t.q4_0.x16.is_some() && t.q4_1.x16.is_some() && t.q8_0.x16.is_some());
+            assert!(kquants(t));
             assert_eq!(select(None).map(|t| t.isa), Ok(Isa::Vnni));
         }
         if let Ok(t) = table_for(Isa::Avx512) {
             assert!(t.q4_0.gemm.is_some() && t.q4_1.gemm.is_some());
             assert!(t.q4_0.x16.is_some() && t.q4_1.x16.is_some());
+            assert!(kquants(t));
         }
     }
 

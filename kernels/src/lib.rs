@@ -1,9 +1,11 @@
 //! sotto-kernels: the numeric heart of Sotto.
 //!
 //! * [`quant`]: quant block types (ggml-compatible layouts) with scalar
-//!   references, one file per type, and the [`quant::DType`] registry.
-//! * [`dispatch`]: the one place that reads CPU features (once) and picks a
-//!   kernel table; `SOTTO_ISA` forces a path.
+//!   references, one file per type, the registry that makes them
+//!   [`quant::DType`]s, and [`quant::GgmlType`] for every ggml type id.
+//! * [`dispatch`]: the kernel tables (one row per weight type, per ISA) and
+//!   the one place that reads CPU features (once) and picks the
+//!   process-wide table; `SOTTO_ISA` forces a path. Ops take a table.
 //! * [`arch`]: per-ISA SIMD implementations. The only place with `unsafe`.
 //! * [`ops`]: safe operators built on the table: matmul (decode matvec and
 //!   prefill matmul), RMSNorm, RoPE, softmax, activations, attention.

@@ -18,6 +18,7 @@
 use crate::backend::{Backend, LogitsFor};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
+use sotto_kernels::dispatch::KernelTable;
 use sotto_kernels::ops::{self, AttentionParams, PackedMatrix, QMatrix, RopeCache};
 use sotto_models::spec::{Activation, DecoderSpec, RopeSpec};
 use sotto_models::weights::{DecoderWeights, Linear, Weight};
@@ -96,6 +97,8 @@ pub struct CpuBackend {
     /// One per distinct rope of the layers; `layer_rope[il]` indexes it.
     ropes: Arc<[RopeTables]>,
     layer_rope: Arc<[usize]>,
+    /// The kernels every op of this backend runs on.
+    kernels: &'static KernelTable,
     pool: Arc<rayon::ThreadPool>,
     threads: usize,
 }
@@ -117,12 +120,11 @@ fn qmat(w: &Weight) -> Result<QMatrix<'_>> {
     Ok(QMatrix::new(w.dtype, w.shape[0], w.shape[1], w.data())?)
 }
 
-/// `w` repacked for the process's kernel table, if that table wants it;
-/// the file's pages of a packed matrix then leave the resident set (the
-/// tied embedding reads a few rows of them back per token).
-fn pack(w: &Weight) -> Result<Option<PackedMatrix>> {
-    let table = sotto_kernels::dispatch::try_table()?;
-    let packed = PackedMatrix::pack_for(table, &qmat(w)?)?;
+/// `w` repacked for `kernels`, if that table wants it; the file's pages of
+/// a packed matrix then leave the resident set (the tied embedding reads a
+/// few rows of them back per token).
+fn pack(kernels: &KernelTable, w: &Weight) -> Result<Option<PackedMatrix>> {
+    let packed = PackedMatrix::pack_for(kernels, &qmat(w)?)?;
     if packed.is_some() {
         w.release_pages();
     }
@@ -132,6 +134,7 @@ fn pack(w: &Weight) -> Result<Option<PackedMatrix>> {
 /// `out = w · x` over `n` tokens, on the packed copy when there is one,
 /// plus the bias when the linear has one.
 fn linear(
+    kernels: &KernelTable,
     packed: Option<&PackedMatrix>,
     w: &Linear,
     x: &[f32],
@@ -139,8 +142,8 @@ fn linear(
     out: &mut [f32],
 ) -> Result<()> {
     match packed {
-        Some(p) => ops::matmul_packed(p, x, n, out)?,
-        None => ops::matmul(&qmat(&w.weight)?, x, n, out)?,
+        Some(p) => ops::matmul_packed_with(kernels, p, x, n, out)?,
+        None => ops::matmul_with(kernels, &qmat(&w.weight)?, x, n, out)?,
     }
     add_bias(w, out);
     Ok(())
@@ -164,8 +167,20 @@ fn add_residual(x: &mut [f32], y: &[f32], scale: Option<f32>) {
 }
 
 impl CpuBackend {
-    /// `threads` = 0 uses every core.
+    /// `threads` = 0 uses every core; the kernels are the process-wide
+    /// table (the best path of this CPU, or `SOTTO_ISA`).
     pub fn new(model: Arc<Model>, threads: usize) -> Result<Self> {
+        Self::with_kernels(model, threads, sotto_kernels::dispatch::try_table()?)
+    }
+
+    /// As [`CpuBackend::new`], on the given kernel table (for instance
+    /// `sotto_kernels::dispatch::table_for(isa)`): backends on different
+    /// paths can live in one process.
+    pub fn with_kernels(
+        model: Arc<Model>,
+        threads: usize,
+        kernels: &'static KernelTable,
+    ) -> Result<Self> {
         let threads = if threads == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -204,17 +219,17 @@ impl CpuBackend {
                 .iter()
                 .map(|l| {
                     Ok(LayerPacked {
-                        q: pack(&l.attn_q.weight)?,
-                        k: pack(&l.attn_k.weight)?,
-                        v: pack(&l.attn_v.weight)?,
-                        o: pack(&l.attn_output.weight)?,
-                        gate: pack(&l.ffn_gate.weight)?,
-                        up: pack(&l.ffn_up.weight)?,
-                        down: pack(&l.ffn_down.weight)?,
+                        q: pack(kernels, &l.attn_q.weight)?,
+                        k: pack(kernels, &l.attn_k.weight)?,
+                        v: pack(kernels, &l.attn_v.weight)?,
+                        o: pack(kernels, &l.attn_output.weight)?,
+                        gate: pack(kernels, &l.ffn_gate.weight)?,
+                        up: pack(kernels, &l.ffn_up.weight)?,
+                        down: pack(kernels, &l.ffn_down.weight)?,
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            Ok((layers, pack(&w.output.weight)?.map(Arc::new)))
+            Ok((layers, pack(kernels, &w.output.weight)?.map(Arc::new)))
         })?;
         let packed_bytes = packed
             .iter()
@@ -238,6 +253,7 @@ impl CpuBackend {
             output_norm: output_norm.into(),
             ropes: ropes.into(),
             layer_rope: layer_rope.into(),
+            kernels,
             pool: Arc::new(pool),
             threads,
         })
@@ -301,23 +317,31 @@ impl CpuBackend {
             .iter()
             .zip(&w.layers)
             .zip(self.norms.iter().zip(self.packed.iter()));
+        let kernels = self.kernels;
         for (li, ((ls, lw), (ln, lp))) in layers.enumerate() {
             ops::rms_norm(&x, &ln.attn, s.norm_eps, &mut xn)?;
             if let (Some(pq), Some(pk), Some(pv)) = (&lp.q, &lp.k, &lp.v) {
-                ops::matmul_packed_group(&[pq, pk, pv], &xn, n, &mut [&mut q, &mut k, &mut v])?;
+                ops::matmul_packed_group_with(
+                    kernels,
+                    &[pq, pk, pv],
+                    &xn,
+                    n,
+                    &mut [&mut q, &mut k, &mut v],
+                )?;
                 add_bias(&lw.attn_q, &mut q);
                 add_bias(&lw.attn_k, &mut k);
                 add_bias(&lw.attn_v, &mut v);
             } else {
-                linear(lp.q.as_ref(), &lw.attn_q, &xn, n, &mut q)?;
-                linear(lp.k.as_ref(), &lw.attn_k, &xn, n, &mut k)?;
-                linear(lp.v.as_ref(), &lw.attn_v, &xn, n, &mut v)?;
+                linear(kernels, lp.q.as_ref(), &lw.attn_q, &xn, n, &mut q)?;
+                linear(kernels, lp.k.as_ref(), &lw.attn_k, &xn, n, &mut k)?;
+                linear(kernels, lp.v.as_ref(), &lw.attn_v, &xn, n, &mut v)?;
             }
             if let (Some(qn), Some(kn)) = (&ln.q, &ln.k) {
                 ops::rms_norm_in_place(&mut q, qn, s.norm_eps)?;
                 ops::rms_norm_in_place(&mut k, kn, s.norm_eps)?;
             }
-            let rope = self.ropes[self.layer_rope[li]].for_capacity(w, s.n_rot, cache.capacity())?;
+            let rope =
+                self.ropes[self.layer_rope[li]].for_capacity(w, s.n_rot, cache.capacity())?;
             for t in 0..n {
                 rope.apply(
                     &mut q[t * qd..(t + 1) * qd],
@@ -344,7 +368,8 @@ impl CpuBackend {
                 softcap: ls.attention.softcap,
                 window: ls.attention.window,
             };
-            ops::attention(
+            ops::attention_with(
+                kernels,
                 &params,
                 &q,
                 &layer.k,
@@ -354,7 +379,7 @@ impl CpuBackend {
                 n,
                 &mut attn,
             )?;
-            linear(lp.o.as_ref(), &lw.attn_output, &attn, n, &mut o)?;
+            linear(kernels, lp.o.as_ref(), &lw.attn_output, &attn, n, &mut o)?;
             if let Some(pn) = &ln.post_attn {
                 ops::rms_norm_in_place(&mut o, pn, s.norm_eps)?;
             }
@@ -362,18 +387,24 @@ impl CpuBackend {
 
             ops::rms_norm(&x, &ln.ffn, s.norm_eps, &mut xn)?;
             if let (Some(pg), Some(pu)) = (&lp.gate, &lp.up) {
-                ops::matmul_packed_group(&[pg, pu], &xn, n, &mut [&mut gate, &mut up])?;
+                ops::matmul_packed_group_with(
+                    kernels,
+                    &[pg, pu],
+                    &xn,
+                    n,
+                    &mut [&mut gate, &mut up],
+                )?;
                 add_bias(&lw.ffn_gate, &mut gate);
                 add_bias(&lw.ffn_up, &mut up);
             } else {
-                linear(lp.gate.as_ref(), &lw.ffn_gate, &xn, n, &mut gate)?;
-                linear(lp.up.as_ref(), &lw.ffn_up, &xn, n, &mut up)?;
+                linear(kernels, lp.gate.as_ref(), &lw.ffn_gate, &xn, n, &mut gate)?;
+                linear(kernels, lp.up.as_ref(), &lw.ffn_up, &xn, n, &mut up)?;
             }
             match s.activation {
                 Activation::SiluGlu => ops::silu_mul(&mut gate, &up)?,
                 Activation::GeluTanhGlu => ops::gelu_tanh_mul(&mut gate, &up)?,
             }
-            linear(lp.down.as_ref(), &lw.ffn_down, &gate, n, &mut o)?;
+            linear(kernels, lp.down.as_ref(), &lw.ffn_down, &gate, n, &mut o)?;
             if let Some(pn) = &ln.post_ffn {
                 ops::rms_norm_in_place(&mut o, pn, s.norm_eps)?;
             }
@@ -390,6 +421,7 @@ impl CpuBackend {
         ops::rms_norm(rows, &self.output_norm, s.norm_eps, &mut hn)?;
         let mut logits = vec![0f32; m * s.vocab_size];
         linear(
+            kernels,
             self.output_packed.as_deref(),
             &w.output,
             &hn,
@@ -460,8 +492,7 @@ impl Backend for CpuBackend {
     fn describe(&self) -> String {
         format!(
             "cpu ({} threads, kernels {:?})",
-            self.threads,
-            sotto_kernels::dispatch::table().isa
+            self.threads, self.kernels.isa
         )
     }
 }
@@ -602,6 +633,75 @@ mod tests {
             } else {
                 assert!(d > 1e-4, "position {p}: window had no effect");
             }
+        }
+    }
+
+    /// A Q4_K_M-style file mixes Q4_K, Q5_0, Q6_K and Q8_0 matrices, also
+    /// within one layer's Q/K/V and gate/up groups: on a table with x16
+    /// entries for all four, every matrix runs on its packed copy (packed
+    /// bytes = the file's matrix bytes padded to whole 16-row panels, the
+    /// layout being a lossless reshuffle), and prefill and decode answer like the scalar reference
+    /// kernels of the same backend code.
+    #[test]
+    fn a_mixed_k_quant_file_packs_every_matrix_and_matches_the_scalar_kernels() {
+        use sotto_kernels::dispatch::{available_isas, table_for, Isa};
+        use sotto_kernels::quant::{quantize_row, DType};
+        let dims = TinyDims {
+            n_layer: 2,
+            d_model: 256,
+            n_head: 4,
+            n_kv_head: 2,
+            head_dim: 64,
+            ffn_dim: 512,
+        };
+        let mut w = tiny_model_random("llama", dims, 21);
+        let types = [DType::Q4_K, DType::Q5_0, DType::Q6_K, DType::Q8_0];
+        let mut next = 0;
+        for t in w.tensors.iter_mut().filter(|t| t.dims.len() == 2) {
+            let dtype = types[next % types.len()];
+            next += 1;
+            let (cols, rows) = (t.dims[0] as usize, t.dims[1] as usize);
+            let values: Vec<f32> = t
+                .data
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            let row_bytes = dtype.row_bytes(cols).unwrap();
+            let mut data = vec![0u8; rows * row_bytes];
+            for (src, dst) in values.chunks(cols).zip(data.chunks_mut(row_bytes)) {
+                quantize_row(dtype, src, dst).unwrap();
+            }
+            (t.type_id, t.data) = (dtype as u32, data);
+        }
+        let model = Arc::new(Model::from_gguf(GgufFile::from_bytes(w.to_bytes()).unwrap()).unwrap());
+        let wt = &model.weights;
+        // a panel of 16 rows holds the rows past a matrix's end as zeros
+        let panelled = |w: &Weight| w.data().len() / w.shape[0] * w.shape[0].next_multiple_of(16);
+        let mut matrix_bytes = panelled(&wt.output.weight);
+        for l in &wt.layers {
+            for m in [&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down] {
+                matrix_bytes += panelled(&m.weight);
+            }
+        }
+        let run = |isa: Isa| {
+            let mut b = CpuBackend::with_kernels(model.clone(), 1, table_for(isa).unwrap()).unwrap();
+            let mut cache = b.new_cache(16).unwrap();
+            let mut logits = b.forward(&mut cache, &TOKENS, LogitsFor::All).unwrap();
+            logits.extend(b.forward(&mut cache, &[7], LogitsFor::Last).unwrap());
+            (b.packed_bytes(), logits)
+        };
+        let (scalar_packed, reference) = run(Isa::Scalar);
+        assert_eq!(scalar_packed, 0);
+        let scale = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
+        for isa in available_isas() {
+            let t = table_for(isa).unwrap();
+            let (packed, logits) = run(isa);
+            let all_x16 = t.q4_k.x16.is_some() && t.q5_0.x16.is_some() && t.q6_k.x16.is_some() && t.q8_0.x16.is_some();
+            if all_x16 {
+                assert_eq!(packed, matrix_bytes, "{isa}: a matrix left unpacked");
+            }
+            let d = max_diff(&reference, &logits);
+            assert!(d <= 1e-3 * scale, "{isa}: max diff {d} (logits up to {scale})");
         }
     }
 

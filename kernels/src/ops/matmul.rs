@@ -317,12 +317,13 @@ pub fn matmul_packed_group(
     matmul_packed_group_with(dispatch::try_table()?, ws, x, n_tokens, outs)
 }
 
-/// Several packed matrices of one type and width against the same input
-/// (a layer's Q, K and V, or its gate and up): `outs[i] = ws[i] · x`. The
-/// activations are quantized once, and a decode step runs every band of
-/// every matrix in one parallel region (one synchronization instead of one
-/// per matrix). Prefill, compute-bound, takes the matrices one by one, as
-/// do matrices of different types or widths.
+/// Several packed matrices against the same input (a layer's Q, K and V,
+/// or its gate and up): `outs[i] = ws[i] · x`. A decode step groups the
+/// matrices by type (a Q4_K_M file mixes Q5_0 and Q8_0 in one layer's
+/// Q/K/V): per type, the activations are quantized once and every band of
+/// every matrix runs in one parallel region (one synchronization instead
+/// of one per matrix). Prefill, compute-bound, takes the matrices one by
+/// one, as do matrices of different widths.
 pub fn matmul_packed_group_with(
     table: &KernelTable,
     ws: &[&PackedMatrix],
@@ -341,10 +342,8 @@ pub fn matmul_packed_group_with(
     let Some(first) = ws.first() else {
         return Ok(());
     };
-    let same = ws
-        .iter()
-        .all(|w| w.dtype == first.dtype && w.cols == first.cols);
-    if n_tokens != 1 || !same || first.cols / first.dtype.block_size() == 0 {
+    let same_width = ws.iter().all(|w| w.cols == first.cols);
+    if n_tokens != 1 || !same_width || first.cols / first.dtype.block_size() == 0 {
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             matmul_packed_with(table, w, x, n_tokens, out)?;
         }
@@ -353,11 +352,23 @@ pub fn matmul_packed_group_with(
     for (w, out) in ws.iter().zip(outs.iter()) {
         check_shapes(OP, w.rows, w.cols, x, 1, out)?;
     }
-    let dtype = first.dtype;
-    with_weight_block!(dtype, W => {
-        group_decode::<W>(table, ws, x, outs);
-        Ok(())
-    }, Err(Error::UnsupportedDType { op: OP, dtype }))
+    // one group per type, in order of first appearance
+    type Group<'w, 'o> = (DType, Vec<&'w PackedMatrix>, Vec<&'o mut [f32]>);
+    let mut groups: Vec<Group<'_, '_>> = Vec::new();
+    for (w, out) in ws.iter().zip(outs.iter_mut()) {
+        match groups.iter_mut().find(|g| g.0 == w.dtype) {
+            Some(g) => {
+                g.1.push(w);
+                g.2.push(out);
+            }
+            None => groups.push((w.dtype, vec![w], vec![out])),
+        }
+    }
+    for (dtype, ws, mut outs) in groups {
+        with_weight_block!(dtype, W => group_decode::<W>(table, &ws, x, &mut outs),
+            return Err(Error::UnsupportedDType { op: OP, dtype }));
+    }
+    Ok(())
 }
 
 /// The decode step of [`matmul_packed_group_with`]: every band of every
@@ -472,6 +483,7 @@ mod tests {
             (DType::Q4_0, 0.01),
             (DType::Q4_1, 0.01),
             (DType::Q8_0, 0.01),
+            (DType::Q5_0, 0.01),
             (DType::Q4_K, 0.01),
             (DType::Q5_K, 0.01),
             (DType::Q6_K, 0.01),
@@ -527,7 +539,15 @@ mod tests {
     #[test]
     fn packed_matmul_matches_unpacked() {
         let (rows, cols) = (53, 256);
-        for dt in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+        for dt in [
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q8_0,
+            DType::Q5_0,
+            DType::Q4_K,
+            DType::Q5_K,
+            DType::Q6_K,
+        ] {
             let wsrc = random_row(rows * cols, 7 + dt as u64);
             let rb = dt.row_bytes(cols).unwrap();
             let mut wq = aligned_bytes(rows * rb);
@@ -557,6 +577,18 @@ mod tests {
                     });
                     t.q8_0.x16 = Some(|p, r, a, b, o| {
                         x16::gemm_ref(crate::quant::q8_0::vec_dot, p, r, a, b, o)
+                    });
+                    t.q5_0.x16 = Some(|p, r, a, b, o| {
+                        x16::gemm_ref(crate::quant::q5_0::vec_dot, p, r, a, b, o)
+                    });
+                    t.q4_k.x16 = Some(|p, r, a, b, o| {
+                        x16::gemm_ref(crate::quant::q4_k::vec_dot, p, r, a, b, o)
+                    });
+                    t.q5_k.x16 = Some(|p, r, a, b, o| {
+                        x16::gemm_ref(crate::quant::q5_k::vec_dot, p, r, a, b, o)
+                    });
+                    t.q6_k.x16 = Some(|p, r, a, b, o| {
+                        x16::gemm_ref(crate::quant::q6_k::vec_dot, p, r, a, b, o)
                     });
                     PackedMatrix::pack_for(&t, &m).unwrap().unwrap()
                 }
@@ -602,29 +634,36 @@ mod tests {
         let Some(table) = available_isas()
             .into_iter()
             .filter_map(|i| table_for(i).ok())
-            .find(|t| t.q4_1.x16.is_some())
+            .find(|t| t.q4_1.x16.is_some() && t.q5_0.x16.is_some() && t.q8_0.x16.is_some())
         else {
             return; // no x16 table on this CPU: the group path is never taken
         };
         let cols = 128;
-        let mats: Vec<PackedMatrix> = [48, 17, 33]
-            .iter()
-            .map(|&rows| {
-                let src = random_row(rows * cols, rows as u64);
-                let rb = DType::Q4_1.row_bytes(cols).unwrap();
-                let mut q = aligned_bytes(rows * rb);
-                for r in 0..rows {
-                    quantize_row(
-                        DType::Q4_1,
-                        &src[r * cols..(r + 1) * cols],
-                        &mut q.as_bytes_mut()[r * rb..(r + 1) * rb],
-                    )
-                    .unwrap();
-                }
-                let m = QMatrix::new(DType::Q4_1, rows, cols, q.as_bytes()).unwrap();
-                PackedMatrix::pack_for(table, &m).unwrap().unwrap()
-            })
-            .collect();
+        // a Q4_K_M layer's Q/K/V mixes Q5_0 and Q8_0: grouped per type
+        let mats: Vec<PackedMatrix> = [
+            (48, DType::Q4_1),
+            (17, DType::Q4_1),
+            (33, DType::Q5_0),
+            (40, DType::Q8_0),
+            (16, DType::Q5_0),
+        ]
+        .iter()
+        .map(|&(rows, dt)| {
+            let src = random_row(rows * cols, rows as u64);
+            let rb = dt.row_bytes(cols).unwrap();
+            let mut q = aligned_bytes(rows * rb);
+            for r in 0..rows {
+                quantize_row(
+                    dt,
+                    &src[r * cols..(r + 1) * cols],
+                    &mut q.as_bytes_mut()[r * rb..(r + 1) * rb],
+                )
+                .unwrap();
+            }
+            let m = QMatrix::new(dt, rows, cols, q.as_bytes()).unwrap();
+            PackedMatrix::pack_for(table, &m).unwrap().unwrap()
+        })
+        .collect();
         let ws: Vec<&PackedMatrix> = mats.iter().collect();
         for n in [1, 3] {
             let x = random_row(n * cols, 9 + n as u64);

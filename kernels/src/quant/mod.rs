@@ -54,7 +54,8 @@ pub trait QuantBlock: Pod + Send + Sync + std::fmt::Debug {
     const DTYPE: DType;
     /// Elements per block.
     const ELEMS: usize = Self::DTYPE.block_size();
-    /// Encodes `x` (`out.len() * ELEMS` floats) as ggml's quantizer does.
+    /// Encodes `x` (`out.len() * ELEMS` floats) with ggml's quantizer (the
+    /// older Q4_K, Q5_K and Q6_K files document a simpler search).
     fn quantize_ref(x: &[f32], out: &mut [Self]);
     /// Decodes `blocks` into `blocks.len() * ELEMS` floats, exactly as ggml.
     fn dequantize_ref(blocks: &[Self], y: &mut [f32]);
@@ -85,11 +86,11 @@ pub trait ActivationBlock: QuantBlock {
 ///
 /// `DTYPE = block type [weight <row>] [act <row>],`
 ///
-/// where `weight` names the type's [`WeightRow`] in
-/// [`KernelTable`] (it is a [`WeightBlock`]) and `act` its [`ActivationRow`]
-/// (it is an [`ActivationBlock`]). `registry!([path::to::m], args…)` calls `m! { (args…) the list }`;
-/// this module builds [`DType`] and the dispatch macros from it,
-/// `crate::dispatch` the kernel table and its scalar rows.
+/// where `weight` names the type's [`WeightRow`] in [`KernelTable`] (it is
+/// a [`WeightBlock`]) and `act` its [`ActivationRow`] (it is an
+/// [`ActivationBlock`]). `registry!([path::to::m], args…)` calls
+/// `m! { (args…) the list }`: this module builds [`DType`] and the dispatch
+/// macros from it, `crate::dispatch` the kernel table and its scalar rows.
 macro_rules! registry {
     ([$($then:tt)*] $(, $($args:tt)*)?) => {
         $($then)*! {

@@ -40,8 +40,11 @@ impl WeightBlock for BlockQ5_0 {
     }
     /// The `d` plane, one `qh` line (the 32 fifth bits of each row), then
     /// the 4 code lines of Q4_0.
-    const X16_FIELDS: &'static [X16Field] =
-        &[X16Field::f16(0), X16Field::codes(2, 4), X16Field::codes(6, QK / 2)];
+    const X16_FIELDS: &'static [X16Field] = &[
+        X16Field::f16(0),
+        X16Field::codes(2, 4),
+        X16Field::codes(6, QK / 2),
+    ];
     fn weight_row(t: &KernelTable) -> &WeightRow<Self> {
         &t.q5_0
     }

@@ -38,7 +38,7 @@
 //! has no x16 layout and is never packed.
 
 use super::WeightBlock;
-use crate::dispatch::VecDotFn;
+use crate::dispatch::{gemm_by_dots, gemm_shape_ok, VecDotFn, X16GemmFn};
 
 /// Rows per panel.
 pub const PANEL_ROWS: usize = 16;
@@ -243,6 +243,35 @@ pub fn gemm_ref<B: X16Block, A>(
     }
 }
 
+/// A gemm over the file's layout ([`crate::dispatch::GemmFn`]'s contract)
+/// through an x16 kernel: each 16-row panel is packed into a scratch
+/// record run (a byte permutation, a small fraction of the products when
+/// several columns share it) and multiplied there. The multi-row entry of
+/// the types whose SIMD kernels exist only for the x16 layout.
+pub fn gemm_by_panels<B: X16Block>(
+    kernel: X16GemmFn<B::Act>,
+    w: &[B],
+    a: &[B::Act],
+    bpr: usize,
+    out: &mut [f32],
+) {
+    if !gemm_shape_ok(w, a, bpr, out) {
+        return gemm_by_dots(B::vec_dot_ref, w, a, bpr, out);
+    }
+    let (rows, cols) = (w.len() / bpr, a.len() / bpr);
+    let mut panel = vec![0u8; bpr * B::RECORD];
+    let mut part = vec![0f32; PANEL_ROWS * cols];
+    for (pi, chunk) in w.chunks(PANEL_ROWS * bpr).enumerate() {
+        let nr = chunk.len() / bpr;
+        pack(chunk, bpr, &mut panel);
+        kernel(&panel, nr, a, bpr, &mut part[..nr * cols]);
+        for (c, src) in part[..nr * cols].chunks_exact(nr).enumerate() {
+            let r0 = c * rows + pi * PANEL_ROWS;
+            out[r0..r0 + nr].copy_from_slice(src);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,10 +355,7 @@ mod tests {
         assert_eq!(BlockQ4K::RECORD, 2304);
         assert_eq!(BlockQ5K::RECORD, 2816);
         assert_eq!(BlockQ6K::RECORD, 3360);
-        assert_eq!(
-            [1, 2, 3].map(BlockQ4K::field_start),
-            [32, 64, 64 + 3 * 64]
-        );
+        assert_eq!([1, 2, 3].map(BlockQ4K::field_start), [32, 64, 64 + 3 * 64]);
         assert_eq!(BlockQ5K::field_start(4), 64 + 3 * 64 + 8 * 64);
         assert_eq!(BlockQ6K::field_start(3), 32 + 4 * 64 + 16 * 64);
         assert_eq!(BlockQ5_0::field_start(2), 32 + 64);
@@ -358,7 +384,10 @@ mod tests {
             assert_eq!(&p[2 * r..2 * r + 2], &d);
             // scale line 2, lane r: scales 8..12 of row r
             let s = BlockQ6K::field_start(1) + 2 * 64 + 4 * r;
-            assert_eq!(&p[s..s + 4], bytemuck::cast_slice::<i8, u8>(&b.scales[8..12]));
+            assert_eq!(
+                &p[s..s + 4],
+                bytemuck::cast_slice::<i8, u8>(&b.scales[8..12])
+            );
             // ql line 31, lane r: ql[124..128]
             let q = BlockQ6K::field_start(3) + 31 * 64 + 4 * r;
             assert_eq!(&p[q..q + 4], &b.ql[124..128]);

@@ -103,9 +103,7 @@ impl From<sotto_engine::Error> for FfiError {
             E::InvalidSampling { .. } | E::Empty(_) | E::InvalidDescription(_) => {
                 SottoStatus::InvalidArgument
             }
-            E::FeatureDisabled { .. } | E::IsaFixedPerProcess { .. } => {
-                SottoStatus::BackendUnavailable
-            }
+            E::FeatureDisabled { .. } => SottoStatus::BackendUnavailable,
             E::Kernel(sotto_kernels::Error::IsaUnavailable { .. })
             | E::Kernel(sotto_kernels::Error::UnknownIsa { .. }) => {
                 SottoStatus::BackendUnavailable

@@ -1,10 +1,11 @@
 //! `sdot` kernels (Armv8.2 dot product: Cortex-A55/A76 and later phones).
 //!
 //! `sdot` multiplies four i8 pairs per i32 lane and accumulates, so one
-//! instruction replaces the `smull`/`smull2`/`sadalp` triple of the NEON tier.
-//! The k-quant kernels keep one i32x4 accumulator per super-block and apply the
-//! 6- or 8-bit sub-block scales with `mla` by scalar, so the horizontal sum
-//! happens once per 256 weights.
+//! instruction replaces the `smull`/`smull2`/`sadalp` triple of the NEON tier
+//! ([`Sdot`], the integer dot of every weight type through [`codes::dot`]).
+//! The k-quant dots keep one i32x4 accumulator per super-block and apply the
+//! sub-block scales with `mla` by scalar, so the horizontal sum happens once
+//! per row.
 //!
 //! The x16 gemm (`*_x16`, weights packed at load time, see
 //! [`crate::quant::x16`]) reads a 64-byte line of a record as four registers
@@ -14,13 +15,11 @@
 //! every weight byte is loaded once per call, with no horizontal sums. The
 //! scales of 4 rows are one `fcvtl` of the record's scale plane.
 
-use super::neon::{f16_to_f32, load_f16x4, load_q8, unpack_q4};
+use super::codes::{self, IntDot, WeightCodes};
+use super::neon::{f16_to_f32, load_f16x4, load_q8};
 use crate::dispatch::{KernelTable, WeightRow};
 use crate::quant::blocks::Q8Act;
-use crate::quant::blocks::{
-    BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ5K, BlockQ6K, BlockQ8K, BlockQ8_0, BlockQ8_1,
-    K_SCALE_SIZE,
-};
+use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 use crate::quant::x16::shape_ok as x16_shape_ok;
 use crate::quant::x16::{self, X16Block, PANEL_ROWS};
 use std::arch::aarch64::*;
@@ -30,31 +29,55 @@ use std::arch::asm;
 pub(super) fn overrides(base: KernelTable) -> KernelTable {
     KernelTable {
         q4_0: WeightRow {
-            dot: q4_0_q8_0,
+            dot,
             x16: Some(q4_0_q8_0_x16),
             ..base.q4_0
         },
         q4_1: WeightRow {
-            dot: q4_1_q8_1,
+            dot,
             x16: Some(q4_1_q8_1_x16),
             ..base.q4_1
         },
+        q5_0: WeightRow {
+            dot,
+            ..base.q5_0
+        },
+        q5_1: WeightRow {
+            dot,
+            ..base.q5_1
+        },
         q8_0: WeightRow {
-            dot: q8_0_q8_0,
+            dot,
             x16: Some(q8_0_q8_0_x16),
             ..base.q8_0
         },
+        q2_k: WeightRow {
+            dot,
+            ..base.q2_k
+        },
+        q3_k: WeightRow {
+            dot,
+            ..base.q3_k
+        },
         q4_k: WeightRow {
-            dot: q4_k_q8_k,
+            dot,
             ..base.q4_k
         },
         q5_k: WeightRow {
-            dot: q5_k_q8_k,
+            dot,
             ..base.q5_k
         },
         q6_k: WeightRow {
-            dot: q6_k_q8_k,
+            dot,
             ..base.q6_k
+        },
+        iq4_nl: WeightRow {
+            dot,
+            ..base.iq4_nl
+        },
+        iq4_xs: WeightRow {
+            dot,
+            ..base.iq4_xs
         },
         ..base
     }
@@ -64,40 +87,17 @@ pub(super) fn overrides(base: KernelTable) -> KernelTable {
 // `super::table` once `supports(Isa::Dotprod)` (NEON + dotprod) holds; each
 // trims both slices to their common length.
 
-fn q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+/// The integer dot of every weight type (the row's block type picks `W`).
+pub(super) fn dot<W: WeightCodes>(w: &[W], a: &[W::Act]) -> f32 {
     let n = w.len().min(a.len());
     // SAFETY: NEON and dotprod were detected before this fn was handed out.
-    unsafe { q4_0_q8_0_kernel(&w[..n], &a[..n]) }
+    unsafe { dot_kernel(&w[..n], &a[..n]) }
 }
 
-fn q4_1_q8_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
-    let n = w.len().min(a.len());
-    // SAFETY: NEON and dotprod were detected before this fn was handed out.
-    unsafe { q4_1_q8_1_kernel(&w[..n], &a[..n]) }
-}
-
-fn q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
-    let n = w.len().min(a.len());
-    // SAFETY: NEON and dotprod were detected before this fn was handed out.
-    unsafe { q8_0_q8_0_kernel(&w[..n], &a[..n]) }
-}
-
-fn q4_k_q8_k(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
-    let n = w.len().min(a.len());
-    // SAFETY: NEON and dotprod were detected before this fn was handed out.
-    unsafe { q4_k_q8_k_kernel(&w[..n], &a[..n]) }
-}
-
-fn q5_k_q8_k(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
-    let n = w.len().min(a.len());
-    // SAFETY: NEON and dotprod were detected before this fn was handed out.
-    unsafe { q5_k_q8_k_kernel(&w[..n], &a[..n]) }
-}
-
-fn q6_k_q8_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
-    let n = w.len().min(a.len());
-    // SAFETY: NEON and dotprod were detected before this fn was handed out.
-    unsafe { q6_k_q8_k_kernel(&w[..n], &a[..n]) }
+#[target_feature(enable = "neon,dotprod")]
+unsafe fn dot_kernel<W: WeightCodes>(w: &[W], a: &[W::Act]) -> f32 {
+    // SAFETY: NEON and dotprod are guaranteed by the caller.
+    unsafe { codes::dot::<W, Sdot>(w, a) }
 }
 
 // The x16 wrappers check the shape (whole columns, `packed` holding exactly
@@ -106,7 +106,7 @@ fn q6_k_q8_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
 
 pub(super) fn q4_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
     if !x16_shape_ok::<BlockQ4_0, _>(p, rows, a, bpr, out) {
-        return x16::gemm_ref::<BlockQ4_0, _>(q4_0_q8_0, p, rows, a, bpr, out);
+        return x16::gemm_ref::<BlockQ4_0, _>(dot, p, rows, a, bpr, out);
     }
     // SAFETY: NEON and dotprod were detected before this fn was handed out;
     // the shape was checked just now.
@@ -115,7 +115,7 @@ pub(super) fn q4_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, 
 
 pub(super) fn q4_1_q8_1_x16(p: &[u8], rows: usize, a: &[BlockQ8_1], bpr: usize, out: &mut [f32]) {
     if !x16_shape_ok::<BlockQ4_1, _>(p, rows, a, bpr, out) {
-        return x16::gemm_ref::<BlockQ4_1, _>(q4_1_q8_1, p, rows, a, bpr, out);
+        return x16::gemm_ref::<BlockQ4_1, _>(dot, p, rows, a, bpr, out);
     }
     // SAFETY: as above.
     unsafe { x16_k::<BlockQ4_1, BlockQ8_1>(p, rows, a, bpr, out) }
@@ -123,7 +123,7 @@ pub(super) fn q4_1_q8_1_x16(p: &[u8], rows: usize, a: &[BlockQ8_1], bpr: usize, 
 
 pub(super) fn q8_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
     if !x16_shape_ok::<BlockQ8_0, _>(p, rows, a, bpr, out) {
-        return x16::gemm_ref::<BlockQ8_0, _>(q8_0_q8_0, p, rows, a, bpr, out);
+        return x16::gemm_ref::<BlockQ8_0, _>(dot, p, rows, a, bpr, out);
     }
     // SAFETY: as above.
     unsafe { x16_k::<BlockQ8_0, BlockQ8_0>(p, rows, a, bpr, out) }
@@ -147,59 +147,22 @@ pub(super) unsafe fn sdot(mut acc: int32x4_t, x: int8x16_t, y: int8x16_t) -> int
     acc
 }
 
-/// Σ x·y over a 32-element block pair, left in four i32 lanes.
-#[inline]
-#[target_feature(enable = "neon,dotprod")]
-pub(super) unsafe fn dot32(x: (int8x16_t, int8x16_t), y: (int8x16_t, int8x16_t)) -> int32x4_t {
-    // SAFETY: the caller guarantees dotprod.
-    unsafe { sdot(sdot(vdupq_n_s32(0), x.0, y.0), x.1, y.1) }
-}
+/// The dotprod tier's integer dot: one `sdot`, every lane a product sum.
+#[derive(Debug)]
+pub(super) struct Sdot;
 
-#[target_feature(enable = "neon,dotprod")]
-pub(super) unsafe fn q4_0_q8_0_kernel(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
-    let mut sum = vdupq_n_f32(0.0);
-    for (wb, ab) in w.iter().zip(a) {
-        // SAFETY: the caller guarantees NEON + dotprod; loads stay inside the blocks.
-        let lanes = unsafe { dot32(unpack_q4(&wb.qs, 8), load_q8(&ab.qs)) };
-        sum = vfmaq_n_f32(
-            sum,
-            vcvtq_f32_s32(lanes),
-            f16_to_f32(wb.d) * f16_to_f32(ab.d),
-        );
+impl IntDot for Sdot {
+    #[inline]
+    #[target_feature(enable = "neon,dotprod")]
+    unsafe fn dot16(acc: int32x4_t, x: int8x16_t, y: int8x16_t) -> int32x4_t {
+        // SAFETY: the caller guarantees dotprod.
+        unsafe { sdot(acc, x, y) }
     }
-    vaddvq_f32(sum)
-}
-
-#[target_feature(enable = "neon,dotprod")]
-pub(super) unsafe fn q4_1_q8_1_kernel(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
-    let mut sum = vdupq_n_f32(0.0);
-    let mut min_terms = 0.0f32;
-    for (wb, ab) in w.iter().zip(a) {
-        // SAFETY: the caller guarantees NEON + dotprod; loads stay inside the blocks.
-        let lanes = unsafe { dot32(unpack_q4(&wb.qs, 0), load_q8(&ab.qs)) };
-        sum = vfmaq_n_f32(
-            sum,
-            vcvtq_f32_s32(lanes),
-            f16_to_f32(wb.d) * f16_to_f32(ab.d),
-        );
-        min_terms += f16_to_f32(wb.m) * f16_to_f32(ab.s);
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn sum(v: float32x4_t) -> f32 {
+        vaddvq_f32(v)
     }
-    vaddvq_f32(sum) + min_terms
-}
-
-#[target_feature(enable = "neon,dotprod")]
-pub(super) unsafe fn q8_0_q8_0_kernel(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
-    let mut sum = vdupq_n_f32(0.0);
-    for (wb, ab) in w.iter().zip(a) {
-        // SAFETY: the caller guarantees NEON + dotprod; loads stay inside the blocks.
-        let lanes = unsafe { dot32(load_q8(&wb.qs), load_q8(&ab.qs)) };
-        sum = vfmaq_n_f32(
-            sum,
-            vcvtq_f32_s32(lanes),
-            f16_to_f32(wb.d) * f16_to_f32(ab.d),
-        );
-    }
-    vaddvq_f32(sum)
 }
 
 /// `acc[i] += Σ_{k<4} x[4i+k]·y[4L+k]`: `sdot` by element, the 4 bytes of
@@ -496,232 +459,6 @@ unsafe fn x16_lane<
     }
 }
 
-/// The 8 six-bit (scale, min) pairs of Q4_K/Q5_K (ggml `get_scale_min_k4`):
-/// sub-blocks 0..4 keep theirs in the low 6 bits of bytes 0..8; sub-blocks
-/// 4..8 take 4 bits from bytes 8..12 and their top 2 bits from the spare high
-/// bits of bytes 0..8.
-fn unpack_scales_mins(q: &[u8; K_SCALE_SIZE]) -> ([u8; 8], [u8; 8]) {
-    let mut scales = [0u8; 8];
-    let mut mins = [0u8; 8];
-    for j in 0..4 {
-        scales[j] = q[j] & 63;
-        mins[j] = q[j + 4] & 63;
-        scales[j + 4] = (q[j + 8] & 0x0F) | ((q[j] >> 6) << 4);
-        mins[j + 4] = (q[j + 8] >> 4) | ((q[j + 4] >> 6) << 4);
-    }
-    (scales, mins)
-}
-
-/// Σ_sub min[sub] · Σ(activations of sub), from the 16-element `bsums`: the
-/// weight minimum never meets individual codes.
-#[inline]
-#[target_feature(enable = "neon")]
-unsafe fn mins_dot_bsums(mins: &[u8; 8], bsums: &[i16; 16]) -> i32 {
-    // SAFETY: 16 i16 and 8 u8 in bounds; the caller guarantees NEON.
-    let (b0, b1, m) = unsafe {
-        (
-            vld1q_s16(bsums.as_ptr()),
-            vld1q_s16(bsums.as_ptr().add(8)),
-            vld1_u8(mins.as_ptr()),
-        )
-    };
-    let per_sub = vpaddq_s16(b0, b1);
-    let m = vreinterpretq_s16_u16(vmovl_u8(m));
-    let prod = vmlal_high_s16(
-        vmull_s16(vget_low_s16(per_sub), vget_low_s16(m)),
-        per_sub,
-        m,
-    );
-    vaddvq_s32(prod)
-}
-
-/// Loads of 16 bytes at `offset` from a byte array (in-bounds by construction
-/// of every caller: offsets are multiples of 16 below the array size).
-#[inline]
-#[target_feature(enable = "neon")]
-unsafe fn ld_u8<const N: usize>(bytes: &[u8; N], offset: usize) -> uint8x16_t {
-    debug_assert!(offset + 16 <= N);
-    // SAFETY: the caller keeps offset + 16 <= N.
-    unsafe { vld1q_u8(bytes.as_ptr().add(offset)) }
-}
-
-#[inline]
-#[target_feature(enable = "neon")]
-unsafe fn ld_i8<const N: usize>(bytes: &[i8; N], offset: usize) -> int8x16_t {
-    debug_assert!(offset + 16 <= N);
-    // SAFETY: the caller keeps offset + 16 <= N.
-    unsafe { vld1q_s8(bytes.as_ptr().add(offset)) }
-}
-
-/// Q4_K: each 32-byte slice of `qs` holds two 32-weight sub-blocks, the low
-/// nibbles first; `w = d·sc·q − dmin·m`.
-#[target_feature(enable = "neon,dotprod")]
-unsafe fn q4_k_q8_k_kernel(w: &[BlockQ4K], a: &[BlockQ8K]) -> f32 {
-    let mask = vdupq_n_u8(0x0F);
-    let mut sum = 0.0f32;
-    for (wb, ab) in w.iter().zip(a) {
-        let (scales, mins) = unpack_scales_mins(&wb.scales);
-        // SAFETY: the caller guarantees NEON.
-        let min_sum = unsafe { mins_dot_bsums(&mins, &ab.bsums) };
-        let mut acc = vdupq_n_s32(0);
-        for chunk in 0..4 {
-            // SAFETY: qs is 128 bytes and a.qs 256: offsets 32c+16 and 64c+48 stay in bounds.
-            let (q0, q1, y0, y1, y2, y3) = unsafe {
-                (
-                    ld_u8(&wb.qs, 32 * chunk),
-                    ld_u8(&wb.qs, 32 * chunk + 16),
-                    ld_i8(&ab.qs, 64 * chunk),
-                    ld_i8(&ab.qs, 64 * chunk + 16),
-                    ld_i8(&ab.qs, 64 * chunk + 32),
-                    ld_i8(&ab.qs, 64 * chunk + 48),
-                )
-            };
-            let low = (
-                vreinterpretq_s8_u8(vandq_u8(q0, mask)),
-                vreinterpretq_s8_u8(vandq_u8(q1, mask)),
-            );
-            let high = (
-                vreinterpretq_s8_u8(vshrq_n_u8::<4>(q0)),
-                vreinterpretq_s8_u8(vshrq_n_u8::<4>(q1)),
-            );
-            // SAFETY: the caller guarantees dotprod.
-            let (p_low, p_high) = unsafe { (dot32(low, (y0, y1)), dot32(high, (y2, y3))) };
-            acc = vmlaq_n_s32(acc, p_low, i32::from(scales[2 * chunk]));
-            acc = vmlaq_n_s32(acc, p_high, i32::from(scales[2 * chunk + 1]));
-        }
-        let d = ab.d * f16_to_f32(wb.d);
-        let dmin = ab.d * f16_to_f32(wb.dmin);
-        sum += d * vaddvq_s32(acc) as f32 - dmin * min_sum as f32;
-    }
-    sum
-}
-
-/// Q5_K: Q4_K plus a fifth bit per weight; for 64-weight chunk `c`, bit `2c`
-/// of `qh[l]` belongs to weight `l` of the low sub-block and bit `2c+1` to
-/// weight `l` of the high one. Shifting `qh` right by two per chunk keeps the
-/// bits of interest at positions 0 and 1.
-#[target_feature(enable = "neon,dotprod")]
-unsafe fn q5_k_q8_k_kernel(w: &[BlockQ5K], a: &[BlockQ8K]) -> f32 {
-    let mask = vdupq_n_u8(0x0F);
-    let (bit0, bit1) = (vdupq_n_u8(1), vdupq_n_u8(2));
-    let mut sum = 0.0f32;
-    for (wb, ab) in w.iter().zip(a) {
-        let (scales, mins) = unpack_scales_mins(&wb.scales);
-        // SAFETY: the caller guarantees NEON.
-        let min_sum = unsafe { mins_dot_bsums(&mins, &ab.bsums) };
-        // SAFETY: qh is 32 bytes.
-        let (mut h0, mut h1) = unsafe { (ld_u8(&wb.qh, 0), ld_u8(&wb.qh, 16)) };
-        let mut acc = vdupq_n_s32(0);
-        for chunk in 0..4 {
-            // SAFETY: as in the Q4_K kernel (same qs / activation layout).
-            let (q0, q1, y0, y1, y2, y3) = unsafe {
-                (
-                    ld_u8(&wb.qs, 32 * chunk),
-                    ld_u8(&wb.qs, 32 * chunk + 16),
-                    ld_i8(&ab.qs, 64 * chunk),
-                    ld_i8(&ab.qs, 64 * chunk + 16),
-                    ld_i8(&ab.qs, 64 * chunk + 32),
-                    ld_i8(&ab.qs, 64 * chunk + 48),
-                )
-            };
-            let low = (
-                vreinterpretq_s8_u8(vorrq_u8(
-                    vandq_u8(q0, mask),
-                    vshlq_n_u8::<4>(vandq_u8(h0, bit0)),
-                )),
-                vreinterpretq_s8_u8(vorrq_u8(
-                    vandq_u8(q1, mask),
-                    vshlq_n_u8::<4>(vandq_u8(h1, bit0)),
-                )),
-            );
-            let high = (
-                vreinterpretq_s8_u8(vorrq_u8(
-                    vshrq_n_u8::<4>(q0),
-                    vshlq_n_u8::<3>(vandq_u8(h0, bit1)),
-                )),
-                vreinterpretq_s8_u8(vorrq_u8(
-                    vshrq_n_u8::<4>(q1),
-                    vshlq_n_u8::<3>(vandq_u8(h1, bit1)),
-                )),
-            );
-            h0 = vshrq_n_u8::<2>(h0);
-            h1 = vshrq_n_u8::<2>(h1);
-            // SAFETY: the caller guarantees dotprod.
-            let (p_low, p_high) = unsafe { (dot32(low, (y0, y1)), dot32(high, (y2, y3))) };
-            acc = vmlaq_n_s32(acc, p_low, i32::from(scales[2 * chunk]));
-            acc = vmlaq_n_s32(acc, p_high, i32::from(scales[2 * chunk + 1]));
-        }
-        let d = ab.d * f16_to_f32(wb.d);
-        let dmin = ab.d * f16_to_f32(wb.dmin);
-        sum += d * vaddvq_s32(acc) as f32 - dmin * min_sum as f32;
-    }
-    sum
-}
-
-/// Q6_K: per 128-weight half, 64 bytes of low nibbles and 32 bytes of 2-bit
-/// high parts; the four weights sharing `qh[l]` sit at `l`, `l+32`, `l+64`,
-/// `l+96`. Every 16-byte vector built here is exactly one 16-weight sub-block,
-/// so each `sdot` result meets one i8 scale.
-#[target_feature(enable = "neon,dotprod")]
-unsafe fn q6_k_q8_k_kernel(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
-    let low_mask = vdupq_n_u8(0x0F);
-    let (bits01, bits23, bits45, bits67) = (
-        vdupq_n_u8(0x03),
-        vdupq_n_u8(0x0C),
-        vdupq_n_u8(0x30),
-        vdupq_n_u8(0xC0),
-    );
-    let offset = vdupq_n_s8(32);
-    let mut sum = 0.0f32;
-    for (wb, ab) in w.iter().zip(a) {
-        let mut acc = vdupq_n_s32(0);
-        for half in 0..2 {
-            // SAFETY: ql is 128 bytes (64h + 48 + 16 <= 128), qh 64 (32h + 16 + 16 <= 64).
-            let (l0, l1, l2, l3, h0, h1) = unsafe {
-                (
-                    ld_u8(&wb.ql, 64 * half),
-                    ld_u8(&wb.ql, 64 * half + 16),
-                    ld_u8(&wb.ql, 64 * half + 32),
-                    ld_u8(&wb.ql, 64 * half + 48),
-                    ld_u8(&wb.qh, 32 * half),
-                    ld_u8(&wb.qh, 32 * half + 16),
-                )
-            };
-            // sub-block k of this half covers weights 16k..16k+16
-            let codes = [
-                vorrq_u8(
-                    vandq_u8(l0, low_mask),
-                    vshlq_n_u8::<4>(vandq_u8(h0, bits01)),
-                ),
-                vorrq_u8(
-                    vandq_u8(l1, low_mask),
-                    vshlq_n_u8::<4>(vandq_u8(h1, bits01)),
-                ),
-                vorrq_u8(
-                    vandq_u8(l2, low_mask),
-                    vshlq_n_u8::<2>(vandq_u8(h0, bits23)),
-                ),
-                vorrq_u8(
-                    vandq_u8(l3, low_mask),
-                    vshlq_n_u8::<2>(vandq_u8(h1, bits23)),
-                ),
-                vorrq_u8(vshrq_n_u8::<4>(l0), vandq_u8(h0, bits45)),
-                vorrq_u8(vshrq_n_u8::<4>(l1), vandq_u8(h1, bits45)),
-                vorrq_u8(vshrq_n_u8::<4>(l2), vshrq_n_u8::<2>(vandq_u8(h0, bits67))),
-                vorrq_u8(vshrq_n_u8::<4>(l3), vshrq_n_u8::<2>(vandq_u8(h1, bits67))),
-            ];
-            for (k, code) in codes.into_iter().enumerate() {
-                let x = vsubq_s8(vreinterpretq_s8_u8(code), offset);
-                // SAFETY: 128h + 16k + 16 <= 256; the caller guarantees dotprod.
-                let p = unsafe { sdot(vdupq_n_s32(0), x, ld_i8(&ab.qs, 128 * half + 16 * k)) };
-                acc = vmlaq_n_s32(acc, p, i32::from(wb.scales[8 * half + k]));
-            }
-        }
-        sum += ab.d * f16_to_f32(wb.d) * vaddvq_s32(acc) as f32;
-    }
-    sum
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;
@@ -756,18 +493,6 @@ mod tests {
     }
 
     #[test]
-    fn scale_unpacking_matches_ggml() {
-        let mut r = rng(10);
-        for _ in 0..50 {
-            let q: [u8; K_SCALE_SIZE] = std::array::from_fn(|_| rand::Rng::gen(&mut r));
-            let (scales, mins) = unpack_scales_mins(&q);
-            for j in 0..8 {
-                assert_eq!((scales[j], mins[j]), scale_min_k4(j, &q), "sub-block {j}");
-            }
-        }
-    }
-
-    #[test]
     fn legacy_dots_match_reference() {
         if !dotprod() {
             return;
@@ -777,21 +502,21 @@ mod tests {
             let (w, a) = (q4_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
             assert_close(
                 "q4_0_q8_0",
-                q4_0_q8_0(&w, &a),
+                dot(&w, &a),
                 ref_q4_0_q8_0(&w, &a),
                 BUDGET_LEGACY,
             );
             let (w, a) = (q4_1_blocks(&mut r, n), q8_1_blocks(&mut r, n));
             assert_close(
                 "q4_1_q8_1",
-                q4_1_q8_1(&w, &a),
+                dot(&w, &a),
                 ref_q4_1_q8_1(&w, &a),
                 BUDGET_LEGACY,
             );
             let (w, a) = (q8_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
             assert_close(
                 "q8_0_q8_0",
-                q8_0_q8_0(&w, &a),
+                dot(&w, &a),
                 ref_q8_0_q8_0(&w, &a),
                 BUDGET_LEGACY,
             );
@@ -809,21 +534,21 @@ mod tests {
             let w = q4k_blocks(&mut r, n);
             assert_close(
                 &format!("q4_k n={n}"),
-                q4_k_q8_k(&w, &a),
+                dot(&w, &a),
                 ref_q4k_q8k(&w, &a),
                 BUDGET_K,
             );
             let w = q5k_blocks(&mut r, n);
             assert_close(
                 &format!("q5_k n={n}"),
-                q5_k_q8_k(&w, &a),
+                dot(&w, &a),
                 ref_q5k_q8k(&w, &a),
                 BUDGET_K,
             );
             let w = q6k_blocks(&mut r, n);
             assert_close(
                 &format!("q6_k n={n}"),
-                q6_k_q8_k(&w, &a),
+                dot(&w, &a),
                 ref_q6k_q8k(&w, &a),
                 BUDGET_K,
             );
@@ -845,7 +570,7 @@ mod tests {
             let ref_one = ref_q6k_q8k(&w, &a);
             assert_close(
                 &format!("q6_k random {i}"),
-                q6_k_q8_k(&w, &a),
+                dot(&w, &a),
                 ref_one,
                 BUDGET_K,
             );
@@ -858,7 +583,7 @@ mod tests {
             let byte = 64 * half + l + if quarter % 2 == 1 { 32 } else { 0 };
             w[0].ql[byte] |= if quarter >= 2 { 0x50 } else { 0x05 };
             let want = f64::from(a[0].d) * 5.0 * f64::from(a[0].qs[i]);
-            let got = q6_k_q8_k(&w, &a);
+            let got = dot(&w, &a);
             assert!(
                 (f64::from(got) - want).abs() <= want.abs() * 1e-5 + 1e-9,
                 "q6_k weight {i}: {got} vs {want}"
@@ -879,7 +604,7 @@ mod tests {
         let (w, a) = (q4k_blocks(&mut r, 4), q8k_blocks(&mut r, 2));
         assert_close(
             "q4_k prefix",
-            q4_k_q8_k(&w, &a),
+            dot(&w, &a),
             ref_q4k_q8k(&w[..2], &a),
             BUDGET_K,
         );

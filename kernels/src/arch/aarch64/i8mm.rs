@@ -3,42 +3,45 @@
 //!
 //! `smmla` takes two 16-byte operands as 2x8 row-major matrices `X`, `Y` and
 //! accumulates the 2x2 product `X·Yᵀ`: lanes `[x0·y0, x0·y1, x1·y0, x1·y1]`.
-//! A 32-element block is four 8-element chunks, so four `smmla` cover one
-//! block from each of two rows against one block from each of two columns.
+//! Sixteen codes of each of two rows, zipped by 64-bit halves, are two such
+//! operands, so two `smmla` cover 16 elements of two rows against two
+//! columns.
 //!
-//! * 2x2 kernels (`*_2x2`, offered through `super::dot2x2_table`): two weight
-//!   rows against two activation columns, all four lanes useful; this is where
-//!   i8mm pays, in a prefill matmul.
-//! * Gemm table entries (`*_gemm`, the prefill matmul over the file's
-//!   layout): a register tile of 4 weight rows x 4 activation columns, each
-//!   block's codes unpacked and zipped into row pairs once and used against
-//!   two column pairs (four `smmla` per pair of pairs and block); smaller
-//!   tiles at the edges and single dots for an odd last row or column.
+//! * Tiles ([`tiles`], generic over the block views of [`super::codes`], so
+//!   every integer weight type has them): row pairs against column pairs,
+//!   each 16-code vector of a block unpacked and zipped once for all column
+//!   pairs, the sub-block scales applied per row lane (`mla` by `[s, s, s',
+//!   s']`), all four lanes useful; this is where i8mm pays, in a prefill
+//!   matmul.
+//!   * Gemm table entries (the prefill matmul over the file's layout, every
+//!     integer type): register tiles of 4 weight rows x 4 activation
+//!     columns, smaller tiles at the edges and single dots for an odd last
+//!     row or column.
+//!   * 2x2 kernels, offered through `super::dot2x2_table`.
 //! * x16 entries (weights packed at load time, [`crate::quant::x16`]), which
-//!   the cpu backend uses for every Q4_0/Q4_1/Q8_0 matmul once a table has
-//!   them, so they are the engine's prefill path: for two or more columns,
-//!   two lines of a 4-row register zipped by 32-bit lanes are two 2x8 row
-//!   pairs (8 consecutive codes of each row), met by `smmla` with zipped
-//!   column pairs; decode (one column) and an odd last column take the
-//!   dotprod tier's `sdot` kernel.
-//! * Single-row table entries: the 16 bytes of a block half, read as a 2x8
-//!   matrix, are multiplied with the matching 16 activation bytes read the
-//!   same way; the diagonal lanes 0 and 3 are chunk0·chunk0 and chunk1·chunk1,
-//!   whose sum is the 16-element dot, and the off-diagonal lanes are simply
-//!   never read. One `smmla` per 16 bytes and no shuffles: the same
-//!   instruction count as the `sdot` tier (half the `smmla` MACs are wasted),
-//!   so these are not faster than dotprod for a single row; they make a forced
-//!   `SOTTO_ISA=i8mm` path run `smmla` end to end.
+//!   the cpu backend uses for every matmul of a type once a table has them,
+//!   so they are the engine's prefill path: for two or more columns, two
+//!   lines of a 4-row register zipped by 32-bit lanes are two 2x8 row pairs
+//!   (8 consecutive codes of each row), met by `smmla` with zipped column
+//!   pairs; decode (one column) and an odd last column take the dotprod
+//!   tier's `sdot` kernel.
+//! * Single-row table entries ([`Diagonal`]): 16 weight codes read as a 2x8
+//!   matrix against the matching 16 activation codes read the same way; the
+//!   diagonal lanes 0 and 3 are chunk0·chunk0 and chunk1·chunk1, whose sum is
+//!   the 16-element dot, and the off-diagonal lanes are never read. One
+//!   `smmla` per 16 bytes and no shuffles: the same instruction count as the
+//!   `sdot` tier (half the `smmla` MACs are wasted), so these are not faster
+//!   than dotprod for a single row; they make a forced `SOTTO_ISA=i8mm` path
+//!   run `smmla` end to end.
 
+use super::codes::{self, ends_group, for_each_vec, ActCodes, IntDot, WeightCodes};
 use super::dotprod::{self, is_q4_0, X16Panel};
-use super::neon::{f16_to_f32, load_f16x4, load_q8, unpack_q4};
-use crate::dispatch::gemm_shape_ok;
-use crate::dispatch::{gemm_by_dots, KernelTable, VecDotFn, WeightRow, X16GemmFn};
+use super::neon::{f16_to_f32, load_f16x4, load_q8};
+use crate::dispatch::{gemm_by_dots, gemm_shape_ok, KernelTable, WeightRow, X16GemmFn};
 use crate::quant::blocks::Q8Act;
 use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 use crate::quant::x16::shape_ok as x16_shape_ok;
 use crate::quant::x16::{X16Block, PANEL_ROWS};
-use half::f16;
 use std::arch::aarch64::*;
 use std::arch::asm;
 
@@ -46,19 +49,64 @@ use std::arch::asm;
 pub(super) fn overrides(base: KernelTable) -> KernelTable {
     KernelTable {
         q4_0: WeightRow {
-            dot: q4_0_q8_0,
-            gemm: Some(q4_0_q8_0_gemm),
+            dot,
+            gemm: Some(gemm),
             x16: Some(q4_0_q8_0_x16),
         },
         q4_1: WeightRow {
-            dot: q4_1_q8_1,
-            gemm: Some(q4_1_q8_1_gemm),
+            dot,
+            gemm: Some(gemm),
             x16: Some(q4_1_q8_1_x16),
         },
+        q5_0: WeightRow {
+            dot,
+            gemm: Some(gemm),
+            ..base.q5_0
+        },
+        q5_1: WeightRow {
+            dot,
+            gemm: Some(gemm),
+            ..base.q5_1
+        },
         q8_0: WeightRow {
-            dot: q8_0_q8_0,
-            gemm: Some(q8_0_q8_0_gemm),
+            dot,
+            gemm: Some(gemm),
             x16: Some(q8_0_q8_0_x16),
+        },
+        q2_k: WeightRow {
+            dot,
+            gemm: Some(gemm),
+            ..base.q2_k
+        },
+        q3_k: WeightRow {
+            dot,
+            gemm: Some(gemm),
+            ..base.q3_k
+        },
+        q4_k: WeightRow {
+            dot,
+            gemm: Some(gemm),
+            ..base.q4_k
+        },
+        q5_k: WeightRow {
+            dot,
+            gemm: Some(gemm),
+            ..base.q5_k
+        },
+        q6_k: WeightRow {
+            dot,
+            gemm: Some(gemm),
+            ..base.q6_k
+        },
+        iq4_nl: WeightRow {
+            dot,
+            gemm: Some(gemm),
+            ..base.iq4_nl
+        },
+        iq4_xs: WeightRow {
+            dot,
+            gemm: Some(gemm),
+            ..base.iq4_xs
         },
         ..base
     }
@@ -68,84 +116,30 @@ pub(super) fn overrides(base: KernelTable) -> KernelTable {
 // `super::table` / `super::dot2x2_table` once `supports(Isa::I8mm)` (NEON +
 // dotprod + i8mm) holds; each trims its slices to their common length.
 
-fn q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+/// The integer dot of every weight type (the row's block type picks `W`).
+pub(super) fn dot<W: WeightCodes>(w: &[W], a: &[W::Act]) -> f32 {
     let n = w.len().min(a.len());
     // SAFETY: NEON and i8mm were detected before this fn was handed out.
-    unsafe { q4_0_q8_0_kernel(&w[..n], &a[..n]) }
+    unsafe { dot_kernel(&w[..n], &a[..n]) }
 }
 
-fn q4_1_q8_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
-    let n = w.len().min(a.len());
-    // SAFETY: NEON and i8mm were detected before this fn was handed out.
-    unsafe { q4_1_q8_1_kernel(&w[..n], &a[..n]) }
+/// `[w0·a0, w0·a1, w1·a0, w1·a1]` over the blocks all four have.
+pub(super) fn dot2x2<W: WeightCodes>(w0: &[W], w1: &[W], a0: &[W::Act], a1: &[W::Act]) -> [f32; 4] {
+    // SAFETY: NEON and i8mm were detected before this fn was handed out;
+    // `tiles` reads only the blocks all four slices have.
+    unsafe { lanes(tiles::<W, 1, 1>([[w0, w1]], [[a0, a1]])[0][0]) }
 }
 
-fn q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
-    let n = w.len().min(a.len());
-    // SAFETY: NEON and i8mm were detected before this fn was handed out.
-    unsafe { q8_0_q8_0_kernel(&w[..n], &a[..n]) }
-}
-
-pub(super) fn q4_0_q8_0_2x2(
-    w0: &[BlockQ4_0],
-    w1: &[BlockQ4_0],
-    a0: &[BlockQ8_0],
-    a1: &[BlockQ8_0],
-) -> [f32; 4] {
-    let n = w0.len().min(w1.len()).min(a0.len()).min(a1.len());
-    // SAFETY: NEON and i8mm were detected before this fn was handed out.
-    unsafe { q4_0_q8_0_2x2_kernel(&w0[..n], &w1[..n], &a0[..n], &a1[..n]) }
-}
-
-pub(super) fn q4_1_q8_1_2x2(
-    w0: &[BlockQ4_1],
-    w1: &[BlockQ4_1],
-    a0: &[BlockQ8_1],
-    a1: &[BlockQ8_1],
-) -> [f32; 4] {
-    let n = w0.len().min(w1.len()).min(a0.len()).min(a1.len());
-    // SAFETY: NEON and i8mm were detected before this fn was handed out.
-    unsafe { q4_1_q8_1_2x2_kernel(&w0[..n], &w1[..n], &a0[..n], &a1[..n]) }
-}
-
-pub(super) fn q8_0_q8_0_2x2(
-    w0: &[BlockQ8_0],
-    w1: &[BlockQ8_0],
-    a0: &[BlockQ8_0],
-    a1: &[BlockQ8_0],
-) -> [f32; 4] {
-    let n = w0.len().min(w1.len()).min(a0.len()).min(a1.len());
-    // SAFETY: NEON and i8mm were detected before this fn was handed out.
-    unsafe { q8_0_q8_0_2x2_kernel(&w0[..n], &w1[..n], &a0[..n], &a1[..n]) }
-}
-
-// The gemm wrappers check the shape (whole rows and columns, an output that
-// holds them all) and take one dot per output if it does not hold, so the
-// kernel can index unchecked.
-
-fn q4_0_q8_0_gemm(w: &[BlockQ4_0], a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+/// The multi-row matmul over the file's layout (see
+/// [`crate::dispatch::GemmFn`]): checks the shape (whole rows and columns,
+/// an output that holds them all) and takes one dot per output if it does
+/// not hold.
+fn gemm<W: WeightCodes>(w: &[W], a: &[W::Act], bpr: usize, out: &mut [f32]) {
     if !gemm_shape_ok(w, a, bpr, out) {
-        return gemm_by_dots(q4_0_q8_0, w, a, bpr, out);
+        return gemm_by_dots(dot, w, a, bpr, out);
     }
-    // SAFETY: NEON and i8mm were detected before this fn was handed out; the
-    // shape was checked just now.
-    unsafe { gemm_k(w, a, bpr, out, q4_0_q8_0) }
-}
-
-fn q4_1_q8_1_gemm(w: &[BlockQ4_1], a: &[BlockQ8_1], bpr: usize, out: &mut [f32]) {
-    if !gemm_shape_ok(w, a, bpr, out) {
-        return gemm_by_dots(q4_1_q8_1, w, a, bpr, out);
-    }
-    // SAFETY: as above.
-    unsafe { gemm_k(w, a, bpr, out, q4_1_q8_1) }
-}
-
-fn q8_0_q8_0_gemm(w: &[BlockQ8_0], a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
-    if !gemm_shape_ok(w, a, bpr, out) {
-        return gemm_by_dots(q8_0_q8_0, w, a, bpr, out);
-    }
-    // SAFETY: as above.
-    unsafe { gemm_k(w, a, bpr, out, q8_0_q8_0) }
+    // SAFETY: NEON and i8mm were detected before this fn was handed out.
+    unsafe { gemm_k(w, a, bpr, out) }
 }
 
 // The x16 wrappers: one column, a bad shape (the dotprod wrapper then takes
@@ -195,282 +189,56 @@ unsafe fn smmla(mut acc: int32x4_t, x: int8x16_t, y: int8x16_t) -> int32x4_t {
     acc
 }
 
-/// Blocks as (elements 0..16, elements 16..32) vector pairs.
+/// The i8mm tier's single-row integer dot: `smmla` of a vector with itself
+/// as 2x8 matrices, products in the diagonal lanes 0 and 3.
+#[derive(Debug)]
+pub(super) struct Diagonal;
+
+impl IntDot for Diagonal {
+    #[inline]
+    #[target_feature(enable = "neon,i8mm")]
+    unsafe fn dot16(acc: int32x4_t, x: int8x16_t, y: int8x16_t) -> int32x4_t {
+        // SAFETY: the caller guarantees i8mm.
+        unsafe { smmla(acc, x, y) }
+    }
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn sum(v: float32x4_t) -> f32 {
+        vgetq_lane_f32::<0>(v) + vgetq_lane_f32::<3>(v)
+    }
+}
+
+#[target_feature(enable = "neon,i8mm")]
+unsafe fn dot_kernel<W: WeightCodes>(w: &[W], a: &[W::Act]) -> f32 {
+    // SAFETY: NEON and i8mm are guaranteed by the caller.
+    unsafe { codes::dot::<W, Diagonal>(w, a) }
+}
+
+// ---- tiles: row pairs x column pairs, on any integer weight type ----
+
+/// A 32-element activation block as (elements 0..16, elements 16..32).
 type Block = (int8x16_t, int8x16_t);
 
-/// `[r0·c0, r0·c1, r1·c0, r1·c1]` over one 32-element block of each: the
-/// 64-bit zips put chunk k of both rows (or columns) in one register.
-#[inline]
-#[target_feature(enable = "neon,i8mm")]
-unsafe fn tile(acc: int32x4_t, r0: Block, r1: Block, c0: Block, c1: Block) -> int32x4_t {
-    let mut acc = acc;
-    for (r0h, r1h, c0h, c1h) in [(r0.0, r1.0, c0.0, c1.0), (r0.1, r1.1, c0.1, c1.1)] {
-        let (r0h, r1h) = (vreinterpretq_s64_s8(r0h), vreinterpretq_s64_s8(r1h));
-        let (c0h, c1h) = (vreinterpretq_s64_s8(c0h), vreinterpretq_s64_s8(c1h));
-        let rows_even = vreinterpretq_s8_s64(vzip1q_s64(r0h, r1h));
-        let rows_odd = vreinterpretq_s8_s64(vzip2q_s64(r0h, r1h));
-        let cols_even = vreinterpretq_s8_s64(vzip1q_s64(c0h, c1h));
-        let cols_odd = vreinterpretq_s8_s64(vzip2q_s64(c0h, c1h));
-        // SAFETY: the caller guarantees i8mm.
-        acc = unsafe { smmla(smmla(acc, rows_even, cols_even), rows_odd, cols_odd) };
-    }
-    acc
-}
-
-/// Per-lane f32 scales of a 2x2 tile: `[r0·c0, r0·c1, r1·c0, r1·c1]`.
+/// Two 16-code vectors (of two rows, or two columns) as the two 2x8 `smmla`
+/// operands over their 16 elements: elements 0..8 of both, then 8..16.
 #[inline]
 #[target_feature(enable = "neon")]
-unsafe fn outer(r: [f32; 2], c: [f32; 2]) -> float32x4_t {
-    let lanes = [r[0] * c[0], r[0] * c[1], r[1] * c[0], r[1] * c[1]];
-    // SAFETY: four floats in bounds; the caller guarantees NEON.
-    unsafe { vld1q_f32(lanes.as_ptr()) }
+fn zip_rows(x: int8x16_t, y: int8x16_t) -> [int8x16_t; 2] {
+    let (x, y) = (vreinterpretq_s64_s8(x), vreinterpretq_s64_s8(y));
+    [
+        vreinterpretq_s8_s64(vzip1q_s64(x, y)),
+        vreinterpretq_s8_s64(vzip2q_s64(x, y)),
+    ]
 }
 
-#[inline]
-#[target_feature(enable = "neon")]
-unsafe fn store(v: float32x4_t) -> [f32; 4] {
-    let mut out = [0.0f32; 4];
-    // SAFETY: four floats in bounds; the caller guarantees NEON.
-    unsafe { vst1q_f32(out.as_mut_ptr(), v) };
-    out
-}
-
-/// Σ x·y over one 32-element block, in lanes 0 and 3 (lanes 1 and 2 hold
-/// cross-chunk products nobody reads).
-#[inline]
-#[target_feature(enable = "neon,i8mm")]
-unsafe fn diagonal_dot32(x: Block, y: Block) -> int32x4_t {
-    // SAFETY: the caller guarantees i8mm.
-    unsafe { smmla(smmla(vdupq_n_s32(0), x.0, y.0), x.1, y.1) }
-}
-
-/// Lanes 0 and 3 of the accumulated diagonal tiles.
-#[inline]
-#[target_feature(enable = "neon")]
-unsafe fn diagonal_sum(v: float32x4_t) -> f32 {
-    vgetq_lane_f32::<0>(v) + vgetq_lane_f32::<3>(v)
-}
-
-#[target_feature(enable = "neon,i8mm")]
-unsafe fn q4_0_q8_0_kernel(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
-    let mut sum = vdupq_n_f32(0.0);
-    for (wb, ab) in w.iter().zip(a) {
-        // SAFETY: NEON + i8mm guaranteed by the caller; loads stay inside the blocks.
-        let lanes = unsafe { diagonal_dot32(unpack_q4(&wb.qs, 8), load_q8(&ab.qs)) };
-        sum = vfmaq_n_f32(
-            sum,
-            vcvtq_f32_s32(lanes),
-            f16_to_f32(wb.d) * f16_to_f32(ab.d),
-        );
-    }
-    // SAFETY: NEON guaranteed by the caller.
-    unsafe { diagonal_sum(sum) }
-}
-
-#[target_feature(enable = "neon,i8mm")]
-unsafe fn q4_1_q8_1_kernel(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
-    let mut sum = vdupq_n_f32(0.0);
-    let mut min_terms = 0.0f32;
-    for (wb, ab) in w.iter().zip(a) {
-        // SAFETY: NEON + i8mm guaranteed by the caller; loads stay inside the blocks.
-        let lanes = unsafe { diagonal_dot32(unpack_q4(&wb.qs, 0), load_q8(&ab.qs)) };
-        sum = vfmaq_n_f32(
-            sum,
-            vcvtq_f32_s32(lanes),
-            f16_to_f32(wb.d) * f16_to_f32(ab.d),
-        );
-        min_terms += f16_to_f32(wb.m) * f16_to_f32(ab.s);
-    }
-    // SAFETY: NEON guaranteed by the caller.
-    unsafe { diagonal_sum(sum) + min_terms }
-}
-
-#[target_feature(enable = "neon,i8mm")]
-unsafe fn q8_0_q8_0_kernel(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
-    let mut sum = vdupq_n_f32(0.0);
-    for (wb, ab) in w.iter().zip(a) {
-        // SAFETY: NEON + i8mm guaranteed by the caller; loads stay inside the blocks.
-        let lanes = unsafe { diagonal_dot32(load_q8(&wb.qs), load_q8(&ab.qs)) };
-        sum = vfmaq_n_f32(
-            sum,
-            vcvtq_f32_s32(lanes),
-            f16_to_f32(wb.d) * f16_to_f32(ab.d),
-        );
-    }
-    // SAFETY: NEON guaranteed by the caller.
-    unsafe { diagonal_sum(sum) }
-}
-
-#[target_feature(enable = "neon,i8mm")]
-unsafe fn q4_0_q8_0_2x2_kernel(
-    w0: &[BlockQ4_0],
-    w1: &[BlockQ4_0],
-    a0: &[BlockQ8_0],
-    a1: &[BlockQ8_0],
-) -> [f32; 4] {
-    let mut sum = vdupq_n_f32(0.0);
-    for (((r0, r1), c0), c1) in w0.iter().zip(w1).zip(a0).zip(a1) {
-        // SAFETY: NEON + i8mm guaranteed by the caller; loads stay inside the blocks.
-        let (lanes, scales) = unsafe {
-            (
-                tile(
-                    vdupq_n_s32(0),
-                    unpack_q4(&r0.qs, 8),
-                    unpack_q4(&r1.qs, 8),
-                    load_q8(&c0.qs),
-                    load_q8(&c1.qs),
-                ),
-                outer(
-                    [f16_to_f32(r0.d), f16_to_f32(r1.d)],
-                    [f16_to_f32(c0.d), f16_to_f32(c1.d)],
-                ),
-            )
-        };
-        sum = vfmaq_f32(sum, vcvtq_f32_s32(lanes), scales);
-    }
-    // SAFETY: NEON guaranteed by the caller.
-    unsafe { store(sum) }
-}
-
-#[target_feature(enable = "neon,i8mm")]
-unsafe fn q4_1_q8_1_2x2_kernel(
-    w0: &[BlockQ4_1],
-    w1: &[BlockQ4_1],
-    a0: &[BlockQ8_1],
-    a1: &[BlockQ8_1],
-) -> [f32; 4] {
-    let mut sum = vdupq_n_f32(0.0);
-    for (((r0, r1), c0), c1) in w0.iter().zip(w1).zip(a0).zip(a1) {
-        // SAFETY: NEON + i8mm guaranteed by the caller; loads stay inside the blocks.
-        let (lanes, scales, min_terms) = unsafe {
-            (
-                tile(
-                    vdupq_n_s32(0),
-                    unpack_q4(&r0.qs, 0),
-                    unpack_q4(&r1.qs, 0),
-                    load_q8(&c0.qs),
-                    load_q8(&c1.qs),
-                ),
-                outer(
-                    [f16_to_f32(r0.d), f16_to_f32(r1.d)],
-                    [f16_to_f32(c0.d), f16_to_f32(c1.d)],
-                ),
-                outer(
-                    [f16_to_f32(r0.m), f16_to_f32(r1.m)],
-                    [f16_to_f32(c0.s), f16_to_f32(c1.s)],
-                ),
-            )
-        };
-        sum = vaddq_f32(vfmaq_f32(sum, vcvtq_f32_s32(lanes), scales), min_terms);
-    }
-    // SAFETY: NEON guaranteed by the caller.
-    unsafe { store(sum) }
-}
-
-#[target_feature(enable = "neon,i8mm")]
-unsafe fn q8_0_q8_0_2x2_kernel(
-    w0: &[BlockQ8_0],
-    w1: &[BlockQ8_0],
-    a0: &[BlockQ8_0],
-    a1: &[BlockQ8_0],
-) -> [f32; 4] {
-    let mut sum = vdupq_n_f32(0.0);
-    for (((r0, r1), c0), c1) in w0.iter().zip(w1).zip(a0).zip(a1) {
-        // SAFETY: NEON + i8mm guaranteed by the caller; loads stay inside the blocks.
-        let (lanes, scales) = unsafe {
-            (
-                tile(
-                    vdupq_n_s32(0),
-                    load_q8(&r0.qs),
-                    load_q8(&r1.qs),
-                    load_q8(&c0.qs),
-                    load_q8(&c1.qs),
-                ),
-                outer(
-                    [f16_to_f32(r0.d), f16_to_f32(r1.d)],
-                    [f16_to_f32(c0.d), f16_to_f32(c1.d)],
-                ),
-            )
-        };
-        sum = vfmaq_f32(sum, vcvtq_f32_s32(lanes), scales);
-    }
-    // SAFETY: NEON guaranteed by the caller.
-    unsafe { store(sum) }
-}
-
-// ---- gemm: register tiles of row pairs x column pairs ----
-
-/// The weight side of the tile kernels.
-trait TileWeight: Copy {
-    /// Q4_1: `w = d·q + m`, so each output gains `m·s` of its column.
-    const MIN: bool;
-    /// The codes as signed bytes in element order (`w = d·code (+ m)`).
-    ///
-    /// # Safety
-    /// NEON.
-    unsafe fn codes(&self) -> Block;
-    fn d(&self) -> f16;
-    fn m(&self) -> f16;
-}
-
-impl TileWeight for BlockQ4_0 {
-    const MIN: bool = false;
-    #[inline(always)]
-    unsafe fn codes(&self) -> Block {
-        // SAFETY: the caller guarantees NEON; 16 bytes of codes.
-        unsafe { unpack_q4(&self.qs, 8) }
-    }
-    fn d(&self) -> f16 {
-        self.d
-    }
-    fn m(&self) -> f16 {
-        f16::ZERO
-    }
-}
-
-impl TileWeight for BlockQ4_1 {
-    const MIN: bool = true;
-    #[inline(always)]
-    unsafe fn codes(&self) -> Block {
-        // SAFETY: the caller guarantees NEON; 16 bytes of codes.
-        unsafe { unpack_q4(&self.qs, 0) }
-    }
-    fn d(&self) -> f16 {
-        self.d
-    }
-    fn m(&self) -> f16 {
-        self.m
-    }
-}
-
-impl TileWeight for BlockQ8_0 {
-    const MIN: bool = false;
-    #[inline(always)]
-    unsafe fn codes(&self) -> Block {
-        // SAFETY: the caller guarantees NEON; 32 bytes of codes.
-        unsafe { load_q8(&self.qs) }
-    }
-    fn d(&self) -> f16 {
-        self.d
-    }
-    fn m(&self) -> f16 {
-        f16::ZERO
-    }
-}
-
-/// Two blocks as the four 2x8 `smmla` operands of one block: chunk `k`
-/// (elements `8k..8k + 8`) of `x` in the low half, of `y` in the high half.
+/// Two 32-element blocks as the four 2x8 `smmla` operands of one block:
+/// chunk `k` (elements `8k..8k + 8`) of `x` in the low half, of `y` in the
+/// high half.
 #[inline]
 #[target_feature(enable = "neon")]
 fn zip_pair(x: Block, y: Block) -> [int8x16_t; 4] {
-    let (x0, x1) = (vreinterpretq_s64_s8(x.0), vreinterpretq_s64_s8(x.1));
-    let (y0, y1) = (vreinterpretq_s64_s8(y.0), vreinterpretq_s64_s8(y.1));
-    [
-        vreinterpretq_s8_s64(vzip1q_s64(x0, y0)),
-        vreinterpretq_s8_s64(vzip2q_s64(x0, y0)),
-        vreinterpretq_s8_s64(vzip1q_s64(x1, y1)),
-        vreinterpretq_s8_s64(vzip2q_s64(x1, y1)),
-    ]
+    let ([z0, z1], [z2, z3]) = (zip_rows(x.0, y.0), zip_rows(x.1, y.1));
+    [z0, z1, z2, z3]
 }
 
 /// `[a, a, b, b]`: a row pair's per-lane factor in a tile
@@ -481,6 +249,13 @@ fn row_lanes(a: f32, b: f32) -> float32x4_t {
     vcombine_f32(vdup_n_f32(a), vdup_n_f32(b))
 }
 
+/// `[a, a, b, b]` of integer sub-block scales.
+#[inline]
+#[target_feature(enable = "neon")]
+fn row_lanes_i32(a: i32, b: i32) -> int32x4_t {
+    vcombine_s32(vdup_n_s32(a), vdup_n_s32(b))
+}
+
 /// `[a, b, a, b]`: a column pair's per-lane factor in a tile.
 #[inline]
 #[target_feature(enable = "neon")]
@@ -489,159 +264,189 @@ fn col_lanes(a: f32, b: f32) -> float32x4_t {
     vcombine_f32(ab, ab)
 }
 
+#[inline]
+#[target_feature(enable = "neon")]
+fn lanes(v: float32x4_t) -> [f32; 4] {
+    let mut out = [0.0f32; 4];
+    // SAFETY: four writable floats; NEON is part of every aarch64 target.
+    unsafe { vst1q_f32(out.as_mut_ptr(), v) };
+    out
+}
+
+/// Row pairs `w[p]` against column pairs `a[q]` over the blocks every slice
+/// has: `[[lanes [r0·c0, r0·c1, r1·c0, r1·c1]; CP]; RP]`. Each 16-code
+/// vector of a weight block is unpacked and zipped once for all `CP` column
+/// pairs, each activation vector once for all `RP` row pairs; a group's
+/// `smmla` sums meet the two rows' integer scales in one `mla`, the block's
+/// float scales once per block.
+///
+/// # Safety
+/// NEON + i8mm.
+#[inline]
+#[target_feature(enable = "neon,i8mm")]
+#[allow(clippy::needless_range_loop)] // p and q index the tiles and their operands alike
+unsafe fn tiles<W: WeightCodes, const RP: usize, const CP: usize>(
+    w: [[&[W]; 2]; RP],
+    a: [[&[W::Act]; 2]; CP],
+) -> [[float32x4_t; CP]; RP] {
+    let nb = w
+        .iter()
+        .flatten()
+        .map(|s| s.len())
+        .chain(a.iter().flatten().map(|s| s.len()))
+        .min()
+        .unwrap_or(0);
+    let mut acc = [[vdupq_n_f32(0.0); CP]; RP];
+    for b in 0..nb {
+        let wb: [[&W; 2]; RP] = std::array::from_fn(|p| [&w[p][0][b], &w[p][1][b]]);
+        let ab: [[&W::Act; 2]; CP] = std::array::from_fn(|q| [&a[q][0][b], &a[q][1][b]]);
+        let mut scales = [[[0i32; 16]; 2]; RP];
+        for (s, rows) in scales.iter_mut().zip(&wb) {
+            // SAFETY: the caller guarantees NEON.
+            *s = unsafe { [rows[0].scales(), rows[1].scales()] };
+        }
+        let mut isum = [[vdupq_n_s32(0); CP]; RP];
+        let mut t = [[vdupq_n_s32(0); CP]; RP];
+        for_each_vec!(I => {
+            if I < W::VECS {
+                let mut wz = [[vdupq_n_s8(0); 2]; RP];
+                for (z, rows) in wz.iter_mut().zip(&wb) {
+                    // SAFETY: the caller guarantees NEON; I < W::VECS.
+                    let (x, y) = unsafe { (rows[0].codes16(I), rows[1].codes16(I)) };
+                    *z = zip_rows(x, y);
+                }
+                let mut az = [[vdupq_n_s8(0); 2]; CP];
+                for (z, cols) in az.iter_mut().zip(&ab) {
+                    // SAFETY: as above (an activation block has W::VECS vectors).
+                    let (x, y) = unsafe { (cols[0].codes16(I), cols[1].codes16(I)) };
+                    *z = zip_rows(x, y);
+                }
+                for p in 0..RP {
+                    for q in 0..CP {
+                        // SAFETY: the caller guarantees i8mm.
+                        t[p][q] = unsafe { smmla(smmla(t[p][q], wz[p][0], az[q][0]), wz[p][1], az[q][1]) };
+                    }
+                }
+                if ends_group::<W>(I) {
+                    let g = I / W::VECS_PER_SCALE;
+                    for p in 0..RP {
+                        let s = row_lanes_i32(scales[p][0][g], scales[p][1][g]);
+                        for q in 0..CP {
+                            isum[p][q] = vmlaq_s32(isum[p][q], t[p][q], s);
+                            t[p][q] = vdupq_n_s32(0);
+                        }
+                    }
+                }
+            }
+        });
+        for p in 0..RP {
+            let [r0, r1] = wb[p];
+            // SAFETY: the caller guarantees NEON.
+            let wd = unsafe { row_lanes(r0.d(), r1.d()) };
+            for q in 0..CP {
+                let [c0, c1] = ab[q];
+                // SAFETY: the caller guarantees NEON.
+                let d = vmulq_f32(wd, unsafe { col_lanes(c0.d(), c1.d()) });
+                acc[p][q] = vfmaq_f32(acc[p][q], vcvtq_f32_s32(isum[p][q]), d);
+                if W::MIN {
+                    // SAFETY: the caller guarantees NEON.
+                    let mins = unsafe {
+                        [
+                            r0.min_term(c0),
+                            r0.min_term(c1),
+                            r1.min_term(c0),
+                            r1.min_term(c1),
+                        ]
+                    };
+                    // SAFETY: four readable floats; NEON guaranteed by the caller.
+                    acc[p][q] = vaddq_f32(acc[p][q], unsafe { vld1q_f32(mins.as_ptr()) });
+                }
+            }
+        }
+    }
+    acc
+}
+
+/// Tile results of rows `r0 ..` and columns `c0 ..` into the column-major
+/// output (`out[c * rows + r]`).
+///
+/// # Panics
+/// If `out` lacks an output of the tile (the wrappers check the shape).
+#[inline]
+#[target_feature(enable = "neon")]
+fn store_tiles<const RP: usize, const CP: usize>(
+    t: &[[float32x4_t; CP]; RP],
+    (r0, c0): (usize, usize),
+    rows: usize,
+    out: &mut [f32],
+) {
+    for (p, per_row_pair) in t.iter().enumerate() {
+        for (q, v) in per_row_pair.iter().enumerate() {
+            let (r, c) = (r0 + 2 * p, c0 + 2 * q);
+            let [rc, rc1, r1c, r1c1] = lanes(*v);
+            out[c * rows + r] = rc;
+            out[(c + 1) * rows + r] = rc1;
+            out[c * rows + r + 1] = r1c;
+            out[(c + 1) * rows + r + 1] = r1c1;
+        }
+    }
+}
+
 /// # Safety
 /// NEON + i8mm, and the shape checked by `gemm_shape_ok`.
 #[target_feature(enable = "neon,i8mm")]
-unsafe fn gemm_k<W: TileWeight, A: Q8Act>(
-    w: &[W],
-    a: &[A],
-    bpr: usize,
-    out: &mut [f32],
-    dot: VecDotFn<W, A>,
-) {
+unsafe fn gemm_k<W: WeightCodes>(w: &[W], a: &[W::Act], bpr: usize, out: &mut [f32]) {
     let (rows, cols) = (w.len() / bpr, a.len() / bpr);
     let (rows2, cols2) = (rows & !1, cols & !1);
-    let k = Tiles { w, a, bpr, rows };
+    let row = |r: usize| &w[r * bpr..(r + 1) * bpr];
+    let col = |c: usize| &a[c * bpr..(c + 1) * bpr];
+    let col_pairs = |c0: usize| [[col(c0), col(c0 + 1)], [col(c0 + 2), col(c0 + 3)]];
     let mut r0 = 0;
     while r0 + 4 <= rows2 {
+        let rp = [[row(r0), row(r0 + 1)], [row(r0 + 2), row(r0 + 3)]];
         let mut c0 = 0;
         while c0 + 4 <= cols2 {
-            // SAFETY: rows r0..r0 + 2RP <= rows2 and columns c0..c0 + 2CP
-            // <= cols2 exist (whole rows and columns, checked by the
-            // wrapper); out holds rows * cols; the caller guarantees the
-            // features. The same holds for the three calls below.
-            unsafe { gemm_tile::<W, A, 2, 2>(&k, r0, c0, out) };
+            // SAFETY: NEON + i8mm guaranteed by the caller (also below).
+            let t = unsafe { tiles::<W, 2, 2>(rp, col_pairs(c0)) };
+            store_tiles(&t, (r0, c0), rows, out);
             c0 += 4;
         }
         if c0 < cols2 {
             // SAFETY: as above.
-            unsafe { gemm_tile::<W, A, 2, 1>(&k, r0, c0, out) };
+            let t = unsafe { tiles::<W, 2, 1>(rp, [[col(c0), col(c0 + 1)]]) };
+            store_tiles(&t, (r0, c0), rows, out);
         }
         r0 += 4;
     }
     if r0 < rows2 {
+        let rp = [[row(r0), row(r0 + 1)]];
         let mut c0 = 0;
         while c0 + 4 <= cols2 {
             // SAFETY: as above.
-            unsafe { gemm_tile::<W, A, 1, 2>(&k, r0, c0, out) };
+            let t = unsafe { tiles::<W, 1, 2>(rp, col_pairs(c0)) };
+            store_tiles(&t, (r0, c0), rows, out);
             c0 += 4;
         }
         if c0 < cols2 {
             // SAFETY: as above.
-            unsafe { gemm_tile::<W, A, 1, 1>(&k, r0, c0, out) };
+            let t = unsafe { tiles::<W, 1, 1>(rp, [[col(c0), col(c0 + 1)]]) };
+            store_tiles(&t, (r0, c0), rows, out);
         }
     }
     // an odd last row against every column, an odd last column against the
     // other rows: single dots
-    let row = |r: usize| &w[r * bpr..(r + 1) * bpr];
-    let col = |c: usize| &a[c * bpr..(c + 1) * bpr];
     if rows % 2 == 1 {
         let r = rows - 1;
         for c in 0..cols {
-            out[c * rows + r] = dot(row(r), col(c));
+            // SAFETY: as above.
+            out[c * rows + r] = unsafe { dot_kernel(row(r), col(c)) };
         }
     }
     if cols % 2 == 1 {
         let c = cols - 1;
         for r in 0..rows2 {
-            out[c * rows + r] = dot(row(r), col(c));
-        }
-    }
-}
-
-/// What a tile reads.
-struct Tiles<'a, W, A> {
-    w: &'a [W],
-    a: &'a [A],
-    bpr: usize,
-    rows: usize,
-}
-
-/// Rows `r0 .. r0 + 2·RP` against columns `c0 .. c0 + 2·CP`: `RP·CP` 2x2
-/// `smmla` accumulators, each block's weight codes unpacked and zipped once
-/// for all `CP` column pairs and each activation block zipped once for all
-/// `RP` row pairs.
-///
-/// # Safety
-/// NEON + i8mm; those rows and columns exist in `k.w` / `k.a` (whole rows
-/// of `k.bpr` blocks) and `out` holds `k.rows` outputs of every column.
-#[inline]
-#[target_feature(enable = "neon,i8mm")]
-unsafe fn gemm_tile<W: TileWeight, A: Q8Act, const RP: usize, const CP: usize>(
-    k: &Tiles<'_, W, A>,
-    r0: usize,
-    c0: usize,
-    out: &mut [f32],
-) {
-    let bpr = k.bpr;
-    let mut acc = [[vdupq_n_f32(0.0); CP]; RP];
-    for b in 0..bpr {
-        let mut wz = [[vdupq_n_s8(0); 4]; RP];
-        let mut wd = [vdupq_n_f32(0.0); RP];
-        let mut wm = [vdupq_n_f32(0.0); RP];
-        for (p, ((z, d), m)) in wz.iter_mut().zip(&mut wd).zip(&mut wm).enumerate() {
-            // SAFETY: rows r0 + 2p and r0 + 2p + 1 exist: their block b is
-            // inside k.w.
-            let (x, y) = unsafe {
-                (
-                    k.w.get_unchecked((r0 + 2 * p) * bpr + b),
-                    k.w.get_unchecked((r0 + 2 * p + 1) * bpr + b),
-                )
-            };
-            // SAFETY: NEON guaranteed by the caller.
-            *z = zip_pair(unsafe { x.codes() }, unsafe { y.codes() });
-            *d = row_lanes(f16_to_f32(x.d()), f16_to_f32(y.d()));
-            if W::MIN {
-                *m = row_lanes(f16_to_f32(x.m()), f16_to_f32(y.m()));
-            }
-        }
-        let mut az = [[vdupq_n_s8(0); 4]; CP];
-        let mut ad = [vdupq_n_f32(0.0); CP];
-        let mut asum = [vdupq_n_f32(0.0); CP];
-        for (q, ((z, d), s)) in az.iter_mut().zip(&mut ad).zip(&mut asum).enumerate() {
-            // SAFETY: columns c0 + 2q and c0 + 2q + 1 exist: their block b is
-            // inside k.a.
-            let (x, y) = unsafe {
-                (
-                    k.a.get_unchecked((c0 + 2 * q) * bpr + b),
-                    k.a.get_unchecked((c0 + 2 * q + 1) * bpr + b),
-                )
-            };
-            // SAFETY: 32 code bytes each; NEON guaranteed by the caller.
-            *z = zip_pair(unsafe { load_q8(x.codes()) }, unsafe { load_q8(y.codes()) });
-            *d = col_lanes(f16_to_f32(x.scale()), f16_to_f32(y.scale()));
-            if W::MIN {
-                *s = col_lanes(f16_to_f32(x.sum_scaled()), f16_to_f32(y.sum_scaled()));
-            }
-        }
-        for p in 0..RP {
-            for q in 0..CP {
-                let mut t = vdupq_n_s32(0);
-                for i in 0..4 {
-                    // SAFETY: i8mm guaranteed by the caller.
-                    t = unsafe { smmla(t, wz[p][i], az[q][i]) };
-                }
-                let v = vfmaq_f32(acc[p][q], vcvtq_f32_s32(t), vmulq_f32(wd[p], ad[q]));
-                acc[p][q] = if W::MIN {
-                    vfmaq_f32(v, wm[p], asum[q])
-                } else {
-                    v
-                };
-            }
-        }
-    }
-    let rows = k.rows;
-    for (p, per_row_pair) in acc.iter().enumerate() {
-        for (q, v) in per_row_pair.iter().enumerate() {
-            let (r, c) = (r0 + 2 * p, c0 + 2 * q);
-            // SAFETY: rows r, r + 1 < rows and columns c, c + 1 < cols, so
-            // every index is below rows * cols <= out.len().
-            unsafe {
-                *out.get_unchecked_mut(c * rows + r) = vgetq_lane_f32::<0>(*v);
-                *out.get_unchecked_mut((c + 1) * rows + r) = vgetq_lane_f32::<1>(*v);
-                *out.get_unchecked_mut(c * rows + r + 1) = vgetq_lane_f32::<2>(*v);
-                *out.get_unchecked_mut((c + 1) * rows + r + 1) = vgetq_lane_f32::<3>(*v);
-            }
+            // SAFETY: as above.
+            out[c * rows + r] = unsafe { dot_kernel(row(r), col(c)) };
         }
     }
 }
@@ -893,21 +698,21 @@ mod tests {
             let (w, a) = (q4_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
             assert_close(
                 &format!("q4_0 n={n}"),
-                q4_0_q8_0(&w, &a),
+                dot(&w, &a),
                 ref_q4_0_q8_0(&w, &a),
                 BUDGET_LEGACY,
             );
             let (w, a) = (q4_1_blocks(&mut r, n), q8_1_blocks(&mut r, n));
             assert_close(
                 &format!("q4_1 n={n}"),
-                q4_1_q8_1(&w, &a),
+                dot(&w, &a),
                 ref_q4_1_q8_1(&w, &a),
                 BUDGET_LEGACY,
             );
             let (w, a) = (q8_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
             assert_close(
                 &format!("q8_0 n={n}"),
-                q8_0_q8_0(&w, &a),
+                dot(&w, &a),
                 ref_q8_0_q8_0(&w, &a),
                 BUDGET_LEGACY,
             );
@@ -942,7 +747,7 @@ mod tests {
         for n in BLOCK_COUNTS {
             let (w0, w1) = (q4_0_blocks(&mut r, n), q4_0_blocks(&mut r, n));
             let (a0, a1) = (q8_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
-            let got = q4_0_q8_0_2x2(&w0, &w1, &a0, &a1);
+            let got = dot2x2(&w0, &w1, &a0, &a1);
             check_2x2(
                 &format!("q4_0 2x2 n={n}"),
                 got,
@@ -953,7 +758,7 @@ mod tests {
 
             let (w0, w1) = (q4_1_blocks(&mut r, n), q4_1_blocks(&mut r, n));
             let (a0, a1) = (q8_1_blocks(&mut r, n), q8_1_blocks(&mut r, n));
-            let got = q4_1_q8_1_2x2(&w0, &w1, &a0, &a1);
+            let got = dot2x2(&w0, &w1, &a0, &a1);
             check_2x2(
                 &format!("q4_1 2x2 n={n}"),
                 got,
@@ -964,7 +769,7 @@ mod tests {
 
             let (w0, w1) = (q8_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
             let (a0, a1) = (q8_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
-            let got = q8_0_q8_0_2x2(&w0, &w1, &a0, &a1);
+            let got = dot2x2(&w0, &w1, &a0, &a1);
             check_2x2(
                 &format!("q8_0 2x2 n={n}"),
                 got,
@@ -983,7 +788,7 @@ mod tests {
         let mut r = rng(23);
         let (w0, w1) = (q8_0_blocks(&mut r, 4), q8_0_blocks(&mut r, 3));
         let (a0, a1) = (q8_0_blocks(&mut r, 5), q8_0_blocks(&mut r, 4));
-        let got = q8_0_q8_0_2x2(&w0, &w1, &a0, &a1);
+        let got = dot2x2(&w0, &w1, &a0, &a1);
         check_2x2(
             "q8_0 2x2 prefix",
             got,

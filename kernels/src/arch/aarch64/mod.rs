@@ -27,6 +27,7 @@
 use crate::dispatch::{Isa, KernelTable};
 use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 
+mod codes;
 mod dotprod;
 mod i8mm;
 mod neon;
@@ -83,9 +84,9 @@ pub fn dot2x2_table() -> Option<Dot2x2Table> {
         return None;
     }
     Some(Dot2x2Table {
-        q4_0_q8_0: i8mm::q4_0_q8_0_2x2,
-        q4_1_q8_1: i8mm::q4_1_q8_1_2x2,
-        q8_0_q8_0: i8mm::q8_0_q8_0_2x2,
+        q4_0_q8_0: i8mm::dot2x2,
+        q4_1_q8_1: i8mm::dot2x2,
+        q8_0_q8_0: i8mm::dot2x2,
     })
 }
 
@@ -131,39 +132,50 @@ mod tests {
         assert_eq!(dot2x2_table().is_some(), supports(Isa::I8mm));
     }
 
-    /// The multi-row kernels sit in the tiers that have them: x16 (packed
-    /// weights) from dotprod up, i8mm's own (`smmla` for column pairs); the
-    /// `smmla` gemm (file layout) in i8mm only. A lost entry fails here instead
-    /// of silently falling back to single dots.
-    #[test]
-    fn multi_row_entries_per_tier() {
-        let scalar = crate::dispatch::SCALAR;
-        let gemm = |t: &KernelTable| {
-            [
-                t.q4_0.gemm.is_some(),
-                t.q4_1.gemm.is_some(),
-                t.q8_0.gemm.is_some(),
-            ]
-        };
-        let x16 = |t: &KernelTable| {
-            [
-                t.q4_0.x16.map(|f| f as usize),
-                t.q4_1.x16.map(|f| f as usize),
-                t.q8_0.x16.map(|f| f as usize),
-            ]
-        };
-        if let Some(t) = table(Isa::Neon, scalar) {
-            assert_eq!(gemm(&t), [false; 3]);
-            assert_eq!(x16(&t), [None; 3]);
+    /// Addresses of (dot, gemm, x16) of every integer weight row.
+    fn integer_rows(t: &KernelTable) -> Vec<(&'static str, usize, Option<usize>, Option<usize>)> {
+        macro_rules! rows {
+            ($($f:ident),*) => {
+                vec![$((
+                    stringify!($f),
+                    t.$f.dot as usize,
+                    t.$f.gemm.map(|f| f as usize),
+                    t.$f.x16.map(|f| f as usize),
+                )),*]
+            };
         }
-        if let Some(t) = table(Isa::Dotprod, scalar) {
-            assert_eq!(gemm(&t), [false; 3]);
-            assert!(x16(&t).iter().all(Option::is_some));
-            if let Some(i) = table(Isa::I8mm, scalar) {
-                assert_eq!(gemm(&i), [true; 3]);
-                assert!(x16(&i).iter().all(Option::is_some));
-                assert_ne!(x16(&i), x16(&t));
+        rows!(q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k, q4_k, q5_k, q6_k, iq4_nl, iq4_xs)
+    }
+
+    /// The types with x16 kernels (weights packed at load time) on aarch64.
+    const X16_TYPES: [&str; 3] = ["q4_0", "q4_1", "q8_0"];
+
+    /// Every integer weight type has its own dot on every tier (not the
+    /// tier below's, not the scalar reference's), so the reference tests
+    /// above run each tier's kernels; the multi-row kernels sit in the tiers
+    /// that have them: x16 (packed weights) from dotprod up, i8mm's own
+    /// (`smmla` for column pairs); the `smmla` gemm (file layout) in i8mm
+    /// only, for every integer type. A lost entry fails here instead of
+    /// silently falling back to the tier below or to single dots.
+    #[test]
+    fn every_integer_type_has_its_own_entries_per_tier() {
+        let scalar = crate::dispatch::SCALAR;
+        let mut below = integer_rows(&scalar);
+        for isa in [Isa::Neon, Isa::Dotprod, Isa::I8mm] {
+            let Some(t) = table(isa, scalar) else {
+                continue;
+            };
+            let rows = integer_rows(&t);
+            for ((name, dot, gemm, x16), (_, below_dot, _, below_x16)) in rows.iter().zip(&below) {
+                assert_ne!(dot, below_dot, "{isa} {name}: the dot of the tier below");
+                assert_eq!(gemm.is_some(), isa == Isa::I8mm, "{isa} {name} gemm");
+                let packed = isa != Isa::Neon && X16_TYPES.contains(name);
+                assert_eq!(x16.is_some(), packed, "{isa} {name} x16");
+                if packed {
+                    assert_ne!(x16, below_x16, "{isa} {name}: the x16 of the tier below");
+                }
             }
+            below = rows;
         }
     }
 

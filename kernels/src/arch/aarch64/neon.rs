@@ -1,12 +1,14 @@
 //! Baseline Advanced SIMD kernels (every aarch64 core).
 //!
-//! Integer dots: `smull`/`smull2` widen i8·i8 to i16 (|q| <= 127 on the
-//! activation side keeps every product inside i16), `sadalp` folds pairs into
-//! four i32 lanes, and each block's lanes meet its f32 scale in one `fmla`,
-//! so the horizontal reduction happens once per row, not once per block.
+//! Integer dots ([`Widening`], for every integer weight type through
+//! [`codes::dot`]): `smull`/`smull2` widen i8·i8 to i16 (every i8 product
+//! fits in i16), `sadalp` folds pairs into four i32 lanes, and each block's
+//! lanes meet its f32 scale in one `fmla`, so the horizontal reduction
+//! happens once per row, not once per block.
 
+use super::codes::{self, IntDot, WeightCodes};
 use crate::dispatch::{ActivationRow, KernelTable, WeightRow};
-use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1, QK};
+use crate::quant::blocks::{BlockQ8_0, BlockQ8_1, QK};
 use half::{bf16, f16};
 use std::arch::aarch64::*;
 use std::arch::asm;
@@ -15,16 +17,52 @@ use std::arch::asm;
 pub(super) fn overrides(base: KernelTable) -> KernelTable {
     KernelTable {
         q4_0: WeightRow {
-            dot: q4_0_q8_0,
+            dot,
             ..base.q4_0
         },
         q4_1: WeightRow {
-            dot: q4_1_q8_1,
+            dot,
             ..base.q4_1
         },
+        q5_0: WeightRow {
+            dot,
+            ..base.q5_0
+        },
+        q5_1: WeightRow {
+            dot,
+            ..base.q5_1
+        },
         q8_0: WeightRow {
-            dot: q8_0_q8_0,
+            dot,
             ..base.q8_0
+        },
+        q2_k: WeightRow {
+            dot,
+            ..base.q2_k
+        },
+        q3_k: WeightRow {
+            dot,
+            ..base.q3_k
+        },
+        q4_k: WeightRow {
+            dot,
+            ..base.q4_k
+        },
+        q5_k: WeightRow {
+            dot,
+            ..base.q5_k
+        },
+        q6_k: WeightRow {
+            dot,
+            ..base.q6_k
+        },
+        iq4_nl: WeightRow {
+            dot,
+            ..base.iq4_nl
+        },
+        iq4_xs: WeightRow {
+            dot,
+            ..base.iq4_xs
         },
         f16: WeightRow {
             dot: f16_f32,
@@ -53,22 +91,11 @@ pub(super) fn overrides(base: KernelTable) -> KernelTable {
 // by `super::table` once `supports(Isa::Neon)` holds; each trims both slices
 // to their common length, so kernels never read past either.
 
-fn q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
+/// The integer dot of every weight type (the row's block type picks `W`).
+pub(super) fn dot<W: WeightCodes>(w: &[W], a: &[W::Act]) -> f32 {
     let n = w.len().min(a.len());
     // SAFETY: NEON was detected before this fn was handed out (see above).
-    unsafe { q4_0_q8_0_kernel(&w[..n], &a[..n]) }
-}
-
-fn q4_1_q8_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
-    let n = w.len().min(a.len());
-    // SAFETY: NEON was detected before this fn was handed out.
-    unsafe { q4_1_q8_1_kernel(&w[..n], &a[..n]) }
-}
-
-fn q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
-    let n = w.len().min(a.len());
-    // SAFETY: NEON was detected before this fn was handed out.
-    unsafe { q8_0_q8_0_kernel(&w[..n], &a[..n]) }
+    unsafe { dot_kernel(&w[..n], &a[..n]) }
 }
 
 fn f32_f32(w: &[f32], a: &[f32]) -> f32 {
@@ -164,20 +191,6 @@ pub(super) unsafe fn load_f16x4(p: *const u8) -> float32x4_t {
     out
 }
 
-/// Codes of a 4-bit block as signed bytes, element order: `.0` holds elements
-/// 0..16 (low nibbles), `.1` elements 16..32 (high nibbles), each minus
-/// `offset` (8 for Q4_0's symmetric codes, 0 for Q4_1).
-#[inline]
-#[target_feature(enable = "neon")]
-pub(super) unsafe fn unpack_q4(qs: &[u8; QK / 2], offset: i8) -> (int8x16_t, int8x16_t) {
-    // SAFETY: `qs` is 16 readable bytes; the caller guarantees NEON.
-    let packed = unsafe { vld1q_u8(qs.as_ptr()) };
-    let low = vreinterpretq_s8_u8(vandq_u8(packed, vdupq_n_u8(0x0F)));
-    let high = vreinterpretq_s8_u8(vshrq_n_u8::<4>(packed));
-    let offset = vdupq_n_s8(offset);
-    (vsubq_s8(low, offset), vsubq_s8(high, offset))
-}
-
 /// A 32-byte code array as two vectors (elements 0..16, 16..32).
 #[inline]
 #[target_feature(enable = "neon")]
@@ -186,68 +199,28 @@ pub(super) unsafe fn load_q8(qs: &[i8; QK]) -> (int8x16_t, int8x16_t) {
     unsafe { (vld1q_s8(qs.as_ptr()), vld1q_s8(qs.as_ptr().add(16))) }
 }
 
-/// Σ x·y over 32 byte pairs, left in four i32 lanes.
-#[inline]
-#[target_feature(enable = "neon")]
-unsafe fn dot32_widening(x: (int8x16_t, int8x16_t), y: (int8x16_t, int8x16_t)) -> int32x4_t {
-    let mut acc = vdupq_n_s32(0);
-    acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(x.0), vget_low_s8(y.0)));
-    acc = vpadalq_s16(acc, vmull_high_s8(x.0, y.0));
-    acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(x.1), vget_low_s8(y.1)));
-    vpadalq_s16(acc, vmull_high_s8(x.1, y.1))
+/// NEON's integer dot: `smull`/`smull2` then `sadalp` into the four lanes.
+#[derive(Debug)]
+pub(super) struct Widening;
+
+impl IntDot for Widening {
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn dot16(acc: int32x4_t, x: int8x16_t, y: int8x16_t) -> int32x4_t {
+        let acc = vpadalq_s16(acc, vmull_s8(vget_low_s8(x), vget_low_s8(y)));
+        vpadalq_s16(acc, vmull_high_s8(x, y))
+    }
+    #[inline]
+    #[target_feature(enable = "neon")]
+    unsafe fn sum(v: float32x4_t) -> f32 {
+        vaddvq_f32(v)
+    }
 }
 
 #[target_feature(enable = "neon")]
-unsafe fn q4_0_q8_0_kernel(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> f32 {
-    let mut sum = vdupq_n_f32(0.0);
-    for (wb, ab) in w.iter().zip(a) {
-        // SAFETY: NEON is guaranteed by the caller; loads stay inside the blocks.
-        let (x, y) = unsafe { (unpack_q4(&wb.qs, 8), load_q8(&ab.qs)) };
-        // SAFETY: NEON is guaranteed by the caller.
-        let lanes = unsafe { dot32_widening(x, y) };
-        sum = vfmaq_n_f32(
-            sum,
-            vcvtq_f32_s32(lanes),
-            f16_to_f32(wb.d) * f16_to_f32(ab.d),
-        );
-    }
-    vaddvq_f32(sum)
-}
-
-#[target_feature(enable = "neon")]
-unsafe fn q4_1_q8_1_kernel(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> f32 {
-    let mut sum = vdupq_n_f32(0.0);
-    let mut min_terms = 0.0f32;
-    for (wb, ab) in w.iter().zip(a) {
-        // SAFETY: NEON is guaranteed by the caller; loads stay inside the blocks.
-        let (x, y) = unsafe { (unpack_q4(&wb.qs, 0), load_q8(&ab.qs)) };
-        // SAFETY: NEON is guaranteed by the caller.
-        let lanes = unsafe { dot32_widening(x, y) };
-        sum = vfmaq_n_f32(
-            sum,
-            vcvtq_f32_s32(lanes),
-            f16_to_f32(wb.d) * f16_to_f32(ab.d),
-        );
-        min_terms += f16_to_f32(wb.m) * f16_to_f32(ab.s);
-    }
-    vaddvq_f32(sum) + min_terms
-}
-
-#[target_feature(enable = "neon")]
-unsafe fn q8_0_q8_0_kernel(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
-    let mut sum = vdupq_n_f32(0.0);
-    for (wb, ab) in w.iter().zip(a) {
-        // SAFETY: NEON is guaranteed by the caller; loads stay inside the blocks.
-        let (x, y) = unsafe { (load_q8(&wb.qs), load_q8(&ab.qs)) };
-        // SAFETY: NEON is guaranteed by the caller.
-        let lanes = unsafe { dot32_widening(x, y) };
-        sum = vfmaq_n_f32(
-            sum,
-            vcvtq_f32_s32(lanes),
-            f16_to_f32(wb.d) * f16_to_f32(ab.d),
-        );
-    }
-    vaddvq_f32(sum)
+unsafe fn dot_kernel<W: WeightCodes>(w: &[W], a: &[W::Act]) -> f32 {
+    // SAFETY: NEON is guaranteed by the caller.
+    unsafe { codes::dot::<W, Widening>(w, a) }
 }
 
 /// Four independent accumulators hide the `fmla` latency; 16 lanes per step.
@@ -418,6 +391,7 @@ mod tests {
     use super::super::test_support::*;
     use super::*;
     use crate::dispatch::Isa;
+    use crate::quant::blocks::BlockQ4_0;
 
     fn neon() -> bool {
         super::super::supports(Isa::Neon)
@@ -451,21 +425,21 @@ mod tests {
             let (w, a) = (q4_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
             assert_close(
                 "q4_0_q8_0",
-                q4_0_q8_0(&w, &a),
+                dot(&w, &a),
                 ref_q4_0_q8_0(&w, &a),
                 BUDGET_LEGACY,
             );
             let (w, a) = (q4_1_blocks(&mut r, n), q8_1_blocks(&mut r, n));
             assert_close(
                 "q4_1_q8_1",
-                q4_1_q8_1(&w, &a),
+                dot(&w, &a),
                 ref_q4_1_q8_1(&w, &a),
                 BUDGET_LEGACY,
             );
             let (w, a) = (q8_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
             assert_close(
                 "q8_0_q8_0",
-                q8_0_q8_0(&w, &a),
+                dot(&w, &a),
                 ref_q8_0_q8_0(&w, &a),
                 BUDGET_LEGACY,
             );
@@ -492,7 +466,7 @@ mod tests {
             5
         ];
         let want = 5.0 * 32.0 * 127.0 * 127.0;
-        assert!((q8_0_q8_0(&w, &a) - want).abs() <= want * 1e-6);
+        assert!((dot(&w, &a) - want).abs() <= want * 1e-6);
         let w4 = vec![
             BlockQ4_0 {
                 d: f16::ONE,
@@ -500,7 +474,7 @@ mod tests {
             };
             5
         ];
-        assert!((q4_0_q8_0(&w4, &a) - 5.0 * 32.0 * 8.0 * 127.0).abs() <= 1.0);
+        assert!((dot(&w4, &a) - 5.0 * 32.0 * 8.0 * 127.0).abs() <= 1.0);
     }
 
     #[test]
@@ -561,7 +535,7 @@ mod tests {
         let (w, a) = (q8_0_blocks(&mut r, 5), q8_0_blocks(&mut r, 3));
         assert_close(
             "q8_0 prefix",
-            q8_0_q8_0(&w, &a),
+            dot(&w, &a),
             ref_q8_0_q8_0(&w[..3], &a),
             BUDGET_LEGACY,
         );

@@ -11,6 +11,12 @@
 
 use crate::dispatch::{KernelTable, SCALAR};
 use crate::quant::blocks::*;
+use crate::quant::iq4_nl::{BlockIQ4NL, KVALUES};
+use crate::quant::iq4_xs::BlockIQ4XS;
+use crate::quant::q2_k::BlockQ2K;
+use crate::quant::q3_k::BlockQ3K;
+use crate::quant::q5_0::BlockQ5_0;
+use crate::quant::q5_1::BlockQ5_1;
 use half::{bf16, f16};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -122,6 +128,69 @@ pub fn q6k_blocks(r: &mut StdRng, n: usize) -> Vec<BlockQ6K> {
         .collect()
 }
 
+pub fn q5_0_blocks(r: &mut StdRng, n: usize) -> Vec<BlockQ5_0> {
+    (0..n)
+        .map(|_| BlockQ5_0 {
+            d: scale(r),
+            qh: r.gen(),
+            qs: std::array::from_fn(|_| r.gen()),
+        })
+        .collect()
+}
+
+pub fn q5_1_blocks(r: &mut StdRng, n: usize) -> Vec<BlockQ5_1> {
+    (0..n)
+        .map(|_| BlockQ5_1 {
+            d: scale(r),
+            m: f16::from_f32(r.gen_range(-0.3..0.1)),
+            qh: r.gen(),
+            qs: std::array::from_fn(|_| r.gen()),
+        })
+        .collect()
+}
+
+pub fn iq4_nl_blocks(r: &mut StdRng, n: usize) -> Vec<BlockIQ4NL> {
+    (0..n)
+        .map(|_| BlockIQ4NL {
+            d: scale(r),
+            qs: std::array::from_fn(|_| r.gen()),
+        })
+        .collect()
+}
+
+pub fn q2k_blocks(r: &mut StdRng, n: usize) -> Vec<BlockQ2K> {
+    (0..n)
+        .map(|_| BlockQ2K {
+            scales: std::array::from_fn(|_| r.gen()),
+            qs: std::array::from_fn(|_| r.gen()),
+            d: scale(r),
+            dmin: scale(r),
+        })
+        .collect()
+}
+
+pub fn q3k_blocks(r: &mut StdRng, n: usize) -> Vec<BlockQ3K> {
+    (0..n)
+        .map(|_| BlockQ3K {
+            hmask: std::array::from_fn(|_| r.gen()),
+            qs: std::array::from_fn(|_| r.gen()),
+            scales: std::array::from_fn(|_| r.gen()),
+            d: scale(r),
+        })
+        .collect()
+}
+
+pub fn iq4xs_blocks(r: &mut StdRng, n: usize) -> Vec<BlockIQ4XS> {
+    (0..n)
+        .map(|_| BlockIQ4XS {
+            d: scale(r),
+            scales_h: r.gen(),
+            scales_l: std::array::from_fn(|_| r.gen()),
+            qs: std::array::from_fn(|_| r.gen()),
+        })
+        .collect()
+}
+
 pub fn q8k_blocks(r: &mut StdRng, n: usize) -> Vec<BlockQ8K> {
     (0..n)
         .map(|_| {
@@ -229,6 +298,87 @@ pub fn deq_q6k(b: &BlockQ6K) -> [f64; QK_K] {
     })
 }
 
+/// The 4-bit code of element `j` of a 32-weight block in the Q4_0 nibble
+/// order (elements 0..16 low nibbles, 16..32 high).
+fn nibble(qs: &[u8; 16], j: usize) -> u8 {
+    if j < 16 {
+        qs[j] & 0xF
+    } else {
+        qs[j - 16] >> 4
+    }
+}
+
+/// Q5 codes: the nibble plus bit `j` of the little-endian `qh` as bit 4.
+fn q5_code(qs: &[u8; 16], qh: [u8; 4], j: usize) -> f64 {
+    let high = (u32::from_le_bytes(qh) >> j) & 1;
+    f64::from(u32::from(nibble(qs, j)) | (high << 4))
+}
+
+pub fn deq_q5_0(b: &BlockQ5_0) -> [f64; QK] {
+    let d = f64::from(b.d.to_f32());
+    std::array::from_fn(|j| d * (q5_code(&b.qs, b.qh, j) - 16.0))
+}
+
+pub fn deq_q5_1(b: &BlockQ5_1) -> [f64; QK] {
+    let (d, m) = (f64::from(b.d.to_f32()), f64::from(b.m.to_f32()));
+    std::array::from_fn(|j| d * q5_code(&b.qs, b.qh, j) + m)
+}
+
+pub fn deq_iq4_nl(b: &BlockIQ4NL) -> [f64; QK] {
+    let d = f64::from(b.d.to_f32());
+    std::array::from_fn(|j| d * f64::from(KVALUES[usize::from(nibble(&b.qs, j))]))
+}
+
+/// ggml `dequantize_row_q2_K`: per 128 weights, four 2-bit planes of the
+/// same 32 bytes, 16 weights per scale byte (scale low, min high).
+pub fn deq_q2k(b: &BlockQ2K) -> [f64; QK_K] {
+    let (d, dmin) = (f64::from(b.d.to_f32()), f64::from(b.dmin.to_f32()));
+    std::array::from_fn(|i| {
+        let (half, plane, l) = (i / 128, (i / 32) % 4, i % 32);
+        let code = (b.qs[32 * half + l] >> (2 * plane)) & 3;
+        let sc = b.scales[i / 16];
+        d * f64::from(sc & 0xF) * f64::from(code) - dmin * f64::from(sc >> 4)
+    })
+}
+
+/// ggml `dequantize_row_q3_K`: Q2_K's planes for the low two bits, bit
+/// `4·half + plane` of `hmask[l]` as the third (clear: minus 4), 6-bit
+/// scales around 32.
+pub fn deq_q3k(b: &BlockQ3K) -> [f64; QK_K] {
+    let d = f64::from(b.d.to_f32());
+    let scale = |j: usize| {
+        let low = if j < 8 {
+            b.scales[j] & 0xF
+        } else {
+            b.scales[j - 8] >> 4
+        };
+        let high = (b.scales[8 + j % 4] >> (2 * (j / 4))) & 3;
+        f64::from(low | (high << 4)) - 32.0
+    };
+    std::array::from_fn(|i| {
+        let (half, plane, l) = (i / 128, (i / 32) % 4, i % 32);
+        let low = (b.qs[32 * half + l] >> (2 * plane)) & 3;
+        let set = (b.hmask[l] >> (4 * half + plane)) & 1 == 1;
+        let code = f64::from(low) - if set { 0.0 } else { 4.0 };
+        d * scale(i / 16) * code
+    })
+}
+
+/// ggml `dequantize_row_iq4_xs`: eight IQ4_NL sub-blocks of 32 with 6-bit
+/// scales around 32 (low nibble in `scales_l`, top bits in `scales_h`).
+pub fn deq_iq4xs(b: &BlockIQ4XS) -> [f64; QK_K] {
+    let d = f64::from(b.d.to_f32());
+    std::array::from_fn(|i| {
+        let sub = i / 32;
+        let low = (b.scales_l[sub / 2] >> (4 * (sub % 2))) & 0xF;
+        let high = ((b.scales_h >> (2 * sub)) & 3) as u8;
+        let ls = f64::from(low | (high << 4)) - 32.0;
+        let (l, byte) = (i % 32, b.qs[16 * sub + i % 16]);
+        let index = if l < 16 { byte & 0xF } else { byte >> 4 };
+        d * ls * f64::from(KVALUES[usize::from(index)])
+    })
+}
+
 pub fn deq_q8k(b: &BlockQ8K) -> [f64; QK_K] {
     std::array::from_fn(|j| f64::from(b.d) * f64::from(b.qs[j]))
 }
@@ -250,27 +400,51 @@ fn dot_deq<const N: usize, W, A>(
     (dot, mag)
 }
 
-/// q4_1·q8_1 as ggml computes it: the minimum meets the activation through
-/// the stored `s` (itself rounded to f16), not through the codes.
-pub fn ref_q4_1_q8_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> (f64, f64) {
+/// A weight type with a minimum against Q8_1 as ggml computes it: the
+/// minimum meets the activation through the stored `s` (itself rounded to
+/// f16), not through the codes. `codes` dequantizes with `d = 1, m = 0`.
+fn ref_min_q8_1<W>(
+    w: &[W],
+    a: &[BlockQ8_1],
+    codes: impl Fn(&W) -> [f64; QK],
+    d_m: impl Fn(&W) -> (f16, f16),
+) -> (f64, f64) {
     let (mut dot, mut mag) = (0.0, 0.0);
     for (wb, ab) in w.iter().zip(a) {
-        let (dw, da) = (f64::from(wb.d.to_f32()), f64::from(ab.d.to_f32()));
-        let codes = deq_q4_1(&BlockQ4_1 {
-            d: f16::ONE,
-            m: f16::ZERO,
-            qs: wb.qs,
-        });
-        for (c, &q) in codes.iter().zip(ab.qs.iter()) {
+        let (d, m) = d_m(wb);
+        let (dw, da) = (f64::from(d.to_f32()), f64::from(ab.d.to_f32()));
+        for (c, &q) in codes(wb).iter().zip(ab.qs.iter()) {
             let p = dw * da * c * f64::from(q);
             dot += p;
             mag += p.abs();
         }
-        let min_term = f64::from(wb.m.to_f32()) * f64::from(ab.s.to_f32());
+        let min_term = f64::from(m.to_f32()) * f64::from(ab.s.to_f32());
         dot += min_term;
         mag += min_term.abs();
     }
     (dot, mag)
+}
+
+pub fn ref_q4_1_q8_1(w: &[BlockQ4_1], a: &[BlockQ8_1]) -> (f64, f64) {
+    let codes = |b: &BlockQ4_1| {
+        deq_q4_1(&BlockQ4_1 {
+            d: f16::ONE,
+            m: f16::ZERO,
+            qs: b.qs,
+        })
+    };
+    ref_min_q8_1(w, a, codes, |b| (b.d, b.m))
+}
+
+pub fn ref_q5_1_q8_1(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> (f64, f64) {
+    let codes = |b: &BlockQ5_1| {
+        deq_q5_1(&BlockQ5_1 {
+            d: f16::ONE,
+            m: f16::ZERO,
+            ..*b
+        })
+    };
+    ref_min_q8_1(w, a, codes, |b| (b.d, b.m))
 }
 
 pub fn ref_q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> (f64, f64) {
@@ -278,6 +452,21 @@ pub fn ref_q4_0_q8_0(w: &[BlockQ4_0], a: &[BlockQ8_0]) -> (f64, f64) {
 }
 pub fn ref_q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> (f64, f64) {
     dot_deq(w, a, deq_q8_0, deq_q8_0)
+}
+pub fn ref_q5_0_q8_0(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> (f64, f64) {
+    dot_deq(w, a, deq_q5_0, deq_q8_0)
+}
+pub fn ref_iq4_nl_q8_0(w: &[BlockIQ4NL], a: &[BlockQ8_0]) -> (f64, f64) {
+    dot_deq(w, a, deq_iq4_nl, deq_q8_0)
+}
+pub fn ref_q2k_q8k(w: &[BlockQ2K], a: &[BlockQ8K]) -> (f64, f64) {
+    dot_deq(w, a, deq_q2k, deq_q8k)
+}
+pub fn ref_q3k_q8k(w: &[BlockQ3K], a: &[BlockQ8K]) -> (f64, f64) {
+    dot_deq(w, a, deq_q3k, deq_q8k)
+}
+pub fn ref_iq4xs_q8k(w: &[BlockIQ4XS], a: &[BlockQ8K]) -> (f64, f64) {
+    dot_deq(w, a, deq_iq4xs, deq_q8k)
 }
 pub fn ref_q4k_q8k(w: &[BlockQ4K], a: &[BlockQ8K]) -> (f64, f64) {
     dot_deq(w, a, deq_q4k, deq_q8k)
@@ -436,67 +625,46 @@ pub fn check_table(t: &KernelTable, seed: u64) {
     let mut r = rng(seed);
     let isa = t.isa;
     for n in BLOCK_COUNTS {
+        let legacy = |what: &str| format!("{isa} {what}_q8 n={n}");
         let (w, a) = (q4_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
-        check_dot(
-            &format!("{isa} q4_0_q8_0 n={n}"),
-            t.q4_0.dot,
-            SCALAR.q4_0.dot,
-            &w,
-            &a,
-            ref_q4_0_q8_0,
-            BUDGET_LEGACY,
-        );
+        let (d, s) = (t.q4_0.dot, SCALAR.q4_0.dot);
+        check_dot(&legacy("q4_0"), d, s, &w, &a, ref_q4_0_q8_0, BUDGET_LEGACY);
         let (w, a) = (q4_1_blocks(&mut r, n), q8_1_blocks(&mut r, n));
-        check_dot(
-            &format!("{isa} q4_1_q8_1 n={n}"),
-            t.q4_1.dot,
-            SCALAR.q4_1.dot,
-            &w,
-            &a,
-            ref_q4_1_q8_1,
-            BUDGET_LEGACY,
-        );
+        let (d, s) = (t.q4_1.dot, SCALAR.q4_1.dot);
+        check_dot(&legacy("q4_1"), d, s, &w, &a, ref_q4_1_q8_1, BUDGET_LEGACY);
+        let (w, a) = (q5_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
+        let (d, s) = (t.q5_0.dot, SCALAR.q5_0.dot);
+        check_dot(&legacy("q5_0"), d, s, &w, &a, ref_q5_0_q8_0, BUDGET_LEGACY);
+        let (w, a) = (q5_1_blocks(&mut r, n), q8_1_blocks(&mut r, n));
+        let (d, s) = (t.q5_1.dot, SCALAR.q5_1.dot);
+        check_dot(&legacy("q5_1"), d, s, &w, &a, ref_q5_1_q8_1, BUDGET_LEGACY);
         let (w, a) = (q8_0_blocks(&mut r, n), q8_0_blocks(&mut r, n));
-        check_dot(
-            &format!("{isa} q8_0_q8_0 n={n}"),
-            t.q8_0.dot,
-            SCALAR.q8_0.dot,
-            &w,
-            &a,
-            ref_q8_0_q8_0,
-            BUDGET_LEGACY,
-        );
+        let (d, s) = (t.q8_0.dot, SCALAR.q8_0.dot);
+        check_dot(&legacy("q8_0"), d, s, &w, &a, ref_q8_0_q8_0, BUDGET_LEGACY);
+        let (w, a) = (iq4_nl_blocks(&mut r, n), q8_0_blocks(&mut r, n));
+        let (d, s) = (t.iq4_nl.dot, SCALAR.iq4_nl.dot);
+        check_dot(&legacy("iq4_nl"), d, s, &w, &a, ref_iq4_nl_q8_0, BUDGET_LEGACY);
+
+        let k = |what: &str| format!("{isa} {what}_q8_k n={n}");
         let a = q8k_blocks(&mut r, n);
+        let w = q2k_blocks(&mut r, n);
+        let (d, s) = (t.q2_k.dot, SCALAR.q2_k.dot);
+        check_dot(&k("q2_k"), d, s, &w, &a, ref_q2k_q8k, BUDGET_K);
+        let w = q3k_blocks(&mut r, n);
+        let (d, s) = (t.q3_k.dot, SCALAR.q3_k.dot);
+        check_dot(&k("q3_k"), d, s, &w, &a, ref_q3k_q8k, BUDGET_K);
         let w = q4k_blocks(&mut r, n);
-        check_dot(
-            &format!("{isa} q4_k_q8_k n={n}"),
-            t.q4_k.dot,
-            SCALAR.q4_k.dot,
-            &w,
-            &a,
-            ref_q4k_q8k,
-            BUDGET_K,
-        );
+        let (d, s) = (t.q4_k.dot, SCALAR.q4_k.dot);
+        check_dot(&k("q4_k"), d, s, &w, &a, ref_q4k_q8k, BUDGET_K);
         let w = q5k_blocks(&mut r, n);
-        check_dot(
-            &format!("{isa} q5_k_q8_k n={n}"),
-            t.q5_k.dot,
-            SCALAR.q5_k.dot,
-            &w,
-            &a,
-            ref_q5k_q8k,
-            BUDGET_K,
-        );
+        let (d, s) = (t.q5_k.dot, SCALAR.q5_k.dot);
+        check_dot(&k("q5_k"), d, s, &w, &a, ref_q5k_q8k, BUDGET_K);
         let w = q6k_blocks(&mut r, n);
-        check_dot(
-            &format!("{isa} q6_k_q8_k n={n}"),
-            t.q6_k.dot,
-            SCALAR.q6_k.dot,
-            &w,
-            &a,
-            ref_q6k_q8k,
-            BUDGET_K,
-        );
+        let (d, s) = (t.q6_k.dot, SCALAR.q6_k.dot);
+        check_dot(&k("q6_k"), d, s, &w, &a, ref_q6k_q8k, BUDGET_K);
+        let w = iq4xs_blocks(&mut r, n);
+        let (d, s) = (t.iq4_xs.dot, SCALAR.iq4_xs.dot);
+        check_dot(&k("iq4_xs"), d, s, &w, &a, ref_iq4xs_q8k, BUDGET_K);
 
         let x = floats(&mut r, n * QK);
         let mut got = vec![

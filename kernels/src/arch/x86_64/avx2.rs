@@ -91,6 +91,9 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
         act_q8_1: ActivationRow {
             quantize: quantize_q8_1,
         },
+        act_q8_k: ActivationRow {
+            quantize: quantize_q8_k,
+        },
         axpy_f16,
         ..t
     }
@@ -193,6 +196,16 @@ fn quantize_q8_1(x: &[f32], out: &mut [BlockQ8_1]) {
         let (d, sum) = unsafe { quantize_block_k(xb, &mut b.qs) };
         b.d = f16::from_f32(d);
         b.s = f16::from_f32(sum as f32 * d);
+    }
+}
+
+/// The k-quants' activations: every prefill token of a Q4_K/Q5_K/Q6_K
+/// matrix goes through this, so the scalar reference showed in profiles.
+fn quantize_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
+    let n = (x.len() / QK_K).min(out.len());
+    for (xb, b) in x.chunks_exact(QK_K).zip(&mut out[..n]) {
+        // SAFETY: as above; xb holds exactly QK_K floats.
+        unsafe { quantize_q8_k_block(xb, b) }
     }
 }
 
@@ -806,6 +819,56 @@ unsafe fn axpy_f16_k(alpha: f32, x: &[f16], y: &mut [f32]) {
     for (o, v) in y[i..].iter_mut().zip(&x[i..]) {
         *o += alpha * v.to_f32();
     }
+}
+
+/// One Q8_K block, bit-exact with `q8_k::quantize_row`: the value of
+/// largest magnitude (the first of equals) maps to -127, codes rounded half
+/// to even, then the per-16 sums.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quantize_q8_k_block(x: &[f32], b: &mut BlockQ8K) {
+    let sign = _mm256_set1_ps(-0.0);
+    let mut m = _mm256_setzero_ps();
+    for xs in x.chunks_exact(8) {
+        // SAFETY: xs is 8 readable floats.
+        let v = unsafe { _mm256_loadu_ps(xs.as_ptr()) };
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, v));
+    }
+    let m4 = _mm_max_ps(_mm256_extractf128_ps(m, 1), _mm256_castps256_ps128(m));
+    let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    let amax = _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)));
+    let max = x.iter().copied().find(|v| v.abs() == amax).unwrap_or(0.0);
+    if max == 0.0 {
+        b.d = 0.0;
+        b.qs = [0; QK_K];
+        b.bsums = [0; QK_K / 16];
+        return;
+    }
+    let iscale = -127.0 / max;
+    let is = _mm256_set1_ps(iscale);
+    let top = _mm256_set1_epi32(127);
+    for (xs, qs) in x.chunks_exact(32).zip(b.qs.chunks_exact_mut(32)) {
+        let r = |k: usize| {
+            // SAFETY: xs holds 32 floats, k < 4.
+            let v = unsafe { _mm256_loadu_ps(xs.as_ptr().add(8 * k)) };
+            _mm256_min_epi32(
+                _mm256_cvtps_epi32(_mm256_round_ps(
+                    _mm256_mul_ps(v, is),
+                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+                )),
+                top,
+            )
+        };
+        let (i0, i1, i2, i3) = (r(0), r(1), r(2), r(3));
+        let packed = _mm256_packs_epi16(_mm256_packs_epi32(i0, i1), _mm256_packs_epi32(i2, i3));
+        let ordered =
+            _mm256_permutevar8x32_epi32(packed, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        // SAFETY: qs is 32 writable bytes.
+        unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), ordered) };
+    }
+    for (s, qs) in b.bsums.iter_mut().zip(b.qs.chunks_exact(16)) {
+        *s = qs.iter().map(|&q| q as i16).sum();
+    }
+    b.d = 1.0 / iscale;
 }
 
 /// Quantizes 32 floats to i8 with `d = amax / 127` (rounding to nearest

@@ -53,9 +53,45 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
             gemm: None,
             x16: None,
         },
+        q5_0: WeightRow {
+            dot: lowbit::q5_0_q8_0,
+            gemm: Some(kernels::q5_0_q8_0_gemm),
+            x16: Some(kernels::q5_0_q8_0_x16),
+        },
+        q4_k: WeightRow {
+            gemm: Some(kquant::q4_k_gemm),
+            x16: Some(kquant::q4_k_x16),
+            ..t.q4_k
+        },
+        q5_k: WeightRow {
+            gemm: Some(kquant::q5_k_gemm),
+            x16: Some(kquant::q5_k_x16),
+            ..t.q5_k
+        },
         q6_k: WeightRow {
             dot: kernels::q6_k_q8_k,
-            ..t.q6_k
+            gemm: Some(kquant::q6_k_gemm),
+            x16: Some(kquant::q6_k_x16),
+        },
+        q5_1: WeightRow {
+            dot: lowbit::q5_1_q8_1,
+            ..t.q5_1
+        },
+        iq4_nl: WeightRow {
+            dot: lowbit::iq4_nl_q8_0,
+            ..t.iq4_nl
+        },
+        q2_k: WeightRow {
+            dot: lowbit::q2_k_q8_k,
+            ..t.q2_k
+        },
+        q3_k: WeightRow {
+            dot: lowbit::q3_k_q8_k,
+            ..t.q3_k
+        },
+        iq4_xs: WeightRow {
+            dot: lowbit::iq4_xs_q8_k,
+            ..t.iq4_xs
         },
         ..t
     }
@@ -87,6 +123,7 @@ macro_rules! legacy_kernels {
             use super::super::avx512::gather_offsets_fit;
             use crate::dispatch::gemm_by_dots;
             use crate::quant::blocks::*;
+            use crate::quant::q5_0::{self, BlockQ5_0};
             use crate::quant::x16::{self, shape_ok as x16_shape_ok, X16Block};
             use core::arch::x86_64::*;
             use half::f16;
@@ -198,13 +235,37 @@ macro_rules! legacy_kernels {
                 unsafe { x16_k::<BlockQ8_0, BlockQ8_0, false>(p, rows, a, bpr, out) }
             }
 
+            pub(in super::super) fn q5_0_q8_0_x16(
+                p: &[u8],
+                rows: usize,
+                a: &[BlockQ8_0],
+                bpr: usize,
+                out: &mut [f32],
+            ) {
+                if !x16_shape_ok::<BlockQ5_0, _>(p, rows, a, bpr, out) {
+                    return x16::gemm_ref::<BlockQ5_0, _>(q5_0::vec_dot, p, rows, a, bpr, out);
+                }
+                // SAFETY: features detected (as above); the shape was checked just now.
+                unsafe { x16_k::<BlockQ5_0, BlockQ8_0, false>(p, rows, a, bpr, out) }
+            }
+            /// Q5_0 over the file's layout: panels packed on the fly for the
+            /// x16 kernel (no gather panel for its fifth bits).
+            pub(in super::super) fn q5_0_q8_0_gemm(
+                w: &[BlockQ5_0],
+                a: &[BlockQ8_0],
+                bpr: usize,
+                out: &mut [f32],
+            ) {
+                x16::gemm_by_panels(q5_0_q8_0_x16, w, a, bpr, out)
+            }
+
             // ---- single dots: two blocks per register ----
 
             /// Codes of two Q4 blocks as [lo0, lo1, hi0, hi1], 16 bytes each
             /// (lo = elements 0..16, hi = elements 16..32).
             #[inline]
             #[target_feature(enable = $features)]
-            fn nibbles2(q0: &[u8; 16], q1: &[u8; 16]) -> __m512i {
+            pub(super) fn nibbles2(q0: &[u8; 16], q1: &[u8; 16]) -> __m512i {
                 // SAFETY: q0 and q1 are 16 readable bytes each; loadu has no alignment requirement.
                 let (x0, x1) = unsafe {
                     (
@@ -221,7 +282,7 @@ macro_rules! legacy_kernels {
             /// Codes of two 32-byte blocks in the order of [`nibbles2`].
             #[inline]
             #[target_feature(enable = $features)]
-            fn interleave2(q0: &[i8; 32], q1: &[i8; 32]) -> __m512i {
+            pub(super) fn interleave2(q0: &[i8; 32], q1: &[i8; 32]) -> __m512i {
                 // SAFETY: q0 and q1 are 32 readable bytes each; loadu has no alignment requirement.
                 let (y0, y1) = unsafe {
                     (
@@ -252,7 +313,7 @@ macro_rules! legacy_kernels {
             /// f16 conversions bound the single dots).
             #[inline]
             #[target_feature(enable = $features)]
-            fn mul_halves(a: f16, b: f16) -> f32 {
+            pub(super) fn mul_halves(a: f16, b: f16) -> f32 {
                 let bits = a.to_bits() as u32 | (b.to_bits() as u32) << 16;
                 let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
                 _mm_cvtss_f32(_mm_mul_ss(v, _mm_movehdup_ps(v)))
@@ -260,7 +321,7 @@ macro_rules! legacy_kernels {
 
             #[inline]
             #[target_feature(enable = $features)]
-            fn fp16(x: f16) -> f32 {
+            pub(super) fn fp16(x: f16) -> f32 {
                 _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(x.to_bits() as i32)))
             }
 
@@ -270,7 +331,7 @@ macro_rules! legacy_kernels {
             /// [`nibbles2`] layout, times the per-block scale products.
             #[inline]
             #[target_feature(enable = $features)]
-            fn pairs<W: Copy, A: Copy>(
+            pub(super) fn pairs<W: Copy, A: Copy>(
                 w: &[W],
                 a: &[A],
                 scale: impl Fn(&W, &A) -> f32,
@@ -664,6 +725,12 @@ macro_rules! legacy_kernels {
             /// signed code (Q4_1 has none, its minimum is separate).
             trait Offset {
                 const OFFSET: i32;
+                /// Whether the x16 record has a line of fifth bits (Q5_0).
+                const QH: bool = false;
+            }
+            impl Offset for BlockQ5_0 {
+                const OFFSET: i32 = 16;
+                const QH: bool = true;
             }
             impl Offset for BlockQ4_0 {
                 const OFFSET: i32 = 8;
@@ -863,7 +930,13 @@ macro_rules! legacy_kernels {
             /// `rec` points at a whole record of `W`.
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn x16_record<W: X16Block>(rec: *const u8) -> ([__m512i; 8], __m512, __m512) {
+            unsafe fn x16_record<W: X16Block + Offset>(
+                rec: *const u8,
+            ) -> ([__m512i; 8], __m512, __m512) {
+                if W::QH {
+                    // SAFETY: as below, for the Q5_0 record.
+                    return unsafe { x16_record_q5_0(rec) };
+                }
                 // SAFETY: the record holds W::PLANES planes of 32 bytes and then
                 // its code lines (64 bytes each); loadu has no alignment requirement.
                 unsafe {
@@ -897,6 +970,52 @@ macro_rules! legacy_kernels {
                 }
             }
 
+            /// [`x16_record`] of Q5_0: the Q4_0 code lines with bit `4g + i`
+            /// of each row's `qh` set as bit 4 of byte `i` of group `g`.
+            ///
+            /// # Safety
+            /// `rec` points at a whole Q5_0 record.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn x16_record_q5_0(rec: *const u8) -> ([__m512i; 8], __m512, __m512) {
+                // SAFETY: the record holds the d plane (32 bytes), the qh line
+                // (64) and 4 code lines; loadu has no alignment requirement.
+                let (d, qh, lines) = unsafe {
+                    (
+                        _mm512_cvtph_ps(_mm256_loadu_si256(rec.cast())),
+                        _mm512_loadu_si512(rec.add(BlockQ5_0::field_start(1)).cast()),
+                        [0, 1, 2, 3].map(|k| {
+                            _mm512_loadu_si512(rec.add(BlockQ5_0::field_start(2) + 64 * k).cast())
+                        }),
+                    )
+                };
+                let m4 = _mm512_set1_epi8(0x0F);
+                let b4 = _mm512_set1_epi8(0x10);
+                let mut w = [_mm512_setzero_si512(); 8];
+                for k in 0..4 {
+                    w[k] = _mm512_and_si512(lines[k], m4);
+                    w[4 + k] = _mm512_and_si512(_mm512_srli_epi32::<4>(lines[k]), m4);
+                }
+                for (g, wg) in w.iter_mut().enumerate() {
+                    // every byte of a dword takes byte g / 2 of that dword's qh
+                    // (the shuffle indexes within each 16-byte lane) ...
+                    let ctrl = _mm512_add_epi8(
+                        _mm512_set4_epi32(0x0C0C_0C0C, 0x0808_0808, 0x0404_0404, 0),
+                        _mm512_set1_epi8((g / 2) as i8),
+                    );
+                    let bytes = _mm512_shuffle_epi8(qh, ctrl);
+                    // ... and byte i tests bit (4g + i) % 8 of it
+                    let sel = if g % 2 == 0 {
+                        0x0804_0201u32
+                    } else {
+                        0x8040_2010
+                    };
+                    let set = _mm512_test_epi8_mask(bytes, _mm512_set1_epi32(sel as i32));
+                    *wg = _mm512_mask_add_epi8(*wg, set, *wg, b4);
+                }
+                (w, d, _mm512_setzero_ps())
+            }
+
             /// Bytes ahead of the record in use that the decode loop prefetches.
             const X16_PREFETCH: usize = 2048;
         }
@@ -906,3 +1025,5 @@ macro_rules! legacy_kernels {
 pub(super) use legacy_kernels;
 
 legacy_kernels!("avx512f,avx512bw,avx512vl,avx2,fma,f16c", super::dot4);
+super::kquant_x16::kquant_kernels!("avx512f,avx512bw,avx512vl,avx2,fma,f16c", super::dot4);
+super::avx512_lowbit::lowbit_kernels!("avx512f,avx512bw,avx512vl,avx2,fma,f16c", super::dot4);

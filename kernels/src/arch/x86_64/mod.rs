@@ -6,16 +6,21 @@
 //!   AVX-512): the AVX2 table with the Q4_0, Q4_1 and Q8_0 dots on
 //!   `vpdpbusd`. Selected below `avx512` when both exist.
 //! * `avx512`: AVX-512 F/BW/VL legacy-quant and Q6_K dots, and the
-//!   lane-per-row gemm (decode matvec and prefill matmul) for Q4_0 and Q4_1.
+//!   lane-per-row gemm (decode matvec and prefill matmul) for Q4_0, Q4_1
+//!   and Q5_0 (`avx512.rs`) and Q4_K, Q5_K, Q6_K (`kquant_x16.rs`), over
+//!   the x16 panels and the file's layout.
 //! * `vnni`: the same kernels with `vpdpbusd`, plus the Q8_0 gemm.
 //!
-//! Q4_K, Q5_K, float dots and the quantizers stay on AVX2 in every tier.
+//! The Q4_K and Q5_K dots, float dots and the quantizers stay on AVX2 in
+//! every tier.
 
 use crate::dispatch::{Isa, KernelTable};
 
 mod avx2;
 mod avx512;
+mod avx512_lowbit;
 mod avxvnni;
+mod kquant_x16;
 mod vnni;
 
 /// Whether the running CPU can execute the kernels of `isa`.

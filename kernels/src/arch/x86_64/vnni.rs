@@ -28,9 +28,45 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
             gemm: Some(kernels::q8_0_q8_0_gemm),
             x16: Some(kernels::q8_0_q8_0_x16),
         },
+        q5_0: WeightRow {
+            dot: lowbit::q5_0_q8_0,
+            gemm: Some(kernels::q5_0_q8_0_gemm),
+            x16: Some(kernels::q5_0_q8_0_x16),
+        },
+        q4_k: WeightRow {
+            gemm: Some(kquant::q4_k_gemm),
+            x16: Some(kquant::q4_k_x16),
+            ..t.q4_k
+        },
+        q5_k: WeightRow {
+            gemm: Some(kquant::q5_k_gemm),
+            x16: Some(kquant::q5_k_x16),
+            ..t.q5_k
+        },
         q6_k: WeightRow {
             dot: kernels::q6_k_q8_k,
-            ..t.q6_k
+            gemm: Some(kquant::q6_k_gemm),
+            x16: Some(kquant::q6_k_x16),
+        },
+        q5_1: WeightRow {
+            dot: lowbit::q5_1_q8_1,
+            ..t.q5_1
+        },
+        iq4_nl: WeightRow {
+            dot: lowbit::iq4_nl_q8_0,
+            ..t.iq4_nl
+        },
+        q2_k: WeightRow {
+            dot: lowbit::q2_k_q8_k,
+            ..t.q2_k
+        },
+        q3_k: WeightRow {
+            dot: lowbit::q3_k_q8_k,
+            ..t.q3_k
+        },
+        iq4_xs: WeightRow {
+            dot: lowbit::iq4_xs_q8_k,
+            ..t.iq4_xs
         },
         ..t
     }
@@ -45,6 +81,14 @@ fn dot4(acc: __m512i, u: __m512i, s: __m512i) -> __m512i {
 }
 
 super::avx512::legacy_kernels!(
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    super::dot4
+);
+super::kquant_x16::kquant_kernels!(
+    "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+    super::dot4
+);
+super::avx512_lowbit::lowbit_kernels!(
     "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
     super::dot4
 );

@@ -1,0 +1,484 @@
+//! AVX-512 x16 kernels for the k-quants (Q4_K, Q5_K, Q6_K against Q8_K),
+//! written once as a macro that the AVX-512BW tier (`avx512.rs`) and the
+//! VNNI tier (`vnni.rs`) instantiate with their 4-byte dot step `dot4`.
+//!
+//! Lane per row, as the legacy kernels of `avx512.rs`: a 64-byte line of an
+//! x16 record ([`crate::quant::x16`]) holds the same 4 code bytes of 16
+//! rows, so one `dot4` against 4 broadcast activation codes gives 16 rows'
+//! partial dots with no horizontal sum. Per (panel, super-block):
+//!
+//! 1. the record is unpacked once into 64 registers of unsigned codes
+//!    (group `g` = elements `4g..4g + 4` of every row; Q5_K and Q6_K put
+//!    their high bits in here) and per-row float scales `d * sc_j` per
+//!    sub-block (and Q4_K/Q5_K's `dmin * m_j`);
+//! 2. every column then takes 8 (Q4_K, Q5_K) or 4 (Q6_K) `dot4`s per
+//!    sub-block into an exact i32 sub-block sum, converted and scaled once
+//!    per sub-block. Q6_K's offset of 32 starts that sum at
+//!    `-32 * bsum_j` (exact, in integers); the k-quant minimums come off as
+//!    `dmin * m_j * bsum` in floats, as in the reference.
+//!
+//! Columns go 8, 4, 2 and 1 at a time, each taking the unpacked codes from
+//! L1, so prefill unpacks each block once per panel; decode (one column)
+//! prefetches the records ahead. Codes are below 64 and activations within
+//! ±127, so even `vpmaddubsw`'s saturating i16 pairs are exact.
+//!
+//! Soundness: the `unsafe fn`s need the features named in their
+//! `#[target_feature]`. The safe wrappers are private to the tiers, which
+//! hand them out only after `super::supports` checked those features, and
+//! check every shape before the first load (the kernels then index
+//! without bounds checks).
+
+/// Defines the k-quant kernels of one tier in a `mod kquant`, with
+/// `$features` as the target features and `$dot4` as the 4-byte dot step.
+macro_rules! kquant_kernels {
+    ($features:literal, $dot4:path) => {
+        mod kquant {
+            use crate::quant::blocks::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
+            use crate::quant::x16::{self, shape_ok, X16Block};
+            use crate::quant::{q4_k, q5_k, q6_k};
+            use core::arch::x86_64::*;
+
+            // ---- safe wrappers ----
+
+            pub(in super::super) fn q4_k_x16(
+                p: &[u8],
+                rows: usize,
+                a: &[BlockQ8K],
+                bpr: usize,
+                out: &mut [f32],
+            ) {
+                if !shape_ok::<BlockQ4K, _>(p, rows, a, bpr, out) {
+                    return x16::gemm_ref::<BlockQ4K, _>(q4_k::vec_dot, p, rows, a, bpr, out);
+                }
+                // SAFETY: the tier's features were detected before its table was handed out; the shape was checked just now.
+                unsafe { x16_k::<BlockQ4K>(p, rows, a, bpr, out) }
+            }
+            pub(in super::super) fn q5_k_x16(
+                p: &[u8],
+                rows: usize,
+                a: &[BlockQ8K],
+                bpr: usize,
+                out: &mut [f32],
+            ) {
+                if !shape_ok::<BlockQ5K, _>(p, rows, a, bpr, out) {
+                    return x16::gemm_ref::<BlockQ5K, _>(q5_k::vec_dot, p, rows, a, bpr, out);
+                }
+                // SAFETY: as above.
+                unsafe { x16_k::<BlockQ5K>(p, rows, a, bpr, out) }
+            }
+            pub(in super::super) fn q6_k_x16(
+                p: &[u8],
+                rows: usize,
+                a: &[BlockQ8K],
+                bpr: usize,
+                out: &mut [f32],
+            ) {
+                if !shape_ok::<BlockQ6K, _>(p, rows, a, bpr, out) {
+                    return x16::gemm_ref::<BlockQ6K, _>(q6_k::vec_dot, p, rows, a, bpr, out);
+                }
+                // SAFETY: as above.
+                unsafe { x16_k::<BlockQ6K>(p, rows, a, bpr, out) }
+            }
+
+            /// The file-layout gemm entries: each 16-row panel packed into
+            /// an x16 record run and multiplied by the x16 kernel.
+            pub(in super::super) fn q4_k_gemm(
+                w: &[BlockQ4K],
+                a: &[BlockQ8K],
+                bpr: usize,
+                out: &mut [f32],
+            ) {
+                x16::gemm_by_panels(q4_k_x16, w, a, bpr, out)
+            }
+            pub(in super::super) fn q5_k_gemm(
+                w: &[BlockQ5K],
+                a: &[BlockQ8K],
+                bpr: usize,
+                out: &mut [f32],
+            ) {
+                x16::gemm_by_panels(q5_k_x16, w, a, bpr, out)
+            }
+            pub(in super::super) fn q6_k_gemm(
+                w: &[BlockQ6K],
+                a: &[BlockQ8K],
+                bpr: usize,
+                out: &mut [f32],
+            ) {
+                x16::gemm_by_panels(q6_k_x16, w, a, bpr, out)
+            }
+
+            // ---- one super-block of 16 rows, unpacked ----
+
+            /// Per-row float factors of one record: `scale[j] = d * sc_j`
+            /// per sub-block, `min[j] = dmin * m_j` (Q4_K, Q5_K).
+            struct Scales {
+                scale: [__m512; 16],
+                min: [__m512; 8],
+            }
+
+            /// The activation side of one (column, block): its scale, the
+            /// integer start of each sub-block sum, and the code sums the
+            /// minimums multiply.
+            #[derive(Clone, Copy)]
+            struct KAct {
+                d: f32,
+                start: [i32; 16],
+                bsum: [f32; 8],
+            }
+
+            /// A k-quant's x16 record as this kernel reads it.
+            trait KRecord: X16Block {
+                /// Sub-blocks per super-block (8 of 32 or 16 of 16 elements).
+                const SUBS: usize;
+                /// Code groups (4 elements) per sub-block.
+                const GROUPS: usize = 64 / Self::SUBS;
+                /// Whether the type has per-sub-block minimums.
+                const MINS: bool;
+                /// The 64 code groups and the scales of the record at `rec`.
+                ///
+                /// # Safety
+                /// The tier's features; `rec` points at a whole record.
+                unsafe fn unpack(rec: *const u8, codes: &mut [__m512i; 64], s: &mut Scales);
+                /// The activation side of `y` for this type.
+                fn act(y: &BlockQ8K) -> KAct;
+            }
+
+            fn act_with_mins(y: &BlockQ8K) -> KAct {
+                let mut bsum = [0f32; 8];
+                for (j, s) in bsum.iter_mut().enumerate() {
+                    *s = (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32) as f32;
+                }
+                KAct {
+                    d: y.d,
+                    start: [0; 16],
+                    bsum,
+                }
+            }
+
+            /// `x` shifted so bit `bit` of each byte lands on bit `to`
+            /// (other bits move too: the caller masks).
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn move_bit(x: __m512i, bit: i32, to: i32) -> __m512i {
+                if bit >= to {
+                    _mm512_srl_epi32(x, _mm_cvtsi32_si128(bit - to))
+                } else {
+                    _mm512_sll_epi32(x, _mm_cvtsi32_si128(to - bit))
+                }
+            }
+
+            /// The d-scaled 6-bit scales and mins of Q4_K/Q5_K from the
+            /// three scale lines at `s` (`q4_k::scale_min_k4`, lane-wise).
+            ///
+            /// # Safety
+            /// `s` points at 3 readable lines; `d`, `dmin` are the planes.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn scales_mins_k4(s: *const u8, d: __m512, dmin: __m512, out: &mut Scales) {
+                // SAFETY: per the contract; loadu has no alignment requirement.
+                let (s0, s1, s2) = unsafe {
+                    (
+                        _mm512_loadu_si512(s.cast()),
+                        _mm512_loadu_si512(s.add(64).cast()),
+                        _mm512_loadu_si512(s.add(128).cast()),
+                    )
+                };
+                let (m6, m4, m2) = (
+                    _mm512_set1_epi32(63),
+                    _mm512_set1_epi32(15),
+                    _mm512_set1_epi32(3),
+                );
+                for j in 0..4 {
+                    let sh = _mm_cvtsi32_si128(8 * j as i32);
+                    let (b0, b1, b2) = (
+                        _mm512_srl_epi32(s0, sh),
+                        _mm512_srl_epi32(s1, sh),
+                        _mm512_srl_epi32(s2, sh),
+                    );
+                    let top = |x: __m512i| {
+                        _mm512_slli_epi32::<4>(_mm512_and_si512(_mm512_srli_epi32::<6>(x), m2))
+                    };
+                    let sc = _mm512_and_si512(b0, m6);
+                    let mn = _mm512_and_si512(b1, m6);
+                    let sc4 = _mm512_or_si512(_mm512_and_si512(b2, m4), top(b0));
+                    let mn4 =
+                        _mm512_or_si512(_mm512_and_si512(_mm512_srli_epi32::<4>(b2), m4), top(b1));
+                    out.scale[j] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc));
+                    out.scale[j + 4] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(sc4));
+                    out.min[j] = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(mn));
+                    out.min[j + 4] = _mm512_mul_ps(dmin, _mm512_cvtepi32_ps(mn4));
+                }
+            }
+
+            /// The low 4 bits of the Q4_K/Q5_K codes from the 32 `qs` lines
+            /// at `q`: line `8c + k` holds group `8(2c) + k` in its low
+            /// nibbles and `8(2c + 1) + k` in its high ones.
+            ///
+            /// # Safety
+            /// `q` points at 32 readable lines.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn nibbles_k4(q: *const u8, codes: &mut [__m512i; 64]) {
+                let m4 = _mm512_set1_epi8(0x0F);
+                for c in 0..4 {
+                    for k in 0..8 {
+                        // SAFETY: line 8c + k < 32 is inside the field.
+                        let line = unsafe { _mm512_loadu_si512(q.add(64 * (8 * c + k)).cast()) };
+                        codes[16 * c + k] = _mm512_and_si512(line, m4);
+                        codes[16 * c + 8 + k] = _mm512_and_si512(_mm512_srli_epi32::<4>(line), m4);
+                    }
+                }
+            }
+
+            /// The d and dmin planes of a Q4_K/Q5_K record.
+            ///
+            /// # Safety
+            /// `rec` points at a whole record.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn planes_k4(rec: *const u8) -> (__m512, __m512) {
+                // SAFETY: the record starts with two 32-byte f16 planes.
+                unsafe {
+                    (
+                        _mm512_cvtph_ps(_mm256_loadu_si256(rec.cast())),
+                        _mm512_cvtph_ps(_mm256_loadu_si256(rec.add(32).cast())),
+                    )
+                }
+            }
+
+            impl KRecord for BlockQ4K {
+                const SUBS: usize = 8;
+                const MINS: bool = true;
+                #[inline]
+                #[target_feature(enable = $features)]
+                unsafe fn unpack(rec: *const u8, codes: &mut [__m512i; 64], s: &mut Scales) {
+                    // SAFETY: the fields of a whole record (field_start gives each one's offset).
+                    unsafe {
+                        let (d, dmin) = planes_k4(rec);
+                        scales_mins_k4(rec.add(Self::field_start(2)), d, dmin, s);
+                        nibbles_k4(rec.add(Self::field_start(3)), codes);
+                    }
+                }
+                fn act(y: &BlockQ8K) -> KAct {
+                    act_with_mins(y)
+                }
+            }
+
+            impl KRecord for BlockQ5K {
+                const SUBS: usize = 8;
+                const MINS: bool = true;
+                #[inline]
+                #[target_feature(enable = $features)]
+                unsafe fn unpack(rec: *const u8, codes: &mut [__m512i; 64], s: &mut Scales) {
+                    // SAFETY: the fields of a whole record.
+                    unsafe {
+                        let (d, dmin) = planes_k4(rec);
+                        scales_mins_k4(rec.add(Self::field_start(2)), d, dmin, s);
+                        nibbles_k4(rec.add(Self::field_start(4)), codes);
+                    }
+                    // the fifth bit of group 8j + k: bit j of qh line k's bytes
+                    let qh = rec.wrapping_add(Self::field_start(3));
+                    let b4 = _mm512_set1_epi8(0x10);
+                    for k in 0..8 {
+                        // SAFETY: line k < 8 of the qh field.
+                        let h = unsafe { _mm512_loadu_si512(qh.add(64 * k).cast()) };
+                        for j in 0..8 {
+                            let bit = _mm512_and_si512(move_bit(h, j as i32, 4), b4);
+                            codes[8 * j + k] = _mm512_or_si512(codes[8 * j + k], bit);
+                        }
+                    }
+                }
+                fn act(y: &BlockQ8K) -> KAct {
+                    act_with_mins(y)
+                }
+            }
+
+            impl KRecord for BlockQ6K {
+                const SUBS: usize = 16;
+                const MINS: bool = false;
+                #[inline]
+                #[target_feature(enable = $features)]
+                unsafe fn unpack(rec: *const u8, codes: &mut [__m512i; 64], s: &mut Scales) {
+                    // SAFETY: the d plane starts the record; 4 scale lines follow.
+                    let (d, sl) = unsafe {
+                        let sc = rec.add(Self::field_start(1));
+                        (
+                            _mm512_cvtph_ps(_mm256_loadu_si256(rec.cast())),
+                            [0, 1, 2, 3].map(|m| _mm512_loadu_si512(sc.add(64 * m).cast())),
+                        )
+                    };
+                    for j in 0..16 {
+                        // signed byte j % 4 of line j / 4, sign-extended
+                        let up =
+                            _mm512_sll_epi32(sl[j / 4], _mm_cvtsi32_si128(24 - 8 * (j % 4) as i32));
+                        s.scale[j] =
+                            _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(up)));
+                    }
+                    // group g (elements 4g..): half n = g / 32, run k = g / 8 % 4,
+                    // l4 = g % 8: ql line 16n + 8(k % 2) + l4 (nibble k / 2),
+                    // qh line 8n + l4 (bits 2k, 2k + 1)
+                    let (qh, ql) = (
+                        rec.wrapping_add(Self::field_start(2)),
+                        rec.wrapping_add(Self::field_start(3)),
+                    );
+                    let (m4, m30) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
+                    for n in 0..2 {
+                        for l4 in 0..8 {
+                            // SAFETY: qh line 8n + l4 < 16 and ql lines 16n + l4 (+ 8) < 32 are inside their fields.
+                            let (h, q0, q1) = unsafe {
+                                (
+                                    _mm512_loadu_si512(qh.add(64 * (8 * n + l4)).cast()),
+                                    _mm512_loadu_si512(ql.add(64 * (16 * n + l4)).cast()),
+                                    _mm512_loadu_si512(ql.add(64 * (16 * n + 8 + l4)).cast()),
+                                )
+                            };
+                            let lo = [
+                                _mm512_and_si512(q0, m4),
+                                _mm512_and_si512(q1, m4),
+                                _mm512_and_si512(_mm512_srli_epi32::<4>(q0), m4),
+                                _mm512_and_si512(_mm512_srli_epi32::<4>(q1), m4),
+                            ];
+                            for (k, lo) in lo.into_iter().enumerate() {
+                                let hi = _mm512_and_si512(move_bit(h, 2 * k as i32, 4), m30);
+                                codes[32 * n + 8 * k + l4] = _mm512_or_si512(lo, hi);
+                            }
+                        }
+                    }
+                }
+                fn act(y: &BlockQ8K) -> KAct {
+                    KAct {
+                        d: y.d,
+                        start: y.bsums.map(|s| -32 * s as i32),
+                        bsum: [0.0; 8],
+                    }
+                }
+            }
+
+            // ---- the kernel ----
+
+            /// # Safety
+            /// The features of the tier, and the shape checked by `shape_ok`.
+            #[target_feature(enable = $features)]
+            unsafe fn x16_k<W: KRecord>(
+                p: &[u8],
+                rows: usize,
+                a: &[BlockQ8K],
+                bpr: usize,
+                out: &mut [f32],
+            ) {
+                let cols = a.len() / bpr;
+                let acts: Vec<KAct> = a.iter().map(W::act).collect();
+                let mut acc = vec![_mm512_setzero_ps(); cols];
+                let mut codes = [_mm512_setzero_si512(); 64];
+                let mut s = Scales {
+                    scale: [_mm512_setzero_ps(); 16],
+                    min: [_mm512_setzero_ps(); 8],
+                };
+                for (pi, r0) in (0..rows).step_by(16).enumerate() {
+                    let nr = (rows - r0).min(16);
+                    let mask = (u32::MAX >> (32 - nr)) as __mmask16;
+                    acc.fill(_mm512_setzero_ps());
+                    let panel = p.as_ptr().wrapping_add(pi * bpr * W::RECORD);
+                    for b in 0..bpr {
+                        let rec = panel.wrapping_add(b * W::RECORD);
+                        if cols == 1 {
+                            // Decode streams the weights once: fetch a record
+                            // ahead, across the page boundaries the hardware
+                            // prefetcher stops at (a prefetch never faults).
+                            let ahead = rec.wrapping_add(W::RECORD);
+                            for l in (0..W::RECORD).step_by(64) {
+                                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l).cast());
+                            }
+                        }
+                        // SAFETY: b < bpr and panel pi exist in p (shape checked).
+                        unsafe { W::unpack(rec, &mut codes, &mut s) };
+                        let mut c0 = 0;
+                        // SAFETY: each call reads columns c0..c0 + NC < cols.
+                        unsafe {
+                            while c0 + 8 <= cols {
+                                cols_step::<W, 8>(&codes, &s, a, &acts, bpr, b, c0, &mut acc);
+                                c0 += 8;
+                            }
+                            if c0 + 4 <= cols {
+                                cols_step::<W, 4>(&codes, &s, a, &acts, bpr, b, c0, &mut acc);
+                                c0 += 4;
+                            }
+                            if c0 + 2 <= cols {
+                                cols_step::<W, 2>(&codes, &s, a, &acts, bpr, b, c0, &mut acc);
+                                c0 += 2;
+                            }
+                            if c0 < cols {
+                                cols_step::<W, 1>(&codes, &s, a, &acts, bpr, b, c0, &mut acc);
+                            }
+                        }
+                    }
+                    for (c, v) in acc.iter().enumerate() {
+                        // SAFETY: c * rows + r0 + lane < rows * cols <= out.len() for every unmasked lane.
+                        unsafe {
+                            _mm512_mask_storeu_ps(out.as_mut_ptr().add(c * rows + r0), mask, *v)
+                        };
+                    }
+                }
+            }
+
+            /// Block `b` of columns `c0..c0 + NC` against the unpacked
+            /// record, added to their accumulators.
+            ///
+            /// # Safety
+            /// Columns `c0..c0 + NC` exist (`a` and `acts` hold `cols * bpr`
+            /// blocks, `acc` `cols` accumulators) and `b < bpr`.
+            #[inline]
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn cols_step<W: KRecord, const NC: usize>(
+                codes: &[__m512i; 64],
+                s: &Scales,
+                a: &[BlockQ8K],
+                acts: &[KAct],
+                bpr: usize,
+                b: usize,
+                c0: usize,
+                acc: &mut [__m512],
+            ) {
+                let ys: [&BlockQ8K; NC] = core::array::from_fn(|c| {
+                    // SAFETY: (c0 + c) * bpr + b < cols * bpr for c < NC, per the contract.
+                    unsafe { a.get_unchecked((c0 + c) * bpr + b) }
+                });
+                let ks: [&KAct; NC] = core::array::from_fn(|c| {
+                    // SAFETY: as above, for acts.
+                    unsafe { acts.get_unchecked((c0 + c) * bpr + b) }
+                });
+                let mut blk = [_mm512_setzero_ps(); NC];
+                for j in 0..W::SUBS {
+                    let mut isum: [__m512i; NC] =
+                        core::array::from_fn(|c| _mm512_set1_epi32(ks[c].start[j]));
+                    for k in 0..W::GROUPS {
+                        let g = j * W::GROUPS + k;
+                        let w = codes[g];
+                        for c in 0..NC {
+                            // SAFETY: 4g + 4 <= 256 bytes of the block's codes.
+                            let y = unsafe {
+                                ys[c].qs.as_ptr().add(4 * g).cast::<i32>().read_unaligned()
+                            };
+                            isum[c] = $dot4(isum[c], w, _mm512_set1_epi32(y));
+                        }
+                    }
+                    for c in 0..NC {
+                        blk[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[c]), s.scale[j], blk[c]);
+                        if W::MINS {
+                            blk[c] =
+                                _mm512_fnmadd_ps(s.min[j], _mm512_set1_ps(ks[c].bsum[j]), blk[c]);
+                        }
+                    }
+                }
+                for c in 0..NC {
+                    // SAFETY: c0 + c < cols = acc.len().
+                    let o = unsafe { acc.get_unchecked_mut(c0 + c) };
+                    *o = _mm512_fmadd_ps(blk[c], _mm512_set1_ps(ks[c].d), *o);
+                }
+            }
+        }
+    };
+}
+
+pub(super) use kquant_kernels;
