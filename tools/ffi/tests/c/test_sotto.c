@@ -9,6 +9,7 @@
  *
  * Prints one line per test and "N passed, N failed" last; exits non-zero
  * when any failed. */
+#define _DEFAULT_SOURCE /* usleep */
 #define _POSIX_C_SOURCE 200809L
 #include "sotto.h"
 
@@ -233,12 +234,12 @@ static void *ask(void *arg) {
 static int test_two_sessions_on_two_threads(void) {
     const char *q2 = "What is the capital of Italy?";
     /* Each question alone first, then both at once. */
-    struct turn solo1 = {FRANCE}, solo2 = {q2};
+    struct turn solo1 = {.question = FRANCE}, solo2 = {.question = q2};
     ask(&solo1);
     ask(&solo2);
     CHECK(solo1.status == SOTTO_STATUS_OK && solo2.status == SOTTO_STATUS_OK, "solo runs");
     CHECK(strcmp(solo1.text.buf, solo2.text.buf) != 0, "the two answers differ: %s", solo1.text.buf);
-    struct turn t1 = {FRANCE}, t2 = {q2};
+    struct turn t1 = {.question = FRANCE}, t2 = {.question = q2};
     pthread_t a, b;
     CHECK(pthread_create(&a, NULL, ask, &t1) == 0 && pthread_create(&b, NULL, ask, &t2) == 0, "threads");
     pthread_join(a, NULL);
