@@ -9,12 +9,14 @@
 //! workspace with `unsafe` code: each block says why it holds.
 #![warn(missing_docs)]
 
+mod assistant;
 pub mod c_api;
 mod chat;
 #[cfg(feature = "jni")]
 mod jni_api;
 pub mod status;
 
+pub use assistant::AssistantHandle;
 pub use chat::{ChatHandle, ModelHandle};
 
 #[cfg(test)]
