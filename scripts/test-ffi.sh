@@ -2,13 +2,13 @@
 # The C ABI (tools/ffi) from the outside, as apps use it:
 #   1. the C tests (tools/ffi/tests/c) compiled with the system cc against
 #      target/debug/libsotto.a and run, the C examples (streaming chat; the
-#      bridge example is driven by the C tests), and the Java test through
-#      JNI (System.loadLibrary on target/debug/libsotto.so). That library is
-#      the one `cargo test --workspace --all-features` already builds (test
+#      bridge example is driven by the C tests) against libsotto.so, and the
+#      Java test through JNI (System.loadLibrary on target/debug). That
+#      library is the one `cargo test --workspace --all-features` builds (test
 #      profile, features jni + ort + panic-probe): the same command is
 #      re-run with --no-run, a no-op after the workspace tests;
 #   2. the same C tests built with -fsanitize=address against that same,
-#      uninstrumented library (see asan_tests for what this covers);
+#      uninstrumented libsotto.so (see asan_tests for what this covers);
 #   3. the phone static libraries, aarch64-linux-android (with the JNI
 #      entry points) and aarch64-apple-ios, built as staticlib only in the
 #      lean `ffi-phone` profile (no NDK or Xcode: a static library needs no
@@ -42,6 +42,12 @@ OUT=target/ffi
 mkdir -p "$OUT"
 CFLAGS=(-std=c11 -Wall -Wextra -Werror -O1 -g -I tools/ffi/include -I tools/ffi/examples/c)
 LIBS=(-lpthread -ldl -lm)
+# The native C tests link the static library (what iOS apps and Android JNI
+# libraries link); the examples and the ASan builds link the shared one: a
+# static link reads the whole ~400 MB debug archive (~30 s each on a loaded
+# 2-core machine), a dynamic one takes a second.
+STATIC=("$HOST_LIB/libsotto.a" "${LIBS[@]}")
+SHARED=(-L "$HOST_LIB" -Wl,-rpath,"$PWD/$HOST_LIB" -lsotto)
 # Under qemu: the chat half on the real model, every error path, the panic
 # probe. The bridge's protocol code is the same on every ISA and runs in
 # full natively and under ASan.
@@ -96,12 +102,12 @@ host_build() {
     ls -l "$HOST_LIB/libsotto.a" "$HOST_LIB/libsotto.so"
 }
 c_tests() {
-  cc "${CFLAGS[@]}" tools/ffi/examples/c/bridge.c "$HOST_LIB/libsotto.a" "${LIBS[@]}" -o "$OUT/bridge" &&
-    cc "${CFLAGS[@]}" tools/ffi/tests/c/test_sotto.c "$HOST_LIB/libsotto.a" "${LIBS[@]}" -o "$OUT/test_sotto" &&
+  cc "${CFLAGS[@]}" tools/ffi/examples/c/bridge.c "${SHARED[@]}" -o "$OUT/bridge" &&
+    cc "${CFLAGS[@]}" tools/ffi/tests/c/test_sotto.c "${STATIC[@]}" -o "$OUT/test_sotto" &&
     SOTTO_BRIDGE_EXAMPLE="$OUT/bridge" SOTTO_EXPECT_PANIC_PROBE=1 "$OUT/test_sotto"
 }
 c_example() {
-  cc "${CFLAGS[@]}" tools/ffi/examples/c/chat.c "$HOST_LIB/libsotto.a" "${LIBS[@]}" -o "$OUT/chat" &&
+  cc "${CFLAGS[@]}" tools/ffi/examples/c/chat.c "${SHARED[@]}" -o "$OUT/chat" &&
     "$OUT/chat" "$SOTTO_MODEL" "What is the capital of France?" | tee "$OUT/chat.out" &&
     grep -qx "The capital of France is Paris." "$OUT/chat.out"
 }
@@ -113,7 +119,7 @@ java_tests() {
 }
 asan_tests() {
   # Only the C side is instrumented; the Rust library is the host build
-  # above, unchanged (no second Rust build). The ASan runtime replaces
+  # above, unchanged (no second Rust build), loaded as libsotto.so. The ASan runtime replaces
   # malloc/free for the whole process, and Rust allocates through them, so
   # this catches what a C caller does wrong across the boundary: reading
   # or writing past a buffer the library handed out (reply bodies, strings),
@@ -123,9 +129,9 @@ asan_tests() {
   # Rust code itself (uninstrumented), which safe Rust rules out and the
   # kernels' unsafe code is tested for by its own suites.
   cc "${CFLAGS[@]}" -fsanitize=address -fno-omit-frame-pointer tools/ffi/tests/c/test_sotto.c \
-    "$HOST_LIB/libsotto.a" "${LIBS[@]}" -o "$OUT/test_sotto_asan" &&
+    "${SHARED[@]}" -o "$OUT/test_sotto_asan" &&
     cc "${CFLAGS[@]}" -fsanitize=address -fno-omit-frame-pointer tools/ffi/examples/c/bridge.c \
-      "$HOST_LIB/libsotto.a" "${LIBS[@]}" -o "$OUT/bridge_asan" &&
+      "${SHARED[@]}" -o "$OUT/bridge_asan" &&
     ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 SOTTO_BRIDGE_EXAMPLE="$OUT/bridge_asan" \
       SOTTO_EXPECT_PANIC_PROBE=1 "$OUT/test_sotto_asan" &&
     asan_is_live
@@ -134,7 +140,7 @@ asan_tests() {
 # above proves nothing.
 asan_is_live() {
   cc "${CFLAGS[@]}" -fsanitize=address -fno-omit-frame-pointer tools/ffi/tests/c/asan_canary.c \
-    "$HOST_LIB/libsotto.a" "${LIBS[@]}" -o "$OUT/asan_canary" || return 1
+    "${SHARED[@]}" -o "$OUT/asan_canary" || return 1
   if ASAN_OPTIONS=abort_on_error=1 "$OUT/asan_canary" >"$OUT/asan_canary.log" 2>&1; then
     echo "asan_canary: the planted double free went unnoticed" >&2
     return 1
