@@ -4,12 +4,19 @@
 #ifndef SOTTO_H
 #define SOTTO_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 // The ABI version this library implements. It changes only when an
 // existing function, struct or code changes meaning; additions keep it.
 #define SOTTO_ABI_VERSION 1
+
+// `kind` of an envelope that starts a session (a PreKeySignalMessage).
+#define SOTTO_ENVELOPE_PREKEY 1
+
+// `kind` of an envelope inside a session (a SignalMessage).
+#define SOTTO_ENVELOPE_MESSAGE 2
 
 // The result of a call. `SOTTO_OK` is 0; every other code has its message
 // in `sotto_last_error_message()` on the calling thread.
@@ -58,7 +65,18 @@ typedef enum SottoStatus {
   SOTTO_STATUS_IO = 13,
   // A failure the other codes do not describe.
   SOTTO_STATUS_INTERNAL = 14,
+  // An envelope from a peer whose identity key changed: refused, nothing
+  // changed. Compare safety numbers, then
+  // `sotto_assistant_accept_identity`.
+  SOTTO_STATUS_UNTRUSTED_IDENTITY = 15,
+  // A bound of the assistant device would be exceeded (peers, unanswered
+  // messages, unacknowledged replies); nothing changed.
+  SOTTO_STATUS_LIMIT = 16,
 } SottoStatus;
+
+// An assistant device answered by a model: identity, prekeys, sessions
+// and conversations, in a state directory sealed under a key.
+typedef struct SottoAssistant SottoAssistant;
 
 // One conversation on a model, with its own KV cache and history.
 typedef struct SottoChat SottoChat;
@@ -71,6 +89,32 @@ typedef struct SottoModel SottoModel;
 // during the call. Runs on the thread that called `sotto_chat_send`.
 // May be NULL.
 typedef void (*SottoPieceFn)(void *user_data, const char *piece, size_t len);
+
+// A reply envelope for the transport, valid only during the callback
+// that receives it.
+typedef struct SottoReply {
+  // The peer it goes to (NUL-terminated).
+  const char *peer;
+  // The peer's device id.
+  uint32_t device_id;
+  // The number of the peer's message it answers in their conversation
+  // (1, 2, ...).
+  uint64_t turn;
+  // `SOTTO_ENVELOPE_PREKEY` or `SOTTO_ENVELOPE_MESSAGE`.
+  uint32_t kind;
+  // The envelope's bytes, as the transport carries them.
+  const uint8_t *body;
+  // Length of `body`.
+  size_t body_len;
+  // NULL for an answer; for a refusal sent instead (`"message_too_long"`,
+  // `"assistant_failed"`), its kind.
+  const char *refusal;
+} SottoReply;
+
+// Receives a reply envelope on the thread of the call that produced it.
+// Return true once the transport has it (it leaves the outbox); false
+// keeps it in the outbox for `sotto_assistant_outbox`. May be NULL.
+typedef bool (*SottoReplyFn)(void *user_data, const struct SottoReply *reply);
 
 #ifdef __cplusplus
 extern "C" {
@@ -166,6 +210,118 @@ void sotto_chat_free(struct SottoChat *chat);
 // # Safety
 // `s` came from this library and is freed once.
 void sotto_string_free(char *s);
+
+// Opens the assistant device kept in `state_dir` under the 32-byte `key`
+// (a new identity when the directory holds no device yet), or one in
+// memory when `state_dir` is NULL (`key` then ignored), answered by
+// `model`.
+//
+// `options_json` (may be NULL), every field optional:
+// `{"name":"sotto", "warm_conversations":4, "chat":{…}}`: `name` is this
+// device's account name in safety numbers, `chat` takes the options of
+// `sotto_chat_open` except `stop` (default system message "You are a
+// helpful assistant.", greedy). Codes: STATE (wrong key, corrupt, rolled
+// back or locked by another process), IO, INVALID_ARGUMENT.
+//
+// # Safety
+// `model` is a live model; `state_dir`, `options_json` NUL-terminated or
+// NULL; `key` valid for `key_len` bytes; `out` writable.
+enum SottoStatus sotto_assistant_open(const struct SottoModel *model,
+                                      const char *state_dir,
+                                      const uint8_t *key,
+                                      size_t key_len,
+                                      const char *options_json,
+                                      struct SottoAssistant **out);
+
+// A prekey bundle for one new peer to start a session with, as JSON:
+// `{"registration_id", "device_id", "pre_key_id", "pre_key",
+// "signed_pre_key_id", "signed_pre_key", "signed_pre_key_signature",
+// "identity_key"}` (ids as numbers, keys in base64 of their Signal
+// serialization). Each call hands out a one-time prekey no one got
+// before. Free `*bundle_json` with `sotto_string_free`.
+//
+// # Safety
+// `assistant` is a live assistant; `bundle_json` writable.
+enum SottoStatus sotto_assistant_prekey_bundle(const struct SottoAssistant *assistant,
+                                               char **bundle_json);
+
+// Hands in the envelope `body` (`kind` SOTTO_ENVELOPE_PREKEY or
+// SOTTO_ENVELOPE_MESSAGE) that `sender` (device `device_id`) sent: it is
+// decrypted and journaled, answered by the model, and the encrypted reply
+// (with any older reply of the same conversation a crash left unsent) is
+// passed to `on_reply` on this thread before the call returns.
+//
+// A message that does not decrypt (forged, replayed, malformed, unknown
+// session) returns BAD_MESSAGE and changes nothing: the session goes on.
+// An envelope handed in again is recognized and its reply delivered
+// again while it is in the outbox. Codes: BAD_MESSAGE, UNTRUSTED_IDENTITY,
+// LIMIT, BUSY, STATE, IO.
+//
+// # Safety
+// `assistant` is a live assistant; `sender` NUL-terminated; `body` valid
+// for `body_len` bytes; `on_reply` (if set) safe to call with `user_data`.
+enum SottoStatus sotto_assistant_handle(const struct SottoAssistant *assistant,
+                                        const char *sender,
+                                        uint32_t device_id,
+                                        uint32_t kind,
+                                        const uint8_t *body,
+                                        size_t body_len,
+                                        SottoReplyFn on_reply,
+                                        void *user_data);
+
+// Passes every reply still in the outbox (not accepted by an earlier
+// callback, including from before a restart) to `on_reply`, per
+// conversation in turn order. `*delivered` (may be NULL) receives how
+// many the callback accepted.
+//
+// # Safety
+// `assistant` is a live assistant; `on_reply` (if set) safe to call with
+// `user_data`; `delivered` NULL or writable.
+enum SottoStatus sotto_assistant_outbox(const struct SottoAssistant *assistant,
+                                        SottoReplyFn on_reply,
+                                        void *user_data,
+                                        size_t *delivered);
+
+// The safety number of the session with `peer` (device `device_id`): 60
+// digits the users compare on both devices. Free `*number` with
+// `sotto_string_free`. Codes: BAD_MESSAGE (no session with that peer).
+//
+// # Safety
+// `assistant` is a live assistant; `peer` NUL-terminated; `number`
+// writable.
+enum SottoStatus sotto_assistant_safety_number(const struct SottoAssistant *assistant,
+                                               const char *peer,
+                                               uint32_t device_id,
+                                               char **number);
+
+// Trusts the new identity key `peer` presented in an envelope that was
+// refused with UNTRUSTED_IDENTITY (call it after the users compared the
+// new safety number); its next envelope is accepted. Codes: NOT_FOUND
+// (no new identity was presented by that peer since the assistant was
+// opened).
+//
+// # Safety
+// `assistant` is a live assistant; `peer` NUL-terminated.
+enum SottoStatus sotto_assistant_accept_identity(const struct SottoAssistant *assistant,
+                                                 const char *peer,
+                                                 uint32_t device_id);
+
+// Replaces the signed prekey now (bundles published later carry the new
+// one; the previous one keeps accepting new sessions for a grace period).
+// `*id` (may be NULL) receives the new signed prekey's id.
+//
+// # Safety
+// `assistant` is a live assistant; `id` NULL or writable.
+enum SottoStatus sotto_assistant_rotate_signed_prekey(const struct SottoAssistant *assistant,
+                                                      uint32_t *id);
+
+// Frees an assistant (NULL is ignored); its state directory keeps
+// everything committed.
+//
+// # Safety
+// `assistant` came from `sotto_assistant_open`, is freed once, and no call
+// on it is running.
+void sotto_assistant_free(struct SottoAssistant *assistant);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -74,17 +74,17 @@ impl ModelOptions {
 /// "min_p":0.05,"repeat_penalty":1.0,"seed":42,"stop":["…"]}`.
 #[derive(Debug, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-struct ChatOptions {
-    system: Option<String>,
+pub(crate) struct ChatOptions {
+    pub(crate) system: Option<String>,
     context: usize,
-    max_tokens: usize,
+    pub(crate) max_tokens: usize,
     temperature: f32,
     top_k: usize,
     top_p: f32,
     min_p: f32,
     repeat_penalty: f32,
     seed: u64,
-    stop: Vec<String>,
+    pub(crate) stop: Vec<String>,
 }
 
 impl Default for ChatOptions {
@@ -105,8 +105,33 @@ impl Default for ChatOptions {
     }
 }
 
+impl ChatOptions {
+    /// The sampler these options describe, checked.
+    pub(crate) fn sampler(&self) -> FfiResult<SamplerConfig> {
+        let sampler = SamplerConfig {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            seed: self.seed,
+            ..SamplerConfig::default()
+        };
+        sampler.validate()?;
+        Ok(sampler)
+    }
+
+    /// The context length, at least 1.
+    pub(crate) fn context(&self) -> FfiResult<usize> {
+        if self.context == 0 {
+            return Err(FfiError::invalid("options: context must be at least 1"));
+        }
+        Ok(self.context)
+    }
+}
+
 /// Parses `json` (empty or absent: every default).
-fn parse<T: Default + serde::de::DeserializeOwned>(json: Option<&str>) -> FfiResult<T> {
+pub(crate) fn parse<T: Default + serde::de::DeserializeOwned>(json: Option<&str>) -> FfiResult<T> {
     match json.map(str::trim) {
         None | Some("") => Ok(T::default()),
         Some(text) => {
@@ -118,7 +143,7 @@ fn parse<T: Default + serde::de::DeserializeOwned>(json: Option<&str>) -> FfiRes
 /// A loaded model shared by its chats.
 #[derive(Debug)]
 pub struct ModelHandle {
-    loaded: LoadedModel,
+    loaded: Arc<LoadedModel>,
     #[cfg_attr(not(feature = "panic-probe"), allow(dead_code))]
     panic_probe: bool,
 }
@@ -134,7 +159,7 @@ impl ModelHandle {
         }
         let loaded = LoadedModel::open(path, options.choice()?)?;
         Ok(Arc::new(ModelHandle {
-            loaded,
+            loaded: Arc::new(loaded),
             panic_probe: options.panic_probe,
         }))
     }
@@ -142,6 +167,11 @@ impl ModelHandle {
     /// The engine's model.
     pub fn loaded(&self) -> &LoadedModel {
         &self.loaded
+    }
+
+    /// The engine's model, shared (the bridge assistant keeps one).
+    pub fn shared(&self) -> Arc<LoadedModel> {
+        self.loaded.clone()
     }
 
     /// What the backend runs on.
@@ -172,20 +202,8 @@ impl ChatHandle {
     /// A new conversation on `model` with `options` (JSON, see [`ChatOptions`]).
     pub fn open(model: &Arc<ModelHandle>, options: Option<&str>) -> FfiResult<ChatHandle> {
         let o: ChatOptions = parse(options)?;
-        let sampler = SamplerConfig {
-            temperature: o.temperature,
-            top_k: o.top_k,
-            top_p: o.top_p,
-            min_p: o.min_p,
-            repeat_penalty: o.repeat_penalty,
-            seed: o.seed,
-            ..SamplerConfig::default()
-        };
-        sampler.validate()?;
-        if o.context == 0 {
-            return Err(FfiError::invalid("options: context must be at least 1"));
-        }
-        let chat = open_chat(model, o.context, o.system.as_deref())?;
+        let sampler = o.sampler()?;
+        let chat = open_chat(model, o.context()?, o.system.as_deref())?;
         Ok(ChatHandle {
             state: Mutex::new(ChatState {
                 chat,
@@ -326,7 +344,7 @@ mod probe {
 }
 
 #[cfg(test)]
-#[allow(clippy::unwrap_used)]
+#[allow(clippy::unwrap_used, clippy::panic)]
 mod tests {
     use super::*;
 

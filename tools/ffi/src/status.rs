@@ -55,6 +55,13 @@ pub enum SottoStatus {
     Io = 13,
     /// A failure the other codes do not describe.
     Internal = 14,
+    /// An envelope from a peer whose identity key changed: refused, nothing
+    /// changed. Compare safety numbers, then
+    /// `sotto_assistant_accept_identity`.
+    UntrustedIdentity = 15,
+    /// A bound of the assistant device would be exceeded (peers, unanswered
+    /// messages, unacknowledged replies); nothing changed.
+    Limit = 16,
 }
 
 /// An error on its way to the boundary: a code and a message (never

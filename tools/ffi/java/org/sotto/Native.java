@@ -31,4 +31,21 @@ final class Native {
     static native void chatReset(long chat);
 
     static native void chatFree(long chat);
+
+    static native long assistantOpen(long model, String stateDir, byte[] key, String optionsJson);
+
+    static native String assistantPrekeyBundle(long assistant);
+
+    static native void assistantHandle(
+            long assistant, String sender, int deviceId, int kind, byte[] body, ReplyListener listener);
+
+    static native int assistantOutbox(long assistant, ReplyListener listener);
+
+    static native String assistantSafetyNumber(long assistant, String peer, int deviceId);
+
+    static native void assistantAcceptIdentity(long assistant, String peer, int deviceId);
+
+    static native int assistantRotateSignedPrekey(long assistant);
+
+    static native void assistantFree(long assistant);
 }

@@ -34,6 +34,10 @@ public class SottoException extends RuntimeException {
     public static final int IO = 13;
     /** {@code SOTTO_STATUS_INTERNAL}. */
     public static final int INTERNAL = 14;
+    /** {@code SOTTO_STATUS_UNTRUSTED_IDENTITY}. */
+    public static final int UNTRUSTED_IDENTITY = 15;
+    /** {@code SOTTO_STATUS_LIMIT}. */
+    public static final int LIMIT = 16;
 
     private static final long serialVersionUID = 1L;
 
