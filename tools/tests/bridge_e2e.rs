@@ -430,8 +430,7 @@ impl Drop for SocketServer {
 
 fn socket_server(name: &str) -> SocketServer {
     let path = temp_path(name);
-    let child = serve_command(&["--socket"])
-        .arg(&path)
+    let child = serve_command(&["--socket", path.to_str().unwrap()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -440,7 +439,7 @@ fn socket_server(name: &str) -> SocketServer {
     let started = Instant::now();
     while UnixStream::connect(&path).is_err() {
         assert!(
-            started.elapsed() < Duration::from_secs(120),
+            started.elapsed() < Duration::from_secs(300),
             "the socket never came up"
         );
         std::thread::sleep(Duration::from_millis(50));
