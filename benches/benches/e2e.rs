@@ -41,7 +41,7 @@ fn e2e(c: &mut Criterion) {
     };
     let model = Arc::new(Model::load(&path).expect("default model loads"));
     let isa = format!("{:?}", sotto_kernels::dispatch::table().isa).to_lowercase();
-    let dtype = format!("{:?}", model.weights.layers[0].ffn_down.dtype).to_lowercase();
+    let dtype = format!("{:?}", model.weights.layers[0].ffn_down.weight.dtype).to_lowercase();
     let vocab = model.spec.vocab_size;
     let mut backend = CpuBackend::new(model.clone(), 0).expect("cpu backend");
 

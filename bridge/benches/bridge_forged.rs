@@ -13,6 +13,7 @@
 use criterion::{criterion_group, criterion_main, Criterion};
 use rand::SeedableRng;
 use rand_chacha::ChaCha20Rng;
+use sotto_bridge::fuzzing::forged_signal_message;
 use sotto_bridge::{
     known_answer, message_decrypt, message_encrypt, process_prekey_bundle, CiphertextMessage,
     IdentityKey, IdentityKeyPair, InMemProtocolStore, KeyPair, PreKeyBundle, PreKeyRecord,
@@ -30,11 +31,14 @@ struct Worst {
     rng: ChaCha20Rng,
 }
 
-/// Bob's record at every limit, built through the public API: each of
-/// Alice's sessions starts from a new bundle, then fills Bob's receiving
-/// chains by sending `MAX_SKIPPED_KEYS_PER_CHAIN + 1` messages of which only
-/// the last arrives, and ratchets after each.
-fn worst_case_record() -> Worst {
+/// Bob's record with every archived state kept, built through the public
+/// API: each of Alice's sessions starts from a new bundle. `full`: each
+/// state also fills Bob's receiving chains, Alice sending
+/// `MAX_SKIPPED_KEYS_PER_CHAIN + 1` messages of which only the last
+/// arrives, and ratcheting after each (the largest record, whose load is
+/// the floor of any message); otherwise one chain, no skipped keys (the
+/// protocol work alone).
+fn worst_case_record(full: bool) -> Worst {
     let mut rng = ChaCha20Rng::seed_from_u64(0xF0);
     let alice_id = IdentityKeyPair::generate(&mut rng);
     let bob_id = IdentityKeyPair::generate(&mut rng);
@@ -46,21 +50,13 @@ fn worst_case_record() -> Worst {
         let mut alice = InMemProtocolStore::new(alice_id.clone(), 1);
         let signed = SignedPreKeyRecord::generate(session + 1, 0, &bob_id, &mut rng);
         let pre = PreKeyRecord::generate(session + 1, &mut rng);
-        let bundle = PreKeyBundle {
-            registration_id: 2,
-            device_id: 1,
-            pre_key: Some((session + 1, pre.key_pair.public_key)),
-            signed_pre_key_id: session + 1,
-            signed_pre_key: signed.key_pair.public_key,
-            signed_pre_key_signature: signed.signature.to_vec(),
-            identity_key: *bob_id.identity_key(),
-        };
+        let bundle = PreKeyBundle::from_records(2, 1, *bob_id.identity_key(), &signed, Some(&pre));
         ok(bob.save_signed_pre_key(signed));
         ok(bob.save_pre_key(pre));
         ok(process_prekey_bundle(&b, &bundle, &mut alice, &mut rng));
         let first = ok(message_encrypt(b"open", &b, &mut alice));
         ok(message_decrypt(&first, &a, &mut bob, &mut rng));
-        for _ in 0..MAX_RECEIVER_CHAINS {
+        for _ in 0..if full { MAX_RECEIVER_CHAINS } else { 0 } {
             let reply = ok(message_encrypt(b"ack", &a, &mut bob));
             ok(message_decrypt(&reply, &b, &mut alice, &mut rng));
             let mut last = None;
@@ -89,44 +85,25 @@ fn ok<T>(r: sotto_bridge::Result<T>) -> T {
     r.unwrap_or_else(|e| panic!("{e}"))
 }
 
-fn forged_signal(counter: u32, rng: &mut ChaCha20Rng) -> sotto_bridge::SignalMessage {
-    let key = |rng: &mut ChaCha20Rng| KeyPair::generate(rng).public_key;
-    known_answer::signal_message(
-        &[0x42; 32],
-        key(rng),
-        counter,
-        0,
-        vec![0x17; 48],
-        &IdentityKey(key(rng)),
-        &IdentityKey(key(rng)),
-    )
+fn forged(c: &mut Criterion) {
+    for (full, record_name) in [(false, "41_states_sparse"), (true, "41_states_full")] {
+        forged_against(c, worst_case_record(full), record_name);
+    }
 }
 
-fn forged(c: &mut Criterion) {
-    let mut w = worst_case_record();
-    let bytes = w
-        .bob
-        .load_session(&w.alice)
-        .ok()
-        .flatten()
-        .map(|r| r.serialize().len())
+fn forged_against(c: &mut Criterion, mut w: Worst, record_name: &str) {
+    let record = ok(w.bob.load_session(&w.alice))
+        .map(|r| r.serialize())
         .unwrap_or_default();
     eprintln!(
-        "worst-case record: {} states, {:.1} MiB serialized",
+        "{record_name}: {} states, {:.2} MiB serialized",
         1 + ARCHIVED_STATES_MAX,
-        bytes as f64 / (1 << 20) as f64
+        record.len() as f64 / (1 << 20) as f64
     );
     let states = 1 + ARCHIVED_STATES_MAX as u32;
     let mut group = c.benchmark_group("forged_message");
     group.sample_size(10);
-    let record = w
-        .bob
-        .load_session(&w.alice)
-        .ok()
-        .flatten()
-        .map(|r| r.serialize())
-        .unwrap_or_default();
-    group.bench_function("record_load_only/41_states_full", |b| {
+    group.bench_function(format!("record_load_only/{record_name}"), |b| {
         b.iter(|| SessionRecord::deserialize(&record).map(|r| r.archived_count()))
     });
     let mut forge_rng = ChaCha20Rng::seed_from_u64(7);
@@ -138,8 +115,8 @@ fn forged(c: &mut Criterion) {
         ),
         ("signal_new_ratchet_counter_0", 0),
     ] {
-        let m = CiphertextMessage::Signal(forged_signal(counter, &mut forge_rng));
-        group.bench_function(format!("{name}/41_states_full"), |b| {
+        let m = CiphertextMessage::Signal(forged_signal_message(counter, &mut forge_rng));
+        group.bench_function(format!("{name}/{record_name}"), |b| {
             b.iter(|| {
                 let r = message_decrypt(&m, &w.alice, &mut w.bob, &mut w.rng);
                 assert!(r.is_err(), "a forged message decrypted");
@@ -152,14 +129,17 @@ fn forged(c: &mut Criterion) {
         1,
         KeyPair::generate(&mut forge_rng).public_key,
         w.alice_identity,
-        forged_signal(MAX_FORWARD_JUMPS, &mut forge_rng),
+        forged_signal_message(MAX_FORWARD_JUMPS, &mut forge_rng),
     ));
-    group.bench_function("prekey_new_base_key_counter_max_jump/41_states_full", |b| {
-        b.iter(|| {
-            let r = message_decrypt(&prekey, &w.alice, &mut w.bob, &mut w.rng);
-            assert!(r.is_err(), "a forged message decrypted");
-        })
-    });
+    group.bench_function(
+        format!("prekey_new_base_key_counter_max_jump/{record_name}"),
+        |b| {
+            b.iter(|| {
+                let r = message_decrypt(&prekey, &w.alice, &mut w.bob, &mut w.rng);
+                assert!(r.is_err(), "a forged message decrypted");
+            })
+        },
+    );
     group.finish();
     // A refused message consumes nothing.
     assert!(w.bob.get_pre_key(UNUSED_PRE_KEY).is_ok());

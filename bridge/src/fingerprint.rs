@@ -50,6 +50,7 @@ pub fn safety_number(
 }
 
 #[cfg(test)]
+#[allow(clippy::panic)]
 mod tests {
     use super::*;
     use crate::keys::PublicKey;

@@ -4,6 +4,7 @@
 
 use rand_core::SeedableRng as _;
 
+use crate::keys::{IdentityKey, KeyPair};
 use crate::message::{CiphertextMessage, PreKeySignalMessage, SignalMessage};
 use crate::prekeys::{PreKeyBundle, PreKeyRecord, SignedPreKeyRecord};
 use crate::session::{message_decrypt, message_encrypt, process_prekey_bundle};
@@ -22,6 +23,27 @@ pub fn decode_message(data: &[u8]) {
         assert_eq!(m.serialized(), data);
         let _ = m.message().counter();
     }
+}
+
+/// A SignalMessage made up by someone without any key: a fresh ratchet
+/// key (so the receiver tries a DH step), the given counter (so it walks
+/// that far), an arbitrary body and a MAC under made-up identities. What
+/// the cost bound of an unauthenticated message is measured with.
+pub fn forged_signal_message<R: rand_core::RngCore + rand_core::CryptoRng>(
+    counter: u32,
+    rng: &mut R,
+) -> SignalMessage {
+    let mut key = || KeyPair::generate(rng).public_key;
+    let (ratchet, sender, receiver) = (key(), IdentityKey(key()), IdentityKey(key()));
+    SignalMessage::new(
+        &[0x42; 32],
+        ratchet,
+        counter,
+        0,
+        vec![0x17; 48],
+        &sender,
+        &receiver,
+    )
 }
 
 /// Fixed two-party state: Bob's store after one message each way.

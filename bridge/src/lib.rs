@@ -4,7 +4,10 @@
 //! - Protocol: XEdDSA over X25519 identity keys, X3DH
 //!   ([`process_prekey_bundle`]), the Double Ratchet ([`message_encrypt`],
 //!   [`message_decrypt`]) with libsignal's constants, limits and wire format;
-//!   checked live against python-axolotl 0.2.3 (tests/tests/bridge_axolotl.rs).
+//!   checked live against Signal's libsignal 0.72.1 and python-axolotl 0.2.3
+//!   (tests/tests/bridge_libsignal.rs, tests/tests/bridge_axolotl.rs).
+//! - The work one unauthenticated message can cause is bounded (see
+//!   [`MAX_CHAIN_STEPS_PER_MESSAGE`] and the bound stated in session.rs).
 //! - Decryption runs on a copy of the session record: a rejected message
 //!   leaves the stores untouched.
 //! - Stores: one trait per record kind, in memory ([`InMemProtocolStore`]).

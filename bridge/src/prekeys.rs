@@ -75,6 +75,25 @@ pub struct PreKeyBundle {
 }
 
 impl PreKeyBundle {
+    /// The bundle publishing `signed` and, if given, the one-time `pre_key`.
+    pub fn from_records(
+        registration_id: u32,
+        device_id: u32,
+        identity_key: IdentityKey,
+        signed: &SignedPreKeyRecord,
+        pre_key: Option<&PreKeyRecord>,
+    ) -> Self {
+        Self {
+            registration_id,
+            device_id,
+            pre_key: pre_key.map(|p| (p.id, p.key_pair.public_key)),
+            signed_pre_key_id: signed.id,
+            signed_pre_key: signed.key_pair.public_key,
+            signed_pre_key_signature: signed.signature.to_vec(),
+            identity_key,
+        }
+    }
+
     pub fn verify_signature(&self) -> Result<()> {
         if self.identity_key.public_key().verify_signature(
             &self.signed_pre_key.serialize(),

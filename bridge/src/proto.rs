@@ -72,9 +72,19 @@ pub(crate) struct ChainProto {
     pub chain_key: Vec<u8>,
     #[prost(uint32, tag = "4")]
     pub index: u32,
+    /// Skipped message keys as written before `skipped_packed`; read, no
+    /// longer written.
     #[prost(message, repeated, tag = "5")]
     pub skipped: Vec<SkippedKeyProto>,
+    /// Skipped message keys, oldest first, [`SKIPPED_KEY_LEN`] bytes each:
+    /// `counter (u32 LE) || cipher key (32) || mac key (32) || iv (16)`. One
+    /// buffer instead of three allocations per key: a record at its limits
+    /// holds 410,000 of them and is read for every message.
+    #[prost(bytes = "vec", tag = "6")]
+    pub skipped_packed: Vec<u8>,
 }
+
+pub(crate) const SKIPPED_KEY_LEN: usize = 4 + 32 + 32 + 16;
 
 #[derive(Clone, PartialEq, prost::Message, Zeroize, ZeroizeOnDrop)]
 #[prost(skip_debug)]

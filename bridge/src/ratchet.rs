@@ -154,7 +154,7 @@ pub(crate) fn encrypt_signal(state: &mut SessionState, plaintext: &[u8]) -> Sign
 /// changing it: [`try_decrypt`] verifies the message, [`commit`] applies.
 /// A forged message therefore never costs a copy of the state.
 pub(crate) struct Verified {
-    pub plaintext: Zeroizing<Vec<u8>>,
+    plaintext: Zeroizing<Vec<u8>>,
     /// The peer's new ratchet key started a receiving chain: the root key
     /// after the receiving half of the DH step, and that chain at index 0.
     ratchet_step: Option<(RootKey, ChainKey)>,

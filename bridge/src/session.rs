@@ -284,7 +284,8 @@ fn decrypt_with_record<R: RngCore + CryptoRng>(
 #[allow(clippy::panic)]
 mod tests {
     use super::*;
-    use crate::keys::{IdentityKey, IdentityKeyPair};
+    use crate::fuzzing::forged_signal_message;
+    use crate::keys::IdentityKeyPair;
     use crate::prekeys::{PreKeyRecord, SignedPreKeyRecord};
     use crate::state::SessionRecord;
     use crate::state::{
@@ -329,15 +330,8 @@ mod tests {
                 let id = session as u32 + 1;
                 let signed = SignedPreKeyRecord::generate(id, 0, &b_id, &mut rng);
                 let pre = PreKeyRecord::generate(id, &mut rng);
-                let bundle = PreKeyBundle {
-                    registration_id: 2,
-                    device_id: 1,
-                    pre_key: Some((id, pre.key_pair.public_key)),
-                    signed_pre_key_id: id,
-                    signed_pre_key: signed.key_pair.public_key,
-                    signed_pre_key_signature: signed.signature.to_vec(),
-                    identity_key: *b_id.identity_key(),
-                };
+                let bundle =
+                    PreKeyBundle::from_records(2, 1, *b_id.identity_key(), &signed, Some(&pre));
                 ok(bob.save_signed_pre_key(signed));
                 ok(bob.save_pre_key(pre));
                 ok(process_prekey_bundle(&b, &bundle, &mut alice, &mut rng));
@@ -379,21 +373,6 @@ mod tests {
         }
     }
 
-    /// A SignalMessage made up without any key: a fresh ratchet key, the
-    /// given counter, random body and MAC.
-    fn forged_signal(counter: u32, rng: &mut ChaCha20Rng) -> SignalMessage {
-        let key = |rng: &mut ChaCha20Rng| KeyPair::generate(rng).public_key;
-        SignalMessage::new(
-            &[0x42; 32],
-            key(rng),
-            counter,
-            0,
-            vec![0x17; 48],
-            &IdentityKey(key(rng)),
-            &IdentityKey(key(rng)),
-        )
-    }
-
     /// The worst case of a forged SignalMessage against a record with every
     /// archived state kept: a new ratchet key (a DH step on each state) and
     /// a counter as far as one state allows, or as far as every state can
@@ -410,7 +389,7 @@ mod tests {
             MAX_CHAIN_STEPS_PER_MESSAGE / states as u32,
             0,
         ] {
-            let forged = CiphertextMessage::Signal(forged_signal(counter, &mut forge_rng));
+            let forged = CiphertextMessage::Signal(forged_signal_message(counter, &mut forge_rng));
             let (result, n) = r.bob_receives(&forged);
             eprintln!("forged SignalMessage, counter {counter}: {n:?}");
             assert!(
@@ -448,7 +427,7 @@ mod tests {
                 1,
                 base,
                 *our.identity_key(),
-                forged_signal(MAX_FORWARD_JUMPS, &mut forge_rng),
+                forged_signal_message(MAX_FORWARD_JUMPS, &mut forge_rng),
             ));
             let (result, n) = r.bob_receives(&forged);
             eprintln!("forged PreKeySignalMessage, {what}: {n:?}");

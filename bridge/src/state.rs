@@ -10,7 +10,7 @@ use crate::error::{malformed, Error, Result};
 use crate::kdf::{ChainKey, MessageKeys, RootKey};
 use crate::keys::{IdentityKey, KeyPair, PrivateKey, PublicKey};
 use crate::proto::{
-    ChainProto, PendingPreKeyProto, SessionRecordProto, SessionStateProto, SkippedKeyProto,
+    ChainProto, PendingPreKeyProto, SessionRecordProto, SessionStateProto, SKIPPED_KEY_LEN,
 };
 use crate::work::{self, Op};
 
@@ -145,15 +145,8 @@ impl SessionState {
                 ratchet_private: private.map(|p| p.serialize().to_vec()).unwrap_or_default(),
                 chain_key: ck.key.to_vec(),
                 index: ck.index,
-                skipped: skipped
-                    .iter()
-                    .map(|k| SkippedKeyProto {
-                        counter: k.counter,
-                        cipher_key: k.cipher_key.to_vec(),
-                        mac_key: k.mac_key.to_vec(),
-                        iv: k.iv.to_vec(),
-                    })
-                    .collect(),
+                skipped: Vec::new(),
+                skipped_packed: pack_skipped(skipped),
             }
         };
         SessionStateProto {
@@ -211,7 +204,11 @@ impl SessionState {
         };
         let mut receivers = VecDeque::with_capacity(p.receiver_chains.len());
         for c in &p.receiver_chains {
-            let mut skipped = VecDeque::with_capacity(c.skipped.len());
+            if c.skipped_packed.len() % SKIPPED_KEY_LEN != 0 {
+                return Err(malformed("session state", "packed skipped keys"));
+            }
+            let mut skipped =
+                VecDeque::with_capacity(c.skipped.len() + c.skipped_packed.len() / SKIPPED_KEY_LEN);
             for k in &c.skipped {
                 skipped.push_back(MessageKeys {
                     cipher_key: key32(&k.cipher_key, "cipher key")?,
@@ -224,6 +221,11 @@ impl SessionState {
                     counter: k.counter,
                 });
             }
+            skipped.extend(
+                c.skipped_packed
+                    .chunks_exact(SKIPPED_KEY_LEN)
+                    .map(unpack_skipped),
+            );
             receivers.push_back(ReceiverChain {
                 ratchet_key: PublicKey::deserialize(&c.ratchet_public)?,
                 chain_key: chain_key(c)?,
@@ -251,6 +253,39 @@ impl SessionState {
             alice_base_key: PublicKey::deserialize(&p.alice_base_key)?,
         })
     }
+}
+
+/// Skipped keys in the packed layout of `ChainProto::skipped_packed`, in a
+/// buffer sized up front (growing would leave key bytes in freed memory).
+fn pack_skipped(skipped: &VecDeque<MessageKeys>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(skipped.len() * SKIPPED_KEY_LEN);
+    for k in skipped {
+        out.extend_from_slice(&k.counter.to_le_bytes());
+        out.extend_from_slice(&k.cipher_key);
+        out.extend_from_slice(&k.mac_key);
+        out.extend_from_slice(&k.iv);
+    }
+    out
+}
+
+/// One key of the packed layout; `bytes` is [`SKIPPED_KEY_LEN`] long.
+fn unpack_skipped(bytes: &[u8]) -> MessageKeys {
+    let mut keys = MessageKeys {
+        cipher_key: [0; 32],
+        mac_key: [0; 32],
+        iv: [0; 16],
+        counter: 0,
+    };
+    let (counter, rest) = bytes.split_at(4);
+    let (cipher_key, rest) = rest.split_at(32);
+    let (mac_key, iv) = rest.split_at(32);
+    let mut le = [0u8; 4];
+    le.copy_from_slice(counter);
+    keys.counter = u32::from_le_bytes(le);
+    keys.cipher_key.copy_from_slice(cipher_key);
+    keys.mac_key.copy_from_slice(mac_key);
+    keys.iv.copy_from_slice(iv);
+    keys
 }
 
 /// Makes room for `additional` more items without leaving copies of them
@@ -400,5 +435,92 @@ impl SessionRecord {
                 .map(SessionState::from_proto)
                 .collect::<Result<_>>()?,
         })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::proto::SkippedKeyProto;
+    use crate::session::{message_decrypt, message_encrypt, process_prekey_bundle};
+    use crate::store::{InMemProtocolStore, SessionStore, SignedPreKeyStore};
+    use crate::{IdentityKeyPair, PreKeyBundle, ProtocolAddress, SignedPreKeyRecord};
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    /// Bob's record after Alice's fifth message arrived alone: four
+    /// skipped keys.
+    fn record_with_skipped_keys() -> SessionRecord {
+        let ok = |r: Result<()>| r.unwrap_or_else(|e| panic!("{e}"));
+        let mut rng = ChaCha20Rng::seed_from_u64(12);
+        let (a_id, b_id) = (
+            IdentityKeyPair::generate(&mut rng),
+            IdentityKeyPair::generate(&mut rng),
+        );
+        let mut alice = InMemProtocolStore::new(a_id, 1);
+        let mut bob = InMemProtocolStore::new(b_id.clone(), 2);
+        let signed = SignedPreKeyRecord::generate(1, 0, &b_id, &mut rng);
+        let bundle = PreKeyBundle::from_records(2, 1, *b_id.identity_key(), &signed, None);
+        ok(bob.save_signed_pre_key(signed));
+        let (a, b) = (ProtocolAddress::new("a", 1), ProtocolAddress::new("b", 1));
+        ok(process_prekey_bundle(&b, &bundle, &mut alice, &mut rng));
+        let mut last = None;
+        for _ in 0..5 {
+            last = message_encrypt(b"m", &b, &mut alice).ok();
+        }
+        let last = last.unwrap_or_else(|| panic!("nothing sent"));
+        message_decrypt(&last, &a, &mut bob, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        bob.load_session(&a)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("no record"))
+    }
+
+    /// Records written with one protobuf message per skipped key (before
+    /// the packed layout) still load, to the same keys.
+    #[test]
+    fn skipped_keys_load_from_both_layouts() {
+        let record = record_with_skipped_keys();
+        let packed = record.serialize();
+        let mut proto = SessionRecordProto::decode(&packed[1..]).unwrap_or_else(|e| panic!("{e}"));
+        let mut moved = 0;
+        for state in proto.current.iter_mut().chain(proto.previous.iter_mut()) {
+            for chain in &mut state.receiver_chains {
+                chain.skipped = chain
+                    .skipped_packed
+                    .chunks_exact(SKIPPED_KEY_LEN)
+                    .map(unpack_skipped)
+                    .map(|k| SkippedKeyProto {
+                        counter: k.counter,
+                        cipher_key: k.cipher_key.to_vec(),
+                        mac_key: k.mac_key.to_vec(),
+                        iv: k.iv.to_vec(),
+                    })
+                    .collect();
+                moved += chain.skipped.len();
+                chain.skipped_packed.clear();
+            }
+        }
+        assert_eq!(moved, 4);
+        let mut legacy = vec![RECORD_SNAPSHOT_VERSION];
+        legacy.extend(proto.encode_to_vec());
+        assert_ne!(&legacy[..], &packed[..]);
+        let reloaded = SessionRecord::deserialize(&legacy).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(reloaded.serialize(), packed);
+        // A packed buffer cut mid-key is malformed, not a panic.
+        let mut proto = SessionRecordProto::decode(&packed[1..]).unwrap_or_else(|e| panic!("{e}"));
+        if let Some(chain) = proto
+            .current
+            .as_mut()
+            .and_then(|s| s.receiver_chains.first_mut())
+        {
+            chain.skipped_packed.pop();
+        }
+        let mut cut = vec![RECORD_SNAPSHOT_VERSION];
+        cut.extend(proto.encode_to_vec());
+        assert!(matches!(
+            SessionRecord::deserialize(&cut),
+            Err(Error::Malformed { .. })
+        ));
     }
 }

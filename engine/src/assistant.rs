@@ -15,10 +15,9 @@
 //! itself is [`AssistantError::MessageTooLong`] (the bridge sends a short
 //! refusal instead).
 
-use crate::{Chat, CpuBackend, GenerateOptions, SamplerConfig, Session};
+use crate::{Chat, GenerateOptions, LoadedModel, SamplerConfig};
 use sotto_bridge::{Assistant, AssistantError, ConversationId, Role, Turn};
 use sotto_models::chat::ChatMessage;
-use sotto_models::Model;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -32,7 +31,6 @@ pub struct AssistantConfig {
     /// half the context).
     pub max_tokens: usize,
     pub context: usize,
-    pub threads: usize,
     /// Conversations whose KV caches stay in memory; older ones are dropped
     /// and re-prefilled from their (stored) history when they speak again.
     pub warm_conversations: usize,
@@ -45,7 +43,6 @@ impl Default for AssistantConfig {
             sampler: SamplerConfig::greedy(),
             max_tokens: 256,
             context: 2048,
-            threads: 0,
             warm_conversations: 4,
         }
     }
@@ -68,10 +65,11 @@ struct TemplateCost {
 }
 
 pub struct EngineAssistant {
-    model: Arc<Model>,
-    /// Prepared once; each conversation gets a cheap clone (shared norms,
-    /// rope tables and thread pool) with its own KV cache.
-    backend: CpuBackend,
+    /// Opened through the engine's one entry point (any backend); each
+    /// conversation gets a backend of its own from it (for the CPU a cheap
+    /// clone sharing norms, rope tables and thread pool) with its own KV
+    /// cache.
+    model: Arc<LoadedModel>,
     config: AssistantConfig,
     template_cost: Option<TemplateCost>,
     /// Most recently used last.
@@ -135,15 +133,13 @@ fn window_start(
 }
 
 impl EngineAssistant {
-    pub fn new(model: Arc<Model>, config: AssistantConfig) -> Result<Self, AssistantError> {
-        let backend = CpuBackend::new(model.clone(), config.threads).map_err(engine_error)?;
-        Ok(Self {
+    pub fn new(model: Arc<LoadedModel>, config: AssistantConfig) -> Self {
+        Self {
             model,
-            backend,
             config,
             template_cost: None,
             chats: VecDeque::new(),
-        })
+        }
     }
 
     pub fn config(&self) -> &AssistantConfig {
@@ -156,15 +152,12 @@ impl EngineAssistant {
                 return Ok(warm);
             }
         }
-        let session = Session::new(
-            Box::new(self.backend.clone()),
-            Arc::new(self.model.tokenizer.clone()),
-            self.config.context,
-        )
-        .map_err(engine_error)?;
         Ok(WarmChat {
             id: id.clone(),
-            chat: Chat::new(session, Arc::new(self.model.template.clone()), None),
+            chat: self
+                .model
+                .chat(self.config.context, None)
+                .map_err(engine_error)?,
             costs: Vec::new(),
         })
     }
@@ -172,6 +165,7 @@ impl EngineAssistant {
     fn content_tokens(&self, text: &str) -> Result<usize, AssistantError> {
         Ok(self
             .model
+            .model()
             .tokenizer
             .encode(text, true)
             .map_err(|e| engine_error(e.into()))?

@@ -1,53 +1,156 @@
 //! The engine's one error type. Variants carry context (sizes, names) and
 //! never the prompt or generated text: those may be private messages.
+//! Errors of the libraries a backend runs on (ONNX Runtime, the ONNX
+//! exporter) are kept as typed sources, so callers match them (a refused
+//! CPU fallback, a dynamic shape) instead of reading strings.
 
+use std::path::PathBuf;
 use thiserror::Error;
 
+/// The engine's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Everything that can go wrong opening a model, running it or exporting it.
 #[derive(Debug, Error)]
 pub enum Error {
+    /// The model file could not be opened or is not a model the engine
+    /// reads (missing file, bad magic, truncated, unknown architecture…).
+    #[error("{path}: {source}")]
+    ModelFile {
+        /// The file given to [`LoadedModel::open`](crate::LoadedModel::open).
+        path: PathBuf,
+        /// What was wrong with it.
+        #[source]
+        source: sotto_models::Error,
+    },
+
+    /// A model-level failure after loading (tokenizer, chat template data).
     #[error("model: {0}")]
     Model(#[from] sotto_models::Error),
 
+    /// A kernel refused its inputs, or the kernel dispatch could not run
+    /// the instruction-set path asked for.
     #[error("kernel: {0}")]
     Kernel(#[from] sotto_kernels::Error),
 
     /// The prompt (plus what is already cached) does not fit the context.
     #[error("prompt of {prompt_tokens} tokens does not fit the context of {context} tokens ({cached} already used, {reserve} reserved for the answer)")]
     ContextOverflow {
+        /// Tokens of the new prompt.
         prompt_tokens: usize,
+        /// Tokens already in the cache.
         cached: usize,
+        /// Positions kept free for the answer.
         reserve: usize,
+        /// Capacity of the cache.
         context: usize,
     },
 
     /// Generation was cancelled from another thread; the cache holds every
     /// token processed before the cancellation and stays usable.
     #[error("generation cancelled after {generated} tokens")]
-    Cancelled { generated: usize },
+    Cancelled {
+        /// Tokens generated before the cancellation.
+        generated: usize,
+    },
 
+    /// A sampling parameter out of its range.
     #[error("invalid sampling parameter {name}: {reason}")]
-    InvalidSampling { name: &'static str, reason: String },
-
-    #[error("token id {id} is outside the vocabulary of {vocab} tokens")]
-    TokenOutOfRange { id: u32, vocab: usize },
-
-    #[error("KV cache mismatch: {0}")]
-    KvCache(String),
-
-    #[error("could not build a thread pool of {threads} threads: {reason}")]
-    ThreadPool { threads: usize, reason: String },
-
-    #[error("chat template: {0}")]
-    Template(String),
-
-    #[error("backend {backend}: {reason}")]
-    Backend {
-        backend: &'static str,
+    InvalidSampling {
+        /// The parameter (`temperature`, `top_p`…).
+        name: &'static str,
+        /// Why it was refused.
         reason: String,
     },
 
+    /// A token id the model's vocabulary does not have.
+    #[error("token id {id} is outside the vocabulary of {vocab} tokens")]
+    TokenOutOfRange {
+        /// The offending id.
+        id: u32,
+        /// Vocabulary size.
+        vocab: usize,
+    },
+
+    /// A KV cache of another shape than the backend's.
+    #[error("KV cache mismatch: {0}")]
+    KvCache(String),
+
+    /// The CPU backend's worker pool could not be started.
+    #[error("could not build a thread pool of {threads} threads: {reason}")]
+    ThreadPool {
+        /// Threads asked for.
+        threads: usize,
+        /// The pool builder's reason.
+        reason: String,
+    },
+
+    /// The chat template failed to render the conversation.
+    #[error("chat template: {0}")]
+    Template(String),
+
+    /// A backend refused to run for a reason of its own (candle's model
+    /// reader, graphs and CPU model of different shapes in `hybrid`).
+    #[error("backend {backend}: {reason}")]
+    Backend {
+        /// The backend's name.
+        backend: &'static str,
+        /// What it said.
+        reason: String,
+    },
+
+    /// ONNX Runtime (or the graphs it runs) failed; `source` is the typed
+    /// [`ort::Error`](crate::ort::Error): match it for
+    /// `FallbackRefused`, `DynamicShape`, `LibraryMissing`, …
+    #[cfg(feature = "ort")]
+    #[error("{backend}: {source}")]
+    Ort {
+        /// The backend that ran the graphs (`ort`, `ort-foreign`, `hybrid`).
+        backend: &'static str,
+        /// ONNX Runtime's error.
+        #[source]
+        source: crate::ort::Error,
+    },
+
+    /// Exporting graphs failed (unsupported weight type, I/O, manifest).
+    #[error("onnx export: {0}")]
+    Onnx(#[from] crate::onnx::Error),
+
+    /// The description asks for a backend whose cargo feature this build
+    /// of sotto-engine was compiled without.
+    #[error("backend {backend} needs the `{feature}` feature of sotto-engine, which this build was compiled without")]
+    FeatureDisabled {
+        /// The backend asked for.
+        backend: &'static str,
+        /// The cargo feature that brings it.
+        feature: &'static str,
+    },
+
+    /// A backend description that cannot be opened as given.
+    #[error("backend description: {0}")]
+    InvalidDescription(String),
+
+    /// The kernel table is chosen once per process (from `SOTTO_ISA` or
+    /// detection); a description asked for another path.
+    #[error("kernel path {requested} asked for, but this process runs {chosen} (set SOTTO_ISA={requested} before the first model opens)")]
+    IsaFixedPerProcess {
+        /// The path the description named.
+        requested: sotto_kernels::dispatch::Isa,
+        /// The path the process runs.
+        chosen: sotto_kernels::dispatch::Isa,
+    },
+
+    /// A required input was empty.
     #[error("empty input: {0}")]
     Empty(&'static str),
+}
+
+#[cfg(feature = "ort")]
+impl From<crate::ort::Error> for Error {
+    fn from(source: crate::ort::Error) -> Self {
+        Error::Ort {
+            backend: "ort",
+            source,
+        }
+    }
 }

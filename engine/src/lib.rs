@@ -8,6 +8,9 @@
 //!   streaming text that never splits a UTF-8 character, stop strings,
 //!   cancellation from another thread, typed context overflow.
 //! * [`chat`]: conversations through the model's chat template.
+//! * [`open`]: the one entry point: a model file and a [`BackendChoice`]
+//!   (cpu, ort with its EP chain, hybrid, a foreign export, candle) in, a
+//!   [`LoadedModel`] that hands out sessions out.
 //! * [`onnx`] / `ort`: static-graph export and, behind the `ort` feature,
 //!   the ONNX Runtime backends: `ort::OrtDecoder` (the exported graphs on an
 //!   execution-provider chain such as QNN HTP), `ort::HybridBackend`
@@ -25,6 +28,7 @@ pub mod cpu;
 pub mod error;
 pub mod generate;
 pub mod kv_cache;
+pub mod open;
 pub mod sampler;
 pub mod text;
 
@@ -46,4 +50,7 @@ pub use cpu::CpuBackend;
 pub use error::{Error, Result};
 pub use generate::{CancelToken, GenerateOptions, GenerationStats, Session, StopReason};
 pub use kv_cache::KvCache;
+pub use open::{
+    export_graphs, BackendChoice, BackendKind, CpuOptions, GraphTarget, LoadedModel, OrtOptions,
+};
 pub use sampler::{Sampler, SamplerConfig};

@@ -557,6 +557,18 @@ mod tests {
                 assert_eq!(select(None).map(|t| t.isa), Ok(Isa::AvxVnni));
             }
         }
+        // every weight type has a SIMD dot from AVX2 up: no row silently
+        // keeps the scalar reference
+        for isa in [Isa::Avx2, Isa::AvxVnni, Isa::Avx512, Isa::Vnni] {
+            let Ok(t) = table_for(isa) else { continue };
+            for &d in DType::ALL {
+                fn simd<W: WeightBlock>(t: &KernelTable) -> bool {
+                    t.weight::<W>().dot as usize != SCALAR.weight::<W>().dot as usize
+                }
+                let has = with_weight_block!(d, W => simd::<W>(t), true);
+                assert!(has, "{isa} {d}: scalar dot");
+            }
+        }
         if let Ok(t) = table_for(Isa::Vnni) {
             assert!(t.q4_0.gemm.is_some() && t.q4_1.gemm.is_some() && t.q8_0.gemm.is_some());
             assert!(t.q4_0.x16.is_some() && t.q4_1.x16.is_some() && t.q8_0.x16.is_some());

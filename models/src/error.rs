@@ -37,7 +37,7 @@ pub enum Error {
     UnknownTensorType { tensor: String, type_id: u32 },
     #[error("tensor {tensor} has type {ggml_type} (ggml type {}), which sotto cannot run", ggml_type.id())]
     UnsupportedTensorType { tensor: String, ggml_type: GgmlType },
-    #[error("unknown architecture {0:?} (supported: {list})", list = crate::arch::SUPPORTED_ARCHITECTURES.join(", "))]
+    #[error("unknown architecture {0:?} (supported: {list})", list = crate::arch::supported_architectures().join(", "))]
     UnknownArchitecture(String),
     #[error("missing required metadata key {key:?}")]
     MissingKey { key: String },

@@ -1,34 +1,41 @@
-//! The one generic decoder description every backend executes: the CPU
-//! backend runs it, the ONNX exporter walks it. Architectures (see
-//! [`crate::arch`]) differ only in how they fill this struct in; nothing
-//! downstream branches on the architecture name.
+//! The one decoder description every executor walks: the CPU backend runs
+//! it with the kernels, the ONNX exporter emits it as a graph. An
+//! architecture (see [`crate::arch`]) is only a way of filling it in from a
+//! file's hyper-parameters; nothing downstream looks at the architecture name.
 //!
-//! Per layer, with `x` the residual stream (`[d_model]` per position):
+//! The description is data: a [`DecoderSpec`] with one [`LayerSpec`] per
+//! layer (its rope, its attention variant, which optional norms and scales
+//! it has) and, beside it, the tensors of each layer
+//! ([`crate::weights::LayerWeights`]: linears with optional biases, norm
+//! gains, fused projections already split into row views at load). Per layer,
+//! with `x` the residual stream (`[d_model]` per position):
 //! ```text
-//! h = attn_norm(x)                        RMSNorm, eps = norm_eps
-//! q = h·Wq  [n_head·head_dim]   k = h·Wk, v = h·Wv  [n_kv_head·head_dim]
-//! if qk_norm: q, k = per-head RMSNorm(q), RMSNorm(k)
-//! q, k = rope(q, k)                       theta = local_theta on sliding layers
-//! a = softmax(q·kᵀ·attn_scale [softcap] [window]) · v    (GQA: n_head / n_kv_head)
-//! a = a·Wo;  if post_norms: a = post_attention_norm(a);  x += a
-//! h = ffn_norm(x);  f = (act(h·Wgate) ⊙ h·Wup)·Wdown
-//! if post_norms: f = post_ffw_norm(f);  x += f
+//! h = attn_norm(x)                                    RMSNorm, eps = norm_eps
+//! q = h·Wqᵀ (+bq)  [n_head·head_dim]   k, v = h·Wkᵀ (+bk), h·Wvᵀ (+bv)  [n_kv_head·head_dim]
+//! if qk_norm:  q, k = RMSNorm per head(q), RMSNorm per head(k)
+//! q, k = rope(q, k)                  layer.rope: base, scaling, factors, attn_factor
+//! a = softmax(cap·tanh(q·kᵀ·scale / cap) [window]) · v        (GQA: n_head / n_kv_head)
+//! a = a·Woᵀ (+bo);  if post_attention_norm: a = RMSNorm(a);  a *= residual_scale;  x += a
+//! h = ffn_norm(x);  f = (act(h·Wgateᵀ (+b)) ⊙ (h·Wupᵀ (+b)))·Wdownᵀ (+b)
+//! if post_ffn_norm: f = RMSNorm(f);  f *= residual_scale;  x += f
 //! ```
-//! then `logits = output_norm(x)·Woutᵀ` (optionally soft-capped), with the
-//! embedding row scaled by `embed_scale` on the way in.
+//! with `x = embedding row · embed_scale` on the way in and
+//! `logits = cap·tanh((output_norm(x)·Woutᵀ (+b)) · logit_scale / cap)` on the
+//! way out. Absent options are identities.
 
 /// Gated feed-forward activation: `act(gate) * up`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
-    /// SwiGLU: `silu(gate) * up` (Llama family).
+    /// SwiGLU: `silu(gate) * up` (Llama, Qwen, Phi-3, Granite).
     SiluGlu,
     /// GeGLU with the tanh approximation of GELU (Gemma family).
     GeluTanhGlu,
 }
 
 /// How rotary embedding pairs dimensions: `Interleaved` is ggml rope mode 0
-/// (llama GGUFs, whose Q/K rows llama.cpp's converter permuted to match),
-/// `NeoX` mode 2 (Gemma 3). The kernels' type, so backends pass it through.
+/// (llama and granite GGUFs, whose Q/K rows llama.cpp's converter permuted
+/// to match), `NeoX` mode 2 (Qwen, Phi-3, Gemma). The kernels' type, so
+/// backends pass it through.
 pub use sotto_kernels::ops::RopeStyle;
 
 /// Rotary frequency scaling for long contexts.
@@ -36,10 +43,10 @@ pub use sotto_kernels::ops::RopeStyle;
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (ggml `freq_scale = 1/factor`).
-    Linear {
-        factor: f32,
-    },
-    /// Llama 3.1 wavelength-dependent scaling of the inverse frequencies.
+    Linear { factor: f32 },
+    /// Llama 3.1 wavelength-dependent scaling of the inverse frequencies,
+    /// when a converter wrote its parameters as keys (llama.cpp's writes a
+    /// `rope_freqs` tensor instead: [`RopeFactors::Fixed`]).
     Llama3 {
         factor: f32,
         low_freq_factor: f32,
@@ -48,50 +55,52 @@ pub enum RopeScaling {
     },
 }
 
-/// Rotary position embedding parameters.
+/// Per-pair divisors of the rope frequencies stored in the file as tensors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeFactors {
+    None,
+    /// `rope_freqs.weight` (Llama 3.1+), always applied.
+    Fixed,
+    /// Phi-3 `longrope`/`su`: `rope_factors_short.weight` while the KV cache
+    /// holds at most `original_context` positions, `rope_factors_long.weight`
+    /// beyond (llama.cpp chooses by the context size, not the position).
+    ShortLong { original_context: usize },
+}
+
+/// The rotary embedding of one layer. Style and rotated width are the
+/// decoder's ([`DecoderSpec::rope_style`], [`DecoderSpec::n_rot`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RopeSpec {
     /// Base of the inverse frequencies (`freq_base`).
     pub theta: f32,
-    /// Base used on sliding-window layers when it differs (Gemma 3: 10 000).
-    pub local_theta: Option<f32>,
-    pub style: RopeStyle,
-    /// Number of leading dimensions of each head that are rotated.
-    pub n_rot: usize,
-    /// Scaling applied on global layers (sliding layers are never scaled).
     pub scaling: RopeScaling,
+    pub factors: RopeFactors,
+    /// Multiplies cos and sin, so `q·k` grows by its square (ggml's
+    /// `attn_factor`; Phi-3 long-context models store it as
+    /// `rope.scaling.attn_factor`). 1 for every other family.
+    pub attn_factor: f32,
 }
 
 impl RopeSpec {
-    /// ggml's `freq_scale`: the position multiplier of linear scaling
-    /// (`1 / factor`), 1 otherwise. Llama 3 scaling is not a single scale;
-    /// backends that support it use [`inv_freqs`](Self::inv_freqs) (or
-    /// `DecoderWeights::rope_inv_freqs`, which also applies `rope_freqs`).
-    pub fn freq_scale(&self) -> f32 {
-        match self.scaling {
-            RopeScaling::Linear { factor } => 1.0 / factor,
-            RopeScaling::None | RopeScaling::Llama3 { .. } => 1.0,
+    /// A plain rope of base `theta`.
+    pub fn plain(theta: f32) -> Self {
+        RopeSpec {
+            theta,
+            scaling: RopeScaling::None,
+            factors: RopeFactors::None,
+            attn_factor: 1.0,
         }
     }
 
-    /// Inverse frequencies for the `n_rot / 2` rotated pairs of a layer,
-    /// scaling included, so every backend computes the same angles.
-    pub fn inv_freqs(&self, sliding: bool) -> Vec<f32> {
-        let theta = if sliding {
-            self.local_theta.unwrap_or(self.theta)
-        } else {
-            self.theta
-        };
-        let half = self.n_rot / 2;
-        let scaling = if sliding {
-            RopeScaling::None
-        } else {
-            self.scaling
-        };
-        (0..half)
+    /// Inverse frequencies of the `n_rot / 2` rotated pairs, scaling
+    /// included and file factors not (see
+    /// `DecoderWeights::rope_inv_freqs`), in f64 so every backend builds
+    /// the same angles.
+    pub fn inv_freqs(&self, n_rot: usize) -> Vec<f64> {
+        (0..n_rot / 2)
             .map(|i| {
-                let base = 1.0 / (theta as f64).powf((2 * i) as f64 / self.n_rot as f64);
-                let f = match scaling {
+                let base = 1.0 / (self.theta as f64).powf((2 * i) as f64 / n_rot as f64);
+                match self.scaling {
                     RopeScaling::None => base,
                     RopeScaling::Linear { factor } => base / factor as f64,
                     RopeScaling::Llama3 {
@@ -106,10 +115,14 @@ impl RopeSpec {
                         high_freq_factor as f64,
                         original_context as f64,
                     ),
-                };
-                f as f32
+                }
             })
             .collect()
+    }
+
+    /// Whether a KV cache of `capacity` positions reads the long factors.
+    pub fn uses_long_factors(&self, capacity: usize) -> bool {
+        matches!(self.factors, RopeFactors::ShortLong { original_context } if capacity > original_context)
     }
 }
 
@@ -130,7 +143,33 @@ fn llama3_scale(freq: f64, factor: f64, low: f64, high: f64, original_context: f
     }
 }
 
-/// A decoder-only transformer, described generically.
+/// The attention variant of one layer.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AttentionSpec {
+    /// Multiplies `q·k` (usually `1/sqrt(head_dim)`).
+    pub scale: f32,
+    /// `cap * tanh(score / cap)` after scaling (Gemma 2).
+    pub softcap: Option<f32>,
+    /// A query at position `p` sees keys at positions `> p - window` only.
+    pub window: Option<usize>,
+}
+
+/// One transformer block: everything in which layers of one model may differ.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LayerSpec {
+    pub rope: RopeSpec,
+    pub attention: AttentionSpec,
+    /// RMSNorm over each head of Q and K before rope (Gemma 3, Qwen 3).
+    pub qk_norm: bool,
+    /// RMSNorm on the attention output before the residual add (Gemma 2/3).
+    pub post_attention_norm: bool,
+    /// RMSNorm on the FFN output before the residual add (Gemma 2/3).
+    pub post_ffn_norm: bool,
+    /// Multiplies the attention and FFN outputs before each residual add (Granite).
+    pub residual_scale: Option<f32>,
+}
+
+/// A decoder-only transformer, described as data.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DecoderSpec {
     /// `general.architecture` as found in the file.
@@ -148,24 +187,18 @@ pub struct DecoderSpec {
     pub context_length: usize,
     pub norm_eps: f32,
     pub activation: Activation,
-    pub rope: RopeSpec,
-    /// RMSNorm over each head of Q and K before rope (Gemma 3, Qwen 3).
-    pub qk_norm: bool,
-    /// RMSNorm on the attention and FFN outputs before the residual add (Gemma 2/3).
-    pub post_norms: bool,
-    /// Window size of sliding-window layers.
-    pub sliding_window: Option<usize>,
-    /// Per layer: uses the sliding window (and `rope.local_theta`).
-    pub layer_is_sliding: Vec<bool>,
+    pub rope_style: RopeStyle,
+    /// Number of leading dimensions of each head that are rotated.
+    pub n_rot: usize,
+    /// One entry per layer.
+    pub layers: Vec<LayerSpec>,
     /// `output` shares `token_embd`'s data.
     pub tied_embeddings: bool,
-    /// Multiplier applied to embedding rows (Gemma: `sqrt(d_model)`).
+    /// Multiplier applied to embedding rows (Gemma: `sqrt(d_model)`, Granite).
     pub embed_scale: Option<f32>,
-    /// Scale of `q·kᵀ` (usually `1/sqrt(head_dim)`).
-    pub attn_scale: f32,
-    /// `cap * tanh(logit / cap)` on attention scores.
-    pub attn_logit_softcap: Option<f32>,
-    /// `cap * tanh(logit / cap)` on output logits.
+    /// Multiplier of the output logits (Granite: `1 / logit_scale`).
+    pub logit_scale: Option<f32>,
+    /// `cap * tanh(logit / cap)` on the output logits (Gemma 2).
     pub final_logit_softcap: Option<f32>,
 }
 
@@ -182,9 +215,79 @@ impl DecoderSpec {
     pub fn gqa_group(&self) -> usize {
         self.n_head / self.n_kv_head.max(1)
     }
-    /// Whether layer `layer` uses the sliding window.
-    pub fn is_sliding(&self, layer: usize) -> bool {
-        self.layer_is_sliding.get(layer).copied().unwrap_or(false)
+
+    /// The distinct ropes of the layers, in order of first use, and for each
+    /// layer the index of its own: what a backend builds tables for.
+    pub fn distinct_ropes(&self) -> (Vec<RopeSpec>, Vec<usize>) {
+        let mut ropes: Vec<RopeSpec> = Vec::new();
+        let index = self
+            .layers
+            .iter()
+            .map(|l| match ropes.iter().position(|r| *r == l.rope) {
+                Some(i) => i,
+                None => {
+                    ropes.push(l.rope);
+                    ropes.len() - 1
+                }
+            })
+            .collect();
+        (ropes, index)
+    }
+
+    /// The variants in use, in one line (for `sotto inspect` and logs).
+    pub fn features(&self) -> String {
+        let mut f = vec![format!("{:?}", self.activation), format!("rope {:?}/{}", self.rope_style, self.n_rot)];
+        let (ropes, _) = self.distinct_ropes();
+        for r in &ropes {
+            let mut s = format!("base {}", r.theta);
+            if r.scaling != RopeScaling::None {
+                s += &format!(" {:?}", r.scaling);
+            }
+            if r.factors != RopeFactors::None {
+                s += &format!(" factors {:?}", r.factors);
+            }
+            if r.attn_factor != 1.0 {
+                s += &format!(" attn_factor {}", r.attn_factor);
+            }
+            f.push(s);
+        }
+        let windows: Vec<String> = self
+            .layers
+            .iter()
+            .map(|l| l.attention.window.map_or("-".into(), |w| w.to_string()))
+            .collect();
+        if self.layers.iter().any(|l| l.attention.window.is_some()) {
+            f.push(format!("window per layer [{}]", windows.join(",")));
+        }
+        let any = |p: &dyn Fn(&LayerSpec) -> bool| self.layers.iter().any(p);
+        if any(&|l| l.qk_norm) {
+            f.push("qk_norm".into());
+        }
+        if any(&|l| l.post_attention_norm || l.post_ffn_norm) {
+            f.push("post_norms".into());
+        }
+        if let Some(l) = self.layers.first() {
+            f.push(format!("attn scale {}", l.attention.scale));
+            if let Some(c) = l.attention.softcap {
+                f.push(format!("attn softcap {c}"));
+            }
+            if let Some(r) = l.residual_scale {
+                f.push(format!("residual scale {r}"));
+            }
+        }
+        if let Some(s) = self.embed_scale {
+            f.push(format!("embed scale {s}"));
+        }
+        if let Some(s) = self.logit_scale {
+            f.push(format!("logit scale {s}"));
+        }
+        if let Some(c) = self.final_logit_softcap {
+            f.push(format!("final softcap {c}"));
+        }
+        if self.tied_embeddings {
+            f.push("tied embeddings".into());
+        }
+        f.join(", ")
     }
 }
 
@@ -193,52 +296,51 @@ mod tests {
     use super::*;
 
     #[test]
-    fn inv_freqs_follow_theta_and_local_theta() {
-        let rope = RopeSpec {
-            theta: 1_000_000.0,
-            local_theta: Some(10_000.0),
-            style: RopeStyle::NeoX,
-            n_rot: 8,
+    fn inv_freqs_follow_theta_and_linear_scaling() {
+        let global = RopeSpec {
             scaling: RopeScaling::Linear { factor: 8.0 },
+            ..RopeSpec::plain(1_000_000.0)
         };
-        let global = rope.inv_freqs(false);
-        let local = rope.inv_freqs(true);
-        assert_eq!(global.len(), 4);
-        assert!((global[0] - 1.0 / 8.0).abs() < 1e-7);
-        assert!((local[0] - 1.0).abs() < 1e-7);
-        // theta^(-2/8) = 10000^(-0.25) = 0.1 on the unscaled local layer
-        assert!((local[1] - 0.1).abs() < 1e-6);
-        assert!((global[1] - 1_000_000f32.powf(-0.25) / 8.0).abs() < 1e-7);
-        assert_eq!(rope.freq_scale(), 0.125);
+        let local = RopeSpec::plain(10_000.0);
+        let (g, l) = (global.inv_freqs(8), local.inv_freqs(8));
+        assert_eq!(g.len(), 4);
+        assert!((g[0] - 1.0 / 8.0).abs() < 1e-12);
+        assert!((l[0] - 1.0).abs() < 1e-12);
+        // theta^(-2/8) = 10000^(-0.25) = 0.1 on the unscaled local rope
+        assert!((l[1] - 0.1).abs() < 1e-12);
+        assert!((g[1] - 1e6f64.powf(-0.25) / 8.0).abs() < 1e-12);
     }
 
     #[test]
     fn llama3_scaling_keeps_high_and_slows_low_frequencies() {
         let rope = RopeSpec {
-            theta: 500_000.0,
-            local_theta: None,
-            style: RopeStyle::Interleaved,
-            n_rot: 128,
             scaling: RopeScaling::Llama3 {
                 factor: 8.0,
                 low_freq_factor: 1.0,
                 high_freq_factor: 4.0,
                 original_context: 8192,
             },
+            ..RopeSpec::plain(500_000.0)
         };
-        let unscaled = RopeSpec {
-            scaling: RopeScaling::None,
-            ..rope
-        };
-        let (s, u) = (rope.inv_freqs(false), unscaled.inv_freqs(false));
-        assert!((s[0] - u[0]).abs() < 1e-9, "highest frequency unchanged");
+        let (s, u) = (rope.inv_freqs(128), RopeSpec::plain(500_000.0).inv_freqs(128));
+        assert!((s[0] - u[0]).abs() < 1e-15, "highest frequency unchanged");
         let last = s.len() - 1;
-        assert!(
-            (s[last] - u[last] / 8.0).abs() < 1e-12,
-            "lowest slowed by factor"
-        );
+        assert!((s[last] - u[last] / 8.0).abs() < 1e-18, "lowest slowed by factor");
         for i in 0..s.len() {
-            assert!(s[i] <= u[i] + 1e-9 && s[i] >= u[i] / 8.0 - 1e-12);
+            assert!(s[i] <= u[i] + 1e-15 && s[i] >= u[i] / 8.0 - 1e-18);
         }
+    }
+
+    #[test]
+    fn long_factors_start_past_the_original_context() {
+        let rope = RopeSpec {
+            factors: RopeFactors::ShortLong {
+                original_context: 4096,
+            },
+            ..RopeSpec::plain(10_000.0)
+        };
+        assert!(!rope.uses_long_factors(4096));
+        assert!(rope.uses_long_factors(4097));
+        assert!(!RopeSpec::plain(1.0).uses_long_factors(1 << 20));
     }
 }

@@ -1,6 +1,7 @@
 //! Synthetic model files for tests (this crate's and the workspace's): a
-//! tiny but complete Llama or Gemma 3 GGUF with a byte-level BPE
-//! tokenizer, built with [`GgufWriter`] so tests can break any part of it.
+//! tiny but complete GGUF of any supported architecture, in that family's
+//! tensor layout, with a byte-level BPE tokenizer, built with
+//! [`GgufWriter`] so tests can break any part of it.
 
 use crate::gguf::{GgufWriter, MetaValue};
 
@@ -96,7 +97,14 @@ fn random_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         .collect()
 }
 
-/// A complete tiny model of architecture `arch` (`"llama"` or `"gemma3"`).
+/// Every architecture [`tiny_model`] can write.
+pub const TINY_ARCHITECTURES: [&str; 7] =
+    ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "granite"];
+
+/// A complete tiny model of architecture `arch` (one of
+/// [`TINY_ARCHITECTURES`]), in that family's tensor layout: Qwen 2's QKV
+/// biases, QK-norm (Qwen 3, Gemma 3), post-norms and tied output (Gemma),
+/// Phi-3's fused `attn_qkv` and gate-up `ffn_up`, Granite's scale keys.
 pub fn tiny_model(arch: &str, dims: TinyDims) -> GgufWriter {
     tiny_model_with(arch, dims, &mut values)
 }
@@ -169,9 +177,21 @@ fn tiny_model_with(
             MetaValue::U32(vocab as u32 - 1),
         )
         .kv("tokenizer.ggml.add_bos_token", MetaValue::Bool(false));
-    if arch == "gemma3" {
-        w = w.kv(&k("attention.sliding_window"), MetaValue::U32(4));
+    match arch {
+        "gemma2" | "gemma3" => w = w.kv(&k("attention.sliding_window"), MetaValue::U32(4)),
+        "granite" => {
+            w = w
+                .kv(&k("logit_scale"), MetaValue::F32(4.0))
+                .kv(&k("residual_scale"), MetaValue::F32(0.5))
+                .kv(&k("embedding_scale"), MetaValue::F32(3.0))
+                .kv(&k("attention.scale"), MetaValue::F32(0.25))
+        }
+        _ => {}
     }
+    let qk_norm = matches!(arch, "gemma3" | "qwen3");
+    let post_norms = matches!(arch, "gemma2" | "gemma3");
+    let fused = arch == "phi3";
+    let tied = matches!(arch, "gemma2" | "gemma3");
     let mut seed = 0;
     let mut t = |w: GgufWriter, name: &str, dims: &[u64]| {
         seed += 1;
@@ -182,23 +202,39 @@ fn tiny_model_with(
     for il in 0..dims.n_layer {
         let n = |s: &str| format!("blk.{il}.{s}.weight");
         w = t(w, &n("attn_norm"), &[d]);
-        w = t(w, &n("attn_q"), &[d, q]);
-        w = t(w, &n("attn_k"), &[d, kv]);
-        w = t(w, &n("attn_v"), &[d, kv]);
+        if fused {
+            w = t(w, &n("attn_qkv"), &[d, q + 2 * kv]);
+        } else {
+            w = t(w, &n("attn_q"), &[d, q]);
+            w = t(w, &n("attn_k"), &[d, kv]);
+            w = t(w, &n("attn_v"), &[d, kv]);
+        }
+        if arch == "qwen2" {
+            let b = |s: &str| format!("blk.{il}.{s}.bias");
+            w = t(w, &b("attn_q"), &[q]);
+            w = t(w, &b("attn_k"), &[kv]);
+            w = t(w, &b("attn_v"), &[kv]);
+        }
         w = t(w, &n("attn_output"), &[q, d]);
         w = t(w, &n("ffn_norm"), &[d]);
-        w = t(w, &n("ffn_gate"), &[d, f]);
-        w = t(w, &n("ffn_up"), &[d, f]);
+        if fused {
+            w = t(w, &n("ffn_up"), &[d, 2 * f]);
+        } else {
+            w = t(w, &n("ffn_gate"), &[d, f]);
+            w = t(w, &n("ffn_up"), &[d, f]);
+        }
         w = t(w, &n("ffn_down"), &[f, d]);
-        if arch == "gemma3" {
+        if qk_norm {
             w = t(w, &n("attn_q_norm"), &[dims.head_dim as u64]);
             w = t(w, &n("attn_k_norm"), &[dims.head_dim as u64]);
+        }
+        if post_norms {
             w = t(w, &n("post_attention_norm"), &[d]);
             w = t(w, &n("post_ffw_norm"), &[d]);
         }
     }
     w = t(w, "output_norm.weight", &[d]);
-    if arch == "llama" {
+    if !tied {
         w = t(w, "output.weight", &[d, vocab as u64]);
     }
     w

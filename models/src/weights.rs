@@ -1,5 +1,5 @@
 //! Weight tensors as zero-copy views into the model file, grouped the way the
-//! generic decoder ([`crate::spec::DecoderSpec`]) consumes them.
+//! decoder description ([`crate::spec::DecoderSpec`]) walks them.
 
 use std::fmt;
 use std::ops::Range;
@@ -9,6 +9,7 @@ use sotto_kernels::quant::DType;
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, Storage, TensorInfo};
+use crate::spec::{RopeFactors, RopeSpec};
 
 /// One weight matrix (or vector) backed by the memory-mapped file.
 #[derive(Clone)]
@@ -142,6 +143,32 @@ impl Weight {
         }
     }
 
+    /// Rows `rows` of this matrix as a matrix of their own, on the same
+    /// bytes (how fused projections are split at load). Named
+    /// `{name}[start..end]`.
+    pub fn row_view(&self, rows: Range<usize>) -> Result<Weight> {
+        let rb = self.row_bytes();
+        let bad = || Error::BadTensor {
+            tensor: self.name.clone(),
+            reason: format!("rows {rows:?} of a {:?} matrix", self.shape),
+        };
+        if rows.start > rows.end || rows.end > self.rows() || rb == 0 {
+            return Err(bad());
+        }
+        let start = self.range.start + rows.start * rb;
+        let end = self.range.start + rows.end * rb;
+        if end > self.range.end {
+            return Err(bad());
+        }
+        Ok(Weight {
+            name: format!("{}[{}..{}]", self.name, rows.start, rows.end),
+            dtype: self.dtype,
+            shape: [rows.end - rows.start, self.cols()],
+            storage: Arc::clone(&self.storage),
+            range: start..end,
+        })
+    }
+
     /// Fails with [`Error::ShapeMismatch`] unless the shape is `[rows, cols]`.
     pub fn expect_shape(&self, rows: usize, cols: usize) -> Result<()> {
         if self.shape == [rows, cols] {
@@ -156,35 +183,58 @@ impl Weight {
     }
 }
 
-/// Weights of one transformer block. Shapes are `[rows, cols]` with `cols`
-/// the input width: a projection `y = W·x` has `W: [out, in]`.
+/// A projection `y = W·x (+ b)`: `W` is `[out, in]`, `b` has `out` values.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Weight,
+    /// Dequantized at load (biases are a few kilobytes).
+    pub bias: Option<Vec<f32>>,
+}
+
+impl Linear {
+    /// Output width.
+    pub fn rows(&self) -> usize {
+        self.weight.rows()
+    }
+    /// Input width.
+    pub fn cols(&self) -> usize {
+        self.weight.cols()
+    }
+}
+
+/// Weights of one transformer block, in the order the block uses them.
+/// Shapes are `[rows, cols]` with `cols` the input width. Fused tensors of
+/// the file (`attn_qkv`, Phi-3's gate-up `ffn_up`) appear here already split
+/// into row views, so executors see one linear per projection. The optional
+/// norms are present exactly when the layer's [`crate::spec::LayerSpec`]
+/// asks for them (checked at load).
 #[derive(Debug, Clone)]
 pub struct LayerWeights {
     /// `[1, d_model]`
     pub attn_norm: Weight,
     /// `[n_head·head_dim, d_model]`
-    pub attn_q: Weight,
+    pub attn_q: Linear,
     /// `[n_kv_head·head_dim, d_model]`
-    pub attn_k: Weight,
+    pub attn_k: Linear,
     /// `[n_kv_head·head_dim, d_model]`
-    pub attn_v: Weight,
-    /// `[d_model, n_head·head_dim]`
-    pub attn_output: Weight,
-    /// `[1, head_dim]` when `spec.qk_norm`
+    pub attn_v: Linear,
+    /// `[1, head_dim]` when `qk_norm`
     pub attn_q_norm: Option<Weight>,
-    /// `[1, head_dim]` when `spec.qk_norm`
+    /// `[1, head_dim]` when `qk_norm`
     pub attn_k_norm: Option<Weight>,
-    /// `[1, d_model]` when `spec.post_norms`
+    /// `[d_model, n_head·head_dim]`
+    pub attn_output: Linear,
+    /// `[1, d_model]` when `post_attention_norm`
     pub post_attention_norm: Option<Weight>,
     /// `[1, d_model]`
     pub ffn_norm: Weight,
     /// `[ffn_dim, d_model]`
-    pub ffn_gate: Weight,
+    pub ffn_gate: Linear,
     /// `[ffn_dim, d_model]`
-    pub ffn_up: Weight,
+    pub ffn_up: Linear,
     /// `[d_model, ffn_dim]`
-    pub ffn_down: Weight,
-    /// `[1, d_model]` when `spec.post_norms`
+    pub ffn_down: Linear,
+    /// `[1, d_model]` when `post_ffn_norm`
     pub post_ffw_norm: Option<Weight>,
 }
 
@@ -197,24 +247,42 @@ pub struct DecoderWeights {
     /// `[1, d_model]`
     pub output_norm: Weight,
     /// `[vocab_size, d_model]`; the same data as `token_embd` when tied.
-    pub output: Weight,
-    /// `[1, n_rot / 2]` divisors of the rope frequencies (`rope_freqs.weight`):
-    /// how llama.cpp's converter stores Llama 3.1+ long-context scaling.
-    /// Use [`DecoderWeights::rope_inv_freqs`] rather than reading it directly.
+    pub output: Linear,
+    /// `[1, n_rot / 2]` divisors of the rope frequencies, present when a
+    /// layer's rope says [`RopeFactors::Fixed`] (`rope_freqs.weight`).
+    /// Use [`DecoderWeights::rope_inv_freqs`] rather than reading them.
     pub rope_freqs: Option<Weight>,
+    /// `[1, n_rot / 2]` each, present for [`RopeFactors::ShortLong`]
+    /// (`rope_factors_short.weight`, `rope_factors_long.weight`).
+    pub rope_factors_short: Option<Weight>,
+    pub rope_factors_long: Option<Weight>,
 }
 
 impl DecoderWeights {
-    /// The rope inverse frequencies of a layer: the spec's (scaling included)
-    /// divided by `rope_freqs` when the file has them, as ggml's rope does
-    /// with its `freq_factors`.
+    /// The inverse frequencies of `rope` for a KV cache of `capacity`
+    /// positions: the spec's (scaling included) divided by the file's
+    /// factors, as ggml's rope does with its `freq_factors`.
     pub fn rope_inv_freqs(
         &self,
-        spec: &crate::spec::DecoderSpec,
-        sliding: bool,
-    ) -> Result<Vec<f32>> {
-        let mut freqs = spec.rope.inv_freqs(sliding);
-        if let Some(w) = &self.rope_freqs {
+        rope: &RopeSpec,
+        n_rot: usize,
+        capacity: usize,
+    ) -> Result<Vec<f64>> {
+        let mut freqs = rope.inv_freqs(n_rot);
+        let factors = match rope.factors {
+            RopeFactors::None => None,
+            RopeFactors::Fixed => Some(("rope_freqs.weight", &self.rope_freqs)),
+            RopeFactors::ShortLong { .. } if rope.uses_long_factors(capacity) => {
+                Some(("rope_factors_long.weight", &self.rope_factors_long))
+            }
+            RopeFactors::ShortLong { .. } => {
+                Some(("rope_factors_short.weight", &self.rope_factors_short))
+            }
+        };
+        if let Some((name, w)) = factors {
+            let w = w.as_ref().ok_or_else(|| Error::MissingTensor {
+                tensor: name.to_string(),
+            })?;
             let factors = w.to_f32()?;
             if factors.len() != freqs.len() {
                 return Err(Error::ShapeMismatch {
@@ -224,7 +292,7 @@ impl DecoderWeights {
                 });
             }
             for (f, d) in freqs.iter_mut().zip(factors) {
-                *f /= d;
+                *f /= d as f64;
             }
         }
         Ok(freqs)
@@ -263,6 +331,17 @@ mod tests {
             .unwrap();
         let h = Weight::from_gguf(&g16, g16.tensor("h").unwrap()).unwrap();
         assert_eq!(h.to_f32().unwrap(), vec![1.5, -2.0, 0.25, 8.0]);
+        let rows = m.row_view(1..3).unwrap();
+        assert_eq!(rows.shape, [2, 4]);
+        assert_eq!(rows.name, "m[1..3]");
+        assert_eq!(rows.to_f32().unwrap(), values[4..12].to_vec());
+        assert_eq!(rows.row_view(1..2).unwrap().to_f32().unwrap(), values[8..12].to_vec());
+        for bad in [2..4, 3..2] {
+            assert!(
+                matches!(m.row_view(bad.clone()), Err(Error::BadTensor { .. })),
+                "{bad:?}"
+            );
+        }
         let v = Weight::from_gguf(&gguf, gguf.tensor("v").unwrap()).unwrap();
         assert_eq!(v.shape, [1, 4]);
         let err = v.expect_shape(1, 5).unwrap_err();

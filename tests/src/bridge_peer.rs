@@ -293,15 +293,8 @@ impl SottoParty {
         let mut store = InMemProtocolStore::new(identity.clone(), 4242);
         let pre_key = PreKeyRecord::generate(SOTTO_PRE_KEY_ID, &mut rng);
         let signed = SignedPreKeyRecord::generate(3, 1_700_000_000_000, &identity, &mut rng);
-        let bundle = PreKeyBundle {
-            registration_id: 4242,
-            device_id: 1,
-            pre_key: Some((SOTTO_PRE_KEY_ID, pre_key.key_pair.public_key)),
-            signed_pre_key_id: 3,
-            signed_pre_key: signed.key_pair.public_key,
-            signed_pre_key_signature: signed.signature.to_vec(),
-            identity_key: *identity.identity_key(),
-        };
+        let bundle =
+            PreKeyBundle::from_records(4242, 1, *identity.identity_key(), &signed, Some(&pre_key));
         store
             .save_pre_key(pre_key)
             .unwrap_or_else(|e| panic!("{e}"));
@@ -358,7 +351,7 @@ pub mod scenarios {
     use super::*;
     use sotto_bridge::{
         Assistant, AssistantError, Bridge, ConversationId, ConversationStore, Envelope, Error,
-        IdentityKeyStore, InMemConversationStore, Turn,
+        InMemConversationStore, Turn,
     };
 
     /// The peer starts from Sotto's bundle: two PreKeySignalMessages before
@@ -535,21 +528,9 @@ pub mod scenarios {
             assert_eq!(sotto.session_bytes(), before, "byte {at}: state changed");
         }
         // A message made up by someone without the keys: a fresh ratchet
-        // key, a plausible counter, random ciphertext and MAC.
-        let mut rng = ChaCha20Rng::seed_from_u64(1030);
-        let made_up = sotto_bridge::known_answer::signal_message(
-            &[9; 32],
-            sotto_bridge::KeyPair::generate(&mut rng).public_key,
-            3,
-            0,
-            vec![0x5a; 32],
-            &IdentityKey(sotto_bridge::KeyPair::generate(&mut rng).public_key),
-            sotto
-                .store
-                .identity_key_pair()
-                .unwrap_or_else(|e| panic!("{e}"))
-                .identity_key(),
-        );
+        // key, a plausible counter, arbitrary ciphertext and MAC.
+        let made_up =
+            sotto_bridge::fuzzing::forged_signal_message(3, &mut ChaCha20Rng::seed_from_u64(1030));
         let err = sotto.try_decrypt(&CiphertextMessage::Signal(made_up)).err();
         assert!(err.as_ref().is_some_and(is_refusal), "{err:?}");
         assert_eq!(sotto.session_bytes(), before);

@@ -1,7 +1,10 @@
-//! Helpers shared by the integration tests (model location, reference data).
+//! Helpers shared by the integration tests (model location, reference data,
+//! and [`parity`]: llama.cpp references and the criteria Sotto is held to).
 // Test helpers fail loudly by design: a missing model or reference file
 // must stop the test with instructions, not skip it.
 #![allow(clippy::panic)]
+
+pub mod parity;
 
 use std::path::PathBuf;
 

@@ -101,7 +101,9 @@ fn unknown_architecture() {
         matches!(err, Error::UnknownArchitecture(ref a) if a == "rwkv7"),
         "{err}"
     );
-    assert!(err.to_string().contains("llama, gemma3"), "{err}");
+    for arch in sotto_models::arch::supported_architectures() {
+        assert!(err.to_string().contains(arch), "{err}");
+    }
 }
 
 #[test]

@@ -10,8 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 use rand_chacha::rand_core::SeedableRng;
 use rand_chacha::ChaCha20Rng;
 use sotto_bridge::{AssistantDevice, DeviceOptions, Refusal, Role};
-use sotto_engine::{AssistantConfig, EngineAssistant, SamplerConfig};
-use sotto_models::Model;
+use sotto_engine::{AssistantConfig, BackendChoice, EngineAssistant, LoadedModel, SamplerConfig};
 use sotto_tests::bridge_user::BridgeUser;
 use sotto_tests::default_model_path;
 
@@ -31,14 +30,16 @@ const QUESTIONS: [&str; 8] = [
 
 #[test]
 fn a_300_turn_conversation_at_a_small_context_answers_every_turn() {
-    let model = Arc::new(Model::load(default_model_path()).unwrap());
+    let model = Arc::new(
+        LoadedModel::open(default_model_path(), BackendChoice::default()).unwrap(),
+    );
     let config = AssistantConfig {
         context: CONTEXT,
         max_tokens: 16,
         sampler: SamplerConfig::greedy(),
         ..AssistantConfig::default()
     };
-    let mut assistant = EngineAssistant::new(model.clone(), config).unwrap();
+    let mut assistant = EngineAssistant::new(model.clone(), config);
     let mut rng = ChaCha20Rng::seed_from_u64(300);
     let mut device = AssistantDevice::in_memory(DeviceOptions::default(), &mut rng).unwrap();
     let bundle = device.prekey_bundle(SystemTime::now(), &mut rng).unwrap();
@@ -76,7 +77,7 @@ fn a_300_turn_conversation_at_a_small_context_answers_every_turn() {
     assert_eq!(history.len(), 2 * TURNS);
     let history_tokens: usize = history
         .iter()
-        .map(|t| model.tokenizer.encode(&t.text, true).unwrap().len())
+        .map(|t| model.model().tokenizer.encode(&t.text, true).unwrap().len())
         .sum();
     assert!(
         history_tokens > 10 * CONTEXT,

@@ -110,7 +110,7 @@ fn qnn_htp_rejects_asymmetric_per_channel_weights_and_the_refusal_says_so() {
     let (bytes, _) = matmul_graphs(&lcg(M * K, 1), &lcg(K * N, 2), WeightType::PerChannelU8);
     let err = session::create(&qnn_config(), &bytes).unwrap_err();
     assert!(
-        matches!(err, Error::FallbackRefused(ref m) if m.contains("MatMul")),
+        matches!(err, Error::FallbackRefused { .. } if err.to_string().contains("MatMul")),
         "{err}"
     );
 }
@@ -223,5 +223,5 @@ fn bad_inputs_are_typed_errors() {
     g.node_named("Det", &[&sq], "det", &[]);
     g.output("det", &[]);
     let err = session::create(&qnn_config(), &g.finish("").to_bytes()).unwrap_err();
-    assert!(matches!(err, Error::FallbackRefused(_)), "{err}");
+    assert!(matches!(err, Error::FallbackRefused { .. }), "{err}");
 }

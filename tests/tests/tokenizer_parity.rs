@@ -37,17 +37,22 @@ fn smollm2_spec_matches_the_published_config() {
     );
     assert_eq!(s.context_length, 8192);
     assert_eq!(s.activation, Activation::SiluGlu);
-    assert_eq!(s.rope.style, RopeStyle::Interleaved);
-    assert_eq!((s.rope.theta, s.rope.n_rot), (100_000.0, 64));
+    assert_eq!(s.rope_style, RopeStyle::Interleaved);
+    assert_eq!(s.n_rot, 64);
+    assert!(s.layers.iter().all(|l| l.rope.theta == 100_000.0));
     assert!((s.norm_eps - 1e-5).abs() < 1e-12);
-    assert!((s.attn_scale - 0.125).abs() < 1e-7);
+    assert!(s.layers.iter().all(|l| (l.attention.scale - 0.125).abs() < 1e-7));
     assert!(
         s.tied_embeddings,
         "SmolLM2-135M ties its output to the embeddings"
     );
-    assert!(!s.qk_norm && !s.post_norms && s.sliding_window.is_none());
+    assert!(s.layers.iter().all(|l| !l.qk_norm
+        && !l.post_attention_norm
+        && !l.post_ffn_norm
+        && l.attention.window.is_none()
+        && l.attention.softcap.is_none()));
     assert_eq!(m.weights.layers.len(), 30);
-    assert_eq!(m.weights.output.name, "token_embd.weight");
+    assert_eq!(m.weights.output.weight.name, "token_embd.weight");
 }
 
 #[test]
@@ -71,12 +76,12 @@ fn smollm2_tensor_table() {
     let w = &m.weights;
     assert_eq!(w.token_embd.dtype, DType::Q8_0);
     assert_eq!(w.token_embd.shape, [49152, 576]);
-    assert_eq!(w.layers[0].attn_k.shape, [192, 576]);
-    assert_eq!(w.layers[29].ffn_down.shape, [576, 1536]);
-    assert_eq!(w.layers[0].attn_q.dtype, DType::Q4_1);
+    assert_eq!(w.layers[0].attn_k.weight.shape, [192, 576]);
+    assert_eq!(w.layers[29].ffn_down.weight.shape, [576, 1536]);
+    assert_eq!(w.layers[0].attn_q.weight.dtype, DType::Q4_1);
     assert_eq!(w.output_norm.dtype, DType::F32);
     // Data views are the exact ggml byte sizes: 576/32 blocks of 20 bytes per Q4_1 row.
-    assert_eq!(w.layers[0].attn_q.data().len(), 576 * (576 / 32) * 20);
+    assert_eq!(w.layers[0].attn_q.weight.data().len(), 576 * (576 / 32) * 20);
     let norm = w.output_norm.to_f32().unwrap();
     assert_eq!(norm.len(), 576);
     assert!(norm.iter().all(|x| x.is_finite()) && norm.iter().any(|&x| x != 0.0));
@@ -283,7 +288,7 @@ fn weights_dequantize_like_gguf_py() {
     let m = model();
     let cases = [
         (
-            &m.weights.layers[0].attn_q,
+            &m.weights.layers[0].attn_q.weight,
             59.223_220_825_195_31,
             63_395.398_727_416_99,
             [-0.096_313_476_562_5, 0.121_093_75, -0.255_859_375],

@@ -1,14 +1,13 @@
 //! `sotto chat`: one-shot or interactive, streaming to the terminal.
 
+use crate::error::CliError;
 use crate::resolve_model;
 use sotto_engine::{
-    Backend, CancelToken, Chat, CpuBackend, GenerateOptions, Reply, SamplerConfig, Session,
+    BackendChoice, BackendKind, CancelToken, Chat, CpuOptions, GenerateOptions, LoadedModel,
+    OrtOptions, Reply, SamplerConfig,
 };
-use sotto_models::Model;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::Instant;
 
 #[derive(clap::Args, Debug)]
 pub struct ChatArgs {
@@ -76,97 +75,83 @@ pub enum ChatBackend {
     Hybrid,
 }
 
-/// The backend `args` ask for on `model`.
-fn make_backend(args: &ChatArgs, model: &Arc<Model>) -> Result<Box<dyn Backend>, String> {
-    let cpu = || CpuBackend::new(model.clone(), args.threads).map_err(|e| e.to_string());
-    if args.backend == ChatBackend::Cpu {
-        return Ok(Box::new(cpu()?));
+impl ChatArgs {
+    /// The engine's description of the backend these flags ask for.
+    fn backend_choice(&self) -> Result<BackendChoice, CliError> {
+        let cpu = CpuOptions {
+            threads: self.threads,
+            isa: None,
+        };
+        let graphs = || -> Result<OrtOptions, CliError> {
+            let dir = self.onnx_dir.clone().ok_or_else(|| {
+                CliError::Usage(
+                    "--backend ort|hybrid needs --onnx-dir: graphs from `sotto export`, or (ort \
+                     only) a foreign export with model.onnx and config.json"
+                        .into(),
+                )
+            })?;
+            Ok(OrtOptions {
+                graphs: dir,
+                ep_chain: self.ep.clone(),
+                npu_only: self.npu_only,
+                threads: self.threads,
+            })
+        };
+        Ok(match self.backend {
+            ChatBackend::Cpu => BackendChoice::Cpu(cpu),
+            ChatBackend::Ort => BackendChoice::Ort(graphs()?),
+            ChatBackend::Hybrid => BackendChoice::Hybrid {
+                graphs: graphs()?,
+                cpu,
+            },
+        })
     }
-    let dir = args.onnx_dir.as_deref().ok_or(
-        "--backend ort|hybrid needs --onnx-dir: graphs from `sotto export`, or (ort only) \
-             a foreign export with model.onnx and config.json",
-    )?;
-    open_ort(args, model, dir, &cpu)
 }
 
-#[cfg(feature = "ort")]
-fn open_ort(
-    args: &ChatArgs,
-    model: &Arc<Model>,
-    dir: &std::path::Path,
-    cpu: &dyn Fn() -> Result<CpuBackend, String>,
-) -> Result<Box<dyn Backend>, String> {
-    use sotto_engine::ort::{
-        is_foreign_export, Ep, ForeignDecoder, HybridBackend, OrtConfig, OrtDecoder,
-    };
-    let config = OrtConfig {
-        eps: Ep::parse_chain(&args.ep).map_err(|e| e.to_string())?,
-        npu_only: args.npu_only,
-        intra_threads: args.threads,
-        ..Default::default()
-    };
-    if is_foreign_export(dir) {
-        if args.backend == ChatBackend::Hybrid {
-            return Err(format!(
-                "{}: --backend hybrid needs graphs from `sotto export`; a foreign export runs with --backend ort",
-                dir.display()
-            ));
-        }
-        let graph = ForeignDecoder::open(&model.spec, dir, &config)
-            .map_err(|e| format!("{}: {e}", dir.display()))?;
-        if !args.quiet {
-            eprintln!(
-                "sotto: foreign ONNX export (tokenizer and template from the GGUF); placement (before running)\n{}",
-                graph.placement_report()
-            );
-        }
-        return Ok(Box::new(graph));
+/// Where answers go. Standard output carries only the answer, but native
+/// libraries a backend loads write to file descriptor 1 on their own (the
+/// QNN HTP library prints `# LIBNATIVE: …` lines): answers are written to a
+/// private duplicate of descriptor 1, and descriptor 1 itself points at
+/// standard error for everything else.
+struct AnswerOut(std::fs::File);
+
+impl AnswerOut {
+    fn claim_stdout() -> Result<Self, CliError> {
+        let io = |source| CliError::Io {
+            what: "redirecting standard output".into(),
+            source,
+        };
+        std::io::stdout().flush().map_err(io)?;
+        let private = rustix::io::dup(std::io::stdout()).map_err(|e| io(e.into()))?;
+        rustix::stdio::dup2_stdout(std::io::stderr()).map_err(|e| io(e.into()))?;
+        Ok(Self(std::fs::File::from(private)))
     }
-    let graphs = OrtDecoder::open(&model.spec, dir, &config)
-        .map_err(|e| format!("{}: {e}", dir.display()))?;
+}
+
+pub fn run(args: ChatArgs) -> Result<(), CliError> {
+    let path = resolve_model(args.model.clone()).map_err(CliError::ModelFetch)?;
+    let mut answers = AnswerOut::claim_stdout()?;
+    let loaded = LoadedModel::open(&path, args.backend_choice()?)?;
     if !args.quiet {
-        eprintln!(
-            "sotto: placement (before running)\n{}",
-            graphs.placement_report()
-        );
-    }
-    Ok(match args.backend {
-        ChatBackend::Hybrid => {
-            Box::new(HybridBackend::new(graphs, cpu()?).map_err(|e| e.to_string())?)
+        if let Some(report) = loaded.placement_report() {
+            let foreign = if loaded.kind() == BackendKind::OrtForeign {
+                "foreign ONNX export (tokenizer and template from the GGUF); "
+            } else {
+                ""
+            };
+            eprintln!("sotto: {foreign}placement (before running)\n{report}");
         }
-        _ => Box::new(graphs),
-    })
-}
-
-#[cfg(not(feature = "ort"))]
-fn open_ort(
-    _: &ChatArgs,
-    _: &Arc<Model>,
-    _: &std::path::Path,
-    _: &dyn Fn() -> Result<CpuBackend, String>,
-) -> Result<Box<dyn Backend>, String> {
-    Err("this sotto was built without ONNX Runtime; rebuild with `--features ort` (and run scripts/ort-deps.sh)".into())
-}
-
-pub fn run(args: ChatArgs) -> Result<(), String> {
-    let path = resolve_model(args.model.clone())?;
-    let t0 = Instant::now();
-    let model = Arc::new(Model::load(&path).map_err(|e| format!("{}: {e}", path.display()))?);
-    let tokenizer = Arc::new(model.tokenizer.clone());
-    let template = Arc::new(model.template.clone());
-    let backend = make_backend(&args, &model)?;
-    let describe = backend.describe();
-    let session = Session::new(backend, tokenizer, args.context).map_err(|e| e.to_string())?;
-    if !args.quiet {
+        let model = loaded.model();
         eprintln!(
-            "sotto: {} ({}, {} layers) loaded in {:.0} ms on {describe}",
+            "sotto: {} ({}, {} layers) loaded in {:.0} ms on {}",
             path.display(),
             model.spec.arch,
             model.spec.n_layer,
-            t0.elapsed().as_secs_f64() * 1e3
+            loaded.load_time().as_secs_f64() * 1e3,
+            loaded.describe()
         );
     }
-    let mut chat = Chat::new(session, template, args.system.as_deref());
+    let mut chat = loaded.chat(args.context, args.system.as_deref())?;
     let cancel = CancelToken::new();
     {
         let c = cancel.clone();
@@ -188,21 +173,26 @@ pub fn run(args: ChatArgs) -> Result<(), String> {
         cancel: Some(cancel.clone()),
     };
     match &args.prompt {
-        Some(p) => turn(&mut chat, p, &opts, args.quiet).map(|_| ()),
-        None => repl(&mut chat, &opts, &cancel, args.quiet),
+        Some(p) => turn(&mut chat, &mut answers, p, &opts, args.quiet).map(|_| ()),
+        None => repl(&mut chat, &mut answers, &opts, &cancel, args.quiet),
     }
 }
 
-fn turn(chat: &mut Chat, user: &str, opts: &GenerateOptions, quiet: bool) -> Result<Reply, String> {
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+fn turn(
+    chat: &mut Chat,
+    answers: &mut AnswerOut,
+    user: &str,
+    opts: &GenerateOptions,
+    quiet: bool,
+) -> Result<Reply, CliError> {
+    let out = &mut answers.0;
     let reply = chat.send(user, opts, &mut |piece| {
         let _ = out.write_all(piece.as_bytes());
         let _ = out.flush();
     });
     let _ = writeln!(out);
     let _ = out.flush();
-    let reply = reply.map_err(|e| e.to_string())?;
+    let reply = reply?;
     if !quiet {
         let s = &reply.stats;
         eprintln!(
@@ -221,17 +211,21 @@ fn turn(chat: &mut Chat, user: &str, opts: &GenerateOptions, quiet: bool) -> Res
 
 fn repl(
     chat: &mut Chat,
+    answers: &mut AnswerOut,
     opts: &GenerateOptions,
     cancel: &CancelToken,
     quiet: bool,
-) -> Result<(), String> {
+) -> Result<(), CliError> {
     eprintln!("sotto: interactive chat; /reset starts over, /exit or Ctrl-D quits, Ctrl-C stops an answer");
     let stdin = std::io::stdin();
     let mut lines = stdin.lock().lines();
     loop {
         eprint!("> ");
         let Some(line) = lines.next() else { break };
-        let line = line.map_err(|e| e.to_string())?;
+        let line = line.map_err(|source| CliError::Io {
+            what: "reading standard input".into(),
+            source,
+        })?;
         let line = line.trim();
         match line {
             "" => continue,
@@ -249,7 +243,7 @@ fn repl(
             _ => {}
         }
         cancel.reset();
-        match turn(chat, line, opts, quiet) {
+        match turn(chat, answers, line, opts, quiet) {
             Ok(_) => {}
             // A cancelled or overflowing turn leaves the history as it was.
             Err(e) => eprintln!("sotto: {e}"),

@@ -12,8 +12,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::error::CliError;
 use clap::ValueEnum;
-use sotto_engine::onnx::{export_model, ExportOptions, Manifest, WeightFormat};
+use sotto_engine::onnx::qdq::ActivationType;
+use sotto_engine::onnx::Manifest;
+use sotto_engine::{export_graphs, GraphTarget};
 use sotto_models::Model;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -59,7 +62,6 @@ pub struct ExportArgs {
 }
 
 /// Chat-shaped text: the activations a chat will produce.
-#[cfg_attr(not(feature = "ort"), allow(dead_code))]
 const CALIBRATION_TEXT: &str = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n\
 <|im_start|>user\nWhat is the capital of France, and why is it famous? Answer in two sentences.<|im_end|>\n\
 <|im_start|>assistant\nThe capital of France is Paris. It is famous for the Eiffel Tower, the Louvre, \
@@ -69,14 +71,13 @@ its cafés and its long history as a centre of art, science and politics.<|im_en
 
 pub fn run(args: ExportArgs) -> Result<(), String> {
     let t0 = Instant::now();
-    let manifest = export(&args)?;
+    let manifest = export(&args).map_err(|e| e.to_string())?;
     report(&args, &manifest, t0);
     Ok(())
 }
 
 /// Exports with the defaults of everything but the shapes (`sotto bench`'s
 /// graphs).
-#[cfg_attr(not(feature = "ort"), allow(dead_code))]
 pub fn export_to(
     model: &std::path::Path,
     out_dir: &std::path::Path,
@@ -93,34 +94,52 @@ pub fn export_to(
         activations: Activations::U16,
         calibration_text: None,
     })
+    .map_err(|e| e.to_string())
 }
 
-fn export(args: &ExportArgs) -> Result<Manifest, String> {
-    if args.chunk == 0 || args.chunk > args.context {
-        return Err(format!(
-            "--chunk {} must be between 1 and --context {}",
-            args.chunk, args.context
-        ));
-    }
-    let model = Model::load(&args.model).map_err(|e| format!("{}: {e}", args.model.display()))?;
-    let opts = ExportOptions {
-        chunk: args.chunk,
-        context: args.context,
-        format: WeightFormat::MatMulNBits,
+/// The engine's export target for these flags.
+fn graph_target(args: &ExportArgs) -> GraphTarget {
+    let activations = match args.activations {
+        Activations::U16 => ActivationType::Uint16,
+        Activations::U8 => ActivationType::Uint8,
     };
     match args.target {
-        Target::Cpu => export_model(&model, &args.out_dir, opts).map_err(|e| e.to_string()),
-        Target::Qnn | Target::QnnMixed => export_qdq(&model, args, opts),
-        Target::QnnFp16 => export_model(
-            &model,
-            &args.out_dir,
-            ExportOptions {
-                format: WeightFormat::Float,
-                ..opts
-            },
-        )
-        .map_err(|e| e.to_string()),
+        Target::Cpu => GraphTarget::Cpu,
+        Target::Qnn => GraphTarget::Qnn(activations),
+        Target::QnnFp16 => GraphTarget::QnnFp16,
+        Target::QnnMixed => GraphTarget::QnnMixed(activations),
     }
+}
+
+fn export(args: &ExportArgs) -> Result<Manifest, CliError> {
+    let target = graph_target(args);
+    let model = Model::load(&args.model).map_err(|source| sotto_engine::Error::ModelFile {
+        path: args.model.clone(),
+        source,
+    })?;
+    let calibration = match target {
+        GraphTarget::Qnn(_) | GraphTarget::QnnMixed(_) => {
+            let text = args.calibration_text.as_deref().unwrap_or(CALIBRATION_TEXT);
+            let tokens = model
+                .tokenizer
+                .encode(text, true)
+                .map_err(sotto_engine::Error::Model)?;
+            eprintln!(
+                "sotto: calibrating on {} tokens on the CPU EP",
+                tokens.len().min(args.context)
+            );
+            tokens
+        }
+        _ => Vec::new(),
+    };
+    Ok(export_graphs(
+        &model,
+        &args.out_dir,
+        target,
+        args.chunk,
+        args.context,
+        &calibration,
+    )?)
 }
 
 fn report(args: &ExportArgs, m: &Manifest, t0: Instant) {
@@ -141,57 +160,4 @@ fn report(args: &ExportArgs, m: &Manifest, t0: Instant) {
         "sotto: run it with `sotto chat --backend ort --onnx-dir {} --ep {ep}` (or --backend hybrid)",
         args.out_dir.display()
     );
-}
-
-#[cfg(feature = "ort")]
-fn export_qdq(model: &Model, args: &ExportArgs, opts: ExportOptions) -> Result<Manifest, String> {
-    use sotto_engine::onnx::qdq::{ActivationType, QdqScope};
-    use sotto_engine::ort::{calibrate, OrtConfig};
-    let text = args.calibration_text.as_deref().unwrap_or(CALIBRATION_TEXT);
-    let mut tokens = model
-        .tokenizer
-        .encode(text, true)
-        .map_err(|e| e.to_string())?;
-    tokens.truncate(args.context);
-    let decode_steps = (tokens.len() / 8).clamp(1, 16);
-    if tokens.len() <= decode_steps {
-        return Err(format!(
-            "the calibration text gives {} tokens; it needs more than {decode_steps}",
-            tokens.len()
-        ));
-    }
-    let act = match args.activations {
-        Activations::U16 => ActivationType::Uint16,
-        Activations::U8 => ActivationType::Uint8,
-    };
-    let float = ExportOptions {
-        format: WeightFormat::Float,
-        ..opts
-    };
-    eprintln!(
-        "sotto: calibrating on {} tokens ({} through the decode graph) on the CPU EP",
-        tokens.len(),
-        decode_steps
-    );
-    let scope = if args.target == Target::QnnMixed {
-        QdqScope::MatMuls
-    } else {
-        QdqScope::All
-    };
-    calibrate::export_qdq_scoped(
-        model,
-        &args.out_dir,
-        float,
-        &tokens,
-        decode_steps,
-        act,
-        scope,
-        &OrtConfig::default(),
-    )
-    .map_err(|e| e.to_string())
-}
-
-#[cfg(not(feature = "ort"))]
-fn export_qdq(_: &Model, _: &ExportArgs, _: ExportOptions) -> Result<Manifest, String> {
-    Err("--target qnn calibrates on ONNX Runtime; rebuild with `--features ort` (and run scripts/ort-deps.sh)".into())
 }

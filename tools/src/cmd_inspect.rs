@@ -41,11 +41,7 @@ pub fn run(model: Option<PathBuf>, metadata: bool) -> Result<(), String> {
     println!("vocab:         {}", s.vocab_size);
     println!("context:       {}", s.context_length);
     println!("norm eps:      {}", s.norm_eps);
-    println!("rope:          {:?}", s.rope);
-    println!(
-        "extras:        qk_norm={} post_norms={} sliding_window={:?} tied_embeddings={} embed_scale={:?} softcap(attn/final)={:?}/{:?}",
-        s.qk_norm, s.post_norms, s.sliding_window, s.tied_embeddings, s.embed_scale, s.attn_logit_softcap, s.final_logit_softcap
-    );
+    println!("layers are:    {}", s.features());
     let t = &m.tokenizer;
     println!(
         "tokenizer:     {} (pre {}), {} tokens, bos {:?}, eos {:?}, add_bos {}",

@@ -9,6 +9,7 @@ mod cmd_bridge;
 mod cmd_chat;
 mod cmd_export;
 mod cmd_inspect;
+mod error;
 mod fetch;
 
 use clap::{Parser, Subcommand};
@@ -87,8 +88,11 @@ fn run_bridge(args: BridgeArgs) -> Result<(), String> {
     } = args;
     let mut make = move || -> Result<Box<dyn sotto_bridge::Assistant>, String> {
         let path = resolve_model(model.clone())?;
-        let loaded =
-            sotto_models::Model::load(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let cpu = sotto_engine::BackendChoice::Cpu(sotto_engine::CpuOptions {
+            threads,
+            isa: None,
+        });
+        let loaded = sotto_engine::LoadedModel::open(&path, cpu).map_err(|e| e.to_string())?;
         let config = sotto_engine::AssistantConfig {
             system: Some(system.clone()).filter(|s| !s.is_empty()),
             sampler: sotto_engine::SamplerConfig {
@@ -97,12 +101,10 @@ fn run_bridge(args: BridgeArgs) -> Result<(), String> {
                 ..Default::default()
             },
             max_tokens,
-            threads,
             context,
             ..Default::default()
         };
-        let assistant = sotto_engine::EngineAssistant::new(std::sync::Arc::new(loaded), config)
-            .map_err(|e| e.to_string())?;
+        let assistant = sotto_engine::EngineAssistant::new(std::sync::Arc::new(loaded), config);
         Ok(Box::new(assistant))
     };
     cmd_bridge::run(command, &mut make)
@@ -122,7 +124,7 @@ pub fn resolve_model(model: Option<PathBuf>) -> Result<PathBuf, String> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Chat(args) => cmd_chat::run(args),
+        Command::Chat(args) => cmd_chat::run(args).map_err(|e| e.to_string()),
         Command::Inspect { model, metadata } => cmd_inspect::run(model, metadata),
         Command::Fetch => fetch::ensure_default_model().map(|p| println!("{}", p.display())),
         Command::Export(args) => cmd_export::run(args),

@@ -1,10 +1,15 @@
-//! The CPU backend: the generic decoder executed with sotto-kernels.
+//! The CPU backend: the decoder description executed with sotto-kernels.
 //!
-//! One forward pass, per layer (n = tokens in this pass, D = d_model):
-//!   x [n, D] → RMSNorm → Q [n, H*hd], K/V [n, Hkv*hd] → (QK-norm) → RoPE
-//!   → KV cache → causal attention [n, H*hd] → Wo → (post-norm) → + x
-//!   → RMSNorm → gate/up [n, F] → act(gate)*up → down [n, D] → (post-norm) → + x
-//! then the final norm and the output projection for the rows asked for.
+//! One forward pass walks [`DecoderSpec::layers`] beside the layer weights,
+//! per layer (n = tokens in this pass, D = d_model):
+//!   x [n, D] → RMSNorm → Q [n, H*hd], K/V [n, Hkv*hd] (+ biases) → (QK-norm)
+//!   → RoPE (the layer's table) → KV cache → causal attention (the layer's
+//!   scale, soft-cap, window) [n, H*hd] → Wo (+ bias) → (post-norm)
+//!   → × residual scale → + x → RMSNorm → gate/up [n, F] → act(gate)*up
+//!   → down [n, D] → (post-norm) → × residual scale → + x
+//! then the final norm, the output projection for the rows asked for, the
+//! logit scale and soft-cap. Every optional step is data of the description;
+//! nothing here knows which architecture it runs.
 //! Weights stay in the memory-mapped file, except where the kernel table
 //! reads a load-time layout faster ([`PackedMatrix`], the x16 panels of the
 //! AVX-512 tiers): those matrices are repacked once at load and the file's
@@ -14,10 +19,10 @@ use crate::backend::{Backend, LogitsFor};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use sotto_kernels::ops::{self, AttentionParams, PackedMatrix, QMatrix, RopeCache};
-use sotto_models::spec::{Activation, DecoderSpec};
-use sotto_models::weights::{DecoderWeights, Weight};
+use sotto_models::spec::{Activation, DecoderSpec, RopeSpec};
+use sotto_models::weights::{DecoderWeights, Linear, Weight};
 use sotto_models::Model;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Tokens per prefill pass: bounds scratch memory and keeps weight tiles hot.
 const PREFILL_CHUNK: usize = 256;
@@ -43,6 +48,39 @@ struct LayerPacked {
     down: Option<PackedMatrix>,
 }
 
+/// The cos/sin tables of one distinct rope of the description. A rope
+/// with short and long factors (Phi-3) has a second table, built the first
+/// time a KV cache longer than its original context asks for it.
+struct RopeTables {
+    spec: RopeSpec,
+    table: RopeCache,
+    long: OnceLock<RopeCache>,
+}
+
+impl RopeTables {
+    fn new(weights: &DecoderWeights, spec: RopeSpec, n_rot: usize, max_pos: usize) -> Result<Self> {
+        let inv = weights.rope_inv_freqs(&spec, n_rot, 0)?;
+        Ok(RopeTables {
+            spec,
+            table: RopeCache::from_inv_freqs(&inv, max_pos, spec.attn_factor)?,
+            long: OnceLock::new(),
+        })
+    }
+
+    /// The table a KV cache of `capacity` positions reads.
+    fn for_capacity(&self, weights: &DecoderWeights, n_rot: usize, capacity: usize) -> Result<&RopeCache> {
+        if !self.spec.uses_long_factors(capacity) {
+            return Ok(&self.table);
+        }
+        if let Some(t) = self.long.get() {
+            return Ok(t);
+        }
+        let inv = weights.rope_inv_freqs(&self.spec, n_rot, capacity)?;
+        let t = RopeCache::from_inv_freqs(&inv, self.table.max_pos(), self.spec.attn_factor)?;
+        Ok(self.long.get_or_init(|| t))
+    }
+}
+
 /// Cloning is cheap and shares everything prepared at load (norm vectors,
 /// rope tables, the thread pool): one clone per conversation costs only its
 /// KV cache.
@@ -55,8 +93,9 @@ pub struct CpuBackend {
     /// Bytes of the repacked copies.
     packed_bytes: usize,
     output_norm: Arc<[f32]>,
-    rope: Arc<RopeCache>,
-    rope_local: Option<Arc<RopeCache>>,
+    /// One per distinct rope of the layers; `layer_rope[il]` indexes it.
+    ropes: Arc<[RopeTables]>,
+    layer_rope: Arc<[usize]>,
     pool: Arc<rayon::ThreadPool>,
     threads: usize,
 }
@@ -90,19 +129,38 @@ fn pack(w: &Weight) -> Result<Option<PackedMatrix>> {
     Ok(packed)
 }
 
-/// `out = w · x` over `n` tokens, on the packed copy when there is one.
-fn matmul(
+/// `out = w · x` over `n` tokens, on the packed copy when there is one,
+/// plus the bias when the linear has one.
+fn linear(
     packed: Option<&PackedMatrix>,
-    w: &Weight,
+    w: &Linear,
     x: &[f32],
     n: usize,
     out: &mut [f32],
 ) -> Result<()> {
     match packed {
         Some(p) => ops::matmul_packed(p, x, n, out)?,
-        None => ops::matmul(&qmat(w)?, x, n, out)?,
+        None => ops::matmul(&qmat(&w.weight)?, x, n, out)?,
     }
+    add_bias(w, out);
     Ok(())
+}
+
+/// Adds `w`'s bias (if any) to every row of `out`.
+fn add_bias(w: &Linear, out: &mut [f32]) {
+    if let Some(b) = &w.bias {
+        for row in out.chunks_exact_mut(b.len()) {
+            row.iter_mut().zip(b).for_each(|(o, b)| *o += b);
+        }
+    }
+}
+
+/// `x += scale · y` (scale 1 when absent).
+fn add_residual(x: &mut [f32], y: &[f32], scale: Option<f32>) {
+    match scale {
+        None => x.iter_mut().zip(y).for_each(|(a, b)| *a += b),
+        Some(s) => x.iter_mut().zip(y).for_each(|(a, b)| *a += s * b),
+    }
 }
 
 impl CpuBackend {
@@ -146,17 +204,17 @@ impl CpuBackend {
                 .iter()
                 .map(|l| {
                     Ok(LayerPacked {
-                        q: pack(&l.attn_q)?,
-                        k: pack(&l.attn_k)?,
-                        v: pack(&l.attn_v)?,
-                        o: pack(&l.attn_output)?,
-                        gate: pack(&l.ffn_gate)?,
-                        up: pack(&l.ffn_up)?,
-                        down: pack(&l.ffn_down)?,
+                        q: pack(&l.attn_q.weight)?,
+                        k: pack(&l.attn_k.weight)?,
+                        v: pack(&l.attn_v.weight)?,
+                        o: pack(&l.attn_output.weight)?,
+                        gate: pack(&l.ffn_gate.weight)?,
+                        up: pack(&l.ffn_up.weight)?,
+                        down: pack(&l.ffn_down.weight)?,
                     })
                 })
                 .collect::<Result<Vec<_>>>()?;
-            Ok((layers, pack(&w.output)?.map(Arc::new)))
+            Ok((layers, pack(&w.output.weight)?.map(Arc::new)))
         })?;
         let packed_bytes = packed
             .iter()
@@ -166,25 +224,11 @@ impl CpuBackend {
             .map(|p| p.bytes().len())
             .sum();
         let s = &model.spec;
-        // Llama 3.x files carry per-pair divisors of the global frequencies
-        // (`rope_freqs`); the loader has checked their length.
-        let freq_factors = w.rope_freqs.as_ref().map(Weight::to_f32).transpose()?;
-        let rope = RopeCache::with_freq_factors(
-            s.rope.n_rot,
-            s.rope.theta,
-            s.rope.freq_scale(),
-            s.context_length,
-            freq_factors.as_deref(),
-        )?;
-        let rope_local = match s.rope.local_theta {
-            Some(t) => Some(Arc::new(RopeCache::new(
-                s.rope.n_rot,
-                t,
-                1.0,
-                s.context_length,
-            )?)),
-            None => None,
-        };
+        let (distinct, layer_rope) = s.distinct_ropes();
+        let ropes = distinct
+            .into_iter()
+            .map(|r| RopeTables::new(w, r, s.n_rot, s.context_length))
+            .collect::<Result<Vec<_>>>()?;
         Ok(Self {
             model,
             norms: norms.into(),
@@ -192,8 +236,8 @@ impl CpuBackend {
             output_packed,
             packed_bytes,
             output_norm: output_norm.into(),
-            rope: Arc::new(rope),
-            rope_local,
+            ropes: ropes.into(),
+            layer_rope: layer_rope.into(),
             pool: Arc::new(pool),
             threads,
         })
@@ -252,43 +296,42 @@ impl CpuBackend {
         let mut gate = vec![0f32; n * s.ffn_dim];
         let mut up = vec![0f32; n * s.ffn_dim];
 
-        let layers = w
+        let layers = s
             .layers
             .iter()
-            .zip(self.norms.iter())
-            .zip(self.packed.iter());
-        for (li, ((lw, ln), lp)) in layers.enumerate() {
+            .zip(&w.layers)
+            .zip(self.norms.iter().zip(self.packed.iter()));
+        for (li, ((ls, lw), (ln, lp))) in layers.enumerate() {
             ops::rms_norm(&x, &ln.attn, s.norm_eps, &mut xn)?;
             if let (Some(pq), Some(pk), Some(pv)) = (&lp.q, &lp.k, &lp.v) {
                 ops::matmul_packed_group(&[pq, pk, pv], &xn, n, &mut [&mut q, &mut k, &mut v])?;
+                add_bias(&lw.attn_q, &mut q);
+                add_bias(&lw.attn_k, &mut k);
+                add_bias(&lw.attn_v, &mut v);
             } else {
-                matmul(lp.q.as_ref(), &lw.attn_q, &xn, n, &mut q)?;
-                matmul(lp.k.as_ref(), &lw.attn_k, &xn, n, &mut k)?;
-                matmul(lp.v.as_ref(), &lw.attn_v, &xn, n, &mut v)?;
+                linear(lp.q.as_ref(), &lw.attn_q, &xn, n, &mut q)?;
+                linear(lp.k.as_ref(), &lw.attn_k, &xn, n, &mut k)?;
+                linear(lp.v.as_ref(), &lw.attn_v, &xn, n, &mut v)?;
             }
             if let (Some(qn), Some(kn)) = (&ln.q, &ln.k) {
                 ops::rms_norm_in_place(&mut q, qn, s.norm_eps)?;
                 ops::rms_norm_in_place(&mut k, kn, s.norm_eps)?;
             }
-            let sliding = s.layer_is_sliding.get(li).copied().unwrap_or(false);
-            let rope = match (&self.rope_local, sliding) {
-                (Some(local), true) => local,
-                _ => &self.rope,
-            };
+            let rope = self.ropes[self.layer_rope[li]].for_capacity(w, s.n_rot, cache.capacity())?;
             for t in 0..n {
                 rope.apply(
                     &mut q[t * qd..(t + 1) * qd],
                     s.n_head,
                     hd,
                     pos0 + t,
-                    s.rope.style,
+                    s.rope_style,
                 )?;
                 rope.apply(
                     &mut k[t * kvd..(t + 1) * kvd],
                     s.n_kv_head,
                     hd,
                     pos0 + t,
-                    s.rope.style,
+                    s.rope_style,
                 )?;
             }
             cache.write(li, pos0, &k, &v)?;
@@ -297,9 +340,9 @@ impl CpuBackend {
                 n_head: s.n_head,
                 n_kv_head: s.n_kv_head,
                 head_dim: hd,
-                scale: s.attn_scale,
-                softcap: s.attn_logit_softcap,
-                window: if sliding { s.sliding_window } else { None },
+                scale: ls.attention.scale,
+                softcap: ls.attention.softcap,
+                window: ls.attention.window,
             };
             ops::attention(
                 &params,
@@ -311,28 +354,30 @@ impl CpuBackend {
                 n,
                 &mut attn,
             )?;
-            matmul(lp.o.as_ref(), &lw.attn_output, &attn, n, &mut o)?;
+            linear(lp.o.as_ref(), &lw.attn_output, &attn, n, &mut o)?;
             if let Some(pn) = &ln.post_attn {
                 ops::rms_norm_in_place(&mut o, pn, s.norm_eps)?;
             }
-            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            add_residual(&mut x, &o, ls.residual_scale);
 
             ops::rms_norm(&x, &ln.ffn, s.norm_eps, &mut xn)?;
             if let (Some(pg), Some(pu)) = (&lp.gate, &lp.up) {
                 ops::matmul_packed_group(&[pg, pu], &xn, n, &mut [&mut gate, &mut up])?;
+                add_bias(&lw.ffn_gate, &mut gate);
+                add_bias(&lw.ffn_up, &mut up);
             } else {
-                matmul(lp.gate.as_ref(), &lw.ffn_gate, &xn, n, &mut gate)?;
-                matmul(lp.up.as_ref(), &lw.ffn_up, &xn, n, &mut up)?;
+                linear(lp.gate.as_ref(), &lw.ffn_gate, &xn, n, &mut gate)?;
+                linear(lp.up.as_ref(), &lw.ffn_up, &xn, n, &mut up)?;
             }
             match s.activation {
                 Activation::SiluGlu => ops::silu_mul(&mut gate, &up)?,
                 Activation::GeluTanhGlu => ops::gelu_tanh_mul(&mut gate, &up)?,
             }
-            matmul(lp.down.as_ref(), &lw.ffn_down, &gate, n, &mut o)?;
+            linear(lp.down.as_ref(), &lw.ffn_down, &gate, n, &mut o)?;
             if let Some(pn) = &ln.post_ffn {
                 ops::rms_norm_in_place(&mut o, pn, s.norm_eps)?;
             }
-            x.iter_mut().zip(&o).for_each(|(a, b)| *a += b);
+            add_residual(&mut x, &o, ls.residual_scale);
         }
 
         // Only the rows asked for go through the (large) output projection.
@@ -344,13 +389,16 @@ impl CpuBackend {
         let mut hn = vec![0f32; rows.len()];
         ops::rms_norm(rows, &self.output_norm, s.norm_eps, &mut hn)?;
         let mut logits = vec![0f32; m * s.vocab_size];
-        matmul(
+        linear(
             self.output_packed.as_deref(),
             &w.output,
             &hn,
             m,
             &mut logits,
         )?;
+        if let Some(scale) = s.logit_scale {
+            logits.iter_mut().for_each(|l| *l *= scale);
+        }
         if let Some(cap) = s.final_logit_softcap {
             ops::softcap(&mut logits, cap);
         }
@@ -419,21 +467,58 @@ impl Backend for CpuBackend {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use sotto_models::gguf::GgufFile;
-    use sotto_models::testutil::{tiny_model, TinyDims};
+    use sotto_models::gguf::{GgufFile, GgufWriter, MetaValue};
+    use sotto_models::testutil::{tiny_model, tiny_model_random, TinyDims};
+
+    const TOKENS: [u32; 6] = [3, 1, 4, 1, 5, 9];
+
+    fn logits_of(w: &GgufWriter, which: LogitsFor) -> Vec<f32> {
+        let model = Model::from_gguf(GgufFile::from_bytes(w.to_bytes()).unwrap()).unwrap();
+        let mut b = CpuBackend::new(Arc::new(model), 1).unwrap();
+        let mut cache = b.new_cache(16).unwrap();
+        b.forward(&mut cache, &TOKENS, which).unwrap()
+    }
 
     fn last_logits(factors: Option<&[f32]>) -> Vec<f32> {
         let mut w = tiny_model("llama", TinyDims::default());
         if let Some(f) = factors {
             w = w.tensor_f32("rope_freqs.weight", &[f.len() as u64], f);
         }
-        let model = Model::from_gguf(GgufFile::from_bytes(w.to_bytes()).unwrap()).unwrap();
-        let mut b = CpuBackend::new(Arc::new(model), 1).unwrap();
-        let mut cache = b.new_cache(16).unwrap();
-        b.forward(&mut cache, &[3, 1, 4, 1, 5, 9], LogitsFor::Last)
-            .unwrap()
+        logits_of(&w, LogitsFor::Last)
+    }
+
+    fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+    }
+
+    /// `w` with its `{from}.*` keys renamed `{to}.*` and its architecture `to`.
+    fn relabel(w: &GgufWriter, from: &str, to: &str) -> GgufWriter {
+        let mut out = w.clone();
+        for (k, _) in out.metadata.iter_mut() {
+            if let Some(rest) = k.strip_prefix(&format!("{from}.")) {
+                *k = format!("{to}.{rest}");
+            }
+        }
+        out.set("general.architecture", MetaValue::string(to));
+        out
+    }
+
+    /// Replaces the tensors `parts` of `w` by one tensor `fused` holding
+    /// their rows in order (how Phi-3 stores attn_qkv and gate-up).
+    fn fuse(w: &mut GgufWriter, parts: &[String], fused: &str) {
+        let mut data = Vec::new();
+        let (mut rows, mut cols, mut type_id) = (0, 0, 0);
+        for name in parts {
+            let t = w.tensors.iter().find(|t| &t.name == name).unwrap();
+            data.extend_from_slice(&t.data);
+            (cols, type_id) = (t.dims[0], t.type_id);
+            rows += t.dims[1];
+        }
+        w.tensors.retain(|t| !parts.contains(&t.name));
+        *w = w.clone().tensor(fused, &[cols, rows], type_id, data);
     }
 
     #[test]
@@ -446,14 +531,87 @@ mod tests {
             "unit factors change nothing"
         );
         let slowed = last_logits(Some(&vec![4.0; half]));
-        let diff = plain
-            .iter()
-            .zip(&slowed)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
+        let diff = max_diff(&plain, &slowed);
         assert!(
             diff > 1e-4,
             "factors of 4 must change the logits (max diff {diff})"
         );
+    }
+
+    /// Phi-3's fused tensors, split into row views at load, compute what
+    /// the same rows as separate tensors compute (Qwen 2 without biases is
+    /// the same block with separate tensors).
+    #[test]
+    fn fused_projections_equal_their_separate_parts() {
+        let mut separate = tiny_model_random("qwen2", TinyDims::default(), 7);
+        separate.tensors.retain(|t| !t.name.ends_with(".bias"));
+        let mut fused = relabel(&separate, "qwen2", "phi3");
+        for il in 0..TinyDims::default().n_layer {
+            let n = |t: &str| format!("blk.{il}.{t}.weight");
+            fuse(&mut fused, &[n("attn_q"), n("attn_k"), n("attn_v")], &n("attn_qkv"));
+            fuse(&mut fused, &[n("ffn_gate"), n("ffn_up")], &n("ffn_up"));
+        }
+        let (a, b) = (logits_of(&separate, LogitsFor::All), logits_of(&fused, LogitsFor::All));
+        assert!(max_diff(&a, &b) < 1e-5, "max diff {}", max_diff(&a, &b));
+    }
+
+    /// Granite with its four scales at 1 (and the attention scale at
+    /// `1/sqrt(head_dim)`) is Llama; each scale then changes the logits.
+    #[test]
+    fn granite_scales_are_identities_at_one_and_act_otherwise() {
+        let llama = tiny_model_random("llama", TinyDims::default(), 3);
+        let mut granite = relabel(&llama, "llama", "granite");
+        for (k, v) in [
+            ("logit_scale", 1.0),
+            ("residual_scale", 1.0),
+            ("embedding_scale", 1.0),
+            ("attention.scale", 0.5),
+        ] {
+            granite.set(&format!("granite.{k}"), MetaValue::F32(v));
+        }
+        let base = logits_of(&llama, LogitsFor::All);
+        assert!(max_diff(&base, &logits_of(&granite, LogitsFor::All)) < 1e-6);
+        let mut halved = granite.clone();
+        halved.set("granite.logit_scale", MetaValue::F32(2.0));
+        let h = logits_of(&halved, LogitsFor::All);
+        assert!(base.iter().zip(&h).all(|(a, b)| (a / 2.0 - b).abs() < 1e-5));
+        for (k, v) in [("residual_scale", 0.5), ("embedding_scale", 3.0), ("attention.scale", 2.0)] {
+            let mut g = granite.clone();
+            g.set(&format!("granite.{k}"), MetaValue::F32(v));
+            assert!(max_diff(&base, &logits_of(&g, LogitsFor::All)) > 1e-3, "{k} had no effect");
+        }
+    }
+
+    /// A window at least as long as the sequence changes nothing; a shorter
+    /// one changes exactly the positions that have keys beyond it.
+    #[test]
+    fn sliding_window_masks_only_keys_beyond_it() {
+        let llama = tiny_model_random("llama", TinyDims::default(), 5);
+        let full = logits_of(&llama, LogitsFor::All);
+        let mut wide = llama.clone();
+        wide.set("llama.attention.sliding_window", MetaValue::U32(TOKENS.len() as u32));
+        assert_eq!(logits_of(&wide, LogitsFor::All), full);
+        let mut narrow = llama;
+        narrow.set("llama.attention.sliding_window", MetaValue::U32(3));
+        let windowed = logits_of(&narrow, LogitsFor::All);
+        let vocab = full.len() / TOKENS.len();
+        for p in 0..TOKENS.len() {
+            let d = max_diff(&full[p * vocab..(p + 1) * vocab], &windowed[p * vocab..(p + 1) * vocab]);
+            if p < 3 {
+                assert_eq!(d, 0.0, "position {p} sees no key beyond the window");
+            } else {
+                assert!(d > 1e-4, "position {p}: window had no effect");
+            }
+        }
+    }
+
+    /// Biases are added: dropping Qwen 2's changes the logits.
+    #[test]
+    fn qkv_biases_are_applied() {
+        let with = tiny_model_random("qwen2", TinyDims::default(), 9);
+        let mut without = with.clone();
+        without.tensors.retain(|t| !t.name.ends_with(".bias"));
+        let d = max_diff(&logits_of(&with, LogitsFor::Last), &logits_of(&without, LogitsFor::Last));
+        assert!(d > 1e-3, "max diff {d}");
     }
 }

@@ -1,5 +1,9 @@
-//! The generic decoder ([`DecoderSpec`] + [`DecoderWeights`]) as a
+//! The decoder description ([`DecoderSpec`] + [`DecoderWeights`]) as a
 //! static-shape ONNX graph over `T` tokens with a fixed `C`-slot KV cache.
+//! The graph walks the same per-layer description as the CPU backend: each
+//! optional step (biases, QK-norm, post-norms, soft-caps, sliding windows,
+//! residual/embedding/logit scales, per-layer rope tables) is emitted when
+//! the description has it, with no architecture name involved.
 //!
 //! Inputs: `input_ids` int64 `[1, T]`, `position_ids` int64 `[1, T]`,
 //! `attention_mask` int64 `[1, C]` (1 for slots that hold a token once this
@@ -12,9 +16,10 @@
 //!   ScatterND, so it is a MatMul and elementwise ops every EP has;
 //! * GQA reshapes the query heads onto their KV head (`[1, n_kv, G·T, hd]`)
 //!   instead of repeating K/V, so no Expand/Tile of the cache;
-//! * the causal + padding mask becomes an additive bias of −100 (not −inf):
-//!   enough to zero a softmax weight, and small enough that a uint16
-//!   activation scale still resolves the real scores;
+//! * the causal + padding (+ sliding window) mask becomes an additive bias
+//!   of −100 (not −inf): enough to zero a softmax weight, and small enough
+//!   that a uint16 activation scale still resolves the real scores; one
+//!   bias per distinct window, shared by the layers that use it;
 //! * interleaved (ggml mode 0) rope becomes NeoX rope by permuting the rows
 //!   of Wq and Wk inside each head at export time: q·k is unchanged by a
 //!   common permutation, and NeoX rotation is two Slices and a Concat.
@@ -22,7 +27,7 @@
 //!   [`rope_row_permutation`]) — KV hand-over to the CPU backend undoes it.
 
 use sotto_models::spec::{Activation, DecoderSpec, RopeStyle};
-use sotto_models::weights::{DecoderWeights, Weight};
+use sotto_models::weights::{DecoderWeights, Linear, Weight};
 
 use super::graph::{Attr, GraphBuilder};
 use super::nbits;
@@ -74,11 +79,11 @@ pub fn present_value(i: usize) -> String {
 /// same angles.
 pub fn rope_row_permutation(spec: &DecoderSpec, n_heads: usize) -> Vec<usize> {
     let hd = spec.head_dim;
-    let n_rot = spec.rope.n_rot.min(hd);
+    let n_rot = spec.n_rot.min(hd);
     let mut order = Vec::with_capacity(n_heads * hd);
     for h in 0..n_heads {
         let base = h * hd;
-        if spec.rope.style == RopeStyle::Interleaved {
+        if spec.rope_style == RopeStyle::Interleaved {
             order.extend((0..n_rot).step_by(2).map(|i| base + i));
             order.extend((1..n_rot).step_by(2).map(|i| base + i));
             order.extend((n_rot..hd).map(|i| base + i));
@@ -90,34 +95,10 @@ pub fn rope_row_permutation(spec: &DecoderSpec, n_heads: usize) -> Vec<usize> {
 }
 
 fn check_supported(spec: &DecoderSpec) -> Result<()> {
-    let unsupported = [
-        (spec.qk_norm, "qk_norm"),
-        (spec.post_norms, "post_norms"),
-        (
-            spec.sliding_window.is_some() && spec.layer_is_sliding.iter().any(|&s| s),
-            "sliding-window layers",
-        ),
-        (
-            spec.attn_logit_softcap.is_some(),
-            "attention logit soft-capping",
-        ),
-        (
-            spec.final_logit_softcap.is_some(),
-            "final logit soft-capping",
-        ),
-    ];
-    for (present, what) in unsupported {
-        if present {
-            return Err(Error::Unsupported(format!(
-                "{what} ({} architecture)",
-                spec.arch
-            )));
-        }
-    }
-    if spec.n_kv_head == 0 || spec.n_head % spec.n_kv_head != 0 || spec.rope.n_rot % 2 != 0 {
+    if spec.n_kv_head == 0 || !spec.n_head.is_multiple_of(spec.n_kv_head) || !spec.n_rot.is_multiple_of(2) {
         return Err(Error::Unsupported(format!(
             "head layout n_head {} / n_kv_head {} / n_rot {}",
-            spec.n_head, spec.n_kv_head, spec.rope.n_rot
+            spec.n_head, spec.n_kv_head, spec.n_rot
         )));
     }
     Ok(())
@@ -138,8 +119,24 @@ fn dequantized(w: &Weight) -> Result<Vec<f32>> {
 }
 
 impl DecoderGraph<'_> {
+    /// `x·Wᵀ + b` for the linear `l` (`W: [out, in]`), its output rows
+    /// reordered by `rows` when given (the bias too).
+    fn linear(&mut self, x: &str, l: &Linear, rows: Option<&[usize]>) -> Result<String> {
+        let y = self.matmul_weight(x, &l.weight, rows)?;
+        let Some(bias) = &l.bias else {
+            return Ok(y);
+        };
+        let b: Vec<f32> = match rows {
+            Some(order) => order.iter().map(|&r| bias[r]).collect(),
+            None => bias.clone(),
+        };
+        let name = format!("{}.bias", l.weight.name);
+        let b = self.g.init_f32(&name, &[b.len()], &b);
+        Ok(self.g.add(&y, &b))
+    }
+
     /// `x·Wᵀ` for `W: [out, in]`, rows reordered by `rows` when given.
-    fn linear(&mut self, x: &str, w: &Weight, rows: Option<&[usize]>) -> Result<String> {
+    fn matmul_weight(&mut self, x: &str, w: &Weight, rows: Option<&[usize]>) -> Result<String> {
         let (n, k) = (w.rows(), w.cols());
         if self.format == WeightFormat::MatMulNBits {
             if let Some(q) = nbits::repack(w.dtype, w.data(), n, k, rows) {
@@ -212,7 +209,12 @@ impl DecoderGraph<'_> {
     /// RMSNorm over the last axis.
     fn rms_norm(&mut self, x: &str, w: &Weight) -> Result<String> {
         let gain = dequantized(w)?;
-        let gain = self.g.init_f32(&w.name, &[gain.len()], &gain);
+        Ok(self.rms_norm_gain(x, &w.name, &gain))
+    }
+
+    /// RMSNorm over the last axis with the gain `gain` (named `name`).
+    fn rms_norm_gain(&mut self, x: &str, name: &str, gain: &[f32]) -> String {
+        let gain = self.g.init_f32(name, &[gain.len()], gain);
         // x / sqrt(mean(x²) + eps) computed on x / RMS_PRESCALE, so the
         // squares stay inside f16 (QNN HTP runs float graphs in f16).
         let inv = self.g.scalar(1.0 / RMS_PRESCALE);
@@ -228,14 +230,43 @@ impl DecoderGraph<'_> {
         let var = self.g.add(&mean, &eps);
         let rms = self.g.node("Sqrt", &[&var], &[]);
         let normed = self.g.div(&xs, &rms);
-        Ok(self.g.mul(&normed, &gain))
+        self.g.mul(&normed, &gain)
+    }
+
+    /// RMSNorm of each head of `x: [1, heads, T, hd]` (QK-norm), its gain
+    /// reordered like the head's rows (see [`rope_row_permutation`]).
+    fn head_norm(&mut self, x: &str, w: &Weight) -> Result<String> {
+        let gain = dequantized(w)?;
+        let order = rope_row_permutation(self.spec, 1);
+        let gain: Vec<f32> = order.iter().map(|&i| gain[i]).collect();
+        Ok(self.rms_norm_gain(x, &w.name, &gain))
+    }
+
+    /// `x` times a constant, or `x` itself when there is none.
+    fn scaled(&mut self, x: String, scale: Option<f32>) -> String {
+        match scale {
+            Some(s) => {
+                let s = self.g.scalar(s);
+                self.g.mul(&x, &s)
+            }
+            None => x,
+        }
+    }
+
+    /// `cap · tanh(x / cap)`.
+    fn softcap(&mut self, x: &str, cap: f32) -> String {
+        let inv = self.g.scalar(1.0 / cap);
+        let scaled = self.g.mul(x, &inv);
+        let t = self.g.node("Tanh", &[&scaled], &[]);
+        let c = self.g.scalar(cap);
+        self.g.mul(&t, &c)
     }
 
     /// NeoX rotation of `x: [1, heads, T, hd]` with `cos`, `sin_signed`:
     /// `[1, 1, T, n_rot]` (`sin_signed = [−sin, sin]`).
     fn rope(&mut self, x: &str, cos: &str, sin_signed: &str) -> String {
         let hd = self.spec.head_dim as i64;
-        let n_rot = self.spec.rope.n_rot as i64;
+        let n_rot = self.spec.n_rot as i64;
         let half = n_rot / 2;
         let rotated = if n_rot < hd {
             self.g.slice(x, 3, 0, n_rot)
@@ -297,7 +328,7 @@ pub fn export_decoder_typed(
         spec.n_head as i64,
     );
     let group = n_head / n_kv;
-    let n_rot = spec.rope.n_rot;
+    let n_rot = spec.n_rot;
     let mut d = DecoderGraph {
         g: GraphBuilder::new(if t == 1 { "decode" } else { "prefill" }),
         spec,
@@ -313,31 +344,37 @@ pub fn export_decoder_typed(
         d.g.input(&past_value(i), DataType::Float, &[1, n_kv, c, hd]);
     }
 
-    // Rope tables over every slot, gathered by position: [1, 1, T, n_rot].
-    let inv = weights
-        .rope_inv_freqs(spec, false)
-        .map_err(|e| Error::Weight {
-            tensor: "rope_freqs".into(),
-            reason: e.to_string(),
-        })?;
-    let mut cos_t = Vec::with_capacity(shape.context * n_rot);
-    let mut sin_t = Vec::with_capacity(shape.context * n_rot);
-    for p in 0..shape.context {
-        for j in 0..n_rot {
-            let angle = p as f64 * inv[j % (n_rot / 2)] as f64;
-            cos_t.push(angle.cos() as f32);
-            let s = angle.sin() as f32;
-            sin_t.push(if j < n_rot / 2 { -s } else { s });
+    // Rope tables over every slot, one per distinct rope of the layers,
+    // gathered by position: [1, 1, T, n_rot]. The factors are those of a
+    // KV cache of C slots, as the CPU backend picks them.
+    let (ropes, layer_rope) = spec.distinct_ropes();
+    let mut rope_tables = Vec::with_capacity(ropes.len());
+    for (r, rope) in ropes.iter().enumerate() {
+        let inv = weights
+            .rope_inv_freqs(rope, n_rot, shape.context)
+            .map_err(|e| Error::Weight {
+                tensor: "rope frequencies".into(),
+                reason: e.to_string(),
+            })?;
+        let m = rope.attn_factor as f64;
+        let mut cos_t = Vec::with_capacity(shape.context * n_rot);
+        let mut sin_t = Vec::with_capacity(shape.context * n_rot);
+        for p in 0..shape.context {
+            for j in 0..n_rot {
+                let angle = p as f64 * inv[j % (n_rot / 2)];
+                cos_t.push((angle.cos() * m) as f32);
+                let s = (angle.sin() * m) as f32;
+                sin_t.push(if j < n_rot / 2 { -s } else { s });
+            }
         }
+        let cos_table = d.g.init_f32(&format!("rope{r}_cos"), &[shape.context, n_rot], &cos_t);
+        let sin_table = d.g.init_f32(&format!("rope{r}_sin"), &[shape.context, n_rot], &sin_t);
+        let cos_g = d.g.node("Gather", &[&cos_table, &pos], &[("axis", Attr::Int(0))]);
+        let sin_g = d.g.node("Gather", &[&sin_table, &pos], &[("axis", Attr::Int(0))]);
+        let cos = d.g.reshape(&cos_g, &[1, 1, t, n_rot as i64]);
+        let sin = d.g.reshape(&sin_g, &[1, 1, t, n_rot as i64]);
+        rope_tables.push((cos, sin));
     }
-    let cos_table = d.g.init_f32("rope_cos", &[shape.context, n_rot], &cos_t);
-    let sin_table = d.g.init_f32("rope_sin", &[shape.context, n_rot], &sin_t);
-    let cos_g =
-        d.g.node("Gather", &[&cos_table, &pos], &[("axis", Attr::Int(0))]);
-    let sin_g =
-        d.g.node("Gather", &[&sin_table, &pos], &[("axis", Attr::Int(0))]);
-    let cos = d.g.reshape(&cos_g, &[1, 1, t, n_rot as i64]);
-    let sin = d.g.reshape(&sin_g, &[1, 1, t, n_rot as i64]);
 
     // Slot bookkeeping, shared by every layer.
     let slots: Vec<i64> = (0..c).collect();
@@ -370,43 +407,64 @@ pub fn export_decoder_typed(
     );
     let allowed =
         d.g.node_typed("And", &[&causal, &valid], &[], DataType::Bool);
-    let allowed_f = d.g.node_typed(
-        "Cast",
-        &[&allowed],
-        &[("to", Attr::Int(DataType::Float as i64))],
-        DataType::Float,
-    );
+    // One additive bias [G·T, C] (0 or −100) per distinct window: a sliding
+    // layer also masks slots at distance `window` or more behind the query.
+    let mut windows: Vec<Option<usize>> = Vec::new();
+    for l in &spec.layers {
+        if !windows.contains(&l.attention.window) {
+            windows.push(l.attention.window);
+        }
+    }
     let big = d.g.scalar(-MASK_BIAS);
-    let shifted = d.g.sub(&allowed_f, &one);
-    let bias_t = d.g.mul(&shifted, &big); // [T, C]: 0 or −100
-    let bias_refs: Vec<&str> = (0..group).map(|_| bias_t.as_str()).collect();
-    let bias = if group > 1 {
-        d.g.concat(&bias_refs, 0)
-    } else {
-        bias_t.clone()
-    }; // [G·T, C]
-    let scale = d.g.scalar(spec.attn_scale);
+    let mut biases = Vec::with_capacity(windows.len());
+    for window in &windows {
+        let allowed = match window {
+            None => allowed.clone(),
+            Some(w) => {
+                let behind = d.g.sub(&pos_col, &slots); // [T, C] int64
+                let w = d.g.init_i64("window", &[], &[*w as i64]);
+                let near = d.g.node_typed("Less", &[&behind, &w], &[], DataType::Bool);
+                d.g.node_typed("And", &[&allowed, &near], &[], DataType::Bool)
+            }
+        };
+        let allowed_f = d.g.node_typed(
+            "Cast",
+            &[&allowed],
+            &[("to", Attr::Int(DataType::Float as i64))],
+            DataType::Float,
+        );
+        let shifted = d.g.sub(&allowed_f, &one);
+        let bias_t = d.g.mul(&shifted, &big); // [T, C]: 0 or −100
+        let bias_refs: Vec<&str> = (0..group).map(|_| bias_t.as_str()).collect();
+        let bias = if group > 1 {
+            d.g.concat(&bias_refs, 0)
+        } else {
+            bias_t.clone()
+        }; // [G·T, C]
+        biases.push(bias);
+    }
 
     let table = dequantized(&weights.token_embd)?;
     let table =
         d.g.init_f32("token_embd", &[spec.vocab_size, spec.d_model], &table);
-    let mut x =
-        d.g.node("Gather", &[&table, &ids], &[("axis", Attr::Int(0))]);
-    if let Some(s) = spec.embed_scale {
-        let s = d.g.scalar(s);
-        x = d.g.mul(&x, &s);
-    }
+    let x = d.g.node("Gather", &[&table, &ids], &[("axis", Attr::Int(0))]);
+    let mut x = d.scaled(x, spec.embed_scale);
     let q_rows = rope_row_permutation(spec, spec.n_head);
     let k_rows = rope_row_permutation(spec, spec.n_kv_head);
 
-    for (i, lw) in weights.layers.iter().enumerate() {
+    for (i, (ls, lw)) in spec.layers.iter().zip(&weights.layers).enumerate() {
         let h = d.rms_norm(&x, &lw.attn_norm)?;
         let q = d.linear(&h, &lw.attn_q, Some(&q_rows))?;
         let k = d.linear(&h, &lw.attn_k, Some(&k_rows))?;
         let v = d.linear(&h, &lw.attn_v, None)?;
-        let q = d.split_heads(&q, spec.n_head);
-        let k = d.split_heads(&k, spec.n_kv_head);
+        let mut q = d.split_heads(&q, spec.n_head);
+        let mut k = d.split_heads(&k, spec.n_kv_head);
         let v = d.split_heads(&v, spec.n_kv_head);
+        if let (Some(qn), Some(kn)) = (&lw.attn_q_norm, &lw.attn_k_norm) {
+            q = d.head_norm(&q, qn)?;
+            k = d.head_norm(&k, kn)?;
+        }
+        let (cos, sin) = rope_tables[layer_rope[i]].clone();
         let q = d.rope(&q, &cos, &sin);
         let k = d.rope(&k, &cos, &sin);
 
@@ -422,14 +480,26 @@ pub fn export_decoder_typed(
         let qg = d.g.reshape(&q, &[1, n_kv, group * t, hd]);
         let kt = d.g.transpose(&present_key(i), &[0, 1, 3, 2]);
         let scores = d.g.matmul(&qg, &kt);
-        let scores = d.g.mul(&scores, &scale);
-        let scores = d.g.add(&scores, &bias);
+        let scale = d.g.scalar(ls.attention.scale);
+        let mut scores = d.g.mul(&scores, &scale);
+        if let Some(cap) = ls.attention.softcap {
+            scores = d.softcap(&scores, cap);
+        }
+        let window = windows
+            .iter()
+            .position(|w| *w == ls.attention.window)
+            .unwrap_or(0);
+        let scores = d.g.add(&scores, &biases[window]);
         let probs = d.g.node("Softmax", &[&scores], &[("axis", Attr::Int(-1))]);
         let att = d.g.matmul(&probs, &present_value(i)); // [1, n_kv, G·T, hd]
         let att = d.g.reshape(&att, &[1, n_head, t, hd]);
         let att = d.g.transpose(&att, &[0, 2, 1, 3]);
         let att = d.g.reshape(&att, &[1, t, n_head * hd]);
-        let o = d.linear(&att, &lw.attn_output, None)?;
+        let mut o = d.linear(&att, &lw.attn_output, None)?;
+        if let Some(n) = &lw.post_attention_norm {
+            o = d.rms_norm(&o, n)?;
+        }
+        let o = d.scaled(o, ls.residual_scale);
         x = d.g.add(&x, &o);
 
         let h = d.rms_norm(&x, &lw.ffn_norm)?;
@@ -447,11 +517,19 @@ pub fn export_decoder_typed(
             ),
         };
         let prod = d.g.mul(&act, &up);
-        let f = d.linear(&prod, &lw.ffn_down, None)?;
+        let mut f = d.linear(&prod, &lw.ffn_down, None)?;
+        if let Some(n) = &lw.post_ffw_norm {
+            f = d.rms_norm(&f, n)?;
+        }
+        let f = d.scaled(f, ls.residual_scale);
         x = d.g.add(&x, &f);
     }
     let h = d.rms_norm(&x, &weights.output_norm)?;
     let logits = d.linear(&h, &weights.output, None)?;
+    let mut logits = d.scaled(logits, spec.logit_scale);
+    if let Some(cap) = spec.final_logit_softcap {
+        logits = d.softcap(&logits, cap);
+    }
     d.g.node_named("Identity", &[&logits], "logits", &[]);
     d.g.output("logits", &[1, t, spec.vocab_size as i64]);
     for i in 0..spec.n_layer {

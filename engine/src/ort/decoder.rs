@@ -114,9 +114,9 @@ impl OrtDecoder {
                 context,
             },
             Error::TokenOutOfRange { id, vocab } => crate::Error::TokenOutOfRange { id, vocab },
-            other => crate::Error::Backend {
+            source => crate::Error::Ort {
                 backend: self.name,
-                reason: other.to_string(),
+                source,
             },
         }
     }

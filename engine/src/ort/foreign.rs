@@ -642,9 +642,9 @@ impl ForeignDecoder {
     }
 
     fn engine_error(&self, e: Error) -> crate::Error {
-        crate::Error::Backend {
+        crate::Error::Ort {
             backend: self.name,
-            reason: e.to_string(),
+            source: e,
         }
     }
 }

@@ -72,9 +72,14 @@ pub enum Error {
         input: String,
         shape: Vec<Option<i64>>,
     },
-    /// With CPU fallback refused, some node could not be placed on the chain.
-    #[error("CPU fallback is disabled but the graph does not fit the EP chain: {0}")]
-    FallbackRefused(String),
+    /// With CPU fallback refused, some node could not be placed on the
+    /// chain. `rejected` holds the EP's per-node verdicts when it gave any.
+    #[error("CPU fallback is disabled but the graph does not fit the EP chain: {source}{}", rejected_nodes(.rejected))]
+    FallbackRefused {
+        rejected: Vec<String>,
+        #[source]
+        source: ort::Error,
+    },
     #[error("graph: {0}")]
     Graph(String),
     #[error("onnx: {0}")]
@@ -126,12 +131,25 @@ pub enum Error {
     Config { path: PathBuf, reason: String },
     #[error("KV hand-over: {0}")]
     Kv(String),
+    /// A lock shared by the process's sessions was poisoned by a panic.
+    #[error("ONNX Runtime {what} lock poisoned by an earlier panic")]
+    Poisoned { what: &'static str },
     #[error("onnxruntime: {0}")]
-    Ort(String),
+    Ort(#[from] ort::Error),
 }
 
-impl<T> From<ort::Error<T>> for Error {
-    fn from(e: ort::Error<T>) -> Self {
-        Error::Ort(e.to_string())
+fn rejected_nodes(rejected: &[String]) -> String {
+    if rejected.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", rejected.join("; "))
+    }
+}
+
+/// Session-builder calls return the builder for recovery; the error itself
+/// is what is kept.
+impl From<ort::Error<ort::session::builder::SessionBuilder>> for Error {
+    fn from(e: ort::Error<ort::session::builder::SessionBuilder>) -> Self {
+        Error::Ort(e.into())
     }
 }

@@ -159,7 +159,9 @@ pub fn register_ep_library(config: &OrtConfig, name: &str, library: &Path) -> Re
     let mut done = rt
         .registered
         .lock()
-        .map_err(|_| Error::Ort("EP registry lock poisoned".into()))?;
+        .map_err(|_| Error::Poisoned {
+            what: "EP registry",
+        })?;
     if done.iter().any(|n| n == name) {
         return Ok(());
     }

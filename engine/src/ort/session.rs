@@ -355,17 +355,14 @@ pub(crate) fn create_with(
     };
     let lines = runtime::take_log(&log_id);
     let session = committed.map_err(|e| {
-        let msg = e.to_string();
+        let source = ort::Error::from(e);
         if config.npu_only {
-            let p = Placement::parse(&lines, graph_nodes);
-            let why = if p.qnn_rejected.is_empty() {
-                String::new()
-            } else {
-                format!(" [{}]", p.qnn_rejected.join("; "))
-            };
-            Error::FallbackRefused(format!("{msg}{why}"))
+            Error::FallbackRefused {
+                rejected: Placement::parse(&lines, graph_nodes).qnn_rejected,
+                source,
+            }
         } else {
-            Error::Ort(msg)
+            Error::Ort(source)
         }
     })?;
     if let Some(ctx) = config.eps.iter().find_map(|e| match e {

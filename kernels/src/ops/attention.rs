@@ -66,7 +66,7 @@ pub fn attention_with(
 ) -> Result<()> {
     const OP: &str = "attention";
     let invalid = |reason: String| Error::InvalidArgument { op: OP, reason };
-    if p.head_dim == 0 || p.n_kv_head == 0 || p.n_head % p.n_kv_head != 0 {
+    if p.head_dim == 0 || p.n_kv_head == 0 || !p.n_head.is_multiple_of(p.n_kv_head) {
         return Err(invalid(format!(
             "{} heads over {} kv heads of dim {}",
             p.n_head, p.n_kv_head, p.head_dim

@@ -586,8 +586,8 @@ mod tests {
             assert!(matmul_packed(&packed, &x_of(cols), 1, &mut out[1..]).is_err());
         }
         // types without an x16 layout are never packed
-        let k = aligned_bytes(DType::Q4_K.row_bytes(256).unwrap());
-        let m = QMatrix::new(DType::Q4_K, 1, 256, k.as_bytes()).unwrap();
+        let k = aligned_bytes(DType::Q2_K.row_bytes(256).unwrap());
+        let m = QMatrix::new(DType::Q2_K, 1, 256, k.as_bytes()).unwrap();
         for isa in available_isas() {
             assert!(PackedMatrix::pack_for(table_for(isa).unwrap(), &m)
                 .unwrap()
@@ -647,6 +647,67 @@ mod tests {
 
     fn x_of(n: usize) -> Vec<f32> {
         vec![0.5; n]
+    }
+
+    /// Every weight type: data one block short of the rows (blocks past the
+    /// tensor) or one block long, a row length that is not whole blocks,
+    /// and inputs or outputs of the wrong length are typed errors on every
+    /// table, and a failed call leaves the output untouched.
+    #[test]
+    fn every_type_rejects_bad_shapes() {
+        for &d in DType::ALL {
+            let (bs, ts) = (d.block_size(), d.type_size());
+            let (rows, cols) = (3, 2 * bs.max(32));
+            let rb = d.row_bytes(cols).unwrap();
+            let buf = aligned_bytes(rows * rb + ts);
+            let b = buf.as_bytes();
+            for bad in [rows * rb - ts, rows * rb + ts] {
+                assert!(
+                    matches!(
+                        QMatrix::new(d, rows, cols, &b[..bad]),
+                        Err(Error::ShapeMismatch { .. })
+                    ),
+                    "{d}: {bad} bytes for {rows}x{cols}"
+                );
+            }
+            if bs > 1 {
+                assert!(
+                    matches!(
+                        QMatrix::new(d, rows, cols + 1, &b[..rows * rb]),
+                        Err(Error::RaggedRow { .. })
+                    ),
+                    "{d}: ragged"
+                );
+            }
+            let m = QMatrix::new(d, rows, cols, &b[..rows * rb]).unwrap();
+            for isa in available_isas() {
+                let t = table_for(isa).unwrap();
+                let mut out = vec![3f32; rows];
+                let wrong_x = matmul_with(t, &m, &vec![0.5; cols - 1], 1, &mut out);
+                let wrong_out = matmul_with(t, &m, &vec![0.5; cols], 1, &mut out[..rows - 1]);
+                if d.is_weight_type() {
+                    assert!(
+                        matches!(wrong_x, Err(Error::ShapeMismatch { .. })),
+                        "{d} {isa}"
+                    );
+                    assert!(
+                        matches!(wrong_out, Err(Error::ShapeMismatch { .. })),
+                        "{d} {isa}"
+                    );
+                    assert!(
+                        matmul_with(t, &m, &vec![0.5; 2 * cols], 2, &mut vec![0f32; 2 * rows])
+                            .is_ok()
+                    );
+                } else {
+                    let ok = matmul_with(t, &m, &vec![0.5; cols], 1, &mut out);
+                    assert!(
+                        matches!(ok, Err(Error::UnsupportedDType { .. })),
+                        "{d} {isa}"
+                    );
+                }
+                assert!(out.iter().all(|&v| v == 3.0), "{d} {isa}: output written");
+            }
+        }
     }
 
     #[test]

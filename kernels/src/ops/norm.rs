@@ -4,7 +4,7 @@
 use crate::{Error, Result};
 
 fn check(op: &'static str, len: usize, dim: usize) -> Result<()> {
-    if dim == 0 || len % dim != 0 {
+    if dim == 0 || !len.is_multiple_of(dim) {
         return Err(Error::InvalidArgument {
             op,
             reason: format!("{len} values are not whole rows of {dim}"),

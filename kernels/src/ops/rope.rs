@@ -1,7 +1,8 @@
 //! Rotary position embeddings with precomputed cos/sin, as ggml's rope for
 //! modes 0 (interleaved pairs) and 2 (NeoX halves), with linear position
 //! scaling and optional per-dimension frequency factors (Llama 3.1's
-//! `rope_freqs`).
+//! `rope_freqs`), or from inverse frequencies the caller computed, with
+//! ggml's `attn_factor` on the magnitudes.
 
 use crate::{Error, Result};
 
@@ -39,13 +40,13 @@ impl RopeCache {
         factors: Option<&[f32]>,
     ) -> Result<Self> {
         const OP: &str = "RopeCache::new";
-        if n_rot == 0 || n_rot % 2 != 0 {
+        if n_rot == 0 || !n_rot.is_multiple_of(2) {
             return Err(Error::InvalidArgument {
                 op: OP,
                 reason: format!("n_rot {n_rot} must be even and > 0"),
             });
         }
-        if !(theta_base > 0.0) || !freq_scale.is_finite() {
+        if theta_base.is_nan() || theta_base <= 0.0 || !freq_scale.is_finite() {
             return Err(Error::InvalidArgument {
                 op: OP,
                 reason: format!("theta_base {theta_base} / freq_scale {freq_scale} out of range"),
@@ -80,6 +81,48 @@ impl RopeCache {
         }
         Ok(Self {
             n_rot,
+            max_pos,
+            cos_sin,
+        })
+    }
+
+    /// The table of precomputed inverse frequencies (one per rotated pair,
+    /// scaling and frequency factors already applied by the caller), with
+    /// cos and sin multiplied by `attn_factor` (ggml's rope `attn_factor`,
+    /// the magnitude Phi-3's long-context scaling gives rotated dims).
+    pub fn from_inv_freqs(inv_freqs: &[f64], max_pos: usize, attn_factor: f32) -> Result<Self> {
+        const OP: &str = "RopeCache::from_inv_freqs";
+        if inv_freqs.is_empty() {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                reason: "no rotated pair".into(),
+            });
+        }
+        if let Some(f) = inv_freqs.iter().find(|f| !f.is_finite() || **f < 0.0) {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                reason: format!("inverse frequency {f} out of range"),
+            });
+        }
+        if !(attn_factor.is_finite() && attn_factor > 0.0) {
+            return Err(Error::InvalidArgument {
+                op: OP,
+                reason: format!("attn_factor {attn_factor} out of range"),
+            });
+        }
+        let len = max_pos
+            .checked_mul(inv_freqs.len())
+            .ok_or(Error::SizeOverflow { op: OP })?;
+        let mut cos_sin = Vec::with_capacity(len);
+        let m = attn_factor as f64;
+        for pos in 0..max_pos {
+            cos_sin.extend(inv_freqs.iter().map(|f| {
+                let (s, c) = (pos as f64 * f).sin_cos();
+                ((c * m) as f32, (s * m) as f32)
+            }));
+        }
+        Ok(Self {
+            n_rot: 2 * inv_freqs.len(),
             max_pos,
             cos_sin,
         })
@@ -210,6 +253,30 @@ mod tests {
         let theta = 3.0 * 100f64.powf(-2.0 / 8.0) / 2.0;
         assert!((x[2] as f64 - theta.cos()).abs() < 1e-6);
         assert!((x[3] as f64 - theta.sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn from_inv_freqs_matches_the_base_form_and_scales_magnitudes() {
+        let inv: Vec<f64> = (0..4).map(|i| 100f64.powf(-2.0 * i as f64 / 8.0) * 0.5).collect();
+        let a = RopeCache::from_inv_freqs(&inv, 10, 1.0).unwrap();
+        let b = RopeCache::new(8, 100.0, 0.5, 10).unwrap();
+        assert_eq!(a.n_rot(), 8);
+        let x = random_row(16, 3);
+        let (mut ya, mut yb) = (x.clone(), x.clone());
+        a.apply(&mut ya, 2, 8, 7, RopeStyle::NeoX).unwrap();
+        b.apply(&mut yb, 2, 8, 7, RopeStyle::NeoX).unwrap();
+        for (p, q) in ya.iter().zip(&yb) {
+            assert!((p - q).abs() < 1e-6, "{p} vs {q}");
+        }
+        let scaled = RopeCache::from_inv_freqs(&inv, 10, 1.5).unwrap();
+        let mut ys = x.clone();
+        scaled.apply(&mut ys, 2, 8, 7, RopeStyle::NeoX).unwrap();
+        for (p, q) in ys.iter().zip(&ya) {
+            assert!((p - 1.5 * q).abs() < 1e-5, "{p} vs 1.5 * {q}");
+        }
+        assert!(RopeCache::from_inv_freqs(&[], 4, 1.0).is_err());
+        assert!(RopeCache::from_inv_freqs(&[f64::NAN], 4, 1.0).is_err());
+        assert!(RopeCache::from_inv_freqs(&[1.0], 4, 0.0).is_err());
     }
 
     #[test]

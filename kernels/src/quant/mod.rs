@@ -19,6 +19,12 @@
 pub mod blocks;
 pub mod float;
 mod ggml;
+pub mod iq4_nl;
+pub mod iq4_xs;
+#[cfg(test)]
+mod known_answers;
+pub mod q2_k;
+pub mod q3_k;
 pub mod q4_0;
 pub mod q4_1;
 pub mod q4_k;
@@ -96,10 +102,14 @@ macro_rules! registry {
             Q5_1 = $crate::quant::q5_1::BlockQ5_1 [weight q5_1],
             Q8_0 = $crate::quant::q8_0::BlockQ8_0 [weight q8_0] [act act_q8_0],
             Q8_1 = $crate::quant::q8_1::BlockQ8_1 [act act_q8_1],
+            Q2_K = $crate::quant::q2_k::BlockQ2K [weight q2_k],
+            Q3_K = $crate::quant::q3_k::BlockQ3K [weight q3_k],
             Q4_K = $crate::quant::q4_k::BlockQ4K [weight q4_k],
             Q5_K = $crate::quant::q5_k::BlockQ5K [weight q5_k],
             Q6_K = $crate::quant::q6_k::BlockQ6K [weight q6_k],
             Q8_K = $crate::quant::q8_k::BlockQ8K [act act_q8_k],
+            IQ4_NL = $crate::quant::iq4_nl::BlockIQ4NL [weight iq4_nl],
+            IQ4_XS = $crate::quant::iq4_xs::BlockIQ4XS [weight iq4_xs],
             BF16 = half::bf16 [weight bf16],
         }
     };
@@ -456,6 +466,68 @@ mod tests {
             Err(Error::Misaligned { .. })
         ));
         assert!(dequantize_row(DType::Q4_1, &buf.as_bytes()[2..22], &mut dst).is_ok());
+    }
+
+    /// Every type: a row that is not whole blocks, bytes one block short or
+    /// long (blocks past the row), and misaligned bytes are typed errors
+    /// from both directions, and leave the output untouched.
+    #[test]
+    fn every_type_rejects_bad_rows() {
+        for &d in DType::ALL {
+            let (bs, ts) = (d.block_size(), d.type_size());
+            let n = 4 * bs;
+            let x = test_data::random_row(n, d as u64);
+            let mut q = aligned_bytes(d.row_bytes(n).unwrap() + ts + 8);
+            let bytes = q.as_bytes_mut();
+            for bad in [d.row_bytes(n).unwrap() - ts, d.row_bytes(n).unwrap() + ts] {
+                bytes.fill(0xA5);
+                assert!(
+                    matches!(
+                        quantize_row(d, &x, &mut bytes[..bad]),
+                        Err(Error::ShapeMismatch { .. })
+                    ),
+                    "{d} quantize {bad} bytes"
+                );
+                assert!(bytes.iter().all(|&b| b == 0xA5), "{d}: output written");
+                let mut y = vec![7f32; n];
+                assert!(
+                    matches!(
+                        dequantize_row(d, &bytes[..bad], &mut y),
+                        Err(Error::ShapeMismatch { .. })
+                    ),
+                    "{d} dequantize {bad} bytes"
+                );
+                assert!(y.iter().all(|&v| v == 7.0), "{d}: output written");
+            }
+            if bs > 1 {
+                let mut y = vec![0f32; n + 1];
+                assert!(
+                    matches!(
+                        quantize_row(d, &x[..n - 1], &mut bytes[..d.row_bytes(n).unwrap()]),
+                        Err(Error::RaggedRow { .. })
+                    ),
+                    "{d} quantize ragged"
+                );
+                assert!(
+                    matches!(
+                        dequantize_row(d, &bytes[..d.row_bytes(n).unwrap()], &mut y),
+                        Err(Error::RaggedRow { .. })
+                    ),
+                    "{d} dequantize ragged"
+                );
+            }
+            if d.align() > 1 {
+                let rb = d.row_bytes(n).unwrap();
+                let mut y = vec![0f32; n];
+                assert!(
+                    matches!(
+                        dequantize_row(d, &bytes[1..rb + 1], &mut y),
+                        Err(Error::Misaligned { .. })
+                    ),
+                    "{d} misaligned"
+                );
+            }
+        }
     }
 
     /// quantize → dequantize stays within each type's error budget, relative

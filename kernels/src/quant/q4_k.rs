@@ -4,6 +4,7 @@
 
 use super::blocks::{K_SCALE_SIZE, QK_K};
 use super::q8_k::BlockQ8K;
+use super::x16::X16Field;
 use super::{nearest_int, DType, QuantBlock, WeightBlock};
 use crate::dispatch::{KernelTable, WeightRow};
 use bytemuck::{Pod, Zeroable};
@@ -35,6 +36,16 @@ impl WeightBlock for BlockQ4K {
     fn vec_dot_ref(w: &[Self], a: &[BlockQ8K]) -> f32 {
         vec_dot(w, a)
     }
+    /// `d` and `dmin` planes, the 12 scale bytes as 3 lines (line `k`:
+    /// bytes `4k..4k + 4` of each row), then 32 code lines (line `g`:
+    /// `qs[4g..4g + 4]`, so lines `8c..8c + 8` hold sub-block `2c` in their
+    /// low nibbles and `2c + 1` in their high ones).
+    const X16_FIELDS: &'static [X16Field] = &[
+        X16Field::f16(0),
+        X16Field::f16(2),
+        X16Field::codes(4, K_SCALE_SIZE),
+        X16Field::codes(16, QK_K / 2),
+    ];
     fn weight_row(t: &KernelTable) -> &WeightRow<Self> {
         &t.q4_k
     }

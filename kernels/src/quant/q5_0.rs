@@ -5,6 +5,7 @@
 
 use super::blocks::QK;
 use super::q8_0::BlockQ8_0;
+use super::x16::X16Field;
 use super::{signed_absmax, DType, QuantBlock, WeightBlock};
 use crate::dispatch::{KernelTable, WeightRow};
 use bytemuck::{Pod, Zeroable};
@@ -37,6 +38,10 @@ impl WeightBlock for BlockQ5_0 {
     fn vec_dot_ref(w: &[Self], a: &[BlockQ8_0]) -> f32 {
         vec_dot(w, a)
     }
+    /// The `d` plane, one `qh` line (the 32 fifth bits of each row), then
+    /// the 4 code lines of Q4_0.
+    const X16_FIELDS: &'static [X16Field] =
+        &[X16Field::f16(0), X16Field::codes(2, 4), X16Field::codes(6, QK / 2)];
     fn weight_row(t: &KernelTable) -> &WeightRow<Self> {
         &t.q5_0
     }

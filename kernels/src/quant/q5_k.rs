@@ -4,6 +4,7 @@
 use super::blocks::{K_SCALE_SIZE, QK_K};
 use super::q4_k::{pack_scale_min_k4, scale_min_k4, sub_codes, sub_scales_mins};
 use super::q8_k::BlockQ8K;
+use super::x16::X16Field;
 use super::{DType, QuantBlock, WeightBlock};
 use crate::dispatch::{KernelTable, WeightRow};
 use bytemuck::{Pod, Zeroable};
@@ -36,6 +37,16 @@ impl WeightBlock for BlockQ5K {
     fn vec_dot_ref(w: &[Self], a: &[BlockQ8K]) -> f32 {
         vec_dot(w, a)
     }
+    /// Q4_K's record with the fifth bits between the scales and the codes:
+    /// 8 `qh` lines (line `h`: `qh[4h..4h + 4]`, the bits of elements
+    /// `64c + 4h..` at bit `2c` and `64c + 32 + 4h..` at bit `2c + 1`).
+    const X16_FIELDS: &'static [X16Field] = &[
+        X16Field::f16(0),
+        X16Field::f16(2),
+        X16Field::codes(4, K_SCALE_SIZE),
+        X16Field::codes(16, QK_K / 8),
+        X16Field::codes(48, QK_K / 2),
+    ];
     fn weight_row(t: &KernelTable) -> &WeightRow<Self> {
         &t.q5_k
     }

@@ -4,6 +4,7 @@
 
 use super::blocks::QK_K;
 use super::q8_k::BlockQ8K;
+use super::x16::X16Field;
 use super::{nearest_int, DType, QuantBlock, WeightBlock};
 use crate::dispatch::{KernelTable, WeightRow};
 use bytemuck::{Pod, Zeroable};
@@ -35,6 +36,15 @@ impl WeightBlock for BlockQ6K {
     fn vec_dot_ref(w: &[Self], a: &[BlockQ8K]) -> f32 {
         vec_dot(w, a)
     }
+    /// Scale first as in the other types (the block keeps it last): the
+    /// `d` plane, the 16 sub-block scales as 4 lines (line `m`: scales
+    /// `4m..4m + 4`), the 16 `qh` lines, then the 32 `ql` lines.
+    const X16_FIELDS: &'static [X16Field] = &[
+        X16Field::f16(208),
+        X16Field::codes(192, QK_K / 16),
+        X16Field::codes(128, QK_K / 4),
+        X16Field::codes(0, QK_K / 2),
+    ];
     fn weight_row(t: &KernelTable) -> &WeightRow<Self> {
         &t.q6_k
     }

@@ -15,7 +15,22 @@
 //!   lines of 64 bytes whose 4-byte lane `r` holds bytes `4k..4k + 4` of
 //!   row `r`'s codes;
 //! * Q4_1: planes `d` and `m`, then the 4 code lines;
-//! * Q8_0: plane `d`, then 8 code lines.
+//! * Q8_0: plane `d`, then 8 code lines;
+//! * Q5_0: plane `d`, one line of the 32 fifth bits (`qh`), then the 4
+//!   code lines of Q4_0.
+//!
+//! The k-quants put their super-block scales first, then their 6-/8-bit
+//! sub-block scales as lines, then their code lines (each type's
+//! `X16_FIELDS` documents its record):
+//!
+//! * Q4_K (2304 bytes): planes `d`, `dmin`, 3 scale lines, 32 `qs` lines;
+//! * Q5_K (2816 bytes): as Q4_K with 8 `qh` lines before the `qs` lines;
+//! * Q6_K (3360 bytes): plane `d`, 4 scale lines, 16 `qh` lines, 32 `ql`
+//!   lines.
+//!
+//! So every 4-byte lane of a line holds the same bytes of its row as the
+//! block does, and a kernel reads the fields of 16 rows with 64-byte loads
+//! ([`X16Block::field_start`] gives where each field starts).
 //!
 //! Rows past the end of the matrix in its last panel are all zero (scale 0,
 //! so they contribute nothing). Packing is a byte permutation: every block
@@ -67,6 +82,10 @@ pub trait X16Block: WeightBlock {
     const PLANES: usize = planes(Self::X16_FIELDS);
     /// Bytes of the last field: the codes of the legacy quants.
     const CODE_BYTES: usize = last_len(Self::X16_FIELDS);
+    /// Byte offset in a record of field `i` of `X16_FIELDS`.
+    fn field_start(i: usize) -> usize {
+        field_start(Self::X16_FIELDS, i)
+    }
 }
 
 impl<W: WeightBlock> X16Block for W {}
@@ -77,6 +96,16 @@ const fn record_bytes(fields: &[X16Field]) -> usize {
     while i < fields.len() {
         n += PANEL_ROWS * fields[i].len;
         i += 1;
+    }
+    n
+}
+
+const fn field_start(fields: &[X16Field], i: usize) -> usize {
+    let mut k = 0;
+    let mut n = 0;
+    while k < i && k < fields.len() {
+        n += PANEL_ROWS * fields[k].len;
+        k += 1;
     }
     n
 }
@@ -292,5 +321,47 @@ mod tests {
         assert_eq!(BlockQ8_0::RECORD, 544);
         assert_eq!((BlockQ4_1::PLANES, BlockQ4_1::CODE_BYTES), (2, 16));
         assert_eq!((BlockQ8_0::PLANES, BlockQ8_0::CODE_BYTES), (1, 32));
+        use crate::quant::{q5_0::BlockQ5_0, q6_k::BlockQ6K};
+        assert_eq!(BlockQ5_0::RECORD, 352);
+        assert_eq!(BlockQ4K::RECORD, 2304);
+        assert_eq!(BlockQ5K::RECORD, 2816);
+        assert_eq!(BlockQ6K::RECORD, 3360);
+        assert_eq!(
+            [1, 2, 3].map(BlockQ4K::field_start),
+            [32, 64, 64 + 3 * 64]
+        );
+        assert_eq!(BlockQ5K::field_start(4), 64 + 3 * 64 + 8 * 64);
+        assert_eq!(BlockQ6K::field_start(3), 32 + 4 * 64 + 16 * 64);
+        assert_eq!(BlockQ5_0::field_start(2), 32 + 64);
+    }
+
+    /// The k-quant records by hand: lane `r` of a line holds the bytes of
+    /// row `r`, so a 64-byte load at a line reads the same 4 bytes of 16 rows.
+    #[test]
+    fn k_quant_lines_hold_each_rows_bytes() {
+        use crate::quant::q6_k::BlockQ6K;
+        use bytemuck::Zeroable;
+        let rows: Vec<BlockQ6K> = (0..16u8)
+            .map(|r| {
+                let mut b = BlockQ6K::zeroed();
+                let bytes = bytemuck::bytes_of_mut(&mut b);
+                for (i, v) in bytes.iter_mut().enumerate() {
+                    *v = (i as u8).wrapping_mul(7) ^ r;
+                }
+                b
+            })
+            .collect();
+        let mut p = vec![0u8; BlockQ6K::RECORD];
+        pack(&rows, 1, &mut p);
+        for (r, b) in rows.iter().enumerate() {
+            let d = b.d.to_bits().to_le_bytes();
+            assert_eq!(&p[2 * r..2 * r + 2], &d);
+            // scale line 2, lane r: scales 8..12 of row r
+            let s = BlockQ6K::field_start(1) + 2 * 64 + 4 * r;
+            assert_eq!(&p[s..s + 4], bytemuck::cast_slice::<i8, u8>(&b.scales[8..12]));
+            // ql line 31, lane r: ql[124..128]
+            let q = BlockQ6K::field_start(3) + 31 * 64 + 4 * r;
+            assert_eq!(&p[q..q + 4], &b.ql[124..128]);
+        }
     }
 }

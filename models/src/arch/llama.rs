@@ -3,43 +3,37 @@
 //!
 //! Rope is ggml mode 0 (interleaved pairs): llama.cpp's converter permutes
 //! the Q/K rows of HF checkpoints so that adjacent pairs rotate together.
+//! Llama 3.1+ files carry their long-context scaling as a `rope_freqs`
+//! tensor (the converter computes the llama3 wavelength blend into it).
+//! A file that sets `llama.attention.sliding_window` gets Mistral-style
+//! sliding-window attention on every layer (or on the layers of
+//! `sliding_window_pattern`); llama.cpp's own `llama` graph ignores the key.
 
-use super::{common_hparams, CommonHparams};
+use super::{Architecture, Hparams};
 use crate::error::Result;
-use crate::gguf::GgufFile;
-use crate::spec::{Activation, DecoderSpec, RopeSpec, RopeStyle};
+use crate::spec::{Activation, AttentionSpec, DecoderSpec, LayerSpec, RopeFactors, RopeStyle};
 
-pub(super) fn spec(gguf: &GgufFile, arch: &str) -> Result<DecoderSpec> {
-    let h: CommonHparams = common_hparams(gguf, arch)?;
-    Ok(DecoderSpec {
-        arch: arch.to_string(),
-        name: gguf.try_get_str("general.name")?.map(str::to_string),
-        n_layer: h.n_layer,
-        d_model: h.d_model,
-        n_head: h.n_head,
-        n_kv_head: h.n_kv_head,
-        head_dim: h.head_dim,
-        ffn_dim: h.ffn_dim,
-        vocab_size: h.vocab_size,
-        context_length: h.context_length,
-        norm_eps: h.norm_eps,
-        activation: Activation::SiluGlu,
-        rope: RopeSpec {
-            // llama.cpp's default when the key is absent.
-            theta: h.rope_theta.unwrap_or(10_000.0),
-            local_theta: None,
-            style: RopeStyle::Interleaved,
-            n_rot: h.n_rot,
-            scaling: h.rope_scaling,
+pub(super) const ARCH: Architecture = Architecture {
+    name: "llama",
+    spec,
+};
+
+fn spec(h: &Hparams<'_>) -> Result<DecoderSpec> {
+    let mut c = h.common()?;
+    if h.has_tensor("rope_freqs.weight") {
+        c.rope.factors = RopeFactors::Fixed;
+    }
+    let window = h.sliding_window()?;
+    let sliding = match window {
+        Some(_) => h.sliding_layers(c.n_layer, 0)?,
+        None => vec![false; c.n_layer],
+    };
+    let plain = c.plain_layer();
+    Ok(c.decoder(Activation::SiluGlu, RopeStyle::Interleaved, |il| LayerSpec {
+        attention: AttentionSpec {
+            window: window.filter(|_| sliding[il]),
+            ..plain.attention
         },
-        qk_norm: false,
-        post_norms: false,
-        sliding_window: None,
-        layer_is_sliding: vec![false; h.n_layer],
-        tied_embeddings: h.tied_embeddings,
-        embed_scale: None,
-        attn_scale: 1.0 / (h.head_dim as f32).sqrt(),
-        attn_logit_softcap: None,
-        final_logit_softcap: None,
-    })
+        ..plain
+    }))
 }

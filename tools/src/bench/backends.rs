@@ -1,14 +1,15 @@
-//! The backends `sotto bench` can run, and the one factory that loads them.
-//! A new backend is one [`BACKENDS`] row and one arm in [`load_backend`].
+//! The backends `sotto bench` can run, each a row name mapped onto the
+//! engine's [`BackendChoice`] and opened through its one entry point
+//! ([`LoadedModel::open`]). A new row is one [`BACKENDS`] entry and one arm
+//! in `choice`.
 //! The ONNX Runtime rows (ort-cpu, ort-qnn, hybrid, hybrid-qnn) run graphs
 //! exported by `sotto export`, exported on first use when no directory is
 //! given; ort-foreign runs a decoder another tool exported (`--onnx-foreign DIR`).
 
-use sotto_engine::{Backend, CpuBackend};
-use sotto_models::Model;
+use crate::cmd_export::Target as ExportTarget;
+use sotto_engine::{Backend, BackendChoice, BackendKind, CpuOptions, LoadedModel, OrtOptions};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 #[derive(Clone, Copy, Debug)]
 pub struct BackendInfo {
@@ -59,7 +60,6 @@ pub const BACKENDS: &[BackendInfo] = &[
 
 /// Where the ort rows' graphs come from.
 #[derive(Clone, Debug, Default)]
-#[cfg_attr(not(feature = "ort"), allow(dead_code))]
 pub struct OnnxGraphs {
     /// MatMulNBits graphs for ort-cpu and hybrid; default: exported once
     /// into the user cache.
@@ -74,7 +74,6 @@ pub struct OnnxGraphs {
 }
 
 /// The label of QNN HTP rows: an emulator off Qualcomm hardware.
-#[cfg_attr(not(feature = "ort"), allow(dead_code))]
 pub fn qnn_label() -> &'static str {
     if cfg!(target_arch = "aarch64") {
         "qnn-htp"
@@ -138,189 +137,133 @@ fn isa_name(isa: sotto_kernels::dispatch::Isa) -> String {
     format!("{isa:?}").to_lowercase()
 }
 
-/// Loads backend `name` on the model at `path` with `threads` threads.
+/// Graphs a row needs exported into the user cache before it opens.
+type ToExport = Option<(PathBuf, ExportTarget)>;
+
+/// The engine's description of row `name`, and the cached graphs it needs
+/// exported first (none when directories are given).
+fn choice(
+    name: &str,
+    path: &Path,
+    threads: usize,
+    graphs: &OnnxGraphs,
+) -> Result<(BackendChoice, ToExport), String> {
+    let cpu = CpuOptions { threads, isa: None };
+    let on_cpu_ep = |dir| OrtOptions {
+        threads,
+        ..OrtOptions::cpu(dir)
+    };
+    let on_qnn = |dir| OrtOptions {
+        graphs: dir,
+        ep_chain: "qnn".into(),
+        npu_only: true,
+        threads,
+    };
+    let exported = |target, given: Option<&PathBuf>| -> Result<(PathBuf, ToExport), String> {
+        match given {
+            Some(dir) => Ok((dir.clone(), None)),
+            None => {
+                let dir = cache_dir(path, target, graphs.context)?;
+                Ok((dir.clone(), Some((dir, target))))
+            }
+        }
+    };
+    let cpu_graphs = || exported(ExportTarget::Cpu, graphs.cpu_dir.as_ref());
+    let qnn_graphs = || exported(ExportTarget::QnnMixed, graphs.qnn_dir.as_ref());
+    Ok(match name {
+        "cpu" => (BackendChoice::Cpu(cpu), None),
+        "candle" => (BackendChoice::Candle { threads }, None),
+        "ort-cpu" => {
+            let (dir, export) = cpu_graphs()?;
+            (BackendChoice::Ort(on_cpu_ep(dir)), export)
+        }
+        "ort-qnn" => {
+            let (dir, export) = qnn_graphs()?;
+            (BackendChoice::Ort(on_qnn(dir)), export)
+        }
+        "hybrid" => {
+            let (dir, export) = cpu_graphs()?;
+            let graphs = on_cpu_ep(dir);
+            (BackendChoice::Hybrid { graphs, cpu }, export)
+        }
+        "hybrid-qnn" => {
+            let (dir, export) = qnn_graphs()?;
+            let graphs = on_qnn(dir);
+            (BackendChoice::Hybrid { graphs, cpu }, export)
+        }
+        "ort-foreign" => {
+            let dir = graphs
+                .foreign_dir
+                .clone()
+                .ok_or("ort-foreign rows need --onnx-foreign DIR (model.onnx + config.json)")?;
+            (BackendChoice::Ort(on_cpu_ep(dir)), None)
+        }
+        other => {
+            return Err(format!(
+                "unknown backend {other:?}; one of {}",
+                names().join(", ")
+            ))
+        }
+    })
+}
+
+/// Loads backend `name` on the model at `path` with `threads` threads,
+/// through the engine's one entry point. Graph rows export their graphs
+/// into the user cache first when none are given; exporting is not
+/// loading, so the clock starts once they exist.
 pub fn load_backend(
     name: &str,
     path: &Path,
     threads: usize,
     graphs: &OnnxGraphs,
 ) -> Result<LoadedBackend, String> {
-    let t0 = Instant::now();
-    match name {
-        "cpu" => {
-            let isa = kernel_isa()?;
-            let model =
-                Model::load(path).map_err(|e| format!("loading {}: {e}", path.display()))?;
-            let backend = CpuBackend::new(Arc::new(model), threads)
-                .map_err(|e| format!("cpu backend: {e}"))?;
-            // "+x16": weights repacked at load for the table's kernels
-            // (their time is in the load column).
-            let isa = if backend.packed_bytes() > 0 {
-                format!("{isa}+x16")
-            } else {
-                isa
-            };
-            Ok(LoadedBackend {
-                backend: Box::new(backend),
-                load: t0.elapsed(),
-                external_kv_bytes_per_position: None,
-                isa,
-            })
+    let (choice, to_export) = choice(name, path, threads, graphs)?;
+    // A backend this build lacks is refused before anything is exported.
+    choice.ensure_compiled().map_err(|e| e.to_string())?;
+    if let Some((dir, target)) = to_export {
+        if sotto_engine::onnx::Manifest::open(&dir).is_err() {
+            eprintln!("sotto bench: exporting {target:?} graphs to {}", dir.display());
+            let chunk = export_chunk(graphs.context);
+            crate::cmd_export::export_to(path, &dir, target, chunk, graphs.context)?;
         }
-        "candle" => load_candle(path, threads, t0),
-        "ort-cpu" | "ort-qnn" | "hybrid" | "hybrid-qnn" | "ort-foreign" => {
-            load_ort(name, path, threads, graphs, t0)
-        }
-        other => Err(format!(
-            "unknown backend {other:?}; one of {}",
-            names().join(", ")
-        )),
     }
-}
-
-#[cfg(feature = "candle")]
-fn load_candle(path: &Path, threads: usize, t0: Instant) -> Result<LoadedBackend, String> {
-    let backend = sotto_engine::candle_backend::CandleBackend::load(path, threads)
-        .map_err(|e| format!("candle backend: {e}"))?;
-    let per_position = backend.kv_bytes_per_position();
-    Ok(LoadedBackend {
-        backend: Box::new(backend),
-        load: t0.elapsed(),
-        external_kv_bytes_per_position: Some(per_position),
-        isa: "candle".to_string(),
-    })
-}
-
-#[cfg(not(feature = "candle"))]
-fn load_candle(_path: &Path, _threads: usize, _t0: Instant) -> Result<LoadedBackend, String> {
-    Err("this sotto was built without the candle baseline; rebuild with `cargo build --release -p sotto --features candle`".into())
-}
-
-/// The graphs of an ort row: the given directory, or one exported into
-/// `~/.cache/sotto/onnx` on first use for this model, target and context.
-#[cfg(feature = "ort")]
-fn graphs_dir(
-    path: &Path,
-    target: crate::cmd_export::Target,
-    given: Option<&PathBuf>,
-    context: usize,
-) -> Result<PathBuf, String> {
-    if let Some(d) = given {
-        return Ok(d.clone());
-    }
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let chunk = 64.min(context);
-    let home = std::env::var_os("HOME").ok_or("HOME is not set: pass --onnx-dir")?;
-    let dir = PathBuf::from(home)
-        .join(".cache/sotto/onnx")
-        .join(format!("{stem}-{target:?}-c{context}-k{chunk}").to_lowercase());
-    if sotto_engine::onnx::Manifest::open(&dir).is_err() {
-        eprintln!(
-            "sotto bench: exporting {target:?} graphs to {}",
-            dir.display()
-        );
-        crate::cmd_export::export_to(path, &dir, target, chunk, context)?;
-    }
-    Ok(dir)
-}
-
-#[cfg(feature = "ort")]
-fn load_ort(
-    name: &str,
-    path: &Path,
-    threads: usize,
-    graphs: &OnnxGraphs,
-    _since_call: Instant,
-) -> Result<LoadedBackend, String> {
-    use crate::cmd_export::Target;
-    use sotto_engine::ort::{Ep, ForeignDecoder, HybridBackend, OrtConfig, OrtDecoder};
-    if name == "ort-foreign" {
-        let dir = graphs
-            .foreign_dir
-            .as_ref()
-            .ok_or("ort-foreign rows need --onnx-foreign DIR (model.onnx + config.json)")?;
-        let t0 = Instant::now();
-        let model = Model::load(path).map_err(|e| format!("loading {}: {e}", path.display()))?;
-        let config = OrtConfig {
-            intra_threads: threads,
-            ..Default::default()
-        };
-        let backend = ForeignDecoder::open(&model.spec, dir, &config)
-            .map_err(|e| format!("{name} ({}): {e}", dir.display()))?;
-        return Ok(LoadedBackend {
-            backend: Box::new(backend),
-            load: t0.elapsed(),
-            external_kv_bytes_per_position: None,
-            isa: "ort-cpu".to_string(),
-        });
-    }
-    // Exporting is not loading: the clock starts once the graphs exist.
-    let (dir, config) = if name == "ort-qnn" || name == "hybrid-qnn" {
-        let dir = graphs_dir(
-            path,
-            Target::QnnMixed,
-            graphs.qnn_dir.as_ref(),
-            graphs.context,
-        )?;
-        let eps = vec![Ep::Qnn(Default::default())];
-        (
-            dir,
-            OrtConfig {
-                eps,
-                npu_only: true,
-                intra_threads: threads,
-                ..Default::default()
-            },
-        )
-    } else {
-        let dir = graphs_dir(path, Target::Cpu, graphs.cpu_dir.as_ref(), graphs.context)?;
-        (
-            dir,
-            OrtConfig {
-                intra_threads: threads,
-                ..Default::default()
-            },
-        )
-    };
-    let t0 = Instant::now();
-    let model =
-        Arc::new(Model::load(path).map_err(|e| format!("loading {}: {e}", path.display()))?);
-    let ort = OrtDecoder::open(&model.spec, &dir, &config)
-        .map_err(|e| format!("{name} ({}): {e}", dir.display()))?;
-    let (backend, isa): (Box<dyn Backend>, String) = match name {
-        "hybrid" => {
-            let cpu = CpuBackend::new(model, threads).map_err(|e| format!("cpu backend: {e}"))?;
-            let b = HybridBackend::new(ort, cpu).map_err(|e| e.to_string())?;
-            (Box::new(b), format!("ort-cpu+{}", kernel_isa()?))
-        }
-        "hybrid-qnn" => {
-            let cpu = CpuBackend::new(model, threads).map_err(|e| format!("cpu backend: {e}"))?;
-            let b = HybridBackend::new(ort, cpu).map_err(|e| e.to_string())?;
-            (Box::new(b), format!("{}+{}", qnn_label(), kernel_isa()?))
-        }
-        "ort-qnn" => (Box::new(ort), qnn_label().to_string()),
-        _ => (Box::new(ort), "ort-cpu".to_string()),
+    let loaded =
+        LoadedModel::open(path, choice).map_err(|e| format!("{name} ({}): {e}", path.display()))?;
+    let isa = match (name, loaded.kind()) {
+        // "+x16": weights repacked at load for the table's kernels (their
+        // time is in the load column).
+        (_, BackendKind::Cpu) if loaded.cpu_packed_bytes() > 0 => format!("{}+x16", kernel_isa()?),
+        (_, BackendKind::Cpu) => kernel_isa()?,
+        ("hybrid-qnn", _) => format!("{}+{}", qnn_label(), kernel_isa()?),
+        (_, BackendKind::Hybrid) => format!("ort-cpu+{}", kernel_isa()?),
+        ("ort-qnn", _) => qnn_label().to_string(),
+        (_, BackendKind::Candle) => "candle".to_string(),
+        _ => "ort-cpu".to_string(),
     };
     Ok(LoadedBackend {
-        backend,
-        load: t0.elapsed(),
-        external_kv_bytes_per_position: None,
+        load: loaded.load_time(),
+        external_kv_bytes_per_position: loaded.external_kv_bytes_per_position(),
+        backend: loaded.backend().map_err(|e| format!("{name}: {e}"))?,
         isa,
     })
 }
 
-#[cfg(not(feature = "ort"))]
-fn load_ort(
-    name: &str,
-    _path: &Path,
-    _threads: usize,
-    _graphs: &OnnxGraphs,
-    _t0: Instant,
-) -> Result<LoadedBackend, String> {
-    Err(format!("this sotto was built without ONNX Runtime, so no {name} rows; rebuild with `cargo build --release -p sotto --features ort` (and run scripts/ort-deps.sh)"))
+/// Where a graph row's graphs are cached: `~/.cache/sotto/onnx`, per
+/// model, target and context.
+fn cache_dir(path: &Path, target: ExportTarget, context: usize) -> Result<PathBuf, String> {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let home = std::env::var_os("HOME").ok_or("HOME is not set: pass --onnx-dir")?;
+    Ok(PathBuf::from(home).join(".cache/sotto/onnx").join(
+        format!("{stem}-{target:?}-c{context}-k{}", export_chunk(context)).to_lowercase(),
+    ))
+}
+
+/// Tokens per prefill run of the graphs bench exports.
+fn export_chunk(context: usize) -> usize {
+    64.min(context)
 }
 
 #[cfg(test)]

@@ -13,6 +13,12 @@
 
 use crate::dispatch::{ActivationRow, Isa, KernelTable, WeightRow};
 use crate::quant::blocks::*;
+use crate::quant::iq4_nl::{BlockIQ4NL, KVALUES};
+use crate::quant::iq4_xs::BlockIQ4XS;
+use crate::quant::q2_k::BlockQ2K;
+use crate::quant::q3_k::BlockQ3K;
+use crate::quant::q5_0::BlockQ5_0;
+use crate::quant::q5_1::BlockQ5_1;
 use core::arch::x86_64::*;
 use half::{bf16, f16};
 
@@ -42,6 +48,30 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
         q6_k: WeightRow {
             dot: q6_k_q8_k,
             ..t.q6_k
+        },
+        q5_0: WeightRow {
+            dot: q5_0_q8_0,
+            ..t.q5_0
+        },
+        q5_1: WeightRow {
+            dot: q5_1_q8_1,
+            ..t.q5_1
+        },
+        q2_k: WeightRow {
+            dot: q2_k_q8_k,
+            ..t.q2_k
+        },
+        q3_k: WeightRow {
+            dot: q3_k_q8_k,
+            ..t.q3_k
+        },
+        iq4_nl: WeightRow {
+            dot: iq4_nl_q8_0,
+            ..t.iq4_nl
+        },
+        iq4_xs: WeightRow {
+            dot: iq4_xs_q8_k,
+            ..t.iq4_xs
         },
         f16: WeightRow {
             dot: f16_f32,
@@ -97,6 +127,36 @@ fn q6_k_q8_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
     let n = w.len().min(a.len());
     // SAFETY: as above.
     unsafe { q6_k_q8_k_k(&w[..n], &a[..n]) }
+}
+fn q5_0_q8_0(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
+    let n = w.len().min(a.len());
+    // SAFETY: as above.
+    unsafe { q5_0_q8_0_k(&w[..n], &a[..n]) }
+}
+fn q5_1_q8_1(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
+    let n = w.len().min(a.len());
+    // SAFETY: as above.
+    unsafe { q5_1_q8_1_k(&w[..n], &a[..n]) }
+}
+fn q2_k_q8_k(w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
+    let n = w.len().min(a.len());
+    // SAFETY: as above.
+    unsafe { q2_k_q8_k_k(&w[..n], &a[..n]) }
+}
+fn q3_k_q8_k(w: &[BlockQ3K], a: &[BlockQ8K]) -> f32 {
+    let n = w.len().min(a.len());
+    // SAFETY: as above.
+    unsafe { q3_k_q8_k_k(&w[..n], &a[..n]) }
+}
+fn iq4_nl_q8_0(w: &[BlockIQ4NL], a: &[BlockQ8_0]) -> f32 {
+    let n = w.len().min(a.len());
+    // SAFETY: as above.
+    unsafe { iq4_nl_q8_0_k(&w[..n], &a[..n]) }
+}
+fn iq4_xs_q8_k(w: &[BlockIQ4XS], a: &[BlockQ8K]) -> f32 {
+    let n = w.len().min(a.len());
+    // SAFETY: as above.
+    unsafe { iq4_xs_q8_k_k(&w[..n], &a[..n]) }
 }
 fn f32_f32(w: &[f32], a: &[f32]) -> f32 {
     let n = w.len().min(a.len());
@@ -180,6 +240,64 @@ unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
     let lo = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
     let hi = _mm_srli_epi16(lo, 4);
     _mm256_and_si256(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(0x0F))
+}
+
+/// [`nibbles`] of the 16 bytes at the start of `qs`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibbles_at(qs: &[u8]) -> __m256i {
+    debug_assert!(qs.len() >= 16);
+    // SAFETY: callers pass at least 16 readable bytes; loadu has no alignment requirement.
+    let lo = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
+    let hi = _mm_srli_epi16(lo, 4);
+    _mm256_and_si256(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(0x0F))
+}
+
+/// 32 bits -> 32 bytes: byte `i` is 0xFF where bit `i` is set, else 0 (the
+/// fifth bits of Q5_0 / Q5_1, element order).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn bit_bytes(bits: u32) -> __m256i {
+    // byte i takes byte i / 8 of the word (in both 128-bit lanes), then
+    // tests its own bit i % 8
+    let spread = _mm256_shuffle_epi8(
+        _mm256_set1_epi32(bits as i32),
+        _mm256_setr_epi8(
+            0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 3, 3, 3, 3, 3,
+            3, 3, 3,
+        ),
+    );
+    let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
+    _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit)
+}
+
+/// The 16 IQ4_NL levels in both 128-bit lanes, for `vpshufb` lookups.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn iq4_levels() -> __m256i {
+    // SAFETY: KVALUES is 16 readable bytes; loadu has no alignment requirement.
+    _mm256_broadcastsi128_si256(unsafe { _mm_loadu_si128(KVALUES.as_ptr().cast()) })
+}
+
+/// Walks `w` and `a` block by block into two float accumulators (hiding the
+/// FMA latency); `step(x, y, acc)` adds one block pair.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn two_accumulators<W, A>(
+    w: &[W],
+    a: &[A],
+    mut step: impl FnMut(&W, &A, __m256) -> __m256,
+) -> __m256 {
+    let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for (x, y) in w.chunks_exact(2).zip(a.chunks_exact(2)) {
+        acc0 = step(&x[0], &y[0], acc0);
+        acc1 = step(&x[1], &y[1], acc1);
+    }
+    let n = w.len().min(a.len());
+    if n % 2 == 1 {
+        acc0 = step(&w[n - 1], &a[n - 1], acc0);
+    }
+    _mm256_add_ps(acc0, acc1)
 }
 
 #[inline]
@@ -436,6 +554,172 @@ unsafe fn q6_k_q8_k_k(w: &[BlockQ6K], a: &[BlockQ8K]) -> f32 {
             );
         }
         hsum(acc)
+    }
+}
+
+/// Q5_0: the signed code `q - 16` is the nibble where the fifth bit is
+/// set and the nibble minus 16 (its bits with 0xF0 above) where it is not,
+/// then a signed dot as for Q8_0.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_0_q8_0_k(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
+    let high = _mm256_set1_epi8(0xF0u8 as i8);
+    // SAFETY: callers guarantee the features; every load reads whole blocks of the given slices.
+    unsafe {
+        let acc = two_accumulators(w, a, |x, y, acc| {
+            let clear = _mm256_andnot_si256(bit_bytes(u32::from_le_bytes(x.qh)), high);
+            let qx = _mm256_or_si256(nibbles(&x.qs), clear);
+            _mm256_fmadd_ps(mul_halves(x.d, y.d), dot_s8(qx, load32(&y.qs)), acc)
+        });
+        hsum(acc)
+    }
+}
+
+/// Q5_1: unsigned codes (nibble plus 16 where the fifth bit is set) against
+/// the activations; the minimum meets Q8_1's `s` as in Q4_1.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q5_1_q8_1_k(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
+    let sixteen = _mm256_set1_epi8(0x10);
+    let mut summs = _mm_setzero_ps();
+    // SAFETY: callers guarantee the features; every load reads whole blocks of the given slices.
+    unsafe {
+        let acc = two_accumulators(w, a, |x, y, acc| {
+            let dm = _mm_mul_ps(halves(x.d, x.m), halves(y.d, y.s));
+            summs = _mm_add_ss(summs, _mm_movehdup_ps(dm));
+            let fifth = _mm256_and_si256(bit_bytes(u32::from_le_bytes(x.qh)), sixteen);
+            let qx = _mm256_or_si256(nibbles(&x.qs), fifth);
+            _mm256_fmadd_ps(_mm256_broadcastss_ps(dm), dot_us8(qx, load32(&y.qs)), acc)
+        });
+        hsum(acc) + _mm_cvtss_f32(summs)
+    }
+}
+
+/// IQ4_NL: the nibbles index the levels with one `vpshufb`, then a signed
+/// dot as for Q8_0 (levels within ±127, so the i16 pairs cannot saturate).
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn iq4_nl_q8_0_k(w: &[BlockIQ4NL], a: &[BlockQ8_0]) -> f32 {
+    let levels = iq4_levels();
+    // SAFETY: callers guarantee the features; every load reads whole blocks of the given slices.
+    unsafe {
+        let acc = two_accumulators(w, a, |x, y, acc| {
+            let qx = _mm256_shuffle_epi8(levels, nibbles(&x.qs));
+            _mm256_fmadd_ps(mul_halves(x.d, y.d), dot_s8(qx, load32(&y.qs)), acc)
+        });
+        hsum(acc)
+    }
+}
+
+/// IQ4_XS: per sub-block of 32 the level lookup of IQ4_NL, the i16 pair
+/// sums weighted by the sub-block's 6-bit scale in the `vpmaddwd`, one
+/// conversion per super-block.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn iq4_xs_q8_k_k(w: &[BlockIQ4XS], a: &[BlockQ8K]) -> f32 {
+    let levels = iq4_levels();
+    let mut acc = _mm256_setzero_ps();
+    // SAFETY: callers guarantee the features; 16- and 32-byte loads at 16j of qs[128] and 32j of qs[256].
+    unsafe {
+        for (x, y) in w.iter().zip(a) {
+            let mut sumi = _mm256_setzero_si256();
+            for j in 0..8 {
+                let scale = crate::quant::iq4_xs::scale(x, j) as i16;
+                let q = _mm256_shuffle_epi8(levels, nibbles_at(&x.qs[16 * j..]));
+                let yv = load_i8x32(&y.qs[32 * j..]);
+                let pairs = _mm256_maddubs_epi16(_mm256_sign_epi8(q, q), _mm256_sign_epi8(yv, q));
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pairs, _mm256_set1_epi16(scale)));
+            }
+            acc = _mm256_fmadd_ps(
+                _mm256_set1_ps(fp16(x.d) * y.d),
+                _mm256_cvtepi32_ps(sumi),
+                acc,
+            );
+        }
+        hsum(acc)
+    }
+}
+
+/// Q2_K: for each 32-byte run of codes, four 2-bit planes (shifts 0, 2, 4,
+/// 6) each meet 32 activations; the two sub-blocks of a plane take their
+/// 4-bit scales per 128-bit lane in the `vpmaddwd`. The mins go through the
+/// Q8_K block sums.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q2_k_q8_k_k(w: &[BlockQ2K], a: &[BlockQ8K]) -> f32 {
+    let three = _mm256_set1_epi8(3);
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_m = 0f32;
+    // SAFETY: callers guarantee the features; 32-byte loads at 32n of qs[64] and 128n + 32k of qs[256].
+    unsafe {
+        for (x, y) in w.iter().zip(a) {
+            let summs: i32 = (0..16)
+                .map(|j| i32::from(y.bsums[j]) * i32::from(x.scales[j] >> 4))
+                .sum();
+            acc_m += y.d * fp16(x.dmin) * summs as f32;
+            let mut sumi = _mm256_setzero_si256();
+            for n in 0..2 {
+                let q2 = load_u8x32(&x.qs[32 * n..]);
+                for k in 0..4 {
+                    let q = _mm256_and_si256(
+                        _mm256_srl_epi16(q2, _mm_cvtsi32_si128(2 * k as i32)),
+                        three,
+                    );
+                    let pairs = _mm256_maddubs_epi16(q, load_i8x32(&y.qs[128 * n + 32 * k..]));
+                    let j = 8 * n + 2 * k;
+                    let s = _mm256_set_m128i(
+                        _mm_set1_epi16(i16::from(x.scales[j + 1] & 0xF)),
+                        _mm_set1_epi16(i16::from(x.scales[j] & 0xF)),
+                    );
+                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pairs, s));
+                }
+            }
+            acc = _mm256_fmadd_ps(
+                _mm256_set1_ps(y.d * fp16(x.d)),
+                _mm256_cvtepi32_ps(sumi),
+                acc,
+            );
+        }
+        hsum(acc) - acc_m
+    }
+}
+
+/// Q3_K: codes rebuilt unsigned (0..8: two low bits and the mask bit as 4)
+/// and dotted as Q2_K's with the signed 6-bit scales; the offset of 4 comes
+/// off as `4 * sum(scale * block sum)` from the Q8_K sums.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q3_k_q8_k_k(w: &[BlockQ3K], a: &[BlockQ8K]) -> f32 {
+    let (one, three) = (_mm256_set1_epi8(1), _mm256_set1_epi8(3));
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_off = 0f32;
+    // SAFETY: callers guarantee the features; 32-byte loads of hmask[32], at 32n of qs[64] and 128n + 32k of qs[256].
+    unsafe {
+        for (x, y) in w.iter().zip(a) {
+            let sc: [i16; 16] =
+                std::array::from_fn(|j| i16::from(crate::quant::q3_k::scale(&x.scales, j)));
+            let offset: i32 = (0..16)
+                .map(|j| i32::from(sc[j]) * i32::from(y.bsums[j]))
+                .sum();
+            let hm = load_u8x32(&x.hmask);
+            let mut sumi = _mm256_setzero_si256();
+            for n in 0..2 {
+                let q3 = load_u8x32(&x.qs[32 * n..]);
+                for k in 0..4 {
+                    let low = _mm256_and_si256(
+                        _mm256_srl_epi16(q3, _mm_cvtsi32_si128(2 * k as i32)),
+                        three,
+                    );
+                    let high = _mm256_and_si256(
+                        _mm256_srl_epi16(hm, _mm_cvtsi32_si128((4 * n + k) as i32)),
+                        one,
+                    );
+                    let q = _mm256_or_si256(low, _mm256_slli_epi16(high, 2));
+                    let pairs = _mm256_maddubs_epi16(q, load_i8x32(&y.qs[128 * n + 32 * k..]));
+                    let j = 8 * n + 2 * k;
+                    let s = _mm256_set_m128i(_mm_set1_epi16(sc[j + 1]), _mm_set1_epi16(sc[j]));
+                    sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(pairs, s));
+                }
+            }
+            let d = fp16(x.d) * y.d;
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+            acc_off += d * (4 * offset) as f32;
+        }
+        hsum(acc) - acc_off
     }
 }
 

@@ -13,8 +13,12 @@
 //! [`overrides`], which `super::table` calls after
 //! `super::supports(Isa::AvxVnni)` checked those features at run time.
 
+use super::avx2::{bit_bytes, iq4_levels};
 use crate::dispatch::{Isa, KernelTable, WeightRow};
 use crate::quant::blocks::*;
+use crate::quant::iq4_nl::BlockIQ4NL;
+use crate::quant::q5_0::BlockQ5_0;
+use crate::quant::q5_1::BlockQ5_1;
 use core::arch::x86_64::*;
 use half::f16;
 
@@ -32,6 +36,18 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
         q8_0: WeightRow {
             dot: q8_0_q8_0,
             ..t.q8_0
+        },
+        q5_0: WeightRow {
+            dot: q5_0_q8_0,
+            ..t.q5_0
+        },
+        q5_1: WeightRow {
+            dot: q5_1_q8_1,
+            ..t.q5_1
+        },
+        iq4_nl: WeightRow {
+            dot: iq4_nl_q8_0,
+            ..t.iq4_nl
         },
         ..t
     }
@@ -53,6 +69,22 @@ fn q8_0_q8_0(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
     let n = w.len().min(a.len());
     // SAFETY: as above.
     unsafe { q8_0_q8_0_k(&w[..n], &a[..n]) }
+}
+
+fn q5_0_q8_0(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
+    let n = w.len().min(a.len());
+    // SAFETY: as above.
+    unsafe { q5_0_q8_0_k(&w[..n], &a[..n]) }
+}
+fn q5_1_q8_1(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
+    let n = w.len().min(a.len());
+    // SAFETY: as above.
+    unsafe { q5_1_q8_1_k(&w[..n], &a[..n]) }
+}
+fn iq4_nl_q8_0(w: &[BlockIQ4NL], a: &[BlockQ8_0]) -> f32 {
+    let n = w.len().min(a.len());
+    // SAFETY: as above.
+    unsafe { iq4_nl_q8_0_k(&w[..n], &a[..n]) }
 }
 
 // ---- helpers ----
@@ -182,6 +214,67 @@ unsafe fn q8_0_q8_0_k(w: &[BlockQ8_0], a: &[BlockQ8_0]) -> f32 {
                 _mm256_setzero_si256(),
                 _mm256_sign_epi8(xs, xs),
                 _mm256_sign_epi8(ys, xs),
+            )
+        },
+    )
+}
+
+/// Q5_0 as Q4_0: `(q - 16) . y = q . y - 16 . y` with the unsigned 5-bit
+/// codes (nibble plus 16 where the fifth bit is set).
+#[target_feature(enable = "avxvnni,avx2,fma,f16c")]
+unsafe fn q5_0_q8_0_k(w: &[BlockQ5_0], a: &[BlockQ8_0]) -> f32 {
+    let sixteen = _mm256_set1_epi8(16);
+    blocks(
+        w,
+        a,
+        |x, y| mul_halves(x.d, y.d),
+        |x, y| {
+            let ys = load32(&y.qs);
+            let fifth = _mm256_and_si256(bit_bytes(u32::from_le_bytes(x.qh)), sixteen);
+            let z = _mm256_setzero_si256();
+            _mm256_sub_epi32(
+                _mm256_dpbusd_avx_epi32(z, _mm256_or_si256(nibbles(&x.qs), fifth), ys),
+                _mm256_dpbusd_avx_epi32(z, sixteen, ys),
+            )
+        },
+    )
+}
+
+/// Q5_1 as Q4_1, with the unsigned 5-bit codes.
+#[target_feature(enable = "avxvnni,avx2,fma,f16c")]
+unsafe fn q5_1_q8_1_k(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
+    let sixteen = _mm256_set1_epi8(16);
+    let mut summs = 0f32;
+    let dots = blocks(
+        w,
+        a,
+        |x, y| mul_halves(x.d, y.d),
+        |x, y| {
+            let fifth = _mm256_and_si256(bit_bytes(u32::from_le_bytes(x.qh)), sixteen);
+            let q = _mm256_or_si256(nibbles(&x.qs), fifth);
+            _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), q, load32(&y.qs))
+        },
+    );
+    for (x, y) in w.iter().zip(a) {
+        summs += _mm256_cvtss_f32(mul_halves(x.m, y.s));
+    }
+    dots + summs
+}
+
+/// IQ4_NL: levels by `vpshufb`, then `|x| . (y * sign(x))` as for Q8_0.
+#[target_feature(enable = "avxvnni,avx2,fma,f16c")]
+unsafe fn iq4_nl_q8_0_k(w: &[BlockIQ4NL], a: &[BlockQ8_0]) -> f32 {
+    let levels = iq4_levels();
+    blocks(
+        w,
+        a,
+        |x, y| mul_halves(x.d, y.d),
+        |x, y| {
+            let xs = _mm256_shuffle_epi8(levels, nibbles(&x.qs));
+            _mm256_dpbusd_avx_epi32(
+                _mm256_setzero_si256(),
+                _mm256_sign_epi8(xs, xs),
+                _mm256_sign_epi8(load32(&y.qs), xs),
             )
         },
     )
