@@ -174,20 +174,34 @@ impl Server {
     /// response is acknowledged once written; a `submit`ter acknowledges
     /// the event itself), else as an event to every `subscribe`d client.
     fn deliver(&self, reply: &OutgoingReply) {
-        let waiters = self
+        // The waiters stay registered until they have been written to: a
+        // resend that finds its client still waiting leaves the event to
+        // this delivery, one that finds none (delivered already) sends the
+        // reply again. None are added once the turn is complete (only an
+        // unanswered turn gets waiters), so removing after is safe.
+        let waiters: Vec<(Arc<Connection>, Option<Value>, bool)> = self
             .waiters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&reply.turn)
+            .get(&reply.turn)
+            .map(|ws| {
+                ws.iter()
+                    .map(|w| (w.conn.clone(), w.id.clone(), w.as_response))
+                    .collect()
+            })
             .unwrap_or_default();
         let (mut responded, mut evented) = (false, false);
-        for w in &waiters {
-            if w.as_response {
-                responded |= w.conn.send(&with_id(reply_json(reply), &w.id));
+        for (conn, id, as_response) in &waiters {
+            if *as_response {
+                responded |= conn.send(&with_id(reply_json(reply), id));
             } else {
-                evented |= w.conn.send(&event_json(reply));
+                evented |= conn.send(&event_json(reply));
             }
         }
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&reply.turn);
         if responded {
             self.acknowledge(reply);
             return;
@@ -217,6 +231,17 @@ impl Server {
         }
         waiting.push(waiter);
         Ok(())
+    }
+
+    fn waits_for_event(&self, turn: &TurnRef, conn: &Arc<Connection>) -> bool {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(turn)
+            .is_some_and(|ws| {
+                ws.iter()
+                    .any(|w| !w.as_response && Arc::ptr_eq(&w.conn, conn))
+            })
     }
 
     fn fail_waiters(&self, turn: &TurnRef, err: Value) {
@@ -473,7 +498,11 @@ fn handle_request(
                 }
                 return Ok(None);
             }
-            if ready.is_none() {
+            // A resend by a client already waiting for the event changes
+            // nothing: the event comes once.
+            let waiting = server.waits_for_event(&received.turn, conn);
+            let ready = ready.filter(|_| !waiting);
+            if ready.is_none() && !waiting {
                 server.wait_for(
                     received.turn.clone(),
                     Waiter {
