@@ -17,7 +17,23 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step's heading says when it started, and the last lines list every
+# step's minutes, so even the tail of a CI log shows where the time went.
+timeline=()
+last_step=""
+last_start=0
+close_step() {
+  if [ -n "$last_step" ]; then
+    timeline+=("$(printf '%4ds  %s' $((SECONDS - last_start)) "$last_step")")
+  fi
+  last_step=""
+}
+step() {
+  close_step
+  last_step="$*"
+  last_start=$SECONDS
+  printf '\n==> [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"
+}
 
 step "default model"
 # `sotto fetch` reports progress on stderr and prints the path on stdout.
@@ -59,6 +75,15 @@ if [ -x scripts/test-ffi.sh ]; then
   scripts/test-ffi.sh || failed+=("C ABI (scripts/test-ffi.sh)")
 fi
 
+close_step
+if [ -f target/test-workspace.log ]; then
+  printf '\n==> slowest test binaries (run time, without their build)\n'
+  awk '/^ *(Running|Doc-tests) / { name = $0; sub(/^ *(Running|Doc-tests) /, "", name) }
+       /^test result:/ { t = $NF; sub(/s$/, "", t); printf "%7.1fs  %s\n", t, name }' \
+    target/test-workspace.log | sort -rn | head -n 15
+fi
+printf '\n==> time per step (total %dm%02ds)\n' $((SECONDS / 60)) $((SECONDS % 60))
+printf '%s\n' "${timeline[@]}"
 if [ ${#failed[@]} -gt 0 ]; then
   printf '\nFAILED: %s\n' "${failed[@]}"
   exit 1
