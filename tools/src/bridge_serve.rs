@@ -707,6 +707,7 @@ pub fn serve(
 }
 
 #[cfg(test)]
+#[allow(clippy::panic)]
 mod tests {
     use super::*;
 
