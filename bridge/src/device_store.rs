@@ -10,6 +10,7 @@ use crate::error::{malformed, Error, Result};
 use crate::keys::{IdentityKey, IdentityKeyPair, KeyPair, PrivateKey};
 use crate::limits::Limits;
 use crate::prekeys::{PreKeyRecord, SignedPreKeyRecord};
+use crate::proto::redacted_debug;
 use crate::records::{RecordKey, RecordKind, RecordStore};
 use crate::state::SessionRecord;
 use crate::store::{
@@ -50,17 +51,6 @@ pub(crate) struct SignedPreKeyProto {
     #[prost(uint64, tag = "4")]
     pub superseded_at: u64,
 }
-
-macro_rules! redacted_debug {
-    ($($name:ident),*) => {$(
-        impl std::fmt::Debug for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(concat!(stringify!($name), "(<redacted>)"))
-            }
-        }
-    )*};
-}
-pub(crate) use redacted_debug;
 
 redacted_debug!(IdentityProto, PreKeyProto, SignedPreKeyProto);
 

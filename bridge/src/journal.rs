@@ -14,10 +14,11 @@ use prost::Message as _;
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::conversation::{ConversationId, Turn};
-use crate::device_store::{peer_name, redacted_debug, split_peer_name, DeviceStore};
+use crate::device_store::{peer_name, split_peer_name, DeviceStore};
 use crate::error::{malformed, AssistantError, Result};
 use crate::message::MessageKind;
 use crate::pipeline::Envelope;
+use crate::proto::redacted_debug;
 use crate::records::{RecordKey, RecordKind};
 use crate::store::ProtocolAddress;
 

@@ -253,7 +253,12 @@ fn sixty_four_interleaved_conversations_with_both_peers() {
                 let is_resend = id.starts_with("resent ");
                 assert_eq!(v["accepted"]["resent"], is_resend, "{id}: {v}");
                 if is_resend {
-                    let c: usize = id["resent ".len()..].split('/').next().unwrap().parse().unwrap();
+                    let c: usize = id["resent ".len()..]
+                        .split('/')
+                        .next()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
                     let conv = &mut conversations[c];
                     conv.redelivery_expected = conv.in_flight.is_none();
                 } else {
@@ -320,7 +325,8 @@ fn sixty_four_interleaved_conversations_with_both_peers() {
     // Every reply acknowledged (the acks precede the status request).
     assert_eq!(status["outbox"], 0, "{status}");
     // Every reply is what the engine answers to that conversation alone.
-    let model = Arc::new(LoadedModel::open(default_model_path(), BackendChoice::default()).unwrap());
+    let model =
+        Arc::new(LoadedModel::open(default_model_path(), BackendChoice::default()).unwrap());
     let config = AssistantConfig {
         system: Some(SYSTEM.into()),
         sampler: SamplerConfig::greedy(),
