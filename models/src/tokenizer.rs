@@ -122,20 +122,31 @@ const FIM_REP_TEXTS: &[&str] = &[
     "<reponame>",
 ];
 const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
-/// Texts that end generation whatever their type (llama.cpp's EOG list).
+/// Texts that end generation whatever their type (llama.cpp's EOG list, as
+/// of llama-cpp-python 0.3.36's llama.cpp).
 const EOG_TEXTS: &[&str] = &[
     "<|eot_id|>",
     "<|im_end|>",
     "<|end|>",
     "<|return|>",
     "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
     "<end_of_turn>",
     "<|endoftext|>",
+    "</s>",
     "<|eom_id|>",
     "<EOT>",
     "_<EOT>",
+    "[EOT]",
+    "[EOS]",
     "<|end_of_text|>",
     "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<｜end▁of▁sentence｜>",
+    "[e~[",
 ];
 /// gpt-oss formatting tokens llama.cpp always renders.
 const ALWAYS_RENDERED: &[&str] = &["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"];
@@ -296,15 +307,23 @@ impl Tokenizer {
             }
         }
         eog.extend([eos, eot, eom].into_iter().flatten());
-        // o200k_harmony: with <|return|> and <|call|>, <|end|> is not an end.
+        // o200k_harmony (<|return|>, <|call|>) and solar-open (<|calls|>,
+        // <|flush|>): <|end|> is not an end.
         let eog_text = |t: &str| ids.get(t).filter(|id| eog.contains(id)).copied();
-        if let (Some(_), Some(_), Some(end)) = (
-            eog_text("<|return|>"),
-            eog_text("<|call|>"),
-            eog_text("<|end|>"),
-        ) {
+        let call = eog_text("<|call|>").or(eog_text("<|calls|>"));
+        let harmony = eog_text("<|return|>").is_some() && call.is_some();
+        let solar = call.is_some() && eog_text("<|flush|>").is_some();
+        let end = eog_text("<|end|>").filter(|_| harmony || solar);
+        // Gemma 4 and PLaMo: </s> is an ordinary token beside their own ends.
+        let s_marker = eog_text("<|tool_response>").or(eog_text("<|plamo:eos|>"));
+        let s_end = eog_text("</s>").filter(|_| s_marker.is_some());
+        if let Some(end) = end {
             eog.remove(&end);
             types[end as usize] = TokenType::UserDefined;
+        }
+        if let Some(s_end) = s_end {
+            eog.remove(&s_end);
+            types[s_end as usize] = TokenType::Normal;
         }
 
         let (mut base, virtual_chars) = match kind {

@@ -4,6 +4,7 @@
 Two subcommands, run with the python scripts/llama-deps.sh prints:
 
     llama_ref.py refs --model M.gguf --prompts PROMPTS.json --out DIR
+                      [--max-new-tokens N] [--max-prompts K]
     llama_ref.py quantize --model SRC.gguf --type Q6_K --out DST.gguf
 
 `refs` writes DIR/refs.json and DIR/logits_<name>.f32: for each prompt,
@@ -12,6 +13,9 @@ step), the teacher-forced top-2 margins at every position of prompt +
 continuation evaluated in one batch, full logit vectors at a spread of
 positions, and llama.cpp's own self-difference (the same sequence run with
 one-token micro-batches and with flash attention). Format: tests/data/README.md.
+`--max-new-tokens` (default 64) caps the greedy continuation and
+`--max-prompts` takes the first K prompts only: a test bounds llama.cpp's time
+with them (most of it is the greedy steps and the one-token alternate).
 
 PROMPTS.json is a list of prompts, each
     {"name": ..., "messages": [{"role": ..., "content": ...}, ...]}
@@ -60,13 +64,16 @@ import numpy as np  # noqa: E402
 import llama_cpp  # noqa: E402
 from llama_cpp import Llama  # noqa: E402
 
-N_CTX = 2048
+# Prompt + continuation stay well under this. With `logits_all` llama.cpp and
+# llama-cpp-python each hold an n_ctx x n_vocab f32 buffer per instance (three
+# instances): 2048 would be 6 GB with Gemma's 262k vocabulary.
+N_CTX = 512
 # One batch holds the whole teacher-forced sequence, so its logits come from a
 # single llama_decode call.
-N_BATCH = 2048
+N_BATCH = 512
 N_THREADS = 2
 SEED = 1234
-MAX_NEW_TOKENS = 64
+DEFAULT_MAX_NEW_TOKENS = 64
 # Full logit vectors are stored for the last prompt position plus this many
 # positions spread evenly over the continuation.
 FULL_LOGIT_CONTINUATION_POSITIONS = 15
@@ -86,7 +93,6 @@ SETTINGS = {
     "n_threads_batch": N_THREADS,
     "seed": SEED,
     "sampling": "greedy argmax over logits (temperature 0), no sampler",
-    "max_new_tokens": MAX_NEW_TOKENS,
     "full_logit_continuation_positions": FULL_LOGIT_CONTINUATION_POSITIONS,
     "self_difference": {
         "one_token_ubatches": "n_ubatch=1 (matrix-vector kernels)",
@@ -103,10 +109,17 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
-def inputs_key(*parts) -> str:
-    """A digest of everything an output depends on (JSON-serializable parts)."""
+# Bump when `quantize` changes what it writes: requantized files are keyed by
+# this, not by the whole script, so editing the reference code keeps them.
+QUANTIZE_VERSION = 1
+
+
+def inputs_key(*parts, script: bool = True) -> str:
+    """A digest of everything an output depends on (JSON-serializable parts),
+    including this script's source unless `script` is false."""
     h = hashlib.sha256()
-    h.update(Path(__file__).read_bytes())
+    if script:
+        h.update(Path(__file__).read_bytes())
     h.update(llama_cpp.__version__.encode())
     h.update(json.dumps(parts, sort_keys=True, ensure_ascii=False).encode())
     return h.hexdigest()
@@ -168,8 +181,9 @@ class LlamaRef:
     that measure llama.cpp's own rounding noise, plus what the file says about
     its vocabulary and template."""
 
-    def __init__(self, model_path: Path):
+    def __init__(self, model_path: Path, max_new_tokens: int):
         self.model_path = model_path
+        self.max_new_tokens = max_new_tokens
         reader = gguf.GGUFReader(str(model_path))
         self.template = gguf_field(reader, "tokenizer.chat_template")
         tokens = reader.get_field("tokenizer.ggml.tokens")
@@ -227,14 +241,14 @@ class LlamaRef:
     def greedy(self, prompt_ids: list[int]) -> tuple[list[int], int | None, list[dict]]:
         """llama.cpp's greedy continuation: the prompt in one batch, then one
         token per llama_decode, argmax of the logits (no sampler), at most
-        MAX_NEW_TOKENS, stopping after an end-of-generation token."""
+        max_new_tokens, stopping after an end-of-generation token."""
         llm = self.llm
         llm.reset()
         llm.eval(prompt_ids)
         continuation: list[int] = []
         stop_token = None
         steps = []
-        for _ in range(MAX_NEW_TOKENS):
+        for _ in range(self.max_new_tokens):
             pos = llm.n_tokens - 1
             next_id, l1, second, l2 = top2(llm.scores[pos])
             steps.append({"pos": pos, "argmax": next_id, "top1_logit": l1,
@@ -259,8 +273,9 @@ class LlamaRef:
         equally valid (one token per micro-batch, flash attention): the
         relative L2 distance of their logits to the reference's, at the same
         positions, is llama.cpp's own rounding noise, recorded as
-        `llama_cpp_self_rel_l2` so a parity test can set its tolerance
-        against it.
+        `llama_cpp_self_rel_l2`, and the positions where their argmax differs
+        from the reference's as `llama_cpp_self_argmax`, so a parity test can
+        set its tolerances against llama.cpp's own.
         """
         seq = prompt_ids + continuation
         self.llm.reset()
@@ -280,6 +295,7 @@ class LlamaRef:
         full_pos = [first] + spread(len(prompt_ids), len(seq) - 1, FULL_LOGIT_CONTINUATION_POSITIONS)
         logits[full_pos].astype("<f4").tofile(out_dir / logit_file)
         self_noise = {}
+        self_argmax = {}
         for label, alt in self.alternates.items():
             alt.reset()
             alt.eval(seq)
@@ -288,8 +304,20 @@ class LlamaRef:
             self_noise[label] = max(
                 float(np.linalg.norm(other[p] - ref[p]) / np.linalg.norm(ref[p])) for p in full_pos
             )
+            # Where the alternate's argmax differs from the reference's, by
+            # how much the alternate prefers its own token.
+            self_argmax[label] = []
+            for p in positions:
+                row = other[p["pos"]]
+                best = int(np.argmax(row))
+                if best != p["argmax"]:
+                    self_argmax[label].append({
+                        "pos": p["pos"], "argmax": best,
+                        "margin": float(row[best] - row[p["argmax"]]),
+                    })
         return {
             "llama_cpp_self_rel_l2": self_noise,
+            "llama_cpp_self_argmax": self_argmax,
             "teacher_forced": positions,
             "teacher_forced_argmax_disagrees_at": disagree,
             "full_logits": {
@@ -364,11 +392,14 @@ def versions() -> dict:
 
 def cmd_refs(args) -> None:
     prompts = json.loads(args.prompts.read_text(encoding="utf-8"))
+    if args.max_prompts is not None:
+        prompts = prompts[: args.max_prompts]
     names = [p["name"] for p in prompts]
     if len(set(names)) != len(names) or not all(n.replace("_", "").isalnum() for n in names):
         raise SystemExit(f"{args.prompts}: prompt names must be unique identifiers: {names}")
     model_sha = sha256_of(args.model)
-    key = inputs_key(model_sha, prompts, SETTINGS)
+    settings = {**SETTINGS, "max_new_tokens": args.max_new_tokens}
+    key = inputs_key(model_sha, prompts, settings)
     out_file = args.out / "refs.json"
     if out_file.is_file():
         old = json.loads(out_file.read_text(encoding="utf-8"))
@@ -378,7 +409,7 @@ def cmd_refs(args) -> None:
             print(f"{out_file}: up to date", file=sys.stderr)
             return
     args.out.mkdir(parents=True, exist_ok=True)
-    ref = LlamaRef(args.model)
+    ref = LlamaRef(args.model, args.max_new_tokens)
     sequences = []
     for prompt in prompts:
         s = ref.sequence(prompt, args.out)
@@ -393,7 +424,7 @@ def cmd_refs(args) -> None:
         **versions(),
         "model_file": args.model.name,
         "model_sha256": model_sha,
-        "settings": SETTINGS,
+        "settings": settings,
         **ref.file_info(),
         "sequences": sequences,
     }
@@ -406,7 +437,7 @@ def cmd_refs(args) -> None:
 def cmd_quantize(args) -> None:
     if args.type not in FTYPES:
         raise SystemExit(f"unknown llama.cpp ftype {args.type}; one of {', '.join(FTYPES)}")
-    key = inputs_key(sha256_of(args.model), args.type, args.pure)
+    key = inputs_key(sha256_of(args.model), args.type, args.pure, QUANTIZE_VERSION, script=False)
     stamp = args.out.with_name(args.out.name + ".inputs")
     if args.out.is_file() and stamp.is_file() and stamp.read_text() == key:
         print(f"{args.out}: up to date", file=sys.stderr)
@@ -445,6 +476,9 @@ def main() -> None:
     refs.add_argument("--model", type=Path, required=True)
     refs.add_argument("--prompts", type=Path, required=True)
     refs.add_argument("--out", type=Path, required=True)
+    refs.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
+                      help="greedy continuation length cap (default %(default)s)")
+    refs.add_argument("--max-prompts", type=int, help="only the first K prompts of the file")
     quant = sub.add_parser("quantize", help="llama.cpp's quantizer on a GGUF")
     quant.add_argument("--model", type=Path, required=True)
     quant.add_argument("--type", required=True, help="llama.cpp ftype: " + ", ".join(FTYPES))

@@ -5,6 +5,7 @@
 #![allow(clippy::panic)]
 
 pub mod parity;
+pub mod tiny_arch;
 
 use std::path::PathBuf;
 

@@ -5,25 +5,36 @@
 //! cached), and `tests/data/llama_cpp/chat.json` holds the committed ones of
 //! the default model in the same per-sequence format (tests/data/README.md).
 //!
-//! The criteria, per sequence teacher-forced along llama.cpp's greedy
-//! continuation ([`compare_teacher_forced`], totals in [`ParitySummary`]):
+//! The criteria, per file, teacher-forced along llama.cpp's greedy
+//! continuation ([`compare_teacher_forced`], totals in [`ParitySummary`]).
+//! They are measured against llama.cpp's own self-difference: the same file
+//! run by llama.cpp two other equally valid ways (one token per micro-batch,
+//! flash attention), recorded by llama_ref.py. On the default model llama.cpp
+//! disagrees with itself this way at up to ~2 % of the positions where its
+//! margin exceeds 0.1, by up to 0.4 logit the other way, and its logits
+//! differ from its own by 5e-2 to 2e-1 relative L2 (activations rounded to 8
+//! bits, attention operands to f16, amplified by a small model).
 //!
-//! * **argmax**: ours equals llama.cpp's wherever llama.cpp's top-two margin
-//!   exceeds [`Criteria::tie_margin`] (below that llama.cpp's own batched and
-//!   one-token paths disagree). A flip is tolerated only when both engines
-//!   see a near-tie between the same two tokens (llama.cpp's margin at most
-//!   [`Criteria::llama_soft_margin`], ours the other way at most
-//!   [`Criteria::our_tie_margin`]); flips may not exceed
-//!   [`Criteria::max_flip_fraction`] of the checked positions.
-//! * **logits**: our worst relative L2 distance to llama.cpp's full logit
-//!   vectors, over all sequences, may not exceed llama.cpp's own worst
-//!   self-difference (the same file run with one-token micro-batches and with
-//!   flash attention), and the mean over sequences of our worst may exceed
-//!   llama.cpp's mean self-difference by at most
-//!   [`Criteria::mean_self_noise_factor`].
+//! * **argmax**: wherever llama.cpp's top-two margin exceeds
+//!   [`Criteria::tie_margin`], ours equals llama.cpp's, except at near-ties:
+//!   llama.cpp's margin and ours the other way both at most
+//!   [`Criteria::near_tie`], or one of llama.cpp's own alternate runs
+//!   picking our token there (its self-difference moves margins past 0.5 on
+//!   low-bit files: on Q2_K its flash-attention run prefers our token by 0.37
+//!   where its reference's margin is 0.62; on Q3_K_M its one-token run picks
+//!   our token where we lead by 0.501). Near-tie disagreements may number at most
+//!   [`Criteria::self_flip_factor`] times llama.cpp's own (its worst
+//!   alternate's over the file) or [`Criteria::max_flip_fraction`] of the
+//!   checked positions, whichever is larger.
+//! * **logits**: the mean over sequences of our worst relative L2 distance
+//!   to llama.cpp's full logit vectors at most
+//!   [`Criteria::mean_self_noise_factor`] times llama.cpp's mean
+//!   self-difference, and the worst at most
+//!   [`Criteria::max_self_noise_factor`] times llama.cpp's worst.
 //!
 //! Free-running greedy generation ([`compare_greedy`]) must follow llama.cpp
-//! token for token until the first step where llama.cpp itself hesitated.
+//! token for token until the first step where llama.cpp itself hesitated
+//! (margin under [`Criteria::near_tie`]).
 
 use crate::{argmax, data_dir, rel_l2};
 use serde::Deserialize;
@@ -71,6 +82,20 @@ pub struct TeacherForced {
     /// llama.cpp's own relative L2 distance to these logits when run another
     /// equally valid way, by way (`one_token_ubatches`, `flash_attention`).
     pub llama_cpp_self_rel_l2: BTreeMap<String, f64>,
+    /// Where those other ways pick another token, by way (absent from
+    /// references made before it was recorded: counted as none).
+    #[serde(default)]
+    pub llama_cpp_self_argmax: BTreeMap<String, Vec<SelfFlip>>,
+}
+
+/// A position where llama.cpp run another way picks another token.
+#[derive(Clone, Debug, Deserialize)]
+pub struct SelfFlip {
+    pub pos: usize,
+    /// The token it picks instead.
+    pub argmax: u32,
+    /// How far that token is ahead of the reference's, in its own logits.
+    pub margin: f32,
 }
 
 impl TeacherForced {
@@ -81,12 +106,35 @@ impl TeacherForced {
             .copied()
             .fold(0.0, f64::max)
     }
+
+    /// Per way llama.cpp was run, its argmax disagreements with its
+    /// reference where the reference's margin exceeds `tie_margin`.
+    pub fn self_flips(&self, tie_margin: f32) -> BTreeMap<String, usize> {
+        let margin: BTreeMap<usize, f32> = self
+            .teacher_forced
+            .iter()
+            .map(|s| (s.pos, s.margin))
+            .collect();
+        self.llama_cpp_self_argmax
+            .iter()
+            .map(|(way, flips)| {
+                let n = flips
+                    .iter()
+                    .filter(|f| margin.get(&f.pos).is_some_and(|&m| m > tie_margin))
+                    .count();
+                (way.clone(), n)
+            })
+            .collect()
+    }
 }
 
 /// One prompt: llama.cpp's tokens, greedy continuation and teacher-forced logits.
 #[derive(Clone, Debug, Deserialize)]
 pub struct SequenceRef {
     pub name: String,
+    /// The raw text of a raw-text prompt (not a chat one).
+    #[serde(default)]
+    pub text: Option<String>,
     pub prompt_ids: Vec<u32>,
     /// The greedy continuation, ending with the end-of-generation token that
     /// stopped it (if one did).
@@ -162,34 +210,38 @@ impl Reference {
     }
 }
 
-/// The thresholds of the comparison (module docs); the defaults are the
-/// ones the default model's parity test established.
+/// The thresholds of the comparison (module docs).
 #[derive(Clone, Copy, Debug)]
 pub struct Criteria {
+    /// Positions where llama.cpp's margin is at most this are not checked.
     pub tie_margin: f32,
-    pub llama_soft_margin: f32,
-    pub our_tie_margin: f32,
+    /// A disagreement is a near-tie when llama.cpp's margin and ours the
+    /// other way are both at most this (or llama.cpp's own alternate run
+    /// picked our token there); any other one fails.
+    pub near_tie: f32,
+    /// Near-tie disagreements allowed as a fraction of checked positions...
     pub max_flip_fraction: f64,
+    /// ...or as a multiple of llama.cpp's own, whichever is larger.
+    pub self_flip_factor: f64,
     pub mean_self_noise_factor: f64,
-    /// Free-running greedy may diverge only where llama.cpp's margin was
-    /// under this, and only to llama.cpp's runner-up.
-    pub greedy_tie_margin: f32,
+    pub max_self_noise_factor: f64,
 }
 
 impl Default for Criteria {
-    /// The default model is chaotic under 8-bit activation rounding:
-    /// rounding the attention queries to f16 in our own engine (what
-    /// llama.cpp's f16 K·Q does) moves single margins by more than 0.25, and
-    /// llama.cpp with flash attention moves its own by up to ~0.09; hence
-    /// soft flips between near-tied tokens, counted and bounded at 1 %.
+    /// Calibrated on llama.cpp against itself on the default model and its
+    /// requantizations (tests/data/README.md): its one-token and
+    /// flash-attention paths disagree with its batched one at up to 7 of 370
+    /// checked positions, by up to 0.41 logit the other way, and an
+    /// independent f64 forward pass is as far from llama.cpp's reference as
+    /// Sotto is, so the reference itself is sometimes the outlier.
     fn default() -> Self {
         Criteria {
             tie_margin: 0.1,
-            llama_soft_margin: 0.3,
-            our_tie_margin: 0.1,
+            near_tie: 0.5,
             max_flip_fraction: 0.01,
+            self_flip_factor: 2.0,
             mean_self_noise_factor: 1.25,
-            greedy_tie_margin: 0.5,
+            max_self_noise_factor: 1.5,
         }
     }
 }
@@ -214,7 +266,7 @@ pub struct TeacherForcedReport {
     pub checked: usize,
     /// Positions skipped as llama.cpp near-ties.
     pub ties: usize,
-    /// Tolerated near-tie flips.
+    /// Near-tie disagreements (tolerated up to a count).
     pub flips: Vec<Flip>,
     /// Disagreements beyond the tolerance: each one fails the criteria.
     pub disagreements: Vec<Flip>,
@@ -222,6 +274,8 @@ pub struct TeacherForcedReport {
     pub max_rel_l2: f64,
     /// llama.cpp's worst self-difference on this sequence.
     pub self_rel_l2: f64,
+    /// llama.cpp's own argmax disagreements at checked positions, per way.
+    pub self_flips: BTreeMap<String, usize>,
 }
 
 /// Compares our logits `ours` (`[tokens, vocab]` for the whole teacher-forced
@@ -247,6 +301,7 @@ pub fn compare_teacher_forced(
         disagreements: Vec::new(),
         max_rel_l2: 0.0,
         self_rel_l2: tf.self_rel_l2(),
+        self_flips: tf.self_flips(criteria.tie_margin),
     };
     for step in &tf.teacher_forced {
         if step.margin <= criteria.tie_margin {
@@ -266,8 +321,13 @@ pub fn compare_teacher_forced(
             llama_margin: step.margin,
             our_margin: r[ours_top as usize] - r[step.argmax as usize],
         };
-        if flip.llama_margin <= criteria.llama_soft_margin
-            && flip.our_margin <= criteria.our_tie_margin
+        let llama_cpp_also = tf
+            .llama_cpp_self_argmax
+            .values()
+            .flatten()
+            .any(|f| f.pos == step.pos && f.argmax == ours_top);
+        if llama_cpp_also
+            || (flip.our_margin <= criteria.near_tie && flip.llama_margin <= criteria.near_tie)
         {
             report.flips.push(flip);
         } else {
@@ -300,6 +360,23 @@ impl ParitySummary {
     pub fn agreeing(&self) -> usize {
         self.checked() - self.flips() - self.disagreements().count()
     }
+    /// llama.cpp's own near-tie disagreements over the file: its worst way's.
+    pub fn self_flips(&self) -> usize {
+        let mut per_way: BTreeMap<&str, usize> = BTreeMap::new();
+        for r in &self.reports {
+            for (way, n) in &r.self_flips {
+                *per_way.entry(way.as_str()).or_default() += n;
+            }
+        }
+        per_way.values().copied().max().unwrap_or(0)
+    }
+    /// Near-tie disagreements allowed over the file.
+    pub fn allowed_flips(&self) -> usize {
+        let c = &self.criteria;
+        let by_fraction = (c.max_flip_fraction * self.checked() as f64).floor();
+        let by_self = (c.self_flip_factor * self.self_flips() as f64).floor();
+        by_fraction.max(by_self) as usize
+    }
     pub fn disagreements(&self) -> impl Iterator<Item = (&str, &Flip)> {
         self.reports
             .iter()
@@ -330,17 +407,21 @@ impl ParitySummary {
                 f.pos, f.ours, f.llama, f.llama_margin, f.our_margin
             ));
         }
-        let (checked, flips) = (self.checked(), self.flips());
-        if flips as f64 > c.max_flip_fraction * checked as f64 {
+        let (checked, flips, allowed) = (self.checked(), self.flips(), self.allowed_flips());
+        if flips > allowed {
             out.push(format!(
-                "{flips} near-tie flips in {checked} positions (at most {:.1} %)",
-                c.max_flip_fraction * 100.0
+                "{flips} near-tie disagreements in {checked} positions, more than {allowed} \
+                 ({} % of them, or {} x llama.cpp's own {})",
+                c.max_flip_fraction * 100.0,
+                c.self_flip_factor,
+                self.self_flips()
             ));
         }
         let ((ours_max, ours_mean), (self_max, self_mean)) = (self.rel_l2(), self.self_rel_l2());
-        if ours_max > self_max {
+        if ours_max > c.max_self_noise_factor * self_max {
             out.push(format!(
-                "worst logits error {ours_max:.2e} exceeds llama.cpp's own {self_max:.2e}"
+                "worst logits error {ours_max:.2e} exceeds {} x llama.cpp's own {self_max:.2e}",
+                c.max_self_noise_factor
             ));
         }
         if ours_mean > c.mean_self_noise_factor * self_mean {
@@ -368,25 +449,34 @@ impl fmt::Display for ParitySummary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:<26} {:>8} {:>6} {:>6} {:>9} {:>12} {:>16}",
-            "sequence", "checked", "ties", "flips", "disagree", "max rel L2", "llama.cpp self"
+            "{:<26} {:>8} {:>6} {:>6} {:>9} {:>11} {:>12} {:>16}",
+            "sequence",
+            "checked",
+            "ties",
+            "flips",
+            "disagree",
+            "self flips",
+            "max rel L2",
+            "llama.cpp self"
         )?;
         for r in &self.reports {
+            let self_flips = r.self_flips.values().copied().max().unwrap_or(0);
             writeln!(
                 f,
-                "{:<26} {:>8} {:>6} {:>6} {:>9} {:>12.2e} {:>16.2e}",
+                "{:<26} {:>8} {:>6} {:>6} {:>9} {:>11} {:>12.2e} {:>16.2e}",
                 r.name,
                 r.checked,
                 r.ties,
                 r.flips.len(),
                 r.disagreements.len(),
+                self_flips,
                 r.max_rel_l2,
                 r.self_rel_l2
             )?;
             for flip in &r.flips {
                 writeln!(
                     f,
-                    "  near-tie flip at position {}: llama.cpp margin {:.3}, ours {:.3} the other way",
+                    "  near-tie disagreement at position {}: llama.cpp margin {:.3}, ours {:.3} the other way",
                     flip.pos, flip.llama_margin, flip.our_margin
                 )?;
             }
@@ -394,10 +484,14 @@ impl fmt::Display for ParitySummary {
         let ((ours_max, ours_mean), (self_max, self_mean)) = (self.rel_l2(), self.self_rel_l2());
         writeln!(
             f,
-            "argmax equal to llama.cpp's at {}/{} positions with margin > {}",
+            "argmax equal to llama.cpp's at {}/{} positions with margin > {} ({} near-tie \
+             disagreements, {} allowed; llama.cpp's own: {})",
             self.agreeing(),
             self.checked(),
-            self.criteria.tie_margin
+            self.criteria.tie_margin,
+            self.flips(),
+            self.allowed_flips(),
+            self.self_flips()
         )?;
         write!(
             f,
@@ -428,7 +522,7 @@ pub struct GreedyReport {
     /// First differing step: index, our token (none when we stopped), and
     /// llama.cpp's margin there.
     pub divergence: Option<(usize, Option<u32>, f32)>,
-    /// The divergence, if any, is at a llama.cpp near-tie and to its runner-up.
+    /// The divergence, if any, is at a llama.cpp near-tie.
     pub acceptable: bool,
 }
 
@@ -456,11 +550,37 @@ pub fn compare_greedy(
         }
         let step = &seq.greedy_steps[i];
         report.divergence = Some((i, got, step.margin));
-        report.acceptable = step.margin < criteria.greedy_tie_margin
-            && got.is_some_and(|t| t == step.argmax || t == step.top2_id);
+        // A near-tie may be between more than two tokens: any token we pick
+        // there is acceptable, stopping early is not.
+        report.acceptable = step.margin < criteria.near_tie && got.is_some();
         break;
     }
     report
+}
+
+/// Our free-running greedy continuation of every prompt of `reference` on
+/// the CPU backend, compared with llama.cpp's over its first `limit` tokens.
+pub fn greedy_reports(
+    model: &Arc<Model>,
+    reference: &Reference,
+    limit: usize,
+    criteria: &Criteria,
+) -> Vec<GreedyReport> {
+    reference
+        .sequences
+        .iter()
+        .map(|seq| {
+            let backend =
+                CpuBackend::new(model.clone(), 0).unwrap_or_else(|e| panic!("cpu backend: {e}"));
+            let mut s = Session::new(Box::new(backend), Arc::new(model.tokenizer.clone()), 2048)
+                .unwrap_or_else(|e| panic!("session: {e}"));
+            let want = seq.continuation_ids.len().min(limit);
+            let stats = s
+                .generate(&seq.prompt_ids, &crate::greedy(want), &mut |_| {})
+                .unwrap_or_else(|e| panic!("{}: greedy generation: {e}", seq.name));
+            compare_greedy(seq, &stats.tokens, limit, criteria)
+        })
+        .collect()
 }
 
 /// Our logits along `tokens` (`[tokens, vocab]`) on the CPU backend, in one
@@ -561,10 +681,43 @@ where
     assert!(status.success(), "{cmd:?} failed ({status})");
 }
 
+/// How much of a prompt file llama.cpp's reference covers. Its time is
+/// mostly the greedy steps and the one-token-per-micro-batch alternate, so
+/// a test bounds it with these.
+#[derive(Clone, Copy, Debug)]
+pub struct RefBudget {
+    /// Greedy continuation length cap.
+    pub max_new_tokens: usize,
+    /// Only the first prompts of the file, when set.
+    pub max_prompts: Option<usize>,
+}
+
+impl Default for RefBudget {
+    /// llama_ref.py's defaults: every prompt, 64 new tokens.
+    fn default() -> Self {
+        RefBudget {
+            max_new_tokens: 64,
+            max_prompts: None,
+        }
+    }
+}
+
 /// llama.cpp's references for `model` on the prompts in `prompts` (a JSON
 /// list, see llama_ref.py), written to (and reused from) `out_dir`.
 pub fn generate_reference(model: &Path, prompts: &Path, out_dir: &Path) -> Reference {
-    run_llama_ref([
+    generate_reference_within(model, prompts, out_dir, RefBudget::default())
+}
+
+/// [`generate_reference`] on part of the prompts or with shorter
+/// continuations.
+pub fn generate_reference_within(
+    model: &Path,
+    prompts: &Path,
+    out_dir: &Path,
+    budget: RefBudget,
+) -> Reference {
+    let max_new = budget.max_new_tokens.to_string();
+    let mut args = vec![
         OsStr::new("refs"),
         OsStr::new("--model"),
         model.as_os_str(),
@@ -572,7 +725,14 @@ pub fn generate_reference(model: &Path, prompts: &Path, out_dir: &Path) -> Refer
         prompts.as_os_str(),
         OsStr::new("--out"),
         out_dir.as_os_str(),
-    ]);
+        OsStr::new("--max-new-tokens"),
+        OsStr::new(&max_new),
+    ];
+    let max_prompts = budget.max_prompts.map(|n| n.to_string());
+    if let Some(n) = &max_prompts {
+        args.extend([OsStr::new("--max-prompts"), OsStr::new(n)]);
+    }
+    run_llama_ref(args);
     Reference::load(&out_dir.join("refs.json"))
 }
 

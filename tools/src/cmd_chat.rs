@@ -2,9 +2,10 @@
 
 use crate::error::CliError;
 use crate::resolve_model;
+use crate::sampling::GenerationArgs;
 use sotto_engine::{
     BackendChoice, BackendKind, CancelToken, Chat, CpuOptions, GenerateOptions, LoadedModel,
-    OrtOptions, Reply, SamplerConfig,
+    OrtOptions, Reply,
 };
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -19,31 +20,19 @@ pub struct ChatArgs {
     /// System message (without one the template may insert the model's own).
     #[arg(long)]
     pub system: Option<String>,
-    /// 0 = greedy.
-    #[arg(long, default_value_t = 0.7)]
-    pub temperature: f32,
-    /// 0 = disabled.
-    #[arg(long, default_value_t = 40)]
-    pub top_k: usize,
-    #[arg(long, default_value_t = 0.95)]
-    pub top_p: f32,
-    #[arg(long, default_value_t = 0.05)]
-    pub min_p: f32,
-    #[arg(long, default_value_t = 1.0)]
-    pub repeat_penalty: f32,
-    #[arg(long, default_value_t = 42)]
-    pub seed: u64,
-    #[arg(long, default_value_t = 512)]
-    pub max_tokens: usize,
+    #[command(flatten)]
+    pub generation: GenerationArgs,
+    /// Chat with a file that has no chat template in ChatML (the documented
+    /// default). Without it such a file, usually a base model, is refused
+    /// with a pointer to `sotto complete`.
+    #[arg(long)]
+    pub chatml: bool,
     /// Worker threads (0 = all cores).
     #[arg(long, short, default_value_t = 0)]
     pub threads: usize,
     /// Context length in tokens (capped by the model's).
     #[arg(long, default_value_t = 4096)]
     pub context: usize,
-    /// Extra stop strings.
-    #[arg(long)]
-    pub stop: Vec<String>,
     /// Print no statistics on standard error.
     #[arg(long, short)]
     pub quiet: bool,
@@ -132,6 +121,15 @@ pub fn run(args: ChatArgs) -> Result<(), CliError> {
     let path = resolve_model(args.model.clone()).map_err(CliError::ModelFetch)?;
     let mut answers = AnswerOut::claim_stdout()?;
     let loaded = LoadedModel::open(&path, args.backend_choice()?)?;
+    if loaded.model().template.is_fallback() && !args.chatml {
+        return Err(CliError::Usage(format!(
+            "{} has no chat template (tokenizer.chat_template), so it is probably a base \
+             model: continue raw text with `sotto complete --model {} PROMPT`, or chat in \
+             ChatML anyway with `sotto chat --chatml`",
+            path.display(),
+            path.display()
+        )));
+    }
     if !args.quiet {
         if let Some(report) = loaded.placement_report() {
             let foreign = if loaded.kind() == BackendKind::OrtForeign {
@@ -158,20 +156,7 @@ pub fn run(args: ChatArgs) -> Result<(), CliError> {
         // Ctrl-C stops the answer being written, not the program.
         let _ = ctrlc::set_handler(move || c.cancel());
     }
-    let opts = GenerateOptions {
-        sampler: SamplerConfig {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            min_p: args.min_p,
-            repeat_penalty: args.repeat_penalty,
-            repeat_last_n: 64,
-            seed: args.seed,
-        },
-        max_tokens: args.max_tokens,
-        stop: args.stop.clone(),
-        cancel: Some(cancel.clone()),
-    };
+    let opts = args.generation.options(Some(cancel.clone()));
     match &args.prompt {
         Some(p) => turn(&mut chat, &mut answers, p, &opts, args.quiet).map(|_| ()),
         None => repl(&mut chat, &mut answers, &opts, &cancel, args.quiet),

