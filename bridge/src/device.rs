@@ -561,11 +561,8 @@ impl AssistantDevice {
     /// it got (a refusal included), oldest first.
     pub fn history(&self, peer: &ProtocolAddress) -> Result<Vec<Turn>> {
         let mut out = Vec::new();
-        for entry in self.store.all_turns() {
-            let (t, mut record) = entry?;
-            if t.peer != *peer {
-                continue;
-            }
+        for entry in self.store.turns_of(peer) {
+            let (_, mut record) = entry?;
             out.push(Turn::user(std::mem::take(&mut record.user_text)));
             if matches!(record.state(), TurnState::Answered | TurnState::Refused) {
                 out.push(Turn::assistant(std::mem::take(&mut record.reply_text)));
@@ -650,5 +647,55 @@ impl AssistantDevice {
         self.digests.retain(|_, t| t.peer != *peer);
         self.offered.retain(|(p, _)| p != peer);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::session::message_encrypt;
+    use crate::store::InMemProtocolStore;
+    use rand::SeedableRng;
+    use rand_chacha::ChaCha20Rng;
+
+    #[test]
+    fn debug_output_holds_no_key_material_and_no_text() {
+        let mut rng = ChaCha20Rng::seed_from_u64(1);
+        let mut device = AssistantDevice::in_memory(DeviceOptions::default(), &mut rng)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let bundle = device
+            .prekey_bundle(SystemTime::now(), &mut rng)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut user = InMemProtocolStore::new(IdentityKeyPair::generate(&mut rng), 9);
+        let me = ProtocolAddress::new("sotto", 1);
+        process_prekey_bundle(&me, &bundle, &mut user, &mut rng).unwrap_or_else(|e| panic!("{e}"));
+        let sender = ProtocolAddress::new("user", 1);
+        let m =
+            message_encrypt(b"my secret text", &me, &mut user).unwrap_or_else(|e| panic!("{e}"));
+        let received = device
+            .receive(&sender, &Envelope::from(&m), &mut rng)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let turn = device
+            .store
+            .turn(&received.turn)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("journaled"));
+        let private = device.store.identity().private_key().serialize().to_vec();
+        let prekey = crate::store::PreKeyStore::get_pre_key(
+            &device.store,
+            bundle.pre_key.map_or(0, |p| p.0),
+        );
+        let shown = format!(
+            "{device:?} {:?} {turn:?} {:?} {:?}",
+            device.store,
+            device.prompt(&received.turn),
+            DeviceOptions::default()
+        );
+        assert!(!shown.contains("secret"), "{shown}");
+        for window in private.windows(4) {
+            assert!(!shown.contains(&format!("{window:?}")[1..12]), "{shown}");
+        }
+        assert!(prekey.is_err(), "the used one-time prekey is gone");
     }
 }

@@ -4,19 +4,22 @@
 //! and prekey changes a decryption makes commit together.
 
 use prost::Message as _;
-use zeroize::{Zeroize, Zeroizing};
+use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::error::{malformed, Error, Result};
 use crate::keys::{IdentityKey, IdentityKeyPair, KeyPair, PrivateKey};
 use crate::limits::Limits;
 use crate::prekeys::{PreKeyRecord, SignedPreKeyRecord};
+use crate::proto::redacted_debug;
 use crate::records::{RecordKey, RecordKind, RecordStore};
 use crate::state::SessionRecord;
 use crate::store::{
     IdentityKeyStore, PreKeyStore, ProtocolAddress, SessionStore, SignedPreKeyStore,
 };
 
-#[derive(Clone, PartialEq, prost::Message)]
+// Records holding private keys: wiped on drop, never shown by Debug.
+#[derive(Clone, PartialEq, prost::Message, Zeroize, ZeroizeOnDrop)]
+#[prost(skip_debug)]
 struct IdentityProto {
     #[prost(bytes = "vec", tag = "1")]
     private_key: Vec<u8>,
@@ -24,7 +27,8 @@ struct IdentityProto {
     registration_id: u32,
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
+#[derive(Clone, PartialEq, prost::Message, Zeroize, ZeroizeOnDrop)]
+#[prost(skip_debug)]
 pub(crate) struct PreKeyProto {
     #[prost(bytes = "vec", tag = "1")]
     pub private_key: Vec<u8>,
@@ -33,7 +37,8 @@ pub(crate) struct PreKeyProto {
     pub handed_out: bool,
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
+#[derive(Clone, PartialEq, prost::Message, Zeroize, ZeroizeOnDrop)]
+#[prost(skip_debug)]
 pub(crate) struct SignedPreKeyProto {
     #[prost(bytes = "vec", tag = "1")]
     pub private_key: Vec<u8>,
@@ -46,6 +51,8 @@ pub(crate) struct SignedPreKeyProto {
     #[prost(uint64, tag = "4")]
     pub superseded_at: u64,
 }
+
+redacted_debug!(IdentityProto, PreKeyProto, SignedPreKeyProto);
 
 /// A record name for a peer: `device u32 BE || name length u32 BE ||
 /// name`, so one peer's name is never a prefix of another's.
@@ -78,8 +85,8 @@ pub(crate) fn id_name(id: u32) -> Vec<u8> {
     id.to_be_bytes().to_vec()
 }
 
-fn encode(message: &impl prost::Message) -> Vec<u8> {
-    message.encode_to_vec()
+fn encode(message: &impl prost::Message) -> Zeroizing<Vec<u8>> {
+    Zeroizing::new(message.encode_to_vec())
 }
 
 /// The identity, peer identity, prekey and session records of a device.
@@ -114,21 +121,19 @@ impl DeviceStore {
             Some(bytes) => {
                 let p = IdentityProto::decode(bytes)
                     .map_err(|e| malformed("identity record", e.to_string()))?;
-                let mut private = Zeroizing::new(p.private_key);
-                let identity = IdentityKeyPair::from_private(PrivateKey::deserialize(&private)?);
-                private.zeroize();
+                let identity =
+                    IdentityKeyPair::from_private(PrivateKey::deserialize(&p.private_key)?);
                 (identity, p.registration_id)
             }
             // Created, or a crash came between creating the store and
             // committing its identity: nothing else can exist yet.
             None if created || records.is_empty() => {
                 let (identity, registration_id) = create();
-                let mut bytes = encode(&IdentityProto {
+                let bytes = encode(&IdentityProto {
                     private_key: identity.private_key().serialize().to_vec(),
                     registration_id,
                 });
-                records.put(key, bytes.clone())?;
-                bytes.zeroize();
+                records.put(key, bytes)?;
                 (identity, registration_id)
             }
             None => {
@@ -231,7 +236,7 @@ pub(crate) fn decode_pre_key(id: u32, bytes: &[u8]) -> Result<(PreKeyRecord, boo
     Ok((PreKeyRecord { id, key_pair }, p.handed_out))
 }
 
-pub(crate) fn encode_pre_key(record: &PreKeyRecord, handed_out: bool) -> Vec<u8> {
+pub(crate) fn encode_pre_key(record: &PreKeyRecord, handed_out: bool) -> Zeroizing<Vec<u8>> {
     encode(&PreKeyProto {
         private_key: record.key_pair.private_key.serialize().to_vec(),
         handed_out,
@@ -239,10 +244,9 @@ pub(crate) fn encode_pre_key(record: &PreKeyRecord, handed_out: bool) -> Vec<u8>
 }
 
 pub(crate) fn decode_signed_pre_key(id: u32, bytes: &[u8]) -> Result<(SignedPreKeyRecord, u64)> {
-    let mut p = SignedPreKeyProto::decode(bytes)
+    let p = SignedPreKeyProto::decode(bytes)
         .map_err(|e| malformed("signed prekey record", e.to_string()))?;
     let key_pair = KeyPair::from_private(PrivateKey::deserialize(&p.private_key)?);
-    p.private_key.zeroize();
     let signature = p
         .signature
         .as_slice()
@@ -259,7 +263,10 @@ pub(crate) fn decode_signed_pre_key(id: u32, bytes: &[u8]) -> Result<(SignedPreK
     ))
 }
 
-pub(crate) fn encode_signed_pre_key(record: &SignedPreKeyRecord, superseded_at: u64) -> Vec<u8> {
+pub(crate) fn encode_signed_pre_key(
+    record: &SignedPreKeyRecord,
+    superseded_at: u64,
+) -> Zeroizing<Vec<u8>> {
     encode(&SignedPreKeyProto {
         private_key: record.key_pair.private_key.serialize().to_vec(),
         timestamp: record.timestamp,

@@ -11,13 +11,14 @@
 //! handed out until the transport acknowledges it.
 
 use prost::Message as _;
-use zeroize::Zeroize;
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
 use crate::conversation::{ConversationId, Turn};
 use crate::device_store::{peer_name, split_peer_name, DeviceStore};
 use crate::error::{malformed, AssistantError, Result};
 use crate::message::MessageKind;
 use crate::pipeline::Envelope;
+use crate::proto::redacted_debug;
 use crate::records::{RecordKey, RecordKind};
 use crate::store::ProtocolAddress;
 
@@ -104,7 +105,9 @@ struct ConversationProto {
     next_turn: u64,
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
+// Holds message text: wiped on drop, never shown by Debug.
+#[derive(Clone, PartialEq, prost::Message, Zeroize, ZeroizeOnDrop)]
+#[prost(skip_debug)]
 pub(crate) struct TurnProto {
     /// Device-wide arrival order (the order unanswered turns are answered in).
     #[prost(uint64, tag = "1")]
@@ -129,12 +132,7 @@ pub(crate) struct TurnProto {
     pub refusal_limit: u64,
 }
 
-impl Drop for TurnProto {
-    fn drop(&mut self) {
-        self.user_text.zeroize();
-        self.reply_text.zeroize();
-    }
-}
+redacted_debug!(TurnProto);
 
 impl TurnProto {
     pub(crate) fn state(&self) -> TurnState {
@@ -328,10 +326,20 @@ impl DeviceStore {
         Ok(history)
     }
 
+    /// The turns kept of `peer`'s conversation, oldest first.
+    pub(crate) fn turns_of(
+        &self,
+        peer: &ProtocolAddress,
+    ) -> impl Iterator<Item = Result<(TurnRef, TurnProto)>> + '_ {
+        self.records
+            .scan(RecordKind::Turn, peer_name(peer))
+            .map(decode_turn)
+    }
+
     /// Every turn of every conversation, in store order.
     pub(crate) fn all_turns(&self) -> impl Iterator<Item = Result<(TurnRef, TurnProto)>> + '_ {
         self.records
-            .scan(RecordKind::Turn, &[])
+            .scan(RecordKind::Turn, Vec::new())
             .map(|(name, bytes)| {
                 Ok((
                     split_turn_name(name)?,
@@ -369,7 +377,7 @@ impl DeviceStore {
 
     pub(crate) fn outbox(&self) -> Result<Vec<(TurnRef, Envelope)>> {
         self.records
-            .scan(RecordKind::Outbox, &[])
+            .scan(RecordKind::Outbox, Vec::new())
             .map(|(name, bytes)| Ok((split_turn_name(name)?, decode_outbox(bytes)?)))
             .collect()
     }
@@ -380,7 +388,7 @@ impl DeviceStore {
         for kind in [RecordKind::Turn, RecordKind::Outbox] {
             let names: Vec<Vec<u8>> = self
                 .records
-                .scan(kind, &prefix)
+                .scan(kind, prefix.clone())
                 .map(|(n, _)| n.to_vec())
                 .filter(|n| n.len() == prefix.len() + 8)
                 .collect();
@@ -390,6 +398,13 @@ impl DeviceStore {
         }
         self.records.delete(conversation_key(peer))
     }
+}
+
+fn decode_turn((name, bytes): (&[u8], &[u8])) -> Result<(TurnRef, TurnProto)> {
+    Ok((
+        split_turn_name(name)?,
+        TurnProto::decode(bytes).map_err(|e| malformed("turn record", e.to_string()))?,
+    ))
 }
 
 fn decode_outbox(bytes: &[u8]) -> Result<Envelope> {

@@ -244,7 +244,7 @@ impl DeviceStore {
     fn expire_signed_pre_keys(&mut self, now_ms: u64) -> Result<()> {
         let grace = ms(self.limits.signed_prekey_grace);
         let mut superseded = Vec::new();
-        for (name, bytes) in self.records.scan(RecordKind::SignedPreKey, &[]) {
+        for (name, bytes) in self.records.scan(RecordKind::SignedPreKey, Vec::new()) {
             let Some(id) = id_of(name) else { continue };
             let (_, superseded_at) = decode_signed_pre_key(id, bytes)?;
             if superseded_at != 0 {
@@ -269,7 +269,7 @@ impl DeviceStore {
         rng: &mut R,
     ) -> Result<(u32, PublicKey)> {
         let mut fresh = None;
-        for (name, bytes) in self.records.scan(RecordKind::PreKey, &[]) {
+        for (name, bytes) in self.records.scan(RecordKind::PreKey, Vec::new()) {
             let Some(id) = id_of(name) else { continue };
             let (record, handed_out) = decode_pre_key(id, bytes)?;
             if !handed_out {
@@ -304,7 +304,7 @@ impl DeviceStore {
         // is the first after the next id to mint.
         let mut handed: Vec<u32> = self
             .records
-            .scan(RecordKind::PreKey, &[])
+            .scan(RecordKind::PreKey, Vec::new())
             .filter_map(|(name, _)| id_of(name))
             .collect();
         let next = state.next_one_time_id;

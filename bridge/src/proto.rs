@@ -52,6 +52,7 @@ macro_rules! redacted_debug {
         }
     )*};
 }
+pub(crate) use redacted_debug;
 
 redacted_debug!(
     ChainProto,

@@ -138,14 +138,15 @@ impl RecordStore {
     }
 
     /// Records of `kind` whose name starts with `prefix`, in name order.
-    pub(crate) fn scan<'a>(
-        &'a self,
+    pub(crate) fn scan(
+        &self,
         kind: RecordKind,
-        prefix: &'a [u8],
-    ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'a {
+        prefix: impl Into<Vec<u8>>,
+    ) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let prefix = prefix.into();
         self.live
-            .range(RecordKey::new(kind, prefix.to_vec())..)
-            .take_while(move |(k, _)| k.kind == kind && k.name.starts_with(prefix))
+            .range(RecordKey::new(kind, prefix.clone())..)
+            .take_while(move |(k, _)| k.kind == kind && k.name.starts_with(&prefix))
             .map(|(k, v)| (k.name.as_slice(), v.as_slice()))
     }
 
@@ -154,7 +155,7 @@ impl RecordStore {
     }
 
     pub(crate) fn count(&self, kind: RecordKind) -> usize {
-        self.scan(kind, &[]).count()
+        self.scan(kind, Vec::new()).count()
     }
 
     pub(crate) fn begin(&mut self) -> Result<()> {
@@ -285,7 +286,7 @@ mod tests {
             .put(RecordKey::new(RecordKind::Turn, b"ab3".to_vec()), vec![])
             .is_ok());
         let names: Vec<&[u8]> = store
-            .scan(RecordKind::Session, b"ab")
+            .scan(RecordKind::Session, b"ab".to_vec())
             .map(|(n, _)| n)
             .collect();
         assert_eq!(names, vec![&b"ab1"[..], &b"ab2"[..]]);

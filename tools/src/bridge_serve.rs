@@ -9,7 +9,10 @@
 //! While it generates, readers keep decrypting, acknowledging and
 //! journaling. Every response echoes the request's `"id"`; a reply to an
 //! `envelope` request comes when it is generated, so a client that
-//! pipelines requests matches responses by id. Requests are listed in
+//! pipelines requests matches responses by id. A reply goes to whoever
+//! asked for it (the `envelope` response, or an event to the client that
+//! `submit`ted it); one nobody waits for any more (its client left, or
+//! the server restarted) goes as an event to the `subscribe`d clients. Requests are listed in
 //! README.md ("The bridge server").
 
 use std::collections::HashMap;
@@ -32,6 +35,10 @@ use crate::cmd_bridge::{
     address, bundle_from_json, bundle_json, envelope_from_json, envelope_json, identity_field,
     reply_json, RequestError,
 };
+
+/// `envelope` requests waiting for the same reply (the same envelope sent
+/// again and again) beyond this are refused.
+const MAX_WAITERS_PER_TURN: usize = 8;
 
 /// Where requests come from.
 #[derive(Debug)]
@@ -70,6 +77,14 @@ impl Connection {
     }
 }
 
+/// A client waiting for a reply: as the response to its `envelope`
+/// request, or as an event after its `submit`.
+struct Waiter {
+    conn: Arc<Connection>,
+    id: Option<Value>,
+    as_response: bool,
+}
+
 fn with_id(mut v: Value, id: &Option<Value>) -> Value {
     if let (Some(id), Some(obj)) = (id, v.as_object_mut()) {
         obj.insert("id".into(), id.clone());
@@ -89,8 +104,8 @@ struct Server {
     /// server shuts down.
     work: Condvar,
     shutdown: AtomicBool,
-    /// `envelope` requests waiting for their reply.
-    waiters: Mutex<HashMap<TurnRef, Vec<(Arc<Connection>, Option<Value>)>>>,
+    /// Who asked for each reply not yet delivered.
+    waiters: Mutex<HashMap<TurnRef, Vec<Waiter>>>,
     connections: Mutex<Vec<Weak<Connection>>>,
     socket_clients: AtomicUsize,
     limits: Limits,
@@ -155,32 +170,78 @@ impl Server {
         }
     }
 
-    /// A reply is ready: to the `envelope` requests waiting for it (and
-    /// then acknowledged), else as an event to subscribed clients, who
-    /// acknowledge it themselves.
+    /// A reply is ready: to the clients that asked for it (an `envelope`
+    /// response is acknowledged once written; a `submit`ter acknowledges
+    /// the event itself), else as an event to every `subscribe`d client.
     fn deliver(&self, reply: &OutgoingReply) {
-        let waiters = self
+        // The waiters stay registered until they have been written to: a
+        // resend that finds its client still waiting leaves the event to
+        // this delivery, one that finds none (delivered already) sends the
+        // reply again. None are added once the turn is complete (only an
+        // unanswered turn gets waiters), so removing after is safe.
+        let waiters: Vec<(Arc<Connection>, Option<Value>, bool)> = self
             .waiters
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&reply.turn)
+            .get(&reply.turn)
+            .map(|ws| {
+                ws.iter()
+                    .map(|w| (w.conn.clone(), w.id.clone(), w.as_response))
+                    .collect()
+            })
             .unwrap_or_default();
-        let mut sent = false;
-        for (conn, id) in &waiters {
-            sent |= conn.send(&with_id(reply_json(reply), id));
+        let (mut responded, mut evented) = (false, false);
+        for (conn, id, as_response) in &waiters {
+            if *as_response {
+                responded |= conn.send(&with_id(reply_json(reply), id));
+            } else {
+                evented |= conn.send(&event_json(reply));
+            }
         }
-        if sent {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&reply.turn);
+        if responded {
             self.acknowledge(reply);
             return;
         }
-        let event = event_json(reply);
-        let mut evented = false;
-        for conn in self.subscribers() {
-            evented |= conn.send(&event);
+        if !evented {
+            let event = event_json(reply);
+            for conn in self.subscribers() {
+                evented |= conn.send(&event);
+            }
         }
         if evented {
             self.step("serve:reply-sent");
         }
+    }
+
+    /// Registers who waits for `turn`'s reply (bounded: resending an
+    /// envelope again and again adds a waiter each time).
+    fn wait_for(&self, turn: TurnRef, waiter: Waiter) -> Result<(), Value> {
+        let mut waiters = self.waiters.lock().unwrap_or_else(|p| p.into_inner());
+        let waiting = waiters.entry(turn).or_default();
+        if waiting.len() >= MAX_WAITERS_PER_TURN {
+            return Err(RequestError::Bridge(Error::LimitExceeded {
+                what: "requests waiting for one reply",
+                limit: MAX_WAITERS_PER_TURN,
+            })
+            .to_json());
+        }
+        waiting.push(waiter);
+        Ok(())
+    }
+
+    fn waits_for_event(&self, turn: &TurnRef, conn: &Arc<Connection>) -> bool {
+        self.waiters
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(turn)
+            .is_some_and(|ws| {
+                ws.iter()
+                    .any(|w| !w.as_response && Arc::ptr_eq(&w.conn, conn))
+            })
     }
 
     fn fail_waiters(&self, turn: &TurnRef, err: Value) {
@@ -190,8 +251,8 @@ impl Server {
             .unwrap_or_else(|p| p.into_inner())
             .remove(turn)
             .unwrap_or_default();
-        for (conn, id) in waiters {
-            conn.send(&with_id(err.clone(), &id));
+        for w in waiters {
+            w.conn.send(&with_id(err.clone(), &w.id));
         }
     }
 }
@@ -420,22 +481,39 @@ fn handle_request(
                         server.respond_with_reply(conn, id, &reply);
                     }
                     None => {
-                        server
-                            .waiters
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .entry(received.turn)
-                            .or_default()
-                            .push((conn.clone(), id.clone()));
+                        // Registered under the device lock: the worker
+                        // cannot finish this turn before it is known who
+                        // waits for it.
+                        server.wait_for(
+                            received.turn,
+                            Waiter {
+                                conn: conn.clone(),
+                                id: id.clone(),
+                                as_response: true,
+                            },
+                        )?;
                         drop(device);
                         server.work.notify_all();
                     }
                 }
                 return Ok(None);
             }
+            // A resend by a client already waiting for the event changes
+            // nothing: the event comes once.
+            let waiting = server.waits_for_event(&received.turn, conn);
+            let ready = ready.filter(|_| !waiting);
+            if ready.is_none() && !waiting {
+                server.wait_for(
+                    received.turn.clone(),
+                    Waiter {
+                        conn: conn.clone(),
+                        id: None,
+                        as_response: false,
+                    },
+                )?;
+            }
             // Hold this client's writer before letting the worker run, so
             // "accepted" precedes the reply event.
-            conn.subscribed.store(true, Ordering::SeqCst);
             let mut out = conn.writer();
             server.work.notify_all();
             drop(device);
@@ -629,6 +707,7 @@ pub fn serve(
 }
 
 #[cfg(test)]
+#[allow(clippy::panic)]
 mod tests {
     use super::*;
 

@@ -214,7 +214,10 @@ impl Client {
             self.envelopes = MESSAGES.iter().map(|m| user.encrypt(m)).collect();
             self.user = Some(user);
         }
-        if mode == Mode::Async && !server.send(&json!({"op": "subscribe", "id": "subscribe"})) {
+        // Replies a crash left unacknowledged come as events (in both
+        // modes: a reply written just before the crash is the client's,
+        // but only its ack tells the server so).
+        if !server.send(&json!({"op": "subscribe", "id": "subscribe"})) {
             return false;
         }
         for i in 0..MESSAGES.len() {

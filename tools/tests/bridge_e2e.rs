@@ -7,7 +7,8 @@
 //! a typed error and loses nothing. The Unix-socket transport serves
 //! clients concurrently (a reply being generated does not hold up other
 //! messages) and in per-conversation order; a sealed state directory
-//! survives a restart; a changed identity is refused until accepted.
+//! survives a restart; a changed identity is refused until accepted; a
+//! resent `submit` gets its reply event once.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -290,6 +291,66 @@ fn temp_path(name: &str) -> PathBuf {
     p
 }
 
+impl LineProcess {
+    fn send_line(&mut self, req: &Value) {
+        writeln!(self.stdin, "{req}").unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    fn next_line(&mut self) -> Value {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).unwrap();
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("line {line:?}: {e}"))
+    }
+}
+
+/// A transport unsure whether its `submit` arrived sends it again at once:
+/// the second gets the same turn (`resent`) and the reply event comes once,
+/// unless the reply went out before the resend was read (then the resend
+/// brings it again, byte for byte).
+#[test]
+fn a_resent_submit_gets_its_reply_event_once() {
+    let mut sotto = sotto_serve();
+    let mut alice = User::join("alice", &mut sotto);
+    let env = alice.encrypt("What is the capital of France?");
+    for id in ["first", "again"] {
+        sotto.send_line(&json!({"op": "submit", "id": id, "sender": "alice", "device": 1, "type": env["type"], "body": env["body"]}));
+    }
+    let mut resend_accepted_before_reply = None;
+    let mut events = Vec::new();
+    let mut accepted = 0;
+    while accepted < 2 || events.is_empty() {
+        let v = sotto.next_line();
+        if v["event"] == "reply" {
+            events.push(v);
+        } else if let Some(a) = v.get("accepted") {
+            assert_eq!(a["turn"], 1, "{v}");
+            assert_eq!(a["resent"], v["id"] == "again", "{v}");
+            if v["id"] == "again" {
+                resend_accepted_before_reply = Some(events.is_empty());
+            }
+            accepted += 1;
+        } else {
+            panic!("unexpected {v}");
+        }
+    }
+    sotto.send_line(&json!({"op": "ack", "id": "ack", "peer": "alice", "device": 1, "turn": 1}));
+    sotto.send_line(&json!({"op": "status", "id": "status"}));
+    loop {
+        let v = sotto.next_line();
+        if v["event"] == "reply" {
+            events.push(v);
+        } else if v["id"] == "status" {
+            assert_eq!(v["outbox"], 0, "{v}");
+            break;
+        }
+    }
+    let expected = if resend_accepted_before_reply == Some(true) { 1 } else { 2 };
+    assert_eq!(events.len(), expected, "reply events: {events:?}");
+    assert!(events.iter().all(|e| e["body"] == events[0]["body"]), "{events:?}");
+    assert_eq!(alice.open(&events[0]), "The capital of France is Paris.");
+}
+
 #[test]
 fn a_sealed_state_survives_restart_and_a_changed_identity_is_accepted_explicitly() {
     let model = Arc::new(Model::load(model_path()).unwrap());
@@ -430,8 +491,7 @@ impl Drop for SocketServer {
 
 fn socket_server(name: &str) -> SocketServer {
     let path = temp_path(name);
-    let child = serve_command(&["--socket"])
-        .arg(&path)
+    let child = serve_command(&["--socket", path.to_str().unwrap()])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
@@ -440,7 +500,7 @@ fn socket_server(name: &str) -> SocketServer {
     let started = Instant::now();
     while UnixStream::connect(&path).is_err() {
         assert!(
-            started.elapsed() < Duration::from_secs(120),
+            started.elapsed() < Duration::from_secs(300),
             "the socket never came up"
         );
         std::thread::sleep(Duration::from_millis(50));
