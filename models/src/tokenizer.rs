@@ -346,7 +346,7 @@ impl Tokenizer {
                 AddedToken::from(text.clone(), *ty != TokenType::UserDefined).normalized(false)
             })
             .collect();
-        base.add_tokens(&added);
+        base.add_tokens(added);
         let with_special = base.clone();
         let mut without_special = base;
         without_special.set_encode_special_tokens(true);
