@@ -346,7 +346,7 @@ impl Tokenizer {
                 AddedToken::from(text.clone(), *ty != TokenType::UserDefined).normalized(false)
             })
             .collect();
-        base.add_tokens(added);
+        base.add_tokens(added).map_err(tok_err)?;
         let with_special = base.clone();
         let mut without_special = base;
         without_special.set_encode_special_tokens(true);
@@ -686,7 +686,8 @@ fn sentencepiece_bpe(
     }
     normalizers.push(Replace::new(" ", "\u{2581}").map_err(tok_err)?.into());
     let mut tk = tokenizers::Tokenizer::new(bpe);
-    tk.with_normalizer(Some(NormalizerSequence::new(normalizers)));
+    tk.with_normalizer(Some(NormalizerSequence::new(normalizers)))
+        .map_err(tok_err)?;
     Ok((tk, virtual_chars))
 }
 
