@@ -464,7 +464,11 @@ pub fn export_graphs(
         format,
     };
     match target {
-        GraphTarget::Cpu => Ok(export_model(model, dir, options(WeightFormat::MatMulNBits))?),
+        GraphTarget::Cpu => Ok(export_model(
+            model,
+            dir,
+            options(WeightFormat::MatMulNBits),
+        )?),
         GraphTarget::QnnFp16 => Ok(export_model(model, dir, options(WeightFormat::Float))?),
         GraphTarget::Qnn(activations) | GraphTarget::QnnMixed(activations) => {
             let scope = match target {
@@ -556,8 +560,8 @@ mod tests {
 
     #[test]
     fn a_missing_model_file_is_a_typed_error_naming_it() {
-        let err = LoadedModel::open("/nonexistent/model.gguf", BackendChoice::default())
-            .unwrap_err();
+        let err =
+            LoadedModel::open("/nonexistent/model.gguf", BackendChoice::default()).unwrap_err();
         match &err {
             Error::ModelFile {
                 path,
@@ -578,7 +582,13 @@ mod tests {
         std::fs::write(&path, b"this is not a model file, only some text").unwrap();
         let err = LoadedModel::open(&path, BackendChoice::default()).unwrap_err();
         assert!(
-            matches!(err, Error::ModelFile { source: sotto_models::Error::BadMagic { .. }, .. }),
+            matches!(
+                err,
+                Error::ModelFile {
+                    source: sotto_models::Error::BadMagic { .. },
+                    ..
+                }
+            ),
             "{err:?}"
         );
         std::fs::remove_dir_all(&dir).unwrap();
@@ -594,7 +604,11 @@ mod tests {
         for (choice, compiled, feature) in [
             (ort, cfg!(feature = "ort"), "ort"),
             (hybrid, cfg!(feature = "ort"), "ort"),
-            (BackendChoice::Candle { threads: 1 }, cfg!(feature = "candle"), "candle"),
+            (
+                BackendChoice::Candle { threads: 1 },
+                cfg!(feature = "candle"),
+                "candle",
+            ),
         ] {
             let err = LoadedModel::open("/nonexistent/model.gguf", choice).unwrap_err();
             if compiled {

@@ -43,7 +43,9 @@ pub use sotto_kernels::ops::RopeStyle;
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (ggml `freq_scale = 1/factor`).
-    Linear { factor: f32 },
+    Linear {
+        factor: f32,
+    },
     /// Llama 3.1 wavelength-dependent scaling of the inverse frequencies,
     /// when a converter wrote its parameters as keys (llama.cpp's writes a
     /// `rope_freqs` tensor instead: [`RopeFactors::Fixed`]).
@@ -64,7 +66,9 @@ pub enum RopeFactors {
     /// Phi-3 `longrope`/`su`: `rope_factors_short.weight` while the KV cache
     /// holds at most `original_context` positions, `rope_factors_long.weight`
     /// beyond (llama.cpp chooses by the context size, not the position).
-    ShortLong { original_context: usize },
+    ShortLong {
+        original_context: usize,
+    },
 }
 
 /// The rotary embedding of one layer. Style and rotated width are the
@@ -236,7 +240,10 @@ impl DecoderSpec {
 
     /// The variants in use, in one line (for `sotto inspect` and logs).
     pub fn features(&self) -> String {
-        let mut f = vec![format!("{:?}", self.activation), format!("rope {:?}/{}", self.rope_style, self.n_rot)];
+        let mut f = vec![
+            format!("{:?}", self.activation),
+            format!("rope {:?}/{}", self.rope_style, self.n_rot),
+        ];
         let (ropes, _) = self.distinct_ropes();
         for r in &ropes {
             let mut s = format!("base {}", r.theta);
@@ -322,10 +329,16 @@ mod tests {
             },
             ..RopeSpec::plain(500_000.0)
         };
-        let (s, u) = (rope.inv_freqs(128), RopeSpec::plain(500_000.0).inv_freqs(128));
+        let (s, u) = (
+            rope.inv_freqs(128),
+            RopeSpec::plain(500_000.0).inv_freqs(128),
+        );
         assert!((s[0] - u[0]).abs() < 1e-15, "highest frequency unchanged");
         let last = s.len() - 1;
-        assert!((s[last] - u[last] / 8.0).abs() < 1e-18, "lowest slowed by factor");
+        assert!(
+            (s[last] - u[last] / 8.0).abs() < 1e-18,
+            "lowest slowed by factor"
+        );
         for i in 0..s.len() {
             assert!(s[i] <= u[i] + 1e-15 && s[i] >= u[i] / 8.0 - 1e-18);
         }

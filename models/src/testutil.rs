@@ -98,8 +98,9 @@ fn random_values(n: usize, seed: u64, scale: f32) -> Vec<f32> {
 }
 
 /// Every architecture [`tiny_model`] can write.
-pub const TINY_ARCHITECTURES: [&str; 7] =
-    ["llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "granite"];
+pub const TINY_ARCHITECTURES: [&str; 7] = [
+    "llama", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "granite",
+];
 
 /// A complete tiny model of architecture `arch` (one of
 /// [`TINY_ARCHITECTURES`]), in that family's tensor layout: Qwen 2's QKV

@@ -335,7 +335,10 @@ mod tests {
         assert_eq!(rows.shape, [2, 4]);
         assert_eq!(rows.name, "m[1..3]");
         assert_eq!(rows.to_f32().unwrap(), values[4..12].to_vec());
-        assert_eq!(rows.row_view(1..2).unwrap().to_f32().unwrap(), values[8..12].to_vec());
+        assert_eq!(
+            rows.row_view(1..2).unwrap().to_f32().unwrap(),
+            values[8..12].to_vec()
+        );
         for bad in [2..4, 3..2] {
             assert!(
                 matches!(m.row_view(bad.clone()), Err(Error::BadTensor { .. })),

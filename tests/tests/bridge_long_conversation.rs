@@ -30,9 +30,8 @@ const QUESTIONS: [&str; 8] = [
 
 #[test]
 fn a_300_turn_conversation_at_a_small_context_answers_every_turn() {
-    let model = Arc::new(
-        LoadedModel::open(default_model_path(), BackendChoice::default()).unwrap(),
-    );
+    let model =
+        Arc::new(LoadedModel::open(default_model_path(), BackendChoice::default()).unwrap());
     let config = AssistantConfig {
         context: CONTEXT,
         max_tokens: 16,

@@ -41,7 +41,10 @@ fn smollm2_spec_matches_the_published_config() {
     assert_eq!(s.n_rot, 64);
     assert!(s.layers.iter().all(|l| l.rope.theta == 100_000.0));
     assert!((s.norm_eps - 1e-5).abs() < 1e-12);
-    assert!(s.layers.iter().all(|l| (l.attention.scale - 0.125).abs() < 1e-7));
+    assert!(s
+        .layers
+        .iter()
+        .all(|l| (l.attention.scale - 0.125).abs() < 1e-7));
     assert!(
         s.tied_embeddings,
         "SmolLM2-135M ties its output to the embeddings"
@@ -81,7 +84,10 @@ fn smollm2_tensor_table() {
     assert_eq!(w.layers[0].attn_q.weight.dtype, DType::Q4_1);
     assert_eq!(w.output_norm.dtype, DType::F32);
     // Data views are the exact ggml byte sizes: 576/32 blocks of 20 bytes per Q4_1 row.
-    assert_eq!(w.layers[0].attn_q.weight.data().len(), 576 * (576 / 32) * 20);
+    assert_eq!(
+        w.layers[0].attn_q.weight.data().len(),
+        576 * (576 / 32) * 20
+    );
     let norm = w.output_norm.to_f32().unwrap();
     assert_eq!(norm.len(), 576);
     assert!(norm.iter().all(|x| x.is_finite()) && norm.iter().any(|&x| x != 0.0));

@@ -345,9 +345,16 @@ fn a_resent_submit_gets_its_reply_event_once() {
             break;
         }
     }
-    let expected = if resend_accepted_before_reply == Some(true) { 1 } else { 2 };
+    let expected = if resend_accepted_before_reply == Some(true) {
+        1
+    } else {
+        2
+    };
     assert_eq!(events.len(), expected, "reply events: {events:?}");
-    assert!(events.iter().all(|e| e["body"] == events[0]["body"]), "{events:?}");
+    assert!(
+        events.iter().all(|e| e["body"] == events[0]["body"]),
+        "{events:?}"
+    );
     assert_eq!(alice.open(&events[0]), "The capital of France is Paris.");
 }
 

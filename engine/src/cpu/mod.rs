@@ -69,7 +69,12 @@ impl RopeTables {
     }
 
     /// The table a KV cache of `capacity` positions reads.
-    fn for_capacity(&self, weights: &DecoderWeights, n_rot: usize, capacity: usize) -> Result<&RopeCache> {
+    fn for_capacity(
+        &self,
+        weights: &DecoderWeights,
+        n_rot: usize,
+        capacity: usize,
+    ) -> Result<&RopeCache> {
         if !self.spec.uses_long_factors(capacity) {
             return Ok(&self.table);
         }
@@ -522,7 +527,10 @@ mod tests {
     }
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
     }
 
     /// `w` with its `{from}.*` keys renamed `{to}.*` and its architecture `to`.
@@ -579,10 +587,17 @@ mod tests {
         let mut fused = relabel(&separate, "qwen2", "phi3");
         for il in 0..TinyDims::default().n_layer {
             let n = |t: &str| format!("blk.{il}.{t}.weight");
-            fuse(&mut fused, &[n("attn_q"), n("attn_k"), n("attn_v")], &n("attn_qkv"));
+            fuse(
+                &mut fused,
+                &[n("attn_q"), n("attn_k"), n("attn_v")],
+                &n("attn_qkv"),
+            );
             fuse(&mut fused, &[n("ffn_gate"), n("ffn_up")], &n("ffn_up"));
         }
-        let (a, b) = (logits_of(&separate, LogitsFor::All), logits_of(&fused, LogitsFor::All));
+        let (a, b) = (
+            logits_of(&separate, LogitsFor::All),
+            logits_of(&fused, LogitsFor::All),
+        );
         assert!(max_diff(&a, &b) < 1e-5, "max diff {}", max_diff(&a, &b));
     }
 
@@ -606,10 +621,17 @@ mod tests {
         halved.set("granite.logit_scale", MetaValue::F32(2.0));
         let h = logits_of(&halved, LogitsFor::All);
         assert!(base.iter().zip(&h).all(|(a, b)| (a / 2.0 - b).abs() < 1e-5));
-        for (k, v) in [("residual_scale", 0.5), ("embedding_scale", 3.0), ("attention.scale", 2.0)] {
+        for (k, v) in [
+            ("residual_scale", 0.5),
+            ("embedding_scale", 3.0),
+            ("attention.scale", 2.0),
+        ] {
             let mut g = granite.clone();
             g.set(&format!("granite.{k}"), MetaValue::F32(v));
-            assert!(max_diff(&base, &logits_of(&g, LogitsFor::All)) > 1e-3, "{k} had no effect");
+            assert!(
+                max_diff(&base, &logits_of(&g, LogitsFor::All)) > 1e-3,
+                "{k} had no effect"
+            );
         }
     }
 
@@ -620,14 +642,20 @@ mod tests {
         let llama = tiny_model_random("llama", TinyDims::default(), 5);
         let full = logits_of(&llama, LogitsFor::All);
         let mut wide = llama.clone();
-        wide.set("llama.attention.sliding_window", MetaValue::U32(TOKENS.len() as u32));
+        wide.set(
+            "llama.attention.sliding_window",
+            MetaValue::U32(TOKENS.len() as u32),
+        );
         assert_eq!(logits_of(&wide, LogitsFor::All), full);
         let mut narrow = llama;
         narrow.set("llama.attention.sliding_window", MetaValue::U32(3));
         let windowed = logits_of(&narrow, LogitsFor::All);
         let vocab = full.len() / TOKENS.len();
         for p in 0..TOKENS.len() {
-            let d = max_diff(&full[p * vocab..(p + 1) * vocab], &windowed[p * vocab..(p + 1) * vocab]);
+            let d = max_diff(
+                &full[p * vocab..(p + 1) * vocab],
+                &windowed[p * vocab..(p + 1) * vocab],
+            );
             if p < 3 {
                 assert_eq!(d, 0.0, "position {p} sees no key beyond the window");
             } else {
@@ -673,18 +701,28 @@ mod tests {
             }
             (t.type_id, t.data) = (dtype as u32, data);
         }
-        let model = Arc::new(Model::from_gguf(GgufFile::from_bytes(w.to_bytes()).unwrap()).unwrap());
+        let model =
+            Arc::new(Model::from_gguf(GgufFile::from_bytes(w.to_bytes()).unwrap()).unwrap());
         let wt = &model.weights;
         // a panel of 16 rows holds the rows past a matrix's end as zeros
         let panelled = |w: &Weight| w.data().len() / w.shape[0] * w.shape[0].next_multiple_of(16);
         let mut matrix_bytes = panelled(&wt.output.weight);
         for l in &wt.layers {
-            for m in [&l.attn_q, &l.attn_k, &l.attn_v, &l.attn_output, &l.ffn_gate, &l.ffn_up, &l.ffn_down] {
+            for m in [
+                &l.attn_q,
+                &l.attn_k,
+                &l.attn_v,
+                &l.attn_output,
+                &l.ffn_gate,
+                &l.ffn_up,
+                &l.ffn_down,
+            ] {
                 matrix_bytes += panelled(&m.weight);
             }
         }
         let run = |isa: Isa| {
-            let mut b = CpuBackend::with_kernels(model.clone(), 1, table_for(isa).unwrap()).unwrap();
+            let mut b =
+                CpuBackend::with_kernels(model.clone(), 1, table_for(isa).unwrap()).unwrap();
             let mut cache = b.new_cache(16).unwrap();
             let mut logits = b.forward(&mut cache, &TOKENS, LogitsFor::All).unwrap();
             logits.extend(b.forward(&mut cache, &[7], LogitsFor::Last).unwrap());
@@ -696,12 +734,18 @@ mod tests {
         for isa in available_isas() {
             let t = table_for(isa).unwrap();
             let (packed, logits) = run(isa);
-            let all_x16 = t.q4_k.x16.is_some() && t.q5_0.x16.is_some() && t.q6_k.x16.is_some() && t.q8_0.x16.is_some();
+            let all_x16 = t.q4_k.x16.is_some()
+                && t.q5_0.x16.is_some()
+                && t.q6_k.x16.is_some()
+                && t.q8_0.x16.is_some();
             if all_x16 {
                 assert_eq!(packed, matrix_bytes, "{isa}: a matrix left unpacked");
             }
             let d = max_diff(&reference, &logits);
-            assert!(d <= 1e-3 * scale, "{isa}: max diff {d} (logits up to {scale})");
+            assert!(
+                d <= 1e-3 * scale,
+                "{isa}: max diff {d} (logits up to {scale})"
+            );
         }
     }
 
@@ -711,7 +755,10 @@ mod tests {
         let with = tiny_model_random("qwen2", TinyDims::default(), 9);
         let mut without = with.clone();
         without.tensors.retain(|t| !t.name.ends_with(".bias"));
-        let d = max_diff(&logits_of(&with, LogitsFor::Last), &logits_of(&without, LogitsFor::Last));
+        let d = max_diff(
+            &logits_of(&with, LogitsFor::Last),
+            &logits_of(&without, LogitsFor::Last),
+        );
         assert!(d > 1e-3, "max diff {d}");
     }
 }

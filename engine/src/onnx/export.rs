@@ -95,7 +95,10 @@ pub fn rope_row_permutation(spec: &DecoderSpec, n_heads: usize) -> Vec<usize> {
 }
 
 fn check_supported(spec: &DecoderSpec) -> Result<()> {
-    if spec.n_kv_head == 0 || !spec.n_head.is_multiple_of(spec.n_kv_head) || !spec.n_rot.is_multiple_of(2) {
+    if spec.n_kv_head == 0
+        || !spec.n_head.is_multiple_of(spec.n_kv_head)
+        || !spec.n_rot.is_multiple_of(2)
+    {
         return Err(Error::Unsupported(format!(
             "head layout n_head {} / n_kv_head {} / n_rot {}",
             spec.n_head, spec.n_kv_head, spec.n_rot
@@ -367,10 +370,14 @@ pub fn export_decoder_typed(
                 sin_t.push(if j < n_rot / 2 { -s } else { s });
             }
         }
-        let cos_table = d.g.init_f32(&format!("rope{r}_cos"), &[shape.context, n_rot], &cos_t);
-        let sin_table = d.g.init_f32(&format!("rope{r}_sin"), &[shape.context, n_rot], &sin_t);
-        let cos_g = d.g.node("Gather", &[&cos_table, &pos], &[("axis", Attr::Int(0))]);
-        let sin_g = d.g.node("Gather", &[&sin_table, &pos], &[("axis", Attr::Int(0))]);
+        let cos_table =
+            d.g.init_f32(&format!("rope{r}_cos"), &[shape.context, n_rot], &cos_t);
+        let sin_table =
+            d.g.init_f32(&format!("rope{r}_sin"), &[shape.context, n_rot], &sin_t);
+        let cos_g =
+            d.g.node("Gather", &[&cos_table, &pos], &[("axis", Attr::Int(0))]);
+        let sin_g =
+            d.g.node("Gather", &[&sin_table, &pos], &[("axis", Attr::Int(0))]);
         let cos = d.g.reshape(&cos_g, &[1, 1, t, n_rot as i64]);
         let sin = d.g.reshape(&sin_g, &[1, 1, t, n_rot as i64]);
         rope_tables.push((cos, sin));
@@ -447,7 +454,8 @@ pub fn export_decoder_typed(
     let table = dequantized(&weights.token_embd)?;
     let table =
         d.g.init_f32("token_embd", &[spec.vocab_size, spec.d_model], &table);
-    let x = d.g.node("Gather", &[&table, &ids], &[("axis", Attr::Int(0))]);
+    let x =
+        d.g.node("Gather", &[&table, &ids], &[("axis", Attr::Int(0))]);
     let mut x = d.scaled(x, spec.embed_scale);
     let q_rows = rope_row_permutation(spec, spec.n_head);
     let k_rows = rope_row_permutation(spec, spec.n_kv_head);

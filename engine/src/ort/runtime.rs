@@ -156,12 +156,9 @@ pub fn environment(config: &OrtConfig) -> Result<&'static Environment> {
 /// Registers a plugin EP library once per process.
 pub fn register_ep_library(config: &OrtConfig, name: &str, library: &Path) -> Result<()> {
     let rt = runtime(config)?;
-    let mut done = rt
-        .registered
-        .lock()
-        .map_err(|_| Error::Poisoned {
-            what: "EP registry",
-        })?;
+    let mut done = rt.registered.lock().map_err(|_| Error::Poisoned {
+        what: "EP registry",
+    })?;
     if done.iter().any(|n| n == name) {
         return Ok(());
     }

@@ -257,7 +257,9 @@ mod tests {
 
     #[test]
     fn from_inv_freqs_matches_the_base_form_and_scales_magnitudes() {
-        let inv: Vec<f64> = (0..4).map(|i| 100f64.powf(-2.0 * i as f64 / 8.0) * 0.5).collect();
+        let inv: Vec<f64> = (0..4)
+            .map(|i| 100f64.powf(-2.0 * i as f64 / 8.0) * 0.5)
+            .collect();
         let a = RopeCache::from_inv_freqs(&inv, 10, 1.0).unwrap();
         let b = RopeCache::new(8, 100.0, 0.5, 10).unwrap();
         assert_eq!(a.n_rot(), 8);

@@ -76,7 +76,10 @@ pub fn decoder_weights(gguf: &GgufFile, spec: &DecoderSpec) -> Result<DecoderWei
     let factor = |name: &str, needed: bool| -> Result<Option<Weight>> {
         needed.then(|| matrix(gguf, name, 1, half)).transpose()
     };
-    let fixed = spec.layers.iter().any(|l| l.rope.factors == RopeFactors::Fixed);
+    let fixed = spec
+        .layers
+        .iter()
+        .any(|l| l.rope.factors == RopeFactors::Fixed);
     let short_long = spec
         .layers
         .iter()
@@ -267,9 +270,14 @@ impl Hparams<'_> {
         // none of the supported families use it, so an array here is an error.
         let n_kv_head = self.usize("attention.head_count_kv")?.unwrap_or(n_head);
         if n_head == 0 {
-            return Err(invalid(&self.key("attention.head_count"), "must be positive"));
+            return Err(invalid(
+                &self.key("attention.head_count"),
+                "must be positive",
+            ));
         }
-        let head_dim = self.usize("attention.key_length")?.unwrap_or(d_model / n_head);
+        let head_dim = self
+            .usize("attention.key_length")?
+            .unwrap_or(d_model / n_head);
         if let Some(v) = self.usize("attention.value_length")? {
             if v != head_dim {
                 return Err(invalid(
@@ -326,13 +334,18 @@ impl Hparams<'_> {
     /// llama.cpp, a factor without a type means linear.
     fn rope_scaling(&self) -> Result<RopeScaling> {
         let factor_key = self.key("rope.scaling.factor");
-        let factor = self.f32("rope.scaling.factor")?.or(self.f32("rope.scale_linear")?);
+        let factor = self
+            .f32("rope.scaling.factor")?
+            .or(self.f32("rope.scale_linear")?);
         let type_key = self.key("rope.scaling.type");
         let kind = self.gguf.try_get_str(&type_key)?;
         let positive = |f: Option<f32>, k: &str| -> Result<f32> {
             match f {
                 Some(f) if f.is_finite() && f > 0.0 => Ok(f),
-                Some(f) => Err(invalid(k, &format!("must be positive and finite, found {f}"))),
+                Some(f) => Err(invalid(
+                    k,
+                    &format!("must be positive and finite, found {f}"),
+                )),
                 None => Err(Error::MissingKey { key: k.to_string() }),
             }
         };
@@ -498,7 +511,10 @@ fn validate_spec(s: &DecoderSpec) -> Result<()> {
         ));
     }
     if s.layers.len() != s.n_layer {
-        return Err(invalid(&k("block_count"), "per-layer description length differs"));
+        return Err(invalid(
+            &k("block_count"),
+            "per-layer description length differs",
+        ));
     }
     let scales = [
         ("embedding_scale", s.embed_scale),
@@ -522,7 +538,10 @@ fn validate_spec(s: &DecoderSpec) -> Result<()> {
         }
         let a = &l.attention;
         if !finite_positive(a.scale) {
-            return Err(invalid(&k("attention.scale"), "must be positive and finite"));
+            return Err(invalid(
+                &k("attention.scale"),
+                "must be positive and finite",
+            ));
         }
         if a.softcap.is_some_and(|c| !finite_positive(c)) {
             return Err(invalid(

@@ -40,7 +40,10 @@ fn llama_maps_hyper_parameters_and_tensors() {
         assert!((l.attention.scale - 0.5).abs() < 1e-7);
         assert_eq!(l.residual_scale, None);
     }
-    assert_eq!((spec.embed_scale, spec.logit_scale, spec.final_logit_softcap), (None, None, None));
+    assert_eq!(
+        (spec.embed_scale, spec.logit_scale, spec.final_logit_softcap),
+        (None, None, None)
+    );
     assert_eq!(w.layers.len(), 2);
     assert_eq!(w.token_embd.shape, [263, 8]);
     assert_eq!(w.layers[1].attn_q.weight.shape, [8, 8]);
@@ -56,12 +59,21 @@ fn llama_sliding_window_key_makes_every_layer_slide_unless_a_pattern_says_otherw
     let mut w = tiny_model("llama", TinyDims::default());
     w.set("llama.attention.sliding_window", MetaValue::U32(3));
     let windows = |w: &GgufWriter| -> Vec<Option<usize>> {
-        load(w).unwrap().0.layers.iter().map(|l| l.attention.window).collect()
+        load(w)
+            .unwrap()
+            .0
+            .layers
+            .iter()
+            .map(|l| l.attention.window)
+            .collect()
     };
     assert_eq!(windows(&w), vec![Some(3), Some(3)]);
     w.set(
         "llama.attention.sliding_window_pattern",
-        MetaValue::Array(crate::gguf::MetaType::Bool, vec![MetaValue::Bool(false), MetaValue::Bool(true)]),
+        MetaValue::Array(
+            crate::gguf::MetaType::Bool,
+            vec![MetaValue::Bool(false), MetaValue::Bool(true)],
+        ),
     );
     assert_eq!(windows(&w), vec![None, Some(3)]);
     w.set("llama.attention.sliding_window_pattern", MetaValue::U32(2));
@@ -72,7 +84,12 @@ fn llama_sliding_window_key_makes_every_layer_slide_unless_a_pattern_says_otherw
     );
     assert!(matches!(load(&w), Err(Error::InvalidHyperParameter { .. })));
     w.set("llama.attention.sliding_window", MetaValue::U32(0));
-    assert!(load(&w).unwrap().0.layers.iter().all(|l| l.attention.window.is_none()));
+    assert!(load(&w)
+        .unwrap()
+        .0
+        .layers
+        .iter()
+        .all(|l| l.attention.window.is_none()));
 }
 
 #[test]
@@ -129,29 +146,54 @@ fn phi3_splits_fused_projections_and_reads_longrope() {
     assert_eq!(l.ffn_gate.weight.shape, [16, 8]);
     assert_eq!(l.ffn_up.weight.name, "blk.0.ffn_up.weight[16..32]");
     // the views are the fused tensor's rows
-    let fused = load(&tiny_model("phi3", TinyDims::default())).map(|_| ()).and_then(|_| {
-        let g = GgufFile::from_bytes(tiny_model("phi3", TinyDims::default()).to_bytes())?;
-        Weight::from_gguf(&g, g.tensor("blk.0.attn_qkv.weight").unwrap())?.to_f32()
-    });
+    let fused = load(&tiny_model("phi3", TinyDims::default()))
+        .map(|_| ())
+        .and_then(|_| {
+            let g = GgufFile::from_bytes(tiny_model("phi3", TinyDims::default()).to_bytes())?;
+            Weight::from_gguf(&g, g.tensor("blk.0.attn_qkv.weight").unwrap())?.to_f32()
+        });
     let fused = fused.unwrap();
-    assert_eq!(l.attn_v.weight.to_f32().unwrap(), fused[12 * 8..16 * 8].to_vec());
+    assert_eq!(
+        l.attn_v.weight.to_f32().unwrap(),
+        fused[12 * 8..16 * 8].to_vec()
+    );
     assert_eq!(spec.layers[0].rope.factors, RopeFactors::None);
 
     let mut g = tiny_model("phi3", TinyDims::default())
         .tensor_f32("rope_factors_short.weight", &[2], &[1.0, 2.0])
         .tensor_f32("rope_factors_long.weight", &[2], &[4.0, 8.0]);
-    g.set("phi3.rope.scaling.original_context_length", MetaValue::U32(32));
+    g.set(
+        "phi3.rope.scaling.original_context_length",
+        MetaValue::U32(32),
+    );
     g.set("phi3.rope.scaling.attn_factor", MetaValue::F32(1.2));
     let (spec, w) = load(&g).unwrap();
     let rope = spec.layers[0].rope;
-    assert_eq!(rope.factors, RopeFactors::ShortLong { original_context: 32 });
+    assert_eq!(
+        rope.factors,
+        RopeFactors::ShortLong {
+            original_context: 32
+        }
+    );
     assert_eq!(rope.attn_factor, 1.2);
     let base = rope.inv_freqs(4);
-    assert_eq!(w.rope_inv_freqs(&rope, 4, 32).unwrap(), vec![base[0], base[1] / 2.0]);
-    assert_eq!(w.rope_inv_freqs(&rope, 4, 33).unwrap(), vec![base[0] / 4.0, base[1] / 8.0]);
-    let mut g = tiny_model("phi3", TinyDims::default())
-        .tensor_f32("rope_factors_short.weight", &[2], &[1.0, 2.0]);
-    g.set("phi3.rope.scaling.original_context_length", MetaValue::U32(32));
+    assert_eq!(
+        w.rope_inv_freqs(&rope, 4, 32).unwrap(),
+        vec![base[0], base[1] / 2.0]
+    );
+    assert_eq!(
+        w.rope_inv_freqs(&rope, 4, 33).unwrap(),
+        vec![base[0] / 4.0, base[1] / 8.0]
+    );
+    let mut g = tiny_model("phi3", TinyDims::default()).tensor_f32(
+        "rope_factors_short.weight",
+        &[2],
+        &[1.0, 2.0],
+    );
+    g.set(
+        "phi3.rope.scaling.original_context_length",
+        MetaValue::U32(32),
+    );
     assert!(
         matches!(load(&g), Err(Error::MissingTensor { ref tensor }) if tensor == "rope_factors_long.weight")
     );
@@ -169,9 +211,7 @@ fn granite_reads_its_four_scales() {
         .all(|l| l.residual_scale == Some(0.5) && l.attention.scale == 0.25));
     let mut g = tiny_model("granite", TinyDims::default());
     g.remove("granite.logit_scale");
-    assert!(
-        matches!(load(&g), Err(Error::MissingKey { ref key }) if key == "granite.logit_scale")
-    );
+    assert!(matches!(load(&g), Err(Error::MissingKey { ref key }) if key == "granite.logit_scale"));
     let mut g = tiny_model("granite", TinyDims::default());
     g.set("granite.residual_scale", MetaValue::F32(f32::NAN));
     assert!(matches!(load(&g), Err(Error::InvalidHyperParameter { .. })));
@@ -191,13 +231,23 @@ fn gemma3_sets_its_family_traits() {
     assert_eq!(spec.activation, Activation::GeluTanhGlu);
     assert_eq!(spec.rope_style, RopeStyle::NeoX);
     assert!(spec.tied_embeddings);
-    let sliding: Vec<bool> = spec.layers.iter().map(|l| l.attention.window == Some(4)).collect();
+    let sliding: Vec<bool> = spec
+        .layers
+        .iter()
+        .map(|l| l.attention.window == Some(4))
+        .collect();
     assert_eq!(sliding, vec![true, true, true, true, true, false, true]);
     // local layers: their own base, never scaled; global ones: the file's
     assert_eq!(spec.layers[0].rope, RopeSpec::plain(10_000.0));
     assert_eq!(spec.layers[5].rope.theta, 1e6);
-    assert_eq!(spec.layers[5].rope.scaling, RopeScaling::Linear { factor: 8.0 });
-    assert!(spec.layers.iter().all(|l| l.qk_norm && l.post_attention_norm && l.post_ffn_norm));
+    assert_eq!(
+        spec.layers[5].rope.scaling,
+        RopeScaling::Linear { factor: 8.0 }
+    );
+    assert!(spec
+        .layers
+        .iter()
+        .all(|l| l.qk_norm && l.post_attention_norm && l.post_ffn_norm));
     assert!((spec.embed_scale.unwrap() - 8f32.sqrt()).abs() < 1e-6);
     assert_eq!(spec.final_logit_softcap, None);
     assert_eq!(w.output.weight.name, "token_embd.weight");
@@ -205,7 +255,12 @@ fn gemma3_sets_its_family_traits() {
     assert!(w.layers[0].post_ffw_norm.is_some());
     // without a window every layer is global
     g.remove("gemma3.attention.sliding_window");
-    assert!(load(&g).unwrap().0.layers.iter().all(|l| l.attention.window.is_none()));
+    assert!(load(&g)
+        .unwrap()
+        .0
+        .layers
+        .iter()
+        .all(|l| l.attention.window.is_none()));
 }
 
 #[test]
@@ -284,7 +339,11 @@ fn rope_scaling_keys() {
     w.set("llama.rope.scaling.factor", MetaValue::F32(4.0));
     assert_eq!(scaling(&w), RopeScaling::Linear { factor: 4.0 });
     w.remove("llama.rope.scaling.type");
-    assert_eq!(scaling(&w), RopeScaling::Linear { factor: 4.0 }, "a factor alone is linear");
+    assert_eq!(
+        scaling(&w),
+        RopeScaling::Linear { factor: 4.0 },
+        "a factor alone is linear"
+    );
     w.set("llama.rope.scaling.type", MetaValue::string("none"));
     assert_eq!(scaling(&w), RopeScaling::None);
     w.set("llama.rope.scaling.type", MetaValue::string("llama3"));

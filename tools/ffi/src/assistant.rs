@@ -177,9 +177,7 @@ impl AssistantHandle {
                 &mut OsRng,
             ),
             (Some(_), None) => {
-                return Err(FfiError::invalid(
-                    "a state directory needs its 32-byte key",
-                ))
+                return Err(FfiError::invalid("a state directory needs its 32-byte key"))
             }
             (None, _) => AssistantDevice::in_memory(DeviceOptions::default(), &mut OsRng),
         }
@@ -330,7 +328,12 @@ mod tests {
             let e = parse::<AssistantOptions>(Some(bad))
                 .and_then(|o| o.config())
                 .unwrap_err();
-            assert_eq!(e.status, SottoStatus::InvalidArgument, "{bad}: {}", e.message);
+            assert_eq!(
+                e.status,
+                SottoStatus::InvalidArgument,
+                "{bad}: {}",
+                e.message
+            );
         }
     }
 

@@ -68,7 +68,8 @@ pub struct SottoReply {
 /// Receives a reply envelope on the thread of the call that produced it.
 /// Return true once the transport has it (it leaves the outbox); false
 /// keeps it in the outbox for `sotto_assistant_outbox`. May be NULL.
-pub type SottoReplyFn = Option<extern "C" fn(user_data: *mut c_void, reply: *const SottoReply) -> bool>;
+pub type SottoReplyFn =
+    Option<extern "C" fn(user_data: *mut c_void, reply: *const SottoReply) -> bool>;
 
 /// Receives each piece of an answer as it is generated: `piece` is
 /// `len` bytes of whole UTF-8 characters followed by a NUL, valid only
@@ -136,12 +137,11 @@ pub(crate) fn c_string(text: &str) -> FfiResult<*mut c_char> {
 /// The library version, `"MAJOR.MINOR.PATCH"` (static, never freed).
 #[no_mangle]
 pub extern "C" fn sotto_version() -> *const c_char {
-    static VERSION: &CStr = match CStr::from_bytes_with_nul(
-        concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes(),
-    ) {
-        Ok(v) => v,
-        Err(_) => c"unknown",
-    };
+    static VERSION: &CStr =
+        match CStr::from_bytes_with_nul(concat!(env!("CARGO_PKG_VERSION"), "\0").as_bytes()) {
+            Ok(v) => v,
+            Err(_) => c"unknown",
+        };
     VERSION.as_ptr()
 }
 
@@ -428,11 +428,15 @@ pub unsafe extern "C" fn sotto_assistant_open(
             let options = optional_text_arg(options_json, "options_json")?;
             let key = match dir {
                 None => None,
-                Some(_) => Some(<[u8; 32]>::try_from(bytes_arg(key, key_len, "key")?).map_err(
-                    |_| FfiError::invalid(format!("key is {key_len} bytes; it must be 32")),
-                )?),
+                Some(_) => Some(
+                    <[u8; 32]>::try_from(bytes_arg(key, key_len, "key")?).map_err(|_| {
+                        FfiError::invalid(format!("key is {key_len} bytes; it must be 32"))
+                    })?,
+                ),
             };
-            Ok(SottoAssistant(AssistantHandle::open(&model.0, dir, key, options)?))
+            Ok(SottoAssistant(AssistantHandle::open(
+                &model.0, dir, key, options,
+            )?))
         })
     }
 }
@@ -505,7 +509,12 @@ pub unsafe extern "C" fn sotto_assistant_handle(
             kind: envelope_kind(kind)?,
             body: body.to_vec(),
         };
-        assistant.handle(sender, device_id, envelope, &mut reply_sink(on_reply, user_data))
+        assistant.handle(
+            sender,
+            device_id,
+            envelope,
+            &mut reply_sink(on_reply, user_data),
+        )
     })
 }
 
@@ -528,8 +537,8 @@ pub unsafe extern "C" fn sotto_assistant_outbox(
     unsafe { write_out(delivered, 0) };
     guard(|| {
         // SAFETY: the caller's promise is forwarded unchanged.
-        let n = unsafe { assistant_ref(assistant) }?
-            .outbox(&mut reply_sink(on_reply, user_data))?;
+        let n =
+            unsafe { assistant_ref(assistant) }?.outbox(&mut reply_sink(on_reply, user_data))?;
         // SAFETY: as above.
         unsafe { write_out(delivered, n) };
         Ok(())

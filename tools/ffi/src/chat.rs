@@ -261,12 +261,13 @@ impl ChatHandle {
     /// Forgets the conversation (keeps the system message).
     pub fn reset(&self) -> FfiResult<()> {
         let mut state = self.lock()?;
-        let system = state.system.clone().map(|content| {
-            sotto_models::chat::ChatMessage {
+        let system = state
+            .system
+            .clone()
+            .map(|content| sotto_models::chat::ChatMessage {
                 role: "system".into(),
                 content,
-            }
-        });
+            });
         state.chat.set_messages(system.into_iter().collect());
         Ok(())
     }
@@ -295,11 +296,8 @@ fn open_chat(model: &ModelHandle, context: usize, system: Option<&str>) -> FfiRe
     let backend: Box<dyn sotto_engine::Backend> = Box::new(probe::PanickingBackend {
         inner: loaded.backend()?,
     });
-    let session = sotto_engine::Session::new(
-        backend,
-        Arc::new(loaded.model().tokenizer.clone()),
-        context,
-    )?;
+    let session =
+        sotto_engine::Session::new(backend, Arc::new(loaded.model().tokenizer.clone()), context)?;
     Ok(Chat::new(
         session,
         Arc::new(loaded.model().template.clone()),
@@ -352,7 +350,10 @@ mod tests {
     fn options_parse_with_defaults_and_refuse_unknown_fields() {
         let m: ModelOptions = parse(None).unwrap();
         assert_eq!(m.choice().unwrap(), BackendChoice::default());
-        let m: ModelOptions = parse(Some(r#"{"backend":"hybrid","graphs":"/g","ep_chain":"qnn","npu_only":true,"threads":2}"#)).unwrap();
+        let m: ModelOptions = parse(Some(
+            r#"{"backend":"hybrid","graphs":"/g","ep_chain":"qnn","npu_only":true,"threads":2}"#,
+        ))
+        .unwrap();
         match m.choice().unwrap() {
             BackendChoice::Hybrid { graphs, cpu } => {
                 assert_eq!(graphs.graphs, PathBuf::from("/g"));

@@ -329,16 +329,17 @@ pub extern "system" fn Java_org_sotto_Native_assistantOpen<'local>(
     run(&mut env, |env| {
         let dir = optional_text(env, &state_dir, "stateDir")?;
         let options = optional_text(env, &options, "optionsJson")?;
-        let key = match dir {
-            None => None,
-            Some(_) => {
-                let k = bytes(env, &key, "key")?;
-                let len = k.len();
-                Some(<[u8; 32]>::try_from(k).map_err(|_| {
-                    FfiError::invalid(format!("key is {len} bytes; it must be 32"))
-                })?)
-            }
-        };
+        let key =
+            match dir {
+                None => None,
+                Some(_) => {
+                    let k = bytes(env, &key, "key")?;
+                    let len = k.len();
+                    Some(<[u8; 32]>::try_from(k).map_err(|_| {
+                        FfiError::invalid(format!("key is {len} bytes; it must be 32"))
+                    })?)
+                }
+            };
         // SAFETY: see `model`.
         let m = unsafe { model(model_handle) }?;
         let handle = AssistantHandle::open(m, dir.as_deref(), key, options.as_deref())?;

@@ -112,9 +112,7 @@ impl From<sotto_engine::Error> for FfiError {
             }
             E::FeatureDisabled { .. } => SottoStatus::BackendUnavailable,
             E::Kernel(sotto_kernels::Error::IsaUnavailable { .. })
-            | E::Kernel(sotto_kernels::Error::UnknownIsa { .. }) => {
-                SottoStatus::BackendUnavailable
-            }
+            | E::Kernel(sotto_kernels::Error::UnknownIsa { .. }) => SottoStatus::BackendUnavailable,
             #[cfg(feature = "ort")]
             E::Ort { source, .. } => ort_status(source),
             _ => SottoStatus::Backend,
@@ -237,7 +235,11 @@ mod tests {
         .unwrap_err();
         let e = FfiError::from(missing);
         assert_eq!(e.status, SottoStatus::NotFound);
-        assert!(e.message.contains("/nonexistent/model.gguf"), "{}", e.message);
+        assert!(
+            e.message.contains("/nonexistent/model.gguf"),
+            "{}",
+            e.message
+        );
         let overflow = sotto_engine::Error::ContextOverflow {
             prompt_tokens: 10,
             cached: 0,

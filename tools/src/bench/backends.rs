@@ -222,7 +222,10 @@ pub fn load_backend(
     choice.ensure_compiled().map_err(|e| e.to_string())?;
     if let Some((dir, target)) = to_export {
         if sotto_engine::onnx::Manifest::open(&dir).is_err() {
-            eprintln!("sotto bench: exporting {target:?} graphs to {}", dir.display());
+            eprintln!(
+                "sotto bench: exporting {target:?} graphs to {}",
+                dir.display()
+            );
             let chunk = export_chunk(graphs.context);
             crate::cmd_export::export_to(path, &dir, target, chunk, graphs.context)?;
         }
@@ -256,9 +259,9 @@ fn cache_dir(path: &Path, target: ExportTarget, context: usize) -> Result<PathBu
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default();
     let home = std::env::var_os("HOME").ok_or("HOME is not set: pass --onnx-dir")?;
-    Ok(PathBuf::from(home).join(".cache/sotto/onnx").join(
-        format!("{stem}-{target:?}-c{context}-k{}", export_chunk(context)).to_lowercase(),
-    ))
+    Ok(PathBuf::from(home)
+        .join(".cache/sotto/onnx")
+        .join(format!("{stem}-{target:?}-c{context}-k{}", export_chunk(context)).to_lowercase()))
 }
 
 /// Tokens per prefill run of the graphs bench exports.

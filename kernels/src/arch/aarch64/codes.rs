@@ -693,10 +693,14 @@ mod tests {
         check("q5_0", &q5_0_blocks(&mut r, 9), |b| deq_q5_0(b).to_vec());
         let q5_1: Vec<_> = q5_1_blocks(&mut r, 9).into_iter().map(no_min).collect();
         check("q5_1", &q5_1, |b| deq_q5_1(b).to_vec());
-        check("iq4_nl", &iq4_nl_blocks(&mut r, 9), |b| deq_iq4_nl(b).to_vec());
+        check("iq4_nl", &iq4_nl_blocks(&mut r, 9), |b| {
+            deq_iq4_nl(b).to_vec()
+        });
         check("q3_k", &q3k_blocks(&mut r, 5), |b| deq_q3k(b).to_vec());
         check("q6_k", &q6k_blocks(&mut r, 5), |b| deq_q6k(b).to_vec());
-        check("iq4_xs", &iq4xs_blocks(&mut r, 5), |b| deq_iq4xs(b).to_vec());
+        check("iq4_xs", &iq4xs_blocks(&mut r, 5), |b| {
+            deq_iq4xs(b).to_vec()
+        });
         let mut q2: Vec<_> = q2k_blocks(&mut r, 5);
         q2.iter_mut().for_each(|b| b.dmin = half::f16::ZERO);
         check("q2_k", &q2, |b| deq_q2k(b).to_vec());

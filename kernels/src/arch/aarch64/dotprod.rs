@@ -38,47 +38,20 @@ pub(super) fn overrides(base: KernelTable) -> KernelTable {
             x16: Some(q4_1_q8_1_x16),
             ..base.q4_1
         },
-        q5_0: WeightRow {
-            dot,
-            ..base.q5_0
-        },
-        q5_1: WeightRow {
-            dot,
-            ..base.q5_1
-        },
+        q5_0: WeightRow { dot, ..base.q5_0 },
+        q5_1: WeightRow { dot, ..base.q5_1 },
         q8_0: WeightRow {
             dot,
             x16: Some(q8_0_q8_0_x16),
             ..base.q8_0
         },
-        q2_k: WeightRow {
-            dot,
-            ..base.q2_k
-        },
-        q3_k: WeightRow {
-            dot,
-            ..base.q3_k
-        },
-        q4_k: WeightRow {
-            dot,
-            ..base.q4_k
-        },
-        q5_k: WeightRow {
-            dot,
-            ..base.q5_k
-        },
-        q6_k: WeightRow {
-            dot,
-            ..base.q6_k
-        },
-        iq4_nl: WeightRow {
-            dot,
-            ..base.iq4_nl
-        },
-        iq4_xs: WeightRow {
-            dot,
-            ..base.iq4_xs
-        },
+        q2_k: WeightRow { dot, ..base.q2_k },
+        q3_k: WeightRow { dot, ..base.q3_k },
+        q4_k: WeightRow { dot, ..base.q4_k },
+        q5_k: WeightRow { dot, ..base.q5_k },
+        q6_k: WeightRow { dot, ..base.q6_k },
+        iq4_nl: WeightRow { dot, ..base.iq4_nl },
+        iq4_xs: WeightRow { dot, ..base.iq4_xs },
         ..base
     }
 }
@@ -568,12 +541,7 @@ mod tests {
             let mut w = q6k_blocks(&mut r, 1);
             w[0].d = f16::ONE;
             let ref_one = ref_q6k_q8k(&w, &a);
-            assert_close(
-                &format!("q6_k random {i}"),
-                dot(&w, &a),
-                ref_one,
-                BUDGET_K,
-            );
+            assert_close(&format!("q6_k random {i}"), dot(&w, &a), ref_one, BUDGET_K);
             // all codes at 32 (value 0) except weight i
             w[0].ql = [0; 128];
             w[0].qh = [0xAA; 64];

@@ -16,54 +16,18 @@ use std::arch::asm;
 /// Entries of the NEON tier. Only called by `super::table` after detection.
 pub(super) fn overrides(base: KernelTable) -> KernelTable {
     KernelTable {
-        q4_0: WeightRow {
-            dot,
-            ..base.q4_0
-        },
-        q4_1: WeightRow {
-            dot,
-            ..base.q4_1
-        },
-        q5_0: WeightRow {
-            dot,
-            ..base.q5_0
-        },
-        q5_1: WeightRow {
-            dot,
-            ..base.q5_1
-        },
-        q8_0: WeightRow {
-            dot,
-            ..base.q8_0
-        },
-        q2_k: WeightRow {
-            dot,
-            ..base.q2_k
-        },
-        q3_k: WeightRow {
-            dot,
-            ..base.q3_k
-        },
-        q4_k: WeightRow {
-            dot,
-            ..base.q4_k
-        },
-        q5_k: WeightRow {
-            dot,
-            ..base.q5_k
-        },
-        q6_k: WeightRow {
-            dot,
-            ..base.q6_k
-        },
-        iq4_nl: WeightRow {
-            dot,
-            ..base.iq4_nl
-        },
-        iq4_xs: WeightRow {
-            dot,
-            ..base.iq4_xs
-        },
+        q4_0: WeightRow { dot, ..base.q4_0 },
+        q4_1: WeightRow { dot, ..base.q4_1 },
+        q5_0: WeightRow { dot, ..base.q5_0 },
+        q5_1: WeightRow { dot, ..base.q5_1 },
+        q8_0: WeightRow { dot, ..base.q8_0 },
+        q2_k: WeightRow { dot, ..base.q2_k },
+        q3_k: WeightRow { dot, ..base.q3_k },
+        q4_k: WeightRow { dot, ..base.q4_k },
+        q5_k: WeightRow { dot, ..base.q5_k },
+        q6_k: WeightRow { dot, ..base.q6_k },
+        iq4_nl: WeightRow { dot, ..base.iq4_nl },
+        iq4_xs: WeightRow { dot, ..base.iq4_xs },
         f16: WeightRow {
             dot: f16_f32,
             ..base.f16

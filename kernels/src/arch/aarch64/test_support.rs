@@ -643,7 +643,15 @@ pub fn check_table(t: &KernelTable, seed: u64) {
         check_dot(&legacy("q8_0"), d, s, &w, &a, ref_q8_0_q8_0, BUDGET_LEGACY);
         let (w, a) = (iq4_nl_blocks(&mut r, n), q8_0_blocks(&mut r, n));
         let (d, s) = (t.iq4_nl.dot, SCALAR.iq4_nl.dot);
-        check_dot(&legacy("iq4_nl"), d, s, &w, &a, ref_iq4_nl_q8_0, BUDGET_LEGACY);
+        check_dot(
+            &legacy("iq4_nl"),
+            d,
+            s,
+            &w,
+            &a,
+            ref_iq4_nl_q8_0,
+            BUDGET_LEGACY,
+        );
 
         let k = |what: &str| format!("{isa} {what}_q8_k n={n}");
         let a = q8k_blocks(&mut r, n);
