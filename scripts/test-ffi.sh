@@ -96,9 +96,10 @@ staticlib() {
 }
 
 host_build() {
-  # Exactly the workspace tests' build (same features, same profile), so
-  # libsotto is not built a second time in CI.
-  cargo test -q --workspace --all-features --no-run &&
+  # The library itself: `cargo test --workspace` builds the crate only as
+  # an rlib for its tests (no libsotto.a/.so), so it is built here, in the
+  # test profile, whose dependencies the workspace tests already built.
+  cargo build -q -p sotto-ffi --lib --profile test --features jni,panic-probe &&
     ls -l "$HOST_LIB/libsotto.a" "$HOST_LIB/libsotto.so"
 }
 c_tests() {
@@ -163,7 +164,7 @@ qemu_tests() {
       qemu-aarch64-static -L "$SYSROOT" "$OUT/test_sotto_aarch64"
 }
 
-if check "libsotto for $(uname -m) (the workspace tests' build)" host_build; then
+if check "libsotto for $(uname -m) (test profile, jni + panic-probe)" host_build; then
   check "C tests (native)" c_tests
   check "C example: streaming chat" c_example
   check "Java tests through JNI" java_tests
