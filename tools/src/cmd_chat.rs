@@ -27,15 +27,6 @@ pub struct ChatArgs {
     /// with a pointer to `sotto complete`.
     #[arg(long)]
     pub chatml: bool,
-    /// Worker threads (0 = all cores).
-    #[arg(long, short, default_value_t = 0)]
-    pub threads: usize,
-    /// Context length in tokens (capped by the model's).
-    #[arg(long, default_value_t = 4096)]
-    pub context: usize,
-    /// Print no statistics on standard error.
-    #[arg(long, short)]
-    pub quiet: bool,
     /// Where the model runs: cpu (sotto's kernels), ort (exported graphs on
     /// ONNX Runtime), hybrid (prefill on the graphs, decode on the CPU).
     #[arg(long, value_enum, default_value = "cpu")]
@@ -68,7 +59,7 @@ impl ChatArgs {
     /// The engine's description of the backend these flags ask for.
     fn backend_choice(&self) -> Result<BackendChoice, CliError> {
         let cpu = CpuOptions {
-            threads: self.threads,
+            threads: self.generation.threads,
             isa: None,
         };
         let graphs = || -> Result<OrtOptions, CliError> {
@@ -83,7 +74,7 @@ impl ChatArgs {
                 graphs: dir,
                 ep_chain: self.ep.clone(),
                 npu_only: self.npu_only,
-                threads: self.threads,
+                threads: self.generation.threads,
             })
         };
         Ok(match self.backend {
@@ -130,7 +121,7 @@ pub fn run(args: ChatArgs) -> Result<(), CliError> {
             path.display()
         )));
     }
-    if !args.quiet {
+    if !args.generation.quiet {
         if let Some(report) = loaded.placement_report() {
             let foreign = if loaded.kind() == BackendKind::OrtForeign {
                 "foreign ONNX export (tokenizer and template from the GGUF); "
@@ -149,7 +140,7 @@ pub fn run(args: ChatArgs) -> Result<(), CliError> {
             loaded.describe()
         );
     }
-    let mut chat = loaded.chat(args.context, args.system.as_deref())?;
+    let mut chat = loaded.chat(args.generation.context, args.system.as_deref())?;
     let cancel = CancelToken::new();
     {
         let c = cancel.clone();
@@ -158,8 +149,8 @@ pub fn run(args: ChatArgs) -> Result<(), CliError> {
     }
     let opts = args.generation.options(Some(cancel.clone()));
     match &args.prompt {
-        Some(p) => turn(&mut chat, &mut answers, p, &opts, args.quiet).map(|_| ()),
-        None => repl(&mut chat, &mut answers, &opts, &cancel, args.quiet),
+        Some(p) => turn(&mut chat, &mut answers, p, &opts, args.generation.quiet).map(|_| ()),
+        None => repl(&mut chat, &mut answers, &opts, &cancel, args.generation.quiet),
     }
 }
 

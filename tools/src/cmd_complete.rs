@@ -26,15 +26,6 @@ pub struct CompleteArgs {
     /// `<start_of_turn>`) as plain text instead of special tokens.
     #[arg(long)]
     pub no_special: bool,
-    /// Worker threads (0 = all cores).
-    #[arg(long, short, default_value_t = 0)]
-    pub threads: usize,
-    /// Context length in tokens (capped by the model's).
-    #[arg(long, default_value_t = 4096)]
-    pub context: usize,
-    /// Print no statistics on standard error.
-    #[arg(long, short)]
-    pub quiet: bool,
 }
 
 pub fn run(args: CompleteArgs) -> Result<(), CliError> {
@@ -52,7 +43,7 @@ pub fn run(args: CompleteArgs) -> Result<(), CliError> {
     };
     let path = resolve_model(args.model.clone()).map_err(CliError::ModelFetch)?;
     let cpu = BackendChoice::Cpu(CpuOptions {
-        threads: args.threads,
+        threads: args.generation.threads,
         isa: None,
     });
     let loaded = LoadedModel::open(&path, cpu)?;
@@ -67,8 +58,8 @@ pub fn run(args: CompleteArgs) -> Result<(), CliError> {
             path.display()
         )));
     }
-    let mut session = loaded.session(args.context)?;
-    if !args.quiet {
+    let mut session = loaded.session(args.generation.context)?;
+    if !args.generation.quiet {
         eprintln!(
             "sotto: {} ({}, {} layers) loaded in {:.0} ms on {}; prompt {} tokens",
             path.display(),
@@ -95,7 +86,7 @@ pub fn run(args: CompleteArgs) -> Result<(), CliError> {
     let _ = writeln!(out);
     let _ = out.flush();
     let s = stats?;
-    if !args.quiet {
+    if !args.generation.quiet {
         eprintln!(
             "sotto: prompt {} tok at {:.1} tok/s, ttft {:.0} ms; {} tok at {:.1} tok/s; stop: {:?}",
             s.prompt_tokens,

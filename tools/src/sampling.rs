@@ -1,4 +1,4 @@
-//! The sampling and stopping flags `sotto chat` and `sotto complete` share.
+//! The run, sampling and stopping flags `sotto chat` and `sotto complete` share.
 
 use sotto_engine::{CancelToken, GenerateOptions, SamplerConfig};
 
@@ -23,6 +23,15 @@ pub struct GenerationArgs {
     /// Extra stop strings.
     #[arg(long)]
     pub stop: Vec<String>,
+    /// Worker threads (0 = all cores).
+    #[arg(long, short, default_value_t = 0)]
+    pub threads: usize,
+    /// Context length in tokens (capped by the model's).
+    #[arg(long, default_value_t = 4096)]
+    pub context: usize,
+    /// Print no statistics on standard error.
+    #[arg(long, short)]
+    pub quiet: bool,
 }
 
 impl GenerationArgs {
