@@ -10,7 +10,8 @@
 #   3. the aarch64 kernels under qemu, each of neon / dotprod / i8mm forced;
 #   4. the optional suites whose peers are installed here from PyPI and npm
 #      (python-axolotl and libsignal interop, ONNX Runtime + QNN HTP emulator);
-#   5. the bridge's cargo-fuzz targets, 30 s each;
+#   5. every cargo-fuzz target (scripts/fuzz.sh: the bridge's two, the GGUF
+#      reader and model loading), 20 s each;
 #   6. the C ABI from C (natively, under AddressSanitizer, on aarch64 under
 #      qemu) and Java (JNI), and the Android and iOS static libraries.
 set -euo pipefail
@@ -101,9 +102,9 @@ if [ -x scripts/test-aarch64.sh ]; then
   scripts/test-aarch64.sh || failed+=("aarch64 kernels")
 fi
 
-if [ -x scripts/bridge-fuzz.sh ]; then
-  step "bridge fuzz targets (bounded, AddressSanitizer)"
-  scripts/bridge-fuzz.sh 30 || failed+=("bridge fuzzing")
+if [ -x scripts/fuzz.sh ]; then
+  step "fuzz targets: bridge and GGUF/model loading (bounded, AddressSanitizer)"
+  scripts/fuzz.sh 20 || failed+=("fuzzing (scripts/fuzz.sh)")
 fi
 
 if [ -x scripts/test-ffi.sh ]; then
