@@ -10,10 +10,19 @@
 # Both crates build into one target directory (target/fuzz) so the
 # dependencies they share are built once.
 #
+# `scripts/fuzz.sh build` only builds every target (scripts/test.sh runs it
+# in the background while the workspace tests leave cores idle); a run
+# after it finds them built.
+#
 # cargo-fuzz is installed from crates.io if missing. It wants nightly for its
 # -Z flags; this machine has only stable, so RUSTC_BOOTSTRAP=1 lets stable
 # rustc accept them (the sanitizer runtimes ship with stable's rust-std).
 set -euo pipefail
+build_only=0
+if [ "${1:-}" = build ]; then
+  build_only=1
+  shift
+fi
 SECONDS_PER_TARGET="${1:-30}"
 root="$(cd "$(dirname "$0")/.." && pwd)"
 if ! cargo fuzz --version >/dev/null 2>&1; then
@@ -33,6 +42,10 @@ for entry in bridge:decode_message bridge:decrypt models:gguf_reader models:mode
   start=$SECONDS
   "${fuzz[@]}" build --target-dir "$target_dir" "$target" >/dev/null 2>&1 \
     || "${fuzz[@]}" build --target-dir "$target_dir" "$target"
+  if [ "$build_only" = 1 ]; then
+    echo "== $crate/fuzz $target: built in $((SECONDS - start)) s"
+    continue
+  fi
   echo "== $crate/fuzz $target: built in $((SECONDS - start)) s; run ${SECONDS_PER_TARGET} s from $(ls "corpus/$target" | wc -l) seeds"
   work="$(mktemp -d)"
   cp -r "corpus/$target/." "$work/"

@@ -92,6 +92,16 @@ step "Gemma-3-270M (sotto fetch gemma3-270m)"
 SOTTO_GEMMA3_270M="${SOTTO_GEMMA3_270M:-$("${sotto[@]}" fetch gemma3-270m)}"
 export SOTTO_GEMMA3_270M
 
+# The fuzz targets (their own crates, built with AddressSanitizer into
+# target/fuzz) build in the background while the workspace tests run: many
+# test binaries hold one test at a time or wait on a peer process, so a
+# core is often idle there.
+fuzz_build_pid=
+if [ -x scripts/fuzz.sh ]; then
+  scripts/fuzz.sh build >target/test-fuzz-build.log 2>&1 &
+  fuzz_build_pid=$!
+fi
+
 step "workspace tests"
 if ! cargo test --workspace --all-features --no-fail-fast 2>&1 | tee target/test-workspace.log; then
   failed+=("workspace tests")
@@ -104,6 +114,11 @@ fi
 
 if [ -x scripts/fuzz.sh ]; then
   step "fuzz targets: bridge and GGUF/model loading (bounded, AddressSanitizer)"
+  # (a failed background build shows in its log; the run below builds again)
+  if [ -n "$fuzz_build_pid" ] && ! wait "$fuzz_build_pid"; then
+    echo "background fuzz build failed:" >&2
+  fi
+  cat target/test-fuzz-build.log
   scripts/fuzz.sh 20 || failed+=("fuzzing (scripts/fuzz.sh)")
 fi
 
