@@ -392,7 +392,12 @@ fn sixty_four_interleaved_conversations_with_both_peers() {
         }
         if v["event"] == "reply" {
             // Only a resend's second delivery can still come.
-            let c: usize = v["peer"].as_str().unwrap().trim_start_matches("user").parse().unwrap();
+            let c: usize = v["peer"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("user")
+                .parse()
+                .unwrap();
             let conv = &mut conversations[c];
             let body = B64.decode(v["body"].as_str().unwrap()).unwrap();
             let turn = v["turn"].as_u64().unwrap() as usize;
@@ -406,7 +411,10 @@ fn sixty_four_interleaved_conversations_with_both_peers() {
         }
         let kind = v["error"]["kind"].as_str().unwrap_or("");
         assert!(
-            v["id"].as_str().is_some_and(|id| id.starts_with("replayed ")) && kind == "duplicate",
+            v["id"]
+                .as_str()
+                .is_some_and(|id| id.starts_with("replayed "))
+                && kind == "duplicate",
             "after the last round: {v}"
         );
         *errors.entry(kind.to_string()).or_default() += 1;
