@@ -103,9 +103,14 @@ if [ -x scripts/fuzz.sh ]; then
 fi
 
 step "workspace tests"
+soak_report=target/tmp/bridge-soak-report.txt
+rm -f "$soak_report"
 if ! cargo test --workspace --all-features --no-fail-fast 2>&1 | tee target/test-workspace.log; then
   failed+=("workspace tests")
 fi
+# The bridge soak's figures (tools/tests/bridge_soak.rs, one round here;
+# scripts/bridge-soak.sh runs it for minutes).
+if [ -f "$soak_report" ]; then cat "$soak_report"; fi
 
 if [ -x scripts/test-aarch64.sh ]; then
   step "aarch64 kernels under qemu"
