@@ -116,16 +116,20 @@ impl TeacherForced {
             .fold(0.0, f64::max)
     }
 
+    /// llama.cpp's top-two margin at each teacher-forced position.
+    fn margins(&self) -> BTreeMap<usize, f32> {
+        self.teacher_forced
+            .iter()
+            .map(|s| (s.pos, s.margin))
+            .collect()
+    }
+
     /// The largest margin swing of llama.cpp against itself on this
     /// sequence: over the positions where its reference's margin exceeds
     /// `tie_margin` and an alternate run picks another token, that margin
     /// plus how far the alternate prefers its own token.
     pub fn self_swing(&self, tie_margin: f32) -> f32 {
-        let margin: BTreeMap<usize, f32> = self
-            .teacher_forced
-            .iter()
-            .map(|s| (s.pos, s.margin))
-            .collect();
+        let margin = self.margins();
         self.llama_cpp_self_argmax
             .values()
             .flatten()
@@ -139,11 +143,7 @@ impl TeacherForced {
     /// Per way llama.cpp was run, its argmax disagreements with its
     /// reference where the reference's margin exceeds `tie_margin`.
     pub fn self_flips(&self, tie_margin: f32) -> BTreeMap<String, usize> {
-        let margin: BTreeMap<usize, f32> = self
-            .teacher_forced
-            .iter()
-            .map(|s| (s.pos, s.margin))
-            .collect();
+        let margin = self.margins();
         self.llama_cpp_self_argmax
             .iter()
             .map(|(way, flips)| {
