@@ -38,7 +38,10 @@ pub type AttnAccumulateFn = fn(v: &[f16], head_dim: usize, p: &[f32], acc: &mut 
 /// attention on [`KernelTable::axpy_f16`] and the f16 dot.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnBlockKernels {
+    /// `q·k` of every (head, key) pair of the block.
     pub scores: AttnScoresFn,
+    /// The softmax-weighted sum of the block's value rows into each head's
+    /// output.
     pub accumulate: AttnAccumulateFn,
 }
 
