@@ -25,11 +25,15 @@ use std::sync::Arc;
 /// How the assistant answers.
 #[derive(Clone, Debug)]
 pub struct AssistantConfig {
+    /// System message put before every conversation.
     pub system: Option<String>,
+    /// How replies are sampled.
     pub sampler: SamplerConfig,
     /// Longest reply, in tokens; the prompt leaves room for it (at most
     /// half the context).
     pub max_tokens: usize,
+    /// KV cache size per conversation, in tokens; older turns are dropped
+    /// from the prompt to fit.
     pub context: usize,
     /// Conversations whose KV caches stay in memory; older ones are dropped
     /// and re-prefilled from their (stored) history when they speak again.
@@ -64,6 +68,9 @@ struct TemplateCost {
     per_message: usize,
 }
 
+/// The bridge's [`Assistant`](sotto_bridge::Assistant) on a loaded model: one
+/// chat per conversation, the warmest kept in memory. Used by one thread at a
+/// time (the bridge serializes calls).
 pub struct EngineAssistant {
     /// Opened through the engine's one entry point (any backend); each
     /// conversation gets a backend of its own from it (for the CPU a cheap
@@ -133,6 +140,7 @@ fn window_start(
 }
 
 impl EngineAssistant {
+    /// An assistant answering with `model` as `config` says.
     pub fn new(model: Arc<LoadedModel>, config: AssistantConfig) -> Self {
         Self {
             model,
@@ -142,6 +150,7 @@ impl EngineAssistant {
         }
     }
 
+    /// How it answers.
     pub fn config(&self) -> &AssistantConfig {
         &self.config
     }

@@ -18,6 +18,8 @@
 //!   `ort::ForeignDecoder` (a decoder exported by another tool, optimum's
 //!   I/O names and dynamic shapes).
 
+#![warn(missing_docs)]
+
 /// The engine behind the bridge's `Assistant` trait, behind the `bridge`
 /// feature: per-conversation KV caches, context windowing.
 #[cfg(feature = "bridge")]
@@ -30,7 +32,7 @@ pub mod generate;
 pub mod kv_cache;
 pub mod open;
 pub mod sampler;
-pub mod text;
+pub(crate) mod text;
 
 /// candle-transformers' quantized Llama as a reference backend and benchmark
 /// baseline, behind the `candle` feature.
@@ -41,6 +43,31 @@ pub mod onnx;
 /// ONNX Runtime backend with execution-provider chains (QNN HTP, NNAPI, ...).
 #[cfg(feature = "ort")]
 pub mod ort;
+
+/// Not API: the engine's internals that the workspace's own integration
+/// tests drive directly (a hand-built QDQ graph on a QNN session in
+/// `tests/tests/ort_qnn_matmul.rs`). Hidden from the docs, no stability
+/// promise: anything here may change or go in any release.
+#[doc(hidden)]
+pub mod internals {
+    /// The ONNX graph builder.
+    pub mod graph {
+        pub use crate::onnx::graph::*;
+    }
+    /// The ONNX protobuf messages.
+    pub mod proto {
+        pub use crate::onnx::proto::*;
+    }
+    /// Float graph to QDQ graph.
+    pub mod qdq {
+        pub use crate::onnx::qdq::*;
+    }
+    /// One graph's ONNX Runtime session.
+    #[cfg(feature = "ort")]
+    pub mod session {
+        pub use crate::ort::session::*;
+    }
+}
 
 #[cfg(feature = "bridge")]
 pub use assistant::{AssistantConfig, EngineAssistant};

@@ -7,10 +7,10 @@
 
 use std::collections::HashSet;
 
-use sotto_engine::onnx::graph::GraphBuilder;
-use sotto_engine::onnx::proto::{DataType, DimValue, Dimension, ModelProto, ValueInfoProto};
-use sotto_engine::onnx::qdq::{self, ActivationType, Ranges, WeightType};
-use sotto_engine::ort::session::{self, Input};
+use sotto_engine::internals::graph::GraphBuilder;
+use sotto_engine::internals::proto::{DataType, DimValue, Dimension, ModelProto, ValueInfoProto};
+use sotto_engine::internals::qdq::{self, ActivationType, Ranges, WeightType};
+use sotto_engine::internals::session::{self, Input};
 use sotto_engine::ort::{Ep, Error, OrtConfig, QnnOptions};
 
 /// Deterministic values in [-1, 1).

@@ -264,10 +264,12 @@ impl CpuBackend {
         })
     }
 
+    /// The model it runs.
     pub fn model(&self) -> &Arc<Model> {
         &self.model
     }
 
+    /// Worker threads of its pool.
     pub fn threads(&self) -> usize {
         self.threads
     }

@@ -1,27 +1,28 @@
 //! ONNX export of the generic decoder description as static-shape graphs
 //! for NPUs (and the CPU EP), with no ONNX Runtime dependency:
 //!
-//! * [`proto`]: the ONNX protobuf messages, hand-written for prost;
-//! * [`graph`]: a small graph builder;
-//! * [`nbits`]: GGUF Q4_0/Q4_1 blocks re-packed for `MatMulNBits`;
-//! * [`export`]: the decoder as a prefill graph (a fixed chunk) and a decode
+//! * `proto`: the ONNX protobuf messages, hand-written for prost;
+//! * `graph`: a small graph builder;
+//! * `nbits`: GGUF Q4_0/Q4_1 blocks re-packed for `MatMulNBits`;
+//! * `export`: the decoder as a prefill graph (a fixed chunk) and a decode
 //!   graph (one token), KV cache as fixed-size inputs/outputs;
-//! * [`qdq`]: float graph → QDQ graph (uint8 per-channel weights, uint16
+//! * `qdq`: float graph → QDQ graph (uint8 per-channel weights, uint16
 //!   activations) from calibrated ranges;
-//! * [`manifest`]: the JSON manifest written beside the graphs and checked
+//! * `manifest`: the JSON manifest written beside the graphs and checked
 //!   on load.
 
-pub mod bundle;
-pub mod export;
-pub mod graph;
-pub mod manifest;
-pub mod nbits;
-pub mod proto;
-pub mod qdq;
+pub(crate) mod bundle;
+pub(crate) mod export;
+pub(crate) mod graph;
+pub(crate) mod manifest;
+pub(crate) mod nbits;
+pub(crate) mod proto;
+pub(crate) mod qdq;
 
 pub use bundle::{export_model, ExportOptions};
 pub use export::{export_decoder, GraphShape, WeightFormat};
 pub use manifest::{GraphEntry, Manifest, Quantization};
+pub use qdq::{ActivationType, QdqScope, WeightType};
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 

@@ -2,31 +2,32 @@
 //! an execution-provider chain (QNN HTP, NNAPI, CoreML, XNNPACK, OpenVINO,
 //! CPU), loaded at run time from a dynamic ONNX Runtime library.
 //!
-//! * [`runtime`]: finding `libonnxruntime`, the process environment and the
+//! * `runtime`: finding `libonnxruntime`, the process environment and the
 //!   log capture the placement report reads;
-//! * [`ep`]: the EP chain as configuration (`"qnn,cpu"`);
-//! * [`session`]: one graph's session: EP registration, CPU-fallback refusal,
+//! * `ep`: the EP chain as configuration (`"qnn,cpu"`);
+//! * `session`: one graph's session: EP registration, CPU-fallback refusal,
 //!   QNN context-binary caching, the placement report;
-//! * [`backend`]: [`OrtBackend`]: prefill/decode over a fixed KV cache, KV
+//! * `backend`: [`OrtBackend`]: prefill/decode over a fixed KV cache, KV
 //!   hand-over to and from the CPU backend;
-//! * [`decoder`]: [`OrtDecoder`], the graphs as an engine
+//! * `decoder`: [`OrtDecoder`], the graphs as an engine
 //!   [`Backend`](crate::Backend) on the engine's [`KvCache`](crate::KvCache);
-//! * [`hybrid`]: [`HybridBackend`], prefill on the graphs (the NPU), decode
+//! * `hybrid`: [`HybridBackend`], prefill on the graphs (the NPU), decode
 //!   on the CPU kernels, one KV cache between them;
-//! * [`foreign`]: [`ForeignDecoder`], a decoder exported by another tool
+//! * `foreign`: [`ForeignDecoder`], a decoder exported by another tool
 //!   (optimum's I/O names, dynamic shapes, `config.json`) as an engine
 //!   [`Backend`](crate::Backend).
 
-pub mod backend;
-pub mod calibrate;
-pub mod decoder;
-pub mod ep;
-pub mod foreign;
-pub mod hybrid;
-pub mod runtime;
-pub mod session;
+pub(crate) mod backend;
+pub(crate) mod calibrate;
+pub(crate) mod decoder;
+pub(crate) mod ep;
+pub(crate) mod foreign;
+pub(crate) mod hybrid;
+pub(crate) mod runtime;
+pub(crate) mod session;
 
 pub use backend::{KvSnapshot, OrtBackend};
+pub use calibrate::{export_qdq, export_qdq_scoped};
 pub use decoder::OrtDecoder;
 pub use ep::{Ep, QnnOptions};
 pub use foreign::{is_foreign_export, ForeignConfig, ForeignDecoder, ForeignIo, KvDtype};
