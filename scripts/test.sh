@@ -10,7 +10,8 @@
 #   3. the aarch64 kernels under qemu, each of neon / dotprod / i8mm forced;
 #   4. the optional suites whose peers are installed here from PyPI and npm
 #      (python-axolotl and libsignal interop, ONNX Runtime + QNN HTP emulator);
-#   5. the bridge's cargo-fuzz targets, 30 s each;
+#   5. every cargo-fuzz target (scripts/fuzz.sh: the bridge's two, the GGUF
+#      reader and model loading), 20 s each;
 #   6. the C ABI from C (natively, under AddressSanitizer, on aarch64 under
 #      qemu) and Java (JNI), and the Android and iOS static libraries.
 set -euo pipefail
@@ -91,19 +92,39 @@ step "Gemma-3-270M (sotto fetch gemma3-270m)"
 SOTTO_GEMMA3_270M="${SOTTO_GEMMA3_270M:-$("${sotto[@]}" fetch gemma3-270m)}"
 export SOTTO_GEMMA3_270M
 
+# The fuzz targets (their own crates, built with AddressSanitizer into
+# target/fuzz) build in the background while the workspace tests run: many
+# test binaries hold one test at a time or wait on a peer process, so a
+# core is often idle there.
+fuzz_build_pid=
+if [ -x scripts/fuzz.sh ]; then
+  scripts/fuzz.sh build >target/test-fuzz-build.log 2>&1 &
+  fuzz_build_pid=$!
+fi
+
 step "workspace tests"
+soak_report=target/tmp/bridge-soak-report.txt
+rm -f "$soak_report"
 if ! cargo test --workspace --all-features --no-fail-fast 2>&1 | tee target/test-workspace.log; then
   failed+=("workspace tests")
 fi
+# The bridge soak's figures (tools/tests/bridge_soak.rs, one round here;
+# scripts/bridge-soak.sh runs it for minutes).
+if [ -f "$soak_report" ]; then cat "$soak_report"; fi
 
 if [ -x scripts/test-aarch64.sh ]; then
   step "aarch64 kernels under qemu"
   scripts/test-aarch64.sh || failed+=("aarch64 kernels")
 fi
 
-if [ -x scripts/bridge-fuzz.sh ]; then
-  step "bridge fuzz targets (bounded, AddressSanitizer)"
-  scripts/bridge-fuzz.sh 30 || failed+=("bridge fuzzing")
+if [ -x scripts/fuzz.sh ]; then
+  step "fuzz targets: bridge and GGUF/model loading (bounded, AddressSanitizer)"
+  # (a failed background build shows in its log; the run below builds again)
+  if [ -n "$fuzz_build_pid" ] && ! wait "$fuzz_build_pid"; then
+    echo "background fuzz build failed:" >&2
+  fi
+  cat target/test-fuzz-build.log
+  scripts/fuzz.sh 20 || failed+=("fuzzing (scripts/fuzz.sh)")
 fi
 
 if [ -x scripts/test-ffi.sh ]; then

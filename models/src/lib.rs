@@ -103,6 +103,30 @@ mod tests {
         }
     }
 
+    /// The fuzz seeds written by llama.cpp's own GGUF writer (PyPI `gguf`,
+    /// models/fuzz/make-corpus.py): every architecture with each tokenizer
+    /// kind loads whole, and the truncated and lying ones are typed errors.
+    #[test]
+    fn fuzz_seed_models_written_by_pypi_gguf_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/model_load");
+        let mut loaded = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            let result = Model::load(&path);
+            if name.contains("truncated") || name.contains("block-count") {
+                assert!(result.is_err(), "{name} loaded");
+                continue;
+            }
+            let model = result.unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(name.starts_with(&model.spec.arch), "{name}: {}", model.spec.arch);
+            let ids = model.tokenizer.encode("hello world", false).unwrap();
+            assert!(!ids.is_empty(), "{name}");
+            loaded += 1;
+        }
+        assert_eq!(loaded, 11, "valid seeds in {}", dir.display());
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(256))]
 

@@ -1,11 +1,12 @@
 #!/usr/bin/env python3
 """llama.cpp as the reference for Sotto's parity tests, on any GGUF file.
 
-Two subcommands, run with the python scripts/llama-deps.sh prints:
+Three subcommands, run with the python scripts/llama-deps.sh prints:
 
     llama_ref.py refs --model M.gguf --prompts PROMPTS.json --out DIR
                       [--max-new-tokens N] [--max-prompts K]
     llama_ref.py quantize --model SRC.gguf --type Q6_K --out DST.gguf
+    llama_ref.py tokenize --model M.gguf --cases CASES.json --out OUT.json
 
 `refs` writes DIR/refs.json and DIR/logits_<name>.f32: for each prompt,
 llama.cpp's tokens, its greedy continuation (with the top-2 margin of every
@@ -35,6 +36,12 @@ logit files are there, nothing runs.
 llama.cpp ftype preset (Q4_K_M, Q6_K, ...) or, with --pure, every tensor the
 type can hold in that type (llama.cpp still falls back to another type where a
 row length is not a multiple of the type's block). Also cached by inputs.
+
+`tokenize` runs llama.cpp's tokenizer (the model loaded `vocab_only`) on
+every case of CASES.json (a list of {"text", "parse_special"}, e.g.
+tests/data/llama_cpp/tokenization.json) and writes the same list with
+llama.cpp's "ids" (no BOS/EOS added) and "detok_hex" (llama_detokenize
+without special tokens); cached by inputs like the others.
 
 References come from llama.cpp only, never from Sotto.
 """
@@ -464,6 +471,28 @@ def cmd_quantize(args) -> None:
     print(f"{args.out}: {counts}", file=sys.stderr)
 
 
+def cmd_tokenize(args) -> None:
+    cases = [{"text": c["text"], "parse_special": bool(c["parse_special"])}
+             for c in json.loads(args.cases.read_text(encoding="utf-8"))]
+    key = inputs_key(sha256_of(args.model), cases)
+    if args.out.is_file() and json.loads(args.out.read_text(encoding="utf-8")).get("inputs_key") == key:
+        print(f"{args.out}: up to date", file=sys.stderr)
+        return
+    llama_cpp.llama_log_set(_QUIET_LOG, ctypes.c_void_p())
+    llm = Llama(model_path=str(args.model), vocab_only=True, verbose=False)
+    vocab = llm._model.vocab
+    out = []
+    for c in cases:
+        ids = llm.tokenize(c["text"].encode("utf-8"), add_bos=False, special=c["parse_special"])
+        out.append({**c, "ids": ids, "detok_hex": detokenize(vocab, ids, False).hex()})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = args.out.with_suffix(".json.tmp")
+    write_json(tmp, {"generator": "tests/scripts/llama_ref.py tokenize", "inputs_key": key,
+                     **versions(), "model_file": args.model.name, "cases": out})
+    tmp.replace(args.out)
+    print(f"{args.out}: {len(out)} cases", file=sys.stderr)
+
+
 @llama_cpp.llama_log_callback
 def _QUIET_LOG(level, text, user_data):  # noqa: N802 (a ctypes callback kept alive here)
     pass
@@ -486,10 +515,14 @@ def main() -> None:
                        help="every tensor in the type (no preset mix), where its rows allow")
     quant.add_argument("--out", type=Path, required=True)
     quant.add_argument("--verbose", action="store_true", help="show llama.cpp's log")
+    tok = sub.add_parser("tokenize", help="llama.cpp's tokenizer on a list of strings")
+    tok.add_argument("--model", type=Path, required=True)
+    tok.add_argument("--cases", type=Path, required=True)
+    tok.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
     if not args.model.is_file():
         raise SystemExit(f"model not found: {args.model}")
-    {"refs": cmd_refs, "quantize": cmd_quantize}[args.command](args)
+    {"refs": cmd_refs, "quantize": cmd_quantize, "tokenize": cmd_tokenize}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -17,12 +17,20 @@
 //!
 //! * **argmax**: wherever llama.cpp's top-two margin exceeds
 //!   [`Criteria::tie_margin`], ours equals llama.cpp's, except at near-ties:
-//!   llama.cpp's margin and ours the other way both at most
+//!   the swing (llama.cpp's margin plus ours the other way) at most twice
 //!   [`Criteria::near_tie`], or one of llama.cpp's own alternate runs
 //!   picking our token there (its self-difference moves margins past 0.5 on
 //!   low-bit files: on Q2_K its flash-attention run prefers our token by 0.37
 //!   where its reference's margin is 0.62; on Q3_K_M its one-token run picks
-//!   our token where we lead by 0.501). Near-tie disagreements may number at most
+//!   our token where we lead by 0.501), or a swing no larger than the largest one llama.cpp's
+//!   own alternate runs show against its reference anywhere on the same
+//!   file ([`Reference::self_swing`]: 2.4 logits on the IQ4_NL
+//!   requantization, where they flip 8 decisions over 8 prompts). On
+//!   quantized files the noise is that large on our side too: our scalar
+//!   and AVX-512 paths, both exact to ggml's block arithmetic, differ by
+//!   1.2e-1 to 3e-1 relative L2 along the same sequence (f16: 4.5e-3),
+//!   because a rounding difference upstream flips 8-bit activation codes.
+//!   Near-tie disagreements may number at most
 //!   [`Criteria::self_flip_factor`] times llama.cpp's own (its worst
 //!   alternate's over the file) or [`Criteria::max_flip_fraction`] of the
 //!   checked positions, whichever is larger.
@@ -34,7 +42,8 @@
 //!
 //! Free-running greedy generation ([`compare_greedy`]) must follow llama.cpp
 //! token for token until the first step where llama.cpp itself hesitated
-//! (margin under [`Criteria::near_tie`]).
+//! (margin under [`Criteria::near_tie`], or within the file's
+//! [`Reference::self_swing`]).
 
 use crate::{argmax, data_dir, rel_l2};
 use serde::Deserialize;
@@ -107,14 +116,34 @@ impl TeacherForced {
             .fold(0.0, f64::max)
     }
 
+    /// llama.cpp's top-two margin at each teacher-forced position.
+    fn margins(&self) -> BTreeMap<usize, f32> {
+        self.teacher_forced
+            .iter()
+            .map(|s| (s.pos, s.margin))
+            .collect()
+    }
+
+    /// The largest margin swing of llama.cpp against itself on this
+    /// sequence: over the positions where its reference's margin exceeds
+    /// `tie_margin` and an alternate run picks another token, that margin
+    /// plus how far the alternate prefers its own token.
+    pub fn self_swing(&self, tie_margin: f32) -> f32 {
+        let margin = self.margins();
+        self.llama_cpp_self_argmax
+            .values()
+            .flatten()
+            .filter_map(|f| {
+                let m = *margin.get(&f.pos)?;
+                (m > tie_margin).then_some(m + f.margin)
+            })
+            .fold(0.0, f32::max)
+    }
+
     /// Per way llama.cpp was run, its argmax disagreements with its
     /// reference where the reference's margin exceeds `tie_margin`.
     pub fn self_flips(&self, tie_margin: f32) -> BTreeMap<String, usize> {
-        let margin: BTreeMap<usize, f32> = self
-            .teacher_forced
-            .iter()
-            .map(|s| (s.pos, s.margin))
-            .collect();
+        let margin = self.margins();
         self.llama_cpp_self_argmax
             .iter()
             .map(|(way, flips)| {
@@ -174,6 +203,17 @@ pub struct Reference {
 }
 
 impl Reference {
+    /// [`TeacherForced::self_swing`], the largest over the file's sequences:
+    /// how far llama.cpp's own equally valid runs move a decision on this
+    /// file (0.3 to 0.5 logit on most requantizations of the default model,
+    /// 1 on Q2_K, 2.4 on IQ4_NL).
+    pub fn self_swing(&self, tie_margin: f32) -> f32 {
+        self.sequences
+            .iter()
+            .map(|s| s.logits.self_swing(tie_margin))
+            .fold(0.0, f32::max)
+    }
+
     /// Reads a reference JSON file; panics with the path and the reason when
     /// it is missing or malformed.
     pub fn load(path: &Path) -> Reference {
@@ -215,9 +255,11 @@ impl Reference {
 pub struct Criteria {
     /// Positions where llama.cpp's margin is at most this are not checked.
     pub tie_margin: f32,
-    /// A disagreement is a near-tie when llama.cpp's margin and ours the
-    /// other way are both at most this (or llama.cpp's own alternate run
-    /// picked our token there); any other one fails.
+    /// A disagreement is a near-tie when llama.cpp's margin plus ours the
+    /// other way is at most twice this, or at most the file's
+    /// [`Reference::self_swing`] (or llama.cpp's own alternate run picked
+    /// our token there); any other one fails. Greedy generation may diverge
+    /// where llama.cpp's margin is under this or within that swing.
     pub near_tie: f32,
     /// Near-tie disagreements allowed as a fraction of checked positions...
     pub max_flip_fraction: f64,
@@ -326,9 +368,12 @@ pub fn compare_teacher_forced(
             .values()
             .flatten()
             .any(|f| f.pos == step.pos && f.argmax == ours_top);
-        if llama_cpp_also
-            || (flip.our_margin <= criteria.near_tie && flip.llama_margin <= criteria.near_tie)
-        {
+        // How far the decision moved between llama.cpp and us; both sides
+        // at most `near_tie` is a swing of at most twice that.
+        let swing = flip.our_margin + flip.llama_margin;
+        let allowed_swing =
+            (2.0 * criteria.near_tie).max(reference.self_swing(criteria.tie_margin));
+        if llama_cpp_also || swing <= allowed_swing {
             report.flips.push(flip);
         } else {
             report.disagreements.push(flip);
@@ -527,11 +572,13 @@ pub struct GreedyReport {
 }
 
 /// Compares our greedy tokens `ours` with llama.cpp's over its first `limit`.
+/// `self_swing` is [`Reference::self_swing`] of the file `seq` is from.
 pub fn compare_greedy(
     seq: &SequenceRef,
     ours: &[u32],
     limit: usize,
     criteria: &Criteria,
+    self_swing: f32,
 ) -> GreedyReport {
     let reference = &seq.continuation_ids;
     let compared = reference.len().min(limit);
@@ -551,8 +598,10 @@ pub fn compare_greedy(
         let step = &seq.greedy_steps[i];
         report.divergence = Some((i, got, step.margin));
         // A near-tie may be between more than two tokens: any token we pick
-        // there is acceptable, stopping early is not.
-        report.acceptable = step.margin < criteria.near_tie && got.is_some();
+        // there is acceptable, stopping early is not. A margin llama.cpp's
+        // own runs overturn elsewhere on this file is a near-tie too.
+        report.acceptable =
+            (step.margin < criteria.near_tie || step.margin <= self_swing) && got.is_some();
         break;
     }
     report
@@ -566,6 +615,7 @@ pub fn greedy_reports(
     limit: usize,
     criteria: &Criteria,
 ) -> Vec<GreedyReport> {
+    let self_swing = reference.self_swing(criteria.tie_margin);
     reference
         .sequences
         .iter()
@@ -578,7 +628,7 @@ pub fn greedy_reports(
             let stats = s
                 .generate(&seq.prompt_ids, &crate::greedy(want), &mut |_| {})
                 .unwrap_or_else(|e| panic!("{}: greedy generation: {e}", seq.name));
-            compare_greedy(seq, &stats.tokens, limit, criteria)
+            compare_greedy(seq, &stats.tokens, limit, criteria, self_swing)
         })
         .collect()
 }

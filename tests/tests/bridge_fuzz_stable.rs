@@ -1,6 +1,6 @@
 //! The cargo-fuzz targets' bodies (bridge/fuzz) on stable: a proptest of
 //! random bytes and of mutations of the committed seed corpus. The real
-//! fuzzers run with scripts/bridge-fuzz.sh (nightly + cargo-fuzz).
+//! fuzzers run with scripts/fuzz.sh (cargo-fuzz).
 
 use std::path::Path;
 use std::sync::OnceLock;

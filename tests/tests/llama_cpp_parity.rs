@@ -96,7 +96,13 @@ fn free_running_greedy_follows_llama_cpp() {
         let stats = s
             .generate(&seq.prompt_ids, &greedy(32), &mut |_| {})
             .expect("generate");
-        let r = compare_greedy(seq, &stats.tokens, 32, &criteria);
+        let r = compare_greedy(
+            seq,
+            &stats.tokens,
+            32,
+            &criteria,
+            refs.self_swing(criteria.tie_margin),
+        );
         let shown = r.divergence.map_or("none".to_string(), |(i, _, margin)| {
             format!("token {i} (margin {margin:.2})")
         });

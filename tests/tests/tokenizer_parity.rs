@@ -11,6 +11,10 @@ use serde::Deserialize;
 use sotto_kernels::quant::DType;
 use sotto_models::spec::{Activation, RopeStyle};
 use sotto_models::{ChatMessage, Model};
+use std::ffi::OsStr;
+
+use sotto_tests::parity::{cache_dir, run_llama_ref};
+use sotto_tests::tiny_arch::gemma3_270m_path;
 use sotto_tests::{data_dir, default_model_path, read_json};
 
 fn model() -> Model {
@@ -165,9 +169,50 @@ fn tokenization_matches_llama_cpp_reference() {
     );
     let cases: Vec<TokenizationCase> = read_json("llama_cpp/tokenization.json");
     assert!(cases.len() >= 200, "only {} reference cases", cases.len());
-    let t = model().tokenizer;
+    assert_matches(&model().tokenizer, &cases);
+}
+
+/// The same strings through Gemma-3-270M's SentencePiece vocabulary (the
+/// `llama` tokenizer kind, 262k pieces with byte fallback; also the
+/// vocabulary of the SPM tiny architecture files): llama.cpp tokenizes them
+/// at test time with the real file loaded `vocab_only`
+/// (`llama_ref.py tokenize`, cached under `~/.cache/sotto/parity`).
+#[test]
+fn gemma3_270m_tokenization_matches_llama_cpp() {
+    #[derive(Deserialize)]
+    struct Reference {
+        cases: Vec<TokenizationCase>,
+    }
+    let file = gemma3_270m_path();
+    let out = cache_dir().join("tokenize/gemma-3-270m.json");
+    let cases = data_dir().join("llama_cpp/tokenization.json");
+    run_llama_ref([
+        OsStr::new("tokenize"),
+        OsStr::new("--model"),
+        file.as_os_str(),
+        OsStr::new("--cases"),
+        cases.as_os_str(),
+        OsStr::new("--out"),
+        out.as_os_str(),
+    ]);
+    let text = std::fs::read_to_string(&out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+    let reference: Reference = serde_json::from_str(&text).unwrap();
+    assert!(
+        reference.cases.len() >= 364,
+        "only {} cases",
+        reference.cases.len()
+    );
+    let gguf = sotto_models::GgufFile::open(&file).unwrap();
+    let t = sotto_models::Tokenizer::from_gguf(&gguf).unwrap();
+    assert_eq!(t.vocab_size(), 262_144);
+    assert_matches(&t, &reference.cases);
+}
+
+/// `t` against llama.cpp on every case: the ids, the token bytes
+/// reassembling the text, and llama.cpp's detokenization without specials.
+fn assert_matches(t: &sotto_models::Tokenizer, cases: &[TokenizationCase]) {
     let mut mismatches = Vec::new();
-    for case in &cases {
+    for case in cases {
         let ours = t.encode(&case.text, case.parse_special).unwrap();
         if ours != case.ids {
             mismatches.push(format!(

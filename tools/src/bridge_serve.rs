@@ -273,20 +273,24 @@ fn run_worker(server: Arc<Server>, mut assistant: Box<dyn Assistant>) {
                 device = server.work.wait(device).unwrap_or_else(|p| p.into_inner());
             }
         };
-        let answer =
-            match prompt {
-                Ok(Prompt::Refuse(r)) => Err(r),
-                Ok(Prompt::Ask(history)) => assistant
+        let answer = match prompt {
+            Ok(Prompt::Refuse(r)) => Err(r),
+            Ok(Prompt::Ask(history)) => {
+                // The turn is taken and the device lock released: what
+                // readers do from here on overlaps the generation.
+                server.step("serve:generating");
+                assistant
                     .reply(&turn.conversation(), &history)
                     .map_err(|e| {
                         eprintln!("sotto: turn {} of {}: {e}", turn.turn, turn.peer);
                         Refusal::from(&e)
-                    }),
-                Err(e) => {
-                    eprintln!("sotto: turn {} of {}: {e}", turn.turn, turn.peer);
-                    Err(Refusal::AssistantFailed)
-                }
-            };
+                    })
+            }
+            Err(e) => {
+                eprintln!("sotto: turn {} of {}: {e}", turn.turn, turn.peer);
+                Err(Refusal::AssistantFailed)
+            }
+        };
         let completed = server.device().complete(&turn, answer);
         match completed {
             Ok(reply) => server.deliver(&reply),

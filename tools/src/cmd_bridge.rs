@@ -8,6 +8,11 @@
 //! `sotto: crash point STEP#N reached` on stderr and freezes) the Nth time
 //! it reaches a pipeline or commit step, so a test can SIGKILL it exactly
 //! there; `SOTTO_BRIDGE_TRACE_STEPS=1` prints every step reached.
+//! `SOTTO_BRIDGE_HOLD_AT=STEP[#N]` with `SOTTO_BRIDGE_HOLD_FIFO=PATH` (a
+//! named pipe) holds the thread that reaches STEP the Nth time (it prints
+//! `sotto: hold point STEP#N reached`) until a writer opens PATH and closes
+//! it, so a test can look at the server while, say, a reply is being
+//! generated (`serve:generating`), with no sleeps and no timing.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -117,24 +122,47 @@ fn storage_key() -> Result<StorageKey, String> {
     Ok(StorageKey::from_bytes(key))
 }
 
-/// The test-only crash point and step trace (module doc).
-fn step_hook_from_env() -> Result<Option<StepHook>, String> {
-    let crash = match std::env::var("SOTTO_BRIDGE_CRASH_AT") {
-        Ok(spec) => {
-            let (step, nth) = match spec.split_once('#') {
-                Some((s, n)) => (
-                    s.to_string(),
-                    n.parse::<usize>()
-                        .map_err(|_| format!("SOTTO_BRIDGE_CRASH_AT={spec}: bad #N"))?,
-                ),
-                None => (spec, 1),
-            };
-            Some((step, nth))
+/// `STEP[#N]` (N from 1, default 1) from the environment variable `var`.
+fn step_spec(var: &str) -> Result<Option<(String, usize)>, String> {
+    let Ok(spec) = std::env::var(var) else {
+        return Ok(None);
+    };
+    Ok(Some(match spec.split_once('#') {
+        Some((s, n)) => (
+            s.to_string(),
+            n.parse::<usize>()
+                .map_err(|_| format!("{var}={spec}: bad #N"))?,
+        ),
+        None => (spec, 1),
+    }))
+}
+
+/// Blocks until a writer opens the named pipe `fifo` and closes it.
+fn hold_until_released(fifo: &std::path::Path) {
+    use std::io::Read as _;
+    // Opening a FIFO for reading waits for its writer; reading to the end
+    // waits for the writer to close it.
+    match std::fs::File::open(fifo) {
+        Ok(mut f) => {
+            let _ = f.read_to_end(&mut Vec::new());
         }
-        Err(_) => None,
+        Err(e) => eprintln!("sotto: hold point: {}: {e}", fifo.display()),
+    }
+}
+
+/// The test-only crash point, hold point and step trace (module doc).
+fn step_hook_from_env() -> Result<Option<StepHook>, String> {
+    let crash = step_spec("SOTTO_BRIDGE_CRASH_AT")?;
+    let hold = match step_spec("SOTTO_BRIDGE_HOLD_AT")? {
+        Some(at) => {
+            let fifo = std::env::var_os("SOTTO_BRIDGE_HOLD_FIFO")
+                .ok_or("SOTTO_BRIDGE_HOLD_AT needs SOTTO_BRIDGE_HOLD_FIFO (a named pipe)")?;
+            Some((at, PathBuf::from(fifo)))
+        }
+        None => None,
     };
     let trace = std::env::var_os("SOTTO_BRIDGE_TRACE_STEPS").is_some();
-    if crash.is_none() && !trace {
+    if crash.is_none() && hold.is_none() && !trace {
         return Ok(None);
     }
     let seen = Mutex::new(HashMap::<String, usize>::new());
@@ -155,6 +183,11 @@ fn step_hook_from_env() -> Result<Option<StepHook>, String> {
             loop {
                 std::thread::park();
             }
+        }
+        if let Some(((_, _), fifo)) = hold.as_ref().filter(|((s, k), _)| s == step && *k == n) {
+            eprintln!("sotto: hold point {step}#{n} reached");
+            hold_until_released(fifo);
+            eprintln!("sotto: hold point {step}#{n} released");
         }
     })))
 }

@@ -24,6 +24,8 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use sotto_tests::bridge_peer::{bundle_from_json, Peer, PeerKind};
+
 const SYSTEM: &str = "You are a helpful assistant.";
 const MAX_TOKENS: usize = 48;
 
@@ -464,9 +466,13 @@ impl SocketClient {
     }
 
     fn next(&self) -> (Instant, Value) {
+        self.next_within(Duration::from_secs(300))
+    }
+
+    fn next_within(&self, timeout: Duration) -> (Instant, Value) {
         self.lines
-            .recv_timeout(Duration::from_secs(300))
-            .unwrap_or_else(|e| panic!("no line from the server: {e}"))
+            .recv_timeout(timeout)
+            .unwrap_or_else(|e| panic!("no line from the server in {timeout:?}: {e}"))
     }
 
     /// Sends `req` and waits for the response with its id.
@@ -479,6 +485,13 @@ impl SocketClient {
                 return v;
             }
         }
+    }
+
+    /// Sends `req` while the worker is held and waits for its response.
+    fn call_while_held(&mut self, mut req: Value, id: &str) -> Value {
+        req["id"] = json!(id);
+        self.send(&req);
+        while_held(self, id)
     }
 }
 
@@ -496,33 +509,141 @@ impl Drop for SocketServer {
     }
 }
 
-fn socket_server(name: &str) -> SocketServer {
-    let path = temp_path(name);
-    let child = serve_command(&["--socket", path.to_str().unwrap()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    while UnixStream::connect(&path).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(300),
-            "the socket never came up"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    SocketServer { child, path }
+/// The socket server with a hold point on its first generation
+/// (`SOTTO_BRIDGE_HOLD_AT`, test-only: the worker stops there, the device
+/// lock released, until `release` opens the named pipe) and a sealed state
+/// directory. `held` gets the line the server prints when the worker
+/// reaches it.
+struct HeldServer {
+    server: SocketServer,
+    dir: PathBuf,
+    fifo: PathBuf,
+    held: mpsc::Receiver<String>,
 }
 
+impl HeldServer {
+    fn start(name: &str) -> Self {
+        let dir = temp_path(&format!("{name}-state"));
+        let fifo = temp_path(&format!("{name}-hold"));
+        let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success(), "mkfifo {}", fifo.display());
+        let path = temp_path(name);
+        let mut child = serve_command(&["--socket", path.to_str().unwrap()])
+            .arg("--state-dir")
+            .arg(&dir)
+            .env("SOTTO_BRIDGE_KEY", KEY)
+            .env("SOTTO_BRIDGE_HOLD_AT", "serve:generating#1")
+            .env("SOTTO_BRIDGE_HOLD_FIFO", &fifo)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = BufReader::new(child.stderr.take().unwrap());
+        let (tx, held) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in stderr.lines() {
+                let Ok(line) = line else { break };
+                eprintln!("{line}");
+                if line.contains("hold point") && tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let server = SocketServer { child, path };
+        let started = Instant::now();
+        while UnixStream::connect(&server.path).is_err() {
+            assert!(
+                started.elapsed() < Duration::from_secs(300),
+                "the socket never came up"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            server,
+            dir,
+            fifo,
+            held,
+        }
+    }
+
+    /// Waits until the worker is held, that is, has taken a turn to answer.
+    fn wait_held(&self) {
+        let line = self
+            .held
+            .recv_timeout(Duration::from_secs(300))
+            .unwrap_or_else(|e| panic!("the worker never reached its hold point: {e}"));
+        assert!(line.contains("serve:generating#1 reached"), "{line}");
+    }
+
+    /// Lets the held worker go on (opening the pipe for writing is what
+    /// it waits for; closing it ends its read).
+    fn release(&self) {
+        drop(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&self.fifo)
+                .unwrap(),
+        );
+    }
+
+    /// Sealed record files written by commits after `sequence`
+    /// (`records/<tag>.<generation>`, bridge/src/record_dir.rs).
+    fn records_written_after(&self, sequence: u64) -> usize {
+        std::fs::read_dir(self.dir.join("records"))
+            .unwrap()
+            .filter_map(|e| {
+                let name = e.unwrap().file_name().into_string().unwrap();
+                name.rsplit_once('.')?.1.parse::<u64>().ok()
+            })
+            .filter(|generation| *generation > sequence)
+            .count()
+    }
+}
+
+impl Drop for HeldServer {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.fifo);
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Receives lines from `client` until the response with id `id`; any reply
+/// event on the way is a failure (nothing may be answered while the
+/// worker is held). A minute is ample for a decryption and a commit: a
+/// server that held its device while generating would never answer.
+fn while_held(client: &SocketClient, id: &str) -> Value {
+    loop {
+        let (_, v) = client.next_within(Duration::from_secs(60));
+        assert_ne!(v["event"], "reply", "a reply while the worker is held: {v}");
+        if v["id"] == id {
+            return v;
+        }
+    }
+}
+
+/// While the worker is held inside the generation of Alice's first reply
+/// (the hold point comes after it took her turn and released the device),
+/// the server decrypts, acknowledges (`accepted`) and journals (sealed
+/// records on disk, `status`) her next two messages and the first ones of
+/// Bob (python-axolotl, another client) and Carol (libsignal, a third
+/// client). Released, it answers every conversation in its own order, each
+/// reply the engine's answer to that conversation alone. No timing is
+/// involved: if the server held its device while generating, the
+/// `accepted` responses would never come.
 #[test]
 fn the_socket_serves_clients_concurrently_and_each_conversation_in_order() {
     let model = Arc::new(Model::load(model_path()).unwrap());
-    let server = socket_server("sock");
-    let mut c1 = SocketClient::connect(&server.path);
-    let mut c2 = SocketClient::connect(&server.path);
+    let held = HeldServer::start("sock");
+    let path = held.server.path.clone();
+    let (mut c1, mut c2, mut c3) = (
+        SocketClient::connect(&path),
+        SocketClient::connect(&path),
+        SocketClient::connect(&path),
+    );
     let mut alice = axolotl_peer();
     let mut bob = axolotl_peer();
+    let mut carol = Peer::spawn(PeerKind::Libsignal);
     for (peer, client) in [(&mut alice, &mut c1), (&mut bob, &mut c2)] {
         let mut bundle = client.call(json!({"op": "bundle"}), "bundle");
         bundle.as_object_mut().unwrap().remove("id");
@@ -531,6 +652,8 @@ fn the_socket_serves_clients_concurrently_and_each_conversation_in_order() {
         bundle["device"] = json!(1);
         peer.ok(bundle);
     }
+    let bundle = c3.call(json!({"op": "bundle"}), "bundle");
+    carol.process_bundle("sotto", &bundle_from_json(&bundle));
     let submit = |peer: &mut LineProcess, name: &str, text: &str, id: &str| {
         let env = peer.ok(
             json!({"op": "encrypt", "peer": "sotto", "device": 1, "plaintext": B64.encode(text)}),
@@ -542,41 +665,83 @@ fn the_socket_serves_clients_concurrently_and_each_conversation_in_order() {
         "What is the capital of France?",
         "And of Spain?",
     ];
-    // Alice sends three messages at once; Bob writes while her first reply
-    // is being generated.
-    for (i, text) in alice_texts.iter().enumerate() {
-        let req = submit(&mut alice, "alice", text, &format!("a{i}"));
-        c1.send(&req);
-    }
-    let req = submit(&mut bob, "bob", "What is the capital of France?", "b0");
-    c2.send(&req);
+    let bob_text = "What is the capital of France?";
+    let carol_text = "Name a colour.";
 
-    let mut bob_accepted = None;
+    // Alice's first message: the worker takes it and stops inside its
+    // generation.
+    c1.send(&submit(&mut alice, "alice", alice_texts[0], "a0"));
+    assert_eq!(while_held(&c1, "a0")["accepted"]["turn"], 1);
+    held.wait_held();
+    let before = c2.call_while_held(json!({"op": "status"}), "status-before");
+    assert_eq!(before["unanswered"], 1, "{before}");
+
+    // Meanwhile: Alice's next two, Bob's and Carol's first.
+    for (i, text) in alice_texts.iter().enumerate().skip(1) {
+        c1.send(&submit(&mut alice, "alice", text, &format!("a{i}")));
+    }
+    c2.send(&submit(&mut bob, "bob", bob_text, "b0"));
+    let (kind, body) = carol.encrypt_raw("sotto", carol_text);
+    c3.send(&json!({"op": "submit", "id": "c0", "sender": "carol", "device": 1, "type": kind, "body": B64.encode(body)}));
+    for (i, turn) in [(1, 2), (2, 3)] {
+        let v = while_held(&c1, &format!("a{i}"));
+        assert_eq!(v["accepted"]["turn"], turn, "{v}");
+    }
+    for (client, id) in [(&c2, "b0"), (&c3, "c0")] {
+        let v = while_held(client, id);
+        assert_eq!(
+            (
+                v["accepted"]["turn"].as_u64(),
+                v["accepted"]["resent"].as_bool()
+            ),
+            (Some(1), Some(false)),
+            "{v}"
+        );
+    }
+    // Journaled, still while Alice's first reply is being generated.
+    let during = c3.call_while_held(json!({"op": "status"}), "status-during");
+    assert_eq!(
+        (
+            during["peers"].as_u64(),
+            during["conversations"].as_u64(),
+            during["unanswered"].as_u64(),
+            during["outbox"].as_u64()
+        ),
+        (Some(3), Some(3), Some(5), Some(0)),
+        "{during}"
+    );
+    assert!(
+        during["sequence"].as_u64() >= before["sequence"].as_u64().map(|s| s + 4),
+        "four more commits: {before} then {during}"
+    );
+    // At least the four turns, each in a record file of its commit.
+    let written = held.records_written_after(before["sequence"].as_u64().unwrap());
+    assert!(
+        written >= 4,
+        "{written} sealed records written in {} while held",
+        held.dir.display()
+    );
+    assert!(
+        c1.lines.try_recv().is_err() && c2.lines.try_recv().is_err(),
+        "nothing else may arrive while held"
+    );
+
+    held.release();
     let mut bob_reply = None;
     while bob_reply.is_none() {
-        let (at, v) = c2.next();
-        if v["id"] == "b0" {
-            assert_eq!(v["accepted"]["turn"], 1, "{v}");
-            bob_accepted = Some(at);
-        } else if v["event"] == "reply" {
+        let (_, v) = c2.next();
+        if v["event"] == "reply" {
             bob_reply = Some(v);
         }
     }
+    let (_, carol_reply) = c3.next();
+    assert_eq!(carol_reply["event"], "reply", "{carol_reply}");
     let mut alice_replies = Vec::new();
-    let mut first_alice_reply_at = None;
     while alice_replies.len() < 3 {
-        let (at, v) = c1.next();
-        if v["event"] == "reply" {
-            first_alice_reply_at.get_or_insert(at);
-            alice_replies.push(v);
-        } else {
-            assert!(v.get("accepted").is_some(), "{v}");
-        }
+        let (_, v) = c1.next();
+        assert_eq!(v["event"], "reply", "{v}");
+        alice_replies.push(v);
     }
-    assert!(
-        bob_accepted.unwrap() < first_alice_reply_at.unwrap(),
-        "Bob's message was journaled only after Alice's reply was generated"
-    );
     // Alice's replies in turn order, each the engine's answer to her
     // conversation alone (so each saw the previous answers).
     let mut history = Vec::new();
@@ -611,10 +776,25 @@ fn the_socket_serves_clients_concurrently_and_each_conversation_in_order() {
         String::from_utf8(B64.decode(plain["plaintext"].as_str().unwrap()).unwrap()).unwrap(),
         "The capital of France is Paris."
     );
-    c2.call(
-        json!({"op": "ack", "peer": "bob", "device": 1, "turn": 1}),
-        "ack-bob",
-    );
+    let carol_answer = carol
+        .decrypt_raw(
+            "sotto",
+            carol_reply["type"].as_str().unwrap(),
+            &B64.decode(carol_reply["body"].as_str().unwrap()).unwrap(),
+        )
+        .unwrap();
+    let carol_history = [ChatMessage {
+        role: "user".into(),
+        content: carol_text.into(),
+    }];
+    assert_eq!(carol_answer, engine_answer(&model, &carol_history), "carol");
+    for (client, peer) in [(&mut c2, "bob"), (&mut c3, "carol")] {
+        let acked = client.call(
+            json!({"op": "ack", "peer": peer, "device": 1, "turn": 1}),
+            &format!("ack-{peer}"),
+        );
+        assert_eq!(acked["acked"], true, "{acked}");
+    }
 
     // A request line past the limit is skipped, not buffered; the
     // connection keeps working.
@@ -628,7 +808,7 @@ fn the_socket_serves_clients_concurrently_and_each_conversation_in_order() {
             status["unanswered"].as_u64(),
             status["outbox"].as_u64()
         ),
-        (Some(2), Some(0), Some(0)),
+        (Some(3), Some(0), Some(0)),
         "{status}"
     );
 }

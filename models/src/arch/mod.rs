@@ -264,6 +264,19 @@ impl Hparams<'_> {
     fn common(&self) -> Result<Common> {
         let gguf = self.gguf;
         let n_layer = gguf.require_usize(&self.key("block_count"))?;
+        // Every layer has its own tensors (at least `attn_norm`), so a count
+        // above the tensor table's length is a lie; checking it here, before
+        // anything is sized by it, keeps the per-layer descriptions this
+        // count allocates bounded by the file.
+        if n_layer > gguf.tensors().len() {
+            return Err(invalid(
+                &self.key("block_count"),
+                &format!(
+                    "{n_layer} layers but the file has only {} tensors",
+                    gguf.tensors().len()
+                ),
+            ));
+        }
         let d_model = gguf.require_usize(&self.key("embedding_length"))?;
         let n_head = gguf.require_usize(&self.key("attention.head_count"))?;
         // A per-layer array of head counts exists for heterogeneous models;

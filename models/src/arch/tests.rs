@@ -380,3 +380,22 @@ fn rope_freqs_tensor_divides_the_frequencies() {
         matches!(load(&w), Err(Error::ShapeMismatch { ref tensor, .. }) if tensor == "rope_freqs.weight")
     );
 }
+
+/// Found while writing the `model_load` fuzz target: the per-layer descriptions (and
+/// Gemma's sliding-layer flags) were allocated from `block_count` before
+/// anything checked it, so a few bytes claiming 2^40 layers aborted the
+/// process on allocation and 2^24 layers cost gigabytes before failing.
+#[test]
+fn block_count_beyond_the_tensor_table_is_a_typed_error_before_any_allocation() {
+    for arch in ["llama", "gemma3"] {
+        for n_layer in [1u64 << 24, 1 << 40, u64::MAX] {
+            let mut w = tiny_model(arch, TinyDims::default());
+            w.set(&format!("{arch}.block_count"), MetaValue::U64(n_layer));
+            let err = load(&w).unwrap_err();
+            assert!(
+                matches!(&err, Error::InvalidHyperParameter { key, .. } if key == &format!("{arch}.block_count")),
+                "{arch} with {n_layer} layers: {err}"
+            );
+        }
+    }
+}
