@@ -119,7 +119,11 @@ mod tests {
                 continue;
             }
             let model = result.unwrap_or_else(|e| panic!("{name}: {e}"));
-            assert!(name.starts_with(&model.spec.arch), "{name}: {}", model.spec.arch);
+            assert!(
+                name.starts_with(&model.spec.arch),
+                "{name}: {}",
+                model.spec.arch
+            );
             let ids = model.tokenizer.encode("hello world", false).unwrap();
             assert!(!ids.is_empty(), "{name}");
             loaded += 1;

@@ -345,6 +345,8 @@ pub fn compare_teacher_forced(
         self_rel_l2: tf.self_rel_l2(),
         self_flips: tf.self_flips(criteria.tie_margin),
     };
+    // The near-tie bound (Criteria::near_tie): once per call, not per flip.
+    let allowed_swing = (2.0 * criteria.near_tie).max(reference.self_swing(criteria.tie_margin));
     for step in &tf.teacher_forced {
         if step.margin <= criteria.tie_margin {
             report.ties += 1;
@@ -371,8 +373,6 @@ pub fn compare_teacher_forced(
         // How far the decision moved between llama.cpp and us; both sides
         // at most `near_tie` is a swing of at most twice that.
         let swing = flip.our_margin + flip.llama_margin;
-        let allowed_swing =
-            (2.0 * criteria.near_tie).max(reference.self_swing(criteria.tie_margin));
         if llama_cpp_also || swing <= allowed_swing {
             report.flips.push(flip);
         } else {
@@ -784,6 +784,21 @@ pub fn generate_reference_within(
     }
     run_llama_ref(args);
     Reference::load(&out_dir.join("refs.json"))
+}
+
+/// llama.cpp's tokenization of every case of `cases` (a JSON list of
+/// `{"text", "parse_special"}`) with `model`'s vocabulary, written to (and
+/// reused from) `out`: `llama_ref.py tokenize`.
+pub fn llama_tokenize(model: &Path, cases: &Path, out: &Path) {
+    run_llama_ref([
+        OsStr::new("tokenize"),
+        OsStr::new("--model"),
+        model.as_os_str(),
+        OsStr::new("--cases"),
+        cases.as_os_str(),
+        OsStr::new("--out"),
+        out.as_os_str(),
+    ]);
 }
 
 /// `model` requantized by llama.cpp's own quantizer with the ftype preset

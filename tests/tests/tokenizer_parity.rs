@@ -11,9 +11,7 @@ use serde::Deserialize;
 use sotto_kernels::quant::DType;
 use sotto_models::spec::{Activation, RopeStyle};
 use sotto_models::{ChatMessage, Model};
-use std::ffi::OsStr;
-
-use sotto_tests::parity::{cache_dir, run_llama_ref};
+use sotto_tests::parity::{cache_dir, llama_tokenize};
 use sotto_tests::tiny_arch::gemma3_270m_path;
 use sotto_tests::{data_dir, default_model_path, read_json};
 
@@ -186,15 +184,7 @@ fn gemma3_270m_tokenization_matches_llama_cpp() {
     let file = gemma3_270m_path();
     let out = cache_dir().join("tokenize/gemma-3-270m.json");
     let cases = data_dir().join("llama_cpp/tokenization.json");
-    run_llama_ref([
-        OsStr::new("tokenize"),
-        OsStr::new("--model"),
-        file.as_os_str(),
-        OsStr::new("--cases"),
-        cases.as_os_str(),
-        OsStr::new("--out"),
-        out.as_os_str(),
-    ]);
+    llama_tokenize(&file, &cases, &out);
     let text = std::fs::read_to_string(&out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
     let reference: Reference = serde_json::from_str(&text).unwrap();
     assert!(

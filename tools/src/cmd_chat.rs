@@ -150,7 +150,13 @@ pub fn run(args: ChatArgs) -> Result<(), CliError> {
     let opts = args.generation.options(Some(cancel.clone()));
     match &args.prompt {
         Some(p) => turn(&mut chat, &mut answers, p, &opts, args.generation.quiet).map(|_| ()),
-        None => repl(&mut chat, &mut answers, &opts, &cancel, args.generation.quiet),
+        None => repl(
+            &mut chat,
+            &mut answers,
+            &opts,
+            &cancel,
+            args.generation.quiet,
+        ),
     }
 }
 

@@ -33,7 +33,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use sotto_bridge::{Assistant, ConversationId, Turn};
+use sotto_bridge::{Assistant, ConversationId, Turn, MAX_RECEIVER_CHAINS};
 use sotto_engine::{AssistantConfig, BackendChoice, EngineAssistant, LoadedModel, SamplerConfig};
 use sotto_tests::bridge_peer::{bundle_from_json, Peer, PeerKind};
 use sotto_tests::default_model_path;
@@ -143,8 +143,9 @@ struct Conversation {
     sender: String,
     /// (user text, reply) per answered turn, in turn order.
     exchanges: Vec<(String, String)>,
-    /// Envelopes answered and acknowledged (for replays).
-    answered: Vec<Value>,
+    /// Envelopes answered and acknowledged (for replays), with the round
+    /// each was sent in.
+    answered: Vec<(usize, Value)>,
     in_flight: Option<(String, Value)>,
     /// The last reply event (turn, body): a resend that raced its answer
     /// may bring it once more, byte for byte.
@@ -262,6 +263,16 @@ fn sixty_four_interleaved_conversations_with_both_peers() {
     let mut errors: BTreeMap<String, usize> = BTreeMap::new();
     let (mut handled, mut forged, mut resent, mut replayed, mut redelivered) =
         (0usize, 0usize, 0usize, 0usize, 0usize);
+    // Replays by id, and whether the message's receiving chain may be gone:
+    // the bridge keeps the newest MAX_RECEIVER_CHAINS receiving chains of a
+    // session, as libsignal does, and each round adds one (the peer ratchets
+    // after every reply). A replay from a dropped chain cannot be told from
+    // a forgery: it is refused as `invalid_message`, never answered. (At
+    // the boundary round the answer depends on whether the new message of
+    // the round was decrypted first, so both are accepted there.)
+    let mut replays: BTreeMap<String, bool> = BTreeMap::new();
+    let may_be_dropped = |sent: usize, now: usize| now - sent + 1 >= MAX_RECEIVER_CHAINS;
+    let mut stale_refused = 0usize;
     let mut memory_after_first_round = None;
     let setup_time = setup_started.elapsed();
     let (rss_before, _) = server.memory();
@@ -292,8 +303,10 @@ fn sixty_four_interleaved_conversations_with_both_peers() {
             }
             if !conv.answered.is_empty() && rng.gen_ratio(1, 8) {
                 // A replay of a message answered in an earlier round.
-                let old = conv.answered[rng.gen_range(0..conv.answered.len())].clone();
-                server.send(&submit(&old, &conv.sender, &format!("replayed {id}")));
+                let (sent, old) = conv.answered[rng.gen_range(0..conv.answered.len())].clone();
+                let replay_id = format!("replayed {id}");
+                replays.insert(replay_id.clone(), may_be_dropped(sent, round));
+                server.send(&submit(&old, &conv.sender, &replay_id));
                 replayed += 1;
             }
             conv.in_flight = Some((text, envelope));
@@ -306,9 +319,14 @@ fn sixty_four_interleaved_conversations_with_both_peers() {
             let id = v["id"].as_str().unwrap_or("").to_string();
             if let Some(kind) = v["error"]["kind"].as_str() {
                 *errors.entry(kind.to_string()).or_default() += 1;
+                let stale = replays.get(&id).copied();
                 let expected = (id.starts_with("forged ") && kind == "invalid_message")
-                    || (id.starts_with("replayed ") && kind == "duplicate");
+                    || (stale.is_some() && kind == "duplicate")
+                    || (stale == Some(true) && kind == "invalid_message");
                 assert!(expected, "unexpected error for {id}: {v}");
+                if stale.is_some() && kind == "invalid_message" {
+                    stale_refused += 1;
+                }
             } else if v.get("accepted").is_some() {
                 let is_resend = id.starts_with("resent ");
                 assert_eq!(v["accepted"]["resent"], is_resend, "{id}: {v}");
@@ -356,7 +374,7 @@ fn sixty_four_interleaved_conversations_with_both_peers() {
                 );
                 conv.exchanges.push((text, reply));
                 conv.last_reply = Some((turn, body));
-                conv.answered.push(envelope);
+                conv.answered.push((round, envelope));
                 server.send(
                     &json!({"op": "ack", "id": "ack", "peer": sender, "device": 1, "turn": turn}),
                 );
@@ -374,8 +392,11 @@ fn sixty_four_interleaved_conversations_with_both_peers() {
     let mut last_replays = 0usize;
     for (c, conv) in conversations.iter().enumerate() {
         if rng.gen_ratio(1, 4) {
-            let old = &conv.answered[rng.gen_range(0..conv.answered.len())];
-            server.send(&submit(old, &conv.sender, &format!("replayed {c}/last")));
+            let (sent, old) = &conv.answered[rng.gen_range(0..conv.answered.len())];
+            let replay_id = format!("replayed {c}/last");
+            // (no message since the last round's: it is the newest chain)
+            replays.insert(replay_id.clone(), may_be_dropped(*sent, round - 1));
+            server.send(&submit(old, &conv.sender, &replay_id));
             last_replays += 1;
         }
     }
@@ -410,13 +431,15 @@ fn sixty_four_interleaved_conversations_with_both_peers() {
             continue;
         }
         let kind = v["error"]["kind"].as_str().unwrap_or("");
+        let stale = v["id"].as_str().and_then(|id| replays.get(id).copied());
         assert!(
-            v["id"]
-                .as_str()
-                .is_some_and(|id| id.starts_with("replayed "))
-                && kind == "duplicate",
+            (stale.is_some() && kind == "duplicate")
+                || (stale == Some(true) && kind == "invalid_message"),
             "after the last round: {v}"
         );
+        if kind == "invalid_message" {
+            stale_refused += 1;
+        }
         *errors.entry(kind.to_string()).or_default() += 1;
     };
     let soak_time = started.elapsed();
@@ -458,7 +481,7 @@ fn sixty_four_interleaved_conversations_with_both_peers() {
         "soak: {CONVERSATIONS} conversations ({} python-axolotl, {} libsignal), {round} rounds in {:.0} s \
          (setup {:.0} s, {} replies checked against their conversations alone in {:.0} s): \
          {handled} messages answered, {forged} forged, {resent} resent ({redelivered} replies delivered twice), \
-         {replayed} replayed ({last_replays} after the last round); \
+         {replayed} replayed ({last_replays} after the last round; {stale_refused} from a dropped chain); \
          errors by kind {errors:?} ({total_errors} in all); \
          server RSS {:.0} MiB before round 1, {:.0} MiB after it, {:.0} MiB at the end (growth {:+.1} MiB), peak {:.0} MiB",
         CONVERSATIONS / 2,
@@ -480,7 +503,13 @@ fn sixty_four_interleaved_conversations_with_both_peers() {
     println!("{summary}");
     assert_eq!(handled, round * CONVERSATIONS);
     assert_eq!(checked, handled);
-    assert_eq!(errors.get("invalid_message").copied().unwrap_or(0), forged);
-    assert_eq!(errors.get("duplicate").copied().unwrap_or(0), replayed);
+    assert_eq!(
+        errors.get("invalid_message").copied().unwrap_or(0),
+        forged + stale_refused
+    );
+    assert_eq!(
+        errors.get("duplicate").copied().unwrap_or(0),
+        replayed - stale_refused
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

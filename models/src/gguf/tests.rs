@@ -449,8 +449,14 @@ fn reads_every_value_type_as_pypi_gguf_writes_it() {
     assert_eq!(g.get("t.u64"), Some(&MetaValue::U64(1 << 40)));
     assert_eq!(g.get("t.i64"), Some(&MetaValue::I64(-(1 << 40))));
     assert_eq!(g.get("t.f64"), Some(&MetaValue::F64(2.25)));
-    assert_eq!(g.try_get_int_array("t.arr.i32").unwrap(), Some(vec![1, -2, 3]));
-    assert_eq!(g.try_get_f32_array("t.arr.f32").unwrap(), Some(vec![0.5, -1.0]));
+    assert_eq!(
+        g.try_get_int_array("t.arr.i32").unwrap(),
+        Some(vec![1, -2, 3])
+    );
+    assert_eq!(
+        g.try_get_f32_array("t.arr.f32").unwrap(),
+        Some(vec![0.5, -1.0])
+    );
     assert_eq!(g.get_str_array("t.arr.str"), Some(vec!["a", "", "ü"]));
     match g.get("t.arr.nested") {
         Some(MetaValue::Array(MetaType::Array, items)) => assert_eq!(items.len(), 2),
