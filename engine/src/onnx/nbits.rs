@@ -23,8 +23,6 @@ use sotto_kernels::quant::DType;
 /// MatMulNBits inputs for one weight `[N, K]`.
 #[derive(Debug, Clone)]
 pub struct NBitsWeight {
-    pub n: usize,
-    pub k: usize,
     /// `[N, K/32, 16]` packed uint4.
     pub packed: Vec<u8>,
     /// `[N · K/32]`
@@ -99,8 +97,6 @@ pub fn repack(
         }
     }
     Some(NBitsWeight {
-        n: order.len(),
-        k: cols,
         packed,
         scales,
         block_offsets: (dtype == DType::Q4_1).then_some(offsets),
@@ -108,10 +104,10 @@ pub fn repack(
 }
 
 impl NBitsWeight {
-    /// Dequantized `[N, K]` as MatMulNBits computes it (for tests).
-    pub fn dequantize(&self) -> Vec<f32> {
-        let blocks = self.k / QK;
-        let mut out = Vec::with_capacity(self.n * self.k);
+    /// Dequantized `[N, K]` as MatMulNBits computes it.
+    #[cfg(test)]
+    fn dequantize(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(self.packed.len() * 2);
         for (bi, blk) in self.packed.chunks_exact(16).enumerate() {
             let c = self.block_offsets.as_ref().map_or(0.0, |o| o[bi]);
             let s = self.scales[bi];
@@ -120,7 +116,6 @@ impl NBitsWeight {
                 out.push(s * ((byte >> 4) as f32 - 8.0) + c);
             }
         }
-        debug_assert_eq!(out.len(), self.n * blocks * QK);
         out
     }
 }

@@ -172,7 +172,11 @@ fn dtype_name(ty: i32) -> String {
 
 impl ForeignIo {
     /// Discovers the decoder I/O of `model` and checks it against `config`.
-    pub fn discover(path: &Path, model: &ModelProto, config: &ForeignConfig) -> Result<ForeignIo> {
+    pub(crate) fn discover(
+        path: &Path,
+        model: &ModelProto,
+        config: &ForeignConfig,
+    ) -> Result<ForeignIo> {
         let graph = model.graph.as_ref().ok_or_else(|| Error::MissingIo {
             model: path.to_path_buf(),
             kind: "graph",

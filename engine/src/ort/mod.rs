@@ -23,6 +23,9 @@ pub(crate) mod decoder;
 pub(crate) mod ep;
 pub(crate) mod foreign;
 pub(crate) mod hybrid;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod qnn_matmul_tests;
 pub(crate) mod runtime;
 pub(crate) mod session;
 
@@ -30,10 +33,11 @@ pub use backend::{KvSnapshot, OrtBackend};
 pub use calibrate::{export_qdq, export_qdq_scoped};
 pub use decoder::OrtDecoder;
 pub use ep::{Ep, QnnOptions};
-pub use foreign::{is_foreign_export, ForeignConfig, ForeignDecoder, ForeignIo, KvDtype};
-pub use hybrid::HybridBackend;
+pub(crate) use foreign::is_foreign_export;
+pub use foreign::{ForeignConfig, ForeignDecoder, ForeignIo, KvDtype};
+pub use hybrid::{HybridBackend, HybridCounts};
 pub use runtime::OrtConfig;
-pub use session::{GraphSession, Placement};
+pub use session::Placement;
 
 use std::path::PathBuf;
 
