@@ -19,6 +19,7 @@
 //!   I/O names and dynamic shapes).
 
 #![warn(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 /// The engine behind the bridge's `Assistant` trait, behind the `bridge`
 /// feature: per-conversation KV caches, context windowing.

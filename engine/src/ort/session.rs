@@ -161,7 +161,12 @@ impl GraphSession {
 
 static SESSION_ID: AtomicUsize = AtomicUsize::new(0);
 
-fn graph_io(model: &ModelProto) -> (Vec<(String, Vec<Option<i64>>)>, usize) {
+/// Graph inputs (initializers excluded) with their shapes, `None` for a
+/// symbolic axis.
+type InputShapes = Vec<(String, Vec<Option<i64>>)>;
+
+/// The graph's inputs and its node count.
+fn graph_io(model: &ModelProto) -> (InputShapes, usize) {
     let Some(g) = model.graph.as_ref() else {
         return (Vec::new(), 0);
     };
@@ -338,8 +343,7 @@ pub(crate) fn create_with(
         },
     };
     let lines = runtime::take_log(&log_id);
-    let session = committed.map_err(|e| {
-        let source = ort::Error::from(e);
+    let session = committed.map_err(|source| {
         if config.npu_only {
             Error::FallbackRefused {
                 rejected: Placement::parse(&lines, graph_nodes).qnn_rejected,
