@@ -59,7 +59,8 @@ pub struct GraphEntry {
 /// and the QDQ exports, checked by every backend that loads the graphs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
-    /// Layout version ([`FORMAT_VERSION`] when written by this build).
+    /// Layout version (`FORMAT_VERSION`, 1, when written by this build;
+    /// [`Manifest::open`] refuses any other).
     pub format_version: u32,
     /// Model name or file the graphs were exported from.
     pub model: String,

@@ -7,13 +7,13 @@
 //! * `ep`: the EP chain as configuration (`"qnn,cpu"`);
 //! * `session`: one graph's session: EP registration, CPU-fallback refusal,
 //!   QNN context-binary caching, the placement report;
-//! * `backend`: [`OrtBackend`]: prefill/decode over a fixed KV cache, KV
+//! * `backend`: [`OrtBackend`](crate::ort::OrtBackend): prefill/decode over a fixed KV cache, KV
 //!   hand-over to and from the CPU backend;
-//! * `decoder`: [`OrtDecoder`], the graphs as an engine
+//! * `decoder`: [`OrtDecoder`](crate::ort::OrtDecoder), the graphs as an engine
 //!   [`Backend`](crate::Backend) on the engine's [`KvCache`](crate::KvCache);
-//! * `hybrid`: [`HybridBackend`], prefill on the graphs (the NPU), decode
+//! * `hybrid`: [`HybridBackend`](crate::ort::HybridBackend), prefill on the graphs (the NPU), decode
 //!   on the CPU kernels, one KV cache between them;
-//! * `foreign`: [`ForeignDecoder`], a decoder exported by another tool
+//! * `foreign`: [`ForeignDecoder`](crate::ort::ForeignDecoder), a decoder exported by another tool
 //!   (optimum's I/O names, dynamic shapes, `config.json`) as an engine
 //!   [`Backend`](crate::Backend).
 
