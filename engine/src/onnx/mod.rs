@@ -16,7 +16,12 @@ pub(crate) mod export;
 pub(crate) mod graph;
 pub(crate) mod manifest;
 pub(crate) mod nbits;
+// Reading graphs back (parsing, element types, shapes) and quantizing them
+// are the ONNX Runtime backend's (the `ort` feature); the export alone only
+// writes graphs.
+#[cfg_attr(not(feature = "ort"), allow(dead_code))]
 pub(crate) mod proto;
+#[cfg_attr(not(feature = "ort"), allow(dead_code))]
 pub(crate) mod qdq;
 
 pub use bundle::{export_model, ExportOptions};
