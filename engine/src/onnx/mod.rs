@@ -33,10 +33,12 @@ pub use qdq::{ActivationType, QdqScope};
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 /// Why an export, or the check of exported graphs against their manifest,
-/// failed. Nothing is left half-written on purpose, but a failed export
-/// may leave some graph files in the target directory: re-export into it
-/// or remove it. The engine's own [`crate::Error`] wraps this one
-/// (`Error::Onnx`) with the source kept.
+/// failed. An export builds both graphs in memory and writes them before
+/// the manifest, so a failure while writing can leave graph files the
+/// directory's manifest (old or absent) does not describe; loading refuses
+/// such a directory ([`Error::ManifestMismatch`] or [`Error::Manifest`])
+/// until it is exported again. The engine's own [`crate::Error`] wraps this
+/// one with the source kept.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The model uses something the static graphs cannot express (an
