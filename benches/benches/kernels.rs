@@ -14,7 +14,6 @@ use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criteri
 use rand::{Rng, SeedableRng};
 use sotto_kernels::dispatch::{available_isas, table_for, KernelTable};
 use sotto_kernels::ops::{matmul_packed_with, matmul_with, PackedMatrix, QMatrix};
-use sotto_kernels::quant::blocks::{BlockQ8K, BlockQ8_0, BlockQ8_1};
 use sotto_kernels::quant::{aligned_bytes, quantize_row, AlignedBytes, DType};
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -218,9 +217,9 @@ fn bytemuck_cast<B: bytemuck::Pod>(b: &AlignedBytes) -> &[B] {
 /// Activation quantizers over a 1536-element row.
 fn quantize(c: &mut Criterion) {
     let x = random(1536, 5);
-    let mut q80 = vec![<BlockQ8_0 as Zeroable>::zeroed(); 1536 / 32];
-    let mut q81 = vec![<BlockQ8_1 as Zeroable>::zeroed(); 1536 / 32];
-    let mut q8k = vec![<BlockQ8K as Zeroable>::zeroed(); 1536 / 256];
+    let mut q80 = vec![Zeroable::zeroed(); 1536 / 32];
+    let mut q81 = vec![Zeroable::zeroed(); 1536 / 32];
+    let mut q8k = vec![Zeroable::zeroed(); 1536 / 256];
     for t in tables() {
         let isa = t.isa.name();
         c.bench_function(&format!("quantize/q8_0/{isa}"), |b| {

@@ -22,6 +22,7 @@
 //! - Pipeline: [`Bridge::handle`] is the minimal in-memory pipeline:
 //!   decrypt, append the user turn, ask the [`Assistant`], encrypt.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod conversation;
 mod device;

@@ -1,7 +1,7 @@
-//! The engine behind the bridge's [`Assistant`] trait (the `bridge`
-//! feature): one model loaded once, one chat state (KV cache) per
-//! conversation so each turn prefills only what is new, a bounded number
-//! of caches kept warm. The CLI's `sotto bridge serve` and the app
+//! The engine behind the bridge's [`Assistant`](sotto_bridge::Assistant)
+//! trait (the `bridge` feature): one model loaded once, one chat state (KV
+//! cache) per conversation so each turn prefills only what is new, a
+//! bounded number of caches kept warm. The CLI's `sotto bridge serve` and the app
 //! bindings share it.
 //!
 //! Conversations never outgrow the context: the system message and the
@@ -12,8 +12,9 @@
 //! re-prefilling on every turn, and it is a function of the history alone:
 //! the same conversation always gets the same answers, whatever else the
 //! assistant served in between. A newest message that does not fit by
-//! itself is [`AssistantError::MessageTooLong`] (the bridge sends a short
-//! refusal instead).
+//! itself is
+//! [`AssistantError::MessageTooLong`](sotto_bridge::AssistantError::MessageTooLong)
+//! (the bridge sends a short refusal instead).
 
 use crate::{Chat, GenerateOptions, LoadedModel, SamplerConfig};
 use sotto_bridge::{Assistant, AssistantError, ConversationId, Role, Turn};
@@ -25,11 +26,15 @@ use std::sync::Arc;
 /// How the assistant answers.
 #[derive(Clone, Debug)]
 pub struct AssistantConfig {
+    /// System message put before every conversation.
     pub system: Option<String>,
+    /// How replies are sampled.
     pub sampler: SamplerConfig,
     /// Longest reply, in tokens; the prompt leaves room for it (at most
     /// half the context).
     pub max_tokens: usize,
+    /// KV cache size per conversation, in tokens; older turns are dropped
+    /// from the prompt to fit.
     pub context: usize,
     /// Conversations whose KV caches stay in memory; older ones are dropped
     /// and re-prefilled from their (stored) history when they speak again.
@@ -64,6 +69,9 @@ struct TemplateCost {
     per_message: usize,
 }
 
+/// The bridge's [`Assistant`] on a loaded model: one
+/// chat per conversation, the warmest kept in memory. Used by one thread at a
+/// time (the bridge serializes calls).
 pub struct EngineAssistant {
     /// Opened through the engine's one entry point (any backend); each
     /// conversation gets a backend of its own from it (for the CPU a cheap
@@ -133,6 +141,7 @@ fn window_start(
 }
 
 impl EngineAssistant {
+    /// An assistant answering with `model` as `config` says.
     pub fn new(model: Arc<LoadedModel>, config: AssistantConfig) -> Self {
         Self {
             model,
@@ -142,6 +151,7 @@ impl EngineAssistant {
         }
     }
 
+    /// How it answers.
     pub fn config(&self) -> &AssistantConfig {
         &self.config
     }

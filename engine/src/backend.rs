@@ -16,9 +16,12 @@ pub enum LogitsFor {
     All,
 }
 
+/// An execution path for a decoder: runs tokens on a [`KvCache`] it shapes.
+/// `Send`, so a session can move between threads; one call at a time.
 pub trait Backend: Send {
     /// A short name for reports ("cpu", "ort-qnn", "hybrid").
     fn name(&self) -> &'static str;
+    /// The decoder it runs.
     fn spec(&self) -> &DecoderSpec;
     /// A fresh cache sized for `capacity` positions, laid out as this backend
     /// expects.
@@ -39,7 +42,7 @@ pub trait Backend: Send {
 /// The checks every backend's `forward` makes before touching the cache:
 /// tokens present, inside the vocabulary, and fitting the cache. Returns the
 /// position of the first new token.
-pub fn check_forward(cache: &KvCache, tokens: &[u32], vocab: usize) -> Result<usize> {
+pub(crate) fn check_forward(cache: &KvCache, tokens: &[u32], vocab: usize) -> Result<usize> {
     use crate::error::Error;
     if tokens.is_empty() {
         return Err(Error::Empty("tokens"));

@@ -50,6 +50,8 @@ fn candle_threads_from_env() -> Option<usize> {
         })
 }
 
+/// candle-transformers' quantized Llama as a [`Backend`]
+/// (Llama-family files only): a reference and a benchmark baseline.
 pub struct CandleBackend {
     model: ModelWeights,
     spec: DecoderSpec,

@@ -10,6 +10,8 @@ use crate::generate::{GenerateOptions, GenerationStats, Session};
 use sotto_models::chat::{ChatMessage, ChatTemplate};
 use std::sync::Arc;
 
+/// A conversation: its messages rendered through the model's chat template
+/// on one [`Session`], so each turn reuses the cached prefix.
 #[derive(Debug)]
 pub struct Chat {
     session: Session,
@@ -21,11 +23,14 @@ pub struct Chat {
 /// One completed assistant turn.
 #[derive(Clone, Debug)]
 pub struct Reply {
+    /// The answer, stop string excluded.
     pub text: String,
+    /// How the generation went.
     pub stats: GenerationStats,
 }
 
 impl Chat {
+    /// A conversation on `session`, starting with `system` if given.
     pub fn new(session: Session, template: Arc<ChatTemplate>, system: Option<&str>) -> Self {
         let add_bos = session.tokenizer().add_bos();
         let messages = system
@@ -44,10 +49,12 @@ impl Chat {
         }
     }
 
+    /// The history, system message first.
     pub fn messages(&self) -> &[ChatMessage] {
         &self.messages
     }
 
+    /// The session it runs on.
     pub fn session(&self) -> &Session {
         &self.session
     }

@@ -17,33 +17,43 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Tokens per prefill step between cancellation checks.
-pub const PREFILL_STEP: usize = 256;
+pub(crate) const PREFILL_STEP: usize = 256;
 
 /// Cancels a running generation from any thread.
 #[derive(Clone, Debug, Default)]
 pub struct CancelToken(Arc<AtomicBool>);
 
 impl CancelToken {
+    /// A token not cancelled.
     pub fn new() -> Self {
         Self::default()
     }
+    /// Asks every generation holding a clone of this token to stop at its
+    /// next token (or prefill step); safe from any thread.
     pub fn cancel(&self) {
         self.0.store(true, Ordering::SeqCst);
     }
+    /// Whether [`CancelToken::cancel`] was called since the last reset.
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
+    /// Clears a cancellation, so the token can serve the next generation.
     pub fn reset(&self) {
         self.0.store(false, Ordering::SeqCst);
     }
 }
 
+/// How one generation runs.
 #[derive(Clone, Debug)]
 pub struct GenerateOptions {
+    /// How the next token is picked.
     pub sampler: SamplerConfig,
+    /// Generated tokens at most (the answer then ends with
+    /// [`StopReason::MaxTokens`]).
     pub max_tokens: usize,
     /// Text that ends the answer (not included in it).
     pub stop: Vec<String>,
+    /// Cancels the generation from another thread.
     pub cancel: Option<CancelToken>,
 }
 
@@ -58,36 +68,48 @@ impl Default for GenerateOptions {
     }
 }
 
+/// Why a generation ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum StopReason {
     /// An end-of-generation token (EOS, end of turn).
     EndOfGeneration,
+    /// One of [`GenerateOptions::stop`] appeared.
     StopString,
+    /// [`GenerateOptions::max_tokens`] were generated.
     MaxTokens,
     /// The context is full.
     ContextFull,
 }
 
+/// What one generation did and how fast.
 #[derive(Clone, Debug)]
 pub struct GenerationStats {
+    /// Tokens of the prompt (reused ones included).
     pub prompt_tokens: usize,
     /// Prompt tokens whose KV was reused from the previous call.
     pub reused_tokens: usize,
+    /// Tokens generated.
     pub generated_tokens: usize,
+    /// Wall time of the prompt's prefill.
     pub prefill_time: Duration,
+    /// Wall time of the decode steps.
     pub decode_time: Duration,
     /// From the call to the first generated token.
     pub time_to_first_token: Duration,
+    /// Why it ended.
     pub stop: StopReason,
     /// Generated token ids, in order (including a final end-of-generation token).
     pub tokens: Vec<u32>,
 }
 
 impl GenerationStats {
+    /// Prompt tokens per second of prefill (reused tokens not counted).
     pub fn prefill_tps(&self) -> f64 {
         let new = (self.prompt_tokens - self.reused_tokens) as f64;
         new / self.prefill_time.as_secs_f64().max(1e-9)
     }
+    /// Generated tokens per second of decode (the first token, which comes
+    /// from the prefill, not counted).
     pub fn decode_tps(&self) -> f64 {
         // the first token comes from the prefill logits
         let n = self.generated_tokens.saturating_sub(1) as f64;
@@ -95,6 +117,10 @@ impl GenerationStats {
     }
 }
 
+/// A backend, a tokenizer and one KV cache: the generation loop. A new
+/// prompt that starts with the cached tokens reuses their keys and values.
+/// `Send`, not `Sync`: one thread at a time (cancel through a
+/// [`CancelToken`]).
 pub struct Session {
     backend: Box<dyn Backend>,
     tokenizer: Arc<Tokenizer>,
@@ -113,6 +139,8 @@ impl std::fmt::Debug for Session {
 }
 
 impl Session {
+    /// A session with a KV cache of `context` tokens; the backend's error
+    /// if it cannot allocate one that size.
     pub fn new(
         backend: Box<dyn Backend>,
         tokenizer: Arc<Tokenizer>,
@@ -127,18 +155,23 @@ impl Session {
         })
     }
 
+    /// Tokens the KV cache holds at most.
     pub fn context(&self) -> usize {
         self.cache.capacity()
     }
+    /// The tokens whose keys and values are cached, in order.
     pub fn cached_tokens(&self) -> &[u32] {
         &self.tokens
     }
+    /// The backend it runs on.
     pub fn backend(&self) -> &dyn Backend {
         self.backend.as_ref()
     }
+    /// The KV cache.
     pub fn cache(&self) -> &KvCache {
         &self.cache
     }
+    /// The tokenizer prompts are encoded with.
     pub fn tokenizer(&self) -> &Arc<Tokenizer> {
         &self.tokenizer
     }

@@ -7,6 +7,7 @@
 use crate::error::{Error, Result};
 use half::f16;
 
+/// One layer's keys and values.
 #[derive(Clone)]
 pub struct LayerKv {
     /// [n_kv_head, capacity, head_dim]
@@ -25,6 +26,9 @@ impl std::fmt::Debug for LayerKv {
     }
 }
 
+/// Keys and values of every layer for up to `capacity` positions (see the
+/// module docs for the layout). A backend's [`new_cache`](crate::Backend::new_cache)
+/// makes one of the shape it needs.
 #[derive(Clone)]
 pub struct KvCache {
     layers: Vec<LayerKv>,
@@ -48,6 +52,8 @@ impl std::fmt::Debug for KvCache {
 }
 
 impl KvCache {
+    /// An empty cache, zero-filled; [`Error::KvCache`] when the size
+    /// overflows.
     pub fn new(n_layer: usize, n_kv_head: usize, head_dim: usize, capacity: usize) -> Result<Self> {
         let per_layer = n_kv_head
             .checked_mul(head_dim)
@@ -68,21 +74,27 @@ impl KvCache {
         })
     }
 
+    /// Positions holding valid entries (`0..len`).
     pub fn len(&self) -> usize {
         self.len
     }
+    /// Whether no position is valid.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
+    /// Positions it can hold.
     pub fn capacity(&self) -> usize {
         self.capacity
     }
+    /// Layers.
     pub fn n_layer(&self) -> usize {
         self.layers.len()
     }
+    /// Key/value heads per layer.
     pub fn n_kv_head(&self) -> usize {
         self.n_kv_head
     }
+    /// Elements per head.
     pub fn head_dim(&self) -> usize {
         self.head_dim
     }
@@ -91,9 +103,11 @@ impl KvCache {
         self.layers.len() * 2 * self.n_kv_head * self.capacity * self.head_dim * 2
     }
 
+    /// Layer `i`'s keys and values; panics if `i >= n_layer()`.
     pub fn layer(&self, i: usize) -> &LayerKv {
         &self.layers[i]
     }
+    /// Layer `i`'s keys and values, writable; panics if `i >= n_layer()`.
     pub fn layer_mut(&mut self, i: usize) -> &mut LayerKv {
         &mut self.layers[i]
     }
@@ -122,6 +136,7 @@ impl KvCache {
 
     /// Stores rows of keys and values (`[n_tokens, n_kv_head * head_dim]`,
     /// token-major as the projections produce them) at positions `pos0..`.
+    #[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87 (workspace: 1.85)
     pub fn write(
         &mut self,
         layer: usize,
@@ -181,6 +196,8 @@ mod tests {
     use super::*;
 
     #[test]
+    // The index formulas are written out term by term, zeros included.
+    #[allow(clippy::erasing_op, clippy::identity_op)]
     fn write_is_head_major_and_truncate_keeps_prefix() {
         let mut kv = KvCache::new(2, 2, 3, 4).unwrap();
         // two tokens, rows [t][h][d]

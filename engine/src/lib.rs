@@ -18,6 +18,9 @@
 //!   `ort::ForeignDecoder` (a decoder exported by another tool, optimum's
 //!   I/O names and dynamic shapes).
 
+#![warn(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+
 /// The engine behind the bridge's `Assistant` trait, behind the `bridge`
 /// feature: per-conversation KV caches, context windowing.
 #[cfg(feature = "bridge")]
@@ -30,7 +33,7 @@ pub mod generate;
 pub mod kv_cache;
 pub mod open;
 pub mod sampler;
-pub mod text;
+pub(crate) mod text;
 
 /// candle-transformers' quantized Llama as a reference backend and benchmark
 /// baseline, behind the `candle` feature.

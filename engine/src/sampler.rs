@@ -7,6 +7,8 @@ use crate::error::{Error, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
+/// How the next token is picked from the logits (llama.cpp's sampler
+/// chain: penalty, top-k, top-p, min-p, temperature).
 #[derive(Clone, Debug, PartialEq)]
 pub struct SamplerConfig {
     /// 0 = greedy.
@@ -21,6 +23,8 @@ pub struct SamplerConfig {
     pub repeat_penalty: f32,
     /// How many recent tokens the penalty looks at.
     pub repeat_last_n: usize,
+    /// Seed of the random generator: the same seed, prompt and model give
+    /// the same answer.
     pub seed: u64,
 }
 
@@ -39,6 +43,7 @@ impl Default for SamplerConfig {
 }
 
 impl SamplerConfig {
+    /// Always the most likely token (temperature 0).
     pub fn greedy() -> Self {
         Self {
             temperature: 0.0,
@@ -46,6 +51,7 @@ impl SamplerConfig {
         }
     }
 
+    /// [`Error::InvalidSampling`] naming the first out-of-range field.
     pub fn validate(&self) -> Result<()> {
         let bad = |name, reason: &str| {
             Err(Error::InvalidSampling {
@@ -69,6 +75,7 @@ impl SamplerConfig {
     }
 }
 
+/// A [`SamplerConfig`] with its seeded random generator.
 #[derive(Debug)]
 pub struct Sampler {
     cfg: SamplerConfig,
@@ -78,6 +85,7 @@ pub struct Sampler {
 }
 
 impl Sampler {
+    /// A sampler for a valid `cfg` ([`SamplerConfig::validate`]).
     pub fn new(cfg: SamplerConfig) -> Result<Self> {
         cfg.validate()?;
         let rng = ChaCha20Rng::seed_from_u64(cfg.seed);
@@ -88,6 +96,7 @@ impl Sampler {
         })
     }
 
+    /// Its configuration.
     pub fn config(&self) -> &SamplerConfig {
         &self.cfg
     }

@@ -100,6 +100,7 @@ pub(crate) fn gemm_shape_ok<W, A>(w: &[W], a: &[A], bpr: usize, out: &[f32]) -> 
 /// wants the type repacked at load time).
 #[derive(Debug)]
 pub struct WeightRow<W: WeightBlock> {
+    /// The dot of one row of weight blocks with as many activation blocks.
     pub dot: VecDotFn<W, W::Act>,
     /// `None`: [`gemm_by_dots`] over `dot`.
     pub gemm: Option<GemmFn<W, W::Act>>,
@@ -129,6 +130,7 @@ impl<W: WeightBlock> WeightRow<W> {
 /// The kernels of one activation type: its quantizer.
 #[derive(Debug)]
 pub struct ActivationRow<A: ActivationBlock> {
+    /// Quantizes `out.len() * A::ELEMS` floats into activation blocks.
     pub quantize: QuantizeFn<A>,
 }
 
@@ -155,8 +157,12 @@ macro_rules! define_table {
         /// (see the module docs), and attention's f16 axpy.
         #[derive(Clone, Copy, Debug)]
         pub struct KernelTable {
+            /// The instruction set these kernels need.
             pub isa: Isa,
-            $($(pub $w: WeightRow<$b>,)? $(pub $a: ActivationRow<$b>,)?)*
+            $(
+                $(#[doc = concat!("Kernels of ", stringify!($d), " weights.")] pub $w: WeightRow<$b>,)?
+                $(#[doc = concat!("The quantizer to ", stringify!($d), " activations.")] pub $a: ActivationRow<$b>,)?
+            )*
             /// Attention's value accumulation over the f16 KV cache.
             pub axpy_f16: AxpyFn<f16>,
             /// `None`: attention by single dots and axpys.
@@ -199,20 +205,27 @@ impl KernelTable {
 /// architecture the later available one is preferred).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Isa {
+    /// Portable Rust, the reference every other path is tested against.
     Scalar,
+    /// x86-64 AVX2 + FMA (+ F16C).
     Avx2,
     /// AVX-VNNI: VEX-encoded 256-bit integer dot products (client cores
     /// without AVX-512); ranked below `Avx512`.
     AvxVnni,
+    /// x86-64 AVX-512 (F, BW, VL).
     Avx512,
     /// AVX-512 VNNI integer dot products.
     Vnni,
+    /// aarch64 Advanced SIMD.
     Neon,
+    /// aarch64 NEON with the `sdot` integer dot product.
     Dotprod,
+    /// aarch64 int8 matrix multiply (`smmla`).
     I8mm,
 }
 
 impl Isa {
+    /// Every ISA this crate knows, scalar first (the available ones: [`available_isas`]).
     pub const ALL: [Isa; 8] = [
         Isa::Scalar,
         Isa::Avx2,
@@ -238,6 +251,8 @@ impl Isa {
         }
     }
 
+    /// The ISA spelled `s` (case and surrounding space ignored, as [`Isa::name`]
+    /// writes it); [`Error::UnknownIsa`] otherwise.
     pub fn parse(s: &str) -> Result<Isa> {
         let s = s.trim().to_ascii_lowercase();
         Isa::ALL

@@ -6,11 +6,14 @@
 //! * [`dispatch`]: the kernel tables (one row per weight type, per ISA) and
 //!   the one place that reads CPU features (once) and picks the
 //!   process-wide table; `SOTTO_ISA` forces a path. Ops take a table.
-//! * [`arch`]: per-ISA SIMD implementations. The only place with `unsafe`.
+//! * `arch` (private): per-ISA SIMD implementations. The only place with
+//!   `unsafe`.
 //! * [`ops`]: safe operators built on the table: matmul (decode matvec and
 //!   prefill matmul), RMSNorm, RoPE, softmax, activations, attention.
 
-pub mod arch;
+#![warn(missing_docs)]
+
+pub(crate) mod arch;
 pub mod dispatch;
 mod error;
 pub mod ops;

@@ -10,63 +10,141 @@ use sotto_kernels::quant::GgmlType;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
+    /// Opening or mapping a file failed.
     #[error("{path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// What the OS said.
         #[source]
         source: std::io::Error,
     },
+    /// The file does not start with `GGUF`.
     #[error("not a GGUF file: magic is {found:?}, expected \"GGUF\"")]
-    BadMagic { found: [u8; 4] },
+    BadMagic {
+        /// The first four bytes.
+        found: [u8; 4],
+    },
+    /// A GGUF version other than 2 or 3.
     #[error("unsupported GGUF version {0} (supported: 2, 3)")]
     UnsupportedVersion(u32),
+    /// The file ends inside a header field or a tensor.
     #[error("GGUF truncated while reading {what} at offset {offset}: need {needed} bytes, file has {file_size}")]
     Truncated {
+        /// What was being read.
         what: &'static str,
+        /// Where, in bytes from the start.
         offset: u64,
+        /// Bytes it needs.
         needed: u64,
+        /// Bytes the file has.
         file_size: u64,
     },
+    /// The header is inconsistent (bad lengths, counts, alignment...).
     #[error("malformed GGUF at offset {offset}: {reason}")]
-    Malformed { offset: u64, reason: String },
-    #[error("metadata key {key:?}: {reason}")]
-    BadMetadata { key: String, reason: String },
-    #[error("tensor {tensor:?}: {reason}")]
-    BadTensor { tensor: String, reason: String },
-    #[error("tensor {tensor:?}: unknown ggml type id {type_id}")]
-    UnknownTensorType { tensor: String, type_id: u32 },
-    #[error("tensor {tensor} has type {ggml_type} (ggml type {}), which sotto cannot run", ggml_type.id())]
-    UnsupportedTensorType { tensor: String, ggml_type: GgmlType },
-    #[error("unknown architecture {0:?} (supported: {list})", list = crate::arch::supported_architectures().join(", "))]
-    UnknownArchitecture(String),
-    #[error("missing required metadata key {key:?}")]
-    MissingKey { key: String },
-    #[error("metadata key {key:?} has type {found}, expected {expected}")]
-    WrongKeyType {
-        key: String,
-        expected: &'static str,
-        found: &'static str,
-    },
-    #[error("hyper-parameter {key:?}: {reason}")]
-    InvalidHyperParameter { key: String, reason: String },
-    #[error("missing required tensor {tensor:?}")]
-    MissingTensor { tensor: String },
-    #[error("tensor {tensor:?}: expected shape {expected:?}, found {found:?}")]
-    ShapeMismatch {
-        tensor: String,
-        expected: Vec<usize>,
-        found: Vec<usize>,
-    },
-    #[error("tensor {tensor:?}: cannot convert {dtype} to f32: {reason}")]
-    Dequantize {
-        tensor: String,
-        dtype: String,
+    Malformed {
+        /// Where, in bytes from the start.
+        offset: u64,
+        /// What is wrong.
         reason: String,
     },
+    /// A metadata value is present but unusable.
+    #[error("metadata key {key:?}: {reason}")]
+    BadMetadata {
+        /// The key.
+        key: String,
+        /// What is wrong with its value.
+        reason: String,
+    },
+    /// A tensor's entry or data is unusable.
+    #[error("tensor {tensor:?}: {reason}")]
+    BadTensor {
+        /// The tensor's name.
+        tensor: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A tensor's type id is no ggml type.
+    #[error("tensor {tensor:?}: unknown ggml type id {type_id}")]
+    UnknownTensorType {
+        /// The tensor's name.
+        tensor: String,
+        /// The id read.
+        type_id: u32,
+    },
+    /// A tensor the model needs has a type Sotto has no kernels for.
+    #[error("tensor {tensor} has type {ggml_type} (ggml type {}), which sotto cannot run", ggml_type.id())]
+    UnsupportedTensorType {
+        /// The tensor's name.
+        tensor: String,
+        /// Its type.
+        ggml_type: GgmlType,
+    },
+    /// `general.architecture` names no family Sotto implements.
+    #[error("unknown architecture {0:?} (supported: {list})", list = crate::arch::supported_architectures().join(", "))]
+    UnknownArchitecture(String),
+    /// A metadata key the architecture needs is absent.
+    #[error("missing required metadata key {key:?}")]
+    MissingKey {
+        /// The key.
+        key: String,
+    },
+    /// A metadata value has the wrong GGUF type.
+    #[error("metadata key {key:?} has type {found}, expected {expected}")]
+    WrongKeyType {
+        /// The key.
+        key: String,
+        /// The type needed.
+        expected: &'static str,
+        /// The type found.
+        found: &'static str,
+    },
+    /// A hyper-parameter is out of range or inconsistent with the others.
+    #[error("hyper-parameter {key:?}: {reason}")]
+    InvalidHyperParameter {
+        /// The metadata key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A tensor the architecture needs is absent.
+    #[error("missing required tensor {tensor:?}")]
+    MissingTensor {
+        /// The tensor's name.
+        tensor: String,
+    },
+    /// A tensor's shape disagrees with the hyper-parameters.
+    #[error("tensor {tensor:?}: expected shape {expected:?}, found {found:?}")]
+    ShapeMismatch {
+        /// The tensor's name.
+        tensor: String,
+        /// The shape the hyper-parameters call for.
+        expected: Vec<usize>,
+        /// The shape in the file.
+        found: Vec<usize>,
+    },
+    /// A tensor read as f32 (norms, biases) could not be converted.
+    #[error("tensor {tensor:?}: cannot convert {dtype} to f32: {reason}")]
+    Dequantize {
+        /// The tensor's name.
+        tensor: String,
+        /// Its type.
+        dtype: String,
+        /// Why not.
+        reason: String,
+    },
+    /// The tokenizer in the file cannot be built, or text cannot be encoded.
     #[error("tokenizer: {0}")]
     Tokenizer(String),
+    /// A token id past the vocabulary.
     #[error("token id {id} out of range (vocabulary has {vocab_size} tokens)")]
-    TokenOutOfRange { id: u32, vocab_size: usize },
+    TokenOutOfRange {
+        /// The id.
+        id: u32,
+        /// Tokens in the vocabulary.
+        vocab_size: usize,
+    },
+    /// The chat template does not parse or fails to render.
     #[error("chat template: {0}")]
     ChatTemplate(String),
 }

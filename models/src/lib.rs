@@ -13,6 +13,7 @@
 
 // Tests assert by unwrapping; library code may not.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+#![warn(missing_docs)]
 
 pub mod arch;
 pub mod chat;
@@ -38,10 +39,16 @@ pub use weights::{DecoderWeights, LayerWeights, Linear, Weight};
 /// and chat template.
 #[derive(Debug)]
 pub struct Model {
+    /// What the decoder is (sizes, per-layer variants).
     pub spec: DecoderSpec,
+    /// Views of its tensors in the mapped file.
     pub weights: DecoderWeights,
+    /// The file's tokenizer.
     pub tokenizer: Tokenizer,
+    /// The file's chat template (or the ChatML fallback; see
+    /// [`ChatTemplate::is_fallback`]).
     pub template: ChatTemplate,
+    /// The parsed, memory-mapped file the weights borrow from.
     pub gguf: Arc<GgufFile>,
 }
 

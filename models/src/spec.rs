@@ -77,7 +77,9 @@ pub enum RopeFactors {
 pub struct RopeSpec {
     /// Base of the inverse frequencies (`freq_base`).
     pub theta: f32,
+    /// How positions are scaled for long contexts.
     pub scaling: RopeScaling,
+    /// Per-pair frequency divisors, if any.
     pub factors: RopeFactors,
     /// Multiplies cos and sin, so `q·k` grows by its square (ggml's
     /// `attn_factor`; Phi-3 long-context models store it as
@@ -161,7 +163,9 @@ pub struct AttentionSpec {
 /// One transformer block: everything in which layers of one model may differ.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LayerSpec {
+    /// This layer's rotary embedding.
     pub rope: RopeSpec,
+    /// This layer's attention variant.
     pub attention: AttentionSpec,
     /// RMSNorm over each head of Q and K before rope (Gemma 3, Qwen 3).
     pub qk_norm: bool,
@@ -180,17 +184,27 @@ pub struct DecoderSpec {
     pub arch: String,
     /// `general.name`, if present.
     pub name: Option<String>,
+    /// Transformer blocks.
     pub n_layer: usize,
+    /// Width of the residual stream (embedding length).
     pub d_model: usize,
+    /// Query heads.
     pub n_head: usize,
+    /// Key/value heads (fewer than `n_head` for grouped-query attention).
     pub n_kv_head: usize,
+    /// Elements per head.
     pub head_dim: usize,
+    /// Hidden width of the feed-forward block.
     pub ffn_dim: usize,
+    /// Tokens in the vocabulary (rows of the embedding and output).
     pub vocab_size: usize,
     /// Training context length.
     pub context_length: usize,
+    /// Epsilon of every RMSNorm.
     pub norm_eps: f32,
+    /// The feed-forward gate's activation.
     pub activation: Activation,
+    /// How rope pairs the dimensions it rotates.
     pub rope_style: RopeStyle,
     /// Number of leading dimensions of each head that are rotated.
     pub n_rot: usize,

@@ -419,21 +419,27 @@ impl Tokenizer {
     pub fn add_eos(&self) -> bool {
         self.add_eos
     }
+    /// The beginning-of-sequence token (`tokenizer.ggml.bos_token_id`).
     pub fn bos_id(&self) -> Option<u32> {
         self.bos
     }
+    /// The end-of-sequence token (`tokenizer.ggml.eos_token_id`).
     pub fn eos_id(&self) -> Option<u32> {
         self.eos
     }
+    /// The end-of-turn token (`tokenizer.ggml.eot_token_id`), if the file names one.
     pub fn eot_id(&self) -> Option<u32> {
         self.eot
     }
+    /// The end-of-message token (`tokenizer.ggml.eom_token_id`), if the file names one.
     pub fn eom_id(&self) -> Option<u32> {
         self.eom
     }
+    /// The token for unknown input (`tokenizer.ggml.unknown_token_id`).
     pub fn unknown_id(&self) -> Option<u32> {
         self.unk
     }
+    /// The padding token (`tokenizer.ggml.padding_token_id`).
     pub fn padding_id(&self) -> Option<u32> {
         self.pad
     }

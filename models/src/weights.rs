@@ -14,7 +14,9 @@ use crate::spec::{RopeFactors, RopeSpec};
 /// One weight matrix (or vector) backed by the memory-mapped file.
 #[derive(Clone)]
 pub struct Weight {
+    /// The tensor's name in the file.
     pub name: String,
+    /// Its element type.
     pub dtype: DType,
     /// `[rows, cols]`, row-major; `cols` is ggml's ne0 (the contiguous axis).
     /// A 1-D tensor of `n` elements is `[1, n]`.
@@ -186,6 +188,7 @@ impl Weight {
 /// A projection `y = W·x (+ b)`: `W` is `[out, in]`, `b` has `out` values.
 #[derive(Debug, Clone)]
 pub struct Linear {
+    /// `W`, `[out, in]`.
     pub weight: Weight,
     /// Dequantized at load (biases are a few kilobytes).
     pub bias: Option<Vec<f32>>,
@@ -243,6 +246,7 @@ pub struct LayerWeights {
 pub struct DecoderWeights {
     /// `[vocab_size, d_model]`
     pub token_embd: Weight,
+    /// One entry per block, in order.
     pub layers: Vec<LayerWeights>,
     /// `[1, d_model]`
     pub output_norm: Weight,
@@ -255,6 +259,7 @@ pub struct DecoderWeights {
     /// `[1, n_rot / 2]` each, present for [`RopeFactors::ShortLong`]
     /// (`rope_factors_short.weight`, `rope_factors_long.weight`).
     pub rope_factors_short: Option<Weight>,
+    /// The long-context half of [`RopeFactors::ShortLong`].
     pub rope_factors_long: Option<Weight>,
 }
 

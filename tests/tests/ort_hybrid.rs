@@ -342,7 +342,7 @@ fn a_second_turn_hands_the_cpu_decoded_positions_back_to_the_graphs() {
 
 mod manifest_mismatch {
     use super::*;
-    use sotto_engine::onnx::manifest::Manifest;
+    use sotto_engine::onnx::Manifest;
     use sotto_engine::ort::Error;
 
     fn tiny() -> Model {

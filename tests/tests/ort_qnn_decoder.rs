@@ -8,9 +8,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use sotto_engine::onnx::qdq::ActivationType;
+use sotto_engine::onnx::ActivationType;
 use sotto_engine::onnx::{export_model, ExportOptions, WeightFormat};
-use sotto_engine::ort::calibrate::export_qdq;
+use sotto_engine::ort::export_qdq;
 use sotto_engine::ort::{Ep, OrtBackend, OrtConfig, QnnOptions};
 use sotto_models::Model;
 use sotto_tests::rel_l2;

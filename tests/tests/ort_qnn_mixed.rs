@@ -18,9 +18,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use sotto_engine::onnx::qdq::{ActivationType, QdqScope};
+use sotto_engine::onnx::{ActivationType, QdqScope};
 use sotto_engine::onnx::{ExportOptions, Quantization, WeightFormat};
-use sotto_engine::ort::calibrate::export_qdq_scoped;
+use sotto_engine::ort::export_qdq_scoped;
 use sotto_engine::ort::{Ep, OrtConfig, OrtDecoder, QnnOptions};
 use sotto_engine::{Backend, Chat, CpuBackend, LogitsFor, Session};
 use sotto_models::chat::ChatMessage;

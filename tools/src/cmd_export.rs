@@ -14,7 +14,7 @@ use std::time::Instant;
 
 use crate::error::CliError;
 use clap::ValueEnum;
-use sotto_engine::onnx::qdq::ActivationType;
+use sotto_engine::onnx::ActivationType;
 use sotto_engine::onnx::Manifest;
 use sotto_engine::{export_graphs, GraphTarget};
 use sotto_models::Model;

@@ -9,10 +9,14 @@ use crate::{Error, Result};
 use half::f16;
 use rayon::prelude::*;
 
+/// The shape of one attention call.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AttentionParams {
+    /// Query heads.
     pub n_head: usize,
+    /// Key/value heads (grouped-query attention: divides `n_head`).
     pub n_kv_head: usize,
+    /// Elements per head.
     pub head_dim: usize,
     /// Multiplies `q·k` (usually `1/sqrt(head_dim)`).
     pub scale: f32,

@@ -28,9 +28,13 @@ use rayon::prelude::*;
 /// `ne0 = cols`), borrowed from memory-mapped model bytes.
 #[derive(Clone, Copy, Debug)]
 pub struct QMatrix<'a> {
+    /// The element type of `data`.
     pub dtype: DType,
+    /// Rows (output features).
     pub rows: usize,
+    /// Elements per row (input features).
     pub cols: usize,
+    /// `rows` rows of `dtype.row_bytes(cols)` bytes, aligned for `dtype`.
     pub data: &'a [u8],
 }
 
@@ -70,6 +74,7 @@ impl<'a> QMatrix<'a> {
         })
     }
 
+    /// Bytes per row.
     pub fn row_bytes(&self) -> usize {
         self.data.len().checked_div(self.rows).unwrap_or(0)
     }
@@ -292,12 +297,15 @@ impl PackedMatrix {
         })
     }
 
+    /// The element type.
     pub fn dtype(&self) -> DType {
         self.dtype
     }
+    /// Rows (output features).
     pub fn rows(&self) -> usize {
         self.rows
     }
+    /// Elements per row (input features).
     pub fn cols(&self) -> usize {
         self.cols
     }

@@ -26,6 +26,10 @@ pub struct RopeCache {
 }
 
 impl RopeCache {
+    /// The table for `n_rot` rotated dimensions (even) and positions
+    /// `0..max_pos`, without per-pair frequency factors;
+    /// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an odd or
+    /// zero `n_rot`, a non-positive `theta_base` or a non-finite `freq_scale`.
     pub fn new(n_rot: usize, theta_base: f32, freq_scale: f32, max_pos: usize) -> Result<Self> {
         Self::with_freq_factors(n_rot, theta_base, freq_scale, max_pos, None)
     }
@@ -128,10 +132,12 @@ impl RopeCache {
         })
     }
 
+    /// Rotated dimensions per head.
     pub fn n_rot(&self) -> usize {
         self.n_rot
     }
 
+    /// Positions covered (`0..max_pos`).
     pub fn max_pos(&self) -> usize {
         self.max_pos
     }

@@ -13,6 +13,9 @@ use crate::{Error, Result};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u32)]
 #[allow(non_camel_case_types)]
+// Each variant is ggml's `GGML_TYPE_<NAME>` under its own name; a line per
+// variant would repeat the name.
+#[allow(missing_docs)]
 pub enum GgmlType {
     F32 = 0,
     F16 = 1,

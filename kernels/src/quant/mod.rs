@@ -16,28 +16,28 @@
 //! types Sotto cannot run still parse; `DType::try_from(GgmlType)` is where
 //! those become a typed error.
 
-pub mod blocks;
-pub mod float;
+pub(crate) mod blocks;
+pub(crate) mod float;
 mod ggml;
-pub mod iq4_nl;
-pub mod iq4_xs;
+pub(crate) mod iq4_nl;
+pub(crate) mod iq4_xs;
 #[cfg(test)]
 mod known_answers;
-pub mod q2_k;
-pub mod q3_k;
-pub mod q4_0;
-pub mod q4_1;
-pub mod q4_k;
-pub mod q5_0;
-pub mod q5_1;
-pub mod q5_k;
-pub mod q6_k;
-pub mod q8_0;
-pub mod q8_1;
-pub mod q8_k;
+pub(crate) mod q2_k;
+pub(crate) mod q3_k;
+pub(crate) mod q4_0;
+pub(crate) mod q4_1;
+pub(crate) mod q4_k;
+pub(crate) mod q5_0;
+pub(crate) mod q5_1;
+pub(crate) mod q5_k;
+pub(crate) mod q6_k;
+pub(crate) mod q8_0;
+pub(crate) mod q8_1;
+pub(crate) mod q8_k;
 #[cfg(test)]
 pub(crate) mod test_data;
-pub mod x16;
+pub(crate) mod x16;
 
 pub use ggml::{GgmlType, GGML_TYPE_COUNT};
 
@@ -126,10 +126,11 @@ macro_rules! define_dtype {
         #[repr(u32)]
         #[allow(non_camel_case_types)]
         pub enum DType {
-            $($d = GgmlType::$d as u32,)*
+            $(#[doc = concat!("ggml's `", stringify!($d), "` (`GgmlType::", stringify!($d), "`).")] $d = GgmlType::$d as u32,)*
         }
 
         impl DType {
+            /// Every registered type, in registry order.
             pub const ALL: &'static [DType] = &[$(DType::$d,)*];
 
             /// The ggml type this is.
@@ -214,6 +215,7 @@ impl DType {
         DType::try_from(GgmlType::from_id(id)?)
     }
 
+    /// Its ggml type id (as stored in GGUF tensor infos).
     pub const fn ggml_id(self) -> u32 {
         self as u32
     }
@@ -267,7 +269,7 @@ impl std::fmt::Display for DType {
 }
 
 /// Reinterpret `bytes` as whole blocks without copying.
-pub fn cast_blocks<'a, B: Pod>(op: &'static str, dtype: DType, bytes: &'a [u8]) -> Result<&'a [B]> {
+pub(crate) fn cast_blocks<'a, B: Pod>(op: &'static str, dtype: DType, bytes: &'a [u8]) -> Result<&'a [B]> {
     bytemuck::try_cast_slice(bytes).map_err(|_| Error::Misaligned {
         op,
         dtype,
@@ -339,9 +341,11 @@ pub struct AlignedBytes {
 }
 
 impl AlignedBytes {
+    /// The bytes.
     pub fn as_bytes(&self) -> &[u8] {
         &bytemuck::cast_slice(&self.words)[..self.len]
     }
+    /// The bytes, writable.
     pub fn as_bytes_mut(&mut self) -> &mut [u8] {
         &mut bytemuck::cast_slice_mut(&mut self.words)[..self.len]
     }

@@ -53,7 +53,7 @@ pub fn decoder_spec(gguf: &GgufFile) -> Result<DecoderSpec> {
 }
 
 /// The weights of `gguf`, shape-checked against `spec`.
-pub fn decoder_weights(gguf: &GgufFile, spec: &DecoderSpec) -> Result<DecoderWeights> {
+pub(crate) fn decoder_weights(gguf: &GgufFile, spec: &DecoderSpec) -> Result<DecoderWeights> {
     let d = spec.d_model;
     let token_embd = matrix(gguf, "token_embd.weight", spec.vocab_size, d)?;
     let layers = spec

@@ -15,7 +15,7 @@
 //! ```
 
 mod metadata;
-pub mod writer;
+mod writer;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -27,7 +27,7 @@ use sotto_kernels::quant::{DType, GgmlType};
 use crate::error::{Error, Result};
 
 pub use metadata::{MetaType, MetaValue};
-pub use writer::GgufWriter;
+pub use writer::{GgufWriter, WriterTensor};
 
 /// `"GGUF"` as the little-endian u32 the header starts with.
 pub const GGUF_MAGIC: [u8; 4] = *b"GGUF";
@@ -90,6 +90,7 @@ impl fmt::Debug for Storage {
 /// One entry of the tensor table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorInfo {
+    /// The tensor's name (`blk.0.attn_q.weight`).
     pub name: String,
     /// ggml order: `dims[0]` (ne0) is the contiguous, fastest-varying axis.
     pub dims: Vec<usize>,

@@ -7,9 +7,13 @@ use super::{MetaType, MetaValue, DEFAULT_ALIGNMENT};
 /// A tensor to write: name, ggml dims (ne0 first), ggml type id and raw data.
 #[derive(Debug, Clone)]
 pub struct WriterTensor {
+    /// The tensor's name.
     pub name: String,
+    /// ggml dims, ne0 (the contiguous axis) first.
     pub dims: Vec<u64>,
+    /// ggml type id, written as given.
     pub type_id: u32,
+    /// Raw tensor bytes, written as given.
     pub data: Vec<u8>,
     /// Overrides the computed data offset (to build broken files).
     pub offset_override: Option<u64>,
@@ -19,9 +23,13 @@ pub struct WriterTensor {
 /// validation, so tests can produce hostile files too.
 #[derive(Debug, Clone)]
 pub struct GgufWriter {
+    /// GGUF version in the header (3 by default).
     pub version: u32,
+    /// Alignment of the tensor data section, in bytes.
     pub alignment: usize,
+    /// Key/value pairs, in file order.
     pub metadata: Vec<(String, MetaValue)>,
+    /// Tensors, in file order.
     pub tensors: Vec<WriterTensor>,
 }
 
