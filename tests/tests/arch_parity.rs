@@ -86,7 +86,7 @@ fn against(label: &str, model: &Arc<Model>, reference: &Reference, started: Inst
     eprintln!("{summary}");
 
     // Free-running greedy.
-    let greedy = greedy_reports(model, reference, BUDGET.max_new_tokens, &criteria);
+    let greedy = greedy_reports(model, reference, BUDGET.max_new_tokens, &summary);
     for r in &greedy {
         assert!(
             r.acceptable,

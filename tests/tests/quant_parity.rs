@@ -147,7 +147,7 @@ fn row(label: &str) {
     );
     let criteria = Criteria::default();
     let summary = compare_model(&model, &reference, criteria);
-    let greedy = greedy_reports(&model, &reference, GREEDY_TOKENS, &criteria);
+    let greedy = greedy_reports(&model, &reference, GREEDY_TOKENS, &summary);
     eprintln!("--- {label} ({types})\n{summary}");
     failures.extend(summary.failures());
     for g in greedy.iter().filter(|g| !g.acceptable) {
