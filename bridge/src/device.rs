@@ -213,7 +213,7 @@ impl AssistantDevice {
     }
 
     /// The sequence number of the last commit of a sealed device (it only
-    /// grows); `None` in memory. See [`crate::record_dir`] on rollback.
+    /// grows); `None` in memory. See `record_dir.rs` on rollback.
     pub fn sequence(&self) -> Option<u64> {
         self.store.sequence()
     }

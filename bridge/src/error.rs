@@ -181,7 +181,7 @@ pub enum Error {
 }
 
 /// What an [`crate::Assistant`] reports when it cannot produce a reply.
-/// Like [`Error`], it never carries message text.
+/// Like [`enum@Error`], it never carries message text.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum AssistantError {
@@ -199,7 +199,7 @@ pub enum AssistantError {
     Engine(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
-/// The bridge's result type; the error defaults to [`Error`].
+/// The bridge's result type; the error defaults to [`enum@Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 pub(crate) fn malformed(what: &'static str, reason: impl Into<String>) -> Error {
