@@ -11,6 +11,7 @@
 //! (`KernelTable { q4_0: WeightRow { dot: kernel, ..t.q4_0 }, ..t }`), so a
 //! new type or entry never breaks an architecture's table.
 
+use crate::ops::activation;
 use crate::quant::{float, registry, ActivationBlock, WeightBlock};
 use crate::{Error, Result};
 use half::f16;
@@ -22,6 +23,31 @@ pub type VecDotFn<W, A> = fn(w: &[W], a: &[A]) -> f32;
 pub type QuantizeFn<A> = fn(x: &[f32], out: &mut [A]);
 /// `y += alpha * x` over the shorter of the two.
 pub type AxpyFn<X> = fn(alpha: f32, x: &[X], y: &mut [f32]);
+/// Scores of a block of keys for a few query heads sharing them:
+/// `out[g * nk + j] = k_j · q_g`, with `nk = k.len() / head_dim` key rows
+/// and `q.len() / head_dim` queries ([`float::attn_scores_f16`] is the
+/// reference).
+pub type AttnScoresFn = fn(k: &[f16], head_dim: usize, q: &[f32], out: &mut [f32]);
+/// `acc_g += sum_j p[g * nk + j] * v_j` over a block of `nk = v.len() /
+/// head_dim` value rows ([`float::attn_accumulate_f16`] is the reference).
+pub type AttnAccumulateFn = fn(v: &[f16], head_dim: usize, p: &[f32], acc: &mut [f32]);
+
+/// Attention's block kernels: each key and value row of the f16 cache is
+/// converted once for all the query heads of a group, and the output rows
+/// stay in registers across a block of keys. A table without them runs
+/// attention on [`KernelTable::axpy_f16`] and the f16 dot.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnBlockKernels {
+    /// `q·k` of every (head, key) pair of the block.
+    pub scores: AttnScoresFn,
+    /// The softmax-weighted sum of the block's value rows into each head's
+    /// output.
+    pub accumulate: AttnAccumulateFn,
+}
+
+/// A gated activation in place: `gate[i] = act(gate[i]) * up[i]` over the
+/// shorter of the two.
+pub type GluFn = fn(gate: &mut [f32], up: &[f32]);
 /// Many weight rows times many activation columns in one call:
 /// `out[c * rows + r] = w[r] · a[c]`, where `w` holds `rows` rows and `a`
 /// holds `cols` columns, each of `bpr` blocks (`rows = w.len() / bpr`,
@@ -136,6 +162,12 @@ macro_rules! define_table {
             )*
             /// Attention's value accumulation over the f16 KV cache.
             pub axpy_f16: AxpyFn<f16>,
+            /// `None`: attention by single dots and axpys.
+            pub attn_block: Option<AttnBlockKernels>,
+            /// SwiGLU's `silu(gate) * up`.
+            pub silu_mul: GluFn,
+            /// GeGLU's `gelu_tanh(gate) * up`.
+            pub gelu_tanh_mul: GluFn,
         }
 
         /// The scalar references: correct everywhere, the baseline every SIMD
@@ -144,6 +176,9 @@ macro_rules! define_table {
             isa: Isa::Scalar,
             $($($w: WeightRow::reference(),)? $($a: ActivationRow::reference(),)?)*
             axpy_f16: float::axpy_f16,
+            attn_block: None,
+            silu_mul: activation::silu_mul_ref,
+            gelu_tanh_mul: activation::gelu_tanh_mul_ref,
         };
     };
 }
@@ -395,6 +430,47 @@ mod tests {
         }
     }
 
+    /// A table's attention block kernels against the references, for
+    /// 1..=6 query heads over `n` keys of several head sizes.
+    fn check_attn_block(isa: Isa, b: AttnBlockKernels, n: usize) {
+        for hd in [16usize, 40, 64, 80, 256] {
+            let k: Vec<f16> = random_row(n * hd, 21 + n as u64)
+                .iter()
+                .map(|&v| f16::from_f32(v))
+                .collect();
+            for g in 1..=6usize {
+                let q = random_row(g * hd, 7 + g as u64);
+                let (mut fast, mut reference) = (vec![0f32; g * n], vec![0f32; g * n]);
+                (b.scores)(&k, hd, &q, &mut fast);
+                float::attn_scores_f16(&k, hd, &q, &mut reference);
+                let scale = hd as f32;
+                for (a, r) in fast.iter().zip(&reference) {
+                    close(
+                        *a,
+                        *r,
+                        scale,
+                        1e-5,
+                        &format!("{isa} attn scores hd={hd} g={g} n={n}"),
+                    );
+                }
+                let acc0 = random_row(g * hd, 3 + g as u64);
+                let (mut fast, mut reference) = (acc0.clone(), acc0.clone());
+                let p: Vec<f32> = random_row(g * n, 9).iter().map(|v| v.abs()).collect();
+                (b.accumulate)(&k, hd, &p, &mut fast);
+                float::attn_accumulate_f16(&k, hd, &p, &mut reference);
+                for (a, r) in fast.iter().zip(&reference) {
+                    close(
+                        *a,
+                        *r,
+                        1.0 + n as f32,
+                        1e-5,
+                        &format!("{isa} attn accumulate hd={hd} g={g} n={n}"),
+                    );
+                }
+            }
+        }
+    }
+
     /// Every row of every available table against the scalar references.
     #[test]
     fn every_table_entry_matches_scalar() {
@@ -403,7 +479,26 @@ mod tests {
             for &d in DType::ALL {
                 with_weight_block!(d, W => check_weight_row::<W>(isa, t), ());
             }
-            for n in [1usize, 7, 16, 1000] {
+            for n in [1usize, 7, 16, 33, 1000] {
+                // The gated activations run one portable body everywhere:
+                // bit-identical to the scalar table.
+                let gate: Vec<f32> = random_row(n, 11 + n as u64)
+                    .iter()
+                    .map(|v| v * 9.0)
+                    .collect();
+                let up = random_row(n, 5 + n as u64);
+                for (name, fast, reference) in [
+                    ("silu_mul", t.silu_mul, SCALAR.silu_mul),
+                    ("gelu_tanh_mul", t.gelu_tanh_mul, SCALAR.gelu_tanh_mul),
+                ] {
+                    let (mut a, mut b) = (gate.clone(), gate.clone());
+                    fast(&mut a, &up);
+                    reference(&mut b, &up);
+                    assert_eq!(a, b, "{isa} {name} n={n}");
+                }
+                if let Some(b) = t.attn_block {
+                    check_attn_block(isa, b, n);
+                }
                 let wh: Vec<f16> = random_row(n, n as u64)
                     .iter()
                     .map(|&v| f16::from_f32(v))

@@ -408,8 +408,8 @@ impl CpuBackend {
                 linear(kernels, lp.up.as_ref(), &lw.ffn_up, &xn, n, &mut up)?;
             }
             match s.activation {
-                Activation::SiluGlu => ops::silu_mul(&mut gate, &up)?,
-                Activation::GeluTanhGlu => ops::gelu_tanh_mul(&mut gate, &up)?,
+                Activation::SiluGlu => ops::silu_mul_with(kernels, &mut gate, &up)?,
+                Activation::GeluTanhGlu => ops::gelu_tanh_mul_with(kernels, &mut gate, &up)?,
             }
             linear(kernels, lp.down.as_ref(), &lw.ffn_down, &gate, n, &mut o)?;
             if let Some(pn) = &ln.post_ffn {

@@ -4,6 +4,7 @@
 //! score matrix is never materialized; (token, head) pairs run in parallel.
 
 use crate::dispatch::{self, KernelTable};
+use crate::ops::activation::exp_approx;
 use crate::{Error, Result};
 use half::f16;
 use rayon::prelude::*;
@@ -119,29 +120,37 @@ pub fn attention_with(
     }
     let hd = p.head_dim;
     let group = p.n_head / p.n_kv_head;
-    let one = |(idx, acc): (usize, &mut [f32])| {
-        let (t, h) = (idx / p.n_head, idx % p.n_head);
+    // A unit of parallel work: one token's query heads that share a KV head
+    // (each key and value row is then read once for all of them), or, when
+    // that leaves too few units for the pool (decode), a single head.
+    let heads = if n_tokens * p.n_kv_head >= MIN_GROUP_UNITS {
+        group
+    } else {
+        1
+    };
+    let one = |(unit, acc): (usize, &mut [f32])| {
+        let first_head = unit * heads;
+        let (t, h) = (first_head / p.n_head, first_head % p.n_head);
         let pos = pos0 + t;
         let first = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
         let kv_off = (h / group) * kv_capacity * hd;
-        let head_q = &q[idx * hd..(idx + 1) * hd];
-        one_query(
-            table,
-            p,
-            head_q,
-            &k[kv_off..kv_off + kv_capacity * hd],
-            &v[kv_off..kv_off + kv_capacity * hd],
-            first..pos + 1,
-            acc,
-        );
+        let k_head = &k[kv_off..kv_off + kv_capacity * hd];
+        let v_head = &v[kv_off..kv_off + kv_capacity * hd];
+        let q_unit = &q[first_head * hd..(first_head + heads) * hd];
+        for (qs, accs) in q_unit
+            .chunks(MAX_SHARED * hd)
+            .zip(acc.chunks_mut(MAX_SHARED * hd))
+        {
+            heads_over_keys(table, p, qs, k_head, v_head, first..pos + 1, accs);
+        }
     };
     // Short decode steps cost less than waking the pool: the multiply-adds
     // of q·k and p·v over every visible key, against about 2^18 (tens of µs).
     let work = q_len.saturating_mul(pos0 + n_tokens).saturating_mul(2);
     if work < PARALLEL_WORK {
-        out.chunks_mut(hd).enumerate().for_each(one);
+        out.chunks_mut(heads * hd).enumerate().for_each(one);
     } else {
-        out.par_chunks_mut(hd).enumerate().for_each(one);
+        out.par_chunks_mut(heads * hd).enumerate().for_each(one);
     }
     Ok(())
 }
@@ -149,9 +158,18 @@ pub fn attention_with(
 /// Multiply-adds below which attention runs on the calling thread.
 const PARALLEL_WORK: usize = 1 << 18;
 
-/// Online softmax over `keys`: a running max `m`, normalizer `l` and
-/// unnormalized output `acc`, rescaled when a block raises the max.
-fn one_query(
+/// (token, KV head) units from which the heads of a group run together.
+const MIN_GROUP_UNITS: usize = 8;
+
+/// Query heads that one pass over the keys serves (their scores and
+/// outputs live on the stack and in registers).
+const MAX_SHARED: usize = 4;
+
+/// Online softmax over `keys` for the `q.len() / head_dim` (at most
+/// [`MAX_SHARED`]) query heads in `q`, which share `k` and `v`: per head a
+/// running max `m`, normalizer `l` and unnormalized output in `acc`,
+/// rescaled when a block raises the max.
+fn heads_over_keys(
     table: &KernelTable,
     p: &AttentionParams,
     q: &[f32],
@@ -162,40 +180,65 @@ fn one_query(
 ) {
     let hd = p.head_dim;
     acc.fill(0.0);
-    let mut m = f32::NEG_INFINITY;
-    let mut l = 0f32;
-    let mut scores = [0f32; KEY_BLOCK];
+    let mut m = [f32::NEG_INFINITY; MAX_SHARED];
+    let mut l = [0f32; MAX_SHARED];
+    let mut scores = [0f32; MAX_SHARED * KEY_BLOCK];
     let mut start = keys.start;
     while start < keys.end {
         let stop = (start + KEY_BLOCK).min(keys.end);
-        let s = &mut scores[..stop - start];
-        for (j, sj) in s.iter_mut().enumerate() {
-            let key = start + j;
-            let mut x = (table.f16.dot)(&k[key * hd..(key + 1) * hd], q) * p.scale;
-            if let Some(cap) = p.softcap {
-                x = cap * (x / cap).tanh();
+        let nk = stop - start;
+        let (kb, vb) = (&k[start * hd..stop * hd], &v[start * hd..stop * hd]);
+        let s = &mut scores[..q.len() / hd * nk];
+        match table.attn_block {
+            Some(b) => (b.scores)(kb, hd, q, s),
+            None => {
+                for (row, qg) in s.chunks_mut(nk).zip(q.chunks(hd)) {
+                    for (x, kj) in row.iter_mut().zip(kb.chunks(hd)) {
+                        *x = (table.f16.dot)(kj, qg);
+                    }
+                }
             }
-            *sj = x;
         }
-        let block_max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let new_m = m.max(block_max);
-        if new_m > m && l > 0.0 {
-            let corr = (m - new_m).exp();
-            l *= corr;
-            acc.iter_mut().for_each(|a| *a *= corr);
+        for (g, row) in s.chunks_mut(nk).enumerate() {
+            for x in row.iter_mut() {
+                *x *= p.scale;
+                if let Some(cap) = p.softcap {
+                    *x = cap * (*x / cap).tanh();
+                }
+            }
+            let block_max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let new_m = m[g].max(block_max);
+            if new_m > m[g] && l[g] > 0.0 {
+                let corr = exp_approx(m[g] - new_m);
+                l[g] *= corr;
+                acc[g * hd..(g + 1) * hd]
+                    .iter_mut()
+                    .for_each(|a| *a *= corr);
+            }
+            m[g] = new_m;
+            // One vectorizable pass for the block's exponentials.
+            for x in row.iter_mut() {
+                *x = exp_approx(*x - new_m);
+            }
+            l[g] += row.iter().sum::<f32>();
         }
-        m = new_m;
-        for (j, &sj) in s.iter().enumerate() {
-            let e = (sj - m).exp();
-            l += e;
-            let key = start + j;
-            (table.axpy_f16)(e, &v[key * hd..(key + 1) * hd], acc);
+        match table.attn_block {
+            Some(b) => (b.accumulate)(vb, hd, s, acc),
+            None => {
+                for (row, ag) in s.chunks(nk).zip(acc.chunks_mut(hd)) {
+                    for (&e, vj) in row.iter().zip(vb.chunks(hd)) {
+                        (table.axpy_f16)(e, vj, ag);
+                    }
+                }
+            }
         }
         start = stop;
     }
-    if l > 0.0 {
-        let inv = 1.0 / l;
-        acc.iter_mut().for_each(|a| *a *= inv);
+    for (ag, &lg) in acc.chunks_mut(hd).zip(&l) {
+        if lg > 0.0 {
+            let inv = 1.0 / lg;
+            ag.iter_mut().for_each(|a| *a *= inv);
+        }
     }
 }
 
@@ -311,6 +354,20 @@ mod tests {
                 },
                 3,
                 2,
+            ),
+            // a group of 7 heads (one pass of 4, one of 3) over a head size
+            // that is not a multiple of 64, across several key blocks
+            (
+                AttentionParams {
+                    n_head: 14,
+                    n_kv_head: 2,
+                    head_dim: 40,
+                    scale: 0.15,
+                    softcap: None,
+                    window: Some(100),
+                },
+                120,
+                6,
             ),
             // enough work for the parallel path (the others run on the caller)
             (

@@ -1,13 +1,15 @@
 //! Safe operators on top of the dispatch table. No `unsafe` here: every
 //! SIMD path is reached through [`crate::dispatch::KernelTable`].
 
-mod activation;
+pub(crate) mod activation;
 mod attention;
 mod matmul;
 mod norm;
 mod rope;
 
-pub use activation::{gelu_tanh_mul, silu_mul, softcap, softmax};
+pub use activation::{
+    gelu_tanh_mul, gelu_tanh_mul_with, silu_mul, silu_mul_with, softcap, softmax,
+};
 pub use attention::{attention, attention_with, AttentionParams};
 pub use matmul::{
     matmul, matmul_packed, matmul_packed_group, matmul_packed_group_with, matmul_packed_with,

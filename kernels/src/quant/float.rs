@@ -127,6 +127,40 @@ pub fn axpy_f16(alpha: f32, x: &[f16], y: &mut [f32]) {
     }
 }
 
+/// Attention scores of a block of `nk = k.len() / hd` keys for `q.len() /
+/// hd` query heads: `out[g * nk + j] = k_j · q_g` (the reference of
+/// [`crate::dispatch::AttnBlockKernels::scores`]).
+pub fn attn_scores_f16(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
+    if hd == 0 {
+        return;
+    }
+    let nk = k.len() / hd;
+    for (g, qg) in q.chunks_exact(hd).enumerate() {
+        for (j, kj) in k.chunks_exact(hd).enumerate() {
+            if let Some(o) = out.get_mut(g * nk + j) {
+                *o = vec_dot_f16(kj, qg);
+            }
+        }
+    }
+}
+
+/// `acc_g += sum_j p[g * nk + j] * v_j` over a block of `nk = v.len() / hd`
+/// value rows for `acc.len() / hd` query heads (the reference of
+/// [`crate::dispatch::AttnBlockKernels::accumulate`]).
+pub fn attn_accumulate_f16(v: &[f16], hd: usize, p: &[f32], acc: &mut [f32]) {
+    if hd == 0 {
+        return;
+    }
+    let nk = v.len() / hd;
+    for (g, ag) in acc.chunks_exact_mut(hd).enumerate() {
+        for (j, vj) in v.chunks_exact(hd).enumerate() {
+            if let Some(&e) = p.get(g * nk + j) {
+                axpy_f16(e, vj, ag);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

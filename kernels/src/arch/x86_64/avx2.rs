@@ -12,6 +12,7 @@
 //! features at run time.
 
 use crate::dispatch::{ActivationRow, Isa, KernelTable, WeightRow};
+use crate::ops::activation;
 use crate::quant::blocks::*;
 use crate::quant::iq4_nl::{BlockIQ4NL, KVALUES};
 use crate::quant::iq4_xs::BlockIQ4XS;
@@ -95,6 +96,8 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
             quantize: quantize_q8_k,
         },
         axpy_f16,
+        silu_mul,
+        gelu_tanh_mul,
         ..t
     }
 }
@@ -180,6 +183,14 @@ fn axpy_f16(alpha: f32, x: &[f16], y: &mut [f32]) {
     let n = x.len().min(y.len());
     // SAFETY: as above.
     unsafe { axpy_f16_k(alpha, &x[..n], &mut y[..n]) }
+}
+fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    // SAFETY: as above.
+    unsafe { silu_mul_k(gate, up) }
+}
+fn gelu_tanh_mul(gate: &mut [f32], up: &[f32]) {
+    // SAFETY: as above.
+    unsafe { gelu_tanh_mul_k(gate, up) }
 }
 fn quantize_q8_0(x: &[f32], out: &mut [BlockQ8_0]) {
     let n = (x.len() / QK).min(out.len());
@@ -800,6 +811,18 @@ unsafe fn bf16_f32_k(w: &[bf16], a: &[f32]) -> f32 {
                 .map(|(x, y)| x.to_f32() * y)
                 .sum::<f32>()
     }
+}
+
+/// The portable body compiled for AVX2 (8 lanes); no fused multiply-add,
+/// so bit-identical to the scalar table.
+#[target_feature(enable = "avx2")]
+unsafe fn silu_mul_k(gate: &mut [f32], up: &[f32]) {
+    activation::silu_mul_body(gate, up)
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn gelu_tanh_mul_k(gate: &mut [f32], up: &[f32]) {
+    activation::gelu_tanh_mul_body(gate, up)
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]

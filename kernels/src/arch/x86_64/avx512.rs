@@ -29,7 +29,7 @@
 //! are masked to the rows that exist, and every address is inside the given
 //! slices (checked by the wrappers before the first load).
 
-use crate::dispatch::{Isa, KernelTable, WeightRow};
+use crate::dispatch::{AttnBlockKernels, Isa, KernelTable, WeightRow};
 use core::arch::x86_64::*;
 
 pub(super) fn overrides(t: KernelTable) -> KernelTable {
@@ -93,7 +93,277 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
             dot: lowbit::iq4_xs_q8_k,
             ..t.iq4_xs
         },
+        f16: WeightRow {
+            dot: float::f16_f32,
+            ..t.f16
+        },
+        axpy_f16: float::axpy_f16,
+        attn_block: Some(AttnBlockKernels {
+            scores: float::attn_scores,
+            accumulate: float::attn_accumulate,
+        }),
+        silu_mul: float::silu_mul,
+        gelu_tanh_mul: float::gelu_tanh_mul,
         ..t
+    }
+}
+
+/// Float kernels at 16 lanes: attention's f16 KV-cache dot and axpy, and
+/// the gated activations (the portable bodies of `ops::activation` compiled
+/// for AVX-512, bit-identical to the scalar table).
+mod float {
+    use crate::ops::activation;
+    use crate::quant::float as reference;
+    use core::arch::x86_64::*;
+    use half::f16;
+
+    pub(super) fn f16_f32(w: &[f16], a: &[f32]) -> f32 {
+        let n = w.len().min(a.len());
+        // SAFETY: AVX-512F was detected before this table was handed out; both slices hold n values.
+        unsafe { f16_f32_k(&w[..n], &a[..n]) }
+    }
+    pub(super) fn axpy_f16(alpha: f32, x: &[f16], y: &mut [f32]) {
+        let n = x.len().min(y.len());
+        // SAFETY: as above.
+        unsafe { axpy_f16_k(alpha, &x[..n], &mut y[..n]) }
+    }
+    /// Query heads one kernel call keeps in registers.
+    const MAX_HEADS: usize = 4;
+
+    /// The key (or value) rows of a block kernel's call, if `kv` and `heads`
+    /// hold whole rows of `hd` and `per_pair` one value per (head, key).
+    fn whole_rows(hd: usize, kv: &[f16], heads: &[f32], per_pair: &[f32]) -> Option<usize> {
+        let nk = kv.len().checked_div(hd).filter(|&n| n > 0)?;
+        let ok = kv.len().is_multiple_of(hd)
+            && heads.len().is_multiple_of(hd)
+            && per_pair.len() >= heads.len() / hd * nk;
+        ok.then_some(nk)
+    }
+
+    pub(super) fn attn_scores(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
+        let Some(nk) = whole_rows(hd, k, q, out) else {
+            // Not whole rows: the reference does what it can without panicking.
+            return reference::attn_scores_f16(k, hd, q, out);
+        };
+        for (qs, os) in q.chunks(MAX_HEADS * hd).zip(out.chunks_mut(MAX_HEADS * nk)) {
+            // SAFETY: AVX-512F was detected before this table was handed out;
+            // k holds nk rows of hd, qs holds g rows of hd and os g * nk scores.
+            unsafe {
+                match qs.len() / hd {
+                    1 => attn_scores_k::<1>(k, hd, qs, os),
+                    2 => attn_scores_k::<2>(k, hd, qs, os),
+                    3 => attn_scores_k::<3>(k, hd, qs, os),
+                    _ => attn_scores_k::<4>(k, hd, qs, os),
+                }
+            }
+        }
+    }
+
+    pub(super) fn attn_accumulate(v: &[f16], hd: usize, p: &[f32], acc: &mut [f32]) {
+        let Some(nk) = whole_rows(hd, v, acc, p) else {
+            return reference::attn_accumulate_f16(v, hd, p, acc);
+        };
+        for (ps, accs) in p.chunks(MAX_HEADS * nk).zip(acc.chunks_mut(MAX_HEADS * hd)) {
+            // SAFETY: as above; v holds nk rows of hd, accs g rows of hd and ps g * nk weights.
+            unsafe {
+                match accs.len() / hd {
+                    1 => attn_accumulate_k::<1>(v, hd, ps, accs),
+                    2 => attn_accumulate_k::<2>(v, hd, ps, accs),
+                    3 => attn_accumulate_k::<3>(v, hd, ps, accs),
+                    _ => attn_accumulate_k::<4>(v, hd, ps, accs),
+                }
+            }
+        }
+    }
+
+    pub(super) fn silu_mul(gate: &mut [f32], up: &[f32]) {
+        // SAFETY: as above.
+        unsafe { silu_mul_k(gate, up) }
+    }
+    pub(super) fn gelu_tanh_mul(gate: &mut [f32], up: &[f32]) {
+        // SAFETY: as above.
+        unsafe { gelu_tanh_mul_k(gate, up) }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn f16_f32_k(w: &[f16], a: &[f32]) -> f32 {
+        let n = w.len();
+        let (mut acc0, mut acc1) = (_mm512_setzero_ps(), _mm512_setzero_ps());
+        let mut i = 0;
+        // SAFETY: callers guarantee the feature and equal lengths; i + 32 <= n bounds every load.
+        unsafe {
+            while i + 32 <= n {
+                let x0 = _mm512_cvtph_ps(_mm256_loadu_si256(w.as_ptr().add(i).cast()));
+                let x1 = _mm512_cvtph_ps(_mm256_loadu_si256(w.as_ptr().add(i + 16).cast()));
+                acc0 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(a.as_ptr().add(i)), acc0);
+                acc1 = _mm512_fmadd_ps(x1, _mm512_loadu_ps(a.as_ptr().add(i + 16)), acc1);
+                i += 32;
+            }
+            if i + 16 <= n {
+                let x0 = _mm512_cvtph_ps(_mm256_loadu_si256(w.as_ptr().add(i).cast()));
+                acc0 = _mm512_fmadd_ps(x0, _mm512_loadu_ps(a.as_ptr().add(i)), acc0);
+                i += 16;
+            }
+        }
+        _mm512_reduce_add_ps(_mm512_add_ps(acc0, acc1))
+            + w[i..]
+                .iter()
+                .zip(&a[i..])
+                .map(|(x, y)| x.to_f32() * y)
+                .sum::<f32>()
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn axpy_f16_k(alpha: f32, x: &[f16], y: &mut [f32]) {
+        let n = x.len();
+        let av = _mm512_set1_ps(alpha);
+        let mut i = 0;
+        // SAFETY: callers guarantee the feature and equal lengths; i + 16 <= n bounds every load and store.
+        unsafe {
+            while i + 16 <= n {
+                let xv = _mm512_cvtph_ps(_mm256_loadu_si256(x.as_ptr().add(i).cast()));
+                let yp = y.as_mut_ptr().add(i);
+                _mm512_storeu_ps(yp, _mm512_fmadd_ps(av, xv, _mm512_loadu_ps(yp)));
+                i += 16;
+            }
+        }
+        for (o, v) in y[i..].iter_mut().zip(&x[i..]) {
+            *o += alpha * v.to_f32();
+        }
+    }
+
+    /// Two keys at a time against G queries: each key row is converted once
+    /// for all the queries, and 2G independent accumulators keep the FMA
+    /// units busy.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn attn_scores_k<const G: usize>(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
+        let nk = k.len() / hd;
+        let vec_end = hd / 16 * 16;
+        let tail = |j: usize, g: usize| -> f32 {
+            k[j * hd + vec_end..(j + 1) * hd]
+                .iter()
+                .zip(&q[g * hd + vec_end..(g + 1) * hd])
+                .map(|(x, y)| x.to_f32() * y)
+                .sum()
+        };
+        let (kp, qp) = (k.as_ptr(), q.as_ptr());
+        let mut j = 0;
+        // SAFETY: callers guarantee the feature and the shapes; every load
+        // reads 16 values at i + 16 <= vec_end <= hd inside row j or j + 1
+        // (< nk) of k and row g (< G) of q.
+        unsafe {
+            while j + 2 <= nk {
+                let (mut a0, mut a1) = ([_mm512_setzero_ps(); G], [_mm512_setzero_ps(); G]);
+                let mut i = 0;
+                while i < vec_end {
+                    let x0 = _mm512_cvtph_ps(_mm256_loadu_si256(kp.add(j * hd + i).cast()));
+                    let x1 = _mm512_cvtph_ps(_mm256_loadu_si256(kp.add((j + 1) * hd + i).cast()));
+                    for g in 0..G {
+                        let qv = _mm512_loadu_ps(qp.add(g * hd + i));
+                        a0[g] = _mm512_fmadd_ps(x0, qv, a0[g]);
+                        a1[g] = _mm512_fmadd_ps(x1, qv, a1[g]);
+                    }
+                    i += 16;
+                }
+                for g in 0..G {
+                    out[g * nk + j] = _mm512_reduce_add_ps(a0[g]) + tail(j, g);
+                    out[g * nk + j + 1] = _mm512_reduce_add_ps(a1[g]) + tail(j + 1, g);
+                }
+                j += 2;
+            }
+            if j < nk {
+                let mut a0 = [_mm512_setzero_ps(); G];
+                let mut i = 0;
+                while i < vec_end {
+                    let x0 = _mm512_cvtph_ps(_mm256_loadu_si256(kp.add(j * hd + i).cast()));
+                    for (g, a) in a0.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(x0, _mm512_loadu_ps(qp.add(g * hd + i)), *a);
+                    }
+                    i += 16;
+                }
+                for (g, a) in a0.iter().enumerate() {
+                    out[g * nk + j] = _mm512_reduce_add_ps(*a) + tail(j, g);
+                }
+            }
+        }
+    }
+
+    /// Output columns outer, keys inner: G query heads times four 16-lane
+    /// column chunks stay in registers across the whole block of keys, and
+    /// each value chunk is converted once for all G heads.
+    #[target_feature(enable = "avx512f")]
+    unsafe fn attn_accumulate_k<const G: usize>(v: &[f16], hd: usize, p: &[f32], acc: &mut [f32]) {
+        let nk = v.len() / hd;
+        let vec_end = hd / 16 * 16;
+        let (vp, ap) = (v.as_ptr(), acc.as_mut_ptr());
+        let mut i = 0;
+        // SAFETY: callers guarantee the feature and the shapes; loads and
+        // stores cover 16 lanes at column i + 16 * c + 16 <= vec_end <= hd of
+        // value row j < nk and output row g < G.
+        unsafe {
+            while i + 64 <= vec_end {
+                let mut a = [[_mm512_setzero_ps(); 4]; G];
+                for (g, ag) in a.iter_mut().enumerate() {
+                    for (c, r) in ag.iter_mut().enumerate() {
+                        *r = _mm512_loadu_ps(ap.add(g * hd + i + 16 * c));
+                    }
+                }
+                for j in 0..nk {
+                    let row = vp.add(j * hd + i);
+                    let x = [
+                        _mm512_cvtph_ps(_mm256_loadu_si256(row.cast())),
+                        _mm512_cvtph_ps(_mm256_loadu_si256(row.add(16).cast())),
+                        _mm512_cvtph_ps(_mm256_loadu_si256(row.add(32).cast())),
+                        _mm512_cvtph_ps(_mm256_loadu_si256(row.add(48).cast())),
+                    ];
+                    for (g, ag) in a.iter_mut().enumerate() {
+                        let w = _mm512_set1_ps(p[g * nk + j]);
+                        for (r, xc) in ag.iter_mut().zip(&x) {
+                            *r = _mm512_fmadd_ps(w, *xc, *r);
+                        }
+                    }
+                }
+                for (g, ag) in a.iter().enumerate() {
+                    for (c, r) in ag.iter().enumerate() {
+                        _mm512_storeu_ps(ap.add(g * hd + i + 16 * c), *r);
+                    }
+                }
+                i += 64;
+            }
+            while i < vec_end {
+                let mut a = [_mm512_setzero_ps(); G];
+                for (g, r) in a.iter_mut().enumerate() {
+                    *r = _mm512_loadu_ps(ap.add(g * hd + i));
+                }
+                for j in 0..nk {
+                    let x = _mm512_cvtph_ps(_mm256_loadu_si256(vp.add(j * hd + i).cast()));
+                    for (g, r) in a.iter_mut().enumerate() {
+                        *r = _mm512_fmadd_ps(_mm512_set1_ps(p[g * nk + j]), x, *r);
+                    }
+                }
+                for (g, r) in a.iter().enumerate() {
+                    _mm512_storeu_ps(ap.add(g * hd + i), *r);
+                }
+                i += 16;
+            }
+        }
+        for g in 0..G {
+            for c in vec_end..hd {
+                acc[g * hd + c] += (0..nk)
+                    .map(|j| p[g * nk + j] * v[j * hd + c].to_f32())
+                    .sum::<f32>();
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn silu_mul_k(gate: &mut [f32], up: &[f32]) {
+        activation::silu_mul_body(gate, up)
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn gelu_tanh_mul_k(gate: &mut [f32], up: &[f32]) {
+        activation::gelu_tanh_mul_body(gate, up)
     }
 }
 
