@@ -69,7 +69,8 @@ impl std::fmt::Debug for DeviceOptions {
 /// A message accepted by [`AssistantDevice::receive`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Received {
-    /// The turn the message was journaled as; answer it with this.
+    /// The turn the message was journaled as; [`AssistantDevice::prompt`]
+    /// and [`AssistantDevice::complete`] take it.
     pub turn: TurnRef,
     /// The transport sent an envelope that is already journaled (and not
     /// yet acknowledged): nothing was decrypted again.

@@ -68,8 +68,9 @@ pub enum Error {
         /// The most keys that could have been skipped.
         limit: u32,
     },
-    /// There is no session with this address (the field) to encrypt to or
-    /// decrypt a whisper message from.
+    /// There is no session with this address (the field): nothing to
+    /// encrypt to, decrypt a ratchet message with, or take a safety number
+    /// of.
     #[error("no session with {0}")]
     NoSession(String),
     /// Neither the current session state nor any archived one decrypts the
