@@ -1,7 +1,7 @@
-//! The engine behind the bridge's [`Assistant`] trait (the `bridge`
-//! feature): one model loaded once, one chat state (KV cache) per
-//! conversation so each turn prefills only what is new, a bounded number
-//! of caches kept warm. The CLI's `sotto bridge serve` and the app
+//! The engine behind the bridge's [`Assistant`](sotto_bridge::Assistant)
+//! trait (the `bridge` feature): one model loaded once, one chat state (KV
+//! cache) per conversation so each turn prefills only what is new, a
+//! bounded number of caches kept warm. The CLI's `sotto bridge serve` and the app
 //! bindings share it.
 //!
 //! Conversations never outgrow the context: the system message and the
@@ -12,8 +12,9 @@
 //! re-prefilling on every turn, and it is a function of the history alone:
 //! the same conversation always gets the same answers, whatever else the
 //! assistant served in between. A newest message that does not fit by
-//! itself is [`AssistantError::MessageTooLong`] (the bridge sends a short
-//! refusal instead).
+//! itself is
+//! [`AssistantError::MessageTooLong`](sotto_bridge::AssistantError::MessageTooLong)
+//! (the bridge sends a short refusal instead).
 
 use crate::{Chat, GenerateOptions, LoadedModel, SamplerConfig};
 use sotto_bridge::{Assistant, AssistantError, ConversationId, Role, Turn};
@@ -68,7 +69,7 @@ struct TemplateCost {
     per_message: usize,
 }
 
-/// The bridge's [`Assistant`](sotto_bridge::Assistant) on a loaded model: one
+/// The bridge's [`Assistant`] on a loaded model: one
 /// chat per conversation, the warmest kept in memory. Used by one thread at a
 /// time (the bridge serializes calls).
 pub struct EngineAssistant {

@@ -50,7 +50,7 @@ fn candle_threads_from_env() -> Option<usize> {
         })
 }
 
-/// candle-transformers' quantized Llama as a [`Backend`](crate::Backend)
+/// candle-transformers' quantized Llama as a [`Backend`]
 /// (Llama-family files only): a reference and a benchmark baseline.
 pub struct CandleBackend {
     model: ModelWeights,

@@ -19,6 +19,7 @@
 //!   I/O names and dynamic shapes).
 
 #![warn(missing_docs)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 /// The engine behind the bridge's `Assistant` trait, behind the `bridge`
 /// feature: per-conversation KV caches, context windowing.
@@ -43,31 +44,6 @@ pub mod onnx;
 /// ONNX Runtime backend with execution-provider chains (QNN HTP, NNAPI, ...).
 #[cfg(feature = "ort")]
 pub mod ort;
-
-/// Not API: the engine's internals that the workspace's own integration
-/// tests drive directly (a hand-built QDQ graph on a QNN session in
-/// `tests/tests/ort_qnn_matmul.rs`). Hidden from the docs, no stability
-/// promise: anything here may change or go in any release.
-#[doc(hidden)]
-pub mod internals {
-    /// The ONNX graph builder.
-    pub mod graph {
-        pub use crate::onnx::graph::*;
-    }
-    /// The ONNX protobuf messages.
-    pub mod proto {
-        pub use crate::onnx::proto::*;
-    }
-    /// Float graph to QDQ graph.
-    pub mod qdq {
-        pub use crate::onnx::qdq::*;
-    }
-    /// One graph's ONNX Runtime session.
-    #[cfg(feature = "ort")]
-    pub mod session {
-        pub use crate::ort::session::*;
-    }
-}
 
 #[cfg(feature = "bridge")]
 pub use assistant::{AssistantConfig, EngineAssistant};

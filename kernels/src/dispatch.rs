@@ -11,7 +11,7 @@
 //! (`KernelTable { q4_0: WeightRow { dot: kernel, ..t.q4_0 }, ..t }`), so a
 //! new type or entry never breaks an architecture's table.
 
-use crate::ops::activation;
+use crate::ops::{activation, attention};
 use crate::quant::{float, registry, ActivationBlock, WeightBlock};
 use crate::{Error, Result};
 use half::f16;
@@ -46,6 +46,9 @@ pub struct AttnBlockKernels {
     pub accumulate: AttnAccumulateFn,
 }
 
+/// One online-softmax step over a block of attention scores: scale them,
+/// raise the running max, exponentiate against it; returns `(max, sum)`.
+pub type SoftmaxBlockFn = fn(scores: &mut [f32], scale: f32, prev_max: f32) -> (f32, f32);
 /// A gated activation in place: `gate[i] = act(gate[i]) * up[i]` over the
 /// shorter of the two.
 pub type GluFn = fn(gate: &mut [f32], up: &[f32]);
@@ -165,6 +168,8 @@ macro_rules! define_table {
             pub axpy_f16: AxpyFn<f16>,
             /// `None`: attention by single dots and axpys.
             pub attn_block: Option<AttnBlockKernels>,
+            /// Attention's online-softmax step.
+            pub softmax_block: SoftmaxBlockFn,
             /// SwiGLU's `silu(gate) * up`.
             pub silu_mul: GluFn,
             /// GeGLU's `gelu_tanh(gate) * up`.
@@ -178,6 +183,7 @@ macro_rules! define_table {
             $($($w: WeightRow::reference(),)? $($a: ActivationRow::reference(),)?)*
             axpy_f16: float::axpy_f16,
             attn_block: None,
+            softmax_block: attention::softmax_block_ref,
             silu_mul: activation::silu_mul_ref,
             gelu_tanh_mul: activation::gelu_tanh_mul_ref,
         };
@@ -497,6 +503,10 @@ mod tests {
                     reference(&mut b, &up);
                     assert_eq!(a, b, "{isa} {name} n={n}");
                 }
+                let (mut a, mut b) = (gate.clone(), gate.clone());
+                let fast = (t.softmax_block)(&mut a, 0.3, 1.5);
+                let reference = (SCALAR.softmax_block)(&mut b, 0.3, 1.5);
+                assert_eq!((a, fast), (b, reference), "{isa} softmax_block n={n}");
                 if let Some(b) = t.attn_block {
                     check_attn_block(isa, b, n);
                 }

@@ -54,9 +54,8 @@ pub fn read_json<T: serde::de::DeserializeOwned>(relative: &str) -> T {
 }
 
 /// A tiny random Llama (2 layers, d_model 32, 4/2 heads of 8, ffn 64)
-/// written to a temporary GGUF file named after `tag` and loaded: for tests
-/// of export and runtime plumbing that do not need real weights.
-pub fn tiny_llama(tag: &str) -> sotto_models::Model {
+/// written to a temporary GGUF file named after `tag`; its path.
+pub fn tiny_llama_file(tag: &str) -> PathBuf {
     use sotto_models::testutil::{tiny_model, write_temp, TinyDims};
     let dims = TinyDims {
         n_layer: 2,
@@ -66,9 +65,15 @@ pub fn tiny_llama(tag: &str) -> sotto_models::Model {
         head_dim: 8,
         ffn_dim: 64,
     };
-    let path = write_temp(tag, &tiny_model("llama", dims).to_bytes())
-        .unwrap_or_else(|e| panic!("writing the tiny model: {e}"));
-    sotto_models::Model::load(path).unwrap_or_else(|e| panic!("loading the tiny model: {e}"))
+    write_temp(tag, &tiny_model("llama", dims).to_bytes())
+        .unwrap_or_else(|e| panic!("writing the tiny model: {e}"))
+}
+
+/// [`tiny_llama_file`] loaded: for tests of export and runtime plumbing
+/// that do not need real weights.
+pub fn tiny_llama(tag: &str) -> sotto_models::Model {
+    sotto_models::Model::load(tiny_llama_file(tag))
+        .unwrap_or_else(|e| panic!("loading the tiny model: {e}"))
 }
 
 /// Relative L2 distance `|a - b| / |b|`, accumulated in f64.

@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use sotto_engine::onnx::{export_model, manifest::Manifest, ExportOptions, WeightFormat};
+use sotto_engine::onnx::{export_model, ExportOptions, Manifest, WeightFormat};
 use sotto_models::Model;
 
 fn tiny() -> Model {

@@ -686,10 +686,13 @@ mod tests {
         };
         let mut w = tiny_model_random("llama", dims, 21);
         let types = [DType::Q4_K, DType::Q5_0, DType::Q6_K, DType::Q8_0];
-        let mut next = 0;
-        for t in w.tensors.iter_mut().filter(|t| t.dims.len() == 2) {
-            let dtype = types[next % types.len()];
-            next += 1;
+        for (i, t) in w
+            .tensors
+            .iter_mut()
+            .filter(|t| t.dims.len() == 2)
+            .enumerate()
+        {
+            let dtype = types[i % types.len()];
             let (cols, rows) = (t.dims[0] as usize, t.dims[1] as usize);
             let values: Vec<f32> = t
                 .data

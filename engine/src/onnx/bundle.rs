@@ -17,6 +17,7 @@ pub struct ExportOptions {
     pub chunk: usize,
     /// KV cache slots of both graphs.
     pub context: usize,
+    /// How the weight matrices are stored in the graphs.
     pub format: WeightFormat,
 }
 

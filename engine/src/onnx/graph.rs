@@ -14,7 +14,6 @@ use super::proto::{
 pub enum Attr {
     Int(i64),
     Ints(Vec<i64>),
-    Float(f32),
     Str(String),
 }
 
@@ -32,10 +31,6 @@ impl Attr {
             Attr::Ints(v) => {
                 a.ints = v.clone();
                 a.r#type = attribute_type::INTS;
-            }
-            Attr::Float(v) => {
-                a.f = *v;
-                a.r#type = attribute_type::FLOAT;
             }
             Attr::Str(v) => {
                 a.s = v.as_bytes().to_vec();

@@ -12,9 +12,12 @@ use sha2::{Digest, Sha256};
 use super::proto::ModelProto;
 use super::{Error, Result};
 
+/// The manifest's file name inside an export directory.
 pub const MANIFEST_FILE: &str = "sotto-onnx.json";
+/// The manifest layout this build writes and reads.
 pub const FORMAT_VERSION: u32 = 1;
 
+/// How the exported graphs store weights and activations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Quantization {
@@ -35,35 +38,55 @@ pub enum Quantization {
     QdqMixedW8A8,
 }
 
+/// One graph file of an export, as recorded when it was written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GraphEntry {
     /// File name inside the manifest's directory.
     pub file: String,
     /// Tokens per run.
     pub tokens: usize,
+    /// Lower-case hex SHA-256 of the file's bytes.
     pub sha256: String,
+    /// Graph input names in order.
     pub inputs: Vec<String>,
+    /// Graph output names in order.
     pub outputs: Vec<String>,
 }
 
+/// The description of an export directory (`sotto-onnx.json`): the model
+/// the graphs come from, their fixed shapes and quantization, and one
+/// [`GraphEntry`] per graph. Written by [`export_model`](super::export_model)
+/// and the QDQ exports, checked by every backend that loads the graphs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// Layout version (`FORMAT_VERSION`, 1, when written by this build;
+    /// [`Manifest::open`] refuses any other).
     pub format_version: u32,
     /// Model name or file the graphs were exported from.
     pub model: String,
     /// Where the tokenizer comes from (the source GGUF).
     pub tokenizer: String,
+    /// Decoder layers of the model.
     pub n_layer: usize,
+    /// Key/value heads per layer (the KV cache inputs' head axis).
     pub n_kv_head: usize,
+    /// Elements per head.
     pub head_dim: usize,
+    /// Logits per position.
     pub vocab_size: usize,
+    /// KV cache slots of both graphs: the longest sequence, in tokens, the
+    /// graphs can hold.
     pub context: usize,
+    /// Tokens per run of the prefill graph.
     pub chunk: usize,
+    /// How the graphs store weights and activations.
     pub quantization: Quantization,
     /// Per head, the source dimension of each stored key dimension: the
     /// graphs keep keys in NeoX order (see `export::rope_row_permutation`).
     pub key_dim_order: Vec<usize>,
+    /// The prefill graph (`chunk` tokens per run).
     pub prefill: GraphEntry,
+    /// The decode graph (one token per run).
     pub decode: GraphEntry,
 }
 
@@ -84,7 +107,12 @@ fn io_names(model: &ModelProto) -> (Vec<String>, Vec<String>) {
 
 impl GraphEntry {
     /// Writes `model` to `dir/file` and describes it.
-    pub fn write(dir: &Path, file: &str, tokens: usize, model: &ModelProto) -> Result<GraphEntry> {
+    pub(crate) fn write(
+        dir: &Path,
+        file: &str,
+        tokens: usize,
+        model: &ModelProto,
+    ) -> Result<GraphEntry> {
         let bytes = model.encode_to_vec();
         let path = dir.join(file);
         std::fs::write(&path, &bytes).map_err(|source| Error::Io { path, source })?;
@@ -128,10 +156,13 @@ impl GraphEntry {
 }
 
 impl Manifest {
+    /// Where the manifest of export directory `dir` lives.
     pub fn path_in(dir: &Path) -> PathBuf {
         dir.join(MANIFEST_FILE)
     }
 
+    /// Writes the manifest as pretty JSON into `dir`, replacing one that
+    /// is there. Errors: [`Error::Io`] when the file cannot be written.
     pub fn save(&self, dir: &Path) -> Result<()> {
         let path = Self::path_in(dir);
         let json = serde_json::to_string_pretty(self).map_err(|e| Error::Manifest {

@@ -101,11 +101,8 @@ pub struct NodeProto {
 
 /// `AttributeProto.AttributeType`.
 pub mod attribute_type {
-    pub const FLOAT: i32 = 1;
     pub const INT: i32 = 2;
     pub const STRING: i32 = 3;
-    pub const TENSOR: i32 = 4;
-    pub const FLOATS: i32 = 6;
     pub const INTS: i32 = 7;
 }
 
@@ -186,11 +183,6 @@ pub enum DimValue {
 }
 
 impl ModelProto {
-    /// Serialized protobuf bytes (what an `.onnx` file holds).
-    pub fn to_bytes(&self) -> Vec<u8> {
-        self.encode_to_vec()
-    }
-
     /// Parses `.onnx` bytes.
     pub fn from_bytes(bytes: &[u8]) -> Result<ModelProto, prost::DecodeError> {
         ModelProto::decode(bytes)

@@ -20,14 +20,20 @@ use super::{Error, Result};
 /// Activation type of the QDQ graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ActivationType {
+    /// 8-bit activations: smaller and faster on NPUs, coarser (256 levels
+    /// over each value's calibrated range).
     Uint8,
+    /// 16-bit activations (what QNN HTP's A16 kernels take): 65,536
+    /// levels, the accurate choice for most decoders.
     Uint16,
 }
 
 /// How MatMul weights are quantized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WeightType {
-    /// uint8 per output channel, asymmetric.
+    /// uint8 per output channel, asymmetric. No export uses it: QNN HTP
+    /// refuses it (a test shows the refusal), hence `PerChannelI8`.
+    #[cfg_attr(not(test), allow(dead_code))]
     PerChannelU8,
     /// int8 per output channel, symmetric (zero point 0): what QNN HTP's
     /// per-channel kernels accept.
@@ -161,20 +167,10 @@ fn axis_attr(axis: i64) -> AttributeProto {
     }
 }
 
-/// The QDQ version of a float graph. `ranges` must cover every float node
-/// output and every float graph input; `float_values` names the float
-/// values (node outputs and inputs) of the graph.
-pub fn quantize(
-    model: &ModelProto,
-    float_values: &HashSet<String>,
-    ranges: &Ranges,
-    act: ActivationType,
-    weights: WeightType,
-) -> Result<ModelProto> {
-    quantize_scoped(model, float_values, ranges, act, weights, QdqScope::All)
-}
-
-/// [`quantize`] limited to `scope`.
+/// The QDQ version of a float graph, limited to `scope`. `ranges` must
+/// cover every float node output and every float graph input in scope;
+/// `float_values` names the float values (node outputs and inputs) of the
+/// graph.
 pub fn quantize_scoped(
     model: &ModelProto,
     float_values: &HashSet<String>,

@@ -21,10 +21,15 @@ use super::{Error, Result};
 /// dimension order (the export's rope permutation undone).
 #[derive(Debug, Clone, PartialEq)]
 pub struct KvSnapshot {
+    /// Positions held.
     pub len: usize,
+    /// Key/value heads per layer.
     pub n_kv_head: usize,
+    /// Elements per head.
     pub head_dim: usize,
+    /// Per layer, `n_kv_head * len * head_dim` keys.
     pub keys: Vec<Vec<f32>>,
+    /// Per layer, `n_kv_head * len * head_dim` values.
     pub values: Vec<Vec<f32>>,
 }
 
@@ -109,6 +114,12 @@ impl KvSnapshot {
     }
 }
 
+/// An export directory's prefill and decode graphs as ONNX Runtime
+/// sessions with their own f32 KV cache of the manifest's fixed `context`
+/// slots: the raw graphs, below the engine's [`Backend`](crate::Backend)
+/// interface ([`OrtDecoder`](super::OrtDecoder) wraps it as one). Passes
+/// take `&mut self`; the backend may move to another thread but is not
+/// shared between threads.
 #[derive(Debug)]
 pub struct OrtBackend {
     manifest: Manifest,
@@ -169,6 +180,7 @@ impl OrtBackend {
         })
     }
 
+    /// The manifest the graphs were checked against.
     pub fn manifest(&self) -> &Manifest {
         &self.manifest
     }
@@ -180,6 +192,7 @@ impl OrtBackend {
     pub fn len(&self) -> usize {
         self.len
     }
+    /// No position cached yet (after [`OrtBackend::open`] or a reset).
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }

@@ -20,6 +20,12 @@ use crate::backend::{Backend, LogitsFor};
 use crate::kv_cache::KvCache;
 use crate::onnx::manifest::Manifest;
 
+/// Exported static-shape graphs on an execution-provider chain as an
+/// engine [`Backend`]: prefill in `chunk`-token runs, decode one token a
+/// run, on the engine's f16 [`KvCache`] (converted to and from the graphs'
+/// layout when another backend wrote it). The graphs' `context` bounds the
+/// sequence: longer ones are a context-overflow error. `Send`; a pass
+/// takes `&mut self`.
 #[derive(Debug)]
 pub struct OrtDecoder {
     graphs: OrtBackend,
@@ -86,6 +92,7 @@ impl OrtDecoder {
         })
     }
 
+    /// The sessions underneath (manifest, placement).
     pub fn graphs(&self) -> &OrtBackend {
         &self.graphs
     }

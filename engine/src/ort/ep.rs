@@ -41,13 +41,25 @@ impl QnnOptions {
     }
 }
 
+/// One execution provider of a chain; parsed from `qnn`, `nnapi`,
+/// `coreml`, `xnnpack`, `openvino`, `cpu` (options after a colon for QNN:
+/// `qnn:soc_model=57`). Providers other than QNN and the CPU must be built
+/// into the loaded ONNX Runtime, or session creation fails with
+/// [`Error::EpUnavailable`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ep {
+    /// Qualcomm's QNN EP on the HTP (Hexagon NPU), loaded as a plugin
+    /// library.
     Qnn(QnnOptions),
+    /// Android's NNAPI.
     Nnapi,
+    /// Apple's Core ML.
     CoreMl,
+    /// XNNPACK's optimized CPU kernels.
     Xnnpack,
+    /// Intel's OpenVINO.
     OpenVino,
+    /// ONNX Runtime's own CPU kernels.
     Cpu,
 }
 

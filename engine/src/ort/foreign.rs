@@ -56,14 +56,21 @@ pub const MODEL_FILE: &str = "model.onnx";
 /// The hyper-parameters of `config.json` the graph is checked against.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForeignConfig {
+    /// `num_hidden_layers`.
     pub n_layer: usize,
+    /// `num_attention_heads`.
     pub n_head: usize,
+    /// `num_key_value_heads` (default: `n_head`).
     pub n_kv_head: usize,
+    /// `head_dim` (default: `hidden_size / n_head`).
     pub head_dim: usize,
+    /// `vocab_size`.
     pub vocab_size: usize,
     /// Longest sequence the model was trained for; the cache is capped there.
     pub max_positions: usize,
+    /// `bos_token_id` (the first one if a list).
     pub bos: Option<u32>,
+    /// `eos_token_id`, one or several.
     pub eos: Vec<u32>,
 }
 
@@ -138,16 +145,22 @@ impl ForeignConfig {
 /// Element type of the past/present tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KvDtype {
+    /// 32-bit floats.
     F32,
+    /// 16-bit floats.
     F16,
 }
 
 /// The graph's decoder I/O, found by name and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ForeignIo {
+    /// Layers, counted from the `past_key_values.N.key` inputs.
     pub n_layer: usize,
+    /// The graph takes `attention_mask` (fed all ones).
     pub has_attention_mask: bool,
+    /// The graph takes `position_ids` (fed the absolute positions).
     pub has_position_ids: bool,
+    /// Element type of the past/present tensors.
     pub kv_dtype: KvDtype,
 }
 
@@ -172,7 +185,11 @@ fn dtype_name(ty: i32) -> String {
 
 impl ForeignIo {
     /// Discovers the decoder I/O of `model` and checks it against `config`.
-    pub fn discover(path: &Path, model: &ModelProto, config: &ForeignConfig) -> Result<ForeignIo> {
+    pub(crate) fn discover(
+        path: &Path,
+        model: &ModelProto,
+        config: &ForeignConfig,
+    ) -> Result<ForeignIo> {
         let graph = model.graph.as_ref().ok_or_else(|| Error::MissingIo {
             model: path.to_path_buf(),
             kind: "graph",
@@ -337,6 +354,13 @@ fn locate(path: &Path) -> (PathBuf, PathBuf) {
     }
 }
 
+/// A decoder exported by another tool (optimum's `model.onnx` beside a
+/// Hugging Face `config.json`: `input_ids`, optional `attention_mask` and
+/// `position_ids`, `past_key_values.N.key/value` in, `logits` and
+/// `present.N.key/value` out, dynamic shapes) as an engine [`Backend`].
+/// Runs on ONNX Runtime's CPU EP or any EP that takes dynamic shapes; an
+/// NPU-only chain refuses it ([`Error::DynamicShape`]). The sequence is
+/// bounded by `max_position_embeddings`. `Send`; a pass takes `&mut self`.
 pub struct ForeignDecoder {
     graph: GraphSession,
     io: ForeignIo,
@@ -412,9 +436,11 @@ impl ForeignDecoder {
         })
     }
 
+    /// The decoder I/O found in the graph.
     pub fn io(&self) -> &ForeignIo {
         &self.io
     }
+    /// The hyper-parameters read from `config.json`.
     pub fn config(&self) -> &ForeignConfig {
         &self.config
     }
@@ -426,6 +452,7 @@ impl ForeignDecoder {
     pub fn last_import(&self) -> usize {
         self.last_import
     }
+    /// Where the graph's nodes run, one line.
     pub fn placement_report(&self) -> String {
         format!("foreign graph: {}", self.graph.placement)
     }

@@ -31,6 +31,10 @@ pub struct HybridCounts {
     pub handed_to_graphs: usize,
 }
 
+/// Prefill on exported graphs (the NPU), decode on the CPU kernels, one
+/// engine [`KvCache`] between them: multi-token passes that fit the
+/// graphs' context run on the graphs, single tokens and passes beyond the
+/// graphs' context on the CPU. `Send`; a pass takes `&mut self`.
 #[derive(Debug)]
 pub struct HybridBackend {
     prefill: OrtDecoder,
@@ -61,12 +65,15 @@ impl HybridBackend {
         })
     }
 
+    /// What ran where since the backend was built.
     pub fn counts(&self) -> HybridCounts {
         self.counts
     }
+    /// The prefill graphs.
     pub fn graphs(&self) -> &OrtDecoder {
         &self.prefill
     }
+    /// The CPU decoder.
     pub fn cpu(&self) -> &CpuBackend {
         &self.decode
     }

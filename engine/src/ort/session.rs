@@ -96,14 +96,11 @@ impl fmt::Display for Placement {
     }
 }
 
-/// A session plus what it was built from.
+/// A session and where its nodes were placed.
 #[derive(Debug)]
 pub struct GraphSession {
     pub session: Session,
     pub placement: Placement,
-    /// Input names and static shapes (`None` for a symbolic axis).
-    pub inputs: Vec<(String, Vec<Option<i64>>)>,
-    pub outputs: Vec<String>,
 }
 
 /// One input value of [`GraphSession::run`].
@@ -164,9 +161,14 @@ impl GraphSession {
 
 static SESSION_ID: AtomicUsize = AtomicUsize::new(0);
 
-fn graph_io(model: &ModelProto) -> (Vec<(String, Vec<Option<i64>>)>, Vec<String>, usize) {
+/// Graph inputs (initializers excluded) with their shapes, `None` for a
+/// symbolic axis.
+type InputShapes = Vec<(String, Vec<Option<i64>>)>;
+
+/// The graph's inputs and its node count.
+fn graph_io(model: &ModelProto) -> (InputShapes, usize) {
     let Some(g) = model.graph.as_ref() else {
-        return (Vec::new(), Vec::new(), 0);
+        return (Vec::new(), 0);
     };
     let init: std::collections::HashSet<&str> =
         g.initializer.iter().map(|t| t.name.as_str()).collect();
@@ -181,11 +183,7 @@ fn graph_io(model: &ModelProto) -> (Vec<(String, Vec<Option<i64>>)>, Vec<String>
             )
         })
         .collect();
-    (
-        inputs,
-        g.output.iter().map(|o| o.name.clone()).collect(),
-        g.node.len(),
-    )
+    (inputs, g.node.len())
 }
 
 fn qnn_paths(
@@ -223,18 +221,9 @@ pub fn create(config: &OrtConfig, model_bytes: &[u8]) -> Result<GraphSession> {
     create_with(config, model_bytes, None)
 }
 
-/// Creates a session for the model file at `path`, so ONNX Runtime finds
-/// external data files (`model.onnx_data`) beside it.
-pub fn create_from_file(config: &OrtConfig, path: &Path) -> Result<GraphSession> {
-    let bytes = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    create_with(config, &bytes, Some(path))
-}
-
-/// [`create_from_file`] for a file already read: `model_bytes` are the
-/// contents of `file` (parsed for the I/O), the session loads from `file`.
+/// Creates a session for a model file already read: `model_bytes` are the
+/// contents of `file` (parsed for the I/O), the session loads from `file`
+/// so ONNX Runtime finds external data files (`model.onnx_data`) beside it.
 pub(crate) fn create_with(
     config: &OrtConfig,
     model_bytes: &[u8],
@@ -242,7 +231,7 @@ pub(crate) fn create_with(
 ) -> Result<GraphSession> {
     let model = ModelProto::decode(model_bytes)
         .map_err(|e| Error::Graph(format!("not an ONNX model: {e}")))?;
-    let (inputs, outputs, graph_nodes) = graph_io(&model);
+    let (inputs, graph_nodes) = graph_io(&model);
     if config.npu_only {
         if let Some((name, shape)) = inputs
             .iter()
@@ -354,8 +343,7 @@ pub(crate) fn create_with(
         },
     };
     let lines = runtime::take_log(&log_id);
-    let session = committed.map_err(|e| {
-        let source = ort::Error::from(e);
+    let session = committed.map_err(|source| {
         if config.npu_only {
             Error::FallbackRefused {
                 rejected: Placement::parse(&lines, graph_nodes).qnn_rejected,
@@ -378,12 +366,7 @@ pub(crate) fn create_with(
     }
     let mut placement = Placement::parse(&lines, graph_nodes);
     placement.from_context_cache = cached_context.is_some();
-    Ok(GraphSession {
-        session,
-        placement,
-        inputs,
-        outputs,
-    })
+    Ok(GraphSession { session, placement })
 }
 
 #[cfg(test)]

@@ -165,6 +165,39 @@ const MIN_GROUP_UNITS: usize = 8;
 /// outputs live on the stack and in registers).
 const MAX_SHARED: usize = 4;
 
+/// `f` folded over `x` in 16 independent lanes, then across them: a
+/// reassociated fold, which the compiler vectorizes (it must keep a plain
+/// fold's order, one element at a time).
+#[inline(always)]
+fn lanewise(x: &[f32], init: f32, f: impl Fn(f32, f32) -> f32) -> f32 {
+    let mut lanes = [init; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = f(*l, v);
+        }
+    }
+    let tail = chunks.remainder().iter().fold(init, |a, &v| f(a, v));
+    lanes.into_iter().fold(tail, f)
+}
+
+/// One online-softmax step over a block of scores, the body every tier
+/// compiles with its own features: `x *= scale`, the new running max
+/// `m = max(prev_max, max x)`, then `x = e^(x - m)`; returns `(m, sum x)`.
+/// Scores are finite, so the comparison max needs no NaN handling.
+#[inline(always)]
+pub(crate) fn softmax_block_body(x: &mut [f32], scale: f32, prev_max: f32) -> (f32, f32) {
+    x.iter_mut().for_each(|v| *v *= scale);
+    let m = lanewise(x, prev_max, |a, b| if b > a { b } else { a });
+    x.iter_mut().for_each(|v| *v = exp_approx(*v - m));
+    (m, lanewise(x, 0.0, |a, b| a + b))
+}
+
+/// The scalar table's softmax step.
+pub(crate) fn softmax_block_ref(x: &mut [f32], scale: f32, prev_max: f32) -> (f32, f32) {
+    softmax_block_body(x, scale, prev_max)
+}
+
 /// Online softmax over `keys` for the `q.len() / head_dim` (at most
 /// [`MAX_SHARED`]) query heads in `q`, which share `k` and `v`: per head a
 /// running max `m`, normalizer `l` and unnormalized output in `acc`,
@@ -200,14 +233,15 @@ fn heads_over_keys(
             }
         }
         for (g, row) in s.chunks_mut(nk).enumerate() {
-            for x in row.iter_mut() {
-                *x *= p.scale;
-                if let Some(cap) = p.softcap {
-                    *x = cap * (*x / cap).tanh();
+            let scale = match p.softcap {
+                None => p.scale,
+                Some(cap) => {
+                    row.iter_mut()
+                        .for_each(|x| *x = cap * (*x * p.scale / cap).tanh());
+                    1.0
                 }
-            }
-            let block_max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let new_m = m[g].max(block_max);
+            };
+            let (new_m, sum) = (table.softmax_block)(row, scale, m[g]);
             if new_m > m[g] && l[g] > 0.0 {
                 let corr = exp_approx(m[g] - new_m);
                 l[g] *= corr;
@@ -216,11 +250,7 @@ fn heads_over_keys(
                     .for_each(|a| *a *= corr);
             }
             m[g] = new_m;
-            // One vectorizable pass for the block's exponentials.
-            for x in row.iter_mut() {
-                *x = exp_approx(*x - new_m);
-            }
-            l[g] += row.iter().sum::<f32>();
+            l[g] += sum;
         }
         match table.attn_block {
             Some(b) => (b.accumulate)(vb, hd, s, acc),

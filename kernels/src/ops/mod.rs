@@ -2,7 +2,7 @@
 //! SIMD path is reached through [`crate::dispatch::KernelTable`].
 
 pub(crate) mod activation;
-mod attention;
+pub(crate) mod attention;
 mod matmul;
 mod norm;
 mod rope;

@@ -270,7 +270,11 @@ impl std::fmt::Display for DType {
 }
 
 /// Reinterpret `bytes` as whole blocks without copying.
-pub(crate) fn cast_blocks<'a, B: Pod>(op: &'static str, dtype: DType, bytes: &'a [u8]) -> Result<&'a [B]> {
+pub(crate) fn cast_blocks<'a, B: Pod>(
+    op: &'static str,
+    dtype: DType,
+    bytes: &'a [u8],
+) -> Result<&'a [B]> {
     bytemuck::try_cast_slice(bytes).map_err(|_| Error::Misaligned {
         op,
         dtype,

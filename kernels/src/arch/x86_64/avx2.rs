@@ -12,7 +12,7 @@
 //! features at run time.
 
 use crate::dispatch::{ActivationRow, Isa, KernelTable, WeightRow};
-use crate::ops::activation;
+use crate::ops::{activation, attention};
 use crate::quant::blocks::*;
 use crate::quant::iq4_nl::{BlockIQ4NL, KVALUES};
 use crate::quant::iq4_xs::BlockIQ4XS;
@@ -98,6 +98,7 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
         axpy_f16,
         silu_mul,
         gelu_tanh_mul,
+        softmax_block,
         ..t
     }
 }
@@ -183,6 +184,10 @@ fn axpy_f16(alpha: f32, x: &[f16], y: &mut [f32]) {
     let n = x.len().min(y.len());
     // SAFETY: as above.
     unsafe { axpy_f16_k(alpha, &x[..n], &mut y[..n]) }
+}
+fn softmax_block(x: &mut [f32], scale: f32, prev_max: f32) -> (f32, f32) {
+    // SAFETY: as above.
+    unsafe { softmax_block_k(x, scale, prev_max) }
 }
 fn silu_mul(gate: &mut [f32], up: &[f32]) {
     // SAFETY: as above.
@@ -818,6 +823,11 @@ unsafe fn bf16_f32_k(w: &[bf16], a: &[f32]) -> f32 {
 #[target_feature(enable = "avx2")]
 unsafe fn silu_mul_k(gate: &mut [f32], up: &[f32]) {
     activation::silu_mul_body(gate, up)
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn softmax_block_k(x: &mut [f32], scale: f32, prev_max: f32) -> (f32, f32) {
+    attention::softmax_block_body(x, scale, prev_max)
 }
 
 #[target_feature(enable = "avx2")]

@@ -102,6 +102,7 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
             scores: float::attn_scores,
             accumulate: float::attn_accumulate,
         }),
+        softmax_block: float::softmax_block,
         silu_mul: float::silu_mul,
         gelu_tanh_mul: float::gelu_tanh_mul,
         ..t
@@ -112,7 +113,7 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
 /// the gated activations (the portable bodies of `ops::activation` compiled
 /// for AVX-512, bit-identical to the scalar table).
 mod float {
-    use crate::ops::activation;
+    use crate::ops::{activation, attention};
     use crate::quant::float as reference;
     use core::arch::x86_64::*;
     use half::f16;
@@ -176,6 +177,10 @@ mod float {
         }
     }
 
+    pub(super) fn softmax_block(x: &mut [f32], scale: f32, prev_max: f32) -> (f32, f32) {
+        // SAFETY: as above.
+        unsafe { softmax_block_k(x, scale, prev_max) }
+    }
     pub(super) fn silu_mul(gate: &mut [f32], up: &[f32]) {
         // SAFETY: as above.
         unsafe { silu_mul_k(gate, up) }
@@ -354,6 +359,11 @@ mod float {
                     .sum::<f32>();
             }
         }
+    }
+
+    #[target_feature(enable = "avx512f")]
+    unsafe fn softmax_block_k(x: &mut [f32], scale: f32, prev_max: f32) -> (f32, f32) {
+        attention::softmax_block_body(x, scale, prev_max)
     }
 
     #[target_feature(enable = "avx512f")]

@@ -1,17 +1,20 @@
 //! A uint8 QDQ MatMul graph written by the ONNX writer runs on Qualcomm's QNN
 //! HTP EP (the x86-64 emulator from PyPI onnxruntime-qnn) with CPU fallback
-//! refused, and the bad-input cases of the ort backend are typed errors.
-//! Needs scripts/ort-deps.sh; run with `cargo test -p sotto-tests --features ort`.
-#![cfg(feature = "ort")]
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! refused, and the bad-input cases of a graph session are typed errors.
+//! These drive the crate's internals (the graph builder, the protobuf
+//! messages, the QDQ pass, one graph's session) directly, so they live next
+//! to them rather than in tests/. They need the libraries from
+//! scripts/ort-deps.sh and fail (naming the script) without them.
 
 use std::collections::HashSet;
 
-use sotto_engine::internals::graph::GraphBuilder;
-use sotto_engine::internals::proto::{DataType, DimValue, Dimension, ModelProto, ValueInfoProto};
-use sotto_engine::internals::qdq::{self, ActivationType, Ranges, WeightType};
-use sotto_engine::internals::session::{self, Input};
-use sotto_engine::ort::{Ep, Error, OrtConfig, QnnOptions};
+use prost::Message;
+
+use super::session::{self, Input};
+use super::{Ep, Error, OrtConfig, QnnOptions};
+use crate::onnx::graph::GraphBuilder;
+use crate::onnx::proto::{DataType, DimValue, Dimension, ModelProto, ValueInfoProto};
+use crate::onnx::qdq::{self, ActivationType, QdqScope, Ranges, WeightType};
 
 /// Deterministic values in [-1, 1).
 fn lcg(n: usize, seed: u64) -> Vec<f32> {
@@ -63,8 +66,16 @@ fn matmul_graphs(x: &[f32], w: &[f32], wt: WeightType) -> (Vec<u8>, Vec<f32>) {
         .into_iter()
         .collect();
     let floats: HashSet<String> = ["x".to_string(), "y".to_string()].into_iter().collect();
-    let q = qdq::quantize(&float, &floats, &ranges, ActivationType::Uint8, wt).unwrap();
-    (q.to_bytes(), y)
+    let q = qdq::quantize_scoped(
+        &float,
+        &floats,
+        &ranges,
+        ActivationType::Uint8,
+        wt,
+        QdqScope::All,
+    )
+    .unwrap();
+    (q.encode_to_vec(), y)
 }
 
 #[test]
@@ -207,7 +218,7 @@ fn bad_inputs_are_typed_errors() {
         value: Some(DimValue::Param("batch".into())),
     };
     g.input[0] = dynamic;
-    let err = session::create(&qnn_config(), &model.to_bytes()).unwrap_err();
+    let err = session::create(&qnn_config(), &model.encode_to_vec()).unwrap_err();
     assert!(
         matches!(err, Error::DynamicShape { ref input, .. } if input == "x"),
         "{err}"
@@ -222,6 +233,6 @@ fn bad_inputs_are_typed_errors() {
     let sq = g.slice(&y, 1, 0, M as i64);
     g.node_named("Det", &[&sq], "det", &[]);
     g.output("det", &[]);
-    let err = session::create(&qnn_config(), &g.finish("").to_bytes()).unwrap_err();
+    let err = session::create(&qnn_config(), &g.finish("").encode_to_vec()).unwrap_err();
     assert!(matches!(err, Error::FallbackRefused { .. }), "{err}");
 }
