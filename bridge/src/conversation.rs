@@ -20,9 +20,12 @@ impl From<&ProtocolAddress> for ConversationId {
     }
 }
 
+/// Who wrote a turn.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Role {
+    /// The peer: a decrypted incoming message.
     User,
+    /// The assistant: a reply it produced.
     Assistant,
 }
 
@@ -30,18 +33,22 @@ pub enum Role {
 /// shown by `Debug`.
 #[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
 pub struct Turn {
+    /// Who wrote it.
     #[zeroize(skip)]
     pub role: Role,
+    /// The plaintext (UTF-8).
     pub text: String,
 }
 
 impl Turn {
+    /// A turn from the peer.
     pub fn user(text: impl Into<String>) -> Self {
         Self {
             role: Role::User,
             text: text.into(),
         }
     }
+    /// A turn from the assistant.
     pub fn assistant(text: impl Into<String>) -> Self {
         Self {
             role: Role::Assistant,
@@ -56,11 +63,15 @@ impl std::fmt::Debug for Turn {
     }
 }
 
+/// Where [`crate::Bridge`] keeps each conversation's turns.
 pub trait ConversationStore {
+    /// The turns of conversation `id`, oldest first (empty if unknown).
     fn history(&self, id: &ConversationId) -> Result<Vec<Turn>>;
+    /// Adds `turn` at the end of conversation `id`, creating it if needed.
     fn append(&mut self, id: &ConversationId, turn: Turn) -> Result<()>;
 }
 
+/// Conversations in memory, lost when dropped; never fails.
 #[derive(Debug, Default, Clone)]
 pub struct InMemConversationStore {
     conversations: BTreeMap<ConversationId, Vec<Turn>>,

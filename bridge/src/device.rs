@@ -47,6 +47,7 @@ use crate::store::{IdentityKeyStore, ProtocolAddress};
 /// How a device is opened.
 #[derive(Clone, Default)]
 pub struct DeviceOptions {
+    /// Every bound the device enforces (sizes, counts, rotation periods).
     pub limits: Limits,
     /// Called at each named step of the pipeline and of every commit
     /// (`pipeline:received`, `pipeline:decrypted`, `store:records-written`,
@@ -68,6 +69,8 @@ impl std::fmt::Debug for DeviceOptions {
 /// A message accepted by [`AssistantDevice::receive`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Received {
+    /// The turn the message was journaled as; [`AssistantDevice::prompt`]
+    /// and [`AssistantDevice::complete`] take it.
     pub turn: TurnRef,
     /// The transport sent an envelope that is already journaled (and not
     /// yet acknowledged): nothing was decrypted again.
@@ -87,7 +90,10 @@ pub enum Prompt {
 /// handed out again, identical, after a restart) until acknowledged.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OutgoingReply {
+    /// The turn this replies to; acknowledge it once the transport has
+    /// delivered the envelope.
     pub turn: TurnRef,
+    /// The encrypted reply, addressed to the peer.
     pub envelope: Envelope,
     /// Set when the reply is a refusal rather than an answer.
     pub refusal: Option<Refusal>,
@@ -191,20 +197,24 @@ impl AssistantDevice {
         }
     }
 
+    /// The bounds this device was opened with.
     pub fn limits(&self) -> &Limits {
         &self.store.limits
     }
 
+    /// The device's public identity key (what peers verify with
+    /// [`crate::safety_number`]).
     pub fn identity_key(&self) -> IdentityKey {
         *self.store.identity().identity_key()
     }
 
+    /// The device's registration id, published in its prekey bundles.
     pub fn registration_id(&self) -> u32 {
         self.store.local_registration_id().unwrap_or_default()
     }
 
     /// The sequence number of the last commit of a sealed device (it only
-    /// grows); `None` in memory. See [`crate::record_dir`] on rollback.
+    /// grows); `None` in memory. See `record_dir.rs` on rollback.
     pub fn sequence(&self) -> Option<u64> {
         self.store.sequence()
     }

@@ -26,11 +26,14 @@ use crate::store::ProtocolAddress;
 /// number (1, 2, ... per conversation).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TurnRef {
+    /// The peer device the message came from.
     pub peer: ProtocolAddress,
+    /// Its number in that conversation, from 1.
     pub turn: u64,
 }
 
 impl TurnRef {
+    /// The conversation the turn belongs to.
     pub fn conversation(&self) -> ConversationId {
         ConversationId::from(&self.peer)
     }
@@ -42,10 +45,20 @@ impl TurnRef {
 #[non_exhaustive]
 pub enum Refusal {
     /// The message alone does not fit the model's context.
-    TooManyTokens { tokens: usize, available: usize },
+    TooManyTokens {
+        /// The message's length in tokens.
+        tokens: usize,
+        /// The tokens the context has left for it.
+        available: usize,
+    },
     /// The message is longer than the device stores
     /// ([`crate::Limits::max_message_bytes`]).
-    TooManyBytes { bytes: usize, limit: usize },
+    TooManyBytes {
+        /// The plaintext's length in bytes.
+        bytes: usize,
+        /// The most bytes a message may have.
+        limit: usize,
+    },
     /// The assistant failed (the error is reported to the device's
     /// operator, not to the peer).
     AssistantFailed,

@@ -14,6 +14,8 @@ use crate::work::{self, Op};
 
 /// The type byte libsignal prefixes to serialized Curve25519 public keys.
 pub const DJB_TYPE: u8 = 0x05;
+/// Length in bytes of an XEdDSA signature (`R || s`, the Edwards sign bit
+/// in the top bit of the last byte).
 pub const SIGNATURE_LEN: usize = 64;
 
 /// XEdDSA's nonce hash is the specification's `hash_1(X)`: SHA-512 of
@@ -63,6 +65,7 @@ impl PublicKey {
         }
     }
 
+    /// The 33-byte wire form, `0x05 || u`, as libsignal serializes it.
     pub fn serialize(&self) -> [u8; 33] {
         let mut out = [0u8; 33];
         out[0] = DJB_TYPE;
@@ -70,14 +73,20 @@ impl PublicKey {
         out
     }
 
+    /// The raw 32-byte Montgomery u-coordinate, without the type byte.
     pub fn public_key_bytes(&self) -> &[u8; 32] {
         &self.0
     }
 
+    /// A key from a raw 32-byte u-coordinate (no type byte). Unlike
+    /// [`PublicKey::deserialize`] it does not check canonicity.
     pub fn from_public_key_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }
 
+    /// Whether `signature` is a valid XEdDSA signature of `message` by this
+    /// key; a signature of the wrong length or unreduced scalar is `false`.
+    ///
     /// XEdDSA verification: the Edwards form of this key, with the sign bit
     /// the signer stored in the top bit of the signature's last byte.
     pub fn verify_signature(&self, message: &[u8], signature: &[u8]) -> bool {
@@ -128,6 +137,7 @@ impl std::fmt::Debug for PublicKey {
 pub struct PrivateKey([u8; 32]);
 
 impl PrivateKey {
+    /// A fresh random key from `rng` (clamped).
     pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
         let mut bytes = [0u8; 32];
         rng.fill_bytes(&mut bytes);
@@ -145,6 +155,8 @@ impl PrivateKey {
         Self(bytes)
     }
 
+    /// Reads a 32-byte scalar (clamped as by [`PrivateKey::from_bytes`]);
+    /// any other length is [`Error::InvalidKey`].
     pub fn deserialize(bytes: &[u8]) -> Result<Self> {
         let arr: [u8; 32] = bytes.try_into().map_err(|_| Error::InvalidKey {
             what: "private key",
@@ -153,10 +165,13 @@ impl PrivateKey {
         Ok(Self::from_bytes(arr))
     }
 
+    /// The clamped 32-byte scalar. Secret: callers must not log it and
+    /// should zeroize any copy.
     pub fn serialize(&self) -> &[u8; 32] {
         &self.0
     }
 
+    /// The matching public key (one X25519 base-point multiplication).
     pub fn public_key(&self) -> PublicKey {
         work::count(Op::X25519);
         PublicKey(x25519_dalek::x25519(
@@ -165,7 +180,8 @@ impl PrivateKey {
         ))
     }
 
-    pub fn agree(&self, their: &PublicKey) -> SharedSecret {
+    /// X25519 agreement with `their` key.
+    pub(crate) fn agree(&self, their: &PublicKey) -> SharedSecret {
         work::count(Op::X25519);
         SharedSecret(x25519_dalek::x25519(self.0, their.0))
     }
@@ -228,17 +244,23 @@ impl std::fmt::Debug for SharedSecret {
     }
 }
 
+/// A Curve25519 key pair (ephemeral, ratchet, or prekey). Its `Debug`
+/// shows only the public half.
 #[derive(Clone)]
 pub struct KeyPair {
+    /// The public half.
     pub public_key: PublicKey,
+    /// The private half (zeroized on drop).
     pub private_key: PrivateKey,
 }
 
 impl KeyPair {
+    /// A fresh random pair from `rng`.
     pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
         Self::from_private(PrivateKey::generate(rng))
     }
 
+    /// The pair whose private half is `private_key`.
     pub fn from_private(private_key: PrivateKey) -> Self {
         Self {
             public_key: private_key.public_key(),
@@ -260,17 +282,22 @@ impl std::fmt::Debug for KeyPair {
 pub struct IdentityKey(pub PublicKey);
 
 impl IdentityKey {
+    /// Parses the 33-byte `0x05 || u` form (see [`PublicKey::deserialize`]).
     pub fn deserialize(bytes: &[u8]) -> Result<Self> {
         PublicKey::deserialize(bytes).map(Self)
     }
+    /// The 33-byte wire form, `0x05 || u`.
     pub fn serialize(&self) -> [u8; 33] {
         self.0.serialize()
     }
+    /// The underlying Curve25519 key.
     pub fn public_key(&self) -> &PublicKey {
         &self.0
     }
 }
 
+/// A device's long-term identity: it signs the signed prekey and enters
+/// every X3DH agreement. `Debug` never shows the private key.
 #[derive(Clone, Debug)]
 pub struct IdentityKeyPair {
     identity_key: IdentityKey,
@@ -278,21 +305,26 @@ pub struct IdentityKeyPair {
 }
 
 impl IdentityKeyPair {
+    /// A fresh random identity from `rng`.
     pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
         Self::from_private(PrivateKey::generate(rng))
     }
+    /// The identity whose private key is `private_key`.
     pub fn from_private(private_key: PrivateKey) -> Self {
         Self {
             identity_key: IdentityKey(private_key.public_key()),
             private_key,
         }
     }
+    /// The public identity key peers trust.
     pub fn identity_key(&self) -> &IdentityKey {
         &self.identity_key
     }
+    /// The public identity key as a plain Curve25519 key.
     pub fn public_key(&self) -> &PublicKey {
         &self.identity_key.0
     }
+    /// The private identity key (secret).
     pub fn private_key(&self) -> &PrivateKey {
         &self.private_key
     }

@@ -65,16 +65,12 @@ pub use pipeline::{Assistant, Bridge, Envelope};
 pub use prekeys::{PreKeyBundle, PreKeyRecord, SignedPreKeyRecord};
 pub use records::StepHook;
 pub use sealed::StorageKey;
-pub use session::{
-    message_decrypt, message_decrypt_prekey, message_decrypt_signal, message_encrypt,
-    process_prekey_bundle,
-};
+pub use session::{message_decrypt, message_encrypt, process_prekey_bundle};
 pub use state::{
     SessionRecord, SessionState, ARCHIVED_STATES_MAX, MAX_CHAIN_STEPS_PER_MESSAGE,
     MAX_FORWARD_JUMPS, MAX_RECEIVER_CHAINS, MAX_SKIPPED_KEYS_PER_CHAIN,
 };
 pub use store::{
-    IdentityKeyStore, InMemIdentityKeyStore, InMemPreKeyStore, InMemProtocolStore,
-    InMemSessionStore, InMemSignedPreKeyStore, PreKeyStore, ProtocolAddress, ProtocolStore,
+    IdentityKeyStore, InMemProtocolStore, PreKeyStore, ProtocolAddress, ProtocolStore,
     SessionStore, SignedPreKeyStore,
 };

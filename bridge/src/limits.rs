@@ -22,6 +22,7 @@ pub struct Limits {
     /// all. A message past either is refused before it is decrypted (the
     /// sender's transport retries it later).
     pub max_unanswered_per_conversation: usize,
+    /// The same bound over all conversations together.
     pub max_unanswered: usize,
     /// Replies not yet acknowledged by the transport. When full, new
     /// messages are refused until replies are acknowledged.

@@ -83,6 +83,11 @@ impl SignalMessage {
         }
     }
 
+    /// Parses a serialized SignalMessage (`version || protobuf || mac`).
+    /// Errors: [`Error::MessageTooShort`], [`Error::UnsupportedVersion`],
+    /// [`Error::Malformed`] (missing field, bad protobuf) or
+    /// [`Error::InvalidKey`]. The MAC is not checked here
+    /// ([`SignalMessage::verify_mac`]).
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         if bytes.len() < 1 + MAC_LEN {
             return Err(Error::MessageTooShort { len: bytes.len() });
@@ -110,6 +115,9 @@ impl SignalMessage {
         })
     }
 
+    /// Whether the 8-byte MAC matches HMAC-SHA256 under `mac_key` over
+    /// both identity keys (sender first) and the message; compared in
+    /// constant time.
     pub fn verify_mac(
         &self,
         sender_identity: &IdentityKey,
@@ -126,18 +134,23 @@ impl SignalMessage {
         bool::from(expected.ct_eq(&self.serialized[split..]))
     }
 
+    /// The sender's current ratchet public key.
     pub fn sender_ratchet_key(&self) -> &PublicKey {
         &self.sender_ratchet_key
     }
+    /// The message's index in the sender's current sending chain.
     pub fn counter(&self) -> u32 {
         self.counter
     }
+    /// The length of the sender's previous sending chain (0 if absent).
     pub fn previous_counter(&self) -> u32 {
         self.previous_counter
     }
+    /// The AES-256-CBC encrypted, padded body.
     pub fn ciphertext(&self) -> &[u8] {
         &self.ciphertext
     }
+    /// The exact bytes received or sent, MAC included.
     pub fn serialized(&self) -> &[u8] {
         &self.serialized
     }
@@ -219,6 +232,9 @@ impl PreKeySignalMessage {
         }
     }
 
+    /// Parses a serialized PreKeySignalMessage (`version || protobuf`),
+    /// including the SignalMessage inside it. Errors as for
+    /// [`SignalMessage::decode`]; nothing is verified here.
     pub fn decode(bytes: &[u8]) -> Result<Self> {
         let Some((&version, body)) = bytes.split_first() else {
             return Err(Error::MessageTooShort { len: 0 });
@@ -246,24 +262,32 @@ impl PreKeySignalMessage {
         })
     }
 
+    /// The sender's registration id (0 if absent); not authenticated.
     pub fn registration_id(&self) -> u32 {
         self.registration_id
     }
+    /// The one-time prekey of ours the sender used, if any.
     pub fn pre_key_id(&self) -> Option<u32> {
         self.pre_key_id
     }
+    /// The signed prekey of ours the sender used.
     pub fn signed_pre_key_id(&self) -> u32 {
         self.signed_pre_key_id
     }
+    /// The sender's X3DH ephemeral (base) key.
     pub fn base_key(&self) -> &PublicKey {
         &self.base_key
     }
+    /// The sender's identity key, as claimed (checked against the trust
+    /// store when decrypting).
     pub fn identity_key(&self) -> &IdentityKey {
         &self.identity_key
     }
+    /// The first ratchet message, carried inside.
     pub fn message(&self) -> &SignalMessage {
         &self.message
     }
+    /// The exact bytes received or sent.
     pub fn serialized(&self) -> &[u8] {
         &self.serialized
     }
@@ -284,17 +308,22 @@ impl std::fmt::Debug for PreKeySignalMessage {
 /// Either kind of message, as an envelope carries it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CiphertextMessage {
+    /// The first messages of a session, until the sender has heard back:
+    /// they carry the X3DH material.
     PreKey(PreKeySignalMessage),
+    /// An ordinary ratchet message on an established session.
     Signal(SignalMessage),
 }
 
 impl CiphertextMessage {
+    /// The exact bytes received or sent.
     pub fn serialized(&self) -> &[u8] {
         match self {
             Self::PreKey(m) => m.serialized(),
             Self::Signal(m) => m.serialized(),
         }
     }
+    /// Which kind it is, as an envelope labels it.
     pub fn kind(&self) -> MessageKind {
         match self {
             Self::PreKey(_) => MessageKind::PreKey,
@@ -303,9 +332,13 @@ impl CiphertextMessage {
     }
 }
 
+/// The envelope's label for the message kind (Signal's `PREKEY_BUNDLE`
+/// and `CIPHERTEXT` envelope types).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum MessageKind {
+    /// A [`PreKeySignalMessage`].
     PreKey,
+    /// A [`SignalMessage`].
     Message,
 }
 

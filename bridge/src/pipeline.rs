@@ -21,6 +21,8 @@ use crate::store::{ProtocolAddress, ProtocolStore};
 /// is [`AssistantError::MessageTooLong`], which the bridge answers with a
 /// short encrypted refusal.
 pub trait Assistant: Send {
+    /// The reply text to the last turn of `history` (the whole conversation
+    /// `conversation` so far, oldest first). Blocks while the model runs.
     fn reply(
         &mut self,
         conversation: &ConversationId,
@@ -31,11 +33,15 @@ pub trait Assistant: Send {
 /// An encrypted message as the transport carries it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Envelope {
+    /// Which message type `body` holds.
     pub kind: MessageKind,
+    /// The serialized message, exactly as sent.
     pub body: Vec<u8>,
 }
 
 impl Envelope {
+    /// Parses `body` as the message type `kind` names. Errors as for
+    /// [`SignalMessage::decode`]; nothing is decrypted or verified.
     pub fn decode(&self) -> Result<CiphertextMessage> {
         Ok(match self.kind {
             MessageKind::PreKey => {
@@ -69,6 +75,8 @@ impl<S, C> std::fmt::Debug for Bridge<S, C> {
 }
 
 impl<S: ProtocolStore, C: ConversationStore> Bridge<S, C> {
+    /// A bridge answering with `assistant`, keeping sessions in `store`
+    /// and histories in `conversations`.
     pub fn new(store: S, conversations: C, assistant: Box<dyn Assistant>) -> Self {
         Self {
             store,
@@ -77,12 +85,15 @@ impl<S: ProtocolStore, C: ConversationStore> Bridge<S, C> {
         }
     }
 
+    /// The protocol stores.
     pub fn store(&self) -> &S {
         &self.store
     }
+    /// The protocol stores, to change (e.g. to trust a new identity).
     pub fn store_mut(&mut self) -> &mut S {
         &mut self.store
     }
+    /// The conversation histories.
     pub fn conversations(&self) -> &C {
         &self.conversations
     }

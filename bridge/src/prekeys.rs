@@ -19,11 +19,14 @@ use crate::store::{IdentityKeyStore, PreKeyStore, SignedPreKeyStore};
 /// A one-time prekey.
 #[derive(Clone, Debug)]
 pub struct PreKeyRecord {
+    /// Its id in the bundle (libsignal's are 24-bit).
     pub id: u32,
+    /// The key pair; the private half is used once, then deleted.
     pub key_pair: KeyPair,
 }
 
 impl PreKeyRecord {
+    /// A fresh random one-time prekey with this id.
     pub fn generate<R: RngCore + CryptoRng>(id: u32, rng: &mut R) -> Self {
         Self {
             id,
@@ -36,13 +39,20 @@ impl PreKeyRecord {
 /// 33-byte serialized public key.
 #[derive(Clone, Debug)]
 pub struct SignedPreKeyRecord {
+    /// Its id in the bundle.
     pub id: u32,
+    /// When it was made, in milliseconds since the Unix epoch (drives
+    /// rotation).
     pub timestamp: u64,
+    /// The key pair.
     pub key_pair: KeyPair,
+    /// The identity key's XEdDSA signature over the serialized public key.
     pub signature: [u8; SIGNATURE_LEN],
 }
 
 impl SignedPreKeyRecord {
+    /// A fresh random signed prekey, signed by `identity` (the signature
+    /// draws its nonce randomness from `rng` too).
     pub fn generate<R: RngCore + CryptoRng>(
         id: u32,
         timestamp: u64,
@@ -65,12 +75,20 @@ impl SignedPreKeyRecord {
 /// What a peer publishes so others can start sessions without it online.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PreKeyBundle {
+    /// The publisher's registration id.
     pub registration_id: u32,
+    /// The publisher's device id.
     pub device_id: u32,
+    /// A one-time prekey (id, public key), if any was left to hand out.
     pub pre_key: Option<(u32, PublicKey)>,
+    /// Id of the signed prekey.
     pub signed_pre_key_id: u32,
+    /// The signed prekey's public key.
     pub signed_pre_key: PublicKey,
+    /// The identity key's signature over `signed_pre_key` (64 bytes when
+    /// valid; checked by [`PreKeyBundle::verify_signature`]).
     pub signed_pre_key_signature: Vec<u8>,
+    /// The publisher's long-term identity key.
     pub identity_key: IdentityKey,
 }
 
@@ -94,6 +112,9 @@ impl PreKeyBundle {
         }
     }
 
+    /// Checks the signed prekey's signature against the bundle's identity
+    /// key: [`Error::BadSignature`] if it does not verify.
+    /// [`crate::process_prekey_bundle`] calls it before using a bundle.
     pub fn verify_signature(&self) -> Result<()> {
         if self.identity_key.public_key().verify_signature(
             &self.signed_pre_key.serialize(),

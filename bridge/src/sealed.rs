@@ -32,6 +32,9 @@ pub(crate) const SEAL_OVERHEAD: usize = NONCE_LEN + 16;
 pub struct StorageKey([u8; 32]);
 
 impl StorageKey {
+    /// Wraps 32 key bytes the application keeps (e.g. in the platform
+    /// keystore); the same bytes must be given to reopen the state
+    /// directory.
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }

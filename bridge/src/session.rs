@@ -136,7 +136,8 @@ pub fn message_decrypt<S: ProtocolStore, R: RngCore + CryptoRng>(
     }
 }
 
-pub fn message_decrypt_signal<S: ProtocolStore, R: RngCore + CryptoRng>(
+/// Decrypts a ratchet message on the stored session with `address`.
+pub(crate) fn message_decrypt_signal<S: ProtocolStore, R: RngCore + CryptoRng>(
     message: &SignalMessage,
     address: &ProtocolAddress,
     store: &mut S,
@@ -157,7 +158,9 @@ pub fn message_decrypt_signal<S: ProtocolStore, R: RngCore + CryptoRng>(
     Ok(plaintext)
 }
 
-pub fn message_decrypt_prekey<S: ProtocolStore, R: RngCore + CryptoRng>(
+/// Decrypts a session-starting message, running X3DH as Bob when it
+/// names a state the record does not hold yet.
+pub(crate) fn message_decrypt_prekey<S: ProtocolStore, R: RngCore + CryptoRng>(
     message: &PreKeySignalMessage,
     address: &ProtocolAddress,
     store: &mut S,

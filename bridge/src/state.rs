@@ -14,10 +14,19 @@ use crate::proto::{
 };
 use crate::work::{self, Op};
 
-/// libsignal's limits.
+/// Keys of skipped (not yet arrived) messages kept per receiving chain,
+/// newest kept (libsignal's limit); a message older than those no longer
+/// decrypts.
 pub const MAX_SKIPPED_KEYS_PER_CHAIN: usize = 2000;
+/// The farthest ahead of a chain a message counter may be: decrypting it
+/// would derive this many keys at most (libsignal's limit); beyond is
+/// [`Error::TooFarInFuture`].
 pub const MAX_FORWARD_JUMPS: u32 = 25_000;
+/// Receiving chains kept per session state, the newest (libsignal's
+/// limit); a message on an older chain is refused.
 pub const MAX_RECEIVER_CHAINS: usize = 5;
+/// Older session states kept per peer beside the current one, so delayed
+/// messages from a replaced session still decrypt (libsignal's limit).
 pub const ARCHIVED_STATES_MAX: usize = 40;
 /// Chain steps one incoming message may cause in all, over every state it
 /// is tried against: the cost bound of an unauthenticated message (see
@@ -47,6 +56,9 @@ pub(crate) struct PendingPreKey {
     pub base_key: PublicKey,
 }
 
+/// One Double Ratchet session with a peer device: its identities, root
+/// and chain keys. Reached through [`SessionRecord::session_state`];
+/// `Debug` shows no key material.
 pub struct SessionState {
     pub(crate) local_identity: IdentityKey,
     pub(crate) remote_identity: IdentityKey,
@@ -92,18 +104,25 @@ impl std::fmt::Debug for SessionState {
 }
 
 impl SessionState {
+    /// The peer's identity key.
     pub fn remote_identity(&self) -> &IdentityKey {
         &self.remote_identity
     }
+    /// Our identity key.
     pub fn local_identity(&self) -> &IdentityKey {
         &self.local_identity
     }
+    /// The peer's registration id.
     pub fn remote_registration_id(&self) -> u32 {
         self.remote_registration_id
     }
+    /// Whether we started this session and have not heard back yet: our
+    /// messages still go out as [`crate::PreKeySignalMessage`]s.
     pub fn has_pending_pre_key(&self) -> bool {
         self.pending_pre_key.is_some()
     }
+    /// The X3DH base key of the session's initiator; identifies the
+    /// session a prekey message belongs to.
     pub fn alice_base_key(&self) -> &PublicKey {
         &self.alice_base_key
     }
@@ -333,14 +352,17 @@ impl std::fmt::Debug for SessionRecord {
 }
 
 impl SessionRecord {
+    /// A record with no session yet.
     pub fn new_fresh() -> Self {
         Self::default()
     }
 
+    /// The current session state, if any.
     pub fn session_state(&self) -> Option<&SessionState> {
         self.current.as_ref()
     }
 
+    /// How many older states are kept (at most [`ARCHIVED_STATES_MAX`]).
     pub fn archived_count(&self) -> usize {
         self.previous.len()
     }
@@ -411,6 +433,9 @@ impl SessionRecord {
         out
     }
 
+    /// Reads what [`SessionRecord::serialize`] wrote:
+    /// [`Error::SnapshotVersion`] for another format version,
+    /// [`Error::Malformed`] for anything that does not decode.
     pub fn deserialize(bytes: &[u8]) -> Result<Self> {
         let Some((&version, body)) = bytes.split_first() else {
             return Err(malformed("session record", "empty"));

@@ -13,11 +13,15 @@ use crate::state::SessionRecord;
 /// A peer device: an account name and a device number.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ProtocolAddress {
+    /// The account name (any string the transport uses, e.g. a phone
+    /// number or UUID).
     pub name: String,
+    /// The device number within the account.
     pub device_id: u32,
 }
 
 impl ProtocolAddress {
+    /// The address of device `device_id` of account `name`.
     pub fn new(name: impl Into<String>, device_id: u32) -> Self {
         Self {
             name: name.into(),
@@ -32,11 +36,18 @@ impl std::fmt::Display for ProtocolAddress {
     }
 }
 
+/// Our identity and the identity keys we have seen for each peer. Every
+/// method may fail with the store's own error (I/O, a sealed record that
+/// does not open).
 pub trait IdentityKeyStore {
+    /// Our long-term identity key pair.
     fn identity_key_pair(&self) -> Result<IdentityKeyPair>;
+    /// Our registration id, sent in prekey messages.
     fn local_registration_id(&self) -> Result<u32>;
-    /// Returns true if a different identity was replaced.
+    /// Records `identity` as the peer's key. Returns true if a different
+    /// identity was replaced.
     fn save_identity(&mut self, address: &ProtocolAddress, identity: &IdentityKey) -> Result<bool>;
+    /// The identity key recorded for `address`, if any.
     fn get_identity(&self, address: &ProtocolAddress) -> Result<Option<IdentityKey>>;
     /// Trust on first use: unknown peers are trusted, known ones only with
     /// the identity first seen.
@@ -51,22 +62,35 @@ pub trait IdentityKeyStore {
     }
 }
 
+/// Our one-time prekeys, by id.
 pub trait PreKeyStore {
+    /// The prekey `id`; [`Error::UnknownPreKey`] if it is not held.
     fn get_pre_key(&self, id: u32) -> Result<PreKeyRecord>;
+    /// Stores `record` under its id, replacing any with the same id.
     fn save_pre_key(&mut self, record: PreKeyRecord) -> Result<()>;
+    /// Deletes prekey `id` (after a session consumed it); removing an
+    /// unknown id is not an error.
     fn remove_pre_key(&mut self, id: u32) -> Result<()>;
 }
 
+/// Our signed prekeys, by id.
 pub trait SignedPreKeyStore {
+    /// The signed prekey `id`; [`Error::UnknownSignedPreKey`] if it is not
+    /// held.
     fn get_signed_pre_key(&self, id: u32) -> Result<SignedPreKeyRecord>;
+    /// Stores `record` under its id, replacing any with the same id.
     fn save_signed_pre_key(&mut self, record: SignedPreKeyRecord) -> Result<()>;
     /// Removes a signed prekey (rotated out); removing an unknown id is not
     /// an error.
     fn remove_signed_pre_key(&mut self, id: u32) -> Result<()>;
 }
 
+/// The session record of each peer device.
 pub trait SessionStore {
+    /// A copy of the session with `address`, if there is one; changing it
+    /// changes nothing stored until [`SessionStore::store_session`].
     fn load_session(&self, address: &ProtocolAddress) -> Result<Option<SessionRecord>>;
+    /// Stores `record` as the session with `address`, replacing the old one.
     fn store_session(&mut self, address: &ProtocolAddress, record: &SessionRecord) -> Result<()>;
 }
 
@@ -74,15 +98,16 @@ pub trait SessionStore {
 pub trait ProtocolStore: IdentityKeyStore + PreKeyStore + SignedPreKeyStore + SessionStore {}
 impl<T: IdentityKeyStore + PreKeyStore + SignedPreKeyStore + SessionStore> ProtocolStore for T {}
 
+/// Our identity and the peers' identity keys, in memory.
 #[derive(Clone, Debug)]
-pub struct InMemIdentityKeyStore {
+pub(crate) struct InMemIdentityKeyStore {
     pub(crate) key_pair: IdentityKeyPair,
     pub(crate) registration_id: u32,
     pub(crate) known: HashMap<ProtocolAddress, IdentityKey>,
 }
 
 impl InMemIdentityKeyStore {
-    pub fn new(key_pair: IdentityKeyPair, registration_id: u32) -> Self {
+    pub(crate) fn new(key_pair: IdentityKeyPair, registration_id: u32) -> Self {
         Self {
             key_pair,
             registration_id,
@@ -109,8 +134,9 @@ impl IdentityKeyStore for InMemIdentityKeyStore {
     }
 }
 
+/// One-time prekeys, in memory.
 #[derive(Clone, Debug, Default)]
-pub struct InMemPreKeyStore {
+pub(crate) struct InMemPreKeyStore {
     pub(crate) keys: HashMap<u32, PreKeyRecord>,
 }
 
@@ -128,8 +154,9 @@ impl PreKeyStore for InMemPreKeyStore {
     }
 }
 
+/// Signed prekeys, in memory.
 #[derive(Clone, Debug, Default)]
-pub struct InMemSignedPreKeyStore {
+pub(crate) struct InMemSignedPreKeyStore {
     pub(crate) keys: HashMap<u32, SignedPreKeyRecord>,
 }
 
@@ -154,7 +181,7 @@ impl SignedPreKeyStore for InMemSignedPreKeyStore {
 /// decryption cannot touch the stored one) and wiped when replaced or
 /// dropped.
 #[derive(Clone, Default)]
-pub struct InMemSessionStore {
+pub(crate) struct InMemSessionStore {
     pub(crate) sessions: HashMap<ProtocolAddress, Zeroizing<Vec<u8>>>,
 }
 
@@ -182,16 +209,19 @@ impl SessionStore for InMemSessionStore {
     }
 }
 
-/// The four in-memory stores together.
+/// The four stores in memory, for tests, tools and peers that keep no
+/// state between runs ([`crate::AssistantDevice`] persists its own).
+/// Changes take `&mut self`: share it across threads behind a lock.
 #[derive(Clone, Debug)]
 pub struct InMemProtocolStore {
-    pub identities: InMemIdentityKeyStore,
-    pub pre_keys: InMemPreKeyStore,
-    pub signed_pre_keys: InMemSignedPreKeyStore,
-    pub sessions: InMemSessionStore,
+    pub(crate) identities: InMemIdentityKeyStore,
+    pub(crate) pre_keys: InMemPreKeyStore,
+    pub(crate) signed_pre_keys: InMemSignedPreKeyStore,
+    pub(crate) sessions: InMemSessionStore,
 }
 
 impl InMemProtocolStore {
+    /// Empty stores for the identity `key_pair` with `registration_id`.
     pub fn new(key_pair: IdentityKeyPair, registration_id: u32) -> Self {
         Self {
             identities: InMemIdentityKeyStore::new(key_pair, registration_id),

@@ -25,11 +25,12 @@ pub type QuantizeFn<A> = fn(x: &[f32], out: &mut [A]);
 pub type AxpyFn<X> = fn(alpha: f32, x: &[X], y: &mut [f32]);
 /// Scores of a block of keys for a few query heads sharing them:
 /// `out[g * nk + j] = k_j · q_g`, with `nk = k.len() / head_dim` key rows
-/// and `q.len() / head_dim` queries ([`float::attn_scores_f16`] is the
+/// and `q.len() / head_dim` queries (`quant::float::attn_scores_f16` is the
 /// reference).
 pub type AttnScoresFn = fn(k: &[f16], head_dim: usize, q: &[f32], out: &mut [f32]);
 /// `acc_g += sum_j p[g * nk + j] * v_j` over a block of `nk = v.len() /
-/// head_dim` value rows ([`float::attn_accumulate_f16`] is the reference).
+/// head_dim` value rows (`quant::float::attn_accumulate_f16` is the
+/// reference).
 pub type AttnAccumulateFn = fn(v: &[f16], head_dim: usize, p: &[f32], acc: &mut [f32]);
 
 /// Attention's block kernels: each key and value row of the f16 cache is
@@ -59,9 +60,9 @@ pub type GluFn = fn(gate: &mut [f32], up: &[f32]);
 /// shares each activation load across several rows.
 pub type GemmFn<W, A> = fn(w: &[W], a: &[A], bpr: usize, out: &mut [f32]);
 /// The gemm over weights repacked at load time into the x16 panels of
-/// [`crate::quant::x16`]: `packed` holds `rows` rows (whole panels) of `bpr`
+/// `quant::x16` (crate-private): `packed` holds `rows` rows (whole panels) of `bpr`
 /// blocks, `a` holds `cols` columns; `out[c * rows + r] = w[r] · a[c]`.
-/// [`crate::quant::x16::gemm_ref`] is the reference.
+/// `quant::x16::gemm_ref` is the reference.
 pub type X16GemmFn<A> = fn(packed: &[u8], rows: usize, a: &[A], bpr: usize, out: &mut [f32]);
 
 /// What a table without a [`GemmFn`] for a type does: one `dot` per output,

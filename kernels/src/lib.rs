@@ -11,6 +11,8 @@
 //! * [`ops`]: safe operators built on the table: matmul (decode matvec and
 //!   prefill matmul), RMSNorm, RoPE, softmax, activations, attention.
 
+// Tests assert by unwrapping; library code may not.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 #![warn(missing_docs)]
 
 pub(crate) mod arch;

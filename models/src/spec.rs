@@ -41,18 +41,28 @@ pub use sotto_kernels::ops::RopeStyle;
 /// Rotary frequency scaling for long contexts.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum RopeScaling {
+    /// Positions and frequencies are used as they are.
     None,
     /// Positions divided by `factor` (ggml `freq_scale = 1/factor`).
     Linear {
+        /// How many times the trained context the positions are stretched
+        /// over (> 0).
         factor: f32,
     },
     /// Llama 3.1 wavelength-dependent scaling of the inverse frequencies,
     /// when a converter wrote its parameters as keys (llama.cpp's writes a
     /// `rope_freqs` tensor instead: [`RopeFactors::Fixed`]).
     Llama3 {
+        /// Divisor of the frequencies whose wavelength exceeds
+        /// `original_context / low_freq_factor`.
         factor: f32,
+        /// Wavelengths above `original_context / low_freq_factor` are
+        /// divided by `factor` in full.
         low_freq_factor: f32,
+        /// Wavelengths below `original_context / high_freq_factor` are kept;
+        /// those between the two bounds are blended smoothly.
         high_freq_factor: f32,
+        /// The context length, in tokens, the model was pre-trained with.
         original_context: usize,
     },
 }
@@ -60,6 +70,7 @@ pub enum RopeScaling {
 /// Per-pair divisors of the rope frequencies stored in the file as tensors.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RopeFactors {
+    /// No frequency-divisor tensors.
     None,
     /// `rope_freqs.weight` (Llama 3.1+), always applied.
     Fixed,
@@ -67,6 +78,8 @@ pub enum RopeFactors {
     /// holds at most `original_context` positions, `rope_factors_long.weight`
     /// beyond (llama.cpp chooses by the context size, not the position).
     ShortLong {
+        /// The pre-training context length, in tokens, at which the long
+        /// factors take over.
         original_context: usize,
     },
 }

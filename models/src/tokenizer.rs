@@ -30,12 +30,22 @@ use crate::gguf::GgufFile;
 /// llama.cpp's token types (`tokenizer.ggml.token_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TokenType {
+    /// Id 0, or any id llama.cpp does not define; decoded like `Normal`.
     Undefined,
+    /// An ordinary vocabulary piece, produced by the BPE merges (id 1).
     Normal,
+    /// The unknown-token placeholder (id 2); matched verbatim in input text.
     Unknown,
+    /// A control token such as BOS, EOS or a chat-turn marker (id 3);
+    /// matched verbatim in input text, dropped by `decode(.., true)`.
     Control,
+    /// A token added by the model's authors (id 4); matched verbatim in
+    /// input text.
     UserDefined,
+    /// A reserved slot the model never produces (id 5).
     Unused,
+    /// A SentencePiece byte-fallback token `<0xNN>` standing for one raw
+    /// byte (id 6).
     Byte,
 }
 

@@ -238,7 +238,7 @@ fn bands(s: Shape, out: &mut [f32], kernel: impl Fn(usize, usize, &mut [f32]) + 
 struct Line([u8; 64]);
 
 /// A weight matrix repacked at load time into the x16 panels of
-/// [`crate::quant::x16`], for tables whose gemm kernels read that layout
+/// `quant::x16` (crate-private), for tables whose gemm kernels read that layout
 /// (the AVX-512 tiers): the decode matvec then streams each panel with
 /// contiguous loads instead of gathering 16 rows per block at run time.
 /// Owned: it costs the matrix's size in memory, besides the file's bytes.
@@ -436,7 +436,7 @@ pub fn matmul_packed(w: &PackedMatrix, x: &[f32], n_tokens: usize, out: &mut [f3
 
 /// [`matmul_with`] over packed weights. A table without an x16 kernel for
 /// the type (another table than the one that packed) goes through the
-/// reference, [`x16::gemm_ref`].
+/// reference, `quant::x16::gemm_ref`.
 pub fn matmul_packed_with(
     table: &KernelTable,
     w: &PackedMatrix,

@@ -106,6 +106,8 @@ impl GgmlType {
             .ok_or(Error::UnknownGgmlType { id })
     }
 
+    /// ggml's numeric id for this type, as stored in a GGUF tensor header
+    /// (the inverse of [`GgmlType::from_id`]).
     pub const fn id(self) -> u32 {
         self as u32
     }

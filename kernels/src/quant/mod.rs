@@ -6,11 +6,11 @@
 //! quantize / dequantize references) and, for a weight type,
 //! [`WeightBlock`] (the activation type its dot takes, the scalar dot
 //! reference, its x16 layout, and its row of a
-//! [`KernelTable`](crate::dispatch::KernelTable)), or, for an activation
-//! type, [`ActivationBlock`]. Then one line in [`registry!`] below makes it
+//! [`crate::dispatch::KernelTable`]), or, for an activation
+//! type, [`ActivationBlock`]. Then one line in `registry!` below makes it
 //! a [`DType`], gives it its row in every kernel table (the scalar
 //! references; an ISA overrides what it implements) and its arms in every
-//! dispatch on a `DType` ([`with_block!`], [`with_weight_block!`]).
+//! dispatch on a `DType` (`with_block!`, `with_weight_block!`).
 //!
 //! [`GgmlType`] knows every ggml type id (sizes included), so files with
 //! types Sotto cannot run still parse; `DType::try_from(GgmlType)` is where
@@ -70,7 +70,8 @@ pub trait WeightBlock: QuantBlock {
     /// `w · a` over the shorter of the two, the reference of every SIMD dot.
     fn vec_dot_ref(w: &[Self], a: &[Self::Act]) -> f32;
     /// The block's fields as laid out in the load-time x16 panels
-    /// ([`x16`]); empty: the type has no x16 layout and is never repacked.
+    /// (`quant::x16`); empty: the type has no x16 layout and is never
+    /// repacked.
     const X16_FIELDS: &'static [X16Field] = &[];
     /// Its row of a kernel table.
     fn weight_row(table: &KernelTable) -> &WeightRow<Self>;
@@ -120,7 +121,7 @@ pub(crate) use registry;
 /// Builds [`DType`] from the registry.
 macro_rules! define_dtype {
     (() $($d:ident = $b:ty $([weight $w:ident])? $([act $a:ident])?,)*) => {
-        /// The tensor types Sotto runs (the registry, [`registry!`]);
+        /// The tensor types Sotto runs (the registry, `registry!`);
         /// discriminants are ggml's type ids.
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         #[repr(u32)]

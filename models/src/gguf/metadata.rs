@@ -7,18 +7,31 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u32)]
 pub enum MetaType {
+    /// Unsigned 8-bit integer (id 0).
     U8 = 0,
+    /// Signed 8-bit integer (id 1).
     I8 = 1,
+    /// Unsigned 16-bit integer, little-endian (id 2).
     U16 = 2,
+    /// Signed 16-bit integer, little-endian (id 3).
     I16 = 3,
+    /// Unsigned 32-bit integer, little-endian (id 4).
     U32 = 4,
+    /// Signed 32-bit integer, little-endian (id 5).
     I32 = 5,
+    /// IEEE-754 single-precision float, little-endian (id 6).
     F32 = 6,
+    /// One byte, 0 or 1 (id 7).
     Bool = 7,
+    /// UTF-8 string with a u64 byte-length prefix (id 8).
     String = 8,
+    /// Typed array: element type id, u64 count, then the elements (id 9).
     Array = 9,
+    /// Unsigned 64-bit integer, little-endian (id 10).
     U64 = 10,
+    /// Signed 64-bit integer, little-endian (id 11).
     I64 = 11,
+    /// IEEE-754 double-precision float, little-endian (id 12).
     F64 = 12,
 }
 
@@ -61,19 +74,31 @@ impl MetaType {
 /// One metadata value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum MetaValue {
+    /// A `u8` value.
     U8(u8),
+    /// An `i8` value.
     I8(i8),
+    /// A `u16` value.
     U16(u16),
+    /// An `i16` value.
     I16(i16),
+    /// A `u32` value.
     U32(u32),
+    /// An `i32` value.
     I32(i32),
+    /// An `f32` value.
     F32(f32),
+    /// A boolean.
     Bool(bool),
+    /// A string (GGUF strings are UTF-8; invalid UTF-8 is rejected at read).
     String(String),
     /// Element type (kept so empty arrays round-trip) and the elements.
     Array(MetaType, Vec<MetaValue>),
+    /// A `u64` value.
     U64(u64),
+    /// An `i64` value.
     I64(i64),
+    /// An `f64` value.
     F64(f64),
 }
 
