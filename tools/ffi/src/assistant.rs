@@ -160,7 +160,7 @@ impl AssistantHandle {
     /// Opens the device kept in `state_dir` under `key` (created with a
     /// new identity when the directory holds none), or one in memory when
     /// `state_dir` is `None`, answered by `model` with `options` (JSON,
-    /// see [`AssistantOptions`]).
+    /// see `AssistantOptions` in this module).
     pub fn open(
         model: &Arc<ModelHandle>,
         state_dir: Option<&str>,
@@ -202,7 +202,7 @@ impl AssistantHandle {
         })
     }
 
-    /// A prekey bundle for one new peer, as JSON (see [`bundle_json`]).
+    /// A prekey bundle for one new peer, as JSON (see `bundle_json` in this module).
     pub fn prekey_bundle(&self) -> FfiResult<String> {
         let mut state = self.lock()?;
         let bundle = state

@@ -1,6 +1,6 @@
 //! The C ABI (`include/sotto.h` is generated from this file and
 //! `status.rs` by cbindgen). Every entry point runs inside
-//! [`guard`](crate::status::guard): a panic becomes `SOTTO_STATUS_PANIC`,
+//! [`guard`]: a panic becomes `SOTTO_STATUS_PANIC`,
 //! never an unwind into the caller.
 //!
 //! Handles and threads:

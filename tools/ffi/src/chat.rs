@@ -149,7 +149,7 @@ pub struct ModelHandle {
 }
 
 impl ModelHandle {
-    /// Opens the GGUF at `path` with `options` (JSON, see [`ModelOptions`]).
+    /// Opens the GGUF at `path` with `options` (JSON, see `ModelOptions` in this module).
     pub fn open(path: &str, options: Option<&str>) -> FfiResult<Arc<ModelHandle>> {
         let options: ModelOptions = parse(options)?;
         if options.panic_probe && !cfg!(feature = "panic-probe") {
@@ -199,7 +199,7 @@ struct ChatState {
 }
 
 impl ChatHandle {
-    /// A new conversation on `model` with `options` (JSON, see [`ChatOptions`]).
+    /// A new conversation on `model` with `options` (JSON, see `ChatOptions` in this module).
     pub fn open(model: &Arc<ModelHandle>, options: Option<&str>) -> FfiResult<ChatHandle> {
         let o: ChatOptions = parse(options)?;
         let sampler = o.sampler()?;
