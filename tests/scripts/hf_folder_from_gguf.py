@@ -1,0 +1,246 @@
+#!/usr/bin/env python3
+"""Write a Hugging Face model folder from a Llama-family GGUF (issue 13's
+fixture), with PyPI gguf, numpy, safetensors and tokenizers only: no Sotto
+code, so the folder is an independent rendering of the same model.
+
+    hf_folder_from_gguf.py MODEL.gguf OUT_DIR [--dtype f32|f16] [--shards N]
+        [--check-tokens tests/data/llama_cpp/tokenization.json]
+
+The folder holds what `transformers` writes for a LlamaForCausalLM:
+- `config.json` (hyper-parameters from the GGUF metadata);
+- the weights dequantized by gguf-py (llama.cpp's own reader) and renamed to
+  the Hugging Face layout, with the Q/K rows put back from GGUF's rope
+  layout (llama.cpp's converter interleaves each head's two rotated halves;
+  Hugging Face keeps them as halves), in `model.safetensors`, or in N shards
+  with `model.safetensors.index.json`;
+- `tokenizer.json` built from the GGUF vocabulary and merges (byte-level
+  BPE with the pre-tokenizer `tokenizer.ggml.pre` names), the control tokens
+  as added special tokens;
+- `tokenizer_config.json` (chat template, special tokens) and
+  `generation_config.json`.
+
+With --check-tokens, the written tokenizer.json must encode every case of
+that file (llama.cpp's ids for its reference strings on the same model:
+`text`, `parse_special`, `ids`) into the same ids, or the script exits 1.
+"""
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+from gguf import GGUFReader, GGMLQuantizationType
+from gguf.quants import dequantize
+from safetensors.numpy import save_file
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+# GGUF tensor name (after "blk.N.") -> Hugging Face name (after "model.layers.N.").
+LAYER_NAMES = {
+    "attn_q.weight": "self_attn.q_proj.weight",
+    "attn_k.weight": "self_attn.k_proj.weight",
+    "attn_v.weight": "self_attn.v_proj.weight",
+    "attn_output.weight": "self_attn.o_proj.weight",
+    "ffn_gate.weight": "mlp.gate_proj.weight",
+    "ffn_up.weight": "mlp.up_proj.weight",
+    "ffn_down.weight": "mlp.down_proj.weight",
+    "attn_norm.weight": "input_layernorm.weight",
+    "ffn_norm.weight": "post_attention_layernorm.weight",
+}
+GLOBAL_NAMES = {
+    "token_embd.weight": "model.embed_tokens.weight",
+    "output_norm.weight": "model.norm.weight",
+    "output.weight": "lm_head.weight",
+}
+
+# Pre-tokenizer splits of the byte-level vocabularies this fixture supports,
+# as llama.cpp's llama-vocab.cpp defines them per `tokenizer.ggml.pre`.
+PRE_TOKENIZERS = {
+    # Each digit alone, then GPT-2's split (SmolLM, SmolLM2).
+    "smollm": lambda: pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    ),
+    "gpt2": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    "default": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+}
+
+
+def field(reader, key, default=None):
+    f = reader.fields.get(key)
+    if f is None:
+        return default
+    return f.contents()
+
+
+def unpermute(w, n_head):
+    """Inverse of llama.cpp's convert_hf_to_gguf permute: each head's rows go
+    from interleaved pairs (GGUF) back to two halves (Hugging Face)."""
+    rows, cols = w.shape
+    hd = rows // n_head
+    return w.reshape(n_head, hd // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
+
+
+def tensors(reader, n_head, n_kv_head, dtype):
+    out = {}
+    for t in reader.tensors:
+        # ggml lists dimensions fastest first; numpy wants them slowest first.
+        shape = [int(d) for d in reversed(t.shape)]
+        if t.tensor_type in (GGMLQuantizationType.F32, GGMLQuantizationType.F16):
+            w = np.asarray(t.data, dtype=np.float32).reshape(shape)
+        else:
+            w = dequantize(t.data, t.tensor_type).astype(np.float32).reshape(shape)
+        name = t.name
+        if name.startswith("blk."):
+            _, layer, rest = name.split(".", 2)
+            if rest not in LAYER_NAMES:
+                sys.exit(f"{name}: no Hugging Face name for it in this fixture")
+            if rest == "attn_q.weight":
+                w = unpermute(w, n_head)
+            elif rest == "attn_k.weight":
+                w = unpermute(w, n_kv_head)
+            hf = f"model.layers.{layer}.{LAYER_NAMES[rest]}"
+        elif name in GLOBAL_NAMES:
+            hf = GLOBAL_NAMES[name]
+        elif name == "rope_freqs.weight":
+            continue  # Llama 3 rope factors live in config.json as rope_scaling.
+        else:
+            sys.exit(f"{name}: no Hugging Face name for it in this fixture")
+        out[hf] = np.ascontiguousarray(w.astype(dtype))
+    return out
+
+
+def write_weights(out_dir, weights, shards, dtype_name):
+    names = sorted(weights)
+    if shards <= 1:
+        save_file(weights, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+        return
+    per = -(-len(names) // shards)
+    weight_map, total = {}, 0
+    for i in range(shards):
+        part = names[i * per : (i + 1) * per]
+        fname = f"model-{i + 1:05d}-of-{shards:05d}.safetensors"
+        save_file({n: weights[n] for n in part}, os.path.join(out_dir, fname), metadata={"format": "pt"})
+        for n in part:
+            weight_map[n] = fname
+            total += weights[n].nbytes
+    with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+
+
+def build_tokenizer(reader):
+    model = field(reader, "tokenizer.ggml.model")
+    if model != "gpt2":
+        sys.exit(f"tokenizer.ggml.model {model!r}: this fixture writes byte-level BPE (gpt2) only")
+    tokens = field(reader, "tokenizer.ggml.tokens")
+    types = field(reader, "tokenizer.ggml.token_type")
+    merges = [tuple(m.split(" ", 1)) for m in field(reader, "tokenizer.ggml.merges")]
+    pre = field(reader, "tokenizer.ggml.pre", "default")
+    if pre not in PRE_TOKENIZERS:
+        sys.exit(f"tokenizer.ggml.pre {pre!r}: no Hugging Face pre-tokenizer for it in this fixture")
+    vocab = {t: i for i, t in enumerate(tokens)}
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    tk.pre_tokenizer = PRE_TOKENIZERS[pre]()
+    tk.decoder = decoders.ByteLevel()
+    # Control (3) and user-defined (4) tokens match whole, before the split.
+    specials = [
+        AddedToken(tokens[i], special=(types[i] == 3), normalized=False)
+        for i in range(len(tokens))
+        if types[i] in (3, 4)
+    ]
+    tk.add_special_tokens([a for a in specials if a.special])
+    tk.add_tokens([a for a in specials if not a.special])
+    return tk, tokens
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("gguf")
+    ap.add_argument("out_dir")
+    ap.add_argument("--dtype", choices=["f32", "f16"], default="f32")
+    ap.add_argument("--shards", type=int, default=1)
+    ap.add_argument("--check-tokens")
+    args = ap.parse_args()
+
+    reader = GGUFReader(args.gguf)
+    arch = field(reader, "general.architecture")
+    if arch != "llama":
+        sys.exit(f"general.architecture {arch!r}: this fixture writes Llama folders only")
+    g = lambda k, d=None: field(reader, f"{arch}.{k}", d)
+    n_head, n_kv_head = int(g("attention.head_count")), int(g("attention.head_count_kv"))
+    d_model = int(g("embedding_length"))
+    dtype = np.float32 if args.dtype == "f32" else np.float16
+    weights = tensors(reader, n_head, n_kv_head, dtype)
+    tied = "lm_head.weight" not in weights
+    tk, tokens = build_tokenizer(reader)
+
+    bos, eos = field(reader, "tokenizer.ggml.bos_token_id"), field(reader, "tokenizer.ggml.eos_token_id")
+    config = {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": d_model,
+        "intermediate_size": int(g("feed_forward_length")),
+        "num_hidden_layers": int(g("block_count")),
+        "num_attention_heads": n_head,
+        "num_key_value_heads": n_kv_head,
+        "head_dim": int(g("rope.dimension_count", d_model // n_head)),
+        "hidden_act": "silu",
+        "max_position_embeddings": int(g("context_length")),
+        "rms_norm_eps": float(g("attention.layer_norm_rms_epsilon")),
+        "rope_theta": float(g("rope.freq_base", 10000.0)),
+        "rope_scaling": None,
+        "attention_bias": False,
+        "mlp_bias": False,
+        "tie_word_embeddings": tied,
+        "vocab_size": len(tokens),
+        "bos_token_id": bos,
+        "eos_token_id": eos,
+        "torch_dtype": "float32" if args.dtype == "f32" else "float16",
+    }
+    os.makedirs(args.out_dir, exist_ok=True)
+    write_weights(args.out_dir, weights, args.shards, args.dtype)
+    with open(os.path.join(args.out_dir, "config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    tk.save(os.path.join(args.out_dir, "tokenizer.json"))
+    tok_config = {
+        "tokenizer_class": "GPT2Tokenizer",
+        "bos_token": tokens[bos] if bos is not None else None,
+        "eos_token": tokens[eos] if eos is not None else None,
+        "unk_token": tokens[field(reader, "tokenizer.ggml.unknown_token_id", 0)],
+        "add_bos_token": bool(field(reader, "tokenizer.ggml.add_bos_token", False)),
+        "model_max_length": config["max_position_embeddings"],
+        "chat_template": field(reader, "tokenizer.chat_template"),
+    }
+    pad = field(reader, "tokenizer.ggml.padding_token_id")
+    if pad is not None:
+        tok_config["pad_token"] = tokens[pad]
+    with open(os.path.join(args.out_dir, "tokenizer_config.json"), "w") as f:
+        json.dump(tok_config, f, indent=2)
+    with open(os.path.join(args.out_dir, "generation_config.json"), "w") as f:
+        json.dump({"bos_token_id": bos, "eos_token_id": eos, "pad_token_id": pad}, f, indent=2)
+
+    if args.check_tokens:
+        with open(args.check_tokens) as f:
+            cases = json.load(f)
+        bad = 0
+        for case in cases:
+            # parse_special=False: control tokens' text is plain text.
+            tk.encode_special_tokens = not case["parse_special"]
+            got = tk.encode(case["text"], add_special_tokens=False).ids
+            if got != case["ids"]:
+                bad += 1
+                if bad <= 5:
+                    print(f"tokens differ on {case['text']!r}: {got[:12]} vs llama.cpp {case['ids'][:12]}",
+                          file=sys.stderr)
+        tk.encode_special_tokens = False
+        print(f"tokenizer.json vs llama.cpp: {len(cases) - bad}/{len(cases)} strings identical", file=sys.stderr)
+        if bad:
+            sys.exit(1)
+    print(f"wrote {args.out_dir}: {len(weights)} tensors ({args.dtype}, {max(args.shards, 1)} file(s)), "
+          f"tokenizer of {len(tokens)} tokens, tied embeddings: {tied}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
