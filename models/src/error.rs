@@ -147,6 +147,24 @@ pub enum Error {
     /// The chat template does not parse or fails to render.
     #[error("chat template: {0}")]
     ChatTemplate(String),
+    /// A file of a Hugging Face folder is missing or malformed (a shard the
+    /// index lists, a safetensors header, a tensor dtype Sotto does not
+    /// read, a tokenizer.json it cannot translate).
+    #[error("{file}: {reason}")]
+    HfFolder {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A `config.json` value is missing, malformed or not supported.
+    #[error("config.json {key:?}: {reason}")]
+    HfConfig {
+        /// The config key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
 }
 
 /// Result alias used throughout sotto-models.

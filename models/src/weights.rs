@@ -52,7 +52,7 @@ impl Weight {
             name: info.name.clone(),
             dtype: info.dtype()?,
             shape: [rows, cols],
-            storage: Arc::clone(gguf.storage()),
+            storage: Arc::clone(gguf.tensor_storage(info)),
             range: gguf.tensor_range(info),
         })
     }
