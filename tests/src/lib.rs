@@ -103,3 +103,30 @@ pub fn greedy(max_tokens: usize) -> sotto_engine::GenerateOptions {
         ..Default::default()
     }
 }
+
+/// Runs the program `exe` (a CLI under test, e.g. `env!("CARGO_BIN_EXE_sotto")`)
+/// with `args`, writing `stdin` to its standard input; its output.
+pub fn run_with_stdin(exe: &str, args: &[&std::ffi::OsStr], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {exe}: {e}"));
+    if let Some(mut input) = child.stdin.take() {
+        input
+            .write_all(stdin.as_bytes())
+            .unwrap_or_else(|e| panic!("writing to {exe}: {e}"));
+    }
+    child
+        .wait_with_output()
+        .unwrap_or_else(|e| panic!("waiting for {exe}: {e}"))
+}
+
+/// Bytes of a program's output as text (lossy UTF-8).
+pub fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}

@@ -8,36 +8,18 @@
 //! it; `$SOTTO_GEMMA3_270M`), llama.cpp from scripts/llama-deps.sh.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
-use sotto_tests::data_dir;
 use sotto_tests::parity::{
     cache_dir, generate_reference_within, llama_python, repo_root, Criteria, RefBudget,
 };
 use sotto_tests::tiny_arch::{gemma3_270m_path, tiny_file_with};
+use sotto_tests::{data_dir, text};
 
 /// Runs `sotto ARGS` with `stdin` on its standard input.
 fn sotto(args: &[&std::ffi::OsStr], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sotto"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    sotto_tests::run_with_stdin(env!("CARGO_BIN_EXE_sotto"), args, stdin)
 }
 
 /// The names of `file`'s tensors whose ggml type is `ty`, as gguf-py (not

@@ -8,28 +8,13 @@
 #![cfg(feature = "ort")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
+use sotto_tests::text;
+
+/// Runs `sotto ARGS` with `stdin` on its standard input.
 fn sotto(args: &[&std::ffi::OsStr], stdin: &str) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_sotto"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
+    sotto_tests::run_with_stdin(env!("CARGO_BIN_EXE_sotto"), args, stdin)
 }
 
 #[test]

@@ -5,8 +5,7 @@
 //! reader and writer agree on every value they both accept.
 #![no_main]
 use libfuzzer_sys::fuzz_target;
-use sotto_models::gguf::writer::WriterTensor;
-use sotto_models::gguf::{GgufFile, GgufWriter};
+use sotto_models::gguf::{GgufFile, GgufWriter, WriterTensor};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(gguf) = GgufFile::from_bytes(data.to_vec()) else {

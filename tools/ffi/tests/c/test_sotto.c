@@ -114,7 +114,15 @@ static void collect(void *user_data, const char *piece, size_t len) {
 
 static const char *FRANCE = "What is the capital of France?";
 static const char *FRANCE_ANSWER = "The capital of France is Paris.";
-static const char *GREEDY = "{\"system\":\"You are a helpful assistant.\",\"temperature\":0,\"max_tokens\":64}";
+/* The system prompt asks for one short sentence: with "You are a helpful
+ * assistant." alone, llama.cpp's own top-two margin at the answer's first
+ * token is 0.086 logit ("The" against "La"), a near tie that 8-bit
+ * activation rounding decides differently per instruction set (the aarch64
+ * build under qemu answered in French). With this prompt llama.cpp's margin
+ * there is 1.74 and at least 4 after it, and its greedy answer is still
+ * FRANCE_ANSWER. */
+static const char *GREEDY = "{\"system\":\"You are a helpful assistant. Answer in one short sentence.\","
+                            "\"temperature\":0,\"max_tokens\":64}";
 
 /* ---- tests --------------------------------------------------------------- */
 
