@@ -478,6 +478,44 @@ mod tests {
         }
     }
 
+    /// Block kernels given slices that are not whole rows (or a zero head
+    /// size, or too short an output) do what the references do, without a
+    /// panic or an out-of-bounds access.
+    #[test]
+    fn attn_block_kernels_survive_malformed_shapes() {
+        let k: Vec<f16> = random_row(3 * 64 + 5, 4)
+            .iter()
+            .map(|&v| f16::from_f32(v))
+            .collect();
+        let q = random_row(2 * 64 + 3, 8);
+        for isa in available_isas() {
+            let Some(b) = table_for(isa).unwrap().attn_block else {
+                continue;
+            };
+            // Ragged keys or heads, a zero head size, and whole rows with
+            // too short an output (2 < 2 heads x 3 keys).
+            let cases = [
+                (&k[..], &q[..], 0usize, 8usize),
+                (&k[..], &q[..], 64, 8),
+                (&k[..], &q[..], 7, 40),
+                (&k[..192], &q[..], 64, 8),
+                (&k[..192], &q[..128], 64, 2),
+            ];
+            for (k, q, hd, out_len) in cases {
+                let what = format!("{isa} hd={hd} keys={} q={} out={out_len}", k.len(), q.len());
+                let (mut fast, mut reference) = (vec![0.5f32; out_len], vec![0.5f32; out_len]);
+                (b.scores)(k, hd, q, &mut fast);
+                float::attn_scores_f16(k, hd, q, &mut reference);
+                assert_eq!(fast, reference, "scores {what}");
+                let (mut fast, mut reference) = (q.to_vec(), q.to_vec());
+                let p = &q[..out_len.min(q.len())];
+                (b.accumulate)(k, hd, p, &mut fast);
+                float::attn_accumulate_f16(k, hd, p, &mut reference);
+                assert_eq!(fast, reference, "accumulate {what}");
+            }
+        }
+    }
+
     /// Every row of every available table against the scalar references.
     #[test]
     fn every_table_entry_matches_scalar() {

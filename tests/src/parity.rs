@@ -573,12 +573,20 @@ pub struct GreedyReport {
 
 /// Compares our greedy tokens `ours` with llama.cpp's over its first `limit`.
 /// `self_swing` is [`Reference::self_swing`] of the file `seq` is from.
+/// `judged_near_ties` are the near-tie flips the teacher-forced check of
+/// `seq` found ([`TeacherForcedReport::flips`]; empty without one): up to a
+/// divergence our prefix is llama.cpp's continuation, so the teacher-forced
+/// check already judged that very decision with both engines' margins, and
+/// a divergence it counted as a near tie is acceptable here too (the
+/// greedy step's margin is llama.cpp's one-token-at-a-time run's, which
+/// differs from its batched run by its own noise).
 pub fn compare_greedy(
     seq: &SequenceRef,
     ours: &[u32],
     limit: usize,
     criteria: &Criteria,
     self_swing: f32,
+    judged_near_ties: &[Flip],
 ) -> GreedyReport {
     let reference = &seq.continuation_ids;
     let compared = reference.len().min(limit);
@@ -600,8 +608,10 @@ pub fn compare_greedy(
         // A near-tie may be between more than two tokens: any token we pick
         // there is acceptable, stopping early is not. A margin llama.cpp's
         // own runs overturn elsewhere on this file is a near-tie too.
+        let judged = judged_near_ties.iter().any(|f| f.pos == step.pos);
         report.acceptable =
-            (step.margin < criteria.near_tie || step.margin <= self_swing) && got.is_some();
+            (step.margin < criteria.near_tie || step.margin <= self_swing || judged)
+                && got.is_some();
         break;
     }
     report
@@ -610,12 +620,7 @@ pub fn compare_greedy(
 /// Our free-running greedy continuation of every prompt of `reference` on
 /// the CPU backend, compared with llama.cpp's over its first `limit` tokens.
 /// `summary` is the teacher-forced comparison of the same sequences
-/// ([`compare_model`]): up to a divergence our prefix is llama.cpp's
-/// continuation, so the teacher-forced check already judged that very
-/// decision with both engines' margins, and a divergence it counted as a
-/// near-tie flip is acceptable here too (the greedy run's own margin is
-/// llama.cpp's from its one-token-at-a-time run, which differs from its
-/// batched run by its own noise).
+/// ([`compare_model`]), whose near-tie flips [`compare_greedy`] accepts.
 pub fn greedy_reports(
     model: &Arc<Model>,
     reference: &Reference,
@@ -636,18 +641,12 @@ pub fn greedy_reports(
             let stats = s
                 .generate(&seq.prompt_ids, &crate::greedy(want), &mut |_| {})
                 .unwrap_or_else(|e| panic!("{}: greedy generation: {e}", seq.name));
-            let mut report = compare_greedy(seq, &stats.tokens, limit, criteria, self_swing);
-            if let Some((i, Some(_), _)) = report.divergence {
-                let pos = seq.greedy_steps.get(i).map(|step| step.pos);
-                let judged_near_tie = summary
-                    .reports
-                    .iter()
-                    .filter(|r| r.name == seq.name)
-                    .flat_map(|r| &r.flips)
-                    .any(|f| Some(f.pos) == pos);
-                report.acceptable |= judged_near_tie;
-            }
-            report
+            let flips = summary
+                .reports
+                .iter()
+                .find(|r| r.name == seq.name)
+                .map_or(&[][..], |r| &r.flips[..]);
+            compare_greedy(seq, &stats.tokens, limit, criteria, self_swing, flips)
         })
         .collect()
 }

@@ -102,6 +102,8 @@ fn free_running_greedy_follows_llama_cpp() {
             32,
             &criteria,
             refs.self_swing(criteria.tie_margin),
+            // No teacher-forced run here: only llama.cpp's own margins judge.
+            &[],
         );
         let shown = r.divergence.map_or("none".to_string(), |(i, _, margin)| {
             format!("token {i} (margin {margin:.2})")
