@@ -4,6 +4,7 @@
 // must stop the test with instructions, not skip it.
 #![allow(clippy::panic)]
 
+pub mod hf;
 pub mod parity;
 pub mod tiny_arch;
 
