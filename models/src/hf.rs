@@ -20,6 +20,8 @@
 //! adjacent pairs (ggml mode 0); a folder keeps Hugging Face's halves, so
 //! its decoder rotates NeoX-style pairs `(x[i], x[i + n/2])` instead, which
 //! is the same computation on the unpermuted rows.
+//!
+//! [`open`] gives the view; [`crate::Model::load`] takes a folder path directly.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,7 +35,8 @@ use crate::gguf::{GgufFile, MetaType, MetaValue, Storage, TensorInfo};
 use crate::spec::RopeStyle;
 
 /// The files of a folder and the GGUF view built from them.
-pub(crate) struct Folder {
+#[derive(Debug)]
+pub struct Folder {
     /// The folder as a GGUF file: metadata and a tensor table into the shards.
     pub gguf: GgufFile,
     /// The decoder's rope pairs differ from the GGUF architecture's default
@@ -41,8 +44,9 @@ pub(crate) struct Folder {
     pub rope_style: Option<RopeStyle>,
 }
 
-/// `dir` as a GGUF view.
-pub(crate) fn open(dir: &Path) -> Result<Folder> {
+/// `dir` as a GGUF view; [`crate::Model::load`] builds a model from it, and
+/// tools that show or rewrite a model file (inspect, convert) read it here.
+pub fn open(dir: &Path) -> Result<Folder> {
     let config = read_json(&dir.join("config.json"))?;
     let arch = Arch::of(&config)?;
     let mut meta = Meta::default();
@@ -60,10 +64,21 @@ pub(crate) fn open(dir: &Path) -> Result<Folder> {
     })
 }
 
+/// A JSON file the folder must have: missing is [`Error::HfFolder`] (the
+/// folder is incomplete), unreadable [`Error::Io`].
 fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::HfFolder {
+                file: path.to_path_buf(),
+                reason: "missing: a Hugging Face model folder needs it".into(),
+            }
+        } else {
+            Error::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
     })?;
     serde_json::from_str(&text).map_err(|e| Error::HfFolder {
         file: path.to_path_buf(),
@@ -267,8 +282,14 @@ fn opt_f32(c: &Value, key: &str) -> Result<Option<f32>> {
 
 /// The shards of the folder, memory-mapped, and every tensor the decoder
 /// reads with its shard and offset.
-fn tensors(dir: &Path, arch: &Arch) -> Result<(Vec<(TensorInfo, usize)>, Vec<Arc<Storage>>)> {
+/// Tensor-table entries, each with the index of the shard it lives in.
+type ShardTensors = Vec<(TensorInfo, usize)>;
+
+fn tensors(dir: &Path, arch: &Arch) -> Result<(ShardTensors, Vec<Arc<Storage>>)> {
     let index = dir.join("model.safetensors.index.json");
+    // With an index, each tensor is read from the shard it names, and every
+    // tensor it names must be there.
+    let mut weight_map: HashMap<String, String> = HashMap::new();
     let files: Vec<PathBuf> = if index.exists() {
         let v = read_json(&index)?;
         let map = v
@@ -278,7 +299,22 @@ fn tensors(dir: &Path, arch: &Arch) -> Result<(Vec<(TensorInfo, usize)>, Vec<Arc
                 file: index.clone(),
                 reason: "no weight_map object".into(),
             })?;
-        let mut names: Vec<&str> = map.values().filter_map(Value::as_str).collect();
+        for (tensor, shard) in map {
+            let shard = shard.as_str().ok_or_else(|| Error::HfFolder {
+                file: index.clone(),
+                reason: format!("weight_map[{tensor:?}] is not a file name"),
+            })?;
+            if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
+                return Err(Error::HfFolder {
+                    file: index.clone(),
+                    reason: format!(
+                        "weight_map[{tensor:?}] = {shard:?} is not a file in the folder"
+                    ),
+                });
+            }
+            weight_map.insert(tensor.clone(), shard.to_string());
+        }
+        let mut names: Vec<&str> = weight_map.values().map(String::as_str).collect();
         names.sort_unstable();
         names.dedup();
         names.iter().map(|n| dir.join(n)).collect()
@@ -287,6 +323,7 @@ fn tensors(dir: &Path, arch: &Arch) -> Result<(Vec<(TensorInfo, usize)>, Vec<Arc
     };
     let mut parts = Vec::with_capacity(files.len());
     let mut out = Vec::new();
+    let mut found: std::collections::HashSet<String> = std::collections::HashSet::new();
     for (part, file) in files.iter().enumerate() {
         if !file.exists() {
             return Err(Error::HfFolder {
@@ -304,10 +341,20 @@ fn tensors(dir: &Path, arch: &Arch) -> Result<(Vec<(TensorInfo, usize)>, Vec<Arc
         // Offsets in the header count from the end of the 8-byte length and
         // the JSON header.
         let data_start = 8 + header_len;
+        let shard_name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
         for (name, info) in header.tensors() {
             let Some(gguf_name) = arch.gguf_tensor_name(&name) else {
                 continue;
             };
+            if !weight_map.is_empty() {
+                match weight_map.get(&name) {
+                    Some(listed) if listed == shard_name => {
+                        found.insert(name.clone());
+                    }
+                    // A copy the index does not point at is not read.
+                    _ => continue,
+                }
+            }
             let ggml_type = match info.dtype {
                 safetensors::Dtype::F32 => GgmlType::F32,
                 safetensors::Dtype::F16 => GgmlType::F16,
@@ -335,6 +382,20 @@ fn tensors(dir: &Path, arch: &Arch) -> Result<(Vec<(TensorInfo, usize)>, Vec<Arc
             ));
         }
         parts.push(storage);
+    }
+    let mut lost: Vec<(&String, &String)> = weight_map
+        .iter()
+        .filter(|(name, _)| arch.gguf_tensor_name(name).is_some() && !found.contains(*name))
+        .collect();
+    lost.sort();
+    if let Some((name, shard)) = lost.first() {
+        return Err(Error::HfFolder {
+            file: dir.join(shard),
+            reason: format!(
+                "tensor {name} is not in it, though the index says so ({} such tensors)",
+                lost.len()
+            ),
+        });
     }
     Ok((out, parts))
 }

@@ -22,7 +22,7 @@ pub mod arch;
 pub mod chat;
 mod error;
 pub mod gguf;
-mod hf;
+pub mod hf;
 pub mod spec;
 #[doc(hidden)]
 pub mod testutil;
