@@ -51,7 +51,14 @@ pub fn open(dir: &Path) -> Result<Folder> {
     let arch = Arch::of(&config)?;
     let mut meta = Meta::default();
     meta.str("general.architecture", arch.gguf_name);
-    if let Some(name) = config.get("_name_or_path").and_then(Value::as_str) {
+    // The name `transformers` saved, else the folder's (what a Hub
+    // download is named after).
+    let name = config
+        .get("_name_or_path")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .or_else(|| dir.file_name().and_then(|n| n.to_str()));
+    if let Some(name) = name {
         meta.str("general.name", name);
     }
     arch.hparams(&config, &mut meta)?;
@@ -400,9 +407,9 @@ fn tensors(dir: &Path, arch: &Arch) -> Result<(ShardTensors, Vec<Arc<Storage>>)>
     Ok((out, parts))
 }
 
-/// `tokenizer.json` (and the special tokens of `tokenizer_config.json` and
-/// `config.json`) as the `tokenizer.ggml.*` keys llama.cpp's converter
-/// writes.
+/// `tokenizer.json` (and the special tokens of `tokenizer_config.json`,
+/// `generation_config.json` and `config.json`) as the `tokenizer.ggml.*`
+/// keys llama.cpp's converter writes.
 fn tokenizer_metadata(dir: &Path, config: &Value, meta: &mut Meta) -> Result<()> {
     let path = dir.join("tokenizer.json");
     let tj = read_json(&path)?;
@@ -533,11 +540,23 @@ fn tokenizer_metadata(dir: &Path, config: &Value, meta: &mut Meta) -> Result<()>
         };
         text.and_then(|t| by_text.get(t).copied())
     };
+    // generation_config.json (what `generate` stops on) before config.json;
+    // either may hold a list of ids, whose first is the end of sequence.
+    let gc_path = dir.join("generation_config.json");
+    let gc = if gc_path.exists() {
+        read_json(&gc_path)?
+    } else {
+        Value::Null
+    };
     let id_of = |key: &str| {
-        config
-            .get(key)
-            .and_then(Value::as_u64)
-            .and_then(|i| u32::try_from(i).ok())
+        [&gc, config].into_iter().find_map(|c| {
+            let v = c.get(key)?;
+            let first = match v {
+                Value::Array(ids) => ids.first()?,
+                v => v,
+            };
+            first.as_u64().and_then(|i| u32::try_from(i).ok())
+        })
     };
     if let Some(bos) = special("bos_token").or_else(|| id_of("bos_token_id")) {
         meta.u32("tokenizer.ggml.bos_token_id", bos);
