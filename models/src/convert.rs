@@ -26,6 +26,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use sotto_kernels::quant::{aligned_bytes, dequantize_row, quantize_row, AlignedBytes, DType};
 
@@ -278,9 +279,16 @@ impl GgufConversion {
             path: path.to_path_buf(),
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"),
         })?;
+        // Unique per process and call: concurrent writers of one path each
+        // rename a complete file of their own.
+        static WRITES: AtomicUsize = AtomicUsize::new(0);
         let mut tmp_name = std::ffi::OsString::from(".");
         tmp_name.push(name);
-        tmp_name.push(format!(".{}.tmp", std::process::id()));
+        tmp_name.push(format!(
+            ".{}-{}.tmp",
+            std::process::id(),
+            WRITES.fetch_add(1, Ordering::Relaxed)
+        ));
         let tmp = path.with_file_name(tmp_name);
         let result = (|| {
             let file = std::fs::File::create(&tmp).map_err(io(&tmp))?;

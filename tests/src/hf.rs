@@ -42,8 +42,8 @@ impl FolderDtype {
 pub fn fixture_folder(dtype: FolderDtype, shards: usize) -> PathBuf {
     let model = default_model_path();
     let script = repo_root().join("tests/scripts/hf_folder_from_gguf.py");
-    let script_text = std::fs::read(&script)
-        .unwrap_or_else(|e| panic!("reading {}: {e}", script.display()));
+    let script_text =
+        std::fs::read(&script).unwrap_or_else(|e| panic!("reading {}: {e}", script.display()));
     let model_len = std::fs::metadata(&model)
         .unwrap_or_else(|e| panic!("{}: {e}", model.display()))
         .len();
