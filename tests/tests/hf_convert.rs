@@ -330,3 +330,72 @@ fn identical_tensors(a: &Path, b: &Path) -> String {
         .count();
     format!("{same}/{}", a.tensors().len())
 }
+
+/// `--quant T` at load ([`sotto_models::Model::load_quantized`]) runs the
+/// very bytes `sotto quantize` writes for T: the CPU backend's logits on
+/// the folder quantized at load equal, bit for bit, its logits on the file.
+/// Prints the load times of issue 13's table (GGUF mmap, folder, folder
+/// quantized at load; one run each on a shared machine: noisy).
+#[test]
+fn quantized_at_load_equals_the_quantized_file() {
+    use sotto_models::Model;
+    use sotto_tests::parity::sotto_logits;
+    use std::sync::Arc;
+    let folder = fixture_folder(FolderDtype::F32, 1);
+    let timed = |what: &str, load: &dyn Fn() -> Model| {
+        let t = Instant::now();
+        let model = load();
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        (Arc::new(model), format!("{what:<44} {ms:>9.0} ms"))
+    };
+    let mut table = vec![
+        timed("GGUF (Q4_1, mmap)", &|| {
+            Model::load(default_model_path()).unwrap()
+        })
+        .1,
+        timed("Hugging Face folder (F32, mmap)", &|| {
+            Model::load(&folder).unwrap()
+        })
+        .1,
+    ];
+    for dtype in [DType::Q4_0, DType::Q4_K] {
+        let file = work_dir().join(format!("folder.{}.gguf", dtype.name()));
+        convert(&folder, dtype, &file);
+        let (at_load, row) = timed(
+            &format!("Hugging Face folder, --quant {}", dtype.name()),
+            &|| Model::load_quantized(&folder, dtype).unwrap(),
+        );
+        table.push(row);
+        let from_file = Arc::new(Model::load(&file).unwrap());
+        let tokens = from_file
+            .template
+            .render(
+                &[sotto_models::ChatMessage::user(
+                    "What is the capital of France?",
+                )],
+                true,
+            )
+            .and_then(|text| from_file.tokenizer.encode(&text, true))
+            .unwrap();
+        let (a, b) = (
+            sotto_logits(&at_load, &tokens),
+            sotto_logits(&from_file, &tokens),
+        );
+        assert_eq!(a.len(), tokens.len() * from_file.spec.vocab_size);
+        let differing = a
+            .iter()
+            .zip(&b)
+            .filter(|(x, y)| x.to_bits() != y.to_bits())
+            .count();
+        assert_eq!(
+            differing,
+            0,
+            "{dtype}: {differing} of {} logits differ between --quant at load and the file",
+            a.len()
+        );
+    }
+    eprintln!(
+        "load times (Model::load, this machine, one run):\n{}",
+        table.join("\n")
+    );
+}
