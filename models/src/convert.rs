@@ -94,13 +94,10 @@ impl GgufConversion {
         source_path: PathBuf,
         target: DType,
     ) -> Result<GgufConversion> {
-        if !target.is_weight_type() {
-            return Err(Error::UnsupportedTargetType {
-                dtype: target,
-                reason: "it is an activation type, with no weight kernels in Sotto or llama.cpp"
-                    .into(),
-            });
-        }
+        let file_type = llama_ftype(target).ok_or_else(|| Error::UnsupportedTargetType {
+            dtype: target,
+            reason: "it is an activation type, with no weight kernels in Sotto or llama.cpp".into(),
+        })?;
         let spec = crate::arch::decoder_spec(&source)?;
         let interleave = match rope_style {
             None => None,
@@ -172,10 +169,7 @@ impl GgufConversion {
             })
             .cloned()
             .collect();
-        metadata.push((
-            "general.file_type".into(),
-            MetaValue::U32(llama_ftype(target)),
-        ));
+        metadata.push(("general.file_type".into(), MetaValue::U32(file_type)));
         if target.block_size() > 1 {
             metadata.push((
                 "general.quantization_version".into(),
@@ -445,9 +439,9 @@ fn fitting_type(target: DType, cols: usize) -> DType {
 
 /// llama.cpp's `llama_ftype` for a file whose weights are `target` (the
 /// `_S` variant where the k-quants have several mixes: no tensor is
-/// promoted).
-fn llama_ftype(target: DType) -> u32 {
-    match target {
+/// promoted); `None` for the activation-only types, which no file holds.
+fn llama_ftype(target: DType) -> Option<u32> {
+    Some(match target {
         DType::F32 => 0,
         DType::F16 => 1,
         DType::Q4_0 => 2,
@@ -463,9 +457,8 @@ fn llama_ftype(target: DType) -> u32 {
         DType::IQ4_NL => 25,
         DType::IQ4_XS => 30,
         DType::BF16 => 32,
-        // Activation-only types are refused before this is asked.
-        DType::Q8_1 | DType::Q8_K => 0,
-    }
+        DType::Q8_1 | DType::Q8_K => return None,
+    })
 }
 
 /// The weight type named `name` (ggml's names, any case: `q4_0`, `Q4_K`,
@@ -543,7 +536,7 @@ mod tests {
                         .fold(0f32, f32::max);
                     assert!(worst < 0.3, "{arch} {target} {}: {worst}", info.name);
                 }
-                assert_eq!(out.get_u32("general.file_type"), Some(llama_ftype(target)));
+                assert_eq!(out.get_u32("general.file_type"), llama_ftype(target));
                 assert_eq!(
                     out.get_u32("general.quantization_version").is_some(),
                     target.block_size() > 1
