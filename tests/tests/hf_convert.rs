@@ -15,19 +15,24 @@
 //!   of `sotto_tests::parity::compare_greedy`: the F32 file runs the
 //!   dequantized Q4_1 weights without Q4_1's 8-bit activation rounding, so
 //!   a near tie may go the other way);
+//! - `converted_sharded_f16_folder_answers_like_the_source_gguf`: the same
+//!   for the CLI's default, an F16 folder in three shards written as F16;
 //! - `quantized_files_are_as_close_as_llama_cpp_own`: the F32 file
 //!   quantized by Sotto and by llama.cpp's own quantizer (`--pure`, the same
 //!   one-type choice) to Q4_0, Q8_0 and Q4_K; llama.cpp loads both, and its
 //!   logits on Sotto's file are as far from its logits on the F32 file, along
 //!   the same tokens, as on its own quantizer's file: mean relative L2 at
-//!   most [`ERROR_FACTOR`] times llama.cpp's. Both errors are printed.
+//!   most [`ERROR_FACTOR`] times llama.cpp's. Both errors are printed;
+//! - `quantized_at_load_equals_the_quantized_file`: `--quant` at load gives
+//!   the CPU backend the logits of the file `sotto quantize` writes, bit for
+//!   bit, and prints the load times.
 //!
 //! Files live in `<cache>/parity/hf_convert` (`$SOTTO_CACHE`), llama.cpp's
-//! runs are cached by their inputs. Wall time on a loaded 2-core machine,
-//! the fixture folder already written: 70 s for the first test and 100 s
-//! for the second with nothing cached (llama.cpp's references and three
-//! quantizations; mostly llama.cpp's logits over 278 positions of a
-//! 49152-token vocabulary, 7 files), run in parallel.
+//! runs are cached by their inputs. Wall time on a loaded 2-core machine
+//! with nothing cached, the four tests in parallel: about 2.5 min (the F16
+//! fixture folder, llama.cpp's references on four files, three llama.cpp
+//! quantizations and llama.cpp's logits over 278 positions of a
+//! 49152-token vocabulary on seven files).
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 use serde::Deserialize;
@@ -75,12 +80,22 @@ fn convert(source: &Path, dtype: DType, out: &Path) {
     );
 }
 
+/// The F32 fixture folder, made once per test process (the fixture's
+/// temporary folder is per process, so two tests of one process must not
+/// make it at the same time).
+fn f32_folder() -> PathBuf {
+    static FOLDER: OnceLock<PathBuf> = OnceLock::new();
+    FOLDER
+        .get_or_init(|| fixture_folder(FolderDtype::F32, 1))
+        .clone()
+}
+
 /// The F32 fixture folder converted to an F32 GGUF file (once per test
-/// process: both tests read it).
+/// process: two tests read it).
 fn converted_f32() -> PathBuf {
     static FILE: OnceLock<PathBuf> = OnceLock::new();
     FILE.get_or_init(|| {
-        let folder = fixture_folder(FolderDtype::F32, 1);
+        let folder = f32_folder();
         let out = work_dir().join("folder.F32.gguf");
         convert(&folder, DType::F32, &out);
         out
@@ -116,7 +131,6 @@ fn converted_folder_tokenizes_and_answers_like_the_source_gguf() {
     let started = Instant::now();
     let file = converted_f32();
     let dir = work_dir();
-
     let cases_path = data_dir().join("llama_cpp/tokenization.json");
     let expected: Vec<TokenCase> = sotto_tests::read_json("llama_cpp/tokenization.json");
     let got_path = dir.join("folder.F32.tokenization.json");
@@ -140,21 +154,54 @@ fn converted_folder_tokenizes_and_answers_like_the_source_gguf() {
         differing.join("\n")
     );
 
+    assert_answers_like_the_source(&file, "F32");
+    eprintln!(
+        "converted folder vs source: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// The CLI's default: a folder sharded in three F16 safetensors files,
+/// converted with `--type f16` (matrices F16, vectors F32).
+#[test]
+fn converted_sharded_f16_folder_answers_like_the_source_gguf() {
+    let started = Instant::now();
+    let folder = fixture_folder(FolderDtype::F16, 3);
+    let file = work_dir().join("folder.F16.gguf");
+    convert(&folder, DType::F16, &file);
+    assert_answers_like_the_source(&file, "F16");
+    eprintln!(
+        "converted F16 folder vs source: {:.0} s",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// llama.cpp's greedy answers on `file` follow its answers on the source
+/// GGUF up to a step where it hesitated on the source.
+fn assert_answers_like_the_source(file: &Path, label: &str) {
+    let dir = work_dir();
     let source = generate_reference_within(
         &default_model_path(),
         &prompts(),
         &dir.join("source_refs"),
         budget(),
     );
-    let converted = generate_reference_within(&file, &prompts(), &dir.join("F32_refs"), budget());
+    let converted = generate_reference_within(
+        file,
+        &prompts(),
+        &dir.join(format!("{label}_refs")),
+        budget(),
+    );
     let criteria = Criteria::default();
     let self_swing = source.self_swing(criteria.tie_margin);
     let mut failures = Vec::new();
+    assert_eq!(source.sequences.len(), PROMPTS);
+    assert_eq!(converted.sequences.len(), PROMPTS);
     for (want, got) in source.sequences.iter().zip(&converted.sequences) {
         assert_eq!(want.name, got.name);
         if want.prompt_ids != got.prompt_ids {
             failures.push(format!(
-                "{}: the chat prompt tokenizes differently",
+                "{label} {}: the chat prompt tokenizes differently",
                 want.name
             ));
             continue;
@@ -168,7 +215,7 @@ fn converted_folder_tokenizes_and_answers_like_the_source_gguf() {
             &[],
         );
         eprintln!(
-            "{:<24} {}/{} greedy tokens as on the source{}",
+            "{label} {:<24} {}/{} greedy tokens as on the source{}",
             want.name,
             report.matched,
             report.compared,
@@ -180,17 +227,12 @@ fn converted_folder_tokenizes_and_answers_like_the_source_gguf() {
         );
         if !report.acceptable {
             failures.push(format!(
-                "{}: llama.cpp's greedy answer on the converted file leaves its answer on the \
-                 source at {:?} (index, token, source margin): {:?} vs {:?}",
+                "{label} {}: llama.cpp's greedy answer on the converted file leaves its answer \
+                 on the source at {:?} (index, token, source margin): {:?} vs {:?}",
                 want.name, report.divergence, got.continuation_text, want.continuation_text
             ));
         }
     }
-    assert_eq!(source.sequences.len(), PROMPTS);
-    eprintln!(
-        "converted folder vs source: {:.0} s",
-        started.elapsed().as_secs_f64()
-    );
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
@@ -341,7 +383,7 @@ fn quantized_at_load_equals_the_quantized_file() {
     use sotto_models::Model;
     use sotto_tests::parity::sotto_logits;
     use std::sync::Arc;
-    let folder = fixture_folder(FolderDtype::F32, 1);
+    let folder = f32_folder();
     let timed = |what: &str, load: &dyn Fn() -> Model| {
         let t = Instant::now();
         let model = load();
