@@ -23,7 +23,7 @@ pub mod chat;
 pub mod convert;
 mod error;
 pub mod gguf;
-mod hf;
+pub mod hf;
 pub mod spec;
 #[doc(hidden)]
 pub mod testutil;

@@ -159,6 +159,13 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     let axes = args.axes(threads.clone());
     sweep::validate(&axes)?;
     let model_path = crate::resolve_model(args.model.clone())?;
+    if args.compare.is_some() && model_path.is_dir() {
+        return Err(format!(
+            "--compare llama.cpp: {} is a Hugging Face folder, which llama.cpp does not read; \
+             bench the GGUF `sotto convert` writes from it",
+            model_path.display()
+        ));
+    }
     let instances = sweep::expand(&axes);
 
     let weights_bytes = {
