@@ -134,7 +134,7 @@ impl GgufConversion {
             };
             let n_rows = info.n_elements() / row_len.max(1);
             if let Some(h) = heads {
-                if h == 0 || n_rows % h != 0 || (n_rows / h) % 2 != 0 {
+                if h == 0 || !n_rows.is_multiple_of(2 * h) {
                     return Err(Error::Convert {
                         tensor: info.name.clone(),
                         reason: format!(
@@ -418,7 +418,7 @@ fn output_type(info: &TensorInfo, target: DType) -> DType {
 /// `target`, or llama.cpp's fallback when rows of `cols` are not whole
 /// blocks of it (F16 when the fallback does not fit either).
 fn fitting_type(target: DType, cols: usize) -> DType {
-    let fits = |t: DType| cols % t.block_size() == 0;
+    let fits = |t: DType| cols.is_multiple_of(t.block_size());
     if fits(target) {
         return target;
     }

@@ -7,8 +7,9 @@
 //! run) and handed to llama.cpp:
 //! - `converted_folder_tokenizes_and_answers_like_the_source_gguf`: the
 //!   converted F32 file loads, tokenizes the 364 reference strings of
-//!   tests/data/llama_cpp/tokenization.json exactly as llama.cpp does with
-//!   the source GGUF, and llama.cpp's greedy answers on it follow its answers
+//!   tests/data/llama_cpp/tokenization.json (ids and detokenization)
+//!   exactly as llama.cpp does with the source GGUF, and llama.cpp's greedy
+//!   answers on it follow its answers
 //!   on the source GGUF (the first [`PROMPTS`] prompts of
 //!   tests/data/prompts/quant_parity_chat.json, [`GREEDY_TOKENS`] tokens),
 //!   up to a step where llama.cpp hesitated on the source (the near-tie rule
@@ -43,6 +44,7 @@ use sotto_tests::parity::{
     cache_dir, compare_greedy, generate_reference_within, llama_python, llama_quantize,
     llama_tokenize, repo_root, Criteria, RefBudget, Reference,
 };
+use sotto_tests::tokenization::{llama_cpp_cases, TokenizationCase};
 use sotto_tests::{data_dir, default_model_path, rel_l2};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -116,14 +118,7 @@ fn prompts() -> PathBuf {
 
 #[derive(Deserialize)]
 struct Tokenized {
-    cases: Vec<TokenCase>,
-}
-
-#[derive(Deserialize)]
-struct TokenCase {
-    text: String,
-    parse_special: bool,
-    ids: Vec<u32>,
+    cases: Vec<TokenizationCase>,
 }
 
 #[test]
@@ -132,7 +127,7 @@ fn converted_folder_tokenizes_and_answers_like_the_source_gguf() {
     let file = converted_f32();
     let dir = work_dir();
     let cases_path = data_dir().join("llama_cpp/tokenization.json");
-    let expected: Vec<TokenCase> = sotto_tests::read_json("llama_cpp/tokenization.json");
+    let expected = llama_cpp_cases();
     let got_path = dir.join("folder.F32.tokenization.json");
     llama_tokenize(&file, &cases_path, &got_path);
     let got: Tokenized = serde_json::from_str(&std::fs::read_to_string(&got_path).unwrap())
@@ -143,7 +138,12 @@ fn converted_folder_tokenizes_and_answers_like_the_source_gguf() {
     let differing: Vec<String> = expected
         .iter()
         .zip(&got)
-        .filter(|(e, g)| e.ids != g.ids || e.text != g.text || e.parse_special != g.parse_special)
+        .filter(|(e, g)| {
+            e.ids != g.ids
+                || e.text != g.text
+                || e.parse_special != g.parse_special
+                || e.detok_hex != g.detok_hex
+        })
         .map(|(e, g)| format!("{:?}: source {:?}, converted {:?}", e.text, e.ids, g.ids))
         .collect();
     assert!(
