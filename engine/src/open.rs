@@ -167,10 +167,33 @@ impl LoadedModel {
     /// backend makes (files, shapes, EP chain, CPU fallback) happens here,
     /// before any session exists.
     pub fn open(path: impl AsRef<Path>, choice: BackendChoice) -> Result<Self> {
-        let path = path.as_ref();
+        Self::open_as(path.as_ref(), choice, None)
+    }
+
+    /// [`LoadedModel::open`] with the weight matrices quantized to `quant`
+    /// in memory at load ([`Model::load_quantized`]: the bytes `sotto
+    /// quantize` writes), so a float checkpoint runs at that type's speed;
+    /// [`LoadedModel::load_time`] includes the quantization.
+    pub fn open_quantized(
+        path: impl AsRef<Path>,
+        choice: BackendChoice,
+        quant: sotto_kernels::quant::DType,
+    ) -> Result<Self> {
+        Self::open_as(path.as_ref(), choice, Some(quant))
+    }
+
+    fn open_as(
+        path: &Path,
+        choice: BackendChoice,
+        quant: Option<sotto_kernels::quant::DType>,
+    ) -> Result<Self> {
         let t0 = Instant::now();
         choice.ensure_compiled()?;
-        let model = Arc::new(Model::load(path).map_err(|source| Error::ModelFile {
+        let model = match quant {
+            None => Model::load(path),
+            Some(dtype) => Model::load_quantized(path, dtype),
+        };
+        let model = Arc::new(model.map_err(|source| Error::ModelFile {
             path: path.to_path_buf(),
             source,
         })?);

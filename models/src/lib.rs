@@ -20,6 +20,7 @@
 
 pub mod arch;
 pub mod chat;
+pub mod convert;
 mod error;
 pub mod gguf;
 pub mod hf;

@@ -46,6 +46,11 @@ pub struct ChatArgs {
     /// Refuse CPU fallback: every node on the first EPs, or an error before running.
     #[arg(long)]
     pub npu_only: bool,
+    /// Quantize the weight matrices to this type at load (q4_0, q4_1, q8_0,
+    /// q4_k, ...; CPU backend), e.g. to run a float Hugging Face folder at
+    /// quantized speed. The load time printed includes it.
+    #[arg(long, value_parser = crate::cmd_convert::parse_type)]
+    pub quant: Option<sotto_kernels::quant::DType>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -111,7 +116,17 @@ impl AnswerOut {
 pub fn run(args: ChatArgs) -> Result<(), CliError> {
     let path = resolve_model(args.model.clone()).map_err(CliError::ModelFetch)?;
     let mut answers = AnswerOut::claim_stdout()?;
-    let loaded = LoadedModel::open(&path, args.backend_choice()?)?;
+    let loaded = match args.quant {
+        None => LoadedModel::open(&path, args.backend_choice()?)?,
+        Some(_) if args.backend != ChatBackend::Cpu => {
+            return Err(CliError::Usage(
+                "--quant quantizes the CPU backend's weights: the graph backends run what \
+                 `sotto export` wrote"
+                    .into(),
+            ))
+        }
+        Some(quant) => LoadedModel::open_quantized(&path, args.backend_choice()?, quant)?,
+    };
     if loaded.model().template.is_fallback() && !args.chatml {
         return Err(CliError::Usage(format!(
             "{} has no chat template (tokenizer.chat_template), so it is probably a base \
@@ -131,8 +146,12 @@ pub fn run(args: ChatArgs) -> Result<(), CliError> {
             eprintln!("sotto: {foreign}placement (before running)\n{report}");
         }
         let model = loaded.model();
+        let quantized = args
+            .quant
+            .map(|q| format!(", quantized to {q} at load"))
+            .unwrap_or_default();
         eprintln!(
-            "sotto: {} ({}, {} layers) loaded in {:.0} ms on {}",
+            "sotto: {} ({}, {} layers{quantized}) loaded in {:.0} ms on {}",
             path.display(),
             model.spec.arch,
             model.spec.n_layer,

@@ -210,14 +210,21 @@ fn choice(
 /// Loads backend `name` on the model at `path` with `threads` threads,
 /// through the engine's one entry point. Graph rows export their graphs
 /// into the user cache first when none are given; exporting is not
-/// loading, so the clock starts once they exist.
+/// loading, so the clock starts once they exist. `quant`: the weight
+/// matrices quantized to that type at load (cpu rows only).
 pub fn load_backend(
     name: &str,
     path: &Path,
     threads: usize,
     graphs: &OnnxGraphs,
+    quant: Option<sotto_kernels::quant::DType>,
 ) -> Result<LoadedBackend, String> {
     let (choice, to_export) = choice(name, path, threads, graphs)?;
+    if let (Some(q), false) = (quant, matches!(choice, BackendChoice::Cpu(_))) {
+        return Err(format!(
+            "{name}: --quant {q} quantizes the cpu backend's weights; this row runs graphs"
+        ));
+    }
     // A backend this build lacks is refused before anything is exported.
     choice.ensure_compiled().map_err(|e| e.to_string())?;
     if let Some((dir, target)) = to_export {
@@ -230,8 +237,11 @@ pub fn load_backend(
             crate::cmd_export::export_to(path, &dir, target, chunk, graphs.context)?;
         }
     }
-    let loaded =
-        LoadedModel::open(path, choice).map_err(|e| format!("{name} ({}): {e}", path.display()))?;
+    let loaded = match quant {
+        None => LoadedModel::open(path, choice),
+        Some(q) => LoadedModel::open_quantized(path, choice, q),
+    }
+    .map_err(|e| format!("{name} ({}): {e}", path.display()))?;
     let isa = match (name, loaded.kind()) {
         // "+x16": weights repacked at load for the table's kernels (their
         // time is in the load column).
@@ -297,9 +307,9 @@ mod tests {
     #[test]
     fn unknown_backends_are_refused_by_name() {
         let g = OnnxGraphs::default();
-        let err = load_backend("tpu", Path::new("/nonexistent.gguf"), 1, &g).unwrap_err();
+        let err = load_backend("tpu", Path::new("/nonexistent.gguf"), 1, &g, None).unwrap_err();
         assert!(err.contains("tpu") && err.contains("cpu"), "{err}");
-        let err = load_backend("cpu", Path::new("/nonexistent.gguf"), 1, &g).unwrap_err();
+        let err = load_backend("cpu", Path::new("/nonexistent.gguf"), 1, &g, None).unwrap_err();
         assert!(err.contains("/nonexistent.gguf"), "{err}");
     }
 }
