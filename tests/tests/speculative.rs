@@ -51,8 +51,8 @@ fn greedy_output_is_unchanged_on_the_reference_conversations() {
     assert!(refs.sequences.len() >= 8, "need 8 conversations");
     let (mut drafted, mut accepted) = (0, 0);
     for seq in &refs.sequences {
-        let plain = run(&mut session(2048), &seq.prompt_ids, &greedy(48));
-        let spec = run(&mut session(2048), &seq.prompt_ids, &with_lookup(48));
+        let plain = run(&mut session(2048), &seq.prompt_ids, &greedy(32));
+        let spec = run(&mut session(2048), &seq.prompt_ids, &with_lookup(32));
         assert_eq!(
             spec.tokens, plain.tokens,
             "{}: prompt lookup changed the greedy answer",
@@ -82,7 +82,9 @@ fn a_quoting_answer_is_mostly_drafted() {
                 liquor jugs. How vexingly quick daft zebras jump!";
     let messages = [
         ChatMessage::system("You are a helpful assistant."),
-        ChatMessage::user(format!("Repeat this text exactly, with nothing else:\n\n{text}")),
+        ChatMessage::user(format!(
+            "Repeat this text exactly, with nothing else:\n\n{text}"
+        )),
     ];
     let prompt = m
         .tokenizer
