@@ -1,8 +1,8 @@
-//! Speculative decoding on the default model, prompt-lookup drafts and a
-//! draft model: the
-//! same greedy output as one token per pass on llama.cpp's eight reference
-//! conversations, drafts accepted where the answer quotes its prompt, and
-//! the KV cache holding exactly the session's tokens afterwards.
+//! Speculative decoding on the default model, with prompt-lookup drafts and
+//! with a draft model: the same greedy output as one token per pass on
+//! llama.cpp's reference conversations, drafts accepted where the answer
+//! quotes its prompt, and the KV cache holding exactly the session's tokens
+//! afterwards.
 //!
 //! Speed-up is a benchmark matter (`sotto chat --lookup N` prints the
 //! acceptance; decode rates go in `sotto bench`), not asserted here.
