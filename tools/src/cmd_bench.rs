@@ -98,6 +98,15 @@ pub struct BenchArgs {
     /// quantized speed, the quantization in the load column.
     #[arg(long, value_parser = crate::cmd_convert::parse_type)]
     pub quant: Option<sotto_kernels::quant::DType>,
+    /// Also bench speculative decoding with prompt-lookup drafts of up to
+    /// N tokens on a quoting answer (its own section: decode rate, speed-up
+    /// over plain decoding, acceptance).
+    #[arg(long, value_name = "N")]
+    pub lookup: Option<usize>,
+    /// Also bench speculative decoding with this draft model (same
+    /// vocabulary; 4 drafted tokens per pass) in the same section.
+    #[arg(long, value_name = "MODEL")]
+    pub draft_model: Option<PathBuf>,
     /// Print only the rows as JSON (child processes of an ISA sweep).
     #[arg(long, hide = true)]
     pub json_rows: bool,
@@ -233,8 +242,30 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         bandwidth,
         rows,
     };
+    let speculative = if args.lookup.is_some() || args.draft_model.is_some() {
+        let spinner = spinner("speculative decoding on a quoting answer");
+        let n_gen = args.n_gen.iter().copied().max().unwrap_or(0).max(64);
+        let rows = bench::speculative::run(
+            &model_path,
+            &threads,
+            n_gen,
+            args.repetitions,
+            args.lookup,
+            args.draft_model.as_deref(),
+        );
+        spinner.finish_and_clear();
+        Some(rows?)
+    } else {
+        None
+    };
     let text = match args.output {
-        OutputFormat::Md => report::markdown(&report),
+        OutputFormat::Md => {
+            report::markdown(&report)
+                + &speculative
+                    .as_deref()
+                    .map(bench::speculative::markdown)
+                    .unwrap_or_default()
+        }
         OutputFormat::Json => report::json(&report)? + "\n",
         OutputFormat::Csv => report::csv(&report.rows),
     };
