@@ -57,6 +57,26 @@ impl Weight {
         })
     }
 
+    /// A matrix held in memory as f32 rather than in the model file (a
+    /// LoRA pair read from safetensors, a matrix with an adapter merged in).
+    pub fn from_f32(name: String, shape: [usize; 2], values: Vec<f32>) -> Result<Weight> {
+        if shape[0].checked_mul(shape[1]) != Some(values.len()) {
+            return Err(Error::BadTensor {
+                tensor: name,
+                reason: format!("{} values do not fill {shape:?}", values.len()),
+            });
+        }
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let range = 0..bytes.len();
+        Ok(Weight {
+            name,
+            dtype: DType::F32,
+            shape,
+            storage: Arc::new(Storage::Owned(bytes)),
+            range,
+        })
+    }
+
     /// Number of rows.
     pub fn rows(&self) -> usize {
         self.shape[0]
