@@ -760,9 +760,7 @@ fn parse_peft_module(module: &str) -> Option<(usize, LoraTarget)> {
 mod tests {
     use super::*;
     use crate::gguf::{GgufWriter, MetaValue};
-    use crate::testutil::{tiny_model_random, TinyDims};
-
-    const RANK: usize = 2;
+    use crate::testutil::{tiny_lora_adapter, tiny_model_random, TinyDims, TINY_LORA_RANK as RANK};
 
     fn values(n: usize, seed: u64) -> Vec<f32> {
         (0..n as u64)
@@ -780,40 +778,6 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
-    }
-
-    /// A llama.cpp-style adapter on `blk.0.attn_q` and `blk.1.ffn_down` of
-    /// a model of `dims`.
-    fn gguf_adapter(arch: &str, dims: TinyDims) -> GgufWriter {
-        let d = dims.d_model as u64;
-        let q = (dims.n_head * dims.head_dim) as u64;
-        let f = dims.ffn_dim as u64;
-        let r = RANK as u64;
-        GgufWriter::new()
-            .kv("general.architecture", MetaValue::string(arch))
-            .kv("general.type", MetaValue::string("adapter"))
-            .kv("adapter.type", MetaValue::string("lora"))
-            .kv("adapter.lora.alpha", MetaValue::F32(4.0))
-            .tensor_f32(
-                "blk.0.attn_q.weight.lora_a",
-                &[d, r],
-                &values((d * r) as usize, 1),
-            )
-            .tensor_f32(
-                "blk.0.attn_q.weight.lora_b",
-                &[r, q],
-                &values((r * q) as usize, 2),
-            )
-            .tensor_f32(
-                "blk.1.ffn_down.weight.lora_a",
-                &[f, r],
-                &values((f * r) as usize, 3),
-            )
-            .tensor_f32(
-                "blk.1.ffn_down.weight.lora_b",
-                &[r, d],
-                &values((r * d) as usize, 4),
-            )
     }
 
     fn write(dir: &Path, w: &GgufWriter) -> PathBuf {
@@ -873,7 +837,7 @@ mod tests {
         let dims = TinyDims::default();
         let base = model("llama", dims);
         let dir = temp_dir("merge");
-        let path = write(&dir, &gguf_adapter("llama", dims));
+        let path = write(&dir, &tiny_lora_adapter("llama", dims, 1));
         let adapter = LoraAdapter::load(&path, &base, 0.5).unwrap();
         assert_eq!(adapter.format, LoraFormat::Gguf);
         assert_eq!(adapter.pairs.len(), 2);
@@ -927,13 +891,13 @@ mod tests {
             d_model: dims.d_model * 2,
             ..dims
         };
-        let qwen = gguf_adapter("qwen2", dims);
-        let mut beyond = gguf_adapter("llama", dims);
+        let qwen = tiny_lora_adapter("qwen2", dims, 1);
+        let mut beyond = tiny_lora_adapter("llama", dims, 1);
         for t in &mut beyond.tensors {
             t.name = t.name.replace("blk.1.", "blk.7.");
         }
         for (what, w) in [
-            ("wider", gguf_adapter("llama", wider)),
+            ("wider", tiny_lora_adapter("llama", wider, 1)),
             ("architecture", qwen),
             ("layer", beyond),
         ] {
@@ -953,16 +917,16 @@ mod tests {
         let dims = TinyDims::default();
         let base = model("llama", dims);
         let dir = temp_dir("malformed");
-        let mut half = gguf_adapter("llama", dims);
+        let mut half = tiny_lora_adapter("llama", dims, 1);
         half.tensors
             .retain(|t| t.name != "blk.1.ffn_down.weight.lora_b");
-        let mut not_adapter = gguf_adapter("llama", dims);
+        let mut not_adapter = tiny_lora_adapter("llama", dims, 1);
         not_adapter.set("general.type", MetaValue::string("model"));
-        let mut embd = gguf_adapter("llama", dims);
+        let mut embd = tiny_lora_adapter("llama", dims, 1);
         for t in &mut embd.tensors {
             t.name = t.name.replace("blk.1.ffn_down", "token_embd");
         }
-        let mut transposed = gguf_adapter("llama", dims);
+        let mut transposed = tiny_lora_adapter("llama", dims, 1);
         transposed.tensors[0].dims.reverse();
         for (what, w) in [
             ("half", half),
