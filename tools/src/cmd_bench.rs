@@ -93,6 +93,14 @@ pub struct BenchArgs {
     /// ort-foreign rows.
     #[arg(long)]
     pub onnx_foreign: Option<PathBuf>,
+    /// A LoRA adapter on the cpu rows (repeatable): a llama.cpp GGUF
+    /// adapter or a PEFT folder, `PATH[:SCALE]`; applied at run time
+    /// unless --lora-merge.
+    #[arg(long = "lora", value_name = "PATH[:SCALE]")]
+    pub lora: Vec<String>,
+    /// Merge the --lora adapters into the weights at load (f32 matrices).
+    #[arg(long, requires = "lora")]
+    pub lora_merge: bool,
     /// Print only the rows as JSON (child processes of an ISA sweep).
     #[arg(long, hide = true)]
     pub json_rows: bool,
@@ -333,6 +341,13 @@ fn child_args(group: &ChildGroup, model: &Path, args: &BenchArgs) -> Vec<String>
         out.push(flag.to_string());
         out.push(value);
     }
+    for lora in &args.lora {
+        out.push("--lora".to_string());
+        out.push(lora.clone());
+    }
+    if args.lora_merge {
+        out.push("--lora-merge".to_string());
+    }
     for (flag, dir) in [
         ("--onnx-dir", &args.onnx_dir),
         ("--onnx-qnn-dir", &args.onnx_qnn_dir),
@@ -413,6 +428,7 @@ fn run_in_process(
     if total == 0 {
         return Ok(Vec::new());
     }
+    let lora = backends::LoraOptions::parse(&args.lora, args.lora_merge)?;
     let pb = ProgressBar::new(total);
     if let Ok(style) =
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
@@ -430,7 +446,8 @@ fn run_in_process(
             context: graph_context(instances),
             foreign_dir: args.onnx_foreign.clone(),
         };
-        let mut loaded = backends::load_backend(&inst.backend, model, inst.threads, &graphs)?;
+        let mut loaded =
+            backends::load_backend(&inst.backend, model, inst.threads, &graphs, &lora)?;
         let describe = loaded.backend.describe();
         for test in &inst.tests {
             let label = sweep::test_label(test.kind, test.tokens, test.depth);
