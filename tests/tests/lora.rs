@@ -27,6 +27,7 @@
 use sotto_engine::{AdapterSpec, BackendChoice, LoadedModel};
 use sotto_models::lora::{LoraAdapter, LoraFormat};
 use sotto_models::Model;
+use sotto_tests::hf::{fixture_folder, FolderDtype};
 use sotto_tests::parity::{
     cache_dir, compare_model, compare_model_with, generate_reference_with_lora, llama_python,
     repo_root, sotto_logits_with, Criteria, RefBudget, Reference,
@@ -193,6 +194,33 @@ fn peft_and_gguf_forms_of_one_adapter_give_the_same_logits() {
     assert_eq!(merged(&gguf), merged(&peft));
 }
 
+/// On the default model as a Hugging Face folder (Q/K rows in Hugging
+/// Face's order, rotated NeoX-style), the PEFT adapter applies as it is and
+/// the GGUF one has its Q B rows put back into that order: both give the
+/// same pairs, and the folder with the PEFT adapter matches llama.cpp with
+/// the GGUF adapter on the GGUF within the same criteria.
+#[test]
+fn peft_adapter_on_the_hugging_face_folder_matches_llama_cpp() {
+    let a = adapter(1);
+    let reference = llama_cpp_with_adapter1(&a);
+    let folder = fixture_folder(FolderDtype::F32, 1);
+    let model = Arc::new(Model::load(&folder).unwrap());
+    let peft = Arc::new(LoraAdapter::load(&a.peft, &model, 1.0).unwrap());
+    let gguf = LoraAdapter::load(&a.gguf, &model, 1.0).unwrap();
+    for p in &peft.pairs {
+        let g = gguf.pair(p.layer, p.target).unwrap();
+        assert_eq!(g.b, p.b, "blk.{}.{:?} B", p.layer, p.target);
+    }
+    let summary = compare_model_with(
+        &model,
+        std::slice::from_ref(&peft),
+        &reference,
+        Criteria::default(),
+    );
+    println!("the folder with the PEFT adapter (unmerged) vs llama.cpp with the GGUF adapter:\n{summary}");
+    summary.assert_passes("the folder with the PEFT adapter");
+}
+
 /// Three conversations on one loaded model: adapter 1, adapter 2, none.
 /// Attaching an adapter reads only the adapter; the base weights are the
 /// same `Arc` for all three, and each conversation computes what a model
@@ -227,6 +255,17 @@ fn conversations_switch_adapters_without_reloading_the_base() {
         attach.as_secs_f64() * 1e3,
         session.as_secs_f64() * 1e3
     );
+    let merged = LoadedModel::open_merged(
+        default_model_path(),
+        BackendChoice::default(),
+        &[spec(&a1.gguf)],
+    )
+    .unwrap();
+    println!(
+        "the base model with adapter 1 merged at load: {:.1} ms",
+        merged.load_time().as_secs_f64() * 1e3
+    );
+    drop(merged);
     let model = lm.model().clone();
     let turn1 = model
         .tokenizer
