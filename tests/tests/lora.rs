@@ -29,14 +29,12 @@ use sotto_models::lora::{LoraAdapter, LoraFormat};
 use sotto_models::Model;
 use sotto_tests::hf::{fixture_folder, FolderDtype};
 use sotto_tests::parity::{
-    cache_dir, compare_model, compare_model_with, generate_reference_with_lora, llama_python,
-    repo_root, sotto_logits_with, Criteria, RefBudget, Reference,
+    cache_dir, compare_model, compare_model_with, generate_reference_with_lora, sotto_logits_with,
+    Criteria, RefBudget, Reference,
 };
-use sotto_tests::{data_dir, default_model_path, rel_l2, tiny_llama_file};
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use sotto_tests::{data_dir, default_model_path, rel_l2, script_fixture, tiny_llama_file};
+use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -54,48 +52,25 @@ struct Adapter {
 }
 
 /// Adapter 1 (`attn_q,attn_v,ffn_up`, seed 1) or 2 (`attn_output,ffn_down`,
-/// seed 2), written by lora_adapters.py once per script, model and options.
+/// seed 2), written by lora_adapters.py once per script, model and options
+/// ([`script_fixture`]).
 fn adapter(which: u32) -> Adapter {
     let (seed, targets) = match which {
         1 => ("1", "attn_q,attn_v,ffn_up"),
         _ => ("2", "attn_output,ffn_down"),
     };
-    let model = default_model_path();
-    let script = repo_root().join("tests/scripts/lora_adapters.py");
-    let script_text =
-        std::fs::read(&script).unwrap_or_else(|e| panic!("reading {}: {e}", script.display()));
-    let model_len = std::fs::metadata(&model).unwrap().len();
-    let mut hasher = DefaultHasher::new();
-    (script_text, model_len, seed, targets).hash(&mut hasher);
-    let dir = cache_dir()
-        .join("lora")
-        .join(format!("adapter{which}-{:016x}", hasher.finish()));
-    let done = |d: &PathBuf| Adapter {
-        gguf: d.join("adapter.gguf"),
-        peft: d.join("peft"),
-    };
-    if dir.join("peft/adapter_model.safetensors").is_file() {
-        return done(&dir);
+    let args = ["--seed", seed, "--targets", targets].map(OsStr::new);
+    let dir = script_fixture(
+        "lora_adapters.py",
+        "lora",
+        &format!("adapter{which}"),
+        &args,
+        "peft/adapter_model.safetensors",
+    );
+    Adapter {
+        gguf: dir.join("adapter.gguf"),
+        peft: dir.join("peft"),
     }
-    let tmp = cache_dir()
-        .join("lora")
-        .join(format!(".tmp-adapter{which}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let mut cmd = Command::new(llama_python());
-    cmd.arg(&script)
-        .arg(&model)
-        .arg(&tmp)
-        .args(["--seed", seed, "--targets", targets]);
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(status.success(), "{cmd:?} failed ({status})");
-    // Another test may have written the same adapter first: as good as ours.
-    if std::fs::rename(&tmp, &dir).is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-        assert!(dir.join("peft/adapter_model.safetensors").is_file());
-    }
-    done(&dir)
 }
 
 fn base_model() -> Arc<Model> {
