@@ -151,45 +151,48 @@ pub struct LoraPair {
     pub cols: usize,
     /// `W`'s output width.
     pub rows: usize,
-    /// `A`, `[rank, cols]` row-major.
-    pub a: Vec<f32>,
-    /// `B`, `[rows, rank]` row-major, in the base's row order.
-    pub b: Vec<f32>,
+    /// `A`, `[rank, cols]`, f32 in memory (an executor's matmul reads it
+    /// like any F32 weight).
+    pub a: Weight,
+    /// `B`, `[rows, rank]`, f32 in memory, in the base's row order.
+    pub b: Weight,
     /// The adapter's `alpha / rank` (or its rsLoRA form) times the user's scale.
     pub scale: f32,
 }
 
 impl LoraPair {
     /// `out[t] += scale·B·(A·x[t])` for the `n` rows of `x` (`[n, cols]`),
-    /// `out` being `[n, rows]`: the unmerged update, in f32.
-    pub fn add_to(&self, x: &[f32], n: usize, out: &mut [f32]) {
+    /// `out` being `[n, rows]`: the unmerged update, plainly in f32 (the
+    /// reference an executor's kernels are checked against).
+    pub fn add_to(&self, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
+        let (a, b) = (self.a.to_f32()?, self.b.to_f32()?);
         let mut ax = vec![0f32; self.rank];
         for (xt, ot) in x
             .chunks_exact(self.cols)
             .zip(out.chunks_exact_mut(self.rows))
             .take(n)
         {
-            for (v, a_row) in ax.iter_mut().zip(self.a.chunks_exact(self.cols)) {
+            for (v, a_row) in ax.iter_mut().zip(a.chunks_exact(self.cols)) {
                 *v = self.scale * dot(a_row, xt);
             }
-            for (o, b_row) in ot.iter_mut().zip(self.b.chunks_exact(self.rank)) {
+            for (o, b_row) in ot.iter_mut().zip(b.chunks_exact(self.rank)) {
                 *o += dot(b_row, &ax);
             }
         }
+        Ok(())
     }
 
     /// `W + scale·B·A` for `w` (`[rows, cols]`, row-major), in place.
-    fn merge_into(&self, w: &mut [f32]) {
-        for (w_row, b_row) in w
-            .chunks_exact_mut(self.cols)
-            .zip(self.b.chunks_exact(self.rank))
-        {
+    fn merge_into(&self, w: &mut [f32]) -> Result<()> {
+        let (a, b) = (self.a.to_f32()?, self.b.to_f32()?);
+        for (w_row, b_row) in w.chunks_exact_mut(self.cols).zip(b.chunks_exact(self.rank)) {
             for (k, &bk) in b_row.iter().enumerate() {
                 let s = self.scale * bk;
-                let a_row = &self.a[k * self.cols..(k + 1) * self.cols];
+                let a_row = &a[k * self.cols..(k + 1) * self.cols];
                 w_row.iter_mut().zip(a_row).for_each(|(w, a)| *w += s * a);
             }
         }
+        Ok(())
     }
 }
 
@@ -295,7 +298,10 @@ impl LoraAdapter {
 
     /// Bytes of its f32 A and B matrices.
     pub fn bytes(&self) -> usize {
-        self.pairs.iter().map(|p| 4 * (p.a.len() + p.b.len())).sum()
+        self.pairs
+            .iter()
+            .map(|p| p.a.data().len() + p.b.data().len())
+            .sum()
     }
 
     /// `model` with `adapters` merged into its weights (`W + s·B·A`, in
@@ -321,7 +327,7 @@ impl LoraAdapter {
                     std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
                     std::collections::hash_map::Entry::Vacant(e) => e.insert(w.to_f32()?),
                 };
-                p.merge_into(values);
+                p.merge_into(values)?;
             }
         }
         for ((il, target), values) in merged {
@@ -470,8 +476,8 @@ fn bind(
         rank,
         cols,
         rows,
-        a,
-        b,
+        a: Weight::from_f32(format!("{name}.lora_a"), [rank, cols], a)?,
+        b: Weight::from_f32(format!("{name}.lora_b"), [rows, rank], b)?,
         scale: raw.scale * user_scale,
     })
 }
@@ -857,7 +863,7 @@ mod tests {
                 .chunks_exact(p.cols)
                 .flat_map(|xt| matvec(&w, xt))
                 .collect();
-            p.add_to(&x, 3, &mut unmerged);
+            p.add_to(&x, 3, &mut unmerged).unwrap();
             let m = m.to_f32().unwrap();
             let want: Vec<f32> = x
                 .chunks_exact(p.cols)
@@ -971,7 +977,11 @@ mod tests {
         assert_eq!(a.format, LoraFormat::Peft);
         let p = a.pair(1, LoraTarget::AttnV).unwrap();
         assert_eq!((p.scale, p.rank, p.rows, p.cols), (2.0, RANK, kv, d));
-        assert_eq!(p.b, values(kv * RANK, 6), "v rows are never reordered");
+        assert_eq!(
+            p.b.to_f32().unwrap(),
+            values(kv * RANK, 6),
+            "v rows are never reordered"
+        );
         let rs = CONFIG.replace(
             "\"r\": 2",
             "\"r\": 2, \"use_rslora\": true, \"alpha_pattern\": {\"v_proj\": 8}",

@@ -371,11 +371,11 @@ impl CpuBackend {
                 linear(kernels, lp.v.as_ref(), &lw.attn_v, &xn, n, &mut v)?;
             }
             let lora = |target, x: &[f32], out: &mut [f32]| {
-                lora::add_updates(&self.adapters, li, target, x, n, out)
+                lora::add_updates(kernels, &self.adapters, li, target, x, n, out)
             };
-            lora(LoraTarget::AttnQ, &xn, &mut q);
-            lora(LoraTarget::AttnK, &xn, &mut k);
-            lora(LoraTarget::AttnV, &xn, &mut v);
+            lora(LoraTarget::AttnQ, &xn, &mut q)?;
+            lora(LoraTarget::AttnK, &xn, &mut k)?;
+            lora(LoraTarget::AttnV, &xn, &mut v)?;
             if let (Some(qn), Some(kn)) = (&ln.q, &ln.k) {
                 ops::rms_norm_in_place(&mut q, qn, s.norm_eps)?;
                 ops::rms_norm_in_place(&mut k, kn, s.norm_eps)?;
@@ -420,7 +420,7 @@ impl CpuBackend {
                 &mut attn,
             )?;
             linear(kernels, lp.o.as_ref(), &lw.attn_output, &attn, n, &mut o)?;
-            lora(LoraTarget::AttnOutput, &attn, &mut o);
+            lora(LoraTarget::AttnOutput, &attn, &mut o)?;
             if let Some(pn) = &ln.post_attn {
                 ops::rms_norm_in_place(&mut o, pn, s.norm_eps)?;
             }
@@ -441,14 +441,14 @@ impl CpuBackend {
                 linear(kernels, lp.gate.as_ref(), &lw.ffn_gate, &xn, n, &mut gate)?;
                 linear(kernels, lp.up.as_ref(), &lw.ffn_up, &xn, n, &mut up)?;
             }
-            lora(LoraTarget::FfnGate, &xn, &mut gate);
-            lora(LoraTarget::FfnUp, &xn, &mut up);
+            lora(LoraTarget::FfnGate, &xn, &mut gate)?;
+            lora(LoraTarget::FfnUp, &xn, &mut up)?;
             match s.activation {
                 Activation::SiluGlu => ops::silu_mul_with(kernels, &mut gate, &up)?,
                 Activation::GeluTanhGlu => ops::gelu_tanh_mul_with(kernels, &mut gate, &up)?,
             }
             linear(kernels, lp.down.as_ref(), &lw.ffn_down, &gate, n, &mut o)?;
-            lora(LoraTarget::FfnDown, &gate, &mut o);
+            lora(LoraTarget::FfnDown, &gate, &mut o)?;
             if let Some(pn) = &ln.post_ffn {
                 ops::rms_norm_in_place(&mut o, pn, s.norm_eps)?;
             }
