@@ -209,7 +209,8 @@ impl LoadedModel {
 
     /// [`LoadedModel::open`] with LoRA adapters merged into the weights at
     /// load ([`LoraAdapter::merge`]: each adapted matrix dequantized, updated
-    /// and kept as f32; the others stay mapped), in order. The CPU backend
+    /// and stored as Q8_0, or f32 for a float base; the others stay mapped),
+    /// in order. The CPU backend
     /// only: graphs and candle read their own weights.
     pub fn open_merged(
         path: impl AsRef<Path>,

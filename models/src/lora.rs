@@ -29,6 +29,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+use sotto_kernels::quant::DType;
 
 use crate::error::{Error, Result};
 use crate::gguf::GgufFile;
@@ -305,10 +306,14 @@ impl LoraAdapter {
     }
 
     /// `model` with `adapters` merged into its weights (`W + s·B·A`, in
-    /// order): each adapted matrix is dequantized, updated and kept as f32
-    /// (requantizing would add a rounding error as large as the update of
-    /// a small adapter); every other tensor stays the mapped one. Each
-    /// adapter must have been loaded for `model`.
+    /// order): each adapted matrix is dequantized and updated, then stored
+    /// as Q8_0 when it was quantized (and its rows hold whole Q8_0 blocks),
+    /// else as f32; every other tensor stays the mapped one. Q8_0 rather
+    /// than the base's own type: requantizing to 4 bits would add a
+    /// rounding error as large as a small adapter's update, 8 bits adds
+    /// ~0.4 % per weight, and keeps the matrix on the quantized kernels
+    /// (f32 matrices read 4.5x the bytes of Q8_0 per token). Each adapter
+    /// must have been loaded for `model`.
     pub fn merge(model: &Model, adapters: &[LoraAdapter]) -> Result<Model> {
         let mut weights = model.weights.clone();
         let mut merged: HashMap<(usize, LoraTarget), Vec<f32>> = HashMap::new();
@@ -334,7 +339,25 @@ impl LoraAdapter {
             let linear = target.linear_mut(&mut weights.layers[il]);
             let shape = linear.weight.shape;
             let name = format!("{}+lora", linear.weight.name);
-            linear.weight = Weight::from_f32(name, shape, values)?;
+            let was_float = matches!(linear.weight.dtype, DType::F32 | DType::F16 | DType::BF16);
+            linear.weight = match DType::Q8_0.row_bytes(shape[1]) {
+                Some(row_bytes) if !was_float => {
+                    let mut bytes = vec![0u8; row_bytes * shape[0]];
+                    for (src, dst) in values
+                        .chunks_exact(shape[1])
+                        .zip(bytes.chunks_exact_mut(row_bytes))
+                    {
+                        sotto_kernels::quant::quantize_row(DType::Q8_0, src, dst).map_err(|e| {
+                            Error::BadTensor {
+                                tensor: name.clone(),
+                                reason: format!("requantizing to Q8_0: {e}"),
+                            }
+                        })?;
+                    }
+                    Weight::from_bytes(name, DType::Q8_0, shape, bytes)?
+                }
+                _ => Weight::from_f32(name, shape, values)?,
+            };
         }
         Ok(Model {
             spec: model.spec.clone(),

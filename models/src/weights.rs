@@ -67,10 +67,29 @@ impl Weight {
             });
         }
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self::from_bytes(name, DType::F32, shape, bytes)
+    }
+
+    /// A matrix of `dtype` held in memory (ggml block layout, row after row).
+    pub fn from_bytes(
+        name: String,
+        dtype: DType,
+        shape: [usize; 2],
+        bytes: Vec<u8>,
+    ) -> Result<Weight> {
+        let want = dtype
+            .row_bytes(shape[1])
+            .and_then(|rb| rb.checked_mul(shape[0]));
+        if want != Some(bytes.len()) {
+            return Err(Error::BadTensor {
+                tensor: name,
+                reason: format!("{} bytes do not hold {shape:?} of {dtype:?}", bytes.len()),
+            });
+        }
         let range = 0..bytes.len();
         Ok(Weight {
             name,
-            dtype: DType::F32,
+            dtype,
             shape,
             storage: Arc::new(Storage::Owned(bytes)),
             range,

@@ -94,7 +94,8 @@ fn llama_cpp_with_adapter1(a: &Adapter) -> Reference {
 }
 
 /// With the GGUF adapter, Sotto's logits match llama.cpp's with the same
-/// adapter, merged into f32 matrices at load and unmerged at run time; the
+/// adapter, merged at load (the adapted matrices requantized to Q8_0) and
+/// unmerged at run time; the
 /// base model alone does not.
 #[test]
 fn gguf_adapter_matches_llama_cpp_merged_and_unmerged() {
@@ -111,7 +112,9 @@ fn gguf_adapter_matches_llama_cpp_merged_and_unmerged() {
     println!("adapter 1 unmerged (W·x + s·B·(A·x)) vs llama.cpp with the adapter:\n{unmerged}");
     let merged_model = Arc::new(LoraAdapter::merge(&model, &[(*lora).clone()]).unwrap());
     let merged = compare_model(&merged_model, &reference, criteria);
-    println!("adapter 1 merged at load (f32 W + s·B·A) vs llama.cpp with the adapter:\n{merged}");
+    println!(
+        "adapter 1 merged at load (W + s·B·A as Q8_0) vs llama.cpp with the adapter:\n{merged}"
+    );
     let without = compare_model(&model, &reference, criteria);
     println!("the base model without the adapter vs llama.cpp with it:\n{without}");
     println!("wall time {:.1} s", started.elapsed().as_secs_f64());

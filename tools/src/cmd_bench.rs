@@ -98,7 +98,8 @@ pub struct BenchArgs {
     /// unless --lora-merge.
     #[arg(long = "lora", value_name = "PATH[:SCALE]")]
     pub lora: Vec<String>,
-    /// Merge the --lora adapters into the weights at load (f32 matrices).
+    /// Merge the --lora adapters into the weights at load (Q8_0 matrices,
+    /// f32 for a float model).
     #[arg(long, requires = "lora")]
     pub lora_merge: bool,
     /// Print only the rows as JSON (child processes of an ISA sweep).

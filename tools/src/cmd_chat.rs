@@ -54,7 +54,8 @@ pub struct ChatArgs {
     #[arg(long = "lora", value_name = "PATH[:SCALE]")]
     pub lora: Vec<String>,
     /// Merge the --lora adapters into the weights at load instead (each
-    /// adapted matrix dequantized, updated and kept as f32).
+    /// adapted matrix dequantized, updated and stored as Q8_0, or f32 for
+    /// a float model).
     #[arg(long, requires = "lora")]
     pub lora_merge: bool,
 }
