@@ -162,11 +162,21 @@ pub struct LoraPair {
 }
 
 impl LoraPair {
+    /// `A`'s values, `[rank, cols]` row-major.
+    pub fn a_values(&self) -> Result<&[f32]> {
+        f32_values(&self.a)
+    }
+
+    /// `B`'s values, `[rows, rank]` row-major.
+    pub fn b_values(&self) -> Result<&[f32]> {
+        f32_values(&self.b)
+    }
+
     /// `out[t] += scale·B·(A·x[t])` for the `n` rows of `x` (`[n, cols]`),
-    /// `out` being `[n, rows]`: the unmerged update, plainly in f32 (the
-    /// reference an executor's kernels are checked against).
+    /// `out` being `[n, rows]`: the unmerged update, in f32. An executor
+    /// splits the tokens between its threads.
     pub fn add_to(&self, x: &[f32], n: usize, out: &mut [f32]) -> Result<()> {
-        let (a, b) = (self.a.to_f32()?, self.b.to_f32()?);
+        let (a, b) = (self.a_values()?, self.b_values()?);
         let mut ax = vec![0f32; self.rank];
         for (xt, ot) in x
             .chunks_exact(self.cols)
@@ -197,8 +207,31 @@ impl LoraPair {
     }
 }
 
+/// A dot product in eight independent lanes, which the compiler turns into
+/// one SIMD register (a single running sum is a latency-bound chain: it
+/// made an unmerged adapter cost a quarter of the prefill time).
 fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| x * y).sum()
+    let mut lanes = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ac
+        .remainder()
+        .iter()
+        .zip(bc.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            lanes[i] += x[i] * y[i];
+        }
+    }
+    lanes.iter().sum::<f32>() + tail
+}
+
+fn f32_values(w: &Weight) -> Result<&[f32]> {
+    bytemuck::try_cast_slice(w.data()).map_err(|e| Error::BadTensor {
+        tensor: w.name.clone(),
+        reason: format!("not an aligned f32 matrix in memory: {e}"),
+    })
 }
 
 /// Which file format an adapter was read from.

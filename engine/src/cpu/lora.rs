@@ -10,10 +10,8 @@ use std::sync::Arc;
 use sotto_models::lora::{LoraAdapter, LoraTarget};
 use sotto_models::{DecoderWeights, Error as ModelError};
 
-use super::qmat;
 use crate::error::Result;
-use sotto_kernels::dispatch::KernelTable;
-use sotto_kernels::ops;
+use rayon::prelude::*;
 
 /// The adapters one backend applies, in order (usually zero or one).
 pub(super) type Adapters = Arc<[Arc<LoraAdapter>]>;
@@ -48,11 +46,10 @@ pub(super) fn check_fits(weights: &DecoderWeights, adapters: &[Arc<LoraAdapter>]
 }
 
 /// `out += s·B·(A·x)` for every attached adapter that updates `target` of
-/// block `layer`; `x` is `[n, in]`, `out` `[n, out]`. Both products run on
-/// the backend's F32 matmul (threaded, SIMD): rank r costs about
-/// 2·r·(in + out) flops per token beside the base's 2·in·out.
+/// block `layer`; `x` is `[n, in]`, `out` `[n, out]`. The tokens are split
+/// between the pool's threads; rank r costs about 2·r·(in + out) flops per
+/// token beside the base's 2·in·out.
 pub(super) fn add_updates(
-    kernels: &KernelTable,
     adapters: &[Arc<LoraAdapter>],
     layer: usize,
     target: LoraTarget,
@@ -62,13 +59,10 @@ pub(super) fn add_updates(
 ) -> Result<()> {
     for adapter in adapters {
         if let Some(p) = adapter.pair(layer, target) {
-            let mut ax = vec![0f32; n * p.rank];
-            ops::matmul_with(kernels, &qmat(&p.a)?, x, n, &mut ax)?;
-            let mut update = vec![0f32; n * p.rows];
-            ops::matmul_with(kernels, &qmat(&p.b)?, &ax, n, &mut update)?;
-            out.iter_mut()
-                .zip(&update)
-                .for_each(|(o, u)| *o += p.scale * u);
+            let per = n.div_ceil(rayon::current_num_threads()).max(1);
+            out.par_chunks_mut(per * p.rows)
+                .zip(x.par_chunks(per * p.cols))
+                .try_for_each(|(o, xs)| p.add_to(xs, xs.len() / p.cols, o))?;
         }
     }
     Ok(())

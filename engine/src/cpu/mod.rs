@@ -371,7 +371,7 @@ impl CpuBackend {
                 linear(kernels, lp.v.as_ref(), &lw.attn_v, &xn, n, &mut v)?;
             }
             let lora = |target, x: &[f32], out: &mut [f32]| {
-                lora::add_updates(kernels, &self.adapters, li, target, x, n, out)
+                lora::add_updates(&self.adapters, li, target, x, n, out)
             };
             lora(LoraTarget::AttnQ, &xn, &mut q)?;
             lora(LoraTarget::AttnK, &xn, &mut k)?;
