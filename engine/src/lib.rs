@@ -33,6 +33,7 @@ pub mod generate;
 pub mod kv_cache;
 pub mod open;
 pub mod sampler;
+pub mod speculative;
 pub(crate) mod text;
 
 /// candle-transformers' quantized Llama as a reference backend and benchmark

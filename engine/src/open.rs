@@ -204,20 +204,40 @@ impl LoadedModel {
     /// backend makes (files, shapes, EP chain, CPU fallback) happens here,
     /// before any session exists.
     pub fn open(path: impl AsRef<Path>, choice: BackendChoice) -> Result<Self> {
-        Self::open_merged(path, choice, &[])
+        Self::open_as(path.as_ref(), choice, None, &[])
+    }
+
+    /// [`LoadedModel::open`] with the weight matrices quantized to `quant`
+    /// in memory at load ([`Model::load_quantized`]: the bytes `sotto
+    /// quantize` writes), so a float checkpoint runs at that type's speed;
+    /// [`LoadedModel::load_time`] includes the quantization.
+    pub fn open_quantized(
+        path: impl AsRef<Path>,
+        choice: BackendChoice,
+        quant: sotto_kernels::quant::DType,
+    ) -> Result<Self> {
+        Self::open_as(path.as_ref(), choice, Some(quant), &[])
     }
 
     /// [`LoadedModel::open`] with LoRA adapters merged into the weights at
     /// load ([`LoraAdapter::merge`]: each adapted matrix dequantized, updated
     /// and stored as Q8_0, or f32 for a float base; the others stay mapped),
-    /// in order. The CPU backend
-    /// only: graphs and candle read their own weights.
+    /// in order; [`LoadedModel::load_time`] includes the merge. The CPU
+    /// backend only: graphs and candle read their own weights.
     pub fn open_merged(
         path: impl AsRef<Path>,
         choice: BackendChoice,
         adapters: &[AdapterSpec],
     ) -> Result<Self> {
-        let path = path.as_ref();
+        Self::open_as(path.as_ref(), choice, None, adapters)
+    }
+
+    fn open_as(
+        path: &Path,
+        choice: BackendChoice,
+        quant: Option<sotto_kernels::quant::DType>,
+        adapters: &[AdapterSpec],
+    ) -> Result<Self> {
         let t0 = Instant::now();
         choice.ensure_compiled()?;
         if !adapters.is_empty() && !matches!(choice, BackendChoice::Cpu(_)) {
@@ -225,7 +245,11 @@ impl LoadedModel {
                 "LoRA adapters are applied by the cpu backend only".into(),
             ));
         }
-        let mut model = Model::load(path).map_err(|source| Error::ModelFile {
+        let model = match quant {
+            None => Model::load(path),
+            Some(dtype) => Model::load_quantized(path, dtype),
+        };
+        let mut model = model.map_err(|source| Error::ModelFile {
             path: path.to_path_buf(),
             source,
         })?;

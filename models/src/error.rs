@@ -157,6 +157,22 @@ pub enum Error {
         /// What is wrong with it.
         reason: String,
     },
+    /// A conversion target Sotto cannot write (an activation-only type).
+    #[error("cannot write weights as {dtype}: {reason}")]
+    UnsupportedTargetType {
+        /// The type asked for.
+        dtype: sotto_kernels::quant::DType,
+        /// Why not.
+        reason: String,
+    },
+    /// A model whose layout a conversion cannot carry over.
+    #[error("cannot convert {tensor:?}: {reason}")]
+    Convert {
+        /// The tensor (or key) in question.
+        tensor: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A `config.json` value is missing, malformed or not supported.
     #[error("config.json {key:?}: {reason}")]
     HfConfig {

@@ -20,6 +20,8 @@
 //! adjacent pairs (ggml mode 0); a folder keeps Hugging Face's halves, so
 //! its decoder rotates NeoX-style pairs `(x[i], x[i + n/2])` instead, which
 //! is the same computation on the unpermuted rows.
+//!
+//! [`open`] gives the view; [`crate::Model::load`] takes a folder path directly.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,7 +35,8 @@ use crate::gguf::{GgufFile, MetaType, MetaValue, Storage, TensorInfo};
 use crate::spec::RopeStyle;
 
 /// The files of a folder and the GGUF view built from them.
-pub(crate) struct Folder {
+#[derive(Debug)]
+pub struct Folder {
     /// The folder as a GGUF file: metadata and a tensor table into the shards.
     pub gguf: GgufFile,
     /// The decoder's rope pairs differ from the GGUF architecture's default
@@ -41,13 +44,21 @@ pub(crate) struct Folder {
     pub rope_style: Option<RopeStyle>,
 }
 
-/// `dir` as a GGUF view.
-pub(crate) fn open(dir: &Path) -> Result<Folder> {
+/// `dir` as a GGUF view; [`crate::Model::load`] builds a model from it, and
+/// tools that show or rewrite a model file (inspect, convert) read it here.
+pub fn open(dir: &Path) -> Result<Folder> {
     let config = read_json(&dir.join("config.json"))?;
     let arch = Arch::of(&config)?;
     let mut meta = Meta::default();
     meta.str("general.architecture", arch.gguf_name);
-    if let Some(name) = config.get("_name_or_path").and_then(Value::as_str) {
+    // The name `transformers` saved, else the folder's (what a Hub
+    // download is named after).
+    let name = config
+        .get("_name_or_path")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .or_else(|| dir.file_name().and_then(|n| n.to_str()));
+    if let Some(name) = name {
         meta.str("general.name", name);
     }
     arch.hparams(&config, &mut meta)?;
@@ -60,10 +71,21 @@ pub(crate) fn open(dir: &Path) -> Result<Folder> {
     })
 }
 
+/// A JSON file the folder must have: missing is [`Error::HfFolder`] (the
+/// folder is incomplete), unreadable [`Error::Io`].
 fn read_json(path: &Path) -> Result<Value> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-        path: path.to_path_buf(),
-        source,
+    let text = std::fs::read_to_string(path).map_err(|source| {
+        if source.kind() == std::io::ErrorKind::NotFound {
+            Error::HfFolder {
+                file: path.to_path_buf(),
+                reason: "missing: a Hugging Face model folder needs it".into(),
+            }
+        } else {
+            Error::Io {
+                path: path.to_path_buf(),
+                source,
+            }
+        }
     })?;
     serde_json::from_str(&text).map_err(|e| Error::HfFolder {
         file: path.to_path_buf(),
@@ -267,8 +289,14 @@ fn opt_f32(c: &Value, key: &str) -> Result<Option<f32>> {
 
 /// The shards of the folder, memory-mapped, and every tensor the decoder
 /// reads with its shard and offset.
-fn tensors(dir: &Path, arch: &Arch) -> Result<(Vec<(TensorInfo, usize)>, Vec<Arc<Storage>>)> {
+/// Tensor-table entries, each with the index of the shard it lives in.
+type ShardTensors = Vec<(TensorInfo, usize)>;
+
+fn tensors(dir: &Path, arch: &Arch) -> Result<(ShardTensors, Vec<Arc<Storage>>)> {
     let index = dir.join("model.safetensors.index.json");
+    // With an index, each tensor is read from the shard it names, and every
+    // tensor it names must be there.
+    let mut weight_map: HashMap<String, String> = HashMap::new();
     let files: Vec<PathBuf> = if index.exists() {
         let v = read_json(&index)?;
         let map = v
@@ -278,7 +306,22 @@ fn tensors(dir: &Path, arch: &Arch) -> Result<(Vec<(TensorInfo, usize)>, Vec<Arc
                 file: index.clone(),
                 reason: "no weight_map object".into(),
             })?;
-        let mut names: Vec<&str> = map.values().filter_map(Value::as_str).collect();
+        for (tensor, shard) in map {
+            let shard = shard.as_str().ok_or_else(|| Error::HfFolder {
+                file: index.clone(),
+                reason: format!("weight_map[{tensor:?}] is not a file name"),
+            })?;
+            if shard.contains('/') || shard.contains('\\') || shard.starts_with('.') {
+                return Err(Error::HfFolder {
+                    file: index.clone(),
+                    reason: format!(
+                        "weight_map[{tensor:?}] = {shard:?} is not a file in the folder"
+                    ),
+                });
+            }
+            weight_map.insert(tensor.clone(), shard.to_string());
+        }
+        let mut names: Vec<&str> = weight_map.values().map(String::as_str).collect();
         names.sort_unstable();
         names.dedup();
         names.iter().map(|n| dir.join(n)).collect()
@@ -287,6 +330,7 @@ fn tensors(dir: &Path, arch: &Arch) -> Result<(Vec<(TensorInfo, usize)>, Vec<Arc
     };
     let mut parts = Vec::with_capacity(files.len());
     let mut out = Vec::new();
+    let mut found: std::collections::HashSet<String> = std::collections::HashSet::new();
     for (part, file) in files.iter().enumerate() {
         if !file.exists() {
             return Err(Error::HfFolder {
@@ -304,10 +348,20 @@ fn tensors(dir: &Path, arch: &Arch) -> Result<(Vec<(TensorInfo, usize)>, Vec<Arc
         // Offsets in the header count from the end of the 8-byte length and
         // the JSON header.
         let data_start = 8 + header_len;
+        let shard_name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
         for (name, info) in header.tensors() {
             let Some(gguf_name) = arch.gguf_tensor_name(&name) else {
                 continue;
             };
+            if !weight_map.is_empty() {
+                match weight_map.get(&name) {
+                    Some(listed) if listed == shard_name => {
+                        found.insert(name.clone());
+                    }
+                    // A copy the index does not point at is not read.
+                    _ => continue,
+                }
+            }
             let ggml_type = match info.dtype {
                 safetensors::Dtype::F32 => GgmlType::F32,
                 safetensors::Dtype::F16 => GgmlType::F16,
@@ -336,12 +390,26 @@ fn tensors(dir: &Path, arch: &Arch) -> Result<(Vec<(TensorInfo, usize)>, Vec<Arc
         }
         parts.push(storage);
     }
+    let mut lost: Vec<(&String, &String)> = weight_map
+        .iter()
+        .filter(|(name, _)| arch.gguf_tensor_name(name).is_some() && !found.contains(*name))
+        .collect();
+    lost.sort();
+    if let Some((name, shard)) = lost.first() {
+        return Err(Error::HfFolder {
+            file: dir.join(shard),
+            reason: format!(
+                "tensor {name} is not in it, though the index says so ({} such tensors)",
+                lost.len()
+            ),
+        });
+    }
     Ok((out, parts))
 }
 
-/// `tokenizer.json` (and the special tokens of `tokenizer_config.json` and
-/// `config.json`) as the `tokenizer.ggml.*` keys llama.cpp's converter
-/// writes.
+/// `tokenizer.json` (and the special tokens of `tokenizer_config.json`,
+/// `generation_config.json` and `config.json`) as the `tokenizer.ggml.*`
+/// keys llama.cpp's converter writes.
 fn tokenizer_metadata(dir: &Path, config: &Value, meta: &mut Meta) -> Result<()> {
     let path = dir.join("tokenizer.json");
     let tj = read_json(&path)?;
@@ -472,11 +540,23 @@ fn tokenizer_metadata(dir: &Path, config: &Value, meta: &mut Meta) -> Result<()>
         };
         text.and_then(|t| by_text.get(t).copied())
     };
+    // generation_config.json (what `generate` stops on) before config.json;
+    // either may hold a list of ids, whose first is the end of sequence.
+    let gc_path = dir.join("generation_config.json");
+    let gc = if gc_path.exists() {
+        read_json(&gc_path)?
+    } else {
+        Value::Null
+    };
     let id_of = |key: &str| {
-        config
-            .get(key)
-            .and_then(Value::as_u64)
-            .and_then(|i| u32::try_from(i).ok())
+        [&gc, config].into_iter().find_map(|c| {
+            let v = c.get(key)?;
+            let first = match v {
+                Value::Array(ids) => ids.first()?,
+                v => v,
+            };
+            first.as_u64().and_then(|i| u32::try_from(i).ok())
+        })
     };
     if let Some(bos) = special("bos_token").or_else(|| id_of("bos_token_id")) {
         meta.u32("tokenizer.ggml.bos_token_id", bos);

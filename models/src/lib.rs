@@ -22,9 +22,10 @@
 
 pub mod arch;
 pub mod chat;
+pub mod convert;
 mod error;
 pub mod gguf;
-mod hf;
+pub mod hf;
 pub mod lora;
 pub mod spec;
 #[doc(hidden)]

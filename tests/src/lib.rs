@@ -7,6 +7,7 @@
 pub mod hf;
 pub mod parity;
 pub mod tiny_arch;
+pub mod tokenization;
 
 use std::path::PathBuf;
 

@@ -93,6 +93,11 @@ pub struct BenchArgs {
     /// ort-foreign rows.
     #[arg(long)]
     pub onnx_foreign: Option<PathBuf>,
+    /// Quantize the weight matrices to this type at load (q4_0, q8_0,
+    /// q4_k, ...; cpu rows): a float Hugging Face folder benched at
+    /// quantized speed, the quantization in the load column.
+    #[arg(long, value_parser = crate::cmd_convert::parse_type)]
+    pub quant: Option<sotto_kernels::quant::DType>,
     /// A LoRA adapter on the cpu rows (repeatable): a llama.cpp GGUF
     /// adapter or a PEFT folder, `PATH[:SCALE]`; applied at run time
     /// unless --lora-merge.
@@ -145,16 +150,35 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         if engine != "llama.cpp" {
             return Err(format!("--compare {engine:?}: only llama.cpp is supported"));
         }
+        if let Some(q) = args.quant {
+            return Err(format!(
+                "--compare with --quant {q}: llama.cpp would run the unquantized model; write \
+                 it with `sotto quantize IN OUT --type {q}` and bench OUT instead"
+            ));
+        }
     }
+    let load_model = |path: &Path| {
+        match args.quant {
+            None => Model::load(path),
+            Some(q) => Model::load_quantized(path, q),
+        }
+        .map_err(|e| format!("loading {}: {e}", path.display()))
+    };
     let threads = resolve_threads(&args.threads);
     let axes = args.axes(threads.clone());
     sweep::validate(&axes)?;
     let model_path = crate::resolve_model(args.model.clone())?;
+    if args.compare.is_some() && model_path.is_dir() {
+        return Err(format!(
+            "--compare llama.cpp: {} is a Hugging Face folder, which llama.cpp does not read; \
+             bench the GGUF `sotto convert` writes from it",
+            model_path.display()
+        ));
+    }
     let instances = sweep::expand(&axes);
 
     let weights_bytes = {
-        let model = Model::load(&model_path)
-            .map_err(|e| format!("loading {}: {e}", model_path.display()))?;
+        let model = load_model(&model_path)?;
         model
             .gguf
             .tensors()
@@ -170,8 +194,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         return Ok(());
     }
 
-    let model =
-        Model::load(&model_path).map_err(|e| format!("loading {}: {e}", model_path.display()))?;
+    let model = load_model(&model_path)?;
     let summary = model_summary(&model, &model_path);
     drop(model);
 
@@ -349,6 +372,10 @@ fn child_args(group: &ChildGroup, model: &Path, args: &BenchArgs) -> Vec<String>
     if args.lora_merge {
         out.push("--lora-merge".to_string());
     }
+    if let Some(q) = args.quant {
+        out.push("--quant".to_string());
+        out.push(q.name().to_string());
+    }
     for (flag, dir) in [
         ("--onnx-dir", &args.onnx_dir),
         ("--onnx-qnn-dir", &args.onnx_qnn_dir),
@@ -447,8 +474,14 @@ fn run_in_process(
             context: graph_context(instances),
             foreign_dir: args.onnx_foreign.clone(),
         };
-        let mut loaded =
-            backends::load_backend(&inst.backend, model, inst.threads, &graphs, &lora)?;
+        let mut loaded = backends::load_backend(
+            &inst.backend,
+            model,
+            inst.threads,
+            &graphs,
+            args.quant,
+            &lora,
+        )?;
         let describe = loaded.backend.describe();
         for test in &inst.tests {
             let label = sweep::test_label(test.kind, test.tokens, test.depth);

@@ -46,6 +46,11 @@ pub struct ChatArgs {
     /// Refuse CPU fallback: every node on the first EPs, or an error before running.
     #[arg(long)]
     pub npu_only: bool,
+    /// Quantize the weight matrices to this type at load (q4_0, q4_1, q8_0,
+    /// q4_k, ...; CPU backend), e.g. to run a float Hugging Face folder at
+    /// quantized speed. The load time printed includes it.
+    #[arg(long, value_parser = crate::cmd_convert::parse_type)]
+    pub quant: Option<sotto_kernels::quant::DType>,
     /// A LoRA adapter to apply (repeatable, in order): a llama.cpp GGUF
     /// adapter or a PEFT folder (adapter_config.json +
     /// adapter_model.safetensors), with an optional `:SCALE` on its trained
@@ -129,7 +134,24 @@ pub fn run(args: ChatArgs) -> Result<(), CliError> {
         .map(|a| AdapterSpec::parse(a))
         .collect::<Result<Vec<_>, _>>()?;
     let merged = if args.lora_merge { &adapters[..] } else { &[] };
-    let loaded = LoadedModel::open_merged(&path, args.backend_choice()?, merged)?;
+    let loaded = match args.quant {
+        None => LoadedModel::open_merged(&path, args.backend_choice()?, merged)?,
+        Some(_) if args.backend != ChatBackend::Cpu => {
+            return Err(CliError::Usage(
+                "--quant quantizes the CPU backend's weights: the graph backends run what \
+                 `sotto export` wrote"
+                    .into(),
+            ))
+        }
+        Some(_) if args.lora_merge => {
+            return Err(CliError::Usage(
+                "--lora-merge with --quant: apply the adapters unmerged (without \
+                 --lora-merge), or merge them into the float model without --quant"
+                    .into(),
+            ))
+        }
+        Some(quant) => LoadedModel::open_quantized(&path, args.backend_choice()?, quant)?,
+    };
     let t_adapters = std::time::Instant::now();
     let unmerged = if args.lora_merge {
         &[][..]
@@ -160,8 +182,12 @@ pub fn run(args: ChatArgs) -> Result<(), CliError> {
             eprintln!("sotto: {foreign}placement (before running)\n{report}");
         }
         let model = loaded.model();
+        let quantized = args
+            .quant
+            .map(|q| format!(", quantized to {q} at load"))
+            .unwrap_or_default();
         eprintln!(
-            "sotto: {} ({}, {} layers) loaded in {:.0} ms on {}",
+            "sotto: {} ({}, {} layers{quantized}) loaded in {:.0} ms on {}",
             path.display(),
             model.spec.arch,
             model.spec.n_layer,
@@ -219,14 +245,15 @@ fn turn(
     if !quiet {
         let s = &reply.stats;
         eprintln!(
-            "sotto: prompt {} tok ({} reused) at {:.1} tok/s, ttft {:.0} ms; {} tok at {:.1} tok/s; stop: {:?}",
+            "sotto: prompt {} tok ({} reused) at {:.1} tok/s, ttft {:.0} ms; {} tok at {:.1} tok/s; stop: {:?}{}",
             s.prompt_tokens,
             s.reused_tokens,
             s.prefill_tps(),
             s.time_to_first_token.as_secs_f64() * 1e3,
             s.generated_tokens,
             s.decode_tps(),
-            s.stop
+            s.stop,
+            crate::sampling::speculation_note(s)
         );
     }
     Ok(reply)

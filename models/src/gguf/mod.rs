@@ -27,6 +27,7 @@ use sotto_kernels::quant::{DType, GgmlType};
 use crate::error::{Error, Result};
 
 pub use metadata::{MetaType, MetaValue};
+pub(crate) use writer::{data_offsets, encode_header, TableEntry};
 pub use writer::{GgufWriter, WriterTensor};
 
 /// `"GGUF"` as the little-endian u32 the header starts with.

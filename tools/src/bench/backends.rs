@@ -233,15 +233,22 @@ impl LoraOptions {
 /// Loads backend `name` on the model at `path` with `threads` threads,
 /// through the engine's one entry point. Graph rows export their graphs
 /// into the user cache first when none are given; exporting is not
-/// loading, so the clock starts once they exist.
+/// loading, so the clock starts once they exist. `quant`: the weight
+/// matrices quantized to that type at load (cpu rows only).
 pub fn load_backend(
     name: &str,
     path: &Path,
     threads: usize,
     graphs: &OnnxGraphs,
+    quant: Option<sotto_kernels::quant::DType>,
     lora: &LoraOptions,
 ) -> Result<LoadedBackend, String> {
     let (choice, to_export) = choice(name, path, threads, graphs)?;
+    if let (Some(q), false) = (quant, matches!(choice, BackendChoice::Cpu(_))) {
+        return Err(format!(
+            "{name}: --quant {q} quantizes the cpu backend's weights; this row runs graphs"
+        ));
+    }
     // A backend this build lacks is refused before anything is exported.
     choice.ensure_compiled().map_err(|e| e.to_string())?;
     if let Some((dir, target)) = to_export {
@@ -256,7 +263,16 @@ pub fn load_backend(
     }
     let fail = |e: sotto_engine::Error| format!("{name} ({}): {e}", path.display());
     let merged = if lora.merge { &lora.adapters[..] } else { &[] };
-    let loaded = LoadedModel::open_merged(path, choice, merged).map_err(fail)?;
+    let loaded = match quant {
+        None => LoadedModel::open_merged(path, choice, merged).map_err(fail)?,
+        Some(q) if lora.merge => {
+            return Err(format!(
+                "{name}: --lora-merge with --quant {q}: apply the adapters unmerged, or merge \
+                 them into the float model without --quant"
+            ))
+        }
+        Some(q) => LoadedModel::open_quantized(path, choice, q).map_err(fail)?,
+    };
     let unmerged = if lora.merge {
         &[][..]
     } else {
@@ -334,23 +350,12 @@ mod tests {
     #[test]
     fn unknown_backends_are_refused_by_name() {
         let g = OnnxGraphs::default();
-        let err = load_backend(
-            "tpu",
-            Path::new("/nonexistent.gguf"),
-            1,
-            &g,
-            &LoraOptions::default(),
-        )
-        .unwrap_err();
+        let none = LoraOptions::default();
+        let err =
+            load_backend("tpu", Path::new("/nonexistent.gguf"), 1, &g, None, &none).unwrap_err();
         assert!(err.contains("tpu") && err.contains("cpu"), "{err}");
-        let err = load_backend(
-            "cpu",
-            Path::new("/nonexistent.gguf"),
-            1,
-            &g,
-            &LoraOptions::default(),
-        )
-        .unwrap_err();
+        let err =
+            load_backend("cpu", Path::new("/nonexistent.gguf"), 1, &g, None, &none).unwrap_err();
         assert!(err.contains("/nonexistent.gguf"), "{err}");
     }
 }
