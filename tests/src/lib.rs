@@ -85,7 +85,11 @@ pub fn script_fixture(
     }
     std::fs::create_dir_all(&parent)
         .unwrap_or_else(|e| panic!("creating {}: {e}", parent.display()));
-    let tmp = parent.join(format!(".tmp-{stem}-{}", std::process::id()));
+    // One temporary folder per call: tests of one process may ask for the
+    // same fixture at the same time.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = parent.join(format!(".tmp-{stem}-{}-{call}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let mut cmd = std::process::Command::new(parity::llama_python());
     cmd.arg(&script).arg(&model).arg(&tmp).args(args);
