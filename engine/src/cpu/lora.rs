@@ -59,6 +59,11 @@ pub(super) fn add_updates(
 ) -> Result<()> {
     for adapter in adapters {
         if let Some(p) = adapter.pair(layer, target) {
+            // A decode step's few thousand flops cost less than waking the pool.
+            if n < 4 {
+                p.add_to(x, n, out)?;
+                continue;
+            }
             let per = n.div_ceil(rayon::current_num_threads()).max(1);
             out.par_chunks_mut(per * p.rows)
                 .zip(x.par_chunks(per * p.cols))
