@@ -10,7 +10,7 @@ use crate::backend::{Backend, LogitsFor};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::sampler::{Sampler, SamplerConfig};
-use crate::speculative::PromptLookup;
+use crate::speculative::{DraftModel, PromptLookup};
 use crate::text::TextStream;
 use sotto_models::tokenizer::Tokenizer;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -138,6 +138,9 @@ pub struct Session {
     cache: KvCache,
     /// Exactly the tokens whose keys/values are in `cache`.
     tokens: Vec<u32>,
+    /// Drafts tokens for speculative decoding when set (and
+    /// [`GenerateOptions::prompt_lookup`] is not).
+    draft_model: Option<DraftModel>,
 }
 
 impl std::fmt::Debug for Session {
@@ -163,7 +166,26 @@ impl Session {
             tokenizer,
             cache,
             tokens: Vec::new(),
+            draft_model: None,
         })
+    }
+
+    /// Speculative decoding with `draft` drafting (`None` turns it off):
+    /// the answers stay the same, decoding gets faster where the draft
+    /// model guesses the session's model. A typed error when its
+    /// vocabulary differs.
+    pub fn set_draft_model(&mut self, draft: Option<DraftModel>) -> Result<()> {
+        if let Some(d) = &draft {
+            let ours = self.backend.spec().vocab_size;
+            if d.vocab_size() != ours {
+                return Err(Error::DraftModel(format!(
+                    "its vocabulary has {} tokens, the session's model {ours}",
+                    d.vocab_size()
+                )));
+            }
+        }
+        self.draft_model = draft;
+        Ok(())
     }
 
     /// Tokens the KV cache holds at most.
@@ -362,18 +384,17 @@ impl Session {
             }
             self.cache.truncate(self.tokens.len());
             spec.ahead.clear();
-            let draft: Vec<u32> = match &opts.prompt_lookup {
-                Some(lookup) => {
-                    self.tokens.push(next);
-                    // Room after `next` in the cache and in the answer.
-                    let room = (self.cache.capacity() - self.tokens.len())
-                        .min(opts.max_tokens.saturating_sub(out_tokens.len()));
-                    let d = lookup.draft(&self.tokens, room).to_vec();
-                    self.tokens.pop();
-                    d
-                }
-                None => Vec::new(),
+            self.tokens.push(next);
+            // Room after `next` in the cache and in the answer.
+            let room = (self.cache.capacity() - self.tokens.len())
+                .min(opts.max_tokens.saturating_sub(out_tokens.len()));
+            let draft = match (&opts.prompt_lookup, &mut self.draft_model) {
+                (Some(lookup), _) => Ok(lookup.draft(&self.tokens, room).to_vec()),
+                (None, Some(model)) => model.draft(&self.tokens, room),
+                (None, None) => Ok(Vec::new()),
             };
+            self.tokens.pop();
+            let draft = draft?;
             if draft.is_empty() {
                 logits = self
                     .backend

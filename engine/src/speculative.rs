@@ -8,11 +8,18 @@
 //! CPU, and every guessed token the model would have produced itself is a
 //! decode step saved.
 //!
+//! A [`DraftModel`] (a smaller model with the same vocabulary) drafts by
+//! greedy decoding instead, for answers that do not repeat their context.
+//!
 //! The check is exact, whatever the sampler: the logits after an accepted
 //! token are those of the true context, the sampler draws from them as it
 //! would have without drafting, and a draft token counts only if the drawn
 //! token equals it. A rejected draft's keys and values are dropped from the
 //! cache before the next pass ([`crate::Session::generate`]).
+
+use crate::backend::{Backend, LogitsFor};
+use crate::error::{Error, Result};
+use crate::kv_cache::KvCache;
 
 /// How prompt-lookup drafts are found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,6 +73,100 @@ impl PromptLookup {
         }
         &[]
     }
+}
+
+/// A second, cheaper model that drafts greedily for a [`crate::Session`]
+/// ([`crate::Session::set_draft_model`]): same vocabulary, its own backend
+/// and KV cache, which follows the session's tokens (the common prefix is
+/// kept, the rest re-run) so each draft costs its new tokens only.
+pub struct DraftModel {
+    backend: Box<dyn Backend>,
+    cache: KvCache,
+    /// Exactly the tokens whose keys and values are in `cache`.
+    tokens: Vec<u32>,
+    max_draft: usize,
+}
+
+impl std::fmt::Debug for DraftModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DraftModel")
+            .field("backend", &self.backend.name())
+            .field("cached", &self.tokens.len())
+            .field("max_draft", &self.max_draft)
+            .finish()
+    }
+}
+
+impl DraftModel {
+    /// A draft model on `backend` with a KV cache of `context` positions
+    /// (the session's), drafting up to `max_draft` tokens per pass.
+    pub fn new(backend: Box<dyn Backend>, context: usize, max_draft: usize) -> Result<Self> {
+        if max_draft == 0 {
+            return Err(Error::DraftModel("max_draft must be at least 1".into()));
+        }
+        let cache = backend.new_cache(context)?;
+        Ok(Self {
+            backend,
+            cache,
+            tokens: Vec::new(),
+            max_draft,
+        })
+    }
+
+    /// Vocabulary size of the draft model.
+    pub fn vocab_size(&self) -> usize {
+        self.backend.spec().vocab_size
+    }
+
+    /// Up to `limit` (and `max_draft`) tokens the draft model's greedy
+    /// decoding puts after `history`; fewer when its context is full.
+    pub(crate) fn draft(&mut self, history: &[u32], limit: usize) -> Result<Vec<u32>> {
+        let limit = limit.min(self.max_draft);
+        if limit == 0 || history.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Its cache keeps the common prefix; at least the last token runs
+        // again to give logits.
+        let common = self
+            .tokens
+            .iter()
+            .zip(history)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(history.len() - 1);
+        self.cache.truncate(common);
+        self.tokens.truncate(common);
+        if history.len() + limit > self.cache.capacity() {
+            return Ok(Vec::new());
+        }
+        let mut logits =
+            self.backend
+                .forward(&mut self.cache, &history[common..], LogitsFor::Last)?;
+        self.tokens.extend_from_slice(&history[common..]);
+        let vocab = self.vocab_size();
+        let mut out = Vec::with_capacity(limit);
+        loop {
+            let next = argmax(&logits[logits.len() - vocab..]);
+            out.push(next);
+            if out.len() == limit {
+                return Ok(out);
+            }
+            logits = self
+                .backend
+                .forward(&mut self.cache, &[next], LogitsFor::Last)?;
+            self.tokens.push(next);
+        }
+    }
+}
+
+fn argmax(xs: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in xs.iter().enumerate() {
+        if v > xs[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 #[cfg(test)]

@@ -127,15 +127,19 @@ fn the_folder_tokenizes_like_llama_cpp() {
 
 /// Teacher-forced along llama.cpp's conversations on the source GGUF: the
 /// folder holds the same weights dequantized (F32) or rounded to F16, so
-/// it is held to the criteria of the GGUF itself.
+/// it is held to the criteria of the GGUF itself. The F32 folder runs all
+/// eight conversations; the F16 sharded one, which differs only in its
+/// storage, the first three (CI time).
 #[test]
 fn folder_logits_agree_with_llama_cpp_on_the_source_gguf() {
     let refs = Reference::default_model_chat();
-    for (label, model) in [
-        ("F32 folder", folder_f32()),
-        ("F16 folder, 2 shards", folder_f16_sharded()),
+    let mut first_three = Reference::default_model_chat();
+    first_three.sequences.truncate(3);
+    for (label, model, refs) in [
+        ("F32 folder", folder_f32(), &refs),
+        ("F16 folder, 2 shards", folder_f16_sharded(), &first_three),
     ] {
-        let summary = compare_model(&model, &refs, Criteria::default());
+        let summary = compare_model(&model, refs, Criteria::default());
         eprintln!("{label}\n{summary}");
         summary.assert_passes(label);
     }

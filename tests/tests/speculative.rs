@@ -1,7 +1,8 @@
-//! Speculative decoding with prompt-lookup drafts on the default model: the
-//! same greedy output as one token per pass on llama.cpp's eight reference
-//! conversations, drafts accepted where the answer quotes its prompt, and
-//! the KV cache holding exactly the session's tokens afterwards.
+//! Speculative decoding on the default model, with prompt-lookup drafts and
+//! with a draft model: the same greedy output as one token per pass on
+//! llama.cpp's reference conversations, drafts accepted where the answer
+//! quotes its prompt, and the KV cache holding exactly the session's tokens
+//! afterwards.
 //!
 //! Speed-up is a benchmark matter (`sotto chat --lookup N` prints the
 //! acceptance; decode rates go in `sotto bench`), not asserted here.
@@ -51,8 +52,8 @@ fn greedy_output_is_unchanged_on_the_reference_conversations() {
     assert!(refs.sequences.len() >= 8, "need 8 conversations");
     let (mut drafted, mut accepted) = (0, 0);
     for seq in &refs.sequences {
-        let plain = run(&mut session(2048), &seq.prompt_ids, &greedy(48));
-        let spec = run(&mut session(2048), &seq.prompt_ids, &with_lookup(48));
+        let plain = run(&mut session(2048), &seq.prompt_ids, &greedy(32));
+        let spec = run(&mut session(2048), &seq.prompt_ids, &with_lookup(32));
         assert_eq!(
             spec.tokens, plain.tokens,
             "{}: prompt lookup changed the greedy answer",
@@ -139,4 +140,48 @@ fn drafts_respect_the_context_and_the_budget() {
     assert_eq!(second.reused_tokens, follow.len() - 1);
     let mut fresh = session(2048);
     assert_eq!(run(&mut fresh, &follow, &greedy(8)).tokens, second.tokens);
+}
+
+/// A draft model (here the same weights on a second backend, so drafts
+/// should almost always be accepted; a smaller model of the same
+/// vocabulary is the real use) leaves the greedy answers unchanged.
+#[test]
+fn a_draft_model_leaves_greedy_answers_unchanged() {
+    use sotto_engine::speculative::DraftModel;
+    let refs = Reference::default_model_chat();
+    let (mut drafted, mut accepted) = (0, 0);
+    for seq in refs.sequences.iter().take(3) {
+        let plain = run(&mut session(2048), &seq.prompt_ids, &greedy(24));
+        let mut s = session(2048);
+        let draft_backend = CpuBackend::new(model(), 0).expect("cpu backend");
+        s.set_draft_model(Some(
+            DraftModel::new(Box::new(draft_backend), 2048, 4).unwrap(),
+        ))
+        .unwrap();
+        let spec = run(&mut s, &seq.prompt_ids, &greedy(24));
+        assert_eq!(spec.tokens, plain.tokens, "{}", seq.name);
+        drafted += spec.drafted_tokens;
+        accepted += spec.accepted_tokens;
+    }
+    eprintln!("draft model: {accepted}/{drafted} draft tokens accepted");
+    assert!(drafted > 0);
+    assert!(
+        accepted * 10 >= drafted * 8,
+        "the same weights drafting: only {accepted}/{drafted} accepted"
+    );
+
+    // Another vocabulary is refused, and the session keeps working.
+    let tiny = Arc::new(sotto_tests::tiny_llama("speculative-draft"));
+    let other = DraftModel::new(Box::new(CpuBackend::new(tiny, 1).unwrap()), 64, 4).unwrap();
+    let mut s = session(2048);
+    assert!(matches!(
+        s.set_draft_model(Some(other)),
+        Err(sotto_engine::Error::DraftModel(_))
+    ));
+    assert!(DraftModel::new(Box::new(CpuBackend::new(model(), 1).unwrap()), 64, 0).is_err());
+    let seq = &refs.sequences[0];
+    assert_eq!(
+        run(&mut s, &seq.prompt_ids, &greedy(8)).tokens,
+        run(&mut session(2048), &seq.prompt_ids, &greedy(8)).tokens
+    );
 }
