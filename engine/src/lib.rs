@@ -55,6 +55,7 @@ pub use error::{Error, Result};
 pub use generate::{CancelToken, GenerateOptions, GenerationStats, Session, StopReason};
 pub use kv_cache::KvCache;
 pub use open::{
-    export_graphs, BackendChoice, BackendKind, CpuOptions, GraphTarget, LoadedModel, OrtOptions,
+    export_graphs, AdapterSpec, BackendChoice, BackendKind, CpuOptions, GraphTarget, LoadedModel,
+    OrtOptions,
 };
 pub use sampler::{Sampler, SamplerConfig};

@@ -181,6 +181,36 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A LoRA adapter file is malformed or uses what Sotto does not apply.
+    #[error("LoRA adapter {path}: {reason}")]
+    LoraFile {
+        /// The adapter file or folder.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A PEFT `adapter_config.json` value is missing, malformed or not supported.
+    #[error("{path} {key:?}: {reason}")]
+    LoraConfig {
+        /// The config file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A LoRA adapter was made for another base model: a matrix it updates
+    /// does not exist in this one, or has another shape, or the
+    /// architecture differs.
+    #[error("LoRA adapter {path} does not fit this model: {tensor}: {reason}")]
+    LoraBaseMismatch {
+        /// The adapter file or folder.
+        path: PathBuf,
+        /// The tensor (or metadata key) that does not fit.
+        tensor: String,
+        /// How it contradicts the model.
+        reason: String,
+    },
 }
 
 /// Result alias used throughout sotto-models.

@@ -9,6 +9,8 @@
 //! * [`tokenizer`]: the GGUF tokenizer, matching llama.cpp token for token.
 //! * [`chat`]: chat templates rendered like Python jinja2.
 //!
+//! * [`lora`]: LoRA adapters (llama.cpp GGUF and PEFT), bound to a model,
+//!   merged into its weights or applied by an executor at run time.
 //! * Hugging Face folders (`config.json`, safetensors, `tokenizer.json`),
 //!   read into the same description through a GGUF view of the folder.
 //!
@@ -24,6 +26,7 @@ pub mod convert;
 mod error;
 pub mod gguf;
 pub mod hf;
+pub mod lora;
 pub mod spec;
 #[doc(hidden)]
 pub mod testutil;
@@ -36,6 +39,7 @@ use std::sync::Arc;
 pub use chat::{ChatMessage, ChatTemplate};
 pub use error::{Error, Result};
 pub use gguf::GgufFile;
+pub use lora::{LoraAdapter, LoraFormat, LoraTarget};
 pub use spec::DecoderSpec;
 pub use tokenizer::Tokenizer;
 pub use weights::{DecoderWeights, LayerWeights, Linear, Weight};

@@ -8,13 +8,8 @@
 //! against llama.cpp's ids for the 364 reference strings before the folder
 //! is kept.
 
-use std::collections::hash_map::DefaultHasher;
-use std::hash::{Hash, Hasher};
+use std::ffi::OsStr;
 use std::path::PathBuf;
-use std::process::Command;
-
-use crate::default_model_path;
-use crate::parity::{cache_dir, llama_python, repo_root};
 
 /// How the fixture stores its weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -40,53 +35,20 @@ impl FolderDtype {
 /// options) and reused; written to a temporary folder first and renamed, so
 /// a folder that exists is complete.
 pub fn fixture_folder(dtype: FolderDtype, shards: usize) -> PathBuf {
-    let model = default_model_path();
-    let script = repo_root().join("tests/scripts/hf_folder_from_gguf.py");
-    let script_text =
-        std::fs::read(&script).unwrap_or_else(|e| panic!("reading {}: {e}", script.display()));
-    let model_len = std::fs::metadata(&model)
-        .unwrap_or_else(|e| panic!("{}: {e}", model.display()))
-        .len();
-    let mut hasher = DefaultHasher::new();
-    (script_text, model_len, dtype.name(), shards).hash(&mut hasher);
-    let dir = cache_dir().join("hf").join(format!(
-        "smollm2-{}-{shards}-{:016x}",
-        dtype.name(),
-        hasher.finish()
-    ));
-    if dir.join("config.json").is_file() {
-        return dir;
-    }
-    let parent = dir.parent().map(PathBuf::from).unwrap_or_default();
-    std::fs::create_dir_all(&parent)
-        .unwrap_or_else(|e| panic!("creating {}: {e}", parent.display()));
-    let tmp = parent.join(format!(
-        ".tmp-{}-{shards}-{}",
-        dtype.name(),
-        std::process::id()
-    ));
-    let _ = std::fs::remove_dir_all(&tmp);
     let tokens = crate::data_dir().join("llama_cpp/tokenization.json");
-    let mut cmd = Command::new(llama_python());
-    cmd.arg(&script)
-        .arg(&model)
-        .arg(&tmp)
-        .args(["--dtype", dtype.name(), "--shards", &shards.to_string()])
-        .arg("--check-tokens")
-        .arg(&tokens);
-    let status = cmd
-        .status()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    assert!(status.success(), "{cmd:?} failed ({status})");
-    // Another test process may have finished the same folder first: theirs
-    // is as good as ours.
-    if std::fs::rename(&tmp, &dir).is_err() {
-        let _ = std::fs::remove_dir_all(&tmp);
-        assert!(
-            dir.join("config.json").is_file(),
-            "fixture folder {} was not written",
-            dir.display()
-        );
-    }
-    dir
+    let shards = shards.to_string();
+    crate::script_fixture(
+        "hf_folder_from_gguf.py",
+        "hf",
+        &format!("smollm2-{}-{shards}", dtype.name()),
+        &[
+            OsStr::new("--dtype"),
+            OsStr::new(dtype.name()),
+            OsStr::new("--shards"),
+            OsStr::new(&shards),
+            OsStr::new("--check-tokens"),
+            tokens.as_os_str(),
+        ],
+        "config.json",
+    )
 }

@@ -107,6 +107,15 @@ pub struct BenchArgs {
     /// vocabulary; 4 drafted tokens per pass) in the same section.
     #[arg(long, value_name = "MODEL")]
     pub draft_model: Option<PathBuf>,
+    /// A LoRA adapter on the cpu rows (repeatable): a llama.cpp GGUF
+    /// adapter or a PEFT folder, `PATH[:SCALE]`; applied at run time
+    /// unless --lora-merge.
+    #[arg(long = "lora", value_name = "PATH[:SCALE]")]
+    pub lora: Vec<String>,
+    /// Merge the --lora adapters into the weights at load (Q8_0 matrices,
+    /// f32 for a float model).
+    #[arg(long, requires = "lora")]
+    pub lora_merge: bool,
     /// Print only the rows as JSON (child processes of an ISA sweep).
     #[arg(long, hide = true)]
     pub json_rows: bool,
@@ -387,6 +396,13 @@ fn child_args(group: &ChildGroup, model: &Path, args: &BenchArgs) -> Vec<String>
         out.push(flag.to_string());
         out.push(value);
     }
+    for lora in &args.lora {
+        out.push("--lora".to_string());
+        out.push(lora.clone());
+    }
+    if args.lora_merge {
+        out.push("--lora-merge".to_string());
+    }
     if let Some(q) = args.quant {
         out.push("--quant".to_string());
         out.push(q.name().to_string());
@@ -471,6 +487,7 @@ fn run_in_process(
     if total == 0 {
         return Ok(Vec::new());
     }
+    let lora = backends::LoraOptions::parse(&args.lora, args.lora_merge)?;
     let pb = ProgressBar::new(total);
     if let Ok(style) =
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
@@ -488,8 +505,14 @@ fn run_in_process(
             context: graph_context(instances),
             foreign_dir: args.onnx_foreign.clone(),
         };
-        let mut loaded =
-            backends::load_backend(&inst.backend, model, inst.threads, &graphs, args.quant)?;
+        let mut loaded = backends::load_backend(
+            &inst.backend,
+            model,
+            inst.threads,
+            &graphs,
+            args.quant,
+            &lora,
+        )?;
         let describe = loaded.backend.describe();
         for test in &inst.tests {
             let label = sweep::test_label(test.kind, test.tokens, test.depth);
