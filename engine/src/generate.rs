@@ -20,6 +20,18 @@ use std::time::{Duration, Instant};
 /// Tokens per prefill step between cancellation checks.
 pub(crate) const PREFILL_STEP: usize = 256;
 
+/// How many of the `cached` tokens a forward pass over `next` can keep: the
+/// common prefix, but at least the last token of `next` runs again so the
+/// pass gives logits. `next` must not be empty.
+pub(crate) fn reusable_prefix(cached: &[u32], next: &[u32]) -> usize {
+    cached
+        .iter()
+        .zip(next)
+        .take_while(|(a, b)| a == b)
+        .count()
+        .min(next.len().saturating_sub(1))
+}
+
 /// Cancels a running generation from any thread.
 #[derive(Clone, Debug, Default)]
 pub struct CancelToken(Arc<AtomicBool>);
@@ -254,14 +266,7 @@ impl Session {
         let mut sampler = Sampler::new(opts.sampler.clone())?;
         let cancelled = || opts.cancel.as_ref().is_some_and(|c| c.is_cancelled());
 
-        // Reuse the common prefix, but always run at least one token to get logits.
-        let common = self
-            .tokens
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(prompt.len() - 1);
+        let common = reusable_prefix(&self.tokens, prompt);
         if prompt.len() + 1 > self.cache.capacity() {
             return Err(Error::ContextOverflow {
                 prompt_tokens: prompt.len(),

@@ -125,15 +125,7 @@ impl DraftModel {
         if limit == 0 || history.is_empty() {
             return Ok(Vec::new());
         }
-        // Its cache keeps the common prefix; at least the last token runs
-        // again to give logits.
-        let common = self
-            .tokens
-            .iter()
-            .zip(history)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(history.len() - 1);
+        let common = crate::generate::reusable_prefix(&self.tokens, history);
         self.cache.truncate(common);
         self.tokens.truncate(common);
         if history.len() + limit > self.cache.capacity() {

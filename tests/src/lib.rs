@@ -40,6 +40,35 @@ pub fn default_model_path() -> PathBuf {
     path
 }
 
+/// The default model, loaded once per test binary and shared.
+pub fn default_model() -> std::sync::Arc<sotto_models::Model> {
+    static MODEL: std::sync::OnceLock<std::sync::Arc<sotto_models::Model>> =
+        std::sync::OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let path = default_model_path();
+            std::sync::Arc::new(
+                sotto_models::Model::load(&path)
+                    .unwrap_or_else(|e| panic!("loading {}: {e}", path.display())),
+            )
+        })
+        .clone()
+}
+
+/// A generation session of `context` positions on the default model's CPU
+/// backend (every core).
+pub fn default_session(context: usize) -> sotto_engine::Session {
+    let m = default_model();
+    let backend =
+        sotto_engine::CpuBackend::new(m.clone(), 0).unwrap_or_else(|e| panic!("cpu backend: {e}"));
+    sotto_engine::Session::new(
+        Box::new(backend),
+        std::sync::Arc::new(m.tokenizer.clone()),
+        context,
+    )
+    .unwrap_or_else(|e| panic!("session: {e}"))
+}
+
 /// Directory of the checked-in test data (`tests/data`).
 pub fn data_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data")

@@ -8,26 +8,13 @@
 //! acceptance; decode rates go in `sotto bench`), not asserted here.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use sotto_engine::speculative::PromptLookup;
 use sotto_engine::{CpuBackend, GenerateOptions, GenerationStats, Session, StopReason};
-use sotto_models::{ChatMessage, Model};
+use sotto_models::ChatMessage;
 use sotto_tests::parity::Reference;
-use sotto_tests::{default_model_path, greedy};
-
-fn model() -> Arc<Model> {
-    static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| Arc::new(Model::load(default_model_path()).expect("load default model")))
-        .clone()
-}
-
-fn session(context: usize) -> Session {
-    let m = model();
-    let backend = CpuBackend::new(m.clone(), 0).expect("cpu backend");
-    Session::new(Box::new(backend), Arc::new(m.tokenizer.clone()), context).expect("session")
-}
+use sotto_tests::{default_model as model, default_session as session, greedy};
 
 fn run(s: &mut Session, prompt: &[u32], opts: &GenerateOptions) -> GenerationStats {
     let stats = s.generate(prompt, opts, &mut |_| {}).expect("generate");
