@@ -48,7 +48,7 @@ usable() {
   "$venv/bin/python" -s - "$LLAMA_CPP_PYTHON_VERSION" "$GGUF_VERSION" <<'PY' >/dev/null 2>&1
 import sys
 from importlib.metadata import version
-import gguf, jinja2, numpy, llama_cpp
+import gguf, jinja2, numpy, llama_cpp, safetensors, tokenizers
 assert llama_cpp.__version__ == sys.argv[1], llama_cpp.__version__
 assert version("gguf") == sys.argv[2], version("gguf")
 assert callable(llama_cpp.llama_model_quantize)

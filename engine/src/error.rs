@@ -133,6 +133,11 @@ pub enum Error {
     /// A required input was empty.
     #[error("empty input: {0}")]
     Empty(&'static str),
+
+    /// A draft model that cannot draft for this session's model (another
+    /// vocabulary).
+    #[error("draft model: {0}")]
+    DraftModel(String),
 }
 
 #[cfg(feature = "ort")]

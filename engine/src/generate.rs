@@ -10,6 +10,7 @@ use crate::backend::{Backend, LogitsFor};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::sampler::{Sampler, SamplerConfig};
+use crate::speculative::{DraftModel, PromptLookup};
 use crate::text::TextStream;
 use sotto_models::tokenizer::Tokenizer;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +19,18 @@ use std::time::{Duration, Instant};
 
 /// Tokens per prefill step between cancellation checks.
 pub(crate) const PREFILL_STEP: usize = 256;
+
+/// How many of the `cached` tokens a forward pass over `next` can keep: the
+/// common prefix, but at least the last token of `next` runs again so the
+/// pass gives logits. `next` must not be empty.
+pub(crate) fn reusable_prefix(cached: &[u32], next: &[u32]) -> usize {
+    cached
+        .iter()
+        .zip(next)
+        .take_while(|(a, b)| a == b)
+        .count()
+        .min(next.len().saturating_sub(1))
+}
 
 /// Cancels a running generation from any thread.
 #[derive(Clone, Debug, Default)]
@@ -55,6 +68,10 @@ pub struct GenerateOptions {
     pub stop: Vec<String>,
     /// Cancels the generation from another thread.
     pub cancel: Option<CancelToken>,
+    /// Speculative decoding with prompt-lookup drafts (the output is the
+    /// same as without; see [`crate::speculative`]); `None` decodes one
+    /// token per pass.
+    pub prompt_lookup: Option<PromptLookup>,
 }
 
 impl Default for GenerateOptions {
@@ -64,6 +81,7 @@ impl Default for GenerateOptions {
             max_tokens: 512,
             stop: Vec::new(),
             cancel: None,
+            prompt_lookup: None,
         }
     }
 }
@@ -100,6 +118,11 @@ pub struct GenerationStats {
     pub stop: StopReason,
     /// Generated token ids, in order (including a final end-of-generation token).
     pub tokens: Vec<u32>,
+    /// Draft tokens checked by speculative passes
+    /// ([`GenerateOptions::prompt_lookup`]).
+    pub drafted_tokens: usize,
+    /// Draft tokens the sampler then picked: decode passes saved.
+    pub accepted_tokens: usize,
 }
 
 impl GenerationStats {
@@ -127,6 +150,9 @@ pub struct Session {
     cache: KvCache,
     /// Exactly the tokens whose keys/values are in `cache`.
     tokens: Vec<u32>,
+    /// Drafts tokens for speculative decoding when set (and
+    /// [`GenerateOptions::prompt_lookup`] is not).
+    draft_model: Option<DraftModel>,
 }
 
 impl std::fmt::Debug for Session {
@@ -152,7 +178,26 @@ impl Session {
             tokenizer,
             cache,
             tokens: Vec::new(),
+            draft_model: None,
         })
+    }
+
+    /// Speculative decoding with `draft` drafting (`None` turns it off):
+    /// the answers stay the same, decoding gets faster where the draft
+    /// model guesses the session's model. A typed error when its
+    /// vocabulary differs.
+    pub fn set_draft_model(&mut self, draft: Option<DraftModel>) -> Result<()> {
+        if let Some(d) = &draft {
+            let ours = self.backend.spec().vocab_size;
+            if d.vocab_size() != ours {
+                return Err(Error::DraftModel(format!(
+                    "its vocabulary has {} tokens, the session's model {ours}",
+                    d.vocab_size()
+                )));
+            }
+        }
+        self.draft_model = draft;
+        Ok(())
     }
 
     /// Tokens the KV cache holds at most.
@@ -221,14 +266,7 @@ impl Session {
         let mut sampler = Sampler::new(opts.sampler.clone())?;
         let cancelled = || opts.cancel.as_ref().is_some_and(|c| c.is_cancelled());
 
-        // Reuse the common prefix, but always run at least one token to get logits.
-        let common = self
-            .tokens
-            .iter()
-            .zip(prompt)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(prompt.len() - 1);
+        let common = reusable_prefix(&self.tokens, prompt);
         if prompt.len() + 1 > self.cache.capacity() {
             return Err(Error::ContextOverflow {
                 prompt_tokens: prompt.len(),
@@ -256,47 +294,30 @@ impl Session {
         let mut out_tokens = Vec::new();
         let mut ttft = Duration::ZERO;
         let t_decode = Instant::now();
-        let vocab = self.backend.spec().vocab_size;
-        let stop = loop {
-            if out_tokens.len() >= opts.max_tokens {
-                break StopReason::MaxTokens;
-            }
-            if cancelled() {
-                let rest = stream.finish();
-                if !rest.is_empty() {
-                    on_text(&rest);
+        let mut spec = Speculation::default();
+        let decoded = self.decode(
+            logits,
+            opts,
+            &mut sampler,
+            &mut stream,
+            &mut out_tokens,
+            &mut spec,
+            &mut |first| {
+                if first {
+                    ttft = t0.elapsed();
                 }
-                return Err(Error::Cancelled {
-                    generated: out_tokens.len(),
-                });
-            }
-            let next = sampler.sample(&logits[logits.len() - vocab..], &self.tokens)?;
-            if out_tokens.is_empty() {
-                ttft = t0.elapsed();
-            }
-            out_tokens.push(next);
-            if self.tokenizer.is_end_of_generation(next) {
-                break StopReason::EndOfGeneration;
-            }
-            let piece = stream.push(&self.tokenizer.token_bytes(next)?);
-            if !piece.text.is_empty() {
-                on_text(&piece.text);
-            }
-            if piece.stop {
-                break StopReason::StopString;
-            }
-            if self.tokens.len() >= self.cache.capacity() {
-                break StopReason::ContextFull;
-            }
-            logits = self
-                .backend
-                .forward(&mut self.cache, &[next], LogitsFor::Last)?;
-            self.tokens.push(next);
-        };
+            },
+            on_text,
+        );
+        // Keys and values of draft tokens the sampler did not pick are
+        // dropped whatever ended the loop, so the cache holds exactly
+        // `self.tokens` again.
+        self.cache.truncate(self.tokens.len());
         let rest = stream.finish();
         if !rest.is_empty() {
             on_text(&rest);
         }
+        let stop = decoded?;
         Ok(GenerationStats {
             prompt_tokens: prompt.len(),
             reused_tokens: common,
@@ -306,6 +327,103 @@ impl Session {
             time_to_first_token: ttft,
             stop,
             tokens: out_tokens,
+            drafted_tokens: spec.drafted,
+            accepted_tokens: spec.accepted,
         })
     }
+
+    /// The decode loop after the prefill's `logits`. With prompt lookup, a
+    /// pass runs the sampled token and a draft after it; the draft tokens'
+    /// logits rows wait in `spec.ahead`, and while the sampler keeps
+    /// picking the next draft token, its row is the next logits and no pass
+    /// runs. Until the caller truncates, the cache may hold unpicked draft
+    /// tokens after `self.tokens`.
+    #[allow(clippy::too_many_arguments)]
+    fn decode(
+        &mut self,
+        mut logits: Vec<f32>,
+        opts: &GenerateOptions,
+        sampler: &mut Sampler,
+        stream: &mut TextStream,
+        out_tokens: &mut Vec<u32>,
+        spec: &mut Speculation,
+        on_token: &mut dyn FnMut(bool),
+        on_text: &mut dyn FnMut(&str),
+    ) -> Result<StopReason> {
+        let cancelled = || opts.cancel.as_ref().is_some_and(|c| c.is_cancelled());
+        let vocab = self.backend.spec().vocab_size;
+        let mut row = logits.len() - vocab;
+        loop {
+            if out_tokens.len() >= opts.max_tokens {
+                return Ok(StopReason::MaxTokens);
+            }
+            if cancelled() {
+                return Err(Error::Cancelled {
+                    generated: out_tokens.len(),
+                });
+            }
+            let next = sampler.sample(&logits[row..row + vocab], &self.tokens)?;
+            on_token(out_tokens.is_empty());
+            out_tokens.push(next);
+            if self.tokenizer.is_end_of_generation(next) {
+                return Ok(StopReason::EndOfGeneration);
+            }
+            let piece = stream.push(&self.tokenizer.token_bytes(next)?);
+            if !piece.text.is_empty() {
+                on_text(&piece.text);
+            }
+            if piece.stop {
+                return Ok(StopReason::StopString);
+            }
+            if self.tokens.len() >= self.cache.capacity() {
+                return Ok(StopReason::ContextFull);
+            }
+            // The draft's next token was picked: its keys and values are
+            // cached and its logits row is waiting.
+            if spec.ahead.first() == Some(&next) {
+                spec.ahead.remove(0);
+                spec.accepted += 1;
+                self.tokens.push(next);
+                row += vocab;
+                continue;
+            }
+            self.cache.truncate(self.tokens.len());
+            spec.ahead.clear();
+            self.tokens.push(next);
+            // Room after `next` in the cache and in the answer.
+            let room = (self.cache.capacity() - self.tokens.len())
+                .min(opts.max_tokens.saturating_sub(out_tokens.len()));
+            let draft = match (&opts.prompt_lookup, &mut self.draft_model) {
+                (Some(lookup), _) => Ok(lookup.draft(&self.tokens, room).to_vec()),
+                (None, Some(model)) => model.draft(&self.tokens, room),
+                (None, None) => Ok(Vec::new()),
+            };
+            self.tokens.pop();
+            let draft = draft?;
+            if draft.is_empty() {
+                logits = self
+                    .backend
+                    .forward(&mut self.cache, &[next], LogitsFor::Last)?;
+                row = 0;
+            } else {
+                let batch: Vec<u32> = std::iter::once(next).chain(draft.iter().copied()).collect();
+                logits = self
+                    .backend
+                    .forward(&mut self.cache, &batch, LogitsFor::All)?;
+                row = 0;
+                spec.drafted += draft.len();
+                spec.ahead = draft;
+            }
+            self.tokens.push(next);
+        }
+    }
+}
+
+/// Draft tokens checked and picked in one generation, and the ones whose
+/// logits rows wait for the sampler.
+#[derive(Default)]
+struct Speculation {
+    ahead: Vec<u32>,
+    drafted: usize,
+    accepted: usize,
 }

@@ -136,7 +136,6 @@ impl KvCache {
 
     /// Stores rows of keys and values (`[n_tokens, n_kv_head * head_dim]`,
     /// token-major as the projections produce them) at positions `pos0..`.
-    #[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87 (workspace: 1.85)
     pub fn write(
         &mut self,
         layer: usize,
@@ -145,7 +144,7 @@ impl KvCache {
         v_rows: &[f32],
     ) -> Result<()> {
         let row = self.n_kv_head * self.head_dim;
-        if k_rows.len() != v_rows.len() || row == 0 || k_rows.len() % row != 0 {
+        if k_rows.len() != v_rows.len() || row == 0 || !k_rows.len().is_multiple_of(row) {
             return Err(Error::KvCache(format!(
                 "rows of {} / {} values are not multiples of {row}",
                 k_rows.len(),

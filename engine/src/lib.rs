@@ -33,6 +33,7 @@ pub mod generate;
 pub mod kv_cache;
 pub mod open;
 pub mod sampler;
+pub mod speculative;
 pub(crate) mod text;
 
 /// candle-transformers' quantized Llama as a reference backend and benchmark
@@ -54,6 +55,7 @@ pub use error::{Error, Result};
 pub use generate::{CancelToken, GenerateOptions, GenerationStats, Session, StopReason};
 pub use kv_cache::KvCache;
 pub use open::{
-    export_graphs, BackendChoice, BackendKind, CpuOptions, GraphTarget, LoadedModel, OrtOptions,
+    export_graphs, AdapterSpec, BackendChoice, BackendKind, CpuOptions, GraphTarget, LoadedModel,
+    OrtOptions,
 };
 pub use sampler::{Sampler, SamplerConfig};

@@ -14,6 +14,7 @@ use crate::cpu::CpuBackend;
 use crate::error::{Error, Result};
 use crate::generate::Session;
 use sotto_kernels::dispatch::{Isa, KernelTable};
+use sotto_models::lora::LoraAdapter;
 use sotto_models::Model;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -107,6 +108,42 @@ impl OrtOptions {
     }
 }
 
+/// A LoRA adapter to apply: a llama.cpp GGUF adapter or a PEFT folder, and
+/// the factor on its trained scale (1 applies it as trained).
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdapterSpec {
+    /// The adapter file or folder.
+    pub path: PathBuf,
+    /// Multiplies the adapter's `alpha / rank`.
+    pub scale: f32,
+}
+
+impl AdapterSpec {
+    /// `PATH` or `PATH:SCALE` (as `--lora` takes it); a suffix after the
+    /// last `:` that is not a number is part of the path.
+    pub fn parse(arg: &str) -> Result<AdapterSpec> {
+        let (path, scale) = match arg.rsplit_once(':') {
+            Some((p, s)) if !p.is_empty() => match s.parse::<f32>() {
+                Ok(scale) if scale.is_finite() => (p, scale),
+                Ok(_) => {
+                    return Err(Error::InvalidDescription(format!(
+                        "LoRA scale in {arg:?} is not a finite number"
+                    )))
+                }
+                Err(_) => (arg, 1.0),
+            },
+            _ => (arg, 1.0),
+        };
+        if path.is_empty() {
+            return Err(Error::Empty("LoRA adapter path"));
+        }
+        Ok(AdapterSpec {
+            path: PathBuf::from(path),
+            scale,
+        })
+    }
+}
+
 /// Which backend a [`LoadedModel`] opened.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendKind {
@@ -167,13 +204,63 @@ impl LoadedModel {
     /// backend makes (files, shapes, EP chain, CPU fallback) happens here,
     /// before any session exists.
     pub fn open(path: impl AsRef<Path>, choice: BackendChoice) -> Result<Self> {
-        let path = path.as_ref();
+        Self::open_as(path.as_ref(), choice, None, &[])
+    }
+
+    /// [`LoadedModel::open`] with the weight matrices quantized to `quant`
+    /// in memory at load ([`Model::load_quantized`]: the bytes `sotto
+    /// quantize` writes), so a float checkpoint runs at that type's speed;
+    /// [`LoadedModel::load_time`] includes the quantization.
+    pub fn open_quantized(
+        path: impl AsRef<Path>,
+        choice: BackendChoice,
+        quant: sotto_kernels::quant::DType,
+    ) -> Result<Self> {
+        Self::open_as(path.as_ref(), choice, Some(quant), &[])
+    }
+
+    /// [`LoadedModel::open`] with LoRA adapters merged into the weights at
+    /// load ([`LoraAdapter::merge`]: each adapted matrix dequantized, updated
+    /// and stored as Q8_0, or f32 for a float base; the others stay mapped),
+    /// in order; [`LoadedModel::load_time`] includes the merge. The CPU
+    /// backend only: graphs and candle read their own weights.
+    pub fn open_merged(
+        path: impl AsRef<Path>,
+        choice: BackendChoice,
+        adapters: &[AdapterSpec],
+    ) -> Result<Self> {
+        Self::open_as(path.as_ref(), choice, None, adapters)
+    }
+
+    fn open_as(
+        path: &Path,
+        choice: BackendChoice,
+        quant: Option<sotto_kernels::quant::DType>,
+        adapters: &[AdapterSpec],
+    ) -> Result<Self> {
         let t0 = Instant::now();
         choice.ensure_compiled()?;
-        let model = Arc::new(Model::load(path).map_err(|source| Error::ModelFile {
+        if !adapters.is_empty() && !matches!(choice, BackendChoice::Cpu(_)) {
+            return Err(Error::InvalidDescription(
+                "LoRA adapters are applied by the cpu backend only".into(),
+            ));
+        }
+        let model = match quant {
+            None => Model::load(path),
+            Some(dtype) => Model::load_quantized(path, dtype),
+        };
+        let mut model = model.map_err(|source| Error::ModelFile {
             path: path.to_path_buf(),
             source,
-        })?);
+        })?;
+        if !adapters.is_empty() {
+            let bound = adapters
+                .iter()
+                .map(|a| LoraAdapter::load(&a.path, &model, a.scale))
+                .collect::<sotto_models::Result<Vec<_>>>()?;
+            model = LoraAdapter::merge(&model, &bound)?;
+        }
+        let model = Arc::new(model);
         let opened = open_backend(path, &model, &choice)?;
         Ok(Self {
             model,
@@ -250,17 +337,60 @@ impl LoadedModel {
 
     /// A generation session of `context` positions on a backend of its own.
     pub fn session(&self, context: usize) -> Result<Session> {
+        self.session_with(context, &[])
+    }
+
+    /// A chat through the model's template, optionally with a system message.
+    pub fn chat(&self, context: usize, system: Option<&str>) -> Result<Chat> {
+        self.chat_with(context, system, &[])
+    }
+
+    /// Reads the LoRA adapter at `spec.path` (a llama.cpp GGUF adapter or a
+    /// PEFT folder) for this model: checked against its matrices, ready to
+    /// attach to any number of conversations ([`LoadedModel::session_with`]).
+    /// The base weights are neither reloaded nor copied.
+    pub fn load_adapter(&self, spec: &AdapterSpec) -> Result<Arc<LoraAdapter>> {
+        Ok(Arc::new(LoraAdapter::load(
+            &spec.path,
+            &self.model,
+            spec.scale,
+        )?))
+    }
+
+    /// A backend of its own applying `adapters` unmerged
+    /// ([`CpuBackend::with_adapters`]); with none, [`LoadedModel::backend`].
+    pub fn backend_with(&self, adapters: &[Arc<LoraAdapter>]) -> Result<Box<dyn Backend>> {
+        if adapters.is_empty() {
+            return self.backend();
+        }
+        match (&self.cpu, self.kind) {
+            (Some(cpu), BackendKind::Cpu) => Ok(Box::new(cpu.with_adapters(adapters.to_vec())?)),
+            (_, kind) => Err(Error::InvalidDescription(format!(
+                "LoRA adapters are applied by the cpu backend only, this model runs on {kind:?}"
+            ))),
+        }
+    }
+
+    /// [`LoadedModel::session`] whose backend applies `adapters` unmerged:
+    /// one conversation with an adapter, the next with another or none, on
+    /// the same loaded weights.
+    pub fn session_with(&self, context: usize, adapters: &[Arc<LoraAdapter>]) -> Result<Session> {
         Session::new(
-            self.backend()?,
+            self.backend_with(adapters)?,
             Arc::new(self.model.tokenizer.clone()),
             context,
         )
     }
 
-    /// A chat through the model's template, optionally with a system message.
-    pub fn chat(&self, context: usize, system: Option<&str>) -> Result<Chat> {
+    /// [`LoadedModel::chat`] with `adapters` applied unmerged.
+    pub fn chat_with(
+        &self,
+        context: usize,
+        system: Option<&str>,
+        adapters: &[Arc<LoraAdapter>],
+    ) -> Result<Chat> {
         Ok(Chat::new(
-            self.session(context)?,
+            self.session_with(context, adapters)?,
             Arc::new(self.model.template.clone()),
             system,
         ))
@@ -620,6 +750,25 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn adapter_specs_parse_path_and_optional_scale() {
+        let spec = |p: &str, s: f32| AdapterSpec {
+            path: PathBuf::from(p),
+            scale: s,
+        };
+        assert_eq!(AdapterSpec::parse("a.gguf").unwrap(), spec("a.gguf", 1.0));
+        assert_eq!(
+            AdapterSpec::parse("a.gguf:0.5").unwrap(),
+            spec("a.gguf", 0.5)
+        );
+        assert_eq!(AdapterSpec::parse("dir/x:y").unwrap(), spec("dir/x:y", 1.0));
+        assert!(matches!(
+            AdapterSpec::parse("a.gguf:inf"),
+            Err(Error::InvalidDescription(_))
+        ));
+        assert!(matches!(AdapterSpec::parse(""), Err(Error::Empty(_))));
     }
 
     #[test]

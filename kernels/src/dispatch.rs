@@ -85,11 +85,10 @@ pub fn gemm_by_dots<W, A>(dot: VecDotFn<W, A>, w: &[W], a: &[A], bpr: usize, out
 /// The shape checks every SIMD gemm wrapper makes before its kernel (which
 /// then indexes without bounds checks): whole rows and columns, and an
 /// output that holds them all.
-#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87 (workspace: 1.85)
 pub(crate) fn gemm_shape_ok<W, A>(w: &[W], a: &[A], bpr: usize, out: &[f32]) -> bool {
     bpr > 0
-        && w.len() % bpr == 0
-        && a.len() % bpr == 0
+        && w.len().is_multiple_of(bpr)
+        && a.len().is_multiple_of(bpr)
         && (w.len() / bpr)
             .checked_mul(a.len() / bpr)
             .is_some_and(|n| n <= out.len())

@@ -147,6 +147,70 @@ pub enum Error {
     /// The chat template does not parse or fails to render.
     #[error("chat template: {0}")]
     ChatTemplate(String),
+    /// A file of a Hugging Face folder is missing or malformed (a shard the
+    /// index lists, a safetensors header, a tensor dtype Sotto does not
+    /// read, a tokenizer.json it cannot translate).
+    #[error("{file}: {reason}")]
+    HfFolder {
+        /// The file.
+        file: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A conversion target Sotto cannot write (an activation-only type).
+    #[error("cannot write weights as {dtype}: {reason}")]
+    UnsupportedTargetType {
+        /// The type asked for.
+        dtype: sotto_kernels::quant::DType,
+        /// Why not.
+        reason: String,
+    },
+    /// A model whose layout a conversion cannot carry over.
+    #[error("cannot convert {tensor:?}: {reason}")]
+    Convert {
+        /// The tensor (or key) in question.
+        tensor: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A `config.json` value is missing, malformed or not supported.
+    #[error("config.json {key:?}: {reason}")]
+    HfConfig {
+        /// The config key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A LoRA adapter file is malformed or uses what Sotto does not apply.
+    #[error("LoRA adapter {path}: {reason}")]
+    LoraFile {
+        /// The adapter file or folder.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A PEFT `adapter_config.json` value is missing, malformed or not supported.
+    #[error("{path} {key:?}: {reason}")]
+    LoraConfig {
+        /// The config file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A LoRA adapter was made for another base model: a matrix it updates
+    /// does not exist in this one, or has another shape, or the
+    /// architecture differs.
+    #[error("LoRA adapter {path} does not fit this model: {tensor}: {reason}")]
+    LoraBaseMismatch {
+        /// The adapter file or folder.
+        path: PathBuf,
+        /// The tensor (or metadata key) that does not fit.
+        tensor: String,
+        /// How it contradicts the model.
+        reason: String,
+    },
 }
 
 /// Result alias used throughout sotto-models.

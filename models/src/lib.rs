@@ -9,7 +9,12 @@
 //! * [`tokenizer`]: the GGUF tokenizer, matching llama.cpp token for token.
 //! * [`chat`]: chat templates rendered like Python jinja2.
 //!
-//! [`Model::load`] does all of it for one file.
+//! * [`lora`]: LoRA adapters (llama.cpp GGUF and PEFT), bound to a model,
+//!   merged into its weights or applied by an executor at run time.
+//! * Hugging Face folders (`config.json`, safetensors, `tokenizer.json`),
+//!   read into the same description through a GGUF view of the folder.
+//!
+//! [`Model::load`] does all of it for one file or folder.
 
 // Tests assert by unwrapping; library code may not.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -17,8 +22,11 @@
 
 pub mod arch;
 pub mod chat;
+pub mod convert;
 mod error;
 pub mod gguf;
+pub mod hf;
+pub mod lora;
 pub mod spec;
 #[doc(hidden)]
 pub mod testutil;
@@ -31,6 +39,7 @@ use std::sync::Arc;
 pub use chat::{ChatMessage, ChatTemplate};
 pub use error::{Error, Result};
 pub use gguf::GgufFile;
+pub use lora::{LoraAdapter, LoraFormat, LoraTarget};
 pub use spec::DecoderSpec;
 pub use tokenizer::Tokenizer;
 pub use weights::{DecoderWeights, LayerWeights, Linear, Weight};
@@ -53,14 +62,29 @@ pub struct Model {
 }
 
 impl Model {
-    /// Opens and validates the GGUF model at `path`.
+    /// Opens and validates the model at `path`: a GGUF file, or a Hugging
+    /// Face folder (`config.json`, `model.safetensors` or shards with
+    /// `model.safetensors.index.json`, `tokenizer.json`, optional
+    /// `tokenizer_config.json`), whose weights stay memory-mapped.
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        let path = path.as_ref();
+        if path.is_dir() {
+            let folder = hf::open(path)?;
+            return Self::build(folder.gguf, folder.rope_style);
+        }
         Self::from_gguf(GgufFile::open(path)?)
     }
 
     /// Builds a model from an already parsed file.
     pub fn from_gguf(gguf: GgufFile) -> Result<Model> {
-        let spec = arch::decoder_spec(&gguf)?;
+        Self::build(gguf, None)
+    }
+
+    fn build(gguf: GgufFile, rope_style: Option<spec::RopeStyle>) -> Result<Model> {
+        let mut spec = arch::decoder_spec(&gguf)?;
+        if let Some(style) = rope_style {
+            spec.rope_style = style;
+        }
         let weights = arch::decoder_weights(&gguf, &spec)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         if tokenizer.vocab_size() != spec.vocab_size {

@@ -255,3 +255,27 @@ pub fn write_temp(name: &str, bytes: &[u8]) -> std::io::Result<std::path::PathBu
     std::fs::write(&path, bytes)?;
     Ok(path)
 }
+
+/// The rank of [`tiny_lora_adapter`].
+pub const TINY_LORA_RANK: usize = 2;
+
+/// A LoRA adapter as llama.cpp writes it (`general.type = adapter`,
+/// `adapter.lora.alpha` 4, rank [`TINY_LORA_RANK`]) for a [`tiny_model`] of
+/// `arch` and `dims`: pseudo-random updates of `blk.0.attn_q` and
+/// `blk.1.ffn_down`, drawn from `seed`.
+pub fn tiny_lora_adapter(arch: &str, dims: TinyDims, seed: u64) -> GgufWriter {
+    let d = dims.d_model as u64;
+    let q = (dims.n_head * dims.head_dim) as u64;
+    let f = dims.ffn_dim as u64;
+    let r = TINY_LORA_RANK as u64;
+    let draw = |n: u64, k: u64| random_values(n as usize, seed * 10 + k, 0.5);
+    GgufWriter::new()
+        .kv("general.architecture", MetaValue::string(arch))
+        .kv("general.type", MetaValue::string("adapter"))
+        .kv("adapter.type", MetaValue::string("lora"))
+        .kv("adapter.lora.alpha", MetaValue::F32(4.0))
+        .tensor_f32("blk.0.attn_q.weight.lora_a", &[d, r], &draw(d * r, 1))
+        .tensor_f32("blk.0.attn_q.weight.lora_b", &[r, q], &draw(r * q, 2))
+        .tensor_f32("blk.1.ffn_down.weight.lora_a", &[f, r], &draw(f * r, 3))
+        .tensor_f32("blk.1.ffn_down.weight.lora_b", &[r, d], &draw(r * d, 4))
+}

@@ -52,8 +52,47 @@ impl Weight {
             name: info.name.clone(),
             dtype: info.dtype()?,
             shape: [rows, cols],
-            storage: Arc::clone(gguf.storage()),
+            storage: Arc::clone(gguf.tensor_storage(info)),
             range: gguf.tensor_range(info),
+        })
+    }
+
+    /// A matrix held in memory as f32 rather than in the model file (a
+    /// LoRA pair read from safetensors, a matrix with an adapter merged in).
+    pub fn from_f32(name: String, shape: [usize; 2], values: Vec<f32>) -> Result<Weight> {
+        if shape[0].checked_mul(shape[1]) != Some(values.len()) {
+            return Err(Error::BadTensor {
+                tensor: name,
+                reason: format!("{} values do not fill {shape:?}", values.len()),
+            });
+        }
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        Self::from_bytes(name, DType::F32, shape, bytes)
+    }
+
+    /// A matrix of `dtype` held in memory (ggml block layout, row after row).
+    pub fn from_bytes(
+        name: String,
+        dtype: DType,
+        shape: [usize; 2],
+        bytes: Vec<u8>,
+    ) -> Result<Weight> {
+        let want = dtype
+            .row_bytes(shape[1])
+            .and_then(|rb| rb.checked_mul(shape[0]));
+        if want != Some(bytes.len()) {
+            return Err(Error::BadTensor {
+                tensor: name,
+                reason: format!("{} bytes do not hold {shape:?} of {dtype:?}", bytes.len()),
+            });
+        }
+        let range = 0..bytes.len();
+        Ok(Weight {
+            name,
+            dtype,
+            shape,
+            storage: Arc::new(Storage::Owned(bytes)),
+            range,
         })
     }
 

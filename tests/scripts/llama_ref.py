@@ -5,6 +5,7 @@ Three subcommands, run with the python scripts/llama-deps.sh prints:
 
     llama_ref.py refs --model M.gguf --prompts PROMPTS.json --out DIR
                       [--max-new-tokens N] [--max-prompts K]
+                      [--lora ADAPTER.gguf [--lora-scale S]]
     llama_ref.py quantize --model SRC.gguf --type Q6_K --out DST.gguf
     llama_ref.py tokenize --model M.gguf --cases CASES.json --out OUT.json
 
@@ -17,6 +18,9 @@ one-token micro-batches and with flash attention). Format: tests/data/README.md.
 `--max-new-tokens` (default 64) caps the greedy continuation and
 `--max-prompts` takes the first K prompts only: a test bounds llama.cpp's time
 with them (most of it is the greedy steps and the one-token alternate).
+`--lora` runs every llama.cpp instance (reference and alternates) with that
+GGUF LoRA adapter applied at `--lora-scale` (default 1), unmerged, as
+llama.cpp applies adapters (llama-cpp-python's `lora_path`/`lora_scale`).
 
 PROMPTS.json is a list of prompts, each
     {"name": ..., "messages": [{"role": ..., "content": ...}, ...]}
@@ -188,7 +192,8 @@ class LlamaRef:
     that measure llama.cpp's own rounding noise, plus what the file says about
     its vocabulary and template."""
 
-    def __init__(self, model_path: Path, max_new_tokens: int):
+    def __init__(self, model_path: Path, max_new_tokens: int, lora: Path | None = None,
+                 lora_scale: float = 1.0):
         self.model_path = model_path
         self.max_new_tokens = max_new_tokens
         reader = gguf.GGUFReader(str(model_path))
@@ -207,6 +212,8 @@ class LlamaRef:
         common = dict(model_path=str(model_path), n_ctx=N_CTX, n_batch=N_BATCH,
                       n_threads=N_THREADS, n_threads_batch=N_THREADS, seed=SEED,
                       logits_all=True, verbose=False)
+        if lora is not None:
+            common.update(lora_path=str(lora), lora_scale=lora_scale)
         self.llm = Llama(n_ubatch=N_BATCH, **common)
         # The same model run other equally valid ways (see teacher_force).
         self.alternates = {
@@ -406,6 +413,11 @@ def cmd_refs(args) -> None:
         raise SystemExit(f"{args.prompts}: prompt names must be unique identifiers: {names}")
     model_sha = sha256_of(args.model)
     settings = {**SETTINGS, "max_new_tokens": args.max_new_tokens}
+    if args.lora is not None:
+        if not args.lora.is_file():
+            raise SystemExit(f"LoRA adapter not found: {args.lora}")
+        settings["lora"] = {"file": args.lora.name, "sha256": sha256_of(args.lora),
+                            "scale": args.lora_scale}
     key = inputs_key(model_sha, prompts, settings)
     out_file = args.out / "refs.json"
     if out_file.is_file():
@@ -416,7 +428,7 @@ def cmd_refs(args) -> None:
             print(f"{out_file}: up to date", file=sys.stderr)
             return
     args.out.mkdir(parents=True, exist_ok=True)
-    ref = LlamaRef(args.model, args.max_new_tokens)
+    ref = LlamaRef(args.model, args.max_new_tokens, args.lora, args.lora_scale)
     sequences = []
     for prompt in prompts:
         s = ref.sequence(prompt, args.out)
@@ -508,6 +520,9 @@ def main() -> None:
     refs.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS,
                       help="greedy continuation length cap (default %(default)s)")
     refs.add_argument("--max-prompts", type=int, help="only the first K prompts of the file")
+    refs.add_argument("--lora", type=Path, help="a GGUF LoRA adapter llama.cpp applies")
+    refs.add_argument("--lora-scale", type=float, default=1.0,
+                      help="the adapter's scale (default %(default)s)")
     quant = sub.add_parser("quantize", help="llama.cpp's quantizer on a GGUF")
     quant.add_argument("--model", type=Path, required=True)
     quant.add_argument("--type", required=True, help="llama.cpp ftype: " + ", ".join(FTYPES))

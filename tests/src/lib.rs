@@ -4,8 +4,10 @@
 // must stop the test with instructions, not skip it.
 #![allow(clippy::panic)]
 
+pub mod hf;
 pub mod parity;
 pub mod tiny_arch;
+pub mod tokenization;
 
 use std::path::PathBuf;
 
@@ -38,6 +40,35 @@ pub fn default_model_path() -> PathBuf {
     path
 }
 
+/// The default model, loaded once per test binary and shared.
+pub fn default_model() -> std::sync::Arc<sotto_models::Model> {
+    static MODEL: std::sync::OnceLock<std::sync::Arc<sotto_models::Model>> =
+        std::sync::OnceLock::new();
+    MODEL
+        .get_or_init(|| {
+            let path = default_model_path();
+            std::sync::Arc::new(
+                sotto_models::Model::load(&path)
+                    .unwrap_or_else(|e| panic!("loading {}: {e}", path.display())),
+            )
+        })
+        .clone()
+}
+
+/// A generation session of `context` positions on the default model's CPU
+/// backend (every core).
+pub fn default_session(context: usize) -> sotto_engine::Session {
+    let m = default_model();
+    let backend =
+        sotto_engine::CpuBackend::new(m.clone(), 0).unwrap_or_else(|e| panic!("cpu backend: {e}"));
+    sotto_engine::Session::new(
+        Box::new(backend),
+        std::sync::Arc::new(m.tokenizer.clone()),
+        context,
+    )
+    .unwrap_or_else(|e| panic!("session: {e}"))
+}
+
 /// Directory of the checked-in test data (`tests/data`).
 pub fn data_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("data")
@@ -51,6 +82,61 @@ pub fn read_json<T: serde::de::DeserializeOwned>(relative: &str) -> T {
         .unwrap_or_else(|e| panic!("reference data {} unreadable: {e}", path.display()));
     serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("reference data {} malformed: {e}", path.display()))
+}
+
+/// The folder `tests/scripts/{script}` writes from the default model, run
+/// as `script MODEL OUT_DIR ARGS...` on the reference python (independent
+/// fixtures: no Sotto code). Written once into `<cache>/parity/{group}/`
+/// as `{stem}-{hash}`, the hash keyed by the script's text, the model file
+/// and `args`, and reused; written to a temporary folder first and renamed,
+/// so a folder holding `marker` is complete.
+pub fn script_fixture(
+    script: &str,
+    group: &str,
+    stem: &str,
+    args: &[&std::ffi::OsStr],
+    marker: &str,
+) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let model = default_model_path();
+    let script = parity::repo_root().join("tests/scripts").join(script);
+    let script_text =
+        std::fs::read(&script).unwrap_or_else(|e| panic!("reading {}: {e}", script.display()));
+    let model_len = std::fs::metadata(&model)
+        .unwrap_or_else(|e| panic!("{}: {e}", model.display()))
+        .len();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    (script_text, model_len, args).hash(&mut hasher);
+    let parent = parity::cache_dir().join(group);
+    let dir = parent.join(format!("{stem}-{:016x}", hasher.finish()));
+    if dir.join(marker).exists() {
+        return dir;
+    }
+    std::fs::create_dir_all(&parent)
+        .unwrap_or_else(|e| panic!("creating {}: {e}", parent.display()));
+    // One temporary folder per call: tests of one process may ask for the
+    // same fixture at the same time.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = parent.join(format!(".tmp-{stem}-{}-{call}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let mut cmd = std::process::Command::new(parity::llama_python());
+    cmd.arg(&script).arg(&model).arg(&tmp).args(args);
+    let status = cmd
+        .status()
+        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
+    assert!(status.success(), "{cmd:?} failed ({status})");
+    // Another test process may have finished the same folder first: theirs
+    // is as good as ours.
+    if std::fs::rename(&tmp, &dir).is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+        assert!(
+            dir.join(marker).exists(),
+            "fixture folder {} was not written",
+            dir.display()
+        );
+    }
+    dir
 }
 
 /// A tiny random Llama (2 layers, d_model 32, 4/2 heads of 8, ffn 64)

@@ -48,6 +48,7 @@
 use crate::{argmax, data_dir, rel_l2};
 use serde::Deserialize;
 use sotto_engine::{CpuBackend, Session};
+use sotto_models::lora::LoraAdapter;
 use sotto_models::Model;
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
@@ -654,7 +655,18 @@ pub fn greedy_reports(
 /// Our logits along `tokens` (`[tokens, vocab]`) on the CPU backend, in one
 /// batched forward pass as llama.cpp's reference run did.
 pub fn sotto_logits(model: &Arc<Model>, tokens: &[u32]) -> Vec<f32> {
-    let backend = CpuBackend::new(model.clone(), 0).unwrap_or_else(|e| panic!("cpu backend: {e}"));
+    sotto_logits_with(model, &[], tokens)
+}
+
+/// [`sotto_logits`] with LoRA `adapters` applied unmerged.
+pub fn sotto_logits_with(
+    model: &Arc<Model>,
+    adapters: &[Arc<LoraAdapter>],
+    tokens: &[u32],
+) -> Vec<f32> {
+    let backend = CpuBackend::new(model.clone(), 0)
+        .and_then(|b| b.with_adapters(adapters.to_vec()))
+        .unwrap_or_else(|e| panic!("cpu backend: {e}"));
     let mut s = Session::new(Box::new(backend), Arc::new(model.tokenizer.clone()), 2048)
         .unwrap_or_else(|e| panic!("session: {e}"));
     s.forward_all(tokens)
@@ -667,11 +679,21 @@ pub fn compare_model(
     reference: &Reference,
     criteria: Criteria,
 ) -> ParitySummary {
+    compare_model_with(model, &[], reference, criteria)
+}
+
+/// [`compare_model`] with LoRA `adapters` applied unmerged.
+pub fn compare_model_with(
+    model: &Arc<Model>,
+    adapters: &[Arc<LoraAdapter>],
+    reference: &Reference,
+    criteria: Criteria,
+) -> ParitySummary {
     let reports = reference
         .sequences
         .iter()
         .map(|seq| {
-            let ours = sotto_logits(model, &seq.tokens());
+            let ours = sotto_logits_with(model, adapters, &seq.tokens());
             compare_teacher_forced(&seq.name, reference, &seq.logits, &ours, &criteria)
         })
         .collect();
@@ -784,6 +806,18 @@ pub fn generate_reference_within(
     out_dir: &Path,
     budget: RefBudget,
 ) -> Reference {
+    generate_reference_with_lora(model, None, prompts, out_dir, budget)
+}
+
+/// [`generate_reference_within`] with llama.cpp applying the GGUF LoRA
+/// adapter `lora` (path, scale) when given (`llama_ref.py refs --lora`).
+pub fn generate_reference_with_lora(
+    model: &Path,
+    lora: Option<(&Path, f32)>,
+    prompts: &Path,
+    out_dir: &Path,
+    budget: RefBudget,
+) -> Reference {
     let max_new = budget.max_new_tokens.to_string();
     let mut args = vec![
         OsStr::new("refs"),
@@ -799,6 +833,15 @@ pub fn generate_reference_within(
     let max_prompts = budget.max_prompts.map(|n| n.to_string());
     if let Some(n) = &max_prompts {
         args.extend([OsStr::new("--max-prompts"), OsStr::new(n)]);
+    }
+    let lora_scale = lora.map(|(_, scale)| scale.to_string());
+    if let (Some((path, _)), Some(scale)) = (lora, &lora_scale) {
+        args.extend([
+            OsStr::new("--lora"),
+            path.as_os_str(),
+            OsStr::new("--lora-scale"),
+            OsStr::new(scale),
+        ]);
     }
     run_llama_ref(args);
     Reference::load(&out_dir.join("refs.json"))

@@ -1,6 +1,7 @@
 //! The cargo-fuzz targets' bodies (bridge/fuzz) on stable: a proptest of
 //! random bytes and of mutations of the committed seed corpus. The real
 //! fuzzers run with scripts/fuzz.sh (cargo-fuzz).
+#![allow(clippy::panic)]
 
 use std::path::Path;
 use std::sync::OnceLock;

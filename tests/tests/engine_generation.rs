@@ -4,27 +4,9 @@
 //! still answer exactly as a fresh one does.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
-use sotto_engine::{CancelToken, Chat, CpuBackend, Error, SamplerConfig, Session, StopReason};
-use sotto_models::Model;
-use sotto_tests::{default_model_path, greedy};
-use std::sync::{Arc, OnceLock};
-
-fn model() -> Arc<Model> {
-    static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| Arc::new(Model::load(default_model_path()).expect("load default model")))
-        .clone()
-}
-
-fn session(context: usize) -> Session {
-    let m = model();
-    Session::new(
-        Box::new(CpuBackend::new(m.clone(), 0).unwrap()),
-        Arc::new(m.tokenizer.clone()),
-        context,
-    )
-    .unwrap()
-}
+use sotto_engine::{CancelToken, Chat, Error, SamplerConfig, StopReason};
+use sotto_tests::{default_model as model, default_session as session, greedy};
+use std::sync::Arc;
 
 fn chat(context: usize, system: Option<&str>) -> Chat {
     Chat::new(session(context), Arc::new(model().template.clone()), system)
@@ -145,7 +127,7 @@ fn cancellation_from_another_thread_stops_and_keeps_the_session_usable() {
     });
     canceller.join().unwrap();
     match res {
-        Err(Error::Cancelled { generated }) => assert!(generated >= 1 && generated < 400),
+        Err(Error::Cancelled { generated }) => assert!((1..400).contains(&generated)),
         other => panic!("expected Cancelled, got {other:?}"),
     }
     assert_eq!(c.messages().len(), 1, "a cancelled turn is not committed");

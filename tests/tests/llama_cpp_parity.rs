@@ -12,20 +12,12 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 use sotto_engine::{CpuBackend, Session};
-use sotto_models::Model;
 use sotto_tests::parity::{
     compare_greedy, compare_model, compare_teacher_forced, sotto_logits, Criteria, ParitySummary,
     Reference, TeacherForced,
 };
-use sotto_tests::{default_model_path, greedy};
-use std::sync::{Arc, OnceLock};
-
-fn model() -> Arc<Model> {
-    static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
-    MODEL
-        .get_or_init(|| Arc::new(Model::load(default_model_path()).expect("load default model")))
-        .clone()
-}
+use sotto_tests::{default_model as model, greedy};
+use std::sync::Arc;
 
 #[test]
 fn teacher_forced_argmax_and_logits_agree_with_llama_cpp() {

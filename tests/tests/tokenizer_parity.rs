@@ -13,6 +13,9 @@ use sotto_models::spec::{Activation, RopeStyle};
 use sotto_models::{ChatMessage, Model};
 use sotto_tests::parity::{cache_dir, llama_tokenize};
 use sotto_tests::tiny_arch::gemma3_270m_path;
+use sotto_tests::tokenization::{
+    assert_tokenizes_like_llama_cpp, llama_cpp_cases, TokenizationCase,
+};
 use sotto_tests::{data_dir, default_model_path, read_json};
 
 fn model() -> Model {
@@ -141,20 +144,6 @@ fn chat_template_renders_smollm2_default_system_prompt() {
     );
 }
 
-#[derive(Debug, Deserialize)]
-struct TokenizationCase {
-    text: String,
-    parse_special: bool,
-    ids: Vec<u32>,
-    /// llama.cpp's detokenization without special tokens, hex (when recorded).
-    #[serde(default)]
-    detok_hex: Option<String>,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Every reference string from llama.cpp (tests/data/llama_cpp/tokenization.json)
 /// tokenizes to exactly the same ids, and decodes back to its text.
 #[test]
@@ -165,9 +154,7 @@ fn tokenization_matches_llama_cpp_reference() {
         "llama.cpp reference tokenization missing at {} (produced by the llama.cpp reference-data script)",
         path.display()
     );
-    let cases: Vec<TokenizationCase> = read_json("llama_cpp/tokenization.json");
-    assert!(cases.len() >= 200, "only {} reference cases", cases.len());
-    assert_matches(&model().tokenizer, &cases);
+    assert_tokenizes_like_llama_cpp(&model().tokenizer, &llama_cpp_cases());
 }
 
 /// The same strings through Gemma-3-270M's SentencePiece vocabulary (the
@@ -195,55 +182,7 @@ fn gemma3_270m_tokenization_matches_llama_cpp() {
     let gguf = sotto_models::GgufFile::open(&file).unwrap();
     let t = sotto_models::Tokenizer::from_gguf(&gguf).unwrap();
     assert_eq!(t.vocab_size(), 262_144);
-    assert_matches(&t, &reference.cases);
-}
-
-/// `t` against llama.cpp on every case: the ids, the token bytes
-/// reassembling the text, and llama.cpp's detokenization without specials.
-fn assert_matches(t: &sotto_models::Tokenizer, cases: &[TokenizationCase]) {
-    let mut mismatches = Vec::new();
-    for case in cases {
-        let ours = t.encode(&case.text, case.parse_special).unwrap();
-        if ours != case.ids {
-            mismatches.push(format!(
-                "{:?} (parse_special={}): llama.cpp {:?}, ours {:?}",
-                case.text, case.parse_special, case.ids, ours
-            ));
-            continue;
-        }
-        let bytes: Vec<u8> = ours
-            .iter()
-            .flat_map(|&id| t.token_bytes(id).unwrap())
-            .collect();
-        if bytes != case.text.as_bytes() {
-            mismatches.push(format!(
-                "{:?}: token bytes reassemble to {:?}",
-                case.text,
-                String::from_utf8_lossy(&bytes)
-            ));
-        }
-        // Without special tokens llama.cpp drops control tokens' text.
-        if let Some(expected) = &case.detok_hex {
-            let plain: Vec<u8> = ours
-                .iter()
-                .filter(|&&id| !t.is_control(id))
-                .flat_map(|&id| t.token_bytes(id).unwrap())
-                .collect();
-            if &hex(&plain) != expected {
-                mismatches.push(format!(
-                    "{:?}: detokenized without specials differs",
-                    case.text
-                ));
-            }
-        }
-    }
-    assert!(
-        mismatches.is_empty(),
-        "{} of {} cases differ:\n{}",
-        mismatches.len(),
-        cases.len(),
-        mismatches.join("\n")
-    );
+    assert_tokenizes_like_llama_cpp(&t, &reference.cases);
 }
 
 #[derive(Debug, Deserialize)]

@@ -93,6 +93,29 @@ pub struct BenchArgs {
     /// ort-foreign rows.
     #[arg(long)]
     pub onnx_foreign: Option<PathBuf>,
+    /// Quantize the weight matrices to this type at load (q4_0, q8_0,
+    /// q4_k, ...; cpu rows): a float Hugging Face folder benched at
+    /// quantized speed, the quantization in the load column.
+    #[arg(long, value_parser = crate::cmd_convert::parse_type)]
+    pub quant: Option<sotto_kernels::quant::DType>,
+    /// Also bench speculative decoding with prompt-lookup drafts of up to
+    /// N tokens on a quoting answer (its own section: decode rate, speed-up
+    /// over plain decoding, acceptance).
+    #[arg(long, value_name = "N")]
+    pub lookup: Option<usize>,
+    /// Also bench speculative decoding with this draft model (same
+    /// vocabulary; 4 drafted tokens per pass) in the same section.
+    #[arg(long, value_name = "MODEL")]
+    pub draft_model: Option<PathBuf>,
+    /// A LoRA adapter on the cpu rows (repeatable): a llama.cpp GGUF
+    /// adapter or a PEFT folder, `PATH[:SCALE]`; applied at run time
+    /// unless --lora-merge.
+    #[arg(long = "lora", value_name = "PATH[:SCALE]")]
+    pub lora: Vec<String>,
+    /// Merge the --lora adapters into the weights at load (Q8_0 matrices,
+    /// f32 for a float model).
+    #[arg(long, requires = "lora")]
+    pub lora_merge: bool,
     /// Print only the rows as JSON (child processes of an ISA sweep).
     #[arg(long, hide = true)]
     pub json_rows: bool,
@@ -136,16 +159,35 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         if engine != "llama.cpp" {
             return Err(format!("--compare {engine:?}: only llama.cpp is supported"));
         }
+        if let Some(q) = args.quant {
+            return Err(format!(
+                "--compare with --quant {q}: llama.cpp would run the unquantized model; write \
+                 it with `sotto quantize IN OUT --type {q}` and bench OUT instead"
+            ));
+        }
     }
+    let load_model = |path: &Path| {
+        match args.quant {
+            None => Model::load(path),
+            Some(q) => Model::load_quantized(path, q),
+        }
+        .map_err(|e| format!("loading {}: {e}", path.display()))
+    };
     let threads = resolve_threads(&args.threads);
     let axes = args.axes(threads.clone());
     sweep::validate(&axes)?;
     let model_path = crate::resolve_model(args.model.clone())?;
+    if args.compare.is_some() && model_path.is_dir() {
+        return Err(format!(
+            "--compare llama.cpp: {} is a Hugging Face folder, which llama.cpp does not read; \
+             bench the GGUF `sotto convert` writes from it",
+            model_path.display()
+        ));
+    }
     let instances = sweep::expand(&axes);
 
     let weights_bytes = {
-        let model = Model::load(&model_path)
-            .map_err(|e| format!("loading {}: {e}", model_path.display()))?;
+        let model = load_model(&model_path)?;
         model
             .gguf
             .tensors()
@@ -161,8 +203,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         return Ok(());
     }
 
-    let model =
-        Model::load(&model_path).map_err(|e| format!("loading {}: {e}", model_path.display()))?;
+    let model = load_model(&model_path)?;
     let summary = model_summary(&model, &model_path);
     drop(model);
 
@@ -210,8 +251,30 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         bandwidth,
         rows,
     };
+    let speculative = if args.lookup.is_some() || args.draft_model.is_some() {
+        let spinner = spinner("speculative decoding on a quoting answer");
+        let n_gen = args.n_gen.iter().copied().max().unwrap_or(0).max(64);
+        let rows = bench::speculative::run(
+            &model_path,
+            &threads,
+            n_gen,
+            args.repetitions,
+            args.lookup,
+            args.draft_model.as_deref(),
+        );
+        spinner.finish_and_clear();
+        Some(rows?)
+    } else {
+        None
+    };
     let text = match args.output {
-        OutputFormat::Md => report::markdown(&report),
+        OutputFormat::Md => {
+            report::markdown(&report)
+                + &speculative
+                    .as_deref()
+                    .map(bench::speculative::markdown)
+                    .unwrap_or_default()
+        }
         OutputFormat::Json => report::json(&report)? + "\n",
         OutputFormat::Csv => report::csv(&report.rows),
     };
@@ -333,6 +396,17 @@ fn child_args(group: &ChildGroup, model: &Path, args: &BenchArgs) -> Vec<String>
         out.push(flag.to_string());
         out.push(value);
     }
+    for lora in &args.lora {
+        out.push("--lora".to_string());
+        out.push(lora.clone());
+    }
+    if args.lora_merge {
+        out.push("--lora-merge".to_string());
+    }
+    if let Some(q) = args.quant {
+        out.push("--quant".to_string());
+        out.push(q.name().to_string());
+    }
     for (flag, dir) in [
         ("--onnx-dir", &args.onnx_dir),
         ("--onnx-qnn-dir", &args.onnx_qnn_dir),
@@ -413,6 +487,7 @@ fn run_in_process(
     if total == 0 {
         return Ok(Vec::new());
     }
+    let lora = backends::LoraOptions::parse(&args.lora, args.lora_merge)?;
     let pb = ProgressBar::new(total);
     if let Ok(style) =
         ProgressStyle::with_template("{elapsed_precise} [{bar:30}] {pos}/{len} {msg}")
@@ -430,7 +505,14 @@ fn run_in_process(
             context: graph_context(instances),
             foreign_dir: args.onnx_foreign.clone(),
         };
-        let mut loaded = backends::load_backend(&inst.backend, model, inst.threads, &graphs)?;
+        let mut loaded = backends::load_backend(
+            &inst.backend,
+            model,
+            inst.threads,
+            &graphs,
+            args.quant,
+            &lora,
+        )?;
         let describe = loaded.backend.describe();
         for test in &inst.tests {
             let label = sweep::test_label(test.kind, test.tokens, test.depth);

@@ -4,8 +4,8 @@ use crate::error::CliError;
 use crate::resolve_model;
 use crate::sampling::GenerationArgs;
 use sotto_engine::{
-    BackendChoice, BackendKind, CancelToken, Chat, CpuOptions, GenerateOptions, LoadedModel,
-    OrtOptions, Reply,
+    AdapterSpec, BackendChoice, BackendKind, CancelToken, Chat, CpuOptions, GenerateOptions,
+    LoadedModel, OrtOptions, Reply,
 };
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -46,6 +46,23 @@ pub struct ChatArgs {
     /// Refuse CPU fallback: every node on the first EPs, or an error before running.
     #[arg(long)]
     pub npu_only: bool,
+    /// Quantize the weight matrices to this type at load (q4_0, q4_1, q8_0,
+    /// q4_k, ...; CPU backend), e.g. to run a float Hugging Face folder at
+    /// quantized speed. The load time printed includes it.
+    #[arg(long, value_parser = crate::cmd_convert::parse_type)]
+    pub quant: Option<sotto_kernels::quant::DType>,
+    /// A LoRA adapter to apply (repeatable, in order): a llama.cpp GGUF
+    /// adapter or a PEFT folder (adapter_config.json +
+    /// adapter_model.safetensors), with an optional `:SCALE` on its trained
+    /// scale (default 1). Applied at run time (`y = W·x + s·B·(A·x)`), the
+    /// base weights untouched; --backend cpu only.
+    #[arg(long = "lora", value_name = "PATH[:SCALE]")]
+    pub lora: Vec<String>,
+    /// Merge the --lora adapters into the weights at load instead (each
+    /// adapted matrix dequantized, updated and stored as Q8_0, or f32 for
+    /// a float model).
+    #[arg(long, requires = "lora")]
+    pub lora_merge: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -111,7 +128,41 @@ impl AnswerOut {
 pub fn run(args: ChatArgs) -> Result<(), CliError> {
     let path = resolve_model(args.model.clone()).map_err(CliError::ModelFetch)?;
     let mut answers = AnswerOut::claim_stdout()?;
-    let loaded = LoadedModel::open(&path, args.backend_choice()?)?;
+    let adapters = args
+        .lora
+        .iter()
+        .map(|a| AdapterSpec::parse(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let merged = if args.lora_merge { &adapters[..] } else { &[] };
+    let loaded = match args.quant {
+        None => LoadedModel::open_merged(&path, args.backend_choice()?, merged)?,
+        Some(_) if args.backend != ChatBackend::Cpu => {
+            return Err(CliError::Usage(
+                "--quant quantizes the CPU backend's weights: the graph backends run what \
+                 `sotto export` wrote"
+                    .into(),
+            ))
+        }
+        Some(_) if args.lora_merge => {
+            return Err(CliError::Usage(
+                "--lora-merge with --quant: apply the adapters unmerged (without \
+                 --lora-merge), or merge them into the float model without --quant"
+                    .into(),
+            ))
+        }
+        Some(quant) => LoadedModel::open_quantized(&path, args.backend_choice()?, quant)?,
+    };
+    let t_adapters = std::time::Instant::now();
+    let unmerged = if args.lora_merge {
+        &[][..]
+    } else {
+        &adapters[..]
+    };
+    let unmerged = unmerged
+        .iter()
+        .map(|a| loaded.load_adapter(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let t_adapters = t_adapters.elapsed();
     if loaded.model().template.is_fallback() && !args.chatml {
         return Err(CliError::Usage(format!(
             "{} has no chat template (tokenizer.chat_template), so it is probably a base \
@@ -131,16 +182,32 @@ pub fn run(args: ChatArgs) -> Result<(), CliError> {
             eprintln!("sotto: {foreign}placement (before running)\n{report}");
         }
         let model = loaded.model();
+        let quantized = args
+            .quant
+            .map(|q| format!(", quantized to {q} at load"))
+            .unwrap_or_default();
         eprintln!(
-            "sotto: {} ({}, {} layers) loaded in {:.0} ms on {}",
+            "sotto: {} ({}, {} layers{quantized}) loaded in {:.0} ms on {}",
             path.display(),
             model.spec.arch,
             model.spec.n_layer,
             loaded.load_time().as_secs_f64() * 1e3,
             loaded.describe()
         );
+        for a in &adapters {
+            let how = if args.lora_merge {
+                "merged at load".to_string()
+            } else {
+                format!("unmerged, read in {:.0} ms", t_adapters.as_secs_f64() * 1e3)
+            };
+            eprintln!(
+                "sotto: LoRA adapter {} x{} ({how})",
+                a.path.display(),
+                a.scale
+            );
+        }
     }
-    let mut chat = loaded.chat(args.generation.context, args.system.as_deref())?;
+    let mut chat = loaded.chat_with(args.generation.context, args.system.as_deref(), &unmerged)?;
     let cancel = CancelToken::new();
     {
         let c = cancel.clone();
@@ -178,14 +245,15 @@ fn turn(
     if !quiet {
         let s = &reply.stats;
         eprintln!(
-            "sotto: prompt {} tok ({} reused) at {:.1} tok/s, ttft {:.0} ms; {} tok at {:.1} tok/s; stop: {:?}",
+            "sotto: prompt {} tok ({} reused) at {:.1} tok/s, ttft {:.0} ms; {} tok at {:.1} tok/s; stop: {:?}{}",
             s.prompt_tokens,
             s.reused_tokens,
             s.prefill_tps(),
             s.time_to_first_token.as_secs_f64() * 1e3,
             s.generated_tokens,
             s.decode_tps(),
-            s.stop
+            s.stop,
+            crate::sampling::speculation_note(s)
         );
     }
     Ok(reply)

@@ -88,13 +88,14 @@ pub fn run(args: CompleteArgs) -> Result<(), CliError> {
     let s = stats?;
     if !args.generation.quiet {
         eprintln!(
-            "sotto: prompt {} tok at {:.1} tok/s, ttft {:.0} ms; {} tok at {:.1} tok/s; stop: {:?}",
+            "sotto: prompt {} tok at {:.1} tok/s, ttft {:.0} ms; {} tok at {:.1} tok/s; stop: {:?}{}",
             s.prompt_tokens,
             s.prefill_tps(),
             s.time_to_first_token.as_secs_f64() * 1e3,
             s.generated_tokens,
             s.decode_tps(),
-            s.stop
+            s.stop,
+            crate::sampling::speculation_note(&s)
         );
     }
     Ok(())

@@ -7,6 +7,7 @@
 
 use crate::resolve_model;
 use sotto_models::gguf::{GgufFile, MetaValue};
+use sotto_models::spec::RopeStyle;
 use sotto_models::{arch, ChatTemplate, Model, Tokenizer};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -23,11 +24,20 @@ fn short(v: &MetaValue) -> String {
 
 pub fn run(model: Option<PathBuf>, metadata: bool) -> Result<(), String> {
     let path = resolve_model(model)?;
-    let g = GgufFile::open(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let opened = if path.is_dir() {
+        sotto_models::hf::open(&path).map(|f| (f.gguf, f.rope_style))
+    } else {
+        GgufFile::open(&path).map(|g| (g, None))
+    };
+    let (g, rope_style) = opened.map_err(|e| format!("{}: {e}", path.display()))?;
     println!("file:          {}", path.display());
-    println!("gguf version:  {}", g.version());
+    if path.is_dir() {
+        println!("format:        Hugging Face folder (shown as the GGUF it maps to)");
+    } else {
+        println!("gguf version:  {}", g.version());
+    }
     println!("size:          {} bytes", g.file_size());
-    describe_model(&g);
+    describe_model(&g, rope_style);
     let tokenizer = Tokenizer::from_gguf(&g);
     match &tokenizer {
         Ok(t) => println!(
@@ -98,9 +108,12 @@ pub fn run(model: Option<PathBuf>, metadata: bool) -> Result<(), String> {
 }
 
 /// The decoder description of `g`, or why there is none.
-fn describe_model(g: &GgufFile) {
+fn describe_model(g: &GgufFile, rope_style: Option<RopeStyle>) {
     let s = match arch::decoder_spec(g) {
-        Ok(s) => s,
+        Ok(mut s) => {
+            s.rope_style = rope_style.unwrap_or(s.rope_style);
+            s
+        }
         Err(e) => {
             println!(
                 "architecture:  {} (cannot be described: {e})",
@@ -127,5 +140,6 @@ fn describe_model(g: &GgufFile) {
     println!("vocab:         {}", s.vocab_size);
     println!("context:       {}", s.context_length);
     println!("norm eps:      {}", s.norm_eps);
+    println!("rope pairs:    {:?}", s.rope_style);
     println!("layers are:    {}", s.features());
 }

@@ -8,8 +8,10 @@ mod cmd_bench;
 mod cmd_bridge;
 mod cmd_chat;
 mod cmd_complete;
+mod cmd_convert;
 mod cmd_export;
 mod cmd_inspect;
+mod cmd_quantize;
 mod error;
 mod fetch;
 mod sampling;
@@ -51,6 +53,10 @@ enum Command {
     },
     /// Export a model as static-shape ONNX graphs (for NPUs): MODEL OUT_DIR --target cpu|qnn.
     Export(cmd_export::ExportArgs),
+    /// Write a Hugging Face folder as a GGUF file: HF_DIR OUT.gguf [--type f16].
+    Convert(cmd_convert::ConvertArgs),
+    /// Rewrite a GGUF file or Hugging Face folder with its weights in one type: IN OUT --type T.
+    Quantize(cmd_quantize::QuantizeArgs),
     /// Benchmark prefill and decode (llama-bench style sweeps, --compare llama.cpp).
     Bench(cmd_bench::BenchArgs),
     /// The assistant as an end-to-end-encrypted (Signal protocol) chat peer.
@@ -137,6 +143,8 @@ fn main() -> ExitCode {
             .map(|p| println!("{}", p.display()))
             .map_err(|e| e.to_string()),
         Command::Export(args) => cmd_export::run(args),
+        Command::Convert(args) => cmd_convert::run(args).map_err(|e| e.to_string()),
+        Command::Quantize(args) => cmd_quantize::run(args).map_err(|e| e.to_string()),
         Command::Bench(args) => cmd_bench::run(args),
         Command::Bridge(args) => run_bridge(args),
     };

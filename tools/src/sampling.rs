@@ -1,6 +1,7 @@
 //! The run, sampling and stopping flags `sotto chat` and `sotto complete` share.
 
-use sotto_engine::{CancelToken, GenerateOptions, SamplerConfig};
+use sotto_engine::speculative::PromptLookup;
+use sotto_engine::{CancelToken, GenerateOptions, GenerationStats, SamplerConfig};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct GenerationArgs {
@@ -32,6 +33,10 @@ pub struct GenerationArgs {
     /// Print no statistics on standard error.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Speculative decoding with prompt-lookup drafts of up to N tokens
+    /// (the answer is the same; faster when it repeats the conversation).
+    #[arg(long, value_name = "N")]
+    pub lookup: Option<usize>,
 }
 
 impl GenerationArgs {
@@ -50,6 +55,22 @@ impl GenerationArgs {
             max_tokens: self.max_tokens,
             stop: self.stop.clone(),
             cancel,
+            prompt_lookup: self.lookup.map(|max_draft| PromptLookup {
+                max_draft,
+                ..PromptLookup::default()
+            }),
         }
     }
+}
+
+/// "; drafts A/D accepted" after the statistics line when prompt lookup
+/// drafted anything, else nothing.
+pub fn speculation_note(s: &GenerationStats) -> String {
+    if s.drafted_tokens == 0 {
+        return String::new();
+    }
+    format!(
+        "; drafts {}/{} accepted",
+        s.accepted_tokens, s.drafted_tokens
+    )
 }

@@ -2,7 +2,8 @@
 //! Gemma-3-270M file and on a file whose tensors have a type Sotto has no
 //! kernel for (TQ1_0, written by gguf-py, llama.cpp's own writer), `sotto
 //! complete` on Gemma-3-270M (a base model) against llama.cpp's greedy
-//! continuation, and `sotto chat` refusing it for want of a chat template.
+//! continuation, and `sotto chat` refusing it for want of a chat template;
+//! `inspect` and `chat` on a Hugging Face folder of the default model.
 //!
 //! Gemma-3-270M comes from `sotto fetch gemma3-270m` (scripts/test.sh runs
 //! it; `$SOTTO_GEMMA3_270M`), llama.cpp from scripts/llama-deps.sh.
@@ -204,4 +205,46 @@ fn chat_on_gemma3_270m_says_it_has_no_template() {
     for want in ["has no chat template", "sotto complete --model", "--chatml"] {
         assert!(stderr.contains(want), "no '{want}' in {stderr}");
     }
+}
+
+/// A Hugging Face folder of the default model (written by the independent
+/// fixture script) through the CLI: `inspect` shows what it maps to, and
+/// `chat` gives the GGUF's greedy answer to the France question.
+#[test]
+fn chat_and_inspect_on_a_hugging_face_folder() {
+    use sotto_tests::hf::{fixture_folder, FolderDtype};
+    let dir = fixture_folder(FolderDtype::F16, 2);
+    let out = sotto(&["inspect".as_ref(), dir.as_os_str()], "");
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    for want in [
+        "format:        Hugging Face folder",
+        "architecture:  llama",
+        "rope pairs:    NeoX",
+        "sotto runs it: yes",
+        "tensors (272):",
+    ] {
+        assert!(stdout.contains(want), "no '{want}' in\n{stdout}");
+    }
+
+    let answer = |model: &Path| {
+        let out = sotto(
+            &[
+                "chat".as_ref(),
+                "--model".as_ref(),
+                model.as_os_str(),
+                "--temperature".as_ref(),
+                "0".as_ref(),
+                "--system".as_ref(),
+                "You are a helpful assistant.".as_ref(),
+                "What is the capital of France?".as_ref(),
+            ],
+            "",
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout).trim().to_string()
+    };
+    let from_folder = answer(&dir);
+    assert_eq!(from_folder, "The capital of France is Paris.");
+    assert_eq!(from_folder, answer(&sotto_tests::default_model_path()));
 }

@@ -15,11 +15,14 @@
 //! AVX-512 tiers): those matrices are repacked once at load and the file's
 //! bytes are no longer read for them. Norm vectors are copied as f32 (tiny).
 
+mod lora;
+
 use crate::backend::{Backend, LogitsFor};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use sotto_kernels::dispatch::KernelTable;
 use sotto_kernels::ops::{self, AttentionParams, PackedMatrix, QMatrix, RopeCache};
+use sotto_models::lora::{LoraAdapter, LoraTarget};
 use sotto_models::spec::{Activation, DecoderSpec, RopeSpec};
 use sotto_models::weights::{DecoderWeights, Linear, Weight};
 use sotto_models::Model;
@@ -106,6 +109,9 @@ pub struct CpuBackend {
     kernels: &'static KernelTable,
     pool: Arc<rayon::ThreadPool>,
     threads: usize,
+    /// LoRA adapters applied unmerged, after the projections they update
+    /// (this conversation's; the weights above are shared).
+    adapters: lora::Adapters,
 }
 
 impl std::fmt::Debug for CpuBackend {
@@ -261,7 +267,28 @@ impl CpuBackend {
             kernels,
             pool: Arc::new(pool),
             threads,
+            adapters: Arc::new([]),
         })
+    }
+
+    /// A backend sharing everything of this one (weights, repacked
+    /// matrices, rope tables, thread pool) that applies `adapters` unmerged
+    /// after the projections they update (`y = W·x + s·B·(A·x)`), in place
+    /// of this one's adapters: how a conversation gets its own adapter
+    /// without reloading or copying the base weights. Each adapter must fit
+    /// this model ([`LoraAdapter::load`] on it), else
+    /// [`sotto_models::Error::LoraBaseMismatch`].
+    pub fn with_adapters(&self, adapters: Vec<Arc<LoraAdapter>>) -> Result<CpuBackend> {
+        lora::check_fits(&self.model.weights, &adapters)?;
+        Ok(CpuBackend {
+            adapters: adapters.into(),
+            ..self.clone()
+        })
+    }
+
+    /// The adapters it applies unmerged.
+    pub fn adapters(&self) -> &[Arc<LoraAdapter>] {
+        &self.adapters
     }
 
     /// The model it runs.
@@ -343,6 +370,12 @@ impl CpuBackend {
                 linear(kernels, lp.k.as_ref(), &lw.attn_k, &xn, n, &mut k)?;
                 linear(kernels, lp.v.as_ref(), &lw.attn_v, &xn, n, &mut v)?;
             }
+            let lora = |target, x: &[f32], out: &mut [f32]| {
+                lora::add_updates(&self.adapters, li, target, x, n, out)
+            };
+            lora(LoraTarget::AttnQ, &xn, &mut q)?;
+            lora(LoraTarget::AttnK, &xn, &mut k)?;
+            lora(LoraTarget::AttnV, &xn, &mut v)?;
             if let (Some(qn), Some(kn)) = (&ln.q, &ln.k) {
                 ops::rms_norm_in_place(&mut q, qn, s.norm_eps)?;
                 ops::rms_norm_in_place(&mut k, kn, s.norm_eps)?;
@@ -387,6 +420,7 @@ impl CpuBackend {
                 &mut attn,
             )?;
             linear(kernels, lp.o.as_ref(), &lw.attn_output, &attn, n, &mut o)?;
+            lora(LoraTarget::AttnOutput, &attn, &mut o)?;
             if let Some(pn) = &ln.post_attn {
                 ops::rms_norm_in_place(&mut o, pn, s.norm_eps)?;
             }
@@ -407,11 +441,14 @@ impl CpuBackend {
                 linear(kernels, lp.gate.as_ref(), &lw.ffn_gate, &xn, n, &mut gate)?;
                 linear(kernels, lp.up.as_ref(), &lw.ffn_up, &xn, n, &mut up)?;
             }
+            lora(LoraTarget::FfnGate, &xn, &mut gate)?;
+            lora(LoraTarget::FfnUp, &xn, &mut up)?;
             match s.activation {
                 Activation::SiluGlu => ops::silu_mul_with(kernels, &mut gate, &up)?,
                 Activation::GeluTanhGlu => ops::gelu_tanh_mul_with(kernels, &mut gate, &up)?,
             }
             linear(kernels, lp.down.as_ref(), &lw.ffn_down, &gate, n, &mut o)?;
+            lora(LoraTarget::FfnDown, &gate, &mut o)?;
             if let Some(pn) = &ln.post_ffn {
                 ops::rms_norm_in_place(&mut o, pn, s.norm_eps)?;
             }
@@ -497,8 +534,12 @@ impl Backend for CpuBackend {
     }
 
     fn describe(&self) -> String {
+        let adapters = match self.adapters.len() {
+            0 => String::new(),
+            n => format!(", {n} LoRA adapter(s) unmerged"),
+        };
         format!(
-            "cpu ({} threads, kernels {:?})",
+            "cpu ({} threads, kernels {:?}{adapters})",
             self.threads, self.kernels.isa
         )
     }

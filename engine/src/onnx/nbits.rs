@@ -48,7 +48,6 @@ fn repack_nibbles(qs: &[u8], out: &mut Vec<u8>, remap: impl Fn(u8) -> u8) {
 
 /// Re-packs `rows × cols` weights stored as Q4_0 or Q4_1 blocks (row after
 /// row, `row_order` selects and orders the rows). `None` for other dtypes.
-#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87 (workspace: 1.85)
 pub fn repack(
     dtype: DType,
     data: &[u8],
@@ -56,7 +55,7 @@ pub fn repack(
     cols: usize,
     row_order: Option<&[usize]>,
 ) -> Option<NBitsWeight> {
-    if cols % QK != 0 {
+    if !cols.is_multiple_of(QK) {
         return None;
     }
     let blocks = cols / QK;

@@ -171,10 +171,9 @@ impl GgmlType {
 
     /// Bytes of one row of `cols` elements; `None` when `cols` is not a whole
     /// number of blocks or the size overflows.
-    #[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87 (workspace: 1.85)
     pub fn row_bytes(self, cols: usize) -> Option<usize> {
         let bs = self.block_size();
-        if cols % bs != 0 {
+        if !cols.is_multiple_of(bs) {
             return None;
         }
         (cols / bs).checked_mul(self.type_size())

@@ -9,8 +9,9 @@
 //! * our reference dot, and every table's dot, of ggml's weight and
 //!   activation bytes match ggml's dot within f32 rounding;
 //! * our quantizer gives ggml's bytes exactly for every type whose quantizer
-//!   follows ggml's algorithm (the older Q4_K, Q5_K and Q6_K use a simpler
-//!   search: their error stays within 1.3x of ggml's on these rows);
+//!   follows ggml's algorithm (Q4_K and Q5_K fit their sub-block scales
+//!   with a search of their own, within 1.1x of ggml's error on these rows;
+//!   Q6_K's simpler one stays within 1.3x);
 //! * every table's activation quantizer matches ggml's within one code.
 
 use super::{dequantize_row, quantize_row, DType, GgmlType};
@@ -282,7 +283,14 @@ fn quantizers_match_ggmls() {
             r.dtype
         ));
         match r.dtype {
-            DType::Q4_K | DType::Q5_K | DType::Q6_K => assert!(
+            // Q4_K/Q5_K fit each sub-block's (scale, min) by a weighted
+            // least-squares search of their own: within 10% of ggml's.
+            DType::Q4_K | DType::Q5_K => assert!(
+                ours <= 1.1 * ggml,
+                "{}: our error {ours} vs ggml's {ggml}",
+                r.dtype
+            ),
+            DType::Q6_K => assert!(
                 ours <= 1.3 * ggml,
                 "{}: our error {ours} vs ggml's {ggml}",
                 r.dtype

@@ -84,19 +84,14 @@ pub fn pack_scale_min_k4(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; K_SCALE_SIZE] {
     q
 }
 
-/// Per sub-block (scale, -min) for `nmax` levels, then both quantized to 6
-/// bits against the super-block maxima. Returns (d, dmin, ls, lm).
-/// Simpler than ggml's iterative `make_qkx2_quants` search (weights normally
-/// arrive already quantized), but it produces valid blocks with a bounded
-/// error, which is what the tests and the converter need.
+/// Per sub-block (scale, -min) for `nmax` levels ([`fit_scale_min`]), then
+/// both quantized to 6 bits against the super-block maxima. Returns (d,
+/// dmin, ls, lm).
 pub(crate) fn sub_scales_mins(x: &[f32], nmax: f32) -> (f16, f16, [u8; 8], [u8; 8]) {
     let mut scales = [0f32; 8];
     let mut mins = [0f32; 8];
     for (j, xs) in x.chunks_exact(32).enumerate() {
-        let mn = xs.iter().copied().fold(0f32, f32::min);
-        let mx = xs.iter().copied().fold(f32::MIN, f32::max);
-        scales[j] = (mx - mn) / nmax;
-        mins[j] = -mn;
+        (scales[j], mins[j]) = fit_scale_min(xs, nmax);
     }
     let max_scale = scales.iter().copied().fold(0f32, f32::max);
     let max_min = mins.iter().copied().fold(0f32, f32::max);
@@ -109,8 +104,7 @@ pub(crate) fn sub_scales_mins(x: &[f32], nmax: f32) -> (f16, f16, [u8; 8], [u8; 
     let mut ls = [0u8; 8];
     let mut lm = [0u8; 8];
     for j in 0..8 {
-        // Round scales up so the top level still reaches the sub-block max.
-        ls[j] = ((inv_scale * scales[j]).ceil() as i32).clamp(0, 63) as u8;
+        ls[j] = nearest_int(inv_scale * scales[j]).clamp(0, 63) as u8;
         lm[j] = nearest_int(inv_min * mins[j]).clamp(0, 63) as u8;
     }
     (
@@ -119,6 +113,73 @@ pub(crate) fn sub_scales_mins(x: &[f32], nmax: f32) -> (f16, f16, [u8; 8], [u8; 
         ls,
         lm,
     )
+}
+
+/// The (scale, -min) of one sub-block that `x ≈ scale·q - (-min)` with
+/// codes `q` in `0..=nmax` fits best, with `min <= 0` (the format stores
+/// `-min` unsigned).
+///
+/// Min/max endpoints waste levels on outliers, so a range of candidate
+/// scales around them is tried: each gives codes, the codes give the
+/// weighted least-squares (scale, min), and the lowest weighted squared
+/// error wins. Weights `rms(x) + |x|` favour the large values that carry
+/// most of a dot product (ggml's k-quants weigh the same way).
+pub(crate) fn fit_scale_min(xs: &[f32], nmax: f32) -> (f32, f32) {
+    let lo = xs.iter().copied().fold(0f32, f32::min);
+    let hi = xs.iter().copied().fold(f32::MIN, f32::max);
+    if hi.is_nan() || lo.is_nan() || hi <= lo {
+        return (0.0, -lo);
+    }
+    let rms = (xs.iter().map(|v| v * v).sum::<f32>() / xs.len() as f32).sqrt();
+    let weights: Vec<f32> = xs.iter().map(|v| rms + v.abs()).collect();
+    let error = |scale: f32, min: f32| -> f32 {
+        xs.iter()
+            .zip(&weights)
+            .map(|(&v, &w)| {
+                let q = if scale > 0.0 {
+                    nearest_int((v - min) / scale).clamp(0, nmax as i32) as f32
+                } else {
+                    0.0
+                };
+                let e = scale * q + min - v;
+                w * e * e
+            })
+            .sum()
+    };
+    let mut best = ((hi - lo) / nmax, lo);
+    let mut best_err = error(best.0, best.1);
+    // Candidate inverse scales (nmax + t) / (hi - lo), t in [-1, 1].
+    for step in 0..=20 {
+        let iscale = (nmax - 1.0 + 0.1 * step as f32) / (hi - lo);
+        let (mut sw, mut sl, mut sl2, mut sx, mut slx) = (0f32, 0f32, 0f32, 0f32, 0f32);
+        for (&v, &w) in xs.iter().zip(&weights) {
+            let l = nearest_int(iscale * (v - lo)).clamp(0, nmax as i32) as f32;
+            sw += w;
+            sl += w * l;
+            sl2 += w * l * l;
+            sx += w * v;
+            slx += w * l * v;
+        }
+        let det = sw * sl2 - sl * sl;
+        if det <= 0.0 {
+            continue;
+        }
+        let mut scale = (sw * slx - sx * sl) / det;
+        let mut min = (sl2 * sx - sl * slx) / det;
+        if min > 0.0 {
+            min = 0.0;
+            scale = slx / sl2;
+        }
+        if scale.is_nan() || scale <= 0.0 {
+            continue;
+        }
+        let err = error(scale, min);
+        if err < best_err {
+            best = (scale, min);
+            best_err = err;
+        }
+    }
+    (best.0, -best.1)
 }
 
 /// Codes of sub-block `xs` against the dequantized (scale, min).

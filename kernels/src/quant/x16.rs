@@ -140,7 +140,6 @@ pub fn packed_bytes<B: X16Block>(rows: usize, bpr: usize) -> Option<usize> {
 /// The shape checks every SIMD x16 wrapper makes before its kernel: whole
 /// columns, an output that holds them all, and `packed` holding exactly the
 /// panels of `rows` rows of `bpr` blocks.
-#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87 (workspace: 1.85)
 pub(crate) fn shape_ok<W: X16Block, A>(
     packed: &[u8],
     rows: usize,
@@ -149,7 +148,7 @@ pub(crate) fn shape_ok<W: X16Block, A>(
     out: &[f32],
 ) -> bool {
     bpr > 0
-        && a.len() % bpr == 0
+        && a.len().is_multiple_of(bpr)
         && packed_bytes::<W>(rows, bpr) == Some(packed.len())
         && rows
             .checked_mul(a.len() / bpr)

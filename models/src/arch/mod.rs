@@ -501,7 +501,7 @@ fn validate_spec(s: &DecoderSpec) -> Result<()> {
             return Err(invalid(&k(name), &format!("{v} is implausibly large")));
         }
     }
-    if s.n_head % s.n_kv_head != 0 {
+    if !s.n_head.is_multiple_of(s.n_kv_head) {
         return Err(invalid(
             &k("attention.head_count_kv"),
             &format!(
@@ -510,7 +510,7 @@ fn validate_spec(s: &DecoderSpec) -> Result<()> {
             ),
         ));
     }
-    if s.n_rot == 0 || s.n_rot > s.head_dim || s.n_rot % 2 != 0 {
+    if s.n_rot == 0 || s.n_rot > s.head_dim || !s.n_rot.is_multiple_of(2) {
         return Err(invalid(
             &k("rope.dimension_count"),
             &format!("{} must be even and in 1..={}", s.n_rot, s.head_dim),

@@ -27,6 +27,7 @@ use sotto_kernels::quant::{DType, GgmlType};
 use crate::error::{Error, Result};
 
 pub use metadata::{MetaType, MetaValue};
+pub(crate) use writer::{data_offsets, encode_header, TableEntry};
 pub use writer::{GgufWriter, WriterTensor};
 
 /// `"GGUF"` as the little-endian u32 the header starts with.
@@ -48,6 +49,23 @@ pub(crate) enum Storage {
 }
 
 impl Storage {
+    /// The file at `path`, memory-mapped read-only.
+    pub(crate) fn map(path: &Path) -> Result<Storage> {
+        let io_err = |source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = std::fs::File::open(path).map_err(io_err)?;
+        // One of the two `unsafe` outside kernels/src/arch (the other drops
+        // pages, in `Storage::release`): there is no safe mmap.
+        // SAFETY: the map is read-only and owned by `Storage`, so no slice
+        // outlives it. Mapping is unsound only if another process truncates or
+        // rewrites the file while it is loaded, the same contract ggml's
+        // loader accepts for model files.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
+        Ok(Storage::Mapped(map))
+    }
+
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             Storage::Mapped(map) => map,
@@ -124,6 +142,12 @@ impl TensorInfo {
 pub struct GgufFile {
     path: Option<PathBuf>,
     storage: Arc<Storage>,
+    /// Files other than `storage` that hold tensor data, for a model
+    /// assembled from several files ([`GgufFile::from_parts`]); a tensor of
+    /// `parts[i]` has its offset from the start of that file.
+    parts: Vec<Arc<Storage>>,
+    /// Per tensor: `None` for the data section of `storage`, else its part.
+    tensor_part: Vec<Option<usize>>,
     version: u32,
     alignment: usize,
     metadata: Vec<(String, MetaValue)>,
@@ -151,19 +175,7 @@ impl GgufFile {
     /// Memory-maps and parses the file at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref();
-        let io_err = |source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(io_err)?;
-        // One of the two `unsafe` outside kernels/src/arch (the other drops
-        // pages, in `Storage::release`): there is no safe mmap.
-        // SAFETY: the map is read-only and owned by `Storage`, so no slice
-        // outlives it. Mapping is unsound only if another process truncates or
-        // rewrites the file while it is loaded, the same contract ggml's
-        // loader accepts for model files.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
-        let mut gguf = Self::parse(Arc::new(Storage::Mapped(map)))?;
+        let mut gguf = Self::parse(Arc::new(Storage::map(path)?))?;
         gguf.path = Some(path.to_path_buf());
         Ok(gguf)
     }
@@ -257,6 +269,8 @@ impl GgufFile {
 
         Ok(GgufFile {
             path: None,
+            tensor_part: vec![None; tensors.len()],
+            parts: Vec::new(),
             storage,
             version,
             alignment,
@@ -276,9 +290,10 @@ impl GgufFile {
     pub fn version(&self) -> u32 {
         self.version
     }
-    /// Size of the whole file in bytes.
+    /// Size of the whole file in bytes (of all its files, for a model
+    /// assembled from several).
     pub fn file_size(&self) -> usize {
-        self.storage.bytes().len()
+        self.storage.bytes().len() + self.parts.iter().map(|p| p.bytes().len()).sum::<usize>()
     }
     /// Alignment of tensor data (`general.alignment`, default 32).
     pub fn alignment(&self) -> usize {
@@ -311,19 +326,101 @@ impl GgufFile {
     /// and a foreign `info` that does not fit yields an empty slice rather
     /// than a panic.
     pub fn tensor_bytes(&self, info: &TensorInfo) -> &[u8] {
-        self.storage
+        self.tensor_storage(info)
             .bytes()
             .get(self.tensor_range(info))
             .unwrap_or(&[])
     }
 
     pub(crate) fn tensor_range(&self, info: &TensorInfo) -> std::ops::Range<usize> {
-        let start = self.data_start.saturating_add(info.offset);
+        let base = match self.part_of(info) {
+            Some(_) => 0,
+            None => self.data_start,
+        };
+        let start = base.saturating_add(info.offset);
         start..start.saturating_add(info.n_bytes)
     }
 
-    pub(crate) fn storage(&self) -> &Arc<Storage> {
-        &self.storage
+    /// The bytes `info`'s data lives in ([`GgufFile::tensor_range`] indexes
+    /// them).
+    pub(crate) fn tensor_storage(&self, info: &TensorInfo) -> &Arc<Storage> {
+        match self.part_of(info) {
+            Some(i) => &self.parts[i],
+            None => &self.storage,
+        }
+    }
+
+    fn part_of(&self, info: &TensorInfo) -> Option<usize> {
+        let i = *self.tensor_index.get(&info.name)?;
+        self.tensor_part.get(i).copied().flatten()
+    }
+
+    /// A model assembled from other files (a Hugging Face folder): the
+    /// metadata as GGUF keys, and each tensor with the file it lives in
+    /// (an index into `parts`) and its offset from that file's start. Every
+    /// tensor is checked as a parsed file's would be (known type, whole
+    /// rows, data inside its file, no overlap within a file); `path` is the
+    /// folder.
+    pub(crate) fn from_parts(
+        path: PathBuf,
+        metadata: Vec<(String, MetaValue)>,
+        tensors: Vec<(TensorInfo, usize)>,
+        parts: Vec<Arc<Storage>>,
+    ) -> Result<GgufFile> {
+        let mut key_index = HashMap::with_capacity(metadata.len());
+        for (i, (key, _)) in metadata.iter().enumerate() {
+            if key_index.insert(key.clone(), i).is_some() {
+                return Err(Error::BadMetadata {
+                    key: key.clone(),
+                    reason: "given twice".into(),
+                });
+            }
+        }
+        let mut infos = Vec::with_capacity(tensors.len());
+        let mut tensor_part = Vec::with_capacity(tensors.len());
+        let mut tensor_index = HashMap::with_capacity(tensors.len());
+        let mut per_part: Vec<Vec<TensorInfo>> = vec![Vec::new(); parts.len()];
+        for (t, part) in tensors {
+            let file = parts.get(part).ok_or_else(|| Error::BadTensor {
+                tensor: t.name.clone(),
+                reason: format!("file {part} of {} does not exist", parts.len()),
+            })?;
+            let raw = RawTensorInfo {
+                name: t.name,
+                dims: t.dims.iter().map(|&d| d as u64).collect(),
+                type_id: t.ggml_type.id(),
+                offset: t.offset as u64,
+            };
+            let info = validate_tensor(raw, 1, 0, file.bytes().len())?;
+            if tensor_index
+                .insert(info.name.clone(), infos.len())
+                .is_some()
+            {
+                return Err(Error::BadTensor {
+                    tensor: info.name,
+                    reason: "duplicate tensor name".into(),
+                });
+            }
+            per_part[part].push(info.clone());
+            infos.push(info);
+            tensor_part.push(Some(part));
+        }
+        for part in &per_part {
+            check_no_overlap(part)?;
+        }
+        Ok(GgufFile {
+            path: Some(path),
+            storage: Arc::new(Storage::Owned(Vec::new())),
+            parts,
+            tensor_part,
+            version: 3,
+            alignment: 1,
+            metadata,
+            key_index,
+            tensors: infos,
+            tensor_index,
+            data_start: 0,
+        })
     }
 
     fn typed<'a, T>(

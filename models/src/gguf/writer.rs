@@ -89,34 +89,21 @@ impl GgufWriter {
 
     /// The file image.
     pub fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        out.extend_from_slice(b"GGUF");
-        out.extend_from_slice(&self.version.to_le_bytes());
-        out.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
-        out.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
-        for (key, value) in &self.metadata {
-            write_string(&mut out, key);
-            out.extend_from_slice(&(value.meta_type() as u32).to_le_bytes());
-            write_value(&mut out, value);
-        }
+        let sizes: Vec<usize> = self.tensors.iter().map(|t| t.data.len()).collect();
+        let offsets = data_offsets(&sizes, self.alignment);
+        let table: Vec<TableEntry<'_>> = self
+            .tensors
+            .iter()
+            .zip(&offsets)
+            .map(|(t, &offset)| TableEntry {
+                name: &t.name,
+                dims: &t.dims,
+                type_id: t.type_id,
+                offset: t.offset_override.unwrap_or(offset),
+            })
+            .collect();
+        let mut out = encode_header(self.version, self.alignment, &self.metadata, &table);
         let align = self.alignment.max(1);
-        let mut offsets = Vec::with_capacity(self.tensors.len());
-        let mut next = 0u64;
-        for t in &self.tensors {
-            offsets.push(next);
-            next += t.data.len() as u64;
-            next = next.div_ceil(align as u64) * align as u64;
-        }
-        for (t, &offset) in self.tensors.iter().zip(&offsets) {
-            write_string(&mut out, &t.name);
-            out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
-            for d in &t.dims {
-                out.extend_from_slice(&d.to_le_bytes());
-            }
-            out.extend_from_slice(&t.type_id.to_le_bytes());
-            out.extend_from_slice(&t.offset_override.unwrap_or(offset).to_le_bytes());
-        }
-        pad_to(&mut out, align);
         let data_start = out.len();
         for (t, &offset) in self.tensors.iter().zip(&offsets) {
             out.resize(data_start + offset as usize, 0);
@@ -127,6 +114,61 @@ impl GgufWriter {
         }
         out
     }
+}
+
+/// One tensor-table entry as written (its data follows the header).
+pub(crate) struct TableEntry<'a> {
+    pub name: &'a str,
+    pub dims: &'a [u64],
+    pub type_id: u32,
+    /// From the start of the data section.
+    pub offset: u64,
+}
+
+/// Where each tensor of `sizes` bytes starts in the data section, each
+/// aligned to `alignment`.
+pub(crate) fn data_offsets(sizes: &[usize], alignment: usize) -> Vec<u64> {
+    let align = alignment.max(1) as u64;
+    let mut next = 0u64;
+    sizes
+        .iter()
+        .map(|&size| {
+            let offset = next;
+            next = (next + size as u64).div_ceil(align) * align;
+            offset
+        })
+        .collect()
+}
+
+/// Everything before the data section: magic, counts, metadata and tensor
+/// table, padded to `alignment`.
+pub(crate) fn encode_header(
+    version: u32,
+    alignment: usize,
+    metadata: &[(String, MetaValue)],
+    table: &[TableEntry<'_>],
+) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(b"GGUF");
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&(table.len() as u64).to_le_bytes());
+    out.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+    for (key, value) in metadata {
+        write_string(&mut out, key);
+        out.extend_from_slice(&(value.meta_type() as u32).to_le_bytes());
+        write_value(&mut out, value);
+    }
+    for t in table {
+        write_string(&mut out, t.name);
+        out.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+        for d in t.dims {
+            out.extend_from_slice(&d.to_le_bytes());
+        }
+        out.extend_from_slice(&t.type_id.to_le_bytes());
+        out.extend_from_slice(&t.offset.to_le_bytes());
+    }
+    pad_to(&mut out, alignment.max(1));
+    out
 }
 
 fn pad_to(out: &mut Vec<u8>, align: usize) {

@@ -212,6 +212,7 @@ impl ChatHandle {
                     max_tokens: o.max_tokens,
                     stop: o.stop,
                     cancel: None,
+                    prompt_lookup: None,
                 },
                 system: o.system,
                 _model: model.clone(),

@@ -7,7 +7,9 @@
 //! given; ort-foreign runs a decoder another tool exported (`--onnx-foreign DIR`).
 
 use crate::cmd_export::Target as ExportTarget;
-use sotto_engine::{Backend, BackendChoice, BackendKind, CpuOptions, LoadedModel, OrtOptions};
+use sotto_engine::{
+    AdapterSpec, Backend, BackendChoice, BackendKind, CpuOptions, LoadedModel, OrtOptions,
+};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -207,17 +209,46 @@ fn choice(
     })
 }
 
+/// LoRA adapters for the cpu rows (`--lora`, `--lora-merge`).
+#[derive(Clone, Debug, Default)]
+pub struct LoraOptions {
+    /// The adapters, in order.
+    pub adapters: Vec<AdapterSpec>,
+    /// Merged into the weights at load (in the load column) rather than
+    /// applied at run time.
+    pub merge: bool,
+}
+
+impl LoraOptions {
+    /// From the `--lora PATH[:SCALE]` values.
+    pub fn parse(args: &[String], merge: bool) -> Result<LoraOptions, String> {
+        let adapters = args
+            .iter()
+            .map(|a| AdapterSpec::parse(a).map_err(|e| format!("--lora {a}: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(LoraOptions { adapters, merge })
+    }
+}
+
 /// Loads backend `name` on the model at `path` with `threads` threads,
 /// through the engine's one entry point. Graph rows export their graphs
 /// into the user cache first when none are given; exporting is not
-/// loading, so the clock starts once they exist.
+/// loading, so the clock starts once they exist. `quant`: the weight
+/// matrices quantized to that type at load (cpu rows only).
 pub fn load_backend(
     name: &str,
     path: &Path,
     threads: usize,
     graphs: &OnnxGraphs,
+    quant: Option<sotto_kernels::quant::DType>,
+    lora: &LoraOptions,
 ) -> Result<LoadedBackend, String> {
     let (choice, to_export) = choice(name, path, threads, graphs)?;
+    if let (Some(q), false) = (quant, matches!(choice, BackendChoice::Cpu(_))) {
+        return Err(format!(
+            "{name}: --quant {q} quantizes the cpu backend's weights; this row runs graphs"
+        ));
+    }
     // A backend this build lacks is refused before anything is exported.
     choice.ensure_compiled().map_err(|e| e.to_string())?;
     if let Some((dir, target)) = to_export {
@@ -230,8 +261,28 @@ pub fn load_backend(
             crate::cmd_export::export_to(path, &dir, target, chunk, graphs.context)?;
         }
     }
-    let loaded =
-        LoadedModel::open(path, choice).map_err(|e| format!("{name} ({}): {e}", path.display()))?;
+    let fail = |e: sotto_engine::Error| format!("{name} ({}): {e}", path.display());
+    let merged = if lora.merge { &lora.adapters[..] } else { &[] };
+    let loaded = match quant {
+        None => LoadedModel::open_merged(path, choice, merged).map_err(fail)?,
+        Some(q) if lora.merge => {
+            return Err(format!(
+                "{name}: --lora-merge with --quant {q}: apply the adapters unmerged, or merge \
+                 them into the float model without --quant"
+            ))
+        }
+        Some(q) => LoadedModel::open_quantized(path, choice, q).map_err(fail)?,
+    };
+    let unmerged = if lora.merge {
+        &[][..]
+    } else {
+        &lora.adapters[..]
+    };
+    let unmerged = unmerged
+        .iter()
+        .map(|a| loaded.load_adapter(a))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(fail)?;
     let isa = match (name, loaded.kind()) {
         // "+x16": weights repacked at load for the table's kernels (their
         // time is in the load column).
@@ -246,7 +297,9 @@ pub fn load_backend(
     Ok(LoadedBackend {
         load: loaded.load_time(),
         external_kv_bytes_per_position: loaded.external_kv_bytes_per_position(),
-        backend: loaded.backend().map_err(|e| format!("{name}: {e}"))?,
+        backend: loaded
+            .backend_with(&unmerged)
+            .map_err(|e| format!("{name}: {e}"))?,
         isa,
     })
 }
@@ -297,9 +350,12 @@ mod tests {
     #[test]
     fn unknown_backends_are_refused_by_name() {
         let g = OnnxGraphs::default();
-        let err = load_backend("tpu", Path::new("/nonexistent.gguf"), 1, &g).unwrap_err();
+        let none = LoraOptions::default();
+        let err =
+            load_backend("tpu", Path::new("/nonexistent.gguf"), 1, &g, None, &none).unwrap_err();
         assert!(err.contains("tpu") && err.contains("cpu"), "{err}");
-        let err = load_backend("cpu", Path::new("/nonexistent.gguf"), 1, &g).unwrap_err();
+        let err =
+            load_backend("cpu", Path::new("/nonexistent.gguf"), 1, &g, None, &none).unwrap_err();
         assert!(err.contains("/nonexistent.gguf"), "{err}");
     }
 }

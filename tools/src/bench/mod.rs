@@ -8,5 +8,6 @@ pub mod llama_cpp;
 pub mod machine;
 pub mod report;
 pub mod runner;
+pub mod speculative;
 pub mod stats;
 pub mod sweep;

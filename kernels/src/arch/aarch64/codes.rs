@@ -112,9 +112,8 @@ macro_rules! for_each_vec {
 pub(super) use for_each_vec;
 
 /// Whether vector `i` closes its group (the group's scale applies then).
-#[allow(clippy::manual_is_multiple_of)] // `is_multiple_of` needs Rust 1.87 (workspace: 1.85)
 pub(super) const fn ends_group<W: WeightCodes>(i: usize) -> bool {
-    (i + 1) % W::VECS_PER_SCALE == 0
+    (i + 1).is_multiple_of(W::VECS_PER_SCALE)
 }
 
 /// `Σ w·a` over the common blocks: the single-row dot of every tier.
