@@ -377,6 +377,10 @@ fn a_sealed_state_survives_restart_and_a_changed_identity_is_accepted_explicitly
         alice.ask(&mut sotto, "What is the capital of France?"),
         "The capital of France is Paris."
     );
+    // Stopped only once the reply is acknowledged: killed between writing
+    // it and committing the acknowledgement, the server would rightly keep
+    // it in its outbox for redelivery after the restart.
+    assert_eq!(settled_status(&mut sotto)["outbox"], 0);
     drop(sotto);
 
     // Restarted: same identity, same session, the conversation goes on.
@@ -416,17 +420,7 @@ fn a_sealed_state_survives_restart_and_a_changed_identity_is_accepted_explicitly
     let rotated = sotto.ok(json!({"op": "rotate"}));
     let bundle = sotto.ok(json!({"op": "bundle"}));
     assert_eq!(bundle["signed_pre_key_id"], rotated["signed_pre_key_id"]);
-    // The server drops a reply from its outbox after writing it to the
-    // client, so a status that overtakes that step may still count it:
-    // ask again for a bounded time.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        let status = sotto.ok(json!({"op": "status"}));
-        if status["outbox"].as_u64() != Some(1) || Instant::now() > deadline {
-            break status;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = settled_status(&mut sotto);
     assert_eq!(
         (
             status["peers"].as_u64(),
@@ -438,6 +432,21 @@ fn a_sealed_state_survives_restart_and_a_changed_identity_is_accepted_explicitly
     );
     drop(sotto);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The server's status once the replies it has written are acknowledged:
+/// it drops a reply from its outbox after writing it to the client, so a
+/// status that overtakes that step still counts it. Asked again for a
+/// bounded time.
+fn settled_status(sotto: &mut LineProcess) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let status = sotto.ok(json!({"op": "status"}));
+        if status["outbox"] == 0 || Instant::now() > deadline {
+            return status;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// A client of the Unix socket; a thread timestamps every line it gets.
