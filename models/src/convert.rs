@@ -331,11 +331,9 @@ impl GgufConversion {
         let source_row = |r: usize| match t.interleave_heads {
             None => r,
             Some(heads) => {
-                // GGUF row (head, j, half) is Hugging Face row (head, half, j).
                 let per_head = n_rows / heads;
                 let (head, within) = (r / per_head, r % per_head);
-                let (j, half) = (within / 2, within % 2);
-                head * per_head + half * (per_head / 2) + j
+                head * per_head + crate::hf::hf_row_of_interleaved(within, per_head)
             }
         };
         let convert_rows = |first: usize, dst: &mut [u8]| -> Result<()> {

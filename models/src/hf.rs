@@ -34,6 +34,15 @@ use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, MetaType, MetaValue, Storage, TensorInfo};
 use crate::spec::RopeStyle;
 
+/// Within one head of `head_dim` Q or K rows, the Hugging Face row that
+/// llama.cpp's converter stores at GGUF row `row`: it interleaves each
+/// head's two halves, so GGUF rows `(2i, 2i + 1)` are Hugging Face rows
+/// `(i, i + head_dim / 2)`. The one statement of that order for everything
+/// that moves rows between the layouts (convert, LoRA adapters).
+pub(crate) fn hf_row_of_interleaved(row: usize, head_dim: usize) -> usize {
+    (row % 2) * (head_dim / 2) + row / 2
+}
+
 /// The files of a folder and the GGUF view built from them.
 #[derive(Debug)]
 pub struct Folder {

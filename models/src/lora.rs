@@ -434,20 +434,16 @@ fn qk_reorder(model: &Model, format: LoraFormat) -> Result<QkReorder> {
 fn reorder_rows(b: &[f32], rank: usize, n_head: usize, how: QkReorder) -> Vec<f32> {
     let rows = b.len() / rank;
     let hd = rows / n_head;
-    let half = hd / 2;
     let mut out = vec![0f32; b.len()];
     for h in 0..n_head {
-        for i in 0..half {
-            for (j, hf_row) in [i, half + i].into_iter().enumerate() {
-                // Interleaved row 2i+j holds the Hugging Face row j·half + i.
-                let gguf_row = 2 * i + j;
-                let (src, dst) = match how {
-                    QkReorder::Interleave => (hf_row, gguf_row),
-                    _ => (gguf_row, hf_row),
-                };
-                let (src, dst) = ((h * hd + src) * rank, (h * hd + dst) * rank);
-                out[dst..dst + rank].copy_from_slice(&b[src..src + rank]);
-            }
+        for gguf_row in 0..hd {
+            let hf_row = crate::hf::hf_row_of_interleaved(gguf_row, hd);
+            let (src, dst) = match how {
+                QkReorder::Interleave => (hf_row, gguf_row),
+                _ => (gguf_row, hf_row),
+            };
+            let (src, dst) = ((h * hd + src) * rank, (h * hd + dst) * rank);
+            out[dst..dst + rank].copy_from_slice(&b[src..src + rank]);
         }
     }
     out
