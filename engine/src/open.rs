@@ -204,7 +204,7 @@ impl LoadedModel {
     /// backend makes (files, shapes, EP chain, CPU fallback) happens here,
     /// before any session exists.
     pub fn open(path: impl AsRef<Path>, choice: BackendChoice) -> Result<Self> {
-        Self::open_as(path.as_ref(), choice, None, &[])
+        Self::open_with(path.as_ref(), choice, None, &[])
     }
 
     /// [`LoadedModel::open`] with the weight matrices quantized to `quant`
@@ -216,7 +216,7 @@ impl LoadedModel {
         choice: BackendChoice,
         quant: sotto_kernels::quant::DType,
     ) -> Result<Self> {
-        Self::open_as(path.as_ref(), choice, Some(quant), &[])
+        Self::open_with(path.as_ref(), choice, Some(quant), &[])
     }
 
     /// [`LoadedModel::open`] with LoRA adapters merged into the weights at
@@ -229,22 +229,43 @@ impl LoadedModel {
         choice: BackendChoice,
         adapters: &[AdapterSpec],
     ) -> Result<Self> {
-        Self::open_as(path.as_ref(), choice, None, adapters)
+        Self::open_with(path.as_ref(), choice, None, adapters)
     }
 
-    fn open_as(
-        path: &Path,
+    /// [`LoadedModel::open`] with the weight matrices quantized to `quant`
+    /// at load ([`LoadedModel::open_quantized`]) and/or `merged` adapters
+    /// merged in ([`LoadedModel::open_merged`]): what the CLI's `--quant`
+    /// and `--lora-merge` ask for, with the combinations that cannot run
+    /// refused here, once, as [`Error::InvalidDescription`].
+    pub fn open_with(
+        path: impl AsRef<Path>,
         choice: BackendChoice,
         quant: Option<sotto_kernels::quant::DType>,
         adapters: &[AdapterSpec],
     ) -> Result<Self> {
+        let path = path.as_ref();
         let t0 = Instant::now();
-        choice.ensure_compiled()?;
-        if !adapters.is_empty() && !matches!(choice, BackendChoice::Cpu(_)) {
+        let cpu = matches!(choice, BackendChoice::Cpu(_));
+        if !adapters.is_empty() && !cpu {
             return Err(Error::InvalidDescription(
                 "LoRA adapters are applied by the cpu backend only".into(),
             ));
         }
+        if let Some(q) = quant {
+            if !cpu {
+                return Err(Error::InvalidDescription(format!(
+                    "--quant quantizes the CPU backend's weights ({q}): the graph backends run \
+                     what `sotto export` wrote"
+                )));
+            }
+            if !adapters.is_empty() {
+                return Err(Error::InvalidDescription(format!(
+                    "--lora-merge with --quant {q}: apply the adapters unmerged, or merge them \
+                     into the float model without --quant"
+                )));
+            }
+        }
+        choice.ensure_compiled()?;
         let model = match quant {
             None => Model::load(path),
             Some(dtype) => Model::load_quantized(path, dtype),

@@ -134,24 +134,7 @@ pub fn run(args: ChatArgs) -> Result<(), CliError> {
         .map(|a| AdapterSpec::parse(a))
         .collect::<Result<Vec<_>, _>>()?;
     let merged = if args.lora_merge { &adapters[..] } else { &[] };
-    let loaded = match args.quant {
-        None => LoadedModel::open_merged(&path, args.backend_choice()?, merged)?,
-        Some(_) if args.backend != ChatBackend::Cpu => {
-            return Err(CliError::Usage(
-                "--quant quantizes the CPU backend's weights: the graph backends run what \
-                 `sotto export` wrote"
-                    .into(),
-            ))
-        }
-        Some(_) if args.lora_merge => {
-            return Err(CliError::Usage(
-                "--lora-merge with --quant: apply the adapters unmerged (without \
-                 --lora-merge), or merge them into the float model without --quant"
-                    .into(),
-            ))
-        }
-        Some(quant) => LoadedModel::open_quantized(&path, args.backend_choice()?, quant)?,
-    };
+    let loaded = LoadedModel::open_with(&path, args.backend_choice()?, args.quant, merged)?;
     let t_adapters = std::time::Instant::now();
     let unmerged = if args.lora_merge {
         &[][..]

@@ -244,11 +244,6 @@ pub fn load_backend(
     lora: &LoraOptions,
 ) -> Result<LoadedBackend, String> {
     let (choice, to_export) = choice(name, path, threads, graphs)?;
-    if let (Some(q), false) = (quant, matches!(choice, BackendChoice::Cpu(_))) {
-        return Err(format!(
-            "{name}: --quant {q} quantizes the cpu backend's weights; this row runs graphs"
-        ));
-    }
     // A backend this build lacks is refused before anything is exported.
     choice.ensure_compiled().map_err(|e| e.to_string())?;
     if let Some((dir, target)) = to_export {
@@ -263,16 +258,7 @@ pub fn load_backend(
     }
     let fail = |e: sotto_engine::Error| format!("{name} ({}): {e}", path.display());
     let merged = if lora.merge { &lora.adapters[..] } else { &[] };
-    let loaded = match quant {
-        None => LoadedModel::open_merged(path, choice, merged).map_err(fail)?,
-        Some(q) if lora.merge => {
-            return Err(format!(
-                "{name}: --lora-merge with --quant {q}: apply the adapters unmerged, or merge \
-                 them into the float model without --quant"
-            ))
-        }
-        Some(q) => LoadedModel::open_quantized(path, choice, q).map_err(fail)?,
-    };
+    let loaded = LoadedModel::open_with(path, choice, quant, merged).map_err(fail)?;
     let unmerged = if lora.merge {
         &[][..]
     } else {
