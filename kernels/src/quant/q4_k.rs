@@ -124,17 +124,26 @@ pub(crate) fn sub_scales_mins(x: &[f32], nmax: f32) -> (f16, f16, [u8; 8], [u8; 
 /// weighted least-squares (scale, min), and the lowest weighted squared
 /// error wins. Weights `rms(x) + |x|` favour the large values that carry
 /// most of a dot product (ggml's k-quants weigh the same way).
+///
+/// `xs` is one sub-block: 32 values (any beyond are not part of the fit).
 pub(crate) fn fit_scale_min(xs: &[f32], nmax: f32) -> (f32, f32) {
+    // The weights stay on the stack: this runs once per sub-block of every
+    // matrix quantized at load.
+    let xs = &xs[..xs.len().min(32)];
     let lo = xs.iter().copied().fold(0f32, f32::min);
     let hi = xs.iter().copied().fold(f32::MIN, f32::max);
     if hi.is_nan() || lo.is_nan() || hi <= lo {
         return (0.0, -lo);
     }
     let rms = (xs.iter().map(|v| v * v).sum::<f32>() / xs.len() as f32).sqrt();
-    let weights: Vec<f32> = xs.iter().map(|v| rms + v.abs()).collect();
+    let mut weights = [0f32; 32];
+    let weights = &mut weights[..xs.len()];
+    for (w, v) in weights.iter_mut().zip(xs) {
+        *w = rms + v.abs();
+    }
     let error = |scale: f32, min: f32| -> f32 {
         xs.iter()
-            .zip(&weights)
+            .zip(weights.iter())
             .map(|(&v, &w)| {
                 let q = if scale > 0.0 {
                     nearest_int((v - min) / scale).clamp(0, nmax as i32) as f32
@@ -152,7 +161,7 @@ pub(crate) fn fit_scale_min(xs: &[f32], nmax: f32) -> (f32, f32) {
     for step in 0..=20 {
         let iscale = (nmax - 1.0 + 0.1 * step as f32) / (hi - lo);
         let (mut sw, mut sl, mut sl2, mut sx, mut slx) = (0f32, 0f32, 0f32, 0f32, 0f32);
-        for (&v, &w) in xs.iter().zip(&weights) {
+        for (&v, &w) in xs.iter().zip(weights.iter()) {
             let l = nearest_int(iscale * (v - lo)).clamp(0, nmax as i32) as f32;
             sw += w;
             sl += w * l;
