@@ -16,11 +16,10 @@
 //! [`AssistantError::MessageTooLong`](sotto_bridge::AssistantError::MessageTooLong)
 //! (the bridge sends a short refusal instead).
 
-use crate::{Chat, GenerateOptions, LoadedModel, SamplerConfig};
+use crate::{Chat, GenerateOptions, LoadedModel, SamplerConfig, TurnWindow};
 use sotto_bridge::{Assistant, AssistantError, ConversationId, Role, Turn};
 use sotto_models::chat::ChatMessage;
 use std::collections::VecDeque;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 /// How the assistant answers.
@@ -53,20 +52,11 @@ impl Default for AssistantConfig {
     }
 }
 
-/// A warm conversation: its chat (KV cache) and the token count of each
-/// history message, keyed by a hash of its text.
+/// A warm conversation: its chat (KV cache) and which of its turns fit.
 struct WarmChat {
     id: ConversationId,
     chat: Chat,
-    costs: Vec<(u64, usize)>,
-}
-
-/// Template tokens around messages, measured once: a prompt of messages
-/// m costs about `fixed + sum(tokens(m) + per_message)`.
-#[derive(Clone, Copy, Debug)]
-struct TemplateCost {
-    fixed: usize,
-    per_message: usize,
+    window: TurnWindow,
 }
 
 /// The bridge's [`Assistant`] on a loaded model: one
@@ -79,7 +69,6 @@ pub struct EngineAssistant {
     /// cache.
     model: Arc<LoadedModel>,
     config: AssistantConfig,
-    template_cost: Option<TemplateCost>,
     /// Most recently used last.
     chats: VecDeque<WarmChat>,
 }
@@ -105,48 +94,12 @@ fn message(role: &str, content: &str) -> ChatMessage {
     }
 }
 
-fn text_hash(text: &str) -> u64 {
-    let mut h = std::hash::DefaultHasher::new();
-    text.hash(&mut h);
-    h.finish()
-}
-
-/// Where the window of `costs` (token costs of the history messages,
-/// `users` the indices of the user messages) starts when the newest user
-/// message is answered. Replays the conversation: the start moves only
-/// when a turn overflows `budget`, and then to the first user message that
-/// brings the window down to `low` (or to that turn's own message).
-fn window_start(
-    costs: &[usize],
-    users: &[usize],
-    fixed: usize,
-    budget: usize,
-    low: usize,
-) -> usize {
-    let mut prefix = Vec::with_capacity(costs.len() + 1);
-    prefix.push(0usize);
-    for c in costs {
-        prefix.push(prefix[prefix.len() - 1] + c);
-    }
-    let window = |s: usize, j: usize| fixed + prefix[j + 1] - prefix[s];
-    let mut start = 0; // index into `users`
-    for (answered, &j) in users.iter().enumerate() {
-        if window(users[start], j) > budget {
-            while start < answered && window(users[start], j) > low {
-                start += 1;
-            }
-        }
-    }
-    users.get(start).copied().unwrap_or(0)
-}
-
 impl EngineAssistant {
     /// An assistant answering with `model` as `config` says.
     pub fn new(model: Arc<LoadedModel>, config: AssistantConfig) -> Self {
         Self {
             model,
             config,
-            template_cost: None,
             chats: VecDeque::new(),
         }
     }
@@ -168,18 +121,12 @@ impl EngineAssistant {
                 .model
                 .chat(self.config.context, None)
                 .map_err(engine_error)?,
-            costs: Vec::new(),
+            window: TurnWindow::new(),
         })
     }
 
-    fn content_tokens(&self, text: &str) -> Result<usize, AssistantError> {
-        Ok(self
-            .model
-            .model()
-            .tokenizer
-            .encode(text, true)
-            .map_err(|e| engine_error(e.into()))?
-            .len())
+    fn content_tokens(&self, text: &str) -> crate::Result<usize> {
+        Ok(self.model.model().tokenizer.encode(text, true)?.len())
     }
 
     fn with_system(&self, history: &[Turn]) -> Vec<ChatMessage> {
@@ -199,81 +146,36 @@ impl EngineAssistant {
         messages
     }
 
-    fn template_cost(&mut self, chat: &Chat) -> Result<TemplateCost, AssistantError> {
-        if let Some(c) = self.template_cost {
-            return Ok(c);
-        }
-        let one = [Turn::user("a")];
-        let three = [Turn::user("a"), Turn::assistant("b"), Turn::user("c")];
-        let len = |turns: &[Turn]| -> Result<usize, AssistantError> {
-            Ok(chat
-                .prompt_tokens(&self.with_system(turns))
-                .map_err(engine_error)?
-                .len())
-        };
-        let (one, three) = (len(&one)?, len(&three)?);
-        let letter = self.content_tokens("b")?;
-        let per_message = (three.saturating_sub(one) / 2).saturating_sub(letter);
-        let cost = TemplateCost {
-            fixed: one.saturating_sub(letter + per_message),
-            per_message,
-        };
-        self.template_cost = Some(cost);
-        Ok(cost)
-    }
-
     /// The messages (system first) the model is given for `history`.
     fn fit_window(
-        &mut self,
+        &self,
         warm: &mut WarmChat,
         history: &[Turn],
     ) -> Result<Vec<ChatMessage>, AssistantError> {
         let context = self.config.context;
         let budget = context - self.config.max_tokens.min(context / 2);
-        let cost = self.template_cost(&warm.chat)?;
-        warm.costs.truncate(history.len());
-        let mut costs = Vec::with_capacity(history.len());
-        for (i, turn) in history.iter().enumerate() {
-            let hash = text_hash(&turn.text);
-            let tokens = match warm.costs.get(i) {
-                Some(&(h, n)) if h == hash => n,
-                _ => {
-                    let n = self.content_tokens(&turn.text)?;
-                    warm.costs.truncate(i);
-                    warm.costs.push((hash, n));
-                    n
+        let messages = self.with_system(history);
+        let (system, turns) = match &self.config.system {
+            Some(_) => (messages.first(), &messages[1..]),
+            None => (None, &messages[..]),
+        };
+        let chat = &warm.chat;
+        let start = warm
+            .window
+            .fit(
+                system,
+                turns,
+                budget,
+                &mut |m| Ok(chat.prompt_tokens(m)?.len()),
+                &mut |text| Ok(self.content_tokens(text)?),
+            )
+            .map_err(|e| match e {
+                crate::Error::MessageTooLong { tokens, available } => {
+                    AssistantError::MessageTooLong { tokens, available }
                 }
-            };
-            costs.push(tokens + cost.per_message);
-        }
-        let users: Vec<usize> = (0..history.len())
-            .filter(|&i| history[i].role == Role::User)
-            .collect();
-        let low = cost.fixed + budget.saturating_sub(cost.fixed) / 2;
-        let mut start = window_start(&costs, &users, cost.fixed, budget, low);
-        // The estimate chose the start; the exact prompt has the last word.
-        loop {
-            let messages = self.with_system(&history[start..]);
-            let tokens = warm
-                .chat
-                .prompt_tokens(&messages)
-                .map_err(engine_error)?
-                .len();
-            if tokens <= budget {
-                return Ok(messages);
-            }
-            match users.iter().find(|&&u| u > start) {
-                Some(&next) => start = next,
-                None => {
-                    let last = history.last().map(|t| t.text.as_str()).unwrap_or("");
-                    let own = self.content_tokens(last)?;
-                    return Err(AssistantError::MessageTooLong {
-                        tokens: own,
-                        available: budget.saturating_sub(tokens - own.min(tokens)),
-                    });
-                }
-            }
-        }
+                e => engine_error(e),
+            })?;
+        Ok(system.into_iter().chain(&turns[start..]).cloned().collect())
     }
 }
 
@@ -302,42 +204,5 @@ impl Assistant for EngineAssistant {
             self.chats.pop_front();
         }
         result
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn window_start_moves_rarely_and_far() {
-        // 40 exchanges of 10 tokens each way, a fixed cost of 20, a budget
-        // of 100 (8 messages) and a low mark of 60 (4 messages).
-        let costs = vec![10; 79];
-        let users: Vec<usize> = (0..79).step_by(2).collect();
-        let mut starts = Vec::new();
-        for last in (0..79).step_by(2) {
-            let s = window_start(&costs[..=last], &users[..=last / 2], 20, 100, 60);
-            assert!(20 + 10 * (last + 1 - s) <= 100, "window fits at {last}");
-            assert_eq!(s % 2, 0, "windows start at a user message");
-            starts.push(s);
-        }
-        assert!(starts.windows(2).all(|w| w[0] <= w[1]), "{starts:?}");
-        let moves = starts.windows(2).filter(|w| w[0] != w[1]).count();
-        // Without stickiness the start would move on every turn past the
-        // fourth; moving down to the low mark makes it every other turn.
-        assert!(moves <= starts.len() / 2, "{moves} moves: {starts:?}");
-        // A function of the history alone: replaying gives the same start.
-        assert_eq!(
-            window_start(&costs, &users, 20, 100, 60),
-            starts[starts.len() - 1]
-        );
-    }
-
-    #[test]
-    fn a_single_oversized_message_starts_at_itself() {
-        let costs = vec![10, 10, 500];
-        let users = vec![0, 2];
-        assert_eq!(window_start(&costs, &users, 20, 100, 60), 2);
     }
 }

@@ -37,6 +37,18 @@ pub trait Backend: Send {
     ) -> Result<Vec<f32>>;
     /// What the backend runs on, for reports (ISA, EP chain…).
     fn describe(&self) -> String;
+    /// The inverse frequencies layer `layer` rotated its cached keys with,
+    /// in a cache of `capacity` positions: what a context shift rotates
+    /// them back by ([`crate::context`]). A backend that keeps keys and
+    /// values of its own beside the [`KvCache`] (candle, device-resident
+    /// graphs) cannot have its cache shifted and keeps this default, which
+    /// refuses.
+    fn rope_inv_freqs(&self, layer: usize, capacity: usize) -> Result<Vec<f64>> {
+        let _ = (layer, capacity);
+        Err(crate::error::Error::ContextShiftUnsupported {
+            backend: self.name(),
+        })
+    }
 }
 
 /// The checks every backend's `forward` makes before touching the cache:

@@ -46,6 +46,26 @@ pub enum Error {
         context: usize,
     },
 
+    /// The backend keeps keys and values of its own beside the KV cache,
+    /// so the cache cannot be shifted under it
+    /// ([`ContextPolicy::Shift`](crate::context::ContextPolicy::Shift)).
+    #[error("backend {backend} cannot shift its context: it keeps keys and values of its own")]
+    ContextShiftUnsupported {
+        /// The backend's name.
+        backend: &'static str,
+    },
+
+    /// The newest message of a conversation does not fit the context by
+    /// itself, whatever older turns are dropped
+    /// ([`ContextPolicy::TrimTurns`](crate::context::ContextPolicy::TrimTurns)).
+    #[error("a message of {tokens} tokens does not fit: {available} tokens are available")]
+    MessageTooLong {
+        /// Tokens of the message.
+        tokens: usize,
+        /// Tokens the context leaves for it.
+        available: usize,
+    },
+
     /// Generation was cancelled from another thread; the cache holds every
     /// token processed before the cancellation and stays usable.
     #[error("generation cancelled after {generated} tokens")]

@@ -7,6 +7,7 @@
 //! generation, the cache and its token list stay consistent.
 
 use crate::backend::{Backend, LogitsFor};
+use crate::context::{discard_count, shift_cache, ContextPolicy, ShiftedOut};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
 use crate::sampler::{Sampler, SamplerConfig};
@@ -153,6 +154,11 @@ pub struct Session {
     /// Drafts tokens for speculative decoding when set (and
     /// [`GenerateOptions::prompt_lookup`] is not).
     draft_model: Option<DraftModel>,
+    /// What a full context does.
+    policy: ContextPolicy,
+    /// What context shifts dropped from between `tokens`' kept prefix and
+    /// the rest: prompts are whole token streams, mapped past the gap.
+    shifted: ShiftedOut,
 }
 
 impl std::fmt::Debug for Session {
@@ -179,7 +185,85 @@ impl Session {
             cache,
             tokens: Vec::new(),
             draft_model: None,
+            policy: ContextPolicy::Error,
+            shifted: ShiftedOut::default(),
         })
+    }
+
+    /// What a full context does from now on (see [`ContextPolicy`]). A
+    /// shift keeping another prefix than earlier shifts of this cache drops
+    /// the cache (two gaps cannot be mapped).
+    pub fn set_context_policy(&mut self, policy: ContextPolicy) {
+        if let Some(kept) = self.shifted.keep() {
+            if policy
+                .shift_keep(self.cache.capacity())
+                .is_some_and(|k| k != kept)
+            {
+                self.reset();
+            }
+        }
+        self.policy = policy;
+    }
+
+    /// What a full context does.
+    pub fn context_policy(&self) -> ContextPolicy {
+        self.policy
+    }
+
+    /// Tokens of the conversation that context shifts dropped from the
+    /// cache since the last [`Session::reset`].
+    pub fn shifted_out(&self) -> usize {
+        self.shifted.dropped()
+    }
+
+    /// llama.cpp's context shift: drops cached tokens `keep..keep + n`,
+    /// moves the later ones down and rotates their keys back by `n`
+    /// positions in every layer, nothing recomputed (see
+    /// [`crate::context`]). Later prompts that repeat the whole stream
+    /// (dropped tokens included) still reuse the cache. A typed error,
+    /// and the cache untouched, when the range is not cached, the backend
+    /// keeps keys of its own ([`Error::ContextShiftUnsupported`]), or an
+    /// earlier shift kept another prefix.
+    pub fn shift_context(&mut self, keep: usize, n: usize) -> Result<()> {
+        // Keys and values of unpicked draft tokens go first.
+        self.cache.truncate(self.tokens.len());
+        if keep
+            .checked_add(n)
+            .is_none_or(|end| end > self.tokens.len())
+        {
+            return Err(Error::KvCache(format!(
+                "cannot shift out {n} tokens after {keep} of {} cached",
+                self.tokens.len()
+            )));
+        }
+        if !self.shifted.accepts(keep) {
+            return Err(Error::KvCache(format!(
+                "earlier shifts kept {:?} tokens, this one {keep}",
+                self.shifted.keep()
+            )));
+        }
+        match shift_cache(self.backend.as_ref(), &mut self.cache, keep, n) {
+            Ok(()) => {
+                self.shifted.record(&self.tokens, keep, n);
+                self.tokens.drain(keep..keep + n);
+                Ok(())
+            }
+            Err(e) => {
+                // Refused before moving anything, or the cache kept its
+                // first `keep` entries only.
+                self.truncate_cached(self.cache.len());
+                Err(e)
+            }
+        }
+    }
+
+    /// Keeps the first `n` cached tokens (and their gap, if any is before).
+    fn truncate_cached(&mut self, n: usize) {
+        self.cache.truncate(n);
+        self.tokens.truncate(n);
+        if self.shifted.keep().is_some_and(|keep| n <= keep) {
+            self.shifted.clear();
+        }
     }
 
     /// Speculative decoding with `draft` drafting (`None` turns it off):
@@ -222,8 +306,7 @@ impl Session {
     }
     /// Drops the cached prefix (a new conversation).
     pub fn reset(&mut self) {
-        self.cache.truncate(0);
-        self.tokens.clear();
+        self.truncate_cached(0);
     }
 
     /// Runs `tokens` after the cached ones and returns logits for every new
@@ -251,8 +334,10 @@ impl Session {
     }
 
     /// Generates after `prompt` (the whole conversation so far, as tokens).
-    /// The longest cached prefix of `prompt` is reused. `on_text` receives
-    /// complete UTF-8 pieces as they become final.
+    /// The longest cached prefix of `prompt` is reused (past the gap of
+    /// earlier context shifts). `on_text` receives complete UTF-8 pieces
+    /// as they become final. Under [`ContextPolicy::Shift`] a prompt of
+    /// any length runs, shifting the context as it fills.
     pub fn generate(
         &mut self,
         prompt: &[u32],
@@ -266,27 +351,51 @@ impl Session {
         let mut sampler = Sampler::new(opts.sampler.clone())?;
         let cancelled = || opts.cancel.as_ref().is_some_and(|c| c.is_cancelled());
 
-        let common = reusable_prefix(&self.tokens, prompt);
-        if prompt.len() + 1 > self.cache.capacity() {
+        let capacity = self.cache.capacity();
+        let keep = self.policy.shift_keep(capacity);
+        if (keep.is_none() && prompt.len() + 1 > capacity) || capacity < 2 {
             return Err(Error::ContextOverflow {
                 prompt_tokens: prompt.len(),
                 cached: 0,
                 reserve: 1,
-                context: self.cache.capacity(),
+                context: capacity,
             });
         }
-        self.cache.truncate(common);
-        self.tokens.truncate(common);
+        let mapped = if self.shifted.is_empty() {
+            None
+        } else {
+            let mapped = self.shifted.map_prompt(&self.tokens, prompt);
+            if mapped.is_none() {
+                // It leaves the stream inside the gap.
+                self.truncate_cached(self.shifted.keep().unwrap_or(0));
+            }
+            mapped
+        };
+        let run = mapped.as_deref().unwrap_or(prompt);
+        let common = reusable_prefix(&self.tokens, run);
+        self.truncate_cached(common);
 
         let mut logits = Vec::new();
-        for chunk in prompt[common..].chunks(PREFILL_STEP) {
+        let mut at = common;
+        while at < run.len() {
             if cancelled() {
                 return Err(Error::Cancelled { generated: 0 });
             }
+            let mut n = (run.len() - at).min(PREFILL_STEP);
+            if let Some(keep) = keep {
+                n = n.min(capacity - keep);
+                let over = (self.tokens.len() + n).saturating_sub(capacity);
+                if over > 0 {
+                    let len = self.tokens.len();
+                    self.shift_context(keep, discard_count(len, keep, over))?;
+                }
+            }
+            let chunk = &run[at..at + n];
             logits = self
                 .backend
                 .forward(&mut self.cache, chunk, LogitsFor::Last)?;
             self.tokens.extend_from_slice(chunk);
+            at += n;
         }
         let prefill_time = t0.elapsed();
 
@@ -320,7 +429,8 @@ impl Session {
         let stop = decoded?;
         Ok(GenerationStats {
             prompt_tokens: prompt.len(),
-            reused_tokens: common,
+            // Prompt tokens not prefilled: the cached prefix and the gap.
+            reused_tokens: prompt.len() - (run.len() - common),
             generated_tokens: out_tokens.len(),
             prefill_time,
             decode_time: t_decode.elapsed(),
@@ -376,7 +486,13 @@ impl Session {
                 return Ok(StopReason::StopString);
             }
             if self.tokens.len() >= self.cache.capacity() {
-                return Ok(StopReason::ContextFull);
+                let capacity = self.cache.capacity();
+                let Some(keep) = self.policy.shift_keep(capacity) else {
+                    return Ok(StopReason::ContextFull);
+                };
+                spec.ahead.clear();
+                let len = self.tokens.len();
+                self.shift_context(keep, discard_count(len, keep, 1))?;
             }
             // The draft's next token was picked: its keys and values are
             // cached and its logits row is waiting.

@@ -176,6 +176,50 @@ impl KvCache {
         Ok(())
     }
 
+    /// Removes positions `keep..keep + n` of every layer, moving the later
+    /// entries down by `n` (the valid length shrinks by `n`), and passes
+    /// each moved key (one head's `head_dim` values, widened to f32) to
+    /// `rekey(layer, key)` before it is stored back as f16: a context
+    /// shift re-rotates them there. If `rekey` fails the moved entries are
+    /// lost and the cache keeps `0..keep`, which is still valid.
+    pub fn remove(
+        &mut self,
+        keep: usize,
+        n: usize,
+        rekey: &mut dyn FnMut(usize, &mut [f32]) -> Result<()>,
+    ) -> Result<()> {
+        if keep.checked_add(n).is_none_or(|end| end > self.len) {
+            return Err(Error::KvCache(format!(
+                "removing {n} positions after {keep} of {}",
+                self.len
+            )));
+        }
+        let (hd, cap, moved) = (self.head_dim, self.capacity, self.len - keep - n);
+        let mut key = vec![0f32; hd];
+        for (il, l) in self.layers.iter_mut().enumerate() {
+            for h in 0..self.n_kv_head {
+                let dst = (h * cap + keep) * hd;
+                let src = dst + n * hd;
+                l.v.copy_within(src..src + moved * hd, dst);
+                l.k.copy_within(src..src + moved * hd, dst);
+                for stored in l.k[dst..dst + moved * hd].chunks_exact_mut(hd) {
+                    for (f, h) in key.iter_mut().zip(stored.iter()) {
+                        *f = h.to_f32();
+                    }
+                    if let Err(e) = rekey(il, &mut key) {
+                        self.len = keep;
+                        return Err(e);
+                    }
+                    for (h, f) in stored.iter_mut().zip(&key) {
+                        *h = f16::from_f32(*f);
+                    }
+                }
+            }
+        }
+        self.len -= n;
+        Ok(())
+    }
+
     /// Sets the valid length directly (used when another backend filled the
     /// cache through [`KvCache::layer_mut`]).
     pub fn set_len(&mut self, len: usize) -> Result<()> {
@@ -210,10 +254,41 @@ mod tests {
         assert_eq!(l.v[(0 * 4 + 1) * 3 + 2].to_f32(), -2.0);
         kv.truncate(1);
         assert_eq!(kv.len(), 1);
+        let mut seen = Vec::new();
+        assert!(kv.remove(1, 1, &mut |_, _| Ok(())).is_err(), "past len");
+        assert_eq!(kv.len(), 1, "a refused removal changes nothing");
         assert!(kv.advance(4).is_err(), "capacity is enforced");
         assert!(
             kv.write(0, 3, &k, &v).is_err(),
             "writes past capacity are refused"
         );
+        // Positions 0..4 of layer 1 hold token rows 0, 0, 1 and zeros:
+        // removing position 1 moves 2 and 3 down, keys through `rekey`.
+        kv.set_len(4).unwrap();
+        kv.remove(1, 1, &mut |layer, key| {
+            seen.push((layer, key.to_vec()));
+            key.iter_mut().for_each(|x| *x += 0.5);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(kv.len(), 3);
+        // 2 layers x 2 heads x 2 moved positions, in layer order
+        assert_eq!(seen.len(), 8);
+        assert_eq!(seen[4], (1, vec![6.0, 7.0, 8.0]), "layer 1 head 0 token 1");
+        let l = kv.layer(1);
+        assert_eq!(l.k[(0 * 4 + 1) * 3].to_f32(), 6.5, "rekeyed and moved");
+        assert_eq!(
+            l.v[(1 * 4 + 1) * 3 + 1].to_f32(),
+            -10.0,
+            "values moved as they are"
+        );
+        assert_eq!(
+            l.k[(1 * 4 + 0) * 3].to_f32(),
+            0.0,
+            "kept position untouched"
+        );
+        let fail = kv.remove(1, 1, &mut |_, _| Err(Error::KvCache("x".into())));
+        assert!(fail.is_err());
+        assert_eq!(kv.len(), 1, "a failed rekey keeps the prefix only");
     }
 }

@@ -8,6 +8,8 @@
 //!   streaming text that never splits a UTF-8 character, stop strings,
 //!   cancellation from another thread, typed context overflow.
 //! * [`chat`]: conversations through the model's chat template.
+//! * [`context`]: what a full context does ([`ContextPolicy`]): error,
+//!   llama.cpp's context shift, or whole turns trimmed by the chat layer.
 //! * [`open`]: the one entry point: a model file and a [`BackendChoice`]
 //!   (cpu, ort with its EP chain, hybrid, a foreign export, candle) in, a
 //!   [`LoadedModel`] that hands out sessions out.
@@ -27,6 +29,7 @@
 pub mod assistant;
 pub mod backend;
 pub mod chat;
+pub mod context;
 pub mod cpu;
 pub mod error;
 pub mod generate;
@@ -50,6 +53,7 @@ pub mod ort;
 pub use assistant::{AssistantConfig, EngineAssistant};
 pub use backend::{Backend, LogitsFor};
 pub use chat::{Chat, Reply};
+pub use context::{ContextPolicy, TurnWindow};
 pub use cpu::CpuBackend;
 pub use error::{Error, Result};
 pub use generate::{CancelToken, GenerateOptions, GenerationStats, Session, StopReason};

@@ -492,6 +492,19 @@ impl Backend for CpuBackend {
         &self.model.spec
     }
 
+    fn rope_inv_freqs(&self, layer: usize, capacity: usize) -> Result<Vec<f64>> {
+        let s = &self.model.spec;
+        let rope = s
+            .layers
+            .get(layer)
+            .ok_or_else(|| Error::KvCache(format!("no layer {layer}")))?
+            .rope;
+        Ok(self
+            .model
+            .weights
+            .rope_inv_freqs(&rope, s.n_rot, capacity)?)
+    }
+
     fn new_cache(&self, capacity: usize) -> Result<KvCache> {
         let s = &self.model.spec;
         KvCache::new(

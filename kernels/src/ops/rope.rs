@@ -152,6 +152,36 @@ impl RopeCache {
         pos: usize,
         style: RopeStyle,
     ) -> Result<()> {
+        self.rotate(x, n_heads, head_dim, pos, style, 1.0)
+    }
+
+    /// The inverse of [`RopeCache::apply`] at `pos` (rotation by `-pos`):
+    /// rotations compose, so keys rotated for position `p` and then
+    /// rotated back by `d` are the keys of position `p - d` (llama.cpp's
+    /// context shift moves cached keys this way instead of recomputing
+    /// them). Only exact for a table of magnitude 1 (`attn_factor` 1).
+    pub fn apply_inverse(
+        &self,
+        x: &mut [f32],
+        n_heads: usize,
+        head_dim: usize,
+        pos: usize,
+        style: RopeStyle,
+    ) -> Result<()> {
+        self.rotate(x, n_heads, head_dim, pos, style, -1.0)
+    }
+
+    /// Rotates by the angle of `pos` times `direction` (1 or -1): the sine
+    /// is odd, the cosine even.
+    fn rotate(
+        &self,
+        x: &mut [f32],
+        n_heads: usize,
+        head_dim: usize,
+        pos: usize,
+        style: RopeStyle,
+        direction: f32,
+    ) -> Result<()> {
         const OP: &str = "RopeCache::apply";
         let expected = n_heads
             .checked_mul(head_dim)
@@ -179,6 +209,7 @@ impl RopeCache {
         let cs = &self.cos_sin[pos * half..(pos + 1) * half];
         for head in x.chunks_exact_mut(head_dim) {
             for (i, &(c, s)) in cs.iter().enumerate() {
+                let s = s * direction;
                 let (a, b) = match style {
                     RopeStyle::Interleaved => (2 * i, 2 * i + 1),
                     RopeStyle::NeoX => (i, i + half),
@@ -246,6 +277,29 @@ mod tests {
                         assert_eq!(xh[n_rot..], yh[n_rot..]);
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn inverse_composes_to_the_earlier_position() {
+        for style in [RopeStyle::Interleaved, RopeStyle::NeoX] {
+            // 48 of 64 dims rotated: the rest must stay as they are.
+            let cache = RopeCache::new(48, 10000.0, 1.0, 300).unwrap();
+            let x = random_row(2 * 64, 7);
+            let mut shifted = x.clone();
+            cache.apply(&mut shifted, 2, 64, 250, style).unwrap();
+            cache.apply_inverse(&mut shifted, 2, 64, 90, style).unwrap();
+            let mut direct = x.clone();
+            cache.apply(&mut direct, 2, 64, 160, style).unwrap();
+            for (a, b) in shifted.iter().zip(&direct) {
+                assert!((a - b).abs() < 1e-5, "{style:?}: {a} vs {b}");
+            }
+            let mut back = x.clone();
+            cache.apply(&mut back, 2, 64, 17, style).unwrap();
+            cache.apply_inverse(&mut back, 2, 64, 17, style).unwrap();
+            for (a, b) in back.iter().zip(&x) {
+                assert!((a - b).abs() < 1e-5, "{style:?}: {a} vs {b}");
             }
         }
     }
