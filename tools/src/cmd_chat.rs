@@ -4,8 +4,8 @@ use crate::error::CliError;
 use crate::resolve_model;
 use crate::sampling::GenerationArgs;
 use sotto_engine::{
-    AdapterSpec, BackendChoice, BackendKind, CancelToken, Chat, CpuOptions, GenerateOptions,
-    LoadedModel, OrtOptions, Reply,
+    AdapterSpec, BackendChoice, BackendKind, CancelToken, Chat, ContextPolicy, CpuOptions,
+    GenerateOptions, LoadedModel, OrtOptions, Reply,
 };
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -63,6 +63,21 @@ pub struct ChatArgs {
     /// a float model).
     #[arg(long, requires = "lora")]
     pub lora_merge: bool,
+    /// What a full context does: error (stop), shift (llama.cpp's context
+    /// shift: the system message stays, half of the rest of the cache is
+    /// dropped and the keys re-rotated, nothing recomputed) or trim-turns
+    /// (the oldest whole turns leave the prompt, the rest is prefilled
+    /// again).
+    #[arg(long, value_enum, default_value = "error")]
+    pub context_policy: ContextPolicyArg,
+}
+
+/// `--context-policy`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ContextPolicyArg {
+    Error,
+    Shift,
+    TrimTurns,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -191,6 +206,13 @@ pub fn run(args: ChatArgs) -> Result<(), CliError> {
         }
     }
     let mut chat = loaded.chat_with(args.generation.context, args.system.as_deref(), &unmerged)?;
+    chat.set_context_policy(match args.context_policy {
+        ContextPolicyArg::Error => ContextPolicy::Error,
+        ContextPolicyArg::Shift => ContextPolicy::Shift {
+            keep: chat.pinned_prefix_len()?,
+        },
+        ContextPolicyArg::TrimTurns => ContextPolicy::TrimTurns,
+    });
     let cancel = CancelToken::new();
     {
         let c = cancel.clone();
@@ -238,6 +260,10 @@ fn turn(
             s.stop,
             crate::sampling::speculation_note(s)
         );
+        let shifted = chat.session().shifted_out();
+        if shifted > 0 {
+            eprintln!("sotto: context shifted, {shifted} tokens of the conversation dropped from the cache");
+        }
     }
     Ok(reply)
 }
