@@ -167,7 +167,7 @@ impl EngineAssistant {
                 turns,
                 budget,
                 &mut |m| Ok(chat.prompt_tokens(m)?.len()),
-                &mut |text| Ok(self.content_tokens(text)?),
+                &mut |text| self.content_tokens(text),
             )
             .map_err(|e| match e {
                 crate::Error::MessageTooLong { tokens, available } => {
