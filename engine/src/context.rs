@@ -110,7 +110,7 @@ pub(crate) fn shift_cache(
         let i = match tables.iter().position(|(f, _)| *f == inv) {
             Some(i) => i,
             None => {
-                let table = RopeCache::from_inv_freqs(&inv, n + 1, 1.0)?;
+                let table = RopeCache::from_inv_freqs(&inv, n + 1, 1.0)?.inverse();
                 tables.push((inv, table));
                 tables.len() - 1
             }
@@ -126,7 +126,7 @@ pub(crate) fn shift_cache(
     }
     cache.remove(keep, n, &mut |layer, key| {
         let table = &tables[layer_table[layer]].1;
-        Ok(table.apply_inverse(key, 1, head_dim, n, style)?)
+        Ok(table.apply(key, 1, head_dim, n, style)?)
     })
 }
 

@@ -12,7 +12,7 @@ A second row per case is the logits of a fresh evaluation of the kept tokens
 (first K, those after K+D, the last), for reports: a shift keeps what the
 moved entries had attended to, so the two differ. OUT.f32 receives two rows
 of n_vocab little-endian f32 per case. Settings (context, batch, threads)
-are llama_ref.py's. References come from llama.cpp only.
+are llama_ref.py's, through llama_logits.py. References come from llama.cpp only.
 """
 
 from __future__ import annotations
@@ -23,11 +23,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llama_ref import N_BATCH, N_CTX, N_THREADS, SEED  # noqa: E402
+from llama_logits import reference_llama  # noqa: E402
+from llama_ref import N_CTX  # noqa: E402
 
 import llama_cpp  # noqa: E402
 import numpy as np  # noqa: E402
-from llama_cpp import Llama  # noqa: E402
 
 
 def main() -> None:
@@ -37,9 +37,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     cases = json.loads(args.cases.read_text(encoding="utf-8"))
-    llm = Llama(model_path=str(args.model), n_ctx=N_CTX, n_batch=N_BATCH, n_ubatch=N_BATCH,
-                n_threads=N_THREADS, n_threads_batch=N_THREADS, seed=SEED, logits_all=True,
-                verbose=False)
+    llm = reference_llama(args.model)
     memory = llama_cpp.llama_get_memory(llm._ctx.ctx)
     if not llama_cpp.llama_memory_can_shift(memory):
         raise SystemExit(f"{args.model}: llama.cpp cannot shift this model's memory")

@@ -25,6 +25,13 @@ import numpy as np  # noqa: E402
 from llama_cpp import Llama  # noqa: E402
 
 
+def reference_llama(model: Path) -> Llama:
+    """`model` loaded with llama_ref.py's settings, logits at every position."""
+    return Llama(model_path=str(model), n_ctx=N_CTX, n_batch=N_BATCH, n_ubatch=N_BATCH,
+                 n_threads=N_THREADS, n_threads_batch=N_THREADS, seed=SEED, logits_all=True,
+                 verbose=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, required=True)
@@ -32,9 +39,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     sequences = json.loads(args.sequences.read_text(encoding="utf-8"))
-    llm = Llama(model_path=str(args.model), n_ctx=N_CTX, n_batch=N_BATCH, n_ubatch=N_BATCH,
-                n_threads=N_THREADS, n_threads_batch=N_THREADS, seed=SEED, logits_all=True,
-                verbose=False)
+    llm = reference_llama(args.model)
     rows = []
     for seq in sequences:
         if not seq or len(seq) > N_CTX:

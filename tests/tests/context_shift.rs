@@ -298,6 +298,14 @@ fn conversation(policy: &str) {
         context_full += usize::from(reply.stats.stop == StopReason::ContextFull);
         window_moves += usize::from(reply.stats.prompt_tokens < last_prompt);
         last_prompt = reply.stats.prompt_tokens;
+        if (i + 1) % 100 == 0 {
+            eprintln!(
+                "{policy:?}: {} turns answered in {:.1} s, {} shifted out, {window_moves} window moves",
+                i + 1,
+                started.elapsed().as_secs_f64(),
+                s.shifted_out()
+            );
+        }
     }
     let s = chat.session();
     eprintln!(

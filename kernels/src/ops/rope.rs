@@ -142,6 +142,19 @@ impl RopeCache {
         self.max_pos
     }
 
+    /// The table of the opposite rotations (`-pos` for every `pos`):
+    /// rotations compose, so keys rotated for position `p` and then by
+    /// this table at `d` are the keys of position `p - d` (llama.cpp's
+    /// context shift moves cached keys this way instead of recomputing
+    /// them). Only exact for a table of magnitude 1 (`attn_factor` 1).
+    pub fn inverse(&self) -> RopeCache {
+        RopeCache {
+            n_rot: self.n_rot,
+            max_pos: self.max_pos,
+            cos_sin: self.cos_sin.iter().map(|&(c, s)| (c, -s)).collect(),
+        }
+    }
+
     /// Rotate the first `n_rot` dims of each of the `n_heads` heads of `x`
     /// (`[n_heads, head_dim]`) for position `pos`.
     pub fn apply(
@@ -151,36 +164,6 @@ impl RopeCache {
         head_dim: usize,
         pos: usize,
         style: RopeStyle,
-    ) -> Result<()> {
-        self.rotate(x, n_heads, head_dim, pos, style, 1.0)
-    }
-
-    /// The inverse of [`RopeCache::apply`] at `pos` (rotation by `-pos`):
-    /// rotations compose, so keys rotated for position `p` and then
-    /// rotated back by `d` are the keys of position `p - d` (llama.cpp's
-    /// context shift moves cached keys this way instead of recomputing
-    /// them). Only exact for a table of magnitude 1 (`attn_factor` 1).
-    pub fn apply_inverse(
-        &self,
-        x: &mut [f32],
-        n_heads: usize,
-        head_dim: usize,
-        pos: usize,
-        style: RopeStyle,
-    ) -> Result<()> {
-        self.rotate(x, n_heads, head_dim, pos, style, -1.0)
-    }
-
-    /// Rotates by the angle of `pos` times `direction` (1 or -1): the sine
-    /// is odd, the cosine even.
-    fn rotate(
-        &self,
-        x: &mut [f32],
-        n_heads: usize,
-        head_dim: usize,
-        pos: usize,
-        style: RopeStyle,
-        direction: f32,
     ) -> Result<()> {
         const OP: &str = "RopeCache::apply";
         let expected = n_heads
@@ -209,7 +192,6 @@ impl RopeCache {
         let cs = &self.cos_sin[pos * half..(pos + 1) * half];
         for head in x.chunks_exact_mut(head_dim) {
             for (i, &(c, s)) in cs.iter().enumerate() {
-                let s = s * direction;
                 let (a, b) = match style {
                     RopeStyle::Interleaved => (2 * i, 2 * i + 1),
                     RopeStyle::NeoX => (i, i + half),
@@ -289,7 +271,10 @@ mod tests {
             let x = random_row(2 * 64, 7);
             let mut shifted = x.clone();
             cache.apply(&mut shifted, 2, 64, 250, style).unwrap();
-            cache.apply_inverse(&mut shifted, 2, 64, 90, style).unwrap();
+            cache
+                .inverse()
+                .apply(&mut shifted, 2, 64, 90, style)
+                .unwrap();
             let mut direct = x.clone();
             cache.apply(&mut direct, 2, 64, 160, style).unwrap();
             for (a, b) in shifted.iter().zip(&direct) {
@@ -297,7 +282,7 @@ mod tests {
             }
             let mut back = x.clone();
             cache.apply(&mut back, 2, 64, 17, style).unwrap();
-            cache.apply_inverse(&mut back, 2, 64, 17, style).unwrap();
+            cache.inverse().apply(&mut back, 2, 64, 17, style).unwrap();
             for (a, b) in back.iter().zip(&x) {
                 assert!((a - b).abs() < 1e-5, "{style:?}: {a} vs {b}");
             }
