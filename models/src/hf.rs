@@ -51,6 +51,9 @@ pub struct Folder {
     /// The decoder's rope pairs differ from the GGUF architecture's default
     /// (Llama-family rows are not permuted in a folder).
     pub rope_style: Option<RopeStyle>,
+    /// `tokenizer.json` as the `tokenizers` crate loads it: the encoding
+    /// pipeline ([`crate::Tokenizer::from_hf_pipeline`]).
+    pub tokenizer: tokenizers::Tokenizer,
 }
 
 /// `dir` as a GGUF view; [`crate::Model::load`] builds a model from it, and
@@ -77,11 +80,27 @@ pub fn open(dir: &Path) -> Result<Folder> {
     Ok(Folder {
         gguf,
         rope_style: arch.rope_style,
+        tokenizer: encoding_pipeline(&dir.join("tokenizer.json"))?,
     })
 }
 
 /// A JSON file the folder must have: missing is [`Error::HfFolder`] (the
 /// folder is incomplete), unreadable [`Error::Io`].
+/// `tokenizer.json` loaded by the `tokenizers` crate, with any truncation
+/// or padding it configures turned off (the engine encodes whole prompts).
+fn encoding_pipeline(path: &Path) -> Result<tokenizers::Tokenizer> {
+    let mut t = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::HfFolder {
+        file: path.to_path_buf(),
+        reason: format!("the tokenizers crate cannot load it: {e}"),
+    })?;
+    t.with_padding(None);
+    t.with_truncation(None).map_err(|e| Error::HfFolder {
+        file: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(t)
+}
+
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
@@ -208,15 +227,7 @@ impl Arch {
                 meta.u32(&format!("{a}.attention.sliding_window"), w);
             }
         }
-        match c.get("rope_scaling") {
-            None | Some(Value::Null) => {}
-            Some(s) => {
-                return Err(config_error(
-                    "rope_scaling",
-                    &format!("{s} is not supported from a folder yet"),
-                ))
-            }
-        }
+        rope_scaling(c, a, meta)?;
         if let Some(act) = c.get("hidden_act").and_then(Value::as_str) {
             if act != "silu" {
                 return Err(config_error(
@@ -262,6 +273,58 @@ impl Arch {
         let (_, g) = LAYER.iter().find(|(h, _)| *h == field)?;
         (!g.is_empty()).then(|| format!("blk.{layer}.{g}"))
     }
+}
+
+/// `rope_scaling` of `config.json` as the `{arch}.rope.scaling.*` keys the
+/// decoder description reads: `linear` and `llama3` (Llama 3.1+; llama.cpp's
+/// converter turns it into a `rope_freqs` tensor instead, of the same
+/// values). Other kinds are refused rather than run unscaled.
+fn rope_scaling(c: &Value, a: &str, meta: &mut Meta) -> Result<()> {
+    let s = match c.get("rope_scaling") {
+        None | Some(Value::Null) => return Ok(()),
+        Some(s) => s,
+    };
+    // `transformers` has called the kind both `type` and `rope_type`.
+    let kind = s
+        .get("rope_type")
+        .or_else(|| s.get("type"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| config_error("rope_scaling", &format!("{s} names no rope_type")))?;
+    let num = |key: &str| {
+        opt_f32(s, key)?.ok_or_else(|| config_error(&format!("rope_scaling.{key}"), "missing"))
+    };
+    match kind {
+        "default" => {}
+        "linear" => {
+            meta.str(&format!("{a}.rope.scaling.type"), "linear");
+            meta.f32(&format!("{a}.rope.scaling.factor"), num("factor")?);
+        }
+        "llama3" => {
+            meta.str(&format!("{a}.rope.scaling.type"), "llama3");
+            meta.f32(&format!("{a}.rope.scaling.factor"), num("factor")?);
+            meta.f32(
+                &format!("{a}.rope.scaling.low_freq_factor"),
+                num("low_freq_factor")?,
+            );
+            meta.f32(
+                &format!("{a}.rope.scaling.high_freq_factor"),
+                num("high_freq_factor")?,
+            );
+            meta.u32(
+                &format!("{a}.rope.scaling.original_context_length"),
+                opt_u32(s, "original_max_position_embeddings")?.ok_or_else(|| {
+                    config_error("rope_scaling.original_max_position_embeddings", "missing")
+                })?,
+            );
+        }
+        other => {
+            return Err(config_error(
+                "rope_scaling",
+                &format!("{other:?} is not supported from a folder (linear, llama3)"),
+            ))
+        }
+    }
+    Ok(())
 }
 
 fn config_error(key: &str, reason: &str) -> Error {
@@ -483,11 +546,21 @@ fn tokenizer_metadata(dir: &Path, config: &Value, meta: &mut Meta) -> Result<()>
     }
     let mut token_types = Vec::with_capacity(tokens.len());
     let mut texts = Vec::with_capacity(tokens.len());
+    // SentencePiece-style BPE (Llama 2, Mistral, Gemma): `▁` for spaces and
+    // `<0xNN>` byte tokens, which decode as bytes, not as GPT-2's byte map.
+    let sentencepiece = model.get("byte_fallback").and_then(Value::as_bool) == Some(true);
     for (i, t) in tokens.into_iter().enumerate() {
         match t {
             Some(t) => {
+                let byte = sentencepiece
+                    && t.len() == 6
+                    && t.starts_with("<0x")
+                    && t.ends_with('>')
+                    && u8::from_str_radix(&t[3..5], 16).is_ok();
+                // llama.cpp's token types: 1 normal, 6 byte.
+                let default = if byte { 6 } else { 1 };
                 texts.push(MetaValue::String(t));
-                token_types.push(MetaValue::I32(types.get(&i).copied().unwrap_or(1)));
+                token_types.push(MetaValue::I32(types.get(&i).copied().unwrap_or(default)));
             }
             None => {
                 texts.push(MetaValue::String(format!("[PAD{i}]")));
@@ -520,8 +593,26 @@ fn tokenizer_metadata(dir: &Path, config: &Value, meta: &mut Meta) -> Result<()>
             _ => None,
         })
         .collect();
-    meta.str("tokenizer.ggml.model", "gpt2");
-    meta.str("tokenizer.ggml.pre", pre_tokenizer_name(&tj).map_err(bad)?);
+    if sentencepiece {
+        meta.str("tokenizer.ggml.model", "llama");
+        // Whether a text run gets a leading `▁`, as its normalizer or
+        // pre-tokenizer says (decoding drops that space again).
+        let json = tj.to_string();
+        meta.bool(
+            "tokenizer.ggml.add_space_prefix",
+            json.contains("\"prepend_scheme\":\"always\"")
+                || json.contains("\"prepend_scheme\":\"first\"")
+                || json.contains("\"type\":\"Prepend\""),
+        );
+    } else {
+        meta.str("tokenizer.ggml.model", "gpt2");
+    }
+    // The folder encodes through tokenizer.json itself; llama.cpp's name
+    // for its pre-tokenizer matters only to a GGUF written from it, and is
+    // left out when there is none (`sotto convert` refuses such a folder).
+    if let Some(pre) = pre_tokenizer_name(&tj).filter(|_| !sentencepiece) {
+        meta.str("tokenizer.ggml.pre", pre);
+    }
     meta.put(
         "tokenizer.ggml.tokens",
         MetaValue::Array(MetaType::String, texts),
@@ -625,9 +716,14 @@ fn adds_bos(tj: &Value, tc: &Value) -> bool {
 }
 
 /// llama.cpp's name (`tokenizer.ggml.pre`) for the pre-tokenizer of
-/// `tokenizer.json`, recognized by its structure; an unknown one is an
-/// error rather than a guess, since the split decides every token.
-fn pre_tokenizer_name(tj: &Value) -> std::result::Result<&'static str, String> {
+/// `tokenizer.json`, recognized by its structure (and, for a regex split,
+/// by the regex llama.cpp's converter matches too); `None` for one llama.cpp
+/// has no name for.
+fn pre_tokenizer_name(tj: &Value) -> Option<&'static str> {
+    // The split regexes of Llama 3 and Qwen 2 as their tokenizer.json files
+    // write them (the digit runs differ).
+    const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     let pre = tj.get("pre_tokenizer").unwrap_or(&Value::Null);
     let ty = |v: &Value| {
         v.get("type")
@@ -635,11 +731,17 @@ fn pre_tokenizer_name(tj: &Value) -> std::result::Result<&'static str, String> {
             .unwrap_or("")
             .to_string()
     };
-    let byte_level_regex = |v: &Value| {
-        ty(v) == "ByteLevel" && v.get("use_regex").and_then(Value::as_bool).unwrap_or(true)
+    let byte_level = |v: &Value, regex: bool| {
+        ty(v) == "ByteLevel" && v.get("use_regex").and_then(Value::as_bool).unwrap_or(true) == regex
     };
+    fn split_regex(v: &Value) -> Option<&str> {
+        if v.get("type")?.as_str()? != "Split" {
+            return None;
+        }
+        v.get("pattern")?.get("Regex")?.as_str()
+    }
     match ty(pre).as_str() {
-        "ByteLevel" if byte_level_regex(pre) => Ok("gpt2"),
+        "ByteLevel" if byte_level(pre, true) => Some("gpt2"),
         "Sequence" => {
             let steps: Vec<&Value> = pre
                 .get("pretokenizers")
@@ -651,18 +753,19 @@ fn pre_tokenizer_name(tj: &Value) -> std::result::Result<&'static str, String> {
                     if ty(digits) == "Digits"
                         && digits.get("individual_digits").and_then(Value::as_bool)
                             == Some(true)
-                        && byte_level_regex(bl) =>
+                        && byte_level(bl, true) =>
                 {
-                    Ok("smollm")
+                    Some("smollm")
                 }
-                [bl] if byte_level_regex(bl) => Ok("gpt2"),
-                _ => Err(format!(
-                    "pre-tokenizer {pre} is not one Sotto recognizes yet"
-                )),
+                [bl] if byte_level(bl, true) => Some("gpt2"),
+                [split, bl] if byte_level(bl, false) => match split_regex(split)? {
+                    LLAMA3_SPLIT => Some("llama-bpe"),
+                    QWEN2_SPLIT => Some("qwen2"),
+                    _ => None,
+                },
+                _ => None,
             }
         }
-        _ => Err(format!(
-            "pre-tokenizer {pre} is not one Sotto recognizes yet"
-        )),
+        _ => None,
     }
 }

@@ -1,12 +1,16 @@
 #!/usr/bin/env python3
-"""Write a Hugging Face model folder from a Llama-family GGUF (issue 13's
-fixture), with PyPI gguf, numpy, safetensors and tokenizers only: no Sotto
-code, so the folder is an independent rendering of the same model.
+"""Write a Hugging Face model folder from a GGUF of the Llama, Mistral,
+Qwen 2 or Qwen 3 family (issue 13's fixture), with PyPI gguf, numpy,
+safetensors and tokenizers only: no Sotto code, so the folder is an
+independent rendering of the same model.
 
     hf_folder_from_gguf.py MODEL.gguf OUT_DIR [--dtype f32|f16] [--shards N]
         [--check-tokens tests/data/llama_cpp/tokenization.json]
+        [--rope-scaling JSON]
 
-The folder holds what `transformers` writes for a LlamaForCausalLM:
+The folder holds what `transformers` writes for a LlamaForCausalLM
+(MistralForCausalLM when the GGUF has a sliding window, Qwen2ForCausalLM,
+Qwen3ForCausalLM):
 - `config.json` (hyper-parameters from the GGUF metadata);
 - the weights dequantized by gguf-py (llama.cpp's own reader) and renamed to
   the Hugging Face layout, with the Q/K rows put back from GGUF's rope
@@ -14,8 +18,11 @@ The folder holds what `transformers` writes for a LlamaForCausalLM:
   Hugging Face keeps them as halves), in `model.safetensors`, or in N shards
   with `model.safetensors.index.json`;
 - `tokenizer.json` built from the GGUF vocabulary and merges (byte-level
-  BPE with the pre-tokenizer `tokenizer.ggml.pre` names), the control tokens
-  as added special tokens;
+  BPE with the pre-tokenizer `tokenizer.ggml.pre` names, as the model's own
+  tokenizer.json writes it), the control tokens as added special tokens;
+- Llama 3 rope scaling is a `rope_freqs` tensor in GGUF and a
+  `rope_scaling` object in config.json: the tensor's generator parameters
+  are not in the GGUF, so the caller passes them (--rope-scaling).
 - `tokenizer_config.json` (chat template, special tokens) and
   `generation_config.json`.
 
@@ -33,7 +40,7 @@ import numpy as np
 from gguf import GGUFReader, GGMLQuantizationType
 from gguf.quants import dequantize
 from safetensors.numpy import save_file
-from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
 
 # GGUF tensor name (after "blk.N.") -> Hugging Face name (after "model.layers.N.").
 LAYER_NAMES = {
@@ -46,7 +53,35 @@ LAYER_NAMES = {
     "ffn_down.weight": "mlp.down_proj.weight",
     "attn_norm.weight": "input_layernorm.weight",
     "ffn_norm.weight": "post_attention_layernorm.weight",
+    "attn_q.bias": "self_attn.q_proj.bias",
+    "attn_k.bias": "self_attn.k_proj.bias",
+    "attn_v.bias": "self_attn.v_proj.bias",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
 }
+
+# GGUF architecture -> (transformers class, model_type); llama.cpp's
+# converter permutes Q/K rows for the Llama family only.
+FAMILIES = {
+    "llama": ("LlamaForCausalLM", "llama"),
+    "qwen2": ("Qwen2ForCausalLM", "qwen2"),
+    "qwen3": ("Qwen3ForCausalLM", "qwen3"),
+}
+
+# The split regexes of Llama 3's and Qwen 2's own tokenizer.json files.
+LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}|"
+                r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}|"
+               r" ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def regex_split(pattern):
+    return lambda: pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
 GLOBAL_NAMES = {
     "token_embd.weight": "model.embed_tokens.weight",
     "output_norm.weight": "model.norm.weight",
@@ -64,6 +99,8 @@ PRE_TOKENIZERS = {
         ]
     ),
     "gpt2": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    "llama-bpe": regex_split(LLAMA3_SPLIT),
+    "qwen2": regex_split(QWEN2_SPLIT),
     "default": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
 }
 
@@ -83,7 +120,7 @@ def unpermute(w, n_head):
     return w.reshape(n_head, hd // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
-def tensors(reader, n_head, n_kv_head, dtype):
+def tensors(reader, n_head, n_kv_head, dtype, permuted):
     out = {}
     for t in reader.tensors:
         # ggml lists dimensions fastest first; numpy wants them slowest first.
@@ -97,9 +134,9 @@ def tensors(reader, n_head, n_kv_head, dtype):
             _, layer, rest = name.split(".", 2)
             if rest not in LAYER_NAMES:
                 sys.exit(f"{name}: no Hugging Face name for it in this fixture")
-            if rest == "attn_q.weight":
+            if permuted and rest == "attn_q.weight":
                 w = unpermute(w, n_head)
-            elif rest == "attn_k.weight":
+            elif permuted and rest == "attn_k.weight":
                 w = unpermute(w, n_kv_head)
             hf = f"model.layers.{layer}.{LAYER_NAMES[rest]}"
         elif name in GLOBAL_NAMES:
@@ -141,7 +178,12 @@ def build_tokenizer(reader):
     if pre not in PRE_TOKENIZERS:
         sys.exit(f"tokenizer.ggml.pre {pre!r}: no Hugging Face pre-tokenizer for it in this fixture")
     vocab = {t: i for i, t in enumerate(tokens)}
-    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False))
+    # llama.cpp looks whole words up before merging for Llama 3 only, as
+    # Llama 3's tokenizer.json says with ignore_merges.
+    tk = Tokenizer(models.BPE(vocab=vocab, merges=merges, fuse_unk=False,
+                              ignore_merges=(pre == "llama-bpe")))
+    if pre == "qwen2":
+        tk.normalizer = normalizers.NFC()
     tk.pre_tokenizer = PRE_TOKENIZERS[pre]()
     tk.decoder = decoders.ByteLevel()
     # Control (3) and user-defined (4) tokens match whole, before the split.
@@ -162,36 +204,44 @@ def main():
     ap.add_argument("--dtype", choices=["f32", "f16"], default="f32")
     ap.add_argument("--shards", type=int, default=1)
     ap.add_argument("--check-tokens")
+    ap.add_argument("--rope-scaling", help="config.json's rope_scaling object (JSON)")
     args = ap.parse_args()
 
     reader = GGUFReader(args.gguf)
     arch = field(reader, "general.architecture")
-    if arch != "llama":
-        sys.exit(f"general.architecture {arch!r}: this fixture writes Llama folders only")
+    if arch not in FAMILIES:
+        sys.exit(f"general.architecture {arch!r}: this fixture writes {sorted(FAMILIES)} folders only")
+    architecture, model_type = FAMILIES[arch]
     g = lambda k, d=None: field(reader, f"{arch}.{k}", d)
+    window = g("attention.sliding_window")
+    if arch == "llama" and window:
+        architecture, model_type = "MistralForCausalLM", "mistral"
     n_head, n_kv_head = int(g("attention.head_count")), int(g("attention.head_count_kv"))
     d_model = int(g("embedding_length"))
     dtype = np.float32 if args.dtype == "f32" else np.float16
-    weights = tensors(reader, n_head, n_kv_head, dtype)
+    weights = tensors(reader, n_head, n_kv_head, dtype, permuted=(arch == "llama"))
+    has_rope_freqs = any(t.name == "rope_freqs.weight" for t in reader.tensors)
+    if has_rope_freqs and not args.rope_scaling:
+        sys.exit("the GGUF has a rope_freqs tensor: pass its parameters with --rope-scaling")
     tied = "lm_head.weight" not in weights
     tk, tokens = build_tokenizer(reader)
 
     bos, eos = field(reader, "tokenizer.ggml.bos_token_id"), field(reader, "tokenizer.ggml.eos_token_id")
     config = {
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
+        "architectures": [architecture],
+        "model_type": model_type,
         "hidden_size": d_model,
         "intermediate_size": int(g("feed_forward_length")),
         "num_hidden_layers": int(g("block_count")),
         "num_attention_heads": n_head,
         "num_key_value_heads": n_kv_head,
-        "head_dim": int(g("rope.dimension_count", d_model // n_head)),
+        "head_dim": int(g("attention.key_length", d_model // n_head)),
         "hidden_act": "silu",
         "max_position_embeddings": int(g("context_length")),
         "rms_norm_eps": float(g("attention.layer_norm_rms_epsilon")),
         "rope_theta": float(g("rope.freq_base", 10000.0)),
-        "rope_scaling": None,
-        "attention_bias": False,
+        "rope_scaling": json.loads(args.rope_scaling) if args.rope_scaling else None,
+        "attention_bias": "model.layers.0.self_attn.q_proj.bias" in weights,
         "mlp_bias": False,
         "tie_word_embeddings": tied,
         "vocab_size": len(tokens),
@@ -199,6 +249,11 @@ def main():
         "eos_token_id": eos,
         "torch_dtype": "float32" if args.dtype == "f32" else "float16",
     }
+    if model_type == "mistral":
+        config["sliding_window"] = int(window)
+    elif model_type in ("qwen2", "qwen3"):
+        config["use_sliding_window"] = False
+        config["sliding_window"] = None
     os.makedirs(args.out_dir, exist_ok=True)
     write_weights(args.out_dir, weights, args.shards, args.dtype)
     with open(os.path.join(args.out_dir, "config.json"), "w") as f:
