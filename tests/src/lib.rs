@@ -114,7 +114,7 @@ pub fn script_fixture_from(
     let script = parity::repo_root().join("tests/scripts").join(script);
     let script_text =
         std::fs::read(&script).unwrap_or_else(|e| panic!("reading {}: {e}", script.display()));
-    let model_len = std::fs::metadata(&model)
+    let model_len = std::fs::metadata(model)
         .unwrap_or_else(|e| panic!("{}: {e}", model.display()))
         .len();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
