@@ -150,7 +150,25 @@ struct Arch {
     model_type: String,
     gguf_name: &'static str,
     rope_style: Option<RopeStyle>,
+    /// Gemma's RMSNorm multiplies by `1 + weight`: a folder stores
+    /// `weight`, GGUF (and the decoder) the sum.
+    norm_plus_one: bool,
 }
+
+/// Gemma's layer norms in `transformers` (four per layer, the second
+/// after attention, not before the FFN as Llama's
+/// `post_attention_layernorm` is).
+const GEMMA_NORMS: [(&str, &str); 6] = [
+    ("input_layernorm.weight", "attn_norm.weight"),
+    (
+        "post_attention_layernorm.weight",
+        "post_attention_norm.weight",
+    ),
+    ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
+    ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
+    ("self_attn.q_norm.weight", "attn_q_norm.weight"),
+    ("self_attn.k_norm.weight", "attn_k_norm.weight"),
+];
 
 impl Arch {
     fn of(config: &Value) -> Result<Arch> {
@@ -163,11 +181,14 @@ impl Arch {
             "llama" | "mistral" => ("llama", Some(RopeStyle::NeoX)),
             "qwen2" => ("qwen2", None),
             "qwen3" => ("qwen3", None),
+            "gemma2" => ("gemma2", None),
+            "gemma3_text" => ("gemma3", None),
             other => {
                 return Err(config_error(
                     "model_type",
                     &format!(
-                        "{other:?} is not supported from a folder (llama, mistral, qwen2, qwen3)"
+                        "{other:?} is not supported from a folder (llama, mistral, qwen2, \
+                         qwen3, gemma2, gemma3_text)"
                     ),
                 ))
             }
@@ -176,6 +197,7 @@ impl Arch {
             model_type: model_type.to_string(),
             gguf_name,
             rope_style,
+            norm_plus_one: gguf_name.starts_with("gemma"),
         })
     }
 
@@ -219,22 +241,80 @@ impl Arch {
         meta.u32(&format!("{a}.attention.value_length"), head_dim);
         meta.u32(&format!("{a}.rope.dimension_count"), head_dim);
         meta.u32(&format!("{a}.vocab_size"), req_u32(c, "vocab_size")?);
-        if let Some(w) = opt_u32(c, "sliding_window")? {
+        let window = opt_u32(c, "sliding_window")?;
+        match (self.model_type.as_str(), window) {
             // Mistral-style: every layer, unless the config says it is off.
-            if c.get("use_sliding_window").and_then(Value::as_bool) != Some(false)
-                && self.model_type == "mistral"
+            ("mistral", Some(w))
+                if c.get("use_sliding_window").and_then(Value::as_bool) != Some(false) =>
             {
                 meta.u32(&format!("{a}.attention.sliding_window"), w);
             }
+            ("gemma2" | "gemma3_text", Some(w)) => {
+                meta.u32(&format!("{a}.attention.sliding_window"), w);
+            }
+            _ => {}
         }
         rope_scaling(c, a, meta)?;
-        if let Some(act) = c.get("hidden_act").and_then(Value::as_str) {
-            if act != "silu" {
+        if self.norm_plus_one {
+            self.gemma_hparams(c, meta)?;
+        }
+        // Gemma names it `hidden_activation` (its `hidden_act` is legacy).
+        let (act_key, want): (&str, &[&str]) = if self.norm_plus_one {
+            ("hidden_activation", &["gelu_pytorch_tanh", "gelu_tanh"])
+        } else {
+            ("hidden_act", &["silu"])
+        };
+        if let Some(act) = c.get(act_key).and_then(Value::as_str) {
+            if !want.contains(&act) {
                 return Err(config_error(
-                    "hidden_act",
-                    &format!("{act:?}: {} uses silu", self.model_type),
+                    act_key,
+                    &format!("{act:?}: {} uses {}", self.model_type, want[0]),
                 ));
             }
+        }
+        Ok(())
+    }
+
+    /// Gemma 2 and 3: soft-caps, which layers slide, the local layers' rope
+    /// base, as llama.cpp's converter writes them.
+    fn gemma_hparams(&self, c: &Value, meta: &mut Meta) -> Result<()> {
+        let a = self.gguf_name;
+        for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
+            match (opt_f32(c, key)?, a) {
+                (Some(cap), _) => meta.f32(&format!("{a}.{key}"), cap),
+                // Gemma 2's defaults (50, 30) apply only where the key is
+                // absent; a null turns the cap off.
+                (None, "gemma2") if c.get(key).is_some() => meta.f32(&format!("{a}.{key}"), 0.0),
+                _ => {}
+            }
+        }
+        if a == "gemma3" && opt_f32(c, "attn_logit_softcapping")?.is_some() {
+            return Err(config_error(
+                "attn_logit_softcapping",
+                "Gemma 3 has no attention soft-cap",
+            ));
+        }
+        if let Some(base) = opt_f32(c, "rope_local_base_freq")? {
+            meta.f32(&format!("{a}.rope.freq_base_swa"), base);
+        }
+        if let Some(types) = c.get("layer_types").and_then(Value::as_array) {
+            let flags = types
+                .iter()
+                .map(|t| match t.as_str() {
+                    Some("sliding_attention") => Ok(MetaValue::Bool(true)),
+                    Some("full_attention") => Ok(MetaValue::Bool(false)),
+                    _ => Err(config_error(
+                        "layer_types",
+                        &format!("{t} is not a layer kind"),
+                    )),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            meta.put(
+                &format!("{a}.attention.sliding_window_pattern"),
+                MetaValue::Array(MetaType::Bool, flags),
+            );
+        } else if let Some(period) = opt_u32(c, "sliding_window_pattern")? {
+            meta.u32(&format!("{a}.attention.sliding_window_pattern"), period);
         }
         Ok(())
     }
@@ -270,7 +350,15 @@ impl Arch {
         let rest = hf.strip_prefix("model.layers.")?;
         let (layer, field) = rest.split_once('.')?;
         let layer: usize = layer.parse().ok()?;
-        let (_, g) = LAYER.iter().find(|(h, _)| *h == field)?;
+        let norms: &[(&str, &str)] = if self.norm_plus_one {
+            &GEMMA_NORMS
+        } else {
+            &[]
+        };
+        let (_, g) = norms
+            .iter()
+            .chain(LAYER.iter())
+            .find(|(h, _)| *h == field)?;
         (!g.is_empty()).then(|| format!("blk.{layer}.{g}"))
     }
 }
@@ -462,6 +550,9 @@ fn tensors(dir: &Path, arch: &Arch) -> Result<(ShardTensors, Vec<Arc<Storage>>)>
         }
         parts.push(storage);
     }
+    if arch.norm_plus_one {
+        add_one_to_norms(&mut out, &mut parts)?;
+    }
     let mut lost: Vec<(&String, &String)> = weight_map
         .iter()
         .filter(|(name, _)| arch.gguf_tensor_name(name).is_some() && !found.contains(*name))
@@ -477,6 +568,47 @@ fn tensors(dir: &Path, arch: &Arch) -> Result<(ShardTensors, Vec<Arc<Storage>>)>
         });
     }
     Ok((out, parts))
+}
+
+/// Gemma's norm weights as the decoder multiplies by them (`1 + weight`),
+/// in F32, in one buffer added as the last part: a few vectors per layer.
+fn add_one_to_norms(tensors: &mut ShardTensors, parts: &mut Vec<Arc<Storage>>) -> Result<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    let owned_part = parts.len();
+    for (info, part) in tensors.iter_mut() {
+        if !info.name.ends_with("norm.weight") {
+            continue;
+        }
+        let bytes = parts[*part]
+            .bytes()
+            .get(info.offset..info.offset + info.n_bytes)
+            .ok_or_else(|| Error::BadTensor {
+                tensor: info.name.clone(),
+                reason: "its data runs past the end of its file".into(),
+            })?;
+        let n: usize = info.dims.iter().product();
+        let mut values = vec![0f32; n];
+        let bad = |e: sotto_kernels::Error| Error::BadTensor {
+            tensor: info.name.clone(),
+            reason: e.to_string(),
+        };
+        let dtype = info.ggml_type.dtype().map_err(bad)?;
+        sotto_kernels::quant::dequantize_row(dtype, bytes, &mut values).map_err(bad)?;
+        let offset = buf.len();
+        for v in values {
+            buf.extend_from_slice(&(v + 1.0).to_le_bytes());
+        }
+        *info = TensorInfo {
+            name: std::mem::take(&mut info.name),
+            dims: std::mem::take(&mut info.dims),
+            ggml_type: GgmlType::F32,
+            offset,
+            n_bytes: n * 4,
+        };
+        *part = owned_part;
+    }
+    parts.push(Arc::new(Storage::Owned(buf)));
+    Ok(())
 }
 
 /// `tokenizer.json` (and the special tokens of `tokenizer_config.json`,

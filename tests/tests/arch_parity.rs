@@ -42,7 +42,7 @@ use std::time::Instant;
 use sotto_kernels::quant::DType;
 use sotto_models::convert::GgufConversion;
 use sotto_models::Model;
-use sotto_tests::hf::folder_of;
+use sotto_tests::hf::{folder_of, FolderDtype};
 use sotto_tests::parity::{compare_model, greedy_reports, Criteria, Reference};
 use sotto_tests::rel_l2;
 use sotto_tests::tiny_arch::{
@@ -75,7 +75,12 @@ fn folder_parity(
     let started = Instant::now();
     let file = tiny_file(arch, None);
     let reference = reference(&tiny_file(arch, reference_twin));
-    let folder = folder_of(&file, &format!("tiny-{arch}"), rope_scaling);
+    let folder = folder_of(
+        &file,
+        &format!("tiny-{arch}"),
+        FolderDtype::F32,
+        rope_scaling,
+    );
     let model =
         Arc::new(Model::load(&folder).unwrap_or_else(|e| panic!("{}: {e}", folder.display())));
     against(&format!("{arch} folder"), &model, &reference, started);
@@ -214,6 +219,30 @@ fn qwen2_folder() {
 #[test]
 fn qwen3_folder() {
     folder_parity("qwen3", None, None);
+}
+
+#[test]
+fn gemma2_folder() {
+    folder_parity("gemma2", None, None);
+}
+
+#[test]
+fn gemma3_folder() {
+    folder_parity("gemma3", None, None);
+}
+
+/// The real Gemma-3-270M as a folder: its SentencePiece vocabulary as the
+/// BPE tokenizer.json `transformers` writes, its norms without the `+1`.
+#[test]
+fn gemma3_270m_real_folder() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let reference = gemma3_270m_reference();
+    // F16: half the F32 folder's 1.1 GB, within the comparison's budget.
+    let folder = folder_of(&gemma3_270m_path(), "gemma3-270m", FolderDtype::F16, None);
+    let model =
+        Arc::new(Model::load(&folder).unwrap_or_else(|e| panic!("{}: {e}", folder.display())));
+    against("gemma3-270m folder", &model, &reference, started);
 }
 
 #[test]
