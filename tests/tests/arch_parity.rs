@@ -222,6 +222,16 @@ fn qwen3_folder() {
 }
 
 #[test]
+fn granite_folder() {
+    folder_parity("granite", None, None);
+}
+
+#[test]
+fn phi3_folder_longrope() {
+    folder_parity("phi3", None, None);
+}
+
+#[test]
 fn gemma2_folder() {
     folder_parity("gemma2", None, None);
 }
