@@ -128,6 +128,18 @@ pub enum SessionFileProblem {
     /// Authenticated but not what this version writes (a writer bug).
     #[error("malformed contents: {0}")]
     Malformed(&'static str),
+    /// The directory for saved sessions could not be created.
+    #[error("cannot create its directory: {0}")]
+    CreateDir(#[source] std::io::Error),
+}
+
+/// The file name (without directory) of `name`'s saved session under
+/// `key`: a keyed tag in hex, so names do not reveal which conversation
+/// (or peer) a file belongs to.
+pub fn session_file_name(key: &StorageKey, name: &[u8]) -> String {
+    let tag = Sealer::for_purpose(key, PURPOSE).tag(0, name);
+    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}.session")
 }
 
 fn problem(path: &Path, problem: SessionFileProblem) -> Error {
@@ -543,6 +555,18 @@ mod tests {
         assert_eq!(&h[DIGEST_AT..KEY_CHECK_AT], &[7; 32]);
         assert_eq!(&h[KEY_CHECK_AT..SEALED_LEN_AT], &[9; KEY_CHECK_LEN]);
         assert_eq!(h[SEALED_LEN_AT..], 1234u64.to_le_bytes());
+    }
+
+    #[test]
+    fn file_names_are_keyed_tags() {
+        let a = StorageKey::from_bytes([1; 32]);
+        let b = StorageKey::from_bytes([2; 32]);
+        let name = session_file_name(&a, b"+15551234567.1");
+        assert_eq!(name, session_file_name(&a, b"+15551234567.1"));
+        assert_ne!(name, session_file_name(&b, b"+15551234567.1"));
+        assert_ne!(name, session_file_name(&a, b"+15551234567.2"));
+        assert!(!name.contains("1555"));
+        assert_eq!(name.len(), 32 + ".session".len());
     }
 
     #[test]

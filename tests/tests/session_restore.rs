@@ -284,3 +284,110 @@ fn the_model_digest_is_the_files_sha256() {
         .collect();
     assert_eq!(text.split_whitespace().next(), Some(hex.as_str()));
 }
+
+mod assistant {
+    use super::*;
+    use sotto_bridge::{Assistant, ConversationId, Turn};
+    use sotto_engine::{AssistantConfig, EngineAssistant};
+
+    fn assistant(dir: Option<&Path>) -> EngineAssistant {
+        let config = AssistantConfig {
+            max_tokens: 24,
+            context: 512,
+            warm_conversations: 1,
+            ..AssistantConfig::default()
+        };
+        let a = EngineAssistant::new(loaded(), config);
+        match dir {
+            Some(dir) => a.with_saved_sessions(dir, key()),
+            None => a,
+        }
+    }
+
+    #[test]
+    fn a_restarted_assistant_resumes_conversations_without_prefilling_them_again() {
+        let dir = temp_dir("assistant");
+        let sessions = dir.join("sessions");
+        let (alice, bob) = (
+            ConversationId("+15550001111.1".into()),
+            ConversationId("+15550002222.1".into()),
+        );
+        let mut first = assistant(Some(&sessions));
+        let mut alice_history = vec![Turn::user("Name three fruits.")];
+        let answer = first.reply(&alice, &alice_history).unwrap();
+        let alice_cached = {
+            let s = first.last_stats().unwrap();
+            s.prompt_tokens + s.tokens.len() - 1
+        };
+        alice_history.push(Turn::assistant(answer));
+        // Bob's turn evicts Alice (one warm conversation): she is saved.
+        let mut bob_history = vec![Turn::user("What is the capital of France?")];
+        let answer = first.reply(&bob, &bob_history).unwrap();
+        bob_history.push(Turn::assistant(answer));
+        let bob_cached = {
+            let s = first.last_stats().unwrap();
+            s.prompt_tokens + s.tokens.len() - 1
+        };
+        // Bob is still warm: an explicit persist saves him before "exit".
+        first.persist().unwrap();
+        drop(first);
+        let mut names: Vec<String> = std::fs::read_dir(&sessions)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names.len(), 2, "{names:?}");
+        for name in &names {
+            assert!(!name.contains("1555"), "{name} reveals the conversation");
+        }
+
+        // The restarted assistant answers both from their saved caches, as
+        // an assistant without saved sessions does after prefilling.
+        let mut restarted = assistant(Some(&sessions));
+        let mut control = assistant(None);
+        for (id, history, cached) in [
+            (&alice, &mut alice_history, alice_cached),
+            (&bob, &mut bob_history, bob_cached),
+        ] {
+            history.push(Turn::user("Tell me more."));
+            let resumed = restarted.reply(id, history).unwrap();
+            let stats = restarted.last_stats().unwrap().clone();
+            assert_eq!(stats.reused_tokens, cached, "{}", id.0);
+            assert!(stats.prompt_tokens - stats.reused_tokens < 20);
+            let prefilled = control.reply(id, history).unwrap();
+            assert_eq!(control.last_stats().unwrap().reused_tokens, 0);
+            assert_eq!(resumed, prefilled, "{}", id.0);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_damaged_saved_session_is_dropped_and_the_conversation_prefilled() {
+        let dir = temp_dir("assistant-damaged");
+        let id = ConversationId("+15550003333.1".into());
+        let mut first = assistant(Some(&dir));
+        let mut history = vec![Turn::user("Name three fruits.")];
+        let answer = first.reply(&id, &history).unwrap();
+        history.push(Turn::assistant(answer));
+        first.persist().unwrap();
+        let file = std::fs::read_dir(&dir)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let mut bytes = std::fs::read(&file).unwrap();
+        let middle = bytes.len() / 2;
+        bytes[middle] ^= 0x10;
+        std::fs::write(&file, &bytes).unwrap();
+
+        history.push(Turn::user("Tell me more."));
+        let mut restarted = assistant(Some(&dir));
+        let resumed = restarted.reply(&id, &history).unwrap();
+        assert_eq!(restarted.last_stats().unwrap().reused_tokens, 0);
+        assert!(!file.exists(), "the refused file is removed");
+        let prefilled = assistant(None).reply(&id, &history).unwrap();
+        assert_eq!(resumed, prefilled);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
