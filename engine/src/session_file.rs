@@ -52,6 +52,9 @@ const DIGEST_AT: usize = 10;
 const KEY_CHECK_AT: usize = DIGEST_AT + 32;
 const SEALED_LEN_AT: usize = KEY_CHECK_AT + KEY_CHECK_LEN;
 const HEADER_LEN: usize = SEALED_LEN_AT + 8;
+/// Room for messages beyond 512 bytes per context position (a history
+/// longer than the window it was rendered through).
+const MESSAGE_ROOM: u64 = 16 << 20;
 /// The only KV element type sessions hold today.
 const KV_DTYPE_F16: u8 = 1;
 
@@ -128,6 +131,14 @@ pub enum SessionFileProblem {
     /// Authenticated but not what this version writes (a writer bug).
     #[error("malformed contents: {0}")]
     Malformed(&'static str),
+    /// Larger than any session of this context can be: not read.
+    #[error("{bytes} bytes, more than a session of this context holds ({limit})")]
+    TooLarge {
+        /// The file's size.
+        bytes: u64,
+        /// The most a session file for this session can hold.
+        limit: u64,
+    },
     /// The directory for saved sessions could not be created.
     #[error("cannot create its directory: {0}")]
     CreateDir(#[source] std::io::Error),
@@ -300,6 +311,20 @@ fn read(path: &Path, key: &StorageKey, session: &Session) -> Result<Restored> {
             "opened without a LoadedModel, or with adapters",
         ))
     })?;
+    // Nothing larger than this session could have written is read into
+    // memory: a full cache, its tokens, and generous room for messages.
+    let g = Geometry::of(session.cache());
+    let context = session.context() as u64;
+    let limit = (HEADER_LEN + sotto_bridge::SEAL_OVERHEAD + 64) as u64
+        + context * (4 + 512)
+        + (g.n_layer * 2 * g.n_kv_head * g.head_dim * 2) as u64 * context
+        + MESSAGE_ROOM;
+    let size = std::fs::metadata(path)
+        .map_err(|e| fail(SessionFileProblem::Read(e)))?
+        .len();
+    if size > limit {
+        return Err(fail(SessionFileProblem::TooLarge { bytes: size, limit }));
+    }
     let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| fail(SessionFileProblem::Read(e)))?);
     let found = bytes.len() as u64;
     if bytes.len() < DIGEST_AT {

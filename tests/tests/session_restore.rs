@@ -205,6 +205,13 @@ fn damaged_foreign_and_stale_files_are_refused_and_lose_nothing() {
         "{p}"
     );
 
+    // Larger than any session of the context could be: not even read.
+    let mut huge = good.clone();
+    huge.resize(20 << 20, 0);
+    std::fs::write(&bad, &huge).unwrap();
+    let p = problem(model.restore_chat(&bad, &key(), 32));
+    assert!(matches!(p, SessionFileProblem::TooLarge { .. }), "{p}");
+
     // A file from a bare session holds no chat.
     let session_only = dir.join("session.session");
     chat.session().save(&session_only, &key()).unwrap();
