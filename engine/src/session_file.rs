@@ -34,6 +34,7 @@ use crate::chat::Chat;
 use crate::error::{Error, Result};
 use crate::generate::Session;
 use crate::kv_cache::KvCache;
+use crate::model_digest::ModelDigest;
 use crate::open::LoadedModel;
 use half::f16;
 use sha2::{Digest, Sha256};
@@ -306,11 +307,7 @@ struct Restored {
 /// built beside the session's, which is not touched.
 fn read(path: &Path, key: &StorageKey, session: &Session) -> Result<Restored> {
     let fail = |p| problem(path, p);
-    let digest = session.model_digest().ok_or_else(|| {
-        fail(SessionFileProblem::Unbound(
-            "opened without a LoadedModel, or with adapters",
-        ))
-    })?;
+    let digest = bound_digest(path, session)?;
     // Nothing larger than this session could have written is read into
     // memory: a full cache, its tokens, and generous room for messages.
     let g = Geometry::of(session.cache());
@@ -377,10 +374,27 @@ fn read(path: &Path, key: &StorageKey, session: &Session) -> Result<Restored> {
             current: hex_prefix(&ours),
         }));
     }
-    decode(&plain, session).map_err(fail)
+    let cache = session.backend().new_cache(session.context())?;
+    decode(&plain, session, cache).map_err(fail)
 }
 
-fn decode(plain: &[u8], session: &Session) -> Result<Restored, SessionFileProblem> {
+/// The model `session` is bound to; saving and restoring need one.
+fn bound_digest<'s>(path: &Path, session: &'s Session) -> Result<&'s ModelDigest> {
+    session.model_digest().ok_or_else(|| {
+        problem(
+            path,
+            SessionFileProblem::Unbound("opened without a LoadedModel, or with adapters"),
+        )
+    })
+}
+
+/// The plaintext's contents, checked against `session`, its keys and
+/// values written into `cache` (a new cache of the session's backend).
+fn decode(
+    plain: &[u8],
+    session: &Session,
+    mut cache: KvCache,
+) -> Result<Restored, SessionFileProblem> {
     let mut r = Reader { bytes: plain };
     let saved = Geometry {
         n_layer: r.u32("geometry")?,
@@ -417,10 +431,6 @@ fn decode(plain: &[u8], session: &Session) -> Result<Restored, SessionFileProble
             "a token outside the vocabulary",
         ));
     }
-    let mut cache = session
-        .backend()
-        .new_cache(session.context())
-        .map_err(|_| SessionFileProblem::Malformed("the backend refused a cache"))?;
     let (cap, hd) = (cache.capacity(), current.head_dim);
     for l in 0..current.n_layer {
         let layer = cache.layer_mut(l);
@@ -469,14 +479,7 @@ fn decode(plain: &[u8], session: &Session) -> Result<Restored, SessionFileProble
 /// Seals `plain` for `session`'s model and writes it atomically.
 fn write(path: &Path, key: &StorageKey, session: &Session, plain: &[u8]) -> Result<()> {
     let fail = |p| problem(path, p);
-    let digest = session
-        .model_digest()
-        .ok_or_else(|| {
-            fail(SessionFileProblem::Unbound(
-                "opened without a LoadedModel, or with adapters",
-            ))
-        })?
-        .get();
+    let digest = bound_digest(path, session)?.get();
     let sealer = Sealer::for_purpose(key, PURPOSE);
     let sealed_len = (plain.len() + sotto_bridge::SEAL_OVERHEAD) as u64;
     let mut file = header(&digest, &sealer.key_check(), sealed_len);

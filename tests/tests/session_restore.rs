@@ -205,6 +205,14 @@ fn damaged_foreign_and_stale_files_are_refused_and_lose_nothing() {
         "{p}"
     );
 
+    // A session not opened through a LoadedModel is bound to no model
+    // file: it is neither saved nor restored.
+    let mut unbound = sotto_tests::default_session(64);
+    let p = problem(unbound.save(dir.join("unbound.session"), &key()));
+    assert!(matches!(p, SessionFileProblem::Unbound(_)), "{p}");
+    let p = problem(unbound.restore(&path, &key()));
+    assert!(matches!(p, SessionFileProblem::Unbound(_)), "{p}");
+
     // Larger than any session of the context could be: not even read.
     let mut huge = good.clone();
     huge.resize(20 << 20, 0);
