@@ -73,9 +73,9 @@ pub fn open(dir: &Path) -> Result<Folder> {
     if let Some(name) = name {
         meta.str("general.name", name);
     }
-    arch.hparams(&config, &mut meta)?;
+    let computed = arch.hparams(&config, &mut meta)?;
     tokenizer_metadata(dir, &config, &mut meta)?;
-    let (tensors, parts) = tensors(dir, &arch)?;
+    let (tensors, parts) = tensors(dir, &arch, computed)?;
     let gguf = GgufFile::from_parts(dir.to_path_buf(), meta.0, tensors, parts)?;
     Ok(Folder {
         gguf,
@@ -181,14 +181,16 @@ impl Arch {
             "llama" | "mistral" => ("llama", Some(RopeStyle::NeoX)),
             "qwen2" => ("qwen2", None),
             "qwen3" => ("qwen3", None),
+            "granite" => ("granite", Some(RopeStyle::NeoX)),
+            "phi3" => ("phi3", None),
             "gemma2" => ("gemma2", None),
             "gemma3_text" => ("gemma3", None),
             other => {
                 return Err(config_error(
                     "model_type",
                     &format!(
-                        "{other:?} is not supported from a folder (llama, mistral, qwen2, \
-                         qwen3, gemma2, gemma3_text)"
+                        "{other:?} is not supported from a folder (llama, mistral, granite, \
+                         qwen2, qwen3, phi3, gemma2, gemma3_text)"
                     ),
                 ))
             }
@@ -203,7 +205,9 @@ impl Arch {
 
     /// The architecture's hyper-parameters as llama.cpp's converter writes
     /// them.
-    fn hparams(&self, c: &Value, meta: &mut Meta) -> Result<()> {
+    /// Also returns the F32 tensors llama.cpp's converter computes from
+    /// `config.json` (Phi-3's rope factors), as (GGUF name, values).
+    fn hparams(&self, c: &Value, meta: &mut Meta) -> Result<Vec<(String, Vec<f32>)>> {
         let a = self.gguf_name;
         let n_head = req_u32(c, "num_attention_heads")?;
         let d_model = req_u32(c, "hidden_size")?;
@@ -249,12 +253,24 @@ impl Arch {
             {
                 meta.u32(&format!("{a}.attention.sliding_window"), w);
             }
-            ("gemma2" | "gemma3_text", Some(w)) => {
+            ("gemma2" | "gemma3_text" | "phi3", Some(w)) => {
                 meta.u32(&format!("{a}.attention.sliding_window"), w);
             }
             _ => {}
         }
-        rope_scaling(c, a, meta)?;
+        let computed = rope_scaling(c, a, meta)?;
+        if a == "granite" {
+            for (key, gguf_key) in [
+                ("embedding_multiplier", "embedding_scale"),
+                ("residual_multiplier", "residual_scale"),
+                ("attention_multiplier", "attention.scale"),
+                ("logits_scaling", "logit_scale"),
+            ] {
+                if let Some(x) = opt_f32(c, key)? {
+                    meta.f32(&format!("{a}.{gguf_key}"), x);
+                }
+            }
+        }
         if self.norm_plus_one {
             self.gemma_hparams(c, meta)?;
         }
@@ -272,7 +288,7 @@ impl Arch {
                 ));
             }
         }
-        Ok(())
+        Ok(computed)
     }
 
     /// Gemma 2 and 3: soft-caps, which layers slide, the local layers' rope
@@ -327,7 +343,10 @@ impl Arch {
             ("model.norm.weight", "output_norm.weight"),
             ("lm_head.weight", "output.weight"),
         ];
-        const LAYER: [(&str, &str); 15] = [
+        const LAYER: [(&str, &str); 17] = [
+            // Phi-3's fused projections (`ffn_up` holds gate then up).
+            ("self_attn.qkv_proj.weight", "attn_qkv.weight"),
+            ("mlp.gate_up_proj.weight", "ffn_up.weight"),
             ("self_attn.q_proj.weight", "attn_q.weight"),
             ("self_attn.k_proj.weight", "attn_k.weight"),
             ("self_attn.v_proj.weight", "attn_v.weight"),
@@ -367,9 +386,9 @@ impl Arch {
 /// decoder description reads: `linear` and `llama3` (Llama 3.1+; llama.cpp's
 /// converter turns it into a `rope_freqs` tensor instead, of the same
 /// values). Other kinds are refused rather than run unscaled.
-fn rope_scaling(c: &Value, a: &str, meta: &mut Meta) -> Result<()> {
+fn rope_scaling(c: &Value, a: &str, meta: &mut Meta) -> Result<Vec<(String, Vec<f32>)>> {
     let s = match c.get("rope_scaling") {
-        None | Some(Value::Null) => return Ok(()),
+        None | Some(Value::Null) => return Ok(Vec::new()),
         Some(s) => s,
     };
     // `transformers` has called the kind both `type` and `rope_type`.
@@ -405,14 +424,48 @@ fn rope_scaling(c: &Value, a: &str, meta: &mut Meta) -> Result<()> {
                 })?,
             );
         }
+        // Phi-3's: per-pair frequency divisors for short and long contexts,
+        // and a factor on cos and sin that llama.cpp's converter derives
+        // from the context extension when the config does not give it.
+        "longrope" | "su" if a == "phi3" => {
+            let original = opt_u32(s, "original_max_position_embeddings")?
+                .or(opt_u32(c, "original_max_position_embeddings")?)
+                .ok_or_else(|| config_error("original_max_position_embeddings", "missing"))?;
+            let context = req_u32(c, "max_position_embeddings")?;
+            let extension = context as f32 / original as f32;
+            let attn_factor = match opt_f32(s, "attention_factor")? {
+                Some(f) => f,
+                None if extension > 1.0 => (1.0 + extension.ln() / (original as f32).ln()).sqrt(),
+                None => 1.0,
+            };
+            meta.u32(
+                &format!("{a}.rope.scaling.original_context_length"),
+                original,
+            );
+            meta.f32(&format!("{a}.rope.scaling.attn_factor"), attn_factor);
+            let factors = |key: &str| -> Result<Vec<f32>> {
+                s.get(key)
+                    .and_then(Value::as_array)
+                    .and_then(|v| v.iter().map(|x| x.as_f64().map(|x| x as f32)).collect())
+                    .ok_or_else(|| {
+                        config_error(&format!("rope_scaling.{key}"), "not an array of numbers")
+                    })
+            };
+            return Ok(vec![
+                ("rope_factors_long.weight".into(), factors("long_factor")?),
+                ("rope_factors_short.weight".into(), factors("short_factor")?),
+            ]);
+        }
         other => {
             return Err(config_error(
                 "rope_scaling",
-                &format!("{other:?} is not supported from a folder (linear, llama3)"),
+                &format!(
+                    "{other:?} is not supported from a folder (linear, llama3, Phi-3's longrope)"
+                ),
             ))
         }
     }
-    Ok(())
+    Ok(Vec::new())
 }
 
 fn config_error(key: &str, reason: &str) -> Error {
@@ -452,7 +505,11 @@ fn opt_f32(c: &Value, key: &str) -> Result<Option<f32>> {
 /// Tensor-table entries, each with the index of the shard it lives in.
 type ShardTensors = Vec<(TensorInfo, usize)>;
 
-fn tensors(dir: &Path, arch: &Arch) -> Result<(ShardTensors, Vec<Arc<Storage>>)> {
+fn tensors(
+    dir: &Path,
+    arch: &Arch,
+    computed: Vec<(String, Vec<f32>)>,
+) -> Result<(ShardTensors, Vec<Arc<Storage>>)> {
     let index = dir.join("model.safetensors.index.json");
     // With an index, each tensor is read from the shard it names, and every
     // tensor it names must be there.
@@ -550,8 +607,19 @@ fn tensors(dir: &Path, arch: &Arch) -> Result<(ShardTensors, Vec<Arc<Storage>>)>
         }
         parts.push(storage);
     }
+    let mut owned = Computed::default();
     if arch.norm_plus_one {
-        add_one_to_norms(&mut out, &mut parts)?;
+        owned.add_one_to_norms(&mut out, &parts)?;
+    }
+    for (name, values) in computed {
+        if out.iter().any(|(t, _)| t.name == name) {
+            continue; // the checkpoint stores it: the stored one is read
+        }
+        let dims = vec![values.len()];
+        out.push((owned.push(name, dims, &values), parts.len()));
+    }
+    if !owned.buf.is_empty() {
+        parts.push(Arc::new(Storage::Owned(owned.buf)));
     }
     let mut lost: Vec<(&String, &String)> = weight_map
         .iter()
@@ -570,45 +638,64 @@ fn tensors(dir: &Path, arch: &Arch) -> Result<(ShardTensors, Vec<Arc<Storage>>)>
     Ok((out, parts))
 }
 
-/// Gemma's norm weights as the decoder multiplies by them (`1 + weight`),
-/// in F32, in one buffer added as the last part: a few vectors per layer.
-fn add_one_to_norms(tensors: &mut ShardTensors, parts: &mut Vec<Arc<Storage>>) -> Result<()> {
-    let mut buf: Vec<u8> = Vec::new();
-    let owned_part = parts.len();
-    for (info, part) in tensors.iter_mut() {
-        if !info.name.ends_with("norm.weight") {
-            continue;
-        }
-        let bytes = parts[*part]
-            .bytes()
-            .get(info.offset..info.offset + info.n_bytes)
-            .ok_or_else(|| Error::BadTensor {
-                tensor: info.name.clone(),
-                reason: "its data runs past the end of its file".into(),
-            })?;
-        let n: usize = info.dims.iter().product();
-        let mut values = vec![0f32; n];
-        let bad = |e: sotto_kernels::Error| Error::BadTensor {
-            tensor: info.name.clone(),
-            reason: e.to_string(),
-        };
-        let dtype = info.ggml_type.dtype().map_err(bad)?;
-        sotto_kernels::quant::dequantize_row(dtype, bytes, &mut values).map_err(bad)?;
-        let offset = buf.len();
+/// F32 tensors made at open (Gemma's norms plus one, Phi-3's rope factors)
+/// in one buffer, which becomes the folder's last part.
+#[derive(Default)]
+struct Computed {
+    buf: Vec<u8>,
+}
+
+impl Computed {
+    /// Appends `values` as tensor `name` and returns its table entry.
+    fn push(&mut self, name: String, dims: Vec<usize>, values: &[f32]) -> TensorInfo {
+        let offset = self.buf.len();
         for v in values {
-            buf.extend_from_slice(&(v + 1.0).to_le_bytes());
+            self.buf.extend_from_slice(&v.to_le_bytes());
         }
-        *info = TensorInfo {
-            name: std::mem::take(&mut info.name),
-            dims: std::mem::take(&mut info.dims),
+        TensorInfo {
+            name,
+            dims,
             ggml_type: GgmlType::F32,
             offset,
-            n_bytes: n * 4,
-        };
-        *part = owned_part;
+            n_bytes: values.len() * 4,
+        }
     }
-    parts.push(Arc::new(Storage::Owned(buf)));
-    Ok(())
+
+    /// Gemma's norm weights as the decoder multiplies by them (`1 + weight`);
+    /// their entries in `tensors` then point into this buffer, the part
+    /// after `parts`.
+    fn add_one_to_norms(
+        &mut self,
+        tensors: &mut ShardTensors,
+        parts: &[Arc<Storage>],
+    ) -> Result<()> {
+        for (info, part) in tensors.iter_mut() {
+            if !info.name.ends_with("norm.weight") {
+                continue;
+            }
+            let bytes = parts[*part]
+                .bytes()
+                .get(info.offset..info.offset + info.n_bytes)
+                .ok_or_else(|| Error::BadTensor {
+                    tensor: info.name.clone(),
+                    reason: "its data runs past the end of its file".into(),
+                })?;
+            let n: usize = info.dims.iter().product();
+            let mut values = vec![0f32; n];
+            let bad = |e: sotto_kernels::Error| Error::BadTensor {
+                tensor: info.name.clone(),
+                reason: e.to_string(),
+            };
+            let dtype = info.ggml_type.dtype().map_err(bad)?;
+            sotto_kernels::quant::dequantize_row(dtype, bytes, &mut values).map_err(bad)?;
+            values.iter_mut().for_each(|v| *v += 1.0);
+            let name = std::mem::take(&mut info.name);
+            let dims = std::mem::take(&mut info.dims);
+            *info = self.push(name, dims, &values);
+            *part = parts.len();
+        }
+        Ok(())
+    }
 }
 
 /// `tokenizer.json` (and the special tokens of `tokenizer_config.json`,

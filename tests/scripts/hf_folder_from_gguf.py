@@ -1,16 +1,17 @@
 #!/usr/bin/env python3
 """Write a Hugging Face model folder from a GGUF of the Llama, Mistral,
-Qwen 2, Qwen 3, Gemma 2 or Gemma 3 family (issue 13's fixture), with PyPI
-gguf, numpy, safetensors and tokenizers only: no Sotto code, so the folder
-is an independent rendering of the same model.
+Granite, Qwen 2, Qwen 3, Phi-3, Gemma 2 or Gemma 3 family (issue 13's
+fixture), with PyPI gguf, numpy, safetensors and tokenizers only: no Sotto
+code, so the folder is an independent rendering of the same model.
 
     hf_folder_from_gguf.py MODEL.gguf OUT_DIR [--dtype f32|f16] [--shards N]
         [--check-tokens tests/data/llama_cpp/tokenization.json]
         [--rope-scaling JSON]
 
 The folder holds what `transformers` writes for a LlamaForCausalLM
-(MistralForCausalLM when the GGUF has a sliding window, Qwen2ForCausalLM,
-Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM):
+(MistralForCausalLM when the GGUF has a sliding window, GraniteForCausalLM,
+Qwen2ForCausalLM, Qwen3ForCausalLM, Phi3ForCausalLM, Gemma2ForCausalLM,
+Gemma3ForCausalLM):
 - `config.json` (hyper-parameters from the GGUF metadata);
 - the weights dequantized by gguf-py (llama.cpp's own reader) and renamed to
   the Hugging Face layout, with the Q/K rows put back from GGUF's rope
@@ -23,6 +24,8 @@ Qwen3ForCausalLM, Gemma2ForCausalLM, Gemma3ForCausalLM):
   SentencePiece vocabulary (Gemma) becomes what `transformers` converts it
   to: BPE with byte fallback, its merges ordered by the merged piece's score;
 - Gemma's norm weights without the `+1` llama.cpp's converter bakes in;
+- Phi-3's `rope_factors_long`/`_short` tensors as config.json's longrope
+  `long_factor`/`short_factor` lists;
 - Llama 3 rope scaling is a `rope_freqs` tensor in GGUF and a
   `rope_scaling` object in config.json: the tensor's generator parameters
   are not in the GGUF, so the caller passes them (--rope-scaling).
@@ -74,10 +77,18 @@ GEMMA_LAYER_NAMES = dict(
     },
 )
 
+# Phi-3's fused projections.
+PHI3_LAYER_NAMES = dict(
+    LAYER_NAMES,
+    **{"attn_qkv.weight": "self_attn.qkv_proj.weight", "ffn_up.weight": "mlp.gate_up_proj.weight"},
+)
+
 # GGUF architecture -> (transformers class, model_type); llama.cpp's
-# converter permutes Q/K rows for the Llama family only.
+# converter permutes Q/K rows for the Llama family (Granite included) only.
 FAMILIES = {
     "llama": ("LlamaForCausalLM", "llama"),
+    "granite": ("GraniteForCausalLM", "granite"),
+    "phi3": ("Phi3ForCausalLM", "phi3"),
     "qwen2": ("Qwen2ForCausalLM", "qwen2"),
     "qwen3": ("Qwen3ForCausalLM", "qwen3"),
     "gemma2": ("Gemma2ForCausalLM", "gemma2"),
@@ -115,6 +126,7 @@ PRE_TOKENIZERS = {
         ]
     ),
     "gpt2": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+    "refact": lambda: PRE_TOKENIZERS["smollm"](),
     "llama-bpe": regex_split(LLAMA3_SPLIT),
     "qwen2": regex_split(QWEN2_SPLIT),
     "default": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
@@ -136,7 +148,7 @@ def unpermute(w, n_head):
     return w.reshape(n_head, hd // 2, 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
-def tensors(reader, n_head, n_kv_head, dtype, permuted, gemma):
+def tensors(reader, n_head, n_kv_head, dtype, permuted, gemma, phi3):
     out = {}
     for t in reader.tensors:
         # ggml lists dimensions fastest first; numpy wants them slowest first.
@@ -148,7 +160,7 @@ def tensors(reader, n_head, n_kv_head, dtype, permuted, gemma):
         name = t.name
         if gemma and name.endswith("norm.weight"):
             w = w - 1.0  # transformers' Gemma RMSNorm multiplies by 1 + weight
-        layer_names = GEMMA_LAYER_NAMES if gemma else LAYER_NAMES
+        layer_names = GEMMA_LAYER_NAMES if gemma else PHI3_LAYER_NAMES if phi3 else LAYER_NAMES
         if name.startswith("blk."):
             _, layer, rest = name.split(".", 2)
             if rest not in layer_names:
@@ -160,8 +172,8 @@ def tensors(reader, n_head, n_kv_head, dtype, permuted, gemma):
             hf = f"model.layers.{layer}.{layer_names[rest]}"
         elif name in GLOBAL_NAMES:
             hf = GLOBAL_NAMES[name]
-        elif name == "rope_freqs.weight":
-            continue  # Llama 3 rope factors live in config.json as rope_scaling.
+        elif name in ("rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"):
+            continue  # rope factors live in config.json as rope_scaling.
         else:
             sys.exit(f"{name}: no Hugging Face name for it in this fixture")
         out[hf] = np.ascontiguousarray(w.astype(dtype))
@@ -277,7 +289,8 @@ def main():
     d_model = int(g("embedding_length"))
     dtype = np.float32 if args.dtype == "f32" else np.float16
     gemma = arch.startswith("gemma")
-    weights = tensors(reader, n_head, n_kv_head, dtype, permuted=(arch == "llama"), gemma=gemma)
+    weights = tensors(reader, n_head, n_kv_head, dtype, permuted=(arch in ("llama", "granite")),
+                      gemma=gemma, phi3=(arch == "phi3"))
     has_rope_freqs = any(t.name == "rope_freqs.weight" for t in reader.tensors)
     if has_rope_freqs and not args.rope_scaling:
         sys.exit("the GGUF has a rope_freqs tensor: pass its parameters with --rope-scaling")
@@ -309,6 +322,18 @@ def main():
     }
     if model_type == "mistral":
         config["sliding_window"] = int(window)
+    elif arch == "granite":
+        for key, gguf_key in (("embedding_multiplier", "embedding_scale"), ("residual_multiplier", "residual_scale"),
+                              ("attention_multiplier", "attention.scale"), ("logits_scaling", "logit_scale")):
+            config[key] = float(g(gguf_key))
+    elif arch == "phi3":
+        config["sliding_window"] = int(window) if window else None
+        factors = {t.name: [float(x) for x in np.asarray(t.data, dtype=np.float32)] for t in reader.tensors
+                   if t.name.startswith("rope_factors_")}
+        if factors:
+            config["original_max_position_embeddings"] = int(g("rope.scaling.original_context_length"))
+            config["rope_scaling"] = {"type": "longrope", "long_factor": factors["rope_factors_long.weight"],
+                                      "short_factor": factors["rope_factors_short.weight"]}
     elif gemma:
         n_layer = config["num_hidden_layers"]
         del config["hidden_act"]
