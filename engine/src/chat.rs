@@ -100,6 +100,14 @@ impl Chat {
     pub fn session(&self) -> &Session {
         &self.session
     }
+    #[cfg(feature = "bridge")]
+    pub(crate) fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+    /// The chat template it renders through.
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
 
     /// Replaces the history (for example restored from an encrypted store).
     /// The cache keeps whatever prefix still matches.

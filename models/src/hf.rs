@@ -32,7 +32,7 @@ use sotto_kernels::quant::GgmlType;
 
 use crate::error::{Error, Result};
 use crate::gguf::{GgufFile, MetaType, MetaValue, Storage, TensorInfo};
-use crate::spec::RopeStyle;
+use crate::spec::{RopeScaling, RopeSpec, RopeStyle};
 
 /// Within one head of `head_dim` Q or K rows, the Hugging Face row that
 /// llama.cpp's converter stores at GGUF row `row`: it interleaves each
@@ -236,11 +236,7 @@ impl Arch {
             &format!("{a}.rope.freq_base"),
             opt_f32(c, "rope_theta")?.unwrap_or(10_000.0),
         );
-        let head_dim = match opt_u32(c, "head_dim")? {
-            Some(h) => h,
-            None if n_head > 0 => d_model / n_head,
-            None => return Err(config_error("num_attention_heads", "must be positive")),
-        };
+        let head_dim = head_dim(c)?;
         meta.u32(&format!("{a}.attention.key_length"), head_dim);
         meta.u32(&format!("{a}.attention.value_length"), head_dim);
         meta.u32(&format!("{a}.rope.dimension_count"), head_dim);
@@ -382,10 +378,11 @@ impl Arch {
     }
 }
 
-/// `rope_scaling` of `config.json` as the `{arch}.rope.scaling.*` keys the
-/// decoder description reads: `linear` and `llama3` (Llama 3.1+; llama.cpp's
-/// converter turns it into a `rope_freqs` tensor instead, of the same
-/// values). Other kinds are refused rather than run unscaled.
+/// `rope_scaling` of `config.json` as llama.cpp's converter writes it:
+/// `linear` as `{arch}.rope.scaling.*` keys, Llama 3's (`llama3`) and
+/// Phi-3's (`longrope`) as the per-pair frequency divisor tensors it
+/// computes, returned as (GGUF name, values). Other kinds are refused
+/// rather than run unscaled.
 fn rope_scaling(c: &Value, a: &str, meta: &mut Meta) -> Result<Vec<(String, Vec<f32>)>> {
     let s = match c.get("rope_scaling") {
         None | Some(Value::Null) => return Ok(Vec::new()),
@@ -406,23 +403,30 @@ fn rope_scaling(c: &Value, a: &str, meta: &mut Meta) -> Result<Vec<(String, Vec<
             meta.str(&format!("{a}.rope.scaling.type"), "linear");
             meta.f32(&format!("{a}.rope.scaling.factor"), num("factor")?);
         }
+        // As llama.cpp's converter writes it: each rotated pair's
+        // frequency divisor, in a `rope_freqs` tensor (which the decoder
+        // reads as GGUF files give it, and a converted file carries).
         "llama3" => {
-            meta.str(&format!("{a}.rope.scaling.type"), "llama3");
-            meta.f32(&format!("{a}.rope.scaling.factor"), num("factor")?);
-            meta.f32(
-                &format!("{a}.rope.scaling.low_freq_factor"),
-                num("low_freq_factor")?,
-            );
-            meta.f32(
-                &format!("{a}.rope.scaling.high_freq_factor"),
-                num("high_freq_factor")?,
-            );
-            meta.u32(
-                &format!("{a}.rope.scaling.original_context_length"),
-                opt_u32(s, "original_max_position_embeddings")?.ok_or_else(|| {
-                    config_error("rope_scaling.original_max_position_embeddings", "missing")
-                })?,
-            );
+            let original = opt_u32(s, "original_max_position_embeddings")?.ok_or_else(|| {
+                config_error("rope_scaling.original_max_position_embeddings", "missing")
+            })?;
+            let scaled = RopeSpec {
+                scaling: RopeScaling::Llama3 {
+                    factor: num("factor")?,
+                    low_freq_factor: num("low_freq_factor")?,
+                    high_freq_factor: num("high_freq_factor")?,
+                    original_context: original as usize,
+                },
+                ..RopeSpec::plain(opt_f32(c, "rope_theta")?.unwrap_or(10_000.0))
+            };
+            let n_rot = head_dim(c)? as usize;
+            let plain = RopeSpec::plain(scaled.theta).inv_freqs(n_rot);
+            let divisors = plain
+                .iter()
+                .zip(scaled.inv_freqs(n_rot))
+                .map(|(p, s)| (p / s) as f32)
+                .collect();
+            return Ok(vec![("rope_freqs.weight".into(), divisors)]);
         }
         // Phi-3's: per-pair frequency divisors for short and long contexts,
         // and a factor on cos and sin that llama.cpp's converter derives
@@ -466,6 +470,20 @@ fn rope_scaling(c: &Value, a: &str, meta: &mut Meta) -> Result<Vec<(String, Vec<
         }
     }
     Ok(Vec::new())
+}
+
+/// `head_dim`, else `hidden_size / num_attention_heads`.
+fn head_dim(c: &Value) -> Result<u32> {
+    match opt_u32(c, "head_dim")? {
+        Some(h) => Ok(h),
+        None => {
+            let n_head = req_u32(c, "num_attention_heads")?;
+            if n_head == 0 {
+                return Err(config_error("num_attention_heads", "must be positive"));
+            }
+            Ok(req_u32(c, "hidden_size")? / n_head)
+        }
+    }
 }
 
 fn config_error(key: &str, reason: &str) -> Error {
