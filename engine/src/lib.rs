@@ -8,6 +8,8 @@
 //!   streaming text that never splits a UTF-8 character, stop strings,
 //!   cancellation from another thread, typed context overflow.
 //! * [`chat`]: conversations through the model's chat template.
+//! * [`constrain`]: output constrained by a JSON Schema or a Lark grammar
+//!   (token masks from llguidance, `constrain` feature).
 //! * [`open`]: the one entry point: a model file and a [`BackendChoice`]
 //!   (cpu, ort with its EP chain, hybrid, a foreign export, candle) in, a
 //!   [`LoadedModel`] that hands out sessions out.
@@ -27,6 +29,7 @@
 pub mod assistant;
 pub mod backend;
 pub mod chat;
+pub mod constrain;
 pub mod cpu;
 pub mod error;
 pub mod generate;
@@ -50,6 +53,7 @@ pub mod ort;
 pub use assistant::{AssistantConfig, EngineAssistant};
 pub use backend::{Backend, LogitsFor};
 pub use chat::{Chat, Reply};
+pub use constrain::Constraint;
 pub use cpu::CpuBackend;
 pub use error::{Error, Result};
 pub use generate::{CancelToken, GenerateOptions, GenerationStats, Session, StopReason};
