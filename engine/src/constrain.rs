@@ -197,6 +197,9 @@ mod automaton {
     /// counts what masking cost.
     pub(crate) struct ConstrainedSampling {
         matcher: Matcher,
+        /// Time the compilation took (the session's first constraint also
+        /// builds the token trie).
+        pub(crate) compile_time: Duration,
         /// Time spent computing masks and advancing the automaton.
         pub(crate) time: Duration,
         /// Masks computed.
@@ -244,7 +247,8 @@ mod automaton {
             }
             Ok(Self {
                 matcher,
-                time: t0.elapsed(),
+                compile_time: t0.elapsed(),
+                time: Duration::ZERO,
                 masks: 0,
             })
         }
@@ -314,6 +318,7 @@ mod disabled {
     /// Never built: a constraint is refused up front in this build.
     pub(crate) struct ConstrainedSampling {
         never: Infallible,
+        pub(crate) compile_time: Duration,
         pub(crate) time: Duration,
         pub(crate) masks: usize,
     }

@@ -132,10 +132,13 @@ pub struct GenerationStats {
     pub drafted_tokens: usize,
     /// Draft tokens the sampler then picked: decode passes saved.
     pub accepted_tokens: usize,
-    /// Time the constraint automaton took: compiling the constraint,
-    /// computing each token's mask and advancing past the picked token
-    /// (zero without [`GenerateOptions::constraint`]).
+    /// Time the constraint automaton took computing each token's mask and
+    /// advancing past the picked token (zero without
+    /// [`GenerateOptions::constraint`]).
     pub constraint_time: Duration,
+    /// Time compiling the constraint took, before the prefill (a session's
+    /// first constraint also builds the vocabulary's token trie).
+    pub constraint_compile_time: Duration,
     /// Token masks the constraint automaton computed.
     pub constraint_masks: usize,
 }
@@ -355,6 +358,9 @@ impl Session {
             drafted_tokens: spec.drafted,
             accepted_tokens: spec.accepted,
             constraint_time: constraint.as_ref().map_or(Duration::ZERO, |c| c.time),
+            constraint_compile_time: constraint
+                .as_ref()
+                .map_or(Duration::ZERO, |c| c.compile_time),
             constraint_masks: constraint.as_ref().map_or(0, |c| c.masks),
         })
     }
