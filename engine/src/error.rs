@@ -150,6 +150,15 @@ pub enum Error {
     #[error("constrained decoding: {0}")]
     ConstraintFailed(String),
 
+    /// A model's answer holds no tool call the format's parser reads.
+    #[error("tool call ({format}): {reason}")]
+    ToolCallParse {
+        /// `hermes`, `llama3-json` or `mistral`.
+        format: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+
     /// A draft model that cannot draft for this session's model (another
     /// vocabulary).
     #[error("draft model: {0}")]

@@ -10,6 +10,8 @@
 //! * [`chat`]: conversations through the model's chat template.
 //! * [`constrain`]: output constrained by a JSON Schema or a Lark grammar
 //!   (token masks from llguidance, `constrain` feature).
+//! * [`tools`]: tool calling through the chat template, calls generated
+//!   under the tools' grammar and parsed into typed [`ToolCall`]s.
 //! * [`open`]: the one entry point: a model file and a [`BackendChoice`]
 //!   (cpu, ort with its EP chain, hybrid, a foreign export, candle) in, a
 //!   [`LoadedModel`] that hands out sessions out.
@@ -38,6 +40,7 @@ pub mod open;
 pub mod sampler;
 pub mod speculative;
 pub(crate) mod text;
+pub mod tools;
 
 /// candle-transformers' quantized Llama as a reference backend and benchmark
 /// baseline, behind the `candle` feature.
@@ -63,3 +66,4 @@ pub use open::{
     OrtOptions,
 };
 pub use sampler::{Sampler, SamplerConfig};
+pub use tools::{parse_tool_calls, Tool, ToolCall, ToolCallFormat, ToolReply};
