@@ -4,6 +4,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod backends;
+pub mod constrained;
 pub mod llama_cpp;
 pub mod machine;
 pub mod report;
