@@ -48,6 +48,9 @@ pub struct GgufConversion {
     target: DType,
     metadata: Vec<(String, MetaValue)>,
     tensors: Vec<PlannedTensor>,
+    /// A folder source's `tokenizer.json` pipeline, for models loaded
+    /// from the conversion ([`Model::load_quantized`]).
+    hf_pipeline: Option<tokenizers::Tokenizer>,
 }
 
 /// One output tensor: where it comes from and how it is written.
@@ -79,13 +82,56 @@ impl GgufConversion {
     /// Plans writing the model at `source` (a GGUF file or a Hugging Face
     /// folder) with its weight matrices in `target`.
     pub fn plan(source: &Path, target: DType) -> Result<GgufConversion> {
-        let (gguf, rope_style) = if source.is_dir() {
+        if source.is_dir() {
             let folder = crate::hf::open(source)?;
-            (folder.gguf, folder.rope_style)
-        } else {
-            (GgufFile::open(source)?, None)
+            let mut plan =
+                Self::plan_parsed(folder.gguf, folder.rope_style, source.to_path_buf(), target)?;
+            plan.hf_pipeline = Some(folder.tokenizer);
+            return Ok(plan);
+        }
+        Self::plan_parsed(GgufFile::open(source)?, None, source.to_path_buf(), target)
+    }
+
+    /// What a file for llama.cpp needs and a folder's metadata view may
+    /// lack: llama.cpp's name for the pre-tokenizer, and Llama 3 rope
+    /// scaling as the `rope_freqs` tensor llama.cpp reads (not written
+    /// here yet).
+    fn check_llama_cpp_can_run(&self) -> Result<()> {
+        let has = |key: &str| self.metadata.iter().any(|(k, _)| k == key);
+        let value = |key: &str| {
+            self.metadata.iter().find_map(|(k, v)| match v {
+                MetaValue::String(s) if k == key => Some(s.as_str()),
+                _ => None,
+            })
         };
-        Self::plan_parsed(gguf, rope_style, source.to_path_buf(), target)
+        if value("tokenizer.ggml.model") == Some("gpt2") && !has("tokenizer.ggml.pre") {
+            return Err(Error::Convert {
+                tensor: "tokenizer.ggml.pre".into(),
+                reason: "the folder's tokenizer.json splits text in a way llama.cpp has no name \
+                         for, so llama.cpp would tokenize the file differently"
+                    .into(),
+            });
+        }
+        if value("tokenizer.ggml.model") == Some("llama") && !has("tokenizer.ggml.scores") {
+            return Err(Error::Convert {
+                tensor: "tokenizer.ggml.scores".into(),
+                reason: "llama.cpp merges a SentencePiece vocabulary by token scores, which a \
+                         folder's tokenizer.json does not hold"
+                    .into(),
+            });
+        }
+        let scaling_llama3 = self.metadata.iter().any(|(k, v)| {
+            k.ends_with(".rope.scaling.type") && *v == MetaValue::String("llama3".into())
+        });
+        if scaling_llama3 && self.source.tensor("rope_freqs.weight").is_none() {
+            return Err(Error::Convert {
+                tensor: "rope_freqs.weight".into(),
+                reason: "llama.cpp reads Llama 3 rope scaling from this tensor, which a \
+                         conversion from a folder does not write yet"
+                    .into(),
+            });
+        }
+        Ok(())
     }
 
     fn plan_parsed(
@@ -182,6 +228,7 @@ impl GgufConversion {
             target,
             metadata,
             tensors,
+            hf_pipeline: None,
         })
     }
 
@@ -265,6 +312,7 @@ impl GgufConversion {
     /// Writes the file at `path`: into a temporary file beside it, renamed
     /// over `path` once complete, so `path` is never a partial file.
     pub fn write_file(&self, path: &Path) -> Result<()> {
+        self.check_llama_cpp_can_run()?;
         let io = |p: &Path| {
             let p = p.to_path_buf();
             move |source| Error::Io { path: p, source }
@@ -390,8 +438,9 @@ impl Model {
     /// [`GgufConversion::write_file`] writes for that type, so the model
     /// equals the one loaded from that file.
     pub fn load_quantized(path: impl AsRef<Path>, target: DType) -> Result<Model> {
-        let gguf = GgufConversion::plan(path.as_ref(), target)?.to_gguf()?;
-        Model::from_gguf(gguf)
+        let mut plan = GgufConversion::plan(path.as_ref(), target)?;
+        let gguf = plan.to_gguf()?;
+        Model::build(gguf, None, plan.hf_pipeline.take())
     }
 }
 

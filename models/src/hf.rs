@@ -51,6 +51,9 @@ pub struct Folder {
     /// The decoder's rope pairs differ from the GGUF architecture's default
     /// (Llama-family rows are not permuted in a folder).
     pub rope_style: Option<RopeStyle>,
+    /// `tokenizer.json` as the `tokenizers` crate loads it: the encoding
+    /// pipeline ([`crate::Tokenizer::from_hf_pipeline`]).
+    pub tokenizer: tokenizers::Tokenizer,
 }
 
 /// `dir` as a GGUF view; [`crate::Model::load`] builds a model from it, and
@@ -70,18 +73,34 @@ pub fn open(dir: &Path) -> Result<Folder> {
     if let Some(name) = name {
         meta.str("general.name", name);
     }
-    arch.hparams(&config, &mut meta)?;
+    let computed = arch.hparams(&config, &mut meta)?;
     tokenizer_metadata(dir, &config, &mut meta)?;
-    let (tensors, parts) = tensors(dir, &arch)?;
+    let (tensors, parts) = tensors(dir, &arch, computed)?;
     let gguf = GgufFile::from_parts(dir.to_path_buf(), meta.0, tensors, parts)?;
     Ok(Folder {
         gguf,
         rope_style: arch.rope_style,
+        tokenizer: encoding_pipeline(&dir.join("tokenizer.json"))?,
     })
 }
 
 /// A JSON file the folder must have: missing is [`Error::HfFolder`] (the
 /// folder is incomplete), unreadable [`Error::Io`].
+/// `tokenizer.json` loaded by the `tokenizers` crate, with any truncation
+/// or padding it configures turned off (the engine encodes whole prompts).
+fn encoding_pipeline(path: &Path) -> Result<tokenizers::Tokenizer> {
+    let mut t = tokenizers::Tokenizer::from_file(path).map_err(|e| Error::HfFolder {
+        file: path.to_path_buf(),
+        reason: format!("the tokenizers crate cannot load it: {e}"),
+    })?;
+    t.with_padding(None);
+    t.with_truncation(None).map_err(|e| Error::HfFolder {
+        file: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    Ok(t)
+}
+
 fn read_json(path: &Path) -> Result<Value> {
     let text = std::fs::read_to_string(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::NotFound {
@@ -131,7 +150,25 @@ struct Arch {
     model_type: String,
     gguf_name: &'static str,
     rope_style: Option<RopeStyle>,
+    /// Gemma's RMSNorm multiplies by `1 + weight`: a folder stores
+    /// `weight`, GGUF (and the decoder) the sum.
+    norm_plus_one: bool,
 }
+
+/// Gemma's layer norms in `transformers` (four per layer, the second
+/// after attention, not before the FFN as Llama's
+/// `post_attention_layernorm` is).
+const GEMMA_NORMS: [(&str, &str); 6] = [
+    ("input_layernorm.weight", "attn_norm.weight"),
+    (
+        "post_attention_layernorm.weight",
+        "post_attention_norm.weight",
+    ),
+    ("pre_feedforward_layernorm.weight", "ffn_norm.weight"),
+    ("post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
+    ("self_attn.q_norm.weight", "attn_q_norm.weight"),
+    ("self_attn.k_norm.weight", "attn_k_norm.weight"),
+];
 
 impl Arch {
     fn of(config: &Value) -> Result<Arch> {
@@ -144,11 +181,16 @@ impl Arch {
             "llama" | "mistral" => ("llama", Some(RopeStyle::NeoX)),
             "qwen2" => ("qwen2", None),
             "qwen3" => ("qwen3", None),
+            "granite" => ("granite", Some(RopeStyle::NeoX)),
+            "phi3" => ("phi3", None),
+            "gemma2" => ("gemma2", None),
+            "gemma3_text" => ("gemma3", None),
             other => {
                 return Err(config_error(
                     "model_type",
                     &format!(
-                        "{other:?} is not supported from a folder (llama, mistral, qwen2, qwen3)"
+                        "{other:?} is not supported from a folder (llama, mistral, granite, \
+                         qwen2, qwen3, phi3, gemma2, gemma3_text)"
                     ),
                 ))
             }
@@ -157,12 +199,15 @@ impl Arch {
             model_type: model_type.to_string(),
             gguf_name,
             rope_style,
+            norm_plus_one: gguf_name.starts_with("gemma"),
         })
     }
 
     /// The architecture's hyper-parameters as llama.cpp's converter writes
     /// them.
-    fn hparams(&self, c: &Value, meta: &mut Meta) -> Result<()> {
+    /// Also returns the F32 tensors llama.cpp's converter computes from
+    /// `config.json` (Phi-3's rope factors), as (GGUF name, values).
+    fn hparams(&self, c: &Value, meta: &mut Meta) -> Result<Vec<(String, Vec<f32>)>> {
         let a = self.gguf_name;
         let n_head = req_u32(c, "num_attention_heads")?;
         let d_model = req_u32(c, "hidden_size")?;
@@ -200,30 +245,92 @@ impl Arch {
         meta.u32(&format!("{a}.attention.value_length"), head_dim);
         meta.u32(&format!("{a}.rope.dimension_count"), head_dim);
         meta.u32(&format!("{a}.vocab_size"), req_u32(c, "vocab_size")?);
-        if let Some(w) = opt_u32(c, "sliding_window")? {
+        let window = opt_u32(c, "sliding_window")?;
+        match (self.model_type.as_str(), window) {
             // Mistral-style: every layer, unless the config says it is off.
-            if c.get("use_sliding_window").and_then(Value::as_bool) != Some(false)
-                && self.model_type == "mistral"
+            ("mistral", Some(w))
+                if c.get("use_sliding_window").and_then(Value::as_bool) != Some(false) =>
             {
                 meta.u32(&format!("{a}.attention.sliding_window"), w);
             }
+            ("gemma2" | "gemma3_text" | "phi3", Some(w)) => {
+                meta.u32(&format!("{a}.attention.sliding_window"), w);
+            }
+            _ => {}
         }
-        match c.get("rope_scaling") {
-            None | Some(Value::Null) => {}
-            Some(s) => {
-                return Err(config_error(
-                    "rope_scaling",
-                    &format!("{s} is not supported from a folder yet"),
-                ))
+        let computed = rope_scaling(c, a, meta)?;
+        if a == "granite" {
+            for (key, gguf_key) in [
+                ("embedding_multiplier", "embedding_scale"),
+                ("residual_multiplier", "residual_scale"),
+                ("attention_multiplier", "attention.scale"),
+                ("logits_scaling", "logit_scale"),
+            ] {
+                if let Some(x) = opt_f32(c, key)? {
+                    meta.f32(&format!("{a}.{gguf_key}"), x);
+                }
             }
         }
-        if let Some(act) = c.get("hidden_act").and_then(Value::as_str) {
-            if act != "silu" {
+        if self.norm_plus_one {
+            self.gemma_hparams(c, meta)?;
+        }
+        // Gemma names it `hidden_activation` (its `hidden_act` is legacy).
+        let (act_key, want): (&str, &[&str]) = if self.norm_plus_one {
+            ("hidden_activation", &["gelu_pytorch_tanh", "gelu_tanh"])
+        } else {
+            ("hidden_act", &["silu"])
+        };
+        if let Some(act) = c.get(act_key).and_then(Value::as_str) {
+            if !want.contains(&act) {
                 return Err(config_error(
-                    "hidden_act",
-                    &format!("{act:?}: {} uses silu", self.model_type),
+                    act_key,
+                    &format!("{act:?}: {} uses {}", self.model_type, want[0]),
                 ));
             }
+        }
+        Ok(computed)
+    }
+
+    /// Gemma 2 and 3: soft-caps, which layers slide, the local layers' rope
+    /// base, as llama.cpp's converter writes them.
+    fn gemma_hparams(&self, c: &Value, meta: &mut Meta) -> Result<()> {
+        let a = self.gguf_name;
+        for key in ["attn_logit_softcapping", "final_logit_softcapping"] {
+            match (opt_f32(c, key)?, a) {
+                (Some(cap), _) => meta.f32(&format!("{a}.{key}"), cap),
+                // Gemma 2's defaults (50, 30) apply only where the key is
+                // absent; a null turns the cap off.
+                (None, "gemma2") if c.get(key).is_some() => meta.f32(&format!("{a}.{key}"), 0.0),
+                _ => {}
+            }
+        }
+        if a == "gemma3" && opt_f32(c, "attn_logit_softcapping")?.is_some() {
+            return Err(config_error(
+                "attn_logit_softcapping",
+                "Gemma 3 has no attention soft-cap",
+            ));
+        }
+        if let Some(base) = opt_f32(c, "rope_local_base_freq")? {
+            meta.f32(&format!("{a}.rope.freq_base_swa"), base);
+        }
+        if let Some(types) = c.get("layer_types").and_then(Value::as_array) {
+            let flags = types
+                .iter()
+                .map(|t| match t.as_str() {
+                    Some("sliding_attention") => Ok(MetaValue::Bool(true)),
+                    Some("full_attention") => Ok(MetaValue::Bool(false)),
+                    _ => Err(config_error(
+                        "layer_types",
+                        &format!("{t} is not a layer kind"),
+                    )),
+                })
+                .collect::<Result<Vec<_>>>()?;
+            meta.put(
+                &format!("{a}.attention.sliding_window_pattern"),
+                MetaValue::Array(MetaType::Bool, flags),
+            );
+        } else if let Some(period) = opt_u32(c, "sliding_window_pattern")? {
+            meta.u32(&format!("{a}.attention.sliding_window_pattern"), period);
         }
         Ok(())
     }
@@ -236,7 +343,10 @@ impl Arch {
             ("model.norm.weight", "output_norm.weight"),
             ("lm_head.weight", "output.weight"),
         ];
-        const LAYER: [(&str, &str); 15] = [
+        const LAYER: [(&str, &str); 17] = [
+            // Phi-3's fused projections (`ffn_up` holds gate then up).
+            ("self_attn.qkv_proj.weight", "attn_qkv.weight"),
+            ("mlp.gate_up_proj.weight", "ffn_up.weight"),
             ("self_attn.q_proj.weight", "attn_q.weight"),
             ("self_attn.k_proj.weight", "attn_k.weight"),
             ("self_attn.v_proj.weight", "attn_v.weight"),
@@ -259,9 +369,103 @@ impl Arch {
         let rest = hf.strip_prefix("model.layers.")?;
         let (layer, field) = rest.split_once('.')?;
         let layer: usize = layer.parse().ok()?;
-        let (_, g) = LAYER.iter().find(|(h, _)| *h == field)?;
+        let norms: &[(&str, &str)] = if self.norm_plus_one {
+            &GEMMA_NORMS
+        } else {
+            &[]
+        };
+        let (_, g) = norms
+            .iter()
+            .chain(LAYER.iter())
+            .find(|(h, _)| *h == field)?;
         (!g.is_empty()).then(|| format!("blk.{layer}.{g}"))
     }
+}
+
+/// `rope_scaling` of `config.json` as the `{arch}.rope.scaling.*` keys the
+/// decoder description reads: `linear` and `llama3` (Llama 3.1+; llama.cpp's
+/// converter turns it into a `rope_freqs` tensor instead, of the same
+/// values). Other kinds are refused rather than run unscaled.
+fn rope_scaling(c: &Value, a: &str, meta: &mut Meta) -> Result<Vec<(String, Vec<f32>)>> {
+    let s = match c.get("rope_scaling") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(s) => s,
+    };
+    // `transformers` has called the kind both `type` and `rope_type`.
+    let kind = s
+        .get("rope_type")
+        .or_else(|| s.get("type"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| config_error("rope_scaling", &format!("{s} names no rope_type")))?;
+    let num = |key: &str| {
+        opt_f32(s, key)?.ok_or_else(|| config_error(&format!("rope_scaling.{key}"), "missing"))
+    };
+    match kind {
+        "default" => {}
+        "linear" => {
+            meta.str(&format!("{a}.rope.scaling.type"), "linear");
+            meta.f32(&format!("{a}.rope.scaling.factor"), num("factor")?);
+        }
+        "llama3" => {
+            meta.str(&format!("{a}.rope.scaling.type"), "llama3");
+            meta.f32(&format!("{a}.rope.scaling.factor"), num("factor")?);
+            meta.f32(
+                &format!("{a}.rope.scaling.low_freq_factor"),
+                num("low_freq_factor")?,
+            );
+            meta.f32(
+                &format!("{a}.rope.scaling.high_freq_factor"),
+                num("high_freq_factor")?,
+            );
+            meta.u32(
+                &format!("{a}.rope.scaling.original_context_length"),
+                opt_u32(s, "original_max_position_embeddings")?.ok_or_else(|| {
+                    config_error("rope_scaling.original_max_position_embeddings", "missing")
+                })?,
+            );
+        }
+        // Phi-3's: per-pair frequency divisors for short and long contexts,
+        // and a factor on cos and sin that llama.cpp's converter derives
+        // from the context extension when the config does not give it.
+        "longrope" | "su" if a == "phi3" => {
+            let original = opt_u32(s, "original_max_position_embeddings")?
+                .or(opt_u32(c, "original_max_position_embeddings")?)
+                .ok_or_else(|| config_error("original_max_position_embeddings", "missing"))?;
+            let context = req_u32(c, "max_position_embeddings")?;
+            let extension = context as f32 / original as f32;
+            let attn_factor = match opt_f32(s, "attention_factor")? {
+                Some(f) => f,
+                None if extension > 1.0 => (1.0 + extension.ln() / (original as f32).ln()).sqrt(),
+                None => 1.0,
+            };
+            meta.u32(
+                &format!("{a}.rope.scaling.original_context_length"),
+                original,
+            );
+            meta.f32(&format!("{a}.rope.scaling.attn_factor"), attn_factor);
+            let factors = |key: &str| -> Result<Vec<f32>> {
+                s.get(key)
+                    .and_then(Value::as_array)
+                    .and_then(|v| v.iter().map(|x| x.as_f64().map(|x| x as f32)).collect())
+                    .ok_or_else(|| {
+                        config_error(&format!("rope_scaling.{key}"), "not an array of numbers")
+                    })
+            };
+            return Ok(vec![
+                ("rope_factors_long.weight".into(), factors("long_factor")?),
+                ("rope_factors_short.weight".into(), factors("short_factor")?),
+            ]);
+        }
+        other => {
+            return Err(config_error(
+                "rope_scaling",
+                &format!(
+                    "{other:?} is not supported from a folder (linear, llama3, Phi-3's longrope)"
+                ),
+            ))
+        }
+    }
+    Ok(Vec::new())
 }
 
 fn config_error(key: &str, reason: &str) -> Error {
@@ -301,7 +505,11 @@ fn opt_f32(c: &Value, key: &str) -> Result<Option<f32>> {
 /// Tensor-table entries, each with the index of the shard it lives in.
 type ShardTensors = Vec<(TensorInfo, usize)>;
 
-fn tensors(dir: &Path, arch: &Arch) -> Result<(ShardTensors, Vec<Arc<Storage>>)> {
+fn tensors(
+    dir: &Path,
+    arch: &Arch,
+    computed: Vec<(String, Vec<f32>)>,
+) -> Result<(ShardTensors, Vec<Arc<Storage>>)> {
     let index = dir.join("model.safetensors.index.json");
     // With an index, each tensor is read from the shard it names, and every
     // tensor it names must be there.
@@ -399,6 +607,20 @@ fn tensors(dir: &Path, arch: &Arch) -> Result<(ShardTensors, Vec<Arc<Storage>>)>
         }
         parts.push(storage);
     }
+    let mut owned = Computed::default();
+    if arch.norm_plus_one {
+        owned.add_one_to_norms(&mut out, &parts)?;
+    }
+    for (name, values) in computed {
+        if out.iter().any(|(t, _)| t.name == name) {
+            continue; // the checkpoint stores it: the stored one is read
+        }
+        let dims = vec![values.len()];
+        out.push((owned.push(name, dims, &values), parts.len()));
+    }
+    if !owned.buf.is_empty() {
+        parts.push(Arc::new(Storage::Owned(owned.buf)));
+    }
     let mut lost: Vec<(&String, &String)> = weight_map
         .iter()
         .filter(|(name, _)| arch.gguf_tensor_name(name).is_some() && !found.contains(*name))
@@ -414,6 +636,66 @@ fn tensors(dir: &Path, arch: &Arch) -> Result<(ShardTensors, Vec<Arc<Storage>>)>
         });
     }
     Ok((out, parts))
+}
+
+/// F32 tensors made at open (Gemma's norms plus one, Phi-3's rope factors)
+/// in one buffer, which becomes the folder's last part.
+#[derive(Default)]
+struct Computed {
+    buf: Vec<u8>,
+}
+
+impl Computed {
+    /// Appends `values` as tensor `name` and returns its table entry.
+    fn push(&mut self, name: String, dims: Vec<usize>, values: &[f32]) -> TensorInfo {
+        let offset = self.buf.len();
+        for v in values {
+            self.buf.extend_from_slice(&v.to_le_bytes());
+        }
+        TensorInfo {
+            name,
+            dims,
+            ggml_type: GgmlType::F32,
+            offset,
+            n_bytes: values.len() * 4,
+        }
+    }
+
+    /// Gemma's norm weights as the decoder multiplies by them (`1 + weight`);
+    /// their entries in `tensors` then point into this buffer, the part
+    /// after `parts`.
+    fn add_one_to_norms(
+        &mut self,
+        tensors: &mut ShardTensors,
+        parts: &[Arc<Storage>],
+    ) -> Result<()> {
+        for (info, part) in tensors.iter_mut() {
+            if !info.name.ends_with("norm.weight") {
+                continue;
+            }
+            let bytes = parts[*part]
+                .bytes()
+                .get(info.offset..info.offset + info.n_bytes)
+                .ok_or_else(|| Error::BadTensor {
+                    tensor: info.name.clone(),
+                    reason: "its data runs past the end of its file".into(),
+                })?;
+            let n: usize = info.dims.iter().product();
+            let mut values = vec![0f32; n];
+            let bad = |e: sotto_kernels::Error| Error::BadTensor {
+                tensor: info.name.clone(),
+                reason: e.to_string(),
+            };
+            let dtype = info.ggml_type.dtype().map_err(bad)?;
+            sotto_kernels::quant::dequantize_row(dtype, bytes, &mut values).map_err(bad)?;
+            values.iter_mut().for_each(|v| *v += 1.0);
+            let name = std::mem::take(&mut info.name);
+            let dims = std::mem::take(&mut info.dims);
+            *info = self.push(name, dims, &values);
+            *part = parts.len();
+        }
+        Ok(())
+    }
 }
 
 /// `tokenizer.json` (and the special tokens of `tokenizer_config.json`,
@@ -483,11 +765,21 @@ fn tokenizer_metadata(dir: &Path, config: &Value, meta: &mut Meta) -> Result<()>
     }
     let mut token_types = Vec::with_capacity(tokens.len());
     let mut texts = Vec::with_capacity(tokens.len());
+    // SentencePiece-style BPE (Llama 2, Mistral, Gemma): `▁` for spaces and
+    // `<0xNN>` byte tokens, which decode as bytes, not as GPT-2's byte map.
+    let sentencepiece = model.get("byte_fallback").and_then(Value::as_bool) == Some(true);
     for (i, t) in tokens.into_iter().enumerate() {
         match t {
             Some(t) => {
+                let byte = sentencepiece
+                    && t.len() == 6
+                    && t.starts_with("<0x")
+                    && t.ends_with('>')
+                    && u8::from_str_radix(&t[3..5], 16).is_ok();
+                // llama.cpp's token types: 1 normal, 6 byte.
+                let default = if byte { 6 } else { 1 };
                 texts.push(MetaValue::String(t));
-                token_types.push(MetaValue::I32(types.get(&i).copied().unwrap_or(1)));
+                token_types.push(MetaValue::I32(types.get(&i).copied().unwrap_or(default)));
             }
             None => {
                 texts.push(MetaValue::String(format!("[PAD{i}]")));
@@ -520,8 +812,26 @@ fn tokenizer_metadata(dir: &Path, config: &Value, meta: &mut Meta) -> Result<()>
             _ => None,
         })
         .collect();
-    meta.str("tokenizer.ggml.model", "gpt2");
-    meta.str("tokenizer.ggml.pre", pre_tokenizer_name(&tj).map_err(bad)?);
+    if sentencepiece {
+        meta.str("tokenizer.ggml.model", "llama");
+        // Whether a text run gets a leading `▁`, as its normalizer or
+        // pre-tokenizer says (decoding drops that space again).
+        let json = tj.to_string();
+        meta.bool(
+            "tokenizer.ggml.add_space_prefix",
+            json.contains("\"prepend_scheme\":\"always\"")
+                || json.contains("\"prepend_scheme\":\"first\"")
+                || json.contains("\"type\":\"Prepend\""),
+        );
+    } else {
+        meta.str("tokenizer.ggml.model", "gpt2");
+    }
+    // The folder encodes through tokenizer.json itself; llama.cpp's name
+    // for its pre-tokenizer matters only to a GGUF written from it, and is
+    // left out when there is none (`sotto convert` refuses such a folder).
+    if let Some(pre) = pre_tokenizer_name(&tj).filter(|_| !sentencepiece) {
+        meta.str("tokenizer.ggml.pre", pre);
+    }
     meta.put(
         "tokenizer.ggml.tokens",
         MetaValue::Array(MetaType::String, texts),
@@ -625,9 +935,14 @@ fn adds_bos(tj: &Value, tc: &Value) -> bool {
 }
 
 /// llama.cpp's name (`tokenizer.ggml.pre`) for the pre-tokenizer of
-/// `tokenizer.json`, recognized by its structure; an unknown one is an
-/// error rather than a guess, since the split decides every token.
-fn pre_tokenizer_name(tj: &Value) -> std::result::Result<&'static str, String> {
+/// `tokenizer.json`, recognized by its structure (and, for a regex split,
+/// by the regex llama.cpp's converter matches too); `None` for one llama.cpp
+/// has no name for.
+fn pre_tokenizer_name(tj: &Value) -> Option<&'static str> {
+    // The split regexes of Llama 3 and Qwen 2 as their tokenizer.json files
+    // write them (the digit runs differ).
+    const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+    const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
     let pre = tj.get("pre_tokenizer").unwrap_or(&Value::Null);
     let ty = |v: &Value| {
         v.get("type")
@@ -635,11 +950,17 @@ fn pre_tokenizer_name(tj: &Value) -> std::result::Result<&'static str, String> {
             .unwrap_or("")
             .to_string()
     };
-    let byte_level_regex = |v: &Value| {
-        ty(v) == "ByteLevel" && v.get("use_regex").and_then(Value::as_bool).unwrap_or(true)
+    let byte_level = |v: &Value, regex: bool| {
+        ty(v) == "ByteLevel" && v.get("use_regex").and_then(Value::as_bool).unwrap_or(true) == regex
     };
+    fn split_regex(v: &Value) -> Option<&str> {
+        if v.get("type")?.as_str()? != "Split" {
+            return None;
+        }
+        v.get("pattern")?.get("Regex")?.as_str()
+    }
     match ty(pre).as_str() {
-        "ByteLevel" if byte_level_regex(pre) => Ok("gpt2"),
+        "ByteLevel" if byte_level(pre, true) => Some("gpt2"),
         "Sequence" => {
             let steps: Vec<&Value> = pre
                 .get("pretokenizers")
@@ -651,18 +972,19 @@ fn pre_tokenizer_name(tj: &Value) -> std::result::Result<&'static str, String> {
                     if ty(digits) == "Digits"
                         && digits.get("individual_digits").and_then(Value::as_bool)
                             == Some(true)
-                        && byte_level_regex(bl) =>
+                        && byte_level(bl, true) =>
                 {
-                    Ok("smollm")
+                    Some("smollm")
                 }
-                [bl] if byte_level_regex(bl) => Ok("gpt2"),
-                _ => Err(format!(
-                    "pre-tokenizer {pre} is not one Sotto recognizes yet"
-                )),
+                [bl] if byte_level(bl, true) => Some("gpt2"),
+                [split, bl] if byte_level(bl, false) => match split_regex(split)? {
+                    LLAMA3_SPLIT => Some("llama-bpe"),
+                    QWEN2_SPLIT => Some("qwen2"),
+                    _ => None,
+                },
+                _ => None,
             }
         }
-        _ => Err(format!(
-            "pre-tokenizer {pre} is not one Sotto recognizes yet"
-        )),
+        _ => None,
     }
 }

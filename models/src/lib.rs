@@ -70,23 +70,32 @@ impl Model {
         let path = path.as_ref();
         if path.is_dir() {
             let folder = hf::open(path)?;
-            return Self::build(folder.gguf, folder.rope_style);
+            return Self::build(folder.gguf, folder.rope_style, Some(folder.tokenizer));
         }
         Self::from_gguf(GgufFile::open(path)?)
     }
 
     /// Builds a model from an already parsed file.
     pub fn from_gguf(gguf: GgufFile) -> Result<Model> {
-        Self::build(gguf, None)
+        Self::build(gguf, None, None)
     }
 
-    fn build(gguf: GgufFile, rope_style: Option<spec::RopeStyle>) -> Result<Model> {
+    /// The model of `gguf` (a file, or a folder's view with `rope_style`
+    /// and its `tokenizer.json` pipeline).
+    pub(crate) fn build(
+        gguf: GgufFile,
+        rope_style: Option<spec::RopeStyle>,
+        hf_pipeline: Option<tokenizers::Tokenizer>,
+    ) -> Result<Model> {
         let mut spec = arch::decoder_spec(&gguf)?;
         if let Some(style) = rope_style {
             spec.rope_style = style;
         }
         let weights = arch::decoder_weights(&gguf, &spec)?;
-        let tokenizer = Tokenizer::from_gguf(&gguf)?;
+        let tokenizer = match hf_pipeline {
+            Some(p) => Tokenizer::from_hf_pipeline(&gguf, p)?,
+            None => Tokenizer::from_gguf(&gguf)?,
+        };
         if tokenizer.vocab_size() != spec.vocab_size {
             return Err(Error::InvalidHyperParameter {
                 key: format!("{}.vocab_size", spec.arch),

@@ -211,6 +211,21 @@ fn tok_err(e: impl std::fmt::Display) -> Error {
 impl Tokenizer {
     /// Builds the tokenizer described by `gguf`'s `tokenizer.ggml.*` keys.
     pub fn from_gguf(gguf: &GgufFile) -> Result<Tokenizer> {
+        Self::build(gguf, None)
+    }
+
+    /// The tokenizer of a Hugging Face folder: its vocabulary tables and
+    /// special tokens from `gguf` (the folder's view, whose
+    /// `tokenizer.ggml.*` keys were read from the same `tokenizer.json`),
+    /// and its encoding pipeline exactly as `tokenizer.json` defines it
+    /// (normalizer, pre-tokenizer, model, added tokens), loaded by the
+    /// `tokenizers` crate rather than rebuilt from the tables: a folder
+    /// encodes as `transformers` encodes it.
+    pub fn from_hf_pipeline(gguf: &GgufFile, pipeline: tokenizers::Tokenizer) -> Result<Tokenizer> {
+        Self::build(gguf, Some(pipeline))
+    }
+
+    fn build(gguf: &GgufFile, pipeline: Option<tokenizers::Tokenizer>) -> Result<Tokenizer> {
         let model = gguf.require_str("tokenizer.ggml.model")?;
         let kind = match model {
             "gpt2" => VocabKind::ByteLevelBpe,
@@ -336,9 +351,13 @@ impl Tokenizer {
             types[s_end as usize] = TokenType::Normal;
         }
 
-        let (mut base, virtual_chars) = match kind {
-            VocabKind::ByteLevelBpe => (byte_level_bpe(gguf, &tokens, &pre)?, Vec::new()),
-            VocabKind::SentencePiece => sentencepiece_bpe(gguf, &tokens, unk, add_space_prefix)?,
+        let from_file = pipeline.is_some();
+        let (mut base, virtual_chars) = match (pipeline, kind) {
+            (Some(p), _) => (p, Vec::new()),
+            (None, VocabKind::ByteLevelBpe) => (byte_level_bpe(gguf, &tokens, &pre)?, Vec::new()),
+            (None, VocabKind::SentencePiece) => {
+                sentencepiece_bpe(gguf, &tokens, unk, add_space_prefix)?
+            }
         };
         let virtual_bytes = virtual_chars
             .iter()
@@ -348,15 +367,19 @@ impl Tokenizer {
                     .collect()
             })
             .collect();
-        let added: Vec<AddedToken> = tokens
-            .iter()
-            .zip(&types)
-            .filter(|(text, ty)| ty.is_special_text() && !text.is_empty())
-            .map(|(text, ty)| {
-                AddedToken::from(text.clone(), *ty != TokenType::UserDefined).normalized(false)
-            })
-            .collect();
-        base.add_tokens(added).map_err(tok_err)?;
+        // A tokenizer.json lists its own added tokens; llama.cpp's table
+        // view adds the control tokens a GGUF marks.
+        if !from_file {
+            let added: Vec<AddedToken> = tokens
+                .iter()
+                .zip(&types)
+                .filter(|(text, ty)| ty.is_special_text() && !text.is_empty())
+                .map(|(text, ty)| {
+                    AddedToken::from(text.clone(), *ty != TokenType::UserDefined).normalized(false)
+                })
+                .collect();
+            base.add_tokens(added).map_err(tok_err)?;
+        }
         let with_special = base.clone();
         let mut without_special = base;
         without_special.set_encode_special_tokens(true);

@@ -9,7 +9,7 @@
 //! is kept.
 
 use std::ffi::OsStr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 /// How the fixture stores its weights.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +49,31 @@ pub fn fixture_folder(dtype: FolderDtype, shards: usize) -> PathBuf {
             OsStr::new("--check-tokens"),
             tokens.as_os_str(),
         ],
+        "config.json",
+    )
+}
+
+/// The GGUF at `gguf` (a Llama, Mistral-style Llama, Qwen 2, Qwen 3,
+/// Gemma 2 or Gemma 3 model, such as `tiny_arch`'s random-weight files) as
+/// a Hugging Face folder in `dtype` named after `stem`; `rope_scaling` is
+/// config.json's `rope_scaling` (JSON) for a file whose Llama 3 scaling is
+/// a `rope_freqs` tensor, whose parameters the file does not hold.
+pub fn folder_of(
+    gguf: &Path,
+    stem: &str,
+    dtype: FolderDtype,
+    rope_scaling: Option<&str>,
+) -> PathBuf {
+    let mut args = vec![OsStr::new("--dtype"), OsStr::new(dtype.name())];
+    if let Some(s) = rope_scaling {
+        args.extend([OsStr::new("--rope-scaling"), OsStr::new(s)]);
+    }
+    crate::script_fixture_from(
+        gguf,
+        "hf_folder_from_gguf.py",
+        "hf",
+        stem,
+        &args,
         "config.json",
     )
 }

@@ -9,7 +9,7 @@ pub mod parity;
 pub mod tiny_arch;
 pub mod tokenization;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub mod bridge_peer;
 pub mod bridge_user;
@@ -97,16 +97,28 @@ pub fn script_fixture(
     args: &[&std::ffi::OsStr],
     marker: &str,
 ) -> PathBuf {
+    script_fixture_from(&default_model_path(), script, group, stem, args, marker)
+}
+
+/// [`script_fixture`] from the GGUF at `model` (its path and size key the
+/// cached folder too).
+pub fn script_fixture_from(
+    model: &Path,
+    script: &str,
+    group: &str,
+    stem: &str,
+    args: &[&std::ffi::OsStr],
+    marker: &str,
+) -> PathBuf {
     use std::hash::{Hash, Hasher};
-    let model = default_model_path();
     let script = parity::repo_root().join("tests/scripts").join(script);
     let script_text =
         std::fs::read(&script).unwrap_or_else(|e| panic!("reading {}: {e}", script.display()));
-    let model_len = std::fs::metadata(&model)
+    let model_len = std::fs::metadata(model)
         .unwrap_or_else(|e| panic!("{}: {e}", model.display()))
         .len();
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
-    (script_text, model_len, args).hash(&mut hasher);
+    (script_text, model, model_len, args).hash(&mut hasher);
     let parent = parity::cache_dir().join(group);
     let dir = parent.join(format!("{stem}-{:016x}", hasher.finish()));
     if dir.join(marker).exists() {
@@ -121,7 +133,7 @@ pub fn script_fixture(
     let tmp = parent.join(format!(".tmp-{stem}-{}-{call}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
     let mut cmd = std::process::Command::new(parity::llama_python());
-    cmd.arg(&script).arg(&model).arg(&tmp).args(args);
+    cmd.arg(&script).arg(model).arg(&tmp).args(args);
     let status = cmd
         .status()
         .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));

@@ -630,14 +630,14 @@ pub fn greedy_reports(
 ) -> Vec<GreedyReport> {
     let criteria = &summary.criteria;
     let self_swing = reference.self_swing(criteria.tie_margin);
+    // One backend (its packed weights) for every sequence: packing is the
+    // load-time cost, and each sequence only needs a fresh cache.
+    let backend = cpu_backend(model, &[]);
     reference
         .sequences
         .iter()
         .map(|seq| {
-            let backend =
-                CpuBackend::new(model.clone(), 0).unwrap_or_else(|e| panic!("cpu backend: {e}"));
-            let mut s = Session::new(Box::new(backend), Arc::new(model.tokenizer.clone()), 2048)
-                .unwrap_or_else(|e| panic!("session: {e}"));
+            let mut s = session_on(&backend, model);
             let want = seq.continuation_ids.len().min(limit);
             let stats = s
                 .generate(&seq.prompt_ids, &crate::greedy(want), &mut |_| {})
@@ -664,12 +664,31 @@ pub fn sotto_logits_with(
     adapters: &[Arc<LoraAdapter>],
     tokens: &[u32],
 ) -> Vec<f32> {
-    let backend = CpuBackend::new(model.clone(), 0)
+    forward_all_on(&cpu_backend(model, adapters), model, tokens)
+}
+
+/// The CPU backend on `model` with `adapters` (unmerged), all cores.
+fn cpu_backend(model: &Arc<Model>, adapters: &[Arc<LoraAdapter>]) -> CpuBackend {
+    CpuBackend::new(model.clone(), 0)
         .and_then(|b| b.with_adapters(adapters.to_vec()))
-        .unwrap_or_else(|e| panic!("cpu backend: {e}"));
-    let mut s = Session::new(Box::new(backend), Arc::new(model.tokenizer.clone()), 2048)
-        .unwrap_or_else(|e| panic!("session: {e}"));
-    s.forward_all(tokens)
+        .unwrap_or_else(|e| panic!("cpu backend: {e}"))
+}
+
+/// A fresh 2048-token session on a copy of `backend` (sharing its weights).
+fn session_on(backend: &CpuBackend, model: &Model) -> Session {
+    Session::new(
+        Box::new(backend.clone()),
+        Arc::new(model.tokenizer.clone()),
+        2048,
+    )
+    .unwrap_or_else(|e| panic!("session: {e}"))
+}
+
+/// Logits `[tokens, vocab]` along `tokens` in one batched pass on a fresh
+/// session over `backend`.
+fn forward_all_on(backend: &CpuBackend, model: &Model, tokens: &[u32]) -> Vec<f32> {
+    session_on(backend, model)
+        .forward_all(tokens)
         .unwrap_or_else(|e| panic!("forward pass over {} tokens: {e}", tokens.len()))
 }
 
@@ -689,11 +708,12 @@ pub fn compare_model_with(
     reference: &Reference,
     criteria: Criteria,
 ) -> ParitySummary {
+    let backend = cpu_backend(model, adapters);
     let reports = reference
         .sequences
         .iter()
         .map(|seq| {
-            let ours = sotto_logits_with(model, adapters, &seq.tokens());
+            let ours = forward_all_on(&backend, model, &seq.tokens());
             compare_teacher_forced(&seq.name, reference, &seq.logits, &ours, &criteria)
         })
         .collect();

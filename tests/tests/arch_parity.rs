@@ -23,6 +23,14 @@
 //! `gemma3_270m_real_file` does the same on the real Gemma-3-270M Q4_K_M
 //! file (`sotto fetch gemma3-270m`; `$SOTTO_GEMMA3_270M`).
 //!
+//! The `*_folder` tests run the same files as Hugging Face folders
+//! (`tests/scripts/hf_folder_from_gguf.py`: the weights in each family's
+//! `transformers` layout, Q/K rows un-permuted for Llama, the tokenizer as
+//! the family's own tokenizer.json writes it) against the same llama.cpp
+//! references on the GGUF: the folder mapping (config keys, tensor names,
+//! rope pairing, Llama 3 rope scaling, the tokenizer.json pipeline through
+//! the `tokenizers` crate) is judged by llama.cpp, not by our GGUF path.
+//!
 //! Files and references are cached under `~/.cache/sotto/parity/arch`,
 //! keyed by the generator script and its inputs. Run with `--nocapture`
 //! for the tables.
@@ -31,7 +39,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use sotto_kernels::quant::DType;
+use sotto_models::convert::GgufConversion;
 use sotto_models::Model;
+use sotto_tests::hf::{folder_of, FolderDtype};
 use sotto_tests::parity::{compare_model, greedy_reports, Criteria, Reference};
 use sotto_tests::rel_l2;
 use sotto_tests::tiny_arch::{
@@ -51,6 +62,29 @@ fn parity(arch: &str, reference_twin: Option<&str>) {
     let reference = reference(&tiny_file(arch, reference_twin));
     let model = Arc::new(Model::load(&file).unwrap_or_else(|e| panic!("{}: {e}", file.display())));
     against(arch, &model, &reference, started);
+}
+
+/// [`parity`] for `arch` loaded from a Hugging Face folder written from
+/// its tiny GGUF (`rope_scaling`: config.json's, for a `rope_freqs` file).
+fn folder_parity(
+    arch: &str,
+    reference_twin: Option<&str>,
+    rope_scaling: Option<&str>,
+) -> std::path::PathBuf {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let file = tiny_file(arch, None);
+    let reference = reference(&tiny_file(arch, reference_twin));
+    let folder = folder_of(
+        &file,
+        &format!("tiny-{arch}"),
+        FolderDtype::F32,
+        rope_scaling,
+    );
+    let model =
+        Arc::new(Model::load(&folder).unwrap_or_else(|e| panic!("{}: {e}", folder.display())));
+    against(&format!("{arch} folder"), &model, &reference, started);
+    folder
 }
 
 /// Holds `model` to llama.cpp's `reference` on the raw-text prompts: the
@@ -146,6 +180,79 @@ fn llama_mistral_style_sliding_window() {
         f64::from(worst) > 10.0 * noise,
         "the sliding window does not change llama.cpp's logits on these prompts"
     );
+}
+
+#[test]
+fn llama_folder_rope_scaling_llama3() {
+    // The parameters tiny_arch_gguf.py computes the file's rope_freqs from.
+    let folder = folder_parity(
+        "llama",
+        None,
+        Some(
+            r#"{"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}"#,
+        ),
+    );
+    // A GGUF written from it would run unscaled in llama.cpp, which reads
+    // the scaling from a rope_freqs tensor: `sotto convert` refuses it.
+    let out = std::env::temp_dir().join(format!("sotto-llama3-{}.gguf", std::process::id()));
+    let plan = GgufConversion::plan(&folder, DType::F16).unwrap();
+    match plan.write_file(&out) {
+        Err(sotto_models::Error::Convert { tensor, reason }) => {
+            assert_eq!(tensor, "rope_freqs.weight", "{reason}");
+        }
+        other => panic!("converting a Llama 3 scaled folder: {other:?}"),
+    }
+    assert!(!out.exists(), "a refused conversion writes no file");
+}
+
+#[test]
+fn mistral_folder_sliding_window() {
+    folder_parity("llama-swa", Some("granite_swa"), None);
+}
+
+#[test]
+fn qwen2_folder() {
+    folder_parity("qwen2", None, None);
+}
+
+#[test]
+fn qwen3_folder() {
+    folder_parity("qwen3", None, None);
+}
+
+#[test]
+fn granite_folder() {
+    folder_parity("granite", None, None);
+}
+
+#[test]
+fn phi3_folder_longrope() {
+    folder_parity("phi3", None, None);
+}
+
+#[test]
+fn gemma2_folder() {
+    folder_parity("gemma2", None, None);
+}
+
+#[test]
+fn gemma3_folder() {
+    folder_parity("gemma3", None, None);
+}
+
+/// The real Gemma-3-270M as a folder: its SentencePiece vocabulary as the
+/// BPE tokenizer.json `transformers` writes, its norms without the `+1`.
+#[test]
+fn gemma3_270m_real_folder() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let started = Instant::now();
+    let reference = gemma3_270m_reference();
+    // F16: half the F32 folder's 1.1 GB, within the comparison's budget.
+    let folder = folder_of(&gemma3_270m_path(), "gemma3-270m", FolderDtype::F16, None);
+    let model =
+        Arc::new(Model::load(&folder).unwrap_or_else(|e| panic!("{}: {e}", folder.display())));
+    against("gemma3-270m folder", &model, &reference, started);
 }
 
 #[test]
