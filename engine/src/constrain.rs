@@ -85,6 +85,17 @@ impl Constraint {
     }
 }
 
+/// llguidance's JSON options for compact output (`", "` and `": "`, no
+/// other whitespace): a small model may otherwise pad JSON with whitespace
+/// without end, and a bounded schema then gives a bounded answer.
+pub(crate) fn compact_json_options() -> Value {
+    serde_json::json!({
+        "whitespace_flexible": false,
+        "item_separator": ", ",
+        "key_separator": ": ",
+    })
+}
+
 #[cfg(feature = "constrain")]
 pub(crate) use automaton::{ConstrainedSampling, GrammarCompiler};
 
@@ -220,13 +231,8 @@ mod automaton {
                 Constraint::JsonSchema(schema) => {
                     let mut schema = schema.clone();
                     if let Some(obj) = schema.as_object_mut() {
-                        obj.entry("x-guidance").or_insert_with(|| {
-                            serde_json::json!({
-                                "whitespace_flexible": false,
-                                "item_separator": ", ",
-                                "key_separator": ": ",
-                            })
-                        });
+                        obj.entry("x-guidance")
+                            .or_insert_with(super::compact_json_options);
                     }
                     TopLevelGrammar::from_json_schema(schema)
                 }

@@ -117,13 +117,8 @@ impl ToolCallFormat {
                 "additionalProperties": false,
             }));
         }
-        // Compact JSON, as in `Constraint::JsonSchema`: the call's length is
-        // bounded by its schema, not by how much whitespace a model likes.
-        let compact = json!({
-            "whitespace_flexible": false,
-            "item_separator": ", ",
-            "key_separator": ": ",
-        });
+        // Compact JSON, as for `Constraint::JsonSchema`.
+        let compact = crate::constrain::compact_json_options();
         let schema = match self {
             ToolCallFormat::Mistral => json!({
                 "type": "array",

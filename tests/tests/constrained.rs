@@ -11,41 +11,16 @@
 
 use serde_json::{json, Value};
 use sotto_engine::speculative::PromptLookup;
-use sotto_engine::{Constraint, Error, GenerateOptions, SamplerConfig, Session, StopReason};
+use sotto_engine::{Constraint, Error, GenerateOptions, Session, StopReason};
 use sotto_models::ChatMessage;
 use sotto_tests::{default_model, default_session};
 
 /// Nested object, enum, arrays with min/max items, integer and number
-/// ranges, a pattern, required and optional fields.
+/// ranges, a pattern, required and optional fields
+/// (tests/data/constrained/person.schema.json, which `sotto bench
+/// --json-schema` also takes).
 fn person_schema() -> Value {
-    json!({
-        "type": "object",
-        "properties": {
-            "name": {"type": "string", "minLength": 1, "maxLength": 12},
-            "age": {"type": "integer", "minimum": 18, "maximum": 99},
-            "role": {"enum": ["admin", "editor", "viewer"]},
-            "score": {"type": "number", "minimum": 0, "maximum": 10},
-            "tags": {
-                "type": "array",
-                "items": {"type": "string", "maxLength": 8},
-                "minItems": 1,
-                "maxItems": 3
-            },
-            "address": {
-                "type": "object",
-                "properties": {
-                    "city": {"type": "string", "minLength": 1, "maxLength": 12},
-                    "zip": {"type": "string", "pattern": "^[0-9]{5}$"},
-                    "floor": {"type": "integer", "minimum": -2, "maximum": 40}
-                },
-                "required": ["city", "zip"],
-                "additionalProperties": false
-            },
-            "active": {"type": "boolean"}
-        },
-        "required": ["name", "age", "role", "tags", "address"],
-        "additionalProperties": false
-    })
+    sotto_tests::read_json("constrained/person.schema.json")
 }
 
 fn chat_prompt(user: &str) -> Vec<u32> {
@@ -65,17 +40,8 @@ fn chat_prompt(user: &str) -> Vec<u32> {
 
 fn sampled(seed: u64, max_tokens: usize, constraint: Constraint) -> GenerateOptions {
     GenerateOptions {
-        sampler: SamplerConfig {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-            seed,
-            ..SamplerConfig::default()
-        },
-        max_tokens,
         constraint: Some(constraint),
-        ..GenerateOptions::default()
+        ..sotto_tests::sampled(seed, max_tokens)
     }
 }
 

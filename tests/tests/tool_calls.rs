@@ -11,9 +11,7 @@
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 use serde_json::{json, Value};
-use sotto_engine::{
-    Chat, CpuBackend, GenerateOptions, SamplerConfig, Session, StopReason, Tool, ToolCallFormat,
-};
+use sotto_engine::{Chat, CpuBackend, GenerateOptions, Session, StopReason, Tool, ToolCallFormat};
 use sotto_models::chat::ChatTemplate;
 use sotto_tests::tiny_arch::tiny_file;
 use sotto_tests::{default_model, default_session};
@@ -246,18 +244,7 @@ fn random_weights_call_tools_in_three_template_formats() {
         for seed in 0..3 {
             let mut chat = Chat::new(tiny_qwen2_session(), template.clone(), None);
             chat.set_tools(vec![weather_tool(), alarm_tool()]);
-            let opts = GenerateOptions {
-                sampler: SamplerConfig {
-                    temperature: 1.0,
-                    top_k: 0,
-                    top_p: 1.0,
-                    min_p: 0.0,
-                    seed,
-                    ..SamplerConfig::default()
-                },
-                max_tokens: 96,
-                ..GenerateOptions::default()
-            };
+            let opts = sotto_tests::sampled(seed, 96);
             let text = round_trip(
                 &mut chat,
                 &opts,

@@ -50,14 +50,7 @@ pub fn run(
         let messages = [ChatMessage::user(
             "Answer with one JSON object that fits the requested format.",
         )];
-        let text = model
-            .template
-            .render(&messages, true)
-            .map_err(|e| e.to_string())?;
-        let prompt = model
-            .tokenizer
-            .encode(&text, true)
-            .map_err(|e| e.to_string())?;
+        let prompt = super::chat_prompt(model, &messages)?;
         let mut session = loaded
             .session(prompt.len() + max_tokens + 1)
             .map_err(|e| e.to_string())?;
