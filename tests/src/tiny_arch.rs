@@ -143,6 +143,24 @@ pub fn tiny_file_with(arch: &str, twin: Option<&str>, wtype: Option<&str>) -> Pa
     out
 }
 
+/// The tiny GGUF of `arch` as an F32 Hugging Face folder
+/// ([`crate::hf::folder_of`]). The `llama` file's Llama 3 rope scaling is
+/// a `rope_freqs` tensor; its folder gets the parameters
+/// `tiny_arch_gguf.py` computes that tensor from as config.json's
+/// `rope_scaling`.
+pub fn tiny_folder(arch: &str) -> PathBuf {
+    let rope_scaling = (arch == "llama").then_some(
+        r#"{"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}"#,
+    );
+    crate::hf::folder_of(
+        &tiny_file(arch, None),
+        &format!("tiny-{arch}"),
+        crate::hf::FolderDtype::F32,
+        rope_scaling,
+    )
+}
+
 /// llama.cpp's references for `file` within [`BUDGET`], cached beside it.
 pub fn reference(file: &Path) -> Reference {
     let stem = file

@@ -21,9 +21,9 @@ use sotto_engine::onnx::{export_model, ExportOptions, WeightFormat};
 use sotto_engine::ort::{OrtConfig, OrtDecoder};
 use sotto_engine::{Backend, CpuBackend, LogitsFor};
 use sotto_models::Model;
-use sotto_tests::parity::cache_dir;
+use sotto_tests::parity::{cache_dir, Reference};
 use sotto_tests::rel_l2;
-use sotto_tests::tiny_arch::{reference, tiny_file};
+use sotto_tests::tiny_arch::{reference, tiny_file, tiny_folder};
 
 /// Graph shapes: a prefill chunk shorter than the prompts (so prefill runs
 /// in several chunks) and a context past Phi-3's original one (so its long
@@ -56,17 +56,24 @@ fn export_matches_cpu(arch: &str, reference_twin: Option<&str>) {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let file = tiny_file(arch, None);
     let refs = reference(&tiny_file(arch, reference_twin));
+    let model = Arc::new(Model::load(&file).unwrap());
+    exported_graphs_match_cpu(arch, &model, &refs);
+}
+
+/// Exports `model`, runs the graphs on ONNX Runtime's CPU EP and holds them
+/// to the CPU backend along the first prompts of `refs` (whose llama.cpp
+/// self-difference is the budget).
+fn exported_graphs_match_cpu(arch: &str, model: &Arc<Model>, refs: &Reference) {
     let budget = refs
         .sequences
         .iter()
         .map(|s| s.logits.self_rel_l2())
         .fold(0.0, f64::max) as f32;
-    let model = Arc::new(Model::load(&file).unwrap());
     let dir = cache_dir().join("arch-export").join(arch);
     let _ = std::fs::remove_dir_all(&dir);
     let t = std::time::Instant::now();
     export_model(
-        &model,
+        model,
         &dir,
         ExportOptions {
             chunk: CHUNK,
@@ -114,6 +121,17 @@ fn export_matches_cpu(arch: &str, reference_twin: Option<&str>) {
         );
     }
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `sotto export` of a Hugging Face folder: Llama's unpermuted Q/K rows
+/// (NeoX pairs) and Llama 3 rope scaling from config.json.
+#[test]
+fn llama_hugging_face_folder() {
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let refs = reference(&tiny_file("llama", None));
+    let folder = tiny_folder("llama");
+    let model = Arc::new(Model::load(&folder).unwrap());
+    exported_graphs_match_cpu("llama-folder", &model, &refs);
 }
 
 #[test]

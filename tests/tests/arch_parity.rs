@@ -46,7 +46,7 @@ use sotto_tests::hf::{folder_of, FolderDtype};
 use sotto_tests::parity::{compare_model, greedy_reports, Criteria, Reference};
 use sotto_tests::rel_l2;
 use sotto_tests::tiny_arch::{
-    gemma3_270m_path, gemma3_270m_reference, prompts, reference, tiny_file, BUDGET,
+    gemma3_270m_path, gemma3_270m_reference, prompts, reference, tiny_file, tiny_folder, BUDGET,
 };
 
 /// One architecture at a time: the references of a 262k-token vocabulary
@@ -65,22 +65,12 @@ fn parity(arch: &str, reference_twin: Option<&str>) {
 }
 
 /// [`parity`] for `arch` loaded from a Hugging Face folder written from
-/// its tiny GGUF (`rope_scaling`: config.json's, for a `rope_freqs` file).
-fn folder_parity(
-    arch: &str,
-    reference_twin: Option<&str>,
-    rope_scaling: Option<&str>,
-) -> std::path::PathBuf {
+/// its tiny GGUF.
+fn folder_parity(arch: &str, reference_twin: Option<&str>) -> std::path::PathBuf {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let started = Instant::now();
-    let file = tiny_file(arch, None);
     let reference = reference(&tiny_file(arch, reference_twin));
-    let folder = folder_of(
-        &file,
-        &format!("tiny-{arch}"),
-        FolderDtype::F32,
-        rope_scaling,
-    );
+    let folder = tiny_folder(arch);
     let model =
         Arc::new(Model::load(&folder).unwrap_or_else(|e| panic!("{}: {e}", folder.display())));
     against(&format!("{arch} folder"), &model, &reference, started);
@@ -184,15 +174,7 @@ fn llama_mistral_style_sliding_window() {
 
 #[test]
 fn llama_folder_rope_scaling_llama3() {
-    // The parameters tiny_arch_gguf.py computes the file's rope_freqs from.
-    let folder = folder_parity(
-        "llama",
-        None,
-        Some(
-            r#"{"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}"#,
-        ),
-    );
+    let folder = folder_parity("llama", None);
     // A GGUF written from it would run unscaled in llama.cpp, which reads
     // the scaling from a rope_freqs tensor: `sotto convert` refuses it.
     let out = std::env::temp_dir().join(format!("sotto-llama3-{}.gguf", std::process::id()));
@@ -208,37 +190,37 @@ fn llama_folder_rope_scaling_llama3() {
 
 #[test]
 fn mistral_folder_sliding_window() {
-    folder_parity("llama-swa", Some("granite_swa"), None);
+    folder_parity("llama-swa", Some("granite_swa"));
 }
 
 #[test]
 fn qwen2_folder() {
-    folder_parity("qwen2", None, None);
+    folder_parity("qwen2", None);
 }
 
 #[test]
 fn qwen3_folder() {
-    folder_parity("qwen3", None, None);
+    folder_parity("qwen3", None);
 }
 
 #[test]
 fn granite_folder() {
-    folder_parity("granite", None, None);
+    folder_parity("granite", None);
 }
 
 #[test]
 fn phi3_folder_longrope() {
-    folder_parity("phi3", None, None);
+    folder_parity("phi3", None);
 }
 
 #[test]
 fn gemma2_folder() {
-    folder_parity("gemma2", None, None);
+    folder_parity("gemma2", None);
 }
 
 #[test]
 fn gemma3_folder() {
-    folder_parity("gemma3", None, None);
+    folder_parity("gemma3", None);
 }
 
 /// The real Gemma-3-270M as a folder: its SentencePiece vocabulary as the
