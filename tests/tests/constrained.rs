@@ -139,6 +139,16 @@ fn is_settings_line(text: &str) -> bool {
     })
 }
 
+/// Whether some continuation makes `text` a settings line: every way a cut
+/// line can end (inside a key, after `=`, inside `yes`/`no`/a number,
+/// after `,` or `, `, after a value) has one of these completions.
+fn is_settings_prefix(text: &str) -> bool {
+    const COMPLETIONS: [&str; 8] = [".", "=0.", "0.", "es.", "s.", "o.", " a=0.", "a=0."];
+    COMPLETIONS
+        .iter()
+        .any(|c| is_settings_line(&format!("{text}{c}")))
+}
+
 #[test]
 fn lark_grammar_outputs_pass_an_independent_check() {
     let constraint = Constraint::grammar_text(SETTINGS_GRAMMAR).unwrap();
@@ -158,19 +168,15 @@ fn lark_grammar_outputs_pass_an_independent_check() {
             }
             // Cut by the token bound: still a prefix of a valid line.
             StopReason::MaxTokens => {
-                assert!(
-                    is_settings_line(&format!("{}=0.", text.trim_end_matches('='))) || {
-                        let cut = text.rsplit_once(", ").map_or("", |(head, _)| head);
-                        cut.is_empty() || is_settings_line(&format!("{cut}."))
-                    },
-                    "seed {seed}: {text:?}"
-                );
+                assert!(is_settings_prefix(&text), "seed {seed}: {text:?}");
             }
             other => panic!("seed {seed}: unexpected stop {other:?}"),
         }
     }
     assert!(complete >= 10, "only {complete}/20 lines completed");
     assert!(!is_settings_line("Key=yes."), "the hand check rejects");
+    assert!(is_settings_prefix("wifi=ye") && is_settings_prefix("a=1, b"));
+    assert!(!is_settings_prefix("wifi=yess") && !is_settings_prefix("toolongkey"));
 }
 
 #[test]
