@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::generate::GenerateOptions;
 use serde_json::{json, Value};
 use sotto_models::chat::{ChatMessage, ChatTemplate};
+use sotto_models::tokenizer::Tokenizer;
 
 /// A function the model may call.
 #[derive(Clone, Debug, PartialEq)]
@@ -84,8 +85,10 @@ impl ToolCallFormat {
     /// A Lark grammar that accepts exactly one call of one of `tools` in
     /// this format, its arguments valid under the tool's schema;
     /// [`Error::InvalidConstraint`] without tools or with a schema that is
-    /// not a JSON object.
-    pub fn grammar(self, tools: &[Tool]) -> Result<Constraint> {
+    /// not a JSON object. A marker (`<tool_call>`, `[TOOL_CALLS]`) that
+    /// `tokenizer` has as one control token is written as that token (the
+    /// automaton never matches control tokens to text).
+    pub fn grammar(self, tools: &[Tool], tokenizer: Option<&Tokenizer>) -> Result<Constraint> {
         if tools.is_empty() {
             return Err(Error::InvalidConstraint {
                 kind: "tools",
@@ -132,12 +135,18 @@ impl ToolCallFormat {
             }
         };
         let body = format!("%json {schema}");
+        let marker = |text: &str| marker_rule(text, tokenizer);
         let lark = match self {
-            ToolCallFormat::Hermes => {
-                format!("start: \"<tool_call>\\n\" call \"\\n</tool_call>\"\ncall: {body}\n")
-            }
+            ToolCallFormat::Hermes => format!(
+                "start: {} \"\\n\" call \"\\n\" {}\ncall: {body}\n",
+                marker("<tool_call>"),
+                marker("</tool_call>")
+            ),
             ToolCallFormat::Llama3Json => format!("start: {body}\n"),
-            ToolCallFormat::Mistral => format!("start: \"[TOOL_CALLS] \" calls\ncalls: {body}\n"),
+            ToolCallFormat::Mistral => format!(
+                "start: {} \" \" calls\ncalls: {body}\n",
+                marker("[TOOL_CALLS]")
+            ),
         };
         Ok(Constraint::Lark(lark))
     }
@@ -202,6 +211,15 @@ impl ToolCallFormat {
             ToolCallFormat::Llama3Json => "llama3-json",
             ToolCallFormat::Mistral => "mistral",
         }
+    }
+}
+
+/// `marker` in a Lark rule: `<[id]>` when `tokenizer` has it as one
+/// control token, else the quoted text.
+fn marker_rule(marker: &str, tokenizer: Option<&Tokenizer>) -> String {
+    match tokenizer.and_then(|t| t.token_id(marker).filter(|&id| t.is_control(id))) {
+        Some(id) => format!("<[{id}]>"),
+        None => format!("\"{marker}\""),
     }
 }
 
@@ -322,7 +340,7 @@ impl Chat {
     ) -> Result<ToolReply> {
         let format = ToolCallFormat::for_template(self.template());
         let constrained = GenerateOptions {
-            constraint: Some(format.grammar(self.tools())?),
+            constraint: Some(format.grammar(self.tools(), Some(self.session().tokenizer()))?),
             ..opts.clone()
         };
         let before = self.messages().to_vec();
@@ -353,6 +371,7 @@ impl Chat {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn the_three_formats_parse_into_typed_calls() {
@@ -397,16 +416,59 @@ mod tests {
 
     #[test]
     fn grammars_refuse_missing_tools_and_bad_schemas() {
-        assert!(ToolCallFormat::Hermes.grammar(&[]).is_err());
+        assert!(ToolCallFormat::Hermes.grammar(&[], None).is_err());
         let bad = Tool {
             name: "f".into(),
             description: String::new(),
             parameters: json!(true),
         };
         assert!(matches!(
-            ToolCallFormat::Hermes.grammar(&[bad]),
+            ToolCallFormat::Hermes.grammar(&[bad], None),
             Err(Error::InvalidConstraint { .. })
         ));
+    }
+
+    fn tiny_tokenizer() -> Arc<Tokenizer> {
+        use sotto_models::testutil::{tiny_model, TinyDims};
+        let bytes = tiny_model("llama", TinyDims::default()).to_bytes();
+        let gguf = sotto_models::GgufFile::from_bytes(bytes).unwrap();
+        Arc::new(sotto_models::Model::from_gguf(gguf).unwrap().tokenizer)
+    }
+
+    #[test]
+    fn markers_that_are_control_tokens_are_written_as_tokens() {
+        let tok = tiny_tokenizer();
+        let end = tok.token_id("<|im_end|>").unwrap();
+        assert!(tok.is_control(end));
+        assert_eq!(marker_rule("<|im_end|>", Some(&tok)), format!("<[{end}]>"));
+        assert_eq!(marker_rule("[TOOL_CALLS]", Some(&tok)), "\"[TOOL_CALLS]\"");
+        assert_eq!(marker_rule("<|im_end|>", None), "\"<|im_end|>\"");
+    }
+
+    /// The automaton takes `<[id]>` for the control token: after the text
+    /// before it, that token is the only one allowed.
+    #[cfg(feature = "constrain")]
+    #[test]
+    fn the_automaton_allows_a_control_token_marker_and_only_it() {
+        use crate::constrain::{ConstrainedSampling, GrammarCompiler};
+        let tok = tiny_tokenizer();
+        let end = tok.token_id("<|im_end|>").unwrap();
+        let he = tok.token_id("he").unwrap();
+        let grammar = format!("start: \"he\" {}\n", marker_rule("<|im_end|>", Some(&tok)));
+        let compiler = GrammarCompiler::default();
+        let mut c = ConstrainedSampling::new(&Constraint::Lark(grammar), &tok, &compiler).unwrap();
+        let mut logits = vec![0.0f32; tok.vocab_size()];
+        c.mask(&mut logits).unwrap();
+        assert!(logits[he as usize].is_finite() && logits[end as usize] == f32::NEG_INFINITY);
+        c.advance(he).unwrap();
+        let mut logits = vec![0.0f32; tok.vocab_size()];
+        c.mask(&mut logits).unwrap();
+        let allowed: Vec<usize> = (0..logits.len())
+            .filter(|&i| logits[i].is_finite())
+            .collect();
+        assert_eq!(allowed, vec![end as usize]);
+        c.advance(end).unwrap();
+        assert!(c.is_complete());
     }
 
     #[test]
