@@ -64,7 +64,7 @@ pub use message::{
 pub use pipeline::{Assistant, Bridge, Envelope};
 pub use prekeys::{PreKeyBundle, PreKeyRecord, SignedPreKeyRecord};
 pub use records::StepHook;
-pub use sealed::StorageKey;
+pub use sealed::{write_file_atomically, Sealer, StorageKey, KEY_CHECK_LEN, SEAL_OVERHEAD};
 pub use session::{message_decrypt, message_encrypt, process_prekey_bundle};
 pub use state::{
     SessionRecord, SessionState, ARCHIVED_STATES_MAX, MAX_CHAIN_STEPS_PER_MESSAGE,

@@ -28,6 +28,13 @@ pub trait Assistant: Send {
         conversation: &ConversationId,
         history: &[Turn],
     ) -> Result<String, AssistantError>;
+
+    /// Saves what the assistant keeps in memory (warm conversations'
+    /// caches) so a restart resumes it; called before shutting down.
+    /// Nothing to do by default.
+    fn persist(&mut self) -> Result<(), AssistantError> {
+        Ok(())
+    }
 }
 
 /// An encrypted message as the transport carries it.

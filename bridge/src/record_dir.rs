@@ -53,7 +53,8 @@ use zeroize::Zeroizing;
 use crate::error::{Error, Result};
 use crate::records::{RecordChange, RecordKey, RecordKind, StepHook};
 use crate::sealed::{
-    io_error, replace_file, sync_dir, write_new_file, Sealer, StorageKey, SEAL_OVERHEAD, TAG_LEN,
+    io_error, sync_dir, write_file_atomically, write_new_file, Sealer, StorageKey, SEAL_OVERHEAD,
+    TAG_LEN,
 };
 
 const LOG_FILE: &str = "log";
@@ -240,7 +241,7 @@ impl RecordDir {
                 OsRng.fill_bytes(&mut store_id);
                 let header = log_header(&store_id);
                 let log = checkpoint_log(&sealer, &header, 0, &HashMap::new())?;
-                replace_file(&log_path, &log)?;
+                write_file_atomically(&log_path, &log)?;
                 true
             }
             Err(e) => return Err(io_error(&log_path, e)),
@@ -555,7 +556,7 @@ impl RecordDir {
             self.last_seq,
             &self.generations,
         )?;
-        replace_file(&log_path, &bytes)?;
+        write_file_atomically(&log_path, &bytes)?;
         self.log = fs::OpenOptions::new()
             .read(true)
             .append(true)

@@ -7,6 +7,11 @@
 //! `info` strings): one for the AEAD, one for the HMAC that turns a
 //! record's kind and name into its file tag. The caller supplies the
 //! associated data: it is what binds a sealed blob to its place.
+//!
+//! The same mechanism seals what the application keeps outside the state
+//! directory (the engine's saved sessions): [`Sealer::for_purpose`] derives
+//! keys of their own for each purpose, with a key check that tells a wrong
+//! key from a damaged blob, and [`write_file_atomically`] writes the file.
 
 use std::fs;
 use std::io::Write;
@@ -25,7 +30,9 @@ use crate::error::{Error, Result};
 pub(crate) const NONCE_LEN: usize = 24;
 pub(crate) const TAG_LEN: usize = 16;
 /// What sealing adds to a plaintext: the nonce and the Poly1305 tag.
-pub(crate) const SEAL_OVERHEAD: usize = NONCE_LEN + 16;
+pub const SEAL_OVERHEAD: usize = NONCE_LEN + 16;
+/// Bytes of [`Sealer::key_check`].
+pub const KEY_CHECK_LEN: usize = 16;
 
 /// The 32-byte key the application provides for data at rest.
 #[derive(Clone, Zeroize, ZeroizeOnDrop)]
@@ -46,10 +53,14 @@ impl std::fmt::Debug for StorageKey {
     }
 }
 
-/// The keys derived from a [`StorageKey`].
-pub(crate) struct Sealer {
+/// The keys derived from a [`StorageKey`] for one purpose: an AEAD key,
+/// a key for file tags, and a key check (a value derived from the key that
+/// is stored in the clear beside what was sealed, so opening with another
+/// key is told apart from a damaged blob without revealing the key).
+pub struct Sealer {
     aead: XChaCha20Poly1305,
     tag_key: Zeroizing<[u8; 32]>,
+    key_check: [u8; KEY_CHECK_LEN],
 }
 
 impl std::fmt::Debug for Sealer {
@@ -59,21 +70,50 @@ impl std::fmt::Debug for Sealer {
 }
 
 impl Sealer {
+    /// The state directory's keys.
     pub(crate) fn new(key: &StorageKey) -> Self {
+        Self::derive(
+            key,
+            b"sotto store v2: record aead",
+            b"sotto store v2: record file tags",
+            b"sotto store v2: key check",
+        )
+    }
+
+    /// Keys of their own for sealing `purpose`'s blobs (for example
+    /// `"engine session"`) under the application's key: distinct from the
+    /// state directory's and from every other purpose's.
+    pub fn for_purpose(key: &StorageKey, purpose: &str) -> Self {
+        let info = |what: &str| format!("sotto sealed blob v1: {purpose}: {what}").into_bytes();
+        Self::derive(key, &info("aead"), &info("file tags"), &info("key check"))
+    }
+
+    fn derive(key: &StorageKey, aead_info: &[u8], tag_info: &[u8], check_info: &[u8]) -> Self {
         let hk = Hkdf::<Sha256>::new(None, &key.0);
         let mut aead_key = Zeroizing::new([0u8; 32]);
         let mut tag_key = Zeroizing::new([0u8; 32]);
-        // Both lengths are far below HKDF-SHA256's 8160-byte limit.
-        let _ = hk.expand(b"sotto store v2: record aead", aead_key.as_mut());
-        let _ = hk.expand(b"sotto store v2: record file tags", tag_key.as_mut());
+        let mut key_check = [0u8; KEY_CHECK_LEN];
+        // All lengths are far below HKDF-SHA256's 8160-byte limit.
+        let _ = hk.expand(aead_info, aead_key.as_mut());
+        let _ = hk.expand(tag_info, tag_key.as_mut());
+        let _ = hk.expand(check_info, &mut key_check);
         Self {
             aead: XChaCha20Poly1305::new(aead_key.as_ref().into()),
             tag_key,
+            key_check,
         }
     }
 
-    /// `nonce || ciphertext+tag`.
-    pub(crate) fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
+    /// A value derived from the key (one-way), to store in the clear
+    /// beside sealed blobs: a blob whose stored check differs was sealed
+    /// under another key.
+    pub fn key_check(&self) -> [u8; KEY_CHECK_LEN] {
+        self.key_check
+    }
+
+    /// Seals `plaintext` bound to `aad` (which is not stored): `nonce ||
+    /// ciphertext+tag`, [`SEAL_OVERHEAD`] bytes longer than `plaintext`.
+    pub fn seal(&self, aad: &[u8], plaintext: &[u8]) -> Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         OsRng.fill_bytes(&mut nonce);
         let sealed = self
@@ -94,7 +134,7 @@ impl Sealer {
 
     /// `None` when the blob was not sealed under this key with this
     /// associated data (wrong key, corrupted, or moved).
-    pub(crate) fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
+    pub fn open(&self, aad: &[u8], sealed: &[u8]) -> Option<Zeroizing<Vec<u8>>> {
         if sealed.len() < SEAL_OVERHEAD {
             return None;
         }
@@ -107,7 +147,7 @@ impl Sealer {
 
     /// The file tag of a record: a keyed hash, so file names do not reveal
     /// peer addresses or conversation ids.
-    pub(crate) fn tag(&self, kind: u8, name: &[u8]) -> [u8; TAG_LEN] {
+    pub fn tag(&self, kind: u8, name: &[u8]) -> [u8; TAG_LEN] {
         let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.tag_key.as_ref())
             .unwrap_or_else(|_| unreachable!("HMAC takes keys of any length"));
         mac.update(&[kind]);
@@ -147,7 +187,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 /// Replaces `path` by `bytes` atomically: a temp file that is fsynced,
 /// renamed over the target, and the directory fsynced. A crash at any
 /// point leaves either the old or the new content, never a mix.
-pub(crate) fn replace_file(path: &Path, bytes: &[u8]) -> Result<()> {
+pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -199,6 +239,24 @@ mod tests {
         assert_ne!(a.tag(1, b"alice.1"), a.tag(2, b"alice.1"));
         assert_ne!(a.tag(1, b"alice.1"), a.tag(1, b"alice.2"));
         assert_ne!(a.tag(1, b"alice.1"), b.tag(1, b"alice.1"));
+    }
+
+    #[test]
+    fn purposes_seal_apart_and_key_checks_tell_keys_apart() {
+        let key = StorageKey::from_bytes([3; 32]);
+        let sessions = Sealer::for_purpose(&key, "engine session");
+        let other = Sealer::for_purpose(&key, "something else");
+        let store = Sealer::new(&key);
+        let blob = sessions.seal(b"aad", b"kv").unwrap_or_default();
+        assert!(sessions.open(b"aad", &blob).is_some());
+        assert!(other.open(b"aad", &blob).is_none());
+        assert!(store.open(b"aad", &blob).is_none());
+        assert_ne!(sessions.tag(0, b"c"), other.tag(0, b"c"));
+        let again = Sealer::for_purpose(&key, "engine session");
+        assert_eq!(sessions.key_check(), again.key_check());
+        assert_ne!(sessions.key_check(), other.key_check());
+        let wrong = Sealer::for_purpose(&StorageKey::from_bytes([4; 32]), "engine session");
+        assert_ne!(sessions.key_check(), wrong.key_check());
     }
 
     #[test]

@@ -15,12 +15,23 @@
 //! itself is
 //! [`AssistantError::MessageTooLong`](sotto_bridge::AssistantError::MessageTooLong)
 //! (the bridge sends a short refusal instead).
+//!
+//! With [`EngineAssistant::with_saved_sessions`], a conversation that
+//! leaves the warm set is saved sealed ([`crate::session_file`]) in a
+//! directory under the app's key, and restored instead of re-prefilled
+//! when it speaks again, also after a restart; [`Assistant::persist`]
+//! saves the warm ones before a shutdown. Saved sessions are a cache: the
+//! history itself lives in the bridge's store, so a file that is refused
+//! (damaged, another model after an upgrade) is removed and the
+//! conversation re-prefilled.
 
-use crate::{Chat, GenerateOptions, LoadedModel, SamplerConfig};
-use sotto_bridge::{Assistant, AssistantError, ConversationId, Role, Turn};
+use crate::session_file::{session_file_name, SessionFileProblem};
+use crate::{Chat, GenerateOptions, GenerationStats, LoadedModel, SamplerConfig};
+use sotto_bridge::{Assistant, AssistantError, ConversationId, Role, StorageKey, Turn};
 use sotto_models::chat::ChatMessage;
 use std::collections::VecDeque;
 use std::hash::{Hash, Hasher};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 /// How the assistant answers.
@@ -82,6 +93,28 @@ pub struct EngineAssistant {
     template_cost: Option<TemplateCost>,
     /// Most recently used last.
     chats: VecDeque<WarmChat>,
+    saved: Option<SavedSessions>,
+    last_stats: Option<GenerationStats>,
+}
+
+/// Where conversations leaving the warm set are saved, and the key.
+struct SavedSessions {
+    dir: PathBuf,
+    key: StorageKey,
+}
+
+impl SavedSessions {
+    fn path(&self, id: &ConversationId) -> PathBuf {
+        self.dir.join(session_file_name(&self.key, id.0.as_bytes()))
+    }
+
+    fn save(&self, warm: &WarmChat) -> crate::Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| crate::Error::SessionFile {
+            path: self.dir.clone(),
+            problem: SessionFileProblem::CreateDir(e),
+        })?;
+        warm.chat.save(self.path(&warm.id), &self.key)
+    }
 }
 
 impl std::fmt::Debug for EngineAssistant {
@@ -148,6 +181,46 @@ impl EngineAssistant {
             config,
             template_cost: None,
             chats: VecDeque::new(),
+            saved: None,
+            last_stats: None,
+        }
+    }
+
+    /// Saves conversations leaving the warm set in `dir` (for example a
+    /// folder of the bridge's state directory), sealed under the app's
+    /// `key` and named by keyed tags, and resumes them from there.
+    pub fn with_saved_sessions(mut self, dir: impl Into<PathBuf>, key: StorageKey) -> Self {
+        self.saved = Some(SavedSessions {
+            dir: dir.into(),
+            key,
+        });
+        self
+    }
+
+    /// How the last reply's generation went (prompt tokens, how many were
+    /// reused from the cache, times).
+    pub fn last_stats(&self) -> Option<&GenerationStats> {
+        self.last_stats.as_ref()
+    }
+
+    /// The conversation's saved session, if there is one it accepts.
+    fn restore(&self, id: &ConversationId) -> Option<Chat> {
+        let saved = self.saved.as_ref()?;
+        let path = saved.path(id);
+        if !path.exists() {
+            return None;
+        }
+        match self
+            .model
+            .restore_chat(&path, &saved.key, self.config.context)
+        {
+            Ok(chat) => Some(chat),
+            Err(_) => {
+                // A cache only: a refused file is dropped and the
+                // conversation prefilled from its history.
+                let _ = std::fs::remove_file(&path);
+                None
+            }
         }
     }
 
@@ -162,12 +235,16 @@ impl EngineAssistant {
                 return Ok(warm);
             }
         }
-        Ok(WarmChat {
-            id: id.clone(),
-            chat: self
+        let chat = match self.restore(id) {
+            Some(chat) => chat,
+            None => self
                 .model
                 .chat(self.config.context, None)
                 .map_err(engine_error)?,
+        };
+        Ok(WarmChat {
+            id: id.clone(),
+            chat,
             costs: Vec::new(),
         })
     }
@@ -292,16 +369,34 @@ impl Assistant for EngineAssistant {
             };
             warm.chat
                 .answer(&messages, &opts, &mut |_| {})
-                .map(|r| r.text)
+                .map(|r| {
+                    self.last_stats = Some(r.stats);
+                    r.text
+                })
                 .map_err(engine_error)
         });
         // Keep the chat warm whatever happened: its cache holds only a prefix
         // of a real history, which is always safe to reuse.
         self.chats.push_back(warm);
         while self.chats.len() > self.config.warm_conversations.max(1) {
-            self.chats.pop_front();
+            if let (Some(evicted), Some(saved)) = (self.chats.pop_front(), &self.saved) {
+                // A failed save costs a re-prefill later, not this reply; a
+                // file left from an earlier save still holds a prefix of
+                // the history, which is safe to reuse.
+                let _ = saved.save(&evicted);
+            }
         }
         result
+    }
+
+    fn persist(&mut self) -> Result<(), AssistantError> {
+        let Some(saved) = &self.saved else {
+            return Ok(());
+        };
+        for warm in &self.chats {
+            saved.save(warm).map_err(engine_error)?;
+        }
+        Ok(())
     }
 }
 

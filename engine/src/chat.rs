@@ -62,6 +62,14 @@ impl Chat {
     pub fn session(&self) -> &Session {
         &self.session
     }
+    #[cfg(feature = "bridge")]
+    pub(crate) fn session_mut(&mut self) -> &mut Session {
+        &mut self.session
+    }
+    /// The chat template it renders through.
+    pub fn template(&self) -> &ChatTemplate {
+        &self.template
+    }
 
     /// Replaces the history (for example restored from an encrypted store).
     /// The cache keeps whatever prefix still matches.
@@ -78,11 +86,6 @@ impl Chat {
     /// The tools the prompts offer.
     pub fn tools(&self) -> &[Tool] {
         &self.tools
-    }
-
-    /// The chat template prompts are rendered with.
-    pub fn template(&self) -> &ChatTemplate {
-        &self.template
     }
 
     /// The exact tokens the model sees for `messages` plus the generation prompt.

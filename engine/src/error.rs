@@ -163,6 +163,19 @@ pub enum Error {
     /// vocabulary).
     #[error("draft model: {0}")]
     DraftModel(String),
+
+    /// A saved session could not be written, or a session file was
+    /// refused (tampered, truncated, another key, another model, another
+    /// version or geometry); the session it was to go into is unchanged.
+    #[cfg(feature = "bridge")]
+    #[error("session file {path}: {problem}")]
+    SessionFile {
+        /// The session file.
+        path: PathBuf,
+        /// What was wrong.
+        #[source]
+        problem: crate::session_file::SessionFileProblem,
+    },
 }
 
 #[cfg(feature = "ort")]

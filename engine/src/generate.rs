@@ -10,6 +10,7 @@ use crate::backend::{Backend, LogitsFor};
 use crate::constrain::{ConstrainedSampling, Constraint, GrammarCompiler};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
+use crate::model_digest::ModelDigest;
 use crate::sampler::{Sampler, SamplerConfig};
 use crate::speculative::{DraftModel, PromptLookup};
 use crate::text::TextStream;
@@ -173,6 +174,10 @@ pub struct Session {
     draft_model: Option<DraftModel>,
     /// Compiles [`GenerateOptions::constraint`]s for this tokenizer.
     grammars: GrammarCompiler,
+    /// The model file the backend's weights come from, which a saved
+    /// session is bound to; `None` when the session was not opened through
+    /// a [`crate::LoadedModel`] (or applies adapters).
+    model_digest: Option<Arc<ModelDigest>>,
 }
 
 impl std::fmt::Debug for Session {
@@ -200,7 +205,26 @@ impl Session {
             tokens: Vec::new(),
             draft_model: None,
             grammars: GrammarCompiler::default(),
+            model_digest: None,
         })
+    }
+
+    /// Binds the session to the model its weights come from (for saving).
+    pub(crate) fn bind_model(&mut self, digest: Arc<ModelDigest>) {
+        self.model_digest = Some(digest);
+    }
+    /// The model it is bound to, if any.
+    #[cfg(feature = "bridge")]
+    pub(crate) fn model_digest(&self) -> Option<&ModelDigest> {
+        self.model_digest.as_deref()
+    }
+    /// Replaces the cache and the tokens it holds at once (a restored
+    /// session); `tokens.len()` must equal `cache.len()`.
+    #[cfg(feature = "bridge")]
+    pub(crate) fn replace_state(&mut self, cache: KvCache, tokens: Vec<u32>) {
+        debug_assert_eq!(cache.len(), tokens.len());
+        self.cache = cache;
+        self.tokens = tokens;
     }
 
     /// Speculative decoding with `draft` drafting (`None` turns it off):

@@ -36,8 +36,13 @@ pub mod cpu;
 pub mod error;
 pub mod generate;
 pub mod kv_cache;
+pub mod model_digest;
 pub mod open;
 pub mod sampler;
+/// Sessions and chats saved sealed and restored (the `bridge` feature,
+/// whose sealing they use).
+#[cfg(feature = "bridge")]
+pub mod session_file;
 pub mod speculative;
 pub(crate) mod text;
 pub mod tools;
@@ -61,9 +66,12 @@ pub use cpu::CpuBackend;
 pub use error::{Error, Result};
 pub use generate::{CancelToken, GenerateOptions, GenerationStats, Session, StopReason};
 pub use kv_cache::KvCache;
+pub use model_digest::ModelDigest;
 pub use open::{
     export_graphs, AdapterSpec, BackendChoice, BackendKind, CpuOptions, GraphTarget, LoadedModel,
     OrtOptions,
 };
 pub use sampler::{Sampler, SamplerConfig};
+#[cfg(feature = "bridge")]
+pub use session_file::SessionFileProblem;
 pub use tools::{parse_tool_calls, Tool, ToolCall, ToolCallFormat, ToolReply};

@@ -13,6 +13,7 @@ use crate::chat::Chat;
 use crate::cpu::CpuBackend;
 use crate::error::{Error, Result};
 use crate::generate::Session;
+use crate::model_digest::ModelDigest;
 use sotto_kernels::dispatch::{Isa, KernelTable};
 use sotto_models::lora::LoraAdapter;
 use sotto_models::Model;
@@ -178,6 +179,9 @@ pub struct LoadedModel {
     placement: Option<String>,
     external_kv_bytes_per_position: Option<usize>,
     load_time: Duration,
+    /// What saved sessions are bound to; `None` with merged adapters,
+    /// whose weights are not the bytes of any file.
+    digest: Option<Arc<ModelDigest>>,
 }
 
 impl std::fmt::Debug for LoadedModel {
@@ -282,6 +286,9 @@ impl LoadedModel {
             model = LoraAdapter::merge(&model, &bound)?;
         }
         let model = Arc::new(model);
+        let digest = adapters
+            .is_empty()
+            .then(|| Arc::new(ModelDigest::new(model.clone())));
         let opened = open_backend(path, &model, &choice)?;
         Ok(Self {
             model,
@@ -294,7 +301,15 @@ impl LoadedModel {
             placement: opened.placement,
             external_kv_bytes_per_position: opened.external_kv_bytes_per_position,
             load_time: t0.elapsed(),
+            digest,
         })
+    }
+
+    /// SHA-256 of the bytes the model was loaded from (the GGUF file, or
+    /// its image quantized at load), which saved sessions are bound to;
+    /// computed on the first call. `None` with merged LoRA adapters.
+    pub fn model_digest(&self) -> Option<[u8; 32]> {
+        self.digest.as_ref().map(|d| d.get())
     }
 
     /// The model: spec, tokenizer, chat template, weights.
@@ -396,11 +411,17 @@ impl LoadedModel {
     /// one conversation with an adapter, the next with another or none, on
     /// the same loaded weights.
     pub fn session_with(&self, context: usize, adapters: &[Arc<LoraAdapter>]) -> Result<Session> {
-        Session::new(
+        let mut session = Session::new(
             self.backend_with(adapters)?,
             Arc::new(self.model.tokenizer.clone()),
             context,
-        )
+        )?;
+        // Unmerged adapters change what the cache holds and are not part
+        // of the model's bytes: such sessions are not bound (not saved).
+        if let (Some(digest), true) = (&self.digest, adapters.is_empty()) {
+            session.bind_model(digest.clone());
+        }
+        Ok(session)
     }
 
     /// [`LoadedModel::chat`] with `adapters` applied unmerged.

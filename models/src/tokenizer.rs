@@ -367,9 +367,19 @@ impl Tokenizer {
                     .collect()
             })
             .collect();
-        // A tokenizer.json lists its own added tokens; llama.cpp's table
-        // view adds the control tokens a GGUF marks.
-        if !from_file {
+        // A tokenizer.json lists its own added tokens; the control tokens
+        // llama.cpp's rules find (ends of generation such as `</s>` beside
+        // Gemma's own, FIM markers) become special there too, so a folder
+        // and the GGUF made from it split text the same way.
+        if from_file {
+            let control: Vec<AddedToken> = tokens
+                .iter()
+                .zip(&types)
+                .filter(|(text, ty)| **ty == TokenType::Control && !text.is_empty())
+                .map(|(text, _)| AddedToken::from(text.clone(), true).normalized(false))
+                .collect();
+            base.add_special_tokens(control).map_err(tok_err)?;
+        } else {
             let added: Vec<AddedToken> = tokens
                 .iter()
                 .zip(&types)

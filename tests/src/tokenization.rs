@@ -33,6 +33,28 @@ pub fn llama_cpp_cases() -> Vec<TokenizationCase> {
     cases
 }
 
+/// The same strings tokenized by llama.cpp with the vocabulary of `model`
+/// (loaded `vocab_only`) at test time (`llama_ref.py tokenize`), cached as
+/// `<cache>/parity/tokenize/{name}.json`.
+pub fn llama_cpp_cases_for(model: &std::path::Path, name: &str) -> Vec<TokenizationCase> {
+    #[derive(Deserialize)]
+    struct Reference {
+        cases: Vec<TokenizationCase>,
+    }
+    let out = crate::parity::cache_dir().join(format!("tokenize/{name}.json"));
+    let cases = data_dir().join("llama_cpp/tokenization.json");
+    crate::parity::llama_tokenize(model, &cases, &out);
+    let text = std::fs::read_to_string(&out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+    let reference: Reference =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
+    assert!(
+        reference.cases.len() >= 364,
+        "only {} cases",
+        reference.cases.len()
+    );
+    reference.cases
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

@@ -48,6 +48,7 @@ use sotto_tests::rel_l2;
 use sotto_tests::tiny_arch::{
     gemma3_270m_path, gemma3_270m_reference, prompts, reference, tiny_file, tiny_folder, BUDGET,
 };
+use sotto_tests::tokenization::{assert_tokenizes_like_llama_cpp, llama_cpp_cases_for};
 
 /// One architecture at a time: the references of a 262k-token vocabulary
 /// hold gigabytes while they are made.
@@ -235,6 +236,15 @@ fn gemma3_270m_real_folder() {
     let model =
         Arc::new(Model::load(&folder).unwrap_or_else(|e| panic!("{}: {e}", folder.display())));
     against("gemma3-270m folder", &model, &reference, started);
+    // tokenizer.json (BPE with byte fallback, through the tokenizers crate)
+    // on every reference string, against llama.cpp's SentencePiece
+    // tokenizer on the source file.
+    let cases = llama_cpp_cases_for(&gemma3_270m_path(), "gemma-3-270m");
+    assert_tokenizes_like_llama_cpp(&model.tokenizer, &cases);
+    eprintln!(
+        "gemma3-270m folder: {} strings tokenized as llama.cpp does",
+        cases.len()
+    );
 }
 
 #[test]

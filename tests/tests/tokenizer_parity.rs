@@ -11,10 +11,9 @@ use serde::Deserialize;
 use sotto_kernels::quant::DType;
 use sotto_models::spec::{Activation, RopeStyle};
 use sotto_models::{ChatMessage, Model};
-use sotto_tests::parity::{cache_dir, llama_tokenize};
 use sotto_tests::tiny_arch::gemma3_270m_path;
 use sotto_tests::tokenization::{
-    assert_tokenizes_like_llama_cpp, llama_cpp_cases, TokenizationCase,
+    assert_tokenizes_like_llama_cpp, llama_cpp_cases, llama_cpp_cases_for,
 };
 use sotto_tests::{data_dir, default_model_path, read_json};
 
@@ -164,25 +163,12 @@ fn tokenization_matches_llama_cpp_reference() {
 /// (`llama_ref.py tokenize`, cached under `~/.cache/sotto/parity`).
 #[test]
 fn gemma3_270m_tokenization_matches_llama_cpp() {
-    #[derive(Deserialize)]
-    struct Reference {
-        cases: Vec<TokenizationCase>,
-    }
     let file = gemma3_270m_path();
-    let out = cache_dir().join("tokenize/gemma-3-270m.json");
-    let cases = data_dir().join("llama_cpp/tokenization.json");
-    llama_tokenize(&file, &cases, &out);
-    let text = std::fs::read_to_string(&out).unwrap_or_else(|e| panic!("{}: {e}", out.display()));
-    let reference: Reference = serde_json::from_str(&text).unwrap();
-    assert!(
-        reference.cases.len() >= 364,
-        "only {} cases",
-        reference.cases.len()
-    );
+    let cases = llama_cpp_cases_for(&file, "gemma-3-270m");
     let gguf = sotto_models::GgufFile::open(&file).unwrap();
     let t = sotto_models::Tokenizer::from_gguf(&gguf).unwrap();
     assert_eq!(t.vocab_size(), 262_144);
-    assert_tokenizes_like_llama_cpp(&t, &reference.cases);
+    assert_tokenizes_like_llama_cpp(&t, &cases);
 }
 
 #[derive(Debug, Deserialize)]

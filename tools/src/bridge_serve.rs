@@ -268,6 +268,10 @@ fn run_worker(server: Arc<Server>, mut assistant: Box<dyn Assistant>) {
                     break (t, prompt);
                 }
                 if server.shutdown.load(Ordering::SeqCst) {
+                    drop(device);
+                    if let Err(e) = assistant.persist() {
+                        eprintln!("sotto: saving the warm conversations: {e}");
+                    }
                     return;
                 }
                 device = server.work.wait(device).unwrap_or_else(|p| p.into_inner());

@@ -59,8 +59,11 @@ pub enum BridgeCommand {
     },
 }
 
+/// Where the assistant saves its conversations' sessions, and the key.
+pub type SavedSessions = Option<(PathBuf, StorageKey)>;
+
 /// Builds the engine-backed assistant (`main` passes it in).
-pub type MakeAssistant<'a> = &'a mut dyn FnMut() -> Result<Box<dyn Assistant>, String>;
+pub type MakeAssistant<'a> = &'a mut dyn FnMut(SavedSessions) -> Result<Box<dyn Assistant>, String>;
 
 pub fn run(cmd: BridgeCommand, make_assistant: MakeAssistant<'_>) -> Result<(), String> {
     match cmd {
@@ -77,11 +80,12 @@ pub fn run(cmd: BridgeCommand, make_assistant: MakeAssistant<'_>) -> Result<(), 
                 step_hook: step_hook_from_env()?,
                 ..DeviceOptions::default()
             };
-            let device = match &state_dir {
-                None => AssistantDevice::in_memory(options.clone(), &mut OsRng),
-                Some(dir) => {
-                    AssistantDevice::open(dir, &storage_key()?, options.clone(), &mut OsRng)
+            let key = state_dir.as_ref().map(|_| storage_key()).transpose()?;
+            let device = match (&state_dir, &key) {
+                (Some(dir), Some(key)) => {
+                    AssistantDevice::open(dir, key, options.clone(), &mut OsRng)
                 }
+                _ => AssistantDevice::in_memory(options.clone(), &mut OsRng),
             }
             .map_err(|e| format!("bridge state: {e}"))?;
             if let Some(dir) = &state_dir {
@@ -94,7 +98,12 @@ pub fn run(cmd: BridgeCommand, make_assistant: MakeAssistant<'_>) -> Result<(), 
                     device.outbox_len()
                 );
             }
-            let assistant = make_assistant()?;
+            // Conversations' KV caches, sealed beside the device's records.
+            let saved = state_dir
+                .as_ref()
+                .zip(key)
+                .map(|(d, k)| (d.join("sessions"), k));
+            let assistant = make_assistant(saved)?;
             bridge_serve::serve(
                 device,
                 assistant,
@@ -227,7 +236,7 @@ fn demo(messages: Vec<String>, make_assistant: MakeAssistant<'_>) -> Result<(), 
     let rng = &mut OsRng;
     let spent = Arc::new(Mutex::new(Duration::ZERO));
     let mut assistant = Timed {
-        inner: make_assistant()?,
+        inner: make_assistant(None)?,
         spent: spent.clone(),
     };
     let mut device =

@@ -3,12 +3,13 @@
 use crate::error::CliError;
 use crate::resolve_model;
 use crate::sampling::GenerationArgs;
+use sotto_bridge::StorageKey;
 use sotto_engine::{
     AdapterSpec, BackendChoice, BackendKind, CancelToken, Chat, CpuOptions, GenerateOptions,
     LoadedModel, OrtOptions, Reply,
 };
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct ChatArgs {
@@ -63,6 +64,17 @@ pub struct ChatArgs {
     /// a float model).
     #[arg(long, requires = "lora")]
     pub lora_merge: bool,
+    /// Resume the conversation saved in this file (when it exists) and
+    /// save it there on exit: messages and KV cache, so the next run
+    /// prefills nothing again; sealed under --session-key and bound to
+    /// the model file. A damaged, foreign or stale file is refused, not
+    /// overwritten.
+    #[arg(long, requires = "session_key")]
+    pub session: Option<PathBuf>,
+    /// The 32-byte key (a file of exactly 32 bytes) --session is sealed
+    /// under.
+    #[arg(long, requires = "session")]
+    pub session_key: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -191,6 +203,23 @@ pub fn run(args: ChatArgs) -> Result<(), CliError> {
         }
     }
     let mut chat = loaded.chat_with(args.generation.context, args.system.as_deref(), &unmerged)?;
+    let saved = match (&args.session, &args.session_key) {
+        (Some(file), Some(key_file)) => Some((file.clone(), read_session_key(key_file)?)),
+        _ => None,
+    };
+    if let Some((file, key)) = &saved {
+        if file.exists() {
+            chat.restore(file, key)?;
+            if !args.generation.quiet {
+                eprintln!(
+                    "sotto: resumed {} messages ({} tokens cached) from {}",
+                    chat.messages().len(),
+                    chat.session().cached_tokens().len(),
+                    file.display()
+                );
+            }
+        }
+    }
     let cancel = CancelToken::new();
     {
         let c = cancel.clone();
@@ -199,15 +228,35 @@ pub fn run(args: ChatArgs) -> Result<(), CliError> {
     }
     let opts = args.generation.options(Some(cancel.clone()))?;
     match &args.prompt {
-        Some(p) => turn(&mut chat, &mut answers, p, &opts, args.generation.quiet).map(|_| ()),
+        Some(p) => turn(&mut chat, &mut answers, p, &opts, args.generation.quiet).map(|_| ())?,
         None => repl(
             &mut chat,
             &mut answers,
             &opts,
             &cancel,
             args.generation.quiet,
-        ),
+        )?,
     }
+    if let Some((file, key)) = &saved {
+        chat.save(file, key)?;
+    }
+    Ok(())
+}
+
+/// The key of `--session-key`: a file of exactly 32 bytes.
+fn read_session_key(path: &Path) -> Result<StorageKey, CliError> {
+    let bytes = std::fs::read(path).map_err(|source| CliError::Io {
+        what: format!("reading the session key {}", path.display()),
+        source,
+    })?;
+    let key: [u8; 32] = bytes.try_into().map_err(|b: Vec<u8>| {
+        CliError::Usage(format!(
+            "--session-key {} holds {} bytes, a key is exactly 32",
+            path.display(),
+            b.len()
+        ))
+    })?;
+    Ok(StorageKey::from_bytes(key))
 }
 
 fn turn(

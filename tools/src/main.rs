@@ -100,7 +100,7 @@ fn run_bridge(args: BridgeArgs) -> Result<(), String> {
         threads,
         context,
     } = args;
-    let mut make = move || -> Result<Box<dyn sotto_bridge::Assistant>, String> {
+    let mut make = move |saved: cmd_bridge::SavedSessions| -> Result<Box<dyn sotto_bridge::Assistant>, String> {
         let path = resolve_model(model.clone())?;
         let cpu = sotto_engine::BackendChoice::Cpu(sotto_engine::CpuOptions { threads, isa: None });
         let loaded = sotto_engine::LoadedModel::open(&path, cpu).map_err(|e| e.to_string())?;
@@ -115,7 +115,11 @@ fn run_bridge(args: BridgeArgs) -> Result<(), String> {
             context,
             ..Default::default()
         };
-        let assistant = sotto_engine::EngineAssistant::new(std::sync::Arc::new(loaded), config);
+        let mut assistant =
+            sotto_engine::EngineAssistant::new(std::sync::Arc::new(loaded), config);
+        if let Some((dir, key)) = saved {
+            assistant = assistant.with_saved_sessions(dir, key);
+        }
         Ok(Box::new(assistant))
     };
     cmd_bridge::run(command, &mut make)

@@ -46,7 +46,8 @@ fn model_path() -> PathBuf {
 /// A process speaking JSON lines.
 struct LineProcess {
     child: Child,
-    stdin: ChildStdin,
+    /// `None` once closed ([`LineProcess::close_and_wait`]).
+    stdin: Option<ChildStdin>,
     stdout: BufReader<ChildStdout>,
 }
 
@@ -62,14 +63,24 @@ impl LineProcess {
         let stdout = BufReader::new(child.stdout.take().unwrap());
         Self {
             child,
-            stdin,
+            stdin: Some(stdin),
             stdout,
         }
     }
 
+    fn stdin(&mut self) -> &mut ChildStdin {
+        self.stdin.as_mut().expect("stdin is open")
+    }
+
+    /// Closes stdin (a graceful stop for `serve --stdio`) and waits.
+    fn close_and_wait(&mut self) -> std::process::ExitStatus {
+        drop(self.stdin.take());
+        self.child.wait().unwrap()
+    }
+
     fn call(&mut self, req: Value) -> Value {
-        writeln!(self.stdin, "{req}").unwrap();
-        self.stdin.flush().unwrap();
+        writeln!(self.stdin(), "{req}").unwrap();
+        self.stdin().flush().unwrap();
         let mut line = String::new();
         self.stdout.read_line(&mut line).unwrap();
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("reply {line:?} to {req}: {e}"))
@@ -77,8 +88,8 @@ impl LineProcess {
 
     /// Sends one raw line (not necessarily JSON) and parses the reply.
     fn raw(&mut self, line: &str) -> Value {
-        writeln!(self.stdin, "{line}").unwrap();
-        self.stdin.flush().unwrap();
+        writeln!(self.stdin(), "{line}").unwrap();
+        self.stdin().flush().unwrap();
         let mut reply = String::new();
         self.stdout.read_line(&mut reply).unwrap();
         serde_json::from_str(&reply).unwrap_or_else(|e| panic!("reply {reply:?} to {line:?}: {e}"))
@@ -295,8 +306,8 @@ fn temp_path(name: &str) -> PathBuf {
 
 impl LineProcess {
     fn send_line(&mut self, req: &Value) {
-        writeln!(self.stdin, "{req}").unwrap();
-        self.stdin.flush().unwrap();
+        writeln!(self.stdin(), "{req}").unwrap();
+        self.stdin().flush().unwrap();
     }
 
     fn next_line(&mut self) -> Value {
@@ -381,12 +392,24 @@ fn a_sealed_state_survives_restart_and_a_changed_identity_is_accepted_explicitly
     // it and committing the acknowledgement, the server would rightly keep
     // it in its outbox for redelivery after the restart.
     assert_eq!(settled_status(&mut sotto)["outbox"], 0);
+    // A graceful stop saves the warm conversation's KV cache, sealed under
+    // a keyed name beside the records.
+    assert!(sotto.close_and_wait().success());
+    let sessions: Vec<_> = std::fs::read_dir(dir.join("sessions"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(sessions.len(), 1, "{sessions:?}");
+    assert!(sessions[0].ends_with(".session") && !sessions[0].contains("alice"));
     drop(sotto);
 
-    // Restarted: same identity, same session, the conversation goes on.
+    // Restarted: same identity, same session, the conversation goes on
+    // from the saved cache with the answer a fresh prefill gives.
     let mut sotto = serve();
     let italy = alice.ask(&mut sotto, "And what is the capital of Italy?");
     assert_eq!(italy, engine_answer(&model, &alice.history[..3]));
+    // Restored, not refused (a refused file is removed).
+    assert!(dir.join("sessions").join(&sessions[0]).exists());
 
     // Alice reinstalls: a new identity at the same address is refused,
     // with what the user needs to decide (the new safety number)...

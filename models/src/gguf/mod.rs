@@ -295,6 +295,12 @@ impl GgufFile {
     pub fn file_size(&self) -> usize {
         self.storage.bytes().len() + self.parts.iter().map(|p| p.bytes().len()).sum::<usize>()
     }
+    /// Every byte the model is read from: the file (or the in-memory
+    /// image), then the other files of a model assembled from several.
+    /// What a digest of the loaded model covers.
+    pub fn source_bytes(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(self.storage.bytes()).chain(self.parts.iter().map(|p| p.bytes()))
+    }
     /// Alignment of tensor data (`general.alignment`, default 32).
     pub fn alignment(&self) -> usize {
         self.alignment

@@ -1,0 +1,612 @@
+//! Sessions and chats saved to disk, sealed, and read back, so a restarted
+//! app resumes a conversation without prefilling it again.
+//!
+//! A file is a header in the clear, then one blob sealed with the bridge's
+//! [`Sealer`] (XChaCha20-Poly1305 under keys derived from the app's
+//! [`StorageKey`] for this purpose alone). The header is the AEAD's
+//! associated data, so it is authenticated too; it is read first only to
+//! tell the failures apart:
+//!
+//! ```text
+//! 0   magic            b"SOTTOSES"
+//! 8   format version   u16 LE (1)
+//! 10  model digest     [32]  SHA-256 of the model's bytes (ModelDigest)
+//! 42  key check        [16]  Sealer::key_check of the key it was sealed under
+//! 58  sealed length    u64 LE
+//! 66  sealed           nonce || ciphertext || tag
+//! ```
+//!
+//! The sealed plaintext, little-endian throughout:
+//!
+//! ```text
+//! geometry  n_layer u32, n_kv_head u32, head_dim u32, kv dtype u8 (1 = f16)
+//! tokens    count u32, ids u32 × count
+//! kv        per layer: keys [n_kv_head][count][head_dim] f16, then values
+//!           (the valid positions only, not the cache's capacity)
+//! chat      0u8, or 1u8, SHA-256 of the template source [32],
+//!           message count u32, per message role and content (u32 length + UTF-8)
+//! ```
+//!
+//! Restoring checks everything before it changes anything: a refused file
+//! leaves the session (and its chat) as they were.
+
+use crate::chat::Chat;
+use crate::error::{Error, Result};
+use crate::generate::Session;
+use crate::kv_cache::KvCache;
+use crate::model_digest::ModelDigest;
+use crate::open::LoadedModel;
+use half::f16;
+use sha2::{Digest, Sha256};
+use sotto_bridge::{write_file_atomically, Sealer, StorageKey, KEY_CHECK_LEN};
+use sotto_models::chat::{ChatMessage, ChatTemplate};
+use std::path::Path;
+use thiserror::Error;
+use zeroize::Zeroizing;
+
+const MAGIC: &[u8; 8] = b"SOTTOSES";
+/// The format version this build writes and reads.
+pub const FORMAT_VERSION: u16 = 1;
+/// The sealing purpose: keys of their own, apart from the bridge's store.
+const PURPOSE: &str = "engine session";
+const DIGEST_AT: usize = 10;
+const KEY_CHECK_AT: usize = DIGEST_AT + 32;
+const SEALED_LEN_AT: usize = KEY_CHECK_AT + KEY_CHECK_LEN;
+const HEADER_LEN: usize = SEALED_LEN_AT + 8;
+/// Room for messages beyond 512 bytes per context position (a history
+/// longer than the window it was rendered through).
+const MESSAGE_ROOM: u64 = 16 << 20;
+/// The only KV element type sessions hold today.
+const KV_DTYPE_F16: u8 = 1;
+
+/// Why a session file was refused (inside [`Error::SessionFile`]).
+#[derive(Debug, Error)]
+pub enum SessionFileProblem {
+    /// The file could not be read.
+    #[error("cannot read it: {0}")]
+    Read(#[source] std::io::Error),
+    /// Sealing or writing the file failed.
+    #[error("cannot write it: {0}")]
+    Write(#[source] sotto_bridge::Error),
+    /// It does not start with a session file's magic.
+    #[error("not a Sotto session file")]
+    NotASessionFile,
+    /// Written in a format version this build does not read.
+    #[error("format version {found}, this build reads version {supported}")]
+    UnknownVersion {
+        /// The file's version.
+        found: u16,
+        /// The version this build reads.
+        supported: u16,
+    },
+    /// Shorter than its header says.
+    #[error("truncated: {found} bytes of {expected}")]
+    Truncated {
+        /// Bytes the header announces.
+        expected: u64,
+        /// Bytes present.
+        found: u64,
+    },
+    /// Sealed under another key than the one given.
+    #[error("sealed under another key")]
+    WrongKey,
+    /// Its contents fail authentication: modified, damaged, or its
+    /// header altered.
+    #[error("failed authentication: tampered with or damaged")]
+    Tampered,
+    /// Sealed (authentically) for another model file: its caches are
+    /// meaningless for this one.
+    #[error("saved for another model (digest {saved}…), this model's is {current}…")]
+    OtherModel {
+        /// Start of the digest the file was saved for, in hex.
+        saved: String,
+        /// Start of this model's digest, in hex.
+        current: String,
+    },
+    /// The saved KV cache has another shape than this session's backend.
+    #[error("KV geometry {saved} differs from this session's {current}")]
+    Geometry {
+        /// Layers × KV heads × head size / element type saved.
+        saved: String,
+        /// The same for this session.
+        current: String,
+    },
+    /// The session holds more tokens than the context to restore it in.
+    #[error("holds {tokens} tokens, the context has room for {context}")]
+    ContextTooSmall {
+        /// Tokens saved.
+        tokens: usize,
+        /// Context asked for.
+        context: usize,
+    },
+    /// The chat was rendered through another chat template.
+    #[error("saved with another chat template")]
+    OtherTemplate,
+    /// Saved from a bare session: there is no chat state to restore.
+    #[error("holds a session without chat state")]
+    NoChat,
+    /// The session is not bound to a model file (opened without a
+    /// [`LoadedModel`], or with LoRA adapters), so it cannot be saved.
+    #[error("the session is not bound to a model file ({0})")]
+    Unbound(&'static str),
+    /// Authenticated but not what this version writes (a writer bug).
+    #[error("malformed contents: {0}")]
+    Malformed(&'static str),
+    /// Larger than any session of this context can be: not read.
+    #[error("{bytes} bytes, more than a session of this context holds ({limit})")]
+    TooLarge {
+        /// The file's size.
+        bytes: u64,
+        /// The most a session file for this session can hold.
+        limit: u64,
+    },
+    /// The directory for saved sessions could not be created.
+    #[error("cannot create its directory: {0}")]
+    CreateDir(#[source] std::io::Error),
+}
+
+/// The file name (without directory) of `name`'s saved session under
+/// `key`: a keyed tag in hex, so names do not reveal which conversation
+/// (or peer) a file belongs to.
+pub fn session_file_name(key: &StorageKey, name: &[u8]) -> String {
+    let tag = Sealer::for_purpose(key, PURPOSE).tag(0, name);
+    let hex: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+    format!("{hex}.session")
+}
+
+fn problem(path: &Path, problem: SessionFileProblem) -> Error {
+    Error::SessionFile {
+        path: path.to_path_buf(),
+        problem,
+    }
+}
+
+fn hex_prefix(digest: &[u8]) -> String {
+    digest.iter().take(8).map(|b| format!("{b:02x}")).collect()
+}
+
+fn template_digest(template: &ChatTemplate) -> [u8; 32] {
+    Sha256::digest(template.source().as_bytes()).into()
+}
+
+/// The cache geometry as saved: layers, KV heads, head size.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Geometry {
+    n_layer: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+}
+
+impl Geometry {
+    fn of(cache: &KvCache) -> Self {
+        Self {
+            n_layer: cache.n_layer(),
+            n_kv_head: cache.n_kv_head(),
+            head_dim: cache.head_dim(),
+        }
+    }
+    fn describe(&self) -> String {
+        format!("{}×{}×{}/f16", self.n_layer, self.n_kv_head, self.head_dim)
+    }
+}
+
+fn header(digest: &[u8; 32], key_check: &[u8; KEY_CHECK_LEN], sealed_len: u64) -> Vec<u8> {
+    let mut h = Vec::with_capacity(HEADER_LEN);
+    h.extend_from_slice(MAGIC);
+    h.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h.extend_from_slice(digest);
+    h.extend_from_slice(key_check);
+    h.extend_from_slice(&sealed_len.to_le_bytes());
+    h
+}
+
+/// The AEAD's associated data: the purpose and the whole header.
+fn associated_data(header: &[u8]) -> Vec<u8> {
+    let mut aad = Vec::with_capacity(PURPOSE.len() + 1 + header.len());
+    aad.extend_from_slice(PURPOSE.as_bytes());
+    aad.push(0);
+    aad.extend_from_slice(header);
+    aad
+}
+
+fn push_u32(out: &mut Vec<u8>, v: usize) -> Result<(), SessionFileProblem> {
+    let v = u32::try_from(v).map_err(|_| SessionFileProblem::Malformed("a length over 4 GiB"))?;
+    out.extend_from_slice(&v.to_le_bytes());
+    Ok(())
+}
+
+fn push_str(out: &mut Vec<u8>, s: &str) -> Result<(), SessionFileProblem> {
+    push_u32(out, s.len())?;
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+/// The plaintext of `session` (and `chat`'s state).
+fn encode(
+    session: &Session,
+    chat: Option<(&ChatTemplate, &[ChatMessage])>,
+) -> Result<Zeroizing<Vec<u8>>, SessionFileProblem> {
+    let cache = session.cache();
+    let tokens = session.cached_tokens();
+    let g = Geometry::of(cache);
+    let n = tokens.len();
+    let kv_bytes = g.n_layer * 2 * g.n_kv_head * n * g.head_dim * 2;
+    let mut out = Zeroizing::new(Vec::with_capacity(32 + 4 * n + kv_bytes));
+    push_u32(&mut out, g.n_layer)?;
+    push_u32(&mut out, g.n_kv_head)?;
+    push_u32(&mut out, g.head_dim)?;
+    out.push(KV_DTYPE_F16);
+    push_u32(&mut out, n)?;
+    for t in tokens {
+        out.extend_from_slice(&t.to_le_bytes());
+    }
+    let (cap, hd) = (cache.capacity(), g.head_dim);
+    for l in 0..g.n_layer {
+        let layer = cache.layer(l);
+        for plane in [&layer.k, &layer.v] {
+            for h in 0..g.n_kv_head {
+                let start = h * cap * hd;
+                for x in &plane[start..start + n * hd] {
+                    out.extend_from_slice(&x.to_le_bytes());
+                }
+            }
+        }
+    }
+    match chat {
+        None => out.push(0),
+        Some((template, messages)) => {
+            out.push(1);
+            out.extend_from_slice(&template_digest(template));
+            push_u32(&mut out, messages.len())?;
+            for m in messages {
+                push_str(&mut out, &m.role)?;
+                push_str(&mut out, &m.content)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the authenticated plaintext; every shortfall is `Malformed`.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize, what: &'static str) -> Result<&'a [u8], SessionFileProblem> {
+        if self.bytes.len() < n {
+            return Err(SessionFileProblem::Malformed(what));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+    fn u8(&mut self, what: &'static str) -> Result<u8, SessionFileProblem> {
+        Ok(self.take(1, what)?[0])
+    }
+    fn u32(&mut self, what: &'static str) -> Result<usize, SessionFileProblem> {
+        let b = self.take(4, what)?;
+        Ok(u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+    }
+    fn string(&mut self, what: &'static str) -> Result<String, SessionFileProblem> {
+        let n = self.u32(what)?;
+        String::from_utf8(self.take(n, what)?.to_vec())
+            .map_err(|_| SessionFileProblem::Malformed(what))
+    }
+}
+
+/// What a file holds, checked against the session it goes into.
+struct Restored {
+    cache: KvCache,
+    tokens: Vec<u32>,
+    /// Template digest and messages, for a chat's file.
+    chat: Option<([u8; 32], Vec<ChatMessage>)>,
+}
+
+/// Reads, authenticates and checks `path` for `session`; the new cache is
+/// built beside the session's, which is not touched.
+fn read(path: &Path, key: &StorageKey, session: &Session) -> Result<Restored> {
+    let fail = |p| problem(path, p);
+    let digest = bound_digest(path, session)?;
+    // Nothing larger than this session could have written is read into
+    // memory: a full cache, its tokens, and generous room for messages.
+    let g = Geometry::of(session.cache());
+    let context = session.context() as u64;
+    let limit = (HEADER_LEN + sotto_bridge::SEAL_OVERHEAD + 64) as u64
+        + context * (4 + 512)
+        + (g.n_layer * 2 * g.n_kv_head * g.head_dim * 2) as u64 * context
+        + MESSAGE_ROOM;
+    let size = std::fs::metadata(path)
+        .map_err(|e| fail(SessionFileProblem::Read(e)))?
+        .len();
+    if size > limit {
+        return Err(fail(SessionFileProblem::TooLarge { bytes: size, limit }));
+    }
+    let bytes = Zeroizing::new(std::fs::read(path).map_err(|e| fail(SessionFileProblem::Read(e)))?);
+    let found = bytes.len() as u64;
+    if bytes.len() < DIGEST_AT {
+        if MAGIC.starts_with(&bytes) {
+            return Err(fail(SessionFileProblem::Truncated {
+                expected: HEADER_LEN as u64,
+                found,
+            }));
+        }
+        return Err(fail(SessionFileProblem::NotASessionFile));
+    }
+    if &bytes[..8] != MAGIC {
+        return Err(fail(SessionFileProblem::NotASessionFile));
+    }
+    let version = u16::from_le_bytes([bytes[8], bytes[9]]);
+    if version != FORMAT_VERSION {
+        return Err(fail(SessionFileProblem::UnknownVersion {
+            found: version,
+            supported: FORMAT_VERSION,
+        }));
+    }
+    if bytes.len() < HEADER_LEN {
+        return Err(fail(SessionFileProblem::Truncated {
+            expected: HEADER_LEN as u64,
+            found,
+        }));
+    }
+    let (head, sealed) = bytes.split_at(HEADER_LEN);
+    let mut len = [0u8; 8];
+    len.copy_from_slice(&head[SEALED_LEN_AT..]);
+    let expected = (HEADER_LEN as u64).saturating_add(u64::from_le_bytes(len));
+    if found < expected {
+        return Err(fail(SessionFileProblem::Truncated { expected, found }));
+    }
+    if found > expected {
+        return Err(fail(SessionFileProblem::Tampered));
+    }
+    let sealer = Sealer::for_purpose(key, PURPOSE);
+    if head[KEY_CHECK_AT..SEALED_LEN_AT] != sealer.key_check() {
+        return Err(fail(SessionFileProblem::WrongKey));
+    }
+    let plain = sealer
+        .open(&associated_data(head), sealed)
+        .ok_or_else(|| fail(SessionFileProblem::Tampered))?;
+    // Authentic from here on: the digest is what the writer bound it to.
+    let ours = digest.get();
+    if head[DIGEST_AT..KEY_CHECK_AT] != ours {
+        return Err(fail(SessionFileProblem::OtherModel {
+            saved: hex_prefix(&head[DIGEST_AT..KEY_CHECK_AT]),
+            current: hex_prefix(&ours),
+        }));
+    }
+    let cache = session.backend().new_cache(session.context())?;
+    decode(&plain, session, cache).map_err(fail)
+}
+
+/// The model `session` is bound to; saving and restoring need one.
+fn bound_digest<'s>(path: &Path, session: &'s Session) -> Result<&'s ModelDigest> {
+    session.model_digest().ok_or_else(|| {
+        problem(
+            path,
+            SessionFileProblem::Unbound("opened without a LoadedModel, or with adapters"),
+        )
+    })
+}
+
+/// The plaintext's contents, checked against `session`, its keys and
+/// values written into `cache` (a new cache of the session's backend).
+fn decode(
+    plain: &[u8],
+    session: &Session,
+    mut cache: KvCache,
+) -> Result<Restored, SessionFileProblem> {
+    let mut r = Reader { bytes: plain };
+    let saved = Geometry {
+        n_layer: r.u32("geometry")?,
+        n_kv_head: r.u32("geometry")?,
+        head_dim: r.u32("geometry")?,
+    };
+    let dtype = r.u8("geometry")?;
+    let current = Geometry::of(session.cache());
+    if saved != current || dtype != KV_DTYPE_F16 {
+        return Err(SessionFileProblem::Geometry {
+            saved: if dtype == KV_DTYPE_F16 {
+                saved.describe()
+            } else {
+                format!("{} (element type {dtype})", saved.describe())
+            },
+            current: current.describe(),
+        });
+    }
+    let n = r.u32("token count")?;
+    if n > session.context() {
+        return Err(SessionFileProblem::ContextTooSmall {
+            tokens: n,
+            context: session.context(),
+        });
+    }
+    let vocab = session.backend().spec().vocab_size;
+    let tokens = r
+        .take(4 * n, "tokens")?
+        .chunks_exact(4)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect::<Vec<u32>>();
+    if tokens.iter().any(|&t| t as usize >= vocab) {
+        return Err(SessionFileProblem::Malformed(
+            "a token outside the vocabulary",
+        ));
+    }
+    let (cap, hd) = (cache.capacity(), current.head_dim);
+    for l in 0..current.n_layer {
+        let layer = cache.layer_mut(l);
+        for plane in [&mut layer.k, &mut layer.v] {
+            for h in 0..current.n_kv_head {
+                let start = h * cap * hd;
+                let rows = r.take(2 * n * hd, "keys and values")?;
+                for (x, b) in plane[start..start + n * hd]
+                    .iter_mut()
+                    .zip(rows.chunks_exact(2))
+                {
+                    *x = f16::from_le_bytes([b[0], b[1]]);
+                }
+            }
+        }
+    }
+    cache
+        .set_len(n)
+        .map_err(|_| SessionFileProblem::Malformed("token count"))?;
+    let chat = match r.u8("chat flag")? {
+        0 => None,
+        1 => {
+            let mut digest = [0u8; 32];
+            digest.copy_from_slice(r.take(32, "template digest")?);
+            let count = r.u32("message count")?;
+            let mut messages = Vec::with_capacity(count.min(r.bytes.len() / 8));
+            for _ in 0..count {
+                let role = r.string("message role")?;
+                let content = r.string("message content")?;
+                messages.push(ChatMessage { role, content });
+            }
+            Some((digest, messages))
+        }
+        _ => return Err(SessionFileProblem::Malformed("chat flag")),
+    };
+    if !r.bytes.is_empty() {
+        return Err(SessionFileProblem::Malformed("bytes after the chat state"));
+    }
+    Ok(Restored {
+        cache,
+        tokens,
+        chat,
+    })
+}
+
+/// Seals `plain` for `session`'s model and writes it atomically.
+fn write(path: &Path, key: &StorageKey, session: &Session, plain: &[u8]) -> Result<()> {
+    let fail = |p| problem(path, p);
+    let digest = bound_digest(path, session)?.get();
+    let sealer = Sealer::for_purpose(key, PURPOSE);
+    let sealed_len = (plain.len() + sotto_bridge::SEAL_OVERHEAD) as u64;
+    let mut file = header(&digest, &sealer.key_check(), sealed_len);
+    let sealed = sealer
+        .seal(&associated_data(&file), plain)
+        .map_err(|e| fail(SessionFileProblem::Write(e)))?;
+    file.extend_from_slice(&sealed);
+    write_file_atomically(path, &file).map_err(|e| fail(SessionFileProblem::Write(e)))
+}
+
+impl Session {
+    /// Writes the cached tokens and their keys and values to `path`, sealed
+    /// under `key` and bound to the model file (see the module docs); the
+    /// file is replaced atomically.
+    pub fn save(&self, path: impl AsRef<Path>, key: &StorageKey) -> Result<()> {
+        let path = path.as_ref();
+        let plain = encode(self, None).map_err(|p| problem(path, p))?;
+        write(path, key, self, &plain)
+    }
+
+    /// Replaces the cache by the one saved at `path` (by [`Session::save`]
+    /// or [`Chat::save`]): the next prompt that extends the saved tokens
+    /// prefills only what is new. Refused files are typed
+    /// [`Error::SessionFile`] errors and leave the session unchanged.
+    pub fn restore(&mut self, path: impl AsRef<Path>, key: &StorageKey) -> Result<()> {
+        let restored = read(path.as_ref(), key, self)?;
+        self.replace_state(restored.cache, restored.tokens);
+        Ok(())
+    }
+}
+
+impl Chat {
+    /// Writes the conversation (messages and the session's cache) to
+    /// `path`, sealed under `key` and bound to the model file; restore it
+    /// with [`LoadedModel::restore_chat`].
+    pub fn save(&self, path: impl AsRef<Path>, key: &StorageKey) -> Result<()> {
+        let path = path.as_ref();
+        let plain = encode(self.session(), Some((self.template(), self.messages())))
+            .map_err(|p| problem(path, p))?;
+        write(path, key, self.session(), &plain)
+    }
+
+    /// Replaces the conversation by the one saved at `path`; refused files
+    /// leave it unchanged.
+    pub fn restore(&mut self, path: impl AsRef<Path>, key: &StorageKey) -> Result<()> {
+        let path = path.as_ref();
+        let restored = read(path, key, self.session())?;
+        let Some((template, messages)) = restored.chat else {
+            return Err(problem(path, SessionFileProblem::NoChat));
+        };
+        if template != template_digest(self.template()) {
+            return Err(problem(path, SessionFileProblem::OtherTemplate));
+        }
+        self.session_mut()
+            .replace_state(restored.cache, restored.tokens);
+        self.set_messages(messages);
+        Ok(())
+    }
+}
+
+impl LoadedModel {
+    /// A chat of `context` positions resumed from `path` (written by
+    /// [`Chat::save`] for this model): its messages and KV cache, so the
+    /// next turn prefills only the new message.
+    pub fn restore_chat(
+        &self,
+        path: impl AsRef<Path>,
+        key: &StorageKey,
+        context: usize,
+    ) -> Result<Chat> {
+        let mut chat = self.chat(context, None)?;
+        chat.restore(path, key)?;
+        Ok(chat)
+    }
+
+    /// A session of `context` positions resumed from `path` (written by
+    /// [`Session::save`] or [`Chat::save`] for this model).
+    pub fn restore_session(
+        &self,
+        path: impl AsRef<Path>,
+        key: &StorageKey,
+        context: usize,
+    ) -> Result<Session> {
+        let mut session = self.session(context)?;
+        session.restore(path, key)?;
+        Ok(session)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_layout_is_as_documented() {
+        let h = header(&[7; 32], &[9; KEY_CHECK_LEN], 1234);
+        assert_eq!(h.len(), HEADER_LEN);
+        assert_eq!(HEADER_LEN, 66);
+        assert_eq!(&h[..8], MAGIC);
+        assert_eq!(u16::from_le_bytes([h[8], h[9]]), FORMAT_VERSION);
+        assert_eq!(&h[DIGEST_AT..KEY_CHECK_AT], &[7; 32]);
+        assert_eq!(&h[KEY_CHECK_AT..SEALED_LEN_AT], &[9; KEY_CHECK_LEN]);
+        assert_eq!(h[SEALED_LEN_AT..], 1234u64.to_le_bytes());
+    }
+
+    #[test]
+    fn file_names_are_keyed_tags() {
+        let a = StorageKey::from_bytes([1; 32]);
+        let b = StorageKey::from_bytes([2; 32]);
+        let name = session_file_name(&a, b"+15551234567.1");
+        assert_eq!(name, session_file_name(&a, b"+15551234567.1"));
+        assert_ne!(name, session_file_name(&b, b"+15551234567.1"));
+        assert_ne!(name, session_file_name(&a, b"+15551234567.2"));
+        assert!(!name.contains("1555"));
+        assert_eq!(name.len(), 32 + ".session".len());
+    }
+
+    #[test]
+    fn the_reader_refuses_short_input() {
+        let mut r = Reader { bytes: &[1, 0, 0] };
+        assert!(matches!(
+            r.u32("x"),
+            Err(SessionFileProblem::Malformed("x"))
+        ));
+        let mut r = Reader {
+            bytes: &[5, 0, 0, 0, b'a'],
+        };
+        assert!(r.string("s").is_err());
+    }
+}
