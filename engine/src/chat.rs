@@ -5,8 +5,9 @@
 //! the message history exactly as it was; the KV cache keeps only a prefix of
 //! that history, which is always safe to reuse.
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::generate::{GenerateOptions, GenerationStats, Session};
+use crate::tools::Tool;
 use sotto_models::chat::{ChatMessage, ChatTemplate};
 use std::sync::Arc;
 
@@ -18,6 +19,8 @@ pub struct Chat {
     template: Arc<ChatTemplate>,
     messages: Vec<ChatMessage>,
     add_bos: bool,
+    /// Tools every prompt offers ([`crate::tools`]).
+    tools: Vec<Tool>,
 }
 
 /// One completed assistant turn.
@@ -46,6 +49,7 @@ impl Chat {
             template,
             messages,
             add_bos,
+            tools: Vec::new(),
         }
     }
 
@@ -73,12 +77,20 @@ impl Chat {
         self.messages = messages;
     }
 
+    /// Offers `tools` in every prompt from now on (none: no tools); see
+    /// [`Chat::send_for_tool_call`].
+    pub fn set_tools(&mut self, tools: Vec<Tool>) {
+        self.tools = tools;
+    }
+
+    /// The tools the prompts offer.
+    pub fn tools(&self) -> &[Tool] {
+        &self.tools
+    }
+
     /// The exact tokens the model sees for `messages` plus the generation prompt.
     pub fn prompt_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
-        let text = self
-            .template
-            .render(messages, true)
-            .map_err(|e| Error::Template(e.to_string()))?;
+        let text = crate::tools::render_with_tools(&self.template, messages, &self.tools, true)?;
         let tok = self.session.tokenizer();
         let mut ids = Vec::new();
         if self.add_bos {

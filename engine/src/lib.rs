@@ -8,6 +8,10 @@
 //!   streaming text that never splits a UTF-8 character, stop strings,
 //!   cancellation from another thread, typed context overflow.
 //! * [`chat`]: conversations through the model's chat template.
+//! * [`constrain`]: output constrained by a JSON Schema or a Lark grammar
+//!   (token masks from llguidance, `constrain` feature).
+//! * [`tools`]: tool calling through the chat template, calls generated
+//!   under the tools' grammar and parsed into typed [`ToolCall`]s.
 //! * [`open`]: the one entry point: a model file and a [`BackendChoice`]
 //!   (cpu, ort with its EP chain, hybrid, a foreign export, candle) in, a
 //!   [`LoadedModel`] that hands out sessions out.
@@ -27,6 +31,7 @@
 pub mod assistant;
 pub mod backend;
 pub mod chat;
+pub mod constrain;
 pub mod cpu;
 pub mod error;
 pub mod generate;
@@ -40,6 +45,7 @@ pub mod sampler;
 pub mod session_file;
 pub mod speculative;
 pub(crate) mod text;
+pub mod tools;
 
 /// candle-transformers' quantized Llama as a reference backend and benchmark
 /// baseline, behind the `candle` feature.
@@ -55,6 +61,7 @@ pub mod ort;
 pub use assistant::{AssistantConfig, EngineAssistant};
 pub use backend::{Backend, LogitsFor};
 pub use chat::{Chat, Reply};
+pub use constrain::Constraint;
 pub use cpu::CpuBackend;
 pub use error::{Error, Result};
 pub use generate::{CancelToken, GenerateOptions, GenerationStats, Session, StopReason};
@@ -67,3 +74,4 @@ pub use open::{
 pub use sampler::{Sampler, SamplerConfig};
 #[cfg(feature = "bridge")]
 pub use session_file::SessionFileProblem;
+pub use tools::{parse_tool_calls, Tool, ToolCall, ToolCallFormat, ToolReply};
