@@ -164,6 +164,15 @@ qemu_tests() {
       qemu-aarch64-static -L "$SYSROOT" "$OUT/test_sotto_aarch64"
 }
 
+# `test-ffi.sh build`: only the toolchains and the cross-built libraries
+# (phones, aarch64 for qemu), which have target directories of their own;
+# scripts/test.sh runs it in the background while the workspace tests run
+# (the host library waits for them: it shares their target directory).
+if [ "${1:-}" = build ]; then
+  phone_libs && staticlib "$ARM" ffi-qemu panic-probe >/dev/null
+  exit $?
+fi
+
 if check "libsotto for $(uname -m) (test profile, jni + panic-probe)" host_build; then
   check "C tests (native)" c_tests
   check "C example: streaming chat" c_example

@@ -103,6 +103,16 @@ if [ -x scripts/fuzz.sh ]; then
   fuzz_build_pid=$!
 fi
 
+# The cross builds (the aarch64 kernel tests; the phone and aarch64 C ABI
+# libraries) likewise: target directories of their own, so they do not wait
+# for the workspace tests' lock, and the steps after the tests find them
+# built.
+cross_build_pid=
+if [ -x scripts/test-aarch64.sh ] && [ -x scripts/test-ffi.sh ]; then
+  (scripts/test-aarch64.sh build && scripts/test-ffi.sh build) >target/test-cross-build.log 2>&1 &
+  cross_build_pid=$!
+fi
+
 step "workspace tests"
 soak_report=target/tmp/bridge-soak-report.txt
 rm -f "$soak_report"
@@ -112,6 +122,12 @@ fi
 # The bridge soak's figures (tools/tests/bridge_soak.rs, one round here;
 # scripts/bridge-soak.sh runs it for minutes).
 if [ -f "$soak_report" ]; then cat "$soak_report"; fi
+
+if [ -n "$cross_build_pid" ]; then
+  # (a failed background build shows in its log; the steps below build again)
+  wait "$cross_build_pid" || echo "background cross build failed:" >&2
+  cat target/test-cross-build.log
+fi
 
 if [ -x scripts/test-aarch64.sh ]; then
   step "aarch64 kernels under qemu"

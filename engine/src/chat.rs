@@ -12,8 +12,9 @@
 //! `TrimTurns` the oldest whole turns leave the prompt ([`TurnWindow`]).
 
 use crate::context::{ContextPolicy, TurnWindow};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::generate::{GenerateOptions, GenerationStats, Session};
+use crate::tools::Tool;
 use sotto_models::chat::{ChatMessage, ChatTemplate};
 use std::sync::Arc;
 
@@ -30,6 +31,8 @@ pub struct Chat {
     /// Under [`ContextPolicy::Shift`]: the rendered text of the history
     /// (no generation prompt) and its tokens, extended turn by turn.
     rendered: Option<(String, Vec<u32>)>,
+    /// Tools every prompt offers ([`crate::tools`]).
+    tools: Vec<Tool>,
 }
 
 /// One completed assistant turn.
@@ -60,6 +63,7 @@ impl Chat {
             add_bos,
             window: TurnWindow::new(),
             rendered: None,
+            tools: Vec::new(),
         }
     }
 
@@ -115,6 +119,17 @@ impl Chat {
         self.messages = messages;
     }
 
+    /// Offers `tools` in every prompt from now on (none: no tools); see
+    /// [`Chat::send_for_tool_call`].
+    pub fn set_tools(&mut self, tools: Vec<Tool>) {
+        self.tools = tools;
+    }
+
+    /// The tools the prompts offer.
+    pub fn tools(&self) -> &[Tool] {
+        &self.tools
+    }
+
     /// The exact tokens the model sees for `messages` plus the generation prompt.
     pub fn prompt_tokens(&self, messages: &[ChatMessage]) -> Result<Vec<u32>> {
         let text = self.render(messages, true)?;
@@ -122,9 +137,7 @@ impl Chat {
     }
 
     fn render(&self, messages: &[ChatMessage], generation_prompt: bool) -> Result<String> {
-        self.template
-            .render(messages, generation_prompt)
-            .map_err(|e| Error::Template(e.to_string()))
+        crate::tools::render_with_tools(&self.template, messages, &self.tools, generation_prompt)
     }
 
     /// The tokens of `text` (a render) after `prefix`, the tokens of an

@@ -154,6 +154,31 @@ pub enum Error {
     #[error("empty input: {0}")]
     Empty(&'static str),
 
+    /// A JSON Schema or grammar the constraint automaton refuses (not
+    /// JSON, GBNF instead of Lark, a syntax error, an unsatisfiable schema),
+    /// reported before any token is generated.
+    #[error("invalid {kind}: {reason}")]
+    InvalidConstraint {
+        /// `JSON Schema`, `grammar` or `vocabulary`.
+        kind: &'static str,
+        /// The compiler's message.
+        reason: String,
+    },
+
+    /// The constraint automaton failed during a generation (no token of the
+    /// vocabulary continues the output, an internal error).
+    #[error("constrained decoding: {0}")]
+    ConstraintFailed(String),
+
+    /// A model's answer holds no tool call the format's parser reads.
+    #[error("tool call ({format}): {reason}")]
+    ToolCallParse {
+        /// `hermes`, `llama3-json` or `mistral`.
+        format: &'static str,
+        /// What was wrong.
+        reason: String,
+    },
+
     /// A draft model that cannot draft for this session's model (another
     /// vocabulary).
     #[error("draft model: {0}")]

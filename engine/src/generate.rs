@@ -7,6 +7,7 @@
 //! generation, the cache and its token list stay consistent.
 
 use crate::backend::{Backend, LogitsFor};
+use crate::constrain::{ConstrainedSampling, Constraint, GrammarCompiler};
 use crate::context::{discard_count, shift_cache, ContextPolicy, ShiftedOut};
 use crate::error::{Error, Result};
 use crate::kv_cache::KvCache;
@@ -74,6 +75,10 @@ pub struct GenerateOptions {
     /// same as without; see [`crate::speculative`]); `None` decodes one
     /// token per pass.
     pub prompt_lookup: Option<PromptLookup>,
+    /// The output must match this JSON Schema or grammar (see
+    /// [`crate::constrain`]); the generation ends with
+    /// [`StopReason::GrammarComplete`] when nothing may follow.
+    pub constraint: Option<Constraint>,
 }
 
 impl Default for GenerateOptions {
@@ -84,6 +89,7 @@ impl Default for GenerateOptions {
             stop: Vec::new(),
             cancel: None,
             prompt_lookup: None,
+            constraint: None,
         }
     }
 }
@@ -99,6 +105,9 @@ pub enum StopReason {
     MaxTokens,
     /// The context is full.
     ContextFull,
+    /// The output matches [`GenerateOptions::constraint`] and the grammar
+    /// allows nothing after it.
+    GrammarComplete,
 }
 
 /// What one generation did and how fast.
@@ -125,6 +134,15 @@ pub struct GenerationStats {
     pub drafted_tokens: usize,
     /// Draft tokens the sampler then picked: decode passes saved.
     pub accepted_tokens: usize,
+    /// Time the constraint automaton took computing each token's mask and
+    /// advancing past the picked token (zero without
+    /// [`GenerateOptions::constraint`]).
+    pub constraint_time: Duration,
+    /// Time compiling the constraint took, before the prefill (a session's
+    /// first constraint also builds the vocabulary's token trie).
+    pub constraint_compile_time: Duration,
+    /// Token masks the constraint automaton computed.
+    pub constraint_masks: usize,
 }
 
 impl GenerationStats {
@@ -160,6 +178,8 @@ pub struct Session {
     /// What context shifts dropped from between `tokens`' kept prefix and
     /// the rest: prompts are whole token streams, mapped past the gap.
     shifted: ShiftedOut,
+    /// Compiles [`GenerateOptions::constraint`]s for this tokenizer.
+    grammars: GrammarCompiler,
     /// The model file the backend's weights come from, which a saved
     /// session is bound to; `None` when the session was not opened through
     /// a [`crate::LoadedModel`] (or applies adapters).
@@ -192,6 +212,7 @@ impl Session {
             draft_model: None,
             policy: ContextPolicy::Error,
             shifted: ShiftedOut::default(),
+            grammars: GrammarCompiler::default(),
             model_digest: None,
         })
     }
@@ -375,6 +396,12 @@ impl Session {
             return Err(Error::Empty("prompt"));
         }
         let mut sampler = Sampler::new(opts.sampler.clone())?;
+        // An invalid schema or grammar fails here, before the cache changes.
+        let mut constraint = opts
+            .constraint
+            .as_ref()
+            .map(|c| ConstrainedSampling::new(c, &self.tokenizer, &self.grammars))
+            .transpose()?;
         let cancelled = || opts.cancel.as_ref().is_some_and(|c| c.is_cancelled());
 
         let capacity = self.cache.capacity();
@@ -434,6 +461,7 @@ impl Session {
             logits,
             opts,
             &mut sampler,
+            constraint.as_mut(),
             &mut stream,
             &mut out_tokens,
             &mut spec,
@@ -465,6 +493,11 @@ impl Session {
             tokens: out_tokens,
             drafted_tokens: spec.drafted,
             accepted_tokens: spec.accepted,
+            constraint_time: constraint.as_ref().map_or(Duration::ZERO, |c| c.time),
+            constraint_compile_time: constraint
+                .as_ref()
+                .map_or(Duration::ZERO, |c| c.compile_time),
+            constraint_masks: constraint.as_ref().map_or(0, |c| c.masks),
         })
     }
 
@@ -480,6 +513,7 @@ impl Session {
         mut logits: Vec<f32>,
         opts: &GenerateOptions,
         sampler: &mut Sampler,
+        mut constraint: Option<&mut ConstrainedSampling>,
         stream: &mut TextStream,
         out_tokens: &mut Vec<u32>,
         spec: &mut Speculation,
@@ -498,18 +532,34 @@ impl Session {
                     generated: out_tokens.len(),
                 });
             }
+            if let Some(c) = constraint.as_deref_mut() {
+                c.mask(&mut logits[row..row + vocab])?;
+            }
             let next = sampler.sample(&logits[row..row + vocab], &self.tokens)?;
             on_token(out_tokens.is_empty());
             out_tokens.push(next);
             if self.tokenizer.is_end_of_generation(next) {
+                // Under a constraint the mask allowed it: the output is complete.
                 return Ok(StopReason::EndOfGeneration);
             }
+            let complete = match constraint.as_deref_mut() {
+                Some(c) => {
+                    c.advance(next)?;
+                    c.is_complete()
+                }
+                None => false,
+            };
             let piece = stream.push(&self.tokenizer.token_bytes(next)?);
             if !piece.text.is_empty() {
                 on_text(&piece.text);
             }
             if piece.stop {
                 return Ok(StopReason::StopString);
+            }
+            if complete {
+                // Like a stop string, the last token is not run: the cache
+                // holds exactly `self.tokens`.
+                return Ok(StopReason::GrammarComplete);
             }
             if self.tokens.len() >= self.cache.capacity() {
                 let capacity = self.cache.capacity();

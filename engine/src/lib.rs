@@ -10,6 +10,10 @@
 //! * [`chat`]: conversations through the model's chat template.
 //! * [`context`]: what a full context does ([`ContextPolicy`]): error,
 //!   llama.cpp's context shift, or whole turns trimmed by the chat layer.
+//! * [`constrain`]: output constrained by a JSON Schema or a Lark grammar
+//!   (token masks from llguidance, `constrain` feature).
+//! * [`tools`]: tool calling through the chat template, calls generated
+//!   under the tools' grammar and parsed into typed [`ToolCall`]s.
 //! * [`open`]: the one entry point: a model file and a [`BackendChoice`]
 //!   (cpu, ort with its EP chain, hybrid, a foreign export, candle) in, a
 //!   [`LoadedModel`] that hands out sessions out.
@@ -29,6 +33,7 @@
 pub mod assistant;
 pub mod backend;
 pub mod chat;
+pub mod constrain;
 pub mod context;
 pub mod cpu;
 pub mod error;
@@ -43,6 +48,7 @@ pub mod sampler;
 pub mod session_file;
 pub mod speculative;
 pub(crate) mod text;
+pub mod tools;
 
 /// candle-transformers' quantized Llama as a reference backend and benchmark
 /// baseline, behind the `candle` feature.
@@ -58,6 +64,7 @@ pub mod ort;
 pub use assistant::{AssistantConfig, EngineAssistant};
 pub use backend::{Backend, LogitsFor};
 pub use chat::{Chat, Reply};
+pub use constrain::Constraint;
 pub use context::{ContextPolicy, TurnWindow};
 pub use cpu::CpuBackend;
 pub use error::{Error, Result};
@@ -71,3 +78,4 @@ pub use open::{
 pub use sampler::{Sampler, SamplerConfig};
 #[cfg(feature = "bridge")]
 pub use session_file::SessionFileProblem;
+pub use tools::{parse_tool_calls, Tool, ToolCall, ToolCallFormat, ToolReply};

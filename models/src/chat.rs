@@ -125,12 +125,34 @@ impl ChatTemplate {
     /// The prompt for `messages`; with `add_generation_prompt` it ends with
     /// the header of an assistant turn.
     pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String> {
+        self.render_with_tools(messages, &[], add_generation_prompt)
+    }
+
+    /// Whether the template reads a `tools` variable (Qwen 2.5, Llama 3.1,
+    /// Mistral do; ChatML and SmolLM2's do not, so tools must reach those
+    /// models through the messages).
+    pub fn renders_tools(&self) -> bool {
+        self.source.contains("tools")
+    }
+
+    /// [`render`](Self::render) with `tools` (OpenAI-style function
+    /// descriptions, `{"type": "function", "function": {...}}`) as the
+    /// template's `tools` variable; none leaves it undefined, as
+    /// transformers does.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: &[serde_json::Value],
+        add_generation_prompt: bool,
+    ) -> Result<String> {
         let tmpl = self
             .env
             .get_template(TEMPLATE_NAME)
             .map_err(|e| Error::ChatTemplate(describe(&e)))?;
+        let tools = (!tools.is_empty()).then(|| Value::from_serialize(tools));
         tmpl.render(minijinja::context! {
             messages => messages,
+            tools => tools,
             add_generation_prompt => add_generation_prompt,
             bos_token => &self.bos_token,
             eos_token => &self.eos_token,

@@ -202,6 +202,23 @@ pub fn greedy(max_tokens: usize) -> sotto_engine::GenerateOptions {
     }
 }
 
+/// Options for plain sampling at temperature 1 (no top-k, top-p or min-p
+/// truncation) from `seed`, up to `max_tokens` tokens.
+pub fn sampled(seed: u64, max_tokens: usize) -> sotto_engine::GenerateOptions {
+    sotto_engine::GenerateOptions {
+        sampler: sotto_engine::SamplerConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed,
+            ..sotto_engine::SamplerConfig::default()
+        },
+        max_tokens,
+        ..Default::default()
+    }
+}
+
 /// Runs the program `exe` (a CLI under test, e.g. `env!("CARGO_BIN_EXE_sotto")`)
 /// with `args`, writing `stdin` to its standard input; its output.
 pub fn run_with_stdin(exe: &str, args: &[&std::ffi::OsStr], stdin: &str) -> std::process::Output {

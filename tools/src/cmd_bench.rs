@@ -107,6 +107,11 @@ pub struct BenchArgs {
     /// vocabulary; 4 drafted tokens per pass) in the same section.
     #[arg(long, value_name = "MODEL")]
     pub draft_model: Option<PathBuf>,
+    /// Also bench constrained decoding: sampled answers under the JSON
+    /// Schema in FILE (its own section: the automaton's time per token and
+    /// its share of a decode step, compile time).
+    #[arg(long, value_name = "FILE")]
+    pub json_schema: Option<PathBuf>,
     /// A LoRA adapter on the cpu rows (repeatable): a llama.cpp GGUF
     /// adapter or a PEFT folder, `PATH[:SCALE]`; applied at run time
     /// unless --lora-merge.
@@ -267,12 +272,29 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     } else {
         None
     };
+    let constrained = match &args.json_schema {
+        Some(path) => {
+            let schema = std::fs::read_to_string(path)
+                .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            let spinner = spinner("constrained decoding under the JSON Schema");
+            let n_gen = args.n_gen.iter().copied().max().unwrap_or(0).max(64);
+            let rows =
+                bench::constrained::run(&model_path, &threads, &schema, n_gen, args.repetitions);
+            spinner.finish_and_clear();
+            Some(rows?)
+        }
+        None => None,
+    };
     let text = match args.output {
         OutputFormat::Md => {
             report::markdown(&report)
                 + &speculative
                     .as_deref()
                     .map(bench::speculative::markdown)
+                    .unwrap_or_default()
+                + &constrained
+                    .as_deref()
+                    .map(bench::constrained::markdown)
                     .unwrap_or_default()
         }
         OutputFormat::Json => report::json(&report)? + "\n",

@@ -248,7 +248,7 @@ pub fn run(args: ChatArgs) -> Result<(), CliError> {
         // Ctrl-C stops the answer being written, not the program.
         let _ = ctrlc::set_handler(move || c.cancel());
     }
-    let opts = args.generation.options(Some(cancel.clone()));
+    let opts = args.generation.options(Some(cancel.clone()))?;
     match &args.prompt {
         Some(p) => turn(&mut chat, &mut answers, p, &opts, args.generation.quiet).map(|_| ())?,
         None => repl(
@@ -299,7 +299,7 @@ fn turn(
     if !quiet {
         let s = &reply.stats;
         eprintln!(
-            "sotto: prompt {} tok ({} reused) at {:.1} tok/s, ttft {:.0} ms; {} tok at {:.1} tok/s; stop: {:?}{}",
+            "sotto: prompt {} tok ({} reused) at {:.1} tok/s, ttft {:.0} ms; {} tok at {:.1} tok/s; stop: {:?}{}{}",
             s.prompt_tokens,
             s.reused_tokens,
             s.prefill_tps(),
@@ -307,7 +307,8 @@ fn turn(
             s.generated_tokens,
             s.decode_tps(),
             s.stop,
-            crate::sampling::speculation_note(s)
+            crate::sampling::speculation_note(s),
+            crate::sampling::constraint_note(s)
         );
         let shifted = chat.session().shifted_out();
         if shifted > 0 {

@@ -76,7 +76,7 @@ pub fn run(args: CompleteArgs) -> Result<(), CliError> {
         // Ctrl-C stops the continuation, which is then printed as it stands.
         let _ = ctrlc::set_handler(move || c.cancel());
     }
-    let opts = args.generation.options(Some(cancel));
+    let opts = args.generation.options(Some(cancel))?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let stats = session.generate(&prompt, &opts, &mut |piece| {
@@ -88,14 +88,15 @@ pub fn run(args: CompleteArgs) -> Result<(), CliError> {
     let s = stats?;
     if !args.generation.quiet {
         eprintln!(
-            "sotto: prompt {} tok at {:.1} tok/s, ttft {:.0} ms; {} tok at {:.1} tok/s; stop: {:?}{}",
+            "sotto: prompt {} tok at {:.1} tok/s, ttft {:.0} ms; {} tok at {:.1} tok/s; stop: {:?}{}{}",
             s.prompt_tokens,
             s.prefill_tps(),
             s.time_to_first_token.as_secs_f64() * 1e3,
             s.generated_tokens,
             s.decode_tps(),
             s.stop,
-            crate::sampling::speculation_note(&s)
+            crate::sampling::speculation_note(&s),
+            crate::sampling::constraint_note(&s)
         );
     }
     Ok(())

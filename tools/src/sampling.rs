@@ -1,7 +1,9 @@
 //! The run, sampling and stopping flags `sotto chat` and `sotto complete` share.
 
+use crate::error::CliError;
 use sotto_engine::speculative::PromptLookup;
-use sotto_engine::{CancelToken, GenerateOptions, GenerationStats, SamplerConfig};
+use sotto_engine::{CancelToken, Constraint, GenerateOptions, GenerationStats, SamplerConfig};
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct GenerationArgs {
@@ -37,12 +39,34 @@ pub struct GenerationArgs {
     /// (the answer is the same; faster when it repeats the conversation).
     #[arg(long, value_name = "N")]
     pub lookup: Option<usize>,
+    /// The answer must be JSON valid under the JSON Schema in FILE (the
+    /// answer ends when the JSON is complete).
+    #[arg(long, value_name = "FILE", conflicts_with = "grammar")]
+    pub json_schema: Option<PathBuf>,
+    /// The answer must match the grammar in FILE, in llguidance's Lark
+    /// syntax (`start: ...`; GBNF is refused with a pointer to Lark).
+    #[arg(long, value_name = "FILE")]
+    pub grammar: Option<PathBuf>,
+}
+
+fn read_constraint_file(path: &Path) -> Result<String, CliError> {
+    std::fs::read_to_string(path).map_err(|source| CliError::Io {
+        what: format!("reading {}", path.display()),
+        source,
+    })
 }
 
 impl GenerationArgs {
-    /// The generation options these flags ask for.
-    pub fn options(&self, cancel: Option<CancelToken>) -> GenerateOptions {
-        GenerateOptions {
+    /// The generation options these flags ask for; an unreadable or
+    /// malformed `--json-schema` / `--grammar` file is an error here, before
+    /// any token.
+    pub fn options(&self, cancel: Option<CancelToken>) -> Result<GenerateOptions, CliError> {
+        let constraint = match (&self.json_schema, &self.grammar) {
+            (Some(path), _) => Some(Constraint::json_schema_text(&read_constraint_file(path)?)?),
+            (None, Some(path)) => Some(Constraint::grammar_text(&read_constraint_file(path)?)?),
+            (None, None) => None,
+        };
+        Ok(GenerateOptions {
             sampler: SamplerConfig {
                 temperature: self.temperature,
                 top_k: self.top_k,
@@ -59,8 +83,23 @@ impl GenerationArgs {
                 max_draft,
                 ..PromptLookup::default()
             }),
-        }
+            constraint,
+        })
     }
+}
+
+/// "; constraint X ms/token ..." after the statistics line when a
+/// constraint masked the answer, else nothing.
+pub fn constraint_note(s: &GenerationStats) -> String {
+    if s.constraint_masks == 0 {
+        return String::new();
+    }
+    format!(
+        "; constraint {:.3} ms/token over {} masks, compiled in {:.0} ms",
+        s.constraint_time.as_secs_f64() * 1e3 / s.constraint_masks as f64,
+        s.constraint_masks,
+        s.constraint_compile_time.as_secs_f64() * 1e3
+    )
 }
 
 /// "; drafts A/D accepted" after the statistics line when prompt lookup

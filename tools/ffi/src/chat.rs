@@ -213,6 +213,7 @@ impl ChatHandle {
                     stop: o.stop,
                     cancel: None,
                     prompt_lookup: None,
+                    constraint: None,
                 },
                 system: o.system,
                 _model: model.clone(),

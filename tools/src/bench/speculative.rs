@@ -66,14 +66,7 @@ pub fn run(
                 "Repeat the following text exactly, with nothing else:\n\n{PASSAGE}"
             )),
         ];
-        let text = model
-            .template
-            .render(&messages, true)
-            .map_err(|e| e.to_string())?;
-        let prompt = model
-            .tokenizer
-            .encode(&text, true)
-            .map_err(|e| e.to_string())?;
+        let prompt = super::chat_prompt(model, &messages)?;
         let context = prompt.len() + max_tokens + 1;
         let base = GenerateOptions {
             sampler: SamplerConfig::greedy(),
