@@ -222,8 +222,10 @@ fn shifted_layer_zero_equals_a_fresh_prefill() {
             let row = |v: &[half::f16]| -> Vec<f32> {
                 v[range.clone()].iter().map(|x| x.to_f32()).collect()
             };
-            worst_k = worst_k.max(rel_l2(&row(&a.layer(0).k), &row(&b.layer(0).k)));
-            worst_v = worst_v.max(rel_l2(&row(&a.layer(0).v), &row(&b.layer(0).v)));
+            let (ak, av) = a.layer(0).f16("test").unwrap();
+            let (bk, bv) = b.layer(0).f16("test").unwrap();
+            worst_k = worst_k.max(rel_l2(&row(ak), &row(bk)));
+            worst_v = worst_v.max(rel_l2(&row(av), &row(bv)));
         }
         eprintln!(
             "{}: layer 0 keys {worst_k:.2e}, values {worst_v:.2e} from a fresh prefill",
