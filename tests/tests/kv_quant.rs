@@ -18,6 +18,19 @@
 //! after the prefill must fail the same check. A q8_0 chat saved to disk
 //! restores bit for bit and answers as the uninterrupted one; a model
 //! opened with another KV type refuses that file.
+//!
+//! Measured at 031295a (SmolLM2-135M Q4_1, 80 rows; f16 Sotto vs f16
+//! llama.cpp 0.0234 rel L2, 0.950 argmax agreement):
+//!
+//! | KV   | Sotto rel L2 | agree | llama.cpp rel L2 | agree |
+//! |------|-------------:|------:|-----------------:|------:|
+//! | q8_0 |       0.0277 | 0.938 |           0.0248 | 0.963 |
+//! | q4_0 |       0.1690 | 0.750 |           0.1056 | 0.812 |
+//!
+//! q4_0 fails the margin (0.1690 > 0.1683): an open gap against llama.cpp,
+//! left failing on purpose until it is understood (the attention kernels
+//! match f64 attention on the dequantized cache, so the difference is in
+//! what is quantized or in llama.cpp's path, not in the arithmetic).
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 use sotto_engine::{
