@@ -791,6 +791,24 @@ where
     assert!(status.success(), "{cmd:?} failed ({status})");
 }
 
+/// Runs `tests/scripts/{script} --model MODEL --cases CASES --out OUT` on the
+/// reference python (the shape of the single-purpose llama.cpp scripts);
+/// panics with its exit status when it fails (its stderr is shown).
+pub fn run_llama_cases_script(script: &str, model: &Path, cases: &Path, out: &Path) {
+    let script = repo_root().join("tests/scripts").join(script);
+    let status = Command::new(llama_python())
+        .arg(&script)
+        .arg("--model")
+        .arg(model)
+        .arg("--cases")
+        .arg(cases)
+        .arg("--out")
+        .arg(out)
+        .status()
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
+    assert!(status.success(), "{} failed ({status})", script.display());
+}
+
 /// How much of a prompt file llama.cpp's reference covers. Its time is
 /// mostly the greedy steps and the one-token-per-micro-batch alternate, so
 /// a test bounds it with these.

@@ -21,9 +21,8 @@
 use serde_json::{json, Value};
 use sotto_engine::{Constraint, Error, StopReason, TextMatch};
 use sotto_models::ChatMessage;
-use sotto_tests::parity::{cache_dir, llama_python, repo_root, Criteria};
+use sotto_tests::parity::{cache_dir, run_llama_cases_script, Criteria};
 use sotto_tests::{default_model, default_model_path, default_session};
-use std::process::Command;
 
 struct Case {
     name: &'static str,
@@ -136,18 +135,7 @@ fn llama_runs() -> Vec<Value> {
     let cases_path = dir.join("cases.json");
     std::fs::write(&cases_path, serde_json::to_vec_pretty(&cases).unwrap()).unwrap();
     let out = dir.join("llama.json");
-    let script = repo_root().join("tests/scripts/llama_grammar.py");
-    let status = Command::new(llama_python())
-        .arg(&script)
-        .arg("--model")
-        .arg(default_model_path())
-        .arg("--cases")
-        .arg(&cases_path)
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-    assert!(status.success(), "{} failed ({status})", script.display());
+    run_llama_cases_script("llama_grammar.py", &default_model_path(), &cases_path, &out);
     let v: Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
     v["cases"].as_array().unwrap().clone()
 }
