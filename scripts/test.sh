@@ -38,6 +38,35 @@ step() {
   printf '\n==> [%dm%02ds] %s\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*"
 }
 
+# The builds are the slowest part of a run on 2 cores (the workspace with
+# every feature, the fuzz targets under AddressSanitizer, the aarch64 and
+# phone cross builds: ~17 min of the critical path from nothing). A clean
+# clone has no target/, so it gets the one kept in the user cache, as
+# llama.cpp's build is: cargo's fingerprints rebuild every workspace crate
+# (a fresh clone's files are newer than any artifact) and reuse the
+# dependencies' artifacts, which do not depend on where the clone is. The
+# cache is dropped when it grows past SOTTO_TARGET_CACHE_GB (default 40) and
+# not used when the disk has under 20 GB free; SOTTO_TARGET_CACHE=0 turns it off.
+cache_root="${SOTTO_CACHE:-$HOME/.cache/sotto}"
+target_cache="$cache_root/cargo-target"
+if [ ! -e target ] && [ "${SOTTO_TARGET_CACHE:-1}" != 0 ]; then
+  mkdir -p "$cache_root"
+  free_kb=$(df -Pk "$cache_root" | awk 'NR == 2 { print $4 }')
+  if [ -d "$target_cache" ]; then
+    used_kb=$(du -sk "$target_cache" | cut -f1)
+    if [ "$used_kb" -gt $((${SOTTO_TARGET_CACHE_GB:-40} * 1024 * 1024)) ]; then
+      echo "target cache $target_cache holds $((used_kb / 1024 / 1024)) GB: starting it afresh"
+      rm -rf "$target_cache"
+    fi
+  fi
+  if [ "${free_kb:-0}" -gt $((20 * 1024 * 1024)) ] || [ -d "$target_cache" ]; then
+    mkdir -p "$target_cache"
+    # Leftovers of the last run's tests and logs are not this run's.
+    rm -rf "$target_cache/tmp" "$target_cache"/test-*.log
+    ln -s "$target_cache" target
+    echo "target/ -> $target_cache (cached build artifacts)"
+  fi
+fi
 mkdir -p target
 # Every suite runs even when an earlier one fails; the exit status says
 # whether all passed.

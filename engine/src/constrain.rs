@@ -12,12 +12,20 @@
 //! computed after the automaton consumed the tokens before it, so a draft
 //! token the grammar forbids is never kept.
 //!
+//! A GBNF grammar (llama.cpp's `root ::= ...` syntax) is translated to Lark
+//! when the constraint is built ([`Constraint::gbnf_text`]; see the `gbnf`
+//! module for how the translation keeps GBNF's language exactly), so a
+//! malformed one is an [`Error::GrammarSyntax`] with its line before any
+//! model runs.
+//!
 //! The automaton is behind the `constrain` feature; [`Constraint`] itself is
 //! plain data so options carry it in every build, and a build without the
 //! feature refuses it with [`Error::FeatureDisabled`] before any token.
 
 use crate::error::{Error, Result};
 use serde_json::Value;
+
+mod gbnf;
 
 /// What the generated text must match.
 #[derive(Clone, Debug, PartialEq)]
@@ -30,6 +38,49 @@ pub enum Constraint {
     /// A grammar in llguidance's Lark syntax (`start: ...`; `%json {...}`
     /// embeds a JSON Schema; `/regex/` terminals).
     Lark(String),
+    /// A GBNF grammar (llama.cpp's syntax, start rule `root`) and its Lark
+    /// translation, which is what the automaton compiles. Build it with
+    /// [`Constraint::gbnf_text`].
+    Gbnf {
+        /// The grammar as the user wrote it.
+        source: String,
+        /// Its translation (the same language).
+        lark: String,
+    },
+}
+
+/// Which grammar syntax a text or file is in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GrammarSyntax {
+    /// llguidance's Lark (`start: ...`).
+    Lark,
+    /// llama.cpp's GBNF (`root ::= ...`).
+    Gbnf,
+}
+
+impl GrammarSyntax {
+    /// The syntax a file name says (`.gbnf` or `.lark`), if it says one.
+    pub fn from_extension(path: &std::path::Path) -> Option<Self> {
+        match path.extension()?.to_str()?.to_ascii_lowercase().as_str() {
+            "gbnf" => Some(GrammarSyntax::Gbnf),
+            "lark" => Some(GrammarSyntax::Lark),
+            _ => None,
+        }
+    }
+
+    /// The syntax of `text`: GBNF when a line outside comments defines a
+    /// rule with `::=`, Lark otherwise.
+    pub fn detect(text: &str) -> Self {
+        let gbnf_rule = text.lines().any(|l| {
+            let l = l.trim_start();
+            !l.starts_with('#') && !l.starts_with("//") && l.contains("::=")
+        });
+        if gbnf_rule {
+            GrammarSyntax::Gbnf
+        } else {
+            GrammarSyntax::Lark
+        }
+    }
 }
 
 impl Constraint {
@@ -50,30 +101,40 @@ impl Constraint {
         Ok(Constraint::JsonSchema(schema))
     }
 
-    /// A Lark grammar from its text. GBNF (llama.cpp's `rule ::= ...`
-    /// syntax) is refused with a pointer to the Lark form: llguidance reads
-    /// only Lark, and a converter of our own would be a second grammar
-    /// language to keep right.
+    /// A grammar from its text, in the syntax it is written in
+    /// ([`GrammarSyntax::detect`]: GBNF when it defines rules with `::=`,
+    /// Lark otherwise).
     pub fn grammar_text(text: &str) -> Result<Self> {
+        Self::grammar_text_as(text, GrammarSyntax::detect(text))
+    }
+
+    /// A grammar from its text in the given syntax.
+    pub fn grammar_text_as(text: &str, syntax: GrammarSyntax) -> Result<Self> {
         if text.trim().is_empty() {
             return Err(Error::InvalidConstraint {
                 kind: "grammar",
                 reason: "the grammar is empty".into(),
             });
         }
-        let gbnf_rule = text.lines().any(|l| {
-            let l = l.trim_start();
-            !l.starts_with('#') && !l.starts_with("//") && l.contains("::=")
-        });
-        if gbnf_rule {
-            return Err(Error::InvalidConstraint {
-                kind: "grammar",
-                reason: "this is GBNF (`rule ::= ...`); write it in Lark syntax (`rule: ...`, \
-                         start rule `start`), e.g. with llguidance's gbnf_to_lark.py"
-                    .into(),
-            });
+        match syntax {
+            GrammarSyntax::Lark => Ok(Constraint::Lark(text.to_string())),
+            GrammarSyntax::Gbnf => Self::gbnf_text(text),
         }
-        Ok(Constraint::Lark(text.to_string()))
+    }
+
+    /// A GBNF grammar (llama.cpp's syntax) from its text, translated to
+    /// Lark now: [`Error::GrammarSyntax`] with the line and column when it
+    /// does not parse, names an undefined rule or has no `root`.
+    pub fn gbnf_text(text: &str) -> Result<Self> {
+        let lark = gbnf::to_lark(text).map_err(|e| Error::GrammarSyntax {
+            line: e.line,
+            column: e.column,
+            reason: e.reason,
+        })?;
+        Ok(Constraint::Gbnf {
+            source: text.to_string(),
+            lark,
+        })
     }
 
     /// Which kind of constraint, for errors and statistics.
@@ -81,8 +142,28 @@ impl Constraint {
         match self {
             Constraint::JsonSchema(_) => "JSON Schema",
             Constraint::Lark(_) => "grammar",
+            Constraint::Gbnf { .. } => "GBNF grammar",
         }
     }
+
+    /// Whether `text` is an output this constraint allows, the beginning
+    /// of one, or neither, checked byte by byte by the automaton (no model,
+    /// no tokenizer): for validating outputs, and for tests.
+    #[cfg(feature = "constrain")]
+    pub fn check_text(&self, text: &str) -> Result<TextMatch> {
+        automaton::check_text(self, text)
+    }
+}
+
+/// What [`Constraint::check_text`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TextMatch {
+    /// The text is a complete output.
+    Complete,
+    /// The text is not complete, but some continuation makes it one.
+    Prefix,
+    /// No continuation makes the text an output.
+    Rejected,
 }
 
 /// llguidance's JSON options for compact output (`", "` and `": "`, no
@@ -204,6 +285,76 @@ mod automaton {
         }
     }
 
+    /// What llguidance compiles for `constraint`.
+    fn top_level(constraint: &Constraint) -> TopLevelGrammar {
+        match constraint {
+            Constraint::JsonSchema(schema) => {
+                let mut schema = schema.clone();
+                if let Some(obj) = schema.as_object_mut() {
+                    obj.entry("x-guidance")
+                        .or_insert_with(super::compact_json_options);
+                }
+                TopLevelGrammar::from_json_schema(schema)
+            }
+            Constraint::Lark(text) | Constraint::Gbnf { lark: text, .. } => {
+                TopLevelGrammar::from_lark(text.clone())
+            }
+        }
+    }
+
+    /// A matcher for `constraint` over `factory`'s vocabulary.
+    fn compile(constraint: &Constraint, factory: &ParserFactory) -> Result<Matcher> {
+        let parser =
+            factory
+                .create_parser(top_level(constraint))
+                .map_err(|e| Error::InvalidConstraint {
+                    kind: constraint.kind(),
+                    reason: e.to_string(),
+                })?;
+        let matcher = Matcher::new(Ok(parser));
+        if let Some(e) = matcher.get_error() {
+            return Err(Error::InvalidConstraint {
+                kind: constraint.kind(),
+                reason: e,
+            });
+        }
+        Ok(matcher)
+    }
+
+    /// [`Constraint::check_text`]: the automaton over a vocabulary of
+    /// single bytes, fed `text` one byte per token.
+    pub(super) fn check_text(constraint: &Constraint, text: &str) -> Result<super::TextMatch> {
+        static BYTES: OnceLock<std::result::Result<ParserFactory, String>> = OnceLock::new();
+        let factory = BYTES
+            .get_or_init(|| {
+                let env = llguidance::toktrie::ApproximateTokEnv::single_byte_env();
+                let mut f = ParserFactory::new_simple(&env).map_err(|e| e.to_string())?;
+                f.quiet();
+                Ok(f)
+            })
+            .as_ref()
+            .map_err(|e| Error::ConstraintFailed(e.clone()))?;
+        let mut matcher = compile(constraint, factory)?;
+        let tokens: Vec<TokenId> = text.bytes().map(TokenId::from).collect();
+        let valid = matcher
+            .validate_tokens(&tokens)
+            .map_err(|e| Error::ConstraintFailed(e.to_string()))?;
+        if valid < tokens.len() {
+            return Ok(super::TextMatch::Rejected);
+        }
+        matcher
+            .consume_tokens(&tokens)
+            .map_err(|e| Error::ConstraintFailed(e.to_string()))?;
+        let complete = matcher
+            .is_accepting()
+            .map_err(|e| Error::ConstraintFailed(e.to_string()))?;
+        Ok(if complete {
+            super::TextMatch::Complete
+        } else {
+            super::TextMatch::Prefix
+        })
+    }
+
     /// One generation's automaton: masks logits, follows picked tokens, and
     /// counts what masking cost.
     pub(crate) struct ConstrainedSampling {
@@ -227,30 +378,7 @@ mod automaton {
         ) -> Result<Self> {
             let t0 = Instant::now();
             let factory = compiler.factory(tokenizer)?;
-            let grammar = match constraint {
-                Constraint::JsonSchema(schema) => {
-                    let mut schema = schema.clone();
-                    if let Some(obj) = schema.as_object_mut() {
-                        obj.entry("x-guidance")
-                            .or_insert_with(super::compact_json_options);
-                    }
-                    TopLevelGrammar::from_json_schema(schema)
-                }
-                Constraint::Lark(text) => TopLevelGrammar::from_lark(text.clone()),
-            };
-            let parser = factory
-                .create_parser(grammar)
-                .map_err(|e| Error::InvalidConstraint {
-                    kind: constraint.kind(),
-                    reason: e.to_string(),
-                })?;
-            let matcher = Matcher::new(Ok(parser));
-            if let Some(e) = matcher.get_error() {
-                return Err(Error::InvalidConstraint {
-                    kind: constraint.kind(),
-                    reason: e,
-                });
-            }
+            let matcher = compile(constraint, &factory)?;
             Ok(Self {
                 matcher,
                 compile_time: t0.elapsed(),
@@ -364,7 +492,19 @@ mod tests {
         ));
         assert!(matches!(
             Constraint::grammar_text("root ::= \"yes\" | \"no\""),
-            Err(Error::InvalidConstraint { .. })
+            Ok(Constraint::Gbnf { .. })
+        ));
+        assert!(matches!(
+            Constraint::grammar_text("root ::= \"yes\" |\n  maybe"),
+            Err(Error::GrammarSyntax {
+                line: 2,
+                column: 3,
+                ..
+            })
+        ));
+        assert!(matches!(
+            Constraint::grammar_text_as("start: \"a\"", GrammarSyntax::Gbnf),
+            Err(Error::GrammarSyntax { line: 1, .. })
         ));
         assert!(matches!(
             Constraint::grammar_text("  \n"),

@@ -169,12 +169,24 @@ pub enum Error {
     #[error("empty input: {0}")]
     Empty(&'static str),
 
+    /// A GBNF grammar (llama.cpp's syntax) that does not parse or names a
+    /// rule it does not define: where (1-based line and column) and why.
+    #[error("GBNF grammar, line {line}, column {column}: {reason}")]
+    GrammarSyntax {
+        /// Line of the grammar text.
+        line: usize,
+        /// Column, in characters.
+        column: usize,
+        /// What was expected there.
+        reason: String,
+    },
+
     /// A JSON Schema or grammar the constraint automaton refuses (not
-    /// JSON, GBNF instead of Lark, a syntax error, an unsatisfiable schema),
-    /// reported before any token is generated.
+    /// JSON, a Lark syntax error, an unsatisfiable schema), reported before
+    /// any token is generated.
     #[error("invalid {kind}: {reason}")]
     InvalidConstraint {
-        /// `JSON Schema`, `grammar` or `vocabulary`.
+        /// `JSON Schema`, `grammar`, `GBNF grammar` or `vocabulary`.
         kind: &'static str,
         /// The compiler's message.
         reason: String,

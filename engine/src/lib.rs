@@ -10,7 +10,8 @@
 //! * [`chat`]: conversations through the model's chat template.
 //! * [`context`]: what a full context does ([`ContextPolicy`]): error,
 //!   llama.cpp's context shift, or whole turns trimmed by the chat layer.
-//! * [`constrain`]: output constrained by a JSON Schema or a Lark grammar
+//! * [`constrain`]: output constrained by a JSON Schema, a Lark grammar or a
+//!   GBNF grammar (llama.cpp's syntax, translated to Lark)
 //!   (token masks from llguidance, `constrain` feature).
 //! * [`tools`]: tool calling through the chat template, calls generated
 //!   under the tools' grammar and parsed into typed [`ToolCall`]s.
@@ -64,7 +65,7 @@ pub mod ort;
 pub use assistant::{AssistantConfig, EngineAssistant};
 pub use backend::{Backend, LogitsFor};
 pub use chat::{Chat, Reply};
-pub use constrain::Constraint;
+pub use constrain::{Constraint, GrammarSyntax, TextMatch};
 pub use context::{ContextPolicy, TurnWindow};
 pub use cpu::CpuBackend;
 pub use error::{Error, Result};

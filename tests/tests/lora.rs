@@ -30,7 +30,7 @@ use sotto_models::Model;
 use sotto_tests::hf::{fixture_folder, FolderDtype};
 use sotto_tests::parity::{
     cache_dir, compare_model, compare_model_with, generate_reference_with_lora, sotto_logits_with,
-    Criteria, RefBudget, Reference,
+    Criteria, F64Lora, RefBudget, Reference,
 };
 use sotto_tests::{data_dir, default_model_path, rel_l2, script_fixture, tiny_llama_file};
 use std::ffi::OsStr;
@@ -78,8 +78,10 @@ fn base_model() -> Arc<Model> {
     Arc::new(Model::load(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
 }
 
-/// llama.cpp's references with adapter 1 applied.
-fn llama_cpp_with_adapter1(a: &Adapter) -> Reference {
+/// llama.cpp's references with adapter 1 applied, with the float64
+/// forward pass of the base and the adapter, unmerged or (`merged_q8_0`)
+/// as `LoraAdapter::merge` stores it.
+fn llama_cpp_with_adapter1(a: &Adapter, merged_q8_0: bool) -> Reference {
     let budget = RefBudget {
         max_new_tokens: GREEDY_TOKENS,
         max_prompts: Some(PROMPTS),
@@ -91,6 +93,14 @@ fn llama_cpp_with_adapter1(a: &Adapter) -> Reference {
         &cache_dir().join("lora/refs-adapter1"),
         budget,
     )
+    .with_f64_forward(
+        &default_model_path(),
+        Some(F64Lora {
+            path: &a.gguf,
+            scale: 1.0,
+            merged_q8_0,
+        }),
+    )
 }
 
 /// With the GGUF adapter, Sotto's logits match llama.cpp's with the same
@@ -101,7 +111,8 @@ fn llama_cpp_with_adapter1(a: &Adapter) -> Reference {
 fn gguf_adapter_matches_llama_cpp_merged_and_unmerged() {
     let started = Instant::now();
     let a = adapter(1);
-    let reference = llama_cpp_with_adapter1(&a);
+    let reference = llama_cpp_with_adapter1(&a, false);
+    let merged_reference = llama_cpp_with_adapter1(&a, true);
     let model = base_model();
     let lora = Arc::new(LoraAdapter::load(&a.gguf, &model, 1.0).unwrap());
     assert_eq!(lora.format, LoraFormat::Gguf);
@@ -111,7 +122,7 @@ fn gguf_adapter_matches_llama_cpp_merged_and_unmerged() {
     let unmerged = compare_model_with(&model, std::slice::from_ref(&lora), &reference, criteria);
     println!("adapter 1 unmerged (W·x + s·B·(A·x)) vs llama.cpp with the adapter:\n{unmerged}");
     let merged_model = Arc::new(LoraAdapter::merge(&model, &[(*lora).clone()]).unwrap());
-    let merged = compare_model(&merged_model, &reference, criteria);
+    let merged = compare_model(&merged_model, &merged_reference, criteria);
     println!(
         "adapter 1 merged at load (W + s·B·A as Q8_0) vs llama.cpp with the adapter:\n{merged}"
     );
@@ -180,7 +191,7 @@ fn peft_and_gguf_forms_of_one_adapter_give_the_same_logits() {
 #[test]
 fn peft_adapter_on_the_hugging_face_folder_matches_llama_cpp() {
     let a = adapter(1);
-    let reference = llama_cpp_with_adapter1(&a);
+    let reference = llama_cpp_with_adapter1(&a, false);
     let folder = fixture_folder(FolderDtype::F32, 1);
     let model = Arc::new(Model::load(&folder).unwrap());
     let peft = Arc::new(LoraAdapter::load(&a.peft, &model, 1.0).unwrap());

@@ -126,7 +126,8 @@ fn row(label: &str) {
         max_prompts: Some(PROMPTS),
     };
     let prompts = data_dir().join("prompts/quant_parity_chat.json");
-    let reference = generate_reference_within(&file, &prompts, &dir.join(c.label), budget);
+    let reference = generate_reference_within(&file, &prompts, &dir.join(c.label), budget)
+        .with_f64_forward(&file, None);
     let types = reference
         .tensor_types
         .iter()

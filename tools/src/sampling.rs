@@ -2,7 +2,9 @@
 
 use crate::error::CliError;
 use sotto_engine::speculative::PromptLookup;
-use sotto_engine::{CancelToken, Constraint, GenerateOptions, GenerationStats, SamplerConfig};
+use sotto_engine::{
+    CancelToken, Constraint, GenerateOptions, GenerationStats, GrammarSyntax, SamplerConfig,
+};
 use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug, Clone)]
@@ -48,8 +50,9 @@ pub struct GenerationArgs {
     /// answer ends when the JSON is complete).
     #[arg(long, value_name = "FILE", conflicts_with = "grammar")]
     pub json_schema: Option<PathBuf>,
-    /// The answer must match the grammar in FILE, in llguidance's Lark
-    /// syntax (`start: ...`; GBNF is refused with a pointer to Lark).
+    /// The answer must match the grammar in FILE: llama.cpp's GBNF
+    /// (`root ::= ...`; a `.gbnf` file, or any file that defines rules with
+    /// `::=`) or llguidance's Lark (`start: ...`; a `.lark` file).
     #[arg(long, value_name = "FILE")]
     pub grammar: Option<PathBuf>,
 }
@@ -68,7 +71,12 @@ impl GenerationArgs {
     pub fn options(&self, cancel: Option<CancelToken>) -> Result<GenerateOptions, CliError> {
         let constraint = match (&self.json_schema, &self.grammar) {
             (Some(path), _) => Some(Constraint::json_schema_text(&read_constraint_file(path)?)?),
-            (None, Some(path)) => Some(Constraint::grammar_text(&read_constraint_file(path)?)?),
+            (None, Some(path)) => {
+                let text = read_constraint_file(path)?;
+                let syntax = GrammarSyntax::from_extension(path)
+                    .unwrap_or_else(|| GrammarSyntax::detect(&text));
+                Some(Constraint::grammar_text_as(&text, syntax)?)
+            }
             (None, None) => None,
         };
         Ok(GenerateOptions {

@@ -1,7 +1,9 @@
 //! `sotto complete|chat --json-schema FILE` and `--grammar FILE` from the
 //! command line: the answer on standard output is the constrained text
-//! (parsed here by serde_json, checked by hand), and a GBNF grammar or an
-//! unsatisfiable schema is refused with a message and a failing status.
+//! (parsed here by serde_json, checked by hand), a GBNF grammar is read as
+//! llama.cpp's (by its `.gbnf` name or its `::=` rules), and a malformed
+//! GBNF grammar or an unsatisfiable schema is refused with a message and a
+//! failing status.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::ffi::OsStr;
@@ -76,15 +78,38 @@ fn json_schema_and_grammar_flags_constrain_the_answer() {
 }
 
 #[test]
-fn gbnf_and_unsatisfiable_schemas_are_refused() {
+fn gbnf_grammars_constrain_the_answer_by_name_or_by_content() {
     let model = default_model_path();
-    let gbnf = file("yes_no.gbnf", "root ::= \"yes\" | \"no\"\n");
+    let grammar = "# a verdict\nroot ::= verdict \".\"\nverdict ::= \"yes\" | \"no\"\n";
+    for name in ["verdict.gbnf", "verdict.txt"] {
+        let path = file(name, grammar);
+        let out = sotto(&[
+            "complete".as_ref(),
+            "-m".as_ref(),
+            model.as_os_str(),
+            "--grammar".as_ref(),
+            path.as_os_str(),
+            "Is the sky blue? Answer:".as_ref(),
+        ]);
+        assert!(out.status.success(), "{name}: {}", text(&out.stderr));
+        let answer = text(&out.stdout);
+        assert!(
+            matches!(answer.trim(), "yes." | "no."),
+            "{name}: {answer:?}"
+        );
+    }
+}
+
+#[test]
+fn malformed_gbnf_and_unsatisfiable_schemas_are_refused() {
+    let model = default_model_path();
+    let gbnf = file("bad.gbnf", "root ::= answer\nanswer ::= \"yes\" | [a-\n");
     let bad_schema = file(
         "bad.schema.json",
         r#"{"type": "integer", "minimum": 5, "maximum": 1}"#,
     );
     for (flag, path, says) in [
-        ("--grammar", &gbnf, "GBNF"),
+        ("--grammar", &gbnf, "GBNF grammar, line 2"),
         ("--json-schema", &bad_schema, "invalid JSON Schema"),
     ] {
         let out = sotto(&[
