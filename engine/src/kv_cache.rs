@@ -3,13 +3,17 @@
 //! contiguous for the attention kernel. Keys and values each have an
 //! element type ([`KvTypes`]): f16 (the default), or ggml's Q8_0 / Q4_0
 //! blocks along the head dimension, which attention reads as they are.
+//! A quantized plane is stored rotated by the orthonormal Walsh–Hadamard
+//! transform where llama.cpp rotates it ([`KvRotations::for_cache`]), so
+//! the two engines quantize the same vectors; the planes rotate on write
+//! and back on read, attention rotates the query and its output.
 //! It is the currency between backends: the CPU backend writes it
 //! directly, the ONNX Runtime backend imports and exports it (f16 only), so
 //! a hybrid run can prefill on one and decode on the other.
 
 use crate::error::{Error, Result};
 use half::f16;
-pub use sotto_kernels::ops::{KvPlane, KvType};
+pub use sotto_kernels::ops::{Hadamard, KvPlane, KvType};
 
 /// The element types of the keys and of the values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -60,6 +64,41 @@ impl std::str::FromStr for KvTypes {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
         Self::parse(s)
+    }
+}
+
+/// The Hadamard rotations keys and values are stored under (`None`: as
+/// they are).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct KvRotations {
+    /// Keys.
+    pub k: Option<Hadamard>,
+    /// Values.
+    pub v: Option<Hadamard>,
+}
+
+impl KvRotations {
+    /// Where llama.cpp rotates a cache of `types` and `head_dim`: a
+    /// quantized plane whose head size is a multiple of 64; keys in blocks
+    /// of the largest power of two dividing the head size, values in
+    /// blocks of 64. f16 planes are stored as they are.
+    pub fn for_cache(types: KvTypes, head_dim: usize) -> Self {
+        let rotates = |t: KvType| t != KvType::F16 && head_dim > 0 && head_dim.is_multiple_of(64);
+        let block = |n: usize| Hadamard::new(n).ok();
+        Self {
+            k: rotates(types.k)
+                .then(|| block(1 << head_dim.trailing_zeros()))
+                .flatten(),
+            v: rotates(types.v).then(|| block(64)).flatten(),
+        }
+    }
+}
+
+impl std::fmt::Display for KvRotations {
+    /// `K Hn, V Hm` (`-` for a plane stored as it is).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let one = |r: Option<Hadamard>| r.map_or("-".to_string(), |h| format!("H{}", h.n()));
+        write!(f, "K {}, V {}", one(self.k), one(self.v))
     }
 }
 
@@ -115,6 +154,7 @@ pub struct KvCache {
     head_dim: usize,
     capacity: usize,
     types: KvTypes,
+    rotations: KvRotations,
     /// Positions 0..len hold valid entries.
     len: usize,
 }
@@ -127,15 +167,17 @@ impl std::fmt::Debug for KvCache {
             .field("head_dim", &self.head_dim)
             .field("capacity", &self.capacity)
             .field("types", &self.types)
+            .field("rotations", &self.rotations)
             .field("len", &self.len)
             .finish()
     }
 }
 
 impl KvCache {
-    /// An empty cache of element types `types`, zero-filled;
-    /// [`Error::KvType`] when a block type does not divide the head size
-    /// (a multiple of 32), [`Error::KvCache`] when the size overflows.
+    /// An empty cache of element types `types`, zero-filled, its quantized
+    /// planes rotated as [`KvRotations::for_cache`] says; [`Error::KvType`]
+    /// when a block type does not divide the head size (a multiple of 32),
+    /// [`Error::KvCache`] when the size overflows.
     pub fn new(
         n_layer: usize,
         n_kv_head: usize,
@@ -146,22 +188,30 @@ impl KvCache {
         let rows = n_kv_head
             .checked_mul(capacity)
             .ok_or_else(|| Error::KvCache(format!("capacity {capacity} overflows")))?;
-        let plane = |t: KvType| {
-            KvPlane::zeros(t, rows, head_dim).map_err(|e| match e {
-                sotto_kernels::Error::RaggedRow { .. } => Error::KvType(format!(
-                    "{t} blocks of 32 do not divide the head size {head_dim}"
-                )),
-                _ => Error::KvCache(format!("capacity {capacity} overflows")),
-            })
+        let rotations = KvRotations::for_cache(types, head_dim);
+        let plane = |t: KvType, r: Option<Hadamard>| {
+            KvPlane::zeros(t, rows, head_dim)
+                .and_then(|p| p.with_rotation(r))
+                .map_err(|e| match e {
+                    sotto_kernels::Error::RaggedRow { .. } => Error::KvType(format!(
+                        "{t} blocks of 32 do not divide the head size {head_dim}"
+                    )),
+                    _ => Error::KvCache(format!("capacity {capacity} overflows")),
+                })
         };
-        // checked once before allocating every layer
-        plane(types.k)?;
-        plane(types.v)?;
+        // checked on empty planes before allocating every layer
+        KvPlane::zeros(types.k, 0, head_dim)
+            .and_then(|_| KvPlane::zeros(types.v, 0, head_dim))
+            .map_err(|_| {
+                Error::KvType(format!(
+                    "{types} blocks of 32 do not divide the head size {head_dim}"
+                ))
+            })?;
         let layers = (0..n_layer)
             .map(|_| {
                 Ok(LayerKv {
-                    k: plane(types.k)?,
-                    v: plane(types.v)?,
+                    k: plane(types.k, rotations.k)?,
+                    v: plane(types.v, rotations.v)?,
                 })
             })
             .collect::<Result<_>>()?;
@@ -171,6 +221,7 @@ impl KvCache {
             head_dim,
             capacity,
             types,
+            rotations,
             len: 0,
         })
     }
@@ -202,6 +253,10 @@ impl KvCache {
     /// The element types of keys and values.
     pub fn types(&self) -> KvTypes {
         self.types
+    }
+    /// The rotations keys and values are stored under.
+    pub fn rotations(&self) -> KvRotations {
+        self.rotations
     }
     /// Bytes held by keys and values of all layers (exact: the planes'
     /// elements or blocks).
@@ -296,9 +351,10 @@ impl KvCache {
 
     /// Removes positions `keep..keep + n` of every layer, moving the later
     /// entries down by `n` (the valid length shrinks by `n`), and passes
-    /// each moved key (one head's `head_dim` values, decoded to f32) to
-    /// `rekey(layer, key)` before it is stored back in the cache's key
-    /// type: a context shift re-rotates them there. If `rekey` fails the
+    /// each moved key (one head's `head_dim` values, decoded to f32 and,
+    /// for a rotated plane, rotated back: the key as the model wrote it)
+    /// to `rekey(layer, key)` before it is stored back in the cache's key
+    /// type and rotation: a context shift re-ropes them there. If `rekey` fails the
     /// moved entries are lost and the cache keeps `0..keep`, which is still
     /// valid.
     pub fn remove(
@@ -438,10 +494,19 @@ mod tests {
             };
             let (k0, v0) = (decoded(&kv, 0, 2), decoded(&kv, 1, 2));
             // token 1, head 1 of the rows = row position 3 of head 1
-            let src = &rows[n_kv * hd + hd..n_kv * hd + 2 * hd];
+            // compared in the basis the plane stores (rotated or not), where
+            // the format's rounding bound holds per element
+            let stored = |x: &[f32]| {
+                let mut y = x.to_vec();
+                if let Some(r) = kv.rotations().k {
+                    r.apply(&mut y).unwrap();
+                }
+                y
+            };
+            let src = stored(&rows[n_kv * hd + hd..n_kv * hd + 2 * hd]);
             let err = src
                 .iter()
-                .zip(&k0[hd..2 * hd])
+                .zip(&stored(&k0[hd..2 * hd]))
                 .map(|(a, b)| (a - b).abs())
                 .fold(0f32, f32::max);
             let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
@@ -469,5 +534,65 @@ mod tests {
             "q8_0,q4_0"
         );
         assert_eq!(KvTypes::parse("q8_0,q8_0").unwrap().to_string(), "q8_0");
+    }
+
+    #[test]
+    fn quantized_planes_rotate_where_llama_cpp_does() {
+        let h = |n| Some(Hadamard::new(n).unwrap());
+        let r = |types: &str, hd| KvRotations::for_cache(KvTypes::parse(types).unwrap(), hd);
+        assert_eq!(r("q4_0", 64), KvRotations { k: h(64), v: h(64) });
+        assert_eq!(
+            r("q8_0", 128),
+            KvRotations {
+                k: h(128),
+                v: h(64)
+            }
+        );
+        assert_eq!(
+            r("q8_0", 256),
+            KvRotations {
+                k: h(256),
+                v: h(64)
+            }
+        );
+        assert_eq!(r("q4_0", 192), KvRotations { k: h(64), v: h(64) });
+        assert_eq!(r("f16,q4_0", 128), KvRotations { k: None, v: h(64) });
+        assert_eq!(r("q8_0,f16", 128), KvRotations { k: h(128), v: None });
+        for (types, hd) in [("f16", 64), ("f16", 256), ("q8_0", 96), ("q4_0", 32)] {
+            assert_eq!(r(types, hd), KvRotations::default(), "{types} {hd}");
+        }
+        assert_eq!(r("q4_0", 128).to_string(), "K H128, V H64");
+
+        // a rotated cache: the planes rotate, a context shift's rekey sees
+        // the keys as written and stores them rotated again
+        let (hd, n_kv, cap) = (128, 2, 6);
+        let types = KvTypes::both(KvType::Q8_0);
+        let mut kv = KvCache::new(1, n_kv, hd, cap, types).unwrap();
+        assert_eq!(kv.rotations(), r("q8_0", hd));
+        assert_eq!(kv.layer(0).k.rotation(), h(128));
+        assert_eq!(kv.layer(0).v.rotation(), h(64));
+        let rows: Vec<f32> = (0..4 * n_kv * hd)
+            .map(|i| ((i * 29 % 97) as f32 - 48.0) / 11.0)
+            .collect();
+        kv.write(0, 0, &rows, &rows).unwrap();
+        kv.set_len(4).unwrap();
+        let mut seen = Vec::new();
+        kv.remove(1, 1, &mut |_, key| {
+            seen.push(key.to_vec());
+            key.iter_mut().for_each(|x| *x = -*x);
+            Ok(())
+        })
+        .unwrap();
+        // head 0's first moved key is token 2's
+        let written = &rows[2 * n_kv * hd..][..hd];
+        let amax = written.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (a, b) in seen[0].iter().zip(written) {
+            assert!((a - b).abs() < amax / 64.0, "{a} vs {b}");
+        }
+        let mut back = vec![0f32; hd];
+        kv.layer(0).k.read_rows(1, &mut back).unwrap();
+        for (a, b) in back.iter().zip(written) {
+            assert!((a + b).abs() < amax / 32.0, "negated: {a} vs {b}");
+        }
     }
 }

@@ -70,7 +70,7 @@ pub use context::{ContextPolicy, TurnWindow};
 pub use cpu::CpuBackend;
 pub use error::{Error, Result};
 pub use generate::{CancelToken, GenerateOptions, GenerationStats, Session, StopReason};
-pub use kv_cache::{KvCache, KvType, KvTypes};
+pub use kv_cache::{KvCache, KvRotations, KvType, KvTypes};
 pub use model_digest::ModelDigest;
 pub use open::{
     export_graphs, AdapterSpec, BackendChoice, BackendKind, CpuOptions, GraphTarget, LoadedModel,

@@ -20,13 +20,16 @@
 //!
 //! ```text
 //! geometry  n_layer u32, n_kv_head u32, head_dim u32, kv dtype u8: 1 for
-//!           f16 keys and values, else (key type << 4) | value type with
-//!           1 = f16, 2 = q8_0, 3 = q4_0
+//!           f16 keys and values, else (key plane << 4) | value plane, a
+//!           plane being type | rotation << 2 with type 1 = f16, 2 = q8_0,
+//!           3 = q4_0 and rotation 0 = stored as is, 1, 2, 3 = stored
+//!           rotated by the Walsh–Hadamard transform in blocks of 64, 128,
+//!           256 (see kv_cache::KvRotations)
 //! tokens    count u32, ids u32 × count
 //! kv        per layer: keys [n_kv_head][count] rows of head_dim elements in
 //!           their type (f16, or ggml's Q8_0 / Q4_0 blocks: f16 scale then
-//!           codes), then values (the valid positions only, not the
-//!           cache's capacity)
+//!           codes; as stored, rotated or not), then values (the valid
+//!           positions only, not the cache's capacity)
 //! chat      0u8, or 1u8, SHA-256 of the template source [32],
 //!           message count u32, per message role and content (u32 length + UTF-8)
 //! ```
@@ -37,7 +40,7 @@
 use crate::chat::Chat;
 use crate::error::{Error, Result};
 use crate::generate::Session;
-use crate::kv_cache::{KvCache, KvType, KvTypes};
+use crate::kv_cache::{Hadamard, KvCache, KvRotations, KvType, KvTypes};
 use crate::model_digest::ModelDigest;
 use crate::open::LoadedModel;
 use sha2::{Digest, Sha256};
@@ -70,25 +73,46 @@ fn kv_code(t: KvType) -> u8 {
     }
 }
 
-/// The dtype byte of `types`.
-fn kv_dtype(types: KvTypes) -> u8 {
-    if types.is_f16() {
-        KV_DTYPE_F16
+/// The Hadamard block sizes a plane's rotation code 1, 2, 3 names.
+const ROTATION_BLOCKS: [usize; 3] = [64, 128, 256];
+
+/// A plane's four bits: its type and its rotation; `None` for a rotation
+/// the format has no code for.
+fn plane_code(t: KvType, r: Option<Hadamard>) -> Option<u8> {
+    let rot = match r {
+        None => 0,
+        Some(h) => ROTATION_BLOCKS.iter().position(|&n| n == h.n())? as u8 + 1,
+    };
+    Some(kv_code(t) | rot << 2)
+}
+
+/// The type and rotation of a plane's four bits, if valid.
+fn plane_of(code: u8) -> Option<(KvType, Option<Hadamard>)> {
+    let t = KvType::ALL.into_iter().find(|&t| kv_code(t) == code & 3)?;
+    let r = match code >> 2 {
+        0 => None,
+        c => Some(Hadamard::new(ROTATION_BLOCKS[c as usize - 1]).ok()?),
+    };
+    Some((t, r))
+}
+
+/// The dtype byte of a cache of `types` under `rotations`; `None` when the
+/// format cannot record them.
+fn kv_dtype(types: KvTypes, rotations: KvRotations) -> Option<u8> {
+    if types.is_f16() && rotations == KvRotations::default() {
+        Some(KV_DTYPE_F16)
     } else {
-        (kv_code(types.k) << 4) | kv_code(types.v)
+        Some(plane_code(types.k, rotations.k)? << 4 | plane_code(types.v, rotations.v)?)
     }
 }
 
-/// The types a dtype byte names, if any.
-fn kv_types_of(dtype: u8) -> Option<KvTypes> {
-    let of = |c: u8| KvType::ALL.into_iter().find(|&t| kv_code(t) == c);
+/// The types and rotations a dtype byte names, if any.
+fn kv_planes_of(dtype: u8) -> Option<(KvTypes, KvRotations)> {
     if dtype == KV_DTYPE_F16 {
-        return Some(KvTypes::default());
+        return Some(Default::default());
     }
-    Some(KvTypes {
-        k: of(dtype >> 4)?,
-        v: of(dtype & 0x0F)?,
-    })
+    let ((k, kr), (v, vr)) = (plane_of(dtype >> 4)?, plane_of(dtype & 0x0F)?);
+    Some((KvTypes { k, v }, KvRotations { k: kr, v: vr }))
 }
 
 /// Why a session file was refused (inside [`Error::SessionFile`]).
@@ -202,13 +226,15 @@ fn template_digest(template: &ChatTemplate) -> [u8; 32] {
 }
 
 /// The cache geometry as saved: layers, KV heads, head size, element
-/// types.
+/// types and the rotations the planes are stored under (a cache read back
+/// under another rotation would be garbage).
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Geometry {
     n_layer: usize,
     n_kv_head: usize,
     head_dim: usize,
     types: KvTypes,
+    rotations: KvRotations,
 }
 
 impl Geometry {
@@ -218,11 +244,17 @@ impl Geometry {
             n_kv_head: cache.n_kv_head(),
             head_dim: cache.head_dim(),
             types: cache.types(),
+            rotations: cache.rotations(),
         }
     }
     fn describe(&self) -> String {
+        let rotated = if self.rotations == KvRotations::default() {
+            String::new()
+        } else {
+            format!(" ({})", self.rotations)
+        };
         format!(
-            "{}×{}×{}/{}",
+            "{}×{}×{}/{}{rotated}",
             self.n_layer, self.n_kv_head, self.head_dim, self.types
         )
     }
@@ -273,7 +305,11 @@ fn encode(
     push_u32(&mut out, g.n_layer)?;
     push_u32(&mut out, g.n_kv_head)?;
     push_u32(&mut out, g.head_dim)?;
-    out.push(kv_dtype(g.types));
+    out.push(
+        kv_dtype(g.types, g.rotations).ok_or(SessionFileProblem::Malformed(
+            "a KV rotation the format has no code for",
+        ))?,
+    );
     push_u32(&mut out, n)?;
     for t in tokens {
         out.extend_from_slice(&t.to_le_bytes());
@@ -438,11 +474,12 @@ fn decode(
     let dtype = r.u8("geometry")?;
     // the cache it restores into, of the backend's types
     let current = Geometry::of(&cache);
-    let saved = kv_types_of(dtype).map(|types| Geometry {
+    let saved = kv_planes_of(dtype).map(|(types, rotations)| Geometry {
         n_layer,
         n_kv_head,
         head_dim,
         types,
+        rotations,
     });
     if saved != Some(current) {
         return Err(SessionFileProblem::Geometry {
@@ -623,6 +660,41 @@ mod tests {
         assert_eq!(&h[DIGEST_AT..KEY_CHECK_AT], &[7; 32]);
         assert_eq!(&h[KEY_CHECK_AT..SEALED_LEN_AT], &[9; KEY_CHECK_LEN]);
         assert_eq!(h[SEALED_LEN_AT..], 1234u64.to_le_bytes());
+    }
+
+    #[test]
+    fn the_dtype_byte_records_types_and_rotations() {
+        let h = |n| Some(Hadamard::new(n).unwrap());
+        // the first files' byte stays f16 / f16
+        assert_eq!(
+            kv_dtype(KvTypes::default(), KvRotations::default()),
+            Some(1)
+        );
+        for types in ["f16", "q8_0", "q4_0", "q8_0,q4_0", "f16,q4_0", "q4_0,f16"] {
+            let types = KvTypes::parse(types).unwrap();
+            for head_dim in [64, 96, 128, 192, 256] {
+                let rotations = KvRotations::for_cache(types, head_dim);
+                let byte = kv_dtype(types, rotations).unwrap();
+                assert_eq!(kv_planes_of(byte), Some((types, rotations)), "{byte:#x}");
+            }
+            // the same types stored as they are get another byte
+            let r = KvRotations::for_cache(types, 64);
+            if r != KvRotations::default() {
+                assert_ne!(kv_dtype(types, r), kv_dtype(types, KvRotations::default()));
+            }
+        }
+        let q4 = KvTypes::both(KvType::Q4_0);
+        let r = KvRotations {
+            k: h(256),
+            v: h(64),
+        };
+        assert_eq!(kv_dtype(q4, r), Some(0xf7));
+        assert_eq!(kv_planes_of(0xf7), Some((q4, r)));
+        // no code for a block of 512 (nor 32): refused, never mislabeled
+        assert_eq!(kv_dtype(q4, KvRotations { k: h(512), v: None }), None);
+        assert_eq!(kv_dtype(q4, KvRotations { k: h(32), v: None }), None);
+        assert_eq!(kv_planes_of(0x00), None);
+        assert_eq!(kv_planes_of(0x40), None);
     }
 
     #[test]

@@ -308,8 +308,10 @@ fn a_saved_q8_0_chat_restores_bit_for_bit_and_only_into_q8_0() {
                 problem: SessionFileProblem::Geometry { saved, current },
                 ..
             }) => {
-                assert!(saved.ends_with("/q8_0"), "{saved}");
-                assert!(current.ends_with(&format!("/{other}")), "{current}");
+                // q8_0 keys and values of SmolLM2's 64 wide heads are
+                // stored rotated, and the file says so
+                assert!(saved.ends_with("/q8_0 (K H64, V H64)"), "{saved}");
+                assert!(current.contains(&format!("/{other}")), "{current}");
             }
             Err(e) => panic!("restoring q8_0 into {other}: {e}"),
             Ok(_) => panic!("a q8_0 session restored into {other}"),

@@ -9,9 +9,15 @@
 //! table's integer gemm (the weight kernels' q8_0·q8_0 / q4_0·q8_0 dots,
 //! as llama.cpp's flash attention does), and each value block is decoded
 //! into the output accumulators.
+//!
+//! A plane stored under a [`Hadamard`] rotation (see [`KvRows`]) is read
+//! in its rotated basis: rotated keys are scored against the query rotated
+//! the same way (an orthonormal map keeps the dot product), and the output
+//! mixed from rotated values is rotated back (the map is its own inverse).
 
 use crate::dispatch::{self, gemm_by_dots, KernelTable};
 use crate::ops::activation::exp_approx;
+use crate::ops::hadamard::Hadamard;
 use crate::ops::kv_plane::{KvRows, KvType, Rows};
 use crate::quant::blocks::{BlockQ4_0, BlockQ8_0, QK};
 use crate::{Error, Result};
@@ -144,6 +150,15 @@ pub fn attention_kv_with(
         }
     }
     for rows in [k, v] {
+        if let Some(r) = rows.rotation {
+            if !p.head_dim.is_multiple_of(r.n()) {
+                return Err(invalid(format!(
+                    "Hadamard blocks of {} do not divide the head size {}",
+                    r.n(),
+                    p.head_dim
+                )));
+            }
+        }
         let t = rows.kv_type();
         if t != KvType::F16 && !p.head_dim.is_multiple_of(QK) {
             return Err(Error::RaggedRow {
@@ -188,7 +203,15 @@ pub fn attention_kv_with(
             .chunks(MAX_SHARED * hd)
             .zip(acc.chunks_mut(MAX_SHARED * hd))
         {
-            heads_over_keys(table, p, qs, k_head, v_head, first..pos + 1, accs);
+            heads_over_keys(
+                table,
+                p,
+                qs,
+                (k_head, k.rotation),
+                (v_head, v.rotation),
+                first..pos + 1,
+                accs,
+            );
         }
     };
     // Short decode steps cost less than waking the pool: the multiply-adds
@@ -246,21 +269,33 @@ pub(crate) fn softmax_block_ref(x: &mut [f32], scale: f32, prev_max: f32) -> (f3
 }
 
 /// Online softmax over `keys` for the `q.len() / head_dim` (at most
-/// [`MAX_SHARED`]) query heads in `q`, which share `k` and `v`: per head a
-/// running max `m`, normalizer `l` and unnormalized output in `acc`,
-/// rescaled when a block raises the max.
+/// [`MAX_SHARED`]) query heads in `q`, which share `k` and `v` (each with
+/// the rotation it is stored under): per head a running max `m`,
+/// normalizer `l` and unnormalized output in `acc`, rescaled when a block
+/// raises the max.
 fn heads_over_keys(
     table: &KernelTable,
     p: &AttentionParams,
     q: &[f32],
-    k: Rows<'_>,
-    v: Rows<'_>,
+    (k, k_rotation): (Rows<'_>, Option<Hadamard>),
+    (v, v_rotation): (Rows<'_>, Option<Hadamard>),
     keys: std::ops::Range<usize>,
     acc: &mut [f32],
 ) {
     let hd = p.head_dim;
     let bpr = hd / QK;
     acc.fill(0.0);
+    // Rotated keys meet the query rotated alike.
+    let rotated_q;
+    let q = match k_rotation {
+        None => q,
+        Some(r) => {
+            let mut x = q.to_vec();
+            r.apply_whole(&mut x);
+            rotated_q = x;
+            &rotated_q[..]
+        }
+    };
     // A block-type key cache is scored against the queries in Q8_0,
     // quantized here once for every key.
     let q8: Vec<BlockQ8_0> = match k {
@@ -357,6 +392,10 @@ fn heads_over_keys(
             let inv = 1.0 / lg;
             ag.iter_mut().for_each(|a| *a *= inv);
         }
+    }
+    // A mix of rotated values, rotated back.
+    if let Some(r) = v_rotation {
+        r.apply_whole(acc);
     }
 }
 
@@ -589,12 +628,14 @@ mod tests {
         }
     }
 
-    /// Every (K type, V type) pair against f64 attention over the
-    /// dequantized cache (and, for a block-type K, the query rounded
-    /// through Q8_0 as the kernel scores it): the same up to f32 rounding
-    /// and the softmax's exp approximation. The query's rounding alone
-    /// stays within 2%, and the format's own error is far above the
-    /// budget, so the check tells a wrong decoding apart.
+    /// Every (K type, V type) pair, each plane stored as it is or under a
+    /// Hadamard rotation, against f64 attention over the dequantized cache
+    /// as the plane reads it back (rotated back), and, for a block-type K,
+    /// the query rounded through Q8_0 in the keys' basis as the kernel
+    /// scores it: the same up to f32 rounding and the softmax's exp
+    /// approximation. The query's rounding alone stays within 2%, and the
+    /// format's own error is far above the budget, so the check tells a
+    /// wrong decoding (or a rotation missing on one side) apart.
     #[test]
     fn quantized_cache_matches_attention_on_its_dequantized_values() {
         use crate::ops::kv_plane::KvPlane;
@@ -645,21 +686,38 @@ mod tests {
             let kx = random_row(rows * p.head_dim, 7 + ci as u64);
             let vx = random_row(rows * p.head_dim, 70 + ci as u64);
             let q = random_row(n * p.n_head * p.head_dim, 700 + ci as u64);
-            for kt in KvType::ALL {
-                for vt in KvType::ALL {
-                    let mut kp = KvPlane::zeros(kt, rows, p.head_dim).unwrap();
-                    let mut vp = KvPlane::zeros(vt, rows, p.head_dim).unwrap();
+            // the largest power of two dividing the head size
+            let r = Some(Hadamard::new(1 << p.head_dim.trailing_zeros()).unwrap());
+            for (kt, vt, (kr, vr)) in KvType::ALL.into_iter().flat_map(|kt| {
+                KvType::ALL.into_iter().flat_map(move |vt| {
+                    [(None, None), (r, r), (r, None), (None, r)]
+                        .into_iter()
+                        .map(move |rot| (kt, vt, rot))
+                })
+            }) {
+                {
+                    let mut kp = KvPlane::zeros(kt, rows, p.head_dim)
+                        .unwrap()
+                        .with_rotation(kr)
+                        .unwrap();
+                    let mut vp = KvPlane::zeros(vt, rows, p.head_dim)
+                        .unwrap()
+                        .with_rotation(vr)
+                        .unwrap();
                     kp.write_rows(0, &kx).unwrap();
                     vp.write_rows(0, &vx).unwrap();
                     let (mut kd, mut vd) = (vec![0f32; kx.len()], vec![0f32; vx.len()]);
                     kp.read_rows(0, &mut kd).unwrap();
                     vp.read_rows(0, &mut vd).unwrap();
-                    // a block-type key cache meets the query in Q8_0
+                    // a block-type key cache meets the query in Q8_0, in
+                    // the keys' basis
                     let qd = if kt == KvType::F16 {
                         q.clone()
                     } else {
-                        let mut qp =
-                            KvPlane::zeros(KvType::Q8_0, q.len() / p.head_dim, p.head_dim).unwrap();
+                        let mut qp = KvPlane::zeros(KvType::Q8_0, q.len() / p.head_dim, p.head_dim)
+                            .unwrap()
+                            .with_rotation(kr)
+                            .unwrap();
                         qp.write_rows(0, &q).unwrap();
                         let mut qd = vec![0f32; q.len()];
                         qp.read_rows(0, &mut qd).unwrap();
@@ -686,7 +744,7 @@ mod tests {
                         let err = rel_l2(&out, &want);
                         assert!(
                             err < budget,
-                            "case {ci} {isa} K {kt} V {vt}: rel L2 {err} > {budget}"
+                            "case {ci} {isa} K {kt} {kr:?} V {vt} {vr:?}: rel L2 {err} > {budget}"
                         );
                         // the query's rounding costs little
                         let q_err = rel_l2(&out, &float_query);
@@ -718,7 +776,7 @@ mod tests {
                 let acc0 = random_row(heads * hd, 9);
                 let run = |table: &KernelTable| {
                     let mut acc = acc0.clone();
-                    match plane.rows_view().0 {
+                    match plane.rows_view().rows {
                         Rows::Q8_0(v) => (table.attn_quant.accumulate_q8_0)(v, hd, &p, &mut acc),
                         Rows::Q4_0(v) => (table.attn_quant.accumulate_q4_0)(v, hd, &p, &mut acc),
                         Rows::F16(_) => unreachable!(),
@@ -752,6 +810,101 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// What the rotation is for: keys and values with a few outlier
+    /// channels (as trained models have) lose much less to Q4_0 blocks when
+    /// stored rotated, while the attention computed is the same function.
+    #[test]
+    fn rotation_spreads_outliers_and_lowers_q4_0_error() {
+        use crate::ops::kv_plane::KvPlane;
+        let p = AttentionParams {
+            n_head: 4,
+            n_kv_head: 2,
+            head_dim: 64,
+            scale: 0.125,
+            softcap: None,
+            window: None,
+        };
+        let (cap, pos0, n) = (96, 90, 6);
+        let rows = p.n_kv_head * cap;
+        let outliers = |mut x: Vec<f32>| {
+            for (i, v) in x.iter_mut().enumerate() {
+                if matches!(i % p.head_dim, 3 | 40) {
+                    *v *= 12.0;
+                }
+            }
+            x
+        };
+        let kx = outliers(random_row(rows * p.head_dim, 11));
+        let vx = outliers(random_row(rows * p.head_dim, 12));
+        let q = random_row(n * p.n_head * p.head_dim, 13);
+        let exact = naive(&p, &q, &kx, &vx, cap, pos0, n);
+        let err = |rotation: Option<Hadamard>| {
+            let plane = |x: &[f32]| {
+                let mut pl = KvPlane::zeros(KvType::Q4_0, rows, p.head_dim)
+                    .unwrap()
+                    .with_rotation(rotation)
+                    .unwrap();
+                pl.write_rows(0, x).unwrap();
+                pl
+            };
+            let (kp, vp) = (plane(&kx), plane(&vx));
+            let mut out = vec![0f32; q.len()];
+            attention_kv_with(
+                dispatch::table(),
+                &p,
+                &q,
+                kp.rows_view(),
+                vp.rows_view(),
+                cap,
+                pos0,
+                n,
+                &mut out,
+            )
+            .unwrap();
+            rel_l2(&out, &exact)
+        };
+        let (plain, rotated) = (err(None), err(Some(Hadamard::new(64).unwrap())));
+        assert!(
+            rotated < 0.6 * plain,
+            "rotated {rotated} vs as stored {plain}"
+        );
+    }
+
+    #[test]
+    fn a_rotation_must_divide_the_head() {
+        use crate::ops::kv_plane::KvPlane;
+        let p = AttentionParams {
+            n_head: 1,
+            n_kv_head: 1,
+            head_dim: 32,
+            scale: 1.0,
+            softcap: None,
+            window: None,
+        };
+        let kp = KvPlane::zeros(KvType::Q8_0, 4, 64)
+            .unwrap()
+            .with_rotation(Some(Hadamard::new(64).unwrap()))
+            .unwrap();
+        let f = vec![f16::ZERO; 4 * 32];
+        let mut out = vec![0f32; 32];
+        let r = attention_kv_with(
+            dispatch::table(),
+            &p,
+            &[0.5; 32],
+            kp.rows_view(),
+            KvRows::f16(&f),
+            4,
+            0,
+            1,
+            &mut out,
+        );
+        assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+        assert!(KvPlane::zeros(KvType::Q4_0, 4, 96)
+            .unwrap()
+            .with_rotation(Some(Hadamard::new(64).unwrap()))
+            .is_err());
     }
 
     fn rel_l2(a: &[f32], b: &[f32]) -> f64 {

@@ -4,7 +4,15 @@
 //! `rows` rows of `head_dim` elements; the engine lays them out head-major
 //! (`[n_kv_head, capacity, head_dim]`), attention reads them through
 //! [`KvRows`] without converting the cache.
+//!
+//! A plane may store its rows rotated by a [`Hadamard`] transform (what
+//! llama.cpp does to a quantized cache, so that outliers spread over the
+//! blocks): [`KvPlane::write_rows`] rotates before it rounds, and
+//! [`KvPlane::read_rows`] rotates back, so a caller reads and writes the
+//! values themselves; attention rotates the query (keys) or its output
+//! (values) instead. The encoded bytes are the stored, rotated rows.
 
+use crate::ops::hadamard::Hadamard;
 use crate::quant::blocks::{BlockQ4_0, BlockQ8_0, QK};
 use crate::quant::{q4_0, q8_0, DType};
 use crate::{Error, Result};
@@ -109,6 +117,7 @@ pub struct KvPlane {
     data: Data,
     head_dim: usize,
     rows: usize,
+    rotation: Option<Hadamard>,
 }
 
 impl std::fmt::Debug for KvPlane {
@@ -118,6 +127,7 @@ impl std::fmt::Debug for KvPlane {
             .field("kv_type", &self.kv_type())
             .field("rows", &self.rows)
             .field("head_dim", &self.head_dim)
+            .field("rotation", &self.rotation.map(Hadamard::n))
             .finish()
     }
 }
@@ -143,7 +153,33 @@ impl KvPlane {
             data,
             head_dim,
             rows,
+            rotation: None,
         })
+    }
+
+    /// The plane storing its rows rotated by `rotation` (`None`: as they
+    /// are); [`Error::InvalidArgument`] unless its blocks divide the head
+    /// size. Meant for a new plane: rows already written are not converted.
+    pub fn with_rotation(mut self, rotation: Option<Hadamard>) -> Result<Self> {
+        if let Some(r) = rotation {
+            if !self.head_dim.is_multiple_of(r.n()) {
+                return Err(Error::InvalidArgument {
+                    op: OP,
+                    reason: format!(
+                        "Hadamard blocks of {} do not divide the head size {}",
+                        r.n(),
+                        self.head_dim
+                    ),
+                });
+            }
+        }
+        self.rotation = rotation;
+        Ok(self)
+    }
+
+    /// The rotation its rows are stored under, if any.
+    pub fn rotation(&self) -> Option<Hadamard> {
+        self.rotation
     }
 
     /// Its element type.
@@ -188,11 +224,14 @@ impl KvPlane {
 
     /// The plane as attention reads it.
     pub fn rows_view(&self) -> KvRows<'_> {
-        KvRows(match &self.data {
-            Data::F16(x) => Rows::F16(x),
-            Data::Q8_0(x) => Rows::Q8_0(x),
-            Data::Q4_0(x) => Rows::Q4_0(x),
-        })
+        KvRows {
+            rows: match &self.data {
+                Data::F16(x) => Rows::F16(x),
+                Data::Q8_0(x) => Rows::Q8_0(x),
+                Data::Q4_0(x) => Rows::Q4_0(x),
+            },
+            rotation: self.rotation,
+        }
     }
 
     fn check_rows(&self, first: usize, n: usize) -> Result<()> {
@@ -206,7 +245,8 @@ impl KvPlane {
     }
 
     /// Stores `x` (whole rows of `head_dim` values) from row `first` on,
-    /// rounded to f16 or quantized with ggml's reference quantizer.
+    /// rotated if the plane is, then rounded to f16 or quantized with
+    /// ggml's reference quantizer.
     pub fn write_rows(&mut self, first: usize, x: &[f32]) -> Result<()> {
         let hd = self.head_dim;
         if hd == 0 || !x.len().is_multiple_of(hd) {
@@ -217,6 +257,16 @@ impl KvPlane {
             });
         }
         self.check_rows(first, x.len() / hd)?;
+        let rotated;
+        let x = match self.rotation {
+            None => x,
+            Some(r) => {
+                let mut y = x.to_vec();
+                r.apply_whole(&mut y);
+                rotated = y;
+                &rotated
+            }
+        };
         match &mut self.data {
             Data::F16(d) => {
                 for (o, &v) in d[first * hd..][..x.len()].iter_mut().zip(x) {
@@ -229,7 +279,8 @@ impl KvPlane {
         Ok(())
     }
 
-    /// Decodes rows `first..first + y.len() / head_dim` into `y`.
+    /// Decodes rows `first..first + y.len() / head_dim` into `y` (rotated
+    /// back if the plane is rotated).
     pub fn read_rows(&self, first: usize, y: &mut [f32]) -> Result<()> {
         let hd = self.head_dim;
         if hd == 0 || !y.len().is_multiple_of(hd) {
@@ -248,6 +299,9 @@ impl KvPlane {
             }
             Data::Q8_0(d) => q8_0::dequantize_row(&d[first * hd / QK..][..y.len() / QK], y),
             Data::Q4_0(d) => q4_0::dequantize_row(&d[first * hd / QK..][..y.len() / QK], y),
+        }
+        if let Some(r) = self.rotation {
+            r.apply_whole(y);
         }
         Ok(())
     }
@@ -347,18 +401,25 @@ pub(crate) enum Rows<'a> {
     Q4_0(&'a [BlockQ4_0]),
 }
 
-/// A borrowed KV plane (or a plain f16 slice) as attention reads it.
+/// A borrowed KV plane (or a plain f16 slice) as attention reads it: the
+/// stored rows and the rotation they are stored under.
 #[derive(Clone, Copy, Debug)]
-pub struct KvRows<'a>(pub(crate) Rows<'a>);
+pub struct KvRows<'a> {
+    pub(crate) rows: Rows<'a>,
+    pub(crate) rotation: Option<Hadamard>,
+}
 
 impl<'a> KvRows<'a> {
-    /// f16 rows, `[rows, head_dim]` flat.
+    /// f16 rows, `[rows, head_dim]` flat, not rotated.
     pub fn f16(x: &'a [f16]) -> Self {
-        KvRows(Rows::F16(x))
+        KvRows {
+            rows: Rows::F16(x),
+            rotation: None,
+        }
     }
     /// Its element type.
     pub fn kv_type(&self) -> KvType {
-        match self.0 {
+        match self.rows {
             Rows::F16(_) => KvType::F16,
             Rows::Q8_0(_) => KvType::Q8_0,
             Rows::Q4_0(_) => KvType::Q4_0,
@@ -366,7 +427,7 @@ impl<'a> KvRows<'a> {
     }
     /// Whole rows of `head_dim` elements it holds (`head_dim` > 0).
     pub(crate) fn rows(&self, head_dim: usize) -> usize {
-        match self.0 {
+        match self.rows {
             Rows::F16(x) => x.len() / head_dim,
             Rows::Q8_0(x) => x.len() / (head_dim / QK).max(1),
             Rows::Q4_0(x) => x.len() / (head_dim / QK).max(1),
@@ -375,7 +436,7 @@ impl<'a> KvRows<'a> {
     /// Rows `a..b` (in range: the caller checked the shape).
     pub(crate) fn slice(&self, a: usize, b: usize, head_dim: usize) -> Rows<'a> {
         let u = head_dim / self.kv_type().dtype().block_size();
-        match self.0 {
+        match self.rows {
             Rows::F16(x) => Rows::F16(&x[a * u..b * u]),
             Rows::Q8_0(x) => Rows::Q8_0(&x[a * u..b * u]),
             Rows::Q4_0(x) => Rows::Q4_0(&x[a * u..b * u]),
@@ -438,5 +499,49 @@ mod tests {
         }
         assert!(KvType::parse("q5_0").is_err());
         assert!(KvPlane::zeros(KvType::F16, usize::MAX / 2, 64).is_err());
+    }
+
+    /// A rotated plane reads back the values written (rotated back), stores
+    /// other bytes than a plain one, and moves and encodes them as stored.
+    #[test]
+    fn rotated_planes_read_back_what_was_written() {
+        let hd = 128;
+        // an outlier channel: what the rotation is for
+        let mut x = random_row(4 * hd, 8);
+        x.iter_mut().step_by(hd).for_each(|v| *v *= 20.0);
+        for t in KvType::ALL {
+            let r = Some(Hadamard::new(64).unwrap());
+            let mut plain = KvPlane::zeros(t, 6, hd).unwrap();
+            let mut rot = KvPlane::zeros(t, 6, hd).unwrap().with_rotation(r).unwrap();
+            assert_eq!(rot.rotation(), r);
+            assert_eq!(rot.bytes(), plain.bytes());
+            plain.write_rows(1, &x).unwrap();
+            rot.write_rows(1, &x).unwrap();
+            let (mut yp, mut yr) = (vec![0f32; x.len()], vec![0f32; x.len()]);
+            plain.read_rows(1, &mut yp).unwrap();
+            rot.read_rows(1, &mut yr).unwrap();
+            let err = |y: &[f32]| {
+                let d: f32 = x.iter().zip(y).map(|(a, b)| (a - b).powi(2)).sum();
+                let n: f32 = x.iter().map(|a| a * a).sum();
+                (d / n).sqrt()
+            };
+            let (ep, er) = (err(&yp), err(&yr));
+            match t {
+                KvType::F16 => assert!(er < 1e-3, "{t}: {er}"),
+                // spread over the block, the outlier no longer sets the
+                // scale of the small values
+                _ => assert!(er < 0.7 * ep, "{t}: rotated {er} vs plain {ep}"),
+            }
+            let (mut bp, mut br) = (Vec::new(), Vec::new());
+            plain.encode_rows(1, 4, &mut bp).unwrap();
+            rot.encode_rows(1, 4, &mut br).unwrap();
+            assert_ne!(bp, br, "{t}: the rotated rows are stored");
+            let mut back = KvPlane::zeros(t, 6, hd).unwrap().with_rotation(r).unwrap();
+            back.decode_rows(2, &br).unwrap();
+            back.copy_rows_within(2, 0, 4).unwrap();
+            let mut z = vec![0f32; x.len()];
+            back.read_rows(0, &mut z).unwrap();
+            assert_eq!(yr, z, "{t}");
+        }
     }
 }
