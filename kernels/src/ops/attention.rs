@@ -695,65 +695,63 @@ mod tests {
                         .map(move |rot| (kt, vt, rot))
                 })
             }) {
-                {
-                    let mut kp = KvPlane::zeros(kt, rows, p.head_dim)
+                let mut kp = KvPlane::zeros(kt, rows, p.head_dim)
+                    .unwrap()
+                    .with_rotation(kr)
+                    .unwrap();
+                let mut vp = KvPlane::zeros(vt, rows, p.head_dim)
+                    .unwrap()
+                    .with_rotation(vr)
+                    .unwrap();
+                kp.write_rows(0, &kx).unwrap();
+                vp.write_rows(0, &vx).unwrap();
+                let (mut kd, mut vd) = (vec![0f32; kx.len()], vec![0f32; vx.len()]);
+                kp.read_rows(0, &mut kd).unwrap();
+                vp.read_rows(0, &mut vd).unwrap();
+                // a block-type key cache meets the query in Q8_0, in
+                // the keys' basis
+                let qd = if kt == KvType::F16 {
+                    q.clone()
+                } else {
+                    let mut qp = KvPlane::zeros(KvType::Q8_0, q.len() / p.head_dim, p.head_dim)
                         .unwrap()
                         .with_rotation(kr)
                         .unwrap();
-                    let mut vp = KvPlane::zeros(vt, rows, p.head_dim)
-                        .unwrap()
-                        .with_rotation(vr)
-                        .unwrap();
-                    kp.write_rows(0, &kx).unwrap();
-                    vp.write_rows(0, &vx).unwrap();
-                    let (mut kd, mut vd) = (vec![0f32; kx.len()], vec![0f32; vx.len()]);
-                    kp.read_rows(0, &mut kd).unwrap();
-                    vp.read_rows(0, &mut vd).unwrap();
-                    // a block-type key cache meets the query in Q8_0, in
-                    // the keys' basis
-                    let qd = if kt == KvType::F16 {
-                        q.clone()
-                    } else {
-                        let mut qp = KvPlane::zeros(KvType::Q8_0, q.len() / p.head_dim, p.head_dim)
-                            .unwrap()
-                            .with_rotation(kr)
-                            .unwrap();
-                        qp.write_rows(0, &q).unwrap();
-                        let mut qd = vec![0f32; q.len()];
-                        qp.read_rows(0, &mut qd).unwrap();
-                        qd
-                    };
-                    let want = naive(&p, &qd, &kd, &vd, cap, pos0, n);
-                    let float_query = naive(&p, &q, &kd, &vd, cap, pos0, n);
-                    let unquantized = naive(&p, &q, &kx, &vx, cap, pos0, n);
-                    let budget = 1e-4;
-                    for isa in available_isas() {
-                        let mut out = vec![f32::NAN; q.len()];
-                        attention_kv_with(
-                            table_for(isa).unwrap(),
-                            &p,
-                            &q,
-                            kp.rows_view(),
-                            vp.rows_view(),
-                            cap,
-                            pos0,
-                            n,
-                            &mut out,
-                        )
-                        .unwrap();
-                        let err = rel_l2(&out, &want);
-                        assert!(
-                            err < budget,
-                            "case {ci} {isa} K {kt} {kr:?} V {vt} {vr:?}: rel L2 {err} > {budget}"
-                        );
-                        // the query's rounding costs little
-                        let q_err = rel_l2(&out, &float_query);
-                        assert!(q_err < 2e-2, "case {ci} {isa} K {kt}: {q_err}");
-                        if (kt, vt) == (KvType::Q4_0, KvType::Q4_0) {
-                            // the format's own error is much larger than
-                            // the kernel's: the test can tell them apart
-                            assert!(rel_l2(&out, &unquantized) > 10.0 * budget);
-                        }
+                    qp.write_rows(0, &q).unwrap();
+                    let mut qd = vec![0f32; q.len()];
+                    qp.read_rows(0, &mut qd).unwrap();
+                    qd
+                };
+                let want = naive(&p, &qd, &kd, &vd, cap, pos0, n);
+                let float_query = naive(&p, &q, &kd, &vd, cap, pos0, n);
+                let unquantized = naive(&p, &q, &kx, &vx, cap, pos0, n);
+                let budget = 1e-4;
+                for isa in available_isas() {
+                    let mut out = vec![f32::NAN; q.len()];
+                    attention_kv_with(
+                        table_for(isa).unwrap(),
+                        &p,
+                        &q,
+                        kp.rows_view(),
+                        vp.rows_view(),
+                        cap,
+                        pos0,
+                        n,
+                        &mut out,
+                    )
+                    .unwrap();
+                    let err = rel_l2(&out, &want);
+                    assert!(
+                        err < budget,
+                        "case {ci} {isa} K {kt} {kr:?} V {vt} {vr:?}: rel L2 {err} > {budget}"
+                    );
+                    // the query's rounding costs little
+                    let q_err = rel_l2(&out, &float_query);
+                    assert!(q_err < 2e-2, "case {ci} {isa} K {kt}: {q_err}");
+                    if (kt, vt) == (KvType::Q4_0, KvType::Q4_0) {
+                        // the format's own error is much larger than
+                        // the kernel's: the test can tell them apart
+                        assert!(rel_l2(&out, &unquantized) > 10.0 * budget);
                     }
                 }
             }
