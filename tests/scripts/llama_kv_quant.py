@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """llama.cpp's teacher-forced logits with a quantized KV cache.
 
-    llama_kv_quant.py --model M.gguf --tokens TOKENS.json --prefill P \
-        --chunk C --types f16,q8_0,q4_0 --out OUT.f32
+    llama_kv_quant.py --model M.gguf --cases CASE.json --out OUT.f32
+
+CASE.json: {"tokens": [ids], "prefill": P, "chunk": C, "types": "f16,q8_0,q4_0"}.
 
 For each KV type (keys and values of that type: llama.cpp's type_k and
 type_v, flash attention on, which a quantized V cache needs there and
@@ -36,19 +37,17 @@ GGML = {"f16": 1, "q8_0": 8, "q4_0": 2}
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", type=Path, required=True)
-    ap.add_argument("--tokens", type=Path, required=True)
-    ap.add_argument("--prefill", type=int, required=True)
-    ap.add_argument("--chunk", type=int, required=True)
-    ap.add_argument("--types", default="f16,q8_0,q4_0")
+    ap.add_argument("--cases", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    tokens = json.loads(args.tokens.read_text(encoding="utf-8"))
-    if not (0 < args.chunk and args.prefill % args.chunk == 0 and args.prefill < len(tokens)):
-        raise SystemExit(f"prefill {args.prefill} in chunks of {args.chunk} of {len(tokens)} tokens")
+    case = json.loads(args.cases.read_text(encoding="utf-8"))
+    tokens, prefill, chunk = case["tokens"], int(case["prefill"]), int(case["chunk"])
+    if not (0 < chunk and prefill % chunk == 0 and prefill < len(tokens)):
+        raise SystemExit(f"prefill {prefill} in chunks of {chunk} of {len(tokens)} tokens")
     rows = []
-    for name in args.types.split(","):
-        llm = Llama(model_path=str(args.model), n_ctx=len(tokens), n_batch=args.chunk,
-                    n_ubatch=args.chunk, n_threads=N_THREADS, n_threads_batch=N_THREADS,
+    for name in case.get("types", "f16,q8_0,q4_0").split(","):
+        llm = Llama(model_path=str(args.model), n_ctx=len(tokens), n_batch=chunk,
+                    n_ubatch=chunk, n_threads=N_THREADS, n_threads_batch=N_THREADS,
                     seed=SEED, type_k=GGML[name], type_v=GGML[name], flash_attn=True,
                     verbose=False)
         n_vocab = llm.n_vocab()
@@ -57,10 +56,10 @@ def main() -> None:
             ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
             return np.ctypeslib.as_array(ptr, shape=(n_vocab,)).astype(np.float32)
 
-        for i in range(0, args.prefill, args.chunk):
-            llm.eval(tokens[i : i + args.chunk])
+        for i in range(0, prefill, chunk):
+            llm.eval(tokens[i : i + chunk])
             rows.append(last_logits())
-        for t in tokens[args.prefill :]:
+        for t in tokens[prefill:]:
             llm.eval([t])
             rows.append(last_logits())
         del llm

@@ -42,7 +42,7 @@ use sotto_engine::{
     LogitsFor, SessionFileProblem,
 };
 use sotto_models::Model;
-use sotto_tests::parity::{llama_python, repo_root};
+use sotto_tests::parity::{repo_root, run_llama_cases_script};
 use sotto_tests::{argmax, default_model, default_model_path, greedy, rel_l2};
 use std::path::Path;
 use std::sync::Arc;
@@ -107,25 +107,17 @@ fn sotto_rows(
 fn llama_rows(model: &Path, tokens: &[u32]) -> Vec<Vec<Vec<f32>>> {
     let dir = std::env::temp_dir().join(format!("sotto-kv-quant-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let tokens_path = dir.join("tokens.json");
-    std::fs::write(&tokens_path, serde_json::to_vec(tokens).unwrap()).unwrap();
-    let out = dir.join("logits.f32");
-    let script = repo_root().join("tests/scripts/llama_kv_quant.py");
+    let case_path = dir.join("case.json");
     let names: Vec<&str> = TYPES.iter().map(|t| t.name()).collect();
-    let status = std::process::Command::new(llama_python())
-        .arg(&script)
-        .arg("--model")
-        .arg(model)
-        .arg("--tokens")
-        .arg(&tokens_path)
-        .args(["--prefill", &PREFILL.to_string()])
-        .args(["--chunk", &CHUNK.to_string()])
-        .args(["--types", &names.join(",")])
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
-    assert!(status.success(), "{} failed ({status})", script.display());
+    let case = serde_json::json!({
+        "tokens": tokens,
+        "prefill": PREFILL,
+        "chunk": CHUNK,
+        "types": names.join(","),
+    });
+    std::fs::write(&case_path, serde_json::to_vec(&case).unwrap()).unwrap();
+    let out = dir.join("logits.f32");
+    run_llama_cases_script("llama_kv_quant.py", model, &case_path, &out);
     let bytes = std::fs::read(&out).unwrap();
     std::fs::remove_dir_all(&dir).ok();
     let values: Vec<f32> = bytes
