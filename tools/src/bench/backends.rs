@@ -343,27 +343,21 @@ mod tests {
     fn unknown_backends_are_refused_by_name() {
         let g = OnnxGraphs::default();
         let none = LoraOptions::default();
-        let err = load_backend(
-            "tpu",
-            Path::new("/nonexistent.gguf"),
-            1,
-            &g,
-            None,
-            &none,
-            Default::default(),
-        )
-        .unwrap_err();
+        let refused = |backend: &str| {
+            load_backend(
+                backend,
+                Path::new("/nonexistent.gguf"),
+                1,
+                &g,
+                None,
+                &none,
+                Default::default(),
+            )
+            .unwrap_err()
+        };
+        let err = refused("tpu");
         assert!(err.contains("tpu") && err.contains("cpu"), "{err}");
-        let err = load_backend(
-            "cpu",
-            Path::new("/nonexistent.gguf"),
-            1,
-            &g,
-            None,
-            &none,
-            Default::default(),
-        )
-        .unwrap_err();
+        let err = refused("cpu");
         assert!(err.contains("/nonexistent.gguf"), "{err}");
     }
 }
