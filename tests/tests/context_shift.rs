@@ -26,7 +26,7 @@ use sotto_engine::{
     Chat, ContextPolicy, CpuBackend, Error, KvCache, KvType, KvTypes, Session, StopReason,
 };
 use sotto_models::Model;
-use sotto_tests::parity::{llama_python, repo_root};
+use sotto_tests::parity::{llama_python, read_f32_file, repo_root};
 use sotto_tests::tiny_arch::{gemma3_270m_path, prompts, tiny_file};
 use sotto_tests::{argmax, default_model, default_model_path, greedy, rel_l2};
 
@@ -97,12 +97,8 @@ fn llama_shifted(model: &Path, cases: &[Case]) -> Vec<(Vec<f32>, Vec<f32>)> {
         .status()
         .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
     assert!(status.success(), "{} failed ({status})", script.display());
-    let bytes = std::fs::read(&out).unwrap();
+    let values = read_f32_file(&out);
     std::fs::remove_dir_all(&dir).ok();
-    let values: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
     let vocab = values.len() / (2 * cases.len());
     values
         .chunks_exact(2 * vocab)

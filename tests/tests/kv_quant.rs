@@ -42,7 +42,7 @@ use sotto_engine::{
     LogitsFor, SessionFileProblem,
 };
 use sotto_models::Model;
-use sotto_tests::parity::{repo_root, run_llama_cases_script};
+use sotto_tests::parity::{read_f32_file, repo_root, run_llama_cases_script};
 use sotto_tests::{argmax, default_model, default_model_path, greedy, rel_l2};
 use std::path::Path;
 use std::sync::Arc;
@@ -118,12 +118,8 @@ fn llama_rows(model: &Path, tokens: &[u32]) -> Vec<Vec<Vec<f32>>> {
     std::fs::write(&case_path, serde_json::to_vec(&case).unwrap()).unwrap();
     let out = dir.join("logits.f32");
     run_llama_cases_script("llama_kv_quant.py", model, &case_path, &out);
-    let bytes = std::fs::read(&out).unwrap();
+    let values = read_f32_file(&out);
     std::fs::remove_dir_all(&dir).ok();
-    let values: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
     let n_rows = PREFILL / CHUNK + DECODE;
     let vocab = values.len() / (TYPES.len() * n_rows);
     assert_eq!(values.len(), TYPES.len() * n_rows * vocab);
