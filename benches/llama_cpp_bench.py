@@ -14,6 +14,10 @@ Test semantics (shared with sotto bench, after llama-bench):
          single-token decodes of random tokens (as llama-bench does).
 Tokens/s = tokens / seconds per repetition; mean and sample sd over -r reps
 after --warmup untimed runs.
+
+--kv-type T or K,V (repeatable; f16, q8_0, q4_0) sets llama.cpp's cache
+types (type_k / type_v); a quantized V cache needs flash attention there,
+which is then switched on.
 """
 
 import argparse
@@ -44,6 +48,23 @@ def int_list(text):
     return values
 
 
+# ggml type ids and bytes per 32 elements of the KV cache types.
+KV_TYPES = {"f16": (1, 64), "q8_0": (8, 34), "q4_0": (2, 18)}
+
+
+def kv_pair(text):
+    names = [t.strip().lower() for t in text.split(",")]
+    if len(names) == 1:
+        names = names * 2
+    if len(names) != 2 or any(n not in KV_TYPES for n in names):
+        raise argparse.ArgumentTypeError(f"--kv-type {text!r}: T or K,V of {', '.join(KV_TYPES)}")
+    return tuple(names)
+
+
+def kv_label(pair):
+    return pair[0] if pair[0] == pair[1] else f"{pair[0]},{pair[1]}"
+
+
 def parse_args(argv):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("-m", "--model", required=True, help="GGUF model file")
@@ -54,8 +75,12 @@ def parse_args(argv):
     ap.add_argument("-r", "--repetitions", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--kv-type", type=kv_pair, action="append", help="KV cache types, T or K,V (repeatable)")
     ap.add_argument("--progress", action="store_true", help="one line per test on stderr")
-    return ap.parse_args(argv)
+    args = ap.parse_args(argv)
+    if not args.kv_type:
+        args.kv_type = [("f16", "f16")]
+    return args
 
 
 def mean_sd(xs):
@@ -119,13 +144,15 @@ class LlamaCpp:
         self.n_head_kv = llama_cpp.llama_model_n_head_kv(self.model)
         self.head_dim = n_embd // n_head
         self.ctx = None
+        self.kv = ("f16", "f16")
         # "CPU : SSE3 = 1 | AVX2 = 1 | ..." -> "sse3+avx2+..."
         info = llama_cpp.llama_print_system_info().decode(errors="replace")
         flags = [f.split("=")[0].strip().lower() for f in info.replace("CPU :", "").split("|") if f.strip().endswith("= 1")]
         self.isa = "+".join(f for f in flags if f.startswith(("avx", "f16c", "fma", "neon", "dotprod", "i8mm", "amx", "sve")))
 
-    def new_context(self, n_ctx, threads):
+    def new_context(self, n_ctx, threads, kv=("f16", "f16")):
         ll = self.ll
+        self.kv = kv
         if self.ctx:
             ll.llama_free(self.ctx)
             self.ctx = None
@@ -138,14 +165,19 @@ class LlamaCpp:
         cparams.n_threads = threads
         cparams.n_threads_batch = threads
         cparams.no_perf = True
+        cparams.type_k = KV_TYPES[kv[0]][0]
+        cparams.type_v = KV_TYPES[kv[1]][0]
+        if kv[1] != "f16":
+            cparams.flash_attn_type = ll.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self.ctx = ll.llama_init_from_model(self.model, cparams)
         if not self.ctx:
             raise RuntimeError(f"llama.cpp could not create a context of {n_ctx} tokens")
         self.n_ctx = ll.llama_n_ctx(self.ctx)
 
     def kv_bytes(self):
-        # f16 keys and values (llama.cpp's default cache type).
-        return 2 * self.n_layer * self.n_ctx * self.n_head_kv * self.head_dim * 2
+        # keys and values of the context's types, per 32 elements
+        per_row = [KV_TYPES[t][1] * self.head_dim // 32 for t in self.kv]
+        return self.n_layer * self.n_ctx * self.n_head_kv * sum(per_row)
 
     def clear(self):
         self.ll.llama_memory_clear(self.ll.llama_get_memory(self.ctx), True)
@@ -226,6 +258,7 @@ def row(lc, kind, threads, depth, n_prompt, n_gen, samples_s, reps, ttft_s=None,
         "peak_rss_bytes": peak_rss_bytes(),
         "weights_bytes": lc.weights_bytes,
         "kv_bytes": lc.kv_bytes(),
+        "kv_type": kv_label(lc.kv),
     }
     if per_token_s:
         for q in (50, 90, 99):
@@ -252,38 +285,39 @@ def main(argv):
     lc = LlamaCpp(llama_cpp, args.model)
     rows = []
     try:
-        for depth in args.depth:
-            for threads in args.threads:
-                for p in args.n_prompt:
-                    if p == 0:
-                        continue
-                    lc.new_context(depth + p, threads)
-                    for _ in range(args.warmup):
-                        run_pp(lc, rng, depth, p)
-                    samples, ttfts = [], []
-                    for _ in range(args.repetitions):
-                        s = run_pp(lc, rng, depth, p)
-                        t0 = time.perf_counter()
-                        lc.greedy()
-                        ttfts.append(s + time.perf_counter() - t0)
-                        samples.append(s)
-                    rows.append(row(lc, "pp", threads, depth, p, 0, samples, args.repetitions, ttft_s=mean_sd(ttfts)[0]))
-                    if args.progress:
-                        print(f"llama.cpp pp{p} d{depth} t{threads}: {rows[-1]['tokens_per_s_mean']:.1f} tok/s", file=sys.stderr)
-                for n in args.n_gen:
-                    if n == 0:
-                        continue
-                    lc.new_context(depth + 1 + n, threads)
-                    for _ in range(args.warmup):
-                        run_tg(lc, rng, depth, n)
-                    samples, lat = [], []
-                    for _ in range(args.repetitions):
-                        s, per_token = run_tg(lc, rng, depth, n)
-                        samples.append(s)
-                        lat.extend(per_token)
-                    rows.append(row(lc, "tg", threads, depth, 0, n, samples, args.repetitions, per_token_s=lat))
-                    if args.progress:
-                        print(f"llama.cpp tg{n} d{depth} t{threads}: {rows[-1]['tokens_per_s_mean']:.1f} tok/s", file=sys.stderr)
+        for kv in args.kv_type:
+            for depth in args.depth:
+                for threads in args.threads:
+                    for p in args.n_prompt:
+                        if p == 0:
+                            continue
+                        lc.new_context(depth + p, threads, kv)
+                        for _ in range(args.warmup):
+                            run_pp(lc, rng, depth, p)
+                        samples, ttfts = [], []
+                        for _ in range(args.repetitions):
+                            s = run_pp(lc, rng, depth, p)
+                            t0 = time.perf_counter()
+                            lc.greedy()
+                            ttfts.append(s + time.perf_counter() - t0)
+                            samples.append(s)
+                        rows.append(row(lc, "pp", threads, depth, p, 0, samples, args.repetitions, ttft_s=mean_sd(ttfts)[0]))
+                        if args.progress:
+                            print(f"llama.cpp pp{p} d{depth} t{threads} kv {kv_label(kv)}: {rows[-1]['tokens_per_s_mean']:.1f} tok/s", file=sys.stderr)
+                    for n in args.n_gen:
+                        if n == 0:
+                            continue
+                        lc.new_context(depth + 1 + n, threads, kv)
+                        for _ in range(args.warmup):
+                            run_tg(lc, rng, depth, n)
+                        samples, lat = [], []
+                        for _ in range(args.repetitions):
+                            s, per_token = run_tg(lc, rng, depth, n)
+                            samples.append(s)
+                            lat.extend(per_token)
+                        rows.append(row(lc, "tg", threads, depth, 0, n, samples, args.repetitions, per_token_s=lat))
+                        if args.progress:
+                            print(f"llama.cpp tg{n} d{depth} t{threads} kv {kv_label(kv)}: {rows[-1]['tokens_per_s_mean']:.1f} tok/s", file=sys.stderr)
     finally:
         lc.close()
     json.dump(rows, sys.stdout)

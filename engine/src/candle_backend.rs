@@ -191,7 +191,14 @@ impl Backend for CandleBackend {
     /// at candle's precomputed RoPE table.
     fn new_cache(&self, capacity: usize) -> Result<KvCache> {
         let capacity = capacity.min(self.spec.context_length).min(MAX_SEQ_LEN);
-        KvCache::new(0, self.spec.n_kv_head, self.spec.head_dim, capacity)
+        // f16 types: no layer is ever allocated
+        KvCache::new(
+            0,
+            self.spec.n_kv_head,
+            self.spec.head_dim,
+            capacity,
+            Default::default(),
+        )
     }
 
     fn forward(

@@ -96,6 +96,21 @@ pub enum Error {
     #[error("KV cache mismatch: {0}")]
     KvCache(String),
 
+    /// A KV element type that is not known or does not fit the model
+    /// (`--kv-type`; a block type needs a head size that is a multiple of 32).
+    #[error("KV cache type: {0}")]
+    KvType(String),
+
+    /// A quantized KV cache given to code that exchanges f16 keys and
+    /// values (ONNX Runtime's graphs, the candle backend).
+    #[error("{what} needs an f16 KV cache, not {kv}")]
+    KvTypeUnsupported {
+        /// What refused it.
+        what: &'static str,
+        /// The cache's types (`K` or `K,V`).
+        kv: String,
+    },
+
     /// The CPU backend's worker pool could not be started.
     #[error("could not build a thread pool of {threads} threads: {reason}")]
     ThreadPool {

@@ -1,28 +1,146 @@
-//! The KV cache: per layer, keys and values in f16, head-major
-//! `[n_kv_head, capacity, head_dim]` so one head's keys are contiguous for the
-//! attention kernel. It is the currency between backends: the CPU backend
-//! writes it directly, the ONNX Runtime backend imports and exports it, so a
-//! hybrid run can prefill on one and decode on the other.
+//! The KV cache: per layer, keys and values as [`KvPlane`]s of rows laid
+//! out head-major, `[n_kv_head, capacity, head_dim]`, so one head's keys are
+//! contiguous for the attention kernel. Keys and values each have an
+//! element type ([`KvTypes`]): f16 (the default), or ggml's Q8_0 / Q4_0
+//! blocks along the head dimension, which attention reads as they are.
+//! A quantized plane is stored rotated by the orthonormal Walsh–Hadamard
+//! transform where llama.cpp rotates it ([`KvRotations::for_cache`]), so
+//! the two engines quantize the same vectors; the planes rotate on write
+//! and back on read, attention rotates the query and its output.
+//! It is the currency between backends: the CPU backend writes it
+//! directly, the ONNX Runtime backend imports and exports it (f16 only), so
+//! a hybrid run can prefill on one and decode on the other.
 
 use crate::error::{Error, Result};
 use half::f16;
+pub use sotto_kernels::ops::{Hadamard, KvPlane, KvType};
 
-/// One layer's keys and values.
-#[derive(Clone)]
-pub struct LayerKv {
-    /// [n_kv_head, capacity, head_dim]
-    pub k: Vec<f16>,
-    /// [n_kv_head, capacity, head_dim]
-    pub v: Vec<f16>,
+/// The element types of the keys and of the values.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct KvTypes {
+    /// Keys.
+    pub k: KvType,
+    /// Values.
+    pub v: KvType,
 }
 
-impl std::fmt::Debug for LayerKv {
-    // Sizes only: the contents are derived from private messages.
+impl KvTypes {
+    /// Keys and values of one type.
+    pub fn both(t: KvType) -> Self {
+        Self { k: t, v: t }
+    }
+
+    /// `T` (keys and values) or `K,V`, as `--kv-type` takes it.
+    pub fn parse(s: &str) -> Result<Self> {
+        let one = |t: &str| KvType::parse(t).map_err(|e| Error::KvType(e.to_string()));
+        match s.split_once(',') {
+            None => Ok(Self::both(one(s)?)),
+            Some((k, v)) => Ok(Self {
+                k: one(k)?,
+                v: one(v)?,
+            }),
+        }
+    }
+
+    /// Whether both are f16 (what backends that exchange the cache with
+    /// ONNX Runtime need).
+    pub fn is_f16(&self) -> bool {
+        self.k == KvType::F16 && self.v == KvType::F16
+    }
+}
+
+impl std::fmt::Display for KvTypes {
+    /// `T` when keys and values share it, `K,V` otherwise.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LayerKv")
-            .field("k", &self.k.len())
-            .field("v", &self.v.len())
-            .finish()
+        if self.k == self.v {
+            write!(f, "{}", self.k)
+        } else {
+            write!(f, "{},{}", self.k, self.v)
+        }
+    }
+}
+
+impl std::str::FromStr for KvTypes {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
+/// The Hadamard rotations keys and values are stored under (`None`: as
+/// they are).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct KvRotations {
+    /// Keys.
+    pub k: Option<Hadamard>,
+    /// Values.
+    pub v: Option<Hadamard>,
+}
+
+impl KvRotations {
+    /// Where llama.cpp rotates a cache of `types` and `head_dim`: a
+    /// quantized plane whose head size is a multiple of 64; keys in blocks
+    /// of the largest power of two dividing the head size, values in
+    /// blocks of 64. f16 planes are stored as they are.
+    pub fn for_cache(types: KvTypes, head_dim: usize) -> Self {
+        let rotates = |t: KvType| t != KvType::F16 && head_dim > 0 && head_dim.is_multiple_of(64);
+        let block = |n: usize| Hadamard::new(n).ok();
+        Self {
+            k: rotates(types.k)
+                .then(|| block(1 << head_dim.trailing_zeros()))
+                .flatten(),
+            v: rotates(types.v).then(|| block(64)).flatten(),
+        }
+    }
+}
+
+impl std::fmt::Display for KvRotations {
+    /// `K Hn, V Hm` (`-` for a plane stored as it is).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let one = |r: Option<Hadamard>| r.map_or("-".to_string(), |h| format!("H{}", h.n()));
+        write!(f, "K {}, V {}", one(self.k), one(self.v))
+    }
+}
+
+/// One layer's keys and values.
+#[derive(Clone, Debug)]
+pub struct LayerKv {
+    /// [n_kv_head, capacity, head_dim]
+    pub k: KvPlane,
+    /// [n_kv_head, capacity, head_dim]
+    pub v: KvPlane,
+}
+
+impl LayerKv {
+    /// Keys and values as f16 slices, for the code that exchanges them
+    /// with ONNX Runtime; [`Error::KvTypeUnsupported`] for a quantized
+    /// cache (`what` names the caller).
+    pub fn f16(&self, what: &'static str) -> Result<(&[f16], &[f16])> {
+        match (self.k.f16(), self.v.f16()) {
+            (Some(k), Some(v)) => Ok((k, v)),
+            _ => Err(unsupported(what, self)),
+        }
+    }
+    /// [`LayerKv::f16`], writable.
+    pub fn f16_mut(&mut self, what: &'static str) -> Result<(&mut [f16], &mut [f16])> {
+        let err = unsupported(what, self);
+        match (self.k.f16_mut(), self.v.f16_mut()) {
+            (Some(k), Some(v)) => Ok((k, v)),
+            _ => Err(err),
+        }
+    }
+    fn types(&self) -> KvTypes {
+        KvTypes {
+            k: self.k.kv_type(),
+            v: self.v.kv_type(),
+        }
+    }
+}
+
+fn unsupported(what: &'static str, l: &LayerKv) -> Error {
+    Error::KvTypeUnsupported {
+        what,
+        kv: l.types().to_string(),
     }
 }
 
@@ -35,6 +153,8 @@ pub struct KvCache {
     n_kv_head: usize,
     head_dim: usize,
     capacity: usize,
+    types: KvTypes,
+    rotations: KvRotations,
     /// Positions 0..len hold valid entries.
     len: usize,
 }
@@ -46,30 +166,62 @@ impl std::fmt::Debug for KvCache {
             .field("n_kv_head", &self.n_kv_head)
             .field("head_dim", &self.head_dim)
             .field("capacity", &self.capacity)
+            .field("types", &self.types)
+            .field("rotations", &self.rotations)
             .field("len", &self.len)
             .finish()
     }
 }
 
 impl KvCache {
-    /// An empty cache, zero-filled; [`Error::KvCache`] when the size
-    /// overflows.
-    pub fn new(n_layer: usize, n_kv_head: usize, head_dim: usize, capacity: usize) -> Result<Self> {
-        let per_layer = n_kv_head
-            .checked_mul(head_dim)
-            .and_then(|x| x.checked_mul(capacity))
+    /// An empty cache of element types `types`, zero-filled, its quantized
+    /// planes rotated as [`KvRotations::for_cache`] says; [`Error::KvType`]
+    /// when a block type does not divide the head size (a multiple of 32),
+    /// [`Error::KvCache`] when the size overflows.
+    pub fn new(
+        n_layer: usize,
+        n_kv_head: usize,
+        head_dim: usize,
+        capacity: usize,
+        types: KvTypes,
+    ) -> Result<Self> {
+        let rows = n_kv_head
+            .checked_mul(capacity)
             .ok_or_else(|| Error::KvCache(format!("capacity {capacity} overflows")))?;
+        let rotations = KvRotations::for_cache(types, head_dim);
+        let plane = |t: KvType, r: Option<Hadamard>| {
+            KvPlane::zeros(t, rows, head_dim)
+                .and_then(|p| p.with_rotation(r))
+                .map_err(|e| match e {
+                    sotto_kernels::Error::RaggedRow { .. } => Error::KvType(format!(
+                        "{t} blocks of 32 do not divide the head size {head_dim}"
+                    )),
+                    _ => Error::KvCache(format!("capacity {capacity} overflows")),
+                })
+        };
+        // checked on empty planes before allocating every layer
+        KvPlane::zeros(types.k, 0, head_dim)
+            .and_then(|_| KvPlane::zeros(types.v, 0, head_dim))
+            .map_err(|_| {
+                Error::KvType(format!(
+                    "{types} blocks of 32 do not divide the head size {head_dim}"
+                ))
+            })?;
         let layers = (0..n_layer)
-            .map(|_| LayerKv {
-                k: vec![f16::ZERO; per_layer],
-                v: vec![f16::ZERO; per_layer],
+            .map(|_| {
+                Ok(LayerKv {
+                    k: plane(types.k, rotations.k)?,
+                    v: plane(types.v, rotations.v)?,
+                })
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Ok(Self {
             layers,
             n_kv_head,
             head_dim,
             capacity,
+            types,
+            rotations,
             len: 0,
         })
     }
@@ -98,9 +250,18 @@ impl KvCache {
     pub fn head_dim(&self) -> usize {
         self.head_dim
     }
-    /// Bytes held by keys and values of all layers.
+    /// The element types of keys and values.
+    pub fn types(&self) -> KvTypes {
+        self.types
+    }
+    /// The rotations keys and values are stored under.
+    pub fn rotations(&self) -> KvRotations {
+        self.rotations
+    }
+    /// Bytes held by keys and values of all layers (exact: the planes'
+    /// elements or blocks).
     pub fn bytes(&self) -> usize {
-        self.layers.len() * 2 * self.n_kv_head * self.capacity * self.head_dim * 2
+        self.layers.iter().map(|l| l.k.bytes() + l.v.bytes()).sum()
     }
 
     /// Layer `i`'s keys and values; panics if `i >= n_layer()`.
@@ -110,6 +271,19 @@ impl KvCache {
     /// Layer `i`'s keys and values, writable; panics if `i >= n_layer()`.
     pub fn layer_mut(&mut self, i: usize) -> &mut LayerKv {
         &mut self.layers[i]
+    }
+
+    /// [`Error::KvTypeUnsupported`] unless keys and values are f16 (for
+    /// the backends that exchange the cache with ONNX Runtime).
+    pub fn require_f16(&self, what: &'static str) -> Result<()> {
+        if self.types.is_f16() {
+            Ok(())
+        } else {
+            Err(Error::KvTypeUnsupported {
+                what,
+                kv: self.types.to_string(),
+            })
+        }
     }
 
     /// Forget everything from position `len` on (prefix reuse, rollback after
@@ -135,7 +309,8 @@ impl KvCache {
     }
 
     /// Stores rows of keys and values (`[n_tokens, n_kv_head * head_dim]`,
-    /// token-major as the projections produce them) at positions `pos0..`.
+    /// token-major as the projections produce them) at positions `pos0..`,
+    /// in the cache's element types (rounded to f16 or quantized).
     pub fn write(
         &mut self,
         layer: usize,
@@ -166,11 +341,9 @@ impl KvCache {
         for t in 0..n {
             for h in 0..self.n_kv_head {
                 let src = t * row + h * hd;
-                let dst = (h * cap + pos0 + t) * hd;
-                for d in 0..hd {
-                    l.k[dst + d] = f16::from_f32(k_rows[src + d]);
-                    l.v[dst + d] = f16::from_f32(v_rows[src + d]);
-                }
+                let dst = h * cap + pos0 + t;
+                l.k.write_rows(dst, &k_rows[src..src + hd])?;
+                l.v.write_rows(dst, &v_rows[src..src + hd])?;
             }
         }
         Ok(())
@@ -178,10 +351,12 @@ impl KvCache {
 
     /// Removes positions `keep..keep + n` of every layer, moving the later
     /// entries down by `n` (the valid length shrinks by `n`), and passes
-    /// each moved key (one head's `head_dim` values, widened to f32) to
-    /// `rekey(layer, key)` before it is stored back as f16: a context
-    /// shift re-rotates them there. If `rekey` fails the moved entries are
-    /// lost and the cache keeps `0..keep`, which is still valid.
+    /// each moved key (one head's `head_dim` values, decoded to f32 and,
+    /// for a rotated plane, rotated back: the key as the model wrote it)
+    /// to `rekey(layer, key)` before it is stored back in the cache's key
+    /// type and rotation: a context shift re-ropes them there. If `rekey` fails the
+    /// moved entries are lost and the cache keeps `0..keep`, which is still
+    /// valid.
     pub fn remove(
         &mut self,
         keep: usize,
@@ -198,21 +373,17 @@ impl KvCache {
         let mut key = vec![0f32; hd];
         for (il, l) in self.layers.iter_mut().enumerate() {
             for h in 0..self.n_kv_head {
-                let dst = (h * cap + keep) * hd;
-                let src = dst + n * hd;
-                l.v.copy_within(src..src + moved * hd, dst);
-                l.k.copy_within(src..src + moved * hd, dst);
-                for stored in l.k[dst..dst + moved * hd].chunks_exact_mut(hd) {
-                    for (f, h) in key.iter_mut().zip(stored.iter()) {
-                        *f = h.to_f32();
-                    }
+                let dst = h * cap + keep;
+                let src = dst + n;
+                l.v.copy_rows_within(src, dst, moved)?;
+                l.k.copy_rows_within(src, dst, moved)?;
+                for r in dst..dst + moved {
+                    l.k.read_rows(r, &mut key)?;
                     if let Err(e) = rekey(il, &mut key) {
                         self.len = keep;
                         return Err(e);
                     }
-                    for (h, f) in stored.iter_mut().zip(&key) {
-                        *h = f16::from_f32(*f);
-                    }
+                    l.k.write_rows(r, &key)?;
                 }
             }
         }
@@ -242,16 +413,16 @@ mod tests {
     // The index formulas are written out term by term, zeros included.
     #[allow(clippy::erasing_op, clippy::identity_op)]
     fn write_is_head_major_and_truncate_keeps_prefix() {
-        let mut kv = KvCache::new(2, 2, 3, 4).unwrap();
+        let mut kv = KvCache::new(2, 2, 3, 4, KvTypes::default()).unwrap();
         // two tokens, rows [t][h][d]
         let k: Vec<f32> = (0..12).map(|i| i as f32).collect();
         let v: Vec<f32> = (0..12).map(|i| -(i as f32)).collect();
         kv.write(1, 1, &k, &v).unwrap();
         kv.advance(3).unwrap();
-        let l = kv.layer(1);
+        let l = kv.layer(1).f16("test").unwrap();
         // head 1, position 2 (token 1), dim 0 = k_rows[1*6 + 1*3 + 0] = 9
-        assert_eq!(l.k[(1 * 4 + 2) * 3].to_f32(), 9.0);
-        assert_eq!(l.v[(0 * 4 + 1) * 3 + 2].to_f32(), -2.0);
+        assert_eq!(l.0[(1 * 4 + 2) * 3].to_f32(), 9.0);
+        assert_eq!(l.1[(0 * 4 + 1) * 3 + 2].to_f32(), -2.0);
         kv.truncate(1);
         assert_eq!(kv.len(), 1);
         let mut seen = Vec::new();
@@ -275,20 +446,153 @@ mod tests {
         // 2 layers x 2 heads x 2 moved positions, in layer order
         assert_eq!(seen.len(), 8);
         assert_eq!(seen[4], (1, vec![6.0, 7.0, 8.0]), "layer 1 head 0 token 1");
-        let l = kv.layer(1);
-        assert_eq!(l.k[(0 * 4 + 1) * 3].to_f32(), 6.5, "rekeyed and moved");
+        let l = kv.layer(1).f16("test").unwrap();
+        assert_eq!(l.0[(0 * 4 + 1) * 3].to_f32(), 6.5, "rekeyed and moved");
         assert_eq!(
-            l.v[(1 * 4 + 1) * 3 + 1].to_f32(),
+            l.1[(1 * 4 + 1) * 3 + 1].to_f32(),
             -10.0,
             "values moved as they are"
         );
         assert_eq!(
-            l.k[(1 * 4 + 0) * 3].to_f32(),
+            l.0[(1 * 4 + 0) * 3].to_f32(),
             0.0,
             "kept position untouched"
         );
         let fail = kv.remove(1, 1, &mut |_, _| Err(Error::KvCache("x".into())));
         assert!(fail.is_err());
         assert_eq!(kv.len(), 1, "a failed rekey keeps the prefix only");
+    }
+
+    #[test]
+    fn quantized_cache_sizes_writes_and_rekeys_in_its_type() {
+        let hd = 64;
+        let (n_layer, n_kv, cap) = (2, 3, 10);
+        let mut rows = Vec::new();
+        for i in 0..4 * n_kv * hd {
+            rows.push(((i * 37 % 101) as f32 - 50.0) / 17.0);
+        }
+        for (types, per_row) in [
+            (KvTypes::default(), 128 + 128),
+            (KvTypes::both(KvType::Q8_0), 68 + 68),
+            (KvTypes::parse("q8_0,q4_0").unwrap(), 68 + 36),
+            (KvTypes::parse(" Q4_0 ").unwrap(), 36 + 36),
+        ] {
+            let mut kv = KvCache::new(n_layer, n_kv, hd, cap, types).unwrap();
+            assert_eq!(kv.types(), types);
+            assert_eq!(kv.bytes(), n_layer * n_kv * cap * per_row, "{types}");
+            assert_eq!(kv.require_f16("test").is_ok(), types.is_f16());
+            assert_eq!(kv.layer(0).f16("test").is_ok(), types.is_f16());
+            kv.write(1, 2, &rows, &rows).unwrap();
+            kv.set_len(6).unwrap();
+            // what the planes hold for head 1, positions 2..6
+            let decoded = |kv: &KvCache, plane: usize, first: usize| {
+                let l = kv.layer(1);
+                let p = if plane == 0 { &l.k } else { &l.v };
+                let mut y = vec![0f32; 4 * hd];
+                p.read_rows(cap + first, &mut y).unwrap();
+                y
+            };
+            let (k0, v0) = (decoded(&kv, 0, 2), decoded(&kv, 1, 2));
+            // token 1, head 1 of the rows = row position 3 of head 1
+            // compared in the basis the plane stores (rotated or not), where
+            // the format's rounding bound holds per element
+            let stored = |x: &[f32]| {
+                let mut y = x.to_vec();
+                if let Some(r) = kv.rotations().k {
+                    r.apply(&mut y).unwrap();
+                }
+                y
+            };
+            let src = stored(&rows[n_kv * hd + hd..n_kv * hd + 2 * hd]);
+            let err = src
+                .iter()
+                .zip(&stored(&k0[hd..2 * hd]))
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            let amax = src.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let step = match types.k {
+                KvType::F16 => 1e-3,
+                KvType::Q8_0 => 1.0 / 127.0,
+                KvType::Q4_0 => 1.0 / 8.0,
+            };
+            assert!(err <= step * amax, "{types}: {err}");
+            // rekey with the identity: moved keys decode as before (the
+            // quantizers are idempotent on their own output)
+            kv.remove(1, 2, &mut |_, _| Ok(())).unwrap();
+            assert_eq!(kv.len(), 4);
+            assert_eq!(decoded(&kv, 0, 1)[..3 * hd], k0[hd..]);
+            assert_eq!(decoded(&kv, 1, 1)[..3 * hd], v0[hd..]);
+        }
+        assert!(matches!(
+            KvCache::new(1, 1, 40, 4, KvTypes::both(KvType::Q4_0)),
+            Err(Error::KvType(_))
+        ));
+        assert!(KvCache::new(1, 1, 40, 4, KvTypes::default()).is_ok());
+        assert!(matches!(KvTypes::parse("q8_0,q5_1"), Err(Error::KvType(_))));
+        assert_eq!(
+            KvTypes::parse("q8_0,q4_0").unwrap().to_string(),
+            "q8_0,q4_0"
+        );
+        assert_eq!(KvTypes::parse("q8_0,q8_0").unwrap().to_string(), "q8_0");
+    }
+
+    #[test]
+    fn quantized_planes_rotate_where_llama_cpp_does() {
+        let h = |n| Some(Hadamard::new(n).unwrap());
+        let r = |types: &str, hd| KvRotations::for_cache(KvTypes::parse(types).unwrap(), hd);
+        assert_eq!(r("q4_0", 64), KvRotations { k: h(64), v: h(64) });
+        assert_eq!(
+            r("q8_0", 128),
+            KvRotations {
+                k: h(128),
+                v: h(64)
+            }
+        );
+        assert_eq!(
+            r("q8_0", 256),
+            KvRotations {
+                k: h(256),
+                v: h(64)
+            }
+        );
+        assert_eq!(r("q4_0", 192), KvRotations { k: h(64), v: h(64) });
+        assert_eq!(r("f16,q4_0", 128), KvRotations { k: None, v: h(64) });
+        assert_eq!(r("q8_0,f16", 128), KvRotations { k: h(128), v: None });
+        for (types, hd) in [("f16", 64), ("f16", 256), ("q8_0", 96), ("q4_0", 32)] {
+            assert_eq!(r(types, hd), KvRotations::default(), "{types} {hd}");
+        }
+        assert_eq!(r("q4_0", 128).to_string(), "K H128, V H64");
+
+        // a rotated cache: the planes rotate, a context shift's rekey sees
+        // the keys as written and stores them rotated again
+        let (hd, n_kv, cap) = (128, 2, 6);
+        let types = KvTypes::both(KvType::Q8_0);
+        let mut kv = KvCache::new(1, n_kv, hd, cap, types).unwrap();
+        assert_eq!(kv.rotations(), r("q8_0", hd));
+        assert_eq!(kv.layer(0).k.rotation(), h(128));
+        assert_eq!(kv.layer(0).v.rotation(), h(64));
+        let rows: Vec<f32> = (0..4 * n_kv * hd)
+            .map(|i| ((i * 29 % 97) as f32 - 48.0) / 11.0)
+            .collect();
+        kv.write(0, 0, &rows, &rows).unwrap();
+        kv.set_len(4).unwrap();
+        let mut seen = Vec::new();
+        kv.remove(1, 1, &mut |_, key| {
+            seen.push(key.to_vec());
+            key.iter_mut().for_each(|x| *x = -*x);
+            Ok(())
+        })
+        .unwrap();
+        // head 0's first moved key is token 2's
+        let written = &rows[2 * n_kv * hd..][..hd];
+        let amax = written.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (a, b) in seen[0].iter().zip(written) {
+            assert!((a - b).abs() < amax / 64.0, "{a} vs {b}");
+        }
+        let mut back = vec![0f32; hd];
+        kv.layer(0).k.read_rows(1, &mut back).unwrap();
+        for (a, b) in back.iter().zip(written) {
+            assert!((a + b).abs() < amax / 32.0, "negated: {a} vs {b}");
+        }
     }
 }

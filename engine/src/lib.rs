@@ -2,7 +2,7 @@
 //!
 //! * [`backend`]: the [`Backend`] trait every execution path implements; the
 //!   CPU one ([`cpu::CpuBackend`]) runs the generic decoder on sotto-kernels.
-//! * [`kv_cache`]: the f16 head-major KV cache, shared currency of backends.
+//! * [`kv_cache`]: the head-major KV cache (f16, q8_0 or q4_0 keys and values), shared currency of backends.
 //! * [`sampler`]: greedy, temperature, top-k, top-p, min-p, repetition penalty, seeded.
 //! * [`generate`]: the loop ([`Session`]): prefix reuse, chunked prefill,
 //!   streaming text that never splits a UTF-8 character, stop strings,
@@ -70,7 +70,7 @@ pub use context::{ContextPolicy, TurnWindow};
 pub use cpu::CpuBackend;
 pub use error::{Error, Result};
 pub use generate::{CancelToken, GenerateOptions, GenerationStats, Session, StopReason};
-pub use kv_cache::KvCache;
+pub use kv_cache::{KvCache, KvRotations, KvType, KvTypes};
 pub use model_digest::ModelDigest;
 pub use open::{
     export_graphs, AdapterSpec, BackendChoice, BackendKind, CpuOptions, GraphTarget, LoadedModel,

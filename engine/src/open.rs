@@ -13,6 +13,7 @@ use crate::chat::Chat;
 use crate::cpu::CpuBackend;
 use crate::error::{Error, Result};
 use crate::generate::Session;
+use crate::kv_cache::KvTypes;
 use crate::model_digest::ModelDigest;
 use sotto_kernels::dispatch::{Isa, KernelTable};
 use sotto_models::lora::LoraAdapter;
@@ -78,6 +79,8 @@ pub struct CpuOptions {
     /// The kernel path to run; `None` runs the process's choice (the best
     /// one this CPU has, or `SOTTO_ISA`).
     pub isa: Option<Isa>,
+    /// The element types of the KV cache (`--kv-type`; f16 by default).
+    pub kv: KvTypes,
 }
 
 /// Graphs on ONNX Runtime.
@@ -449,7 +452,8 @@ fn kernels(isa: Option<Isa>) -> Result<&'static KernelTable> {
 }
 
 fn open_cpu(model: &Arc<Model>, options: &CpuOptions) -> Result<CpuBackend> {
-    CpuBackend::with_kernels(model.clone(), options.threads, kernels(options.isa)?)
+    CpuBackend::with_kernels(model.clone(), options.threads, kernels(options.isa)?)?
+        .with_kv_types(options.kv)
 }
 
 fn open_backend(path: &Path, model: &Arc<Model>, choice: &BackendChoice) -> Result<Opened> {

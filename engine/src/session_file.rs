@@ -19,10 +19,17 @@
 //! The sealed plaintext, little-endian throughout:
 //!
 //! ```text
-//! geometry  n_layer u32, n_kv_head u32, head_dim u32, kv dtype u8 (1 = f16)
+//! geometry  n_layer u32, n_kv_head u32, head_dim u32, kv dtype u8: 1 for
+//!           f16 keys and values, else (key plane << 4) | value plane, a
+//!           plane being type | rotation << 2 with type 1 = f16, 2 = q8_0,
+//!           3 = q4_0 and rotation 0 = stored as is, 1, 2, 3 = stored
+//!           rotated by the Walsh–Hadamard transform in blocks of 64, 128,
+//!           256 (see kv_cache::KvRotations)
 //! tokens    count u32, ids u32 × count
-//! kv        per layer: keys [n_kv_head][count][head_dim] f16, then values
-//!           (the valid positions only, not the cache's capacity)
+//! kv        per layer: keys [n_kv_head][count] rows of head_dim elements in
+//!           their type (f16, or ggml's Q8_0 / Q4_0 blocks: f16 scale then
+//!           codes; as stored, rotated or not), then values (the valid
+//!           positions only, not the cache's capacity)
 //! chat      0u8, or 1u8, SHA-256 of the template source [32],
 //!           message count u32, per message role and content (u32 length + UTF-8)
 //! ```
@@ -33,10 +40,9 @@
 use crate::chat::Chat;
 use crate::error::{Error, Result};
 use crate::generate::Session;
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{Hadamard, KvCache, KvRotations, KvType, KvTypes};
 use crate::model_digest::ModelDigest;
 use crate::open::LoadedModel;
-use half::f16;
 use sha2::{Digest, Sha256};
 use sotto_bridge::{write_file_atomically, Sealer, StorageKey, KEY_CHECK_LEN};
 use sotto_models::chat::{ChatMessage, ChatTemplate};
@@ -56,8 +62,58 @@ const HEADER_LEN: usize = SEALED_LEN_AT + 8;
 /// Room for messages beyond 512 bytes per context position (a history
 /// longer than the window it was rendered through).
 const MESSAGE_ROOM: u64 = 16 << 20;
-/// The only KV element type sessions hold today.
+/// The dtype byte of f16 keys and values (the only one of the first files).
 const KV_DTYPE_F16: u8 = 1;
+
+fn kv_code(t: KvType) -> u8 {
+    match t {
+        KvType::F16 => 1,
+        KvType::Q8_0 => 2,
+        KvType::Q4_0 => 3,
+    }
+}
+
+/// The Hadamard block sizes a plane's rotation code 1, 2, 3 names.
+const ROTATION_BLOCKS: [usize; 3] = [64, 128, 256];
+
+/// A plane's four bits: its type and its rotation; `None` for a rotation
+/// the format has no code for.
+fn plane_code(t: KvType, r: Option<Hadamard>) -> Option<u8> {
+    let rot = match r {
+        None => 0,
+        Some(h) => ROTATION_BLOCKS.iter().position(|&n| n == h.n())? as u8 + 1,
+    };
+    Some(kv_code(t) | rot << 2)
+}
+
+/// The type and rotation of a plane's four bits, if valid.
+fn plane_of(code: u8) -> Option<(KvType, Option<Hadamard>)> {
+    let t = KvType::ALL.into_iter().find(|&t| kv_code(t) == code & 3)?;
+    let r = match code >> 2 {
+        0 => None,
+        c => Some(Hadamard::new(ROTATION_BLOCKS[c as usize - 1]).ok()?),
+    };
+    Some((t, r))
+}
+
+/// The dtype byte of a cache of `types` under `rotations`; `None` when the
+/// format cannot record them.
+fn kv_dtype(types: KvTypes, rotations: KvRotations) -> Option<u8> {
+    if types.is_f16() && rotations == KvRotations::default() {
+        Some(KV_DTYPE_F16)
+    } else {
+        Some(plane_code(types.k, rotations.k)? << 4 | plane_code(types.v, rotations.v)?)
+    }
+}
+
+/// The types and rotations a dtype byte names, if any.
+fn kv_planes_of(dtype: u8) -> Option<(KvTypes, KvRotations)> {
+    if dtype == KV_DTYPE_F16 {
+        return Some(Default::default());
+    }
+    let ((k, kr), (v, vr)) = (plane_of(dtype >> 4)?, plane_of(dtype & 0x0F)?);
+    Some((KvTypes { k, v }, KvRotations { k: kr, v: vr }))
+}
 
 /// Why a session file was refused (inside [`Error::SessionFile`]).
 #[derive(Debug, Error)]
@@ -169,12 +225,16 @@ fn template_digest(template: &ChatTemplate) -> [u8; 32] {
     Sha256::digest(template.source().as_bytes()).into()
 }
 
-/// The cache geometry as saved: layers, KV heads, head size.
+/// The cache geometry as saved: layers, KV heads, head size, element
+/// types and the rotations the planes are stored under (a cache read back
+/// under another rotation would be garbage).
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Geometry {
     n_layer: usize,
     n_kv_head: usize,
     head_dim: usize,
+    types: KvTypes,
+    rotations: KvRotations,
 }
 
 impl Geometry {
@@ -183,10 +243,20 @@ impl Geometry {
             n_layer: cache.n_layer(),
             n_kv_head: cache.n_kv_head(),
             head_dim: cache.head_dim(),
+            types: cache.types(),
+            rotations: cache.rotations(),
         }
     }
     fn describe(&self) -> String {
-        format!("{}×{}×{}/f16", self.n_layer, self.n_kv_head, self.head_dim)
+        let rotated = if self.rotations == KvRotations::default() {
+            String::new()
+        } else {
+            format!(" ({})", self.rotations)
+        };
+        format!(
+            "{}×{}×{}/{}{rotated}",
+            self.n_layer, self.n_kv_head, self.head_dim, self.types
+        )
     }
 }
 
@@ -230,25 +300,28 @@ fn encode(
     let tokens = session.cached_tokens();
     let g = Geometry::of(cache);
     let n = tokens.len();
-    let kv_bytes = g.n_layer * 2 * g.n_kv_head * n * g.head_dim * 2;
+    let kv_bytes = g.n_layer * g.n_kv_head * n * g.head_dim * 4;
     let mut out = Zeroizing::new(Vec::with_capacity(32 + 4 * n + kv_bytes));
     push_u32(&mut out, g.n_layer)?;
     push_u32(&mut out, g.n_kv_head)?;
     push_u32(&mut out, g.head_dim)?;
-    out.push(KV_DTYPE_F16);
+    out.push(
+        kv_dtype(g.types, g.rotations).ok_or(SessionFileProblem::Malformed(
+            "a KV rotation the format has no code for",
+        ))?,
+    );
     push_u32(&mut out, n)?;
     for t in tokens {
         out.extend_from_slice(&t.to_le_bytes());
     }
-    let (cap, hd) = (cache.capacity(), g.head_dim);
+    let cap = cache.capacity();
     for l in 0..g.n_layer {
         let layer = cache.layer(l);
         for plane in [&layer.k, &layer.v] {
             for h in 0..g.n_kv_head {
-                let start = h * cap * hd;
-                for x in &plane[start..start + n * hd] {
-                    out.extend_from_slice(&x.to_le_bytes());
-                }
+                plane
+                    .encode_rows(h * cap, n, &mut out)
+                    .map_err(|_| SessionFileProblem::Malformed("token count"))?;
             }
         }
     }
@@ -396,19 +469,23 @@ fn decode(
     mut cache: KvCache,
 ) -> Result<Restored, SessionFileProblem> {
     let mut r = Reader { bytes: plain };
-    let saved = Geometry {
-        n_layer: r.u32("geometry")?,
-        n_kv_head: r.u32("geometry")?,
-        head_dim: r.u32("geometry")?,
-    };
+    let (n_layer, n_kv_head, head_dim) =
+        (r.u32("geometry")?, r.u32("geometry")?, r.u32("geometry")?);
     let dtype = r.u8("geometry")?;
-    let current = Geometry::of(session.cache());
-    if saved != current || dtype != KV_DTYPE_F16 {
+    // the cache it restores into, of the backend's types
+    let current = Geometry::of(&cache);
+    let saved = kv_planes_of(dtype).map(|(types, rotations)| Geometry {
+        n_layer,
+        n_kv_head,
+        head_dim,
+        types,
+        rotations,
+    });
+    if saved != Some(current) {
         return Err(SessionFileProblem::Geometry {
-            saved: if dtype == KV_DTYPE_F16 {
-                saved.describe()
-            } else {
-                format!("{} (element type {dtype})", saved.describe())
+            saved: match saved {
+                Some(g) => g.describe(),
+                None => format!("{n_layer}×{n_kv_head}×{head_dim}/(element type {dtype})"),
             },
             current: current.describe(),
         });
@@ -431,19 +508,19 @@ fn decode(
             "a token outside the vocabulary",
         ));
     }
-    let (cap, hd) = (cache.capacity(), current.head_dim);
+    let cap = cache.capacity();
     for l in 0..current.n_layer {
         let layer = cache.layer_mut(l);
         for plane in [&mut layer.k, &mut layer.v] {
+            let row = plane
+                .kv_type()
+                .row_bytes(current.head_dim)
+                .map_err(|_| SessionFileProblem::Malformed("geometry"))?;
             for h in 0..current.n_kv_head {
-                let start = h * cap * hd;
-                let rows = r.take(2 * n * hd, "keys and values")?;
-                for (x, b) in plane[start..start + n * hd]
-                    .iter_mut()
-                    .zip(rows.chunks_exact(2))
-                {
-                    *x = f16::from_le_bytes([b[0], b[1]]);
-                }
+                let rows = r.take(row * n, "keys and values")?;
+                plane
+                    .decode_rows(h * cap, rows)
+                    .map_err(|_| SessionFileProblem::Malformed("keys and values"))?;
             }
         }
     }
@@ -583,6 +660,41 @@ mod tests {
         assert_eq!(&h[DIGEST_AT..KEY_CHECK_AT], &[7; 32]);
         assert_eq!(&h[KEY_CHECK_AT..SEALED_LEN_AT], &[9; KEY_CHECK_LEN]);
         assert_eq!(h[SEALED_LEN_AT..], 1234u64.to_le_bytes());
+    }
+
+    #[test]
+    fn the_dtype_byte_records_types_and_rotations() {
+        let h = |n| Some(Hadamard::new(n).unwrap());
+        // the first files' byte stays f16 / f16
+        assert_eq!(
+            kv_dtype(KvTypes::default(), KvRotations::default()),
+            Some(1)
+        );
+        for types in ["f16", "q8_0", "q4_0", "q8_0,q4_0", "f16,q4_0", "q4_0,f16"] {
+            let types = KvTypes::parse(types).unwrap();
+            for head_dim in [64, 96, 128, 192, 256] {
+                let rotations = KvRotations::for_cache(types, head_dim);
+                let byte = kv_dtype(types, rotations).unwrap();
+                assert_eq!(kv_planes_of(byte), Some((types, rotations)), "{byte:#x}");
+            }
+            // the same types stored as they are get another byte
+            let r = KvRotations::for_cache(types, 64);
+            if r != KvRotations::default() {
+                assert_ne!(kv_dtype(types, r), kv_dtype(types, KvRotations::default()));
+            }
+        }
+        let q4 = KvTypes::both(KvType::Q4_0);
+        let r = KvRotations {
+            k: h(256),
+            v: h(64),
+        };
+        assert_eq!(kv_dtype(q4, r), Some(0xf7));
+        assert_eq!(kv_planes_of(0xf7), Some((q4, r)));
+        // no code for a block of 512 (nor 32): refused, never mislabeled
+        assert_eq!(kv_dtype(q4, KvRotations { k: h(512), v: None }), None);
+        assert_eq!(kv_dtype(q4, KvRotations { k: h(32), v: None }), None);
+        assert_eq!(kv_planes_of(0x00), None);
+        assert_eq!(kv_planes_of(0x40), None);
     }
 
     #[test]

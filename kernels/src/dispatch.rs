@@ -46,6 +46,22 @@ pub struct AttnBlockKernels {
     pub accumulate: AttnAccumulateFn,
 }
 
+/// `acc_g += sum_j p[g * nk + j] * v_j` over a block of `nk` value rows
+/// stored as blocks (`B`: Q8_0 or Q4_0, `head_dim / 32` per row):
+/// `ops::attention::accumulate_q8_0` / `accumulate_q4_0` are the
+/// references.
+pub type AttnAccumulateBlocksFn<B> = fn(v: &[B], head_dim: usize, p: &[f32], acc: &mut [f32]);
+
+/// Attention's value accumulation over a quantized KV cache (its keys are
+/// scored by the weight rows' q8_0 / q4_0 kernels).
+#[derive(Clone, Copy, Debug)]
+pub struct AttnQuantKernels {
+    /// Q8_0 value rows.
+    pub accumulate_q8_0: AttnAccumulateBlocksFn<crate::quant::blocks::BlockQ8_0>,
+    /// Q4_0 value rows.
+    pub accumulate_q4_0: AttnAccumulateBlocksFn<crate::quant::blocks::BlockQ4_0>,
+}
+
 /// One online-softmax step over a block of attention scores: scale them,
 /// raise the running max, exponentiate against it; returns `(max, sum)`.
 pub type SoftmaxBlockFn = fn(scores: &mut [f32], scale: f32, prev_max: f32) -> (f32, f32);
@@ -167,6 +183,8 @@ macro_rules! define_table {
             pub axpy_f16: AxpyFn<f16>,
             /// `None`: attention by single dots and axpys.
             pub attn_block: Option<AttnBlockKernels>,
+            /// Attention over a Q8_0 / Q4_0 value cache.
+            pub attn_quant: AttnQuantKernels,
             /// Attention's online-softmax step.
             pub softmax_block: SoftmaxBlockFn,
             /// SwiGLU's `silu(gate) * up`.
@@ -182,6 +200,10 @@ macro_rules! define_table {
             $($($w: WeightRow::reference(),)? $($a: ActivationRow::reference(),)?)*
             axpy_f16: float::axpy_f16,
             attn_block: None,
+            attn_quant: AttnQuantKernels {
+                accumulate_q8_0: attention::accumulate_q8_0,
+                accumulate_q4_0: attention::accumulate_q4_0,
+            },
             softmax_block: attention::softmax_block_ref,
             silu_mul: activation::silu_mul_ref,
             gelu_tanh_mul: activation::gelu_tanh_mul_ref,

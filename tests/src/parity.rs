@@ -279,14 +279,20 @@ impl F64Forward {
     }
 }
 
+/// The little-endian f32 values of `path` (what the llama.cpp scripts
+/// write); panics naming the file when it cannot be read.
+pub fn read_f32_file(path: &Path) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
 /// Little-endian f32 rows `[positions, vocab]` from `path`; panics naming
 /// the file when it is missing or not that shape.
 fn read_rows(path: &Path, shape: &FullLogits) -> Vec<f32> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let rows: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let rows = read_f32_file(path);
     assert_eq!(
         rows.len(),
         shape.positions.len() * shape.vocab_size,

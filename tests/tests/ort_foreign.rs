@@ -314,8 +314,8 @@ fn cpu_backend_continues_from_the_foreign_graphs_cache() {
     let (mut worst, mut scale) = (0f32, 0f32);
     for i in 0..DIMS.n_layer {
         for (a, b) in [
-            (&gc.layer(i).k, &cc.layer(i).k),
-            (&gc.layer(i).v, &cc.layer(i).v),
+            (gc.layer(i).k.f16().unwrap(), cc.layer(i).k.f16().unwrap()),
+            (gc.layer(i).v.f16().unwrap(), cc.layer(i).v.f16().unwrap()),
         ] {
             for (x, y) in a.iter().zip(b.iter()) {
                 worst = worst.max((x.to_f32() - y.to_f32()).abs());

@@ -323,6 +323,7 @@ fn a_second_turn_hands_the_cpu_decoded_positions_back_to_the_graphs() {
         cache.n_kv_head(),
         cache.head_dim(),
         CONTEXT,
+        Default::default(),
     )
     .unwrap();
     snap.write_to(&mut copy).unwrap();

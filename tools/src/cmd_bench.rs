@@ -121,6 +121,12 @@ pub struct BenchArgs {
     /// f32 for a float model).
     #[arg(long, requires = "lora")]
     pub lora_merge: bool,
+    /// KV cache element types of sotto's rows (repeatable: an axis), each
+    /// `T` for keys and values or `K,V`, of f16, q8_0, q4_0; with
+    /// --compare llama.cpp runs the same types (a quantized V with flash
+    /// attention, as llama.cpp requires).
+    #[arg(long = "kv-type", value_name = "T|K,V", default_value = "f16")]
+    pub kv_type: Vec<sotto_engine::KvTypes>,
     /// Print only the rows as JSON (child processes of an ISA sweep).
     #[arg(long, hide = true)]
     pub json_rows: bool,
@@ -135,6 +141,7 @@ impl BenchArgs {
             depths: self.depth.clone(),
             n_prompt: self.n_prompt.clone(),
             n_gen: self.n_gen.clone(),
+            kv_types: self.kv_type.clone(),
         }
     }
 }
@@ -228,6 +235,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
             n_gen: &args.n_gen,
             threads: &threads,
             depths: &args.depth,
+            kv_types: &args.kv_type,
             repetitions: args.repetitions,
             warmup: args.warmup,
             seed: args.seed,
@@ -418,6 +426,10 @@ fn child_args(group: &ChildGroup, model: &Path, args: &BenchArgs) -> Vec<String>
         out.push(flag.to_string());
         out.push(value);
     }
+    for kv in &args.kv_type {
+        out.push("--kv-type".to_string());
+        out.push(kv.to_string());
+    }
     for lora in &args.lora {
         out.push("--lora".to_string());
         out.push(lora.clone());
@@ -519,7 +531,10 @@ fn run_in_process(
     let mut rng = TokenRng::new(args.seed);
     let mut rows = Vec::new();
     for inst in instances {
-        pb.set_message(format!("loading {} (t{})", inst.backend, inst.threads));
+        pb.set_message(format!(
+            "loading {} (t{}, KV {})",
+            inst.backend, inst.threads, inst.kv
+        ));
         machine::reset_peak_rss();
         let graphs = backends::OnnxGraphs {
             cpu_dir: args.onnx_dir.clone(),
@@ -534,6 +549,7 @@ fn run_in_process(
             &graphs,
             args.quant,
             &lora,
+            inst.kv,
         )?;
         let describe = loaded.backend.describe();
         for test in &inst.tests {
@@ -563,6 +579,7 @@ fn run_in_process(
                 load_s: loaded.load.as_secs_f64(),
                 weights_bytes,
                 kv_bytes,
+                kv_type: inst.kv.to_string(),
             };
             rows.push(runner::summarize(test, &m, &ctx));
         }
@@ -658,6 +675,15 @@ mod tests {
         );
 
         let argv = child_args(&groups[2], Path::new("/m.gguf"), &a).join(" ");
-        assert_eq!(argv, "bench --json-rows -m /m.gguf -p 512 -n 128 -t 1,2 -d 0 --isa scalar --backend cpu -r 5 --warmup 1 --seed 1234");
+        assert_eq!(argv, "bench --json-rows -m /m.gguf -p 512 -n 128 -t 1,2 -d 0 --isa scalar --backend cpu -r 5 --warmup 1 --seed 1234 --kv-type f16");
+        let a = parse("--kv-type q8_0 --kv-type q8_0,q4_0 --isa scalar");
+        let argv = child_args(&groups[2], Path::new("/m.gguf"), &a).join(" ");
+        assert!(
+            argv.ends_with("--kv-type q8_0 --kv-type q8_0,q4_0"),
+            "{argv}"
+        );
+        let inst = sweep::expand(&a.axes(vec![1]));
+        assert_eq!(inst.len(), 2, "one instance per KV type");
+        assert!(Cli::try_parse_from(["bench", "--kv-type", "q5_0"]).is_err());
     }
 }

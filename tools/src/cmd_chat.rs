@@ -105,6 +105,7 @@ impl ChatArgs {
         let cpu = CpuOptions {
             threads: self.generation.threads,
             isa: None,
+            kv: self.generation.kv_type,
         };
         let graphs = || -> Result<OrtOptions, CliError> {
             let dir = self.onnx_dir.clone().ok_or_else(|| {

@@ -45,6 +45,7 @@ pub fn run(args: CompleteArgs) -> Result<(), CliError> {
     let cpu = BackendChoice::Cpu(CpuOptions {
         threads: args.generation.threads,
         isa: None,
+        kv: args.generation.kv_type,
     });
     let loaded = LoadedModel::open(&path, cpu)?;
     let model = loaded.model();

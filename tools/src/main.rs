@@ -102,7 +102,10 @@ fn run_bridge(args: BridgeArgs) -> Result<(), String> {
     } = args;
     let mut make = move |saved: cmd_bridge::SavedSessions| -> Result<Box<dyn sotto_bridge::Assistant>, String> {
         let path = resolve_model(model.clone())?;
-        let cpu = sotto_engine::BackendChoice::Cpu(sotto_engine::CpuOptions { threads, isa: None });
+        let cpu = sotto_engine::BackendChoice::Cpu(sotto_engine::CpuOptions {
+            threads,
+            ..Default::default()
+        });
         let loaded = sotto_engine::LoadedModel::open(&path, cpu).map_err(|e| e.to_string())?;
         let config = sotto_engine::AssistantConfig {
             system: Some(system.clone()).filter(|s| !s.is_empty()),

@@ -34,6 +34,11 @@ pub struct GenerationArgs {
     /// Context length in tokens (capped by the model's).
     #[arg(long, default_value_t = 4096)]
     pub context: usize,
+    /// KV cache element type: `T` for keys and values, or `K,V`; each of
+    /// f16, q8_0, q4_0 (block types need a head size that is a multiple of
+    /// 32).
+    #[arg(long, value_name = "T|K,V", default_value = "f16")]
+    pub kv_type: sotto_engine::KvTypes,
     /// Print no statistics on standard error.
     #[arg(long, short)]
     pub quiet: bool,

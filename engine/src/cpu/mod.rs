@@ -19,7 +19,7 @@ mod lora;
 
 use crate::backend::{Backend, LogitsFor};
 use crate::error::{Error, Result};
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvTypes};
 use sotto_kernels::dispatch::KernelTable;
 use sotto_kernels::ops::{self, AttentionParams, PackedMatrix, QMatrix, RopeCache};
 use sotto_models::lora::{LoraAdapter, LoraTarget};
@@ -112,6 +112,8 @@ pub struct CpuBackend {
     /// LoRA adapters applied unmerged, after the projections they update
     /// (this conversation's; the weights above are shared).
     adapters: lora::Adapters,
+    /// The element types of the caches it makes.
+    kv_types: KvTypes,
 }
 
 impl std::fmt::Debug for CpuBackend {
@@ -268,7 +270,24 @@ impl CpuBackend {
             pool: Arc::new(pool),
             threads,
             adapters: Arc::new([]),
+            kv_types: KvTypes::default(),
         })
+    }
+
+    /// This backend making caches of keys and values of `types` (f16 by
+    /// default; q8_0 / q4_0 are read by attention as they are stored);
+    /// [`Error::KvType`] when a block type does not divide the head size.
+    pub fn with_kv_types(self, types: KvTypes) -> Result<CpuBackend> {
+        KvCache::new(0, 1, self.model.spec.head_dim, 0, types)?;
+        Ok(CpuBackend {
+            kv_types: types,
+            ..self
+        })
+    }
+
+    /// The element types of the caches it makes.
+    pub fn kv_types(&self) -> KvTypes {
+        self.kv_types
     }
 
     /// A backend sharing everything of this one (weights, repacked
@@ -408,12 +427,12 @@ impl CpuBackend {
                 softcap: ls.attention.softcap,
                 window: ls.attention.window,
             };
-            ops::attention_with(
+            ops::attention_kv_with(
                 kernels,
                 &params,
                 &q,
-                &layer.k,
-                &layer.v,
+                layer.k.rows_view(),
+                layer.v.rows_view(),
                 cache.capacity(),
                 pos0,
                 n,
@@ -512,6 +531,7 @@ impl Backend for CpuBackend {
             s.n_kv_head,
             s.head_dim,
             capacity.min(s.context_length),
+            self.kv_types,
         )
     }
 
@@ -551,8 +571,13 @@ impl Backend for CpuBackend {
             0 => String::new(),
             n => format!(", {n} LoRA adapter(s) unmerged"),
         };
+        let kv = if self.kv_types.is_f16() {
+            String::new()
+        } else {
+            format!(", KV {}", self.kv_types)
+        };
         format!(
-            "cpu ({} threads, kernels {:?}{adapters})",
+            "cpu ({} threads, kernels {:?}{kv}{adapters})",
             self.threads, self.kernels.isa
         )
     }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use half::f16;
 
-use crate::kv_cache::KvCache;
+use crate::kv_cache::{KvCache, KvPlane};
 use crate::onnx::export::{past_key, past_value, present_key, present_value};
 use crate::onnx::manifest::Manifest;
 use crate::onnx::qdq::Ranges;
@@ -15,6 +15,12 @@ use crate::onnx::qdq::Ranges;
 use super::runtime::OrtConfig;
 use super::session::{self, GraphSession, Input, Placement};
 use super::{Error, Result};
+
+/// A layer's f16 keys and values; [`Error::Kv`] for a quantized cache.
+fn f16_planes(l: &crate::kv_cache::LayerKv) -> Result<(&[f16], &[f16])> {
+    l.f16("an ONNX Runtime backend")
+        .map_err(|e| Error::Kv(e.to_string()))
+}
 
 /// KV cache contents for hand-over between backends: per layer, keys and
 /// values `[n_kv_head, len, head_dim]` in f32, keys in the model's own
@@ -34,7 +40,8 @@ pub struct KvSnapshot {
 }
 
 impl KvSnapshot {
-    /// The first `cache.len()` positions of the engine's f16 cache.
+    /// The first `cache.len()` positions of the engine's cache, decoded
+    /// to f32 (from f16, or from Q8_0 / Q4_0 blocks).
     pub fn from_cache(cache: &KvCache) -> KvSnapshot {
         let (len, cap, n_kv, hd) = (
             cache.len(),
@@ -42,14 +49,12 @@ impl KvSnapshot {
             cache.n_kv_head(),
             cache.head_dim(),
         );
-        let take = |src: &[f16]| {
-            let mut out = Vec::with_capacity(n_kv * len * hd);
-            for h in 0..n_kv {
-                out.extend(
-                    src[h * cap * hd..(h * cap + len) * hd]
-                        .iter()
-                        .map(|x| x.to_f32()),
-                );
+        let take = |src: &KvPlane| {
+            let mut out = vec![0f32; n_kv * len * hd];
+            for (h, rows) in out.chunks_exact_mut((len * hd).max(1)).enumerate() {
+                // rows h * cap .. + len of a plane of n_kv * cap rows: in
+                // range by construction (zeros if not)
+                let _ = src.read_rows(h * cap, rows);
             }
             out
         };
@@ -64,9 +69,10 @@ impl KvSnapshot {
         }
     }
 
-    /// Writes the snapshot into `cache` (rounding to f16) and sets its
-    /// length; a snapshot of another shape, or longer than the cache's
-    /// capacity, is an error and leaves the cache as it was.
+    /// Writes the snapshot into `cache` (rounding to f16, or quantizing to
+    /// the cache's block type) and sets its length; a snapshot of another
+    /// shape, or longer than the cache's capacity, is an error and leaves
+    /// the cache as it was.
     pub fn write_to(&self, cache: &mut KvCache) -> Result<()> {
         let (cap, n_kv, hd) = (cache.capacity(), cache.n_kv_head(), cache.head_dim());
         let n = self.n_kv_head * self.len * self.head_dim;
@@ -94,21 +100,17 @@ impl KvSnapshot {
             });
         }
         let len = self.len;
-        let put = |src: &[f32], dst: &mut [f16]| {
+        let put = |src: &[f32], dst: &mut KvPlane| -> Result<()> {
             for h in 0..n_kv {
-                let (s, d) = (
-                    &src[h * len * hd..(h + 1) * len * hd],
-                    &mut dst[h * cap * hd..(h * cap + len) * hd],
-                );
-                d.iter_mut()
-                    .zip(s)
-                    .for_each(|(d, &s)| *d = f16::from_f32(s));
+                dst.write_rows(h * cap, &src[h * len * hd..(h + 1) * len * hd])
+                    .map_err(|e| Error::Kv(e.to_string()))?;
             }
+            Ok(())
         };
         for i in 0..cache.n_layer() {
             let l = cache.layer_mut(i);
-            put(&self.keys[i], &mut l.k);
-            put(&self.values[i], &mut l.v);
+            put(&self.keys[i], &mut l.k)?;
+            put(&self.values[i], &mut l.v)?;
         }
         cache.set_len(len).map_err(|e| Error::Kv(e.to_string()))
     }
@@ -398,7 +400,12 @@ impl OrtBackend {
             .collect()
     }
 
+    /// The shape the graphs need, and f16 keys and values: the graphs'
+    /// cache is exchanged with the engine's bit for bit.
     fn check_cache_shape(&self, cache: &KvCache) -> Result<()> {
+        cache
+            .require_f16("an ONNX Runtime backend")
+            .map_err(|e| Error::Kv(e.to_string()))?;
         let m = &self.manifest;
         if cache.n_layer() != m.n_layer
             || cache.n_kv_head() != m.n_kv_head
@@ -426,14 +433,16 @@ impl OrtBackend {
             cache.capacity(),
         );
         (0..self.manifest.n_layer).all(|i| {
-            let l = cache.layer(i);
+            let Ok((lk, lv)) = cache.layer(i).f16("an ONNX Runtime backend") else {
+                return false;
+            };
             (0..self.manifest.n_kv_head).all(|h| {
                 let (own, theirs) = ((h * c + p) * hd, (h * cap + p) * hd);
                 (0..hd).all(|j| {
                     f16::from_f32(self.keys[i][own + j]).to_bits()
-                        == l.k[theirs + order[j]].to_bits()
+                        == lk[theirs + order[j]].to_bits()
                         && f16::from_f32(self.values[i][own + j]).to_bits()
-                            == l.v[theirs + j].to_bits()
+                            == lv[theirs + j].to_bits()
                 })
             })
         })
@@ -464,13 +473,13 @@ impl OrtBackend {
             0
         };
         for i in 0..m.n_layer {
-            let l = cache.layer(i);
+            let (lk, lv) = f16_planes(cache.layer(i))?;
             for h in 0..n_kv {
                 for p in keep..cache.len() {
                     let (own, theirs) = ((h * c + p) * hd, (h * cap + p) * hd);
                     for (j, &src) in order.iter().enumerate() {
-                        self.keys[i][own + j] = l.k[theirs + src].to_f32();
-                        self.values[i][own + j] = l.v[theirs + j].to_f32();
+                        self.keys[i][own + j] = lk[theirs + src].to_f32();
+                        self.values[i][own + j] = lv[theirs + j].to_f32();
                     }
                 }
             }
@@ -495,7 +504,10 @@ impl OrtBackend {
         let (c, hd, n_kv, cap) = (m.context, m.head_dim, m.n_kv_head, cache.capacity());
         let order = self.key_order();
         for i in 0..m.n_layer {
-            let l = cache.layer_mut(i);
+            let (lk, lv) = cache
+                .layer_mut(i)
+                .f16_mut("an ONNX Runtime backend")
+                .map_err(|e| Error::Kv(e.to_string()))?;
             for h in 0..n_kv {
                 for p in from..self.len {
                     let (own, theirs) = ((h * c + p) * hd, (h * cap + p) * hd);
@@ -504,8 +516,8 @@ impl OrtBackend {
                         let v = f16::from_f32(self.values[i][own + j]);
                         self.keys[i][own + j] = k.to_f32();
                         self.values[i][own + j] = v.to_f32();
-                        l.k[theirs + dst] = k;
-                        l.v[theirs + j] = v;
+                        lk[theirs + dst] = k;
+                        lv[theirs + j] = v;
                     }
                 }
             }

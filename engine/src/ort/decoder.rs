@@ -145,6 +145,7 @@ impl Backend for OrtDecoder {
             s.n_kv_head,
             s.head_dim,
             capacity.min(self.context()),
+            Default::default(),
         )
     }
 

@@ -457,7 +457,11 @@ impl ForeignDecoder {
         format!("foreign graph: {}", self.graph.placement)
     }
 
+    /// The graph's shape, and f16 keys and values (exchanged bit for bit).
     fn cache_fits(&self, cache: &KvCache) -> Result<()> {
+        cache
+            .require_f16("a foreign ONNX decoder")
+            .map_err(|e| Error::Kv(e.to_string()))?;
         let c = &self.config;
         if cache.n_layer() != c.n_layer
             || cache.n_kv_head() != c.n_kv_head
@@ -486,14 +490,16 @@ impl ForeignDecoder {
             self.len,
         );
         (0..self.io.n_layer).all(|i| {
-            let l = cache.layer(i);
+            let Ok((lk, lv)) = cache.layer(i).f16("a foreign ONNX decoder") else {
+                return false;
+            };
             (0..n_kv).all(|h| {
                 let (own, theirs) = ((h * len + p) * hd, (h * cap + p) * hd);
                 (0..hd).all(|j| {
                     f16::from_f32(self.keys[i][own + j]).to_bits()
-                        == l.k[theirs + self.key_order[j]].to_bits()
+                        == lk[theirs + self.key_order[j]].to_bits()
                         && f16::from_f32(self.values[i][own + j]).to_bits()
-                            == l.v[theirs + j].to_bits()
+                            == lv[theirs + j].to_bits()
                 })
             })
         })
@@ -523,7 +529,10 @@ impl ForeignDecoder {
         }
         let old_len = self.len;
         for i in 0..self.io.n_layer {
-            let l = cache.layer(i);
+            let (lk, lv) = cache
+                .layer(i)
+                .f16("a foreign ONNX decoder")
+                .map_err(|e| Error::Kv(e.to_string()))?;
             let mut k = vec![0f32; n_kv * new_len * hd];
             let mut v = vec![0f32; n_kv * new_len * hd];
             for h in 0..n_kv {
@@ -533,8 +542,8 @@ impl ForeignDecoder {
                 for p in keep..new_len {
                     let (own, theirs) = ((h * new_len + p) * hd, (h * cap + p) * hd);
                     for (j, &m) in self.key_order.iter().enumerate() {
-                        k[own + j] = l.k[theirs + m].to_f32();
-                        v[own + j] = l.v[theirs + j].to_f32();
+                        k[own + j] = lk[theirs + m].to_f32();
+                        v[own + j] = lv[theirs + j].to_f32();
                     }
                 }
             }
@@ -648,7 +657,10 @@ impl ForeignDecoder {
             });
         }
         for (i, (k, v)) in keys.iter_mut().zip(values.iter_mut()).enumerate() {
-            let l = cache.layer_mut(i);
+            let (lk, lv) = cache
+                .layer_mut(i)
+                .f16_mut("a foreign ONNX decoder")
+                .map_err(|e| Error::Kv(e.to_string()))?;
             for h in 0..n_kv {
                 for p in from..len {
                     let (own, theirs) = ((h * len + p) * hd, (h * cap + p) * hd);
@@ -656,8 +668,8 @@ impl ForeignDecoder {
                         let (kh, vh) = (f16::from_f32(k[own + j]), f16::from_f32(v[own + j]));
                         k[own + j] = kh.to_f32();
                         v[own + j] = vh.to_f32();
-                        l.k[theirs + m] = kh;
-                        l.v[theirs + j] = vh;
+                        lk[theirs + m] = kh;
+                        lv[theirs + j] = vh;
                     }
                 }
             }
@@ -692,6 +704,7 @@ impl Backend for ForeignDecoder {
             c.n_kv_head,
             c.head_dim,
             capacity.min(self.context()),
+            Default::default(),
         )
     }
 

@@ -1,10 +1,25 @@
-//! Causal multi-head attention over an f16 KV cache with grouped-query
-//! heads, an optional sliding window and optional logit soft-capping.
-//! Keys are visited in blocks with an online (streaming) softmax, so the
-//! score matrix is never materialized; (token, head) pairs run in parallel.
+//! Causal multi-head attention over a KV cache (f16, or Q8_0 / Q4_0
+//! blocks: see [`KvRows`]) with grouped-query heads, an optional sliding
+//! window and optional logit soft-capping. Keys are visited in blocks with
+//! an online (streaming) softmax, so the score matrix is never
+//! materialized; (token, head) pairs run in parallel.
+//!
+//! A quantized cache is read as it is stored: each query head is quantized
+//! to Q8_0 once per (token, head) and scored against the key blocks by the
+//! table's integer gemm (the weight kernels' q8_0·q8_0 / q4_0·q8_0 dots,
+//! as llama.cpp's flash attention does), and each value block is decoded
+//! into the output accumulators.
+//!
+//! A plane stored under a [`Hadamard`] rotation (see [`KvRows`]) is read
+//! in its rotated basis: rotated keys are scored against the query rotated
+//! the same way (an orthonormal map keeps the dot product), and the output
+//! mixed from rotated values is rotated back (the map is its own inverse).
 
-use crate::dispatch::{self, KernelTable};
+use crate::dispatch::{self, gemm_by_dots, KernelTable};
 use crate::ops::activation::exp_approx;
+use crate::ops::hadamard::Hadamard;
+use crate::ops::kv_plane::{KvRows, KvType, Rows};
+use crate::quant::blocks::{BlockQ4_0, BlockQ8_0, QK};
 use crate::{Error, Result};
 use half::f16;
 use rayon::prelude::*;
@@ -69,6 +84,34 @@ pub fn attention_with(
     n_tokens: usize,
     out: &mut [f32],
 ) -> Result<()> {
+    attention_kv_with(
+        table,
+        p,
+        q,
+        KvRows::f16(k),
+        KvRows::f16(v),
+        kv_capacity,
+        pos0,
+        n_tokens,
+        out,
+    )
+}
+
+/// [`attention_with`] over keys and values of any [`KvType`] (each of its
+/// own): `k`, `v` hold `[n_kv_head, kv_capacity]` rows of `head_dim`
+/// elements. A block type needs `head_dim` a multiple of 32.
+#[allow(clippy::too_many_arguments)]
+pub fn attention_kv_with(
+    table: &KernelTable,
+    p: &AttentionParams,
+    q: &[f32],
+    k: KvRows<'_>,
+    v: KvRows<'_>,
+    kv_capacity: usize,
+    pos0: usize,
+    n_tokens: usize,
+    out: &mut [f32],
+) -> Result<()> {
     const OP: &str = "attention";
     let invalid = |reason: String| Error::InvalidArgument { op: OP, reason };
     if p.head_dim == 0 || p.n_kv_head == 0 || !p.n_head.is_multiple_of(p.n_kv_head) {
@@ -106,7 +149,26 @@ pub fn attention_with(
             });
         }
     }
-    for got in [k.len(), v.len()] {
+    for rows in [k, v] {
+        if let Some(r) = rows.rotation {
+            if !p.head_dim.is_multiple_of(r.n()) {
+                return Err(invalid(format!(
+                    "Hadamard blocks of {} do not divide the head size {}",
+                    r.n(),
+                    p.head_dim
+                )));
+            }
+        }
+        let t = rows.kv_type();
+        if t != KvType::F16 && !p.head_dim.is_multiple_of(QK) {
+            return Err(Error::RaggedRow {
+                op: OP,
+                dtype: t.dtype(),
+                cols: p.head_dim,
+                block: QK,
+            });
+        }
+        let got = rows.rows(p.head_dim) * p.head_dim;
         if got < kv_len {
             return Err(Error::ShapeMismatch {
                 op: OP,
@@ -133,15 +195,23 @@ pub fn attention_with(
         let (t, h) = (first_head / p.n_head, first_head % p.n_head);
         let pos = pos0 + t;
         let first = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-        let kv_off = (h / group) * kv_capacity * hd;
-        let k_head = &k[kv_off..kv_off + kv_capacity * hd];
-        let v_head = &v[kv_off..kv_off + kv_capacity * hd];
+        let kv_row = (h / group) * kv_capacity;
+        let k_head = k.slice(kv_row, kv_row + kv_capacity, hd);
+        let v_head = v.slice(kv_row, kv_row + kv_capacity, hd);
         let q_unit = &q[first_head * hd..(first_head + heads) * hd];
         for (qs, accs) in q_unit
             .chunks(MAX_SHARED * hd)
             .zip(acc.chunks_mut(MAX_SHARED * hd))
         {
-            heads_over_keys(table, p, qs, k_head, v_head, first..pos + 1, accs);
+            heads_over_keys(
+                table,
+                p,
+                qs,
+                (k_head, k.rotation),
+                (v_head, v.rotation),
+                first..pos + 1,
+                accs,
+            );
         }
     };
     // Short decode steps cost less than waking the pool: the multiply-adds
@@ -199,20 +269,43 @@ pub(crate) fn softmax_block_ref(x: &mut [f32], scale: f32, prev_max: f32) -> (f3
 }
 
 /// Online softmax over `keys` for the `q.len() / head_dim` (at most
-/// [`MAX_SHARED`]) query heads in `q`, which share `k` and `v`: per head a
-/// running max `m`, normalizer `l` and unnormalized output in `acc`,
-/// rescaled when a block raises the max.
+/// [`MAX_SHARED`]) query heads in `q`, which share `k` and `v` (each with
+/// the rotation it is stored under): per head a running max `m`,
+/// normalizer `l` and unnormalized output in `acc`, rescaled when a block
+/// raises the max.
 fn heads_over_keys(
     table: &KernelTable,
     p: &AttentionParams,
     q: &[f32],
-    k: &[f16],
-    v: &[f16],
+    (k, k_rotation): (Rows<'_>, Option<Hadamard>),
+    (v, v_rotation): (Rows<'_>, Option<Hadamard>),
     keys: std::ops::Range<usize>,
     acc: &mut [f32],
 ) {
     let hd = p.head_dim;
+    let bpr = hd / QK;
     acc.fill(0.0);
+    // Rotated keys meet the query rotated alike.
+    let rotated_q;
+    let q = match k_rotation {
+        None => q,
+        Some(r) => {
+            let mut x = q.to_vec();
+            r.apply_whole(&mut x);
+            rotated_q = x;
+            &rotated_q[..]
+        }
+    };
+    // A block-type key cache is scored against the queries in Q8_0,
+    // quantized here once for every key.
+    let q8: Vec<BlockQ8_0> = match k {
+        Rows::F16(_) => Vec::new(),
+        Rows::Q8_0(_) | Rows::Q4_0(_) => {
+            let mut blocks = vec![bytemuck::Zeroable::zeroed(); q.len() / QK];
+            (table.act_q8_0.quantize)(q, &mut blocks);
+            blocks
+        }
+    };
     let mut m = [f32::NEG_INFINITY; MAX_SHARED];
     let mut l = [0f32; MAX_SHARED];
     let mut scores = [0f32; MAX_SHARED * KEY_BLOCK];
@@ -220,15 +313,34 @@ fn heads_over_keys(
     while start < keys.end {
         let stop = (start + KEY_BLOCK).min(keys.end);
         let nk = stop - start;
-        let (kb, vb) = (&k[start * hd..stop * hd], &v[start * hd..stop * hd]);
         let s = &mut scores[..q.len() / hd * nk];
-        match table.attn_block {
-            Some(b) => (b.scores)(kb, hd, q, s),
-            None => {
-                for (row, qg) in s.chunks_mut(nk).zip(q.chunks(hd)) {
-                    for (x, kj) in row.iter_mut().zip(kb.chunks(hd)) {
-                        *x = (table.f16.dot)(kj, qg);
+        match k {
+            Rows::F16(k) => {
+                let kb = &k[start * hd..stop * hd];
+                match table.attn_block {
+                    Some(b) => (b.scores)(kb, hd, q, s),
+                    None => {
+                        for (row, qg) in s.chunks_mut(nk).zip(q.chunks(hd)) {
+                            for (x, kj) in row.iter_mut().zip(kb.chunks(hd)) {
+                                *x = (table.f16.dot)(kj, qg);
+                            }
+                        }
                     }
+                }
+            }
+            // out[g * nk + j] = k_j · q_g is the gemm's layout
+            Rows::Q8_0(k) => {
+                let kb = &k[start * bpr..stop * bpr];
+                match table.q8_0.gemm {
+                    Some(gemm) => gemm(kb, &q8, bpr, s),
+                    None => gemm_by_dots(table.q8_0.dot, kb, &q8, bpr, s),
+                }
+            }
+            Rows::Q4_0(k) => {
+                let kb = &k[start * bpr..stop * bpr];
+                match table.q4_0.gemm {
+                    Some(gemm) => gemm(kb, &q8, bpr, s),
+                    None => gemm_by_dots(table.q4_0.dot, kb, &q8, bpr, s),
                 }
             }
         }
@@ -252,14 +364,25 @@ fn heads_over_keys(
             m[g] = new_m;
             l[g] += sum;
         }
-        match table.attn_block {
-            Some(b) => (b.accumulate)(vb, hd, s, acc),
-            None => {
-                for (row, ag) in s.chunks(nk).zip(acc.chunks_mut(hd)) {
-                    for (&e, vj) in row.iter().zip(vb.chunks(hd)) {
-                        (table.axpy_f16)(e, vj, ag);
+        match v {
+            Rows::F16(v) => {
+                let vb = &v[start * hd..stop * hd];
+                match table.attn_block {
+                    Some(b) => (b.accumulate)(vb, hd, s, acc),
+                    None => {
+                        for (row, ag) in s.chunks(nk).zip(acc.chunks_mut(hd)) {
+                            for (&e, vj) in row.iter().zip(vb.chunks(hd)) {
+                                (table.axpy_f16)(e, vj, ag);
+                            }
+                        }
                     }
                 }
+            }
+            Rows::Q8_0(v) => {
+                (table.attn_quant.accumulate_q8_0)(&v[start * bpr..stop * bpr], hd, s, acc)
+            }
+            Rows::Q4_0(v) => {
+                (table.attn_quant.accumulate_q4_0)(&v[start * bpr..stop * bpr], hd, s, acc)
             }
         }
         start = stop;
@@ -268,6 +391,64 @@ fn heads_over_keys(
         if lg > 0.0 {
             let inv = 1.0 / lg;
             ag.iter_mut().for_each(|a| *a *= inv);
+        }
+    }
+    // A mix of rotated values, rotated back.
+    if let Some(r) = v_rotation {
+        r.apply_whole(acc);
+    }
+}
+
+/// `acc_g += sum_j p[g * nk + j] * v_j` over `nk` value rows of Q8_0
+/// blocks: each block is decoded once (into 32 floats) for all the heads.
+/// The scalar table's kernel, and the body the SIMD tiers compile with
+/// their features (the same operations in the same order: bit-identical).
+#[inline(always)]
+pub(crate) fn accumulate_q8_0(v: &[BlockQ8_0], hd: usize, p: &[f32], acc: &mut [f32]) {
+    accumulate_blocks(v, hd, p, acc, |b, out| {
+        let d = b.d.to_f32();
+        for (o, &c) in out.iter_mut().zip(&b.qs) {
+            *o = c as f32 * d;
+        }
+    })
+}
+
+/// [`accumulate_q8_0`] over Q4_0 blocks.
+#[inline(always)]
+pub(crate) fn accumulate_q4_0(v: &[BlockQ4_0], hd: usize, p: &[f32], acc: &mut [f32]) {
+    accumulate_blocks(v, hd, p, acc, |b, out| {
+        let d = b.d.to_f32();
+        let (lo, hi) = out.split_at_mut(QK / 2);
+        for ((l, h), &c) in lo.iter_mut().zip(hi.iter_mut()).zip(&b.qs) {
+            *l = ((c & 0x0F) as i32 - 8) as f32 * d;
+            *h = ((c >> 4) as i32 - 8) as f32 * d;
+        }
+    })
+}
+
+#[inline(always)]
+fn accumulate_blocks<B>(
+    v: &[B],
+    hd: usize,
+    p: &[f32],
+    acc: &mut [f32],
+    decode: impl Fn(&B, &mut [f32; QK]),
+) {
+    let bpr = hd / QK;
+    if bpr == 0 {
+        return;
+    }
+    let nk = v.len() / bpr;
+    let mut x = [0f32; QK];
+    for (j, row) in v.chunks_exact(bpr).enumerate() {
+        for (ib, b) in row.iter().enumerate() {
+            decode(b, &mut x);
+            for (g, ag) in acc.chunks_exact_mut(hd).enumerate() {
+                let e = p[g * nk + j];
+                for (a, &xv) in ag[ib * QK..(ib + 1) * QK].iter_mut().zip(&x) {
+                    *a += e * xv;
+                }
+            }
         }
     }
 }
@@ -283,8 +464,8 @@ mod tests {
     fn naive(
         p: &AttentionParams,
         q: &[f32],
-        k: &[f16],
-        v: &[f16],
+        k: &[f32],
+        v: &[f32],
         cap: usize,
         pos0: usize,
         n: usize,
@@ -302,7 +483,7 @@ mod tests {
                         let mut x = qh
                             .iter()
                             .zip(kr)
-                            .map(|(a, b)| *a as f64 * b.to_f64())
+                            .map(|(a, b)| *a as f64 * *b as f64)
                             .sum::<f64>()
                             * p.scale as f64;
                         if let Some(c) = p.softcap {
@@ -325,7 +506,7 @@ mod tests {
                 for (j, w) in s.iter().enumerate() {
                     let vr = &v[(g * cap + j) * hd..][..hd];
                     for d in 0..hd {
-                        out[(t * p.n_head + h) * hd + d] += (w / sum * vr[d].to_f64()) as f32;
+                        out[(t * p.n_head + h) * hd + d] += (w / sum * vr[d] as f64) as f32;
                     }
                 }
             }
@@ -424,7 +605,8 @@ mod tests {
                 .map(f16::from_f32)
                 .collect();
             let q = random_row(n * p.n_head * p.head_dim, 99 + ci as u64);
-            let want = naive(&p, &q, &k, &v, cap, pos0, n);
+            let widen = |x: &[f16]| x.iter().map(|h| h.to_f32()).collect::<Vec<_>>();
+            let want = naive(&p, &q, &widen(&k), &widen(&v), cap, pos0, n);
             for isa in available_isas() {
                 let mut out = vec![f32::NAN; q.len()];
                 attention_with(
@@ -444,6 +626,337 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// Every (K type, V type) pair, each plane stored as it is or under a
+    /// Hadamard rotation, against f64 attention over the dequantized cache
+    /// as the plane reads it back (rotated back), and, for a block-type K,
+    /// the query rounded through Q8_0 in the keys' basis as the kernel
+    /// scores it: the same up to f32 rounding and the softmax's exp
+    /// approximation. The query's rounding alone stays within 2%, and the
+    /// format's own error is far above the budget, so the check tells a
+    /// wrong decoding (or a rotation missing on one side) apart.
+    #[test]
+    fn quantized_cache_matches_attention_on_its_dequantized_values() {
+        use crate::ops::kv_plane::KvPlane;
+        let cap = 150;
+        let cases = [
+            // GQA, several key blocks, grouped heads (prefill)
+            (
+                AttentionParams {
+                    n_head: 9,
+                    n_kv_head: 3,
+                    head_dim: 64,
+                    scale: 0.125,
+                    softcap: None,
+                    window: None,
+                },
+                100,
+                12,
+            ),
+            // decode: one head per unit
+            (
+                AttentionParams {
+                    n_head: 4,
+                    n_kv_head: 2,
+                    head_dim: 32,
+                    scale: 0.3,
+                    softcap: None,
+                    window: None,
+                },
+                140,
+                1,
+            ),
+            // softcap and window, 7 heads of a group, head_dim 96
+            (
+                AttentionParams {
+                    n_head: 7,
+                    n_kv_head: 1,
+                    head_dim: 96,
+                    scale: 0.1,
+                    softcap: Some(5.0),
+                    window: Some(70),
+                },
+                110,
+                5,
+            ),
+        ];
+        for (ci, (p, pos0, n)) in cases.into_iter().enumerate() {
+            let rows = p.n_kv_head * cap;
+            let kx = random_row(rows * p.head_dim, 7 + ci as u64);
+            let vx = random_row(rows * p.head_dim, 70 + ci as u64);
+            let q = random_row(n * p.n_head * p.head_dim, 700 + ci as u64);
+            // the largest power of two dividing the head size
+            let r = Some(Hadamard::new(1 << p.head_dim.trailing_zeros()).unwrap());
+            for (kt, vt, (kr, vr)) in KvType::ALL.into_iter().flat_map(|kt| {
+                KvType::ALL.into_iter().flat_map(move |vt| {
+                    [(None, None), (r, r), (r, None), (None, r)]
+                        .into_iter()
+                        .map(move |rot| (kt, vt, rot))
+                })
+            }) {
+                let mut kp = KvPlane::zeros(kt, rows, p.head_dim)
+                    .unwrap()
+                    .with_rotation(kr)
+                    .unwrap();
+                let mut vp = KvPlane::zeros(vt, rows, p.head_dim)
+                    .unwrap()
+                    .with_rotation(vr)
+                    .unwrap();
+                kp.write_rows(0, &kx).unwrap();
+                vp.write_rows(0, &vx).unwrap();
+                let (mut kd, mut vd) = (vec![0f32; kx.len()], vec![0f32; vx.len()]);
+                kp.read_rows(0, &mut kd).unwrap();
+                vp.read_rows(0, &mut vd).unwrap();
+                // a block-type key cache meets the query in Q8_0, in
+                // the keys' basis
+                let qd = if kt == KvType::F16 {
+                    q.clone()
+                } else {
+                    let mut qp = KvPlane::zeros(KvType::Q8_0, q.len() / p.head_dim, p.head_dim)
+                        .unwrap()
+                        .with_rotation(kr)
+                        .unwrap();
+                    qp.write_rows(0, &q).unwrap();
+                    let mut qd = vec![0f32; q.len()];
+                    qp.read_rows(0, &mut qd).unwrap();
+                    qd
+                };
+                let want = naive(&p, &qd, &kd, &vd, cap, pos0, n);
+                let float_query = naive(&p, &q, &kd, &vd, cap, pos0, n);
+                let unquantized = naive(&p, &q, &kx, &vx, cap, pos0, n);
+                let budget = 1e-4;
+                for isa in available_isas() {
+                    let mut out = vec![f32::NAN; q.len()];
+                    attention_kv_with(
+                        table_for(isa).unwrap(),
+                        &p,
+                        &q,
+                        kp.rows_view(),
+                        vp.rows_view(),
+                        cap,
+                        pos0,
+                        n,
+                        &mut out,
+                    )
+                    .unwrap();
+                    let err = rel_l2(&out, &want);
+                    assert!(
+                        err < budget,
+                        "case {ci} {isa} K {kt} {kr:?} V {vt} {vr:?}: rel L2 {err} > {budget}"
+                    );
+                    // the query's rounding costs little
+                    let q_err = rel_l2(&out, &float_query);
+                    assert!(q_err < 2e-2, "case {ci} {isa} K {kt}: {q_err}");
+                    if (kt, vt) == (KvType::Q4_0, KvType::Q4_0) {
+                        // the format's own error is much larger than
+                        // the kernel's: the test can tell them apart
+                        assert!(rel_l2(&out, &unquantized) > 10.0 * budget);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every table's quantized value accumulation against the scalar one,
+    /// bit for bit (they compile one body), over 1 to 4 heads.
+    #[test]
+    fn quantized_value_kernels_match_the_scalar_table() {
+        use crate::dispatch::SCALAR;
+        use crate::ops::kv_plane::KvPlane;
+        let (hd, nk) = (96, 13);
+        let x = random_row(nk * hd, 5);
+        for t in [KvType::Q8_0, KvType::Q4_0] {
+            let mut plane = KvPlane::zeros(t, nk, hd).unwrap();
+            plane.write_rows(0, &x).unwrap();
+            for heads in 1..=4 {
+                let p = random_row(heads * nk, 6 + heads as u64);
+                let acc0 = random_row(heads * hd, 9);
+                let run = |table: &KernelTable| {
+                    let mut acc = acc0.clone();
+                    match plane.rows_view().rows {
+                        Rows::Q8_0(v) => (table.attn_quant.accumulate_q8_0)(v, hd, &p, &mut acc),
+                        Rows::Q4_0(v) => (table.attn_quant.accumulate_q4_0)(v, hd, &p, &mut acc),
+                        Rows::F16(_) => unreachable!(),
+                    }
+                    acc
+                };
+                let want = run(&SCALAR);
+                // and the reference is what it says: dequantize, then axpy
+                let mut rows = vec![0f32; nk * hd];
+                plane.read_rows(0, &mut rows).unwrap();
+                for (g, w) in want.chunks(hd).enumerate() {
+                    for (d, &got) in w.iter().enumerate() {
+                        let exact: f32 = acc0[g * hd + d]
+                            + (0..nk)
+                                .map(|j| p[g * nk + j] * rows[j * hd + d])
+                                .sum::<f32>();
+                        assert!(
+                            (got - exact).abs() < 1e-3 * (1.0 + exact.abs()),
+                            "{t} {g} {d}"
+                        );
+                    }
+                }
+                for isa in available_isas() {
+                    let got = run(table_for(isa).unwrap());
+                    assert!(
+                        got.iter()
+                            .zip(&want)
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "{isa} {t} heads {heads}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// What the rotation is for: keys and values with a few outlier
+    /// channels (as trained models have) lose much less to Q4_0 blocks when
+    /// stored rotated, while the attention computed is the same function.
+    #[test]
+    fn rotation_spreads_outliers_and_lowers_q4_0_error() {
+        use crate::ops::kv_plane::KvPlane;
+        let p = AttentionParams {
+            n_head: 4,
+            n_kv_head: 2,
+            head_dim: 64,
+            scale: 0.125,
+            softcap: None,
+            window: None,
+        };
+        let (cap, pos0, n) = (96, 90, 6);
+        let rows = p.n_kv_head * cap;
+        let outliers = |mut x: Vec<f32>| {
+            for (i, v) in x.iter_mut().enumerate() {
+                if matches!(i % p.head_dim, 3 | 40) {
+                    *v *= 12.0;
+                }
+            }
+            x
+        };
+        let kx = outliers(random_row(rows * p.head_dim, 11));
+        let vx = outliers(random_row(rows * p.head_dim, 12));
+        let q = random_row(n * p.n_head * p.head_dim, 13);
+        let exact = naive(&p, &q, &kx, &vx, cap, pos0, n);
+        let err = |rotation: Option<Hadamard>| {
+            let plane = |x: &[f32]| {
+                let mut pl = KvPlane::zeros(KvType::Q4_0, rows, p.head_dim)
+                    .unwrap()
+                    .with_rotation(rotation)
+                    .unwrap();
+                pl.write_rows(0, x).unwrap();
+                pl
+            };
+            let (kp, vp) = (plane(&kx), plane(&vx));
+            let mut out = vec![0f32; q.len()];
+            attention_kv_with(
+                dispatch::table(),
+                &p,
+                &q,
+                kp.rows_view(),
+                vp.rows_view(),
+                cap,
+                pos0,
+                n,
+                &mut out,
+            )
+            .unwrap();
+            rel_l2(&out, &exact)
+        };
+        let (plain, rotated) = (err(None), err(Some(Hadamard::new(64).unwrap())));
+        assert!(
+            rotated < 0.6 * plain,
+            "rotated {rotated} vs as stored {plain}"
+        );
+    }
+
+    #[test]
+    fn a_rotation_must_divide_the_head() {
+        use crate::ops::kv_plane::KvPlane;
+        let p = AttentionParams {
+            n_head: 1,
+            n_kv_head: 1,
+            head_dim: 32,
+            scale: 1.0,
+            softcap: None,
+            window: None,
+        };
+        let kp = KvPlane::zeros(KvType::Q8_0, 4, 64)
+            .unwrap()
+            .with_rotation(Some(Hadamard::new(64).unwrap()))
+            .unwrap();
+        let f = vec![f16::ZERO; 4 * 32];
+        let mut out = vec![0f32; 32];
+        let r = attention_kv_with(
+            dispatch::table(),
+            &p,
+            &[0.5; 32],
+            kp.rows_view(),
+            KvRows::f16(&f),
+            4,
+            0,
+            1,
+            &mut out,
+        );
+        assert!(matches!(r, Err(Error::InvalidArgument { .. })), "{r:?}");
+        assert!(KvPlane::zeros(KvType::Q4_0, 4, 96)
+            .unwrap()
+            .with_rotation(Some(Hadamard::new(64).unwrap()))
+            .is_err());
+    }
+
+    fn rel_l2(a: &[f32], b: &[f32]) -> f64 {
+        let (mut d, mut n) = (0f64, 0f64);
+        for (x, y) in a.iter().zip(b) {
+            d += (*x as f64 - *y as f64).powi(2);
+            n += (*y as f64).powi(2);
+        }
+        (d / n.max(1e-30)).sqrt()
+    }
+
+    #[test]
+    fn quantized_cache_needs_whole_blocks() {
+        use crate::ops::kv_plane::KvPlane;
+        let p = AttentionParams {
+            n_head: 1,
+            n_kv_head: 1,
+            head_dim: 32,
+            scale: 1.0,
+            softcap: None,
+            window: None,
+        };
+        let kp = KvPlane::zeros(KvType::Q8_0, 4, 32).unwrap();
+        let f = vec![f16::ZERO; 4 * 32];
+        let mut out = vec![0f32; 32];
+        let run = |p: &AttentionParams, k: KvRows<'_>, out: &mut [f32]| {
+            attention_kv_with(
+                dispatch::table(),
+                p,
+                &vec![0.5; out.len()],
+                k,
+                KvRows::f16(&f),
+                4,
+                0,
+                1,
+                out,
+            )
+        };
+        assert!(run(&p, kp.rows_view(), &mut out).is_ok());
+        assert!(run(&p, kp.rows_view(), &mut out[..16]).is_err());
+        let p16 = AttentionParams { head_dim: 16, ..p };
+        let kp16 = KvPlane::zeros(KvType::F16, 4, 16).unwrap();
+        assert!(run(&p16, kp16.rows_view(), &mut out[..16]).is_ok());
+        // a Q8_0 plane read with a head size that is not whole blocks
+        assert!(matches!(
+            run(&p16, kp.rows_view(), &mut out[..16]),
+            Err(Error::RaggedRow { .. })
+        ));
+        // fewer rows than the capacity
+        let short = KvPlane::zeros(KvType::Q4_0, 3, 32).unwrap();
+        assert!(matches!(
+            run(&p, short.rows_view(), &mut out),
+            Err(Error::ShapeMismatch { .. })
+        ));
     }
 
     #[test]

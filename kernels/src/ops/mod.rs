@@ -3,6 +3,8 @@
 
 pub(crate) mod activation;
 pub(crate) mod attention;
+pub(crate) mod hadamard;
+mod kv_plane;
 mod matmul;
 mod norm;
 mod rope;
@@ -10,7 +12,9 @@ mod rope;
 pub use activation::{
     gelu_tanh_mul, gelu_tanh_mul_with, silu_mul, silu_mul_with, softcap, softmax,
 };
-pub use attention::{attention, attention_with, AttentionParams};
+pub use attention::{attention, attention_kv_with, attention_with, AttentionParams};
+pub use hadamard::Hadamard;
+pub use kv_plane::{KvPlane, KvRows, KvType};
 pub use matmul::{
     matmul, matmul_packed, matmul_packed_group, matmul_packed_group_with, matmul_packed_with,
     matmul_with, PackedMatrix, QMatrix,

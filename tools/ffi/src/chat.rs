@@ -38,6 +38,7 @@ impl ModelOptions {
         let cpu = CpuOptions {
             threads: self.threads,
             isa,
+            ..Default::default()
         };
         let graphs = || -> FfiResult<OrtOptions> {
             let dir = self.graphs.clone().ok_or_else(|| {

@@ -149,8 +149,13 @@ fn choice(
     path: &Path,
     threads: usize,
     graphs: &OnnxGraphs,
+    kv: sotto_engine::KvTypes,
 ) -> Result<(BackendChoice, ToExport), String> {
-    let cpu = CpuOptions { threads, isa: None };
+    let cpu = CpuOptions {
+        threads,
+        isa: None,
+        kv,
+    };
     let on_cpu_ep = |dir| OrtOptions {
         threads,
         ..OrtOptions::cpu(dir)
@@ -242,8 +247,9 @@ pub fn load_backend(
     graphs: &OnnxGraphs,
     quant: Option<sotto_kernels::quant::DType>,
     lora: &LoraOptions,
+    kv: sotto_engine::KvTypes,
 ) -> Result<LoadedBackend, String> {
-    let (choice, to_export) = choice(name, path, threads, graphs)?;
+    let (choice, to_export) = choice(name, path, threads, graphs, kv)?;
     // A backend this build lacks is refused before anything is exported.
     choice.ensure_compiled().map_err(|e| e.to_string())?;
     if let Some((dir, target)) = to_export {
@@ -337,11 +343,21 @@ mod tests {
     fn unknown_backends_are_refused_by_name() {
         let g = OnnxGraphs::default();
         let none = LoraOptions::default();
-        let err =
-            load_backend("tpu", Path::new("/nonexistent.gguf"), 1, &g, None, &none).unwrap_err();
+        let refused = |backend: &str| {
+            load_backend(
+                backend,
+                Path::new("/nonexistent.gguf"),
+                1,
+                &g,
+                None,
+                &none,
+                Default::default(),
+            )
+            .unwrap_err()
+        };
+        let err = refused("tpu");
         assert!(err.contains("tpu") && err.contains("cpu"), "{err}");
-        let err =
-            load_backend("cpu", Path::new("/nonexistent.gguf"), 1, &g, None, &none).unwrap_err();
+        let err = refused("cpu");
         assert!(err.contains("/nonexistent.gguf"), "{err}");
     }
 }

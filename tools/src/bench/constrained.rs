@@ -43,7 +43,7 @@ pub fn run(
     for &t in threads {
         let cpu = BackendChoice::Cpu(CpuOptions {
             threads: t,
-            isa: None,
+            ..Default::default()
         });
         let loaded = LoadedModel::open(model_path, cpu).map_err(|e| e.to_string())?;
         let model = loaded.model();

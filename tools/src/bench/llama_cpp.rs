@@ -21,6 +21,8 @@ pub struct LlamaCppSweep<'a> {
     pub n_gen: &'a [usize],
     pub threads: &'a [usize],
     pub depths: &'a [usize],
+    /// KV cache types (`type_k` / `type_v` there).
+    pub kv_types: &'a [sotto_engine::KvTypes],
     pub repetitions: usize,
     pub warmup: usize,
     pub seed: u64,
@@ -62,6 +64,10 @@ pub fn script_args(sweep: &LlamaCppSweep<'_>) -> Vec<String> {
     ] {
         args.push(flag.to_string());
         args.push(list(xs));
+    }
+    for kv in sweep.kv_types {
+        args.push("--kv-type".to_string());
+        args.push(kv.to_string());
     }
     args.extend([
         "-r".to_string(),
@@ -132,13 +138,14 @@ mod tests {
             n_gen: &[128],
             threads: &[1, 2],
             depths: &[0],
+            kv_types: &[sotto_engine::KvTypes::parse("q8_0,q4_0").unwrap()],
             repetitions: 3,
             warmup: 1,
             seed: 9,
         };
         assert_eq!(
             script_args(&sweep).join(" "),
-            "-m /m.gguf -p 128,512 -n 128 -t 1,2 -d 0 -r 3 --warmup 1 --seed 9"
+            "-m /m.gguf -p 128,512 -n 128 -t 1,2 -d 0 --kv-type q8_0,q4_0 -r 3 --warmup 1 --seed 9"
         );
         assert!(script_path().is_ok(), "the script ships in the source tree");
     }
@@ -152,6 +159,7 @@ mod tests {
             n_gen: &[4],
             threads: &[1],
             depths: &[0],
+            kv_types: &[],
             repetitions: 1,
             warmup: 0,
             seed: 1,

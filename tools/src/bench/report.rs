@@ -36,6 +36,9 @@ pub struct BenchRow {
     pub peak_rss_bytes: u64,
     pub weights_bytes: u64,
     pub kv_bytes: u64,
+    /// The KV cache's element types: `T` for keys and values, or `K,V`.
+    #[serde(default = "f16_name")]
+    pub kv_type: String,
     /// tg rows: weights bytes read per token × tokens/s over the probed
     /// read bandwidth.
     #[serde(default)]
@@ -47,6 +50,10 @@ pub struct BenchRow {
     pub ratio_vs_llama_cpp: Option<f64>,
 }
 
+fn f16_name() -> String {
+    "f16".into()
+}
+
 impl BenchRow {
     pub fn label(&self) -> String {
         let tokens = if self.test == TestKind::Pp {
@@ -56,7 +63,8 @@ impl BenchRow {
         };
         test_label(self.test, tokens, self.depth)
     }
-    /// Same test, depth and thread count: rows that can be compared.
+    /// Same test, depth, thread count and KV type: rows that can be
+    /// compared.
     fn same_test(&self, other: &BenchRow) -> bool {
         (
             self.test,
@@ -70,7 +78,7 @@ impl BenchRow {
             other.n_gen,
             other.depth,
             other.threads,
-        )
+        ) && self.kv_type == other.kv_type
     }
 }
 
@@ -147,6 +155,7 @@ fn opt(x: Option<f64>, digits: usize) -> String {
 pub fn markdown(report: &Report) -> String {
     let mut out = String::new();
     let has_ratio = report.rows.iter().any(|r| r.ratio_vs_llama_cpp.is_some());
+    let has_kv = report.rows.iter().any(|r| r.kv_type != "f16");
     let mut header = vec![
         "backend",
         "isa",
@@ -160,6 +169,9 @@ pub fn markdown(report: &Report) -> String {
         "peak RSS MiB",
         "BW use",
     ];
+    if has_kv {
+        header.insert(4, "KV type");
+    }
     if has_ratio {
         header.extend(["llama.cpp t/s", "vs llama.cpp"]);
     }
@@ -167,7 +179,13 @@ pub fn markdown(report: &Report) -> String {
     let aligns: Vec<&str> = header
         .iter()
         .enumerate()
-        .map(|(i, _)| if i < 4 { "---" } else { "---:" })
+        .map(|(i, _)| {
+            if i < 4 + has_kv as usize {
+                "---"
+            } else {
+                "---:"
+            }
+        })
         .collect();
     let _ = writeln!(out, "| {} |", aligns.join(" | "));
     for r in &report.rows {
@@ -189,6 +207,9 @@ pub fn markdown(report: &Report) -> String {
             r.bandwidth_fraction
                 .map_or_else(|| "-".to_string(), |f| format!("{:.0}%", f * 100.0)),
         ];
+        if has_kv {
+            cells.insert(4, r.kv_type.clone());
+        }
         if has_ratio {
             cells.push(opt(r.llama_cpp_tokens_per_s, 2));
             cells.push(
@@ -277,6 +298,7 @@ const CSV_COLUMNS: &[&str] = &[
     "peak_rss_bytes",
     "weights_bytes",
     "kv_bytes",
+    "kv_type",
     "bandwidth_fraction",
     "llama_cpp_tokens_per_s",
     "ratio_vs_llama_cpp",
@@ -327,6 +349,7 @@ pub fn csv(rows: &[BenchRow]) -> String {
             r.peak_rss_bytes.to_string(),
             r.weights_bytes.to_string(),
             r.kv_bytes.to_string(),
+            r.kv_type.clone(),
             o(r.bandwidth_fraction),
             o(r.llama_cpp_tokens_per_s),
             o(r.ratio_vs_llama_cpp),
@@ -379,6 +402,7 @@ mod tests {
             peak_rss_bytes: 200 << 20,
             weights_bytes: 96 << 20,
             kv_bytes: 3 << 20,
+            kv_type: "f16".into(),
             bandwidth_fraction: None,
             llama_cpp_tokens_per_s: None,
             ratio_vs_llama_cpp: None,

@@ -152,6 +152,8 @@ pub struct RowContext<'a> {
     pub load_s: f64,
     pub weights_bytes: u64,
     pub kv_bytes: u64,
+    /// The KV cache's element types (`T` or `K,V`).
+    pub kv_type: String,
 }
 
 pub fn summarize(test: &TestSpec, m: &Measurement, ctx: &RowContext<'_>) -> BenchRow {
@@ -191,6 +193,7 @@ pub fn summarize(test: &TestSpec, m: &Measurement, ctx: &RowContext<'_>) -> Benc
         peak_rss_bytes: machine::peak_rss_bytes().unwrap_or(0),
         weights_bytes: ctx.weights_bytes,
         kv_bytes: ctx.kv_bytes,
+        kv_type: ctx.kv_type.clone(),
         bandwidth_fraction: None,
         llama_cpp_tokens_per_s: None,
         ratio_vs_llama_cpp: None,
@@ -233,6 +236,7 @@ mod tests {
             load_s: 0.25,
             weights_bytes: 100,
             kv_bytes: 10,
+            kv_type: "q8_0".into(),
         };
         let row = summarize(&test, &m, &ctx);
         assert_eq!(row.tokens_per_s_samples, [20.0, 10.0]);

@@ -7,6 +7,7 @@
 
 use super::backends;
 use serde::{Deserialize, Serialize};
+use sotto_engine::KvTypes;
 
 /// The ISA names `--isa` takes: `auto` (what dispatch picks) or a forced
 /// path, as SOTTO_ISA spells it (the kernels' own registry, so a new tier
@@ -68,6 +69,9 @@ pub struct Instance {
     /// An [`isa_choices`] name, or [`ISA_NOT_APPLICABLE`].
     pub isa: String,
     pub threads: usize,
+    /// The KV cache's element types (f16 for backends outside sotto's
+    /// kernels).
+    pub kv: KvTypes,
     pub tests: Vec<TestSpec>,
 }
 
@@ -79,11 +83,14 @@ pub struct SweepAxes {
     pub depths: Vec<usize>,
     pub n_prompt: Vec<usize>,
     pub n_gen: Vec<usize>,
+    /// `--kv-type` (empty: f16 only).
+    pub kv_types: Vec<KvTypes>,
 }
 
-/// Expands the axes in a fixed order (ISA, backend, threads; inside an
-/// instance: depth, then pp tests, then tg tests). Backends that do not run
-/// sotto's kernels ignore the ISA axis and appear once.
+/// Expands the axes in a fixed order (ISA, backend, KV type, threads;
+/// inside an instance: depth, then pp tests, then tg tests). Backends that
+/// do not run sotto's kernels ignore the ISA and KV type axes and appear
+/// once.
 pub fn expand(axes: &SweepAxes) -> Vec<Instance> {
     let mut tests = Vec::new();
     for &depth in &axes.depths {
@@ -106,15 +113,24 @@ pub fn expand(axes: &SweepAxes) -> Vec<Instance> {
             } else {
                 ISA_NOT_APPLICABLE.to_string()
             };
-            for &threads in &axes.threads {
-                let inst = Instance {
-                    backend: backend.clone(),
-                    isa: isa.clone(),
-                    threads,
-                    tests: tests.clone(),
-                };
-                if !out.contains(&inst) {
-                    out.push(inst);
+            let f16 = [KvTypes::default()];
+            let kv_types = if axes.kv_types.is_empty() || !backends::uses_sotto_kernels(backend) {
+                &f16[..]
+            } else {
+                &axes.kv_types[..]
+            };
+            for &kv in kv_types {
+                for &threads in &axes.threads {
+                    let inst = Instance {
+                        backend: backend.clone(),
+                        isa: isa.clone(),
+                        threads,
+                        kv,
+                        tests: tests.clone(),
+                    };
+                    if !out.contains(&inst) {
+                        out.push(inst);
+                    }
                 }
             }
         }
@@ -192,6 +208,7 @@ mod tests {
             depths: vec![0, 256],
             n_prompt: vec![128, 0],
             n_gen: vec![64],
+            kv_types: Vec::new(),
         }
     }
 

@@ -96,6 +96,10 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
             quantize: quantize_q8_k,
         },
         axpy_f16,
+        attn_quant: crate::dispatch::AttnQuantKernels {
+            accumulate_q8_0: attn_accumulate_q8_0,
+            accumulate_q4_0: attn_accumulate_q4_0,
+        },
         silu_mul,
         gelu_tanh_mul,
         softmax_block,
@@ -188,6 +192,14 @@ fn axpy_f16(alpha: f32, x: &[f16], y: &mut [f32]) {
 fn softmax_block(x: &mut [f32], scale: f32, prev_max: f32) -> (f32, f32) {
     // SAFETY: as above.
     unsafe { softmax_block_k(x, scale, prev_max) }
+}
+fn attn_accumulate_q8_0(v: &[BlockQ8_0], hd: usize, p: &[f32], acc: &mut [f32]) {
+    // SAFETY: as above; the body is safe, bounds-checked code.
+    unsafe { attn_accumulate_q8_0_k(v, hd, p, acc) }
+}
+fn attn_accumulate_q4_0(v: &[BlockQ4_0], hd: usize, p: &[f32], acc: &mut [f32]) {
+    // SAFETY: as above.
+    unsafe { attn_accumulate_q4_0_k(v, hd, p, acc) }
 }
 fn silu_mul(gate: &mut [f32], up: &[f32]) {
     // SAFETY: as above.
@@ -828,6 +840,18 @@ unsafe fn silu_mul_k(gate: &mut [f32], up: &[f32]) {
 #[target_feature(enable = "avx2")]
 unsafe fn softmax_block_k(x: &mut [f32], scale: f32, prev_max: f32) -> (f32, f32) {
     attention::softmax_block_body(x, scale, prev_max)
+}
+
+// Attention's value accumulation over Q8_0 / Q4_0 rows: the portable body
+// vectorized at 8 lanes (decode 32 codes, then one multiply-add per head).
+#[target_feature(enable = "avx2")]
+unsafe fn attn_accumulate_q8_0_k(v: &[BlockQ8_0], hd: usize, p: &[f32], acc: &mut [f32]) {
+    attention::accumulate_q8_0(v, hd, p, acc)
+}
+
+#[target_feature(enable = "avx2")]
+unsafe fn attn_accumulate_q4_0_k(v: &[BlockQ4_0], hd: usize, p: &[f32], acc: &mut [f32]) {
+    attention::accumulate_q4_0(v, hd, p, acc)
 }
 
 #[target_feature(enable = "avx2")]
