@@ -42,7 +42,7 @@ use sotto_models::convert::GgufConversion;
 use sotto_tests::hf::{fixture_folder, FolderDtype};
 use sotto_tests::parity::{
     cache_dir, compare_greedy, generate_reference_within, llama_python, llama_quantize,
-    llama_tokenize, repo_root, Criteria, RefBudget, Reference,
+    llama_tokenize, read_f32_file, repo_root, Criteria, RefBudget, Reference,
 };
 use sotto_tests::tokenization::{llama_cpp_cases, TokenizationCase};
 use sotto_tests::{data_dir, default_model_path, rel_l2};
@@ -253,11 +253,7 @@ fn llama_logits(model: &Path, sequences: &[Vec<u32>], n_vocab: usize) -> Vec<Vec
         .arg(&out);
     let status = cmd.status().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
     assert!(status.success(), "{cmd:?} failed ({status})");
-    let bytes = std::fs::read(&out).unwrap();
-    let values: Vec<f32> = bytes
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
+    let values = read_f32_file(&out);
     let mut rest = &values[..];
     sequences
         .iter()
