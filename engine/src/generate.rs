@@ -284,13 +284,16 @@ impl Session {
         }
     }
 
-    /// Keeps the first `n` cached tokens (and their gap, if any is before).
-    fn truncate_cached(&mut self, n: usize) {
-        self.cache.truncate(n);
+    /// Keeps the first `n` cached tokens (and their gap, if any is before),
+    /// or fewer when a sliding-window ring no longer holds their window;
+    /// returns how many it kept.
+    fn truncate_cached(&mut self, n: usize) -> usize {
+        let n = self.cache.truncate(n.min(self.tokens.len()));
         self.tokens.truncate(n);
         if self.shifted.keep().is_some_and(|keep| n <= keep) {
             self.shifted.clear();
         }
+        n
     }
 
     /// Binds the session to the model its weights come from (for saving).
@@ -426,7 +429,7 @@ impl Session {
         };
         let run = mapped.as_deref().unwrap_or(prompt);
         let common = reusable_prefix(&self.tokens, run);
-        self.truncate_cached(common);
+        let common = self.truncate_cached(common);
 
         let mut logits = Vec::new();
         let mut at = common;

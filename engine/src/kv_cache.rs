@@ -7,13 +7,21 @@
 //! transform where llama.cpp rotates it ([`KvRotations::for_cache`]), so
 //! the two engines quantize the same vectors; the planes rotate on write
 //! and back on read, attention rotates the query and its output.
+//!
+//! A sliding-window layer may keep a ring instead of every position
+//! ([`KvCache::with_windows`]): `window + max_batch - 1` slots per head,
+//! position `p` in slot `p % slots`, which is all its attention can see
+//! (llama.cpp's SWA cache does the same). A ring forgets what it
+//! overwrote: truncating to a prefix whose window it no longer holds
+//! empties the cache ([`KvCache::truncate`] says how much it kept).
+//!
 //! It is the currency between backends: the CPU backend writes it
 //! directly, the ONNX Runtime backend imports and exports it (f16 only), so
 //! a hybrid run can prefill on one and decode on the other.
 
 use crate::error::{Error, Result};
 use half::f16;
-pub use sotto_kernels::ops::{Hadamard, KvPlane, KvType};
+pub use sotto_kernels::ops::{Hadamard, KvLayout, KvPlane, KvType};
 
 /// The element types of the keys and of the values.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -144,12 +152,34 @@ fn unsupported(what: &'static str, l: &LayerKv) -> Error {
     }
 }
 
+/// Where one layer keeps its positions: in `slots` rows per head (all of
+/// them, or a ring for a sliding window), the oldest still held `first`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Span {
+    slots: usize,
+    /// The window a ring serves (`None`: every position kept).
+    window: Option<usize>,
+    first: usize,
+}
+
+impl Span {
+    fn is_ring(&self) -> bool {
+        self.window.is_some()
+    }
+    /// Whether a query at position `len` finds every key of its window.
+    fn holds_window_of(&self, len: usize) -> bool {
+        self.window
+            .is_none_or(|w| self.first <= (len + 1).saturating_sub(w))
+    }
+}
+
 /// Keys and values of every layer for up to `capacity` positions (see the
 /// module docs for the layout). A backend's [`new_cache`](crate::Backend::new_cache)
 /// makes one of the shape it needs.
 #[derive(Clone)]
 pub struct KvCache {
     layers: Vec<LayerKv>,
+    spans: Vec<Span>,
     n_kv_head: usize,
     head_dim: usize,
     capacity: usize,
@@ -166,6 +196,14 @@ impl std::fmt::Debug for KvCache {
             .field("n_kv_head", &self.n_kv_head)
             .field("head_dim", &self.head_dim)
             .field("capacity", &self.capacity)
+            .field(
+                "ring_slots",
+                &self
+                    .spans
+                    .iter()
+                    .map(|s| s.is_ring().then_some(s.slots))
+                    .collect::<Vec<_>>(),
+            )
             .field("types", &self.types)
             .field("rotations", &self.rotations)
             .field("len", &self.len)
@@ -185,11 +223,50 @@ impl KvCache {
         capacity: usize,
         types: KvTypes,
     ) -> Result<Self> {
-        let rows = n_kv_head
-            .checked_mul(capacity)
-            .ok_or_else(|| Error::KvCache(format!("capacity {capacity} overflows")))?;
+        Self::with_windows(n_layer, n_kv_head, head_dim, capacity, types, &[], 0)
+    }
+
+    /// [`KvCache::new`] where layer `i` with `windows[i] = Some(w)` keeps a
+    /// ring of `w + max_batch - 1` positions when that is fewer than
+    /// `capacity` (a forward pass writes at most `max_batch` positions
+    /// before it attends); layers past `windows.len()` keep everything.
+    pub fn with_windows(
+        n_layer: usize,
+        n_kv_head: usize,
+        head_dim: usize,
+        capacity: usize,
+        types: KvTypes,
+        windows: &[Option<usize>],
+        max_batch: usize,
+    ) -> Result<Self> {
+        let spans: Vec<Span> = (0..n_layer)
+            .map(|i| {
+                let ring = windows
+                    .get(i)
+                    .copied()
+                    .flatten()
+                    .filter(|&w| w > 0)
+                    .and_then(|w| Some((w, w.checked_add(max_batch.max(1) - 1)?)))
+                    .filter(|&(_, slots)| slots < capacity);
+                match ring {
+                    Some((w, slots)) => Span {
+                        slots,
+                        window: Some(w),
+                        first: 0,
+                    },
+                    None => Span {
+                        slots: capacity,
+                        window: None,
+                        first: 0,
+                    },
+                }
+            })
+            .collect();
         let rotations = KvRotations::for_cache(types, head_dim);
-        let plane = |t: KvType, r: Option<Hadamard>| {
+        let plane = |t: KvType, r: Option<Hadamard>, slots: usize| {
+            let rows = n_kv_head
+                .checked_mul(slots)
+                .ok_or_else(|| Error::KvCache(format!("capacity {capacity} overflows")))?;
             KvPlane::zeros(t, rows, head_dim)
                 .and_then(|p| p.with_rotation(r))
                 .map_err(|e| match e {
@@ -207,16 +284,18 @@ impl KvCache {
                     "{types} blocks of 32 do not divide the head size {head_dim}"
                 ))
             })?;
-        let layers = (0..n_layer)
-            .map(|_| {
+        let layers = spans
+            .iter()
+            .map(|s| {
                 Ok(LayerKv {
-                    k: plane(types.k, rotations.k)?,
-                    v: plane(types.v, rotations.v)?,
+                    k: plane(types.k, rotations.k, s.slots)?,
+                    v: plane(types.v, rotations.v, s.slots)?,
                 })
             })
             .collect::<Result<_>>()?;
         Ok(Self {
             layers,
+            spans,
             n_kv_head,
             head_dim,
             capacity,
@@ -264,6 +343,25 @@ impl KvCache {
         self.layers.iter().map(|l| l.k.bytes() + l.v.bytes()).sum()
     }
 
+    /// Where layer `i` keeps its positions (rows per head, the oldest
+    /// position held), as attention reads them; panics if `i >= n_layer()`.
+    pub fn layout(&self, i: usize) -> KvLayout {
+        let s = &self.spans[i];
+        KvLayout {
+            slots: s.slots,
+            first: s.first,
+        }
+    }
+    /// Whether layer `i` keeps a ring (fewer rows than the capacity).
+    pub fn is_ring(&self, i: usize) -> bool {
+        self.spans[i].is_ring()
+    }
+    /// The row of head `h`'s position `pos` in layer `i`'s planes.
+    pub fn row(&self, i: usize, h: usize, pos: usize) -> usize {
+        let slots = self.spans[i].slots;
+        h * slots + pos % slots.max(1)
+    }
+
     /// Layer `i`'s keys and values; panics if `i >= n_layer()`.
     pub fn layer(&self, i: usize) -> &LayerKv {
         &self.layers[i]
@@ -273,23 +371,44 @@ impl KvCache {
         &mut self.layers[i]
     }
 
-    /// [`Error::KvTypeUnsupported`] unless keys and values are f16 (for
-    /// the backends that exchange the cache with ONNX Runtime).
+    /// [`Error::KvTypeUnsupported`] unless keys and values are f16 and
+    /// every layer keeps every position in its own row (for the backends
+    /// that exchange the cache with ONNX Runtime).
     pub fn require_f16(&self, what: &'static str) -> Result<()> {
-        if self.types.is_f16() {
-            Ok(())
-        } else {
+        if !self.types.is_f16() {
             Err(Error::KvTypeUnsupported {
                 what,
                 kv: self.types.to_string(),
             })
+        } else if self.spans.iter().any(Span::is_ring) {
+            Err(Error::KvTypeUnsupported {
+                what,
+                kv: "sliding-window rings".into(),
+            })
+        } else {
+            Ok(())
         }
     }
 
-    /// Forget everything from position `len` on (prefix reuse, rollback after
-    /// a failed forward pass).
-    pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
+    /// Forgets everything from position `len` on (prefix reuse, rollback
+    /// after a failed forward pass) and returns the length kept: `len`, or
+    /// 0 when a ring no longer holds the window a query at `len` sees (it
+    /// overwrote it since).
+    pub fn truncate(&mut self, len: usize) -> usize {
+        if len < self.len {
+            if self.spans.iter().all(|s| s.holds_window_of(len)) {
+                self.len = len;
+            } else {
+                self.clear();
+            }
+        }
+        self.len
+    }
+
+    /// Forgets every position.
+    pub fn clear(&mut self) {
+        self.len = 0;
+        self.spans.iter_mut().for_each(|s| s.first = 0);
     }
 
     /// Marks `n` more positions valid once every layer has written them.
@@ -333,19 +452,26 @@ impl KvCache {
                 self.capacity
             )));
         }
-        let (hd, cap) = (self.head_dim, self.capacity);
-        let l = self
-            .layers
-            .get_mut(layer)
-            .ok_or_else(|| Error::KvCache(format!("no layer {layer}")))?;
+        let hd = self.head_dim;
+        let (Some(l), Some(span)) = (self.layers.get_mut(layer), self.spans.get_mut(layer)) else {
+            return Err(Error::KvCache(format!("no layer {layer}")));
+        };
+        if n > span.slots || pos0 < span.first {
+            return Err(Error::KvCache(format!(
+                "write of {n} at {pos0} into a ring of {} slots holding positions from {}",
+                span.slots, span.first
+            )));
+        }
         for t in 0..n {
             for h in 0..self.n_kv_head {
                 let src = t * row + h * hd;
-                let dst = h * cap + pos0 + t;
+                let dst = h * span.slots + (pos0 + t) % span.slots;
                 l.k.write_rows(dst, &k_rows[src..src + hd])?;
                 l.v.write_rows(dst, &v_rows[src..src + hd])?;
             }
         }
+        // what the ring overwrote is gone
+        span.first = span.first.max((pos0 + n).saturating_sub(span.slots));
         Ok(())
     }
 
@@ -356,7 +482,11 @@ impl KvCache {
     /// to `rekey(layer, key)` before it is stored back in the cache's key
     /// type and rotation: a context shift re-ropes them there. If `rekey` fails the
     /// moved entries are lost and the cache keeps `0..keep`, which is still
-    /// valid.
+    /// valid (or nothing, when a ring no longer holds `keep`'s window).
+    ///
+    /// A ring moves the positions it still holds; those it had overwritten
+    /// stay missing (its oldest position becomes the kept prefix's end when
+    /// the prefix is gone), as in llama.cpp's SWA cache.
     pub fn remove(
         &mut self,
         keep: usize,
@@ -369,30 +499,48 @@ impl KvCache {
                 self.len
             )));
         }
-        let (hd, cap, moved) = (self.head_dim, self.capacity, self.len - keep - n);
+        let (hd, cap, len) = (self.head_dim, self.capacity, self.len);
+        let moved = len - keep - n;
+        let n_kv_head = self.n_kv_head;
         let mut key = vec![0f32; hd];
-        for (il, l) in self.layers.iter_mut().enumerate() {
-            for h in 0..self.n_kv_head {
+        let mut shift_layer = |il: usize, l: &mut LayerKv, span: &mut Span| -> Result<()> {
+            if span.is_ring() {
+                return shift_ring(l, span, n_kv_head, len, keep, n, &mut |key| rekey(il, key));
+            }
+            for h in 0..n_kv_head {
                 let dst = h * cap + keep;
                 let src = dst + n;
                 l.v.copy_rows_within(src, dst, moved)?;
                 l.k.copy_rows_within(src, dst, moved)?;
                 for r in dst..dst + moved {
                     l.k.read_rows(r, &mut key)?;
-                    if let Err(e) = rekey(il, &mut key) {
-                        self.len = keep;
-                        return Err(e);
-                    }
+                    rekey(il, &mut key)?;
                     l.k.write_rows(r, &key)?;
                 }
             }
+            Ok(())
+        };
+        let done = self
+            .layers
+            .iter_mut()
+            .zip(self.spans.iter_mut())
+            .enumerate()
+            .try_for_each(|(il, (l, span))| shift_layer(il, l, span));
+        if let Err(e) = done {
+            // What moved is lost; the prefix is kept where still whole.
+            self.len = keep;
+            if !self.spans.iter().all(|s| s.holds_window_of(keep)) {
+                self.clear();
+            }
+            return Err(e);
         }
         self.len -= n;
         Ok(())
     }
 
     /// Sets the valid length directly (used when another backend filled the
-    /// cache through [`KvCache::layer_mut`]).
+    /// cache through [`KvCache::layer_mut`], or a saved session was read
+    /// into it); a ring must hold the window of a query at `len`.
     pub fn set_len(&mut self, len: usize) -> Result<()> {
         if len > self.capacity {
             return Err(Error::KvCache(format!(
@@ -400,9 +548,73 @@ impl KvCache {
                 self.capacity
             )));
         }
+        if let Some(s) = self.spans.iter().find(|s| !s.holds_window_of(len)) {
+            return Err(Error::KvCache(format!(
+                "a ring holding positions from {} misses the window of position {len}",
+                s.first
+            )));
+        }
         self.len = len;
         Ok(())
     }
+
+    /// Says that layer `i` holds positions from `first` on (a saved
+    /// session read into a ring); [`Error::KvCache`] for a layer that keeps
+    /// every position, or more positions than its slots.
+    pub fn set_first(&mut self, i: usize, first: usize, len: usize) -> Result<()> {
+        let s = self
+            .spans
+            .get_mut(i)
+            .ok_or_else(|| Error::KvCache(format!("no layer {i}")))?;
+        if first > len || (first > 0 && !s.is_ring()) || len - first > s.slots {
+            return Err(Error::KvCache(format!(
+                "layer {i} cannot hold positions {first}..{len} in {} slots",
+                s.slots
+            )));
+        }
+        s.first = first;
+        Ok(())
+    }
+}
+
+/// [`KvCache::remove`] on one ring layer holding `first..len` (`span`):
+/// each held position `p >= keep + n` moves to `p - n` through a copy of
+/// the planes (slots move by `n mod slots`, a permutation), keys through
+/// `rekey`; positions `keep..keep + n` are dropped.
+fn shift_ring(
+    l: &mut LayerKv,
+    span: &mut Span,
+    n_kv_head: usize,
+    len: usize,
+    keep: usize,
+    n: usize,
+    rekey: &mut dyn FnMut(&mut [f32]) -> Result<()>,
+) -> Result<()> {
+    let slots = span.slots;
+    let first_moved = span.first.max(keep + n);
+    let (old_k, old_v) = (l.k.clone(), l.v.clone());
+    let mut key = vec![0f32; l.k.head_dim()];
+    let mut bytes = Vec::new();
+    for h in 0..n_kv_head {
+        for p in first_moved..len {
+            let (src, dst) = (h * slots + p % slots, h * slots + (p - n) % slots);
+            for (old, new) in [(&old_v, &mut l.v), (&old_k, &mut l.k)] {
+                bytes.clear();
+                old.encode_rows(src, 1, &mut bytes)?;
+                new.decode_rows(dst, &bytes)?;
+            }
+            l.k.read_rows(dst, &mut key)?;
+            rekey(&mut key)?;
+            l.k.write_rows(dst, &key)?;
+        }
+    }
+    // The kept prefix stays where it was when the ring still held it.
+    span.first = if span.first <= keep {
+        span.first
+    } else {
+        first_moved - n
+    };
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! 0   magic            b"SOTTOSES"
-//! 8   format version   u16 LE (1)
+//! 8   format version   u16 LE (2; 1 is read too)
 //! 10  model digest     [32]  SHA-256 of the model's bytes (ModelDigest)
 //! 42  key check        [16]  Sealer::key_check of the key it was sealed under
 //! 58  sealed length    u64 LE
@@ -26,10 +26,12 @@
 //!           rotated by the Walsh–Hadamard transform in blocks of 64, 128,
 //!           256 (see kv_cache::KvRotations)
 //! tokens    count u32, ids u32 × count
-//! kv        per layer: keys [n_kv_head][count] rows of head_dim elements in
+//! kv        per layer: first u32 (the oldest position it holds: 0, or
+//!           later for a sliding-window ring; absent in version 1), keys
+//!           [n_kv_head][count - first] rows of head_dim elements in
 //!           their type (f16, or ggml's Q8_0 / Q4_0 blocks: f16 scale then
-//!           codes; as stored, rotated or not), then values (the valid
-//!           positions only, not the cache's capacity)
+//!           codes; as stored, rotated or not), in position order, then
+//!           values (the valid positions only, not the cache's capacity)
 //! chat      0u8, or 1u8, SHA-256 of the template source [32],
 //!           message count u32, per message role and content (u32 length + UTF-8)
 //! ```
@@ -52,7 +54,7 @@ use zeroize::Zeroizing;
 
 const MAGIC: &[u8; 8] = b"SOTTOSES";
 /// The format version this build writes and reads.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
 /// The sealing purpose: keys of their own, apart from the bridge's store.
 const PURPOSE: &str = "engine session";
 const DIGEST_AT: usize = 10;
@@ -314,14 +316,17 @@ fn encode(
     for t in tokens {
         out.extend_from_slice(&t.to_le_bytes());
     }
-    let cap = cache.capacity();
     for l in 0..g.n_layer {
+        let first = cache.layout(l).first.min(n);
+        push_u32(&mut out, first)?;
         let layer = cache.layer(l);
         for plane in [&layer.k, &layer.v] {
             for h in 0..g.n_kv_head {
-                plane
-                    .encode_rows(h * cap, n, &mut out)
-                    .map_err(|_| SessionFileProblem::Malformed("token count"))?;
+                for p in first..n {
+                    plane
+                        .encode_rows(cache.row(l, h, p), 1, &mut out)
+                        .map_err(|_| SessionFileProblem::Malformed("token count"))?;
+                }
             }
         }
     }
@@ -410,7 +415,7 @@ fn read(path: &Path, key: &StorageKey, session: &Session) -> Result<Restored> {
         return Err(fail(SessionFileProblem::NotASessionFile));
     }
     let version = u16::from_le_bytes([bytes[8], bytes[9]]);
-    if version != FORMAT_VERSION {
+    if !(1..=FORMAT_VERSION).contains(&version) {
         return Err(fail(SessionFileProblem::UnknownVersion {
             found: version,
             supported: FORMAT_VERSION,
@@ -448,7 +453,7 @@ fn read(path: &Path, key: &StorageKey, session: &Session) -> Result<Restored> {
         }));
     }
     let cache = session.backend().new_cache(session.context())?;
-    decode(&plain, session, cache).map_err(fail)
+    decode(&plain, version, session, cache).map_err(fail)
 }
 
 /// The model `session` is bound to; saving and restoring need one.
@@ -465,6 +470,7 @@ fn bound_digest<'s>(path: &Path, session: &'s Session) -> Result<&'s ModelDigest
 /// values written into `cache` (a new cache of the session's backend).
 fn decode(
     plain: &[u8],
+    version: u16,
     session: &Session,
     mut cache: KvCache,
 ) -> Result<Restored, SessionFileProblem> {
@@ -508,21 +514,48 @@ fn decode(
             "a token outside the vocabulary",
         ));
     }
-    let cap = cache.capacity();
     for l in 0..current.n_layer {
+        let first = if version >= 2 {
+            r.u32("keys and values")?
+        } else {
+            0
+        };
+        let layout = cache.layout(l);
+        if first > n || (first > 0 && !cache.is_ring(l)) {
+            return Err(SessionFileProblem::Geometry {
+                saved: format!("layer {l} holding positions {first}..{n}"),
+                current: format!("{} positions per head", layout.slots),
+            });
+        }
+        // a ring keeps the newest positions its slots hold
+        let kept = first.max(n.saturating_sub(layout.slots));
+        let rows: Vec<usize> = (0..current.n_kv_head)
+            .flat_map(|h| (first..n).map(move |p| (h, p)))
+            .filter(|&(_, p)| p >= kept)
+            .map(|(h, p)| cache.row(l, h, p))
+            .collect();
         let layer = cache.layer_mut(l);
         for plane in [&mut layer.k, &mut layer.v] {
             let row = plane
                 .kv_type()
                 .row_bytes(current.head_dim)
                 .map_err(|_| SessionFileProblem::Malformed("geometry"))?;
-            for h in 0..current.n_kv_head {
-                let rows = r.take(row * n, "keys and values")?;
-                plane
-                    .decode_rows(h * cap, rows)
-                    .map_err(|_| SessionFileProblem::Malformed("keys and values"))?;
+            let mut dst = rows.iter();
+            for _ in 0..current.n_kv_head {
+                let bytes = r.take(row * (n - first), "keys and values")?;
+                for one in bytes.chunks_exact(row).skip(kept - first) {
+                    let at = dst
+                        .next()
+                        .ok_or(SessionFileProblem::Malformed("keys and values"))?;
+                    plane
+                        .decode_rows(*at, one)
+                        .map_err(|_| SessionFileProblem::Malformed("keys and values"))?;
+                }
             }
         }
+        cache
+            .set_first(l, kept, n)
+            .map_err(|_| SessionFileProblem::Malformed("keys and values"))?;
     }
     cache
         .set_len(n)

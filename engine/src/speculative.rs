@@ -126,7 +126,7 @@ impl DraftModel {
             return Ok(Vec::new());
         }
         let common = crate::generate::reusable_prefix(&self.tokens, history);
-        self.cache.truncate(common);
+        let common = self.cache.truncate(common).min(common);
         self.tokens.truncate(common);
         if history.len() + limit > self.cache.capacity() {
             return Ok(Vec::new());

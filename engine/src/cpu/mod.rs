@@ -290,6 +290,20 @@ impl CpuBackend {
         self.kv_types
     }
 
+    /// A cache keeping every position of every layer, sliding-window
+    /// layers too: what a backend sharing the cache with ONNX Runtime
+    /// graphs needs (they read and write it position by position).
+    pub fn new_linear_cache(&self, capacity: usize) -> Result<KvCache> {
+        let s = &self.model.spec;
+        KvCache::new(
+            s.n_layer,
+            s.n_kv_head,
+            s.head_dim,
+            capacity.min(s.context_length),
+            self.kv_types,
+        )
+    }
+
     /// A backend sharing everything of this one (weights, repacked
     /// matrices, rope tables, thread pool) that applies `adapters` unmerged
     /// after the projections they update (`y = W·x + s·B·(A·x)`), in place
@@ -433,7 +447,7 @@ impl CpuBackend {
                 &q,
                 layer.k.rows_view(),
                 layer.v.rows_view(),
-                cache.capacity(),
+                cache.layout(li),
                 pos0,
                 n,
                 &mut attn,
@@ -524,14 +538,19 @@ impl Backend for CpuBackend {
             .rope_inv_freqs(&rope, s.n_rot, capacity)?)
     }
 
+    /// Sliding-window layers keep a ring of their window plus one
+    /// prefill chunk (see [`KvCache::with_windows`]).
     fn new_cache(&self, capacity: usize) -> Result<KvCache> {
         let s = &self.model.spec;
-        KvCache::new(
+        let windows: Vec<Option<usize>> = s.layers.iter().map(|l| l.attention.window).collect();
+        KvCache::with_windows(
             s.n_layer,
             s.n_kv_head,
             s.head_dim,
             capacity.min(s.context_length),
             self.kv_types,
+            &windows,
+            PREFILL_CHUNK,
         )
     }
 
@@ -560,7 +579,8 @@ impl Backend for CpuBackend {
             Ok(all)
         });
         if out.is_err() {
-            // A failed pass leaves the cache as it was before the call.
+            // A failed pass leaves the cache as it was before the call (or
+            // empty, when a ring overwrote the window of `start`).
             cache.truncate(start);
         }
         out
@@ -743,6 +763,114 @@ mod tests {
                 assert!(d > 1e-4, "position {p}: window had no effect");
             }
         }
+    }
+
+    /// Gemma 3's sliding-window layers keep a ring of `window +
+    /// PREFILL_CHUNK - 1` positions, its global layer every position: the
+    /// logits of a 700-token sequence (prefill chunks that wrap the ring,
+    /// then decode steps), a rollback within the last pass, a context
+    /// shift and a truncation the ring cannot serve are those of the
+    /// cache that keeps everything, for f16 and Q8_0/Q4_0 caches.
+    #[test]
+    fn sliding_window_rings_answer_as_the_whole_cache() {
+        let dims = TinyDims {
+            n_layer: 6,
+            d_model: 64,
+            n_head: 2,
+            n_kv_head: 1,
+            head_dim: 64,
+            ffn_dim: 64,
+        };
+        let mut w = tiny_model_random("gemma3", dims, 9);
+        w.set("gemma3.context_length", MetaValue::U32(2048));
+        w.set("gemma3.attention.sliding_window", MetaValue::U32(8));
+        let model =
+            Arc::new(Model::from_gguf(GgufFile::from_bytes(w.to_bytes()).unwrap()).unwrap());
+        let vocab = model.spec.vocab_size;
+        let tokens: Vec<u32> = (0..700u32)
+            .map(|i| (i * 7919 + 13) % vocab as u32)
+            .collect();
+        for types in ["f16", "q8_0", "q4_0"] {
+            let types = KvTypes::parse(types).unwrap();
+            let mut b = CpuBackend::new(model.clone(), 1)
+                .unwrap()
+                .with_kv_types(types)
+                .unwrap();
+            let mut ring = b.new_cache(1024).unwrap();
+            let mut whole = b.new_linear_cache(1024).unwrap();
+            let slots = 8 + PREFILL_CHUNK - 1;
+            assert_eq!(ring.layout(0).slots, slots);
+            assert!((0..5).all(|i| ring.is_ring(i)) && !ring.is_ring(5));
+            assert_eq!(ring.layout(5).slots, 1024);
+            // bytes per position of one layer, times the rows kept
+            assert_eq!(
+                ring.bytes(),
+                whole.bytes() / (6 * 1024) * (5 * slots + 1024)
+            );
+            let close = |a: &[f32], b: &[f32], what: &str| {
+                assert_eq!(a.len(), b.len());
+                // the wrapped window is scored in two runs: the online
+                // softmax rounds its rescaling otherwise
+                let scale = b.iter().fold(0f32, |m, x| m.max(x.abs()));
+                let d = max_diff(a, b) / scale;
+                assert!(d < 1e-5, "{types} {what}: {d} of {scale}");
+            };
+            let a = b
+                .forward(&mut ring, &tokens[..600], LogitsFor::All)
+                .unwrap();
+            let z = b
+                .forward(&mut whole, &tokens[..600], LogitsFor::All)
+                .unwrap();
+            close(&a, &z, "prefill");
+            assert_eq!(ring.layout(0).first, 600 - slots);
+            for &t in &tokens[600..620] {
+                let a = b.forward(&mut ring, &[t], LogitsFor::Last).unwrap();
+                let z = b.forward(&mut whole, &[t], LogitsFor::Last).unwrap();
+                close(&a, &z, "decode");
+            }
+            // a speculative rollback: the ring still holds the window
+            b.forward(&mut ring, &tokens[620..650], LogitsFor::All)
+                .unwrap();
+            b.forward(&mut whole, &tokens[620..650], LogitsFor::All)
+                .unwrap();
+            assert_eq!(ring.truncate(622), 622);
+            whole.truncate(622);
+            let a = b
+                .forward(&mut ring, &tokens[622..630], LogitsFor::All)
+                .unwrap();
+            let z = b
+                .forward(&mut whole, &tokens[622..630], LogitsFor::All)
+                .unwrap();
+            close(&a, &z, "after a rollback");
+            // a context shift moves what the ring holds
+            crate::context::shift_cache(&b, &mut ring, 4, 300).unwrap();
+            crate::context::shift_cache(&b, &mut whole, 4, 300).unwrap();
+            assert_eq!((ring.len(), whole.len()), (330, 330));
+            let a = b
+                .forward(&mut ring, &tokens[630..640], LogitsFor::All)
+                .unwrap();
+            let z = b
+                .forward(&mut whole, &tokens[630..640], LogitsFor::All)
+                .unwrap();
+            close(&a, &z, "after a shift");
+            // a prefix whose window the ring overwrote: nothing is kept
+            assert_eq!(ring.layout(0).first, 87);
+            assert_eq!(ring.truncate(100), 100, "a query at 100 sees 93.., held");
+            assert_eq!(ring.truncate(50), 0, "a query at 50 sees 43.., overwritten");
+            assert_eq!(ring.layout(0).first, 0);
+            assert_eq!(whole.truncate(50), 50);
+        }
+        // a cache shared with ONNX Runtime graphs cannot be a ring
+        let b = CpuBackend::new(model, 1).unwrap();
+        assert!(b.new_cache(1024).unwrap().require_f16("test").is_err());
+        assert!(b
+            .new_linear_cache(1024)
+            .unwrap()
+            .require_f16("test")
+            .is_ok());
+        // a context that fits window and chunk keeps every position
+        assert!(!b.new_cache(8 + PREFILL_CHUNK - 1).unwrap().is_ring(0));
+        assert!(b.new_cache(8 + PREFILL_CHUNK).unwrap().is_ring(0));
     }
 
     /// A Q4_K_M-style file mixes Q4_K, Q5_0, Q6_K and Q8_0 matrices, also

@@ -88,8 +88,9 @@ impl Backend for HybridBackend {
         self.decode.spec()
     }
 
+    /// Every position of every layer: the graphs exchange the cache.
     fn new_cache(&self, capacity: usize) -> Result<KvCache> {
-        self.decode.new_cache(capacity)
+        self.decode.new_linear_cache(capacity)
     }
 
     fn forward(

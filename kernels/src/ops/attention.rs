@@ -4,6 +4,11 @@
 //! an online (streaming) softmax, so the score matrix is never
 //! materialized; (token, head) pairs run in parallel.
 //!
+//! The cache may be a ring ([`KvLayout`]): position `p` lives in slot
+//! `p % slots`, so a sliding-window layer keeps only its window (plus one
+//! batch) however long the sequence; keys are still visited in position
+//! order, the wrapped range as two runs of slots.
+//!
 //! A quantized cache is read as it is stored: each query head is quantized
 //! to Q8_0 once per (token, head) and scored against the key blocks by the
 //! table's integer gemm (the weight kernels' q8_0·q8_0 / q4_0·q8_0 dots,
@@ -39,6 +44,25 @@ pub struct AttentionParams {
     pub softcap: Option<f32>,
     /// A query at position p sees only keys at positions > p - window.
     pub window: Option<usize>,
+}
+
+/// Where one layer's positions live in a cache of `[n_kv_head, slots]`
+/// rows: position `p` in slot `p % slots` (a ring once positions outgrow
+/// the slots), and positions below `first` no longer held (a ring
+/// overwrote them, or a context shift moved what was in their slots).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KvLayout {
+    /// Rows per KV head.
+    pub slots: usize,
+    /// The oldest position still held.
+    pub first: usize,
+}
+
+impl KvLayout {
+    /// Every position in its own slot, from 0: the plain cache.
+    pub fn linear(slots: usize) -> Self {
+        Self { slots, first: 0 }
+    }
 }
 
 /// Keys per online-softmax step: scores of a block live on the stack.
@@ -90,7 +114,7 @@ pub fn attention_with(
         q,
         KvRows::f16(k),
         KvRows::f16(v),
-        kv_capacity,
+        KvLayout::linear(kv_capacity),
         pos0,
         n_tokens,
         out,
@@ -98,8 +122,12 @@ pub fn attention_with(
 }
 
 /// [`attention_with`] over keys and values of any [`KvType`] (each of its
-/// own): `k`, `v` hold `[n_kv_head, kv_capacity]` rows of `head_dim`
-/// elements. A block type needs `head_dim` a multiple of 32.
+/// own): `k`, `v` hold `[n_kv_head, layout.slots]` rows of `head_dim`
+/// elements, positions placed as `layout` says (the keys and values of
+/// `pos0..pos0 + n_tokens` written already). A block type needs `head_dim`
+/// a multiple of 32. A query sees the keys of its window that the layout
+/// still holds; it is an error when one it should see was overwritten by
+/// this call's own writes (a ring shorter than the window plus the batch).
 #[allow(clippy::too_many_arguments)]
 pub fn attention_kv_with(
     table: &KernelTable,
@@ -107,7 +135,7 @@ pub fn attention_kv_with(
     q: &[f32],
     k: KvRows<'_>,
     v: KvRows<'_>,
-    kv_capacity: usize,
+    layout: KvLayout,
     pos0: usize,
     n_tokens: usize,
     out: &mut [f32],
@@ -126,9 +154,17 @@ pub fn attention_kv_with(
     let end = pos0
         .checked_add(n_tokens)
         .ok_or(Error::SizeOverflow { op: OP })?;
-    if end > kv_capacity {
+    let kv_capacity = layout.slots;
+    // The first query's oldest visible key must not have been overwritten
+    // by the last one's (later queries see no older keys).
+    let oldest_needed = p
+        .window
+        .map_or(0, |w| (pos0 + 1).saturating_sub(w))
+        .max(layout.first);
+    if oldest_needed < end.saturating_sub(kv_capacity) || layout.first > pos0 {
         return Err(invalid(format!(
-            "positions up to {end} exceed the KV capacity {kv_capacity}"
+            "positions {pos0}..{end} with keys from {oldest_needed} do not fit {kv_capacity} KV slots holding positions from {}",
+            layout.first
         )));
     }
     let q_len = n_tokens
@@ -194,7 +230,17 @@ pub fn attention_kv_with(
         let first_head = unit * heads;
         let (t, h) = (first_head / p.n_head, first_head % p.n_head);
         let pos = pos0 + t;
-        let first = p.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let first = p
+            .window
+            .map_or(0, |w| (pos + 1).saturating_sub(w))
+            .max(layout.first);
+        // positions first..=pos as runs of slots, in position order
+        let (s0, len) = (first % kv_capacity, pos + 1 - first);
+        let runs = if s0 + len <= kv_capacity {
+            [s0..s0 + len, 0..0]
+        } else {
+            [s0..kv_capacity, 0..s0 + len - kv_capacity]
+        };
         let kv_row = (h / group) * kv_capacity;
         let k_head = k.slice(kv_row, kv_row + kv_capacity, hd);
         let v_head = v.slice(kv_row, kv_row + kv_capacity, hd);
@@ -209,7 +255,7 @@ pub fn attention_kv_with(
                 qs,
                 (k_head, k.rotation),
                 (v_head, v.rotation),
-                first..pos + 1,
+                runs.clone(),
                 accs,
             );
         }
@@ -268,7 +314,7 @@ pub(crate) fn softmax_block_ref(x: &mut [f32], scale: f32, prev_max: f32) -> (f3
     softmax_block_body(x, scale, prev_max)
 }
 
-/// Online softmax over `keys` for the `q.len() / head_dim` (at most
+/// Online softmax over the slots of `keys` (runs, in order) for the `q.len() / head_dim` (at most
 /// [`MAX_SHARED`]) query heads in `q`, which share `k` and `v` (each with
 /// the rotation it is stored under): per head a running max `m`,
 /// normalizer `l` and unnormalized output in `acc`, rescaled when a block
@@ -279,7 +325,7 @@ fn heads_over_keys(
     q: &[f32],
     (k, k_rotation): (Rows<'_>, Option<Hadamard>),
     (v, v_rotation): (Rows<'_>, Option<Hadamard>),
-    keys: std::ops::Range<usize>,
+    keys: [std::ops::Range<usize>; 2],
     acc: &mut [f32],
 ) {
     let hd = p.head_dim;
@@ -309,83 +355,85 @@ fn heads_over_keys(
     let mut m = [f32::NEG_INFINITY; MAX_SHARED];
     let mut l = [0f32; MAX_SHARED];
     let mut scores = [0f32; MAX_SHARED * KEY_BLOCK];
-    let mut start = keys.start;
-    while start < keys.end {
-        let stop = (start + KEY_BLOCK).min(keys.end);
-        let nk = stop - start;
-        let s = &mut scores[..q.len() / hd * nk];
-        match k {
-            Rows::F16(k) => {
-                let kb = &k[start * hd..stop * hd];
-                match table.attn_block {
-                    Some(b) => (b.scores)(kb, hd, q, s),
-                    None => {
-                        for (row, qg) in s.chunks_mut(nk).zip(q.chunks(hd)) {
-                            for (x, kj) in row.iter_mut().zip(kb.chunks(hd)) {
-                                *x = (table.f16.dot)(kj, qg);
+    for keys in keys {
+        let mut start = keys.start;
+        while start < keys.end {
+            let stop = (start + KEY_BLOCK).min(keys.end);
+            let nk = stop - start;
+            let s = &mut scores[..q.len() / hd * nk];
+            match k {
+                Rows::F16(k) => {
+                    let kb = &k[start * hd..stop * hd];
+                    match table.attn_block {
+                        Some(b) => (b.scores)(kb, hd, q, s),
+                        None => {
+                            for (row, qg) in s.chunks_mut(nk).zip(q.chunks(hd)) {
+                                for (x, kj) in row.iter_mut().zip(kb.chunks(hd)) {
+                                    *x = (table.f16.dot)(kj, qg);
+                                }
                             }
                         }
                     }
                 }
-            }
-            // out[g * nk + j] = k_j · q_g is the gemm's layout
-            Rows::Q8_0(k) => {
-                let kb = &k[start * bpr..stop * bpr];
-                match table.q8_0.gemm {
-                    Some(gemm) => gemm(kb, &q8, bpr, s),
-                    None => gemm_by_dots(table.q8_0.dot, kb, &q8, bpr, s),
+                // out[g * nk + j] = k_j · q_g is the gemm's layout
+                Rows::Q8_0(k) => {
+                    let kb = &k[start * bpr..stop * bpr];
+                    match table.q8_0.gemm {
+                        Some(gemm) => gemm(kb, &q8, bpr, s),
+                        None => gemm_by_dots(table.q8_0.dot, kb, &q8, bpr, s),
+                    }
+                }
+                Rows::Q4_0(k) => {
+                    let kb = &k[start * bpr..stop * bpr];
+                    match table.q4_0.gemm {
+                        Some(gemm) => gemm(kb, &q8, bpr, s),
+                        None => gemm_by_dots(table.q4_0.dot, kb, &q8, bpr, s),
+                    }
                 }
             }
-            Rows::Q4_0(k) => {
-                let kb = &k[start * bpr..stop * bpr];
-                match table.q4_0.gemm {
-                    Some(gemm) => gemm(kb, &q8, bpr, s),
-                    None => gemm_by_dots(table.q4_0.dot, kb, &q8, bpr, s),
+            for (g, row) in s.chunks_mut(nk).enumerate() {
+                let scale = match p.softcap {
+                    None => p.scale,
+                    Some(cap) => {
+                        row.iter_mut()
+                            .for_each(|x| *x = cap * (*x * p.scale / cap).tanh());
+                        1.0
+                    }
+                };
+                let (new_m, sum) = (table.softmax_block)(row, scale, m[g]);
+                if new_m > m[g] && l[g] > 0.0 {
+                    let corr = exp_approx(m[g] - new_m);
+                    l[g] *= corr;
+                    acc[g * hd..(g + 1) * hd]
+                        .iter_mut()
+                        .for_each(|a| *a *= corr);
                 }
+                m[g] = new_m;
+                l[g] += sum;
             }
-        }
-        for (g, row) in s.chunks_mut(nk).enumerate() {
-            let scale = match p.softcap {
-                None => p.scale,
-                Some(cap) => {
-                    row.iter_mut()
-                        .for_each(|x| *x = cap * (*x * p.scale / cap).tanh());
-                    1.0
-                }
-            };
-            let (new_m, sum) = (table.softmax_block)(row, scale, m[g]);
-            if new_m > m[g] && l[g] > 0.0 {
-                let corr = exp_approx(m[g] - new_m);
-                l[g] *= corr;
-                acc[g * hd..(g + 1) * hd]
-                    .iter_mut()
-                    .for_each(|a| *a *= corr);
-            }
-            m[g] = new_m;
-            l[g] += sum;
-        }
-        match v {
-            Rows::F16(v) => {
-                let vb = &v[start * hd..stop * hd];
-                match table.attn_block {
-                    Some(b) => (b.accumulate)(vb, hd, s, acc),
-                    None => {
-                        for (row, ag) in s.chunks(nk).zip(acc.chunks_mut(hd)) {
-                            for (&e, vj) in row.iter().zip(vb.chunks(hd)) {
-                                (table.axpy_f16)(e, vj, ag);
+            match v {
+                Rows::F16(v) => {
+                    let vb = &v[start * hd..stop * hd];
+                    match table.attn_block {
+                        Some(b) => (b.accumulate)(vb, hd, s, acc),
+                        None => {
+                            for (row, ag) in s.chunks(nk).zip(acc.chunks_mut(hd)) {
+                                for (&e, vj) in row.iter().zip(vb.chunks(hd)) {
+                                    (table.axpy_f16)(e, vj, ag);
+                                }
                             }
                         }
                     }
                 }
+                Rows::Q8_0(v) => {
+                    (table.attn_quant.accumulate_q8_0)(&v[start * bpr..stop * bpr], hd, s, acc)
+                }
+                Rows::Q4_0(v) => {
+                    (table.attn_quant.accumulate_q4_0)(&v[start * bpr..stop * bpr], hd, s, acc)
+                }
             }
-            Rows::Q8_0(v) => {
-                (table.attn_quant.accumulate_q8_0)(&v[start * bpr..stop * bpr], hd, s, acc)
-            }
-            Rows::Q4_0(v) => {
-                (table.attn_quant.accumulate_q4_0)(&v[start * bpr..stop * bpr], hd, s, acc)
-            }
+            start = stop;
         }
-        start = stop;
     }
     for (ag, &lg) in acc.chunks_mut(hd).zip(&l) {
         if lg > 0.0 {
@@ -734,7 +782,7 @@ mod tests {
                         &q,
                         kp.rows_view(),
                         vp.rows_view(),
-                        cap,
+                        KvLayout::linear(cap),
                         pos0,
                         n,
                         &mut out,
@@ -855,7 +903,7 @@ mod tests {
                 &q,
                 kp.rows_view(),
                 vp.rows_view(),
-                cap,
+                KvLayout::linear(cap),
                 pos0,
                 n,
                 &mut out,
@@ -893,7 +941,7 @@ mod tests {
             &[0.5; 32],
             kp.rows_view(),
             KvRows::f16(&f),
-            4,
+            KvLayout::linear(4),
             0,
             1,
             &mut out,
@@ -935,7 +983,7 @@ mod tests {
                 &vec![0.5; out.len()],
                 k,
                 KvRows::f16(&f),
-                4,
+                KvLayout::linear(4),
                 0,
                 1,
                 out,
@@ -957,6 +1005,117 @@ mod tests {
             run(&p, short.rows_view(), &mut out),
             Err(Error::ShapeMismatch { .. })
         ));
+    }
+
+    /// A ring of `window + n - 1` slots holding the last positions at
+    /// `p % slots` gives what the whole cache gives, on every ISA and KV
+    /// type, whether this call's keys wrap or not; positions below
+    /// `layout.first` are not seen; a ring one slot too short is refused.
+    #[test]
+    fn ring_layout_matches_the_linear_cache() {
+        use crate::ops::kv_plane::KvPlane;
+        let p = AttentionParams {
+            n_head: 4,
+            n_kv_head: 2,
+            head_dim: 32,
+            scale: 0.2,
+            softcap: None,
+            window: Some(40),
+        };
+        let hd = p.head_dim;
+        let whole = 300;
+        let kx = random_row(p.n_kv_head * whole * hd, 11);
+        let vx = random_row(p.n_kv_head * whole * hd, 12);
+        // (pos0, n, first): the batch wraps the ring, or not; decode; a
+        // shift left positions below 250 missing
+        for (pos0, n, first) in [(200, 9, 0), (230, 9, 0), (299, 1, 0), (260, 5, 250)] {
+            let slots = p.window.unwrap() + n - 1;
+            let q = random_row(n * p.n_head * hd, pos0 as u64);
+            for kt in KvType::ALL {
+                let plane = |x: &[f32], rows: usize, slot: &dyn Fn(usize) -> usize| {
+                    let mut pl = KvPlane::zeros(kt, p.n_kv_head * rows, hd).unwrap();
+                    for g in 0..p.n_kv_head {
+                        for j in first..pos0 + n {
+                            let r = &x[(g * whole + j) * hd..][..hd];
+                            pl.write_rows(g * rows + slot(j), r).unwrap();
+                        }
+                    }
+                    pl
+                };
+                let (kl, vl) = (plane(&kx, whole, &|j| j), plane(&vx, whole, &|j| j));
+                let (kr, vr) = (
+                    plane(&kx, slots, &|j| j % slots),
+                    plane(&vx, slots, &|j| j % slots),
+                );
+                // the whole cache with the missing positions zeroed and
+                // out of the window: a window ending at `first`
+                let lin_p = AttentionParams {
+                    window: Some(p.window.unwrap().min(pos0 + 1 - first)),
+                    ..p
+                };
+                for isa in available_isas() {
+                    let t = table_for(isa).unwrap();
+                    let (mut a, mut b) = (vec![0f32; q.len()], vec![0f32; q.len()]);
+                    let lin = KvLayout::linear(whole);
+                    attention_kv_with(
+                        t,
+                        &lin_p,
+                        &q,
+                        kl.rows_view(),
+                        vl.rows_view(),
+                        lin,
+                        pos0,
+                        n,
+                        &mut a,
+                    )
+                    .unwrap();
+                    let ring = KvLayout { slots, first };
+                    attention_kv_with(
+                        t,
+                        &p,
+                        &q,
+                        kr.rows_view(),
+                        vr.rows_view(),
+                        ring,
+                        pos0,
+                        n,
+                        &mut b,
+                    )
+                    .unwrap();
+                    if first == 0 {
+                        for (x, y) in a.iter().zip(&b) {
+                            assert!((x - y).abs() < 1e-5, "{kt} {isa} at {pos0}: {x} vs {y}");
+                        }
+                    } else {
+                        // the first query's window of 40 reaches back to
+                        // 221, the layout holds from 250: as a window of 11
+                        for (x, y) in a[..p.n_head * hd].iter().zip(&b) {
+                            assert!((x - y).abs() < 1e-5, "{kt} {isa} first {first}: {x} vs {y}");
+                        }
+                    }
+                    let short = KvLayout {
+                        slots: slots - 1,
+                        first,
+                    };
+                    let (kr2, vr2) = (
+                        plane(&kx, slots - 1, &|j| j % (slots - 1)),
+                        plane(&vx, slots - 1, &|j| j % (slots - 1)),
+                    );
+                    let r = attention_kv_with(
+                        t,
+                        &p,
+                        &q,
+                        kr2.rows_view(),
+                        vr2.rows_view(),
+                        short,
+                        pos0,
+                        n,
+                        &mut b,
+                    );
+                    assert_eq!(r.is_err(), first == 0, "{pos0} {n}: a ring one slot short");
+                }
+            }
+        }
     }
 
     #[test]

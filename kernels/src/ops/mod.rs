@@ -12,7 +12,7 @@ mod rope;
 pub use activation::{
     gelu_tanh_mul, gelu_tanh_mul_with, silu_mul, silu_mul_with, softcap, softmax,
 };
-pub use attention::{attention, attention_kv_with, attention_with, AttentionParams};
+pub use attention::{attention, attention_kv_with, attention_with, AttentionParams, KvLayout};
 pub use hadamard::Hadamard;
 pub use kv_plane::{KvPlane, KvRows, KvType};
 pub use matmul::{
