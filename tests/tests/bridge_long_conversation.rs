@@ -1,5 +1,5 @@
 //! Conversations never die: 300 turns with the real default model at a
-//! context of 512 tokens, through an AssistantDevice (encrypted both
+//! context of 256 tokens, through an AssistantDevice (encrypted both
 //! ways), every turn answered; a message longer than the whole context
 //! gets a short encrypted refusal and the conversation goes on.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
@@ -15,7 +15,7 @@ use sotto_tests::bridge_user::BridgeUser;
 use sotto_tests::default_model_path;
 
 const TURNS: usize = 300;
-const CONTEXT: usize = 512;
+const CONTEXT: usize = 256;
 
 const QUESTIONS: [&str; 8] = [
     "What is the capital of France?",

@@ -153,8 +153,8 @@ fn damaged_foreign_and_stale_files_are_refused_and_lose_nothing() {
         matches!(
             p,
             SessionFileProblem::UnknownVersion {
-                found: 0,
-                supported: 1
+                found: 3,
+                supported: 2
             }
         )
     });
@@ -248,12 +248,74 @@ fn damaged_foreign_and_stale_files_are_refused_and_lose_nothing() {
 /// `good` opened, its plaintext changed by `edit`, sealed again under the
 /// test key with the header kept: authentic, but with other contents.
 fn authentic_file(good: &[u8], edit: impl Fn(&mut Vec<u8>)) -> Vec<u8> {
+    resealed(good, |_| {}, edit)
+}
+
+/// `good` opened, its header changed by `header_edit` and its plaintext by
+/// `edit`, sealed again under the test key with the new header (the
+/// sealed length field follows the plaintext).
+fn resealed(
+    good: &[u8],
+    header_edit: impl Fn(&mut Vec<u8>),
+    edit: impl Fn(&mut Vec<u8>),
+) -> Vec<u8> {
     let sealer = Sealer::for_purpose(&key(), "engine session");
-    let header = &good[..HEADER_LEN];
-    let aad = [b"engine session\0".as_slice(), header].concat();
-    let mut plain = sealer.open(&aad, &good[HEADER_LEN..]).unwrap().to_vec();
+    let aad = |h: &[u8]| [b"engine session\0".as_slice(), h].concat();
+    let mut plain = sealer
+        .open(&aad(&good[..HEADER_LEN]), &good[HEADER_LEN..])
+        .unwrap()
+        .to_vec();
+    // nonce and tag
+    let overhead = good.len() - HEADER_LEN - plain.len();
     edit(&mut plain);
-    [header, &sealer.seal(&aad, &plain).unwrap()].concat()
+    let mut header = good[..HEADER_LEN].to_vec();
+    header_edit(&mut header);
+    header[58..66].copy_from_slice(&((plain.len() + overhead) as u64).to_le_bytes());
+    [header.clone(), sealer.seal(&aad(&header), &plain).unwrap()].concat()
+}
+
+/// A version 1 file (no per-layer oldest position: every layer's rows
+/// from 0) restores as the version 2 file it was made from.
+#[test]
+fn a_version_1_file_still_restores() {
+    let dir = temp_dir("v1");
+    let path = dir.join("chat.session");
+    let mut chat = saved_chat(&path);
+    let good = std::fs::read(&path).unwrap();
+    let cache = chat.session().cache();
+    let n = chat.session().cached_tokens().len();
+    let (n_layer, n_kv, hd) = (cache.n_layer(), cache.n_kv_head(), cache.head_dim());
+    let v1 = resealed(
+        &good,
+        |h| h[8..10].copy_from_slice(&1u16.to_le_bytes()),
+        |plain| {
+            // geometry (13 bytes), tokens, then per layer a u32 0 before
+            // its f16 keys and values
+            let layer_bytes = 2 * n_kv * n * hd * 2;
+            let mut at = 13 + 4 + 4 * n;
+            for _ in 0..n_layer {
+                assert_eq!(plain[at..at + 4], [0; 4]);
+                plain.drain(at..at + 4);
+                at += layer_bytes;
+            }
+        },
+    );
+    let old = dir.join("v1.session");
+    std::fs::write(&old, &v1).unwrap();
+    let mut restored = loaded().restore_chat(&old, &key(), 512).unwrap();
+    assert_eq!(
+        restored.session().cached_tokens(),
+        chat.session().cached_tokens()
+    );
+    let a = chat
+        .send("And three nuts?", &greedy(12), &mut |_| {})
+        .unwrap();
+    let b = restored
+        .send("And three nuts?", &greedy(12), &mut |_| {})
+        .unwrap();
+    assert_eq!(a.text, b.text);
+    assert_eq!(b.stats.reused_tokens, a.stats.reused_tokens);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
