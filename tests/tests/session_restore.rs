@@ -232,6 +232,21 @@ fn damaged_foreign_and_stale_files_are_refused_and_lose_nothing() {
     std::fs::write(&bad, &geometry).unwrap();
     let p = problem(model.restore_chat(&bad, &key(), 512));
     assert!(matches!(p, SessionFileProblem::Geometry { .. }), "{p}");
+    // Authentic, but layer 0 says it holds positions from 1 on: a layer
+    // that keeps every position (no ring) cannot, nor past the tokens.
+    let n = chat.session().cached_tokens().len();
+    let first_at = 13 + 4 + 4 * n;
+    for first in [1u32, n as u32 + 1] {
+        let ring = authentic_file(&good, |plain| {
+            plain[first_at..first_at + 4].copy_from_slice(&first.to_le_bytes())
+        });
+        std::fs::write(&bad, &ring).unwrap();
+        let p = problem(model.restore_chat(&bad, &key(), 512));
+        assert!(
+            matches!(p, SessionFileProblem::Geometry { .. }),
+            "first {first}: {p}"
+        );
+    }
 
     // The original still restores after all that, and the chat that
     // refused everything still answers.
