@@ -40,6 +40,21 @@ pub fn default_model_path() -> PathBuf {
     path
 }
 
+/// BOS and the first `n` tokens of the repository's README: a long run of
+/// ordinary text for tests that need positions deep in the cache.
+pub fn readme_tokens(model: &sotto_models::Model, n: usize) -> Vec<u32> {
+    let text = std::fs::read_to_string(parity::repo_root().join("README.md")).unwrap_or_default();
+    let mut ids: Vec<u32> = model.tokenizer.bos_id().into_iter().collect();
+    ids.extend(model.tokenizer.encode(&text, false).unwrap_or_default());
+    assert!(
+        ids.len() >= n,
+        "README is {} tokens, {n} asked for",
+        ids.len()
+    );
+    ids.truncate(n);
+    ids
+}
+
 /// The default model, loaded once per test binary and shared.
 pub fn default_model() -> std::sync::Arc<sotto_models::Model> {
     static MODEL: std::sync::OnceLock<std::sync::Arc<sotto_models::Model>> =

@@ -42,8 +42,8 @@ use sotto_engine::{
     LogitsFor, SessionFileProblem,
 };
 use sotto_models::Model;
-use sotto_tests::parity::{read_f32_file, repo_root, run_llama_cases_script};
-use sotto_tests::{argmax, default_model, default_model_path, greedy, rel_l2};
+use sotto_tests::parity::{read_f32_file, run_llama_cases_script};
+use sotto_tests::{argmax, default_model, default_model_path, greedy, readme_tokens, rel_l2};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -61,20 +61,6 @@ const FLOOR: f64 = 0.01;
 const AGREE_SLACK: f64 = 0.05;
 
 const TYPES: [KvType; 3] = [KvType::F16, KvType::Q8_0, KvType::Q4_0];
-
-/// BOS and the README's first tokens.
-fn long_tokens(model: &Model) -> Vec<u32> {
-    let text = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
-    let mut ids: Vec<u32> = model.tokenizer.bos_id().into_iter().collect();
-    ids.extend(model.tokenizer.encode(&text, false).unwrap());
-    assert!(
-        ids.len() >= PREFILL + DECODE,
-        "README is {} tokens",
-        ids.len()
-    );
-    ids.truncate(PREFILL + DECODE);
-    ids
-}
 
 /// Sotto's kept logits rows with keys and values of `kv`; `tamper` sees
 /// the cache after the prefill.
@@ -193,7 +179,7 @@ fn shuffle_keys(cache: &mut KvCache) {
 #[test]
 fn quantized_kv_costs_no_more_than_in_llama_cpp() {
     let model = default_model();
-    let tokens = long_tokens(&model);
+    let tokens = readme_tokens(&model, PREFILL + DECODE);
     let ours: Vec<Vec<Vec<f32>>> = TYPES
         .iter()
         .map(|&t| sotto_rows(&model, KvTypes::both(t), &tokens, None))

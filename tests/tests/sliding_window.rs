@@ -19,9 +19,9 @@
 
 use sotto_engine::{Backend, BackendChoice, CpuBackend, LoadedModel, LogitsFor};
 use sotto_models::Model;
-use sotto_tests::parity::{read_f32_file, repo_root, run_llama_cases_script};
+use sotto_tests::parity::{read_f32_file, run_llama_cases_script};
 use sotto_tests::tiny_arch::gemma3_270m_path;
-use sotto_tests::{argmax, greedy, rel_l2};
+use sotto_tests::{argmax, greedy, readme_tokens, rel_l2};
 use std::sync::Arc;
 
 /// Tokens prefilled in batches (the last logits of each kept).
@@ -30,16 +30,6 @@ const PREFILL: usize = 1024;
 const CHUNK: usize = 256;
 /// Tokens decoded one at a time after it, all past the window.
 const DECODE: usize = 48;
-
-/// BOS and the README's first tokens.
-fn long_tokens(model: &Model, n: usize) -> Vec<u32> {
-    let text = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
-    let mut ids: Vec<u32> = model.tokenizer.bos_id().into_iter().collect();
-    ids.extend(model.tokenizer.encode(&text, false).unwrap());
-    assert!(ids.len() >= n, "README is {} tokens", ids.len());
-    ids.truncate(n);
-    ids
-}
 
 /// Kept logits rows of the protocol above on `backend` with `cache`.
 fn rows_of(
@@ -82,7 +72,7 @@ fn gemma_rings_answer_as_every_position_and_as_llama_cpp_past_the_window() {
     let model = Arc::new(Model::load(&file).unwrap());
     let window = model.spec.layers[0].attention.window.unwrap();
     assert_eq!(window, 512);
-    let tokens = long_tokens(&model, PREFILL + DECODE);
+    let tokens = readme_tokens(&model, PREFILL + DECODE);
     let mut backend = CpuBackend::new(model.clone(), 0).unwrap();
 
     let cache = backend.new_cache(tokens.len()).unwrap();
@@ -187,7 +177,7 @@ fn a_session_with_wrapped_rings_restores_and_answers_as_the_uninterrupted_one() 
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("ring.session");
     let model = Model::load(gemma3_270m_path()).unwrap();
-    let history = long_tokens(&model, 1000);
+    let history = readme_tokens(&model, 1000);
     let context = 2048;
 
     let mut uninterrupted = loaded.session(context).unwrap();
@@ -211,7 +201,7 @@ fn a_session_with_wrapped_rings_restores_and_answers_as_the_uninterrupted_one() 
     );
 
     let mut next = uninterrupted.cached_tokens().to_vec();
-    next.extend(long_tokens(&model, 1040)[1000..].iter());
+    next.extend(readme_tokens(&model, 1040)[1000..].iter());
     let mut expected = String::new();
     let stats = uninterrupted
         .generate(&next, &greedy(16), &mut |t| expected.push_str(t))
