@@ -28,7 +28,7 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 if ! cargo fuzz --version >/dev/null 2>&1; then
   cargo install --locked cargo-fuzz
 fi
-if rustup toolchain list 2>/dev/null | grep -q nightly; then
+if rustup toolchain list 2>/dev/null | grep nightly >/dev/null; then
   fuzz=(cargo +nightly fuzz)
 else
   export RUSTC_BOOTSTRAP=1

@@ -26,7 +26,7 @@ qnn_ep="$SITE/onnxruntime_qnn/libonnxruntime_providers_qnn.so"
 qnn_htp="$SITE/onnxruntime_qnn/libQnnHtp.so"
 
 installed_version() { # $1 = distribution name
-    ls -d "$SITE/$1-"*.dist-info 2>/dev/null | sed -E "s#.*/$1-([^/]*)\.dist-info#\1#" | head -n1
+    ls -d "$SITE/$1-"*.dist-info 2>/dev/null | sed -nE "1s#.*/$1-([^/]*)\.dist-info#\1#p"
 }
 
 if [[ "$(installed_version onnxruntime)" != "$ORT_VERSION" \

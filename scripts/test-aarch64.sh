@@ -30,7 +30,7 @@ step() { printf '\n==> %s\n' "$*"; }
 die() { printf 'test-aarch64: %s\n' "$*" >&2; exit 1; }
 
 step "toolchain for $TARGET"
-if ! rustup target list --installed | grep -qx "$TARGET"; then
+if ! rustup target list --installed | grep -x "$TARGET" >/dev/null; then
   rustup target add "$TARGET" || die "rustup target add $TARGET failed"
 fi
 missing=()

@@ -55,7 +55,7 @@ QEMU_TESTS=version,missing_file,bad_model,bad_arguments,france_streamed,context_
 
 step "toolchains"
 for t in "$ARM" "${PHONES[@]}"; do
-  rustup target list --installed | grep -qx "$t" || rustup target add "$t" || die "rustup target add $t failed"
+  rustup target list --installed | grep -x "$t" >/dev/null || rustup target add "$t" || die "rustup target add $t failed"
 done
 missing=()
 command -v aarch64-linux-gnu-gcc >/dev/null || missing+=(gcc-aarch64-linux-gnu)

@@ -183,7 +183,7 @@ if [ -f target/test-workspace.log ]; then
   printf '\n==> slowest test binaries (run time, without their build)\n'
   awk '/^ *(Running|Doc-tests) / { name = $0; sub(/^ *(Running|Doc-tests) /, "", name) }
        /^test result:/ { t = $NF; sub(/s$/, "", t); printf "%7.1fs  %s\n", t, name }' \
-    target/test-workspace.log | sort -rn | head -n 15
+    target/test-workspace.log | sort -rn | awk 'NR <= 15'
 fi
 printf '\n==> time per step (total %dm%02ds)\n' $((SECONDS / 60)) $((SECONDS % 60))
 printf '%s\n' "${timeline[@]}"
