@@ -166,6 +166,18 @@ pub fn script_fixture_from(
     dir
 }
 
+/// A QNN context-binary cache directory for one test (`name`), kept in the
+/// user cache across runs so the HTP emulator's graph preparation (a minute
+/// or more per graph pair on the default model) is paid once. The ORT
+/// backend reuses a context binary only when its sidecar names the digest of
+/// the exact graph bytes it was prepared from: a changed export prepares
+/// again. Both paths are tested on their own in ort_qnn_decoder.
+pub fn qnn_context_cache(name: &str) -> PathBuf {
+    let dir = parity::cache_dir().join("qnn-context").join(name);
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+    dir
+}
+
 /// A tiny random Llama (2 layers, d_model 32, 4/2 heads of 8, ffn 64)
 /// written to a temporary GGUF file named after `tag`; its path.
 pub fn tiny_llama_file(tag: &str) -> PathBuf {

@@ -461,18 +461,26 @@ fn hybrid_prefills_on_qnn_htp_in_f16_and_follows_the_cpu_backend() {
     )
     .unwrap();
     let config = OrtConfig {
-        eps: vec![Ep::Qnn(Default::default())],
+        eps: vec![Ep::Qnn(sotto_engine::ort::QnnOptions {
+            context_cache: Some(sotto_tests::qnn_context_cache("hybrid-f16")),
+            ..Default::default()
+        })],
         npu_only: true,
         ..Default::default()
     };
     let t = std::time::Instant::now();
     let graphs = OrtDecoder::open(&f.model.spec, &dir, &config).unwrap();
+    let (p, d) = graphs.graphs().placement();
     eprintln!(
-        "QNN sessions in {:?}\n{}",
+        "QNN sessions in {:?} ({})\n{}",
         t.elapsed(),
+        if p.from_context_cache && d.from_context_cache {
+            "cached context binaries"
+        } else {
+            "graph preparation"
+        },
         graphs.placement_report()
     );
-    let (p, d) = graphs.graphs().placement();
     assert!(p.fully_offloaded() && d.fully_offloaded(), "{p} / {d}");
     let mut h = HybridBackend::new(graphs, cpu()).unwrap();
     let mut c = cpu();
