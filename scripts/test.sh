@@ -145,9 +145,40 @@ fi
 step "workspace tests"
 soak_report=target/tmp/bridge-soak-report.txt
 rm -f "$soak_report"
-if ! cargo test --workspace --all-features --no-fail-fast 2>&1 | tee target/test-workspace.log; then
+# The QNN HTP emulator suites (package sotto-npu-tests) spend minutes on one
+# thread, so they run beside the others rather than after them; their log
+# is printed when both are done.
+# The binaries are the ones the workspace build made (a `cargo test -p`
+# would unify other features and build the engine again).
+npu_log=target/test-npu.log
+npu_tests=$(cargo test --workspace --all-features --no-run --message-format=json 2>/dev/null |
+  python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if (m.get("reason") == "compiler-artifact" and "sotto-npu-tests" in m["package_id"]
+            and m["target"]["kind"] == ["test"] and m.get("executable")):
+        print(m["target"]["src_path"] + "\t" + m["executable"])
+') || npu_tests=""
+(
+  cd tests/npu
+  ok=1
+  [ -n "$npu_tests" ] || { echo "no sotto-npu-tests binaries were built"; exit 1; }
+  while IFS=$'\t' read -r src exe; do
+    echo "     Running ${src#"$PWD/"} ($exe)"
+    "$exe" || ok=0
+  done <<<"$npu_tests"
+  [ "$ok" = 1 ]
+) >"$npu_log" 2>&1 &
+npu_pid=$!
+if ! cargo test --workspace --exclude sotto-npu-tests --all-features --no-fail-fast 2>&1 | tee target/test-workspace.log; then
   failed+=("workspace tests")
 fi
+npu_ok=1
+wait "$npu_pid" || npu_ok=0
+printf '\n==> QNN HTP emulator suites (sotto-npu-tests, run beside the workspace tests)\n'
+cat "$npu_log"
+[ "$npu_ok" = 1 ] || failed+=("QNN HTP emulator suites (sotto-npu-tests)")
 # The bridge soak's figures (tools/tests/bridge_soak.rs, one round here;
 # scripts/bridge-soak.sh runs it for minutes).
 if [ -f "$soak_report" ]; then cat "$soak_report"; fi
@@ -183,7 +214,7 @@ if [ -f target/test-workspace.log ]; then
   printf '\n==> slowest test binaries (run time, without their build)\n'
   awk '/^ *(Running|Doc-tests) / { name = $0; sub(/^ *(Running|Doc-tests) /, "", name) }
        /^test result:/ { t = $NF; sub(/s$/, "", t); printf "%7.1fs  %s\n", t, name }' \
-    target/test-workspace.log | sort -rn | awk 'NR <= 15'
+    target/test-workspace.log "$npu_log" | sort -rn | awk 'NR <= 15'
 fi
 printf '\n==> time per step (total %dm%02ds)\n' $((SECONDS / 60)) $((SECONDS % 60))
 printf '%s\n' "${timeline[@]}"
