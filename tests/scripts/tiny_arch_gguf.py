@@ -26,6 +26,15 @@ top-two margins are clear), and a real tokenizer copied from a real file:
 llama.cpp's `llama` graph ignores `llama.attention.sliding_window`, so that
 twin is how llama.cpp computes a Mistral-style sliding-window Llama.
 
+`--layers/--d-model/--heads/--kv-heads/--head-dim/--ffn` replace the tiny
+dimensions and `--vocab N` pads the copied tokenizer with unused control
+tokens up to N entries, so a file has the exact tensor shapes of a real model
+(`sotto bench --sweep-sizes` writes speed fixtures of SmolLM2-360M,
+Qwen2.5-0.5B, Llama-3.2-1B and Qwen2.5-1.5B this way); `--tied` / `--untied`
+choose whether the output projection is the embedding table, as the real
+model does. Large files draw their weights in float32 (the tiny defaults keep
+their float64 draws, so their bytes do not change).
+
 Deterministic: the same arguments give the same bytes.
 """
 
@@ -52,7 +61,8 @@ POST_NORM_GAIN = 8.0
 
 # tq1_0 (ternary, 256-element blocks: BPE-sized families only) is a type Sotto
 # has no kernel for: the file `sotto inspect` must show and explain.
-TYPES = {"f32": Q.F32, "f16": Q.F16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "tq1_0": Q.TQ1_0}
+TYPES = {"f32": Q.F32, "f16": Q.F16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0, "q4_1": Q.Q4_1,
+         "tq1_0": Q.TQ1_0}
 
 ARCHES = ["llama", "llama-swa", "qwen2", "qwen3", "gemma2", "gemma3", "phi3", "granite"]
 
@@ -64,7 +74,14 @@ class Weights:
         self.rng = np.random.default_rng(seed)
         self.wtype = wtype
 
+    # Set for model-sized files: float32 draws, half the time and memory.
+    float32 = False
+
     def normal(self, shape: tuple[int, ...], std: float) -> np.ndarray:
+        if self.float32:
+            x = self.rng.standard_normal(shape, dtype=np.float32)
+            x *= np.float32(std)
+            return x
         return (self.rng.standard_normal(shape) * std).astype(np.float32)
 
     def matrix(self, rows: int, cols: int, std: float | None = None) -> np.ndarray:
@@ -96,8 +113,13 @@ def read_vocab(path: Path) -> dict:
     return out
 
 
-def copy_vocab(w: gguf.GGUFWriter, fields: dict, pre: str | None) -> int:
-    """Writes the tokenizer keys of `fields`; returns the vocabulary size."""
+# llama.cpp's token type of a control token (gguf.TokenType.CONTROL).
+CONTROL_TOKEN = 3
+
+
+def copy_vocab(w: gguf.GGUFWriter, fields: dict, pre: str | None, pad_to: int | None = None) -> int:
+    """Writes the tokenizer keys of `fields`; returns the vocabulary size.
+    `pad_to` appends unused control tokens (and scores) up to that size."""
     n_vocab = 0
     for key, field in fields.items():
         if key == "tokenizer.ggml.pre" and pre is not None:
@@ -107,6 +129,17 @@ def copy_vocab(w: gguf.GGUFWriter, fields: dict, pre: str | None) -> int:
         vtype = field.types[0]
         if vtype == gguf.GGUFValueType.ARRAY:
             sub = field.types[1] if len(field.types) > 1 else None
+            if pad_to is not None and key in ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
+                                              "tokenizer.ggml.scores"):
+                extra = pad_to - len(value)
+                if extra < 0:
+                    sys.exit(f"--vocab {pad_to} is smaller than the copied vocabulary ({len(value)})")
+                base = len(value)
+                value = list(value) + {
+                    "tokenizer.ggml.tokens": [f"<|sweep_pad_{base + i}|>" for i in range(extra)],
+                    "tokenizer.ggml.token_type": [CONTROL_TOKEN] * extra,
+                    "tokenizer.ggml.scores": [0.0] * extra,
+                }[key]
             if key == "tokenizer.ggml.tokens":
                 n_vocab = len(value)
             w.add_key_value(key, value, vtype, sub_type=sub)
@@ -139,11 +172,15 @@ def llama3_rope_freqs(theta: float, n_rot: int, factor: float, low: float, high:
 
 
 def build(arch: str, out: Path, bpe_vocab: Path | None, spm_vocab: Path | None,
-          twin: str | None, wtype: Q, etype: Q, otype: Q, seed: int) -> None:
+          twin: str | None, wtype: Q, etype: Q, otype: Q, seed: int,
+          shape: dict | None = None, pad_vocab: int | None = None,
+          tied_override: bool | None = None) -> None:
     spm = arch in ("gemma2", "gemma3", "phi3")
     dims = SPM_DIMS if spm else BPE_DIMS
     if arch == "gemma3":
         dims = dict(dims, n_layer=8)
+    if shape:
+        dims = dict(dims, **shape)
     n_layer, d, n_head, n_kv = dims["n_layer"], dims["d_model"], dims["n_head"], dims["n_kv_head"]
     hd, ff = dims["head_dim"], dims["ffn"]
     if arch == "qwen3":
@@ -166,6 +203,7 @@ def build(arch: str, out: Path, bpe_vocab: Path | None, spm_vocab: Path | None,
     w.add_layer_norm_rms_eps(1e-6 if spm else 1e-5)
     w.add_rope_dimension_count(hd)
     w.add_file_type({Q.Q8_0: gguf.LlamaFileType.MOSTLY_Q8_0, Q.Q4_0: gguf.LlamaFileType.MOSTLY_Q4_0,
+                     Q.Q4_1: gguf.LlamaFileType.MOSTLY_Q4_1,
                      Q.F16: gguf.LlamaFileType.MOSTLY_F16, Q.TQ1_0: gguf.LlamaFileType.MOSTLY_TQ1_0}.get(wtype, gguf.LlamaFileType.ALL_F32))
 
     vocab_path = spm_vocab if spm else bpe_vocab
@@ -173,11 +211,12 @@ def build(arch: str, out: Path, bpe_vocab: Path | None, spm_vocab: Path | None,
         sys.exit(f"{arch} needs --{'spm' if spm else 'bpe'}-vocab")
     pre = {"llama": "llama-bpe", "llama-swa": "smollm", "qwen2": "qwen2", "qwen3": "qwen2",
            "granite": "refact"}.get(arch)
-    n_vocab = copy_vocab(w, read_vocab(vocab_path), pre)
+    n_vocab = copy_vocab(w, read_vocab(vocab_path), pre, pad_vocab)
 
     rope_theta = 10_000.0
     tied = False
     rng = Weights(seed, wtype)
+    rng.float32 = bool(shape) or pad_vocab is not None
     extra: list[tuple[str, np.ndarray]] = []
     if arch == "llama":
         rope_theta = 500_000.0
@@ -225,6 +264,8 @@ def build(arch: str, out: Path, bpe_vocab: Path | None, spm_vocab: Path | None,
         w.add_attention_scale(0.3)
         w.add_logit_scale(8.0)
     w.add_rope_freq_base(rope_theta)
+    if tied_override is not None:
+        tied = tied_override
 
     logit_std = LOGIT_STD * (8.0 if arch == "granite" else 1.0)
     embd = rng.matrix(n_vocab, d, std=logit_std / math.sqrt(d))
@@ -293,13 +334,29 @@ def main() -> None:
     # more than its own self-difference on a model with flat attention.
     ap.add_argument("--output-type", choices=TYPES, default="f32", help="type of output (untied families)")
     ap.add_argument("--seed", type=int, default=0)
+    dims = ap.add_argument_group("a real model's shape (default: the tiny shape of the family)")
+    for flag, key in [("--layers", "n_layer"), ("--d-model", "d_model"), ("--heads", "n_head"),
+                      ("--kv-heads", "n_kv_head"), ("--head-dim", "head_dim"), ("--ffn", "ffn")]:
+        dims.add_argument(flag, type=int, dest=key)
+    dims.add_argument("--vocab", type=int, help="pad the tokenizer to this many tokens")
+    tie = dims.add_mutually_exclusive_group()
+    tie.add_argument("--tied", dest="tied", action="store_true", default=None,
+                     help="the output projection is the embedding table")
+    tie.add_argument("--untied", dest="tied", action="store_false", help="a separate output matrix")
     args = ap.parse_args()
     if args.twin and args.arch != "llama-swa":
         sys.exit("--twin applies to llama-swa only")
     wtype, etype, otype = TYPES[args.wtype], TYPES[args.embd_type], TYPES[args.output_type]
     seed = args.seed * 1000 + ARCHES.index(args.arch)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    build(args.arch, args.out, args.bpe_vocab, args.spm_vocab, args.twin, wtype, etype, otype, seed)
+    shape = {k: getattr(args, k) for k in ("n_layer", "d_model", "n_head", "n_kv_head", "head_dim", "ffn")
+             if getattr(args, k) is not None}
+    # Written beside the destination and renamed: a cut run leaves no file
+    # that looks complete.
+    tmp = args.out.with_name(args.out.name + ".tmp")
+    build(args.arch, tmp, args.bpe_vocab, args.spm_vocab, args.twin, wtype, etype, otype, seed,
+          shape or None, args.vocab, args.tied)
+    tmp.replace(args.out)
 
 
 if __name__ == "__main__":

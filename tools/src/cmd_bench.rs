@@ -130,6 +130,17 @@ pub struct BenchArgs {
     /// Print only the rows as JSON (child processes of an ISA sweep).
     #[arg(long, hide = true)]
     pub json_rows: bool,
+    /// Bench random-weight GGUFs in the exact shapes of real models instead
+    /// of one model: `default` (smollm2-360m, qwen2.5-0.5b, llama3.2-1b,
+    /// qwen2.5-1.5b), `all` (and llama3.2-3b), or names (comma list). The
+    /// files are written once into the user cache (`sweep/`) with --python
+    /// (PyPI gguf, and llama-cpp-python's quantizer); --model gives the
+    /// tokenizer they copy (default: the default model).
+    #[arg(long, value_delimiter = ',', value_name = "SHAPES")]
+    pub sweep_sizes: Vec<String>,
+    /// Weight types of --sweep-sizes: q4_0, q4_k_m, q8_0 (comma list).
+    #[arg(long, value_delimiter = ',', default_value = "q4_0,q4_k_m,q8_0")]
+    pub sweep_types: Vec<String>,
 }
 
 impl BenchArgs {
@@ -166,6 +177,9 @@ fn resolve_threads(threads: &[usize]) -> Vec<usize> {
 pub fn run(args: BenchArgs) -> Result<(), String> {
     if args.repetitions == 0 {
         return Err("-r must be at least 1".into());
+    }
+    if !args.sweep_sizes.is_empty() {
+        return run_sweep_sizes(&args);
     }
     if let Some(engine) = &args.compare {
         if engine != "llama.cpp" {
@@ -246,15 +260,34 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         report::attach_llama_cpp_ratios(&mut rows);
     }
 
-    let bandwidth = rows.iter().any(|r| r.test == sweep::TestKind::Tg).then(|| {
-        let spinner = spinner("read bandwidth probe");
-        let probe = machine::probe_read_bandwidth(summary.weights_bytes as usize, all_cores(), 5);
+    // The probe at every thread count a decode row ran with (both
+    // engines), at the L3, weights and DRAM sizes.
+    let mut probe_threads: Vec<usize> = rows
+        .iter()
+        .filter(|r| r.test == sweep::TestKind::Tg)
+        .map(|r| r.threads)
+        .collect();
+    probe_threads.sort_unstable();
+    probe_threads.dedup();
+    let bandwidth_levels = if probe_threads.is_empty() {
+        Vec::new()
+    } else {
+        let spinner = spinner("read bandwidth probe (L3, weights and DRAM sizes)");
+        let levels =
+            machine::probe_bandwidth_levels(summary.weights_bytes as usize, &probe_threads);
         spinner.finish_and_clear();
-        probe
-    });
-    if let Some(probe) = &bandwidth {
-        report::attach_bandwidth_fractions(&mut rows, summary.bytes_per_decoded_token, probe);
-    }
+        levels
+    };
+    report::attach_bandwidth_fractions(
+        &mut rows,
+        summary.bytes_per_decoded_token,
+        &bandwidth_levels,
+    );
+    let bandwidth = bandwidth_levels
+        .iter()
+        .filter(|p| p.what == "weights")
+        .max_by_key(|p| p.threads)
+        .cloned();
 
     let report = Report {
         machine: Machine::detect(),
@@ -262,6 +295,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         kernel_isa_auto: backends::kernel_isa().unwrap_or_else(|e| e),
         kernel_isas_available: backends::available_isas(),
         bandwidth,
+        bandwidth_levels,
         rows,
     };
     let speculative = if args.lookup.is_some() || args.draft_model.is_some() {
@@ -307,6 +341,108 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         }
         OutputFormat::Json => report::json(&report)? + "\n",
         OutputFormat::Csv => report::csv(&report.rows),
+    };
+    print!("{text}");
+    Ok(())
+}
+
+/// `--sweep-sizes`: every (shape, type) fixture benched in its own child
+/// (`sotto bench -o json`, the same axes and `--compare`), then one table.
+fn run_sweep_sizes(args: &BenchArgs) -> Result<(), String> {
+    use bench::sizes;
+    let shapes = sizes::parse_shapes(&args.sweep_sizes)?;
+    let types = sizes::parse_types(&args.sweep_types)?;
+    if args.quant.is_some()
+        || args.lookup.is_some()
+        || args.draft_model.is_some()
+        || args.json_schema.is_some()
+        || !args.lora.is_empty()
+        || args.output == OutputFormat::Csv
+    {
+        return Err(
+            "--sweep-sizes runs the throughput sweep only (no --quant, --lookup, \
+                    --draft-model, --json-schema, --lora; -o md or json)"
+                .into(),
+        );
+    }
+    if let Some(engine) = &args.compare {
+        if engine != "llama.cpp" {
+            return Err(format!("--compare {engine:?}: only llama.cpp is supported"));
+        }
+    }
+    let threads = resolve_threads(&args.threads);
+    sweep::validate(&args.axes(threads.clone()))?;
+    let vocab = crate::resolve_model(args.model.clone())?;
+    let cache = crate::fetch::cache_dir();
+    let exe = std::env::current_exe().map_err(|e| format!("locating this binary: {e}"))?;
+    let mut results = Vec::new();
+    for shape in &shapes {
+        for wtype in &types {
+            let path = sizes::ensure_fixture(&args.python, &cache, shape, wtype, &vocab)?;
+            let mut child = vec![
+                "bench".to_string(),
+                "-m".into(),
+                path.display().to_string(),
+                "-o".into(),
+                "json".into(),
+            ];
+            for (flag, value) in [
+                ("-p", list(&args.n_prompt)),
+                ("-n", list(&args.n_gen)),
+                ("-t", list(&threads)),
+                ("-d", list(&args.depth)),
+                ("--isa", args.isa.join(",")),
+                ("--backend", args.backend.join(",")),
+                ("-r", args.repetitions.to_string()),
+                ("--warmup", args.warmup.to_string()),
+                ("--seed", args.seed.to_string()),
+                ("--python", args.python.clone()),
+            ] {
+                child.push(flag.to_string());
+                child.push(value);
+            }
+            if let Some(engine) = &args.compare {
+                child.push("--compare".into());
+                child.push(engine.clone());
+            }
+            eprintln!("bench {} {wtype} ({})", shape.model, path.display());
+            let out = Command::new(&exe)
+                .args(&child)
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .map_err(|e| format!("running {}: {e}", exe.display()))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "bench of {} failed ({})",
+                    path.display(),
+                    out.status
+                ));
+            }
+            let report: Report = serde_json::from_slice(&out.stdout)
+                .map_err(|e| format!("bench of {}: reading its JSON: {e}", path.display()))?;
+            results.push(sizes::SizeResult {
+                shape: *shape,
+                wtype: wtype.to_string(),
+                report,
+            });
+        }
+    }
+    let text = match args.output {
+        OutputFormat::Json => {
+            let v: Vec<serde_json::Value> = results
+                .iter()
+                .map(|r| {
+                    serde_json::json!({
+                        "shape": r.shape.name,
+                        "model": r.shape.model,
+                        "type": r.wtype,
+                        "report": r.report,
+                    })
+                })
+                .collect();
+            serde_json::to_string_pretty(&v).map_err(|e| format!("writing JSON: {e}"))? + "\n"
+        }
+        _ => sizes::markdown(&results),
     };
     print!("{text}");
     Ok(())

@@ -108,41 +108,210 @@ pub fn parse_cpuinfo(text: &str, arch: &str, logical_cores: usize) -> Machine {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BandwidthProbe {
+    /// Median over the repetitions.
     pub gb_per_s: f64,
     pub buffer_bytes: usize,
     pub threads: usize,
+    /// What the buffer size stands for: `L3` (half the last-level cache),
+    /// `weights` (the model's tensor bytes) or `DRAM` (many times the cache).
+    #[serde(default)]
+    pub what: String,
+    /// The fastest repetition.
+    #[serde(default)]
+    pub best_gb_per_s: f64,
+    /// 10th and 90th percentiles of the repetitions (GB/s).
+    #[serde(default)]
+    pub p10_gb_per_s: f64,
+    #[serde(default)]
+    pub p90_gb_per_s: f64,
+    #[serde(default)]
+    pub repetitions: usize,
+    /// Each reading thread ran pinned to its own CPU.
+    #[serde(default)]
+    pub pinned: bool,
 }
 
-/// Best-of-`runs` read bandwidth over a buffer of `bytes` (rounded up to 8),
-/// all `threads` reading disjoint slices. A buffer the size of the weights
-/// sees the same cache level the weights do, so weights-bytes × tokens/s
-/// over this figure is the share of the machine's limit a decode reaches.
-pub fn probe_read_bandwidth(bytes: usize, threads: usize, runs: usize) -> BandwidthProbe {
+/// Timed repetitions last at least this long (a cache-resident buffer is
+/// read several times per repetition).
+const MIN_REPETITION_SECS: f64 = 0.02;
+/// Repetitions stop once there are enough and they took this long...
+const MIN_PROBE_SECS: f64 = 0.3;
+/// ...or at this many.
+const MAX_REPETITIONS: usize = 200;
+
+/// Read bandwidth over a buffer of `bytes` (rounded up to 8, at least
+/// 8 KiB): `threads` threads, each pinned to its own CPU where the OS lets
+/// us, read disjoint slices between two barriers; at least `min_reps` timed
+/// repetitions (and at least [`MIN_PROBE_SECS`] of them) after an untimed
+/// one, each long enough to time well; the median is the figure, best and
+/// percentiles show the noise. A buffer the size of the weights sees the
+/// same cache level the weights do, so weights-bytes × tokens/s over this
+/// figure is the share of the machine's limit a decode reaches.
+pub fn probe_read_bandwidth(bytes: usize, threads: usize, min_reps: usize) -> BandwidthProbe {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Barrier;
+
     let words = bytes.div_ceil(8).max(1024);
     let threads = threads.max(1);
     // Distinct values on every page, so no page is shared zero memory.
     let buf: Vec<u64> = (0..words as u64).collect();
     let chunk = words.div_ceil(threads);
-    let mut best = f64::INFINITY;
-    for _ in 0..runs.max(1) {
-        let t0 = Instant::now();
-        let total: u64 = std::thread::scope(|s| {
-            let handles: Vec<_> = buf
-                .chunks(chunk)
-                .map(|part| s.spawn(move || sum_words(part)))
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or(0))
-                .fold(0, u64::wrapping_add)
-        });
-        std::hint::black_box(total);
-        best = best.min(t0.elapsed().as_secs_f64());
-    }
+    let parts: Vec<&[u64]> = buf.chunks(chunk).collect();
+    let cpus = allowed_cpus();
+    let barrier = Barrier::new(parts.len() + 1);
+    let stop = AtomicBool::new(false);
+    let passes = AtomicUsize::new(1);
+    let pinned_threads = AtomicUsize::new(0);
+    let mut samples: Vec<f64> = Vec::new();
+    std::thread::scope(|s| {
+        for (i, part) in parts.iter().enumerate() {
+            let (barrier, stop, passes, pinned_threads) =
+                (&barrier, &stop, &passes, &pinned_threads);
+            let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
+            s.spawn(move || {
+                if cpu.is_some_and(pin_current_thread) {
+                    pinned_threads.fetch_add(1, Ordering::Relaxed);
+                }
+                loop {
+                    barrier.wait();
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
+                    let mut total = 0u64;
+                    for _ in 0..passes.load(Ordering::Acquire) {
+                        total = total.wrapping_add(sum_words(std::hint::black_box(part)));
+                    }
+                    std::hint::black_box(total);
+                    barrier.wait();
+                }
+            });
+        }
+        let timed = |n: usize| {
+            passes.store(n, Ordering::Release);
+            barrier.wait();
+            let t0 = Instant::now();
+            barrier.wait();
+            t0.elapsed().as_secs_f64().max(1e-9)
+        };
+        // Untimed: the first pass also settles the pages and the pinning.
+        let first = timed(1);
+        let n = ((MIN_REPETITION_SECS / first).ceil() as usize).clamp(1, 100_000);
+        let mut spent = 0.0;
+        while samples.len() < MAX_REPETITIONS
+            && (samples.len() < min_reps.max(1) || spent < MIN_PROBE_SECS)
+        {
+            let secs = timed(n);
+            spent += secs;
+            samples.push((words * 8 * n) as f64 / secs / 1e9);
+        }
+        stop.store(true, Ordering::Release);
+        barrier.wait();
+    });
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
     BandwidthProbe {
-        gb_per_s: (words * 8) as f64 / best / 1e9,
+        gb_per_s: at(0.5),
         buffer_bytes: words * 8,
         threads,
+        what: String::new(),
+        best_gb_per_s: at(1.0),
+        p10_gb_per_s: at(0.1),
+        p90_gb_per_s: at(0.9),
+        repetitions: samples.len(),
+        pinned: pinned_threads.into_inner() == parts.len(),
+    }
+}
+
+/// The machine's bandwidth at the cache levels a decode can run from:
+/// for each thread count, an `L3` buffer (half the last-level cache),
+/// the model's `weights` size, and a `DRAM` buffer (8 × the last-level
+/// cache, at least 256 MiB).
+pub fn probe_bandwidth_levels(weights_bytes: usize, threads: &[usize]) -> Vec<BandwidthProbe> {
+    let l3 = last_level_cache_bytes().unwrap_or(32 << 20);
+    let sizes = [
+        ("L3", l3 / 2),
+        ("weights", weights_bytes),
+        ("DRAM", (8 * l3).max(256 << 20)),
+    ];
+    let mut out = Vec::new();
+    let mut seen = Vec::new();
+    for &t in threads {
+        if seen.contains(&t) {
+            continue;
+        }
+        seen.push(t);
+        for (what, bytes) in sizes {
+            let mut p = probe_read_bandwidth(bytes, t, 9);
+            p.what = what.to_string();
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The CPUs this process may run on (empty where the OS does not say).
+fn allowed_cpus() -> Vec<usize> {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        if let Ok(set) = rustix::thread::sched_getaffinity(None) {
+            return (0..rustix::thread::CpuSet::MAX_CPU)
+                .filter(|&c| set.is_set(c))
+                .collect();
+        }
+    }
+    Vec::new()
+}
+
+/// Pins the calling thread to `cpu`; false where the OS refuses or has no
+/// such call.
+fn pin_current_thread(cpu: usize) -> bool {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    {
+        let mut set = rustix::thread::CpuSet::new();
+        set.set(cpu);
+        rustix::thread::sched_setaffinity(None, &set).is_ok()
+    }
+    #[cfg(not(any(target_os = "linux", target_os = "android")))]
+    {
+        let _ = cpu;
+        false
+    }
+}
+
+/// Size of the last-level (highest-numbered) cache of CPU 0, from sysfs.
+pub fn last_level_cache_bytes() -> Option<usize> {
+    let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
+    let mut best: Option<(u32, usize)> = None;
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let read = |f: &str| std::fs::read_to_string(entry.path().join(f)).ok();
+        let (Some(level), Some(size)) = (read("level"), read("size")) else {
+            continue;
+        };
+        let (Ok(level), Some(bytes)) = (level.trim().parse::<u32>(), parse_cache_size(&size))
+        else {
+            continue;
+        };
+        if best.is_none_or(|(l, _)| level > l) {
+            best = Some((level, bytes));
+        }
+    }
+    best.map(|(_, b)| b)
+}
+
+/// "32768K", "1M", "512" (sysfs cache sizes) in bytes.
+fn parse_cache_size(text: &str) -> Option<usize> {
+    let t = text.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let n: usize = digits.parse().ok()?;
+    match unit.trim() {
+        "" => Some(n),
+        "K" | "KB" | "KiB" => Some(n << 10),
+        "M" | "MB" | "MiB" => Some(n << 20),
+        "G" | "GB" | "GiB" => Some(n << 30),
+        _ => None,
     }
 }
 
@@ -221,8 +390,19 @@ flags\t\t: fpu sse2 avx2 fma f16c avx512f avx512bw amx_tile\n";
     #[test]
     fn bandwidth_probe_reads_the_whole_buffer() {
         assert_eq!(sum_words(&[1, 2, 3, 4, 5, 6, 7]), 28);
-        let p = probe_read_bandwidth(1 << 20, 2, 2);
+        let p = probe_read_bandwidth(1 << 20, 2, 3);
         assert_eq!(p.buffer_bytes, 1 << 20);
         assert!(p.gb_per_s > 0.0 && p.gb_per_s.is_finite());
+        assert!(p.repetitions >= 3);
+        assert!(p.p10_gb_per_s <= p.gb_per_s && p.gb_per_s <= p.p90_gb_per_s);
+        assert!(p.p90_gb_per_s <= p.best_gb_per_s);
+    }
+
+    #[test]
+    fn cache_sizes_parse() {
+        assert_eq!(parse_cache_size("32768K\n"), Some(32 << 20));
+        assert_eq!(parse_cache_size("1M"), Some(1 << 20));
+        assert_eq!(parse_cache_size("512"), Some(512));
+        assert_eq!(parse_cache_size("lots"), None);
     }
 }

@@ -9,6 +9,7 @@ pub mod llama_cpp;
 pub mod machine;
 pub mod report;
 pub mod runner;
+pub mod sizes;
 pub mod speculative;
 pub mod stats;
 pub mod sweep;

@@ -111,6 +111,10 @@ pub struct Report {
     /// Every kernel path this CPU can run (what `--isa` can force).
     pub kernel_isas_available: Vec<String>,
     pub bandwidth: Option<BandwidthProbe>,
+    /// The probe at the L3, weights and DRAM sizes for every thread count
+    /// of the rows ([`super::machine::probe_bandwidth_levels`]).
+    #[serde(default)]
+    pub bandwidth_levels: Vec<BandwidthProbe>,
     pub rows: Vec<BenchRow>,
 }
 
@@ -131,17 +135,73 @@ pub fn attach_llama_cpp_ratios(rows: &mut [BenchRow]) {
     }
 }
 
-/// Share of the probed bandwidth each tg row's weight reads use.
+/// Share of the probed bandwidth each tg row's weight reads use (of either
+/// engine): against the weights-sized probe with the row's thread count
+/// when `probes` has one, else the first probe.
 pub fn attach_bandwidth_fractions(
     rows: &mut [BenchRow],
     bytes_per_token: u64,
-    probe: &BandwidthProbe,
+    probes: &[BandwidthProbe],
 ) {
     for row in rows.iter_mut().filter(|r| r.test == TestKind::Tg) {
+        let probe = probes
+            .iter()
+            .find(|p| p.threads == row.threads && p.what == "weights")
+            .or_else(|| probes.iter().find(|p| p.threads == row.threads))
+            .or(probes.first());
         let bytes_per_s = row.tokens_per_s_mean * bytes_per_token as f64;
-        row.bandwidth_fraction =
-            (probe.gb_per_s > 0.0).then(|| bytes_per_s / (probe.gb_per_s * 1e9));
+        row.bandwidth_fraction = probe
+            .filter(|p| p.gb_per_s > 0.0)
+            .map(|p| bytes_per_s / (p.gb_per_s * 1e9));
     }
+}
+
+/// "L3 16.0 MiB: 1 t 40.1 GB/s (p10–p90 38.0–41.2), 2 t ..." lines.
+pub fn bandwidth_levels_markdown(levels: &[BandwidthProbe]) -> String {
+    let mut out = String::new();
+    let mut whats: Vec<&str> = Vec::new();
+    for p in levels {
+        if !whats.contains(&p.what.as_str()) {
+            whats.push(&p.what);
+        }
+    }
+    let pinned = levels.iter().all(|p| p.pinned);
+    for what in whats {
+        let probes: Vec<&BandwidthProbe> = levels.iter().filter(|p| p.what == what).collect();
+        let cells: Vec<String> = probes
+            .iter()
+            .map(|p| {
+                format!(
+                    "{} t {:.1} GB/s ({:.1}–{:.1})",
+                    p.threads, p.gb_per_s, p.p10_gb_per_s, p.p90_gb_per_s
+                )
+            })
+            .collect();
+        let _ = writeln!(
+            out,
+            "- read bandwidth, {what} ({} MiB): {}",
+            mib(probes[0].buffer_bytes as u64),
+            cells.join(", ")
+        );
+    }
+    if let Some(p) = levels.first() {
+        let _ = writeln!(
+            out,
+            "- bandwidth probe: median of {}+ repetitions (p10–p90 in brackets){}; BW use = \
+             weights read per token × t/s over the weights-sized probe at the row's threads",
+            levels
+                .iter()
+                .map(|p| p.repetitions)
+                .min()
+                .unwrap_or(p.repetitions),
+            if pinned {
+                ", one pinned thread per CPU"
+            } else {
+                ""
+            }
+        );
+    }
+    out
 }
 
 fn mib(bytes: u64) -> String {
@@ -247,7 +307,9 @@ pub fn markdown(report: &Report) -> String {
         "- sotto kernel ISA with --isa auto: {}",
         report.kernel_isa_auto
     );
-    if let Some(bw) = &report.bandwidth {
+    if !report.bandwidth_levels.is_empty() {
+        out.push_str(&bandwidth_levels_markdown(&report.bandwidth_levels));
+    } else if let Some(bw) = &report.bandwidth {
         let best = report
             .rows
             .iter()
@@ -421,8 +483,14 @@ mod tests {
             gb_per_s: 20.0,
             buffer_bytes: 96 << 20,
             threads: 2,
+            what: String::new(),
+            best_gb_per_s: 21.0,
+            p10_gb_per_s: 19.0,
+            p90_gb_per_s: 20.5,
+            repetitions: 9,
+            pinned: true,
         };
-        attach_bandwidth_fractions(&mut rows, 80_000_000, &probe);
+        attach_bandwidth_fractions(&mut rows, 80_000_000, std::slice::from_ref(&probe));
         Report {
             machine: Machine {
                 cpu: "Test CPU".into(),
@@ -448,8 +516,43 @@ mod tests {
             kernel_isa_auto: "avx2".into(),
             kernel_isas_available: vec!["scalar".into(), "avx2".into()],
             bandwidth: Some(probe),
+            bandwidth_levels: Vec::new(),
             rows,
         }
+    }
+
+    fn level(what: &str, threads: usize, gb_per_s: f64) -> BandwidthProbe {
+        BandwidthProbe {
+            gb_per_s,
+            buffer_bytes: 16 << 20,
+            threads,
+            what: what.into(),
+            best_gb_per_s: gb_per_s + 1.0,
+            p10_gb_per_s: gb_per_s - 1.0,
+            p90_gb_per_s: gb_per_s + 0.5,
+            repetitions: 12,
+            pinned: true,
+        }
+    }
+
+    #[test]
+    fn fractions_use_the_weights_probe_of_the_rows_threads() {
+        let mut rows = vec![
+            row("cpu", TestKind::Tg, 128, 1, 100.0),
+            row("llama.cpp", TestKind::Tg, 128, 2, 100.0),
+        ];
+        let levels = [
+            level("L3", 1, 80.0),
+            level("weights", 1, 10.0),
+            level("weights", 2, 16.0),
+        ];
+        attach_bandwidth_fractions(&mut rows, 80_000_000, &levels);
+        assert!((rows[0].bandwidth_fraction.unwrap() - 0.8).abs() < 1e-12);
+        assert!((rows[1].bandwidth_fraction.unwrap() - 0.5).abs() < 1e-12);
+        let text = bandwidth_levels_markdown(&levels);
+        assert!(text.contains("- read bandwidth, L3 (16.0 MiB): 1 t 80.0 GB/s (79.0–80.5)"));
+        assert!(text.contains("weights (16.0 MiB): 1 t 10.0 GB/s (9.0–10.5), 2 t 16.0 GB/s"));
+        assert!(text.contains("pinned"));
     }
 
     #[test]
