@@ -141,14 +141,15 @@ const MAX_REPETITIONS: usize = 200;
 
 /// Read bandwidth over a buffer of `bytes` (rounded up to 8, at least
 /// 8 KiB): `threads` threads, each pinned to its own CPU where the OS lets
-/// us, read disjoint slices between two barriers; at least `min_reps` timed
+/// us, read disjoint slices, each stamping its own start and end (a
+/// repetition runs from the first start to the last end); at least `min_reps` timed
 /// repetitions (and at least [`MIN_PROBE_SECS`] of them) after an untimed
 /// one, each long enough to time well; the median is the figure, best and
 /// percentiles show the noise. A buffer the size of the weights sees the
 /// same cache level the weights do, so weights-bytes × tokens/s over this
 /// figure is the share of the machine's limit a decode reaches.
 pub fn probe_read_bandwidth(bytes: usize, threads: usize, min_reps: usize) -> BandwidthProbe {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
     use std::sync::Barrier;
 
     let words = bytes.div_ceil(8).max(1024);
@@ -162,11 +163,18 @@ pub fn probe_read_bandwidth(bytes: usize, threads: usize, min_reps: usize) -> Ba
     let stop = AtomicBool::new(false);
     let passes = AtomicUsize::new(1);
     let pinned_threads = AtomicUsize::new(0);
+    // Each reader stamps its own start and end (ns since `base`): the main
+    // thread may be scheduled late after a barrier on a loaded machine, so
+    // its own clock would miss part of the work.
+    let base = Instant::now();
+    let starts: Vec<AtomicU64> = parts.iter().map(|_| AtomicU64::new(0)).collect();
+    let ends: Vec<AtomicU64> = parts.iter().map(|_| AtomicU64::new(0)).collect();
     let mut samples: Vec<f64> = Vec::new();
     std::thread::scope(|s| {
         for (i, part) in parts.iter().enumerate() {
             let (barrier, stop, passes, pinned_threads) =
                 (&barrier, &stop, &passes, &pinned_threads);
+            let (start, end, base) = (&starts[i], &ends[i], &base);
             let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
             s.spawn(move || {
                 if cpu.is_some_and(pin_current_thread) {
@@ -177,25 +185,33 @@ pub fn probe_read_bandwidth(bytes: usize, threads: usize, min_reps: usize) -> Ba
                     if stop.load(Ordering::Acquire) {
                         break;
                     }
+                    start.store(base.elapsed().as_nanos() as u64, Ordering::Release);
                     let mut total = 0u64;
                     for _ in 0..passes.load(Ordering::Acquire) {
                         total = total.wrapping_add(sum_words(std::hint::black_box(part)));
                     }
                     std::hint::black_box(total);
+                    end.store(base.elapsed().as_nanos() as u64, Ordering::Release);
                     barrier.wait();
                 }
             });
         }
+        // From the first reader's start to the last one's end.
         let timed = |n: usize| {
             passes.store(n, Ordering::Release);
             barrier.wait();
-            let t0 = Instant::now();
             barrier.wait();
-            t0.elapsed().as_secs_f64().max(1e-9)
+            let t0 = starts.iter().map(|a| a.load(Ordering::Acquire)).min();
+            let t1 = ends.iter().map(|a| a.load(Ordering::Acquire)).max();
+            let ns = t1.unwrap_or(0).saturating_sub(t0.unwrap_or(0));
+            (ns as f64 * 1e-9).max(1e-9)
         };
         // Untimed: the first pass also settles the pages and the pinning.
         let first = timed(1);
-        let n = ((MIN_REPETITION_SECS / first).ceil() as usize).clamp(1, 100_000);
+        // Enough passes for MIN_REPETITION_SECS, but never more than 1 GiB
+        // read per repetition.
+        let max_passes = ((1usize << 30) / (words * 8)).max(1);
+        let n = ((MIN_REPETITION_SECS / first).ceil() as usize).clamp(1, max_passes);
         let mut spent = 0.0;
         while samples.len() < MAX_REPETITIONS
             && (samples.len() < min_reps.max(1) || spent < MIN_PROBE_SECS)
