@@ -1,0 +1,613 @@
+//! AVX2 gemm over the file's layout (no repacking at load): many weight
+//! rows times many activation columns for prefill, where one dot per output
+//! unpacked every weight block again for every token.
+//!
+//! Per band of output rows the kernel works on tiles of `NR` rows x `NC`
+//! columns:
+//!
+//! 1. the tile's rows are unpacked once per chunk of [`COL_CHUNK`] columns
+//!    into a small buffer: codes as bytes (unsigned, or signed for Q8_0),
+//!    per-run `i16` multipliers for the k-quants' sub-block scales, the
+//!    block scale as f32, and the coefficients of the correction terms;
+//! 2. for each tile of columns, per weight block: one load per row and per
+//!    column, then per (row, column) `vpmaddubsw` + `vpmaddwd` into an i32
+//!    sum, converted once per block and accumulated by FMA with the product
+//!    of the two scales; `NR * NC` float accumulators, one horizontal sum
+//!    per output at the end;
+//! 3. the terms that do not depend on both codes (Q4_1's minimum against
+//!    Q8_1's `s`, the offset of Q4_0 / Q5_0 / Q6_K codes, the mins of Q4_K)
+//!    are a small float product of per-row coefficients and per-column
+//!    activation sums (`out += sum_j m[r][j] * s[c][j]`), done eight
+//!    columns at a time after the tile.
+//!
+//! Integer sums are exact (codes below 64 against codes within ±128 cannot
+//! saturate the `i16` pairs; Q8_0 x Q8_0 uses the `vpsignb` trick as the
+//! dot does); only the float accumulation order differs from the dots.
+//!
+//! Decode (one column) keeps the dot loop of the caller's tier: it streams
+//! each weight once either way, and the dots need no buffer.
+//!
+//! Soundness: the `unsafe fn`s need AVX2, FMA and F16C. [`gemm`] is reached
+//! only through table entries that `super::table` hands out after
+//! `super::supports` checked those features; it checks the shapes with
+//! `gemm_shape_ok` before the kernel, which then indexes without bounds
+//! checks inside the checked slices.
+
+use super::avx2::{bit_bytes, fp16, hsum, nibbles};
+use crate::dispatch::{gemm_by_dots, gemm_shape_ok, VecDotFn};
+use crate::quant::blocks::*;
+use crate::quant::q5_0::BlockQ5_0;
+use crate::quant::WeightBlock;
+use core::arch::x86_64::*;
+
+/// Columns whose activations stay in L2 while a band's rows are unpacked
+/// once for them (64 tokens of a 1536-wide Q8_0 row: 104 KB).
+const COL_CHUNK: usize = 64;
+
+/// Fewest columns that take the gemm; fewer go through the tier's dot.
+const MIN_COLS: usize = 2;
+
+/// The most 32-code runs per block (the k-quants' 256 elements).
+const MAX_RUNS: usize = 8;
+
+/// The most correction terms per block (Q6_K: one per 16-element
+/// sub-block).
+const MAX_TERMS: usize = 16;
+
+/// An 8-bit activation block as the gemm reads it.
+pub(super) trait GemmAct: Copy {
+    /// The block's codes: `32 * RUNS` of the weight type.
+    fn codes(&self) -> &[i8];
+    /// The block's scale.
+    fn scale(&self) -> f32;
+}
+
+impl GemmAct for BlockQ8_0 {
+    fn codes(&self) -> &[i8] {
+        &self.qs
+    }
+    fn scale(&self) -> f32 {
+        self.d.to_f32()
+    }
+}
+
+impl GemmAct for BlockQ8_1 {
+    fn codes(&self) -> &[i8] {
+        &self.qs
+    }
+    fn scale(&self) -> f32 {
+        self.d.to_f32()
+    }
+}
+
+impl GemmAct for BlockQ8K {
+    fn codes(&self) -> &[i8] {
+        &self.qs
+    }
+    fn scale(&self) -> f32 {
+        self.d
+    }
+}
+
+/// A weight block as the gemm unpacks it: `w · a = d_w * d_a * sum_v
+/// madd(maddubs(codes[v], a[v]), scales[v]) + sum_j mins[j] * terms(a)[j]`
+/// over its `RUNS` runs of 32 codes.
+pub(super) trait Avx2Gemm: WeightBlock {
+    /// 32-code runs per block (at most [`MAX_RUNS`]).
+    const RUNS: usize;
+    /// Runs carry `i16` multipliers (the k-quants' sub-block scales);
+    /// otherwise ones.
+    const SCALED: bool;
+    /// Signed codes (Q8_0), dotted with the `vpsignb` trick.
+    const SIGNED: bool;
+    /// Correction terms per block (at most [`MAX_TERMS`]).
+    const TERMS: usize;
+    /// Rows and columns of the main tile (1..=4 each).
+    const NR: usize;
+    /// See [`Avx2Gemm::NR`].
+    const NC: usize;
+
+    /// Writes the block's `RUNS` code vectors, its scale vectors (when
+    /// `SCALED`) and its `TERMS` correction coefficients; returns its
+    /// scale `d_w`.
+    ///
+    /// # Safety
+    /// AVX2, FMA and F16C are available; `codes` and `scales` hold `RUNS`
+    /// vectors, `mins` `TERMS` floats.
+    unsafe fn unpack(&self, codes: &mut [__m256i], scales: &mut [__m256i], mins: &mut [f32])
+        -> f32;
+
+    /// The activation side of the correction terms of a block with scale
+    /// `d` (`s.len() == TERMS`).
+    fn act_terms(a: &Self::Act, d: f32, s: &mut [f32]);
+}
+
+/// Sum of a Q8_0 block's codes times its scale: the activation side of a
+/// code offset.
+fn scaled_sum(a: &BlockQ8_0, d: f32) -> f32 {
+    d * a.qs.iter().map(|&q| i32::from(q)).sum::<i32>() as f32
+}
+
+impl Avx2Gemm for BlockQ4_0 {
+    const RUNS: usize = 1;
+    const SCALED: bool = false;
+    const SIGNED: bool = false;
+    const TERMS: usize = 1;
+    const NR: usize = 4;
+    const NC: usize = 2;
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(&self, codes: &mut [__m256i], _: &mut [__m256i], mins: &mut [f32]) -> f32 {
+        // SAFETY: the caller guarantees the features.
+        let d = unsafe { fp16(self.d) };
+        // SAFETY: as above.
+        codes[0] = unsafe { nibbles(&self.qs) };
+        // codes 0..16 stand for q - 8: the offset meets the activation sum
+        mins[0] = -8.0 * d;
+        d
+    }
+    fn act_terms(a: &BlockQ8_0, d: f32, s: &mut [f32]) {
+        s[0] = scaled_sum(a, d);
+    }
+}
+
+impl Avx2Gemm for BlockQ4_1 {
+    const RUNS: usize = 1;
+    const SCALED: bool = false;
+    const SIGNED: bool = false;
+    const TERMS: usize = 1;
+    const NR: usize = 4;
+    const NC: usize = 2;
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(&self, codes: &mut [__m256i], _: &mut [__m256i], mins: &mut [f32]) -> f32 {
+        // SAFETY: the caller guarantees the features.
+        codes[0] = unsafe { nibbles(&self.qs) };
+        // SAFETY: as above.
+        mins[0] = unsafe { fp16(self.m) };
+        // SAFETY: as above.
+        unsafe { fp16(self.d) }
+    }
+    /// Q8_1's stored `s` (an f16), as the reference dot uses it.
+    fn act_terms(a: &BlockQ8_1, _: f32, s: &mut [f32]) {
+        s[0] = a.s.to_f32();
+    }
+}
+
+impl Avx2Gemm for BlockQ5_0 {
+    const RUNS: usize = 1;
+    const SCALED: bool = false;
+    const SIGNED: bool = false;
+    const TERMS: usize = 1;
+    const NR: usize = 4;
+    const NC: usize = 2;
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(&self, codes: &mut [__m256i], _: &mut [__m256i], mins: &mut [f32]) -> f32 {
+        let fifth = _mm256_and_si256(
+            bit_bytes(u32::from_le_bytes(self.qh)),
+            _mm256_set1_epi8(0x10),
+        );
+        // SAFETY: the caller guarantees the features.
+        codes[0] = _mm256_or_si256(unsafe { nibbles(&self.qs) }, fifth);
+        // SAFETY: as above.
+        let d = unsafe { fp16(self.d) };
+        mins[0] = -16.0 * d;
+        d
+    }
+    fn act_terms(a: &BlockQ8_0, d: f32, s: &mut [f32]) {
+        s[0] = scaled_sum(a, d);
+    }
+}
+
+impl Avx2Gemm for BlockQ8_0 {
+    const RUNS: usize = 1;
+    const SCALED: bool = false;
+    const SIGNED: bool = true;
+    const TERMS: usize = 0;
+    const NR: usize = 4;
+    const NC: usize = 2;
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(&self, codes: &mut [__m256i], _: &mut [__m256i], _: &mut [f32]) -> f32 {
+        // SAFETY: qs is 32 readable bytes; loadu has no alignment requirement.
+        codes[0] = unsafe { _mm256_loadu_si256(self.qs.as_ptr().cast()) };
+        // SAFETY: the caller guarantees the features.
+        unsafe { fp16(self.d) }
+    }
+    fn act_terms(_: &BlockQ8_0, _: f32, _: &mut [f32]) {}
+}
+
+/// Runs `2c` and `2c + 1` are the low and high nibbles of `qs[32c..]`,
+/// each with its sub-block's 6-bit scale; the mins meet the Q8_K sums of
+/// the two 16-element halves of the run.
+impl Avx2Gemm for BlockQ4K {
+    const RUNS: usize = 8;
+    const SCALED: bool = true;
+    const SIGNED: bool = false;
+    const TERMS: usize = 8;
+    const NR: usize = 2;
+    const NC: usize = 2;
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(
+        &self,
+        codes: &mut [__m256i],
+        scales: &mut [__m256i],
+        mins: &mut [f32],
+    ) -> f32 {
+        let mask = _mm256_set1_epi8(0x0F);
+        for c in 0..4 {
+            // SAFETY: qs[32c..32c + 32] is inside qs[128]; loadu has no alignment requirement.
+            let q4 = unsafe { _mm256_loadu_si256(self.qs[32 * c..].as_ptr().cast()) };
+            codes[2 * c] = _mm256_and_si256(q4, mask);
+            codes[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(q4, 4), mask);
+        }
+        // SAFETY: the caller guarantees the features.
+        let (d, dmin) = unsafe { (fp16(self.d), fp16(self.dmin)) };
+        for j in 0..8 {
+            let (sc, m) = crate::quant::q4_k::scale_min_k4(j, &self.scales);
+            scales[j] = _mm256_set1_epi16(i16::from(sc));
+            mins[j] = -dmin * f32::from(m);
+        }
+        d
+    }
+    fn act_terms(a: &BlockQ8K, d: f32, s: &mut [f32]) {
+        for (j, sj) in s.iter_mut().enumerate() {
+            *sj = d * f32::from(a.bsums[2 * j] + a.bsums[2 * j + 1]);
+        }
+    }
+}
+
+/// Codes rebuilt unsigned (0..64) as in the dot, run `4n + k` covering
+/// elements `128n + 32k..`, its two 16-element sub-blocks' scales in the
+/// two 128-bit lanes; the offset of 32 meets the Q8_K sums per sub-block.
+impl Avx2Gemm for BlockQ6K {
+    const RUNS: usize = 8;
+    const SCALED: bool = true;
+    const SIGNED: bool = false;
+    const TERMS: usize = 16;
+    const NR: usize = 2;
+    const NC: usize = 2;
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn unpack(
+        &self,
+        codes: &mut [__m256i],
+        scales: &mut [__m256i],
+        mins: &mut [f32],
+    ) -> f32 {
+        let m4 = _mm256_set1_epi8(0x0F);
+        let m2 = _mm256_set1_epi8(0x03);
+        for n in 0..2 {
+            // SAFETY: 32-byte loads at 32n of qh[64] and 64n, 64n + 32 of ql[128].
+            let (qh, ql0, ql1) = unsafe {
+                (
+                    _mm256_loadu_si256(self.qh[32 * n..].as_ptr().cast()),
+                    _mm256_loadu_si256(self.ql[64 * n..].as_ptr().cast()),
+                    _mm256_loadu_si256(self.ql[64 * n + 32..].as_ptr().cast()),
+                )
+            };
+            let high = |shift: i32| {
+                let h = match shift {
+                    0 => qh,
+                    2 => _mm256_srli_epi16(qh, 2),
+                    4 => _mm256_srli_epi16(qh, 4),
+                    _ => _mm256_srli_epi16(qh, 6),
+                };
+                _mm256_slli_epi16(_mm256_and_si256(h, m2), 4)
+            };
+            codes[4 * n] = _mm256_or_si256(_mm256_and_si256(ql0, m4), high(0));
+            codes[4 * n + 1] = _mm256_or_si256(_mm256_and_si256(ql1, m4), high(2));
+            codes[4 * n + 2] =
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4), high(4));
+            codes[4 * n + 3] =
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4), high(6));
+        }
+        for (v, s) in scales.iter_mut().enumerate().take(8) {
+            *s = _mm256_set_m128i(
+                _mm_set1_epi16(i16::from(self.scales[2 * v + 1])),
+                _mm_set1_epi16(i16::from(self.scales[2 * v])),
+            );
+        }
+        // SAFETY: the caller guarantees the features.
+        let d = unsafe { fp16(self.d) };
+        for (j, m) in mins.iter_mut().enumerate().take(16) {
+            *m = -32.0 * d * f32::from(self.scales[j]);
+        }
+        d
+    }
+    fn act_terms(a: &BlockQ8K, d: f32, s: &mut [f32]) {
+        for (sj, &b) in s.iter_mut().zip(&a.bsums) {
+            *sj = d * f32::from(b);
+        }
+    }
+}
+
+/// `out[c * rows + r] = w[r] · a[c]` (see `dispatch::GemmFn`): the AVX2
+/// gemm for two or more columns, `dot` (the caller tier's dot) per output
+/// for one column or a shape the kernel does not take.
+pub(super) fn gemm<W>(dot: VecDotFn<W, W::Act>, w: &[W], a: &[W::Act], bpr: usize, out: &mut [f32])
+where
+    W: Avx2Gemm,
+    W::Act: GemmAct,
+{
+    if !gemm_shape_ok(w, a, bpr, out)
+        || a.len() / bpr < MIN_COLS
+        || W::TERMS > MAX_TERMS
+        || W::RUNS > MAX_RUNS
+    {
+        return gemm_by_dots(dot, w, a, bpr, out);
+    }
+    // SAFETY: only reached through tables built after AVX2/FMA/F16C were
+    // detected; the shapes were checked above.
+    unsafe { gemm_k(w, a, bpr, out) }
+}
+
+/// One tile's worth of unpacked rows, block-major: entry `(k * RUNS + v) *
+/// nr + r` of `codes` / `scales` is run `v` of block `k` of row `r`, entry
+/// `k * nr + r` of `d` its scale, entry `(k * TERMS + j) * nr + r` of
+/// `mins` its correction coefficients.
+struct RowTile {
+    codes: Vec<__m256i>,
+    scales: Vec<__m256i>,
+    d: Vec<f32>,
+    mins: Vec<f32>,
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemm_k<W>(w: &[W], a: &[W::Act], bpr: usize, out: &mut [f32])
+where
+    W: Avx2Gemm,
+    W::Act: GemmAct,
+{
+    let rows = w.len() / bpr;
+    let cols = a.len() / bpr;
+    let t = W::TERMS;
+    // activation scales, [c][k]
+    let ad: Vec<f32> = a.iter().map(GemmAct::scale).collect();
+    // activation sides of the correction terms, in groups of 8 columns:
+    // [c / 8][k * TERMS + j][c % 8], zero past the last column
+    let terms = bpr * t;
+    let mut st = vec![0f32; cols.div_ceil(8) * terms * 8];
+    if t > 0 {
+        let mut s = [0f32; MAX_TERMS];
+        for (c, ac) in a.chunks_exact(bpr).enumerate() {
+            let group = &mut st[(c / 8) * terms * 8..(c / 8 + 1) * terms * 8];
+            for (k, b) in ac.iter().enumerate() {
+                W::act_terms(b, ad[c * bpr + k], &mut s[..t]);
+                for (j, &sj) in s[..t].iter().enumerate() {
+                    group[(k * t + j) * 8 + c % 8] = sj;
+                }
+            }
+        }
+    }
+    let nr_max = W::NR.max(1);
+    let mut tile = RowTile {
+        codes: vec![_mm256_setzero_si256(); bpr * W::RUNS * nr_max],
+        scales: vec![_mm256_setzero_si256(); if W::SCALED { bpr * W::RUNS * nr_max } else { 0 }],
+        d: vec![0f32; bpr * nr_max],
+        mins: vec![0f32; terms * nr_max],
+    };
+    let shape = Shape { bpr, rows, terms };
+    for c0 in (0..cols).step_by(COL_CHUNK) {
+        let nc = (cols - c0).min(COL_CHUNK);
+        let mut r0 = 0;
+        while r0 < rows {
+            let nr = if rows - r0 >= nr_max { nr_max } else { 1 };
+            // SAFETY: the features are enabled here; rows r0..r0 + nr exist.
+            unsafe { fill(&mut tile, &w[r0 * bpr..(r0 + nr) * bpr], nr, bpr) };
+            let at = Tile { r0, c0, nc };
+            // SAFETY: as above; the tile's rows and columns exist, `out`
+            // holds rows * cols outputs (gemm_shape_ok) and the buffers were
+            // filled for nr rows of bpr blocks.
+            unsafe {
+                match (nr, W::NR, W::NC) {
+                    (1, _, 1) => cols_of::<W, 1, 1>(&tile, a, &ad, &st, shape, at, out),
+                    (1, _, 2) => cols_of::<W, 1, 2>(&tile, a, &ad, &st, shape, at, out),
+                    (1, _, _) => cols_of::<W, 1, 4>(&tile, a, &ad, &st, shape, at, out),
+                    (_, 2, 2) => cols_of::<W, 2, 2>(&tile, a, &ad, &st, shape, at, out),
+                    (_, 2, _) => cols_of::<W, 2, 4>(&tile, a, &ad, &st, shape, at, out),
+                    (_, _, 1) => cols_of::<W, 4, 1>(&tile, a, &ad, &st, shape, at, out),
+                    (_, _, _) => cols_of::<W, 4, 2>(&tile, a, &ad, &st, shape, at, out),
+                }
+            }
+            r0 += nr;
+        }
+    }
+}
+
+/// The call's dimensions: blocks per row, rows, correction terms per row.
+#[derive(Clone, Copy)]
+struct Shape {
+    bpr: usize,
+    rows: usize,
+    terms: usize,
+}
+
+/// Where a row tile sits: its first row, and the chunk of `nc` columns from
+/// `c0` it is taken against.
+#[derive(Clone, Copy)]
+struct Tile {
+    r0: usize,
+    c0: usize,
+    nc: usize,
+}
+
+/// Unpacks `nr` rows of `bpr` blocks into `tile`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn fill<W: Avx2Gemm>(tile: &mut RowTile, w: &[W], nr: usize, bpr: usize) {
+    let (runs, t) = (W::RUNS, W::TERMS);
+    let mut codes = [_mm256_setzero_si256(); MAX_RUNS];
+    let mut scales = [_mm256_setzero_si256(); MAX_RUNS];
+    let mut mins = [0f32; MAX_TERMS];
+    for (r, row) in w.chunks_exact(bpr).enumerate() {
+        for (k, b) in row.iter().enumerate() {
+            // SAFETY: the features are enabled here; the arrays hold MAX_RUNS >= RUNS
+            // vectors and MAX_TERMS >= TERMS floats.
+            let d = unsafe { b.unpack(&mut codes[..runs], &mut scales[..runs], &mut mins[..t]) };
+            for v in 0..runs {
+                tile.codes[(k * runs + v) * nr + r] = codes[v];
+                if W::SCALED {
+                    tile.scales[(k * runs + v) * nr + r] = scales[v];
+                }
+            }
+            tile.d[k * nr + r] = d;
+            for (j, &m) in mins[..t].iter().enumerate() {
+                tile.mins[(k * t + j) * nr + r] = m;
+            }
+        }
+    }
+}
+
+/// The tile's rows against every column of the chunk: `NC` at a time, the
+/// rest one by one, then the correction terms.
+///
+/// # Safety
+/// AVX2/FMA/F16C; `tile` holds `NR` rows of `shape.bpr` blocks; rows
+/// `r0..r0 + NR` and columns `c0..c0 + nc` exist; `out` holds `rows *
+/// cols` outputs; `ad` and `st` were built from `a` as in [`gemm_k`].
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn cols_of<W, const NR: usize, const NC: usize>(
+    tile: &RowTile,
+    a: &[W::Act],
+    ad: &[f32],
+    st: &[f32],
+    shape: Shape,
+    at: Tile,
+    out: &mut [f32],
+) where
+    W: Avx2Gemm,
+    W::Act: GemmAct,
+{
+    let end = at.c0 + at.nc;
+    let mut c = at.c0;
+    while c + NC <= end {
+        // SAFETY: forwarded from the caller; columns c..c + NC exist.
+        unsafe { tile_k::<W, NR, NC>(tile, a, ad, shape, at.r0, c, out) };
+        c += NC;
+    }
+    while c < end {
+        // SAFETY: as above, column c exists.
+        unsafe { tile_k::<W, NR, 1>(tile, a, ad, shape, at.r0, c, out) };
+        c += 1;
+    }
+    if shape.terms > 0 {
+        // SAFETY: forwarded from the caller.
+        unsafe { corrections::<NR>(&tile.mins, st, shape, at, out) };
+    }
+}
+
+/// `NR` rows x `NC` columns from `c0`: the integer dots of every block,
+/// scaled and accumulated in `NR * NC` registers, one horizontal sum per
+/// output, written (not added) to `out`.
+///
+/// # Safety
+/// As [`cols_of`], with columns `c0..c0 + NC` existing.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn tile_k<W, const NR: usize, const NC: usize>(
+    tile: &RowTile,
+    a: &[W::Act],
+    ad: &[f32],
+    shape: Shape,
+    r0: usize,
+    c0: usize,
+    out: &mut [f32],
+) where
+    W: Avx2Gemm,
+    W::Act: GemmAct,
+{
+    let (bpr, runs) = (shape.bpr, W::RUNS);
+    let ones = _mm256_set1_epi16(1);
+    let codes = tile.codes.as_ptr();
+    let scales = tile.scales.as_ptr();
+    let wd = tile.d.as_ptr();
+    let acts = a.as_ptr();
+    let ad = ad.as_ptr();
+    let mut acc = [[_mm256_setzero_ps(); NC]; NR];
+    for k in 0..bpr {
+        let mut isum = [[_mm256_setzero_si256(); NC]; NR];
+        for v in 0..runs {
+            // SAFETY: column c0 + c < cols has block k at (c0 + c) * bpr + k
+            // < a.len(); each block holds 32 * RUNS codes.
+            let y: [__m256i; NC] = core::array::from_fn(|c| unsafe {
+                let b = &*acts.add((c0 + c) * bpr + k);
+                _mm256_loadu_si256(b.codes().as_ptr().add(32 * v).cast())
+            });
+            for (r, isum_r) in isum.iter_mut().enumerate() {
+                let i = (k * runs + v) * NR + r;
+                // SAFETY: the tile was filled for NR rows of bpr blocks of
+                // RUNS runs: i < codes.len() (and scales.len() when SCALED).
+                let (x, sc) =
+                    unsafe { (*codes.add(i), if W::SCALED { *scales.add(i) } else { ones }) };
+                let ux = if W::SIGNED { _mm256_sign_epi8(x, x) } else { x };
+                for (c, s) in isum_r.iter_mut().enumerate() {
+                    let sy = if W::SIGNED {
+                        _mm256_sign_epi8(y[c], x)
+                    } else {
+                        y[c]
+                    };
+                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ux, sy), sc);
+                    *s = _mm256_add_epi32(*s, p);
+                }
+            }
+        }
+        for (r, (acc_r, isum_r)) in acc.iter_mut().zip(&isum).enumerate() {
+            // SAFETY: k * NR + r < d.len(); (c0 + c) * bpr + k < ad.len().
+            let dr = unsafe { _mm256_broadcast_ss(&*wd.add(k * NR + r)) };
+            for (c, (acc_rc, s)) in acc_r.iter_mut().zip(isum_r).enumerate() {
+                // SAFETY: as above.
+                let dc = unsafe { _mm256_broadcast_ss(&*ad.add((c0 + c) * bpr + k)) };
+                *acc_rc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*s), _mm256_mul_ps(dr, dc), *acc_rc);
+            }
+        }
+    }
+    let o = out.as_mut_ptr();
+    for (r, acc_r) in acc.iter().enumerate() {
+        for (c, acc_rc) in acc_r.iter().enumerate() {
+            // SAFETY: row r0 + r < rows and column c0 + c < cols, so the
+            // index is below rows * cols <= out.len().
+            unsafe { *o.add((c0 + c) * shape.rows + r0 + r) = hsum(*acc_rc) };
+        }
+    }
+}
+
+/// Adds `sum_j mins[r][j] * s[c][j]` to the tile's outputs, eight columns
+/// per step.
+///
+/// # Safety
+/// As [`cols_of`]; `mins` holds `terms` coefficients of `NR` rows and `st`
+/// the activation side in groups of 8 columns.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn corrections<const NR: usize>(
+    mins: &[f32],
+    st: &[f32],
+    shape: Shape,
+    at: Tile,
+    out: &mut [f32],
+) {
+    let terms = shape.terms;
+    let end = at.c0 + at.nc;
+    let m = mins.as_ptr();
+    // c0 is a multiple of COL_CHUNK, itself a multiple of 8
+    for g in at.c0 / 8..end.div_ceil(8) {
+        let s = st[g * terms * 8..(g + 1) * terms * 8].as_ptr();
+        let mut acc = [_mm256_setzero_ps(); NR];
+        for i in 0..terms {
+            // SAFETY: the group holds terms rows of 8 floats; the tile's
+            // mins hold terms * NR floats.
+            let sv = unsafe { _mm256_loadu_ps(s.add(8 * i)) };
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                // SAFETY: as above.
+                let mv = unsafe { _mm256_broadcast_ss(&*m.add(i * NR + r)) };
+                *acc_r = _mm256_fmadd_ps(mv, sv, *acc_r);
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            let mut lanes = [0f32; 8];
+            // SAFETY: lanes is 8 writable floats.
+            unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *acc_r) };
+            for (j, v) in lanes.iter().enumerate() {
+                let c = 8 * g + j;
+                if c < end {
+                    out[c * shape.rows + at.r0 + r] += v;
+                }
+            }
+        }
+    }
+}
