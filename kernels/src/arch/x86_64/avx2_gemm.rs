@@ -347,6 +347,9 @@ struct RowTile {
     scales: Vec<__m256i>,
     d: Vec<f32>,
     mins: Vec<f32>,
+    /// Scratch: the products of row and column scales of one tile,
+    /// `[k][c][r]`.
+    dd: Vec<f32>,
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -382,6 +385,7 @@ where
         scales: vec![_mm256_setzero_si256(); if W::SCALED { bpr * W::RUNS * nr_max } else { 0 }],
         d: vec![0f32; bpr * nr_max],
         mins: vec![0f32; terms * nr_max],
+        dd: vec![0f32; bpr * nr_max * W::NC.max(1)],
     };
     let shape = Shape { bpr, rows, terms };
     for c0 in (0..cols).step_by(COL_CHUNK) {
@@ -397,13 +401,13 @@ where
             // filled for nr rows of bpr blocks.
             unsafe {
                 match (nr, W::NR, W::NC) {
-                    (1, _, 1) => cols_of::<W, 1, 1>(&tile, a, &ad, &st, shape, at, out),
-                    (1, _, 2) => cols_of::<W, 1, 2>(&tile, a, &ad, &st, shape, at, out),
-                    (1, _, _) => cols_of::<W, 1, 4>(&tile, a, &ad, &st, shape, at, out),
-                    (_, 2, 2) => cols_of::<W, 2, 2>(&tile, a, &ad, &st, shape, at, out),
-                    (_, 2, _) => cols_of::<W, 2, 4>(&tile, a, &ad, &st, shape, at, out),
-                    (_, _, 1) => cols_of::<W, 4, 1>(&tile, a, &ad, &st, shape, at, out),
-                    (_, _, _) => cols_of::<W, 4, 2>(&tile, a, &ad, &st, shape, at, out),
+                    (1, _, 1) => cols_of::<W, 1, 1>(&mut tile, a, &ad, &st, shape, at, out),
+                    (1, _, 2) => cols_of::<W, 1, 2>(&mut tile, a, &ad, &st, shape, at, out),
+                    (1, _, _) => cols_of::<W, 1, 4>(&mut tile, a, &ad, &st, shape, at, out),
+                    (_, 2, 2) => cols_of::<W, 2, 2>(&mut tile, a, &ad, &st, shape, at, out),
+                    (_, 2, _) => cols_of::<W, 2, 4>(&mut tile, a, &ad, &st, shape, at, out),
+                    (_, _, 1) => cols_of::<W, 4, 1>(&mut tile, a, &ad, &st, shape, at, out),
+                    (_, _, _) => cols_of::<W, 4, 2>(&mut tile, a, &ad, &st, shape, at, out),
                 }
             }
             r0 += nr;
@@ -463,7 +467,7 @@ unsafe fn fill<W: Avx2Gemm>(tile: &mut RowTile, w: &[W], nr: usize, bpr: usize) 
 /// cols` outputs; `ad` and `st` were built from `a` as in [`gemm_k`].
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn cols_of<W, const NR: usize, const NC: usize>(
-    tile: &RowTile,
+    tile: &mut RowTile,
     a: &[W::Act],
     ad: &[f32],
     st: &[f32],
@@ -496,12 +500,16 @@ unsafe fn cols_of<W, const NR: usize, const NC: usize>(
 /// scaled and accumulated in `NR * NC` registers, one horizontal sum per
 /// output, written (not added) to `out`.
 ///
+/// The products of row and column scales are computed first, four rows
+/// per multiply, into `dd`, where the block loop reads them as broadcast
+/// loads: a product per pair in that loop cost a multiply and a shuffle.
+///
 /// # Safety
 /// As [`cols_of`], with columns `c0..c0 + NC` existing.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile_k<W, const NR: usize, const NC: usize>(
-    tile: &RowTile,
+    tile: &mut RowTile,
     a: &[W::Act],
     ad: &[f32],
     shape: Shape,
@@ -516,9 +524,25 @@ unsafe fn tile_k<W, const NR: usize, const NC: usize>(
     let ones = _mm256_set1_epi16(1);
     let codes = tile.codes.as_ptr();
     let scales = tile.scales.as_ptr();
-    let wd = tile.d.as_ptr();
     let acts = a.as_ptr();
-    let ad = ad.as_ptr();
+    for (k, ddk) in tile.dd.chunks_exact_mut(NR * NC).take(bpr).enumerate() {
+        let dr = &tile.d[k * NR..(k + 1) * NR];
+        for (c, ddc) in ddk.chunks_exact_mut(NR).enumerate() {
+            let dc = ad[(c0 + c) * bpr + k];
+            if NR == 4 {
+                // SAFETY: dr and ddc hold 4 floats.
+                unsafe {
+                    let p = _mm_mul_ps(_mm_loadu_ps(dr.as_ptr()), _mm_set1_ps(dc));
+                    _mm_storeu_ps(ddc.as_mut_ptr(), p);
+                }
+            } else {
+                for (o, &d) in ddc.iter_mut().zip(dr) {
+                    *o = d * dc;
+                }
+            }
+        }
+    }
+    let dd = tile.dd.as_ptr();
     let mut acc = [[_mm256_setzero_ps(); NC]; NR];
     for k in 0..bpr {
         let mut isum = [[_mm256_setzero_si256(); NC]; NR];
@@ -548,23 +572,37 @@ unsafe fn tile_k<W, const NR: usize, const NC: usize>(
             }
         }
         for (r, (acc_r, isum_r)) in acc.iter_mut().zip(&isum).enumerate() {
-            // SAFETY: k * NR + r < d.len(); (c0 + c) * bpr + k < ad.len().
-            let dr = unsafe { _mm256_broadcast_ss(&*wd.add(k * NR + r)) };
             for (c, (acc_rc, s)) in acc_r.iter_mut().zip(isum_r).enumerate() {
-                // SAFETY: as above.
-                let dc = unsafe { _mm256_broadcast_ss(&*ad.add((c0 + c) * bpr + k)) };
-                *acc_rc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*s), _mm256_mul_ps(dr, dc), *acc_rc);
+                // SAFETY: (k * NC + c) * NR + r < bpr * NR * NC, filled above.
+                let d = unsafe { _mm256_broadcast_ss(&*dd.add((k * NC + c) * NR + r)) };
+                *acc_rc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(*s), d, *acc_rc);
             }
         }
     }
     let o = out.as_mut_ptr();
-    for (r, acc_r) in acc.iter().enumerate() {
-        for (c, acc_rc) in acc_r.iter().enumerate() {
-            // SAFETY: row r0 + r < rows and column c0 + c < cols, so the
-            // index is below rows * cols <= out.len().
-            unsafe { *o.add((c0 + c) * shape.rows + r0 + r) = hsum(*acc_rc) };
+    for c in 0..NC {
+        if NR == 4 {
+            // the four rows' sums of column c side by side: one store
+            let sums = hsum4([acc[0][c], acc[1][c], acc[2][c], acc[3][c]]);
+            // SAFETY: rows r0..r0 + 4 < rows and column c0 + c < cols, so
+            // the four floats lie below rows * cols <= out.len().
+            unsafe { _mm_storeu_ps(o.add((c0 + c) * shape.rows + r0), sums) };
+        } else {
+            for (r, acc_r) in acc.iter().enumerate() {
+                // SAFETY: row r0 + r < rows and column c0 + c < cols, so the
+                // index is below rows * cols <= out.len().
+                unsafe { *o.add((c0 + c) * shape.rows + r0 + r) = hsum(acc_r[c]) };
+            }
         }
     }
+}
+
+/// The horizontal sums of four vectors, in order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum4(v: [__m256; 4]) -> __m128 {
+    let s = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+    _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1))
 }
 
 /// Adds `sum_j mins[r][j] * s[c][j]` to the tile's outputs, eight columns
