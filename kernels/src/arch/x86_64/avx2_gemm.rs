@@ -13,16 +13,19 @@
 //!    column, then per (row, column) `vpmaddubsw` + `vpmaddwd` into an i32
 //!    sum, converted once per block and accumulated by FMA with the product
 //!    of the two scales; `NR * NC` float accumulators, one horizontal sum
-//!    per output at the end;
+//!    per output at the end; the Q4_0 / Q5_0 code offset comes off the
+//!    `i16` pairs (`vpmaddubsw` of the offset and the column, once per
+//!    column), exact as in the dots;
 //! 3. the terms that do not depend on both codes (Q4_1's minimum against
-//!    Q8_1's `s`, the offset of Q4_0 / Q5_0 / Q6_K codes, the mins of Q4_K)
-//!    are a small float product of per-row coefficients and per-column
-//!    activation sums (`out += sum_j m[r][j] * s[c][j]`), done eight
-//!    columns at a time after the tile.
+//!    Q8_1's `s`, the offset of Q6_K codes, the mins of Q4_K) are a small
+//!    float product of per-row coefficients and per-column activation sums
+//!    (`out += sum_j m[r][j] * s[c][j]`), done eight columns at a time
+//!    after the tile.
 //!
 //! Integer sums are exact (codes below 64 against codes within ±128 cannot
 //! saturate the `i16` pairs; Q8_0 x Q8_0 uses the `vpsignb` trick as the
-//! dot does); only the float accumulation order differs from the dots.
+//! dot does); the float accumulation order differs from the dots, and the
+//! Q6_K offset is taken off in floats rather than integers.
 //!
 //! Decode (one column) keeps the dot loop of the caller's tier: it streams
 //! each weight once either way, and the dots need no buffer.
@@ -100,6 +103,11 @@ pub(super) trait Avx2Gemm: WeightBlock {
     const SCALED: bool;
     /// Signed codes (Q8_0), dotted with the `vpsignb` trick.
     const SIGNED: bool;
+    /// Unsigned codes that stand for `code - OFFSET` (Q4_0: 8, Q5_0: 16):
+    /// `OFFSET * (y[2i] + y[2i + 1])` comes off each `i16` pair, exact in
+    /// integers as in the reference dot (the float correction terms would
+    /// cancel against the code sums and round differently).
+    const OFFSET: i8 = 0;
     /// Correction terms per block (at most [`MAX_TERMS`]).
     const TERMS: usize;
     /// Rows and columns of the main tile (1..=4 each).
@@ -122,32 +130,22 @@ pub(super) trait Avx2Gemm: WeightBlock {
     fn act_terms(a: &Self::Act, d: f32, s: &mut [f32]);
 }
 
-/// Sum of a Q8_0 block's codes times its scale: the activation side of a
-/// code offset.
-fn scaled_sum(a: &BlockQ8_0, d: f32) -> f32 {
-    d * a.qs.iter().map(|&q| i32::from(q)).sum::<i32>() as f32
-}
-
 impl Avx2Gemm for BlockQ4_0 {
     const RUNS: usize = 1;
     const SCALED: bool = false;
     const SIGNED: bool = false;
-    const TERMS: usize = 1;
+    const OFFSET: i8 = 8;
+    const TERMS: usize = 0;
     const NR: usize = 4;
     const NC: usize = 2;
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn unpack(&self, codes: &mut [__m256i], _: &mut [__m256i], mins: &mut [f32]) -> f32 {
+    unsafe fn unpack(&self, codes: &mut [__m256i], _: &mut [__m256i], _: &mut [f32]) -> f32 {
         // SAFETY: the caller guarantees the features.
-        let d = unsafe { fp16(self.d) };
-        // SAFETY: as above.
         codes[0] = unsafe { nibbles(&self.qs) };
-        // codes 0..16 stand for q - 8: the offset meets the activation sum
-        mins[0] = -8.0 * d;
-        d
+        // SAFETY: as above.
+        unsafe { fp16(self.d) }
     }
-    fn act_terms(a: &BlockQ8_0, d: f32, s: &mut [f32]) {
-        s[0] = scaled_sum(a, d);
-    }
+    fn act_terms(_: &BlockQ8_0, _: f32, _: &mut [f32]) {}
 }
 
 impl Avx2Gemm for BlockQ4_1 {
@@ -176,11 +174,12 @@ impl Avx2Gemm for BlockQ5_0 {
     const RUNS: usize = 1;
     const SCALED: bool = false;
     const SIGNED: bool = false;
-    const TERMS: usize = 1;
+    const OFFSET: i8 = 16;
+    const TERMS: usize = 0;
     const NR: usize = 4;
     const NC: usize = 2;
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn unpack(&self, codes: &mut [__m256i], _: &mut [__m256i], mins: &mut [f32]) -> f32 {
+    unsafe fn unpack(&self, codes: &mut [__m256i], _: &mut [__m256i], _: &mut [f32]) -> f32 {
         let fifth = _mm256_and_si256(
             bit_bytes(u32::from_le_bytes(self.qh)),
             _mm256_set1_epi8(0x10),
@@ -188,13 +187,9 @@ impl Avx2Gemm for BlockQ5_0 {
         // SAFETY: the caller guarantees the features.
         codes[0] = _mm256_or_si256(unsafe { nibbles(&self.qs) }, fifth);
         // SAFETY: as above.
-        let d = unsafe { fp16(self.d) };
-        mins[0] = -16.0 * d;
-        d
+        unsafe { fp16(self.d) }
     }
-    fn act_terms(a: &BlockQ8_0, d: f32, s: &mut [f32]) {
-        s[0] = scaled_sum(a, d);
-    }
+    fn act_terms(_: &BlockQ8_0, _: f32, _: &mut [f32]) {}
 }
 
 impl Avx2Gemm for BlockQ8_0 {
@@ -553,6 +548,14 @@ unsafe fn tile_k<W, const NR: usize, const NC: usize>(
                 let b = &*acts.add((c0 + c) * bpr + k);
                 _mm256_loadu_si256(b.codes().as_ptr().add(32 * v).cast())
             });
+            // the offset's share of each pair, once per column for all rows
+            let off: [__m256i; NC] = core::array::from_fn(|c| {
+                if W::OFFSET != 0 {
+                    _mm256_maddubs_epi16(_mm256_set1_epi8(W::OFFSET), y[c])
+                } else {
+                    _mm256_setzero_si256()
+                }
+            });
             for (r, isum_r) in isum.iter_mut().enumerate() {
                 let i = (k * runs + v) * NR + r;
                 // SAFETY: the tile was filled for NR rows of bpr blocks of
@@ -566,7 +569,11 @@ unsafe fn tile_k<W, const NR: usize, const NC: usize>(
                     } else {
                         y[c]
                     };
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(ux, sy), sc);
+                    let mut pairs = _mm256_maddubs_epi16(ux, sy);
+                    if W::OFFSET != 0 {
+                        pairs = _mm256_sub_epi16(pairs, off[c]);
+                    }
+                    let p = _mm256_madd_epi16(pairs, sc);
                     *s = _mm256_add_epi32(*s, p);
                 }
             }
