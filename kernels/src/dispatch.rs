@@ -592,7 +592,7 @@ mod tests {
 
     /// (rows, columns, blocks per row) of the gemm and x16 entry tests:
     /// around the 16-row panel, the 8/4/2/1 column groups, short and long rows.
-    const GEMM_SHAPES: [(usize, usize, usize); 9] = [
+    const GEMM_SHAPES: [(usize, usize, usize); 11] = [
         (1, 1, 1),
         (16, 1, 18),
         (17, 3, 18),
@@ -604,6 +604,10 @@ mod tests {
         // tiles of the aarch64 kernels, partial 4-row stores)
         (6, 5, 4),
         (19, 6, 3),
+        // four columns (the AVX2 tile's two pairs), odd rows; and past
+        // the AVX2 kernel's 64-column chunk with a partial group of 8
+        (7, 4, 5),
+        (9, 75, 2),
     ];
 
     /// `got` against `want` (`[cols][rows]` products of the rows of `wf`
@@ -698,6 +702,54 @@ mod tests {
         }
     }
 
+    /// `W`'s gemm entry in `t`, if any, gives each output the same bits
+    /// whatever it is batched with: every column alone (decode) and every
+    /// row from a shifted first row (another tile and band) equal the
+    /// outputs of the whole product (prefill). A warm conversation, a
+    /// restored session and speculative decoding rely on it.
+    fn check_gemm_batch_invariance<W: WeightBlock>(isa: Isa, t: &KernelTable) {
+        let Some(gemm) = t.weight::<W>().gemm else {
+            return;
+        };
+        for shape in GEMM_SHAPES {
+            let (rows, cols, bpr) = shape;
+            let (_, _, w, a) = gemm_operands::<W>(shape, 9);
+            let mut all = vec![f32::NAN; rows * cols];
+            gemm(&w, &a, bpr, &mut all);
+            let what = format!("{isa} {} gemm {rows}x{cols}x{bpr}", W::DTYPE);
+            for (c, (col, want)) in a.chunks_exact(bpr).zip(all.chunks_exact(rows)).enumerate() {
+                let mut one = vec![f32::NAN; rows];
+                gemm(&w, col, bpr, &mut one);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&one), bits(want), "{what}: column {c} alone");
+                for skip in [1, 3].into_iter().filter(|&k| k < rows) {
+                    let mut rest = vec![f32::NAN; rows - skip];
+                    gemm(&w[skip * bpr..], col, bpr, &mut rest);
+                    assert_eq!(
+                        bits(&rest),
+                        bits(&want[skip..]),
+                        "{what}: column {c} from row {skip}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Every gemm entry of the x86 tables that run decode through their
+    /// gemm (AVX2, AVX-VNNI) is batch-invariant (see
+    /// `check_gemm_batch_invariance`); tables without a gemm run every
+    /// output through one dot and are invariant by construction.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx2_gemm_outputs_do_not_depend_on_the_batch() {
+        for isa in [Isa::Scalar, Isa::Avx2, Isa::AvxVnni] {
+            let Ok(t) = table_for(isa) else { continue };
+            for &d in DType::ALL {
+                with_weight_block!(d, W => check_gemm_batch_invariance::<W>(isa, t), ());
+            }
+        }
+    }
+
     /// Every x16 entry of every available table against single scalar dots.
     #[test]
     fn every_x16_entry_matches_scalar_dots() {
@@ -760,6 +812,22 @@ mod tests {
                 let has = with_weight_block!(d, W => simd::<W>(t), true);
                 assert!(has, "{isa} {d}: scalar dot");
             }
+        }
+        // AVX2 (and AVX-VNNI, built on it) has gemm entries over the file's
+        // layout for the legacy types and the types of a Q4_K_M file, and no
+        // x16 layout
+        for isa in [Isa::Avx2, Isa::AvxVnni] {
+            let Ok(t) = table_for(isa) else { continue };
+            let gemms = [
+                t.q4_0.gemm.is_some(),
+                t.q4_1.gemm.is_some(),
+                t.q8_0.gemm.is_some(),
+                t.q5_0.gemm.is_some(),
+                t.q4_k.gemm.is_some(),
+                t.q6_k.gemm.is_some(),
+            ];
+            assert!(gemms.iter().all(|&g| g), "{isa}: gemm entries {gemms:?}");
+            assert!(t.q4_0.x16.is_none() && t.q4_1.x16.is_none() && t.q4_k.x16.is_none());
         }
         if let Ok(t) = table_for(Isa::Vnni) {
             assert!(t.q4_0.gemm.is_some() && t.q4_1.gemm.is_some() && t.q8_0.gemm.is_some());

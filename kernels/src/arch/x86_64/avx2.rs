@@ -11,6 +11,7 @@
 //! `super::table` calls after `super::supports(Isa::Avx2)` checked those
 //! features at run time.
 
+use super::avx2_gemm;
 use crate::dispatch::{ActivationRow, Isa, KernelTable, WeightRow};
 use crate::ops::{activation, attention};
 use crate::quant::blocks::*;
@@ -28,18 +29,22 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
         isa: Isa::Avx2,
         q4_0: WeightRow {
             dot: q4_0_q8_0,
+            gemm: Some(q4_0_q8_0_gemm),
             ..t.q4_0
         },
         q4_1: WeightRow {
             dot: q4_1_q8_1,
+            gemm: Some(q4_1_q8_1_gemm),
             ..t.q4_1
         },
         q8_0: WeightRow {
             dot: q8_0_q8_0,
+            gemm: Some(q8_0_q8_0_gemm),
             ..t.q8_0
         },
         q4_k: WeightRow {
             dot: q4_k_q8_k,
+            gemm: Some(q4_k_q8_k_gemm),
             ..t.q4_k
         },
         q5_k: WeightRow {
@@ -48,10 +53,12 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
         },
         q6_k: WeightRow {
             dot: q6_k_q8_k,
+            gemm: Some(q6_k_q8_k_gemm),
             ..t.q6_k
         },
         q5_0: WeightRow {
             dot: q5_0_q8_0,
+            gemm: Some(q5_0_q8_0_gemm),
             ..t.q5_0
         },
         q5_1: WeightRow {
@@ -169,6 +176,24 @@ fn iq4_xs_q8_k(w: &[BlockIQ4XS], a: &[BlockQ8K]) -> f32 {
     // SAFETY: as above.
     unsafe { iq4_xs_q8_k_k(&w[..n], &a[..n]) }
 }
+fn q4_0_q8_0_gemm(w: &[BlockQ4_0], a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+    avx2_gemm::gemm(q4_0_q8_0, w, a, bpr, out)
+}
+fn q4_1_q8_1_gemm(w: &[BlockQ4_1], a: &[BlockQ8_1], bpr: usize, out: &mut [f32]) {
+    avx2_gemm::gemm(q4_1_q8_1, w, a, bpr, out)
+}
+fn q8_0_q8_0_gemm(w: &[BlockQ8_0], a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+    avx2_gemm::gemm(q8_0_q8_0, w, a, bpr, out)
+}
+fn q5_0_q8_0_gemm(w: &[BlockQ5_0], a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+    avx2_gemm::gemm(q5_0_q8_0, w, a, bpr, out)
+}
+fn q4_k_q8_k_gemm(w: &[BlockQ4K], a: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
+    avx2_gemm::gemm(q4_k_q8_k, w, a, bpr, out)
+}
+fn q6_k_q8_k_gemm(w: &[BlockQ6K], a: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
+    avx2_gemm::gemm(q6_k_q8_k, w, a, bpr, out)
+}
 fn f32_f32(w: &[f32], a: &[f32]) -> f32 {
     let n = w.len().min(a.len());
     // SAFETY: as above.
@@ -242,7 +267,7 @@ fn quantize_q8_k(x: &[f32], out: &mut [BlockQ8K]) {
 /// IEEE half to f32 with F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn fp16(x: f16) -> f32 {
+pub(super) unsafe fn fp16(x: f16) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(x.to_bits() as i32)))
 }
 
@@ -276,7 +301,7 @@ unsafe fn hsum(x: __m256) -> f32 {
 /// the low lane, high nibbles (16..32) in the high lane.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
+pub(super) unsafe fn nibbles(qs: &[u8; 16]) -> __m256i {
     // SAFETY: qs is 16 readable bytes; loadu has no alignment requirement.
     let lo = unsafe { _mm_loadu_si128(qs.as_ptr().cast()) };
     let hi = _mm_srli_epi16(lo, 4);

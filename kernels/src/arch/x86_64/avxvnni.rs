@@ -4,9 +4,9 @@
 //! the 4-byte dot step, one instruction where AVX2 needs `vpmaddubsw` +
 //! `vpmaddwd`, accumulating in i32 without the i16 saturation.
 //!
-//! No gemm entries: the AVX2 table has none to port (the lane-per-row gemm
-//! of `avx512.rs` relies on 16-lane masked gathers), so `ops::matmul` runs
-//! these dots through `gemm_by_dots` as on AVX2.
+//! Gemm entries: the AVX2 gemm of `avx2_gemm.rs` (still `vpmaddubsw` +
+//! `vpmaddwd`), decode included, so that a token's logits do not depend on
+//! how it was batched; this tier's dots serve the types without a gemm.
 //!
 //! Soundness: the `unsafe fn`s need AVX-VNNI, AVX2, FMA and F16C. The safe
 //! wrappers below are private and reach callers only through
@@ -14,6 +14,7 @@
 //! `super::supports(Isa::AvxVnni)` checked those features at run time.
 
 use super::avx2::{bit_bytes, iq4_levels};
+use super::avx2_gemm;
 use crate::dispatch::{Isa, KernelTable, WeightRow};
 use crate::quant::blocks::*;
 use crate::quant::iq4_nl::BlockIQ4NL;
@@ -27,18 +28,22 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
         isa: Isa::AvxVnni,
         q4_0: WeightRow {
             dot: q4_0_q8_0,
+            gemm: Some(q4_0_q8_0_gemm),
             ..t.q4_0
         },
         q4_1: WeightRow {
             dot: q4_1_q8_1,
+            gemm: Some(q4_1_q8_1_gemm),
             ..t.q4_1
         },
         q8_0: WeightRow {
             dot: q8_0_q8_0,
+            gemm: Some(q8_0_q8_0_gemm),
             ..t.q8_0
         },
         q5_0: WeightRow {
             dot: q5_0_q8_0,
+            gemm: Some(q5_0_q8_0_gemm),
             ..t.q5_0
         },
         q5_1: WeightRow {
@@ -80,6 +85,22 @@ fn q5_1_q8_1(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
     let n = w.len().min(a.len());
     // SAFETY: as above.
     unsafe { q5_1_q8_1_k(&w[..n], &a[..n]) }
+}
+
+// The AVX2 gemm (`vpmaddubsw` + `vpmaddwd`) for prefill and decode alike;
+// these dots only for a shape the gemm does not take.
+
+fn q4_0_q8_0_gemm(w: &[BlockQ4_0], a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+    avx2_gemm::gemm(q4_0_q8_0, w, a, bpr, out)
+}
+fn q4_1_q8_1_gemm(w: &[BlockQ4_1], a: &[BlockQ8_1], bpr: usize, out: &mut [f32]) {
+    avx2_gemm::gemm(q4_1_q8_1, w, a, bpr, out)
+}
+fn q8_0_q8_0_gemm(w: &[BlockQ8_0], a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+    avx2_gemm::gemm(q8_0_q8_0, w, a, bpr, out)
+}
+fn q5_0_q8_0_gemm(w: &[BlockQ5_0], a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+    avx2_gemm::gemm(q5_0_q8_0, w, a, bpr, out)
 }
 fn iq4_nl_q8_0(w: &[BlockIQ4NL], a: &[BlockQ8_0]) -> f32 {
     let n = w.len().min(a.len());

@@ -1,10 +1,14 @@
 //! x86-64 kernels, four tiers, each table built from the one below and
 //! overridden (tract-style):
 //!
-//! * `avx2`: AVX2 + FMA + F16C, every dot and the activation quantizers.
+//! * `avx2`: AVX2 + FMA + F16C, every dot and the activation quantizers,
+//!   and a gemm over the file's layout for prefill (Q4_0, Q4_1, Q5_0,
+//!   Q8_0, Q4_K, Q6_K; `avx2_gemm.rs`).
 //! * `avxvnni`: AVX-VNNI (VEX `vpdpbusd` on ymm, for client cores without
 //!   AVX-512): the AVX2 table with the Q4_0, Q4_1 and Q8_0 dots on
-//!   `vpdpbusd`. Selected below `avx512` when both exist.
+//!   `vpdpbusd` (for the types without a gemm: decode of the others goes
+//!   through the AVX2 gemm, batch-invariant). Selected below `avx512` when
+//!   both exist.
 //! * `avx512`: AVX-512 F/BW/VL legacy-quant and Q6_K dots, and the
 //!   lane-per-row gemm (decode matvec and prefill matmul) for Q4_0, Q4_1
 //!   and Q5_0 (`avx512.rs`) and Q4_K, Q5_K, Q6_K (`kquant_x16.rs`), over
@@ -17,6 +21,7 @@
 use crate::dispatch::{Isa, KernelTable};
 
 mod avx2;
+mod avx2_gemm;
 mod avx512;
 mod avx512_lowbit;
 mod avxvnni;
