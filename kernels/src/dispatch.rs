@@ -481,11 +481,26 @@ mod tests {
                         &format!("{isa} attn scores hd={hd} g={g} n={n}"),
                     );
                 }
+                // each head alone gets the bits it gets beside the others
+                // (decode and prefill group the heads differently)
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                for h in 0..g {
+                    let mut one = vec![0f32; n];
+                    (b.scores)(&k, hd, &q[h * hd..(h + 1) * hd], &mut one);
+                    let what = format!("{isa} attn scores hd={hd} g={g} n={n}: head {h} alone");
+                    assert_eq!(bits(&one), bits(&fast[h * n..(h + 1) * n]), "{what}");
+                }
                 let acc0 = random_row(g * hd, 3 + g as u64);
                 let (mut fast, mut reference) = (acc0.clone(), acc0.clone());
                 let p: Vec<f32> = random_row(g * n, 9).iter().map(|v| v.abs()).collect();
                 (b.accumulate)(&k, hd, &p, &mut fast);
                 float::attn_accumulate_f16(&k, hd, &p, &mut reference);
+                for h in 0..g {
+                    let mut one = acc0[h * hd..(h + 1) * hd].to_vec();
+                    (b.accumulate)(&k, hd, &p[h * n..(h + 1) * n], &mut one);
+                    let what = format!("{isa} attn accumulate hd={hd} g={g} n={n}: head {h} alone");
+                    assert_eq!(bits(&one), bits(&fast[h * hd..(h + 1) * hd]), "{what}");
+                }
                 for (a, r) in fast.iter().zip(&reference) {
                     close(
                         *a,

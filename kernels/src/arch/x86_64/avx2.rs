@@ -11,8 +11,8 @@
 //! `super::table` calls after `super::supports(Isa::Avx2)` checked those
 //! features at run time.
 
-use super::avx2_gemm;
-use crate::dispatch::{ActivationRow, Isa, KernelTable, WeightRow};
+use super::{avx2_attn, avx2_gemm};
+use crate::dispatch::{ActivationRow, AttnBlockKernels, Isa, KernelTable, WeightRow};
 use crate::ops::{activation, attention};
 use crate::quant::blocks::*;
 use crate::quant::iq4_nl::{BlockIQ4NL, KVALUES};
@@ -103,6 +103,10 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
             quantize: quantize_q8_k,
         },
         axpy_f16,
+        attn_block: Some(AttnBlockKernels {
+            scores: avx2_attn::attn_scores,
+            accumulate: avx2_attn::attn_accumulate,
+        }),
         attn_quant: crate::dispatch::AttnQuantKernels {
             accumulate_q8_0: attn_accumulate_q8_0,
             accumulate_q4_0: attn_accumulate_q4_0,
@@ -290,7 +294,7 @@ fn halves(a: f16, b: f16) -> __m128 {
 
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum(x: __m256) -> f32 {
+pub(super) unsafe fn hsum(x: __m256) -> f32 {
     let r = _mm_add_ps(_mm256_extractf128_ps(x, 1), _mm256_castps256_ps128(x));
     let r = _mm_add_ps(r, _mm_movehl_ps(r, r));
     let r = _mm_add_ss(r, _mm_movehdup_ps(r));

@@ -1,0 +1,208 @@
+//! AVX2 attention block kernels over the f16 KV cache: each key and value
+//! row is converted once for all the query heads of a group, where the
+//! f16 dot and `axpy_f16` converted it again for every head and paid a
+//! call per (head, key) pair. At depth this was most of a follow-up
+//! turn's prefill.
+//!
+//! Batch invariance: a (head, key) score is one 8-lane FMA chain over the
+//! row from zero, summed by `hsum`, whatever the number of heads or keys
+//! beside it; an output element is one FMA chain over the block's keys in
+//! order. Decode and prefill both run these kernels, so a token's
+//! attention gives the same bits however it was batched.
+//!
+//! Soundness: the `unsafe fn`s need AVX2, FMA and F16C; the safe entry
+//! points are reached only through the AVX2 table (and the tables built
+//! on it), which `super::table` hands out after `super::supports` checked
+//! those features. They check the shapes before the kernels index.
+
+use super::avx2::hsum;
+use crate::quant::float as reference;
+use core::arch::x86_64::*;
+use half::f16;
+
+/// Query heads one kernel call keeps in registers.
+const MAX_HEADS: usize = 4;
+
+/// The key (or value) rows of a call, if `kv` and `heads` hold whole rows
+/// of `hd` and `per_pair` one value per (head, key).
+fn whole_rows(hd: usize, kv: &[f16], heads: &[f32], per_pair: &[f32]) -> Option<usize> {
+    let nk = kv.len().checked_div(hd).filter(|&n| n > 0)?;
+    let ok = kv.len().is_multiple_of(hd)
+        && heads.len().is_multiple_of(hd)
+        && per_pair.len() >= heads.len() / hd * nk;
+    ok.then_some(nk)
+}
+
+/// `out[g * nk + j] = k_j · q_g` (see `dispatch::AttnScoresFn`).
+pub(super) fn attn_scores(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
+    let Some(nk) = whole_rows(hd, k, q, out) else {
+        // Not whole rows: the reference does what it can without panicking.
+        return reference::attn_scores_f16(k, hd, q, out);
+    };
+    for (qs, os) in q.chunks(MAX_HEADS * hd).zip(out.chunks_mut(MAX_HEADS * nk)) {
+        // SAFETY: AVX2/FMA/F16C were detected before this table was handed
+        // out; k holds nk rows of hd, qs g rows of hd and os g * nk scores.
+        unsafe {
+            match qs.len() / hd {
+                1 => scores_k::<1>(k, hd, qs, os),
+                2 => scores_k::<2>(k, hd, qs, os),
+                3 => scores_k::<3>(k, hd, qs, os),
+                _ => scores_k::<4>(k, hd, qs, os),
+            }
+        }
+    }
+}
+
+/// `acc_g += sum_j p[g * nk + j] * v_j` (see `dispatch::AttnAccumulateFn`).
+pub(super) fn attn_accumulate(v: &[f16], hd: usize, p: &[f32], acc: &mut [f32]) {
+    let Some(nk) = whole_rows(hd, v, acc, p) else {
+        return reference::attn_accumulate_f16(v, hd, p, acc);
+    };
+    for (ps, accs) in p.chunks(MAX_HEADS * nk).zip(acc.chunks_mut(MAX_HEADS * hd)) {
+        // SAFETY: as above; v holds nk rows of hd, accs g rows of hd and ps
+        // g * nk weights.
+        unsafe {
+            match accs.len() / hd {
+                1 => accumulate_k::<1>(v, hd, ps, accs),
+                2 => accumulate_k::<2>(v, hd, ps, accs),
+                3 => accumulate_k::<3>(v, hd, ps, accs),
+                _ => accumulate_k::<4>(v, hd, ps, accs),
+            }
+        }
+    }
+}
+
+/// Eight f16 values at `p` as f32.
+///
+/// # Safety
+/// F16C; eight values readable at `p`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load8(p: *const f16) -> __m256 {
+    // SAFETY: forwarded from the caller.
+    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.cast()) })
+}
+
+/// Two keys at a time against `G` queries: each key row converted once for
+/// all of them, `2G` independent accumulators.
+///
+/// # Safety
+/// AVX2/FMA/F16C; `k` holds whole rows of `hd`, `q` `G` rows, `out` `G *
+/// nk` scores.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scores_k<const G: usize>(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
+    let nk = k.len() / hd;
+    let vec_end = hd / 8 * 8;
+    let tail = |j: usize, g: usize| -> f32 {
+        k[j * hd + vec_end..(j + 1) * hd]
+            .iter()
+            .zip(&q[g * hd + vec_end..(g + 1) * hd])
+            .map(|(x, y)| x.to_f32() * y)
+            .sum()
+    };
+    let (kp, qp) = (k.as_ptr(), q.as_ptr());
+    let mut j = 0;
+    // SAFETY: every load reads 8 values at i + 8 <= vec_end <= hd inside
+    // row j or j + 1 (< nk) of k and row g (< G) of q.
+    unsafe {
+        while j + 2 <= nk {
+            let (mut a0, mut a1) = ([_mm256_setzero_ps(); G], [_mm256_setzero_ps(); G]);
+            let mut i = 0;
+            while i < vec_end {
+                let x0 = load8(kp.add(j * hd + i));
+                let x1 = load8(kp.add((j + 1) * hd + i));
+                for g in 0..G {
+                    let qv = _mm256_loadu_ps(qp.add(g * hd + i));
+                    a0[g] = _mm256_fmadd_ps(x0, qv, a0[g]);
+                    a1[g] = _mm256_fmadd_ps(x1, qv, a1[g]);
+                }
+                i += 8;
+            }
+            for g in 0..G {
+                out[g * nk + j] = hsum(a0[g]) + tail(j, g);
+                out[g * nk + j + 1] = hsum(a1[g]) + tail(j + 1, g);
+            }
+            j += 2;
+        }
+        if j < nk {
+            let mut a0 = [_mm256_setzero_ps(); G];
+            let mut i = 0;
+            while i < vec_end {
+                let x0 = load8(kp.add(j * hd + i));
+                for (g, a) in a0.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(x0, _mm256_loadu_ps(qp.add(g * hd + i)), *a);
+                }
+                i += 8;
+            }
+            for (g, a) in a0.iter().enumerate() {
+                out[g * nk + j] = hsum(*a) + tail(j, g);
+            }
+        }
+    }
+}
+
+/// Output columns outer, keys inner: `G` heads times two 8-lane column
+/// chunks stay in registers across the block of keys, each value chunk
+/// converted once for all `G` heads.
+///
+/// # Safety
+/// AVX2/FMA/F16C; `v` holds whole rows of `hd`, `acc` `G` rows, `p` `G *
+/// nk` weights.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn accumulate_k<const G: usize>(v: &[f16], hd: usize, p: &[f32], acc: &mut [f32]) {
+    let nk = v.len() / hd;
+    let vec_end = hd / 8 * 8;
+    let (vp, ap) = (v.as_ptr(), acc.as_mut_ptr());
+    let mut i = 0;
+    // SAFETY: loads and stores cover 8 lanes at column i + 8 * c + 8 <=
+    // vec_end <= hd of value row j < nk and output row g < G.
+    unsafe {
+        while i + 16 <= vec_end {
+            let mut a = [[_mm256_setzero_ps(); 2]; G];
+            for (g, ag) in a.iter_mut().enumerate() {
+                for (c, r) in ag.iter_mut().enumerate() {
+                    *r = _mm256_loadu_ps(ap.add(g * hd + i + 8 * c));
+                }
+            }
+            for j in 0..nk {
+                let row = vp.add(j * hd + i);
+                let x = [load8(row), load8(row.add(8))];
+                for (g, ag) in a.iter_mut().enumerate() {
+                    let w = _mm256_set1_ps(p[g * nk + j]);
+                    for (r, xc) in ag.iter_mut().zip(&x) {
+                        *r = _mm256_fmadd_ps(w, *xc, *r);
+                    }
+                }
+            }
+            for (g, ag) in a.iter().enumerate() {
+                for (c, r) in ag.iter().enumerate() {
+                    _mm256_storeu_ps(ap.add(g * hd + i + 8 * c), *r);
+                }
+            }
+            i += 16;
+        }
+        while i < vec_end {
+            let mut a = [_mm256_setzero_ps(); G];
+            for (g, r) in a.iter_mut().enumerate() {
+                *r = _mm256_loadu_ps(ap.add(g * hd + i));
+            }
+            for j in 0..nk {
+                let x = load8(vp.add(j * hd + i));
+                for (g, r) in a.iter_mut().enumerate() {
+                    *r = _mm256_fmadd_ps(_mm256_set1_ps(p[g * nk + j]), x, *r);
+                }
+            }
+            for (g, r) in a.iter().enumerate() {
+                _mm256_storeu_ps(ap.add(g * hd + i), *r);
+            }
+            i += 8;
+        }
+    }
+    for g in 0..G {
+        for c in vec_end..hd {
+            for j in 0..nk {
+                acc[g * hd + c] = p[g * nk + j].mul_add(v[j * hd + c].to_f32(), acc[g * hd + c]);
+            }
+        }
+    }
+}
