@@ -13,19 +13,18 @@
 //!    column, then per (row, column) `vpmaddubsw` + `vpmaddwd` into an i32
 //!    sum, converted once per block and accumulated by FMA with the product
 //!    of the two scales; `NR * NC` float accumulators, one horizontal sum
-//!    per output at the end; the Q4_0 / Q5_0 code offset comes off the
-//!    `i16` pairs (`vpmaddubsw` of the offset and the column, once per
+//!    per output at the end; the Q4_0 / Q5_0 / Q6_K code offset comes off
+//!    the `i16` pairs (`vpmaddubsw` of the offset and the column, once per
 //!    column), exact as in the dots;
 //! 3. the terms that do not depend on both codes (Q4_1's minimum against
-//!    Q8_1's `s`, the offset of Q6_K codes, the mins of Q4_K) are a small
+//!    Q8_1's `s`, the mins of Q4_K) are a small
 //!    float product of per-row coefficients and per-column activation sums
 //!    (`out += sum_j m[r][j] * s[c][j]`), done eight columns at a time
 //!    after the tile.
 //!
 //! Integer sums are exact (codes below 64 against codes within ±128 cannot
 //! saturate the `i16` pairs; Q8_0 x Q8_0 uses the `vpsignb` trick as the
-//! dot does); the float accumulation order differs from the dots, and the
-//! Q6_K offset is taken off in floats rather than integers.
+//! dot does); the float accumulation order differs from the dots.
 //!
 //! **Batch invariance.** Every output is the same sequence of float
 //! operations whatever the tile it falls in, the number of columns beside
@@ -58,9 +57,9 @@ const COL_CHUNK: usize = 64;
 /// The most 32-code runs per block (the k-quants' 256 elements).
 const MAX_RUNS: usize = 8;
 
-/// The most correction terms per block (Q6_K: one per 16-element
+/// The most correction terms per block (Q4_K: one per 32-element
 /// sub-block).
-const MAX_TERMS: usize = 16;
+const MAX_TERMS: usize = 8;
 
 /// An 8-bit activation block as the gemm reads it.
 pub(super) trait GemmAct: Copy {
@@ -261,22 +260,20 @@ impl Avx2Gemm for BlockQ4K {
 
 /// Codes rebuilt unsigned (0..64) as in the dot, run `4n + k` covering
 /// elements `128n + 32k..`, its two 16-element sub-blocks' scales in the
-/// two 128-bit lanes; the offset of 32 meets the Q8_K sums per sub-block.
+/// two 128-bit lanes; the offset of 32 comes off each `i16` pair before the
+/// scales, exact in integers as in the dot (`63 * 128 * 2 + 32 * 128 * 2`
+/// fits an `i16`).
 impl Avx2Gemm for BlockQ6K {
     const RUNS: usize = 8;
     const SCALED: bool = true;
     const SIGNED: bool = false;
-    const TERMS: usize = 16;
+    const OFFSET: i8 = 32;
+    const TERMS: usize = 0;
     const NR: usize = 2;
     const NC: usize = 2;
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn unpack(
-        &self,
-        codes: &mut [__m256i],
-        scales: &mut [__m256i],
-        mins: &mut [f32],
-    ) -> f32 {
+    unsafe fn unpack(&self, codes: &mut [__m256i], scales: &mut [__m256i], _: &mut [f32]) -> f32 {
         let m4 = _mm256_set1_epi8(0x0F);
         let m2 = _mm256_set1_epi8(0x03);
         for n in 0..2 {
@@ -311,17 +308,9 @@ impl Avx2Gemm for BlockQ6K {
             );
         }
         // SAFETY: the caller guarantees the features.
-        let d = unsafe { fp16(self.d) };
-        for (j, m) in mins.iter_mut().enumerate().take(16) {
-            *m = -32.0 * d * f32::from(self.scales[j]);
-        }
-        d
+        unsafe { fp16(self.d) }
     }
-    fn act_terms(a: &BlockQ8K, d: f32, s: &mut [f32]) {
-        for (sj, &b) in s.iter_mut().zip(&a.bsums) {
-            *sj = d * f32::from(b);
-        }
-    }
+    fn act_terms(_: &BlockQ8K, _: f32, _: &mut [f32]) {}
 }
 
 /// `out[c * rows + r] = w[r] · a[c]` (see `dispatch::GemmFn`): the AVX2
