@@ -144,10 +144,14 @@ impl KvPlane {
             .filter(|&b| b <= isize::MAX as usize)
             .ok_or(Error::SizeOverflow { op: OP })?;
         let units = rows * (head_dim / kv_type.dtype().block_size());
+        // Zeroed allocations: the allocator hands large ones out as fresh
+        // pages, which the OS maps on first write. A cache sized for the
+        // whole context costs memory as positions fill, not up front (a
+        // `vec![f16::ZERO; n]` wrote, and so kept resident, every page).
         let data = match kv_type {
-            KvType::F16 => Data::F16(vec![f16::ZERO; units]),
-            KvType::Q8_0 => Data::Q8_0(vec![bytemuck::Zeroable::zeroed(); units]),
-            KvType::Q4_0 => Data::Q4_0(vec![bytemuck::Zeroable::zeroed(); units]),
+            KvType::F16 => Data::F16(bytemuck::zeroed_vec(units)),
+            KvType::Q8_0 => Data::Q8_0(bytemuck::zeroed_vec(units)),
+            KvType::Q4_0 => Data::Q4_0(bytemuck::zeroed_vec(units)),
         };
         Ok(Self {
             data,
