@@ -416,7 +416,14 @@ impl Default for Criteria {
         Criteria {
             tie_margin: 0.1,
             near_tie: 0.5,
-            max_flip_fraction: 0.01,
+            // llama.cpp's own alternates reach 7 of 370 (1.9 %); two
+            // engines with exact integer sums that add the same floats in
+            // another order flip as many: on the Q4_K_M requantization,
+            // the batch-invariant AVX2 gemm (each output's floats in one
+            // order for prefill and decode) flips 3 of 164 (1.8 %) where the
+            // one-row dots flipped 2, at llama.cpp margins of 0.19-0.39,
+            // and does so with the Q4_K rows on the dots too.
+            max_flip_fraction: 0.02,
             self_flip_factor: 2.0,
             mean_self_noise_factor: 1.25,
             max_self_noise_factor: 1.5,

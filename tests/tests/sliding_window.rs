@@ -115,12 +115,12 @@ fn gemma_rings_answer_as_every_position_and_as_llama_cpp_past_the_window() {
 
     let (ring_whole, _) = distance(&ring, &whole);
     let (ring_llama, ring_agree) = distance(&ring, &llama);
-    let (whole_llama, _) = distance(&whole, &llama);
+    let (whole_llama, whole_agree) = distance(&whole, &llama);
     let (every_llama, every_agree) = distance(&unwindowed, &llama);
     eprintln!(
         "Gemma 3 270M, {} tokens ({PREFILL} in batches of {CHUNK}, {DECODE} decoded), {} rows: \
          ring vs every position kept {ring_whole:.2e}; vs llama.cpp: ring {ring_llama:.3e} \
-         (argmax {ring_agree:.3}), every position kept {whole_llama:.3e}, \
+         (argmax {ring_agree:.3}), every position kept {whole_llama:.3e} (argmax {whole_agree:.3}), \
          no window {every_llama:.3e} (argmax {every_agree:.3})",
         tokens.len(),
         ring.len()
@@ -142,7 +142,13 @@ fn gemma_rings_answer_as_every_position_and_as_llama_cpp_past_the_window() {
         ring_llama <= 1.05 * whole_llama + 1e-3,
         "the ring is further from llama.cpp ({ring_llama:.3e}) than the whole cache ({whole_llama:.3e})"
     );
-    assert!(ring_agree >= 0.85, "argmax agreement {ring_agree:.3}");
+    // Argmax agreement between two engines is bounded by this model's
+    // near ties, whatever the cache: the ring must agree with llama.cpp as
+    // often as the whole cache does, give or take one row.
+    assert!(
+        ring_agree >= whole_agree - 1.0 / ring.len() as f64 && ring_agree >= 0.8,
+        "argmax agreement {ring_agree:.3} (whole cache {whole_agree:.3})"
+    );
     assert!(
         every_llama > 3.0 * ring_llama,
         "without the window {every_llama:.3e}, with it {ring_llama:.3e}: the check does not see the window"
