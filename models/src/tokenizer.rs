@@ -168,8 +168,11 @@ pub struct Tokenizer {
     pre: String,
     /// Splits control tokens out of the text (`parse_special = true`).
     with_special: tokenizers::Tokenizer,
-    /// Encodes control tokens' text as ordinary text (`parse_special = false`).
-    without_special: tokenizers::Tokenizer,
+    /// Encodes control tokens' text as ordinary text (`parse_special =
+    /// false`): a copy of `with_special` made on first use, since a chat
+    /// never asks for it and the copy is every vocabulary map again (a
+    /// tenth of a one-shot run's time, and its memory).
+    without_special: std::sync::OnceLock<tokenizers::Tokenizer>,
     tokens: Vec<String>,
     types: Vec<TokenType>,
     ids: HashMap<String, u32>,
@@ -390,9 +393,8 @@ impl Tokenizer {
                 .collect();
             base.add_tokens(added).map_err(tok_err)?;
         }
-        let with_special = base.clone();
-        let mut without_special = base;
-        without_special.set_encode_special_tokens(true);
+        let with_special = base;
+        let without_special = std::sync::OnceLock::new();
 
         Ok(Tokenizer {
             kind,
@@ -426,7 +428,11 @@ impl Tokenizer {
         let tk = if parse_special {
             &self.with_special
         } else {
-            &self.without_special
+            self.without_special.get_or_init(|| {
+                let mut t = self.with_special.clone();
+                t.set_encode_special_tokens(true);
+                t
+            })
         };
         let enc = tk.encode(text, false).map_err(tok_err)?;
         let n = self.tokens.len();
