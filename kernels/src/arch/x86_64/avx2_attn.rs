@@ -23,9 +23,10 @@ use half::f16;
 /// Query heads one kernel call keeps in registers.
 const MAX_HEADS: usize = 4;
 
-/// The key (or value) rows of a call, if `kv` and `heads` hold whole rows
-/// of `hd` and `per_pair` one value per (head, key).
-fn whole_rows(hd: usize, kv: &[f16], heads: &[f32], per_pair: &[f32]) -> Option<usize> {
+/// The key (or value) rows of a block kernel's call, if `kv` and `heads`
+/// hold whole rows of `hd` and `per_pair` one value per (head, key) (the
+/// AVX-512 tier's block kernels check their calls with it too).
+pub(super) fn whole_rows(hd: usize, kv: &[f16], heads: &[f32], per_pair: &[f32]) -> Option<usize> {
     let nk = kv.len().checked_div(hd).filter(|&n| n > 0)?;
     let ok = kv.len().is_multiple_of(hd)
         && heads.len().is_multiple_of(hd)

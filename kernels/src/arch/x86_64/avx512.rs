@@ -131,15 +131,7 @@ mod float {
     /// Query heads one kernel call keeps in registers.
     const MAX_HEADS: usize = 4;
 
-    /// The key (or value) rows of a block kernel's call, if `kv` and `heads`
-    /// hold whole rows of `hd` and `per_pair` one value per (head, key).
-    fn whole_rows(hd: usize, kv: &[f16], heads: &[f32], per_pair: &[f32]) -> Option<usize> {
-        let nk = kv.len().checked_div(hd).filter(|&n| n > 0)?;
-        let ok = kv.len().is_multiple_of(hd)
-            && heads.len().is_multiple_of(hd)
-            && per_pair.len() >= heads.len() / hd * nk;
-        ok.then_some(nk)
-    }
+    use super::super::avx2_attn::whole_rows;
 
     pub(super) fn attn_scores(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
         let Some(nk) = whole_rows(hd, k, q, out) else {
