@@ -47,8 +47,13 @@ fi
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
 export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64-static -L $SYSROOT"
 
+# The kernels are built without overflow and debug (UB) checks for the
+# model-driven suites (Cargo.toml); their own tests here keep both on.
+checks=(--config profile.dev.package.sotto-kernels.debug-assertions=true
+  --config profile.dev.package.sotto-kernels.overflow-checks=true)
+
 step "build sotto-kernels tests for $TARGET"
-cargo test -p sotto-kernels --target "$TARGET" --no-run || die "build failed"
+cargo test -p sotto-kernels --target "$TARGET" "${checks[@]}" --no-run || die "build failed"
 # `test-aarch64.sh build`: only the toolchain and the build (scripts/test.sh
 # runs it in the background while the workspace tests run).
 [ "${1:-}" = build ] && exit 0
@@ -65,7 +70,7 @@ run() {
   local log="$log_dir/$cpu-$isa.log"
   step "$name"
   QEMU_CPU=$cpu SOTTO_ISA=$isa SOTTO_EXPECT_AARCH64=$expect \
-    cargo test -p sotto-kernels --target "$TARGET" --no-fail-fast -- $filter 2>&1 | tee "$log"
+    cargo test -p sotto-kernels --target "$TARGET" "${checks[@]}" --no-fail-fast -- $filter 2>&1 | tee "$log"
   local rc=${PIPESTATUS[0]}
   local passed failed_n
   passed=$(grep -Eo '[0-9]+ passed' "$log" | awk '{s += $1} END {print s + 0}')

@@ -183,6 +183,15 @@ cat "$npu_log"
 # scripts/bridge-soak.sh runs it for minutes).
 if [ -f "$soak_report" ]; then cat "$soak_report"; fi
 
+step "sotto-kernels unit tests with overflow and debug (UB) checks"
+# The workspace build leaves these checks out of the crates on the
+# generation path (Cargo.toml: they cost the gemm 7x); the kernels' unsafe
+# SIMD code still gets its unit tests with both on, here and under qemu.
+cargo test -p sotto-kernels --lib --no-fail-fast \
+  --config profile.dev.package.sotto-kernels.debug-assertions=true \
+  --config profile.dev.package.sotto-kernels.overflow-checks=true 2>&1 | tail -n 30 ||
+  failed+=("sotto-kernels unit tests with checks")
+
 if [ -n "$cross_build_pid" ]; then
   # (a failed background build shows in its log; the steps below build again)
   wait "$cross_build_pid" || echo "background cross build failed:" >&2
