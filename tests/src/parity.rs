@@ -25,7 +25,11 @@
 //!   our token where we lead by 0.501), or a swing no larger than the largest one llama.cpp's
 //!   own alternate runs show against its reference anywhere on the same
 //!   file ([`Reference::self_swing`]: 2.4 logits on the IQ4_NL
-//!   requantization, where they flip 8 decisions over 8 prompts). On
+//!   requantization, where they flip 8 decisions over 8 prompts), or a
+//!   position where the reference's own decision does not hold (one of
+//!   llama.cpp's alternates, or the float64 pass, picks another token
+//!   there; greedy generation likewise where the batched reference saw a
+//!   tie or an alternate picks another token). On
 //!   quantized files the noise is that large on our side too: our scalar
 //!   and AVX-512 paths, both exact to ggml's block arithmetic, differ by
 //!   1.2e-1 to 3e-1 relative L2 along the same sequence (f16: 4.5e-3),
@@ -530,10 +534,23 @@ pub fn compare_teacher_forced(
             .values()
             .flatten()
             .any(|f| f.pos == step.pos && f.argmax == ours_top);
+        // The reference's own decision does not hold: llama.cpp run another
+        // way, or the float64 pass, picks some other token there (on the
+        // Q2_K requantization both of llama.cpp's alternates and the
+        // float64 pass pick a third token where its reference leads ours by
+        // 0.35); a disagreement there is a near-tie, counted as one.
+        let unstable = tf
+            .llama_cpp_self_argmax
+            .values()
+            .flatten()
+            .any(|f| f.pos == step.pos)
+            || exact_argmax
+                .get(&step.pos)
+                .is_some_and(|&a| a != step.argmax);
         // How far the decision moved between llama.cpp and us; both sides
         // at most `near_tie` is a swing of at most twice that.
         let swing = flip.our_margin + flip.llama_margin;
-        if llama_cpp_also || swing <= allowed_swing {
+        if llama_cpp_also || unstable || swing <= allowed_swing {
             report.flips.push(flip);
         } else {
             report.disagreements.push(flip);
@@ -649,8 +666,17 @@ impl ParitySummary {
         for (name, f) in self.disagreements() {
             out.push(format!(
                 "{name}: argmax at position {} is {}, llama.cpp's is {} (llama.cpp's margin {:.3}, \
-                 ours {:.3} the other way)",
-                f.pos, f.ours, f.llama, f.llama_margin, f.our_margin
+                 ours {:.3} the other way{})",
+                f.pos,
+                f.ours,
+                f.llama,
+                f.llama_margin,
+                f.our_margin,
+                if f.f64_picks_ours {
+                    "; the float64 forward pass picks our token"
+                } else {
+                    ""
+                }
             ));
         }
         let (checked, flips, allowed) =
@@ -873,8 +899,23 @@ pub fn compare_greedy(
         // there is acceptable, stopping early is not. A margin llama.cpp's
         // own runs overturn elsewhere on this file is a near-tie too.
         let judged = judged_near_ties.iter().any(|f| f.pos == step.pos);
+        // llama.cpp's own runs do not agree on this step: its batched
+        // reference saw a tie here, or one of its alternates picks another
+        // token (its one-token greedy margin can read 0.62 where its
+        // batched run's is 0.07 and both alternates pick our token)
+        let unsure = seq
+            .logits
+            .teacher_forced
+            .iter()
+            .any(|t| t.pos == step.pos && t.margin <= criteria.tie_margin)
+            || seq
+                .logits
+                .llama_cpp_self_argmax
+                .values()
+                .flatten()
+                .any(|f| f.pos == step.pos);
         report.acceptable =
-            (step.margin < criteria.near_tie || step.margin <= self_swing || judged)
+            (step.margin < criteria.near_tie || step.margin <= self_swing || judged || unsure)
                 && got.is_some();
         break;
     }
