@@ -193,7 +193,7 @@ fn q5_0_q8_0_gemm(w: &[BlockQ5_0], a: &[BlockQ8_0], bpr: usize, out: &mut [f32])
     avx2_lanes::gemm(q5_0_q8_0, w, a, bpr, out)
 }
 fn q4_k_q8_k_gemm(w: &[BlockQ4K], a: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
-    avx2_gemm::gemm(q4_k_q8_k, w, a, bpr, out)
+    avx2_lanes::gemm(q4_k_q8_k, w, a, bpr, out)
 }
 fn q6_k_q8_k_gemm(w: &[BlockQ6K], a: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
     avx2_gemm::gemm(q6_k_q8_k, w, a, bpr, out)
