@@ -204,8 +204,8 @@ unsafe fn fill<W: Lanes>(p: &mut Panel, w: &[W], nr: usize, bpr: usize) {
         // SAFETY: d and each m[j] are 8 readable floats.
         unsafe {
             p.d[k] = _mm256_loadu_ps(d.as_ptr());
-            for j in 0..t {
-                p.m[k * t + j] = _mm256_loadu_ps(m[j].as_ptr());
+            for (pm, mj) in p.m[k * t..(k + 1) * t].iter_mut().zip(&m) {
+                *pm = _mm256_loadu_ps(mj.as_ptr());
             }
         }
     }
@@ -278,8 +278,7 @@ unsafe fn block<W: Lanes, const NC: usize>(
         };
         for g in 0..LANES / W::GROUP {
             let mut pairs = [_mm256_setzero_si256(); NC];
-            for i in g * W::GROUP..(g + 1) * W::GROUP {
-                let xi = x[i];
+            for (i, &xi) in x.iter().enumerate().skip(g * W::GROUP).take(W::GROUP) {
                 let ux = if W::SIGNED {
                     _mm256_sign_epi8(xi, xi)
                 } else {
@@ -336,8 +335,8 @@ unsafe fn scale_add<W: Lanes>(isum: __m256i, d: __m256, m: &[__m256], col: &Col,
         *acc = _mm256_fmadd_ps(m[0], _mm256_set1_ps(col.terms[0]), *acc);
     } else if W::TERMS > 1 {
         let mut blk = _mm256_mul_ps(m[0], _mm256_set1_ps(col.terms[0]));
-        for j in 1..W::TERMS {
-            blk = _mm256_fmadd_ps(m[j], _mm256_set1_ps(col.terms[j]), blk);
+        for (&mj, &tj) in m.iter().zip(&col.terms).take(W::TERMS).skip(1) {
+            blk = _mm256_fmadd_ps(mj, _mm256_set1_ps(tj), blk);
         }
         *acc = _mm256_add_ps(*acc, blk);
     }
