@@ -24,7 +24,6 @@ use crate::dispatch::{Isa, KernelTable};
 mod avx2;
 mod avx2_attn;
 mod avx2_gemm;
-mod avx2_lanes;
 mod avx512;
 mod avx512_lowbit;
 mod avxvnni;
