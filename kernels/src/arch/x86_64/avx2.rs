@@ -11,7 +11,7 @@
 //! `super::table` calls after `super::supports(Isa::Avx2)` checked those
 //! features at run time.
 
-use super::{avx2_attn, avx2_gemm};
+use super::{avx2_attn, avx2_gemm, avx2_lanes};
 use crate::dispatch::{ActivationRow, AttnBlockKernels, Isa, KernelTable, WeightRow};
 use crate::ops::{activation, attention};
 use crate::quant::blocks::*;
@@ -181,19 +181,19 @@ fn iq4_xs_q8_k(w: &[BlockIQ4XS], a: &[BlockQ8K]) -> f32 {
     unsafe { iq4_xs_q8_k_k(&w[..n], &a[..n]) }
 }
 fn q4_0_q8_0_gemm(w: &[BlockQ4_0], a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
-    avx2_gemm::gemm(q4_0_q8_0, w, a, bpr, out)
+    avx2_lanes::gemm(q4_0_q8_0, w, a, bpr, out)
 }
 fn q4_1_q8_1_gemm(w: &[BlockQ4_1], a: &[BlockQ8_1], bpr: usize, out: &mut [f32]) {
-    avx2_gemm::gemm(q4_1_q8_1, w, a, bpr, out)
+    avx2_lanes::gemm(q4_1_q8_1, w, a, bpr, out)
 }
 fn q8_0_q8_0_gemm(w: &[BlockQ8_0], a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
-    avx2_gemm::gemm(q8_0_q8_0, w, a, bpr, out)
+    avx2_lanes::gemm(q8_0_q8_0, w, a, bpr, out)
 }
 fn q5_0_q8_0_gemm(w: &[BlockQ5_0], a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
-    avx2_gemm::gemm(q5_0_q8_0, w, a, bpr, out)
+    avx2_lanes::gemm(q5_0_q8_0, w, a, bpr, out)
 }
 fn q4_k_q8_k_gemm(w: &[BlockQ4K], a: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
-    avx2_gemm::gemm(q4_k_q8_k, w, a, bpr, out)
+    avx2_lanes::gemm(q4_k_q8_k, w, a, bpr, out)
 }
 fn q6_k_q8_k_gemm(w: &[BlockQ6K], a: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
     avx2_gemm::gemm(q6_k_q8_k, w, a, bpr, out)

@@ -24,6 +24,7 @@ use crate::dispatch::{Isa, KernelTable};
 mod avx2;
 mod avx2_attn;
 mod avx2_gemm;
+mod avx2_lanes;
 mod avx512;
 mod avx512_lowbit;
 mod avxvnni;
