@@ -11,7 +11,7 @@
 //! `super::table` calls after `super::supports(Isa::Avx2)` checked those
 //! features at run time.
 
-use super::{avx2_attn, avx2_gemm, avx2_lanes};
+use super::{avx2_attn, avx2_lanes};
 use crate::dispatch::{ActivationRow, AttnBlockKernels, Isa, KernelTable, WeightRow};
 use crate::ops::{activation, attention};
 use crate::quant::blocks::*;
@@ -196,7 +196,7 @@ fn q4_k_q8_k_gemm(w: &[BlockQ4K], a: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
     avx2_lanes::gemm(q4_k_q8_k, w, a, bpr, out)
 }
 fn q6_k_q8_k_gemm(w: &[BlockQ6K], a: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
-    avx2_gemm::gemm(q6_k_q8_k, w, a, bpr, out)
+    avx2_lanes::gemm(q6_k_q8_k, w, a, bpr, out)
 }
 fn f32_f32(w: &[f32], a: &[f32]) -> f32 {
     let n = w.len().min(a.len());

@@ -1,5 +1,5 @@
-//! AVX2 gemm for Q4_0, Q4_1, Q5_0, Q8_0 and Q4_K with one weight row per
-//! 32-bit lane: eight rows side by side, so each block's
+//! AVX2 gemm for Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K with one weight row
+//! per 32-bit lane: eight rows side by side, so each block's
 //! integer dot ends in the lane of its row and no output needs a
 //! horizontal sum.
 //!
@@ -12,15 +12,17 @@
 //! `vpmaddwd` into the rows' `i32` sums (by the rows' sub-block scales
 //! for Q4_K, a vector with each row's scale in its lane). Per block and column the float side
 //! is then one conversion, one product of the eight row scales by the
-//! column's, and one FMA for all eight rows, where the row-tile kernel
-//! ([`super::avx2_gemm`]) paid a conversion, a broadcast and an FMA per row
-//! and per column; that float work had bound it at the sizes past the
-//! default model.
+//! column's, and one FMA for all eight rows, where the row-tile kernel this
+//! replaced paid a conversion, a broadcast and an FMA per row and per
+//! column; that float work had bound it at the sizes past the default
+//! model. The blocks' unpacking is [`super::avx2_gemm`]'s.
 //!
 //! The codes' offset (Q4_0: 8, Q5_0: 16) comes off the block's exact
 //! integer sum as `OFFSET * sum(y)`, per column; Q4_1's minimum meets
 //! Q8_1's stored `s` in a second FMA per block, Q4_K's eight mins the
-//! Q8_K sums in an FMA chain per block added to the accumulator.
+//! Q8_K sums in an FMA chain per block added to the accumulator. Q6_K's
+//! offset of 32 is weighted by its 16-code sub-blocks' scales, so it comes
+//! off as `32 * sum_s scale[s] * bsum[s]` from the Q8_K sums ([`sub_offset`]).
 //!
 //! **Batch invariance.** A row's output is one float sequence however it is
 //! batched: from zero, per block in order, `acc = fma(float(isum), d_w *
@@ -34,20 +36,14 @@
 //! [`gemm`]; it checks the shapes (`gemm_shape_ok`) before the kernels
 //! index without bounds checks.
 
-use super::avx2_gemm::{Avx2Gemm, GemmAct};
+use super::avx2_gemm::{Avx2Gemm, GemmAct, MAX_RUNS, MAX_TERMS};
 use crate::dispatch::{gemm_by_dots, gemm_shape_ok, VecDotFn};
-use crate::quant::blocks::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ8_0};
+use crate::quant::blocks::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ6K, BlockQ8K, BlockQ8_0};
 use crate::quant::q5_0::BlockQ5_0;
 use core::arch::x86_64::*;
 
 /// Rows per group: one per 32-bit lane.
 const LANES: usize = 8;
-
-/// The most 32-code runs per block (Q4_K's 256 elements).
-const MAX_RUNS: usize = 8;
-
-/// The most correction terms per block (Q4_K's eight mins).
-const MAX_TERMS: usize = 8;
 
 /// Columns per step of the prefill kernel (their `i16` and float
 /// accumulators, the row group's code vector and a broadcast fit the 16
@@ -65,8 +61,22 @@ const PREFETCH_GROUPS: usize = 2;
 /// or 32, or signed (Q8_0).
 pub(super) trait Lanes: Avx2Gemm {
     /// Broadcast words whose `vpmaddubsw` products add up in `i16` before
-    /// widening: `GROUP * 2 * max|code| * 127` must stay below `2^15`.
+    /// widening: `GROUP * 2 * max|code| * 128` must stay below `2^15`.
     const GROUP: usize;
+    /// Sub-block scales per run (Q6_K: one per 16 codes, in the two
+    /// 128-bit halves of [`Avx2Gemm::unpack`]'s scale vector).
+    const HALVES: usize = 1;
+    /// The code offset comes per 16-code sub-block, weighted by its scale
+    /// (Q6_K), off the activation's 16-element sums rather than per block.
+    const SUB_OFFSET: bool = false;
+    /// The row's 16 sub-block scales (`SUB_OFFSET` types).
+    fn sub_scales(&self) -> &[i8; 16] {
+        &[0; 16]
+    }
+    /// The activation block's 16-element sums (`SUB_OFFSET` types).
+    fn act_sums(_: &Self::Act) -> &[i16; 16] {
+        &[0; 16]
+    }
 }
 
 impl Lanes for BlockQ4_0 {
@@ -84,6 +94,21 @@ impl Lanes for BlockQ8_0 {
 impl Lanes for BlockQ4K {
     const GROUP: usize = 8;
 }
+/// `sum (x - 32) y` per sub-block is `sum x y - 32 * bsum`: the code
+/// products stay unsigned (two words per `i16`: `2 * 2 * 63 * 128`), and
+/// the offset is one `vpmaddwd` of the rows' scale pairs by the column's
+/// Q8_K sums per run.
+impl Lanes for BlockQ6K {
+    const GROUP: usize = 2;
+    const HALVES: usize = 2;
+    const SUB_OFFSET: bool = true;
+    fn sub_scales(&self) -> &[i8; 16] {
+        &self.scales
+    }
+    fn act_sums(a: &BlockQ8K) -> &[i16; 16] {
+        &a.bsums
+    }
+}
 
 /// What a step needs of one activation block: its codes, its scale, the
 /// integer share of the code offset (`OFFSET * sum(y)`) and the activation
@@ -91,6 +116,8 @@ impl Lanes for BlockQ4K {
 #[derive(Clone, Copy)]
 struct Col {
     codes: *const i8,
+    /// The 16-element sums (`SUB_OFFSET` types).
+    sums: *const i16,
     d: f32,
     off: i32,
     terms: [f32; MAX_TERMS],
@@ -102,7 +129,7 @@ where
 {
     let d = b.scale();
     let codes = b.codes();
-    let off = if W::OFFSET != 0 {
+    let off = if W::OFFSET != 0 && !W::SUB_OFFSET {
         i32::from(W::OFFSET) * codes[..32].iter().map(|&c| i32::from(c)).sum::<i32>()
     } else {
         0
@@ -111,6 +138,7 @@ where
     W::act_terms(b, d, &mut terms[..W::TERMS]);
     Col {
         codes: codes.as_ptr(),
+        sums: W::act_sums(b).as_ptr(),
         d,
         off,
         terms,
@@ -129,8 +157,10 @@ where
         || a.len() < bpr
         || W::RUNS > MAX_RUNS
         || W::TERMS > MAX_TERMS
-        // an offset is one per block: unscaled runs only
-        || (W::OFFSET != 0 && (W::RUNS != 1 || W::SCALED))
+        // an offset is one per block of one unscaled run, or per sub-block
+        || (W::OFFSET != 0 && !W::SUB_OFFSET && (W::RUNS != 1 || W::SCALED))
+        || (W::SUB_OFFSET && (W::RUNS != 8 || W::HALVES != 2))
+        || !LANES.is_multiple_of(W::GROUP * W::HALVES)
     {
         return gemm_by_dots(dot, w, a, bpr, out);
     }
@@ -146,13 +176,16 @@ where
 }
 
 /// A row group's blocks in lanes, block-major: run `v` of block `k` is the
-/// eight vectors from `x[(k * RUNS + v) * 8]`, its scales `sc[k * RUNS +
-/// v]` (each row's in its lane's two `i16`), the block's row scales `d[k]`,
-/// its correction coefficients `m[k * TERMS + j]`. Rows past the group's
-/// end are zero codes, scales and coefficients.
+/// eight vectors from `x[(k * RUNS + v) * 8]`, its scales `sc[(k * RUNS +
+/// v) * HALVES + h]` (each row's in its lane's two `i16`), for
+/// `SUB_OFFSET` types the run's two sub-block scales side by side in each
+/// lane `sp[k * RUNS + v]`, the block's row scales `d[k]`, its correction
+/// coefficients `m[k * TERMS + j]`. Rows past the group's end are zero
+/// codes, scales and coefficients.
 struct Panel {
     x: Vec<__m256i>,
     sc: Vec<__m256i>,
+    sp: Vec<__m256i>,
     d: Vec<__m256>,
     m: Vec<__m256>,
 }
@@ -166,7 +199,8 @@ unsafe fn fill<W: Lanes>(p: &mut Panel, w: &[W], nr: usize, bpr: usize) {
     let (runs, t) = (W::RUNS, W::TERMS);
     for k in 0..bpr {
         let mut codes = [[_mm256_setzero_si256(); MAX_RUNS]; LANES];
-        let mut sc = [[0i16; 2 * LANES]; MAX_RUNS];
+        let mut sc = [[0i16; 2 * LANES]; 2 * MAX_RUNS];
+        let mut sp = [[0i16; 2 * LANES]; MAX_RUNS];
         let mut d = [0f32; LANES];
         let mut m = [[0f32; LANES]; MAX_TERMS];
         for r in 0..nr {
@@ -182,10 +216,17 @@ unsafe fn fill<W: Lanes>(p: &mut Panel, w: &[W], nr: usize, bpr: usize) {
             };
             if W::SCALED {
                 for (v, s) in scales[..runs].iter().enumerate() {
-                    // every i16 of the vector is the run's scale
-                    let s16 = _mm_extract_epi16::<0>(_mm256_castsi256_si128(*s)) as i16;
-                    sc[v][2 * r] = s16;
-                    sc[v][2 * r + 1] = s16;
+                    // the run's scale in every i16 of each 128-bit half
+                    let lo = _mm256_extract_epi16::<0>(*s) as i16;
+                    let hi = _mm256_extract_epi16::<8>(*s) as i16;
+                    for (h, s16) in [lo, hi].into_iter().enumerate().take(W::HALVES) {
+                        sc[v * W::HALVES + h][2 * r] = s16;
+                        sc[v * W::HALVES + h][2 * r + 1] = s16;
+                    }
+                    if W::SUB_OFFSET {
+                        sp[v][2 * r] = lo;
+                        sp[v][2 * r + 1] = hi;
+                    }
                 }
             }
             for j in 0..t {
@@ -197,8 +238,16 @@ unsafe fn fill<W: Lanes>(p: &mut Panel, w: &[W], nr: usize, bpr: usize) {
             let at = (k * runs + v) * LANES;
             p.x[at..at + LANES].copy_from_slice(&transpose(rows));
             if W::SCALED {
-                // SAFETY: sc[v] is 16 readable i16.
-                p.sc[k * runs + v] = unsafe { _mm256_loadu_si256(sc[v].as_ptr().cast()) };
+                for h in 0..W::HALVES {
+                    let at = v * W::HALVES + h;
+                    // SAFETY: sc[at] is 16 readable i16.
+                    p.sc[k * runs * W::HALVES + at] =
+                        unsafe { _mm256_loadu_si256(sc[at].as_ptr().cast()) };
+                }
+            }
+            if W::SUB_OFFSET {
+                // SAFETY: sp[v] is 16 readable i16.
+                p.sp[k * runs + v] = unsafe { _mm256_loadu_si256(sp[v].as_ptr().cast()) };
             }
         }
         // SAFETY: d and each m[j] are 8 readable floats.
@@ -264,19 +313,21 @@ unsafe fn block<W: Lanes, const NC: usize>(
     let (runs, t) = (W::RUNS, W::TERMS);
     let mut isum = [_mm256_setzero_si256(); NC];
     for v in 0..runs {
-        // SAFETY: the panel holds RUNS runs of 8 vectors per block, and a
-        // scale vector per run when SCALED.
-        let (x, sc) = unsafe {
+        // SAFETY: the panel holds RUNS runs of 8 vectors per block.
+        let x = unsafe {
             let at = (k * runs + v) * LANES;
-            let x = p.x.get_unchecked(at..at + LANES);
+            p.x.get_unchecked(at..at + LANES)
+        };
+        for g in 0..LANES / W::GROUP {
+            // the words of a group lie in one sub-block (GROUP * HALVES
+            // divides 8)
             let sc = if W::SCALED {
-                *p.sc.get_unchecked(k * runs + v)
+                let h = g * W::GROUP * W::HALVES / LANES;
+                // SAFETY: HALVES scale vectors per run when SCALED.
+                unsafe { *p.sc.get_unchecked((k * runs + v) * W::HALVES + h) }
             } else {
                 ones
             };
-            (x, sc)
-        };
-        for g in 0..LANES / W::GROUP {
             let mut pairs = [_mm256_setzero_si256(); NC];
             for (i, &xi) in x.iter().enumerate().skip(g * W::GROUP).take(W::GROUP) {
                 let ux = if W::SIGNED {
@@ -307,12 +358,41 @@ unsafe fn block<W: Lanes, const NC: usize>(
             }
         }
     }
+    if W::SUB_OFFSET {
+        for (s, col) in isum.iter_mut().zip(cols) {
+            // SAFETY: the panel holds a scale pair vector per run; the
+            // column's sums are its block's 16.
+            let off = unsafe { sub_offset(p.sp.get_unchecked(k * runs..(k + 1) * runs), col.sums) };
+            *s = _mm256_sub_epi32(
+                *s,
+                _mm256_mullo_epi32(off, _mm256_set1_epi32(W::OFFSET.into())),
+            );
+        }
+    }
     // SAFETY: the panel holds d per block and TERMS coefficients per block.
     let (d, m) = unsafe { (*p.d.get_unchecked(k), p.m.get_unchecked(k * t..(k + 1) * t)) };
     for ((a, s), col) in acc.iter_mut().zip(isum).zip(cols) {
         // SAFETY: the features are enabled here.
         unsafe { scale_add::<W>(s, d, m, col, a) };
     }
+}
+
+/// Each row's `sum_s scale[s] * bsum[s]` over its 16 sub-blocks, in its
+/// lane: per run one `vpmaddwd` of the rows' two scales (`sp[v]`) by the
+/// column's two sums.
+///
+/// # Safety
+/// AVX2/FMA/F16C; `sp` holds 8 vectors; `sums` points at 16 readable `i16`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sub_offset(sp: &[__m256i], sums: *const i16) -> __m256i {
+    let mut off = _mm256_setzero_si256();
+    for (v, &pair) in sp.iter().enumerate().take(8) {
+        // SAFETY: sums 2v and 2v + 1 of 16, as one word.
+        let word = unsafe { sums.add(2 * v).cast::<i32>().read_unaligned() };
+        off = _mm256_add_epi32(off, _mm256_madd_epi16(pair, _mm256_set1_epi32(word)));
+    }
+    off
 }
 
 /// The float side of a block, the one sequence every output takes: the
@@ -326,7 +406,7 @@ unsafe fn block<W: Lanes, const NC: usize>(
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn scale_add<W: Lanes>(isum: __m256i, d: __m256, m: &[__m256], col: &Col, acc: &mut __m256) {
     let mut s = isum;
-    if W::OFFSET != 0 {
+    if W::OFFSET != 0 && !W::SUB_OFFSET {
         s = _mm256_sub_epi32(s, _mm256_set1_epi32(col.off));
     }
     let dd = _mm256_mul_ps(d, _mm256_set1_ps(col.d));
@@ -349,8 +429,8 @@ unsafe fn scale_add<W: Lanes>(isum: __m256i, d: __m256, m: &[__m256], col: &Col,
 /// Integer sums are exact, so the lanes equal [`block`]'s.
 ///
 /// # Safety
-/// AVX2/FMA/F16C; `w` holds `nr <= 8` rows of `bpr > k` blocks; `y` is
-/// the column's `32 * RUNS` codes.
+/// AVX2/FMA/F16C; `w` holds `nr <= 8` rows of `bpr > k` blocks; `col`
+/// is the column's block `k`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn row_dots<W: Lanes>(
@@ -358,7 +438,7 @@ unsafe fn row_dots<W: Lanes>(
     nr: usize,
     bpr: usize,
     k: usize,
-    y: *const i8,
+    col: &Col,
     d: &mut [f32; LANES],
     m: &mut [[f32; LANES]; MAX_TERMS],
 ) -> __m256i {
@@ -381,9 +461,22 @@ unsafe fn row_dots<W: Lanes>(
             m[j][r] = mins[j];
         }
         let mut sum = _mm256_setzero_si256();
+        if W::SUB_OFFSET {
+            // the same integer as `sub_offset`, in lanes that add up to it
+            // SAFETY: 16 readable i8 scales and the column's 16 i16 sums.
+            let off = unsafe {
+                let row = w.get_unchecked(r * bpr + k).sub_scales();
+                let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(row.as_ptr().cast()));
+                _mm256_madd_epi16(sc, _mm256_loadu_si256(col.sums.cast()))
+            };
+            sum = _mm256_sub_epi32(
+                sum,
+                _mm256_mullo_epi32(off, _mm256_set1_epi32(W::OFFSET.into())),
+            );
+        }
         for u in 0..runs {
             // SAFETY: the column's codes hold RUNS runs of 32.
-            let yu = unsafe { _mm256_loadu_si256(y.add(32 * u).cast()) };
+            let yu = unsafe { _mm256_loadu_si256(col.codes.add(32 * u).cast()) };
             let x = codes[u];
             let (ux, sy) = if W::SIGNED {
                 (_mm256_sign_epi8(x, x), _mm256_sign_epi8(yu, x))
@@ -459,7 +552,7 @@ unsafe fn gemv<W: Lanes>(w: &[W], cols: &[Col], bpr: usize, out: &mut [f32]) {
             let mut m = [[0f32; LANES]; MAX_TERMS];
             // SAFETY: the group holds nr rows of bpr > k blocks; the
             // column's codes are its block's.
-            let isum = unsafe { row_dots(group, nr, bpr, k, col.codes, &mut d, &mut m) };
+            let isum = unsafe { row_dots(group, nr, bpr, k, col, &mut d, &mut m) };
             // SAFETY: d and each m[j] are 8 readable floats.
             let (dv, mv) = unsafe {
                 let mv: [__m256; MAX_TERMS] =
@@ -488,7 +581,8 @@ unsafe fn gemm_k<W: Lanes>(w: &[W], cols: &[Col], bpr: usize, out: &mut [f32]) {
     let (runs, t) = (W::RUNS, W::TERMS);
     let mut panel = Panel {
         x: vec![_mm256_setzero_si256(); bpr * runs * LANES],
-        sc: vec![_mm256_setzero_si256(); if W::SCALED { bpr * runs } else { 0 }],
+        sc: vec![_mm256_setzero_si256(); if W::SCALED { bpr * runs * W::HALVES } else { 0 }],
+        sp: vec![_mm256_setzero_si256(); if W::SUB_OFFSET { bpr * runs } else { 0 }],
         d: vec![_mm256_setzero_ps(); bpr],
         m: vec![_mm256_setzero_ps(); bpr * t],
     };

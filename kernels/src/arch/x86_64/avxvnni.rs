@@ -4,7 +4,7 @@
 //! the 4-byte dot step, one instruction where AVX2 needs `vpmaddubsw` +
 //! `vpmaddwd`, accumulating in i32 without the i16 saturation.
 //!
-//! Gemm entries: the AVX2 gemm of `avx2_gemm.rs` (still `vpmaddubsw` +
+//! Gemm entries: the AVX2 lane gemm of `avx2_lanes.rs` (still `vpmaddubsw` +
 //! `vpmaddwd`), decode included, so that a token's logits do not depend on
 //! how it was batched; this tier's dots serve the types without a gemm.
 //!
@@ -14,7 +14,7 @@
 //! `super::supports(Isa::AvxVnni)` checked those features at run time.
 
 use super::avx2::{bit_bytes, iq4_levels};
-use super::avx2_gemm;
+use super::avx2_lanes;
 use crate::dispatch::{Isa, KernelTable, WeightRow};
 use crate::quant::blocks::*;
 use crate::quant::iq4_nl::BlockIQ4NL;
@@ -91,16 +91,16 @@ fn q5_1_q8_1(w: &[BlockQ5_1], a: &[BlockQ8_1]) -> f32 {
 // these dots only for a shape the gemm does not take.
 
 fn q4_0_q8_0_gemm(w: &[BlockQ4_0], a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
-    avx2_gemm::gemm(q4_0_q8_0, w, a, bpr, out)
+    avx2_lanes::gemm(q4_0_q8_0, w, a, bpr, out)
 }
 fn q4_1_q8_1_gemm(w: &[BlockQ4_1], a: &[BlockQ8_1], bpr: usize, out: &mut [f32]) {
-    avx2_gemm::gemm(q4_1_q8_1, w, a, bpr, out)
+    avx2_lanes::gemm(q4_1_q8_1, w, a, bpr, out)
 }
 fn q8_0_q8_0_gemm(w: &[BlockQ8_0], a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
-    avx2_gemm::gemm(q8_0_q8_0, w, a, bpr, out)
+    avx2_lanes::gemm(q8_0_q8_0, w, a, bpr, out)
 }
 fn q5_0_q8_0_gemm(w: &[BlockQ5_0], a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
-    avx2_gemm::gemm(q5_0_q8_0, w, a, bpr, out)
+    avx2_lanes::gemm(q5_0_q8_0, w, a, bpr, out)
 }
 fn iq4_nl_q8_0(w: &[BlockIQ4NL], a: &[BlockQ8_0]) -> f32 {
     let n = w.len().min(a.len());

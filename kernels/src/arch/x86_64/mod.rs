@@ -2,8 +2,9 @@
 //! overridden (tract-style):
 //!
 //! * `avx2`: AVX2 + FMA + F16C, every dot and the activation quantizers,
-//!   a gemm over the file's layout for prefill and decode alike (Q4_0,
-//!   Q4_1, Q5_0, Q8_0, Q4_K, Q6_K; `avx2_gemm.rs`), and attention's block
+//!   a gemm over the file's layout with one weight row per 32-bit lane,
+//!   for prefill and decode alike (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K;
+//!   `avx2_lanes.rs`, the blocks unpacked by `avx2_gemm.rs`), and attention's block
 //!   kernels over the f16 cache (`avx2_attn.rs`).
 //! * `avxvnni`: AVX-VNNI (VEX `vpdpbusd` on ymm, for client cores without
 //!   AVX-512): the AVX2 table with the Q4_0, Q4_1 and Q8_0 dots on
