@@ -4,7 +4,7 @@ Llama-architecture GGUF in float64, with numpy and gguf-py only (no llama.cpp,
 no Sotto code).
 
     f64_forward.py --model M.gguf --refs DIR/refs.json --out DIR/NAME.json
-                   [--lora ADAPTER.gguf [--lora-scale S] [--merged-q8-0]]
+                   [--lora ADAPTER.gguf [--lora-scale S]]
 
 Both engines under test round on the way: llama.cpp and Sotto quantize
 activations to 8 bits for quantized weights (ggml's `vec_dot_type`), keep the
@@ -27,13 +27,9 @@ logit rows at the same positions as llama.cpp's `full_logits`, to
 DIR/f64_<name>.f32 (row-major little-endian f32: rounding the result once is
 far below what any comparison here resolves). `--lora` applies a GGUF LoRA
 adapter as llama.cpp does, unmerged and exact: W·x + s·B·(A·x) with
-s = scale·alpha/rank (scale alone when the adapter has no alpha).
-`--merged-q8-0` is the arithmetic of an engine that merges the adapter at
-load and stores each adapted matrix of a quantized base as Q8_0 (Sotto's
-merge): W + s·B·A rounded once to Q8_0 by gguf-py's quantizer, the rest
-exact. It separates that deliberate rounding of the weights, which belongs to
-the merged model, from the engine's rounding on the way, which the test is
-about.
+s = scale·alpha/rank (scale alone when the adapter has no alpha). An
+adapter merged at load is a model of its own: lora_adapters.py `--merged`
+writes it as a GGUF, which this script runs like any other file.
 
 Architectures: `llama` (Llama, SmolLM, Mistral without a sliding window);
 any other is refused. Cached: when --out records the same inputs (this
@@ -52,10 +48,7 @@ from pathlib import Path
 
 import numpy as np
 from gguf import GGUFReader
-from gguf import GGMLQuantizationType
-from gguf.quants import dequantize, quantize
-
-FLOAT_TYPES = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
+from gguf.quants import dequantize
 
 
 def sha256_of(path: Path) -> str:
@@ -84,11 +77,9 @@ def tensors_f64(reader: GGUFReader) -> dict[str, np.ndarray]:
     return out
 
 
-def apply_lora(weights: dict[str, np.ndarray], adapter: Path, scale: float,
-               requantize: set[str] | None) -> int:
+def apply_lora(weights: dict[str, np.ndarray], adapter: Path, scale: float) -> int:
     """Folds W + s·B·A into `weights` in float64 (exact: the product of the
-    adapter's f32 factors), then rounds the tensors named in `requantize` to
-    Q8_0 (None: no rounding). Returns the pairs applied."""
+    adapter's f32 factors). Returns the pairs applied."""
     reader = GGUFReader(adapter)
     if field(reader, "general.type") != "adapter" or field(reader, "adapter.type") != "lora":
         raise SystemExit(f"{adapter}: not a GGUF LoRA adapter")
@@ -110,12 +101,7 @@ def apply_lora(weights: dict[str, np.ndarray], adapter: Path, scale: float,
         if (b.shape[0], a.shape[1]) != w.shape:
             raise SystemExit(f"{adapter}: {base} is {w.shape}, the adapter's B·A is "
                              f"{(b.shape[0], a.shape[1])}")
-        merged = w + s * (b @ a)
-        if requantize is not None and base in requantize and merged.shape[1] % 32 == 0:
-            q8 = quantize(merged.astype(np.float32), GGMLQuantizationType.Q8_0)
-            merged = dequantize(q8, GGMLQuantizationType.Q8_0).astype(np.float64).reshape(
-                merged.shape)
-        weights[base] = merged
+        weights[base] = w + s * (b @ a)
         pairs += 1
     return pairs
 
@@ -125,7 +111,7 @@ class Llama:
     graph: rope in the GGUF's adjacent-pair layout, tied output when the file
     has no `output.weight`)."""
 
-    def __init__(self, model: Path, lora: Path | None, lora_scale: float, merged_q8_0: bool):
+    def __init__(self, model: Path, lora: Path | None, lora_scale: float):
         reader = GGUFReader(model)
         arch = field(reader, "general.architecture")
         if arch != "llama":
@@ -143,9 +129,7 @@ class Llama:
             if field(reader, key) not in (None, "none"):
                 raise SystemExit(f"{model}: {key} is not supported by this reference")
         self.w = tensors_f64(reader)
-        quantized = {t.name for t in reader.tensors if t.tensor_type not in FLOAT_TYPES}
-        self.lora_pairs = (apply_lora(self.w, lora, lora_scale, quantized if merged_q8_0 else None)
-                           if lora else 0)
+        self.lora_pairs = apply_lora(self.w, lora, lora_scale) if lora else 0
         if "output.weight" not in self.w:
             self.w["output.weight"] = self.w["token_embd.weight"]
         freqs = self.rope_base ** (-np.arange(0, self.n_rot, 2, dtype=np.float64) / self.n_rot)
@@ -208,11 +192,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, required=True, help="the JSON to write (rows beside it)")
     p.add_argument("--lora", type=Path, help="a GGUF LoRA adapter, applied exactly")
     p.add_argument("--lora-scale", type=float, default=1.0)
-    p.add_argument("--merged-q8-0", action="store_true",
-                   help="the adapted matrices of a quantized base rounded to Q8_0 once merged")
     args = p.parse_args()
-    if args.merged_q8_0 and not args.lora:
-        raise SystemExit("--merged-q8-0 needs --lora")
 
     refs = json.loads(args.refs.read_text(encoding="utf-8"))
     h = hashlib.sha256(Path(__file__).read_bytes())
@@ -220,7 +200,7 @@ def main() -> None:
     h.update(sha256_of(args.model).encode())
     if args.lora:
         h.update(sha256_of(args.lora).encode())
-        h.update(repr((args.lora_scale, args.merged_q8_0)).encode())
+        h.update(repr(args.lora_scale).encode())
     key = h.hexdigest()
     out_dir = args.out.parent
     # Tests running at once on one reference wait for each other's pass.
@@ -234,7 +214,7 @@ def main() -> None:
             print(f"{args.out}: up to date", file=sys.stderr)
             return
 
-    model = Llama(args.model, args.lora, args.lora_scale, args.merged_q8_0)
+    model = Llama(args.model, args.lora, args.lora_scale)
     sequences = []
     for seq in refs["sequences"]:
         tokens = seq["prompt_ids"] + seq["continuation_ids"]
@@ -260,8 +240,7 @@ def main() -> None:
         "generator": "tests/scripts/f64_forward.py",
         "inputs_key": key,
         "model_file": args.model.name,
-        "lora": {"file": args.lora.name, "scale": args.lora_scale, "pairs": model.lora_pairs,
-                 "merged_q8_0": args.merged_q8_0}
+        "lora": {"file": args.lora.name, "scale": args.lora_scale, "pairs": model.lora_pairs}
         if args.lora else None,
         "sequences": sequences,
     }

@@ -4,7 +4,7 @@ formats people hold adapters in (issue 13's fixture), with PyPI gguf, numpy
 and safetensors only: no Sotto code.
 
     lora_adapters.py BASE.gguf OUT_DIR [--seed N] [--rank R] [--alpha A]
-        [--targets attn_q,attn_v,ffn_up] [--relative-size F]
+        [--targets attn_q,attn_v,ffn_up] [--relative-size F] [--merged]
 
 OUT_DIR/adapter.gguf is the adapter as llama.cpp's convert_lora_to_gguf.py
 writes it (llama.cpp loads it with `--lora`, llama-cpp-python with
@@ -25,6 +25,14 @@ interleaved into pairs), and it reorders a q_proj/k_proj adapter's B rows the
 same way (A acts on the input and keeps its columns). The PEFT B here is in
 Hugging Face's order and the GGUF one in llama.cpp's.
 
+With `--merged`, OUT_DIR/merged.gguf is the base with the adapter folded in
+as an engine that merges at load stores it: each adapted matrix W + s·B·A
+(float64, from the f32 factors) rounded once to Q8_0 by gguf-py's quantizer
+when the base matrix is quantized, every other tensor and all metadata copied.
+llama.cpp runs that file as a model of its own, so an engine's merge can be
+held to llama.cpp on the very weights it computes with, rather than to the
+unmerged adapter, which is a slightly different model.
+
 B·A is scaled so that, for each adapted matrix W, the update
 (alpha / rank)·B·A has a Frobenius norm of `--relative-size` (default 0.2)
 times W's (W dequantized by gguf-py): the logits move clearly (a few top-1
@@ -37,8 +45,8 @@ import os
 import sys
 
 import numpy as np
-from gguf import GGUFReader, GGUFWriter, GGUFType
-from gguf.quants import dequantize
+from gguf import GGMLQuantizationType, GGUFReader, GGUFValueType, GGUFWriter, GGUFType
+from gguf.quants import dequantize, quantize
 from safetensors.numpy import save_file
 
 # GGUF name (after "blk.N.") -> PEFT module path (after "model.layers.N.")
@@ -70,6 +78,29 @@ def to_gguf_rows(b, n_head):
     return b.reshape(n_head, 2, hd // 2, cols).swapaxes(1, 2).reshape(rows, cols)
 
 
+FLOAT_TYPES = {GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16}
+
+
+def write_merged(reader, replaced, path):
+    """The base model at `path` with the tensors in `replaced` (name ->
+    (data, ggml type)) swapped in: every metadata field copied as is (as
+    gguf-py's gguf_new_metadata.py copies them), the tensors in their order."""
+    writer = GGUFWriter(path, field(reader, "general.architecture"))
+    for f in reader.fields.values():
+        if f.name == "general.architecture" or f.name.startswith("GGUF."):
+            continue
+        vtype = f.types[0]
+        sub = f.types[-1] if vtype == GGUFValueType.ARRAY else None
+        writer.add_key_value(f.name, f.contents(), vtype, sub_type=sub)
+    for t in reader.tensors:
+        data, qtype = replaced.get(t.name, (t.data, t.tensor_type))
+        writer.add_tensor(t.name, data, raw_dtype=qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("base", help="the base model GGUF")
@@ -81,6 +112,8 @@ def main():
     p.add_argument("--relative-size", type=float, default=0.2)
     p.add_argument("--base-name", default="HuggingFaceTB/SmolLM2-135M-Instruct",
                    help="base_model_name_or_path of the PEFT config")
+    p.add_argument("--merged", action="store_true",
+                   help="also write merged.gguf: the base with the adapter merged as Q8_0")
     args = p.parse_args()
 
     targets = [t for t in args.targets.split(",") if t]
@@ -100,6 +133,7 @@ def main():
     scale = args.alpha / args.rank
     gguf_tensors = {}
     peft_tensors = {}
+    merged = {}
     for il in range(n_layer):
         for target in targets:
             name = f"blk.{il}.{target}.weight"
@@ -124,6 +158,13 @@ def main():
                 b_gguf = to_gguf_rows(b32, n_kv_head)
             gguf_tensors[f"{name}.lora_a"] = np.ascontiguousarray(a32)
             gguf_tensors[f"{name}.lora_b"] = np.ascontiguousarray(b_gguf)
+            if args.merged:
+                m = w.astype(np.float64) + scale * (b_gguf.astype(np.float64) @ a32.astype(np.float64))
+                if t.tensor_type in FLOAT_TYPES or in_dim % 32:
+                    merged[name] = (m.astype(np.float32), GGMLQuantizationType.F32)
+                else:
+                    q8 = quantize(m.astype(np.float32), GGMLQuantizationType.Q8_0)
+                    merged[name] = (q8, GGMLQuantizationType.Q8_0)
 
     os.makedirs(os.path.join(args.out_dir, "peft"), exist_ok=True)
     writer = GGUFWriter(os.path.join(args.out_dir, "adapter.gguf"), arch)
@@ -136,6 +177,9 @@ def main():
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+
+    if args.merged:
+        write_merged(reader, merged, os.path.join(args.out_dir, "merged.gguf"))
 
     config = {
         "peft_type": "LORA",

@@ -247,10 +247,6 @@ pub struct Reference {
 pub struct F64Lora<'a> {
     pub path: &'a Path,
     pub scale: f32,
-    /// The arithmetic of the adapter merged at load
-    /// (`LoraAdapter::merge`): each adapted matrix of a quantized base
-    /// rounded to Q8_0 once, rather than the exact unmerged update.
-    pub merged_q8_0: bool,
 }
 
 /// One position of the float64 forward pass: its top token and margin.
@@ -355,11 +351,7 @@ impl Reference {
     /// its sequences: `tests/scripts/f64_forward.py`, written beside
     /// `refs.json` and reused while its inputs are the same.
     pub fn with_f64_forward(mut self, model: &Path, lora: Option<F64Lora<'_>>) -> Reference {
-        let name = match lora {
-            Some(l) if l.merged_q8_0 => "f64-merged",
-            _ => "f64",
-        };
-        let out = self.dir.join(format!("{name}.json"));
+        let out = self.dir.join("f64.json");
         let script = repo_root().join("tests/scripts/f64_forward.py");
         let mut cmd = Command::new(llama_python());
         cmd.arg(&script)
@@ -374,9 +366,6 @@ impl Reference {
                 .arg(l.path)
                 .arg("--lora-scale")
                 .arg(l.scale.to_string());
-            if l.merged_q8_0 {
-                cmd.arg("--merged-q8-0");
-            }
         }
         let status = cmd
             .status()
