@@ -34,7 +34,7 @@ use sotto_engine::{
     Backend, CpuBackend, GenerateOptions, KvCache, LogitsFor, SamplerConfig, Session,
 };
 use sotto_models::Model;
-use sotto_tests::parity::Criteria;
+use sotto_tests::parity::{Criteria, Reference};
 use sotto_tests::rel_l2;
 use sotto_tests::{default_model_path, read_json};
 
@@ -65,6 +65,22 @@ fn llama_cpp_self_noise() -> f32 {
         .flat_map(|c| c["llama_cpp_self_rel_l2"].as_object().unwrap().values())
         .map(|x| x.as_f64().unwrap() as f32)
         .fold(0.0, f32::max)
+}
+
+/// llama.cpp's logits at the last prompt token of conversation `name`
+/// (chat.json's first full row): the third engine of a comparison between
+/// two of ours.
+fn llama_cpp_last_prompt_row(reference: &Reference, name: &str) -> Vec<f32> {
+    let seq = reference
+        .sequences
+        .iter()
+        .find(|s| s.name == name)
+        .unwrap_or_else(|| panic!("{name}: not in chat.json"));
+    let full = &seq.logits.full_logits;
+    assert_eq!(full.positions.first(), Some(&(seq.prompt_ids.len() - 1)));
+    let mut rows = reference.full_logits(&seq.logits);
+    rows.truncate(full.vocab_size);
+    rows
 }
 
 struct Fixture {
@@ -443,7 +459,10 @@ const F16_TIE_MARGIN: f32 = 0.5;
 
 /// The default model as f32 graphs, which QNN HTP (the x86-64 emulator
 /// here) runs in f16 with CPU fallback refused, prefilling for the CPU
-/// backend's decode: the hybrid mode on the NPU. Three prompts keep the
+/// backend's decode: the hybrid mode on the NPU. Its last-prompt-token
+/// logits are held to llama.cpp's reference within llama.cpp's own worst
+/// self-disagreement, and greedy decoding after its prefill follows the
+/// CPU backend to a near tie. Three prompts keep the
 /// emulated prefills (~20 s each) bearable.
 #[test]
 fn hybrid_prefills_on_qnn_htp_in_f16_and_follows_the_cpu_backend() {
@@ -484,6 +503,8 @@ fn hybrid_prefills_on_qnn_htp_in_f16_and_follows_the_cpu_backend() {
     assert!(p.fully_offloaded() && d.fully_offloaded(), "{p} / {d}");
     let mut h = HybridBackend::new(graphs, cpu()).unwrap();
     let mut c = cpu();
+    let budget = llama_cpp_self_noise();
+    let reference = Reference::default_model_chat();
     for (name, prompt) in conversations().into_iter().take(3) {
         let mut hc = h.new_cache(CONTEXT).unwrap();
         let mut cc = c.new_cache(CONTEXT).unwrap();
@@ -492,6 +513,8 @@ fn hybrid_prefills_on_qnn_htp_in_f16_and_follows_the_cpu_backend() {
         let prefill = t.elapsed();
         let mut cl = c.forward(&mut cc, &prompt, LogitsFor::Last).unwrap();
         let r = rel_l2(&hl, &cl);
+        let llama = llama_cpp_last_prompt_row(&reference, &name);
+        let (qnn_llama, cpu_llama) = (rel_l2(&hl, &llama), rel_l2(&cl, &llama));
         let mut same = 0;
         let mut note = String::new();
         for step in 0..16 {
@@ -510,10 +533,20 @@ fn hybrid_prefills_on_qnn_htp_in_f16_and_follows_the_cpu_backend() {
             cl = c.forward(&mut cc, &[ct], LogitsFor::Last).unwrap();
         }
         eprintln!(
-            "{name:<23} prompt {:>3}: QNN f16 prefill {prefill:?}, last-token logits rel L2 vs cpu {r:.2e}; greedy {same} tokens as cpu {note}",
+            "{name:<23} prompt {:>3}: QNN f16 prefill {prefill:?}, last-token logits rel L2 vs cpu {r:.2e}, vs llama.cpp {qnn_llama:.2e} (cpu vs llama.cpp {cpu_llama:.2e}); greedy {same} tokens as cpu {note}",
             prompt.len()
         );
-        assert!(r < 0.171, "{name}: {r}");
+        // Held to llama.cpp's reference, as llama.cpp's own runs are: within
+        // its worst disagreement with itself, which on these prompts is its
+        // flash-attention run (f16 in the attention: 0.171 on
+        // france_system). Against the CPU backend the f16 graph's distance
+        // adds that backend's own 8-bit rounding, another engine's noise
+        // (france_system: f16 graph 0.161 from llama.cpp, the CPU backend
+        // 0.028, and 0.177 from each other).
+        assert!(
+            qnn_llama < budget,
+            "{name}: QNN f16 {qnn_llama:.3} from llama.cpp (budget {budget:.3}; {r:.3} from the CPU backend, which is {cpu_llama:.3} from llama.cpp)"
+        );
     }
     eprintln!("{}", h.describe());
     let _ = std::fs::remove_dir_all(&dir);
