@@ -261,21 +261,7 @@ impl Tokenizer {
             }
             None => vec![TokenType::Normal; n],
         };
-        let mut ids = HashMap::with_capacity(n);
-        for (i, t) in tokens.iter().enumerate() {
-            // Later duplicates win, as in llama.cpp's token_to_id.
-            ids.insert(t.clone(), i as u32);
-        }
-        let id_key = |keys: &[&str]| -> Result<Option<u32>> {
-            for key in keys {
-                match gguf.try_get_u32(&format!("tokenizer.ggml.{key}"))? {
-                    // llama.cpp ignores out-of-range ids (some converters write -1).
-                    Some(id) if (id as usize) < n => return Ok(Some(id)),
-                    _ => {}
-                }
-            }
-            Ok(None)
-        };
+        let id_key = |keys: &[&str]| id_key(gguf, n, keys);
         let bos = id_key(&["bos_token_id"])?;
         let eos = id_key(&["eos_token_id"])?;
         let unk = id_key(&["unknown_token_id"])?;
@@ -294,74 +280,47 @@ impl Tokenizer {
             .unwrap_or("default")
             .to_string();
 
-        // Special tokens the file does not name are found by their text, and
-        // become control tokens, exactly as llama.cpp does at load.
-        let mut types = types;
-        let mut by_text = |explicit: Option<u32>, texts: &[&str]| -> Option<u32> {
-            explicit.or_else(|| {
-                let id = texts.iter().filter_map(|t| ids.get(*t).copied()).min()?;
-                types[id as usize] = TokenType::Control;
-                Some(id)
-            })
-        };
-        let eot = by_text(id_key(&["eot_token_id"])?, EOT_TEXTS);
-        let eom = by_text(id_key(&["eom_token_id"])?, EOM_TEXTS);
-        by_text(
-            id_key(&["fim_pre_token_id", "prefix_token_id"])?,
-            FIM_PRE_TEXTS,
-        );
-        by_text(
-            id_key(&["fim_suf_token_id", "suffix_token_id"])?,
-            FIM_SUF_TEXTS,
-        );
-        by_text(
-            id_key(&["fim_mid_token_id", "middle_token_id"])?,
-            FIM_MID_TEXTS,
-        );
-        let fim_pad = by_text(id_key(&["fim_pad_token_id"])?, FIM_PAD_TEXTS);
-        let fim_rep = by_text(id_key(&["fim_rep_token_id"])?, FIM_REP_TEXTS);
-        let fim_sep = by_text(id_key(&["fim_sep_token_id"])?, FIM_SEP_TEXTS);
-
-        let mut eog: HashSet<u32> = [fim_pad, fim_rep, fim_sep].into_iter().flatten().collect();
-        for text in EOG_TEXTS {
-            if let Some(&id) = ids.get(*text) {
-                eog.insert(id);
-                types[id as usize] = TokenType::Control;
-            }
-        }
-        for text in ALWAYS_RENDERED {
-            if let Some(&id) = ids.get(*text) {
-                types[id as usize] = TokenType::UserDefined;
-            }
-        }
-        eog.extend([eos, eot, eom].into_iter().flatten());
-        // o200k_harmony (<|return|>, <|call|>) and solar-open (<|calls|>,
-        // <|flush|>): <|end|> is not an end.
-        let eog_text = |t: &str| ids.get(t).filter(|id| eog.contains(id)).copied();
-        let call = eog_text("<|call|>").or(eog_text("<|calls|>"));
-        let harmony = eog_text("<|return|>").is_some() && call.is_some();
-        let solar = call.is_some() && eog_text("<|flush|>").is_some();
-        let end = eog_text("<|end|>").filter(|_| harmony || solar);
-        // Gemma 4 and PLaMo: </s> is an ordinary token beside their own ends.
-        let s_marker = eog_text("<|tool_response>").or(eog_text("<|plamo:eos|>"));
-        let s_end = eog_text("</s>").filter(|_| s_marker.is_some());
-        if let Some(end) = end {
-            eog.remove(&end);
-            types[end as usize] = TokenType::UserDefined;
-        }
-        if let Some(s_end) = s_end {
-            eog.remove(&s_end);
-            types[s_end as usize] = TokenType::Normal;
-        }
-
+        // The encoding pipeline (the `tokenizers` model: most of a load's
+        // time) is built on a second thread while this one reads the
+        // special tokens; both only read the file and the vocabulary.
         let from_file = pipeline.is_some();
-        let (mut base, virtual_chars) = match (pipeline, kind) {
-            (Some(p), _) => (p, Vec::new()),
-            (None, VocabKind::ByteLevelBpe) => (byte_level_bpe(gguf, &tokens, &pre)?, Vec::new()),
+        // taken by whichever thread builds (the spawn may fail and leave it)
+        let pipeline = std::sync::Mutex::new(pipeline);
+        let build_pipeline = || match (pipeline.lock().ok().and_then(|mut p| p.take()), kind) {
+            (Some(p), _) => Ok((p, Vec::new())),
+            (None, VocabKind::ByteLevelBpe) => {
+                Ok((byte_level_bpe(gguf, &tokens, &pre)?, Vec::new()))
+            }
             (None, VocabKind::SentencePiece) => {
-                sentencepiece_bpe(gguf, &tokens, unk, add_space_prefix)?
+                sentencepiece_bpe(gguf, &tokens, unk, add_space_prefix)
             }
         };
+        let (specials, built) = std::thread::scope(|s| {
+            let worker = std::thread::Builder::new()
+                .name("sotto-tokenizer".into())
+                .spawn_scoped(s, build_pipeline)
+                .ok();
+            let specials = Specials::find(gguf, &tokens, types, n, eos);
+            let built = match worker {
+                Some(handle) => handle.join().unwrap_or_else(|_| {
+                    Err(Error::Tokenizer(
+                        "building the encoding pipeline panicked".into(),
+                    ))
+                }),
+                // No second thread to be had: one after the other.
+                None => build_pipeline(),
+            };
+            (specials, built)
+        });
+        let Specials {
+            ids,
+            types,
+            eot,
+            eom,
+            eog,
+        } = specials?;
+        let (mut base, virtual_chars) = built?;
+
         let virtual_bytes = virtual_chars
             .iter()
             .map(|c| {
@@ -630,6 +589,113 @@ fn pre_tokenizer_regexes(pre: &str) -> Result<(&'static [&'static str], bool)> {
             )))
         }
     })
+}
+
+/// The token ids a tokenizer finds by text: every token's id, and the ends
+/// of generation and control tokens the file does not name, with the types
+/// they give those tokens (llama.cpp's rules at load).
+struct Specials {
+    ids: HashMap<String, u32>,
+    types: Vec<TokenType>,
+    eot: Option<u32>,
+    eom: Option<u32>,
+    eog: HashSet<u32>,
+}
+
+impl Specials {
+    fn find(
+        gguf: &GgufFile,
+        tokens: &[String],
+        mut types: Vec<TokenType>,
+        n: usize,
+        eos: Option<u32>,
+    ) -> Result<Specials> {
+        let mut ids = HashMap::with_capacity(n);
+        for (i, t) in tokens.iter().enumerate() {
+            // Later duplicates win, as in llama.cpp's token_to_id.
+            ids.insert(t.clone(), i as u32);
+        }
+        let id_key = |keys: &[&str]| id_key(gguf, n, keys);
+        // Special tokens the file does not name are found by their text, and
+        // become control tokens, exactly as llama.cpp does at load.
+        let mut by_text = |explicit: Option<u32>, texts: &[&str]| -> Option<u32> {
+            explicit.or_else(|| {
+                let id = texts.iter().filter_map(|t| ids.get(*t).copied()).min()?;
+                types[id as usize] = TokenType::Control;
+                Some(id)
+            })
+        };
+        let eot = by_text(id_key(&["eot_token_id"])?, EOT_TEXTS);
+        let eom = by_text(id_key(&["eom_token_id"])?, EOM_TEXTS);
+        by_text(
+            id_key(&["fim_pre_token_id", "prefix_token_id"])?,
+            FIM_PRE_TEXTS,
+        );
+        by_text(
+            id_key(&["fim_suf_token_id", "suffix_token_id"])?,
+            FIM_SUF_TEXTS,
+        );
+        by_text(
+            id_key(&["fim_mid_token_id", "middle_token_id"])?,
+            FIM_MID_TEXTS,
+        );
+        let fim_pad = by_text(id_key(&["fim_pad_token_id"])?, FIM_PAD_TEXTS);
+        let fim_rep = by_text(id_key(&["fim_rep_token_id"])?, FIM_REP_TEXTS);
+        let fim_sep = by_text(id_key(&["fim_sep_token_id"])?, FIM_SEP_TEXTS);
+
+        let mut eog: HashSet<u32> = [fim_pad, fim_rep, fim_sep].into_iter().flatten().collect();
+        for text in EOG_TEXTS {
+            if let Some(&id) = ids.get(*text) {
+                eog.insert(id);
+                types[id as usize] = TokenType::Control;
+            }
+        }
+        for text in ALWAYS_RENDERED {
+            if let Some(&id) = ids.get(*text) {
+                types[id as usize] = TokenType::UserDefined;
+            }
+        }
+        eog.extend([eos, eot, eom].into_iter().flatten());
+        // o200k_harmony (<|return|>, <|call|>) and solar-open (<|calls|>,
+        // <|flush|>): <|end|> is not an end.
+        let eog_text = |t: &str| ids.get(t).filter(|id| eog.contains(id)).copied();
+        let call = eog_text("<|call|>").or(eog_text("<|calls|>"));
+        let harmony = eog_text("<|return|>").is_some() && call.is_some();
+        let solar = call.is_some() && eog_text("<|flush|>").is_some();
+        let end = eog_text("<|end|>").filter(|_| harmony || solar);
+        // Gemma 4 and PLaMo: </s> is an ordinary token beside their own ends.
+        let s_marker = eog_text("<|tool_response>").or(eog_text("<|plamo:eos|>"));
+        let s_end = eog_text("</s>").filter(|_| s_marker.is_some());
+        if let Some(end) = end {
+            eog.remove(&end);
+            types[end as usize] = TokenType::UserDefined;
+        }
+        if let Some(s_end) = s_end {
+            eog.remove(&s_end);
+            types[s_end as usize] = TokenType::Normal;
+        }
+        Ok(Specials {
+            ids,
+            types,
+            eot,
+            eom,
+            eog,
+        })
+    }
+}
+
+/// The first of the `tokenizer.ggml.<key>` ids present and inside the
+/// vocabulary of `n` tokens (llama.cpp ignores out-of-range ids: some
+/// converters write -1).
+fn id_key(gguf: &GgufFile, n: usize, keys: &[&str]) -> Result<Option<u32>> {
+    for key in keys {
+        if let Some(id) = gguf.try_get_u32(&format!("tokenizer.ggml.{key}"))? {
+            if (id as usize) < n {
+                return Ok(Some(id));
+            }
+        }
+    }
+    Ok(None)
 }
 
 fn byte_level_bpe(gguf: &GgufFile, tokens: &[String], pre: &str) -> Result<tokenizers::Tokenizer> {
