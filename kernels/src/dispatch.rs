@@ -750,17 +750,45 @@ mod tests {
         }
     }
 
-    /// Every gemm entry of the x86 tables that run decode through their
-    /// gemm (AVX2, AVX-VNNI) is batch-invariant (see
-    /// `check_gemm_batch_invariance`); tables without a gemm run every
-    /// output through one dot and are invariant by construction.
-    #[cfg(target_arch = "x86_64")]
+    /// `W`'s x16 entry in `t`, if any, gives each output the same bits
+    /// whether its column runs alone (decode) or in the whole product
+    /// (prefill), as [`check_gemm_batch_invariance`] asks of the gemm.
+    fn check_x16_batch_invariance<W: WeightBlock>(isa: Isa, t: &KernelTable) {
+        let Some(kernel) = t.weight::<W>().x16 else {
+            return;
+        };
+        for shape in GEMM_SHAPES {
+            let (rows, cols, bpr) = shape;
+            let (_, _, w, a) = gemm_operands::<W>(shape, 11);
+            let mut p = vec![0u8; x16::packed_bytes::<W>(rows, bpr).unwrap()];
+            x16::pack(&w, bpr, &mut p);
+            let mut all = vec![f32::NAN; rows * cols];
+            kernel(&p, rows, &a, bpr, &mut all);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            for (c, (col, want)) in a.chunks_exact(bpr).zip(all.chunks_exact(rows)).enumerate() {
+                let mut one = vec![f32::NAN; rows];
+                kernel(&p, rows, col, bpr, &mut one);
+                assert_eq!(
+                    bits(&one),
+                    bits(want),
+                    "{isa} {} x16 {rows}x{cols}x{bpr}: column {c} alone",
+                    W::DTYPE
+                );
+            }
+        }
+    }
+
+    /// Every gemm and x16 entry of every table this CPU runs is
+    /// batch-invariant (see `check_gemm_batch_invariance`); entries without
+    /// them run every output through one dot and are invariant by
+    /// construction.
     #[test]
-    fn avx2_gemm_outputs_do_not_depend_on_the_batch() {
-        for isa in [Isa::Scalar, Isa::Avx2, Isa::AvxVnni] {
+    fn gemm_outputs_do_not_depend_on_the_batch() {
+        for isa in available_isas() {
             let Ok(t) = table_for(isa) else { continue };
             for &d in DType::ALL {
                 with_weight_block!(d, W => check_gemm_batch_invariance::<W>(isa, t), ());
+                with_weight_block!(d, W => check_x16_batch_invariance::<W>(isa, t), ());
             }
         }
     }
