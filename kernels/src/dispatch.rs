@@ -489,6 +489,18 @@ mod tests {
                     (b.scores)(&k, hd, &q[h * hd..(h + 1) * hd], &mut one);
                     let what = format!("{isa} attn scores hd={hd} g={g} n={n}: head {h} alone");
                     assert_eq!(bits(&one), bits(&fast[h * n..(h + 1) * n]), "{what}");
+                    // and each key alone the bits it gets in the block (a
+                    // block ends at a different key in decode and prefill)
+                    for j in [0, n / 2, n - 1] {
+                        let mut s = [0f32];
+                        (b.scores)(
+                            &k[j * hd..(j + 1) * hd],
+                            hd,
+                            &q[h * hd..(h + 1) * hd],
+                            &mut s,
+                        );
+                        assert_eq!(s[0].to_bits(), fast[h * n + j].to_bits(), "{what}, key {j}");
+                    }
                 }
                 let acc0 = random_row(g * hd, 3 + g as u64);
                 let (mut fast, mut reference) = (acc0.clone(), acc0.clone());

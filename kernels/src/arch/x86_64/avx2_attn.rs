@@ -5,8 +5,8 @@
 //! turn's prefill.
 //!
 //! Batch invariance: a (head, key) score is one 8-lane FMA chain over the
-//! row from zero, summed by `hsum`, whatever the number of heads or keys
-//! beside it; an output element is one FMA chain over the block's keys in
+//! row from zero, summed by `hsum`'s tree, whatever the number of heads or
+//! keys beside it; an output element is one FMA chain over the block's keys in
 //! order. Decode and prefill both run these kernels, so a token's
 //! attention gives the same bits however it was batched.
 //!
@@ -15,7 +15,6 @@
 //! on it), which `super::table` hands out after `super::supports` checked
 //! those features. They check the shapes before the kernels index.
 
-use super::avx2::hsum;
 use crate::quant::float as reference;
 use core::arch::x86_64::*;
 use half::f16;
@@ -45,10 +44,10 @@ pub(super) fn attn_scores(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
         // out; k holds nk rows of hd, qs g rows of hd and os g * nk scores.
         unsafe {
             match qs.len() / hd {
-                1 => scores_k::<1>(k, hd, qs, os),
-                2 => scores_k::<2>(k, hd, qs, os),
-                3 => scores_k::<3>(k, hd, qs, os),
-                _ => scores_k::<4>(k, hd, qs, os),
+                1 => scores_k::<1, 8>(k, hd, qs, os),
+                2 => scores_k::<2, 4>(k, hd, qs, os),
+                3 => scores_k::<3, 4>(k, hd, qs, os),
+                _ => scores_k::<4, 2>(k, hd, qs, os),
             }
         }
     }
@@ -84,62 +83,139 @@ unsafe fn load8(p: *const f16) -> __m256 {
     _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.cast()) })
 }
 
-/// Two keys at a time against `G` queries: each key row converted once for
-/// all of them, `2G` independent accumulators.
+/// Tiles of `T` keys against `G` queries (`G * T <= 12` accumulators of
+/// the 16 registers): each key chunk is converted once for all the
+/// queries, and a tile's `T` sums are finished together by
+/// [`reduce_keys`], where a horizontal sum per (head, key) cost more than
+/// its FMAs. Keys past the last whole tile run one at a time through the
+/// same tree (that of `hsum`), so a score's bits do not depend on the
+/// key's place in the block (decode and prefill see different block ends).
 ///
 /// # Safety
 /// AVX2/FMA/F16C; `k` holds whole rows of `hd`, `q` `G` rows, `out` `G *
 /// nk` scores.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn scores_k<const G: usize>(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
+unsafe fn scores_k<const G: usize, const T: usize>(
+    k: &[f16],
+    hd: usize,
+    q: &[f32],
+    out: &mut [f32],
+) {
     let nk = k.len() / hd;
-    let vec_end = hd / 8 * 8;
-    let tail = |j: usize, g: usize| -> f32 {
-        k[j * hd + vec_end..(j + 1) * hd]
-            .iter()
-            .zip(&q[g * hd + vec_end..(g + 1) * hd])
-            .map(|(x, y)| x.to_f32() * y)
-            .sum()
-    };
-    let (kp, qp) = (k.as_ptr(), q.as_ptr());
     let mut j = 0;
-    // SAFETY: every load reads 8 values at i + 8 <= vec_end <= hd inside
-    // row j or j + 1 (< nk) of k and row g (< G) of q.
+    // SAFETY: forwarded from the caller; every tile lies inside 0..nk.
     unsafe {
-        while j + 2 <= nk {
-            let (mut a0, mut a1) = ([_mm256_setzero_ps(); G], [_mm256_setzero_ps(); G]);
-            let mut i = 0;
-            while i < vec_end {
-                let x0 = load8(kp.add(j * hd + i));
-                let x1 = load8(kp.add((j + 1) * hd + i));
-                for g in 0..G {
-                    let qv = _mm256_loadu_ps(qp.add(g * hd + i));
-                    a0[g] = _mm256_fmadd_ps(x0, qv, a0[g]);
-                    a1[g] = _mm256_fmadd_ps(x1, qv, a1[g]);
-                }
-                i += 8;
-            }
-            for g in 0..G {
-                out[g * nk + j] = hsum(a0[g]) + tail(j, g);
-                out[g * nk + j + 1] = hsum(a1[g]) + tail(j + 1, g);
-            }
-            j += 2;
+        while j + T <= nk {
+            scores_tile::<G, T>(k, hd, q, out, j);
+            j += T;
         }
-        if j < nk {
-            let mut a0 = [_mm256_setzero_ps(); G];
-            let mut i = 0;
-            while i < vec_end {
-                let x0 = load8(kp.add(j * hd + i));
-                for (g, a) in a0.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(x0, _mm256_loadu_ps(qp.add(g * hd + i)), *a);
-                }
-                i += 8;
-            }
-            for (g, a) in a0.iter().enumerate() {
-                out[g * nk + j] = hsum(*a) + tail(j, g);
-            }
+        while j < nk {
+            scores_tile::<G, 1>(k, hd, q, out, j);
+            j += 1;
         }
     }
+}
+
+/// Scores of keys `j..j + T` (of `nk = k.len() / hd`) against `G`
+/// queries: per (head, key) an 8-lane FMA chain over the row from zero,
+/// summed by [`reduce_keys`], plus the scalar tail past the last whole 8
+/// elements.
+///
+/// # Safety
+/// AVX2/FMA/F16C; `k` holds whole rows of `hd` with `j + T <= nk`, `q` `G`
+/// rows, `out` `G * nk` scores.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scores_tile<const G: usize, const T: usize>(
+    k: &[f16],
+    hd: usize,
+    q: &[f32],
+    out: &mut [f32],
+    j: usize,
+) {
+    let nk = k.len() / hd;
+    let vec_end = hd / 8 * 8;
+    let (kp, qp) = (k.as_ptr(), q.as_ptr());
+    let mut acc = [[_mm256_setzero_ps(); T]; G];
+    let mut i = 0;
+    // SAFETY: every load reads 8 values at i + 8 <= vec_end <= hd inside
+    // row j + t < nk of k and row g < G of q.
+    unsafe {
+        while i < vec_end {
+            for t in 0..T {
+                let x = load8(kp.add((j + t) * hd + i));
+                for (g, a) in acc.iter_mut().enumerate() {
+                    a[t] = _mm256_fmadd_ps(x, _mm256_loadu_ps(qp.add(g * hd + i)), a[t]);
+                }
+            }
+            i += 8;
+        }
+    }
+    for (g, a) in acc.iter().enumerate() {
+        let mut lanes = [0f32; 8];
+        // SAFETY: AVX2, as above; `lanes` holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), reduce_keys::<T>(a)) };
+        let o = &mut out[g * nk + j..g * nk + j + T];
+        for (t, (o, s)) in o.iter_mut().zip(lanes).enumerate() {
+            let row = (j + t) * hd;
+            *o = if vec_end == hd {
+                s
+            } else {
+                s + k[row + vec_end..row + hd]
+                    .iter()
+                    .zip(&q[g * hd + vec_end..(g + 1) * hd])
+                    .map(|(x, y)| x.to_f32() * y)
+                    .sum::<f32>()
+            };
+        }
+    }
+}
+
+/// The horizontal sums of `T` (1, 2, 4 or 8) accumulators, key `t`'s in
+/// lane `t`, each by `hsum`'s tree whatever `T` is: lane `i` plus lane `i +
+/// 4`, then `+ 2`, `+ 1`. Each level adds pairs of vectors through
+/// shuffles, so `T` sums cost about what one costs alone; a level with one
+/// vector left pairs it with itself.
+///
+/// # Safety
+/// AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn reduce_keys<const T: usize>(acc: &[__m256; T]) -> __m256 {
+    let mut v = [_mm256_setzero_ps(); 8];
+    v[..T].copy_from_slice(acc);
+    let mut n = T;
+    // One level: vector p becomes the pair (2p, 2p + 1) combined.
+    macro_rules! level {
+        (|$a:ident, $b:ident| $combine:expr) => {
+            for p in 0..n.div_ceil(2) {
+                let ($a, $b) = (v[2 * p], v[(2 * p + 1).min(n - 1)]);
+                v[p] = $combine;
+            }
+            n = n.div_ceil(2);
+        };
+    }
+    // lanes i and i + 4: the 128-bit halves of a, then of b
+    level!(|a, b| _mm256_add_ps(
+        _mm256_permute2f128_ps::<0x20>(a, b),
+        _mm256_permute2f128_ps::<0x31>(a, b)
+    ));
+    // i and i + 2: the 64-bit halves of each 128-bit lane
+    level!(|a, b| {
+        let (a, b) = (_mm256_castps_pd(a), _mm256_castps_pd(b));
+        _mm256_add_ps(
+            _mm256_castpd_ps(_mm256_unpacklo_pd(a, b)),
+            _mm256_castpd_ps(_mm256_unpackhi_pd(a, b)),
+        )
+    });
+    // i and i + 1: the even and odd lanes of each 128-bit lane
+    level!(|a, b| _mm256_add_ps(
+        _mm256_shuffle_ps::<0x88>(a, b),
+        _mm256_shuffle_ps::<0xDD>(a, b)
+    ));
+    debug_assert_eq!(n, 1);
+    // Key t ended in lane 4 * (t % 2) + t / 2.
+    _mm256_permutevar8x32_ps(v[0], _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7))
 }
 
 /// Output columns outer, keys inner: `G` heads times two 8-lane column

@@ -143,10 +143,10 @@ mod float {
             // k holds nk rows of hd, qs holds g rows of hd and os g * nk scores.
             unsafe {
                 match qs.len() / hd {
-                    1 => attn_scores_k::<1>(k, hd, qs, os),
-                    2 => attn_scores_k::<2>(k, hd, qs, os),
-                    3 => attn_scores_k::<3>(k, hd, qs, os),
-                    _ => attn_scores_k::<4>(k, hd, qs, os),
+                    1 => attn_scores_k::<1, 16>(k, hd, qs, os),
+                    2 => attn_scores_k::<2, 8>(k, hd, qs, os),
+                    3 => attn_scores_k::<3, 4>(k, hd, qs, os),
+                    _ => attn_scores_k::<4, 4>(k, hd, qs, os),
                 }
             }
         }
@@ -229,60 +229,149 @@ mod float {
         }
     }
 
-    /// Two keys at a time against G queries: each key row is converted once
-    /// for all the queries, and 2G independent accumulators keep the FMA
-    /// units busy.
+    /// Tiles of `T` keys against `G` queries (`G * T <= 16` accumulators):
+    /// each key chunk is converted once for all the queries, and a tile's
+    /// `T` sums are finished together by [`reduce_keys`], where a
+    /// horizontal sum per (head, key) cost twice the FMAs. Keys past the
+    /// last whole tile run one at a time through the same tree, so a
+    /// score's bits do not depend on the key's place in the block (decode
+    /// and prefill see different block ends).
     #[target_feature(enable = "avx512f")]
-    unsafe fn attn_scores_k<const G: usize>(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
+    unsafe fn attn_scores_k<const G: usize, const T: usize>(
+        k: &[f16],
+        hd: usize,
+        q: &[f32],
+        out: &mut [f32],
+    ) {
+        let nk = k.len() / hd;
+        let mut j = 0;
+        // SAFETY: forwarded from the caller; every tile lies inside 0..nk.
+        unsafe {
+            while j + T <= nk {
+                scores_tile::<G, T>(k, hd, q, out, j);
+                j += T;
+            }
+            while j < nk {
+                scores_tile::<G, 1>(k, hd, q, out, j);
+                j += 1;
+            }
+        }
+    }
+
+    /// Scores of keys `j..j + T` (of `nk = k.len() / hd`) against `G`
+    /// queries: per (head, key) a 16-lane FMA chain over the row from zero,
+    /// summed by [`reduce_keys`], plus the scalar tail past the last whole
+    /// 16 elements.
+    ///
+    /// # Safety
+    /// AVX-512F; `k` holds whole rows of `hd` with `j + T <= nk`, `q` `G`
+    /// rows, `out` `G * nk` scores.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn scores_tile<const G: usize, const T: usize>(
+        k: &[f16],
+        hd: usize,
+        q: &[f32],
+        out: &mut [f32],
+        j: usize,
+    ) {
         let nk = k.len() / hd;
         let vec_end = hd / 16 * 16;
-        let tail = |j: usize, g: usize| -> f32 {
-            k[j * hd + vec_end..(j + 1) * hd]
-                .iter()
-                .zip(&q[g * hd + vec_end..(g + 1) * hd])
-                .map(|(x, y)| x.to_f32() * y)
-                .sum()
-        };
         let (kp, qp) = (k.as_ptr(), q.as_ptr());
-        let mut j = 0;
-        // SAFETY: callers guarantee the feature and the shapes; every load
-        // reads 16 values at i + 16 <= vec_end <= hd inside row j or j + 1
-        // (< nk) of k and row g (< G) of q.
+        let mut acc = [[_mm512_setzero_ps(); T]; G];
+        let mut i = 0;
+        // SAFETY: every load reads 16 values at i + 16 <= vec_end <= hd
+        // inside row j + t < nk of k and row g < G of q.
         unsafe {
-            while j + 2 <= nk {
-                let (mut a0, mut a1) = ([_mm512_setzero_ps(); G], [_mm512_setzero_ps(); G]);
-                let mut i = 0;
-                while i < vec_end {
-                    let x0 = _mm512_cvtph_ps(_mm256_loadu_si256(kp.add(j * hd + i).cast()));
-                    let x1 = _mm512_cvtph_ps(_mm256_loadu_si256(kp.add((j + 1) * hd + i).cast()));
-                    for g in 0..G {
-                        let qv = _mm512_loadu_ps(qp.add(g * hd + i));
-                        a0[g] = _mm512_fmadd_ps(x0, qv, a0[g]);
-                        a1[g] = _mm512_fmadd_ps(x1, qv, a1[g]);
+            while i < vec_end {
+                let mut qv = [_mm512_setzero_ps(); G];
+                for (g, v) in qv.iter_mut().enumerate() {
+                    *v = _mm512_loadu_ps(qp.add(g * hd + i));
+                }
+                for t in 0..T {
+                    let x = _mm512_cvtph_ps(_mm256_loadu_si256(kp.add((j + t) * hd + i).cast()));
+                    for (a, v) in acc.iter_mut().zip(&qv) {
+                        a[t] = _mm512_fmadd_ps(x, *v, a[t]);
                     }
-                    i += 16;
                 }
-                for g in 0..G {
-                    out[g * nk + j] = _mm512_reduce_add_ps(a0[g]) + tail(j, g);
-                    out[g * nk + j + 1] = _mm512_reduce_add_ps(a1[g]) + tail(j + 1, g);
-                }
-                j += 2;
+                i += 16;
             }
-            if j < nk {
-                let mut a0 = [_mm512_setzero_ps(); G];
-                let mut i = 0;
-                while i < vec_end {
-                    let x0 = _mm512_cvtph_ps(_mm256_loadu_si256(kp.add(j * hd + i).cast()));
-                    for (g, a) in a0.iter_mut().enumerate() {
-                        *a = _mm512_fmadd_ps(x0, _mm512_loadu_ps(qp.add(g * hd + i)), *a);
-                    }
-                    i += 16;
-                }
-                for (g, a) in a0.iter().enumerate() {
-                    out[g * nk + j] = _mm512_reduce_add_ps(*a) + tail(j, g);
+        }
+        for (g, a) in acc.iter().enumerate() {
+            // SAFETY: AVX-512F, as above.
+            let sums = unsafe { reduce_keys::<T>(a) };
+            let o = &mut out[g * nk + j..g * nk + j + T];
+            if vec_end == hd {
+                // SAFETY: `o` holds T <= 16 floats, the mask's lanes.
+                unsafe { _mm512_mask_storeu_ps(o.as_mut_ptr(), ((1u32 << T) - 1) as u16, sums) };
+            } else {
+                let mut lanes = [0f32; 16];
+                // SAFETY: `lanes` holds 16 floats.
+                unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), sums) };
+                for (t, (o, s)) in o.iter_mut().zip(lanes).enumerate() {
+                    let row = (j + t) * hd;
+                    let tail: f32 = k[row + vec_end..row + hd]
+                        .iter()
+                        .zip(&q[g * hd + vec_end..(g + 1) * hd])
+                        .map(|(x, y)| x.to_f32() * y)
+                        .sum();
+                    *o = s + tail;
                 }
             }
         }
+    }
+
+    /// The horizontal sums of `T` (1, 2, 4, 8 or 16) accumulators, key `t`'s
+    /// in lane `t`, each by one fixed tree whatever `T` is: lane `i` plus
+    /// lane `i + 8`, then `+ 4`, `+ 2`, `+ 1`. Each level adds pairs of
+    /// vectors through shuffles, so `T` sums cost about what one costs
+    /// alone; a level with one vector left pairs it with itself.
+    ///
+    /// # Safety
+    /// AVX-512F.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn reduce_keys<const T: usize>(acc: &[__m512; T]) -> __m512 {
+        let mut v = [_mm512_setzero_ps(); 16];
+        v[..T].copy_from_slice(acc);
+        let mut n = T;
+        // One level: vector p becomes the pair (2p, 2p + 1) combined.
+        macro_rules! level {
+            (|$a:ident, $b:ident| $combine:expr) => {
+                for p in 0..n.div_ceil(2) {
+                    let ($a, $b) = (v[2 * p], v[(2 * p + 1).min(n - 1)]);
+                    v[p] = $combine;
+                }
+                n = n.div_ceil(2);
+            };
+        }
+        // lanes i and i + 8: the 256-bit halves of a, then of b
+        level!(|a, b| _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x44>(a, b),
+            _mm512_shuffle_f32x4::<0xEE>(a, b)
+        ));
+        // i and i + 4: the 128-bit quarters 0, 2 plus 1, 3 of each
+        level!(|a, b| _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0x88>(a, b),
+            _mm512_shuffle_f32x4::<0xDD>(a, b)
+        ));
+        // i and i + 2: the 64-bit halves of each quarter
+        level!(|a, b| {
+            let (a, b) = (_mm512_castps_pd(a), _mm512_castps_pd(b));
+            _mm512_add_ps(
+                _mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)),
+            )
+        });
+        // i and i + 1: the even and odd lanes of each quarter
+        level!(|a, b| _mm512_add_ps(
+            _mm512_shuffle_ps::<0x88>(a, b),
+            _mm512_shuffle_ps::<0xDD>(a, b)
+        ));
+        debug_assert_eq!(n, 1);
+        // Key t ended in lane 4 * (t % 4) + t / 4.
+        let idx = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        _mm512_permutexvar_ps(idx, v[0])
     }
 
     /// Output columns outer, keys inner: G query heads times four 16-lane
