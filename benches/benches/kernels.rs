@@ -13,7 +13,9 @@ use bytemuck::Zeroable;
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use rand::{Rng, SeedableRng};
 use sotto_kernels::dispatch::{available_isas, table_for, KernelTable};
-use sotto_kernels::ops::{matmul_packed_with, matmul_with, PackedMatrix, QMatrix};
+use sotto_kernels::ops::{
+    attention_with, matmul_packed_with, matmul_with, AttentionParams, PackedMatrix, QMatrix,
+};
 use sotto_kernels::quant::{aligned_bytes, quantize_row, AlignedBytes, DType};
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -180,6 +182,64 @@ fn matmul(c: &mut Criterion) {
     }
 }
 
+/// One layer's attention over an f16 cache in the default model's shape (9
+/// query heads over 3 KV heads of 64): a follow-up turn's 19 new tokens
+/// after a history of 1,044 (`pp19-d1044`), and one decoded token there
+/// (`tg-d1044`). Throughput counts the q·k and p·v multiply-adds as 2 flops
+/// each over every visible key.
+fn attention(c: &mut Criterion) {
+    let pools = pools();
+    let p = AttentionParams {
+        n_head: 9,
+        n_kv_head: 3,
+        head_dim: 64,
+        scale: 0.125,
+        softcap: None,
+        window: None,
+    };
+    let depth = 1044;
+    let cap = depth + 19;
+    let kv = |seed| -> Vec<half::f16> {
+        random(p.n_kv_head * cap * p.head_dim, seed)
+            .into_iter()
+            .map(half::f16::from_f32)
+            .collect()
+    };
+    let (k, v) = (kv(11), kv(12));
+    for (name, n_tokens) in [("pp19-d1044", 19usize), ("tg-d1044", 1)] {
+        let q = random(n_tokens * p.n_head * p.head_dim, 13);
+        let mut out = vec![0f32; q.len()];
+        let keys: usize = (0..n_tokens).map(|t| depth + t + 1).sum();
+        let mut g = c.benchmark_group("attention/f16");
+        g.throughput(Throughput::Elements(
+            (4 * keys * p.n_head * p.head_dim) as u64,
+        ));
+        for t in tables() {
+            for (threads, pool) in &pools {
+                let id = BenchmarkId::new(t.isa.name(), format!("{name}/t{threads}"));
+                g.bench_function(id, |b| {
+                    pool.install(|| {
+                        b.iter(|| {
+                            attention_with(
+                                t,
+                                &p,
+                                black_box(&q),
+                                &k,
+                                &v,
+                                cap,
+                                depth,
+                                n_tokens,
+                                &mut out,
+                            )
+                        })
+                    })
+                });
+            }
+        }
+        g.finish();
+    }
+}
+
 /// One dot of a 1536-element row (no threading): the kernels themselves.
 fn vec_dot(c: &mut Criterion) {
     let n = 1536;
@@ -239,5 +299,5 @@ fn quantize(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, matvec, matmul, vec_dot, quantize);
+criterion_group!(benches, matvec, matmul, attention, vec_dot, quantize);
 criterion_main!(benches);
