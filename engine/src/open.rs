@@ -81,6 +81,10 @@ pub struct CpuOptions {
     pub isa: Option<Isa>,
     /// The element types of the KV cache (`--kv-type`; f16 by default).
     pub kv: KvTypes,
+    /// Where the matrices the kernels repack are cached between starts;
+    /// `None`: [`crate::PackedCache::from_env`] (the user cache). An app
+    /// passes its own cache directory (or [`crate::PackedCache::off`]).
+    pub packed_cache: Option<crate::PackedCache>,
 }
 
 /// Graphs on ONNX Runtime.
@@ -357,6 +361,13 @@ impl LoadedModel {
         self.cpu.as_ref().map_or(0, CpuBackend::packed_bytes)
     }
 
+    /// What the CPU backend's load did about repacked matrices (packed, and
+    /// how long it took, or mapped from the packed-panel cache); `None` for
+    /// other backends.
+    pub fn cpu_packed_cache(&self) -> Option<&crate::cpu::PackedCacheStatus> {
+        self.cpu.as_ref().map(CpuBackend::packed_cache)
+    }
+
     /// Set when the backend keeps its KV outside [`crate::KvCache`] (candle
     /// grows f32 tensors inside its model): bytes per cached position.
     pub fn external_kv_bytes_per_position(&self) -> Option<usize> {
@@ -452,8 +463,17 @@ fn kernels(isa: Option<Isa>) -> Result<&'static KernelTable> {
 }
 
 fn open_cpu(model: &Arc<Model>, options: &CpuOptions) -> Result<CpuBackend> {
-    CpuBackend::with_kernels(model.clone(), options.threads, kernels(options.isa)?)?
-        .with_kv_types(options.kv)
+    let cache = options
+        .packed_cache
+        .clone()
+        .unwrap_or_else(crate::PackedCache::from_env);
+    CpuBackend::with_kernels_and_cache(
+        model.clone(),
+        options.threads,
+        kernels(options.isa)?,
+        &cache,
+    )?
+    .with_kv_types(options.kv)
 }
 
 fn open_backend(path: &Path, model: &Arc<Model>, choice: &BackendChoice) -> Result<Opened> {

@@ -114,6 +114,13 @@ impl Weight {
         self.storage.bytes().get(self.range.clone()).unwrap_or(&[])
     }
 
+    /// Whether this weight's bytes are those `gguf`'s own file holds (not
+    /// a copy made at load: an adapter merged in, a conversion), so that
+    /// what is derived from them can be keyed by the file.
+    pub fn is_in_file(&self, gguf: &GgufFile) -> bool {
+        gguf.path().is_some() && gguf.is_main_storage(&self.storage)
+    }
+
     /// Tells the OS the file's pages of this tensor are not needed for now
     /// (after a backend copied them into its own layout), so they leave the
     /// process's resident set. Still readable: a later read brings them back.

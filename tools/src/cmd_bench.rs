@@ -716,6 +716,7 @@ fn run_in_process(
                 weights_bytes,
                 kv_bytes,
                 kv_type: inst.kv.to_string(),
+                packing: loaded.packing.clone(),
             };
             rows.push(runner::summarize(test, &m, &ctx));
         }

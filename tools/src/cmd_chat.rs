@@ -106,6 +106,7 @@ impl ChatArgs {
             threads: self.generation.threads,
             isa: None,
             kv: self.generation.kv_type,
+            packed_cache: None,
         };
         let graphs = || -> Result<OrtOptions, CliError> {
             let dir = self.onnx_dir.clone().ok_or_else(|| {

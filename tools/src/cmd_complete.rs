@@ -46,6 +46,7 @@ pub fn run(args: CompleteArgs) -> Result<(), CliError> {
         threads: args.generation.threads,
         isa: None,
         kv: args.generation.kv_type,
+        packed_cache: None,
     });
     let loaded = LoadedModel::open(&path, cpu)?;
     let model = loaded.model();

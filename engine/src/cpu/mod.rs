@@ -12,10 +12,15 @@
 //! nothing here knows which architecture it runs.
 //! Weights stay in the memory-mapped file, except where the kernel table
 //! reads a load-time layout faster ([`PackedMatrix`], the x16 panels of the
-//! AVX-512 tiers): those matrices are repacked once at load and the file's
-//! bytes are no longer read for them. Norm vectors are copied as f32 (tiny).
+//! AVX-512 tiers): those matrices are repacked at the first load, written
+//! to the packed-panel cache ([`PackedCache`]) and mapped from it on later
+//! starts, and the file's bytes are no longer read for them. Norm vectors
+//! are copied as f32 (tiny).
 
 mod lora;
+mod packed_cache;
+
+pub use packed_cache::{PackedCache, PackedCacheStatus};
 
 use crate::backend::{Backend, LogitsFor};
 use crate::error::{Error, Result};
@@ -99,8 +104,11 @@ pub struct CpuBackend {
     norms: Arc<[LayerNorms]>,
     packed: Arc<[LayerPacked]>,
     output_packed: Option<Arc<PackedMatrix>>,
-    /// Bytes of the repacked copies.
+    /// Bytes of the repacked copies (packed at load or mapped from the
+    /// packed-panel cache).
     packed_bytes: usize,
+    /// Whether the panels were packed at load or mapped from the cache.
+    packed_cache: Arc<PackedCacheStatus>,
     output_norm: Arc<[f32]>,
     /// One per distinct rope of the layers; `layer_rope[il]` indexes it.
     ropes: Arc<[RopeTables]>,
@@ -131,17 +139,6 @@ fn norm_vec(w: &Weight) -> Result<Vec<f32>> {
 
 fn qmat(w: &Weight) -> Result<QMatrix<'_>> {
     Ok(QMatrix::new(w.dtype, w.shape[0], w.shape[1], w.data())?)
-}
-
-/// `w` repacked for `kernels`, if that table wants it; the file's pages of
-/// a packed matrix then leave the resident set (the tied embedding reads a
-/// few rows of them back per token).
-fn pack(kernels: &KernelTable, w: &Weight) -> Result<Option<PackedMatrix>> {
-    let packed = PackedMatrix::pack_for(kernels, &qmat(w)?)?;
-    if packed.is_some() {
-        w.release_pages();
-    }
-    Ok(packed)
 }
 
 /// `out = w · x` over `n` tokens, on the packed copy when there is one,
@@ -194,6 +191,19 @@ impl CpuBackend {
         threads: usize,
         kernels: &'static KernelTable,
     ) -> Result<Self> {
+        Self::with_kernels_and_cache(model, threads, kernels, &PackedCache::from_env())
+    }
+
+    /// As [`CpuBackend::with_kernels`], with the matrices the table repacks
+    /// (the AVX-512 tiers' x16 panels) mapped from `cache` when a valid
+    /// file for this model and table is there, else packed and written
+    /// there ([`CpuBackend::packed_cache`] says which).
+    pub fn with_kernels_and_cache(
+        model: Arc<Model>,
+        threads: usize,
+        kernels: &'static KernelTable,
+        cache: &PackedCache,
+    ) -> Result<Self> {
         let threads = if threads == 0 {
             std::thread::available_parallelism()
                 .map(|n| n.get())
@@ -225,32 +235,45 @@ impl CpuBackend {
             })
             .collect::<Result<Vec<_>>>()?;
         let output_norm = norm_vec(&w.output_norm)?;
-        // Repacking reads every matrix once; the pool packs panels in parallel.
-        let (packed, output_packed) = pool.install(|| -> Result<_> {
-            let layers = w
-                .layers
-                .iter()
-                .map(|l| {
-                    Ok(LayerPacked {
-                        q: pack(kernels, &l.attn_q.weight)?,
-                        k: pack(kernels, &l.attn_k.weight)?,
-                        v: pack(kernels, &l.attn_v.weight)?,
-                        o: pack(kernels, &l.attn_output.weight)?,
-                        gate: pack(kernels, &l.ffn_gate.weight)?,
-                        up: pack(kernels, &l.ffn_up.weight)?,
-                        down: pack(kernels, &l.ffn_down.weight)?,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Ok((layers, pack(kernels, &w.output.weight)?.map(Arc::new)))
-        })?;
-        let packed_bytes = packed
+        // Every matrix the table may repack, layer by layer, then the output.
+        let matrices: Vec<&Weight> = w
+            .layers
             .iter()
-            .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
-            .flatten()
-            .chain(output_packed.as_deref())
-            .map(|p| p.bytes().len())
-            .sum();
+            .flat_map(|l| {
+                [
+                    &l.attn_q.weight,
+                    &l.attn_k.weight,
+                    &l.attn_v.weight,
+                    &l.attn_output.weight,
+                    &l.ffn_gate.weight,
+                    &l.ffn_up.weight,
+                    &l.ffn_down.weight,
+                ]
+            })
+            .chain([&w.output.weight])
+            .collect();
+        // Repacking reads every matrix once; the pool packs panels in parallel.
+        let (packed, cache_status) =
+            pool.install(|| packed_cache::load_or_pack(kernels, &model.gguf, &matrices, cache))?;
+        let packed_bytes = packed.iter().flatten().map(|p| p.bytes().len()).sum();
+        let mut it = packed.into_iter();
+        let packed: Vec<LayerPacked> = w
+            .layers
+            .iter()
+            .map(|_| {
+                let mut next = || it.next().flatten();
+                LayerPacked {
+                    q: next(),
+                    k: next(),
+                    v: next(),
+                    o: next(),
+                    gate: next(),
+                    up: next(),
+                    down: next(),
+                }
+            })
+            .collect();
+        let output_packed = it.next().flatten().map(Arc::new);
         let s = &model.spec;
         let (distinct, layer_rope) = s.distinct_ropes();
         let ropes = distinct
@@ -263,6 +286,7 @@ impl CpuBackend {
             packed: packed.into(),
             output_packed,
             packed_bytes,
+            packed_cache: Arc::new(cache_status),
             output_norm: output_norm.into(),
             ropes: ropes.into(),
             layer_rope: layer_rope.into(),
@@ -324,6 +348,12 @@ impl CpuBackend {
         &self.adapters
     }
 
+    /// What the load did about repacked matrices: none, packed (how long),
+    /// or mapped from the packed-panel cache.
+    pub fn packed_cache(&self) -> &PackedCacheStatus {
+        &self.packed_cache
+    }
+
     /// The model it runs.
     pub fn model(&self) -> &Arc<Model> {
         &self.model
@@ -334,7 +364,8 @@ impl CpuBackend {
         self.threads
     }
 
-    /// Bytes of the weights repacked at load (held besides the file).
+    /// Bytes of the weights repacked for the kernels (held besides the
+    /// file: packed at load, or mapped from the packed-panel cache).
     pub fn packed_bytes(&self) -> usize {
         self.packed_bytes
     }

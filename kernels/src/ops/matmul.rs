@@ -23,6 +23,7 @@ use crate::quant::{cast_blocks, with_weight_block, DType, QuantBlock, WeightBloc
 use crate::{Error, Result};
 use bytemuck::Zeroable;
 use rayon::prelude::*;
+use std::sync::Arc;
 
 /// A row-major weight matrix of `rows` rows of `cols` elements (ggml's
 /// `ne0 = cols`), borrowed from memory-mapped model bytes.
@@ -237,17 +238,38 @@ fn bands(s: Shape, out: &mut [f32], kernel: impl Fn(usize, usize, &mut [f32]) + 
 #[derive(Clone, Copy, bytemuck::Pod, bytemuck::Zeroable)]
 struct Line([u8; 64]);
 
+/// Bytes a [`PackedMatrix`] can borrow instead of owning them: a memory
+/// map of a file of packed panels, kept alive by the matrices that read it.
+pub trait PackedSource: Send + Sync {
+    /// The whole source; a matrix reads one range of it.
+    fn bytes(&self) -> &[u8];
+}
+
+/// Where a packed matrix's bytes live.
+#[derive(Clone)]
+enum PackedBytes {
+    /// Packed here, at load.
+    Owned(Vec<Line>),
+    /// `len` bytes from `start` of a shared source (64-byte aligned).
+    Shared {
+        source: Arc<dyn PackedSource>,
+        start: usize,
+    },
+}
+
 /// A weight matrix repacked at load time into the x16 panels of
 /// `quant::x16` (crate-private), for tables whose gemm kernels read that layout
 /// (the AVX-512 tiers): the decode matvec then streams each panel with
 /// contiguous loads instead of gathering 16 rows per block at run time.
-/// Owned: it costs the matrix's size in memory, besides the file's bytes.
+/// Owned when packed here (it costs the matrix's size in memory, besides
+/// the file's bytes), or borrowed from a [`PackedSource`] that holds the
+/// panels already ([`PackedMatrix::from_source`]).
 #[derive(Clone)]
 pub struct PackedMatrix {
     dtype: DType,
     rows: usize,
     cols: usize,
-    lines: Vec<Line>,
+    storage: PackedBytes,
     len: usize,
 }
 
@@ -292,9 +314,74 @@ impl PackedMatrix {
             dtype: m.dtype,
             rows: m.rows,
             cols: m.cols,
-            lines,
+            storage: PackedBytes::Owned(lines),
             len,
         })
+    }
+
+    /// The bytes [`PackedMatrix::pack_for`] makes of a `rows` x `cols`
+    /// matrix of `dtype` for `table`; `None` when the table does not pack
+    /// that type (or the shape is not whole blocks).
+    pub fn packed_len(
+        table: &KernelTable,
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+    ) -> Option<usize> {
+        with_weight_block!(dtype, W => {
+            if table.weight::<W>().x16.is_none()
+                || !x16::has_layout::<W>()
+                || !cols.is_multiple_of(W::ELEMS)
+            {
+                return None;
+            }
+            x16::packed_bytes::<W>(rows, cols / W::ELEMS)
+        }, None)
+    }
+
+    /// A matrix whose panels `table` would pack already lie in `source` at
+    /// `start..start + len` (what [`PackedMatrix::bytes`] of a packed one
+    /// held, written to a file and mapped back): no copy. Refused unless
+    /// the table packs `dtype`, `len` is the packed size of the shape, and
+    /// the range lies in the source on a 64-byte boundary.
+    pub fn from_source(
+        table: &KernelTable,
+        dtype: DType,
+        rows: usize,
+        cols: usize,
+        source: Arc<dyn PackedSource>,
+        start: usize,
+    ) -> Result<PackedMatrix> {
+        const OP: &str = "PackedMatrix::from_source";
+        let invalid = |reason: String| Error::InvalidArgument { op: OP, reason };
+        let len = Self::packed_len(table, dtype, rows, cols)
+            .ok_or_else(|| invalid(format!("{} does not pack {dtype} {rows}x{cols}", table.isa)))?;
+        let bytes = source.bytes();
+        let in_range = start.checked_add(len).is_some_and(|end| end <= bytes.len());
+        if !in_range {
+            return Err(invalid(format!(
+                "{len} bytes from {start} of a {}-byte source",
+                bytes.len()
+            )));
+        }
+        if !(bytes.as_ptr() as usize + start).is_multiple_of(64) {
+            return Err(invalid(format!(
+                "packed panels at {start} not on a 64-byte boundary"
+            )));
+        }
+        Ok(PackedMatrix {
+            dtype,
+            rows,
+            cols,
+            storage: PackedBytes::Shared { source, start },
+            len,
+        })
+    }
+
+    /// Whether the bytes are this matrix's own (packed here) rather than
+    /// borrowed from a [`PackedSource`].
+    pub fn is_owned(&self) -> bool {
+        matches!(self.storage, PackedBytes::Owned(_))
     }
 
     /// The element type.
@@ -309,9 +396,15 @@ impl PackedMatrix {
     pub fn cols(&self) -> usize {
         self.cols
     }
-    /// The packed bytes (also their heap footprint, to 64 bytes).
+    /// The packed bytes (when owned, also their heap footprint, to 64
+    /// bytes).
     pub fn bytes(&self) -> &[u8] {
-        &bytemuck::cast_slice(&self.lines)[..self.len]
+        match &self.storage {
+            PackedBytes::Owned(lines) => &bytemuck::cast_slice(lines)[..self.len],
+            PackedBytes::Shared { source, start } => {
+                source.bytes().get(*start..*start + self.len).unwrap_or(&[])
+            }
+        }
     }
 }
 

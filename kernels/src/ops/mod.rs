@@ -17,7 +17,7 @@ pub use hadamard::Hadamard;
 pub use kv_plane::{KvPlane, KvRows, KvType};
 pub use matmul::{
     matmul, matmul_packed, matmul_packed_group, matmul_packed_group_with, matmul_packed_with,
-    matmul_with, PackedMatrix, QMatrix,
+    matmul_with, PackedMatrix, PackedSource, QMatrix,
 };
 pub use norm::{rms_norm, rms_norm_in_place};
 pub use rope::{RopeCache, RopeStyle};

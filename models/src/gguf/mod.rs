@@ -105,6 +105,38 @@ impl fmt::Debug for Storage {
     }
 }
 
+/// A whole file memory-mapped read-only, as model files are: for the
+/// caches an engine writes beside the user's models (the repacked weight
+/// panels), whose bytes are then used in place. The same contract as a
+/// model file: another process must not truncate or rewrite it while it is
+/// mapped (caches are replaced by renaming a new file over them, which
+/// leaves a mapped one intact).
+pub struct MappedFile {
+    storage: Storage,
+}
+
+impl MappedFile {
+    /// The file at `path`. (Its pages fault in as they are first read:
+    /// mapping them all at once on one thread measured slower than the
+    /// faults of a checksum read on the pool.)
+    pub fn open(path: impl AsRef<Path>) -> Result<MappedFile> {
+        Ok(MappedFile {
+            storage: Storage::map(path.as_ref())?,
+        })
+    }
+
+    /// Its bytes.
+    pub fn bytes(&self) -> &[u8] {
+        self.storage.bytes()
+    }
+}
+
+impl fmt::Debug for MappedFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MappedFile({} bytes)", self.bytes().len())
+    }
+}
+
 /// One entry of the tensor table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TensorInfo {
@@ -300,6 +332,15 @@ impl GgufFile {
     /// What a digest of the loaded model covers.
     pub fn source_bytes(&self) -> impl Iterator<Item = &[u8]> {
         std::iter::once(self.storage.bytes()).chain(self.parts.iter().map(|p| p.bytes()))
+    }
+    /// The file's bytes before its data section: the header, metadata and
+    /// tensor table (every tensor's name, type, shape and offset).
+    pub fn header_bytes(&self) -> &[u8] {
+        self.storage.bytes().get(..self.data_start).unwrap_or(&[])
+    }
+    /// Whether `storage` is this file's own (not one of its other parts).
+    pub(crate) fn is_main_storage(&self, storage: &Arc<Storage>) -> bool {
+        Arc::ptr_eq(&self.storage, storage)
     }
     /// Alignment of tensor data (`general.alignment`, default 32).
     pub fn alignment(&self) -> usize {

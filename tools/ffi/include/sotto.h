@@ -135,7 +135,9 @@ const char *sotto_last_error_message(void);
 //
 // `options_json` (may be NULL) picks the backend, every field optional:
 // `{"backend":"cpu"|"ort"|"hybrid"|"candle", "threads":0, "isa":"neon",
-// "graphs":"DIR", "ep_chain":"qnn,cpu", "npu_only":false}`.
+// "graphs":"DIR", "ep_chain":"qnn,cpu", "npu_only":false,
+// "packed_cache":"DIR"}` (`packed_cache`: where the CPU kernels' repacked
+// weights are cached between starts, the app's cache directory; `""`: off).
 // On success `*out` is a model to free with `sotto_model_free`; on failure
 // it is NULL. Codes: NOT_FOUND, BAD_MODEL, IO, INVALID_ARGUMENT,
 // BACKEND_UNAVAILABLE.

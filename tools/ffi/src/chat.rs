@@ -6,13 +6,13 @@ use crate::status::{FfiError, FfiResult, SottoStatus};
 use serde::Deserialize;
 use sotto_engine::{
     BackendChoice, CancelToken, Chat, CpuOptions, GenerateOptions, LoadedModel, OrtOptions,
-    SamplerConfig,
+    PackedCache, SamplerConfig,
 };
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, TryLockError};
 
 /// Model options, as JSON (every field optional):
-/// `{"backend":"cpu","threads":0,"isa":"neon","graphs":"DIR","ep_chain":"qnn,cpu","npu_only":false}`.
+/// `{"backend":"cpu","threads":0,"isa":"neon","graphs":"DIR","ep_chain":"qnn,cpu","npu_only":false,"packed_cache":"DIR"}`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 struct ModelOptions {
@@ -23,6 +23,10 @@ struct ModelOptions {
     graphs: Option<PathBuf>,
     ep_chain: Option<String>,
     npu_only: bool,
+    /// Where the CPU backend caches the weights its kernels repack (the
+    /// app's cache directory; `""` turns caching off); absent: the user
+    /// cache of `$SOTTO_CACHE`, `$XDG_CACHE_HOME` or `$HOME`, if any.
+    packed_cache: Option<PathBuf>,
     /// Test builds only (feature `panic-probe`).
     panic_probe: bool,
 }
@@ -38,6 +42,13 @@ impl ModelOptions {
         let cpu = CpuOptions {
             threads: self.threads,
             isa,
+            packed_cache: self.packed_cache.as_ref().map(|d| {
+                if d.as_os_str().is_empty() {
+                    PackedCache::off()
+                } else {
+                    PackedCache::in_dir(d, PackedCache::from_env().budget_bytes())
+                }
+            }),
             ..Default::default()
         };
         let graphs = || -> FfiResult<OrtOptions> {

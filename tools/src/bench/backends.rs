@@ -9,6 +9,7 @@
 use crate::cmd_export::Target as ExportTarget;
 use sotto_engine::{
     AdapterSpec, Backend, BackendChoice, BackendKind, CpuOptions, LoadedModel, OrtOptions,
+    PackedCacheStatus,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -108,6 +109,9 @@ pub struct LoadedBackend {
     /// The ISA label for reports: the dispatch's choice for sotto's
     /// kernels, the backend's own otherwise.
     pub isa: String,
+    /// The CPU backend's repacked panels: packed at load (in how long) or
+    /// mapped from the packed-panel cache; `None` when nothing is packed.
+    pub packing: Option<String>,
 }
 
 impl std::fmt::Debug for LoadedBackend {
@@ -155,6 +159,7 @@ fn choice(
         threads,
         isa: None,
         kv,
+        packed_cache: None,
     };
     let on_cpu_ep = |dir| OrtOptions {
         threads,
@@ -286,7 +291,12 @@ pub fn load_backend(
         (_, BackendKind::Candle) => "candle".to_string(),
         _ => "ort-cpu".to_string(),
     };
+    let packing = loaded
+        .cpu_packed_cache()
+        .filter(|s| **s != PackedCacheStatus::NothingPacked)
+        .map(PackedCacheStatus::summary);
     Ok(LoadedBackend {
+        packing,
         load: loaded.load_time(),
         external_kv_bytes_per_position: loaded.external_kv_bytes_per_position(),
         backend: loaded

@@ -31,6 +31,10 @@ pub struct BenchRow {
     pub latency_p90_ms: Option<f64>,
     pub latency_p99_ms: Option<f64>,
     pub load_ms: f64,
+    /// The CPU backend's repacked panels at load: packed (in how long) or
+    /// mapped from the packed-panel cache.
+    #[serde(default)]
+    pub packing: Option<String>,
     /// VmHWM after the row (since this backend was loaded, where the kernel
     /// lets us reset it).
     pub peak_rss_bytes: u64,
@@ -307,6 +311,20 @@ pub fn markdown(report: &Report) -> String {
         "- sotto kernel ISA with --isa auto: {}",
         report.kernel_isa_auto
     );
+    // Each backend's repacked panels at its load (the load column's cold or
+    // warm start), once per backend, ISA and thread count.
+    let mut packings: Vec<String> = Vec::new();
+    for r in &report.rows {
+        if let Some(p) = &r.packing {
+            let line = format!("- x16 panels ({} {} t{}): {p}", r.backend, r.isa, r.threads);
+            if !packings.contains(&line) {
+                packings.push(line);
+            }
+        }
+    }
+    for line in packings {
+        let _ = writeln!(out, "{line}");
+    }
     if !report.bandwidth_levels.is_empty() {
         out.push_str(&bandwidth_levels_markdown(&report.bandwidth_levels));
     } else if let Some(bw) = &report.bandwidth {
@@ -461,6 +479,7 @@ mod tests {
             latency_p90_ms: (test == TestKind::Tg).then_some(10.0),
             latency_p99_ms: (test == TestKind::Tg).then_some(11.0),
             load_ms: 40.0,
+            packing: None,
             peak_rss_bytes: 200 << 20,
             weights_bytes: 96 << 20,
             kv_bytes: 3 << 20,

@@ -154,6 +154,9 @@ pub struct RowContext<'a> {
     pub kv_bytes: u64,
     /// The KV cache's element types (`T` or `K,V`).
     pub kv_type: String,
+    /// The CPU backend's repacked panels at load (see
+    /// [`super::backends::LoadedBackend::packing`]).
+    pub packing: Option<String>,
 }
 
 pub fn summarize(test: &TestSpec, m: &Measurement, ctx: &RowContext<'_>) -> BenchRow {
@@ -190,6 +193,7 @@ pub fn summarize(test: &TestSpec, m: &Measurement, ctx: &RowContext<'_>) -> Benc
         latency_p90_ms: ms(&m.per_token_s, 90.0),
         latency_p99_ms: ms(&m.per_token_s, 99.0),
         load_ms: ctx.load_s * 1e3,
+        packing: ctx.packing.clone(),
         peak_rss_bytes: machine::peak_rss_bytes().unwrap_or(0),
         weights_bytes: ctx.weights_bytes,
         kv_bytes: ctx.kv_bytes,
@@ -237,6 +241,7 @@ mod tests {
             weights_bytes: 100,
             kv_bytes: 10,
             kv_type: "q8_0".into(),
+            packing: None,
         };
         let row = summarize(&test, &m, &ctx);
         assert_eq!(row.tokens_per_s_samples, [20.0, 10.0]);
