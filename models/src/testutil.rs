@@ -110,6 +110,34 @@ pub fn tiny_model(arch: &str, dims: TinyDims) -> GgufWriter {
     tiny_model_with(arch, dims, &mut values)
 }
 
+/// `w`'s f32 matrices (2-D tensors) quantized, the i-th to `types[i %
+/// types.len()]`: a file mixing quant types as llama.cpp's Q4_K_M ones do.
+/// An error names a matrix whose rows are not whole blocks of its type.
+pub fn quantize_matrices(
+    w: &mut GgufWriter,
+    types: &[sotto_kernels::quant::DType],
+) -> Result<(), String> {
+    use sotto_kernels::quant::quantize_row;
+    let matrices = w.tensors.iter_mut().filter(|t| t.dims.len() == 2);
+    for (t, &dtype) in matrices.zip(types.iter().cycle()) {
+        let (cols, rows) = (t.dims[0] as usize, t.dims[1] as usize);
+        let values: Vec<f32> = t
+            .data
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let row_bytes = dtype
+            .row_bytes(cols)
+            .ok_or_else(|| format!("{}: {cols} columns are not whole {dtype} blocks", t.name))?;
+        let mut data = vec![0u8; rows * row_bytes];
+        for (src, dst) in values.chunks(cols).zip(data.chunks_mut(row_bytes)) {
+            quantize_row(dtype, src, dst).map_err(|e| format!("{}: {e}", t.name))?;
+        }
+        (t.type_id, t.data) = (dtype as u32, data);
+    }
+    Ok(())
+}
+
 /// [`tiny_model`] with pseudo-random weights drawn from `seed`, uniform in
 /// ±0.5 (norm weights around 1, as trained models have them).
 pub fn tiny_model_random(arch: &str, dims: TinyDims, seed: u64) -> GgufWriter {

@@ -913,7 +913,7 @@ mod tests {
     #[test]
     fn a_mixed_k_quant_file_packs_every_matrix_and_matches_the_scalar_kernels() {
         use sotto_kernels::dispatch::{available_isas, table_for, Isa};
-        use sotto_kernels::quant::{quantize_row, DType};
+        use sotto_kernels::quant::DType;
         let dims = TinyDims {
             n_layer: 2,
             d_model: 256,
@@ -924,26 +924,7 @@ mod tests {
         };
         let mut w = tiny_model_random("llama", dims, 21);
         let types = [DType::Q4_K, DType::Q5_0, DType::Q6_K, DType::Q8_0];
-        for (i, t) in w
-            .tensors
-            .iter_mut()
-            .filter(|t| t.dims.len() == 2)
-            .enumerate()
-        {
-            let dtype = types[i % types.len()];
-            let (cols, rows) = (t.dims[0] as usize, t.dims[1] as usize);
-            let values: Vec<f32> = t
-                .data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            let row_bytes = dtype.row_bytes(cols).unwrap();
-            let mut data = vec![0u8; rows * row_bytes];
-            for (src, dst) in values.chunks(cols).zip(data.chunks_mut(row_bytes)) {
-                quantize_row(dtype, src, dst).unwrap();
-            }
-            (t.type_id, t.data) = (dtype as u32, data);
-        }
+        sotto_models::testutil::quantize_matrices(&mut w, &types).unwrap();
         let model =
             Arc::new(Model::from_gguf(GgufFile::from_bytes(w.to_bytes()).unwrap()).unwrap());
         let wt = &model.weights;

@@ -507,13 +507,18 @@ fn write(
         data_len = (data_len + p.bytes().len()).next_multiple_of(PANEL_ALIGN);
     }
     let data_off = (FIXED + table.len()).next_multiple_of(DATA_ALIGN);
+    // the data section: each matrix's panels, then zeros to a 64-byte boundary
     let zeros = [0u8; PANEL_ALIGN];
+    let data: Vec<&[u8]> = packed
+        .iter()
+        .zip(&offsets)
+        .flat_map(|(p, &off)| {
+            let end = off + p.bytes().len();
+            [p.bytes(), &zeros[..end.next_multiple_of(PANEL_ALIGN) - end]]
+        })
+        .collect();
     let mut crc = crc32fast::Hasher::new();
-    for (p, &off) in packed.iter().zip(&offsets) {
-        crc.update(p.bytes());
-        let end = off + p.bytes().len();
-        crc.update(&zeros[..end.next_multiple_of(PANEL_ALIGN) - end]);
-    }
+    data.iter().for_each(|d| crc.update(d));
     let mut head = Vec::with_capacity(data_off);
     head.extend_from_slice(&MAGIC);
     head.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
@@ -539,10 +544,8 @@ fn write(
     let result = (|| {
         let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
         f.write_all(&head)?;
-        for (p, &off) in packed.iter().zip(&offsets) {
-            f.write_all(p.bytes())?;
-            let end = off + p.bytes().len();
-            f.write_all(&zeros[..end.next_multiple_of(PANEL_ALIGN) - end])?;
+        for d in &data {
+            f.write_all(d)?;
         }
         f.into_inner().map_err(|e| e.into_error())?.sync_data()?;
         std::fs::rename(&tmp, path)
@@ -606,8 +609,7 @@ mod tests {
     use super::*;
     use crate::{Backend, CpuBackend, LogitsFor};
     use sotto_kernels::dispatch::{available_isas, table_for};
-    use sotto_kernels::quant::quantize_row;
-    use sotto_models::testutil::{tiny_model_random, TinyDims};
+    use sotto_models::testutil::{quantize_matrices, tiny_model_random, TinyDims};
     use sotto_models::Model;
 
     /// A model file of Q4_0 and Q8_0 matrices in a fresh directory.
@@ -621,27 +623,7 @@ mod tests {
             ffn_dim: 256,
         };
         let mut w = tiny_model_random("llama", dims, 5);
-        let types = [DType::Q4_0, DType::Q8_0];
-        for (i, t) in w
-            .tensors
-            .iter_mut()
-            .filter(|t| t.dims.len() == 2)
-            .enumerate()
-        {
-            let dtype = types[i % 2];
-            let (cols, rows) = (t.dims[0] as usize, t.dims[1] as usize);
-            let values: Vec<f32> = t
-                .data
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            let row_bytes = dtype.row_bytes(cols).unwrap();
-            let mut data = vec![0u8; rows * row_bytes];
-            for (src, dst) in values.chunks(cols).zip(data.chunks_mut(row_bytes)) {
-                quantize_row(dtype, src, dst).unwrap();
-            }
-            (t.type_id, t.data) = (dtype as u32, data);
-        }
+        quantize_matrices(&mut w, &[DType::Q4_0, DType::Q8_0]).unwrap();
         std::fs::create_dir_all(dir).unwrap();
         let path = dir.join("model.gguf");
         std::fs::write(&path, w.to_bytes()).unwrap();
