@@ -357,6 +357,33 @@ fn parse_vm_hwm(status: &str) -> Option<u64> {
     Some(kib * 1024)
 }
 
+/// The resident set split by what backs it, in bytes: pages of mapped
+/// files (`RssFile` + `RssShmem`: the model's weights, the packed-panel
+/// cache) and anonymous memory (`RssAnon`: the heap, i.e. the KV cache,
+/// tokenizer tables, scratch, and repacked copies made at load).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RssSplit {
+    pub file: u64,
+    pub anon: u64,
+}
+
+/// This process's [`RssSplit`] now (Linux).
+pub fn rss_split() -> Option<RssSplit> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    parse_rss_split(&status)
+}
+
+fn parse_rss_split(status: &str) -> Option<RssSplit> {
+    let kib = |key: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some(RssSplit {
+        file: (kib("RssFile:")? + kib("RssShmem:").unwrap_or(0)) * 1024,
+        anon: kib("RssAnon:")? * 1024,
+    })
+}
+
 /// Resets VmHWM to the current RSS (Linux >= 4.0), so the peak of each
 /// backend is its own and not the previous one's. Best effort: elsewhere the
 /// peak is the process's.
@@ -374,6 +401,20 @@ processor\t: 1\nmodel name\t: AMD EPYC 9R14\nphysical id\t: 0\ncore id\t: 1\n\
 flags\t\t: fpu sse2 avx2 fma f16c avx512f avx512bw amx_tile\n\n\
 processor\t: 2\nmodel name\t: AMD EPYC 9R14\nphysical id\t: 0\ncore id\t: 1\n\
 flags\t\t: fpu sse2 avx2 fma f16c avx512f avx512bw amx_tile\n";
+
+    #[test]
+    fn rss_splits_into_file_and_anonymous_pages() {
+        let status = "VmHWM:\t  200 kB\nVmRSS:\t  150 kB\nRssAnon:\t  100 kB\n\
+RssFile:\t   40 kB\nRssShmem:\t   10 kB\n";
+        assert_eq!(
+            parse_rss_split(status),
+            Some(RssSplit {
+                file: 50 * 1024,
+                anon: 100 * 1024
+            })
+        );
+        assert_eq!(parse_rss_split("VmRSS: 1 kB\n"), None);
+    }
 
     #[test]
     fn cpuinfo_gives_model_flags_and_cores() {

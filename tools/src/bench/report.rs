@@ -38,6 +38,13 @@ pub struct BenchRow {
     /// VmHWM after the row (since this backend was loaded, where the kernel
     /// lets us reset it).
     pub peak_rss_bytes: u64,
+    /// At the row's end: resident pages of mapped files (weights, packed
+    /// panels) and anonymous ones (KV cache, tokenizer, scratch); see
+    /// [`super::machine::RssSplit`].
+    #[serde(default)]
+    pub rss_file_bytes: Option<u64>,
+    #[serde(default)]
+    pub rss_anon_bytes: Option<u64>,
     pub weights_bytes: u64,
     pub kv_bytes: u64,
     /// The KV cache's element types: `T` for keys and values, or `K,V`.
@@ -231,6 +238,7 @@ pub fn markdown(report: &Report) -> String {
         "load ms",
         "KV MiB",
         "peak RSS MiB",
+        "RSS file / anon MiB",
         "BW use",
     ];
     if has_kv {
@@ -268,6 +276,10 @@ pub fn markdown(report: &Report) -> String {
             format!("{:.0}", r.load_ms),
             mib(r.kv_bytes),
             mib(r.peak_rss_bytes),
+            match (r.rss_file_bytes, r.rss_anon_bytes) {
+                (Some(f), Some(a)) => format!("{} / {}", mib(f), mib(a)),
+                _ => "-".to_string(),
+            },
             r.bandwidth_fraction
                 .map_or_else(|| "-".to_string(), |f| format!("{:.0}%", f * 100.0)),
         ];
@@ -324,6 +336,14 @@ pub fn markdown(report: &Report) -> String {
     }
     for line in packings {
         let _ = writeln!(out, "{line}");
+    }
+    if report.rows.iter().any(|r| r.rss_file_bytes.is_some()) {
+        let _ = writeln!(
+            out,
+            "- RSS file / anon: at the row's end, resident pages of mapped files (the model's \
+             weights, the packed-panel cache) / anonymous memory (KV cache, tokenizer tables, \
+             scratch, copies packed at load)"
+        );
     }
     if !report.bandwidth_levels.is_empty() {
         out.push_str(&bandwidth_levels_markdown(&report.bandwidth_levels));
@@ -382,6 +402,8 @@ const CSV_COLUMNS: &[&str] = &[
     "bandwidth_fraction",
     "llama_cpp_tokens_per_s",
     "ratio_vs_llama_cpp",
+    "rss_file_bytes",
+    "rss_anon_bytes",
 ];
 
 /// RFC 4180 quoting where a field needs it.
@@ -433,6 +455,8 @@ pub fn csv(rows: &[BenchRow]) -> String {
             o(r.bandwidth_fraction),
             o(r.llama_cpp_tokens_per_s),
             o(r.ratio_vs_llama_cpp),
+            r.rss_file_bytes.map_or_else(String::new, |v| v.to_string()),
+            r.rss_anon_bytes.map_or_else(String::new, |v| v.to_string()),
         ];
         out.push_str(
             &fields
@@ -481,6 +505,8 @@ mod tests {
             load_ms: 40.0,
             packing: None,
             peak_rss_bytes: 200 << 20,
+            rss_file_bytes: Some(100 << 20),
+            rss_anon_bytes: Some(60 << 20),
             weights_bytes: 96 << 20,
             kv_bytes: 3 << 20,
             kv_type: "f16".into(),
@@ -627,7 +653,7 @@ mod tests {
         assert!(lines[1].starts_with(
             "cpu,\"cpu, \"\"quoted\"\", with commas\",avx2,2,pp,128,0,0,2,300,1.5,299;301,12.5,,"
         ));
-        assert!(lines[1].ends_with(",400,0.75"));
+        assert!(lines[1].ends_with(",400,0.75,104857600,62914560"));
     }
 
     #[test]

@@ -160,6 +160,7 @@ pub struct RowContext<'a> {
 }
 
 pub fn summarize(test: &TestSpec, m: &Measurement, ctx: &RowContext<'_>) -> BenchRow {
+    let rss = machine::rss_split();
     let tps: Vec<f64> = m
         .run_s
         .iter()
@@ -195,6 +196,8 @@ pub fn summarize(test: &TestSpec, m: &Measurement, ctx: &RowContext<'_>) -> Benc
         load_ms: ctx.load_s * 1e3,
         packing: ctx.packing.clone(),
         peak_rss_bytes: machine::peak_rss_bytes().unwrap_or(0),
+        rss_file_bytes: rss.map(|r| r.file),
+        rss_anon_bytes: rss.map(|r| r.anon),
         weights_bytes: ctx.weights_bytes,
         kv_bytes: ctx.kv_bytes,
         kv_type: ctx.kv_type.clone(),
