@@ -67,7 +67,7 @@ pub use backend::{Backend, LogitsFor};
 pub use chat::{Chat, Reply};
 pub use constrain::{Constraint, GrammarSyntax, TextMatch};
 pub use context::{ContextPolicy, TurnWindow};
-pub use cpu::{CpuBackend, PackedCache, PackedCacheStatus};
+pub use cpu::{user_cache_dir, CpuBackend, PackedCache, PackedCacheStatus};
 pub use error::{Error, Result};
 pub use generate::{CancelToken, GenerateOptions, GenerationStats, Session, StopReason};
 pub use kv_cache::{KvCache, KvRotations, KvType, KvTypes};

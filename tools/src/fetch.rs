@@ -149,18 +149,12 @@ pub fn find_model(name: &str) -> Result<&'static PypiModel> {
         })
 }
 
-/// `$SOTTO_CACHE`, else `$XDG_CACHE_HOME/sotto`, else `~/.cache/sotto`.
+/// `$SOTTO_CACHE`, else `$XDG_CACHE_HOME/sotto`, else `~/.cache/sotto`
+/// ([`sotto_engine::user_cache_dir`], where the engine caches its packed
+/// panels too); `./.cache/sotto` when none is set.
 pub fn cache_dir() -> PathBuf {
-    if let Some(p) = std::env::var_os("SOTTO_CACHE") {
-        return PathBuf::from(p);
-    }
-    if let Some(p) = std::env::var_os("XDG_CACHE_HOME") {
-        return PathBuf::from(p).join("sotto");
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("sotto")
+    sotto_engine::user_cache_dir()
+        .unwrap_or_else(|| PathBuf::from(".").join(".cache").join("sotto"))
 }
 
 /// Where `model` lives in the cache.

@@ -20,7 +20,7 @@
 mod lora;
 mod packed_cache;
 
-pub use packed_cache::{PackedCache, PackedCacheStatus};
+pub use packed_cache::{user_cache_dir, PackedCache, PackedCacheStatus};
 
 use crate::backend::{Backend, LogitsFor};
 use crate::error::{Error, Result};

@@ -82,15 +82,10 @@ impl PackedCache {
     /// `~/.cache/sotto` (the user cache `sotto fetch` keeps models in);
     /// budget `$SOTTO_PACKED_CACHE_MB` (4096). No home and no setting: off.
     pub fn from_env() -> PackedCache {
-        let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-        let dir = match var("SOTTO_PACKED_CACHE") {
+        let dir = match std::env::var_os("SOTTO_PACKED_CACHE").filter(|v| !v.is_empty()) {
             Some(v) if v == "0" || v == "off" => None,
             Some(v) => Some(PathBuf::from(v)),
-            None => var("SOTTO_CACHE")
-                .map(PathBuf::from)
-                .or_else(|| var("XDG_CACHE_HOME").map(|p| PathBuf::from(p).join("sotto")))
-                .or_else(|| var("HOME").map(|p| PathBuf::from(p).join(".cache").join("sotto")))
-                .map(|p| p.join("packed")),
+            None => user_cache_dir().map(|p| p.join("packed")),
         };
         let mb = std::env::var("SOTTO_PACKED_CACHE_MB")
             .ok()
@@ -102,15 +97,22 @@ impl PackedCache {
         }
     }
 
-    /// The directory, when caching is on.
-    pub fn dir(&self) -> Option<&Path> {
-        self.dir.as_deref()
-    }
-
     /// The directory's size budget.
     pub fn budget_bytes(&self) -> u64 {
         self.budget_bytes
     }
+}
+
+/// Sotto's user cache, where `sotto fetch` keeps models and the engine its
+/// packed panels: `$SOTTO_CACHE`, else `$XDG_CACHE_HOME/sotto`, else
+/// `~/.cache/sotto`; `None` when none of them is set (an app on a phone
+/// passes its own directory instead).
+pub fn user_cache_dir() -> Option<PathBuf> {
+    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
+    var("SOTTO_CACHE")
+        .map(PathBuf::from)
+        .or_else(|| var("XDG_CACHE_HOME").map(|p| PathBuf::from(p).join("sotto")))
+        .or_else(|| var("HOME").map(|p| PathBuf::from(p).join(".cache").join("sotto")))
 }
 
 /// What a load did about packed panels.
