@@ -888,4 +888,70 @@ mod tests {
         assert!(matmul(&m, &[0.0; 63], 1, &mut out).is_err());
         assert!(matmul(&m, &[0.0; 64], 1, &mut out[..1]).is_err());
     }
+
+    /// Panels borrowed from a source are refused unless the table packs
+    /// the type and the range holds exactly the packed size, inside the
+    /// source, on a 64-byte boundary; an accepted one reads the owned
+    /// matrix's bytes and computes its products bit for bit.
+    #[test]
+    fn packed_matrices_from_a_source_check_their_range() {
+        struct Lines(Vec<Line>, usize);
+        impl PackedSource for Lines {
+            fn bytes(&self) -> &[u8] {
+                &bytemuck::cast_slice(&self.0)[..self.1]
+            }
+        }
+        // the scalar table with a reference x16 entry: runs on any CPU
+        let mut t = *table_for(Isa::Scalar).unwrap();
+        t.q8_0.x16 =
+            Some(|p, r, a, b, o| x16::gemm_ref(crate::quant::q8_0::vec_dot, p, r, a, b, o));
+        let (rows, cols) = (20, 64);
+        let rb = DType::Q8_0.row_bytes(cols).unwrap();
+        let wsrc = random_row(rows * cols, 3);
+        let mut wq = aligned_bytes(rows * rb);
+        for (src, dst) in wsrc.chunks(cols).zip(wq.as_bytes_mut().chunks_mut(rb)) {
+            quantize_row(DType::Q8_0, src, dst).unwrap();
+        }
+        let m = QMatrix::new(DType::Q8_0, rows, cols, wq.as_bytes()).unwrap();
+        let owned = PackedMatrix::pack_for(&t, &m).unwrap().unwrap();
+        let len = owned.bytes().len();
+        let total = 64 + len + 64;
+        let mut lines = vec![Line([0; 64]); total.div_ceil(64)];
+        bytemuck::cast_slice_mut::<Line, u8>(&mut lines)[64..64 + len]
+            .copy_from_slice(owned.bytes());
+        let source: Arc<dyn PackedSource> = Arc::new(Lines(lines, total));
+
+        let from = |table: &KernelTable, dtype, start| {
+            PackedMatrix::from_source(table, dtype, rows, cols, Arc::clone(&source), start)
+        };
+        let borrowed = from(&t, DType::Q8_0, 64).unwrap();
+        assert!(owned.is_owned() && !borrowed.is_owned());
+        assert_eq!(borrowed.bytes(), owned.bytes());
+        let x = random_row(3 * cols, 5);
+        let (mut a, mut b) = (vec![0f32; 3 * rows], vec![0f32; 3 * rows]);
+        matmul_packed_with(&t, &owned, &x, 3, &mut a).unwrap();
+        matmul_packed_with(&t, &borrowed, &x, 3, &mut b).unwrap();
+        assert_eq!(a, b);
+
+        for (what, table, dtype, start) in [
+            ("misaligned", &t, DType::Q8_0, 32),
+            ("past the end", &t, DType::Q8_0, 192),
+            ("overflowing", &t, DType::Q8_0, usize::MAX - 8),
+            ("a type the table does not pack", &t, DType::Q4_0, 64),
+            (
+                "a table without x16",
+                table_for(Isa::Scalar).unwrap(),
+                DType::Q8_0,
+                64,
+            ),
+        ] {
+            assert!(
+                matches!(
+                    from(table, dtype, start),
+                    Err(Error::InvalidArgument { .. })
+                ),
+                "{what}"
+            );
+        }
+    }
 }
