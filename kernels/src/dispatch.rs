@@ -794,17 +794,9 @@ mod tests {
     /// batch-invariant (see `check_gemm_batch_invariance`); entries without
     /// them run every output through one dot and are invariant by
     /// construction.
-    ///
-    /// Except the i8mm tier: its gemm and x16 entries run column pairs
-    /// through `smmla` tiles and a lone column (decode, an odd last one)
-    /// through the dotprod tier's `sdot` kernel, two float orders, so a
-    /// token's outputs there depend on the batch in their last bits (found
-    /// when this check was extended to every table; open on issue 15).
-    /// Their values are held to the scalar dots by
-    /// `every_gemm_entry_matches_scalar_dots` and `every_x16_entry_matches_scalar_dots`.
     #[test]
     fn gemm_outputs_do_not_depend_on_the_batch() {
-        for isa in available_isas().into_iter().filter(|&i| i != Isa::I8mm) {
+        for isa in available_isas() {
             let Ok(t) = table_for(isa) else { continue };
             for &d in DType::ALL {
                 with_weight_block!(d, W => check_gemm_batch_invariance::<W>(isa, t), ());

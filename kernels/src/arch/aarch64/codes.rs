@@ -2,12 +2,12 @@
 //! tier: its codes as signed byte vectors of 16 consecutive elements, the
 //! integer scales that meet them, its float scale and its minimum term.
 //!
-//! Every integer weight type is one [`WeightCodes`] impl here; every tier's
-//! single-row dot ([`dot`]) is generic over those views and over the tier's
-//! 16-byte integer dot ([`IntDot`]: `smull`/`sadalp` on NEON, `sdot` on
-//! dotprod, the diagonal of `smmla` on i8mm), and i8mm's 2x2 tiles are
-//! generic over the same views. So a new type is one impl here and one table
-//! line per tier, and a tier is one `IntDot`.
+//! Every integer weight type is one [`WeightCodes`] impl here; the NEON and
+//! dotprod single-row dot ([`dot`]) is generic over those views and over the
+//! tier's 16-byte integer dot ([`IntDot`]: `smull`/`sadalp` on NEON, `sdot`
+//! on dotprod), and i8mm's single-row dot and 2x2 tiles are generic over the
+//! same views (its dot keeps the float steps of a tile lane, so it has its
+//! own loop). So a new type is one impl here and one table line per tier.
 //!
 //! Accumulation follows ggml's integer dots: per block, the codes' products
 //! are summed in i32 lanes, each group of vectors meets its integer sub-block

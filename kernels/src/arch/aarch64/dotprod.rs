@@ -171,7 +171,7 @@ unsafe fn sdot_lane<const L: i32>(mut acc: int32x4_t, x: int8x16_t, y: int8x16_t
 /// A prefetch hint for the cache line at `p`. `prfm` never faults and has no
 /// effect the program can observe, whatever the address.
 #[inline(always)]
-fn prefetch(p: *const u8) {
+pub(super) fn prefetch(p: *const u8) {
     // SAFETY: a hint: no memory is read or written, no fault is possible.
     unsafe {
         asm!(
@@ -185,7 +185,7 @@ fn prefetch(p: *const u8) {
 /// Bytes ahead of the record in use that the decode loop prefetches, as the
 /// x86 x16 kernels do (the sequential stream crosses pages, where hardware
 /// prefetchers stop). Not measured on a phone core.
-const X16_PREFETCH: usize = 2048;
+pub(super) const X16_PREFETCH: usize = 2048;
 
 /// Whether `W` is Q4_0 (codes 0..16, `w = d·(q − 8)`): 4-bit codes, no
 /// minimum plane.

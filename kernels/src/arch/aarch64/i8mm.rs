@@ -13,31 +13,57 @@
 //!   pairs, the sub-block scales applied per row lane (`mla` by `[s, s, s',
 //!   s']`), all four lanes useful; this is where i8mm pays, in a prefill
 //!   matmul.
-//!   * Gemm table entries (the prefill matmul over the file's layout, every
-//!     integer type): register tiles of 4 weight rows x 4 activation
-//!     columns, smaller tiles at the edges and single dots for an odd last
-//!     row or column.
+//!   * Gemm table entries (the matmul over the file's layout, every integer
+//!     type): register tiles of 4 weight rows x 4 activation columns,
+//!     smaller tiles at the edges, and single dots ([`dot_kernel`]) for an
+//!     odd last row or column, decode's one column included.
 //!   * 2x2 kernels, offered through `super::dot2x2_table`.
 //! * x16 entries (weights packed at load time, [`crate::quant::x16`]), which
 //!   the cpu backend uses for every matmul of a type once a table has them,
-//!   so they are the engine's prefill path: for two or more columns, two
-//!   lines of a 4-row register zipped by 32-bit lanes are two 2x8 row pairs
-//!   (8 consecutive codes of each row), met by `smmla` with zipped column
-//!   pairs; decode (one column) and an odd last column take the dotprod
-//!   tier's `sdot` kernel.
-//! * Single-row table entries ([`Diagonal`]): 16 weight codes read as a 2x8
-//!   matrix against the matching 16 activation codes read the same way; the
-//!   diagonal lanes 0 and 3 are chunk0·chunk0 and chunk1·chunk1, whose sum is
-//!   the 16-element dot, and the off-diagonal lanes are never read. One
-//!   `smmla` per 16 bytes and no shuffles: the same instruction count as the
-//!   `sdot` tier (half the `smmla` MACs are wasted), so these are not faster
-//!   than dotprod for a single row; they make a forced `SOTTO_ISA=i8mm` path
-//!   run `smmla` end to end.
+//!   prefill and decode: two lines of a 4-row register zipped by 32-bit
+//!   lanes are two 2x8 row pairs (8 consecutive codes of each row), met by
+//!   `smmla` with zipped column pairs; decode's one column and an odd last
+//!   column are zipped with themselves ([`x16_column`]), so half of each
+//!   `smmla`'s products repeat the column and are dropped.
+//! * Single-row table entries ([`dot_kernel`]): 16 weight codes read as a
+//!   2x8 matrix against the matching 16 activation codes read the same way;
+//!   the diagonal lanes 0 and 3 are chunk0·chunk0 and chunk1·chunk1, and the
+//!   off-diagonal lanes are never read (half the MACs wasted). One `smmla`
+//!   per 16 bytes and no shuffles, as many as `sdot`.
+//!
+//! Every path gives an output the same bits whatever its column is batched
+//! with (decode, an odd last column, a prefill pair) and whatever row a call
+//! starts at, as every other tier does, so prefill and decode of a token
+//! agree bit for bit (a restored session or a warm prefix then follows an
+//! uninterrupted run through a near-tie). Integer sums are exact in any
+//! order; the float steps are what must not change, and all paths take those
+//! of a tile lane: per block, one fused multiply-add of the block's integer
+//! total by `d·a.d` (x16: by the row's and the column's scales), then the
+//! minimum term. A single dot adds its diagonal lanes as integers first and
+//! takes those steps in a scalar register; [`x16_column`] gathers its
+//! column's lanes of two row pairs with one `uzp1` and takes them 4 rows at
+//! a time.
+//!
+//! The cost, in the release build's inner loops (counted with
+//! `aarch64-linux-gnu-objdump`, not timed):
+//! * x16, one column, per 32-element block of a 16-row panel: 32 `smmla`
+//!   (the dotprod kernel: 32 `sdot`), plus 16 zips pairing the weight rows,
+//!   4 `dup` pairing the column with itself and 4 `uzp1`: 163 instructions
+//!   for Q4_0 (a few of them accumulator spills), 156 for Q4_1, 143 for Q8_0,
+//!   against 128, 134 and 104 for the `sdot` kernel. Decode streams each
+//!   weight byte once per token and waits on memory, so these register
+//!   instructions should mostly overlap the loads (not measured on a phone).
+//! * gemm, one column: 2 `smmla` per row and 32-element block, as before,
+//!   and 2 more instructions for the integer sum of the diagonal lanes
+//!   (Q4_0 24, Q8_0 20 per row and block; Q4_K 137 per row and 256-element
+//!   block). Pairing the column with itself in a 4x2 tile instead would take
+//!   as many `smmla` and zip the weight rows too: 103 instructions per 4
+//!   rows of Q4_0 against 4 x 24.
 
-use super::codes::{self, ends_group, for_each_vec, ActCodes, IntDot, WeightCodes};
+use super::codes::{ends_group, for_each_vec, ActCodes, WeightCodes};
 use super::dotprod::{self, is_q4_0, X16Panel};
 use super::neon::{f16_to_f32, load_f16x4, load_q8};
-use crate::dispatch::{gemm_by_dots, gemm_shape_ok, KernelTable, WeightRow, X16GemmFn};
+use crate::dispatch::{gemm_by_dots, gemm_shape_ok, KernelTable, WeightRow};
 use crate::quant::blocks::Q8Act;
 use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0, BlockQ8_1};
 use crate::quant::x16::shape_ok as x16_shape_ok;
@@ -142,33 +168,33 @@ fn gemm<W: WeightCodes>(w: &[W], a: &[W::Act], bpr: usize, out: &mut [f32]) {
     unsafe { gemm_k(w, a, bpr, out) }
 }
 
-// The x16 wrappers: one column, a bad shape (the dotprod wrapper then takes
-// the reference path) or an odd last column go to the dotprod kernel; the
-// column pairs to `smmla`.
+// The x16 wrappers: a bad shape goes to the dotprod wrapper (which then
+// takes the reference path), every other call to `smmla`, one column
+// included.
 
 fn q4_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
-    if !x16_shape_ok::<BlockQ4_0, _>(p, rows, a, bpr, out) || a.len() / bpr < 2 {
+    if !x16_shape_ok::<BlockQ4_0, _>(p, rows, a, bpr, out) {
         return dotprod::q4_0_q8_0_x16(p, rows, a, bpr, out);
     }
     // SAFETY: NEON, dotprod and i8mm were detected before this fn was handed
     // out; the shape was checked just now.
-    unsafe { x16_k::<BlockQ4_0, BlockQ8_0>(p, rows, a, bpr, out, dotprod::q4_0_q8_0_x16) }
+    unsafe { x16_k::<BlockQ4_0, BlockQ8_0>(p, rows, a, bpr, out) }
 }
 
 fn q4_1_q8_1_x16(p: &[u8], rows: usize, a: &[BlockQ8_1], bpr: usize, out: &mut [f32]) {
-    if !x16_shape_ok::<BlockQ4_1, _>(p, rows, a, bpr, out) || a.len() / bpr < 2 {
+    if !x16_shape_ok::<BlockQ4_1, _>(p, rows, a, bpr, out) {
         return dotprod::q4_1_q8_1_x16(p, rows, a, bpr, out);
     }
     // SAFETY: as above.
-    unsafe { x16_k::<BlockQ4_1, BlockQ8_1>(p, rows, a, bpr, out, dotprod::q4_1_q8_1_x16) }
+    unsafe { x16_k::<BlockQ4_1, BlockQ8_1>(p, rows, a, bpr, out) }
 }
 
 fn q8_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
-    if !x16_shape_ok::<BlockQ8_0, _>(p, rows, a, bpr, out) || a.len() / bpr < 2 {
+    if !x16_shape_ok::<BlockQ8_0, _>(p, rows, a, bpr, out) {
         return dotprod::q8_0_q8_0_x16(p, rows, a, bpr, out);
     }
     // SAFETY: as above.
-    unsafe { x16_k::<BlockQ8_0, BlockQ8_0>(p, rows, a, bpr, out, dotprod::q8_0_q8_0_x16) }
+    unsafe { x16_k::<BlockQ8_0, BlockQ8_0>(p, rows, a, bpr, out) }
 }
 
 /// `acc += X·Yᵀ` for 2x8 int8 matrices. Through `asm!` because the
@@ -189,29 +215,46 @@ unsafe fn smmla(mut acc: int32x4_t, x: int8x16_t, y: int8x16_t) -> int32x4_t {
     acc
 }
 
-/// The i8mm tier's single-row integer dot: `smmla` of a vector with itself
-/// as 2x8 matrices, products in the diagonal lanes 0 and 3.
-#[derive(Debug)]
-pub(super) struct Diagonal;
-
-impl IntDot for Diagonal {
-    #[inline]
-    #[target_feature(enable = "neon,i8mm")]
-    unsafe fn dot16(acc: int32x4_t, x: int8x16_t, y: int8x16_t) -> int32x4_t {
-        // SAFETY: the caller guarantees i8mm.
-        unsafe { smmla(acc, x, y) }
-    }
-    #[inline]
-    #[target_feature(enable = "neon")]
-    unsafe fn sum(v: float32x4_t) -> f32 {
-        vgetq_lane_f32::<0>(v) + vgetq_lane_f32::<3>(v)
-    }
-}
-
+/// The i8mm tier's single-row integer dot, in the float order of a tile lane
+/// (see [`tiles`]), so that a row's dot has the bits the gemm gives it.
+///
+/// Each 16-code vector meets its activation vector as two 2x8 matrices in
+/// one `smmla`: the diagonal lanes 0 and 3 are elements 0..8 and 8..16, the
+/// off-diagonal lanes are never read. A group's sums meet its integer scale
+/// (`mla`) as in a tile, and the block's lanes 0 and 3 are added as integers,
+/// which gives exactly the integer a tile lane holds (wrapping i32 sums do not
+/// depend on their order); then the same scalar float steps as that lane:
+/// one fused multiply-add by `d·a.d`, then the minimum term.
+///
+/// # Safety
+/// NEON + i8mm.
 #[target_feature(enable = "neon,i8mm")]
 unsafe fn dot_kernel<W: WeightCodes>(w: &[W], a: &[W::Act]) -> f32 {
-    // SAFETY: NEON and i8mm are guaranteed by the caller.
-    unsafe { codes::dot::<W, Diagonal>(w, a) }
+    let mut acc = 0.0f32;
+    for (wb, ab) in w.iter().zip(a) {
+        // SAFETY: the caller guarantees NEON.
+        let scales = unsafe { wb.scales() };
+        let (mut isum, mut t) = (vdupq_n_s32(0), vdupq_n_s32(0));
+        for_each_vec!(I => {
+            if I < W::VECS {
+                // SAFETY: the caller guarantees NEON and i8mm; I < W::VECS.
+                t = unsafe { smmla(t, wb.codes16(I), ab.codes16(I)) };
+                if ends_group::<W>(I) {
+                    isum = vmlaq_n_s32(isum, t, scales[I / W::VECS_PER_SCALE]);
+                    t = vdupq_n_s32(0);
+                }
+            }
+        });
+        let total = vgetq_lane_s32::<0>(isum).wrapping_add(vgetq_lane_s32::<3>(isum));
+        // SAFETY: the caller guarantees NEON.
+        let d = unsafe { wb.d() * ab.d() };
+        acc = (total as f32).mul_add(d, acc);
+        if W::MIN {
+            // SAFETY: the caller guarantees NEON.
+            acc += unsafe { wb.min_term(ab) };
+        }
+    }
+    acc
 }
 
 // ---- tiles: row pairs x column pairs, on any integer weight type ----
@@ -433,8 +476,10 @@ unsafe fn gemm_k<W: WeightCodes>(w: &[W], a: &[W::Act], bpr: usize, out: &mut [f
             store_tiles(&t, (r0, c0), rows, out);
         }
     }
-    // an odd last row against every column, an odd last column against the
-    // other rows: single dots
+    // an odd last row against every column, an odd last column (decode's
+    // only one) against the other rows: single dots, whose float steps are
+    // those of a tile lane (`dot_kernel`), so these outputs have the bits
+    // they get in a tile of a larger or shifted product
     if rows % 2 == 1 {
         let r = rows - 1;
         for c in 0..cols {
@@ -453,11 +498,11 @@ unsafe fn gemm_k<W: WeightCodes>(w: &[W], a: &[W::Act], bpr: usize, out: &mut [f
 
 // ---- x16: smmla over the packed panels ----
 
-/// The even columns through `smmla` tiles, an odd last one through `odd`.
+/// Column pairs through `smmla` tiles, an odd last column (decode's only
+/// one) through [`x16_column`], in the same float steps.
 ///
 /// # Safety
-/// NEON + dotprod + i8mm, the shape checked by `x16_shape_ok`, and at least
-/// two columns.
+/// NEON + dotprod + i8mm, and the shape checked by `x16_shape_ok`.
 #[target_feature(enable = "neon,dotprod,i8mm")]
 unsafe fn x16_k<W: X16Block, A: Q8Act>(
     p: &[u8],
@@ -465,7 +510,6 @@ unsafe fn x16_k<W: X16Block, A: Q8Act>(
     a: &[A],
     bpr: usize,
     out: &mut [f32],
-    odd: X16GemmFn<A>,
 ) {
     let cols = a.len() / bpr;
     // smmla takes Q4_0's 0..16 codes as they are; each block's integer sum
@@ -498,15 +542,10 @@ unsafe fn x16_k<W: X16Block, A: Q8Act>(
                 unsafe { x16_tiles::<W, A, 1>(&k, c0, half, out) };
             }
         }
-    }
-    if cols2 < cols {
-        odd(
-            p,
-            rows,
-            &a[cols2 * bpr..],
-            bpr,
-            &mut out[cols2 * rows..cols * rows],
-        );
+        if cols2 < cols {
+            // SAFETY: as above, for column cols2 < cols.
+            unsafe { x16_column::<W, A>(&k, cols2, out) };
+        }
     }
 }
 
@@ -654,6 +693,94 @@ unsafe fn x16_tiles<W: X16Block, A: Q8Act, const CP: usize>(
     }
 }
 
+/// All 16 rows of a panel against column `c` alone, in the float steps of
+/// [`x16_tiles`]: the column is zipped with itself into the `smmla`
+/// operands (half of each `smmla`'s products are the same column again and
+/// are dropped), met by the same row pairs. The integer lanes of column
+/// `c`, lanes 0 and 2 of a 2x2 tile, of two row pairs are gathered by one
+/// `uzp1` into the 4 rows of a register, and the float steps of a tile lane
+/// follow, 4 rows at a time: the same products `d·a.d` and `m·a.s`, the same
+/// fused multiply-adds in the same order. One pass over the panel,
+/// prefetching ahead as the dotprod decode kernel does.
+///
+/// # Safety
+/// NEON + i8mm; `k.panel` holds `k.bpr` records of `W`; column `c` exists in
+/// `k.a` (and `k.q4_0_offsets` for Q4_0); `out` holds `k.rows` outputs of
+/// every column.
+#[inline]
+#[target_feature(enable = "neon,i8mm")]
+unsafe fn x16_column<W: X16Block, A: Q8Act>(k: &X16Panel<'_, A>, c: usize, out: &mut [f32]) {
+    let min = W::PLANES == 2;
+    let bpr = k.bpr;
+    let mut acc = [vdupq_n_f32(0.0); 4];
+    for b in 0..bpr {
+        let rec = k.panel.wrapping_add(b * W::RECORD);
+        let ahead = rec.wrapping_add(dotprod::X16_PREFETCH);
+        for l in (0..W::RECORD).step_by(64) {
+            dotprod::prefetch(ahead.wrapping_add(l));
+        }
+        let i = c * bpr + b;
+        // SAFETY: column c < cols, so i < cols * bpr = a.len().
+        let x = unsafe { k.a.get_unchecked(i) };
+        // SAFETY: 32 code bytes; NEON guaranteed by the caller.
+        let codes = unsafe { load_q8(x.codes()) };
+        let az = zip_pair(codes, codes);
+        let ad = f16_to_f32(x.scale());
+        let asum = if min { f16_to_f32(x.sum_scaled()) } else { 0.0 };
+        let offset = if is_q4_0::<W>() {
+            // SAFETY: q4_0_offsets has one entry per activation block.
+            vdupq_n_s32(unsafe { *k.q4_0_offsets.get_unchecked(i) })
+        } else {
+            vdupq_n_s32(0)
+        };
+        for (g, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: b < bpr, so `rec` is a whole record: its code lines
+            // follow the PLANES scale planes; g < 4.
+            let ops = unsafe { x16_row_pairs::<W>(rec.add(32 * W::PLANES), g) };
+            let mut t = [vdupq_n_s32(0); 2];
+            for (t, pair) in t.iter_mut().zip(&ops) {
+                for (w, a) in pair.iter().zip(&az) {
+                    // SAFETY: i8mm guaranteed by the caller.
+                    *t = unsafe { smmla(*t, *w, *a) };
+                }
+            }
+            // rows 4g..4g + 4 against c: lanes 0 and 2 of both row pairs
+            let mut t = vuzp1q_s32(t[0], t[1]);
+            if is_q4_0::<W>() {
+                t = vsubq_s32(t, offset);
+            }
+            // SAFETY: scale plane p holds 16 f16 at 32p; rows 4g..4g + 4 are
+            // bytes 8g..8g + 8 of it.
+            let dw = unsafe { load_f16x4(rec.add(8 * g)) };
+            *acc = vfmaq_f32(*acc, vcvtq_f32_s32(t), vmulq_n_f32(dw, ad));
+            if min {
+                // SAFETY: as above, in the second (minimum) plane.
+                let mw = unsafe { load_f16x4(rec.add(32 + 8 * g)) };
+                *acc = vfmaq_n_f32(*acc, mw, asum);
+            }
+        }
+    }
+    for (g, v) in acc.iter().enumerate() {
+        let r = k.r0 + 4 * g;
+        if r >= k.rows {
+            continue; // padding rows of the last panel
+        }
+        let at = c * k.rows + r;
+        if r + 4 <= k.rows {
+            // SAFETY: at + 4 <= (c + 1) * rows <= out.len().
+            unsafe { vst1q_f32(out.as_mut_ptr().add(at), *v) };
+        } else {
+            let mut lanes = [0.0f32; 4];
+            // SAFETY: four floats in bounds of `lanes`.
+            unsafe { vst1q_f32(lanes.as_mut_ptr(), *v) };
+            for (dr, x) in lanes.into_iter().enumerate().take(k.rows - r) {
+                // SAFETY: at + dr < (c + 1) * rows <= out.len().
+                unsafe { *out.get_unchecked_mut(at + dr) = x };
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::test_support::*;
@@ -777,6 +904,66 @@ mod tests {
                 [&a0, &a1],
                 ref_q8_0_q8_0,
             );
+        }
+    }
+
+    /// `rows` x `cols` of `W` against its activations (`bpr` blocks each):
+    /// every single-row dot and every 2x2 tile has the bits the gemm gives
+    /// that output, so a caller on `dot` (the gemm's fallback for a bad
+    /// shape) or `dot2x2` gets what a batched product gets. Exact equality is
+    /// the property: these paths share one float order by construction.
+    fn check_dot_bits<W: WeightCodes>(what: &str, w: &[W], a: &[W::Act], bpr: usize) {
+        let (rows, cols) = (w.len() / bpr, a.len() / bpr);
+        let mut all = vec![f32::NAN; rows * cols];
+        gemm(w, a, bpr, &mut all);
+        let row = |r: usize| &w[r * bpr..(r + 1) * bpr];
+        let col = |c: usize| &a[c * bpr..(c + 1) * bpr];
+        let at = |r: usize, c: usize| all[c * rows + r].to_bits();
+        for r in 0..rows {
+            for c in 0..cols {
+                let one = dot(row(r), col(c)).to_bits();
+                assert_eq!(one, at(r, c), "{what} bpr={bpr}: dot of row {r} col {c}");
+            }
+        }
+        for r in 0..rows - 1 {
+            for c in 0..cols - 1 {
+                let got = dot2x2(row(r), row(r + 1), col(c), col(c + 1)).map(f32::to_bits);
+                let want = [at(r, c), at(r, c + 1), at(r + 1, c), at(r + 1, c + 1)];
+                assert_eq!(got, want, "{what} bpr={bpr}: 2x2 from row {r} col {c}");
+            }
+        }
+    }
+
+    #[test]
+    fn dots_and_tiles_have_the_bits_of_the_gemm() {
+        if !i8mm() {
+            return;
+        }
+        let mut r = rng(24);
+        // 5 rows x 3 columns: 4-row and 2-row tiles, a column pair and an
+        // odd last row and column
+        let (rows, cols) = (5, 3);
+        for bpr in [1, 3] {
+            let (m, n) = (rows * bpr, cols * bpr);
+            let (w, a) = (q4_0_blocks(&mut r, m), q8_0_blocks(&mut r, n));
+            check_dot_bits("q4_0", &w, &a, bpr);
+            let (w, a) = (q4_1_blocks(&mut r, m), q8_1_blocks(&mut r, n));
+            check_dot_bits("q4_1", &w, &a, bpr);
+            let (w, a) = (q5_0_blocks(&mut r, m), q8_0_blocks(&mut r, n));
+            check_dot_bits("q5_0", &w, &a, bpr);
+            let (w, a) = (q5_1_blocks(&mut r, m), q8_1_blocks(&mut r, n));
+            check_dot_bits("q5_1", &w, &a, bpr);
+            let (w, a) = (q8_0_blocks(&mut r, m), q8_0_blocks(&mut r, n));
+            check_dot_bits("q8_0", &w, &a, bpr);
+            let (w, a) = (iq4_nl_blocks(&mut r, m), q8_0_blocks(&mut r, n));
+            check_dot_bits("iq4_nl", &w, &a, bpr);
+            let a = q8k_blocks(&mut r, n);
+            check_dot_bits("q2_k", &q2k_blocks(&mut r, m), &a, bpr);
+            check_dot_bits("q3_k", &q3k_blocks(&mut r, m), &a, bpr);
+            check_dot_bits("q4_k", &q4k_blocks(&mut r, m), &a, bpr);
+            check_dot_bits("q5_k", &q5k_blocks(&mut r, m), &a, bpr);
+            check_dot_bits("q6_k", &q6k_blocks(&mut r, m), &a, bpr);
+            check_dot_bits("iq4_xs", &iq4xs_blocks(&mut r, m), &a, bpr);
         }
     }
 

@@ -8,12 +8,13 @@
 //! * `i8mm`: `smmla` (Armv8.6+, Cortex-A510/A710/X2 and later), a 2x8·8x2
 //!   int8 tile product. The single-row table entries read each 16-byte half
 //!   of a weight block and of its activation block as 2x8 matrices and keep
-//!   the diagonal (same instruction count as `sdot`, no shuffles); the real
+//!   the diagonal (same `smmla` count as `sdot`, no shuffles); the real
 //!   gain, 2 rows x 2 columns with all four results useful, is in its gemm
 //!   entries (4x4 register tiles over the file's layout) and its x16 entries
-//!   (column pairs of a prefill over packed panels; decode stays on the
-//!   dotprod kernel), and in [`dot2x2_table`]. K-quants use the dotprod
-//!   kernels.
+//!   (column pairs over packed panels), and in [`dot2x2_table`]. A lone
+//!   column (decode) goes through the same float steps as a column pair, at
+//!   some extra instructions (see `i8mm`), so its outputs do not depend on
+//!   the batch. K-quants have no x16 layout here and run the gemm entries.
 //!
 //! The `sdot`/`smmla` intrinsics are still unstable in Rust, so those two
 //! instructions are emitted with `asm!` inside functions compiled with the
