@@ -47,7 +47,8 @@ step() {
 # dependencies' artifacts, which do not depend on where the clone is. The
 # cache is dropped when it grows past SOTTO_TARGET_CACHE_GB (default 40) and
 # not used when the disk has under 20 GB free; SOTTO_TARGET_CACHE=0 turns it off.
-cache_root="${SOTTO_CACHE:-$HOME/.cache/sotto}"
+# the user cache as the engine and llama-deps.sh resolve it
+cache_root="${SOTTO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sotto}"
 target_cache="$cache_root/cargo-target"
 if [ ! -e target ] && [ "${SOTTO_TARGET_CACHE:-1}" != 0 ]; then
   mkdir -p "$cache_root"

@@ -1017,17 +1017,13 @@ pub fn repo_root() -> PathBuf {
         .unwrap_or_default()
 }
 
-/// Where generated parity files live: `$SOTTO_CACHE/parity`, else
-/// `~/.cache/sotto/parity` (as the CLI's cache).
+/// Where generated parity files live: `parity` in Sotto's user cache
+/// (`sotto_engine::user_cache_dir`, which the CLI's models and the packed
+/// panels share).
 pub fn cache_dir() -> PathBuf {
-    let base = match std::env::var_os("SOTTO_CACHE") {
-        Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_default()
-            .join(".cache/sotto"),
-    };
-    base.join("parity")
+    sotto_engine::user_cache_dir()
+        .unwrap_or_default()
+        .join("parity")
 }
 
 /// The python of the llama.cpp reference venv: `$SOTTO_LLAMA_PYTHON`, else
