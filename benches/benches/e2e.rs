@@ -22,9 +22,7 @@ fn model_path() -> Option<PathBuf> {
     let path = std::env::var_os("SOTTO_MODEL")
         .map(PathBuf::from)
         .or_else(|| {
-            std::env::var_os("HOME").map(|h| {
-                PathBuf::from(h).join(".cache/sotto/models/SmolLM2-135M-Instruct.Q4_1.gguf")
-            })
+            sotto_engine::user_cache_dir().map(|c| c.join("models/SmolLM2-135M-Instruct.Q4_1.gguf"))
         })?;
     path.is_file().then_some(path)
 }

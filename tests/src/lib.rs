@@ -18,26 +18,30 @@ pub mod bridge_user;
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// The model the integration tests run on: `$SOTTO_MODEL`, else
-/// `~/.cache/sotto/models/SmolLM2-135M-Instruct.Q4_1.gguf`.
+/// [`fetched_model`]`("SmolLM2-135M-Instruct.Q4_1.gguf")`.
 ///
 /// Panics with instructions when the file is missing: a test that needs the
 /// real model must fail, not skip, when it is absent.
 pub fn default_model_path() -> PathBuf {
     let path = match std::env::var_os("SOTTO_MODEL") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => {
-            let home = std::env::var_os("HOME")
-                .map(PathBuf::from)
-                .unwrap_or_default();
-            home.join(".cache/sotto/models").join(DEFAULT_MODEL_FILE)
-        }
+        _ => fetched_model(DEFAULT_MODEL_FILE),
     };
     assert!(
         path.is_file(),
-        "test model not found at {}: run scripts/fetch-model.sh (or set SOTTO_MODEL to a GGUF file)",
+        "test model not found at {}: run `cargo run -p sotto -- fetch` (or set SOTTO_MODEL to a GGUF file)",
         path.display()
     );
     path
+}
+
+/// Where `sotto fetch` keeps the model `file`: `models/` in Sotto's user
+/// cache (`sotto_engine::user_cache_dir`).
+pub fn fetched_model(file: &str) -> PathBuf {
+    sotto_engine::user_cache_dir()
+        .unwrap_or_default()
+        .join("models")
+        .join(file)
 }
 
 /// BOS and the first `n` tokens of the repository's README: a long run of

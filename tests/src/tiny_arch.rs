@@ -47,14 +47,11 @@ pub fn prompts() -> Vec<Prompt> {
 }
 
 /// The real Gemma-3-270M Q4_K_M file (its SentencePiece vocabulary):
-/// `$SOTTO_GEMMA3_270M`, else `~/.cache/sotto/models/gemma-3-270m-q4_k_m.gguf`.
+/// `$SOTTO_GEMMA3_270M`, else [`crate::fetched_model`]`("gemma-3-270m-q4_k_m.gguf")`.
 pub fn gemma3_270m_path() -> PathBuf {
     let path = match std::env::var_os("SOTTO_GEMMA3_270M") {
         Some(p) if !p.is_empty() => PathBuf::from(p),
-        _ => std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_default()
-            .join(".cache/sotto/models/gemma-3-270m-q4_k_m.gguf"),
+        _ => crate::fetched_model("gemma-3-270m-q4_k_m.gguf"),
     };
     assert!(
         path.is_file(),
@@ -172,7 +169,7 @@ pub fn reference(file: &Path) -> Reference {
 }
 
 /// llama.cpp's references for the real Gemma-3-270M file within [`BUDGET`],
-/// cached under `~/.cache/sotto/parity/gemma3-270m`.
+/// cached under `parity/gemma3-270m` in the user cache.
 pub fn gemma3_270m_reference() -> Reference {
     let out = cache_dir().join("gemma3-270m");
     generate_reference_within(&gemma3_270m_path(), &prompts_path(), &out, BUDGET)

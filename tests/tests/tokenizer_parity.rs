@@ -2,7 +2,7 @@
 //! The real model (SmolLM2-135M-Instruct Q4_1) through sotto-models:
 //! hyper-parameters, tensor table, and tokenization parity with llama.cpp.
 //!
-//! A missing model fails (run scripts/fetch-model.sh); a missing llama.cpp
+//! A missing model fails (run `cargo run -p sotto -- fetch`); a missing llama.cpp
 //! reference file fails too.
 
 use std::collections::BTreeMap;
