@@ -171,7 +171,7 @@ unsafe fn sdot_lane<const L: i32>(mut acc: int32x4_t, x: int8x16_t, y: int8x16_t
 /// A prefetch hint for the cache line at `p`. `prfm` never faults and has no
 /// effect the program can observe, whatever the address.
 #[inline(always)]
-pub(super) fn prefetch(p: *const u8) {
+fn prefetch(p: *const u8) {
     // SAFETY: a hint: no memory is read or written, no fault is possible.
     unsafe {
         asm!(
@@ -185,7 +185,17 @@ pub(super) fn prefetch(p: *const u8) {
 /// Bytes ahead of the record in use that the decode loop prefetches, as the
 /// x86 x16 kernels do (the sequential stream crosses pages, where hardware
 /// prefetchers stop). Not measured on a phone core.
-pub(super) const X16_PREFETCH: usize = 2048;
+const X16_PREFETCH: usize = 2048;
+
+/// Prefetches the `len` bytes [`X16_PREFETCH`] ahead of the record at
+/// `rec`, a cache line at a time (decode's one pass over the panels).
+#[inline(always)]
+pub(super) fn prefetch_ahead(rec: *const u8, len: usize) {
+    let ahead = rec.wrapping_add(X16_PREFETCH);
+    for l in (0..len).step_by(64) {
+        prefetch(ahead.wrapping_add(l));
+    }
+}
 
 /// Whether `W` is Q4_0 (codes 0..16, `w = d·(q − 8)`): 4-bit codes, no
 /// minimum plane.
@@ -294,10 +304,7 @@ unsafe fn x16_cols<W: X16Block, A: Q8Act, const RG: usize, const NC: usize, cons
     for b in 0..k.bpr {
         let rec = k.panel.wrapping_add(b * W::RECORD);
         if NC == 1 && RG == 4 {
-            let ahead = rec.wrapping_add(X16_PREFETCH);
-            for l in (0..W::RECORD).step_by(64) {
-                prefetch(ahead.wrapping_add(l));
-            }
+            prefetch_ahead(rec, W::RECORD);
         }
         let mut act = [[vdupq_n_s8(0); 2]; NC];
         let mut ad = [0.0f32; NC];

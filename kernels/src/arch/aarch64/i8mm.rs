@@ -715,10 +715,7 @@ unsafe fn x16_column<W: X16Block, A: Q8Act>(k: &X16Panel<'_, A>, c: usize, out: 
     let mut acc = [vdupq_n_f32(0.0); 4];
     for b in 0..bpr {
         let rec = k.panel.wrapping_add(b * W::RECORD);
-        let ahead = rec.wrapping_add(dotprod::X16_PREFETCH);
-        for l in (0..W::RECORD).step_by(64) {
-            dotprod::prefetch(ahead.wrapping_add(l));
-        }
+        dotprod::prefetch_ahead(rec, W::RECORD);
         let i = c * bpr + b;
         // SAFETY: column c < cols, so i < cols * bpr = a.len().
         let x = unsafe { k.a.get_unchecked(i) };
