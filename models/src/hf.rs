@@ -31,7 +31,7 @@ use serde_json::Value;
 use sotto_kernels::quant::GgmlType;
 
 use crate::error::{Error, Result};
-use crate::gguf::{GgufFile, MetaType, MetaValue, Storage, TensorInfo};
+use crate::gguf::{GgufFile, MetaType, MetaValue, Storage, StrArray, TensorInfo};
 use crate::spec::{RopeScaling, RopeSpec, RopeStyle};
 
 /// Within one head of `head_dim` Q or K rows, the Hugging Face row that
@@ -782,7 +782,7 @@ fn tokenizer_metadata(dir: &Path, config: &Value, meta: &mut Meta) -> Result<()>
         tokens.resize(vocab_size, None);
     }
     let mut token_types = Vec::with_capacity(tokens.len());
-    let mut texts = Vec::with_capacity(tokens.len());
+    let mut texts = StrArray::with_capacity(tokens.len(), 0);
     // SentencePiece-style BPE (Llama 2, Mistral, Gemma): `▁` for spaces and
     // `<0xNN>` byte tokens, which decode as bytes, not as GPT-2's byte map.
     let sentencepiece = model.get("byte_fallback").and_then(Value::as_bool) == Some(true);
@@ -796,27 +796,27 @@ fn tokenizer_metadata(dir: &Path, config: &Value, meta: &mut Meta) -> Result<()>
                     && u8::from_str_radix(&t[3..5], 16).is_ok();
                 // llama.cpp's token types: 1 normal, 6 byte.
                 let default = if byte { 6 } else { 1 };
-                texts.push(MetaValue::String(t));
+                texts.push(&t);
                 token_types.push(MetaValue::I32(types.get(&i).copied().unwrap_or(default)));
             }
             None => {
-                texts.push(MetaValue::String(format!("[PAD{i}]")));
+                texts.push(&format!("[PAD{i}]"));
                 token_types.push(MetaValue::I32(5));
             }
         }
     }
-    let merges: Vec<MetaValue> = model
+    let merges: StrArray = model
         .get("merges")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .map(|m| match m {
-            Value::String(s) => Ok(MetaValue::String(s.clone())),
+            Value::String(s) => Ok(s.clone()),
             Value::Array(pair) => match (
                 pair.first().and_then(Value::as_str),
                 pair.get(1).and_then(Value::as_str),
             ) {
-                (Some(l), Some(r)) if pair.len() == 2 => Ok(MetaValue::String(format!("{l} {r}"))),
+                (Some(l), Some(r)) if pair.len() == 2 => Ok(format!("{l} {r}")),
                 _ => Err(bad(format!("merge {m} is not a pair of strings"))),
             },
             other => Err(bad(format!("merge {other} is not a string or a pair"))),
@@ -825,10 +825,7 @@ fn tokenizer_metadata(dir: &Path, config: &Value, meta: &mut Meta) -> Result<()>
     let by_text: HashMap<String, u32> = texts
         .iter()
         .enumerate()
-        .filter_map(|(i, t)| match t {
-            MetaValue::String(s) => Some((s.clone(), i as u32)),
-            _ => None,
-        })
+        .map(|(i, t)| (t.to_string(), i as u32))
         .collect();
     if sentencepiece {
         meta.str("tokenizer.ggml.model", "llama");
@@ -850,18 +847,12 @@ fn tokenizer_metadata(dir: &Path, config: &Value, meta: &mut Meta) -> Result<()>
     if let Some(pre) = pre_tokenizer_name(&tj).filter(|_| !sentencepiece) {
         meta.str("tokenizer.ggml.pre", pre);
     }
-    meta.put(
-        "tokenizer.ggml.tokens",
-        MetaValue::Array(MetaType::String, texts),
-    );
+    meta.put("tokenizer.ggml.tokens", MetaValue::Strings(texts));
     meta.put(
         "tokenizer.ggml.token_type",
         MetaValue::Array(MetaType::I32, token_types),
     );
-    meta.put(
-        "tokenizer.ggml.merges",
-        MetaValue::Array(MetaType::String, merges),
-    );
+    meta.put("tokenizer.ggml.merges", MetaValue::Strings(merges));
 
     let tc_path = dir.join("tokenizer_config.json");
     let tc = if tc_path.exists() {

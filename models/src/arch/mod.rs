@@ -302,8 +302,11 @@ impl Hparams<'_> {
         let ffn_dim = gguf.require_usize(&self.key("feed_forward_length"))?;
         let vocab_size = match self.usize("vocab_size")? {
             Some(v) => v,
-            None => match gguf.try_get_array("tokenizer.ggml.tokens")? {
-                Some(tokens) => tokens.len(),
+            None => match gguf
+                .get("tokenizer.ggml.tokens")
+                .and_then(MetaValue::array_len)
+            {
+                Some(n) => n,
                 None => gguf
                     .tensor("token_embd.weight")
                     .and_then(|t| t.dims.get(1).copied())

@@ -71,8 +71,84 @@ impl MetaType {
     }
 }
 
+/// An array of strings kept as one buffer and each item's end in it: two
+/// allocations however many items, where an array of [`MetaValue::String`]
+/// costs one per item. A GGUF's vocabulary and merges are about 100,000
+/// strings, which the reader would otherwise allocate, and the process
+/// free, at every load.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct StrArray {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl StrArray {
+    /// An empty array with room for `items` strings of `bytes` in total.
+    pub fn with_capacity(items: usize, bytes: usize) -> StrArray {
+        StrArray {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(items),
+        }
+    }
+
+    /// Appends `s`.
+    pub fn push(&mut self, s: &str) {
+        self.text.push_str(s);
+        self.ends.push(self.text.len());
+    }
+
+    /// Number of strings.
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// String `i`, if there is one.
+    pub fn get(&self, i: usize) -> Option<&str> {
+        let end = *self.ends.get(i)?;
+        let start = match i {
+            0 => 0,
+            _ => self.ends[i - 1],
+        };
+        self.text.get(start..end)
+    }
+
+    /// The strings in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        (0..self.ends.len()).map(|i| {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] };
+            &self.text[start..self.ends[i]]
+        })
+    }
+
+    /// Bytes of text in all the strings.
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+}
+
+impl<S: AsRef<str>> FromIterator<S> for StrArray {
+    fn from_iter<I: IntoIterator<Item = S>>(items: I) -> StrArray {
+        let mut a = StrArray::default();
+        for s in items {
+            a.push(s.as_ref());
+        }
+        a
+    }
+}
+
+impl std::fmt::Debug for StrArray {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
 /// One metadata value.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub enum MetaValue {
     /// A `u8` value.
     U8(u8),
@@ -94,6 +170,10 @@ pub enum MetaValue {
     String(String),
     /// Element type (kept so empty arrays round-trip) and the elements.
     Array(MetaType, Vec<MetaValue>),
+    /// An array of strings, compactly: what the reader makes of every
+    /// array whose elements are strings, and [`MetaValue::str_array`]
+    /// builds. Equal to the [`MetaValue::Array`] of the same strings.
+    Strings(StrArray),
     /// A `u64` value.
     U64(u64),
     /// An `i64` value.
@@ -115,7 +195,7 @@ impl MetaValue {
             MetaValue::F32(_) => MetaType::F32,
             MetaValue::Bool(_) => MetaType::Bool,
             MetaValue::String(_) => MetaType::String,
-            MetaValue::Array(..) => MetaType::Array,
+            MetaValue::Array(..) | MetaValue::Strings(_) => MetaType::Array,
             MetaValue::U64(_) => MetaType::U64,
             MetaValue::I64(_) => MetaType::I64,
             MetaValue::F64(_) => MetaType::F64,
@@ -134,7 +214,7 @@ impl MetaValue {
             MetaValue::F32(_) => "f32",
             MetaValue::Bool(_) => "bool",
             MetaValue::String(_) => "string",
-            MetaValue::Array(..) => "array",
+            MetaValue::Array(..) | MetaValue::Strings(_) => "array",
             MetaValue::U64(_) => "u64",
             MetaValue::I64(_) => "i64",
             MetaValue::F64(_) => "f64",
@@ -171,11 +251,60 @@ impl MetaValue {
         }
     }
 
+    /// Number of elements, if this is an array.
+    pub fn array_len(&self) -> Option<usize> {
+        match self {
+            MetaValue::Array(_, items) => Some(items.len()),
+            MetaValue::Strings(s) => Some(s.len()),
+            _ => None,
+        }
+    }
+
+    /// The elements, if this is an array of strings (of either form).
+    pub fn str_items(&self) -> Option<Vec<&str>> {
+        match self {
+            MetaValue::Strings(s) => Some(s.iter().collect()),
+            MetaValue::Array(_, items) => items.iter().map(MetaValue::as_str).collect(),
+            _ => None,
+        }
+    }
+
     /// The string, if this is a string value.
     pub fn as_str(&self) -> Option<&str> {
         match self {
             MetaValue::String(s) => Some(s),
             _ => None,
+        }
+    }
+}
+
+impl PartialEq for MetaValue {
+    /// As derived, except that an array of strings equals its other form.
+    fn eq(&self, other: &MetaValue) -> bool {
+        use MetaValue::*;
+        match (self, other) {
+            (U8(a), U8(b)) => a == b,
+            (I8(a), I8(b)) => a == b,
+            (U16(a), U16(b)) => a == b,
+            (I16(a), I16(b)) => a == b,
+            (U32(a), U32(b)) => a == b,
+            (I32(a), I32(b)) => a == b,
+            (F32(a), F32(b)) => a == b,
+            (Bool(a), Bool(b)) => a == b,
+            (String(a), String(b)) => a == b,
+            (Array(ea, a), Array(eb, b)) => ea == eb && a == b,
+            (Strings(a), Strings(b)) => a == b,
+            (Strings(s), Array(MetaType::String, items))
+            | (Array(MetaType::String, items), Strings(s)) => {
+                s.len() == items.len()
+                    && s.iter()
+                        .zip(items)
+                        .all(|(x, item)| item.as_str() == Some(x))
+            }
+            (U64(a), U64(b)) => a == b,
+            (I64(a), I64(b)) => a == b,
+            (F64(a), F64(b)) => a == b,
+            _ => false,
         }
     }
 }
@@ -205,6 +334,19 @@ impl std::fmt::Display for MetaValue {
                         f.write_str(", ")?;
                     }
                     write!(f, "{item}")?;
+                }
+                if items.len() > DISPLAY_ITEMS {
+                    write!(f, ", … {} items", items.len())?;
+                }
+                f.write_str("]")
+            }
+            MetaValue::Strings(items) => {
+                f.write_str("[")?;
+                for (i, item) in items.iter().take(DISPLAY_ITEMS).enumerate() {
+                    if i > 0 {
+                        f.write_str(", ")?;
+                    }
+                    write!(f, "{item:?}")?;
                 }
                 if items.len() > DISPLAY_ITEMS {
                     write!(f, ", … {} items", items.len())?;
@@ -257,6 +399,14 @@ pub(super) fn read_value(cur: &mut Cursor<'_>, type_id: u32, depth: usize) -> Re
             })?;
             let count = cur.u64("array length")?;
             let count = cur.bounded_count(count, elem.min_encoded_size(), "array length")?;
+            if elem == MetaType::String {
+                // Items point into the file: read them without a copy each.
+                let mut items = StrArray::with_capacity(count, 0);
+                for _ in 0..count {
+                    items.push(cur.str("string value")?);
+                }
+                return Ok(MetaValue::Strings(items));
+            }
             let mut items = Vec::with_capacity(count);
             for _ in 0..count {
                 items.push(read_value(cur, elem_id, depth + 1)?);

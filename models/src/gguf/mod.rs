@@ -26,7 +26,7 @@ use sotto_kernels::quant::{DType, GgmlType};
 
 use crate::error::{Error, Result};
 
-pub use metadata::{MetaType, MetaValue};
+pub use metadata::{MetaType, MetaValue, StrArray};
 pub(crate) use writer::{data_offsets, encode_header, TableEntry};
 pub use writer::{GgufWriter, WriterTensor};
 
@@ -530,7 +530,8 @@ impl GgufFile {
             _ => None,
         })
     }
-    /// `key` as an array of any element type.
+    /// `key` as an array of any element type but string (an array of
+    /// strings is held compactly: [`GgufFile::try_get_str_array`] reads it).
     pub fn try_get_array(&self, key: &str) -> Result<Option<&[MetaValue]>> {
         self.typed(key, "array", |v| match v {
             MetaValue::Array(_, items) => Some(items.as_slice()),
@@ -539,16 +540,7 @@ impl GgufFile {
     }
     /// `key` as an array of strings.
     pub fn try_get_str_array(&self, key: &str) -> Result<Option<Vec<&str>>> {
-        self.typed(key, "array of string", |v| match v {
-            MetaValue::Array(_, items) => items
-                .iter()
-                .map(|i| match i {
-                    MetaValue::String(s) => Some(s.as_str()),
-                    _ => None,
-                })
-                .collect(),
-            _ => None,
-        })
+        self.typed(key, "array of string", MetaValue::str_items)
     }
     /// `key` as an array of integers, each converted to i64.
     pub fn try_get_int_array(&self, key: &str) -> Result<Option<Vec<i64>>> {
@@ -821,6 +813,11 @@ impl<'a> Cursor<'a> {
     }
 
     pub(crate) fn string(&mut self, what: &'static str) -> Result<String> {
+        self.str(what).map(str::to_string)
+    }
+
+    /// A length-prefixed UTF-8 string, borrowed from the bytes.
+    pub(crate) fn str(&mut self, what: &'static str) -> Result<&'a str> {
         let start = self.pos;
         let len = self.u64(what)?;
         let len = usize::try_from(len)
@@ -833,7 +830,7 @@ impl<'a> Cursor<'a> {
                 file_size: self.bytes.len() as u64,
             })?;
         let raw = self.take(len, what)?;
-        String::from_utf8(raw.to_vec()).map_err(|e| Error::Malformed {
+        std::str::from_utf8(raw).map_err(|e| Error::Malformed {
             offset: start as u64,
             reason: format!("{what} is not valid UTF-8: {e}"),
         })

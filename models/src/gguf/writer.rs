@@ -199,6 +199,13 @@ fn write_value(out: &mut Vec<u8>, value: &MetaValue) {
                 write_value(out, item);
             }
         }
+        MetaValue::Strings(items) => {
+            out.extend_from_slice(&(MetaType::String as u32).to_le_bytes());
+            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+            for item in items.iter() {
+                write_string(out, item);
+            }
+        }
         MetaValue::U64(x) => out.extend_from_slice(&x.to_le_bytes()),
         MetaValue::I64(x) => out.extend_from_slice(&x.to_le_bytes()),
         MetaValue::F64(x) => out.extend_from_slice(&x.to_le_bytes()),
@@ -213,13 +220,7 @@ impl MetaValue {
     }
     /// An array of strings.
     pub fn str_array<S: AsRef<str>>(items: &[S]) -> MetaValue {
-        MetaValue::Array(
-            MetaType::String,
-            items
-                .iter()
-                .map(|s| MetaValue::String(s.as_ref().to_string()))
-                .collect(),
-        )
+        MetaValue::Strings(items.iter().collect())
     }
     /// An array of i32.
     pub fn i32_array(items: &[i32]) -> MetaValue {
