@@ -277,8 +277,10 @@ impl LoadedModel {
             }
         }
         choice.ensure_compiled()?;
+        // The tokenizer's pipeline builds on a thread of its own while the
+        // backend is prepared; the load ends when both are done.
         let model = match quant {
-            None => Model::load(path),
+            None => Model::load_with_tokenizer_pending(path),
             Some(dtype) => Model::load_quantized(path, dtype),
         };
         let mut model = model.map_err(|source| Error::ModelFile {
@@ -297,6 +299,13 @@ impl LoadedModel {
             .is_empty()
             .then(|| Arc::new(ModelDigest::new(model.clone())));
         let opened = open_backend(path, &model, &choice)?;
+        model
+            .tokenizer
+            .wait_ready()
+            .map_err(|source| Error::ModelFile {
+                path: path.to_path_buf(),
+                source,
+            })?;
         Ok(Self {
             model,
             path: path.to_path_buf(),

@@ -440,7 +440,7 @@ impl Model {
     pub fn load_quantized(path: impl AsRef<Path>, target: DType) -> Result<Model> {
         let mut plan = GgufConversion::plan(path.as_ref(), target)?;
         let gguf = plan.to_gguf()?;
-        Model::build(gguf, None, plan.hf_pipeline.take())
+        Model::build(gguf, None, plan.hf_pipeline.take())?.ready()
     }
 }
 

@@ -67,35 +67,54 @@ impl Model {
     /// `model.safetensors.index.json`, `tokenizer.json`, optional
     /// `tokenizer_config.json`), whose weights stay memory-mapped.
     pub fn load(path: impl AsRef<Path>) -> Result<Model> {
+        Self::load_with_tokenizer_pending(path)?.ready()
+    }
+
+    /// [`Model::load`], returning while the tokenizer's encoding pipeline
+    /// may still be building on a thread of its own (most of a load's
+    /// time; see [`Tokenizer::from_gguf_in_background`]), so the caller
+    /// can prepare a backend meanwhile. Call
+    /// `model.tokenizer.wait_ready()` before the model counts as loaded:
+    /// it reports a pipeline that could not be built (encoding waits too).
+    pub fn load_with_tokenizer_pending(path: impl AsRef<Path>) -> Result<Model> {
         let path = path.as_ref();
         if path.is_dir() {
             let folder = hf::open(path)?;
             return Self::build(folder.gguf, folder.rope_style, Some(folder.tokenizer));
         }
-        Self::from_gguf(GgufFile::open(path)?)
+        Self::build(GgufFile::open(path)?, None, None)
     }
 
     /// Builds a model from an already parsed file.
     pub fn from_gguf(gguf: GgufFile) -> Result<Model> {
-        Self::build(gguf, None, None)
+        Self::build(gguf, None, None)?.ready()
+    }
+
+    /// This model once its tokenizer's pipeline is built.
+    fn ready(self) -> Result<Model> {
+        self.tokenizer.wait_ready()?;
+        Ok(self)
     }
 
     /// The model of `gguf` (a file, or a folder's view with `rope_style`
-    /// and its `tokenizer.json` pipeline).
+    /// and its `tokenizer.json` pipeline), its tokenizer's pipeline
+    /// perhaps still building.
     pub(crate) fn build(
         gguf: GgufFile,
         rope_style: Option<spec::RopeStyle>,
         hf_pipeline: Option<tokenizers::Tokenizer>,
     ) -> Result<Model> {
+        // The tokenizer first: its pipeline builds on a thread of its own
+        // while the rest is read.
+        let tokenizer = match hf_pipeline {
+            Some(p) => Tokenizer::from_hf_pipeline(&gguf, p)?,
+            None => Tokenizer::from_gguf_in_background(&gguf)?,
+        };
         let mut spec = arch::decoder_spec(&gguf)?;
         if let Some(style) = rope_style {
             spec.rope_style = style;
         }
         let weights = arch::decoder_weights(&gguf, &spec)?;
-        let tokenizer = match hf_pipeline {
-            Some(p) => Tokenizer::from_hf_pipeline(&gguf, p)?,
-            None => Tokenizer::from_gguf(&gguf)?,
-        };
         if tokenizer.vocab_size() != spec.vocab_size {
             return Err(Error::InvalidHyperParameter {
                 key: format!("{}.vocab_size", spec.arch),

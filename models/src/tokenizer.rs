@@ -15,7 +15,10 @@
 //! before any of that (llama.cpp's `tokenizer_st_partition`); with
 //! `parse_special = false` only user-defined ones are.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::thread::JoinHandle;
 
 use tokenizers::models::bpe::BPE;
 use tokenizers::normalizers::{Prepend, Replace, Sequence as NormalizerSequence};
@@ -25,7 +28,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, NormalizerWrapper, PreTokenizerWrapper, SplitDelimiterBehavior};
 
 use crate::error::{Error, Result};
-use crate::gguf::GgufFile;
+use crate::gguf::{GgufFile, StrArray};
 
 /// llama.cpp's token types (`tokenizer.ggml.token_type`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -166,16 +169,18 @@ const ALWAYS_RENDERED: &[&str] = &["<|channel|>", "<|message|>", "<|start|>", "<
 pub struct Tokenizer {
     kind: VocabKind,
     pre: String,
-    /// Splits control tokens out of the text (`parse_special = true`).
-    with_special: tokenizers::Tokenizer,
+    /// The encoding pipeline, which may still be building on a thread of
+    /// its own (see [`Tokenizer::wait_ready`]); shared by clones.
+    pipeline: Arc<Pipeline>,
     /// Encodes control tokens' text as ordinary text (`parse_special =
-    /// false`): a copy of `with_special` made on first use, since a chat
+    /// false`): a copy of the pipeline made on first use, since a chat
     /// never asks for it and the copy is every vocabulary map again (a
     /// tenth of a one-shot run's time, and its memory).
     without_special: std::sync::OnceLock<tokenizers::Tokenizer>,
-    tokens: Vec<String>,
+    /// The vocabulary's texts, compactly (one buffer, not a string each).
+    tokens: StrArray,
     types: Vec<TokenType>,
-    ids: HashMap<String, u32>,
+    ids: TokenIndex,
     bos: Option<u32>,
     eos: Option<u32>,
     eot: Option<u32>,
@@ -186,9 +191,33 @@ pub struct Tokenizer {
     add_eos: bool,
     add_space_prefix: bool,
     eog: HashSet<u32>,
+}
+
+/// The `tokenizers` model and pre-tokenization, with the special tokens
+/// added: what `encode` runs.
+struct Built {
+    /// Splits control tokens out of the text (`parse_special = true`).
+    with_special: tokenizers::Tokenizer,
     /// Byte tokens standing for the SentencePiece merge-only characters
     /// whose ids follow the vocabulary (see `sentencepiece_bpe`).
     virtual_bytes: Vec<Vec<u32>>,
+}
+
+/// What the pipeline's thread returns: the model without the special
+/// tokens (they need the types `Specials::find` settles meanwhile), and
+/// SentencePiece's merge-only characters.
+type Base = (tokenizers::Tokenizer, Vec<String>);
+
+/// The encoding pipeline: built on a thread of its own (most of a load's
+/// time), finished by the first caller that needs it.
+struct Pipeline {
+    /// The finished pipeline, or why it could not be built (the first
+    /// caller gets the typed error, later ones its text).
+    done: OnceLock<std::result::Result<Built, String>>,
+    /// The building thread, until joined.
+    worker: Mutex<Option<JoinHandle<Result<Base>>>>,
+    /// Given by a `tokenizer.json`, which lists its own added tokens.
+    from_file: bool,
 }
 
 impl std::fmt::Debug for Tokenizer {
@@ -214,7 +243,24 @@ fn tok_err(e: impl std::fmt::Display) -> Error {
 impl Tokenizer {
     /// Builds the tokenizer described by `gguf`'s `tokenizer.ggml.*` keys.
     pub fn from_gguf(gguf: &GgufFile) -> Result<Tokenizer> {
+        let tk = Self::build(gguf, None)?;
+        tk.wait_ready()?;
+        Ok(tk)
+    }
+
+    /// [`Tokenizer::from_gguf`], returning as soon as the vocabulary tables
+    /// and special tokens are read, while the encoding pipeline (the
+    /// `tokenizers` BPE model, most of the time) is still building on a
+    /// thread of its own: a loader does its other work meanwhile, then
+    /// calls [`Tokenizer::wait_ready`], which reports a pipeline that
+    /// could not be built. Encoding waits for it too.
+    pub fn from_gguf_in_background(gguf: &GgufFile) -> Result<Tokenizer> {
         Self::build(gguf, None)
+    }
+
+    /// Waits for the encoding pipeline; its error, if it could not be built.
+    pub fn wait_ready(&self) -> Result<()> {
+        self.built().map(|_| ())
     }
 
     /// The tokenizer of a Hugging Face folder: its vocabulary tables and
@@ -225,7 +271,9 @@ impl Tokenizer {
     /// `tokenizers` crate rather than rebuilt from the tables: a folder
     /// encodes as `transformers` encodes it.
     pub fn from_hf_pipeline(gguf: &GgufFile, pipeline: tokenizers::Tokenizer) -> Result<Tokenizer> {
-        Self::build(gguf, Some(pipeline))
+        let tk = Self::build(gguf, Some(pipeline))?;
+        tk.wait_ready()?;
+        Ok(tk)
     }
 
     fn build(gguf: &GgufFile, pipeline: Option<tokenizers::Tokenizer>) -> Result<Tokenizer> {
@@ -239,13 +287,12 @@ impl Tokenizer {
                 )))
             }
         };
-        let tokens: Vec<String> = gguf
+        let tokens: StrArray = gguf
             .try_get_str_array("tokenizer.ggml.tokens")?
             .ok_or_else(|| Error::MissingKey {
                 key: "tokenizer.ggml.tokens".into(),
             })?
             .into_iter()
-            .map(str::to_string)
             .collect();
         let n = tokens.len();
         if n == 0 || n > u32::MAX as usize {
@@ -280,37 +327,49 @@ impl Tokenizer {
             .unwrap_or("default")
             .to_string();
 
-        // The encoding pipeline (the `tokenizers` model: most of a load's
-        // time) is built on a second thread while this one reads the
-        // special tokens; both only read the file and the vocabulary.
+        // The encoding pipeline is built on a thread of its own (from its
+        // own copy of the vocabulary, a few hundred kilobytes) while this
+        // one splits the merges for it, reads the special tokens, and the
+        // caller goes on.
         let from_file = pipeline.is_some();
-        // taken by whichever thread builds (the spawn may fail and leave it)
-        let pipeline = std::sync::Mutex::new(pipeline);
-        let build_pipeline = || match (pipeline.lock().ok().and_then(|mut p| p.take()), kind) {
-            (Some(p), _) => Ok((p, Vec::new())),
-            (None, VocabKind::ByteLevelBpe) => {
-                Ok((byte_level_bpe(gguf, &tokens, &pre)?, Vec::new()))
-            }
-            (None, VocabKind::SentencePiece) => {
-                sentencepiece_bpe(gguf, &tokens, unk, add_space_prefix)
+        let mut merges_to_send = None;
+        let (worker, built) = match pipeline {
+            Some(given) => (None, Some(Ok((given, Vec::new())))),
+            None => {
+                let inputs = match kind {
+                    VocabKind::ByteLevelBpe => {
+                        let (tx, rx) = std::sync::mpsc::channel();
+                        merges_to_send = Some(tx);
+                        PipelineInputs::ByteLevel {
+                            tokens: tokens.clone(),
+                            merges: rx,
+                            pre: pre.clone(),
+                        }
+                    }
+                    VocabKind::SentencePiece => {
+                        PipelineInputs::sentencepiece(gguf, &tokens, unk, add_space_prefix)?
+                    }
+                };
+                // taken by whichever thread builds (the spawn may fail)
+                let inputs = Arc::new(Mutex::new(Some(inputs)));
+                let mine = Arc::clone(&inputs);
+                let spawned = std::thread::Builder::new()
+                    .name("sotto-tokenizer".into())
+                    .spawn(move || PipelineInputs::build_taken(&mine));
+                match spawned {
+                    Ok(handle) => (Some(handle), None),
+                    // No second thread to be had: here, once the merges are sent.
+                    Err(_) => (None, Some(Err(inputs))),
+                }
             }
         };
-        let (specials, built) = std::thread::scope(|s| {
-            let worker = std::thread::Builder::new()
-                .name("sotto-tokenizer".into())
-                .spawn_scoped(s, build_pipeline)
-                .ok();
-            let specials = Specials::find(gguf, &tokens, types, n, eos);
-            let built = match worker {
-                Some(handle) => handle.join().unwrap_or_else(|_| {
-                    Err(Error::Tokenizer(
-                        "building the encoding pipeline panicked".into(),
-                    ))
-                }),
-                // No second thread to be had: one after the other.
-                None => build_pipeline(),
-            };
-            (specials, built)
+        if let Some(tx) = merges_to_send {
+            // A send fails only when the builder is gone, which reports why.
+            let _ = tx.send(split_merges(gguf)?);
+        }
+        let built = built.map(|b| match b {
+            Ok(base) => Ok(base),
+            Err(inputs) => PipelineInputs::build_taken(&inputs),
         });
         let Specials {
             ids,
@@ -318,48 +377,16 @@ impl Tokenizer {
             eot,
             eom,
             eog,
-        } = specials?;
-        let (mut base, virtual_chars) = built?;
-
-        let virtual_bytes = virtual_chars
-            .iter()
-            .map(|c| {
-                c.bytes()
-                    .filter_map(|b| ids.get(&format!("<0x{b:02X}>")).copied().or(unk))
-                    .collect()
-            })
-            .collect();
-        // A tokenizer.json lists its own added tokens; the control tokens
-        // llama.cpp's rules find (ends of generation such as `</s>` beside
-        // Gemma's own, FIM markers) become special there too, so a folder
-        // and the GGUF made from it split text the same way.
-        if from_file {
-            let control: Vec<AddedToken> = tokens
-                .iter()
-                .zip(&types)
-                .filter(|(text, ty)| **ty == TokenType::Control && !text.is_empty())
-                .map(|(text, _)| AddedToken::from(text.clone(), true).normalized(false))
-                .collect();
-            base.add_special_tokens(control).map_err(tok_err)?;
-        } else {
-            let added: Vec<AddedToken> = tokens
-                .iter()
-                .zip(&types)
-                .filter(|(text, ty)| ty.is_special_text() && !text.is_empty())
-                .map(|(text, ty)| {
-                    AddedToken::from(text.clone(), *ty != TokenType::UserDefined).normalized(false)
-                })
-                .collect();
-            base.add_tokens(added).map_err(tok_err)?;
-        }
-        let with_special = base;
-        let without_special = std::sync::OnceLock::new();
-
-        Ok(Tokenizer {
+        } = Specials::find(gguf, &tokens, types, n, eos)?;
+        let tk = Tokenizer {
             kind,
             pre,
-            with_special,
-            without_special,
+            pipeline: Arc::new(Pipeline {
+                done: OnceLock::new(),
+                worker: Mutex::new(worker),
+                from_file,
+            }),
+            without_special: OnceLock::new(),
             tokens,
             types,
             ids,
@@ -373,8 +400,86 @@ impl Tokenizer {
             add_eos,
             add_space_prefix,
             eog,
-            virtual_bytes,
-        })
+        };
+        if let Some(base) = built {
+            tk.finish(base)?;
+        }
+        Ok(tk)
+    }
+
+    /// The finished pipeline: the building thread joined (once, by the
+    /// first caller) and the special tokens added.
+    fn built(&self) -> Result<&Built> {
+        let p = &self.pipeline;
+        if p.done.get().is_none() {
+            let handle = p
+                .worker
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .take();
+            if let Some(handle) = handle {
+                let base = handle.join().unwrap_or_else(|_| {
+                    Err(Error::Tokenizer(
+                        "building the encoding pipeline panicked".into(),
+                    ))
+                });
+                self.finish(base)?;
+            }
+        }
+        match p.done.get() {
+            Some(done) => done.as_ref().map_err(|e| Error::Tokenizer(e.clone())),
+            // another caller holds the thread: wait for its result
+            None => Ok(p
+                .done
+                .wait()
+                .as_ref()
+                .map_err(|e| Error::Tokenizer(e.clone()))?),
+        }
+    }
+
+    /// Adds the special tokens to `base` and records the result; the typed
+    /// error when it failed (later callers get its text).
+    fn finish(&self, base: Result<Base>) -> Result<()> {
+        let done = base.and_then(|(mut base, virtual_chars)| {
+            let virtual_bytes = virtual_chars
+                .iter()
+                .map(|c| {
+                    c.bytes()
+                        .filter_map(|b| self.token_id(&format!("<0x{b:02X}>")).or(self.unk))
+                        .collect()
+                })
+                .collect();
+            // A tokenizer.json lists its own added tokens; the control tokens
+            // llama.cpp's rules find (ends of generation such as `</s>` beside
+            // Gemma's own, FIM markers) become special there too, so a folder
+            // and the GGUF made from it split text the same way.
+            let specials = self.tokens.iter().zip(&self.types);
+            if self.pipeline.from_file {
+                let control: Vec<AddedToken> = specials
+                    .filter(|(text, ty)| **ty == TokenType::Control && !text.is_empty())
+                    .map(|(text, _)| AddedToken::from(text, true).normalized(false))
+                    .collect();
+                base.add_special_tokens(control).map_err(tok_err)?;
+            } else {
+                let added: Vec<AddedToken> = specials
+                    .filter(|(text, ty)| ty.is_special_text() && !text.is_empty())
+                    .map(|(text, ty)| {
+                        AddedToken::from(text, *ty != TokenType::UserDefined).normalized(false)
+                    })
+                    .collect();
+                base.add_tokens(added).map_err(tok_err)?;
+            }
+            Ok(Built {
+                with_special: base,
+                virtual_bytes,
+            })
+        });
+        let (stored, result) = match done {
+            Ok(built) => (Ok(built), Ok(())),
+            Err(e) => (Err(e.to_string()), Err(e)),
+        };
+        let _ = self.pipeline.done.set(stored);
+        result
     }
 
     /// Token ids of `text`, without BOS/EOS; `parse_special` lets control
@@ -384,11 +489,12 @@ impl Tokenizer {
         if text.is_empty() {
             return Ok(Vec::new());
         }
+        let built = self.built()?;
         let tk = if parse_special {
-            &self.with_special
+            &built.with_special
         } else {
             self.without_special.get_or_init(|| {
-                let mut t = self.with_special.clone();
+                let mut t = built.with_special.clone();
                 t.set_encode_special_tokens(true);
                 t
             })
@@ -399,7 +505,7 @@ impl Tokenizer {
         for &id in enc.get_ids() {
             match (id as usize).checked_sub(n) {
                 None => ids.push(id),
-                Some(v) => ids.extend(self.virtual_bytes.get(v).into_iter().flatten()),
+                Some(v) => ids.extend(built.virtual_bytes.get(v).into_iter().flatten()),
             }
         }
         Ok(ids)
@@ -480,10 +586,7 @@ impl Tokenizer {
 
     /// The stored text of a token (byte-level or `▁` form, as in the file).
     pub fn token_text(&self, id: u32) -> Result<&str> {
-        self.tokens
-            .get(id as usize)
-            .map(String::as_str)
-            .ok_or(self.out_of_range(id))
+        self.tokens.get(id as usize).ok_or(self.out_of_range(id))
     }
 
     /// The token type of `id`.
@@ -496,7 +599,7 @@ impl Tokenizer {
 
     /// The id of the token whose stored text is `text`.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.ids.get(text).copied()
+        self.ids.get(&self.tokens, text)
     }
 
     /// Whether `id` is a control token (skipped by `decode(.., true)`).
@@ -595,32 +698,64 @@ fn pre_tokenizer_regexes(pre: &str) -> Result<(&'static [&'static str], bool)> {
 /// of generation and control tokens the file does not name, with the types
 /// they give those tokens (llama.cpp's rules at load).
 struct Specials {
-    ids: HashMap<String, u32>,
+    ids: TokenIndex,
     types: Vec<TokenType>,
     eot: Option<u32>,
     eom: Option<u32>,
     eog: HashSet<u32>,
 }
 
+/// Token text to id over the vocabulary's own texts, which it does not
+/// copy: the table holds ids, a lookup compares texts in the vocabulary.
+/// Later duplicates win, as in llama.cpp's `token_to_id`.
+#[derive(Clone)]
+struct TokenIndex {
+    table: hashbrown::HashTable<u32>,
+    hasher: std::collections::hash_map::RandomState,
+}
+
+impl TokenIndex {
+    fn new(tokens: &StrArray) -> TokenIndex {
+        let hasher = std::collections::hash_map::RandomState::new();
+        let mut table = hashbrown::HashTable::with_capacity(tokens.len());
+        let text = |id: u32| tokens.get(id as usize).unwrap_or_default();
+        for (i, t) in tokens.iter().enumerate() {
+            let hash = hasher.hash_one(t);
+            match table.find_mut(hash, |&id| text(id) == t) {
+                Some(id) => *id = i as u32,
+                None => {
+                    table.insert_unique(hash, i as u32, |&id| hasher.hash_one(text(id)));
+                }
+            }
+        }
+        TokenIndex { table, hasher }
+    }
+
+    /// The id of `text` in `tokens`, the vocabulary it was made from.
+    fn get(&self, tokens: &StrArray, text: &str) -> Option<u32> {
+        let hash = self.hasher.hash_one(text);
+        self.table
+            .find(hash, |&id| tokens.get(id as usize) == Some(text))
+            .copied()
+    }
+}
+
 impl Specials {
     fn find(
         gguf: &GgufFile,
-        tokens: &[String],
+        tokens: &StrArray,
         mut types: Vec<TokenType>,
         n: usize,
         eos: Option<u32>,
     ) -> Result<Specials> {
-        let mut ids = HashMap::with_capacity(n);
-        for (i, t) in tokens.iter().enumerate() {
-            // Later duplicates win, as in llama.cpp's token_to_id.
-            ids.insert(t.clone(), i as u32);
-        }
+        let ids = TokenIndex::new(tokens);
+        let ids_get = |t: &str| ids.get(tokens, t);
         let id_key = |keys: &[&str]| id_key(gguf, n, keys);
         // Special tokens the file does not name are found by their text, and
         // become control tokens, exactly as llama.cpp does at load.
         let mut by_text = |explicit: Option<u32>, texts: &[&str]| -> Option<u32> {
             explicit.or_else(|| {
-                let id = texts.iter().filter_map(|t| ids.get(*t).copied()).min()?;
+                let id = texts.iter().filter_map(|t| ids_get(t)).min()?;
                 types[id as usize] = TokenType::Control;
                 Some(id)
             })
@@ -645,20 +780,20 @@ impl Specials {
 
         let mut eog: HashSet<u32> = [fim_pad, fim_rep, fim_sep].into_iter().flatten().collect();
         for text in EOG_TEXTS {
-            if let Some(&id) = ids.get(*text) {
+            if let Some(id) = ids_get(text) {
                 eog.insert(id);
                 types[id as usize] = TokenType::Control;
             }
         }
         for text in ALWAYS_RENDERED {
-            if let Some(&id) = ids.get(*text) {
+            if let Some(id) = ids_get(text) {
                 types[id as usize] = TokenType::UserDefined;
             }
         }
         eog.extend([eos, eot, eom].into_iter().flatten());
         // o200k_harmony (<|return|>, <|call|>) and solar-open (<|calls|>,
         // <|flush|>): <|end|> is not an end.
-        let eog_text = |t: &str| ids.get(t).filter(|id| eog.contains(id)).copied();
+        let eog_text = |t: &str| ids_get(t).filter(|id| eog.contains(id));
         let call = eog_text("<|call|>").or(eog_text("<|calls|>"));
         let harmony = eog_text("<|return|>").is_some() && call.is_some();
         let solar = call.is_some() && eog_text("<|flush|>").is_some();
@@ -698,28 +833,113 @@ fn id_key(gguf: &GgufFile, n: usize, keys: &[&str]) -> Result<Option<u32>> {
     Ok(None)
 }
 
-fn byte_level_bpe(gguf: &GgufFile, tokens: &[String], pre: &str) -> Result<tokenizers::Tokenizer> {
-    // Later duplicates win, as in llama.cpp's token_to_id.
-    let vocab: tokenizers::models::bpe::Vocab = tokens
+/// What building the encoding pipeline reads, owned: a thread of its own
+/// builds it while the load goes on.
+enum PipelineInputs {
+    ByteLevel {
+        tokens: StrArray,
+        /// Split by the loading thread meanwhile ([`split_merges`]).
+        merges: std::sync::mpsc::Receiver<Vec<(String, String)>>,
+        pre: String,
+    },
+    SentencePiece {
+        tokens: StrArray,
+        scores: Vec<f32>,
+        unk: Option<u32>,
+        add_space_prefix: bool,
+    },
+}
+
+impl PipelineInputs {
+    /// A SentencePiece vocabulary's inputs, with a malformed score array
+    /// reported here, as a typed error.
+    fn sentencepiece(
+        gguf: &GgufFile,
+        tokens: &StrArray,
+        unk: Option<u32>,
+        add_space_prefix: bool,
+    ) -> Result<PipelineInputs> {
+        let n = tokens.len();
+        let scores = match gguf.try_get_f32_array("tokenizer.ggml.scores")? {
+            Some(s) if s.len() == n => s,
+            Some(s) => {
+                return Err(Error::Tokenizer(format!(
+                    "scores has {} entries for {n} tokens",
+                    s.len()
+                )))
+            }
+            None => vec![0.0; n],
+        };
+        Ok(PipelineInputs::SentencePiece {
+            tokens: tokens.clone(),
+            scores,
+            unk,
+            add_space_prefix,
+        })
+    }
+
+    /// Builds the pipeline from the inputs in `slot` (taken, once).
+    fn build_taken(slot: &Mutex<Option<PipelineInputs>>) -> Result<Base> {
+        let inputs = slot
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match inputs {
+            Some(PipelineInputs::ByteLevel {
+                tokens,
+                merges,
+                pre,
+            }) => {
+                // The vocabulary map is made while the merges are split.
+                let vocab = bpe_vocab(&tokens);
+                let merges = merges.recv().map_err(|_| {
+                    Error::Tokenizer("the merges never reached the pipeline's thread".into())
+                })?;
+                Ok((byte_level_bpe(vocab, merges, &pre)?, Vec::new()))
+            }
+            Some(PipelineInputs::SentencePiece {
+                tokens,
+                scores,
+                unk,
+                add_space_prefix,
+            }) => sentencepiece_bpe(&tokens, &scores, unk, add_space_prefix),
+            None => Err(Error::Tokenizer(
+                "the encoding pipeline's inputs were taken twice".into(),
+            )),
+        }
+    }
+}
+
+/// The BPE model's vocabulary: text to id, later duplicates winning, as in
+/// llama.cpp's `token_to_id`.
+fn bpe_vocab(tokens: &StrArray) -> tokenizers::models::bpe::Vocab {
+    tokens
         .iter()
         .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
-    let merges = match gguf.try_get_str_array("tokenizer.ggml.merges")? {
-        Some(m) => m
-            .into_iter()
-            .map(|m| {
-                m.split_once(' ')
-                    .map(|(a, b)| (a.to_string(), b.to_string()))
-                    .ok_or_else(|| Error::Tokenizer(format!("merge {m:?} is not \"left right\"")))
-            })
-            .collect::<Result<Vec<_>>>()?,
-        None => {
-            return Err(Error::MissingKey {
-                key: "tokenizer.ggml.merges".into(),
-            })
-        }
-    };
+        .map(|(i, t)| (t.to_string(), i as u32))
+        .collect()
+}
+
+/// `tokenizer.ggml.merges` as the pairs the BPE builder takes.
+fn split_merges(gguf: &GgufFile) -> Result<Vec<(String, String)>> {
+    gguf.try_get_str_array("tokenizer.ggml.merges")?
+        .ok_or_else(|| Error::MissingKey {
+            key: "tokenizer.ggml.merges".into(),
+        })?
+        .into_iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| Error::Tokenizer(format!("merge {m:?} is not \"left right\"")))
+        })
+        .collect()
+}
+
+fn byte_level_bpe(
+    vocab: tokenizers::models::bpe::Vocab,
+    merges: Vec<(String, String)>,
+    pre: &str,
+) -> Result<tokenizers::Tokenizer> {
     let (regexes, ignore_merges) = pre_tokenizer_regexes(pre)?;
     let bpe = BPE::builder()
         .vocab_and_merges(vocab, merges)
@@ -743,27 +963,13 @@ fn byte_level_bpe(gguf: &GgufFile, tokens: &[String], pre: &str) -> Result<token
 }
 
 fn sentencepiece_bpe(
-    gguf: &GgufFile,
-    tokens: &[String],
+    tokens: &StrArray,
+    scores: &[f32],
     unk: Option<u32>,
     add_space_prefix: bool,
-) -> Result<(tokenizers::Tokenizer, Vec<String>)> {
+) -> Result<Base> {
     let n = tokens.len();
-    let scores = match gguf.try_get_f32_array("tokenizer.ggml.scores")? {
-        Some(s) if s.len() == n => s,
-        Some(s) => {
-            return Err(Error::Tokenizer(format!(
-                "scores has {} entries for {n} tokens",
-                s.len()
-            )))
-        }
-        None => vec![0.0; n],
-    };
-    let vocab: tokenizers::models::bpe::Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
+    let vocab = bpe_vocab(tokens);
     // llama.cpp's SPM starts from single characters and merges any adjacent
     // pair whose concatenation is a token, highest token score first. As BPE:
     // every split (l, r) of a token where l and r can themselves be symbols
@@ -798,7 +1004,7 @@ fn sentencepiece_bpe(
         .vocab_and_merges(vocab, merges)
         .byte_fallback(true);
     if let Some(unk) = unk {
-        builder = builder.unk_token(tokens[unk as usize].clone());
+        builder = builder.unk_token(tokens.get(unk as usize).unwrap_or_default().to_string());
     }
     let bpe = builder.build().map_err(tok_err)?;
     let mut normalizers: Vec<NormalizerWrapper> = Vec::new();
