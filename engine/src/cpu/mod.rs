@@ -57,23 +57,44 @@ struct LayerPacked {
     down: Option<PackedMatrix>,
 }
 
-/// The cos/sin tables of one distinct rope of the description. A rope
-/// with short and long factors (Phi-3) has a second table, built the first
-/// time a KV cache longer than its original context asks for it.
+/// The cos/sin tables of one distinct rope of the description, built for
+/// the caches that ask: a table covers the positions of the smallest size
+/// class (512, 1024, 2048, ... positions, at most the model's context)
+/// holding a cache's capacity, made the first time such a cache runs. A
+/// model of 128k context chatting at 4k then holds 4k positions of table
+/// (1 MiB for 32 pairs), not 128k (32 MiB). A rope with short and long
+/// factors (Phi-3) has long tables too, for caches longer than its
+/// original context.
 struct RopeTables {
     spec: RopeSpec,
-    table: RopeCache,
-    long: OnceLock<RopeCache>,
+    /// The model's context: no table goes past it.
+    max_pos: usize,
+    short_inv: Vec<f64>,
+    /// Made by the first cache long enough to use them.
+    long_inv: OnceLock<Vec<f64>>,
+    short: [OnceLock<RopeCache>; ROPE_CLASSES],
+    long: [OnceLock<RopeCache>; ROPE_CLASSES],
 }
 
+/// Positions of the smallest table.
+const ROPE_MIN_POSITIONS: usize = 512;
+/// Size classes: up to 512 << 23 positions (4 billion), past any context.
+const ROPE_CLASSES: usize = 24;
+
 impl RopeTables {
+    /// The tables of `spec`; the smallest is made now, so a rope that
+    /// cannot be built is a load error.
     fn new(weights: &DecoderWeights, spec: RopeSpec, n_rot: usize, max_pos: usize) -> Result<Self> {
-        let inv = weights.rope_inv_freqs(&spec, n_rot, 0)?;
-        Ok(RopeTables {
+        let tables = RopeTables {
             spec,
-            table: RopeCache::from_inv_freqs(&inv, max_pos, spec.attn_factor)?,
-            long: OnceLock::new(),
-        })
+            max_pos,
+            short_inv: weights.rope_inv_freqs(&spec, n_rot, 0)?,
+            long_inv: OnceLock::new(),
+            short: std::array::from_fn(|_| OnceLock::new()),
+            long: std::array::from_fn(|_| OnceLock::new()),
+        };
+        tables.for_capacity(weights, n_rot, 1)?;
+        Ok(tables)
     }
 
     /// The table a KV cache of `capacity` positions reads.
@@ -83,15 +104,28 @@ impl RopeTables {
         n_rot: usize,
         capacity: usize,
     ) -> Result<&RopeCache> {
-        if !self.spec.uses_long_factors(capacity) {
-            return Ok(&self.table);
-        }
-        if let Some(t) = self.long.get() {
+        let class_positions = |c: usize| ROPE_MIN_POSITIONS.saturating_mul(1 << c);
+        let class = (0..ROPE_CLASSES)
+            .find(|&c| class_positions(c) >= capacity)
+            .unwrap_or(ROPE_CLASSES - 1);
+        let positions = class_positions(class).min(self.max_pos);
+        let (slot, inv) = if self.spec.uses_long_factors(capacity) {
+            let inv = match self.long_inv.get() {
+                Some(inv) => inv,
+                None => {
+                    let inv = weights.rope_inv_freqs(&self.spec, n_rot, capacity)?;
+                    self.long_inv.get_or_init(|| inv)
+                }
+            };
+            (&self.long[class], inv)
+        } else {
+            (&self.short[class], &self.short_inv)
+        };
+        if let Some(t) = slot.get() {
             return Ok(t);
         }
-        let inv = weights.rope_inv_freqs(&self.spec, n_rot, capacity)?;
-        let t = RopeCache::from_inv_freqs(&inv, self.table.max_pos(), self.spec.attn_factor)?;
-        Ok(self.long.get_or_init(|| t))
+        let t = RopeCache::from_inv_freqs(inv, positions, self.spec.attn_factor)?;
+        Ok(slot.get_or_init(|| t))
     }
 }
 
