@@ -5,8 +5,9 @@
 #  - Signal's libsignal, npm @signalapp/libsignal-client 0.72.1 (the last
 #    release accepting version-3 sessions; AGPL, prebuilt native module
 #    inside the npm package), for tests/peer/libsignal_peer.mjs, installed
-#    into a cache directory ($SOTTO_LIBSIGNAL_DIR, default
-#    ~/.cache/sotto/npm) that the tests read the same way.
+#    into a cache directory ($SOTTO_LIBSIGNAL_DIR, default npm/ in the
+#    user cache: $SOTTO_CACHE, else $XDG_CACHE_HOME/sotto, else
+#    ~/.cache/sotto) that the tests read the same way.
 set -euo pipefail
 PY="${SOTTO_PYTHON:-python3}"
 if "$PY" -c 'import axolotl, google.protobuf, sys; from importlib.metadata import version; sys.exit(0 if version("python-axolotl") == "0.2.3" else 1)' 2>/dev/null; then
@@ -18,7 +19,8 @@ else
 fi
 
 LIBSIGNAL_VERSION=0.72.1
-LIBSIGNAL_DIR="${SOTTO_LIBSIGNAL_DIR:-$HOME/.cache/sotto/npm}"
+# the user cache as the tests resolve it (tests/src/bridge_peer.rs)
+LIBSIGNAL_DIR="${SOTTO_LIBSIGNAL_DIR:-${SOTTO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sotto}/npm}"
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
   apt-get update -qq && apt-get install -y -qq nodejs npm
 fi

@@ -17,7 +17,8 @@ set -euo pipefail
 
 ORT_VERSION=1.31.1
 QNN_VERSION=2.7.0
-ORT_DIR="${SOTTO_ORT_DIR:-$HOME/.cache/sotto/ort}"
+# the user cache as the engine resolves it (engine/src/ort/runtime.rs)
+ORT_DIR="${SOTTO_ORT_DIR:-${SOTTO_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/sotto}/ort}"
 SITE="$ORT_DIR/site-packages"
 PY="${PYTHON:-python3}"
 

@@ -87,11 +87,13 @@ impl PeerKind {
 }
 
 /// Where scripts/bridge-peer-deps.sh installs libsignal: `$SOTTO_LIBSIGNAL_DIR`,
-/// else `~/.cache/sotto/npm`.
+/// else `npm/` in the user cache (`sotto_engine::user_cache_dir`).
 pub fn libsignal_dir() -> PathBuf {
     match std::env::var_os("SOTTO_LIBSIGNAL_DIR") {
         Some(d) if !d.is_empty() => PathBuf::from(d),
-        _ => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/sotto/npm"),
+        _ => sotto_engine::user_cache_dir()
+            .unwrap_or_default()
+            .join("npm"),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Finding and loading ONNX Runtime, once per process. The library comes
 //! from (in order) [`OrtConfig::runtime_path`], `ORT_DYLIB_PATH`, or the
-//! cache scripts/ort-deps.sh fills (`~/.cache/sotto/ort`).
+//! cache scripts/ort-deps.sh fills (`ort/` in the user cache).
 //!
 //! The environment also installs a logger: sessions are created with a
 //! unique log id at verbose level, and the lines ONNX Runtime writes about
@@ -42,12 +42,13 @@ impl Default for OrtConfig {
     }
 }
 
-/// `~/.cache/sotto/ort/site-packages` (or `$SOTTO_ORT_DIR/site-packages`).
+/// `$SOTTO_ORT_DIR/site-packages`, else `ort/site-packages` in the user
+/// cache ([`crate::user_cache_dir`]), where scripts/ort-deps.sh installs.
 pub fn cache_site_packages() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("SOTTO_ORT_DIR") {
+    if let Some(d) = std::env::var_os("SOTTO_ORT_DIR").filter(|d| !d.is_empty()) {
         return Some(PathBuf::from(d).join("site-packages"));
     }
-    std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/sotto/ort/site-packages"))
+    crate::user_cache_dir().map(|c| c.join("ort").join("site-packages"))
 }
 
 /// First existing path of `explicit`, `$env`, `cached`; a typed error
