@@ -333,7 +333,7 @@ impl Tokenizer {
         // caller goes on.
         let from_file = pipeline.is_some();
         let mut merges_to_send = None;
-        let (worker, built) = match pipeline {
+        let (worker, built_here) = match pipeline {
             Some(given) => (None, Some(Ok((given, Vec::new())))),
             None => {
                 let inputs = match kind {
@@ -367,7 +367,7 @@ impl Tokenizer {
             // A send fails only when the builder is gone, which reports why.
             let _ = tx.send(split_merges(gguf)?);
         }
-        let built = built.map(|b| match b {
+        let built_here = built_here.map(|b| match b {
             Ok(base) => Ok(base),
             Err(inputs) => PipelineInputs::build_taken(&inputs),
         });
@@ -401,7 +401,7 @@ impl Tokenizer {
             add_space_prefix,
             eog,
         };
-        if let Some(base) = built {
+        if let Some(base) = built_here {
             tk.finish(base)?;
         }
         Ok(tk)
