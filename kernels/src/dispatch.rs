@@ -62,10 +62,10 @@ pub type AttnLoadKeysFn = fn(k: &[f16], head_dim: usize, col0: usize, kt: &mut [
 pub type AttnTileScoresFn = fn(kt: &[f32], head_dim: usize, nk: usize, q: &[f32], out: &mut [f32]);
 /// Per row `r` of `acc` (`lim.len()` rows of `head_dim`), for `j <
 /// lim[r]` in order: `acc_r[d] = fma(p[r * ATTN_TILE + j], v_j[d],
-/// acc_r[d])`, with `v` f32 rows of `head_dim`
+/// acc_r[d])`, with `v` rows of `head_dim` (f32, or f16 widened)
 /// (`ops::attention_tiled::accumulate_ref`).
-pub type AttnTileAccumulateFn =
-    fn(v: &[f32], head_dim: usize, p: &[f32], lim: &[usize], acc: &mut [f32]);
+pub type AttnTileAccumulateFn<V> =
+    fn(v: &[V], head_dim: usize, p: &[f32], lim: &[usize], acc: &mut [f32]);
 
 /// The tiled f16 attention's kernels: each key and value tile is widened
 /// once for every query row of a unit (tokens times the heads of a group),
@@ -82,7 +82,15 @@ pub struct AttnTileKernels {
     /// Scores of a tile for many query rows.
     pub scores: AttnTileScoresFn,
     /// Softmax-weighted value rows into many output rows.
-    pub accumulate: AttnTileAccumulateFn,
+    pub accumulate: AttnTileAccumulateFn<f32>,
+    /// `load_keys` then `scores` in one pass over `k`'s rows (at most
+    /// [`ATTN_TILE`], `nk` = all of them), the tile kept in registers: for
+    /// a few rows (a decode step), where storing and reloading the tile
+    /// cost more than its FMAs. The same bits.
+    pub scores_f16: fn(k: &[f16], head_dim: usize, q: &[f32], out: &mut [f32]),
+    /// `load_values` then `accumulate`, each value row widened in
+    /// registers: the same bits.
+    pub accumulate_f16: AttnTileAccumulateFn<f16>,
 }
 
 /// `acc_g += sum_j p[g * nk + j] * v_j` over a block of `nk` value rows
@@ -627,6 +635,35 @@ mod tests {
                         bits(&want),
                         "{isa} accumulate hd={hd} rows={rows} nk={nk}"
                     );
+                    // straight from f16 rows: the bits of the widened tile
+                    let kh: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+                    let widened: Vec<f32> = kh.iter().map(|x| x.to_f32()).collect();
+                    let (mut fast, mut want) = (acc0.clone(), acc0.clone());
+                    (tk.accumulate_f16)(&kh, hd, &p, &lim, &mut fast);
+                    (tk.accumulate)(&widened, hd, &p, &lim, &mut want);
+                    assert_eq!(
+                        bits(&fast),
+                        bits(&want),
+                        "{isa} accumulate_f16 hd={hd} rows={rows} nk={nk}"
+                    );
+                    let mut kt = vec![0f32; hd * ATTN_TILE];
+                    (tk.load_keys)(&kh, hd, 0, &mut kt);
+                    let mut fast = vec![f32::NAN; rows * ATTN_TILE];
+                    let mut want = fast.clone();
+                    (tk.scores_f16)(&kh, hd, &q, &mut fast);
+                    (tk.scores)(&kt, hd, nk, &q, &mut want);
+                    let mut reference = fast.clone();
+                    r::scores_f16_ref(&kh, hd, &q, &mut reference);
+                    for row in 0..rows {
+                        let at = row * ATTN_TILE;
+                        let what = format!("{isa} scores_f16 hd={hd} rows={rows} nk={nk}");
+                        assert_eq!(bits(&fast[at..at + nk]), bits(&want[at..at + nk]), "{what}");
+                        assert_eq!(
+                            bits(&fast[at..at + nk]),
+                            bits(&reference[at..at + nk]),
+                            "{what}"
+                        );
+                    }
                 }
             }
         }
@@ -710,6 +747,28 @@ mod tests {
                     fast, want,
                     "{isa} scores hd={hd} nk={nk} q={q_len} out={out_len}"
                 );
+                // scores_f16: keys ragged, none, or more than a tile
+                let kn = nk.min(2) * 64 + usize::from(hd == 0);
+                let kh = &k[..kn.min(k.len())];
+                let (mut fast, mut want) = (vec![0.5f32; out_len], vec![0.5f32; out_len]);
+                (tk.scores_f16)(kh, hd, &x[..q_len], &mut fast);
+                r::scores_f16_ref(kh, hd, &x[..q_len], &mut want);
+                assert_eq!(
+                    fast,
+                    want,
+                    "{isa} scores_f16 hd={hd} keys={} q={q_len} out={out_len}",
+                    kh.len()
+                );
+            }
+            {
+                let many: Vec<f16> = random_row(65 * 8, 3)
+                    .iter()
+                    .map(|&v| f16::from_f32(v))
+                    .collect();
+                let (mut fast, mut want) = (vec![0.5f32; 128], vec![0.5f32; 128]);
+                (tk.scores_f16)(&many, 8, &x[..16], &mut fast);
+                r::scores_f16_ref(&many, 8, &x[..16], &mut want);
+                assert_eq!(fast, want, "{isa} scores_f16 over 65 keys");
             }
             // accumulate: a row reading more keys than given, short weights,
             // a ragged accumulator
@@ -723,6 +782,14 @@ mod tests {
                 (tk.accumulate)(&x[..v_len], hd, &x[..70], &lim, &mut fast);
                 r::accumulate_ref(&x[..v_len], hd, &x[..70], &lim, &mut want);
                 assert_eq!(fast, want, "{isa} accumulate hd={hd} v={v_len} lim={lim:?}");
+                let vh: Vec<f16> = x[..v_len].iter().map(|&v| f16::from_f32(v)).collect();
+                let (mut fast, mut want) = (vec![0.5f32; acc_len], vec![0.5f32; acc_len]);
+                (tk.accumulate_f16)(&vh, hd, &x[..70], &lim, &mut fast);
+                r::accumulate_f16_ref(&vh, hd, &x[..70], &lim, &mut want);
+                assert_eq!(
+                    fast, want,
+                    "{isa} accumulate_f16 hd={hd} v={v_len} lim={lim:?}"
+                );
             }
         }
     }

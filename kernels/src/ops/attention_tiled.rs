@@ -41,6 +41,10 @@ const SEGMENT: usize = 4 * ATTN_TILE;
 /// scores, outputs and partial states stay in L2 next to the tiles.
 const MAX_ROWS: usize = 64;
 
+/// Rows up to which a tile is read straight from the cache rather than
+/// widened into scratch once for all of them.
+const DIRECT_ROWS: usize = 4;
+
 /// The tiled attention of `attention_kv_with`, over checked shapes: `q`,
 /// `out` `[n_tokens, n_head, head_dim]`, `k`, `v` `[n_kv_head, slots,
 /// head_dim]` f16 holding the positions `layout` says.
@@ -228,16 +232,26 @@ impl Ctx<'_> {
                 let stop = (start + ATTN_TILE).min(seg_end);
                 let nk = stop - start;
                 let rb = first_row(start);
-                for (a, n, col) in self.runs(start, stop) {
-                    if n > 0 {
-                        (tk.load_keys)(&k_head[a * hd..(a + n) * hd], hd, col, &mut kt);
-                        (tk.load_values)(
-                            &v_head[a * hd..(a + n) * hd],
-                            &mut vt[col * hd..(col + n) * hd],
-                        );
+                let runs = self.runs(start, stop);
+                // A few rows (a decode step) read the tile's rows straight
+                // from the cache; many share widened tiles. The same bits.
+                let direct = rows - rb <= DIRECT_ROWS && runs[1].1 == 0;
+                if direct {
+                    let a = runs[0].0;
+                    let kb = &k_head[a * hd..(a + nk) * hd];
+                    (tk.scores_f16)(kb, hd, &qs[rb * hd..], &mut sc[rb * ATTN_TILE..]);
+                } else {
+                    for (a, n, col) in runs {
+                        if n > 0 {
+                            (tk.load_keys)(&k_head[a * hd..(a + n) * hd], hd, col, &mut kt);
+                            (tk.load_values)(
+                                &v_head[a * hd..(a + n) * hd],
+                                &mut vt[col * hd..(col + n) * hd],
+                            );
+                        }
                     }
+                    (tk.scores)(&kt, hd, nk, &qs[rb * hd..], &mut sc[rb * ATTN_TILE..]);
                 }
-                (tk.scores)(&kt, hd, nk, &qs[rb * hd..], &mut sc[rb * ATTN_TILE..]);
                 for r in rb..rows {
                     // a token's last tile ends at its own position
                     let pos = self.pos0 + tokens.start + r / group;
@@ -263,13 +277,14 @@ impl Ctx<'_> {
                     m[r] = new_m;
                     l[r] += sum;
                 }
-                (tk.accumulate)(
-                    &vt[..nk * hd],
-                    hd,
-                    &sc[rb * ATTN_TILE..],
-                    &lim[rb..],
-                    &mut acc[rb * hd..],
-                );
+                let (p_rows, acc_rows) = (&sc[rb * ATTN_TILE..], &mut acc[rb * hd..]);
+                if direct {
+                    let a = runs[0].0;
+                    let vb = &v_head[a * hd..(a + nk) * hd];
+                    (tk.accumulate_f16)(vb, hd, p_rows, &lim[rb..], acc_rows);
+                } else {
+                    (tk.accumulate)(&vt[..nk * hd], hd, p_rows, &lim[rb..], acc_rows);
+                }
                 start = stop;
             }
             for r in ra..rows {
@@ -352,6 +367,22 @@ pub(crate) fn scores_ref(kt: &[f32], hd: usize, nk: usize, q: &[f32], out: &mut 
             }
         }
     }
+}
+
+/// The reference of [`AttnTileKernels::scores_f16`].
+pub(crate) fn scores_f16_ref(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
+    let mut kt = vec![0f32; hd * ATTN_TILE];
+    load_keys_ref(k, hd, 0, &mut kt);
+    let nk = k.len().checked_div(hd).unwrap_or(0);
+    scores_ref(&kt, hd, nk, q, out);
+}
+
+/// The reference of [`AttnTileKernels::accumulate_f16`].
+#[cfg(test)]
+pub(crate) fn accumulate_f16_ref(v: &[f16], hd: usize, p: &[f32], lim: &[usize], acc: &mut [f32]) {
+    let mut vt = vec![0f32; v.len()];
+    load_values_ref(v, &mut vt);
+    accumulate_ref(&vt, hd, p, lim, acc);
 }
 
 /// The reference of [`AttnTileKernels::accumulate`]: one FMA chain per

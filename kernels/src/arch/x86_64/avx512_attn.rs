@@ -23,8 +23,45 @@ pub(super) const KERNELS: AttnTileKernels = AttnTileKernels {
     load_keys,
     load_values,
     scores,
-    accumulate,
+    accumulate: accumulate::<f32>,
+    scores_f16,
+    accumulate_f16: accumulate::<f16>,
 };
+
+/// A value row's element: f32 from a widened tile, or f16 from the cache.
+trait Elem: Copy {
+    const F16: bool;
+    fn widen(self) -> f32;
+}
+impl Elem for f32 {
+    const F16: bool = false;
+    fn widen(self) -> f32 {
+        self
+    }
+}
+impl Elem for f16 {
+    const F16: bool = true;
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+/// Sixteen elements at `p` as f32.
+///
+/// # Safety
+/// AVX-512F; 16 elements readable at `p`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load16<T: Elem>(p: *const T) -> __m512 {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if T::F16 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+        } else {
+            _mm512_loadu_ps(p.cast())
+        }
+    }
+}
 
 /// Rows of a scores or accumulate tile: 6 x 4 accumulators of 16 lanes,
 /// plus the 4 key (or value) vectors and a broadcast, fit the 32 registers.
@@ -70,18 +107,108 @@ fn scores(kt: &[f32], hd: usize, nk: usize, q: &[f32], out: &mut [f32]) {
     }
 }
 
-fn accumulate(v: &[f32], hd: usize, p: &[f32], lim: &[usize], acc: &mut [f32]) {
+fn accumulate<T: Elem>(v: &[T], hd: usize, p: &[f32], lim: &[usize], acc: &mut [f32]) {
     let ok = hd > 0
         && v.len().is_multiple_of(hd)
         && acc.len() == lim.len() * hd
         && p.len() >= lim.len() * ATTN_TILE
         && lim.iter().all(|&n| n <= (v.len() / hd).min(ATTN_TILE));
     if !ok {
-        return reference::accumulate_ref(v, hd, p, lim, acc);
+        let mut vt = vec![0f32; v.len()];
+        vt.iter_mut().zip(v).for_each(|(o, x)| *o = x.widen());
+        return reference::accumulate_ref(&vt, hd, p, lim, acc);
     }
     // SAFETY: as above; v holds the lim[r] <= ATTN_TILE value rows each
     // output row reads, p ATTN_TILE weights per row, acc lim.len() rows.
     unsafe { accumulate_k(v, hd, p, lim, acc) }
+}
+
+fn scores_f16(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
+    let ok = hd > 0
+        && k.len().is_multiple_of(hd)
+        && (1..=ATTN_TILE).contains(&(k.len() / hd))
+        && q.len().is_multiple_of(hd)
+        && out.len() >= q.len() / hd * ATTN_TILE;
+    if !ok {
+        return reference::scores_f16_ref(k, hd, q, out);
+    }
+    let rows = q.len() / hd;
+    let mut r = 0;
+    // SAFETY: AVX-512F was detected before this table was handed out; k
+    // holds whole rows, q rows r..rows of hd, out ATTN_TILE scores per row.
+    unsafe {
+        while r + 4 <= rows {
+            scores_f16_k::<4>(k, hd, &q[r * hd..], &mut out[r * ATTN_TILE..]);
+            r += 4;
+        }
+        match rows - r {
+            0 => {}
+            1 => scores_f16_k::<1>(k, hd, &q[r * hd..], &mut out[r * ATTN_TILE..]),
+            2 => scores_f16_k::<2>(k, hd, &q[r * hd..], &mut out[r * ATTN_TILE..]),
+            _ => scores_f16_k::<3>(k, hd, &q[r * hd..], &mut out[r * ATTN_TILE..]),
+        }
+    }
+}
+
+/// Scores of `R` rows against 16 keys at a time, each 16 x 16 block of
+/// the keys widened and transposed in registers and consumed there (the
+/// columns in `d` order: the chain of `scores`); keys past the last 16
+/// run as scalar chains, the same operations.
+///
+/// # Safety
+/// AVX-512F; `k` whole rows of `hd`, at most ATTN_TILE; `q` at least `R`
+/// rows, `out` `R` rows of ATTN_TILE.
+#[target_feature(enable = "avx512f")]
+unsafe fn scores_f16_k<const R: usize>(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
+    let nk = k.len() / hd;
+    let (kp, qp) = (k.as_ptr(), q.as_ptr());
+    let mut j = 0;
+    while j + 16 <= nk {
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut d = 0;
+        // SAFETY: loads read 16 values at column d + 16 <= hd of rows j + i
+        // < nk, and q[r * hd + d + c] with r < R, d + c < hd.
+        unsafe {
+            while d + 16 <= hd {
+                let mut t = [_mm512_setzero_ps(); 16];
+                for (i, x) in t.iter_mut().enumerate() {
+                    *x = _mm512_cvtph_ps(_mm256_loadu_si256(kp.add((j + i) * hd + d).cast()));
+                }
+                for (c, col) in transpose16(&t).iter().enumerate() {
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(_mm512_set1_ps(*qp.add(r * hd + d + c)), *col, *a);
+                    }
+                }
+                d += 16;
+            }
+        }
+        // the head's columns past its last 16, in order
+        for c in d..hd {
+            let mut col = [0f32; 16];
+            for (i, x) in col.iter_mut().enumerate() {
+                *x = k[(j + i) * hd + c].to_f32();
+            }
+            // SAFETY: `col` holds 16 floats.
+            let col = unsafe { _mm512_loadu_ps(col.as_ptr()) };
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(q[r * hd + c]), col, *a);
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            // SAFETY: 16 scores at column j + 16 <= nk <= ATTN_TILE of row r.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(r * ATTN_TILE + j), *a) };
+        }
+        j += 16;
+    }
+    for jj in j..nk {
+        for r in 0..R {
+            let mut s = 0f32;
+            for c in 0..hd {
+                s = q[r * hd + c].mul_add(k[jj * hd + c].to_f32(), s);
+            }
+            out[r * ATTN_TILE + jj] = s;
+        }
+    }
 }
 
 /// # Safety
@@ -254,16 +381,16 @@ unsafe fn scores_tile<const R: usize, const V: usize>(
 /// # Safety
 /// AVX-512F; the shapes `accumulate` checked.
 #[target_feature(enable = "avx512f")]
-unsafe fn accumulate_k(v: &[f32], hd: usize, p: &[f32], lim: &[usize], acc: &mut [f32]) {
+unsafe fn accumulate_k<T: Elem>(v: &[T], hd: usize, p: &[f32], lim: &[usize], acc: &mut [f32]) {
     let mut c0 = 0;
     // SAFETY: forwarded; columns c0 + 16 * V <= hd.
     unsafe {
         while c0 + 64 <= hd {
-            accumulate_cols::<4>(v, hd, c0, p, lim, acc);
+            accumulate_cols::<T, 4>(v, hd, c0, p, lim, acc);
             c0 += 64;
         }
         while c0 + 16 <= hd {
-            accumulate_cols::<1>(v, hd, c0, p, lim, acc);
+            accumulate_cols::<T, 1>(v, hd, c0, p, lim, acc);
             c0 += 16;
         }
     }
@@ -272,7 +399,7 @@ unsafe fn accumulate_k(v: &[f32], hd: usize, p: &[f32], lim: &[usize], acc: &mut
             for j in 0..n {
                 let w = p[r * ATTN_TILE + j];
                 for c in c0..hd {
-                    acc[r * hd + c] = w.mul_add(v[j * hd + c], acc[r * hd + c]);
+                    acc[r * hd + c] = w.mul_add(v[j * hd + c].widen(), acc[r * hd + c]);
                 }
             }
         }
@@ -283,8 +410,8 @@ unsafe fn accumulate_k(v: &[f32], hd: usize, p: &[f32], lim: &[usize], acc: &mut
 /// AVX-512F; the shapes `accumulate` checked, `c0 + 16 * V <= hd`.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn accumulate_cols<const V: usize>(
-    v: &[f32],
+unsafe fn accumulate_cols<T: Elem, const V: usize>(
+    v: &[T],
     hd: usize,
     c0: usize,
     p: &[f32],
@@ -298,17 +425,17 @@ unsafe fn accumulate_cols<const V: usize>(
         let (vp, pp, ap) = (v.as_ptr().add(c0), p.as_ptr(), acc.as_mut_ptr().add(c0));
         while r + ROWS <= rows {
             let at = (pp.add(r * ATTN_TILE), ap.add(r * hd));
-            accumulate_tile::<ROWS, V>(vp, hd, at.0, &lim[r..r + ROWS], at.1);
+            accumulate_tile::<T, ROWS, V>(vp, hd, at.0, &lim[r..r + ROWS], at.1);
             r += ROWS;
         }
         let (pp, ap, lim) = (pp.add(r * ATTN_TILE), ap.add(r * hd), &lim[r..]);
         match rows - r {
             0 => {}
-            1 => accumulate_tile::<1, V>(vp, hd, pp, lim, ap),
-            2 => accumulate_tile::<2, V>(vp, hd, pp, lim, ap),
-            3 => accumulate_tile::<3, V>(vp, hd, pp, lim, ap),
-            4 => accumulate_tile::<4, V>(vp, hd, pp, lim, ap),
-            _ => accumulate_tile::<5, V>(vp, hd, pp, lim, ap),
+            1 => accumulate_tile::<T, 1, V>(vp, hd, pp, lim, ap),
+            2 => accumulate_tile::<T, 2, V>(vp, hd, pp, lim, ap),
+            3 => accumulate_tile::<T, 3, V>(vp, hd, pp, lim, ap),
+            4 => accumulate_tile::<T, 4, V>(vp, hd, pp, lim, ap),
+            _ => accumulate_tile::<T, 5, V>(vp, hd, pp, lim, ap),
         }
     }
 }
@@ -323,8 +450,8 @@ unsafe fn accumulate_cols<const V: usize>(
 /// `hd` from the column.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn accumulate_tile<const R: usize, const V: usize>(
-    v: *const f32,
+unsafe fn accumulate_tile<T: Elem, const R: usize, const V: usize>(
+    v: *const T,
     hd: usize,
     p: *const f32,
     lim: &[usize],
@@ -342,7 +469,7 @@ unsafe fn accumulate_tile<const R: usize, const V: usize>(
         for j in 0..lmin {
             let mut x = [_mm512_setzero_ps(); V];
             for (c, xc) in x.iter_mut().enumerate() {
-                *xc = _mm512_loadu_ps(v.add(j * hd + 16 * c));
+                *xc = load16(v.add(j * hd + 16 * c));
             }
             for (r, ar) in a.iter_mut().enumerate() {
                 let w = _mm512_set1_ps(*p.add(r * ATTN_TILE + j));
@@ -355,7 +482,7 @@ unsafe fn accumulate_tile<const R: usize, const V: usize>(
             for j in lmin..lim[r] {
                 let w = _mm512_set1_ps(*p.add(r * ATTN_TILE + j));
                 for (c, ac) in ar.iter_mut().enumerate() {
-                    *ac = _mm512_fmadd_ps(w, _mm512_loadu_ps(v.add(j * hd + 16 * c)), *ac);
+                    *ac = _mm512_fmadd_ps(w, load16(v.add(j * hd + 16 * c)), *ac);
                 }
             }
         }
