@@ -2,7 +2,10 @@
 //! blocks: see [`KvRows`]) with grouped-query heads, an optional sliding
 //! window and optional logit soft-capping. Keys are visited in blocks with
 //! an online (streaming) softmax, so the score matrix is never
-//! materialized; (token, head) pairs run in parallel.
+//! materialized. Layers without a window over an f16 cache take the tiled
+//! path of `ops::attention_tiled` (on tables with its kernels): (KV head,
+//! token chunk, key segment) units whose tiles are widened once for all
+//! their rows. The rest runs (token, head) pairs in parallel here.
 //!
 //! The cache may be a ring ([`KvLayout`]): position `p` lives in slot
 //! `p % slots`, so a sliding-window layer keeps only its window (plus one
