@@ -51,15 +51,14 @@ pub struct AttnBlockKernels {
 pub const ATTN_TILE: usize = 64;
 
 /// Widens the `k.len() / head_dim` key rows of `k` into columns `col0..` of
-/// a transposed tile: element `d` of key `j` at
-/// `ops::attention_tiled::key_tile_index(d, col0 + j)`, pairs of elements
-/// side by side (`ops::attention_tiled::load_keys_ref` is the reference).
+/// a transposed tile: `kt[d * ATTN_TILE + col0 + j] = k_j[d]`
+/// (`ops::attention_tiled::load_keys_ref` is the reference).
 pub type AttnLoadKeysFn = fn(k: &[f16], head_dim: usize, col0: usize, kt: &mut [f32]);
 /// Scores of the tile's first `nk` keys for `q.len() / head_dim` query
-/// rows: `out[r * ATTN_TILE + j]` is `ops::attention_tiled::score`, one
-/// FMA chain over the even head elements and one over the odd, in order,
-/// then their sum; columns from `nk` up to the next 16 may be written with
-/// anything (`ops::attention_tiled::scores_ref`).
+/// rows: `out[r * ATTN_TILE + j]` is one FMA chain over `d` in order,
+/// `s = fma(q_r[d], kt[d * ATTN_TILE + j], s)` from zero; columns from
+/// `nk` up to the next vector may be written with anything
+/// (`ops::attention_tiled::scores_ref`).
 pub type AttnTileScoresFn = fn(kt: &[f32], head_dim: usize, nk: usize, q: &[f32], out: &mut [f32]);
 /// Per row `r` of `acc` (`lim.len()` rows of `head_dim`), for `j <
 /// lim[r]` in order: `acc_r[d] = fma(p[r * ATTN_TILE + j], v_j[d],

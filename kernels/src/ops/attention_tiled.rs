@@ -15,10 +15,9 @@
 //! - keys are cut into segments of [`SEGMENT`] positions from the layer's
 //!   first visible position (`layout.first`), and each segment into tiles
 //!   of [`ATTN_TILE`]; a token's last tile ends at its own position;
-//! - a score is two FMA chains over the head in order (its even and its
-//!   odd elements, see [`score`]) and their sum, an output element one FMA
-//!   chain over a tile's keys in order (the kernels are exact against the
-//!   references below, whatever the row or key tiling);
+//! - a score is one FMA chain over the head in order, an output element
+//!   one FMA chain over a tile's keys in order (the kernels are exact
+//!   against the references below, whatever the row or key tiling);
 //! - each segment runs its own online softmax from scratch, and the
 //!   segments' partial `(max, sum, acc)` are folded in position order by
 //!   [`fold_into`], whether one unit ran them all or one unit each.
@@ -337,7 +336,7 @@ pub(crate) fn load_keys_ref(k: &[f16], hd: usize, col0: usize, kt: &mut [f32]) {
             break;
         }
         for (d, x) in row.iter().enumerate() {
-            if let Some(o) = kt.get_mut(key_tile_index(d, col0 + j)) {
+            if let Some(o) = kt.get_mut(d * ATTN_TILE + col0 + j) {
                 *o = x.to_f32();
             }
         }
@@ -359,38 +358,15 @@ pub(crate) fn scores_ref(kt: &[f32], hd: usize, nk: usize, q: &[f32], out: &mut 
     let nk = nk.min(ATTN_TILE);
     for (r, qr) in q.chunks_exact(hd).enumerate() {
         for j in 0..nk {
-            let k = |d| kt.get(key_tile_index(d, j)).copied().unwrap_or(0.0);
+            let mut s = 0f32;
+            for (d, &x) in qr.iter().enumerate() {
+                s = x.mul_add(kt.get(d * ATTN_TILE + j).copied().unwrap_or(0.0), s);
+            }
             if let Some(o) = out.get_mut(r * ATTN_TILE + j) {
-                *o = score(qr, k);
+                *o = s;
             }
         }
     }
-}
-
-/// Where element `d` of key `j` lives in a transposed key tile: pairs of
-/// head elements `(2u, 2u + 1)` are rows of `2 * ATTN_TILE`, each key's
-/// pair side by side. A vector of the tile then holds 8 keys' pairs, which
-/// an 8 x 8 transpose of 32-bit pairs of f16 makes from 8 cache rows at a
-/// third of the shuffles of a 16 x 16 f32 transpose.
-#[inline]
-pub(crate) fn key_tile_index(d: usize, j: usize) -> usize {
-    (d / 2) * 2 * ATTN_TILE + 2 * j + d % 2
-}
-
-/// A score as every tiled kernel computes it: one FMA chain over the
-/// even head elements and one over the odd ones (the two lanes of a key's
-/// pair), each in order from zero, then their sum.
-#[inline]
-pub(crate) fn score(q: &[f32], k: impl Fn(usize) -> f32) -> f32 {
-    let (mut even, mut odd) = (0f32, 0f32);
-    for (d, &x) in q.iter().enumerate() {
-        if d % 2 == 0 {
-            even = x.mul_add(k(d), even);
-        } else {
-            odd = x.mul_add(k(d), odd);
-        }
-    }
-    even + odd
 }
 
 /// The reference of [`AttnTileKernels::scores_f16`].

@@ -63,13 +63,12 @@ unsafe fn load16<T: Elem>(p: *const T) -> __m512 {
     }
 }
 
-/// Rows of an accumulate tile: 6 x 4 accumulators of 16 lanes, plus the 4
-/// value vectors and a broadcast, fit the 32 registers.
+/// Rows of a scores or accumulate tile: 6 x 4 accumulators of 16 lanes,
+/// plus the 4 key (or value) vectors and a broadcast, fit the 32 registers.
 const ROWS: usize = 6;
 
 fn load_keys(k: &[f16], hd: usize, col0: usize, kt: &mut [f32]) {
     let ok = hd > 0
-        && hd.is_multiple_of(2)
         && k.len().is_multiple_of(hd)
         && col0 + k.len() / hd <= ATTN_TILE
         && kt.len() >= hd * ATTN_TILE;
@@ -89,7 +88,6 @@ fn load_values(v: &[f16], out: &mut [f32]) {
 
 fn scores(kt: &[f32], hd: usize, nk: usize, q: &[f32], out: &mut [f32]) {
     let ok = hd > 0
-        && hd.is_multiple_of(2)
         && q.len().is_multiple_of(hd)
         && (1..=ATTN_TILE).contains(&nk)
         && kt.len() >= hd * ATTN_TILE
@@ -97,22 +95,36 @@ fn scores(kt: &[f32], hd: usize, nk: usize, q: &[f32], out: &mut [f32]) {
     if !ok {
         return reference::scores_ref(kt, hd, nk, q, out);
     }
-    // SAFETY: AVX-512F was detected before this table was handed out; kt
-    // holds hd / 2 pair rows of 2 * ATTN_TILE, q whole rows of hd and out
-    // ATTN_TILE scores per row.
+    // SAFETY: as above; kt holds hd rows of ATTN_TILE, q whole rows of hd
+    // and out ATTN_TILE scores per row.
     unsafe {
         match nk.div_ceil(16) {
-            1 => scores_k::<2>(kt, hd, q, out),
-            2 => scores_k::<4>(kt, hd, q, out),
-            3 => scores_k::<6>(kt, hd, q, out),
-            _ => scores_k::<8>(kt, hd, q, out),
+            1 => scores_k::<1>(kt, hd, q, out),
+            2 => scores_k::<2>(kt, hd, q, out),
+            3 => scores_k::<3>(kt, hd, q, out),
+            _ => scores_k::<4>(kt, hd, q, out),
         }
     }
 }
 
+fn accumulate<T: Elem>(v: &[T], hd: usize, p: &[f32], lim: &[usize], acc: &mut [f32]) {
+    let ok = hd > 0
+        && v.len().is_multiple_of(hd)
+        && acc.len() == lim.len() * hd
+        && p.len() >= lim.len() * ATTN_TILE
+        && lim.iter().all(|&n| n <= (v.len() / hd).min(ATTN_TILE));
+    if !ok {
+        let mut vt = vec![0f32; v.len()];
+        vt.iter_mut().zip(v).for_each(|(o, x)| *o = x.widen());
+        return reference::accumulate_ref(&vt, hd, p, lim, acc);
+    }
+    // SAFETY: as above; v holds the lim[r] <= ATTN_TILE value rows each
+    // output row reads, p ATTN_TILE weights per row, acc lim.len() rows.
+    unsafe { accumulate_k(v, hd, p, lim, acc) }
+}
+
 fn scores_f16(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
     let ok = hd > 0
-        && hd.is_multiple_of(2)
         && k.len().is_multiple_of(hd)
         && (1..=ATTN_TILE).contains(&(k.len() / hd))
         && q.len().is_multiple_of(hd)
@@ -138,251 +150,145 @@ fn scores_f16(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Scores of `R` rows against 16 keys at a time: each 8 keys x 16
-/// elements of the cache become 8 vectors of the keys' element pairs in
-/// registers (the tile's layout, never stored) and meet the rows' pairs
-/// of `q` there, in the tile kernel's order; keys past the last 16 run as
-/// scalar [`reference::score`]s.
+/// Scores of `R` rows against 16 keys at a time, each 16 x 16 block of
+/// the keys widened and transposed in registers and consumed there (the
+/// columns in `d` order: the chain of `scores`); keys past the last 16
+/// run as scalar chains, the same operations.
 ///
 /// # Safety
-/// AVX-512F; `hd` even; `k` whole rows of `hd`, at most ATTN_TILE; `q` at
-/// least `R` rows, `out` `R` rows of ATTN_TILE.
+/// AVX-512F; `k` whole rows of `hd`, at most ATTN_TILE; `q` at least `R`
+/// rows, `out` `R` rows of ATTN_TILE.
 #[target_feature(enable = "avx512f")]
 unsafe fn scores_f16_k<const R: usize>(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
     let nk = k.len() / hd;
     let (kp, qp) = (k.as_ptr(), q.as_ptr());
     let mut j = 0;
     while j + 16 <= nk {
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let mut acc = [_mm512_setzero_ps(); R];
         let mut d = 0;
-        // SAFETY: pairs8 reads 16 elements at d + 16 <= hd of rows j + 8h
-        // + i < nk; q pairs at r * hd + d + 2c + 2 <= r * hd + hd, r < R.
+        // SAFETY: loads read 16 values at column d + 16 <= hd of rows j + i
+        // < nk, and q[r * hd + d + c] with r < R, d + c < hd.
         unsafe {
             while d + 16 <= hd {
-                for h in 0..2 {
-                    let cols = pairs8(kp.add((j + 8 * h) * hd + d), hd);
-                    for (c, x) in cols.iter().enumerate() {
-                        let kx = _mm512_cvtph_ps(_mm256_castps_si256(*x));
-                        for (r, ar) in acc.iter_mut().enumerate() {
-                            ar[h] = _mm512_fmadd_ps(q_pair(qp.add(r * hd + d + 2 * c)), kx, ar[h]);
-                        }
+                let mut t = [_mm512_setzero_ps(); 16];
+                for (i, x) in t.iter_mut().enumerate() {
+                    *x = _mm512_cvtph_ps(_mm256_loadu_si256(kp.add((j + i) * hd + d).cast()));
+                }
+                for (c, col) in transpose16(&t).iter().enumerate() {
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(_mm512_set1_ps(*qp.add(r * hd + d + c)), *col, *a);
                     }
                 }
                 d += 16;
             }
-            // the pairs past the head's last 16 elements, in order
-            while d < hd {
-                for h in 0..2 {
-                    let mut x = [0f32; 16];
-                    for (i, pair) in x.chunks_exact_mut(2).enumerate() {
-                        let row = (j + 8 * h + i) * hd + d;
-                        pair[0] = k[row].to_f32();
-                        pair[1] = k[row + 1].to_f32();
-                    }
-                    let kx = _mm512_loadu_ps(x.as_ptr());
-                    for (r, ar) in acc.iter_mut().enumerate() {
-                        ar[h] = _mm512_fmadd_ps(q_pair(qp.add(r * hd + d)), kx, ar[h]);
-                    }
-                }
-                d += 2;
+        }
+        // the head's columns past its last 16, in order
+        for c in d..hd {
+            let mut col = [0f32; 16];
+            for (i, x) in col.iter_mut().enumerate() {
+                *x = k[(j + i) * hd + c].to_f32();
             }
-            for (r, ar) in acc.iter().enumerate() {
-                _mm512_storeu_ps(
-                    out.as_mut_ptr().add(r * ATTN_TILE + j),
-                    combine(ar[0], ar[1]),
-                );
+            // SAFETY: `col` holds 16 floats.
+            let col = unsafe { _mm512_loadu_ps(col.as_ptr()) };
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(q[r * hd + c]), col, *a);
             }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            // SAFETY: 16 scores at column j + 16 <= nk <= ATTN_TILE of row r.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(r * ATTN_TILE + j), *a) };
         }
         j += 16;
     }
     for jj in j..nk {
-        let key = &k[jj * hd..(jj + 1) * hd];
-        for (r, qr) in q.chunks_exact(hd).take(R).enumerate() {
-            out[r * ATTN_TILE + jj] = reference::score(qr, |c| key[c].to_f32());
+        for r in 0..R {
+            let mut s = 0f32;
+            for c in 0..hd {
+                s = q[r * hd + c].mul_add(k[jj * hd + c].to_f32(), s);
+            }
+            out[r * ATTN_TILE + jj] = s;
         }
     }
 }
 
-/// Query elements `2u, 2u + 1` at `p` in every pair of lanes.
-///
 /// # Safety
-/// AVX-512F; two floats readable at `p`.
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn q_pair(p: *const f32) -> __m512 {
-    // SAFETY: forwarded from the caller.
-    _mm512_castpd_ps(_mm512_set1_pd(unsafe { p.cast::<f64>().read_unaligned() }))
-}
-
-/// 16 scores in key order from the pair lanes of keys `0..8` (`a`) and
-/// `8..16` (`b`): the even chains plus the odd ones, reordered.
-///
-/// # Safety
-/// AVX-512F.
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn combine(a: __m512, b: __m512) -> __m512 {
-    // per 128-bit lane L: keys 2L, 2L + 1, 8 + 2L, 9 + 2L
-    let even = _mm512_shuffle_ps::<0x88>(a, b);
-    let odd = _mm512_shuffle_ps::<0xDD>(a, b);
-    let s = _mm512_add_ps(even, odd);
-    let idx = _mm512_setr_epi32(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15);
-    _mm512_permutexvar_ps(idx, s)
-}
-
-/// 8 keys' elements `0..16` (rows `stride` f16 apart from `p`) as 8
-/// vectors of f16 pairs: vector `c` holds elements `2c, 2c + 1` of keys
-/// `0..8`, by an 8 x 8 transpose of 32-bit pairs (24 in-lane and
-/// cross-lane shuffles on 256 bits).
-///
-/// # Safety
-/// AVX-512F; 16 elements readable at each of the 8 rows.
-#[inline]
-#[target_feature(enable = "avx512f")]
-unsafe fn pairs8(p: *const f16, stride: usize) -> [__m256; 8] {
-    let mut r = [_mm256_setzero_ps(); 8];
-    for (i, x) in r.iter_mut().enumerate() {
-        // SAFETY: forwarded from the caller.
-        *x = unsafe { _mm256_loadu_ps(p.add(i * stride).cast()) };
-    }
-    let mut t = [_mm256_setzero_ps(); 8];
-    for h in 0..4 {
-        t[2 * h] = _mm256_unpacklo_ps(r[2 * h], r[2 * h + 1]);
-        t[2 * h + 1] = _mm256_unpackhi_ps(r[2 * h], r[2 * h + 1]);
-    }
-    // u[4g + c'] holds pair c' (lane 0) and c' + 4 (lane 1) of keys 4g..4g + 4
-    let mut u = [_mm256_setzero_ps(); 8];
-    for g in 0..2 {
-        let b = 4 * g;
-        u[b] = _mm256_shuffle_ps::<0x44>(t[b], t[b + 2]);
-        u[b + 1] = _mm256_shuffle_ps::<0xEE>(t[b], t[b + 2]);
-        u[b + 2] = _mm256_shuffle_ps::<0x44>(t[b + 1], t[b + 3]);
-        u[b + 3] = _mm256_shuffle_ps::<0xEE>(t[b + 1], t[b + 3]);
-    }
-    let mut out = [_mm256_setzero_ps(); 8];
-    for c in 0..4 {
-        out[c] = _mm256_permute2f128_ps::<0x20>(u[c], u[4 + c]);
-        out[c + 4] = _mm256_permute2f128_ps::<0x31>(u[c], u[4 + c]);
-    }
-    out
-}
-
-/// # Safety
-/// AVX-512F; `k` whole rows of `hd` (even) fitting columns `col0..` of
-/// `kt`'s `hd x ATTN_TILE`.
+/// AVX-512F; `k` whole rows of `hd` fitting columns `col0..` of `kt`'s
+/// `hd x ATTN_TILE`.
 #[target_feature(enable = "avx512f")]
 unsafe fn load_keys_k(k: &[f16], hd: usize, col0: usize, kt: &mut [f32]) {
     let n = k.len() / hd;
     let (kp, tp) = (k.as_ptr(), kt.as_mut_ptr());
     let mut j = 0;
-    while j + 8 <= n {
+    while j + 16 <= n {
         let mut d = 0;
-        // SAFETY: pairs8 reads elements d..d + 16 <= hd of rows j + i < n;
-        // each store writes the 8 keys' pairs at 2 * (col0 + j) + 16 <= 2 *
-        // ATTN_TILE of pair row (d / 2 + c) < hd / 2.
+        // SAFETY: the loads read 16 values at column d + 16 <= hd of rows
+        // j + i < n; the stores write 16 columns col0 + j.. + 16 <=
+        // ATTN_TILE of tile rows d + i < hd.
         unsafe {
             while d + 16 <= hd {
-                let cols = pairs8(kp.add(j * hd + d), hd);
-                for (c, x) in cols.iter().enumerate() {
-                    let at = (d / 2 + c) * 2 * ATTN_TILE + 2 * (col0 + j);
-                    _mm512_storeu_ps(tp.add(at), _mm512_cvtph_ps(_mm256_castps_si256(*x)));
+                let mut r = [_mm512_setzero_ps(); 16];
+                for (i, x) in r.iter_mut().enumerate() {
+                    *x = _mm512_cvtph_ps(_mm256_loadu_si256(kp.add((j + i) * hd + d).cast()));
+                }
+                for (i, x) in transpose16(&r).iter().enumerate() {
+                    _mm512_storeu_ps(tp.add((d + i) * ATTN_TILE + col0 + j), *x);
                 }
                 d += 16;
             }
         }
-        // the head's elements past its last 16
-        for i in j..j + 8 {
+        // the head's columns past its last 16
+        for i in j..j + 16 {
             for c in d..hd {
-                kt[reference::key_tile_index(c, col0 + i)] = k[i * hd + c].to_f32();
+                kt[c * ATTN_TILE + col0 + i] = k[i * hd + c].to_f32();
             }
         }
-        j += 8;
+        j += 16;
     }
     reference::load_keys_ref(&k[j * hd..], hd, col0 + j, kt);
 }
 
-/// Scores of the first `8 * V` keys for every row of `q`, [`SCORE_ROWS`]
-/// rows at a time.
+/// The transpose of 16 rows of 16: output `c` holds column `c`. Pairs of
+/// rows interleave, then pairs of pairs, leaving in each 128-bit lane `L`
+/// of vector `4q + c` rows `4q..4q + 4` of column `4L + c`; a 4 x 4
+/// transpose of those lanes finishes.
 ///
 /// # Safety
-/// AVX-512F; `hd` even, `kt` `hd x ATTN_TILE`, `q` whole rows of `hd`,
-/// `out` ATTN_TILE per row; `V` even.
-#[target_feature(enable = "avx512f")]
-unsafe fn scores_k<const V: usize>(kt: &[f32], hd: usize, q: &[f32], out: &mut [f32]) {
-    let rows = q.len() / hd;
-    let (kp, qp, op) = (kt.as_ptr(), q.as_ptr(), out.as_mut_ptr());
-    let mut r = 0;
-    // SAFETY: forwarded; each tile reads rows r.. < rows of q and writes
-    // the same rows of out.
-    unsafe {
-        while r + SCORE_ROWS <= rows {
-            scores_tile::<SCORE_ROWS, V>(kp, hd, qp.add(r * hd), op.add(r * ATTN_TILE));
-            r += SCORE_ROWS;
-        }
-        let (qp, op) = (qp.add(r * hd), op.add(r * ATTN_TILE));
-        match rows - r {
-            0 => {}
-            1 => scores_tile::<1, V>(kp, hd, qp, op),
-            _ => scores_tile::<2, V>(kp, hd, qp, op),
-        }
-    }
-}
-
-/// Rows of a scores tile: 3 x 8 accumulators (64 keys in pairs), the 8
-/// tile vectors and a broadcast fit the 32 registers.
-const SCORE_ROWS: usize = 3;
-
-/// `R` rows against `8 * V` keys: per pair of head elements, the keys' `V`
-/// pair vectors of the tile times the rows' broadcast pair of `q`.
-///
-/// # Safety
-/// AVX-512F; `hd` even, `kt` `hd x ATTN_TILE`, `q` `R` rows of `hd`, `out`
-/// `R` rows of ATTN_TILE; `V` even.
+/// AVX-512F.
 #[inline]
 #[target_feature(enable = "avx512f")]
-unsafe fn scores_tile<const R: usize, const V: usize>(
-    kt: *const f32,
-    hd: usize,
-    q: *const f32,
-    out: *mut f32,
-) {
-    let mut acc = [[_mm512_setzero_ps(); V]; R];
-    // SAFETY: u < hd / 2, 16 * c + 16 <= 16 * V <= 2 * ATTN_TILE, r < R.
-    unsafe {
-        for u in 0..hd / 2 {
-            let mut kv = [_mm512_setzero_ps(); V];
-            for (c, x) in kv.iter_mut().enumerate() {
-                *x = _mm512_loadu_ps(kt.add(u * 2 * ATTN_TILE + 16 * c));
-            }
-            for (r, ar) in acc.iter_mut().enumerate() {
-                let qb = q_pair(q.add(r * hd + 2 * u));
-                for (a, x) in ar.iter_mut().zip(&kv) {
-                    *a = _mm512_fmadd_ps(qb, *x, *a);
-                }
-            }
-        }
-        for (r, ar) in acc.iter().enumerate() {
-            for (g, pair) in ar.chunks_exact(2).enumerate() {
-                _mm512_storeu_ps(out.add(r * ATTN_TILE + 16 * g), combine(pair[0], pair[1]));
-            }
-        }
+unsafe fn transpose16(r: &[__m512; 16]) -> [__m512; 16] {
+    let mut t = [_mm512_setzero_ps(); 16];
+    for p in 0..8 {
+        t[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+        t[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
     }
-}
-
-fn accumulate<T: Elem>(v: &[T], hd: usize, p: &[f32], lim: &[usize], acc: &mut [f32]) {
-    let ok = hd > 0
-        && v.len().is_multiple_of(hd)
-        && acc.len() == lim.len() * hd
-        && p.len() >= lim.len() * ATTN_TILE
-        && lim.iter().all(|&n| n <= (v.len() / hd).min(ATTN_TILE));
-    if !ok {
-        let mut vt = vec![0f32; v.len()];
-        vt.iter_mut().zip(v).for_each(|(o, x)| *o = x.widen());
-        return reference::accumulate_ref(&vt, hd, p, lim, acc);
+    let mut u = [_mm512_setzero_ps(); 16];
+    for q in 0..4 {
+        let pd = |x: __m512| _mm512_castps_pd(x);
+        let (a, b, c, d) = (
+            pd(t[4 * q]),
+            pd(t[4 * q + 2]),
+            pd(t[4 * q + 1]),
+            pd(t[4 * q + 3]),
+        );
+        u[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        u[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        u[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        u[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
     }
-    // SAFETY: as above; v holds the lim[r] <= ATTN_TILE value rows each
-    // output row reads, p ATTN_TILE weights per row, acc lim.len() rows.
-    unsafe { accumulate_k(v, hd, p, lim, acc) }
+    let mut out = [_mm512_setzero_ps(); 16];
+    for c in 0..4 {
+        let (a, b, cc, d) = (u[c], u[4 + c], u[8 + c], u[12 + c]);
+        let x0 = _mm512_shuffle_f32x4::<0x44>(a, b);
+        let x1 = _mm512_shuffle_f32x4::<0xEE>(a, b);
+        let y0 = _mm512_shuffle_f32x4::<0x44>(cc, d);
+        let y1 = _mm512_shuffle_f32x4::<0xEE>(cc, d);
+        out[c] = _mm512_shuffle_f32x4::<0x88>(x0, y0);
+        out[4 + c] = _mm512_shuffle_f32x4::<0xDD>(x0, y0);
+        out[8 + c] = _mm512_shuffle_f32x4::<0x88>(x1, y1);
+        out[12 + c] = _mm512_shuffle_f32x4::<0xDD>(x1, y1);
+    }
+    out
 }
 
 /// # Safety
@@ -400,6 +306,73 @@ unsafe fn load_values_k(v: &[f16], out: &mut [f32]) {
         }
     }
     reference::load_values_ref(&v[i..], &mut out[i..]);
+}
+
+/// Scores of the first `16 * V` keys for every row of `q`, [`ROWS`] rows
+/// at a time.
+///
+/// # Safety
+/// AVX-512F; `kt` `hd x ATTN_TILE`, `q` whole rows of `hd`, `out`
+/// ATTN_TILE per row.
+#[target_feature(enable = "avx512f")]
+unsafe fn scores_k<const V: usize>(kt: &[f32], hd: usize, q: &[f32], out: &mut [f32]) {
+    let rows = q.len() / hd;
+    let (kp, qp, op) = (kt.as_ptr(), q.as_ptr(), out.as_mut_ptr());
+    let mut r = 0;
+    // SAFETY: forwarded; each tile reads rows r.. < rows of q and writes
+    // the same rows of out.
+    unsafe {
+        while r + ROWS <= rows {
+            scores_tile::<ROWS, V>(kp, hd, qp.add(r * hd), op.add(r * ATTN_TILE));
+            r += ROWS;
+        }
+        let (qp, op) = (qp.add(r * hd), op.add(r * ATTN_TILE));
+        match rows - r {
+            0 => {}
+            1 => scores_tile::<1, V>(kp, hd, qp, op),
+            2 => scores_tile::<2, V>(kp, hd, qp, op),
+            3 => scores_tile::<3, V>(kp, hd, qp, op),
+            4 => scores_tile::<4, V>(kp, hd, qp, op),
+            _ => scores_tile::<5, V>(kp, hd, qp, op),
+        }
+    }
+}
+
+/// `R` rows against `16 * V` keys: per head element `d`, the keys' `V`
+/// vectors of the transposed tile times the rows' broadcast `q[d]`.
+///
+/// # Safety
+/// AVX-512F; `kt` `hd x ATTN_TILE`, `q` `R` rows of `hd`, `out` `R` rows
+/// of ATTN_TILE.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn scores_tile<const R: usize, const V: usize>(
+    kt: *const f32,
+    hd: usize,
+    q: *const f32,
+    out: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    // SAFETY: d < hd, 16 * c + 16 <= 16 * V <= ATTN_TILE, r < R.
+    unsafe {
+        for d in 0..hd {
+            let mut kv = [_mm512_setzero_ps(); V];
+            for (c, x) in kv.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(kt.add(d * ATTN_TILE + 16 * c));
+            }
+            for (r, ar) in acc.iter_mut().enumerate() {
+                let qb = _mm512_set1_ps(*q.add(r * hd + d));
+                for (a, x) in ar.iter_mut().zip(&kv) {
+                    *a = _mm512_fmadd_ps(qb, *x, *a);
+                }
+            }
+        }
+        for (r, ar) in acc.iter().enumerate() {
+            for (c, a) in ar.iter().enumerate() {
+                _mm512_storeu_ps(out.add(r * ATTN_TILE + 16 * c), *a);
+            }
+        }
+    }
 }
 
 /// Output columns in chunks of 64 (then 16, then one by one), each over
