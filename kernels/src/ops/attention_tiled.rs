@@ -201,8 +201,9 @@ impl Ctx<'_> {
             let h0 = t * p.n_head + g * group;
             qs.extend_from_slice(&self.q[h0 * hd..(h0 + group) * hd]);
         }
-        let mut kt = vec![0f32; hd * ATTN_TILE];
-        let mut vt = vec![0f32; ATTN_TILE * hd];
+        // The widened tiles, allocated at the first tile that uses them (a
+        // decode step's never do).
+        let (mut kt, mut vt) = (Vec::new(), Vec::new());
         let mut sc = vec![0f32; rows * ATTN_TILE];
         let mut lim = vec![0usize; rows];
         let mut whole = Partial {
@@ -241,6 +242,10 @@ impl Ctx<'_> {
                     let kb = &k_head[a * hd..(a + nk) * hd];
                     (tk.scores_f16)(kb, hd, &qs[rb * hd..], &mut sc[rb * ATTN_TILE..]);
                 } else {
+                    if kt.is_empty() {
+                        kt = vec![0f32; hd * ATTN_TILE];
+                        vt = vec![0f32; ATTN_TILE * hd];
+                    }
                     for (a, n, col) in runs {
                         if n > 0 {
                             (tk.load_keys)(&k_head[a * hd..(a + n) * hd], hd, col, &mut kt);
