@@ -533,3 +533,95 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod ring_tests {
+    use super::*;
+    use crate::dispatch::{available_isas, table_for};
+    use crate::ops::attention::attention_kv_with;
+    use crate::ops::kv_plane::{KvPlane, KvType};
+    use crate::quant::test_data::random_row;
+
+    /// Without a window, a ring of slots holding positions `first..` at `p
+    /// % slots` (a context shift) gives the bits the linear cache gives on
+    /// the tiled path (and its values on the per-head one):
+    /// tiles and segments are placed by position, and a tile the ring
+    /// wraps is widened from its two runs of slots.
+    #[test]
+    fn a_wrapped_ring_gives_the_linear_cache_bits() {
+        let p = AttentionParams {
+            n_head: 6,
+            n_kv_head: 2,
+            head_dim: 32,
+            scale: 0.2,
+            softcap: None,
+            window: None,
+        };
+        let hd = p.head_dim;
+        let whole = 700;
+        let kx = random_row(p.n_kv_head * whole * hd, 21);
+        let vx = random_row(p.n_kv_head * whole * hd, 22);
+        // (pos0, n, first, slots): the batch's tiles wrap, or a segment does
+        for (pos0, n, first, slots) in
+            [(600, 30, 330, 300), (650, 1, 370, 290), (520, 40, 161, 400)]
+        {
+            let q = random_row(n * p.n_head * hd, pos0 as u64);
+            let plane = |x: &[f32], rows: usize, slot: &dyn Fn(usize) -> usize| {
+                let mut pl = KvPlane::zeros(KvType::F16, p.n_kv_head * rows, hd).unwrap();
+                for g in 0..p.n_kv_head {
+                    for j in first..pos0 + n {
+                        pl.write_rows(g * rows + slot(j), &x[(g * whole + j) * hd..][..hd])
+                            .unwrap();
+                    }
+                }
+                pl
+            };
+            let (kl, vl) = (plane(&kx, whole, &|j| j), plane(&vx, whole, &|j| j));
+            let (kr, vr) = (
+                plane(&kx, slots, &|j| j % slots),
+                plane(&vx, slots, &|j| j % slots),
+            );
+            for isa in available_isas() {
+                let t = table_for(isa).unwrap();
+                let run = |k: &KvPlane, v: &KvPlane, layout: KvLayout| {
+                    let mut out = vec![f32::NAN; q.len()];
+                    attention_kv_with(
+                        t,
+                        &p,
+                        &q,
+                        k.rows_view(),
+                        v.rows_view(),
+                        layout,
+                        pos0,
+                        n,
+                        &mut out,
+                    )
+                    .unwrap();
+                    out.iter().map(|x| x.to_bits()).collect::<Vec<_>>()
+                };
+                let lin = run(
+                    &kl,
+                    &vl,
+                    KvLayout {
+                        slots: whole,
+                        first,
+                    },
+                );
+                let ring = run(&kr, &vr, KvLayout { slots, first });
+                if t.attn_tile.is_none() {
+                    // the per-head path starts its key blocks at each run
+                    // of slots: the same up to rounding only
+                    for (a, b) in lin.iter().zip(&ring) {
+                        let (a, b) = (f32::from_bits(*a), f32::from_bits(*b));
+                        assert!((a - b).abs() < 1e-5, "{isa} pos0 {pos0}: {a} vs {b}");
+                    }
+                    continue;
+                }
+                assert!(
+                    lin == ring,
+                    "{isa} pos0 {pos0} n {n} first {first} slots {slots}"
+                );
+            }
+        }
+    }
+}
