@@ -46,6 +46,53 @@ pub struct AttnBlockKernels {
     pub accumulate: AttnAccumulateFn,
 }
 
+/// Keys per tile of the tiled f16 attention (`ops::attention_tiled`): the
+/// columns of a transposed key tile, and the stride of a row of scores.
+pub const ATTN_TILE: usize = 64;
+
+/// Widens the `k.len() / head_dim` key rows of `k` into columns `col0..` of
+/// a transposed tile: `kt[d * ATTN_TILE + col0 + j] = k_j[d]`
+/// (`ops::attention_tiled::load_keys_ref` is the reference).
+pub type AttnLoadKeysFn = fn(k: &[f16], head_dim: usize, col0: usize, kt: &mut [f32]);
+/// Scores of the tile's first `nk` keys for `q.len() / head_dim` query
+/// rows: `out[r * ATTN_TILE + j]` is one FMA chain over `d` in order,
+/// `s = fma(q_r[d], kt[d * ATTN_TILE + j], s)` from zero; columns from
+/// `nk` up to the next vector may be written with anything
+/// (`ops::attention_tiled::scores_ref`).
+pub type AttnTileScoresFn = fn(kt: &[f32], head_dim: usize, nk: usize, q: &[f32], out: &mut [f32]);
+/// Per row `r` of `acc` (`lim.len()` rows of `head_dim`), for `j <
+/// lim[r]` in order: `acc_r[d] = fma(p[r * ATTN_TILE + j], v_j[d],
+/// acc_r[d])`, with `v` rows of `head_dim` (f32, or f16 widened)
+/// (`ops::attention_tiled::accumulate_ref`).
+pub type AttnTileAccumulateFn<V> =
+    fn(v: &[V], head_dim: usize, p: &[f32], lim: &[usize], acc: &mut [f32]);
+
+/// The tiled f16 attention's kernels: each key and value tile is widened
+/// once for every query row of a unit (tokens times the heads of a group),
+/// and scores and outputs are register-blocked small gemms with one FMA
+/// chain per result, so their bits never depend on how rows or keys are
+/// tiled (prefill and decode agree bit for bit). Every entry is exact
+/// against its scalar reference.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnTileKernels {
+    /// Key rows into a transposed f32 tile.
+    pub load_keys: AttnLoadKeysFn,
+    /// Value rows widened to f32, as they lie (`out.len()` values).
+    pub load_values: fn(v: &[f16], out: &mut [f32]),
+    /// Scores of a tile for many query rows.
+    pub scores: AttnTileScoresFn,
+    /// Softmax-weighted value rows into many output rows.
+    pub accumulate: AttnTileAccumulateFn<f32>,
+    /// `load_keys` then `scores` in one pass over `k`'s rows (at most
+    /// [`ATTN_TILE`], `nk` = all of them), the tile kept in registers: for
+    /// a few rows (a decode step), where storing and reloading the tile
+    /// cost more than its FMAs. The same bits.
+    pub scores_f16: fn(k: &[f16], head_dim: usize, q: &[f32], out: &mut [f32]),
+    /// `load_values` then `accumulate`, each value row widened in
+    /// registers: the same bits.
+    pub accumulate_f16: AttnTileAccumulateFn<f16>,
+}
+
 /// `acc_g += sum_j p[g * nk + j] * v_j` over a block of `nk` value rows
 /// stored as blocks (`B`: Q8_0 or Q4_0, `head_dim / 32` per row):
 /// `ops::attention::accumulate_q8_0` / `accumulate_q4_0` are the
@@ -183,6 +230,8 @@ macro_rules! define_table {
             pub axpy_f16: AxpyFn<f16>,
             /// `None`: attention by single dots and axpys.
             pub attn_block: Option<AttnBlockKernels>,
+            /// `None`: the f16 cache through `attn_block` (or single dots).
+            pub attn_tile: Option<AttnTileKernels>,
             /// Attention over a Q8_0 / Q4_0 value cache.
             pub attn_quant: AttnQuantKernels,
             /// Attention's online-softmax step.
@@ -200,6 +249,7 @@ macro_rules! define_table {
             $($($w: WeightRow::reference(),)? $($a: ActivationRow::reference(),)?)*
             axpy_f16: float::axpy_f16,
             attn_block: None,
+            attn_tile: None,
             attn_quant: AttnQuantKernels {
                 accumulate_q8_0: attention::accumulate_q8_0,
                 accumulate_q4_0: attention::accumulate_q4_0,
@@ -522,6 +572,224 @@ mod tests {
                         &format!("{isa} attn accumulate hd={hd} g={g} n={n}"),
                     );
                 }
+            }
+        }
+    }
+
+    /// A table's tiled attention kernels against the references, bit for
+    /// bit (each result is one FMA chain in the reference's order), over
+    /// head sizes with and without a tail, row counts around the kernels'
+    /// row tiles, partial key tiles and ragged per-row key counts.
+    fn check_attn_tile(isa: Isa, tk: AttnTileKernels) {
+        use crate::ops::attention_tiled as r;
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for hd in [8usize, 16, 40, 64, 80, 128] {
+            for (col0, n) in [(0usize, 64usize), (0, 5), (3, 40), (17, 47), (60, 4)] {
+                let k: Vec<f16> = random_row(n * hd, (hd + n) as u64)
+                    .iter()
+                    .map(|&v| f16::from_f32(v))
+                    .collect();
+                let mut fast = random_row(hd * ATTN_TILE, 1);
+                let mut want = fast.clone();
+                (tk.load_keys)(&k, hd, col0, &mut fast);
+                r::load_keys_ref(&k, hd, col0, &mut want);
+                assert_eq!(
+                    bits(&fast),
+                    bits(&want),
+                    "{isa} load_keys hd={hd} {col0}+{n}"
+                );
+                let (mut fast, mut want) = (vec![0f32; k.len()], vec![1f32; k.len()]);
+                (tk.load_values)(&k, &mut fast);
+                r::load_values_ref(&k, &mut want);
+                assert_eq!(bits(&fast), bits(&want), "{isa} load_values hd={hd} {n}");
+            }
+            let kt = random_row(hd * ATTN_TILE, 2 + hd as u64);
+            for rows in [1usize, 2, 3, 5, 6, 7, 9, 13] {
+                let q = random_row(rows * hd, 3 + rows as u64);
+                for nk in [1usize, 5, 16, 17, 33, 63, 64] {
+                    let mut fast = vec![f32::NAN; rows * ATTN_TILE];
+                    let mut want = fast.clone();
+                    (tk.scores)(&kt, hd, nk, &q, &mut fast);
+                    r::scores_ref(&kt, hd, nk, &q, &mut want);
+                    for row in 0..rows {
+                        let at = row * ATTN_TILE;
+                        assert_eq!(
+                            bits(&fast[at..at + nk]),
+                            bits(&want[at..at + nk]),
+                            "{isa} scores hd={hd} rows={rows} nk={nk}"
+                        );
+                    }
+                    let v = random_row(nk * hd, 4 + nk as u64);
+                    let p: Vec<f32> = random_row(rows * ATTN_TILE, 5)
+                        .iter()
+                        .map(|x| x.abs())
+                        .collect();
+                    // ragged: row r reads nk - (r * 7 % nk) keys
+                    let lim: Vec<usize> = (0..rows).map(|r| nk - (r * 7) % nk).collect();
+                    let acc0 = random_row(rows * hd, 6);
+                    let (mut fast, mut want) = (acc0.clone(), acc0.clone());
+                    (tk.accumulate)(&v, hd, &p, &lim, &mut fast);
+                    r::accumulate_ref(&v, hd, &p, &lim, &mut want);
+                    assert_eq!(
+                        bits(&fast),
+                        bits(&want),
+                        "{isa} accumulate hd={hd} rows={rows} nk={nk}"
+                    );
+                    // straight from f16 rows: the bits of the widened tile
+                    let kh: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
+                    let widened: Vec<f32> = kh.iter().map(|x| x.to_f32()).collect();
+                    let (mut fast, mut want) = (acc0.clone(), acc0.clone());
+                    (tk.accumulate_f16)(&kh, hd, &p, &lim, &mut fast);
+                    (tk.accumulate)(&widened, hd, &p, &lim, &mut want);
+                    assert_eq!(
+                        bits(&fast),
+                        bits(&want),
+                        "{isa} accumulate_f16 hd={hd} rows={rows} nk={nk}"
+                    );
+                    let mut kt = vec![0f32; hd * ATTN_TILE];
+                    (tk.load_keys)(&kh, hd, 0, &mut kt);
+                    let mut fast = vec![f32::NAN; rows * ATTN_TILE];
+                    let mut want = fast.clone();
+                    (tk.scores_f16)(&kh, hd, &q, &mut fast);
+                    (tk.scores)(&kt, hd, nk, &q, &mut want);
+                    let mut reference = fast.clone();
+                    r::scores_f16_ref(&kh, hd, &q, &mut reference);
+                    for row in 0..rows {
+                        let at = row * ATTN_TILE;
+                        let what = format!("{isa} scores_f16 hd={hd} rows={rows} nk={nk}");
+                        assert_eq!(bits(&fast[at..at + nk]), bits(&want[at..at + nk]), "{what}");
+                        assert_eq!(
+                            bits(&fast[at..at + nk]),
+                            bits(&reference[at..at + nk]),
+                            "{what}"
+                        );
+                    }
+                }
+            }
+        }
+        // the reference is what it says: a dot and an axpy, up to rounding
+        let (hd, nk) = (40, 9);
+        let k: Vec<f16> = random_row(nk * hd, 8)
+            .iter()
+            .map(|&v| f16::from_f32(v))
+            .collect();
+        let q = random_row(2 * hd, 9);
+        let mut kt = vec![0f32; hd * ATTN_TILE];
+        (tk.load_keys)(&k, hd, 0, &mut kt);
+        let mut s = vec![0f32; 2 * ATTN_TILE];
+        (tk.scores)(&kt, hd, nk, &q, &mut s);
+        let mut want = vec![0f32; 2 * nk];
+        float::attn_scores_f16(&k, hd, &q, &mut want);
+        for g in 0..2 {
+            for j in 0..nk {
+                close(
+                    s[g * ATTN_TILE + j],
+                    want[g * nk + j],
+                    hd as f32,
+                    1e-5,
+                    "tile scores",
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn attn_tile_kernels_match_the_references() {
+        for isa in available_isas() {
+            if let Some(tk) = table_for(isa).unwrap().attn_tile {
+                check_attn_tile(isa, tk);
+            }
+        }
+    }
+
+    /// Tiled kernels given inconsistent shapes do what the references do,
+    /// without a panic or an out-of-bounds access.
+    #[test]
+    fn attn_tile_kernels_survive_malformed_shapes() {
+        use crate::ops::attention_tiled as r;
+        let k: Vec<f16> = random_row(3 * 64 + 5, 4)
+            .iter()
+            .map(|&v| f16::from_f32(v))
+            .collect();
+        let x = random_row(64 * ATTN_TILE + 7, 8);
+        for isa in available_isas() {
+            let Some(tk) = table_for(isa).unwrap().attn_tile else {
+                continue;
+            };
+            // ragged rows, a zero head, a tile too small, columns past it
+            for (hd, col0, kt_len) in [
+                (64, 0, 64 * ATTN_TILE),
+                (0, 0, 64),
+                (7, 0, 10),
+                (64, 62, 64 * ATTN_TILE),
+                (64, 0, 100),
+            ] {
+                let (mut fast, mut want) = (x[..kt_len].to_vec(), x[..kt_len].to_vec());
+                (tk.load_keys)(&k, hd, col0, &mut fast);
+                r::load_keys_ref(&k, hd, col0, &mut want);
+                assert_eq!(
+                    fast, want,
+                    "{isa} load_keys hd={hd} col0={col0} kt={kt_len}"
+                );
+            }
+            // scores: nk of 0 or past the tile, ragged queries, short outputs
+            for (hd, nk, q_len, out_len) in [
+                (64, 0, 128, 128),
+                (64, 65, 128, 128),
+                (64, 3, 100, 128),
+                (64, 3, 128, 100),
+                (0, 3, 128, 128),
+            ] {
+                let (mut fast, mut want) = (vec![0.5f32; out_len], vec![0.5f32; out_len]);
+                (tk.scores)(&x[..64 * ATTN_TILE], hd, nk, &x[..q_len], &mut fast);
+                r::scores_ref(&x[..64 * ATTN_TILE], hd, nk, &x[..q_len], &mut want);
+                assert_eq!(
+                    fast, want,
+                    "{isa} scores hd={hd} nk={nk} q={q_len} out={out_len}"
+                );
+                // scores_f16: keys ragged, none, or more than a tile
+                let kn = nk.min(2) * 64 + usize::from(hd == 0);
+                let kh = &k[..kn.min(k.len())];
+                let (mut fast, mut want) = (vec![0.5f32; out_len], vec![0.5f32; out_len]);
+                (tk.scores_f16)(kh, hd, &x[..q_len], &mut fast);
+                r::scores_f16_ref(kh, hd, &x[..q_len], &mut want);
+                assert_eq!(
+                    fast,
+                    want,
+                    "{isa} scores_f16 hd={hd} keys={} q={q_len} out={out_len}",
+                    kh.len()
+                );
+            }
+            {
+                let many: Vec<f16> = random_row(65 * 8, 3)
+                    .iter()
+                    .map(|&v| f16::from_f32(v))
+                    .collect();
+                let (mut fast, mut want) = (vec![0.5f32; 128], vec![0.5f32; 128]);
+                (tk.scores_f16)(&many, 8, &x[..16], &mut fast);
+                r::scores_f16_ref(&many, 8, &x[..16], &mut want);
+                assert_eq!(fast, want, "{isa} scores_f16 over 65 keys");
+            }
+            // accumulate: a row reading more keys than given, short weights,
+            // a ragged accumulator
+            for (hd, v_len, lim, acc_len) in [
+                (64, 3 * 64, vec![4usize], 64),
+                (64, 3 * 64, vec![2, 3], 100),
+                (64, 3 * 64 + 1, vec![1], 64),
+                (0, 10, vec![1], 0),
+            ] {
+                let (mut fast, mut want) = (vec![0.5f32; acc_len], vec![0.5f32; acc_len]);
+                (tk.accumulate)(&x[..v_len], hd, &x[..70], &lim, &mut fast);
+                r::accumulate_ref(&x[..v_len], hd, &x[..70], &lim, &mut want);
+                assert_eq!(fast, want, "{isa} accumulate hd={hd} v={v_len} lim={lim:?}");
+                let vh: Vec<f16> = x[..v_len].iter().map(|&v| f16::from_f32(v)).collect();
+                let (mut fast, mut want) = (vec![0.5f32; acc_len], vec![0.5f32; acc_len]);
+                (tk.accumulate_f16)(&vh, hd, &x[..70], &lim, &mut fast);
+                r::accumulate_f16_ref(&vh, hd, &x[..70], &lim, &mut want);
+                assert_eq!(
+                    fast, want,
+                    "{isa} accumulate_f16 hd={hd} v={v_len} lim={lim:?}"
+                );
             }
         }
     }

@@ -2,7 +2,10 @@
 //! blocks: see [`KvRows`]) with grouped-query heads, an optional sliding
 //! window and optional logit soft-capping. Keys are visited in blocks with
 //! an online (streaming) softmax, so the score matrix is never
-//! materialized; (token, head) pairs run in parallel.
+//! materialized. Layers without a window over an f16 cache take the tiled
+//! path of `ops::attention_tiled` (on tables with its kernels): (KV head,
+//! token chunk, key segment) units whose tiles are widened once for all
+//! their rows. The rest runs (token, head) pairs in parallel here.
 //!
 //! The cache may be a ring ([`KvLayout`]): position `p` lives in slot
 //! `p % slots`, so a sliding-window layer keeps only its window (plus one
@@ -22,6 +25,7 @@
 
 use crate::dispatch::{self, gemm_by_dots, KernelTable};
 use crate::ops::activation::exp_approx;
+use crate::ops::attention_tiled;
 use crate::ops::hadamard::Hadamard;
 use crate::ops::kv_plane::{KvRows, KvType, Rows};
 use crate::quant::blocks::{BlockQ4_0, BlockQ8_0, QK};
@@ -216,6 +220,20 @@ pub fn attention_kv_with(
     if q_len == 0 {
         return Ok(());
     }
+    // Layers without a window over a plain f16 cache: the tiled path
+    // (a token's visible keys then start at `layout.first` whatever its
+    // position, which its fixed segments need).
+    if let (Some(tk), Rows::F16(kf), Rows::F16(vf), None, None, None) = (
+        table.attn_tile,
+        k.rows,
+        v.rows,
+        p.window,
+        k.rotation,
+        v.rotation,
+    ) {
+        attention_tiled::attention_tiled(table, &tk, p, q, kf, vf, layout, pos0, n_tokens, out);
+        return Ok(());
+    }
     let hd = p.head_dim;
     let group = p.n_head / p.n_kv_head;
     // A unit of parallel work: one token's query heads that share a KV head
@@ -272,7 +290,7 @@ pub fn attention_kv_with(
 }
 
 /// Multiply-adds below which attention runs on the calling thread.
-const PARALLEL_WORK: usize = 1 << 18;
+pub(crate) const PARALLEL_WORK: usize = 1 << 18;
 
 /// (token, KV head) units from which the heads of a group run together.
 const MIN_GROUP_UNITS: usize = 8;

@@ -3,6 +3,7 @@
 
 pub(crate) mod activation;
 pub(crate) mod attention;
+pub(crate) mod attention_tiled;
 pub(crate) mod hadamard;
 mod kv_plane;
 mod matmul;

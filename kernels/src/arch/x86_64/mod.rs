@@ -27,6 +27,7 @@ mod avx2_attn;
 mod avx2_gemm;
 mod avx2_lanes;
 mod avx512;
+mod avx512_attn;
 mod avx512_lowbit;
 mod avxvnni;
 mod kquant_x16;

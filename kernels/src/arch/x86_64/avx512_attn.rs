@@ -1,0 +1,495 @@
+//! AVX-512 kernels of the tiled f16 attention (`ops::attention_tiled`):
+//! key tiles widened and transposed once (16 x 16 blocks through
+//! registers), then scores as `rows x 64 keys` broadcast-FMA gemms over
+//! the head and outputs as `rows x head` gemms over the tile's keys, with
+//! no horizontal sums.
+//!
+//! Every score and every output element is one FMA chain in the
+//! reference's order, so these kernels are exact against
+//! `ops::attention_tiled::*_ref` whatever the row or key tiling.
+//!
+//! Soundness: the `unsafe fn`s need AVX-512F (which brings FMA and F16C);
+//! the safe entry points are reached only through the AVX-512 tables,
+//! handed out after `super::supports` checked the feature, and check the
+//! shapes (or fall back to the reference) before the kernels index.
+
+use crate::dispatch::{AttnTileKernels, ATTN_TILE};
+use crate::ops::attention_tiled as reference;
+use core::arch::x86_64::*;
+use half::f16;
+
+/// The table entry.
+pub(super) const KERNELS: AttnTileKernels = AttnTileKernels {
+    load_keys,
+    load_values,
+    scores,
+    accumulate: accumulate::<f32>,
+    scores_f16,
+    accumulate_f16: accumulate::<f16>,
+};
+
+/// A value row's element: f32 from a widened tile, or f16 from the cache.
+trait Elem: Copy {
+    const F16: bool;
+    fn widen(self) -> f32;
+}
+impl Elem for f32 {
+    const F16: bool = false;
+    fn widen(self) -> f32 {
+        self
+    }
+}
+impl Elem for f16 {
+    const F16: bool = true;
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+/// Sixteen elements at `p` as f32.
+///
+/// # Safety
+/// AVX-512F; 16 elements readable at `p`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn load16<T: Elem>(p: *const T) -> __m512 {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if T::F16 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p.cast()))
+        } else {
+            _mm512_loadu_ps(p.cast())
+        }
+    }
+}
+
+/// Rows of a scores or accumulate tile: 6 x 4 accumulators of 16 lanes,
+/// plus the 4 key (or value) vectors and a broadcast, fit the 32 registers.
+const ROWS: usize = 6;
+
+fn load_keys(k: &[f16], hd: usize, col0: usize, kt: &mut [f32]) {
+    let ok = hd > 0
+        && k.len().is_multiple_of(hd)
+        && col0 + k.len() / hd <= ATTN_TILE
+        && kt.len() >= hd * ATTN_TILE;
+    if !ok {
+        return reference::load_keys_ref(k, hd, col0, kt);
+    }
+    // SAFETY: AVX-512F was detected before this table was handed out; k
+    // holds whole rows that fit columns col0.. of the hd x ATTN_TILE tile.
+    unsafe { load_keys_k(k, hd, col0, kt) }
+}
+
+fn load_values(v: &[f16], out: &mut [f32]) {
+    let n = v.len().min(out.len());
+    // SAFETY: as above; both slices hold n values.
+    unsafe { load_values_k(&v[..n], &mut out[..n]) }
+}
+
+fn scores(kt: &[f32], hd: usize, nk: usize, q: &[f32], out: &mut [f32]) {
+    let ok = hd > 0
+        && q.len().is_multiple_of(hd)
+        && (1..=ATTN_TILE).contains(&nk)
+        && kt.len() >= hd * ATTN_TILE
+        && out.len() >= q.len() / hd * ATTN_TILE;
+    if !ok {
+        return reference::scores_ref(kt, hd, nk, q, out);
+    }
+    // SAFETY: as above; kt holds hd rows of ATTN_TILE, q whole rows of hd
+    // and out ATTN_TILE scores per row.
+    unsafe {
+        match nk.div_ceil(16) {
+            1 => scores_k::<1>(kt, hd, q, out),
+            2 => scores_k::<2>(kt, hd, q, out),
+            3 => scores_k::<3>(kt, hd, q, out),
+            _ => scores_k::<4>(kt, hd, q, out),
+        }
+    }
+}
+
+fn accumulate<T: Elem>(v: &[T], hd: usize, p: &[f32], lim: &[usize], acc: &mut [f32]) {
+    let ok = hd > 0
+        && v.len().is_multiple_of(hd)
+        && acc.len() == lim.len() * hd
+        && p.len() >= lim.len() * ATTN_TILE
+        && lim.iter().all(|&n| n <= (v.len() / hd).min(ATTN_TILE));
+    if !ok {
+        let mut vt = vec![0f32; v.len()];
+        vt.iter_mut().zip(v).for_each(|(o, x)| *o = x.widen());
+        return reference::accumulate_ref(&vt, hd, p, lim, acc);
+    }
+    // SAFETY: as above; v holds the lim[r] <= ATTN_TILE value rows each
+    // output row reads, p ATTN_TILE weights per row, acc lim.len() rows.
+    unsafe { accumulate_k(v, hd, p, lim, acc) }
+}
+
+fn scores_f16(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
+    let ok = hd > 0
+        && k.len().is_multiple_of(hd)
+        && (1..=ATTN_TILE).contains(&(k.len() / hd))
+        && q.len().is_multiple_of(hd)
+        && out.len() >= q.len() / hd * ATTN_TILE;
+    if !ok {
+        return reference::scores_f16_ref(k, hd, q, out);
+    }
+    let rows = q.len() / hd;
+    let mut r = 0;
+    // SAFETY: AVX-512F was detected before this table was handed out; k
+    // holds whole rows, q rows r..rows of hd, out ATTN_TILE scores per row.
+    unsafe {
+        while r + 4 <= rows {
+            scores_f16_k::<4>(k, hd, &q[r * hd..], &mut out[r * ATTN_TILE..]);
+            r += 4;
+        }
+        match rows - r {
+            0 => {}
+            1 => scores_f16_k::<1>(k, hd, &q[r * hd..], &mut out[r * ATTN_TILE..]),
+            2 => scores_f16_k::<2>(k, hd, &q[r * hd..], &mut out[r * ATTN_TILE..]),
+            _ => scores_f16_k::<3>(k, hd, &q[r * hd..], &mut out[r * ATTN_TILE..]),
+        }
+    }
+}
+
+/// Scores of `R` rows against 16 keys at a time, each 16 x 16 block of
+/// the keys widened and transposed in registers and consumed there (the
+/// columns in `d` order: the chain of `scores`); keys past the last 16
+/// run as scalar chains, the same operations.
+///
+/// # Safety
+/// AVX-512F; `k` whole rows of `hd`, at most ATTN_TILE; `q` at least `R`
+/// rows, `out` `R` rows of ATTN_TILE.
+#[target_feature(enable = "avx512f")]
+unsafe fn scores_f16_k<const R: usize>(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
+    let nk = k.len() / hd;
+    let (kp, qp) = (k.as_ptr(), q.as_ptr());
+    let mut j = 0;
+    while j + 16 <= nk {
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut d = 0;
+        // SAFETY: loads read 16 values at column d + 16 <= hd of rows j + i
+        // < nk, and q[r * hd + d + c] with r < R, d + c < hd.
+        unsafe {
+            while d + 16 <= hd {
+                let mut t = [_mm512_setzero_ps(); 16];
+                for (i, x) in t.iter_mut().enumerate() {
+                    *x = _mm512_cvtph_ps(_mm256_loadu_si256(kp.add((j + i) * hd + d).cast()));
+                }
+                for (c, col) in transpose16(&t).iter().enumerate() {
+                    for (r, a) in acc.iter_mut().enumerate() {
+                        *a = _mm512_fmadd_ps(_mm512_set1_ps(*qp.add(r * hd + d + c)), *col, *a);
+                    }
+                }
+                d += 16;
+            }
+        }
+        // the head's columns past its last 16, in order
+        for c in d..hd {
+            let mut col = [0f32; 16];
+            for (i, x) in col.iter_mut().enumerate() {
+                *x = k[(j + i) * hd + c].to_f32();
+            }
+            // SAFETY: `col` holds 16 floats.
+            let col = unsafe { _mm512_loadu_ps(col.as_ptr()) };
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(_mm512_set1_ps(q[r * hd + c]), col, *a);
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            // SAFETY: 16 scores at column j + 16 <= nk <= ATTN_TILE of row r.
+            unsafe { _mm512_storeu_ps(out.as_mut_ptr().add(r * ATTN_TILE + j), *a) };
+        }
+        j += 16;
+    }
+    for jj in j..nk {
+        for r in 0..R {
+            let mut s = 0f32;
+            for c in 0..hd {
+                s = q[r * hd + c].mul_add(k[jj * hd + c].to_f32(), s);
+            }
+            out[r * ATTN_TILE + jj] = s;
+        }
+    }
+}
+
+/// # Safety
+/// AVX-512F; `k` whole rows of `hd` fitting columns `col0..` of `kt`'s
+/// `hd x ATTN_TILE`.
+#[target_feature(enable = "avx512f")]
+unsafe fn load_keys_k(k: &[f16], hd: usize, col0: usize, kt: &mut [f32]) {
+    let n = k.len() / hd;
+    let (kp, tp) = (k.as_ptr(), kt.as_mut_ptr());
+    let mut j = 0;
+    while j + 16 <= n {
+        let mut d = 0;
+        // SAFETY: the loads read 16 values at column d + 16 <= hd of rows
+        // j + i < n; the stores write 16 columns col0 + j.. + 16 <=
+        // ATTN_TILE of tile rows d + i < hd.
+        unsafe {
+            while d + 16 <= hd {
+                let mut r = [_mm512_setzero_ps(); 16];
+                for (i, x) in r.iter_mut().enumerate() {
+                    *x = _mm512_cvtph_ps(_mm256_loadu_si256(kp.add((j + i) * hd + d).cast()));
+                }
+                for (i, x) in transpose16(&r).iter().enumerate() {
+                    _mm512_storeu_ps(tp.add((d + i) * ATTN_TILE + col0 + j), *x);
+                }
+                d += 16;
+            }
+        }
+        // the head's columns past its last 16
+        for i in j..j + 16 {
+            for c in d..hd {
+                kt[c * ATTN_TILE + col0 + i] = k[i * hd + c].to_f32();
+            }
+        }
+        j += 16;
+    }
+    reference::load_keys_ref(&k[j * hd..], hd, col0 + j, kt);
+}
+
+/// The transpose of 16 rows of 16: output `c` holds column `c`. Pairs of
+/// rows interleave, then pairs of pairs, leaving in each 128-bit lane `L`
+/// of vector `4q + c` rows `4q..4q + 4` of column `4L + c`; a 4 x 4
+/// transpose of those lanes finishes.
+///
+/// # Safety
+/// AVX-512F.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn transpose16(r: &[__m512; 16]) -> [__m512; 16] {
+    let mut t = [_mm512_setzero_ps(); 16];
+    for p in 0..8 {
+        t[2 * p] = _mm512_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+        t[2 * p + 1] = _mm512_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+    }
+    let mut u = [_mm512_setzero_ps(); 16];
+    for q in 0..4 {
+        let pd = |x: __m512| _mm512_castps_pd(x);
+        let (a, b, c, d) = (
+            pd(t[4 * q]),
+            pd(t[4 * q + 2]),
+            pd(t[4 * q + 1]),
+            pd(t[4 * q + 3]),
+        );
+        u[4 * q] = _mm512_castpd_ps(_mm512_unpacklo_pd(a, b));
+        u[4 * q + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(a, b));
+        u[4 * q + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(c, d));
+        u[4 * q + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(c, d));
+    }
+    let mut out = [_mm512_setzero_ps(); 16];
+    for c in 0..4 {
+        let (a, b, cc, d) = (u[c], u[4 + c], u[8 + c], u[12 + c]);
+        let x0 = _mm512_shuffle_f32x4::<0x44>(a, b);
+        let x1 = _mm512_shuffle_f32x4::<0xEE>(a, b);
+        let y0 = _mm512_shuffle_f32x4::<0x44>(cc, d);
+        let y1 = _mm512_shuffle_f32x4::<0xEE>(cc, d);
+        out[c] = _mm512_shuffle_f32x4::<0x88>(x0, y0);
+        out[4 + c] = _mm512_shuffle_f32x4::<0xDD>(x0, y0);
+        out[8 + c] = _mm512_shuffle_f32x4::<0x88>(x1, y1);
+        out[12 + c] = _mm512_shuffle_f32x4::<0xDD>(x1, y1);
+    }
+    out
+}
+
+/// # Safety
+/// AVX-512F; `v` and `out` of one length.
+#[target_feature(enable = "avx512f")]
+unsafe fn load_values_k(v: &[f16], out: &mut [f32]) {
+    let n = v.len();
+    let mut i = 0;
+    // SAFETY: i + 16 <= n bounds every load and store.
+    unsafe {
+        while i + 16 <= n {
+            let x = _mm512_cvtph_ps(_mm256_loadu_si256(v.as_ptr().add(i).cast()));
+            _mm512_storeu_ps(out.as_mut_ptr().add(i), x);
+            i += 16;
+        }
+    }
+    reference::load_values_ref(&v[i..], &mut out[i..]);
+}
+
+/// Scores of the first `16 * V` keys for every row of `q`, [`ROWS`] rows
+/// at a time.
+///
+/// # Safety
+/// AVX-512F; `kt` `hd x ATTN_TILE`, `q` whole rows of `hd`, `out`
+/// ATTN_TILE per row.
+#[target_feature(enable = "avx512f")]
+unsafe fn scores_k<const V: usize>(kt: &[f32], hd: usize, q: &[f32], out: &mut [f32]) {
+    let rows = q.len() / hd;
+    let (kp, qp, op) = (kt.as_ptr(), q.as_ptr(), out.as_mut_ptr());
+    let mut r = 0;
+    // SAFETY: forwarded; each tile reads rows r.. < rows of q and writes
+    // the same rows of out.
+    unsafe {
+        while r + ROWS <= rows {
+            scores_tile::<ROWS, V>(kp, hd, qp.add(r * hd), op.add(r * ATTN_TILE));
+            r += ROWS;
+        }
+        let (qp, op) = (qp.add(r * hd), op.add(r * ATTN_TILE));
+        match rows - r {
+            0 => {}
+            1 => scores_tile::<1, V>(kp, hd, qp, op),
+            2 => scores_tile::<2, V>(kp, hd, qp, op),
+            3 => scores_tile::<3, V>(kp, hd, qp, op),
+            4 => scores_tile::<4, V>(kp, hd, qp, op),
+            _ => scores_tile::<5, V>(kp, hd, qp, op),
+        }
+    }
+}
+
+/// `R` rows against `16 * V` keys: per head element `d`, the keys' `V`
+/// vectors of the transposed tile times the rows' broadcast `q[d]`.
+///
+/// # Safety
+/// AVX-512F; `kt` `hd x ATTN_TILE`, `q` `R` rows of `hd`, `out` `R` rows
+/// of ATTN_TILE.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn scores_tile<const R: usize, const V: usize>(
+    kt: *const f32,
+    hd: usize,
+    q: *const f32,
+    out: *mut f32,
+) {
+    let mut acc = [[_mm512_setzero_ps(); V]; R];
+    // SAFETY: d < hd, 16 * c + 16 <= 16 * V <= ATTN_TILE, r < R.
+    unsafe {
+        for d in 0..hd {
+            let mut kv = [_mm512_setzero_ps(); V];
+            for (c, x) in kv.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(kt.add(d * ATTN_TILE + 16 * c));
+            }
+            for (r, ar) in acc.iter_mut().enumerate() {
+                let qb = _mm512_set1_ps(*q.add(r * hd + d));
+                for (a, x) in ar.iter_mut().zip(&kv) {
+                    *a = _mm512_fmadd_ps(qb, *x, *a);
+                }
+            }
+        }
+        for (r, ar) in acc.iter().enumerate() {
+            for (c, a) in ar.iter().enumerate() {
+                _mm512_storeu_ps(out.add(r * ATTN_TILE + 16 * c), *a);
+            }
+        }
+    }
+}
+
+/// Output columns in chunks of 64 (then 16, then one by one), each over
+/// [`ROWS`] rows at a time.
+///
+/// # Safety
+/// AVX-512F; the shapes `accumulate` checked.
+#[target_feature(enable = "avx512f")]
+unsafe fn accumulate_k<T: Elem>(v: &[T], hd: usize, p: &[f32], lim: &[usize], acc: &mut [f32]) {
+    let mut c0 = 0;
+    // SAFETY: forwarded; columns c0 + 16 * V <= hd.
+    unsafe {
+        while c0 + 64 <= hd {
+            accumulate_cols::<T, 4>(v, hd, c0, p, lim, acc);
+            c0 += 64;
+        }
+        while c0 + 16 <= hd {
+            accumulate_cols::<T, 1>(v, hd, c0, p, lim, acc);
+            c0 += 16;
+        }
+    }
+    if c0 < hd {
+        for (r, &n) in lim.iter().enumerate() {
+            for j in 0..n {
+                let w = p[r * ATTN_TILE + j];
+                for c in c0..hd {
+                    acc[r * hd + c] = w.mul_add(v[j * hd + c].widen(), acc[r * hd + c]);
+                }
+            }
+        }
+    }
+}
+
+/// # Safety
+/// AVX-512F; the shapes `accumulate` checked, `c0 + 16 * V <= hd`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn accumulate_cols<T: Elem, const V: usize>(
+    v: &[T],
+    hd: usize,
+    c0: usize,
+    p: &[f32],
+    lim: &[usize],
+    acc: &mut [f32],
+) {
+    let rows = lim.len();
+    let mut r = 0;
+    // SAFETY: forwarded; tiles cover rows r.. < rows.
+    unsafe {
+        let (vp, pp, ap) = (v.as_ptr().add(c0), p.as_ptr(), acc.as_mut_ptr().add(c0));
+        while r + ROWS <= rows {
+            let at = (pp.add(r * ATTN_TILE), ap.add(r * hd));
+            accumulate_tile::<T, ROWS, V>(vp, hd, at.0, &lim[r..r + ROWS], at.1);
+            r += ROWS;
+        }
+        let (pp, ap, lim) = (pp.add(r * ATTN_TILE), ap.add(r * hd), &lim[r..]);
+        match rows - r {
+            0 => {}
+            1 => accumulate_tile::<T, 1, V>(vp, hd, pp, lim, ap),
+            2 => accumulate_tile::<T, 2, V>(vp, hd, pp, lim, ap),
+            3 => accumulate_tile::<T, 3, V>(vp, hd, pp, lim, ap),
+            4 => accumulate_tile::<T, 4, V>(vp, hd, pp, lim, ap),
+            _ => accumulate_tile::<T, 5, V>(vp, hd, pp, lim, ap),
+        }
+    }
+}
+
+/// `R` output rows times `16 * V` columns held in registers across the
+/// tile's keys: all rows up to the shortest row's keys, then each row on
+/// to its own (a token's last tile ends at its position), the same chain.
+///
+/// # Safety
+/// AVX-512F; `v` rows of `hd` from the tile's column, `lim[..R]` keys
+/// each (`v` holds them), `p` `R` rows of ATTN_TILE, `acc` `R` rows of
+/// `hd` from the column.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn accumulate_tile<T: Elem, const R: usize, const V: usize>(
+    v: *const T,
+    hd: usize,
+    p: *const f32,
+    lim: &[usize],
+    acc: *mut f32,
+) {
+    let mut a = [[_mm512_setzero_ps(); V]; R];
+    let lmin = lim[..R].iter().copied().min().unwrap_or(0);
+    // SAFETY: j < lim[r] rows of v, columns 16 * c + 16 <= 16 * V, r < R.
+    unsafe {
+        for (r, ar) in a.iter_mut().enumerate() {
+            for (c, x) in ar.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(acc.add(r * hd + 16 * c));
+            }
+        }
+        for j in 0..lmin {
+            let mut x = [_mm512_setzero_ps(); V];
+            for (c, xc) in x.iter_mut().enumerate() {
+                *xc = load16(v.add(j * hd + 16 * c));
+            }
+            for (r, ar) in a.iter_mut().enumerate() {
+                let w = _mm512_set1_ps(*p.add(r * ATTN_TILE + j));
+                for (ac, xc) in ar.iter_mut().zip(&x) {
+                    *ac = _mm512_fmadd_ps(w, *xc, *ac);
+                }
+            }
+        }
+        for (r, ar) in a.iter_mut().enumerate() {
+            for j in lmin..lim[r] {
+                let w = _mm512_set1_ps(*p.add(r * ATTN_TILE + j));
+                for (c, ac) in ar.iter_mut().enumerate() {
+                    *ac = _mm512_fmadd_ps(w, load16(v.add(j * hd + 16 * c)), *ac);
+                }
+            }
+        }
+        for (r, ar) in a.iter().enumerate() {
+            for (c, x) in ar.iter().enumerate() {
+                _mm512_storeu_ps(acc.add(r * hd + 16 * c), *x);
+            }
+        }
+    }
+}
