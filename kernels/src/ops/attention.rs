@@ -410,24 +410,8 @@ fn heads_over_keys(
                 }
             }
             for (g, row) in s.chunks_mut(nk).enumerate() {
-                let scale = match p.softcap {
-                    None => p.scale,
-                    Some(cap) => {
-                        row.iter_mut()
-                            .for_each(|x| *x = cap * (*x * p.scale / cap).tanh());
-                        1.0
-                    }
-                };
-                let (new_m, sum) = (table.softmax_block)(row, scale, m[g]);
-                if new_m > m[g] && l[g] > 0.0 {
-                    let corr = exp_approx(m[g] - new_m);
-                    l[g] *= corr;
-                    acc[g * hd..(g + 1) * hd]
-                        .iter_mut()
-                        .for_each(|a| *a *= corr);
-                }
-                m[g] = new_m;
-                l[g] += sum;
+                let acc_g = &mut acc[g * hd..(g + 1) * hd];
+                online_softmax_step(table, p, row, &mut m[g], &mut l[g], acc_g);
             }
             match v {
                 Rows::F16(v) => {
@@ -463,6 +447,39 @@ fn heads_over_keys(
     if let Some(r) = v_rotation {
         r.apply_whole(acc);
     }
+}
+
+/// One online-softmax step of a query row over a block of its `scores`
+/// (softcapped first when the model caps them): the running max `m` and
+/// normalizer `l` updated, the row's unnormalized output `acc` rescaled
+/// when the block raised the max, and the scores turned into weights.
+/// Both attention paths take this step, so their softmax is the same.
+#[inline(always)]
+pub(crate) fn online_softmax_step(
+    table: &KernelTable,
+    p: &AttentionParams,
+    scores: &mut [f32],
+    m: &mut f32,
+    l: &mut f32,
+    acc: &mut [f32],
+) {
+    let scale = match p.softcap {
+        None => p.scale,
+        Some(cap) => {
+            scores
+                .iter_mut()
+                .for_each(|x| *x = cap * (*x * p.scale / cap).tanh());
+            1.0
+        }
+    };
+    let (new_m, sum) = (table.softmax_block)(scores, scale, *m);
+    if new_m > *m && *l > 0.0 {
+        let corr = exp_approx(*m - new_m);
+        *l *= corr;
+        acc.iter_mut().for_each(|a| *a *= corr);
+    }
+    *m = new_m;
+    *l += sum;
 }
 
 /// `acc_g += sum_j p[g * nk + j] * v_j` over `nk` value rows of Q8_0

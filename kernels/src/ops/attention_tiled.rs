@@ -28,7 +28,7 @@
 
 use crate::dispatch::{AttnTileKernels, KernelTable, ATTN_TILE};
 use crate::ops::activation::exp_approx;
-use crate::ops::attention::{AttentionParams, KvLayout, PARALLEL_WORK};
+use crate::ops::attention::{online_softmax_step, AttentionParams, KvLayout, PARALLEL_WORK};
 use half::f16;
 use rayon::prelude::*;
 
@@ -262,25 +262,9 @@ impl Ctx<'_> {
                     let pos = self.pos0 + tokens.start + r / group;
                     lim[r] = (pos + 1).min(stop) - start;
                     let row = &mut sc[r * ATTN_TILE..r * ATTN_TILE + lim[r]];
-                    // the per-head path's online-softmax step, as it is
-                    let scale = match p.softcap {
-                        None => p.scale,
-                        Some(cap) => {
-                            row.iter_mut()
-                                .for_each(|x| *x = cap * (*x * p.scale / cap).tanh());
-                            1.0
-                        }
-                    };
-                    let (new_m, sum) = (self.table.softmax_block)(row, scale, m[r]);
-                    if new_m > m[r] && l[r] > 0.0 {
-                        let corr = exp_approx(m[r] - new_m);
-                        l[r] *= corr;
-                        acc[r * hd..(r + 1) * hd]
-                            .iter_mut()
-                            .for_each(|a| *a *= corr);
-                    }
-                    m[r] = new_m;
-                    l[r] += sum;
+                    // the per-head path's online-softmax step
+                    let acc_r = &mut acc[r * hd..(r + 1) * hd];
+                    online_softmax_step(self.table, p, row, &mut m[r], &mut l[r], acc_r);
                 }
                 let (p_rows, acc_rows) = (&sc[rb * ATTN_TILE..], &mut acc[rb * hd..]);
                 if direct {
