@@ -327,34 +327,30 @@ impl std::fmt::Display for MetaValue {
             MetaValue::F64(x) => write!(f, "{x}"),
             MetaValue::Bool(x) => write!(f, "{x}"),
             MetaValue::String(s) => write!(f, "{s:?}"),
-            MetaValue::Array(_, items) => {
-                f.write_str("[")?;
-                for (i, item) in items.iter().take(DISPLAY_ITEMS).enumerate() {
-                    if i > 0 {
-                        f.write_str(", ")?;
-                    }
-                    write!(f, "{item}")?;
-                }
-                if items.len() > DISPLAY_ITEMS {
-                    write!(f, ", … {} items", items.len())?;
-                }
-                f.write_str("]")
-            }
-            MetaValue::Strings(items) => {
-                f.write_str("[")?;
-                for (i, item) in items.iter().take(DISPLAY_ITEMS).enumerate() {
-                    if i > 0 {
-                        f.write_str(", ")?;
-                    }
-                    write!(f, "{item:?}")?;
-                }
-                if items.len() > DISPLAY_ITEMS {
-                    write!(f, ", … {} items", items.len())?;
-                }
-                f.write_str("]")
-            }
+            MetaValue::Array(_, items) => write_list(f, items.iter()),
+            // as an array of `MetaValue::String` prints
+            MetaValue::Strings(items) => write_list(f, items.iter().map(MetaValue::string)),
         }
     }
+}
+
+/// `[a, b, …]`, the first [`DISPLAY_ITEMS`] items and a count of all.
+fn write_list<T: std::fmt::Display>(
+    f: &mut std::fmt::Formatter<'_>,
+    items: impl ExactSizeIterator<Item = T>,
+) -> std::fmt::Result {
+    let n = items.len();
+    f.write_str("[")?;
+    for (i, item) in items.take(DISPLAY_ITEMS).enumerate() {
+        if i > 0 {
+            f.write_str(", ")?;
+        }
+        write!(f, "{item}")?;
+    }
+    if n > DISPLAY_ITEMS {
+        write!(f, ", … {n} items")?;
+    }
+    f.write_str("]")
 }
 
 pub(super) fn read_value(cur: &mut Cursor<'_>, type_id: u32, depth: usize) -> Result<MetaValue> {
