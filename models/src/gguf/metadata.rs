@@ -119,15 +119,7 @@ impl StrArray {
 
     /// The strings in order.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
-        (0..self.ends.len()).map(|i| {
-            let start = if i == 0 { 0 } else { self.ends[i - 1] };
-            &self.text[start..self.ends[i]]
-        })
-    }
-
-    /// Bytes of text in all the strings.
-    pub fn text_len(&self) -> usize {
-        self.text.len()
+        (0..self.ends.len()).map(|i| self.get(i).unwrap_or_default())
     }
 }
 
