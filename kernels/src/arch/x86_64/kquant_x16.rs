@@ -18,9 +18,16 @@
 //!    `dmin * m_j * bsum` in floats, as in the reference.
 //!
 //! Columns go 8, 4, 2 and 1 at a time, each taking the unpacked codes from
-//! L1, so prefill unpacks each block once per panel; decode (one column)
-//! prefetches the records ahead. Codes are below 64 and activations within
-//! ±127, so even `vpmaddubsw`'s saturating i16 pairs are exact.
+//! L1, so prefill unpacks each block once per panel. Decode (one column)
+//! has a fused path, `KRecord::dot1`: codes go from the loaded line to
+//! `dot4` in registers (the 64-register codes array spilled to the stack
+//! and ran Q4_K at 9 GiB/s from L3), with several independent integer
+//! chains per sub-block and the float steps in the batched path's order,
+//! so decode and prefill give the same bits. It prefetches the next record
+//! a few lines per step: a whole record's prefetches in one burst (36–53
+//! lines) held up the record's own loads, and Q6_K streamed at 6 GiB/s.
+//! Codes are below 64 and activations within ±127, so even
+//! `vpmaddubsw`'s saturating i16 pairs are exact.
 //!
 //! Soundness: the `unsafe fn`s need the features named in their
 //! `#[target_feature]`. The safe wrappers are private to the tiers, which
@@ -141,6 +148,121 @@ macro_rules! kquant_kernels {
                 unsafe fn unpack(rec: *const u8, codes: &mut [__m512i; 64], s: &mut Scales);
                 /// The activation side of `y` for this type.
                 fn act(y: &BlockQ8K) -> KAct;
+                /// Decode's fused path: the record at `rec` against one
+                /// column's block `y`, unpacked in registers and multiplied
+                /// as it goes (no codes array), giving the block's sum
+                /// before `d` with the float steps of [`cols_step`] in the
+                /// same order, so its bits equal the batched path's.
+                ///
+                /// It also prefetches the record at `ahead` a share at a time
+                /// ([`prefetch_part`]), so the fetches are spread over the
+                /// record's work instead of queued in a burst ahead of its
+                /// own loads.
+                ///
+                /// # Safety
+                /// The tier's features; `rec` points at a whole record.
+                unsafe fn dot1(
+                    rec: *const u8,
+                    ahead: *const u8,
+                    y: &BlockQ8K,
+                    ka: &KAct,
+                    s: &mut Scales,
+                ) -> __m512;
+            }
+
+            /// Part `part` of `parts` of the cache lines of the record at
+            /// `ahead`, fetched into L1: decode streams the weights once,
+            /// and the hardware prefetcher stops at page boundaries (a
+            /// prefetch never faults, so `ahead` may be past the panel).
+            #[inline(always)]
+            fn prefetch_part<W: KRecord>(ahead: *const u8, part: usize, parts: usize) {
+                // one line more than the record's own, for a record that
+                // starts inside a line
+                let lines = W::RECORD.div_ceil(64) + 1;
+                for l in part * lines / parts..(part + 1) * lines / parts {
+                    // SAFETY: a prefetch reads nothing architecturally.
+                    unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * l).cast()) };
+                }
+            }
+
+            /// Block sum `blk` after sub-block `j`, whose exact integer sum
+            /// is `isum`: the one float step of both paths.
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn fold<W: KRecord>(
+                blk: __m512,
+                isum: __m512i,
+                s: &Scales,
+                ka: &KAct,
+                j: usize,
+            ) -> __m512 {
+                let blk = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), s.scale[j], blk);
+                if W::MINS {
+                    _mm512_fnmadd_ps(s.min[j], _mm512_set1_ps(ka.bsum[j]), blk)
+                } else {
+                    blk
+                }
+            }
+
+            /// The 4 activation codes of group `g` of `y`, in every lane.
+            ///
+            /// # Safety
+            /// `g < 64`.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn act4(y: &BlockQ8K, g: usize) -> __m512i {
+                // SAFETY: 4g + 4 <= 256 bytes of the block's codes.
+                _mm512_set1_epi32(unsafe {
+                    y.qs.as_ptr().add(4 * g).cast::<i32>().read_unaligned()
+                })
+            }
+
+            /// The fused Q4_K/Q5_K decode of [`KRecord::dot1`] over the 32
+            /// `qs` lines at `q`; `high(k, j)` gives the fifth bit of group
+            /// `8j + k` in bit 4 of each byte (Q5_K) or nothing (Q4_K).
+            ///
+            /// # Safety
+            /// `q` points at 32 readable lines; the scales are in `s`.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn dot1_k4<W: KRecord>(
+                q: *const u8,
+                ahead: *const u8,
+                y: &BlockQ8K,
+                ka: &KAct,
+                s: &Scales,
+                high: impl Fn(usize, usize) -> __m512i,
+            ) -> __m512 {
+                let m4 = _mm512_set1_epi8(0x0F);
+                let mut blk = _mm512_setzero_ps();
+                for c in 0..4 {
+                    // sub-blocks 2c (low nibbles) and 2c + 1 (high ones),
+                    // each in two chains so the dot steps overlap
+                    let (j0, j1) = (2 * c, 2 * c + 1);
+                    let mut lo = [_mm512_set1_epi32(ka.start[j0]), _mm512_setzero_si512()];
+                    let mut hi = [_mm512_set1_epi32(ka.start[j1]), _mm512_setzero_si512()];
+                    for k in 0..8 {
+                        prefetch_part::<W>(ahead, 8 * c + k, 32);
+                        // SAFETY: line 8c + k < 32; groups 16c + k (+ 8) < 64.
+                        let (line, y0, y1) = unsafe {
+                            (
+                                _mm512_loadu_si512(q.add(64 * (8 * c + k)).cast()),
+                                act4(y, 8 * j0 + k),
+                                act4(y, 8 * j1 + k),
+                            )
+                        };
+                        let w0 = _mm512_or_si512(_mm512_and_si512(line, m4), high(k, j0));
+                        let w1 = _mm512_or_si512(
+                            _mm512_and_si512(_mm512_srli_epi32::<4>(line), m4),
+                            high(k, j1),
+                        );
+                        lo[k % 2] = $dot4(lo[k % 2], w0, y0);
+                        hi[k % 2] = $dot4(hi[k % 2], w1, y1);
+                    }
+                    blk = fold::<W>(blk, _mm512_add_epi32(lo[0], lo[1]), s, ka, j0);
+                    blk = fold::<W>(blk, _mm512_add_epi32(hi[0], hi[1]), s, ka, j1);
+                }
+                blk
             }
 
             fn act_with_mins(y: &BlockQ8K) -> KAct {
@@ -262,6 +384,23 @@ macro_rules! kquant_kernels {
                 fn act(y: &BlockQ8K) -> KAct {
                     act_with_mins(y)
                 }
+                #[inline]
+                #[target_feature(enable = $features)]
+                unsafe fn dot1(
+                    rec: *const u8,
+                    ahead: *const u8,
+                    y: &BlockQ8K,
+                    ka: &KAct,
+                    s: &mut Scales,
+                ) -> __m512 {
+                    let zero = _mm512_setzero_si512();
+                    // SAFETY: the fields of a whole record.
+                    unsafe {
+                        let (d, dmin) = planes_k4(rec);
+                        scales_mins_k4(rec.add(Self::field_start(2)), d, dmin, s);
+                        dot1_k4::<Self>(rec.add(Self::field_start(3)), ahead, y, ka, s, |_, _| zero)
+                    }
+                }
             }
 
             impl KRecord for BlockQ5K {
@@ -291,6 +430,29 @@ macro_rules! kquant_kernels {
                 fn act(y: &BlockQ8K) -> KAct {
                     act_with_mins(y)
                 }
+                #[inline]
+                #[target_feature(enable = $features)]
+                unsafe fn dot1(
+                    rec: *const u8,
+                    ahead: *const u8,
+                    y: &BlockQ8K,
+                    ka: &KAct,
+                    s: &mut Scales,
+                ) -> __m512 {
+                    let b4 = _mm512_set1_epi8(0x10);
+                    // SAFETY: the fields of a whole record; qh has 8 lines.
+                    unsafe {
+                        let (d, dmin) = planes_k4(rec);
+                        scales_mins_k4(rec.add(Self::field_start(2)), d, dmin, s);
+                        let qh = rec.add(Self::field_start(3));
+                        let h: [__m512i; 8] =
+                            core::array::from_fn(|k| _mm512_loadu_si512(qh.add(64 * k).cast()));
+                        // the fifth bit of group 8j + k: bit j of qh line k's bytes
+                        let high =
+                            |k: usize, j: usize| _mm512_and_si512(move_bit(h[k], j as i32, 4), b4);
+                        dot1_k4::<Self>(rec.add(Self::field_start(4)), ahead, y, ka, s, high)
+                    }
+                }
             }
 
             impl KRecord for BlockQ6K {
@@ -299,48 +461,17 @@ macro_rules! kquant_kernels {
                 #[inline]
                 #[target_feature(enable = $features)]
                 unsafe fn unpack(rec: *const u8, codes: &mut [__m512i; 64], s: &mut Scales) {
-                    // SAFETY: the d plane starts the record; 4 scale lines follow.
-                    let (d, sl) = unsafe {
-                        let sc = rec.add(Self::field_start(1));
-                        (
-                            _mm512_cvtph_ps(_mm256_loadu_si256(rec.cast())),
-                            [0, 1, 2, 3].map(|m| _mm512_loadu_si512(sc.add(64 * m).cast())),
-                        )
-                    };
-                    for j in 0..16 {
-                        // signed byte j % 4 of line j / 4, sign-extended
-                        let up =
-                            _mm512_sll_epi32(sl[j / 4], _mm_cvtsi32_si128(24 - 8 * (j % 4) as i32));
-                        s.scale[j] =
-                            _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(up)));
-                    }
+                    // SAFETY: per the contract.
+                    unsafe { scales_q6_k(rec, s) };
                     // group g (elements 4g..): half n = g / 32, run k = g / 8 % 4,
                     // l4 = g % 8: ql line 16n + 8(k % 2) + l4 (nibble k / 2),
                     // qh line 8n + l4 (bits 2k, 2k + 1)
-                    let (qh, ql) = (
-                        rec.wrapping_add(Self::field_start(2)),
-                        rec.wrapping_add(Self::field_start(3)),
-                    );
-                    let (m4, m30) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
                     for n in 0..2 {
                         for l4 in 0..8 {
-                            // SAFETY: qh line 8n + l4 < 16 and ql lines 16n + l4 (+ 8) < 32 are inside their fields.
-                            let (h, q0, q1) = unsafe {
-                                (
-                                    _mm512_loadu_si512(qh.add(64 * (8 * n + l4)).cast()),
-                                    _mm512_loadu_si512(ql.add(64 * (16 * n + l4)).cast()),
-                                    _mm512_loadu_si512(ql.add(64 * (16 * n + 8 + l4)).cast()),
-                                )
-                            };
-                            let lo = [
-                                _mm512_and_si512(q0, m4),
-                                _mm512_and_si512(q1, m4),
-                                _mm512_and_si512(_mm512_srli_epi32::<4>(q0), m4),
-                                _mm512_and_si512(_mm512_srli_epi32::<4>(q1), m4),
-                            ];
-                            for (k, lo) in lo.into_iter().enumerate() {
-                                let hi = _mm512_and_si512(move_bit(h, 2 * k as i32, 4), m30);
-                                codes[32 * n + 8 * k + l4] = _mm512_or_si512(lo, hi);
+                            // SAFETY: per the contract.
+                            let w = unsafe { codes_q6_k(rec, n, l4) };
+                            for (k, w) in w.into_iter().enumerate() {
+                                codes[32 * n + 8 * k + l4] = w;
                             }
                         }
                     }
@@ -352,6 +483,100 @@ macro_rules! kquant_kernels {
                         bsum: [0.0; 8],
                     }
                 }
+                #[inline]
+                #[target_feature(enable = $features)]
+                unsafe fn dot1(
+                    rec: *const u8,
+                    ahead: *const u8,
+                    y: &BlockQ8K,
+                    ka: &KAct,
+                    s: &mut Scales,
+                ) -> __m512 {
+                    // SAFETY: per the contract.
+                    unsafe { scales_q6_k(rec, s) };
+                    let mut blk = _mm512_setzero_ps();
+                    for n in 0..2 {
+                        // sub-block 8n + i's sum in isum[i]: group
+                        // 32n + 8k + l4 is in sub-block 8n + 2k + l4 / 4
+                        let mut isum: [__m512i; 8] =
+                            core::array::from_fn(|i| _mm512_set1_epi32(ka.start[8 * n + i]));
+                        for l4 in 0..8 {
+                            prefetch_part::<Self>(ahead, 8 * n + l4, 16);
+                            // SAFETY: per the contract; groups < 64.
+                            let w = unsafe { codes_q6_k(rec, n, l4) };
+                            for (k, w) in w.into_iter().enumerate() {
+                                let i = 2 * k + l4 / 4;
+                                // SAFETY: 32n + 8k + l4 < 64.
+                                let yk = unsafe { act4(y, 32 * n + 8 * k + l4) };
+                                isum[i] = $dot4(isum[i], w, yk);
+                            }
+                        }
+                        for (i, v) in isum.into_iter().enumerate() {
+                            blk = fold::<Self>(blk, v, s, ka, 8 * n + i);
+                        }
+                    }
+                    blk
+                }
+            }
+
+            /// Q6_K's d-scaled signed sub-block scales, from the d plane
+            /// and the 4 scale lines of the record at `rec`.
+            ///
+            /// # Safety
+            /// The tier's features; `rec` points at a whole Q6_K record.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn scales_q6_k(rec: *const u8, s: &mut Scales) {
+                // SAFETY: the d plane starts the record; 4 scale lines follow.
+                let (d, sl) = unsafe {
+                    let sc = rec.add(BlockQ6K::field_start(1));
+                    (
+                        _mm512_cvtph_ps(_mm256_loadu_si256(rec.cast())),
+                        [0, 1, 2, 3].map(|m| _mm512_loadu_si512(sc.add(64 * m).cast())),
+                    )
+                };
+                for j in 0..16 {
+                    // signed byte j % 4 of line j / 4, sign-extended
+                    let up =
+                        _mm512_sll_epi32(sl[j / 4], _mm_cvtsi32_si128(24 - 8 * (j % 4) as i32));
+                    s.scale[j] = _mm512_mul_ps(d, _mm512_cvtepi32_ps(_mm512_srai_epi32::<24>(up)));
+                }
+            }
+
+            /// The Q6_K code groups `32n + 8k + l4` (k = 0..4) of the record
+            /// at `rec`: low nibbles from ql line `16n + 8(k % 2) + l4`
+            /// (nibble `k / 2`), high bits from qh line `8n + l4` (bits
+            /// `2k`, `2k + 1`).
+            ///
+            /// # Safety
+            /// The tier's features; `rec` points at a whole Q6_K record;
+            /// `n < 2`, `l4 < 8`.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn codes_q6_k(rec: *const u8, n: usize, l4: usize) -> [__m512i; 4] {
+                let (qh, ql) = (
+                    rec.wrapping_add(BlockQ6K::field_start(2)),
+                    rec.wrapping_add(BlockQ6K::field_start(3)),
+                );
+                let (m4, m30) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
+                // SAFETY: qh line 8n + l4 < 16 and ql lines 16n + l4 (+ 8) < 32 are inside their fields.
+                let (h, q0, q1) = unsafe {
+                    (
+                        _mm512_loadu_si512(qh.add(64 * (8 * n + l4)).cast()),
+                        _mm512_loadu_si512(ql.add(64 * (16 * n + l4)).cast()),
+                        _mm512_loadu_si512(ql.add(64 * (16 * n + 8 + l4)).cast()),
+                    )
+                };
+                let lo = [
+                    _mm512_and_si512(q0, m4),
+                    _mm512_and_si512(q1, m4),
+                    _mm512_and_si512(_mm512_srli_epi32::<4>(q0), m4),
+                    _mm512_and_si512(_mm512_srli_epi32::<4>(q1), m4),
+                ];
+                core::array::from_fn(|k| {
+                    let hi = _mm512_and_si512(move_bit(h, 2 * k as i32, 4), m30);
+                    _mm512_or_si512(lo[k], hi)
+                })
             }
 
             // ---- the kernel ----
@@ -382,13 +607,14 @@ macro_rules! kquant_kernels {
                     for b in 0..bpr {
                         let rec = panel.wrapping_add(b * W::RECORD);
                         if cols == 1 {
-                            // Decode streams the weights once: fetch a record
-                            // ahead, across the page boundaries the hardware
-                            // prefetcher stops at (a prefetch never faults).
-                            let ahead = rec.wrapping_add(W::RECORD);
-                            for l in (0..W::RECORD).step_by(64) {
-                                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l).cast());
+                            // SAFETY: b < bpr and panel pi exist in p (shape checked); a and acts hold bpr blocks.
+                            unsafe {
+                                let ka = acts.get_unchecked(b);
+                                let ahead = rec.wrapping_add(W::RECORD);
+                                let blk = W::dot1(rec, ahead, a.get_unchecked(b), ka, &mut s);
+                                acc[0] = _mm512_fmadd_ps(blk, _mm512_set1_ps(ka.d), acc[0]);
                             }
+                            continue;
                         }
                         // SAFETY: b < bpr and panel pi exist in p (shape checked).
                         unsafe { W::unpack(rec, &mut codes, &mut s) };
@@ -456,19 +682,12 @@ macro_rules! kquant_kernels {
                         let g = j * W::GROUPS + k;
                         let w = codes[g];
                         for c in 0..NC {
-                            // SAFETY: 4g + 4 <= 256 bytes of the block's codes.
-                            let y = unsafe {
-                                ys[c].qs.as_ptr().add(4 * g).cast::<i32>().read_unaligned()
-                            };
-                            isum[c] = $dot4(isum[c], w, _mm512_set1_epi32(y));
+                            // SAFETY: g < 64.
+                            isum[c] = $dot4(isum[c], w, unsafe { act4(ys[c], g) });
                         }
                     }
                     for c in 0..NC {
-                        blk[c] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum[c]), s.scale[j], blk[c]);
-                        if W::MINS {
-                            blk[c] =
-                                _mm512_fnmadd_ps(s.min[j], _mm512_set1_ps(ks[c].bsum[j]), blk[c]);
-                        }
+                        blk[c] = fold::<W>(blk[c], isum[c], s, ks[c], j);
                     }
                 }
                 for c in 0..NC {
