@@ -368,6 +368,21 @@ macro_rules! kquant_kernels {
                 }
             }
 
+            /// The d-scaled scales and mins of the Q4_K/Q5_K record at `rec`
+            /// (its planes, then its scale lines: field 2 of both types).
+            ///
+            /// # Safety
+            /// The tier's features; `rec` points at a whole record of `W`.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn scales_k4<W: KRecord>(rec: *const u8, s: &mut Scales) {
+                // SAFETY: per the contract.
+                unsafe {
+                    let (d, dmin) = planes_k4(rec);
+                    scales_mins_k4(rec.add(W::field_start(2)), d, dmin, s);
+                }
+            }
+
             impl KRecord for BlockQ4K {
                 const SUBS: usize = 8;
                 const MINS: bool = true;
@@ -376,8 +391,7 @@ macro_rules! kquant_kernels {
                 unsafe fn unpack(rec: *const u8, codes: &mut [__m512i; 64], s: &mut Scales) {
                     // SAFETY: the fields of a whole record (field_start gives each one's offset).
                     unsafe {
-                        let (d, dmin) = planes_k4(rec);
-                        scales_mins_k4(rec.add(Self::field_start(2)), d, dmin, s);
+                        scales_k4::<Self>(rec, s);
                         nibbles_k4(rec.add(Self::field_start(3)), codes);
                     }
                 }
@@ -396,8 +410,7 @@ macro_rules! kquant_kernels {
                     let zero = _mm512_setzero_si512();
                     // SAFETY: the fields of a whole record.
                     unsafe {
-                        let (d, dmin) = planes_k4(rec);
-                        scales_mins_k4(rec.add(Self::field_start(2)), d, dmin, s);
+                        scales_k4::<Self>(rec, s);
                         dot1_k4::<Self>(rec.add(Self::field_start(3)), ahead, y, ka, s, |_, _| zero)
                     }
                 }
@@ -411,8 +424,7 @@ macro_rules! kquant_kernels {
                 unsafe fn unpack(rec: *const u8, codes: &mut [__m512i; 64], s: &mut Scales) {
                     // SAFETY: the fields of a whole record.
                     unsafe {
-                        let (d, dmin) = planes_k4(rec);
-                        scales_mins_k4(rec.add(Self::field_start(2)), d, dmin, s);
+                        scales_k4::<Self>(rec, s);
                         nibbles_k4(rec.add(Self::field_start(4)), codes);
                     }
                     // the fifth bit of group 8j + k: bit j of qh line k's bytes
@@ -442,8 +454,7 @@ macro_rules! kquant_kernels {
                     let b4 = _mm512_set1_epi8(0x10);
                     // SAFETY: the fields of a whole record; qh has 8 lines.
                     unsafe {
-                        let (d, dmin) = planes_k4(rec);
-                        scales_mins_k4(rec.add(Self::field_start(2)), d, dmin, s);
+                        scales_k4::<Self>(rec, s);
                         let qh = rec.add(Self::field_start(3));
                         let h: [__m512i; 8] =
                             core::array::from_fn(|k| _mm512_loadu_si512(qh.add(64 * k).cast()));
