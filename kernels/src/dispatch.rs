@@ -654,7 +654,7 @@ mod tests {
                 assert_eq!(bits(&fast), bits(&want), "{isa} load_values hd={hd} {n}");
             }
             let kt = random_row(hd * ATTN_TILE, 2 + hd as u64);
-            for rows in [1usize, 2, 3, 5, 6, 7, 9, 13] {
+            for rows in [1usize, 2, 3, 5, 6, 7, 9, 13, 17, 40] {
                 let q = random_row(rows * hd, 3 + rows as u64);
                 for nk in [1usize, 5, 16, 17, 33, 63, 64] {
                     let mut fast = vec![f32::NAN; rows * ATTN_TILE];

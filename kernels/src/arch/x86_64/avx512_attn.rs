@@ -401,11 +401,15 @@ unsafe fn scores_tile<const R: usize, const V: usize>(
 }
 
 /// The online-softmax step of every row, each in registers from its
-/// scores to its weights: `softmax_block_body`'s operations in its order
-/// (its max is order-free; its sum is the same lanes of 16, its tail and
-/// its final fold one by one), then `online_softmax_update`'s rescale.
-/// One pass over a row instead of four and no call per row, so that rows
-/// overlap; a row's four exponentials run in lockstep.
+/// scores to its weights: `softmax_block_body`'s operations in its order,
+/// then `online_softmax_update`'s rescale. Its max is order-free; its sum
+/// is 16 lanes over the row's whole vectors, the tail one by one, then
+/// the lanes one by one onto the tail: that last fold, 16 dependent adds
+/// per row, runs for 16 rows at once, their lanes transposed so that each
+/// row's fold is one lane of 16 vector adds (the same adds in the same
+/// order, so the same bits). One pass over a row instead of four and no
+/// call per row, so that rows overlap; a row's four exponentials run in
+/// lockstep.
 ///
 /// # Safety
 /// AVX-512F; the shapes `softmax` checked.
@@ -419,18 +423,56 @@ unsafe fn softmax_k(
     acc: &mut [f32],
 ) {
     let hd = acc.len() / lim.len();
-    for (r, &n) in lim.iter().enumerate() {
-        let row = &mut s[r * ATTN_TILE..(r + 1) * ATTN_TILE];
-        let acc_r = &mut acc[r * hd..(r + 1) * hd];
-        // SAFETY: AVX-512F, as this function's caller promised; n <=
-        // ATTN_TILE, the row's length.
-        unsafe {
-            if n == ATTN_TILE {
-                softmax_row::<true>(row, n, scale, &mut m[r], &mut l[r], acc_r);
-            } else {
-                softmax_row::<false>(row, n, scale, &mut m[r], &mut l[r], acc_r);
-            }
+    let mut r0 = 0;
+    while r0 < lim.len() {
+        let rows = (lim.len() - r0).min(16);
+        let mut lanes = [_mm512_setzero_ps(); 16];
+        let (mut tails, mut new_m) = ([0f32; 16], [0f32; 16]);
+        for i in 0..rows {
+            let (r, n) = (r0 + i, lim[r0 + i]);
+            let row = &mut s[r * ATTN_TILE..(r + 1) * ATTN_TILE];
+            // SAFETY: AVX-512F, as this function's caller promised; n <=
+            // ATTN_TILE, the row's length.
+            let (mx, ln, tail) = unsafe {
+                if n == ATTN_TILE {
+                    softmax_row::<true>(row, n, scale, m[r])
+                } else {
+                    softmax_row::<false>(row, n, scale, m[r])
+                }
+            };
+            (new_m[i], lanes[i], tails[i]) = (mx, ln, tail);
         }
+        let mut sums = [0f32; 16];
+        // SAFETY: AVX-512F; `tails` and `sums` hold 16 floats.
+        unsafe {
+            let mut sum = _mm512_loadu_ps(tails.as_ptr());
+            for col in transpose16(&lanes) {
+                sum = _mm512_add_ps(sum, col);
+            }
+            _mm512_storeu_ps(sums.as_mut_ptr(), sum);
+        }
+        for i in 0..rows {
+            let r = r0 + i;
+            let (m, l) = (&mut m[r], &mut l[r]);
+            if new_m[i] > *m && *l > 0.0 {
+                let corr = exp_approx(*m - new_m[i]);
+                *l *= corr;
+                let acc = &mut acc[r * hd..(r + 1) * hd];
+                let (vc, mut d) = (_mm512_set1_ps(corr), 0);
+                // SAFETY: d + 16 <= acc.len() bounds each load and store.
+                unsafe {
+                    while d + 16 <= acc.len() {
+                        let p = acc.as_mut_ptr().add(d);
+                        _mm512_storeu_ps(p, _mm512_mul_ps(_mm512_loadu_ps(p), vc));
+                        d += 16;
+                    }
+                }
+                acc[d..].iter_mut().for_each(|a| *a *= corr);
+            }
+            *m = new_m[i];
+            *l += sums[i];
+        }
+        r0 += rows;
     }
 }
 
@@ -438,7 +480,10 @@ unsafe fn softmax_k(
 const ROW_VECS: usize = ATTN_TILE / 16;
 
 /// One row of [`softmax_k`]: its first `n` scores (all of them when
-/// `FULL`, which drops the masks).
+/// `FULL`, which drops the masks) scaled and turned into weights against
+/// the max of them and `prev_max`; returns that max, the 16 lanes of the
+/// weights' whole vectors (summed in order from +0) and the sum of the
+/// tail past them (one by one from +0).
 ///
 /// # Safety
 /// AVX-512F; `row` holds ATTN_TILE scores, `n <= ATTN_TILE`.
@@ -448,10 +493,8 @@ unsafe fn softmax_row<const FULL: bool>(
     row: &mut [f32],
     n: usize,
     scale: f32,
-    m: &mut f32,
-    l: &mut f32,
-    acc: &mut [f32],
-) {
+    prev_max: f32,
+) -> (f32, __m512, f32) {
     let sp = row.as_mut_ptr();
     // lanes of vector c below n
     let mask: [__mmask16; ROW_VECS] = core::array::from_fn(|c| {
@@ -469,7 +512,7 @@ unsafe fn softmax_row<const FULL: bool>(
             _mm512_set1_ps(scale),
         )
     });
-    let mut mx = _mm512_set1_ps(*m);
+    let mut mx = _mm512_set1_ps(prev_max);
     for (c, xc) in x.iter().enumerate() {
         // `if x > max { x } else { max }` on the row's lanes
         mx = _mm512_mask_max_ps(mx, mask[c], *xc, mx);
@@ -482,11 +525,8 @@ unsafe fn softmax_row<const FULL: bool>(
     let vm = _mm512_set1_ps(new_m);
     // SAFETY: AVX-512F, as this function's caller promised.
     let e = unsafe { exp16xn(x.map(|xc| _mm512_sub_ps(xc, vm))) };
-    // lanes of 16 over the whole vectors, the tail one by one, then the
-    // lanes one by one onto the tail (softmax_block_body's `lanewise`)
     let full = n / 16;
-    let mut lanes = _mm512_setzero_ps();
-    let mut tail = [0f32; 16];
+    let (mut lanes, mut tail) = (_mm512_setzero_ps(), [0f32; 16]);
     for (c, ec) in e.iter().enumerate() {
         // SAFETY: the masked lanes stay below n; `tail` holds 16.
         unsafe {
@@ -498,27 +538,8 @@ unsafe fn softmax_row<const FULL: bool>(
             }
         }
     }
-    let mut sum = tail[..n - 16 * full].iter().fold(0.0, |a, &v| a + v);
-    let mut lane = [0f32; 16];
-    // SAFETY: `lane` holds 16 floats.
-    unsafe { _mm512_storeu_ps(lane.as_mut_ptr(), lanes) };
-    sum = lane.iter().fold(sum, |a, &v| a + v);
-    if new_m > *m && *l > 0.0 {
-        let corr = exp_approx(*m - new_m);
-        *l *= corr;
-        let (vc, mut d) = (_mm512_set1_ps(corr), 0);
-        // SAFETY: d + 16 <= acc.len() bounds each load and store.
-        unsafe {
-            while d + 16 <= acc.len() {
-                let p = acc.as_mut_ptr().add(d);
-                _mm512_storeu_ps(p, _mm512_mul_ps(_mm512_loadu_ps(p), vc));
-                d += 16;
-            }
-        }
-        acc[d..].iter_mut().for_each(|a| *a *= corr);
-    }
-    *m = new_m;
-    *l += sum;
+    let tail = tail[..n - 16 * full].iter().fold(0.0, |a, &v| a + v);
+    (new_m, lanes, tail)
 }
 
 /// `exp_approx` of `N` vectors of 16 lanes in lockstep (independent
