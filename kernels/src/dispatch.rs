@@ -66,6 +66,19 @@ pub type AttnTileScoresFn = fn(kt: &[f32], head_dim: usize, nk: usize, q: &[f32]
 /// (`ops::attention_tiled::accumulate_ref`).
 pub type AttnTileAccumulateFn<V> =
     fn(v: &[V], head_dim: usize, p: &[f32], lim: &[usize], acc: &mut [f32]);
+/// Per row `r` (`lim.len()` of them), the online-softmax step over its
+/// first `lim[r]` scores of `scores` (rows of ATTN_TILE), scaled by
+/// `scale`: the running `m[r]`, `l[r]` and output row `acc_r` (rows of
+/// `acc.len() / lim.len()`) updated, the scores turned into weights
+/// (`ops::attention_tiled::softmax_ref`: the table's softmax step per row).
+pub type AttnTileSoftmaxFn = fn(
+    scores: &mut [f32],
+    lim: &[usize],
+    scale: f32,
+    m: &mut [f32],
+    l: &mut [f32],
+    acc: &mut [f32],
+);
 
 /// The tiled f16 attention's kernels: each key and value tile is widened
 /// once for every query row of a unit (tokens times the heads of a group),
@@ -81,6 +94,8 @@ pub struct AttnTileKernels {
     pub load_values: fn(v: &[f16], out: &mut [f32]),
     /// Scores of a tile for many query rows.
     pub scores: AttnTileScoresFn,
+    /// The online-softmax step of many rows over a tile's scores.
+    pub softmax: AttnTileSoftmaxFn,
     /// Softmax-weighted value rows into many output rows.
     pub accumulate: AttnTileAccumulateFn<f32>,
     /// `load_keys` then `scores` in one pass over `k`'s rows (at most
@@ -576,6 +591,41 @@ mod tests {
         }
     }
 
+    /// The tile's softmax step against its reference, bit for bit: ragged
+    /// rows up to `nk` scores, scores large enough to reach the exponential's
+    /// clamp, rows starting fresh, rows whose max the tile raises (their
+    /// output rescaled) and rows it does not.
+    fn check_attn_tile_softmax(isa: Isa, tk: AttnTileKernels, hd: usize, rows: usize, nk: usize) {
+        use crate::ops::attention_tiled as r;
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let lim: Vec<usize> = (0..rows).map(|r| nk - (r * 5) % nk).collect();
+        let s0: Vec<f32> = random_row(rows * ATTN_TILE, 7 + nk as u64)
+            .iter()
+            .enumerate()
+            .map(|(i, x)| x * [1.0, 40.0, 3000.0][i / ATTN_TILE % 3])
+            .collect();
+        let m0: Vec<f32> = (0..rows)
+            .map(|r| [f32::NEG_INFINITY, -0.5, 0.05, 500.0][r % 4])
+            .collect();
+        let l0: Vec<f32> = (0..rows).map(|r| [0.0, 1.5, 7.0][r % 3]).collect();
+        let acc0 = random_row(rows * hd, 8);
+        let what = format!("{isa} softmax hd={hd} rows={rows} nk={nk}");
+        for scale in [0.125f32, 1.0] {
+            let (mut sf, mut sw) = (s0.clone(), s0.clone());
+            let (mut mf, mut mw) = (m0.clone(), m0.clone());
+            let (mut lf, mut lw) = (l0.clone(), l0.clone());
+            let (mut af, mut aw) = (acc0.clone(), acc0.clone());
+            (tk.softmax)(&mut sf, &lim, scale, &mut mf, &mut lf, &mut af);
+            r::softmax_ref(&mut sw, &lim, scale, &mut mw, &mut lw, &mut aw);
+            for (row, &n) in lim.iter().enumerate() {
+                let at = row * ATTN_TILE;
+                assert_eq!(bits(&sf[at..at + n]), bits(&sw[at..at + n]), "{what}");
+            }
+            assert_eq!((mf, bits(&lf)), (mw, bits(&lw)), "{what}");
+            assert_eq!(bits(&af), bits(&aw), "{what}");
+        }
+    }
+
     /// A table's tiled attention kernels against the references, bit for
     /// bit (each result is one FMA chain in the reference's order), over
     /// head sizes with and without a tail, row counts around the kernels'
@@ -604,7 +654,7 @@ mod tests {
                 assert_eq!(bits(&fast), bits(&want), "{isa} load_values hd={hd} {n}");
             }
             let kt = random_row(hd * ATTN_TILE, 2 + hd as u64);
-            for rows in [1usize, 2, 3, 5, 6, 7, 9, 13] {
+            for rows in [1usize, 2, 3, 5, 6, 7, 9, 13, 17, 40] {
                 let q = random_row(rows * hd, 3 + rows as u64);
                 for nk in [1usize, 5, 16, 17, 33, 63, 64] {
                     let mut fast = vec![f32::NAN; rows * ATTN_TILE];
@@ -635,6 +685,7 @@ mod tests {
                         bits(&want),
                         "{isa} accumulate hd={hd} rows={rows} nk={nk}"
                     );
+                    check_attn_tile_softmax(isa, tk, hd, rows, nk);
                     // straight from f16 rows: the bits of the widened tile
                     let kh: Vec<f16> = v.iter().map(|&x| f16::from_f32(x)).collect();
                     let widened: Vec<f32> = kh.iter().map(|x| x.to_f32()).collect();
@@ -789,6 +840,33 @@ mod tests {
                 assert_eq!(
                     fast, want,
                     "{isa} accumulate_f16 hd={hd} v={v_len} lim={lim:?}"
+                );
+            }
+            // softmax: a row past the tile, short scores, a missing running
+            // max or normalizer, a ragged accumulator, no rows
+            for (lim, s_len, m_len, l_len, acc_len) in [
+                (vec![64usize, 65], 128, 2, 2, 128),
+                (vec![64, 3], 127, 2, 2, 128),
+                (vec![5, 3], 128, 1, 2, 128),
+                (vec![5, 3], 128, 2, 1, 128),
+                (vec![5, 3], 128, 2, 2, 127),
+                (vec![], 128, 0, 0, 0),
+            ] {
+                let mut fast = (
+                    x[..s_len].to_vec(),
+                    vec![0.25f32; m_len],
+                    vec![1.0f32; l_len],
+                );
+                let mut want = fast.clone();
+                let (mut acc_fast, mut acc_want) = (x[..acc_len].to_vec(), x[..acc_len].to_vec());
+                let (s, m, l) = (&mut fast.0, &mut fast.1, &mut fast.2);
+                (tk.softmax)(s, &lim, 0.125, m, l, &mut acc_fast);
+                let (s, m, l) = (&mut want.0, &mut want.1, &mut want.2);
+                r::softmax_ref(s, &lim, 0.125, m, l, &mut acc_want);
+                assert_eq!(
+                    (fast, acc_fast),
+                    (want, acc_want),
+                    "{isa} softmax lim={lim:?} s={s_len} m={m_len} l={l_len} acc={acc_len}"
                 );
             }
         }

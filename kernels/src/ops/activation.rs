@@ -73,6 +73,32 @@ fn glu_in_chunks(kernel: GluFn, gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// The constants of [`exp_approx`], shared with the kernels that spell it
+/// in intrinsics (the same operations on the same values, so the same
+/// bits).
+pub(crate) mod exp_consts {
+    /// The input clamp: no infinity, no denormal.
+    pub(crate) const MIN: f32 = -87.3;
+    pub(crate) const MAX: f32 = 88.0;
+    pub(crate) const LOG2E: f32 = std::f32::consts::LOG2_E;
+    /// ln 2 split so that n * LN2_HI is exact for |n| < 2^9.
+    pub(crate) const LN2_HI: f32 = 0.693_359_4;
+    pub(crate) const LN2_LO: f32 = -2.121_944_4e-4;
+    /// 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits.
+    pub(crate) const ROUND: f32 = 12_582_912.0;
+    /// ROUND's bits, less which the rounded sum's bits are the integer.
+    pub(crate) const ROUND_BITS: u32 = 0x4B40_0000;
+    /// The polynomial's coefficients, highest degree first (Horner).
+    pub(crate) const POLY: [f32; 6] = [
+        1.987_569_1e-4,
+        1.398_199_9e-3,
+        8.333_452e-3,
+        4.166_579_6e-2,
+        1.666_666_5e-1,
+        0.5,
+    ];
+}
+
 /// `e^x`, branch-free so that loops over it vectorize (Cephes' `expf`
 /// polynomial after a round-to-nearest range reduction by ln 2): relative
 /// error within a few ulp; inputs are clamped to `[-87.3, 88.0]`, so a
@@ -81,25 +107,18 @@ fn glu_in_chunks(kernel: GluFn, gate: &mut [f32], up: &[f32]) {
 /// ISAs.
 #[inline(always)]
 pub(crate) fn exp_approx(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split so that n * LN2_HI is exact for |n| < 2^9.
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // 1.5 * 2^23: adding it rounds to an integer held in the low mantissa bits.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.3, 88.0);
+    use exp_consts::*;
+    let x = x.clamp(MIN, MAX);
     let t = x * LOG2E + ROUND;
     let n = t - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
-    let mut p = 1.987_569_1e-4f32;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 0.5;
+    let mut p = POLY[0];
+    for c in &POLY[1..] {
+        p = p * r + c;
+    }
     let y = p * r * r + r + 1.0;
-    // n sits in the low bits of t's mantissa (biased by ROUND's 0x4B40_0000).
-    let k = t.to_bits().wrapping_sub(0x4B40_0000);
+    // n sits in the low bits of t's mantissa (biased by ROUND's bits).
+    let k = t.to_bits().wrapping_sub(ROUND_BITS);
     y * f32::from_bits(k.wrapping_add(127) << 23)
 }
 

@@ -23,7 +23,7 @@
 //! the same way (an orthonormal map keeps the dot product), and the output
 //! mixed from rotated values is rotated back (the map is its own inverse).
 
-use crate::dispatch::{self, gemm_by_dots, KernelTable};
+use crate::dispatch::{self, gemm_by_dots, KernelTable, SoftmaxBlockFn};
 use crate::ops::activation::exp_approx;
 use crate::ops::attention_tiled;
 use crate::ops::hadamard::Hadamard;
@@ -231,7 +231,7 @@ pub fn attention_kv_with(
         k.rotation,
         v.rotation,
     ) {
-        attention_tiled::attention_tiled(table, &tk, p, q, kf, vf, layout, pos0, n_tokens, out);
+        attention_tiled::attention_tiled(&tk, p, q, kf, vf, layout, pos0, n_tokens, out);
         return Ok(());
     }
     let hd = p.head_dim;
@@ -453,7 +453,9 @@ fn heads_over_keys(
 /// (softcapped first when the model caps them): the running max `m` and
 /// normalizer `l` updated, the row's unnormalized output `acc` rescaled
 /// when the block raised the max, and the scores turned into weights.
-/// Both attention paths take this step, so their softmax is the same.
+/// Both attention paths take this step (the tiled one through its tile
+/// kernel, exact against [`online_softmax_update`]), so their softmax is
+/// the same.
 #[inline(always)]
 pub(crate) fn online_softmax_step(
     table: &KernelTable,
@@ -463,7 +465,15 @@ pub(crate) fn online_softmax_step(
     l: &mut f32,
     acc: &mut [f32],
 ) {
-    let scale = match p.softcap {
+    let scale = softcapped(p, scores);
+    online_softmax_update(table.softmax_block, scores, scale, m, l, acc);
+}
+
+/// Soft-caps `scores` in place when the model caps them; returns the
+/// scale the softmax step has left to apply (1 after a cap, which scaled).
+#[inline(always)]
+pub(crate) fn softcapped(p: &AttentionParams, scores: &mut [f32]) -> f32 {
+    match p.softcap {
         None => p.scale,
         Some(cap) => {
             scores
@@ -471,8 +481,22 @@ pub(crate) fn online_softmax_step(
                 .for_each(|x| *x = cap * (*x * p.scale / cap).tanh());
             1.0
         }
-    };
-    let (new_m, sum) = (table.softmax_block)(scores, scale, *m);
+    }
+}
+
+/// The online-softmax step after the cap: `softmax_block` turns the
+/// scores into weights against the raised max, then `(m, l, acc)` are
+/// brought to that max.
+#[inline(always)]
+pub(crate) fn online_softmax_update(
+    softmax_block: SoftmaxBlockFn,
+    scores: &mut [f32],
+    scale: f32,
+    m: &mut f32,
+    l: &mut f32,
+    acc: &mut [f32],
+) {
+    let (new_m, sum) = softmax_block(scores, scale, *m);
     if new_m > *m && *l > 0.0 {
         let corr = exp_approx(*m - new_m);
         *l *= corr;

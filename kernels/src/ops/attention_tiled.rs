@@ -26,9 +26,11 @@
 //! prefill can give the pool (KV head, token chunk) units or (KV head,
 //! token chunk, segment) ones as the thread count suggests.
 
-use crate::dispatch::{AttnTileKernels, KernelTable, ATTN_TILE};
+use crate::dispatch::{AttnTileKernels, ATTN_TILE};
 use crate::ops::activation::exp_approx;
-use crate::ops::attention::{online_softmax_step, AttentionParams, KvLayout, PARALLEL_WORK};
+use crate::ops::attention::{
+    online_softmax_update, softcapped, softmax_block_ref, AttentionParams, KvLayout, PARALLEL_WORK,
+};
 use half::f16;
 use rayon::prelude::*;
 
@@ -50,7 +52,6 @@ const DIRECT_ROWS: usize = 4;
 /// head_dim]` f16 holding the positions `layout` says.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn attention_tiled(
-    table: &KernelTable,
     tk: &AttnTileKernels,
     p: &AttentionParams,
     q: &[f32],
@@ -68,7 +69,6 @@ pub(crate) fn attention_tiled(
     let chunk = (MAX_ROWS / group).max(1);
     let n_chunks = n_tokens.div_ceil(chunk);
     let ctx = Ctx {
-        table,
         tk,
         p,
         q,
@@ -144,7 +144,6 @@ pub(crate) fn attention_tiled(
 
 /// What every unit of one call shares.
 struct Ctx<'a> {
-    table: &'a KernelTable,
     tk: &'a AttnTileKernels,
     p: &'a AttentionParams,
     q: &'a [f32],
@@ -257,15 +256,23 @@ impl Ctx<'_> {
                     }
                     (tk.scores)(&kt, hd, nk, &qs[rb * hd..], &mut sc[rb * ATTN_TILE..]);
                 }
+                // what is left to scale (1 after a cap), the same every row
+                let mut scale = p.scale;
                 for r in rb..rows {
                     // a token's last tile ends at its own position
                     let pos = self.pos0 + tokens.start + r / group;
                     lim[r] = (pos + 1).min(stop) - start;
-                    let row = &mut sc[r * ATTN_TILE..r * ATTN_TILE + lim[r]];
-                    // the per-head path's online-softmax step
-                    let acc_r = &mut acc[r * hd..(r + 1) * hd];
-                    online_softmax_step(self.table, p, row, &mut m[r], &mut l[r], acc_r);
+                    scale = softcapped(p, &mut sc[r * ATTN_TILE..][..lim[r]]);
                 }
+                // the per-head path's online-softmax step, every row at once
+                (tk.softmax)(
+                    &mut sc[rb * ATTN_TILE..],
+                    &lim[rb..],
+                    scale,
+                    &mut m[rb..],
+                    &mut l[rb..],
+                    &mut acc[rb * hd..],
+                );
                 let (p_rows, acc_rows) = (&sc[rb * ATTN_TILE..], &mut acc[rb * hd..]);
                 if direct {
                     let a = runs[0].0;
@@ -364,6 +371,26 @@ pub(crate) fn scores_f16_ref(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
     load_keys_ref(k, hd, 0, &mut kt);
     let nk = k.len().checked_div(hd).unwrap_or(0);
     scores_ref(&kt, hd, nk, q, out);
+}
+
+/// The reference of [`AttnTileKernels::softmax`]: per row, the per-head
+/// path's online-softmax step (the scalar table's), so the two paths'
+/// softmax is the same.
+pub(crate) fn softmax_ref(
+    s: &mut [f32],
+    lim: &[usize],
+    scale: f32,
+    m: &mut [f32],
+    l: &mut [f32],
+    acc: &mut [f32],
+) {
+    let rows = lim.len().min(m.len()).min(l.len()).min(s.len() / ATTN_TILE);
+    let hd = acc.len().checked_div(lim.len()).unwrap_or(0);
+    for r in 0..rows {
+        let row = &mut s[r * ATTN_TILE..][..lim[r].min(ATTN_TILE)];
+        let acc_r = &mut acc[r * hd..(r + 1) * hd];
+        online_softmax_update(softmax_block_ref, row, scale, &mut m[r], &mut l[r], acc_r);
+    }
 }
 
 /// The reference of [`AttnTileKernels::accumulate_f16`].

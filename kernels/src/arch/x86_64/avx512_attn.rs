@@ -14,6 +14,7 @@
 //! shapes (or fall back to the reference) before the kernels index.
 
 use crate::dispatch::{AttnTileKernels, ATTN_TILE};
+use crate::ops::activation::{exp_approx, exp_consts};
 use crate::ops::attention_tiled as reference;
 use core::arch::x86_64::*;
 use half::f16;
@@ -23,6 +24,7 @@ pub(super) const KERNELS: AttnTileKernels = AttnTileKernels {
     load_keys,
     load_values,
     scores,
+    softmax,
     accumulate: accumulate::<f32>,
     scores_f16,
     accumulate_f16: accumulate::<f16>,
@@ -105,6 +107,29 @@ fn scores(kt: &[f32], hd: usize, nk: usize, q: &[f32], out: &mut [f32]) {
             _ => scores_k::<4>(kt, hd, q, out),
         }
     }
+}
+
+fn softmax(
+    s: &mut [f32],
+    lim: &[usize],
+    scale: f32,
+    m: &mut [f32],
+    l: &mut [f32],
+    acc: &mut [f32],
+) {
+    let rows = lim.len();
+    let ok = rows > 0
+        && m.len() == rows
+        && l.len() == rows
+        && acc.len().is_multiple_of(rows)
+        && s.len() >= rows * ATTN_TILE
+        && lim.iter().all(|&n| n <= ATTN_TILE);
+    if !ok {
+        return reference::softmax_ref(s, lim, scale, m, l, acc);
+    }
+    // SAFETY: AVX-512F was detected before this table was handed out; s
+    // holds ATTN_TILE scores per row, acc rows of acc.len() / rows.
+    unsafe { softmax_k(s, lim, scale, m, l, acc) }
 }
 
 fn accumulate<T: Elem>(v: &[T], hd: usize, p: &[f32], lim: &[usize], acc: &mut [f32]) {
@@ -373,6 +398,184 @@ unsafe fn scores_tile<const R: usize, const V: usize>(
             }
         }
     }
+}
+
+/// The online-softmax step of every row, each in registers from its
+/// scores to its weights: `softmax_block_body`'s operations in its order,
+/// then `online_softmax_update`'s rescale. Its max is order-free; its sum
+/// is 16 lanes over the row's whole vectors, the tail one by one, then
+/// the lanes one by one onto the tail: that last fold, 16 dependent adds
+/// per row, runs for 16 rows at once, their lanes transposed so that each
+/// row's fold is one lane of 16 vector adds (the same adds in the same
+/// order, so the same bits). One pass over a row instead of four and no
+/// call per row, so that rows overlap; a row's four exponentials run in
+/// lockstep.
+///
+/// # Safety
+/// AVX-512F; the shapes `softmax` checked.
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_k(
+    s: &mut [f32],
+    lim: &[usize],
+    scale: f32,
+    m: &mut [f32],
+    l: &mut [f32],
+    acc: &mut [f32],
+) {
+    let hd = acc.len() / lim.len();
+    let mut r0 = 0;
+    while r0 < lim.len() {
+        let rows = (lim.len() - r0).min(16);
+        let mut lanes = [_mm512_setzero_ps(); 16];
+        let (mut tails, mut new_m) = ([0f32; 16], [0f32; 16]);
+        for i in 0..rows {
+            let (r, n) = (r0 + i, lim[r0 + i]);
+            let row = &mut s[r * ATTN_TILE..(r + 1) * ATTN_TILE];
+            // SAFETY: AVX-512F, as this function's caller promised; n <=
+            // ATTN_TILE, the row's length.
+            let (mx, ln, tail) = unsafe {
+                if n == ATTN_TILE {
+                    softmax_row::<true>(row, n, scale, m[r])
+                } else {
+                    softmax_row::<false>(row, n, scale, m[r])
+                }
+            };
+            (new_m[i], lanes[i], tails[i]) = (mx, ln, tail);
+        }
+        let mut sums = [0f32; 16];
+        // SAFETY: AVX-512F; `tails` and `sums` hold 16 floats.
+        unsafe {
+            let mut sum = _mm512_loadu_ps(tails.as_ptr());
+            for col in transpose16(&lanes) {
+                sum = _mm512_add_ps(sum, col);
+            }
+            _mm512_storeu_ps(sums.as_mut_ptr(), sum);
+        }
+        for i in 0..rows {
+            let r = r0 + i;
+            let (m, l) = (&mut m[r], &mut l[r]);
+            if new_m[i] > *m && *l > 0.0 {
+                let corr = exp_approx(*m - new_m[i]);
+                *l *= corr;
+                let acc = &mut acc[r * hd..(r + 1) * hd];
+                let (vc, mut d) = (_mm512_set1_ps(corr), 0);
+                // SAFETY: d + 16 <= acc.len() bounds each load and store.
+                unsafe {
+                    while d + 16 <= acc.len() {
+                        let p = acc.as_mut_ptr().add(d);
+                        _mm512_storeu_ps(p, _mm512_mul_ps(_mm512_loadu_ps(p), vc));
+                        d += 16;
+                    }
+                }
+                acc[d..].iter_mut().for_each(|a| *a *= corr);
+            }
+            *m = new_m[i];
+            *l += sums[i];
+        }
+        r0 += rows;
+    }
+}
+
+/// Vectors of a tile's row.
+const ROW_VECS: usize = ATTN_TILE / 16;
+
+/// One row of [`softmax_k`]: its first `n` scores (all of them when
+/// `FULL`, which drops the masks) scaled and turned into weights against
+/// the max of them and `prev_max`; returns that max, the 16 lanes of the
+/// weights' whole vectors (summed in order from +0) and the sum of the
+/// tail past them (one by one from +0).
+///
+/// # Safety
+/// AVX-512F; `row` holds ATTN_TILE scores, `n <= ATTN_TILE`.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn softmax_row<const FULL: bool>(
+    row: &mut [f32],
+    n: usize,
+    scale: f32,
+    prev_max: f32,
+) -> (f32, __m512, f32) {
+    let sp = row.as_mut_ptr();
+    // lanes of vector c below n
+    let mask: [__mmask16; ROW_VECS] = core::array::from_fn(|c| {
+        let k = if FULL {
+            16
+        } else {
+            n.saturating_sub(16 * c).min(16)
+        };
+        ((1u32 << k) - 1) as __mmask16
+    });
+    // SAFETY: the masked lanes stay below n <= ATTN_TILE.
+    let x: [__m512; ROW_VECS] = core::array::from_fn(|c| unsafe {
+        _mm512_mul_ps(
+            _mm512_maskz_loadu_ps(mask[c], sp.add(16 * c)),
+            _mm512_set1_ps(scale),
+        )
+    });
+    let mut mx = _mm512_set1_ps(prev_max);
+    for (c, xc) in x.iter().enumerate() {
+        // `if x > max { x } else { max }` on the row's lanes
+        mx = _mm512_mask_max_ps(mx, mask[c], *xc, mx);
+    }
+    mx = _mm512_max_ps(mx, _mm512_shuffle_f32x4::<0b01_00_11_10>(mx, mx));
+    mx = _mm512_max_ps(mx, _mm512_shuffle_f32x4::<0b10_11_00_01>(mx, mx));
+    mx = _mm512_max_ps(mx, _mm512_permute_ps::<0b01_00_11_10>(mx));
+    mx = _mm512_max_ps(mx, _mm512_permute_ps::<0b10_11_00_01>(mx));
+    let new_m = _mm512_cvtss_f32(mx);
+    let vm = _mm512_set1_ps(new_m);
+    // SAFETY: AVX-512F, as this function's caller promised.
+    let e = unsafe { exp16xn(x.map(|xc| _mm512_sub_ps(xc, vm))) };
+    let full = n / 16;
+    let (mut lanes, mut tail) = (_mm512_setzero_ps(), [0f32; 16]);
+    for (c, ec) in e.iter().enumerate() {
+        // SAFETY: the masked lanes stay below n; `tail` holds 16.
+        unsafe {
+            _mm512_mask_storeu_ps(sp.add(16 * c), mask[c], *ec);
+            if c < full {
+                lanes = _mm512_add_ps(lanes, *ec);
+            } else if c == full {
+                _mm512_storeu_ps(tail.as_mut_ptr(), *ec);
+            }
+        }
+    }
+    let tail = tail[..n - 16 * full].iter().fold(0.0, |a, &v| a + v);
+    (new_m, lanes, tail)
+}
+
+/// `exp_approx` of `N` vectors of 16 lanes in lockstep (independent
+/// chains side by side): its operations on its constants, so its bits.
+///
+/// # Safety
+/// AVX-512F.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn exp16xn<const N: usize>(x: [__m512; N]) -> [__m512; N] {
+    use exp_consts::*;
+    let c = _mm512_set1_ps;
+    // f32::clamp: `if x < MIN { MIN }`, then `if x > MAX { MAX }`
+    let x = x.map(|x| _mm512_min_ps(c(MAX), _mm512_max_ps(c(MIN), x)));
+    let t = x.map(|x| _mm512_add_ps(_mm512_mul_ps(x, c(LOG2E)), c(ROUND)));
+    let n = t.map(|t| _mm512_sub_ps(t, c(ROUND)));
+    let r: [__m512; N] = core::array::from_fn(|i| {
+        let hi = _mm512_sub_ps(x[i], _mm512_mul_ps(n[i], c(LN2_HI)));
+        _mm512_sub_ps(hi, _mm512_mul_ps(n[i], c(LN2_LO)))
+    });
+    let mut p = [c(POLY[0]); N];
+    for &k in &POLY[1..] {
+        for (p, r) in p.iter_mut().zip(&r) {
+            *p = _mm512_add_ps(_mm512_mul_ps(*p, *r), c(k));
+        }
+    }
+    core::array::from_fn(|i| {
+        let y = _mm512_mul_ps(_mm512_mul_ps(p[i], r[i]), r[i]);
+        let y = _mm512_add_ps(_mm512_add_ps(y, r[i]), c(1.0));
+        let k = _mm512_sub_epi32(
+            _mm512_castps_si512(t[i]),
+            _mm512_set1_epi32(ROUND_BITS as i32),
+        );
+        let two_n = _mm512_slli_epi32::<23>(_mm512_add_epi32(k, _mm512_set1_epi32(127)));
+        _mm512_mul_ps(y, _mm512_castsi512_ps(two_n))
+    })
 }
 
 /// Output columns in chunks of 64 (then 16, then one by one), each over
