@@ -696,3 +696,54 @@ unsafe fn accumulate_tile<T: Elem, const R: usize, const V: usize>(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tile softmax only feeds `exp16xn` inputs <= 0; its upper clamp
+    /// and the overflow side of the range reduction are checked here
+    /// against the scalar `exp_approx` it spells in intrinsics, bit for
+    /// bit, over both clamps and the infinities.
+    #[test]
+    fn exp16xn_matches_exp_approx_over_both_clamps() {
+        if !std::arch::is_x86_feature_detected!("avx512f") {
+            return;
+        }
+        let mut xs: Vec<f32> = (-4000..=4000).map(|i| i as f32 * 0.025).collect();
+        xs.extend([
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            exp_consts::MAX,
+            exp_consts::MIN,
+            f32::MAX,
+            f32::MIN,
+            0.0,
+            -0.0,
+        ]);
+        xs.resize(xs.len().next_multiple_of(32), 88.5);
+        for chunk in xs.chunks(32) {
+            let mut got = [0f32; 32];
+            // SAFETY: AVX-512F was detected; the loads and stores stay in
+            // the two 32-element arrays.
+            unsafe {
+                let x = [
+                    _mm512_loadu_ps(chunk.as_ptr()),
+                    _mm512_loadu_ps(chunk.as_ptr().add(16)),
+                ];
+                let y = exp16xn(x);
+                _mm512_storeu_ps(got.as_mut_ptr(), y[0]);
+                _mm512_storeu_ps(got.as_mut_ptr().add(16), y[1]);
+            }
+            for (&x, &g) in chunk.iter().zip(&got) {
+                let want = exp_approx(x);
+                assert!(g.is_finite(), "exp16xn({x}) = {g}");
+                assert_eq!(
+                    g.to_bits(),
+                    want.to_bits(),
+                    "exp16xn({x}) = {g}, exp_approx {want}"
+                );
+            }
+        }
+    }
+}
