@@ -159,8 +159,10 @@ fn quantize_acts<W: WeightBlock>(table: &KernelTable, x: &[f32], s: Shape) -> Ve
     let quantize = table.quantizer::<W::Act>();
     let bpr = s.cols / <W::Act as QuantBlock>::ELEMS;
     let mut acts = vec![<W::Act>::zeroed(); s.n_tokens * bpr];
-    if s.n_tokens == 1 {
-        quantize(x, &mut acts);
+    if s.n_tokens * s.cols <= SERIAL_QUANTIZE {
+        acts.chunks_mut(bpr.max(1))
+            .zip(x.chunks(s.cols.max(1)))
+            .for_each(|(a, xr)| quantize(xr, a));
     } else {
         acts.par_chunks_mut(bpr.max(1))
             .zip(x.par_chunks(s.cols.max(1)))
@@ -168,6 +170,11 @@ fn quantize_acts<W: WeightBlock>(table: &KernelTable, x: &[f32], s: Shape) -> Ve
     }
     acts
 }
+
+/// Activations up to this many elements are quantized on the calling
+/// thread: a short prompt's few rows take microseconds, less than waking
+/// the pool for them.
+const SERIAL_QUANTIZE: usize = 1 << 15;
 
 /// Rows per parallel task, a multiple of the 16-row panels of the gemm
 /// kernels: enough tasks to balance the pool (a shared core may lag), each
@@ -201,10 +208,7 @@ fn run<W: WeightBlock>(table: &KernelTable, w: &[W], x: &[f32], s: Shape, out: &
 /// where `band_out[c * nr + r]` is row `r0 + r` against token `c`:
 ///
 /// * decode (one token): a band's outputs are a contiguous slice of `out`;
-/// * prefill: a band is taken against every token, so its weights are
-///   unpacked once and stream from memory once, written token-major into the
-///   band's own buffer and then copied into the token-major output (a tenth
-///   of the work of the product).
+/// * prefill: see [`prefill_bands`].
 fn bands(s: Shape, out: &mut [f32], kernel: impl Fn(usize, usize, &mut [f32]) + Sync) {
     let chunk = rows_per_task(s.rows, s.n_tokens);
     if s.n_tokens == 1 {
@@ -213,23 +217,62 @@ fn bands(s: Shape, out: &mut [f32], kernel: impl Fn(usize, usize, &mut [f32]) + 
         });
         return;
     }
-    let n = s.n_tokens;
-    let mut by_band = vec![0f32; s.rows * n];
-    by_band
-        .par_chunks_mut(chunk * n)
-        .enumerate()
-        .for_each(|(ci, band)| {
-            kernel(ci * chunk, band.len() / n, band);
+    let mut tasks = Vec::new();
+    split_bands(0, out, s.rows, chunk, &mut tasks);
+    prefill_bands(s.n_tokens, tasks, |_, r0, nr, band| kernel(r0, nr, band));
+}
+
+/// One prefill band: rows `r0..r0 + nr` of output matrix `m`, where
+/// `dst[t]` is that row range of token `t`'s output row.
+struct Band<'o> {
+    m: usize,
+    r0: usize,
+    dst: Vec<&'o mut [f32]>,
+}
+
+/// Splits `out` (token-major, `rows` per token) of output matrix `m` into
+/// bands of `chunk` rows, appended to `tasks`.
+fn split_bands<'o>(
+    m: usize,
+    out: &'o mut [f32],
+    rows: usize,
+    chunk: usize,
+    tasks: &mut Vec<Band<'o>>,
+) {
+    let first = tasks.len();
+    for r0 in (0..rows).step_by(chunk) {
+        tasks.push(Band {
+            m,
+            r0,
+            dst: Vec::new(),
         });
-    out.par_chunks_mut(s.rows)
-        .enumerate()
-        .for_each(|(t, orow)| {
-            for (ci, dst) in orow.chunks_mut(chunk).enumerate() {
-                let band = &by_band[ci * chunk * n..];
-                let nr = dst.len();
-                dst.copy_from_slice(&band[t * nr..(t + 1) * nr]);
-            }
-        });
+    }
+    for orow in out.chunks_mut(rows.max(1)) {
+        for (band, d) in tasks[first..].iter_mut().zip(orow.chunks_mut(chunk)) {
+            band.dst.push(d);
+        }
+    }
+}
+
+/// Prefill bands in one parallel region: each task runs
+/// `kernel(m, r0, nr, band_out)` against every one of `n` tokens, so its
+/// weights are unpacked once and stream from memory once, into a buffer
+/// of its own (`band_out[c * nr + r]`), and scatters that into the
+/// token-major outputs itself (a tenth of the work of the product), so a
+/// product is one synchronization of the pool, not two.
+fn prefill_bands(
+    n: usize,
+    tasks: Vec<Band<'_>>,
+    kernel: impl Fn(usize, usize, usize, &mut [f32]) + Sync,
+) {
+    tasks.into_par_iter().for_each(|band| {
+        let nr = band.dst.first().map_or(0, |d| d.len());
+        let mut buf = vec![0f32; nr * n];
+        kernel(band.m, band.r0, nr, &mut buf);
+        for (d, src) in band.dst.into_iter().zip(buf.chunks(nr.max(1))) {
+            d.copy_from_slice(src);
+        }
+    });
 }
 
 /// 64-byte aligned storage for packed weights (whole cache lines, so the
@@ -419,12 +462,12 @@ pub fn matmul_packed_group(
 }
 
 /// Several packed matrices against the same input (a layer's Q, K and V,
-/// or its gate and up): `outs[i] = ws[i] · x`. A decode step groups the
-/// matrices by type (a Q4_K_M file mixes Q5_0 and Q8_0 in one layer's
-/// Q/K/V): per type, the activations are quantized once and every band of
-/// every matrix runs in one parallel region (one synchronization instead
-/// of one per matrix). Prefill, compute-bound, takes the matrices one by
-/// one, as do matrices of different widths.
+/// or its gate and up): `outs[i] = ws[i] · x`. The matrices are grouped by
+/// type (a Q4_K_M file mixes Q5_0 and Q8_0 in one layer's Q/K/V): per
+/// type, the activations are quantized once and every band of every
+/// matrix runs in one parallel region, one synchronization instead of one
+/// per matrix (at a short prompt's size, a layer's synchronizations cost
+/// as much as its products). Matrices of different widths go one by one.
 pub fn matmul_packed_group_with(
     table: &KernelTable,
     ws: &[&PackedMatrix],
@@ -444,14 +487,14 @@ pub fn matmul_packed_group_with(
         return Ok(());
     };
     let same_width = ws.iter().all(|w| w.cols == first.cols);
-    if n_tokens != 1 || !same_width || first.cols / first.dtype.block_size() == 0 {
+    if !same_width || first.cols / first.dtype.block_size() == 0 {
         for (w, out) in ws.iter().zip(outs.iter_mut()) {
             matmul_packed_with(table, w, x, n_tokens, out)?;
         }
         return Ok(());
     }
     for (w, out) in ws.iter().zip(outs.iter()) {
-        check_shapes(OP, w.rows, w.cols, x, 1, out)?;
+        check_shapes(OP, w.rows, w.cols, x, n_tokens, out)?;
     }
     // one group per type, in order of first appearance
     type Group<'w, 'o> = (DType, Vec<&'w PackedMatrix>, Vec<&'o mut [f32]>);
@@ -466,40 +509,52 @@ pub fn matmul_packed_group_with(
         }
     }
     for (dtype, ws, mut outs) in groups {
-        with_weight_block!(dtype, W => group_decode::<W>(table, &ws, x, &mut outs),
+        with_weight_block!(dtype, W => group::<W>(table, &ws, x, n_tokens, &mut outs),
             return Err(Error::UnsupportedDType { op: OP, dtype }));
     }
     Ok(())
 }
 
-/// The decode step of [`matmul_packed_group_with`]: every band of every
-/// matrix (all of type `W` and one width) in one parallel region.
-fn group_decode<W: WeightBlock>(
+/// One type's matrices of [`matmul_packed_group_with`] (all of type `W`
+/// and one width): the activations quantized once, every band of every
+/// matrix in one parallel region.
+fn group<W: WeightBlock>(
     table: &KernelTable,
     ws: &[&PackedMatrix],
     x: &[f32],
+    n_tokens: usize,
     outs: &mut [&mut [f32]],
 ) {
-    let cols = x.len();
+    let cols = x.len() / n_tokens.max(1);
     let bpr = cols / W::ELEMS;
     let total: usize = ws.iter().map(|w| w.rows).sum();
-    let chunk = rows_per_task(total, 1);
+    let chunk = rows_per_task(total, n_tokens);
     let shape = Shape {
         rows: total,
         cols,
-        n_tokens: 1,
+        n_tokens,
     };
     let a = quantize_acts::<W>(table, x, shape);
     let row = table.weight::<W>();
-    let mut tasks = Vec::new();
-    for (w, out) in ws.iter().zip(outs.iter_mut()) {
-        for (ci, o) in out.chunks_mut(chunk).enumerate() {
-            tasks.push((w.bytes(), ci * chunk, o));
+    if n_tokens == 1 {
+        let mut tasks = Vec::new();
+        for (w, out) in ws.iter().zip(outs.iter_mut()) {
+            for (ci, o) in out.chunks_mut(chunk).enumerate() {
+                tasks.push((w.bytes(), ci * chunk, o));
+            }
         }
+        tasks
+            .into_par_iter()
+            .for_each(|(p, r0, o)| x16_band(p, r0, o.len(), bpr, &a, row, o));
+        return;
     }
-    tasks
-        .into_par_iter()
-        .for_each(|(p, r0, o)| x16_band(p, r0, o.len(), bpr, &a, row, o));
+    let mut tasks = Vec::new();
+    for (m, (w, out)) in ws.iter().zip(outs.iter_mut()).enumerate() {
+        split_bands(m, out, w.rows, chunk, &mut tasks);
+    }
+    prefill_bands(n_tokens, tasks, |m, r0, nr, o| {
+        x16_band(ws[m].bytes(), r0, nr, bpr, &a, row, o)
+    });
 }
 
 /// Rows `r0..r0 + nr` (whole panels from `r0`, a panel boundary) of the
