@@ -17,6 +17,7 @@ use crate::quant::blocks::{BlockQ4_0, BlockQ8_0, QK};
 use crate::quant::{q4_0, q8_0, DType};
 use crate::{Error, Result};
 use half::f16;
+use half::slice::HalfFloatSliceExt;
 
 /// The element type of a KV plane.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -272,11 +273,7 @@ impl KvPlane {
             }
         };
         match &mut self.data {
-            Data::F16(d) => {
-                for (o, &v) in d[first * hd..][..x.len()].iter_mut().zip(x) {
-                    *o = f16::from_f32(v);
-                }
-            }
+            Data::F16(d) => d[first * hd..][..x.len()].convert_from_f32_slice(x),
             Data::Q8_0(d) => q8_0::quantize_row(x, &mut d[first * hd / QK..][..x.len() / QK]),
             Data::Q4_0(d) => q4_0::quantize_row(x, &mut d[first * hd / QK..][..x.len() / QK]),
         }

@@ -13,9 +13,24 @@ fn check(op: &'static str, len: usize, dim: usize) -> Result<()> {
     Ok(())
 }
 
+/// Partial sums of the mean of squares: independent chains, so the sum
+/// runs at the adders' throughput rather than one f64 add latency per
+/// element (the norms run on one thread between the parallel products).
+const LANES: usize = 8;
+
 #[inline]
 fn inv_rms(x: &[f32], eps: f32) -> f32 {
-    let sum: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
+    let mut acc = [0f64; LANES];
+    let mut chunks = x.chunks_exact(LANES);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v as f64 * v as f64;
+        }
+    }
+    for (a, &v) in acc.iter_mut().zip(chunks.remainder()) {
+        *a += v as f64 * v as f64;
+    }
+    let sum: f64 = acc.iter().sum();
     let mean = (sum / x.len() as f64) as f32;
     1.0 / (mean + eps).sqrt()
 }

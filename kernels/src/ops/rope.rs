@@ -175,15 +175,28 @@ impl RopeCache {
         }
         let half = self.n_rot / 2;
         let cs = &self.cos_sin[pos * half..(pos + 1) * half];
+        let turn = |x0: &mut f32, x1: &mut f32, (c, s): (f32, f32)| {
+            let (a, b) = (*x0, *x1);
+            *x0 = a * c - b * s;
+            *x1 = a * s + b * c;
+        };
+        // The style is matched once, and each loop walks whole slices, so
+        // it runs without bounds checks (and vectorizes for NeoX).
         for head in x.chunks_exact_mut(head_dim) {
-            for (i, &(c, s)) in cs.iter().enumerate() {
-                let (a, b) = match style {
-                    RopeStyle::Interleaved => (2 * i, 2 * i + 1),
-                    RopeStyle::NeoX => (i, i + half),
-                };
-                let (x0, x1) = (head[a], head[b]);
-                head[a] = x0 * c - x1 * s;
-                head[b] = x0 * s + x1 * c;
+            match style {
+                RopeStyle::Interleaved => {
+                    for (pair, &cs) in head[..2 * half].chunks_exact_mut(2).zip(cs) {
+                        if let [x0, x1] = pair {
+                            turn(x0, x1, cs);
+                        }
+                    }
+                }
+                RopeStyle::NeoX => {
+                    let (lo, hi) = head[..2 * half].split_at_mut(half);
+                    for ((x0, x1), &cs) in lo.iter_mut().zip(hi).zip(cs) {
+                        turn(x0, x1, cs);
+                    }
+                }
             }
         }
         Ok(())
