@@ -266,6 +266,15 @@ impl Ctx<'_> {
                     let kb = &k_head[a * hd..(a + nk) * hd];
                     (tk.scores_f16)(kb, hd, &qs[rb * hd..], &mut sc[rb * ATTN_TILE..]);
                 } else {
+                    // The next tile's keys and values are fetched while
+                    // this one is multiplied: between two layers the
+                    // weights streaming through the caches evict the KV
+                    // cache, so a tile would otherwise wait on memory.
+                    let next = (stop + ATTN_TILE).min(end);
+                    for (a, n, _) in self.runs(stop, next) {
+                        crate::arch::prefetch_l2(&k_head[a * hd..(a + n) * hd]);
+                        crate::arch::prefetch_l2(&v_head[a * hd..(a + n) * hd]);
+                    }
                     // the widened tiles: a decode step's never grow them
                     let kt = at_least(kt, hd * ATTN_TILE);
                     let vt = at_least(vt, ATTN_TILE * hd);
