@@ -10,6 +10,7 @@
 //!   `unsafe`.
 //! * [`ops`]: safe operators built on the table: matmul (decode matvec and
 //!   prefill matmul), RMSNorm, RoPE, softmax, activations, attention.
+//! * [`probe`]: the peak of a tier's integer dot step, for benchmarks.
 
 // Tests assert by unwrapping; library code may not.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
@@ -19,6 +20,7 @@ pub(crate) mod arch;
 pub mod dispatch;
 mod error;
 pub mod ops;
+pub mod probe;
 pub mod quant;
 
 pub use error::{Error, Result};

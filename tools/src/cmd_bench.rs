@@ -283,6 +283,28 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         summary.bytes_per_decoded_token,
         &bandwidth_levels,
     );
+    // The integer dot step's peak at every thread count a CPU pp row ran
+    // with, on the tier the rows ran (auto's choice unless forced).
+    let mut peak_threads: Vec<usize> = rows
+        .iter()
+        .filter(|r| r.test == sweep::TestKind::Pp && r.backend == "cpu")
+        .map(|r| r.threads)
+        .collect();
+    peak_threads.sort_unstable();
+    peak_threads.dedup();
+    let compute_peaks = match backends::probed_isa(&args.isa) {
+        Some(isa) if !peak_threads.is_empty() => {
+            let spinner = spinner("integer dot peak probe");
+            let peaks = peak_threads
+                .iter()
+                .filter_map(|&t| machine::probe_int8_dot_peak(isa, t))
+                .collect();
+            spinner.finish_and_clear();
+            peaks
+        }
+        _ => Vec::new(),
+    };
+    report::attach_compute_fractions(&mut rows, summary.matrix_macs_per_token, &compute_peaks);
     let bandwidth = bandwidth_levels
         .iter()
         .filter(|p| p.what == "weights")
@@ -296,6 +318,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
         kernel_isas_available: backends::available_isas(),
         bandwidth,
         bandwidth_levels,
+        compute_peaks,
         rows,
     };
     let speculative = if args.lookup.is_some() || args.draft_model.is_some() {
@@ -459,6 +482,13 @@ fn model_summary(model: &Model, path: &Path) -> ModelSummary {
         .iter()
         .find(|t| t.name == "token_embd.weight")
         .map_or(0, |t| t.n_bytes as u64);
+    // A prompt token goes through every layer matrix; the output
+    // projection runs once per prompt, norms and biases are noise.
+    let matrix_macs_per_token: u64 = tensors
+        .iter()
+        .filter(|t| t.name.starts_with("blk.") && t.dims.len() >= 2)
+        .map(|t| t.n_elements() as u64)
+        .sum();
     let bytes_per_decoded_token = if s.tied_embeddings {
         weights_bytes
     } else {
@@ -477,6 +507,7 @@ fn model_summary(model: &Model, path: &Path) -> ModelSummary {
         n_params,
         weights_bytes,
         bytes_per_decoded_token,
+        matrix_macs_per_token,
     }
 }
 

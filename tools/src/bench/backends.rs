@@ -131,6 +131,16 @@ pub fn kernel_isa() -> Result<String, String> {
         .map_err(|e| format!("kernel dispatch: {e}"))
 }
 
+/// The tier whose dot step the integer peak probe runs: the one `--isa`
+/// forces when it forces exactly one, else dispatch's choice.
+pub fn probed_isa(forced: &[String]) -> Option<sotto_kernels::dispatch::Isa> {
+    use sotto_kernels::dispatch::{try_table, Isa};
+    match forced {
+        [one] if one != "auto" => Isa::parse(one).ok(),
+        _ => try_table().ok().map(|t| t.isa),
+    }
+}
+
 /// Every kernel path this CPU can run, portable first.
 pub fn available_isas() -> Vec<String> {
     sotto_kernels::dispatch::available_isas()

@@ -1,6 +1,7 @@
 //! What the benchmark ran on: CPU model, the SIMD flags that matter to the
-//! kernels, core counts; and a quick read-bandwidth probe, the ceiling a
-//! memory-bound decode step can reach.
+//! kernels, core counts; a quick read-bandwidth probe, the ceiling a
+//! memory-bound decode step can reach, and the integer dot step's peak,
+//! the ceiling of a compute-bound prefill.
 
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -140,41 +141,137 @@ const MIN_PROBE_SECS: f64 = 0.3;
 const MAX_REPETITIONS: usize = 200;
 
 /// Read bandwidth over a buffer of `bytes` (rounded up to 8, at least
-/// 8 KiB): `threads` threads, each pinned to its own CPU where the OS lets
-/// us, read disjoint slices, each stamping its own start and end (a
-/// repetition runs from the first start to the last end); at least `min_reps` timed
-/// repetitions (and at least [`MIN_PROBE_SECS`] of them) after an untimed
-/// one, each long enough to time well; the median is the figure, best and
-/// percentiles show the noise. A buffer the size of the weights sees the
-/// same cache level the weights do, so weights-bytes × tokens/s over this
-/// figure is the share of the machine's limit a decode reaches.
+/// 8 KiB): `threads` threads read disjoint slices ([`on_pinned_threads`]
+/// times them); the median is the figure, best and percentiles show the
+/// noise. A buffer the size of the weights sees the same cache level the
+/// weights do, so weights-bytes × tokens/s over this figure is the share
+/// of the machine's limit a decode reaches.
 pub fn probe_read_bandwidth(bytes: usize, threads: usize, min_reps: usize) -> BandwidthProbe {
-    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-    use std::sync::Barrier;
-
     let words = bytes.div_ceil(8).max(1024);
     let threads = threads.max(1);
     // Distinct values on every page, so no page is shared zero memory.
     let buf: Vec<u64> = (0..words as u64).collect();
     let chunk = words.div_ceil(threads);
     let parts: Vec<&[u64]> = buf.chunks(chunk).collect();
+    // never more than 1 GiB read per repetition
+    let max_passes = ((1usize << 30) / (words * 8)).max(1);
+    let run = on_pinned_threads(parts.len(), min_reps, max_passes, |i, passes| {
+        let mut total = 0u64;
+        for _ in 0..passes {
+            total = total.wrapping_add(sum_words(std::hint::black_box(parts[i])));
+        }
+        std::hint::black_box(total);
+        (parts[i].len() * 8 * passes) as u64
+    });
+    let at = |q: f64| run.quantile(q) / 1e9;
+    BandwidthProbe {
+        gb_per_s: at(0.5),
+        buffer_bytes: words * 8,
+        threads,
+        what: String::new(),
+        best_gb_per_s: at(1.0),
+        p10_gb_per_s: at(0.1),
+        p90_gb_per_s: at(0.9),
+        repetitions: run.rates.len(),
+        pinned: run.pinned,
+    }
+}
+
+/// The peak rate of the kernels' integer dot step (see
+/// `sotto_kernels::probe`): multiply-adds per second on registers alone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ComputeProbe {
+    /// The kernel tier whose dot step ran.
+    pub isa: String,
+    pub threads: usize,
+    /// Median over the repetitions, 10^9 multiply-adds (u8 x i8 into i32)
+    /// per second.
+    pub gmac_per_s: f64,
+    /// The fastest repetition.
+    pub best_gmac_per_s: f64,
+    pub repetitions: usize,
+    /// Each thread ran pinned to its own CPU.
+    pub pinned: bool,
+}
+
+/// The integer dot step's peak of `isa` on `threads` threads, each pinned
+/// to its own CPU ([`on_pinned_threads`]); `None` for a tier without a
+/// probe (see `sotto_kernels::probe::int8_dot_peak`). A quantized prefill
+/// is made of these steps, so its multiply-adds per second over this
+/// figure is the share of the machine's compute it reaches.
+pub fn probe_int8_dot_peak(
+    isa: sotto_kernels::dispatch::Isa,
+    threads: usize,
+) -> Option<ComputeProbe> {
+    use sotto_kernels::probe::int8_dot_peak;
+    // one pass is 10^4 rounds (~10^7 multiply-adds, a few ms)
+    const ROUNDS: usize = 10_000;
+    int8_dot_peak(isa, 1)?;
+    let threads = threads.max(1);
+    let run = on_pinned_threads(threads, 9, usize::MAX, |_, passes| {
+        int8_dot_peak(isa, passes * ROUNDS).unwrap_or(0)
+    });
+    Some(ComputeProbe {
+        isa: isa.name().to_string(),
+        threads,
+        gmac_per_s: run.quantile(0.5) / 1e9,
+        best_gmac_per_s: run.quantile(1.0) / 1e9,
+        repetitions: run.rates.len(),
+        pinned: run.pinned,
+    })
+}
+
+/// The repetitions of [`on_pinned_threads`]: units per second, sorted.
+struct PinnedRun {
+    rates: Vec<f64>,
+    pinned: bool,
+}
+
+impl PinnedRun {
+    /// The rate at quantile `q` (0 = slowest, 1 = fastest).
+    fn quantile(&self, q: f64) -> f64 {
+        let n = self.rates.len();
+        if n == 0 {
+            return 0.0;
+        }
+        self.rates[((n - 1) as f64 * q).round() as usize]
+    }
+}
+
+/// Timed repetitions of `work(thread, passes)` (which returns the units
+/// of work it did) on `threads` threads, each pinned to its own CPU where
+/// the OS lets us. Each thread stamps its own start and end, and a
+/// repetition runs from the first start to the last end: the main thread
+/// may be scheduled late after a barrier on a loaded machine, so its own
+/// clock would miss part of the work. An untimed repetition first (pages,
+/// pinning), then at least `min_reps` (and at least [`MIN_PROBE_SECS`] of
+/// them), each of enough passes (at most `max_passes`) to last
+/// [`MIN_REPETITION_SECS`].
+fn on_pinned_threads(
+    threads: usize,
+    min_reps: usize,
+    max_passes: usize,
+    work: impl Fn(usize, usize) -> u64 + Sync,
+) -> PinnedRun {
+    use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+    use std::sync::Barrier;
+
+    let threads = threads.max(1);
     let cpus = allowed_cpus();
-    let barrier = Barrier::new(parts.len() + 1);
+    let barrier = Barrier::new(threads + 1);
     let stop = AtomicBool::new(false);
     let passes = AtomicUsize::new(1);
     let pinned_threads = AtomicUsize::new(0);
-    // Each reader stamps its own start and end (ns since `base`): the main
-    // thread may be scheduled late after a barrier on a loaded machine, so
-    // its own clock would miss part of the work.
     let base = Instant::now();
-    let starts: Vec<AtomicU64> = parts.iter().map(|_| AtomicU64::new(0)).collect();
-    let ends: Vec<AtomicU64> = parts.iter().map(|_| AtomicU64::new(0)).collect();
-    let mut samples: Vec<f64> = Vec::new();
+    let starts: Vec<AtomicU64> = (0..threads).map(|_| AtomicU64::new(0)).collect();
+    let ends: Vec<AtomicU64> = (0..threads).map(|_| AtomicU64::new(0)).collect();
+    let units = AtomicU64::new(0);
+    let mut rates: Vec<f64> = Vec::new();
     std::thread::scope(|s| {
-        for (i, part) in parts.iter().enumerate() {
+        for i in 0..threads {
             let (barrier, stop, passes, pinned_threads) =
                 (&barrier, &stop, &passes, &pinned_threads);
-            let (start, end, base) = (&starts[i], &ends[i], &base);
+            let (start, end, base, units, work) = (&starts[i], &ends[i], &base, &units, &work);
             let cpu = (!cpus.is_empty()).then(|| cpus[i % cpus.len()]);
             s.spawn(move || {
                 if cpu.is_some_and(pin_current_thread) {
@@ -186,55 +283,44 @@ pub fn probe_read_bandwidth(bytes: usize, threads: usize, min_reps: usize) -> Ba
                         break;
                     }
                     start.store(base.elapsed().as_nanos() as u64, Ordering::Release);
-                    let mut total = 0u64;
-                    for _ in 0..passes.load(Ordering::Acquire) {
-                        total = total.wrapping_add(sum_words(std::hint::black_box(part)));
-                    }
-                    std::hint::black_box(total);
+                    let done = work(i, passes.load(Ordering::Acquire));
                     end.store(base.elapsed().as_nanos() as u64, Ordering::Release);
+                    units.fetch_add(done, Ordering::AcqRel);
                     barrier.wait();
                 }
             });
         }
-        // From the first reader's start to the last one's end.
+        // (seconds, units) of one repetition of n passes
         let timed = |n: usize| {
             passes.store(n, Ordering::Release);
+            units.store(0, Ordering::Release);
             barrier.wait();
             barrier.wait();
             let t0 = starts.iter().map(|a| a.load(Ordering::Acquire)).min();
             let t1 = ends.iter().map(|a| a.load(Ordering::Acquire)).max();
             let ns = t1.unwrap_or(0).saturating_sub(t0.unwrap_or(0));
-            (ns as f64 * 1e-9).max(1e-9)
+            (
+                (ns as f64 * 1e-9).max(1e-9),
+                units.load(Ordering::Acquire) as f64,
+            )
         };
-        // Untimed: the first pass also settles the pages and the pinning.
-        let first = timed(1);
-        // Enough passes for MIN_REPETITION_SECS, but never more than 1 GiB
-        // read per repetition.
-        let max_passes = ((1usize << 30) / (words * 8)).max(1);
-        let n = ((MIN_REPETITION_SECS / first).ceil() as usize).clamp(1, max_passes);
+        let (first, _) = timed(1);
+        let n = ((MIN_REPETITION_SECS / first).ceil() as usize).clamp(1, max_passes.max(1));
         let mut spent = 0.0;
-        while samples.len() < MAX_REPETITIONS
-            && (samples.len() < min_reps.max(1) || spent < MIN_PROBE_SECS)
+        while rates.len() < MAX_REPETITIONS
+            && (rates.len() < min_reps.max(1) || spent < MIN_PROBE_SECS)
         {
-            let secs = timed(n);
+            let (secs, done) = timed(n);
             spent += secs;
-            samples.push((words * 8 * n) as f64 / secs / 1e9);
+            rates.push(done / secs);
         }
         stop.store(true, Ordering::Release);
         barrier.wait();
     });
-    samples.sort_by(f64::total_cmp);
-    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
-    BandwidthProbe {
-        gb_per_s: at(0.5),
-        buffer_bytes: words * 8,
-        threads,
-        what: String::new(),
-        best_gb_per_s: at(1.0),
-        p10_gb_per_s: at(0.1),
-        p90_gb_per_s: at(0.9),
-        repetitions: samples.len(),
-        pinned: pinned_threads.into_inner() == parts.len(),
+    rates.sort_by(f64::total_cmp);
+    PinnedRun {
+        rates,
+        pinned: pinned_threads.into_inner() == threads,
     }
 }
 

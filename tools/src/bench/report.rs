@@ -2,7 +2,7 @@
 //! footer on the machine, model and memory bandwidth), CSV, and JSON.
 //! Rows of llama.cpp (benches/llama_cpp_bench.py) share [`BenchRow`].
 
-use super::machine::{BandwidthProbe, Machine};
+use super::machine::{BandwidthProbe, ComputeProbe, Machine};
 use super::sweep::{test_label, TestKind};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write as _;
@@ -54,6 +54,11 @@ pub struct BenchRow {
     /// read bandwidth.
     #[serde(default)]
     pub bandwidth_fraction: Option<f64>,
+    /// pp rows of a quantized model on the CPU backend: the layers' matrix
+    /// multiply-adds per prompt token × tokens/s over the probed peak of
+    /// the kernels' integer dot step at the row's thread count.
+    #[serde(default)]
+    pub compute_fraction: Option<f64>,
     #[serde(default)]
     pub llama_cpp_tokens_per_s: Option<f64>,
     /// tokens/s of this row over llama.cpp's on the same test and threads.
@@ -111,6 +116,10 @@ pub struct ModelSummary {
     /// table, of which it reads one row (unless the output projection is tied
     /// to it, then all of it).
     pub bytes_per_decoded_token: u64,
+    /// Multiply-adds of the layers' weight matrices per prompt token (the
+    /// output projection runs once per prompt, attention is not counted).
+    #[serde(default)]
+    pub matrix_macs_per_token: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -126,6 +135,10 @@ pub struct Report {
     /// of the rows ([`super::machine::probe_bandwidth_levels`]).
     #[serde(default)]
     pub bandwidth_levels: Vec<BandwidthProbe>,
+    /// The integer dot step's peak for every thread count of the pp rows
+    /// ([`super::machine::probe_int8_dot_peak`]).
+    #[serde(default)]
+    pub compute_peaks: Vec<ComputeProbe>,
     pub rows: Vec<BenchRow>,
 }
 
@@ -165,6 +178,43 @@ pub fn attach_bandwidth_fractions(
             .filter(|p| p.gb_per_s > 0.0)
             .map(|p| bytes_per_s / (p.gb_per_s * 1e9));
     }
+}
+
+/// Share of the probed integer dot peak each of sotto's CPU pp rows
+/// reaches: `macs_per_token` × tokens/s over the peak at the row's thread
+/// count (none without one).
+pub fn attach_compute_fractions(
+    rows: &mut [BenchRow],
+    macs_per_token: u64,
+    peaks: &[ComputeProbe],
+) {
+    for row in rows
+        .iter_mut()
+        .filter(|r| r.test == TestKind::Pp && r.backend == "cpu")
+    {
+        row.compute_fraction = peaks
+            .iter()
+            .find(|p| p.threads == row.threads && p.gmac_per_s > 0.0)
+            .map(|p| row.tokens_per_s_mean * macs_per_token as f64 / (p.gmac_per_s * 1e9));
+    }
+}
+
+/// "- int8 dot peak (vnni): 1 t 123.4 GMAC/s, 2 t ..." line.
+pub fn compute_peaks_markdown(peaks: &[ComputeProbe]) -> String {
+    let Some(first) = peaks.first() else {
+        return String::new();
+    };
+    let cells: Vec<String> = peaks
+        .iter()
+        .map(|p| format!("{} t {:.1} GMAC/s", p.threads, p.gmac_per_s))
+        .collect();
+    format!(
+        "- integer dot peak ({}, registers only, median of {}): {}; dot use = the layers' \
+         matrix multiply-adds per prompt token × t/s over it\n",
+        first.isa,
+        first.repetitions,
+        cells.join(", ")
+    )
 }
 
 /// "L3 16.0 MiB: 1 t 40.1 GB/s (p10–p90 38.0–41.2), 2 t ..." lines.
@@ -219,6 +269,10 @@ fn mib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / (1024.0 * 1024.0))
 }
 
+fn percent(x: Option<f64>) -> String {
+    x.map_or_else(|| "-".to_string(), |f| format!("{:.0}%", f * 100.0))
+}
+
 fn opt(x: Option<f64>, digits: usize) -> String {
     x.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
 }
@@ -241,6 +295,10 @@ pub fn markdown(report: &Report) -> String {
         "RSS file / anon MiB",
         "BW use",
     ];
+    let has_dot = report.rows.iter().any(|r| r.compute_fraction.is_some());
+    if has_dot {
+        header.push("dot use");
+    }
     if has_kv {
         header.insert(4, "KV type");
     }
@@ -280,9 +338,11 @@ pub fn markdown(report: &Report) -> String {
                 (Some(f), Some(a)) => format!("{} / {}", mib(f), mib(a)),
                 _ => "-".to_string(),
             },
-            r.bandwidth_fraction
-                .map_or_else(|| "-".to_string(), |f| format!("{:.0}%", f * 100.0)),
+            percent(r.bandwidth_fraction),
         ];
+        if has_dot {
+            cells.push(percent(r.compute_fraction));
+        }
         if has_kv {
             cells.insert(4, r.kv_type.clone());
         }
@@ -345,6 +405,7 @@ pub fn markdown(report: &Report) -> String {
              scratch, copies packed at load)"
         );
     }
+    out.push_str(&compute_peaks_markdown(&report.compute_peaks));
     if !report.bandwidth_levels.is_empty() {
         out.push_str(&bandwidth_levels_markdown(&report.bandwidth_levels));
     } else if let Some(bw) = &report.bandwidth {
@@ -404,6 +465,7 @@ const CSV_COLUMNS: &[&str] = &[
     "ratio_vs_llama_cpp",
     "rss_file_bytes",
     "rss_anon_bytes",
+    "compute_fraction",
 ];
 
 /// RFC 4180 quoting where a field needs it.
@@ -457,6 +519,7 @@ pub fn csv(rows: &[BenchRow]) -> String {
             o(r.ratio_vs_llama_cpp),
             r.rss_file_bytes.map_or_else(String::new, |v| v.to_string()),
             r.rss_anon_bytes.map_or_else(String::new, |v| v.to_string()),
+            o(r.compute_fraction),
         ];
         out.push_str(
             &fields
@@ -511,6 +574,7 @@ mod tests {
             kv_bytes: 3 << 20,
             kv_type: "f16".into(),
             bandwidth_fraction: None,
+            compute_fraction: None,
             llama_cpp_tokens_per_s: None,
             ratio_vs_llama_cpp: None,
         }
@@ -536,6 +600,15 @@ mod tests {
             pinned: true,
         };
         attach_bandwidth_fractions(&mut rows, 80_000_000, std::slice::from_ref(&probe));
+        let peak = ComputeProbe {
+            isa: "vnni".into(),
+            threads: 2,
+            gmac_per_s: 60.0,
+            best_gmac_per_s: 61.0,
+            repetitions: 9,
+            pinned: true,
+        };
+        attach_compute_fractions(&mut rows, 100_000_000, std::slice::from_ref(&peak));
         Report {
             machine: Machine {
                 cpu: "Test CPU".into(),
@@ -557,11 +630,13 @@ mod tests {
                 n_params: 134_515_008,
                 weights_bytes: 96 << 20,
                 bytes_per_decoded_token: 80_000_000,
+                matrix_macs_per_token: 100_000_000,
             },
             kernel_isa_auto: "avx2".into(),
             kernel_isas_available: vec!["scalar".into(), "avx2".into()],
             bandwidth: Some(probe),
             bandwidth_levels: Vec::new(),
+            compute_peaks: vec![peak],
             rows,
         }
     }
@@ -617,6 +692,12 @@ mod tests {
             r.rows[0].bandwidth_fraction, None,
             "pp rows are compute-bound"
         );
+        assert!((r.rows[0].compute_fraction.unwrap() - 0.5).abs() < 1e-12);
+        assert_eq!(r.rows[1].compute_fraction, None, "tg rows are memory-bound");
+        assert_eq!(
+            r.rows[2].compute_fraction, None,
+            "llama.cpp's kernels are its own"
+        );
     }
 
     #[test]
@@ -653,7 +734,11 @@ mod tests {
         assert!(lines[1].starts_with(
             "cpu,\"cpu, \"\"quoted\"\", with commas\",avx2,2,pp,128,0,0,2,300,1.5,299;301,12.5,,"
         ));
-        assert!(lines[1].ends_with(",400,0.75,104857600,62914560"));
+        assert!(lines[1].ends_with(",400,0.75,104857600,62914560,0.5"));
+        assert!(
+            lines[2].ends_with(",104857600,62914560,"),
+            "no dot use on tg rows"
+        );
     }
 
     #[test]
@@ -672,6 +757,10 @@ mod tests {
                 && table[2].contains("0.75×")
         );
         assert!(table[3].contains("9.00 / 10.00 / 11.00") && table[3].contains("48%"));
+        // 300 t/s × 10^8 multiply-adds = 30 of the 60 GMAC/s peak
+        assert!(table[0].contains("| BW use | dot use |") && table[2].contains("| - | 50% |"));
+        assert!(text
+            .contains("- integer dot peak (vnni, registers only, median of 9): 2 t 60.0 GMAC/s"));
         assert!(text.contains("- machine: Test CPU"));
         assert!(text.contains("read bandwidth probe: 20.0 GB/s"));
         assert!(text.contains("= 48% of it"));

@@ -202,6 +202,7 @@ pub fn summarize(test: &TestSpec, m: &Measurement, ctx: &RowContext<'_>) -> Benc
         kv_bytes: ctx.kv_bytes,
         kv_type: ctx.kv_type.clone(),
         bandwidth_fraction: None,
+        compute_fraction: None,
         llama_cpp_tokens_per_s: None,
         ratio_vs_llama_cpp: None,
     }

@@ -120,6 +120,24 @@ pub(super) unsafe fn sdot(mut acc: int32x4_t, x: int8x16_t, y: int8x16_t) -> int
     acc
 }
 
+/// Multiply-adds of `iters` rounds of 12 independent `sdot` chains on
+/// registers (no loads): the peak of the step the gemm kernels use.
+#[target_feature(enable = "neon,dotprod")]
+pub(super) fn dot_peak(iters: usize) -> u64 {
+    const CHAINS: usize = 12;
+    let (x, y) = std::hint::black_box((1i8, -1i8));
+    let (x, y) = (vdupq_n_s8(x), vdupq_n_s8(y));
+    let mut acc = [vdupq_n_s32(0); CHAINS];
+    for _ in 0..iters {
+        for a in &mut acc {
+            // SAFETY: dotprod is a feature of this function.
+            *a = unsafe { sdot(*a, x, y) };
+        }
+    }
+    std::hint::black_box(acc);
+    (iters * CHAINS * 16) as u64
+}
+
 /// The dotprod tier's integer dot: one `sdot`, every lane a product sum.
 #[derive(Debug)]
 pub(super) struct Sdot;

@@ -35,6 +35,20 @@ mod neon;
 #[cfg(test)]
 mod test_support;
 
+/// Multiply-adds of `iters` rounds of the integer dot step's peak loop of
+/// `isa` (see [`crate::probe`]); `None` for a tier without one here or a
+/// CPU without the tier.
+pub fn int8_dot_peak(isa: Isa, iters: usize) -> Option<u64> {
+    if !supports(isa) {
+        return None;
+    }
+    match isa {
+        // SAFETY: dotprod was just detected.
+        Isa::Dotprod | Isa::I8mm => Some(unsafe { dotprod::dot_peak(iters) }),
+        _ => None,
+    }
+}
+
 /// Whether the running CPU can execute the kernels of `isa` (and of every
 /// tier below it, which its table also uses).
 pub fn supports(isa: Isa) -> bool {

@@ -469,6 +469,37 @@ fn dot4(acc: __m512i, u: __m512i, s: __m512i) -> __m512i {
     _mm512_add_epi32(acc, _mm512_madd_epi16(pairs, _mm512_set1_epi16(1)))
 }
 
+/// Accumulators of [`dot_peak_loop`]: enough independent chains to keep
+/// every dot pipe busy whatever the latency.
+const PEAK_CHAINS: usize = 12;
+
+/// `iters` rounds of [`PEAK_CHAINS`] independent `dot` steps on registers
+/// (no loads): the peak of the step the gemm kernels are built on.
+/// Returns the multiply-adds done (64 per step).
+#[inline(always)]
+pub(super) fn dot_peak_loop(
+    iters: usize,
+    dot: impl Fn(__m512i, __m512i, __m512i) -> __m512i,
+) -> u64 {
+    let (u, s) = std::hint::black_box((1i8, -1i8));
+    // SAFETY: AVX-512F is a feature of every caller (see `dot_peak`).
+    let (u, s) = unsafe { (_mm512_set1_epi8(u), _mm512_set1_epi8(s)) };
+    let mut acc = [u; PEAK_CHAINS];
+    for _ in 0..iters {
+        for a in &mut acc {
+            *a = dot(*a, u, s);
+        }
+    }
+    std::hint::black_box(acc);
+    (iters * PEAK_CHAINS * 64) as u64
+}
+
+/// [`dot_peak_loop`] on this tier's [`dot4`].
+#[target_feature(enable = "avx512f,avx512bw")]
+pub(super) fn dot_peak(iters: usize) -> u64 {
+    dot_peak_loop(iters, |a, u, s| dot4(a, u, s))
+}
+
 /// Whether 16 rows of `bpr` blocks of `block_bytes` stay within the i32
 /// offsets of a gather (always, for real models).
 pub(super) fn gather_offsets_fit(bpr: usize, block_bytes: usize) -> bool {

@@ -33,6 +33,22 @@ mod avxvnni;
 mod kquant_x16;
 mod vnni;
 
+/// Multiply-adds of `iters` rounds of the integer dot step's peak loop of
+/// `isa` (see [`crate::probe`]); `None` for a tier without one here (the
+/// x16 gemm tiers have one) or a CPU without the tier.
+pub fn int8_dot_peak(isa: Isa, iters: usize) -> Option<u64> {
+    if !supports(isa) {
+        return None;
+    }
+    match isa {
+        // SAFETY: the tier's features were just detected.
+        Isa::Vnni => Some(unsafe { vnni::dot_peak(iters) }),
+        // SAFETY: as above.
+        Isa::Avx512 => Some(unsafe { avx512::dot_peak(iters) }),
+        _ => None,
+    }
+}
+
 /// Whether the running CPU can execute the kernels of `isa`.
 pub fn supports(isa: Isa) -> bool {
     let avx2 = is_x86_feature_detected!("avx2")

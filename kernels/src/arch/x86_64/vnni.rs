@@ -80,6 +80,12 @@ fn dot4(acc: __m512i, u: __m512i, s: __m512i) -> __m512i {
     _mm512_dpbusd_epi32(acc, u, s)
 }
 
+/// The peak loop of `avx512::dot_peak_loop` on `vpdpbusd`.
+#[target_feature(enable = "avx512f,avx512vnni")]
+pub(super) fn dot_peak(iters: usize) -> u64 {
+    super::avx512::dot_peak_loop(iters, |a, u, s| dot4(a, u, s))
+}
+
 super::avx512::legacy_kernels!(
     "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
     super::dot4
