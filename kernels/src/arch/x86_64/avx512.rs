@@ -1172,8 +1172,9 @@ macro_rules! legacy_kernels {
             }
 
             /// [`panel_cols`] over every column of `acts`: 8 at a time, then
-            /// 4, 2 and 1 (more independent accumulators as fewer columns
-            /// share each weight load).
+            /// the rest in one group (each group unpacks the panel's codes
+            /// once; more independent accumulators as fewer columns share
+            /// each weight load).
             ///
             /// # Safety
             /// As [`panel_cols`], for all the columns.
@@ -1196,16 +1197,16 @@ macro_rules! legacy_kernels {
                         panel_cols::<A, 8, 1, MIN>(block, acts, bpr, c0, out, rows, r0, mask);
                         c0 += 8;
                     }
-                    if c0 + 4 <= cols {
-                        panel_cols::<A, 4, 2, MIN>(block, acts, bpr, c0, out, rows, r0, mask);
-                        c0 += 4;
-                    }
-                    if c0 + 2 <= cols {
-                        panel_cols::<A, 2, 4, MIN>(block, acts, bpr, c0, out, rows, r0, mask);
-                        c0 += 2;
-                    }
-                    if c0 < cols {
-                        panel_cols::<A, 1, 4, MIN>(block, acts, bpr, c0, out, rows, r0, mask);
+                    let (b, a) = (block, acts);
+                    match cols - c0 {
+                        0 => {}
+                        1 => panel_cols::<A, 1, 4, MIN>(b, a, bpr, c0, out, rows, r0, mask),
+                        2 => panel_cols::<A, 2, 4, MIN>(b, a, bpr, c0, out, rows, r0, mask),
+                        3 => panel_cols::<A, 3, 3, MIN>(b, a, bpr, c0, out, rows, r0, mask),
+                        4 => panel_cols::<A, 4, 2, MIN>(b, a, bpr, c0, out, rows, r0, mask),
+                        5 => panel_cols::<A, 5, 2, MIN>(b, a, bpr, c0, out, rows, r0, mask),
+                        6 => panel_cols::<A, 6, 2, MIN>(b, a, bpr, c0, out, rows, r0, mask),
+                        _ => panel_cols::<A, 7, 1, MIN>(b, a, bpr, c0, out, rows, r0, mask),
                     }
                 }
             }
