@@ -288,12 +288,11 @@ impl Tokenizer {
             }
         };
         let tokens: StrArray = gguf
-            .try_get_str_array("tokenizer.ggml.tokens")?
+            .try_get_strings("tokenizer.ggml.tokens")?
             .ok_or_else(|| Error::MissingKey {
                 key: "tokenizer.ggml.tokens".into(),
             })?
-            .into_iter()
-            .collect();
+            .into_owned();
         let n = tokens.len();
         if n == 0 || n > u32::MAX as usize {
             return Err(Error::Tokenizer(format!("vocabulary of {n} tokens")));
@@ -328,22 +327,27 @@ impl Tokenizer {
             .to_string();
 
         // The encoding pipeline is built on a thread of its own (from its
-        // own copy of the vocabulary, a few hundred kilobytes) while this
-        // one splits the merges for it, reads the special tokens, and the
+        // own copy of the vocabulary, a few hundred kilobytes): the BPE
+        // model, the longest step of a load. Everything else it needs is
+        // made here meanwhile (the merges split, the pre-tokenizer's
+        // regexes compiled), then the special tokens are read, and the
         // caller goes on.
         let from_file = pipeline.is_some();
-        let mut merges_to_send = None;
+        let mut to_send = None;
         let (worker, built_here) = match pipeline {
             Some(given) => (None, Some(Ok((given, Vec::new())))),
             None => {
                 let inputs = match kind {
                     VocabKind::ByteLevelBpe => {
-                        let (tx, rx) = std::sync::mpsc::channel();
-                        merges_to_send = Some(tx);
+                        let (regexes, ignore_merges) = pre_tokenizer_regexes(&pre)?;
+                        let (merges_tx, merges) = std::sync::mpsc::channel();
+                        let (pre_tx, pre_tokenizer) = std::sync::mpsc::channel();
+                        to_send = Some((merges_tx, regexes, pre_tx));
                         PipelineInputs::ByteLevel {
                             tokens: tokens.clone(),
-                            merges: rx,
-                            pre: pre.clone(),
+                            merges,
+                            ignore_merges,
+                            pre_tokenizer,
                         }
                     }
                     VocabKind::SentencePiece => {
@@ -363,9 +367,10 @@ impl Tokenizer {
                 }
             }
         };
-        if let Some(tx) = merges_to_send {
+        if let Some((merges_tx, regexes, pre_tx)) = to_send {
             // A send fails only when the builder is gone, which reports why.
-            let _ = tx.send(split_merges(gguf)?);
+            let _ = merges_tx.send(split_merges(gguf)?);
+            let _ = pre_tx.send(byte_level_pre_tokenizer(regexes)?);
         }
         let built_here = built_here.map(|b| match b {
             Ok(base) => Ok(base),
@@ -840,7 +845,11 @@ enum PipelineInputs {
         tokens: StrArray,
         /// Split by the loading thread meanwhile ([`split_merges`]).
         merges: std::sync::mpsc::Receiver<Vec<(String, String)>>,
-        pre: String,
+        /// llama.cpp's `ignore_merges` for this pre-tokenizer.
+        ignore_merges: bool,
+        /// Compiled by the loading thread after the merges
+        /// ([`byte_level_pre_tokenizer`]): needed only once the model is.
+        pre_tokenizer: std::sync::mpsc::Receiver<PreTokenizerWrapper>,
     },
     SentencePiece {
         tokens: StrArray,
@@ -888,14 +897,24 @@ impl PipelineInputs {
             Some(PipelineInputs::ByteLevel {
                 tokens,
                 merges,
-                pre,
+                ignore_merges,
+                pre_tokenizer,
             }) => {
+                let gone = |what: &str| {
+                    Error::Tokenizer(format!("the {what} never reached the pipeline's thread"))
+                };
                 // The vocabulary map is made while the merges are split.
                 let vocab = bpe_vocab(&tokens);
-                let merges = merges.recv().map_err(|_| {
-                    Error::Tokenizer("the merges never reached the pipeline's thread".into())
-                })?;
-                Ok((byte_level_bpe(vocab, merges, &pre)?, Vec::new()))
+                let merges = merges.recv().map_err(|_| gone("merges"))?;
+                let bpe = BPE::builder()
+                    .vocab_and_merges(vocab, merges)
+                    .ignore_merges(ignore_merges)
+                    .build()
+                    .map_err(tok_err)?;
+                let mut tk = tokenizers::Tokenizer::new(bpe);
+                let pre = pre_tokenizer.recv().map_err(|_| gone("pre-tokenizer"))?;
+                tk.with_pre_tokenizer(Some(pre));
+                Ok((tk, Vec::new()))
             }
             Some(PipelineInputs::SentencePiece {
                 tokens,
@@ -922,11 +941,11 @@ fn bpe_vocab(tokens: &StrArray) -> tokenizers::models::bpe::Vocab {
 
 /// `tokenizer.ggml.merges` as the pairs the BPE builder takes.
 fn split_merges(gguf: &GgufFile) -> Result<Vec<(String, String)>> {
-    gguf.try_get_str_array("tokenizer.ggml.merges")?
+    gguf.try_get_strings("tokenizer.ggml.merges")?
         .ok_or_else(|| Error::MissingKey {
             key: "tokenizer.ggml.merges".into(),
         })?
-        .into_iter()
+        .iter()
         .map(|m| {
             m.split_once(' ')
                 .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -935,17 +954,9 @@ fn split_merges(gguf: &GgufFile) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-fn byte_level_bpe(
-    vocab: tokenizers::models::bpe::Vocab,
-    merges: Vec<(String, String)>,
-    pre: &str,
-) -> Result<tokenizers::Tokenizer> {
-    let (regexes, ignore_merges) = pre_tokenizer_regexes(pre)?;
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .ignore_merges(ignore_merges)
-        .build()
-        .map_err(tok_err)?;
+/// The byte-level pre-tokenizer: `regexes` in sequence, then GPT-2's byte
+/// mapping.
+fn byte_level_pre_tokenizer(regexes: &[&str]) -> Result<PreTokenizerWrapper> {
     let mut steps: Vec<PreTokenizerWrapper> = Vec::new();
     for re in regexes {
         let split = Split::new(
@@ -957,9 +968,7 @@ fn byte_level_bpe(
         steps.push(split.into());
     }
     steps.push(ByteLevel::new(false, false, false).into());
-    let mut tk = tokenizers::Tokenizer::new(bpe);
-    tk.with_pre_tokenizer(Some(PreTokenizerSequence::new(steps)));
-    Ok(tk)
+    Ok(PreTokenizerSequence::new(steps).into())
 }
 
 fn sentencepiece_bpe(

@@ -468,10 +468,17 @@ fn open(
 }
 
 /// The CRC-32 of `b`, its chunks summed on the caller's pool and combined
-/// in order (the same value as one pass).
+/// in order (the same value as one pass). One thread fewer than the pool
+/// has (at least one): the load's longest step, the tokenizer's BPE
+/// model, builds meanwhile on a thread of its own, and a checksum that
+/// takes every core only slows that down. The sum itself runs at memory
+/// speed; most of its time is mapping the file's pages, which the first
+/// token would map anyway.
 fn crc32_parallel(b: &[u8]) -> u32 {
     use rayon::prelude::*;
-    b.par_chunks(4 << 20)
+    let parts = rayon::current_num_threads().saturating_sub(1).max(1);
+    let chunk = b.len().div_ceil(parts).max(1 << 20);
+    b.par_chunks(chunk)
         .map(|c| {
             let mut h = crc32fast::Hasher::new();
             h.update(c);
@@ -806,8 +813,15 @@ mod tests {
         let b: Vec<u8> = (0..(9 << 20) + 123)
             .map(|i: usize| (i * 7 + i / 3) as u8)
             .collect();
-        for n in [0, 1, 4 << 20, (4 << 20) + 1, b.len()] {
-            assert_eq!(crc32_parallel(&b[..n]), crc32fast::hash(&b[..n]), "{n}");
+        for threads in [1, 2, 3, 5] {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for n in [0, 1, 4 << 20, (4 << 20) + 1, b.len()] {
+                let parallel = pool.install(|| crc32_parallel(&b[..n]));
+                assert_eq!(parallel, crc32fast::hash(&b[..n]), "{threads} threads, {n}");
+            }
         }
     }
 

@@ -261,6 +261,20 @@ impl MetaValue {
         }
     }
 
+    /// The elements, if this is an array of strings, compactly: borrowed
+    /// as the reader holds them, or collected from the other form.
+    pub fn strings(&self) -> Option<std::borrow::Cow<'_, StrArray>> {
+        match self {
+            MetaValue::Strings(s) => Some(std::borrow::Cow::Borrowed(s)),
+            MetaValue::Array(_, items) => items
+                .iter()
+                .map(MetaValue::as_str)
+                .collect::<Option<StrArray>>()
+                .map(std::borrow::Cow::Owned),
+            _ => None,
+        }
+    }
+
     /// The string, if this is a string value.
     pub fn as_str(&self) -> Option<&str> {
         match self {
@@ -388,12 +402,7 @@ pub(super) fn read_value(cur: &mut Cursor<'_>, type_id: u32, depth: usize) -> Re
             let count = cur.u64("array length")?;
             let count = cur.bounded_count(count, elem.min_encoded_size(), "array length")?;
             if elem == MetaType::String {
-                // Items point into the file: read them without a copy each.
-                let mut items = StrArray::with_capacity(count, 0);
-                for _ in 0..count {
-                    items.push(cur.str("string value")?);
-                }
-                return Ok(MetaValue::Strings(items));
+                return read_str_array(cur, count).map(MetaValue::Strings);
             }
             let mut items = Vec::with_capacity(count);
             for _ in 0..count {
@@ -402,4 +411,47 @@ pub(super) fn read_value(cur: &mut Cursor<'_>, type_id: u32, depth: usize) -> Re
             MetaValue::Array(elem, items)
         }
     })
+}
+
+/// An array of `count` strings, copied into one buffer and checked as
+/// UTF-8 once: each item is valid exactly when the whole buffer is and
+/// every item ends on a character boundary. A vocabulary and its merges
+/// are about 100,000 strings, whose one-by-one checks (each with its
+/// error path) were most of parsing a file. Anything wrong is read again
+/// item by item, for the error that names the bad one and its offset.
+fn read_str_array(cur: &mut Cursor<'_>, count: usize) -> Result<StrArray> {
+    let start = cur.pos;
+    let bytes = cur.bytes;
+    let mut text: Vec<u8> = Vec::new();
+    let mut ends = Vec::with_capacity(count);
+    let mut pos = start;
+    let mut whole = true;
+    for _ in 0..count {
+        let item = pos.checked_add(8).and_then(|body| {
+            let len = u64::from_le_bytes(bytes.get(pos..body)?.try_into().ok()?);
+            let end = body.checked_add(usize::try_from(len).ok()?)?;
+            Some((bytes.get(body..end)?, end))
+        });
+        let Some((s, end)) = item else {
+            whole = false;
+            break;
+        };
+        text.extend_from_slice(s);
+        ends.push(text.len());
+        pos = end;
+    }
+    if whole {
+        if let Ok(text) = String::from_utf8(text) {
+            if ends.iter().all(|&e| text.is_char_boundary(e)) {
+                cur.pos = pos;
+                return Ok(StrArray { text, ends });
+            }
+        }
+    }
+    cur.pos = start;
+    let mut items = StrArray::with_capacity(count, 0);
+    for _ in 0..count {
+        items.push(cur.str("string value")?);
+    }
+    Ok(items)
 }

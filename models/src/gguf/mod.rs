@@ -542,6 +542,10 @@ impl GgufFile {
     pub fn try_get_str_array(&self, key: &str) -> Result<Option<Vec<&str>>> {
         self.typed(key, "array of string", MetaValue::str_items)
     }
+    /// `key` as an array of strings, compactly (no `&str` per item).
+    pub fn try_get_strings(&self, key: &str) -> Result<Option<std::borrow::Cow<'_, StrArray>>> {
+        self.typed(key, "array of string", MetaValue::strings)
+    }
     /// `key` as an array of integers, each converted to i64.
     pub fn try_get_int_array(&self, key: &str) -> Result<Option<Vec<i64>>> {
         self.typed(key, "array of integer", |v| match v {

@@ -294,6 +294,46 @@ fn absurd_counts_and_lengths_are_rejected_before_allocating() {
     ));
 }
 
+/// A string array of `items` (raw bytes), as the `k` key's value.
+fn str_array_kv(items: &[&[u8]]) -> Vec<u8> {
+    let mut body = kv_prefix("k", 9);
+    body.extend(8u32.to_le_bytes());
+    body.extend((items.len() as u64).to_le_bytes());
+    for item in items {
+        body.extend((item.len() as u64).to_le_bytes());
+        body.extend(*item);
+    }
+    body
+}
+
+#[test]
+fn string_arrays_are_checked_item_by_item() {
+    let read = |items: &[&[u8]]| GgufFile::from_bytes(header(0, 1, &str_array_kv(items)));
+    let ok = read(&["é".as_bytes(), b"", "▁ab".as_bytes()]).unwrap();
+    assert_eq!(
+        ok.try_get_str_array("k").unwrap().unwrap(),
+        ["é", "", "▁ab"]
+    );
+    // "é" cut between two items: the whole is UTF-8, neither item is;
+    // the error names the first, at its length prefix
+    // (header 24, key 13, element type and count 12, "a" 9)
+    match read(&[b"a", &[0xC3], &[0xA9]]) {
+        Err(Error::Malformed { offset, .. }) => assert_eq!(offset, 24 + 13 + 12 + 9),
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        read(&[b"a", &[0xFF]]),
+        Err(Error::Malformed { .. })
+    ));
+    // an item running past the end of the file
+    let mut body = str_array_kv(&[b"a", b"bc"]);
+    body.truncate(body.len() - 1);
+    assert!(matches!(
+        GgufFile::from_bytes(header(0, 1, &body)),
+        Err(Error::Truncated { .. })
+    ));
+}
+
 #[test]
 fn duplicate_keys_and_tensor_names_are_rejected() {
     let w = GgufWriter::new()
