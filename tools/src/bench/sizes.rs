@@ -289,14 +289,24 @@ fn pct(x: Option<f64>) -> String {
     x.map_or_else(|| "-".into(), |f| format!("{:.0}%", f * 100.0))
 }
 
+/// A row's share of what bounds it: decode, of the weights-sized read
+/// bandwidth probe; prefill, of the integer dot peak.
+fn use_of(row: &BenchRow) -> String {
+    pct(match row.test {
+        TestKind::Tg => row.bandwidth_fraction,
+        TestKind::Pp => row.compute_fraction,
+    })
+}
+
 /// The summary: one line per (size, type, threads, test) with both
-/// engines' rates, the ratio and each decode's share of the weights-sized
-/// bandwidth probe; then the probe's levels per size.
+/// engines' rates, the ratio and each row's share of its limit (decode:
+/// the weights-sized bandwidth probe; prefill: the integer dot peak); then
+/// the probe's levels per size.
 pub fn markdown(results: &[SizeResult]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| model shape | type | weights MiB | threads | test | sotto t/s | llama.cpp t/s | vs llama.cpp | sotto BW use | llama.cpp BW use |"
+        "| model shape | type | weights MiB | threads | test | sotto t/s | llama.cpp t/s | vs llama.cpp | sotto use | llama.cpp use |"
     );
     let _ = writeln!(out, "|---|---|---:|---:|---|---:|---:|---:|---:|---:|");
     for r in results {
@@ -320,16 +330,8 @@ pub fn markdown(results: &[SizeResult]) -> String {
                 theirs.map_or_else(|| "-".into(), |l| format!("{:.2}", l.tokens_per_s_mean)),
                 row.ratio_vs_llama_cpp
                     .map_or_else(|| "-".into(), |x| format!("{x:.2}×")),
-                if row.test == TestKind::Tg {
-                    pct(row.bandwidth_fraction)
-                } else {
-                    "-".into()
-                },
-                if row.test == TestKind::Tg {
-                    pct(theirs.and_then(|l| l.bandwidth_fraction))
-                } else {
-                    "-".into()
-                },
+                use_of(row),
+                theirs.map_or_else(|| "-".into(), use_of),
             );
         }
     }
@@ -360,6 +362,11 @@ pub fn markdown(results: &[SizeResult]) -> String {
     }
     let _ = writeln!(
         out,
+        "- use: a decode row's share of the weights-sized read bandwidth probe, a prefill \
+         row's share of the integer dot peak (the report's BW use and dot use)"
+    );
+    let _ = writeln!(
+        out,
         "- fixtures: random weights in the exact shapes (tests/scripts/tiny_arch_gguf.py), \
          Q4_0 and Q4_K_M by llama.cpp's quantizer from the Q8_0 file; t/s as in `sotto bench`"
     );
@@ -369,6 +376,24 @@ pub fn markdown(results: &[SizeResult]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_summary_puts_each_rows_limit_beside_llama_cpps() {
+        let results = [SizeResult {
+            shape: SHAPES[0],
+            wtype: "q4_0".into(),
+            report: super::super::report::tests::report(),
+        }];
+        let text = markdown(&results);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].ends_with("| sotto use | llama.cpp use |"));
+        // pp128 t2: dot use 300 and 400 t/s × 10^8 MACs of 60 GMAC/s.
+        assert!(lines[2].contains("| pp128 |") && lines[2].ends_with("| 0.75× | 50% | 67% |"));
+        // tg128 t2: 48% of the bandwidth probe; llama.cpp ran only 1 thread.
+        assert!(lines[3].contains("| tg128 |") && lines[3].ends_with("| - | 48% | - |"));
+        assert_eq!(lines.iter().filter(|l| l.starts_with('|')).count(), 4);
+        assert!(text.contains("a prefill row's share of the integer dot peak"));
+    }
 
     #[test]
     fn shapes_parse_by_name_default_and_all() {
