@@ -10,7 +10,7 @@
 //!   `unsafe`.
 //! * [`ops`]: safe operators built on the table: matmul (decode matvec and
 //!   prefill matmul), RMSNorm, RoPE, softmax, activations, attention.
-//! * [`probe`]: the peak of a tier's integer dot step, for benchmarks.
+//! * [`probe`]: the peak of a tier's integer dot step and a prefetching read, for benchmarks.
 
 // Tests assert by unwrapping; library code may not.
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]

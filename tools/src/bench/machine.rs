@@ -4,6 +4,7 @@
 //! the ceiling of a compute-bound prefill.
 
 use serde::{Deserialize, Serialize};
+use sotto_kernels::probe;
 use std::time::Instant;
 
 /// CPU flags relevant to quantized matmul kernels, as /proc/cpuinfo spells
@@ -130,6 +131,11 @@ pub struct BandwidthProbe {
     /// Each reading thread ran pinned to its own CPU.
     #[serde(default)]
     pub pinned: bool,
+    /// The figure is the read with software prefetch
+    /// (`sotto_kernels::probe::sum_words_prefetched`), faster here than the
+    /// plain one.
+    #[serde(default)]
+    pub prefetched: bool,
 }
 
 /// Timed repetitions last at least this long (a cache-resident buffer is
@@ -142,10 +148,11 @@ const MAX_REPETITIONS: usize = 200;
 
 /// Read bandwidth over a buffer of `bytes` (rounded up to 8, at least
 /// 8 KiB): `threads` threads read disjoint slices ([`on_pinned_threads`]
-/// times them); the median is the figure, best and percentiles show the
-/// noise. A buffer the size of the weights sees the same cache level the
-/// weights do, so weights-bytes × tokens/s over this figure is the share
-/// of the machine's limit a decode reaches.
+/// times them), once plainly and once asking for lines ahead as the decode
+/// kernels do; the faster read's median is the figure, best and
+/// percentiles show its noise. A buffer the size of the weights sees the
+/// same cache level the weights do, so weights-bytes × tokens/s over this
+/// figure is the share of the machine's limit a decode reaches.
 pub fn probe_read_bandwidth(bytes: usize, threads: usize, min_reps: usize) -> BandwidthProbe {
     let words = bytes.div_ceil(8).max(1024);
     let threads = threads.max(1);
@@ -155,14 +162,25 @@ pub fn probe_read_bandwidth(bytes: usize, threads: usize, min_reps: usize) -> Ba
     let parts: Vec<&[u64]> = buf.chunks(chunk).collect();
     // never more than 1 GiB read per repetition
     let max_passes = ((1usize << 30) / (words * 8)).max(1);
-    let run = on_pinned_threads(parts.len(), min_reps, max_passes, |i, passes| {
-        let mut total = 0u64;
-        for _ in 0..passes {
-            total = total.wrapping_add(sum_words(std::hint::black_box(parts[i])));
-        }
-        std::hint::black_box(total);
-        (parts[i].len() * 8 * passes) as u64
-    });
+    let read = |prefetched: bool| {
+        on_pinned_threads(parts.len(), min_reps, max_passes, |i, passes| {
+            let part = std::hint::black_box(parts[i]);
+            let mut total = 0u64;
+            for _ in 0..passes {
+                let sum = if prefetched {
+                    probe::sum_words_prefetched(part, probe::READ_PREFETCH_BYTES)
+                } else {
+                    sum_words(part)
+                };
+                total = total.wrapping_add(sum);
+            }
+            std::hint::black_box(total);
+            (part.len() * 8 * passes) as u64
+        })
+    };
+    let (plain, ahead) = (read(false), read(true));
+    let prefetched = ahead.quantile(0.5) > plain.quantile(0.5);
+    let run = if prefetched { ahead } else { plain };
     let at = |q: f64| run.quantile(q) / 1e9;
     BandwidthProbe {
         gb_per_s: at(0.5),
@@ -174,6 +192,7 @@ pub fn probe_read_bandwidth(bytes: usize, threads: usize, min_reps: usize) -> Ba
         p90_gb_per_s: at(0.9),
         repetitions: run.rates.len(),
         pinned: run.pinned,
+        prefetched,
     }
 }
 

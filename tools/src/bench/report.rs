@@ -234,8 +234,12 @@ pub fn bandwidth_levels_markdown(levels: &[BandwidthProbe]) -> String {
             .iter()
             .map(|p| {
                 format!(
-                    "{} t {:.1} GB/s ({:.1}–{:.1})",
-                    p.threads, p.gb_per_s, p.p10_gb_per_s, p.p90_gb_per_s
+                    "{} t {:.1} GB/s ({:.1}–{:.1}{})",
+                    p.threads,
+                    p.gb_per_s,
+                    p.p10_gb_per_s,
+                    p.p90_gb_per_s,
+                    if p.prefetched { ", prefetching" } else { "" }
                 )
             })
             .collect();
@@ -249,7 +253,8 @@ pub fn bandwidth_levels_markdown(levels: &[BandwidthProbe]) -> String {
     if let Some(p) = levels.first() {
         let _ = writeln!(
             out,
-            "- bandwidth probe: median of {}+ repetitions (p10–p90 in brackets){}; BW use = \
+            "- bandwidth probe: the faster of a plain read and one that prefetches ahead as the \
+             decode kernels do, median of {}+ repetitions (p10–p90 in brackets){}; BW use = \
              weights read per token × t/s over the weights-sized probe at the row's threads",
             levels
                 .iter()
@@ -600,6 +605,7 @@ pub(crate) mod tests {
             p90_gb_per_s: 20.5,
             repetitions: 9,
             pinned: true,
+            prefetched: false,
         };
         attach_bandwidth_fractions(&mut rows, 80_000_000, std::slice::from_ref(&probe));
         let peak = ComputeProbe {
@@ -654,6 +660,7 @@ pub(crate) mod tests {
             p90_gb_per_s: gb_per_s + 0.5,
             repetitions: 12,
             pinned: true,
+            prefetched: threads == 2,
         }
     }
 
@@ -673,8 +680,10 @@ pub(crate) mod tests {
         assert!((rows[1].bandwidth_fraction.unwrap() - 0.5).abs() < 1e-12);
         let text = bandwidth_levels_markdown(&levels);
         assert!(text.contains("- read bandwidth, L3 (16.0 MiB): 1 t 80.0 GB/s (79.0–80.5)"));
-        assert!(text.contains("weights (16.0 MiB): 1 t 10.0 GB/s (9.0–10.5), 2 t 16.0 GB/s"));
-        assert!(text.contains("pinned"));
+        assert!(text.contains(
+            "weights (16.0 MiB): 1 t 10.0 GB/s (9.0–10.5), 2 t 16.0 GB/s (15.0–16.5, prefetching)"
+        ));
+        assert!(text.contains("pinned") && text.contains("the faster of a plain read"));
     }
 
     #[test]
