@@ -132,7 +132,7 @@ pub struct BandwidthProbe {
     #[serde(default)]
     pub pinned: bool,
     /// The figure is the read with software prefetch
-    /// (`sotto_kernels::probe::sum_words_prefetched`), faster here than the
+    /// (`sotto_kernels::probe::sum_words`), faster here than the
     /// plain one.
     #[serde(default)]
     pub prefetched: bool,
@@ -167,12 +167,8 @@ pub fn probe_read_bandwidth(bytes: usize, threads: usize, min_reps: usize) -> Ba
             let part = std::hint::black_box(parts[i]);
             let mut total = 0u64;
             for _ in 0..passes {
-                let sum = if prefetched {
-                    probe::sum_words_prefetched(part, probe::READ_PREFETCH_BYTES)
-                } else {
-                    sum_words(part)
-                };
-                total = total.wrapping_add(sum);
+                let ahead = prefetched.then_some(probe::READ_PREFETCH_BYTES);
+                total = total.wrapping_add(probe::sum_words(part, ahead));
             }
             std::hint::black_box(total);
             (part.len() * 8 * passes) as u64
@@ -436,20 +432,6 @@ fn parse_cache_size(text: &str) -> Option<usize> {
     }
 }
 
-/// Four independent accumulators so the adds do not serialize on one
-/// register and the loop is bound by loads, not by add latency.
-fn sum_words(xs: &[u64]) -> u64 {
-    let mut acc = [0u64; 4];
-    let mut it = xs.chunks_exact(4);
-    for c in &mut it {
-        for (a, &x) in acc.iter_mut().zip(c) {
-            *a = a.wrapping_add(x);
-        }
-    }
-    let tail = it.remainder().iter().fold(0u64, |a, &x| a.wrapping_add(x));
-    acc.iter().fold(tail, |a, &x| a.wrapping_add(x))
-}
-
 /// Peak resident set size of this process (VmHWM), in bytes.
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -551,7 +533,7 @@ RssFile:\t   40 kB\nRssShmem:\t   10 kB\n";
 
     #[test]
     fn bandwidth_probe_reads_the_whole_buffer() {
-        assert_eq!(sum_words(&[1, 2, 3, 4, 5, 6, 7]), 28);
+        assert_eq!(probe::sum_words(&[1, 2, 3, 4, 5, 6, 7], None), 28);
         let p = probe_read_bandwidth(1 << 20, 2, 3);
         assert_eq!(p.buffer_bytes, 1 << 20);
         assert!(p.gb_per_s > 0.0 && p.gb_per_s.is_finite());
