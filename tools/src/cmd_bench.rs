@@ -287,7 +287,7 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
     // with, on the tier the rows ran (auto's choice unless forced).
     let mut peak_threads: Vec<usize> = rows
         .iter()
-        .filter(|r| r.test == sweep::TestKind::Pp && r.backend == "cpu")
+        .filter(|r| report::measures_dot_use(r))
         .map(|r| r.threads)
         .collect();
     peak_threads.sort_unstable();

@@ -180,19 +180,22 @@ pub fn attach_bandwidth_fractions(
     }
 }
 
-/// Share of the probed integer dot peak each CPU pp row reaches, sotto's
-/// and llama.cpp's alike (both multiply 8-bit codes with the same dot
-/// instructions): `macs_per_token` × tokens/s over the peak at the row's
+/// Whether a row is stated as a share of the integer dot peak: the CPU
+/// prefill rows, sotto's and llama.cpp's alike (both multiply 8-bit codes
+/// with the same dot instructions).
+pub fn measures_dot_use(row: &BenchRow) -> bool {
+    row.test == TestKind::Pp && (row.backend == "cpu" || row.backend == "llama.cpp")
+}
+
+/// Share of the probed integer dot peak each row of [`measures_dot_use`]
+/// reaches: `macs_per_token` × tokens/s over the peak at the row's
 /// thread count (none without one).
 pub fn attach_compute_fractions(
     rows: &mut [BenchRow],
     macs_per_token: u64,
     peaks: &[ComputeProbe],
 ) {
-    for row in rows
-        .iter_mut()
-        .filter(|r| r.test == TestKind::Pp && (r.backend == "cpu" || r.backend == "llama.cpp"))
-    {
+    for row in rows.iter_mut().filter(|r| measures_dot_use(r)) {
         row.compute_fraction = peaks
             .iter()
             .find(|p| p.threads == row.threads && p.gmac_per_s > 0.0)
