@@ -237,12 +237,13 @@ pub fn bandwidth_levels_markdown(levels: &[BandwidthProbe]) -> String {
             .iter()
             .map(|p| {
                 format!(
-                    "{} t {:.1} GB/s ({:.1}–{:.1}{})",
+                    "{} t {:.1} GB/s ({:.1}–{:.1}{}{})",
                     p.threads,
                     p.gb_per_s,
                     p.p10_gb_per_s,
                     p.p90_gb_per_s,
-                    if p.prefetched { ", prefetching" } else { "" }
+                    if p.prefetched { ", prefetching" } else { "" },
+                    if p.huge_pages { ", 2 MiB pages" } else { "" }
                 )
             })
             .collect();
@@ -257,8 +258,9 @@ pub fn bandwidth_levels_markdown(levels: &[BandwidthProbe]) -> String {
         let _ = writeln!(
             out,
             "- bandwidth probe: the faster of a plain read and one that prefetches ahead as the \
-             decode kernels do, median of {}+ repetitions (p10–p90 in brackets){}; BW use = \
-             weights read per token × t/s over the weights-sized probe at the row's threads",
+             decode kernels do, of a buffer asked for on 2 MiB pages as the weights' maps are, \
+             median of {}+ repetitions (p10–p90 in brackets){}; BW use = weights read per \
+             token × t/s over the weights-sized probe at the row's threads",
             levels
                 .iter()
                 .map(|p| p.repetitions)
@@ -609,6 +611,7 @@ pub(crate) mod tests {
             repetitions: 9,
             pinned: true,
             prefetched: false,
+            huge_pages: false,
         };
         attach_bandwidth_fractions(&mut rows, 80_000_000, std::slice::from_ref(&probe));
         let peak = ComputeProbe {
@@ -664,6 +667,7 @@ pub(crate) mod tests {
             repetitions: 12,
             pinned: true,
             prefetched: threads == 2,
+            huge_pages: threads == 2,
         }
     }
 
@@ -684,7 +688,7 @@ pub(crate) mod tests {
         let text = bandwidth_levels_markdown(&levels);
         assert!(text.contains("- read bandwidth, L3 (16.0 MiB): 1 t 80.0 GB/s (79.0–80.5)"));
         assert!(text.contains(
-            "weights (16.0 MiB): 1 t 10.0 GB/s (9.0–10.5), 2 t 16.0 GB/s (15.0–16.5, prefetching)"
+            "weights (16.0 MiB): 1 t 10.0 GB/s (9.0–10.5), 2 t 16.0 GB/s (15.0–16.5, prefetching, 2 MiB pages)"
         ));
         assert!(text.contains("pinned") && text.contains("the faster of a plain read"));
     }
