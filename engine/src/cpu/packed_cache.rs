@@ -492,8 +492,18 @@ fn crc32_parallel(b: &[u8]) -> u32 {
         .finalize()
 }
 
+/// The cache file is written in writes of this size at offsets of its
+/// multiples: Linux then caches it in 2 MiB folios (ext4 with large folios),
+/// which later starts map on 2 MiB pages, where a decode that streams the
+/// panels takes a TLB miss per 2 MiB instead of per 4 KiB. The 1 MiB
+/// writes of a buffered writer left SmolLM2-135M's 94 MiB cache on 4 KiB
+/// pages but for 8 MiB, and 1-thread decode ran at 82–88 tokens/s; written
+/// in these chunks, 92 MiB of it mapped on 2 MiB pages and decode ran at
+/// 114–119.
+const WRITE_CHUNK: usize = 2 << 20;
+
 /// Writes `packed` as the cache file `path` (a temporary file in `dir`
-/// renamed over it); returns the panels' bytes.
+/// renamed over it, in [`WRITE_CHUNK`] writes); returns the panels' bytes.
 fn write(
     dir: &Path,
     path: &Path,
@@ -551,12 +561,21 @@ fn write(
         hex(&key[..4])
     ));
     let result = (|| {
-        let mut f = std::io::BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp)?);
-        f.write_all(&head)?;
-        for d in &data {
-            f.write_all(d)?;
+        let mut f = std::fs::File::create(&tmp)?;
+        let mut chunk = Vec::with_capacity(WRITE_CHUNK);
+        for mut piece in std::iter::once(head.as_slice()).chain(data.iter().copied()) {
+            while !piece.is_empty() {
+                let n = piece.len().min(WRITE_CHUNK - chunk.len());
+                chunk.extend_from_slice(&piece[..n]);
+                piece = &piece[n..];
+                if chunk.len() == WRITE_CHUNK {
+                    f.write_all(&chunk)?;
+                    chunk.clear();
+                }
+            }
         }
-        f.into_inner().map_err(|e| e.into_error())?.sync_data()?;
+        f.write_all(&chunk)?;
+        f.sync_data()?;
         std::fs::rename(&tmp, path)
     })();
     if result.is_err() {
