@@ -731,6 +731,50 @@ impl Backend for CpuBackend {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+
+    /// The pass's regions run on the whole pool and give the serial result;
+    /// the pollers end when the pass returns and when it panics (a hang
+    /// here would be the failure), on pools of 1 to 3 threads.
+    #[test]
+    fn an_awake_team_runs_the_pass_and_ends_with_it() {
+        use rayon::prelude::*;
+        let want: u64 = (0..100_000u32)
+            .map(|x| u64::from(x) * u64::from(x) % 7)
+            .sum();
+        for threads in 1..=3 {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for _ in 0..50 {
+                let (got, workers) = pool.install(|| {
+                    awake_team(|| {
+                        let workers = std::sync::Mutex::new(std::collections::HashSet::new());
+                        let got = (0..100_000u32)
+                            .into_par_iter()
+                            .with_max_len(1000)
+                            .map(|x| {
+                                workers
+                                    .lock()
+                                    .unwrap()
+                                    .insert(rayon::current_thread_index());
+                                u64::from(x) * u64::from(x) % 7
+                            })
+                            .sum::<u64>();
+                        (got, workers.into_inner().unwrap().len())
+                    })
+                });
+                assert_eq!(got, want, "{threads} threads");
+                assert!(workers >= 1 && workers <= threads);
+            }
+            let panicked = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                pool.install(|| awake_team(|| panic!("a failed pass")))
+            }));
+            assert!(panicked.is_err(), "{threads} threads");
+            // the pool still serves after the pollers of the panicked pass ended
+            assert_eq!(pool.install(|| awake_team(|| 7)), 7);
+        }
+    }
     use sotto_models::gguf::{GgufFile, GgufWriter, MetaValue};
     use sotto_models::testutil::{tiny_model, tiny_model_random, TinyDims};
 

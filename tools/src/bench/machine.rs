@@ -159,7 +159,7 @@ impl ProbeBuffer {
     /// `words` words, each its own index, so no page is the shared zero page.
     fn new(words: usize) -> ProbeBuffer {
         let before = anon_huge_bytes();
-        let mut map = memmap2::MmapMut::map_anon(words * 8).ok().filter(|m| {
+        let map = memmap2::MmapMut::map_anon(words * 8).ok().filter(|m| {
             // page-aligned, so this holds; checked rather than assumed
             bytemuck::try_cast_slice::<u8, u64>(m).is_ok()
         });
@@ -175,7 +175,7 @@ impl ProbeBuffer {
             vec![0; words]
         };
         let mut buf = ProbeBuffer {
-            map: map.take(),
+            map,
             owned,
             huge_pages: false,
         };
@@ -209,7 +209,12 @@ impl ProbeBuffer {
 /// `/proc/self/smaps_rollup`), in bytes; `None` where the OS does not say.
 fn anon_huge_bytes() -> Option<u64> {
     let text = std::fs::read_to_string("/proc/self/smaps_rollup").ok()?;
-    let line = text.lines().find(|l| l.starts_with("AnonHugePages:"))?;
+    kib_field(&text, "AnonHugePages:")
+}
+
+/// The `key: N kB` line of a `/proc` file, in bytes.
+fn kib_field(text: &str, key: &str) -> Option<u64> {
+    let line = text.lines().find(|l| l.starts_with(key))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
 }
@@ -515,9 +520,7 @@ pub fn peak_rss_bytes() -> Option<u64> {
 }
 
 fn parse_vm_hwm(status: &str) -> Option<u64> {
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
+    kib_field(status, "VmHWM:")
 }
 
 /// The resident set split by what backs it, in bytes: pages of mapped
@@ -537,13 +540,10 @@ pub fn rss_split() -> Option<RssSplit> {
 }
 
 fn parse_rss_split(status: &str) -> Option<RssSplit> {
-    let kib = |key: &str| -> Option<u64> {
-        let line = status.lines().find(|l| l.starts_with(key))?;
-        line.split_whitespace().nth(1)?.parse().ok()
-    };
+    let bytes = |key| kib_field(status, key);
     Some(RssSplit {
-        file: (kib("RssFile:")? + kib("RssShmem:").unwrap_or(0)) * 1024,
-        anon: kib("RssAnon:")? * 1024,
+        file: bytes("RssFile:")? + bytes("RssShmem:").unwrap_or(0),
+        anon: bytes("RssAnon:")?,
     })
 }
 
