@@ -18,7 +18,10 @@
 //!    `dmin * m_j * bsum` in floats, as in the reference.
 //!
 //! Columns go 8, 4, 2 and 1 at a time, each taking the unpacked codes from
-//! L1, so prefill unpacks each block once per panel. Decode (one column)
+//! L1, so prefill unpacks each block once per panel. Groups of 8 take
+//! their activations from `Act8` copies made once per call, each block's
+//! codes of the 8 columns interleaved, so that the group's 8 chains run
+//! side by side (`x16_panels`). Decode (one column)
 //! has a fused path, `KRecord::dot1`: codes go from the loaded line to
 //! `dot4` in registers (the 64-register codes array spilled to the stack
 //! and ran Q4_K at 9 GiB/s from L3), with several independent integer
@@ -133,6 +136,55 @@ macro_rules! kquant_kernels {
                 bsum: [f32; 8],
             }
 
+            /// The activation side of 8 columns of one block, interleaved:
+            /// `qs[g][c]` holds group `g`'s 4 codes of column `c`. A column
+            /// group's loads then come off one base pointer at fixed
+            /// offsets; from 8 blocks in 8 places, the compiler kept two
+            /// columns' chains in flight at a time and the group ran at
+            /// ~0.7 `dot4` per cycle.
+            #[repr(C, align(64))]
+            #[derive(Clone, Copy)]
+            struct Act8 {
+                qs: [[i32; 8]; 64],
+                start: [[i32; 8]; 16],
+                bsum: [[f32; 8]; 8],
+                d: [f32; 8],
+            }
+
+            impl Act8 {
+                const ZERO: Act8 = Act8 {
+                    qs: [[0; 8]; 64],
+                    start: [[0; 8]; 16],
+                    bsum: [[0.0; 8]; 8],
+                    d: [0.0; 8],
+                };
+
+                /// Block `b` of columns `c0..c0 + 8`.
+                fn new(a: &[BlockQ8K], acts: &[KAct], bpr: usize, c0: usize, b: usize) -> Act8 {
+                    let mut x = Act8::ZERO;
+                    for c in 0..8 {
+                        let (y, ka) = (&a[(c0 + c) * bpr + b], &acts[(c0 + c) * bpr + b]);
+                        for (g, q) in y.qs.chunks_exact(4).enumerate() {
+                            x.qs[g][c] = i32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8]);
+                        }
+                        for j in 0..16 {
+                            x.start[j][c] = ka.start[j];
+                        }
+                        for j in 0..8 {
+                            x.bsum[j][c] = ka.bsum[j];
+                        }
+                        x.d[c] = ka.d;
+                    }
+                    x
+                }
+            }
+
+            std::thread_local! {
+                /// A thread's [`Act8`]s, kept between calls (a large
+                /// product's are over a megabyte).
+                static ACT8: core::cell::RefCell<Vec<Act8>> = const { core::cell::RefCell::new(Vec::new()) };
+            }
+
             /// A k-quant's x16 record as this kernel reads it.
             trait KRecord: X16Block {
                 /// Sub-blocks per super-block (8 of 32 or 16 of 16 elements).
@@ -193,14 +245,25 @@ macro_rules! kquant_kernels {
                 blk: __m512,
                 isum: __m512i,
                 s: &Scales,
-                ka: &KAct,
+                bsum: f32,
                 j: usize,
             ) -> __m512 {
                 let blk = _mm512_fmadd_ps(_mm512_cvtepi32_ps(isum), s.scale[j], blk);
                 if W::MINS {
-                    _mm512_fnmadd_ps(s.min[j], _mm512_set1_ps(ka.bsum[j]), blk)
+                    _mm512_fnmadd_ps(s.min[j], _mm512_set1_ps(bsum), blk)
                 } else {
                     blk
+                }
+            }
+
+            /// Sub-block `j`'s code sum of `ka` where the type has minimums
+            /// (what [`fold`] multiplies them by), else 0 (unused).
+            #[inline]
+            fn bsum_of<W: KRecord>(ka: &KAct, j: usize) -> f32 {
+                if W::MINS {
+                    ka.bsum[j]
+                } else {
+                    0.0
                 }
             }
 
@@ -259,8 +322,8 @@ macro_rules! kquant_kernels {
                         lo[k % 2] = $dot4(lo[k % 2], w0, y0);
                         hi[k % 2] = $dot4(hi[k % 2], w1, y1);
                     }
-                    blk = fold::<W>(blk, _mm512_add_epi32(lo[0], lo[1]), s, ka, j0);
-                    blk = fold::<W>(blk, _mm512_add_epi32(hi[0], hi[1]), s, ka, j1);
+                    blk = fold::<W>(blk, _mm512_add_epi32(lo[0], lo[1]), s, bsum_of::<W>(ka, j0), j0);
+                    blk = fold::<W>(blk, _mm512_add_epi32(hi[0], hi[1]), s, bsum_of::<W>(ka, j1), j1);
                 }
                 blk
             }
@@ -523,7 +586,7 @@ macro_rules! kquant_kernels {
                             }
                         }
                         for (i, v) in isum.into_iter().enumerate() {
-                            blk = fold::<Self>(blk, v, s, ka, 8 * n + i);
+                            blk = fold::<Self>(blk, v, s, bsum_of::<Self>(ka, 8 * n + i), 8 * n + i);
                         }
                     }
                     blk
@@ -602,8 +665,47 @@ macro_rules! kquant_kernels {
                 bpr: usize,
                 out: &mut [f32],
             ) {
-                let cols = a.len() / bpr;
                 let acts: Vec<KAct> = a.iter().map(W::act).collect();
+                if a.len() / bpr < 8 {
+                    // SAFETY: forwarded from the caller.
+                    return unsafe { x16_panels::<W>(p, rows, a, &acts, bpr, out, &mut Vec::new()) };
+                }
+                ACT8.with(|cell| match cell.try_borrow_mut() {
+                    // SAFETY: forwarded from the caller.
+                    Ok(mut a8) => unsafe { x16_panels::<W>(p, rows, a, &acts, bpr, out, &mut a8) },
+                    // not reached (a kernel calls no other), but never a panic
+                    // SAFETY: as above.
+                    Err(_) => unsafe { x16_panels::<W>(p, rows, a, &acts, bpr, out, &mut Vec::new()) },
+                })
+            }
+
+            /// [`x16_k`] with `acts`, `a`'s [`KRecord::act`], and `a8` to
+            /// hold the [`Act8`]s of every whole group of 8 columns, made
+            /// once. Per (panel, block) the record is unpacked once, each
+            /// group of 8 columns takes its `Act8`, the rest go 4, 2 and 1
+            /// at a time; one column (decode) takes the fused path.
+            ///
+            /// # Safety
+            /// As [`x16_k`].
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn x16_panels<W: KRecord>(
+                p: &[u8],
+                rows: usize,
+                a: &[BlockQ8K],
+                acts: &[KAct],
+                bpr: usize,
+                out: &mut [f32],
+                a8: &mut Vec<Act8>,
+            ) {
+                let cols = a.len() / bpr;
+                let groups = cols / 8;
+                a8.clear();
+                for grp in 0..groups {
+                    for b in 0..bpr {
+                        a8.push(Act8::new(a, acts, bpr, 8 * grp, b));
+                    }
+                }
                 let mut acc = vec![_mm512_setzero_ps(); cols];
                 let mut codes = [_mm512_setzero_si512(); 64];
                 let mut s = Scales {
@@ -629,23 +731,30 @@ macro_rules! kquant_kernels {
                         }
                         // SAFETY: b < bpr and panel pi exist in p (shape checked).
                         unsafe { W::unpack(rec, &mut codes, &mut s) };
-                        let mut c0 = 0;
+                        for grp in 0..groups {
+                            // SAFETY: grp * bpr + b < a8.len(); columns 8 grp.. + 8 <= cols.
+                            unsafe {
+                                cols_step8::<W>(
+                                    &codes,
+                                    &s,
+                                    a8.get_unchecked(grp * bpr + b),
+                                    acc.get_unchecked_mut(8 * grp..8 * grp + 8),
+                                )
+                            };
+                        }
+                        let mut c0 = 8 * groups;
                         // SAFETY: each call reads columns c0..c0 + NC < cols.
                         unsafe {
-                            while c0 + 8 <= cols {
-                                cols_step::<W, 8>(&codes, &s, a, &acts, bpr, b, c0, &mut acc);
-                                c0 += 8;
-                            }
                             if c0 + 4 <= cols {
-                                cols_step::<W, 4>(&codes, &s, a, &acts, bpr, b, c0, &mut acc);
+                                cols_step::<W, 4>(&codes, &s, a, acts, bpr, b, c0, &mut acc);
                                 c0 += 4;
                             }
                             if c0 + 2 <= cols {
-                                cols_step::<W, 2>(&codes, &s, a, &acts, bpr, b, c0, &mut acc);
+                                cols_step::<W, 2>(&codes, &s, a, acts, bpr, b, c0, &mut acc);
                                 c0 += 2;
                             }
                             if c0 < cols {
-                                cols_step::<W, 1>(&codes, &s, a, &acts, bpr, b, c0, &mut acc);
+                                cols_step::<W, 1>(&codes, &s, a, acts, bpr, b, c0, &mut acc);
                             }
                         }
                     }
@@ -655,6 +764,40 @@ macro_rules! kquant_kernels {
                             _mm512_mask_storeu_ps(out.as_mut_ptr().add(c * rows + r0), mask, *v)
                         };
                     }
+                }
+            }
+
+            /// [`cols_step`] of 8 columns from their [`Act8`]: the same
+            /// operations in the same order, so the same bits.
+            ///
+            /// # Safety
+            /// The tier's features; `acc` holds the 8 columns' accumulators.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn cols_step8<W: KRecord>(
+                codes: &[__m512i; 64],
+                s: &Scales,
+                a8: &Act8,
+                acc: &mut [__m512],
+            ) {
+                let mut blk = [_mm512_setzero_ps(); 8];
+                for j in 0..W::SUBS {
+                    let mut isum: [__m512i; 8] =
+                        core::array::from_fn(|c| _mm512_set1_epi32(a8.start[j][c]));
+                    for k in 0..W::GROUPS {
+                        let g = j * W::GROUPS + k;
+                        let w = codes[g];
+                        for c in 0..8 {
+                            isum[c] = $dot4(isum[c], w, _mm512_set1_epi32(a8.qs[g][c]));
+                        }
+                    }
+                    for c in 0..8 {
+                        let bsum = if W::MINS { a8.bsum[j][c] } else { 0.0 };
+                        blk[c] = fold::<W>(blk[c], isum[c], s, bsum, j);
+                    }
+                }
+                for c in 0..8 {
+                    acc[c] = _mm512_fmadd_ps(blk[c], _mm512_set1_ps(a8.d[c]), acc[c]);
                 }
             }
 
@@ -698,7 +841,7 @@ macro_rules! kquant_kernels {
                         }
                     }
                     for c in 0..NC {
-                        blk[c] = fold::<W>(blk[c], isum[c], s, ks[c], j);
+                        blk[c] = fold::<W>(blk[c], isum[c], s, bsum_of::<W>(ks[c], j), j);
                     }
                 }
                 for c in 0..NC {
