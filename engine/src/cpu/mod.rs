@@ -731,6 +731,8 @@ impl Backend for CpuBackend {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use sotto_models::gguf::{GgufFile, GgufWriter, MetaValue};
+    use sotto_models::testutil::{tiny_model, tiny_model_random, TinyDims};
 
     /// The pass's regions run on the whole pool and give the serial result;
     /// the pollers end when the pass returns and when it panics (a hang
@@ -775,8 +777,6 @@ mod tests {
             assert_eq!(pool.install(|| awake_team(|| 7)), 7);
         }
     }
-    use sotto_models::gguf::{GgufFile, GgufWriter, MetaValue};
-    use sotto_models::testutil::{tiny_model, tiny_model_random, TinyDims};
 
     const TOKENS: [u32; 6] = [3, 1, 4, 1, 5, 9];
 
