@@ -757,6 +757,19 @@ mod tests {
             );
             let want = bits(&logits(&mut off));
 
+            // every packed matrix of a backend read from the cache file
+            let all_mapped = |b: &CpuBackend| {
+                let owned: Vec<bool> = b
+                    .packed
+                    .iter()
+                    .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
+                    .flatten()
+                    .chain(b.output_packed.as_deref())
+                    .map(PackedMatrix::is_owned)
+                    .collect();
+                !owned.is_empty() && !owned.contains(&true)
+            };
+
             let mut cold = load(&cache);
             let PackedCacheStatus::Written {
                 path: file,
@@ -768,6 +781,8 @@ mod tests {
             };
             assert_eq!(bits(&logits(&mut cold)), want, "{isa} cold");
             assert_eq!(cold.packed_bytes(), off.packed_bytes());
+            // the start that wrote the file runs from it, as later ones do
+            assert!(all_mapped(&cold), "{isa}: cold start kept its own panels");
 
             let mut warm = load(&cache);
             assert!(
@@ -777,18 +792,7 @@ mod tests {
             );
             assert_eq!(warm.packed_cache().pack_time(), Duration::ZERO);
             assert_eq!(warm.packed_bytes(), off.packed_bytes());
-            let owned: Vec<bool> = warm
-                .packed
-                .iter()
-                .flat_map(|l| [&l.q, &l.k, &l.v, &l.o, &l.gate, &l.up, &l.down])
-                .flatten()
-                .chain(warm.output_packed.as_deref())
-                .map(PackedMatrix::is_owned)
-                .collect();
-            assert!(
-                !owned.is_empty() && !owned.contains(&true),
-                "{isa}: {owned:?}"
-            );
+            assert!(all_mapped(&warm), "{isa}: warm start packed");
             assert_eq!(bits(&logits(&mut warm)), want, "{isa} warm");
             drop(warm);
 
