@@ -12,7 +12,7 @@
 //! nothing here knows which architecture it runs.
 //! Weights stay in the memory-mapped file, except where the kernel table
 //! reads a load-time layout faster ([`PackedMatrix`], the x16 panels of the
-//! AVX-512 tiers): those matrices are repacked at the first load, written
+//! x86 tiers and of aarch64 from dotprod up): those matrices are repacked at the first load, written
 //! to the packed-panel cache ([`PackedCache`]) and mapped from it on later
 //! starts, and the file's bytes are no longer read for them. Norm vectors
 //! are copied as f32 (tiny).
@@ -229,7 +229,7 @@ impl CpuBackend {
     }
 
     /// As [`CpuBackend::with_kernels`], with the matrices the table repacks
-    /// (the AVX-512 tiers' x16 panels) mapped from `cache` when a valid
+    /// (the x16 panels) mapped from `cache` when a valid
     /// file for this model and table is there, else packed and written
     /// there ([`CpuBackend::packed_cache`] says which).
     pub fn with_kernels_and_cache(

@@ -12,8 +12,8 @@
 //! * [`QMatrix`]: the file's bytes (ggml row-major blocks), borrowed from the
 //!   memory map; [`matmul`].
 //! * [`PackedMatrix`]: repacked once at load into the x16 panels of
-//!   [`crate::quant::x16`] for tables whose kernels read them (the AVX-512
-//!   tiers), so decode streams contiguous panels instead of gathering rows;
+//!   [`crate::quant::x16`] for tables whose kernels read them (x86 from
+//!   AVX2 up, aarch64 from dotprod up), so decode streams contiguous panels instead of gathering rows;
 //!   [`matmul_packed`], and [`matmul_packed_group`] for several matrices on
 //!   one input in one parallel region.
 
@@ -302,7 +302,7 @@ enum PackedBytes {
 
 /// A weight matrix repacked at load time into the x16 panels of
 /// `quant::x16` (crate-private), for tables whose gemm kernels read that layout
-/// (the AVX-512 tiers): the decode matvec then streams each panel with
+/// (x86 from AVX2 up, aarch64 from dotprod up): the decode matvec then streams each panel with
 /// contiguous loads instead of gathering 16 rows per block at run time.
 /// Owned when packed here (it costs the matrix's size in memory, besides
 /// the file's bytes), or borrowed from a [`PackedSource`] that holds the

@@ -11,7 +11,7 @@
 //! `super::table` calls after `super::supports(Isa::Avx2)` checked those
 //! features at run time.
 
-use super::{avx2_attn, avx2_lanes};
+use super::{avx2_attn, avx2_lanes, avx2_x16};
 use crate::dispatch::{ActivationRow, AttnBlockKernels, Isa, KernelTable, WeightRow};
 use crate::ops::{activation, attention};
 use crate::quant::blocks::*;
@@ -30,17 +30,17 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
         q4_0: WeightRow {
             dot: q4_0_q8_0,
             gemm: Some(q4_0_q8_0_gemm),
-            ..t.q4_0
+            x16: Some(q4_0_q8_0_x16),
         },
         q4_1: WeightRow {
             dot: q4_1_q8_1,
             gemm: Some(q4_1_q8_1_gemm),
-            ..t.q4_1
+            x16: Some(q4_1_q8_1_x16),
         },
         q8_0: WeightRow {
             dot: q8_0_q8_0,
             gemm: Some(q8_0_q8_0_gemm),
-            ..t.q8_0
+            x16: Some(q8_0_q8_0_x16),
         },
         q4_k: WeightRow {
             dot: q4_k_q8_k,
@@ -59,7 +59,7 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
         q5_0: WeightRow {
             dot: q5_0_q8_0,
             gemm: Some(q5_0_q8_0_gemm),
-            ..t.q5_0
+            x16: Some(q5_0_q8_0_x16),
         },
         q5_1: WeightRow {
             dot: q5_1_q8_1,
@@ -191,6 +191,18 @@ fn q8_0_q8_0_gemm(w: &[BlockQ8_0], a: &[BlockQ8_0], bpr: usize, out: &mut [f32])
 }
 fn q5_0_q8_0_gemm(w: &[BlockQ5_0], a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
     avx2_lanes::gemm(q5_0_q8_0, w, a, bpr, out)
+}
+fn q4_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+    avx2_x16::gemm::<BlockQ4_0>(q4_0_q8_0, p, rows, a, bpr, out)
+}
+fn q4_1_q8_1_x16(p: &[u8], rows: usize, a: &[BlockQ8_1], bpr: usize, out: &mut [f32]) {
+    avx2_x16::gemm::<BlockQ4_1>(q4_1_q8_1, p, rows, a, bpr, out)
+}
+fn q8_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+    avx2_x16::gemm::<BlockQ8_0>(q8_0_q8_0, p, rows, a, bpr, out)
+}
+fn q5_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+    avx2_x16::gemm::<BlockQ5_0>(q5_0_q8_0, p, rows, a, bpr, out)
 }
 fn q4_k_q8_k_gemm(w: &[BlockQ4K], a: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
     avx2_lanes::gemm(q4_k_q8_k, w, a, bpr, out)

@@ -43,16 +43,16 @@ use crate::quant::q5_0::BlockQ5_0;
 use core::arch::x86_64::*;
 
 /// Rows per group: one per 32-bit lane.
-const LANES: usize = 8;
+pub(super) const LANES: usize = 8;
 
 /// Columns per step of the prefill kernel (their `i16` and float
 /// accumulators, the row group's code vector and a broadcast fit the 16
 /// registers).
-const NC: usize = 4;
+pub(super) const NC: usize = 4;
 
 /// Columns whose activations stay in L2 while one row group at a time is
 /// unpacked for them (32 tokens of an 8192-wide Q8_0 row: 278 KB).
-const COL_CHUNK: usize = 32;
+pub(super) const COL_CHUNK: usize = 32;
 
 /// How many row groups ahead decode prefetches.
 const PREFETCH_GROUPS: usize = 2;
@@ -114,8 +114,8 @@ impl Lanes for BlockQ6K {
 /// integer share of the code offset (`OFFSET * sum(y)`) and the activation
 /// sides of the correction terms (Q8_1's `s`, Q8_K's scaled sums).
 #[derive(Clone, Copy)]
-struct Col {
-    codes: *const i8,
+pub(super) struct Col {
+    pub(super) codes: *const i8,
     /// The 16-element sums (`SUB_OFFSET` types).
     sums: *const i16,
     d: f32,
@@ -123,7 +123,7 @@ struct Col {
     terms: [f32; MAX_TERMS],
 }
 
-fn col_of<W: Lanes>(b: &W::Act) -> Col
+pub(super) fn col_of<W: Lanes>(b: &W::Act) -> Col
 where
     W::Act: GemmAct,
 {
@@ -404,7 +404,13 @@ unsafe fn sub_offset(sp: &[__m256i], sums: *const i16) -> __m256i {
 /// AVX2/FMA/F16C; `m` holds `TERMS` vectors.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn scale_add<W: Lanes>(isum: __m256i, d: __m256, m: &[__m256], col: &Col, acc: &mut __m256) {
+pub(super) unsafe fn scale_add<W: Lanes>(
+    isum: __m256i,
+    d: __m256,
+    m: &[__m256],
+    col: &Col,
+    acc: &mut __m256,
+) {
     let mut s = isum;
     if W::OFFSET != 0 && !W::SUB_OFFSET {
         s = _mm256_sub_epi32(s, _mm256_set1_epi32(col.off));
@@ -507,7 +513,7 @@ unsafe fn row_dots<W: Lanes>(
 /// AVX; `out` points at `nr <= 8` writable floats.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn store(v: __m256, out: *mut f32, nr: usize) {
+pub(super) unsafe fn store(v: __m256, out: *mut f32, nr: usize) {
     if nr == LANES {
         // SAFETY: eight writable floats.
         unsafe { _mm256_storeu_ps(out, v) };

@@ -4,8 +4,10 @@
 //! * `avx2`: AVX2 + FMA + F16C, every dot and the activation quantizers,
 //!   a gemm over the file's layout with one weight row per 32-bit lane,
 //!   for prefill and decode alike (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K;
-//!   `avx2_lanes.rs`, the blocks unpacked by `avx2_gemm.rs`), and attention's block
-//!   kernels over the f16 cache (`avx2_attn.rs`).
+//!   `avx2_lanes.rs`, the blocks unpacked by `avx2_gemm.rs`), the same
+//!   kernel over the x16 panels for the legacy types (`avx2_x16.rs`: the
+//!   weights repacked at load, decode without gathers, the same bits), and
+//!   attention's block kernels over the f16 cache (`avx2_attn.rs`).
 //! * `avxvnni`: AVX-VNNI (VEX `vpdpbusd` on ymm, for client cores without
 //!   AVX-512): the AVX2 table with the Q4_0, Q4_1 and Q8_0 dots on
 //!   `vpdpbusd` (for the types without a gemm: decode of the others goes
@@ -26,6 +28,7 @@ mod avx2;
 mod avx2_attn;
 mod avx2_gemm;
 mod avx2_lanes;
+mod avx2_x16;
 mod avx512;
 mod avx512_attn;
 mod avx512_lowbit;

@@ -1,0 +1,380 @@
+//! AVX2 gemm over the x16 panels of `quant::x16` (weights repacked at
+//! load time): Q4_0, Q4_1, Q5_0 and Q8_0.
+//!
+//! A 16-row panel is two groups of eight rows for a 256-bit register: the
+//! first and second 32 bytes of each 64-byte line hold the same 4 code
+//! bytes of rows 0..8 and 8..16, one row per 32-bit lane, and the first
+//! and second 16 bytes of an f16 plane their scales. So the lane kernel of
+//! [`super::avx2_lanes`] runs on plain loads from the record, where over
+//! the file's layout decode gathers eight rows block by block and sums each
+//! row's dot horizontally, and prefill transposes every row group into a
+//! scratch panel once per column chunk.
+//!
+//! **Same bits as the file-layout gemm.** A half record gives each row the
+//! very codes, scales and minimums [`super::avx2_gemm::Avx2Gemm::unpack`]
+//! gives it, the integer dots are exact, and the float side is that
+//! kernel's [`scale_add`], so a matrix multiplies to the same bits packed
+//! or not, batched or not.
+//!
+//! Soundness: the `unsafe fn`s need AVX2, FMA and F16C, which
+//! `super::table` checked before handing out the entries that reach
+//! [`gemm`]; `gemm` checks the packed shape (`x16::shape_ok`) before the
+//! kernels index without bounds checks.
+
+use super::avx2_gemm::{GemmAct, MAX_TERMS};
+use super::avx2_lanes::{col_of, scale_add, store, Col, Lanes, COL_CHUNK, LANES, NC};
+use crate::dispatch::VecDotFn;
+use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
+use crate::quant::q5_0::BlockQ5_0;
+use crate::quant::x16::{self, X16Block, PANEL_ROWS};
+use core::arch::x86_64::*;
+
+/// Bytes ahead of the record in use that decode prefetches: the hardware
+/// prefetcher stops at page boundaries, and a decoded token streams every
+/// matrix from memory once.
+const PREFETCH: usize = 2048;
+
+/// A block type whose x16 record the AVX2 lane kernel reads directly.
+pub(super) trait X16Lanes: Lanes + X16Block {
+    /// Code word `i` (elements `4i..4i + 4`) of the eight rows of half `h`
+    /// of the record at `rec`, one row per 32-bit lane, as `unpack` gives
+    /// them (unsigned, or signed for Q8_0).
+    ///
+    /// # Safety
+    /// AVX2; `rec` points at a whole record of `Self`; `h < 2`, `i < 8`.
+    unsafe fn word(rec: *const u8, h: usize, i: usize) -> __m256i;
+
+    /// The half's row scales and its correction coefficients (Q4_1's
+    /// minimums), one row per lane.
+    ///
+    /// # Safety
+    /// As [`X16Lanes::word`].
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scales(rec: *const u8, h: usize) -> (__m256, [__m256; MAX_TERMS]) {
+        let mut m = [_mm256_setzero_ps(); MAX_TERMS];
+        // SAFETY: the record starts with PLANES planes of 16 f16, eight per half.
+        let d = unsafe {
+            for (j, mj) in m.iter_mut().enumerate().take(Self::TERMS) {
+                *mj = _mm256_cvtph_ps(_mm_loadu_si128(rec.add(32 * (1 + j) + 16 * h).cast()));
+            }
+            _mm256_cvtph_ps(_mm_loadu_si128(rec.add(16 * h).cast()))
+        };
+        (d, m)
+    }
+}
+
+/// Nibble word `i` of a Q4 record whose code lines start at `lines`: line
+/// `i % 4` holds bytes `4 (i % 4)..` of each row, elements `4i..` in its low
+/// nibbles for `i < 4` and its high nibbles for `i >= 4` (element `j` of a
+/// block is the low nibble of byte `j`, element `16 + j` the high one).
+///
+/// # Safety
+/// AVX2; `lines` points at 4 lines of 64 bytes; `h < 2`, `i < 8`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn nibble_word(lines: *const u8, h: usize, i: usize) -> __m256i {
+    // SAFETY: line i % 4's half h is 32 readable bytes.
+    let q = unsafe { _mm256_loadu_si256(lines.add(64 * (i % 4) + 32 * h).cast()) };
+    let m4 = _mm256_set1_epi8(0x0F);
+    if i < 4 {
+        _mm256_and_si256(q, m4)
+    } else {
+        _mm256_and_si256(_mm256_srli_epi32::<4>(q), m4)
+    }
+}
+
+impl X16Lanes for BlockQ4_0 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn word(rec: *const u8, h: usize, i: usize) -> __m256i {
+        // SAFETY: the d plane (32 bytes) precedes the 4 code lines.
+        unsafe { nibble_word(rec.add(32), h, i) }
+    }
+}
+
+impl X16Lanes for BlockQ4_1 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn word(rec: *const u8, h: usize, i: usize) -> __m256i {
+        // SAFETY: the d and m planes (64 bytes) precede the 4 code lines.
+        unsafe { nibble_word(rec.add(64), h, i) }
+    }
+}
+
+impl X16Lanes for BlockQ5_0 {
+    /// The Q4_0 nibbles with bit 4 from bit `4i + b` of the row's `qh`
+    /// (the line after the d plane) in byte `b` of the word.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn word(rec: *const u8, h: usize, i: usize) -> __m256i {
+        // SAFETY: the d plane (32 bytes), the qh line (64), then 4 code lines.
+        let (qh, low) = unsafe {
+            (
+                _mm256_loadu_si256(rec.add(32 + 32 * h).cast()),
+                nibble_word(rec.add(96), h, i),
+            )
+        };
+        // byte i / 2 of each lane's qh into its four bytes, each testing
+        // its own bit (4i + b) % 8
+        let spread = _mm256_shuffle_epi8(
+            qh,
+            _mm256_add_epi8(
+                _mm256_setr_epi8(
+                    0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12, 0, 0, 0, 0, 4, 4, 4, 4, 8,
+                    8, 8, 8, 12, 12, 12, 12,
+                ),
+                _mm256_set1_epi8((i / 2) as i8),
+            ),
+        );
+        let bit = _mm256_set1_epi32(if i.is_multiple_of(2) {
+            0x0804_0201
+        } else {
+            0x8040_2010u32 as i32
+        });
+        let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
+        _mm256_or_si256(low, _mm256_and_si256(set, _mm256_set1_epi8(0x10)))
+    }
+}
+
+impl X16Lanes for BlockQ8_0 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn word(rec: *const u8, h: usize, i: usize) -> __m256i {
+        // SAFETY: the d plane (32 bytes) precedes the 8 code lines.
+        unsafe { _mm256_loadu_si256(rec.add(32 + 64 * i + 32 * h).cast()) }
+    }
+}
+
+/// `out[c * rows + r] = w[r] · a[c]` over packed weights (see
+/// `dispatch::X16GemmFn`), decode included; through `dot` on the recovered
+/// rows for a shape the kernel does not take (which `ops::matmul` never
+/// passes).
+pub(super) fn gemm<W>(
+    dot: VecDotFn<W, W::Act>,
+    p: &[u8],
+    rows: usize,
+    a: &[W::Act],
+    bpr: usize,
+    out: &mut [f32],
+) where
+    W: X16Lanes,
+    W::Act: GemmAct,
+{
+    if !x16::shape_ok::<W, _>(p, rows, a, bpr, out) || W::RUNS != 1 || W::SCALED {
+        return x16::gemm_ref::<W, _>(dot, p, rows, a, bpr, out);
+    }
+    let cols: Vec<Col> = a.iter().map(col_of::<W>).collect();
+    if a.len() == bpr {
+        // SAFETY: only reached through tables built after AVX2/FMA/F16C
+        // were detected; `p` holds the panels of rows x bpr blocks, `cols`
+        // one column and `out` a float per row (x16::shape_ok).
+        return unsafe { gemv::<W>(p, rows, &cols, bpr, out) };
+    }
+    // SAFETY: as above, `cols` holding a.len() / bpr columns.
+    unsafe { gemm_k::<W>(p, rows, &cols, bpr, out) }
+}
+
+/// Half `h` of one record against `N` columns: the eight rows' exact
+/// integer dots, summed in `i16` over `GROUP` words as the file-layout
+/// kernel does, then [`scale_add`] per column.
+///
+/// # Safety
+/// AVX2/FMA/F16C; `rec` points at a whole record; each column's `codes`
+/// point at its block's 32 codes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn half_block<W: X16Lanes, const N: usize>(
+    rec: *const u8,
+    h: usize,
+    cols: [&Col; N],
+    acc: &mut [__m256; N],
+) {
+    let ones = _mm256_set1_epi16(1);
+    let mut isum = [_mm256_setzero_si256(); N];
+    for g in 0..LANES / W::GROUP {
+        let mut pairs = [_mm256_setzero_si256(); N];
+        for i in g * W::GROUP..(g + 1) * W::GROUP {
+            // SAFETY: h < 2, i < 8, a whole record.
+            let xi = unsafe { W::word(rec, h, i) };
+            let ux = if W::SIGNED {
+                _mm256_sign_epi8(xi, xi)
+            } else {
+                xi
+            };
+            for (pc, col) in pairs.iter_mut().zip(cols) {
+                // SAFETY: word i of the column's 32 codes.
+                let word = unsafe { col.codes.add(4 * i).cast::<i32>().read_unaligned() };
+                let y = _mm256_set1_epi32(word);
+                let sy = if W::SIGNED {
+                    _mm256_sign_epi8(y, xi)
+                } else {
+                    y
+                };
+                *pc = _mm256_add_epi16(*pc, _mm256_maddubs_epi16(ux, sy));
+            }
+        }
+        for (s, pc) in isum.iter_mut().zip(pairs) {
+            *s = _mm256_add_epi32(*s, _mm256_madd_epi16(pc, ones));
+        }
+    }
+    // SAFETY: as above.
+    let (d, m) = unsafe { W::scales(rec, h) };
+    for ((a, s), col) in acc.iter_mut().zip(isum).zip(cols) {
+        // SAFETY: the features are enabled here.
+        unsafe { scale_add::<W>(s, d, &m[..W::TERMS], col, a) };
+    }
+}
+
+/// Decode: each panel's records in order, both halves of a record against
+/// the column, the records `PREFETCH` bytes ahead requested.
+///
+/// # Safety
+/// AVX2/FMA/F16C; `p` holds the panels of `rows` rows of `bpr` blocks,
+/// `cols` one column of `bpr` blocks, `out` at least `rows` floats.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemv<W: X16Lanes>(p: &[u8], rows: usize, cols: &[Col], bpr: usize, out: &mut [f32]) {
+    for (pi, r0) in (0..rows).step_by(PANEL_ROWS).enumerate() {
+        let nr = (rows - r0).min(PANEL_ROWS);
+        // SAFETY: panel pi's bpr records lie in p (x16::shape_ok).
+        let panel = unsafe { p.as_ptr().add(pi * bpr * W::RECORD) };
+        let mut acc = [_mm256_setzero_ps(); 2];
+        for (b, col) in cols.iter().enumerate().take(bpr) {
+            // SAFETY: b < bpr: a record of the panel.
+            let rec = unsafe { panel.add(b * W::RECORD) };
+            let ahead = rec.wrapping_add(PREFETCH);
+            for l in (0..W::RECORD).step_by(64) {
+                // a prefetch never faults, past the end included
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l).cast());
+            }
+            let [a0, a1] = &mut acc;
+            // SAFETY: a whole record; the column's block b.
+            unsafe {
+                half_block::<W, 1>(rec, 0, [col], core::array::from_mut(a0));
+                if nr > LANES {
+                    half_block::<W, 1>(rec, 1, [col], core::array::from_mut(a1));
+                }
+            }
+        }
+        // SAFETY: out holds rows r0..r0 + nr.
+        unsafe {
+            let o = out.as_mut_ptr().add(r0);
+            store(acc[0], o, nr.min(LANES));
+            if nr > LANES {
+                store(acc[1], o.add(LANES), nr - LANES);
+            }
+        }
+    }
+}
+
+/// Prefill: per chunk of [`COL_CHUNK`] columns, per panel half, the half's
+/// records against the chunk's columns [`NC`] at a time (the half stays in
+/// the first cache levels while its column groups pass).
+///
+/// # Safety
+/// AVX2/FMA/F16C; `p` holds the panels of `rows` rows of `bpr` blocks,
+/// `cols` `cols.len() / bpr` columns of `bpr` blocks, `out` `rows *
+/// columns` floats.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn gemm_k<W: X16Lanes>(p: &[u8], rows: usize, cols: &[Col], bpr: usize, out: &mut [f32]) {
+    let ncols = cols.len() / bpr;
+    let o = out.as_mut_ptr();
+    for c0 in (0..ncols).step_by(COL_CHUNK) {
+        let end = (c0 + COL_CHUNK).min(ncols);
+        for (pi, p0) in (0..rows).step_by(PANEL_ROWS).enumerate() {
+            // SAFETY: panel pi's bpr records lie in p.
+            let panel = unsafe { p.as_ptr().add(pi * bpr * W::RECORD) };
+            for h in 0..2 {
+                let r0 = p0 + h * LANES;
+                if r0 >= rows {
+                    break;
+                }
+                let nr = (rows - r0).min(LANES);
+                let mut c = c0;
+                while c + NC <= end {
+                    let mut acc = [_mm256_setzero_ps(); NC];
+                    for b in 0..bpr {
+                        let at: [&Col; NC] = core::array::from_fn(|j| &cols[(c + j) * bpr + b]);
+                        // SAFETY: record b of the panel; the columns' block b.
+                        unsafe { half_block::<W, NC>(panel.add(b * W::RECORD), h, at, &mut acc) };
+                    }
+                    for (j, &v) in acc.iter().enumerate() {
+                        // SAFETY: column c + j < ncols, rows r0..r0 + nr exist.
+                        unsafe { store(v, o.add((c + j) * rows + r0), nr) };
+                    }
+                    c += NC;
+                }
+                while c < end {
+                    let mut acc = [_mm256_setzero_ps(); 1];
+                    for b in 0..bpr {
+                        let at = [&cols[c * bpr + b]];
+                        // SAFETY: as above.
+                        unsafe { half_block::<W, 1>(panel.add(b * W::RECORD), h, at, &mut acc) };
+                    }
+                    // SAFETY: as above.
+                    unsafe { store(acc[0], o.add(c * rows + r0), nr) };
+                    c += 1;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::dispatch::{gemm_by_dots, table_for, Isa};
+    use crate::quant::test_data::random_row;
+    use crate::quant::x16;
+    use crate::quant::{with_weight_block, DType, QuantBlock, WeightBlock};
+    use bytemuck::Zeroable;
+
+    /// Packed or in the file's layout, one column or many, every output
+    /// of the AVX2 tier has the same bits (the module's promise), over
+    /// partial panels and halves, the column groups and their tails.
+    #[test]
+    fn packed_outputs_equal_the_file_layout_gemm_bit_for_bit() {
+        let Ok(t) = table_for(Isa::Avx2) else {
+            return;
+        };
+        fn check<W: WeightBlock>(t: &crate::dispatch::KernelTable) {
+            let row = t.weight::<W>();
+            let (Some(kernel), Some(gemm)) = (row.x16, row.gemm) else {
+                return;
+            };
+            for (rows, cols, bpr) in [(1, 1, 1), (8, 5, 3), (9, 1, 7), (16, 36, 2), (40, 9, 18)] {
+                let n = bpr * W::ELEMS;
+                let seed = (rows * 131 + cols * 7 + bpr) as u64;
+                let (wf, xf) = (random_row(rows * n, seed), random_row(cols * n, seed + 1));
+                let mut w = vec![W::zeroed(); rows * bpr];
+                let mut a = vec![W::Act::zeroed(); cols * bpr];
+                W::quantize_ref(&wf, &mut w);
+                W::Act::quantize_ref(&xf, &mut a);
+                let mut p = vec![0u8; x16::packed_bytes::<W>(rows, bpr).unwrap()];
+                x16::pack(&w, bpr, &mut p);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                let (mut packed, mut file) = (vec![f32::NAN; rows * cols], vec![0f32; rows * cols]);
+                kernel(&p, rows, &a, bpr, &mut packed);
+                gemm(&w, &a, bpr, &mut file);
+                let what = format!("{} {rows}x{cols}x{bpr}", W::DTYPE);
+                assert_eq!(bits(&packed), bits(&file), "{what}");
+                // and within the scalar dots' reach (not a shared mistake)
+                let mut want = vec![0f32; rows * cols];
+                gemm_by_dots(W::vec_dot_ref, &w, &a, bpr, &mut want);
+                for (g, e) in packed.iter().zip(&want) {
+                    assert!(
+                        (g - e).abs() <= 1e-3 * (1.0 + e.abs()),
+                        "{what}: {g} vs {e}"
+                    );
+                }
+            }
+        }
+        let mut covered = 0;
+        for &d in DType::ALL {
+            covered += with_weight_block!(d, W => {
+                check::<W>(t);
+                usize::from(t.weight::<W>().x16.is_some())
+            }, 0);
+        }
+        assert!(covered >= 4, "{covered} x16 entries on AVX2");
+    }
+}
