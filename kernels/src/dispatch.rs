@@ -1215,8 +1215,8 @@ mod tests {
             }
         }
         // AVX2 (and AVX-VNNI, built on it) has gemm entries over the file's
-        // layout for the legacy types and the types of a Q4_K_M file, and
-        // x16 entries for the legacy types
+        // layout and x16 entries for the legacy types and the types of a
+        // Q4_K_M file
         for isa in [Isa::Avx2, Isa::AvxVnni] {
             let Ok(t) = table_for(isa) else { continue };
             let gemms = [
@@ -1233,6 +1233,8 @@ mod tests {
                 t.q4_1.x16.is_some(),
                 t.q8_0.x16.is_some(),
                 t.q5_0.x16.is_some(),
+                t.q4_k.x16.is_some(),
+                t.q6_k.x16.is_some(),
             ];
             assert!(x16.iter().all(|&g| g), "{isa}: x16 entries {x16:?}");
         }

@@ -45,7 +45,7 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
         q4_k: WeightRow {
             dot: q4_k_q8_k,
             gemm: Some(q4_k_q8_k_gemm),
-            ..t.q4_k
+            x16: Some(q4_k_q8_k_x16),
         },
         q5_k: WeightRow {
             dot: q5_k_q8_k,
@@ -54,7 +54,7 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
         q6_k: WeightRow {
             dot: q6_k_q8_k,
             gemm: Some(q6_k_q8_k_gemm),
-            ..t.q6_k
+            x16: Some(q6_k_q8_k_x16),
         },
         q5_0: WeightRow {
             dot: q5_0_q8_0,
@@ -203,6 +203,12 @@ fn q8_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [
 }
 fn q5_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
     avx2_x16::gemm::<BlockQ5_0>(q5_0_q8_0, p, rows, a, bpr, out)
+}
+fn q4_k_q8_k_x16(p: &[u8], rows: usize, a: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
+    avx2_x16::gemm::<BlockQ4K>(q4_k_q8_k, p, rows, a, bpr, out)
+}
+fn q6_k_q8_k_x16(p: &[u8], rows: usize, a: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
+    avx2_x16::gemm::<BlockQ6K>(q6_k_q8_k, p, rows, a, bpr, out)
 }
 fn q4_k_q8_k_gemm(w: &[BlockQ4K], a: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
     avx2_lanes::gemm(q4_k_q8_k, w, a, bpr, out)

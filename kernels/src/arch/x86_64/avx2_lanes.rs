@@ -117,7 +117,7 @@ impl Lanes for BlockQ6K {
 pub(super) struct Col {
     pub(super) codes: *const i8,
     /// The 16-element sums (`SUB_OFFSET` types).
-    sums: *const i16,
+    pub(super) sums: *const i16,
     d: f32,
     off: i32,
     terms: [f32; MAX_TERMS],

@@ -1,5 +1,5 @@
 //! AVX2 gemm over the x16 panels of `quant::x16` (weights repacked at
-//! load time): Q4_0, Q4_1, Q5_0 and Q8_0.
+//! load time): Q4_0, Q4_1, Q5_0, Q8_0, Q4_K and Q6_K.
 //!
 //! A 16-row panel is two groups of eight rows for a 256-bit register: the
 //! first and second 32 bytes of each 64-byte line hold the same 4 code
@@ -21,11 +21,12 @@
 //! [`gemm`]; `gemm` checks the packed shape (`x16::shape_ok`) before the
 //! kernels index without bounds checks.
 
-use super::avx2_gemm::{GemmAct, MAX_TERMS};
+use super::avx2_gemm::{GemmAct, MAX_RUNS, MAX_TERMS};
 use super::avx2_lanes::{col_of, scale_add, store, Col, Lanes, COL_CHUNK, LANES, NC};
 use crate::dispatch::VecDotFn;
-use crate::quant::blocks::{BlockQ4_0, BlockQ4_1, BlockQ8_0};
+use crate::quant::blocks::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ8_0};
 use crate::quant::q5_0::BlockQ5_0;
+use crate::quant::q6_k::BlockQ6K;
 use crate::quant::x16::{self, X16Block, PANEL_ROWS};
 use core::arch::x86_64::*;
 
@@ -36,19 +37,51 @@ const PREFETCH: usize = 2048;
 
 /// A block type whose x16 record the AVX2 lane kernel reads directly.
 pub(super) trait X16Lanes: Lanes + X16Block {
-    /// Code word `i` (elements `4i..4i + 4`) of the eight rows of half `h`
-    /// of the record at `rec`, one row per 32-bit lane, as `unpack` gives
-    /// them (unsigned, or signed for Q8_0).
+    /// What the runs of a half record share (the k-quants' sub-block
+    /// scales, unpacked once per block).
+    type Meta: Copy;
+
+    /// The shared part of half `h` of the record at `rec`.
     ///
     /// # Safety
-    /// AVX2; `rec` points at a whole record of `Self`; `h < 2`, `i < 8`.
-    unsafe fn word(rec: *const u8, h: usize, i: usize) -> __m256i;
+    /// AVX2; `rec` points at a whole record of `Self`; `h < 2`.
+    unsafe fn meta(rec: *const u8, h: usize) -> Self::Meta;
+
+    /// Code word `i` (elements `4i..4i + 4` of run `v`) of the eight rows
+    /// of half `h`, one row per 32-bit lane, as `unpack` gives them
+    /// (unsigned, or signed for Q8_0).
+    ///
+    /// # Safety
+    /// As [`X16Lanes::meta`]; `v < RUNS`, `i < 8`.
+    unsafe fn word(rec: *const u8, h: usize, v: usize, i: usize) -> __m256i;
+
+    /// The `i16` multipliers of half `s` of run `v` (`SCALED` types): each
+    /// row's sub-block scale in both `i16` of its lane.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run_scale(_: &Self::Meta, _: usize, _: usize) -> __m256i {
+        _mm256_set1_epi16(1)
+    }
+
+    /// Each row's `sum_s scale[s] * bsum[s]` (`SUB_OFFSET` types), the
+    /// column's 16 sums at `sums`.
+    ///
+    /// # Safety
+    /// AVX2; `sums` points at 16 readable `i16`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn sub_offset(_: &Self::Meta, _: *const i16) -> __m256i {
+        _mm256_setzero_si256()
+    }
 
     /// The half's row scales and its correction coefficients (Q4_1's
-    /// minimums), one row per lane.
+    /// minimums in the plane after the scales), one row per lane.
     ///
     /// # Safety
-    /// As [`X16Lanes::word`].
+    /// As [`X16Lanes::meta`].
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn scales(rec: *const u8, h: usize) -> (__m256, [__m256; MAX_TERMS]) {
@@ -75,57 +108,95 @@ pub(super) trait X16Lanes: Lanes + X16Block {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn nibble_word(lines: *const u8, h: usize, i: usize) -> __m256i {
     // SAFETY: line i % 4's half h is 32 readable bytes.
-    let q = unsafe { _mm256_loadu_si256(lines.add(64 * (i % 4) + 32 * h).cast()) };
+    let q = unsafe { half_line(lines, h, i % 4) };
+    nibbles(q, i >= 4)
+}
+
+/// Half `h` of line `l` of the lines from `lines`: that 4-byte word of
+/// rows `8h..8h + 8`.
+///
+/// # Safety
+/// `lines` points at more than `l` lines of 64 bytes; `h < 2`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn half_line(lines: *const u8, h: usize, l: usize) -> __m256i {
+    // SAFETY: the caller's line; loadu has no alignment requirement.
+    unsafe { _mm256_loadu_si256(lines.add(64 * l + 32 * h).cast()) }
+}
+
+/// The low (or, with `high`, the high) nibbles of every byte of `q`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn nibbles(q: __m256i, high: bool) -> __m256i {
     let m4 = _mm256_set1_epi8(0x0F);
-    if i < 4 {
-        _mm256_and_si256(q, m4)
-    } else {
+    if high {
         _mm256_and_si256(_mm256_srli_epi32::<4>(q), m4)
+    } else {
+        _mm256_and_si256(q, m4)
+    }
+}
+
+/// Byte `b` of every 32-bit lane of `v` into both `i16` of that lane,
+/// zero-extended, or sign-extended with `signed`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn byte_pairs(v: __m256i, b: usize, signed: bool) -> __m256i {
+    let b = b as i8;
+    if signed {
+        let ctrl = _mm256_add_epi8(_mm256_set1_epi8(b), lane_base());
+        _mm256_srai_epi16::<8>(_mm256_shuffle_epi8(v, ctrl))
+    } else {
+        let ctrl = _mm256_add_epi8(
+            _mm256_set1_epi32(i32::from_le_bytes([b as u8, 0x80, b as u8, 0x80])),
+            lane_base(),
+        );
+        _mm256_shuffle_epi8(v, ctrl)
     }
 }
 
 impl X16Lanes for BlockQ4_0 {
+    type Meta = ();
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn word(rec: *const u8, h: usize, i: usize) -> __m256i {
+    unsafe fn meta(_: *const u8, _: usize) {}
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn word(rec: *const u8, h: usize, _: usize, i: usize) -> __m256i {
         // SAFETY: the d plane (32 bytes) precedes the 4 code lines.
         unsafe { nibble_word(rec.add(32), h, i) }
     }
 }
 
 impl X16Lanes for BlockQ4_1 {
+    type Meta = ();
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn word(rec: *const u8, h: usize, i: usize) -> __m256i {
+    unsafe fn meta(_: *const u8, _: usize) {}
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn word(rec: *const u8, h: usize, _: usize, i: usize) -> __m256i {
         // SAFETY: the d and m planes (64 bytes) precede the 4 code lines.
         unsafe { nibble_word(rec.add(64), h, i) }
     }
 }
 
 impl X16Lanes for BlockQ5_0 {
+    type Meta = ();
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn meta(_: *const u8, _: usize) {}
     /// The Q4_0 nibbles with bit 4 from bit `4i + b` of the row's `qh`
     /// (the line after the d plane) in byte `b` of the word.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn word(rec: *const u8, h: usize, i: usize) -> __m256i {
+    unsafe fn word(rec: *const u8, h: usize, _: usize, i: usize) -> __m256i {
         // SAFETY: the d plane (32 bytes), the qh line (64), then 4 code lines.
-        let (qh, low) = unsafe {
-            (
-                _mm256_loadu_si256(rec.add(32 + 32 * h).cast()),
-                nibble_word(rec.add(96), h, i),
-            )
-        };
+        let (qh, low) = unsafe { (half_line(rec.add(32), h, 0), nibble_word(rec.add(96), h, i)) };
         // byte i / 2 of each lane's qh into its four bytes, each testing
         // its own bit (4i + b) % 8
         let spread = _mm256_shuffle_epi8(
             qh,
-            _mm256_add_epi8(
-                _mm256_setr_epi8(
-                    0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12, 0, 0, 0, 0, 4, 4, 4, 4, 8,
-                    8, 8, 8, 12, 12, 12, 12,
-                ),
-                _mm256_set1_epi8((i / 2) as i8),
-            ),
+            _mm256_add_epi8(lane_base(), _mm256_set1_epi8((i / 2) as i8)),
         );
         let bit = _mm256_set1_epi32(if i.is_multiple_of(2) {
             0x0804_0201
@@ -138,12 +209,152 @@ impl X16Lanes for BlockQ5_0 {
 }
 
 impl X16Lanes for BlockQ8_0 {
+    type Meta = ();
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn word(rec: *const u8, h: usize, i: usize) -> __m256i {
+    unsafe fn meta(_: *const u8, _: usize) {}
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn word(rec: *const u8, h: usize, _: usize, i: usize) -> __m256i {
         // SAFETY: the d plane (32 bytes) precedes the 8 code lines.
-        unsafe { _mm256_loadu_si256(rec.add(32 + 64 * i + 32 * h).cast()) }
+        unsafe { half_line(rec.add(32), h, i) }
     }
+}
+
+/// Q4_K: planes `d` and `dmin`, 3 lines of the packed 6-bit scales and
+/// mins (`scale_min_k4`'s 12 bytes), 32 `qs` lines. Run `v` (sub-block
+/// `v`) is the low (even `v`) or high nibbles of `qs[32 (v / 2)..]`, so its
+/// word `i` is line `8 (v / 2) + i`. `Meta`: the sub-blocks' scales,
+/// bytes `j` and `4 + j` of each lane for `j < 4`.
+impl X16Lanes for BlockQ4K {
+    type Meta = [__m256i; 2];
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn meta(rec: *const u8, h: usize) -> [__m256i; 2] {
+        // SAFETY: the 3 scale lines follow the two planes (64 bytes).
+        let [l0, _, l2] = unsafe { [0, 1, 2].map(|l| half_line(rec.add(64), h, l)) };
+        let m6 = _mm256_set1_epi8(0x3F);
+        // scale j < 4: q[j] & 63; scale 4 + j: q[8 + j] & 15 | (q[j] >> 6) << 4
+        [
+            _mm256_and_si256(l0, m6),
+            _mm256_or_si256(
+                _mm256_and_si256(l2, _mm256_set1_epi8(0x0F)),
+                _mm256_and_si256(_mm256_srli_epi16::<2>(l0), _mm256_set1_epi8(0x30)),
+            ),
+        ]
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn word(rec: *const u8, h: usize, v: usize, i: usize) -> __m256i {
+        // SAFETY: the 32 qs lines start at byte 256 of the record.
+        let q = unsafe { half_line(rec.add(256), h, 8 * (v / 2) + i) };
+        nibbles(q, v % 2 == 1)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run_scale(m: &[__m256i; 2], v: usize, _: usize) -> __m256i {
+        byte_pairs(m[v / 4], v % 4, false)
+    }
+    /// `d`, and the eight mins as `unpack` gives them: `-dmin * min`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scales(rec: *const u8, h: usize) -> (__m256, [__m256; MAX_TERMS]) {
+        // SAFETY: the d and dmin planes, then the 3 scale lines.
+        let (d, dmin, [_, l1, l2]) = unsafe {
+            (
+                _mm256_cvtph_ps(_mm_loadu_si128(rec.add(16 * h).cast())),
+                _mm256_cvtph_ps(_mm_loadu_si128(rec.add(32 + 16 * h).cast())),
+                [0, 1, 2].map(|l| half_line(rec.add(64), h, l)),
+            )
+        };
+        // min j < 4: q[4 + j] & 63; min 4 + j: q[8 + j] >> 4 | (q[4 + j] >> 6) << 4
+        let lo = _mm256_and_si256(l1, _mm256_set1_epi8(0x3F));
+        let hi = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16::<4>(l2), _mm256_set1_epi8(0x0F)),
+            _mm256_and_si256(_mm256_srli_epi16::<2>(l1), _mm256_set1_epi8(0x30)),
+        );
+        let neg = _mm256_sub_ps(_mm256_setzero_ps(), dmin);
+        let m = core::array::from_fn(|j| {
+            let bytes = if j < 4 { lo } else { hi };
+            // byte j % 4 of each lane, zero-extended to i32
+            let ctrl = _mm256_add_epi8(
+                _mm256_set1_epi32(i32::from_le_bytes([(j % 4) as u8, 0x80, 0x80, 0x80])),
+                lane_base(),
+            );
+            _mm256_mul_ps(neg, _mm256_cvtepi32_ps(_mm256_shuffle_epi8(bytes, ctrl)))
+        });
+        (d, m)
+    }
+}
+
+/// Q6_K: plane `d`, 4 lines of the 16 signed sub-block scales, 16 `qh`
+/// lines, 32 `ql` lines. Run `v = 4n + k` (elements `128n + 32k..`) takes
+/// the low (`k < 2`) or high nibbles of `ql[64n + 32 (k % 2)..]` and bits
+/// `2k..2k + 2` of `qh[32n..]`: its word `i` is `ql` line `16n + 8 (k % 2)
+/// + i` and `qh` line `8n + i`. `Meta`: the 4 scale lines.
+impl X16Lanes for BlockQ6K {
+    type Meta = [__m256i; 4];
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn meta(rec: *const u8, h: usize) -> [__m256i; 4] {
+        // SAFETY: the 4 scale lines follow the d plane (32 bytes).
+        unsafe { [0, 1, 2, 3].map(|l| half_line(rec.add(32), h, l)) }
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn word(rec: *const u8, h: usize, v: usize, i: usize) -> __m256i {
+        let (n, k) = (v / 4, v % 4);
+        // SAFETY: the qh lines start at byte 288 of the record, the ql lines at 1312.
+        let (ql, qh) = unsafe {
+            (
+                half_line(rec.add(1312), h, 16 * n + 8 * (k % 2) + i),
+                half_line(rec.add(288), h, 8 * n + i),
+            )
+        };
+        let high = match k {
+            0 => qh,
+            1 => _mm256_srli_epi16::<2>(qh),
+            2 => _mm256_srli_epi16::<4>(qh),
+            _ => _mm256_srli_epi16::<6>(qh),
+        };
+        let high = _mm256_slli_epi16::<4>(_mm256_and_si256(high, _mm256_set1_epi8(0x03)));
+        _mm256_or_si256(nibbles(ql, k >= 2), high)
+    }
+    /// Scale `2v + s` (the run's first or second 16 codes), sign-extended.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn run_scale(m: &[__m256i; 4], v: usize, s: usize) -> __m256i {
+        let j = 2 * v + s;
+        byte_pairs(m[j / 4], j % 4, true)
+    }
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn sub_offset(m: &[__m256i; 4], sums: *const i16) -> __m256i {
+        let mut off = _mm256_setzero_si256();
+        for (l, &line) in m.iter().enumerate() {
+            // scales 4l, 4l + 2 and 4l + 1, 4l + 3 as i16 pairs
+            let even = _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(line));
+            let odd = _mm256_srai_epi16::<8>(line);
+            // SAFETY: sums 4l..4l + 4 of 16.
+            let s: [i16; 4] = unsafe { core::array::from_fn(|k| *sums.add(4 * l + k)) };
+            let pair = |a: i16, b: i16| _mm256_set1_epi32(i32::from(a as u16) | i32::from(b) << 16);
+            off = _mm256_add_epi32(off, _mm256_madd_epi16(even, pair(s[0], s[2])));
+            off = _mm256_add_epi32(off, _mm256_madd_epi16(odd, pair(s[1], s[3])));
+        }
+        off
+    }
+}
+
+/// Byte offsets `0, 4, 8, 12` of the 32-bit lanes of each 128-bit half, in
+/// every byte of the lane: added to a `vpshufb` control of in-lane byte
+/// indexes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn lane_base() -> __m256i {
+    _mm256_setr_epi8(
+        0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12, 12, 12, 12, 0, 0, 0, 0, 4, 4, 4, 4, 8, 8, 8, 8, 12,
+        12, 12, 12,
+    )
 }
 
 /// `out[c * rows + r] = w[r] · a[c]` over packed weights (see
@@ -161,7 +372,11 @@ pub(super) fn gemm<W>(
     W: X16Lanes,
     W::Act: GemmAct,
 {
-    if !x16::shape_ok::<W, _>(p, rows, a, bpr, out) || W::RUNS != 1 || W::SCALED {
+    if !x16::shape_ok::<W, _>(p, rows, a, bpr, out)
+        || W::RUNS > MAX_RUNS
+        || W::TERMS > MAX_TERMS
+        || !LANES.is_multiple_of(W::GROUP * W::HALVES)
+    {
         return x16::gemm_ref::<W, _>(dot, p, rows, a, bpr, out);
     }
     let cols: Vec<Col> = a.iter().map(col_of::<W>).collect();
@@ -176,12 +391,13 @@ pub(super) fn gemm<W>(
 }
 
 /// Half `h` of one record against `N` columns: the eight rows' exact
-/// integer dots, summed in `i16` over `GROUP` words as the file-layout
-/// kernel does, then [`scale_add`] per column.
+/// integer dots, summed in `i16` over `GROUP` words and scaled per
+/// sub-block as the file-layout kernel does, then [`scale_add`] per column.
 ///
 /// # Safety
 /// AVX2/FMA/F16C; `rec` points at a whole record; each column's `codes`
-/// point at its block's 32 codes.
+/// point at its block's `32 * RUNS` codes (and `sums` at its 16 sums for
+/// `SUB_OFFSET` types).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn half_block<W: X16Lanes, const N: usize>(
@@ -190,32 +406,49 @@ unsafe fn half_block<W: X16Lanes, const N: usize>(
     cols: [&Col; N],
     acc: &mut [__m256; N],
 ) {
-    let ones = _mm256_set1_epi16(1);
+    // SAFETY: a whole record, h < 2.
+    let meta = unsafe { W::meta(rec, h) };
     let mut isum = [_mm256_setzero_si256(); N];
-    for g in 0..LANES / W::GROUP {
-        let mut pairs = [_mm256_setzero_si256(); N];
-        for i in g * W::GROUP..(g + 1) * W::GROUP {
-            // SAFETY: h < 2, i < 8, a whole record.
-            let xi = unsafe { W::word(rec, h, i) };
-            let ux = if W::SIGNED {
-                _mm256_sign_epi8(xi, xi)
-            } else {
-                xi
-            };
-            for (pc, col) in pairs.iter_mut().zip(cols) {
-                // SAFETY: word i of the column's 32 codes.
-                let word = unsafe { col.codes.add(4 * i).cast::<i32>().read_unaligned() };
-                let y = _mm256_set1_epi32(word);
-                let sy = if W::SIGNED {
-                    _mm256_sign_epi8(y, xi)
+    for v in 0..W::RUNS {
+        for g in 0..LANES / W::GROUP {
+            // the words of a group lie in one sub-block (GROUP * HALVES divides 8)
+            // SAFETY: the features are enabled here.
+            let sc = unsafe { W::run_scale(&meta, v, g * W::GROUP * W::HALVES / LANES) };
+            let mut pairs = [_mm256_setzero_si256(); N];
+            for i in g * W::GROUP..(g + 1) * W::GROUP {
+                // SAFETY: v < RUNS, i < 8, a whole record.
+                let xi = unsafe { W::word(rec, h, v, i) };
+                let ux = if W::SIGNED {
+                    _mm256_sign_epi8(xi, xi)
                 } else {
-                    y
+                    xi
                 };
-                *pc = _mm256_add_epi16(*pc, _mm256_maddubs_epi16(ux, sy));
+                for (pc, col) in pairs.iter_mut().zip(cols) {
+                    // SAFETY: word i of run v of the column's codes.
+                    let word =
+                        unsafe { col.codes.add(32 * v + 4 * i).cast::<i32>().read_unaligned() };
+                    let y = _mm256_set1_epi32(word);
+                    let sy = if W::SIGNED {
+                        _mm256_sign_epi8(y, xi)
+                    } else {
+                        y
+                    };
+                    *pc = _mm256_add_epi16(*pc, _mm256_maddubs_epi16(ux, sy));
+                }
+            }
+            for (s, pc) in isum.iter_mut().zip(pairs) {
+                *s = _mm256_add_epi32(*s, _mm256_madd_epi16(pc, sc));
             }
         }
-        for (s, pc) in isum.iter_mut().zip(pairs) {
-            *s = _mm256_add_epi32(*s, _mm256_madd_epi16(pc, ones));
+    }
+    if W::SUB_OFFSET {
+        for (s, col) in isum.iter_mut().zip(cols) {
+            // SAFETY: the column's 16 sums.
+            let off = unsafe { W::sub_offset(&meta, col.sums) };
+            *s = _mm256_sub_epi32(
+                *s,
+                _mm256_mullo_epi32(off, _mm256_set1_epi32(W::OFFSET.into())),
+            );
         }
     }
     // SAFETY: as above.
@@ -375,6 +608,6 @@ mod tests {
                 usize::from(t.weight::<W>().x16.is_some())
             }, 0);
         }
-        assert!(covered >= 4, "{covered} x16 entries on AVX2");
+        assert!(covered >= 6, "{covered} x16 entries on AVX2");
     }
 }

@@ -5,7 +5,7 @@
 //!   a gemm over the file's layout with one weight row per 32-bit lane,
 //!   for prefill and decode alike (Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q6_K;
 //!   `avx2_lanes.rs`, the blocks unpacked by `avx2_gemm.rs`), the same
-//!   kernel over the x16 panels for the legacy types (`avx2_x16.rs`: the
+//!   kernel over the x16 panels for those types (`avx2_x16.rs`: the
 //!   weights repacked at load, decode without gathers, the same bits), and
 //!   attention's block kernels over the f16 cache (`avx2_attn.rs`).
 //! * `avxvnni`: AVX-VNNI (VEX `vpdpbusd` on ymm, for client cores without
