@@ -524,32 +524,58 @@ unsafe fn gemm_k<W: X16Lanes>(p: &[u8], rows: usize, cols: &[Col], bpr: usize, o
                 }
                 let nr = (rows - r0).min(LANES);
                 let mut c = c0;
-                while c + NC <= end {
-                    let mut acc = [_mm256_setzero_ps(); NC];
-                    for b in 0..bpr {
-                        let at: [&Col; NC] = core::array::from_fn(|j| &cols[(c + j) * bpr + b]);
-                        // SAFETY: record b of the panel; the columns' block b.
-                        unsafe { half_block::<W, NC>(panel.add(b * W::RECORD), h, at, &mut acc) };
-                    }
-                    for (j, &v) in acc.iter().enumerate() {
-                        // SAFETY: column c + j < ncols, rows r0..r0 + nr exist.
-                        unsafe { store(v, o.add((c + j) * rows + r0), nr) };
-                    }
-                    c += NC;
-                }
                 while c < end {
-                    let mut acc = [_mm256_setzero_ps(); 1];
-                    for b in 0..bpr {
-                        let at = [&cols[c * bpr + b]];
-                        // SAFETY: as above.
-                        unsafe { half_block::<W, 1>(panel.add(b * W::RECORD), h, at, &mut acc) };
+                    // NC at a time, the 1..3 left in one pass over the half
+                    let n = (end - c).min(NC);
+                    // SAFETY: the panel's bpr records; columns c..c + n
+                    // below end <= ncols; rows r0..r0 + nr below rows.
+                    unsafe {
+                        match n {
+                            1 => cols_group::<W, 1>(panel, h, cols, bpr, c, o, rows, r0, nr),
+                            2 => cols_group::<W, 2>(panel, h, cols, bpr, c, o, rows, r0, nr),
+                            3 => cols_group::<W, 3>(panel, h, cols, bpr, c, o, rows, r0, nr),
+                            _ => cols_group::<W, NC>(panel, h, cols, bpr, c, o, rows, r0, nr),
+                        }
                     }
-                    // SAFETY: as above.
-                    unsafe { store(acc[0], o.add(c * rows + r0), nr) };
-                    c += 1;
+                    c += n;
                 }
             }
         }
+    }
+}
+
+/// Rows `r0..r0 + nr` (half `h` of the panel at `panel`) against columns
+/// `c..c + N`, into `out` (`o`, columns of `rows`).
+///
+/// # Safety
+/// AVX2/FMA/F16C; `panel` points at `bpr` whole records; columns `c..c +
+/// N` exist in `cols` (of `bpr` blocks each); `o` holds `rows` floats for
+/// each of them, rows `r0..r0 + nr` below `rows`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn cols_group<W: X16Lanes, const N: usize>(
+    panel: *const u8,
+    h: usize,
+    cols: &[Col],
+    bpr: usize,
+    c: usize,
+    o: *mut f32,
+    rows: usize,
+    r0: usize,
+    nr: usize,
+) {
+    let mut acc = [_mm256_setzero_ps(); N];
+    for b in 0..bpr {
+        // SAFETY: column c + j's block b, inside cols.
+        let at: [&Col; N] =
+            core::array::from_fn(|j| unsafe { cols.get_unchecked((c + j) * bpr + b) });
+        // SAFETY: record b of the panel.
+        unsafe { half_block::<W, N>(panel.add(b * W::RECORD), h, at, &mut acc) };
+    }
+    for (j, &v) in acc.iter().enumerate() {
+        // SAFETY: column c + j's rows r0..r0 + nr lie in out.
+        unsafe { store(v, o.add((c + j) * rows + r0), nr) };
     }
 }
 
@@ -574,7 +600,14 @@ mod tests {
             let (Some(kernel), Some(gemm)) = (row.x16, row.gemm) else {
                 return;
             };
-            for (rows, cols, bpr) in [(1, 1, 1), (8, 5, 3), (9, 1, 7), (16, 36, 2), (40, 9, 18)] {
+            for (rows, cols, bpr) in [
+                (1, 1, 1),
+                (8, 7, 3),
+                (9, 1, 7),
+                (16, 36, 2),
+                (40, 6, 18),
+                (17, 35, 2),
+            ] {
                 let n = bpr * W::ELEMS;
                 let seed = (rows * 131 + cols * 7 + bpr) as u64;
                 let (wf, xf) = (random_row(rows * n, seed), random_row(cols * n, seed + 1));
