@@ -295,6 +295,40 @@ fn transpose(r: [__m256i; LANES]) -> [__m256i; LANES] {
     ]
 }
 
+/// Word `i` of run `v` of eight rows (`xi`, one row per 32-bit lane)
+/// against each column's same word: every row's two pairs of products per
+/// column added to its `i16` sums in `pairs` (signed codes by the sign
+/// trick, as `vpmaddubsw` takes one unsigned side).
+///
+/// # Safety
+/// AVX2/FMA/F16C; each column's `codes` point at `32 * (v + 1)` codes, `i < 8`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn word_products<W: Lanes, const N: usize>(
+    xi: __m256i,
+    cols: &[&Col; N],
+    v: usize,
+    i: usize,
+    pairs: &mut [__m256i; N],
+) {
+    let ux = if W::SIGNED {
+        _mm256_sign_epi8(xi, xi)
+    } else {
+        xi
+    };
+    for (pc, col) in pairs.iter_mut().zip(cols) {
+        // SAFETY: word i of run v of the column's codes.
+        let word = unsafe { col.codes.add(32 * v + 4 * i).cast::<i32>().read_unaligned() };
+        let y = _mm256_set1_epi32(word);
+        let sy = if W::SIGNED {
+            _mm256_sign_epi8(y, xi)
+        } else {
+            y
+        };
+        *pc = _mm256_add_epi16(*pc, _mm256_maddubs_epi16(ux, sy));
+    }
+}
+
 /// Block `k` of a filled panel against `NC` columns: the rows' exact
 /// integer dots, then [`scale_add`] per column.
 ///
@@ -329,29 +363,12 @@ unsafe fn block<W: Lanes, const NC: usize>(
                 ones
             };
             let mut pairs = [_mm256_setzero_si256(); NC];
-            for (i, &xi) in x.iter().enumerate().skip(g * W::GROUP).take(W::GROUP) {
-                let ux = if W::SIGNED {
-                    _mm256_sign_epi8(xi, xi)
-                } else {
-                    xi
-                };
-                for (c, pc) in pairs.iter_mut().enumerate() {
-                    // SAFETY: word i of run v of the column's codes.
-                    let word = unsafe {
-                        cols[c]
-                            .codes
-                            .add(32 * v + 4 * i)
-                            .cast::<i32>()
-                            .read_unaligned()
-                    };
-                    let y = _mm256_set1_epi32(word);
-                    let sy = if W::SIGNED {
-                        _mm256_sign_epi8(y, xi)
-                    } else {
-                        y
-                    };
-                    *pc = _mm256_add_epi16(*pc, _mm256_maddubs_epi16(ux, sy));
-                }
+            // indexes, not the skip/take chain clippy suggests: that one is
+            // not always inlined into the kernels (see `scale_add`)
+            #[allow(clippy::needless_range_loop)]
+            for i in g * W::GROUP..(g + 1) * W::GROUP {
+                // SAFETY: word i of run v of each column's codes.
+                unsafe { word_products::<W, NC>(x[i], &cols, v, i, &mut pairs) };
             }
             for (s, pc) in isum.iter_mut().zip(pairs) {
                 *s = _mm256_add_epi32(*s, _mm256_madd_epi16(pc, sc));
@@ -421,8 +438,12 @@ pub(super) unsafe fn scale_add<W: Lanes>(
         *acc = _mm256_fmadd_ps(m[0], _mm256_set1_ps(col.terms[0]), *acc);
     } else if W::TERMS > 1 {
         let mut blk = _mm256_mul_ps(m[0], _mm256_set1_ps(col.terms[0]));
-        for (&mj, &tj) in m.iter().zip(&col.terms).take(W::TERMS).skip(1) {
-            blk = _mm256_fmadd_ps(mj, _mm256_set1_ps(tj), blk);
+        // an index loop: the iterator chain this was (zip, take, skip)
+        // compiled to a call per term, each paying a vzeroupper and the
+        // accumulator's round trip through the stack
+        #[allow(clippy::needless_range_loop)]
+        for j in 1..W::TERMS.min(m.len()) {
+            blk = _mm256_fmadd_ps(m[j], _mm256_set1_ps(col.terms[j]), blk);
         }
         *acc = _mm256_add_ps(*acc, blk);
     }
