@@ -107,6 +107,7 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
             scores: avx2_attn::attn_scores,
             accumulate: avx2_attn::attn_accumulate,
         }),
+        attn_tile: Some(super::avx2_attn_tile::KERNELS),
         attn_quant: crate::dispatch::AttnQuantKernels {
             accumulate_q8_0: attn_accumulate_q8_0,
             accumulate_q4_0: attn_accumulate_q4_0,

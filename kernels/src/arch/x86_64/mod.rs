@@ -7,7 +7,8 @@
 //!   `avx2_lanes.rs`, the blocks unpacked by `avx2_gemm.rs`), the same
 //!   kernel over the x16 panels for those types (`avx2_x16.rs`: the
 //!   weights repacked at load, decode without gathers, the same bits), and
-//!   attention's block kernels over the f16 cache (`avx2_attn.rs`).
+//!   attention's block kernels over the f16 cache (`avx2_attn.rs`) and
+//!   its tiled kernels (`avx2_attn_tile.rs`: `6 x 16` register tiles).
 //! * `avxvnni`: AVX-VNNI (VEX `vpdpbusd` on ymm, for client cores without
 //!   AVX-512): the AVX2 table with the Q4_0, Q4_1 and Q8_0 dots on
 //!   `vpdpbusd` (for the types without a gemm: decode of the others goes
@@ -26,6 +27,7 @@ use crate::dispatch::{Isa, KernelTable};
 
 mod avx2;
 mod avx2_attn;
+mod avx2_attn_tile;
 mod avx2_gemm;
 mod avx2_lanes;
 mod avx2_x16;

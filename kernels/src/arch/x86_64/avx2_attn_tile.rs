@@ -1,0 +1,913 @@
+//! AVX2 kernels of the tiled f16 attention (`ops::attention_tiled`), the
+//! AVX-512 tier's design (`avx512_attn.rs`) on 8 lanes and 16 registers,
+//! for the client cores without AVX-512 (Zen 3, Haswell..Alder Lake): key
+//! tiles widened and transposed once (8 x 8 blocks through registers),
+//! then scores as `6 rows x 16 keys` broadcast-FMA gemms over the head and
+//! outputs as `6 rows x 16 columns` gemms over the tile's keys. Twelve
+//! accumulators, two key (or value) vectors and a broadcast take 15 of the
+//! 16 registers; the AVX-512 tier's 6 x 64 would not fit. Where the block
+//! kernels (`avx2_attn.rs`) re-widened every key and value row for each
+//! token of a prefill and summed each score horizontally, a tile here is
+//! widened once for all the rows of a unit (tokens times the heads of a
+//! group) and no score needs a horizontal sum.
+//!
+//! Every score and every output element is one FMA chain in the
+//! reference's order, and the softmax spells `softmax_block_body` (its
+//! 16-lane sums included) in the same operations, so these kernels are
+//! exact against `ops::attention_tiled::*_ref` whatever the row or key
+//! tiling.
+//!
+//! Soundness: the `unsafe fn`s need AVX2, FMA and F16C; the safe entry
+//! points are reached only through the AVX2 table (and the tables built
+//! on it), which `super::table` hands out after `super::supports` checked
+//! those features, and check the shapes (or fall back to the reference)
+//! before the kernels index.
+
+use crate::dispatch::{AttnTileKernels, ATTN_TILE};
+use crate::ops::activation::{exp_approx, exp_consts};
+use crate::ops::attention_tiled as reference;
+use core::arch::x86_64::*;
+use half::f16;
+
+/// The table entry.
+pub(super) const KERNELS: AttnTileKernels = AttnTileKernels {
+    load_keys,
+    load_values,
+    scores,
+    softmax,
+    accumulate: accumulate::<f32>,
+    scores_f16,
+    accumulate_f16: accumulate::<f16>,
+};
+
+/// A value row's element: f32 from a widened tile, or f16 from the cache.
+trait Elem: Copy {
+    const F16: bool;
+    fn widen(self) -> f32;
+}
+impl Elem for f32 {
+    const F16: bool = false;
+    fn widen(self) -> f32 {
+        self
+    }
+}
+impl Elem for f16 {
+    const F16: bool = true;
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+/// Eight elements at `p` as f32.
+///
+/// # Safety
+/// AVX2/F16C; 8 elements readable at `p`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load8<T: Elem>(p: *const T) -> __m256 {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if T::F16 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+        } else {
+            _mm256_loadu_ps(p.cast())
+        }
+    }
+}
+
+/// The first `valid` lanes of `x` to `p` (all 8 with a plain store).
+///
+/// # Safety
+/// AVX2; `valid <= 8` floats writable at `p`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn store_first(p: *mut f32, x: __m256, valid: usize) {
+    // SAFETY: forwarded from the caller; the masked store writes lanes
+    // below `valid` only.
+    unsafe {
+        if valid >= 8 {
+            _mm256_storeu_ps(p, x);
+        } else {
+            let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+            let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(valid as i32), idx);
+            _mm256_maskstore_ps(p, mask, x);
+        }
+    }
+}
+
+/// Rows of a scores or accumulate tile: 6 x 2 accumulators of 8 lanes,
+/// plus the 2 key (or value) vectors and a broadcast, fit the 16
+/// registers with one to spare.
+const ROWS: usize = 6;
+
+/// Keys (or output columns) of a scores (or accumulate) tile: two vectors.
+const COLS: usize = 16;
+
+fn load_keys(k: &[f16], hd: usize, col0: usize, kt: &mut [f32]) {
+    let ok = hd > 0
+        && k.len().is_multiple_of(hd)
+        && col0 + k.len() / hd <= ATTN_TILE
+        && kt.len() >= hd * ATTN_TILE;
+    if !ok {
+        return reference::load_keys_ref(k, hd, col0, kt);
+    }
+    // SAFETY: AVX2/FMA/F16C were detected before this table was handed
+    // out; k holds whole rows that fit columns col0.. of the hd x
+    // ATTN_TILE tile.
+    unsafe { load_keys_k(k, hd, col0, kt) }
+}
+
+fn load_values(v: &[f16], out: &mut [f32]) {
+    let n = v.len().min(out.len());
+    // SAFETY: as above; both slices hold n values.
+    unsafe { load_values_k(&v[..n], &mut out[..n]) }
+}
+
+fn scores(kt: &[f32], hd: usize, nk: usize, q: &[f32], out: &mut [f32]) {
+    let ok = hd > 0
+        && q.len().is_multiple_of(hd)
+        && (1..=ATTN_TILE).contains(&nk)
+        && kt.len() >= hd * ATTN_TILE
+        && out.len() >= q.len() / hd * ATTN_TILE;
+    if !ok {
+        return reference::scores_ref(kt, hd, nk, q, out);
+    }
+    // SAFETY: as above; kt holds hd rows of ATTN_TILE, q whole rows of hd
+    // and out ATTN_TILE scores per row; 1 <= nk <= ATTN_TILE.
+    unsafe { scores_k(kt, hd, nk, q, out) }
+}
+
+fn softmax(
+    s: &mut [f32],
+    lim: &[usize],
+    scale: f32,
+    m: &mut [f32],
+    l: &mut [f32],
+    acc: &mut [f32],
+) {
+    let rows = lim.len();
+    let ok = rows > 0
+        && m.len() == rows
+        && l.len() == rows
+        && acc.len().is_multiple_of(rows)
+        && s.len() >= rows * ATTN_TILE
+        && lim.iter().all(|&n| n <= ATTN_TILE);
+    if !ok {
+        return reference::softmax_ref(s, lim, scale, m, l, acc);
+    }
+    // SAFETY: AVX2/FMA/F16C were detected before this table was handed
+    // out; s holds ATTN_TILE scores per row, acc rows of acc.len() / rows.
+    unsafe { softmax_k(s, lim, scale, m, l, acc) }
+}
+
+fn accumulate<T: Elem>(v: &[T], hd: usize, p: &[f32], lim: &[usize], acc: &mut [f32]) {
+    let ok = hd > 0
+        && v.len().is_multiple_of(hd)
+        && acc.len() == lim.len() * hd
+        && p.len() >= lim.len() * ATTN_TILE
+        && lim.iter().all(|&n| n <= (v.len() / hd).min(ATTN_TILE));
+    if !ok {
+        let mut vt = vec![0f32; v.len()];
+        vt.iter_mut().zip(v).for_each(|(o, x)| *o = x.widen());
+        return reference::accumulate_ref(&vt, hd, p, lim, acc);
+    }
+    // SAFETY: AVX2/FMA/F16C were detected before this table was handed
+    // out; v holds the lim[r] <= ATTN_TILE value rows each output row
+    // reads, p ATTN_TILE weights per row, acc lim.len() rows.
+    unsafe { accumulate_k(v, hd, p, lim, acc) }
+}
+
+fn scores_f16(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
+    let ok = hd > 0
+        && k.len().is_multiple_of(hd)
+        && (1..=ATTN_TILE).contains(&(k.len() / hd))
+        && q.len().is_multiple_of(hd)
+        && out.len() >= q.len() / hd * ATTN_TILE;
+    if !ok {
+        return reference::scores_f16_ref(k, hd, q, out);
+    }
+    let rows = q.len() / hd;
+    let mut r = 0;
+    // SAFETY: AVX2/FMA/F16C were detected before this table was handed
+    // out; k holds whole rows, q rows r..rows of hd, out ATTN_TILE scores
+    // per row.
+    unsafe {
+        while r + 4 <= rows {
+            scores_f16_k::<4>(k, hd, &q[r * hd..], &mut out[r * ATTN_TILE..]);
+            r += 4;
+        }
+        match rows - r {
+            0 => {}
+            1 => scores_f16_k::<1>(k, hd, &q[r * hd..], &mut out[r * ATTN_TILE..]),
+            2 => scores_f16_k::<2>(k, hd, &q[r * hd..], &mut out[r * ATTN_TILE..]),
+            _ => scores_f16_k::<3>(k, hd, &q[r * hd..], &mut out[r * ATTN_TILE..]),
+        }
+    }
+}
+
+/// The transpose of 8 rows of 8: output `c` holds column `c`. Pairs of
+/// rows interleave, then pairs of pairs, leaving in 128-bit lane `L` of
+/// vector `4h + c` rows `4h..4h + 4` of column `4L + c`; swapping the
+/// halves finishes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn transpose8(r: &[__m256; 8]) -> [__m256; 8] {
+    let mut t = [_mm256_setzero_ps(); 8];
+    for p in 0..4 {
+        t[2 * p] = _mm256_unpacklo_ps(r[2 * p], r[2 * p + 1]);
+        t[2 * p + 1] = _mm256_unpackhi_ps(r[2 * p], r[2 * p + 1]);
+    }
+    let mut u = [_mm256_setzero_ps(); 8];
+    for h in 0..2 {
+        let (a, b, c, d) = (t[4 * h], t[4 * h + 2], t[4 * h + 1], t[4 * h + 3]);
+        u[4 * h] = _mm256_shuffle_ps::<0x44>(a, b);
+        u[4 * h + 1] = _mm256_shuffle_ps::<0xEE>(a, b);
+        u[4 * h + 2] = _mm256_shuffle_ps::<0x44>(c, d);
+        u[4 * h + 3] = _mm256_shuffle_ps::<0xEE>(c, d);
+    }
+    core::array::from_fn(|c| {
+        if c < 4 {
+            _mm256_permute2f128_ps::<0x20>(u[c], u[4 + c])
+        } else {
+            _mm256_permute2f128_ps::<0x31>(u[c - 4], u[c])
+        }
+    })
+}
+
+/// Eight key rows `j..j + 8` (the first `valid`, zeros past them) at
+/// head columns `d..d + 8`, widened and transposed: output `c` holds
+/// column `d + c` of the eight keys.
+///
+/// # Safety
+/// AVX2/F16C; rows `j..j + valid` of `hd` at `kp` hold columns `d + 8 <=
+/// hd`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn key_block(kp: *const f16, hd: usize, j: usize, d: usize, valid: usize) -> [__m256; 8] {
+    let mut t = [_mm256_setzero_ps(); 8];
+    for (i, x) in t.iter_mut().enumerate().take(valid) {
+        // SAFETY: row j + i < j + valid, columns d..d + 8 <= hd.
+        *x = unsafe { load8(kp.add((j + i) * hd + d)) };
+    }
+    transpose8(&t)
+}
+
+/// Scores of `R` rows against 8 keys at a time, each 8 x 8 block of the
+/// keys widened and transposed in registers and consumed there (the
+/// columns in `d` order: the chain of `scores`). The last keys, fewer
+/// than 8, run in the same way with zero rows past them, whose lanes are
+/// not stored (the reference leaves the columns past `nk` as they were).
+///
+/// # Safety
+/// AVX2/FMA/F16C; `k` whole rows of `hd`, at most ATTN_TILE; `q` at least
+/// `R` rows, `out` `R` rows of ATTN_TILE.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scores_f16_k<const R: usize>(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
+    let nk = k.len() / hd;
+    let (kp, qp) = (k.as_ptr(), q.as_ptr());
+    let mut j = 0;
+    while j < nk {
+        let valid = (nk - j).min(8);
+        let mut acc = [_mm256_setzero_ps(); R];
+        let mut d = 0;
+        while d + 8 <= hd {
+            // SAFETY: rows j.. < nk of k, columns d + 8 <= hd.
+            let t = unsafe { key_block(kp, hd, j, d, valid) };
+            for (c, col) in t.iter().enumerate() {
+                for (r, a) in acc.iter_mut().enumerate() {
+                    // SAFETY: r < R rows of q, column d + c < hd.
+                    let qb = unsafe { _mm256_broadcast_ss(&*qp.add(r * hd + d + c)) };
+                    *a = _mm256_fmadd_ps(qb, *col, *a);
+                }
+            }
+            d += 8;
+        }
+        // the head's columns past its last 8, in order
+        for c in d..hd {
+            let mut col = [0f32; 8];
+            for (i, x) in col.iter_mut().enumerate().take(valid) {
+                *x = k[(j + i) * hd + c].to_f32();
+            }
+            // SAFETY: `col` holds 8 floats.
+            let col = unsafe { _mm256_loadu_ps(col.as_ptr()) };
+            for (r, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(_mm256_set1_ps(q[r * hd + c]), col, *a);
+            }
+        }
+        for (r, a) in acc.iter().enumerate() {
+            // SAFETY: `valid` scores at column j + valid <= nk <= ATTN_TILE
+            // of row r < R.
+            unsafe { store_first(out.as_mut_ptr().add(r * ATTN_TILE + j), *a, valid) };
+        }
+        j += 8;
+    }
+}
+
+/// # Safety
+/// AVX2/FMA/F16C; `k` whole rows of `hd` fitting columns `col0..` of
+/// `kt`'s `hd x ATTN_TILE`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_keys_k(k: &[f16], hd: usize, col0: usize, kt: &mut [f32]) {
+    let n = k.len() / hd;
+    let (kp, tp) = (k.as_ptr(), kt.as_mut_ptr());
+    let mut j = 0;
+    while j + 8 <= n {
+        let mut d = 0;
+        while d + 8 <= hd {
+            // SAFETY: rows j..j + 8 <= n, columns d + 8 <= hd.
+            let t = unsafe { key_block(kp, hd, j, d, 8) };
+            for (i, x) in t.iter().enumerate() {
+                // SAFETY: 8 columns col0 + j.. + 8 <= ATTN_TILE of tile
+                // row d + i < hd.
+                unsafe { _mm256_storeu_ps(tp.add((d + i) * ATTN_TILE + col0 + j), *x) };
+            }
+            d += 8;
+        }
+        // the head's columns past its last 8
+        for i in j..j + 8 {
+            for c in d..hd {
+                kt[c * ATTN_TILE + col0 + i] = k[i * hd + c].to_f32();
+            }
+        }
+        j += 8;
+    }
+    // the last keys, fewer than 8: their columns only (the rest of the
+    // tile may hold another run's keys)
+    reference::load_keys_ref(&k[j * hd..], hd, col0 + j, kt);
+}
+
+/// # Safety
+/// AVX2/F16C; `v` and `out` of one length.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn load_values_k(v: &[f16], out: &mut [f32]) {
+    let n = v.len();
+    let mut i = 0;
+    while i + 8 <= n {
+        // SAFETY: i + 8 <= n bounds the load and the store.
+        unsafe { _mm256_storeu_ps(out.as_mut_ptr().add(i), load8(v.as_ptr().add(i))) };
+        i += 8;
+    }
+    reference::load_values_ref(&v[i..], &mut out[i..]);
+}
+
+/// Scores of the first `nk` keys for every row of `q`: [`ROWS`] rows at
+/// a time, each over the keys [`COLS`] at a time (then a last 8).
+///
+/// # Safety
+/// AVX2/FMA/F16C; `kt` `hd x ATTN_TILE`, `q` whole rows of `hd`, `out`
+/// ATTN_TILE per row, `nk <= ATTN_TILE`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scores_k(kt: &[f32], hd: usize, nk: usize, q: &[f32], out: &mut [f32]) {
+    let rows = q.len() / hd;
+    let (kp, qp, op) = (kt.as_ptr(), q.as_ptr(), out.as_mut_ptr());
+    let mut r = 0;
+    // SAFETY: forwarded; each tile reads rows r.. < rows of q and writes
+    // the same rows of out.
+    unsafe {
+        while r + ROWS <= rows {
+            scores_rows::<ROWS>(kp, hd, nk, qp.add(r * hd), op.add(r * ATTN_TILE));
+            r += ROWS;
+        }
+        let (qp, op) = (qp.add(r * hd), op.add(r * ATTN_TILE));
+        match rows - r {
+            0 => {}
+            1 => scores_rows::<1>(kp, hd, nk, qp, op),
+            2 => scores_rows::<2>(kp, hd, nk, qp, op),
+            3 => scores_rows::<3>(kp, hd, nk, qp, op),
+            4 => scores_rows::<4>(kp, hd, nk, qp, op),
+            _ => scores_rows::<5>(kp, hd, nk, qp, op),
+        }
+    }
+}
+
+/// `R` rows against the first `nk` keys, [`COLS`] at a time.
+///
+/// # Safety
+/// AVX2/FMA/F16C; `kt` `hd x ATTN_TILE`, `q` `R` rows of `hd`, `out` `R`
+/// rows of ATTN_TILE, `nk <= ATTN_TILE`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scores_rows<const R: usize>(
+    kt: *const f32,
+    hd: usize,
+    nk: usize,
+    q: *const f32,
+    out: *mut f32,
+) {
+    let mut j = 0;
+    // SAFETY: forwarded; the tiles read columns j.. + 8 * V <=
+    // nk.next_multiple_of(8) <= ATTN_TILE and write columns below nk.
+    unsafe {
+        while j + COLS <= nk.next_multiple_of(8) {
+            scores_tile::<R, 2>(kt.add(j), hd, q, out.add(j), nk - j);
+            j += COLS;
+        }
+        if j < nk {
+            scores_tile::<R, 1>(kt.add(j), hd, q, out.add(j), nk - j);
+        }
+    }
+}
+
+/// `R` rows against `8 * V` keys: per head element `d`, the keys' `V`
+/// vectors of the transposed tile times the rows' broadcast `q[d]`; the
+/// scores of the first `nk` of them stored.
+///
+/// # Safety
+/// AVX2/FMA/F16C; `kt` rows of stride ATTN_TILE (`hd` of them) holding
+/// `8 * V` keys, `q` `R` rows of `hd`, `out` `R` rows of stride ATTN_TILE
+/// with room for `min(nk, 8 * V)` scores.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn scores_tile<const R: usize, const V: usize>(
+    kt: *const f32,
+    hd: usize,
+    q: *const f32,
+    out: *mut f32,
+    nk: usize,
+) {
+    let mut acc = [[_mm256_setzero_ps(); V]; R];
+    // SAFETY: d < hd, 8 * c + 8 <= 8 * V, r < R.
+    unsafe {
+        for d in 0..hd {
+            let mut kv = [_mm256_setzero_ps(); V];
+            for (c, x) in kv.iter_mut().enumerate() {
+                *x = _mm256_loadu_ps(kt.add(d * ATTN_TILE + 8 * c));
+            }
+            for (r, ar) in acc.iter_mut().enumerate() {
+                let qb = _mm256_broadcast_ss(&*q.add(r * hd + d));
+                for (a, x) in ar.iter_mut().zip(&kv) {
+                    *a = _mm256_fmadd_ps(qb, *x, *a);
+                }
+            }
+        }
+        for (r, ar) in acc.iter().enumerate() {
+            for (c, a) in ar.iter().enumerate() {
+                if 8 * c < nk {
+                    store_first(out.add(r * ATTN_TILE + 8 * c), *a, nk - 8 * c);
+                }
+            }
+        }
+    }
+}
+
+/// Vectors of a tile's row.
+const ROW_VECS: usize = ATTN_TILE / 8;
+
+/// The online-softmax step of every row, each in registers from its
+/// scores to its weights: `softmax_block_body`'s operations, then
+/// `online_softmax_update`'s rescale. Its sum runs in 16 lanes (two
+/// vectors, lanes 0..8 and 8..16) over the row's whole chunks of 16, the
+/// tail one by one, then the lanes one by one onto the tail: that last
+/// fold, 16 dependent adds per row, runs for 8 rows at once, their lanes
+/// transposed so that each row's fold is one lane of 16 vector adds (the
+/// same adds in the same order, so the same bits). One pass over a row
+/// instead of four and no call per row, so that rows overlap.
+///
+/// # Safety
+/// AVX2/FMA/F16C; the shapes `softmax` checked.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn softmax_k(
+    s: &mut [f32],
+    lim: &[usize],
+    scale: f32,
+    m: &mut [f32],
+    l: &mut [f32],
+    acc: &mut [f32],
+) {
+    let hd = acc.len() / lim.len();
+    let mut r0 = 0;
+    while r0 < lim.len() {
+        let rows = (lim.len() - r0).min(8);
+        let (mut lo, mut hi) = ([_mm256_setzero_ps(); 8], [_mm256_setzero_ps(); 8]);
+        let (mut tails, mut new_m) = ([0f32; 8], [0f32; 8]);
+        for i in 0..rows {
+            let (r, n) = (r0 + i, lim[r0 + i]);
+            let row = &mut s[r * ATTN_TILE..(r + 1) * ATTN_TILE];
+            // SAFETY: AVX2/FMA/F16C, as this function's caller promised;
+            // n <= ATTN_TILE, the row's length.
+            let (mx, lanes, tail) = unsafe {
+                if n == ATTN_TILE {
+                    softmax_row::<true>(row, n, scale, m[r])
+                } else {
+                    softmax_row::<false>(row, n, scale, m[r])
+                }
+            };
+            (new_m[i], [lo[i], hi[i]], tails[i]) = (mx, lanes, tail);
+        }
+        let mut sums = [0f32; 8];
+        // SAFETY: `tails` and `sums` hold 8 floats.
+        unsafe {
+            let mut sum = _mm256_loadu_ps(tails.as_ptr());
+            for col in transpose8(&lo).into_iter().chain(transpose8(&hi)) {
+                sum = _mm256_add_ps(sum, col);
+            }
+            _mm256_storeu_ps(sums.as_mut_ptr(), sum);
+        }
+        for i in 0..rows {
+            let r = r0 + i;
+            let (m, l) = (&mut m[r], &mut l[r]);
+            if new_m[i] > *m && *l > 0.0 {
+                let corr = exp_approx(*m - new_m[i]);
+                *l *= corr;
+                let acc = &mut acc[r * hd..(r + 1) * hd];
+                let (vc, mut d) = (_mm256_set1_ps(corr), 0);
+                while d + 8 <= acc.len() {
+                    // SAFETY: d + 8 <= acc.len() bounds the load and store.
+                    unsafe {
+                        let p = acc.as_mut_ptr().add(d);
+                        _mm256_storeu_ps(p, _mm256_mul_ps(_mm256_loadu_ps(p), vc));
+                    }
+                    d += 8;
+                }
+                acc[d..].iter_mut().for_each(|a| *a *= corr);
+            }
+            *m = new_m[i];
+            *l += sums[i];
+        }
+        r0 += rows;
+    }
+}
+
+/// One row of [`softmax_k`]: its first `n` scores (all of them when
+/// `FULL`, which drops the masks) scaled and turned into weights against
+/// the max of them and `prev_max`; returns that max, the 16 lanes of the
+/// weights' whole chunks of 16 (summed in order from +0, lanes 0..8 then
+/// 8..16) and the sum of the tail past them (one by one from +0).
+///
+/// The max is taken as a tree: the max of finite values is one value
+/// whatever the order, and one set of bits unless it is zero, where the
+/// reference's order decides between +0 and -0; a zero max is taken again
+/// in that order.
+///
+/// # Safety
+/// AVX2/FMA/F16C; `row` holds ATTN_TILE scores, `n <= ATTN_TILE`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn softmax_row<const FULL: bool>(
+    row: &mut [f32],
+    n: usize,
+    scale: f32,
+    prev_max: f32,
+) -> (f32, [__m256; 2], f32) {
+    let sp = row.as_mut_ptr();
+    // lanes of vector c below n: all ones there (the sign bit the masked
+    // loads and stores read)
+    let idx = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+    let lim = _mm256_set1_epi32(n as i32);
+    let mask: [__m256i; ROW_VECS] = core::array::from_fn(|c| {
+        let at = _mm256_add_epi32(idx, _mm256_set1_epi32(8 * c as i32));
+        _mm256_cmpgt_epi32(lim, at)
+    });
+    let vs = _mm256_set1_ps(scale);
+    // SAFETY: the loads read 8 floats at 8 * c + 8 <= ATTN_TILE, the
+    // row's length; the masked ones only lanes below n.
+    let x: [__m256; ROW_VECS] = core::array::from_fn(|c| unsafe {
+        let v = if FULL {
+            _mm256_loadu_ps(sp.add(8 * c))
+        } else {
+            _mm256_maskload_ps(sp.add(8 * c), mask[c])
+        };
+        _mm256_mul_ps(v, vs)
+    });
+    let mut mx = _mm256_set1_ps(prev_max);
+    let ninf = _mm256_set1_ps(f32::NEG_INFINITY);
+    for (c, xc) in x.iter().enumerate() {
+        let xc = if FULL {
+            *xc
+        } else {
+            _mm256_blendv_ps(ninf, *xc, _mm256_castsi256_ps(mask[c]))
+        };
+        // `if x > max { x } else { max }`
+        mx = _mm256_max_ps(xc, mx);
+    }
+    mx = _mm256_max_ps(mx, _mm256_permute2f128_ps::<0x01>(mx, mx));
+    mx = _mm256_max_ps(mx, _mm256_permute_ps::<0b01_00_11_10>(mx));
+    mx = _mm256_max_ps(mx, _mm256_permute_ps::<0b10_11_00_01>(mx));
+    let mut new_m = _mm256_cvtss_f32(mx);
+    if new_m == 0.0 {
+        new_m = max_in_order(&row[..n], scale, prev_max);
+    }
+    let vm = _mm256_set1_ps(new_m);
+    let d: [__m256; ROW_VECS] = core::array::from_fn(|c| _mm256_sub_ps(x[c], vm));
+    let mut e = [_mm256_setzero_ps(); ROW_VECS];
+    // four chains in lockstep at a time: their state fills the registers
+    for (ec, dc) in e.chunks_exact_mut(4).zip(d.chunks_exact(4)) {
+        let dc: [__m256; 4] = core::array::from_fn(|i| dc[i]);
+        ec.copy_from_slice(&exp8xn(dc));
+    }
+    for (c, ec) in e.iter().enumerate() {
+        // SAFETY: 8 floats at 8 * c + 8 <= ATTN_TILE; the masked store
+        // writes only lanes below n.
+        unsafe {
+            if FULL || 8 * c + 8 <= n {
+                _mm256_storeu_ps(sp.add(8 * c), *ec);
+            } else if 8 * c < n {
+                _mm256_maskstore_ps(sp.add(8 * c), mask[c], *ec);
+            }
+        }
+    }
+    let full = n / 16;
+    let (mut lo, mut hi) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    for q in 0..full {
+        lo = _mm256_add_ps(lo, e[2 * q]);
+        hi = _mm256_add_ps(hi, e[2 * q + 1]);
+    }
+    let mut tail = 0f32;
+    if full < ATTN_TILE / 16 {
+        let mut t = [0f32; 16];
+        // SAFETY: `t` holds 16 floats; 2 * full + 1 < ROW_VECS.
+        unsafe {
+            _mm256_storeu_ps(t.as_mut_ptr(), e[2 * full]);
+            _mm256_storeu_ps(t.as_mut_ptr().add(8), e[2 * full + 1]);
+        }
+        tail = t[..n - 16 * full].iter().fold(0.0, |a, &v| a + v);
+    }
+    (new_m, [lo, hi], tail)
+}
+
+/// `softmax_block_body`'s max of `x * scale` and `prev_max`, in its order
+/// (16 lanes over whole chunks, the tail, then the lanes onto the tail).
+fn max_in_order(x: &[f32], scale: f32, prev_max: f32) -> f32 {
+    let f = |a: f32, b: f32| if b > a { b } else { a };
+    let mut lanes = [prev_max; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l = f(*l, v * scale);
+        }
+    }
+    let tail = chunks
+        .remainder()
+        .iter()
+        .fold(prev_max, |a, &v| f(a, v * scale));
+    lanes.into_iter().fold(tail, f)
+}
+
+/// `exp_approx` of `N` vectors of 8 lanes in lockstep (independent chains
+/// side by side): its operations on its constants (no fused
+/// multiply-add), so its bits.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn exp8xn<const N: usize>(x: [__m256; N]) -> [__m256; N] {
+    use exp_consts::*;
+    let c = _mm256_set1_ps;
+    // f32::clamp: `if x < MIN { MIN }`, then `if x > MAX { MAX }`
+    let x = x.map(|x| _mm256_min_ps(c(MAX), _mm256_max_ps(c(MIN), x)));
+    let t = x.map(|x| _mm256_add_ps(_mm256_mul_ps(x, c(LOG2E)), c(ROUND)));
+    let n = t.map(|t| _mm256_sub_ps(t, c(ROUND)));
+    let r: [__m256; N] = core::array::from_fn(|i| {
+        let hi = _mm256_sub_ps(x[i], _mm256_mul_ps(n[i], c(LN2_HI)));
+        _mm256_sub_ps(hi, _mm256_mul_ps(n[i], c(LN2_LO)))
+    });
+    let mut p = [c(POLY[0]); N];
+    for &k in &POLY[1..] {
+        for (p, r) in p.iter_mut().zip(&r) {
+            *p = _mm256_add_ps(_mm256_mul_ps(*p, *r), c(k));
+        }
+    }
+    core::array::from_fn(|i| {
+        let y = _mm256_mul_ps(_mm256_mul_ps(p[i], r[i]), r[i]);
+        let y = _mm256_add_ps(_mm256_add_ps(y, r[i]), c(1.0));
+        let k = _mm256_sub_epi32(
+            _mm256_castps_si256(t[i]),
+            _mm256_set1_epi32(ROUND_BITS as i32),
+        );
+        let two_n = _mm256_slli_epi32::<23>(_mm256_add_epi32(k, _mm256_set1_epi32(127)));
+        _mm256_mul_ps(y, _mm256_castsi256_ps(two_n))
+    })
+}
+
+/// Output columns in chunks of [`COLS`] (then 8, then one by one), each
+/// over [`ROWS`] rows at a time.
+///
+/// # Safety
+/// AVX2/FMA/F16C; the shapes `accumulate` checked.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn accumulate_k<T: Elem>(v: &[T], hd: usize, p: &[f32], lim: &[usize], acc: &mut [f32]) {
+    let mut c0 = 0;
+    // SAFETY: forwarded; columns c0 + 8 * V <= hd.
+    unsafe {
+        while c0 + COLS <= hd {
+            accumulate_cols::<T, 2>(v, hd, c0, p, lim, acc);
+            c0 += COLS;
+        }
+        if c0 + 8 <= hd {
+            accumulate_cols::<T, 1>(v, hd, c0, p, lim, acc);
+            c0 += 8;
+        }
+    }
+    if c0 < hd {
+        for (r, &n) in lim.iter().enumerate() {
+            for j in 0..n {
+                let w = p[r * ATTN_TILE + j];
+                for c in c0..hd {
+                    acc[r * hd + c] = w.mul_add(v[j * hd + c].widen(), acc[r * hd + c]);
+                }
+            }
+        }
+    }
+}
+
+/// # Safety
+/// AVX2/FMA/F16C; the shapes `accumulate` checked, `c0 + 8 * V <= hd`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn accumulate_cols<T: Elem, const V: usize>(
+    v: &[T],
+    hd: usize,
+    c0: usize,
+    p: &[f32],
+    lim: &[usize],
+    acc: &mut [f32],
+) {
+    let rows = lim.len();
+    let mut r = 0;
+    // SAFETY: forwarded; tiles cover rows r.. < rows.
+    unsafe {
+        let (vp, pp, ap) = (v.as_ptr().add(c0), p.as_ptr(), acc.as_mut_ptr().add(c0));
+        while r + ROWS <= rows {
+            let at = (pp.add(r * ATTN_TILE), ap.add(r * hd));
+            accumulate_tile::<T, ROWS, V>(vp, hd, at.0, &lim[r..r + ROWS], at.1);
+            r += ROWS;
+        }
+        let (pp, ap, lim) = (pp.add(r * ATTN_TILE), ap.add(r * hd), &lim[r..]);
+        match rows - r {
+            0 => {}
+            1 => accumulate_tile::<T, 1, V>(vp, hd, pp, lim, ap),
+            2 => accumulate_tile::<T, 2, V>(vp, hd, pp, lim, ap),
+            3 => accumulate_tile::<T, 3, V>(vp, hd, pp, lim, ap),
+            4 => accumulate_tile::<T, 4, V>(vp, hd, pp, lim, ap),
+            _ => accumulate_tile::<T, 5, V>(vp, hd, pp, lim, ap),
+        }
+    }
+}
+
+/// `R` output rows times `8 * V` columns held in registers across the
+/// tile's keys: all rows up to the shortest row's keys, then each row on
+/// to its own (a token's last tile ends at its position), the same chain.
+///
+/// # Safety
+/// AVX2/FMA/F16C; `v` rows of `hd` from the tile's column, `lim[..R]`
+/// keys each (`v` holds them), `p` `R` rows of ATTN_TILE, `acc` `R` rows
+/// of `hd` from the column.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn accumulate_tile<T: Elem, const R: usize, const V: usize>(
+    v: *const T,
+    hd: usize,
+    p: *const f32,
+    lim: &[usize],
+    acc: *mut f32,
+) {
+    let mut a = [[_mm256_setzero_ps(); V]; R];
+    let lmin = lim[..R].iter().copied().min().unwrap_or(0);
+    // SAFETY: j < lim[r] rows of v, columns 8 * c + 8 <= 8 * V, r < R.
+    unsafe {
+        for (r, ar) in a.iter_mut().enumerate() {
+            for (c, x) in ar.iter_mut().enumerate() {
+                *x = _mm256_loadu_ps(acc.add(r * hd + 8 * c));
+            }
+        }
+        for j in 0..lmin {
+            let mut x = [_mm256_setzero_ps(); V];
+            for (c, xc) in x.iter_mut().enumerate() {
+                *xc = load8(v.add(j * hd + 8 * c));
+            }
+            for (r, ar) in a.iter_mut().enumerate() {
+                let w = _mm256_broadcast_ss(&*p.add(r * ATTN_TILE + j));
+                for (ac, xc) in ar.iter_mut().zip(&x) {
+                    *ac = _mm256_fmadd_ps(w, *xc, *ac);
+                }
+            }
+        }
+        for (r, ar) in a.iter_mut().enumerate() {
+            for j in lmin..lim[r] {
+                let w = _mm256_broadcast_ss(&*p.add(r * ATTN_TILE + j));
+                for (c, ac) in ar.iter_mut().enumerate() {
+                    *ac = _mm256_fmadd_ps(w, load8(v.add(j * hd + 8 * c)), *ac);
+                }
+            }
+        }
+        for (r, ar) in a.iter().enumerate() {
+            for (c, x) in ar.iter().enumerate() {
+                _mm256_storeu_ps(acc.add(r * hd + 8 * c), *x);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn avx2() -> bool {
+        super::super::supports(crate::dispatch::Isa::Avx2)
+    }
+
+    /// The tile softmax only feeds `exp8xn` inputs <= 0; its upper clamp
+    /// and the overflow side of the range reduction are checked here
+    /// against the scalar `exp_approx` it spells in intrinsics, bit for
+    /// bit, over both clamps and the infinities.
+    #[test]
+    fn exp8xn_matches_exp_approx_over_both_clamps() {
+        if !avx2() {
+            return;
+        }
+        let mut xs: Vec<f32> = (-4000..=4000).map(|i| i as f32 * 0.025).collect();
+        xs.extend([
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            exp_consts::MAX,
+            exp_consts::MIN,
+            f32::MAX,
+            f32::MIN,
+            0.0,
+            -0.0,
+        ]);
+        xs.resize(xs.len().next_multiple_of(16), 88.5);
+        for chunk in xs.chunks(16) {
+            let mut got = [0f32; 16];
+            // SAFETY: AVX2 was detected; the loads and stores stay in the
+            // two 16-element arrays.
+            unsafe {
+                let x = [
+                    _mm256_loadu_ps(chunk.as_ptr()),
+                    _mm256_loadu_ps(chunk.as_ptr().add(8)),
+                ];
+                let y = exp8xn(x);
+                _mm256_storeu_ps(got.as_mut_ptr(), y[0]);
+                _mm256_storeu_ps(got.as_mut_ptr().add(8), y[1]);
+            }
+            for (&x, &g) in chunk.iter().zip(&got) {
+                let want = exp_approx(x);
+                assert!(g.is_finite(), "exp8xn({x}) = {g}");
+                assert_eq!(
+                    g.to_bits(),
+                    want.to_bits(),
+                    "exp8xn({x}) = {g}, exp_approx {want}"
+                );
+            }
+        }
+    }
+
+    /// `transpose8` puts column `c` of its rows in output `c`.
+    #[test]
+    fn transpose8_transposes() {
+        if !avx2() {
+            return;
+        }
+        let x: Vec<f32> = (0..64).map(|i| i as f32).collect();
+        let mut got = [0f32; 64];
+        // SAFETY: AVX2 was detected; 8 loads and stores of 8 inside the
+        // two 64-element buffers.
+        unsafe {
+            let r: [__m256; 8] = core::array::from_fn(|i| _mm256_loadu_ps(x.as_ptr().add(8 * i)));
+            for (c, v) in transpose8(&r).iter().enumerate() {
+                _mm256_storeu_ps(got.as_mut_ptr().add(8 * c), *v);
+            }
+        }
+        for c in 0..8 {
+            for i in 0..8 {
+                assert_eq!(got[8 * c + i], x[8 * i + c], "column {c} row {i}");
+            }
+        }
+    }
+
+    /// A row whose max is zero, with +0 and -0 among its scores (and as
+    /// the running max), gets the zero the reference's order picks; the
+    /// dispatch tests' random scores never tie at zero.
+    #[test]
+    fn a_zero_max_has_the_references_sign() {
+        if !avx2() {
+            return;
+        }
+        let rows = 6;
+        let mut s0 = vec![-1.0f32; rows * ATTN_TILE];
+        for (r, row) in s0.chunks_exact_mut(ATTN_TILE).enumerate() {
+            // zeros of both signs in the lanes and in the tail
+            for (j, x) in row.iter_mut().enumerate() {
+                if (j + r) % 5 == 0 {
+                    *x = if (j / 5 + r) % 2 == 0 { 0.0 } else { -0.0 };
+                }
+            }
+        }
+        let lim = [64usize, 64, 37, 20, 3, 1];
+        let prev = [f32::NEG_INFINITY, -0.0, 0.0, -0.0, -2.0, f32::NEG_INFINITY];
+        for scale in [1.0f32, -1.0] {
+            let (mut sf, mut sw) = (s0.clone(), s0.clone());
+            let (mut mf, mut mw) = (prev.to_vec(), prev.to_vec());
+            let (mut lf, mut lw) = (vec![1.0f32; rows], vec![1.0f32; rows]);
+            let (mut af, mut aw) = (vec![0.5f32; rows * 8], vec![0.5f32; rows * 8]);
+            softmax(&mut sf, &lim, scale, &mut mf, &mut lf, &mut af);
+            reference::softmax_ref(&mut sw, &lim, scale, &mut mw, &mut lw, &mut aw);
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&mf), bits(&mw), "max, scale {scale}");
+            assert_eq!(bits(&lf), bits(&lw), "sum, scale {scale}");
+            assert_eq!(bits(&af), bits(&aw), "acc, scale {scale}");
+            for (r, &n) in lim.iter().enumerate() {
+                let at = r * ATTN_TILE;
+                assert_eq!(bits(&sf[at..at + n]), bits(&sw[at..at + n]), "row {r}");
+            }
+        }
+    }
+}
