@@ -47,19 +47,51 @@ pub struct AttnBlockKernels {
 }
 
 /// Keys per tile of the tiled f16 attention (`ops::attention_tiled`): the
-/// columns of a transposed key tile, and the stride of a row of scores.
+/// keys of a key tile ([`KeyTile`]), and the stride of a row of scores.
 pub const ATTN_TILE: usize = 64;
 
-/// Widens the `k.len() / head_dim` key rows of `k` into columns `col0..` of
-/// a transposed tile: `kt[d * ATTN_TILE + col0 + j] = k_j[d]`
+/// Widens the `k.len() / head_dim` key rows of `k` into keys `col0..` of
+/// a key tile laid out as the table's [`KeyTile`] says
 /// (`ops::attention_tiled::load_keys_ref` is the reference).
 pub type AttnLoadKeysFn = fn(k: &[f16], head_dim: usize, col0: usize, kt: &mut [f32]);
 /// Scores of the tile's first `nk` keys for `q.len() / head_dim` query
-/// rows: `out[r * ATTN_TILE + j]` is one FMA chain over `d` in order,
-/// `s = fma(q_r[d], kt[d * ATTN_TILE + j], s)` from zero; columns from
-/// `nk` up to the next vector may be written with anything
-/// (`ops::attention_tiled::scores_ref`).
+/// rows: `out[r * ATTN_TILE + j]` is `q_r · k_j`, summed in the order of
+/// the table's [`KeyTile`]; columns from `nk` up to the next vector may be
+/// written with anything (`ops::attention_tiled::scores_ref`).
 pub type AttnTileScoresFn = fn(kt: &[f32], head_dim: usize, nk: usize, q: &[f32], out: &mut [f32]);
+
+/// How a table's tiled kernels lay out a key tile (`head_dim x ATTN_TILE`
+/// floats) and sum a score over it, each layout with the order its kernels
+/// run fast in. Part of the table, so every tiling of one table gives a
+/// score the same bits. Over heads of 64 to 256 elements one chain rounds
+/// about twice as far from the exact score as eight do, and the softmax
+/// turns a score's absolute error into its weight's relative error.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyTile {
+    /// Transposed, `kt[d * ATTN_TILE + j] = k_j[d]`, for scores as
+    /// broadcast-FMA gemms with no horizontal sum; a score is one FMA
+    /// chain over the head in order, `s = fma(q[d], k[d], s)` from zero.
+    Columns,
+    /// The cache's rows widened, `kt[j * head_dim + d] = k_j[d]`; a score
+    /// is eight FMA chains from zero (element `d` into chain `d % 8`, in
+    /// order, over the head's whole groups of 8), summed as chain `i` plus
+    /// chain `i + 4`, those `i` plus `i + 2`, then `0` plus `1`, then plus
+    /// the products `q[d] * k[d]` past the last whole 8, summed in order:
+    /// the AVX2 block kernels' scores (an 8-lane FMA chain and `hsum`'s
+    /// tree), bit for bit.
+    Rows,
+}
+
+impl KeyTile {
+    /// Where element `d` of key `j` lies in a tile of this layout.
+    pub fn at(self, head_dim: usize, j: usize, d: usize) -> usize {
+        match self {
+            KeyTile::Columns => d * ATTN_TILE + j,
+            KeyTile::Rows => j * head_dim + d,
+        }
+    }
+}
+
 /// Per row `r` of `acc` (`lim.len()` rows of `head_dim`), for `j <
 /// lim[r]` in order: `acc_r[d] = fma(p[r * ATTN_TILE + j], v_j[d],
 /// acc_r[d])`, with `v` rows of `head_dim` (f32, or f16 widened)
@@ -82,13 +114,16 @@ pub type AttnTileSoftmaxFn = fn(
 
 /// The tiled f16 attention's kernels: each key and value tile is widened
 /// once for every query row of a unit (tokens times the heads of a group),
-/// and scores and outputs are register-blocked small gemms with one FMA
-/// chain per result, so their bits never depend on how rows or keys are
-/// tiled (prefill and decode agree bit for bit). Every entry is exact
-/// against its scalar reference.
+/// and scores and outputs are register-blocked small gemms, each result
+/// summed in one fixed order (a score in its [`KeyTile`]'s), so their bits
+/// never depend on how rows or keys are tiled (prefill and decode agree
+/// bit for bit). Every entry is exact against its scalar reference.
 #[derive(Clone, Copy, Debug)]
 pub struct AttnTileKernels {
-    /// Key rows into a transposed f32 tile.
+    /// The layout of `load_keys`' tiles and the order `scores` and
+    /// `scores_f16` sum a score in.
+    pub key_tile: KeyTile,
+    /// Key rows into a key tile.
     pub load_keys: AttnLoadKeysFn,
     /// Value rows widened to f32, as they lie (`out.len()` values).
     pub load_values: fn(v: &[f16], out: &mut [f32]),
@@ -627,13 +662,13 @@ mod tests {
     }
 
     /// A table's tiled attention kernels against the references, bit for
-    /// bit (each result is one FMA chain in the reference's order), over
+    /// bit (each result summed in the reference's order), over
     /// head sizes with and without a tail, row counts around the kernels'
     /// row tiles, partial key tiles and ragged per-row key counts.
     fn check_attn_tile(isa: Isa, tk: AttnTileKernels) {
         use crate::ops::attention_tiled as r;
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        for hd in [8usize, 16, 40, 64, 80, 128] {
+        for hd in [8usize, 16, 40, 44, 64, 80, 128] {
             for (col0, n) in [(0usize, 64usize), (0, 5), (3, 40), (17, 47), (60, 4)] {
                 let k: Vec<f16> = random_row(n * hd, (hd + n) as u64)
                     .iter()
@@ -642,7 +677,7 @@ mod tests {
                 let mut fast = random_row(hd * ATTN_TILE, 1);
                 let mut want = fast.clone();
                 (tk.load_keys)(&k, hd, col0, &mut fast);
-                r::load_keys_ref(&k, hd, col0, &mut want);
+                r::load_keys_ref(tk.key_tile, &k, hd, col0, &mut want);
                 assert_eq!(
                     bits(&fast),
                     bits(&want),
@@ -660,7 +695,7 @@ mod tests {
                     let mut fast = vec![f32::NAN; rows * ATTN_TILE];
                     let mut want = fast.clone();
                     (tk.scores)(&kt, hd, nk, &q, &mut fast);
-                    r::scores_ref(&kt, hd, nk, &q, &mut want);
+                    r::scores_ref(tk.key_tile, &kt, hd, nk, &q, &mut want);
                     for row in 0..rows {
                         let at = row * ATTN_TILE;
                         assert_eq!(
@@ -704,7 +739,7 @@ mod tests {
                     (tk.scores_f16)(&kh, hd, &q, &mut fast);
                     (tk.scores)(&kt, hd, nk, &q, &mut want);
                     let mut reference = fast.clone();
-                    r::scores_f16_ref(&kh, hd, &q, &mut reference);
+                    r::scores_f16_ref(tk.key_tile, &kh, hd, &q, &mut reference);
                     for row in 0..rows {
                         let at = row * ATTN_TILE;
                         let what = format!("{isa} scores_f16 hd={hd} rows={rows} nk={nk}");
@@ -777,7 +812,7 @@ mod tests {
             ] {
                 let (mut fast, mut want) = (x[..kt_len].to_vec(), x[..kt_len].to_vec());
                 (tk.load_keys)(&k, hd, col0, &mut fast);
-                r::load_keys_ref(&k, hd, col0, &mut want);
+                r::load_keys_ref(tk.key_tile, &k, hd, col0, &mut want);
                 assert_eq!(
                     fast, want,
                     "{isa} load_keys hd={hd} col0={col0} kt={kt_len}"
@@ -793,7 +828,14 @@ mod tests {
             ] {
                 let (mut fast, mut want) = (vec![0.5f32; out_len], vec![0.5f32; out_len]);
                 (tk.scores)(&x[..64 * ATTN_TILE], hd, nk, &x[..q_len], &mut fast);
-                r::scores_ref(&x[..64 * ATTN_TILE], hd, nk, &x[..q_len], &mut want);
+                r::scores_ref(
+                    tk.key_tile,
+                    &x[..64 * ATTN_TILE],
+                    hd,
+                    nk,
+                    &x[..q_len],
+                    &mut want,
+                );
                 assert_eq!(
                     fast, want,
                     "{isa} scores hd={hd} nk={nk} q={q_len} out={out_len}"
@@ -803,7 +845,7 @@ mod tests {
                 let kh = &k[..kn.min(k.len())];
                 let (mut fast, mut want) = (vec![0.5f32; out_len], vec![0.5f32; out_len]);
                 (tk.scores_f16)(kh, hd, &x[..q_len], &mut fast);
-                r::scores_f16_ref(kh, hd, &x[..q_len], &mut want);
+                r::scores_f16_ref(tk.key_tile, kh, hd, &x[..q_len], &mut want);
                 assert_eq!(
                     fast,
                     want,
@@ -818,7 +860,7 @@ mod tests {
                     .collect();
                 let (mut fast, mut want) = (vec![0.5f32; 128], vec![0.5f32; 128]);
                 (tk.scores_f16)(&many, 8, &x[..16], &mut fast);
-                r::scores_f16_ref(&many, 8, &x[..16], &mut want);
+                r::scores_f16_ref(tk.key_tile, &many, 8, &x[..16], &mut want);
                 assert_eq!(fast, want, "{isa} scores_f16 over 65 keys");
             }
             // accumulate: a row reading more keys than given, short weights,

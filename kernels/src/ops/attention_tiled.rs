@@ -15,9 +15,9 @@
 //! - keys are cut into segments of [`SEGMENT`] positions from the layer's
 //!   first visible position (`layout.first`), and each segment into tiles
 //!   of [`ATTN_TILE`]; a token's last tile ends at its own position;
-//! - a score is one FMA chain over the head in order, an output element
-//!   one FMA chain over a tile's keys in order (the kernels are exact
-//!   against the references below, whatever the row or key tiling);
+//! - a score is summed in the table's one order ([`KeyTile`]), an output
+//!   element one FMA chain over a tile's keys in order (the kernels are
+//!   exact against the references below, whatever the row or key tiling);
 //! - each segment runs its own online softmax from scratch, and the
 //!   segments' partial `(max, sum, acc)` are folded in position order by
 //!   [`fold_into`], whether one unit ran them all or one unit each.
@@ -26,7 +26,7 @@
 //! prefill can give the pool (KV head, token chunk) units or (KV head,
 //! token chunk, segment) ones as the thread count suggests.
 
-use crate::dispatch::{AttnTileKernels, ATTN_TILE};
+use crate::dispatch::{AttnTileKernels, KeyTile, ATTN_TILE};
 use crate::ops::activation::exp_approx;
 use crate::ops::attention::{
     online_softmax_update, softcapped, softmax_block_ref, AttentionParams, KvLayout, PARALLEL_WORK,
@@ -386,9 +386,9 @@ fn fold_into(m: &mut f32, l: &mut f32, acc: &mut [f32], sm: f32, sl: f32, sacc: 
     *m = mx;
 }
 
-/// The reference of [`AttnTileKernels::load_keys`]: rows that do not fit
-/// the tile are left out.
-pub(crate) fn load_keys_ref(k: &[f16], hd: usize, col0: usize, kt: &mut [f32]) {
+/// The reference of [`AttnTileKernels::load_keys`] for a tile laid out as
+/// `layout` says: rows that do not fit the tile are left out.
+pub(crate) fn load_keys_ref(layout: KeyTile, k: &[f16], hd: usize, col0: usize, kt: &mut [f32]) {
     if hd == 0 {
         return;
     }
@@ -397,7 +397,7 @@ pub(crate) fn load_keys_ref(k: &[f16], hd: usize, col0: usize, kt: &mut [f32]) {
             break;
         }
         for (d, x) in row.iter().enumerate() {
-            if let Some(o) = kt.get_mut(d * ATTN_TILE + col0 + j) {
+            if let Some(o) = kt.get_mut(layout.at(hd, col0 + j, d)) {
                 *o = x.to_f32();
             }
         }
@@ -411,18 +411,43 @@ pub(crate) fn load_values_ref(v: &[f16], out: &mut [f32]) {
     }
 }
 
-/// The reference of [`AttnTileKernels::scores`]: one FMA chain per score.
-pub(crate) fn scores_ref(kt: &[f32], hd: usize, nk: usize, q: &[f32], out: &mut [f32]) {
+/// The reference of [`AttnTileKernels::scores`]: each score summed in
+/// the order `layout` says.
+pub(crate) fn scores_ref(
+    layout: KeyTile,
+    kt: &[f32],
+    hd: usize,
+    nk: usize,
+    q: &[f32],
+    out: &mut [f32],
+) {
     if hd == 0 {
         return;
     }
     let nk = nk.min(ATTN_TILE);
     for (r, qr) in q.chunks_exact(hd).enumerate() {
         for j in 0..nk {
-            let mut s = 0f32;
-            for (d, &x) in qr.iter().enumerate() {
-                s = x.mul_add(kt.get(d * ATTN_TILE + j).copied().unwrap_or(0.0), s);
-            }
+            let k = |d: usize| kt.get(layout.at(hd, j, d)).copied().unwrap_or(0.0);
+            let s = match layout {
+                KeyTile::Columns => qr
+                    .iter()
+                    .enumerate()
+                    .fold(0f32, |s, (d, &x)| x.mul_add(k(d), s)),
+                KeyTile::Rows => {
+                    let whole = hd / 8 * 8;
+                    let mut c = [0f32; 8];
+                    for (d, &x) in qr[..whole].iter().enumerate() {
+                        c[d % 8] = x.mul_add(k(d), c[d % 8]);
+                    }
+                    let h: [f32; 4] = core::array::from_fn(|i| c[i] + c[i + 4]);
+                    let s = (h[0] + h[2]) + (h[1] + h[3]);
+                    if whole == hd {
+                        s
+                    } else {
+                        s + (whole..hd).map(|d| k(d) * qr[d]).sum::<f32>()
+                    }
+                }
+            };
             if let Some(o) = out.get_mut(r * ATTN_TILE + j) {
                 *o = s;
             }
@@ -431,11 +456,11 @@ pub(crate) fn scores_ref(kt: &[f32], hd: usize, nk: usize, q: &[f32], out: &mut 
 }
 
 /// The reference of [`AttnTileKernels::scores_f16`].
-pub(crate) fn scores_f16_ref(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
+pub(crate) fn scores_f16_ref(layout: KeyTile, k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
     let mut kt = vec![0f32; hd * ATTN_TILE];
-    load_keys_ref(k, hd, 0, &mut kt);
+    load_keys_ref(layout, k, hd, 0, &mut kt);
     let nk = k.len().checked_div(hd).unwrap_or(0);
-    scores_ref(&kt, hd, nk, q, out);
+    scores_ref(layout, &kt, hd, nk, q, out);
 }
 
 /// The reference of [`AttnTileKernels::softmax`]: per row, the per-head

@@ -181,7 +181,7 @@ unsafe fn scores_tile<const G: usize, const T: usize>(
 /// AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn reduce_keys<const T: usize>(acc: &[__m256; T]) -> __m256 {
+pub(super) unsafe fn reduce_keys<const T: usize>(acc: &[__m256; T]) -> __m256 {
     let mut v = [_mm256_setzero_ps(); 8];
     v[..T].copy_from_slice(acc);
     let mut n = T;

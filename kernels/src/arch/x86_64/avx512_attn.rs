@@ -13,7 +13,7 @@
 //! handed out after `super::supports` checked the feature, and check the
 //! shapes (or fall back to the reference) before the kernels index.
 
-use crate::dispatch::{AttnTileKernels, ATTN_TILE};
+use crate::dispatch::{AttnTileKernels, KeyTile, ATTN_TILE};
 use crate::ops::activation::{exp_approx, exp_consts};
 use crate::ops::attention_tiled as reference;
 use core::arch::x86_64::*;
@@ -21,6 +21,7 @@ use half::f16;
 
 /// The table entry.
 pub(super) const KERNELS: AttnTileKernels = AttnTileKernels {
+    key_tile: KeyTile::Columns,
     load_keys,
     load_values,
     scores,
@@ -75,7 +76,7 @@ fn load_keys(k: &[f16], hd: usize, col0: usize, kt: &mut [f32]) {
         && col0 + k.len() / hd <= ATTN_TILE
         && kt.len() >= hd * ATTN_TILE;
     if !ok {
-        return reference::load_keys_ref(k, hd, col0, kt);
+        return reference::load_keys_ref(KeyTile::Columns, k, hd, col0, kt);
     }
     // SAFETY: AVX-512F was detected before this table was handed out; k
     // holds whole rows that fit columns col0.. of the hd x ATTN_TILE tile.
@@ -95,7 +96,7 @@ fn scores(kt: &[f32], hd: usize, nk: usize, q: &[f32], out: &mut [f32]) {
         && kt.len() >= hd * ATTN_TILE
         && out.len() >= q.len() / hd * ATTN_TILE;
     if !ok {
-        return reference::scores_ref(kt, hd, nk, q, out);
+        return reference::scores_ref(KeyTile::Columns, kt, hd, nk, q, out);
     }
     // SAFETY: as above; kt holds hd rows of ATTN_TILE, q whole rows of hd
     // and out ATTN_TILE scores per row.
@@ -155,7 +156,7 @@ fn scores_f16(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
         && q.len().is_multiple_of(hd)
         && out.len() >= q.len() / hd * ATTN_TILE;
     if !ok {
-        return reference::scores_f16_ref(k, hd, q, out);
+        return reference::scores_f16_ref(KeyTile::Columns, k, hd, q, out);
     }
     let rows = q.len() / hd;
     let mut r = 0;
@@ -269,7 +270,7 @@ unsafe fn load_keys_k(k: &[f16], hd: usize, col0: usize, kt: &mut [f32]) {
         }
         j += 16;
     }
-    reference::load_keys_ref(&k[j * hd..], hd, col0 + j, kt);
+    reference::load_keys_ref(KeyTile::Columns, &k[j * hd..], hd, col0 + j, kt);
 }
 
 /// The transpose of 16 rows of 16: output `c` holds column `c`. Pairs of
