@@ -72,15 +72,40 @@ pub(super) fn attn_accumulate(v: &[f16], hd: usize, p: &[f32], acc: &mut [f32]) 
     }
 }
 
-/// Eight f16 values at `p` as f32.
+/// A key or value row's element: f32 from a widened tile
+/// (`avx2_attn_tile`), or f16 from the cache.
+pub(super) trait Elem: Copy {
+    const F16: bool;
+    fn widen(self) -> f32;
+}
+impl Elem for f32 {
+    const F16: bool = false;
+    fn widen(self) -> f32 {
+        self
+    }
+}
+impl Elem for f16 {
+    const F16: bool = true;
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
+
+/// Eight elements at `p` as f32.
 ///
 /// # Safety
-/// F16C; eight values readable at `p`.
+/// AVX2/F16C; 8 elements readable at `p`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load8(p: *const f16) -> __m256 {
+pub(super) unsafe fn load8<T: Elem>(p: *const T) -> __m256 {
     // SAFETY: forwarded from the caller.
-    _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.cast()) })
+    unsafe {
+        if T::F16 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
+        } else {
+            _mm256_loadu_ps(p.cast())
+        }
+    }
 }
 
 /// Tiles of `T` keys against `G` queries (`G * T <= 12` accumulators of
@@ -106,40 +131,41 @@ unsafe fn scores_k<const G: usize, const T: usize>(
     // SAFETY: forwarded from the caller; every tile lies inside 0..nk.
     unsafe {
         while j + T <= nk {
-            scores_tile::<G, T>(k, hd, q, out, j);
+            scores_tile::<f16, G, T>(k, hd, q, out, nk, j);
             j += T;
         }
         while j < nk {
-            scores_tile::<G, 1>(k, hd, q, out, j);
+            scores_tile::<f16, G, 1>(k, hd, q, out, nk, j);
             j += 1;
         }
     }
 }
 
-/// Scores of keys `j..j + T` (of `nk = k.len() / hd`) against `G`
-/// queries: per (head, key) an 8-lane FMA chain over the row from zero,
-/// summed by [`reduce_keys`], plus the scalar tail past the last whole 8
-/// elements.
+/// Scores of keys `j..j + T` (of `k.len() / hd`, f16 rows of the cache or
+/// the widened rows of a `KeyTile::Rows` tile) against `G` queries: per
+/// (head, key) an 8-lane FMA chain over the row from zero, summed by
+/// [`reduce_keys`], plus the scalar tail past the last whole 8 elements;
+/// query `g`'s scores at `out[g * stride..]`.
 ///
 /// # Safety
-/// AVX2/FMA/F16C; `k` holds whole rows of `hd` with `j + T <= nk`, `q` `G`
-/// rows, `out` `G * nk` scores.
+/// AVX2/FMA/F16C; `k` holds whole rows of `hd` with `j + T <= k.len() /
+/// hd`, `q` `G` rows, `out` `G` rows of `stride` scores, `j + T <= stride`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn scores_tile<const G: usize, const T: usize>(
-    k: &[f16],
+pub(super) unsafe fn scores_tile<E: Elem, const G: usize, const T: usize>(
+    k: &[E],
     hd: usize,
     q: &[f32],
     out: &mut [f32],
+    stride: usize,
     j: usize,
 ) {
-    let nk = k.len() / hd;
     let vec_end = hd / 8 * 8;
     let (kp, qp) = (k.as_ptr(), q.as_ptr());
     let mut acc = [[_mm256_setzero_ps(); T]; G];
     let mut i = 0;
     // SAFETY: every load reads 8 values at i + 8 <= vec_end <= hd inside
-    // row j + t < nk of k and row g < G of q.
+    // row j + t of k and row g < G of q.
     unsafe {
         while i < vec_end {
             for t in 0..T {
@@ -155,7 +181,7 @@ unsafe fn scores_tile<const G: usize, const T: usize>(
         let mut lanes = [0f32; 8];
         // SAFETY: AVX2, as above; `lanes` holds 8 floats.
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), reduce_keys::<T>(a)) };
-        let o = &mut out[g * nk + j..g * nk + j + T];
+        let o = &mut out[g * stride + j..g * stride + j + T];
         for (t, (o, s)) in o.iter_mut().zip(lanes).enumerate() {
             let row = (j + t) * hd;
             *o = if vec_end == hd {
@@ -164,7 +190,7 @@ unsafe fn scores_tile<const G: usize, const T: usize>(
                 s + k[row + vec_end..row + hd]
                     .iter()
                     .zip(&q[g * hd + vec_end..(g + 1) * hd])
-                    .map(|(x, y)| x.to_f32() * y)
+                    .map(|(x, y)| x.widen() * y)
                     .sum::<f32>()
             };
         }

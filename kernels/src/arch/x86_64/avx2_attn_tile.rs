@@ -28,7 +28,7 @@
 //! those features, and check the shapes (or fall back to the reference)
 //! before the kernels index.
 
-use super::avx2_attn;
+use super::avx2_attn::{self, load8, Elem};
 use crate::dispatch::{AttnTileKernels, KeyTile, ATTN_TILE};
 use crate::ops::activation::{exp_approx, exp_consts};
 use crate::ops::attention_tiled as reference;
@@ -46,41 +46,6 @@ pub(super) const KERNELS: AttnTileKernels = AttnTileKernels {
     scores_f16,
     accumulate_f16: accumulate::<f16>,
 };
-
-/// A value row's element: f32 from a widened tile, or f16 from the cache.
-trait Elem: Copy {
-    const F16: bool;
-    fn widen(self) -> f32;
-}
-impl Elem for f32 {
-    const F16: bool = false;
-    fn widen(self) -> f32 {
-        self
-    }
-}
-impl Elem for f16 {
-    const F16: bool = true;
-    fn widen(self) -> f32 {
-        self.to_f32()
-    }
-}
-
-/// Eight elements at `p` as f32.
-///
-/// # Safety
-/// AVX2/F16C; 8 elements readable at `p`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn load8<T: Elem>(p: *const T) -> __m256 {
-    // SAFETY: forwarded from the caller.
-    unsafe {
-        if T::F16 {
-            _mm256_cvtph_ps(_mm_loadu_si128(p.cast()))
-        } else {
-            _mm256_loadu_ps(p.cast())
-        }
-    }
-}
 
 /// Rows of an accumulate tile: 6 x 2 accumulators of 8 lanes, plus the 2
 /// value vectors and a broadcast, fit the 16 registers with one to spare.
@@ -232,45 +197,31 @@ const SCORE_KEYS: usize = 4;
 /// Scores of every row of `q` against every key row of `k` (widened rows
 /// of a tile, or f16 rows of the cache) in `KeyTile::Rows`' order:
 /// [`SCORE_ROWS`] rows at a time (four as two and two), each over the keys
-/// [`SCORE_KEYS`] at a time, then one at a time; then the products past
-/// the head's last whole 8, if any, added in order.
+/// [`SCORE_KEYS`] at a time, then one at a time, by the block kernels' own
+/// tile (`avx2_attn::scores_tile`, its stride here `ATTN_TILE`).
 ///
 /// # Safety
 /// AVX2/FMA/F16C; `k` whole rows of `hd`, at most ATTN_TILE; `q` whole
 /// rows of `hd`; `out` ATTN_TILE scores per row of `q`.
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn scores_k<T: Elem>(k: &[T], hd: usize, q: &[f32], out: &mut [f32]) {
-    let (rows, nk) = (q.len() / hd, k.len() / hd);
-    let (kp, qp, op) = (k.as_ptr(), q.as_ptr(), out.as_mut_ptr());
+    let rows = q.len() / hd;
     let mut r = 0;
     while r < rows {
         let g = match rows - r {
             4 => 2,
             n => n.min(SCORE_ROWS),
         };
-        // SAFETY: rows r..r + g <= rows of q and of out.
+        let (q, out) = (&q[r * hd..(r + g) * hd], &mut out[r * ATTN_TILE..]);
+        // SAFETY: forwarded; q holds the g rows, out their scores.
         unsafe {
-            let (qp, op) = (qp.add(r * hd), op.add(r * ATTN_TILE));
             match g {
-                1 => scores_rows::<T, 1>(kp, hd, nk, qp, op),
-                2 => scores_rows::<T, 2>(kp, hd, nk, qp, op),
-                _ => scores_rows::<T, SCORE_ROWS>(kp, hd, nk, qp, op),
+                1 => scores_rows::<T, 1>(k, hd, q, out),
+                2 => scores_rows::<T, 2>(k, hd, q, out),
+                _ => scores_rows::<T, SCORE_ROWS>(k, hd, q, out),
             }
         }
         r += g;
-    }
-    let whole = hd / 8 * 8;
-    if whole < hd {
-        for (r, qr) in q.chunks_exact(hd).enumerate() {
-            for (j, kj) in k.chunks_exact(hd).enumerate() {
-                let t: f32 = kj[whole..]
-                    .iter()
-                    .zip(&qr[whole..])
-                    .map(|(x, y)| x.widen() * y)
-                    .sum();
-                out[r * ATTN_TILE + j] += t;
-            }
-        }
     }
 }
 
@@ -283,74 +234,19 @@ unsafe fn scores_k<T: Elem>(k: &[T], hd: usize, q: &[f32], out: &mut [f32]) {
 /// rows of ATTN_TILE, `nk <= ATTN_TILE`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn scores_rows<T: Elem, const G: usize>(
-    k: *const T,
-    hd: usize,
-    nk: usize,
-    q: *const f32,
-    out: *mut f32,
-) {
+unsafe fn scores_rows<T: Elem, const G: usize>(k: &[T], hd: usize, q: &[f32], out: &mut [f32]) {
+    let nk = k.len() / hd;
     let mut j = 0;
-    // SAFETY: forwarded; the tiles read keys j.. < nk.
+    // SAFETY: forwarded; the tiles read keys j.. < nk and write scores
+    // j.. < nk <= ATTN_TILE of each row.
     unsafe {
         while j + SCORE_KEYS <= nk {
-            scores_tile::<T, G, SCORE_KEYS>(k, hd, j, q, out);
+            avx2_attn::scores_tile::<T, G, SCORE_KEYS>(k, hd, q, out, ATTN_TILE, j);
             j += SCORE_KEYS;
         }
         while j < nk {
-            scores_tile::<T, G, 1>(k, hd, j, q, out);
+            avx2_attn::scores_tile::<T, G, 1>(k, hd, q, out, ATTN_TILE, j);
             j += 1;
-        }
-    }
-}
-
-/// `G` rows against keys `j..j + K` (`K` of 1 or 4): per (row, key) an
-/// 8-lane FMA chain over the head's whole groups of 8, `key x query` as the
-/// block kernels multiply, then the lanes summed by their `reduce_keys`
-/// (`hsum`'s tree for each key) into scores `j..j + K` of each row.
-///
-/// # Safety
-/// AVX2/FMA/F16C; keys `j..j + K` of `k` (rows of `hd`), `q` `G` rows of
-/// `hd`, `out` `G` rows of ATTN_TILE with room for scores `j..j + K`.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn scores_tile<T: Elem, const G: usize, const K: usize>(
-    k: *const T,
-    hd: usize,
-    j: usize,
-    q: *const f32,
-    out: *mut f32,
-) {
-    const { assert!(K == 1 || K == 4) };
-    let whole = hd / 8 * 8;
-    let mut acc = [[_mm256_setzero_ps(); K]; G];
-    let mut i = 0;
-    // SAFETY: loads of 8 values at column i + 8 <= whole <= hd of key rows
-    // j + t < j + K and query rows g < G; the stores write scores j..j + K
-    // of rows g < G.
-    unsafe {
-        while i < whole {
-            let mut qv = [_mm256_setzero_ps(); G];
-            for (g, x) in qv.iter_mut().enumerate() {
-                *x = _mm256_loadu_ps(q.add(g * hd + i));
-            }
-            for t in 0..K {
-                let x = load8(k.add((j + t) * hd + i));
-                for (ag, qg) in acc.iter_mut().zip(&qv) {
-                    ag[t] = _mm256_fmadd_ps(x, *qg, ag[t]);
-                }
-            }
-            i += 8;
-        }
-        for (g, ag) in acc.iter().enumerate() {
-            let v = avx2_attn::reduce_keys::<K>(ag);
-            let o = out.add(g * ATTN_TILE + j);
-            if K == 1 {
-                *o = _mm256_cvtss_f32(v);
-            } else {
-                // key t in lane t, K = 4 of them
-                _mm_storeu_ps(o, _mm256_castps256_ps128(v));
-            }
         }
     }
 }
