@@ -15,6 +15,7 @@
 //! on it), which `super::table` hands out after `super::supports` checked
 //! those features. They check the shapes before the kernels index.
 
+use super::Elem;
 use crate::quant::float as reference;
 use core::arch::x86_64::*;
 use half::f16;
@@ -69,25 +70,6 @@ pub(super) fn attn_accumulate(v: &[f16], hd: usize, p: &[f32], acc: &mut [f32]) 
                 _ => accumulate_k::<4>(v, hd, ps, accs),
             }
         }
-    }
-}
-
-/// A key or value row's element: f32 from a widened tile
-/// (`avx2_attn_tile`), or f16 from the cache.
-pub(super) trait Elem: Copy {
-    const F16: bool;
-    fn widen(self) -> f32;
-}
-impl Elem for f32 {
-    const F16: bool = false;
-    fn widen(self) -> f32 {
-        self
-    }
-}
-impl Elem for f16 {
-    const F16: bool = true;
-    fn widen(self) -> f32 {
-        self.to_f32()
     }
 }
 

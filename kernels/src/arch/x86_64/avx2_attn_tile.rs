@@ -28,7 +28,8 @@
 //! those features, and check the shapes (or fall back to the reference)
 //! before the kernels index.
 
-use super::avx2_attn::{self, load8, Elem};
+use super::avx2_attn::{self, load8};
+use super::Elem;
 use crate::dispatch::{AttnTileKernels, KeyTile, ATTN_TILE};
 use crate::ops::activation::{exp_approx, exp_consts};
 use crate::ops::attention_tiled as reference;

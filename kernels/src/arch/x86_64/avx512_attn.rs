@@ -13,6 +13,7 @@
 //! handed out after `super::supports` checked the feature, and check the
 //! shapes (or fall back to the reference) before the kernels index.
 
+use super::Elem;
 use crate::dispatch::{AttnTileKernels, KeyTile, ATTN_TILE};
 use crate::ops::activation::{exp_approx, exp_consts};
 use crate::ops::attention_tiled as reference;
@@ -30,24 +31,6 @@ pub(super) const KERNELS: AttnTileKernels = AttnTileKernels {
     scores_f16,
     accumulate_f16: accumulate::<f16>,
 };
-
-/// A value row's element: f32 from a widened tile, or f16 from the cache.
-trait Elem: Copy {
-    const F16: bool;
-    fn widen(self) -> f32;
-}
-impl Elem for f32 {
-    const F16: bool = false;
-    fn widen(self) -> f32 {
-        self
-    }
-}
-impl Elem for f16 {
-    const F16: bool = true;
-    fn widen(self) -> f32 {
-        self.to_f32()
-    }
-}
 
 /// Sixteen elements at `p` as f32.
 ///

@@ -87,3 +87,22 @@ pub fn table(isa: Isa, scalar: KernelTable) -> Option<KernelTable> {
     };
     Some(KernelTable { isa, ..table })
 }
+
+/// A key or value row's element: f32 from a widened tile
+/// (the tiled attention kernels), or f16 from the cache.
+pub(super) trait Elem: Copy {
+    const F16: bool;
+    fn widen(self) -> f32;
+}
+impl Elem for f32 {
+    const F16: bool = false;
+    fn widen(self) -> f32 {
+        self
+    }
+}
+impl Elem for half::f16 {
+    const F16: bool = true;
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
