@@ -118,6 +118,9 @@ pub(super) struct Col {
     pub(super) codes: *const i8,
     /// The 16-element sums (`SUB_OFFSET` types).
     pub(super) sums: *const i16,
+    /// The same sums paired as a packed layout's scale vectors pair their
+    /// sub-blocks, filled by that layout's kernel (`avx2_x16`), zero here.
+    pub(super) sum_pairs: [i32; 8],
     d: f32,
     off: i32,
     terms: [f32; MAX_TERMS],
@@ -139,6 +142,7 @@ where
     Col {
         codes: codes.as_ptr(),
         sums: W::act_sums(b).as_ptr(),
+        sum_pairs: [0; 8],
         d,
         off,
         terms,

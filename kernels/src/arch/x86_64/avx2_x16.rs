@@ -21,7 +21,7 @@
 //! [`gemm`]; `gemm` checks the packed shape (`x16::shape_ok`) before the
 //! kernels index without bounds checks.
 
-use super::avx2_gemm::{GemmAct, MAX_RUNS, MAX_TERMS};
+use super::avx2_gemm::{Avx2Gemm, GemmAct, MAX_RUNS, MAX_TERMS};
 use super::avx2_lanes::{
     col_of, scale_add, store, word_products, Col, Lanes, COL_CHUNK, LANES, NC,
 };
@@ -32,15 +32,15 @@ use crate::quant::q6_k::BlockQ6K;
 use crate::quant::x16::{self, X16Block, PANEL_ROWS};
 use core::arch::x86_64::*;
 
-/// Bytes ahead of the record in use that decode prefetches at least: the
-/// hardware prefetcher stops at page boundaries, and a decoded token
-/// streams every matrix from memory once. The k-quants' records (2,304
-/// bytes for Q4_K, 3,360 for Q6_K) are prefetched three records ahead:
-/// at 2,048 bytes the request came less than a record before its use, and
-/// a Q6_K matrix read from DRAM decoded at 7.3-8.6 GiB/s against 11.2-12.3
-/// three records ahead (criterion `matvec/q6_K/avx2-x16/18432x1536/t1`,
-/// alternated runs).
-const PREFETCH: usize = 2048;
+/// Bytes ahead of the record in use that decode prefetches: the hardware
+/// prefetcher stops at page boundaries, and a decoded token streams every
+/// matrix from memory once. 16 KiB: on the 1B Q4_K_M sweep model (read
+/// from DRAM) decode ran 11.2-12.5 tok/s at 1 thread and 19.5-23.0 at 2
+/// prefetching three records ahead (7-10 KB, tuned on an 18432x1536 matrix
+/// that turned out to sit in the 32 MiB L3), 11.8-14.3 and 21.7-24.3 at 16
+/// KiB (24 KiB alike, 8 KiB and 64 KiB or an L2 hint slower; alternated
+/// `sotto bench -p 0 -n 32` runs, 4 December); Q4_0 is indifferent.
+const PREFETCH: usize = 16 * 1024;
 
 /// A block type whose x16 record the AVX2 lane kernel reads directly.
 pub(super) trait X16Lanes: Lanes + X16Block {
@@ -73,15 +73,34 @@ pub(super) trait X16Lanes: Lanes + X16Block {
         _mm256_set1_epi16(1)
     }
 
-    /// Each row's `sum_s scale[s] * bsum[s]` (`SUB_OFFSET` types), the
-    /// column's 16 sums at `sums`.
+    /// Each row's `sum_s scale[s] * bsum[s]` (`SUB_OFFSET` types), from
+    /// the column's [`Col::sum_pairs`].
     ///
     /// # Safety
-    /// AVX2; `sums` points at 16 readable `i16`.
+    /// AVX2.
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn sub_offset(_: &Self::Meta, _: *const i16) -> __m256i {
+    unsafe fn sub_offset(_: &Self::Meta, _: &Col) -> __m256i {
         _mm256_setzero_si256()
+    }
+
+    /// The column's 16 sub-block sums (`SUB_OFFSET` types) as `i16` pairs
+    /// in the order [`X16Lanes::sub_offset`] multiplies them, once per
+    /// column block rather than once per half record.
+    fn pair_sums(_: &[i16; 16]) -> [i32; 8] {
+        [0; 8]
+    }
+
+    /// Half `h` of one record against decode's one column: [`half_block`]
+    /// unless the type has an order of its own for one column.
+    ///
+    /// # Safety
+    /// As [`half_block`]'s.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn half_gemv(rec: *const u8, h: usize, col: &Col, acc: &mut __m256) {
+        // SAFETY: the caller's.
+        unsafe { half_block::<Self, 1>(rec, h, [col], core::array::from_mut(acc)) }
     }
 
     /// The half's row scales and its correction coefficients (Q4_1's
@@ -336,19 +355,115 @@ impl X16Lanes for BlockQ6K {
     }
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn sub_offset(m: &[__m256i; 4], sums: *const i16) -> __m256i {
+    unsafe fn sub_offset(m: &[__m256i; 4], col: &Col) -> __m256i {
         let mut off = _mm256_setzero_si256();
         for (l, &line) in m.iter().enumerate() {
             // scales 4l, 4l + 2 and 4l + 1, 4l + 3 as i16 pairs
             let even = _mm256_srai_epi16::<8>(_mm256_slli_epi16::<8>(line));
             let odd = _mm256_srai_epi16::<8>(line);
-            // SAFETY: sums 4l..4l + 4 of 16.
-            let s: [i16; 4] = unsafe { core::array::from_fn(|k| *sums.add(4 * l + k)) };
-            let pair = |a: i16, b: i16| _mm256_set1_epi32(i32::from(a as u16) | i32::from(b) << 16);
-            off = _mm256_add_epi32(off, _mm256_madd_epi16(even, pair(s[0], s[2])));
-            off = _mm256_add_epi32(off, _mm256_madd_epi16(odd, pair(s[1], s[3])));
+            let [e, o] = [0, 1].map(|j| _mm256_set1_epi32(col.sum_pairs[2 * l + j]));
+            off = _mm256_add_epi32(off, _mm256_madd_epi16(even, e));
+            off = _mm256_add_epi32(off, _mm256_madd_epi16(odd, o));
         }
         off
+    }
+    /// Line `l`'s pairs: sums `(4l, 4l + 2)`, then `(4l + 1, 4l + 3)`.
+    fn pair_sums(s: &[i16; 16]) -> [i32; 8] {
+        let pair = |a: i16, b: i16| i32::from(a as u16) | i32::from(b) << 16;
+        core::array::from_fn(|j| {
+            let (l, odd) = (j / 2, j % 2);
+            pair(s[4 * l + odd], s[4 * l + odd + 2])
+        })
+    }
+    /// Decode's order: per code word `i` of each 128-element half `n` of
+    /// the block, the `qh` line and its two `ql` lines are read once and
+    /// give that word of all four runs `4n..4n + 4`, each run's products
+    /// scaled per word pair. Run by run ([`half_block`]), each `qh` line
+    /// served four runs and each `ql` line two, and with one column to
+    /// amortize them LLVM kept the lines on the stack between runs. The
+    /// integer sums are exact, so the outputs are [`half_block`]'s bits.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn half_gemv(rec: *const u8, h: usize, col: &Col, acc: &mut __m256) {
+        // SAFETY: a whole record, h < 2.
+        let meta = unsafe { Self::meta(rec, h) };
+        let mut isum = _mm256_setzero_si256();
+        // the quarters' (n, s) as constants, so their loops unroll and
+        // their scale shuffles and offsets fold (as `run`'s)
+        // SAFETY: as this function's.
+        unsafe {
+            q6k_quarter::<0, 0>(rec, h, &meta, col, &mut isum);
+            q6k_quarter::<0, 1>(rec, h, &meta, col, &mut isum);
+            q6k_quarter::<1, 0>(rec, h, &meta, col, &mut isum);
+            q6k_quarter::<1, 1>(rec, h, &meta, col, &mut isum);
+        }
+        // SAFETY: the features are enabled here.
+        let off = unsafe { Self::sub_offset(&meta, col) };
+        isum = _mm256_sub_epi32(
+            isum,
+            _mm256_mullo_epi32(off, _mm256_set1_epi32(Self::OFFSET.into())),
+        );
+        // SAFETY: a whole record, h < 2.
+        let (d, m) = unsafe { Self::scales(rec, h) };
+        // SAFETY: the features are enabled here.
+        unsafe { scale_add::<Self>(isum, d, &m[..Self::TERMS], col, acc) };
+    }
+}
+
+/// Sub-block half `S` (words `4S..4S + 4`) of runs `4N..4N + 4` of half
+/// `h` of a Q6_K record against one column, added to the rows' `isum`
+/// ([`BlockQ6K`]'s `half_gemv`).
+///
+/// # Safety
+/// AVX2/FMA/F16C; `rec` points at a whole record, `h < 2`, `meta` is the
+/// half's; the column's codes are its block's 256.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q6k_quarter<const N: usize, const S: usize>(
+    rec: *const u8,
+    h: usize,
+    meta: &[__m256i; 4],
+    col: &Col,
+    isum: &mut __m256i,
+) {
+    let (m4, m2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x30));
+    // SAFETY: the features are enabled here.
+    let sc: [__m256i; 4] =
+        core::array::from_fn(|k| unsafe { BlockQ6K::run_scale(meta, 4 * N + k, S) });
+    for g in 0..2 {
+        let mut pairs = [_mm256_setzero_si256(); 4];
+        for i in 4 * S + 2 * g..4 * S + 2 * g + 2 {
+            // SAFETY: the qh lines start at byte 288 of the record, the ql
+            // lines at 1312 (as `word`'s).
+            let (qh, qa, qb) = unsafe {
+                (
+                    half_line(rec.add(288), h, 8 * N + i),
+                    half_line(rec.add(1312), h, 16 * N + i),
+                    half_line(rec.add(1312), h, 16 * N + 8 + i),
+                )
+            };
+            // run k's low nibbles, and its high bits moved to bits 4..6
+            let words = [
+                (qa, _mm256_slli_epi16::<4>(qh)),
+                (qb, _mm256_slli_epi16::<2>(qh)),
+                (_mm256_srli_epi16::<4>(qa), qh),
+                (_mm256_srli_epi16::<4>(qb), _mm256_srli_epi16::<2>(qh)),
+            ]
+            .map(|(lo, hi)| _mm256_or_si256(_mm256_and_si256(lo, m4), _mm256_and_si256(hi, m2)));
+            for (k, (pc, w)) in pairs.iter_mut().zip(words).enumerate() {
+                // SAFETY: word i of run 4N + k of the column's codes.
+                let y = unsafe {
+                    col.codes
+                        .add(32 * (4 * N + k) + 4 * i)
+                        .cast::<i32>()
+                        .read_unaligned()
+                };
+                *pc = _mm256_add_epi16(*pc, _mm256_maddubs_epi16(w, _mm256_set1_epi32(y)));
+            }
+        }
+        for (pc, sk) in pairs.into_iter().zip(sc) {
+            *isum = _mm256_add_epi32(*isum, _mm256_madd_epi16(pc, sk));
+        }
     }
 }
 
@@ -386,7 +501,14 @@ pub(super) fn gemm<W>(
     {
         return x16::gemm_ref::<W, _>(dot, p, rows, a, bpr, out);
     }
-    let cols: Vec<Col> = a.iter().map(col_of::<W>).collect();
+    let cols: Vec<Col> = a
+        .iter()
+        .map(|b| {
+            let mut c = col_of::<W>(b);
+            c.sum_pairs = W::pair_sums(W::act_sums(b));
+            c
+        })
+        .collect();
     if a.len() == bpr {
         // SAFETY: only reached through tables built after AVX2/FMA/F16C
         // were detected; `p` holds the panels of rows x bpr blocks, `cols`
@@ -434,7 +556,7 @@ unsafe fn half_block<W: X16Lanes, const N: usize>(
     if W::SUB_OFFSET {
         for (s, col) in isum.iter_mut().zip(cols) {
             // SAFETY: the column's 16 sums.
-            let off = unsafe { W::sub_offset(&meta, col.sums) };
+            let off = unsafe { W::sub_offset(&meta, col) };
             *s = _mm256_sub_epi32(
                 *s,
                 _mm256_mullo_epi32(off, _mm256_set1_epi32(W::OFFSET.into())),
@@ -485,8 +607,7 @@ unsafe fn run<W: X16Lanes, const N: usize, const V: usize>(
 }
 
 /// Decode: each panel's records in order, both halves of a record against
-/// the column, the records `PREFETCH` bytes (or three records) ahead
-/// requested.
+/// the column, the bytes [`PREFETCH`] ahead requested.
 ///
 /// # Safety
 /// AVX2/FMA/F16C; `p` holds the panels of `rows` rows of `bpr` blocks,
@@ -501,7 +622,7 @@ unsafe fn gemv<W: X16Lanes>(p: &[u8], rows: usize, cols: &[Col], bpr: usize, out
         for (b, col) in cols.iter().enumerate().take(bpr) {
             // SAFETY: b < bpr: a record of the panel.
             let rec = unsafe { panel.add(b * W::RECORD) };
-            let ahead = rec.wrapping_add(PREFETCH.max(3 * W::RECORD));
+            let ahead = rec.wrapping_add(PREFETCH);
             for l in (0..W::RECORD).step_by(64) {
                 // a prefetch never faults, past the end included
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l).cast());
@@ -509,9 +630,9 @@ unsafe fn gemv<W: X16Lanes>(p: &[u8], rows: usize, cols: &[Col], bpr: usize, out
             let [a0, a1] = &mut acc;
             // SAFETY: a whole record; the column's block b.
             unsafe {
-                half_block::<W, 1>(rec, 0, [col], core::array::from_mut(a0));
+                W::half_gemv(rec, 0, col, a0);
                 if nr > LANES {
-                    half_block::<W, 1>(rec, 1, [col], core::array::from_mut(a1));
+                    W::half_gemv(rec, 1, col, a1);
                 }
             }
         }
