@@ -82,15 +82,17 @@ const DTYPES: [DType; 13] = [
 /// Matrix-vector products of the SmolLM2-135M shapes: q/o projections
 /// (576x576 is too small to time well, so 1536x576 FFN up/gate), FFN down
 /// (576x1536) and the tied embedding / output head (49152x576). Types of
-/// 256-element blocks cannot take 576 columns: their large, memory-bound
-/// shape is 18432x1536 (as many weights as the head).
+/// 256-element blocks cannot take 576 columns: their large shape is
+/// 73728x1536, 37-93 MB, read from DRAM past a 32 MiB L3 (18432x1536, as
+/// many weights as the head, stayed in such an L3 and hid that the
+/// k-quant decode kernels were slower from memory than from cache).
 fn matvec(c: &mut Criterion) {
     let pools = pools();
     for dtype in DTYPES {
         let head = if dtype.row_bytes(576).is_some() {
             (49152usize, 576usize)
         } else {
-            (18432, 1536)
+            (73728, 1536)
         };
         for (rows, cols) in [(1536usize, 576usize), (576, 1536), head] {
             if dtype.row_bytes(cols).is_none() {
