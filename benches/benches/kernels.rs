@@ -18,6 +18,7 @@ use sotto_kernels::ops::{
     QMatrix,
 };
 use sotto_kernels::quant::{aligned_bytes, quantize_row, AlignedBytes, DType};
+use sotto_models::HugeAnon;
 use std::sync::Arc;
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
@@ -25,56 +26,25 @@ fn random(n: usize, seed: u64) -> Vec<f32> {
     (0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect()
 }
 
-/// Weight bytes on 2 MiB pages where Linux gives them (an anonymous map
-/// advised `MADV_HUGEPAGE` before its first touch), as the engine's weight
-/// and panel maps ask for them: on 4 KiB pages a matrix read from DRAM
-/// pays a TLB miss every 64 lines that the engine's decode does not. A
-/// plain vector (8-byte aligned) where no map is had.
-struct HugeBytes {
-    map: Option<memmap2::MmapMut>,
-    owned: Vec<u64>,
-    len: usize,
-}
-
-impl HugeBytes {
-    fn new(len: usize) -> HugeBytes {
-        let map = memmap2::MmapMut::map_anon(len.max(1)).ok();
-        #[cfg(target_os = "linux")]
-        if let Some(m) = &map {
-            let _ = m.advise(memmap2::Advice::HugePage);
-        }
-        let owned = if map.is_some() {
-            Vec::new()
-        } else {
-            vec![0; len.div_ceil(8)]
-        };
-        HugeBytes { map, owned, len }
-    }
-    fn as_bytes_mut(&mut self) -> &mut [u8] {
-        match &mut self.map {
-            Some(m) => &mut m[..self.len],
-            None => &mut bytemuck::cast_slice_mut(&mut self.owned)[..self.len],
-        }
-    }
-}
+/// Weight bytes on 2 MiB pages where Linux gives them, as the engine's
+/// weight and panel maps ask for them: on 4 KiB pages a matrix read from
+/// DRAM pays a TLB miss every 64 lines that the engine's decode does not.
+struct HugeBytes(HugeAnon);
 
 impl PackedSource for HugeBytes {
     fn bytes(&self) -> &[u8] {
-        match &self.map {
-            Some(m) => &m[..self.len],
-            None => &bytemuck::cast_slice(&self.owned)[..self.len],
-        }
+        self.0.bytes()
     }
 }
 
-fn quantized(dtype: DType, rows: usize, cols: usize) -> HugeBytes {
+fn quantized(dtype: DType, rows: usize, cols: usize) -> HugeAnon {
     let rb = dtype.row_bytes(cols).unwrap_or(0);
-    let mut q = HugeBytes::new(rows * rb);
+    let mut q = HugeAnon::new(rows * rb);
     let src = random(cols, 7);
     // One quantized row repeated: the values do not change the timing, and
     // quantizing every row of every shape of every type (the k-quants' and
     // IQ4's searches) took the bench minutes before its first timing.
-    let bytes = q.as_bytes_mut();
+    let bytes = q.bytes_mut();
     if rows > 0 && quantize_row(dtype, &src, &mut bytes[..rb]).is_ok() {
         let (first, rest) = bytes.split_at_mut(rb);
         for row in rest.chunks_exact_mut(rb) {
@@ -88,9 +58,10 @@ fn quantized(dtype: DType, rows: usize, cols: usize) -> HugeBytes {
 /// them (`None` where `t` does not pack the type).
 fn packed(t: &KernelTable, m: &QMatrix<'_>) -> Option<PackedMatrix> {
     let p = PackedMatrix::pack_for(t, m).ok()??;
-    let mut huge = HugeBytes::new(p.bytes().len());
-    huge.as_bytes_mut().copy_from_slice(p.bytes());
-    PackedMatrix::from_source(t, p.dtype(), p.rows(), p.cols(), Arc::new(huge), 0).ok()
+    let mut huge = HugeAnon::new(p.bytes().len());
+    huge.bytes_mut().copy_from_slice(p.bytes());
+    let source = Arc::new(HugeBytes(huge));
+    PackedMatrix::from_source(t, p.dtype(), p.rows(), p.cols(), source, 0).ok()
 }
 
 fn tables() -> Vec<&'static KernelTable> {

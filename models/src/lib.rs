@@ -38,7 +38,7 @@ use std::sync::Arc;
 
 pub use chat::{ChatMessage, ChatTemplate};
 pub use error::{Error, Result};
-pub use gguf::{GgufFile, MappedFile};
+pub use gguf::{GgufFile, HugeAnon, MappedFile};
 pub use lora::{LoraAdapter, LoraFormat, LoraTarget};
 pub use spec::DecoderSpec;
 pub use tokenizer::Tokenizer;

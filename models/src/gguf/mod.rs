@@ -111,6 +111,59 @@ impl fmt::Debug for Storage {
     }
 }
 
+/// Zeroed anonymous memory asked for on 2 MiB pages (Linux's transparent
+/// huge pages, advised `MADV_HUGEPAGE` before the first touch), as the
+/// model and cache maps ask for theirs: for buffers that must be read as
+/// the weights are (the bench's bandwidth probe, the kernel bench's
+/// matrices). A vector of 8-byte words where no map is had
+/// ([`HugeAnon::is_mapped`] tells).
+#[derive(Debug)]
+pub struct HugeAnon {
+    map: Option<memmap2::MmapMut>,
+    owned: Vec<u64>,
+    len: usize,
+}
+
+impl HugeAnon {
+    /// `len` zero bytes.
+    pub fn new(len: usize) -> HugeAnon {
+        let map = memmap2::MmapMut::map_anon(len.max(1)).ok();
+        #[cfg(target_os = "linux")]
+        if let Some(m) = &map {
+            // a refusal leaves small pages
+            let _ = m.advise(memmap2::Advice::HugePage);
+        }
+        let owned = if map.is_some() {
+            Vec::new()
+        } else {
+            vec![0; len.div_ceil(8)]
+        };
+        HugeAnon { map, owned, len }
+    }
+
+    /// Whether the bytes are a map (page-aligned, advised) rather than the
+    /// fallback vector.
+    pub fn is_mapped(&self) -> bool {
+        self.map.is_some()
+    }
+
+    /// The bytes.
+    pub fn bytes(&self) -> &[u8] {
+        match &self.map {
+            Some(m) => &m[..self.len],
+            None => &bytemuck::cast_slice(&self.owned)[..self.len],
+        }
+    }
+
+    /// The bytes, writable.
+    pub fn bytes_mut(&mut self) -> &mut [u8] {
+        match &mut self.map {
+            Some(m) => &mut m[..self.len],
+            None => &mut bytemuck::cast_slice_mut(&mut self.owned)[..self.len],
+        }
+    }
+}
+
 /// A whole file memory-mapped read-only, as model files are: for the
 /// caches an engine writes beside the user's models (the repacked weight
 /// panels), whose bytes are then used in place. The same contract as a

@@ -150,8 +150,7 @@ pub struct BandwidthProbe {
 /// plain 1-thread read of 288–1050 MiB gave 9.8–14.0 GB/s on 4 KiB pages
 /// and 12.2–16.6 on 2 MiB ones). A plain vector where no map is had.
 struct ProbeBuffer {
-    map: Option<memmap2::MmapMut>,
-    owned: Vec<u64>,
+    mem: sotto_models::HugeAnon,
     huge_pages: bool,
 }
 
@@ -159,30 +158,14 @@ impl ProbeBuffer {
     /// `words` words, each its own index, so no page is the shared zero page.
     fn new(words: usize) -> ProbeBuffer {
         let before = anon_huge_bytes();
-        let map = memmap2::MmapMut::map_anon(words * 8).ok().filter(|m| {
-            // page-aligned, so this holds; checked rather than assumed
-            bytemuck::try_cast_slice::<u8, u64>(m).is_ok()
-        });
-        #[cfg(target_os = "linux")]
-        if let Some(m) = &map {
-            // before the first touch, so the faults take huge pages; a
-            // refusal leaves small ones
-            let _ = m.advise(memmap2::Advice::HugePage);
-        }
-        let owned = if map.is_some() {
-            Vec::new()
-        } else {
-            vec![0; words]
-        };
         let mut buf = ProbeBuffer {
-            map,
-            owned,
+            mem: sotto_models::HugeAnon::new(words * 8),
             huge_pages: false,
         };
         for (i, w) in buf.words_mut().iter_mut().enumerate() {
             *w = i as u64;
         }
-        buf.huge_pages = buf.map.is_some()
+        buf.huge_pages = buf.mem.is_mapped()
             && match (before, anon_huge_bytes()) {
                 (Some(b), Some(a)) => a.saturating_sub(b) >= (words * 8 / 2) as u64,
                 _ => false,
@@ -190,18 +173,13 @@ impl ProbeBuffer {
         buf
     }
 
+    // a map is page-aligned and the fallback is words: the casts hold
     fn words(&self) -> &[u64] {
-        match &self.map {
-            Some(m) => bytemuck::try_cast_slice(m).unwrap_or(&[]),
-            None => &self.owned,
-        }
+        bytemuck::try_cast_slice(self.mem.bytes()).unwrap_or(&[])
     }
 
     fn words_mut(&mut self) -> &mut [u64] {
-        match &mut self.map {
-            Some(m) => bytemuck::try_cast_slice_mut(m).unwrap_or(&mut []),
-            None => &mut self.owned,
-        }
+        bytemuck::try_cast_slice_mut(self.mem.bytes_mut()).unwrap_or(&mut [])
     }
 }
 
