@@ -21,7 +21,7 @@
 //! [`gemm`]; `gemm` checks the packed shape (`x16::shape_ok`) before the
 //! kernels index without bounds checks.
 
-use super::avx2_gemm::{Avx2Gemm, GemmAct, MAX_RUNS, MAX_TERMS};
+use super::avx2_gemm::{GemmAct, MAX_RUNS, MAX_TERMS};
 use super::avx2_lanes::{
     col_of, scale_add, store, word_products, Col, Lanes, COL_CHUNK, LANES, NC,
 };
@@ -330,21 +330,14 @@ impl X16Lanes for BlockQ6K {
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn word(rec: *const u8, h: usize, v: usize, i: usize) -> __m256i {
         let (n, k) = (v / 4, v % 4);
-        // SAFETY: the qh lines start at byte 288 of the record, the ql lines at 1312.
+        // SAFETY: the record's qh and ql lines.
         let (ql, qh) = unsafe {
             (
-                half_line(rec.add(1312), h, 16 * n + 8 * (k % 2) + i),
-                half_line(rec.add(288), h, 8 * n + i),
+                half_line(rec.add(Q6K_QL), h, 16 * n + 8 * (k % 2) + i),
+                half_line(rec.add(Q6K_QH), h, 8 * n + i),
             )
         };
-        let high = match k {
-            0 => qh,
-            1 => _mm256_srli_epi16::<2>(qh),
-            2 => _mm256_srli_epi16::<4>(qh),
-            _ => _mm256_srli_epi16::<6>(qh),
-        };
-        let high = _mm256_slli_epi16::<4>(_mm256_and_si256(high, _mm256_set1_epi8(0x03)));
-        _mm256_or_si256(nibbles(ql, k >= 2), high)
+        q6k_word(ql, qh, k)
     }
     /// Scale `2v + s` (the run's first or second 16 codes), sign-extended.
     #[inline]
@@ -397,17 +390,31 @@ impl X16Lanes for BlockQ6K {
             q6k_quarter::<1, 0>(rec, h, &meta, col, &mut isum);
             q6k_quarter::<1, 1>(rec, h, &meta, col, &mut isum);
         }
-        // SAFETY: the features are enabled here.
-        let off = unsafe { Self::sub_offset(&meta, col) };
-        isum = _mm256_sub_epi32(
-            isum,
-            _mm256_mullo_epi32(off, _mm256_set1_epi32(Self::OFFSET.into())),
-        );
-        // SAFETY: a whole record, h < 2.
-        let (d, m) = unsafe { Self::scales(rec, h) };
-        // SAFETY: the features are enabled here.
-        unsafe { scale_add::<Self>(isum, d, &m[..Self::TERMS], col, acc) };
+        // SAFETY: as this function's.
+        unsafe { half_finish::<Self, 1>(rec, h, &meta, [isum], [col], core::array::from_mut(acc)) };
     }
+}
+
+/// Where a Q6_K record's `qh` and `ql` lines start.
+const Q6K_QH: usize = 288;
+const Q6K_QL: usize = 1312;
+
+/// Run `4n + k`'s code word from its `ql` line (low nibbles for `k < 2`,
+/// high ones above) and its `qh` line (bits `2k..2k + 2` of each byte,
+/// moved to bits 4..6).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn q6k_word(ql: __m256i, qh: __m256i, k: usize) -> __m256i {
+    let (lo, hi) = match k {
+        0 => (ql, _mm256_slli_epi16::<4>(qh)),
+        1 => (ql, _mm256_slli_epi16::<2>(qh)),
+        2 => (_mm256_srli_epi16::<4>(ql), qh),
+        _ => (_mm256_srli_epi16::<4>(ql), _mm256_srli_epi16::<2>(qh)),
+    };
+    _mm256_or_si256(
+        _mm256_and_si256(lo, _mm256_set1_epi8(0x0F)),
+        _mm256_and_si256(hi, _mm256_set1_epi8(0x30)),
+    )
 }
 
 /// Sub-block half `S` (words `4S..4S + 4`) of runs `4N..4N + 4` of half
@@ -426,30 +433,22 @@ unsafe fn q6k_quarter<const N: usize, const S: usize>(
     col: &Col,
     isum: &mut __m256i,
 ) {
-    let (m4, m2) = (_mm256_set1_epi8(0x0F), _mm256_set1_epi8(0x30));
     // SAFETY: the features are enabled here.
     let sc: [__m256i; 4] =
         core::array::from_fn(|k| unsafe { BlockQ6K::run_scale(meta, 4 * N + k, S) });
     for g in 0..2 {
         let mut pairs = [_mm256_setzero_si256(); 4];
         for i in 4 * S + 2 * g..4 * S + 2 * g + 2 {
-            // SAFETY: the qh lines start at byte 288 of the record, the ql
-            // lines at 1312 (as `word`'s).
+            // SAFETY: the record's qh line and the two ql lines of word i.
             let (qh, qa, qb) = unsafe {
                 (
-                    half_line(rec.add(288), h, 8 * N + i),
-                    half_line(rec.add(1312), h, 16 * N + i),
-                    half_line(rec.add(1312), h, 16 * N + 8 + i),
+                    half_line(rec.add(Q6K_QH), h, 8 * N + i),
+                    half_line(rec.add(Q6K_QL), h, 16 * N + i),
+                    half_line(rec.add(Q6K_QL), h, 16 * N + 8 + i),
                 )
             };
-            // run k's low nibbles, and its high bits moved to bits 4..6
-            let words = [
-                (qa, _mm256_slli_epi16::<4>(qh)),
-                (qb, _mm256_slli_epi16::<2>(qh)),
-                (_mm256_srli_epi16::<4>(qa), qh),
-                (_mm256_srli_epi16::<4>(qb), _mm256_srli_epi16::<2>(qh)),
-            ]
-            .map(|(lo, hi)| _mm256_or_si256(_mm256_and_si256(lo, m4), _mm256_and_si256(hi, m2)));
+            let words = [qa, qb, qa, qb];
+            let words: [__m256i; 4] = core::array::from_fn(|k| q6k_word(words[k], qh, k));
             for (k, (pc, w)) in pairs.iter_mut().zip(words).enumerate() {
                 // SAFETY: word i of run 4N + k of the column's codes.
                 let y = unsafe {
@@ -505,7 +504,9 @@ pub(super) fn gemm<W>(
         .iter()
         .map(|b| {
             let mut c = col_of::<W>(b);
-            c.sum_pairs = W::pair_sums(W::act_sums(b));
+            if W::SUB_OFFSET {
+                c.sum_pairs = W::pair_sums(W::act_sums(b));
+            }
             c
         })
         .collect();
@@ -553,17 +554,38 @@ unsafe fn half_block<W: X16Lanes, const N: usize>(
         run::<W, N, 6>(rec, h, &meta, &cols, &mut isum);
         run::<W, N, 7>(rec, h, &meta, &cols, &mut isum);
     }
+    // SAFETY: as this function's.
+    unsafe { half_finish::<W, N>(rec, h, &meta, isum, cols, acc) };
+}
+
+/// The float side of half `h` of a record against `N` columns, the rows'
+/// exact integer dots `isum` in hand: the sub-block offset off them
+/// (`SUB_OFFSET` types), then [`scale_add`] per column.
+///
+/// # Safety
+/// AVX2/FMA/F16C; `rec` points at a whole record, `h < 2`, `meta` is the
+/// half's.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn half_finish<W: X16Lanes, const N: usize>(
+    rec: *const u8,
+    h: usize,
+    meta: &W::Meta,
+    mut isum: [__m256i; N],
+    cols: [&Col; N],
+    acc: &mut [__m256; N],
+) {
     if W::SUB_OFFSET {
         for (s, col) in isum.iter_mut().zip(cols) {
-            // SAFETY: the column's 16 sums.
-            let off = unsafe { W::sub_offset(&meta, col) };
+            // SAFETY: the features are enabled here.
+            let off = unsafe { W::sub_offset(meta, col) };
             *s = _mm256_sub_epi32(
                 *s,
                 _mm256_mullo_epi32(off, _mm256_set1_epi32(W::OFFSET.into())),
             );
         }
     }
-    // SAFETY: as above.
+    // SAFETY: a whole record, h < 2.
     let (d, m) = unsafe { W::scales(rec, h) };
     for ((a, s), col) in acc.iter_mut().zip(isum).zip(cols) {
         // SAFETY: the features are enabled here.
@@ -754,6 +776,7 @@ mod tests {
                 (16, 36, 2),
                 (40, 6, 18),
                 (17, 35, 2),
+                (32, 1, 4),
             ] {
                 let n = bpr * W::ELEMS;
                 let seed = (rows * 131 + cols * 7 + bpr) as u64;
