@@ -29,6 +29,8 @@
 //! so decode and prefill give the same bits. It prefetches the next record
 //! a few lines per step: a whole record's prefetches in one burst (36–53
 //! lines) held up the record's own loads, and Q6_K streamed at 6 GiB/s.
+//! Its loops are unrolled through const generics, so sums stay in
+//! registers and prefetch offsets are constants.
 //! Codes are below 64 and activations within ±127, so even
 //! `vpmaddubsw`'s saturating i16 pairs are exact.
 //!
@@ -207,7 +209,7 @@ macro_rules! kquant_kernels {
                 /// same order, so its bits equal the batched path's.
                 ///
                 /// It also prefetches the record at `ahead` a share at a time
-                /// ([`prefetch_part`]), so the fetches are spread over the
+                /// ([`prefetch_step`]), so the fetches are spread over the
                 /// record's work instead of queued in a burst ahead of its
                 /// own loads.
                 ///
@@ -222,18 +224,32 @@ macro_rules! kquant_kernels {
                 ) -> __m512;
             }
 
-            /// Part `part` of `parts` of the cache lines of the record at
-            /// `ahead`, fetched into L1: decode streams the weights once,
-            /// and the hardware prefetcher stops at page boundaries (a
-            /// prefetch never faults, so `ahead` may be past the panel).
+            /// Bytes past the next record that decode also asks for, into
+            /// L2: with the record loops unrolled a record takes about half
+            /// the time it did, so one record of lead no longer covers a
+            /// loaded machine's memory latency, while L1 prefetches further
+            /// ahead only queue in front of the record's own loads.
+            const FAR: usize = 4096;
+
+            /// Step `step` of `steps` of fetching the record at `ahead`: its
+            /// share of the record's lines (one more than its own, for a
+            /// record that starts inside a line), in order, into L1, and
+            /// the same lines [`FAR`] bytes further into L2. Decode streams
+            /// the weights once, and the hardware prefetcher stops at page
+            /// boundaries (a prefetch never faults, so either may be past
+            /// the panel). Callers pass constants, so each step is a fixed
+            /// set of prefetches: computed at run time, a step's line range
+            /// had been more scalar work than the step's dot steps.
             #[inline(always)]
-            fn prefetch_part<W: KRecord>(ahead: *const u8, part: usize, parts: usize) {
-                // one line more than the record's own, for a record that
-                // starts inside a line
+            fn prefetch_step<W: KRecord>(ahead: *const u8, step: usize, steps: usize) {
                 let lines = W::RECORD.div_ceil(64) + 1;
-                for l in part * lines / parts..(part + 1) * lines / parts {
+                for l in step * lines / steps..(step + 1) * lines / steps {
+                    let at = ahead.wrapping_add(64 * l);
                     // SAFETY: a prefetch reads nothing architecturally.
-                    unsafe { _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64 * l).cast()) };
+                    unsafe {
+                        _mm_prefetch::<_MM_HINT_T0>(at.cast());
+                        _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(FAR).cast());
+                    }
                 }
             }
 
@@ -294,38 +310,63 @@ macro_rules! kquant_kernels {
                 y: &BlockQ8K,
                 ka: &KAct,
                 s: &Scales,
+                high: impl Fn(usize, usize) -> __m512i + Copy,
+            ) -> __m512 {
+                let blk = _mm512_setzero_ps();
+                // SAFETY: forwarded; each call takes its own 8 lines.
+                unsafe {
+                    let blk = dot1_k4_lines::<W, 0>(q, ahead, y, ka, s, high, blk);
+                    let blk = dot1_k4_lines::<W, 1>(q, ahead, y, ka, s, high, blk);
+                    let blk = dot1_k4_lines::<W, 2>(q, ahead, y, ka, s, high, blk);
+                    dot1_k4_lines::<W, 3>(q, ahead, y, ka, s, high, blk)
+                }
+            }
+
+            /// Lines `8C..8C + 8` of [`dot1_k4`]: sub-blocks `2C` (low
+            /// nibbles) and `2C + 1` (high ones), each in two integer chains
+            /// so the dot steps overlap, folded into `blk`. `C` is a
+            /// constant so that every index and prefetch offset is one:
+            /// with a loop over it, LLVM kept the loop, and each step
+            /// computed its prefetch range in scalar code.
+            ///
+            /// # Safety
+            /// As [`dot1_k4`]'s.
+            #[inline]
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            unsafe fn dot1_k4_lines<W: KRecord, const C: usize>(
+                q: *const u8,
+                ahead: *const u8,
+                y: &BlockQ8K,
+                ka: &KAct,
+                s: &Scales,
                 high: impl Fn(usize, usize) -> __m512i,
+                blk: __m512,
             ) -> __m512 {
                 let m4 = _mm512_set1_epi8(0x0F);
-                let mut blk = _mm512_setzero_ps();
-                for c in 0..4 {
-                    // sub-blocks 2c (low nibbles) and 2c + 1 (high ones),
-                    // each in two chains so the dot steps overlap
-                    let (j0, j1) = (2 * c, 2 * c + 1);
-                    let mut lo = [_mm512_set1_epi32(ka.start[j0]), _mm512_setzero_si512()];
-                    let mut hi = [_mm512_set1_epi32(ka.start[j1]), _mm512_setzero_si512()];
-                    for k in 0..8 {
-                        prefetch_part::<W>(ahead, 8 * c + k, 32);
-                        // SAFETY: line 8c + k < 32; groups 16c + k (+ 8) < 64.
-                        let (line, y0, y1) = unsafe {
-                            (
-                                _mm512_loadu_si512(q.add(64 * (8 * c + k)).cast()),
-                                act4(y, 8 * j0 + k),
-                                act4(y, 8 * j1 + k),
-                            )
-                        };
-                        let w0 = _mm512_or_si512(_mm512_and_si512(line, m4), high(k, j0));
-                        let w1 = _mm512_or_si512(
-                            _mm512_and_si512(_mm512_srli_epi32::<4>(line), m4),
-                            high(k, j1),
-                        );
-                        lo[k % 2] = $dot4(lo[k % 2], w0, y0);
-                        hi[k % 2] = $dot4(hi[k % 2], w1, y1);
-                    }
-                    blk = fold::<W>(blk, _mm512_add_epi32(lo[0], lo[1]), s, bsum_of::<W>(ka, j0), j0);
-                    blk = fold::<W>(blk, _mm512_add_epi32(hi[0], hi[1]), s, bsum_of::<W>(ka, j1), j1);
+                let (j0, j1) = (2 * C, 2 * C + 1);
+                let mut lo = [_mm512_set1_epi32(ka.start[j0]), _mm512_setzero_si512()];
+                let mut hi = [_mm512_set1_epi32(ka.start[j1]), _mm512_setzero_si512()];
+                for k in 0..8 {
+                    prefetch_step::<W>(ahead, 8 * C + k, 32);
+                    // SAFETY: line 8C + k < 32; groups 16C + k (+ 8) < 64.
+                    let (line, y0, y1) = unsafe {
+                        (
+                            _mm512_loadu_si512(q.add(64 * (8 * C + k)).cast()),
+                            act4(y, 8 * j0 + k),
+                            act4(y, 8 * j1 + k),
+                        )
+                    };
+                    let w0 = _mm512_or_si512(_mm512_and_si512(line, m4), high(k, j0));
+                    let w1 = _mm512_or_si512(
+                        _mm512_and_si512(_mm512_srli_epi32::<4>(line), m4),
+                        high(k, j1),
+                    );
+                    lo[k % 2] = $dot4(lo[k % 2], w0, y0);
+                    hi[k % 2] = $dot4(hi[k % 2], w1, y1);
                 }
-                blk
+                let blk = fold::<W>(blk, _mm512_add_epi32(lo[0], lo[1]), s, bsum_of::<W>(ka, j0), j0);
+                fold::<W>(blk, _mm512_add_epi32(hi[0], hi[1]), s, bsum_of::<W>(ka, j1), j1)
             }
 
             fn act_with_mins(y: &BlockQ8K) -> KAct {
@@ -567,29 +608,73 @@ macro_rules! kquant_kernels {
                     s: &mut Scales,
                 ) -> __m512 {
                     // SAFETY: per the contract.
-                    unsafe { scales_q6_k(rec, s) };
-                    let mut blk = _mm512_setzero_ps();
-                    for n in 0..2 {
-                        // sub-block 8n + i's sum in isum[i]: group
-                        // 32n + 8k + l4 is in sub-block 8n + 2k + l4 / 4
-                        let mut isum: [__m512i; 8] =
-                            core::array::from_fn(|i| _mm512_set1_epi32(ka.start[8 * n + i]));
-                        for l4 in 0..8 {
-                            prefetch_part::<Self>(ahead, 8 * n + l4, 16);
-                            // SAFETY: per the contract; groups < 64.
-                            let w = unsafe { codes_q6_k(rec, n, l4) };
-                            for (k, w) in w.into_iter().enumerate() {
-                                let i = 2 * k + l4 / 4;
-                                // SAFETY: 32n + 8k + l4 < 64.
-                                let yk = unsafe { act4(y, 32 * n + 8 * k + l4) };
-                                isum[i] = $dot4(isum[i], w, yk);
-                            }
-                        }
-                        for (i, v) in isum.into_iter().enumerate() {
-                            blk = fold::<Self>(blk, v, s, bsum_of::<Self>(ka, 8 * n + i), 8 * n + i);
-                        }
+                    unsafe {
+                        scales_q6_k(rec, s);
+                        let blk = dot1_q6_k_half::<0>(rec, ahead, y, ka, s, _mm512_setzero_ps());
+                        dot1_q6_k_half::<1>(rec, ahead, y, ka, s, blk)
                     }
-                    blk
+                }
+            }
+
+            /// Half `N` (sub-blocks `8N..8N + 8`) of Q6_K's [`KRecord::dot1`],
+            /// folded into `blk`.
+            ///
+            /// # Safety
+            /// As [`KRecord::dot1`]'s; the scales are in `s`.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn dot1_q6_k_half<const N: usize>(
+                rec: *const u8,
+                ahead: *const u8,
+                y: &BlockQ8K,
+                ka: &KAct,
+                s: &Scales,
+                mut blk: __m512,
+            ) -> __m512 {
+                // sub-block 8N + i's sum in isum[i]: group 32N + 8k + l4 is
+                // in sub-block 8N + 2k + l4 / 4
+                let mut isum: [__m512i; 8] =
+                    core::array::from_fn(|i| _mm512_set1_epi32(ka.start[8 * N + i]));
+                // SAFETY: forwarded; l4 < 8.
+                unsafe {
+                    dot1_q6_k_lines::<N, 0>(rec, ahead, y, &mut isum);
+                    dot1_q6_k_lines::<N, 1>(rec, ahead, y, &mut isum);
+                    dot1_q6_k_lines::<N, 2>(rec, ahead, y, &mut isum);
+                    dot1_q6_k_lines::<N, 3>(rec, ahead, y, &mut isum);
+                    dot1_q6_k_lines::<N, 4>(rec, ahead, y, &mut isum);
+                    dot1_q6_k_lines::<N, 5>(rec, ahead, y, &mut isum);
+                    dot1_q6_k_lines::<N, 6>(rec, ahead, y, &mut isum);
+                    dot1_q6_k_lines::<N, 7>(rec, ahead, y, &mut isum);
+                }
+                for (i, v) in isum.into_iter().enumerate() {
+                    blk = fold::<BlockQ6K>(blk, v, s, bsum_of::<BlockQ6K>(ka, 8 * N + i), 8 * N + i);
+                }
+                blk
+            }
+
+            /// The 4 code groups `32N + 8k + L4` (k = 0..4) of a Q6_K record
+            /// against `y`, into their sub-blocks' sums. Constants, so the
+            /// sums stay in registers: indexed at run time they lived on
+            /// the stack, and each dot step loaded and stored its sum.
+            ///
+            /// # Safety
+            /// As [`dot1_q6_k_half`]'s; `N < 2`, `L4 < 8`.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn dot1_q6_k_lines<const N: usize, const L4: usize>(
+                rec: *const u8,
+                ahead: *const u8,
+                y: &BlockQ8K,
+                isum: &mut [__m512i; 8],
+            ) {
+                prefetch_step::<BlockQ6K>(ahead, 8 * N + L4, 16);
+                // SAFETY: per the contract; groups < 64.
+                let w = unsafe { codes_q6_k(rec, N, L4) };
+                for (k, w) in w.into_iter().enumerate() {
+                    // SAFETY: 32N + 8k + L4 < 64.
+                    let yk = unsafe { act4(y, 32 * N + 8 * k + L4) };
+                    let i = 2 * k + L4 / 4;
+                    isum[i] = $dot4(isum[i], w, yk);
                 }
             }
 
