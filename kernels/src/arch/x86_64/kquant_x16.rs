@@ -26,7 +26,7 @@
 //! `dot4` in registers (the 64-register codes array spilled to the stack
 //! and ran Q4_K at 9 GiB/s from L3), with several independent integer
 //! chains per sub-block and the float steps in the batched path's order,
-//! so decode and prefill give the same bits. It prefetches the next record
+//! so decode and prefill give the same bits. It prefetches a record ahead
 //! a few lines per step: a whole record's prefetches in one burst (36–53
 //! lines) held up the record's own loads, and Q6_K streamed at 6 GiB/s.
 //! Its loops are unrolled through const generics, so sums stay in
@@ -224,17 +224,26 @@ macro_rules! kquant_kernels {
                 ) -> __m512;
             }
 
-            /// Bytes past the next record that decode also asks for, into
-            /// L2: with the record loops unrolled a record takes about half
-            /// the time it did, so one record of lead no longer covers a
-            /// loaded machine's memory latency, while L1 prefetches further
-            /// ahead only queue in front of the record's own loads.
+            /// Bytes past the next record from which decode asks for lines
+            /// into L1: a Q4_K record, so Q4_K reads two records ahead and
+            /// Q6_K 1.7. At one record (the distance before), the
+            /// Llama-3.2-1B shape's Q4_K_M decode, builds alternated in
+            /// three rounds, gave 15.3–15.8 tok/s on 1 thread and
+            /// 27.5–28.5 on 2; at this distance 16.5–16.9 and 30.0–30.9
+            /// (Qwen2.5-1.5B +5–8%, Gemma-3-270M within the noise; 1152
+            /// and 4608 bytes came out alike).
+            const NEAR: usize = 2304;
+
+            /// Bytes past the next record that decode also asks for into
+            /// L2. Without them (L1 requests at `NEAR` alone) decode was no
+            /// faster than at the one-record distance (14.4–14.8 tok/s on 1
+            /// thread), and at 3 or 6 KiB it gained half as much as at 4.
             const FAR: usize = 4096;
 
-            /// Step `step` of `steps` of fetching the record at `ahead`: its
-            /// share of the record's lines (one more than its own, for a
-            /// record that starts inside a line), in order, into L1, and
-            /// the same lines [`FAR`] bytes further into L2. Decode streams
+            /// Step `step` of `steps` of fetching the record at `ahead` + `NEAR`:
+            /// its share of the record's lines (one more than its own, for
+            /// a record that starts inside a line), in order, into L1, and
+            /// the lines at `ahead` + [`FAR`] into L2. Decode streams
             /// the weights once, and the hardware prefetcher stops at page
             /// boundaries (a prefetch never faults, so either may be past
             /// the panel). Callers pass constants, so each step is a fixed
@@ -247,7 +256,7 @@ macro_rules! kquant_kernels {
                     let at = ahead.wrapping_add(64 * l);
                     // SAFETY: a prefetch reads nothing architecturally.
                     unsafe {
-                        _mm_prefetch::<_MM_HINT_T0>(at.cast());
+                        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(NEAR).cast());
                         _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(FAR).cast());
                     }
                 }
