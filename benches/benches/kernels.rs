@@ -159,6 +159,67 @@ fn matvec(c: &mut Criterion) {
     }
 }
 
+/// Decode of a matrix far larger than any L3 (737280x1536: Q4_K 637 MB,
+/// Q6_K 929 MB) on the engine's kernel tier, beside plain sequential reads
+/// of as many bytes in the same process (the sum of `sotto bench`'s
+/// bandwidth probe, without and with its prefetch): how close the decode
+/// kernels' stream comes to what the memory gives a reader that does no
+/// arithmetic. (The 73728-row shape of [`matvec`] stays in the L3 of a
+/// Xeon with a large one.)
+fn stream(c: &mut Criterion) {
+    use rayon::prelude::*;
+    use sotto_kernels::probe::{sum_words, READ_PREFETCH_BYTES};
+    const ROWS: usize = 737280;
+    const COLS: usize = 1536;
+    let Ok(t) = sotto_kernels::dispatch::try_table() else {
+        return;
+    };
+    let pools = pools();
+    let x = random(COLS, 1);
+    let mut out = vec![0f32; ROWS];
+    for dtype in [DType::Q4_K, DType::Q6_K] {
+        let w = quantized(dtype, ROWS, COLS);
+        let Ok(m) = QMatrix::new(dtype, ROWS, COLS, w.bytes()) else {
+            continue;
+        };
+        let Some(p) = packed(t, &m) else {
+            continue;
+        };
+        drop(w);
+        let len = p.bytes().len();
+        let mut g = c.benchmark_group(format!("stream/{ROWS}x{COLS}/{dtype}"));
+        g.throughput(Throughput::Bytes(len as u64));
+        for (threads, pool) in &pools {
+            let id = BenchmarkId::new(format!("{}-x16", t.isa.name()), format!("t{threads}"));
+            g.bench_function(id, |b| {
+                pool.install(|| b.iter(|| matmul_packed_with(t, &p, black_box(&x), 1, &mut out)))
+            });
+        }
+        drop(p);
+        let mut mem = HugeAnon::new(len);
+        for (i, word) in mem.bytes_mut().chunks_exact_mut(8).enumerate() {
+            word.copy_from_slice(&(i as u64).to_le_bytes());
+        }
+        let words: &[u64] = bytemuck::try_cast_slice(mem.bytes()).unwrap_or(&[]);
+        for (threads, pool) in &pools {
+            let part = words.len().div_ceil(*threads).max(1);
+            for (name, ahead) in [("read", None), ("read-prefetch", Some(READ_PREFETCH_BYTES))] {
+                g.bench_function(BenchmarkId::new(name, format!("t{threads}")), |b| {
+                    pool.install(|| {
+                        b.iter(|| {
+                            words
+                                .par_chunks(part)
+                                .map(|w| sum_words(black_box(w), ahead))
+                                .reduce(|| 0, u64::wrapping_add)
+                        })
+                    })
+                });
+            }
+        }
+        g.finish();
+    }
+}
+
 /// Prefill: 128 tokens through the FFN up/gate (1536x576) and down
 /// (576x1536) matrices, and those of Llama-3.2-1B (8192x2048, 2048x8192) (the 256-element block types, whose rows are whole
 /// super-blocks, only the latter: as in a Q4_K_M file). Prefill is
@@ -331,5 +392,5 @@ fn quantize(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, matvec, matmul, attention, vec_dot, quantize);
+criterion_group!(benches, matvec, stream, matmul, attention, vec_dot, quantize);
 criterion_main!(benches);
