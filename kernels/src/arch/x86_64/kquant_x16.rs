@@ -208,10 +208,11 @@ macro_rules! kquant_kernels {
                 /// before `d` with the float steps of [`cols_step`] in the
                 /// same order, so its bits equal the batched path's.
                 ///
-                /// It also prefetches the record at `ahead` a share at a time
-                /// ([`prefetch_step`]), so the fetches are spread over the
-                /// record's work instead of queued in a burst ahead of its
-                /// own loads.
+                /// It also prefetches the weights past `ahead` (the next
+                /// record) a share at a time ([`prefetch_step`]: into L1
+                /// from `NEAR` bytes on, into L2 from `FAR`), so the fetches
+                /// are spread over the record's work instead of queued in a
+                /// burst ahead of its own loads.
                 ///
                 /// # Safety
                 /// The tier's features; `rec` points at a whole record.
