@@ -221,20 +221,23 @@ fn stream(c: &mut Criterion) {
 }
 
 /// Prefill: 128 tokens through the FFN up/gate (1536x576) and down
-/// (576x1536) matrices, and those of Llama-3.2-1B (8192x2048, 2048x8192) (the 256-element block types, whose rows are whole
-/// super-blocks, only the latter: as in a Q4_K_M file). Prefill is
-/// compute-bound, so throughput counts the `2 * rows * cols * 128`
-/// multiply-add flops of a call as elements: criterion's Gelem/s is GFLOP/s
-/// here.
+/// (576x1536) matrices, and 128 and 512 through those of Llama-3.2-1B
+/// (8192x2048, 2048x8192) (the 256-element block types, whose rows are
+/// whole super-blocks, only the latter: as in a Q4_K_M file). At 512 a
+/// down projection's quantized activations outgrow L2 unless the product
+/// takes the tokens in blocks. Prefill is compute-bound, so throughput
+/// counts the `2 * rows * cols * n` multiply-add flops of a call as
+/// elements: criterion's Gelem/s is GFLOP/s here.
 fn matmul(c: &mut Criterion) {
     let pools = pools();
-    let n = 128usize;
     for dtype in DTYPES.into_iter().filter(|&d| d != DType::F16) {
-        for (rows, cols) in [
-            (1536usize, 576usize),
-            (576, 1536),
-            (8192, 2048),
-            (2048, 8192),
+        for (rows, cols, n) in [
+            (1536usize, 576usize, 128usize),
+            (576, 1536, 128),
+            (8192, 2048, 128),
+            (2048, 8192, 128),
+            (8192, 2048, 512),
+            (2048, 8192, 512),
         ] {
             if dtype.row_bytes(cols).is_none() {
                 continue;
