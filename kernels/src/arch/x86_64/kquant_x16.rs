@@ -20,8 +20,10 @@
 //! Columns go 8, 4, 2 and 1 at a time, each taking the unpacked codes from
 //! L1, so prefill unpacks each block once per panel. Groups of 8 take
 //! their activations from `Act8` copies made once per call, each block's
-//! codes of the 8 columns interleaved, so that the group's 8 chains run
-//! side by side (`x16_panels`). Decode (one column)
+//! codes of the 8 columns interleaved, and run against two panels' records
+//! at once, so each activation load feeds 16 chains side by side
+//! (`x16_panels`; with one panel's 8 chains the 1B shape's Q4_K products
+//! ran 6–16% slower in the kernel bench). Decode (one column)
 //! has a fused path, `KRecord::dot1`: codes go from the loaded line to
 //! `dot4` in registers (the 64-register codes array spilled to the stack
 //! and ran Q4_K at 9 GiB/s from L3), with several independent integer
@@ -776,9 +778,11 @@ macro_rules! kquant_kernels {
 
             /// [`x16_k`] with `acts`, `a`'s [`KRecord::act`], and `a8` to
             /// hold the [`Act8`]s of every whole group of 8 columns, made
-            /// once. Per (panel, block) the record is unpacked once, each
-            /// group of 8 columns takes its `Act8`, the rest go 4, 2 and 1
-            /// at a time; one column (decode) takes the fused path.
+            /// once. Panels go two at a time (an odd last one alone): per
+            /// block both records are unpacked once, each group of 8
+            /// columns takes its `Act8` against both ([`cols_step8x2`]),
+            /// the rest go 4, 2 and 1 at a time per panel; one column
+            /// (decode) takes the fused path.
             ///
             /// # Safety
             /// As [`x16_k`].
@@ -801,63 +805,160 @@ macro_rules! kquant_kernels {
                         a8.push(Act8::new(a, acts, bpr, 8 * grp, b));
                     }
                 }
-                let mut acc = vec![_mm512_setzero_ps(); cols];
                 let mut codes = [_mm512_setzero_si512(); 64];
                 let mut s = Scales {
                     scale: [_mm512_setzero_ps(); 16],
                     min: [_mm512_setzero_ps(); 8],
                 };
-                for (pi, r0) in (0..rows).step_by(16).enumerate() {
-                    let nr = (rows - r0).min(16);
-                    let mask = (u32::MAX >> (32 - nr)) as __mmask16;
-                    acc.fill(_mm512_setzero_ps());
-                    let panel = p.as_ptr().wrapping_add(pi * bpr * W::RECORD);
-                    for b in 0..bpr {
-                        let rec = panel.wrapping_add(b * W::RECORD);
-                        if cols == 1 {
+                if cols == 1 {
+                    for (pi, r0) in (0..rows).step_by(16).enumerate() {
+                        let panel = p.as_ptr().wrapping_add(pi * bpr * W::RECORD);
+                        let mut sum = _mm512_setzero_ps();
+                        for b in 0..bpr {
+                            let rec = panel.wrapping_add(b * W::RECORD);
                             // SAFETY: b < bpr and panel pi exist in p (shape checked); a and acts hold bpr blocks.
                             unsafe {
                                 let ka = acts.get_unchecked(b);
                                 let ahead = rec.wrapping_add(W::RECORD);
                                 let blk = W::dot1(rec, ahead, a.get_unchecked(b), ka, &mut s);
-                                acc[0] = _mm512_fmadd_ps(blk, _mm512_set1_ps(ka.d), acc[0]);
+                                sum = _mm512_fmadd_ps(blk, _mm512_set1_ps(ka.d), sum);
                             }
-                            continue;
                         }
-                        // SAFETY: b < bpr and panel pi exist in p (shape checked).
-                        unsafe { W::unpack(rec, &mut codes, &mut s) };
+                        let mask = row_mask(rows, r0);
+                        // SAFETY: r0 + lane < rows <= out.len() for every unmasked lane.
+                        unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(r0), mask, sum) };
+                    }
+                    return;
+                }
+                let mut codes1 = [_mm512_setzero_si512(); 64];
+                let mut s1 = Scales {
+                    scale: [_mm512_setzero_ps(); 16],
+                    min: [_mm512_setzero_ps(); 8],
+                };
+                let mut acc = vec![_mm512_setzero_ps(); cols];
+                let mut acc1 = vec![_mm512_setzero_ps(); cols];
+                let panels = rows.div_ceil(16);
+                let mut pi = 0;
+                while pi < panels {
+                    // two panels at a time, so each activation load feeds 16
+                    // independent chains; an odd last panel alone
+                    let pair = pi + 1 < panels;
+                    acc.fill(_mm512_setzero_ps());
+                    acc1.fill(_mm512_setzero_ps());
+                    let panel = p.as_ptr().wrapping_add(pi * bpr * W::RECORD);
+                    let panel1 = panel.wrapping_add(bpr * W::RECORD);
+                    for b in 0..bpr {
+                        // SAFETY: b < bpr; panel pi (and pi + 1 when paired)
+                        // exist in p (shape checked).
+                        unsafe {
+                            W::unpack(panel.wrapping_add(b * W::RECORD), &mut codes, &mut s);
+                            if pair {
+                                W::unpack(panel1.wrapping_add(b * W::RECORD), &mut codes1, &mut s1);
+                            }
+                        }
                         for grp in 0..groups {
                             // SAFETY: grp * bpr + b < a8.len(); columns 8 grp.. + 8 <= cols.
                             unsafe {
-                                cols_step8::<W>(
-                                    &codes,
-                                    &s,
-                                    a8.get_unchecked(grp * bpr + b),
-                                    acc.get_unchecked_mut(8 * grp..8 * grp + 8),
-                                )
+                                let a8 = a8.get_unchecked(grp * bpr + b);
+                                let cs = 8 * grp..8 * grp + 8;
+                                if pair {
+                                    cols_step8x2::<W>(
+                                        [&codes, &codes1],
+                                        [&s, &s1],
+                                        a8,
+                                        [
+                                            acc.get_unchecked_mut(cs.clone()),
+                                            acc1.get_unchecked_mut(cs),
+                                        ],
+                                    )
+                                } else {
+                                    cols_step8::<W>(&codes, &s, a8, acc.get_unchecked_mut(cs))
+                                }
                             };
                         }
-                        let mut c0 = 8 * groups;
-                        // SAFETY: each call reads columns c0..c0 + NC < cols.
-                        unsafe {
-                            if c0 + 4 <= cols {
-                                cols_step::<W, 4>(&codes, &s, a, acts, bpr, b, c0, &mut acc);
-                                c0 += 4;
-                            }
-                            if c0 + 2 <= cols {
-                                cols_step::<W, 2>(&codes, &s, a, acts, bpr, b, c0, &mut acc);
-                                c0 += 2;
-                            }
-                            if c0 < cols {
-                                cols_step::<W, 1>(&codes, &s, a, acts, bpr, b, c0, &mut acc);
+                        for (codes, s, acc) in [(&codes, &s, &mut acc), (&codes1, &s1, &mut acc1)]
+                            .into_iter()
+                            .take(1 + pair as usize)
+                        {
+                            let mut c0 = 8 * groups;
+                            // SAFETY: each call reads columns c0..c0 + NC < cols.
+                            unsafe {
+                                if c0 + 4 <= cols {
+                                    cols_step::<W, 4>(codes, s, a, acts, bpr, b, c0, acc);
+                                    c0 += 4;
+                                }
+                                if c0 + 2 <= cols {
+                                    cols_step::<W, 2>(codes, s, a, acts, bpr, b, c0, acc);
+                                    c0 += 2;
+                                }
+                                if c0 < cols {
+                                    cols_step::<W, 1>(codes, s, a, acts, bpr, b, c0, acc);
+                                }
                             }
                         }
                     }
-                    for (c, v) in acc.iter().enumerate() {
-                        // SAFETY: c * rows + r0 + lane < rows * cols <= out.len() for every unmasked lane.
-                        unsafe {
-                            _mm512_mask_storeu_ps(out.as_mut_ptr().add(c * rows + r0), mask, *v)
-                        };
+                    for (q, acc) in [&acc, &acc1].into_iter().enumerate().take(1 + pair as usize) {
+                        let r0 = (pi + q) * 16;
+                        let mask = row_mask(rows, r0);
+                        for (c, v) in acc.iter().enumerate() {
+                            // SAFETY: c * rows + r0 + lane < rows * cols <= out.len()
+                            // for every unmasked lane.
+                            unsafe {
+                                _mm512_mask_storeu_ps(out.as_mut_ptr().add(c * rows + r0), mask, *v)
+                            };
+                        }
+                    }
+                    pi += 1 + pair as usize;
+                }
+            }
+
+            /// The lanes of the panel at row `r0` that hold rows (`r0 < rows`).
+            #[inline]
+            fn row_mask(rows: usize, r0: usize) -> __mmask16 {
+                let nr = (rows - r0).min(16);
+                (u32::MAX >> (32 - nr)) as __mmask16
+            }
+
+            /// [`cols_step8`] for two panels' records at once: each
+            /// activation load feeds both, and 16 chains run side by side
+            /// (8 are fewer than a `dot4`'s latency times its throughput).
+            /// Each panel's operations are [`cols_step8`]'s, in its order.
+            ///
+            /// # Safety
+            /// The tier's features; each `acc` holds the 8 columns'
+            /// accumulators of its panel.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn cols_step8x2<W: KRecord>(
+                codes: [&[__m512i; 64]; 2],
+                s: [&Scales; 2],
+                a8: &Act8,
+                acc: [&mut [__m512]; 2],
+            ) {
+                let mut blk = [[_mm512_setzero_ps(); 8]; 2];
+                for j in 0..W::SUBS {
+                    let start: [__m512i; 8] =
+                        core::array::from_fn(|c| _mm512_set1_epi32(a8.start[j][c]));
+                    let mut isum = [start, start];
+                    for k in 0..W::GROUPS {
+                        let g = j * W::GROUPS + k;
+                        let (w0, w1) = (codes[0][g], codes[1][g]);
+                        for c in 0..8 {
+                            let x = _mm512_set1_epi32(a8.qs[g][c]);
+                            isum[0][c] = $dot4(isum[0][c], w0, x);
+                            isum[1][c] = $dot4(isum[1][c], w1, x);
+                        }
+                    }
+                    for q in 0..2 {
+                        for c in 0..8 {
+                            let bsum = if W::MINS { a8.bsum[j][c] } else { 0.0 };
+                            blk[q][c] = fold::<W>(blk[q][c], isum[q][c], s[q], bsum, j);
+                        }
+                    }
+                }
+                for (q, acc) in acc.into_iter().enumerate() {
+                    for c in 0..8 {
+                        acc[c] = _mm512_fmadd_ps(blk[q][c], _mm512_set1_ps(a8.d[c]), acc[c]);
                     }
                 }
             }
