@@ -780,7 +780,7 @@ macro_rules! kquant_kernels {
             /// hold the [`Act8`]s of every whole group of 8 columns, made
             /// once. Panels go two at a time (an odd last one alone): per
             /// block both records are unpacked once, each group of 8
-            /// columns takes its `Act8` against both ([`cols_step8x2`]),
+            /// columns takes its `Act8` against both ([`cols_step8`]),
             /// the rest go 4, 2 and 1 at a time per panel; one column
             /// (decode) takes the fused path.
             ///
@@ -862,7 +862,7 @@ macro_rules! kquant_kernels {
                                 let a8 = a8.get_unchecked(grp * bpr + b);
                                 let cs = 8 * grp..8 * grp + 8;
                                 if pair {
-                                    cols_step8x2::<W>(
+                                    cols_step8::<W, 2>(
                                         [&codes, &codes1],
                                         [&s, &s1],
                                         a8,
@@ -872,7 +872,8 @@ macro_rules! kquant_kernels {
                                         ],
                                     )
                                 } else {
-                                    cols_step8::<W>(&codes, &s, a8, acc.get_unchecked_mut(cs))
+                                    let acc = acc.get_unchecked_mut(cs);
+                                    cols_step8::<W, 1>([&codes], [&s], a8, [acc])
                                 }
                             };
                         }
@@ -919,37 +920,40 @@ macro_rules! kquant_kernels {
                 (u32::MAX >> (32 - nr)) as __mmask16
             }
 
-            /// [`cols_step8`] for two panels' records at once: each
-            /// activation load feeds both, and 16 chains run side by side
-            /// (8 are fewer than a `dot4`'s latency times its throughput).
-            /// Each panel's operations are [`cols_step8`]'s, in its order.
+            /// [`cols_step`] of 8 columns from their [`Act8`] against the
+            /// records of `P` panels at once (two: each activation load
+            /// feeds both, and 16 chains run side by side, where 8 are
+            /// fewer than a `dot4`'s latency times its throughput). Each
+            /// panel gets `cols_step`'s operations in its order, so the
+            /// same bits.
             ///
             /// # Safety
             /// The tier's features; each `acc` holds the 8 columns'
             /// accumulators of its panel.
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn cols_step8x2<W: KRecord>(
-                codes: [&[__m512i; 64]; 2],
-                s: [&Scales; 2],
+            unsafe fn cols_step8<W: KRecord, const P: usize>(
+                codes: [&[__m512i; 64]; P],
+                s: [&Scales; P],
                 a8: &Act8,
-                acc: [&mut [__m512]; 2],
+                acc: [&mut [__m512]; P],
             ) {
-                let mut blk = [[_mm512_setzero_ps(); 8]; 2];
+                let mut blk = [[_mm512_setzero_ps(); 8]; P];
                 for j in 0..W::SUBS {
                     let start: [__m512i; 8] =
                         core::array::from_fn(|c| _mm512_set1_epi32(a8.start[j][c]));
-                    let mut isum = [start, start];
+                    let mut isum = [start; P];
                     for k in 0..W::GROUPS {
                         let g = j * W::GROUPS + k;
-                        let (w0, w1) = (codes[0][g], codes[1][g]);
+                        let w: [__m512i; P] = core::array::from_fn(|q| codes[q][g]);
                         for c in 0..8 {
                             let x = _mm512_set1_epi32(a8.qs[g][c]);
-                            isum[0][c] = $dot4(isum[0][c], w0, x);
-                            isum[1][c] = $dot4(isum[1][c], w1, x);
+                            for q in 0..P {
+                                isum[q][c] = $dot4(isum[q][c], w[q], x);
+                            }
                         }
                     }
-                    for q in 0..2 {
+                    for q in 0..P {
                         for c in 0..8 {
                             let bsum = if W::MINS { a8.bsum[j][c] } else { 0.0 };
                             blk[q][c] = fold::<W>(blk[q][c], isum[q][c], s[q], bsum, j);
@@ -960,40 +964,6 @@ macro_rules! kquant_kernels {
                     for c in 0..8 {
                         acc[c] = _mm512_fmadd_ps(blk[q][c], _mm512_set1_ps(a8.d[c]), acc[c]);
                     }
-                }
-            }
-
-            /// [`cols_step`] of 8 columns from their [`Act8`]: the same
-            /// operations in the same order, so the same bits.
-            ///
-            /// # Safety
-            /// The tier's features; `acc` holds the 8 columns' accumulators.
-            #[inline]
-            #[target_feature(enable = $features)]
-            unsafe fn cols_step8<W: KRecord>(
-                codes: &[__m512i; 64],
-                s: &Scales,
-                a8: &Act8,
-                acc: &mut [__m512],
-            ) {
-                let mut blk = [_mm512_setzero_ps(); 8];
-                for j in 0..W::SUBS {
-                    let mut isum: [__m512i; 8] =
-                        core::array::from_fn(|c| _mm512_set1_epi32(a8.start[j][c]));
-                    for k in 0..W::GROUPS {
-                        let g = j * W::GROUPS + k;
-                        let w = codes[g];
-                        for c in 0..8 {
-                            isum[c] = $dot4(isum[c], w, _mm512_set1_epi32(a8.qs[g][c]));
-                        }
-                    }
-                    for c in 0..8 {
-                        let bsum = if W::MINS { a8.bsum[j][c] } else { 0.0 };
-                        blk[c] = fold::<W>(blk[c], isum[c], s, bsum, j);
-                    }
-                }
-                for c in 0..8 {
-                    acc[c] = _mm512_fmadd_ps(blk[c], _mm512_set1_ps(a8.d[c]), acc[c]);
                 }
             }
 
