@@ -508,12 +508,19 @@ pub(super) fn gather_offsets_fit(bpr: usize, block_bytes: usize) -> bool {
         .is_some_and(|b| b <= i32::MAX as usize)
 }
 
+/// The lanes of the 16-row panel at row `r0` that hold rows of a matrix of
+/// `rows` (`r0 < rows`): all 16 but in a partial last panel.
+pub(super) fn panel_mask(rows: usize, r0: usize) -> core::arch::x86_64::__mmask16 {
+    let nr = (rows - r0).min(16);
+    (u32::MAX >> (32 - nr)) as core::arch::x86_64::__mmask16
+}
+
 /// Defines the kernels of one tier in a `mod kernels`, with `$features` as
 /// the target features and `$dot4` as the 4-byte dot step.
 macro_rules! legacy_kernels {
     ($features:literal, $dot4:path) => {
         mod kernels {
-            use super::super::avx512::gather_offsets_fit;
+            use super::super::avx512::{gather_offsets_fit, panel_mask};
             use crate::dispatch::gemm_by_dots;
             use crate::quant::blocks::*;
             use crate::quant::q5_0::{self, BlockQ5_0};
@@ -1155,9 +1162,8 @@ macro_rules! legacy_kernels {
                     m: vec![_mm512_setzero_ps(); if MIN { bpr } else { 0 }],
                 };
                 for r0 in (0..rows).step_by(16) {
-                    let nr = (rows - r0).min(16);
-                    let mask = (u32::MAX >> (32 - nr)) as __mmask16;
-                    // SAFETY: rows r0..r0 + nr exist (shape checked by the caller).
+                    let mask = panel_mask(rows, r0);
+                    // SAFETY: the rows of the mask from r0 exist (shape checked by the caller).
                     unsafe { pack(w, bpr, r0, mask, &mut p) };
                     let p = &p;
                     let block = |b: usize| {
@@ -1292,8 +1298,7 @@ macro_rules! legacy_kernels {
             ) {
                 let acts = acts(a, W::OFFSET);
                 for (pi, r0) in (0..rows).step_by(16).enumerate() {
-                    let nr = (rows - r0).min(16);
-                    let mask = (u32::MAX >> (32 - nr)) as __mmask16;
+                    let mask = panel_mask(rows, r0);
                     // SAFETY: panel pi exists in p (its length was checked against rows).
                     let panel = unsafe { p.as_ptr().add(pi * bpr * W::RECORD) };
                     let block = |b: usize| {

@@ -47,6 +47,7 @@
 macro_rules! kquant_kernels {
     ($features:literal, $dot4:path) => {
         mod kquant {
+            use super::super::avx512::panel_mask;
             use crate::quant::blocks::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
             use crate::quant::x16::{self, shape_ok, X16Block};
             use crate::quant::{q4_k, q5_k, q6_k};
@@ -824,7 +825,7 @@ macro_rules! kquant_kernels {
                                 sum = _mm512_fmadd_ps(blk, _mm512_set1_ps(ka.d), sum);
                             }
                         }
-                        let mask = row_mask(rows, r0);
+                        let mask = panel_mask(rows, r0);
                         // SAFETY: r0 + lane < rows <= out.len() for every unmasked lane.
                         unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(r0), mask, sum) };
                     }
@@ -900,7 +901,7 @@ macro_rules! kquant_kernels {
                     }
                     for (q, acc) in [&acc, &acc1].into_iter().enumerate().take(1 + pair as usize) {
                         let r0 = (pi + q) * 16;
-                        let mask = row_mask(rows, r0);
+                        let mask = panel_mask(rows, r0);
                         for (c, v) in acc.iter().enumerate() {
                             // SAFETY: c * rows + r0 + lane < rows * cols <= out.len()
                             // for every unmasked lane.
@@ -911,13 +912,6 @@ macro_rules! kquant_kernels {
                     }
                     pi += 1 + pair as usize;
                 }
-            }
-
-            /// The lanes of the panel at row `r0` that hold rows (`r0 < rows`).
-            #[inline]
-            fn row_mask(rows: usize, r0: usize) -> __mmask16 {
-                let nr = (rows - r0).min(16);
-                (u32::MAX >> (32 - nr)) as __mmask16
             }
 
             /// [`cols_step`] of 8 columns from their [`Act8`] against the
