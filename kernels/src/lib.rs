@@ -10,6 +10,7 @@
 //!   `unsafe`.
 //! * [`ops`]: safe operators built on the table: matmul (decode matvec and
 //!   prefill matmul), RMSNorm, RoPE, softmax, activations, attention.
+//! * [`cache`]: the machine's cache sizes (sysfs), for blocking.
 //! * [`probe`]: the peak of a tier's integer dot step and a prefetching read, for benchmarks.
 
 // Tests assert by unwrapping; library code may not.
@@ -17,6 +18,7 @@
 #![warn(missing_docs)]
 
 pub(crate) mod arch;
+pub mod cache;
 pub mod dispatch;
 mod error;
 pub mod ops;

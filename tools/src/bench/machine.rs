@@ -403,7 +403,7 @@ fn on_pinned_threads(
 /// the model's `weights` size, and a `DRAM` buffer (8 × the last-level
 /// cache, at least 256 MiB).
 pub fn probe_bandwidth_levels(weights_bytes: usize, threads: &[usize]) -> Vec<BandwidthProbe> {
-    let l3 = last_level_cache_bytes().unwrap_or(32 << 20);
+    let l3 = sotto_kernels::cache::last_level_bytes().unwrap_or(32 << 20);
     let sizes = [
         ("L3", l3 / 2),
         ("weights", weights_bytes),
@@ -451,43 +451,6 @@ fn pin_current_thread(cpu: usize) -> bool {
     {
         let _ = cpu;
         false
-    }
-}
-
-/// Size of the last-level (highest-numbered) cache of CPU 0, from sysfs.
-pub fn last_level_cache_bytes() -> Option<usize> {
-    let dir = std::path::Path::new("/sys/devices/system/cpu/cpu0/cache");
-    let mut best: Option<(u32, usize)> = None;
-    for entry in std::fs::read_dir(dir).ok()?.flatten() {
-        let read = |f: &str| std::fs::read_to_string(entry.path().join(f)).ok();
-        let (Some(level), Some(size)) = (read("level"), read("size")) else {
-            continue;
-        };
-        let (Ok(level), Some(bytes)) = (level.trim().parse::<u32>(), parse_cache_size(&size))
-        else {
-            continue;
-        };
-        if best.is_none_or(|(l, _)| level > l) {
-            best = Some((level, bytes));
-        }
-    }
-    best.map(|(_, b)| b)
-}
-
-/// "32768K", "1M", "512" (sysfs cache sizes) in bytes.
-fn parse_cache_size(text: &str) -> Option<usize> {
-    let t = text.trim();
-    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
-        Some((i, _)) => t.split_at(i),
-        None => (t, ""),
-    };
-    let n: usize = digits.parse().ok()?;
-    match unit.trim() {
-        "" => Some(n),
-        "K" | "KB" | "KiB" => Some(n << 10),
-        "M" | "MB" | "MiB" => Some(n << 20),
-        "G" | "GB" | "GiB" => Some(n << 30),
-        _ => None,
     }
 }
 
@@ -611,13 +574,5 @@ RssFile:\t   40 kB\nRssShmem:\t   10 kB\n";
         assert!(p.repetitions >= 3);
         assert!(p.p10_gb_per_s <= p.gb_per_s && p.gb_per_s <= p.p90_gb_per_s);
         assert!(p.p90_gb_per_s <= p.best_gb_per_s);
-    }
-
-    #[test]
-    fn cache_sizes_parse() {
-        assert_eq!(parse_cache_size("32768K\n"), Some(32 << 20));
-        assert_eq!(parse_cache_size("1M"), Some(1 << 20));
-        assert_eq!(parse_cache_size("512"), Some(512));
-        assert_eq!(parse_cache_size("lots"), None);
     }
 }
