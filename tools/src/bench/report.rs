@@ -50,8 +50,8 @@ pub struct BenchRow {
     /// The KV cache's element types: `T` for keys and values, or `K,V`.
     #[serde(default = "f16_name")]
     pub kv_type: String,
-    /// tg rows: weights bytes read per token × tokens/s over the probed
-    /// read bandwidth.
+    /// tg rows: weights and KV cache bytes read per token × tokens/s over
+    /// the probed read bandwidth ([`attach_bandwidth_fractions`]).
     #[serde(default)]
     pub bandwidth_fraction: Option<f64>,
     /// pp rows of a quantized model on the CPU backend: the layers' matrix
@@ -159,25 +159,58 @@ pub fn attach_llama_cpp_ratios(rows: &mut [BenchRow]) {
     }
 }
 
-/// Share of the probed bandwidth each tg row's weight reads use (of either
-/// engine): against the weights-sized probe with the row's thread count
-/// when `probes` has one, else the first probe.
+/// Share of the probed bandwidth each tg row's reads use (of either
+/// engine): the weights (`bytes_per_token`) and the KV cache a token
+/// attends over ([`kv_read_per_token`]), against the weights-sized probe
+/// with the row's thread count when `probes` has one, else the first probe.
 pub fn attach_bandwidth_fractions(
     rows: &mut [BenchRow],
     bytes_per_token: u64,
     probes: &[BandwidthProbe],
 ) {
-    for row in rows.iter_mut().filter(|r| r.test == TestKind::Tg) {
+    let kv: Vec<u64> = rows.iter().map(|r| kv_read_per_token(rows, r)).collect();
+    for (row, kv) in rows.iter_mut().zip(kv) {
+        if row.test != TestKind::Tg {
+            continue;
+        }
         let probe = probes
             .iter()
             .find(|p| p.threads == row.threads && p.what == "weights")
             .or_else(|| probes.iter().find(|p| p.threads == row.threads))
             .or(probes.first());
-        let bytes_per_s = row.tokens_per_s_mean * bytes_per_token as f64;
+        let bytes_per_s = row.tokens_per_s_mean * (bytes_per_token + kv) as f64;
         row.bandwidth_fraction = probe
             .filter(|p| p.gb_per_s > 0.0)
             .map(|p| bytes_per_s / (p.gb_per_s * 1e9));
     }
+}
+
+/// KV cache bytes a decoded token of tg row `row` reads, on average: the
+/// cache bytes at the row's end, per position, times the positions a
+/// token attends (the `d + 1` before the first token, one more for each;
+/// `d + (n + 3) / 2` on average). llama.cpp's rows report the allocation
+/// of their whole context, so they take the per-position bytes of a
+/// sotto row of the same test and KV types (none: 0). Sliding-window
+/// layers keep a ring, so there the figure is the ring's share, not the
+/// window's.
+fn kv_read_per_token(rows: &[BenchRow], row: &BenchRow) -> u64 {
+    let same_test = |r: &&BenchRow| {
+        r.backend != "llama.cpp"
+            && r.test == TestKind::Tg
+            && (r.depth, r.n_gen) == (row.depth, row.n_gen)
+            && r.kv_type == row.kv_type
+    };
+    let src = if row.backend == "llama.cpp" {
+        rows.iter().find(same_test)
+    } else {
+        Some(row)
+    };
+    let Some(src) = src.filter(|r| r.test == TestKind::Tg) else {
+        return 0;
+    };
+    let end = (src.depth + 1 + src.n_gen) as f64;
+    let mean = src.depth as f64 + (src.n_gen as f64 + 3.0) / 2.0;
+    (src.kv_bytes as f64 * mean / end) as u64
 }
 
 /// Whether a row is stated as a share of the integer dot peak: the CPU
@@ -259,7 +292,7 @@ pub fn bandwidth_levels_markdown(levels: &[BandwidthProbe]) -> String {
             out,
             "- bandwidth probe: the faster of a plain read and one that prefetches ahead as the \
              decode kernels do, of a buffer asked for on 2 MiB pages as the weights' maps are, \
-             median of {}+ repetitions (p10–p90 in brackets){}; BW use = weights read per \
+             median of {}+ repetitions (p10–p90 in brackets){}; BW use = weights and KV read per \
              token × t/s over the weights-sized probe at the row's threads",
             levels
                 .iter()
@@ -435,7 +468,7 @@ pub fn markdown(report: &Report) -> String {
         if let (Some(b), Some(f)) = (best, best.and_then(|b| b.bandwidth_fraction)) {
             let _ = write!(
                 out,
-                "; the fastest decode ({} {} t{}) reads weights at {:.1} GB/s = {:.0}% of it",
+                "; the fastest decode ({} {} t{}) reads weights and KV at {:.1} GB/s = {:.0}% of it",
                 b.backend,
                 b.label(),
                 b.threads,
@@ -682,6 +715,9 @@ pub(crate) mod tests {
             level("weights", 1, 10.0),
             level("weights", 2, 16.0),
         ];
+        for r in &mut rows {
+            r.kv_bytes = 0;
+        }
         attach_bandwidth_fractions(&mut rows, 80_000_000, &levels);
         assert!((rows[0].bandwidth_fraction.unwrap() - 0.8).abs() < 1e-12);
         assert!((rows[1].bandwidth_fraction.unwrap() - 0.5).abs() < 1e-12);
@@ -691,6 +727,28 @@ pub(crate) mod tests {
             "weights (16.0 MiB): 1 t 10.0 GB/s (9.0–10.5), 2 t 16.0 GB/s (15.0–16.5, prefetching, 2 MiB pages)"
         ));
         assert!(text.contains("pinned") && text.contains("the faster of a plain read"));
+    }
+
+    #[test]
+    fn decode_at_depth_counts_the_kv_it_reads() {
+        // tg2 @ d5: 8 positions at the end; the two tokens attend 7 and 8
+        let mut rows = vec![
+            row("cpu", TestKind::Tg, 2, 1, 100.0),
+            row("llama.cpp", TestKind::Tg, 2, 1, 50.0),
+            row("llama.cpp", TestKind::Tg, 2, 2, 50.0),
+        ];
+        for r in &mut rows {
+            r.depth = 5;
+            r.kv_bytes = 8_000_000;
+        }
+        rows[2].kv_type = "q8_0".into();
+        attach_bandwidth_fractions(&mut rows, 80_000_000, &[level("weights", 1, 10.0)]);
+        // (80 MB + 8 MB × 7.5 / 8) × 100 t/s over 10 GB/s
+        assert!((rows[0].bandwidth_fraction.unwrap() - 0.875).abs() < 1e-9);
+        // llama.cpp takes sotto's per-position bytes, not its own allocation
+        assert!((rows[1].bandwidth_fraction.unwrap() - 0.4375).abs() < 1e-9);
+        // no sotto row with its KV types: the weights alone
+        assert!((rows[2].bandwidth_fraction.unwrap() - 0.4).abs() < 1e-9);
     }
 
     #[test]
@@ -704,8 +762,11 @@ pub(crate) mod tests {
             r.rows[2].ratio_vs_llama_cpp, None,
             "reference rows are not compared to themselves"
         );
-        // 120 t/s × 80 MB = 9.6 GB/s of 20.
-        assert!((r.rows[1].bandwidth_fraction.unwrap() - 0.48).abs() < 1e-12);
+        // 120 t/s × (80 MB of weights + the 3 MiB cache of 129 positions
+        // over the 65.5 a token attends on average) = 9.79 GB/s of 20
+        let kv = f64::from(3u32 << 20) * 65.5 / 129.0;
+        let want = 120.0 * (80e6 + kv.floor()) / 20e9;
+        assert!((r.rows[1].bandwidth_fraction.unwrap() - want).abs() < 1e-12);
         assert_eq!(
             r.rows[0].bandwidth_fraction, None,
             "pp rows are compute-bound"
@@ -772,13 +833,13 @@ pub(crate) mod tests {
                 && table[2].contains("300.00 ± 1.50")
                 && table[2].contains("0.75×")
         );
-        assert!(table[3].contains("9.00 / 10.00 / 11.00") && table[3].contains("48%"));
+        assert!(table[3].contains("9.00 / 10.00 / 11.00") && table[3].contains("49%"));
         // 300 t/s × 10^8 multiply-adds = 30 of the 60 GMAC/s peak
         assert!(table[0].contains("| BW use | dot use |") && table[2].contains("| - | 50% |"));
         assert!(text
             .contains("- integer dot peak (vnni, registers only, median of 9): 2 t 60.0 GMAC/s"));
         assert!(text.contains("- machine: Test CPU"));
         assert!(text.contains("read bandwidth probe: 20.0 GB/s"));
-        assert!(text.contains("= 48% of it"));
+        assert!(text.contains("reads weights and KV at 9.8 GB/s = 49% of it"));
     }
 }
