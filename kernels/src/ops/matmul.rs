@@ -342,8 +342,9 @@ fn token_block(n: usize, act_bytes: usize, nr: usize, budget: usize) -> usize {
 /// beside them. 1 MiB on a Xeon with 2 MiB per core (where 512 KiB, 768
 /// KiB and 1 MiB ran alike and unblocked ran 5–30% slower on the 1B
 /// shapes); 128 KiB–1 MiB on phones' big cores (256 KiB–2 MiB of L2).
-/// Where the OS does not say (sysfs hidden, not Linux), 512 KiB. The unit tests take blocks of a few tokens, so their
-/// prompts of 21 cross block boundaries.
+/// Where the OS does not say (sysfs hidden, not Linux), 512 KiB. The
+/// unit tests take blocks of a few tokens, so their prompts of 21 cross
+/// block boundaries.
 fn block_bytes() -> usize {
     if cfg!(test) {
         return 4 << 10;
