@@ -350,9 +350,13 @@ fn block_bytes() -> usize {
         return 4 << 10;
     }
     static BYTES: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *BYTES.get_or_init(|| {
-        crate::cache::l2_bytes_per_core().map_or(512 << 10, |l2| (l2 / 2).clamp(128 << 10, 4 << 20))
-    })
+    *BYTES.get_or_init(|| budget_for_l2(crate::cache::l2_bytes_per_core()))
+}
+
+/// [`block_bytes`] for a core's share of L2 (`None`: unknown): half of
+/// it, within 128 KiB–4 MiB.
+fn budget_for_l2(l2: Option<usize>) -> usize {
+    l2.map_or(512 << 10, |l2| (l2 / 2).clamp(128 << 10, 4 << 20))
 }
 
 /// 64-byte aligned storage for packed weights (whole cache lines, so the
@@ -933,6 +937,16 @@ mod tests {
     /// Prefill blocks: whole groups of 8 within the budget, of even size,
     /// covering the prompt; one block when it all fits, and at least 8
     /// tokens when a token alone outgrows the budget.
+    #[test]
+    fn the_block_budget_is_half_the_l2_within_bounds() {
+        assert_eq!(budget_for_l2(Some(2 << 20)), 1 << 20);
+        assert_eq!(budget_for_l2(Some(512 << 10)), 256 << 10);
+        assert_eq!(budget_for_l2(None), 512 << 10);
+        // a tiny or zero report (a broken sysfs) and a huge one stay usable
+        assert_eq!(budget_for_l2(Some(0)), 128 << 10);
+        assert_eq!(budget_for_l2(Some(64 << 20)), 4 << 20);
+    }
+
     #[test]
     fn token_blocks_fit_the_budget() {
         const MIB: usize = 1 << 20;
