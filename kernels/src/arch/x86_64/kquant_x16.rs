@@ -31,8 +31,9 @@
 //! so decode and prefill give the same bits. It prefetches a record ahead
 //! a few lines per step: a whole record's prefetches in one burst (36–53
 //! lines) held up the record's own loads, and Q6_K streamed at 6 GiB/s.
-//! Its loops are unrolled through const generics, so sums stay in
-//! registers and prefetch offsets are constants.
+//! The prefetches are `asm!`, since LLVM gathered the intrinsic ones back
+//! into that burst (`prefetch_step`). Its loops are unrolled through const
+//! generics, so sums stay in registers and prefetch offsets are constants.
 //! Codes are below 64 and activations within ±127, so even
 //! `vpmaddubsw`'s saturating i16 pairs are exact.
 //!
@@ -253,15 +254,35 @@ macro_rules! kquant_kernels {
             /// the panel). Callers pass constants, so each step is a fixed
             /// set of prefetches: computed at run time, a step's line range
             /// had been more scalar work than the step's dot steps.
+            ///
+            /// The prefetches are `asm!`, not `_mm_prefetch`: LLVM's
+            /// scheduler moved every intrinsic prefetch of an unrolled
+            /// record after the record's last dot step, one burst of 74
+            /// (Q4_K) or 108 (Q6_K) requests, so each record's own lines
+            /// queued behind the next record's fetches. An `asm!` block
+            /// with side effects keeps its place among the loads. The
+            /// stream bench, builds alternated twice: Q4_K 12.9–13.4 →
+            /// 15.5 GiB/s on 1 thread and 25.2–25.4 → 29.9–31.3 on 2, Q6_K
+            /// 13.0–13.2 → 15.0–15.2 and 25.3–25.4 → 29.2 (a prefetching
+            /// plain read: 15.8–17.3 and 30.5–32.4).
             #[inline(always)]
+            // the pointer is only a prefetch's address: nothing is read
+            #[allow(clippy::pointers_in_nomem_asm_block)]
             fn prefetch_step<W: KRecord>(ahead: *const u8, step: usize, steps: usize) {
                 let lines = W::RECORD.div_ceil(64) + 1;
                 for l in step * lines / steps..(step + 1) * lines / steps {
-                    let at = ahead.wrapping_add(64 * l);
-                    // SAFETY: a prefetch reads nothing architecturally.
+                    // SAFETY: a prefetch reads and writes nothing
+                    // architecturally and never faults, wherever it points;
+                    // SSE is part of the x86-64 baseline.
                     unsafe {
-                        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(NEAR).cast());
-                        _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(FAR).cast());
+                        core::arch::asm!(
+                            "prefetcht0 [{at} + {near}]",
+                            "prefetcht1 [{at} + {far}]",
+                            at = in(reg) ahead.wrapping_add(64 * l),
+                            near = const NEAR,
+                            far = const FAR,
+                            options(nomem, nostack, preserves_flags)
+                        );
                     }
                 }
             }
@@ -337,10 +358,10 @@ macro_rules! kquant_kernels {
 
             /// Lines `8C..8C + 8` of [`dot1_k4`]: sub-blocks `2C` (low
             /// nibbles) and `2C + 1` (high ones), each in two integer chains
-            /// so the dot steps overlap, folded into `blk`. `C` is a
-            /// constant so that every index and prefetch offset is one:
-            /// with a loop over it, LLVM kept the loop, and each step
-            /// computed its prefetch range in scalar code.
+            /// so the dot steps overlap, folded into `blk`. `C` and each
+            /// line's `K` are constants so that every index and prefetch
+            /// offset is one: with a loop over either, LLVM kept the loop,
+            /// and each step computed its prefetch range in scalar code.
             ///
             /// # Safety
             /// As [`dot1_k4`]'s.
@@ -353,33 +374,61 @@ macro_rules! kquant_kernels {
                 y: &BlockQ8K,
                 ka: &KAct,
                 s: &Scales,
-                high: impl Fn(usize, usize) -> __m512i,
+                high: impl Fn(usize, usize) -> __m512i + Copy,
                 blk: __m512,
             ) -> __m512 {
-                let m4 = _mm512_set1_epi8(0x0F);
                 let (j0, j1) = (2 * C, 2 * C + 1);
                 let mut lo = [_mm512_set1_epi32(ka.start[j0]), _mm512_setzero_si512()];
                 let mut hi = [_mm512_set1_epi32(ka.start[j1]), _mm512_setzero_si512()];
-                for k in 0..8 {
-                    prefetch_step::<W>(ahead, 8 * C + k, 32);
-                    // SAFETY: line 8C + k < 32; groups 16C + k (+ 8) < 64.
-                    let (line, y0, y1) = unsafe {
-                        (
-                            _mm512_loadu_si512(q.add(64 * (8 * C + k)).cast()),
-                            act4(y, 8 * j0 + k),
-                            act4(y, 8 * j1 + k),
-                        )
-                    };
-                    let w0 = _mm512_or_si512(_mm512_and_si512(line, m4), high(k, j0));
-                    let w1 = _mm512_or_si512(
-                        _mm512_and_si512(_mm512_srli_epi32::<4>(line), m4),
-                        high(k, j1),
-                    );
-                    lo[k % 2] = $dot4(lo[k % 2], w0, y0);
-                    hi[k % 2] = $dot4(hi[k % 2], w1, y1);
+                // SAFETY: forwarded; lines 8C + K < 32.
+                unsafe {
+                    dot1_k4_line::<W, C, 0>(q, ahead, y, high, &mut lo, &mut hi);
+                    dot1_k4_line::<W, C, 1>(q, ahead, y, high, &mut lo, &mut hi);
+                    dot1_k4_line::<W, C, 2>(q, ahead, y, high, &mut lo, &mut hi);
+                    dot1_k4_line::<W, C, 3>(q, ahead, y, high, &mut lo, &mut hi);
+                    dot1_k4_line::<W, C, 4>(q, ahead, y, high, &mut lo, &mut hi);
+                    dot1_k4_line::<W, C, 5>(q, ahead, y, high, &mut lo, &mut hi);
+                    dot1_k4_line::<W, C, 6>(q, ahead, y, high, &mut lo, &mut hi);
+                    dot1_k4_line::<W, C, 7>(q, ahead, y, high, &mut lo, &mut hi);
                 }
                 let blk = fold::<W>(blk, _mm512_add_epi32(lo[0], lo[1]), s, bsum_of::<W>(ka, j0), j0);
                 fold::<W>(blk, _mm512_add_epi32(hi[0], hi[1]), s, bsum_of::<W>(ka, j1), j1)
+            }
+
+            /// Line `8C + K` of [`dot1_k4_lines`], with its share of the
+            /// prefetches: groups `16C + K` (low nibbles) and `16C + 8 + K`
+            /// (high ones) into chain `K % 2` of `lo` and `hi`.
+            ///
+            /// # Safety
+            /// As [`dot1_k4`]'s; `C < 4`, `K < 8`.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn dot1_k4_line<W: KRecord, const C: usize, const K: usize>(
+                q: *const u8,
+                ahead: *const u8,
+                y: &BlockQ8K,
+                high: impl Fn(usize, usize) -> __m512i,
+                lo: &mut [__m512i; 2],
+                hi: &mut [__m512i; 2],
+            ) {
+                let m4 = _mm512_set1_epi8(0x0F);
+                let (j0, j1) = (2 * C, 2 * C + 1);
+                prefetch_step::<W>(ahead, 8 * C + K, 32);
+                // SAFETY: line 8C + K < 32; groups 8j + K < 64.
+                let (line, y0, y1) = unsafe {
+                    (
+                        _mm512_loadu_si512(q.add(64 * (8 * C + K)).cast()),
+                        act4(y, 8 * j0 + K),
+                        act4(y, 8 * j1 + K),
+                    )
+                };
+                let w0 = _mm512_or_si512(_mm512_and_si512(line, m4), high(K, j0));
+                let w1 = _mm512_or_si512(
+                    _mm512_and_si512(_mm512_srli_epi32::<4>(line), m4),
+                    high(K, j1),
+                );
+                lo[K % 2] = $dot4(lo[K % 2], w0, y0);
+                hi[K % 2] = $dot4(hi[K % 2], w1, y1);
             }
 
             fn act_with_mins(y: &BlockQ8K) -> KAct {
