@@ -159,8 +159,8 @@ fn matvec(c: &mut Criterion) {
     }
 }
 
-/// Decode of a matrix far larger than any L3 (737280x1536: Q4_K 637 MB,
-/// Q6_K 929 MB) on the engine's kernel tier, beside plain sequential reads
+/// Decode of a matrix far larger than any L3 (737280x1536: Q4_K and Q4_0
+/// 637 MB, Q6_K 929 MB, Q8_0 1.2 GB) on the engine's kernel tier, beside plain sequential reads
 /// of as many bytes in the same process (the sum of `sotto bench`'s
 /// bandwidth probe, without and with its prefetch): how close the decode
 /// kernels' stream comes to what the memory gives a reader that does no
@@ -177,7 +177,7 @@ fn stream(c: &mut Criterion) {
     let pools = pools();
     let x = random(COLS, 1);
     let mut out = vec![0f32; ROWS];
-    for dtype in [DType::Q4_K, DType::Q6_K] {
+    for dtype in [DType::Q4_K, DType::Q6_K, DType::Q4_0, DType::Q8_0] {
         let w = quantized(dtype, ROWS, COLS);
         let Ok(m) = QMatrix::new(dtype, ROWS, COLS, w.bytes()) else {
             continue;
