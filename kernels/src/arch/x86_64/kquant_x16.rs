@@ -261,9 +261,9 @@ macro_rules! kquant_kernels {
             /// (Q4_K) or 108 (Q6_K) requests, so each record's own lines
             /// queued behind the next record's fetches. An `asm!` block
             /// with side effects keeps its place among the loads. The
-            /// stream bench, builds alternated twice: Q4_K 12.9–13.4 →
+            /// stream bench, builds alternated twice: Q4_K 13.3–13.4 →
             /// 15.5 GiB/s on 1 thread and 25.2–25.4 → 29.9–31.3 on 2, Q6_K
-            /// 13.0–13.2 → 15.0–15.2 and 25.3–25.4 → 29.2 (a prefetching
+            /// 13.0–13.2 → 15.0–15.2 and 25.3–25.5 → 29.2 (a prefetching
             /// plain read: 15.8–17.3 and 30.5–32.4).
             #[inline(always)]
             // the pointer is only a prefetch's address: nothing is read
