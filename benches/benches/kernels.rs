@@ -160,11 +160,11 @@ fn matvec(c: &mut Criterion) {
 }
 
 /// Decode of a matrix far larger than any L3 (737280x1536: Q4_K and Q4_0
-/// 637 MB, Q6_K 929 MB, Q8_0 1.2 GB) on the engine's kernel tier, beside plain sequential reads
-/// of as many bytes in the same process (the sum of `sotto bench`'s
-/// bandwidth probe, without and with its prefetch): how close the decode
-/// kernels' stream comes to what the memory gives a reader that does no
-/// arithmetic. (The 73728-row shape of [`matvec`] stays in the L3 of a
+/// 637 MB, Q6_K 929 MB, Q8_0 1.2 GB) on the engine's kernel tier, beside
+/// plain sequential reads of as many bytes in the same process (the sum of
+/// `sotto bench`'s bandwidth probe, without and with its prefetch): how
+/// close the decode kernels' stream comes to what the memory gives a reader
+/// that does no arithmetic. (The 73728-row shape of [`matvec`] stays in the L3 of a
 /// Xeon with a large one.)
 fn stream(c: &mut Criterion) {
     use rayon::prelude::*;

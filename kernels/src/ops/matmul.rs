@@ -934,9 +934,6 @@ mod tests {
         assert!(matmul_packed_group(&ws[..2], &x, 1, &mut [&mut ok]).is_err());
     }
 
-    /// Prefill blocks: whole groups of 8 within the budget, of even size,
-    /// covering the prompt; one block when it all fits, and at least 8
-    /// tokens when a token alone outgrows the budget.
     #[test]
     fn the_block_budget_is_half_the_l2_within_bounds() {
         assert_eq!(budget_for_l2(Some(2 << 20)), 1 << 20);
@@ -947,6 +944,9 @@ mod tests {
         assert_eq!(budget_for_l2(Some(64 << 20)), 4 << 20);
     }
 
+    /// Prefill blocks: whole groups of 8 within the budget, of even size,
+    /// covering the prompt; one block when it all fits, and at least 8
+    /// tokens when a token alone outgrows the budget.
     #[test]
     fn token_blocks_fit_the_budget() {
         const MIB: usize = 1 << 20;
