@@ -30,10 +30,12 @@ import sys
 import time
 
 INSTALL_HINT = (
-    "llama-cpp-python is not importable. Install it with AMX off (AMX is "
-    "advertised but disabled on some machines, and llama.cpp would crash):\n"
-    "  CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
-    "-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF\" "
+    "llama-cpp-python is not importable. Install it built for this CPU with AMX off "
+    "(AMX is advertised but disabled on some machines, and llama.cpp would crash; "
+    "in a source checkout scripts/llama-deps.sh does this):\n"
+    "  CMAKE_ARGS=\"-DGGML_NATIVE=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF "
+    "-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' "
+    "-DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'\" "
     "pip install --no-binary llama-cpp-python llama-cpp-python"
 )
 
@@ -148,7 +150,7 @@ class LlamaCpp:
         # "CPU : SSE3 = 1 | AVX2 = 1 | ..." -> "sse3+avx2+..."
         info = llama_cpp.llama_print_system_info().decode(errors="replace")
         flags = [f.split("=")[0].strip().lower() for f in info.replace("CPU :", "").split("|") if f.strip().endswith("= 1")]
-        self.isa = "+".join(f for f in flags if f.startswith(("avx", "f16c", "fma", "neon", "dotprod", "i8mm", "amx", "sve")))
+        self.isa = "+".join(f for f in flags if f.startswith(("avx", "f16c", "fma", "neon", "dotprod", "matmul_int8", "amx", "sve")))
 
     def new_context(self, n_ctx, threads, kv=("f16", "f16")):
         ll = self.ll

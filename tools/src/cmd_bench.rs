@@ -75,9 +75,11 @@ pub struct BenchArgs {
     /// Run the same sweep on another engine and print the ratio (llama.cpp).
     #[arg(long, value_name = "ENGINE")]
     pub compare: Option<String>,
-    /// Python with llama_cpp, for --compare llama.cpp.
-    #[arg(long, default_value = "python3")]
-    pub python: String,
+    /// Python with llama_cpp and gguf, for --compare llama.cpp and
+    /// --sweep-sizes [default: $SOTTO_LLAMA_PYTHON, else the venv
+    /// scripts/llama-deps.sh built under the user cache, else python3].
+    #[arg(long)]
+    pub python: Option<String>,
     /// Seed of the random tokens.
     #[arg(long, default_value_t = 1234)]
     pub seed: u64,
@@ -144,6 +146,13 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
+    /// `--python`, or where it defaults to ([`llama_cpp::default_python`]).
+    fn python(&self) -> String {
+        self.python
+            .clone()
+            .unwrap_or_else(|| llama_cpp::default_python(&crate::fetch::cache_dir()))
+    }
+
     fn axes(&self, threads: Vec<usize>) -> SweepAxes {
         SweepAxes {
             backends: self.backend.clone(),
@@ -242,8 +251,9 @@ pub fn run(args: BenchArgs) -> Result<(), String> {
 
     if args.compare.is_some() {
         let spinner = spinner("llama.cpp (benches/llama_cpp_bench.py)");
+        let python = args.python();
         let sweep = llama_cpp::LlamaCppSweep {
-            python: &args.python,
+            python: &python,
             model: &model_path,
             n_prompt: &args.n_prompt,
             n_gen: &args.n_gen,
@@ -398,10 +408,11 @@ fn run_sweep_sizes(args: &BenchArgs) -> Result<(), String> {
     let vocab = crate::resolve_model(args.model.clone())?;
     let cache = crate::fetch::cache_dir();
     let exe = std::env::current_exe().map_err(|e| format!("locating this binary: {e}"))?;
+    let python = args.python();
     let mut results = Vec::new();
     for shape in &shapes {
         for wtype in &types {
-            let path = sizes::ensure_fixture(&args.python, &cache, shape, wtype, &vocab)?;
+            let path = sizes::ensure_fixture(&python, &cache, shape, wtype, &vocab)?;
             let mut child = vec![
                 "bench".to_string(),
                 "-m".into(),
@@ -419,7 +430,7 @@ fn run_sweep_sizes(args: &BenchArgs) -> Result<(), String> {
                 ("-r", args.repetitions.to_string()),
                 ("--warmup", args.warmup.to_string()),
                 ("--seed", args.seed.to_string()),
-                ("--python", args.python.clone()),
+                ("--python", python.clone()),
             ] {
                 child.push(flag.to_string());
                 child.push(value);

@@ -7,10 +7,43 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// How to get llama-cpp-python without AMX: the CPUs here advertise AMX
-/// while the kernel disables it, and a native build would crash.
-pub const INSTALL_HINT: &str = "install llama-cpp-python with AMX off:\n  \
-CMAKE_ARGS=\"-DGGML_NATIVE=OFF -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF\" \
+/// while the kernel disables it, and a native build would crash. Native
+/// otherwise, as `scripts/llama-deps.sh` builds it: a build for a lesser
+/// ISA (AVX2 on an AVX-512 machine) understates llama.cpp.
+pub const INSTALL_HINT: &str = "install llama-cpp-python built for this CPU with AMX off \
+(in a source checkout, scripts/llama-deps.sh does this and prints the python to pass):\n  \
+CMAKE_ARGS=\"-DGGML_NATIVE=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+-DCMAKE_C_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16' \
+-DCMAKE_CXX_FLAGS='-mno-amx-tile -mno-amx-int8 -mno-amx-bf16'\" \
 pip install --no-binary llama-cpp-python llama-cpp-python";
+
+/// The python `--python` defaults to: `$SOTTO_LLAMA_PYTHON`, else the venv
+/// `scripts/llama-deps.sh` built last under the user cache (`llama/`; one
+/// carrying the stamp it writes once the build imports), else `python3`.
+pub fn default_python(cache: &Path) -> String {
+    if let Some(p) = std::env::var_os("SOTTO_LLAMA_PYTHON").filter(|p| !p.is_empty()) {
+        return p.to_string_lossy().into_owned();
+    }
+    built_venv_python(&cache.join("llama")).map_or_else(
+        || "python3".to_string(),
+        |p| p.to_string_lossy().into_owned(),
+    )
+}
+
+/// The python of the newest stamped venv under `dir`.
+fn built_venv_python(dir: &Path) -> Option<PathBuf> {
+    let stamped = |venv: &Path| {
+        let stamp = venv.join(".sotto-llama-deps").metadata().ok()?;
+        let python = venv.join("bin/python");
+        python.is_file().then_some((stamp.modified().ok()?, python))
+    };
+    std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .filter_map(|e| stamped(&e.path()))
+        .max_by_key(|(when, _)| *when)
+        .map(|(_, python)| python)
+}
 
 /// The sweep to mirror.
 #[derive(Clone, Debug)]
@@ -166,5 +199,37 @@ mod tests {
         };
         let err = run(&sweep).unwrap_err();
         assert!(err.contains("AMX") && err.contains("pip install"), "{err}");
+        assert!(
+            err.contains("GGML_NATIVE=ON"),
+            "the hint builds for this CPU: {err}"
+        );
+    }
+
+    #[test]
+    fn the_default_python_is_the_newest_built_venv() {
+        let dir = std::env::temp_dir().join(format!("sotto-llama-venvs-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(built_venv_python(&dir), None, "no cache folder");
+        let venv = |name: &str, stamp: bool| {
+            let v = dir.join(name);
+            std::fs::create_dir_all(v.join("bin")).unwrap();
+            std::fs::write(v.join("bin/python"), "").unwrap();
+            if stamp {
+                std::fs::write(v.join(".sotto-llama-deps"), name).unwrap();
+            }
+            v.join("bin/python")
+        };
+        venv("half-built", false);
+        assert_eq!(
+            built_venv_python(&dir),
+            None,
+            "a venv without the stamp is not used"
+        );
+        let old = venv("old", true);
+        assert_eq!(built_venv_python(&dir), Some(old));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        let new = venv("new", true);
+        assert_eq!(built_venv_python(&dir), Some(new));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -57,6 +57,35 @@ impl Machine {
     }
 }
 
+/// The names llama.cpp's system info gives this CPU's flags, lowercased as
+/// benches/llama_cpp_bench.py joins them into its rows' `isa`.
+const LLAMA_CPP_NAMES: &[(&str, &str)] = &[
+    ("avx2", "avx2"),
+    ("avx512f", "avx512"),
+    ("avx512_vnni", "avx512_vnni"),
+    ("avx_vnni", "avx_vnni"),
+    ("f16c", "f16c"),
+    ("fma", "fma"),
+    ("asimddp", "dotprod"),
+    ("i8mm", "matmul_int8"),
+    ("sve", "sve"),
+];
+
+impl Machine {
+    /// This CPU's flags that a llama.cpp build whose rows say `isa` was not
+    /// built for (a portable or AVX2-only wheel on an AVX-512 machine): its
+    /// rows then understate llama.cpp.
+    pub fn flags_llama_cpp_lacks(&self, isa: &str) -> Vec<&'static str> {
+        let built: Vec<&str> = isa.split('+').collect();
+        LLAMA_CPP_NAMES
+            .iter()
+            .filter(|(ours, _)| self.flags.iter().any(|f| f == ours))
+            .filter(|(_, theirs)| !built.contains(theirs))
+            .map(|(_, theirs)| *theirs)
+            .collect()
+    }
+}
+
 /// Reads the model name, flags and core topology out of /proc/cpuinfo text.
 pub fn parse_cpuinfo(text: &str, arch: &str, logical_cores: usize) -> Machine {
     let field = |key: &str| {
@@ -505,6 +534,19 @@ processor\t: 1\nmodel name\t: AMD EPYC 9R14\nphysical id\t: 0\ncore id\t: 1\n\
 flags\t\t: fpu sse2 avx2 fma f16c avx512f avx512bw amx_tile\n\n\
 processor\t: 2\nmodel name\t: AMD EPYC 9R14\nphysical id\t: 0\ncore id\t: 1\n\
 flags\t\t: fpu sse2 avx2 fma f16c avx512f avx512bw amx_tile\n";
+
+    #[test]
+    fn a_llama_cpp_build_short_of_this_cpus_isa_is_told() {
+        let m = parse_cpuinfo(X86, "x86_64", 3);
+        // as benches/llama_cpp_bench.py joins llama.cpp's system info
+        let native = "avx+avx2+f16c+fma+avx512+avx512_vbmi";
+        assert!(m.flags_llama_cpp_lacks(native).is_empty());
+        assert_eq!(m.flags_llama_cpp_lacks("avx+avx2+f16c+fma"), ["avx512"]);
+        assert_eq!(
+            m.flags_llama_cpp_lacks(""),
+            ["avx2", "avx512", "f16c", "fma"]
+        );
+    }
 
     #[test]
     fn the_probe_buffer_holds_distinct_words_on_huge_pages_where_given() {

@@ -321,6 +321,27 @@ fn opt(x: Option<f64>, digits: usize) -> String {
     x.map_or_else(|| "-".to_string(), |v| format!("{v:.digits$}"))
 }
 
+/// The ISA llama.cpp's rows were built for, with a warning when that falls
+/// short of this CPU's (its rows would understate llama.cpp); empty without
+/// llama.cpp rows.
+pub fn llama_cpp_build_markdown(report: &Report) -> String {
+    let Some(r) = report.rows.iter().find(|r| r.backend == "llama.cpp") else {
+        return String::new();
+    };
+    let mut out = format!("- llama.cpp built for: {}", r.isa);
+    let lacks = report.machine.flags_llama_cpp_lacks(&r.isa);
+    if !lacks.is_empty() {
+        let _ = write!(
+            out,
+            "; WARNING: not for this CPU's {}, so its rows understate it (build it \
+             natively with AMX off: scripts/llama-deps.sh)",
+            lacks.join(", ")
+        );
+    }
+    out.push('\n');
+    out
+}
+
 pub fn markdown(report: &Report) -> String {
     let mut out = String::new();
     let has_ratio = report.rows.iter().any(|r| r.ratio_vs_llama_cpp.is_some());
@@ -427,6 +448,7 @@ pub fn markdown(report: &Report) -> String {
         "- sotto kernel ISA with --isa auto: {}",
         report.kernel_isa_auto
     );
+    out.push_str(&llama_cpp_build_markdown(report));
     // Each backend's repacked panels at its load (the load column's cold or
     // warm start), once per backend, ISA and thread count.
     let mut packings: Vec<String> = Vec::new();
@@ -839,6 +861,13 @@ pub(crate) mod tests {
         assert!(text
             .contains("- integer dot peak (vnni, registers only, median of 9): 2 t 60.0 GMAC/s"));
         assert!(text.contains("- machine: Test CPU"));
+        assert!(
+            text.contains("- llama.cpp built for: avx2\n"),
+            "no warning: {text}"
+        );
+        let mut wider = report();
+        wider.machine.flags.push("avx512f".into());
+        assert!(markdown(&wider).contains("avx2; WARNING: not for this CPU's avx512, so"));
         assert!(text.contains("read bandwidth probe: 20.0 GB/s"));
         assert!(text.contains("reads weights and KV at 9.8 GB/s = 49% of it"));
     }

@@ -227,7 +227,12 @@ fn run_python(python: &str, args: &[String]) -> Result<(), String> {
     if status.success() {
         Ok(())
     } else {
-        Err(format!("{python} {} failed ({status})", args.join(" ")))
+        Err(format!(
+            "{python} {} failed ({status}); the sweep's fixtures need PyPI gguf and \
+             llama-cpp-python in --python: {}",
+            args.join(" "),
+            super::llama_cpp::INSTALL_HINT
+        ))
     }
 }
 
@@ -359,6 +364,7 @@ pub fn markdown(results: &[SizeResult]) -> String {
             &first.report.bandwidth_levels,
         ));
         let _ = writeln!(out, "- machine: {}", first.report.machine.one_line());
+        out.push_str(&super::report::llama_cpp_build_markdown(&first.report));
     }
     let _ = writeln!(
         out,
@@ -394,6 +400,7 @@ mod tests {
         assert!(lines[3].contains("| tg128 |") && lines[3].ends_with("| - | 49% | - |"));
         assert_eq!(lines.iter().filter(|l| l.starts_with('|')).count(), 4);
         assert!(text.contains("a prefill row's share of the integer dot peak"));
+        assert!(text.contains("- llama.cpp built for: avx2\n"));
     }
 
     #[test]
