@@ -573,7 +573,7 @@ fn tensors(
                 reason: "missing (listed by the index, or the only weights file)".into(),
             });
         }
-        let storage = Arc::new(Storage::map(file)?);
+        let storage = Arc::new(Storage::map(file, false)?);
         let bytes = storage.bytes();
         let (header_len, header) =
             safetensors::SafeTensors::read_metadata(bytes).map_err(|e| Error::HfFolder {

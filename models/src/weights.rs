@@ -128,6 +128,13 @@ impl Weight {
         self.storage.release(self.range.clone());
     }
 
+    /// Asks for the file's pages of this tensor on 2 MiB pages: a matrix a
+    /// backend streams from the file for every token (one it does not
+    /// repack). Advice only, and only before its pages are first read.
+    pub fn ask_huge_pages(&self) {
+        self.storage.ask_huge(self.range.clone());
+    }
+
     /// Bytes of one row.
     pub fn row_bytes(&self) -> usize {
         self.dtype.row_bytes(self.cols()).unwrap_or(0)

@@ -49,8 +49,19 @@ pub(crate) enum Storage {
 }
 
 impl Storage {
-    /// The file at `path`, memory-mapped read-only.
-    pub(crate) fn map(path: &Path) -> Result<Storage> {
+    /// The file at `path`, memory-mapped read-only; `huge`: asked for on 2
+    /// MiB pages as a whole (a file streamed whole, the packed panels).
+    ///
+    /// Weights are streamed whole for every token: on 2 MiB pages a pass
+    /// over them takes a TLB miss per 2 MiB, not per 4 KiB (under a
+    /// hypervisor each miss is a two-level walk). But a model file is
+    /// mostly matrices a backend repacks and never reads again, and on a
+    /// map asked for 2 MiB pages each read of a small tensor between them
+    /// (a norm) maps the 2 MiB around it: the default model's whole file
+    /// was resident beside its panels. So a model file is mapped on small
+    /// pages, and a backend asks for huge ones over the matrices it streams
+    /// from the file ([`Storage::ask_huge`]).
+    pub(crate) fn map(path: &Path, huge: bool) -> Result<Storage> {
         let io_err = |source| Error::Io {
             path: path.to_path_buf(),
             source,
@@ -63,13 +74,28 @@ impl Storage {
         // rewrites the file while it is loaded, the same contract ggml's
         // loader accepts for model files.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
-        // Weights are streamed whole for every token: on 2 MiB pages a
-        // pass over them takes a TLB miss per 2 MiB, not per 4 KiB (under
-        // a hypervisor each miss is a two-level walk). Pages already cached
-        // in small folios stay as they are; a refusal is harmless.
+        // Pages already cached in small folios stay as they are; a refusal
+        // is harmless.
         #[cfg(target_os = "linux")]
-        let _ = map.advise(memmap2::Advice::HugePage);
+        if huge {
+            let _ = map.advise(memmap2::Advice::HugePage);
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = huge;
         Ok(Storage::Mapped(map))
+    }
+
+    /// Asks for `range` of a mapped file on 2 MiB pages (see
+    /// [`Storage::map`]); advice only.
+    pub(crate) fn ask_huge(&self, range: std::ops::Range<usize>) {
+        #[cfg(target_os = "linux")]
+        if let Storage::Mapped(map) = self {
+            if range.start < range.end && range.end <= map.len() {
+                let _ = map.advise_range(memmap2::Advice::HugePage, range.start, range.len());
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
+        let _ = range;
     }
 
     pub(crate) fn bytes(&self) -> &[u8] {
@@ -180,7 +206,7 @@ impl MappedFile {
     /// faults of a checksum read on the pool.)
     pub fn open(path: impl AsRef<Path>) -> Result<MappedFile> {
         Ok(MappedFile {
-            storage: Storage::map(path.as_ref())?,
+            storage: Storage::map(path.as_ref(), true)?,
         })
     }
 
@@ -266,7 +292,7 @@ impl GgufFile {
     /// Memory-maps and parses the file at `path`.
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
         let path = path.as_ref();
-        let mut gguf = Self::parse(Arc::new(Storage::map(path)?))?;
+        let mut gguf = Self::parse(Arc::new(Storage::map(path, false)?))?;
         gguf.path = Some(path.to_path_buf());
         Ok(gguf)
     }
