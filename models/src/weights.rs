@@ -294,6 +294,22 @@ pub struct LayerWeights {
     pub post_ffw_norm: Option<Weight>,
 }
 
+impl LayerWeights {
+    /// The layer's seven projections in execution order: Q, K, V, output,
+    /// gate, up, down.
+    pub fn linears(&self) -> [&Linear; 7] {
+        [
+            &self.attn_q,
+            &self.attn_k,
+            &self.attn_v,
+            &self.attn_output,
+            &self.ffn_gate,
+            &self.ffn_up,
+            &self.ffn_down,
+        ]
+    }
+}
+
 /// All weights of a decoder.
 #[derive(Debug, Clone)]
 pub struct DecoderWeights {

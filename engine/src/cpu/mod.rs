@@ -272,17 +272,7 @@ impl CpuBackend {
                 // 2 MiB around it, and the default model's whole file (83
                 // of its 94 MiB) sat resident beside its panels. What is
                 // read from the file later faults back in.
-                for m in [
-                    &l.attn_q,
-                    &l.attn_k,
-                    &l.attn_v,
-                    &l.attn_output,
-                    &l.ffn_gate,
-                    &l.ffn_up,
-                    &l.ffn_down,
-                ] {
-                    m.weight.release_pages();
-                }
+                l.linears().iter().for_each(|m| m.weight.release_pages());
                 Ok(norms)
             })
             .collect::<Result<Vec<_>>>()?;
@@ -291,17 +281,7 @@ impl CpuBackend {
         let matrices: Vec<&Weight> = w
             .layers
             .iter()
-            .flat_map(|l| {
-                [
-                    &l.attn_q.weight,
-                    &l.attn_k.weight,
-                    &l.attn_v.weight,
-                    &l.attn_output.weight,
-                    &l.ffn_gate.weight,
-                    &l.ffn_up.weight,
-                    &l.ffn_down.weight,
-                ]
-            })
+            .flat_map(|l| l.linears().map(|m| &m.weight))
             .chain([&w.output.weight])
             .collect();
         // Repacking reads every matrix once; the pool packs panels in parallel.
@@ -1106,15 +1086,7 @@ mod tests {
         let panelled = |w: &Weight| w.data().len() / w.shape[0] * w.shape[0].next_multiple_of(16);
         let mut matrix_bytes = panelled(&wt.output.weight);
         for l in &wt.layers {
-            for m in [
-                &l.attn_q,
-                &l.attn_k,
-                &l.attn_v,
-                &l.attn_output,
-                &l.ffn_gate,
-                &l.ffn_up,
-                &l.ffn_down,
-            ] {
+            for m in l.linears() {
                 matrix_bytes += panelled(&m.weight);
             }
         }
