@@ -336,6 +336,65 @@ fn attention(c: &mut Criterion) {
     }
 }
 
+/// A decode step's attention at depth 1,024 in Llama-3.2-3B's shape (24
+/// query heads over 8 KV heads of 128), each call on the next of 28
+/// layers' caches (117 MB, as the engine's f16 planes are: 4 KiB pages):
+/// a layer's keys and values come from memory, as between two layers of
+/// a real step the weights streaming through evict them. Throughput counts
+/// the key and value bytes read, so criterion reports the KV read rate.
+fn attention_deep(c: &mut Criterion) {
+    let pools = pools();
+    let p = AttentionParams {
+        n_head: 24,
+        n_kv_head: 8,
+        head_dim: 128,
+        scale: 128f32.powf(-0.5),
+        softcap: None,
+        window: None,
+    };
+    let (depth, layers) = (1024usize, 28usize);
+    let cap = depth + 1;
+    let plane = p.n_kv_head * cap * p.head_dim;
+    let kv = |seed| -> Vec<half::f16> {
+        let row: Vec<half::f16> = random(plane, seed)
+            .into_iter()
+            .map(half::f16::from_f32)
+            .collect();
+        (0..layers).flat_map(|_| row.iter().copied()).collect()
+    };
+    let (k, v) = (kv(21), kv(22));
+    let q = random(p.n_head * p.head_dim, 23);
+    let mut out = vec![0f32; q.len()];
+    let mut g = c.benchmark_group("attention/f16-deep");
+    g.throughput(Throughput::Bytes((2 * plane * 2) as u64));
+    for t in tables() {
+        for (threads, pool) in &pools {
+            let id = BenchmarkId::new(t.isa.name(), format!("tg-d{depth}/t{threads}"));
+            let mut layer = 0;
+            g.bench_function(id, |b| {
+                pool.install(|| {
+                    b.iter(|| {
+                        layer = (layer + 1) % layers;
+                        let at = layer * plane..(layer + 1) * plane;
+                        attention_with(
+                            t,
+                            &p,
+                            black_box(&q),
+                            &k[at.clone()],
+                            &v[at],
+                            cap,
+                            depth,
+                            1,
+                            &mut out,
+                        )
+                    })
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 /// One dot of a 1536-element row (no threading): the kernels themselves.
 fn vec_dot(c: &mut Criterion) {
     let n = 1536;
@@ -395,5 +454,14 @@ fn quantize(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, matvec, stream, matmul, attention, vec_dot, quantize);
+criterion_group!(
+    benches,
+    matvec,
+    stream,
+    matmul,
+    attention,
+    attention_deep,
+    vec_dot,
+    quantize
+);
 criterion_main!(benches);
