@@ -29,7 +29,7 @@
 //! before the kernels index.
 
 use super::avx2_attn::{self, load8};
-use super::Elem;
+use super::{prefetch_line, Elem, AHEAD};
 use crate::dispatch::{AttnTileKernels, KeyTile, ATTN_TILE};
 use crate::ops::activation::{exp_approx, exp_consts};
 use crate::ops::attention_tiled as reference;
@@ -237,11 +237,18 @@ unsafe fn scores_k<T: Elem>(k: &[T], hd: usize, q: &[f32], out: &mut [f32]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn scores_rows<T: Elem, const G: usize>(k: &[T], hd: usize, q: &[f32], out: &mut [f32]) {
     let nk = k.len() / hd;
+    let per_row = (2 * hd).div_ceil(64);
     let mut j = 0;
     // SAFETY: forwarded; the tiles read keys j.. < nk and write scores
     // j.. < nk <= ATTN_TILE of each row.
     unsafe {
         while j + SCORE_KEYS <= nk {
+            if T::F16 {
+                // a direct decode step's key rows, straight from the cache
+                for l in 0..SCORE_KEYS * per_row {
+                    prefetch_line(k.as_ptr().cast(), j + AHEAD + l / per_row, hd, l % per_row);
+                }
+            }
             avx2_attn::scores_tile::<T, G, SCORE_KEYS>(k, hd, q, out, ATTN_TILE, j);
             j += SCORE_KEYS;
         }
@@ -571,6 +578,12 @@ unsafe fn accumulate_tile<T: Elem, const R: usize, const V: usize>(
             }
         }
         for j in 0..lmin {
+            if T::F16 {
+                // a direct decode step's value rows, straight from the cache
+                for l in 0..(16 * V).div_ceil(64) {
+                    prefetch_line(v.cast(), j + AHEAD, hd, l);
+                }
+            }
             let mut x = [_mm256_setzero_ps(); V];
             for (c, xc) in x.iter_mut().enumerate() {
                 *xc = load8(v.add(j * hd + 8 * c));

@@ -13,7 +13,7 @@
 //! handed out after `super::supports` checked the feature, and check the
 //! shapes (or fall back to the reference) before the kernels index.
 
-use super::Elem;
+use super::{prefetch_line, Elem, AHEAD};
 use crate::dispatch::{AttnTileKernels, KeyTile, ATTN_TILE};
 use crate::ops::activation::{exp_approx, exp_consts};
 use crate::ops::attention_tiled as reference;
@@ -171,6 +171,9 @@ fn scores_f16(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
 unsafe fn scores_f16_k<const R: usize>(k: &[f16], hd: usize, q: &[f32], out: &mut [f32]) {
     let nk = k.len() / hd;
     let (kp, qp) = (k.as_ptr(), q.as_ptr());
+    // the lines of 16 rows ahead, spread over a group's column steps
+    let lines = 16 * (2 * hd).div_ceil(64);
+    let (steps, per_row) = (hd / 16, (2 * hd).div_ceil(64));
     let mut j = 0;
     while j + 16 <= nk {
         let mut acc = [_mm512_setzero_ps(); R];
@@ -179,6 +182,10 @@ unsafe fn scores_f16_k<const R: usize>(k: &[f16], hd: usize, q: &[f32], out: &mu
         // < nk, and q[r * hd + d + c] with r < R, d + c < hd.
         unsafe {
             while d + 16 <= hd {
+                let s = d / 16;
+                for l in s * lines / steps..(s + 1) * lines / steps {
+                    prefetch_line(kp, j + AHEAD + l / per_row, hd, l % per_row);
+                }
                 let mut t = [_mm512_setzero_ps(); 16];
                 for (i, x) in t.iter_mut().enumerate() {
                     *x = _mm512_cvtph_ps(_mm256_loadu_si256(kp.add((j + i) * hd + d).cast()));
@@ -654,6 +661,12 @@ unsafe fn accumulate_tile<T: Elem, const R: usize, const V: usize>(
             }
         }
         for j in 0..lmin {
+            if T::F16 {
+                // a direct decode step's value rows, straight from the cache
+                for l in 0..(32 * V).div_ceil(64) {
+                    prefetch_line(v.cast(), j + AHEAD, hd, l);
+                }
+            }
             let mut x = [_mm512_setzero_ps(); V];
             for (c, xc) in x.iter_mut().enumerate() {
                 *xc = load16(v.add(j * hd + 16 * c));
