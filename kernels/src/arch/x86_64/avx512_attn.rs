@@ -172,8 +172,8 @@ unsafe fn scores_f16_k<const R: usize>(k: &[f16], hd: usize, q: &[f32], out: &mu
     let nk = k.len() / hd;
     let (kp, qp) = (k.as_ptr(), q.as_ptr());
     // the lines of 16 rows ahead, spread over a group's column steps
-    let lines = 16 * (2 * hd).div_ceil(64);
-    let (steps, per_row) = (hd / 16, (2 * hd).div_ceil(64));
+    let per_row = (2 * hd).div_ceil(64);
+    let (lines, steps) = (16 * per_row, hd / 16);
     let mut j = 0;
     while j + 16 <= nk {
         let mut acc = [_mm512_setzero_ps(); R];
