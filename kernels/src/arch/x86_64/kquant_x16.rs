@@ -165,24 +165,65 @@ macro_rules! kquant_kernels {
                     d: [0.0; 8],
                 };
 
-                /// Block `b` of columns `c0..c0 + 8`.
-                fn new(a: &[BlockQ8K], acts: &[KAct], bpr: usize, c0: usize, b: usize) -> Act8 {
-                    let mut x = Act8::ZERO;
-                    for c in 0..8 {
-                        let (y, ka) = (&a[(c0 + c) * bpr + b], &acts[(c0 + c) * bpr + b]);
-                        for (g, q) in y.qs.chunks_exact(4).enumerate() {
-                            x.qs[g][c] = i32::from_le_bytes([q[0] as u8, q[1] as u8, q[2] as u8, q[3] as u8]);
+                /// Overwrites every field with block `b` of columns
+                /// `c0..c0 + 8`. The codes go through eight 8x8 transposes
+                /// of 4-byte groups in registers: built one 4-byte store at a
+                /// time (and zeroed and moved into place first), an `Act8`
+                /// had cost about as much as multiplying it against 28 rows,
+                /// half the time of a 32-row band.
+                ///
+                /// # Safety
+                /// The tier's features.
+                #[target_feature(enable = $features)]
+                unsafe fn fill<W: KRecord>(&mut self, a: &[BlockQ8K], bpr: usize, c0: usize, b: usize) {
+                    let ys: [&BlockQ8K; 8] = core::array::from_fn(|c| &a[(c0 + c) * bpr + b]);
+                    for t in 0..8 {
+                        // SAFETY: 32t + 32 <= 256 code bytes of each block.
+                        let r: [__m256i; 8] = core::array::from_fn(|c| unsafe {
+                            _mm256_loadu_si256(ys[c].qs.as_ptr().add(32 * t).cast())
+                        });
+                        for (g, o) in transpose8x8(r).into_iter().enumerate() {
+                            // SAFETY: row 8t + g < 64 holds 8 i32s, 32 bytes.
+                            unsafe { _mm256_storeu_si256(self.qs[8 * t + g].as_mut_ptr().cast(), o) };
                         }
+                    }
+                    for (c, y) in ys.into_iter().enumerate() {
+                        let ka = W::act(y);
                         for j in 0..16 {
-                            x.start[j][c] = ka.start[j];
+                            self.start[j][c] = ka.start[j];
                         }
                         for j in 0..8 {
-                            x.bsum[j][c] = ka.bsum[j];
+                            self.bsum[j][c] = ka.bsum[j];
                         }
-                        x.d[c] = ka.d;
+                        self.d[c] = ka.d;
                     }
-                    x
                 }
+            }
+
+            /// `o[g][c] = r[c][g]` for 8 vectors of 8 i32s.
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn transpose8x8(r: [__m256i; 8]) -> [__m256i; 8] {
+                // pairs of columns, 2 lanes of 4 groups each
+                let t: [__m256i; 8] = core::array::from_fn(|i| {
+                    let (x, y) = (r[2 * (i / 2)], r[2 * (i / 2) + 1]);
+                    if i % 2 == 0 { _mm256_unpacklo_epi32(x, y) } else { _mm256_unpackhi_epi32(x, y) }
+                });
+                // quads of columns: u[4h + k] holds groups k and k + 4 of
+                // columns 4h..4h + 4
+                let u: [__m256i; 8] = core::array::from_fn(|i| {
+                    let (h, k) = (i / 4, i % 4);
+                    let (x, y) = (t[4 * h + k / 2], t[4 * h + 2 + k / 2]);
+                    if k % 2 == 0 { _mm256_unpacklo_epi64(x, y) } else { _mm256_unpackhi_epi64(x, y) }
+                });
+                core::array::from_fn(|g| {
+                    let (x, y) = (u[g % 4], u[4 + g % 4]);
+                    if g < 4 {
+                        _mm256_permute2x128_si256::<0x20>(x, y)
+                    } else {
+                        _mm256_permute2x128_si256::<0x31>(x, y)
+                    }
+                })
             }
 
             std::thread_local! {
@@ -812,8 +853,11 @@ macro_rules! kquant_kernels {
                 bpr: usize,
                 out: &mut [f32],
             ) {
-                let acts: Vec<KAct> = a.iter().map(W::act).collect();
-                if a.len() / bpr < 8 {
+                // the columns past the last whole group of 8 (all of them
+                // when fewer than 8): those take their activations from here
+                let grouped = a.len() / bpr / 8 * 8;
+                let acts: Vec<KAct> = a[grouped * bpr..].iter().map(W::act).collect();
+                if grouped == 0 {
                     // SAFETY: forwarded from the caller.
                     return unsafe { x16_panels::<W>(p, rows, a, &acts, bpr, out, &mut Vec::new()) };
                 }
@@ -826,9 +870,11 @@ macro_rules! kquant_kernels {
                 })
             }
 
-            /// [`x16_k`] with `acts`, `a`'s [`KRecord::act`], and `a8` to
+            /// [`x16_k`] with `acts`, the [`KRecord::act`] of the blocks of
+            /// `a`'s columns past the last whole group of 8, and `a8` to
             /// hold the [`Act8`]s of every whole group of 8 columns, made
-            /// once. Panels go two at a time (an odd last one alone): per
+            /// once, block-major (`a8[b * groups + grp]`), so each block's
+            /// groups are read in order. Panels go two at a time (an odd last one alone): per
             /// block both records are unpacked once, each group of 8
             /// columns takes its `Act8` against both ([`cols_step8`]),
             /// the rest go 4, 2 and 1 at a time per panel; one column
@@ -849,12 +895,16 @@ macro_rules! kquant_kernels {
             ) {
                 let cols = a.len() / bpr;
                 let groups = cols / 8;
-                a8.clear();
-                for grp in 0..groups {
-                    for b in 0..bpr {
-                        a8.push(Act8::new(a, acts, bpr, 8 * grp, b));
+                if a8.len() < groups * bpr {
+                    a8.resize(groups * bpr, Act8::ZERO);
+                }
+                for b in 0..bpr {
+                    for grp in 0..groups {
+                        // SAFETY: the tier's features (the caller's).
+                        unsafe { a8[b * groups + grp].fill::<W>(a, bpr, 8 * grp, b) };
                     }
                 }
+                let tail = &a[8 * groups * bpr..];
                 let mut codes = [_mm512_setzero_si512(); 64];
                 let mut s = Scales {
                     scale: [_mm512_setzero_ps(); 16],
@@ -907,9 +957,9 @@ macro_rules! kquant_kernels {
                             }
                         }
                         for grp in 0..groups {
-                            // SAFETY: grp * bpr + b < a8.len(); columns 8 grp.. + 8 <= cols.
+                            // SAFETY: b * groups + grp < a8.len(); columns 8 grp.. + 8 <= cols.
                             unsafe {
-                                let a8 = a8.get_unchecked(grp * bpr + b);
+                                let a8 = a8.get_unchecked(b * groups + grp);
                                 let cs = 8 * grp..8 * grp + 8;
                                 if pair {
                                     cols_step8::<W, 2>(
@@ -931,19 +981,21 @@ macro_rules! kquant_kernels {
                             .into_iter()
                             .take(1 + pair as usize)
                         {
-                            let mut c0 = 8 * groups;
-                            // SAFETY: each call reads columns c0..c0 + NC < cols.
+                            // the tail's columns, from its own column 0
+                            let (n, acc) = (cols - 8 * groups, &mut acc[8 * groups..]);
+                            let mut c0 = 0;
+                            // SAFETY: each call reads tail columns c0..c0 + NC <= n.
                             unsafe {
-                                if c0 + 4 <= cols {
-                                    cols_step::<W, 4>(codes, s, a, acts, bpr, b, c0, acc);
+                                if c0 + 4 <= n {
+                                    cols_step::<W, 4>(codes, s, tail, acts, bpr, b, c0, acc);
                                     c0 += 4;
                                 }
-                                if c0 + 2 <= cols {
-                                    cols_step::<W, 2>(codes, s, a, acts, bpr, b, c0, acc);
+                                if c0 + 2 <= n {
+                                    cols_step::<W, 2>(codes, s, tail, acts, bpr, b, c0, acc);
                                     c0 += 2;
                                 }
-                                if c0 < cols {
-                                    cols_step::<W, 1>(codes, s, a, acts, bpr, b, c0, acc);
+                                if c0 < n {
+                                    cols_step::<W, 1>(codes, s, tail, acts, bpr, b, c0, acc);
                                 }
                             }
                         }
