@@ -909,11 +909,11 @@ macro_rules! kquant_kernels {
             /// `a`'s columns past the last whole group of 8, and `a8` to
             /// hold the [`Act8`]s of every whole group of 8 columns, made
             /// once, block-major (`a8[b * groups + grp]`), so each block's
-            /// groups are read in order. Panels go two at a time (an odd last one alone): per
-            /// block both records are unpacked once, each group of 8
-            /// columns takes its `Act8` against both ([`cols_step8`]),
-            /// the rest go 4, 2 and 1 at a time per panel; one column
-            /// (decode) takes the fused path.
+            /// groups are read in order. Panels go two at a time (an odd
+            /// last one alone): per block both records are unpacked once,
+            /// each group of 8 columns takes its `Act8` against both
+            /// ([`cols_step8`]), the rest go 4, 2 and 1 at a time per
+            /// panel; one column (decode) takes the fused path.
             ///
             /// # Safety
             /// As [`x16_k`].
