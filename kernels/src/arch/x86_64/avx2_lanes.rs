@@ -265,10 +265,11 @@ unsafe fn fill<W: Lanes>(p: &mut Panel, w: &[W], nr: usize, bpr: usize) {
 }
 
 /// Eight vectors of eight 32-bit words, transposed: word `i` of vector `r`
-/// becomes word `r` of vector `i`.
+/// becomes word `r` of vector `i`. Also the k-quant x16 kernels' `Act8`
+/// copies (`kquant_x16.rs`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn transpose(r: [__m256i; LANES]) -> [__m256i; LANES] {
+pub(super) fn transpose(r: [__m256i; LANES]) -> [__m256i; LANES] {
     // words (0, 1) of row pairs, then (0..4) of row quads, per 128-bit half
     let t0 = _mm256_unpacklo_epi32(r[0], r[1]);
     let t1 = _mm256_unpackhi_epi32(r[0], r[1]);

@@ -48,6 +48,7 @@
 macro_rules! kquant_kernels {
     ($features:literal, $dot4:path) => {
         mod kquant {
+            use super::super::avx2_lanes::transpose;
             use super::super::avx512::panel_mask;
             use crate::quant::blocks::{BlockQ4K, BlockQ5K, BlockQ6K, BlockQ8K};
             use crate::quant::x16::{self, shape_ok, X16Block};
@@ -182,7 +183,7 @@ macro_rules! kquant_kernels {
                         let r: [__m256i; 8] = core::array::from_fn(|c| unsafe {
                             _mm256_loadu_si256(ys[c].qs.as_ptr().add(32 * t).cast())
                         });
-                        for (g, o) in transpose8x8(r).into_iter().enumerate() {
+                        for (g, o) in transpose(r).into_iter().enumerate() {
                             // SAFETY: row 8t + g < 64 holds 8 i32s, 32 bytes.
                             unsafe { _mm256_storeu_si256(self.qs[8 * t + g].as_mut_ptr().cast(), o) };
                         }
@@ -198,32 +199,6 @@ macro_rules! kquant_kernels {
                         self.d[c] = ka.d;
                     }
                 }
-            }
-
-            /// `o[g][c] = r[c][g]` for 8 vectors of 8 i32s.
-            #[inline]
-            #[target_feature(enable = $features)]
-            fn transpose8x8(r: [__m256i; 8]) -> [__m256i; 8] {
-                // pairs of columns, 2 lanes of 4 groups each
-                let t: [__m256i; 8] = core::array::from_fn(|i| {
-                    let (x, y) = (r[2 * (i / 2)], r[2 * (i / 2) + 1]);
-                    if i % 2 == 0 { _mm256_unpacklo_epi32(x, y) } else { _mm256_unpackhi_epi32(x, y) }
-                });
-                // quads of columns: u[4h + k] holds groups k and k + 4 of
-                // columns 4h..4h + 4
-                let u: [__m256i; 8] = core::array::from_fn(|i| {
-                    let (h, k) = (i / 4, i % 4);
-                    let (x, y) = (t[4 * h + k / 2], t[4 * h + 2 + k / 2]);
-                    if k % 2 == 0 { _mm256_unpacklo_epi64(x, y) } else { _mm256_unpackhi_epi64(x, y) }
-                });
-                core::array::from_fn(|g| {
-                    let (x, y) = (u[g % 4], u[4 + g % 4]);
-                    if g < 4 {
-                        _mm256_permute2x128_si256::<0x20>(x, y)
-                    } else {
-                        _mm256_permute2x128_si256::<0x31>(x, y)
-                    }
-                })
             }
 
             std::thread_local! {
