@@ -25,6 +25,7 @@ pub use packed_cache::{user_cache_dir, PackedCache, PackedCacheStatus};
 use crate::backend::{Backend, LogitsFor};
 use crate::error::{Error, Result};
 use crate::kv_cache::{KvCache, KvTypes};
+use rayon::prelude::*;
 use sotto_kernels::dispatch::KernelTable;
 use sotto_kernels::ops::{self, AttentionParams, PackedMatrix, QMatrix, RopeCache};
 use sotto_models::lora::{LoraAdapter, LoraTarget};
@@ -204,9 +205,18 @@ fn add_bias(w: &Linear, out: &mut [f32]) {
 
 /// `x += scale · y` (scale 1 when absent).
 fn add_residual(x: &mut [f32], y: &[f32], scale: Option<f32>) {
-    match scale {
-        None => x.iter_mut().zip(y).for_each(|(a, b)| *a += b),
-        Some(s) => x.iter_mut().zip(y).for_each(|(a, b)| *a += s * b),
+    let add = |(xs, ys): (&mut [f32], &[f32])| match scale {
+        None => xs.iter_mut().zip(ys).for_each(|(a, b)| *a += b),
+        Some(s) => xs.iter_mut().zip(ys).for_each(|(a, b)| *a += s * b),
+    };
+    if x.len() >= ops::PARALLEL_MIN {
+        // a prompt's rows, in pieces of whole cache lines across the pool
+        const PIECE: usize = 1 << 12;
+        x.par_chunks_mut(PIECE)
+            .zip(y.par_chunks(PIECE))
+            .for_each(add);
+    } else {
+        add((x, y));
     }
 }
 
@@ -510,21 +520,22 @@ impl CpuBackend {
             }
             let rope =
                 self.ropes[self.layer_rope[li]].for_capacity(w, s.n_rot, cache.capacity())?;
-            for t in 0..n {
-                rope.apply(
-                    &mut q[t * qd..(t + 1) * qd],
-                    s.n_head,
-                    hd,
-                    pos0 + t,
-                    s.rope_style,
-                )?;
-                rope.apply(
-                    &mut k[t * kvd..(t + 1) * kvd],
-                    s.n_kv_head,
-                    hd,
-                    pos0 + t,
-                    s.rope_style,
-                )?;
+            let rotate = |(t, (qt, kt)): (usize, (&mut [f32], &mut [f32]))| -> Result<()> {
+                rope.apply(qt, s.n_head, hd, pos0 + t, s.rope_style)?;
+                rope.apply(kt, s.n_kv_head, hd, pos0 + t, s.rope_style)?;
+                Ok(())
+            };
+            let (qs, ks) = (&mut q[..n * qd], &mut k[..n * kvd]);
+            if qs.len() >= ops::PARALLEL_MIN {
+                qs.par_chunks_mut(qd)
+                    .zip(ks.par_chunks_mut(kvd))
+                    .enumerate()
+                    .try_for_each(rotate)?;
+            } else {
+                qs.chunks_mut(qd)
+                    .zip(ks.chunks_mut(kvd))
+                    .enumerate()
+                    .try_for_each(rotate)?;
             }
             cache.write(li, pos0, &k, &v)?;
             let layer = cache.layer(li);

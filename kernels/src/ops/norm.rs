@@ -1,7 +1,9 @@
 //! RMSNorm as ggml computes it: mean of squares (accumulated in f64), eps
 //! inside the square root, then the elementwise weight.
 
+use super::PARALLEL_MIN;
 use crate::{Error, Result};
+use rayon::prelude::*;
 
 fn check(op: &'static str, len: usize, dim: usize) -> Result<()> {
     if dim == 0 || !len.is_multiple_of(dim) {
@@ -15,7 +17,8 @@ fn check(op: &'static str, len: usize, dim: usize) -> Result<()> {
 
 /// Partial sums of the mean of squares: independent chains, so the sum
 /// runs at the adders' throughput rather than one f64 add latency per
-/// element (the norms run on one thread between the parallel products).
+/// element (a decoded token's norm runs on one thread between the
+/// parallel products).
 const LANES: usize = 8;
 
 #[inline]
@@ -45,14 +48,19 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<
             got: out.len(),
         });
     }
-    for (xr, or) in x
-        .chunks_exact(weight.len())
-        .zip(out.chunks_exact_mut(weight.len()))
-    {
+    let row = |(xr, or): (&[f32], &mut [f32])| {
         let s = inv_rms(xr, eps);
         for ((o, &v), &w) in or.iter_mut().zip(xr).zip(weight) {
             *o = v * s * w;
         }
+    };
+    let d = weight.len();
+    if x.len() >= PARALLEL_MIN && x.len() > d {
+        x.par_chunks_exact(d)
+            .zip(out.par_chunks_exact_mut(d))
+            .for_each(row);
+    } else {
+        x.chunks_exact(d).zip(out.chunks_exact_mut(d)).for_each(row);
     }
     Ok(())
 }
@@ -60,11 +68,17 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) -> Result<
 /// [`rms_norm`] writing back into `x`.
 pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) -> Result<()> {
     check("rms_norm_in_place", x.len(), weight.len())?;
-    for xr in x.chunks_exact_mut(weight.len()) {
+    let row = |xr: &mut [f32]| {
         let s = inv_rms(xr, eps);
         for (v, &w) in xr.iter_mut().zip(weight) {
             *v = *v * s * w;
         }
+    };
+    let d = weight.len();
+    if x.len() >= PARALLEL_MIN && x.len() > d {
+        x.par_chunks_exact_mut(d).for_each(row);
+    } else {
+        x.chunks_exact_mut(d).for_each(row);
     }
     Ok(())
 }
