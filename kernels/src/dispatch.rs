@@ -174,9 +174,12 @@ pub type GluFn = fn(gate: &mut [f32], up: &[f32]);
 pub type GemmFn<W, A> = fn(w: &[W], a: &[A], bpr: usize, out: &mut [f32]);
 /// The gemm over weights repacked at load time into the x16 panels of
 /// `quant::x16` (crate-private): `packed` holds `rows` rows (whole panels) of `bpr`
-/// blocks, `a` holds `cols` columns; `out[c * rows + r] = w[r] · a[c]`.
+/// blocks, `a` holds `cols` columns; `out[c][r] = w[r] · a[c]`, each of
+/// the first `cols` outputs at least `rows` long. Column by column, so a
+/// band of rows writes straight into the token-major outputs of a prefill
+/// (`out[c]` a piece of token `c`'s row) with no copy through a buffer.
 /// `quant::x16::gemm_ref` is the reference.
-pub type X16GemmFn<A> = fn(packed: &[u8], rows: usize, a: &[A], bpr: usize, out: &mut [f32]);
+pub type X16GemmFn<A> = fn(packed: &[u8], rows: usize, a: &[A], bpr: usize, out: &mut [&mut [f32]]);
 
 /// What a table without a [`GemmFn`] for a type does: one `dot` per output,
 /// weight row outer so the row stays hot in L1 across the columns. Also the
@@ -1092,14 +1095,27 @@ mod tests {
             let (wf, xf, w, a) = gemm_operands::<W>(shape, 5);
             let mut p = vec![0u8; x16::packed_bytes::<W>(rows, bpr).unwrap()];
             x16::pack(&w, bpr, &mut p);
-            let mut got = vec![f32::NAN; rows * cols];
+            // each column a piece of a longer row (as a prefill band's
+            // are), the rest of which the kernel must leave alone
+            const PAST: usize = 3;
+            let mut wide = vec![f32::NAN; (rows + PAST) * cols];
+            let mut pieces: Vec<&mut [f32]> = wide.chunks_exact_mut(rows + PAST).collect();
+            kernel(&p, rows, &a, bpr, &mut pieces);
+            let what = format!("{isa} {} x16 {rows}x{cols}x{bpr}", W::DTYPE);
+            let mut got = Vec::with_capacity(rows * cols);
+            for col in wide.chunks_exact(rows + PAST) {
+                got.extend_from_slice(&col[..rows]);
+                assert!(
+                    col[rows..].iter().all(|x| x.is_nan()),
+                    "{what}: wrote past a column"
+                );
+            }
             let mut want = vec![0f32; rows * cols];
-            kernel(&p, rows, &a, bpr, &mut got);
             gemm_by_dots(W::vec_dot_ref, &w, &a, bpr, &mut want);
             let mut via_ref = vec![f32::NAN; rows * cols];
-            x16::gemm_ref(W::vec_dot_ref, &p, rows, &a, bpr, &mut via_ref);
+            let mut ref_cols: Vec<&mut [f32]> = via_ref.chunks_exact_mut(rows).collect();
+            x16::gemm_ref(W::vec_dot_ref, &p, rows, &a, bpr, &mut ref_cols);
             assert_eq!(via_ref, want, "x16::gemm_ref {}", W::DTYPE);
-            let what = format!("{isa} {} x16 {rows}x{cols}x{bpr}", W::DTYPE);
             products_close(&got, &want, (&wf, &xf), rows, bpr * W::ELEMS, &what);
         }
     }
@@ -1163,11 +1179,11 @@ mod tests {
             let mut p = vec![0u8; x16::packed_bytes::<W>(rows, bpr).unwrap()];
             x16::pack(&w, bpr, &mut p);
             let mut all = vec![f32::NAN; rows * cols];
-            kernel(&p, rows, &a, bpr, &mut all);
+            x16::run_into(kernel, &p, rows, &a, bpr, &mut all);
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             for (c, (col, want)) in a.chunks_exact(bpr).zip(all.chunks_exact(rows)).enumerate() {
                 let mut one = vec![f32::NAN; rows];
-                kernel(&p, rows, col, bpr, &mut one);
+                x16::run_into(kernel, &p, rows, col, bpr, &mut one);
                 assert_eq!(
                     bits(&one),
                     bits(want),

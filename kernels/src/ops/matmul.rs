@@ -228,12 +228,34 @@ fn run<W: WeightBlock>(table: &KernelTable, w: &[W], x: &[f32], s: Shape, out: &
         bands(s, act_bytes::<W>(bpr), out, |r0, nr, c, o| {
             let wr = &w[r0 * bpr..(r0 + nr) * bpr];
             let a = &acts[c.start * bpr..c.end * bpr];
-            match row.gemm {
+            let gemm = |o: &mut [f32]| match row.gemm {
                 Some(g) => g(wr, a, bpr, o),
                 None => dispatch::gemm_by_dots(row.dot, wr, a, bpr, o),
+            };
+            // the file-layout gemms write `[cols][nr]` contiguous: many
+            // columns go through a buffer of the thread's
+            if let [one] = o {
+                return gemm(one);
             }
+            let through = |o: &mut [&mut [f32]], buf: &mut Vec<f32>| {
+                buf.resize(nr * o.len(), 0.0);
+                gemm(buf);
+                for (d, src) in o.iter_mut().zip(buf.chunks_exact(nr.max(1))) {
+                    d.copy_from_slice(src);
+                }
+            };
+            GEMM_OUT.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut buf) => through(o, &mut buf),
+                // not reached (a kernel starts no other product), but never a panic
+                Err(_) => through(o, &mut Vec::new()),
+            })
         })
     });
+}
+
+std::thread_local! {
+    /// A pool thread's outputs of a file-layout gemm, kept between products.
+    static GEMM_OUT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// The activation bytes of one token of `bpr` blocks of `W`'s type.
@@ -243,23 +265,25 @@ fn act_bytes<W: WeightBlock>(bpr: usize) -> usize {
 
 /// Splits the output rows into bands of [`rows_per_task`] (whole 16-row
 /// panels) across the pool and calls `kernel(r0, nr, tokens, band_out)`
-/// for each, where `band_out[c * nr + r]` is row `r0 + r` against token
-/// `tokens.start + c`:
+/// for each, where `band_out[c][r]` is row `r0 + r` against token
+/// `tokens.start + c`, in place in `out`:
 ///
-/// * decode (one token): a band's outputs are a contiguous slice of `out`;
+/// * decode (one token): a band's outputs are one contiguous slice;
 /// * prefill: see [`prefill_bands`]; `act_bytes` is a token's quantized
 ///   activations.
 fn bands(
     s: Shape,
     act_bytes: usize,
     out: &mut [f32],
-    kernel: impl Fn(usize, usize, Range<usize>, &mut [f32]) + Sync,
+    kernel: impl Fn(usize, usize, Range<usize>, &mut [&mut [f32]]) + Sync,
 ) {
     let chunk = rows_per_task(s.rows, s.n_tokens);
     if s.n_tokens == 1 {
-        out.par_chunks_mut(chunk).enumerate().for_each(|(ci, oc)| {
-            kernel(ci * chunk, oc.len(), 0..1, oc);
-        });
+        out.par_chunks_mut(chunk)
+            .enumerate()
+            .for_each(|(ci, mut oc)| {
+                kernel(ci * chunk, oc.len(), 0..1, std::slice::from_mut(&mut oc));
+            });
         return;
     }
     let mut tasks = Vec::new();
@@ -304,62 +328,38 @@ fn split_bands<'o>(
 /// Prefill bands in one parallel region (a product is one
 /// synchronization of the pool, not two). Each task runs its band against
 /// the `n` tokens a [`token_block`] at a time, `kernel(m, r0, nr, tokens,
-/// band_out)`, into a buffer of its thread's (`band_out[c * nr + r]`),
-/// and copies that into the token-major outputs itself (a tenth of the
-/// work of the product). The blocks keep a band's quantized activations
-/// (`act_bytes` a token) and outputs in L2 while every panel of the band
-/// reads them: over all 512 tokens of a prompt, a Llama-3.2-1B down
-/// projection's activations alone outgrew L2 and were streamed from L3
-/// for every panel.
+/// band_out)`, where `band_out[c]` is the band's piece of token
+/// `tokens.start + c`'s output row: the kernels write the token-major
+/// outputs in place. (They wrote a buffer of the thread's, copied out
+/// after each block: 3 % of a Llama-3.2-1B-shaped prefill's samples, and
+/// the buffer took L2 from the activation blocks.) The blocks keep a
+/// band's quantized activations (`act_bytes` a token) in L2 while every
+/// panel of the band reads them: over all 512 tokens of a prompt, a
+/// Llama-3.2-1B down projection's activations alone outgrew L2 and were
+/// streamed from L3 for every panel.
 fn prefill_bands(
     n: usize,
     act_bytes: usize,
     tasks: Vec<Band<'_>>,
-    kernel: impl Fn(usize, usize, usize, Range<usize>, &mut [f32]) + Sync,
+    kernel: impl Fn(usize, usize, usize, Range<usize>, &mut [&mut [f32]]) + Sync,
 ) {
+    let step = token_block(n, act_bytes, block_bytes());
     tasks.into_par_iter().for_each(|mut band| {
         let nr = band.dst.first().map_or(0, |d| d.len());
-        let step = token_block(n, act_bytes, nr, block_bytes());
-        let mut run = |buf: &mut Vec<f32>| {
-            if buf.len() < nr * step {
-                buf.resize(nr * step, 0.0);
-            }
-            for (bi, dst) in band.dst.chunks_mut(step).enumerate() {
-                let c0 = bi * step;
-                let o = &mut buf[..nr * dst.len()];
-                if cfg!(debug_assertions) {
-                    // the buffer holds the last block's outputs: an output
-                    // a kernel left unwritten shows up in tests as NaN
-                    o.fill(f32::NAN);
-                }
-                kernel(band.m, band.r0, nr, c0..c0 + dst.len(), o);
-                for (d, src) in dst.iter_mut().zip(o.chunks(nr.max(1))) {
-                    d.copy_from_slice(src);
-                }
-            }
-        };
-        BAND_OUT.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut buf) => run(&mut buf),
-            // not reached (a kernel starts no other product), but never a panic
-            Err(_) => run(&mut Vec::new()),
-        });
+        for (bi, dst) in band.dst.chunks_mut(step).enumerate() {
+            let c0 = bi * step;
+            kernel(band.m, band.r0, nr, c0..c0 + dst.len(), dst);
+        }
     });
 }
 
-std::thread_local! {
-    /// A pool thread's prefill band outputs, kept between products.
-    static BAND_OUT: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
-}
-
 /// Tokens per block of [`prefill_bands`]: as many as keep a block's
-/// activations (`act_bytes` a token) and its band's outputs (`nr` floats
-/// a token) within `budget` bytes, in whole groups of 8 (the k-quant
-/// kernels take columns 8 at a time; at least one group), and the `n`
-/// tokens cut into as few blocks as that allows, of sizes as alike as
-/// whole groups allow.
-fn token_block(n: usize, act_bytes: usize, nr: usize, budget: usize) -> usize {
-    let per_token = act_bytes + nr * std::mem::size_of::<f32>();
-    let fit = (budget / per_token.max(1)) / 8 * 8;
+/// activations (`act_bytes` a token) within `budget` bytes, in whole
+/// groups of 8 (the k-quant kernels take columns 8 at a time; at least one
+/// group), and the `n` tokens cut into as few blocks as that allows, of
+/// sizes as alike as whole groups allow.
+fn token_block(n: usize, act_bytes: usize, budget: usize) -> usize {
+    let fit = (budget / act_bytes.max(1)) / 8 * 8;
     if fit >= n {
         return n.max(1);
     }
@@ -658,9 +658,9 @@ fn group<W: WeightBlock>(
                     tasks.push((w.bytes(), ci * chunk, o));
                 }
             }
-            tasks
-                .into_par_iter()
-                .for_each(|(p, r0, o)| x16_band(p, r0, o.len(), bpr, a, row, o));
+            tasks.into_par_iter().for_each(|(p, r0, mut o)| {
+                x16_band(p, r0, o.len(), bpr, a, row, std::slice::from_mut(&mut o))
+            });
             return;
         }
         let mut tasks = Vec::new();
@@ -691,7 +691,7 @@ fn x16_band<W: WeightBlock>(
     bpr: usize,
     a: &[W::Act],
     row: &WeightRow<W>,
-    o: &mut [f32],
+    o: &mut [&mut [f32]],
 ) {
     let panels = &p[r0 / x16::PANEL_ROWS * bpr * W::RECORD..]
         [..nr.div_ceil(x16::PANEL_ROWS) * bpr * W::RECORD];
@@ -983,25 +983,25 @@ mod tests {
     #[test]
     fn token_blocks_fit_the_budget() {
         const MIB: usize = 1 << 20;
-        assert_eq!(token_block(5, 100, 16, MIB), 5);
-        assert_eq!(token_block(0, 100, 16, MIB), 1);
+        assert_eq!(token_block(5, 100, MIB), 5);
+        assert_eq!(token_block(0, 100, MIB), 1);
         // a token alone over the budget: one group of 8 at a time
-        assert_eq!(token_block(1000, MIB, 1024, MIB), 8);
-        // the 1B shape's down projection (Q8_K of 8192, 512-row bands)
-        assert_eq!(token_block(512, 9344, 512, MIB), 88);
+        assert_eq!(token_block(1000, MIB + 1, MIB), 8);
+        // the 1B shape's down projection (Q8_K of 8192) in 512 KiB
+        assert_eq!(token_block(512, 9344, MIB / 2), 56);
         for n in [9usize, 21, 128, 512, 513, 2048] {
-            for (act, nr) in [(2336usize, 1024usize), (9344, 512), (576, 96), (100, 16)] {
+            for act in [2336usize, 9344, 576, 100] {
                 for budget in [4 << 10, MIB] {
-                    let step = token_block(n, act, nr, budget);
-                    let case = format!("n={n} act={act} nr={nr} budget={budget}: {step}");
+                    let step = token_block(n, act, budget);
+                    let case = format!("n={n} act={act} budget={budget}: {step}");
                     if step >= n {
-                        assert!(step == n && n * (act + 4 * nr) <= budget, "{case}");
+                        assert!(step == n && n * act <= budget, "{case}");
                         continue;
                     }
                     assert!(step.is_multiple_of(8) && step > 0, "{case}");
-                    assert!(step == 8 || step * (act + 4 * nr) <= budget, "{case}");
+                    assert!(step == 8 || step * act <= budget, "{case}");
                     // as few blocks as the budget allows
-                    let fit = (budget / (act + 4 * nr) / 8 * 8).max(8);
+                    let fit = (budget / act / 8 * 8).max(8);
                     assert_eq!(n.div_ceil(step), n.div_ceil(fit), "{case}");
                 }
             }

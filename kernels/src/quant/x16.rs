@@ -138,21 +138,39 @@ pub fn packed_bytes<B: X16Block>(rows: usize, bpr: usize) -> Option<usize> {
 }
 
 /// The shape checks every SIMD x16 wrapper makes before its kernel: whole
-/// columns, an output that holds them all, and `packed` holding exactly the
-/// panels of `rows` rows of `bpr` blocks.
+/// columns, an output of at least `rows` for each of them, and `packed`
+/// holding exactly the panels of `rows` rows of `bpr` blocks.
 pub(crate) fn shape_ok<W: X16Block, A>(
     packed: &[u8],
     rows: usize,
     a: &[A],
     bpr: usize,
-    out: &[f32],
+    out: &[&mut [f32]],
 ) -> bool {
     bpr > 0
         && a.len().is_multiple_of(bpr)
         && packed_bytes::<W>(rows, bpr) == Some(packed.len())
-        && rows
-            .checked_mul(a.len() / bpr)
-            .is_some_and(|n| n <= out.len())
+        && out
+            .get(..a.len() / bpr)
+            .is_some_and(|o| o.iter().all(|c| c.len() >= rows))
+}
+
+/// Runs the x16 gemm `kernel` into `out`, contiguous: `out[c * rows + r]`
+/// (`out.len() >= rows * cols`; a `rows` of 0 writes nothing). For tests.
+#[cfg(test)]
+pub(crate) fn run_into<A>(
+    kernel: X16GemmFn<A>,
+    packed: &[u8],
+    rows: usize,
+    a: &[A],
+    bpr: usize,
+    out: &mut [f32],
+) {
+    if rows == 0 {
+        return;
+    }
+    let mut cols: Vec<&mut [f32]> = out.chunks_exact_mut(rows).collect();
+    kernel(packed, rows, a, bpr, &mut cols);
 }
 
 /// `(block range, record range)` of every piece of row `lane` in a record:
@@ -224,7 +242,7 @@ pub fn gemm_ref<B: X16Block, A>(
     rows: usize,
     a: &[A],
     bpr: usize,
-    out: &mut [f32],
+    out: &mut [&mut [f32]],
 ) {
     if bpr == 0 {
         return;
@@ -234,8 +252,8 @@ pub fn gemm_ref<B: X16Block, A>(
         for (b, blk) in row.iter_mut().enumerate() {
             *blk = unpack_block(packed, bpr, r, b);
         }
-        for (c, ac) in a.chunks_exact(bpr).enumerate() {
-            if let Some(o) = out.get_mut(c * rows + r) {
+        for (ac, oc) in a.chunks_exact(bpr).zip(out.iter_mut()) {
+            if let Some(o) = oc.get_mut(r) {
                 *o = dot(&row, ac);
             }
         }
@@ -259,15 +277,17 @@ pub fn gemm_by_panels<B: X16Block>(
     }
     let (rows, cols) = (w.len() / bpr, a.len() / bpr);
     let mut panel = vec![0u8; bpr * B::RECORD];
-    let mut part = vec![0f32; PANEL_ROWS * cols];
     for (pi, chunk) in w.chunks(PANEL_ROWS * bpr).enumerate() {
         let nr = chunk.len() / bpr;
         pack(chunk, bpr, &mut panel);
-        kernel(&panel, nr, a, bpr, &mut part[..nr * cols]);
-        for (c, src) in part[..nr * cols].chunks_exact(nr).enumerate() {
-            let r0 = c * rows + pi * PANEL_ROWS;
-            out[r0..r0 + nr].copy_from_slice(src);
-        }
+        let r0 = pi * PANEL_ROWS;
+        // the panel's rows of every column, written in place
+        let mut part: Vec<&mut [f32]> = out
+            .chunks_exact_mut(rows)
+            .take(cols)
+            .map(|c| &mut c[r0..r0 + nr])
+            .collect();
+        kernel(&panel, nr, a, bpr, &mut part);
     }
 }
 

@@ -77,7 +77,13 @@ unsafe fn dot_kernel<W: WeightCodes>(w: &[W], a: &[W::Act]) -> f32 {
 // the panels of `rows` rows, an output that holds every column) and take the
 // reference path if it does not hold, so the kernel can index unchecked.
 
-pub(super) fn q4_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+pub(super) fn q4_0_q8_0_x16(
+    p: &[u8],
+    rows: usize,
+    a: &[BlockQ8_0],
+    bpr: usize,
+    out: &mut [&mut [f32]],
+) {
     if !x16_shape_ok::<BlockQ4_0, _>(p, rows, a, bpr, out) {
         return x16::gemm_ref::<BlockQ4_0, _>(dot, p, rows, a, bpr, out);
     }
@@ -86,7 +92,13 @@ pub(super) fn q4_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, 
     unsafe { x16_k::<BlockQ4_0, BlockQ8_0>(p, rows, a, bpr, out) }
 }
 
-pub(super) fn q4_1_q8_1_x16(p: &[u8], rows: usize, a: &[BlockQ8_1], bpr: usize, out: &mut [f32]) {
+pub(super) fn q4_1_q8_1_x16(
+    p: &[u8],
+    rows: usize,
+    a: &[BlockQ8_1],
+    bpr: usize,
+    out: &mut [&mut [f32]],
+) {
     if !x16_shape_ok::<BlockQ4_1, _>(p, rows, a, bpr, out) {
         return x16::gemm_ref::<BlockQ4_1, _>(dot, p, rows, a, bpr, out);
     }
@@ -94,7 +106,13 @@ pub(super) fn q4_1_q8_1_x16(p: &[u8], rows: usize, a: &[BlockQ8_1], bpr: usize, 
     unsafe { x16_k::<BlockQ4_1, BlockQ8_1>(p, rows, a, bpr, out) }
 }
 
-pub(super) fn q8_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+pub(super) fn q8_0_q8_0_x16(
+    p: &[u8],
+    rows: usize,
+    a: &[BlockQ8_0],
+    bpr: usize,
+    out: &mut [&mut [f32]],
+) {
     if !x16_shape_ok::<BlockQ8_0, _>(p, rows, a, bpr, out) {
         return x16::gemm_ref::<BlockQ8_0, _>(dot, p, rows, a, bpr, out);
     }
@@ -255,7 +273,7 @@ unsafe fn x16_k<W: X16Block, A: Q8Act>(
     rows: usize,
     a: &[A],
     bpr: usize,
-    out: &mut [f32],
+    out: &mut [&mut [f32]],
 ) {
     let cols = a.len() / bpr;
     // sdot takes Q4_0's 0..16 codes as they are; each block's integer sum
@@ -273,7 +291,7 @@ unsafe fn x16_k<W: X16Block, A: Q8Act>(
             r0,
         };
         // SAFETY: every call reads columns c0..c0 + NC < cols and the 4-row
-        // groups g0..g0 + RG <= 4 of the panel; out holds rows * cols.
+        // groups g0..g0 + RG <= 4 of the panel; out holds rows for each column.
         unsafe {
             if cols == 1 {
                 // decode: all 16 rows at once, two partial sums per group
@@ -315,7 +333,7 @@ unsafe fn x16_cols<W: X16Block, A: Q8Act, const RG: usize, const NC: usize, cons
     k: &X16Panel<'_, A>,
     c0: usize,
     g0: usize,
-    out: &mut [f32],
+    out: &mut [&mut [f32]],
 ) {
     let min = W::PLANES == 2;
     let mut acc = [[vdupq_n_f32(0.0); RG]; NC];
@@ -388,16 +406,17 @@ unsafe fn x16_cols<W: X16Block, A: Q8Act, const RG: usize, const NC: usize, cons
                 continue; // padding rows of the last panel
             }
             let n = (k.rows - r).min(4);
-            let at = (c0 + c) * k.rows + r;
+            // SAFETY: column c0 + c < cols exists in out (shape checked).
+            let col = unsafe { out.get_unchecked_mut(c0 + c) };
             if n == 4 {
-                // SAFETY: at + 4 <= (c0 + c + 1) * rows <= out.len().
-                unsafe { vst1q_f32(out.as_mut_ptr().add(at), *v) };
+                // SAFETY: r + 4 <= rows <= col.len().
+                unsafe { vst1q_f32(col.as_mut_ptr().add(r), *v) };
             } else {
                 let mut lanes = [0.0f32; 4];
                 // SAFETY: four floats in bounds of `lanes`.
                 unsafe { vst1q_f32(lanes.as_mut_ptr(), *v) };
-                // SAFETY: at + n <= (c0 + c + 1) * rows <= out.len().
-                unsafe { out.get_unchecked_mut(at..at + n) }.copy_from_slice(&lanes[..n]);
+                // SAFETY: r + n <= rows <= col.len().
+                unsafe { col.get_unchecked_mut(r..r + n) }.copy_from_slice(&lanes[..n]);
             }
         }
     }

@@ -172,7 +172,7 @@ fn gemm<W: WeightCodes>(w: &[W], a: &[W::Act], bpr: usize, out: &mut [f32]) {
 // takes the reference path), every other call to `smmla`, one column
 // included.
 
-fn q4_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+fn q4_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [&mut [f32]]) {
     if !x16_shape_ok::<BlockQ4_0, _>(p, rows, a, bpr, out) {
         return dotprod::q4_0_q8_0_x16(p, rows, a, bpr, out);
     }
@@ -181,7 +181,7 @@ fn q4_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [
     unsafe { x16_k::<BlockQ4_0, BlockQ8_0>(p, rows, a, bpr, out) }
 }
 
-fn q4_1_q8_1_x16(p: &[u8], rows: usize, a: &[BlockQ8_1], bpr: usize, out: &mut [f32]) {
+fn q4_1_q8_1_x16(p: &[u8], rows: usize, a: &[BlockQ8_1], bpr: usize, out: &mut [&mut [f32]]) {
     if !x16_shape_ok::<BlockQ4_1, _>(p, rows, a, bpr, out) {
         return dotprod::q4_1_q8_1_x16(p, rows, a, bpr, out);
     }
@@ -189,7 +189,7 @@ fn q4_1_q8_1_x16(p: &[u8], rows: usize, a: &[BlockQ8_1], bpr: usize, out: &mut [
     unsafe { x16_k::<BlockQ4_1, BlockQ8_1>(p, rows, a, bpr, out) }
 }
 
-fn q8_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+fn q8_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [&mut [f32]]) {
     if !x16_shape_ok::<BlockQ8_0, _>(p, rows, a, bpr, out) {
         return dotprod::q8_0_q8_0_x16(p, rows, a, bpr, out);
     }
@@ -509,7 +509,7 @@ unsafe fn x16_k<W: X16Block, A: Q8Act>(
     rows: usize,
     a: &[A],
     bpr: usize,
-    out: &mut [f32],
+    out: &mut [&mut [f32]],
 ) {
     let cols = a.len() / bpr;
     // smmla takes Q4_0's 0..16 codes as they are; each block's integer sum
@@ -531,7 +531,7 @@ unsafe fn x16_k<W: X16Block, A: Q8Act>(
         while c0 + 4 <= cols2 {
             for half in 0..2 {
                 // SAFETY: columns c0..c0 + 4 <= cols exist; half < 2; out
-                // holds rows * cols; the caller guarantees the features.
+                // holds rows for each column; the caller guarantees the features.
                 unsafe { x16_tiles::<W, A, 2>(&k, c0, half, out) };
             }
             c0 += 4;
@@ -601,7 +601,7 @@ unsafe fn x16_tiles<W: X16Block, A: Q8Act, const CP: usize>(
     k: &X16Panel<'_, A>,
     c0: usize,
     half: usize,
-    out: &mut [f32],
+    out: &mut [&mut [f32]],
 ) {
     let min = W::PLANES == 2;
     let bpr = k.bpr;
@@ -681,11 +681,11 @@ unsafe fn x16_tiles<W: X16Block, A: Q8Act, const CP: usize>(
             // lanes [r·c, r·c+1, r+1·c, r+1·c+1]; padding rows are dropped
             for (dr, pair) in lanes.chunks_exact(2).enumerate() {
                 if r + dr < rows {
-                    // SAFETY: row r + dr < rows and columns c, c + 1 < cols,
-                    // so both indices are below rows * cols <= out.len().
+                    // SAFETY: columns c, c + 1 < cols exist in out, each
+                    // with rows > r + dr outputs (shape checked).
                     unsafe {
-                        *out.get_unchecked_mut(c * rows + r + dr) = pair[0];
-                        *out.get_unchecked_mut((c + 1) * rows + r + dr) = pair[1];
+                        *out.get_unchecked_mut(c).get_unchecked_mut(r + dr) = pair[0];
+                        *out.get_unchecked_mut(c + 1).get_unchecked_mut(r + dr) = pair[1];
                     }
                 }
             }
@@ -709,7 +709,7 @@ unsafe fn x16_tiles<W: X16Block, A: Q8Act, const CP: usize>(
 /// every column.
 #[inline]
 #[target_feature(enable = "neon,i8mm")]
-unsafe fn x16_column<W: X16Block, A: Q8Act>(k: &X16Panel<'_, A>, c: usize, out: &mut [f32]) {
+unsafe fn x16_column<W: X16Block, A: Q8Act>(k: &X16Panel<'_, A>, c: usize, out: &mut [&mut [f32]]) {
     let min = W::PLANES == 2;
     let bpr = k.bpr;
     let mut acc = [vdupq_n_f32(0.0); 4];
@@ -762,17 +762,18 @@ unsafe fn x16_column<W: X16Block, A: Q8Act>(k: &X16Panel<'_, A>, c: usize, out: 
         if r >= k.rows {
             continue; // padding rows of the last panel
         }
-        let at = c * k.rows + r;
+        // SAFETY: column c < cols exists in out (shape checked).
+        let col = unsafe { out.get_unchecked_mut(c) };
         if r + 4 <= k.rows {
-            // SAFETY: at + 4 <= (c + 1) * rows <= out.len().
-            unsafe { vst1q_f32(out.as_mut_ptr().add(at), *v) };
+            // SAFETY: r + 4 <= rows <= col.len().
+            unsafe { vst1q_f32(col.as_mut_ptr().add(r), *v) };
         } else {
             let mut lanes = [0.0f32; 4];
             // SAFETY: four floats in bounds of `lanes`.
             unsafe { vst1q_f32(lanes.as_mut_ptr(), *v) };
             for (dr, x) in lanes.into_iter().enumerate().take(k.rows - r) {
-                // SAFETY: at + dr < (c + 1) * rows <= out.len().
-                unsafe { *out.get_unchecked_mut(at + dr) = x };
+                // SAFETY: r + dr < rows <= col.len().
+                unsafe { *col.get_unchecked_mut(r + dr) = x };
             }
         }
     }

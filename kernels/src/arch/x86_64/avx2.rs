@@ -193,22 +193,22 @@ fn q8_0_q8_0_gemm(w: &[BlockQ8_0], a: &[BlockQ8_0], bpr: usize, out: &mut [f32])
 fn q5_0_q8_0_gemm(w: &[BlockQ5_0], a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
     avx2_lanes::gemm(q5_0_q8_0, w, a, bpr, out)
 }
-fn q4_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+fn q4_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [&mut [f32]]) {
     avx2_x16::gemm::<BlockQ4_0>(q4_0_q8_0, p, rows, a, bpr, out)
 }
-fn q4_1_q8_1_x16(p: &[u8], rows: usize, a: &[BlockQ8_1], bpr: usize, out: &mut [f32]) {
+fn q4_1_q8_1_x16(p: &[u8], rows: usize, a: &[BlockQ8_1], bpr: usize, out: &mut [&mut [f32]]) {
     avx2_x16::gemm::<BlockQ4_1>(q4_1_q8_1, p, rows, a, bpr, out)
 }
-fn q8_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+fn q8_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [&mut [f32]]) {
     avx2_x16::gemm::<BlockQ8_0>(q8_0_q8_0, p, rows, a, bpr, out)
 }
-fn q5_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [f32]) {
+fn q5_0_q8_0_x16(p: &[u8], rows: usize, a: &[BlockQ8_0], bpr: usize, out: &mut [&mut [f32]]) {
     avx2_x16::gemm::<BlockQ5_0>(q5_0_q8_0, p, rows, a, bpr, out)
 }
-fn q4_k_q8_k_x16(p: &[u8], rows: usize, a: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
+fn q4_k_q8_k_x16(p: &[u8], rows: usize, a: &[BlockQ8K], bpr: usize, out: &mut [&mut [f32]]) {
     avx2_x16::gemm::<BlockQ4K>(q4_k_q8_k, p, rows, a, bpr, out)
 }
-fn q6_k_q8_k_x16(p: &[u8], rows: usize, a: &[BlockQ8K], bpr: usize, out: &mut [f32]) {
+fn q6_k_q8_k_x16(p: &[u8], rows: usize, a: &[BlockQ8K], bpr: usize, out: &mut [&mut [f32]]) {
     avx2_x16::gemm::<BlockQ6K>(q6_k_q8_k, p, rows, a, bpr, out)
 }
 fn q4_k_q8_k_gemm(w: &[BlockQ4K], a: &[BlockQ8K], bpr: usize, out: &mut [f32]) {

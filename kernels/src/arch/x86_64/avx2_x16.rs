@@ -478,7 +478,7 @@ fn lane_base() -> __m256i {
     )
 }
 
-/// `out[c * rows + r] = w[r] · a[c]` over packed weights (see
+/// `out[c][r] = w[r] · a[c]` over packed weights (see
 /// `dispatch::X16GemmFn`), decode included; through `dot` on the recovered
 /// rows for a shape the kernel does not take (which `ops::matmul` never
 /// passes).
@@ -488,7 +488,7 @@ pub(super) fn gemm<W>(
     rows: usize,
     a: &[W::Act],
     bpr: usize,
-    out: &mut [f32],
+    out: &mut [&mut [f32]],
 ) where
     W: X16Lanes,
     W::Act: GemmAct,
@@ -513,8 +513,8 @@ pub(super) fn gemm<W>(
     if a.len() == bpr {
         // SAFETY: only reached through tables built after AVX2/FMA/F16C
         // were detected; `p` holds the panels of rows x bpr blocks, `cols`
-        // one column and `out` a float per row (x16::shape_ok).
-        return unsafe { gemv::<W>(p, rows, &cols, bpr, out) };
+        // one column and `out[0]` a float per row (x16::shape_ok).
+        return unsafe { gemv::<W>(p, rows, &cols, bpr, out[0]) };
     }
     // SAFETY: as above, `cols` holding a.len() / bpr columns.
     unsafe { gemm_k::<W>(p, rows, &cols, bpr, out) }
@@ -675,12 +675,18 @@ unsafe fn gemv<W: X16Lanes>(p: &[u8], rows: usize, cols: &[Col], bpr: usize, out
 ///
 /// # Safety
 /// AVX2/FMA/F16C; `p` holds the panels of `rows` rows of `bpr` blocks,
-/// `cols` `cols.len() / bpr` columns of `bpr` blocks, `out` `rows *
-/// columns` floats.
+/// `cols` `cols.len() / bpr` columns of `bpr` blocks, `out` at least
+/// `rows` floats for each column.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn gemm_k<W: X16Lanes>(p: &[u8], rows: usize, cols: &[Col], bpr: usize, out: &mut [f32]) {
+unsafe fn gemm_k<W: X16Lanes>(
+    p: &[u8],
+    rows: usize,
+    cols: &[Col],
+    bpr: usize,
+    out: &mut [&mut [f32]],
+) {
     let ncols = cols.len() / bpr;
-    let o = out.as_mut_ptr();
+    let o = out;
     for c0 in (0..ncols).step_by(COL_CHUNK) {
         let end = (c0 + COL_CHUNK).min(ncols);
         for (pi, p0) in (0..rows).step_by(PANEL_ROWS).enumerate() {
@@ -714,12 +720,12 @@ unsafe fn gemm_k<W: X16Lanes>(p: &[u8], rows: usize, cols: &[Col], bpr: usize, o
 }
 
 /// Rows `r0..r0 + nr` (half `h` of the panel at `panel`) against columns
-/// `c..c + N`, into `out` (`o`, columns of `rows`).
+/// `c..c + N`, into `o` (a slice of at least `rows` per column).
 ///
 /// # Safety
 /// AVX2/FMA/F16C; `panel` points at `bpr` whole records; columns `c..c +
-/// N` exist in `cols` (of `bpr` blocks each); `o` holds `rows` floats for
-/// each of them, rows `r0..r0 + nr` below `rows`.
+/// N` exist in `cols` (of `bpr` blocks each) and in `o`, which holds
+/// `rows` floats for each of them; rows `r0..r0 + nr` below `rows`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
@@ -729,11 +735,12 @@ unsafe fn cols_group<W: X16Lanes, const N: usize>(
     cols: &[Col],
     bpr: usize,
     c: usize,
-    o: *mut f32,
+    o: &mut [&mut [f32]],
     rows: usize,
     r0: usize,
     nr: usize,
 ) {
+    debug_assert!(r0 + nr <= rows);
     let mut acc = [_mm256_setzero_ps(); N];
     for b in 0..bpr {
         // SAFETY: column c + j's block b, inside cols.
@@ -743,8 +750,8 @@ unsafe fn cols_group<W: X16Lanes, const N: usize>(
         unsafe { half_block::<W, N>(panel.add(b * W::RECORD), h, at, &mut acc) };
     }
     for (j, &v) in acc.iter().enumerate() {
-        // SAFETY: column c + j's rows r0..r0 + nr lie in out.
-        unsafe { store(v, o.add((c + j) * rows + r0), nr) };
+        // SAFETY: column c + j's rows r0..r0 + nr lie in o.
+        unsafe { store(v, o.get_unchecked_mut(c + j).as_mut_ptr().add(r0), nr) };
     }
 }
 
@@ -789,7 +796,7 @@ mod tests {
                 x16::pack(&w, bpr, &mut p);
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 let (mut packed, mut file) = (vec![f32::NAN; rows * cols], vec![0f32; rows * cols]);
-                kernel(&p, rows, &a, bpr, &mut packed);
+                x16::run_into(kernel, &p, rows, &a, bpr, &mut packed);
                 gemm(&w, &a, bpr, &mut file);
                 let what = format!("{} {rows}x{cols}x{bpr}", W::DTYPE);
                 assert_eq!(bits(&packed), bits(&file), "{what}");

@@ -599,7 +599,7 @@ macro_rules! legacy_kernels {
                 rows: usize,
                 a: &[BlockQ8_0],
                 bpr: usize,
-                out: &mut [f32],
+                out: &mut [&mut [f32]],
             ) {
                 if !x16_shape_ok::<BlockQ4_0, _>(p, rows, a, bpr, out) {
                     return x16::gemm_ref::<BlockQ4_0, _>(q4_0_q8_0, p, rows, a, bpr, out);
@@ -612,7 +612,7 @@ macro_rules! legacy_kernels {
                 rows: usize,
                 a: &[BlockQ8_1],
                 bpr: usize,
-                out: &mut [f32],
+                out: &mut [&mut [f32]],
             ) {
                 if !x16_shape_ok::<BlockQ4_1, _>(p, rows, a, bpr, out) {
                     return x16::gemm_ref::<BlockQ4_1, _>(q4_1_q8_1, p, rows, a, bpr, out);
@@ -626,7 +626,7 @@ macro_rules! legacy_kernels {
                 rows: usize,
                 a: &[BlockQ8_0],
                 bpr: usize,
-                out: &mut [f32],
+                out: &mut [&mut [f32]],
             ) {
                 if !x16_shape_ok::<BlockQ8_0, _>(p, rows, a, bpr, out) {
                     return x16::gemm_ref::<BlockQ8_0, _>(q8_0_q8_0, p, rows, a, bpr, out);
@@ -640,7 +640,7 @@ macro_rules! legacy_kernels {
                 rows: usize,
                 a: &[BlockQ8_0],
                 bpr: usize,
-                out: &mut [f32],
+                out: &mut [&mut [f32]],
             ) {
                 if !x16_shape_ok::<BlockQ5_0, _>(p, rows, a, bpr, out) {
                     return x16::gemm_ref::<BlockQ5_0, _>(q5_0::vec_dot, p, rows, a, bpr, out);
@@ -1156,6 +1156,11 @@ macro_rules! legacy_kernels {
             ) {
                 let rows = w.len() / bpr;
                 let acts = acts(a, W::OFFSET);
+                // the kernels write column by column (the x16 contract)
+                let cols = acts.blocks.len() / bpr;
+                let mut out: Vec<&mut [f32]> =
+                    out.chunks_exact_mut(rows.max(1)).take(cols).collect();
+                let out = &mut out[..];
                 let mut p = Panel {
                     codes: vec![_mm512_setzero_si512(); 8 * bpr],
                     d: vec![_mm512_setzero_ps(); bpr],
@@ -1172,7 +1177,7 @@ macro_rules! legacy_kernels {
                         let m = if MIN { p.m[b] } else { _mm512_setzero_ps() };
                         (wg, p.d[b], m)
                     };
-                    // SAFETY: the columns of acts exist; out holds rows * cols.
+                    // SAFETY: the columns of acts exist; out holds rows for each.
                     unsafe { every_col::<A, MIN>(&block, &acts, bpr, out, rows, r0, mask) };
                 }
             }
@@ -1190,7 +1195,7 @@ macro_rules! legacy_kernels {
                 block: &impl Fn(usize) -> ([__m512i; 8], __m512, __m512),
                 acts: &Acts<'_, A>,
                 bpr: usize,
-                out: &mut [f32],
+                out: &mut [&mut [f32]],
                 rows: usize,
                 r0: usize,
                 mask: __mmask16,
@@ -1226,7 +1231,8 @@ macro_rules! legacy_kernels {
             ///
             /// # Safety
             /// Columns `c0..c0 + NC` exist in `acts`, the masked rows from
-            /// `r0` are below `rows`, and `out` holds `rows * cols`.
+            /// `r0` are below `rows`, and `out` holds at least `rows` outputs for
+            /// each of those columns.
             #[inline]
             #[target_feature(enable = $features)]
             #[allow(clippy::too_many_arguments)]
@@ -1235,11 +1241,12 @@ macro_rules! legacy_kernels {
                 acts: &Acts<'_, A>,
                 bpr: usize,
                 c0: usize,
-                out: &mut [f32],
+                out: &mut [&mut [f32]],
                 rows: usize,
                 r0: usize,
                 mask: __mmask16,
             ) {
+                debug_assert!(r0 < rows);
                 let mut acc = [_mm512_setzero_ps(); NC];
                 for b in 0..bpr {
                     let (wg, d, m) = block(b);
@@ -1279,9 +1286,11 @@ macro_rules! legacy_kernels {
                     }
                 }
                 for (c, v) in acc.iter().enumerate() {
-                    // SAFETY: (c0 + c) * rows + r0 + lane < rows * cols <= out.len() for every unmasked lane.
+                    // SAFETY: column c0 + c < cols exists in out, and r0 + lane
+                    // < rows <= its length for every unmasked lane.
                     unsafe {
-                        _mm512_mask_storeu_ps(out.as_mut_ptr().add((c0 + c) * rows + r0), mask, *v)
+                        let o = out.get_unchecked_mut(c0 + c);
+                        _mm512_mask_storeu_ps(o.as_mut_ptr().add(r0), mask, *v)
                     };
                 }
             }
@@ -1294,7 +1303,7 @@ macro_rules! legacy_kernels {
                 rows: usize,
                 a: &[A],
                 bpr: usize,
-                out: &mut [f32],
+                out: &mut [&mut [f32]],
             ) {
                 let acts = acts(a, W::OFFSET);
                 for (pi, r0) in (0..rows).step_by(16).enumerate() {
@@ -1319,7 +1328,7 @@ macro_rules! legacy_kernels {
                         // SAFETY: b < bpr, so the record is inside the panel.
                         unsafe { x16_record::<W>(rec) }
                     };
-                    // SAFETY: the panel's bpr records exist; out holds rows * cols.
+                    // SAFETY: the panel's bpr records exist; out holds rows for each column.
                     unsafe { every_col::<A, MIN>(&block, &acts, bpr, out, rows, r0, mask) };
                 }
             }

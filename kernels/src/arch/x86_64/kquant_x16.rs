@@ -62,7 +62,7 @@ macro_rules! kquant_kernels {
                 rows: usize,
                 a: &[BlockQ8K],
                 bpr: usize,
-                out: &mut [f32],
+                out: &mut [&mut [f32]],
             ) {
                 if !shape_ok::<BlockQ4K, _>(p, rows, a, bpr, out) {
                     return x16::gemm_ref::<BlockQ4K, _>(q4_k::vec_dot, p, rows, a, bpr, out);
@@ -75,7 +75,7 @@ macro_rules! kquant_kernels {
                 rows: usize,
                 a: &[BlockQ8K],
                 bpr: usize,
-                out: &mut [f32],
+                out: &mut [&mut [f32]],
             ) {
                 if !shape_ok::<BlockQ5K, _>(p, rows, a, bpr, out) {
                     return x16::gemm_ref::<BlockQ5K, _>(q5_k::vec_dot, p, rows, a, bpr, out);
@@ -88,7 +88,7 @@ macro_rules! kquant_kernels {
                 rows: usize,
                 a: &[BlockQ8K],
                 bpr: usize,
-                out: &mut [f32],
+                out: &mut [&mut [f32]],
             ) {
                 if !shape_ok::<BlockQ6K, _>(p, rows, a, bpr, out) {
                     return x16::gemm_ref::<BlockQ6K, _>(q6_k::vec_dot, p, rows, a, bpr, out);
@@ -826,7 +826,7 @@ macro_rules! kquant_kernels {
                 rows: usize,
                 a: &[BlockQ8K],
                 bpr: usize,
-                out: &mut [f32],
+                out: &mut [&mut [f32]],
             ) {
                 // the columns past the last whole group of 8 (all of them
                 // when fewer than 8): those take their activations from here
@@ -865,7 +865,7 @@ macro_rules! kquant_kernels {
                 a: &[BlockQ8K],
                 acts: &[KAct],
                 bpr: usize,
-                out: &mut [f32],
+                out: &mut [&mut [f32]],
                 a8: &mut Vec<Act8>,
             ) {
                 let cols = a.len() / bpr;
@@ -900,8 +900,11 @@ macro_rules! kquant_kernels {
                             }
                         }
                         let mask = panel_mask(rows, r0);
-                        // SAFETY: r0 + lane < rows <= out.len() for every unmasked lane.
-                        unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(r0), mask, sum) };
+                        // SAFETY: r0 + lane < rows <= out[0].len() for every unmasked lane.
+                        unsafe {
+                            let o = out.get_unchecked_mut(0);
+                            _mm512_mask_storeu_ps(o.as_mut_ptr().add(r0), mask, sum)
+                        };
                     }
                     return;
                 }
@@ -978,12 +981,10 @@ macro_rules! kquant_kernels {
                     for (q, acc) in [&acc, &acc1].into_iter().enumerate().take(1 + pair as usize) {
                         let r0 = (pi + q) * 16;
                         let mask = panel_mask(rows, r0);
-                        for (c, v) in acc.iter().enumerate() {
-                            // SAFETY: c * rows + r0 + lane < rows * cols <= out.len()
-                            // for every unmasked lane.
-                            unsafe {
-                                _mm512_mask_storeu_ps(out.as_mut_ptr().add(c * rows + r0), mask, *v)
-                            };
+                        for (o, v) in out.iter_mut().zip(acc.iter()) {
+                            // SAFETY: r0 + lane < rows <= o.len() for every
+                            // unmasked lane (shape checked).
+                            unsafe { _mm512_mask_storeu_ps(o.as_mut_ptr().add(r0), mask, *v) };
                         }
                     }
                     pi += 1 + pair as usize;
