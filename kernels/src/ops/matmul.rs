@@ -159,8 +159,8 @@ struct Shape {
 /// The blocks live in a buffer of the calling thread's, kept between
 /// products: a fresh zeroed `Vec` per product was a serial memset of the
 /// whole prompt's activations (4.8 MB for a Llama-3.2-1B down projection
-/// over 512 tokens) while the rest of the pool waited, 1.5 % of a 2-thread
-/// prefill. Every quantizer writes each field of each block, so the old
+/// over 512 tokens) while the rest of the pool waited, 3.5 % of a 2-thread
+/// prefill's samples. Every quantizer writes each field of each block, so the old
 /// contents are never read. A thread that is already inside `f` (it stole
 /// a job of another product while waiting) takes a fresh buffer.
 fn with_acts<W: WeightBlock, R>(

@@ -25,7 +25,7 @@ pub use rope::{RopeCache, RopeStyle};
 
 /// Elements from which a row-wise operator over many rows (a prompt's
 /// norms, rotations and residual adds) takes the pool, rows split across
-/// it: on the calling thread they left the rest of the pool waiting, ~1.5 %
+/// it: on the calling thread they left the rest of the pool waiting, ~1 %
 /// of a Llama-3.2-1B-shaped prefill on 2 threads. Each row's arithmetic is
 /// the same either way; a decoded token's rows stay on one thread.
 pub const PARALLEL_MIN: usize = 1 << 15;
