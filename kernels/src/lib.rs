@@ -24,5 +24,6 @@ mod error;
 pub mod ops;
 pub mod probe;
 pub mod quant;
+mod scratch;
 
 pub use error::{Error, Result};

@@ -188,11 +188,7 @@ impl Ctx<'_> {
     /// Segments `segs` (those its tokens reach) of KV head `g` for the
     /// rows of chunk `c`, folded in order, in this thread's [`Scratch`].
     fn unit(&self, g: usize, c: usize, segs: std::ops::Range<usize>) -> Partial {
-        SCRATCH.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut scratch) => self.unit_in(g, c, segs, &mut scratch),
-            // not reached (a unit starts no other), but never a panic
-            Err(_) => self.unit_in(g, c, segs, &mut Scratch::default()),
-        })
+        crate::scratch::with_scratch(&SCRATCH, |scratch| self.unit_in(g, c, segs, scratch))
     }
 
     fn unit_in(

@@ -161,8 +161,7 @@ struct Shape {
 /// whole prompt's activations (4.8 MB for a Llama-3.2-1B down projection
 /// over 512 tokens) while the rest of the pool waited, 3.5 % of a 2-thread
 /// prefill's samples. Every quantizer writes each field of each block, so the old
-/// contents are never read. A thread that is already inside `f` (it stole
-/// a job of another product while waiting) takes a fresh buffer.
+/// contents are never read.
 fn with_acts<W: WeightBlock, R>(
     table: &KernelTable,
     x: &[f32],
@@ -191,10 +190,7 @@ fn with_acts<W: WeightBlock, R>(
         }
         f(acts)
     };
-    ACTS.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut buf) => run(&mut buf),
-        Err(_) => run(&mut Vec::new()),
-    })
+    crate::scratch::with_scratch(&ACTS, run)
 }
 
 std::thread_local! {
@@ -244,11 +240,7 @@ fn run<W: WeightBlock>(table: &KernelTable, w: &[W], x: &[f32], s: Shape, out: &
                     d.copy_from_slice(src);
                 }
             };
-            GEMM_OUT.with(|cell| match cell.try_borrow_mut() {
-                Ok(mut buf) => through(o, &mut buf),
-                // not reached (a kernel starts no other product), but never a panic
-                Err(_) => through(o, &mut Vec::new()),
-            })
+            crate::scratch::with_scratch(&GEMM_OUT, |buf| through(o, buf))
         })
     });
 }

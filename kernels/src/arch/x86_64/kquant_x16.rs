@@ -836,12 +836,9 @@ macro_rules! kquant_kernels {
                     // SAFETY: forwarded from the caller.
                     return unsafe { x16_panels::<W>(p, rows, a, &acts, bpr, out, &mut Vec::new()) };
                 }
-                ACT8.with(|cell| match cell.try_borrow_mut() {
+                crate::scratch::with_scratch(&ACT8, |a8| {
                     // SAFETY: forwarded from the caller.
-                    Ok(mut a8) => unsafe { x16_panels::<W>(p, rows, a, &acts, bpr, out, &mut a8) },
-                    // not reached (a kernel calls no other), but never a panic
-                    // SAFETY: as above.
-                    Err(_) => unsafe { x16_panels::<W>(p, rows, a, &acts, bpr, out, &mut Vec::new()) },
+                    unsafe { x16_panels::<W>(p, rows, a, &acts, bpr, out, a8) }
                 })
             }
 
