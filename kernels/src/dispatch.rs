@@ -1220,6 +1220,53 @@ mod tests {
         }
     }
 
+    /// An x16 entry handed too few output columns, or a column shorter
+    /// than its rows, writes nothing out of bounds and does not panic: the
+    /// wrappers' shape check sends it to the reference over the tier's
+    /// dot, which writes what fits, so the full columns still get their
+    /// products.
+    fn check_x16_short_outputs<W: WeightBlock>(isa: Isa, t: &KernelTable) {
+        let Some(kernel) = t.weight::<W>().x16 else {
+            return;
+        };
+        let shape @ (rows, cols, bpr) = (17, 3, 2);
+        let (wf, xf, w, a) = gemm_operands::<W>(shape, 13);
+        let mut p = vec![0u8; x16::packed_bytes::<W>(rows, bpr).unwrap()];
+        x16::pack(&w, bpr, &mut p);
+        let mut want = vec![0f32; rows * cols];
+        gemm_by_dots(W::vec_dot_ref, &w, &a, bpr, &mut want);
+        let what = format!("{isa} {} x16 short outputs", W::DTYPE);
+        let k = bpr * W::ELEMS;
+        let fewer = rows * (cols - 1);
+        // the last column one row short
+        let mut full = vec![f32::NAN; rows * cols];
+        let mut cols_out: Vec<&mut [f32]> = full.chunks_exact_mut(rows).collect();
+        let last = cols_out.pop().unwrap();
+        cols_out.push(&mut last[..rows - 1]);
+        kernel(&p, rows, &a, bpr, &mut cols_out);
+        assert!(
+            full[rows * cols - 1].is_nan(),
+            "{what}: wrote past the short column"
+        );
+        let xs = &xf[..(cols - 1) * k];
+        products_close(&full[..fewer], &want[..fewer], (&wf, xs), rows, k, &what);
+        // one column fewer than the activations hold
+        let mut two = vec![f32::NAN; fewer];
+        let mut cols_out: Vec<&mut [f32]> = two.chunks_exact_mut(rows).collect();
+        kernel(&p, rows, &a, bpr, &mut cols_out);
+        products_close(&two, &want[..fewer], (&wf, xs), rows, k, &what);
+    }
+
+    #[test]
+    fn x16_entries_take_short_outputs_without_overrunning() {
+        for isa in available_isas() {
+            let t = table_for(isa).unwrap();
+            for &d in DType::ALL {
+                with_weight_block!(d, W => check_x16_short_outputs::<W>(isa, t), ());
+            }
+        }
+    }
+
     /// The tiers this CPU should have are there, with their gemm kernels, so
     /// a broken feature check cannot silently skip the tests above.
     #[cfg(target_arch = "x86_64")]
