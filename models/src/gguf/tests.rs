@@ -123,6 +123,31 @@ fn typed_getters_coerce_integers_and_reject_wrong_types() {
     );
 }
 
+/// A metadata-only file may ask for any power-of-two alignment; writing it
+/// back pads nothing (there is no tensor data to align), so its image stays
+/// the size of its metadata and reads back the same. A fuzzed 787-byte file
+/// asking for 2^30 had made a 1 GiB header.
+#[test]
+fn a_metadata_only_file_with_a_huge_alignment_writes_small() {
+    let mut w = GgufWriter::new();
+    w.metadata = every_type_metadata();
+    w.alignment = 1 << 30;
+    w.metadata
+        .push(("general.alignment".into(), MetaValue::U32(1 << 30)));
+    let image = w.to_bytes();
+    assert!(image.len() < 4096, "{} bytes", image.len());
+    let g = GgufFile::from_bytes(image.clone()).unwrap();
+    assert_eq!(g.alignment(), 1 << 30);
+    assert!(g.tensors().is_empty());
+    let again = GgufWriter {
+        version: g.version(),
+        alignment: g.alignment(),
+        metadata: g.metadata().to_vec(),
+        tensors: Vec::new(),
+    };
+    assert_eq!(again.to_bytes(), image);
+}
+
 #[test]
 fn custom_alignment_is_honoured_and_validated() {
     let mut w = small_file(3);

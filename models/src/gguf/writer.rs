@@ -141,7 +141,11 @@ pub(crate) fn data_offsets(sizes: &[usize], alignment: usize) -> Vec<u64> {
 }
 
 /// Everything before the data section: magic, counts, metadata and tensor
-/// table, padded to `alignment`.
+/// table, padded to `alignment` when a tensor table follows. Without
+/// tensors there is no data to align (the reader asks for the padding only
+/// in front of tensor data), and a metadata-only file's `general.alignment`
+/// (any power of two up to 2^31) would otherwise make the image that large:
+/// 787 fuzzed bytes asking for 2^30 became a 1 GiB header.
 pub(crate) fn encode_header(
     version: u32,
     alignment: usize,
@@ -167,7 +171,9 @@ pub(crate) fn encode_header(
         out.extend_from_slice(&t.type_id.to_le_bytes());
         out.extend_from_slice(&t.offset.to_le_bytes());
     }
-    pad_to(&mut out, alignment.max(1));
+    if !table.is_empty() {
+        pad_to(&mut out, alignment.max(1));
+    }
     out
 }
 
