@@ -17,8 +17,8 @@
 //!
 //! * **argmax**: wherever llama.cpp's top-two margin exceeds
 //!   [`Criteria::tie_margin`], ours equals llama.cpp's, except at near-ties:
-//!   the swing (llama.cpp's margin plus ours the other way) at most twice
-//!   [`Criteria::near_tie`], or one of llama.cpp's own alternate runs
+//!   the swing (llama.cpp's margin plus ours the other way) at most
+//!   [`Criteria::max_swing`] (below), or one of llama.cpp's own alternate runs
 //!   picking our token there (its self-difference moves margins past 0.5 on
 //!   low-bit files: on Q2_K its flash-attention run prefers our token by 0.37
 //!   where its reference's margin is 0.62; on Q3_K_M its one-token run picks
@@ -38,6 +38,16 @@
 //!   [`Criteria::self_flip_factor`] times llama.cpp's own (its worst
 //!   alternate's over the file) or [`Criteria::max_flip_fraction`] of the
 //!   checked positions, whichever is larger.
+//!
+//!   The swing and count bounds are calibrated on exact models: a copy of
+//!   each quant_parity file with every f32 norm weight moved by one unit in
+//!   the last place, up or down at random, is a model as valid as the file,
+//!   and its distance to the file's references is what rounding alone
+//!   does (`quant_parity`'s ignored `calibrate` test). Over 10 such copies
+//!   of each of the 15 files, Sotto's decisions swung by up to 1.81 logits
+//!   where llama.cpp's margin was 1.66 (at most one such position per
+//!   file), and flipped up to 6 of 176 checked positions; the bounds of
+//!   before (a swing of 1.0, 2 %) failed 6 of those 165 exact draws.
 //! * **logits**: the mean over sequences of our worst relative L2 distance
 //!   to llama.cpp's full logit vectors at most
 //!   [`Criteria::mean_self_noise_factor`] times llama.cpp's mean
@@ -49,6 +59,13 @@
 //!   requantization our AVX2 and scalar paths differ by up to 0.47 at one
 //!   position (median 0.05) where llama.cpp's worst self-difference is 0.24,
 //!   and llama.cpp's alternates flip the argmax twice in that sequence.
+//!   These worst-position figures are heavy-tailed: on the same exact
+//!   copies the mean over sequences moved by ±30 % from copy to copy. The
+//!   stable figure is the average over every stored position, which moved
+//!   by ±12 %: with the float64 forward pass (below), that average of ours
+//!   to the float64 pass is held within [`Criteria::f64_position_factor`]
+//!   times llama.cpp's, whatever the other bounds say (the exact copies
+//!   reached 0.87-1.22 times).
 //!
 //! **The float64 forward pass.** A test can add a third engine
 //! ([`Reference::with_f64_forward`], tests/scripts/f64_forward.py): the
@@ -386,12 +403,14 @@ impl Reference {
 pub struct Criteria {
     /// Positions where llama.cpp's margin is at most this are not checked.
     pub tie_margin: f32,
-    /// A disagreement is a near-tie when llama.cpp's margin plus ours the
-    /// other way is at most twice this, or at most the file's
-    /// [`Reference::self_swing`] (or llama.cpp's own alternate run picked
-    /// our token there); any other one fails. Greedy generation may diverge
-    /// where llama.cpp's margin is under this or within that swing.
+    /// Greedy generation may diverge where llama.cpp's margin is under
+    /// this or within the file's [`Reference::self_swing`].
     pub near_tie: f32,
+    /// A teacher-forced disagreement is a near-tie when llama.cpp's margin
+    /// plus ours the other way is at most this, or at most the file's
+    /// [`Reference::self_swing`] (or the reference's own decision does not
+    /// hold there); any other one fails.
+    pub max_swing: f32,
     /// Near-tie disagreements allowed as a fraction of checked positions...
     pub max_flip_fraction: f64,
     /// ...or as a multiple of llama.cpp's own, whichever is larger.
@@ -405,6 +424,10 @@ pub struct Criteria {
     /// self-difference still passes when ours to the float64 pass is at
     /// most this times llama.cpp's to it (module docs).
     pub f64_factor: f64,
+    /// With a float64 forward pass: our relative L2 distance to it,
+    /// averaged over every stored position, at most this times
+    /// llama.cpp's (module docs).
+    pub f64_position_factor: f64,
 }
 
 impl Default for Criteria {
@@ -418,19 +441,33 @@ impl Default for Criteria {
         Criteria {
             tie_margin: 0.1,
             near_tie: 0.5,
+            // ulp-perturbed copies of each quant_parity file (an exact model
+            // rounding differently; tests/data/README.md) swing decisions
+            // by up to 1.81 where llama.cpp's margin is 1.66, and llama.cpp's
+            // own alternates by 2.4 on the IQ4_NL requantization
+            max_swing: 2.5,
             // llama.cpp's own alternates reach 7 of 370 (1.9 %); two
             // engines with exact integer sums that add the same floats in
             // another order flip as many: on the Q4_K_M requantization,
             // the batch-invariant AVX2 gemm (each output's floats in one
             // order for prefill and decode) flips 3 of 164 (1.8 %) where the
             // one-row dots flipped 2, at llama.cpp margins of 0.19-0.39,
-            // and does so with the Q4_K rows on the dots too.
-            max_flip_fraction: 0.02,
+            // and does so with the Q4_K rows on the dots too. ulp-perturbed
+            // copies of the quant_parity files flip up to 6 of 176 (3.4 %)
+            // where llama.cpp's alternates flip 2.
+            max_flip_fraction: 0.04,
             self_flip_factor: 2.0,
-            mean_self_noise_factor: 1.25,
+            // the worst position of each sequence is heavy-tailed: over 330
+            // ulp-perturbed copies of the quant_parity files (two builds),
+            // the mean over sequences reached 1.38 x llama.cpp's (1.25 had
+            // been set from llama.cpp's own runs)
+            mean_self_noise_factor: 1.5,
             max_self_noise_factor: 1.5,
             ceiling_self_noise_factor: 3.0,
             f64_factor: 1.0,
+            // ulp-perturbed copies of the quant_parity files: 0.87-1.22
+            // (the median per file 0.93-1.08)
+            f64_position_factor: 1.3,
         }
     }
 }
@@ -464,6 +501,9 @@ pub struct TeacherForcedReport {
     pub disagreements: Vec<Flip>,
     /// Our worst relative L2 distance to llama.cpp's full logit vectors.
     pub max_rel_l2: f64,
+    /// Our mean relative L2 distance to llama.cpp's full logit vectors over
+    /// their positions.
+    pub mean_rel_l2: f64,
     /// llama.cpp's worst self-difference on this sequence.
     pub self_rel_l2: f64,
     /// llama.cpp's own argmax disagreements at checked positions, per way.
@@ -471,6 +511,9 @@ pub struct TeacherForcedReport {
     /// Our worst relative L2 distance to the float64 forward pass and
     /// llama.cpp's, at the full-logit positions (with one).
     pub f64_rel_l2: Option<(f64, f64)>,
+    /// The same two distances to the float64 pass averaged over those
+    /// positions instead of their worst.
+    pub f64_mean_rel_l2: Option<(f64, f64)>,
 }
 
 /// Compares our logits `ours` (`[tokens, vocab]` for the whole teacher-forced
@@ -495,9 +538,11 @@ pub fn compare_teacher_forced(
         flips: Vec::new(),
         disagreements: Vec::new(),
         max_rel_l2: 0.0,
+        mean_rel_l2: 0.0,
         self_rel_l2: tf.self_rel_l2(),
         self_flips: tf.self_flips(criteria.tie_margin),
         f64_rel_l2: None,
+        f64_mean_rel_l2: None,
     };
     let exact = reference
         .f64_forward
@@ -506,8 +551,10 @@ pub fn compare_teacher_forced(
     let exact_argmax: BTreeMap<usize, u32> = exact
         .map(|(_, s)| s.teacher_forced.iter().map(|t| (t.pos, t.argmax)).collect())
         .unwrap_or_default();
-    // The near-tie bound (Criteria::near_tie): once per call, not per flip.
-    let allowed_swing = (2.0 * criteria.near_tie).max(reference.self_swing(criteria.tie_margin));
+    // The near-tie bound (Criteria::max_swing): once per call, not per flip.
+    let allowed_swing = criteria
+        .max_swing
+        .max(reference.self_swing(criteria.tie_margin));
     for step in &tf.teacher_forced {
         if step.margin <= criteria.tie_margin {
             report.ties += 1;
@@ -537,8 +584,7 @@ pub fn compare_teacher_forced(
             || exact_argmax
                 .get(&step.pos)
                 .is_some_and(|&a| a != step.argmax);
-        // How far the decision moved between llama.cpp and us; both sides
-        // at most `near_tie` is a swing of at most twice that.
+        // How far the decision moved between llama.cpp and us.
         let swing = flip.our_margin + flip.llama_margin;
         if unstable || swing <= allowed_swing {
             report.flips.push(flip);
@@ -547,9 +593,11 @@ pub fn compare_teacher_forced(
         }
     }
     let reference_rows = reference.full_logits(tf);
+    let positions = tf.full_logits.positions.len().max(1) as f64;
     for (i, &pos) in tf.full_logits.positions.iter().enumerate() {
         let e = rel_l2(row(pos), &reference_rows[i * vocab..(i + 1) * vocab]);
         report.max_rel_l2 = report.max_rel_l2.max(f64::from(e));
+        report.mean_rel_l2 += f64::from(e) / positions;
     }
     if let Some((forward, seq)) = exact {
         assert_eq!(
@@ -558,13 +606,21 @@ pub fn compare_teacher_forced(
         );
         let exact_rows = forward.full_logits(seq);
         let (mut ours_worst, mut llama_worst) = (0f64, 0f64);
+        let (mut ours_mean, mut llama_mean) = (0f64, 0f64);
         for (i, &pos) in tf.full_logits.positions.iter().enumerate() {
             let truth = &exact_rows[i * vocab..(i + 1) * vocab];
             let llama = &reference_rows[i * vocab..(i + 1) * vocab];
-            ours_worst = ours_worst.max(f64::from(rel_l2(row(pos), truth)));
-            llama_worst = llama_worst.max(f64::from(rel_l2(llama, truth)));
+            let (o, l) = (
+                f64::from(rel_l2(row(pos), truth)),
+                f64::from(rel_l2(llama, truth)),
+            );
+            ours_worst = ours_worst.max(o);
+            llama_worst = llama_worst.max(l);
+            ours_mean += o / positions;
+            llama_mean += l / positions;
         }
         report.f64_rel_l2 = Some((ours_worst, llama_worst));
+        report.f64_mean_rel_l2 = Some((ours_mean, llama_mean));
     }
     report
 }
@@ -621,6 +677,22 @@ impl ParitySummary {
     /// (max, mean) over sequences of our worst relative L2 distance.
     pub fn rel_l2(&self) -> (f64, f64) {
         max_mean(self.reports.iter().map(|r| r.max_rel_l2))
+    }
+    /// Our relative L2 distance to llama.cpp averaged over every stored
+    /// position of every sequence.
+    pub fn position_mean_rel_l2(&self) -> f64 {
+        max_mean(self.reports.iter().map(|r| r.mean_rel_l2)).1
+    }
+    /// With a float64 forward pass: ours and llama.cpp's relative L2
+    /// distance to it averaged over every stored position of every sequence.
+    pub fn f64_position_mean_rel_l2(&self) -> Option<(f64, f64)> {
+        let pairs: Option<Vec<(f64, f64)>> =
+            self.reports.iter().map(|r| r.f64_mean_rel_l2).collect();
+        let pairs = pairs.filter(|p| !p.is_empty())?;
+        Some((
+            max_mean(pairs.iter().map(|p| p.0)).1,
+            max_mean(pairs.iter().map(|p| p.1)).1,
+        ))
     }
     /// Our second worst sequence's worst relative L2 distance (the worst
     /// with one sequence).
@@ -702,6 +774,15 @@ impl ParitySummary {
         };
         let ((f_ours_max, f_ours_mean), (f_llama_max, f_llama_mean)) =
             exact.unwrap_or(((f64::INFINITY, f64::INFINITY), (0.0, 0.0)));
+        if let Some((ours, llama)) = self.f64_position_mean_rel_l2() {
+            if ours > c.f64_position_factor * llama {
+                out.push(format!(
+                    "logits error to the float64 forward pass, averaged over every stored \
+                     position, {ours:.2e}, exceeds {} x llama.cpp's {llama:.2e}",
+                    c.f64_position_factor
+                ));
+            }
+        }
         let second = self.second_worst_rel_l2();
         if second > c.max_self_noise_factor * self_max && !closer(f_ours_max, f_llama_max) {
             out.push(format!(
