@@ -342,10 +342,24 @@ macro_rules! kquant_kernels {
                 if !W::MINS {
                     return blk;
                 }
+                unmin_by(blk, s, mins_sum(s, bsums))
+            }
+
+            /// `sum_j m_j bsum_j` of [`unmin`], exact.
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn mins_sum(s: &Scales, bsums: [i32; 4]) -> __m512i {
                 let mut m = _mm512_madd_epi16(s.mins[0], _mm512_set1_epi32(bsums[0]));
                 for i in 1..4 {
                     m = _mm512_add_epi32(m, _mm512_madd_epi16(s.mins[i], _mm512_set1_epi32(bsums[i])));
                 }
+                m
+            }
+
+            /// [`unmin`]'s float step, given its sum `m`.
+            #[inline]
+            #[target_feature(enable = $features)]
+            fn unmin_by(blk: __m512, s: &Scales, m: __m512i) -> __m512 {
                 _mm512_fnmadd_ps(_mm512_cvtepi32_ps(m), s.dmin, blk)
             }
 
@@ -379,13 +393,15 @@ macro_rules! kquant_kernels {
                 high: impl Fn(usize, usize) -> __m512i + Copy,
             ) -> __m512 {
                 let blk = _mm512_setzero_ps();
+                // the minimums' sum first, off the dot steps' chain
+                let m = mins_sum(s, ka.bsums);
                 // SAFETY: forwarded; each call takes its own 8 lines.
                 unsafe {
                     let blk = dot1_k4_lines::<W, 0>(q, ahead, y, ka, s, high, blk);
                     let blk = dot1_k4_lines::<W, 1>(q, ahead, y, ka, s, high, blk);
                     let blk = dot1_k4_lines::<W, 2>(q, ahead, y, ka, s, high, blk);
                     let blk = dot1_k4_lines::<W, 3>(q, ahead, y, ka, s, high, blk);
-                    unmin::<W>(blk, s, ka.bsums)
+                    unmin_by(blk, s, m)
                 }
             }
 
