@@ -26,7 +26,10 @@
 //! runs one); eight prompts of 24 greedy tokens keep each row near half a
 //! minute of CPU (llama.cpp's references included).
 //!
-//! Run with `--nocapture` to see each row's tables.
+//! Run with `--nocapture` to see each row's tables. The ignored
+//! [`calibrate`] test runs every row on ulp-perturbed copies of its file,
+//! exact models that round differently, to measure how often the criteria
+//! fail an exact implementation (tests/data/README.md).
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
 use sotto_kernels::quant::GgmlType;
