@@ -319,6 +319,19 @@ macro_rules! kquant_kernels {
                 }
             }
 
+            /// Asks for the lines of the records at `recs` into L2 (a
+            /// prefetch never faults, so either may be past the weights).
+            #[inline(always)]
+            fn prefetch_records<W: KRecord>(recs: [*const u8; 2]) {
+                for r in recs {
+                    for l in 0..W::RECORD.div_ceil(64) {
+                        // SAFETY: a prefetch reads nothing architecturally
+                        // and never faults; SSE is in the x86-64 baseline.
+                        unsafe { _mm_prefetch::<_MM_HINT_T1>(r.wrapping_add(64 * l).cast()) };
+                    }
+                }
+            }
+
             /// Block sum `blk` after sub-block `j`, whose exact integer sum
             /// is `isum`: the float step per sub-block of both paths.
             #[inline]
@@ -952,6 +965,15 @@ macro_rules! kquant_kernels {
                     let panel = p.as_ptr().wrapping_add(pi * bpr * W::RECORD);
                     let panel1 = panel.wrapping_add(bpr * W::RECORD);
                     for b in 0..bpr {
+                        // the next records into L2 while this block's
+                        // columns run: the unpacking had waited on them
+                        let next = if b + 1 < bpr {
+                            [panel.wrapping_add((b + 1) * W::RECORD), panel1.wrapping_add((b + 1) * W::RECORD)]
+                        } else {
+                            let np = panel.wrapping_add((1 + pair as usize) * bpr * W::RECORD);
+                            [np, np.wrapping_add(bpr * W::RECORD)]
+                        };
+                        prefetch_records::<W>(next);
                         // SAFETY: b < bpr; panel pi (and pi + 1 when paired)
                         // exist in p (shape checked).
                         unsafe {
@@ -964,19 +986,14 @@ macro_rules! kquant_kernels {
                             // SAFETY: b * groups + grp < a8.len(); columns 8 grp.. + 8 <= cols.
                             unsafe {
                                 let a8 = a8.get_unchecked(b * groups + grp);
-                                let cs = 8 * grp..8 * grp + 8;
+                                // the group's 8 accumulators as an array, so
+                                // the kernel indexes them without checks
+                                let acc = &mut *acc.as_mut_ptr().add(8 * grp).cast::<[__m512; 8]>();
                                 if pair {
-                                    cols_step8::<W, 2>(
-                                        [&codes, &codes1],
-                                        [&s, &s1],
-                                        a8,
-                                        [
-                                            acc.get_unchecked_mut(cs.clone()),
-                                            acc1.get_unchecked_mut(cs),
-                                        ],
-                                    )
+                                    let acc1 =
+                                        &mut *acc1.as_mut_ptr().add(8 * grp).cast::<[__m512; 8]>();
+                                    cols_step8::<W, 2>([&codes, &codes1], [&s, &s1], a8, [acc, acc1])
                                 } else {
-                                    let acc = acc.get_unchecked_mut(cs);
                                     cols_step8::<W, 1>([&codes], [&s], a8, [acc])
                                 }
                             };
@@ -1019,10 +1036,14 @@ macro_rules! kquant_kernels {
 
             /// [`cols_step`] of 8 columns from their [`Act8`] against the
             /// records of `P` panels at once (two: each activation load
-            /// feeds both, and 16 chains run side by side, where 8 are
-            /// fewer than a `dot4`'s latency times its throughput). Each
-            /// panel gets `cols_step`'s operations in its order, so the
-            /// same bits.
+            /// feeds both), 4 columns at a time, so 8 chains run side by
+            /// side (enough to cover a `dot4`'s latency: 6 ran at 80% of
+            /// 8's rate in a chain bench, 12 and 16 no faster). All 8
+            /// columns at once, the 16 integer sums and 16 block sums were
+            /// more than the 32 registers: 4 block sums lived on the stack,
+            /// and the 1B shape's Q4_K_M prefill ran 3-5% slower (block
+            /// sums kept in memory by design: 10% slower). Each panel gets
+            /// `cols_step`'s operations in its order, so the same bits.
             ///
             /// # Safety
             /// The tier's features; each `acc` holds the 8 columns'
@@ -1033,43 +1054,46 @@ macro_rules! kquant_kernels {
                 codes: [&[__m512i; 64]; P],
                 s: [&Scales; P],
                 a8: &Act8,
-                acc: [&mut [__m512]; P],
+                acc: [&mut [__m512; 8]; P],
             ) {
-                let mut blk = [[_mm512_setzero_ps(); 8]; P];
-                for j in 0..W::SUBS {
-                    // the types with minimums start their sums at 0
-                    let start: [__m512i; 8] = core::array::from_fn(|c| {
-                        if W::MINS {
-                            _mm512_setzero_si512()
-                        } else {
-                            _mm512_set1_epi32(a8.start[j][c])
+                for h in 0..2 {
+                    let mut blk = [[_mm512_setzero_ps(); 4]; P];
+                    for j in 0..W::SUBS {
+                        // the types with minimums start their sums at 0
+                        let start: [__m512i; 4] = core::array::from_fn(|c| {
+                            if W::MINS {
+                                _mm512_setzero_si512()
+                            } else {
+                                _mm512_set1_epi32(a8.start[j][4 * h + c])
+                            }
+                        });
+                        let mut isum = [start; P];
+                        for k in 0..W::GROUPS {
+                            let g = j * W::GROUPS + k;
+                            let w: [__m512i; P] = core::array::from_fn(|q| codes[q][g]);
+                            for c in 0..4 {
+                                let x = _mm512_set1_epi32(a8.qs[g][4 * h + c]);
+                                for q in 0..P {
+                                    isum[q][c] = $dot4(isum[q][c], w[q], x);
+                                }
+                            }
                         }
-                    });
-                    let mut isum = [start; P];
-                    for k in 0..W::GROUPS {
-                        let g = j * W::GROUPS + k;
-                        let w: [__m512i; P] = core::array::from_fn(|q| codes[q][g]);
-                        for c in 0..8 {
-                            let x = _mm512_set1_epi32(a8.qs[g][c]);
-                            for q in 0..P {
-                                isum[q][c] = $dot4(isum[q][c], w[q], x);
+                        for q in 0..P {
+                            for c in 0..4 {
+                                blk[q][c] = fold(blk[q][c], isum[q][c], s[q], j);
                             }
                         }
                     }
                     for q in 0..P {
-                        for c in 0..8 {
-                            blk[q][c] = fold(blk[q][c], isum[q][c], s[q], j);
+                        for c in 0..4 {
+                            let c8 = 4 * h + c;
+                            // (indexed one by one: an array's `map` closure was
+                            // called, not inlined, with a `vzeroupper` before each)
+                            let b = &a8.bsums;
+                            let bsums = [b[0][c8], b[1][c8], b[2][c8], b[3][c8]];
+                            let blk = unmin::<W>(blk[q][c], s[q], bsums);
+                            acc[q][c8] = _mm512_fmadd_ps(blk, _mm512_set1_ps(a8.d[c8]), acc[q][c8]);
                         }
-                    }
-                }
-                for (q, acc) in acc.into_iter().enumerate() {
-                    for c in 0..8 {
-                        // (indexed one by one: an array's `map` closure was
-                        // called, not inlined, with a `vzeroupper` before each)
-                        let b = &a8.bsums;
-                        let bsums = [b[0][c], b[1][c], b[2][c], b[3][c]];
-                        let blk = unmin::<W>(blk[q][c], s[q], bsums);
-                        acc[c] = _mm512_fmadd_ps(blk, _mm512_set1_ps(a8.d[c]), acc[c]);
                     }
                 }
             }
