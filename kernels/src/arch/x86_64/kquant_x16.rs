@@ -983,6 +983,16 @@ macro_rules! kquant_kernels {
                             }
                         }
                         for grp in 0..groups {
+                            if b + 1 == bpr {
+                                // the outputs' lines, a group ahead of their
+                                // stores (written once, so they are misses)
+                                let r0 = 16 * pi;
+                                for o in out[8 * grp..8 * grp + 8].iter() {
+                                    let at = o.as_ptr().wrapping_add(r0);
+                                    _mm_prefetch::<_MM_HINT_T0>(at.cast());
+                                    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(16 * pair as usize).cast());
+                                }
+                            }
                             // SAFETY: b * groups + grp < a8.len(); columns 8 grp.. + 8 <= cols.
                             unsafe {
                                 let a8 = a8.get_unchecked(b * groups + grp);
