@@ -177,7 +177,13 @@ fn stream(c: &mut Criterion) {
     let pools = pools();
     let x = random(COLS, 1);
     let mut out = vec![0f32; ROWS];
-    for dtype in [DType::Q4_K, DType::Q6_K, DType::Q4_0, DType::Q8_0] {
+    for dtype in [
+        DType::Q4_K,
+        DType::Q6_K,
+        DType::Q4_0,
+        DType::Q5_0,
+        DType::Q8_0,
+    ] {
         let w = quantized(dtype, ROWS, COLS);
         let Ok(m) = QMatrix::new(dtype, ROWS, COLS, w.bytes()) else {
             continue;

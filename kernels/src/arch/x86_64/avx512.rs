@@ -1306,24 +1306,30 @@ macro_rules! legacy_kernels {
                 out: &mut [&mut [f32]],
             ) {
                 let acts = acts(a, W::OFFSET);
+                let prefill = a.len() > bpr;
                 for (pi, r0) in (0..rows).step_by(16).enumerate() {
                     let mask = panel_mask(rows, r0);
                     // SAFETY: panel pi exists in p (its length was checked against rows).
                     let panel = unsafe { p.as_ptr().add(pi * bpr * W::RECORD) };
                     let block = |b: usize| {
                         let rec = panel.wrapping_add(b * W::RECORD);
-                        // Every pass streams the weights from memory once:
-                        // fetch a few records ahead, across the page
-                        // boundaries the hardware prefetcher stops at (a
-                        // prefetch never faults). Prefill too: a short
-                        // prompt's first column group otherwise waits on
-                        // each record's lines (a 19-token follow-up turn of
-                        // SmolLM2-135M, 2 threads, timed around the
-                        // engine's forward: 22.6 -> 20.9 ms; `sotto bench`'s
-                        // follow-up row did not tell the builds apart).
-                        let ahead = rec.wrapping_add(X16_PREFETCH);
-                        for l in (0..W::RECORD).step_by(64) {
-                            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l).cast());
+                        // Prefill fetches a few records ahead (a prefetch
+                        // never faults): a short prompt's first column group
+                        // otherwise waits on each record's lines (a 19-token
+                        // follow-up turn of SmolLM2-135M, 2 threads, timed
+                        // around the engine's forward: 22.6 -> 20.9 ms).
+                        // Decode, which only streams, leaves it to the
+                        // hardware prefetcher: with the prefetches, the
+                        // stream bench's Q4_0/Q5_0/Q8_0 decode on 1 thread
+                        // read 25.6-28.2 GiB/s on the EPYC host, without
+                        // them 26.3-30.7 (alternated 3 times), and
+                        // SmolLM2-360M-shaped Q4_K_M decode (mostly Q5_0 and
+                        // Q8_0) went from 79-88 to 92-96 tok/s on 1 thread.
+                        if prefill {
+                            let ahead = rec.wrapping_add(X16_PREFETCH);
+                            for l in (0..W::RECORD).step_by(64) {
+                                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l).cast());
+                            }
                         }
                         // SAFETY: b < bpr, so the record is inside the panel.
                         unsafe { x16_record::<W>(rec) }
