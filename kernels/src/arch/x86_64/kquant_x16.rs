@@ -21,9 +21,10 @@
 //! L1, so prefill unpacks each block once per panel. Groups of 8 take
 //! their activations from `Act8` copies made once per call, each block's
 //! codes of the 8 columns interleaved, and run against two panels' records
-//! at once, so each activation load feeds 16 chains side by side
-//! (`x16_panels`; with one panel's 8 chains the 1B shape's Q4_K products
-//! ran 6–16% slower in the kernel bench). Decode (one column)
+//! at once, so each activation load feeds two chains (`x16_panels`; with
+//! one panel's 8 chains the 1B shape's Q4_K products ran 6–16% slower in
+//! the kernel bench), 4 columns at a time so the sums fit the registers
+//! (`cols_step8`). Decode (one column)
 //! has a fused path, `KRecord::dot1`: codes go from the loaded line to
 //! `dot4` in registers (the 64-register codes array spilled to the stack
 //! and ran Q4_K at 9 GiB/s from L3), with several independent integer
