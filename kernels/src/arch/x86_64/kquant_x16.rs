@@ -985,7 +985,8 @@ macro_rules! kquant_kernels {
                         // the next records into L2 while this block's
                         // columns run: the unpacking had waited on them
                         let next = if b + 1 < bpr {
-                            [panel.wrapping_add((b + 1) * W::RECORD), panel1.wrapping_add((b + 1) * W::RECORD)]
+                            let at = (b + 1) * W::RECORD;
+                            [panel.wrapping_add(at), panel1.wrapping_add(at)]
                         } else {
                             let np = panel.wrapping_add((1 + pair as usize) * bpr * W::RECORD);
                             [np, np.wrapping_add(bpr * W::RECORD)]
@@ -1007,7 +1008,9 @@ macro_rules! kquant_kernels {
                                 for o in out[8 * grp..8 * grp + 8].iter() {
                                     let at = o.as_ptr().wrapping_add(r0);
                                     _mm_prefetch::<_MM_HINT_T0>(at.cast());
-                                    _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(16 * pair as usize).cast());
+                                    if pair {
+                                        _mm_prefetch::<_MM_HINT_T0>(at.wrapping_add(16).cast());
+                                    }
                                 }
                             }
                             // SAFETY: b * groups + grp < a8.len(); columns 8 grp.. + 8 <= cols.
@@ -1015,11 +1018,13 @@ macro_rules! kquant_kernels {
                                 let a8 = a8.get_unchecked(b * groups + grp);
                                 // the group's 8 accumulators as an array, so
                                 // the kernel indexes them without checks
-                                let acc = &mut *acc.as_mut_ptr().add(8 * grp).cast::<[__m512; 8]>();
+                                let acc =
+                                    &mut *acc.as_mut_ptr().add(8 * grp).cast::<[__m512; 8]>();
                                 if pair {
                                     let acc1 =
                                         &mut *acc1.as_mut_ptr().add(8 * grp).cast::<[__m512; 8]>();
-                                    cols_step8::<W, 2>([&codes, &codes1], [&s, &s1], a8, [acc, acc1])
+                                    let (codes, s) = ([&codes, &codes1], [&s, &s1]);
+                                    cols_step8::<W, 2>(codes, s, a8, [acc, acc1])
                                 } else {
                                     cols_step8::<W, 1>([&codes], [&s], a8, [acc])
                                 }
@@ -1119,7 +1124,8 @@ macro_rules! kquant_kernels {
                             let b = &a8.bsums;
                             let bsums = [b[0][c8], b[1][c8], b[2][c8], b[3][c8]];
                             let blk = unmin::<W>(blk[q][c], s[q], bsums);
-                            acc[q][c8] = _mm512_fmadd_ps(blk, _mm512_set1_ps(a8.d[c8]), acc[q][c8]);
+                            let d = _mm512_set1_ps(a8.d[c8]);
+                            acc[q][c8] = _mm512_fmadd_ps(blk, d, acc[q][c8]);
                         }
                     }
                 }
