@@ -342,6 +342,99 @@ fn attention(c: &mut Criterion) {
     }
 }
 
+/// A prefill's attention in Llama-3.2-1B's shape (32 query heads over 8 KV
+/// heads of 64): one layer's 512 new tokens after a history of 1,024
+/// (`pp512-d1024`), the pass where attention weighs most against the
+/// weights. Throughput counts the q·k and p·v multiply-adds as 2 flops
+/// each over every visible key, so criterion's Gelem/s over the f32 FMA
+/// peak (16 lanes x 2 flops per FMA) is the kernels' FMA use.
+fn attention_prefill(c: &mut Criterion) {
+    let pools = pools();
+    let p = AttentionParams {
+        n_head: 32,
+        n_kv_head: 8,
+        head_dim: 64,
+        scale: 0.125,
+        softcap: None,
+        window: None,
+    };
+    let (depth, n_tokens) = (1024usize, 512usize);
+    let cap = depth + n_tokens;
+    let kv = |seed| -> Vec<half::f16> {
+        random(p.n_kv_head * cap * p.head_dim, seed)
+            .into_iter()
+            .map(half::f16::from_f32)
+            .collect()
+    };
+    let (k, v) = (kv(31), kv(32));
+    let q = random(n_tokens * p.n_head * p.head_dim, 33);
+    let mut out = vec![0f32; q.len()];
+    let keys: usize = (0..n_tokens).map(|t| depth + t + 1).sum();
+    let mut g = c.benchmark_group("attention/f16-prefill");
+    g.throughput(Throughput::Elements(
+        (4 * keys * p.n_head * p.head_dim) as u64,
+    ));
+    for t in tables() {
+        for (threads, pool) in &pools {
+            let id = BenchmarkId::new(t.isa.name(), format!("pp{n_tokens}-d{depth}/t{threads}"));
+            g.bench_function(id, |b| {
+                pool.install(|| {
+                    b.iter(|| {
+                        attention_with(t, &p, black_box(&q), &k, &v, cap, depth, n_tokens, &mut out)
+                    })
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+/// The tiled attention's kernels alone on one unit's tile (64 query rows,
+/// 64 keys of a head of 64, in L1/L2 as in a prefill): `scores` and
+/// `accumulate` count their multiply-adds (2 flops each), `softmax` its
+/// scores, so the three compare with the f32 FMA peak and each other.
+fn attention_tile(c: &mut Criterion) {
+    use sotto_kernels::dispatch::ATTN_TILE;
+    let (rows, hd) = (64usize, 64usize);
+    let mut g = c.benchmark_group("attention/tile");
+    for t in tables() {
+        let Some(tk) = t.attn_tile else { continue };
+        let isa = t.isa.name();
+        let keys: Vec<half::f16> = random(ATTN_TILE * hd, 41)
+            .into_iter()
+            .map(half::f16::from_f32)
+            .collect();
+        let mut kt = vec![0f32; hd * ATTN_TILE];
+        (tk.load_keys)(&keys, hd, 0, &mut kt);
+        let mut vt = vec![0f32; ATTN_TILE * hd];
+        (tk.load_values)(&keys, &mut vt);
+        let q = random(rows * hd, 42);
+        let mut sc = vec![0f32; rows * ATTN_TILE];
+        let lim = vec![ATTN_TILE; rows];
+        let mut acc = vec![0f32; rows * hd];
+        g.throughput(Throughput::Elements((2 * rows * ATTN_TILE * hd) as u64));
+        g.bench_function(format!("scores/{isa}"), |b| {
+            b.iter(|| (tk.scores)(&kt, hd, ATTN_TILE, black_box(&q), &mut sc))
+        });
+        g.bench_function(format!("accumulate/{isa}"), |b| {
+            b.iter(|| (tk.accumulate)(&vt, hd, black_box(&sc), &lim, &mut acc))
+        });
+        // a running max above every score: no row rescales, as in most
+        // tiles past a long history's first
+        let (scores, m0) = (random(rows * ATTN_TILE, 43), 8.0f32);
+        let (mut m, mut l) = (vec![m0; rows], vec![1f32; rows]);
+        g.throughput(Throughput::Elements((rows * ATTN_TILE) as u64));
+        g.bench_function(format!("softmax/{isa}"), |b| {
+            b.iter(|| {
+                sc.copy_from_slice(&scores);
+                m.fill(m0);
+                (tk.softmax)(&mut sc, &lim, 0.125, &mut m, &mut l, &mut acc)
+            })
+        });
+    }
+    g.finish();
+}
+
 /// A decode step's attention at depth 1,024 in Llama-3.2-3B's shape (24
 /// query heads over 8 KV heads of 128), each call on the next of 28
 /// layers' caches (117 MB, as the engine's f16 planes are: 4 KiB pages):
@@ -466,6 +559,8 @@ criterion_group!(
     stream,
     matmul,
     attention,
+    attention_prefill,
+    attention_tile,
     attention_deep,
     vec_dot,
     quantize
