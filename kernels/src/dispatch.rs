@@ -92,10 +92,28 @@ impl KeyTile {
     }
 }
 
-/// Per row `r` of `acc` (`lim.len()` rows of `head_dim`), for `j <
-/// lim[r]` in order: `acc_r[d] = fma(p[r * ATTN_TILE + j], v_j[d],
-/// acc_r[d])`, with `v` rows of `head_dim` (f32, or f16 widened)
-/// (`ops::attention_tiled::accumulate_ref`).
+/// How a table's tiled kernels multiply the softmax weights by the values,
+/// per row `r` of the output (its first `lim[r]` keys, in order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueDot {
+    /// `acc_r[d] = fma(p_j, v_j[d], acc_r[d])` for each key `j` in order.
+    F32,
+    /// The keys in pairs from the tile's first, `(2i, 2i + 1)`, weights
+    /// and values rounded to bf16 (to nearest even, denormals to zero)
+    /// and multiplied exactly, each pair as AVX-512 BF16's `vdpbf16ps`
+    /// adds it: `acc += p_2i+1 v_2i+1`, then `acc += p_2i v_2i`, each sum
+    /// rounded to f32 and a denormal sum flushed to zero; a row's odd last
+    /// key is paired with a zero weight and a zero value. Twice the
+    /// products per instruction of an f32 FMA, for 8-bit weights and
+    /// values summed in f32: their error is below that of the 8-bit
+    /// activations the output projection quantizes next.
+    Bf16Pairs,
+}
+
+/// Per row `r` of `acc` (`lim.len()` rows of `head_dim`), over its keys
+/// `j < lim[r]` in order, `acc_r += p[r * ATTN_TILE + j] * v_j` as the
+/// table's [`ValueDot`] says, with `v` rows of `head_dim` (f32, or f16
+/// widened) (`ops::attention_tiled::accumulate_ref`).
 pub type AttnTileAccumulateFn<V> =
     fn(v: &[V], head_dim: usize, p: &[f32], lim: &[usize], acc: &mut [f32]);
 /// Per row `r` (`lim.len()` of them), the online-softmax step over its
@@ -131,6 +149,8 @@ pub struct AttnTileKernels {
     pub scores: AttnTileScoresFn,
     /// The online-softmax step of many rows over a tile's scores.
     pub softmax: AttnTileSoftmaxFn,
+    /// How `accumulate` and `accumulate_f16` multiply and sum.
+    pub value_dot: ValueDot,
     /// Softmax-weighted value rows into many output rows.
     pub accumulate: AttnTileAccumulateFn<f32>,
     /// `load_keys` then `scores` in one pass over `k`'s rows (at most
@@ -427,6 +447,33 @@ pub fn table_for(isa: Isa) -> Result<&'static KernelTable> {
         .ok_or(Error::IsaUnavailable { isa })
 }
 
+/// `t` (a table of [`table_for`]) with its tiled attention multiplying
+/// the values in f32 ([`ValueDot::F32`]), or `t` itself where it does
+/// already: for a model whose attention output meets no 8-bit
+/// quantization next (its output projection in float weights), where
+/// bf16 value products would be the largest error of the layer.
+pub fn with_f32_values(t: &'static KernelTable) -> &'static KernelTable {
+    if t.attn_tile.is_none_or(|tk| tk.value_dot == ValueDot::F32) {
+        return t;
+    }
+    static TABLES: [OnceLock<KernelTable>; Isa::ALL.len()] =
+        [const { OnceLock::new() }; Isa::ALL.len()];
+    let idx = Isa::ALL.iter().position(|&i| i == t.isa).unwrap_or(0);
+    TABLES[idx].get_or_init(|| KernelTable {
+        attn_tile: f32_values_tile(t.isa),
+        ..t.clone()
+    })
+}
+
+/// The tiled attention with f32 value products of `isa`'s table.
+fn f32_values_tile(isa: Isa) -> Option<AttnTileKernels> {
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx512 | Isa::Vnni) {
+        return crate::arch::x86_64::attn_tile_avx512_f32();
+    }
+    table_for(isa).ok()?.attn_tile
+}
+
 /// The best path of this CPU, or the one `SOTTO_ISA` names.
 fn select(forced: Option<&str>) -> Result<&'static KernelTable> {
     match forced {
@@ -717,7 +764,7 @@ mod tests {
                     let acc0 = random_row(rows * hd, 6);
                     let (mut fast, mut want) = (acc0.clone(), acc0.clone());
                     (tk.accumulate)(&v, hd, &p, &lim, &mut fast);
-                    r::accumulate_ref(&v, hd, &p, &lim, &mut want);
+                    r::accumulate_ref_for(tk.value_dot, &v, hd, &p, &lim, &mut want);
                     assert_eq!(
                         bits(&fast),
                         bits(&want),
@@ -782,12 +829,26 @@ mod tests {
         }
     }
 
+    /// Every tables' tiled attention, and each AVX-512 variant this CPU
+    /// runs whichever its tables took (f32 and bf16 value products).
+    fn attn_tiles() -> Vec<(Isa, AttnTileKernels)> {
+        let mut all: Vec<(Isa, AttnTileKernels)> = available_isas()
+            .into_iter()
+            .filter_map(|isa| Some((isa, table_for(isa).ok()?.attn_tile?)))
+            .collect();
+        #[cfg(target_arch = "x86_64")]
+        all.extend(
+            crate::arch::x86_64::attn_tile_avx512_variants()
+                .into_iter()
+                .map(|tk| (Isa::Avx512, tk)),
+        );
+        all
+    }
+
     #[test]
     fn attn_tile_kernels_match_the_references() {
-        for isa in available_isas() {
-            if let Some(tk) = table_for(isa).unwrap().attn_tile {
-                check_attn_tile(isa, tk);
-            }
+        for (isa, tk) in attn_tiles() {
+            check_attn_tile(isa, tk);
         }
     }
 
@@ -801,10 +862,7 @@ mod tests {
             .map(|&v| f16::from_f32(v))
             .collect();
         let x = random_row(64 * ATTN_TILE + 7, 8);
-        for isa in available_isas() {
-            let Some(tk) = table_for(isa).unwrap().attn_tile else {
-                continue;
-            };
+        for (isa, tk) in attn_tiles() {
             // ragged rows, a zero head, a tile too small, columns past it
             for (hd, col0, kt_len) in [
                 (64, 0, 64 * ATTN_TILE),
@@ -876,12 +934,12 @@ mod tests {
             ] {
                 let (mut fast, mut want) = (vec![0.5f32; acc_len], vec![0.5f32; acc_len]);
                 (tk.accumulate)(&x[..v_len], hd, &x[..70], &lim, &mut fast);
-                r::accumulate_ref(&x[..v_len], hd, &x[..70], &lim, &mut want);
+                r::accumulate_ref_for(tk.value_dot, &x[..v_len], hd, &x[..70], &lim, &mut want);
                 assert_eq!(fast, want, "{isa} accumulate hd={hd} v={v_len} lim={lim:?}");
                 let vh: Vec<f16> = x[..v_len].iter().map(|&v| f16::from_f32(v)).collect();
                 let (mut fast, mut want) = (vec![0.5f32; acc_len], vec![0.5f32; acc_len]);
                 (tk.accumulate_f16)(&vh, hd, &x[..70], &lim, &mut fast);
-                r::accumulate_f16_ref(&vh, hd, &x[..70], &lim, &mut want);
+                r::accumulate_f16_ref(tk.value_dot, &vh, hd, &x[..70], &lim, &mut want);
                 assert_eq!(
                     fast, want,
                     "{isa} accumulate_f16 hd={hd} v={v_len} lim={lim:?}"

@@ -26,6 +26,8 @@
 //! prefill can give the pool (KV head, token chunk) units or (KV head,
 //! token chunk, segment) ones as the thread count suggests.
 
+#[cfg(test)]
+use crate::dispatch::ValueDot;
 use crate::dispatch::{AttnTileKernels, KeyTile, ATTN_TILE};
 use crate::ops::activation::exp_approx;
 use crate::ops::attention::{
@@ -479,12 +481,98 @@ pub(crate) fn softmax_ref(
     }
 }
 
-/// The reference of [`AttnTileKernels::accumulate_f16`].
+/// The reference of [`AttnTileKernels::accumulate_f16`] for a table that
+/// multiplies as `dot` says.
 #[cfg(test)]
-pub(crate) fn accumulate_f16_ref(v: &[f16], hd: usize, p: &[f32], lim: &[usize], acc: &mut [f32]) {
+pub(crate) fn accumulate_f16_ref(
+    dot: ValueDot,
+    v: &[f16],
+    hd: usize,
+    p: &[f32],
+    lim: &[usize],
+    acc: &mut [f32],
+) {
     let mut vt = vec![0f32; v.len()];
     load_values_ref(v, &mut vt);
-    accumulate_ref(&vt, hd, p, lim, acc);
+    accumulate_ref_for(dot, &vt, hd, p, lim, acc);
+}
+
+/// The reference of [`AttnTileKernels::accumulate`] for a table that
+/// multiplies as `dot` says.
+#[cfg(test)]
+pub(crate) fn accumulate_ref_for(
+    dot: ValueDot,
+    v: &[f32],
+    hd: usize,
+    p: &[f32],
+    lim: &[usize],
+    acc: &mut [f32],
+) {
+    match dot {
+        ValueDot::F32 => accumulate_ref(v, hd, p, lim, acc),
+        ValueDot::Bf16Pairs => accumulate_bf16_ref(v, hd, p, lim, acc),
+    }
+}
+
+/// `x` rounded to bf16 as AVX-512 BF16's conversions do: to nearest even,
+/// a NaN kept (and quiet), a denormal to a zero of its sign; returned as
+/// the f32 it is.
+pub(crate) fn bf16_round(x: f32) -> f32 {
+    let b = x.to_bits();
+    if x.is_nan() {
+        return f32::from_bits((b | 0x0040_0000) & 0xFFFF_0000);
+    }
+    if b & 0x7F80_0000 == 0 {
+        return f32::from_bits(b & 0x8000_0000);
+    }
+    f32::from_bits(b.wrapping_add(0x7FFF + ((b >> 16) & 1)) & 0xFFFF_0000)
+}
+
+/// `acc + w * x` for bf16 `w` and `x` as `vdpbf16ps` adds one product:
+/// the product exact, the sum rounded once to f32, a denormal sum flushed
+/// to a zero of its sign.
+pub(crate) fn bf16_step(acc: f32, w: f32, x: f32) -> f32 {
+    // The product of two 8-bit significands is exact in f64, and so is its
+    // sum with an f32 unless the two lie so far apart that the smaller is
+    // below half an f32 ulp of the larger, where both roundings agree.
+    let s = (acc as f64 + w as f64 * x as f64) as f32;
+    if s.is_subnormal() {
+        f32::from_bits(s.to_bits() & 0x8000_0000)
+    } else {
+        s
+    }
+}
+
+/// The reference of a [`ValueDot::Bf16Pairs`] table's `accumulate`: per
+/// output element, the row's keys in pairs from the first, the odd one of
+/// each pair added first, a lone last key paired with zeros.
+pub(crate) fn accumulate_bf16_ref(v: &[f32], hd: usize, p: &[f32], lim: &[usize], acc: &mut [f32]) {
+    if hd == 0 {
+        return;
+    }
+    let nv = v.len() / hd;
+    for ((r, ar), &n) in acc.chunks_exact_mut(hd).enumerate().zip(lim) {
+        let n = n.min(ATTN_TILE).min(nv);
+        for j0 in (0..n).step_by(2) {
+            let j1 = j0 + 1;
+            let weight = |j: usize| match j < n {
+                true => p.get(r * ATTN_TILE + j).map(|&w| bf16_round(w)),
+                false => Some(0.0),
+            };
+            let (Some(w0), Some(w1)) = (weight(j0), weight(j1)) else {
+                break;
+            };
+            for (d, a) in ar.iter_mut().enumerate() {
+                let x0 = bf16_round(v[j0 * hd + d]);
+                let x1 = if j1 < n {
+                    bf16_round(v[j1 * hd + d])
+                } else {
+                    0.0
+                };
+                *a = bf16_step(bf16_step(*a, w1, x1), w0, x0);
+            }
+        }
+    }
 }
 
 /// The reference of [`AttnTileKernels::accumulate`]: one FMA chain per
@@ -512,6 +600,29 @@ mod tests {
     use crate::ops::attention::attention_kv_with;
     use crate::ops::kv_plane::{KvPlane, KvType};
     use crate::quant::test_data::random_row;
+
+    /// Every table, and the AVX-512 table with each tiled attention this
+    /// CPU runs (f32 and bf16 value products), whichever the table took.
+    pub(crate) fn tables_and_tile_variants() -> Vec<(String, crate::dispatch::KernelTable)> {
+        let mut all: Vec<_> = available_isas()
+            .into_iter()
+            .map(|isa| (isa.to_string(), table_for(isa).unwrap().clone()))
+            .collect();
+        #[cfg(target_arch = "x86_64")]
+        if let Ok(t) = table_for(crate::dispatch::Isa::Avx512) {
+            for tk in crate::arch::x86_64::attn_tile_avx512_variants() {
+                let label = format!("avx512 ({:?} values)", tk.value_dot);
+                all.push((
+                    label,
+                    crate::dispatch::KernelTable {
+                        attn_tile: Some(tk),
+                        ..t.clone()
+                    },
+                ));
+            }
+        }
+        all
+    }
 
     /// A token's attention output has the same bits whether it was decoded
     /// alone or prefilled in a batch of any size or chunking, on one
@@ -581,8 +692,8 @@ mod tests {
             let q = random_row(n * p.n_head * hd, 99 + ci as u64);
             let row = p.n_head * hd;
             let layout = KvLayout { slots: cap, first };
-            for isa in available_isas() {
-                let t = table_for(isa).unwrap();
+            for (isa, t) in tables_and_tile_variants() {
+                let t = &t;
                 // positions pos0 + a.. in calls of `sizes` tokens
                 let run = |pool: &rayon::ThreadPool, sizes: &[usize]| {
                     let mut out = vec![f32::NAN; q.len()];

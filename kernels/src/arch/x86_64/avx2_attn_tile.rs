@@ -30,7 +30,7 @@
 
 use super::avx2_attn::{self, load8};
 use super::{prefetch_line, Elem, AHEAD};
-use crate::dispatch::{AttnTileKernels, KeyTile, ATTN_TILE};
+use crate::dispatch::{AttnTileKernels, KeyTile, ValueDot, ATTN_TILE};
 use crate::ops::activation::{exp_approx, exp_consts};
 use crate::ops::attention_tiled as reference;
 use core::arch::x86_64::*;
@@ -43,6 +43,7 @@ pub(super) const KERNELS: AttnTileKernels = AttnTileKernels {
     load_values,
     scores,
     softmax,
+    value_dot: ValueDot::F32,
     accumulate: accumulate::<f32>,
     scores_f16,
     accumulate_f16: accumulate::<f16>,

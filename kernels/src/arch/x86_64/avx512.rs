@@ -102,7 +102,7 @@ pub(super) fn overrides(t: KernelTable) -> KernelTable {
             scores: float::attn_scores,
             accumulate: float::attn_accumulate,
         }),
-        attn_tile: Some(super::avx512_attn::KERNELS),
+        attn_tile: Some(super::attn_tile_avx512()),
         softmax_block: float::softmax_block,
         silu_mul: float::silu_mul,
         gelu_tanh_mul: float::gelu_tanh_mul,

@@ -14,7 +14,7 @@
 //! shapes (or fall back to the reference) before the kernels index.
 
 use super::{prefetch_line, Elem, AHEAD};
-use crate::dispatch::{AttnTileKernels, KeyTile, ATTN_TILE};
+use crate::dispatch::{AttnTileKernels, KeyTile, ValueDot, ATTN_TILE};
 use crate::ops::activation::{exp_approx, exp_consts};
 use crate::ops::attention_tiled as reference;
 use core::arch::x86_64::*;
@@ -27,9 +27,20 @@ pub(super) const KERNELS: AttnTileKernels = AttnTileKernels {
     load_values,
     scores,
     softmax,
+    value_dot: ValueDot::F32,
     accumulate: accumulate::<f32>,
     scores_f16,
     accumulate_f16: accumulate::<f16>,
+};
+
+/// The table entry on a CPU with AVX-512 BF16: the values multiplied as
+/// bf16 pairs (`vdpbf16ps`, twice the products of an f32 FMA), the rest as
+/// [`KERNELS`].
+pub(super) const KERNELS_BF16: AttnTileKernels = AttnTileKernels {
+    value_dot: ValueDot::Bf16Pairs,
+    accumulate: accumulate_bf16::<f32>,
+    accumulate_f16: accumulate_bf16::<f16>,
+    ..KERNELS
 };
 
 /// Sixteen elements at `p` as f32.
@@ -692,6 +703,317 @@ unsafe fn accumulate_tile<T: Elem, const R: usize, const V: usize>(
             }
         }
     }
+}
+
+fn accumulate_bf16<T: Elem>(v: &[T], hd: usize, p: &[f32], lim: &[usize], acc: &mut [f32]) {
+    let ok = hd > 0
+        && v.len().is_multiple_of(hd)
+        && acc.len() == lim.len() * hd
+        && p.len() >= lim.len() * ATTN_TILE
+        && lim.iter().all(|&n| n <= (v.len() / hd).min(ATTN_TILE));
+    if !ok {
+        let mut vt = vec![0f32; v.len()];
+        vt.iter_mut().zip(v).for_each(|(o, x)| *o = x.widen());
+        return reference::accumulate_bf16_ref(&vt, hd, p, lim, acc);
+    }
+    crate::scratch::with_scratch(&BF16_SCRATCH, |scratch| {
+        // SAFETY: AVX-512F, BW and BF16 were detected before this table
+        // was handed out; the shapes are checked above.
+        unsafe { accumulate_bf16_k(v, hd, p, lim, acc, scratch) }
+    })
+}
+
+/// The value pairs and weight pairs of [`accumulate_bf16`], kept by each
+/// thread for its next call.
+#[derive(Default)]
+struct Bf16Scratch {
+    /// `[pair][column]`: `bf16(v_2i[d]) | bf16(v_2i+1[d]) << 16` over the
+    /// head's whole 16s of columns.
+    vp: Vec<u32>,
+    /// `[row][pair]`: `bf16(p_2i) | bf16(p_2i+1) << 16`, zero past the
+    /// row's keys.
+    pp: Vec<u32>,
+}
+
+thread_local! {
+    static BF16_SCRATCH: std::cell::RefCell<Bf16Scratch> = std::cell::RefCell::default();
+}
+
+/// Pairs of a tile's keys.
+const PAIRS: usize = ATTN_TILE / 2;
+
+/// The weights packed as bf16 pairs, and the values too when many rows
+/// share them (a few rows, a decode step's, pair them in registers straight
+/// from the cache instead: the same pairs), then the rows' outputs as
+/// `rows x head` gemms of `vdpbf16ps` over the pairs; columns past the
+/// head's last 16 as the reference does them.
+///
+/// # Safety
+/// AVX-512F, BW and BF16; the shapes `accumulate_bf16` checked.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn accumulate_bf16_k<T: Elem>(
+    v: &[T],
+    hd: usize,
+    p: &[f32],
+    lim: &[usize],
+    acc: &mut [f32],
+    scratch: &mut Bf16Scratch,
+) {
+    let rows = lim.len();
+    let pairs = lim.iter().copied().max().unwrap_or(0).div_ceil(2);
+    let hv = hd / 16 * 16;
+    let direct = T::F16 && rows <= ROWS;
+    if !direct && scratch.vp.len() < pairs * hv {
+        scratch.vp.resize(pairs * hv, 0);
+    }
+    if scratch.pp.len() < rows * PAIRS {
+        scratch.pp.resize(rows * PAIRS, 0);
+    }
+    let (vp, pp) = (scratch.vp.as_mut_ptr(), scratch.pp.as_mut_ptr());
+    // element 2c of a pair vector is the even key's column c, 2c + 1 the
+    // odd key's: the order `vdpbf16ps` pairs them in
+    let inter: [i16; 32] = core::array::from_fn(|k| (k / 2 + 16 * (k % 2)) as i16);
+    // SAFETY: the value rows below nv are read at columns c + 16 <= hv <=
+    // hd; vp holds pairs x hv when packed, pp rows x PAIRS; p ATTN_TILE
+    // per row, read under the row's mask (below lim[r] <= ATTN_TILE).
+    unsafe {
+        let src = PairSrc {
+            vp,
+            hv,
+            v: v.as_ptr(),
+            hd,
+            nv: v.len() / hd,
+            idx: _mm512_loadu_si512(inter.as_ptr().cast()),
+        };
+        if !direct {
+            for i in 0..pairs {
+                for c in 0..hv / 16 {
+                    let pair = pair_vec::<T, true>(&src, i, c);
+                    _mm512_storeu_si512(vp.add(i * hv + 16 * c).cast(), pair);
+                }
+            }
+        }
+        for (r, &n) in lim.iter().enumerate() {
+            for h in 0..2 {
+                let k0 = 32 * h;
+                let m0 = ((1u32 << n.saturating_sub(k0).min(16)) - 1) as __mmask16;
+                let m1 = ((1u32 << n.saturating_sub(k0 + 16).min(16)) - 1) as __mmask16;
+                let a = _mm512_maskz_loadu_ps(m0, p.as_ptr().add(r * ATTN_TILE + k0));
+                let b = _mm512_maskz_loadu_ps(m1, p.as_ptr().add(r * ATTN_TILE + k0 + 16));
+                let w = ih(_mm512_cvtne2ps_pbh(b, a));
+                _mm512_storeu_si512(pp.add(r * PAIRS + 16 * h).cast(), w);
+            }
+        }
+        let mut c0 = 0;
+        let ap = acc.as_mut_ptr();
+        while c0 + 64 <= hv {
+            match direct {
+                true => accumulate_bf16_cols::<T, true, 4>(src.at(c0), pp, lim, ap.add(c0)),
+                false => accumulate_bf16_cols::<T, false, 4>(src.at(c0), pp, lim, ap.add(c0)),
+            }
+            c0 += 64;
+        }
+        while c0 + 16 <= hv {
+            match direct {
+                true => accumulate_bf16_cols::<T, true, 1>(src.at(c0), pp, lim, ap.add(c0)),
+                false => accumulate_bf16_cols::<T, false, 1>(src.at(c0), pp, lim, ap.add(c0)),
+            }
+            c0 += 16;
+        }
+    }
+    if hv < hd {
+        for (r, &n) in lim.iter().enumerate() {
+            for j0 in (0..n).step_by(2) {
+                let j1 = j0 + 1;
+                let w0 = reference::bf16_round(p[r * ATTN_TILE + j0]);
+                let w1 = if j1 < n {
+                    reference::bf16_round(p[r * ATTN_TILE + j1])
+                } else {
+                    0.0
+                };
+                for d in hv..hd {
+                    let x0 = reference::bf16_round(v[j0 * hd + d].widen());
+                    let x1 = if j1 < n {
+                        reference::bf16_round(v[j1 * hd + d].widen())
+                    } else {
+                        0.0
+                    };
+                    let a = &mut acc[r * hd + d];
+                    *a = reference::bf16_step(reference::bf16_step(*a, w1, x1), w0, x0);
+                }
+            }
+        }
+    }
+}
+
+/// Where a tile's value pairs come from, from one column on: the packed
+/// pairs (`vp`, rows of `hv`), or the value rows themselves (`v`, `nv`
+/// rows of `hd`) paired in registers.
+#[derive(Clone, Copy)]
+struct PairSrc<T> {
+    vp: *const u32,
+    hv: usize,
+    v: *const T,
+    hd: usize,
+    nv: usize,
+    /// The interleave of two rows' 16 bf16 into pairs.
+    idx: __m512i,
+}
+
+impl<T> PairSrc<T> {
+    /// The same from column `c0` on.
+    fn at(self, c0: usize) -> Self {
+        PairSrc {
+            vp: self.vp.wrapping_add(c0),
+            v: self.v.wrapping_add(c0),
+            ..self
+        }
+    }
+}
+
+/// Pair `i`'s vector at columns `16 c..16 c + 16`: from the rows when
+/// `FROM_ROWS` (keys `2i` and `2i + 1`, a missing odd one as zeros), else
+/// the packed one.
+///
+/// # Safety
+/// AVX-512F, BW and BF16; rows `2i` (and `2i + 1` if below `nv`) hold the
+/// 16 columns, or the packed pairs hold pair `i` there.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn pair_vec<T: Elem, const FROM_ROWS: bool>(s: &PairSrc<T>, i: usize, c: usize) -> __m512i {
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        if FROM_ROWS {
+            let (j0, j1) = (2 * i, 2 * i + 1);
+            let x0 = load16(s.v.add(j0 * s.hd + 16 * c));
+            let x1 = if j1 < s.nv {
+                load16(s.v.add(j1 * s.hd + 16 * c))
+            } else {
+                _mm512_setzero_ps()
+            };
+            _mm512_permutexvar_epi16(s.idx, ih(_mm512_cvtne2ps_pbh(x1, x0)))
+        } else {
+            _mm512_loadu_si512(s.vp.add(i * s.hv + 16 * c).cast())
+        }
+    }
+}
+
+/// [`ROWS`] rows at a time over `16 * V` columns (`DIRECT`: the pairs
+/// from the value rows).
+///
+/// # Safety
+/// AVX-512F, BW and BF16; `src` from the column, `pp` the packed weights,
+/// `acc` `lim.len()` rows of `hd` from the column, `16 * V` columns there.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn accumulate_bf16_cols<T: Elem, const DIRECT: bool, const V: usize>(
+    src: PairSrc<T>,
+    pp: *const u32,
+    lim: &[usize],
+    acc: *mut f32,
+) {
+    let (rows, hd) = (lim.len(), src.hd);
+    let mut r = 0;
+    // SAFETY: forwarded; tiles cover rows r.. < rows.
+    unsafe {
+        while r + ROWS <= rows {
+            let (pr, ar) = (pp.add(r * PAIRS), acc.add(r * hd));
+            accumulate_bf16_tile::<T, DIRECT, ROWS, V>(&src, pr, &lim[r..r + ROWS], ar);
+            r += ROWS;
+        }
+        let (pr, ar, lim) = (pp.add(r * PAIRS), acc.add(r * hd), &lim[r..]);
+        match rows - r {
+            0 => {}
+            1 => accumulate_bf16_tile::<T, DIRECT, 1, V>(&src, pr, lim, ar),
+            2 => accumulate_bf16_tile::<T, DIRECT, 2, V>(&src, pr, lim, ar),
+            3 => accumulate_bf16_tile::<T, DIRECT, 3, V>(&src, pr, lim, ar),
+            4 => accumulate_bf16_tile::<T, DIRECT, 4, V>(&src, pr, lim, ar),
+            _ => accumulate_bf16_tile::<T, DIRECT, 5, V>(&src, pr, lim, ar),
+        }
+    }
+}
+
+/// `R` output rows times `16 * V` columns held in registers across the
+/// pairs all rows have, then each row on to its own, its odd last key
+/// with the pair's other value cleared (its weight is zero already).
+///
+/// # Safety
+/// As [`accumulate_bf16_cols`], for `R` rows.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn accumulate_bf16_tile<T: Elem, const DIRECT: bool, const R: usize, const V: usize>(
+    src: &PairSrc<T>,
+    pp: *const u32,
+    lim: &[usize],
+    acc: *mut f32,
+) {
+    let hd = src.hd;
+    let mut a = [[_mm512_setzero_ps(); V]; R];
+    let common = lim[..R].iter().map(|&n| n / 2).min().unwrap_or(0);
+    // SAFETY: pairs below lim[r].div_ceil(2) <= the packed pairs (rows
+    // below lim[r] <= nv), columns 16 * c + 16 <= 16 * V, rows r < R.
+    unsafe {
+        for (r, ar) in a.iter_mut().enumerate() {
+            for (c, x) in ar.iter_mut().enumerate() {
+                *x = _mm512_loadu_ps(acc.add(r * hd + 16 * c));
+            }
+        }
+        for i in 0..common {
+            if DIRECT && T::F16 {
+                // a decode step's value rows, straight from the cache
+                for l in 0..(32 * V).div_ceil(64) {
+                    prefetch_line(src.v.cast(), 2 * i + AHEAD, hd, l);
+                    prefetch_line(src.v.cast(), 2 * i + 1 + AHEAD, hd, l);
+                }
+            }
+            let mut x = [bh(_mm512_setzero_si512()); V];
+            for (c, xc) in x.iter_mut().enumerate() {
+                *xc = bh(pair_vec::<T, DIRECT>(src, i, c));
+            }
+            for (r, ar) in a.iter_mut().enumerate() {
+                let w = bh(_mm512_set1_epi32(*pp.add(r * PAIRS + i) as i32));
+                for (ac, xc) in ar.iter_mut().zip(&x) {
+                    *ac = _mm512_dpbf16_ps(*ac, *xc, w);
+                }
+            }
+        }
+        let even = _mm512_set1_epi32(0xFFFF);
+        for (r, ar) in a.iter_mut().enumerate() {
+            let n = lim[r];
+            for i in common..n.div_ceil(2) {
+                let w = bh(_mm512_set1_epi32(*pp.add(r * PAIRS + i) as i32));
+                // a lone last key: the pair's odd value cleared
+                let keep = if 2 * i + 1 < n {
+                    _mm512_set1_epi32(-1)
+                } else {
+                    even
+                };
+                for (c, ac) in ar.iter_mut().enumerate() {
+                    let x = pair_vec::<T, DIRECT>(src, i, c);
+                    *ac = _mm512_dpbf16_ps(*ac, bh(_mm512_and_si512(x, keep)), w);
+                }
+            }
+        }
+        for (r, ar) in a.iter().enumerate() {
+            for (c, x) in ar.iter().enumerate() {
+                _mm512_storeu_ps(acc.add(r * hd + 16 * c), *x);
+            }
+        }
+    }
+}
+
+/// A vector's 32 bf16, as the bits are.
+#[inline(always)]
+fn bh(x: __m512i) -> __m512bh {
+    // SAFETY: both are 64 bytes of plain bits.
+    unsafe { core::mem::transmute::<__m512i, __m512bh>(x) }
+}
+
+/// A vector's bits, from its 32 bf16.
+#[inline(always)]
+fn ih(x: __m512bh) -> __m512i {
+    // SAFETY: as above.
+    unsafe { core::mem::transmute::<__m512bh, __m512i>(x) }
 }
 
 #[cfg(test)]

@@ -54,6 +54,41 @@ pub fn int8_dot_peak(isa: Isa, iters: usize) -> Option<u64> {
     }
 }
 
+/// The AVX-512 tables' tiled attention: the values multiplied as bf16
+/// pairs where the CPU has AVX-512 BF16 (`dispatch::ValueDot`), unless
+/// `SOTTO_ATTN_BF16=0` asks for f32 products.
+pub(super) fn attn_tile_avx512() -> crate::dispatch::AttnTileKernels {
+    let off = std::env::var("SOTTO_ATTN_BF16").is_ok_and(|v| v.trim() == "0");
+    if !off && bf16() {
+        avx512_attn::KERNELS_BF16
+    } else {
+        avx512_attn::KERNELS
+    }
+}
+
+/// The AVX-512 tables' tiled attention with f32 value products.
+pub(crate) fn attn_tile_avx512_f32() -> Option<crate::dispatch::AttnTileKernels> {
+    supports(Isa::Avx512).then_some(avx512_attn::KERNELS)
+}
+
+/// AVX-512 BF16, with the AVX-512 its kernels also use.
+fn bf16() -> bool {
+    supports(Isa::Avx512) && is_x86_feature_detected!("avx512bf16")
+}
+
+/// Every AVX-512 tiled attention this CPU runs, whichever the tables took.
+#[cfg(test)]
+pub(crate) fn attn_tile_avx512_variants() -> Vec<crate::dispatch::AttnTileKernels> {
+    let mut all = Vec::new();
+    if supports(Isa::Avx512) {
+        all.push(avx512_attn::KERNELS);
+    }
+    if bf16() {
+        all.push(avx512_attn::KERNELS_BF16);
+    }
+    all
+}
+
 /// Whether the running CPU can execute the kernels of `isa`.
 pub fn supports(isa: Isa) -> bool {
     let avx2 = is_x86_feature_detected!("avx2")
