@@ -26,7 +26,8 @@ use crate::backend::{Backend, LogitsFor};
 use crate::error::{Error, Result};
 use crate::kv_cache::{KvCache, KvTypes};
 use rayon::prelude::*;
-use sotto_kernels::dispatch::KernelTable;
+use sotto_kernels::dispatch::{KernelTable, ValueDot};
+use sotto_kernels::quant::DType;
 use sotto_kernels::ops::{self, AttentionParams, PackedMatrix, QMatrix, RopeCache};
 use sotto_models::lora::{LoraAdapter, LoraTarget};
 use sotto_models::spec::{Activation, DecoderSpec, RopeSpec};
@@ -150,6 +151,9 @@ pub struct CpuBackend {
     layer_rope: Arc<[usize]>,
     /// The kernels every op of this backend runs on.
     kernels: &'static KernelTable,
+    /// Those of attention: `kernels`, or its twin with f32 value products
+    /// where the attention output is not quantized to 8 bits next.
+    attn_kernels: &'static KernelTable,
     pool: Arc<rayon::ThreadPool>,
     threads: usize,
     /// LoRA adapters applied unmerged, after the projections they update
@@ -329,6 +333,18 @@ impl CpuBackend {
             .into_iter()
             .map(|r| RopeTables::new(w, r, s.n_rot, s.context_length))
             .collect::<Result<Vec<_>>>()?;
+        // bf16 value products (where the table has them) err less than
+        // the 8-bit activations an output projection in quantized weights
+        // takes next; before one in float weights they would be the
+        // layer's largest error.
+        let eight_bit = w.layers.iter().all(|l| {
+            let act = l.attn_output.weight.dtype.activation_type();
+            matches!(act, Some(DType::Q8_0 | DType::Q8_1 | DType::Q8_K))
+        });
+        let attn_kernels = match eight_bit {
+            true => kernels,
+            false => sotto_kernels::dispatch::with_f32_values(kernels),
+        };
         Ok(Self {
             model,
             norms: norms.into(),
@@ -340,6 +356,7 @@ impl CpuBackend {
             ropes: ropes.into(),
             layer_rope: layer_rope.into(),
             kernels,
+            attn_kernels,
             pool: Arc::new(pool),
             threads,
             adapters: Arc::new([]),
@@ -548,7 +565,7 @@ impl CpuBackend {
                 window: ls.attention.window,
             };
             ops::attention_kv_with(
-                kernels,
+                self.attn_kernels,
                 &params,
                 &q,
                 layer.k.rows_view(),
@@ -736,8 +753,13 @@ impl Backend for CpuBackend {
         } else {
             format!(", KV {}", self.kv_types)
         };
+        let bf16 = self
+            .attn_kernels
+            .attn_tile
+            .is_some_and(|t| t.value_dot == ValueDot::Bf16Pairs);
+        let values = if bf16 { ", attention values bf16" } else { "" };
         format!(
-            "cpu ({} threads, kernels {:?}{kv}{adapters})",
+            "cpu ({} threads, kernels {:?}{kv}{values}{adapters})",
             self.threads, self.kernels.isa
         )
     }
