@@ -27,8 +27,8 @@ use crate::error::{Error, Result};
 use crate::kv_cache::{KvCache, KvTypes};
 use rayon::prelude::*;
 use sotto_kernels::dispatch::{KernelTable, ValueDot};
-use sotto_kernels::quant::DType;
 use sotto_kernels::ops::{self, AttentionParams, PackedMatrix, QMatrix, RopeCache};
+use sotto_kernels::quant::DType;
 use sotto_models::lora::{LoraAdapter, LoraTarget};
 use sotto_models::spec::{Activation, DecoderSpec, RopeSpec};
 use sotto_models::weights::{DecoderWeights, Linear, Weight};
@@ -1091,6 +1091,42 @@ mod tests {
         assert!(b.new_cache(8 + PREFILL_CHUNK).unwrap().is_ring(0));
     }
 
+    /// Attention takes bf16 value products only where the output
+    /// projection quantizes its activations to 8 bits next: a float file
+    /// attends on the f32-product twin of the table, a quantized one on
+    /// the table as it is, whichever products that has.
+    #[test]
+    fn float_output_projections_keep_f32_attention_values() {
+        use sotto_kernels::dispatch::{available_isas, table_for};
+        use sotto_kernels::quant::DType;
+        let dims = TinyDims {
+            n_layer: 2,
+            d_model: 256,
+            n_head: 4,
+            n_kv_head: 2,
+            head_dim: 64,
+            ffn_dim: 512,
+        };
+        let float = tiny_model_random("llama", dims, 22);
+        let mut quantized = tiny_model_random("llama", dims, 22);
+        sotto_models::testutil::quantize_matrices(&mut quantized, &[DType::Q8_0]).unwrap();
+        for isa in available_isas() {
+            let t = table_for(isa).unwrap();
+            for (w, eight_bit) in [(&float, false), (&quantized, true)] {
+                let model = Arc::new(
+                    Model::from_gguf(GgufFile::from_bytes(w.to_bytes()).unwrap()).unwrap(),
+                );
+                let b = CpuBackend::with_kernels(model, 1, t).unwrap();
+                let values = |k: &KernelTable| k.attn_tile.map(|tk| tk.value_dot);
+                let want = match eight_bit {
+                    true => values(t),
+                    false => values(t).map(|_| ValueDot::F32),
+                };
+                assert_eq!(values(b.attn_kernels), want, "{isa} 8-bit: {eight_bit}");
+                assert_eq!(b.kernels.isa, b.attn_kernels.isa);
+            }
+        }
+    }
     /// A Q4_K_M-style file mixes Q4_K, Q5_0, Q6_K and Q8_0 matrices, also
     /// within one layer's Q/K/V and gate/up groups: on a table with x16
     /// entries for all four, every matrix runs on its packed copy (packed
@@ -1123,9 +1159,12 @@ mod tests {
                 matrix_bytes += panelled(&m.weight);
             }
         }
+        // f32 attention values (a bf16 table's twin): the products are
+        // what is compared here, and this random model amplifies bf16's
+        // rounding of the values to 3.6% of its largest logit
         let run = |isa: Isa| {
-            let mut b =
-                CpuBackend::with_kernels(model.clone(), 1, table_for(isa).unwrap()).unwrap();
+            let t = sotto_kernels::dispatch::with_f32_values(table_for(isa).unwrap());
+            let mut b = CpuBackend::with_kernels(model.clone(), 1, t).unwrap();
             let mut cache = b.new_cache(16).unwrap();
             let mut logits = b.forward(&mut cache, &TOKENS, LogitsFor::All).unwrap();
             logits.extend(b.forward(&mut cache, &[7], LogitsFor::Last).unwrap());
