@@ -461,7 +461,7 @@ pub fn with_f32_values(t: &'static KernelTable) -> &'static KernelTable {
     let idx = Isa::ALL.iter().position(|&i| i == t.isa).unwrap_or(0);
     TABLES[idx].get_or_init(|| KernelTable {
         attn_tile: f32_values_tile(t.isa),
-        ..t.clone()
+        ..*t
     })
 }
 

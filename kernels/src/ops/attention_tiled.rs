@@ -606,7 +606,7 @@ mod tests {
     pub(crate) fn tables_and_tile_variants() -> Vec<(String, crate::dispatch::KernelTable)> {
         let mut all: Vec<_> = available_isas()
             .into_iter()
-            .map(|isa| (isa.to_string(), table_for(isa).unwrap().clone()))
+            .map(|isa| (isa.to_string(), *table_for(isa).unwrap()))
             .collect();
         #[cfg(target_arch = "x86_64")]
         if let Ok(t) = table_for(crate::dispatch::Isa::Avx512) {
@@ -616,7 +616,7 @@ mod tests {
                     label,
                     crate::dispatch::KernelTable {
                         attn_tile: Some(tk),
-                        ..t.clone()
+                        ..*t
                     },
                 ));
             }
