@@ -290,7 +290,6 @@ fn matmul(c: &mut Criterion) {
 /// (`tg-d1044`). Throughput counts the q·k and p·v multiply-adds as 2 flops
 /// each over every visible key.
 fn attention(c: &mut Criterion) {
-    let pools = pools();
     let p = AttentionParams {
         n_head: 9,
         n_kv_head: 3,
@@ -299,20 +298,59 @@ fn attention(c: &mut Criterion) {
         softcap: None,
         window: None,
     };
-    let depth = 1044;
-    let cap = depth + 19;
+    let cases = [("pp19-d1044", 19), ("tg-d1044", 1)];
+    attention_group(c, "attention/f16", &p, 1044, &cases, 11);
+}
+
+/// A prefill's attention in Llama-3.2-1B's shape (32 query heads over 8 KV
+/// heads of 64): one layer's 512 new tokens after a history of 1,024
+/// (`pp512-d1024`), the pass where attention weighs most against the
+/// weights. Throughput as in [`attention`], so criterion's Gelem/s over
+/// the f32 FMA peak (16 lanes x 2 flops per FMA) is the kernels' FMA use.
+fn attention_prefill(c: &mut Criterion) {
+    let p = AttentionParams {
+        n_head: 32,
+        n_kv_head: 8,
+        head_dim: 64,
+        scale: 0.125,
+        softcap: None,
+        window: None,
+    };
+    attention_group(
+        c,
+        "attention/f16-prefill",
+        &p,
+        1024,
+        &[("pp512-d1024", 512)],
+        31,
+    );
+}
+
+/// `group`: for each `(name, tokens)` case, that many new tokens after a
+/// history of `depth` (random f16 keys and values from `seed`), on every
+/// table and pool, the q·k and p·v multiply-adds counted as 2 flops each.
+fn attention_group(
+    c: &mut Criterion,
+    group: &str,
+    p: &AttentionParams,
+    depth: usize,
+    cases: &[(&str, usize)],
+    seed: u64,
+) {
+    let pools = pools();
+    let cap = depth + cases.iter().map(|c| c.1).max().unwrap_or(0);
     let kv = |seed| -> Vec<half::f16> {
         random(p.n_kv_head * cap * p.head_dim, seed)
             .into_iter()
             .map(half::f16::from_f32)
             .collect()
     };
-    let (k, v) = (kv(11), kv(12));
-    for (name, n_tokens) in [("pp19-d1044", 19usize), ("tg-d1044", 1)] {
-        let q = random(n_tokens * p.n_head * p.head_dim, 13);
+    let (k, v) = (kv(seed), kv(seed + 1));
+    for &(name, n_tokens) in cases {
+        let q = random(n_tokens * p.n_head * p.head_dim, seed + 2);
         let mut out = vec![0f32; q.len()];
         let keys: usize = (0..n_tokens).map(|t| depth + t + 1).sum();
-        let mut g = c.benchmark_group("attention/f16");
+        let mut g = c.benchmark_group(group);
         g.throughput(Throughput::Elements(
             (4 * keys * p.n_head * p.head_dim) as u64,
         ));
@@ -324,7 +362,7 @@ fn attention(c: &mut Criterion) {
                         b.iter(|| {
                             attention_with(
                                 t,
-                                &p,
+                                p,
                                 black_box(&q),
                                 &k,
                                 &v,
@@ -340,53 +378,6 @@ fn attention(c: &mut Criterion) {
         }
         g.finish();
     }
-}
-
-/// A prefill's attention in Llama-3.2-1B's shape (32 query heads over 8 KV
-/// heads of 64): one layer's 512 new tokens after a history of 1,024
-/// (`pp512-d1024`), the pass where attention weighs most against the
-/// weights. Throughput counts the q·k and p·v multiply-adds as 2 flops
-/// each over every visible key, so criterion's Gelem/s over the f32 FMA
-/// peak (16 lanes x 2 flops per FMA) is the kernels' FMA use.
-fn attention_prefill(c: &mut Criterion) {
-    let pools = pools();
-    let p = AttentionParams {
-        n_head: 32,
-        n_kv_head: 8,
-        head_dim: 64,
-        scale: 0.125,
-        softcap: None,
-        window: None,
-    };
-    let (depth, n_tokens) = (1024usize, 512usize);
-    let cap = depth + n_tokens;
-    let kv = |seed| -> Vec<half::f16> {
-        random(p.n_kv_head * cap * p.head_dim, seed)
-            .into_iter()
-            .map(half::f16::from_f32)
-            .collect()
-    };
-    let (k, v) = (kv(31), kv(32));
-    let q = random(n_tokens * p.n_head * p.head_dim, 33);
-    let mut out = vec![0f32; q.len()];
-    let keys: usize = (0..n_tokens).map(|t| depth + t + 1).sum();
-    let mut g = c.benchmark_group("attention/f16-prefill");
-    g.throughput(Throughput::Elements(
-        (4 * keys * p.n_head * p.head_dim) as u64,
-    ));
-    for t in tables() {
-        for (threads, pool) in &pools {
-            let id = BenchmarkId::new(t.isa.name(), format!("pp{n_tokens}-d{depth}/t{threads}"));
-            g.bench_function(id, |b| {
-                pool.install(|| {
-                    b.iter(|| {
-                        attention_with(t, &p, black_box(&q), &k, &v, cap, depth, n_tokens, &mut out)
-                    })
-                })
-            });
-        }
-    }
-    g.finish();
 }
 
 /// The tiled attention's kernels alone on one unit's tile (64 query rows,

@@ -524,14 +524,7 @@ mod tests {
 
     /// Rows that are whole blocks of every 32- and 256-element type.
     fn dims() -> TinyDims {
-        TinyDims {
-            n_layer: 2,
-            d_model: 256,
-            n_head: 4,
-            n_kv_head: 2,
-            head_dim: 64,
-            ffn_dim: 512,
-        }
+        TinyDims::WHOLE_BLOCKS
     }
 
     fn dequantized(gguf: &GgufFile, name: &str) -> Vec<f32> {

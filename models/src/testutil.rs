@@ -29,6 +29,19 @@ impl Default for TinyDims {
     }
 }
 
+impl TinyDims {
+    /// Two layers of heads of 64 (GQA 2:1) over a 256-wide residual: rows
+    /// that are whole blocks of every 32- and 256-element type.
+    pub const WHOLE_BLOCKS: TinyDims = TinyDims {
+        n_layer: 2,
+        d_model: 256,
+        n_head: 4,
+        n_kv_head: 2,
+        head_dim: 64,
+        ffn_dim: 512,
+    };
+}
+
 /// Special tokens of the synthetic vocabulary, after the 256 byte tokens.
 pub const TINY_SPECIALS: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
 /// Merges of the synthetic vocabulary (byte-level text).

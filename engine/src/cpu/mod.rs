@@ -1099,14 +1099,7 @@ mod tests {
     fn float_output_projections_keep_f32_attention_values() {
         use sotto_kernels::dispatch::{available_isas, table_for};
         use sotto_kernels::quant::DType;
-        let dims = TinyDims {
-            n_layer: 2,
-            d_model: 256,
-            n_head: 4,
-            n_kv_head: 2,
-            head_dim: 64,
-            ffn_dim: 512,
-        };
+        let dims = TinyDims::WHOLE_BLOCKS;
         let float = tiny_model_random("llama", dims, 22);
         let mut quantized = tiny_model_random("llama", dims, 22);
         sotto_models::testutil::quantize_matrices(&mut quantized, &[DType::Q8_0]).unwrap();
@@ -1137,14 +1130,7 @@ mod tests {
     fn a_mixed_k_quant_file_packs_every_matrix_and_matches_the_scalar_kernels() {
         use sotto_kernels::dispatch::{available_isas, table_for, Isa};
         use sotto_kernels::quant::DType;
-        let dims = TinyDims {
-            n_layer: 2,
-            d_model: 256,
-            n_head: 4,
-            n_kv_head: 2,
-            head_dim: 64,
-            ffn_dim: 512,
-        };
+        let dims = TinyDims::WHOLE_BLOCKS;
         let mut w = tiny_model_random("llama", dims, 21);
         let types = [DType::Q4_K, DType::Q5_0, DType::Q6_K, DType::Q8_0];
         sotto_models::testutil::quantize_matrices(&mut w, &types).unwrap();

@@ -114,15 +114,8 @@ fn softmax(
 }
 
 fn accumulate<T: Elem>(v: &[T], hd: usize, p: &[f32], lim: &[usize], acc: &mut [f32]) {
-    let ok = hd > 0
-        && v.len().is_multiple_of(hd)
-        && acc.len() == lim.len() * hd
-        && p.len() >= lim.len() * ATTN_TILE
-        && lim.iter().all(|&n| n <= (v.len() / hd).min(ATTN_TILE));
-    if !ok {
-        let mut vt = vec![0f32; v.len()];
-        vt.iter_mut().zip(v).for_each(|(o, x)| *o = x.widen());
-        return reference::accumulate_ref(&vt, hd, p, lim, acc);
+    if !super::accumulate_fits(v, hd, p, lim, acc) {
+        return reference::accumulate_ref(&super::widened(v), hd, p, lim, acc);
     }
     // SAFETY: AVX2/FMA/F16C were detected before this table was handed
     // out; v holds the lim[r] <= ATTN_TILE value rows each output row

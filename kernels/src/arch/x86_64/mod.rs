@@ -146,6 +146,30 @@ pub(super) fn prefetch_line(base: *const half::f16, row: usize, hd: usize, line:
 
 /// A key or value row's element: f32 from a widened tile
 /// (the tiled attention kernels), or f16 from the cache.
+/// Whether a tiled `accumulate` kernel can index these shapes: `v` whole
+/// rows of `hd`, `acc` a row per `lim`, `p` ATTN_TILE weights per row, no
+/// row past the values or the tile. Else the reference runs on
+/// [`widened`] values.
+pub(super) fn accumulate_fits<T>(
+    v: &[T],
+    hd: usize,
+    p: &[f32],
+    lim: &[usize],
+    acc: &[f32],
+) -> bool {
+    use crate::dispatch::ATTN_TILE;
+    hd > 0
+        && v.len().is_multiple_of(hd)
+        && acc.len() == lim.len() * hd
+        && p.len() >= lim.len() * ATTN_TILE
+        && lim.iter().all(|&n| n <= (v.len() / hd).min(ATTN_TILE))
+}
+
+/// `v` as f32.
+pub(super) fn widened<T: Elem>(v: &[T]) -> Vec<f32> {
+    v.iter().map(|x| x.widen()).collect()
+}
+
 pub(super) trait Elem: Copy {
     const F16: bool;
     fn widen(self) -> f32;
