@@ -115,8 +115,14 @@ fn fixture() -> &'static Fixture {
     })
 }
 
+/// The CPU backend with f32 attention values, as the exported graphs
+/// compute attention (and as a phone's aarch64 CPU backend does, where the
+/// hybrid mode runs): bf16 value products, where this CPU has them, would
+/// add their own rounding to the comparison with the NPU's f16.
 fn cpu() -> CpuBackend {
-    CpuBackend::new(fixture().model.clone(), 0).unwrap()
+    let t = sotto_kernels::dispatch::try_table().unwrap();
+    let t = sotto_kernels::dispatch::with_f32_values(t);
+    CpuBackend::with_kernels(fixture().model.clone(), 0, t).unwrap()
 }
 fn ort() -> OrtDecoder {
     let f = fixture();
