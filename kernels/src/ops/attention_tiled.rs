@@ -547,10 +547,23 @@ pub(crate) fn bf16_step(acc: f32, w: f32, x: f32) -> f32 {
 /// output element, the row's keys in pairs from the first, the odd one of
 /// each pair added first, a lone last key paired with zeros.
 pub(crate) fn accumulate_bf16_ref(v: &[f32], hd: usize, p: &[f32], lim: &[usize], acc: &mut [f32]) {
-    if hd == 0 {
-        return;
+    if hd > 0 {
+        accumulate_bf16_cols(|i| v[i], v.len() / hd, hd, p, lim, acc, 0..hd);
     }
-    let nv = v.len() / hd;
+}
+
+/// [`accumulate_bf16_ref`] over columns `cols` of `nv` value rows of `hd`
+/// (`value(i)` the element at `i`), for the kernels' columns past their
+/// vectors too.
+pub(crate) fn accumulate_bf16_cols(
+    value: impl Fn(usize) -> f32,
+    nv: usize,
+    hd: usize,
+    p: &[f32],
+    lim: &[usize],
+    acc: &mut [f32],
+    cols: std::ops::Range<usize>,
+) {
     for ((r, ar), &n) in acc.chunks_exact_mut(hd).enumerate().zip(lim) {
         let n = n.min(ATTN_TILE).min(nv);
         for j0 in (0..n).step_by(2) {
@@ -562,14 +575,14 @@ pub(crate) fn accumulate_bf16_ref(v: &[f32], hd: usize, p: &[f32], lim: &[usize]
             let (Some(w0), Some(w1)) = (weight(j0), weight(j1)) else {
                 break;
             };
-            for (d, a) in ar.iter_mut().enumerate() {
-                let x0 = bf16_round(v[j0 * hd + d]);
+            for d in cols.clone() {
+                let x0 = bf16_round(value(j0 * hd + d));
                 let x1 = if j1 < n {
-                    bf16_round(v[j1 * hd + d])
+                    bf16_round(value(j1 * hd + d))
                 } else {
                     0.0
                 };
-                *a = bf16_step(bf16_step(*a, w1, x1), w0, x0);
+                ar[d] = bf16_step(bf16_step(ar[d], w1, x1), w0, x0);
             }
         }
     }

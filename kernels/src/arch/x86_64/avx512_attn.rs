@@ -808,27 +808,8 @@ unsafe fn accumulate_bf16_k<T: Elem>(
         }
     }
     if hv < hd {
-        for (r, &n) in lim.iter().enumerate() {
-            for j0 in (0..n).step_by(2) {
-                let j1 = j0 + 1;
-                let w0 = reference::bf16_round(p[r * ATTN_TILE + j0]);
-                let w1 = if j1 < n {
-                    reference::bf16_round(p[r * ATTN_TILE + j1])
-                } else {
-                    0.0
-                };
-                for d in hv..hd {
-                    let x0 = reference::bf16_round(v[j0 * hd + d].widen());
-                    let x1 = if j1 < n {
-                        reference::bf16_round(v[j1 * hd + d].widen())
-                    } else {
-                        0.0
-                    };
-                    let a = &mut acc[r * hd + d];
-                    *a = reference::bf16_step(reference::bf16_step(*a, w1, x1), w0, x0);
-                }
-            }
-        }
+        let value = |i: usize| v[i].widen();
+        reference::accumulate_bf16_cols(value, v.len() / hd, hd, p, lim, acc, hv..hd);
     }
 }
 
