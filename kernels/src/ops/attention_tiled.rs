@@ -547,8 +547,8 @@ pub(crate) fn bf16_step(acc: f32, w: f32, x: f32) -> f32 {
 /// output element, the row's keys in pairs from the first, the odd one of
 /// each pair added first, a lone last key paired with zeros.
 pub(crate) fn accumulate_bf16_ref(v: &[f32], hd: usize, p: &[f32], lim: &[usize], acc: &mut [f32]) {
-    if hd > 0 {
-        accumulate_bf16_cols(|i| v[i], v.len() / hd, hd, p, lim, acc, 0..hd);
+    if let Some(nv) = v.len().checked_div(hd) {
+        accumulate_bf16_cols(|i| v[i], nv, hd, p, lim, acc, 0..hd);
     }
 }
 
