@@ -25,8 +25,10 @@
 //!
 //! * Q4_K (2304 bytes): planes `d`, `dmin`, 3 scale lines, 32 `qs` lines;
 //! * Q5_K (2816 bytes): as Q4_K with 8 `qh` lines before the `qs` lines;
-//! * Q6_K (3360 bytes): plane `d`, 4 scale lines, 16 `qh` lines, 32 `ql`
-//!   lines.
+//! * Q6_K (3360 bytes): plane `d`, 4 scale lines, then its 16 `qh` and
+//!   32 `ql` lines in the order the kernels read them, a `qh` line and two
+//!   `ql` lines per step ([`super::q6_k::x16_step`]), so decode reads the
+//!   record front to back.
 //!
 //! So every 4-byte lane of a line holds the same bytes of its row as the
 //! block does, and a kernel reads the fields of 16 rows with 64-byte loads
@@ -376,7 +378,14 @@ mod tests {
         assert_eq!(BlockQ6K::RECORD, 3360);
         assert_eq!([1, 2, 3].map(BlockQ4K::field_start), [32, 64, 64 + 3 * 64]);
         assert_eq!(BlockQ5K::field_start(4), 64 + 3 * 64 + 8 * 64);
-        assert_eq!(BlockQ6K::field_start(3), 32 + 4 * 64 + 16 * 64);
+        for (n, i) in (0..2).flat_map(|n| (0..8).map(move |i| (n, i))) {
+            let step = 2 + 3 * (8 * n + i);
+            assert_eq!(
+                BlockQ6K::field_start(step),
+                crate::quant::q6_k::x16_step(n, i)
+            );
+        }
+        assert_eq!(BlockQ6K::field_start(2), 32 + 4 * 64);
         assert_eq!(BlockQ5_0::field_start(2), 32 + 64);
     }
 
@@ -407,9 +416,15 @@ mod tests {
                 &p[s..s + 4],
                 bytemuck::cast_slice::<i8, u8>(&b.scales[8..12])
             );
-            // ql line 31, lane r: ql[124..128]
-            let q = BlockQ6K::field_start(3) + 31 * 64 + 4 * r;
+            // ql line 31 (step 15's third line), lane r: ql[124..128]
+            let q = crate::quant::q6_k::x16_step(1, 7) + 2 * 64 + 4 * r;
             assert_eq!(&p[q..q + 4], &b.ql[124..128]);
+            // qh line 9 (step 9's first), lane r: qh[36..40]
+            let h = crate::quant::q6_k::x16_step(1, 1) + 4 * r;
+            assert_eq!(&p[h..h + 4], &b.qh[36..40]);
+            // ql line 3 (step 3's second), lane r: ql[12..16]
+            let q = crate::quant::q6_k::x16_step(0, 3) + 64 + 4 * r;
+            assert_eq!(&p[q..q + 4], &b.ql[12..16]);
         }
     }
 }

@@ -28,7 +28,7 @@ use super::avx2_lanes::{
 use crate::dispatch::VecDotFn;
 use crate::quant::blocks::{BlockQ4K, BlockQ4_0, BlockQ4_1, BlockQ8_0};
 use crate::quant::q5_0::BlockQ5_0;
-use crate::quant::q6_k::BlockQ6K;
+use crate::quant::q6_k::{x16_step, BlockQ6K};
 use crate::quant::x16::{self, X16Block, PANEL_ROWS};
 use core::arch::x86_64::*;
 
@@ -313,11 +313,13 @@ impl X16Lanes for BlockQ4K {
     }
 }
 
-/// Q6_K: plane `d`, 4 lines of the 16 signed sub-block scales, 16 `qh`
-/// lines, 32 `ql` lines. Run `v = 4n + k` (elements `128n + 32k..`) takes
-/// the low (`k < 2`) or high nibbles of `ql[64n + 32 (k % 2)..]` and bits
-/// `2k..2k + 2` of `qh[32n..]`: its word `i` is `ql` line `16n + 8 (k % 2)
-/// + i` and `qh` line `8n + i`. `Meta`: the 4 scale lines.
+/// Q6_K: plane `d`, 4 lines of the 16 signed sub-block scales, then 16
+/// code steps of a `qh` line and two `ql` lines ([`x16_step`]). Run
+/// `v = 4n + k` (elements `128n + 32k..`) takes the low (`k < 2`) or high
+/// nibbles of `ql[64n + 32 (k % 2)..]` and bits `2k..2k + 2` of
+/// `qh[32n..]`: its word `i` is `ql` line `16n + 8 (k % 2) + i` (line
+/// `1 + k % 2` of step `8n + i`) and `qh` line `8n + i` (the step's line
+/// 0). `Meta`: the 4 scale lines.
 impl X16Lanes for BlockQ6K {
     type Meta = [__m256i; 4];
     #[inline]
@@ -333,8 +335,8 @@ impl X16Lanes for BlockQ6K {
         // SAFETY: the record's qh and ql lines.
         let (ql, qh) = unsafe {
             (
-                half_line(rec.add(Q6K_QL), h, 16 * n + 8 * (k % 2) + i),
-                half_line(rec.add(Q6K_QH), h, 8 * n + i),
+                half_line(rec.add(x16_step(n, i)), h, 1 + k % 2),
+                half_line(rec.add(x16_step(n, i)), h, 0),
             )
         };
         q6k_word(ql, qh, k)
@@ -395,10 +397,6 @@ impl X16Lanes for BlockQ6K {
     }
 }
 
-/// Where a Q6_K record's `qh` and `ql` lines start.
-const Q6K_QH: usize = 288;
-const Q6K_QL: usize = 1312;
-
 /// Run `4n + k`'s code word from its `ql` line (low nibbles for `k < 2`,
 /// high ones above) and its `qh` line (bits `2k..2k + 2` of each byte,
 /// moved to bits 4..6).
@@ -442,9 +440,9 @@ unsafe fn q6k_quarter<const N: usize, const S: usize>(
             // SAFETY: the record's qh line and the two ql lines of word i.
             let (qh, qa, qb) = unsafe {
                 (
-                    half_line(rec.add(Q6K_QH), h, 8 * N + i),
-                    half_line(rec.add(Q6K_QL), h, 16 * N + i),
-                    half_line(rec.add(Q6K_QL), h, 16 * N + 8 + i),
+                    half_line(rec.add(x16_step(N, i)), h, 0),
+                    half_line(rec.add(x16_step(N, i)), h, 1),
+                    half_line(rec.add(x16_step(N, i)), h, 2),
                 )
             };
             let words = [qa, qb, qa, qb];

@@ -29,12 +29,14 @@
 //! `dot4` in registers (the 64-register codes array spilled to the stack
 //! and ran Q4_K at 9 GiB/s from L3), with several independent integer
 //! chains per sub-block and the float steps in the batched path's order,
-//! so decode and prefill give the same bits. It prefetches a record ahead
-//! a few lines per step: a whole record's prefetches in one burst (36–53
-//! lines) held up the record's own loads, and Q6_K streamed at 6 GiB/s.
-//! The prefetches are `asm!`, since LLVM gathered the intrinsic ones back
-//! into that burst (`prefetch_step`). Its loops are unrolled through const
-//! generics, so sums stay in registers and prefetch offsets are constants.
+//! so decode and prefill give the same bits. Q4_K and Q5_K prefetch a
+//! record ahead a few lines per step: a whole record's prefetches in one
+//! burst (36–53 lines) held up the record's own loads, and Q6_K streamed
+//! at 6 GiB/s. The prefetches are `asm!`, since LLVM gathered the
+//! intrinsic ones back into that burst (`prefetch_step`). Q6_K's record is
+//! laid out in the order decode reads it and leaves the fetching to the
+//! hardware. Its loops are unrolled through const generics, so sums stay
+//! in registers and prefetch offsets are constants.
 //! Codes are below 64 and activations within ±127, so even
 //! `vpmaddubsw`'s saturating i16 pairs are exact.
 //!
@@ -232,14 +234,6 @@ macro_rules! kquant_kernels {
                 const GROUPS: usize = 64 / Self::SUBS;
                 /// Whether the type has per-sub-block minimums.
                 const MINS: bool;
-                /// Whether decode also asks for lines into L1 at [`NEAR`],
-                /// besides L2 at [`FAR`]. Q6_K's decode, whose lines go in
-                /// three interleaved runs, streamed at 19.0-19.8 GiB/s on 1
-                /// thread with both on the EPYC host and at 21.6-21.7 with
-                /// L2 alone (8.2-8.5 with neither); Q4_K's at 25.4-26.5 with
-                /// both, 23.5-23.7 with L2 alone (the stream bench,
-                /// alternated twice).
-                const NEAR_TOO: bool = true;
                 /// The 64 code groups and the scales of the record at `rec`.
                 ///
                 /// # Safety
@@ -270,9 +264,9 @@ macro_rules! kquant_kernels {
                 ) -> __m512;
             }
 
-            /// Bytes past the next record from which decode asks for lines
-            /// into L1: a Q4_K record, so Q4_K reads two records ahead and
-            /// Q6_K 1.7. At one record (the distance before), the
+            /// Bytes past the next record from which Q4_K and Q5_K decode
+            /// ask for lines into L1: a Q4_K record, so Q4_K reads two
+            /// records ahead. At one record (the distance before), the
             /// Llama-3.2-1B shape's Q4_K_M decode, builds alternated in
             /// three rounds, gave 15.3–15.8 tok/s on 1 thread and
             /// 27.5–28.5 on 2; at this distance 16.5–16.9 and 30.0–30.9
@@ -317,14 +311,12 @@ macro_rules! kquant_kernels {
                     // architecturally and never faults, wherever it points;
                     // SSE is part of the x86-64 baseline.
                     unsafe {
-                        if W::NEAR_TOO {
-                            core::arch::asm!(
-                                "prefetcht0 [{at} + {near}]",
-                                at = in(reg) at,
-                                near = const NEAR,
-                                options(nomem, nostack, preserves_flags)
-                            );
-                        }
+                        core::arch::asm!(
+                            "prefetcht0 [{at} + {near}]",
+                            at = in(reg) at,
+                            near = const NEAR,
+                            options(nomem, nostack, preserves_flags)
+                        );
                         core::arch::asm!(
                             "prefetcht1 [{at} + {far}]",
                             at = in(reg) at,
@@ -715,7 +707,6 @@ macro_rules! kquant_kernels {
             impl KRecord for BlockQ6K {
                 const SUBS: usize = 16;
                 const MINS: bool = false;
-                const NEAR_TOO: bool = false;
                 #[inline]
                 #[target_feature(enable = $features)]
                 unsafe fn unpack(rec: *const u8, codes: &mut [__m512i; 64], s: &mut Scales) {
@@ -741,11 +732,17 @@ macro_rules! kquant_kernels {
                         bsums: [0; 4],
                     }
                 }
+                /// No software prefetches: the record is read in order
+                /// ([`q6_k::x16_step`]), which the hardware prefetcher
+                /// follows. On the EPYC host the stream bench's Q6_K decode
+                /// read 27.3-27.6 GiB/s on 1 thread so, 23.9-26.0 with
+                /// [`prefetch_step`]'s requests (alternated twice); 20.8-21.3
+                /// in the field-by-field record before, with its L2 requests.
                 #[inline]
                 #[target_feature(enable = $features)]
                 unsafe fn dot1(
                     rec: *const u8,
-                    ahead: *const u8,
+                    _ahead: *const u8,
                     y: &BlockQ8K,
                     ka: &KAct,
                     s: &mut Scales,
@@ -753,8 +750,8 @@ macro_rules! kquant_kernels {
                     // SAFETY: per the contract.
                     unsafe {
                         scales_q6_k(rec, s);
-                        let blk = dot1_q6_k_half::<0>(rec, ahead, y, ka, s, _mm512_setzero_ps());
-                        dot1_q6_k_half::<1>(rec, ahead, y, ka, s, blk)
+                        let blk = dot1_q6_k_half::<0>(rec, y, ka, s, _mm512_setzero_ps());
+                        dot1_q6_k_half::<1>(rec, y, ka, s, blk)
                     }
                 }
             }
@@ -768,7 +765,6 @@ macro_rules! kquant_kernels {
             #[target_feature(enable = $features)]
             unsafe fn dot1_q6_k_half<const N: usize>(
                 rec: *const u8,
-                ahead: *const u8,
                 y: &BlockQ8K,
                 ka: &KAct,
                 s: &Scales,
@@ -780,14 +776,14 @@ macro_rules! kquant_kernels {
                     core::array::from_fn(|i| _mm512_set1_epi32(ka.start[8 * N + i]));
                 // SAFETY: forwarded; l4 < 8.
                 unsafe {
-                    dot1_q6_k_lines::<N, 0>(rec, ahead, y, &mut isum);
-                    dot1_q6_k_lines::<N, 1>(rec, ahead, y, &mut isum);
-                    dot1_q6_k_lines::<N, 2>(rec, ahead, y, &mut isum);
-                    dot1_q6_k_lines::<N, 3>(rec, ahead, y, &mut isum);
-                    dot1_q6_k_lines::<N, 4>(rec, ahead, y, &mut isum);
-                    dot1_q6_k_lines::<N, 5>(rec, ahead, y, &mut isum);
-                    dot1_q6_k_lines::<N, 6>(rec, ahead, y, &mut isum);
-                    dot1_q6_k_lines::<N, 7>(rec, ahead, y, &mut isum);
+                    dot1_q6_k_lines::<N, 0>(rec, y, &mut isum);
+                    dot1_q6_k_lines::<N, 1>(rec, y, &mut isum);
+                    dot1_q6_k_lines::<N, 2>(rec, y, &mut isum);
+                    dot1_q6_k_lines::<N, 3>(rec, y, &mut isum);
+                    dot1_q6_k_lines::<N, 4>(rec, y, &mut isum);
+                    dot1_q6_k_lines::<N, 5>(rec, y, &mut isum);
+                    dot1_q6_k_lines::<N, 6>(rec, y, &mut isum);
+                    dot1_q6_k_lines::<N, 7>(rec, y, &mut isum);
                 }
                 for (i, v) in isum.into_iter().enumerate() {
                     blk = fold(blk, v, s, 8 * N + i);
@@ -806,11 +802,9 @@ macro_rules! kquant_kernels {
             #[target_feature(enable = $features)]
             unsafe fn dot1_q6_k_lines<const N: usize, const L4: usize>(
                 rec: *const u8,
-                ahead: *const u8,
                 y: &BlockQ8K,
                 isum: &mut [__m512i; 8],
             ) {
-                prefetch_step::<BlockQ6K>(ahead, 8 * N + L4, 16);
                 // SAFETY: per the contract; groups < 64.
                 let w = unsafe { codes_q6_k(rec, N, L4) };
                 for (k, w) in w.into_iter().enumerate() {
@@ -848,7 +842,7 @@ macro_rules! kquant_kernels {
             /// The Q6_K code groups `32n + 8k + l4` (k = 0..4) of the record
             /// at `rec`: low nibbles from ql line `16n + 8(k % 2) + l4`
             /// (nibble `k / 2`), high bits from qh line `8n + l4` (bits
-            /// `2k`, `2k + 1`).
+            /// `2k`, `2k + 1`), the three lines of [`q6_k::x16_step`].
             ///
             /// # Safety
             /// The tier's features; `rec` points at a whole Q6_K record;
@@ -856,17 +850,14 @@ macro_rules! kquant_kernels {
             #[inline]
             #[target_feature(enable = $features)]
             unsafe fn codes_q6_k(rec: *const u8, n: usize, l4: usize) -> [__m512i; 4] {
-                let (qh, ql) = (
-                    rec.wrapping_add(BlockQ6K::field_start(2)),
-                    rec.wrapping_add(BlockQ6K::field_start(3)),
-                );
+                let step = rec.wrapping_add(q6_k::x16_step(n, l4));
                 let (m4, m30) = (_mm512_set1_epi8(0x0F), _mm512_set1_epi8(0x30));
-                // SAFETY: qh line 8n + l4 < 16 and ql lines 16n + l4 (+ 8) < 32 are inside their fields.
+                // SAFETY: step 8n + l4 < 16's three lines are inside the record.
                 let (h, q0, q1) = unsafe {
                     (
-                        _mm512_loadu_si512(qh.add(64 * (8 * n + l4)).cast()),
-                        _mm512_loadu_si512(ql.add(64 * (16 * n + l4)).cast()),
-                        _mm512_loadu_si512(ql.add(64 * (16 * n + 8 + l4)).cast()),
+                        _mm512_loadu_si512(step.cast()),
+                        _mm512_loadu_si512(step.add(64).cast()),
+                        _mm512_loadu_si512(step.add(128).cast()),
                     )
                 };
                 let lo = [
