@@ -271,7 +271,12 @@ macro_rules! kquant_kernels {
             /// three rounds, gave 15.3–15.8 tok/s on 1 thread and
             /// 27.5–28.5 on 2; at this distance 16.5–16.9 and 30.0–30.9
             /// (Qwen2.5-1.5B +5–8%, Gemma-3-270M within the noise; 1152
-            /// and 4608 bytes came out alike).
+            /// and 4608 bytes came out alike). On the EPYC host, the stream
+            /// bench's Q4_K decode on 1 thread read 22.9–27.4 GiB/s with
+            /// these requests and `FAR`'s; with L2 requests alone
+            /// 23.5–23.7, L1 alone 21.6–21.9, none 23.7–25.4, both as
+            /// non-temporal hints 20.0–20.3, and with `FAR` at 8192 (and
+            /// `NEAR` at 2304 or 4608) 19.5–22.0.
             const NEAR: usize = 2304;
 
             /// Bytes past the next record that decode also asks for into
@@ -735,9 +740,10 @@ macro_rules! kquant_kernels {
                 /// No software prefetches: the record is read in order
                 /// ([`q6_k::x16_step`]), which the hardware prefetcher
                 /// follows. On the EPYC host the stream bench's Q6_K decode
-                /// read 27.3-27.6 GiB/s on 1 thread so, 23.9-26.0 with
-                /// [`prefetch_step`]'s requests (alternated twice); 20.8-21.3
-                /// in the field-by-field record before, with its L2 requests.
+                /// read 27.3-27.6 GiB/s on 1 thread this way, 23.9-26.0
+                /// with [`prefetch_step`]'s requests (alternated twice), and
+                /// 20.8-21.3 in the field-by-field record before, with L2
+                /// requests alone.
                 #[inline]
                 #[target_feature(enable = $features)]
                 unsafe fn dot1(
