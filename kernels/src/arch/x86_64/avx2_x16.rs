@@ -334,10 +334,8 @@ impl X16Lanes for BlockQ6K {
         let (n, k) = (v / 4, v % 4);
         // SAFETY: the record's qh and ql lines.
         let (ql, qh) = unsafe {
-            (
-                half_line(rec.add(x16_step(n, i)), h, 1 + k % 2),
-                half_line(rec.add(x16_step(n, i)), h, 0),
-            )
+            let step = rec.add(x16_step(n, i));
+            (half_line(step, h, 1 + k % 2), half_line(step, h, 0))
         };
         q6k_word(ql, qh, k)
     }
@@ -439,10 +437,11 @@ unsafe fn q6k_quarter<const N: usize, const S: usize>(
         for i in 4 * S + 2 * g..4 * S + 2 * g + 2 {
             // SAFETY: the record's qh line and the two ql lines of word i.
             let (qh, qa, qb) = unsafe {
+                let step = rec.add(x16_step(N, i));
                 (
-                    half_line(rec.add(x16_step(N, i)), h, 0),
-                    half_line(rec.add(x16_step(N, i)), h, 1),
-                    half_line(rec.add(x16_step(N, i)), h, 2),
+                    half_line(step, h, 0),
+                    half_line(step, h, 1),
+                    half_line(step, h, 2),
                 )
             };
             let words = [qa, qb, qa, qb];
