@@ -56,9 +56,15 @@ pub fn int8_dot_peak(isa: Isa, iters: usize) -> Option<u64> {
 
 /// The AVX-512 tables' tiled attention: the values multiplied as bf16
 /// pairs where the CPU has AVX-512 BF16 (`dispatch::ValueDot`), unless
-/// `SOTTO_ATTN_BF16=0` asks for f32 products.
+/// `SOTTO_ATTN_BF16=0` (or `off`, `false`, any case) asks for f32
+/// products; unset, empty or any other value keeps the bf16 pairs.
 pub(super) fn attn_tile_avx512() -> crate::dispatch::AttnTileKernels {
-    let off = std::env::var("SOTTO_ATTN_BF16").is_ok_and(|v| v.trim() == "0");
+    let off = std::env::var("SOTTO_ATTN_BF16").is_ok_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "0" | "off" | "false"
+        )
+    });
     if !off && bf16() {
         avx512_attn::KERNELS_BF16
     } else {
