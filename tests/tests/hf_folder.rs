@@ -15,8 +15,10 @@
 //! Run with `--nocapture` to see the parity tables.
 #![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
+
+use tempfile::TempDir;
 
 use sotto_models::spec::RopeStyle;
 use sotto_models::{ChatMessage, Error, Model};
@@ -146,12 +148,15 @@ fn folder_logits_agree_with_llama_cpp_on_the_source_gguf() {
 }
 
 /// A copy of the F16 two-shard fixture in a temporary folder, its shards
-/// linked (not copied), for one bad-input case to edit.
-fn scratch_copy(tag: &str) -> PathBuf {
+/// linked (not copied), for one bad-input case to edit; removed when the
+/// test ends, passes or not.
+fn scratch_copy(tag: &str) -> TempDir {
     let src = fixture_folder(FolderDtype::F16, 2);
-    let dst = std::env::temp_dir().join(format!("sotto-hf-bad-{tag}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dst);
-    std::fs::create_dir_all(&dst).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!("sotto-hf-bad-{tag}-"))
+        .tempdir()
+        .unwrap();
+    let dst = tmp.path();
     for entry in std::fs::read_dir(&src).unwrap() {
         let entry = entry.unwrap();
         let name = entry.file_name();
@@ -162,7 +167,7 @@ fn scratch_copy(tag: &str) -> PathBuf {
             std::fs::copy(&from, dst.join(&name)).unwrap();
         }
     }
-    dst
+    tmp
 }
 
 fn edit_json(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
@@ -191,10 +196,11 @@ fn shard_of(dir: &Path, tensor: &str) -> String {
 #[test]
 fn bad_folders_are_typed_errors() {
     // A shard the index lists is missing.
-    let dir = scratch_copy("missing-shard");
-    let shard = shard_of(&dir, "model.layers.29.mlp.down_proj.weight");
+    let tmp = scratch_copy("missing-shard");
+    let dir = tmp.path();
+    let shard = shard_of(dir, "model.layers.29.mlp.down_proj.weight");
     std::fs::remove_file(dir.join(&shard)).unwrap();
-    match load_err(&dir) {
+    match load_err(dir) {
         Error::HfFolder { file, reason } => {
             assert!(file.ends_with(&shard), "{}", file.display());
             assert!(reason.contains("missing"), "{reason}");
@@ -203,11 +209,12 @@ fn bad_folders_are_typed_errors() {
     }
 
     // config.json contradicts the tensors' shapes.
-    let dir = scratch_copy("shape");
+    let tmp = scratch_copy("shape");
+    let dir = tmp.path();
     edit_json(&dir.join("config.json"), |c| {
         c["intermediate_size"] = 1024.into()
     });
-    match load_err(&dir) {
+    match load_err(dir) {
         Error::ShapeMismatch {
             tensor,
             expected,
@@ -224,7 +231,8 @@ fn bad_folders_are_typed_errors() {
 
     // A tensor in a dtype the engine does not read (I64), in a third
     // shard the index points at.
-    let dir = scratch_copy("dtype");
+    let tmp = scratch_copy("dtype");
+    let dir = tmp.path();
     let values: Vec<u8> = (0..576i64).flat_map(|v| v.to_le_bytes()).collect();
     let view =
         safetensors::tensor::TensorView::new(safetensors::Dtype::I64, vec![576], &values).unwrap();
@@ -233,7 +241,7 @@ fn bad_folders_are_typed_errors() {
     edit_json(&dir.join("model.safetensors.index.json"), |v| {
         v["weight_map"]["model.norm.weight"] = "extra.safetensors".into()
     });
-    match load_err(&dir) {
+    match load_err(dir) {
         Error::HfFolder { file, reason } => {
             assert!(file.ends_with("extra.safetensors"), "{}", file.display());
             assert!(
@@ -245,10 +253,11 @@ fn bad_folders_are_typed_errors() {
     }
 
     // The index sends a tensor to a shard that does not hold it.
-    let dir = scratch_copy("index");
+    let tmp = scratch_copy("index");
+    let dir = tmp.path();
     let name = "model.layers.0.self_attn.q_proj.weight";
-    let holder = shard_of(&dir, name);
-    let other = shard_of(&dir, "model.layers.29.mlp.down_proj.weight");
+    let holder = shard_of(dir, name);
+    let other = shard_of(dir, "model.layers.29.mlp.down_proj.weight");
     assert_ne!(
         holder, other,
         "the fixture's first and last layers share a shard"
@@ -256,7 +265,7 @@ fn bad_folders_are_typed_errors() {
     edit_json(&dir.join("model.safetensors.index.json"), |v| {
         v["weight_map"][name] = other.clone().into()
     });
-    match load_err(&dir) {
+    match load_err(dir) {
         Error::HfFolder { file, reason } => {
             assert!(file.ends_with(&other), "{}", file.display());
             assert!(reason.contains(name), "{reason}");
@@ -265,23 +274,26 @@ fn bad_folders_are_typed_errors() {
     }
 
     // An index entry that escapes the folder.
-    let dir = scratch_copy("escape");
+    let tmp = scratch_copy("escape");
+    let dir = tmp.path();
     edit_json(&dir.join("model.safetensors.index.json"), |v| {
         v["weight_map"][name] = "../model.safetensors".into()
     });
-    assert!(matches!(load_err(&dir), Error::HfFolder { .. }));
+    assert!(matches!(load_err(dir), Error::HfFolder { .. }));
 
     // config.json that is not JSON, and one of an unknown architecture.
-    let dir = scratch_copy("config");
+    let tmp = scratch_copy("config");
+    let dir = tmp.path();
     std::fs::write(dir.join("config.json"), b"{ \"model_type\": ").unwrap();
-    assert!(matches!(load_err(&dir), Error::HfFolder { .. }));
+    assert!(matches!(load_err(dir), Error::HfFolder { .. }));
     std::fs::write(dir.join("config.json"), br#"{"model_type": "mamba"}"#).unwrap();
-    assert!(matches!(load_err(&dir), Error::HfConfig { .. }));
+    assert!(matches!(load_err(dir), Error::HfConfig { .. }));
 
     // No tokenizer.json.
-    let dir = scratch_copy("tokenizer");
+    let tmp = scratch_copy("tokenizer");
+    let dir = tmp.path();
     std::fs::remove_file(dir.join("tokenizer.json")).unwrap();
-    match load_err(&dir) {
+    match load_err(dir) {
         Error::HfFolder { file, reason } => {
             assert!(file.ends_with("tokenizer.json"), "{}", file.display());
             assert!(reason.contains("missing"), "{reason}");

@@ -2,8 +2,6 @@
 //! Runtime (the ort_* tests run them).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
-
 use sotto_engine::onnx::{export_model, ExportOptions, Manifest, WeightFormat};
 use sotto_models::Model;
 
@@ -11,19 +9,22 @@ fn tiny() -> Model {
     sotto_tests::tiny_llama("onnx-tiny")
 }
 
-fn out_dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sotto-onnx-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A scratch folder, removed when the test ends, passes or not.
+fn out_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("sotto-onnx-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 #[test]
 fn tiny_model_exports_both_graphs_with_a_manifest_that_validates() {
     let model = tiny();
-    let dir = out_dir("tiny");
+    let tmp = out_dir("tiny");
+    let dir = tmp.path();
     let m = export_model(
         &model,
-        &dir,
+        dir,
         ExportOptions {
             chunk: 8,
             context: 32,
@@ -31,7 +32,7 @@ fn tiny_model_exports_both_graphs_with_a_manifest_that_validates() {
         },
     )
     .unwrap();
-    let again = Manifest::open(&dir).unwrap();
+    let again = Manifest::open(dir).unwrap();
     assert_eq!(again, m);
     assert_eq!(
         m.prefill.inputs[..3],
@@ -40,7 +41,7 @@ fn tiny_model_exports_both_graphs_with_a_manifest_that_validates() {
     assert_eq!(m.prefill.inputs.len(), 3 + 2 * model.spec.n_layer);
     assert_eq!(m.decode.outputs[0], "logits");
     assert_eq!(m.decode.outputs[1], "present.0.key");
-    m.prefill.load(&dir).unwrap();
-    m.decode.load(&dir).unwrap();
+    m.prefill.load(dir).unwrap();
+    m.decode.load(dir).unwrap();
     eprintln!("exported to {}", dir.display());
 }

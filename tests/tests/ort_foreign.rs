@@ -129,7 +129,9 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         ensure_python_deps();
         // One directory for every run, emptied first: never stale exports.
-        let base = std::env::temp_dir().join("sotto-ort-foreign");
+        // Under cargo's scratch folder for tests (`target/tmp`), not the
+        // system's, so a run leaves nothing behind in `/tmp`.
+        let base = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sotto-ort-foreign");
         let _ = std::fs::remove_dir_all(&base);
         std::fs::create_dir_all(&base).unwrap();
         let gguf = base.join("tiny-llama.gguf");

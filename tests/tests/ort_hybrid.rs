@@ -24,7 +24,7 @@
 #![cfg(feature = "ort")]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use serde_json::Value;
@@ -93,8 +93,9 @@ fn fixture() -> &'static Fixture {
     F.get_or_init(|| {
         let model = Arc::new(Model::load(default_model_path()).unwrap());
         // One directory for every run (the graphs are 600 MB): re-exported
-        // each time, so it never holds stale graphs.
-        let dir = std::env::temp_dir().join("sotto-ort-hybrid-nbits");
+        // each time, so it never holds stale graphs; under cargo's scratch
+        // folder for tests (`target/tmp`), not `/tmp`.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("sotto-ort-hybrid-nbits");
         let _ = std::fs::remove_dir_all(&dir);
         let t = std::time::Instant::now();
         export_model(
@@ -382,17 +383,20 @@ mod manifest_mismatch {
         sotto_tests::tiny_llama("ort-hybrid-tiny")
     }
 
-    fn exported(name: &str) -> (Model, PathBuf) {
+    /// The tiny model's graphs in a scratch folder, removed when the test
+    /// ends, passes or not.
+    fn exported(name: &str) -> (Model, tempfile::TempDir) {
         let model = tiny();
-        let dir =
-            std::env::temp_dir().join(format!("sotto-ort-mismatch-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("sotto-ort-mismatch-{name}-"))
+            .tempdir()
+            .unwrap();
         let opts = ExportOptions {
             chunk: 4,
             context: 16,
             format: WeightFormat::Float,
         };
-        export_model(&model, &dir, opts).unwrap();
+        export_model(&model, dir.path(), opts).unwrap();
         (model, dir)
     }
 
@@ -402,9 +406,10 @@ mod manifest_mismatch {
 
     #[test]
     fn swapped_graphs_are_a_typed_error() {
-        let (model, dir) = exported("swap");
+        let (model, tmp) = exported("swap");
+        let dir = tmp.path();
         std::fs::copy(dir.join("prefill.onnx"), dir.join("decode.onnx")).unwrap();
-        let e = open(&model, &dir);
+        let e = open(&model, dir);
         eprintln!("{e}");
         assert!(
             matches!(&e, Error::Onnx(sotto_engine::onnx::Error::ManifestMismatch { graph, .. }) if graph == "decode.onnx"),
@@ -414,11 +419,12 @@ mod manifest_mismatch {
 
     #[test]
     fn renamed_io_with_a_fresh_digest_is_a_typed_error() {
-        let (model, dir) = exported("io");
-        let mut m = Manifest::open(&dir).unwrap();
+        let (model, tmp) = exported("io");
+        let dir = tmp.path();
+        let mut m = Manifest::open(dir).unwrap();
         m.decode.inputs[0] = "tokens".into();
-        m.save(&dir).unwrap();
-        let e = open(&model, &dir);
+        m.save(dir).unwrap();
+        let e = open(&model, dir);
         eprintln!("{e}");
         assert!(
             matches!(&e, Error::Onnx(sotto_engine::onnx::Error::ManifestMismatch { reason, .. }) if reason.contains("names")),
@@ -428,11 +434,12 @@ mod manifest_mismatch {
 
     #[test]
     fn graphs_of_another_model_are_a_typed_error() {
-        let (model, dir) = exported("model");
-        let mut m = Manifest::open(&dir).unwrap();
+        let (model, tmp) = exported("model");
+        let dir = tmp.path();
+        let mut m = Manifest::open(dir).unwrap();
         m.n_layer = 3;
-        m.save(&dir).unwrap();
-        let e = open(&model, &dir);
+        m.save(dir).unwrap();
+        let e = open(&model, dir);
         eprintln!("{e}");
         assert!(
             matches!(
@@ -449,8 +456,8 @@ mod manifest_mismatch {
         // A manifest whose shapes contradict themselves.
         m.n_layer = 2;
         m.decode.tokens = 2;
-        m.save(&dir).unwrap();
-        let e = open(&model, &dir);
+        m.save(dir).unwrap();
+        let e = open(&model, dir);
         assert!(
             matches!(&e, Error::Onnx(sotto_engine::onnx::Error::Manifest { .. })),
             "{e:?}"

@@ -129,10 +129,11 @@ fn qnn_htp_rejects_asymmetric_per_channel_weights_and_the_refusal_says_so() {
 #[test]
 fn second_session_loads_the_cached_qnn_context_binary() {
     let (bytes, _) = matmul_graphs(&lcg(M * K, 1), &lcg(K * N, 2), WeightType::PerChannelI8);
-    let dir = std::env::temp_dir().join(format!("sotto-qnn-ctx-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let ctx = dir.join("matmul.qnn_ctx.onnx");
+    let dir = tempfile::Builder::new()
+        .prefix("sotto-qnn-ctx-")
+        .tempdir()
+        .unwrap();
+    let ctx = dir.path().join("matmul.qnn_ctx.onnx");
     let cfg = OrtConfig {
         eps: vec![Ep::Qnn(QnnOptions {
             context_cache: Some(ctx.clone()),

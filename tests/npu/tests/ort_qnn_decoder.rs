@@ -8,6 +8,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use tempfile::TempDir;
+
 use sotto_engine::onnx::ActivationType;
 use sotto_engine::onnx::{export_model, ExportOptions, WeightFormat};
 use sotto_engine::ort::export_qdq;
@@ -19,10 +21,12 @@ fn tiny() -> Model {
     sotto_tests::tiny_llama("ort-qnn-tiny")
 }
 
-fn dir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("sotto-ort-qnn-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    d
+/// A scratch folder, removed when the test ends, passes or not.
+fn dir(name: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("sotto-ort-qnn-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 const OPTS: ExportOptions = ExportOptions {
@@ -49,7 +53,7 @@ fn qdq_decoder_export_calibrates_and_runs_on_the_cpu_ep_within_budget() {
     let qdq_dir = dir("qdq-cpu");
     let m = export_qdq(
         &model,
-        &qdq_dir,
+        qdq_dir.path(),
         OPTS,
         &calib,
         4,
@@ -58,9 +62,9 @@ fn qdq_decoder_export_calibrates_and_runs_on_the_cpu_ep_within_budget() {
     )
     .unwrap();
     let float_dir = dir("float-cpu");
-    export_model(&model, &float_dir, OPTS).unwrap();
-    let mut q = OrtBackend::open(&qdq_dir, &OrtConfig::default()).unwrap();
-    let mut f = OrtBackend::open(&float_dir, &OrtConfig::default()).unwrap();
+    export_model(&model, float_dir.path(), OPTS).unwrap();
+    let mut q = OrtBackend::open(qdq_dir.path(), &OrtConfig::default()).unwrap();
+    let mut f = OrtBackend::open(float_dir.path(), &OrtConfig::default()).unwrap();
     let prompt: Vec<u32> = (0..11u32).map(|i| (i * 53 + 7) % 256).collect();
     let mut rels = vec![rel_l2(
         &q.prefill(&prompt).unwrap(),
@@ -89,7 +93,7 @@ fn qdq_decoder_runs_wholly_on_qnn_within_the_quantization_budget() {
     let qdq_dir = dir("qdq");
     let m = export_qdq(
         &model,
-        &qdq_dir,
+        qdq_dir.path(),
         OPTS,
         &calib,
         4,
@@ -99,17 +103,17 @@ fn qdq_decoder_runs_wholly_on_qnn_within_the_quantization_budget() {
     .unwrap();
     eprintln!("quantization {:?}", m.quantization);
     let float_dir = dir("float");
-    export_model(&model, &float_dir, OPTS).unwrap();
+    export_model(&model, float_dir.path(), OPTS).unwrap();
 
-    let cache = dir("ctx");
-    std::fs::create_dir_all(&cache).unwrap();
+    let cache_dir = dir("ctx");
+    let cache = cache_dir.path().to_path_buf();
     let t0 = Instant::now();
-    let mut npu = OrtBackend::open(&qdq_dir, &qnn(Some(cache.clone()))).unwrap();
+    let mut npu = OrtBackend::open(qdq_dir.path(), &qnn(Some(cache.clone()))).unwrap();
     let first = t0.elapsed();
     let (p, d) = npu.placement();
     eprintln!("prefill placement: {p}\ndecode placement: {d}");
     assert!(p.fully_offloaded() && d.fully_offloaded(), "{p} / {d}");
-    let mut cpu = OrtBackend::open(&float_dir, &OrtConfig::default()).unwrap();
+    let mut cpu = OrtBackend::open(float_dir.path(), &OrtConfig::default()).unwrap();
 
     // A prompt different from the calibration tokens, longer than a chunk.
     let prompt: Vec<u32> = (0..11u32).map(|i| (i * 53 + 7) % 256).collect();
@@ -148,7 +152,7 @@ fn qdq_decoder_runs_wholly_on_qnn_within_the_quantization_budget() {
     );
     drop(npu);
     let t1 = Instant::now();
-    let mut again = OrtBackend::open(&qdq_dir, &qnn(Some(cache.clone()))).unwrap();
+    let mut again = OrtBackend::open(qdq_dir.path(), &qnn(Some(cache.clone()))).unwrap();
     let second = t1.elapsed();
     eprintln!("session creation: first {first:?} (QNN graph preparation), second {second:?} (context cache)");
     let (p, d) = again.placement();

@@ -96,7 +96,8 @@ fn default_model_mixed_precision_graphs_run_wholly_on_qnn_and_answer_like_the_cp
             true,
         )
         .unwrap();
-    let dir = std::env::temp_dir().join("sotto-ort-qnn-mixed");
+    // under cargo's scratch folder for tests (`target/tmp`), not `/tmp`
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sotto-ort-qnn-mixed");
     let _ = std::fs::remove_dir_all(&dir);
     let t = Instant::now();
     let m = export_qdq_scoped(
