@@ -1306,7 +1306,7 @@ macro_rules! legacy_kernels {
                 out: &mut [&mut [f32]],
             ) {
                 let acts = acts(a, W::OFFSET);
-                let prefill = a.len() > bpr;
+                let fetch_ahead = a.len() > bpr || crate::arch::x86_64::decode_prefetch();
                 for (pi, r0) in (0..rows).step_by(16).enumerate() {
                     let mask = panel_mask(rows, r0);
                     // SAFETY: panel pi exists in p (its length was checked against rows).
@@ -1318,14 +1318,19 @@ macro_rules! legacy_kernels {
                         // otherwise waits on each record's lines (a 19-token
                         // follow-up turn of SmolLM2-135M, 2 threads, timed
                         // around the engine's forward: 22.6 -> 20.9 ms).
-                        // Decode, which only streams, leaves it to the
-                        // hardware prefetcher: with the prefetches, the
-                        // stream bench's Q4_0/Q5_0/Q8_0 decode on 1 thread
-                        // read 25.6-28.2 GiB/s on the EPYC host, without
-                        // them 26.3-30.7 (alternated 3 times), and
-                        // SmolLM2-360M-shaped Q4_K_M decode (mostly Q5_0 and
-                        // Q8_0) went from 79-88 to 92-96 tok/s on 1 thread.
-                        if prefill {
+                        // Decode, which only streams, prefetches on Intel
+                        // cores only ([`decode_prefetch`]): on the EPYC
+                        // host the stream bench's Q4_0/Q5_0/Q8_0 decode on
+                        // 1 thread read 25.6-28.2 GiB/s with them and
+                        // 26.3-30.7 without (alternated 3 times), and
+                        // SmolLM2-360M-shaped Q4_K_M decode (mostly Q5_0
+                        // and Q8_0) went from 79-88 to 92-96 tok/s on 1
+                        // thread without; on the Xeon, where a plain read
+                        // streams 11 GiB/s on 1 thread, Q4_0 read 9.9
+                        // without and 13.1 with them, Q8_0 13.7 and 16.3.
+                        //
+                        // [`decode_prefetch`]: crate::arch::x86_64::decode_prefetch
+                        if fetch_ahead {
                             let ahead = rec.wrapping_add(X16_PREFETCH);
                             for l in (0..W::RECORD).step_by(64) {
                                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l).cast());
