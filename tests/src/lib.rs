@@ -205,6 +205,18 @@ pub fn tiny_llama(tag: &str) -> sotto_models::Model {
         .unwrap_or_else(|e| panic!("loading the tiny model: {e}"))
 }
 
+pub use tempfile::TempDir;
+
+/// A scratch folder for one test, named `sotto-<tag>-…` under the system's
+/// temporary directory and removed when the value drops: when the test
+/// ends, passed or not.
+pub fn scratch_dir(tag: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("sotto-{tag}-"))
+        .tempdir()
+        .unwrap_or_else(|e| panic!("creating a scratch folder for {tag}: {e}"))
+}
+
 /// Relative L2 distance `|a - b| / |b|`, accumulated in f64.
 pub fn rel_l2(a: &[f32], b: &[f32]) -> f32 {
     assert_eq!(a.len(), b.len(), "rel_l2 of vectors of different lengths");

@@ -18,14 +18,12 @@
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
-use tempfile::TempDir;
-
 use sotto_models::spec::RopeStyle;
 use sotto_models::{ChatMessage, Error, Model};
-use sotto_tests::default_model_path;
 use sotto_tests::hf::{fixture_folder, FolderDtype};
 use sotto_tests::parity::{compare_model, Criteria, Reference};
 use sotto_tests::tokenization::{assert_tokenizes_like_llama_cpp, llama_cpp_cases};
+use sotto_tests::{default_model_path, TempDir};
 
 fn load(path: &Path) -> Arc<Model> {
     Arc::new(Model::load(path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display())))
@@ -152,10 +150,7 @@ fn folder_logits_agree_with_llama_cpp_on_the_source_gguf() {
 /// test ends, passes or not.
 fn scratch_copy(tag: &str) -> TempDir {
     let src = fixture_folder(FolderDtype::F16, 2);
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!("sotto-hf-bad-{tag}-"))
-        .tempdir()
-        .unwrap();
+    let tmp = sotto_tests::scratch_dir(&format!("hf-bad-{tag}"));
     let dst = tmp.path();
     for entry in std::fs::read_dir(&src).unwrap() {
         let entry = entry.unwrap();

@@ -9,18 +9,10 @@ fn tiny() -> Model {
     sotto_tests::tiny_llama("onnx-tiny")
 }
 
-/// A scratch folder, removed when the test ends, passes or not.
-fn out_dir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("sotto-onnx-{name}-"))
-        .tempdir()
-        .unwrap()
-}
-
 #[test]
 fn tiny_model_exports_both_graphs_with_a_manifest_that_validates() {
     let model = tiny();
-    let tmp = out_dir("tiny");
+    let tmp = sotto_tests::scratch_dir("onnx-tiny");
     let dir = tmp.path();
     let m = export_model(
         &model,

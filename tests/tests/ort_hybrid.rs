@@ -385,12 +385,9 @@ mod manifest_mismatch {
 
     /// The tiny model's graphs in a scratch folder, removed when the test
     /// ends, passes or not.
-    fn exported(name: &str) -> (Model, tempfile::TempDir) {
+    fn exported(name: &str) -> (Model, sotto_tests::TempDir) {
         let model = tiny();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("sotto-ort-mismatch-{name}-"))
-            .tempdir()
-            .unwrap();
+        let dir = sotto_tests::scratch_dir(&format!("ort-mismatch-{name}"));
         let opts = ExportOptions {
             chunk: 4,
             context: 16,

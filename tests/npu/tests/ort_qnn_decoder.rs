@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use tempfile::TempDir;
+use sotto_tests::TempDir;
 
 use sotto_engine::onnx::ActivationType;
 use sotto_engine::onnx::{export_model, ExportOptions, WeightFormat};
@@ -23,10 +23,7 @@ fn tiny() -> Model {
 
 /// A scratch folder, removed when the test ends, passes or not.
 fn dir(name: &str) -> TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("sotto-ort-qnn-{name}-"))
-        .tempdir()
-        .unwrap()
+    sotto_tests::scratch_dir(&format!("ort-qnn-{name}"))
 }
 
 const OPTS: ExportOptions = ExportOptions {
