@@ -34,9 +34,10 @@
 //! burst (36–53 lines) held up the record's own loads, and Q6_K streamed
 //! at 6 GiB/s. The prefetches are `asm!`, since LLVM gathered the
 //! intrinsic ones back into that burst (`prefetch_step`). Q6_K's record is
-//! laid out in the order decode reads it and leaves the fetching to the
-//! hardware. Its loops are unrolled through const generics, so sums stay
-//! in registers and prefetch offsets are constants.
+//! laid out in the order decode reads it; it prefetches the same way on
+//! Intel cores only and leaves the fetching to the hardware elsewhere (the
+//! EPYC read faster without). Its loops are unrolled through const
+//! generics, so sums stay in registers and prefetch offsets are constants.
 //! Codes are below 64 and activations within ±127, so even
 //! `vpmaddubsw`'s saturating i16 pairs are exact.
 //!
@@ -737,18 +738,26 @@ macro_rules! kquant_kernels {
                         bsums: [0; 4],
                     }
                 }
-                /// No software prefetches: the record is read in order
-                /// ([`q6_k::x16_step`]), which the hardware prefetcher
-                /// follows. On the EPYC host the stream bench's Q6_K decode
-                /// read 27.3-27.6 GiB/s on 1 thread this way, 23.9-26.0
-                /// with [`prefetch_step`]'s requests (alternated twice), and
-                /// 20.8-21.3 in the field-by-field record before, with L2
-                /// requests alone.
+                /// The record is read in order ([`q6_k::x16_step`]). On
+                /// Intel cores each of its 16 steps also asks for its share
+                /// of the lines ahead ([`prefetch_step`], chosen per record
+                /// by [`decode_prefetch`]); elsewhere the hardware
+                /// prefetcher alone follows the stream.
+                ///
+                /// On the EPYC host the stream bench's Q6_K decode read
+                /// 27.3-27.6 GiB/s on 1 thread without the requests,
+                /// 23.9-26.0 with them (alternated twice), and 20.8-21.3 in
+                /// the field-by-field record before, with L2 requests
+                /// alone. On the Xeon without them it read 12.0 GiB/s on 1
+                /// thread and 23.2 on 2 (a plain read: 11.7 and 22.4); with
+                /// them 15.5-15.6 and 30.6.
+                ///
+                /// [`decode_prefetch`]: crate::arch::x86_64::decode_prefetch
                 #[inline]
                 #[target_feature(enable = $features)]
                 unsafe fn dot1(
                     rec: *const u8,
-                    _ahead: *const u8,
+                    ahead: *const u8,
                     y: &BlockQ8K,
                     ka: &KAct,
                     s: &mut Scales,
@@ -756,8 +765,15 @@ macro_rules! kquant_kernels {
                     // SAFETY: per the contract.
                     unsafe {
                         scales_q6_k(rec, s);
-                        let blk = dot1_q6_k_half::<0>(rec, y, ka, s, _mm512_setzero_ps());
-                        dot1_q6_k_half::<1>(rec, y, ka, s, blk)
+                        if crate::arch::x86_64::decode_prefetch() {
+                            let blk = _mm512_setzero_ps();
+                            let blk = dot1_q6_k_half::<0, true>(rec, ahead, y, ka, s, blk);
+                            dot1_q6_k_half::<1, true>(rec, ahead, y, ka, s, blk)
+                        } else {
+                            let blk = _mm512_setzero_ps();
+                            let blk = dot1_q6_k_half::<0, false>(rec, ahead, y, ka, s, blk);
+                            dot1_q6_k_half::<1, false>(rec, ahead, y, ka, s, blk)
+                        }
                     }
                 }
             }
@@ -769,8 +785,9 @@ macro_rules! kquant_kernels {
             /// As [`KRecord::dot1`]'s; the scales are in `s`.
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn dot1_q6_k_half<const N: usize>(
+            unsafe fn dot1_q6_k_half<const N: usize, const PF: bool>(
                 rec: *const u8,
+                ahead: *const u8,
                 y: &BlockQ8K,
                 ka: &KAct,
                 s: &Scales,
@@ -782,14 +799,14 @@ macro_rules! kquant_kernels {
                     core::array::from_fn(|i| _mm512_set1_epi32(ka.start[8 * N + i]));
                 // SAFETY: forwarded; l4 < 8.
                 unsafe {
-                    dot1_q6_k_lines::<N, 0>(rec, y, &mut isum);
-                    dot1_q6_k_lines::<N, 1>(rec, y, &mut isum);
-                    dot1_q6_k_lines::<N, 2>(rec, y, &mut isum);
-                    dot1_q6_k_lines::<N, 3>(rec, y, &mut isum);
-                    dot1_q6_k_lines::<N, 4>(rec, y, &mut isum);
-                    dot1_q6_k_lines::<N, 5>(rec, y, &mut isum);
-                    dot1_q6_k_lines::<N, 6>(rec, y, &mut isum);
-                    dot1_q6_k_lines::<N, 7>(rec, y, &mut isum);
+                    dot1_q6_k_lines::<N, 0, PF>(rec, ahead, y, &mut isum);
+                    dot1_q6_k_lines::<N, 1, PF>(rec, ahead, y, &mut isum);
+                    dot1_q6_k_lines::<N, 2, PF>(rec, ahead, y, &mut isum);
+                    dot1_q6_k_lines::<N, 3, PF>(rec, ahead, y, &mut isum);
+                    dot1_q6_k_lines::<N, 4, PF>(rec, ahead, y, &mut isum);
+                    dot1_q6_k_lines::<N, 5, PF>(rec, ahead, y, &mut isum);
+                    dot1_q6_k_lines::<N, 6, PF>(rec, ahead, y, &mut isum);
+                    dot1_q6_k_lines::<N, 7, PF>(rec, ahead, y, &mut isum);
                 }
                 for (i, v) in isum.into_iter().enumerate() {
                     blk = fold(blk, v, s, 8 * N + i);
@@ -806,11 +823,15 @@ macro_rules! kquant_kernels {
             /// As [`dot1_q6_k_half`]'s; `N < 2`, `L4 < 8`.
             #[inline]
             #[target_feature(enable = $features)]
-            unsafe fn dot1_q6_k_lines<const N: usize, const L4: usize>(
+            unsafe fn dot1_q6_k_lines<const N: usize, const L4: usize, const PF: bool>(
                 rec: *const u8,
+                ahead: *const u8,
                 y: &BlockQ8K,
                 isum: &mut [__m512i; 8],
             ) {
+                if PF {
+                    prefetch_step::<BlockQ6K>(ahead, 8 * N + L4, 16);
+                }
                 // SAFETY: per the contract; groups < 64.
                 let w = unsafe { codes_q6_k(rec, N, L4) };
                 for (k, w) in w.into_iter().enumerate() {

@@ -72,12 +72,13 @@ pub(super) fn attn_tile_avx512() -> crate::dispatch::AttnTileKernels {
     }
 }
 
-/// Whether decode's x16 loops of the legacy types (Q4_0 … Q8_0) prefetch
-/// ahead of the record in use, as prefill's do: on Intel cores only. A
-/// Xeon core's DRAM stream is bound by its outstanding misses (a plain
-/// read: 11 GiB/s on 1 thread), and the prefetches took the stream
-/// bench's Q4_0 decode from 9.9 to 13.1 GiB/s; on an AMD EPYC (Zen 4) the
-/// hardware prefetcher alone read faster (see the loop's comment).
+/// Whether decode's x16 loops of the legacy types (Q4_0 … Q8_0) and of
+/// Q6_K prefetch ahead of the record in use, as prefill's do: on Intel
+/// cores only. A Xeon core's DRAM stream is bound by its outstanding
+/// misses (a plain read: 11 GiB/s on 1 thread), and the prefetches took
+/// the stream bench's Q4_0 decode from 9.9 to 13.1 GiB/s and Q6_K's from
+/// 12.0 to 15.6; on an AMD EPYC (Zen 4) the hardware prefetcher alone read
+/// faster (see the loops' comments).
 pub(crate) fn decode_prefetch() -> bool {
     static INTEL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *INTEL.get_or_init(|| {
