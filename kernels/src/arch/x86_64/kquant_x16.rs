@@ -766,15 +766,32 @@ macro_rules! kquant_kernels {
                     unsafe {
                         scales_q6_k(rec, s);
                         if crate::arch::x86_64::decode_prefetch() {
-                            let blk = _mm512_setzero_ps();
-                            let blk = dot1_q6_k_half::<0, true>(rec, ahead, y, ka, s, blk);
-                            dot1_q6_k_half::<1, true>(rec, ahead, y, ka, s, blk)
+                            dot1_q6_k::<true>(rec, ahead, y, ka, s)
                         } else {
-                            let blk = _mm512_setzero_ps();
-                            let blk = dot1_q6_k_half::<0, false>(rec, ahead, y, ka, s, blk);
-                            dot1_q6_k_half::<1, false>(rec, ahead, y, ka, s, blk)
+                            dot1_q6_k::<false>(rec, ahead, y, ka, s)
                         }
                     }
+                }
+            }
+
+            /// Q6_K's [`KRecord::dot1`] after its scales, both halves,
+            /// with `PF` choosing whether its steps prefetch past `ahead`.
+            ///
+            /// # Safety
+            /// As [`KRecord::dot1`]'s; the scales are in `s`.
+            #[inline]
+            #[target_feature(enable = $features)]
+            unsafe fn dot1_q6_k<const PF: bool>(
+                rec: *const u8,
+                ahead: *const u8,
+                y: &BlockQ8K,
+                ka: &KAct,
+                s: &Scales,
+            ) -> __m512 {
+                // SAFETY: forwarded.
+                unsafe {
+                    let blk = dot1_q6_k_half::<0, PF>(rec, ahead, y, ka, s, _mm512_setzero_ps());
+                    dot1_q6_k_half::<1, PF>(rec, ahead, y, ka, s, blk)
                 }
             }
 
