@@ -1262,18 +1262,32 @@ mod tests {
             let Ok(t) = table_for(isa) else { continue };
             for &d in DType::ALL {
                 with_weight_block!(d, W => check_gemm_batch_invariance::<W>(isa, t), ());
-                with_weight_block!(d, W => check_x16_batch_invariance::<W>(isa, t), ());
+                each_decode_prefetch(
+                    || with_weight_block!(d, W => check_x16_batch_invariance::<W>(isa, t), ()),
+                );
             }
         }
     }
 
-    /// Every x16 entry of every available table against single scalar dots.
+    /// Runs `f` with x86-64 decode's prefetches on and then off, whatever
+    /// the CPU's vendor picks (`decode_prefetch`); once elsewhere.
+    fn each_decode_prefetch(f: impl Fn()) {
+        #[cfg(target_arch = "x86_64")]
+        for on in [true, false] {
+            crate::arch::x86_64::forcing_decode_prefetch(on, &f);
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        f();
+    }
+
+    /// Every x16 entry of every available table against single scalar
+    /// dots, with and without decode's prefetches.
     #[test]
     fn every_x16_entry_matches_scalar_dots() {
         for isa in available_isas() {
             let t = table_for(isa).unwrap();
             for &d in DType::ALL {
-                with_weight_block!(d, W => check_x16::<W>(isa, t), ());
+                each_decode_prefetch(|| with_weight_block!(d, W => check_x16::<W>(isa, t), ()));
             }
         }
     }

@@ -59,12 +59,7 @@ pub fn int8_dot_peak(isa: Isa, iters: usize) -> Option<u64> {
 /// `SOTTO_ATTN_BF16=0` (or `off`, `false`, any case) asks for f32
 /// products; unset, empty or any other value keeps the bf16 pairs.
 pub(super) fn attn_tile_avx512() -> crate::dispatch::AttnTileKernels {
-    let off = std::env::var("SOTTO_ATTN_BF16").is_ok_and(|v| {
-        matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "0" | "off" | "false"
-        )
-    });
+    let off = env_switch("SOTTO_ATTN_BF16") == Some(false);
     if !off && bf16() {
         avx512_attn::KERNELS_BF16
     } else {
@@ -72,22 +67,62 @@ pub(super) fn attn_tile_avx512() -> crate::dispatch::AttnTileKernels {
     }
 }
 
+/// A switch set in the environment variable `name`: `Some(true)` for `1`,
+/// `on` or `true`, `Some(false)` for `0`, `off` or `false` (any case,
+/// spaces around ignored), `None` when unset or anything else.
+fn env_switch(name: &str) -> Option<bool> {
+    let v = std::env::var(name).ok()?;
+    match v.trim().to_ascii_lowercase().as_str() {
+        "1" | "on" | "true" => Some(true),
+        "0" | "off" | "false" => Some(false),
+        _ => None,
+    }
+}
+
 /// Whether decode's x16 loops of the legacy types (Q4_0 … Q8_0) and of
 /// Q6_K prefetch ahead of the record in use, as prefill's do: on Intel
-/// cores only. A Xeon core's DRAM stream is bound by its outstanding
-/// misses (a plain read: 11 GiB/s on 1 thread), and the prefetches took
-/// the stream bench's Q4_0 decode from 9.9 to 13.1 GiB/s and Q6_K's from
-/// 12.0 to 15.6; on an AMD EPYC (Zen 4) the hardware prefetcher alone read
-/// faster (see the loops' comments).
+/// cores only, unless `SOTTO_DECODE_PREFETCH` ([`env_switch`]) says. A
+/// Xeon core's DRAM stream is bound by its outstanding misses (a plain
+/// read: 11 GiB/s on 1 thread), and the prefetches took the stream bench's
+/// Q4_0 decode from 9.9 to 13.1 GiB/s and Q6_K's from 12.0 to 15.6; on an
+/// AMD EPYC (Zen 4) the hardware prefetcher alone read faster (see the
+/// loops' comments). The switch is a measured heuristic of two hosts, so
+/// the variable lets a bench compare both paths on any one; they do the
+/// same arithmetic, and the kernel tests run both ([`forcing_decode_prefetch`]).
 pub(crate) fn decode_prefetch() -> bool {
-    static INTEL: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *INTEL.get_or_init(|| {
-        #[allow(unused_unsafe)]
-        // SAFETY: leaf 0 of cpuid exists on every x86-64 CPU.
-        let id = unsafe { core::arch::x86_64::__cpuid(0) };
-        // the vendor string is ebx, edx, ecx: "Genu" "ineI" "ntel"
-        [id.ebx, id.edx, id.ecx] == [*b"Genu", *b"ineI", *b"ntel"].map(u32::from_le_bytes)
+    #[cfg(test)]
+    if let Some(forced) = FORCED_DECODE_PREFETCH.get() {
+        return forced;
+    }
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        env_switch("SOTTO_DECODE_PREFETCH").unwrap_or_else(|| {
+            #[allow(unused_unsafe)]
+            // SAFETY: leaf 0 of cpuid exists on every x86-64 CPU.
+            let id = unsafe { core::arch::x86_64::__cpuid(0) };
+            // the vendor string is ebx, edx, ecx: "Genu" "ineI" "ntel"
+            [id.ebx, id.edx, id.ecx] == [*b"Genu", *b"ineI", *b"ntel"].map(u32::from_le_bytes)
+        })
     })
+}
+
+#[cfg(test)]
+thread_local! {
+    /// [`decode_prefetch`]'s answer on this thread, set by
+    /// [`forcing_decode_prefetch`].
+    static FORCED_DECODE_PREFETCH: std::cell::Cell<Option<bool>> =
+        const { std::cell::Cell::new(None) };
+}
+
+/// Runs `f` with [`decode_prefetch`] answering `on` on this thread (the
+/// kernel tests call the x16 entries on their own thread), so the tests
+/// run both paths whatever the CPU's vendor.
+#[cfg(test)]
+pub(crate) fn forcing_decode_prefetch<R>(on: bool, f: impl FnOnce() -> R) -> R {
+    let before = FORCED_DECODE_PREFETCH.replace(Some(on));
+    let out = f();
+    FORCED_DECODE_PREFETCH.set(before);
+    out
 }
 
 /// The AVX-512 tables' tiled attention with f32 value products.
