@@ -28,6 +28,7 @@ pub mod gguf;
 pub mod hf;
 pub mod lora;
 pub mod spec;
+#[cfg(any(test, feature = "testutil"))]
 #[doc(hidden)]
 pub mod testutil;
 pub mod tokenizer;

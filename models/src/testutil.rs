@@ -282,19 +282,44 @@ fn tiny_model_with(
     w
 }
 
-/// Writes `bytes` to a fresh file under the system temp directory and
-/// returns its path (removed by the caller or left for the OS).
-pub fn write_temp(name: &str, bytes: &[u8]) -> std::io::Result<std::path::PathBuf> {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    static COUNTER: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!("sotto-models-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let path = dir.join(format!(
-        "{}-{name}.gguf",
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
+/// A file [`write_temp`] wrote, alone in a fresh folder under the system's
+/// temporary directory; the folder goes, with whatever a test put next to
+/// the file, when this drops, so no test leaves files behind.
+#[derive(Debug)]
+pub struct TempFile {
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TempFile {
+    /// Where the file is.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl std::ops::Deref for TempFile {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+impl AsRef<std::path::Path> for TempFile {
+    fn as_ref(&self) -> &std::path::Path {
+        &self.path
+    }
+}
+
+/// Writes `bytes` to `<name>.gguf` in a fresh folder named
+/// `sotto-models-test-<name>-…` under the system's temporary directory.
+pub fn write_temp(name: &str, bytes: &[u8]) -> std::io::Result<TempFile> {
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("sotto-models-test-{name}-"))
+        .tempdir()?;
+    let path = dir.path().join(format!("{name}.gguf"));
     std::fs::write(&path, bytes)?;
-    Ok(path)
+    Ok(TempFile { path, _dir: dir })
 }
 
 /// The rank of [`tiny_lora_adapter`].

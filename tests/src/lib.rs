@@ -182,9 +182,12 @@ pub fn qnn_context_cache(name: &str) -> PathBuf {
     dir
 }
 
+pub use sotto_models::testutil::TempFile;
+
 /// A tiny random Llama (2 layers, d_model 32, 4/2 heads of 8, ffn 64)
-/// written to a temporary GGUF file named after `tag`; its path.
-pub fn tiny_llama_file(tag: &str) -> PathBuf {
+/// written to a temporary GGUF file named after `tag`, removed (with its
+/// folder) when the value drops.
+pub fn tiny_llama_file(tag: &str) -> TempFile {
     use sotto_models::testutil::{tiny_model, write_temp, TinyDims};
     let dims = TinyDims {
         n_layer: 2,
@@ -198,11 +201,14 @@ pub fn tiny_llama_file(tag: &str) -> PathBuf {
         .unwrap_or_else(|e| panic!("writing the tiny model: {e}"))
 }
 
-/// [`tiny_llama_file`] loaded: for tests of export and runtime plumbing
-/// that do not need real weights.
-pub fn tiny_llama(tag: &str) -> sotto_models::Model {
-    sotto_models::Model::load(tiny_llama_file(tag))
-        .unwrap_or_else(|e| panic!("loading the tiny model: {e}"))
+/// [`tiny_llama_file`] loaded, for tests of export and runtime plumbing
+/// that do not need real weights, with the file: keep it while the model
+/// is in use (an export's manifest names it for the tokenizer).
+pub fn tiny_llama(tag: &str) -> (sotto_models::Model, TempFile) {
+    let file = tiny_llama_file(tag);
+    let model =
+        sotto_models::Model::load(&file).unwrap_or_else(|e| panic!("loading the tiny model: {e}"));
+    (model, file)
 }
 
 pub use tempfile::TempDir;

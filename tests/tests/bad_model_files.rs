@@ -12,9 +12,7 @@ fn load(w: &GgufWriter) -> Result<Model, Error> {
 
 fn load_bytes(bytes: &[u8]) -> Result<Model, Error> {
     let path = write_temp("bad-model", bytes).unwrap();
-    let result = Model::load(&path);
-    std::fs::remove_file(&path).unwrap();
-    result
+    Model::load(&path)
 }
 
 fn llama() -> GgufWriter {

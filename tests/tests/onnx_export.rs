@@ -5,13 +5,14 @@
 use sotto_engine::onnx::{export_model, ExportOptions, Manifest, WeightFormat};
 use sotto_models::Model;
 
-fn tiny() -> Model {
+/// The tiny model, with its file (kept while the model is in use).
+fn tiny() -> (Model, sotto_tests::TempFile) {
     sotto_tests::tiny_llama("onnx-tiny")
 }
 
 #[test]
 fn tiny_model_exports_both_graphs_with_a_manifest_that_validates() {
-    let model = tiny();
+    let (model, _file) = tiny();
     let tmp = sotto_tests::scratch_dir("onnx-tiny");
     let dir = tmp.path();
     let m = export_model(

@@ -379,14 +379,11 @@ mod manifest_mismatch {
     use sotto_engine::onnx::Manifest;
     use sotto_engine::ort::Error;
 
-    fn tiny() -> Model {
-        sotto_tests::tiny_llama("ort-hybrid-tiny")
-    }
-
     /// The tiny model's graphs in a scratch folder, removed when the test
-    /// ends, passes or not.
-    fn exported(name: &str) -> (Model, sotto_tests::TempDir) {
-        let model = tiny();
+    /// ends, passes or not, with the model and its file (which the
+    /// manifest names).
+    fn exported(name: &str) -> (Model, sotto_tests::TempDir, sotto_tests::TempFile) {
+        let (model, file) = sotto_tests::tiny_llama("ort-hybrid-tiny");
         let dir = sotto_tests::scratch_dir(&format!("ort-mismatch-{name}"));
         let opts = ExportOptions {
             chunk: 4,
@@ -394,7 +391,7 @@ mod manifest_mismatch {
             format: WeightFormat::Float,
         };
         export_model(&model, dir.path(), opts).unwrap();
-        (model, dir)
+        (model, dir, file)
     }
 
     fn open(model: &Model, dir: &std::path::Path) -> Error {
@@ -403,7 +400,7 @@ mod manifest_mismatch {
 
     #[test]
     fn swapped_graphs_are_a_typed_error() {
-        let (model, tmp) = exported("swap");
+        let (model, tmp, _file) = exported("swap");
         let dir = tmp.path();
         std::fs::copy(dir.join("prefill.onnx"), dir.join("decode.onnx")).unwrap();
         let e = open(&model, dir);
@@ -416,7 +413,7 @@ mod manifest_mismatch {
 
     #[test]
     fn renamed_io_with_a_fresh_digest_is_a_typed_error() {
-        let (model, tmp) = exported("io");
+        let (model, tmp, _file) = exported("io");
         let dir = tmp.path();
         let mut m = Manifest::open(dir).unwrap();
         m.decode.inputs[0] = "tokens".into();
@@ -431,7 +428,7 @@ mod manifest_mismatch {
 
     #[test]
     fn graphs_of_another_model_are_a_typed_error() {
-        let (model, tmp) = exported("model");
+        let (model, tmp, _file) = exported("model");
         let dir = tmp.path();
         let mut m = Manifest::open(dir).unwrap();
         m.n_layer = 3;

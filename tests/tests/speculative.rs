@@ -158,7 +158,8 @@ fn a_draft_model_leaves_greedy_answers_unchanged() {
     );
 
     // Another vocabulary is refused, and the session keeps working.
-    let tiny = Arc::new(sotto_tests::tiny_llama("speculative-draft"));
+    let (tiny, _file) = sotto_tests::tiny_llama("speculative-draft");
+    let tiny = Arc::new(tiny);
     let other = DraftModel::new(Box::new(CpuBackend::new(tiny, 1).unwrap()), 64, 4).unwrap();
     let mut s = session(2048);
     assert!(matches!(

@@ -20,8 +20,9 @@ fn sotto(args: &[&std::ffi::OsStr], stdin: &str) -> Output {
 #[test]
 fn chat_on_qnn_htp_writes_only_the_answer_to_stdout() {
     let model = sotto_tests::tiny_llama_file("qnn-stdout");
-    let graphs = std::env::temp_dir().join(format!("sotto-qnn-stdout-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&graphs);
+    // removed when the test ends, passed or not
+    let scratch = sotto_tests::scratch_dir("qnn-stdout");
+    let graphs = scratch.path().join("graphs");
     let export = sotto(
         &[
             "export".as_ref(),
@@ -76,5 +77,4 @@ fn chat_on_qnn_htp_writes_only_the_answer_to_stdout() {
         stderr.contains("# LIBNATIVE:"),
         "the QNN HTP library printed no LIBNATIVE line; stderr:\n{stderr}"
     );
-    let _ = std::fs::remove_dir_all(&graphs);
 }

@@ -17,7 +17,8 @@ use sotto_engine::ort::{Ep, OrtBackend, OrtConfig, QnnOptions};
 use sotto_models::Model;
 use sotto_tests::rel_l2;
 
-fn tiny() -> Model {
+/// The tiny model, with its file (kept while the model is in use).
+fn tiny() -> (Model, sotto_tests::TempFile) {
     sotto_tests::tiny_llama("ort-qnn-tiny")
 }
 
@@ -45,7 +46,7 @@ fn qnn(cache: Option<PathBuf>) -> OrtConfig {
 
 #[test]
 fn qdq_decoder_export_calibrates_and_runs_on_the_cpu_ep_within_budget() {
-    let model = tiny();
+    let (model, _file) = tiny();
     let calib: Vec<u32> = (0..20u32).map(|i| (i * 37 + 11) % 256).collect();
     let qdq_dir = dir("qdq-cpu");
     let m = export_qdq(
@@ -81,7 +82,7 @@ fn qdq_decoder_export_calibrates_and_runs_on_the_cpu_ep_within_budget() {
 
 #[test]
 fn qdq_decoder_runs_wholly_on_qnn_within_the_quantization_budget() {
-    let model = tiny();
+    let (model, _file) = tiny();
     let calib: Vec<u32> = (0..20u32).map(|i| (i * 37 + 11) % 256).collect();
     let act = match std::env::var("SOTTO_QDQ_ACT").as_deref() {
         Ok("u8") => ActivationType::Uint8,
