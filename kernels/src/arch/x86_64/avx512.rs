@@ -1469,24 +1469,7 @@ macro_rules! legacy_kernels {
             #[allow(clippy::pointers_in_nomem_asm_block)]
             fn decode_prefetch_record<W: X16Block>(rec: *const u8) {
                 for l in (0..W::RECORD).step_by(64) {
-                    let at = rec.wrapping_add(l);
-                    // SAFETY: a prefetch reads and writes nothing
-                    // architecturally and never faults, wherever it points;
-                    // SSE is part of the x86-64 baseline.
-                    unsafe {
-                        core::arch::asm!(
-                            "prefetcht0 [{at} + {near}]",
-                            at = in(reg) at,
-                            near = const DECODE_NEAR,
-                            options(nomem, nostack, preserves_flags)
-                        );
-                        core::arch::asm!(
-                            "prefetcht1 [{at} + {far}]",
-                            at = in(reg) at,
-                            far = const DECODE_FAR,
-                            options(nomem, nostack, preserves_flags)
-                        );
-                    }
+                    prefetch_l1_l2!(rec.wrapping_add(l), DECODE_NEAR, DECODE_FAR);
                 }
             }
         }

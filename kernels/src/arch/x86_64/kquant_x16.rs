@@ -312,24 +312,7 @@ macro_rules! kquant_kernels {
             fn prefetch_step<W: KRecord>(ahead: *const u8, step: usize, steps: usize) {
                 let lines = W::RECORD.div_ceil(64) + 1;
                 for l in step * lines / steps..(step + 1) * lines / steps {
-                    let at = ahead.wrapping_add(64 * l);
-                    // SAFETY: a prefetch reads and writes nothing
-                    // architecturally and never faults, wherever it points;
-                    // SSE is part of the x86-64 baseline.
-                    unsafe {
-                        core::arch::asm!(
-                            "prefetcht0 [{at} + {near}]",
-                            at = in(reg) at,
-                            near = const NEAR,
-                            options(nomem, nostack, preserves_flags)
-                        );
-                        core::arch::asm!(
-                            "prefetcht1 [{at} + {far}]",
-                            at = in(reg) at,
-                            far = const FAR,
-                            options(nomem, nostack, preserves_flags)
-                        );
-                    }
+                    prefetch_l1_l2!(ahead.wrapping_add(64 * l), NEAR, FAR);
                 }
             }
 

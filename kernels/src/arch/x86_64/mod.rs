@@ -25,6 +25,36 @@
 
 use crate::dispatch::{Isa, KernelTable};
 
+/// Asks for the line at `$at + $near` into L1 and the one at `$at + $far`
+/// into L2 (`$near` and `$far` constants), for decode's streaming loops.
+/// The prefetches are `asm!`, not `_mm_prefetch`: LLVM's scheduler can
+/// move intrinsic prefetches of an unrolled loop after its last dot step,
+/// where an `asm!` block with side effects keeps its place among the loads
+/// (see `kquant_x16.rs`, `prefetch_step`). The caller allows
+/// `clippy::pointers_in_nomem_asm_block`: the pointer is only an address.
+macro_rules! prefetch_l1_l2 {
+    ($at:expr, $near:expr, $far:expr) => {{
+        let at: *const u8 = $at;
+        // SAFETY: a prefetch reads and writes nothing architecturally and
+        // never faults, wherever it points; SSE is part of the x86-64
+        // baseline.
+        unsafe {
+            core::arch::asm!(
+                "prefetcht0 [{at} + {near}]",
+                at = in(reg) at,
+                near = const $near,
+                options(nomem, nostack, preserves_flags)
+            );
+            core::arch::asm!(
+                "prefetcht1 [{at} + {far}]",
+                at = in(reg) at,
+                far = const $far,
+                options(nomem, nostack, preserves_flags)
+            );
+        }
+    }};
+}
+
 mod avx2;
 mod avx2_attn;
 mod avx2_attn_tile;
