@@ -1307,7 +1307,7 @@ macro_rules! legacy_kernels {
             ) {
                 let acts = acts(a, W::OFFSET);
                 let decode = a.len() <= bpr;
-                let fetch_ahead = !decode || crate::arch::x86_64::decode_prefetch();
+                let decode_fetch = decode && crate::arch::x86_64::decode_prefetch();
                 for (pi, r0) in (0..rows).step_by(16).enumerate() {
                     let mask = panel_mask(rows, r0);
                     // SAFETY: panel pi exists in p (its length was checked against rows).
@@ -1331,9 +1331,9 @@ macro_rules! legacy_kernels {
                         // without and 13.1 with them, Q8_0 13.7 and 16.3.
                         //
                         // [`decode_prefetch`]: crate::arch::x86_64::decode_prefetch
-                        if decode && fetch_ahead {
+                        if decode_fetch {
                             decode_prefetch_record::<W>(rec);
-                        } else if fetch_ahead {
+                        } else if !decode {
                             let ahead = rec.wrapping_add(X16_PREFETCH);
                             for l in (0..W::RECORD).step_by(64) {
                                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l).cast());

@@ -110,8 +110,8 @@ fn env_switch(name: &str) -> Option<bool> {
 }
 
 /// Whether decode's x16 loops of the legacy types (Q4_0 … Q8_0) and of
-/// Q6_K prefetch ahead of the record in use, as prefill's do: on Intel
-/// cores only, unless `SOTTO_DECODE_PREFETCH` ([`env_switch`]) says. A
+/// Q6_K prefetch ahead of the record in use (into L1 and L2, where
+/// prefill's ask for L1 only): on Intel cores only, unless `SOTTO_DECODE_PREFETCH` ([`env_switch`]) says. A
 /// Xeon core's DRAM stream is bound by its outstanding misses (a plain
 /// read: 11 GiB/s on 1 thread), and the prefetches took the stream bench's
 /// Q4_0 decode from 9.9 to 13.1 GiB/s and Q6_K's from 12.0 to 15.6; on an
